@@ -1,0 +1,5 @@
+//! The `storm` command line.
+
+fn main() {
+    println!("storm: not built yet");
+}

@@ -1,0 +1,1 @@
+//! Message framers for plain TCP streams.

@@ -1,0 +1,1 @@
+//! WebSocket frame header codec and masking.

@@ -1,0 +1,3 @@
+//! Storm on blocking `std::net` sockets and threads.
+
+pub use storm_proto as proto;

@@ -1,0 +1,1 @@
+//! Shared scenario helpers for Storm's integration suite.

@@ -56,3 +56,44 @@ pub struct DeflateParams {
     /// Window bits (9..=15) the client compresses with.
     pub client_max_window_bits: u8,
 }
+
+// TEMPORARY stub so the connection compiles before the codec lands.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct PerMessageDeflate;
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeflateError;
+impl std::fmt::Display for DeflateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("deflate")
+    }
+}
+impl std::error::Error for DeflateError {}
+#[allow(missing_docs)]
+impl DeflateError {
+    pub fn close_code(&self) -> u16 {
+        1007
+    }
+}
+#[allow(missing_docs)]
+impl PerMessageDeflate {
+    pub fn new(_: DeflateParams, _: super::Side, _: &DeflateConfig) -> Self {
+        Self
+    }
+    pub fn should_compress(&self, _: usize) -> bool {
+        false
+    }
+    pub fn compress(&mut self, _: &[u8], _: &mut bytes::BytesMut) -> Result<(), DeflateError> {
+        Err(DeflateError)
+    }
+    pub fn decompress(
+        &mut self,
+        _: &[u8],
+        _: bool,
+        _: &mut bytes::BytesMut,
+        _: usize,
+    ) -> Result<(), DeflateError> {
+        Err(DeflateError)
+    }
+}

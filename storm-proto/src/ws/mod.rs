@@ -1,8 +1,20 @@
 //! RFC 6455 WebSocket: handshake, frames, connection, permessage-deflate.
+//!
+//! - [`handshake`]: the HTTP/1.1 upgrade, client and server;
+//! - [`Connection`]: the connection state machine once the upgrade is done;
+//! - [`frame`]: the frame header codec and masking, for those who build
+//!   frames themselves (a broadcast encodes one frame for many sessions);
+//! - [`deflate`]: permessage-deflate (RFC 7692), negotiated by the handshake.
 
+mod close;
+mod conn;
 pub mod deflate;
 pub mod frame;
 pub mod handshake;
+mod utf8;
+
+pub use close::{CloseCode, CloseFrame};
+pub use conn::{Config, Connection, Event, ProtocolError, SendError, Utf8Bytes};
 
 /// Which end of a connection a machine plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

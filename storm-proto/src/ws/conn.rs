@@ -1,0 +1,914 @@
+//! The RFC 6455 connection state machine.
+//!
+//! A [`Connection`] turns bytes from the transport into [`Event`]s and the
+//! application's sends into bytes for the transport, after the opening
+//! handshake is done (see [`super::handshake`]). It does no I/O.
+//!
+//! # Driving a connection
+//!
+//! After every input — bytes from the socket ([`Connection::handle_input`]),
+//! end of stream ([`Connection::handle_eof`]) or a send — drain both queues:
+//!
+//! 1. [`Connection::poll_event`] until `None`, handing events to the
+//!    application;
+//! 2. [`Connection::poll_transmit`] until `None`, writing every buffer to the
+//!    socket in order (auto-pongs and close replies are queued here too, so
+//!    they are never forgotten and never interleave with other frames);
+//! 3. once [`Connection::is_closed`] is true and the transmit queue is empty,
+//!    close the transport (a server closes first, RFC 6455 section 7.1.1).
+//!
+//! ```
+//! use storm_proto::ws::{Connection, Config, Event, Side};
+//!
+//! let mut server = Connection::new(Side::Server, Config::default());
+//! // A masked "Hello" from a client (RFC 6455 section 5.7).
+//! server
+//!     .handle_input(&[0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58])
+//!     .unwrap();
+//! while let Some(event) = server.poll_event() {
+//!     if let Event::Text(text) = event {
+//!         server.send_text(text.as_str()).unwrap(); // echo it back
+//!     }
+//! }
+//! let mut wire = Vec::new();
+//! while let Some(bytes) = server.poll_transmit() {
+//!     wire.extend_from_slice(&bytes);
+//! }
+//! assert_eq!(wire, b"\x81\x05Hello");
+//! ```
+//!
+//! # Errors are final
+//!
+//! When the peer breaks the protocol, `handle_input` returns a
+//! [`ProtocolError`] saying what was wrong, queues a close frame with the
+//! matching code (1002, 1007, 1009, …) and returns that same error on every
+//! later call. The close frame can still be drained with `poll_transmit`.
+
+use std::collections::VecDeque;
+use std::fmt;
+
+use bytes::{Buf, Bytes, BytesMut};
+use rand::RngCore;
+use rand::rngs::StdRng;
+
+use super::Side;
+use super::close::{CloseCode, CloseFrame};
+use super::deflate::{DeflateConfig, DeflateError, DeflateParams, PerMessageDeflate};
+use super::frame::{self, FrameError, FrameHeader, MAX_CONTROL_PAYLOAD, OpCode};
+use super::utf8::Utf8Validator;
+
+/// Limits and behaviour of a [`Connection`].
+///
+/// The size limits bound memory: a connection buffers at most one frame
+/// being received plus one message being reassembled, so the worst case is
+/// about `max_frame_size + max_message_size` bytes per connection (32 MiB
+/// with the defaults), reached only while a peer actually sends that much.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Largest frame payload accepted; a larger declared length fails the
+    /// connection with 1009 before any of it is buffered. Default 16 MiB.
+    pub max_frame_size: usize,
+    /// Largest message accepted, after reassembly and decompression; larger
+    /// fails with 1009. Default 16 MiB.
+    pub max_message_size: usize,
+    /// Most frames one message may arrive in (guards against endless empty
+    /// continuation frames); more fails with 1009. Default 1,048,576.
+    pub max_fragments: usize,
+    /// Answer every ping with a pong carrying the same payload. Default `true`.
+    pub auto_pong: bool,
+    /// Split outgoing messages into frames of at most this many payload bytes;
+    /// 0 sends every message as one frame. Default 0.
+    pub send_fragment_size: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_frame_size: 16 << 20,
+            max_message_size: 16 << 20,
+            max_fragments: 1 << 20,
+            auto_pong: true,
+            send_fragment_size: 0,
+        }
+    }
+}
+
+/// UTF-8 text, cheaply cloneable: a [`Bytes`] known to hold valid UTF-8.
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct Utf8Bytes(Bytes);
+
+impl Utf8Bytes {
+    /// The text.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        // SAFETY: every constructor checks (or is given by `&str`) valid UTF-8,
+        // and `Bytes` is immutable.
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
+    }
+
+    /// The underlying bytes.
+    #[must_use]
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
+    /// Checks `bytes` and wraps it.
+    ///
+    /// # Errors
+    ///
+    /// The bytes back, when they are not valid UTF-8.
+    pub fn try_from_bytes(bytes: Bytes) -> Result<Self, Bytes> {
+        match std::str::from_utf8(&bytes) {
+            Ok(_) => Ok(Self(bytes)),
+            Err(_) => Err(bytes),
+        }
+    }
+}
+
+impl fmt::Debug for Utf8Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Utf8Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&str> for Utf8Bytes {
+    fn from(text: &str) -> Self {
+        Self(Bytes::copy_from_slice(text.as_bytes()))
+    }
+}
+
+impl From<String> for Utf8Bytes {
+    fn from(text: String) -> Self {
+        Self(Bytes::from(text))
+    }
+}
+
+impl std::ops::Deref for Utf8Bytes {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+/// Something the peer did, in the order it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A complete text message (validated UTF-8, reassembled, decompressed).
+    Text(Utf8Bytes),
+    /// A complete binary message.
+    Binary(Bytes),
+    /// A ping. With `auto_pong` the pong is already queued for transmit.
+    Ping(Bytes),
+    /// A pong.
+    Pong(Bytes),
+    /// The connection closed: the peer's close frame (its reply, if we
+    /// closed first; our reply is queued, if it did), or
+    /// [`CloseCode::ABNORMAL`] when the transport ended without one. No
+    /// other event follows.
+    Close(CloseFrame),
+}
+
+/// The peer broke the protocol. Each variant says what it did and
+/// [`close_code`](Self::close_code) what the peer was told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// A frame header no valid frame can have.
+    Frame(FrameError),
+    /// RSV bits set that no negotiated extension defines.
+    ReservedBits,
+    /// A client sent an unmasked frame.
+    UnmaskedFrame,
+    /// A server sent a masked frame.
+    MaskedFrame,
+    /// A continuation frame with no message to continue.
+    UnexpectedContinuation,
+    /// A new text or binary frame while a fragmented message was unfinished.
+    ExpectedContinuation,
+    /// A frame longer than [`Config::max_frame_size`].
+    FrameTooLarge {
+        /// Declared payload length.
+        len: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// A message longer than [`Config::max_message_size`].
+    MessageTooLarge {
+        /// The limit.
+        max: usize,
+    },
+    /// A message in more frames than [`Config::max_fragments`].
+    TooManyFragments {
+        /// The limit.
+        max: usize,
+    },
+    /// A text message or close reason that is not UTF-8.
+    InvalidUtf8,
+    /// A close frame with a one-byte payload.
+    InvalidCloseFrame,
+    /// A close frame with a code that may not be sent.
+    InvalidCloseCode(u16),
+    /// Compressed data that could not be inflated.
+    Deflate(DeflateError),
+}
+
+impl ProtocolError {
+    /// The close code sent to the peer for this error.
+    #[must_use]
+    pub fn close_code(&self) -> CloseCode {
+        match self {
+            Self::FrameTooLarge { .. }
+            | Self::MessageTooLarge { .. }
+            | Self::TooManyFragments { .. } => CloseCode::MESSAGE_TOO_BIG,
+            Self::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
+            Self::Deflate(e) => CloseCode(e.close_code()),
+            _ => CloseCode::PROTOCOL_ERROR,
+        }
+    }
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Frame(e) => e.fmt(f),
+            Self::ReservedBits => f.write_str("reserved bits set"),
+            Self::UnmaskedFrame => f.write_str("unmasked frame from client"),
+            Self::MaskedFrame => f.write_str("masked frame from server"),
+            Self::UnexpectedContinuation => f.write_str("continuation frame outside a message"),
+            Self::ExpectedContinuation => f.write_str("new message inside a fragmented message"),
+            Self::FrameTooLarge { len, max } => write!(f, "frame of {len} bytes (limit {max})"),
+            Self::MessageTooLarge { max } => write!(f, "message over {max} bytes"),
+            Self::TooManyFragments { max } => write!(f, "message in over {max} fragments"),
+            Self::InvalidUtf8 => f.write_str("invalid UTF-8"),
+            Self::InvalidCloseFrame => f.write_str("close frame with a 1-byte payload"),
+            Self::InvalidCloseCode(code) => write!(f, "invalid close code {code}"),
+            Self::Deflate(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ProtocolError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Frame(e) => Some(e),
+            Self::Deflate(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<FrameError> for ProtocolError {
+    fn from(e: FrameError) -> Self {
+        Self::Frame(e)
+    }
+}
+
+/// A send the connection refused. Nothing was queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The closing handshake has started (or the connection failed): no more
+    /// data may be sent.
+    Closed,
+    /// Ping, pong and close payloads are limited to 125 bytes.
+    ControlTooLong(usize),
+    /// This code may not be sent in a close frame.
+    InvalidCloseCode(CloseCode),
+    /// A close reason is limited to 123 bytes.
+    ReasonTooLong(usize),
+    /// The compressor failed.
+    Deflate(DeflateError),
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Closed => f.write_str("connection is closing or closed"),
+            Self::ControlTooLong(len) => {
+                write!(
+                    f,
+                    "control payload of {len} bytes (limit {MAX_CONTROL_PAYLOAD})"
+                )
+            }
+            Self::InvalidCloseCode(code) => write!(f, "close code {code} may not be sent"),
+            Self::ReasonTooLong(len) => {
+                write!(
+                    f,
+                    "close reason of {len} bytes (limit {})",
+                    CloseFrame::MAX_REASON_LEN
+                )
+            }
+            Self::Deflate(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// Data flows both ways.
+    Open,
+    /// We sent a close frame and wait for the peer's.
+    CloseSent,
+    /// Both close frames are exchanged, or the transport ended.
+    Closed,
+    /// The peer broke the protocol; our close frame is queued.
+    Failed(ProtocolError),
+}
+
+/// The frame whose payload is arriving.
+#[derive(Debug)]
+struct InFrame {
+    header: FrameHeader,
+    len: usize,
+    /// Payload bytes already unmasked (and validated, for text).
+    seen: usize,
+    /// Validate this frame's bytes as UTF-8 as they arrive.
+    validate: bool,
+}
+
+/// A fragmented message being reassembled.
+#[derive(Debug)]
+struct InMessage {
+    text: bool,
+    compressed: bool,
+    fragments: usize,
+    /// Wire bytes received so far (compressed size when compressed).
+    wire_len: usize,
+    data: BytesMut,
+}
+
+/// One WebSocket connection after the handshake, for either side.
+///
+/// See the [module docs](self) for the drive loop.
+pub struct Connection {
+    side: Side,
+    config: Config,
+    state: State,
+    input: BytesMut,
+    frame: Option<InFrame>,
+    message: Option<InMessage>,
+    utf8: Utf8Validator,
+    events: VecDeque<Event>,
+    /// Buffers ready for the transport, all of them before `output`.
+    queued: VecDeque<Bytes>,
+    output: BytesMut,
+    /// Masking keys; present on clients only.
+    rng: Option<Box<StdRng>>,
+    deflate: Option<Box<PerMessageDeflate>>,
+    scratch: BytesMut,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("side", &self.side)
+            .field("state", &self.state)
+            .field("buffered_input", &self.input.len())
+            .field("deflate", &self.deflate.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// A connection for `side` with no extensions.
+    ///
+    /// A client needs random masking keys: this draws them from the
+    /// operating system's generator once, to seed a [`StdRng`]. Use
+    /// [`Connection::with_rng`] for a seed you choose (tests, simulations).
+    #[must_use]
+    pub fn new(side: Side, config: Config) -> Self {
+        let rng = match side {
+            Side::Client => Some(Box::new(rand::SeedableRng::from_os_rng())),
+            Side::Server => None,
+        };
+        Self::build(side, config, rng)
+    }
+
+    /// A connection whose masking keys (client side) come from `rng`.
+    #[must_use]
+    pub fn with_rng(side: Side, config: Config, rng: StdRng) -> Self {
+        Self::build(side, config, Some(Box::new(rng)))
+    }
+
+    fn build(side: Side, config: Config, rng: Option<Box<StdRng>>) -> Self {
+        Self {
+            side,
+            config,
+            state: State::Open,
+            input: BytesMut::new(),
+            frame: None,
+            message: None,
+            utf8: Utf8Validator::default(),
+            events: VecDeque::new(),
+            queued: VecDeque::new(),
+            output: BytesMut::new(),
+            rng,
+            deflate: None,
+            scratch: BytesMut::new(),
+        }
+    }
+
+    /// Turns on permessage-deflate with the parameters the handshake
+    /// negotiated, and this endpoint's compression settings from `config`.
+    #[must_use]
+    pub fn with_deflate(mut self, params: DeflateParams, config: &DeflateConfig) -> Self {
+        self.deflate = Some(Box::new(PerMessageDeflate::new(params, self.side, config)));
+        self
+    }
+
+    /// Which side this connection plays.
+    #[must_use]
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// The limits this connection enforces.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Whether data can still be sent (no close frame sent or received).
+    #[must_use]
+    pub fn is_open(&self) -> bool {
+        self.state == State::Open
+    }
+
+    /// Whether the connection is finished: the closing handshake completed,
+    /// the transport ended, or the peer broke the protocol. Once the
+    /// transmit queue is drained, the transport should be closed.
+    #[must_use]
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed | State::Failed(_))
+    }
+
+    /// Feeds bytes read from the transport, in any chunking.
+    ///
+    /// Complete frames are processed at once; a partial frame is kept (up to
+    /// [`Config::max_frame_size`]) and text is validated as it arrives, so
+    /// invalid UTF-8 fails the connection at its first bad byte.
+    ///
+    /// # Errors
+    ///
+    /// The [`ProtocolError`] the peer committed. A close frame with its code is
+    /// queued for transmit, and every later call returns the same error.
+    pub fn handle_input(&mut self, data: &[u8]) -> Result<(), ProtocolError> {
+        if let State::Failed(e) = &self.state {
+            return Err(e.clone());
+        }
+        if self.state == State::Closed {
+            // Nothing may follow a close frame; ignore it.
+            return Ok(());
+        }
+        self.input.extend_from_slice(data);
+        match self.process() {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Tells the connection the transport has no more bytes to give.
+    ///
+    /// If the closing handshake had not completed, this queues
+    /// [`Event::Close`] with [`CloseCode::ABNORMAL`].
+    pub fn handle_eof(&mut self) {
+        if matches!(self.state, State::Open | State::CloseSent) {
+            self.state = State::Closed;
+            self.input = BytesMut::new();
+            self.message = None;
+            self.frame = None;
+            self.events.push_back(Event::Close(CloseFrame {
+                code: CloseCode::ABNORMAL,
+                reason: String::new(),
+            }));
+        }
+    }
+
+    /// The next event, in the order the peer caused them.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The next bytes to write to the transport, in order.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        if let Some(bytes) = self.queued.pop_front() {
+            return Some(bytes);
+        }
+        if self.output.is_empty() {
+            return None;
+        }
+        Some(self.output.split().freeze())
+    }
+
+    /// Whether [`poll_transmit`](Self::poll_transmit) has anything to give.
+    #[must_use]
+    pub fn has_transmit(&self) -> bool {
+        !self.queued.is_empty() || !self.output.is_empty()
+    }
+
+    /// Queues a text message.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Closed`] once a close frame was sent or received.
+    pub fn send_text(&mut self, text: &str) -> Result<(), SendError> {
+        self.send_data(OpCode::Text, text.as_bytes())
+    }
+
+    /// Queues a binary message.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Closed`] once a close frame was sent or received.
+    pub fn send_binary(&mut self, data: &[u8]) -> Result<(), SendError> {
+        self.send_data(OpCode::Binary, data)
+    }
+
+    /// Queues a ping.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::ControlTooLong`] over 125 bytes; [`SendError::Closed`]
+    /// once the closing handshake started.
+    pub fn send_ping(&mut self, payload: &[u8]) -> Result<(), SendError> {
+        self.send_control(OpCode::Ping, payload)
+    }
+
+    /// Queues a pong (unsolicited pongs serve as one-way heartbeats).
+    ///
+    /// # Errors
+    ///
+    /// As for [`send_ping`](Self::send_ping).
+    pub fn send_pong(&mut self, payload: &[u8]) -> Result<(), SendError> {
+        self.send_control(OpCode::Pong, payload)
+    }
+
+    /// Starts the closing handshake: queues a close frame and refuses further
+    /// sends. [`Event::Close`] follows when the peer answers.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::InvalidCloseCode`] for a code that may not be sent,
+    /// [`SendError::ReasonTooLong`] over 123 bytes, [`SendError::Closed`] if
+    /// the handshake already started.
+    pub fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), SendError> {
+        if !code.is_sendable() {
+            return Err(SendError::InvalidCloseCode(code));
+        }
+        if reason.len() > CloseFrame::MAX_REASON_LEN {
+            return Err(SendError::ReasonTooLong(reason.len()));
+        }
+        if self.state != State::Open {
+            return Err(SendError::Closed);
+        }
+        self.queue_close(Some(code), reason);
+        self.state = State::CloseSent;
+        Ok(())
+    }
+
+    fn send_control(&mut self, opcode: OpCode, payload: &[u8]) -> Result<(), SendError> {
+        if payload.len() > MAX_CONTROL_PAYLOAD {
+            return Err(SendError::ControlTooLong(payload.len()));
+        }
+        if self.state != State::Open {
+            return Err(SendError::Closed);
+        }
+        self.queue_frame(FrameHeader::new(opcode, 0), payload);
+        Ok(())
+    }
+
+    fn send_data(&mut self, opcode: OpCode, data: &[u8]) -> Result<(), SendError> {
+        if self.state != State::Open {
+            return Err(SendError::Closed);
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut first = FrameHeader::new(opcode, 0);
+        let payload = match &mut self.deflate {
+            Some(deflate) if deflate.should_compress(data.len()) => {
+                scratch.clear();
+                deflate
+                    .compress(data, &mut scratch)
+                    .map_err(SendError::Deflate)?;
+                first.rsv1 = true;
+                &scratch[..]
+            }
+            _ => data,
+        };
+        let size = self.config.send_fragment_size;
+        if size == 0 || payload.len() <= size {
+            self.queue_frame(first, payload);
+        } else {
+            let count = payload.len().div_ceil(size);
+            for (i, chunk) in payload.chunks(size).enumerate() {
+                let mut header = if i == 0 {
+                    first
+                } else {
+                    FrameHeader::new(OpCode::Continuation, 0)
+                };
+                header.fin = i + 1 == count;
+                self.queue_frame(header, chunk);
+            }
+        }
+        self.scratch = scratch;
+        Ok(())
+    }
+
+    fn queue_frame(&mut self, mut header: FrameHeader, payload: &[u8]) {
+        if let Some(rng) = &mut self.rng {
+            let mut key = [0u8; 4];
+            rng.fill_bytes(&mut key);
+            header.mask = Some(key);
+        }
+        frame::encode_frame(header, payload, &mut self.output);
+    }
+
+    fn queue_close(&mut self, code: Option<CloseCode>, reason: &str) {
+        let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
+        let len = match code {
+            Some(code) => {
+                payload[..2].copy_from_slice(&code.0.to_be_bytes());
+                let reason = truncate_utf8(reason, CloseFrame::MAX_REASON_LEN);
+                payload[2..2 + reason.len()].copy_from_slice(reason.as_bytes());
+                2 + reason.len()
+            }
+            None => 0,
+        };
+        self.queue_frame(FrameHeader::new(OpCode::Close, 0), &payload[..len]);
+    }
+
+    /// Records a protocol failure: queue our close frame (unless one went
+    /// out already) and stay failed.
+    fn fail(&mut self, error: ProtocolError) -> ProtocolError {
+        if self.state == State::Open {
+            let reason = error.to_string();
+            self.queue_close(Some(error.close_code()), &reason);
+        }
+        self.state = State::Failed(error.clone());
+        self.input = BytesMut::new();
+        self.message = None;
+        self.frame = None;
+        error
+    }
+
+    fn process(&mut self) -> Result<(), ProtocolError> {
+        loop {
+            if self.state == State::Closed {
+                self.input = BytesMut::new();
+                return Ok(());
+            }
+            if self.frame.is_none() {
+                let Some((header, header_len)) = FrameHeader::decode(&self.input)? else {
+                    return Ok(());
+                };
+                let frame = self.check_header(header)?;
+                self.input.advance(header_len);
+                self.frame = Some(frame);
+            }
+            let Some(frame) = &mut self.frame else {
+                return Ok(());
+            };
+            let available = self.input.len().min(frame.len);
+            if available > frame.seen {
+                let fresh = &mut self.input[frame.seen..available];
+                if let Some(mask) = frame.header.mask {
+                    frame::apply_mask(fresh, mask, frame.seen);
+                }
+                if frame.validate {
+                    self.utf8
+                        .feed(fresh)
+                        .map_err(|_| ProtocolError::InvalidUtf8)?;
+                }
+                frame.seen = available;
+            }
+            if available < frame.len {
+                // Keep room for the rest of the frame, bounded by max_frame_size.
+                return Ok(());
+            }
+            let len = frame.len;
+            let header = frame.header;
+            self.frame = None;
+            let payload = self.input.split_to(len).freeze();
+            self.handle_frame(header, payload)?;
+        }
+    }
+
+    /// Checks a header against the connection's rules before any of its
+    /// payload is buffered.
+    fn check_header(&mut self, header: FrameHeader) -> Result<InFrame, ProtocolError> {
+        if header.rsv2 || header.rsv3 {
+            return Err(ProtocolError::ReservedBits);
+        }
+        match (self.side, header.mask.is_some()) {
+            (Side::Server, false) => return Err(ProtocolError::UnmaskedFrame),
+            (Side::Client, true) => return Err(ProtocolError::MaskedFrame),
+            _ => {}
+        }
+        let max = self.config.max_frame_size;
+        let len = match usize::try_from(header.payload_len) {
+            Ok(len) if len <= max => len,
+            _ => {
+                return Err(ProtocolError::FrameTooLarge {
+                    len: header.payload_len,
+                    max,
+                });
+            }
+        };
+        let validate = match header.opcode {
+            _ if header.opcode.is_control() => {
+                if header.rsv1 {
+                    return Err(ProtocolError::ReservedBits);
+                }
+                false
+            }
+            OpCode::Continuation => {
+                let Some(message) = &self.message else {
+                    return Err(ProtocolError::UnexpectedContinuation);
+                };
+                if header.rsv1 {
+                    return Err(ProtocolError::ReservedBits);
+                }
+                if message.fragments >= self.config.max_fragments {
+                    return Err(ProtocolError::TooManyFragments {
+                        max: self.config.max_fragments,
+                    });
+                }
+                if message.wire_len.saturating_add(len) > self.config.max_message_size {
+                    return Err(ProtocolError::MessageTooLarge {
+                        max: self.config.max_message_size,
+                    });
+                }
+                message.text && !message.compressed
+            }
+            OpCode::Text | OpCode::Binary => {
+                if self.message.is_some() {
+                    return Err(ProtocolError::ExpectedContinuation);
+                }
+                if header.rsv1 && self.deflate.is_none() {
+                    return Err(ProtocolError::ReservedBits);
+                }
+                if len > self.config.max_message_size {
+                    return Err(ProtocolError::MessageTooLarge {
+                        max: self.config.max_message_size,
+                    });
+                }
+                header.opcode == OpCode::Text && !header.rsv1
+            }
+            // Every control opcode was handled by the first arm.
+            OpCode::Close | OpCode::Ping | OpCode::Pong => false,
+        };
+        Ok(InFrame {
+            header,
+            len,
+            seen: 0,
+            validate,
+        })
+    }
+
+    fn handle_frame(&mut self, header: FrameHeader, payload: Bytes) -> Result<(), ProtocolError> {
+        match header.opcode {
+            OpCode::Ping => {
+                if self.config.auto_pong && self.state == State::Open {
+                    self.queue_frame(FrameHeader::new(OpCode::Pong, 0), &payload);
+                }
+                self.events.push_back(Event::Ping(payload));
+            }
+            OpCode::Pong => self.events.push_back(Event::Pong(payload)),
+            OpCode::Close => self.handle_close(&payload)?,
+            OpCode::Text | OpCode::Binary => {
+                let text = header.opcode == OpCode::Text;
+                if header.fin && !header.rsv1 {
+                    // The common case: a whole message in one frame, no copy.
+                    self.emit(text, payload)?;
+                } else {
+                    let mut message = InMessage {
+                        text,
+                        compressed: header.rsv1,
+                        fragments: 1,
+                        wire_len: payload.len(),
+                        data: BytesMut::new(),
+                    };
+                    self.append(&mut message, &payload, header.fin)?;
+                    if header.fin {
+                        self.emit(text, message.data.freeze())?;
+                    } else {
+                        self.message = Some(message);
+                    }
+                }
+            }
+            OpCode::Continuation => {
+                let Some(mut message) = self.message.take() else {
+                    return Err(ProtocolError::UnexpectedContinuation);
+                };
+                message.fragments += 1;
+                message.wire_len += payload.len();
+                self.append(&mut message, &payload, header.fin)?;
+                if header.fin {
+                    self.emit(message.text, message.data.freeze())?;
+                } else {
+                    self.message = Some(message);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds one frame's payload to a message being reassembled.
+    fn append(
+        &mut self,
+        message: &mut InMessage,
+        payload: &[u8],
+        fin: bool,
+    ) -> Result<(), ProtocolError> {
+        let max = self.config.max_message_size;
+        if message.compressed {
+            let Some(deflate) = &mut self.deflate else {
+                return Err(ProtocolError::ReservedBits);
+            };
+            let before = message.data.len();
+            deflate
+                .decompress(payload, fin, &mut message.data, max)
+                .map_err(ProtocolError::Deflate)?;
+            if message.text {
+                self.utf8
+                    .feed(&message.data[before..])
+                    .map_err(|_| ProtocolError::InvalidUtf8)?;
+            }
+        } else {
+            // Sizes were checked against the limit in `check_header`.
+            message.data.extend_from_slice(payload);
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, text: bool, data: Bytes) -> Result<(), ProtocolError> {
+        let event = if text {
+            self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
+            // Validated piece by piece as it arrived (or just above, after
+            // decompression); `finish` checked it ended on a boundary.
+            Event::Text(Utf8Bytes(data))
+        } else {
+            Event::Binary(data)
+        };
+        self.events.push_back(event);
+        Ok(())
+    }
+
+    fn handle_close(&mut self, payload: &[u8]) -> Result<(), ProtocolError> {
+        let frame = match payload {
+            [] => CloseFrame {
+                code: CloseCode::NO_STATUS,
+                reason: String::new(),
+            },
+            [_] => return Err(ProtocolError::InvalidCloseFrame),
+            [hi, lo, reason @ ..] => {
+                let code = CloseCode(u16::from_be_bytes([*hi, *lo]));
+                if !code.is_sendable() {
+                    return Err(ProtocolError::InvalidCloseCode(code.0));
+                }
+                let reason = std::str::from_utf8(reason).map_err(|_| ProtocolError::InvalidUtf8)?;
+                CloseFrame {
+                    code,
+                    reason: reason.to_owned(),
+                }
+            }
+        };
+        if self.state == State::Open {
+            // Echo the peer's code, as RFC 6455 section 5.5.1 asks.
+            let code = (frame.code != CloseCode::NO_STATUS).then_some(frame.code);
+            self.queue_close(code, "");
+        }
+        self.state = State::Closed;
+        self.message = None;
+        self.utf8.reset();
+        self.events.push_back(Event::Close(frame));
+        Ok(())
+    }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a char
+/// boundary.
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+#[path = "conn_tests.rs"]
+mod tests;

@@ -1,0 +1,449 @@
+use super::*;
+use proptest::prelude::*;
+use rand::SeedableRng;
+
+fn client() -> Connection {
+    Connection::with_rng(Side::Client, Config::default(), StdRng::seed_from_u64(7))
+}
+
+fn server() -> Connection {
+    Connection::new(Side::Server, Config::default())
+}
+
+fn wire(conn: &mut Connection) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(bytes) = conn.poll_transmit() {
+        out.extend_from_slice(&bytes);
+    }
+    out
+}
+
+fn events(conn: &mut Connection) -> Vec<Event> {
+    std::iter::from_fn(|| conn.poll_event()).collect()
+}
+
+/// A client-to-server frame with a fixed mask, built independently of
+/// `Connection`'s own encoder.
+fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [1, 2, 3, 4];
+    let mut out = vec![first];
+    match payload.len() {
+        n @ 0..=125 => out.push(0x80 | n as u8),
+        n @ 126..=0xFFFF => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+fn text(s: &str) -> Event {
+    Event::Text(Utf8Bytes::from(s))
+}
+
+fn close_code_sent(wire: &[u8]) -> u16 {
+    let (h, n) = FrameHeader::decode(wire).unwrap().unwrap();
+    assert_eq!(h.opcode, OpCode::Close);
+    let mut payload = wire[n..n + h.payload_len as usize].to_vec();
+    if let Some(mask) = h.mask {
+        frame::apply_mask(&mut payload, mask, 0);
+    }
+    u16::from_be_bytes([payload[0], payload[1]])
+}
+
+#[test]
+fn rfc_examples_reach_the_application() {
+    let mut s = server();
+    s.handle_input(&[
+        0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+    ])
+    .unwrap();
+    assert_eq!(events(&mut s), vec![text("Hello")]);
+
+    let mut c = client();
+    // Fragmented "Hel" + "lo" with an unmasked ping between the fragments.
+    c.handle_input(&[0x01, 0x03, 0x48, 0x65, 0x6c]).unwrap();
+    c.handle_input(&[0x89, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f])
+        .unwrap();
+    c.handle_input(&[0x80, 0x02, 0x6c, 0x6f]).unwrap();
+    assert_eq!(
+        events(&mut c),
+        vec![Event::Ping(Bytes::from_static(b"Hello")), text("Hello")]
+    );
+    // The auto-pong is masked and carries the ping's payload.
+    let pong = wire(&mut c);
+    let (h, n) = FrameHeader::decode(&pong).unwrap().unwrap();
+    assert_eq!(
+        (h.opcode, h.payload_len, h.mask.is_some()),
+        (OpCode::Pong, 5, true)
+    );
+    let mut payload = pong[n..].to_vec();
+    frame::apply_mask(&mut payload, h.mask.unwrap(), 0);
+    assert_eq!(payload, b"Hello");
+}
+
+#[test]
+fn byte_by_byte_equals_whole() {
+    let mut input = masked(0x01, b"caf\xc3");
+    input.extend(masked(0x89, b"p"));
+    input.extend(masked(0x80, b"\xa9!"));
+    input.extend(masked(0x82, &[0u8; 300]));
+    let mut whole = server();
+    whole.handle_input(&input).unwrap();
+    let mut split = server();
+    for b in &input {
+        split.handle_input(std::slice::from_ref(b)).unwrap();
+    }
+    let expected = vec![
+        Event::Ping(Bytes::from_static(b"p")),
+        text("café!"),
+        Event::Binary(Bytes::from(vec![0u8; 300])),
+    ];
+    assert_eq!(events(&mut whole), expected);
+    assert_eq!(events(&mut split), expected);
+    assert_eq!(wire(&mut whole), wire(&mut split));
+}
+
+#[test]
+fn auto_pong_can_be_turned_off() {
+    let config = Config {
+        auto_pong: false,
+        ..Config::default()
+    };
+    let mut s = Connection::new(Side::Server, config);
+    s.handle_input(&masked(0x89, b"x")).unwrap();
+    assert_eq!(events(&mut s), vec![Event::Ping(Bytes::from_static(b"x"))]);
+    assert!(wire(&mut s).is_empty());
+}
+
+fn assert_fails(input: &[u8], expected: ProtocolError, code: u16) {
+    let mut s = server();
+    assert_eq!(s.handle_input(input), Err(expected.clone()));
+    assert_eq!(expected.close_code().0, code);
+    assert!(s.is_closed() && !s.is_open());
+    assert_eq!(close_code_sent(&wire(&mut s)), code);
+    // Errors are final, and nothing else is queued.
+    assert_eq!(s.handle_input(&masked(0x81, b"x")), Err(expected));
+    assert!(wire(&mut s).is_empty());
+    assert_eq!(s.send_text("late"), Err(SendError::Closed));
+}
+
+#[test]
+fn protocol_violations_close_with_1002() {
+    assert_fails(&[0x81, 0x00], ProtocolError::UnmaskedFrame, 1002);
+    assert_fails(&masked(0xC1, b"x"), ProtocolError::ReservedBits, 1002);
+    assert_fails(&masked(0xA1, b"x"), ProtocolError::ReservedBits, 1002);
+    assert_fails(
+        &masked(0x83, b""),
+        ProtocolError::Frame(FrameError::ReservedOpcode(3)),
+        1002,
+    );
+    assert_fails(
+        &masked(0x80, b"x"),
+        ProtocolError::UnexpectedContinuation,
+        1002,
+    );
+    assert_fails(
+        &masked(0x09, b""),
+        ProtocolError::Frame(FrameError::FragmentedControl),
+        1002,
+    );
+    let mut two_starts = masked(0x01, b"a");
+    two_starts.extend(masked(0x81, b"b"));
+    assert_fails(&two_starts, ProtocolError::ExpectedContinuation, 1002);
+    assert_fails(&masked(0x88, &[3]), ProtocolError::InvalidCloseFrame, 1002);
+    for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
+        let payload = code.to_be_bytes();
+        assert_fails(
+            &masked(0x88, &payload),
+            ProtocolError::InvalidCloseCode(code),
+            1002,
+        );
+    }
+}
+
+#[test]
+fn a_client_rejects_masked_frames() {
+    let mut c = client();
+    assert_eq!(
+        c.handle_input(&masked(0x81, b"x")),
+        Err(ProtocolError::MaskedFrame)
+    );
+    assert_eq!(close_code_sent(&wire(&mut c)), 1002);
+}
+
+#[test]
+fn invalid_utf8_closes_with_1007_at_the_first_bad_byte() {
+    assert_fails(&masked(0x81, b"ok\xff"), ProtocolError::InvalidUtf8, 1007);
+    assert_fails(
+        &masked(0x88, b"\x03\xe8\xff"),
+        ProtocolError::InvalidUtf8,
+        1007,
+    );
+    // Split across fragments, and ending mid code point.
+    let mut input = masked(0x01, b"\xce");
+    input.extend(masked(0x80, b"\xba\xe1"));
+    assert_fails(&input, ProtocolError::InvalidUtf8, 1007);
+    // Fail fast: the frame declares 100 bytes but the error is found in the
+    // first 10, before the rest arrives.
+    let mut payload = vec![b'a'; 100];
+    payload[5] = 0xf4;
+    payload[6] = 0x90;
+    let frame = masked(0x81, &payload);
+    let mut s = server();
+    assert_eq!(
+        s.handle_input(&frame[..16]),
+        Err(ProtocolError::InvalidUtf8)
+    );
+}
+
+#[test]
+fn limits_close_with_1009_before_buffering() {
+    let config = Config {
+        max_frame_size: 10,
+        max_message_size: 16,
+        max_fragments: 3,
+        ..Config::default()
+    };
+    let fail = |input: &[u8], expected: ProtocolError| {
+        let mut s = Connection::new(Side::Server, config.clone());
+        assert_eq!(s.handle_input(input), Err(expected));
+        assert_eq!(close_code_sent(&wire(&mut s)), 1009);
+    };
+    // Only the header of an oversized frame is needed to refuse it.
+    fail(
+        &masked(0x82, &[0; 11])[..6],
+        ProtocolError::FrameTooLarge { len: 11, max: 10 },
+    );
+    let mut frags = masked(0x02, &[0; 10]);
+    frags.extend(&masked(0x00, &[0; 7])[..6]);
+    fail(&frags, ProtocolError::MessageTooLarge { max: 16 });
+    let mut frags = masked(0x02, b"");
+    frags.extend(masked(0x00, b""));
+    frags.extend(masked(0x00, b""));
+    frags.extend(masked(0x00, b""));
+    fail(&frags, ProtocolError::TooManyFragments { max: 3 });
+    // Exactly at the limits is fine.
+    let mut s = Connection::new(Side::Server, config.clone());
+    let mut ok = masked(0x02, &[1; 10]);
+    ok.extend(masked(0x00, b""));
+    ok.extend(masked(0x80, &[2; 6]));
+    s.handle_input(&ok).unwrap();
+    let mut expected = vec![1u8; 10];
+    expected.extend([2; 6]);
+    assert_eq!(events(&mut s), vec![Event::Binary(expected.into())]);
+}
+
+#[test]
+fn peer_initiated_close_is_echoed() {
+    let mut s = server();
+    let mut payload = 1000u16.to_be_bytes().to_vec();
+    payload.extend_from_slice(b"bye");
+    s.handle_input(&masked(0x88, &payload)).unwrap();
+    assert_eq!(
+        events(&mut s),
+        vec![Event::Close(CloseFrame {
+            code: CloseCode::NORMAL,
+            reason: "bye".into()
+        })]
+    );
+    assert!(s.is_closed());
+    assert_eq!(wire(&mut s), [0x88, 0x02, 0x03, 0xe8]);
+    assert_eq!(s.send_binary(b"x"), Err(SendError::Closed));
+    // Anything after the close frame is ignored.
+    s.handle_input(&masked(0x81, b"after")).unwrap();
+    assert!(events(&mut s).is_empty());
+    s.handle_eof();
+    assert!(events(&mut s).is_empty());
+}
+
+#[test]
+fn empty_close_is_echoed_empty() {
+    let mut s = server();
+    s.handle_input(&masked(0x88, b"")).unwrap();
+    assert_eq!(
+        events(&mut s),
+        vec![Event::Close(CloseFrame {
+            code: CloseCode::NO_STATUS,
+            reason: String::new()
+        })]
+    );
+    assert_eq!(wire(&mut s), [0x88, 0x00]);
+}
+
+#[test]
+fn local_close_waits_for_the_reply() {
+    let mut c = client();
+    c.close(CloseCode::GOING_AWAY, "later").unwrap();
+    assert_eq!(close_code_sent(&wire(&mut c)), 1001);
+    assert!(!c.is_open() && !c.is_closed());
+    assert_eq!(c.send_text("x"), Err(SendError::Closed));
+    assert_eq!(c.close(CloseCode::NORMAL, ""), Err(SendError::Closed));
+    // Data still in flight from the peer is delivered; no pong goes out.
+    c.handle_input(&[0x81, 0x01, b'a', 0x89, 0x00]).unwrap();
+    c.handle_input(&[0x88, 0x02, 0x03, 0xe9]).unwrap();
+    assert_eq!(
+        events(&mut c),
+        vec![
+            text("a"),
+            Event::Ping(Bytes::new()),
+            Event::Close(CloseFrame {
+                code: CloseCode::GOING_AWAY,
+                reason: String::new()
+            })
+        ]
+    );
+    assert!(c.is_closed());
+    assert!(wire(&mut c).is_empty());
+}
+
+#[test]
+fn local_close_arguments_are_checked() {
+    let mut c = client();
+    assert_eq!(
+        c.close(CloseCode::ABNORMAL, ""),
+        Err(SendError::InvalidCloseCode(CloseCode::ABNORMAL))
+    );
+    assert_eq!(
+        c.close(CloseCode::NORMAL, &"x".repeat(124)),
+        Err(SendError::ReasonTooLong(124))
+    );
+    assert_eq!(c.send_ping(&[0; 126]), Err(SendError::ControlTooLong(126)));
+    assert!(c.is_open());
+    assert!(wire(&mut c).is_empty());
+}
+
+#[test]
+fn eof_without_close_is_abnormal() {
+    let mut s = server();
+    s.handle_input(&masked(0x01, b"unfinished")).unwrap();
+    s.handle_eof();
+    assert_eq!(
+        events(&mut s),
+        vec![Event::Close(CloseFrame {
+            code: CloseCode::ABNORMAL,
+            reason: String::new()
+        })]
+    );
+    assert!(s.is_closed());
+    assert!(wire(&mut s).is_empty());
+}
+
+#[test]
+fn the_failure_reason_is_truncated_on_a_char_boundary() {
+    assert_eq!(truncate_utf8("ééé", 3), "é");
+    assert_eq!(truncate_utf8("abc", 3), "abc");
+}
+
+#[derive(Debug, Clone)]
+enum Msg {
+    Text(String),
+    Binary(Vec<u8>),
+    Ping(Vec<u8>),
+}
+
+fn any_msg() -> impl Strategy<Value = Msg> {
+    prop_oneof![
+        "\\PC{0,300}".prop_map(Msg::Text),
+        prop::collection::vec(any::<u8>(), 0..2000).prop_map(Msg::Binary),
+        prop::collection::vec(any::<u8>(), 0..=125).prop_map(Msg::Ping),
+    ]
+}
+
+fn expected_event(msg: &Msg) -> Event {
+    match msg {
+        Msg::Text(t) => text(t),
+        Msg::Binary(b) => Event::Binary(Bytes::from(b.clone())),
+        Msg::Ping(p) => Event::Ping(Bytes::from(p.clone())),
+    }
+}
+
+/// Sends `msgs` from `from` and feeds the bytes to `to` in chunks of the
+/// given sizes; returns what `to` saw.
+fn transfer(
+    from: &mut Connection,
+    to: &mut Connection,
+    msgs: &[Msg],
+    chunks: &[usize],
+) -> Vec<Event> {
+    for msg in msgs {
+        match msg {
+            Msg::Text(t) => from.send_text(t).unwrap(),
+            Msg::Binary(b) => from.send_binary(b).unwrap(),
+            Msg::Ping(p) => from.send_ping(p).unwrap(),
+        }
+    }
+    let bytes = wire(from);
+    let mut rest = &bytes[..];
+    for &size in chunks.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (now, later) = rest.split_at(size.min(rest.len()));
+        to.handle_input(now).unwrap();
+        rest = later;
+    }
+    events(to)
+}
+
+proptest! {
+    #[test]
+    fn messages_survive_any_fragmentation_and_chunking(
+        msgs in prop::collection::vec(any_msg(), 0..12),
+        fragment in prop_oneof![Just(0usize), 1usize..64],
+        chunks in prop::collection::vec(1usize..700, 1..10),
+        client_sends in any::<bool>(),
+    ) {
+        let config = Config { send_fragment_size: fragment, ..Config::default() };
+        let (mut from, mut to) = if client_sends {
+            (Connection::with_rng(Side::Client, config, StdRng::seed_from_u64(1)), server())
+        } else {
+            (Connection::new(Side::Server, config), client())
+        };
+        let seen = transfer(&mut from, &mut to, &msgs, &chunks);
+        let expected: Vec<Event> = msgs.iter().map(expected_event).collect();
+        prop_assert_eq!(seen, expected);
+        // Every ping was answered with an identical pong.
+        let pongs = transfer(&mut to, &mut from, &[], &[usize::MAX]);
+        let expected_pongs: Vec<Event> = msgs
+            .iter()
+            .filter_map(|m| match m { Msg::Ping(p) => Some(Event::Pong(Bytes::from(p.clone()))), _ => None })
+            .collect();
+        prop_assert_eq!(pongs, expected_pongs);
+    }
+
+    #[test]
+    fn arbitrary_input_never_panics_or_overbuffers(
+        data in prop::collection::vec(any::<u8>(), 0..4096),
+        chunks in prop::collection::vec(1usize..300, 1..8),
+        side in prop_oneof![Just(Side::Client), Just(Side::Server)],
+    ) {
+        let config = Config { max_frame_size: 256, max_message_size: 512, max_fragments: 8, ..Config::default() };
+        let mut conn = Connection::with_rng(side, config, StdRng::seed_from_u64(3));
+        let mut rest = &data[..];
+        for &size in chunks.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (now, later) = rest.split_at(size.min(rest.len()));
+            let result = conn.handle_input(now);
+            // One partial frame at most is kept beyond what was processed,
+            // plus the rest of the chunk just given.
+            prop_assert!(conn.input.len() <= 256 + 300 + frame::MAX_HEADER_LEN);
+            prop_assert!(conn.message.as_ref().is_none_or(|m| m.data.len() <= 512));
+            if result.is_err() {
+                prop_assert!(conn.is_closed());
+                break;
+            }
+            rest = later;
+        }
+        while conn.poll_event().is_some() {}
+        while conn.poll_transmit().is_some() {}
+    }
+}

@@ -1,1 +1,0 @@
-//! Message framers for plain TCP streams.

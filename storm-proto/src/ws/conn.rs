@@ -53,7 +53,9 @@ use rand::rngs::StdRng;
 
 use super::Side;
 use super::close::{CloseCode, CloseFrame};
-use super::deflate::{DeflateConfig, DeflateError, DeflateParams, PerMessageDeflate};
+use super::deflate::{
+    DeflateConfig, DeflateConfigError, DeflateError, DeflateParams, PerMessageDeflate,
+};
 use super::frame::{self, FrameError, FrameHeader, MAX_CONTROL_PAYLOAD, OpCode};
 use super::utf8::Utf8Validator;
 
@@ -419,10 +421,18 @@ impl Connection {
 
     /// Turns on permessage-deflate with the parameters the handshake
     /// negotiated, and this endpoint's compression settings from `config`.
-    #[must_use]
-    pub fn with_deflate(mut self, params: DeflateParams, config: &DeflateConfig) -> Self {
-        self.deflate = Some(Box::new(PerMessageDeflate::new(params, self.side, config)));
-        self
+    ///
+    /// # Errors
+    ///
+    /// [`DeflateConfigError`] when the parameters ask this side to compress
+    /// with a window zlib cannot produce (8 bits) or `config` is invalid.
+    pub fn with_deflate(
+        mut self,
+        params: DeflateParams,
+        config: &DeflateConfig,
+    ) -> Result<Self, DeflateConfigError> {
+        self.deflate = Some(Box::new(PerMessageDeflate::new(self.side, params, config)?));
+        Ok(self)
     }
 
     /// Which side this connection plays.

@@ -447,3 +447,117 @@ proptest! {
         while conn.poll_transmit().is_some() {}
     }
 }
+
+fn deflate_pair(params: DeflateParams, fragment: usize) -> (Connection, Connection) {
+    let config = DeflateConfig::default();
+    let conn_config = Config { send_fragment_size: fragment, ..Config::default() };
+    let client = Connection::with_rng(Side::Client, conn_config.clone(), StdRng::seed_from_u64(5))
+        .with_deflate(params, &config)
+        .unwrap();
+    let server = Connection::new(Side::Server, conn_config).with_deflate(params, &config).unwrap();
+    (client, server)
+}
+
+fn any_params() -> impl Strategy<Value = DeflateParams> {
+    (any::<bool>(), any::<bool>(), 9u8..=15, 9u8..=15).prop_map(|(s, c, sb, cb)| DeflateParams {
+        server_no_context_takeover: s,
+        client_no_context_takeover: c,
+        server_max_window_bits: sb,
+        client_max_window_bits: cb,
+    })
+}
+
+#[test]
+fn deflated_messages_set_rsv1_and_round_trip() {
+    let params = DeflateParams {
+        server_no_context_takeover: false,
+        client_no_context_takeover: false,
+        server_max_window_bits: 15,
+        client_max_window_bits: 15,
+    };
+    let (mut c, mut s) = deflate_pair(params, 0);
+    let big = "storm ".repeat(1000);
+    c.send_text(&big).unwrap();
+    let bytes = wire(&mut c);
+    let (h, _) = FrameHeader::decode(&bytes).unwrap().unwrap();
+    assert!(h.rsv1);
+    assert!(bytes.len() < 200, "6000 repetitive bytes compressed to {}", bytes.len());
+    s.handle_input(&bytes).unwrap();
+    assert_eq!(events(&mut s), vec![text(&big)]);
+    // An uncompressed frame is still accepted on a deflate connection.
+    s.handle_input(&masked(0x81, b"plain")).unwrap();
+    assert_eq!(events(&mut s), vec![text("plain")]);
+}
+
+#[test]
+fn a_decompression_bomb_hits_the_message_limit() {
+    let params = DeflateParams {
+        server_no_context_takeover: false,
+        client_no_context_takeover: false,
+        server_max_window_bits: 15,
+        client_max_window_bits: 15,
+    };
+    let (mut c, _) = deflate_pair(params, 0);
+    c.send_binary(&vec![0u8; 4 << 20]).unwrap();
+    let bomb = wire(&mut c);
+    assert!(bomb.len() < 8 << 10);
+    let config = Config { max_message_size: 1 << 20, ..Config::default() };
+    let mut s = Connection::new(Side::Server, config).with_deflate(params, &DeflateConfig::default()).unwrap();
+    let err = s.handle_input(&bomb).unwrap_err();
+    assert_eq!(err.close_code(), CloseCode::MESSAGE_TOO_BIG);
+    assert_eq!(close_code_sent(&wire(&mut s)), 1009);
+}
+
+#[test]
+fn rsv1_without_deflate_is_a_protocol_error() {
+    assert_fails(&masked(0xC1, b"x"), ProtocolError::ReservedBits, 1002);
+    // And with deflate, RSV1 on a continuation or control frame still is.
+    let params = DeflateParams {
+        server_no_context_takeover: true,
+        client_no_context_takeover: true,
+        server_max_window_bits: 15,
+        client_max_window_bits: 15,
+    };
+    for input in [masked(0xC9, b""), [masked(0x01, b"a"), masked(0xC0, b"b")].concat()] {
+        let (_, mut s) = deflate_pair(params, 0);
+        assert_eq!(s.handle_input(&input), Err(ProtocolError::ReservedBits));
+    }
+}
+
+#[test]
+fn invalid_utf8_inside_compressed_text_is_1007() {
+    let params = DeflateParams {
+        server_no_context_takeover: false,
+        client_no_context_takeover: false,
+        server_max_window_bits: 15,
+        client_max_window_bits: 15,
+    };
+    let (mut c, mut s) = deflate_pair(params, 0);
+    // Compress invalid UTF-8 as a binary message, then relabel it as text.
+    c.send_binary(b"abc\xff\xfe").unwrap();
+    let mut bytes = wire(&mut c);
+    bytes[0] = (bytes[0] & 0xF0) | 0x1;
+    assert_eq!(s.handle_input(&bytes), Err(ProtocolError::InvalidUtf8));
+}
+
+proptest! {
+    #[test]
+    fn deflated_messages_survive_any_parameters_fragmentation_and_chunking(
+        msgs in prop::collection::vec(any_msg(), 0..8),
+        params in any_params(),
+        fragment in prop_oneof![Just(0usize), 1usize..64],
+        chunks in prop::collection::vec(1usize..700, 1..10),
+        client_sends in any::<bool>(),
+    ) {
+        let (mut c, mut s) = deflate_pair(params, fragment);
+        let (from, to) = if client_sends { (&mut c, &mut s) } else { (&mut s, &mut c) };
+        let seen = transfer(from, to, &msgs, &chunks);
+        let expected: Vec<Event> = msgs.iter().map(expected_event).collect();
+        prop_assert_eq!(seen, expected);
+        // Send the same list again: context carried over (or reset) must
+        // still decode identically.
+        let seen = transfer(from, to, &msgs, &chunks);
+        let expected: Vec<Event> = msgs.iter().map(expected_event).collect();
+        prop_assert_eq!(seen, expected);
+    }
+}

@@ -450,11 +450,16 @@ proptest! {
 
 fn deflate_pair(params: DeflateParams, fragment: usize) -> (Connection, Connection) {
     let config = DeflateConfig::default();
-    let conn_config = Config { send_fragment_size: fragment, ..Config::default() };
+    let conn_config = Config {
+        send_fragment_size: fragment,
+        ..Config::default()
+    };
     let client = Connection::with_rng(Side::Client, conn_config.clone(), StdRng::seed_from_u64(5))
         .with_deflate(params, &config)
         .unwrap();
-    let server = Connection::new(Side::Server, conn_config).with_deflate(params, &config).unwrap();
+    let server = Connection::new(Side::Server, conn_config)
+        .with_deflate(params, &config)
+        .unwrap();
     (client, server)
 }
 
@@ -481,7 +486,11 @@ fn deflated_messages_set_rsv1_and_round_trip() {
     let bytes = wire(&mut c);
     let (h, _) = FrameHeader::decode(&bytes).unwrap().unwrap();
     assert!(h.rsv1);
-    assert!(bytes.len() < 200, "6000 repetitive bytes compressed to {}", bytes.len());
+    assert!(
+        bytes.len() < 200,
+        "6000 repetitive bytes compressed to {}",
+        bytes.len()
+    );
     s.handle_input(&bytes).unwrap();
     assert_eq!(events(&mut s), vec![text(&big)]);
     // An uncompressed frame is still accepted on a deflate connection.
@@ -501,8 +510,13 @@ fn a_decompression_bomb_hits_the_message_limit() {
     c.send_binary(&vec![0u8; 4 << 20]).unwrap();
     let bomb = wire(&mut c);
     assert!(bomb.len() < 8 << 10);
-    let config = Config { max_message_size: 1 << 20, ..Config::default() };
-    let mut s = Connection::new(Side::Server, config).with_deflate(params, &DeflateConfig::default()).unwrap();
+    let config = Config {
+        max_message_size: 1 << 20,
+        ..Config::default()
+    };
+    let mut s = Connection::new(Side::Server, config)
+        .with_deflate(params, &DeflateConfig::default())
+        .unwrap();
     let err = s.handle_input(&bomb).unwrap_err();
     assert_eq!(err.close_code(), CloseCode::MESSAGE_TOO_BIG);
     assert_eq!(close_code_sent(&wire(&mut s)), 1009);
@@ -518,7 +532,10 @@ fn rsv1_without_deflate_is_a_protocol_error() {
         server_max_window_bits: 15,
         client_max_window_bits: 15,
     };
-    for input in [masked(0xC9, b""), [masked(0x01, b"a"), masked(0xC0, b"b")].concat()] {
+    for input in [
+        masked(0xC9, b""),
+        [masked(0x01, b"a"), masked(0xC0, b"b")].concat(),
+    ] {
         let (_, mut s) = deflate_pair(params, 0);
         assert_eq!(s.handle_input(&input), Err(ProtocolError::ReservedBits));
     }

@@ -11,10 +11,12 @@ mod conn;
 pub mod deflate;
 pub mod frame;
 pub mod handshake;
+mod url;
 mod utf8;
 
 pub use close::{CloseCode, CloseFrame};
 pub use conn::{Config, Connection, Event, ProtocolError, SendError, Utf8Bytes};
+pub use url::{UrlError, WsUrl};
 
 /// Which end of a connection a machine plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,6 +1,7 @@
 //! RFC 6455 WebSocket: handshake, frames, connection, permessage-deflate.
 
 pub mod deflate;
+pub mod extensions;
 pub mod frame;
 pub mod handshake;
 

@@ -9,6 +9,7 @@
 mod close;
 mod conn;
 pub mod deflate;
+pub mod extensions;
 pub mod frame;
 pub mod handshake;
 mod url;

@@ -10,10 +10,16 @@ use storm_std::ws::{self, ConnectOptions, Error};
 
 fn main() -> Result<(), Error> {
     let mut args = std::env::args().skip(1);
-    let base = args.next().unwrap_or_else(|| "ws://127.0.0.1:9001".to_owned());
+    let base = args
+        .next()
+        .unwrap_or_else(|| "ws://127.0.0.1:9001".to_owned());
     let agent = args.next().unwrap_or_else(|| "storm-std".to_owned());
     let options = ConnectOptions {
-        config: Config { max_message_size: 64 << 20, max_frame_size: 64 << 20, ..Config::default() },
+        config: Config {
+            max_message_size: 64 << 20,
+            max_frame_size: 64 << 20,
+            ..Config::default()
+        },
         deflate: Some(DeflateConfig::default()),
         ..ConnectOptions::default()
     };

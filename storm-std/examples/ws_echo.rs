@@ -13,11 +13,20 @@ use storm_proto::ws::{Config, Event};
 use storm_std::ws::{Error, WebSocket};
 
 fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9001".to_owned());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:9001".to_owned());
     let listener = TcpListener::bind(&addr)?;
     println!("ws_echo listening on ws://{}", listener.local_addr()?);
-    let handshake = Arc::new(ServerConfig { deflate: Some(DeflateConfig::default()), ..ServerConfig::default() });
-    let config = Config { max_message_size: 64 << 20, max_frame_size: 64 << 20, ..Config::default() };
+    let handshake = Arc::new(ServerConfig {
+        deflate: Some(DeflateConfig::default()),
+        ..ServerConfig::default()
+    });
+    let config = Config {
+        max_message_size: 64 << 20,
+        max_frame_size: 64 << 20,
+        ..Config::default()
+    };
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         let _ = stream.set_nodelay(true);
@@ -31,7 +40,11 @@ fn main() -> std::io::Result<()> {
     Ok(())
 }
 
-fn echo(stream: std::net::TcpStream, handshake: &Arc<ServerConfig>, config: Config) -> Result<(), Error> {
+fn echo(
+    stream: std::net::TcpStream,
+    handshake: &Arc<ServerConfig>,
+    config: Config,
+) -> Result<(), Error> {
     let (mut socket, _) = WebSocket::accept(stream, handshake, config)?;
     loop {
         match socket.read()? {

@@ -135,7 +135,10 @@ impl From<SendError> for Error {
 ///
 /// [`Error::Url`] for a bad URL, [`Error::TlsUnsupported`] for `wss://`,
 /// I/O and handshake errors otherwise.
-pub fn connect(url: &str, options: &ConnectOptions) -> Result<(WebSocket<TcpStream>, Upgraded), Error> {
+pub fn connect(
+    url: &str,
+    options: &ConnectOptions,
+) -> Result<(WebSocket<TcpStream>, Upgraded), Error> {
     let url: WsUrl = url.parse().map_err(Error::Url)?;
     if url.secure {
         return Err(Error::TlsUnsupported);
@@ -157,10 +160,15 @@ impl<S: Read + Write> WebSocket<S> {
     ///
     /// I/O errors, an invalid `handshake` config, or a response that does
     /// not complete the upgrade.
-    pub fn client(mut stream: S, handshake: &ClientConfig, config: Config) -> Result<(Self, Upgraded), Error> {
+    pub fn client(
+        mut stream: S,
+        handshake: &ClientConfig,
+        config: Config,
+    ) -> Result<(Self, Upgraded), Error> {
         let mut out = BytesMut::new();
         let mut rng = rand::rng();
-        let mut state = ClientHandshake::start(handshake, &mut rng, &mut out).map_err(Error::Config)?;
+        let mut state =
+            ClientHandshake::start(handshake, &mut rng, &mut out).map_err(Error::Config)?;
         stream.write_all(&out)?;
         stream.flush()?;
         let mut buf = vec![0u8; READ_CHUNK];
@@ -178,9 +186,8 @@ impl<S: Read + Write> WebSocket<S> {
         if let (Some(params), Some(deflate)) = (upgraded.deflate, &handshake.deflate) {
             conn = conn.with_deflate(params, deflate).map_err(Error::Deflate)?;
         }
-        let mut socket = Self { stream, conn, buf };
-        socket.feed(&upgraded.leftover.clone())?;
-        Ok((socket, upgraded))
+        conn.handle_input(&upgraded.leftover);
+        Ok((Self { stream, conn, buf }, upgraded))
     }
 
     /// Performs the server handshake on `stream`, accepting every valid
@@ -189,7 +196,11 @@ impl<S: Read + Write> WebSocket<S> {
     /// # Errors
     ///
     /// I/O errors, or [`Error::Handshake`] for a request that was refused.
-    pub fn accept(mut stream: S, handshake: &Arc<ServerConfig>, config: Config) -> Result<(Self, Accepted), Error> {
+    pub fn accept(
+        mut stream: S,
+        handshake: &Arc<ServerConfig>,
+        config: Config,
+    ) -> Result<(Self, Accepted), Error> {
         let mut state = ServerHandshake::new(Arc::clone(handshake)).map_err(Error::Config)?;
         let mut buf = vec![0u8; READ_CHUNK];
         let mut out = BytesMut::new();
@@ -216,9 +227,8 @@ impl<S: Read + Write> WebSocket<S> {
         if let (Some(params), Some(deflate)) = (accepted.deflate, &handshake.deflate) {
             conn = conn.with_deflate(params, deflate).map_err(Error::Deflate)?;
         }
-        let mut socket = Self { stream, conn, buf };
-        socket.feed(&accepted.leftover.clone())?;
-        Ok((socket, accepted))
+        conn.handle_input(&accepted.leftover);
+        Ok((Self { stream, conn, buf }, accepted))
     }
 
     /// Blocks until the next event. Auto-pongs and close replies are written
@@ -232,9 +242,17 @@ impl<S: Read + Write> WebSocket<S> {
     /// with the matching code has been sent), I/O errors, [`Error::Closed`].
     pub fn read(&mut self) -> Result<Event, Error> {
         loop {
-            if let Some(event) = self.conn.poll_event() {
-                self.flush()?;
-                return Ok(event);
+            match self.conn.poll_event() {
+                Ok(Some(event)) => {
+                    self.flush()?;
+                    return Ok(event);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    // Send the close frame that says why; the peer may be gone.
+                    let _ = self.flush();
+                    return Err(Error::Protocol(e));
+                }
             }
             if self.conn.is_closed() {
                 return Err(Error::Closed);
@@ -248,24 +266,7 @@ impl<S: Read + Write> WebSocket<S> {
                 self.conn.handle_eof();
                 continue;
             }
-            let input = std::mem::take(&mut self.buf);
-            let result = self.feed(&input[..n]);
-            self.buf = input;
-            result?;
-        }
-    }
-
-    fn feed(&mut self, data: &[u8]) -> Result<(), Error> {
-        if data.is_empty() {
-            return Ok(());
-        }
-        match self.conn.handle_input(data) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                // Send the close frame that says why; the peer may be gone.
-                let _ = self.flush();
-                Err(Error::Protocol(e))
-            }
+            self.conn.handle_input(&self.buf[..n]);
         }
     }
 

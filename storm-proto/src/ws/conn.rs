@@ -9,8 +9,10 @@
 //! After every input — bytes from the socket ([`Connection::handle_input`]),
 //! end of stream ([`Connection::handle_eof`]) or a send — drain both queues:
 //!
-//! 1. [`Connection::poll_event`] until `None`, handing events to the
-//!    application;
+//! 1. [`Connection::poll_event`] until `Ok(None)`, handing events to the
+//!    application (frames are parsed here, lazily, so a reply the
+//!    application queues goes out before the close frame of a protocol
+//!    error that followed the message it answers);
 //! 2. [`Connection::poll_transmit`] until `None`, writing every buffer to the
 //!    socket in order (auto-pongs and close replies are queued here too, so
 //!    they are never forgotten and never interleave with other frames);
@@ -22,10 +24,8 @@
 //!
 //! let mut server = Connection::new(Side::Server, Config::default());
 //! // A masked "Hello" from a client (RFC 6455 section 5.7).
-//! server
-//!     .handle_input(&[0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58])
-//!     .unwrap();
-//! while let Some(event) = server.poll_event() {
+//! server.handle_input(&[0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]);
+//! while let Some(event) = server.poll_event().unwrap() {
 //!     if let Event::Text(text) = event {
 //!         server.send_text(text.as_str()).unwrap(); // echo it back
 //!     }
@@ -39,10 +39,11 @@
 //!
 //! # Errors are final
 //!
-//! When the peer breaks the protocol, `handle_input` returns a
-//! [`ProtocolError`] saying what was wrong, queues a close frame with the
-//! matching code (1002, 1007, 1009, …) and returns that same error on every
-//! later call. The close frame can still be drained with `poll_transmit`.
+//! When the peer breaks the protocol, `poll_event` returns a
+//! [`ProtocolError`] saying what was wrong (after every event that came
+//! before it), queues a close frame with the matching code (1002, 1007,
+//! 1009, …) and returns that same error on every later call. The close frame
+//! can still be drained with `poll_transmit`.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -367,6 +368,8 @@ pub struct Connection {
     rng: Option<Box<StdRng>>,
     deflate: Option<Box<PerMessageDeflate>>,
     scratch: BytesMut,
+    /// The transport ended.
+    eof: bool,
 }
 
 impl fmt::Debug for Connection {
@@ -416,6 +419,7 @@ impl Connection {
             rng,
             deflate: None,
             scratch: BytesMut::new(),
+            eof: false,
         }
     }
 
@@ -461,52 +465,71 @@ impl Connection {
         matches!(self.state, State::Closed | State::Failed(_))
     }
 
-    /// Feeds bytes read from the transport, in any chunking.
+    /// Feeds bytes read from the transport, in any chunking. Then drain
+    /// [`poll_event`](Self::poll_event), which parses them.
     ///
-    /// Complete frames are processed at once; a partial frame is kept (up to
-    /// [`Config::max_frame_size`]) and text is validated as it arrives, so
-    /// invalid UTF-8 fails the connection at its first bad byte.
-    ///
-    /// # Errors
-    ///
-    /// The [`ProtocolError`] the peer committed. A close frame with its code is
-    /// queued for transmit, and every later call returns the same error.
-    pub fn handle_input(&mut self, data: &[u8]) -> Result<(), ProtocolError> {
-        if let State::Failed(e) = &self.state {
-            return Err(e.clone());
-        }
-        if self.state == State::Closed {
-            // Nothing may follow a close frame; ignore it.
-            return Ok(());
-        }
-        self.input.extend_from_slice(data);
-        match self.process() {
-            Ok(()) => Ok(()),
-            Err(e) => Err(self.fail(e)),
+    /// Bytes after the peer's close frame, or after a protocol error, are
+    /// discarded.
+    pub fn handle_input(&mut self, data: &[u8]) {
+        if self.state == State::Open || self.state == State::CloseSent {
+            self.input.extend_from_slice(data);
         }
     }
 
     /// Tells the connection the transport has no more bytes to give.
     ///
-    /// If the closing handshake had not completed, this queues
-    /// [`Event::Close`] with [`CloseCode::ABNORMAL`].
+    /// If the closing handshake had not completed, [`poll_event`]
+    /// (Self::poll_event) reports [`Event::Close`] with
+    /// [`CloseCode::ABNORMAL`] after the events already buffered.
     pub fn handle_eof(&mut self) {
-        if matches!(self.state, State::Open | State::CloseSent) {
-            self.state = State::Closed;
-            self.input = BytesMut::new();
-            self.message = None;
-            self.frame = None;
-            self.events.push_back(Event::Close(CloseFrame {
-                code: CloseCode::ABNORMAL,
-                reason: String::new(),
-            }));
-        }
+        self.eof = true;
     }
 
     /// The next event, in the order the peer caused them.
-    #[must_use]
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+    ///
+    /// Frames are parsed here, one at a time, so the application sees (and
+    /// can answer) every message that preceded a protocol violation before
+    /// the violation closes the connection. A partial frame is kept (up to
+    /// [`Config::max_frame_size`]) and its text validated as it arrives, so
+    /// invalid UTF-8 fails at its first bad byte. Call until `Ok(None)` after
+    /// every [`handle_input`](Self::handle_input).
+    ///
+    /// # Errors
+    ///
+    /// The [`ProtocolError`] the peer committed, after every event before it.
+    /// A close frame with its code is queued for transmit, and every later
+    /// call returns the same error.
+    pub fn poll_event(&mut self) -> Result<Option<Event>, ProtocolError> {
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Ok(Some(event));
+            }
+            match &self.state {
+                State::Failed(e) => return Err(e.clone()),
+                State::Closed => return Ok(None),
+                State::Open | State::CloseSent => {}
+            }
+            match self.process_frame() {
+                Ok(true) => {}
+                Ok(false) if self.eof => {
+                    self.state = State::Closed;
+                    self.release_input();
+                    self.events.push_back(Event::Close(CloseFrame {
+                        code: CloseCode::ABNORMAL,
+                        reason: String::new(),
+                    }));
+                }
+                Ok(false) => return Ok(None),
+                Err(e) => return Err(self.fail(e)),
+            }
+        }
+    }
+
+    fn release_input(&mut self) {
+        self.input = BytesMut::new();
+        self.message = None;
+        self.frame = None;
+        self.utf8.reset();
     }
 
     /// The next bytes to write to the transport, in order.
@@ -665,52 +688,47 @@ impl Connection {
             self.queue_close(Some(error.close_code()), &reason);
         }
         self.state = State::Failed(error.clone());
-        self.input = BytesMut::new();
-        self.message = None;
-        self.frame = None;
+        self.release_input();
         error
     }
 
-    fn process(&mut self) -> Result<(), ProtocolError> {
-        loop {
-            if self.state == State::Closed {
-                self.input = BytesMut::new();
-                return Ok(());
-            }
-            if self.frame.is_none() {
-                let Some((header, header_len)) = FrameHeader::decode(&self.input)? else {
-                    return Ok(());
-                };
-                let frame = self.check_header(header)?;
-                self.input.advance(header_len);
-                self.frame = Some(frame);
-            }
-            let Some(frame) = &mut self.frame else {
-                return Ok(());
+    /// Parses and handles the next complete frame. `Ok(false)`: need more
+    /// input.
+    fn process_frame(&mut self) -> Result<bool, ProtocolError> {
+        if self.frame.is_none() {
+            let Some((header, header_len)) = FrameHeader::decode(&self.input)? else {
+                return Ok(false);
             };
-            let available = self.input.len().min(frame.len);
-            if available > frame.seen {
-                let fresh = &mut self.input[frame.seen..available];
-                if let Some(mask) = frame.header.mask {
-                    frame::apply_mask(fresh, mask, frame.seen);
-                }
-                if frame.validate {
-                    self.utf8
-                        .feed(fresh)
-                        .map_err(|_| ProtocolError::InvalidUtf8)?;
-                }
-                frame.seen = available;
-            }
-            if available < frame.len {
-                // Keep room for the rest of the frame, bounded by max_frame_size.
-                return Ok(());
-            }
-            let len = frame.len;
-            let header = frame.header;
-            self.frame = None;
-            let payload = self.input.split_to(len).freeze();
-            self.handle_frame(header, payload)?;
+            let frame = self.check_header(header)?;
+            self.input.advance(header_len);
+            self.frame = Some(frame);
         }
+        let Some(frame) = &mut self.frame else {
+            return Ok(false);
+        };
+        let available = self.input.len().min(frame.len);
+        if available > frame.seen {
+            let fresh = &mut self.input[frame.seen..available];
+            if let Some(mask) = frame.header.mask {
+                frame::apply_mask(fresh, mask, frame.seen);
+            }
+            if frame.validate {
+                self.utf8
+                    .feed(fresh)
+                    .map_err(|_| ProtocolError::InvalidUtf8)?;
+            }
+            frame.seen = available;
+        }
+        if available < frame.len {
+            // Keep room for the rest of the frame, bounded by max_frame_size.
+            return Ok(false);
+        }
+        let len = frame.len;
+        let header = frame.header;
+        self.frame = None;
+        let payload = self.input.split_to(len).freeze();
+        self.handle_frame(header, payload)?;
+        Ok(true)
     }
 
     /// Checks a header against the connection's rules before any of its
@@ -899,8 +917,7 @@ impl Connection {
             self.queue_close(code, "");
         }
         self.state = State::Closed;
-        self.message = None;
-        self.utf8.reset();
+        self.release_input();
         self.events.push_back(Event::Close(frame));
         Ok(())
     }

@@ -19,7 +19,21 @@ fn wire(conn: &mut Connection) -> Vec<u8> {
 }
 
 fn events(conn: &mut Connection) -> Vec<Event> {
-    std::iter::from_fn(|| conn.poll_event()).collect()
+    drain(conn).unwrap()
+}
+
+fn drain(conn: &mut Connection) -> Result<Vec<Event>, ProtocolError> {
+    let mut events = Vec::new();
+    while let Some(event) = conn.poll_event()? {
+        events.push(event);
+    }
+    Ok(events)
+}
+
+/// Feeds `input` and drains the events it causes.
+fn feed(conn: &mut Connection, input: &[u8]) -> Result<Vec<Event>, ProtocolError> {
+    conn.handle_input(input);
+    drain(conn)
 }
 
 /// A client-to-server frame with a fixed mask, built independently of
@@ -62,16 +76,14 @@ fn rfc_examples_reach_the_application() {
     let mut s = server();
     s.handle_input(&[
         0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
-    ])
-    .unwrap();
+    ]);
     assert_eq!(events(&mut s), vec![text("Hello")]);
 
     let mut c = client();
     // Fragmented "Hel" + "lo" with an unmasked ping between the fragments.
-    c.handle_input(&[0x01, 0x03, 0x48, 0x65, 0x6c]).unwrap();
-    c.handle_input(&[0x89, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f])
-        .unwrap();
-    c.handle_input(&[0x80, 0x02, 0x6c, 0x6f]).unwrap();
+    c.handle_input(&[0x01, 0x03, 0x48, 0x65, 0x6c]);
+    c.handle_input(&[0x89, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]);
+    c.handle_input(&[0x80, 0x02, 0x6c, 0x6f]);
     assert_eq!(
         events(&mut c),
         vec![Event::Ping(Bytes::from_static(b"Hello")), text("Hello")]
@@ -95,10 +107,10 @@ fn byte_by_byte_equals_whole() {
     input.extend(masked(0x80, b"\xa9!"));
     input.extend(masked(0x82, &[0u8; 300]));
     let mut whole = server();
-    whole.handle_input(&input).unwrap();
+    whole.handle_input(&input);
     let mut split = server();
     for b in &input {
-        split.handle_input(std::slice::from_ref(b)).unwrap();
+        split.handle_input(std::slice::from_ref(b));
     }
     let expected = vec![
         Event::Ping(Bytes::from_static(b"p")),
@@ -117,19 +129,19 @@ fn auto_pong_can_be_turned_off() {
         ..Config::default()
     };
     let mut s = Connection::new(Side::Server, config);
-    s.handle_input(&masked(0x89, b"x")).unwrap();
+    s.handle_input(&masked(0x89, b"x"));
     assert_eq!(events(&mut s), vec![Event::Ping(Bytes::from_static(b"x"))]);
     assert!(wire(&mut s).is_empty());
 }
 
 fn assert_fails(input: &[u8], expected: ProtocolError, code: u16) {
     let mut s = server();
-    assert_eq!(s.handle_input(input), Err(expected.clone()));
+    assert_eq!(feed(&mut s, input), Err(expected.clone()));
     assert_eq!(expected.close_code().0, code);
     assert!(s.is_closed() && !s.is_open());
     assert_eq!(close_code_sent(&wire(&mut s)), code);
     // Errors are final, and nothing else is queued.
-    assert_eq!(s.handle_input(&masked(0x81, b"x")), Err(expected));
+    assert_eq!(feed(&mut s, &masked(0x81, b"x")), Err(expected));
     assert!(wire(&mut s).is_empty());
     assert_eq!(s.send_text("late"), Err(SendError::Closed));
 }
@@ -172,7 +184,7 @@ fn protocol_violations_close_with_1002() {
 fn a_client_rejects_masked_frames() {
     let mut c = client();
     assert_eq!(
-        c.handle_input(&masked(0x81, b"x")),
+        feed(&mut c, &masked(0x81, b"x")),
         Err(ProtocolError::MaskedFrame)
     );
     assert_eq!(close_code_sent(&wire(&mut c)), 1002);
@@ -197,10 +209,7 @@ fn invalid_utf8_closes_with_1007_at_the_first_bad_byte() {
     payload[6] = 0x90;
     let frame = masked(0x81, &payload);
     let mut s = server();
-    assert_eq!(
-        s.handle_input(&frame[..16]),
-        Err(ProtocolError::InvalidUtf8)
-    );
+    assert_eq!(feed(&mut s, &frame[..16]), Err(ProtocolError::InvalidUtf8));
 }
 
 #[test]
@@ -213,7 +222,7 @@ fn limits_close_with_1009_before_buffering() {
     };
     let fail = |input: &[u8], expected: ProtocolError| {
         let mut s = Connection::new(Side::Server, config.clone());
-        assert_eq!(s.handle_input(input), Err(expected));
+        assert_eq!(feed(&mut s, input), Err(expected));
         assert_eq!(close_code_sent(&wire(&mut s)), 1009);
     };
     // Only the header of an oversized frame is needed to refuse it.
@@ -234,7 +243,7 @@ fn limits_close_with_1009_before_buffering() {
     let mut ok = masked(0x02, &[1; 10]);
     ok.extend(masked(0x00, b""));
     ok.extend(masked(0x80, &[2; 6]));
-    s.handle_input(&ok).unwrap();
+    s.handle_input(&ok);
     let mut expected = vec![1u8; 10];
     expected.extend([2; 6]);
     assert_eq!(events(&mut s), vec![Event::Binary(expected.into())]);
@@ -245,7 +254,7 @@ fn peer_initiated_close_is_echoed() {
     let mut s = server();
     let mut payload = 1000u16.to_be_bytes().to_vec();
     payload.extend_from_slice(b"bye");
-    s.handle_input(&masked(0x88, &payload)).unwrap();
+    s.handle_input(&masked(0x88, &payload));
     assert_eq!(
         events(&mut s),
         vec![Event::Close(CloseFrame {
@@ -257,7 +266,7 @@ fn peer_initiated_close_is_echoed() {
     assert_eq!(wire(&mut s), [0x88, 0x02, 0x03, 0xe8]);
     assert_eq!(s.send_binary(b"x"), Err(SendError::Closed));
     // Anything after the close frame is ignored.
-    s.handle_input(&masked(0x81, b"after")).unwrap();
+    s.handle_input(&masked(0x81, b"after"));
     assert!(events(&mut s).is_empty());
     s.handle_eof();
     assert!(events(&mut s).is_empty());
@@ -266,7 +275,7 @@ fn peer_initiated_close_is_echoed() {
 #[test]
 fn empty_close_is_echoed_empty() {
     let mut s = server();
-    s.handle_input(&masked(0x88, b"")).unwrap();
+    s.handle_input(&masked(0x88, b""));
     assert_eq!(
         events(&mut s),
         vec![Event::Close(CloseFrame {
@@ -286,8 +295,8 @@ fn local_close_waits_for_the_reply() {
     assert_eq!(c.send_text("x"), Err(SendError::Closed));
     assert_eq!(c.close(CloseCode::NORMAL, ""), Err(SendError::Closed));
     // Data still in flight from the peer is delivered; no pong goes out.
-    c.handle_input(&[0x81, 0x01, b'a', 0x89, 0x00]).unwrap();
-    c.handle_input(&[0x88, 0x02, 0x03, 0xe9]).unwrap();
+    c.handle_input(&[0x81, 0x01, b'a', 0x89, 0x00]);
+    c.handle_input(&[0x88, 0x02, 0x03, 0xe9]);
     assert_eq!(
         events(&mut c),
         vec![
@@ -322,7 +331,7 @@ fn local_close_arguments_are_checked() {
 #[test]
 fn eof_without_close_is_abnormal() {
     let mut s = server();
-    s.handle_input(&masked(0x01, b"unfinished")).unwrap();
+    s.handle_input(&masked(0x01, b"unfinished"));
     s.handle_eof();
     assert_eq!(
         events(&mut s),
@@ -386,7 +395,7 @@ fn transfer(
             break;
         }
         let (now, later) = rest.split_at(size.min(rest.len()));
-        to.handle_input(now).unwrap();
+        to.handle_input(now);
         rest = later;
     }
     events(to)
@@ -432,7 +441,7 @@ proptest! {
                 break;
             }
             let (now, later) = rest.split_at(size.min(rest.len()));
-            let result = conn.handle_input(now);
+            let result = feed(&mut conn, now);
             // One partial frame at most is kept beyond what was processed,
             // plus the rest of the chunk just given.
             prop_assert!(conn.input.len() <= 256 + 300 + frame::MAX_HEADER_LEN);
@@ -443,7 +452,7 @@ proptest! {
             }
             rest = later;
         }
-        while conn.poll_event().is_some() {}
+        while let Ok(Some(_)) = conn.poll_event() {}
         while conn.poll_transmit().is_some() {}
     }
 }
@@ -491,10 +500,10 @@ fn deflated_messages_set_rsv1_and_round_trip() {
         "6000 repetitive bytes compressed to {}",
         bytes.len()
     );
-    s.handle_input(&bytes).unwrap();
+    s.handle_input(&bytes);
     assert_eq!(events(&mut s), vec![text(&big)]);
     // An uncompressed frame is still accepted on a deflate connection.
-    s.handle_input(&masked(0x81, b"plain")).unwrap();
+    s.handle_input(&masked(0x81, b"plain"));
     assert_eq!(events(&mut s), vec![text("plain")]);
 }
 
@@ -517,7 +526,7 @@ fn a_decompression_bomb_hits_the_message_limit() {
     let mut s = Connection::new(Side::Server, config)
         .with_deflate(params, &DeflateConfig::default())
         .unwrap();
-    let err = s.handle_input(&bomb).unwrap_err();
+    let err = feed(&mut s, &bomb).unwrap_err();
     assert_eq!(err.close_code(), CloseCode::MESSAGE_TOO_BIG);
     assert_eq!(close_code_sent(&wire(&mut s)), 1009);
 }
@@ -537,7 +546,7 @@ fn rsv1_without_deflate_is_a_protocol_error() {
         [masked(0x01, b"a"), masked(0xC0, b"b")].concat(),
     ] {
         let (_, mut s) = deflate_pair(params, 0);
-        assert_eq!(s.handle_input(&input), Err(ProtocolError::ReservedBits));
+        assert_eq!(feed(&mut s, &input), Err(ProtocolError::ReservedBits));
     }
 }
 
@@ -554,7 +563,7 @@ fn invalid_utf8_inside_compressed_text_is_1007() {
     c.send_binary(b"abc\xff\xfe").unwrap();
     let mut bytes = wire(&mut c);
     bytes[0] = (bytes[0] & 0xF0) | 0x1;
-    assert_eq!(s.handle_input(&bytes), Err(ProtocolError::InvalidUtf8));
+    assert_eq!(feed(&mut s, &bytes), Err(ProtocolError::InvalidUtf8));
 }
 
 proptest! {
@@ -577,4 +586,39 @@ proptest! {
         let expected: Vec<Event> = msgs.iter().map(expected_event).collect();
         prop_assert_eq!(seen, expected);
     }
+}
+
+#[test]
+fn a_reply_goes_out_before_the_close_of_a_later_violation() {
+    let mut s = server();
+    let mut input = masked(0x81, b"Hello");
+    input.extend(masked(0xA1, b"bad"));
+    s.handle_input(&input);
+    let Ok(Some(Event::Text(hello))) = s.poll_event() else {
+        panic!("the message before the violation is delivered first");
+    };
+    s.send_text(&hello).unwrap();
+    assert_eq!(s.poll_event(), Err(ProtocolError::ReservedBits));
+    assert_eq!(s.poll_event(), Err(ProtocolError::ReservedBits));
+    let out = wire(&mut s);
+    assert_eq!(&out[..7], b"\x81\x05Hello");
+    assert_eq!(close_code_sent(&out[7..]), 1002);
+}
+
+#[test]
+fn eof_delivers_buffered_messages_first() {
+    let mut s = server();
+    s.handle_input(&masked(0x82, b"last"));
+    s.handle_eof();
+    assert_eq!(
+        events(&mut s),
+        vec![
+            Event::Binary(Bytes::from_static(b"last")),
+            Event::Close(CloseFrame {
+                code: CloseCode::ABNORMAL,
+                reason: String::new()
+            })
+        ]
+    );
+    assert_eq!(s.poll_event(), Ok(None));
 }

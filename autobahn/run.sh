@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Runs the Autobahn|Testsuite against Storm's WebSocket server and client and
+# compares the results with autobahn/expected-results.json.
+#
+# usage: autobahn/run.sh [--quick] [--update] [ADAPTER ...]
+#   ADAPTER   storm-std (default: every adapter that ships the examples)
+#   --quick   a subset that finishes in about a minute (what CI runs):
+#             everything but the 16 MiB 9.* cases and with one deflate group
+#             per direction, instead of the full 517 cases (~10+ minutes)
+#   --update  record the results as the new expectation instead of comparing
+#
+# Needs ../shared/tools/autobahn (the suite on Python 3) beside the repo, and
+# python3 with venv. Only loopback addresses are used.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+tools=${AUTOBAHN_TOOLS:-$repo/../shared/tools/autobahn}
+quick=0
+update=""
+adapters=()
+for arg in "$@"; do
+    case "$arg" in
+        --quick) quick=1 ;;
+        --update) update=--update ;;
+        -*) echo "unknown option $arg" >&2; exit 2 ;;
+        *) adapters+=("$arg") ;;
+    esac
+done
+[ ${#adapters[@]} -gt 0 ] || adapters=(storm-std)
+if [ ! -x "$tools/setup.sh" ] && [ ! -f "$tools/setup.sh" ]; then
+    echo "autobahn: no suite at $tools (set AUTOBAHN_TOOLS)" >&2
+    exit 2
+fi
+if [ "$quick" = 1 ]; then
+    export AUTOBAHN_CASES='["1.*","2.*","3.*","4.*","5.*","6.*","7.*","10.*","12.1.*","13.1.*","13.3.*","13.5.*"]'
+fi
+bash "$tools/setup.sh" >/dev/null
+out=$repo/target/autobahn
+mkdir -p "$out"
+status=0
+for adapter in "${adapters[@]}"; do
+    cargo build --release -q -p "$adapter" --example ws_echo --example autobahn_client
+    bin=$repo/target/release/examples
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    "$bin/ws_echo" "127.0.0.1:$port" >"$out/$adapter-echo.log" 2>&1 &
+    echo_pid=$!
+    trap 'kill $echo_pid 2>/dev/null || true' EXIT
+    for _ in $(seq 50); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+        sleep 0.1
+    done
+    (cd "$out" && AUTOBAHN_OUTDIR="$out/$adapter-server" bash "$tools/run-server-suite.sh" "ws://127.0.0.1:$port" "$adapter") >"$out/$adapter-server.log" 2>&1 || true
+    kill $echo_pid 2>/dev/null || true
+    wait $echo_pid 2>/dev/null || true
+    python3 "$repo/autobahn/compare.py" "$repo/autobahn/expected-results.json" server "$adapter" "$out/$adapter-server" $update || status=1
+
+    cport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    (cd "$out" && AUTOBAHN_OUTDIR="$out/$adapter-client" bash "$tools/run-client-suite.sh" --port "$cport" -- "$bin/autobahn_client" "ws://127.0.0.1:$cport" "$adapter") >"$out/$adapter-client.log" 2>&1 || true
+    python3 "$repo/autobahn/compare.py" "$repo/autobahn/expected-results.json" client "$adapter" "$out/$adapter-client" $update || status=1
+done
+exit $status

@@ -1,0 +1,100 @@
+//! `storm echo` as a real process on a loopback port, for every protocol.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use storm_proto::ws::{CloseCode, Event};
+use storm_std::ws;
+
+/// A running `storm echo`, killed on drop.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(proto: &str) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_storm"))
+        .args(["echo", "--proto", proto, "--addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("storm starts");
+    // The first line says where it listens: "... listening on tcp://127.0.0.1:PORT".
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("banner");
+    let addr = line
+        .trim()
+        .rsplit("://")
+        .next()
+        .expect("address in banner")
+        .to_owned();
+    Server { child, addr }
+}
+
+fn connect(addr: &str) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream
+}
+
+#[test]
+fn line_echo() {
+    let server = start("line");
+    let mut stream = connect(&server.addr);
+    stream.write_all(b"hello\nwor").unwrap();
+    stream.write_all(b"ld\n").unwrap();
+    let mut reply = [0u8; 12];
+    stream.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"hello\nworld\n");
+}
+
+#[test]
+fn length_prefixed_echo() {
+    let server = start("lp");
+    let mut stream = connect(&server.addr);
+    let mut request = Vec::new();
+    for msg in [&b"one"[..], b"", &[7u8; 70_000]] {
+        request.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        request.extend_from_slice(msg);
+    }
+    stream.write_all(&request).unwrap();
+    let mut reply = vec![0u8; request.len()];
+    stream.read_exact(&mut reply).unwrap();
+    assert_eq!(reply, request);
+}
+
+#[test]
+fn websocket_echo_with_deflate() {
+    let server = start("ws");
+    let options = ws::ConnectOptions {
+        deflate: Some(Default::default()),
+        ..ws::ConnectOptions::default()
+    };
+    let (mut socket, upgraded) = ws::connect(&format!("ws://{}/", server.addr), &options).unwrap();
+    socket
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert!(
+        upgraded.deflate.is_some(),
+        "the echo server negotiates permessage-deflate"
+    );
+    socket.send_text("héllo").unwrap();
+    assert!(matches!(socket.read().unwrap(), Event::Text(t) if t.as_str() == "héllo"));
+    socket.send_binary(&[1, 2, 3]).unwrap();
+    assert!(matches!(socket.read().unwrap(), Event::Binary(b) if b[..] == [1, 2, 3]));
+    socket.close(CloseCode::NORMAL, "done").unwrap();
+    assert!(matches!(socket.read().unwrap(), Event::Close(f) if f.code == CloseCode::NORMAL));
+}

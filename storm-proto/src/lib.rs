@@ -14,6 +14,8 @@
 //! | [`ws::handshake`] | the WebSocket HTTP/1.1 upgrade, client and server |
 //! | [`ws::Connection`] | RFC 6455 after the upgrade: frames, fragmentation, UTF-8, control frames, closing |
 //! | [`ws::deflate`] | permessage-deflate (RFC 7692) |
+//! | [`heartbeat`] | ping interval, missed pongs, dead-peer detection, RTT, idle timeout |
+//! | [`reconnect`] | backoff (fixed, exponential with jitter, max attempts) and endpoint sets with round-robin and failover |
 //!
 //! # The drive loop
 //!
@@ -90,4 +92,6 @@
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod framing;
+pub mod heartbeat;
+pub mod reconnect;
 pub mod ws;

@@ -1,49 +1,4 @@
-//! The RFC 6455 connection state machine.
-//!
-//! A [`Connection`] turns bytes from the transport into [`Event`]s and the
-//! application's sends into bytes for the transport, after the opening
-//! handshake is done (see [`super::handshake`]). It does no I/O.
-//!
-//! # Driving a connection
-//!
-//! After every input — bytes from the socket ([`Connection::handle_input`]),
-//! end of stream ([`Connection::handle_eof`]) or a send — drain both queues:
-//!
-//! 1. [`Connection::poll_event`] until `Ok(None)`, handing events to the
-//!    application (frames are parsed here, lazily, so a reply the
-//!    application queues goes out before the close frame of a protocol
-//!    error that followed the message it answers);
-//! 2. [`Connection::poll_transmit`] until `None`, writing every buffer to the
-//!    socket in order (auto-pongs and close replies are queued here too, so
-//!    they are never forgotten and never interleave with other frames);
-//! 3. once [`Connection::is_closed`] is true and the transmit queue is empty,
-//!    close the transport (a server closes first, RFC 6455 section 7.1.1).
-//!
-//! ```
-//! use storm_proto::ws::{Connection, Config, Event, Side};
-//!
-//! let mut server = Connection::new(Side::Server, Config::default());
-//! // A masked "Hello" from a client (RFC 6455 section 5.7).
-//! server.handle_input(&[0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]);
-//! while let Some(event) = server.poll_event().unwrap() {
-//!     if let Event::Text(text) = event {
-//!         server.send_text(text.as_str()).unwrap(); // echo it back
-//!     }
-//! }
-//! let mut wire = Vec::new();
-//! while let Some(bytes) = server.poll_transmit() {
-//!     wire.extend_from_slice(&bytes);
-//! }
-//! assert_eq!(wire, b"\x81\x05Hello");
-//! ```
-//!
-//! # Errors are final
-//!
-//! When the peer breaks the protocol, `poll_event` returns a
-//! [`ProtocolError`] saying what was wrong (after every event that came
-//! before it), queues a close frame with the matching code (1002, 1007,
-//! 1009, …) and returns that same error on every later call. The close frame
-//! can still be drained with `poll_transmit`.
+//! The RFC 6455 connection state machine; see [`Connection`].
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -351,7 +306,50 @@ struct InMessage {
 
 /// One WebSocket connection after the handshake, for either side.
 ///
-/// See the [module docs](self) for the drive loop.
+/// A [`Connection`] turns bytes from the transport into [`Event`]s and the
+/// application's sends into bytes for the transport, after the opening
+/// handshake is done (see [`super::handshake`]). It does no I/O.
+///
+/// # Driving a connection
+///
+/// After every input — bytes from the socket ([`Self::handle_input`]),
+/// end of stream ([`Self::handle_eof`]) or a send — drain both queues:
+///
+/// 1. [`Self::poll_event`] until `Ok(None)`, handing events to the
+///    application (frames are parsed here, lazily, so a reply the
+///    application queues goes out before the close frame of a protocol
+///    error that followed the message it answers);
+/// 2. [`Self::poll_transmit`] until `None`, writing every buffer to the
+///    socket in order (auto-pongs and close replies are queued here too, so
+///    they are never forgotten and never interleave with other frames);
+/// 3. once [`Self::is_closed`] is true and the transmit queue is empty,
+///    close the transport (a server closes first, RFC 6455 section 7.1.1).
+///
+/// ```
+/// use storm_proto::ws::{Connection, Config, Event, Side};
+///
+/// let mut server = Connection::new(Side::Server, Config::default());
+/// // A masked "Hello" from a client (RFC 6455 section 5.7).
+/// server.handle_input(&[0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]);
+/// while let Some(event) = server.poll_event().unwrap() {
+///     if let Event::Text(text) = event {
+///         server.send_text(text.as_str()).unwrap(); // echo it back
+///     }
+/// }
+/// let mut wire = Vec::new();
+/// while let Some(bytes) = server.poll_transmit() {
+///     wire.extend_from_slice(&bytes);
+/// }
+/// assert_eq!(wire, b"\x81\x05Hello");
+/// ```
+///
+/// # Errors are final
+///
+/// When the peer breaks the protocol, `poll_event` returns a
+/// [`ProtocolError`] saying what was wrong (after every event that came
+/// before it), queues a close frame with the matching code (1002, 1007,
+/// 1009, …) and returns that same error on every later call. The close frame
+/// can still be drained with `poll_transmit`.
 pub struct Connection {
     side: Side,
     config: Config,
@@ -398,10 +396,12 @@ impl Connection {
         Self::build(side, config, rng)
     }
 
-    /// A connection whose masking keys (client side) come from `rng`.
+    /// A connection whose masking keys (client side) come from `rng`. A
+    /// server never masks, so it ignores `rng`.
     #[must_use]
     pub fn with_rng(side: Side, config: Config, rng: StdRng) -> Self {
-        Self::build(side, config, Some(Box::new(rng)))
+        let rng = (side == Side::Client).then(|| Box::new(rng));
+        Self::build(side, config, rng)
     }
 
     fn build(side: Side, config: Config, rng: Option<Box<StdRng>>) -> Self {
@@ -478,8 +478,8 @@ impl Connection {
 
     /// Tells the connection the transport has no more bytes to give.
     ///
-    /// If the closing handshake had not completed, [`poll_event`]
-    /// (Self::poll_event) reports [`Event::Close`] with
+    /// If the closing handshake had not completed,
+    /// [`poll_event`](Self::poll_event) reports [`Event::Close`] with
     /// [`CloseCode::ABNORMAL`] after the events already buffered.
     pub fn handle_eof(&mut self) {
         self.eof = true;

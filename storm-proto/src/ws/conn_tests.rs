@@ -622,3 +622,10 @@ fn eof_delivers_buffered_messages_first() {
     );
     assert_eq!(s.poll_event(), Ok(None));
 }
+
+#[test]
+fn a_server_never_masks_even_with_an_rng() {
+    let mut s = Connection::with_rng(Side::Server, Config::default(), StdRng::seed_from_u64(9));
+    s.send_binary(b"x").unwrap();
+    assert_eq!(wire(&mut s), [0x82, 0x01, b'x']);
+}

@@ -2,7 +2,7 @@
 //!
 //! This module knows the wire shape of one frame and nothing about the
 //! connection around it: which RSV bits an extension allows, whether a side
-//! must mask, and message reassembly are [`super::conn`]'s business.
+//! must mask, and message reassembly are [`super::Connection`]'s business.
 //!
 //! ```
 //! use bytes::BytesMut;

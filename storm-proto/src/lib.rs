@@ -14,6 +14,7 @@
 //! | [`ws::handshake`] | the WebSocket HTTP/1.1 upgrade, client and server |
 //! | [`ws::Connection`] | RFC 6455 after the upgrade: frames, fragmentation, UTF-8, control frames, closing |
 //! | [`ws::deflate`] | permessage-deflate (RFC 7692) |
+//! | [`route`] | the gateway's route handshake (SYN, SYN/ACK, ACK, route names, end) and `ROUTENAME=` route-addressed messages |
 //!
 //! # The drive loop
 //!
@@ -90,4 +91,5 @@
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod framing;
+pub mod route;
 pub mod ws;

@@ -1,1 +1,2 @@
 //! Shared scenario helpers for Storm's integration suite.
+pub mod fuzz_route;

@@ -16,6 +16,7 @@
 //! | [`ws::deflate`] | permessage-deflate (RFC 7692) |
 //! | [`heartbeat`] | ping interval, missed pongs, dead-peer detection, RTT, idle timeout |
 //! | [`reconnect`] | backoff (fixed, exponential with jitter, max attempts) and endpoint sets with round-robin and failover |
+//! | [`route`] | the gateway's route handshake (SYN, SYN/ACK, ACK, route names, end) and `ROUTENAME=` route-addressed messages |
 //!
 //! # The drive loop
 //!
@@ -94,4 +95,5 @@
 pub mod framing;
 pub mod heartbeat;
 pub mod reconnect;
+pub mod route;
 pub mod ws;

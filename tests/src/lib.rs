@@ -1,3 +1,4 @@
 //! Shared scenario helpers for Storm's integration suite.
 
 pub mod fuzz;
+pub mod fuzz_route;

@@ -14,6 +14,8 @@
 //! | [`ws::handshake`] | the WebSocket HTTP/1.1 upgrade, client and server |
 //! | [`ws::Connection`] | RFC 6455 after the upgrade: frames, fragmentation, UTF-8, control frames, closing |
 //! | [`ws::deflate`] | permessage-deflate (RFC 7692) |
+//! | [`backpressure`] | pending-byte accounting with pause at the limit and resume at half; slow-consumer decisions (`Wait`, `Drop`, `Disconnect`) |
+//! | [`hub`] | what servers share that is not I/O: sessions and their outboxes, groups, broadcast fan-out, max connections, middleware, metrics |
 //!
 //! # The drive loop
 //!
@@ -89,5 +91,7 @@
 //! drained.
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod backpressure;
 pub mod framing;
+pub mod hub;
 pub mod ws;

@@ -17,6 +17,8 @@
 //! | [`heartbeat`] | ping interval, missed pongs, dead-peer detection, RTT, idle timeout |
 //! | [`reconnect`] | backoff (fixed, exponential with jitter, max attempts) and endpoint sets with round-robin and failover |
 //! | [`route`] | the gateway's route handshake (SYN, SYN/ACK, ACK, route names, end) and `ROUTENAME=` route-addressed messages |
+//! | [`backpressure`] | pending-byte accounting with pause at the limit and resume at half; slow-consumer decisions (`Wait`, `Drop`, `Disconnect`) |
+//! | [`hub`] | what servers share that is not I/O: sessions and their outboxes, groups, broadcast fan-out, max connections, middleware, metrics |
 //!
 //! # The drive loop
 //!
@@ -92,8 +94,10 @@
 //! drained.
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod backpressure;
 pub mod framing;
 pub mod heartbeat;
 pub mod reconnect;
 pub mod route;
+pub mod hub;
 pub mod ws;

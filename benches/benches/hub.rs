@@ -1,0 +1,69 @@
+//! Broadcast fan-out through the hub: one pre-encoded message (32 bytes and
+//! 1 KiB) queued for 10,000 sessions. Only the broadcast is timed; the
+//! outboxes are drained between iterations, untimed. Divide the time by
+//! 10,000 (or read the element throughput) for the cost per session.
+//!
+//! `cargo bench -p storm-benches --bench hub`
+
+#![allow(missing_docs)] // criterion_group! generates undocumented items
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use storm_proto::hub::{Hub, HubConfig, Session};
+
+const SESSIONS: usize = 10_000;
+
+fn broadcast(c: &mut Criterion) {
+    let hub = Hub::new(HubConfig::default(), Instant::now()).unwrap();
+    let sessions: Vec<Arc<Session>> = (0..SESSIONS)
+        .map(|_| {
+            hub.register(hub.try_admit().unwrap(), Instant::now())
+                .unwrap()
+        })
+        .collect();
+    for s in &sessions {
+        hub.join(s.id(), "room").unwrap();
+    }
+    let mut batch = Vec::with_capacity(16);
+    let drain = |batch: &mut Vec<Bytes>| {
+        for s in &sessions {
+            batch.clear();
+            let drained = s.drain_into(batch, usize::MAX);
+            s.on_written(drained.bytes);
+        }
+    };
+
+    let mut group = c.benchmark_group("hub_broadcast");
+    group.throughput(Throughput::Elements(SESSIONS as u64));
+    for size in [32usize, 1024] {
+        // Encoded once, shared by every outbox.
+        let frame = Bytes::from(vec![0x5a; size]);
+        for (name, to_group) in [("all", false), ("group", true)] {
+            group.bench_with_input(BenchmarkId::new(name, size), &frame, |b, frame| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let start = Instant::now();
+                        let report = if to_group {
+                            hub.broadcast_group("room", frame, None)
+                        } else {
+                            hub.broadcast(frame, None)
+                        };
+                        total += start.elapsed();
+                        assert_eq!(black_box(report).delivered, SESSIONS);
+                        drain(&mut batch);
+                    }
+                    total
+                });
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, broadcast);
+criterion_main!(benches);

@@ -1,0 +1,641 @@
+//! One session: its id, outbox, backpressure, close request and metrics.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::lock;
+use super::metrics::Totals;
+use crate::backpressure::{
+    BackpressureConfig, FlowChange, SendBudget, SlowConsumerPolicy, Verdict, Watermark,
+};
+
+/// A session's id: unique within a [`Hub`](super::Hub), assigned in
+/// increasing order from 1 as sessions register (so ids sort by age).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionId(u64);
+
+impl SessionId {
+    /// A session id from its number (for tests, clients and lookups by a
+    /// number typed into an admin console).
+    pub const fn new(id: u64) -> Self {
+        Self(id)
+    }
+
+    /// The number.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl From<SessionId> for u64 {
+    fn from(id: SessionId) -> Self {
+        id.0
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// How a session was asked to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CloseKind {
+    /// Write what is queued, then close properly (a WebSocket close frame,
+    /// a TCP shutdown). Can take forever with a consumer that does not read:
+    /// follow up with [`Abort`](Self::Abort) after a timeout.
+    Graceful,
+    /// Close the socket at once; queued messages are discarded. Wins over
+    /// an earlier `Graceful` request.
+    Abort,
+}
+
+impl CloseKind {
+    const fn to_u8(self) -> u8 {
+        match self {
+            Self::Graceful => 1,
+            Self::Abort => 2,
+        }
+    }
+
+    const fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            1 => Some(Self::Graceful),
+            2 => Some(Self::Abort),
+            _ => None,
+        }
+    }
+}
+
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    /// Registered and accepting sends.
+    Open,
+    /// A close was requested; sends are refused, the writer is closing.
+    Closing(CloseKind),
+    /// Removed from the hub ([`Hub::disconnect`](super::Hub::disconnect)).
+    Closed,
+}
+
+/// The result of [`Session::send`]. Every refusal hands the message back.
+#[must_use = "a refused message is handed back and must be handled"]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Queued in the outbox; the writer was woken.
+    Queued,
+    /// [`SlowConsumerPolicy::Wait`]: the session is backpressured. Wait for
+    /// [`Session::poll_writable`] and send again.
+    Wait(Bytes),
+    /// [`SlowConsumerPolicy::Drop`]: dropped for this slow session (counted
+    /// in its metrics). Do not retry.
+    Dropped(Bytes),
+    /// [`SlowConsumerPolicy::Disconnect`]: the session was too slow and has
+    /// been asked to [abort](CloseKind::Abort).
+    Disconnected(Bytes),
+    /// The session is closing or closed: nothing more is sent.
+    Closed(Bytes),
+}
+
+/// What one [`Session::drain_into`] handed to the writer.
+#[must_use = "close tells the writer when to close the connection"]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Drained {
+    /// Messages appended to the caller's vector.
+    pub messages: usize,
+    /// Their total length in bytes.
+    pub bytes: usize,
+    /// `Some` when the writer must now close: [`CloseKind::Abort`] at once
+    /// (the queue was discarded, nothing was drained); [`CloseKind::Graceful`]
+    /// after writing what this call returned (the queue is now empty).
+    pub close: Option<CloseKind>,
+}
+
+impl Drained {
+    /// Whether nothing was drained and no close is due: wait for the waker.
+    pub const fn is_idle(&self) -> bool {
+        self.messages == 0 && self.close.is_none()
+    }
+}
+
+/// The session has been closed; it will never be writable again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionClosed;
+
+impl fmt::Display for SessionClosed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the session is closed")
+    }
+}
+
+impl std::error::Error for SessionClosed {}
+
+/// A snapshot of one session's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionMetrics {
+    /// When the session connected (the `now` given at registration).
+    pub connected_at: Instant,
+    /// Bytes the writer reported written ([`Session::on_written`]).
+    pub bytes_sent: u64,
+    /// Bytes the reader reported read ([`Session::on_read`]).
+    pub bytes_received: u64,
+    /// Messages handed to the writer ([`Session::drain_into`]).
+    pub messages_sent: u64,
+    /// Messages the reader reported ([`Session::on_message_received`]).
+    pub messages_received: u64,
+    /// Messages dropped for this session by the slow-consumer policy.
+    pub messages_dropped: u64,
+    /// Bytes of the dropped messages.
+    pub bytes_dropped: u64,
+    /// Bytes queued or in flight, not yet reported written.
+    pub pending_send_bytes: usize,
+    /// Bytes read and not yet reported consumed.
+    pub pending_receive_bytes: usize,
+}
+
+impl SessionMetrics {
+    /// Time since the session connected, as of `now` (zero if `now` is
+    /// earlier).
+    pub fn uptime(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.connected_at)
+    }
+}
+
+/// The outbox and everything that changes with it, under one lock.
+#[derive(Debug)]
+struct Outbox {
+    queue: VecDeque<Bytes>,
+    /// Bytes in `queue` (pending bytes minus the ones in flight).
+    queued_bytes: usize,
+    budget: SendBudget,
+    /// The writer to wake when data or a close request arrives.
+    writer: Option<Waker>,
+    /// Senders waiting for the session to become writable again.
+    writable: Vec<Waker>,
+    /// No more sends: a close was requested or the session was removed.
+    closed: bool,
+}
+
+/// What a broadcast did for one session.
+pub(crate) enum Delivery {
+    Queued,
+    Dropped,
+    /// Dropped because a Wait-policy session was past the broadcast cap.
+    Full,
+    Disconnected,
+    Closed,
+}
+
+/// One connected session as the hub sees it: shared (`Arc<Session>`) by the
+/// registry, the groups, the adapter's reader and writer and any task that
+/// sends to it. `Send + Sync`; every method takes `&self` and holds an
+/// internal lock only for a few field updates, never while calling out
+/// (wakers are woken after the lock is released).
+///
+/// # The outbox
+///
+/// Senders call [`send`](Self::send) with an already framed/encoded message.
+/// The adapter's writer loops:
+///
+/// 1. [`poll_drain`](Self::poll_drain) (or [`register_waker`](Self::register_waker)
+///    then [`drain_into`](Self::drain_into)) moves queued messages into its
+///    own `Vec<Bytes>` for one vectored write;
+/// 2. writes them, calling [`on_written`](Self::on_written) with the bytes
+///    the socket took, which releases backpressure and wakes waiting senders
+///    when the session drops to half its limit;
+/// 3. closes the connection when [`Drained::close`] says so.
+///
+/// The reader reports [`on_read`](Self::on_read) /
+/// [`on_consumed`](Self::on_consumed) and stops reading while
+/// [`is_read_paused`](Self::is_read_paused).
+#[derive(Debug)]
+pub struct Session {
+    id: SessionId,
+    connected_at: Instant,
+    outbox: Mutex<Outbox>,
+    receive: Mutex<Watermark>,
+    close: AtomicU8,
+    disconnected: AtomicBool,
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    messages_sent: AtomicU64,
+    messages_received: AtomicU64,
+    totals: Arc<Totals>,
+}
+
+fn wake_all(wakers: impl IntoIterator<Item = Waker>) {
+    for waker in wakers {
+        waker.wake();
+    }
+}
+
+fn as_u64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+impl Session {
+    pub(crate) fn new(
+        id: SessionId,
+        connected_at: Instant,
+        config: &BackpressureConfig,
+        totals: Arc<Totals>,
+    ) -> Self {
+        Self {
+            id,
+            connected_at,
+            outbox: Mutex::new(Outbox {
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                budget: SendBudget::from_config(config),
+                writer: None,
+                writable: Vec::new(),
+                closed: false,
+            }),
+            receive: Mutex::new(Watermark::new(config.max_pending_receive_bytes)),
+            close: AtomicU8::new(0),
+            disconnected: AtomicBool::new(false),
+            bytes_sent: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            messages_sent: AtomicU64::new(0),
+            messages_received: AtomicU64::new(0),
+            totals,
+        }
+    }
+
+    /// The session's id.
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// When the session connected (the `now` given at registration).
+    pub fn connected_at(&self) -> Instant {
+        self.connected_at
+    }
+
+    /// Time since the session connected, as of `now`.
+    pub fn uptime(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.connected_at)
+    }
+
+    /// Where the session is in its life.
+    pub fn state(&self) -> SessionState {
+        if self.disconnected.load(Ordering::Acquire) {
+            SessionState::Closed
+        } else {
+            match self.close_request() {
+                Some(kind) => SessionState::Closing(kind),
+                None => SessionState::Open,
+            }
+        }
+    }
+
+    /// Whether the session has been removed from its hub.
+    pub fn is_disconnected(&self) -> bool {
+        self.disconnected.load(Ordering::Acquire)
+    }
+
+    /// Queues an encoded message under the session's slow-consumer policy.
+    ///
+    /// Wakes the writer when the message is queued. On
+    /// [`SendOutcome::Wait`], wait with [`poll_writable`](Self::poll_writable)
+    /// and send again; on [`SendOutcome::Disconnected`] the session has been
+    /// asked to abort. A message is never admitted past the send limit,
+    /// except one larger than the whole limit into an empty outbox (see
+    /// [`backpressure`](crate::backpressure)).
+    pub fn send(&self, message: Bytes) -> SendOutcome {
+        let mut wake = Vec::new();
+        let outcome = {
+            let mut outbox = lock(&self.outbox);
+            if outbox.closed {
+                return SendOutcome::Closed(message);
+            }
+            match outbox.budget.offer(message.len()) {
+                Verdict::Admit => {
+                    outbox.queued_bytes += message.len();
+                    outbox.queue.push_back(message);
+                    wake.extend(outbox.writer.take());
+                    SendOutcome::Queued
+                }
+                Verdict::Wait => SendOutcome::Wait(message),
+                Verdict::Drop => {
+                    self.totals.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                    SendOutcome::Dropped(message)
+                }
+                Verdict::Disconnect => {
+                    self.close_locked(&mut outbox, CloseKind::Abort, &mut wake);
+                    SendOutcome::Disconnected(message)
+                }
+            }
+        };
+        wake_all(wake);
+        outcome
+    }
+
+    /// Broadcast's send: never waits (see [`SendBudget::offer_overflow`]).
+    /// Wakers to wake are appended to `wake`, for the caller to wake after
+    /// releasing its own locks.
+    pub(crate) fn push_nowait(
+        &self,
+        message: &Bytes,
+        overflow: usize,
+        wake: &mut Vec<Waker>,
+    ) -> Delivery {
+        let mut outbox = lock(&self.outbox);
+        if outbox.closed {
+            return Delivery::Closed;
+        }
+        match outbox.budget.offer_overflow(message.len(), overflow) {
+            Verdict::Admit => {
+                outbox.queued_bytes += message.len();
+                outbox.queue.push_back(message.clone());
+                wake.extend(outbox.writer.take());
+                Delivery::Queued
+            }
+            Verdict::Drop | Verdict::Wait => {
+                self.totals.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                if outbox.budget.policy() == SlowConsumerPolicy::Wait {
+                    Delivery::Full
+                } else {
+                    Delivery::Dropped
+                }
+            }
+            Verdict::Disconnect => {
+                self.close_locked(&mut outbox, CloseKind::Abort, wake);
+                Delivery::Disconnected
+            }
+        }
+    }
+
+    /// Whether sends are currently refused: the pending bytes reached the
+    /// limit and have not yet drained to half.
+    pub fn is_backpressured(&self) -> bool {
+        lock(&self.outbox).budget.is_backpressured()
+    }
+
+    /// Resolves when the session is writable (not backpressured), or with
+    /// [`SessionClosed`] once it is closing or closed. While pending, the
+    /// waker is kept and woken when the writer drains the outbox to half
+    /// the limit or the session closes.
+    ///
+    /// Any waker works: an async task's, or for a blocking sender a
+    /// [`thread_waker`](super::thread_waker) followed by
+    /// `std::thread::park()` in a loop.
+    pub fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<Result<(), SessionClosed>> {
+        let mut outbox = lock(&self.outbox);
+        if outbox.closed {
+            return Poll::Ready(Err(SessionClosed));
+        }
+        if !outbox.budget.is_backpressured() {
+            return Poll::Ready(Ok(()));
+        }
+        if !outbox.writable.iter().any(|w| w.will_wake(cx.waker())) {
+            outbox.writable.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Registers the writer's waker: woken (once) when a message is queued
+    /// or a close is requested. Register, then [`drain_into`](Self::drain_into)
+    /// again before sleeping, or use [`poll_drain`](Self::poll_drain), which
+    /// does both under one lock.
+    pub fn register_waker(&self, waker: &Waker) {
+        let mut outbox = lock(&self.outbox);
+        match &mut outbox.writer {
+            Some(old) if old.will_wake(waker) => {}
+            slot => *slot = Some(waker.clone()),
+        }
+    }
+
+    /// Moves queued messages into `out` for one vectored write: whole
+    /// messages while their total stays within `max_bytes`, and always at
+    /// least one (a message larger than `max_bytes` is moved alone). The
+    /// bytes stay pending until [`on_written`](Self::on_written).
+    ///
+    /// After an [abort](CloseKind::Abort) request the queue is discarded and
+    /// nothing is moved; [`Drained::close`] says when to close.
+    pub fn drain_into(&self, out: &mut Vec<Bytes>, max_bytes: usize) -> Drained {
+        let mut wake = Vec::new();
+        let drained = {
+            let mut outbox = lock(&self.outbox);
+            self.drain_locked(&mut outbox, out, max_bytes, &mut wake)
+        };
+        wake_all(wake);
+        drained
+    }
+
+    /// [`drain_into`](Self::drain_into), registering `cx`'s waker in the same
+    /// critical section when there is nothing to do, so no wake-up is lost.
+    pub fn poll_drain(
+        &self,
+        cx: &mut Context<'_>,
+        out: &mut Vec<Bytes>,
+        max_bytes: usize,
+    ) -> Poll<Drained> {
+        let mut wake = Vec::new();
+        let drained = {
+            let mut outbox = lock(&self.outbox);
+            let drained = self.drain_locked(&mut outbox, out, max_bytes, &mut wake);
+            if drained.is_idle() {
+                match &mut outbox.writer {
+                    Some(old) if old.will_wake(cx.waker()) => {}
+                    slot => *slot = Some(cx.waker().clone()),
+                }
+            }
+            drained
+        };
+        wake_all(wake);
+        if drained.is_idle() {
+            Poll::Pending
+        } else {
+            Poll::Ready(drained)
+        }
+    }
+
+    fn drain_locked(
+        &self,
+        outbox: &mut Outbox,
+        out: &mut Vec<Bytes>,
+        max_bytes: usize,
+        wake: &mut Vec<Waker>,
+    ) -> Drained {
+        let close = self.close_request();
+        if close == Some(CloseKind::Abort) {
+            let discarded = std::mem::take(&mut outbox.queued_bytes);
+            outbox.queue.clear();
+            if outbox.budget.discard(discarded) == FlowChange::Resumed {
+                wake.append(&mut outbox.writable);
+            }
+            return Drained {
+                close,
+                ..Drained::default()
+            };
+        }
+        let mut drained = Drained::default();
+        while let Some(front) = outbox.queue.front() {
+            let len = front.len();
+            if drained.messages > 0 && len > max_bytes.saturating_sub(drained.bytes) {
+                break;
+            }
+            if let Some(message) = outbox.queue.pop_front() {
+                out.push(message);
+                drained.messages += 1;
+                drained.bytes += len;
+            }
+        }
+        outbox.queued_bytes = outbox.queued_bytes.saturating_sub(drained.bytes);
+        if outbox.queue.is_empty() && close == Some(CloseKind::Graceful) {
+            drained.close = close;
+        }
+        self.messages_sent
+            .fetch_add(as_u64(drained.messages), Ordering::Relaxed);
+        self.totals
+            .messages_sent
+            .fetch_add(as_u64(drained.messages), Ordering::Relaxed);
+        drained
+    }
+
+    /// Reports `bytes` written to the socket: releases that much
+    /// backpressure and counts it as sent. Wakes the senders waiting in
+    /// [`poll_writable`](Self::poll_writable) when the pending bytes drop to
+    /// half the limit.
+    pub fn on_written(&self, bytes: usize) {
+        let wake = {
+            let mut outbox = lock(&self.outbox);
+            let in_flight = outbox.budget.pending().saturating_sub(outbox.queued_bytes);
+            let bytes = bytes.min(in_flight);
+            self.bytes_sent.fetch_add(as_u64(bytes), Ordering::Relaxed);
+            self.totals
+                .bytes_sent
+                .fetch_add(as_u64(bytes), Ordering::Relaxed);
+            if outbox.budget.on_flushed(bytes) == FlowChange::Resumed {
+                std::mem::take(&mut outbox.writable)
+            } else {
+                Vec::new()
+            }
+        };
+        wake_all(wake);
+    }
+
+    /// Asks the writer to close: sends are refused from now on, the writer
+    /// and any waiting senders are woken. An abort wins over an earlier
+    /// graceful request; a graceful request after an abort changes nothing.
+    pub fn request_close(&self, kind: CloseKind) {
+        let mut wake = Vec::new();
+        {
+            let mut outbox = lock(&self.outbox);
+            self.close_locked(&mut outbox, kind, &mut wake);
+        }
+        wake_all(wake);
+    }
+
+    fn close_locked(&self, outbox: &mut Outbox, kind: CloseKind, wake: &mut Vec<Waker>) {
+        self.close.fetch_max(kind.to_u8(), Ordering::AcqRel);
+        outbox.closed = true;
+        wake.extend(outbox.writer.take());
+        wake.append(&mut outbox.writable);
+    }
+
+    /// The close requested so far, if any (the strongest one).
+    pub fn close_request(&self) -> Option<CloseKind> {
+        CloseKind::from_u8(self.close.load(Ordering::Acquire))
+    }
+
+    /// Marks the session removed from its hub: sends are refused, waiters
+    /// are woken with [`SessionClosed`].
+    pub(crate) fn mark_disconnected(&self) {
+        self.disconnected.store(true, Ordering::Release);
+        let wake = {
+            let mut outbox = lock(&self.outbox);
+            outbox.closed = true;
+            let mut wake: Vec<Waker> = outbox.writer.take().into_iter().collect();
+            wake.append(&mut outbox.writable);
+            wake
+        };
+        wake_all(wake);
+    }
+
+    /// The session's slow-consumer policy.
+    pub fn policy(&self) -> SlowConsumerPolicy {
+        lock(&self.outbox).budget.policy()
+    }
+
+    /// Changes the session's slow-consumer policy for later sends.
+    pub fn set_policy(&self, policy: SlowConsumerPolicy) {
+        lock(&self.outbox).budget.set_policy(policy);
+    }
+
+    /// Messages waiting in the outbox (not yet drained by the writer).
+    pub fn queued_messages(&self) -> usize {
+        lock(&self.outbox).queue.len()
+    }
+
+    /// Bytes queued or in flight, not yet reported written.
+    pub fn pending_send_bytes(&self) -> usize {
+        lock(&self.outbox).budget.pending()
+    }
+
+    /// Reports `bytes` read from the socket and not yet consumed by the
+    /// application. Returns [`FlowChange::Paused`] when the receive limit is
+    /// reached: stop reading until [`on_consumed`](Self::on_consumed)
+    /// returns [`FlowChange::Resumed`].
+    pub fn on_read(&self, bytes: usize) -> FlowChange {
+        self.bytes_received
+            .fetch_add(as_u64(bytes), Ordering::Relaxed);
+        self.totals
+            .bytes_received
+            .fetch_add(as_u64(bytes), Ordering::Relaxed);
+        lock(&self.receive).add(bytes)
+    }
+
+    /// Reports `bytes` consumed by the application (decoded and handled).
+    /// Returns [`FlowChange::Resumed`] when reading may continue.
+    pub fn on_consumed(&self, bytes: usize) -> FlowChange {
+        lock(&self.receive).release(bytes)
+    }
+
+    /// Whether the reader should stop reading (receive limit reached, not
+    /// yet consumed down to half).
+    pub fn is_read_paused(&self) -> bool {
+        lock(&self.receive).is_paused()
+    }
+
+    /// Counts one message received (after decoding and middleware).
+    pub fn on_message_received(&self) {
+        self.messages_received.fetch_add(1, Ordering::Relaxed);
+        self.totals
+            .messages_received
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A snapshot of the session's counters.
+    pub fn metrics(&self) -> SessionMetrics {
+        let (dropped, dropped_bytes, pending_send) = {
+            let outbox = lock(&self.outbox);
+            (
+                outbox.budget.dropped_messages(),
+                outbox.budget.dropped_bytes(),
+                outbox.budget.pending(),
+            )
+        };
+        SessionMetrics {
+            connected_at: self.connected_at,
+            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
+            bytes_received: self.bytes_received.load(Ordering::Relaxed),
+            messages_sent: self.messages_sent.load(Ordering::Relaxed),
+            messages_received: self.messages_received.load(Ordering::Relaxed),
+            messages_dropped: dropped,
+            bytes_dropped: dropped_bytes,
+            pending_send_bytes: pending_send,
+            pending_receive_bytes: lock(&self.receive).pending(),
+        }
+    }
+}

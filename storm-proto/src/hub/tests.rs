@@ -1,0 +1,482 @@
+#![allow(clippy::disallowed_methods)] // a test: it reads the clock and parks
+#![allow(clippy::field_reassign_with_default)] // written as users outside the crate must
+use std::sync::Mutex;
+use std::sync::atomic::AtomicUsize;
+use std::task::{Context, Poll, Wake};
+use std::time::Duration;
+
+use super::*;
+use crate::backpressure::{FlowChange, SlowConsumerPolicy};
+
+/// A waker counting its wake-ups.
+#[derive(Default)]
+struct CountingWaker(AtomicUsize);
+
+impl Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn counting_waker() -> (Arc<CountingWaker>, Waker) {
+    let count = Arc::new(CountingWaker::default());
+    (Arc::clone(&count), Waker::from(Arc::clone(&count)))
+}
+
+fn wakes(count: &CountingWaker) -> usize {
+    count.0.load(Ordering::SeqCst)
+}
+
+fn hub_with(limit: usize, policy: SlowConsumerPolicy) -> Hub {
+    let mut config = HubConfig::default();
+    config.backpressure.max_pending_send_bytes = limit;
+    config.backpressure.max_pending_receive_bytes = limit;
+    config.backpressure.slow_consumer_policy = policy;
+    config.broadcast_overflow_bytes = limit / 2;
+    Hub::new(config, Instant::now()).unwrap()
+}
+
+fn connect(hub: &Hub) -> Arc<Session> {
+    hub.register(hub.try_admit().unwrap(), Instant::now())
+        .unwrap()
+}
+
+fn msg(len: usize) -> Bytes {
+    Bytes::from(vec![7u8; len])
+}
+
+fn drain_all(session: &Session) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let drained = session.drain_into(&mut out, usize::MAX);
+    session.on_written(drained.bytes);
+    out
+}
+
+#[test]
+fn ids_are_monotonic_and_registry_tracks_sessions() {
+    let hub = hub_with(100, SlowConsumerPolicy::Wait);
+    let a = connect(&hub);
+    let b = connect(&hub);
+    let c = connect(&hub);
+    assert_eq!(
+        [a.id(), b.id(), c.id()].map(SessionId::get),
+        [1, 2, 3],
+        "ids start at 1 and increase"
+    );
+    assert_eq!(hub.session_count(), 3);
+    assert!(Arc::ptr_eq(&hub.session(b.id()).unwrap(), &b));
+    let ids: Vec<_> = hub.sessions().iter().map(|s| s.id()).collect();
+    assert_eq!(ids, [a.id(), b.id(), c.id()]);
+    assert!(hub.disconnect(b.id()).is_some());
+    assert!(hub.disconnect(b.id()).is_none());
+    assert!(hub.session(b.id()).is_none());
+    assert_eq!(b.state(), SessionState::Closed);
+    assert_eq!(connect(&hub).id().get(), 4, "ids are never reused");
+    assert_eq!(a.id().to_string(), "#1");
+}
+
+#[test]
+fn max_connections_gate_counts_permits_until_disconnect() {
+    let mut config = HubConfig::default();
+    config.max_connections = 2;
+    let hub = Hub::new(config, Instant::now()).unwrap();
+    let p1 = hub.try_admit().unwrap();
+    let p2 = hub.try_admit().unwrap();
+    assert_eq!(hub.try_admit().unwrap_err().max_connections, 2);
+    drop(p2); // handshake failed
+    let session = hub
+        .register(hub.try_admit().unwrap(), Instant::now())
+        .unwrap();
+    assert!(hub.try_admit().is_err());
+    hub.disconnect(session.id());
+    assert!(session.is_disconnected());
+    let p3 = hub.try_admit().unwrap();
+    let m = hub.metrics(Instant::now());
+    assert_eq!(
+        (
+            m.connections,
+            m.connections_accepted,
+            m.connections_rejected
+        ),
+        (2, 4, 2)
+    );
+    drop((p1, p3));
+    assert_eq!(hub.metrics(Instant::now()).connections, 0);
+
+    let unlimited = Hub::new(HubConfig::default(), Instant::now()).unwrap();
+    let permits: Vec<_> = (0..1000).map(|_| unlimited.try_admit().unwrap()).collect();
+    assert_eq!(unlimited.metrics(Instant::now()).connections, permits.len());
+    // A permit from another hub is refused, and released.
+    assert_eq!(
+        hub.register(unlimited.try_admit().unwrap(), Instant::now())
+            .unwrap_err(),
+        RegisterError::ForeignPermit
+    );
+    assert_eq!(unlimited.metrics(Instant::now()).connections, 1000);
+}
+
+#[test]
+fn config_is_validated() {
+    let mut config = HubConfig::default();
+    config.max_group_name_len = 0;
+    assert_eq!(
+        Hub::new(config, Instant::now()).unwrap_err(),
+        HubConfigError::ZeroMaxGroupNameLen
+    );
+    let mut config = HubConfig::default();
+    config.max_groups_per_session = 0;
+    assert!(config.validate().is_err());
+    assert!(HubConfig::default().validate().is_ok());
+}
+
+#[test]
+fn send_drain_write_and_metrics() {
+    let start = Instant::now();
+    let hub = Hub::new(HubConfig::default(), start).unwrap();
+    let s = hub.register(hub.try_admit().unwrap(), start).unwrap();
+    for len in [10, 20, 30] {
+        assert_eq!(s.send(msg(len)), SendOutcome::Queued);
+    }
+    assert_eq!(s.queued_messages(), 3);
+    let mut out = Vec::new();
+    // 25 bytes: the first message only (10 + 20 > 25).
+    let drained = s.drain_into(&mut out, 25);
+    assert_eq!(
+        (drained.messages, drained.bytes, drained.close),
+        (1, 10, None)
+    );
+    // 0 bytes still moves one message, so a huge message cannot stall.
+    let drained = s.drain_into(&mut out, 0);
+    assert_eq!((drained.messages, drained.bytes), (1, 20));
+    let drained = s.drain_into(&mut out, 1000);
+    assert_eq!((drained.messages, drained.bytes), (1, 30));
+    assert!(s.drain_into(&mut out, 1000).is_idle());
+    assert_eq!(s.pending_send_bytes(), 60, "in flight until written");
+    s.on_written(45);
+    assert_eq!(s.pending_send_bytes(), 15);
+    s.on_written(1000); // over-reporting is clamped to what is in flight
+    assert_eq!(s.pending_send_bytes(), 0);
+
+    assert_eq!(s.on_read(100), FlowChange::Unchanged);
+    s.on_message_received();
+    assert_eq!(s.on_consumed(100), FlowChange::Unchanged);
+
+    let m = s.metrics();
+    assert_eq!((m.bytes_sent, m.messages_sent), (60, 3));
+    assert_eq!((m.bytes_received, m.messages_received), (100, 1));
+    assert_eq!(
+        m.uptime(start + Duration::from_secs(5)),
+        Duration::from_secs(5)
+    );
+    assert_eq!(
+        s.uptime(start + Duration::from_secs(2)),
+        Duration::from_secs(2)
+    );
+    let t = hub.metrics(start + Duration::from_secs(9));
+    assert_eq!(t.uptime, Duration::from_secs(9));
+    assert_eq!((t.bytes_sent, t.messages_sent, t.sessions), (60, 3, 1));
+    assert_eq!((t.bytes_received, t.messages_received), (100, 1));
+}
+
+#[test]
+fn receive_side_pauses_and_resumes_at_half() {
+    let hub = hub_with(100, SlowConsumerPolicy::Wait);
+    let s = connect(&hub);
+    assert_eq!(s.on_read(60), FlowChange::Unchanged);
+    assert_eq!(s.on_read(60), FlowChange::Paused);
+    assert!(s.is_read_paused());
+    assert_eq!(s.on_consumed(60), FlowChange::Unchanged); // 60 > 50
+    assert_eq!(s.on_consumed(10), FlowChange::Resumed);
+    assert!(!s.is_read_paused());
+    assert_eq!(s.metrics().pending_receive_bytes, 50);
+}
+
+#[test]
+fn writer_waker_is_woken_when_data_arrives() {
+    let hub = hub_with(100, SlowConsumerPolicy::Wait);
+    let s = connect(&hub);
+    let (count, waker) = counting_waker();
+    let mut cx = Context::from_waker(&waker);
+    let mut out = Vec::new();
+    assert!(s.poll_drain(&mut cx, &mut out, 100).is_pending());
+    assert_eq!(wakes(&count), 0);
+    assert_eq!(s.send(msg(5)), SendOutcome::Queued);
+    assert_eq!(wakes(&count), 1);
+    assert_eq!(s.send(msg(5)), SendOutcome::Queued);
+    assert_eq!(wakes(&count), 1, "woken once per registration");
+    let Poll::Ready(drained) = s.poll_drain(&mut cx, &mut out, 100) else {
+        panic!("data was queued");
+    };
+    assert_eq!(drained.messages, 2);
+    // register_waker then send: woken too.
+    s.register_waker(&waker);
+    s.register_waker(&waker); // same waker: kept once
+    hub.broadcast(&msg(1), None);
+    assert_eq!(wakes(&count), 2);
+    // A close request wakes the writer as well.
+    s.register_waker(&waker);
+    s.request_close(CloseKind::Graceful);
+    assert_eq!(wakes(&count), 3);
+}
+
+#[test]
+fn wait_policy_hands_back_and_wakes_when_writable() {
+    let hub = hub_with(100, SlowConsumerPolicy::Wait);
+    let s = connect(&hub);
+    assert_eq!(s.send(msg(80)), SendOutcome::Queued);
+    let big = msg(30);
+    assert_eq!(s.send(big.clone()), SendOutcome::Wait(big.clone()));
+    assert!(s.is_backpressured());
+    let (count, waker) = counting_waker();
+    let mut cx = Context::from_waker(&waker);
+    assert!(s.poll_writable(&mut cx).is_pending());
+    assert!(s.poll_writable(&mut cx).is_pending()); // registered once
+    let mut out = Vec::new();
+    let _ = s.drain_into(&mut out, usize::MAX);
+    s.on_written(20); // 60 pending: still over half
+    assert_eq!(wakes(&count), 0);
+    assert!(s.is_backpressured());
+    s.on_written(10); // 50: resumed
+    assert_eq!(wakes(&count), 1);
+    assert_eq!(s.poll_writable(&mut cx), Poll::Ready(Ok(())));
+    assert_eq!(s.send(big), SendOutcome::Queued);
+}
+
+#[test]
+fn waiting_senders_are_woken_by_close() {
+    let hub = hub_with(10, SlowConsumerPolicy::Wait);
+    let s = connect(&hub);
+    assert_eq!(s.send(msg(10)), SendOutcome::Queued);
+    let (count, waker) = counting_waker();
+    let mut cx = Context::from_waker(&waker);
+    assert!(s.poll_writable(&mut cx).is_pending());
+    hub.disconnect(s.id());
+    assert_eq!(wakes(&count), 1);
+    assert_eq!(s.poll_writable(&mut cx), Poll::Ready(Err(SessionClosed)));
+    assert!(matches!(s.send(msg(1)), SendOutcome::Closed(_)));
+}
+
+#[test]
+fn drop_and_disconnect_policies_on_send() {
+    let hub = hub_with(10, SlowConsumerPolicy::Drop);
+    let s = connect(&hub);
+    assert_eq!(s.send(msg(8)), SendOutcome::Queued);
+    assert!(matches!(s.send(msg(8)), SendOutcome::Dropped(m) if m.len() == 8));
+    assert_eq!(s.metrics().messages_dropped, 1);
+    assert_eq!(s.metrics().bytes_dropped, 8);
+    assert_eq!(hub.metrics(Instant::now()).messages_dropped, 1);
+
+    s.set_policy(SlowConsumerPolicy::Disconnect);
+    assert_eq!(s.policy(), SlowConsumerPolicy::Disconnect);
+    let (count, waker) = counting_waker();
+    s.register_waker(&waker);
+    assert!(matches!(s.send(msg(1)), SendOutcome::Disconnected(_)));
+    assert_eq!(wakes(&count), 1, "the writer must see the abort");
+    assert_eq!(s.state(), SessionState::Closing(CloseKind::Abort));
+    // The writer discards the queue and closes at once.
+    let mut out = Vec::new();
+    let drained = s.drain_into(&mut out, usize::MAX);
+    assert_eq!(drained.close, Some(CloseKind::Abort));
+    assert!(out.is_empty());
+    assert_eq!(s.queued_messages(), 0);
+    assert_eq!(s.pending_send_bytes(), 0);
+}
+
+#[test]
+fn graceful_close_drains_first_and_abort_wins() {
+    let hub = hub_with(100, SlowConsumerPolicy::Wait);
+    let s = connect(&hub);
+    assert_eq!(s.send(msg(10)), SendOutcome::Queued);
+    assert_eq!(s.send(msg(10)), SendOutcome::Queued);
+    s.request_close(CloseKind::Graceful);
+    assert!(matches!(s.send(msg(1)), SendOutcome::Closed(_)));
+    let mut out = Vec::new();
+    let first = s.drain_into(&mut out, 10);
+    assert_eq!((first.messages, first.close), (1, None));
+    let last = s.drain_into(&mut out, 10);
+    assert_eq!((last.messages, last.close), (1, Some(CloseKind::Graceful)));
+    s.request_close(CloseKind::Abort);
+    s.request_close(CloseKind::Graceful);
+    assert_eq!(s.close_request(), Some(CloseKind::Abort));
+
+    let other = connect(&hub);
+    hub.close_all(CloseKind::Graceful);
+    assert_eq!(other.state(), SessionState::Closing(CloseKind::Graceful));
+}
+
+#[test]
+fn oversized_message_is_sent_alone() {
+    let hub = hub_with(10, SlowConsumerPolicy::Wait);
+    let s = connect(&hub);
+    assert_eq!(s.send(msg(50)), SendOutcome::Queued);
+    assert!(s.is_backpressured());
+    assert!(matches!(s.send(msg(1)), SendOutcome::Wait(_)));
+    assert_eq!(drain_all(&s).len(), 1);
+    assert!(!s.is_backpressured());
+}
+
+#[test]
+fn broadcast_shares_one_allocation() {
+    let hub = hub_with(1 << 20, SlowConsumerPolicy::Wait);
+    let sessions: Vec<_> = (0..50).map(|_| connect(&hub)).collect();
+    let message = Bytes::from(vec![1u8; 1024]);
+    let report = hub.broadcast(&message, Some(sessions[3].id()));
+    assert_eq!((report.delivered, report.recipients()), (49, 49));
+    for (i, s) in sessions.iter().enumerate() {
+        let out = drain_all(s);
+        if i == 3 {
+            assert!(out.is_empty(), "excluded");
+        } else {
+            assert_eq!(out.len(), 1);
+            assert_eq!(out[0].as_ptr(), message.as_ptr(), "no copy for {i}");
+        }
+    }
+}
+
+#[test]
+fn broadcast_applies_each_sessions_policy_without_waiting() {
+    let hub = hub_with(100, SlowConsumerPolicy::Wait); // overflow 50
+    let fast = connect(&hub);
+    let wait = connect(&hub);
+    let drop = connect(&hub);
+    let disconnect = connect(&hub);
+    let closed = connect(&hub);
+    drop.set_policy(SlowConsumerPolicy::Drop);
+    disconnect.set_policy(SlowConsumerPolicy::Disconnect);
+    closed.request_close(CloseKind::Graceful);
+    for s in [&wait, &drop, &disconnect] {
+        assert_eq!(s.send(msg(100)), SendOutcome::Queued); // now backpressured
+    }
+    let frame = msg(40);
+    let report = hub.broadcast(&frame, None);
+    // Wait: queued past the limit (140 <= 150); Drop: skipped; Disconnect: aborted.
+    assert_eq!(
+        (
+            report.delivered,
+            report.dropped,
+            report.disconnected,
+            report.closed
+        ),
+        (2, 1, 1, 1)
+    );
+    assert!(report.full.is_empty());
+    assert_eq!(wait.pending_send_bytes(), 140);
+    assert_eq!(disconnect.close_request(), Some(CloseKind::Abort));
+    // A second broadcast would put the Wait session past its hard cap.
+    let report = hub.broadcast(&frame, None);
+    assert_eq!(report.full, [wait.id()]);
+    assert_eq!((report.delivered, report.dropped), (1, 2));
+    assert_eq!(wait.pending_send_bytes(), 140);
+    assert_eq!(wait.metrics().messages_dropped, 1);
+    assert_eq!(drain_all(&fast).len(), 2);
+}
+
+#[test]
+fn groups_join_leave_and_names() {
+    let hub = hub_with(100, SlowConsumerPolicy::Wait);
+    let a = connect(&hub);
+    let b = connect(&hub);
+    assert_eq!(hub.join(a.id(), "red"), Ok(true));
+    assert_eq!(hub.join(a.id(), "red"), Ok(false));
+    assert_eq!(hub.join(a.id(), "blue"), Ok(true));
+    assert_eq!(hub.join(b.id(), "red"), Ok(true));
+    assert_eq!(hub.member_count("red"), 2);
+    assert_eq!(hub.members("red"), [a.id(), b.id()]);
+    assert_eq!(hub.group_names(), ["blue", "red"]);
+    assert_eq!(hub.groups_of(a.id()), ["blue", "red"]);
+    assert!(hub.leave(a.id(), "blue"));
+    assert!(!hub.leave(a.id(), "blue"));
+    assert_eq!(hub.group_names(), ["red"], "empty groups disappear");
+    assert_eq!(hub.member_count("blue"), 0);
+    let report = hub.broadcast_group("red", &msg(3), Some(b.id()));
+    assert_eq!(report.delivered, 1);
+    assert_eq!(drain_all(&a).len(), 1);
+    assert!(drain_all(&b).is_empty());
+    assert_eq!(hub.broadcast_group("nobody", &msg(3), None).recipients(), 0);
+    hub.disconnect(a.id());
+    assert_eq!(hub.members("red"), [b.id()]);
+    assert!(hub.groups_of(a.id()).is_empty());
+    assert_eq!(hub.leave_all(b.id()), 1);
+    assert_eq!(hub.group_count(), 0);
+}
+
+#[test]
+fn group_errors() {
+    let mut config = HubConfig::default();
+    config.max_group_name_len = 4;
+    config.max_groups_per_session = 2;
+    let hub = Hub::new(config, Instant::now()).unwrap();
+    let s = connect(&hub);
+    assert_eq!(hub.join(s.id(), ""), Err(GroupError::EmptyName));
+    assert_eq!(
+        hub.join(s.id(), "toolong"),
+        Err(GroupError::NameTooLong { len: 7, max: 4 })
+    );
+    let ghost = SessionId::new(99);
+    assert_eq!(hub.join(ghost, "a"), Err(GroupError::UnknownSession(ghost)));
+    hub.join(s.id(), "a").unwrap();
+    hub.join(s.id(), "b").unwrap();
+    assert_eq!(
+        hub.join(s.id(), "c"),
+        Err(GroupError::TooManyGroups { max: 2 })
+    );
+    assert_eq!(hub.join(s.id(), "a"), Ok(false), "already a member is fine");
+    hub.disconnect(s.id());
+    assert_eq!(
+        hub.join(s.id(), "a"),
+        Err(GroupError::UnknownSession(s.id()))
+    );
+    assert!(
+        GroupError::TooManyGroups { max: 2 }
+            .to_string()
+            .contains('2')
+    );
+}
+
+#[derive(Default)]
+struct RecordingBackplane(Mutex<Vec<(String, Bytes)>>);
+
+impl Backplane for RecordingBackplane {
+    fn publish(&self, group: &str, message: &Bytes) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((group.to_owned(), message.clone()));
+    }
+}
+
+#[test]
+fn group_broadcast_goes_through_the_backplane() {
+    let backplane = Arc::new(RecordingBackplane::default());
+    let hub = Hub::with_backplane(HubConfig::default(), Instant::now(), backplane.clone()).unwrap();
+    let s = connect(&hub);
+    hub.join(s.id(), "room").unwrap();
+    let message = Bytes::from_static(b"hi");
+    assert_eq!(hub.broadcast_group("room", &message, None).delivered, 1);
+    // Delivery of a message from another node does not publish it again.
+    assert_eq!(hub.deliver_group("room", &message, None).delivered, 1);
+    assert_eq!(*backplane.0.lock().unwrap(), [("room".to_owned(), message)]);
+    assert_eq!(drain_all(&s).len(), 2);
+}
+
+#[test]
+fn thread_waker_unparks() {
+    let hub = hub_with(100, SlowConsumerPolicy::Wait);
+    let s = connect(&hub);
+    let waker = thread_waker(std::thread::current());
+    let mut cx = Context::from_waker(&waker);
+    let mut out = Vec::new();
+    assert!(s.poll_drain(&mut cx, &mut out, 100).is_pending());
+    assert_eq!(s.send(msg(1)), SendOutcome::Queued); // unparks us: park returns
+    std::thread::park_timeout(Duration::from_secs(5));
+    assert!(s.poll_drain(&mut cx, &mut out, 100).is_ready());
+}
+
+#[test]
+fn hub_and_session_are_send_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Hub>();
+    check::<Session>();
+    check::<ConnectionPermit>();
+    check::<MiddlewareChain>();
+}

@@ -14,6 +14,7 @@
 //! | [`ws::handshake`] | the WebSocket HTTP/1.1 upgrade, client and server |
 //! | [`ws::Connection`] | RFC 6455 after the upgrade: frames, fragmentation, UTF-8, control frames, closing |
 //! | [`ws::deflate`] | permessage-deflate (RFC 7692) |
+//! | [`broker`] | request/response broker: 24-byte frames, streaming and reassembly, consumer/provider routing, request correlation |
 //!
 //! # The drive loop
 //!
@@ -89,5 +90,6 @@
 //! drained.
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod broker;
 pub mod framing;
 pub mod ws;

@@ -1,1 +1,3 @@
 //! Shared scenario helpers for Storm's integration suite.
+
+pub mod fuzz_broker;

@@ -2,3 +2,4 @@
 
 pub mod fuzz;
 pub mod fuzz_route;
+pub mod fuzz_broker;

@@ -1,0 +1,953 @@
+//! The broker server's brain: registry, routing, timeouts, output queues.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::{
+    ChannelId, ClientId, ConfigError, ErrorCode, ErrorPayload, FLAG_MORE, Frame, FrameConfig,
+    FrameType, ROUTING_INFO_LEN, Registration, RequestId, Role, RoutingInfo, non_zero,
+};
+
+/// A connection, as numbered by the adapter (any scheme, unique while the
+/// connection is known to the router).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn#{}", self.0)
+    }
+}
+
+/// Limits and timeouts of a [`Router`].
+///
+/// Memory per connection is bounded by its output queue:
+/// `max_queued_bytes` of data payloads plus `max_queued_errors` small error
+/// frames (with the defaults about 8 MiB + 256 frames).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RouterConfig {
+    /// The frame codec's max payload: the `Start` frame sent to a provider
+    /// (32 bytes of routing info + the consumer's header) must fit it.
+    /// Default: 1 MiB.
+    pub max_frame_payload: usize,
+    /// Timeout of a request when the consumer registered with timeout 0.
+    /// Default: 5 s.
+    pub default_timeout: Duration,
+    /// Cap on the timeout a consumer registers with. Default: 5 min.
+    pub max_timeout: Duration,
+    /// Most requests in flight through the router. Default: 65 536.
+    pub max_requests: usize,
+    /// Most requests in flight per consumer. Default: 1024.
+    pub max_requests_per_consumer: usize,
+    /// Most data frames queued for one connection. Default: 1024.
+    pub max_queued_frames: usize,
+    /// Most data payload bytes queued for one connection (one frame is
+    /// always accepted into an empty queue). Default: 8 MiB.
+    pub max_queued_bytes: usize,
+    /// Most `Error` frames queued for one connection. When a connection's
+    /// error lane is full it is not reading at all: the router closes it
+    /// ([`CloseReason::ErrorQueueFull`]). Default: 256.
+    pub max_queued_errors: usize,
+}
+
+impl RouterConfig {
+    /// Default of [`default_timeout`](Self::default_timeout): 5 s.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Default of [`max_timeout`](Self::max_timeout): 5 min.
+    pub const DEFAULT_MAX_TIMEOUT: Duration = Duration::from_secs(300);
+    /// Default of [`max_requests`](Self::max_requests).
+    pub const DEFAULT_MAX_REQUESTS: usize = 65_536;
+    /// Default of [`max_requests_per_consumer`](Self::max_requests_per_consumer).
+    pub const DEFAULT_MAX_REQUESTS_PER_CONSUMER: usize = 1024;
+    /// Default of [`max_queued_frames`](Self::max_queued_frames).
+    pub const DEFAULT_MAX_QUEUED_FRAMES: usize = 1024;
+    /// Default of [`max_queued_bytes`](Self::max_queued_bytes): 8 MiB.
+    pub const DEFAULT_MAX_QUEUED_BYTES: usize = 8 * 1024 * 1024;
+    /// Default of [`max_queued_errors`](Self::max_queued_errors).
+    pub const DEFAULT_MAX_QUEUED_ERRORS: usize = 256;
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            max_frame_payload: FrameConfig::DEFAULT_MAX_PAYLOAD,
+            default_timeout: Self::DEFAULT_TIMEOUT,
+            max_timeout: Self::DEFAULT_MAX_TIMEOUT,
+            max_requests: Self::DEFAULT_MAX_REQUESTS,
+            max_requests_per_consumer: Self::DEFAULT_MAX_REQUESTS_PER_CONSUMER,
+            max_queued_frames: Self::DEFAULT_MAX_QUEUED_FRAMES,
+            max_queued_bytes: Self::DEFAULT_MAX_QUEUED_BYTES,
+            max_queued_errors: Self::DEFAULT_MAX_QUEUED_ERRORS,
+        }
+    }
+}
+
+/// Something the adapter must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RouterEvent {
+    /// The output queue of `conn` went from empty to non-empty: drain it
+    /// with [`Router::poll_transmit`] (as fast as its socket takes it). Not
+    /// repeated until `poll_transmit` has returned `None` once.
+    Transmit(ConnId),
+    /// A connection registered.
+    Registered {
+        /// The connection.
+        conn: ConnId,
+        /// Its role.
+        role: Role,
+        /// Its client id.
+        client_id: ClientId,
+        /// Its channel.
+        channel_id: ChannelId,
+    },
+    /// The router gave up on `conn`: drain what is still queued for it (an
+    /// `Error` frame that explains), then close the socket and call
+    /// [`Router::handle_disconnect`]. Its requests have already been failed
+    /// or cancelled; frames it still sends are ignored.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+/// Why the router closes a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer broke the protocol (a `Error` frame with
+    /// [`ErrorCode::PROTOCOL`] and this text is queued for it).
+    Protocol(&'static str),
+    /// The peer's error lane was full: it is not reading.
+    ErrorQueueFull,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Protocol(why) => write!(f, "protocol violation: {why}"),
+            Self::ErrorQueueFull => f.write_str("error queue full: peer is not reading"),
+        }
+    }
+}
+
+/// Local misuse of the [`Router`] API by the adapter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RouterError {
+    /// [`Router::handle_connect`] with an id already known.
+    DuplicateConn(ConnId),
+    /// An id the router does not know (never connected, or disconnected).
+    UnknownConn(ConnId),
+}
+
+impl fmt::Display for RouterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::DuplicateConn(c) => write!(f, "{c} is already connected"),
+            Self::UnknownConn(c) => write!(f, "{c} is not connected"),
+        }
+    }
+}
+
+impl std::error::Error for RouterError {}
+
+/// Counters of a [`Router`]; every frame that does not reach its
+/// destination is counted in one of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RouterStats {
+    /// Connections accepted.
+    pub connections: u64,
+    /// Successful registrations.
+    pub registrations: u64,
+    /// Frames taken from connections.
+    pub frames_in: u64,
+    /// Frames handed out by `poll_transmit`.
+    pub frames_out: u64,
+    /// `Error` frames queued (by the router or forwarded).
+    pub error_frames: u64,
+    /// Requests forwarded to a provider.
+    pub requests_started: u64,
+    /// Requests answered with a final `Response`.
+    pub requests_completed: u64,
+    /// Requests answered with an `Error` by the provider.
+    pub provider_errors: u64,
+    /// Requests refused: no provider on the channel.
+    pub no_responders: u64,
+    /// Requests failed because a queue was full (or `max_requests`).
+    pub busy: u64,
+    /// Requests refused: the consumer had too many in flight.
+    pub too_many_requests: u64,
+    /// Requests refused: `Start` header too long.
+    pub bad_requests: u64,
+    /// Requests that timed out.
+    pub timed_out: u64,
+    /// Requests failed because their provider disconnected.
+    pub provider_gone: u64,
+    /// Requests cancelled by their consumer.
+    pub cancelled: u64,
+    /// Requests dropped because their consumer disconnected (the provider
+    /// is told).
+    pub consumer_gone: u64,
+    /// `Response`/`Error` frames from a provider for no request in flight
+    /// (after a timeout or cancellation): ignored.
+    pub late_responses: u64,
+    /// `Chunk`/`End`/`Error` frames from a consumer for no request in
+    /// flight (after the request failed, and its consumer was told), and
+    /// frames from closed connections: ignored.
+    pub discarded_frames: u64,
+    /// Queued data frames removed because their request failed first.
+    pub purged_frames: u64,
+    /// Connections closed for a protocol violation.
+    pub protocol_violations: u64,
+    /// Connections closed because their error lane was full.
+    pub slow_closes: u64,
+}
+
+#[derive(Debug)]
+enum State {
+    Unregistered,
+    Consumer {
+        client_id: ClientId,
+        channel_id: ChannelId,
+        timeout: Duration,
+    },
+    Provider {
+        channel_id: ChannelId,
+    },
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct Outbox {
+    errors: VecDeque<Frame>,
+    data: VecDeque<Frame>,
+    data_bytes: usize,
+    notified: bool,
+}
+
+#[derive(Debug)]
+struct Conn {
+    state: State,
+    out: Outbox,
+    /// Router-side ids of the requests this connection takes part in.
+    requests: BTreeSet<RequestId>,
+    /// Scheduled for closing: takes no more frames.
+    doomed: bool,
+}
+
+#[derive(Debug)]
+struct Entry {
+    consumer: ConnId,
+    consumer_id: RequestId,
+    provider: ConnId,
+    deadline: Instant,
+    consumer_done: bool,
+}
+
+#[derive(Debug, Default)]
+struct Channel {
+    providers: Vec<ConnId>,
+    next: usize,
+}
+
+/// The broker server as a pure state machine.
+///
+/// The adapter assigns each connection a [`ConnId`], tells the router
+/// about it ([`handle_connect`](Self::handle_connect)), decodes its bytes
+/// with a [`FrameCodec`](super::FrameCodec) and hands every frame to
+/// [`handle_frame`](Self::handle_frame); when the socket closes it calls
+/// [`handle_disconnect`](Self::handle_disconnect).
+///
+/// **Routing is frame by frame.** A consumer's `Start` picks a provider on
+/// its channel (round-robin, skipping providers whose queue is full) and
+/// is forwarded at once; its `Chunk`s and `End` follow as they arrive. The
+/// router never holds a whole request: a 50 MiB request costs it at most
+/// the provider's bounded queue. Request ids are rewritten towards
+/// providers (so two consumers' ids never collide) and restored on the way
+/// back.
+///
+/// **Output** is one queue per connection with two lanes: `Error` frames
+/// always leave before data. When an `Error` ends a request, that
+/// request's data frames still queued for the same connection are removed
+/// (so an `Error` never overtakes the data it ends). A data lane is
+/// bounded (`max_queued_frames`, `max_queued_bytes`): when it is full the
+/// *sender* of the frame gets an `Error` ([`ErrorCode::BUSY`]) and the
+/// request is abandoned at both ends — nothing is dropped silently.
+///
+/// **Drain order** after every `handle_*` call: drain
+/// [`poll_event`](Self::poll_event) until `None`; for every
+/// [`RouterEvent::Transmit`] drain [`poll_transmit`](Self::poll_transmit)
+/// for that connection while its socket is writable (the queue keeps the
+/// rest); re-arm the timer from [`poll_timeout`](Self::poll_timeout).
+#[derive(Debug)]
+pub struct Router {
+    config: RouterConfig,
+    conns: HashMap<ConnId, Conn>,
+    channels: HashMap<ChannelId, Channel>,
+    entries: HashMap<RequestId, Entry>,
+    by_consumer: HashMap<(ConnId, RequestId), RequestId>,
+    deadlines: BTreeSet<(Instant, RequestId)>,
+    events: VecDeque<RouterEvent>,
+    to_close: VecDeque<(ConnId, CloseReason)>,
+    next_id: u128,
+    stats: RouterStats,
+}
+
+impl Router {
+    /// Builds a router.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] if a limit or timeout is zero, `max_frame_payload`
+    /// cannot hold the 32-byte routing info or exceeds `u32::MAX`, or
+    /// `default_timeout > max_timeout`.
+    pub fn new(config: RouterConfig) -> Result<Self, ConfigError> {
+        non_zero("max_requests", config.max_requests)?;
+        non_zero(
+            "max_requests_per_consumer",
+            config.max_requests_per_consumer,
+        )?;
+        non_zero("max_queued_frames", config.max_queued_frames)?;
+        non_zero("max_queued_bytes", config.max_queued_bytes)?;
+        non_zero("max_queued_errors", config.max_queued_errors)?;
+        if config.default_timeout.is_zero() {
+            return Err(ConfigError::Zero {
+                field: "default_timeout",
+            });
+        }
+        if config.default_timeout > config.max_timeout {
+            return Err(ConfigError::TooLarge {
+                field: "default_timeout",
+                value: usize::try_from(config.default_timeout.as_millis()).unwrap_or(usize::MAX),
+                max: usize::try_from(config.max_timeout.as_millis()).unwrap_or(usize::MAX),
+            });
+        }
+        if config.max_frame_payload < ROUTING_INFO_LEN {
+            return Err(ConfigError::Zero {
+                field: "max_frame_payload (below 32)",
+            });
+        }
+        if u32::try_from(config.max_frame_payload).is_err() {
+            return Err(ConfigError::TooLarge {
+                field: "max_frame_payload",
+                value: config.max_frame_payload,
+                max: u32::MAX as usize,
+            });
+        }
+        Ok(Self {
+            config,
+            conns: HashMap::new(),
+            channels: HashMap::new(),
+            entries: HashMap::new(),
+            by_consumer: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            events: VecDeque::new(),
+            to_close: VecDeque::new(),
+            next_id: 0,
+            stats: RouterStats::default(),
+        })
+    }
+
+    /// A new connection. Its first frame must be a registration `Start`.
+    ///
+    /// # Errors
+    ///
+    /// [`RouterError::DuplicateConn`] if `conn` is already known.
+    pub fn handle_connect(&mut self, conn: ConnId) -> Result<(), RouterError> {
+        if self.conns.contains_key(&conn) {
+            return Err(RouterError::DuplicateConn(conn));
+        }
+        self.conns.insert(
+            conn,
+            Conn {
+                state: State::Unregistered,
+                out: Outbox::default(),
+                requests: BTreeSet::new(),
+                doomed: false,
+            },
+        );
+        self.stats.connections += 1;
+        Ok(())
+    }
+
+    /// The connection is gone (socket closed, or after
+    /// [`RouterEvent::Close`]). Its requests fail fast: each consumer
+    /// waiting on it as a provider gets an `Error`
+    /// ([`ErrorCode::PROVIDER_GONE`]); each provider working for it as a
+    /// consumer gets an `Error` ([`ErrorCode::CANCELLED`]). Its queue is
+    /// dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`RouterError::UnknownConn`].
+    pub fn handle_disconnect(&mut self, conn: ConnId) -> Result<(), RouterError> {
+        if !self.conns.contains_key(&conn) {
+            return Err(RouterError::UnknownConn(conn));
+        }
+        self.close_now(conn, None);
+        self.conns.remove(&conn);
+        self.reap();
+        Ok(())
+    }
+
+    /// A frame decoded from `conn`.
+    ///
+    /// What the peer does wrong is answered on the wire (an `Error` frame,
+    /// and for protocol violations a [`RouterEvent::Close`]), never with an
+    /// `Err`.
+    ///
+    /// # Errors
+    ///
+    /// [`RouterError::UnknownConn`] (local misuse).
+    pub fn handle_frame(
+        &mut self,
+        conn: ConnId,
+        frame: Frame,
+        now: Instant,
+    ) -> Result<(), RouterError> {
+        let Some(c) = self.conns.get(&conn) else {
+            return Err(RouterError::UnknownConn(conn));
+        };
+        self.stats.frames_in += 1;
+        if c.doomed {
+            self.stats.discarded_frames += 1;
+            return Ok(());
+        }
+        match c.state {
+            State::Closed => self.stats.discarded_frames += 1,
+            State::Unregistered => self.register(conn, frame),
+            State::Consumer {
+                client_id,
+                channel_id,
+                timeout,
+            } => {
+                let info = RoutingInfo {
+                    client_id,
+                    channel_id,
+                };
+                self.consumer_frame(conn, info, now + timeout, frame);
+            }
+            State::Provider { .. } => self.provider_frame(conn, frame),
+        }
+        self.reap();
+        Ok(())
+    }
+
+    /// The earliest request deadline, `None` if no request is in flight.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadlines.first().map(|(at, _)| *at)
+    }
+
+    /// Fails every request due at or before `now`: its consumer gets an
+    /// `Error` ([`ErrorCode::TIMEOUT`]), its provider too (so it can stop).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(at, rid)) = self.deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.stats.timed_out += 1;
+            self.fail(
+                rid,
+                ErrorPayload::new(ErrorCode::TIMEOUT, "request timed out"),
+                Some(ErrorPayload::new(ErrorCode::TIMEOUT, "request timed out")),
+            );
+        }
+        self.reap();
+    }
+
+    /// The next event for the adapter.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<RouterEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next frame to write to `conn`: `Error` frames first, then data,
+    /// each lane in order. `None` when the queue is empty (or `conn` is
+    /// unknown); the next frame queued then raises a new
+    /// [`RouterEvent::Transmit`].
+    #[must_use]
+    pub fn poll_transmit(&mut self, conn: ConnId) -> Option<Frame> {
+        let c = self.conns.get_mut(&conn)?;
+        let frame = match c.out.errors.pop_front() {
+            Some(f) => Some(f),
+            None => c.out.data.pop_front().inspect(|f| {
+                c.out.data_bytes -= f.payload.len();
+            }),
+        };
+        match frame {
+            Some(f) => {
+                self.stats.frames_out += 1;
+                Some(f)
+            }
+            None => {
+                c.out.notified = false;
+                None
+            }
+        }
+    }
+
+    /// Frames and data payload bytes queued for `conn`.
+    #[must_use]
+    pub fn queued(&self, conn: ConnId) -> Option<(usize, usize)> {
+        let c = self.conns.get(&conn)?;
+        Some((c.out.errors.len() + c.out.data.len(), c.out.data_bytes))
+    }
+
+    /// Requests in flight.
+    #[must_use]
+    pub fn open_requests(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Connections known (including closed ones not yet disconnected).
+    #[must_use]
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The counters.
+    #[must_use]
+    pub fn stats(&self) -> RouterStats {
+        self.stats
+    }
+
+    // ---- inputs ---------------------------------------------------------
+
+    fn register(&mut self, conn: ConnId, frame: Frame) {
+        if frame.frame_type != FrameType::Start {
+            return self.violation(conn, frame.request_id, "first frame must be a registration");
+        }
+        let Ok(reg) = Registration::decode(&frame.payload) else {
+            return self.violation(conn, frame.request_id, "malformed registration");
+        };
+        let state = match reg.role {
+            Role::Consumer => State::Consumer {
+                client_id: reg.client_id,
+                channel_id: reg.channel_id,
+                timeout: if reg.timeout.is_zero() {
+                    self.config.default_timeout
+                } else {
+                    reg.timeout.min(self.config.max_timeout)
+                },
+            },
+            Role::Provider => {
+                self.channels
+                    .entry(reg.channel_id)
+                    .or_default()
+                    .providers
+                    .push(conn);
+                State::Provider {
+                    channel_id: reg.channel_id,
+                }
+            }
+        };
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.state = state;
+        }
+        self.stats.registrations += 1;
+        let ack = Frame::new(FrameType::Response, frame.request_id, Bytes::new());
+        // The queue of a fresh connection is empty: one frame always fits.
+        let _ = self.push_data(conn, ack);
+        self.events.push_back(RouterEvent::Registered {
+            conn,
+            role: reg.role,
+            client_id: reg.client_id,
+            channel_id: reg.channel_id,
+        });
+    }
+
+    fn consumer_frame(&mut self, conn: ConnId, info: RoutingInfo, deadline: Instant, frame: Frame) {
+        let id = frame.request_id;
+        match frame.frame_type {
+            FrameType::Start => self.start(conn, info, deadline, frame),
+            FrameType::Chunk | FrameType::End => {
+                let Some(&rid) = self.by_consumer.get(&(conn, id)) else {
+                    self.stats.discarded_frames += 1;
+                    return;
+                };
+                let Some(entry) = self.entries.get_mut(&rid) else {
+                    return;
+                };
+                if entry.consumer_done {
+                    self.stats.discarded_frames += 1;
+                    return;
+                }
+                let is_end = frame.frame_type == FrameType::End;
+                entry.consumer_done = is_end;
+                let provider = entry.provider;
+                let forward = Frame {
+                    request_id: rid,
+                    ..frame
+                };
+                if !self.push_data(provider, forward) {
+                    self.stats.busy += 1;
+                    self.fail(
+                        rid,
+                        ErrorPayload::new(ErrorCode::BUSY, "provider queue full"),
+                        Some(ErrorPayload::new(
+                            ErrorCode::BUSY,
+                            "request abandoned: queue full",
+                        )),
+                    );
+                }
+            }
+            FrameType::Error => {
+                let Some(&rid) = self.by_consumer.get(&(conn, id)) else {
+                    self.stats.discarded_frames += 1;
+                    return;
+                };
+                if let Some(entry) = self.remove_entry(rid) {
+                    self.stats.cancelled += 1;
+                    self.cancel_at_provider(
+                        entry.provider,
+                        rid,
+                        ErrorPayload::new(ErrorCode::CANCELLED, "cancelled by consumer"),
+                    );
+                }
+            }
+            FrameType::Response => self.violation(conn, id, "consumers do not send responses"),
+        }
+    }
+
+    fn start(&mut self, conn: ConnId, info: RoutingInfo, deadline: Instant, frame: Frame) {
+        let id = frame.request_id;
+        if self.by_consumer.contains_key(&(conn, id)) {
+            return self.violation(conn, id, "duplicate request id");
+        }
+        let refuse = |code, msg| Some(ErrorPayload::new(code, msg));
+        let open = self.conns.get(&conn).map_or(0, |c| c.requests.len());
+        let refusal = if open >= self.config.max_requests_per_consumer {
+            self.stats.too_many_requests += 1;
+            refuse(ErrorCode::TOO_MANY_REQUESTS, "too many requests in flight")
+        } else if self.entries.len() >= self.config.max_requests {
+            self.stats.busy += 1;
+            refuse(ErrorCode::BUSY, "broker at its request limit")
+        } else if frame.payload.len() > self.config.max_frame_payload - ROUTING_INFO_LEN {
+            self.stats.bad_requests += 1;
+            refuse(ErrorCode::BAD_REQUEST, "start header too long")
+        } else {
+            None
+        };
+        if let Some(error) = refusal {
+            return self.push_error(conn, id, &error);
+        }
+        let provider = match self.pick_provider(info.channel_id, frame.payload.len()) {
+            Ok(p) => p,
+            Err(error) => return self.push_error(conn, id, &error),
+        };
+        self.next_id += 1;
+        let rid = RequestId::from_bytes(self.next_id.to_be_bytes());
+        let mut payload = BytesMut::with_capacity(ROUTING_INFO_LEN + frame.payload.len());
+        payload.put_slice(&info.to_bytes());
+        payload.put_slice(&frame.payload);
+        let forward = Frame {
+            frame_type: FrameType::Start,
+            flags: frame.flags,
+            request_id: rid,
+            payload: payload.freeze(),
+        };
+        // pick_provider checked there is room.
+        let _ = self.push_data(provider, forward);
+        self.entries.insert(
+            rid,
+            Entry {
+                consumer: conn,
+                consumer_id: id,
+                provider,
+                deadline,
+                consumer_done: false,
+            },
+        );
+        self.by_consumer.insert((conn, id), rid);
+        self.deadlines.insert((deadline, rid));
+        for c in [conn, provider] {
+            if let Some(c) = self.conns.get_mut(&c) {
+                c.requests.insert(rid);
+            }
+        }
+        self.stats.requests_started += 1;
+    }
+
+    /// Round-robin over the channel's providers, skipping full queues.
+    fn pick_provider(&mut self, channel: ChannelId, len: usize) -> Result<ConnId, ErrorPayload> {
+        let Some(ch) = self
+            .channels
+            .get(&channel)
+            .filter(|c| !c.providers.is_empty())
+        else {
+            self.stats.no_responders += 1;
+            return Err(ErrorPayload::new(
+                ErrorCode::NO_RESPONDERS,
+                "no provider on this channel",
+            ));
+        };
+        let n = ch.providers.len();
+        let start = ch.next % n;
+        let found = (0..n).map(|i| (start + i) % n).find(|&i| {
+            ch.providers
+                .get(i)
+                .is_some_and(|p| self.has_room(*p, ROUTING_INFO_LEN + len))
+        });
+        match found {
+            Some(i) => {
+                let provider = ch.providers.get(i).copied();
+                if let Some(ch) = self.channels.get_mut(&channel) {
+                    ch.next = i + 1;
+                }
+                provider.ok_or_else(|| ErrorPayload::new(ErrorCode::BUSY, "no provider"))
+            }
+            None => {
+                self.stats.busy += 1;
+                Err(ErrorPayload::new(ErrorCode::BUSY, "all providers are busy"))
+            }
+        }
+    }
+
+    fn provider_frame(&mut self, conn: ConnId, frame: Frame) {
+        let rid = frame.request_id;
+        match frame.frame_type {
+            FrameType::Response | FrameType::Error => {
+                let Some(entry) = self.entries.get(&rid).filter(|e| e.provider == conn) else {
+                    self.stats.late_responses += 1;
+                    return;
+                };
+                let (consumer, consumer_id) = (entry.consumer, entry.consumer_id);
+                if frame.frame_type == FrameType::Error {
+                    self.stats.provider_errors += 1;
+                    let _ = self.remove_entry(rid);
+                    self.purge(consumer, consumer_id);
+                    self.push_error_frame(
+                        consumer,
+                        Frame {
+                            request_id: consumer_id,
+                            ..frame
+                        },
+                    );
+                    return;
+                }
+                let last = frame.flags & FLAG_MORE == 0;
+                let back = Frame {
+                    request_id: consumer_id,
+                    ..frame
+                };
+                if !self.push_data(consumer, back) {
+                    self.stats.busy += 1;
+                    let _ = self.remove_entry(rid);
+                    self.purge(consumer, consumer_id);
+                    let error = ErrorPayload::new(ErrorCode::BUSY, "consumer queue full");
+                    self.push_error(consumer, consumer_id, &error);
+                    self.push_error(conn, rid, &error);
+                } else if last {
+                    self.stats.requests_completed += 1;
+                    let _ = self.remove_entry(rid);
+                }
+            }
+            _ => self.violation(conn, rid, "providers do not send request frames"),
+        }
+    }
+
+    // ---- request bookkeeping ----------------------------------------------
+
+    fn remove_entry(&mut self, rid: RequestId) -> Option<Entry> {
+        let entry = self.entries.remove(&rid)?;
+        self.by_consumer
+            .remove(&(entry.consumer, entry.consumer_id));
+        self.deadlines.remove(&(entry.deadline, rid));
+        for c in [entry.consumer, entry.provider] {
+            if let Some(c) = self.conns.get_mut(&c) {
+                c.requests.remove(&rid);
+            }
+        }
+        Some(entry)
+    }
+
+    /// Ends a request with an `Error` to its consumer, and (if given) to its
+    /// provider.
+    fn fail(
+        &mut self,
+        rid: RequestId,
+        to_consumer: ErrorPayload,
+        to_provider: Option<ErrorPayload>,
+    ) {
+        let Some(entry) = self.remove_entry(rid) else {
+            return;
+        };
+        self.purge(entry.consumer, entry.consumer_id);
+        self.push_error(entry.consumer, entry.consumer_id, &to_consumer);
+        if let Some(error) = to_provider {
+            self.cancel_at_provider(entry.provider, rid, error);
+        }
+    }
+
+    /// Tells a provider a request is off, unless it never saw its `Start`
+    /// (still queued: then the queued frames are simply removed).
+    fn cancel_at_provider(&mut self, provider: ConnId, rid: RequestId, error: ErrorPayload) {
+        if !self.purge(provider, rid) {
+            self.push_error(provider, rid, &error);
+        }
+    }
+
+    /// Removes queued data frames of request `id` from `conn`'s queue;
+    /// true if its `Start` was among them (the peer never saw the request).
+    fn purge(&mut self, conn: ConnId, id: RequestId) -> bool {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        let mut start_removed = false;
+        let mut purged = 0;
+        let out = &mut c.out;
+        out.data.retain(|f| {
+            let keep = f.request_id != id;
+            if !keep {
+                start_removed |= f.frame_type == FrameType::Start;
+                out.data_bytes -= f.payload.len();
+                purged += 1;
+            }
+            keep
+        });
+        self.stats.purged_frames += purged;
+        start_removed
+    }
+
+    // ---- connections and queues ---------------------------------------------
+
+    fn violation(&mut self, conn: ConnId, id: RequestId, why: &'static str) {
+        self.stats.protocol_violations += 1;
+        self.push_error(conn, id, &ErrorPayload::new(ErrorCode::PROTOCOL, why));
+        self.doom(conn, CloseReason::Protocol(why));
+    }
+
+    fn doom(&mut self, conn: ConnId, reason: CloseReason) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if !c.doomed && !matches!(c.state, State::Closed) {
+                c.doomed = true;
+                self.to_close.push_back((conn, reason));
+            }
+        }
+    }
+
+    /// Closes the connections doomed so far; closing one may doom others
+    /// (a full error lane), so this is a work list, not recursion.
+    fn reap(&mut self) {
+        while let Some((conn, reason)) = self.to_close.pop_front() {
+            if self.conns.contains_key(&conn) {
+                self.close_now(conn, Some(reason));
+            }
+        }
+    }
+
+    fn close_now(&mut self, conn: ConnId, reason: Option<CloseReason>) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let state = std::mem::replace(&mut c.state, State::Closed);
+        if matches!(state, State::Closed) {
+            return;
+        }
+        c.doomed = true;
+        let requests = std::mem::take(&mut c.requests);
+        if let State::Provider { channel_id } = state {
+            if let Some(ch) = self.channels.get_mut(&channel_id) {
+                ch.providers.retain(|p| *p != conn);
+                if ch.providers.is_empty() {
+                    self.channels.remove(&channel_id);
+                }
+            }
+        }
+        for rid in requests {
+            let Some(entry) = self.entries.get(&rid) else {
+                continue;
+            };
+            if entry.provider == conn {
+                self.stats.provider_gone += 1;
+                self.fail(
+                    rid,
+                    ErrorPayload::new(ErrorCode::PROVIDER_GONE, "provider disconnected"),
+                    None,
+                );
+            } else if let Some(entry) = self.remove_entry(rid) {
+                self.stats.consumer_gone += 1;
+                self.cancel_at_provider(
+                    entry.provider,
+                    rid,
+                    ErrorPayload::new(ErrorCode::CANCELLED, "consumer disconnected"),
+                );
+            }
+        }
+        if let Some(reason) = reason {
+            if reason == CloseReason::ErrorQueueFull {
+                self.stats.slow_closes += 1;
+            }
+            self.events.push_back(RouterEvent::Close { conn, reason });
+        }
+    }
+
+    fn has_room(&self, conn: ConnId, len: usize) -> bool {
+        self.conns.get(&conn).is_some_and(|c| {
+            !c.doomed
+                && (c.out.data.is_empty()
+                    || (c.out.data.len() < self.config.max_queued_frames
+                        && c.out.data_bytes.saturating_add(len) <= self.config.max_queued_bytes))
+        })
+    }
+
+    /// Queues a data frame; false if the queue is full (or the connection
+    /// is closing), in which case the caller fails the request.
+    fn push_data(&mut self, conn: ConnId, frame: Frame) -> bool {
+        if !self.has_room(conn, frame.payload.len()) {
+            return false;
+        }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        c.out.data_bytes += frame.payload.len();
+        c.out.data.push_back(frame);
+        self.notify(conn);
+        true
+    }
+
+    fn push_error(&mut self, conn: ConnId, id: RequestId, error: &ErrorPayload) {
+        let frame = Frame::new(FrameType::Error, id, error.encode());
+        self.push_error_frame(conn, frame);
+    }
+
+    /// Queues an `Error` frame in the priority lane. A connection that is
+    /// closing gets nothing more (its requests are failed at the other end
+    /// instead); one whose error lane is full is closed.
+    fn push_error_frame(&mut self, conn: ConnId, frame: Frame) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.doomed || matches!(c.state, State::Closed) {
+            return;
+        }
+        if c.out.errors.len() >= self.config.max_queued_errors {
+            self.doom(conn, CloseReason::ErrorQueueFull);
+            return;
+        }
+        c.out.errors.push_back(frame);
+        self.stats.error_frames += 1;
+        self.notify(conn);
+    }
+
+    fn notify(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if !c.out.notified {
+                c.out.notified = true;
+                self.events.push_back(RouterEvent::Transmit(conn));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

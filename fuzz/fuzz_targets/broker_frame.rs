@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| storm_tests::fuzz_broker::broker_frame(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| storm_tests::fuzz::broker::broker_frame(data));

@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| storm_tests::fuzz_route::route_handshake(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| storm_tests::fuzz::route::route_handshake(data));

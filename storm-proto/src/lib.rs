@@ -99,7 +99,7 @@ pub mod backpressure;
 pub mod broker;
 pub mod framing;
 pub mod heartbeat;
+pub mod hub;
 pub mod reconnect;
 pub mod route;
-pub mod hub;
 pub mod ws;

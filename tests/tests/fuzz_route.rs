@@ -1,29 +1,24 @@
 //! Replays the `route_handshake` fuzz corpus, every file and every prefix of
 //! it, through the fuzz driver (so the corpus runs on stable, in CI).
 
-use std::path::Path;
-
-use storm_tests::fuzz_route::{route_handshake, route_handshake_outcome};
+use storm_tests::fuzz::corpus::{corpus, replay};
+use storm_tests::fuzz::route::{route_handshake, route_handshake_outcome};
 
 #[test]
 fn route_handshake_corpus_replays() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/route_handshake");
-    let mut files = 0;
-    for entry in std::fs::read_dir(&dir).expect("corpus directory") {
-        let data = std::fs::read(entry.expect("dir entry").path()).expect("corpus file");
-        for end in 0..=data.len() {
-            route_handshake(&data[..end]);
-        }
-        files += 1;
-    }
-    assert!(files > 0, "empty corpus at {}", dir.display());
+    replay("route_handshake", route_handshake);
 }
 
 #[test]
 fn seeds_reach_their_states() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/route_handshake");
-    let outcome =
-        |name: &str| route_handshake_outcome(&std::fs::read(dir.join(name)).expect("seed file"));
+    let files = corpus("route_handshake");
+    let outcome = |name: &str| {
+        let (_, data) = files
+            .iter()
+            .find(|(file, _)| file == name)
+            .expect("seed file");
+        route_handshake_outcome(data)
+    };
     assert!(outcome("seed-client-transcript").server_ready);
     assert!(outcome("seed-server-transcript").client_ready);
     for failing in [

@@ -1,7 +1,7 @@
 //! Fuzz drivers for the broker (`storm_proto::broker`): the frame decoder,
 //! the assembler and the router. Each takes arbitrary bytes, drives the
 //! machine and panics if one of its invariants breaks; the thin targets in
-//! `fuzz/fuzz_targets/broker_*.rs` call them, and `tests/fuzz_broker.rs`
+//! `fuzz/fuzz_targets/broker_*.rs` call them, and `tests/tests/fuzz_broker.rs`
 //! replays the committed corpora.
 
 use std::collections::{BTreeMap, HashMap};

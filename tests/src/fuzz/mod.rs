@@ -13,6 +13,10 @@
 //! The functions are deterministic (fixed RNG seeds, chunk sizes derived
 //! from the input) so a crash reproduces from its input alone.
 
+pub mod broker;
+pub mod corpus;
+pub mod route;
+
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};

@@ -11,8 +11,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use storm_proto::Message;
 use storm_proto::hub::{Hub, HubConfig, Session};
 
 const SESSIONS: usize = 10_000;
@@ -29,7 +29,7 @@ fn broadcast(c: &mut Criterion) {
         hub.join(s.id(), "room").unwrap();
     }
     let mut batch = Vec::with_capacity(16);
-    let drain = |batch: &mut Vec<Bytes>| {
+    let drain = |batch: &mut Vec<Message>| {
         for s in &sessions {
             batch.clear();
             let drained = s.drain_into(batch, usize::MAX);
@@ -41,7 +41,7 @@ fn broadcast(c: &mut Criterion) {
     group.throughput(Throughput::Elements(SESSIONS as u64));
     for size in [32usize, 1024] {
         // Encoded once, shared by every outbox.
-        let frame = Bytes::from(vec![0x5a; size]);
+        let frame = Message::from(vec![0x5a; size]);
         for (name, to_group) in [("all", false), ("group", true)] {
             group.bench_with_input(BenchmarkId::new(name, size), &frame, |b, frame| {
                 b.iter_custom(|iters| {

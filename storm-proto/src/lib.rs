@@ -100,6 +100,9 @@ pub mod broker;
 pub mod framing;
 pub mod heartbeat;
 pub mod hub;
+mod message;
 pub mod reconnect;
 pub mod route;
 pub mod ws;
+
+pub use message::{Message, Utf8Bytes};

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use proptest::prelude::*;
+use storm_proto::Message;
 use storm_proto::hub::{GroupError, Hub, HubConfig, Session, SessionId};
 
 const GROUPS: [&str; 4] = ["a", "b", "lobby", "room:42"];
@@ -85,7 +86,7 @@ proptest! {
                 },
                 Op::Broadcast(g, exclude) => {
                     let exclude = exclude.and_then(pick).map(|s| s.id());
-                    let report = hub.broadcast_group(GROUPS[g], &Bytes::from_static(b"x"), exclude);
+                    let report = hub.broadcast_group(GROUPS[g], &Message::from(Bytes::from_static(b"x")), exclude);
                     let expected: Vec<u64> = model.get(GROUPS[g]).map(|m| {
                         m.iter().copied().filter(|&id| Some(SessionId::new(id)) != exclude).collect()
                     }).unwrap_or_default();

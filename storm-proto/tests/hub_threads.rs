@@ -10,9 +10,9 @@ use std::task::{Context, Poll};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use storm_proto::Message;
 use storm_proto::backpressure::SlowConsumerPolicy;
 use storm_proto::hub::{Hub, HubConfig, SendOutcome, Session, thread_waker};
 
@@ -64,7 +64,7 @@ fn run() {
                     for s in &sessions {
                         batch.clear();
                         let drained = s.drain_into(&mut batch, 4 * LEN);
-                        assert_eq!(batch.iter().map(Bytes::len).sum::<usize>(), drained.bytes);
+                        assert_eq!(batch.iter().map(Message::len).sum::<usize>(), drained.bytes);
                         s.on_written(drained.bytes);
                         written += drained.messages as u64;
                         idle &= drained.is_idle();
@@ -86,7 +86,7 @@ fn run() {
             let tally = Arc::clone(&tally);
             thread::spawn(move || {
                 let mut rng = StdRng::seed_from_u64(t as u64);
-                let message = Bytes::from(vec![t as u8; LEN]);
+                let message = Message::from(vec![t as u8; LEN]);
                 let waker = thread_waker(thread::current());
                 let mut cx = Context::from_waker(&waker);
                 for _ in 0..OPS {

@@ -1,12 +1,12 @@
 //! The seam where a group broadcast leaves this node.
 
-use bytes::Bytes;
+use crate::Message;
 
 /// Fans a group broadcast out to other nodes (Redis or NATS pub/sub, …).
 ///
 /// [`Hub::broadcast_group`](super::Hub::broadcast_group) delivers to the
 /// local members, then calls [`publish`](Self::publish) with the same
-/// encoded message. A backplane receiving a message published by another
+/// message. A backplane receiving a message published by another
 /// node hands it to [`Hub::deliver_group`](super::Hub::deliver_group), which
 /// delivers locally and does not publish again (no echo loops).
 ///
@@ -15,7 +15,7 @@ use bytes::Bytes;
 /// sender exclusion is not forwarded.
 pub trait Backplane: Send + Sync {
     /// Publishes `message` for the members of `group` on other nodes.
-    fn publish(&self, group: &str, message: &Bytes);
+    fn publish(&self, group: &str, message: &Message);
 }
 
 /// The single-node backplane: publishes nothing. The default.
@@ -23,5 +23,5 @@ pub trait Backplane: Send + Sync {
 pub struct LocalBackplane;
 
 impl Backplane for LocalBackplane {
-    fn publish(&self, _group: &str, _message: &Bytes) {}
+    fn publish(&self, _group: &str, _message: &Message) {}
 }

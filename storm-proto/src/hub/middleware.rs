@@ -4,7 +4,7 @@ use std::error::Error;
 use std::fmt;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use crate::Message;
 
 use super::SessionId;
 
@@ -16,22 +16,22 @@ use super::SessionId;
 /// gives them). The adapter calls the hooks without holding any hub lock.
 ///
 /// ```
-/// use bytes::Bytes;
+/// use storm_proto::Message;
 /// use storm_proto::hub::{Middleware, MiddlewareChain, SessionId};
 ///
 /// /// Drops empty messages and upper-cases the rest.
 /// struct Shout;
 ///
 /// impl Middleware for Shout {
-///     fn on_received(&self, _session: SessionId, message: Bytes) -> Option<Bytes> {
-///         (!message.is_empty()).then(|| Bytes::from(message.to_ascii_uppercase()))
+///     fn on_received(&self, _session: SessionId, message: Message) -> Option<Message> {
+///         (!message.is_empty()).then(|| Message::from(message.as_bytes().to_ascii_uppercase()))
 ///     }
 /// }
 ///
 /// let chain = MiddlewareChain::new().with(Shout);
 /// let id = SessionId::new(1);
-/// assert_eq!(chain.received(id, Bytes::from_static(b"hi")).as_deref(), Some(&b"HI"[..]));
-/// assert_eq!(chain.received(id, Bytes::new()), None);
+/// assert_eq!(chain.received(id, Message::from("hi")), Some(Message::from(b"HI".to_vec())));
+/// assert_eq!(chain.received(id, Message::from("")), None);
 /// ```
 pub trait Middleware: Send + Sync {
     /// A connection was established (after the handshake, before the
@@ -43,7 +43,7 @@ pub trait Middleware: Send + Sync {
     /// A message arrived. Return it (possibly transformed) to pass it on,
     /// or `None` to suppress it: later middleware and the application never
     /// see it.
-    fn on_received(&self, session: SessionId, message: Bytes) -> Option<Bytes> {
+    fn on_received(&self, session: SessionId, message: Message) -> Option<Message> {
         let _ = session;
         Some(message)
     }
@@ -51,10 +51,10 @@ pub trait Middleware: Send + Sync {
     /// A message is about to be encoded and sent. Return it (possibly
     /// transformed), or `None` to suppress it.
     ///
-    /// Broadcasts hand the hub one already encoded frame, so they do not
-    /// pass through this hook per recipient; an adapter may run it once,
-    /// with the sender's id, before encoding.
-    fn on_sending(&self, session: SessionId, message: Bytes) -> Option<Bytes> {
+    /// Broadcasts hand the hub one shared message, so they do not pass
+    /// through this hook per recipient; an adapter may run it once, with the
+    /// sender's id, before broadcasting.
+    fn on_sending(&self, session: SessionId, message: Message) -> Option<Message> {
         let _ = session;
         Some(message)
     }
@@ -128,7 +128,7 @@ impl MiddlewareChain {
     /// Runs [`on_received`](Middleware::on_received) through the layers in
     /// order; `None` if one of them suppressed the message.
     #[must_use = "the message to hand to the application, or None if suppressed"]
-    pub fn received(&self, session: SessionId, message: Bytes) -> Option<Bytes> {
+    pub fn received(&self, session: SessionId, message: Message) -> Option<Message> {
         self.layers.iter().try_fold(message, |message, layer| {
             layer.on_received(session, message)
         })
@@ -137,7 +137,7 @@ impl MiddlewareChain {
     /// Runs [`on_sending`](Middleware::on_sending) through the layers in
     /// order; `None` if one of them suppressed the message.
     #[must_use = "the message to send, or None if suppressed"]
-    pub fn sending(&self, session: SessionId, message: Bytes) -> Option<Bytes> {
+    pub fn sending(&self, session: SessionId, message: Message) -> Option<Message> {
         self.layers
             .iter()
             .try_fold(message, |message, layer| layer.on_sending(session, message))
@@ -164,11 +164,11 @@ impl Middleware for MiddlewareChain {
         self.connect(session);
     }
 
-    fn on_received(&self, session: SessionId, message: Bytes) -> Option<Bytes> {
+    fn on_received(&self, session: SessionId, message: Message) -> Option<Message> {
         self.received(session, message)
     }
 
-    fn on_sending(&self, session: SessionId, message: Bytes) -> Option<Bytes> {
+    fn on_sending(&self, session: SessionId, message: Message) -> Option<Message> {
         self.sending(session, message)
     }
 
@@ -183,6 +183,7 @@ impl Middleware for MiddlewareChain {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
     use std::sync::Mutex;
 
     use super::*;
@@ -207,18 +208,18 @@ mod tests {
         fn on_connect(&self, _: SessionId) {
             self.note("connect");
         }
-        fn on_received(&self, _: SessionId, message: Bytes) -> Option<Bytes> {
+        fn on_received(&self, _: SessionId, message: Message) -> Option<Message> {
             self.note("received");
             if self.suppress {
                 return None;
             }
-            let mut out = message.to_vec();
+            let mut out = message.as_bytes().to_vec();
             out.extend_from_slice(self.name.as_bytes());
             Some(out.into())
         }
-        fn on_sending(&self, _: SessionId, message: Bytes) -> Option<Bytes> {
+        fn on_sending(&self, _: SessionId, message: Message) -> Option<Message> {
             self.note("sending");
-            let mut out = message.to_vec();
+            let mut out = message.as_bytes().to_vec();
             out.extend_from_slice(self.name.as_bytes());
             Some(out.into())
         }
@@ -249,12 +250,12 @@ mod tests {
         let id = SessionId::new(7);
         chain.connect(id);
         assert_eq!(
-            chain.received(id, Bytes::from_static(b">")).as_deref(),
-            Some(&b">abc"[..])
+            chain.received(id, Bytes::from_static(b">").into()),
+            Some(Message::from(b">abc".to_vec()))
         );
         assert_eq!(
-            chain.sending(id, Bytes::from_static(b"<")).as_deref(),
-            Some(&b"<abc"[..])
+            chain.sending(id, Bytes::from_static(b"<").into()),
+            Some(Message::from(b"<abc".to_vec()))
         );
         chain.error(id, &super::super::SessionClosed);
         chain.disconnect(id);
@@ -272,7 +273,7 @@ mod tests {
     fn suppression_stops_the_chain() {
         let log = Arc::new(Mutex::new(Vec::new()));
         let chain = chain(&log, true);
-        assert_eq!(chain.received(SessionId::new(1), Bytes::new()), None);
+        assert_eq!(chain.received(SessionId::new(1), Bytes::new().into()), None);
         assert_eq!(*log.lock().unwrap(), ["a:received", "b:received"]);
     }
 
@@ -283,9 +284,9 @@ mod tests {
         let chain = MiddlewareChain::new().with(Nothing);
         let nested = MiddlewareChain::new().with(chain.clone());
         let id = SessionId::new(1);
-        let message = Bytes::from_static(b"same");
+        let message = Message::from(Bytes::from_static(b"same"));
         let out = nested.received(id, message.clone()).unwrap();
-        assert_eq!(out.as_ptr(), message.as_ptr()); // no copy
+        assert_eq!(out.as_bytes().as_ptr(), message.as_bytes().as_ptr()); // no copy
         assert_eq!(nested.sending(id, message.clone()), Some(message));
         assert!(MiddlewareChain::new().is_empty());
         assert_eq!(nested.len(), 1);

@@ -23,9 +23,11 @@
 //!
 //! # Broadcast
 //!
-//! The caller encodes the frame once; [`Hub::broadcast`] and
-//! [`Hub::broadcast_group`] clone that one [`Bytes`] (a reference count, no
-//! copy) into each recipient's outbox and never wait for a slow session.
+//! [`Hub::broadcast`] and [`Hub::broadcast_group`] clone one [`Message`]
+//! (a reference count, no copy of the payload) into each recipient's outbox
+//! and never wait for a slow session. Each connection's writer then frames
+//! the shared payload for its own protocol (and its own compression state),
+//! writing header and payload with one vectored write where it can.
 //! Each recipient's [`SlowConsumerPolicy`] applies, except that **`Wait`
 //! cannot wait in a broadcast**: a backpressured `Wait` session gets the
 //! message queued anyway, past its limit, up to a hard cap of
@@ -44,7 +46,7 @@
 //! ```
 //! use std::time::Instant;
 //!
-//! use bytes::Bytes;
+//! use storm_proto::Message;
 //! use storm_proto::hub::{Hub, HubConfig, SendOutcome};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -55,8 +57,8 @@
 //! hub.join(alice.id(), "lobby")?;
 //! hub.join(bob.id(), "lobby")?;
 //!
-//! // Encode once, fan out: everyone in the lobby but the sender.
-//! let frame = Bytes::from_static(b"\x81\x05hello");
+//! // One message, shared (not copied) by everyone in the lobby but the sender.
+//! let frame = Message::from("hello");
 //! let report = hub.broadcast_group("lobby", &frame, Some(alice.id()));
 //! assert_eq!(report.delivered, 1);
 //!
@@ -66,7 +68,7 @@
 //! assert_eq!(batch, [frame]);
 //! bob.on_written(drained.bytes);
 //!
-//! assert_eq!(alice.send(Bytes::from_static(b"direct")), SendOutcome::Queued);
+//! assert_eq!(alice.send(Message::from("direct")), SendOutcome::Queued);
 //! hub.disconnect(bob.id());
 //! assert_eq!(hub.member_count("lobby"), 1);
 //! # Ok(())
@@ -86,7 +88,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Rw
 use std::task::Waker;
 use std::time::Instant;
 
-use bytes::Bytes;
+use crate::Message;
 
 pub use backplane::{Backplane, LocalBackplane};
 pub use metrics::HubMetrics;
@@ -702,10 +704,10 @@ impl Hub {
 
     // ---- broadcast ------------------------------------------------------
 
-    /// Queues one encoded `message` for every registered session but
+    /// Queues one `message` (shared, not copied) for every registered session but
     /// `exclude`, sharing its buffer; never waits (see the
     /// [module docs](self) for what each policy does).
-    pub fn broadcast(&self, message: &Bytes, exclude: Option<SessionId>) -> BroadcastReport {
+    pub fn broadcast(&self, message: &Message, exclude: Option<SessionId>) -> BroadcastReport {
         let overflow = self.shared.config.broadcast_overflow_bytes;
         let mut report = BroadcastReport::default();
         let mut wake = Vec::new();
@@ -722,13 +724,13 @@ impl Hub {
         report
     }
 
-    /// Queues one encoded `message` for the local members of `group` but
+    /// Queues one `message` (shared, not copied) for the local members of `group` but
     /// `exclude`, like [`broadcast`](Self::broadcast), then
     /// [publishes](Backplane::publish) it to the backplane for other nodes.
     pub fn broadcast_group(
         &self,
         group: &str,
-        message: &Bytes,
+        message: &Message,
         exclude: Option<SessionId>,
     ) -> BroadcastReport {
         let report = self.deliver_group(group, message, exclude);
@@ -742,7 +744,7 @@ impl Hub {
     pub fn deliver_group(
         &self,
         group: &str,
-        message: &Bytes,
+        message: &Message,
         exclude: Option<SessionId>,
     ) -> BroadcastReport {
         let overflow = self.shared.config.broadcast_overflow_bytes;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use crate::Message;
 
 use super::lock;
 use super::metrics::Totals;
@@ -93,15 +93,15 @@ pub enum SendOutcome {
     Queued,
     /// [`SlowConsumerPolicy::Wait`]: the session is backpressured. Wait for
     /// [`Session::poll_writable`] and send again.
-    Wait(Bytes),
+    Wait(Message),
     /// [`SlowConsumerPolicy::Drop`]: dropped for this slow session (counted
     /// in its metrics). Do not retry.
-    Dropped(Bytes),
+    Dropped(Message),
     /// [`SlowConsumerPolicy::Disconnect`]: the session was too slow and has
     /// been asked to [abort](CloseKind::Abort).
-    Disconnected(Bytes),
+    Disconnected(Message),
     /// The session is closing or closed: nothing more is sent.
-    Closed(Bytes),
+    Closed(Message),
 }
 
 /// What one [`Session::drain_into`] handed to the writer.
@@ -173,7 +173,7 @@ impl SessionMetrics {
 /// The outbox and everything that changes with it, under one lock.
 #[derive(Debug)]
 struct Outbox {
-    queue: VecDeque<Bytes>,
+    queue: VecDeque<Message>,
     /// Bytes in `queue` (pending bytes minus the ones in flight).
     queued_bytes: usize,
     budget: SendBudget,
@@ -203,12 +203,13 @@ pub(crate) enum Delivery {
 ///
 /// # The outbox
 ///
-/// Senders call [`send`](Self::send) with an already framed/encoded message.
+/// Senders call [`send`](Self::send) with a [`Message`]; the adapter's writer
+/// frames it for the connection's protocol when it drains the outbox.
 /// The adapter's writer loops:
 ///
 /// 1. [`poll_drain`](Self::poll_drain) (or [`register_waker`](Self::register_waker)
 ///    then [`drain_into`](Self::drain_into)) moves queued messages into its
-///    own `Vec<Bytes>` for one vectored write;
+///    own `Vec<Message>` for one vectored write;
 /// 2. writes them, calling [`on_written`](Self::on_written) with the bytes
 ///    the socket took, which releases backpressure and wakes waiting senders
 ///    when the session drops to half its limit;
@@ -303,7 +304,7 @@ impl Session {
         self.disconnected.load(Ordering::Acquire)
     }
 
-    /// Queues an encoded message under the session's slow-consumer policy.
+    /// Queues a message under the session's slow-consumer policy.
     ///
     /// Wakes the writer when the message is queued. On
     /// [`SendOutcome::Wait`], wait with [`poll_writable`](Self::poll_writable)
@@ -311,7 +312,7 @@ impl Session {
     /// asked to abort. A message is never admitted past the send limit,
     /// except one larger than the whole limit into an empty outbox (see
     /// [`backpressure`](crate::backpressure)).
-    pub fn send(&self, message: Bytes) -> SendOutcome {
+    pub fn send(&self, message: Message) -> SendOutcome {
         let mut wake = Vec::new();
         let outcome = {
             let mut outbox = lock(&self.outbox);
@@ -345,7 +346,7 @@ impl Session {
     /// releasing its own locks.
     pub(crate) fn push_nowait(
         &self,
-        message: &Bytes,
+        message: &Message,
         overflow: usize,
         wake: &mut Vec<Waker>,
     ) -> Delivery {
@@ -422,7 +423,7 @@ impl Session {
     ///
     /// After an [abort](CloseKind::Abort) request the queue is discarded and
     /// nothing is moved; [`Drained::close`] says when to close.
-    pub fn drain_into(&self, out: &mut Vec<Bytes>, max_bytes: usize) -> Drained {
+    pub fn drain_into(&self, out: &mut Vec<Message>, max_bytes: usize) -> Drained {
         let mut wake = Vec::new();
         let drained = {
             let mut outbox = lock(&self.outbox);
@@ -437,7 +438,7 @@ impl Session {
     pub fn poll_drain(
         &self,
         cx: &mut Context<'_>,
-        out: &mut Vec<Bytes>,
+        out: &mut Vec<Message>,
         max_bytes: usize,
     ) -> Poll<Drained> {
         let mut wake = Vec::new();
@@ -463,7 +464,7 @@ impl Session {
     fn drain_locked(
         &self,
         outbox: &mut Outbox,
-        out: &mut Vec<Bytes>,
+        out: &mut Vec<Message>,
         max_bytes: usize,
         wake: &mut Vec<Waker>,
     ) -> Drained {

@@ -6,7 +6,9 @@ use std::task::{Context, Poll, Wake};
 use std::time::Duration;
 
 use super::*;
+use crate::Message;
 use crate::backpressure::{FlowChange, SlowConsumerPolicy};
+use bytes::Bytes;
 
 /// A waker counting its wake-ups.
 #[derive(Default)]
@@ -41,11 +43,11 @@ fn connect(hub: &Hub) -> Arc<Session> {
         .unwrap()
 }
 
-fn msg(len: usize) -> Bytes {
-    Bytes::from(vec![7u8; len])
+fn msg(len: usize) -> Message {
+    Message::from(vec![7u8; len])
 }
 
-fn drain_all(session: &Session) -> Vec<Bytes> {
+fn drain_all(session: &Session) -> Vec<Message> {
     let mut out = Vec::new();
     let drained = session.drain_into(&mut out, usize::MAX);
     session.on_written(drained.bytes);
@@ -319,7 +321,7 @@ fn oversized_message_is_sent_alone() {
 fn broadcast_shares_one_allocation() {
     let hub = hub_with(1 << 20, SlowConsumerPolicy::Wait);
     let sessions: Vec<_> = (0..50).map(|_| connect(&hub)).collect();
-    let message = Bytes::from(vec![1u8; 1024]);
+    let message = Message::from(vec![1u8; 1024]);
     let report = hub.broadcast(&message, Some(sessions[3].id()));
     assert_eq!((report.delivered, report.recipients()), (49, 49));
     for (i, s) in sessions.iter().enumerate() {
@@ -328,7 +330,11 @@ fn broadcast_shares_one_allocation() {
             assert!(out.is_empty(), "excluded");
         } else {
             assert_eq!(out.len(), 1);
-            assert_eq!(out[0].as_ptr(), message.as_ptr(), "no copy for {i}");
+            assert_eq!(
+                out[0].as_bytes().as_ptr(),
+                message.as_bytes().as_ptr(),
+                "no copy for {i}"
+            );
         }
     }
 }
@@ -434,10 +440,10 @@ fn group_errors() {
 }
 
 #[derive(Default)]
-struct RecordingBackplane(Mutex<Vec<(String, Bytes)>>);
+struct RecordingBackplane(Mutex<Vec<(String, Message)>>);
 
 impl Backplane for RecordingBackplane {
-    fn publish(&self, group: &str, message: &Bytes) {
+    fn publish(&self, group: &str, message: &Message) {
         self.0
             .lock()
             .unwrap()
@@ -451,7 +457,7 @@ fn group_broadcast_goes_through_the_backplane() {
     let hub = Hub::with_backplane(HubConfig::default(), Instant::now(), backplane.clone()).unwrap();
     let s = connect(&hub);
     hub.join(s.id(), "room").unwrap();
-    let message = Bytes::from_static(b"hi");
+    let message = Message::from(Bytes::from_static(b"hi"));
     assert_eq!(hub.broadcast_group("room", &message, None).delivered, 1);
     // Delivery of a message from another node does not publish it again.
     assert_eq!(hub.deliver_group("room", &message, None).delivered, 1);

@@ -14,6 +14,7 @@ use super::deflate::{
 };
 use super::frame::{self, FrameError, FrameHeader, MAX_CONTROL_PAYLOAD, OpCode};
 use super::utf8::Utf8Validator;
+use crate::message::Utf8Bytes;
 
 /// Limits and behaviour of a [`Connection`].
 ///
@@ -48,69 +49,6 @@ impl Default for Config {
             auto_pong: true,
             send_fragment_size: 0,
         }
-    }
-}
-
-/// UTF-8 text, cheaply cloneable: a [`Bytes`] known to hold valid UTF-8.
-#[derive(Clone, PartialEq, Eq, Hash, Default)]
-pub struct Utf8Bytes(Bytes);
-
-impl Utf8Bytes {
-    /// The text.
-    #[must_use]
-    pub fn as_str(&self) -> &str {
-        // SAFETY: every constructor checks (or is given by `&str`) valid UTF-8,
-        // and `Bytes` is immutable.
-        unsafe { std::str::from_utf8_unchecked(&self.0) }
-    }
-
-    /// The underlying bytes.
-    #[must_use]
-    pub fn into_bytes(self) -> Bytes {
-        self.0
-    }
-
-    /// Checks `bytes` and wraps it.
-    ///
-    /// # Errors
-    ///
-    /// The bytes back, when they are not valid UTF-8.
-    pub fn try_from_bytes(bytes: Bytes) -> Result<Self, Bytes> {
-        match std::str::from_utf8(&bytes) {
-            Ok(_) => Ok(Self(bytes)),
-            Err(_) => Err(bytes),
-        }
-    }
-}
-
-impl fmt::Debug for Utf8Bytes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.as_str(), f)
-    }
-}
-
-impl fmt::Display for Utf8Bytes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl From<&str> for Utf8Bytes {
-    fn from(text: &str) -> Self {
-        Self(Bytes::copy_from_slice(text.as_bytes()))
-    }
-}
-
-impl From<String> for Utf8Bytes {
-    fn from(text: String) -> Self {
-        Self(Bytes::from(text))
-    }
-}
-
-impl std::ops::Deref for Utf8Bytes {
-    type Target = str;
-    fn deref(&self) -> &str {
-        self.as_str()
     }
 }
 
@@ -884,7 +822,7 @@ impl Connection {
             self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
             // Validated piece by piece as it arrived (or just above, after
             // decompression); `finish` checked it ended on a boundary.
-            Event::Text(Utf8Bytes(data))
+            Event::Text(Utf8Bytes::from_validated(data))
         } else {
             Event::Binary(data)
         };

@@ -15,8 +15,9 @@ pub mod handshake;
 mod url;
 mod utf8;
 
+pub use crate::message::Utf8Bytes;
 pub use close::{CloseCode, CloseFrame};
-pub use conn::{Config, Connection, Event, ProtocolError, SendError, Utf8Bytes};
+pub use conn::{Config, Connection, Event, ProtocolError, SendError};
 pub use url::{UrlError, WsUrl};
 
 /// Which end of a connection a machine plays.

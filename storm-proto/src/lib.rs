@@ -19,6 +19,7 @@
 //! | [`route`] | the gateway's route handshake (SYN, SYN/ACK, ACK, route names, end) and `ROUTENAME=` route-addressed messages |
 //! | [`backpressure`] | pending-byte accounting with pause at the limit and resume at half; slow-consumer decisions (`Wait`, `Drop`, `Disconnect`) |
 //! | [`hub`] | what servers share that is not I/O: sessions and their outboxes, groups, broadcast fan-out, max connections, middleware, metrics |
+//! | [`link`] | one live connection's logic for the adapters: protocol + session outbox + heartbeat + middleware, read path, write path, timer |
 //! | [`broker`] | request/response broker: 24-byte frames, streaming and reassembly, consumer/provider routing, request correlation |
 //!
 //! # The drive loop
@@ -100,6 +101,7 @@ pub mod broker;
 pub mod framing;
 pub mod heartbeat;
 pub mod hub;
+pub mod link;
 mod message;
 pub mod reconnect;
 pub mod route;

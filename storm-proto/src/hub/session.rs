@@ -416,6 +416,15 @@ impl Session {
         }
     }
 
+    /// Wakes the writer without queueing a message: the connection's own
+    /// state produced output (an auto-pong, a close reply) or must close.
+    pub fn wake_writer(&self) {
+        let waker = lock(&self.outbox).writer.take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
     /// Moves queued messages into `out` for one vectored write: whole
     /// messages while their total stays within `max_bytes`, and always at
     /// least one (a message larger than `max_bytes` is moved alone). The

@@ -1,0 +1,839 @@
+//! One live connection's logic, everything but the I/O: what the adapters
+//! (tokio, smol, std threads) all run per connection.
+//!
+//! A [`Link`] joins a protocol (a [`Framer`] for plain TCP, or a
+//! [`ws::Connection`](crate::ws::Connection) after the upgrade), the
+//! connection's [`Session`] (its outbox, shared with anyone who sends to it),
+//! a [`Heartbeat`] and the [`MiddlewareChain`]. The adapter only moves bytes:
+//!
+//! - **read path**: bytes from the socket → [`Link::handle_input`] → the
+//!   [`LinkEvent`]s it appends go to the application's handler;
+//! - **write path**: [`Link::poll_transmit`] frames what the session's outbox
+//!   holds (and the protocol's own pongs, pings and close frames) into
+//!   buffers for one vectored write, and says when to close the socket;
+//! - **timer**: sleep until [`Link::poll_timeout`], then
+//!   [`Link::handle_timeout`].
+//!
+//! The read and write paths may run on different threads (the std adapter
+//! does): the link's state sits behind one short-held lock, never held while
+//! user code runs. After anything the reader does that queues output (an
+//! auto-pong, a close reply), the session's writer waker is woken.
+//!
+//! ```
+//! use std::time::Instant;
+//!
+//! use storm_proto::Message;
+//! use storm_proto::framing::LengthPrefixFramer;
+//! use storm_proto::hub::{Hub, HubConfig};
+//! use storm_proto::link::{Link, LinkConfig, LinkEvent, Protocol};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let now = Instant::now();
+//! let hub = Hub::new(HubConfig::default(), now)?;
+//! let session = hub.register(hub.try_admit()?, now)?;
+//! let protocol = Protocol::Framed(Box::new(LengthPrefixFramer::default()));
+//! let link = Link::new(session, protocol, LinkConfig::default(), now)?;
+//!
+//! // Read path: a length-prefixed "hi" arrives.
+//! let mut events = Vec::new();
+//! link.handle_input(now, b"\0\0\0\x02hi", &mut events);
+//! assert_eq!(events, [LinkEvent::Message(Message::from(b"hi".to_vec()))]);
+//!
+//! // The application echoes it; the write path frames it.
+//! let _ = link.send(Message::from(b"hi".to_vec()));
+//! let mut out = Vec::new();
+//! let transmit = link.poll_transmit(now, &mut out, 64 * 1024);
+//! assert_eq!(out.concat(), b"\0\0\0\x02hi");
+//! assert!(!transmit.close);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::Message;
+use crate::framing::{Framer, FramingError};
+use crate::heartbeat::{Heartbeat, HeartbeatConfig, HeartbeatConfigError, HeartbeatEvent};
+use crate::hub::{CloseKind, MiddlewareChain, SendOutcome, Session};
+use crate::ws::{self, CloseCode, CloseFrame, ProtocolError};
+
+/// The protocol a link speaks.
+pub enum Protocol {
+    /// Plain TCP with a framer: every message is [`Message::Binary`].
+    Framed(Box<dyn Framer + Send>),
+    /// WebSocket after the upgrade.
+    WebSocket(Box<ws::Connection>),
+}
+
+impl fmt::Debug for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Framed(_) => f.write_str("Framed"),
+            Self::WebSocket(conn) => f.debug_tuple("WebSocket").field(conn).finish(),
+        }
+    }
+}
+
+/// How a [`Link`] behaves.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// Pings (WebSocket ping frames), dead-peer detection and the idle
+    /// timeout. Plain TCP has no ping, so only `idle_timeout` applies there.
+    /// Default: [`HeartbeatConfig::default`] (ping every 30 s, dead after 3
+    /// missed pongs, no idle timeout).
+    pub heartbeat: HeartbeatConfig,
+    /// How long a graceful close waits for the peer's close frame (WebSocket)
+    /// before the socket is closed anyway. Default 5 s.
+    pub close_timeout: Duration,
+    /// Middleware run on every message received and sent. Default: none.
+    pub middleware: Option<Arc<MiddlewareChain>>,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: HeartbeatConfig::default(),
+            close_timeout: Duration::from_secs(5),
+            middleware: None,
+        }
+    }
+}
+
+/// What happened on a link, for the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LinkEvent {
+    /// A whole message (after middleware).
+    Message(Message),
+    /// A WebSocket ping (already answered when auto-pong is on).
+    Ping(Bytes),
+    /// A WebSocket pong.
+    Pong(Bytes),
+    /// A heartbeat round trip was measured.
+    Rtt(Duration),
+    /// The connection is over; the last event. Close the socket once
+    /// [`Link::poll_transmit`] says so (or at once for an abort).
+    Closed(CloseReason),
+}
+
+/// Why a link closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer closed the WebSocket with this frame (after we did, or
+    /// first: our reply is queued).
+    Remote(CloseFrame),
+    /// The transport ended (for WebSocket: without a close frame).
+    Eof,
+    /// This side closed: [`Session::request_close`] (or the hub's
+    /// `close_all`), the slow-consumer policy, or a graceful close that
+    /// timed out waiting for the peer.
+    Local(CloseKind),
+    /// The peer missed too many pongs.
+    PeerDead,
+    /// Nothing arrived for the idle timeout.
+    IdleTimeout,
+    /// The peer broke the WebSocket protocol; the close frame with this
+    /// code is queued.
+    Protocol(ProtocolError),
+    /// The peer's framing was invalid (a frame over the limit, a truncated
+    /// frame at EOF).
+    Framing(FramingError),
+}
+
+impl CloseReason {
+    /// Whether this is an ordinary end of a connection rather than a fault
+    /// (a close frame, EOF, a local close).
+    #[must_use]
+    pub fn is_normal(&self) -> bool {
+        matches!(self, Self::Remote(_) | Self::Eof | Self::Local(_))
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Remote(frame) if frame.reason.is_empty() => {
+                write!(f, "closed by peer ({})", frame.code)
+            }
+            Self::Remote(frame) => write!(f, "closed by peer ({} {})", frame.code, frame.reason),
+            Self::Eof => f.write_str("connection ended"),
+            Self::Local(CloseKind::Graceful) => f.write_str("closed"),
+            Self::Local(CloseKind::Abort) => f.write_str("aborted"),
+            Self::PeerDead => f.write_str("peer stopped answering pings"),
+            Self::IdleTimeout => f.write_str("idle timeout"),
+            Self::Protocol(e) => write!(f, "protocol error: {e}"),
+            Self::Framing(e) => write!(f, "framing error: {e}"),
+        }
+    }
+}
+
+/// What [`Link::poll_transmit`] asks of the writer.
+#[must_use = "close says when to close the socket"]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Transmit {
+    /// Bytes appended to the caller's buffer list.
+    pub bytes: usize,
+    /// Close the socket after writing what was appended (a graceful close
+    /// that has flushed, or an abort: then nothing was appended).
+    pub close: bool,
+}
+
+/// A [`Link`] could not be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LinkConfigError {
+    /// The heartbeat configuration is invalid.
+    Heartbeat(HeartbeatConfigError),
+}
+
+impl fmt::Display for LinkConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Heartbeat(e) => write!(f, "heartbeat: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for LinkConfigError {}
+
+/// One connection's protocol state, session and heartbeat. See the
+/// [module docs](self).
+#[derive(Debug)]
+pub struct Link {
+    session: Arc<Session>,
+    middleware: Option<Arc<MiddlewareChain>>,
+    close_timeout: Duration,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    protocol: Protocol,
+    /// Framed protocols: bytes not yet cut into messages.
+    input: BytesMut,
+    /// Framed protocols: frames ready for the writer.
+    output: BytesMut,
+    heartbeat: Heartbeat,
+    /// Set once `LinkEvent::Closed` was reported.
+    closed: bool,
+    /// A graceful WebSocket close waits for the peer's reply until then.
+    close_deadline: Option<Instant>,
+    /// The writer must close the socket after its next write.
+    finish: bool,
+    /// Scratch for draining the outbox.
+    batch: Vec<Message>,
+    /// The close frame a graceful close sends once the outbox is drained.
+    close_frame: Option<(CloseCode, String)>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Link {
+    /// A link for `session` speaking `protocol`, from `now`. Runs the
+    /// middleware's `on_connect`.
+    ///
+    /// # Errors
+    ///
+    /// [`LinkConfigError`] when the configuration is invalid.
+    pub fn new(
+        session: Arc<Session>,
+        protocol: Protocol,
+        config: LinkConfig,
+        now: Instant,
+    ) -> Result<Self, LinkConfigError> {
+        let mut heartbeat_config = config.heartbeat;
+        if matches!(protocol, Protocol::Framed(_)) {
+            // Plain TCP has no ping frame: only the idle timeout applies.
+            heartbeat_config.interval = Duration::ZERO;
+        }
+        let heartbeat =
+            Heartbeat::new(heartbeat_config, now).map_err(LinkConfigError::Heartbeat)?;
+        if let Some(chain) = &config.middleware {
+            chain.connect(session.id());
+        }
+        Ok(Self {
+            session,
+            middleware: config.middleware,
+            close_timeout: config.close_timeout,
+            state: Mutex::new(State {
+                protocol,
+                input: BytesMut::new(),
+                output: BytesMut::new(),
+                heartbeat,
+                closed: false,
+                close_deadline: None,
+                finish: false,
+                batch: Vec::new(),
+                close_frame: None,
+            }),
+        })
+    }
+
+    /// The session: id, outbox, metrics, groups (through the hub).
+    #[must_use]
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    /// Sends a message through the middleware and the session's
+    /// slow-consumer policy. Suppressed by middleware: reported as queued.
+    pub fn send(&self, message: Message) -> SendOutcome {
+        let message = match &self.middleware {
+            Some(chain) => match chain.sending(self.session.id(), message) {
+                Some(message) => message,
+                None => return SendOutcome::Queued,
+            },
+            None => message,
+        };
+        self.session.send(message)
+    }
+
+    /// Asks for a graceful close: queued messages are written, then a
+    /// WebSocket close frame with `code` (1000 when `None`) and the socket
+    /// is closed once the peer answers (or after the close timeout).
+    pub fn close(&self, code: Option<CloseCode>, reason: &str) {
+        {
+            let mut state = lock(&self.state);
+            if state.close_frame.is_none() {
+                state.close_frame = Some((code.unwrap_or(CloseCode::NORMAL), reason.to_owned()));
+            }
+        }
+        self.session.request_close(CloseKind::Graceful);
+    }
+
+    /// Closes the socket at once, discarding what is queued.
+    pub fn abort(&self) {
+        self.session.request_close(CloseKind::Abort);
+    }
+
+    /// Feeds bytes read from the socket; appends what happened to `events`.
+    pub fn handle_input(&self, now: Instant, data: &[u8], events: &mut Vec<LinkEvent>) {
+        let mut guard = lock(&self.state);
+        if guard.closed {
+            return;
+        }
+        guard.heartbeat.handle_activity(now);
+        // Input is consumed as it arrives, so read accounting is only metrics.
+        let _ = self.session.on_read(data.len());
+        let start = events.len();
+        let state = &mut *guard;
+        match &mut state.protocol {
+            Protocol::Framed(framer) => {
+                state.input.extend_from_slice(data);
+                loop {
+                    match framer.decode(&mut state.input) {
+                        Ok(Some(message)) => {
+                            events.push(LinkEvent::Message(Message::Binary(message)))
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            state.closed = true;
+                            state.finish = true;
+                            events.push(LinkEvent::Closed(CloseReason::Framing(e)));
+                            break;
+                        }
+                    }
+                }
+            }
+            Protocol::WebSocket(conn) => {
+                conn.handle_input(data);
+                drain_ws(conn, &mut state.heartbeat, now, events, &mut state.closed);
+            }
+        }
+        let _ = self.session.on_consumed(data.len());
+        let closed = state.closed;
+        let wake =
+            closed || matches!(&state.protocol, Protocol::WebSocket(conn) if conn.has_transmit());
+        drop(guard);
+        if closed {
+            // Refuse further sends; the writer flushes the close reply.
+            self.session.request_close(CloseKind::Graceful);
+        }
+        self.after_events(start, events);
+        if wake {
+            self.session.wake_writer();
+        }
+    }
+
+    /// The socket has no more bytes to read.
+    pub fn handle_eof(&self, now: Instant, events: &mut Vec<LinkEvent>) {
+        let mut state = lock(&self.state);
+        if state.closed {
+            return;
+        }
+        let start = events.len();
+        let state_ref = &mut *state;
+        match &mut state_ref.protocol {
+            Protocol::Framed(framer) => {
+                loop {
+                    match framer.decode_eof(&mut state_ref.input) {
+                        Ok(Some(message)) => {
+                            events.push(LinkEvent::Message(Message::Binary(message)))
+                        }
+                        Ok(None) => {
+                            events.push(LinkEvent::Closed(CloseReason::Eof));
+                            break;
+                        }
+                        Err(e) => {
+                            events.push(LinkEvent::Closed(CloseReason::Framing(e)));
+                            break;
+                        }
+                    }
+                }
+                state_ref.closed = true;
+            }
+            Protocol::WebSocket(conn) => {
+                conn.handle_eof();
+                drain_ws(
+                    conn,
+                    &mut state_ref.heartbeat,
+                    now,
+                    events,
+                    &mut state_ref.closed,
+                );
+            }
+        }
+        state_ref.finish = true;
+        drop(state);
+        self.session.request_close(CloseKind::Graceful);
+        self.after_events(start, events);
+        self.session.wake_writer();
+    }
+
+    /// Runs middleware over the new events and records received messages.
+    fn after_events(&self, start: usize, events: &mut Vec<LinkEvent>) {
+        let id = self.session.id();
+        let mut i = start;
+        while i < events.len() {
+            if let LinkEvent::Message(message) = &mut events[i] {
+                self.session.on_message_received();
+                if let Some(chain) = &self.middleware {
+                    match chain.received(
+                        id,
+                        std::mem::replace(message, Message::Binary(Bytes::new())),
+                    ) {
+                        Some(transformed) => *message = transformed,
+                        None => {
+                            events.remove(i);
+                            continue;
+                        }
+                    }
+                }
+            }
+            if let (LinkEvent::Closed(reason), Some(chain)) = (&events[i], &self.middleware) {
+                if let CloseReason::Protocol(e) = reason {
+                    chain.error(id, e);
+                } else if let CloseReason::Framing(e) = reason {
+                    chain.error(id, e);
+                }
+                chain.disconnect(id);
+            }
+            i += 1;
+        }
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next due.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let state = lock(&self.state);
+        if state.closed && state.close_deadline.is_none() {
+            return None;
+        }
+        [state.heartbeat.poll_timeout(), state.close_deadline]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Handles what is due at `now`: pings, dead peers, idle timeouts, a
+    /// graceful close the peer never answered.
+    pub fn handle_timeout(&self, now: Instant, events: &mut Vec<LinkEvent>) {
+        let mut state = lock(&self.state);
+        let start = events.len();
+        if state.close_deadline.is_some_and(|deadline| now >= deadline) {
+            state.close_deadline = None;
+            state.finish = true;
+            if !state.closed {
+                state.closed = true;
+                events.push(LinkEvent::Closed(CloseReason::Local(CloseKind::Graceful)));
+            }
+        }
+        if !state.closed {
+            state.heartbeat.handle_timeout(now);
+            while let Some(event) = state.heartbeat.poll_event() {
+                match event {
+                    HeartbeatEvent::SendPing(payload) => {
+                        if let Protocol::WebSocket(conn) = &mut state.protocol {
+                            let _ = conn.send_ping(&payload);
+                        }
+                    }
+                    HeartbeatEvent::PeerDead { .. } => {
+                        state.closed = true;
+                        events.push(LinkEvent::Closed(CloseReason::PeerDead));
+                    }
+                    HeartbeatEvent::IdleTimeout => {
+                        state.closed = true;
+                        events.push(LinkEvent::Closed(CloseReason::IdleTimeout));
+                    }
+                    HeartbeatEvent::Rtt(rtt) => events.push(LinkEvent::Rtt(rtt)),
+                }
+                if state.closed {
+                    break;
+                }
+            }
+        }
+        let dead = state.closed && !state.finish;
+        drop(state);
+        if dead {
+            self.session.request_close(CloseKind::Abort);
+        }
+        self.after_events(start, events);
+        self.session.wake_writer();
+    }
+
+    /// The write path: appends buffers to write (in order) to `out`, at most
+    /// about `max_bytes` of messages from the outbox, and says whether to
+    /// close the socket after writing them. Call when the session's writer
+    /// waker fires (register it with [`Session::register_waker`] or
+    /// [`Session::poll_drain`]) and after every read.
+    pub fn poll_transmit(&self, now: Instant, out: &mut Vec<Bytes>, max_bytes: usize) -> Transmit {
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        let mut transmit = Transmit::default();
+        if state.finish && !has_output(&state.protocol, &state.output) {
+            transmit.close = true;
+            return transmit;
+        }
+        let mut batch = std::mem::take(&mut state.batch);
+        let drained = self.session.drain_into(&mut batch, max_bytes);
+        if drained.close == Some(CloseKind::Abort) {
+            state.closed = true;
+            state.finish = true;
+            transmit.close = true;
+            state.batch = batch;
+            return transmit;
+        }
+        for message in batch.drain(..) {
+            match &mut state.protocol {
+                Protocol::Framed(framer) => {
+                    // A message the framer refuses (too large for the local
+                    // limit) is dropped; it was accounted as sent.
+                    let _ = framer.encode(message.as_bytes(), &mut state.output);
+                }
+                Protocol::WebSocket(conn) => {
+                    let _ = match &message {
+                        Message::Text(text) => conn.send_text(text),
+                        Message::Binary(bytes) => conn.send_binary(bytes),
+                    };
+                }
+            }
+        }
+        state.batch = batch;
+        self.session.on_written(drained.bytes);
+        if drained.close == Some(CloseKind::Graceful) {
+            match &mut state.protocol {
+                Protocol::Framed(_) => state.finish = true,
+                Protocol::WebSocket(conn) => {
+                    if conn.is_open() {
+                        let (code, reason) = state
+                            .close_frame
+                            .take()
+                            .unwrap_or((CloseCode::NORMAL, String::new()));
+                        if conn.close(code, &reason).is_err() {
+                            let _ = conn.close(CloseCode::NORMAL, "");
+                        }
+                    }
+                    if state.close_deadline.is_none() && !conn.is_closed() {
+                        state.close_deadline = Some(now + self.close_timeout);
+                    }
+                }
+            }
+        }
+        match &mut state.protocol {
+            Protocol::Framed(_) => {
+                if !state.output.is_empty() {
+                    let bytes = state.output.split().freeze();
+                    transmit.bytes += bytes.len();
+                    out.push(bytes);
+                }
+            }
+            Protocol::WebSocket(conn) => {
+                while let Some(bytes) = conn.poll_transmit() {
+                    transmit.bytes += bytes.len();
+                    out.push(bytes);
+                }
+                if conn.is_closed() {
+                    state.finish = true;
+                    state.close_deadline = None;
+                }
+            }
+        }
+        transmit.close = state.finish;
+        transmit
+    }
+}
+
+fn has_output(protocol: &Protocol, output: &BytesMut) -> bool {
+    match protocol {
+        Protocol::Framed(_) => !output.is_empty(),
+        Protocol::WebSocket(conn) => conn.has_transmit(),
+    }
+}
+
+/// Moves a WebSocket connection's events into link events.
+fn drain_ws(
+    conn: &mut ws::Connection,
+    heartbeat: &mut Heartbeat,
+    now: Instant,
+    events: &mut Vec<LinkEvent>,
+    closed: &mut bool,
+) {
+    loop {
+        match conn.poll_event() {
+            Ok(Some(ws::Event::Text(text))) => events.push(LinkEvent::Message(Message::Text(text))),
+            Ok(Some(ws::Event::Binary(bytes))) => {
+                events.push(LinkEvent::Message(Message::Binary(bytes)))
+            }
+            Ok(Some(ws::Event::Ping(payload))) => events.push(LinkEvent::Ping(payload)),
+            Ok(Some(ws::Event::Pong(payload))) => {
+                heartbeat.handle_pong(now, &payload);
+                while let Some(event) = heartbeat.poll_event() {
+                    if let HeartbeatEvent::Rtt(rtt) = event {
+                        events.push(LinkEvent::Rtt(rtt));
+                    }
+                }
+                events.push(LinkEvent::Pong(payload));
+            }
+            Ok(Some(ws::Event::Close(frame))) => {
+                *closed = true;
+                let reason = if frame.code == CloseCode::ABNORMAL {
+                    CloseReason::Eof
+                } else {
+                    CloseReason::Remote(frame)
+                };
+                events.push(LinkEvent::Closed(reason));
+                return;
+            }
+            Ok(None) => return,
+            Err(e) => {
+                *closed = true;
+                events.push(LinkEvent::Closed(CloseReason::Protocol(e)));
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::disallowed_methods)] // tests take one starting Instant from the clock
+
+    use super::*;
+    use crate::framing::{DelimiterFramer, LengthPrefixFramer};
+    use crate::hub::{Hub, HubConfig, Middleware, SessionId};
+    use crate::ws::frame::{FrameHeader, OpCode, encode_frame};
+    use crate::ws::{Config, Connection, Side};
+
+    fn setup(protocol: Protocol, config: LinkConfig) -> (Hub, Link, Instant) {
+        let now = Instant::now();
+        let hub = Hub::new(HubConfig::default(), now).unwrap();
+        let session = hub.register(hub.try_admit().unwrap(), now).unwrap();
+        (hub, Link::new(session, protocol, config, now).unwrap(), now)
+    }
+
+    fn ws_server(config: LinkConfig) -> (Hub, Link, Instant) {
+        let conn = Connection::new(Side::Server, Config::default());
+        setup(Protocol::WebSocket(Box::new(conn)), config)
+    }
+
+    fn masked(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+        let mut header = FrameHeader::new(opcode, 0);
+        header.mask = Some([9, 8, 7, 6]);
+        let mut out = BytesMut::new();
+        encode_frame(header, payload, &mut out);
+        out.to_vec()
+    }
+
+    fn transmit(link: &Link, now: Instant) -> (Vec<u8>, bool) {
+        let mut out = Vec::new();
+        let t = link.poll_transmit(now, &mut out, 1 << 20);
+        (out.concat(), t.close)
+    }
+
+    #[test]
+    fn framed_messages_in_and_out() {
+        let (_hub, link, now) = setup(
+            Protocol::Framed(Box::new(DelimiterFramer::lines())),
+            LinkConfig::default(),
+        );
+        let mut events = Vec::new();
+        link.handle_input(now, b"one\r\ntw", &mut events);
+        link.handle_input(now, b"o\n", &mut events);
+        assert_eq!(
+            events,
+            [
+                LinkEvent::Message(Message::from(b"one".to_vec())),
+                LinkEvent::Message(Message::from(b"two".to_vec()))
+            ]
+        );
+        assert_eq!(link.send(Message::from("x")), SendOutcome::Queued);
+        assert_eq!(transmit(&link, now), (b"x\n".to_vec(), false));
+        assert_eq!(link.session().metrics().messages_received, 2);
+    }
+
+    #[test]
+    fn framed_graceful_close_flushes_then_closes_and_abort_discards() {
+        let (_hub, link, now) = setup(
+            Protocol::Framed(Box::new(LengthPrefixFramer::default())),
+            LinkConfig::default(),
+        );
+        let _ = link.send(Message::from(b"last".to_vec()));
+        link.close(None, "");
+        assert_eq!(
+            link.send(Message::from(b"late".to_vec())),
+            SendOutcome::Closed(Message::from(b"late".to_vec()))
+        );
+        assert_eq!(transmit(&link, now), (b"\0\0\0\x04last".to_vec(), true));
+
+        let (_hub, link, now) = setup(
+            Protocol::Framed(Box::new(LengthPrefixFramer::default())),
+            LinkConfig::default(),
+        );
+        let _ = link.send(Message::from(b"dropped".to_vec()));
+        link.abort();
+        assert_eq!(transmit(&link, now), (Vec::new(), true));
+    }
+
+    #[test]
+    fn framing_errors_and_eof_close() {
+        let (_hub, link, now) = setup(
+            Protocol::Framed(Box::new(LengthPrefixFramer::default())),
+            LinkConfig::default(),
+        );
+        let mut events = Vec::new();
+        link.handle_input(now, b"\0\0\0\x05ab", &mut events);
+        link.handle_eof(now, &mut events);
+        assert!(matches!(
+            events.as_slice(),
+            [LinkEvent::Closed(CloseReason::Framing(_))]
+        ));
+        assert!(transmit(&link, now).1);
+    }
+
+    #[test]
+    fn websocket_ping_is_answered_and_close_is_echoed() {
+        let (_hub, link, now) = ws_server(LinkConfig::default());
+        let mut events = Vec::new();
+        let mut input = masked(OpCode::Ping, b"p");
+        input.extend(masked(OpCode::Text, b"hello"));
+        link.handle_input(now, &input, &mut events);
+        assert_eq!(
+            events,
+            [
+                LinkEvent::Ping(Bytes::from_static(b"p")),
+                LinkEvent::Message(Message::from("hello"))
+            ]
+        );
+        let _ = link.send(Message::from("hello"));
+        assert_eq!(
+            transmit(&link, now),
+            (b"\x8a\x01p\x81\x05hello".to_vec(), false)
+        );
+        events.clear();
+        link.handle_input(
+            now,
+            &masked(OpCode::Close, &1000u16.to_be_bytes()),
+            &mut events,
+        );
+        assert!(
+            matches!(&events[..], [LinkEvent::Closed(CloseReason::Remote(f))] if f.code == CloseCode::NORMAL)
+        );
+        assert_eq!(transmit(&link, now), (b"\x88\x02\x03\xe8".to_vec(), true));
+    }
+
+    #[test]
+    fn websocket_graceful_close_sends_the_code_after_queued_messages_and_times_out() {
+        let config = LinkConfig {
+            close_timeout: Duration::from_secs(1),
+            ..LinkConfig::default()
+        };
+        let (_hub, link, now) = ws_server(config);
+        let _ = link.send(Message::from("bye"));
+        link.close(Some(CloseCode::GOING_AWAY), "restart");
+        let (bytes, close) = transmit(&link, now);
+        assert!(!close, "waits for the peer's reply");
+        assert_eq!(&bytes[..5], b"\x81\x03bye");
+        assert_eq!(&bytes[5..9], b"\x88\x09\x03\xe9");
+        assert_eq!(link.poll_timeout(), Some(now + Duration::from_secs(1)));
+        let mut events = Vec::new();
+        link.handle_timeout(now + Duration::from_secs(1), &mut events);
+        assert_eq!(
+            events,
+            [LinkEvent::Closed(CloseReason::Local(CloseKind::Graceful))]
+        );
+        assert!(transmit(&link, now).1);
+    }
+
+    #[test]
+    fn heartbeat_pings_and_declares_a_silent_peer_dead() {
+        let config = LinkConfig {
+            heartbeat: HeartbeatConfig {
+                interval: Duration::from_secs(1),
+                max_missed: 2,
+                ..HeartbeatConfig::default()
+            },
+            ..LinkConfig::default()
+        };
+        let (_hub, link, start) = ws_server(config);
+        let mut events = Vec::new();
+        let mut now = start;
+        let mut pings = 0;
+        while events.is_empty() {
+            now = link.poll_timeout().unwrap();
+            assert!(
+                now <= start + Duration::from_secs(10),
+                "a silent peer is declared dead in time"
+            );
+            link.handle_timeout(now, &mut events);
+            let (bytes, _) = transmit(&link, now);
+            pings += bytes.iter().filter(|&&b| b == 0x89).count();
+        }
+        assert_eq!(pings, 2);
+        assert_eq!(events, [LinkEvent::Closed(CloseReason::PeerDead)]);
+        assert!(transmit(&link, now).1, "a dead peer is aborted");
+    }
+
+    struct Upper;
+    impl Middleware for Upper {
+        fn on_received(&self, _: SessionId, message: Message) -> Option<Message> {
+            (!message.is_empty()).then(|| Message::from(message.as_bytes().to_ascii_uppercase()))
+        }
+        fn on_sending(&self, _: SessionId, message: Message) -> Option<Message> {
+            Some(Message::from([message.as_bytes(), b"!"].concat()))
+        }
+    }
+
+    #[test]
+    fn middleware_transforms_and_suppresses() {
+        let config = LinkConfig {
+            middleware: Some(Arc::new(MiddlewareChain::new().with(Upper))),
+            ..LinkConfig::default()
+        };
+        let (_hub, link, now) = setup(
+            Protocol::Framed(Box::new(DelimiterFramer::default())),
+            config,
+        );
+        let mut events = Vec::new();
+        link.handle_input(now, b"hi\n\n", &mut events);
+        assert_eq!(events, [LinkEvent::Message(Message::from(b"HI".to_vec()))]);
+        let _ = link.send(Message::from(b"yo".to_vec()));
+        assert_eq!(transmit(&link, now).0, b"yo!\n");
+    }
+}

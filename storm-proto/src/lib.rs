@@ -20,6 +20,7 @@
 //! | [`backpressure`] | pending-byte accounting with pause at the limit and resume at half; slow-consumer decisions (`Wait`, `Drop`, `Disconnect`) |
 //! | [`hub`] | what servers share that is not I/O: sessions and their outboxes, groups, broadcast fan-out, max connections, middleware, metrics |
 //! | [`link`] | one live connection's logic for the adapters: protocol + session outbox + heartbeat + middleware, read path, write path, timer |
+//! | [`options`] | option structs shared by every adapter (servers, clients, WebSocket, framing) |
 //! | [`broker`] | request/response broker: 24-byte frames, streaming and reassembly, consumer/provider routing, request correlation |
 //!
 //! # The drive loop
@@ -103,6 +104,7 @@ pub mod heartbeat;
 pub mod hub;
 pub mod link;
 mod message;
+pub mod options;
 pub mod reconnect;
 pub mod route;
 pub mod ws;

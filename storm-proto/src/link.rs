@@ -6,13 +6,14 @@
 //! connection's [`Session`] (its outbox, shared with anyone who sends to it),
 //! a [`Heartbeat`] and the [`MiddlewareChain`]. The adapter only moves bytes:
 //!
-//! - **read path**: bytes from the socket → [`Link::handle_input`] → the
-//!   [`LinkEvent`]s it appends go to the application's handler;
+//! - **read path**: bytes from the socket → [`Link::handle_input`], then
+//!   [`Link::poll_event`] until `None`, each event to the application's
+//!   handler;
 //! - **write path**: [`Link::poll_transmit`] frames what the session's outbox
 //!   holds (and the protocol's own pongs, pings and close frames) into
 //!   buffers for one vectored write, and says when to close the socket;
 //! - **timer**: sleep until [`Link::poll_timeout`], then
-//!   [`Link::handle_timeout`].
+//!   [`Link::handle_timeout`] and drain [`Link::poll_event`].
 //!
 //! The read and write paths may run on different threads (the std adapter
 //! does): the link's state sits behind one short-held lock, never held while
@@ -35,9 +36,9 @@
 //! let link = Link::new(session, protocol, LinkConfig::default(), now)?;
 //!
 //! // Read path: a length-prefixed "hi" arrives.
-//! let mut events = Vec::new();
-//! link.handle_input(now, b"\0\0\0\x02hi", &mut events);
-//! assert_eq!(events, [LinkEvent::Message(Message::from(b"hi".to_vec()))]);
+//! link.handle_input(now, b"\0\0\0\x02hi");
+//! assert_eq!(link.poll_event(now), Some(LinkEvent::Message(Message::from(b"hi".to_vec()))));
+//! assert_eq!(link.poll_event(now), None);
 //!
 //! // The application echoes it; the write path frames it.
 //! let _ = link.send(Message::from(b"hi".to_vec()));
@@ -49,6 +50,7 @@
 //! # }
 //! ```
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -227,6 +229,10 @@ struct State {
     finish: bool,
     /// Scratch for draining the outbox.
     batch: Vec<Message>,
+    /// Events ready for `poll_event` (timer results, heartbeat RTTs).
+    events: VecDeque<LinkEvent>,
+    /// The transport ended.
+    eof: bool,
     /// The close frame a graceful close sends once the outbox is drained.
     close_frame: Option<(CloseCode, String)>,
 }
@@ -272,6 +278,8 @@ impl Link {
                 finish: false,
                 batch: Vec::new(),
                 close_frame: None,
+                events: VecDeque::new(),
+                eof: false,
             }),
         })
     }
@@ -313,130 +321,101 @@ impl Link {
         self.session.request_close(CloseKind::Abort);
     }
 
-    /// Feeds bytes read from the socket; appends what happened to `events`.
-    pub fn handle_input(&self, now: Instant, data: &[u8], events: &mut Vec<LinkEvent>) {
+    /// Feeds bytes read from the socket. Then drain
+    /// [`poll_event`](Self::poll_event), which parses them.
+    pub fn handle_input(&self, now: Instant, data: &[u8]) {
         let mut guard = lock(&self.state);
-        if guard.closed {
-            return;
-        }
-        guard.heartbeat.handle_activity(now);
-        // Input is consumed as it arrives, so read accounting is only metrics.
-        let _ = self.session.on_read(data.len());
-        let start = events.len();
         let state = &mut *guard;
-        match &mut state.protocol {
-            Protocol::Framed(framer) => {
-                state.input.extend_from_slice(data);
-                loop {
-                    match framer.decode(&mut state.input) {
-                        Ok(Some(message)) => {
-                            events.push(LinkEvent::Message(Message::Binary(message)))
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            state.closed = true;
-                            state.finish = true;
-                            events.push(LinkEvent::Closed(CloseReason::Framing(e)));
-                            break;
-                        }
-                    }
-                }
-            }
-            Protocol::WebSocket(conn) => {
-                conn.handle_input(data);
-                drain_ws(conn, &mut state.heartbeat, now, events, &mut state.closed);
-            }
-        }
-        let _ = self.session.on_consumed(data.len());
-        let closed = state.closed;
-        let wake =
-            closed || matches!(&state.protocol, Protocol::WebSocket(conn) if conn.has_transmit());
-        drop(guard);
-        if closed {
-            // Refuse further sends; the writer flushes the close reply.
-            self.session.request_close(CloseKind::Graceful);
-        }
-        self.after_events(start, events);
-        if wake {
-            self.session.wake_writer();
-        }
-    }
-
-    /// The socket has no more bytes to read.
-    pub fn handle_eof(&self, now: Instant, events: &mut Vec<LinkEvent>) {
-        let mut state = lock(&self.state);
         if state.closed {
             return;
         }
-        let start = events.len();
-        let state_ref = &mut *state;
-        match &mut state_ref.protocol {
-            Protocol::Framed(framer) => {
-                loop {
-                    match framer.decode_eof(&mut state_ref.input) {
-                        Ok(Some(message)) => {
-                            events.push(LinkEvent::Message(Message::Binary(message)))
-                        }
-                        Ok(None) => {
-                            events.push(LinkEvent::Closed(CloseReason::Eof));
-                            break;
-                        }
-                        Err(e) => {
-                            events.push(LinkEvent::Closed(CloseReason::Framing(e)));
-                            break;
-                        }
-                    }
-                }
-                state_ref.closed = true;
-            }
-            Protocol::WebSocket(conn) => {
-                conn.handle_eof();
-                drain_ws(
-                    conn,
-                    &mut state_ref.heartbeat,
-                    now,
-                    events,
-                    &mut state_ref.closed,
-                );
-            }
+        state.heartbeat.handle_activity(now);
+        // Input is parsed as the application drains events, so read
+        // accounting is only metrics.
+        let _ = self.session.on_read(data.len());
+        let _ = self.session.on_consumed(data.len());
+        match &mut state.protocol {
+            Protocol::Framed(_) => state.input.extend_from_slice(data),
+            Protocol::WebSocket(conn) => conn.handle_input(data),
         }
-        state_ref.finish = true;
-        drop(state);
-        self.session.request_close(CloseKind::Graceful);
-        self.after_events(start, events);
-        self.session.wake_writer();
     }
 
-    /// Runs middleware over the new events and records received messages.
-    fn after_events(&self, start: usize, events: &mut Vec<LinkEvent>) {
-        let id = self.session.id();
-        let mut i = start;
-        while i < events.len() {
-            if let LinkEvent::Message(message) = &mut events[i] {
-                self.session.on_message_received();
-                if let Some(chain) = &self.middleware {
-                    match chain.received(
-                        id,
-                        std::mem::replace(message, Message::Binary(Bytes::new())),
-                    ) {
-                        Some(transformed) => *message = transformed,
-                        None => {
-                            events.remove(i);
-                            continue;
+    /// The socket has no more bytes to read. [`poll_event`](Self::poll_event)
+    /// reports what was still buffered, then [`LinkEvent::Closed`].
+    pub fn handle_eof(&self) {
+        let mut state = lock(&self.state);
+        if !state.closed {
+            state.eof = true;
+            if let Protocol::WebSocket(conn) = &mut state.protocol {
+                conn.handle_eof();
+            }
+        }
+    }
+
+    /// The next event, in order; `None` when nothing more can be parsed
+    /// (read more, or wait for the timer).
+    ///
+    /// Before it parses further input, it frames the messages the
+    /// application queued in answer to earlier events, so a reply always
+    /// precedes anything later input causes (a close reply, the close frame
+    /// of a protocol error). The writer is woken when output is ready.
+    pub fn poll_event(&self, now: Instant) -> Option<LinkEvent> {
+        loop {
+            let (event, wake) = {
+                let mut guard = lock(&self.state);
+                let state = &mut *guard;
+                let event = match state.events.pop_front() {
+                    Some(event) => Some(event),
+                    None if state.closed => None,
+                    None => {
+                        self.pump(state, now, usize::MAX);
+                        match state.events.pop_front() {
+                            Some(event) => Some(event),
+                            None => next_event(state, now),
                         }
                     }
-                }
+                };
+                (
+                    event,
+                    has_output(&state.protocol, &state.output) || state.finish,
+                )
+            };
+            if wake {
+                self.session.wake_writer();
             }
-            if let (LinkEvent::Closed(reason), Some(chain)) = (&events[i], &self.middleware) {
-                if let CloseReason::Protocol(e) = reason {
-                    chain.error(id, e);
-                } else if let CloseReason::Framing(e) = reason {
-                    chain.error(id, e);
-                }
-                chain.disconnect(id);
+            if let Some(event) = self.deliver(event?) {
+                return Some(event);
             }
-            i += 1;
         }
+    }
+
+    /// Bookkeeping, middleware and session state for one event leaving the
+    /// link; `None` when middleware suppressed it.
+    fn deliver(&self, mut event: LinkEvent) -> Option<LinkEvent> {
+        let id = self.session.id();
+        match &mut event {
+            LinkEvent::Message(message) => {
+                self.session.on_message_received();
+                if let Some(chain) = &self.middleware {
+                    let taken = std::mem::replace(message, Message::Binary(Bytes::new()));
+                    *message = chain.received(id, taken)?;
+                }
+            }
+            LinkEvent::Closed(reason) => {
+                // Refuse further sends; the writer flushes what must go out.
+                self.session.request_close(CloseKind::Graceful);
+                if let Some(chain) = &self.middleware {
+                    match reason {
+                        CloseReason::Protocol(e) => chain.error(id, e),
+                        CloseReason::Framing(e) => chain.error(id, e),
+                        _ => {}
+                    }
+                    chain.disconnect(id);
+                }
+            }
+            _ => {}
+        }
+        Some(event)
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due.
@@ -453,72 +432,67 @@ impl Link {
     }
 
     /// Handles what is due at `now`: pings, dead peers, idle timeouts, a
-    /// graceful close the peer never answered.
-    pub fn handle_timeout(&self, now: Instant, events: &mut Vec<LinkEvent>) {
-        let mut state = lock(&self.state);
-        let start = events.len();
+    /// graceful close the peer never answered. Then drain
+    /// [`poll_event`](Self::poll_event).
+    pub fn handle_timeout(&self, now: Instant) {
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
         if state.close_deadline.is_some_and(|deadline| now >= deadline) {
             state.close_deadline = None;
             state.finish = true;
             if !state.closed {
                 state.closed = true;
-                events.push(LinkEvent::Closed(CloseReason::Local(CloseKind::Graceful)));
+                state
+                    .events
+                    .push_back(LinkEvent::Closed(CloseReason::Local(CloseKind::Graceful)));
             }
         }
+        let mut dead = false;
         if !state.closed {
             state.heartbeat.handle_timeout(now);
             while let Some(event) = state.heartbeat.poll_event() {
-                match event {
+                let reason = match event {
                     HeartbeatEvent::SendPing(payload) => {
                         if let Protocol::WebSocket(conn) = &mut state.protocol {
                             let _ = conn.send_ping(&payload);
                         }
+                        continue;
                     }
-                    HeartbeatEvent::PeerDead { .. } => {
-                        state.closed = true;
-                        events.push(LinkEvent::Closed(CloseReason::PeerDead));
+                    HeartbeatEvent::Rtt(rtt) => {
+                        state.events.push_back(LinkEvent::Rtt(rtt));
+                        continue;
                     }
-                    HeartbeatEvent::IdleTimeout => {
-                        state.closed = true;
-                        events.push(LinkEvent::Closed(CloseReason::IdleTimeout));
-                    }
-                    HeartbeatEvent::Rtt(rtt) => events.push(LinkEvent::Rtt(rtt)),
-                }
-                if state.closed {
-                    break;
-                }
+                    HeartbeatEvent::PeerDead { .. } => CloseReason::PeerDead,
+                    HeartbeatEvent::IdleTimeout => CloseReason::IdleTimeout,
+                };
+                state.closed = true;
+                dead = true;
+                state.events.push_back(LinkEvent::Closed(reason));
+                break;
             }
         }
-        let dead = state.closed && !state.finish;
-        drop(state);
+        drop(guard);
         if dead {
             self.session.request_close(CloseKind::Abort);
         }
-        self.after_events(start, events);
         self.session.wake_writer();
     }
 
-    /// The write path: appends buffers to write (in order) to `out`, at most
-    /// about `max_bytes` of messages from the outbox, and says whether to
-    /// close the socket after writing them. Call when the session's writer
-    /// waker fires (register it with [`Session::register_waker`] or
-    /// [`Session::poll_drain`]) and after every read.
-    pub fn poll_transmit(&self, now: Instant, out: &mut Vec<Bytes>, max_bytes: usize) -> Transmit {
-        let mut guard = lock(&self.state);
-        let state = &mut *guard;
-        let mut transmit = Transmit::default();
-        if state.finish && !has_output(&state.protocol, &state.output) {
-            transmit.close = true;
-            return transmit;
-        }
+    /// Moves queued messages from the session's outbox into the protocol
+    /// (framing them), and starts a requested close.
+    fn pump(&self, state: &mut State, now: Instant, max_bytes: usize) {
         let mut batch = std::mem::take(&mut state.batch);
         let drained = self.session.drain_into(&mut batch, max_bytes);
         if drained.close == Some(CloseKind::Abort) {
-            state.closed = true;
             state.finish = true;
-            transmit.close = true;
+            if !state.closed {
+                state.closed = true;
+                state
+                    .events
+                    .push_back(LinkEvent::Closed(CloseReason::Local(CloseKind::Abort)));
+            }
             state.batch = batch;
-            return transmit;
+            return;
         }
         for message in batch.drain(..) {
             match &mut state.protocol {
@@ -539,7 +513,15 @@ impl Link {
         self.session.on_written(drained.bytes);
         if drained.close == Some(CloseKind::Graceful) {
             match &mut state.protocol {
-                Protocol::Framed(_) => state.finish = true,
+                Protocol::Framed(_) => {
+                    state.finish = true;
+                    if !state.closed {
+                        state.closed = true;
+                        state
+                            .events
+                            .push_back(LinkEvent::Closed(CloseReason::Local(CloseKind::Graceful)));
+                    }
+                }
                 Protocol::WebSocket(conn) => {
                     if conn.is_open() {
                         let (code, reason) = state
@@ -556,9 +538,25 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// The write path: appends buffers to write (in order) to `out`, at most
+    /// about `max_bytes` of messages from the outbox, and says whether to
+    /// close the socket after writing them. Call when the session's writer
+    /// waker fires (register it with [`Session::register_waker`]) and after
+    /// every read.
+    pub fn poll_transmit(&self, now: Instant, out: &mut Vec<Bytes>, max_bytes: usize) -> Transmit {
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        let mut transmit = Transmit::default();
+        if !state.finish {
+            self.pump(state, now, max_bytes);
+        }
         match &mut state.protocol {
             Protocol::Framed(_) => {
-                if !state.output.is_empty() {
+                if !state.output.is_empty()
+                    && self.session.close_request() != Some(CloseKind::Abort)
+                {
                     let bytes = state.output.split().freeze();
                     transmit.bytes += bytes.len();
                     out.push(bytes);
@@ -566,8 +564,10 @@ impl Link {
             }
             Protocol::WebSocket(conn) => {
                 while let Some(bytes) = conn.poll_transmit() {
-                    transmit.bytes += bytes.len();
-                    out.push(bytes);
+                    if self.session.close_request() != Some(CloseKind::Abort) {
+                        transmit.bytes += bytes.len();
+                        out.push(bytes);
+                    }
                 }
                 if conn.is_closed() {
                     state.finish = true;
@@ -576,7 +576,70 @@ impl Link {
             }
         }
         transmit.close = state.finish;
+        let needs_event = state.closed && !state.events.is_empty();
+        drop(guard);
+        if needs_event {
+            // A Closed event (an abort) waits for the reader.
+            self.session.wake_writer();
+        }
         transmit
+    }
+}
+
+/// Parses one event from the protocol's buffered input.
+fn next_event(state: &mut State, now: Instant) -> Option<LinkEvent> {
+    match &mut state.protocol {
+        Protocol::Framed(framer) => {
+            let result = if state.eof {
+                framer.decode_eof(&mut state.input)
+            } else {
+                framer.decode(&mut state.input)
+            };
+            match result {
+                Ok(Some(message)) => Some(LinkEvent::Message(Message::Binary(message))),
+                Ok(None) if state.eof => {
+                    state.closed = true;
+                    state.finish = true;
+                    Some(LinkEvent::Closed(CloseReason::Eof))
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    state.closed = true;
+                    state.finish = true;
+                    Some(LinkEvent::Closed(CloseReason::Framing(e)))
+                }
+            }
+        }
+        Protocol::WebSocket(conn) => match conn.poll_event() {
+            Ok(Some(ws::Event::Text(text))) => Some(LinkEvent::Message(Message::Text(text))),
+            Ok(Some(ws::Event::Binary(bytes))) => Some(LinkEvent::Message(Message::Binary(bytes))),
+            Ok(Some(ws::Event::Ping(payload))) => Some(LinkEvent::Ping(payload)),
+            Ok(Some(ws::Event::Pong(payload))) => {
+                state.heartbeat.handle_pong(now, &payload);
+                while let Some(event) = state.heartbeat.poll_event() {
+                    if let HeartbeatEvent::Rtt(rtt) = event {
+                        state.events.push_back(LinkEvent::Rtt(rtt));
+                    }
+                }
+                Some(LinkEvent::Pong(payload))
+            }
+            Ok(Some(ws::Event::Close(frame))) => {
+                state.closed = true;
+                if state.eof {
+                    state.finish = true;
+                }
+                Some(LinkEvent::Closed(if frame.code == CloseCode::ABNORMAL {
+                    CloseReason::Eof
+                } else {
+                    CloseReason::Remote(frame)
+                }))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                state.closed = true;
+                Some(LinkEvent::Closed(CloseReason::Protocol(e)))
+            }
+        },
     }
 }
 
@@ -584,50 +647,6 @@ fn has_output(protocol: &Protocol, output: &BytesMut) -> bool {
     match protocol {
         Protocol::Framed(_) => !output.is_empty(),
         Protocol::WebSocket(conn) => conn.has_transmit(),
-    }
-}
-
-/// Moves a WebSocket connection's events into link events.
-fn drain_ws(
-    conn: &mut ws::Connection,
-    heartbeat: &mut Heartbeat,
-    now: Instant,
-    events: &mut Vec<LinkEvent>,
-    closed: &mut bool,
-) {
-    loop {
-        match conn.poll_event() {
-            Ok(Some(ws::Event::Text(text))) => events.push(LinkEvent::Message(Message::Text(text))),
-            Ok(Some(ws::Event::Binary(bytes))) => {
-                events.push(LinkEvent::Message(Message::Binary(bytes)))
-            }
-            Ok(Some(ws::Event::Ping(payload))) => events.push(LinkEvent::Ping(payload)),
-            Ok(Some(ws::Event::Pong(payload))) => {
-                heartbeat.handle_pong(now, &payload);
-                while let Some(event) = heartbeat.poll_event() {
-                    if let HeartbeatEvent::Rtt(rtt) = event {
-                        events.push(LinkEvent::Rtt(rtt));
-                    }
-                }
-                events.push(LinkEvent::Pong(payload));
-            }
-            Ok(Some(ws::Event::Close(frame))) => {
-                *closed = true;
-                let reason = if frame.code == CloseCode::ABNORMAL {
-                    CloseReason::Eof
-                } else {
-                    CloseReason::Remote(frame)
-                };
-                events.push(LinkEvent::Closed(reason));
-                return;
-            }
-            Ok(None) => return,
-            Err(e) => {
-                *closed = true;
-                events.push(LinkEvent::Closed(CloseReason::Protocol(e)));
-                return;
-            }
-        }
     }
 }
 
@@ -661,6 +680,10 @@ mod tests {
         out.to_vec()
     }
 
+    fn events(link: &Link, now: Instant) -> Vec<LinkEvent> {
+        std::iter::from_fn(|| link.poll_event(now)).collect()
+    }
+
     fn transmit(link: &Link, now: Instant) -> (Vec<u8>, bool) {
         let mut out = Vec::new();
         let t = link.poll_transmit(now, &mut out, 1 << 20);
@@ -673,11 +696,10 @@ mod tests {
             Protocol::Framed(Box::new(DelimiterFramer::lines())),
             LinkConfig::default(),
         );
-        let mut events = Vec::new();
-        link.handle_input(now, b"one\r\ntw", &mut events);
-        link.handle_input(now, b"o\n", &mut events);
+        link.handle_input(now, b"one\r\ntw");
+        link.handle_input(now, b"o\n");
         assert_eq!(
-            events,
+            events(&link, now),
             [
                 LinkEvent::Message(Message::from(b"one".to_vec())),
                 LinkEvent::Message(Message::from(b"two".to_vec()))
@@ -717,45 +739,42 @@ mod tests {
             Protocol::Framed(Box::new(LengthPrefixFramer::default())),
             LinkConfig::default(),
         );
-        let mut events = Vec::new();
-        link.handle_input(now, b"\0\0\0\x05ab", &mut events);
-        link.handle_eof(now, &mut events);
+        link.handle_input(now, b"\0\0\0\x05ab");
+        link.handle_eof();
         assert!(matches!(
-            events.as_slice(),
+            events(&link, now).as_slice(),
             [LinkEvent::Closed(CloseReason::Framing(_))]
         ));
         assert!(transmit(&link, now).1);
     }
 
     #[test]
-    fn websocket_ping_is_answered_and_close_is_echoed() {
+    fn websocket_ping_is_answered_and_a_reply_precedes_the_close_reply() {
         let (_hub, link, now) = ws_server(LinkConfig::default());
-        let mut events = Vec::new();
         let mut input = masked(OpCode::Ping, b"p");
         input.extend(masked(OpCode::Text, b"hello"));
-        link.handle_input(now, &input, &mut events);
+        input.extend(masked(OpCode::Close, &1000u16.to_be_bytes()));
+        link.handle_input(now, &input);
         assert_eq!(
-            events,
-            [
-                LinkEvent::Ping(Bytes::from_static(b"p")),
-                LinkEvent::Message(Message::from("hello"))
-            ]
+            link.poll_event(now),
+            Some(LinkEvent::Ping(Bytes::from_static(b"p")))
         );
+        assert_eq!(
+            link.poll_event(now),
+            Some(LinkEvent::Message(Message::from("hello")))
+        );
+        // The reply queued now goes out before the close reply that the
+        // rest of the input causes.
         let _ = link.send(Message::from("hello"));
+        assert!(matches!(
+            link.poll_event(now),
+            Some(LinkEvent::Closed(CloseReason::Remote(f))) if f.code == CloseCode::NORMAL
+        ));
+        assert_eq!(link.poll_event(now), None);
         assert_eq!(
             transmit(&link, now),
-            (b"\x8a\x01p\x81\x05hello".to_vec(), false)
+            (b"\x8a\x01p\x81\x05hello\x88\x02\x03\xe8".to_vec(), true)
         );
-        events.clear();
-        link.handle_input(
-            now,
-            &masked(OpCode::Close, &1000u16.to_be_bytes()),
-            &mut events,
-        );
-        assert!(
-            matches!(&events[..], [LinkEvent::Closed(CloseReason::Remote(f))] if f.code == CloseCode::NORMAL)
-        );
-        assert_eq!(transmit(&link, now), (b"\x88\x02\x03\xe8".to_vec(), true));
     }
 
     #[test]
@@ -772,13 +791,27 @@ mod tests {
         assert_eq!(&bytes[..5], b"\x81\x03bye");
         assert_eq!(&bytes[5..9], b"\x88\x09\x03\xe9");
         assert_eq!(link.poll_timeout(), Some(now + Duration::from_secs(1)));
-        let mut events = Vec::new();
-        link.handle_timeout(now + Duration::from_secs(1), &mut events);
+        link.handle_timeout(now + Duration::from_secs(1));
         assert_eq!(
-            events,
+            events(&link, now),
             [LinkEvent::Closed(CloseReason::Local(CloseKind::Graceful))]
         );
         assert!(transmit(&link, now).1);
+    }
+
+    #[test]
+    fn abort_is_reported_and_discards_output() {
+        let (_hub, link, now) = setup(
+            Protocol::Framed(Box::new(LengthPrefixFramer::default())),
+            LinkConfig::default(),
+        );
+        let _ = link.send(Message::from(b"x".to_vec()));
+        link.abort();
+        assert_eq!(
+            events(&link, now),
+            [LinkEvent::Closed(CloseReason::Local(CloseKind::Abort))]
+        );
+        assert_eq!(transmit(&link, now), (Vec::new(), true));
     }
 
     #[test]
@@ -792,21 +825,22 @@ mod tests {
             ..LinkConfig::default()
         };
         let (_hub, link, start) = ws_server(config);
-        let mut events = Vec::new();
+        let mut seen = Vec::new();
         let mut now = start;
         let mut pings = 0;
-        while events.is_empty() {
+        while seen.is_empty() {
             now = link.poll_timeout().unwrap();
             assert!(
                 now <= start + Duration::from_secs(10),
                 "a silent peer is declared dead in time"
             );
-            link.handle_timeout(now, &mut events);
+            link.handle_timeout(now);
+            seen = events(&link, now);
             let (bytes, _) = transmit(&link, now);
             pings += bytes.iter().filter(|&&b| b == 0x89).count();
         }
         assert_eq!(pings, 2);
-        assert_eq!(events, [LinkEvent::Closed(CloseReason::PeerDead)]);
+        assert_eq!(seen, [LinkEvent::Closed(CloseReason::PeerDead)]);
         assert!(transmit(&link, now).1, "a dead peer is aborted");
     }
 
@@ -830,9 +864,11 @@ mod tests {
             Protocol::Framed(Box::new(DelimiterFramer::default())),
             config,
         );
-        let mut events = Vec::new();
-        link.handle_input(now, b"hi\n\n", &mut events);
-        assert_eq!(events, [LinkEvent::Message(Message::from(b"HI".to_vec()))]);
+        link.handle_input(now, b"hi\n\n");
+        assert_eq!(
+            events(&link, now),
+            [LinkEvent::Message(Message::from(b"HI".to_vec()))]
+        );
         let _ = link.send(Message::from(b"yo".to_vec()));
         assert_eq!(transmit(&link, now).0, b"yo!\n");
     }

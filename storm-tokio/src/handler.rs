@@ -1,0 +1,57 @@
+//! What the application does when things happen: a trait whose methods all
+//! have no-op defaults, so a handler implements only what it needs.
+
+use std::future::Future;
+use std::time::Duration;
+
+use storm_proto::Message;
+use storm_proto::link::CloseReason;
+
+use crate::Session;
+
+/// Callbacks for a server's or a client's connections. Each connection calls
+/// its handler from its own task, one event at a time, in order: while a
+/// callback runs, that connection reads nothing more (natural backpressure);
+/// other connections are not affected.
+pub trait Handler: Send + Sync + 'static {
+    /// A connection is established (after the WebSocket upgrade).
+    fn on_connect(&self, session: &Session) -> impl Future<Output = ()> + Send {
+        let _ = session;
+        async {}
+    }
+
+    /// A whole message arrived (text or binary for WebSocket; binary for a
+    /// framed TCP connection), after middleware.
+    fn on_message(&self, session: &Session, message: Message) -> impl Future<Output = ()> + Send {
+        let _ = (session, message);
+        async {}
+    }
+
+    /// The connection ended; the last call for this session.
+    fn on_disconnect(
+        &self,
+        session: &Session,
+        reason: &CloseReason,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (session, reason);
+        async {}
+    }
+
+    /// Something failed that is not a disconnect: a refused handshake, a
+    /// failed connect attempt. Ordinary disconnects (reset, broken pipe) are
+    /// [`on_disconnect`](Self::on_disconnect) instead.
+    fn on_error(
+        &self,
+        error: &(dyn std::error::Error + Send + Sync),
+    ) -> impl Future<Output = ()> + Send {
+        let _ = error;
+        async {}
+    }
+
+    /// A client lost its connection and will try again after `delay`
+    /// (attempt 1, 2, …).
+    fn on_reconnecting(&self, attempt: u32, delay: Duration) -> impl Future<Output = ()> + Send {
+        let _ = (attempt, delay);
+        async {}
+    }
+}

@@ -1,0 +1,433 @@
+//! TCP and WebSocket servers.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use storm_proto::Message;
+use storm_proto::hub::{BroadcastReport, CloseKind, Hub, HubConfig, SessionId};
+use storm_proto::link::{Link, Protocol};
+use storm_proto::options::{Framing, ServerOptions, WsOptions};
+use storm_proto::ws::handshake::{ServerConfig, ServerHandshake, ServerStep};
+use storm_proto::ws::{Connection, Side};
+
+use crate::driver::drive;
+use crate::{Handler, Session};
+
+/// What the server speaks after accepting.
+#[derive(Clone)]
+enum Kind {
+    Tcp(Framing),
+    Ws {
+        handshake: Arc<ServerConfig>,
+        options: WsOptions,
+    },
+}
+
+/// State every connection task and every [`ServerHandle`] shares.
+struct Shared {
+    hub: Hub,
+    options: ServerOptions,
+    kind: Kind,
+    local_addr: SocketAddr,
+    sessions: Mutex<HashMap<SessionId, Session>>,
+    stop: watch::Sender<bool>,
+    done: watch::Sender<bool>,
+}
+
+/// Controls a running server from anywhere: its sessions, groups,
+/// broadcast, and shutdown. Cheap to clone.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("local_addr", &self.shared.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A WebSocket server. See the [crate docs](crate) for an example.
+pub struct WsServer {
+    listener: TcpListener,
+    handle: ServerHandle,
+}
+
+/// A plain TCP server with a framer (length-prefixed by default).
+pub struct TcpServer {
+    listener: TcpListener,
+    handle: ServerHandle,
+}
+
+macro_rules! server_common {
+    ($name:ident) => {
+        impl $name {
+            /// The address the server listens on (the real port when the
+            /// options asked for port 0).
+            #[must_use]
+            pub fn local_addr(&self) -> SocketAddr {
+                self.handle.shared.local_addr
+            }
+
+            /// A handle to the server's sessions, groups and shutdown.
+            #[must_use]
+            pub fn handle(&self) -> ServerHandle {
+                self.handle.clone()
+            }
+
+            /// Accepts connections and runs `handler` for each until
+            /// [`ServerHandle::shutdown`]; returns when every connection
+            /// task has ended.
+            ///
+            /// # Errors
+            ///
+            /// Only a failing listener; connection errors go to the handler.
+            pub async fn serve<H: Handler>(self, handler: H) -> io::Result<()> {
+                serve(self.listener, self.handle, handler).await
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($name))
+                    .field("local_addr", &self.local_addr())
+                    .finish_non_exhaustive()
+            }
+        }
+    };
+}
+
+server_common!(WsServer);
+server_common!(TcpServer);
+
+impl WsServer {
+    /// Binds a WebSocket server.
+    ///
+    /// # Errors
+    ///
+    /// An invalid address or option, or a failed bind.
+    pub async fn bind(options: ServerOptions, ws: WsOptions) -> io::Result<Self> {
+        let handshake = ServerConfig {
+            subprotocols: ws.subprotocols.clone(),
+            deflate: ws.deflate.clone(),
+            ..ServerConfig::default()
+        };
+        handshake.validate().map_err(invalid)?;
+        let kind = Kind::Ws {
+            handshake: Arc::new(handshake),
+            options: ws,
+        };
+        let (listener, handle) = bind(options, kind).await?;
+        Ok(Self { listener, handle })
+    }
+}
+
+impl TcpServer {
+    /// Binds a TCP server that frames messages with `framing`.
+    ///
+    /// # Errors
+    ///
+    /// An invalid address or option, or a failed bind.
+    pub async fn bind(options: ServerOptions, framing: Framing) -> io::Result<Self> {
+        framing.build().map_err(invalid)?;
+        let (listener, handle) = bind(options, Kind::Tcp(framing)).await?;
+        Ok(Self { listener, handle })
+    }
+}
+
+fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, e)
+}
+
+async fn bind(options: ServerOptions, kind: Kind) -> io::Result<(TcpListener, ServerHandle)> {
+    let addr: SocketAddr = tokio::net::lookup_host(&options.addr)
+        .await?
+        .next()
+        .ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "address resolves to nothing")
+        })?;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if let Some(size) = options.recv_buffer_size {
+        socket.set_recv_buffer_size(size)?;
+    }
+    if let Some(size) = options.send_buffer_size {
+        socket.set_send_buffer_size(size)?;
+    }
+    socket.bind(addr)?;
+    let listener = socket.listen(options.backlog)?;
+    let mut hub_config = HubConfig::default();
+    hub_config.max_connections = options.max_connections;
+    hub_config.backpressure = options.backpressure;
+    let hub = Hub::new(hub_config, Instant::now()).map_err(invalid)?;
+    let shared = Shared {
+        hub,
+        local_addr: listener.local_addr()?,
+        options,
+        kind,
+        sessions: Mutex::new(HashMap::new()),
+        stop: watch::channel(false).0,
+        done: watch::channel(false).0,
+    };
+    Ok((
+        listener,
+        ServerHandle {
+            shared: Arc::new(shared),
+        },
+    ))
+}
+
+async fn serve<H: Handler>(
+    listener: TcpListener,
+    handle: ServerHandle,
+    handler: H,
+) -> io::Result<()> {
+    let handler = Arc::new(handler);
+    let shared = &handle.shared;
+    let mut stop = shared.stop.subscribe();
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, remote) = match accepted {
+                    Ok(pair) => pair,
+                    // Per-connection failures (the peer reset before accept,
+                    // out of descriptors) must not stop the server.
+                    Err(e) => {
+                        handler.on_error(&e).await;
+                        continue;
+                    }
+                };
+                // Over the limit: closed at accept, before any handshake.
+                let Ok(permit) = shared.hub.try_admit() else {
+                    drop(stream);
+                    continue;
+                };
+                let handle = handle.clone();
+                let handler = Arc::clone(&handler);
+                tasks.spawn(async move {
+                    if let Err(e) = handle.run_connection(stream, remote, permit, &*handler).await {
+                        handler.on_error(&e).await;
+                    }
+                });
+            }
+            _ = stop.wait_for(|stop| *stop) => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    drop(listener);
+    while tasks.join_next().await.is_some() {}
+    shared.done.send_replace(true);
+    Ok(())
+}
+
+impl ServerHandle {
+    async fn run_connection<H: Handler>(
+        &self,
+        stream: TcpStream,
+        remote: SocketAddr,
+        permit: storm_proto::hub::ConnectionPermit,
+        handler: &H,
+    ) -> io::Result<()> {
+        let shared = &self.shared;
+        let options = &shared.options;
+        stream.set_nodelay(options.nodelay)?;
+        if options.keepalive {
+            socket_keepalive(&stream)?;
+        }
+        let mut stream = stream;
+        let (protocol, initial) = match &shared.kind {
+            Kind::Tcp(framing) => (
+                Protocol::Framed(framing.build().map_err(invalid)?),
+                Bytes::new(),
+            ),
+            Kind::Ws {
+                handshake,
+                options: ws,
+            } => {
+                let upgrade = tokio::time::timeout(
+                    options.handshake_timeout,
+                    accept_ws(&mut stream, handshake, ws),
+                );
+                let (conn, leftover) = match upgrade.await {
+                    Ok(result) => result?,
+                    Err(_) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "WebSocket handshake timed out",
+                        ));
+                    }
+                };
+                (Protocol::WebSocket(Box::new(conn)), leftover)
+            }
+        };
+        let hub_session = shared
+            .hub
+            .register(permit, Instant::now())
+            .map_err(invalid)?;
+        let link = Link::new(hub_session, protocol, options.link.clone(), Instant::now())
+            .map_err(invalid)?;
+        let session = Session::new(Arc::new(link), shared.hub.clone(), remote);
+        let id = session.id();
+        lock(&shared.sessions).insert(id, session.clone());
+        drive(
+            stream,
+            session,
+            handler,
+            initial,
+            options.write_batch,
+            options.link.close_timeout,
+        )
+        .await;
+        lock(&shared.sessions).remove(&id);
+        shared.hub.disconnect(id);
+        Ok(())
+    }
+
+    /// The server's address.
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// The connected sessions.
+    #[must_use]
+    pub fn sessions(&self) -> Vec<Session> {
+        let mut sessions: Vec<Session> = lock(&self.shared.sessions).values().cloned().collect();
+        sessions.sort_by_key(Session::id);
+        sessions
+    }
+
+    /// One session by id.
+    #[must_use]
+    pub fn session(&self, id: SessionId) -> Option<Session> {
+        lock(&self.shared.sessions).get(&id).cloned()
+    }
+
+    /// How many sessions are connected.
+    #[must_use]
+    pub fn session_count(&self) -> usize {
+        self.shared.hub.session_count()
+    }
+
+    /// The hub underneath: groups, metrics, broadcast.
+    #[must_use]
+    pub fn hub(&self) -> &Hub {
+        &self.shared.hub
+    }
+
+    /// Sends `message` to every session but `exclude`, without waiting on
+    /// any (each session's slow-consumer policy decides for it).
+    pub fn broadcast(
+        &self,
+        message: impl Into<Message>,
+        exclude: Option<SessionId>,
+    ) -> BroadcastReport {
+        self.shared.hub.broadcast(&message.into(), exclude)
+    }
+
+    /// Sends `message` to the members of `group` but `exclude`.
+    pub fn broadcast_group(
+        &self,
+        group: &str,
+        message: impl Into<Message>,
+        exclude: Option<SessionId>,
+    ) -> BroadcastReport {
+        self.shared
+            .hub
+            .broadcast_group(group, &message.into(), exclude)
+    }
+
+    /// Members of a group.
+    #[must_use]
+    pub fn member_count(&self, group: &str) -> usize {
+        self.shared.hub.member_count(group)
+    }
+
+    /// Names of the groups with members.
+    #[must_use]
+    pub fn group_names(&self) -> Vec<String> {
+        self.shared.hub.group_names()
+    }
+
+    /// Closes every session gracefully.
+    pub fn close_all(&self) {
+        self.shared.hub.close_all(CloseKind::Graceful);
+    }
+
+    /// Stops accepting, closes every session gracefully, aborts the ones
+    /// still open after `timeout`, and returns once every connection task
+    /// has ended (and [`serve`](WsServer::serve) has returned).
+    pub async fn shutdown(&self, timeout: Duration) {
+        let shared = &self.shared;
+        shared.stop.send_replace(true);
+        shared.hub.close_all(CloseKind::Graceful);
+        let mut done = shared.done.subscribe();
+        if tokio::time::timeout(timeout, done.wait_for(|done| *done))
+            .await
+            .is_err()
+        {
+            shared.hub.close_all(CloseKind::Abort);
+            let _ = done.wait_for(|done| *done).await;
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn socket_keepalive(stream: &TcpStream) -> io::Result<()> {
+    // tokio has no SO_KEEPALIVE setter on an accepted stream.
+    socket2::SockRef::from(stream).set_keepalive(true)
+}
+
+/// Reads the upgrade request, answers it, and returns the connection and
+/// any bytes the client sent after its request.
+async fn accept_ws(
+    stream: &mut TcpStream,
+    handshake: &Arc<ServerConfig>,
+    ws: &WsOptions,
+) -> io::Result<(Connection, Bytes)> {
+    let mut state = ServerHandshake::new(Arc::clone(handshake)).map_err(invalid)?;
+    let mut buf = vec![0u8; 4096];
+    let mut out = BytesMut::new();
+    let pending = loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        match state.handle_input(&buf[..n]) {
+            Ok(ServerStep::NeedMore(next)) => state = next,
+            Ok(ServerStep::Request(pending)) => break pending,
+            Err(e) => {
+                e.write_response(&mut out);
+                let _ = stream.write_all(&out).await;
+                return Err(invalid(e));
+            }
+        }
+    };
+    let accepted = pending.accept(&mut out);
+    stream.write_all(&out).await?;
+    let mut conn = Connection::new(Side::Server, ws.config.clone());
+    if let (Some(params), Some(deflate)) = (accepted.deflate, &ws.deflate) {
+        conn = conn.with_deflate(params, deflate).map_err(invalid)?;
+    }
+    Ok((conn, accepted.leftover))
+}

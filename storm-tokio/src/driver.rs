@@ -54,8 +54,10 @@ pub(crate) async fn drive<S, H>(
                 if result.is_err() {
                     // The peer is gone: tell the link so the handler hears it.
                     session.link().handle_eof();
-                    dispatch(&session, handler, &disconnected).await;
                 }
+                // The writer closed the socket (an abort, a finished close):
+                // hand over what the link still has, its Closed event last.
+                dispatch(&session, handler, &disconnected).await;
             }
             () = &mut read => {
                 // The link is closed: let the writer flush the close reply

@@ -202,7 +202,7 @@ async fn serve<H: Handler>(
     let shared = &handle.shared;
     let mut stop = shared.stop.subscribe();
     let mut tasks = JoinSet::new();
-    loop {
+    while !*stop.borrow_and_update() {
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, remote) = match accepted {
@@ -227,7 +227,8 @@ async fn serve<H: Handler>(
                     }
                 });
             }
-            _ = stop.wait_for(|stop| *stop) => break,
+            // The only change ever sent is "stop".
+            _ = stop.changed() => break,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }

@@ -47,8 +47,9 @@ struct EchoArgs {
     /// Turn off permessage-deflate for WebSocket (on by default).
     #[arg(long)]
     no_deflate: bool,
-    /// Runtime to serve on. Only `std` (a thread per connection) exists so far.
-    #[arg(long, value_enum, default_value_t = Runtime::Std)]
+    /// Runtime to serve on: tokio (async tasks) or std (a thread per
+    /// connection).
+    #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
     runtime: Runtime,
 }
 
@@ -66,6 +67,8 @@ enum Proto {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Runtime {
+    /// tokio, multi-threaded.
+    Tokio,
     /// Blocking std::net with a thread per connection.
     Std,
 }
@@ -85,6 +88,70 @@ fn main() -> ExitCode {
 }
 
 fn echo(args: &EchoArgs) -> io::Result<()> {
+    match args.runtime {
+        Runtime::Tokio => echo_tokio(args),
+        Runtime::Std => echo_std(args),
+    }
+}
+
+/// Echoes every message back to its session.
+struct TokioEcho;
+
+impl storm_tokio::Handler for TokioEcho {
+    async fn on_message(&self, session: &storm_tokio::Session, message: storm_proto::Message) {
+        let _ = session.send(message).await;
+    }
+}
+
+fn echo_tokio(args: &EchoArgs) -> io::Result<()> {
+    use storm_proto::options::{Framing, ServerOptions, WsOptions};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let options = ServerOptions {
+            addr: args.addr.clone(),
+            ..ServerOptions::default()
+        };
+        let config = Config {
+            max_message_size: args.max_message,
+            max_frame_size: args.max_message,
+            ..Config::default()
+        };
+        let (addr, serve) = match args.proto {
+            Proto::Ws => {
+                let ws = WsOptions {
+                    config,
+                    deflate: (!args.no_deflate).then(DeflateConfig::default),
+                    ..WsOptions::default()
+                };
+                let server = storm_tokio::WsServer::bind(options, ws).await?;
+                (server.local_addr(), tokio::spawn(server.serve(TokioEcho)))
+            }
+            proto => {
+                let framing = match proto {
+                    Proto::Raw => Framing::Raw(Default::default()),
+                    Proto::Lp => Framing::LengthPrefixWith(length_prefix(args.max_message)),
+                    _ => Framing::Delimiter(Default::default()),
+                };
+                let server = storm_tokio::TcpServer::bind(options, framing).await?;
+                (server.local_addr(), tokio::spawn(server.serve(TokioEcho)))
+            }
+        };
+        banner(args, addr);
+        serve.await.map_err(io::Error::other)?
+    })
+}
+
+fn banner(args: &EchoArgs, addr: std::net::SocketAddr) {
+    let scheme = if args.proto == Proto::Ws { "ws" } else { "tcp" };
+    println!(
+        "storm echo ({:?}, {:?} runtime) listening on {scheme}://{addr}",
+        args.proto, args.runtime
+    );
+}
+
+fn echo_std(args: &EchoArgs) -> io::Result<()> {
     let listener = TcpListener::bind(&args.addr)?;
     let addr = listener.local_addr()?;
     let scheme = if args.proto == Proto::Ws { "ws" } else { "tcp" };

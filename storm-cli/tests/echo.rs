@@ -21,9 +21,19 @@ impl Drop for Server {
     }
 }
 
-fn start(proto: &str) -> Server {
+const RUNTIMES: [&str; 2] = ["tokio", "std"];
+
+fn start(proto: &str, runtime: &str) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_storm"))
-        .args(["echo", "--proto", proto, "--addr", "127.0.0.1:0"])
+        .args([
+            "echo",
+            "--proto",
+            proto,
+            "--addr",
+            "127.0.0.1:0",
+            "--runtime",
+            runtime,
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .expect("storm starts");
@@ -51,18 +61,38 @@ fn connect(addr: &str) -> TcpStream {
 
 #[test]
 fn line_echo() {
-    let server = start("line");
-    let mut stream = connect(&server.addr);
-    stream.write_all(b"hello\nwor").unwrap();
-    stream.write_all(b"ld\n").unwrap();
-    let mut reply = [0u8; 12];
-    stream.read_exact(&mut reply).unwrap();
-    assert_eq!(&reply, b"hello\nworld\n");
+    for runtime in RUNTIMES {
+        let server = start("line", runtime);
+        let mut stream = connect(&server.addr);
+        stream.write_all(b"hello\nwor").unwrap();
+        stream.write_all(b"ld\n").unwrap();
+        let mut reply = [0u8; 12];
+        stream.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"hello\nworld\n", "{runtime}");
+    }
+}
+
+#[test]
+fn raw_echo() {
+    for runtime in RUNTIMES {
+        let server = start("raw", runtime);
+        let mut stream = connect(&server.addr);
+        stream.write_all(b"any bytes at all").unwrap();
+        let mut reply = [0u8; 16];
+        stream.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"any bytes at all", "{runtime}");
+    }
 }
 
 #[test]
 fn length_prefixed_echo() {
-    let server = start("lp");
+    for runtime in RUNTIMES {
+        length_prefixed_echo_on(runtime);
+    }
+}
+
+fn length_prefixed_echo_on(runtime: &str) {
+    let server = start("lp", runtime);
     let mut stream = connect(&server.addr);
     let mut request = Vec::new();
     for msg in [&b"one"[..], b"", &[7u8; 70_000]] {
@@ -77,7 +107,13 @@ fn length_prefixed_echo() {
 
 #[test]
 fn websocket_echo_with_deflate() {
-    let server = start("ws");
+    for runtime in RUNTIMES {
+        websocket_echo_with_deflate_on(runtime);
+    }
+}
+
+fn websocket_echo_with_deflate_on(runtime: &str) {
+    let server = start("ws", runtime);
     let options = ws::ConnectOptions {
         deflate: Some(Default::default()),
         ..ws::ConnectOptions::default()

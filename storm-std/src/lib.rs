@@ -7,8 +7,3 @@
 pub mod ws;
 
 pub use storm_proto as proto;
-
-/// The README's examples, compiled and run by `cargo test`.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-pub struct ReadmeDoctests;

@@ -1,3 +1,8 @@
 //! Shared scenario helpers for Storm's integration suite.
 
 pub mod fuzz;
+
+/// The README's examples, compiled and run by `cargo test`.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

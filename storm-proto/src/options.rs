@@ -122,7 +122,6 @@ pub struct WsOptions {
     pub subprotocols: Vec<String>,
 }
 
-
 /// Options every client has.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {

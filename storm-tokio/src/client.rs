@@ -2,19 +2,22 @@
 
 use std::fmt;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio_rustls::TlsConnector;
 
 use storm_proto::Message;
 use storm_proto::hub::{Hub, HubConfig};
 use storm_proto::link::{Link, Protocol};
-use storm_proto::options::{ClientOptions, Framing, WsOptions};
+use storm_proto::options::{ClientOptions, Framing, TlsClientOptions, WsOptions};
 use storm_proto::reconnect::{Backoff, BackoffStep};
 use storm_proto::ws::handshake::{ClientConfig, ClientHandshake, ClientStep, ResponseError};
 use storm_proto::ws::{Connection, Side, UrlError, WsUrl};
@@ -28,8 +31,10 @@ use crate::{Handler, SendError, Session};
 pub enum ClientError {
     /// The URL is not a WebSocket URL.
     Url(UrlError),
-    /// `wss://` needs TLS, which this client does not do yet.
-    TlsUnsupported,
+    /// TLS failed: the server's certificate is not trusted or does not
+    /// name the server, the server refused the client's certificate, or
+    /// the peer does not speak TLS.
+    Tls(io::Error),
     /// Connecting or the handshake took longer than the connect timeout.
     Timeout,
     /// The transport failed.
@@ -48,7 +53,7 @@ impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Url(e) => e.fmt(f),
-            Self::TlsUnsupported => f.write_str("wss:// is not supported by this client yet"),
+            Self::Tls(e) => write!(f, "TLS failed: {e}"),
             Self::Timeout => f.write_str("connect timed out"),
             Self::Io(e) => write!(f, "I/O error: {e}"),
             Self::Handshake(e) => write!(f, "upgrade refused: {e}"),
@@ -59,20 +64,67 @@ impl fmt::Display for ClientError {
     }
 }
 
-impl std::error::Error for ClientError {}
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Url(e) => Some(e),
+            Self::Tls(e) | Self::Io(e) => Some(e),
+            Self::Handshake(e) => Some(e),
+            Self::Send(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl From<io::Error> for ClientError {
+    /// [`ClientError::Tls`] when rustls is what failed (a handshake, or an
+    /// alert from the server such as a refused client certificate), else
+    /// [`ClientError::Io`].
     fn from(e: io::Error) -> Self {
-        Self::Io(e)
+        let tls = e
+            .get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+        if tls { Self::Tls(e) } else { Self::Io(e) }
     }
 }
 
 /// Where and how a client connects.
 #[derive(Clone)]
 enum Target {
-    Tcp { addr: String, framing: Framing },
-    Ws { url: WsUrl, ws: WsOptions },
+    Tcp {
+        addr: String,
+        framing: Framing,
+        tls: Option<Tls>,
+    },
+    Ws {
+        url: WsUrl,
+        ws: WsOptions,
+        tls: Option<Tls>,
+    },
 }
+
+/// TLS for every (re)connection of one client, built once.
+#[derive(Clone)]
+struct Tls {
+    connector: TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl Tls {
+    /// `host` names the server unless the options name it.
+    fn new(options: &TlsClientOptions, host: &str) -> Result<Self, ClientError> {
+        let config = |e: io::Error| ClientError::Config(e.to_string());
+        Ok(Self {
+            connector: crate::tls::connector(options).map_err(config)?,
+            name: crate::tls::server_name(options, host).map_err(config)?,
+        })
+    }
+}
+
+/// A connection's byte stream: TCP, or TLS over TCP.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<S: AsyncRead + AsyncWrite + Send + Unpin> Stream for S {}
 
 /// A connected client. Dropping it does not close the connection; call
 /// [`close`](Self::close).
@@ -105,12 +157,17 @@ pub struct WsClient;
 pub struct TcpClient;
 
 impl WsClient {
-    /// Connects to a `ws://` URL and runs `handler` for the connection
-    /// (and, with `options.reconnect`, for every reconnection).
+    /// Connects to a `ws://` or `wss://` URL and runs `handler` for the
+    /// connection (and, with `options.reconnect`, for every reconnection).
+    ///
+    /// `wss://` uses `options.tls`, or the default TLS options (the web
+    /// roots) when it is `None`; the certificate must name the URL's host
+    /// unless `server_name` says otherwise.
     ///
     /// # Errors
     ///
-    /// When the first connection cannot be made.
+    /// When the first connection cannot be made; [`ClientError::Config`]
+    /// for invalid TLS options, or TLS options with a `ws://` URL.
     pub async fn connect<H: Handler>(
         url: &str,
         options: ClientOptions,
@@ -118,19 +175,28 @@ impl WsClient {
         handler: H,
     ) -> Result<Client, ClientError> {
         let url: WsUrl = url.parse().map_err(ClientError::Url)?;
-        if url.secure {
-            return Err(ClientError::TlsUnsupported);
-        }
-        start(Target::Ws { url, ws }, options, handler).await
+        let tls = match (url.secure, &options.tls) {
+            (true, tls) => Some(Tls::new(&tls.clone().unwrap_or_default(), &url.host)?),
+            (false, None) => None,
+            (false, Some(_)) => {
+                return Err(ClientError::Config(
+                    "TLS options are set but the URL is ws://: use wss://".to_owned(),
+                ));
+            }
+        };
+        start(Target::Ws { url, ws, tls }, options, handler).await
     }
 }
 
 impl TcpClient {
-    /// Connects to `addr` (`host:port`) and frames messages with `framing`.
+    /// Connects to `addr` (`host:port`) and frames messages with `framing`;
+    /// over TLS when `options.tls` is set, the certificate naming `host`
+    /// unless `server_name` says otherwise.
     ///
     /// # Errors
     ///
-    /// When the first connection cannot be made.
+    /// When the first connection cannot be made; [`ClientError::Config`]
+    /// for invalid options.
     pub async fn connect<H: Handler>(
         addr: &str,
         options: ClientOptions,
@@ -140,10 +206,15 @@ impl TcpClient {
         framing
             .build()
             .map_err(|e| ClientError::Config(e.to_string()))?;
+        let tls = match &options.tls {
+            Some(tls) => Some(Tls::new(tls, crate::tls::host_of(addr))?),
+            None => None,
+        };
         start(
             Target::Tcp {
                 addr: addr.to_owned(),
                 framing,
+                tls,
             },
             options,
             handler,
@@ -197,7 +268,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// One established connection, ready for the driver.
 struct Connected {
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     session: Session,
     initial: Bytes,
 }
@@ -235,7 +306,7 @@ async fn start<H: Handler>(
 fn new_session(
     hub: &Hub,
     options: &ClientOptions,
-    stream: &TcpStream,
+    remote: SocketAddr,
     protocol: Protocol,
 ) -> Result<Session, ClientError> {
     let config = |e: &dyn std::error::Error| ClientError::Config(e.to_string());
@@ -245,11 +316,7 @@ fn new_session(
         .map_err(|e| config(&e))?;
     let link = Link::new(hub_session, protocol, options.link.clone(), Instant::now())
         .map_err(|e| config(&e))?;
-    Ok(Session::new(
-        Arc::new(link),
-        hub.clone(),
-        stream.peer_addr()?,
-    ))
+    Ok(Session::new(Arc::new(link), hub.clone(), remote))
 }
 
 async fn run<H: Handler>(
@@ -310,41 +377,48 @@ async fn connect_once(
     hub: &Hub,
 ) -> Result<Connected, ClientError> {
     let attempt = async {
-        match target {
-            Target::Tcp { addr, framing } => {
-                let stream = TcpStream::connect(addr.as_str()).await?;
-                stream.set_nodelay(options.nodelay)?;
+        let (authority, tls) = match target {
+            Target::Tcp { addr, tls, .. } => (addr.clone(), tls),
+            Target::Ws { url, tls, .. } => (url.authority(), tls),
+        };
+        let tcp = TcpStream::connect(authority.as_str()).await?;
+        tcp.set_nodelay(options.nodelay)?;
+        let remote = tcp.peer_addr()?;
+        let mut stream: Box<dyn Stream> = match tls {
+            None => Box::new(tcp),
+            Some(tls) => Box::new(
+                tls.connector
+                    .connect(tls.name.clone(), tcp)
+                    .await
+                    .map_err(ClientError::Tls)?,
+            ),
+        };
+        let (protocol, initial) = match target {
+            Target::Tcp { framing, .. } => {
                 let framer = framing
                     .build()
                     .map_err(|e| ClientError::Config(e.to_string()))?;
-                let session = new_session(hub, options, &stream, Protocol::Framed(framer))?;
-                Ok(Connected {
-                    stream,
-                    session,
-                    initial: Bytes::new(),
-                })
+                (Protocol::Framed(framer), Bytes::new())
             }
-            Target::Ws { url, ws } => {
-                let mut stream = TcpStream::connect(url.authority()).await?;
-                stream.set_nodelay(options.nodelay)?;
+            Target::Ws { url, ws, .. } => {
                 let (conn, initial) = upgrade(&mut stream, url, ws, options).await?;
-                let session =
-                    new_session(hub, options, &stream, Protocol::WebSocket(Box::new(conn)))?;
-                Ok(Connected {
-                    stream,
-                    session,
-                    initial,
-                })
+                (Protocol::WebSocket(Box::new(conn)), initial)
             }
-        }
+        };
+        let session = new_session(hub, options, remote, protocol)?;
+        Ok(Connected {
+            stream,
+            session,
+            initial,
+        })
     };
     tokio::time::timeout(options.connect_timeout, attempt)
         .await
         .map_err(|_| ClientError::Timeout)?
 }
 
-async fn upgrade(
-    stream: &mut TcpStream,
+async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     url: &WsUrl,
     ws: &WsOptions,
     options: &ClientOptions,
@@ -357,6 +431,8 @@ async fn upgrade(
     let mut state = ClientHandshake::start(&config, &mut rand::rng(), &mut out)
         .map_err(|e| ClientError::Config(e.to_string()))?;
     stream.write_all(&out).await?;
+    // A TLS stream may hold the request until flushed.
+    stream.flush().await?;
     let mut buf = vec![0u8; 4096];
     let upgraded = loop {
         let n = stream.read(&mut buf).await?;

@@ -159,8 +159,11 @@ where
             wakeup.notify_one();
         }
         write_all(&mut writer, &mut bufs).await?;
+        // A TLS stream can accept a write and keep the records it made
+        // until the next write or flush: flush before waiting for more
+        // (a no-op on a plain socket).
+        writer.flush().await?;
         if transmit.close {
-            writer.flush().await?;
             let _ = writer.shutdown().await;
             return Ok(());
         }

@@ -39,10 +39,13 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Something failed that is not a disconnect: a refused handshake, a
     /// failed connect attempt. Ordinary disconnects (reset, broken pipe) are
-    /// [`on_disconnect`](Self::on_disconnect) instead.
+    /// [`on_disconnect`](Self::on_disconnect) instead. Servers report
+    /// [`std::io::Error`]s (a failed TLS handshake, a handshake timeout with
+    /// [`TimedOut`](std::io::ErrorKind::TimedOut)), clients
+    /// [`ClientError`](crate::ClientError)s: downcast to tell them apart.
     fn on_error(
         &self,
-        error: &(dyn std::error::Error + Send + Sync),
+        error: &(dyn std::error::Error + Send + Sync + 'static),
     ) -> impl Future<Output = ()> + Send {
         let _ = error;
         async {}

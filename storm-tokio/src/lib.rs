@@ -5,6 +5,11 @@
 //! [`Link`](storm_proto::link::Link) loop: read → events → your
 //! [`Handler`]; outbox → one vectored write; timer → heartbeat.
 //!
+//! TLS (rustls) is an option, not another server or client: set
+//! [`ServerOptions::tls`](storm_proto::options::ServerOptions::tls) or
+//! [`ClientOptions::tls`](storm_proto::options::ClientOptions::tls) (a
+//! `wss://` URL turns it on by itself); the [`tls`] module loads PEM files.
+//!
 //! ```no_run
 //! use storm_tokio::{Handler, Session, WsServer};
 //! use storm_tokio::proto::Message;
@@ -31,6 +36,7 @@ mod driver;
 mod handler;
 mod server;
 mod session;
+pub mod tls;
 
 pub use client::{Client, ClientError, TcpClient, WsClient};
 pub use handler::Handler;

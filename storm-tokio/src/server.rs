@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 
 use storm_proto::Message;
 use storm_proto::hub::{BroadcastReport, CloseKind, Hub, HubConfig, SessionId};
@@ -38,6 +39,8 @@ struct Shared {
     hub: Hub,
     options: ServerOptions,
     kind: Kind,
+    /// Built once at bind from `options.tls`.
+    tls: Option<TlsAcceptor>,
     local_addr: SocketAddr,
     sessions: Mutex<HashMap<SessionId, Session>>,
     stop: watch::Sender<bool>,
@@ -152,6 +155,8 @@ fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
 }
 
 async fn bind(options: ServerOptions, kind: Kind) -> io::Result<(TcpListener, ServerHandle)> {
+    // Before the socket: a bad certificate must not leave a port taken.
+    let tls = options.tls.as_ref().map(crate::tls::acceptor).transpose()?;
     let addr: SocketAddr = tokio::net::lookup_host(&options.addr)
         .await?
         .next()
@@ -181,6 +186,7 @@ async fn bind(options: ServerOptions, kind: Kind) -> io::Result<(TcpListener, Se
         local_addr: listener.local_addr()?,
         options,
         kind,
+        tls,
         sessions: Mutex::new(HashMap::new()),
         stop: watch::channel(false).0,
         done: watch::channel(false).0,
@@ -252,8 +258,54 @@ impl ServerHandle {
         if options.keepalive {
             socket_keepalive(&stream)?;
         }
-        let mut stream = stream;
-        let (protocol, initial) = match &shared.kind {
+        // One time budget for the whole handshake: TLS, then the upgrade.
+        let limit = options.handshake_timeout;
+        match &shared.tls {
+            None => {
+                let mut stream = stream;
+                let (protocol, initial) = self.within(limit, self.open(&mut stream)).await?;
+                self.run_session(stream, protocol, initial, remote, permit, handler)
+                    .await
+            }
+            Some(acceptor) => {
+                let handshake = async {
+                    let mut stream = acceptor.accept(stream).await.map_err(|e| {
+                        io::Error::new(e.kind(), format!("TLS handshake failed: {e}"))
+                    })?;
+                    let (protocol, initial) = self.open(&mut stream).await?;
+                    Ok((stream, protocol, initial))
+                };
+                let (stream, protocol, initial) = self.within(limit, handshake).await?;
+                self.run_session(stream, protocol, initial, remote, permit, handler)
+                    .await
+            }
+        }
+    }
+
+    /// `handshake`, or a timed-out error that says which handshake.
+    async fn within<T>(
+        &self,
+        limit: Duration,
+        handshake: impl Future<Output = io::Result<T>>,
+    ) -> io::Result<T> {
+        tokio::time::timeout(limit, handshake).await.map_err(|_| {
+            let what = match (&self.shared.kind, self.shared.tls.is_some()) {
+                (Kind::Ws { .. }, false) => "WebSocket handshake",
+                (Kind::Ws { .. }, true) => "TLS or WebSocket handshake",
+                (Kind::Tcp(_), _) => "TLS handshake",
+            };
+            io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out"))
+        })?
+    }
+
+    /// The protocol a new connection speaks, after the WebSocket upgrade
+    /// when the server is a WebSocket server; and any bytes the peer sent
+    /// after its upgrade request.
+    async fn open<S>(&self, stream: &mut S) -> io::Result<(Protocol, Bytes)>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        Ok(match &self.shared.kind {
             Kind::Tcp(framing) => (
                 Protocol::Framed(framing.build().map_err(invalid)?),
                 Bytes::new(),
@@ -262,22 +314,28 @@ impl ServerHandle {
                 handshake,
                 options: ws,
             } => {
-                let upgrade = tokio::time::timeout(
-                    options.handshake_timeout,
-                    accept_ws(&mut stream, handshake, ws),
-                );
-                let (conn, leftover) = match upgrade.await {
-                    Ok(result) => result?,
-                    Err(_) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "WebSocket handshake timed out",
-                        ));
-                    }
-                };
+                let (conn, leftover) = accept_ws(stream, handshake, ws).await?;
                 (Protocol::WebSocket(Box::new(conn)), leftover)
             }
-        };
+        })
+    }
+
+    /// Registers the session and drives it until it closes.
+    async fn run_session<S, H>(
+        &self,
+        stream: S,
+        protocol: Protocol,
+        initial: Bytes,
+        remote: SocketAddr,
+        permit: storm_proto::hub::ConnectionPermit,
+        handler: &H,
+    ) -> io::Result<()>
+    where
+        S: AsyncRead + AsyncWrite + Send,
+        H: Handler,
+    {
+        let shared = &self.shared;
+        let options = &shared.options;
         let hub_session = shared
             .hub
             .register(permit, Instant::now())
@@ -401,11 +459,14 @@ fn socket_keepalive(stream: &TcpStream) -> io::Result<()> {
 
 /// Reads the upgrade request, answers it, and returns the connection and
 /// any bytes the client sent after its request.
-async fn accept_ws(
-    stream: &mut TcpStream,
+async fn accept_ws<S>(
+    stream: &mut S,
     handshake: &Arc<ServerConfig>,
     ws: &WsOptions,
-) -> io::Result<(Connection, Bytes)> {
+) -> io::Result<(Connection, Bytes)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut state = ServerHandshake::new(Arc::clone(handshake)).map_err(invalid)?;
     let mut buf = vec![0u8; 4096];
     let mut out = BytesMut::new();
@@ -419,13 +480,17 @@ async fn accept_ws(
             Ok(ServerStep::Request(pending)) => break pending,
             Err(e) => {
                 e.write_response(&mut out);
-                let _ = stream.write_all(&out).await;
+                if stream.write_all(&out).await.is_ok() {
+                    let _ = stream.flush().await;
+                }
                 return Err(invalid(e));
             }
         }
     };
     let accepted = pending.accept(&mut out);
     stream.write_all(&out).await?;
+    // A TLS stream may hold the response until flushed.
+    stream.flush().await?;
     let mut conn = Connection::new(Side::Server, ws.config.clone());
     if let (Some(params), Some(deflate)) = (accepted.deflate, &ws.deflate) {
         conn = conn.with_deflate(params, deflate).map_err(invalid)?;

@@ -1,0 +1,480 @@
+//! TLS over real loopback sockets, with certificates made at test time by
+//! rcgen: a CA, a server certificate for `localhost` and 127.0.0.1, and
+//! client certificates. Every wait is bounded.
+
+use std::io;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+use storm_proto::Message;
+use storm_proto::link::CloseReason;
+use storm_proto::options::{
+    ClientOptions, Framing, ServerOptions, TlsClientCert, TlsClientOptions, TlsServerOptions,
+    WsOptions,
+};
+use storm_tokio::{
+    Client, ClientError, Handler, ServerHandle, Session, TcpClient, TcpServer, WsClient, WsServer,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A CA and what it signed, as PEM.
+struct Pki {
+    ca_pem: String,
+    server_cert_pem: String,
+    server_key_pem: String,
+    client_cert_pem: String,
+    client_key_pem: String,
+}
+
+impl Pki {
+    fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let leaf = |names: Vec<String>, usage| {
+            let mut params = CertificateParams::new(names).unwrap();
+            params.extended_key_usages = vec![usage];
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &*ca).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert_pem, server_key_pem) = leaf(
+            vec!["localhost".into(), "127.0.0.1".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_cert_pem, client_key_pem) =
+            leaf(vec!["client".into()], ExtendedKeyUsagePurpose::ClientAuth);
+        Self {
+            ca_pem: ca.pem(),
+            server_cert_pem,
+            server_key_pem,
+            client_cert_pem,
+            client_key_pem,
+        }
+    }
+
+    fn server(&self) -> TlsServerOptions {
+        TlsServerOptions::new(self.server_cert_pem.clone(), self.server_key_pem.clone())
+    }
+
+    fn client(&self) -> TlsClientOptions {
+        TlsClientOptions::with_ca(self.ca_pem.clone())
+    }
+
+    fn client_cert(&self) -> TlsClientCert {
+        TlsClientCert::new(self.client_cert_pem.clone(), self.client_key_pem.clone())
+    }
+}
+
+/// What a test handler saw.
+#[derive(Debug, Clone, PartialEq)]
+enum Seen {
+    Connect,
+    Message(Message),
+    Disconnect(CloseReason),
+    /// `on_error`: the I/O error kind (if it is one) and the text.
+    Error(Option<io::ErrorKind>, String),
+}
+
+/// Records everything; echoes when asked.
+struct Recorder {
+    tx: mpsc::UnboundedSender<Seen>,
+    echo: bool,
+}
+
+impl Handler for Recorder {
+    async fn on_connect(&self, _: &Session) {
+        let _ = self.tx.send(Seen::Connect);
+    }
+    async fn on_message(&self, session: &Session, message: Message) {
+        let _ = self.tx.send(Seen::Message(message.clone()));
+        if self.echo {
+            let _ = session.send(message).await;
+        }
+    }
+    async fn on_disconnect(&self, _: &Session, reason: &CloseReason) {
+        let _ = self.tx.send(Seen::Disconnect(reason.clone()));
+    }
+    async fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
+        let kind = error.downcast_ref::<io::Error>().map(io::Error::kind);
+        let _ = self.tx.send(Seen::Error(kind, error.to_string()));
+    }
+}
+
+fn recorder(echo: bool) -> (Recorder, mpsc::UnboundedReceiver<Seen>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (Recorder { tx, echo }, rx)
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
+    timeout(WAIT, rx.recv())
+        .await
+        .expect("event in time")
+        .expect("handler alive")
+}
+
+async fn next_message(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Message {
+    loop {
+        if let Seen::Message(message) = next(rx).await {
+            return message;
+        }
+    }
+}
+
+async fn next_disconnect(rx: &mut mpsc::UnboundedReceiver<Seen>) -> CloseReason {
+    loop {
+        if let Seen::Disconnect(reason) = next(rx).await {
+            return reason;
+        }
+    }
+}
+
+/// The next `on_error`: its kind and text.
+async fn next_error(rx: &mut mpsc::UnboundedReceiver<Seen>) -> (Option<io::ErrorKind>, String) {
+    loop {
+        if let Seen::Error(kind, text) = next(rx).await {
+            return (kind, text);
+        }
+    }
+}
+
+fn tls_server_options(tls: TlsServerOptions) -> ServerOptions {
+    ServerOptions {
+        tls: Some(tls),
+        ..ServerOptions::default()
+    }
+}
+
+async fn wss_server(options: ServerOptions) -> (ServerHandle, mpsc::UnboundedReceiver<Seen>) {
+    let server = WsServer::bind(options, WsOptions::default())
+        .await
+        .expect("bind");
+    let handle = server.handle();
+    let (handler, rx) = recorder(true);
+    tokio::spawn(server.serve(handler));
+    (handle, rx)
+}
+
+async fn wss_connect(
+    url: &str,
+    tls: Option<TlsClientOptions>,
+) -> (Result<Client, ClientError>, mpsc::UnboundedReceiver<Seen>) {
+    let (handler, rx) = recorder(false);
+    let options = ClientOptions {
+        tls,
+        ..ClientOptions::default()
+    };
+    let client = timeout(
+        WAIT,
+        WsClient::connect(url, options, WsOptions::default(), handler),
+    )
+    .await
+    .expect("connect finishes in time");
+    (client, rx)
+}
+
+#[tokio::test]
+async fn websocket_echo_over_wss_trusting_the_ca() {
+    let pki = Pki::new("storm test CA");
+    let (handle, _server_rx) = wss_server(tls_server_options(pki.server())).await;
+    let port = handle.local_addr().port();
+    // The certificate names both; the client checks the URL's host.
+    for host in ["localhost", "127.0.0.1"] {
+        let url = format!("wss://{host}:{port}/chat");
+        let (client, mut rx) = wss_connect(&url, Some(pki.client())).await;
+        let client = client.expect("wss connect");
+        assert_eq!(next(&mut rx).await, Seen::Connect);
+        for message in [
+            Message::from("héllo over TLS"),
+            Message::from(vec![1, 2, 3]),
+            Message::from(vec![9u8; 1 << 20]),
+        ] {
+            client.send(message.clone()).await.unwrap();
+            assert_eq!(next_message(&mut rx).await, message);
+        }
+        client.close();
+        assert!(matches!(
+            next_disconnect(&mut rx).await,
+            CloseReason::Remote(_)
+        ));
+        timeout(WAIT, client.closed()).await.unwrap();
+    }
+    handle.shutdown(WAIT).await;
+}
+
+#[tokio::test]
+async fn framed_tcp_echo_over_tls() {
+    let pki = Pki::new("storm test CA");
+    // A small socket buffer makes writes stop part-way, so TLS records
+    // stay queued in rustls unless the driver flushes after each batch.
+    let options = ServerOptions {
+        send_buffer_size: Some(4096),
+        ..tls_server_options(pki.server())
+    };
+    let server = TcpServer::bind(options, Framing::LengthPrefix)
+        .await
+        .unwrap();
+    let addr = server.local_addr().to_string();
+    let handle = server.handle();
+    let (handler, _server_rx) = recorder(true);
+    tokio::spawn(server.serve(handler));
+    let (handler, mut rx) = recorder(false);
+    let options = ClientOptions {
+        tls: Some(pki.client()),
+        ..ClientOptions::default()
+    };
+    let client = timeout(
+        WAIT,
+        TcpClient::connect(&addr, options, Framing::LengthPrefix, handler),
+    )
+    .await
+    .unwrap()
+    .expect("TLS connect");
+    for i in 0..100u32 {
+        client
+            .send(Message::from(format!("message {i}").into_bytes()))
+            .await
+            .unwrap();
+    }
+    let big = Message::from(vec![5u8; 1 << 20]);
+    client.send(big.clone()).await.unwrap();
+    for i in 0..100u32 {
+        assert_eq!(
+            next_message(&mut rx).await,
+            Message::from(format!("message {i}").into_bytes())
+        );
+    }
+    assert_eq!(next_message(&mut rx).await, big);
+    assert_eq!(handle.session_count(), 1);
+    handle.shutdown(WAIT).await;
+    assert!(next_disconnect(&mut rx).await.is_normal());
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_trust_the_server_fails_without_hanging() {
+    let pki = Pki::new("storm test CA");
+    let stranger = Pki::new("another CA");
+    let (handle, mut server_rx) = wss_server(tls_server_options(pki.server())).await;
+    let port = handle.local_addr().port();
+    let url = format!("wss://localhost:{port}/");
+    // The public web roots (no CA configured), another CA, and the right CA
+    // with a name the certificate does not carry.
+    let wrong_name = TlsClientOptions {
+        server_name: Some("example.com".into()),
+        ..pki.client()
+    };
+    for tls in [None, Some(stranger.client()), Some(wrong_name)] {
+        let (client, _rx) = wss_connect(&url, tls).await;
+        match client {
+            Err(ClientError::Tls(e)) => {
+                assert!(e.to_string().contains("certificate"), "{e}");
+            }
+            other => panic!("expected a TLS error, got {other:?}"),
+        }
+        // The server saw the handshake fail; no session was made.
+        let (_, text) = next_error(&mut server_rx).await;
+        assert!(text.contains("TLS handshake failed"), "{text}");
+    }
+    assert_eq!(handle.session_count(), 0);
+    handle.shutdown(WAIT).await;
+}
+
+#[tokio::test]
+async fn plain_and_tls_do_not_mix() {
+    let pki = Pki::new("storm test CA");
+    let (handle, _server_rx) = wss_server(tls_server_options(pki.server())).await;
+    let port = handle.local_addr().port();
+    // A plain client at a TLS server fails at once: the server answers its
+    // request with an alert and closes.
+    let (client, _rx) = wss_connect(&format!("ws://127.0.0.1:{port}/"), None).await;
+    assert!(
+        matches!(client, Err(ClientError::Io(_) | ClientError::Handshake(_))),
+        "{client:?}"
+    );
+    // TLS options with a ws:// URL are refused before connecting.
+    let (client, _rx) = wss_connect(&format!("ws://127.0.0.1:{port}/"), Some(pki.client())).await;
+    assert!(
+        matches!(client, Err(ClientError::Config(ref e)) if e.contains("wss://")),
+        "{client:?}"
+    );
+    // A TLS client at a plain server fails too, once the server gives up
+    // waiting for an HTTP request in the ClientHello.
+    let (plain, _plain_rx) = wss_server(ServerOptions {
+        handshake_timeout: Duration::from_millis(200),
+        ..ServerOptions::default()
+    })
+    .await;
+    let url = format!("wss://127.0.0.1:{}/", plain.local_addr().port());
+    let (client, _rx) = wss_connect(&url, Some(pki.client())).await;
+    assert!(matches!(client, Err(ClientError::Tls(_))), "{client:?}");
+    handle.shutdown(WAIT).await;
+    plain.shutdown(WAIT).await;
+}
+
+#[tokio::test]
+async fn client_certificates_from_the_ca_are_required() {
+    let pki = Pki::new("storm test CA");
+    let stranger = Pki::new("another CA");
+    let options = tls_server_options(pki.server().with_client_ca(pki.ca_pem.clone()));
+    let (handle, mut server_rx) = wss_server(options).await;
+    let url = format!("wss://localhost:{}/", handle.local_addr().port());
+
+    // Accepted with a certificate the CA signed.
+    let with_cert = TlsClientOptions {
+        client_cert: Some(pki.client_cert()),
+        ..pki.client()
+    };
+    let (client, mut rx) = wss_connect(&url, Some(with_cert)).await;
+    let client = client.expect("a client with a certificate connects");
+    client.send("authenticated").await.unwrap();
+    assert_eq!(next_message(&mut rx).await, Message::from("authenticated"));
+    assert_eq!(next(&mut server_rx).await, Seen::Connect);
+    client.close();
+    timeout(WAIT, client.closed()).await.unwrap();
+    assert!(matches!(
+        next_disconnect(&mut server_rx).await,
+        CloseReason::Remote(_)
+    ));
+
+    // Refused without a certificate, and with one from another CA.
+    let foreign_cert = TlsClientOptions {
+        client_cert: Some(stranger.client_cert()),
+        ..pki.client()
+    };
+    for tls in [pki.client(), foreign_cert] {
+        let (client, _rx) = wss_connect(&url, Some(tls)).await;
+        assert!(matches!(client, Err(ClientError::Tls(_))), "{client:?}");
+        let (_, text) = next_error(&mut server_rx).await;
+        assert!(text.contains("TLS handshake failed"), "{text}");
+    }
+    assert_eq!(handle.session_count(), 0);
+    handle.shutdown(WAIT).await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_starts_tls_times_out() {
+    let pki = Pki::new("storm test CA");
+    let options = ServerOptions {
+        handshake_timeout: Duration::from_millis(200),
+        ..tls_server_options(pki.server())
+    };
+    let ws = WsServer::bind(options.clone(), WsOptions::default())
+        .await
+        .unwrap();
+    let tcp = TcpServer::bind(options, Framing::LengthPrefix)
+        .await
+        .unwrap();
+    let servers = [
+        (ws.local_addr(), ws.handle()),
+        (tcp.local_addr(), tcp.handle()),
+    ];
+    tokio::spawn(ws.serve(recorder(true).0));
+    tokio::spawn(tcp.serve(recorder(true).0));
+    for (addr, handle) in servers {
+        let mut raw = TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = timeout(WAIT, raw.read(&mut buf))
+            .await
+            .expect("closed in time")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "closed without a byte");
+        assert_eq!(handle.session_count(), 0);
+        handle.shutdown(WAIT).await;
+    }
+}
+
+#[tokio::test]
+async fn the_handshake_timeout_is_reported() {
+    let pki = Pki::new("storm test CA");
+    let options = ServerOptions {
+        handshake_timeout: Duration::from_millis(100),
+        ..tls_server_options(pki.server())
+    };
+    let (handle, mut rx) = wss_server(options).await;
+    let _raw = TcpStream::connect(handle.local_addr()).await.unwrap();
+    let (kind, text) = next_error(&mut rx).await;
+    assert_eq!(kind, Some(io::ErrorKind::TimedOut), "{text}");
+    assert!(text.contains("timed out"), "{text}");
+    handle.shutdown(WAIT).await;
+}
+
+#[tokio::test]
+async fn bad_certificates_and_keys_fail_at_bind() {
+    let pki = Pki::new("storm test CA");
+    let other = Pki::new("another CA");
+    let cases = [
+        (
+            TlsServerOptions::new("", pki.server_key_pem.clone()),
+            "cert_chain_pem",
+        ),
+        (
+            TlsServerOptions::new(pki.server_cert_pem.clone(), ""),
+            "key_pem",
+        ),
+        (
+            // The key of another certificate.
+            TlsServerOptions::new(pki.server_cert_pem.clone(), other.server_key_pem.clone()),
+            "key_pem",
+        ),
+        (pki.server().with_client_ca("no CA here"), "client_ca_pem"),
+    ];
+    for (tls, field) in cases {
+        let err = WsServer::bind(tls_server_options(tls), WsOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+        assert!(err.to_string().contains(field), "{field}: {err}");
+    }
+    // A client's bad CA or certificate fails before connecting.
+    let bad_ca = TlsClientOptions::with_ca("no CA here");
+    let bad_cert = TlsClientOptions {
+        client_cert: Some(TlsClientCert::new(pki.client_cert_pem.clone(), "")),
+        ..pki.client()
+    };
+    for tls in [bad_ca, bad_cert] {
+        let (client, _rx) = wss_connect("wss://127.0.0.1:1/", Some(tls)).await;
+        assert!(matches!(client, Err(ClientError::Config(_))), "{client:?}");
+    }
+}
+
+#[tokio::test]
+async fn pem_files_load_into_the_options() {
+    let pki = Pki::new("storm test CA");
+    let dir = std::env::temp_dir().join(format!("storm-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&cert, &pki.server_cert_pem).unwrap();
+    std::fs::write(&key, &pki.server_key_pem).unwrap();
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let tls = storm_tokio::tls::server_options_from_pem_files(&cert, &key).unwrap();
+    assert_eq!(tls, pki.server());
+    let client_tls = TlsClientOptions::with_ca(storm_tokio::tls::read_pem_file(&ca).unwrap());
+    let client_cert = storm_tokio::tls::client_cert_from_pem_files(&cert, &key).unwrap();
+    assert_eq!(client_cert.key_pem, pki.server_key_pem.as_bytes());
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let (handle, _server_rx) = wss_server(tls_server_options(tls)).await;
+    let url = format!("wss://localhost:{}/", handle.local_addr().port());
+    let (client, mut rx) = wss_connect(&url, Some(client_tls)).await;
+    let client = client.expect("connect");
+    client.send("from files").await.unwrap();
+    assert_eq!(next_message(&mut rx).await, Message::from("from files"));
+    handle.shutdown(WAIT).await;
+}

@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# End-to-end echo benchmark: Storm's `storm echo` and peer servers built on
+# other crates, driven by `loadgen`, on this machine only (127.0.0.1).
+#
+# Usage: benches/e2e/run.sh [--quick] [--duration SECS] [--only REGEX] [--no-build]
+#
+#   --quick         2 s per scenario instead of 5
+#   --duration S    seconds per scenario (throughput and latency each)
+#   --only REGEX    run only the servers whose label matches (grep -E)
+#   --no-build      use the release binaries already built
+#
+# Each server runs pinned to CPU 0 and the load generator to CPU 1. For every
+# (server, protocol) pair it prints messages/s, MiB/s, the server's CPU time
+# per message (from /proc/PID/stat), and round-trip p50/p99 with one message
+# in flight; for WebSocket servers also the memory per idle connection (VmRSS
+# growth over 1000 connections). Raw results go to target/e2e/.
+set -euo pipefail
+
+duration=5
+only=.
+build=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) duration=2 ;;
+        --duration) duration=${2:?}; shift ;;
+        --only) only=${2:?}; shift ;;
+        --no-build) build=0 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+case "$duration" in
+    ''|*[!0-9.]*) echo "run.sh: --duration takes seconds" >&2; exit 2 ;;
+esac
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+if [ "$build" = 1 ]; then
+    cargo build --release -p storm-e2e -p storm-cli
+fi
+target=$(cargo metadata --format-version 1 --no-deps |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+bin="$target/release"
+out="$target/e2e"
+mkdir -p "$out"
+results="$out/results.jsonl"
+: > "$results"
+
+idle_conns=1000
+hz=$(getconf CLK_TCK)
+ulimit -n 4096 2>/dev/null || true
+
+# Pinning: server on CPU 0, load generator on CPU 1, when there are two.
+if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+    pin_server=(taskset -c 0)
+    pin_load=(taskset -c 1)
+else
+    echo "run.sh: no taskset or fewer than 2 CPUs; running unpinned" >&2
+    pin_server=()
+    pin_load=()
+fi
+
+server_pid=
+load_pid=
+cleanup() {
+    # Only the processes this script started, by their id.
+    if [ -n "$load_pid" ]; then kill "$load_pid" 2>/dev/null || true; fi
+    if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; fi
+}
+trap cleanup EXIT
+
+# cpu_ticks PID: utime + stime (fields 14 and 15, counted after the ")").
+cpu_ticks() {
+    local stat
+    stat=$(cat "/proc/$1/stat")
+    echo "${stat##*) }" | awk '{ print $12 + $13 }'
+}
+
+# rss_kib PID
+rss_kib() {
+    awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"
+}
+
+# json FIELD < line
+json() {
+    sed -n "s/.*\"$1\":\([^,}]*\).*/\1/p" | tr -d '"'
+}
+
+# start_server LABEL CMD...: starts the server, sets server_pid and addr.
+start_server() {
+    local label=$1; shift
+    # Emptied first: the server's own redirection may come after the first look.
+    : > "$out/$label.out"
+    "${pin_server[@]}" "$@" > "$out/$label.out" 2> "$out/$label.err" &
+    server_pid=$!
+    addr=
+    for _ in $(seq 100); do
+        addr=$(sed -n 's#.*listening on [a-z]*://\([^ ]*\).*#\1#p' "$out/$label.out" | head -n 1)
+        [ -n "$addr" ] && break
+        if ! kill -0 "$server_pid" 2>/dev/null; then break; fi
+        sleep 0.1
+    done
+    if [ -z "$addr" ]; then
+        echo "run.sh: $label did not start:" >&2
+        cat "$out/$label.err" >&2
+        return 1
+    fi
+}
+
+stop_server() {
+    kill "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=
+}
+
+# idle_memory LABEL SLUG PROTO: KiB per idle connection on the running server.
+idle_memory() {
+    local label=$1 slug=$2 proto=$3 before after n line
+    before=$(rss_kib "$server_pid")
+    "${pin_load[@]}" "$bin/loadgen" --mode idle --proto "$proto" --addr "$addr" \
+        --connections "$idle_conns" --duration 60 --workers 1 > "$out/$slug.idle" 2>&1 &
+    load_pid=$!
+    line=
+    for _ in $(seq 600); do
+        line=$(grep -m 1 '^{' "$out/$slug.idle" || true)
+        [ -n "$line" ] && break
+        if ! kill -0 "$load_pid" 2>/dev/null; then break; fi
+        sleep 0.1
+    done
+    n=$(echo "$line" | json connections)
+    if [ -n "$n" ]; then
+        sleep 1 # let the server finish its bookkeeping
+        after=$(rss_kib "$server_pid")
+        # The figure counts only if the connections were still open.
+        kill -0 "$load_pid" 2>/dev/null || n=
+    fi
+    kill "$load_pid" 2>/dev/null || true
+    wait "$load_pid" 2>/dev/null || true
+    load_pid=
+    echo "$line" >> "$results"
+    if [ -z "$n" ]; then
+        echo "| $label | failed: $(tail -n 1 "$out/$slug.idle") | | |" >> "$out/memory.md"
+        return
+    fi
+    awk -v l="$label" -v b="$before" -v a="$after" -v n="$n" 'BEGIN {
+        printf "| %s | %.1f | %d | %d | %d |\n", l, (a - b) / n, n, b, a }' >> "$out/memory.md"
+}
+
+# scenario LABEL PROTO CMD...
+scenario() {
+    local label=$1 proto=$2 slug; shift 2
+    if ! echo "$label" | grep -Eq -- "$only"; then return; fi
+    echo "== $label ($proto)" >&2
+    slug=$(echo "$label" | tr -cs 'A-Za-z0-9\n' '_' | tr -d '\n')
+    start_server "$slug" "$@" || { echo "| $label | $proto | failed to start |" >> "$out/table.md"; return; }
+    if [ "$proto" = ws ]; then idle_memory "$label" "$slug" "$proto"; fi
+
+    local t0 t1 w0 w1 line lat
+    t0=$(cpu_ticks "$server_pid")
+    w0=$(date +%s.%N)
+    "${pin_load[@]}" "$bin/loadgen" --mode throughput --proto "$proto" --addr "$addr" \
+        --duration "$duration" --workers 1 > "$out/$slug-$proto.throughput" 2>&1 || true
+    w1=$(date +%s.%N)
+    t1=$(cpu_ticks "$server_pid")
+    line=$(grep -m 1 '^{' "$out/$slug-$proto.throughput" || true)
+    tail -n 1 "$out/$slug-$proto.throughput" >&2
+    echo "$line" >> "$results"
+
+    "${pin_load[@]}" "$bin/loadgen" --mode latency --proto "$proto" --addr "$addr" \
+        --duration "$duration" --workers 1 > "$out/$slug-$proto.latency" 2>&1 || true
+    lat=$(grep -m 1 '^{' "$out/$slug-$proto.latency" || true)
+    tail -n 1 "$out/$slug-$proto.latency" >&2
+    echo "$lat" >> "$results"
+    stop_server
+
+    local error msgs rate mib ccpu p50 p99
+    error=$(echo "$line" | json error)
+    msgs=$(echo "$line" | json msgs)
+    rate=$(echo "$line" | json msgs_per_s)
+    mib=$(echo "$line" | json mib_per_s)
+    ccpu=$(echo "$line" | json client_cpu_pct)
+    p50=$(echo "$lat" | json p50_us)
+    p99=$(echo "$lat" | json p99_us)
+    if [ -z "$msgs" ] || [ "$error" != null ]; then
+        echo "| $label | $proto | failed: $(tail -n 1 "$out/$slug-$proto.throughput") |" >> "$out/table.md"
+        return
+    fi
+    awk -v l="$label" -v p="$proto" -v m="$msgs" -v r="$rate" -v mib="$mib" \
+        -v t="$((t1 - t0))" -v hz="$hz" -v w0="$w0" -v w1="$w1" -v c="$ccpu" \
+        -v p50="$p50" -v p99="$p99" 'BEGIN {
+        secs = t / hz
+        us = m > 0 ? secs * 1e6 / m : 0
+        printf "| %s | %s | %d | %.1f | %.3f | %.0f | %.0f | %s | %s |\n",
+            l, p, r, mib, us, secs / (w1 - w0) * 100, c, p50, p99 }' >> "$out/table.md"
+}
+
+echo "| server | protocol | msgs/s | MiB/s | server CPU µs/msg | server CPU % | loadgen CPU % | p50 µs | p99 µs |" > "$out/table.md"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|" >> "$out/table.md"
+echo "| server | KiB per idle connection | connections | VmRSS before (KiB) | VmRSS after (KiB) |" > "$out/memory.md"
+echo "|---|---:|---:|---:|---:|" >> "$out/memory.md"
+
+load_before=$(cut -d ' ' -f 1-3 /proc/loadavg)
+storm="$bin/storm"
+for runtime in tokio std; do
+    scenario "storm echo ($runtime)" raw "$storm" echo --proto raw --addr 127.0.0.1:0 --runtime "$runtime"
+    scenario "storm echo ($runtime)" lp "$storm" echo --proto lp --addr 127.0.0.1:0 --runtime "$runtime"
+    scenario "storm echo ($runtime)" ws "$storm" echo --proto ws --addr 127.0.0.1:0 --runtime "$runtime"
+done
+scenario "tokio raw TCP" raw "$bin/peer_raw_tcp" 127.0.0.1:0
+scenario "tokio-util LengthDelimitedCodec" lp "$bin/peer_lengthdelimited" 127.0.0.1:0
+scenario "tokio-tungstenite" ws "$bin/peer_tungstenite" 127.0.0.1:0
+scenario "tokio-websockets" ws "$bin/peer_tokio_websockets" 127.0.0.1:0
+scenario "fastwebsockets" ws "$bin/peer_fastwebsockets" 127.0.0.1:0
+
+echo
+echo "Load average (1, 5, 15 min) before: $load_before; after: $(cut -d ' ' -f 1-3 /proc/loadavg)" \
+    "on $(nproc) CPUs (anything above ~2 means other processes shared the CPUs)."
+echo
+echo "Throughput: 100 clients x 16 messages in flight x 32 B, ${duration} s; latency: 1 client, 1 in flight, ${duration} s."
+echo
+cat "$out/table.md"
+echo
+echo "Memory: $idle_conns idle WebSocket connections (handshake and one 32-byte echo each)."
+echo
+cat "$out/memory.md"

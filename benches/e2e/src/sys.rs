@@ -1,0 +1,128 @@
+//! Addresses and process accounting.
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+
+/// Why an address was refused by [`loopback_addr`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AddrError {
+    /// The text is neither `IP:PORT` nor a resolvable `HOST:PORT`.
+    Invalid(String),
+    /// The address (or one the name resolves to) is not on this machine.
+    NotLoopback(SocketAddr),
+}
+
+impl fmt::Display for AddrError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Invalid(text) => write!(f, "not a socket address: {text}"),
+            Self::NotLoopback(addr) => write!(
+                f,
+                "{addr} is not a loopback address; benchmarks only target this machine \
+                 (127.0.0.0/8 or [::1])"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for AddrError {}
+
+/// Parses `text` (`127.0.0.1:9001`, `[::1]:9001` or `localhost:9001`) and
+/// returns it only if it, and every address the name resolves to, is a
+/// loopback address.
+///
+/// # Errors
+///
+/// [`AddrError::Invalid`] if the text is not an address or does not
+/// resolve; [`AddrError::NotLoopback`] for any other address.
+pub fn loopback_addr(text: &str) -> Result<SocketAddr, AddrError> {
+    let addrs: Vec<SocketAddr> = match text.parse::<SocketAddr>() {
+        Ok(addr) => vec![addr],
+        Err(_) => text
+            .to_socket_addrs()
+            .map_err(|_| AddrError::Invalid(text.to_owned()))?
+            .collect(),
+    };
+    if let Some(bad) = addrs.iter().find(|a| !a.ip().to_canonical().is_loopback()) {
+        return Err(AddrError::NotLoopback(*bad));
+    }
+    addrs
+        .first()
+        .copied()
+        .ok_or_else(|| AddrError::Invalid(text.to_owned()))
+}
+
+/// Clock ticks per second of the times in `/proc/*/stat` (Linux `USER_HZ`,
+/// 100 on every mainstream architecture; `getconf CLK_TCK` prints it).
+pub const USER_HZ: u64 = 100;
+
+/// User plus system CPU time, in [`USER_HZ`] ticks, from the text of a
+/// `/proc/PID/stat` file: fields 14 and 15, counted after the `)` that ends
+/// the command name (which may itself hold spaces and parentheses).
+#[must_use]
+pub fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After ")": field 3 (state) is the first; utime is field 14.
+    let mut fields = rest.split_ascii_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// CPU time this process has used so far (all threads), in [`USER_HZ`]
+/// ticks.
+///
+/// # Errors
+///
+/// If `/proc/self/stat` cannot be read or parsed (not Linux).
+pub fn self_cpu_ticks() -> io::Result<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    stat_cpu_ticks(&stat).ok_or_else(|| io::Error::other("unexpected /proc/self/stat format"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_accepted() {
+        for text in [
+            "127.0.0.1:9001",
+            "127.3.2.1:1",
+            "[::1]:80",
+            "[::ffff:127.0.0.1]:5",
+        ] {
+            assert!(loopback_addr(text).is_ok(), "{text}");
+        }
+    }
+
+    #[test]
+    fn others_refused() {
+        for text in [
+            "10.0.0.1:80",
+            "192.168.1.1:9001",
+            "0.0.0.0:9001",
+            "[::]:1",
+            "8.8.8.8:53",
+        ] {
+            assert!(
+                matches!(loopback_addr(text), Err(AddrError::NotLoopback(_))),
+                "{text}"
+            );
+        }
+        assert!(matches!(
+            loopback_addr("no port"),
+            Err(AddrError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn stat_fields() {
+        let stat = "4242 (a) b (c)) S 1 2 3 4 5 6 7 8 9 10 123 45 0 0 20 0 1 0";
+        assert_eq!(stat_cpu_ticks(stat), Some(168));
+        assert_eq!(stat_cpu_ticks("4242 (a) S 1 2"), None);
+        assert!(self_cpu_ticks().is_ok());
+    }
+}

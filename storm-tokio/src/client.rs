@@ -22,7 +22,7 @@ use storm_proto::reconnect::{Backoff, BackoffStep};
 use storm_proto::ws::handshake::{ClientConfig, ClientHandshake, ClientStep, ResponseError};
 use storm_proto::ws::{Connection, Side, UrlError, WsUrl};
 
-use crate::driver::drive;
+use crate::driver::{Buffered, drive};
 use crate::{Handler, SendError, Session};
 
 /// Why a client could not connect.
@@ -336,7 +336,7 @@ async fn run<H: Handler>(
         }
         let id = session.id();
         drive(
-            connected.stream,
+            Buffered(connected.stream),
             session,
             &handler,
             connected.initial,

@@ -1,9 +1,11 @@
 //! The per-connection loop: the only place this adapter touches a socket
 //! after the handshake.
 
+use std::cell::RefCell;
+use std::future::Future;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
@@ -11,31 +13,110 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
 use tokio::time::sleep_until;
 
-use storm_proto::link::{CloseReason, LinkEvent};
+use storm_proto::link::{CloseReason, Link, LinkEvent};
 
 use crate::{Handler, Session};
 
 /// How much one read asks the socket for.
 const READ_CHUNK: usize = 16 * 1024;
 
+thread_local! {
+    /// One read buffer per worker thread, shared by every plain-TCP
+    /// connection it runs: an idle connection holds no read buffer at all.
+    static READ_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; READ_CHUNK].into_boxed_slice());
+}
+
+/// A connection's byte stream, split into a reader and a writer.
+pub(crate) trait Transport: Send {
+    /// The read half.
+    type Reader: Reader;
+    /// The write half.
+    type Writer: AsyncWrite + Send;
+    /// Splits the stream.
+    fn split(self) -> (Self::Reader, Self::Writer);
+}
+
+/// Reads bytes straight into a [`Link`].
+pub(crate) trait Reader: Send {
+    /// Waits for bytes and feeds them to `link`; `Ok(0)` at end of stream.
+    fn read_into(&mut self, link: &Link) -> impl Future<Output = io::Result<usize>> + Send;
+}
+
+impl Transport for TcpStream {
+    type Reader = OwnedReadHalf;
+    type Writer = OwnedWriteHalf;
+    fn split(self) -> (OwnedReadHalf, OwnedWriteHalf) {
+        self.into_split()
+    }
+}
+
+impl Reader for OwnedReadHalf {
+    async fn read_into(&mut self, link: &Link) -> io::Result<usize> {
+        loop {
+            // Wait for readiness without a buffer, then read into the
+            // worker's shared one and hand the bytes over at once.
+            self.readable().await?;
+            let read = READ_BUFFER.with_borrow_mut(|buf| match self.try_read(buf) {
+                Ok(n) => {
+                    if n > 0 {
+                        link.handle_input(Instant::now(), &buf[..n]);
+                    }
+                    Ok(Some(n))
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+                Err(e) => Err(e),
+            })?;
+            if let Some(n) = read {
+                return Ok(n);
+            }
+        }
+    }
+}
+
+/// Any other stream (TLS): split with tokio's lock-based split and read
+/// through a buffer of its own.
+pub(crate) struct Buffered<S>(pub(crate) S);
+
+impl<S: AsyncRead + AsyncWrite + Send> Transport for Buffered<S> {
+    type Reader = (ReadHalf<S>, Vec<u8>);
+    type Writer = WriteHalf<S>;
+    fn split(self) -> (Self::Reader, WriteHalf<S>) {
+        let (reader, writer) = tokio::io::split(self.0);
+        ((reader, vec![0u8; READ_CHUNK]), writer)
+    }
+}
+
+impl<S: AsyncRead + Send> Reader for (ReadHalf<S>, Vec<u8>) {
+    async fn read_into(&mut self, link: &Link) -> io::Result<usize> {
+        let (reader, buf) = self;
+        let n = reader.read(buf).await?;
+        if n > 0 {
+            link.handle_input(Instant::now(), &buf[..n]);
+        }
+        Ok(n)
+    }
+}
+
 /// Runs one connection until it closes: the handler sees `on_connect`, its
 /// messages, and exactly one `on_disconnect`. `initial` holds bytes that
 /// arrived with the handshake.
-pub(crate) async fn drive<S, H>(
-    stream: S,
+pub(crate) async fn drive<T, H>(
+    stream: T,
     session: Session,
     handler: &H,
     initial: Bytes,
     write_batch: usize,
     close_timeout: Duration,
 ) where
-    S: AsyncRead + AsyncWrite + Send,
+    T: Transport,
     H: Handler,
 {
-    let (reader, writer) = tokio::io::split(stream);
+    let (reader, writer) = stream.split();
     let wakeup = Notify::new();
     handler.on_connect(&session).await;
     let disconnected = AtomicBool::new(false);
@@ -74,30 +155,28 @@ pub(crate) async fn drive<S, H>(
 /// Reads, feeds the link, runs the handler; also runs the link's timer.
 /// Returns once the link reported `Closed`.
 async fn read_loop<R, H>(
-    mut reader: ReadHalf<R>,
+    mut reader: R,
     session: &Session,
     handler: &H,
     wakeup: &Notify,
     initial: Bytes,
     disconnected: &AtomicBool,
 ) where
-    R: AsyncRead,
+    R: Reader,
     H: Handler,
 {
     let link = session.link();
     if !initial.is_empty() {
         link.handle_input(Instant::now(), &initial);
     }
-    let mut buf = vec![0u8; READ_CHUNK];
     loop {
         if !dispatch(session, handler, disconnected).await {
             return;
         }
         let deadline = link.poll_timeout();
         tokio::select! {
-            read = reader.read(&mut buf) => match read {
-                Ok(0) | Err(_) => link.handle_eof(),
-                Ok(n) => link.handle_input(Instant::now(), &buf[..n]),
+            read = reader.read_into(link) => if matches!(read, Ok(0) | Err(_)) {
+                link.handle_eof();
             },
             () = sleep_opt(deadline) => link.handle_timeout(Instant::now()),
             // The writer changed a deadline (a graceful close began).
@@ -133,7 +212,7 @@ async fn dispatch<H: Handler>(session: &Session, handler: &H, disconnected: &Ato
 /// Drains the session's outbox through the link and writes it, many
 /// messages per vectored write. Returns when the link says to close.
 async fn write_loop<W>(
-    mut writer: WriteHalf<W>,
+    writer: W,
     session: &Session,
     wakeup: &Notify,
     write_batch: usize,
@@ -141,6 +220,7 @@ async fn write_loop<W>(
 where
     W: AsyncWrite,
 {
+    let mut writer = pin!(writer);
     let link = Arc::clone(session.link());
     let mut bufs: Vec<Bytes> = Vec::new();
     loop {
@@ -172,17 +252,20 @@ where
 
 /// Writes every buffer, in order, with as few syscalls as the socket allows.
 async fn write_all<W: AsyncWrite>(
-    writer: &mut WriteHalf<W>,
+    writer: &mut Pin<&mut W>,
     bufs: &mut Vec<Bytes>,
 ) -> io::Result<()> {
+    /// Buffers per `writev`: the usual `IOV_MAX` is 1024; 64 already
+    /// gathers a 64 KiB batch of small messages in one call.
+    const MAX_SLICES: usize = 64;
     let mut first = 0;
     while first < bufs.len() {
-        let slices: Vec<IoSlice<'_>> = bufs[first..]
-            .iter()
-            .take(64)
-            .map(|b| IoSlice::new(b))
-            .collect();
-        let mut written = writer.write_vectored(&slices).await?;
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        let count = (bufs.len() - first).min(MAX_SLICES);
+        for (slice, buf) in slices.iter_mut().zip(&bufs[first..first + count]) {
+            *slice = IoSlice::new(buf);
+        }
+        let mut written = writer.write_vectored(&slices[..count]).await?;
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }

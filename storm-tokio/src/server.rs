@@ -21,7 +21,7 @@ use storm_proto::options::{Framing, ServerOptions, WsOptions};
 use storm_proto::ws::handshake::{ServerConfig, ServerHandshake, ServerStep};
 use storm_proto::ws::{Connection, Side};
 
-use crate::driver::drive;
+use crate::driver::{Buffered, Transport, drive};
 use crate::{Handler, Session};
 
 /// What the server speaks after accepting.
@@ -276,7 +276,7 @@ impl ServerHandle {
                     Ok((stream, protocol, initial))
                 };
                 let (stream, protocol, initial) = self.within(limit, handshake).await?;
-                self.run_session(stream, protocol, initial, remote, permit, handler)
+                self.run_session(Buffered(stream), protocol, initial, remote, permit, handler)
                     .await
             }
         }
@@ -321,9 +321,9 @@ impl ServerHandle {
     }
 
     /// Registers the session and drives it until it closes.
-    async fn run_session<S, H>(
+    async fn run_session<T, H>(
         &self,
-        stream: S,
+        stream: T,
         protocol: Protocol,
         initial: Bytes,
         remote: SocketAddr,
@@ -331,7 +331,7 @@ impl ServerHandle {
         handler: &H,
     ) -> io::Result<()>
     where
-        S: AsyncRead + AsyncWrite + Send,
+        T: Transport,
         H: Handler,
     {
         let shared = &self.shared;

@@ -332,8 +332,7 @@ impl Link {
         state.heartbeat.handle_activity(now);
         // Input is parsed as the application drains events, so read
         // accounting is only metrics.
-        let _ = self.session.on_read(data.len());
-        let _ = self.session.on_consumed(data.len());
+        self.session.on_read_consumed(data.len());
         match &mut state.protocol {
             Protocol::Framed(_) => state.input.extend_from_slice(data),
             Protocol::WebSocket(conn) => conn.handle_input(data),
@@ -364,21 +363,24 @@ impl Link {
             let (event, wake) = {
                 let mut guard = lock(&self.state);
                 let state = &mut *guard;
-                let event = match state.events.pop_front() {
-                    Some(event) => Some(event),
-                    None if state.closed => None,
+                match state.events.pop_front() {
+                    Some(event) => (Some(event), false),
+                    None if state.closed => (None, state.finish),
                     None => {
-                        self.pump(state, now, usize::MAX);
-                        match state.events.pop_front() {
+                        let before = has_output(&state.protocol, &state.output);
+                        if self.session.has_queued() || self.session.close_request().is_some() {
+                            self.pump(state, now, usize::MAX);
+                        }
+                        let event = match state.events.pop_front() {
                             Some(event) => Some(event),
                             None => next_event(state, now),
-                        }
+                        };
+                        // Wake the writer when output just appeared (it was
+                        // woken for what was there before) or it must close.
+                        let after = has_output(&state.protocol, &state.output);
+                        (event, (after && !before) || state.finish)
                     }
-                };
-                (
-                    event,
-                    has_output(&state.protocol, &state.output) || state.finish,
-                )
+                }
             };
             if wake {
                 self.session.wake_writer();
@@ -483,6 +485,10 @@ impl Link {
     fn pump(&self, state: &mut State, now: Instant, max_bytes: usize) {
         let mut batch = std::mem::take(&mut state.batch);
         let drained = self.session.drain_into(&mut batch, max_bytes);
+        if drained.messages == 0 && drained.close.is_none() {
+            state.batch = batch;
+            return;
+        }
         if drained.close == Some(CloseKind::Abort) {
             state.finish = true;
             if !state.closed {

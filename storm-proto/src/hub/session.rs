@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -230,6 +230,9 @@ pub struct Session {
     bytes_received: AtomicU64,
     messages_sent: AtomicU64,
     messages_received: AtomicU64,
+    /// Messages in the outbox, mirrored outside the lock so the read path
+    /// can skip draining an empty outbox without locking it.
+    queued: AtomicUsize,
     totals: Arc<Totals>,
 }
 
@@ -268,6 +271,7 @@ impl Session {
             bytes_received: AtomicU64::new(0),
             messages_sent: AtomicU64::new(0),
             messages_received: AtomicU64::new(0),
+            queued: AtomicUsize::new(0),
             totals,
         }
     }
@@ -323,6 +327,7 @@ impl Session {
                 Verdict::Admit => {
                     outbox.queued_bytes += message.len();
                     outbox.queue.push_back(message);
+                    self.queued.store(outbox.queue.len(), Ordering::Release);
                     wake.extend(outbox.writer.take());
                     SendOutcome::Queued
                 }
@@ -358,6 +363,7 @@ impl Session {
             Verdict::Admit => {
                 outbox.queued_bytes += message.len();
                 outbox.queue.push_back(message.clone());
+                self.queued.store(outbox.queue.len(), Ordering::Release);
                 wake.extend(outbox.writer.take());
                 Delivery::Queued
             }
@@ -481,6 +487,7 @@ impl Session {
         if close == Some(CloseKind::Abort) {
             let discarded = std::mem::take(&mut outbox.queued_bytes);
             outbox.queue.clear();
+            self.queued.store(0, Ordering::Release);
             if outbox.budget.discard(discarded) == FlowChange::Resumed {
                 wake.append(&mut outbox.writable);
             }
@@ -502,6 +509,7 @@ impl Session {
             }
         }
         outbox.queued_bytes = outbox.queued_bytes.saturating_sub(drained.bytes);
+        self.queued.store(outbox.queue.len(), Ordering::Release);
         if outbox.queue.is_empty() && close == Some(CloseKind::Graceful) {
             drained.close = close;
         }
@@ -616,6 +624,23 @@ impl Session {
     /// yet consumed down to half).
     pub fn is_read_paused(&self) -> bool {
         lock(&self.receive).is_paused()
+    }
+
+    /// Whether the outbox may hold messages: a lock-free hint (exact once
+    /// the senders' and drainer's stores are visible), for a reader that
+    /// wants to skip an empty outbox.
+    pub fn has_queued(&self) -> bool {
+        self.queued.load(Ordering::Acquire) > 0
+    }
+
+    /// Counts bytes read and consumed in one step, for a reader that
+    /// decodes as it reads (no receive backpressure to account).
+    pub fn on_read_consumed(&self, bytes: usize) {
+        self.bytes_received
+            .fetch_add(as_u64(bytes), Ordering::Relaxed);
+        self.totals
+            .bytes_received
+            .fetch_add(as_u64(bytes), Ordering::Relaxed);
     }
 
     /// Counts one message received (after decoding and middleware).

@@ -14,17 +14,16 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
+mod common;
+
+use common::{Seen, WAIT, next, next_disconnect, next_message, recorder};
 use storm_proto::Message;
 use storm_proto::link::CloseReason;
 use storm_proto::options::{
     ClientOptions, Framing, ServerOptions, TlsClientCert, TlsClientOptions, TlsServerOptions,
     WsOptions,
 };
-use storm_tokio::{
-    Client, ClientError, Handler, ServerHandle, Session, TcpClient, TcpServer, WsClient, WsServer,
-};
-
-const WAIT: Duration = Duration::from_secs(10);
+use storm_tokio::{Client, ClientError, ServerHandle, TcpClient, TcpServer, WsClient, WsServer};
 
 /// A CA and what it signed, as PEM.
 struct Pki {
@@ -78,69 +77,6 @@ impl Pki {
 
     fn client_cert(&self) -> TlsClientCert {
         TlsClientCert::new(self.client_cert_pem.clone(), self.client_key_pem.clone())
-    }
-}
-
-/// What a test handler saw.
-#[derive(Debug, Clone, PartialEq)]
-enum Seen {
-    Connect,
-    Message(Message),
-    Disconnect(CloseReason),
-    /// `on_error`: the I/O error kind (if it is one) and the text.
-    Error(Option<io::ErrorKind>, String),
-}
-
-/// Records everything; echoes when asked.
-struct Recorder {
-    tx: mpsc::UnboundedSender<Seen>,
-    echo: bool,
-}
-
-impl Handler for Recorder {
-    async fn on_connect(&self, _: &Session) {
-        let _ = self.tx.send(Seen::Connect);
-    }
-    async fn on_message(&self, session: &Session, message: Message) {
-        let _ = self.tx.send(Seen::Message(message.clone()));
-        if self.echo {
-            let _ = session.send(message).await;
-        }
-    }
-    async fn on_disconnect(&self, _: &Session, reason: &CloseReason) {
-        let _ = self.tx.send(Seen::Disconnect(reason.clone()));
-    }
-    async fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
-        let kind = error.downcast_ref::<io::Error>().map(io::Error::kind);
-        let _ = self.tx.send(Seen::Error(kind, error.to_string()));
-    }
-}
-
-fn recorder(echo: bool) -> (Recorder, mpsc::UnboundedReceiver<Seen>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (Recorder { tx, echo }, rx)
-}
-
-async fn next(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
-    timeout(WAIT, rx.recv())
-        .await
-        .expect("event in time")
-        .expect("handler alive")
-}
-
-async fn next_message(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Message {
-    loop {
-        if let Seen::Message(message) = next(rx).await {
-            return message;
-        }
-    }
-}
-
-async fn next_disconnect(rx: &mut mpsc::UnboundedReceiver<Seen>) -> CloseReason {
-    loop {
-        if let Seen::Disconnect(reason) = next(rx).await {
-            return reason;
-        }
     }
 }
 

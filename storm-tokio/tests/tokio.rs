@@ -10,79 +10,16 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
+mod common;
+
+use common::{Seen, WAIT, next, next_disconnect, next_message, recorder};
 use storm_proto::Message;
 use storm_proto::backpressure::SlowConsumerPolicy;
 use storm_proto::heartbeat::HeartbeatConfig;
 use storm_proto::link::CloseReason;
 use storm_proto::options::{ClientOptions, Framing, ServerOptions, WsOptions};
 use storm_proto::reconnect::BackoffConfig;
-use storm_tokio::{
-    Client, Handler, ServerHandle, Session, TcpClient, TcpServer, WsClient, WsServer,
-};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-/// What a test handler saw.
-#[derive(Debug, Clone, PartialEq)]
-enum Seen {
-    Connect,
-    Message(Message),
-    Disconnect(CloseReason),
-    Reconnecting(u32),
-}
-
-/// Records everything; echoes when asked.
-struct Recorder {
-    tx: mpsc::UnboundedSender<Seen>,
-    echo: bool,
-}
-
-impl Handler for Recorder {
-    async fn on_connect(&self, _: &Session) {
-        let _ = self.tx.send(Seen::Connect);
-    }
-    async fn on_message(&self, session: &Session, message: Message) {
-        let _ = self.tx.send(Seen::Message(message.clone()));
-        if self.echo {
-            let _ = session.send(message).await;
-        }
-    }
-    async fn on_disconnect(&self, _: &Session, reason: &CloseReason) {
-        let _ = self.tx.send(Seen::Disconnect(reason.clone()));
-    }
-    async fn on_reconnecting(&self, attempt: u32, _: Duration) {
-        let _ = self.tx.send(Seen::Reconnecting(attempt));
-    }
-}
-
-fn recorder(echo: bool) -> (Recorder, mpsc::UnboundedReceiver<Seen>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (Recorder { tx, echo }, rx)
-}
-
-async fn next(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
-    timeout(WAIT, rx.recv())
-        .await
-        .expect("event in time")
-        .expect("handler alive")
-}
-
-/// Waits for the next message, skipping other events.
-async fn next_message(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Message {
-    loop {
-        if let Seen::Message(message) = next(rx).await {
-            return message;
-        }
-    }
-}
-
-async fn next_disconnect(rx: &mut mpsc::UnboundedReceiver<Seen>) -> CloseReason {
-    loop {
-        if let Seen::Disconnect(reason) = next(rx).await {
-            return reason;
-        }
-    }
-}
+use storm_tokio::{Client, ServerHandle, TcpClient, TcpServer, WsClient, WsServer};
 
 async fn ws_server(
     options: ServerOptions,

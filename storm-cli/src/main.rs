@@ -17,6 +17,8 @@ use storm_proto::ws::handshake::ServerConfig;
 use storm_proto::ws::{Config, Event};
 use storm_std::ws::WebSocket;
 
+mod json;
+
 /// Storm: message-oriented TCP and WebSocket services.
 #[derive(Debug, Parser)]
 #[command(name = "storm", version, about)]
@@ -29,6 +31,18 @@ struct Cli {
 enum Command {
     /// Echo every message back to its sender.
     Echo(EchoArgs),
+    /// Length-prefixed JSON service: ping, echo, broadcast, stats.
+    Json(json::JsonArgs),
+    /// Clients of the services.
+    #[command(subcommand)]
+    Client(ClientCommand),
+}
+
+/// `storm client <service>`.
+#[derive(Debug, Subcommand)]
+enum ClientCommand {
+    /// Client of `storm json`: demo, interactive or perf mode.
+    Json(json::ClientArgs),
 }
 
 /// Options of `storm echo`.
@@ -77,6 +91,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Echo(args) => echo(&args),
+        Command::Json(args) => json::serve(&args),
+        Command::Client(ClientCommand::Json(args)) => json::client(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

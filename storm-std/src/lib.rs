@@ -1,9 +1,75 @@
-//! Storm on blocking `std::net` sockets and threads.
+//! Storm on blocking `std::net` sockets and threads: TCP and WebSocket
+//! servers and clients, with the same API shape as `storm-tokio`, but
+//! blocking: [`Handler`] methods are plain functions, [`Session::send`]
+//! blocks under the `Wait` policy, and [`WsServer::serve`] blocks until
+//! [`ServerHandle::shutdown`].
 //!
-//! So far: [`ws::WebSocket`], a blocking WebSocket over any `Read + Write`
-//! stream, with [`ws::connect`] for `ws://` URLs. The servers, sessions and
-//! rooms of the other adapters come with their own issue.
+//! Every protocol decision comes from [`storm_proto`]; this crate owns the
+//! sockets and the threads. Per connection:
+//!
+//! - a **reader thread** (the one that accepted or connected) blocks in
+//!   `read` with a read timeout taken from
+//!   [`Link::poll_timeout`](storm_proto::link::Link::poll_timeout), so
+//!   heartbeats and close timeouts fire; it feeds the link and calls your
+//!   [`Handler`], one event at a time, in order;
+//! - a **writer thread** parks until the session's outbox wakes it, then
+//!   writes everything queued in one vectored write, and shuts the socket
+//!   down when the link says the connection is over.
+//!
+//! Servers accept on one more thread (yours, in [`WsServer::serve`], or a
+//! new one with [`WsServer::spawn`]); clients run their connection, and
+//! their reconnects, on their own threads.
+//!
+//! # Limits
+//!
+//! - **Two threads per connection.** Fine for hundreds to a few thousand
+//!   connections; not for tens of thousands (each thread has its own stack
+//!   and the scheduler pays for every one). Use `storm-tokio` for that.
+//! - **No TLS yet.** [`ServerOptions::tls`](storm_proto::options::ServerOptions::tls)
+//!   or [`ClientOptions::tls`](storm_proto::options::ClientOptions::tls)
+//!   set, or a `wss://` URL, is refused with an
+//!   [`InvalidInput`](std::io::ErrorKind::InvalidInput) error rather than
+//!   silently ignored.
+//! - A client's name resolution (`to_socket_addrs`) blocks without a
+//!   timeout of its own; the connect timeout covers the TCP connect and the
+//!   upgrade.
+//! - A writer blocked on a peer that does not read looks every 200 ms
+//!   whether its session was aborted.
+//! - A handler that panics aborts its connection; the server keeps going.
+//!
+//! ```no_run
+//! use storm_std::{Handler, Session, WsServer};
+//! use storm_std::proto::Message;
+//! use storm_std::proto::options::{ServerOptions, WsOptions};
+//!
+//! struct Echo;
+//!
+//! impl Handler for Echo {
+//!     fn on_message(&self, session: &Session, message: Message) {
+//!         let _ = session.send(message);
+//!     }
+//! }
+//!
+//! # fn main() -> std::io::Result<()> {
+//! let options = ServerOptions { addr: "127.0.0.1:9001".into(), ..ServerOptions::default() };
+//! let server = WsServer::bind(options, WsOptions::default())?;
+//! println!("listening on {}", server.local_addr());
+//! server.serve(Echo)
+//! # }
+//! ```
+//!
+//! [`ws::WebSocket`] is the lower-level piece: one blocking WebSocket over
+//! any `Read + Write` stream, without sessions, hub or heartbeat.
 
+mod client;
+mod driver;
+mod handler;
+mod server;
+mod session;
 pub mod ws;
 
+pub use client::{Client, ClientError, TcpClient, WsClient};
+pub use handler::Handler;
+pub use server::{ServerHandle, TcpServer, WsServer};
+pub use session::{SendError, Session};
 pub use storm_proto as proto;

@@ -1,0 +1,459 @@
+//! TCP and WebSocket clients, with reconnects.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use storm_proto::Message;
+use storm_proto::hub::{Hub, HubConfig};
+use storm_proto::link::{Link, Protocol};
+use storm_proto::options::{ClientOptions, Framing, WsOptions};
+use storm_proto::reconnect::{Backoff, BackoffStep};
+use storm_proto::ws::handshake::{ClientConfig, ClientHandshake, ClientStep, ResponseError};
+use storm_proto::ws::{Connection, Side, UrlError, WsUrl};
+
+use crate::driver::drive;
+use crate::server::{remaining, timed_out};
+use crate::{Handler, SendError, Session};
+
+/// Why a client could not connect.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The URL is not a WebSocket URL.
+    Url(UrlError),
+    /// Connecting or the handshake took longer than the connect timeout.
+    Timeout,
+    /// The transport failed; also TLS options or a `wss://` URL
+    /// ([`InvalidInput`](io::ErrorKind::InvalidInput): this adapter has no
+    /// TLS yet).
+    Io(io::Error),
+    /// The server refused the WebSocket upgrade.
+    Handshake(ResponseError),
+    /// An option is invalid.
+    Config(String),
+    /// No connection is up (between reconnects, or after close).
+    NotConnected,
+    /// The send was refused.
+    Send(SendError),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Url(e) => e.fmt(f),
+            Self::Timeout => f.write_str("connect timed out"),
+            Self::Io(e) => write!(f, "I/O error: {e}"),
+            Self::Handshake(e) => write!(f, "upgrade refused: {e}"),
+            Self::Config(e) => write!(f, "invalid option: {e}"),
+            Self::NotConnected => f.write_str("not connected"),
+            Self::Send(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Url(e) => Some(e),
+            Self::Io(e) => Some(e),
+            Self::Handshake(e) => Some(e),
+            Self::Send(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for ClientError {
+    /// [`ClientError::Timeout`] for a timed-out socket operation, else
+    /// [`ClientError::Io`].
+    fn from(e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Self::Timeout,
+            _ => Self::Io(e),
+        }
+    }
+}
+
+fn no_tls() -> ClientError {
+    ClientError::Io(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "storm-std does not support TLS yet: use a ws:// URL and no TLS options, \
+         or use storm-tokio for TLS",
+    ))
+}
+
+/// Where and how a client connects.
+#[derive(Clone)]
+enum Target {
+    Tcp { addr: String, framing: Framing },
+    Ws { url: WsUrl, ws: WsOptions },
+}
+
+/// A connected client. Dropping it does not close the connection; call
+/// [`close`](Self::close).
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<ClientShared>,
+}
+
+struct ClientShared {
+    current: Mutex<Option<Session>>,
+    flags: Mutex<Flags>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Flags {
+    /// The application closed the client: no more reconnects.
+    closing: bool,
+    /// The client stopped for good (closed, or gave up).
+    finished: bool,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("session", &self.session())
+            .finish()
+    }
+}
+
+/// Connects WebSocket clients.
+#[derive(Debug, Clone, Copy)]
+pub struct WsClient;
+
+/// Connects plain TCP clients with a framer.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpClient;
+
+impl WsClient {
+    /// Connects to a `ws://` URL, blocking until the upgrade is done (or
+    /// the connect timeout passes), and runs `handler` for the connection
+    /// on its own threads (and, with `options.reconnect`, for every
+    /// reconnection).
+    ///
+    /// # Errors
+    ///
+    /// When the first connection cannot be made; a `wss://` URL or TLS
+    /// options give [`ClientError::Io`] with
+    /// [`InvalidInput`](io::ErrorKind::InvalidInput) (no TLS yet).
+    pub fn connect<H: Handler>(
+        url: &str,
+        options: ClientOptions,
+        ws: WsOptions,
+        handler: H,
+    ) -> Result<Client, ClientError> {
+        let url: WsUrl = url.parse().map_err(ClientError::Url)?;
+        if url.secure || options.tls.is_some() {
+            return Err(no_tls());
+        }
+        start(Target::Ws { url, ws }, options, handler)
+    }
+}
+
+impl TcpClient {
+    /// Connects to `addr` (`host:port`), blocking until connected (or the
+    /// connect timeout passes), and frames messages with `framing`.
+    ///
+    /// # Errors
+    ///
+    /// When the first connection cannot be made; [`ClientError::Config`]
+    /// for invalid options; TLS options as for [`WsClient::connect`].
+    pub fn connect<H: Handler>(
+        addr: &str,
+        options: ClientOptions,
+        framing: Framing,
+        handler: H,
+    ) -> Result<Client, ClientError> {
+        framing
+            .build()
+            .map_err(|e| ClientError::Config(e.to_string()))?;
+        if options.tls.is_some() {
+            return Err(no_tls());
+        }
+        let target = Target::Tcp {
+            addr: addr.to_owned(),
+            framing,
+        };
+        start(target, options, handler)
+    }
+}
+
+impl Client {
+    /// The current connection's session (`None` between reconnects).
+    #[must_use]
+    pub fn session(&self) -> Option<Session> {
+        lock(&self.shared.current).clone()
+    }
+
+    /// Whether a connection is up.
+    #[must_use]
+    pub fn is_connected(&self) -> bool {
+        self.session().is_some()
+    }
+
+    /// Sends on the current connection (blocking under the `Wait` policy).
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::NotConnected`] between reconnects; [`ClientError::Send`].
+    pub fn send(&self, message: impl Into<Message>) -> Result<(), ClientError> {
+        let session = self.session().ok_or(ClientError::NotConnected)?;
+        session.send(message).map_err(ClientError::Send)
+    }
+
+    /// Closes gracefully and stops reconnecting (a pending reconnect delay
+    /// is cut short).
+    pub fn close(&self) {
+        lock(&self.shared.flags).closing = true;
+        self.shared.changed.notify_all();
+        if let Some(session) = self.session() {
+            session.close();
+        }
+    }
+
+    /// Blocks until the client has stopped for good: closed, or out of
+    /// reconnect attempts.
+    pub fn closed(&self) {
+        let mut flags = lock(&self.shared.flags);
+        while !flags.finished {
+            flags = self
+                .shared
+                .changed
+                .wait(flags)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// [`closed`](Self::closed), for at most `timeout`; `true` if the
+    /// client stopped.
+    #[must_use]
+    pub fn closed_timeout(&self, timeout: Duration) -> bool {
+        let flags = lock(&self.shared.flags);
+        let (flags, _) = self
+            .shared
+            .changed
+            .wait_timeout_while(flags, timeout, |flags| !flags.finished)
+            .unwrap_or_else(PoisonError::into_inner);
+        flags.finished
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One established connection, ready for the driver.
+struct Connected {
+    stream: TcpStream,
+    session: Session,
+    initial: Bytes,
+}
+
+fn start<H: Handler>(
+    target: Target,
+    options: ClientOptions,
+    handler: H,
+) -> Result<Client, ClientError> {
+    let backoff = match &options.reconnect {
+        Some(config) => Some(
+            Backoff::new(config.clone(), rand::random())
+                .map_err(|e| ClientError::Config(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let mut hub_config = HubConfig::default();
+    hub_config.backpressure = options.backpressure;
+    let hub =
+        Hub::new(hub_config, Instant::now()).map_err(|e| ClientError::Config(e.to_string()))?;
+    let first = connect_once(&target, &options, &hub)?;
+    let shared = Arc::new(ClientShared {
+        current: Mutex::new(Some(first.session.clone())),
+        flags: Mutex::new(Flags::default()),
+        changed: Condvar::new(),
+    });
+    let client = Client {
+        shared: Arc::clone(&shared),
+    };
+    thread::Builder::new()
+        .name("storm-client".to_owned())
+        .spawn(move || run(&target, &options, &handler, &hub, &shared, backoff, first))
+        .map_err(ClientError::Io)?;
+    Ok(client)
+}
+
+/// The session for a new connection, registered in the client's hub.
+fn new_session(
+    hub: &Hub,
+    options: &ClientOptions,
+    remote: SocketAddr,
+    protocol: Protocol,
+) -> Result<Session, ClientError> {
+    let config = |e: &dyn std::error::Error| ClientError::Config(e.to_string());
+    let permit = hub.try_admit().map_err(|e| config(&e))?;
+    let hub_session = hub
+        .register(permit, Instant::now())
+        .map_err(|e| config(&e))?;
+    let link = Link::new(hub_session, protocol, options.link.clone(), Instant::now())
+        .map_err(|e| config(&e))?;
+    Ok(Session::new(Arc::new(link), hub.clone(), remote))
+}
+
+/// The client's thread: drives each connection, reconnecting between them.
+fn run<H: Handler>(
+    target: &Target,
+    options: &ClientOptions,
+    handler: &H,
+    hub: &Hub,
+    shared: &ClientShared,
+    mut backoff: Option<Backoff>,
+    first: Connected,
+) {
+    let mut next = Some(first);
+    while let Some(connected) = next.take() {
+        let session = connected.session;
+        if let Some(backoff) = &mut backoff {
+            backoff.connected(Instant::now());
+        }
+        if lock(&shared.flags).closing {
+            // Closed while the connection was being made.
+            session.close();
+        }
+        drive(
+            connected.stream,
+            &session,
+            handler,
+            connected.initial,
+            options.write_batch,
+            options.link.close_timeout,
+        );
+        *lock(&shared.current) = None;
+        hub.disconnect(session.id());
+        // Reconnect unless the application closed, or reconnects are off.
+        let Some(backoff) = &mut backoff else { break };
+        while let BackoffStep::Retry { attempt, delay } = backoff.disconnected(Instant::now()) {
+            if lock(&shared.flags).closing {
+                break;
+            }
+            handler.on_reconnecting(attempt, delay);
+            // Sleep the delay, unless the application closes meanwhile.
+            let flags = lock(&shared.flags);
+            let (flags, _) = shared
+                .changed
+                .wait_timeout_while(flags, delay, |flags| !flags.closing)
+                .unwrap_or_else(PoisonError::into_inner);
+            if flags.closing {
+                break;
+            }
+            drop(flags);
+            match connect_once(target, options, hub) {
+                Ok(connected) => {
+                    *lock(&shared.current) = Some(connected.session.clone());
+                    next = Some(connected);
+                    break;
+                }
+                Err(e) => handler.on_error(&e),
+            }
+        }
+    }
+    lock(&shared.flags).finished = true;
+    shared.changed.notify_all();
+}
+
+fn connect_once(
+    target: &Target,
+    options: &ClientOptions,
+    hub: &Hub,
+) -> Result<Connected, ClientError> {
+    let deadline = Instant::now() + options.connect_timeout;
+    let authority = match target {
+        Target::Tcp { addr, .. } => addr.clone(),
+        Target::Ws { url, .. } => url.authority(),
+    };
+    // Name resolution blocks without a timeout of its own.
+    let mut stream = None;
+    let mut last = ClientError::Io(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "address resolves to nothing",
+    ));
+    for addr in authority.as_str().to_socket_addrs()? {
+        let left = remaining(deadline, "connect").map_err(|_| ClientError::Timeout)?;
+        match TcpStream::connect_timeout(&addr, left) {
+            Ok(connected) => {
+                stream = Some(connected);
+                break;
+            }
+            Err(e) => last = e.into(),
+        }
+    }
+    let mut stream = stream.ok_or(last)?;
+    stream.set_nodelay(options.nodelay)?;
+    let remote = stream.peer_addr()?;
+    let (protocol, initial) = match target {
+        Target::Tcp { framing, .. } => {
+            let framer = framing
+                .build()
+                .map_err(|e| ClientError::Config(e.to_string()))?;
+            (Protocol::Framed(framer), Bytes::new())
+        }
+        Target::Ws { url, ws } => {
+            let (conn, initial) = upgrade(&mut stream, url, ws, options, deadline)?;
+            (Protocol::WebSocket(Box::new(conn)), initial)
+        }
+    };
+    let session = new_session(hub, options, remote, protocol)?;
+    Ok(Connected {
+        stream,
+        session,
+        initial,
+    })
+}
+
+fn upgrade(
+    stream: &mut TcpStream,
+    url: &WsUrl,
+    ws: &WsOptions,
+    options: &ClientOptions,
+    deadline: Instant,
+) -> Result<(Connection, Bytes), ClientError> {
+    const WHAT: &str = "WebSocket handshake";
+    let mut config = ClientConfig::new(url.host_header(), url.resource.clone());
+    config.subprotocols.clone_from(&ws.subprotocols);
+    config.deflate.clone_from(&ws.deflate);
+    config.headers.clone_from(&options.headers);
+    let mut out = BytesMut::new();
+    let mut state = ClientHandshake::start(&config, &mut rand::rng(), &mut out)
+        .map_err(|e| ClientError::Config(e.to_string()))?;
+    stream.set_write_timeout(Some(remaining(deadline, WHAT)?))?;
+    stream.write_all(&out).map_err(|e| timed_out(e, WHAT))?;
+    let mut buf = vec![0u8; 4096];
+    let upgraded = loop {
+        stream.set_read_timeout(Some(remaining(deadline, WHAT)?))?;
+        let n = match stream.read(&mut buf) {
+            Ok(0) => return Err(ClientError::Io(io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(timed_out(e, WHAT).into()),
+        };
+        match state
+            .handle_input(buf.get(..n).unwrap_or_default())
+            .map_err(ClientError::Handshake)?
+        {
+            ClientStep::NeedMore(next) => state = next,
+            ClientStep::Done(upgraded) => break upgraded,
+        }
+    };
+    let mut conn = Connection::new(Side::Client, ws.config.clone());
+    if let (Some(params), Some(deflate)) = (upgraded.deflate, &ws.deflate) {
+        conn = conn
+            .with_deflate(params, deflate)
+            .map_err(|e| ClientError::Config(e.to_string()))?;
+    }
+    Ok((conn, upgraded.leftover))
+}

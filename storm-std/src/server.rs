@@ -1,0 +1,519 @@
+//! TCP and WebSocket servers.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use socket2::{Domain, Socket, Type};
+
+use storm_proto::Message;
+use storm_proto::hub::{BroadcastReport, CloseKind, ConnectionPermit, Hub, HubConfig, SessionId};
+use storm_proto::link::{Link, Protocol};
+use storm_proto::options::{Framing, ServerOptions, WsOptions};
+use storm_proto::ws::handshake::{ServerConfig, ServerHandshake, ServerStep};
+use storm_proto::ws::{Connection, Side};
+
+use crate::driver::drive;
+use crate::{Handler, Session};
+
+/// What the server speaks after accepting.
+#[derive(Clone)]
+enum Kind {
+    Tcp(Framing),
+    Ws {
+        handshake: Arc<ServerConfig>,
+        options: WsOptions,
+    },
+}
+
+/// Where `serve` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Serving {
+    NotStarted,
+    Running,
+    Done,
+}
+
+/// State every connection thread and every [`ServerHandle`] shares.
+struct Shared {
+    hub: Hub,
+    options: ServerOptions,
+    kind: Kind,
+    local_addr: SocketAddr,
+    sessions: Mutex<HashMap<SessionId, Session>>,
+    stop: AtomicBool,
+    serving: Mutex<Serving>,
+    serving_changed: Condvar,
+}
+
+/// Controls a running server from any thread: its sessions, groups,
+/// broadcast, and shutdown. Cheap to clone.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("local_addr", &self.shared.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A WebSocket server. See the [crate docs](crate) for an example.
+pub struct WsServer {
+    listener: TcpListener,
+    handle: ServerHandle,
+}
+
+/// A plain TCP server with a framer (length-prefixed by default).
+pub struct TcpServer {
+    listener: TcpListener,
+    handle: ServerHandle,
+}
+
+macro_rules! server_common {
+    ($name:ident) => {
+        impl $name {
+            /// The address the server listens on (the real port when the
+            /// options asked for port 0).
+            #[must_use]
+            pub fn local_addr(&self) -> SocketAddr {
+                self.handle.shared.local_addr
+            }
+
+            /// A handle to the server's sessions, groups and shutdown.
+            #[must_use]
+            pub fn handle(&self) -> ServerHandle {
+                self.handle.clone()
+            }
+
+            /// Accepts connections on the calling thread and runs `handler`
+            /// for each (two threads per connection) until
+            /// [`ServerHandle::shutdown`]; returns when every connection
+            /// thread has ended.
+            ///
+            /// # Errors
+            ///
+            /// Only a failing listener; connection errors go to the handler.
+            pub fn serve<H: Handler>(self, handler: H) -> io::Result<()> {
+                serve(self.listener, self.handle, handler)
+            }
+
+            /// [`serve`](Self::serve) on a new thread.
+            ///
+            /// # Errors
+            ///
+            /// The thread could not be spawned.
+            pub fn spawn<H: Handler>(self, handler: H) -> io::Result<JoinHandle<io::Result<()>>> {
+                thread::Builder::new()
+                    .name("storm-accept".to_owned())
+                    .spawn(move || self.serve(handler))
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($name))
+                    .field("local_addr", &self.local_addr())
+                    .finish_non_exhaustive()
+            }
+        }
+    };
+}
+
+server_common!(WsServer);
+server_common!(TcpServer);
+
+impl WsServer {
+    /// Binds a WebSocket server.
+    ///
+    /// # Errors
+    ///
+    /// An invalid address or option, TLS options (not supported by this
+    /// adapter yet: [`InvalidInput`](io::ErrorKind::InvalidInput)), or a
+    /// failed bind.
+    pub fn bind(options: ServerOptions, ws: WsOptions) -> io::Result<Self> {
+        let handshake = ServerConfig {
+            subprotocols: ws.subprotocols.clone(),
+            deflate: ws.deflate.clone(),
+            ..ServerConfig::default()
+        };
+        handshake.validate().map_err(invalid)?;
+        let kind = Kind::Ws {
+            handshake: Arc::new(handshake),
+            options: ws,
+        };
+        let (listener, handle) = bind(options, kind)?;
+        Ok(Self { listener, handle })
+    }
+}
+
+impl TcpServer {
+    /// Binds a TCP server that frames messages with `framing`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`WsServer::bind`].
+    pub fn bind(options: ServerOptions, framing: Framing) -> io::Result<Self> {
+        framing.build().map_err(invalid)?;
+        let (listener, handle) = bind(options, Kind::Tcp(framing))?;
+        Ok(Self { listener, handle })
+    }
+}
+
+fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, e)
+}
+
+fn bind(options: ServerOptions, kind: Kind) -> io::Result<(TcpListener, ServerHandle)> {
+    if options.tls.is_some() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "storm-std does not support TLS yet: unset ServerOptions::tls, \
+             or use storm-tokio for TLS",
+        ));
+    }
+    let addr = options.addr.to_socket_addrs()?.next().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "address resolves to nothing")
+    })?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if let Some(size) = options.recv_buffer_size {
+        socket.set_recv_buffer_size(size as usize)?;
+    }
+    if let Some(size) = options.send_buffer_size {
+        socket.set_send_buffer_size(size as usize)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(options.backlog).unwrap_or(i32::MAX))?;
+    let listener: TcpListener = socket.into();
+    let mut hub_config = HubConfig::default();
+    hub_config.max_connections = options.max_connections;
+    hub_config.backpressure = options.backpressure;
+    let hub = Hub::new(hub_config, Instant::now()).map_err(invalid)?;
+    let shared = Shared {
+        hub,
+        local_addr: listener.local_addr()?,
+        options,
+        kind,
+        sessions: Mutex::new(HashMap::new()),
+        stop: AtomicBool::new(false),
+        serving: Mutex::new(Serving::NotStarted),
+        serving_changed: Condvar::new(),
+    };
+    Ok((
+        listener,
+        ServerHandle {
+            shared: Arc::new(shared),
+        },
+    ))
+}
+
+fn serve<H: Handler>(listener: TcpListener, handle: ServerHandle, handler: H) -> io::Result<()> {
+    let handler = Arc::new(handler);
+    let shared = &handle.shared;
+    handle.set_serving(Serving::Running);
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    while !shared.stop.load(Ordering::Acquire) {
+        let (stream, remote) = match listener.accept() {
+            Ok(pair) => pair,
+            // Per-connection failures (the peer reset before accept, out of
+            // descriptors) must not stop the server.
+            Err(e) => {
+                handler.on_error(&e);
+                if e.kind() != io::ErrorKind::Interrupted {
+                    // Out of descriptors fails again at once: do not spin.
+                    thread::sleep(Duration::from_millis(10));
+                }
+                continue;
+            }
+        };
+        if shared.stop.load(Ordering::Acquire) {
+            // Most likely the shutdown's own wake-up connection.
+            break;
+        }
+        // Over the limit: closed at accept, before any handshake.
+        let Ok(permit) = shared.hub.try_admit() else {
+            drop(stream);
+            continue;
+        };
+        threads.retain(|thread| !thread.is_finished());
+        let connection = {
+            let handle = handle.clone();
+            let handler = Arc::clone(&handler);
+            move || {
+                if let Err(e) = handle.run_connection(stream, remote, permit, &*handler) {
+                    handler.on_error(&e);
+                }
+            }
+        };
+        match thread::Builder::new()
+            .name("storm-conn".to_owned())
+            .spawn(connection)
+        {
+            Ok(thread) => threads.push(thread),
+            // The connection (and its permit) went with the closure.
+            Err(e) => handler.on_error(&e),
+        }
+    }
+    drop(listener);
+    for thread in threads {
+        let _ = thread.join();
+    }
+    handle.set_serving(Serving::Done);
+    Ok(())
+}
+
+impl ServerHandle {
+    fn set_serving(&self, serving: Serving) {
+        *lock(&self.shared.serving) = serving;
+        self.shared.serving_changed.notify_all();
+    }
+
+    fn run_connection<H: Handler>(
+        &self,
+        mut stream: TcpStream,
+        remote: SocketAddr,
+        permit: ConnectionPermit,
+        handler: &H,
+    ) -> io::Result<()> {
+        let shared = &self.shared;
+        let options = &shared.options;
+        stream.set_nodelay(options.nodelay)?;
+        if options.keepalive {
+            socket2::SockRef::from(&stream).set_keepalive(true)?;
+        }
+        let (protocol, initial) = match &shared.kind {
+            Kind::Tcp(framing) => (
+                Protocol::Framed(framing.build().map_err(invalid)?),
+                Bytes::new(),
+            ),
+            Kind::Ws {
+                handshake,
+                options: ws,
+            } => {
+                let deadline = Instant::now() + options.handshake_timeout;
+                let (conn, leftover) = accept_ws(&mut stream, handshake, ws, deadline)?;
+                (Protocol::WebSocket(Box::new(conn)), leftover)
+            }
+        };
+        let hub_session = shared
+            .hub
+            .register(permit, Instant::now())
+            .map_err(invalid)?;
+        let link = Link::new(hub_session, protocol, options.link.clone(), Instant::now())
+            .map_err(invalid)?;
+        let session = Session::new(Arc::new(link), shared.hub.clone(), remote);
+        let id = session.id();
+        lock(&shared.sessions).insert(id, session.clone());
+        if shared.stop.load(Ordering::Acquire) {
+            // Registered after the shutdown's close_all: close it too.
+            session.close();
+        }
+        drive(
+            stream,
+            &session,
+            handler,
+            initial,
+            options.write_batch,
+            options.link.close_timeout,
+        );
+        lock(&shared.sessions).remove(&id);
+        shared.hub.disconnect(id);
+        Ok(())
+    }
+
+    /// The server's address.
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// The connected sessions, by id.
+    #[must_use]
+    pub fn sessions(&self) -> Vec<Session> {
+        let mut sessions: Vec<Session> = lock(&self.shared.sessions).values().cloned().collect();
+        sessions.sort_by_key(Session::id);
+        sessions
+    }
+
+    /// One session by id.
+    #[must_use]
+    pub fn session(&self, id: SessionId) -> Option<Session> {
+        lock(&self.shared.sessions).get(&id).cloned()
+    }
+
+    /// How many sessions are connected.
+    #[must_use]
+    pub fn session_count(&self) -> usize {
+        self.shared.hub.session_count()
+    }
+
+    /// The hub underneath: groups, metrics, broadcast.
+    #[must_use]
+    pub fn hub(&self) -> &Hub {
+        &self.shared.hub
+    }
+
+    /// Sends `message` to every session but `exclude`, without waiting on
+    /// any (each session's slow-consumer policy decides for it).
+    pub fn broadcast(
+        &self,
+        message: impl Into<Message>,
+        exclude: Option<SessionId>,
+    ) -> BroadcastReport {
+        self.shared.hub.broadcast(&message.into(), exclude)
+    }
+
+    /// Sends `message` to the members of `group` but `exclude`.
+    pub fn broadcast_group(
+        &self,
+        group: &str,
+        message: impl Into<Message>,
+        exclude: Option<SessionId>,
+    ) -> BroadcastReport {
+        self.shared
+            .hub
+            .broadcast_group(group, &message.into(), exclude)
+    }
+
+    /// Members of a group.
+    #[must_use]
+    pub fn member_count(&self, group: &str) -> usize {
+        self.shared.hub.member_count(group)
+    }
+
+    /// Names of the groups with members.
+    #[must_use]
+    pub fn group_names(&self) -> Vec<String> {
+        self.shared.hub.group_names()
+    }
+
+    /// Closes every session gracefully.
+    pub fn close_all(&self) {
+        self.shared.hub.close_all(CloseKind::Graceful);
+    }
+
+    /// Stops accepting, closes every session gracefully, aborts the ones
+    /// still open after `timeout`, and returns once every connection thread
+    /// has ended (and [`serve`](WsServer::serve) has returned). A
+    /// connection still in its WebSocket handshake ends by its handshake
+    /// timeout at the latest. Returns at once if `serve` never started.
+    pub fn shutdown(&self, timeout: Duration) {
+        let shared = &self.shared;
+        shared.stop.store(true, Ordering::Release);
+        // `accept` blocks: one connection of our own wakes it up to see
+        // the flag. It fails harmlessly if the listener is gone.
+        let _ = TcpStream::connect_timeout(&wake_addr(shared.local_addr), Duration::from_secs(1));
+        shared.hub.close_all(CloseKind::Graceful);
+        let deadline = Instant::now() + timeout;
+        let mut serving = lock(&shared.serving);
+        while *serving == Serving::Running {
+            let now = Instant::now();
+            if now >= deadline {
+                shared.hub.close_all(CloseKind::Abort);
+                while *serving == Serving::Running {
+                    serving = shared
+                        .serving_changed
+                        .wait(serving)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                break;
+            }
+            serving = shared
+                .serving_changed
+                .wait_timeout(serving, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+/// Where to connect to reach a listener bound to `local`: the loopback
+/// address of its family when it listens on every address.
+fn wake_addr(local: SocketAddr) -> SocketAddr {
+    let ip = match local.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, local.port())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Time left before `deadline`, or a timed-out error naming the handshake.
+pub(crate) fn remaining(deadline: Instant, what: &str) -> io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("{what} timed out"),
+        ))
+    } else {
+        Ok(left)
+    }
+}
+
+/// A read or write timeout during a handshake is the handshake's timeout.
+pub(crate) fn timed_out(e: io::Error, what: &str) -> io::Error {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out"))
+        }
+        _ => e,
+    }
+}
+
+/// Reads the upgrade request, answers it, and returns the connection and
+/// any bytes the client sent after its request; all before `deadline`.
+fn accept_ws(
+    stream: &mut TcpStream,
+    handshake: &Arc<ServerConfig>,
+    ws: &WsOptions,
+    deadline: Instant,
+) -> io::Result<(Connection, Bytes)> {
+    const WHAT: &str = "WebSocket handshake";
+    let mut state = ServerHandshake::new(Arc::clone(handshake)).map_err(invalid)?;
+    let mut buf = vec![0u8; 4096];
+    let mut out = BytesMut::new();
+    let pending = loop {
+        stream.set_read_timeout(Some(remaining(deadline, WHAT)?))?;
+        let n = match stream.read(&mut buf) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(timed_out(e, WHAT)),
+        };
+        match state.handle_input(buf.get(..n).unwrap_or_default()) {
+            Ok(ServerStep::NeedMore(next)) => state = next,
+            Ok(ServerStep::Request(pending)) => break pending,
+            Err(e) => {
+                e.write_response(&mut out);
+                if let Ok(left) = remaining(deadline, WHAT) {
+                    let _ = stream.set_write_timeout(Some(left));
+                    let _ = stream.write_all(&out);
+                }
+                return Err(invalid(e));
+            }
+        }
+    };
+    let accepted = pending.accept(&mut out);
+    stream.set_write_timeout(Some(remaining(deadline, WHAT)?))?;
+    stream.write_all(&out).map_err(|e| timed_out(e, WHAT))?;
+    let mut conn = Connection::new(Side::Server, ws.config.clone());
+    if let (Some(params), Some(deflate)) = (accepted.deflate, &ws.deflate) {
+        conn = conn.with_deflate(params, deflate).map_err(invalid)?;
+    }
+    Ok((conn, accepted.leftover))
+}

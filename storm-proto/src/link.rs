@@ -2,7 +2,7 @@
 //! (tokio, smol, std threads) all run per connection.
 //!
 //! A [`Link`] joins a protocol (a [`Framer`] for plain TCP, or a
-//! [`ws::Connection`](crate::ws::Connection) after the upgrade), the
+//! [`ws::Connection`] after the upgrade), the
 //! connection's [`Session`] (its outbox, shared with anyone who sends to it),
 //! a [`Heartbeat`] and the [`MiddlewareChain`]. The adapter only moves bytes:
 //!

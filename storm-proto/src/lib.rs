@@ -20,6 +20,7 @@
 //! | [`backpressure`] | pending-byte accounting with pause at the limit and resume at half; slow-consumer decisions (`Wait`, `Drop`, `Disconnect`) |
 //! | [`hub`] | what servers share that is not I/O: sessions and their outboxes, groups, broadcast fan-out, max connections, middleware, metrics |
 //! | [`link`] | one live connection's logic for the adapters: protocol + session outbox + heartbeat + middleware, read path, write path, timer |
+//! | [`peer`] | a connection as the application holds it: the non-waiting part of every adapter's `Session` |
 //! | [`options`] | option structs shared by every adapter (servers, clients, WebSocket, framing) |
 //! | [`broker`] | request/response broker: 24-byte frames, streaming and reassembly, consumer/provider routing, request correlation |
 //!
@@ -105,6 +106,7 @@ pub mod hub;
 pub mod link;
 mod message;
 pub mod options;
+pub mod peer;
 pub mod reconnect;
 pub mod route;
 pub mod ws;

@@ -369,7 +369,7 @@ impl ServerHandle {
     #[must_use]
     pub fn sessions(&self) -> Vec<Session> {
         let mut sessions: Vec<Session> = lock(&self.shared.sessions).values().cloned().collect();
-        sessions.sort_by_key(Session::id);
+        sessions.sort_by_key(|s| s.id());
         sessions
     }
 

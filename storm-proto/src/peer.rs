@@ -1,0 +1,181 @@
+//! A connection as the application holds it, whatever the runtime: the
+//! part of every adapter's `Session` that does not wait.
+//!
+//! Each adapter's `Session` wraps a [`Peer`] (and dereferences to it) and
+//! adds only `send`, which waits in the runtime's own way when the
+//! slow-consumer policy says `Wait` (an async task, or a parked thread).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use crate::Message;
+use crate::hub::{
+    GroupError, Hub, SendOutcome, SessionClosed, SessionId, SessionMetrics, SessionState,
+};
+use crate::link::Link;
+use crate::ws::CloseCode;
+
+/// One connection: its id, address and metrics; sending; closing; groups.
+/// Cheap to clone, and usable from any task or thread.
+#[derive(Clone)]
+pub struct Peer {
+    link: Arc<Link>,
+    hub: Hub,
+    remote: SocketAddr,
+}
+
+impl fmt::Debug for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id())
+            .field("remote", &self.remote)
+            .finish()
+    }
+}
+
+/// A send that did not happen; the message is handed back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The session is closing or closed.
+    Closed(Message),
+    /// The slow-consumer policy is `Drop` and the session is backpressured.
+    Dropped(Message),
+    /// The slow-consumer policy is `Disconnect`: the session was aborted.
+    Disconnected(Message),
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Closed(_) => "session closed",
+            Self::Dropped(_) => "message dropped: slow consumer",
+            Self::Disconnected(_) => "slow consumer disconnected",
+        })
+    }
+}
+
+impl std::error::Error for SendError {}
+
+impl Peer {
+    /// A peer for the connection `link` drives, registered in `hub`.
+    #[must_use]
+    pub fn new(link: Arc<Link>, hub: Hub, remote: SocketAddr) -> Self {
+        Self { link, hub, remote }
+    }
+
+    /// The connection's logic (for adapters).
+    #[must_use]
+    pub fn link(&self) -> &Arc<Link> {
+        &self.link
+    }
+
+    /// The session's id, unique within its server.
+    #[must_use]
+    pub fn id(&self) -> SessionId {
+        self.link.session().id()
+    }
+
+    /// The peer's address.
+    #[must_use]
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.remote
+    }
+
+    /// Open, closing or closed.
+    #[must_use]
+    pub fn state(&self) -> SessionState {
+        self.link.session().state()
+    }
+
+    /// Bytes and messages in and out, drops, connect time.
+    #[must_use]
+    pub fn metrics(&self) -> SessionMetrics {
+        self.link.session().metrics()
+    }
+
+    /// How long the session has been connected.
+    #[must_use]
+    pub fn uptime(&self) -> Duration {
+        // The one clock read outside a `now` argument: a convenience for
+        // applications, never used by the protocol machines.
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        self.link.session().uptime(now)
+    }
+
+    /// Whether sends are currently held back (pending bytes reached the
+    /// limit and have not drained to half).
+    #[must_use]
+    pub fn is_backpressured(&self) -> bool {
+        self.link.session().is_backpressured()
+    }
+
+    /// Queues a message without waiting: the policy's verdict as it is.
+    pub fn try_send(&self, message: impl Into<Message>) -> SendOutcome {
+        self.link.send(message.into())
+    }
+
+    /// One step of a send under the slow-consumer policy: `Ok(None)` when
+    /// queued, `Ok(Some(message))` when the policy says wait (wait with
+    /// [`poll_writable`](Self::poll_writable), then offer it again).
+    ///
+    /// # Errors
+    ///
+    /// [`SendError`] with the message handed back.
+    pub fn offer(&self, message: Message) -> Result<Option<Message>, SendError> {
+        match self.link.send(message) {
+            SendOutcome::Queued => Ok(None),
+            SendOutcome::Wait(back) => Ok(Some(back)),
+            SendOutcome::Dropped(back) => Err(SendError::Dropped(back)),
+            SendOutcome::Disconnected(back) => Err(SendError::Disconnected(back)),
+            SendOutcome::Closed(back) => Err(SendError::Closed(back)),
+        }
+    }
+
+    /// Resolves when the session is writable again, or with
+    /// [`SessionClosed`] once it closed.
+    pub fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<Result<(), SessionClosed>> {
+        self.link.session().poll_writable(cx)
+    }
+
+    /// Closes gracefully: queued messages are written, then (WebSocket) a
+    /// close frame with 1000, and the connection ends when the peer answers
+    /// or the close timeout passes.
+    pub fn close(&self) {
+        self.link.close(None, "");
+    }
+
+    /// [`close`](Self::close) with a WebSocket close code and reason.
+    pub fn close_with(&self, code: CloseCode, reason: &str) {
+        self.link.close(Some(code), reason);
+    }
+
+    /// Closes at once; queued messages are discarded.
+    pub fn abort(&self) {
+        self.link.abort();
+    }
+
+    /// Joins a group (room). `Ok(false)` if already a member.
+    ///
+    /// # Errors
+    ///
+    /// [`GroupError`] for an invalid name or too many groups.
+    pub fn join(&self, group: &str) -> Result<bool, GroupError> {
+        self.hub.join(self.id(), group)
+    }
+
+    /// Leaves a group. `false` if not a member.
+    pub fn leave(&self, group: &str) -> bool {
+        self.hub.leave(self.id(), group)
+    }
+
+    /// The groups this session is in.
+    #[must_use]
+    pub fn groups(&self) -> Vec<String> {
+        self.hub.groups_of(self.id())
+    }
+}

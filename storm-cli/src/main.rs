@@ -17,6 +17,8 @@ use storm_proto::ws::handshake::ServerConfig;
 use storm_proto::ws::{Config, Event};
 use storm_std::ws::WebSocket;
 
+mod chat;
+
 /// Storm: message-oriented TCP and WebSocket services.
 #[derive(Debug, Parser)]
 #[command(name = "storm", version, about)]
@@ -29,6 +31,9 @@ struct Cli {
 enum Command {
     /// Echo every message back to its sender.
     Echo(EchoArgs),
+    /// A WebSocket chat server with rooms, an admin console on stdin, and
+    /// a chat page for browsers.
+    Chat(chat::ChatArgs),
 }
 
 /// Options of `storm echo`.
@@ -77,6 +82,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Echo(args) => echo(&args),
+        Command::Chat(args) => chat::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

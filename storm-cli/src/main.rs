@@ -17,6 +17,7 @@ use storm_proto::ws::handshake::ServerConfig;
 use storm_proto::ws::{Config, Event};
 use storm_std::ws::WebSocket;
 
+mod chat;
 mod json;
 
 /// Storm: message-oriented TCP and WebSocket services.
@@ -33,6 +34,9 @@ enum Command {
     Echo(EchoArgs),
     /// Length-prefixed JSON service: ping, echo, broadcast, stats.
     Json(json::JsonArgs),
+    /// A WebSocket chat server with rooms, an admin console on stdin, and
+    /// a chat page for browsers.
+    Chat(chat::ChatArgs),
     /// Clients of the services.
     #[command(subcommand)]
     Client(ClientCommand),
@@ -92,6 +96,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Echo(args) => echo(&args),
         Command::Json(args) => json::serve(&args),
+        Command::Chat(args) => chat::run(&args),
         Command::Client(ClientCommand::Json(args)) => json::client(&args),
     };
     match result {

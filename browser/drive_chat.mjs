@@ -1,0 +1,187 @@
+// Two headless-Chromium tabs chat with each other through `storm chat`.
+// Like drive.mjs, it speaks the DevTools protocol over --remote-debugging-pipe
+// (fds 3 and 4, NUL-separated JSON): no npm package, no debugging port.
+//
+// Each tab loads the page the server itself serves (http://127.0.0.1:PORT/)
+// and is used the way a person would: type a name and press "Set name", type
+// a room and press "Join", type a message and press "Send". The checks read
+// the page's message log. Prints PASS/FAIL lines; exit 0 if all passed.
+//
+// usage: node drive_chat.mjs CHROMIUM PAGE_URL PROFILE_DIR [TIMEOUT_SECONDS]
+
+import { spawn } from "node:child_process";
+
+const [chromium, pageUrl, profileDir, timeoutArg] = process.argv.slice(2);
+if (!chromium || !pageUrl || !profileDir) {
+    console.error("usage: node drive_chat.mjs CHROMIUM PAGE_URL PROFILE_DIR [TIMEOUT_SECONDS]");
+    process.exit(2);
+}
+const timeoutMs = Number(timeoutArg || 60) * 1000;
+const STEP_MS = 10000;
+
+const browser = spawn(chromium, [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-dev-shm-usage",
+    "--no-first-run", "--no-default-browser-check", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-extensions",
+    "--disable-default-apps", "--mute-audio", "--remote-debugging-pipe",
+    `--user-data-dir=${profileDir}`, "about:blank",
+], { stdio: ["ignore", "pipe", "pipe", "pipe", "pipe"] });
+let browserLog = "";
+browser.stdout.on("data", (d) => { browserLog += d; });
+browser.stderr.on("data", (d) => { browserLog += d; });
+const toBrowser = browser.stdio[3];
+const fromBrowser = browser.stdio[4];
+
+let nextId = 1;
+const pending = new Map();
+const listeners = [];
+let inbuf = Buffer.alloc(0);
+fromBrowser.on("data", (chunk) => {
+    inbuf = Buffer.concat([inbuf, chunk]);
+    let nul;
+    while ((nul = inbuf.indexOf(0)) >= 0) {
+        const msg = JSON.parse(inbuf.subarray(0, nul).toString("utf8"));
+        inbuf = inbuf.subarray(nul + 1);
+        if (msg.id !== undefined && pending.has(msg.id)) {
+            const { resolve, reject, method } = pending.get(msg.id);
+            pending.delete(msg.id);
+            if (msg.error) reject(new Error(`${method}: ${JSON.stringify(msg.error)}`));
+            else resolve(msg.result);
+        } else if (msg.method) {
+            for (const l of listeners) l(msg);
+        }
+    }
+});
+function send(method, params = {}, sessionId) {
+    const id = nextId++;
+    const msg = { id, method, params };
+    if (sessionId) msg.sessionId = sessionId;
+    return new Promise((resolve, reject) => {
+        pending.set(id, { resolve, reject, method });
+        toBrowser.write(JSON.stringify(msg) + "\0");
+    });
+}
+
+const diagnostics = [];
+listeners.push((msg) => {
+    const p = msg.params || {};
+    if (msg.method === "Runtime.exceptionThrown") {
+        diagnostics.push(`exception: ${p.exceptionDetails?.exception?.description || p.exceptionDetails?.text}`);
+    } else if (msg.method === "Runtime.consoleAPICalled") {
+        diagnostics.push(`console.${p.type}: ${(p.args || []).map((a) => a.value ?? a.description).join(" ")}`);
+    }
+});
+
+let finished = false;
+let failures = 0;
+function finish(code, message) {
+    if (finished) return;
+    finished = true;
+    if (message) console.log(message);
+    if (code !== 0) {
+        for (const d of diagnostics) console.log(d);
+        if (browserLog.trim()) console.log(`--- chromium output (last 2000 chars) ---\n${browserLog.slice(-2000).trimEnd()}`);
+    }
+    try { toBrowser.write(JSON.stringify({ id: nextId++, method: "Browser.close", params: {} }) + "\0"); } catch {}
+    const killer = setTimeout(() => browser.kill("SIGKILL"), 3000);
+    browser.once("exit", () => { clearTimeout(killer); process.exit(code); });
+    if (browser.exitCode !== null || browser.signalCode !== null) process.exit(code);
+}
+const deadline = setTimeout(() => finish(1, `FAIL driver: not done within ${timeoutMs / 1000} s`), timeoutMs);
+browser.on("exit", (code, signal) => finish(1, `FAIL driver: chromium exited early (code ${code}, signal ${signal})`));
+browser.on("error", (e) => finish(1, `FAIL driver: cannot start ${chromium}: ${e.message}`));
+
+/// Opens a tab on the chat page; returns a function evaluating JS in it.
+async function openTab() {
+    const { targetId } = await send("Target.createTarget", { url: "about:blank" });
+    const { sessionId } = await send("Target.attachToTarget", { targetId, flatten: true });
+    await Promise.all(["Runtime.enable", "Page.enable"].map((m) => send(m, {}, sessionId)));
+    const loaded = new Promise((resolve) => listeners.push((m) => {
+        if (m.sessionId === sessionId && m.method === "Page.loadEventFired") resolve();
+    }));
+    const nav = await send("Page.navigate", { url: pageUrl }, sessionId);
+    if (nav.errorText) throw new Error(`navigating to ${pageUrl}: ${nav.errorText}`);
+    await loaded;
+    return async (expression) => {
+        const { result, exceptionDetails } = await send("Runtime.evaluate",
+            { expression, awaitPromise: true, returnByValue: true }, sessionId);
+        if (exceptionDetails) throw new Error(`${expression}: ${exceptionDetails.exception?.description || exceptionDetails.text}`);
+        return result.value;
+    };
+}
+
+// Page helpers, evaluated in a tab.
+const type = (id, text) => `(() => { document.getElementById(${JSON.stringify(id)}).value = ${JSON.stringify(text)}; })()`;
+const submit = (form) => `document.getElementById(${JSON.stringify(form)}).requestSubmit()`;
+const click = (id) => `document.getElementById(${JSON.stringify(id)}).click()`;
+const logText = "document.getElementById('log').innerText";
+
+/// Waits until the tab's log has a line containing `needle`.
+async function waitFor(tab, needle, what) {
+    const until = Date.now() + STEP_MS;
+    while (Date.now() < until) {
+        const log = await tab(logText);
+        if (log.includes(needle)) { console.log(`PASS ${what}`); return true; }
+        await new Promise((r) => setTimeout(r, 50));
+    }
+    console.log(`FAIL ${what}: no ${JSON.stringify(needle)} in the log within ${STEP_MS / 1000} s; log:\n${await tab(logText)}`);
+    failures++;
+    return false;
+}
+function check(ok, what, detail) {
+    console.log(ok ? `PASS ${what}` : `FAIL ${what}: ${detail}`);
+    if (!ok) failures++;
+}
+
+try {
+    const alice = await openTab();
+    const bob = await openTab();
+    await waitFor(alice, "connected as guest-", "tab 1 connects");
+    await waitFor(bob, "connected as guest-", "tab 2 connects");
+
+    for (const [tab, name] of [[alice, "alice"], [bob, "bob"]]) {
+        await tab(type("name", name));
+        await tab(submit("name-form"));
+        await waitFor(tab, `is now ${name}`, `${name} sets a name`);
+        await tab(type("room", "browsers"));
+        await tab(submit("room-form"));
+        await waitFor(tab, `${name} joined browsers`, `${name} joins the room`);
+    }
+    await waitFor(alice, "bob joined browsers", "alice sees bob join");
+
+    await alice(type("text", "hello from tab one"));
+    await alice(submit("say-form"));
+    await waitFor(bob, "[browsers] alice: hello from tab one", "bob sees alice's message");
+    await waitFor(alice, "[browsers] alice: hello from tab one", "alice sees her own message");
+
+    await bob(type("text", "hi alice, tab two here ✓"));
+    await bob(submit("say-form"));
+    await waitFor(alice, "[browsers] bob: hi alice, tab two here ✓", "alice sees bob's reply");
+
+    await bob(type("text", "/w alice just for you"));
+    await bob(submit("say-form"));
+    await waitFor(alice, "(from bob) just for you", "alice gets bob's whisper");
+    await waitFor(bob, "(to alice) just for you", "bob sees his whisper's copy");
+
+    const users = await alice("document.getElementById('users').innerText");
+    check(users.includes("alice (browsers)") && users.includes("bob (browsers)"),
+        "the user list shows both in the room", JSON.stringify(users));
+    const status = await alice("document.getElementById('status').innerText");
+    const untilTick = Date.now() + STEP_MS;
+    let ticked = /2 online/.test(status);
+    while (!ticked && Date.now() < untilTick) {
+        await new Promise((r) => setTimeout(r, 100));
+        ticked = /2 online/.test(await alice("document.getElementById('status').innerText"));
+    }
+    check(ticked, "the tick shows 2 online", status);
+
+    await bob(click("leave"));
+    await waitFor(alice, "bob left browsers", "alice sees bob leave");
+
+    clearTimeout(deadline);
+    console.log(failures === 0 ? "ALL PASS" : "SOME FAILED");
+    finish(failures === 0 ? 0 : 1);
+} catch (e) {
+    clearTimeout(deadline);
+    finish(1, `FAIL driver: ${e.message}`);
+}

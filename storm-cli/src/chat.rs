@@ -1,0 +1,877 @@
+//! `storm chat`: a WebSocket chat server with rooms, a JSON command protocol,
+//! a periodic tick, heartbeats, an admin console on stdin, and a chat page
+//! for browsers served over plain HTTP on a second port.
+//!
+//! # Ports
+//!
+//! The WebSocket server listens on `--addr` (default `127.0.0.1:9002`). The
+//! chat page is served by a tiny HTTP listener on `--http-addr` (default: the
+//! same host, the WebSocket port + 1, or port 0 when `--addr` asks for port
+//! 0); `--no-http` turns it off. The WebSocket port refuses plain HTTP
+//! requests, so the page needs its own port. On start, two lines are printed:
+//!
+//! ```text
+//! storm chat listening on ws://127.0.0.1:9002
+//! storm chat page on http://127.0.0.1:9003/
+//! ```
+//!
+//! The page connects back to the WebSocket port on the host it was loaded
+//! from (`?ws=ws://HOST:PORT/` overrides that, e.g. when it is opened as a
+//! file).
+//!
+//! # Protocol
+//!
+//! Every message either way is one WebSocket text message holding one JSON
+//! object with a `"type"` field. Names and room names are 1 to 32 characters
+//! (leading and trailing spaces are trimmed), without control characters;
+//! user names are unique, and `guest-<number>` (the name a new user gets) is
+//! reserved. Each user is in at most one room at a time, and
+//! starts in `lobby`.
+//!
+//! Client to server:
+//!
+//! | message | effect |
+//! |---|---|
+//! | `{"type":"name","name":"alice"}` | rename; `renamed` goes to you and your room |
+//! | `{"type":"chat","text":"hi"}` | `chat` to every member of your room, you included |
+//! | `{"type":"whisper","to":"bob","text":"psst"}` | `whisper` to `bob` and a copy to you |
+//! | `{"type":"join","room":"rust"}` | leave your room (`left` to it), join `rust` (`joined` to its members, you included) |
+//! | `{"type":"leave"}` | leave your room (`left` to it and to you); you are then in no room |
+//! | `{"type":"users"}` | `users` back to you |
+//! | `{"type":"rooms"}` | `rooms` back to you |
+//!
+//! Server to client (`id` is the session id, as the admin console shows it):
+//!
+//! | message | when |
+//! |---|---|
+//! | `{"type":"welcome","id":1,"name":"guest-1","room":"lobby"}` | first, on connect |
+//! | `{"type":"renamed","id":1,"old":"guest-1","name":"alice"}` | someone in your room (or you) was renamed |
+//! | `{"type":"chat","room":"lobby","id":1,"from":"alice","text":"hi"}` | a chat in your room |
+//! | `{"type":"whisper","from_id":1,"from":"alice","to_id":2,"to":"bob","text":"psst"}` | a whisper to you, or the copy of yours |
+//! | `{"type":"joined","room":"rust","id":1,"name":"alice"}` | someone (or you) joined your room |
+//! | `{"type":"left","room":"rust","id":1,"name":"alice"}` | someone left your room (or disconnected), or you left |
+//! | `{"type":"users","users":[{"id":1,"name":"alice","room":"lobby"}]}` | answer to `users`; `room` is `null` when in none |
+//! | `{"type":"rooms","rooms":[{"name":"lobby","members":2}]}` | answer to `rooms` |
+//! | `{"type":"tick","time_ms":1700000000000,"users":2}` | every `--tick-ms` (default 1000; 0 = off), to everyone: Unix time in ms, users connected |
+//! | `{"type":"broadcast","from":"admin","text":"hi"}` | the admin's `/broadcast` |
+//! | `{"type":"error","error":"no user named bob"}` | a command failed or did not parse |
+//!
+//! Unknown fields in commands are ignored. Binary messages get an `error`.
+//!
+//! # Admin console
+//!
+//! Lines on stdin: `/sessions`, `/kick <id>` (closes with 1008 "kicked"),
+//! `/broadcast <text>`, `/rooms`, `/info <id>`, `/stop` (closes every session
+//! gracefully, aborts what is left after 5 s, exits 0), `/help`. Ids may be
+//! written `3` or `#3`. End of input leaves the server running.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, BufRead};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use storm_proto::Message;
+use storm_proto::hub::SessionId;
+use storm_proto::link::CloseReason;
+use storm_proto::options::{ServerOptions, WsOptions};
+use storm_proto::ws::CloseCode;
+use storm_proto::ws::deflate::DeflateConfig;
+use storm_tokio::{Handler, ServerHandle, Session, WsServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// The page, with `__STORM_WS_PORT__` replaced by the WebSocket port.
+const PAGE: &str = include_str!("chat.html");
+/// The room every user starts in.
+const LOBBY: &str = "lobby";
+/// Longest user or room name, in characters.
+const MAX_NAME_CHARS: usize = 32;
+/// How long `/stop` waits for sessions to close before aborting them.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest HTTP request head the page server reads.
+const MAX_HTTP_HEAD: usize = 8 * 1024;
+/// How long the page server waits for a request.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Options of `storm chat`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ChatArgs {
+    /// WebSocket address to listen on (IPv4 or IPv6, e.g. [::1]:9002).
+    #[arg(long, default_value = "127.0.0.1:9002")]
+    addr: String,
+    /// Address of the HTTP listener serving the chat page. Default: the
+    /// WebSocket host with the next port (port 0 if --addr has port 0).
+    #[arg(long)]
+    http_addr: Option<String>,
+    /// Do not serve the chat page.
+    #[arg(long, conflicts_with = "http_addr")]
+    no_http: bool,
+    /// Milliseconds between tick messages to every client; 0 turns the tick
+    /// off.
+    #[arg(long, default_value_t = 1000)]
+    tick_ms: u64,
+    /// Seconds between heartbeat pings; a client that misses 3 pongs in a
+    /// row is disconnected. 0 turns heartbeats off.
+    #[arg(long, default_value_t = 15)]
+    heartbeat: u64,
+    /// Largest message accepted from a client, in bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_message: usize,
+    /// Turn off permessage-deflate (on by default).
+    #[arg(long)]
+    no_deflate: bool,
+}
+
+/// Runs `storm chat` until `/stop` on the console.
+pub(crate) fn run(args: &ChatArgs) -> io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: &ChatArgs) -> io::Result<()> {
+    let mut options = ServerOptions {
+        addr: args.addr.clone(),
+        ..ServerOptions::default()
+    };
+    options.link.heartbeat.interval = Duration::from_secs(args.heartbeat);
+    let mut ws = WsOptions {
+        deflate: (!args.no_deflate).then(DeflateConfig::default),
+        ..WsOptions::default()
+    };
+    ws.config.max_message_size = args.max_message;
+    ws.config.max_frame_size = args.max_message;
+    let server = WsServer::bind(options, ws).await?;
+    let ws_addr = server.local_addr();
+    let http = if args.no_http {
+        None
+    } else {
+        let addr = match &args.http_addr {
+            Some(addr) => addr.clone(),
+            None => default_http_addr(&args.addr, ws_addr)?.to_string(),
+        };
+        Some(TcpListener::bind(addr).await?)
+    };
+    println!("storm chat listening on ws://{ws_addr}");
+    if let Some(listener) = &http {
+        println!("storm chat page on http://{}/", listener.local_addr()?);
+    }
+    println!("console: /sessions  /kick <id>  /broadcast <msg>  /rooms  /info <id>  /stop");
+
+    let chat = Arc::new(Chat {
+        server: server.handle(),
+        registry: Mutex::default(),
+    });
+    let serving = tokio::spawn(server.serve(ChatHandler(Arc::clone(&chat))));
+    if args.tick_ms > 0 {
+        tokio::spawn(tick(Arc::clone(&chat), Duration::from_millis(args.tick_ms)));
+    }
+    if let Some(listener) = http {
+        let page: Arc<str> = PAGE
+            .replace("__STORM_WS_PORT__", &ws_addr.port().to_string())
+            .into();
+        tokio::spawn(serve_page(listener, page));
+    }
+    tokio::spawn(console(chat, stdin_lines()));
+    serving.await.map_err(io::Error::other)??;
+    println!("storm chat stopped");
+    Ok(())
+}
+
+/// The page's default address: the WebSocket host, next port.
+fn default_http_addr(requested: &str, ws_addr: SocketAddr) -> io::Result<SocketAddr> {
+    let asked_zero = requested
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| port.parse::<u16>() == Ok(0));
+    let port = if asked_zero {
+        0
+    } else {
+        ws_addr.port().checked_add(1).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no port after 65535 for the page: give --http-addr",
+            )
+        })?
+    };
+    Ok(SocketAddr::new(ws_addr.ip(), port))
+}
+
+/// One connected user.
+struct User {
+    name: String,
+    room: Option<String>,
+    session: Session,
+}
+
+/// Users by session id, and ids by name.
+#[derive(Default)]
+struct Registry {
+    users: HashMap<SessionId, User>,
+    names: HashMap<String, SessionId>,
+}
+
+/// The chat's shared state.
+struct Chat {
+    server: ServerHandle,
+    registry: Mutex<Registry>,
+}
+
+impl Chat {
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends `event` to the members of `room`.
+    fn to_room(&self, room: &str, event: &Out<'_>) {
+        self.server.broadcast_group(room, encode(event), None);
+    }
+}
+
+/// A command from a client.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Command {
+    Name { name: String },
+    Chat { text: String },
+    Whisper { to: String, text: String },
+    Join { room: String },
+    Leave,
+    Users,
+    Rooms,
+}
+
+/// A message to clients.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Out<'a> {
+    Welcome {
+        id: u64,
+        name: &'a str,
+        room: &'a str,
+    },
+    Renamed {
+        id: u64,
+        old: &'a str,
+        name: &'a str,
+    },
+    Chat {
+        room: &'a str,
+        id: u64,
+        from: &'a str,
+        text: &'a str,
+    },
+    Whisper {
+        from_id: u64,
+        from: &'a str,
+        to_id: u64,
+        to: &'a str,
+        text: &'a str,
+    },
+    Joined {
+        room: &'a str,
+        id: u64,
+        name: &'a str,
+    },
+    Left {
+        room: &'a str,
+        id: u64,
+        name: &'a str,
+    },
+    Users {
+        users: Vec<UserInfo>,
+    },
+    Rooms {
+        rooms: Vec<RoomInfo>,
+    },
+    Tick {
+        time_ms: u64,
+        users: usize,
+    },
+    Broadcast {
+        from: &'a str,
+        text: &'a str,
+    },
+    Error {
+        error: &'a str,
+    },
+}
+
+#[derive(Debug, Serialize)]
+struct UserInfo {
+    id: u64,
+    name: String,
+    room: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct RoomInfo {
+    name: String,
+    members: usize,
+}
+
+fn encode(event: &Out<'_>) -> Message {
+    // Serializing these plain structs cannot fail; an empty object is a
+    // harmless fallback.
+    Message::from(serde_json::to_string(event).unwrap_or_else(|_| "{}".to_owned()))
+}
+
+/// Whether `name` has the shape of the names new users get; those are
+/// reserved, so a later connection's default name is never taken.
+fn is_guest_name(name: &str) -> bool {
+    name.strip_prefix("guest-")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A user or room name, trimmed, or why it is refused.
+fn valid_name(name: &str, what: &str) -> Result<String, String> {
+    let name = name.trim();
+    let chars = name.chars().count();
+    if chars == 0 || chars > MAX_NAME_CHARS {
+        return Err(format!("{what} must be 1 to {MAX_NAME_CHARS} characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!("{what} must not contain control characters"));
+    }
+    Ok(name.to_owned())
+}
+
+struct ChatHandler(Arc<Chat>);
+
+impl Handler for ChatHandler {
+    async fn on_connect(&self, session: &Session) {
+        let chat = &self.0;
+        let id = session.id();
+        let name = format!("guest-{}", id.get());
+        println!("connect {id} {name} from {}", session.remote_addr());
+        {
+            let mut registry = chat.registry();
+            registry.names.insert(name.clone(), id);
+            registry.users.insert(
+                id,
+                User {
+                    name: name.clone(),
+                    room: None,
+                    session: session.clone(),
+                },
+            );
+        }
+        let welcome = Out::Welcome {
+            id: id.get(),
+            name: &name,
+            room: LOBBY,
+        };
+        let _ = session.send(encode(&welcome)).await;
+        if let Err(e) = join(chat, session, LOBBY) {
+            let _ = session.send(encode(&Out::Error { error: &e })).await;
+        }
+    }
+
+    async fn on_message(&self, session: &Session, message: Message) {
+        let reply = match message {
+            Message::Text(text) => match serde_json::from_str::<Command>(text.as_str()) {
+                Ok(command) => handle(&self.0, session, command),
+                Err(e) => Err(format!("bad command: {e}")),
+            },
+            _ => Err("commands are JSON text messages".to_owned()),
+        };
+        let reply = match &reply {
+            Ok(Some(reply)) => reply.clone(),
+            Ok(None) => return,
+            Err(error) => encode(&Out::Error { error }),
+        };
+        let _ = session.send(reply).await;
+    }
+
+    async fn on_disconnect(&self, session: &Session, reason: &CloseReason) {
+        let chat = &self.0;
+        let id = session.id();
+        let user = {
+            let mut registry = chat.registry();
+            let user = registry.users.remove(&id);
+            if let Some(user) = &user {
+                registry.names.remove(&user.name);
+            }
+            user
+        };
+        let Some(user) = user else { return };
+        if let Some(room) = &user.room {
+            session.leave(room);
+            let left = Out::Left {
+                room,
+                id: id.get(),
+                name: &user.name,
+            };
+            chat.to_room(room, &left);
+        }
+        println!("disconnect {id} {} ({reason})", user.name);
+    }
+}
+
+/// Runs one command; the reply for the sender alone, if any.
+fn handle(chat: &Chat, session: &Session, command: Command) -> Result<Option<Message>, String> {
+    let id = session.id();
+    match command {
+        Command::Name { name } => {
+            let name = valid_name(&name, "name")?;
+            if is_guest_name(&name) {
+                return Err("names guest-<number> are given out by the server".to_owned());
+            }
+            let (old, room) = {
+                let mut registry = chat.registry();
+                if let Some(&owner) = registry.names.get(&name) {
+                    if owner == id {
+                        return Ok(None);
+                    }
+                    return Err(format!("the name {name} is taken"));
+                }
+                let user = registry.users.get_mut(&id).ok_or("not registered")?;
+                let old = std::mem::replace(&mut user.name, name.clone());
+                let room = user.room.clone();
+                registry.names.remove(&old);
+                registry.names.insert(name.clone(), id);
+                (old, room)
+            };
+            println!("rename {id} {old} -> {name}");
+            let renamed = encode(&Out::Renamed {
+                id: id.get(),
+                old: &old,
+                name: &name,
+            });
+            match room {
+                Some(room) => {
+                    chat.server.broadcast_group(&room, renamed, None);
+                    Ok(None)
+                }
+                None => Ok(Some(renamed)),
+            }
+        }
+        Command::Chat { text } => {
+            let (name, room) = {
+                let registry = chat.registry();
+                let user = registry.users.get(&id).ok_or("not registered")?;
+                (user.name.clone(), user.room.clone())
+            };
+            let room = room.ok_or("you are in no room: join one first")?;
+            let event = Out::Chat {
+                room: &room,
+                id: id.get(),
+                from: &name,
+                text: &text,
+            };
+            chat.to_room(&room, &event);
+            Ok(None)
+        }
+        Command::Whisper { to, text } => {
+            let to = to.trim();
+            let (from, target) = {
+                let registry = chat.registry();
+                let from = registry
+                    .users
+                    .get(&id)
+                    .ok_or("not registered")?
+                    .name
+                    .clone();
+                let target = registry
+                    .names
+                    .get(to)
+                    .and_then(|tid| registry.users.get(tid))
+                    .map(|user| user.session.clone())
+                    .ok_or_else(|| format!("no user named {to}"))?;
+                (from, target)
+            };
+            if target.id() == id {
+                return Err("you cannot whisper to yourself".to_owned());
+            }
+            let event = encode(&Out::Whisper {
+                from_id: id.get(),
+                from: &from,
+                to_id: target.id().get(),
+                to,
+                text: &text,
+            });
+            let _ = target.try_send(event.clone());
+            Ok(Some(event))
+        }
+        Command::Join { room } => {
+            let room = valid_name(&room, "room name")?;
+            join(chat, session, &room)?;
+            Ok(None)
+        }
+        Command::Leave => {
+            let (name, room) = {
+                let mut registry = chat.registry();
+                let user = registry.users.get_mut(&id).ok_or("not registered")?;
+                (user.name.clone(), user.room.take())
+            };
+            let room = room.ok_or("you are in no room")?;
+            let left = encode(&Out::Left {
+                room: &room,
+                id: id.get(),
+                name: &name,
+            });
+            session.leave(&room);
+            chat.server.broadcast_group(&room, left.clone(), None);
+            Ok(Some(left))
+        }
+        Command::Users => {
+            let registry = chat.registry();
+            let mut users: Vec<UserInfo> = registry
+                .users
+                .iter()
+                .map(|(id, user)| UserInfo {
+                    id: id.get(),
+                    name: user.name.clone(),
+                    room: user.room.clone(),
+                })
+                .collect();
+            users.sort_by_key(|user| user.id);
+            Ok(Some(encode(&Out::Users { users })))
+        }
+        Command::Rooms => Ok(Some(encode(&Out::Rooms {
+            rooms: rooms(chat)
+                .into_iter()
+                .map(|(name, members)| RoomInfo {
+                    members: members.len(),
+                    name,
+                })
+                .collect(),
+        }))),
+    }
+}
+
+/// Moves `session` from its room (if any) to `room`, telling both rooms.
+fn join(chat: &Chat, session: &Session, room: &str) -> Result<(), String> {
+    let id = session.id();
+    let (name, old) = {
+        let mut registry = chat.registry();
+        let user = registry.users.get_mut(&id).ok_or("not registered")?;
+        if user.room.as_deref() == Some(room) {
+            return Err(format!("you are already in {room}"));
+        }
+        session.join(room).map_err(|e| e.to_string())?;
+        (user.name.clone(), user.room.replace(room.to_owned()))
+    };
+    if let Some(old) = old {
+        session.leave(&old);
+        let left = Out::Left {
+            room: &old,
+            id: id.get(),
+            name: &name,
+        };
+        chat.to_room(&old, &left);
+    }
+    let joined = Out::Joined {
+        room,
+        id: id.get(),
+        name: &name,
+    };
+    chat.to_room(room, &joined);
+    Ok(())
+}
+
+/// Rooms with their members' names, sorted.
+fn rooms(chat: &Chat) -> BTreeMap<String, Vec<String>> {
+    let registry = chat.registry();
+    let mut rooms: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for user in registry.users.values() {
+        if let Some(room) = &user.room {
+            rooms
+                .entry(room.clone())
+                .or_default()
+                .push(user.name.clone());
+        }
+    }
+    for members in rooms.values_mut() {
+        members.sort();
+    }
+    rooms
+}
+
+/// Sends the tick to everyone every `every`.
+async fn tick(chat: Arc<Chat>, every: Duration) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval.tick().await;
+    loop {
+        interval.tick().await;
+        let time_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let users = chat.registry().users.len();
+        chat.server
+            .broadcast(encode(&Out::Tick { time_ms, users }), None);
+    }
+}
+
+/// Lines typed on stdin, read on a thread of their own (the tokio runtime
+/// has no stdin here). The channel closes at end of input.
+fn stdin_lines() -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel(16);
+    std::thread::spawn(move || {
+        for line in io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The admin console: runs each line until `/stop`.
+async fn console(chat: Arc<Chat>, mut lines: mpsc::Receiver<String>) {
+    while let Some(line) = lines.recv().await {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (command, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let rest = rest.trim();
+        match command {
+            "/sessions" => list_sessions(&chat),
+            "/kick" => match session_arg(&chat, rest) {
+                Ok(session) => {
+                    session.close_with(CloseCode::POLICY_VIOLATION, "kicked");
+                    println!("kicked {}", session.id());
+                }
+                Err(e) => println!("{e}"),
+            },
+            "/broadcast" if !rest.is_empty() => {
+                let event = Out::Broadcast {
+                    from: "admin",
+                    text: rest,
+                };
+                let report = chat.server.broadcast(encode(&event), None);
+                println!("broadcast to {} sessions", report.delivered);
+            }
+            "/rooms" => {
+                let rooms = rooms(&chat);
+                println!("{} rooms", rooms.len());
+                for (room, members) in rooms {
+                    println!("  {room}: {} ({})", members.len(), members.join(", "));
+                }
+            }
+            "/info" => match session_arg(&chat, rest) {
+                Ok(session) => info(&chat, &session),
+                Err(e) => println!("{e}"),
+            },
+            "/stop" => {
+                println!("stopping: closing {} sessions", chat.server.session_count());
+                chat.server.shutdown(STOP_TIMEOUT).await;
+                return;
+            }
+            _ => println!(
+                "commands: /sessions  /kick <id>  /broadcast <msg>  /rooms  /info <id>  /stop"
+            ),
+        }
+    }
+}
+
+/// The session named by a console argument (`3` or `#3`).
+fn session_arg(chat: &Chat, arg: &str) -> Result<Session, String> {
+    let number = arg
+        .strip_prefix('#')
+        .unwrap_or(arg)
+        .parse::<u64>()
+        .map_err(|_| format!("not a session id: {arg:?}"))?;
+    chat.server
+        .session(SessionId::new(number))
+        .ok_or_else(|| format!("no session #{number}"))
+}
+
+fn list_sessions(chat: &Chat) {
+    let sessions = chat.server.sessions();
+    println!("{} sessions", sessions.len());
+    let registry = chat.registry();
+    for session in sessions {
+        let (name, room) = registry
+            .users
+            .get(&session.id())
+            .map_or(("?", None), |user| {
+                (user.name.as_str(), user.room.as_deref())
+            });
+        println!(
+            "  {} {name} room={} from {} up {}s",
+            session.id(),
+            room.unwrap_or("-"),
+            session.remote_addr(),
+            session.uptime().as_secs()
+        );
+    }
+}
+
+fn info(chat: &Chat, session: &Session) {
+    let (name, room) = chat
+        .registry()
+        .users
+        .get(&session.id())
+        .map_or(("?".to_owned(), None), |user| {
+            (user.name.clone(), user.room.clone())
+        });
+    let metrics = session.metrics();
+    println!(
+        "{} {name} room={} from {} up {:.1}s state {:?}",
+        session.id(),
+        room.as_deref().unwrap_or("-"),
+        session.remote_addr(),
+        session.uptime().as_secs_f64(),
+        session.state(),
+    );
+    println!(
+        "  in {} msgs / {} B, out {} msgs / {} B, dropped {}",
+        metrics.messages_received,
+        metrics.bytes_received,
+        metrics.messages_sent,
+        metrics.bytes_sent,
+        metrics.messages_dropped
+    );
+}
+
+/// Serves the chat page to plain HTTP GETs until the process ends.
+async fn serve_page(listener: TcpListener, page: Arc<str>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let page = Arc::clone(&page);
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(HTTP_TIMEOUT, answer(stream, &page)).await;
+                });
+            }
+            Err(e) => {
+                eprintln!("page listener: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Reads one request head and answers it; the connection then closes.
+async fn answer(mut stream: TcpStream, page: &str) -> io::Result<()> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    let mut scanned = 0usize;
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(buf.get(..n).unwrap_or_default());
+        // Only the new bytes (and the 3 before them) can complete "\r\n\r\n".
+        let from = scanned.saturating_sub(3);
+        if head
+            .get(from..)
+            .is_some_and(|tail| tail.windows(4).any(|w| w == b"\r\n\r\n"))
+        {
+            break;
+        }
+        scanned = head.len();
+        if head.len() > MAX_HTTP_HEAD {
+            return respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "",
+                false,
+            )
+            .await;
+        }
+    }
+    let request_line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let request_line = String::from_utf8_lossy(request_line);
+    let mut parts = request_line.split(' ');
+    let method = parts.next().unwrap_or_default();
+    let target = parts.next().unwrap_or_default();
+    let path = target.split('?').next().unwrap_or_default();
+    match (method, path) {
+        ("GET" | "HEAD", "/" | "/index.html") => {
+            respond(&mut stream, "200 OK", page, method == "HEAD").await
+        }
+        ("GET" | "HEAD", _) => {
+            respond(
+                &mut stream,
+                "404 Not Found",
+                "not found\n",
+                method == "HEAD",
+            )
+            .await
+        }
+        _ => respond(&mut stream, "405 Method Not Allowed", "", false).await,
+    }
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    body: &str,
+    head_only: bool,
+) -> io::Result<()> {
+    let content_type = if body.starts_with('<') {
+        "text/html; charset=utf-8"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let mut response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nAllow: GET, HEAD\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if !head_only {
+        response.push_str(body);
+    }
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse() {
+        let parsed: Command =
+            serde_json::from_str(r#"{"type":"whisper","to":"bob","text":"x"}"#).unwrap();
+        assert!(matches!(parsed, Command::Whisper { ref to, .. } if to == "bob"));
+        let parsed: Command = serde_json::from_str(r#"{"type":"leave","extra":1}"#).unwrap();
+        assert!(matches!(parsed, Command::Leave));
+        assert!(serde_json::from_str::<Command>(r#"{"type":"nope"}"#).is_err());
+        assert!(serde_json::from_str::<Command>(r#"{"type":"chat"}"#).is_err());
+    }
+
+    #[test]
+    fn events_serialize() {
+        let text = serde_json::to_string(&Out::Tick {
+            time_ms: 5,
+            users: 2,
+        })
+        .unwrap();
+        assert_eq!(text, r#"{"type":"tick","time_ms":5,"users":2}"#);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert_eq!(valid_name("  ann ", "name").unwrap(), "ann");
+        assert!(valid_name("", "name").is_err());
+        assert!(valid_name("a\nb", "name").is_err());
+        assert!(valid_name(&"x".repeat(33), "name").is_err());
+        assert!(valid_name(&"é".repeat(32), "name").is_ok());
+        assert!(is_guest_name("guest-12"));
+        assert!(!is_guest_name("guest-"));
+        assert!(!is_guest_name("guest-x1"));
+    }
+
+    #[test]
+    fn default_page_port() {
+        let ws: SocketAddr = "127.0.0.1:9002".parse().unwrap();
+        assert_eq!(
+            default_http_addr("127.0.0.1:9002", ws).unwrap().port(),
+            9003
+        );
+        let ws: SocketAddr = "127.0.0.1:41234".parse().unwrap();
+        assert_eq!(default_http_addr("127.0.0.1:0", ws).unwrap().port(), 0);
+        let ws: SocketAddr = "127.0.0.1:65535".parse().unwrap();
+        assert!(default_http_addr("127.0.0.1:65535", ws).is_err());
+    }
+}

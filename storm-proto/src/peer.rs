@@ -179,3 +179,105 @@ impl Peer {
         self.hub.groups_of(self.id())
     }
 }
+
+/// A server's connected sessions, by id, with the hub they live in: the
+/// part of every adapter's server handle that is not I/O. `S` is the
+/// adapter's `Session` type (which dereferences to [`Peer`]).
+#[derive(Debug)]
+pub struct Registry<S> {
+    hub: Hub,
+    sessions: std::sync::Mutex<std::collections::HashMap<SessionId, S>>,
+}
+
+impl<S: Clone + std::ops::Deref<Target = Peer>> Registry<S> {
+    /// An empty registry over `hub`.
+    #[must_use]
+    pub fn new(hub: Hub) -> Self {
+        Self {
+            hub,
+            sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<SessionId, S>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds a session once its connection is established.
+    pub fn insert(&self, session: S) {
+        let id = session.id();
+        self.map().insert(id, session);
+    }
+
+    /// Removes a session when its connection ended, and disconnects it from
+    /// the hub (leaving its groups, releasing its connection permit).
+    pub fn remove(&self, id: SessionId) {
+        self.map().remove(&id);
+        self.hub.disconnect(id);
+    }
+
+    /// The connected sessions, by id.
+    #[must_use]
+    pub fn sessions(&self) -> Vec<S> {
+        let mut sessions: Vec<S> = self.map().values().cloned().collect();
+        sessions.sort_by_key(|s| s.id());
+        sessions
+    }
+
+    /// One session by id.
+    #[must_use]
+    pub fn session(&self, id: SessionId) -> Option<S> {
+        self.map().get(&id).cloned()
+    }
+
+    /// How many sessions are connected.
+    #[must_use]
+    pub fn session_count(&self) -> usize {
+        self.hub.session_count()
+    }
+
+    /// The hub underneath: groups, metrics, broadcast.
+    #[must_use]
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Sends `message` to every session but `exclude`, without waiting on
+    /// any (each session's slow-consumer policy decides for it).
+    pub fn broadcast(
+        &self,
+        message: impl Into<Message>,
+        exclude: Option<SessionId>,
+    ) -> crate::hub::BroadcastReport {
+        self.hub.broadcast(&message.into(), exclude)
+    }
+
+    /// Sends `message` to the members of `group` but `exclude`.
+    pub fn broadcast_group(
+        &self,
+        group: &str,
+        message: impl Into<Message>,
+        exclude: Option<SessionId>,
+    ) -> crate::hub::BroadcastReport {
+        self.hub.broadcast_group(group, &message.into(), exclude)
+    }
+
+    /// Members of a group.
+    #[must_use]
+    pub fn member_count(&self, group: &str) -> usize {
+        self.hub.member_count(group)
+    }
+
+    /// Names of the groups with members.
+    #[must_use]
+    pub fn group_names(&self) -> Vec<String> {
+        self.hub.group_names()
+    }
+
+    /// Closes every session gracefully.
+    pub fn close_all(&self) {
+        self.hub.close_all(crate::hub::CloseKind::Graceful);
+    }
+}

@@ -1,6 +1,5 @@
 //! TCP and WebSocket servers.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -12,10 +11,10 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use socket2::{Domain, Socket, Type};
 
-use storm_proto::Message;
-use storm_proto::hub::{BroadcastReport, CloseKind, ConnectionPermit, Hub, HubConfig, SessionId};
+use storm_proto::hub::{CloseKind, ConnectionPermit, Hub, HubConfig};
 use storm_proto::link::{Link, Protocol};
 use storm_proto::options::{Framing, ServerOptions, WsOptions};
+use storm_proto::peer::Registry;
 use storm_proto::ws::handshake::{ServerConfig, ServerHandshake, ServerStep};
 use storm_proto::ws::{Connection, Side};
 
@@ -42,11 +41,10 @@ enum Serving {
 
 /// State every connection thread and every [`ServerHandle`] shares.
 struct Shared {
-    hub: Hub,
+    registry: Registry<Session>,
     options: ServerOptions,
     kind: Kind,
     local_addr: SocketAddr,
-    sessions: Mutex<HashMap<SessionId, Session>>,
     stop: AtomicBool,
     serving: Mutex<Serving>,
     serving_changed: Condvar,
@@ -57,6 +55,15 @@ struct Shared {
 #[derive(Clone)]
 pub struct ServerHandle {
     shared: Arc<Shared>,
+}
+
+/// Sessions, groups and broadcast: everything but `local_addr` and
+/// `shutdown` comes from the core's [`Registry`].
+impl std::ops::Deref for ServerHandle {
+    type Target = Registry<Session>;
+    fn deref(&self) -> &Registry<Session> {
+        &self.shared.registry
+    }
 }
 
 impl fmt::Debug for ServerHandle {
@@ -200,11 +207,10 @@ fn bind(options: ServerOptions, kind: Kind) -> io::Result<(TcpListener, ServerHa
     hub_config.backpressure = options.backpressure;
     let hub = Hub::new(hub_config, Instant::now()).map_err(invalid)?;
     let shared = Shared {
-        hub,
+        registry: Registry::new(hub),
         local_addr: listener.local_addr()?,
         options,
         kind,
-        sessions: Mutex::new(HashMap::new()),
         stop: AtomicBool::new(false),
         serving: Mutex::new(Serving::NotStarted),
         serving_changed: Condvar::new(),
@@ -241,7 +247,7 @@ fn serve<H: Handler>(listener: TcpListener, handle: ServerHandle, handler: H) ->
             break;
         }
         // Over the limit: closed at accept, before any handshake.
-        let Ok(permit) = shared.hub.try_admit() else {
+        let Ok(permit) = shared.registry.hub().try_admit() else {
             drop(stream);
             continue;
         };
@@ -306,14 +312,15 @@ impl ServerHandle {
             }
         };
         let hub_session = shared
-            .hub
+            .registry
+            .hub()
             .register(permit, Instant::now())
             .map_err(invalid)?;
         let link = Link::new(hub_session, protocol, options.link.clone(), Instant::now())
             .map_err(invalid)?;
-        let session = Session::new(Arc::new(link), shared.hub.clone(), remote);
+        let session = Session::new(Arc::new(link), shared.registry.hub().clone(), remote);
         let id = session.id();
-        lock(&shared.sessions).insert(id, session.clone());
+        shared.registry.insert(session.clone());
         if shared.stop.load(Ordering::Acquire) {
             // Registered after the shutdown's close_all: close it too.
             session.close();
@@ -326,8 +333,7 @@ impl ServerHandle {
             options.write_batch,
             options.link.close_timeout,
         );
-        lock(&shared.sessions).remove(&id);
-        shared.hub.disconnect(id);
+        shared.registry.remove(id);
         Ok(())
     }
 
@@ -335,71 +341,6 @@ impl ServerHandle {
     #[must_use]
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr
-    }
-
-    /// The connected sessions, by id.
-    #[must_use]
-    pub fn sessions(&self) -> Vec<Session> {
-        let mut sessions: Vec<Session> = lock(&self.shared.sessions).values().cloned().collect();
-        sessions.sort_by_key(|s| s.id());
-        sessions
-    }
-
-    /// One session by id.
-    #[must_use]
-    pub fn session(&self, id: SessionId) -> Option<Session> {
-        lock(&self.shared.sessions).get(&id).cloned()
-    }
-
-    /// How many sessions are connected.
-    #[must_use]
-    pub fn session_count(&self) -> usize {
-        self.shared.hub.session_count()
-    }
-
-    /// The hub underneath: groups, metrics, broadcast.
-    #[must_use]
-    pub fn hub(&self) -> &Hub {
-        &self.shared.hub
-    }
-
-    /// Sends `message` to every session but `exclude`, without waiting on
-    /// any (each session's slow-consumer policy decides for it).
-    pub fn broadcast(
-        &self,
-        message: impl Into<Message>,
-        exclude: Option<SessionId>,
-    ) -> BroadcastReport {
-        self.shared.hub.broadcast(&message.into(), exclude)
-    }
-
-    /// Sends `message` to the members of `group` but `exclude`.
-    pub fn broadcast_group(
-        &self,
-        group: &str,
-        message: impl Into<Message>,
-        exclude: Option<SessionId>,
-    ) -> BroadcastReport {
-        self.shared
-            .hub
-            .broadcast_group(group, &message.into(), exclude)
-    }
-
-    /// Members of a group.
-    #[must_use]
-    pub fn member_count(&self, group: &str) -> usize {
-        self.shared.hub.member_count(group)
-    }
-
-    /// Names of the groups with members.
-    #[must_use]
-    pub fn group_names(&self) -> Vec<String> {
-        self.shared.hub.group_names()
-    }
-
-    /// Closes every session gracefully.
-    pub fn close_all(&self) {
-        self.shared.hub.close_all(CloseKind::Graceful);
     }
 
     /// Stops accepting, closes every session gracefully, aborts the ones
@@ -413,13 +354,13 @@ impl ServerHandle {
         // `accept` blocks: one connection of our own wakes it up to see
         // the flag. It fails harmlessly if the listener is gone.
         let _ = TcpStream::connect_timeout(&wake_addr(shared.local_addr), Duration::from_secs(1));
-        shared.hub.close_all(CloseKind::Graceful);
+        shared.registry.hub().close_all(CloseKind::Graceful);
         let deadline = Instant::now() + timeout;
         let mut serving = lock(&shared.serving);
         while *serving == Serving::Running {
             let now = Instant::now();
             if now >= deadline {
-                shared.hub.close_all(CloseKind::Abort);
+                shared.registry.hub().close_all(CloseKind::Abort);
                 while *serving == Serving::Running {
                     serving = shared
                         .serving_changed

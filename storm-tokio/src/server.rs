@@ -1,10 +1,9 @@
 //! TCP and WebSocket servers.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -14,10 +13,10 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use storm_proto::Message;
-use storm_proto::hub::{BroadcastReport, CloseKind, Hub, HubConfig, SessionId};
+use storm_proto::hub::{CloseKind, Hub, HubConfig};
 use storm_proto::link::{Link, Protocol};
 use storm_proto::options::{Framing, ServerOptions, WsOptions};
+use storm_proto::peer::Registry;
 use storm_proto::ws::handshake::{ServerConfig, ServerHandshake, ServerStep};
 use storm_proto::ws::{Connection, Side};
 
@@ -36,13 +35,12 @@ enum Kind {
 
 /// State every connection task and every [`ServerHandle`] shares.
 struct Shared {
-    hub: Hub,
+    registry: Registry<Session>,
     options: ServerOptions,
     kind: Kind,
     /// Built once at bind from `options.tls`.
     tls: Option<TlsAcceptor>,
     local_addr: SocketAddr,
-    sessions: Mutex<HashMap<SessionId, Session>>,
     stop: watch::Sender<bool>,
     done: watch::Sender<bool>,
 }
@@ -52,6 +50,15 @@ struct Shared {
 #[derive(Clone)]
 pub struct ServerHandle {
     shared: Arc<Shared>,
+}
+
+/// Sessions, groups and broadcast: everything but `local_addr` and
+/// `shutdown` comes from the core's [`Registry`].
+impl std::ops::Deref for ServerHandle {
+    type Target = Registry<Session>;
+    fn deref(&self) -> &Registry<Session> {
+        &self.shared.registry
+    }
 }
 
 impl fmt::Debug for ServerHandle {
@@ -182,12 +189,11 @@ async fn bind(options: ServerOptions, kind: Kind) -> io::Result<(TcpListener, Se
     hub_config.backpressure = options.backpressure;
     let hub = Hub::new(hub_config, Instant::now()).map_err(invalid)?;
     let shared = Shared {
-        hub,
+        registry: Registry::new(hub),
         local_addr: listener.local_addr()?,
         options,
         kind,
         tls,
-        sessions: Mutex::new(HashMap::new()),
         stop: watch::channel(false).0,
         done: watch::channel(false).0,
     };
@@ -221,7 +227,7 @@ async fn serve<H: Handler>(
                     }
                 };
                 // Over the limit: closed at accept, before any handshake.
-                let Ok(permit) = shared.hub.try_admit() else {
+                let Ok(permit) = shared.registry.hub().try_admit() else {
                     drop(stream);
                     continue;
                 };
@@ -337,14 +343,15 @@ impl ServerHandle {
         let shared = &self.shared;
         let options = &shared.options;
         let hub_session = shared
-            .hub
+            .registry
+            .hub()
             .register(permit, Instant::now())
             .map_err(invalid)?;
         let link = Link::new(hub_session, protocol, options.link.clone(), Instant::now())
             .map_err(invalid)?;
-        let session = Session::new(Arc::new(link), shared.hub.clone(), remote);
+        let session = Session::new(Arc::new(link), shared.registry.hub().clone(), remote);
         let id = session.id();
-        lock(&shared.sessions).insert(id, session.clone());
+        shared.registry.insert(session.clone());
         drive(
             stream,
             session,
@@ -354,8 +361,7 @@ impl ServerHandle {
             options.link.close_timeout,
         )
         .await;
-        lock(&shared.sessions).remove(&id);
-        shared.hub.disconnect(id);
+        shared.registry.remove(id);
         Ok(())
     }
 
@@ -365,91 +371,22 @@ impl ServerHandle {
         self.shared.local_addr
     }
 
-    /// The connected sessions.
-    #[must_use]
-    pub fn sessions(&self) -> Vec<Session> {
-        let mut sessions: Vec<Session> = lock(&self.shared.sessions).values().cloned().collect();
-        sessions.sort_by_key(|s| s.id());
-        sessions
-    }
-
-    /// One session by id.
-    #[must_use]
-    pub fn session(&self, id: SessionId) -> Option<Session> {
-        lock(&self.shared.sessions).get(&id).cloned()
-    }
-
-    /// How many sessions are connected.
-    #[must_use]
-    pub fn session_count(&self) -> usize {
-        self.shared.hub.session_count()
-    }
-
-    /// The hub underneath: groups, metrics, broadcast.
-    #[must_use]
-    pub fn hub(&self) -> &Hub {
-        &self.shared.hub
-    }
-
-    /// Sends `message` to every session but `exclude`, without waiting on
-    /// any (each session's slow-consumer policy decides for it).
-    pub fn broadcast(
-        &self,
-        message: impl Into<Message>,
-        exclude: Option<SessionId>,
-    ) -> BroadcastReport {
-        self.shared.hub.broadcast(&message.into(), exclude)
-    }
-
-    /// Sends `message` to the members of `group` but `exclude`.
-    pub fn broadcast_group(
-        &self,
-        group: &str,
-        message: impl Into<Message>,
-        exclude: Option<SessionId>,
-    ) -> BroadcastReport {
-        self.shared
-            .hub
-            .broadcast_group(group, &message.into(), exclude)
-    }
-
-    /// Members of a group.
-    #[must_use]
-    pub fn member_count(&self, group: &str) -> usize {
-        self.shared.hub.member_count(group)
-    }
-
-    /// Names of the groups with members.
-    #[must_use]
-    pub fn group_names(&self) -> Vec<String> {
-        self.shared.hub.group_names()
-    }
-
-    /// Closes every session gracefully.
-    pub fn close_all(&self) {
-        self.shared.hub.close_all(CloseKind::Graceful);
-    }
-
     /// Stops accepting, closes every session gracefully, aborts the ones
     /// still open after `timeout`, and returns once every connection task
     /// has ended (and [`serve`](WsServer::serve) has returned).
     pub async fn shutdown(&self, timeout: Duration) {
         let shared = &self.shared;
         shared.stop.send_replace(true);
-        shared.hub.close_all(CloseKind::Graceful);
+        shared.registry.hub().close_all(CloseKind::Graceful);
         let mut done = shared.done.subscribe();
         if tokio::time::timeout(timeout, done.wait_for(|done| *done))
             .await
             .is_err()
         {
-            shared.hub.close_all(CloseKind::Abort);
+            shared.registry.hub().close_all(CloseKind::Abort);
             let _ = done.wait_for(|done| *done).await;
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn socket_keepalive(stream: &TcpStream) -> io::Result<()> {

@@ -129,7 +129,7 @@ async fn groups_broadcast_with_exclude() {
     for _ in 0..3 {
         clients.push(ws_client(&handle, ClientOptions::default(), WsOptions::default()).await);
     }
-    wait_until(|| handle.session_count() == 3).await;
+    wait_until(|| handle.sessions().len() == 3).await;
     let sessions = handle.sessions();
     for session in &sessions[..2] {
         assert!(session.join("room").unwrap());
@@ -140,25 +140,20 @@ async fn groups_broadcast_with_exclude() {
     assert_eq!(report.delivered, 1);
     let report = handle.broadcast("to all", None);
     assert_eq!(report.delivered, 3);
-    // Client order matches session order (ids are assigned in accept order).
-    let mut received = Vec::new();
+    // Which client owns which session is not known (accept tasks race), so
+    // check by counts: everyone gets "to all", and exactly one client — the
+    // room member that was not excluded — gets "to the room" first.
+    let mut room_receivers = 0;
     for (_, rx) in &mut clients {
-        let mut mine = Vec::new();
-        while mine.len() < 2 {
-            let message = next_message(rx).await;
-            mine.push(message.clone());
-            if message == Message::from("to all") && !mine.contains(&Message::from("to the room")) {
-                break;
-            }
+        let first = next_message(rx).await;
+        if first == Message::from("to the room") {
+            room_receivers += 1;
+            assert_eq!(next_message(rx).await, Message::from("to all"));
+        } else {
+            assert_eq!(first, Message::from("to all"));
         }
-        received.push(mine);
     }
-    assert_eq!(received[0], [Message::from("to all")]);
-    assert_eq!(
-        received[1],
-        [Message::from("to the room"), Message::from("to all")]
-    );
-    assert_eq!(received[2], [Message::from("to all")]);
+    assert_eq!(room_receivers, 1);
     assert!(sessions[1].leave("room"));
     assert_eq!(sessions[1].groups(), Vec::<String>::new());
     drop(server_rx.try_recv());
@@ -275,6 +270,8 @@ async fn close_is_graceful_and_abort_is_not() {
         next_disconnect(&mut server_rx).await,
         CloseReason::Remote(_)
     ));
+    // The first session leaves the registry after its handler ran.
+    wait_until(|| handle.session_count() == 0).await;
 
     let (_client, mut rx) =
         ws_client(&handle, ClientOptions::default(), WsOptions::default()).await;

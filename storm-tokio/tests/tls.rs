@@ -16,7 +16,7 @@ use tokio::time::timeout;
 
 mod common;
 
-use common::{Seen, WAIT, next, next_disconnect, next_message, recorder};
+use common::{Seen, WAIT, echo_and_close, next, next_disconnect, next_message, recorder};
 use storm_proto::Message;
 use storm_proto::link::CloseReason;
 use storm_proto::options::{
@@ -135,20 +135,16 @@ async fn websocket_echo_over_wss_trusting_the_ca() {
         let (client, mut rx) = wss_connect(&url, Some(pki.client())).await;
         let client = client.expect("wss connect");
         assert_eq!(next(&mut rx).await, Seen::Connect);
-        for message in [
-            Message::from("héllo over TLS"),
-            Message::from(vec![1, 2, 3]),
-            Message::from(vec![9u8; 1 << 20]),
-        ] {
-            client.send(message.clone()).await.unwrap();
-            assert_eq!(next_message(&mut rx).await, message);
-        }
-        client.close();
-        assert!(matches!(
-            next_disconnect(&mut rx).await,
-            CloseReason::Remote(_)
-        ));
-        timeout(WAIT, client.closed()).await.unwrap();
+        echo_and_close(
+            &client,
+            &mut rx,
+            [
+                Message::from("héllo over TLS"),
+                Message::from(vec![1, 2, 3]),
+                Message::from(vec![9u8; 1 << 20]),
+            ],
+        )
+        .await;
     }
     handle.shutdown(WAIT).await;
 }

@@ -12,7 +12,7 @@ use tokio::time::timeout;
 
 mod common;
 
-use common::{Seen, WAIT, next, next_disconnect, next_message, recorder};
+use common::{Seen, WAIT, echo_and_close, next, next_disconnect, next_message, recorder};
 use storm_proto::Message;
 use storm_proto::backpressure::SlowConsumerPolicy;
 use storm_proto::heartbeat::HeartbeatConfig;
@@ -68,21 +68,17 @@ async fn websocket_echo_text_binary_and_deflate() {
         let (client, mut rx) = ws_client(&handle, ClientOptions::default(), ws).await;
         assert_eq!(next(&mut rx).await, Seen::Connect);
         let big = vec![7u8; 1 << 20];
-        for message in [
-            Message::from("héllo"),
-            Message::from(vec![1, 2, 3]),
-            Message::from(big),
-            Message::from(""),
-        ] {
-            client.send(message.clone()).await.unwrap();
-            assert_eq!(next_message(&mut rx).await, message);
-        }
-        client.close();
-        assert!(matches!(
-            next_disconnect(&mut rx).await,
-            CloseReason::Remote(_)
-        ));
-        timeout(WAIT, client.closed()).await.unwrap();
+        echo_and_close(
+            &client,
+            &mut rx,
+            [
+                Message::from("héllo"),
+                Message::from(vec![1, 2, 3]),
+                Message::from(big),
+                Message::from(""),
+            ],
+        )
+        .await;
         handle.shutdown(WAIT).await;
     }
 }

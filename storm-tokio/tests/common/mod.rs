@@ -10,7 +10,7 @@ use tokio::time::timeout;
 
 use storm_proto::Message;
 use storm_proto::link::CloseReason;
-use storm_tokio::{Handler, Session};
+use storm_tokio::{Client, Handler, Session};
 
 /// The most any test waits for one event.
 pub(crate) const WAIT: Duration = Duration::from_secs(10);
@@ -84,4 +84,20 @@ pub(crate) async fn next_disconnect(rx: &mut mpsc::UnboundedReceiver<Seen>) -> C
             return reason;
         }
     }
+}
+
+/// Sends each message through `client` (to an echo server), checks that it
+/// comes back unchanged, then closes and checks the close handshake.
+pub(crate) async fn echo_and_close(
+    client: &Client,
+    rx: &mut mpsc::UnboundedReceiver<Seen>,
+    messages: impl IntoIterator<Item = Message>,
+) {
+    for message in messages {
+        client.send(message.clone()).await.unwrap();
+        assert_eq!(next_message(rx).await, message);
+    }
+    client.close();
+    assert!(matches!(next_disconnect(rx).await, CloseReason::Remote(_)));
+    timeout(WAIT, client.closed()).await.unwrap();
 }

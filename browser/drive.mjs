@@ -15,7 +15,7 @@
 //
 // usage: node drive.mjs CHROMIUM PAGE_FILE SERVER_PORT PROFILE_DIR [TIMEOUT_SECONDS] [VERBOSE]
 
-import { spawn } from "node:child_process";
+import { launchChromium } from "./cdp.mjs";
 import net from "node:net";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
@@ -65,73 +65,18 @@ function checkWire(pageLines) {
     return false;
 }
 
-const browser = spawn(chromium, [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--disable-dev-shm-usage",
-    "--no-first-run",
-    "--no-default-browser-check",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-extensions",
-    "--disable-default-apps",
-    "--mute-audio",
-    "--remote-debugging-pipe",
-    `--user-data-dir=${profileDir}`,
-    "about:blank",
-], { stdio: ["ignore", "pipe", "pipe", "pipe", "pipe"] });
-
-let browserLog = "";
-browser.stdout.on("data", (d) => { browserLog += d; });
-browser.stderr.on("data", (d) => { browserLog += d; });
-const toBrowser = browser.stdio[3];
-const fromBrowser = browser.stdio[4];
-
-let nextId = 1;
-const pending = new Map();
-const listeners = [];
-let inbuf = Buffer.alloc(0);
-
-fromBrowser.on("data", (chunk) => {
-    inbuf = Buffer.concat([inbuf, chunk]);
-    let nul;
-    while ((nul = inbuf.indexOf(0)) >= 0) {
-        const msg = JSON.parse(inbuf.subarray(0, nul).toString("utf8"));
-        inbuf = inbuf.subarray(nul + 1);
-        if (msg.id !== undefined && pending.has(msg.id)) {
-            const { resolve, reject, method } = pending.get(msg.id);
-            pending.delete(msg.id);
-            if (msg.error) reject(new Error(`${method}: ${JSON.stringify(msg.error)}`));
-            else resolve(msg.result);
-        } else if (msg.method) {
-            for (const l of listeners) l(msg);
-        }
-    }
-});
-
-function send(method, params = {}, sessionId) {
-    const id = nextId++;
-    const msg = { id, method, params };
-    if (sessionId) msg.sessionId = sessionId;
-    return new Promise((resolve, reject) => {
-        pending.set(id, { resolve, reject, method });
-        toBrowser.write(JSON.stringify(msg) + "\0");
-    });
-}
+const { browser, send, listeners, log: browserLog, close: closeBrowser } = launchChromium(chromium, profileDir);
 
 let finished = false;
 function finish(code, message) {
     if (finished) return;
     finished = true;
     if (message) console.log(message);
-    if (code !== 0 && browserLog.trim()) {
+    if (code !== 0 && browserLog().trim()) {
         console.log("--- chromium output (last 2000 chars) ---");
-        console.log(browserLog.slice(-2000).trimEnd());
+        console.log(browserLog().slice(-2000).trimEnd());
     }
-    try { toBrowser.write(JSON.stringify({ id: nextId++, method: "Browser.close", params: {} }) + "\0"); } catch {}
+    closeBrowser();
     const killer = setTimeout(() => browser.kill("SIGKILL"), 3000);
     relay.close();
     browser.once("exit", () => { clearTimeout(killer); process.exit(code); });

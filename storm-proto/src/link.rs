@@ -368,7 +368,14 @@ impl Link {
                     None if state.closed => (None, state.finish),
                     None => {
                         let before = has_output(&state.protocol, &state.output);
-                        if self.session.has_queued() || self.session.close_request().is_some() {
+                        // Only a WebSocket reader makes output of its own
+                        // (pongs, close replies) that must not overtake
+                        // the replies already queued; a framed link leaves
+                        // the outbox to the writer, so the outbox's limit
+                        // holds against a peer that sends but never reads.
+                        let ordered = matches!(state.protocol, Protocol::WebSocket(_))
+                            && self.session.has_queued();
+                        if ordered || self.session.close_request().is_some() {
                             self.pump(state, now, usize::MAX);
                         }
                         let event = match state.events.pop_front() {
@@ -484,7 +491,7 @@ impl Link {
     /// (framing them), and starts a requested close.
     fn pump(&self, state: &mut State, now: Instant, max_bytes: usize) {
         let mut batch = std::mem::take(&mut state.batch);
-        let drained = self.session.drain_into(&mut batch, max_bytes);
+        let drained = self.session.drain_written(&mut batch, max_bytes);
         if drained.messages == 0 && drained.close.is_none() {
             state.batch = batch;
             return;
@@ -516,7 +523,6 @@ impl Link {
             }
         }
         state.batch = batch;
-        self.session.on_written(drained.bytes);
         if drained.close == Some(CloseKind::Graceful) {
             match &mut state.protocol {
                 Protocol::Framed(_) => {
@@ -694,6 +700,41 @@ mod tests {
         let mut out = Vec::new();
         let t = link.poll_transmit(now, &mut out, 1 << 20);
         (out.concat(), t.close)
+    }
+
+    #[test]
+    fn a_framed_peer_that_sends_but_never_reads_meets_the_send_limit() {
+        use crate::backpressure::{BackpressureConfig, SlowConsumerPolicy};
+        let now = Instant::now();
+        let config = HubConfig {
+            backpressure: BackpressureConfig {
+                max_pending_send_bytes: 1000,
+                slow_consumer_policy: SlowConsumerPolicy::Drop,
+                ..BackpressureConfig::default()
+            },
+            ..HubConfig::default()
+        };
+        let hub = Hub::new(config, now).unwrap();
+        let session = hub.register(hub.try_admit().unwrap(), now).unwrap();
+        let protocol = Protocol::Framed(Box::new(LengthPrefixFramer::default()));
+        let link = Link::new(session, protocol, LinkConfig::default(), now).unwrap();
+        // 100 requests arrive; the application answers each with 100 bytes;
+        // the writer is stuck (poll_transmit is never called).
+        let mut input = Vec::new();
+        for _ in 0..100 {
+            input.extend_from_slice(b"\0\0\0\x01q");
+        }
+        link.handle_input(now, &input);
+        let (mut queued, mut dropped) = (0, 0);
+        while let Some(event) = link.poll_event(now) {
+            assert!(matches!(event, LinkEvent::Message(_)));
+            match link.send(Message::from(vec![0u8; 100])) {
+                SendOutcome::Queued => queued += 1,
+                SendOutcome::Dropped(_) => dropped += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!((queued, dropped), (10, 90));
     }
 
     #[test]

@@ -12,7 +12,9 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadHalf, WriteHalf,
+};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
@@ -57,22 +59,34 @@ impl Transport for TcpStream {
 
 impl Reader for OwnedReadHalf {
     async fn read_into(&mut self, link: &Link) -> io::Result<usize> {
+        let stream: &TcpStream = self.as_ref();
         loop {
             // Wait for readiness without a buffer, then read into the
             // worker's shared one and hand the bytes over at once.
-            self.readable().await?;
-            let read = READ_BUFFER.with_borrow_mut(|buf| match self.try_read(buf) {
-                Ok(n) => {
+            stream.readable().await?;
+            let mut read = None;
+            let outcome = READ_BUFFER.with_borrow_mut(|buf| {
+                stream.try_io(Interest::READABLE, || {
+                    let n = stream.try_read(buf)?;
                     if n > 0 {
                         link.handle_input(Instant::now(), &buf[..n]);
                     }
-                    Ok(Some(n))
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-                Err(e) => Err(e),
-            })?;
-            if let Some(n) = read {
-                return Ok(n);
+                    read = Some(n);
+                    if n > 0 && n < buf.len() {
+                        // A short read emptied the socket: clear the
+                        // readiness now instead of paying for a read that
+                        // would only say WouldBlock (data arriving since
+                        // raises a new readiness event, so none is lost).
+                        Err(io::ErrorKind::WouldBlock.into())
+                    } else {
+                        Ok(())
+                    }
+                })
+            });
+            match (read, outcome) {
+                (Some(n), _) => return Ok(n),
+                (None, Err(e)) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+                (None, _) => {}
             }
         }
     }
@@ -195,7 +209,9 @@ async fn sleep_opt(deadline: Option<Instant>) {
 /// Hands the link's events to the handler, in order. `false` once the
 /// connection closed.
 async fn dispatch<H: Handler>(session: &Session, handler: &H, disconnected: &AtomicBool) -> bool {
-    while let Some(event) = session.link().poll_event(Instant::now()) {
+    // One clock read per batch: the events were read at about this time.
+    let now = Instant::now();
+    while let Some(event) = session.link().poll_event(now) {
         match event {
             LinkEvent::Message(message) => handler.on_message(session, message).await,
             LinkEvent::Closed(reason) => {

@@ -528,19 +528,41 @@ impl Session {
     pub fn on_written(&self, bytes: usize) {
         let wake = {
             let mut outbox = lock(&self.outbox);
-            let in_flight = outbox.budget.pending().saturating_sub(outbox.queued_bytes);
-            let bytes = bytes.min(in_flight);
-            self.bytes_sent.fetch_add(as_u64(bytes), Ordering::Relaxed);
-            self.totals
-                .bytes_sent
-                .fetch_add(as_u64(bytes), Ordering::Relaxed);
-            if outbox.budget.on_flushed(bytes) == FlowChange::Resumed {
-                std::mem::take(&mut outbox.writable)
-            } else {
-                Vec::new()
-            }
+            self.written_locked(&mut outbox, bytes)
         };
         wake_all(wake);
+    }
+
+    /// [`drain_into`](Self::drain_into) and [`on_written`](Self::on_written)
+    /// for what it drained, under one lock: for a writer that counts a
+    /// message as written once it is framed into its protocol's own
+    /// bounded output (as [`Link`](crate::link::Link) does).
+    pub fn drain_written(&self, out: &mut Vec<Message>, max_bytes: usize) -> Drained {
+        let mut wake = Vec::new();
+        let drained = {
+            let mut outbox = lock(&self.outbox);
+            let drained = self.drain_locked(&mut outbox, out, max_bytes, &mut wake);
+            if drained.bytes > 0 {
+                wake.append(&mut self.written_locked(&mut outbox, drained.bytes));
+            }
+            drained
+        };
+        wake_all(wake);
+        drained
+    }
+
+    fn written_locked(&self, outbox: &mut Outbox, bytes: usize) -> Vec<Waker> {
+        let in_flight = outbox.budget.pending().saturating_sub(outbox.queued_bytes);
+        let bytes = bytes.min(in_flight);
+        self.bytes_sent.fetch_add(as_u64(bytes), Ordering::Relaxed);
+        self.totals
+            .bytes_sent
+            .fetch_add(as_u64(bytes), Ordering::Relaxed);
+        if outbox.budget.on_flushed(bytes) == FlowChange::Resumed {
+            std::mem::take(&mut outbox.writable)
+        } else {
+            Vec::new()
+        }
     }
 
     /// Asks the writer to close: sends are refused from now on, the writer

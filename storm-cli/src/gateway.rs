@@ -492,8 +492,10 @@ impl Backend {
         });
     }
 
-    /// Forwards one client message; `Err` when the backend cannot take it.
-    async fn forward(&self, client_id: u64, payload: &[u8], text: bool) -> Result<(), ()> {
+    /// Forwards one client message; `false` when the backend cannot take
+    /// it (down, or its connection closing).
+    #[must_use]
+    async fn forward(&self, client_id: u64, payload: &[u8], text: bool) -> bool {
         let client = {
             let mut state = lock(&self.state);
             match (&state.client, state.up) {
@@ -502,13 +504,13 @@ impl Backend {
                     state.users.insert(client_id);
                     client
                 }
-                _ => return Err(()),
+                _ => return false,
             }
         };
         let mut buf = BytesMut::new();
         wire::encode(client_id, payload, &mut buf);
         let text = text && self.endpoint.protocol == Protocol::Ws;
-        client.send(message(buf.freeze(), text)).await.map_err(drop)
+        client.send(message(buf.freeze(), text)).await.is_ok()
     }
 }
 
@@ -741,7 +743,7 @@ impl Handler for ClientHandler {
             }
             Step::Forward { route, payload } => {
                 let delivered = match self.shared.backends.get(&route) {
-                    Some(backend) => backend.forward(id, &payload, text).await.is_ok(),
+                    Some(backend) => backend.forward(id, &payload, text).await,
                     None => false,
                 };
                 if !delivered {

@@ -115,10 +115,14 @@ fn routes_ini(orders: SocketAddr, prices: SocketAddr) -> String {
 
 /// Starts a gateway in-process with fast, fixed reconnects.
 async fn gateway(ini: &str) -> GatewayHandle {
+    gateway_with(ini, GatewayOptions::default()).await
+}
+
+async fn gateway_with(ini: &str, options: GatewayOptions) -> GatewayHandle {
     let config = GatewayConfig::parse(ini).expect("config parses");
     let options = GatewayOptions {
         reconnect: BackoffConfig::fixed(Duration::from_millis(20)),
-        ..GatewayOptions::default()
+        ..options
     };
     let gateway = Gateway::bind(config, options).await.expect("gateway binds");
     let handle = gateway.handle();
@@ -230,6 +234,19 @@ impl TestClient {
         let (from, payload) = self.reply().await;
         assert_eq!(from, route, "{payload:?}");
         payload
+    }
+
+    /// Waits for the gateway to close the connection with `code`.
+    async fn expect_close(&mut self, code: u16) {
+        loop {
+            if let Seen::Closed(reason) = self.next().await {
+                let CloseReason::Remote(frame) = reason else {
+                    panic!("closed by the gateway expected: {reason:?}");
+                };
+                assert_eq!(u16::from(frame.code), code);
+                return;
+            }
+        }
     }
 
     /// The next message, which must be an `SMError`.
@@ -348,6 +365,31 @@ async fn a_stopped_backend_gives_errors_and_a_restarted_one_routes_again() {
 }
 
 #[tokio::test]
+async fn a_backend_down_at_start_is_connected_once_it_listens() {
+    // A port nothing listens on (free a moment ago).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let free: SocketAddr = ([127, 0, 0, 1], port).into();
+    let prices = tcp_backend("prices").await;
+    let gateway = gateway(&routes_ini(free, prices.addr)).await;
+    let mut client = TestClient::connect(gateway.local_addr()).await;
+    client.handshake(&["orders"]).await;
+    assert!(!gateway.backends()[0].connected);
+    client.send_to("orders", "early").await;
+    let error = client.error().await;
+    assert_eq!(error.error, backend::BACKEND_UNAVAILABLE);
+
+    let orders = ws_backend(&free.to_string(), "orders").await;
+    assert_eq!(orders.addr, free);
+    wait_backend(&gateway, "orders", true).await;
+    client.send_to("orders", "late").await;
+    assert_eq!(client.reply_from("orders").await, "orders:late");
+    gateway.shutdown(WAIT).await;
+}
+
+#[tokio::test]
 async fn a_backend_push_reaches_every_client_that_announced_the_route() {
     let orders = ws_backend("127.0.0.1:0", "orders").await;
     let prices = tcp_backend("prices").await;
@@ -386,15 +428,23 @@ async fn a_broken_handshake_gets_an_error_and_a_policy_close() {
         "{}",
         error.error
     );
-    loop {
-        if let Seen::Closed(reason) = client.next().await {
-            let CloseReason::Remote(frame) = reason else {
-                panic!("closed by the gateway expected: {reason:?}");
-            };
-            assert_eq!(u16::from(frame.code), 1008);
-            break;
-        }
-    }
+    client.expect_close(1008).await;
+    gateway.shutdown(WAIT).await;
+}
+
+#[tokio::test]
+async fn a_handshake_that_does_not_finish_times_out() {
+    let orders = ws_backend("127.0.0.1:0", "orders").await;
+    let prices = tcp_backend("prices").await;
+    let options = GatewayOptions {
+        handshake_timeout: Some(Duration::from_millis(50)),
+        ..GatewayOptions::default()
+    };
+    let gateway = gateway_with(&routes_ini(orders.addr, prices.addr), options).await;
+    let mut client = TestClient::connect(gateway.local_addr()).await;
+    let error = client.error().await;
+    assert_eq!(error.error, "route handshake timed out");
+    client.expect_close(1008).await;
     gateway.shutdown(WAIT).await;
 }
 

@@ -110,7 +110,7 @@ use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffPolicy, BackoffStep,
 use storm_proto::route::backend::{
     self as wire, BACKEND_DISCONNECTED, BACKEND_UNAVAILABLE, Target,
 };
-use storm_proto::route::{self, Event, Negotiated, Router, ServerHandshake};
+use storm_proto::route::{self, Event, Negotiated, Router, ServerHandshake, envelope};
 use storm_proto::ws::CloseCode;
 use storm_tokio::{Client, Handler, ServerHandle, Session, TcpClient, WsClient, WsServer};
 use tokio::sync::watch;
@@ -390,42 +390,42 @@ enum Phase {
 }
 
 impl Clients {
-    /// Queues `reply` (from `route`'s backend) to client `id`, or to every
-    /// client that announced `route`.
+    /// Queues a reply from `route`'s backend to client `id`, or a push to
+    /// every client that announced `route`. The message is encoded once and
+    /// shared by every recipient.
     fn deliver(&self, route: &str, target: Target, payload: &[u8], text: bool) {
-        let mut out: Vec<(Session, Message)> = Vec::new();
-        {
-            let map = lock(&self.map);
-            let mut push = |state: &ClientState| {
-                let Phase::Ready { router, .. } = &state.phase else {
-                    return false;
-                };
-                let mut buf = BytesMut::new();
-                if router.encode_reply(route, payload, &mut buf).is_err() {
-                    return false;
-                }
-                out.push((state.session.clone(), message(buf.freeze(), text)));
-                true
-            };
-            match target {
-                Target::Client(id) => {
-                    if !map.get(&id).is_some_and(&mut push) {
-                        self.dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Target::AllClients => {
-                    for state in map.values() {
-                        if let Phase::Ready { negotiated, .. } = &state.phase {
-                            if negotiated.contains(route) {
-                                push(state);
-                            }
-                        }
-                    }
-                }
-            }
+        let mut buf = BytesMut::new();
+        if envelope::encode(route, payload, &mut buf).is_err() {
+            // Route names were checked when the config was loaded.
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
         }
-        for (session, message) in out {
-            offer(&session, message);
+        let reply = message(buf.freeze(), text);
+        let recipients: Vec<Session> = {
+            let map = lock(&self.map);
+            match target {
+                Target::Client(id) => map
+                    .get(&id)
+                    .filter(|state| {
+                        matches!(&state.phase, Phase::Ready { router, .. } if router.contains(route))
+                    })
+                    .map(|state| state.session.clone())
+                    .into_iter()
+                    .collect(),
+                Target::AllClients => map
+                    .values()
+                    .filter(|state| {
+                        matches!(&state.phase, Phase::Ready { negotiated, .. } if negotiated.contains(route))
+                    })
+                    .map(|state| state.session.clone())
+                    .collect(),
+            }
+        };
+        if recipients.is_empty() && matches!(target, Target::Client(_)) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        for session in recipients {
+            offer(&session, reply.clone());
         }
     }
 

@@ -39,7 +39,7 @@ enum Command {
     Chat(chat::ChatArgs),
     /// One WebSocket endpoint in front of named backends (WebSocket or
     /// length-prefixed TCP) from a route file: clients do the route
-    /// handshake, then address each message with ROUTENAME=<route>. Exit
+    /// handshake, then start each message with a ROUTENAME=name line. Exit
     /// code 2 for a bad route file.
     Gateway(storm_cli::gateway::cli::GatewayArgs),
     /// Clients of the services.

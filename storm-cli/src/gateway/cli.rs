@@ -18,7 +18,7 @@ pub struct GatewayArgs {
     /// default ws). See routes.example.ini.
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
-    /// WebSocket address clients connect to (IPv4 or IPv6, e.g. [::1]:9400).
+    /// WebSocket address clients connect to: IPv4, or IPv6 in brackets.
     #[arg(long, default_value = "127.0.0.1:9400")]
     pub addr: String,
     /// Longest wait between two attempts to reconnect a backend, in

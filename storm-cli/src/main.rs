@@ -37,6 +37,11 @@ enum Command {
     /// A WebSocket chat server with rooms, an admin console on stdin, and
     /// a chat page for browsers.
     Chat(chat::ChatArgs),
+    /// One WebSocket endpoint in front of named backends (WebSocket or
+    /// length-prefixed TCP) from a route file: clients do the route
+    /// handshake, then start each message with a ROUTENAME=name line. Exit
+    /// code 2 for a bad route file.
+    Gateway(storm_cli::gateway::cli::GatewayArgs),
     /// Clients of the services.
     #[command(subcommand)]
     Client(ClientCommand),
@@ -94,6 +99,7 @@ enum Runtime {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Gateway(args) => return storm_cli::gateway::cli::run(&args),
         Command::Echo(args) => echo(&args),
         Command::Json(args) => json::serve(&args),
         Command::Chat(args) => chat::run(&args),

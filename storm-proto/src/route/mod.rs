@@ -63,6 +63,9 @@
 //! (`ROUTENAME=<name>\n<payload>`, for text and binary messages alike),
 //! the [`Router`] the gateway uses to resolve names against the negotiated
 //! routes and its own table, and the error reply an unknown route gets.
+//! [`backend`] defines how the gateway shares one connection per route
+//! among many clients (the `CLIENT=<id>` header) and the error replies for a
+//! backend that is down.
 //!
 //! # Example
 //!
@@ -115,6 +118,7 @@
 
 use std::fmt;
 
+pub mod backend;
 pub mod envelope;
 mod handshake;
 mod wire;

@@ -1,0 +1,617 @@
+//! `storm gateway` over loopback: route files with errors, routing to a
+//! WebSocket and a TCP backend started in-process, a backend that stops and
+//! comes back on the same port, pushes, handshake failures, and the real
+//! `storm` binary. Every wait is bounded by [`WAIT`]; nothing sleeps.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use storm_cli::gateway::{ConfigErrorKind, Gateway, GatewayConfig, GatewayHandle, GatewayOptions};
+use storm_proto::Message;
+use storm_proto::link::CloseReason;
+use storm_proto::options::{ClientOptions, Framing, ServerOptions, WsOptions};
+use storm_proto::reconnect::BackoffConfig;
+use storm_proto::route::backend::{self, Target};
+use storm_proto::route::envelope::{self, ErrorReply};
+use storm_proto::route::{ClientConfig, ClientHandshake, Event, Negotiated};
+use storm_tokio::{Client, Handler, ServerHandle, Session, TcpServer, WsClient, WsServer};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+/// The most any test waits for one event.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A backend that answers `CLIENT=<id>\n<payload>` with
+/// `CLIENT=<id>\n<tag>:<payload>`, and pushes `CLIENT=*\n<tag>:pushed` to
+/// every client of the route when the payload is `push`.
+struct Tagger {
+    tag: &'static str,
+    connects: mpsc::UnboundedSender<()>,
+}
+
+impl Handler for Tagger {
+    async fn on_connect(&self, _: &Session) {
+        let _ = self.connects.send(());
+    }
+
+    async fn on_message(&self, session: &Session, message: Message) {
+        let text = message.is_text();
+        let bytes = message.into_bytes();
+        let Ok(msg) = backend::decode(&bytes) else {
+            return;
+        };
+        let mut out = BytesMut::new();
+        match (msg.target, msg.payload) {
+            (_, b"push") => {
+                backend::encode_all(format!("{}:pushed", self.tag).as_bytes(), &mut out)
+            }
+            (Target::Client(id), payload) => {
+                let mut tagged = format!("{}:", self.tag).into_bytes();
+                tagged.extend_from_slice(payload);
+                backend::encode(id, &tagged, &mut out);
+            }
+            (Target::AllClients, _) => return,
+        }
+        let reply = if text {
+            Message::from(String::from_utf8(out.to_vec()).expect("UTF-8"))
+        } else {
+            Message::from(out.freeze())
+        };
+        let _ = session.send(reply).await;
+    }
+}
+
+/// A running in-process backend.
+struct Backend {
+    handle: ServerHandle,
+    addr: SocketAddr,
+    /// One item per connection the backend accepted (the gateway's).
+    connects: mpsc::UnboundedReceiver<()>,
+}
+
+async fn ws_backend(addr: &str, tag: &'static str) -> Backend {
+    let options = ServerOptions {
+        addr: addr.to_owned(),
+        ..ServerOptions::default()
+    };
+    let server = WsServer::bind(options, WsOptions::default())
+        .await
+        .expect("ws backend binds");
+    let (tx, connects) = mpsc::unbounded_channel();
+    let backend = Backend {
+        handle: server.handle(),
+        addr: server.local_addr(),
+        connects,
+    };
+    tokio::spawn(server.serve(Tagger { tag, connects: tx }));
+    backend
+}
+
+async fn tcp_backend(tag: &'static str) -> Backend {
+    let server = TcpServer::bind(ServerOptions::default(), Framing::LengthPrefix)
+        .await
+        .expect("tcp backend binds");
+    let (tx, connects) = mpsc::unbounded_channel();
+    let backend = Backend {
+        handle: server.handle(),
+        addr: server.local_addr(),
+        connects,
+    };
+    tokio::spawn(server.serve(Tagger { tag, connects: tx }));
+    backend
+}
+
+fn routes_ini(orders: SocketAddr, prices: SocketAddr) -> String {
+    format!(
+        "[orders]\nname = orders\nhost = 127.0.0.1\nport = {}\nprotocol = ws\n\n\
+         [prices]\nname = prices\nhost = 127.0.0.1\nport = {}\nprotocol = tcp\n",
+        orders.port(),
+        prices.port()
+    )
+}
+
+/// Starts a gateway in-process with fast, fixed reconnects.
+async fn gateway(ini: &str) -> GatewayHandle {
+    gateway_with(ini, GatewayOptions::default()).await
+}
+
+async fn gateway_with(ini: &str, options: GatewayOptions) -> GatewayHandle {
+    let config = GatewayConfig::parse(ini).expect("config parses");
+    let options = GatewayOptions {
+        reconnect: BackoffConfig::fixed(Duration::from_millis(20)),
+        ..options
+    };
+    let gateway = Gateway::bind(config, options).await.expect("gateway binds");
+    let handle = gateway.handle();
+    tokio::spawn(gateway.serve());
+    handle
+}
+
+async fn wait_backend(gateway: &GatewayHandle, route: &str, connected: bool) {
+    let known = timeout(WAIT, gateway.wait_backend(route, connected))
+        .await
+        .unwrap_or_else(|_| panic!("backend {route} connected={connected} in time"));
+    assert!(known, "route {route} is configured");
+}
+
+/// What the test client's handler saw.
+#[derive(Debug)]
+enum Seen {
+    Message(Message),
+    Closed(CloseReason),
+}
+
+struct Forward(mpsc::UnboundedSender<Seen>);
+
+impl Handler for Forward {
+    async fn on_message(&self, _: &Session, message: Message) {
+        let _ = self.0.send(Seen::Message(message));
+    }
+    async fn on_disconnect(&self, _: &Session, reason: &CloseReason) {
+        let _ = self.0.send(Seen::Closed(reason.clone()));
+    }
+}
+
+/// A gateway client: a storm-tokio WebSocket client plus the core's
+/// client handshake.
+struct TestClient {
+    client: Client,
+    rx: mpsc::UnboundedReceiver<Seen>,
+}
+
+impl TestClient {
+    async fn connect(addr: SocketAddr) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let client = timeout(
+            WAIT,
+            WsClient::connect(
+                &format!("ws://{addr}/"),
+                ClientOptions::default(),
+                WsOptions::default(),
+                Forward(tx),
+            ),
+        )
+        .await
+        .expect("connect in time")
+        .expect("client connects");
+        Self { client, rx }
+    }
+
+    async fn next(&mut self) -> Seen {
+        timeout(WAIT, self.rx.recv())
+            .await
+            .expect("event in time")
+            .expect("client handler alive")
+    }
+
+    async fn recv(&mut self) -> Message {
+        match self.next().await {
+            Seen::Message(message) => message,
+            Seen::Closed(reason) => panic!("closed instead of a message: {reason:?}"),
+        }
+    }
+
+    async fn handshake(&mut self, routes: &[&str]) -> Negotiated {
+        let config = ClientConfig {
+            routes: routes.iter().map(|r| (*r).to_owned()).collect(),
+            ..ClientConfig::default()
+        };
+        let mut machine = ClientHandshake::new(&config, std::time::Instant::now()).expect("config");
+        loop {
+            while let Some(text) = machine.poll_transmit() {
+                self.client.send(text).await.expect("send");
+            }
+            if let Some(Event::Ready(negotiated)) = machine.poll_event() {
+                return negotiated;
+            }
+            let reply = self.recv().await;
+            machine
+                .handle_message(std::time::Instant::now(), reply.as_bytes())
+                .expect("handshake step");
+        }
+    }
+
+    async fn send_to(&self, route: &str, payload: &str) {
+        let text = envelope::encode_text(route, payload).expect("route name");
+        self.client.send(text).await.expect("send");
+    }
+
+    /// The next message, which must be routed text: route and payload.
+    async fn reply(&mut self) -> (String, String) {
+        let message = self.recv().await;
+        assert!(message.is_text(), "replies are text: {message:?}");
+        let text = std::str::from_utf8(message.as_bytes()).expect("UTF-8");
+        let addressed = envelope::decode_text(text, 128)
+            .unwrap_or_else(|e| panic!("routed reply expected, got {text:?}: {e}"));
+        (addressed.route.to_owned(), addressed.payload.to_owned())
+    }
+
+    /// The next message, which must be routed data from `route`: its payload.
+    async fn reply_from(&mut self, route: &str) -> String {
+        let (from, payload) = self.reply().await;
+        assert_eq!(from, route, "{payload:?}");
+        payload
+    }
+
+    /// Waits for the gateway to close the connection with `code`.
+    async fn expect_close(&mut self, code: u16) {
+        loop {
+            if let Seen::Closed(reason) = self.next().await {
+                let CloseReason::Remote(frame) = reason else {
+                    panic!("closed by the gateway expected: {reason:?}");
+                };
+                assert_eq!(u16::from(frame.code), code);
+                return;
+            }
+        }
+    }
+
+    /// The next message, which must be an `SMError`.
+    async fn error(&mut self) -> ErrorReply {
+        let message = self.recv().await;
+        ErrorReply::parse(message.as_bytes())
+            .unwrap_or_else(|| panic!("SMError expected, got {message:?}"))
+    }
+}
+
+#[tokio::test]
+async fn routes_to_a_ws_and_a_tcp_backend_and_back_to_the_sender() {
+    let orders = ws_backend("127.0.0.1:0", "orders").await;
+    let prices = tcp_backend("prices").await;
+    let gateway = gateway(&routes_ini(orders.addr, prices.addr)).await;
+    wait_backend(&gateway, "orders", true).await;
+    wait_backend(&gateway, "prices", true).await;
+
+    let mut alice = TestClient::connect(gateway.local_addr()).await;
+    let negotiated = alice.handshake(&["orders", "prices", "video"]).await;
+    assert_eq!(negotiated.routes(), ["orders", "prices"]);
+    assert_eq!(negotiated.rejected()[0].route, "video");
+    let mut bob = TestClient::connect(gateway.local_addr()).await;
+    // Bob announces nothing: every route of the file is still addressable.
+    assert!(bob.handshake(&[]).await.routes().is_empty());
+
+    // Interleaved requests over the two shared backend connections; each
+    // reply comes back to its sender only, tagged by the backend. Replies
+    // from one backend keep their order; the two backends race each other.
+    for i in 0..20 {
+        alice.send_to("orders", &format!("a{i}")).await;
+        bob.send_to("prices", &format!("b{i}")).await;
+        bob.send_to("orders", &format!("b{i}")).await;
+        alice.send_to("prices", &format!("a{i}")).await;
+        for (client, who) in [(&mut alice, "a"), (&mut bob, "b")] {
+            let mut replies = vec![client.reply().await, client.reply().await];
+            replies.sort();
+            assert_eq!(
+                replies,
+                [
+                    ("orders".to_owned(), format!("orders:{who}{i}")),
+                    ("prices".to_owned(), format!("prices:{who}{i}")),
+                ]
+            );
+        }
+    }
+
+    // Binary messages stay binary through a WebSocket backend.
+    let mut binary = BytesMut::new();
+    envelope::encode("orders", &[0, 1, 0xff], &mut binary).expect("encode");
+    alice.client.send(binary.freeze()).await.expect("send");
+    let reply = alice.recv().await;
+    assert!(!reply.is_text());
+    assert_eq!(reply.as_bytes(), b"ROUTENAME=orders\norders:\x00\x01\xff");
+
+    // Messages the gateway cannot route get an error, and the client goes on.
+    alice.send_to("video", "x").await;
+    let error = alice.error().await;
+    assert_eq!(
+        (error.route.as_deref(), error.error.as_str()),
+        (Some("video"), "unknown route")
+    );
+    alice.client.send("no header").await.expect("send");
+    let error = alice.error().await;
+    assert_eq!(error.route, None);
+    assert!(error.error.contains("ROUTENAME"), "{}", error.error);
+    alice.send_to("orders", "still here").await;
+    assert_eq!(alice.reply_from("orders").await, "orders:still here");
+    assert_eq!(gateway.client_count(), 2);
+    assert_eq!(gateway.dropped_replies(), 0);
+    gateway.shutdown(WAIT).await;
+}
+
+#[tokio::test]
+async fn a_stopped_backend_gives_errors_and_a_restarted_one_routes_again() {
+    let orders = ws_backend("127.0.0.1:0", "orders").await;
+    let prices = tcp_backend("prices").await;
+    let gateway = gateway(&routes_ini(orders.addr, prices.addr)).await;
+    wait_backend(&gateway, "orders", true).await;
+    let mut client = TestClient::connect(gateway.local_addr()).await;
+    client.handshake(&["orders", "prices"]).await;
+    client.send_to("orders", "before").await;
+    assert_eq!(client.reply_from("orders").await, "orders:before");
+
+    // Stop the backend: the client that talked to it hears so, and every
+    // later message for it is answered with an error, not lost.
+    timeout(WAIT, orders.handle.shutdown(WAIT))
+        .await
+        .expect("backend stops");
+    wait_backend(&gateway, "orders", false).await;
+    let notice = client.error().await;
+    assert_eq!(
+        (notice.route.as_deref(), notice.error.as_str()),
+        (Some("orders"), backend::BACKEND_DISCONNECTED)
+    );
+    for i in 0..3 {
+        client.send_to("orders", &format!("lost {i}")).await;
+        let error = client.error().await;
+        assert_eq!(
+            (error.route.as_deref(), error.error.as_str()),
+            (Some("orders"), backend::BACKEND_UNAVAILABLE)
+        );
+    }
+    // The other backend is not affected.
+    client.send_to("prices", "fine").await;
+    assert_eq!(client.reply_from("prices").await, "prices:fine");
+
+    // The backend comes back on the same port: the gateway reconnects.
+    let restarted = ws_backend(&orders.addr.to_string(), "orders-2").await;
+    assert_eq!(restarted.addr, orders.addr);
+    wait_backend(&gateway, "orders", true).await;
+    client.send_to("orders", "after").await;
+    assert_eq!(client.reply_from("orders").await, "orders-2:after");
+    assert!(gateway.backends().iter().all(|b| b.connected));
+    gateway.shutdown(WAIT).await;
+}
+
+#[tokio::test]
+async fn a_backend_down_at_start_is_connected_once_it_listens() {
+    // A port nothing listens on (free a moment ago).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let free: SocketAddr = ([127, 0, 0, 1], port).into();
+    let prices = tcp_backend("prices").await;
+    let gateway = gateway(&routes_ini(free, prices.addr)).await;
+    let mut client = TestClient::connect(gateway.local_addr()).await;
+    client.handshake(&["orders"]).await;
+    assert!(!gateway.backends()[0].connected);
+    client.send_to("orders", "early").await;
+    let error = client.error().await;
+    assert_eq!(error.error, backend::BACKEND_UNAVAILABLE);
+
+    let orders = ws_backend(&free.to_string(), "orders").await;
+    assert_eq!(orders.addr, free);
+    wait_backend(&gateway, "orders", true).await;
+    client.send_to("orders", "late").await;
+    assert_eq!(client.reply_from("orders").await, "orders:late");
+    gateway.shutdown(WAIT).await;
+}
+
+#[tokio::test]
+async fn a_backend_push_reaches_every_client_that_announced_the_route() {
+    let orders = ws_backend("127.0.0.1:0", "orders").await;
+    let prices = tcp_backend("prices").await;
+    let gateway = gateway(&routes_ini(orders.addr, prices.addr)).await;
+    wait_backend(&gateway, "prices", true).await;
+    let mut subscribers = Vec::new();
+    for _ in 0..3 {
+        let mut client = TestClient::connect(gateway.local_addr()).await;
+        client.handshake(&["prices"]).await;
+        subscribers.push(client);
+    }
+    let mut other = TestClient::connect(gateway.local_addr()).await;
+    other.handshake(&["orders"]).await;
+
+    subscribers[0].send_to("prices", "push").await;
+    for client in &mut subscribers {
+        assert_eq!(client.reply_from("prices").await, "prices:pushed");
+    }
+    // `other` did not announce prices: its next message is its own reply.
+    other.send_to("orders", "mine").await;
+    assert_eq!(other.reply_from("orders").await, "orders:mine");
+    gateway.shutdown(WAIT).await;
+}
+
+#[tokio::test]
+async fn a_broken_handshake_gets_an_error_and_a_policy_close() {
+    let orders = ws_backend("127.0.0.1:0", "orders").await;
+    let prices = tcp_backend("prices").await;
+    let gateway = gateway(&routes_ini(orders.addr, prices.addr)).await;
+    let mut client = TestClient::connect(gateway.local_addr()).await;
+    // Route traffic before the handshake.
+    client.send_to("orders", "too early").await;
+    let error = client.error().await;
+    assert!(
+        error.error.starts_with("malformed handshake message"),
+        "{}",
+        error.error
+    );
+    client.expect_close(1008).await;
+    gateway.shutdown(WAIT).await;
+}
+
+#[tokio::test]
+async fn a_handshake_that_does_not_finish_times_out() {
+    let orders = ws_backend("127.0.0.1:0", "orders").await;
+    let prices = tcp_backend("prices").await;
+    let options = GatewayOptions {
+        handshake_timeout: Some(Duration::from_millis(50)),
+        ..GatewayOptions::default()
+    };
+    let gateway = gateway_with(&routes_ini(orders.addr, prices.addr), options).await;
+    let mut client = TestClient::connect(gateway.local_addr()).await;
+    let error = client.error().await;
+    assert_eq!(error.error, "route handshake timed out");
+    client.expect_close(1008).await;
+    gateway.shutdown(WAIT).await;
+}
+
+#[test]
+fn route_files_with_errors_name_the_line() {
+    let dir = std::env::temp_dir().join(format!("storm-gateway-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let cases: &[(&str, usize, &str)] = &[
+        (
+            "[a]\nname=a\nport=9101\nhots=x\n",
+            4,
+            "unknown key \"hots\"",
+        ),
+        (
+            "[a]\nname=a\nhost=127.0.0.1\n",
+            1,
+            "section [a] has no port",
+        ),
+        (
+            "[a]\nname=a\nport=1\n[b]\nname=a\nport=2\n",
+            5,
+            "route name \"a\" already used",
+        ),
+        (
+            "[a]\nname=a\nport=1\nprotocol=udp\n",
+            4,
+            "protocol \"udp\" is not ws or tcp",
+        ),
+        ("[a]\nname=a\nport=99999\n", 3, "port \"99999\""),
+        (
+            "; seed text\n[Endpoint1]\nName = endpoint1\nPort = 8080\nUsage\n",
+            5,
+            "expected `[section]`",
+        ),
+    ];
+    for (i, (text, line, why)) in cases.iter().enumerate() {
+        let path = dir.join(format!("routes{i}.ini"));
+        std::fs::write(&path, text).expect("write");
+        let error = GatewayConfig::load(&path).expect_err("rejected");
+        assert_eq!(
+            error.config_error().and_then(|e| e.line),
+            Some(*line),
+            "{text:?}"
+        );
+        let shown = error.to_string();
+        assert!(
+            shown.contains(&format!("routes{i}.ini:{line}: ")) && shown.contains(why),
+            "{shown}"
+        );
+    }
+    let error = GatewayConfig::parse("").expect_err("empty");
+    assert_eq!(
+        (error.line, error.kind),
+        (None, ConfigErrorKind::NoEndpoints)
+    );
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// A running `storm gateway`, killed on drop.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_storm_binary_routes_and_rejects_a_bad_route_file() {
+    let dir = std::env::temp_dir().join(format!("storm-gateway-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+
+    // A bad file: exit code 2 and the line on stderr.
+    let bad = dir.join("bad.ini");
+    std::fs::write(
+        &bad,
+        "[orders]\nname = orders\nport = 9101\nprotocol = quic\n",
+    )
+    .expect("write");
+    let output = tokio::task::spawn_blocking({
+        let bad = bad.clone();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_storm"))
+                .args(["gateway", "--config"])
+                .arg(&bad)
+                .args(["--addr", "127.0.0.1:0"])
+                .output()
+        }
+    });
+    let output = timeout(WAIT, output)
+        .await
+        .expect("exits in time")
+        .expect("join")
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("bad.ini:4: protocol \"quic\" is not ws or tcp"),
+        "{stderr}"
+    );
+
+    // A good file: the banner, the routes, and routing over loopback.
+    let mut orders = ws_backend("127.0.0.1:0", "orders").await;
+    let mut prices = tcp_backend("prices").await;
+    let good = dir.join("routes.ini");
+    std::fs::write(&good, routes_ini(orders.addr, prices.addr)).expect("write");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_storm"))
+        .args(["gateway", "--config"])
+        .arg(&good)
+        .args(["--addr", "127.0.0.1:0", "--max-backoff-ms", "100"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("storm starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let _process = Process(child);
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut lines = Vec::new();
+        for _ in 0..3 {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("banner line");
+            lines.push(line.trim().to_owned());
+        }
+        lines
+    });
+    let lines = timeout(WAIT, lines)
+        .await
+        .expect("banner in time")
+        .expect("join");
+    let addr: SocketAddr = lines[0]
+        .strip_prefix("storm gateway listening on ws://")
+        .unwrap_or_else(|| panic!("banner: {lines:?}"))
+        .parse()
+        .expect("address");
+    assert_eq!(lines[1], format!("route orders -> ws://{}/", orders.addr));
+    assert_eq!(lines[2], format!("route prices -> tcp://{}", prices.addr));
+
+    let mut client = TestClient::connect(addr).await;
+    client.handshake(&["orders", "prices"]).await;
+    // Wait until both backends accepted the gateway's connection. The
+    // gateway marks a backend up only after its side of the upgrade, a
+    // moment later: a request in that moment gets an error reply, so retry
+    // a bounded number of times, each try waiting for its answer.
+    for backend in [&mut orders, &mut prices] {
+        timeout(WAIT, backend.connects.recv())
+            .await
+            .expect("gateway connects the backend in time")
+            .expect("backend alive");
+    }
+    for route in ["orders", "prices"] {
+        let mut answered = false;
+        for _ in 0..100 {
+            client.send_to(route, "hi").await;
+            let message = client.recv().await;
+            if ErrorReply::parse(message.as_bytes()).is_some() {
+                continue;
+            }
+            assert_eq!(
+                message.as_bytes(),
+                format!("ROUTENAME={route}\n{route}:hi").as_bytes()
+            );
+            answered = true;
+            break;
+        }
+        assert!(answered, "{route} answered");
+    }
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}

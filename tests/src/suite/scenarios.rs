@@ -23,11 +23,22 @@ use super::{
 };
 
 /// A heartbeat fast enough for tests: a ping every 20 ms, dead after 2
-/// unanswered.
+/// unanswered; for peers that never answer.
 fn fast_heartbeat() -> HeartbeatConfig {
     HeartbeatConfig {
         interval: Duration::from_millis(20),
         max_missed: 2,
+        ..HeartbeatConfig::default()
+    }
+}
+
+/// A ping every 25 ms, dead only after 8 unanswered (200 ms): for peers
+/// that do answer, on a loaded CI machine where a thread may not run for
+/// tens of milliseconds.
+fn tolerant_heartbeat() -> HeartbeatConfig {
+    HeartbeatConfig {
+        interval: Duration::from_millis(25),
+        max_missed: 8,
         ..HeartbeatConfig::default()
     }
 }
@@ -189,7 +200,7 @@ pub fn ping_pong<S: Adapter, C: Adapter>() {
     // client, 8 payload bytes.
     const PONGS: u64 = 10;
     let mut spec = ServerSpec::ws(OnMessage::Echo);
-    spec.options.link.heartbeat = fast_heartbeat();
+    spec.options.link.heartbeat = tolerant_heartbeat();
     let mut server = Server::start::<S>(spec);
     let client = Client::connect::<C>(&ClientSpec::to(&server));
     let id = server.events.connect();
@@ -209,7 +220,7 @@ pub fn ping_pong<S: Adapter, C: Adapter>() {
     // The client pings; the server answers.
     let mut server = Server::start::<S>(ServerSpec::ws(OnMessage::Echo));
     let mut spec = ClientSpec::to(&server);
-    spec.options.link.heartbeat = fast_heartbeat();
+    spec.options.link.heartbeat = tolerant_heartbeat();
     let client = Client::connect::<C>(&spec);
     let session = client.session().expect("connected");
     eventually("the client receives pongs", || {
@@ -430,6 +441,8 @@ pub fn reconnect_after_server_restart<S: Adapter, C: Adapter>() {
     let mut spec = ClientSpec::to(&server);
     spec.options.reconnect = Some(BackoffConfig::fixed(Duration::from_millis(20)));
     let client = Client::connect::<C>(&spec);
+    // Registered on the server too, so that shutdown closes it gracefully.
+    let _ = server.events.connect();
     server.shutdown(WAIT);
     assert_remote_close(&client.disconnect(), 1000, "client");
     assert_eq!(client.events.next(), Event::Reconnecting(1));

@@ -11,8 +11,9 @@
 //!   tokio, threads for std); what its handlers see goes through one
 //!   [`Reactor`] into a channel of [`Event`]s.
 //! - [`Server`] and [`Client`]: the blocking test handles the scenarios use,
-//!   whatever the adapter. Every wait is bounded by [`WAIT`]; nothing sleeps
-//!   to synchronise.
+//!   whatever the adapter. Every wait is bounded by [`WAIT`] and waits on
+//!   handler events; only [`eventually`] polls, for the few states no event
+//!   announces (byte counters, a released permit).
 //! - [`raw`]: peers written by hand on `std::net` (a WebSocket client that
 //!   never reads or never pongs, malformed frames, a server that never
 //!   answers pings) for what no well-behaved adapter would do.

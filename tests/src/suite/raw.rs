@@ -141,23 +141,21 @@ impl RawWs {
             .expect("raw write");
     }
 
-    /// Reads until the server's close frame; `None` if the connection ended
-    /// without one. Messages and pings before it are skipped.
+    /// The next event the server's frames make (its messages, pings, pongs,
+    /// close); `None` if the connection ended first.
     ///
     /// # Panics
     ///
-    /// When nothing ends within [`WAIT`].
+    /// When nothing arrives within [`WAIT`], or the server sends an invalid
+    /// frame.
     #[must_use]
-    pub fn close_frame(&mut self) -> Option<CloseFrame> {
+    pub fn next_event(&mut self) -> Option<Event> {
         let mut buf = [0u8; 16 * 1024];
         loop {
-            loop {
-                match self.conn.poll_event() {
-                    Ok(Some(Event::Close(frame))) => return Some(frame),
-                    Ok(Some(_)) => {}
-                    Ok(None) => break,
-                    Err(e) => panic!("the server sent an invalid frame: {e}"),
-                }
+            match self.conn.poll_event() {
+                Ok(Some(event)) => return Some(event),
+                Ok(None) => {}
+                Err(e) => panic!("the server sent an invalid frame: {e}"),
             }
             match self.stream.read(&mut buf) {
                 Ok(0) => return None,
@@ -168,9 +166,24 @@ impl RawWs {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
-                    panic!("no close within {WAIT:?}")
+                    panic!("nothing from the server within {WAIT:?}")
                 }
                 Err(_) => return None,
+            }
+        }
+    }
+
+    /// Reads until the server's close frame; `None` if the connection ended
+    /// without one. Messages and pings before it are skipped.
+    ///
+    /// # Panics
+    ///
+    /// As [`next_event`](Self::next_event).
+    #[must_use]
+    pub fn close_frame(&mut self) -> Option<CloseFrame> {
+        loop {
+            if let Event::Close(frame) = self.next_event()? {
+                return Some(frame);
             }
         }
     }

@@ -20,8 +20,11 @@
 //! - [`scenarios`]: the scenarios, each a function generic over its server
 //!   and client adapters (`fn ws_echo<S: Adapter, C: Adapter>()`).
 //!
-//! Adding an adapter is one file with one `impl Adapter` and one line in the
-//! pair list of `tests/tests/suite.rs`.
+//! Adding an adapter (smol, say): one file `on_smol.rs` with one
+//! `impl Adapter for Smol` (model it on [`on_tokio`] or [`on_std`]), its
+//! `pub mod on_smol;` here and its crate in `tests/Cargo.toml`, and one line
+//! in the `adapters` list of `tests/tests/suite.rs`, which then runs every
+//! scenario on every pair it makes with the others.
 
 use std::fmt;
 use std::io;

@@ -1,0 +1,845 @@
+//! The scenarios, written once. Pair scenarios are generic over the server
+//! adapter `S` and the client adapter `C`; `server_*` scenarios face a
+//! server with hand-written [`raw`](super::raw) peers, `client_*` ones a
+//! client with a hand-written server.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use storm_proto::Message;
+use storm_proto::backpressure::SlowConsumerPolicy;
+use storm_proto::framing::{DelimiterConfig, LengthPrefixConfig, RawConfig};
+use storm_proto::heartbeat::HeartbeatConfig;
+use storm_proto::hub::{CloseKind, Middleware, MiddlewareChain, SessionId};
+use storm_proto::link::CloseReason;
+use storm_proto::options::{Framing, WsOptions};
+use storm_proto::reconnect::BackoffConfig;
+use storm_proto::ws::{self, CloseCode, ProtocolError};
+
+use super::raw::{self, RawWs, RawWsServer, opcode};
+use super::{
+    Adapter, Client, ClientSpec, Event, OnMessage, Protocol, Server, ServerSpec, WAIT, eventually,
+};
+
+/// A heartbeat fast enough for tests: a ping every 20 ms, dead after 2
+/// unanswered; for peers that never answer.
+fn fast_heartbeat() -> HeartbeatConfig {
+    HeartbeatConfig {
+        interval: Duration::from_millis(20),
+        max_missed: 2,
+        ..HeartbeatConfig::default()
+    }
+}
+
+/// A ping every 25 ms, dead only after 8 unanswered (200 ms): for peers
+/// that do answer, on a loaded CI machine where a thread may not run for
+/// tens of milliseconds.
+fn tolerant_heartbeat() -> HeartbeatConfig {
+    HeartbeatConfig {
+        interval: Duration::from_millis(25),
+        max_missed: 8,
+        ..HeartbeatConfig::default()
+    }
+}
+
+fn ws_with(spec: &mut ClientSpec, edit: impl FnOnce(&mut WsOptions)) {
+    if let Protocol::Ws(ws) = &mut spec.protocol {
+        edit(ws);
+    }
+}
+
+fn server_ws_with(spec: &mut ServerSpec, edit: impl FnOnce(&mut WsOptions)) {
+    if let Protocol::Ws(ws) = &mut spec.protocol {
+        edit(ws);
+    }
+}
+
+/// A pattern that is not all one byte, so misordered chunks show.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+fn assert_remote_close(reason: &CloseReason, code: u16, who: &str) {
+    match reason {
+        CloseReason::Remote(frame) => assert_eq!(frame.code.0, code, "{who}: close code"),
+        other => panic!("{who}: expected a close frame with {code}, got {other:?}"),
+    }
+}
+
+/// Sends each message and checks it comes back unchanged; then the client
+/// closes and both sides see an ordinary end.
+fn echo_round_trip<S: Adapter, C: Adapter>(spec: ServerSpec, messages: &[Message]) {
+    let mut server = Server::start::<S>(spec);
+    let client = Client::connect::<C>(&ClientSpec::to(&server));
+    let id = server.events.connect();
+    for message in messages {
+        client.send(message.clone());
+        assert_eq!(&client.recv(), message, "echoed unchanged");
+    }
+    client.close();
+    assert!(client.disconnect().is_normal());
+    client.assert_closed();
+    let (gone, reason) = server.events.disconnect();
+    assert_eq!(gone, id);
+    assert!(reason.is_normal(), "server saw {reason:?}");
+    server.shutdown(WAIT);
+}
+
+/// Raw TCP: whatever each read returns is a message, so the echo comes
+/// back in any chunking; the bytes and their order are what must hold.
+pub fn echo_raw<S: Adapter, C: Adapter>() {
+    let framing = Framing::Raw(RawConfig::default());
+    let mut server = Server::start::<S>(ServerSpec::tcp(framing, OnMessage::Echo));
+    let client = Client::connect::<C>(&ClientSpec::to(&server));
+    let payload = pattern(300 * 1024);
+    for chunk in payload.chunks(10_000) {
+        client.send(chunk.to_vec());
+    }
+    let mut echoed = Vec::with_capacity(payload.len());
+    while echoed.len() < payload.len() {
+        echoed.extend_from_slice(client.recv().as_bytes());
+    }
+    assert_eq!(echoed, payload, "raw bytes echoed in order");
+    server.shutdown(WAIT);
+    assert!(client.disconnect().is_normal());
+}
+
+/// 4-byte length prefix, messages of many sizes (empty included).
+pub fn echo_length_prefix<S: Adapter, C: Adapter>() {
+    let mut messages: Vec<Message> = (0..100u32)
+        .map(|i| Message::from(format!("message {i}").into_bytes()))
+        .collect();
+    messages.push(Message::from(Vec::new()));
+    messages.push(Message::from(pattern(70_000)));
+    let spec = ServerSpec::tcp(Framing::LengthPrefix, OnMessage::Echo);
+    echo_round_trip::<S, C>(spec, &messages);
+}
+
+/// Newline-delimited lines.
+pub fn echo_delimiter<S: Adapter, C: Adapter>() {
+    let messages: Vec<Message> = (0..100u32)
+        .map(|i| Message::from(format!("line {i}").into_bytes()))
+        .collect();
+    let framing = Framing::Delimiter(DelimiterConfig::default());
+    echo_round_trip::<S, C>(ServerSpec::tcp(framing, OnMessage::Echo), &messages);
+}
+
+fn text_and_binary() -> Vec<Message> {
+    vec![
+        Message::from("héllo, wörld ✓"),
+        Message::from(vec![0, 1, 2, 255]),
+        Message::from(""),
+        Message::from(Vec::new()),
+        Message::from(pattern(64 * 1024)),
+        Message::from("é".repeat(40_000)),
+    ]
+}
+
+/// WebSocket text and binary, the kind kept (text stays text).
+pub fn ws_echo_text_and_binary<S: Adapter, C: Adapter>() {
+    echo_round_trip::<S, C>(ServerSpec::ws(OnMessage::Echo), &text_and_binary());
+}
+
+/// The same with permessage-deflate negotiated by both sides.
+pub fn ws_echo_deflate<S: Adapter, C: Adapter>() {
+    let mut spec = ServerSpec::ws(OnMessage::Echo);
+    server_ws_with(&mut spec, |ws| ws.deflate = Some(Default::default()));
+    let mut server = Server::start::<S>(spec);
+    let mut client_spec = ClientSpec::to(&server);
+    ws_with(&mut client_spec, |ws| ws.deflate = Some(Default::default()));
+    let client = Client::connect::<C>(&client_spec);
+    for message in text_and_binary() {
+        client.send(message.clone());
+        assert_eq!(client.recv(), message);
+    }
+    // Compression happened: far fewer bytes than the 40 000 "é"s alone.
+    let session = client.session().expect("connected");
+    assert!(
+        session.metrics().bytes_received < 40_000,
+        "received {} bytes: not compressed",
+        session.metrics().bytes_received
+    );
+    client.close();
+    client.assert_closed();
+    server.shutdown(WAIT);
+}
+
+/// Large messages across many WebSocket frames (both sides fragment, text
+/// split inside multi-byte characters) and across many TCP reads.
+pub fn fragmentation<S: Adapter, C: Adapter>() {
+    let mut spec = ServerSpec::ws(OnMessage::Echo);
+    server_ws_with(&mut spec, |ws| ws.config.send_fragment_size = 777);
+    let mut server = Server::start::<S>(spec);
+    let mut client_spec = ClientSpec::to(&server);
+    ws_with(&mut client_spec, |ws| ws.config.send_fragment_size = 1000);
+    let client = Client::connect::<C>(&client_spec);
+    for message in [
+        Message::from(pattern(300 * 1024)),
+        Message::from("ü€𝄞".repeat(10_000)),
+    ] {
+        client.send(message.clone());
+        assert_eq!(client.recv(), message);
+    }
+    client.close();
+    client.assert_closed();
+    server.shutdown(WAIT);
+
+    let big = Message::from(pattern(2 << 20));
+    echo_round_trip::<S, C>(
+        ServerSpec::tcp(Framing::LengthPrefix, OnMessage::Echo),
+        &[big],
+    );
+}
+
+/// Heartbeat pings are answered by the other side's auto-pong, both ways:
+/// the pinging side receives pongs for many intervals (more than it
+/// tolerates missing) and the connection stays up.
+pub fn ping_pong<S: Adapter, C: Adapter>() {
+    // A pong of a heartbeat ping: 2 header bytes, 4 mask bytes from a
+    // client, 8 payload bytes.
+    const PONGS: u64 = 10;
+    let mut spec = ServerSpec::ws(OnMessage::Echo);
+    spec.options.link.heartbeat = tolerant_heartbeat();
+    let mut server = Server::start::<S>(spec);
+    let client = Client::connect::<C>(&ClientSpec::to(&server));
+    let id = server.events.connect();
+    let session = server.session(id);
+    eventually("the server receives pongs", || {
+        session.metrics().bytes_received >= PONGS * 14
+    });
+    assert!(
+        server.events.try_next().is_none(),
+        "no disconnect on the server"
+    );
+    client.send("still up");
+    assert_eq!(client.recv(), Message::from("still up"));
+    drop(client);
+    server.shutdown(WAIT);
+
+    // The client pings; the server answers.
+    let mut server = Server::start::<S>(ServerSpec::ws(OnMessage::Echo));
+    let mut spec = ClientSpec::to(&server);
+    spec.options.link.heartbeat = tolerant_heartbeat();
+    let client = Client::connect::<C>(&spec);
+    let session = client.session().expect("connected");
+    eventually("the client receives pongs", || {
+        session.metrics().bytes_received >= PONGS * 10
+    });
+    client.send("still up");
+    assert_eq!(client.recv(), Message::from("still up"));
+    server.shutdown(WAIT);
+}
+
+/// A graceful close sends a close frame after what was queued; an abort
+/// just drops the connection. From either side.
+pub fn close_vs_abort<S: Adapter, C: Adapter>() {
+    let mut server = Server::start::<S>(ServerSpec::ws(OnMessage::Echo));
+
+    // The server closes.
+    let client = Client::connect::<C>(&ClientSpec::to(&server));
+    let id = server.events.connect();
+    server.send(id, "last words").expect("send");
+    server.session(id).close_with(CloseCode::GOING_AWAY, "bye");
+    assert_eq!(client.recv(), Message::from("last words"));
+    match client.disconnect() {
+        CloseReason::Remote(frame) => {
+            assert_eq!(
+                (frame.code, frame.reason.as_str()),
+                (CloseCode::GOING_AWAY, "bye")
+            );
+        }
+        other => panic!("client: expected the close frame, got {other:?}"),
+    }
+    let (_, reason) = server.events.disconnect();
+    assert!(
+        matches!(reason, CloseReason::Remote(_)),
+        "server: {reason:?}"
+    );
+    client.assert_closed();
+
+    // The server aborts.
+    let client = Client::connect::<C>(&ClientSpec::to(&server));
+    let id = server.events.connect();
+    let session = server.session(id);
+    session.abort();
+    assert_eq!(
+        client.disconnect(),
+        CloseReason::Eof,
+        "client: no close frame on abort"
+    );
+    assert_eq!(
+        server.events.disconnect().1,
+        CloseReason::Local(CloseKind::Abort)
+    );
+    assert!(
+        session.offer(Message::from("late")).is_err(),
+        "no sends after abort"
+    );
+
+    // The client closes.
+    let client = Client::connect::<C>(&ClientSpec::to(&server));
+    let _ = server.events.connect();
+    client.close();
+    assert_remote_close(&server.events.disconnect().1, 1000, "server");
+    assert!(matches!(client.disconnect(), CloseReason::Remote(_)));
+    client.assert_closed();
+
+    // The client aborts.
+    let client = Client::connect::<C>(&ClientSpec::to(&server));
+    let _ = server.events.connect();
+    client.abort();
+    assert_eq!(
+        server.events.disconnect().1,
+        CloseReason::Eof,
+        "server: no close frame"
+    );
+    assert_eq!(client.disconnect(), CloseReason::Local(CloseKind::Abort));
+    server.shutdown(WAIT);
+}
+
+/// Every session joins "room"; a message is relayed to the room without
+/// its sender; the handle's group API agrees.
+pub fn groups_broadcast_with_exclude<S: Adapter, C: Adapter>() {
+    let mut spec = ServerSpec::ws(OnMessage::Relay("room".to_owned()));
+    spec.behaviour.join = Some("room".to_owned());
+    let mut server = Server::start::<S>(spec);
+    // Connect one by one, so the i-th connect is the i-th client.
+    let mut clients = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        clients.push(Client::connect::<C>(&ClientSpec::to(&server)));
+        ids.push(server.events.connect());
+    }
+    assert_eq!(server.hub().member_count("room"), 3);
+    assert_eq!(server.hub().group_names(), ["room"]);
+
+    clients[0].send("hi");
+    assert_eq!(clients[1].recv(), Message::from("hi"));
+    assert_eq!(clients[2].recv(), Message::from("hi"));
+    // The sender was excluded: its next message is the one to everyone.
+    assert_eq!(server.broadcast("all", None).delivered, 3);
+    for client in &clients {
+        assert_eq!(client.recv(), Message::from("all"));
+    }
+
+    let leaver = server.session(ids[2]);
+    assert!(leaver.leave("room"));
+    assert!(!leaver.leave("room"));
+    assert!(leaver.groups().is_empty());
+    assert!(
+        !server.session(ids[0]).join("room").expect("join"),
+        "already a member"
+    );
+    assert_eq!(server.hub().member_count("room"), 2);
+    let report = server.broadcast_group("room", "room only", Some(ids[0]));
+    assert_eq!(report.delivered, 1);
+    assert_eq!(server.broadcast("end", Some(ids[1])).delivered, 2);
+    assert_eq!(clients[1].recv(), Message::from("room only"));
+    assert_eq!(clients[0].recv(), Message::from("end"));
+    assert_eq!(clients[2].recv(), Message::from("end"));
+    server.shutdown(WAIT);
+}
+
+/// Over `max_connections`, a connection is closed at accept: the client's
+/// upgrade fails, the others are unaffected.
+pub fn max_connections<S: Adapter, C: Adapter>() {
+    let mut spec = ServerSpec::ws(OnMessage::Echo);
+    spec.options.max_connections = 1;
+    let mut server = Server::start::<S>(spec);
+    let first = Client::connect::<C>(&ClientSpec::to(&server));
+    let _ = server.events.connect();
+    let mut excess = ClientSpec::to(&server);
+    excess.options.connect_timeout = WAIT;
+    assert!(
+        Client::try_connect::<C>(&excess).is_err(),
+        "the excess connection is refused"
+    );
+    assert_eq!(server.metrics().connections_rejected, 1);
+    assert_eq!(server.sessions().len(), 1);
+    first.send("still served");
+    assert_eq!(first.recv(), Message::from("still served"));
+    server.shutdown(WAIT);
+}
+
+/// A server whose sessions write through 4 KiB socket buffers with
+/// `policy`, and a peer that upgrades and then never reads.
+fn stalled_server<S: Adapter>(
+    policy: SlowConsumerPolicy,
+    pending: usize,
+) -> (Server, RawWs, SessionId) {
+    let mut spec = ServerSpec::ws(OnMessage::Record);
+    spec.options.backpressure.max_pending_send_bytes = pending;
+    spec.options.backpressure.slow_consumer_policy = policy;
+    spec.options.send_buffer_size = Some(4096);
+    let server = Server::start::<S>(spec);
+    let stalled = RawWs::upgrade(server.local_addr());
+    let id = server.events.connect();
+    (server, stalled, id)
+}
+
+/// `Drop`: a stalled reader loses messages (counted); the readers get every
+/// broadcast, each before the next is sent, so the stalled one delays
+/// nobody.
+pub fn slow_consumer_drop<S: Adapter, C: Adapter>() {
+    let (mut server, stalled, stalled_id) =
+        stalled_server::<S>(SlowConsumerPolicy::Drop, 64 * 1024);
+    let readers: Vec<Client> = (0..4)
+        .map(|_| {
+            let client = Client::connect::<C>(&ClientSpec::to(&server));
+            let _ = server.events.connect();
+            client
+        })
+        .collect();
+    let payload = Message::from(vec![7u8; 16 * 1024]);
+    let started = Instant::now();
+    for _ in 0..200 {
+        let report = server.broadcast(payload.clone(), None);
+        assert!(report.delivered >= readers.len());
+        for reader in &readers {
+            assert_eq!(reader.recv().len(), payload.len());
+        }
+    }
+    assert!(started.elapsed() < WAIT);
+    for session in server.sessions() {
+        let dropped = session.metrics().messages_dropped;
+        if session.id() == stalled_id {
+            assert!(dropped > 0, "the stalled session dropped messages");
+        } else {
+            assert_eq!(dropped, 0, "readers lose nothing");
+        }
+    }
+    drop(stalled);
+    server.shutdown(WAIT);
+}
+
+/// `Disconnect`: a stalled reader is aborted once its queue is full; the
+/// readers carry on.
+pub fn slow_consumer_disconnect<S: Adapter, C: Adapter>() {
+    let (mut server, stalled, stalled_id) =
+        stalled_server::<S>(SlowConsumerPolicy::Disconnect, 16 * 1024);
+    let reader = Client::connect::<C>(&ClientSpec::to(&server));
+    let _ = server.events.connect();
+    let payload = Message::from(vec![7u8; 8 * 1024]);
+    let refused = (0..10_000).any(|_| server.send(stalled_id, payload.clone()).is_err());
+    assert!(refused, "a consumer that never reads is disconnected");
+    assert_eq!(
+        server.events.disconnect(),
+        (stalled_id, CloseReason::Local(CloseKind::Abort))
+    );
+    assert_eq!(server.broadcast("carry on", None).delivered, 1);
+    assert_eq!(reader.recv(), Message::from("carry on"));
+    drop(stalled);
+    server.shutdown(WAIT);
+}
+
+/// A client with reconnects finds its server again after a restart on the
+/// same address.
+pub fn reconnect_after_server_restart<S: Adapter, C: Adapter>() {
+    let mut server = Server::start::<S>(ServerSpec::ws(OnMessage::Echo));
+    let addr = server.local_addr();
+    let mut spec = ClientSpec::to(&server);
+    spec.options.reconnect = Some(BackoffConfig::fixed(Duration::from_millis(20)));
+    let client = Client::connect::<C>(&spec);
+    // Registered on the server too, so that shutdown closes it gracefully.
+    let _ = server.events.connect();
+    server.shutdown(WAIT);
+    assert_remote_close(&client.disconnect(), 1000, "client");
+    assert_eq!(client.events.next(), Event::Reconnecting(1));
+
+    let mut restarted = ServerSpec::ws(OnMessage::Echo);
+    restarted.options.addr = addr.to_string();
+    let mut server = Server::start::<S>(restarted);
+    loop {
+        match client.events.next() {
+            Event::Connect(_) => break,
+            Event::Reconnecting(_) | Event::Error(_) => {}
+            other => panic!("unexpected while reconnecting: {other:?}"),
+        }
+    }
+    client.send("again");
+    assert_eq!(client.recv(), Message::from("again"));
+    client.close();
+    client.assert_closed();
+    assert!(client.session().is_none());
+    assert!(client.try_send("late").is_err(), "no sends after close");
+    server.shutdown(WAIT);
+}
+
+/// TLS with certificates made now: WebSocket (`wss://`) and framed TCP.
+/// Skipped (and said so) when either adapter has no TLS.
+pub fn tls<S: Adapter, C: Adapter>() {
+    if !(S::TLS && C::TLS) {
+        eprintln!(
+            "SKIPPED: tls needs TLS in both adapters (server {}: {}, client {}: {})",
+            S::NAME,
+            S::TLS,
+            C::NAME,
+            C::TLS
+        );
+        return;
+    }
+    let pki = super::pki::Pki::new();
+    let mut ws = ServerSpec::ws(OnMessage::Echo);
+    ws.options.tls = Some(pki.server());
+    let mut tcp = ServerSpec::tcp(Framing::LengthPrefix, OnMessage::Echo);
+    tcp.options.tls = Some(pki.server());
+    for spec in [ws, tcp] {
+        let mut server = Server::start::<S>(spec);
+        let mut client_spec = ClientSpec::to(&server);
+        assert!(
+            matches!(client_spec.protocol, Protocol::Tcp(_))
+                || client_spec.target.starts_with("wss://")
+        );
+        client_spec.options.tls = Some(pki.client());
+        let client = Client::connect::<C>(&client_spec);
+        for message in [
+            Message::from(pattern(100_000)),
+            Message::from(b"secret".to_vec()),
+        ] {
+            client.send(message.clone());
+            assert_eq!(client.recv(), message);
+        }
+        client.close();
+        assert!(client.disconnect().is_normal());
+        client.assert_closed();
+        server.shutdown(WAIT);
+    }
+}
+
+/// Appends `name` and a direction mark to every message, and logs its
+/// connect and disconnect hooks.
+struct Tag {
+    name: &'static str,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Tag {
+    fn append(&self, message: Message, mark: &str) -> Option<Message> {
+        let mut bytes = message.as_bytes().to_vec();
+        bytes.extend_from_slice(self.name.as_bytes());
+        bytes.extend_from_slice(mark.as_bytes());
+        Some(match message {
+            Message::Text(_) => Message::from(String::from_utf8(bytes).ok()?),
+            _ => Message::from(bytes),
+        })
+    }
+
+    fn log(&self, what: &str) {
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(format!("{} {what}", self.name));
+    }
+}
+
+impl Middleware for Tag {
+    fn on_connect(&self, _: SessionId) {
+        self.log("connect");
+    }
+    fn on_received(&self, _: SessionId, message: Message) -> Option<Message> {
+        self.append(message, "<")
+    }
+    fn on_sending(&self, _: SessionId, message: Message) -> Option<Message> {
+        self.append(message, ">")
+    }
+    fn on_disconnect(&self, _: SessionId) {
+        self.log("disconnect");
+    }
+}
+
+fn chain(names: [&'static str; 2], log: &Arc<Mutex<Vec<String>>>) -> Arc<MiddlewareChain> {
+    let [first, second] = names.map(|name| Tag {
+        name,
+        log: Arc::clone(log),
+    });
+    Arc::new(MiddlewareChain::new().with(first).with(second))
+}
+
+/// Middleware runs in registration order on receive and on send (on both
+/// sides), and disconnect hooks unwind in reverse.
+pub fn middleware_order<S: Adapter, C: Adapter>() {
+    let server_log = Arc::new(Mutex::new(Vec::new()));
+    let client_log = Arc::new(Mutex::new(Vec::new()));
+    let mut spec = ServerSpec::ws(OnMessage::Echo);
+    spec.options.link.middleware = Some(chain(["a", "b"], &server_log));
+    let mut server = Server::start::<S>(spec);
+    let mut client_spec = ClientSpec::to(&server);
+    client_spec.options.link.middleware = Some(chain(["c", "d"], &client_log));
+    let client = Client::connect::<C>(&client_spec);
+    client.send("x");
+    // Client sends through c, d; the server receives through a, b; its
+    // echo is sent through a, b; the client receives through c, d.
+    assert_eq!(client.recv(), Message::from("xc>d>a<b<a>b>c<d<"));
+    assert_eq!(server.events.message().1, Message::from("xc>d>a<b<"));
+    client.close();
+    let _ = server.events.disconnect();
+    let _ = client.disconnect();
+    client.assert_closed();
+    let expected = |x: &str, y: &str| {
+        vec![
+            format!("{x} connect"),
+            format!("{y} connect"),
+            format!("{y} disconnect"),
+            format!("{x} disconnect"),
+        ]
+    };
+    let log =
+        |log: &Arc<Mutex<Vec<String>>>| log.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    assert_eq!(log(&server_log), expected("a", "b"));
+    assert_eq!(log(&client_log), expected("c", "d"));
+    server.shutdown(WAIT);
+}
+
+/// Shutdown closes every session with a normal close frame, returns, and
+/// stops listening.
+pub fn graceful_shutdown<S: Adapter, C: Adapter>() {
+    let mut server = Server::start::<S>(ServerSpec::ws(OnMessage::Echo));
+    let clients: Vec<Client> = (0..4)
+        .map(|_| Client::connect::<C>(&ClientSpec::to(&server)))
+        .collect();
+    let _ = server.connects(clients.len());
+    let addr = server.local_addr();
+    let hub = server.hub();
+    server.shutdown(WAIT);
+    for client in &clients {
+        assert_remote_close(&client.disconnect(), 1000, "client");
+        client.assert_closed();
+    }
+    assert_eq!(hub.session_count(), 0);
+    assert!(server.sessions().is_empty());
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "nothing listens any more"
+    );
+}
+
+/// A message over the server's limit closes the connection: 1009 for
+/// WebSocket, a framing error for length-prefixed and delimited TCP.
+pub fn oversize<S: Adapter, C: Adapter>() {
+    let mut spec = ServerSpec::ws(OnMessage::Echo);
+    server_ws_with(&mut spec, |ws| {
+        ws.config.max_frame_size = 1024;
+        ws.config.max_message_size = 1024;
+    });
+    let mut server = Server::start::<S>(spec);
+    let client = Client::connect::<C>(&ClientSpec::to(&server));
+    client.send(pattern(1024));
+    assert_eq!(client.recv().len(), 1024, "at the limit is fine");
+    client.send(pattern(1025));
+    assert_remote_close(&client.disconnect(), 1009, "client");
+    match server.events.disconnect().1 {
+        CloseReason::Protocol(e) => assert_eq!(e.close_code(), CloseCode::MESSAGE_TOO_BIG),
+        other => panic!("server: expected a protocol error, got {other:?}"),
+    }
+    server.shutdown(WAIT);
+
+    let mut limit = LengthPrefixConfig::default();
+    limit.max_frame_len = 1024;
+    let mut lines = DelimiterConfig::default();
+    lines.max_message_len = 64;
+    for (server_framing, client_framing, too_big) in [
+        (
+            Framing::LengthPrefixWith(limit),
+            Framing::LengthPrefix,
+            pattern(2048),
+        ),
+        (
+            Framing::Delimiter(lines),
+            Framing::Delimiter(DelimiterConfig::default()),
+            vec![b'x'; 200],
+        ),
+    ] {
+        let mut server = Server::start::<S>(ServerSpec::tcp(server_framing, OnMessage::Echo));
+        let mut spec = ClientSpec::to(&server);
+        spec.protocol = Protocol::Tcp(client_framing);
+        let client = Client::connect::<C>(&spec);
+        client.send(too_big);
+        assert!(matches!(
+            server.events.disconnect().1,
+            CloseReason::Framing(_)
+        ));
+        let _ = client.disconnect();
+        client.assert_closed();
+        server.shutdown(WAIT);
+    }
+}
+
+/// A WebSocket server started for a raw peer.
+fn ws_server_for_raw<S: Adapter>(edit: impl FnOnce(&mut ServerSpec)) -> Server {
+    let mut spec = ServerSpec::ws(OnMessage::Echo);
+    edit(&mut spec);
+    Server::start::<S>(spec)
+}
+
+/// A peer that upgrades and never answers a ping is declared dead, and
+/// its socket closed.
+pub fn server_heartbeat_timeout<S: Adapter>() {
+    let mut server = ws_server_for_raw::<S>(|spec| spec.options.link.heartbeat = fast_heartbeat());
+    let mut raw = RawWs::upgrade(server.local_addr());
+    let _ = server.events.connect();
+    assert_eq!(server.events.disconnect().1, CloseReason::PeerDead);
+    // The pings, then the end.
+    assert!(raw::read_to_close(&mut raw.stream) > 0);
+    server.shutdown(WAIT);
+}
+
+/// A raw ping is answered by a pong with the same payload.
+pub fn server_answers_ping<S: Adapter>() {
+    let mut server = ws_server_for_raw::<S>(|_| {});
+    let mut raw = RawWs::upgrade(server.local_addr());
+    raw.send(opcode::PING, b"are you there", true);
+    raw.send(opcode::TEXT, b"and this", true);
+    assert_eq!(
+        raw.next_event(),
+        Some(ws::Event::Pong(Bytes::from_static(b"are you there")))
+    );
+    assert_eq!(raw.next_event(), Some(ws::Event::Text("and this".into())));
+    // It would not answer the shutdown's close frame.
+    drop(raw);
+    server.shutdown(WAIT);
+}
+
+/// Malformed frames get the right close code, and the server reports why.
+pub fn server_malformed_frames<S: Adapter>() {
+    let mut server = ws_server_for_raw::<S>(|_| {});
+    for (opcode, payload, masked, code) in [
+        (
+            opcode::TEXT,
+            &b"\xff\xfe not utf-8"[..],
+            true,
+            CloseCode::INVALID_PAYLOAD,
+        ),
+        (
+            opcode::TEXT,
+            &b"unmasked"[..],
+            false,
+            CloseCode::PROTOCOL_ERROR,
+        ),
+        (opcode::RESERVED, &b"?"[..], true, CloseCode::PROTOCOL_ERROR),
+        (opcode::CLOSE, &b"\x03"[..], true, CloseCode::PROTOCOL_ERROR),
+    ] {
+        let mut raw = RawWs::upgrade(server.local_addr());
+        let _ = server.events.connect();
+        raw.send(opcode, payload, masked);
+        let frame = raw.close_frame().expect("a close frame");
+        assert_eq!(frame.code, code, "opcode {opcode:#x}, payload {payload:?}");
+        match server.events.disconnect().1 {
+            CloseReason::Protocol(e) => assert_eq!(e.close_code(), code),
+            other => panic!("server: expected a protocol error, got {other:?}"),
+        }
+        let _ = raw::read_to_close(&mut raw.stream);
+    }
+    server.shutdown(WAIT);
+}
+
+/// A request that is not an upgrade gets an HTTP error and the socket is
+/// closed; a half-sent one times out. Neither becomes a session.
+pub fn server_bad_handshakes<S: Adapter>() {
+    let mut server = ws_server_for_raw::<S>(|spec| {
+        spec.options.handshake_timeout = Duration::from_millis(200);
+    });
+    let mut raw = TcpStream::connect(server.local_addr()).expect("connect");
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    raw.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut response = Vec::new();
+    let _ = raw.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 4"), "got {response:?}");
+
+    let started = Instant::now();
+    let mut raw = TcpStream::connect(server.local_addr()).expect("connect");
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .expect("write");
+    assert_eq!(raw::read_to_close(&mut raw), 0, "closed without a response");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert!(server.sessions().is_empty());
+    eventually("the handshake's permit is released", || {
+        server.metrics().connections == 0
+    });
+    server.shutdown(WAIT);
+}
+
+/// Shutdown aborts what does not answer its close frame within the
+/// timeout, and still returns.
+pub fn server_shutdown_aborts_a_silent_peer<S: Adapter>() {
+    let mut server = ws_server_for_raw::<S>(|_| {});
+    let _silent = RawWs::upgrade(server.local_addr());
+    let _ = server.events.connect();
+    let started = Instant::now();
+    server.shutdown(Duration::from_millis(100));
+    assert!(started.elapsed() < WAIT);
+    assert!(matches!(
+        server.events.disconnect().1,
+        CloseReason::Local(_)
+    ));
+}
+
+/// A client declares a server that never answers pings dead.
+pub fn client_heartbeat_timeout<C: Adapter>() {
+    let raw = RawWsServer::bind();
+    let mut spec = ClientSpec {
+        target: raw.url(),
+        protocol: Protocol::Ws(WsOptions::default()),
+        options: Default::default(),
+    };
+    spec.options.link.heartbeat = fast_heartbeat();
+    let accepting = std::thread::spawn(move || raw.accept());
+    let client = Client::connect::<C>(&spec);
+    let _socket = accepting.join().expect("accept thread");
+    assert_eq!(client.disconnect(), CloseReason::PeerDead);
+    client.assert_closed();
+}
+
+/// A client refuses a masked frame from a server with 1002.
+pub fn client_rejects_masked_server_frames<C: Adapter>() {
+    let raw = RawWsServer::bind();
+    let spec = ClientSpec {
+        target: raw.url(),
+        protocol: Protocol::Ws(WsOptions::default()),
+        options: Default::default(),
+    };
+    let accepting = std::thread::spawn(move || raw.accept());
+    let client = Client::connect::<C>(&spec);
+    let mut socket = accepting.join().expect("accept thread");
+    socket
+        .write_all(&raw::frame(opcode::TEXT, b"masked", true))
+        .expect("write");
+    match client.disconnect() {
+        CloseReason::Protocol(e) => assert_eq!(e, ProtocolError::MaskedFrame),
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+    client.assert_closed();
+    assert!(
+        raw::read_to_close(&mut socket) > 0,
+        "the client sent its close frame"
+    );
+}
+
+/// Connecting where nothing listens fails, in time.
+pub fn client_connect_refused<C: Adapter>() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let started = Instant::now();
+    for protocol in [
+        Protocol::Ws(WsOptions::default()),
+        Protocol::Tcp(Framing::LengthPrefix),
+    ] {
+        let target = match protocol {
+            Protocol::Ws(_) => format!("ws://{addr}/"),
+            Protocol::Tcp(_) => addr.to_string(),
+        };
+        let mut spec = ClientSpec {
+            target,
+            protocol,
+            options: Default::default(),
+        };
+        spec.options.connect_timeout = Duration::from_secs(2);
+        assert!(Client::try_connect::<C>(&spec).is_err());
+    }
+    assert!(started.elapsed() < WAIT);
+}

@@ -8,17 +8,19 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use rustls_pki_types::ServerName;
 
 use storm_proto::Message;
 use storm_proto::hub::{Hub, HubConfig};
 use storm_proto::link::{Link, Protocol};
-use storm_proto::options::{ClientOptions, Framing, WsOptions};
+use storm_proto::options::{ClientOptions, Framing, TlsClientOptions, WsOptions};
 use storm_proto::reconnect::{Backoff, BackoffStep};
 use storm_proto::ws::handshake::{ClientConfig, ClientHandshake, ClientStep, ResponseError};
 use storm_proto::ws::{Connection, Side, UrlError, WsUrl};
 
+use crate::deadline::{Deadlined, remaining};
 use crate::driver::drive;
-use crate::server::{remaining, timed_out};
+use crate::tls::TlsStream;
 use crate::{Handler, SendError, Session};
 
 /// Why a client could not connect.
@@ -27,11 +29,13 @@ use crate::{Handler, SendError, Session};
 pub enum ClientError {
     /// The URL is not a WebSocket URL.
     Url(UrlError),
+    /// TLS failed: the server's certificate is not trusted or does not
+    /// name the server, the server refused the client's certificate, or
+    /// the peer does not speak TLS.
+    Tls(io::Error),
     /// Connecting or the handshake took longer than the connect timeout.
     Timeout,
-    /// The transport failed; also TLS options or a `wss://` URL
-    /// ([`InvalidInput`](io::ErrorKind::InvalidInput): this adapter has no
-    /// TLS yet).
+    /// The transport failed.
     Io(io::Error),
     /// The server refused the WebSocket upgrade.
     Handshake(ResponseError),
@@ -47,6 +51,7 @@ impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Url(e) => e.fmt(f),
+            Self::Tls(e) => write!(f, "TLS failed: {e}"),
             Self::Timeout => f.write_str("connect timed out"),
             Self::Io(e) => write!(f, "I/O error: {e}"),
             Self::Handshake(e) => write!(f, "upgrade refused: {e}"),
@@ -61,7 +66,7 @@ impl std::error::Error for ClientError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Url(e) => Some(e),
-            Self::Io(e) => Some(e),
+            Self::Tls(e) | Self::Io(e) => Some(e),
             Self::Handshake(e) => Some(e),
             Self::Send(e) => Some(e),
             _ => None,
@@ -70,29 +75,53 @@ impl std::error::Error for ClientError {
 }
 
 impl From<io::Error> for ClientError {
-    /// [`ClientError::Timeout`] for a timed-out socket operation, else
+    /// [`ClientError::Timeout`] for a timed-out socket operation,
+    /// [`ClientError::Tls`] when rustls is what failed (an alert from the
+    /// server such as a refused client certificate), else
     /// [`ClientError::Io`].
     fn from(e: io::Error) -> Self {
+        let tls = e
+            .get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
         match e.kind() {
+            _ if tls => Self::Tls(e),
             io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Self::Timeout,
             _ => Self::Io(e),
         }
     }
 }
 
-fn no_tls() -> ClientError {
-    ClientError::Io(io::Error::new(
-        io::ErrorKind::InvalidInput,
-        "storm-std does not support TLS yet: use a ws:// URL and no TLS options, \
-         or use storm-tokio for TLS",
-    ))
-}
-
 /// Where and how a client connects.
 #[derive(Clone)]
 enum Target {
-    Tcp { addr: String, framing: Framing },
-    Ws { url: WsUrl, ws: WsOptions },
+    Tcp {
+        addr: String,
+        framing: Framing,
+        tls: Option<Tls>,
+    },
+    Ws {
+        url: WsUrl,
+        ws: WsOptions,
+        tls: Option<Tls>,
+    },
+}
+
+/// TLS for every (re)connection of one client, built once.
+#[derive(Clone)]
+struct Tls {
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+}
+
+impl Tls {
+    /// `host` names the server unless the options name it.
+    fn new(options: &TlsClientOptions, host: &str) -> Result<Self, ClientError> {
+        let config = |e: io::Error| ClientError::Config(e.to_string());
+        Ok(Self {
+            config: crate::tls::client_config(options).map_err(config)?,
+            name: crate::tls::server_name(options, host).map_err(config)?,
+        })
+    }
 }
 
 /// A connected client. Dropping it does not close the connection; call
@@ -133,16 +162,20 @@ pub struct WsClient;
 pub struct TcpClient;
 
 impl WsClient {
-    /// Connects to a `ws://` URL, blocking until the upgrade is done (or
-    /// the connect timeout passes), and runs `handler` for the connection
-    /// on its own threads (and, with `options.reconnect`, for every
-    /// reconnection).
+    /// Connects to a `ws://` or `wss://` URL, blocking until the upgrade is
+    /// done (or the connect timeout passes), and runs `handler` for the
+    /// connection on its own threads (and, with `options.reconnect`, for
+    /// every reconnection).
+    ///
+    /// `wss://` uses `options.tls`, or the default TLS options (the web
+    /// roots) when it is `None`; the certificate must name the URL's host
+    /// unless `server_name` says otherwise.
     ///
     /// # Errors
     ///
-    /// When the first connection cannot be made; a `wss://` URL or TLS
-    /// options give [`ClientError::Io`] with
-    /// [`InvalidInput`](io::ErrorKind::InvalidInput) (no TLS yet).
+    /// When the first connection cannot be made ([`ClientError::Tls`] when
+    /// TLS fails); [`ClientError::Config`] for invalid TLS options, or TLS
+    /// options with a `ws://` URL.
     pub fn connect<H: Handler>(
         url: &str,
         options: ClientOptions,
@@ -150,21 +183,29 @@ impl WsClient {
         handler: H,
     ) -> Result<Client, ClientError> {
         let url: WsUrl = url.parse().map_err(ClientError::Url)?;
-        if url.secure || options.tls.is_some() {
-            return Err(no_tls());
-        }
-        start(Target::Ws { url, ws }, options, handler)
+        let tls = match (url.secure, &options.tls) {
+            (true, tls) => Some(Tls::new(&tls.clone().unwrap_or_default(), &url.host)?),
+            (false, None) => None,
+            (false, Some(_)) => {
+                return Err(ClientError::Config(
+                    "TLS options are set but the URL is ws://: use wss://".to_owned(),
+                ));
+            }
+        };
+        start(Target::Ws { url, ws, tls }, options, handler)
     }
 }
 
 impl TcpClient {
     /// Connects to `addr` (`host:port`), blocking until connected (or the
-    /// connect timeout passes), and frames messages with `framing`.
+    /// connect timeout passes), and frames messages with `framing`; over
+    /// TLS when `options.tls` is set, the certificate naming `host` unless
+    /// `server_name` says otherwise.
     ///
     /// # Errors
     ///
     /// When the first connection cannot be made; [`ClientError::Config`]
-    /// for invalid options; TLS options as for [`WsClient::connect`].
+    /// for invalid options.
     pub fn connect<H: Handler>(
         addr: &str,
         options: ClientOptions,
@@ -174,12 +215,14 @@ impl TcpClient {
         framing
             .build()
             .map_err(|e| ClientError::Config(e.to_string()))?;
-        if options.tls.is_some() {
-            return Err(no_tls());
-        }
+        let tls = match &options.tls {
+            Some(tls) => Some(Tls::new(tls, crate::tls::host_of(addr))?),
+            None => None,
+        };
         let target = Target::Tcp {
             addr: addr.to_owned(),
             framing,
+            tls,
         };
         start(target, options, handler)
     }
@@ -251,9 +294,16 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// One established connection, ready for the driver.
 struct Connected {
-    stream: TcpStream,
+    stream: Stream,
     session: Session,
     initial: Bytes,
+}
+
+/// A connection's byte stream: chosen once per connection, so the driver
+/// runs monomorphic for each.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
 }
 
 fn start<H: Handler>(
@@ -325,14 +375,25 @@ fn run<H: Handler>(
             // Closed while the connection was being made.
             session.close();
         }
-        drive(
-            connected.stream,
-            &session,
-            handler,
-            connected.initial,
-            options.write_batch,
-            options.link.close_timeout,
-        );
+        let (batch, close_timeout) = (options.write_batch, options.link.close_timeout);
+        match connected.stream {
+            Stream::Plain(stream) => drive(
+                stream,
+                &session,
+                handler,
+                connected.initial,
+                batch,
+                close_timeout,
+            ),
+            Stream::Tls(stream) => drive(
+                *stream,
+                &session,
+                handler,
+                connected.initial,
+                batch,
+                close_timeout,
+            ),
+        }
         *lock(&shared.current) = None;
         hub.disconnect(session.id());
         // Reconnect unless the application closed, or reconnects are off.
@@ -372,9 +433,9 @@ fn connect_once(
     hub: &Hub,
 ) -> Result<Connected, ClientError> {
     let deadline = Instant::now() + options.connect_timeout;
-    let authority = match target {
-        Target::Tcp { addr, .. } => addr.clone(),
-        Target::Ws { url, .. } => url.authority(),
+    let (authority, tls) = match target {
+        Target::Tcp { addr, tls, .. } => (addr.clone(), tls),
+        Target::Ws { url, tls, .. } => (url.authority(), tls),
     };
     // Name resolution blocks without a timeout of its own.
     let mut stream = None;
@@ -392,19 +453,34 @@ fn connect_once(
             Err(e) => last = e.into(),
         }
     }
-    let mut stream = stream.ok_or(last)?;
+    let stream = stream.ok_or(last)?;
     stream.set_nodelay(options.nodelay)?;
     let remote = stream.peer_addr()?;
-    let (protocol, initial) = match target {
-        Target::Tcp { framing, .. } => {
-            let framer = framing
-                .build()
-                .map_err(|e| ClientError::Config(e.to_string()))?;
-            (Protocol::Framed(framer), Bytes::new())
+    let (stream, protocol, initial) = match tls {
+        None => {
+            let mut io = Deadlined::new(&stream, deadline, "WebSocket handshake");
+            let (protocol, initial) = open(target, options, &mut io)?;
+            (Stream::Plain(stream), protocol, initial)
         }
-        Target::Ws { url, ws } => {
-            let (conn, initial) = upgrade(&mut stream, url, ws, options, deadline)?;
-            (Protocol::WebSocket(Box::new(conn)), initial)
+        Some(tls) => {
+            let mut io = Deadlined::new(&stream, deadline, "TLS or WebSocket handshake");
+            let mut conn = rustls::ClientConnection::new(Arc::clone(&tls.config), tls.name.clone())
+                .map_err(|e| ClientError::Tls(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+            crate::tls::handshake(&mut conn, &mut io).map_err(|e| match e.kind() {
+                io::ErrorKind::TimedOut => ClientError::Timeout,
+                _ => ClientError::Tls(e),
+            })?;
+            let (protocol, leftover) = open(
+                target,
+                options,
+                &mut rustls::Stream::new(&mut conn, &mut io),
+            )?;
+            let initial = crate::tls::initial_input(&mut conn, leftover)?;
+            (
+                Stream::Tls(Box::new(TlsStream::new(stream, conn))),
+                protocol,
+                initial,
+            )
         }
     };
     let session = new_session(hub, options, remote, protocol)?;
@@ -415,14 +491,35 @@ fn connect_once(
     })
 }
 
-fn upgrade(
-    stream: &mut TcpStream,
+/// The protocol a new connection speaks, after the WebSocket upgrade for a
+/// WebSocket client; and any bytes the server sent after its response.
+fn open<S: Read + Write>(
+    target: &Target,
+    options: &ClientOptions,
+    stream: &mut S,
+) -> Result<(Protocol, Bytes), ClientError> {
+    Ok(match target {
+        Target::Tcp { framing, .. } => {
+            let framer = framing
+                .build()
+                .map_err(|e| ClientError::Config(e.to_string()))?;
+            (Protocol::Framed(framer), Bytes::new())
+        }
+        Target::Ws { url, ws, .. } => {
+            let (conn, initial) = upgrade(stream, url, ws, options)?;
+            (Protocol::WebSocket(Box::new(conn)), initial)
+        }
+    })
+}
+
+/// Sends the upgrade request and reads the response. `stream` bounds the
+/// time.
+fn upgrade<S: Read + Write>(
+    stream: &mut S,
     url: &WsUrl,
     ws: &WsOptions,
     options: &ClientOptions,
-    deadline: Instant,
 ) -> Result<(Connection, Bytes), ClientError> {
-    const WHAT: &str = "WebSocket handshake";
     let mut config = ClientConfig::new(url.host_header(), url.resource.clone());
     config.subprotocols.clone_from(&ws.subprotocols);
     config.deflate.clone_from(&ws.deflate);
@@ -430,16 +527,16 @@ fn upgrade(
     let mut out = BytesMut::new();
     let mut state = ClientHandshake::start(&config, &mut rand::rng(), &mut out)
         .map_err(|e| ClientError::Config(e.to_string()))?;
-    stream.set_write_timeout(Some(remaining(deadline, WHAT)?))?;
-    stream.write_all(&out).map_err(|e| timed_out(e, WHAT))?;
+    stream.write_all(&out)?;
+    // A TLS stream may hold the request until flushed.
+    stream.flush()?;
     let mut buf = vec![0u8; 4096];
     let upgraded = loop {
-        stream.set_read_timeout(Some(remaining(deadline, WHAT)?))?;
         let n = match stream.read(&mut buf) {
             Ok(0) => return Err(ClientError::Io(io::ErrorKind::UnexpectedEof.into())),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(timed_out(e, WHAT).into()),
+            Err(e) => return Err(e.into()),
         };
         match state
             .handle_input(buf.get(..n).unwrap_or_default())

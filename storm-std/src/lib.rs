@@ -7,7 +7,7 @@
 //! Every protocol decision comes from [`storm_proto`]; this crate owns the
 //! sockets and the threads. Per connection:
 //!
-//! - a **reader thread** (the one that accepted or connected) blocks in
+//! - a **reader thread** (the one that ran the handshakes) blocks in
 //!   `read` with a read timeout taken from
 //!   [`Link::poll_timeout`](storm_proto::link::Link::poll_timeout), so
 //!   heartbeats and close timeouts fire; it feeds the link and calls your
@@ -20,19 +20,35 @@
 //! new one with [`WsServer::spawn`]); clients run their connection, and
 //! their reconnects, on their own threads.
 //!
+//! # TLS
+//!
+//! Set [`ServerOptions::tls`](storm_proto::options::ServerOptions::tls) on
+//! a server (optionally with a client CA, to require client certificates),
+//! and [`ClientOptions::tls`](storm_proto::options::ClientOptions::tls) or a
+//! `wss://` URL on a client: the same options, the same certificate checks
+//! and the same errors as `storm-tokio` ([`ClientError::Tls`] when the
+//! server is not trusted or refuses the client). The configuration comes
+//! from the core's [`storm_proto::tls`]; [`tls`] re-exports its PEM-file
+//! helpers and says how the two threads share one rustls connection.
+//!
 //! # Limits
 //!
-//! - **Two threads per connection.** Fine for hundreds to a few thousand
-//!   connections; not for tens of thousands (each thread has its own stack
-//!   and the scheduler pays for every one). Use `storm-tokio` for that.
-//! - **No TLS yet.** [`ServerOptions::tls`](storm_proto::options::ServerOptions::tls)
-//!   or [`ClientOptions::tls`](storm_proto::options::ClientOptions::tls)
-//!   set, or a `wss://` URL, is refused with an
-//!   [`InvalidInput`](std::io::ErrorKind::InvalidInput) error rather than
-//!   silently ignored.
+//! - **Two threads per connection**, TLS or not. Fine for hundreds to a
+//!   few thousand connections; not for tens of thousands: each thread has
+//!   its own stack (2 MiB of address space by default, a few pages
+//!   actually touched) and the scheduler pays for every one. Use
+//!   `storm-tokio` for that.
+//! - **TLS shares one lock per connection** between its reader and writer.
+//!   Neither holds it while blocked on the socket, only while rustls
+//!   decrypts one read (16 KiB at most) or encrypts one batch (64 KiB at
+//!   most), so the two directions slow each other down a little under full
+//!   duplex load but never stop each other. Plain TCP has no such lock.
+//! - A handshake (TLS, then the WebSocket upgrade) runs on the connection's
+//!   own thread before the writer starts, bounded by the handshake timeout
+//!   (servers) or the connect timeout (clients).
 //! - A client's name resolution (`to_socket_addrs`) blocks without a
-//!   timeout of its own; the connect timeout covers the TCP connect and the
-//!   upgrade.
+//!   timeout of its own; the connect timeout covers the TCP connect, the
+//!   TLS handshake and the upgrade.
 //! - A writer blocked on a peer that does not read looks every 200 ms
 //!   whether its session was aborted.
 //! - A handler that panics aborts its connection; the server keeps going.
@@ -59,13 +75,16 @@
 //! ```
 //!
 //! [`ws::WebSocket`] is the lower-level piece: one blocking WebSocket over
-//! any `Read + Write` stream, without sessions, hub or heartbeat.
+//! any `Read + Write` stream (a rustls `StreamOwned` too), without
+//! sessions, hub or heartbeat; its own [`ws::connect`] speaks `ws://` only.
 
 mod client;
+mod deadline;
 mod driver;
 mod handler;
 mod server;
 mod session;
+pub mod tls;
 pub mod ws;
 
 pub use client::{Client, ClientError, TcpClient, WsClient};

@@ -18,7 +18,9 @@ use storm_proto::peer::Registry;
 use storm_proto::ws::handshake::{ServerConfig, ServerHandshake, ServerStep};
 use storm_proto::ws::{Connection, Side};
 
-use crate::driver::drive;
+use crate::deadline::Deadlined;
+use crate::driver::{Transport, drive};
+use crate::tls::TlsStream;
 use crate::{Handler, Session};
 
 /// What the server speaks after accepting.
@@ -44,6 +46,8 @@ struct Shared {
     registry: Registry<Session>,
     options: ServerOptions,
     kind: Kind,
+    /// Built once at bind from `options.tls`.
+    tls: Option<Arc<rustls::ServerConfig>>,
     local_addr: SocketAddr,
     stop: AtomicBool,
     serving: Mutex<Serving>,
@@ -144,9 +148,9 @@ impl WsServer {
     ///
     /// # Errors
     ///
-    /// An invalid address or option, TLS options (not supported by this
-    /// adapter yet: [`InvalidInput`](io::ErrorKind::InvalidInput)), or a
-    /// failed bind.
+    /// An invalid address or option (a TLS certificate or key that does
+    /// not parse or fit: [`InvalidInput`](io::ErrorKind::InvalidInput),
+    /// naming the field), or a failed bind.
     pub fn bind(options: ServerOptions, ws: WsOptions) -> io::Result<Self> {
         let handshake = ServerConfig {
             subprotocols: ws.subprotocols.clone(),
@@ -181,13 +185,12 @@ fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
 }
 
 fn bind(options: ServerOptions, kind: Kind) -> io::Result<(TcpListener, ServerHandle)> {
-    if options.tls.is_some() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "storm-std does not support TLS yet: unset ServerOptions::tls, \
-             or use storm-tokio for TLS",
-        ));
-    }
+    // Before the socket: a bad certificate must not leave a port taken.
+    let tls = options
+        .tls
+        .as_ref()
+        .map(crate::tls::server_config)
+        .transpose()?;
     let addr = options.addr.to_socket_addrs()?.next().ok_or_else(|| {
         io::Error::new(io::ErrorKind::InvalidInput, "address resolves to nothing")
     })?;
@@ -211,6 +214,7 @@ fn bind(options: ServerOptions, kind: Kind) -> io::Result<(TcpListener, ServerHa
         local_addr: listener.local_addr()?,
         options,
         kind,
+        tls,
         stop: AtomicBool::new(false),
         serving: Mutex::new(Serving::NotStarted),
         serving_changed: Condvar::new(),
@@ -286,7 +290,7 @@ impl ServerHandle {
 
     fn run_connection<H: Handler>(
         &self,
-        mut stream: TcpStream,
+        stream: TcpStream,
         remote: SocketAddr,
         permit: ConnectionPermit,
         handler: &H,
@@ -297,7 +301,43 @@ impl ServerHandle {
         if options.keepalive {
             socket2::SockRef::from(&stream).set_keepalive(true)?;
         }
-        let (protocol, initial) = match &shared.kind {
+        // One time budget for the whole handshake: TLS, then the upgrade.
+        let deadline = Instant::now() + options.handshake_timeout;
+        match &shared.tls {
+            None => {
+                let mut io = Deadlined::new(&stream, deadline, "WebSocket handshake");
+                let (protocol, initial) = self.open(&mut io)?;
+                self.run_session(stream, protocol, initial, remote, permit, handler)
+            }
+            Some(config) => {
+                let what = match shared.kind {
+                    Kind::Ws { .. } => "TLS or WebSocket handshake",
+                    Kind::Tcp(_) => "TLS handshake",
+                };
+                let mut io = Deadlined::new(&stream, deadline, what);
+                let mut conn = rustls::ServerConnection::new(Arc::clone(config))
+                    .map_err(|e| io::Error::other(format!("TLS: {e}")))?;
+                crate::tls::handshake(&mut conn, &mut io).map_err(|e| {
+                    if e.kind() == io::ErrorKind::TimedOut {
+                        e
+                    } else {
+                        io::Error::new(e.kind(), format!("TLS handshake failed: {e}"))
+                    }
+                })?;
+                let (protocol, leftover) =
+                    self.open(&mut rustls::Stream::new(&mut conn, &mut io))?;
+                let initial = crate::tls::initial_input(&mut conn, leftover)?;
+                let stream = TlsStream::new(stream, conn);
+                self.run_session(stream, protocol, initial, remote, permit, handler)
+            }
+        }
+    }
+
+    /// The protocol a new connection speaks, after the WebSocket upgrade
+    /// when the server is a WebSocket server; and any bytes the peer sent
+    /// after its upgrade request.
+    fn open<S: Read + Write>(&self, stream: &mut S) -> io::Result<(Protocol, Bytes)> {
+        Ok(match &self.shared.kind {
             Kind::Tcp(framing) => (
                 Protocol::Framed(framing.build().map_err(invalid)?),
                 Bytes::new(),
@@ -306,11 +346,24 @@ impl ServerHandle {
                 handshake,
                 options: ws,
             } => {
-                let deadline = Instant::now() + options.handshake_timeout;
-                let (conn, leftover) = accept_ws(&mut stream, handshake, ws, deadline)?;
+                let (conn, leftover) = accept_ws(stream, handshake, ws)?;
                 (Protocol::WebSocket(Box::new(conn)), leftover)
             }
-        };
+        })
+    }
+
+    /// Registers the session and drives it until it closes.
+    fn run_session<T: Transport, H: Handler>(
+        &self,
+        stream: T,
+        protocol: Protocol,
+        initial: Bytes,
+        remote: SocketAddr,
+        permit: ConnectionPermit,
+        handler: &H,
+    ) -> io::Result<()> {
+        let shared = &self.shared;
+        let options = &shared.options;
         let hub_session = shared
             .registry
             .hub()
@@ -393,65 +446,40 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Time left before `deadline`, or a timed-out error naming the handshake.
-pub(crate) fn remaining(deadline: Instant, what: &str) -> io::Result<Duration> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("{what} timed out"),
-        ))
-    } else {
-        Ok(left)
-    }
-}
-
-/// A read or write timeout during a handshake is the handshake's timeout.
-pub(crate) fn timed_out(e: io::Error, what: &str) -> io::Error {
-    match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-            io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out"))
-        }
-        _ => e,
-    }
-}
-
 /// Reads the upgrade request, answers it, and returns the connection and
-/// any bytes the client sent after its request; all before `deadline`.
-fn accept_ws(
-    stream: &mut TcpStream,
+/// any bytes the client sent after its request. `stream` bounds the time.
+fn accept_ws<S: Read + Write>(
+    stream: &mut S,
     handshake: &Arc<ServerConfig>,
     ws: &WsOptions,
-    deadline: Instant,
 ) -> io::Result<(Connection, Bytes)> {
-    const WHAT: &str = "WebSocket handshake";
     let mut state = ServerHandshake::new(Arc::clone(handshake)).map_err(invalid)?;
     let mut buf = vec![0u8; 4096];
     let mut out = BytesMut::new();
     let pending = loop {
-        stream.set_read_timeout(Some(remaining(deadline, WHAT)?))?;
         let n = match stream.read(&mut buf) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(timed_out(e, WHAT)),
+            Err(e) => return Err(e),
         };
         match state.handle_input(buf.get(..n).unwrap_or_default()) {
             Ok(ServerStep::NeedMore(next)) => state = next,
             Ok(ServerStep::Request(pending)) => break pending,
             Err(e) => {
                 e.write_response(&mut out);
-                if let Ok(left) = remaining(deadline, WHAT) {
-                    let _ = stream.set_write_timeout(Some(left));
-                    let _ = stream.write_all(&out);
+                // Best effort, within the same deadline.
+                if stream.write_all(&out).is_ok() {
+                    let _ = stream.flush();
                 }
                 return Err(invalid(e));
             }
         }
     };
     let accepted = pending.accept(&mut out);
-    stream.set_write_timeout(Some(remaining(deadline, WHAT)?))?;
-    stream.write_all(&out).map_err(|e| timed_out(e, WHAT))?;
+    stream.write_all(&out)?;
+    // A TLS stream may hold the response until flushed.
+    stream.flush()?;
     let mut conn = Connection::new(Side::Server, ws.config.clone());
     if let (Some(params), Some(deflate)) = (accepted.deflate, &ws.deflate) {
         conn = conn.with_deflate(params, deflate).map_err(invalid)?;

@@ -102,8 +102,7 @@ impl ClientDriver for StdClient {
 
 impl Adapter for Std {
     const NAME: &'static str = "std";
-    /// storm-std has no TLS yet: flip this when it does.
-    const TLS: bool = false;
+    const TLS: bool = true;
 
     fn start_server(spec: &ServerSpec, reactor: Reactor) -> io::Result<Box<dyn ServerDriver>> {
         let options = spec.options.clone();

@@ -290,6 +290,7 @@ async fn provide(args: &ProviderArgs) -> Result<(), BrokerError> {
     let (mode, delay) = (args.mode, args.delay);
     provider
         .serve(move |request| async move {
+            println!("request {} ({} bytes)", request.id, request.payload.len());
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }

@@ -36,6 +36,14 @@
 //! New requests are not held back: when every provider's queue is full,
 //! the router answers them with `BUSY` at once.
 //!
+//! The wait is per channel, not per request: the router does not say which
+//! connection a frame will go to, so a stream waits for *every* receiver
+//! on its channel (every provider for request data, every consumer for
+//! response data). One slow receiver therefore slows the channel's other
+//! streams, for at most [`BrokerOptions::flow_wait`] per frame; after that
+//! the frame goes to the router, which fails its request with `BUSY` if
+//! there is still no room.
+//!
 //! # Example
 //!
 //! ```

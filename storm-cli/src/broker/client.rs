@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use storm_proto::Message;
+use storm_proto::backpressure::SlowConsumerPolicy;
 use storm_proto::broker::{
     BrokerFramer, ErrorPayload, Frame, FrameConfig, FrameType, Registration, RequestId,
 };
@@ -67,9 +68,17 @@ impl Connection {
         frame: FrameConfig,
         registration: Registration,
     ) -> Result<Self, BrokerError> {
+        if options.reconnect.is_some() {
+            return Err(BrokerError::Config(
+                "reconnect is not supported: a registration does not survive it".to_owned(),
+            ));
+        }
         let framer = BrokerFramer::new(frame.clone())?;
         let framing = BrokerFramer::framing(frame)?;
         let wait = options.connect_timeout;
+        // Frames are never dropped for a slow connection: senders wait.
+        let mut options = options;
+        options.backpressure.slow_consumer_policy = SlowConsumerPolicy::Wait;
         let (tx, mut inbound) = mpsc::channel(INBOUND_CAPACITY);
         let handler = Inbound {
             tx,

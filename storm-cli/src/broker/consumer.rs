@@ -22,6 +22,9 @@ use super::client::{Connection, Incoming, concat, send, send_soon};
 pub struct ConsumerOptions {
     /// Connect timeout (also bounds the registration), socket options and
     /// send backpressure. Default: [`ClientOptions::default`].
+    /// The slow-consumer policy is always `Wait` (frames are never
+    /// dropped); `reconnect` must stay off (a registration does not survive
+    /// a reconnect).
     pub client: ClientOptions,
     /// Largest frame payload; requests are sent in chunks of this size.
     /// Must match the broker's. Default 1 MiB.
@@ -105,7 +108,8 @@ impl Consumer {
     ///
     /// [`BrokerError::Connect`], [`BrokerError::Timeout`] (no
     /// acknowledgement within the connect timeout), [`BrokerError::Failed`]
-    /// (the broker refused), [`BrokerError::Config`].
+    /// (the broker refused), [`BrokerError::Config`] (also for
+    /// `client.reconnect` set).
     pub async fn connect(
         addr: &str,
         channel: ChannelId,

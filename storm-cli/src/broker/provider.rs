@@ -26,6 +26,9 @@ use super::client::{Connection, Incoming, send, send_soon};
 pub struct ProviderOptions {
     /// Connect timeout (also bounds the registration), socket options and
     /// send backpressure. Default: [`ClientOptions::default`].
+    /// The slow-consumer policy is always `Wait` (frames are never
+    /// dropped); `reconnect` must stay off (a registration does not survive
+    /// a reconnect).
     pub client: ClientOptions,
     /// Largest frame payload; responses are sent in pieces of this size.
     /// Must match the broker's. Default 1 MiB.

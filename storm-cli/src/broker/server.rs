@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use storm_proto::Message;
+use storm_proto::backpressure::SlowConsumerPolicy;
 use storm_proto::broker::{
     BrokerFramer, ChannelId, ConnId, ErrorCode, ErrorPayload, Frame, FrameConfig, FrameType, Role,
     Router, RouterConfig, RouterEvent, RouterStats,
@@ -24,6 +25,9 @@ use super::BrokerError;
 pub struct BrokerOptions {
     /// Address, socket options, connection limit, per-session send
     /// backpressure. Default: [`ServerOptions::default`] (`127.0.0.1:0`).
+    /// The slow-consumer policy is always `Wait`: the router's bounded
+    /// queues (and `BUSY`) are the broker's policy, so no frame is dropped
+    /// by the session.
     pub server: ServerOptions,
     /// Timeouts and queue limits of the router (see [`RouterConfig`] for
     /// each default). Its `max_frame_payload` is replaced by
@@ -121,7 +125,9 @@ impl BrokerServer {
         let router = Router::new(router_config)?;
         let framer = BrokerFramer::new(options.frame.clone())?;
         let framing = BrokerFramer::framing(options.frame)?;
-        let server = TcpServer::bind(options.server, framing)
+        let mut server_options = options.server;
+        server_options.backpressure.slow_consumer_policy = SlowConsumerPolicy::Wait;
+        let server = TcpServer::bind(server_options, framing)
             .await
             .map_err(BrokerError::Io)?;
         let shared = Arc::new(Shared {

@@ -182,6 +182,57 @@ async fn fifty_mib_round_trip_is_streamed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_request_written_in_pieces() {
+    let (addr, _handle) = broker(|_| {}).await;
+    let ch = channel(12);
+    provider(&addr, ch, |r: Request| async move { Ok(r.payload) }).await;
+    let consumer = consumer(&addr, ch).await;
+    let mut stream = within("start", consumer.stream(WAIT))
+        .await
+        .expect("started");
+    let data = noise(3 << 20);
+    for piece in [
+        data.slice(..10),
+        data.slice(10..(2 << 20)),
+        data.slice((2 << 20)..),
+    ] {
+        within("write", stream.write(piece)).await.expect("written");
+    }
+    let reply = within("finish", stream.finish()).await.expect("answered");
+    assert_eq!(reply, data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_get_their_own_responses() {
+    let (addr, handle) = broker(|_| {}).await;
+    let ch = channel(13);
+    for _ in 0..2 {
+        provider(&addr, ch, |r: Request| async move {
+            Ok(Bytes::from(r.payload.to_ascii_uppercase()))
+        })
+        .await;
+    }
+    let consumer = consumer(&addr, ch).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..32u32 {
+        let consumer = consumer.clone();
+        tasks.spawn(async move {
+            let text = format!("request number {i} {}", "x".repeat((i as usize) * 40_000));
+            let reply = consumer.request(Bytes::from(text.clone()), WAIT).await;
+            (text, reply)
+        });
+    }
+    while let Some(done) = within("a request", tasks.join_next()).await {
+        let (text, reply) = done.expect("task");
+        assert_eq!(
+            reply.expect("answered"),
+            text.to_ascii_uppercase().as_bytes()
+        );
+    }
+    assert_eq!(handle.stats().requests_completed, 32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_provider_fails_fast() {
     let (addr, handle) = broker(|_| {}).await;
     let consumer = consumer(&addr, channel(4)).await;

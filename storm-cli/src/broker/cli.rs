@@ -126,7 +126,7 @@ pub enum Mode {
     Upper,
 }
 
-/// Parses `500ms`, `5s`, `2m`, or a number of seconds.
+/// Parses `500ms`, `5s`, `2m`, or a number of seconds (at most a year).
 ///
 /// # Errors
 ///
@@ -146,8 +146,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => value * 60.0,
         other => return Err(format!("unknown unit {other:?}: use ms, s or m")),
     };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+    let duration = Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))?;
+    if duration > MAX_DURATION {
+        return Err(format!("{text:?} is longer than a year"));
+    }
+    Ok(duration)
 }
+
+/// The longest duration an option takes, so every deadline is a valid
+/// instant.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Parses a channel id: a decimal number (as a 128-bit big-endian id) or
 /// 32 hex digits.
@@ -329,6 +337,8 @@ mod tests {
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert!(parse_duration("5h").is_err());
         assert!(parse_duration("x").is_err());
+        assert!(parse_duration("1e12s").is_err());
+        assert!(parse_duration("400000000").is_err());
         assert_eq!(
             parse_channel("1").map(ChannelId::to_bytes),
             Ok(1u128.to_be_bytes())

@@ -16,6 +16,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::BrokerError;
 use super::client::{Connection, Incoming, concat, send, send_soon};
 
+/// Longer timeouts are cut to this (a year), so a deadline is always a
+/// valid instant.
+const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// How a [`Consumer`] connects and what it accepts.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -143,7 +147,8 @@ impl Consumer {
 
     /// Sends `payload` (any size: streamed in chunks, waiting whenever the
     /// connection is backpressured) and waits for the whole response, at
-    /// most `timeout` from now. Dropping the future cancels the request.
+    /// most `timeout` from now (at most a year). Dropping the future
+    /// cancels the request.
     ///
     /// # Errors
     ///
@@ -166,6 +171,7 @@ impl Consumer {
     ///
     /// As [`request`](Self::request).
     pub async fn stream(&self, timeout: Duration) -> Result<RequestStream, BrokerError> {
+        let timeout = timeout.min(MAX_TIMEOUT);
         let now = Instant::now();
         let (id, done) = {
             let mut state = self.inner.lock();
@@ -347,6 +353,7 @@ async fn dispatch(inner: Weak<Inner>, mut inbound: mpsc::Receiver<Incoming>) {
 /// A request under way: write its data, then wait for the response.
 /// Dropping it before the response arrived cancels the request at the
 /// broker (and the provider is told).
+#[must_use = "dropping a RequestStream cancels its request"]
 pub struct RequestStream {
     inner: Arc<Inner>,
     id: RequestId,

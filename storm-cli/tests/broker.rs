@@ -427,8 +427,9 @@ async fn full_provider_queue_answers_busy() {
     assert!(started.elapsed() < WAIT, "failed before its deadline");
     let stats = handle.stats();
     assert_eq!(stats.busy, 1, "{stats:?}");
-    // The error stopped the upload: far fewer than its 1024 chunks came in.
-    assert!(stats.frames_in < 700, "{stats:?}");
+    // The error stopped the upload: whole, it is 1026 frames (plus two
+    // registrations); what socket buffers held is all that came after.
+    assert!(stats.frames_in < 1026, "{stats:?}");
     assert_eq!(consumer.pending(), 0);
 }
 

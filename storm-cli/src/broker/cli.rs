@@ -268,7 +268,7 @@ async fn request(args: &RequestArgs) -> Result<(), BrokerError> {
         if args.size.is_some() {
             let mib = (payload.len() + response.len()) as f64 / (1024.0 * 1024.0);
             println!(
-                "sent {} bytes (fnv1a {:016x}), got {} bytes (fnv1a {:016x}) in {:.1} ms, {:.1} MiB/s",
+                "sent {} bytes (fnv1a {:016x}), got {} bytes (fnv1a {:016x}) in {:.1} ms, {:.1} MiB/s both ways together",
                 payload.len(),
                 fnv1a(&payload),
                 response.len(),
@@ -291,9 +291,13 @@ async fn provide(args: &ProviderArgs) -> Result<(), BrokerError> {
         ..ProviderOptions::default()
     };
     let provider = Provider::connect(&args.addr, args.channel, options).await?;
+    let mode = match args.mode {
+        Mode::Echo => "echo",
+        Mode::Upper => "upper",
+    };
     println!(
-        "storm broker provider ({:?}) registered at tcp://{}",
-        args.mode, args.addr
+        "storm broker provider ({mode}) registered at tcp://{}",
+        args.addr
     );
     let (mode, delay) = (args.mode, args.delay);
     provider

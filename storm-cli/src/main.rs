@@ -42,6 +42,9 @@ enum Command {
     /// handshake, then start each message with a ROUTENAME=name line. Exit
     /// code 2 for a bad route file.
     Gateway(storm_cli::gateway::cli::GatewayArgs),
+    /// Request broker: consumers and providers meet on channel ids;
+    /// requests of any size stream through in frames.
+    Broker(storm_cli::broker::cli::ServerArgs),
     /// Clients of the services.
     #[command(subcommand)]
     Client(ClientCommand),
@@ -52,6 +55,9 @@ enum Command {
 enum ClientCommand {
     /// Client of `storm json`: demo, interactive or perf mode.
     Json(json::ClientArgs),
+    /// Client of `storm broker`: send a request, or run a demo provider.
+    #[command(subcommand)]
+    Broker(storm_cli::broker::cli::ClientArgs),
 }
 
 /// Options of `storm echo`.
@@ -104,6 +110,10 @@ fn main() -> ExitCode {
         Command::Json(args) => json::serve(&args),
         Command::Chat(args) => chat::run(&args),
         Command::Client(ClientCommand::Json(args)) => json::client(&args),
+        Command::Broker(args) => storm_cli::broker::cli::serve(&args).map_err(io::Error::other),
+        Command::Client(ClientCommand::Broker(args)) => {
+            storm_cli::broker::cli::client(&args).map_err(io::Error::other)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

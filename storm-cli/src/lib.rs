@@ -5,6 +5,8 @@
 //! - [`broker`]: the consumer/provider request broker (server, consumer,
 //!   provider) over plain TCP on tokio.
 //! - [`gateway`]: one WebSocket endpoint routing to named backends.
+//! - [`interrupt`]: Ctrl-C for every service, on every runtime.
 
 pub mod broker;
 pub mod gateway;
+pub mod interrupt;

@@ -186,7 +186,7 @@ fn frame(max: usize) -> storm_proto::broker::FrameConfig {
     frame
 }
 
-/// Runs `storm broker` until the process is stopped.
+/// Runs `storm broker` until Ctrl-C.
 ///
 /// # Errors
 ///
@@ -231,6 +231,11 @@ pub fn serve(args: &ServerArgs) -> Result<(), BrokerError> {
                 }
             });
         }
+        let handle = server.handle();
+        crate::interrupt::spawn_on_ctrl_c(async move {
+            handle.shutdown(std::time::Duration::from_secs(5)).await;
+        })
+        .map_err(BrokerError::Io)?;
         server.serve().await
     })
 }

@@ -558,7 +558,7 @@ impl Link {
                         }
                     }
                     if state.close_deadline.is_none() && !conn.is_closed() {
-                        state.close_deadline = Some(now + self.close_timeout);
+                        state.close_deadline = now.checked_add(self.close_timeout);
                     }
                 }
             }

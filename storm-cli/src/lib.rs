@@ -3,3 +3,4 @@
 //! these modules.
 
 pub mod gateway;
+pub mod rpc;

@@ -42,6 +42,9 @@ enum Command {
     /// handshake, then start each message with a ROUTENAME=name line. Exit
     /// code 2 for a bad route file.
     Gateway(storm_cli::gateway::cli::GatewayArgs),
+    /// A request/response RPC demo server (WebSocket or length-prefixed
+    /// TCP) with the methods echo, name, time and sleep.
+    Rpc(storm_cli::rpc::cli::ServeArgs),
     /// Clients of the services.
     #[command(subcommand)]
     Client(ClientCommand),
@@ -52,6 +55,9 @@ enum Command {
 enum ClientCommand {
     /// Client of `storm json`: demo, interactive or perf mode.
     Json(json::ClientArgs),
+    /// RPC client: calls a method on one or more endpoints (round-robin or
+    /// failover), with timeouts, compression and a byte trace.
+    Rpc(storm_cli::rpc::cli::ClientArgs),
 }
 
 /// Options of `storm echo`.
@@ -100,6 +106,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Gateway(args) => return storm_cli::gateway::cli::run(&args),
+        Command::Rpc(args) => return storm_cli::rpc::cli::serve(&args),
+        Command::Client(ClientCommand::Rpc(args)) => return storm_cli::rpc::cli::client(&args),
         Command::Echo(args) => echo(&args),
         Command::Json(args) => json::serve(&args),
         Command::Chat(args) => chat::run(&args),

@@ -53,6 +53,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cli;
 mod client;
 mod codec;
 mod server;

@@ -61,7 +61,7 @@ fn probe() -> (Probe, Probes) {
 }
 
 /// Methods: `echo` (bytes back), `add` ([a, b] → a + b), `name` (the
-/// server's name), `hang` (never answers), anything else is
+/// server's name), `hang` (never answers), `panic`, anything else is
 /// `UNKNOWN_METHOD`. Parameters and results go through `codec`.
 async fn handle<C: Codec>(
     codec: Arc<C>,
@@ -83,6 +83,7 @@ async fn handle<C: Codec>(
             std::future::pending::<()>().await;
             unreachable!()
         }
+        "panic" => panic!("a handler bug"),
         other => Err(Fault::new(
             Fault::UNKNOWN_METHOD,
             format!("no method {other}"),
@@ -166,6 +167,10 @@ async fn check_round_trip(client: &RpcClient) {
         Err(RpcError::Decode(_)) => {}
         other => panic!("expected a decode error, got {other:?}"),
     }
+    match client.call::<_, i64>("panic", &(), WAIT).await {
+        Err(RpcError::Remote(fault)) => assert_eq!(fault.code, Fault::INTERNAL),
+        other => panic!("expected INTERNAL, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -173,7 +178,7 @@ async fn round_trip_over_websocket() {
     let (server, _probes) = ws_server("a").await;
     let client = client(&[server.endpoint()]);
     check_round_trip(&client).await;
-    assert_eq!(server.stats().requests, 5);
+    assert_eq!(server.stats().requests, 6);
 }
 
 #[tokio::test]
@@ -542,4 +547,90 @@ async fn reconnects_after_the_server_restarts() {
         .await
         .expect("name after restart");
     assert_eq!(name, "second");
+}
+
+/// Kills the child process when dropped (also when a test fails).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_storm_binary_serves_and_calls() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let storm = env!("CARGO_BIN_EXE_storm");
+    let mut server = Killed(
+        Command::new(storm)
+            .args(["rpc", "--proto", "tcp", "--addr", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start storm rpc"),
+    );
+    let stdout = server.0.stdout.take().expect("stdout");
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    });
+    let line = timeout(WAIT, line)
+        .await
+        .expect("bounded")
+        .expect("task")
+        .expect("read");
+    let endpoint = line
+        .trim()
+        .strip_prefix("storm rpc listening on ")
+        .expect("listening line")
+        .to_owned();
+
+    // The library client against the binary's server.
+    let client = client(std::slice::from_ref(&endpoint));
+    let echoed: serde_json::Value = client
+        .call("echo", &serde_json::json!({"a": [1, 2]}), WAIT)
+        .await
+        .expect("echo");
+    assert_eq!(echoed, serde_json::json!({"a": [1, 2]}));
+    assert_eq!(
+        client
+            .call::<_, u64>("sleep", &1000, Duration::from_millis(100))
+            .await,
+        Err(RpcError::Timeout)
+    );
+
+    // The binary's client.
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || Command::new(storm).args(args).output())
+    };
+    let output = timeout(
+        WAIT,
+        run([
+            "client",
+            "rpc",
+            "--endpoint",
+            &endpoint,
+            "--method",
+            "echo",
+            "--params",
+            "[7]",
+            "--trace",
+        ]
+        .map(String::from)
+        .to_vec()),
+    )
+    .await
+    .expect("bounded")
+    .expect("task")
+    .expect("run storm client rpc");
+    assert!(output.status.success());
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "[7]");
+    let trace = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        trace.contains("-> tcp://") && trace.contains("<- tcp://"),
+        "{trace}"
+    );
 }

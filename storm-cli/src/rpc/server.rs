@@ -236,6 +236,28 @@ impl RpcServer {
     }
 }
 
+/// Answers a request whose handler task ended without answering.
+struct PanicReply {
+    conn: Arc<ConnServing>,
+    session: Session,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for PanicReply {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        lock(&self.conn.tasks).remove(&self.id);
+        let fault = Fault::new(Fault::INTERNAL, "the handler failed");
+        let reply = lock(&self.conn.serving).respond(self.id, Err(fault));
+        if let Some(frame) = reply {
+            let _ = self.session.offer(Message::Binary(frame));
+        }
+    }
+}
+
 type DynHandler<F> = Arc<dyn Fn(Request) -> F + Send + Sync>;
 
 /// One connection's requests.
@@ -313,6 +335,15 @@ where
                 // remove its entry before it is inserted.
                 let mut tasks = lock(&conn.tasks);
                 let task = tokio::spawn(async move {
+                    // Answers INTERNAL if the handler panics (the task
+                    // unwinds through it); after a cancel or a disconnect
+                    // there is nobody to answer, and `respond` knows it.
+                    let mut guard = PanicReply {
+                        conn: Arc::clone(&task_conn),
+                        session: session.clone(),
+                        id,
+                        armed: true,
+                    };
                     let result = match timeout {
                         Some(limit) => match tokio::time::timeout(limit, call).await {
                             Ok(result) => result,
@@ -323,6 +354,7 @@ where
                         },
                         None => call.await,
                     };
+                    guard.armed = false;
                     lock(&task_conn.tasks).remove(&id);
                     let reply = lock(&task_conn.serving).respond(id, result);
                     if let Some(frame) = reply {

@@ -179,6 +179,10 @@ impl std::error::Error for RpcError {
     }
 }
 
+/// Bytes allowed above `max_payload` in the transport's message limit: the
+/// envelope header (16 bytes) and a method name (up to 255).
+const ENVELOPE_SLACK: usize = 512;
+
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()

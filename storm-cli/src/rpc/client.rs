@@ -19,11 +19,7 @@ use storm_tokio::{Client, Handler, Session, TcpClient, WsClient};
 use tokio::sync::{oneshot, watch};
 
 use super::codec::{Codec, Json};
-use super::{Endpoint, RpcError, lock};
-
-/// Bytes of envelope overhead allowed above `max_payload` in transport
-/// limits: the 16-byte header and a 255-byte method.
-const ENVELOPE_SLACK: usize = 512;
+use super::{ENVELOPE_SLACK, Endpoint, RpcError, lock};
 
 /// How calls are spread over the endpoints.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -464,7 +460,14 @@ impl<C: Codec> RpcClient<C> {
                 id,
                 armed: true,
             };
-            if conn.send(frame).await.is_err() {
+            // A backpressured connection may hold the send: the deadline
+            // and the token still apply.
+            let sent = tokio::select! {
+                sent = conn.send(frame) => sent,
+                () = tokio::time::sleep_until(deadline.into()) => return Err(RpcError::Timeout),
+                () = cancelled(token) => return Err(RpcError::Cancelled),
+            };
+            if sent.is_err() {
                 // Not queued, so not sent: safe to send again.
                 in_flight.armed = false;
                 let _ = conn.state.cancel(id);

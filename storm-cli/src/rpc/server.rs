@@ -20,10 +20,7 @@ use storm_tokio::{Handler, ServerHandle, Session, TcpServer, WsServer};
 use tokio::task::AbortHandle;
 
 use super::codec::Codec;
-use super::lock;
-
-/// Envelope overhead allowed above `max_payload` in transport limits.
-const ENVELOPE_SLACK: usize = 512;
+use super::{ENVELOPE_SLACK, lock};
 
 /// How an [`RpcServer`] listens and what it allows.
 #[derive(Debug, Clone)]

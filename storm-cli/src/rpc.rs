@@ -115,7 +115,8 @@ impl fmt::Display for Endpoint {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RpcError {
-    /// The deadline passed (the server was sent a cancel).
+    /// The deadline passed: the client's timer fired (and the server was
+    /// sent a cancel), or the server answered [`Fault::TIMEOUT`].
     Timeout,
     /// The call was cancelled through its [`CancelToken`].
     Cancelled,

@@ -634,3 +634,38 @@ async fn the_storm_binary_serves_and_calls() {
         "{trace}"
     );
 }
+
+/// Echoes every message: an RPC client gets its own request back, which is
+/// a protocol violation for it.
+struct Mirror;
+
+impl storm_tokio::Handler for Mirror {
+    async fn on_message(&self, session: &storm_tokio::Session, message: storm_proto::Message) {
+        let _ = session.send(message).await;
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_breaks_the_protocol_fails_the_call_fast() {
+    let options = storm_proto::options::ServerOptions {
+        addr: "127.0.0.1:0".into(),
+        ..Default::default()
+    };
+    let server = storm_tokio::TcpServer::bind(options, storm_proto::options::Framing::LengthPrefix)
+        .await
+        .expect("bind");
+    let endpoint = format!("tcp://{}", server.local_addr());
+    let handle = server.handle();
+    tokio::spawn(server.serve(Mirror));
+    let client = client(&[endpoint]);
+    let start = Instant::now();
+    let result = client
+        .call::<_, i64>("add", &(1, 2), Duration::from_secs(60))
+        .await;
+    assert!(
+        matches!(result, Err(RpcError::ConnectionLost { .. })),
+        "{result:?}"
+    );
+    assert!(start.elapsed() < WAIT);
+    handle.shutdown(Duration::from_millis(100)).await;
+}

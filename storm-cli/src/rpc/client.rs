@@ -14,7 +14,7 @@ use storm_proto::framing::LengthPrefixConfig;
 use storm_proto::link::CloseReason;
 use storm_proto::options::{ClientOptions, Framing, WsOptions};
 use storm_proto::reconnect::{BackoffConfig, EndpointSet};
-use storm_proto::rpc::{CallEvent, Calls, CallsConfig, CompressionConfig, StartError};
+use storm_proto::rpc::{CallEvent, Calls, CallsConfig, CompressionConfig, Fault, StartError};
 use storm_tokio::{Client, Handler, Session, TcpClient, WsClient};
 use tokio::sync::{oneshot, watch};
 
@@ -493,6 +493,11 @@ impl<C: Codec> RpcClient<C> {
             in_flight.armed = false;
             match event {
                 Some(CallEvent::Response { payload, .. }) => return Ok(payload),
+                // The server gave up at the deadline it was told, which is
+                // this call's: the same outcome as our own timer.
+                Some(CallEvent::Failed { fault, .. }) if fault.code == Fault::TIMEOUT => {
+                    return Err(RpcError::Timeout);
+                }
                 Some(CallEvent::Failed { fault, .. }) => return Err(RpcError::Remote(fault)),
                 Some(CallEvent::TimedOut(_)) => return Err(RpcError::Timeout),
                 Some(CallEvent::Disconnected { idempotent, .. })

@@ -310,8 +310,8 @@ where
             Ok(None) => {}
             Ok(Some(Incoming::Cancel(id))) => {
                 if let Some(task) = lock(&conn.tasks).remove(&id) {
-                    task.abort();
                     self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+                    task.abort();
                 }
             }
             Ok(Some(Incoming::Request(request))) => {

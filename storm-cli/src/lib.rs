@@ -6,7 +6,11 @@
 //!   provider) over plain TCP on tokio.
 //! - [`gateway`]: one WebSocket endpoint routing to named backends.
 //! - [`interrupt`]: Ctrl-C for every service, on every runtime.
+//! - [`rpc`]: request/response client (several endpoints, round-robin or
+//!   failover, timeouts, cancellation, compression, pluggable codecs) and
+//!   server, over WebSocket or length-prefixed TCP.
 
 pub mod broker;
 pub mod gateway;
 pub mod interrupt;
+pub mod rpc;

@@ -41,6 +41,9 @@ enum Command {
     /// Request broker: consumers and providers meet on channel ids;
     /// requests of any size stream through in frames.
     Broker(storm_cli::broker::cli::ServerArgs),
+    /// A request/response RPC demo server (WebSocket or length-prefixed
+    /// TCP) with the methods echo, name, time and sleep.
+    Rpc(storm_cli::rpc::cli::ServeArgs),
     /// Clients of the services.
     #[command(subcommand)]
     Client(ClientCommand),
@@ -54,6 +57,9 @@ enum ClientCommand {
     /// Client of `storm broker`: send a request, or run a demo provider.
     #[command(subcommand)]
     Broker(storm_cli::broker::cli::ClientArgs),
+    /// RPC client: calls a method on one or more endpoints (round-robin or
+    /// failover), with timeouts, compression and a byte trace.
+    Rpc(storm_cli::rpc::cli::ClientArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +75,8 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Gateway(args) => return storm_cli::gateway::cli::run(&args),
+        Command::Rpc(args) => return storm_cli::rpc::cli::serve(&args),
+        Command::Client(ClientCommand::Rpc(args)) => return storm_cli::rpc::cli::client(&args),
         Command::Echo(args) => echo::run(&args),
         Command::Json(args) => json::serve(&args),
         Command::Chat(args) => chat::run(&args),

@@ -23,6 +23,7 @@
 //! | [`peer`] | a connection as the application holds it: the non-waiting part of every adapter's `Session` |
 //! | [`options`] | option structs shared by every adapter (servers, clients, WebSocket, framing) |
 //! | [`broker`] | request/response broker: 24-byte frames, streaming and reassembly, consumer/provider routing, request correlation |
+//! | [`rpc`] | request/response RPC: the envelope (request, response, error, cancel), per-message compression, client call correlation with deadlines and cancellation, server request tracking |
 //! | `tls` | (feature `tls`) the shared TLS options into rustls configurations; PEM files into options |
 //!
 //! # The drive loop
@@ -110,6 +111,7 @@ pub mod options;
 pub mod peer;
 pub mod reconnect;
 pub mod route;
+pub mod rpc;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod ws;

@@ -16,6 +16,7 @@
 pub mod broker;
 pub mod corpus;
 pub mod route;
+pub mod rpc;
 
 use std::sync::Arc;
 

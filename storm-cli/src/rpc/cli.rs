@@ -1,0 +1,240 @@
+//! `storm rpc` (a demo server) and `storm client rpc`.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::{
+    CallOptions, Codec, CompressionConfig, Fault, Json, Request, RpcClient, RpcServer,
+    RpcServerConfig, Strategy,
+};
+
+/// Transport of `storm rpc`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Proto {
+    /// One binary WebSocket message per envelope.
+    Ws,
+    /// 4-byte big-endian length-prefixed TCP.
+    Tcp,
+}
+
+/// Options of `storm rpc`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Transport.
+    #[arg(long, value_enum, default_value = "ws")]
+    pub proto: Proto,
+    /// Address to listen on (port 0 picks one, printed at start).
+    #[arg(long, default_value = "127.0.0.1:9500")]
+    pub addr: String,
+    /// Compress responses of at least this many bytes; 0 turns it off.
+    #[arg(long, default_value_t = 1024, value_name = "BYTES")]
+    pub compress: usize,
+    /// Name returned by the `name` method.
+    #[arg(long, default_value = "storm")]
+    pub name: String,
+}
+
+/// Strategy of `storm client rpc`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StrategyArg {
+    /// Spread calls over every endpoint in turn.
+    RoundRobin,
+    /// Use the first endpoint that is up.
+    Failover,
+}
+
+/// Options of `storm client rpc`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// An endpoint: ws://host:port/ or tcp://host:port (repeat for
+    /// several).
+    #[arg(long = "endpoint", default_value = "ws://127.0.0.1:9500/")]
+    pub endpoints: Vec<String>,
+    /// How calls are spread over the endpoints.
+    #[arg(long, value_enum, default_value = "round-robin")]
+    pub strategy: StrategyArg,
+    /// Method to call (`storm rpc` has echo, name, time, sleep).
+    #[arg(long, default_value = "name")]
+    pub method: String,
+    /// Parameters, as JSON.
+    #[arg(long, default_value = "null")]
+    pub params: String,
+    /// Timeout of each call, in milliseconds.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    pub timeout_ms: u64,
+    /// Number of calls; above 1 a summary with latencies is printed.
+    #[arg(long, default_value_t = 1)]
+    pub count: u32,
+    /// Compress requests of at least this many bytes; 0 turns it off.
+    #[arg(long, default_value_t = 0, value_name = "BYTES")]
+    pub compress: usize,
+    /// Mark calls idempotent (resent elsewhere if a connection dies).
+    #[arg(long)]
+    pub idempotent: bool,
+    /// Print every envelope sent and received (length and hex) on stderr.
+    #[arg(long)]
+    pub trace: bool,
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+fn compression(threshold: usize) -> Option<CompressionConfig> {
+    (threshold > 0).then(|| CompressionConfig {
+        threshold,
+        ..CompressionConfig::default()
+    })
+}
+
+/// Runs `storm rpc`: `echo` (the parameters back), `name`, `time` (Unix
+/// milliseconds), `sleep` (waits the given milliseconds, at most 60 s, and
+/// returns them: try timeouts and cancellation with it).
+#[must_use]
+pub fn serve(args: &ServeArgs) -> ExitCode {
+    let result = runtime().and_then(|rt| rt.block_on(serve_async(args)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("storm rpc: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve_async(args: &ServeArgs) -> std::io::Result<()> {
+    let mut config = match args.proto {
+        Proto::Ws => RpcServerConfig::ws(&args.addr),
+        Proto::Tcp => RpcServerConfig::tcp(&args.addr),
+    };
+    config.compression = compression(args.compress);
+    let name: std::sync::Arc<str> = args.name.as_str().into();
+    let server = RpcServer::bind(config, move |request: Request| {
+        let name = std::sync::Arc::clone(&name);
+        async move { demo(&name, request).await }
+    })
+    .await?;
+    println!("storm rpc listening on {}", server.endpoint());
+    // Serves until Ctrl-C.
+    crate::interrupt::install()?;
+    crate::interrupt::ctrl_c().await;
+    server.shutdown(std::time::Duration::from_secs(5)).await;
+    Ok(())
+}
+
+async fn demo(name: &str, request: Request) -> Result<Bytes, Fault> {
+    match request.method.as_str() {
+        "echo" => Ok(request.payload),
+        "name" => Json.reply(name),
+        "time" => {
+            let ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            Json.reply(&ms)
+        }
+        "sleep" => {
+            let ms: u64 = request.params(&Json)?;
+            let ms = ms.min(60_000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Json.reply(&ms)
+        }
+        other => Err(Fault::new(
+            Fault::UNKNOWN_METHOD,
+            format!("no method {other:?}; try echo, name, time, sleep"),
+        )),
+    }
+}
+
+/// Runs `storm client rpc`.
+#[must_use]
+pub fn client(args: &ClientArgs) -> ExitCode {
+    let result = runtime()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(client_async(args)));
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("storm client rpc: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().take(64).fold(String::new(), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    }) + if bytes.len() > 64 { "…" } else { "" }
+}
+
+/// Returns whether every call succeeded.
+async fn client_async(args: &ClientArgs) -> Result<bool, String> {
+    let params: serde_json::Value =
+        serde_json::from_str(&args.params).map_err(|e| format!("--params is not JSON: {e}"))?;
+    let payload = Json.encode(&params).map_err(|e| e.to_string())?;
+    let mut builder = RpcClient::builder(&args.endpoints)
+        .map_err(|e| e.to_string())?
+        .strategy(match args.strategy {
+            StrategyArg::RoundRobin => Strategy::RoundRobin,
+            StrategyArg::Failover => Strategy::Failover,
+        })
+        .compression(compression(args.compress));
+    if args.trace {
+        builder = builder
+            .on_bytes_sent(|endpoint, bytes| {
+                eprintln!("-> {endpoint} {} bytes {}", bytes.len(), hex(bytes));
+            })
+            .on_bytes_received(|endpoint, bytes| {
+                eprintln!("<- {endpoint} {} bytes {}", bytes.len(), hex(bytes));
+            });
+    }
+    let client = builder.build().map_err(|e| e.to_string())?;
+    let options =
+        CallOptions::new(Duration::from_millis(args.timeout_ms)).idempotent(args.idempotent);
+    let mut latencies = Vec::new();
+    let mut failures = 0u32;
+    for _ in 0..args.count.max(1) {
+        let start = Instant::now();
+        match client
+            .call_raw(&args.method, payload.clone(), options.clone())
+            .await
+        {
+            Ok(result) => {
+                latencies.push(start.elapsed());
+                if args.count <= 1 {
+                    match std::str::from_utf8(&result) {
+                        Ok(text) => println!("{text}"),
+                        Err(_) => println!("{}", hex(&result)),
+                    }
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                eprintln!("call failed: {e}");
+            }
+        }
+    }
+    if args.count > 1 {
+        latencies.sort_unstable();
+        let at = |q: usize| {
+            latencies
+                .get((latencies.len().saturating_sub(1)) * q / 100)
+                .copied()
+                .unwrap_or_default()
+        };
+        println!(
+            "{} ok, {failures} failed; p50 {:?}, p99 {:?}",
+            latencies.len(),
+            at(50),
+            at(99)
+        );
+    }
+    client.close().await;
+    Ok(failures == 0)
+}

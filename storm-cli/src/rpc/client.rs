@@ -1,0 +1,824 @@
+//! [`RpcClient`]: calls over several endpoints.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use storm_proto::Message;
+use storm_proto::framing::LengthPrefixConfig;
+use storm_proto::link::CloseReason;
+use storm_proto::options::{ClientOptions, Framing, WsOptions};
+use storm_proto::reconnect::{BackoffConfig, EndpointSet};
+use storm_proto::rpc::{CallEvent, Calls, CallsConfig, CompressionConfig, Fault, StartError};
+use storm_tokio::{Client, Handler, Session, TcpClient, WsClient};
+use tokio::sync::{oneshot, watch};
+
+use super::codec::{Codec, Json};
+use super::{ENVELOPE_SLACK, Endpoint, RpcError, lock};
+
+/// How calls are spread over the endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Strategy {
+    /// Each call goes to the next usable endpoint in turn.
+    #[default]
+    RoundRobin,
+    /// Every call goes to the first usable endpoint in list order; the
+    /// others take over while it is down.
+    Failover,
+}
+
+/// A hook that sees raw envelope bytes, with the endpoint they go to or
+/// come from.
+pub type BytesHook = Arc<dyn Fn(&Endpoint, &[u8]) + Send + Sync>;
+
+/// How an [`RpcClient`] behaves.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RpcClientConfig {
+    /// Round-robin (default) or failover.
+    pub strategy: Strategy,
+    /// How long a failed endpoint is skipped before it is tried again.
+    /// Default [`BackoffConfig::default`]: exponential from 100 ms, ×2,
+    /// capped at 30 s, with full jitter, unlimited attempts.
+    pub backoff: BackoffConfig,
+    /// Time to open one connection. Default 5 s (and never past a call's
+    /// deadline).
+    pub connect_timeout: Duration,
+    /// Most calls in flight per connection. Default 1024.
+    pub max_pending: usize,
+    /// Largest request or response payload (after inflating). Default
+    /// 16 MiB; the transport limits are set just above it.
+    pub max_payload: usize,
+    /// Compress request payloads at or above a size. Default `None`.
+    pub compression: Option<CompressionConfig>,
+    /// Most times one call is sent: an idempotent call whose connection
+    /// died is sent again, and a call whose send failed before it left is
+    /// too. Default 3.
+    pub max_sends: u32,
+    /// Most connection attempts one call makes before it fails with
+    /// [`RpcError::NoEndpoint`]. Default 8.
+    pub max_connects: u32,
+    /// Transport options (TLS, headers, heartbeat); `reconnect` and
+    /// `connect_timeout` are ignored (see the fields above).
+    pub client: ClientOptions,
+    /// WebSocket options (deflate, limits) for `ws://` endpoints.
+    pub ws: WsOptions,
+}
+
+impl Default for RpcClientConfig {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::RoundRobin,
+            backoff: BackoffConfig::default(),
+            connect_timeout: Duration::from_secs(5),
+            max_pending: CallsConfig::DEFAULT_MAX_PENDING,
+            max_payload: CallsConfig::DEFAULT_MAX_PAYLOAD,
+            compression: None,
+            max_sends: 3,
+            max_connects: 8,
+            client: ClientOptions::default(),
+            ws: WsOptions::default(),
+        }
+    }
+}
+
+/// Per-call options.
+#[derive(Debug, Clone)]
+pub struct CallOptions {
+    /// How long the call may take, connecting included.
+    pub timeout: Duration,
+    /// Safe to run twice: sent again elsewhere if its connection dies.
+    /// Default `false`.
+    pub idempotent: bool,
+    /// Cancels the call when cancelled. Default none.
+    pub cancel: Option<CancelToken>,
+}
+
+impl CallOptions {
+    /// Options with a timeout, not idempotent, no cancel token.
+    #[must_use]
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            idempotent: false,
+            cancel: None,
+        }
+    }
+
+    /// Marks the call idempotent (or not).
+    #[must_use]
+    pub fn idempotent(mut self, idempotent: bool) -> Self {
+        self.idempotent = idempotent;
+        self
+    }
+
+    /// Cancels the call when `token` is cancelled.
+    #[must_use]
+    pub fn cancel_token(mut self, token: CancelToken) -> Self {
+        self.cancel = Some(token);
+        self
+    }
+}
+
+/// Cancels the calls it was given to, from anywhere. Cheap to clone; a
+/// cancelled token stays cancelled.
+#[derive(Debug, Clone)]
+pub struct CancelToken(Arc<watch::Sender<bool>>);
+
+impl Default for CancelToken {
+    fn default() -> Self {
+        Self(Arc::new(watch::channel(false).0))
+    }
+}
+
+impl CancelToken {
+    /// A token not cancelled yet.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Cancels every call using this token.
+    pub fn cancel(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Whether [`cancel`](Self::cancel) was called.
+    #[must_use]
+    pub fn is_cancelled(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once the token is cancelled.
+    pub async fn cancelled(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|cancelled| *cancelled).await;
+    }
+}
+
+async fn cancelled(token: Option<&CancelToken>) {
+    match token {
+        Some(token) => token.cancelled().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Builds an [`RpcClient`].
+pub struct RpcClientBuilder<C = Json> {
+    endpoints: Vec<Endpoint>,
+    config: RpcClientConfig,
+    codec: C,
+    sent: Option<BytesHook>,
+    received: Option<BytesHook>,
+}
+
+impl<C> fmt::Debug for RpcClientBuilder<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RpcClientBuilder")
+            .field("endpoints", &self.endpoints)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Codec> RpcClientBuilder<C> {
+    /// Replaces the whole configuration.
+    #[must_use]
+    pub fn config(mut self, config: RpcClientConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets the strategy.
+    #[must_use]
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.config.strategy = strategy;
+        self
+    }
+
+    /// Sets the backoff for failed endpoints.
+    #[must_use]
+    pub fn backoff(mut self, backoff: BackoffConfig) -> Self {
+        self.config.backoff = backoff;
+        self
+    }
+
+    /// Compresses request payloads (`None`: never).
+    #[must_use]
+    pub fn compression(mut self, compression: Option<CompressionConfig>) -> Self {
+        self.config.compression = compression;
+        self
+    }
+
+    /// Uses another codec.
+    #[must_use]
+    pub fn codec<D: Codec>(self, codec: D) -> RpcClientBuilder<D> {
+        RpcClientBuilder {
+            endpoints: self.endpoints,
+            config: self.config,
+            codec,
+            sent: self.sent,
+            received: self.received,
+        }
+    }
+
+    /// Calls `hook` with every envelope just before it is sent.
+    #[must_use]
+    pub fn on_bytes_sent(
+        mut self,
+        hook: impl Fn(&Endpoint, &[u8]) + Send + Sync + 'static,
+    ) -> Self {
+        self.sent = Some(Arc::new(hook));
+        self
+    }
+
+    /// Calls `hook` with every envelope as it arrives.
+    #[must_use]
+    pub fn on_bytes_received(
+        mut self,
+        hook: impl Fn(&Endpoint, &[u8]) + Send + Sync + 'static,
+    ) -> Self {
+        self.received = Some(Arc::new(hook));
+        self
+    }
+
+    /// Builds the client; nothing connects until the first call.
+    ///
+    /// # Errors
+    ///
+    /// [`RpcError::Config`] for an invalid backoff, limit or compression
+    /// level.
+    pub fn build(self) -> Result<RpcClient<C>, RpcError> {
+        let config = self.config;
+        let mut calls = CallsConfig::default();
+        calls.max_pending = config.max_pending;
+        calls.max_payload = config.max_payload;
+        calls.compression = config.compression;
+        Calls::new(calls.clone()).map_err(|e| RpcError::Config(e.to_string()))?;
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let set = EndpointSet::new(self.endpoints.clone(), config.backoff.clone(), seed)
+            .map_err(|e| RpcError::Config(e.to_string()))?;
+        let slots = self
+            .endpoints
+            .iter()
+            .map(|_| tokio::sync::Mutex::new(None))
+            .collect();
+        Ok(RpcClient {
+            inner: Arc::new(Inner {
+                shared: Arc::new(Shared {
+                    set: Mutex::new(set),
+                    sent: self.sent,
+                    received: self.received,
+                }),
+                endpoints: self.endpoints,
+                codec: self.codec,
+                calls,
+                config,
+                slots,
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+/// A request/response client over one or more endpoints. Cheap to clone;
+/// every clone shares the connections. Dropping the last clone closes
+/// them.
+pub struct RpcClient<C = Json> {
+    inner: Arc<Inner<C>>,
+}
+
+impl<C> Clone for RpcClient<C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<C> fmt::Debug for RpcClient<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RpcClient")
+            .field("endpoints", &self.inner.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What connection handlers share with the client.
+struct Shared {
+    set: Mutex<EndpointSet<Endpoint>>,
+    sent: Option<BytesHook>,
+    received: Option<BytesHook>,
+}
+
+struct Inner<C> {
+    shared: Arc<Shared>,
+    endpoints: Vec<Endpoint>,
+    codec: C,
+    calls: CallsConfig,
+    config: RpcClientConfig,
+    /// One connection per endpoint, opened on demand; the async lock makes
+    /// concurrent calls share one connection attempt.
+    slots: Vec<tokio::sync::Mutex<Option<Arc<Conn>>>>,
+    closed: AtomicBool,
+}
+
+impl<C> Drop for Inner<C> {
+    fn drop(&mut self) {
+        for slot in &mut self.slots {
+            if let Some(conn) = slot.get_mut() {
+                conn.client.close();
+            }
+        }
+    }
+}
+
+impl RpcClient<Json> {
+    /// A builder for a client of `endpoints` (see [`Endpoint::parse`]),
+    /// with the JSON codec and the default configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`RpcError::Config`] for an endpoint that does not parse, or none.
+    pub fn builder<S: AsRef<str>>(
+        endpoints: impl IntoIterator<Item = S>,
+    ) -> Result<RpcClientBuilder<Json>, RpcError> {
+        let endpoints = endpoints
+            .into_iter()
+            .map(|e| Endpoint::parse(e.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if endpoints.is_empty() {
+            return Err(RpcError::Config("no endpoints".to_owned()));
+        }
+        Ok(RpcClientBuilder {
+            endpoints,
+            config: RpcClientConfig::default(),
+            codec: Json,
+            sent: None,
+            received: None,
+        })
+    }
+}
+
+impl<C: Codec> RpcClient<C> {
+    /// Calls `method` with `params`, serialized by the codec, and
+    /// deserializes the result; `timeout` covers everything, connecting
+    /// included.
+    ///
+    /// # Errors
+    ///
+    /// [`RpcError`]: timeout, a lost connection, no reachable endpoint, a
+    /// server fault, a codec failure.
+    pub async fn call<Req, Resp>(
+        &self,
+        method: &str,
+        params: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RpcError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        self.call_with(method, params, CallOptions::new(timeout))
+            .await
+    }
+
+    /// [`call`](Self::call) with [`CallOptions`] (idempotent, cancel
+    /// token).
+    ///
+    /// # Errors
+    ///
+    /// As for `call`, and [`RpcError::Cancelled`].
+    pub async fn call_with<Req, Resp>(
+        &self,
+        method: &str,
+        params: &Req,
+        options: CallOptions,
+    ) -> Result<Resp, RpcError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        let payload = self.inner.codec.encode(params).map_err(RpcError::Encode)?;
+        let bytes = self.call_raw(method, payload, options).await?;
+        self.inner.codec.decode(&bytes).map_err(RpcError::Decode)
+    }
+
+    /// Calls `method` with raw bytes and returns the raw result.
+    ///
+    /// Dropping the future before it completes cancels the call: the
+    /// server is sent a cancel envelope.
+    ///
+    /// # Errors
+    ///
+    /// As for [`call_with`](Self::call_with), without the codec errors.
+    pub async fn call_raw(
+        &self,
+        method: &str,
+        payload: Bytes,
+        options: CallOptions,
+    ) -> Result<Bytes, RpcError> {
+        let token = options.cancel.as_ref();
+        let deadline = Instant::now()
+            .checked_add(options.timeout)
+            .ok_or_else(|| RpcError::Config("timeout too large".to_owned()))?;
+        let mut sends = 0;
+        loop {
+            if token.is_some_and(CancelToken::is_cancelled) {
+                return Err(RpcError::Cancelled);
+            }
+            let conn = tokio::select! {
+                conn = self.connection(deadline) => conn?,
+                () = cancelled(token) => return Err(RpcError::Cancelled),
+            };
+            let now = Instant::now();
+            let remaining = deadline.saturating_duration_since(now);
+            if remaining.is_zero() {
+                return Err(RpcError::Timeout);
+            }
+            sends += 1;
+            let started =
+                conn.state
+                    .start(now, remaining, method, payload.clone(), options.idempotent);
+            let (id, frame, rx) = match started {
+                Ok(started) => started,
+                Err(StartFail::Start(e)) => return Err(RpcError::Start(e)),
+                // It died between being picked and now: nothing was sent.
+                Err(StartFail::Dead) if sends < self.inner.config.max_sends => continue,
+                Err(StartFail::Dead) => return Err(conn.lost()),
+            };
+            let mut in_flight = InFlight {
+                conn: &conn,
+                id,
+                armed: true,
+            };
+            // A backpressured connection may hold the send: the deadline
+            // and the token still apply.
+            let sent = tokio::select! {
+                sent = conn.send(frame) => sent,
+                () = tokio::time::sleep_until(deadline.into()) => return Err(RpcError::Timeout),
+                () = cancelled(token) => return Err(RpcError::Cancelled),
+            };
+            if sent.is_err() {
+                // Not queued, so not sent: safe to send again.
+                in_flight.armed = false;
+                let _ = conn.state.cancel(id);
+                if sends < self.inner.config.max_sends {
+                    continue;
+                }
+                return Err(conn.lost());
+            }
+            let event = tokio::select! {
+                event = rx => event.ok(),
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    // Drive the machine's clock: this and every other call
+                    // due ends, and their cancels go to the server. If this
+                    // call was not due yet by the machine's reckoning,
+                    // dropping `in_flight` cancels it.
+                    for frame in conn.state.handle_timeout(Instant::now()) {
+                        conn.offer(frame);
+                    }
+                    return Err(RpcError::Timeout);
+                }
+                () = cancelled(token) => return Err(RpcError::Cancelled),
+            };
+            in_flight.armed = false;
+            match event {
+                Some(CallEvent::Response { payload, .. }) => return Ok(payload),
+                // The server gave up at the deadline it was told, which is
+                // this call's: the same outcome as our own timer.
+                Some(CallEvent::Failed { fault, .. }) if fault.code == Fault::TIMEOUT => {
+                    return Err(RpcError::Timeout);
+                }
+                Some(CallEvent::Failed { fault, .. }) => return Err(RpcError::Remote(fault)),
+                Some(CallEvent::TimedOut(_)) => return Err(RpcError::Timeout),
+                Some(CallEvent::Disconnected { idempotent, .. })
+                    if idempotent
+                        && sends < self.inner.config.max_sends
+                        && Instant::now() < deadline =>
+                {
+                    continue;
+                }
+                _ => return Err(conn.lost()),
+            }
+        }
+    }
+
+    /// Closes every connection; later calls fail with
+    /// [`RpcError::Closed`].
+    pub async fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        for slot in &self.inner.slots {
+            if let Some(conn) = slot.lock().await.take() {
+                conn.client.close();
+            }
+        }
+    }
+
+    /// The endpoints, in list order.
+    #[must_use]
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.inner.endpoints
+    }
+
+    /// Whether the endpoint at `index` is in rotation now (up, or down
+    /// with its retry time reached).
+    #[must_use]
+    pub fn is_available(&self, index: usize) -> bool {
+        lock(&self.inner.shared.set).is_available(index, Instant::now())
+    }
+
+    /// Whether a connection to the endpoint at `index` is open now
+    /// (`false` before the first call to it, and once it dropped).
+    #[must_use]
+    pub fn is_connected(&self, index: usize) -> bool {
+        self.inner
+            .slots
+            .get(index)
+            .and_then(|slot| slot.try_lock().ok())
+            .is_some_and(|slot| slot.as_ref().is_some_and(|conn| conn.state.is_alive()))
+    }
+
+    /// The index of the endpoint the next call would use, or, when all are
+    /// down, when the first will be retried.
+    fn pick(&self) -> Result<usize, Option<Instant>> {
+        let mut set = lock(&self.inner.shared.set);
+        let now = Instant::now();
+        let choice = match self.inner.config.strategy {
+            Strategy::RoundRobin => set.next(now).map(|(index, _)| index),
+            Strategy::Failover => {
+                set.handle_timeout(now);
+                (0..set.len()).find(|&index| set.is_available(index, now))
+            }
+        };
+        choice.ok_or_else(|| set.poll_timeout())
+    }
+
+    /// A live connection for the next call, connecting (and waiting for
+    /// retry times) as needed, until `deadline`.
+    async fn connection(&self, deadline: Instant) -> Result<Arc<Conn>, RpcError> {
+        let mut attempts = 0;
+        let mut last_error = None;
+        loop {
+            if self.inner.closed.load(Ordering::Acquire) {
+                return Err(RpcError::Closed);
+            }
+            match self.pick() {
+                Ok(index) => {
+                    let connect = tokio::time::timeout_at(deadline.into(), self.connect(index));
+                    let Ok(connected) = connect.await else {
+                        return Err(RpcError::Timeout);
+                    };
+                    let now = Instant::now();
+                    let mut set = lock(&self.inner.shared.set);
+                    match connected {
+                        Ok(conn) => {
+                            let _ = set.mark_up(index, now);
+                            return Ok(conn);
+                        }
+                        Err(error) => {
+                            let _ = set.mark_down(index, now);
+                            let endpoint = set.get(index).map(ToString::to_string);
+                            last_error = Some(format!("{}: {error}", endpoint.unwrap_or_default()));
+                            attempts += 1;
+                            if attempts >= self.inner.config.max_connects {
+                                return Err(RpcError::NoEndpoint { last_error });
+                            }
+                        }
+                    }
+                }
+                Err(Some(retry_at)) if retry_at < deadline => {
+                    tokio::time::sleep_until(retry_at.into()).await;
+                }
+                Err(_) => return Err(RpcError::NoEndpoint { last_error }),
+            }
+        }
+    }
+
+    /// The connection to endpoint `index`, opened if there is none alive.
+    async fn connect(&self, index: usize) -> Result<Arc<Conn>, String> {
+        let (Some(slot), Some(endpoint)) =
+            (self.inner.slots.get(index), self.inner.endpoints.get(index))
+        else {
+            return Err(format!("no endpoint {index}"));
+        };
+        let mut slot = slot.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            if conn.state.is_alive() {
+                return Ok(Arc::clone(conn));
+            }
+        }
+        let config = &self.inner.config;
+        let state = Arc::new(ConnState {
+            machine: Mutex::new(Machine {
+                calls: Calls::new(self.inner.calls.clone()).map_err(|e| e.to_string())?,
+                waiters: HashMap::new(),
+                alive: true,
+            }),
+            index,
+            endpoint: endpoint.clone(),
+            shared: Arc::clone(&self.inner.shared),
+        });
+        let handler = ConnHandler {
+            state: Arc::clone(&state),
+        };
+        let options = ClientOptions {
+            connect_timeout: config.connect_timeout,
+            reconnect: None,
+            ..config.client.clone()
+        };
+        let limit = config.max_payload.saturating_add(ENVELOPE_SLACK);
+        let client = match endpoint {
+            Endpoint::Ws(url) => {
+                let mut ws = config.ws.clone();
+                ws.config.max_message_size = limit;
+                ws.config.max_frame_size = limit;
+                WsClient::connect(url, options, ws, handler).await
+            }
+            Endpoint::Tcp(addr) => {
+                let mut framing = LengthPrefixConfig::default();
+                framing.max_frame_len = limit;
+                TcpClient::connect(addr, options, Framing::LengthPrefixWith(framing), handler).await
+            }
+        }
+        .map_err(|e| e.to_string())?;
+        let conn = Arc::new(Conn { client, state });
+        *slot = Some(Arc::clone(&conn));
+        Ok(conn)
+    }
+}
+
+/// A call whose future may be dropped: cancels it then.
+struct InFlight<'a> {
+    conn: &'a Conn,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Some(frame) = self.conn.state.cancel(self.id) {
+                self.conn.offer(frame);
+            }
+        }
+    }
+}
+
+/// One connection to one endpoint.
+struct Conn {
+    client: Client,
+    state: Arc<ConnState>,
+}
+
+impl Conn {
+    /// Sends an envelope, waiting if the connection is backpressured.
+    async fn send(&self, frame: Bytes) -> Result<(), storm_tokio::ClientError> {
+        self.state.hook_sent(&frame);
+        self.client.send(Message::Binary(frame)).await
+    }
+
+    /// Queues an envelope without waiting (cancels, from `Drop`); dropped
+    /// if the connection is gone or full.
+    fn offer(&self, frame: Bytes) {
+        if let Some(session) = self.client.session() {
+            self.state.hook_sent(&frame);
+            let _ = session.offer(Message::Binary(frame));
+        }
+    }
+
+    fn lost(&self) -> RpcError {
+        RpcError::ConnectionLost {
+            endpoint: self.state.endpoint.clone(),
+        }
+    }
+}
+
+/// Why [`ConnState::start`] failed.
+enum StartFail {
+    Dead,
+    Start(StartError),
+}
+
+struct Machine {
+    calls: Calls,
+    waiters: HashMap<u64, oneshot::Sender<CallEvent>>,
+    alive: bool,
+}
+
+impl Machine {
+    /// Hands every ended call to its waiter.
+    fn dispatch(&mut self) {
+        while let Some(event) = self.calls.poll_event() {
+            let id = match &event {
+                CallEvent::Response { id, .. }
+                | CallEvent::Failed { id, .. }
+                | CallEvent::Disconnected { id, .. } => *id,
+                CallEvent::TimedOut(id) => *id,
+                _ => continue,
+            };
+            if let Some(waiter) = self.waiters.remove(&id) {
+                let _ = waiter.send(event);
+            }
+        }
+    }
+}
+
+/// A connection's call machine and the waiters of its calls.
+struct ConnState {
+    machine: Mutex<Machine>,
+    index: usize,
+    endpoint: Endpoint,
+    shared: Arc<Shared>,
+}
+
+impl ConnState {
+    fn is_alive(&self) -> bool {
+        lock(&self.machine).alive
+    }
+
+    fn hook_sent(&self, bytes: &[u8]) {
+        if let Some(hook) = &self.shared.sent {
+            hook(&self.endpoint, bytes);
+        }
+    }
+
+    fn start(
+        &self,
+        now: Instant,
+        timeout: Duration,
+        method: &str,
+        payload: Bytes,
+        idempotent: bool,
+    ) -> Result<(u64, Bytes, oneshot::Receiver<CallEvent>), StartFail> {
+        let mut machine = lock(&self.machine);
+        if !machine.alive {
+            return Err(StartFail::Dead);
+        }
+        let (id, frame) = machine
+            .calls
+            .start(now, Some(timeout), method, payload, idempotent)
+            .map_err(StartFail::Start)?;
+        let (tx, rx) = oneshot::channel();
+        machine.waiters.insert(id, tx);
+        Ok((id, frame, rx))
+    }
+
+    /// Ends a call early; the cancel envelope to send, if it was pending.
+    fn cancel(&self, id: u64) -> Option<Bytes> {
+        let mut machine = lock(&self.machine);
+        machine.waiters.remove(&id);
+        machine.calls.cancel(id)
+    }
+
+    /// Times out the calls due at `now`; the cancels to send.
+    fn handle_timeout(&self, now: Instant) -> Vec<Bytes> {
+        let mut machine = lock(&self.machine);
+        machine.calls.handle_timeout(now);
+        machine.dispatch();
+        std::iter::from_fn(|| machine.calls.poll_transmit()).collect()
+    }
+}
+
+/// The storm-tokio handler of one RPC connection.
+struct ConnHandler {
+    state: Arc<ConnState>,
+}
+
+impl Handler for ConnHandler {
+    async fn on_message(&self, session: &Session, message: Message) {
+        let bytes = message.into_bytes();
+        if let Some(hook) = &self.state.shared.received {
+            hook(&self.state.endpoint, &bytes);
+        }
+        let result = {
+            let mut machine = lock(&self.state.machine);
+            let result = machine.calls.handle_frame(bytes);
+            machine.dispatch();
+            result
+        };
+        if result.is_err() {
+            // The server broke the protocol: drop the connection, which
+            // fails the other calls in flight on it.
+            session.abort();
+        }
+    }
+
+    async fn on_disconnect(&self, _: &Session, _: &CloseReason) {
+        {
+            let mut machine = lock(&self.state.machine);
+            machine.alive = false;
+            machine.calls.handle_disconnect();
+            machine.dispatch();
+        }
+        let _ = lock(&self.state.shared.set).mark_down(self.state.index, Instant::now());
+    }
+}

@@ -2,4 +2,5 @@
 //! tests can embed. The binary (`src/main.rs`) is a thin command line over
 //! these modules.
 
+pub mod bench;
 pub mod gateway;

@@ -45,6 +45,9 @@ enum Command {
     /// Clients of the services.
     #[command(subcommand)]
     Client(ClientCommand),
+    /// Load generator for every service: msgs/s and round-trip latency
+    /// percentiles. Exit code 2 for bad flags (a non-loopback address).
+    Bench(storm_cli::bench::BenchArgs),
 }
 
 /// `storm client <service>`.
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Gateway(args) => return storm_cli::gateway::cli::run(&args),
+        Command::Bench(args) => return storm_cli::bench::run(&args),
         Command::Echo(args) => echo(&args),
         Command::Json(args) => json::serve(&args),
         Command::Chat(args) => chat::run(&args),

@@ -29,6 +29,10 @@
 //! 127.0.0.1:0 (for `gateway`, with a `storm echo --proto lp` backend and a
 //! route file of one route) and stops it at the end.
 //!
+//! Ctrl-C during the load ends the run early and still prints the
+//! summary (marked interrupted); spawned services are in their own process
+//! group, so the terminal's Ctrl-C does not stop them under the bench.
+//!
 //! A progress line goes to stderr once a second (rewritten in place on a
 //! terminal), the summary to stdout: one line for people, or one JSON
 //! object with `--json`. Exit code 0 on success, 1 when the run failed
@@ -356,6 +360,8 @@ struct Run {
     /// Requests handed out (may pass `max_messages`; only the first
     /// `max_messages` are sent).
     issued: AtomicU64,
+    /// Requests sent (granted from `issued`).
+    sent: AtomicU64,
     /// Answers received.
     done: AtomicU64,
     /// No more requests once set.
@@ -371,6 +377,7 @@ impl Run {
         Self {
             max_messages,
             issued: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
             done: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             latency: Histogram::new(),
@@ -385,7 +392,9 @@ impl Run {
             return 0;
         }
         let before = self.issued.fetch_add(want, Ordering::Relaxed);
-        want.min(self.max_messages.saturating_sub(before))
+        let granted = want.min(self.max_messages.saturating_sub(before));
+        self.sent.fetch_add(granted, Ordering::Relaxed);
+        granted
     }
 
     /// Counts `n` answers; ends the run at the cap.
@@ -541,8 +550,13 @@ impl<C: Conn> Handler for ConnHandler<C> {
 struct Outcome {
     /// Answers counted until the run ended.
     msgs: u64,
+    /// Requests sent until the run ended (more than `msgs` when it ended
+    /// on time with requests in flight).
+    sent: u64,
     /// From the first request until the run ended.
     elapsed: Duration,
+    /// Ctrl-C ended the run.
+    interrupted: bool,
     run: Arc<Run>,
     error: Option<String>,
 }
@@ -615,7 +629,9 @@ async fn drive<T: Target>(target: T, config: &Config, addr: SocketAddr) -> Outco
     let run = Arc::new(Run::new(config.max_messages));
     let failed = |e: String| Outcome {
         msgs: 0,
+        sent: 0,
         elapsed: Duration::ZERO,
+        interrupted: false,
         run: Arc::clone(&run),
         error: Some(e),
     };
@@ -682,22 +698,33 @@ async fn drive<T: Target>(target: T, config: &Config, addr: SocketAddr) -> Outco
         tokio::time::Instant::from(start + Duration::from_secs(1)),
         Duration::from_secs(1),
     );
+    // From here on Ctrl-C ends the run early, with its summary.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut interrupted = false;
     loop {
         tokio::select! {
             () = tokio::time::sleep_until(deadline) => break,
             () = run.finished.notified() => break,
+            _ = &mut ctrl_c => {
+                interrupted = true;
+                break;
+            }
             _ = ticker.tick() => progress.report(&run),
         }
     }
     let elapsed = start.elapsed();
     run.stopping.store(true, Ordering::Relaxed);
-    let msgs = run.done.load(Ordering::Relaxed).min(config.max_messages);
+    let msgs = run.done.load(Ordering::Relaxed);
+    let sent = run.sent.load(Ordering::Relaxed);
     progress.finish();
     close(&opened).await;
     let error = lock(&run.error).clone();
     Outcome {
         msgs,
+        sent,
         elapsed,
+        interrupted,
         run,
         error,
     }
@@ -779,7 +806,9 @@ struct Summary<'a> {
     config: &'a Config,
     addr: SocketAddr,
     msgs: u64,
+    sent: u64,
     secs: f64,
+    interrupted: bool,
     rate: f64,
     mib: f64,
     samples: u64,
@@ -799,7 +828,9 @@ impl<'a> Summary<'a> {
             config,
             addr,
             msgs: outcome.msgs,
+            sent: outcome.sent,
             secs,
+            interrupted: outcome.interrupted,
             rate,
             mib: rate * config.size as f64 / f64::from(1 << 20),
             samples: h.count(),
@@ -835,6 +866,9 @@ impl<'a> Summary<'a> {
                 micros(self.max),
             ));
         }
+        if self.interrupted {
+            line.push_str(" (interrupted)");
+        }
         if let Some(e) = self.error {
             line.push_str(&format!("; ERROR: {e}"));
         }
@@ -853,6 +887,7 @@ impl<'a> Summary<'a> {
             "size": c.size,
             "elapsed_s": self.secs,
             "msgs": self.msgs,
+            "sent": self.sent,
             "msgs_per_s": self.rate,
             "mib_per_s": self.mib,
             "latency_us": {
@@ -862,6 +897,7 @@ impl<'a> Summary<'a> {
                 "p99": us(self.p99),
                 "max": us(self.max),
             },
+            "interrupted": self.interrupted,
             "error": self.error,
         })
     }

@@ -89,6 +89,8 @@ fn summary(args: &[&str]) -> Value {
 fn assert_exact(summary: &Value, cap: u64) {
     assert_eq!(summary["error"], Value::Null, "{summary}");
     assert_eq!(summary["msgs"], cap, "{summary}");
+    // No request beyond the cap was sent, and none is left unanswered.
+    assert_eq!(summary["sent"], cap, "{summary}");
     let latency = &summary["latency_us"];
     assert_eq!(latency["samples"], cap, "{summary}");
     let us = |key: &str| {
@@ -127,6 +129,16 @@ fn spawned_throughput(target: &str) {
         (Some(4), Some(8))
     );
     assert_exact(&s, 200);
+    assert_stopped(&s);
+}
+
+/// The service `--spawn` started is gone: its address refuses connections.
+fn assert_stopped(summary: &Value) {
+    let addr = summary["addr"].as_str().expect("addr");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "{addr} still accepts connections after the bench"
+    );
 }
 
 #[test]
@@ -368,4 +380,58 @@ fn nothing_listening_fails_the_run() {
         "{}",
         done.stdout
     );
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_ends_the_run_early_with_a_summary_and_stops_the_service() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_storm"))
+        .args([
+            "bench",
+            "echo-lp",
+            "--spawn",
+            "--mode",
+            "latency",
+            "--duration",
+            "50",
+            "--json",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("storm starts");
+    let stdout = drain(&mut child, true);
+    // The first progress line says the load is running.
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("progress line");
+    assert!(line.starts_with("storm bench echo-lp: 1 s, "), "{line}");
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("storm bench did not stop on SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    let out = stdout.join().expect("stdout");
+    let s: Value = serde_json::from_str(out.trim()).expect("JSON summary");
+    assert_eq!(s["interrupted"], true, "{s}");
+    assert_eq!(s["error"], Value::Null, "{s}");
+    let elapsed = s["elapsed_s"].as_f64().expect("elapsed");
+    assert!((1.0..20.0).contains(&elapsed), "{s}");
+    assert!(s["msgs"].as_u64() > Some(0), "{s}");
+    assert_stopped(&s);
 }

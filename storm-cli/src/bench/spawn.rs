@@ -96,7 +96,13 @@ fn route_file(route: &str, backend: SocketAddr) -> Result<PathBuf, String> {
 /// with `ready`, for a stderr line containing it).
 fn start(args: &[&str], scheme: &str, ready: Option<&str>) -> Result<(Child, SocketAddr), String> {
     let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
-    let mut child = Command::new(exe)
+    let mut command = Command::new(exe);
+    // Out of the terminal's process group: Ctrl-C ends the bench (which
+    // then prints its summary and stops the service), not the service
+    // under it.
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let mut child = command
         .args(args)
         .args(["--addr", "127.0.0.1:0"])
         // Kept open: `storm chat` reads its console from stdin.

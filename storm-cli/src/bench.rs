@@ -33,6 +33,11 @@
 //! summary (marked interrupted); spawned services are in their own process
 //! group, so the terminal's Ctrl-C does not stop them under the bench.
 //!
+//! The summary also gives the CPU the bench used over the run (Linux), and
+//! with `--spawn` the service's CPU and its CPU time per message, the
+//! figure that moves least with machine noise (10 ms clock ticks: short
+//! runs are coarse).
+//!
 //! A progress line goes to stderr once a second (rewritten in place on a
 //! terminal), the summary to stdout: one line for people, or one JSON
 //! object with `--json`. Exit code 0 on success, 1 when the run failed
@@ -51,6 +56,7 @@
 //! use `benches/e2e`'s `loadgen`, whose clients are hand-written on raw
 //! tokio sockets for exactly that reason.
 
+mod cpu;
 mod histogram;
 mod spawn;
 pub(crate) mod target;
@@ -309,22 +315,27 @@ pub fn run(args: &BenchArgs) -> ExitCode {
         }
     };
     let size = config.size;
+    let pids = spawned.as_ref().map(spawn::Spawned::pids);
+    let at = Where {
+        addr,
+        service_pids: pids.as_deref(),
+    };
     let outcome = runtime.block_on(async {
         match config.target {
-            TargetName::EchoRaw => echo(EchoProto::Raw, size, &config, addr).await,
-            TargetName::EchoLp => echo(EchoProto::Lp, size, &config, addr).await,
-            TargetName::EchoLine => echo(EchoProto::Line, size, &config, addr).await,
-            TargetName::EchoWs => echo(EchoProto::Ws, size, &config, addr).await,
-            TargetName::Json => drive(target::Json { size }, &config, addr).await,
+            TargetName::EchoRaw => echo(EchoProto::Raw, size, &config, at).await,
+            TargetName::EchoLp => echo(EchoProto::Lp, size, &config, at).await,
+            TargetName::EchoLine => echo(EchoProto::Line, size, &config, at).await,
+            TargetName::EchoWs => echo(EchoProto::Ws, size, &config, at).await,
+            TargetName::Json => drive(target::Json { size }, &config, at).await,
             TargetName::Chat => {
                 let run = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32);
-                drive(target::Chat { size, run }, &config, addr).await
+                drive(target::Chat { size, run }, &config, at).await
             }
             TargetName::Gateway => {
                 let route = config.route.clone();
-                drive(target::Gateway { route, size }, &config, addr).await
+                drive(target::Gateway { route, size }, &config, at).await
             }
         }
     });
@@ -348,8 +359,16 @@ fn usage(e: &str) -> ExitCode {
     ExitCode::from(EXIT_USAGE)
 }
 
-async fn echo(proto: EchoProto, size: usize, config: &Config, addr: SocketAddr) -> Outcome {
-    drive(target::Echo { proto, size }, config, addr).await
+async fn echo(proto: EchoProto, size: usize, config: &Config, at: Where<'_>) -> Outcome {
+    drive(target::Echo { proto, size }, config, at).await
+}
+
+/// Where the service is.
+#[derive(Clone, Copy)]
+struct Where<'a> {
+    addr: SocketAddr,
+    /// Its processes, when the bench started them.
+    service_pids: Option<&'a [u32]>,
 }
 
 // ---------------------------------------------------------------- the run
@@ -557,6 +576,10 @@ struct Outcome {
     elapsed: Duration,
     /// Ctrl-C ended the run.
     interrupted: bool,
+    /// CPU the bench used during the run.
+    bench_cpu: Option<Duration>,
+    /// CPU the service used during the run (when the bench started it).
+    service_cpu: Option<Duration>,
     run: Arc<Run>,
     error: Option<String>,
 }
@@ -625,13 +648,16 @@ async fn open<T: Target>(
 
 /// Opens every connection, runs the load until the duration, the cap or an
 /// error ends it, and closes the connections.
-async fn drive<T: Target>(target: T, config: &Config, addr: SocketAddr) -> Outcome {
+async fn drive<T: Target>(target: T, config: &Config, at: Where<'_>) -> Outcome {
+    let addr = at.addr;
     let run = Arc::new(Run::new(config.max_messages));
     let failed = |e: String| Outcome {
         msgs: 0,
         sent: 0,
         elapsed: Duration::ZERO,
         interrupted: false,
+        bench_cpu: None,
+        service_cpu: None,
         run: Arc::clone(&run),
         error: Some(e),
     };
@@ -686,6 +712,11 @@ async fn drive<T: Target>(target: T, config: &Config, addr: SocketAddr) -> Outco
         return failed(e);
     }
 
+    let own_pid = [std::process::id()];
+    let cpu_before = (
+        cpu::total_cpu(&own_pid),
+        at.service_pids.and_then(cpu::total_cpu),
+    );
     let start = Instant::now();
     let mut progress = Progress::new(config, start);
     for one in &opened {
@@ -717,6 +748,9 @@ async fn drive<T: Target>(target: T, config: &Config, addr: SocketAddr) -> Outco
     run.stopping.store(true, Ordering::Relaxed);
     let msgs = run.done.load(Ordering::Relaxed);
     let sent = run.sent.load(Ordering::Relaxed);
+    let used = |before: Option<Duration>, now: Option<Duration>| Some(now?.saturating_sub(before?));
+    let bench_cpu = used(cpu_before.0, cpu::total_cpu(&own_pid));
+    let service_cpu = used(cpu_before.1, at.service_pids.and_then(cpu::total_cpu));
     progress.finish();
     close(&opened).await;
     let error = lock(&run.error).clone();
@@ -725,6 +759,8 @@ async fn drive<T: Target>(target: T, config: &Config, addr: SocketAddr) -> Outco
         sent,
         elapsed,
         interrupted,
+        bench_cpu,
+        service_cpu,
         run,
         error,
     }
@@ -796,6 +832,11 @@ impl Progress {
     }
 }
 
+/// `cpu` as a percentage of one core over `secs`.
+fn pct(cpu: Duration, secs: f64) -> f64 {
+    cpu.as_secs_f64() / secs.max(1e-9) * 100.0
+}
+
 /// Nanoseconds as microseconds with one decimal.
 fn micros(nanos: u64) -> String {
     format!("{:.1}", nanos as f64 / 1000.0)
@@ -809,6 +850,11 @@ struct Summary<'a> {
     sent: u64,
     secs: f64,
     interrupted: bool,
+    /// Percent of one core.
+    bench_cpu_pct: Option<f64>,
+    /// Percent of one core.
+    service_cpu_pct: Option<f64>,
+    service_us_per_msg: Option<f64>,
     rate: f64,
     mib: f64,
     samples: u64,
@@ -831,6 +877,12 @@ impl<'a> Summary<'a> {
             sent: outcome.sent,
             secs,
             interrupted: outcome.interrupted,
+            bench_cpu_pct: outcome.bench_cpu.map(|cpu| pct(cpu, secs)),
+            service_cpu_pct: outcome.service_cpu.map(|cpu| pct(cpu, secs)),
+            service_us_per_msg: outcome
+                .service_cpu
+                .filter(|_| outcome.msgs > 0)
+                .map(|cpu| cpu.as_secs_f64() * 1e6 / outcome.msgs as f64),
             rate,
             mib: rate * config.size as f64 / f64::from(1 << 20),
             samples: h.count(),
@@ -866,6 +918,15 @@ impl<'a> Summary<'a> {
                 micros(self.max),
             ));
         }
+        if let Some(cpu) = self.bench_cpu_pct {
+            line.push_str(&format!("; bench CPU {cpu:.0}%"));
+        }
+        if let Some(cpu) = self.service_cpu_pct {
+            line.push_str(&format!(", service CPU {cpu:.0}%"));
+            if let Some(us) = self.service_us_per_msg {
+                line.push_str(&format!(" ({us:.1} us/msg)"));
+            }
+        }
         if self.interrupted {
             line.push_str(" (interrupted)");
         }
@@ -897,6 +958,9 @@ impl<'a> Summary<'a> {
                 "p99": us(self.p99),
                 "max": us(self.max),
             },
+            "bench_cpu_pct": self.bench_cpu_pct,
+            "service_cpu_pct": self.service_cpu_pct,
+            "service_cpu_us_per_msg": self.service_us_per_msg,
             "interrupted": self.interrupted,
             "error": self.error,
         })

@@ -129,6 +129,12 @@ fn spawned_throughput(target: &str) {
         (Some(4), Some(8))
     );
     assert_exact(&s, 200);
+    if cfg!(target_os = "linux") {
+        // CPU of both sides, from /proc.
+        assert!(s["bench_cpu_pct"].is_number(), "{s}");
+        assert!(s["service_cpu_pct"].is_number(), "{s}");
+        assert!(s["service_cpu_us_per_msg"].is_number(), "{s}");
+    }
     assert_stopped(&s);
 }
 
@@ -282,6 +288,8 @@ fn a_run_ends_at_its_duration_with_a_progress_line_per_second() {
     let msgs = s["msgs"].as_u64().expect("msgs");
     assert!(msgs > 0 && msgs < 1_000_000_000, "{s}");
     assert_eq!(s["error"], Value::Null);
+    // Not started by the bench: no service CPU to report.
+    assert_eq!(s["service_cpu_pct"], Value::Null, "{s}");
 }
 
 #[test]

@@ -29,6 +29,13 @@ pub(crate) struct Spawned {
     route_file: Option<PathBuf>,
 }
 
+impl Spawned {
+    /// The service's processes.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+}
+
 impl Drop for Spawned {
     fn drop(&mut self) {
         // The front service first, so that it does not see its backend go.

@@ -8,8 +8,10 @@
 //!
 //! Targets: `echo-raw`, `echo-lp`, `echo-line`, `echo-ws` (`storm echo
 //! --proto …`), `json` (`storm json`), `chat` (`storm chat`) and `gateway`
-//! (`storm gateway` with an echoing backend on `--route`). What each sends
-//! is in [`target`]'s docs; every answer is checked, not just counted.
+//! (`storm gateway` with an echoing backend on `--route`), `broker`
+//! (`storm broker`, through the library's `Consumer` and an echo
+//! `Provider`). What each sends is in the `target` and `broker` modules;
+//! every answer is checked, not just counted.
 //!
 //! - **throughput** (default): `--connections` (default 100) each keep
 //!   `--in-flight` (default 16) requests outstanding: every answer is
@@ -56,6 +58,7 @@
 //! use `benches/e2e`'s `loadgen`, whose clients are hand-written on raw
 //! tokio sockets for exactly that reason.
 
+mod broker;
 mod cpu;
 mod histogram;
 mod spawn;
@@ -140,6 +143,11 @@ pub struct BenchArgs {
     /// WebSocket targets: offer permessage-deflate.
     #[arg(long)]
     pub deflate: bool,
+    /// broker: the channel to send on, whose provider must echo (a decimal
+    /// number or 32 hex digits). Default: a fresh random channel with the
+    /// bench's own echo provider.
+    #[arg(long, value_parser = crate::broker::cli::parse_channel)]
+    pub channel: Option<storm_proto::broker::ChannelId>,
 }
 
 /// A service `storm bench` drives.
@@ -160,6 +168,8 @@ pub enum TargetName {
     Chat,
     /// `storm gateway`: route-addressed messages to an echoing backend.
     Gateway,
+    /// `storm broker`: requests through the broker to an echo provider.
+    Broker,
 }
 
 impl TargetName {
@@ -174,6 +184,7 @@ impl TargetName {
             Self::Json => "json",
             Self::Chat => "chat",
             Self::Gateway => "gateway",
+            Self::Broker => "broker",
         }
     }
 }
@@ -337,6 +348,7 @@ pub fn run(args: &BenchArgs) -> ExitCode {
                 let route = config.route.clone();
                 drive(target::Gateway { route, size }, &config, at).await
             }
+            TargetName::Broker => broker::drive(&config, at, args.channel).await,
         }
     });
     drop(runtime);
@@ -584,6 +596,22 @@ struct Outcome {
     error: Option<String>,
 }
 
+impl Outcome {
+    /// A run that failed before it started.
+    fn failed(run: &Arc<Run>, error: String) -> Self {
+        Self {
+            msgs: 0,
+            sent: 0,
+            elapsed: Duration::ZERO,
+            interrupted: false,
+            bench_cpu: None,
+            service_cpu: None,
+            run: Arc::clone(run),
+            error: Some(error),
+        }
+    }
+}
+
 /// One connected, set up connection.
 struct Opened<C> {
     client: Client,
@@ -651,16 +679,7 @@ async fn open<T: Target>(
 async fn drive<T: Target>(target: T, config: &Config, at: Where<'_>) -> Outcome {
     let addr = at.addr;
     let run = Arc::new(Run::new(config.max_messages));
-    let failed = |e: String| Outcome {
-        msgs: 0,
-        sent: 0,
-        elapsed: Duration::ZERO,
-        interrupted: false,
-        bench_cpu: None,
-        service_cpu: None,
-        run: Arc::clone(&run),
-        error: Some(e),
-    };
+    let failed = |e: String| Outcome::failed(&run, e);
     if config.size > target.max_size() {
         return failed(format!(
             "--size {} is above {}, the most {} carries",
@@ -712,39 +731,57 @@ async fn drive<T: Target>(target: T, config: &Config, at: Where<'_>) -> Outcome 
         return failed(e);
     }
 
+    let mut outcome = measure(&run, config, at, || {
+        for one in &opened {
+            let (driver, session) = (Arc::clone(&one.driver), one.client.session());
+            let window = config.in_flight;
+            tokio::spawn(async move { driver.start(window, session).await });
+        }
+    })
+    .await;
+    close(&opened).await;
+    outcome.error = lock(&run.error).clone();
+    outcome
+}
+
+/// The timed part of a run: calls `start` to send the first requests,
+/// reports progress, and stops the run at its duration, its cap, an error
+/// or Ctrl-C. `error` is left for the caller to fill in once its
+/// connections are closed.
+async fn measure(run: &Arc<Run>, config: &Config, at: Where<'_>, start: impl FnOnce()) -> Outcome {
     let own_pid = [std::process::id()];
     let cpu_before = (
         cpu::total_cpu(&own_pid),
         at.service_pids.and_then(cpu::total_cpu),
     );
-    let start = Instant::now();
-    let mut progress = Progress::new(config, start);
-    for one in &opened {
-        let (driver, session) = (Arc::clone(&one.driver), one.client.session());
-        let window = config.in_flight;
-        tokio::spawn(async move { driver.start(window, session).await });
-    }
-    let deadline = tokio::time::Instant::from(start + config.duration);
+    let started = Instant::now();
+    let mut progress = Progress::new(config, started);
+    start();
+    let deadline = tokio::time::Instant::from(started + config.duration);
     let mut ticker = tokio::time::interval_at(
-        tokio::time::Instant::from(start + Duration::from_secs(1)),
+        tokio::time::Instant::from(started + Duration::from_secs(1)),
         Duration::from_secs(1),
     );
-    // From here on Ctrl-C ends the run early, with its summary.
-    let ctrl_c = tokio::signal::ctrl_c();
+    // From here on Ctrl-C ends the run early, with its summary (a second
+    // one exits at once).
+    if let Err(e) = crate::interrupt::install() {
+        tracing::warn!("Ctrl-C will not print a summary: {e}");
+    }
+    let ctrl_c = crate::interrupt::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut interrupted = false;
     loop {
         tokio::select! {
             () = tokio::time::sleep_until(deadline) => break,
             () = run.finished.notified() => break,
-            _ = &mut ctrl_c => {
+            () = &mut ctrl_c => {
                 interrupted = true;
                 break;
             }
-            _ = ticker.tick() => progress.report(&run),
+            _ = ticker.tick() => progress.report(run),
         }
     }
-    let elapsed = start.elapsed();
+    let elapsed = started.elapsed();
     run.stopping.store(true, Ordering::Relaxed);
     let msgs = run.done.load(Ordering::Relaxed);
     let sent = run.sent.load(Ordering::Relaxed);
@@ -752,8 +789,6 @@ async fn drive<T: Target>(target: T, config: &Config, at: Where<'_>) -> Outcome 
     let bench_cpu = used(cpu_before.0, cpu::total_cpu(&own_pid));
     let service_cpu = used(cpu_before.1, at.service_pids.and_then(cpu::total_cpu));
     progress.finish();
-    close(&opened).await;
-    let error = lock(&run.error).clone();
     Outcome {
         msgs,
         sent,
@@ -761,8 +796,8 @@ async fn drive<T: Target>(target: T, config: &Config, at: Where<'_>) -> Outcome 
         interrupted,
         bench_cpu,
         service_cpu,
-        run,
-        error,
+        run: Arc::clone(run),
+        error: None,
     }
 }
 

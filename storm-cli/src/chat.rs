@@ -125,7 +125,7 @@ pub(crate) struct ChatArgs {
     no_deflate: bool,
 }
 
-/// Runs `storm chat` until `/stop` on the console.
+/// Runs `storm chat` until `/stop` on the console or Ctrl-C.
 pub(crate) fn run(args: &ChatArgs) -> io::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -176,6 +176,10 @@ async fn serve(args: &ChatArgs) -> io::Result<()> {
             .into();
         tokio::spawn(serve_page(listener, page));
     }
+    let handle = chat.server.clone();
+    storm_cli::interrupt::spawn_on_ctrl_c(async move {
+        handle.shutdown(STOP_TIMEOUT).await;
+    })?;
     tokio::spawn(console(chat, stdin_lines()));
     serving.await.map_err(io::Error::other)??;
     println!("storm chat stopped");

@@ -107,7 +107,7 @@ enum Mode {
 
 // ---------------------------------------------------------------- server
 
-/// Runs `storm json` until the process is stopped.
+/// Runs `storm json` until Ctrl-C.
 pub(crate) fn serve(args: &JsonArgs) -> io::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -132,6 +132,10 @@ pub(crate) fn serve(args: &JsonArgs) -> io::Result<()> {
             "storm json (length-prefixed JSON, tokio runtime) listening on tcp://{}",
             server.local_addr()
         );
+        let handle = server.handle();
+        storm_cli::interrupt::spawn_on_ctrl_c(async move {
+            handle.shutdown(crate::SHUTDOWN_TIMEOUT).await;
+        })?;
         server.serve(service).await
     })
 }

@@ -1,6 +1,14 @@
 //! The library side of the `storm` binary: services other programs and the
-//! tests can embed. The binary (`src/main.rs`) is a thin command line over
-//! these modules.
+//! tests can embed, built only on Storm's public API. The binary
+//! (`src/main.rs`) is a thin command line over these modules.
+//!
+//! - [`bench`]: `storm bench`, the load generator for every service.
+//! - [`broker`]: the consumer/provider request broker (server, consumer,
+//!   provider) over plain TCP on tokio.
+//! - [`gateway`]: one WebSocket endpoint routing to named backends.
+//! - [`interrupt`]: Ctrl-C for every service, on every runtime.
 
 pub mod bench;
+pub mod broker;
 pub mod gateway;
+pub mod interrupt;

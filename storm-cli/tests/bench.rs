@@ -183,8 +183,33 @@ fn gateway_throughput_counts_exactly_the_cap() {
 }
 
 #[test]
+fn broker_throughput_counts_exactly_the_cap() {
+    spawned_throughput("broker");
+}
+
+#[test]
+fn broker_channel_without_provider_fails_the_run() {
+    let done = bench(&[
+        "broker",
+        "--spawn",
+        "--channel",
+        "5",
+        "--duration",
+        "30",
+        "--max-messages",
+        "10",
+    ]);
+    assert_eq!(done.status.code(), Some(1), "{}", done.stdout);
+    assert!(
+        done.stdout.contains("ERROR: consumer ") && done.stdout.contains("0 msgs"),
+        "{}",
+        done.stdout
+    );
+}
+
+#[test]
 fn latency_mode_keeps_one_request_in_flight() {
-    for target in ["echo-ws", "json"] {
+    for target in ["echo-ws", "json", "broker"] {
         let s = summary(&[
             target,
             "--spawn",

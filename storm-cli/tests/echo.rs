@@ -3,8 +3,11 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
+use storm_proto::Message;
+use storm_proto::options::{ClientOptions, Framing, WsOptions};
 use storm_proto::ws::{CloseCode, Event};
 use storm_std::ws;
 
@@ -24,6 +27,10 @@ impl Drop for Server {
 const RUNTIMES: [&str; 2] = ["tokio", "std"];
 
 fn start(proto: &str, runtime: &str) -> Server {
+    start_with(proto, runtime, &[])
+}
+
+fn start_with(proto: &str, runtime: &str, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_storm"))
         .args([
             "echo",
@@ -34,6 +41,7 @@ fn start(proto: &str, runtime: &str) -> Server {
             "--runtime",
             runtime,
         ])
+        .args(extra)
         .stdout(Stdio::piped())
         .spawn()
         .expect("storm starts");
@@ -133,4 +141,95 @@ fn websocket_echo_with_deflate_on(runtime: &str) {
     assert!(matches!(socket.read().unwrap(), Event::Binary(b) if b[..] == [1, 2, 3]));
     socket.close(CloseCode::NORMAL, "done").unwrap();
     assert!(matches!(socket.read().unwrap(), Event::Close(f) if f.code == CloseCode::NORMAL));
+}
+
+/// Collects what a storm-std client receives.
+struct Inbox(mpsc::Sender<Message>);
+
+impl storm_std::Handler for Inbox {
+    fn on_message(&self, _: &storm_std::Session, message: Message) {
+        let _ = self.0.send(message);
+    }
+}
+
+#[test]
+fn echo_over_tls_from_pem_files() {
+    let pki = storm_tests::suite::pki::Pki::new();
+    let dir = std::env::temp_dir().join(format!("storm-echo-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let server_tls = pki.server();
+    std::fs::write(&cert, &server_tls.cert_chain_pem).unwrap();
+    std::fs::write(&key, &server_tls.key_pem).unwrap();
+    for runtime in RUNTIMES {
+        for proto in ["lp", "ws"] {
+            let server = start_with(
+                proto,
+                runtime,
+                &["--tls", cert.to_str().unwrap(), key.to_str().unwrap()],
+            );
+            let options = ClientOptions {
+                tls: Some(pki.client()),
+                ..ClientOptions::default()
+            };
+            let (tx, rx) = mpsc::channel();
+            let client = if proto == "ws" {
+                let url = format!("wss://{}/", server.addr);
+                storm_std::WsClient::connect(&url, options, WsOptions::default(), Inbox(tx))
+            } else {
+                storm_std::TcpClient::connect(
+                    &server.addr,
+                    options,
+                    Framing::LengthPrefix,
+                    Inbox(tx),
+                )
+            }
+            .unwrap_or_else(|e| panic!("{runtime} {proto}: {e}"));
+            client.send(Message::from("over tls")).unwrap();
+            let echoed = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert_eq!(echoed.as_bytes(), b"over tls", "{runtime} {proto}");
+            client.close();
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn ctrl_c_closes_sessions_and_exits_zero() {
+    for runtime in RUNTIMES {
+        let mut server = start("ws", runtime);
+        let (mut socket, _) = ws::connect(
+            &format!("ws://{}/", server.addr),
+            &ws::ConnectOptions::default(),
+        )
+        .unwrap();
+        socket
+            .get_mut()
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        socket.send_text("before").unwrap();
+        assert!(matches!(socket.read().unwrap(), Event::Text(t) if t.as_str() == "before"));
+        let status = Command::new("kill")
+            .args(["-INT", &server.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        // The session is closed properly: a close frame, not a reset.
+        match socket.read().unwrap() {
+            Event::Close(frame) => assert!(frame.code.is_sendable(), "{runtime}: {frame:?}"),
+            other => panic!("{runtime}: expected a close frame, got {other:?}"),
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let exit = loop {
+            if let Some(exit) = server.child.try_wait().unwrap() {
+                break exit;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{runtime}: still running after Ctrl-C"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(exit.success(), "{runtime}: {exit}");
+    }
 }

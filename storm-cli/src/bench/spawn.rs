@@ -65,6 +65,7 @@ pub(crate) fn spawn(target: TargetName, route: &str) -> Result<Spawned, String> 
         TargetName::EchoWs => (echo("ws"), "ws"),
         TargetName::Json => (vec!["json"], "tcp"),
         TargetName::Chat => (vec!["chat", "--no-http"], "ws"),
+        TargetName::Broker => (vec!["broker"], "tcp"),
         TargetName::Gateway => {
             let (backend, backend_addr) = start(&echo("lp"), "tcp", None)?;
             spawned.children.push(backend);

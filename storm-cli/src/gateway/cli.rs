@@ -98,5 +98,9 @@ async fn serve(config: GatewayConfig, options: GatewayOptions) -> std::io::Resul
             }
         });
     }
+    let stop = handle.clone();
+    crate::interrupt::spawn_on_ctrl_c(async move {
+        stop.shutdown(Duration::from_secs(5)).await;
+    })?;
     gateway.serve().await
 }

@@ -85,8 +85,10 @@ use std::fmt;
 use rand::RngCore;
 
 mod frame;
+mod framer;
 mod payload;
 mod requests;
+mod response;
 mod router;
 mod stream;
 
@@ -94,11 +96,13 @@ pub use frame::{
     EncodeError, FLAG_MORE, Frame, FrameCodec, FrameConfig, FrameError, FrameType, HEADER_LEN,
     VERSION,
 };
+pub use framer::BrokerFramer;
 pub use payload::{
     ErrorCode, ErrorPayload, PayloadError, REGISTRATION_LEN, ROUTING_INFO_LEN, Registration, Role,
     RoutingInfo,
 };
 pub use requests::{RequestEvent, Requests, RequestsConfig, RequestsError, RequestsStats};
+pub use response::ResponseStreamer;
 pub use router::{
     CloseReason, ConnId, Router, RouterConfig, RouterError, RouterEvent, RouterStats,
 };

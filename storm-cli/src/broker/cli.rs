@@ -1,0 +1,363 @@
+//! `storm broker` and `storm client broker`: the command-line face of the
+//! broker library.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::{Subcommand, ValueEnum};
+use storm_proto::broker::{ChannelId, RouterConfig};
+
+use super::{
+    BrokerError, BrokerOptions, BrokerServer, Consumer, ConsumerOptions, Provider, ProviderOptions,
+};
+
+/// Options of `storm broker`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Address to listen on (IPv4 or IPv6); port 0 picks a free one,
+    /// printed at start.
+    #[arg(long, default_value = "127.0.0.1:9200")]
+    pub addr: String,
+    /// Timeout of a request at the broker when its consumer registered
+    /// without one (e.g. 5s, 500ms, 2m). A request still open then fails
+    /// with TIMEOUT at both ends.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Longest timeout a consumer may register with.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub max_timeout: Duration,
+    /// Largest frame payload in bytes; requests and responses of any size
+    /// are streamed in frames of at most this size. Clients must use the
+    /// same value.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_frame: usize,
+    /// Most requests in flight through the broker; more are refused with
+    /// BUSY.
+    #[arg(long, default_value_t = RouterConfig::DEFAULT_MAX_REQUESTS)]
+    pub max_requests: usize,
+    /// Most requests in flight per consumer; more are refused with
+    /// TOO_MANY_REQUESTS.
+    #[arg(long, default_value_t = RouterConfig::DEFAULT_MAX_REQUESTS_PER_CONSUMER)]
+    pub max_requests_per_consumer: usize,
+    /// Most frames queued for one connection; a new request for a provider
+    /// whose queue is full is refused with BUSY.
+    #[arg(long, default_value_t = RouterConfig::DEFAULT_MAX_QUEUED_FRAMES)]
+    pub max_queued_frames: usize,
+    /// Most payload bytes queued for one connection (memory per connection
+    /// is about this much).
+    #[arg(long, default_value_t = RouterConfig::DEFAULT_MAX_QUEUED_BYTES)]
+    pub max_queued_bytes: usize,
+    /// Most connections at once; more are closed at accept. 0 = unlimited.
+    #[arg(long, default_value_t = 0)]
+    pub max_connections: usize,
+    /// Print the broker's counters this often (e.g. 10s); 0s = never.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub stats_every: Duration,
+}
+
+/// `storm client broker <role>`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ClientArgs {
+    /// Send one request (or several, one after another) and print the
+    /// response.
+    Request(RequestArgs),
+    /// Run a demo provider that answers requests until stopped.
+    Provider(ProviderArgs),
+}
+
+/// Options of `storm client broker request`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RequestArgs {
+    /// Address of the broker.
+    #[arg(long, default_value = "127.0.0.1:9200")]
+    pub addr: String,
+    /// Channel id: a decimal number, or 32 hex digits.
+    #[arg(long, value_parser = parse_channel)]
+    pub channel: ChannelId,
+    /// Text to send; the response is printed as text.
+    #[arg(long, conflicts_with = "size")]
+    pub data: Option<String>,
+    /// Send this many bytes of generated data instead (streamed in
+    /// frames); prints sizes, checksums and throughput.
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// Time for the whole request (sending, processing, response).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Requests to send, one after another.
+    #[arg(long, default_value_t = 1)]
+    pub count: u32,
+    /// Largest frame payload in bytes (must match the broker's).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_frame: usize,
+}
+
+/// Options of `storm client broker provider`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProviderArgs {
+    /// Address of the broker.
+    #[arg(long, default_value = "127.0.0.1:9200")]
+    pub addr: String,
+    /// Channel id: a decimal number, or 32 hex digits.
+    #[arg(long, value_parser = parse_channel)]
+    pub channel: ChannelId,
+    /// What to answer.
+    #[arg(long, value_enum, default_value_t = Mode::Echo)]
+    pub mode: Mode,
+    /// Wait this long before answering each request (to try timeouts and
+    /// provider failures).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub delay: Duration,
+    /// Requests handled at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Largest frame payload in bytes (must match the broker's).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_frame: usize,
+}
+
+/// What the demo provider answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// The request, unchanged.
+    Echo,
+    /// The request with ASCII letters in upper case.
+    Upper,
+}
+
+/// Parses `500ms`, `5s`, `2m`, or a number of seconds (at most a year).
+///
+/// # Errors
+///
+/// A message saying what is wrong.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 500ms, 5s or 2m"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        other => return Err(format!("unknown unit {other:?}: use ms, s or m")),
+    };
+    let duration = Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))?;
+    if duration > MAX_DURATION {
+        return Err(format!("{text:?} is longer than a year"));
+    }
+    Ok(duration)
+}
+
+/// The longest duration an option takes, so every deadline is a valid
+/// instant.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses a channel id: a decimal number (as a 128-bit big-endian id) or
+/// 32 hex digits.
+///
+/// # Errors
+///
+/// A message saying what is wrong.
+pub fn parse_channel(text: &str) -> Result<ChannelId, String> {
+    let bad = || format!("{text:?} is not a channel id (a decimal number or 32 hex digits)");
+    if text.len() == 32 {
+        if let Ok(n) = u128::from_str_radix(text, 16) {
+            return Ok(ChannelId::from_bytes(n.to_be_bytes()));
+        }
+    }
+    let n: u128 = text.parse().map_err(|_| bad())?;
+    Ok(ChannelId::from_bytes(n.to_be_bytes()))
+}
+
+fn runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+fn frame(max: usize) -> storm_proto::broker::FrameConfig {
+    let mut frame = storm_proto::broker::FrameConfig::default();
+    frame.max_payload = max;
+    frame
+}
+
+/// Runs `storm broker` until Ctrl-C.
+///
+/// # Errors
+///
+/// Invalid options, or a failed bind.
+pub fn serve(args: &ServerArgs) -> Result<(), BrokerError> {
+    let mut options = BrokerOptions::default();
+    options.server.addr.clone_from(&args.addr);
+    options.server.max_connections = args.max_connections;
+    options.frame = frame(args.max_frame);
+    let router = &mut options.router;
+    router.default_timeout = args.request_timeout;
+    router.max_timeout = args.max_timeout;
+    router.max_requests = args.max_requests;
+    router.max_requests_per_consumer = args.max_requests_per_consumer;
+    router.max_queued_frames = args.max_queued_frames;
+    router.max_queued_bytes = args.max_queued_bytes;
+    runtime().map_err(BrokerError::Io)?.block_on(async {
+        let server = BrokerServer::bind(options).await?;
+        println!("storm broker listening on tcp://{}", server.local_addr());
+        if !args.stats_every.is_zero() {
+            let handle = server.handle();
+            let every = args.stats_every;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let s = handle.stats();
+                    println!(
+                        "connections {} | requests open {} started {} completed {} | \
+                         no responders {} busy {} timed out {} provider gone {} cancelled {}",
+                        handle.connections(),
+                        handle.open_requests(),
+                        s.requests_started,
+                        s.requests_completed,
+                        s.no_responders,
+                        s.busy,
+                        s.timed_out,
+                        s.provider_gone,
+                        s.cancelled,
+                    );
+                }
+            });
+        }
+        let handle = server.handle();
+        crate::interrupt::spawn_on_ctrl_c(async move {
+            handle.shutdown(std::time::Duration::from_secs(5)).await;
+        })
+        .map_err(BrokerError::Io)?;
+        server.serve().await
+    })
+}
+
+/// Runs `storm client broker …`.
+///
+/// # Errors
+///
+/// Connecting or registering failed, or (for `request`) a request failed.
+pub fn client(args: &ClientArgs) -> Result<(), BrokerError> {
+    let runtime = runtime().map_err(BrokerError::Io)?;
+    match args {
+        ClientArgs::Request(args) => runtime.block_on(request(args)),
+        ClientArgs::Provider(args) => runtime.block_on(provide(args)),
+    }
+}
+
+async fn request(args: &RequestArgs) -> Result<(), BrokerError> {
+    let options = ConsumerOptions {
+        frame: frame(args.max_frame),
+        // The broker applies the same deadline (capped at its maximum).
+        server_timeout: args.timeout,
+        ..ConsumerOptions::default()
+    };
+    let consumer = Consumer::connect(&args.addr, args.channel, options).await?;
+    let payload = match (&args.data, args.size) {
+        (_, Some(size)) => generated(size),
+        (Some(text), None) => Bytes::from(text.clone()),
+        (None, None) => Bytes::from_static(b"hello from storm"),
+    };
+    for _ in 0..args.count {
+        let started = Instant::now();
+        let response = consumer.request(payload.clone(), args.timeout).await?;
+        let took = started.elapsed();
+        if args.size.is_some() {
+            let mib = (payload.len() + response.len()) as f64 / (1024.0 * 1024.0);
+            println!(
+                "sent {} bytes (fnv1a {:016x}), got {} bytes (fnv1a {:016x}) in {:.1} ms, {:.1} MiB/s both ways together",
+                payload.len(),
+                fnv1a(&payload),
+                response.len(),
+                fnv1a(&response),
+                took.as_secs_f64() * 1000.0,
+                mib / took.as_secs_f64().max(1e-9),
+            );
+        } else {
+            println!("{}", String::from_utf8_lossy(&response));
+        }
+    }
+    consumer.close();
+    Ok(())
+}
+
+async fn provide(args: &ProviderArgs) -> Result<(), BrokerError> {
+    let options = ProviderOptions {
+        frame: frame(args.max_frame),
+        max_concurrent: args.concurrency,
+        ..ProviderOptions::default()
+    };
+    let provider = Provider::connect(&args.addr, args.channel, options).await?;
+    let mode = match args.mode {
+        Mode::Echo => "echo",
+        Mode::Upper => "upper",
+    };
+    println!(
+        "storm broker provider ({mode}) registered at tcp://{}",
+        args.addr
+    );
+    let (mode, delay) = (args.mode, args.delay);
+    provider
+        .serve(move |request| async move {
+            println!("request {} ({} bytes)", request.id, request.payload.len());
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            Ok(match mode {
+                Mode::Echo => request.payload,
+                Mode::Upper => Bytes::from(request.payload.to_ascii_uppercase()),
+            })
+        })
+        .await
+}
+
+/// `size` bytes of a repeating pattern.
+fn generated(size: usize) -> Bytes {
+    (0..size)
+        .map(|i| b'a' + (i % 26) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// FNV-1a, 64 bits: a checksum to compare payloads by eye.
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_channels_parse() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("1e12s").is_err());
+        assert!(parse_duration("400000000").is_err());
+        assert_eq!(
+            parse_channel("1").map(ChannelId::to_bytes),
+            Ok(1u128.to_be_bytes())
+        );
+        assert_eq!(
+            parse_channel(&"ab".repeat(16)).map(ChannelId::to_bytes),
+            Ok([0xab; 16])
+        );
+        assert!(parse_channel("-1").is_err());
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(generated(28).last(), Some(&b'b'));
+    }
+}

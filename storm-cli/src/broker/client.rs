@@ -1,0 +1,170 @@
+//! What consumers and providers share: connecting, registering, and
+//! handing decoded frames to their owner.
+
+use bytes::Bytes;
+use storm_proto::Message;
+use storm_proto::backpressure::SlowConsumerPolicy;
+use storm_proto::broker::{
+    BrokerFramer, ErrorPayload, Frame, FrameConfig, FrameType, Registration, RequestId,
+};
+use storm_proto::hub::SendOutcome;
+use storm_proto::link::CloseReason;
+use storm_proto::options::ClientOptions;
+use storm_tokio::{Client, Handler, Session, TcpClient};
+use tokio::sync::mpsc;
+
+use super::BrokerError;
+
+/// Frames decoded but not yet taken by the owner; more wait in the socket
+/// (the connection stops reading while this is full).
+const INBOUND_CAPACITY: usize = 64;
+
+/// What the connection hands its owner.
+pub(super) enum Incoming {
+    /// A frame from the broker.
+    Frame(Frame),
+    /// The connection ended (the last item).
+    Closed(String),
+}
+
+/// The tokio handler of a consumer's or provider's connection.
+struct Inbound {
+    tx: mpsc::Sender<Incoming>,
+    framer: BrokerFramer,
+}
+
+impl Handler for Inbound {
+    async fn on_message(&self, session: &Session, message: Message) {
+        match self.framer.parse(message.into_bytes()) {
+            Ok(frame) => {
+                let _ = self.tx.send(Incoming::Frame(frame)).await;
+            }
+            Err(e) => {
+                let why = format!("broker sent a malformed frame: {e}");
+                let _ = self.tx.send(Incoming::Closed(why)).await;
+                session.abort();
+            }
+        }
+    }
+
+    async fn on_disconnect(&self, _session: &Session, reason: &CloseReason) {
+        let _ = self.tx.send(Incoming::Closed(reason.to_string())).await;
+    }
+}
+
+/// A registered connection to a broker.
+pub(super) struct Connection {
+    pub(super) client: Client,
+    pub(super) framer: BrokerFramer,
+    pub(super) inbound: mpsc::Receiver<Incoming>,
+}
+
+impl Connection {
+    /// Connects, registers, and waits (at most `options.connect_timeout`)
+    /// for the broker's acknowledgement.
+    pub(super) async fn open(
+        addr: &str,
+        options: ClientOptions,
+        frame: FrameConfig,
+        registration: Registration,
+    ) -> Result<Self, BrokerError> {
+        if options.reconnect.is_some() {
+            return Err(BrokerError::Config(
+                "reconnect is not supported: a registration does not survive it".to_owned(),
+            ));
+        }
+        let framer = BrokerFramer::new(frame.clone())?;
+        let framing = BrokerFramer::framing(frame)?;
+        let wait = options.connect_timeout;
+        // Frames are never dropped for a slow connection: senders wait.
+        let mut options = options;
+        options.backpressure.slow_consumer_policy = SlowConsumerPolicy::Wait;
+        let (tx, mut inbound) = mpsc::channel(INBOUND_CAPACITY);
+        let handler = Inbound {
+            tx,
+            framer: framer.clone(),
+        };
+        let client = TcpClient::connect(addr, options, framing, handler)
+            .await
+            .map_err(BrokerError::Connect)?;
+        let id = RequestId::random(&mut rand::rng());
+        let start = Frame::new(FrameType::Start, id, registration.encode());
+        let acked = async {
+            send(&client, &framer, &start).await?;
+            match inbound.recv().await {
+                Some(Incoming::Frame(f)) if f.request_id == id => match f.frame_type {
+                    FrameType::Response => Ok(()),
+                    FrameType::Error => Err(BrokerError::failed(&ErrorPayload::decode(&f.payload))),
+                    other => Err(BrokerError::Protocol(format!(
+                        "registration answered with {other:?}"
+                    ))),
+                },
+                Some(Incoming::Frame(f)) => Err(BrokerError::Protocol(format!(
+                    "expected the registration acknowledgement, got {:?}",
+                    f.frame_type
+                ))),
+                Some(Incoming::Closed(why)) => Err(BrokerError::Disconnected(why)),
+                None => Err(BrokerError::Disconnected("connection ended".to_owned())),
+            }
+        };
+        let result = match tokio::time::timeout(wait, acked).await {
+            Ok(result) => result,
+            Err(_) => Err(BrokerError::Timeout),
+        };
+        match result {
+            Ok(()) => Ok(Self {
+                client,
+                framer,
+                inbound,
+            }),
+            Err(e) => {
+                client.close();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Sends one frame, waiting while the connection is backpressured.
+pub(super) async fn send(
+    client: &Client,
+    framer: &BrokerFramer,
+    frame: &Frame,
+) -> Result<(), BrokerError> {
+    let message = framer
+        .to_message(frame)
+        .map_err(|e| BrokerError::Config(e.to_string()))?;
+    client
+        .send(message)
+        .await
+        .map_err(|e| BrokerError::Disconnected(e.to_string()))
+}
+
+/// Sends a small control frame (a cancellation) without waiting: queued at
+/// once, or by a task when the connection is backpressured. Works from
+/// `Drop` and outside a runtime (then only the immediate attempt).
+pub(super) fn send_soon(client: &Client, framer: &BrokerFramer, frame: &Frame) {
+    let (Some(session), Ok(message)) = (client.session(), framer.to_message(frame)) else {
+        return;
+    };
+    if let SendOutcome::Wait(message) = session.try_send(message) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = session.send(message).await;
+            });
+        }
+    }
+}
+
+/// Bytes of `parts`, concatenated once (no copy for a single part).
+pub(super) fn concat(parts: Vec<Bytes>, size: usize) -> Bytes {
+    match parts.as_slice() {
+        [] => Bytes::new(),
+        [one] => one.clone(),
+        _ => {
+            let mut out = bytes::BytesMut::with_capacity(size);
+            parts.iter().for_each(|p| out.extend_from_slice(p));
+            out.freeze()
+        }
+    }
+}

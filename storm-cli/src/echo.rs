@@ -1,0 +1,212 @@
+//! `storm echo`: every message goes back to its sender, over WebSocket or
+//! plain TCP with any of the core's framers, with or without TLS, on the
+//! runtime of your choice. The same options build the same server on each
+//! adapter; only the I/O underneath changes.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::ValueEnum;
+use storm_proto::Message;
+use storm_proto::framing::{DelimiterConfig, LengthPrefixConfig, RawConfig};
+use storm_proto::options::{Framing, ServerOptions, WsOptions};
+use storm_proto::ws::Config;
+use storm_proto::ws::deflate::DeflateConfig;
+
+use storm_cli::interrupt;
+
+/// Options of `storm echo`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct EchoArgs {
+    /// Wire protocol: raw bytes, 4-byte length-prefixed, newline-delimited
+    /// lines, or WebSocket.
+    #[arg(long, value_enum, default_value_t = Proto::Ws)]
+    proto: Proto,
+    /// Address to listen on (IPv4 or IPv6, e.g. [::1]:9001).
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    addr: String,
+    /// Largest message accepted, in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_message: usize,
+    /// Turn off permessage-deflate for WebSocket (on by default).
+    #[arg(long)]
+    no_deflate: bool,
+    /// Serve TLS (wss:// or TLS over TCP) with this PEM certificate chain
+    /// (leaf first) and PEM private key.
+    #[arg(long, num_args = 2, value_names = ["CERT_PEM", "KEY_PEM"])]
+    tls: Option<Vec<PathBuf>>,
+    /// Runtime to serve on: tokio (async tasks) or std (two threads per
+    /// connection).
+    #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
+    runtime: Runtime,
+    /// On Ctrl-C, how long sessions get to close gracefully before they
+    /// are aborted, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    shutdown_timeout: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Proto {
+    /// Raw TCP: whatever arrives is sent back.
+    Raw,
+    /// 4-byte big-endian length prefix.
+    Lp,
+    /// Newline-delimited lines.
+    Line,
+    /// WebSocket (RFC 6455), text and binary.
+    Ws,
+}
+
+/// The runtimes `storm` services run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Runtime {
+    /// tokio, multi-threaded.
+    Tokio,
+    /// Blocking std::net, two threads per connection.
+    Std,
+}
+
+/// What to serve, the same for every runtime.
+enum Service {
+    Ws(WsOptions),
+    Tcp(Framing),
+}
+
+/// Runs `storm echo` until Ctrl-C.
+pub(crate) fn run(args: &EchoArgs) -> io::Result<()> {
+    let mut options = ServerOptions {
+        addr: args.addr.clone(),
+        ..ServerOptions::default()
+    };
+    if let Some([cert, key]) = args.tls.as_deref() {
+        options.tls = Some(storm_proto::tls::server_options_from_pem_files(cert, key)?);
+    }
+    let max = args.max_message;
+    let service = match args.proto {
+        Proto::Ws => Service::Ws(WsOptions {
+            config: Config {
+                max_message_size: max,
+                max_frame_size: max,
+                ..Config::default()
+            },
+            deflate: (!args.no_deflate).then(DeflateConfig::default),
+            ..WsOptions::default()
+        }),
+        Proto::Raw => Service::Tcp(Framing::Raw(RawConfig::default())),
+        Proto::Lp => {
+            let mut config = LengthPrefixConfig::default();
+            config.max_frame_len = max;
+            Service::Tcp(Framing::LengthPrefixWith(config))
+        }
+        Proto::Line => {
+            let mut config = DelimiterConfig::default();
+            config.max_message_len = max;
+            Service::Tcp(Framing::Delimiter(config))
+        }
+    };
+    interrupt::install()?;
+    let timeout = Duration::from_secs_f64(args.shutdown_timeout.max(0.0));
+    match args.runtime {
+        Runtime::Tokio => on_tokio(args, options, service, timeout),
+        Runtime::Std => on_std(args, options, service, timeout),
+    }
+}
+
+fn banner(args: &EchoArgs, addr: SocketAddr) {
+    let scheme = match (args.proto, args.tls.is_some()) {
+        (Proto::Ws, false) => "ws",
+        (Proto::Ws, true) => "wss",
+        (_, false) => "tcp",
+        (_, true) => "tls",
+    };
+    println!(
+        "storm echo ({:?}, {:?} runtime) listening on {scheme}://{addr}",
+        args.proto, args.runtime
+    );
+    tracing::info!(%addr, proto = ?args.proto, runtime = ?args.runtime, "echo listening");
+}
+
+fn stopped(sessions: usize) {
+    tracing::info!(sessions, "Ctrl-C: closing sessions");
+}
+
+struct TokioEcho;
+
+impl storm_tokio::Handler for TokioEcho {
+    async fn on_message(&self, session: &storm_tokio::Session, message: Message) {
+        let _ = session.send(message).await;
+    }
+
+    async fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
+        tracing::debug!(%error, "connection error");
+    }
+}
+
+fn on_tokio(
+    args: &EchoArgs,
+    options: ServerOptions,
+    service: Service,
+    timeout: Duration,
+) -> io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let (handle, serve) = match service {
+            Service::Ws(ws) => {
+                let server = storm_tokio::WsServer::bind(options, ws).await?;
+                banner(args, server.local_addr());
+                (server.handle(), tokio::spawn(server.serve(TokioEcho)))
+            }
+            Service::Tcp(framing) => {
+                let server = storm_tokio::TcpServer::bind(options, framing).await?;
+                banner(args, server.local_addr());
+                (server.handle(), tokio::spawn(server.serve(TokioEcho)))
+            }
+        };
+        interrupt::ctrl_c().await;
+        stopped(handle.session_count());
+        handle.shutdown(timeout).await;
+        serve.await.map_err(io::Error::other)?
+    })
+}
+
+struct StdEcho;
+
+impl storm_std::Handler for StdEcho {
+    fn on_message(&self, session: &storm_std::Session, message: Message) {
+        let _ = session.send(message);
+    }
+
+    fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
+        tracing::debug!(%error, "connection error");
+    }
+}
+
+fn on_std(
+    args: &EchoArgs,
+    options: ServerOptions,
+    service: Service,
+    timeout: Duration,
+) -> io::Result<()> {
+    let (handle, serving) = match service {
+        Service::Ws(ws) => {
+            let server = storm_std::WsServer::bind(options, ws)?;
+            banner(args, server.local_addr());
+            (server.handle(), server.spawn(StdEcho)?)
+        }
+        Service::Tcp(framing) => {
+            let server = storm_std::TcpServer::bind(options, framing)?;
+            banner(args, server.local_addr());
+            (server.handle(), server.spawn(StdEcho)?)
+        }
+    };
+    interrupt::wait();
+    stopped(handle.session_count());
+    handle.shutdown(timeout);
+    serving
+        .join()
+        .map_err(|_| io::Error::other("the accept thread panicked"))?
+}

@@ -187,6 +187,19 @@ impl TargetName {
             Self::Broker => "broker",
         }
     }
+
+    /// The largest `--size` the service takes with its default limits.
+    #[must_use]
+    pub fn max_size(self) -> usize {
+        match self {
+            Self::EchoRaw | Self::EchoLp | Self::EchoWs => target::ECHO_MAX,
+            Self::EchoLine => storm_proto::framing::DelimiterConfig::DEFAULT_MAX_MESSAGE_LEN,
+            Self::Json => target::JSON_MAX,
+            Self::Chat => target::CHAT_MAX,
+            Self::Gateway => target::GATEWAY_MAX,
+            Self::Broker => broker::MAX_SIZE,
+        }
+    }
 }
 
 /// What a run measures.
@@ -242,8 +255,18 @@ impl Config {
         if args.max_messages == 0 {
             return Err("--max-messages must be at least 1".to_owned());
         }
-        if args.size == 0 {
-            return Err("--size must be at least 1".to_owned());
+        let max_size = args.target.max_size();
+        if !(1..=max_size).contains(&args.size) {
+            return Err(format!(
+                "--size must be 1..={max_size} for {} (the service's default limit)",
+                args.target.name()
+            ));
+        }
+        if args.target == TargetName::Broker && in_flight > broker::MAX_IN_FLIGHT {
+            return Err(format!(
+                "--in-flight must be 1..={} for broker (a consumer's open requests)",
+                broker::MAX_IN_FLIGHT
+            ));
         }
         storm_proto::route::validate_route_name(
             &args.route,
@@ -680,14 +703,6 @@ async fn drive<T: Target>(target: T, config: &Config, at: Where<'_>) -> Outcome 
     let addr = at.addr;
     let run = Arc::new(Run::new(config.max_messages));
     let failed = |e: String| Outcome::failed(&run, e);
-    if config.size > target.max_size() {
-        return failed(format!(
-            "--size {} is above {}, the most {} carries",
-            config.size,
-            target.max_size(),
-            config.target.name()
-        ));
-    }
     let target = Arc::new(target);
     let shared = Arc::new(config.clone());
     let gate = Arc::new(Semaphore::new(CONNECT_AT_ONCE));

@@ -183,6 +183,23 @@ fn gateway_throughput_counts_exactly_the_cap() {
 }
 
 #[test]
+fn echo_ws_with_deflate_counts_exactly_the_cap() {
+    // storm echo --proto ws accepts permessage-deflate by default.
+    let s = summary(&[
+        "echo-ws",
+        "--spawn",
+        "--deflate",
+        "--size",
+        "4096",
+        "--duration",
+        "30",
+        "--max-messages",
+        "300",
+    ]);
+    assert_exact(&s, 300);
+}
+
+#[test]
 fn broker_throughput_counts_exactly_the_cap() {
     spawned_throughput("broker");
 }
@@ -370,6 +387,12 @@ fn bad_flags_are_refused() {
             "2",
         ],
         &["echo-ws"],
+        &["echo-ws", "--spawn", "--size", "0"],
+        &["chat", "--spawn", "--size", "70000"],
+        &["echo-line", "--spawn", "--size", "70000"],
+        &["broker", "--spawn", "--in-flight", "2000"],
+        &["gateway", "--spawn", "--route", "no\nline"],
+        &["broker", "--spawn", "--channel", "not-a-channel"],
     ] {
         let done = bench(args);
         assert_eq!(done.status.code(), Some(2), "{args:?}: {}", done.stderr);

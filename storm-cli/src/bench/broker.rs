@@ -33,20 +33,6 @@ pub(crate) const MAX_IN_FLIGHT: usize = 1024;
 /// Runs the broker target.
 pub(super) async fn drive(config: &Config, at: Where<'_>, channel: Option<ChannelId>) -> Outcome {
     let run = Arc::new(Run::new(config.max_messages));
-    if config.size > MAX_SIZE {
-        let e = format!(
-            "--size {} is above {MAX_SIZE}, the most broker carries",
-            config.size
-        );
-        return Outcome::failed(&run, e);
-    }
-    if config.in_flight > MAX_IN_FLIGHT {
-        let e = format!(
-            "--in-flight {} is above {MAX_IN_FLIGHT}, the most a consumer may have open",
-            config.in_flight
-        );
-        return Outcome::failed(&run, e);
-    }
     let addr = at.addr.to_string();
     let opened =
         tokio::time::timeout(target::SETUP_TIMEOUT * 2, open(config, &addr, channel)).await;

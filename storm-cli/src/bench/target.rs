@@ -83,9 +83,6 @@ pub(crate) trait Target: Send + Sync + 'static {
     /// How clients connect.
     fn transport(&self) -> Transport;
 
-    /// Largest `--size` the service accepts.
-    fn max_size(&self) -> usize;
-
     /// Runs the setup exchange of one connection and returns its protocol.
     fn setup(&self, setup: Setup<'_>) -> impl Future<Output = Result<Self::Conn, String>> + Send;
 }
@@ -117,8 +114,10 @@ pub(crate) struct Echo {
     pub(crate) size: usize,
 }
 
-/// Largest echo message: the echo server's default `--max-message`.
-const ECHO_MAX: usize = 16 << 20;
+/// Largest echo message: the echo server's default `--max-message`
+/// (lines: the line framer's default limit,
+/// [`DelimiterConfig::DEFAULT_MAX_MESSAGE_LEN`]).
+pub(crate) const ECHO_MAX: usize = 16 << 20;
 
 impl Target for Echo {
     type Conn = EchoConn;
@@ -133,13 +132,6 @@ impl Target for Echo {
             }
             EchoProto::Line => Transport::Tcp(Framing::Delimiter(DelimiterConfig::default())),
             EchoProto::Ws => Transport::Ws,
-        }
-    }
-
-    fn max_size(&self) -> usize {
-        match self.proto {
-            EchoProto::Line => DelimiterConfig::DEFAULT_MAX_MESSAGE_LEN,
-            _ => ECHO_MAX,
         }
     }
 
@@ -202,17 +194,13 @@ pub(crate) struct Json {
 
 /// The `storm json` server's default `--max-message`, less room for the
 /// JSON around the content.
-const JSON_MAX: usize = (1 << 20) - 256;
+pub(crate) const JSON_MAX: usize = (1 << 20) - 256;
 
 impl Target for Json {
     type Conn = JsonConn;
 
     fn transport(&self) -> Transport {
         Transport::Tcp(Framing::LengthPrefix)
-    }
-
-    fn max_size(&self) -> usize {
-        JSON_MAX
     }
 
     async fn setup(&self, _setup: Setup<'_>) -> Result<JsonConn, String> {
@@ -284,17 +272,13 @@ pub(crate) struct Chat {
 
 /// The chat server's default `--max-message` (64 KiB), less room for the
 /// JSON around the text.
-const CHAT_MAX: usize = 64 * 1024 - 256;
+pub(crate) const CHAT_MAX: usize = 64 * 1024 - 256;
 
 impl Target for Chat {
     type Conn = ChatConn;
 
     fn transport(&self) -> Transport {
         Transport::Ws
-    }
-
-    fn max_size(&self) -> usize {
-        CHAT_MAX
     }
 
     async fn setup(&self, mut setup: Setup<'_>) -> Result<ChatConn, String> {
@@ -370,17 +354,13 @@ pub(crate) struct Gateway {
 }
 
 /// The gateway's default largest message, less room for the envelope.
-const GATEWAY_MAX: usize = (1 << 20) - 256;
+pub(crate) const GATEWAY_MAX: usize = (1 << 20) - 256;
 
 impl Target for Gateway {
     type Conn = GatewayConn;
 
     fn transport(&self) -> Transport {
         Transport::Ws
-    }
-
-    fn max_size(&self) -> usize {
-        GATEWAY_MAX
     }
 
     async fn setup(&self, mut setup: Setup<'_>) -> Result<GatewayConn, String> {

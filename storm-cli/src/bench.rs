@@ -3,7 +3,7 @@
 //! ```text
 //! storm bench <target> (--addr HOST:PORT | --spawn) [--mode throughput|latency]
 //!     [--connections N] [--in-flight W] [--size BYTES] [--duration SECS]
-//!     [--max-messages N] [--json] [--route NAME] [--deflate]
+//!     [--max-messages N] [--json] [--route NAME] [--deflate] [--channel ID]
 //! ```
 //!
 //! Targets: `echo-raw`, `echo-lp`, `echo-line`, `echo-ws` (`storm echo
@@ -56,7 +56,9 @@
 //! client CPU per message: on one machine the bench competes with the
 //! service for cores. For the lowest-overhead numbers on the echo servers
 //! use `benches/e2e`'s `loadgen`, whose clients are hand-written on raw
-//! tokio sockets for exactly that reason.
+//! tokio sockets for exactly that reason. The broker target uses the
+//! broker library's `Consumer` (request/response with ids and flow
+//! control) instead, for the same reason: it is what its users call.
 
 mod broker;
 mod cpu;

@@ -235,6 +235,10 @@ struct State {
     eof: bool,
     /// The close frame a graceful close sends once the outbox is drained.
     close_frame: Option<(CloseCode, String)>,
+    /// Bytes the read path framed from the outbox that still count against
+    /// the send limit: released when the writer takes them, so a peer that
+    /// sends but never reads meets the limit.
+    unreleased: usize,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -280,6 +284,7 @@ impl Link {
                 close_frame: None,
                 events: VecDeque::new(),
                 eof: false,
+                unreleased: 0,
             }),
         })
     }
@@ -376,7 +381,7 @@ impl Link {
                         let ordered = matches!(state.protocol, Protocol::WebSocket(_))
                             && self.session.has_queued();
                         if ordered || self.session.close_request().is_some() {
-                            self.pump(state, now, usize::MAX);
+                            self.pump(state, now, usize::MAX, false);
                         }
                         let event = match state.events.pop_front() {
                             Some(event) => Some(event),
@@ -488,10 +493,18 @@ impl Link {
     }
 
     /// Moves queued messages from the session's outbox into the protocol
-    /// (framing them), and starts a requested close.
-    fn pump(&self, state: &mut State, now: Instant, max_bytes: usize) {
+    /// (framing them), and starts a requested close. `for_writer`: the
+    /// writer takes the result now, so the bytes leave the send limit;
+    /// otherwise (the read path) they stay counted until it does.
+    fn pump(&self, state: &mut State, now: Instant, max_bytes: usize, for_writer: bool) {
         let mut batch = std::mem::take(&mut state.batch);
-        let drained = self.session.drain_written(&mut batch, max_bytes);
+        let drained = if for_writer {
+            self.session.drain_written(&mut batch, max_bytes)
+        } else {
+            let drained = self.session.drain_into(&mut batch, max_bytes);
+            state.unreleased += drained.bytes;
+            drained
+        };
         if drained.messages == 0 && drained.close.is_none() {
             state.batch = batch;
             return;
@@ -545,7 +558,7 @@ impl Link {
                         }
                     }
                     if state.close_deadline.is_none() && !conn.is_closed() {
-                        state.close_deadline = Some(now + self.close_timeout);
+                        state.close_deadline = now.checked_add(self.close_timeout);
                     }
                 }
             }
@@ -562,7 +575,11 @@ impl Link {
         let state = &mut *guard;
         let mut transmit = Transmit::default();
         if !state.finish {
-            self.pump(state, now, max_bytes);
+            self.pump(state, now, max_bytes, true);
+        }
+        if state.unreleased > 0 {
+            self.session
+                .on_written(std::mem::take(&mut state.unreleased));
         }
         match &mut state.protocol {
             Protocol::Framed(_) => {
@@ -702,8 +719,10 @@ mod tests {
         (out.concat(), t.close)
     }
 
-    #[test]
-    fn a_framed_peer_that_sends_but_never_reads_meets_the_send_limit() {
+    /// 100 requests arrive; the application answers each with 100 bytes;
+    /// the writer is stuck (poll_transmit is never called): the send limit
+    /// (1000 bytes, policy Drop) must hold.
+    fn peer_that_sends_but_never_reads(protocol: Protocol, request: &[u8]) {
         use crate::backpressure::{BackpressureConfig, SlowConsumerPolicy};
         let now = Instant::now();
         let config = HubConfig {
@@ -716,15 +735,8 @@ mod tests {
         };
         let hub = Hub::new(config, now).unwrap();
         let session = hub.register(hub.try_admit().unwrap(), now).unwrap();
-        let protocol = Protocol::Framed(Box::new(LengthPrefixFramer::default()));
         let link = Link::new(session, protocol, LinkConfig::default(), now).unwrap();
-        // 100 requests arrive; the application answers each with 100 bytes;
-        // the writer is stuck (poll_transmit is never called).
-        let mut input = Vec::new();
-        for _ in 0..100 {
-            input.extend_from_slice(b"\0\0\0\x01q");
-        }
-        link.handle_input(now, &input);
+        link.handle_input(now, &request.repeat(100));
         let (mut queued, mut dropped) = (0, 0);
         while let Some(event) = link.poll_event(now) {
             assert!(matches!(event, LinkEvent::Message(_)));
@@ -735,6 +747,26 @@ mod tests {
             }
         }
         assert_eq!((queued, dropped), (10, 90));
+        // Once the writer takes what was framed, the limit is released.
+        let (bytes, _) = transmit(&link, now);
+        assert!(bytes.len() >= 1000);
+        assert!(matches!(
+            link.send(Message::from(vec![0u8; 100])),
+            SendOutcome::Queued
+        ));
+    }
+
+    #[test]
+    fn a_framed_peer_that_sends_but_never_reads_meets_the_send_limit() {
+        let protocol = Protocol::Framed(Box::new(LengthPrefixFramer::default()));
+        peer_that_sends_but_never_reads(protocol, b"\0\0\0\x01q");
+    }
+
+    #[test]
+    fn a_websocket_peer_that_sends_but_never_reads_meets_the_send_limit() {
+        let conn = Connection::new(Side::Server, Config::default());
+        let protocol = Protocol::WebSocket(Box::new(conn));
+        peer_that_sends_but_never_reads(protocol, &masked(OpCode::Binary, b"q"));
     }
 
     #[test]

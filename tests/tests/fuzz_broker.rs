@@ -2,7 +2,7 @@
 //! (`fuzz/corpus/broker_*`) through the drivers: every file, and every
 //! prefix of each seed, so truncated inputs are covered too.
 
-use storm_tests::fuzz::broker::{broker_assembler, broker_frame, broker_router};
+use storm_tests::fuzz::broker::{broker_assembler, broker_frame, broker_framer, broker_router};
 use storm_tests::fuzz::corpus::replay;
 
 #[test]
@@ -18,4 +18,9 @@ fn broker_assembler_corpus() {
 #[test]
 fn broker_router_corpus() {
     replay("broker_router", broker_router);
+}
+
+#[test]
+fn broker_framer_corpus() {
+    replay("broker_framer", broker_framer);
 }

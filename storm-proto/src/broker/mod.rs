@@ -170,6 +170,19 @@ id_type!(
     ChannelId
 );
 
+/// `now + timeout`, saturating instead of panicking when a (huge,
+/// configured or requested) timeout would overflow `Instant`: such a
+/// deadline becomes "in about a century", which is never in practice.
+pub(crate) fn deadline(
+    now: std::time::Instant,
+    timeout: std::time::Duration,
+) -> std::time::Instant {
+    const CENTURY: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(CENTURY))
+        .unwrap_or(now)
+}
+
 /// A broker configuration rejected when its machine was built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -134,7 +134,7 @@ impl Requests {
         for _ in 0..8 {
             let id = RequestId::random(rng);
             if let std::collections::hash_map::Entry::Vacant(slot) = self.pending.entry(id) {
-                let deadline = now + timeout;
+                let deadline = super::deadline(now, timeout);
                 slot.insert(deadline);
                 self.deadlines.insert((deadline, id));
                 self.stats.started += 1;

@@ -433,7 +433,7 @@ impl Router {
                     client_id,
                     channel_id,
                 };
-                self.consumer_frame(conn, info, now + timeout, frame);
+                self.consumer_frame(conn, info, super::deadline(now, timeout), frame);
             }
             State::Provider { .. } => self.provider_frame(conn, frame),
         }

@@ -277,7 +277,7 @@ impl Assembler {
                         max: self.config.max_open_requests,
                     });
                 }
-                let deadline = now + self.config.timeout;
+                let deadline = super::deadline(now, self.config.timeout);
                 self.deadlines.insert((deadline, id));
                 self.open.insert(
                     id,

@@ -394,3 +394,34 @@ impl Sim {
         }
     }
 }
+
+/// Fuzzes [`BrokerFramer`](storm_proto::broker::BrokerFramer), the framer
+/// that carries broker frames over the adapters' framed TCP: arbitrary
+/// bytes in arbitrary chunks never panic, never leave a maximal frame's
+/// worth of bytes buffered, cut the same whole, byte by byte or chunked,
+/// every cut re-encodes to exactly the bytes it consumed, and
+/// [`parse`](storm_proto::broker::BrokerFramer::parse) of a cut either
+/// gives a frame that encodes back to it or a typed error.
+///
+/// Input: byte 0 picks the max payload (1..=256), byte 1 seeds the chunk
+/// sizes, the rest is the stream.
+pub fn broker_framer(data: &[u8]) {
+    use storm_proto::framing::Framer;
+    let [cfg, seed, stream @ ..] = data else {
+        return;
+    };
+    let mut config = FrameConfig::default();
+    config.max_payload = usize::from(*cfg) + 1;
+    let Ok(framer) = storm_proto::broker::BrokerFramer::new(config) else {
+        return;
+    };
+    super::check_framer(framer.clone(), stream, *seed, true);
+    let mut buf = BytesMut::from(stream);
+    let mut cutter = framer.clone();
+    while let Ok(Some(cut)) = cutter.decode(&mut buf) {
+        if let Ok(frame) = framer.parse(cut.clone()) {
+            let message = framer.to_message(&frame).expect("a parsed frame encodes");
+            assert_eq!(message, cut, "parse/to_message changed the frame");
+        }
+    }
+}

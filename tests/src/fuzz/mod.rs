@@ -168,7 +168,7 @@ pub fn framing_raw(data: &[u8]) {
 /// message re-encodes to exactly the bytes it consumed (when `reencodes`),
 /// and the stream decodes the same fed whole, byte by byte, and in chunks
 /// drawn from `seed`.
-fn check_framer<F: Framer + Clone>(framer: F, stream: &[u8], seed: u8, reencodes: bool) {
+pub(crate) fn check_framer<F: Framer + Clone>(framer: F, stream: &[u8], seed: u8, reencodes: bool) {
     let (whole, _) = run_framer(&mut framer.clone(), [stream]);
     let (bytewise, _) = run_framer(&mut framer.clone(), stream.chunks(1));
     assert_eq!(whole, bytewise, "byte-by-byte input changed the result");

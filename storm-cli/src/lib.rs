@@ -2,6 +2,7 @@
 //! tests can embed, built only on Storm's public API. The binary
 //! (`src/main.rs`) is a thin command line over these modules.
 //!
+//! - [`bench`]: `storm bench`, the load generator for every service.
 //! - [`broker`]: the consumer/provider request broker (server, consumer,
 //!   provider) over plain TCP on tokio.
 //! - [`gateway`]: one WebSocket endpoint routing to named backends.
@@ -10,6 +11,7 @@
 //!   failover, timeouts, cancellation, compression, pluggable codecs) and
 //!   server, over WebSocket or length-prefixed TCP.
 
+pub mod bench;
 pub mod broker;
 pub mod gateway;
 pub mod interrupt;

@@ -47,6 +47,9 @@ enum Command {
     /// Clients of the services.
     #[command(subcommand)]
     Client(ClientCommand),
+    /// Load generator for every service: msgs/s and round-trip latency
+    /// percentiles. Exit code 2 for bad flags (a non-loopback address).
+    Bench(storm_cli::bench::BenchArgs),
 }
 
 /// `storm client <service>`.
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         Command::Gateway(args) => return storm_cli::gateway::cli::run(&args),
         Command::Rpc(args) => return storm_cli::rpc::cli::serve(&args),
         Command::Client(ClientCommand::Rpc(args)) => return storm_cli::rpc::cli::client(&args),
+        Command::Bench(args) => return storm_cli::bench::run(&args),
         Command::Echo(args) => echo::run(&args),
         Command::Json(args) => json::serve(&args),
         Command::Chat(args) => chat::run(&args),

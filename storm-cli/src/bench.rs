@@ -1,0 +1,1048 @@
+//! `storm bench`: a load generator for every `storm` service.
+//!
+//! ```text
+//! storm bench <target> (--addr HOST:PORT | --spawn) [--mode throughput|latency]
+//!     [--connections N] [--in-flight W] [--size BYTES] [--duration SECS]
+//!     [--max-messages N] [--json] [--route NAME] [--deflate] [--channel ID]
+//! ```
+//!
+//! Targets: `echo-raw`, `echo-lp`, `echo-line`, `echo-ws` (`storm echo
+//! --proto …`), `json` (`storm json`), `chat` (`storm chat`) and `gateway`
+//! (`storm gateway` with an echoing backend on `--route`), `broker`
+//! (`storm broker`, through the library's `Consumer` and an echo
+//! `Provider`). What each sends is in the `target` and `broker` modules;
+//! every answer is checked, not just counted.
+//!
+//! - **throughput** (default): `--connections` (default 100) each keep
+//!   `--in-flight` (default 16) requests outstanding: every answer is
+//!   followed at once by a new request. Reports msgs/s, payload MiB/s (one
+//!   direction) and the round trips, which include the queueing that
+//!   pipelining adds.
+//! - **latency**: one request in flight per connection (default 1
+//!   connection): the true round trip of every request, from just before
+//!   it is sent until its answer is parsed, as p50/p90/p99/max.
+//!
+//! A run is always bounded: it ends after `--duration` seconds (at most
+//! 3600) or once `--max-messages` answers arrived, whichever comes first;
+//! requests are handed out from that budget, so a run that ends on the cap
+//! reports exactly that many messages. Setup (connecting, handshakes) has
+//! its own 10 s limit and is not timed. Only loopback addresses are
+//! accepted. `--spawn` starts the service as a child `storm` process on
+//! 127.0.0.1:0 (for `gateway`, with a `storm echo --proto lp` backend and a
+//! route file of one route) and stops it at the end.
+//!
+//! Ctrl-C during the load ends the run early and still prints the
+//! summary (marked interrupted); spawned services are in their own process
+//! group, so the terminal's Ctrl-C does not stop them under the bench.
+//!
+//! The summary also gives the CPU the bench used over the run (Linux), and
+//! with `--spawn` the service's CPU and its CPU time per message, the
+//! figure that moves least with machine noise (10 ms clock ticks: short
+//! runs are coarse).
+//!
+//! A progress line goes to stderr once a second (rewritten in place on a
+//! terminal), the summary to stdout: one line for people, or one JSON
+//! object with `--json`. Exit code 0 on success, 1 when the run failed
+//! (the summary says why), 2 for bad flags.
+//!
+//! # The clients
+//!
+//! Every connection is a `storm-tokio` [`TcpClient`] or [`WsClient`] whose
+//! [`Handler::on_message`] checks the answer, records its round trip and
+//! sends the next request from the connection's own task, with no channel
+//! or extra task in between. So the bench measures what an application on
+//! Storm's public client API sees, and dogfoods that API (WebSocket
+//! masking, pings from `storm chat`'s heartbeat, framing). The price is
+//! client CPU per message: on one machine the bench competes with the
+//! service for cores. For the lowest-overhead numbers on the echo servers
+//! use `benches/e2e`'s `loadgen`, whose clients are hand-written on raw
+//! tokio sockets for exactly that reason. The broker target uses the
+//! broker library's `Consumer` (request/response with ids and flow
+//! control) instead, for the same reason: it is what its users call.
+
+mod broker;
+mod cpu;
+mod histogram;
+mod spawn;
+pub(crate) mod target;
+
+use std::collections::VecDeque;
+use std::io::{IsTerminal, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::ValueEnum;
+use serde_json::json;
+use storm_proto::Message;
+use storm_proto::link::CloseReason;
+use storm_proto::options::{ClientOptions, WsOptions};
+use storm_proto::ws::deflate::DeflateConfig;
+use storm_tokio::{Client, Handler, Session, TcpClient, WsClient};
+use tokio::sync::{Notify, Semaphore, mpsc};
+
+use histogram::Histogram;
+use target::{Conn, EchoProto, Setup, Target, Transport};
+
+/// Longest run, in seconds.
+pub const MAX_DURATION: f64 = 3600.0;
+/// Most connections.
+pub const MAX_CONNECTIONS: usize = 10_000;
+/// Most requests in flight per connection.
+pub const MAX_IN_FLIGHT: usize = 4096;
+/// Exit code for bad flags (as clap uses).
+pub const EXIT_USAGE: u8 = 2;
+
+/// Connections opened at once during setup, so that the service's listen
+/// backlog never overflows.
+const CONNECT_AT_ONCE: usize = 64;
+/// Time allowed for the clients to close at the end.
+const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Options of `storm bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// The service to drive.
+    #[arg(value_enum)]
+    pub target: TargetName,
+    /// Address of the running service; loopback only (127.0.0.0/8, [::1],
+    /// localhost).
+    #[arg(long, required_unless_present = "spawn", conflicts_with = "spawn")]
+    pub addr: Option<String>,
+    /// Start the service as a child process on 127.0.0.1:0 instead (for
+    /// gateway, with a `storm echo --proto lp` backend), stopped at the end.
+    #[arg(long)]
+    pub spawn: bool,
+    /// throughput: many requests in flight, msgs/s; latency: one request in
+    /// flight per connection, round-trip percentiles.
+    #[arg(long, value_enum, default_value_t = Mode::Throughput)]
+    pub mode: Mode,
+    /// Concurrent connections [default: 100 for throughput, 1 for latency].
+    #[arg(long)]
+    pub connections: Option<usize>,
+    /// Requests each connection keeps in flight [default: 16 for
+    /// throughput; always 1 for latency].
+    #[arg(long)]
+    pub in_flight: Option<usize>,
+    /// Payload bytes per request (the echoed bytes, the JSON `content`, the
+    /// chat `text`, the payload after the route line).
+    #[arg(long, default_value_t = 32)]
+    pub size: usize,
+    /// Seconds to run at most (up to 3600).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Stop once this many answers have arrived.
+    #[arg(long, default_value_t = 100_000_000)]
+    pub max_messages: u64,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// gateway: the route to send to; its backend must echo.
+    #[arg(long, default_value = "echo")]
+    pub route: String,
+    /// WebSocket targets: offer permessage-deflate.
+    #[arg(long)]
+    pub deflate: bool,
+    /// broker: the channel to send on, whose provider must echo (a decimal
+    /// number or 32 hex digits). Default: a fresh random channel with the
+    /// bench's own echo provider.
+    #[arg(long, value_parser = crate::broker::cli::parse_channel)]
+    pub channel: Option<storm_proto::broker::ChannelId>,
+}
+
+/// A service `storm bench` drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[non_exhaustive]
+pub enum TargetName {
+    /// `storm echo --proto raw`: bytes, counted back in any chunking.
+    EchoRaw,
+    /// `storm echo --proto lp`: 4-byte length-prefixed messages.
+    EchoLp,
+    /// `storm echo --proto line`: newline-delimited lines.
+    EchoLine,
+    /// `storm echo --proto ws`: WebSocket binary messages.
+    EchoWs,
+    /// `storm json`: `echo` requests, `echo_response` answers.
+    Json,
+    /// `storm chat`: chat messages in a room of one's own.
+    Chat,
+    /// `storm gateway`: route-addressed messages to an echoing backend.
+    Gateway,
+    /// `storm broker`: requests through the broker to an echo provider.
+    Broker,
+}
+
+impl TargetName {
+    /// The name on the command line.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::EchoRaw => "echo-raw",
+            Self::EchoLp => "echo-lp",
+            Self::EchoLine => "echo-line",
+            Self::EchoWs => "echo-ws",
+            Self::Json => "json",
+            Self::Chat => "chat",
+            Self::Gateway => "gateway",
+            Self::Broker => "broker",
+        }
+    }
+
+    /// The largest `--size` the service takes with its default limits.
+    #[must_use]
+    pub fn max_size(self) -> usize {
+        match self {
+            Self::EchoRaw | Self::EchoLp | Self::EchoWs => target::ECHO_MAX,
+            Self::EchoLine => storm_proto::framing::DelimiterConfig::DEFAULT_MAX_MESSAGE_LEN,
+            Self::Json => target::JSON_MAX,
+            Self::Chat => target::CHAT_MAX,
+            Self::Gateway => target::GATEWAY_MAX,
+            Self::Broker => broker::MAX_SIZE,
+        }
+    }
+}
+
+/// What a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[non_exhaustive]
+pub enum Mode {
+    /// Pipelined requests on many connections: messages per second.
+    Throughput,
+    /// One request in flight per connection: round-trip percentiles.
+    Latency,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Throughput => "throughput",
+            Self::Latency => "latency",
+        }
+    }
+}
+
+/// A checked configuration.
+#[derive(Debug, Clone)]
+struct Config {
+    target: TargetName,
+    mode: Mode,
+    connections: usize,
+    in_flight: usize,
+    size: usize,
+    duration: Duration,
+    max_messages: u64,
+    route: String,
+    deflate: bool,
+}
+
+impl Config {
+    fn from_args(args: &BenchArgs) -> Result<Self, String> {
+        let latency = args.mode == Mode::Latency;
+        let connections = args.connections.unwrap_or(if latency { 1 } else { 100 });
+        let in_flight = args.in_flight.unwrap_or(if latency { 1 } else { 16 });
+        if !(1..=MAX_CONNECTIONS).contains(&connections) {
+            return Err(format!("--connections must be 1..={MAX_CONNECTIONS}"));
+        }
+        if !(1..=MAX_IN_FLIGHT).contains(&in_flight) {
+            return Err(format!("--in-flight must be 1..={MAX_IN_FLIGHT}"));
+        }
+        if latency && in_flight != 1 {
+            return Err("--mode latency keeps one request in flight: drop --in-flight".to_owned());
+        }
+        if !(args.duration > 0.0 && args.duration <= MAX_DURATION) {
+            return Err(format!("--duration must be in (0, {MAX_DURATION}] seconds"));
+        }
+        if args.max_messages == 0 {
+            return Err("--max-messages must be at least 1".to_owned());
+        }
+        let max_size = args.target.max_size();
+        if !(1..=max_size).contains(&args.size) {
+            return Err(format!(
+                "--size must be 1..={max_size} for {} (the service's default limit)",
+                args.target.name()
+            ));
+        }
+        if args.target == TargetName::Broker && in_flight > broker::MAX_IN_FLIGHT {
+            return Err(format!(
+                "--in-flight must be 1..={} for broker (a consumer's open requests)",
+                broker::MAX_IN_FLIGHT
+            ));
+        }
+        storm_proto::route::validate_route_name(
+            &args.route,
+            storm_proto::route::MAX_ROUTE_NAME_LEN_LIMIT,
+        )
+        .map_err(|e| format!("--route: {e}"))?;
+        Ok(Self {
+            target: args.target,
+            mode: args.mode,
+            connections,
+            in_flight,
+            size: args.size,
+            duration: Duration::from_secs_f64(args.duration),
+            max_messages: args.max_messages,
+            route: args.route.clone(),
+            deflate: args.deflate,
+        })
+    }
+}
+
+/// `addr` resolved, if every address it names is a loopback address.
+///
+/// # Errors
+///
+/// A message for people: not an address, or not loopback.
+pub fn loopback_addr(addr: &str) -> Result<SocketAddr, String> {
+    let addrs: Vec<SocketAddr> = match addr.parse::<SocketAddr>() {
+        Ok(one) => vec![one],
+        Err(_) => addr
+            .to_socket_addrs()
+            .map_err(|e| format!("--addr {addr}: {e}"))?
+            .collect(),
+    };
+    if let Some(bad) = addrs.iter().find(|a| !a.ip().to_canonical().is_loopback()) {
+        return Err(format!(
+            "--addr {addr} ({bad}) is not a loopback address: storm bench only drives \
+             services on this machine (127.0.0.0/8, [::1], localhost)"
+        ));
+    }
+    addrs
+        .first()
+        .copied()
+        .ok_or_else(|| format!("--addr {addr}: no address"))
+}
+
+/// Runs `storm bench`; see the module docs for the exit codes.
+#[must_use]
+pub fn run(args: &BenchArgs) -> ExitCode {
+    let config = match Config::from_args(args) {
+        Ok(config) => config,
+        Err(e) => return usage(&e),
+    };
+    // Held until the end: dropping it stops the spawned services.
+    let mut spawned = None;
+    let addr = match (&args.addr, args.spawn) {
+        (Some(addr), _) => match loopback_addr(addr) {
+            Ok(addr) => addr,
+            Err(e) => return usage(&e),
+        },
+        (None, _) => match spawn::spawn(config.target, &config.route) {
+            Ok(service) => {
+                let addr = service.addr;
+                spawned = Some(service);
+                addr
+            }
+            Err(e) => {
+                eprintln!("storm bench: --spawn: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("storm bench: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let size = config.size;
+    let pids = spawned.as_ref().map(spawn::Spawned::pids);
+    let at = Where {
+        addr,
+        service_pids: pids.as_deref(),
+    };
+    let outcome = runtime.block_on(async {
+        match config.target {
+            TargetName::EchoRaw => echo(EchoProto::Raw, size, &config, at).await,
+            TargetName::EchoLp => echo(EchoProto::Lp, size, &config, at).await,
+            TargetName::EchoLine => echo(EchoProto::Line, size, &config, at).await,
+            TargetName::EchoWs => echo(EchoProto::Ws, size, &config, at).await,
+            TargetName::Json => drive(target::Json { size }, &config, at).await,
+            TargetName::Chat => {
+                let run = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32);
+                drive(target::Chat { size, run }, &config, at).await
+            }
+            TargetName::Gateway => {
+                let route = config.route.clone();
+                drive(target::Gateway { route, size }, &config, at).await
+            }
+            TargetName::Broker => broker::drive(&config, at, args.channel).await,
+        }
+    });
+    drop(runtime);
+    drop(spawned);
+    let summary = Summary::new(&config, addr, &outcome);
+    if args.json {
+        println!("{}", summary.json());
+    } else {
+        println!("{}", summary.human());
+    }
+    if outcome.error.is_some() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn usage(e: &str) -> ExitCode {
+    eprintln!("storm bench: {e}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+async fn echo(proto: EchoProto, size: usize, config: &Config, at: Where<'_>) -> Outcome {
+    drive(target::Echo { proto, size }, config, at).await
+}
+
+/// Where the service is.
+#[derive(Clone, Copy)]
+struct Where<'a> {
+    addr: SocketAddr,
+    /// Its processes, when the bench started them.
+    service_pids: Option<&'a [u32]>,
+}
+
+// ---------------------------------------------------------------- the run
+
+/// What every connection of a run shares.
+struct Run {
+    max_messages: u64,
+    /// Requests handed out (may pass `max_messages`; only the first
+    /// `max_messages` are sent).
+    issued: AtomicU64,
+    /// Requests sent (granted from `issued`).
+    sent: AtomicU64,
+    /// Answers received.
+    done: AtomicU64,
+    /// No more requests once set.
+    stopping: AtomicBool,
+    latency: Histogram,
+    /// Woken when the run must end early: the cap reached, or an error.
+    finished: Notify,
+    error: Mutex<Option<String>>,
+}
+
+impl Run {
+    fn new(max_messages: u64) -> Self {
+        Self {
+            max_messages,
+            issued: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            latency: Histogram::new(),
+            finished: Notify::new(),
+            error: Mutex::new(None),
+        }
+    }
+
+    /// How many of `want` more requests may be sent.
+    fn tickets(&self, want: u64) -> u64 {
+        if want == 0 || self.stopping.load(Ordering::Relaxed) {
+            return 0;
+        }
+        let before = self.issued.fetch_add(want, Ordering::Relaxed);
+        let granted = want.min(self.max_messages.saturating_sub(before));
+        self.sent.fetch_add(granted, Ordering::Relaxed);
+        granted
+    }
+
+    /// Counts `n` answers; ends the run at the cap.
+    fn complete(&self, n: u64) {
+        let total = self.done.fetch_add(n, Ordering::Relaxed) + n;
+        if total >= self.max_messages {
+            self.stopping.store(true, Ordering::Relaxed);
+            self.finished.notify_one();
+        }
+    }
+
+    /// Ends the run with `error` (the first one is kept).
+    fn fail(&self, error: String) {
+        lock(&self.error).get_or_insert(error);
+        self.stopping.store(true, Ordering::Relaxed);
+        self.finished.notify_one();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Where one connection is.
+enum Phase<C> {
+    /// Connecting and setting up: every message goes to the setup code.
+    Setup(mpsc::Sender<Message>),
+    /// Under load.
+    Pump {
+        conn: C,
+        /// When each outstanding request was sent, oldest first.
+        sent_at: VecDeque<Instant>,
+    },
+    /// Failed or finished: messages are ignored.
+    Done,
+}
+
+/// One connection's state, shared by its handler and the run.
+struct Driver<C> {
+    run: Arc<Run>,
+    index: usize,
+    phase: Mutex<Phase<C>>,
+}
+
+impl<C: Conn> Driver<C> {
+    /// Takes up to `n` tickets and marks that many requests sent now:
+    /// the messages to send.
+    fn issue(phase: &mut Phase<C>, run: &Run, n: u64) -> (u64, Option<Message>) {
+        let Phase::Pump { conn, sent_at } = phase else {
+            return (0, None);
+        };
+        let granted = run.tickets(n);
+        if granted == 0 {
+            return (0, None);
+        }
+        let now = Instant::now();
+        sent_at.extend(std::iter::repeat_n(now, granted as usize));
+        (granted, Some(conn.request()))
+    }
+
+    /// Sends the first `window` requests.
+    async fn start(&self, window: usize, session: Option<Session>) {
+        let (n, request) = Self::issue(&mut lock(&self.phase), &self.run, window as u64);
+        let (Some(session), Some(request)) = (session, request) else {
+            return;
+        };
+        send(&session, n, request).await;
+    }
+}
+
+/// Sends `request` `n` times.
+async fn send(session: &Session, n: u64, request: Message) {
+    for _ in 0..n {
+        if session.send(request.clone()).await.is_err() {
+            // Closing: the run is ending, or on_disconnect says why.
+            return;
+        }
+    }
+}
+
+/// The connection's handler: forwards setup messages, then answers each
+/// answer with a new request.
+struct ConnHandler<C>(Arc<Driver<C>>);
+
+impl<C: Conn> Handler for ConnHandler<C> {
+    async fn on_message(&self, session: &Session, message: Message) {
+        let driver = &self.0;
+        let run = &driver.run;
+        let setup = match &*lock(&driver.phase) {
+            Phase::Setup(tx) => Some(tx.clone()),
+            _ => None,
+        };
+        if let Some(tx) = setup {
+            // The setup code reads these; after it, nobody does.
+            let _ = tx.send(message).await;
+            return;
+        }
+        let (n, request) = {
+            let mut phase = lock(&driver.phase);
+            match &mut *phase {
+                Phase::Setup(_) | Phase::Done => return,
+                Phase::Pump { conn, sent_at } => {
+                    let answered = match conn.answers(&message) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            *phase = Phase::Done;
+                            run.fail(format!("connection {}: {e}", driver.index));
+                            return;
+                        }
+                    };
+                    if answered == 0 {
+                        return;
+                    }
+                    if answered > sent_at.len() as u64 {
+                        *phase = Phase::Done;
+                        run.fail(format!(
+                            "connection {}: more answers than requests",
+                            driver.index
+                        ));
+                        return;
+                    }
+                    let now = Instant::now();
+                    let counting = !run.stopping.load(Ordering::Relaxed);
+                    for sent in sent_at.drain(..answered as usize) {
+                        if counting {
+                            let nanos = u64::try_from((now - sent).as_nanos()).unwrap_or(u64::MAX);
+                            run.latency.record(nanos);
+                        }
+                    }
+                    run.complete(answered);
+                    Driver::issue(&mut phase, run, answered)
+                }
+            }
+        };
+        if let Some(request) = request {
+            send(session, n, request).await;
+        }
+    }
+
+    async fn on_disconnect(&self, _session: &Session, reason: &CloseReason) {
+        let driver = &self.0;
+        let was = std::mem::replace(&mut *lock(&driver.phase), Phase::Done);
+        if !driver.run.stopping.load(Ordering::Relaxed) && !matches!(was, Phase::Setup(_)) {
+            driver.run.fail(format!(
+                "connection {}: the service closed it ({reason:?})",
+                driver.index
+            ));
+        }
+    }
+}
+
+/// The outcome of a run.
+struct Outcome {
+    /// Answers counted until the run ended.
+    msgs: u64,
+    /// Requests sent until the run ended (more than `msgs` when it ended
+    /// on time with requests in flight).
+    sent: u64,
+    /// From the first request until the run ended.
+    elapsed: Duration,
+    /// Ctrl-C ended the run.
+    interrupted: bool,
+    /// CPU the bench used during the run.
+    bench_cpu: Option<Duration>,
+    /// CPU the service used during the run (when the bench started it).
+    service_cpu: Option<Duration>,
+    run: Arc<Run>,
+    error: Option<String>,
+}
+
+impl Outcome {
+    /// A run that failed before it started.
+    fn failed(run: &Arc<Run>, error: String) -> Self {
+        Self {
+            msgs: 0,
+            sent: 0,
+            elapsed: Duration::ZERO,
+            interrupted: false,
+            bench_cpu: None,
+            service_cpu: None,
+            run: Arc::clone(run),
+            error: Some(error),
+        }
+    }
+}
+
+/// One connected, set up connection.
+struct Opened<C> {
+    client: Client,
+    driver: Arc<Driver<C>>,
+}
+
+/// Connects connection `index` and runs the target's setup on it.
+async fn open<T: Target>(
+    target: Arc<T>,
+    run: Arc<Run>,
+    config: Arc<Config>,
+    addr: SocketAddr,
+    index: usize,
+) -> Result<Opened<T::Conn>, String> {
+    let deadline = Instant::now() + target::SETUP_TIMEOUT;
+    let (tx, mut inbox) = mpsc::channel(64);
+    let driver = Arc::new(Driver {
+        run,
+        index,
+        phase: Mutex::new(Phase::Setup(tx)),
+    });
+    let handler = ConnHandler(Arc::clone(&driver));
+    let options = ClientOptions {
+        connect_timeout: target::SETUP_TIMEOUT,
+        ..ClientOptions::default()
+    };
+    let connected = match target.transport() {
+        Transport::Tcp(framing) => {
+            TcpClient::connect(&addr.to_string(), options, framing, handler).await
+        }
+        Transport::Ws => {
+            let mut ws = WsOptions {
+                deflate: config.deflate.then(DeflateConfig::default),
+                ..WsOptions::default()
+            };
+            // Room for the largest request any target sends, and answers.
+            ws.config.max_message_size = ws.config.max_message_size.max(32 << 20);
+            ws.config.max_frame_size = ws.config.max_frame_size.max(32 << 20);
+            WsClient::connect(&format!("ws://{addr}/"), options, ws, handler).await
+        }
+    };
+    let client = connected.map_err(|e| format!("connecting to {addr}: {e}"))?;
+    let setup = Setup {
+        client: &client,
+        inbox: &mut inbox,
+        deadline,
+        index,
+    };
+    let conn = match target.setup(setup).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            client.close();
+            return Err(format!("connection {index}: {e}"));
+        }
+    };
+    *lock(&driver.phase) = Phase::Pump {
+        conn,
+        sent_at: VecDeque::with_capacity(config.in_flight),
+    };
+    Ok(Opened { client, driver })
+}
+
+/// Opens every connection, runs the load until the duration, the cap or an
+/// error ends it, and closes the connections.
+async fn drive<T: Target>(target: T, config: &Config, at: Where<'_>) -> Outcome {
+    let addr = at.addr;
+    let run = Arc::new(Run::new(config.max_messages));
+    let failed = |e: String| Outcome::failed(&run, e);
+    let target = Arc::new(target);
+    let shared = Arc::new(config.clone());
+    let gate = Arc::new(Semaphore::new(CONNECT_AT_ONCE));
+    let mut tasks = Vec::with_capacity(config.connections);
+    for index in 0..config.connections {
+        let (target, run, shared, gate) = (
+            Arc::clone(&target),
+            Arc::clone(&run),
+            Arc::clone(&shared),
+            Arc::clone(&gate),
+        );
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire().await.map_err(|e| e.to_string())?;
+            open(target, run, shared, addr, index).await
+        }));
+    }
+    let mut opened = Vec::with_capacity(config.connections);
+    let mut error = None;
+    // Each connection's setup has its own deadline; this bounds the rest.
+    let all = tokio::time::timeout(target::SETUP_TIMEOUT * 2, async {
+        for task in &mut tasks {
+            match task.await {
+                Ok(Ok(one)) => opened.push(one),
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
+    })
+    .await;
+    match all {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => error = Some(e),
+        Err(_) => error = Some("setting the connections up took too long".to_owned()),
+    }
+    for task in &tasks {
+        task.abort();
+    }
+    if let Some(e) = error {
+        close(&opened).await;
+        return failed(e);
+    }
+
+    let mut outcome = measure(&run, config, at, || {
+        for one in &opened {
+            let (driver, session) = (Arc::clone(&one.driver), one.client.session());
+            let window = config.in_flight;
+            tokio::spawn(async move { driver.start(window, session).await });
+        }
+    })
+    .await;
+    close(&opened).await;
+    outcome.error = lock(&run.error).clone();
+    outcome
+}
+
+/// The timed part of a run: calls `start` to send the first requests,
+/// reports progress, and stops the run at its duration, its cap, an error
+/// or Ctrl-C. `error` is left for the caller to fill in once its
+/// connections are closed.
+async fn measure(run: &Arc<Run>, config: &Config, at: Where<'_>, start: impl FnOnce()) -> Outcome {
+    let own_pid = [std::process::id()];
+    let cpu_before = (
+        cpu::total_cpu(&own_pid),
+        at.service_pids.and_then(cpu::total_cpu),
+    );
+    let started = Instant::now();
+    let mut progress = Progress::new(config, started);
+    start();
+    let deadline = tokio::time::Instant::from(started + config.duration);
+    let mut ticker = tokio::time::interval_at(
+        tokio::time::Instant::from(started + Duration::from_secs(1)),
+        Duration::from_secs(1),
+    );
+    // From here on Ctrl-C ends the run early, with its summary (a second
+    // one exits at once).
+    if let Err(e) = crate::interrupt::install() {
+        tracing::warn!("Ctrl-C will not print a summary: {e}");
+    }
+    let ctrl_c = crate::interrupt::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut interrupted = false;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => break,
+            () = run.finished.notified() => break,
+            () = &mut ctrl_c => {
+                interrupted = true;
+                break;
+            }
+            _ = ticker.tick() => progress.report(run),
+        }
+    }
+    let elapsed = started.elapsed();
+    run.stopping.store(true, Ordering::Relaxed);
+    let msgs = run.done.load(Ordering::Relaxed);
+    let sent = run.sent.load(Ordering::Relaxed);
+    let used = |before: Option<Duration>, now: Option<Duration>| Some(now?.saturating_sub(before?));
+    let bench_cpu = used(cpu_before.0, cpu::total_cpu(&own_pid));
+    let service_cpu = used(cpu_before.1, at.service_pids.and_then(cpu::total_cpu));
+    progress.finish();
+    Outcome {
+        msgs,
+        sent,
+        elapsed,
+        interrupted,
+        bench_cpu,
+        service_cpu,
+        run: Arc::clone(run),
+        error: None,
+    }
+}
+
+/// Closes every client, waiting a bounded time for them to finish.
+async fn close<C>(opened: &[Opened<C>]) {
+    for one in opened {
+        one.client.close();
+    }
+    let _ = tokio::time::timeout(TEARDOWN_TIMEOUT, async {
+        for one in opened {
+            one.client.closed().await;
+        }
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------- output
+
+/// The once-a-second progress line on stderr.
+struct Progress {
+    name: &'static str,
+    start: Instant,
+    last: (Instant, u64),
+    terminal: bool,
+    printed: bool,
+}
+
+impl Progress {
+    fn new(config: &Config, start: Instant) -> Self {
+        Self {
+            name: config.target.name(),
+            start,
+            last: (start, 0),
+            terminal: std::io::stderr().is_terminal(),
+            printed: false,
+        }
+    }
+
+    fn report(&mut self, run: &Run) {
+        let now = Instant::now();
+        let done = run.done.load(Ordering::Relaxed);
+        let (then, before) = self.last;
+        let rate = (done - before.min(done)) as f64 / (now - then).as_secs_f64().max(1e-9);
+        self.last = (now, done);
+        let h = &run.latency;
+        let line = format!(
+            "storm bench {}: {:.0} s, {done} msgs, {rate:.0} msgs/s, p50 {} us, p99 {} us",
+            self.name,
+            (now - self.start).as_secs_f64(),
+            micros(h.quantile(0.5)),
+            micros(h.quantile(0.99)),
+        );
+        let mut err = std::io::stderr().lock();
+        let _ = if self.terminal {
+            write!(err, "\r{line}\x1b[K")
+        } else {
+            writeln!(err, "{line}")
+        };
+        let _ = err.flush();
+        self.printed = true;
+    }
+
+    fn finish(&self) {
+        if self.terminal && self.printed {
+            eprintln!();
+        }
+    }
+}
+
+/// `cpu` as a percentage of one core over `secs`.
+fn pct(cpu: Duration, secs: f64) -> f64 {
+    cpu.as_secs_f64() / secs.max(1e-9) * 100.0
+}
+
+/// Nanoseconds as microseconds with one decimal.
+fn micros(nanos: u64) -> String {
+    format!("{:.1}", nanos as f64 / 1000.0)
+}
+
+/// The figures of the summary.
+struct Summary<'a> {
+    config: &'a Config,
+    addr: SocketAddr,
+    msgs: u64,
+    sent: u64,
+    secs: f64,
+    interrupted: bool,
+    /// Percent of one core.
+    bench_cpu_pct: Option<f64>,
+    /// Percent of one core.
+    service_cpu_pct: Option<f64>,
+    service_us_per_msg: Option<f64>,
+    rate: f64,
+    mib: f64,
+    samples: u64,
+    p50: u64,
+    p90: u64,
+    p99: u64,
+    max: u64,
+    error: Option<&'a str>,
+}
+
+impl<'a> Summary<'a> {
+    fn new(config: &'a Config, addr: SocketAddr, outcome: &'a Outcome) -> Self {
+        let secs = outcome.elapsed.as_secs_f64();
+        let rate = outcome.msgs as f64 / secs.max(1e-9);
+        let h = &outcome.run.latency;
+        Self {
+            config,
+            addr,
+            msgs: outcome.msgs,
+            sent: outcome.sent,
+            secs,
+            interrupted: outcome.interrupted,
+            bench_cpu_pct: outcome.bench_cpu.map(|cpu| pct(cpu, secs)),
+            service_cpu_pct: outcome.service_cpu.map(|cpu| pct(cpu, secs)),
+            service_us_per_msg: outcome
+                .service_cpu
+                .filter(|_| outcome.msgs > 0)
+                .map(|cpu| cpu.as_secs_f64() * 1e6 / outcome.msgs as f64),
+            rate,
+            mib: rate * config.size as f64 / f64::from(1 << 20),
+            samples: h.count(),
+            p50: h.quantile(0.5),
+            p90: h.quantile(0.9),
+            p99: h.quantile(0.99),
+            max: h.max(),
+            error: outcome.error.as_deref(),
+        }
+    }
+
+    fn human(&self) -> String {
+        let c = self.config;
+        let mut line = format!(
+            "{} {} {}: {} conns x {} in flight x {} B: {} msgs in {:.3} s, {:.0} msgs/s, {:.2} MiB/s",
+            c.target.name(),
+            c.mode.name(),
+            self.addr,
+            c.connections,
+            c.in_flight,
+            c.size,
+            self.msgs,
+            self.secs,
+            self.rate,
+            self.mib,
+        );
+        if self.samples > 0 {
+            line.push_str(&format!(
+                "; round trip p50 {} us, p90 {} us, p99 {} us, max {} us",
+                micros(self.p50),
+                micros(self.p90),
+                micros(self.p99),
+                micros(self.max),
+            ));
+        }
+        if let Some(cpu) = self.bench_cpu_pct {
+            line.push_str(&format!("; bench CPU {cpu:.0}%"));
+        }
+        if let Some(cpu) = self.service_cpu_pct {
+            line.push_str(&format!(", service CPU {cpu:.0}%"));
+            if let Some(us) = self.service_us_per_msg {
+                line.push_str(&format!(" ({us:.1} us/msg)"));
+            }
+        }
+        if self.interrupted {
+            line.push_str(" (interrupted)");
+        }
+        if let Some(e) = self.error {
+            line.push_str(&format!("; ERROR: {e}"));
+        }
+        line
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let c = self.config;
+        let us = |nanos: u64| nanos as f64 / 1000.0;
+        json!({
+            "target": c.target.name(),
+            "mode": c.mode.name(),
+            "addr": self.addr.to_string(),
+            "connections": c.connections,
+            "in_flight": c.in_flight,
+            "size": c.size,
+            "elapsed_s": self.secs,
+            "msgs": self.msgs,
+            "sent": self.sent,
+            "msgs_per_s": self.rate,
+            "mib_per_s": self.mib,
+            "latency_us": {
+                "samples": self.samples,
+                "p50": us(self.p50),
+                "p90": us(self.p90),
+                "p99": us(self.p99),
+                "max": us(self.max),
+            },
+            "bench_cpu_pct": self.bench_cpu_pct,
+            "service_cpu_pct": self.service_cpu_pct,
+            "service_cpu_us_per_msg": self.service_us_per_msg,
+            "interrupted": self.interrupted,
+            "error": self.error,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_only() {
+        assert!(loopback_addr("127.0.0.1:9001").is_ok());
+        assert!(loopback_addr("[::1]:9001").is_ok());
+        assert!(loopback_addr("localhost:9001").is_ok());
+        let e = loopback_addr("10.1.2.3:9001").unwrap_err();
+        assert!(e.contains("not a loopback address"), "{e}");
+        assert!(loopback_addr("8.8.8.8:53").is_err());
+    }
+
+    #[test]
+    fn tickets_stop_at_the_cap() {
+        let run = Run::new(10);
+        assert_eq!(run.tickets(4), 4);
+        assert_eq!(run.tickets(4), 4);
+        assert_eq!(run.tickets(4), 2);
+        assert_eq!(run.tickets(4), 0);
+        run.complete(9);
+        assert!(!run.stopping.load(Ordering::Relaxed));
+        run.complete(1);
+        assert!(run.stopping.load(Ordering::Relaxed));
+    }
+}

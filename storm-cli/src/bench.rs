@@ -64,11 +64,12 @@ mod broker;
 mod cpu;
 mod histogram;
 mod spawn;
+pub mod sys;
 pub(crate) mod target;
 
 use std::collections::VecDeque;
 use std::io::{IsTerminal, Write};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -295,23 +296,13 @@ impl Config {
 ///
 /// A message for people: not an address, or not loopback.
 pub fn loopback_addr(addr: &str) -> Result<SocketAddr, String> {
-    let addrs: Vec<SocketAddr> = match addr.parse::<SocketAddr>() {
-        Ok(one) => vec![one],
-        Err(_) => addr
-            .to_socket_addrs()
-            .map_err(|e| format!("--addr {addr}: {e}"))?
-            .collect(),
-    };
-    if let Some(bad) = addrs.iter().find(|a| !a.ip().to_canonical().is_loopback()) {
-        return Err(format!(
+    sys::loopback_addr(addr).map_err(|e| match e {
+        sys::AddrError::NotLoopback(bad) => format!(
             "--addr {addr} ({bad}) is not a loopback address: storm bench only drives \
              services on this machine (127.0.0.0/8, [::1], localhost)"
-        ));
-    }
-    addrs
-        .first()
-        .copied()
-        .ok_or_else(|| format!("--addr {addr}: no address"))
+        ),
+        e => format!("--addr {addr}: {e}"),
+    })
 }
 
 /// Runs `storm bench`; see the module docs for the exit codes.

@@ -15,5 +15,7 @@
 
 pub mod handshake;
 pub mod peer;
-pub mod sys;
+/// Loopback-only addresses and `/proc` CPU accounting, shared with
+/// `storm bench`.
+pub use storm_cli::bench::sys;
 pub mod wire;

@@ -8,14 +8,12 @@
 
 use std::time::Duration;
 
-/// Clock ticks per second of `/proc/*/stat` times (Linux's `USER_HZ`, 100
-/// on every mainstream architecture).
-const USER_HZ: u64 = 100;
+use super::sys::{USER_HZ, stat_cpu_ticks};
 
 /// The CPU time process `pid` has used so far.
 pub(crate) fn process_cpu(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let ticks = stat_ticks(&stat)?;
+    let ticks = stat_cpu_ticks(&stat)?;
     Some(Duration::from_millis(ticks.saturating_mul(1000 / USER_HZ)))
 }
 
@@ -26,17 +24,6 @@ pub(crate) fn total_cpu(pids: &[u32]) -> Option<Duration> {
         .sum::<Option<Duration>>()
 }
 
-/// `utime + stime` from a `stat` line. The command name (field 2) is in
-/// parentheses and may hold spaces or parentheses, so fields are counted
-/// from the last `)`: after it come state (field 3) … utime (14), stime (15).
-fn stat_ticks(stat: &str) -> Option<u64> {
-    let (_, rest) = stat.rsplit_once(')')?;
-    let mut fields = rest.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,9 +32,9 @@ mod tests {
     fn parses_a_stat_line_with_an_awkward_name() {
         let line =
             "1234 (a (b) c) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 70 0 0 20 0 4 0 55 1000 10";
-        assert_eq!(stat_ticks(line), Some(320));
-        assert_eq!(stat_ticks("garbage"), None);
-        assert_eq!(stat_ticks("1 (x) S 1 2"), None);
+        assert_eq!(stat_cpu_ticks(line), Some(320));
+        assert_eq!(stat_cpu_ticks("garbage"), None);
+        assert_eq!(stat_cpu_ticks("1 (x) S 1 2"), None);
     }
 
     #[cfg(target_os = "linux")]

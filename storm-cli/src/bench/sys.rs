@@ -1,4 +1,6 @@
-//! Addresses and process accounting.
+//! Addresses and process accounting, shared by `storm bench` and the
+//! end-to-end load generator (`benches/e2e`): both refuse anything but a
+//! loopback address and read CPU time from `/proc`.
 
 use std::fmt;
 use std::io;

@@ -123,11 +123,22 @@ async fn read_loop<R, S, H>(
     if !initial.is_empty() {
         link.handle_input(Instant::now(), &initial);
     }
+    // One timer, replaced only when the link's deadline moves (or it
+    // fired): most reads leave the deadline alone, and re-registering a
+    // timer costs the runtime's timer lock twice.
+    let mut armed = link.poll_timeout();
+    let mut timer = pin!(sleep_until::<R>(armed));
+    let mut fired = false;
     loop {
         if !dispatch(session, handler, disconnected).await {
             return;
         }
-        let mut timer = pin!(sleep_until::<R>(link.poll_timeout()));
+        let deadline = link.poll_timeout();
+        if fired || deadline != armed {
+            armed = deadline;
+            fired = false;
+            timer.set(sleep_until::<R>(armed));
+        }
         poll_fn(|cx| {
             if let Poll::Ready(read) = poll_read_into(&mut reader, cx, link) {
                 if matches!(read, Ok(0) | Err(_)) {
@@ -136,6 +147,7 @@ async fn read_loop<R, S, H>(
                 return Poll::Ready(());
             }
             if timer.as_mut().poll(cx).is_ready() {
+                fired = true;
                 link.handle_timeout(Instant::now());
                 return Poll::Ready(());
             }

@@ -4,6 +4,7 @@ use std::fmt;
 use std::io;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -339,8 +340,8 @@ async fn run<R: Runtime, H: Handler>(
             backoff.connected(Instant::now());
         }
         let id = session.id();
-        drive::<R, _, _>(
-            connected.stream,
+        drive::<R, _, _, _>(
+            connected.stream.split(),
             session,
             &handler,
             connected.initial,
@@ -426,7 +427,7 @@ async fn connect_once<R: Runtime>(
             initial,
         })
     };
-    timeout::<R, _>(options.connect_timeout, attempt)
+    timeout::<R, _>(options.connect_timeout, pin!(attempt))
         .await
         .ok_or(ClientError::Timeout)?
 }

@@ -18,7 +18,9 @@ use bytes::{Buf, Bytes};
 
 use storm_proto::link::{CloseReason, Link, LinkEvent};
 
-use crate::runtime::{PollRead, PollWrite, Runtime, Stream};
+#[cfg(doc)]
+use crate::runtime::Stream;
+use crate::runtime::{PollRead, PollWrite, Runtime};
 use crate::sync::{Either, race, sleep_until, timeout};
 use crate::{Handler, Session};
 
@@ -55,8 +57,12 @@ fn poll_read_into<S: PollRead>(
 /// Runs one connection until it closes: the handler sees `on_connect`, its
 /// messages, and exactly one `on_disconnect`. `initial` holds bytes that
 /// arrived with the handshake.
-pub(crate) async fn drive<R, S, H>(
-    stream: S,
+///
+/// Takes the stream already [split](Stream::split): a TLS stream is large,
+/// and split (into shared halves) before any `await`, it is never stored in
+/// the connection task itself.
+pub(crate) async fn drive<R, Rd, Wr, H>(
+    (reader, writer): (Rd, Wr),
     session: Session,
     handler: &H,
     initial: Bytes,
@@ -64,10 +70,10 @@ pub(crate) async fn drive<R, S, H>(
     close_timeout: Duration,
 ) where
     R: Runtime,
-    S: Stream,
+    Rd: PollRead,
+    Wr: PollWrite,
     H: Handler,
 {
-    let (reader, writer) = stream.split();
     // Set by the writer when it changed the link's deadline; both loops run
     // in this one task, so the writer wakes the task and the reader re-arms.
     let rearm = AtomicBool::new(false);

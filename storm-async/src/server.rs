@@ -5,6 +5,7 @@ use std::future::poll_fn;
 use std::io;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ use storm_proto::ws::{Connection, Side};
 
 use crate::driver::drive;
 use crate::io::{read, write_all_flush};
-use crate::runtime::{Runtime, Stream};
+use crate::runtime::{PollRead, PollWrite, Runtime, Stream};
 use crate::sync::{Signal, TaskCount, timeout};
 use crate::{Handler, Session};
 
@@ -308,12 +309,14 @@ impl<R: Runtime> ServerHandle<R> {
         match &shared.tls {
             None => {
                 let mut stream = stream;
-                let (protocol, initial) = self.within(limit, self.open(&mut stream)).await?;
-                self.run_session(stream, protocol, initial, remote, permit, handler)
+                let (protocol, initial) = self.within(limit, pin!(self.open(&mut stream))).await?;
+                self.run_session(stream.split(), protocol, initial, remote, permit, handler)
                     .await
             }
             Some(config) => {
-                let handshake = async {
+                // Boxed: the TLS handshake state is large, and only TLS
+                // connections should carry it.
+                let mut handshake = Box::pin(async {
                     let mut stream =
                         R::tls_accept(Arc::clone(config), stream)
                             .await
@@ -322,19 +325,21 @@ impl<R: Runtime> ServerHandle<R> {
                             })?;
                     let (protocol, initial) = self.open(&mut stream).await?;
                     Ok((stream, protocol, initial))
-                };
-                let (stream, protocol, initial) = self.within(limit, handshake).await?;
-                self.run_session(stream, protocol, initial, remote, permit, handler)
+                });
+                let (stream, protocol, initial) = self.within(limit, handshake.as_mut()).await?;
+                drop(handshake);
+                self.run_session(stream.split(), protocol, initial, remote, permit, handler)
                     .await
             }
         }
     }
 
     /// `handshake`, or a timed-out error that says which handshake.
-    async fn within<T>(
+    /// Pinned by the caller, so that the connection task stores it once.
+    async fn within<T, F: Future<Output = io::Result<T>>>(
         &self,
         limit: Duration,
-        handshake: impl Future<Output = io::Result<T>>,
+        handshake: Pin<&mut F>,
     ) -> io::Result<T> {
         timeout::<R, _>(limit, handshake).await.ok_or_else(|| {
             let what = match (&self.shared.kind, self.shared.tls.is_some()) {
@@ -366,9 +371,9 @@ impl<R: Runtime> ServerHandle<R> {
     }
 
     /// Registers the session and drives it until it closes.
-    async fn run_session<S: Stream, H: Handler>(
+    async fn run_session<Rd: PollRead, Wr: PollWrite, H: Handler>(
         &self,
-        stream: S,
+        halves: (Rd, Wr),
         protocol: Protocol,
         initial: Bytes,
         remote: SocketAddr,
@@ -387,8 +392,8 @@ impl<R: Runtime> ServerHandle<R> {
         let session = Session::new(Arc::new(link), shared.registry.hub().clone(), remote);
         let id = session.id();
         shared.registry.insert(session.clone());
-        drive::<R, _, _>(
-            stream,
+        drive::<R, _, _, _>(
+            halves,
             session,
             handler,
             initial,
@@ -413,7 +418,7 @@ impl<R: Runtime> ServerHandle<R> {
         let shared = &self.shared;
         shared.stop.set();
         shared.registry.hub().close_all(CloseKind::Graceful);
-        if crate::sync::timeout::<R, _>(timeout, shared.done.wait())
+        if crate::sync::timeout::<R, _>(timeout, pin!(shared.done.wait()))
             .await
             .is_none()
         {

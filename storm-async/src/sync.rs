@@ -48,12 +48,16 @@ pub(crate) async fn sleep_until<R: Runtime>(deadline: Option<Instant>) {
 }
 
 /// `future`'s output, or `None` once `limit` has passed.
+///
+/// The future is pinned by the caller: taking it by value would store it
+/// twice in this future's state (the argument, and the pinned copy), and
+/// the connection task holds a handshake's worth of state in here.
 pub(crate) async fn timeout<R: Runtime, F: Future>(
     limit: Duration,
-    future: F,
+    future: Pin<&mut F>,
 ) -> Option<F::Output> {
     let deadline = Instant::now().checked_add(limit);
-    match race(pin!(future), pin!(sleep_until::<R>(deadline))).await {
+    match race(future, pin!(sleep_until::<R>(deadline))).await {
         Either::Left(out) => Some(out),
         Either::Right(()) => None,
     }

@@ -3,7 +3,7 @@
 # compares the results with autobahn/expected-results.json.
 #
 # usage: autobahn/run.sh [--quick] [--update] [ADAPTER ...]
-#   ADAPTER   storm-std, storm-tokio (default: both)
+#   ADAPTER   storm-std, storm-tokio, storm-smol (default: all three)
 #   --quick   a subset that finishes in under a minute (what CI runs): all
 #             of 1.*-7.* and 10.*, and the small-message cases of every
 #             deflate group (12.*.1-2, 13.*.1-4), instead of the full 517
@@ -29,7 +29,7 @@ for arg in "$@"; do
         *) adapters+=("$arg") ;;
     esac
 done
-[ ${#adapters[@]} -gt 0 ] || adapters=(storm-std storm-tokio)
+[ ${#adapters[@]} -gt 0 ] || adapters=(storm-std storm-tokio storm-smol)
 if [ ! -x "$tools/setup.sh" ] && [ ! -f "$tools/setup.sh" ]; then
     echo "autobahn: no suite at $tools (set AUTOBAHN_TOOLS)" >&2
     exit 2

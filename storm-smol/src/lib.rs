@@ -1,6 +1,54 @@
 //! Storm on smol: TCP and WebSocket servers and clients.
 //!
-//! Not built yet: the adapter lands with its own issue. The protocol core is
-//! [`storm_proto`].
+//! The same servers, clients, sessions and handler as `storm-tokio`, under
+//! the same names: switching runtime means changing the crate name. Every
+//! protocol decision comes from [`storm_proto`]; the servers, clients and
+//! the per-connection loop are storm-async's; this crate is the [`Smol`]
+//! runtime under them: async-io's `Async<TcpStream>` readiness and `Timer`,
+//! `smol::spawn`, and futures-rustls for TLS. No tokio anywhere.
+//!
+//! TLS (rustls) is an option, not another server or client: set
+//! [`ServerOptions::tls`](storm_proto::options::ServerOptions::tls) or
+//! [`ClientOptions::tls`](storm_proto::options::ClientOptions::tls) (a
+//! `wss://` URL turns it on by itself); the [`tls`] module loads PEM files.
+//!
+//! ```no_run
+//! use storm_smol::{Handler, Session, WsServer};
+//! use storm_smol::proto::Message;
+//! use storm_smol::proto::options::{ServerOptions, WsOptions};
+//!
+//! struct Echo;
+//!
+//! impl Handler for Echo {
+//!     async fn on_message(&self, session: &Session, message: Message) {
+//!         let _ = session.send(message).await;
+//!     }
+//! }
+//!
+//! fn main() -> std::io::Result<()> {
+//!     smol::block_on(async {
+//!         let options = ServerOptions { addr: "127.0.0.1:9001".into(), ..ServerOptions::default() };
+//!         let server = WsServer::bind(options, WsOptions::default()).await?;
+//!         println!("listening on {}", server.local_addr());
+//!         server.serve(Echo).await
+//!     })
+//! }
+//! ```
 
+pub mod runtime;
+pub mod tls;
+
+pub use runtime::Smol;
+pub use storm_async::{Client, ClientError, Handler, SendError, Session};
 pub use storm_proto as proto;
+
+/// A WebSocket server on smol. See the [crate docs](crate) for an example.
+pub type WsServer = storm_async::WsServer<Smol>;
+/// A plain TCP server with a framer (length-prefixed by default), on smol.
+pub type TcpServer = storm_async::TcpServer<Smol>;
+/// Controls a running smol server: sessions, groups, broadcast, shutdown.
+pub type ServerHandle = storm_async::ServerHandle<Smol>;
+/// Connects WebSocket clients on smol.
+pub type WsClient = storm_async::WsClient<Smol>;
+/// Connects plain TCP clients with a framer on smol.
+pub type TcpClient = storm_async::TcpClient<Smol>;

@@ -1,7 +1,9 @@
 //! Storm on tokio: TCP and WebSocket servers and clients.
 //!
-//! Every protocol decision comes from [`storm_proto`]; this crate owns the
-//! sockets, the tasks and the timers. One task per connection runs the
+//! Every protocol decision comes from [`storm_proto`]; the servers,
+//! clients and the per-connection loop are storm-async's, shared with
+//! storm-smol; this crate is the [`Tokio`] runtime under them (sockets,
+//! tasks, timers, tokio-rustls). One task per connection runs the
 //! [`Link`](storm_proto::link::Link) loop: read → events → your
 //! [`Handler`]; outbox → one vectored write; timer → heartbeat.
 //!
@@ -31,15 +33,20 @@
 //! # }
 //! ```
 
-mod client;
-mod driver;
-mod handler;
-mod server;
-mod session;
+pub mod runtime;
 pub mod tls;
 
-pub use client::{Client, ClientError, TcpClient, WsClient};
-pub use handler::Handler;
-pub use server::{ServerHandle, TcpServer, WsServer};
-pub use session::{SendError, Session};
+pub use runtime::Tokio;
+pub use storm_async::{Client, ClientError, Handler, SendError, Session};
 pub use storm_proto as proto;
+
+/// A WebSocket server on tokio. See the [crate docs](crate) for an example.
+pub type WsServer = storm_async::WsServer<Tokio>;
+/// A plain TCP server with a framer (length-prefixed by default), on tokio.
+pub type TcpServer = storm_async::TcpServer<Tokio>;
+/// Controls a running tokio server: sessions, groups, broadcast, shutdown.
+pub type ServerHandle = storm_async::ServerHandle<Tokio>;
+/// Connects WebSocket clients on tokio.
+pub type WsClient = storm_async::WsClient<Tokio>;
+/// Connects plain TCP clients with a framer on tokio.
+pub type TcpClient = storm_async::TcpClient<Tokio>;

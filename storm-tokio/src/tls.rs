@@ -1,10 +1,10 @@
 //! TLS with rustls on tokio streams (tokio-rustls).
 //!
 //! The certificates, keys and trust settings are the shared option structs
-//! ([`TlsServerOptions`], [`TlsClientOptions`]); the core's
-//! [`storm_proto::tls`] turns them into rustls configurations, the same way
-//! for every adapter. This module re-exports its PEM-file helpers and wraps
-//! the configurations for tokio.
+//! ([`TlsServerOptions`](storm_proto::options::TlsServerOptions),
+//! [`TlsClientOptions`](storm_proto::options::TlsClientOptions)); the
+//! core's [`storm_proto::tls`] turns them into rustls configurations, the
+//! same way for every adapter. This module re-exports its PEM-file helpers.
 //!
 //! ```no_run
 //! use storm_tokio::proto::options::{ServerOptions, TlsClientOptions};
@@ -19,22 +19,6 @@
 //! # let _ = (server, client); Ok(()) }
 //! ```
 
-use std::io;
-
-use tokio_rustls::{TlsAcceptor, TlsConnector};
-
-use storm_proto::options::{TlsClientOptions, TlsServerOptions};
 pub use storm_proto::tls::{
     client_cert_from_pem_files, read_pem_file, server_options_from_pem_files,
 };
-pub(crate) use storm_proto::tls::{host_of, server_name};
-
-/// The acceptor a server uses for every connection.
-pub(crate) fn acceptor(options: &TlsServerOptions) -> io::Result<TlsAcceptor> {
-    storm_proto::tls::server_config(options).map(TlsAcceptor::from)
-}
-
-/// The connector a client uses for every (re)connection.
-pub(crate) fn connector(options: &TlsClientOptions) -> io::Result<TlsConnector> {
-    storm_proto::tls::client_config(options).map(TlsConnector::from)
-}

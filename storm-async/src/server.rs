@@ -1,26 +1,28 @@
 //! TCP and WebSocket servers.
 
 use std::fmt;
+use std::future::poll_fn;
 use std::io;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 
-use storm_proto::hub::{CloseKind, Hub, HubConfig};
+use storm_proto::hub::{CloseKind, ConnectionPermit, Hub, HubConfig};
 use storm_proto::link::{Link, Protocol};
 use storm_proto::options::{Framing, ServerOptions, WsOptions};
 use storm_proto::peer::Registry;
 use storm_proto::ws::handshake::{ServerConfig, ServerHandshake, ServerStep};
 use storm_proto::ws::{Connection, Side};
 
-use crate::driver::{Buffered, Transport, drive};
+use crate::driver::drive;
+use crate::io::{read, write_all_flush};
+use crate::runtime::{PollRead, PollWrite, Runtime, Stream};
+use crate::sync::{Signal, TaskCount, timeout};
 use crate::{Handler, Session};
 
 /// What the server speaks after accepting.
@@ -39,29 +41,41 @@ struct Shared {
     options: ServerOptions,
     kind: Kind,
     /// Built once at bind from `options.tls`.
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     local_addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    done: watch::Sender<bool>,
+    /// Set by `shutdown`: stop accepting.
+    stop: Signal,
+    /// Set by `serve` once every connection task has ended.
+    done: Signal,
+    tasks: Arc<TaskCount>,
 }
 
 /// Controls a running server from anywhere: its sessions, groups,
 /// broadcast, and shutdown. Cheap to clone.
-#[derive(Clone)]
-pub struct ServerHandle {
+pub struct ServerHandle<R> {
     shared: Arc<Shared>,
+    runtime: PhantomData<fn() -> R>,
+}
+
+impl<R> Clone for ServerHandle<R> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            runtime: PhantomData,
+        }
+    }
 }
 
 /// Sessions, groups and broadcast: everything but `local_addr` and
 /// `shutdown` comes from the core's [`Registry`].
-impl std::ops::Deref for ServerHandle {
+impl<R> std::ops::Deref for ServerHandle<R> {
     type Target = Registry<Session>;
     fn deref(&self) -> &Registry<Session> {
         &self.shared.registry
     }
 }
 
-impl fmt::Debug for ServerHandle {
+impl<R> fmt::Debug for ServerHandle<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerHandle")
             .field("local_addr", &self.shared.local_addr)
@@ -69,21 +83,22 @@ impl fmt::Debug for ServerHandle {
     }
 }
 
-/// A WebSocket server. See the [crate docs](crate) for an example.
-pub struct WsServer {
-    listener: TcpListener,
-    handle: ServerHandle,
+/// A WebSocket server on runtime `R`.
+pub struct WsServer<R: Runtime> {
+    listener: R::Listener,
+    handle: ServerHandle<R>,
 }
 
-/// A plain TCP server with a framer (length-prefixed by default).
-pub struct TcpServer {
-    listener: TcpListener,
-    handle: ServerHandle,
+/// A plain TCP server with a framer (length-prefixed by default), on
+/// runtime `R`.
+pub struct TcpServer<R: Runtime> {
+    listener: R::Listener,
+    handle: ServerHandle<R>,
 }
 
 macro_rules! server_common {
     ($name:ident) => {
-        impl $name {
+        impl<R: Runtime> $name<R> {
             /// The address the server listens on (the real port when the
             /// options asked for port 0).
             #[must_use]
@@ -93,7 +108,7 @@ macro_rules! server_common {
 
             /// A handle to the server's sessions, groups and shutdown.
             #[must_use]
-            pub fn handle(&self) -> ServerHandle {
+            pub fn handle(&self) -> ServerHandle<R> {
                 self.handle.clone()
             }
 
@@ -109,7 +124,7 @@ macro_rules! server_common {
             }
         }
 
-        impl fmt::Debug for $name {
+        impl<R: Runtime> fmt::Debug for $name<R> {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.debug_struct(stringify!($name))
                     .field("local_addr", &self.local_addr())
@@ -122,7 +137,7 @@ macro_rules! server_common {
 server_common!(WsServer);
 server_common!(TcpServer);
 
-impl WsServer {
+impl<R: Runtime> WsServer<R> {
     /// Binds a WebSocket server.
     ///
     /// # Errors
@@ -139,12 +154,12 @@ impl WsServer {
             handshake: Arc::new(handshake),
             options: ws,
         };
-        let (listener, handle) = bind(options, kind).await?;
+        let (listener, handle) = bind::<R>(options, kind).await?;
         Ok(Self { listener, handle })
     }
 }
 
-impl TcpServer {
+impl<R: Runtime> TcpServer<R> {
     /// Binds a TCP server that frames messages with `framing`.
     ///
     /// # Errors
@@ -152,7 +167,7 @@ impl TcpServer {
     /// An invalid address or option, or a failed bind.
     pub async fn bind(options: ServerOptions, framing: Framing) -> io::Result<Self> {
         framing.build().map_err(invalid)?;
-        let (listener, handle) = bind(options, Kind::Tcp(framing)).await?;
+        let (listener, handle) = bind::<R>(options, Kind::Tcp(framing)).await?;
         Ok(Self { listener, handle })
     }
 }
@@ -161,140 +176,172 @@ fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, e)
 }
 
-async fn bind(options: ServerOptions, kind: Kind) -> io::Result<(TcpListener, ServerHandle)> {
+async fn bind<R: Runtime>(
+    options: ServerOptions,
+    kind: Kind,
+) -> io::Result<(R::Listener, ServerHandle<R>)> {
     // Before the socket: a bad certificate must not leave a port taken.
-    let tls = options.tls.as_ref().map(crate::tls::acceptor).transpose()?;
-    let addr: SocketAddr = tokio::net::lookup_host(&options.addr)
+    let tls = options
+        .tls
+        .as_ref()
+        .map(storm_proto::tls::server_config)
+        .transpose()?;
+    let addr = R::resolve(&options.addr)
         .await?
+        .into_iter()
         .next()
         .ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "address resolves to nothing")
         })?;
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    if let Some(size) = options.recv_buffer_size {
-        socket.set_recv_buffer_size(size)?;
-    }
-    if let Some(size) = options.send_buffer_size {
-        socket.set_send_buffer_size(size)?;
-    }
-    socket.bind(addr)?;
-    let listener = socket.listen(options.backlog)?;
+    let listener = listen(addr, &options)?;
+    let local_addr = listener.local_addr()?;
+    let listener = R::listen(listener)?;
     let mut hub_config = HubConfig::default();
     hub_config.max_connections = options.max_connections;
     hub_config.backpressure = options.backpressure;
     let hub = Hub::new(hub_config, Instant::now()).map_err(invalid)?;
     let shared = Shared {
         registry: Registry::new(hub),
-        local_addr: listener.local_addr()?,
+        local_addr,
         options,
         kind,
         tls,
-        stop: watch::channel(false).0,
-        done: watch::channel(false).0,
+        stop: Signal::default(),
+        done: Signal::default(),
+        tasks: Arc::default(),
     };
     Ok((
         listener,
         ServerHandle {
             shared: Arc::new(shared),
+            runtime: PhantomData,
         },
     ))
 }
 
-async fn serve<H: Handler>(
-    listener: TcpListener,
-    handle: ServerHandle,
+/// A bound, listening, non-blocking socket with the options applied.
+fn listen(addr: SocketAddr, options: &ServerOptions) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol as IpProtocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM,
+        Some(IpProtocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if let Some(size) = options.recv_buffer_size {
+        socket.set_recv_buffer_size(usize::try_from(size).unwrap_or(usize::MAX))?;
+    }
+    if let Some(size) = options.send_buffer_size {
+        socket.set_send_buffer_size(usize::try_from(size).unwrap_or(usize::MAX))?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(options.backlog).unwrap_or(i32::MAX))?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+async fn serve<R: Runtime, H: Handler>(
+    listener: R::Listener,
+    handle: ServerHandle<R>,
     handler: H,
 ) -> io::Result<()> {
     let handler = Arc::new(handler);
     let shared = &handle.shared;
-    let mut stop = shared.stop.subscribe();
-    let mut tasks = JoinSet::new();
-    while !*stop.borrow_and_update() {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, remote) = match accepted {
-                    Ok(pair) => pair,
-                    // Per-connection failures (the peer reset before accept,
-                    // out of descriptors) must not stop the server.
-                    Err(e) => {
-                        handler.on_error(&e).await;
-                        continue;
-                    }
-                };
-                // Over the limit: closed at accept, before any handshake.
-                let Ok(permit) = shared.registry.hub().try_admit() else {
-                    drop(stream);
-                    continue;
-                };
-                let handle = handle.clone();
-                let handler = Arc::clone(&handler);
-                tasks.spawn(async move {
-                    if let Err(e) = handle.run_connection(stream, remote, permit, &*handler).await {
-                        handler.on_error(&e).await;
-                    }
-                });
+    loop {
+        let accepted = poll_fn(|cx| {
+            if shared.stop.poll_wait(cx).is_ready() {
+                return Poll::Ready(None);
             }
-            // The only change ever sent is "stop".
-            _ = stop.changed() => break,
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-        }
+            R::poll_accept(&listener, cx).map(Some)
+        })
+        .await;
+        let (stream, remote) = match accepted {
+            None => break,
+            Some(Ok(pair)) => pair,
+            // Per-connection failures (the peer reset before accept, out
+            // of descriptors) must not stop the server.
+            Some(Err(e)) => {
+                handler.on_error(&e).await;
+                continue;
+            }
+        };
+        // Over the limit: closed at accept, before any handshake.
+        let Ok(permit) = shared.registry.hub().try_admit() else {
+            drop(stream);
+            continue;
+        };
+        let guard = shared.tasks.enter();
+        let handle = handle.clone();
+        let handler = Arc::clone(&handler);
+        R::spawn(async move {
+            if let Err(e) = handle
+                .run_connection(stream, remote, permit, &*handler)
+                .await
+            {
+                handler.on_error(&e).await;
+            }
+            drop(guard);
+        });
     }
     drop(listener);
-    while tasks.join_next().await.is_some() {}
-    shared.done.send_replace(true);
+    shared.tasks.wait_idle().await;
+    shared.done.set();
     Ok(())
 }
 
-impl ServerHandle {
+impl<R: Runtime> ServerHandle<R> {
     async fn run_connection<H: Handler>(
         &self,
-        stream: TcpStream,
+        stream: R::Tcp,
         remote: SocketAddr,
-        permit: storm_proto::hub::ConnectionPermit,
+        permit: ConnectionPermit,
         handler: &H,
     ) -> io::Result<()> {
         let shared = &self.shared;
         let options = &shared.options;
-        stream.set_nodelay(options.nodelay)?;
+        let socket = R::socket(&stream);
+        socket.set_tcp_nodelay(options.nodelay)?;
         if options.keepalive {
-            socket_keepalive(&stream)?;
+            socket.set_keepalive(true)?;
         }
         // One time budget for the whole handshake: TLS, then the upgrade.
         let limit = options.handshake_timeout;
         match &shared.tls {
             None => {
                 let mut stream = stream;
-                let (protocol, initial) = self.within(limit, self.open(&mut stream)).await?;
-                self.run_session(stream, protocol, initial, remote, permit, handler)
+                let (protocol, initial) = self.within(limit, pin!(self.open(&mut stream))).await?;
+                self.run_session(stream.split(), protocol, initial, remote, permit, handler)
                     .await
             }
-            Some(acceptor) => {
-                let handshake = async {
-                    let mut stream = acceptor.accept(stream).await.map_err(|e| {
-                        io::Error::new(e.kind(), format!("TLS handshake failed: {e}"))
-                    })?;
+            Some(config) => {
+                // Boxed: the TLS handshake state is large, and only TLS
+                // connections should carry it.
+                let mut handshake = Box::pin(async {
+                    let mut stream =
+                        R::tls_accept(Arc::clone(config), stream)
+                            .await
+                            .map_err(|e| {
+                                io::Error::new(e.kind(), format!("TLS handshake failed: {e}"))
+                            })?;
                     let (protocol, initial) = self.open(&mut stream).await?;
                     Ok((stream, protocol, initial))
-                };
-                let (stream, protocol, initial) = self.within(limit, handshake).await?;
-                self.run_session(Buffered(stream), protocol, initial, remote, permit, handler)
+                });
+                let (stream, protocol, initial) = self.within(limit, handshake.as_mut()).await?;
+                drop(handshake);
+                self.run_session(stream.split(), protocol, initial, remote, permit, handler)
                     .await
             }
         }
     }
 
     /// `handshake`, or a timed-out error that says which handshake.
-    async fn within<T>(
+    /// Pinned by the caller, so that the connection task stores it once.
+    async fn within<T, F: Future<Output = io::Result<T>>>(
         &self,
         limit: Duration,
-        handshake: impl Future<Output = io::Result<T>>,
+        handshake: Pin<&mut F>,
     ) -> io::Result<T> {
-        tokio::time::timeout(limit, handshake).await.map_err(|_| {
+        timeout::<R, _>(limit, handshake).await.ok_or_else(|| {
             let what = match (&self.shared.kind, self.shared.tls.is_some()) {
                 (Kind::Ws { .. }, false) => "WebSocket handshake",
                 (Kind::Ws { .. }, true) => "TLS or WebSocket handshake",
@@ -307,10 +354,7 @@ impl ServerHandle {
     /// The protocol a new connection speaks, after the WebSocket upgrade
     /// when the server is a WebSocket server; and any bytes the peer sent
     /// after its upgrade request.
-    async fn open<S>(&self, stream: &mut S) -> io::Result<(Protocol, Bytes)>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
+    async fn open<S: Stream>(&self, stream: &mut S) -> io::Result<(Protocol, Bytes)> {
         Ok(match &self.shared.kind {
             Kind::Tcp(framing) => (
                 Protocol::Framed(framing.build().map_err(invalid)?),
@@ -327,19 +371,15 @@ impl ServerHandle {
     }
 
     /// Registers the session and drives it until it closes.
-    async fn run_session<T, H>(
+    async fn run_session<Rd: PollRead, Wr: PollWrite, H: Handler>(
         &self,
-        stream: T,
+        halves: (Rd, Wr),
         protocol: Protocol,
         initial: Bytes,
         remote: SocketAddr,
-        permit: storm_proto::hub::ConnectionPermit,
+        permit: ConnectionPermit,
         handler: &H,
-    ) -> io::Result<()>
-    where
-        T: Transport,
-        H: Handler,
-    {
+    ) -> io::Result<()> {
         let shared = &self.shared;
         let options = &shared.options;
         let hub_session = shared
@@ -352,8 +392,8 @@ impl ServerHandle {
         let session = Session::new(Arc::new(link), shared.registry.hub().clone(), remote);
         let id = session.id();
         shared.registry.insert(session.clone());
-        drive(
-            stream,
+        drive::<R, _, _, _>(
+            halves,
             session,
             handler,
             initial,
@@ -376,58 +416,45 @@ impl ServerHandle {
     /// has ended (and [`serve`](WsServer::serve) has returned).
     pub async fn shutdown(&self, timeout: Duration) {
         let shared = &self.shared;
-        shared.stop.send_replace(true);
+        shared.stop.set();
         shared.registry.hub().close_all(CloseKind::Graceful);
-        let mut done = shared.done.subscribe();
-        if tokio::time::timeout(timeout, done.wait_for(|done| *done))
+        if crate::sync::timeout::<R, _>(timeout, pin!(shared.done.wait()))
             .await
-            .is_err()
+            .is_none()
         {
             shared.registry.hub().close_all(CloseKind::Abort);
-            let _ = done.wait_for(|done| *done).await;
+            shared.done.wait().await;
         }
     }
 }
 
-fn socket_keepalive(stream: &TcpStream) -> io::Result<()> {
-    // tokio has no SO_KEEPALIVE setter on an accepted stream.
-    socket2::SockRef::from(stream).set_keepalive(true)
-}
-
 /// Reads the upgrade request, answers it, and returns the connection and
 /// any bytes the client sent after its request.
-async fn accept_ws<S>(
+async fn accept_ws<S: Stream>(
     stream: &mut S,
     handshake: &Arc<ServerConfig>,
     ws: &WsOptions,
-) -> io::Result<(Connection, Bytes)>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+) -> io::Result<(Connection, Bytes)> {
     let mut state = ServerHandshake::new(Arc::clone(handshake)).map_err(invalid)?;
     let mut buf = vec![0u8; 4096];
     let mut out = BytesMut::new();
     let pending = loop {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
+        let n = read(stream, &mut buf).await?;
+        let Some(input) = buf.get(..n).filter(|b| !b.is_empty()) else {
             return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        match state.handle_input(&buf[..n]) {
+        };
+        match state.handle_input(input) {
             Ok(ServerStep::NeedMore(next)) => state = next,
             Ok(ServerStep::Request(pending)) => break pending,
             Err(e) => {
                 e.write_response(&mut out);
-                if stream.write_all(&out).await.is_ok() {
-                    let _ = stream.flush().await;
-                }
+                let _ = write_all_flush(stream, &out).await;
                 return Err(invalid(e));
             }
         }
     };
     let accepted = pending.accept(&mut out);
-    stream.write_all(&out).await?;
-    // A TLS stream may hold the response until flushed.
-    stream.flush().await?;
+    write_all_flush(stream, &out).await?;
     let mut conn = Connection::new(Side::Server, ws.config.clone());
     if let (Some(params), Some(deflate)) = (accepted.deflate, &ws.deflate) {
         conn = conn.with_deflate(params, deflate).map_err(invalid)?;

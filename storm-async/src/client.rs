@@ -2,17 +2,15 @@
 
 use std::fmt;
 use std::io;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::watch;
-use tokio_rustls::TlsConnector;
 
 use storm_proto::Message;
 use storm_proto::hub::{Hub, HubConfig};
@@ -22,7 +20,10 @@ use storm_proto::reconnect::{Backoff, BackoffStep};
 use storm_proto::ws::handshake::{ClientConfig, ClientHandshake, ClientStep, ResponseError};
 use storm_proto::ws::{Connection, Side, UrlError, WsUrl};
 
-use crate::driver::{Buffered, drive};
+use crate::driver::drive;
+use crate::io::{Either, read, write_all_flush};
+use crate::runtime::{Runtime, Stream};
+use crate::sync::{Signal, lock, timeout};
 use crate::{Handler, SendError, Session};
 
 /// Why a client could not connect.
@@ -88,6 +89,10 @@ impl From<io::Error> for ClientError {
     }
 }
 
+fn config_error(e: impl fmt::Display) -> ClientError {
+    ClientError::Config(e.to_string())
+}
+
 /// Where and how a client connects.
 #[derive(Clone)]
 enum Target {
@@ -106,28 +111,22 @@ enum Target {
 /// TLS for every (re)connection of one client, built once.
 #[derive(Clone)]
 struct Tls {
-    connector: TlsConnector,
+    config: Arc<rustls::ClientConfig>,
     name: ServerName<'static>,
 }
 
 impl Tls {
     /// `host` names the server unless the options name it.
     fn new(options: &TlsClientOptions, host: &str) -> Result<Self, ClientError> {
-        let config = |e: io::Error| ClientError::Config(e.to_string());
         Ok(Self {
-            connector: crate::tls::connector(options).map_err(config)?,
-            name: crate::tls::server_name(options, host).map_err(config)?,
+            config: storm_proto::tls::client_config(options).map_err(config_error)?,
+            name: storm_proto::tls::server_name(options, host).map_err(config_error)?,
         })
     }
 }
 
-/// A connection's byte stream: TCP, or TLS over TCP.
-trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
-
-impl<S: AsyncRead + AsyncWrite + Send + Unpin> Stream for S {}
-
-/// A connected client. Dropping it does not close the connection; call
-/// [`close`](Self::close).
+/// A connected client, on any runtime. Dropping it does not close the
+/// connection; call [`close`](Self::close).
 #[derive(Clone)]
 pub struct Client {
     shared: Arc<ClientShared>,
@@ -136,8 +135,8 @@ pub struct Client {
 struct ClientShared {
     current: Mutex<Option<Session>>,
     closing: AtomicBool,
-    /// `true` once the client stopped for good (closed, or gave up).
-    finished: watch::Sender<bool>,
+    /// Set once the client stopped for good (closed, or gave up).
+    finished: Signal,
 }
 
 impl fmt::Debug for Client {
@@ -148,15 +147,34 @@ impl fmt::Debug for Client {
     }
 }
 
-/// Connects WebSocket clients.
-#[derive(Debug, Clone, Copy)]
-pub struct WsClient;
+/// Connects WebSocket clients on runtime `R`.
+pub struct WsClient<R>(PhantomData<fn() -> R>);
 
-/// Connects plain TCP clients with a framer.
-#[derive(Debug, Clone, Copy)]
-pub struct TcpClient;
+/// Connects plain TCP clients with a framer on runtime `R`.
+pub struct TcpClient<R>(PhantomData<fn() -> R>);
 
-impl WsClient {
+macro_rules! connector_common {
+    ($name:ident) => {
+        impl<R> fmt::Debug for $name<R> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(stringify!($name))
+            }
+        }
+
+        impl<R> Clone for $name<R> {
+            fn clone(&self) -> Self {
+                *self
+            }
+        }
+
+        impl<R> Copy for $name<R> {}
+    };
+}
+
+connector_common!(WsClient);
+connector_common!(TcpClient);
+
+impl<R: Runtime> WsClient<R> {
     /// Connects to a `ws://` or `wss://` URL and runs `handler` for the
     /// connection (and, with `options.reconnect`, for every reconnection).
     ///
@@ -184,11 +202,11 @@ impl WsClient {
                 ));
             }
         };
-        start(Target::Ws { url, ws, tls }, options, handler).await
+        start::<R, H>(Target::Ws { url, ws, tls }, options, handler).await
     }
 }
 
-impl TcpClient {
+impl<R: Runtime> TcpClient<R> {
     /// Connects to `addr` (`host:port`) and frames messages with `framing`;
     /// over TLS when `options.tls` is set, the certificate naming `host`
     /// unless `server_name` says otherwise.
@@ -203,23 +221,17 @@ impl TcpClient {
         framing: Framing,
         handler: H,
     ) -> Result<Client, ClientError> {
-        framing
-            .build()
-            .map_err(|e| ClientError::Config(e.to_string()))?;
+        framing.build().map_err(config_error)?;
         let tls = match &options.tls {
-            Some(tls) => Some(Tls::new(tls, crate::tls::host_of(addr))?),
+            Some(tls) => Some(Tls::new(tls, storm_proto::tls::host_of(addr))?),
             None => None,
         };
-        start(
-            Target::Tcp {
-                addr: addr.to_owned(),
-                framing,
-                tls,
-            },
-            options,
-            handler,
-        )
-        .await
+        let target = Target::Tcp {
+            addr: addr.to_owned(),
+            framing,
+            tls,
+        };
+        start::<R, H>(target, options, handler).await
     }
 }
 
@@ -257,48 +269,44 @@ impl Client {
     /// Waits until the client has stopped for good: closed, or out of
     /// reconnect attempts.
     pub async fn closed(&self) {
-        let mut finished = self.shared.finished.subscribe();
-        let _ = finished.wait_for(|finished| *finished).await;
+        self.shared.finished.wait().await;
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// One established connection, ready for the driver.
-struct Connected {
-    stream: Box<dyn Stream>,
+struct Connected<S> {
+    stream: S,
     session: Session,
     initial: Bytes,
 }
 
-async fn start<H: Handler>(
+/// A client's stream: plain TCP or TLS.
+type ClientStream<R> = Either<<R as Runtime>::Tcp, <R as Runtime>::TlsClient>;
+
+async fn start<R: Runtime, H: Handler>(
     target: Target,
     options: ClientOptions,
     handler: H,
 ) -> Result<Client, ClientError> {
     let backoff = match &options.reconnect {
-        Some(config) => Some(
-            Backoff::new(config.clone(), rand::random())
-                .map_err(|e| ClientError::Config(e.to_string()))?,
-        ),
+        Some(config) => Some(Backoff::new(config.clone(), rand::random()).map_err(config_error)?),
         None => None,
     };
     let mut hub_config = HubConfig::default();
     hub_config.backpressure = options.backpressure;
-    let hub =
-        Hub::new(hub_config, Instant::now()).map_err(|e| ClientError::Config(e.to_string()))?;
-    let first = connect_once(&target, &options, &hub).await?;
+    let hub = Hub::new(hub_config, Instant::now()).map_err(config_error)?;
+    let first = connect_once::<R>(&target, &options, &hub).await?;
     let shared = Arc::new(ClientShared {
         current: Mutex::new(Some(first.session.clone())),
         closing: AtomicBool::new(false),
-        finished: watch::channel(false).0,
+        finished: Signal::default(),
     });
     let client = Client {
         shared: Arc::clone(&shared),
     };
-    tokio::spawn(run(target, options, handler, hub, shared, backoff, first));
+    R::spawn(run::<R, H>(
+        target, options, handler, hub, shared, backoff, first,
+    ));
     Ok(client)
 }
 
@@ -309,24 +317,21 @@ fn new_session(
     remote: SocketAddr,
     protocol: Protocol,
 ) -> Result<Session, ClientError> {
-    let config = |e: &dyn std::error::Error| ClientError::Config(e.to_string());
-    let permit = hub.try_admit().map_err(|e| config(&e))?;
-    let hub_session = hub
-        .register(permit, Instant::now())
-        .map_err(|e| config(&e))?;
+    let permit = hub.try_admit().map_err(config_error)?;
+    let hub_session = hub.register(permit, Instant::now()).map_err(config_error)?;
     let link = Link::new(hub_session, protocol, options.link.clone(), Instant::now())
-        .map_err(|e| config(&e))?;
+        .map_err(config_error)?;
     Ok(Session::new(Arc::new(link), hub.clone(), remote))
 }
 
-async fn run<H: Handler>(
+async fn run<R: Runtime, H: Handler>(
     target: Target,
     options: ClientOptions,
     handler: H,
     hub: Hub,
     shared: Arc<ClientShared>,
     mut backoff: Option<Backoff>,
-    first: Connected,
+    first: Connected<ClientStream<R>>,
 ) {
     let mut next = Some(first);
     while let Some(connected) = next.take() {
@@ -335,8 +340,8 @@ async fn run<H: Handler>(
             backoff.connected(Instant::now());
         }
         let id = session.id();
-        drive(
-            Buffered(connected.stream),
+        drive::<R, _, _, _>(
+            connected.stream.split(),
             session,
             &handler,
             connected.initial,
@@ -354,11 +359,11 @@ async fn run<H: Handler>(
                 BackoffStep::GiveUp { .. } => break,
             };
             handler.on_reconnecting(attempt, delay).await;
-            tokio::time::sleep(delay).await;
+            crate::sync::sleep_until::<R>(Instant::now().checked_add(delay)).await;
             if shared.closing.load(Ordering::Acquire) {
                 break;
             }
-            match connect_once(&target, &options, &hub).await {
+            match connect_once::<R>(&target, &options, &hub).await {
                 Ok(connected) => {
                     *lock(&shared.current) = Some(connected.session.clone());
                     next = Some(connected);
@@ -368,38 +373,48 @@ async fn run<H: Handler>(
             }
         }
     }
-    shared.finished.send_replace(true);
+    shared.finished.set();
 }
 
-async fn connect_once(
+/// Connects to the first address of `authority` that answers.
+async fn connect_tcp<R: Runtime>(authority: &str) -> io::Result<(R::Tcp, SocketAddr)> {
+    let mut last = None;
+    for addr in R::resolve(authority).await? {
+        match R::connect(addr).await {
+            Ok(stream) => return Ok((stream, addr)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "address resolves to nothing")
+    }))
+}
+
+async fn connect_once<R: Runtime>(
     target: &Target,
     options: &ClientOptions,
     hub: &Hub,
-) -> Result<Connected, ClientError> {
+) -> Result<Connected<ClientStream<R>>, ClientError> {
     let attempt = async {
         let (authority, tls) = match target {
             Target::Tcp { addr, tls, .. } => (addr.clone(), tls),
             Target::Ws { url, tls, .. } => (url.authority(), tls),
         };
-        let tcp = TcpStream::connect(authority.as_str()).await?;
-        tcp.set_nodelay(options.nodelay)?;
-        let remote = tcp.peer_addr()?;
-        let mut stream: Box<dyn Stream> = match tls {
-            None => Box::new(tcp),
-            Some(tls) => Box::new(
-                tls.connector
-                    .connect(tls.name.clone(), tcp)
+        let (tcp, remote) = connect_tcp::<R>(&authority).await?;
+        R::socket(&tcp).set_tcp_nodelay(options.nodelay)?;
+        let mut stream: ClientStream<R> = match tls {
+            None => Either::A(tcp),
+            Some(tls) => Either::B(
+                R::tls_connect(Arc::clone(&tls.config), tls.name.clone(), tcp)
                     .await
                     .map_err(ClientError::Tls)?,
             ),
         };
         let (protocol, initial) = match target {
-            Target::Tcp { framing, .. } => {
-                let framer = framing
-                    .build()
-                    .map_err(|e| ClientError::Config(e.to_string()))?;
-                (Protocol::Framed(framer), Bytes::new())
-            }
+            Target::Tcp { framing, .. } => (
+                Protocol::Framed(framing.build().map_err(config_error)?),
+                Bytes::new(),
+            ),
             Target::Ws { url, ws, .. } => {
                 let (conn, initial) = upgrade(&mut stream, url, ws, options).await?;
                 (Protocol::WebSocket(Box::new(conn)), initial)
@@ -412,12 +427,12 @@ async fn connect_once(
             initial,
         })
     };
-    tokio::time::timeout(options.connect_timeout, attempt)
+    timeout::<R, _>(options.connect_timeout, pin!(attempt))
         .await
-        .map_err(|_| ClientError::Timeout)?
+        .ok_or(ClientError::Timeout)?
 }
 
-async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
+async fn upgrade<S: Stream>(
     stream: &mut S,
     url: &WsUrl,
     ws: &WsOptions,
@@ -428,30 +443,23 @@ async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     config.deflate.clone_from(&ws.deflate);
     config.headers.clone_from(&options.headers);
     let mut out = BytesMut::new();
-    let mut state = ClientHandshake::start(&config, &mut rand::rng(), &mut out)
-        .map_err(|e| ClientError::Config(e.to_string()))?;
-    stream.write_all(&out).await?;
-    // A TLS stream may hold the request until flushed.
-    stream.flush().await?;
+    let mut state =
+        ClientHandshake::start(&config, &mut rand::rng(), &mut out).map_err(config_error)?;
+    write_all_flush(stream, &out).await?;
     let mut buf = vec![0u8; 4096];
     let upgraded = loop {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
+        let n = read(stream, &mut buf).await?;
+        let Some(input) = buf.get(..n).filter(|b| !b.is_empty()) else {
             return Err(ClientError::Io(io::ErrorKind::UnexpectedEof.into()));
-        }
-        match state
-            .handle_input(&buf[..n])
-            .map_err(ClientError::Handshake)?
-        {
+        };
+        match state.handle_input(input).map_err(ClientError::Handshake)? {
             ClientStep::NeedMore(next) => state = next,
             ClientStep::Done(upgraded) => break upgraded,
         }
     };
     let mut conn = Connection::new(Side::Client, ws.config.clone());
     if let (Some(params), Some(deflate)) = (upgraded.deflate, &ws.deflate) {
-        conn = conn
-            .with_deflate(params, deflate)
-            .map_err(|e| ClientError::Config(e.to_string()))?;
+        conn = conn.with_deflate(params, deflate).map_err(config_error)?;
     }
     Ok((conn, upgraded.leftover))
 }

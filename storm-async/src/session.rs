@@ -1,4 +1,4 @@
-//! A connection as the application holds it.
+//! A connection as the application holds it: the same type on every runtime.
 
 use std::future::poll_fn;
 use std::net::SocketAddr;

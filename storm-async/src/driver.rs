@@ -1,0 +1,259 @@
+//! The per-connection loop: the only place an adapter touches a socket
+//! after the handshake.
+//!
+//! One task per connection polls two futures: the reader (socket → link →
+//! handler, and the link's timer) and the writer (outbox → one vectored
+//! write of up to 64 buffers → flush). The writer wakes when the session's
+//! outbox waker fires.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+
+use storm_proto::link::{CloseReason, Link, LinkEvent};
+
+#[cfg(doc)]
+use crate::runtime::Stream;
+use crate::runtime::{PollRead, PollWrite, Runtime};
+use crate::sync::{Either, race, sleep_until, timeout};
+use crate::{Handler, Session};
+
+/// How much one read asks the socket for.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Buffers per vectored write: the usual `IOV_MAX` is 1024; 64 already
+/// gathers a 64 KiB batch of small messages in one call.
+const MAX_SLICES: usize = 64;
+
+thread_local! {
+    /// One read buffer per worker thread, shared by every connection it
+    /// runs: a read borrows it only for one poll, so an idle connection
+    /// holds no read buffer at all.
+    static READ_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; READ_CHUNK].into_boxed_slice());
+}
+
+/// Reads what the stream has into the thread's buffer and feeds it to
+/// `link`; `Ok(0)` at end of stream.
+fn poll_read_into<S: PollRead>(
+    reader: &mut S,
+    cx: &mut Context<'_>,
+    link: &Link,
+) -> Poll<io::Result<usize>> {
+    READ_BUFFER.with_borrow_mut(|buf| {
+        let n = ready!(reader.poll_read(cx, buf))?;
+        if let Some(bytes) = buf.get(..n).filter(|b| !b.is_empty()) {
+            link.handle_input(Instant::now(), bytes);
+        }
+        Poll::Ready(Ok(n))
+    })
+}
+
+/// Runs one connection until it closes: the handler sees `on_connect`, its
+/// messages, and exactly one `on_disconnect`. `initial` holds bytes that
+/// arrived with the handshake.
+///
+/// Takes the stream already [split](Stream::split): a TLS stream is large,
+/// and split (into shared halves) before any `await`, it is never stored in
+/// the connection task itself.
+pub(crate) async fn drive<R, Rd, Wr, H>(
+    (reader, writer): (Rd, Wr),
+    session: Session,
+    handler: &H,
+    initial: Bytes,
+    write_batch: usize,
+    close_timeout: Duration,
+) where
+    R: Runtime,
+    Rd: PollRead,
+    Wr: PollWrite,
+    H: Handler,
+{
+    // Set by the writer when it changed the link's deadline; both loops run
+    // in this one task, so the writer wakes the task and the reader re-arms.
+    let rearm = AtomicBool::new(false);
+    handler.on_connect(&session).await;
+    let disconnected = AtomicBool::new(false);
+    {
+        let mut write = pin!(write_loop(writer, &session, &rearm, write_batch));
+        let read = pin!(read_loop::<R, _, _>(
+            reader,
+            &session,
+            handler,
+            &rearm,
+            initial,
+            &disconnected
+        ));
+        match race(write.as_mut(), read).await {
+            Either::Left(result) => {
+                if result.is_err() {
+                    // The peer is gone: tell the link so the handler hears it.
+                    session.link().handle_eof();
+                }
+                // The writer closed the socket (an abort, a finished close):
+                // hand over what the link still has, its Closed event last.
+                dispatch(&session, handler, &disconnected).await;
+            }
+            Either::Right(()) => {
+                // The link is closed: let the writer flush the close reply
+                // (or the graceful close), bounded in time.
+                let _ = timeout::<R, _>(close_timeout, write).await;
+            }
+        }
+    }
+    if !disconnected.load(Ordering::Relaxed) {
+        handler.on_disconnect(&session, &CloseReason::Eof).await;
+    }
+}
+
+/// Reads, feeds the link, runs the handler; also runs the link's timer.
+/// Returns once the link reported `Closed`.
+async fn read_loop<R, S, H>(
+    mut reader: S,
+    session: &Session,
+    handler: &H,
+    rearm: &AtomicBool,
+    initial: Bytes,
+    disconnected: &AtomicBool,
+) where
+    R: Runtime,
+    S: PollRead,
+    H: Handler,
+{
+    let link = session.link();
+    if !initial.is_empty() {
+        link.handle_input(Instant::now(), &initial);
+    }
+    // One timer, replaced only when the link's deadline moves (or it
+    // fired): most reads leave the deadline alone, and re-registering a
+    // timer costs the runtime's timer lock twice.
+    let mut armed = link.poll_timeout();
+    let mut timer = pin!(sleep_until::<R>(armed));
+    let mut fired = false;
+    loop {
+        if !dispatch(session, handler, disconnected).await {
+            return;
+        }
+        let deadline = link.poll_timeout();
+        if fired || deadline != armed {
+            armed = deadline;
+            fired = false;
+            timer.set(sleep_until::<R>(armed));
+        }
+        poll_fn(|cx| {
+            if let Poll::Ready(read) = poll_read_into(&mut reader, cx, link) {
+                if matches!(read, Ok(0) | Err(_)) {
+                    link.handle_eof();
+                }
+                return Poll::Ready(());
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                fired = true;
+                link.handle_timeout(Instant::now());
+                return Poll::Ready(());
+            }
+            // The writer changed the deadline (a graceful close began).
+            if rearm.swap(false, Ordering::Relaxed) {
+                return Poll::Ready(());
+            }
+            Poll::Pending
+        })
+        .await;
+    }
+}
+
+/// Hands the link's events to the handler, in order. `false` once the
+/// connection closed.
+async fn dispatch<H: Handler>(session: &Session, handler: &H, disconnected: &AtomicBool) -> bool {
+    // One clock read per batch: the events were read at about this time.
+    let now = Instant::now();
+    while let Some(event) = session.link().poll_event(now) {
+        match event {
+            LinkEvent::Message(message) => handler.on_message(session, message).await,
+            LinkEvent::Closed(reason) => {
+                disconnected.store(true, Ordering::Relaxed);
+                handler.on_disconnect(session, &reason).await;
+                return false;
+            }
+            _ => {}
+        }
+    }
+    !disconnected.load(Ordering::Relaxed)
+}
+
+/// Drains the session's outbox through the link and writes it, many
+/// messages per vectored write. Returns when the link says to close.
+async fn write_loop<W: PollWrite>(
+    mut writer: W,
+    session: &Session,
+    rearm: &AtomicBool,
+    write_batch: usize,
+) -> io::Result<()> {
+    let link = session.link();
+    let mut bufs: Vec<Bytes> = Vec::new();
+    loop {
+        let had_deadline = link.poll_timeout();
+        let transmit = poll_fn(|cx| {
+            link.session().register_waker(cx.waker());
+            let transmit = link.poll_transmit(Instant::now(), &mut bufs, write_batch);
+            if transmit.bytes == 0 && !transmit.close {
+                return Poll::Pending;
+            }
+            if link.poll_timeout() != had_deadline {
+                rearm.store(true, Ordering::Relaxed);
+                cx.waker().wake_by_ref();
+            }
+            Poll::Ready(transmit)
+        })
+        .await;
+        write_all(&mut writer, &mut bufs).await?;
+        // A TLS stream can accept a write and keep the records it made
+        // until the next write or flush: flush before waiting for more
+        // (a no-op on a plain socket).
+        poll_fn(|cx| writer.poll_flush(cx)).await?;
+        if transmit.close {
+            let _ = poll_fn(|cx| writer.poll_close(cx)).await;
+            return Ok(());
+        }
+    }
+}
+
+/// Writes every buffer, in order, with as few syscalls as the socket allows.
+async fn write_all<W: PollWrite>(writer: &mut W, bufs: &mut Vec<Bytes>) -> io::Result<()> {
+    let mut first = 0;
+    while first < bufs.len() {
+        let written = poll_fn(|cx| {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let pending = bufs.get(first..).unwrap_or_default();
+            let count = pending.len().min(MAX_SLICES);
+            for (slice, buf) in slices.iter_mut().zip(pending) {
+                *slice = IoSlice::new(buf);
+            }
+            writer.poll_write_vectored(cx, slices.get(..count).unwrap_or_default())
+        })
+        .await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let mut written = written;
+        while written > 0 {
+            let Some(head) = bufs.get_mut(first) else {
+                break;
+            };
+            if written >= head.len() {
+                written -= head.len();
+                first += 1;
+            } else {
+                head.advance(written);
+                written = 0;
+            }
+        }
+    }
+    bufs.clear();
+    Ok(())
+}

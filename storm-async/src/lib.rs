@@ -1,0 +1,39 @@
+//! Storm's async adapter, on any runtime: TCP and WebSocket servers and
+//! clients, sessions, and the per-connection loop, generic over a small
+//! [`Runtime`] trait.
+//!
+//! Users pick a runtime crate, not this one: `storm-tokio` and `storm-smol`
+//! implement [`Runtime`] and name these servers and clients for their
+//! runtime (`storm_tokio::WsServer` is `storm_async::WsServer<Tokio>`), so
+//! switching runtime means changing one crate name. [`Handler`],
+//! [`Session`] and [`Client`] are not generic: the same handler runs on
+//! every runtime.
+//!
+//! Every protocol decision comes from [`storm_proto`]. Per connection, one
+//! task polls a reader (socket → [`Link`](storm_proto::link::Link) →
+//! handler; the link's timer) and a writer (outbox → one vectored write);
+//! reads go through one buffer per worker thread, so an idle connection
+//! holds none.
+//!
+//! TLS (rustls) is an option, not another server or client: set
+//! [`ServerOptions::tls`](storm_proto::options::ServerOptions::tls) or
+//! [`ClientOptions::tls`](storm_proto::options::ClientOptions::tls) (a
+//! `wss://` URL turns it on by itself); [`storm_proto::tls`] builds the
+//! rustls configurations and loads PEM files, the runtime only runs the
+//! handshake on its streams.
+
+mod client;
+mod driver;
+mod handler;
+mod io;
+pub mod runtime;
+mod server;
+mod session;
+mod sync;
+
+pub use client::{Client, ClientError, TcpClient, WsClient};
+pub use handler::Handler;
+pub use runtime::Runtime;
+pub use server::{ServerHandle, TcpServer, WsServer};
+pub use session::{SendError, Session};
+pub use storm_proto as proto;

@@ -1,0 +1,125 @@
+//! What an async runtime provides: the only runtime-specific part of an
+//! adapter. storm-tokio and storm-smol each implement [`Runtime`] in about a
+//! hundred lines; everything else in this crate is shared.
+//!
+//! The I/O traits are poll-based, like the runtimes' own: a `poll_*` method
+//! borrows its buffer only for the call, so the driver can read every
+//! connection of a worker thread into one shared buffer.
+
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use rustls_pki_types::ServerName;
+
+/// The read side of a byte stream.
+pub trait PollRead: Send + Unpin + 'static {
+    /// Reads what is available into `buf`: `Ok(0)` at end of stream.
+    /// Registers `cx` for wake-up and returns `Pending` when nothing is.
+    ///
+    /// # Errors
+    ///
+    /// Any I/O error of the stream.
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>>;
+}
+
+/// The write side of a byte stream.
+pub trait PollWrite: Send + Unpin + 'static {
+    /// Writes from `bufs`, in order, as much as the stream takes in one go.
+    ///
+    /// # Errors
+    ///
+    /// Any I/O error of the stream.
+    fn poll_write_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>>;
+
+    /// Pushes out anything the stream buffers (TLS records); a no-op on a
+    /// plain socket.
+    ///
+    /// # Errors
+    ///
+    /// Any I/O error of the stream.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// Flushes and shuts the write direction down (a TLS close_notify, a
+    /// TCP FIN).
+    ///
+    /// # Errors
+    ///
+    /// Any I/O error of the stream.
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+/// A connection's byte stream, read and written during the handshake,
+/// then split so that one task reads while it writes.
+pub trait Stream: PollRead + PollWrite {
+    /// The read half.
+    type Reader: PollRead;
+    /// The write half.
+    type Writer: PollWrite;
+
+    /// Splits the stream into halves that can be used concurrently.
+    fn split(self) -> (Self::Reader, Self::Writer);
+}
+
+/// An async runtime: tasks, a timer, TCP and TLS. Implemented by a marker
+/// type (`storm_tokio::Tokio`, `storm_smol::Smol`); servers and clients are
+/// generic over it, handlers and sessions are not.
+pub trait Runtime: Send + Sync + 'static {
+    /// A connected TCP stream.
+    type Tcp: Stream;
+    /// A listening TCP socket.
+    type Listener: Send + Sync + 'static;
+    /// A server-side TLS stream over [`Tcp`](Self::Tcp).
+    type TlsServer: Stream;
+    /// A client-side TLS stream over [`Tcp`](Self::Tcp).
+    type TlsClient: Stream;
+
+    /// Runs `future` in the background; it is not awaited by anyone.
+    fn spawn(future: impl Future<Output = ()> + Send + 'static);
+
+    /// Completes at `deadline` (at once when it has passed).
+    fn sleep_until(deadline: Instant) -> impl Future<Output = ()> + Send;
+
+    /// Resolves `host:port` to socket addresses, without blocking the
+    /// runtime.
+    fn resolve(addr: &str) -> impl Future<Output = io::Result<Vec<SocketAddr>>> + Send;
+
+    /// Connects to `addr`.
+    fn connect(addr: SocketAddr) -> impl Future<Output = io::Result<Self::Tcp>> + Send;
+
+    /// Takes over a bound, listening, non-blocking socket.
+    ///
+    /// # Errors
+    ///
+    /// When the runtime cannot register the socket.
+    fn listen(listener: std::net::TcpListener) -> io::Result<Self::Listener>;
+
+    /// Accepts the next connection.
+    fn poll_accept(
+        listener: &Self::Listener,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<(Self::Tcp, SocketAddr)>>;
+
+    /// The socket under a stream, to set options (nodelay, keep-alive).
+    fn socket(stream: &Self::Tcp) -> socket2::SockRef<'_>;
+
+    /// Runs the server side of a TLS handshake.
+    fn tls_accept(
+        config: Arc<rustls::ServerConfig>,
+        stream: Self::Tcp,
+    ) -> impl Future<Output = io::Result<Self::TlsServer>> + Send;
+
+    /// Runs the client side of a TLS handshake with a server called `name`.
+    fn tls_connect(
+        config: Arc<rustls::ClientConfig>,
+        name: ServerName<'static>,
+        stream: Self::Tcp,
+    ) -> impl Future<Output = io::Result<Self::TlsClient>> + Send;
+}

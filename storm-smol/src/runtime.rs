@@ -1,0 +1,203 @@
+//! smol as a storm-async [`Runtime`]: `smol::spawn`, async-io's
+//! `Async<TcpStream>` readiness and `Timer`, futures-rustls.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use futures_rustls::{TlsAcceptor, TlsConnector, client, server};
+use rustls_pki_types::ServerName;
+use smol::Async;
+use smol::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+
+use storm_async::runtime::{PollRead, PollWrite, Runtime, Stream};
+
+/// The smol runtime, for storm-async's generic servers and clients (this
+/// crate's [`WsServer`](crate::WsServer) is `storm_async::WsServer<Smol>`).
+/// Tasks go to smol's global executor (`smol::spawn`; `SMOL_THREADS` sets
+/// its thread count); run servers and clients inside `smol::block_on` or on
+/// that executor.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Smol;
+
+/// A futures-io stream seen through storm-async's poll traits.
+#[derive(Debug)]
+pub struct Io<T>(T);
+
+impl<T: AsyncRead + Send + Unpin + 'static> PollRead for Io<T> {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Send + Unpin + 'static> PollWrite for Io<T> {
+    fn poll_write_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_close(cx)
+    }
+}
+
+/// A registered TCP socket, shared by its two halves (readiness I/O needs
+/// only `&`, so no lock). Closing it shuts the write direction down.
+#[derive(Debug, Clone)]
+pub struct TcpStream(Arc<Async<std::net::TcpStream>>);
+
+impl AsyncRead for TcpStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            match self.0.get_ref().read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                result => return Poll::Ready(result),
+            }
+            ready!(self.0.poll_readable(cx))?;
+        }
+    }
+}
+
+impl AsyncWrite for TcpStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            match self.0.get_ref().write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                result => return Poll::Ready(result),
+            }
+            ready!(self.0.poll_writable(cx))?;
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // A socket buffers nothing of its own.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(match self.0.get_ref().shutdown(Shutdown::Write) {
+            // The peer already went away: nothing left to shut down.
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+            result => result,
+        })
+    }
+}
+
+/// A plain socket splits into two handles on the one registration.
+impl Stream for Io<TcpStream> {
+    type Reader = Self;
+    type Writer = Self;
+    fn split(self) -> (Self, Self) {
+        (Io(self.0.clone()), self)
+    }
+}
+
+/// A TLS stream splits with futures-lite's lock-based split.
+macro_rules! tls_stream {
+    ($stream:ty) => {
+        impl Stream for Io<$stream> {
+            type Reader = Io<ReadHalf<$stream>>;
+            type Writer = Io<WriteHalf<$stream>>;
+            fn split(self) -> (Self::Reader, Self::Writer) {
+                let (reader, writer) = smol::io::split(self.0);
+                (Io(reader), Io(writer))
+            }
+        }
+    };
+}
+
+tls_stream!(server::TlsStream<TcpStream>);
+tls_stream!(client::TlsStream<TcpStream>);
+
+impl Runtime for Smol {
+    type Tcp = Io<TcpStream>;
+    type Listener = Async<TcpListener>;
+    type TlsServer = Io<server::TlsStream<TcpStream>>;
+    type TlsClient = Io<client::TlsStream<TcpStream>>;
+
+    fn spawn(future: impl Future<Output = ()> + Send + 'static) {
+        smol::spawn(future).detach();
+    }
+
+    async fn sleep_until(deadline: Instant) {
+        smol::Timer::at(deadline).await;
+    }
+
+    async fn resolve(addr: &str) -> io::Result<Vec<SocketAddr>> {
+        smol::net::resolve(addr).await
+    }
+
+    async fn connect(addr: SocketAddr) -> io::Result<Self::Tcp> {
+        let stream = Async::<std::net::TcpStream>::connect(addr).await?;
+        Ok(Io(TcpStream(Arc::new(stream))))
+    }
+
+    fn listen(listener: TcpListener) -> io::Result<Async<TcpListener>> {
+        Async::new(listener)
+    }
+
+    fn poll_accept(
+        listener: &Async<TcpListener>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<(Self::Tcp, SocketAddr)>> {
+        loop {
+            match listener.get_ref().accept() {
+                Ok((stream, remote)) => {
+                    let stream = Async::new(stream)?;
+                    return Poll::Ready(Ok((Io(TcpStream(Arc::new(stream))), remote)));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            ready!(listener.poll_readable(cx))?;
+        }
+    }
+
+    fn socket(stream: &Self::Tcp) -> socket2::SockRef<'_> {
+        socket2::SockRef::from(&*(stream.0).0)
+    }
+
+    async fn tls_accept(
+        config: Arc<rustls::ServerConfig>,
+        stream: Self::Tcp,
+    ) -> io::Result<Self::TlsServer> {
+        TlsAcceptor::from(config).accept(stream.0).await.map(Io)
+    }
+
+    async fn tls_connect(
+        config: Arc<rustls::ClientConfig>,
+        name: ServerName<'static>,
+        stream: Self::Tcp,
+    ) -> io::Result<Self::TlsClient> {
+        TlsConnector::from(config)
+            .connect(name, stream.0)
+            .await
+            .map(Io)
+    }
+}

@@ -1,0 +1,24 @@
+//! TLS with rustls on smol streams (futures-rustls).
+//!
+//! The certificates, keys and trust settings are the shared option structs
+//! ([`TlsServerOptions`](storm_proto::options::TlsServerOptions),
+//! [`TlsClientOptions`](storm_proto::options::TlsClientOptions)); the
+//! core's [`storm_proto::tls`] turns them into rustls configurations, the
+//! same way for every adapter. This module re-exports its PEM-file helpers.
+//!
+//! ```no_run
+//! use storm_smol::proto::options::{ServerOptions, TlsClientOptions};
+//!
+//! # fn main() -> std::io::Result<()> {
+//! let server = ServerOptions {
+//!     tls: Some(storm_smol::tls::server_options_from_pem_files("cert.pem", "key.pem")?),
+//!     ..ServerOptions::default()
+//! };
+//! // A client that trusts a private CA instead of the web roots.
+//! let client = TlsClientOptions::with_ca(storm_smol::tls::read_pem_file("ca.pem")?);
+//! # let _ = (server, client); Ok(()) }
+//! ```
+
+pub use storm_proto::tls::{
+    client_cert_from_pem_files, read_pem_file, server_options_from_pem_files,
+};

@@ -1,0 +1,342 @@
+//! storm-smol's own wiring over real loopback sockets: async-io sockets and
+//! timers, smol tasks, futures-rustls. The behaviour shared with every
+//! runtime is storm-async's and is tested across adapters in `tests/`.
+//! Every wait is bounded.
+
+use std::future::Future;
+use std::time::Duration;
+
+use rcgen::{CertificateParams, KeyPair};
+use smol::channel::{Receiver, Sender, unbounded};
+
+use storm_proto::Message;
+use storm_proto::link::CloseReason;
+use storm_proto::options::{
+    ClientOptions, Framing, ServerOptions, TlsClientOptions, TlsServerOptions, WsOptions,
+};
+use storm_proto::reconnect::BackoffConfig;
+use storm_smol::{
+    Client, ClientError, Handler, ServerHandle, Session, TcpClient, TcpServer, WsClient, WsServer,
+};
+
+/// The most a test waits for one event.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// `future`, or a panic after [`WAIT`].
+async fn within<T>(future: impl Future<Output = T>) -> T {
+    smol::future::or(future, async {
+        smol::Timer::after(WAIT).await;
+        panic!("no result within {WAIT:?}");
+    })
+    .await
+}
+
+/// What a test handler saw.
+#[derive(Debug, Clone, PartialEq)]
+enum Seen {
+    Connect,
+    Message(Message),
+    Disconnect(CloseReason),
+    Reconnecting(u32),
+    Error(String),
+}
+
+/// Records every callback; echoes messages when asked.
+struct Recorder {
+    tx: Sender<Seen>,
+    echo: bool,
+}
+
+impl Handler for Recorder {
+    async fn on_connect(&self, _: &Session) {
+        let _ = self.tx.try_send(Seen::Connect);
+    }
+    async fn on_message(&self, session: &Session, message: Message) {
+        let _ = self.tx.try_send(Seen::Message(message.clone()));
+        if self.echo {
+            let _ = session.send(message).await;
+        }
+    }
+    async fn on_disconnect(&self, _: &Session, reason: &CloseReason) {
+        let _ = self.tx.try_send(Seen::Disconnect(reason.clone()));
+    }
+    async fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
+        let _ = self.tx.try_send(Seen::Error(error.to_string()));
+    }
+    async fn on_reconnecting(&self, attempt: u32, _: Duration) {
+        let _ = self.tx.try_send(Seen::Reconnecting(attempt));
+    }
+}
+
+fn recorder(echo: bool) -> (Recorder, Receiver<Seen>) {
+    let (tx, rx) = unbounded();
+    (Recorder { tx, echo }, rx)
+}
+
+async fn next(rx: &Receiver<Seen>) -> Seen {
+    within(rx.recv()).await.expect("handler alive")
+}
+
+async fn next_message(rx: &Receiver<Seen>) -> Message {
+    loop {
+        if let Seen::Message(message) = next(rx).await {
+            return message;
+        }
+    }
+}
+
+async fn next_disconnect(rx: &Receiver<Seen>) -> CloseReason {
+    loop {
+        if let Seen::Disconnect(reason) = next(rx).await {
+            return reason;
+        }
+    }
+}
+
+/// A WebSocket echo server on its own smol task.
+async fn ws_echo_server(options: ServerOptions) -> (ServerHandle, smol::Task<std::io::Result<()>>) {
+    let server = WsServer::bind(options, WsOptions::default())
+        .await
+        .expect("bind");
+    let handle = server.handle();
+    let (handler, _rx) = recorder(true);
+    (handle, smol::spawn(server.serve(handler)))
+}
+
+/// Sends each message to an echo server and expects it back, then closes
+/// and expects the server's close reply.
+async fn echo_and_close(client: &Client, rx: &Receiver<Seen>, messages: &[Message]) {
+    for message in messages {
+        client.send(message.clone()).await.expect("send");
+        assert_eq!(&next_message(rx).await, message);
+    }
+    client.close();
+    assert!(matches!(next_disconnect(rx).await, CloseReason::Remote(_)));
+    within(client.closed()).await;
+}
+
+#[test]
+fn websocket_echo_with_and_without_deflate() {
+    smol::block_on(async {
+        for deflate in [None, Some(Default::default())] {
+            let ws = WsOptions {
+                deflate,
+                ..WsOptions::default()
+            };
+            let server = WsServer::bind(ServerOptions::default(), ws.clone())
+                .await
+                .expect("bind");
+            let handle = server.handle();
+            let (handler, _server_rx) = recorder(true);
+            let serving = smol::spawn(server.serve(handler));
+            let (handler, rx) = recorder(false);
+            let url = format!("ws://{}/", handle.local_addr());
+            let client = within(WsClient::connect(
+                &url,
+                ClientOptions::default(),
+                ws,
+                handler,
+            ))
+            .await
+            .expect("connect");
+            assert_eq!(next(&rx).await, Seen::Connect);
+            // 1 MiB crosses many reads and partial vectored writes.
+            let messages = [
+                Message::from("héllo"),
+                Message::from(vec![1u8, 2, 3]),
+                Message::from(vec![7u8; 1 << 20]),
+                Message::from(""),
+            ];
+            echo_and_close(&client, &rx, &messages).await;
+            within(handle.shutdown(WAIT)).await;
+            within(serving).await.expect("serve returns Ok");
+        }
+    });
+}
+
+#[test]
+fn length_prefixed_and_line_echo_over_tcp() {
+    smol::block_on(async {
+        for framing in [
+            Framing::LengthPrefix,
+            Framing::Delimiter(Default::default()),
+        ] {
+            let server = TcpServer::bind(ServerOptions::default(), framing.clone())
+                .await
+                .expect("bind");
+            let addr = server.local_addr().to_string();
+            let handle = server.handle();
+            let (handler, _server_rx) = recorder(true);
+            let serving = smol::spawn(server.serve(handler));
+            let (handler, rx) = recorder(false);
+            let client = within(TcpClient::connect(
+                &addr,
+                ClientOptions::default(),
+                framing,
+                handler,
+            ))
+            .await
+            .expect("connect");
+            // Pipelined: all sent before any is read back.
+            for i in 0..200u32 {
+                client
+                    .send(Message::from(format!("message {i}").into_bytes()))
+                    .await
+                    .expect("send");
+            }
+            for i in 0..200u32 {
+                assert_eq!(
+                    next_message(&rx).await,
+                    Message::from(format!("message {i}").into_bytes())
+                );
+            }
+            within(handle.shutdown(WAIT)).await;
+            assert!(next_disconnect(&rx).await.is_normal());
+            within(serving).await.expect("serve returns Ok");
+        }
+    });
+}
+
+/// A self-signed certificate for `localhost` and 127.0.0.1.
+fn self_signed() -> (String, String) {
+    let params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("names");
+    let key = KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("certificate");
+    (cert.pem(), key.serialize_pem())
+}
+
+#[test]
+fn wss_echo_with_a_trusted_certificate_and_refusal_of_an_untrusted_one() {
+    smol::block_on(async {
+        let (cert, key) = self_signed();
+        let options = ServerOptions {
+            tls: Some(TlsServerOptions::new(cert.clone(), key)),
+            ..ServerOptions::default()
+        };
+        let (handle, serving) = ws_echo_server(options).await;
+        let port = handle.local_addr().port();
+        for host in ["localhost", "127.0.0.1"] {
+            let (handler, rx) = recorder(false);
+            let options = ClientOptions {
+                tls: Some(TlsClientOptions::with_ca(cert.clone())),
+                ..ClientOptions::default()
+            };
+            let url = format!("wss://{host}:{port}/");
+            let client = within(WsClient::connect(
+                &url,
+                options,
+                WsOptions::default(),
+                handler,
+            ))
+            .await
+            .expect("wss connect");
+            assert_eq!(next(&rx).await, Seen::Connect);
+            echo_and_close(
+                &client,
+                &rx,
+                &[Message::from("secret"), Message::from(vec![9u8; 100_000])],
+            )
+            .await;
+        }
+        // The web roots do not trust a self-signed certificate.
+        let (handler, _rx) = recorder(false);
+        let url = format!("wss://localhost:{port}/");
+        let refused = within(WsClient::connect(
+            &url,
+            ClientOptions::default(),
+            WsOptions::default(),
+            handler,
+        ))
+        .await;
+        assert!(matches!(refused, Err(ClientError::Tls(_))), "{refused:?}");
+        within(handle.shutdown(WAIT)).await;
+        within(serving).await.expect("serve returns Ok");
+    });
+}
+
+#[test]
+fn a_client_reconnects_after_the_server_restarts() {
+    smol::block_on(async {
+        let (handle, serving) = ws_echo_server(ServerOptions::default()).await;
+        let addr = handle.local_addr();
+        let options = ClientOptions {
+            reconnect: Some(BackoffConfig::fixed(Duration::from_millis(20))),
+            ..ClientOptions::default()
+        };
+        let (handler, rx) = recorder(false);
+        let url = format!("ws://{addr}/");
+        let client = within(WsClient::connect(
+            &url,
+            options,
+            WsOptions::default(),
+            handler,
+        ))
+        .await
+        .expect("connect");
+        assert_eq!(next(&rx).await, Seen::Connect);
+        within(handle.shutdown(WAIT)).await;
+        within(serving).await.expect("serve returns Ok");
+        next_disconnect(&rx).await;
+        assert_eq!(next(&rx).await, Seen::Reconnecting(1));
+        assert!(!client.is_connected());
+        // Restart on the same address; the client finds it.
+        let options = ServerOptions {
+            addr: addr.to_string(),
+            ..ServerOptions::default()
+        };
+        let (handle, serving) = ws_echo_server(options).await;
+        loop {
+            match next(&rx).await {
+                Seen::Connect => break,
+                Seen::Reconnecting(_) | Seen::Disconnect(_) | Seen::Error(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        client.send("again").await.expect("send");
+        assert_eq!(next_message(&rx).await, Message::from("again"));
+        client.close();
+        within(client.closed()).await;
+        within(handle.shutdown(WAIT)).await;
+        within(serving).await.expect("serve returns Ok");
+    });
+}
+
+#[test]
+fn shutdown_closes_every_session_and_serve_returns() {
+    smol::block_on(async {
+        let (handle, serving) = ws_echo_server(ServerOptions::default()).await;
+        let url = format!("ws://{}/", handle.local_addr());
+        let mut clients = Vec::new();
+        for _ in 0..5 {
+            let (handler, rx) = recorder(false);
+            let client = within(WsClient::connect(
+                &url,
+                ClientOptions::default(),
+                WsOptions::default(),
+                handler,
+            ))
+            .await
+            .expect("connect");
+            assert_eq!(next(&rx).await, Seen::Connect);
+            clients.push((client, rx));
+        }
+        within(async {
+            while handle.session_count() < 5 {
+                smol::Timer::after(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        within(handle.shutdown(WAIT)).await;
+        within(serving).await.expect("serve returns Ok");
+        for (client, rx) in &clients {
+            let reason = next_disconnect(rx).await;
+            assert!(
+                matches!(&reason, CloseReason::Remote(frame) if frame.code.0 == 1000),
+                "a normal close frame, got {reason:?}"
+            );
+            within(client.closed()).await;
+        }
+        assert_eq!(handle.session_count(), 0);
+    });
+}

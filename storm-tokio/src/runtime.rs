@@ -1,0 +1,138 @@
+//! tokio as a storm-async [`Runtime`]: tasks, timers, TCP and TLS.
+
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
+
+use storm_async::runtime::{PollRead, PollWrite, Runtime, Stream};
+
+/// The tokio runtime, for storm-async's generic servers and clients
+/// (this crate's [`WsServer`](crate::WsServer) is
+/// `storm_async::WsServer<Tokio>`). Tasks go to the current runtime with
+/// `tokio::spawn`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tokio;
+
+/// A tokio stream seen through storm-async's poll traits.
+#[derive(Debug)]
+pub struct Io<T>(T);
+
+impl<T: AsyncRead + Send + Unpin + 'static> PollRead for Io<T> {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let mut buf = ReadBuf::new(buf);
+        ready!(Pin::new(&mut self.0).poll_read(cx, &mut buf))?;
+        Poll::Ready(Ok(buf.filled().len()))
+    }
+}
+
+impl<T: AsyncWrite + Send + Unpin + 'static> PollWrite for Io<T> {
+    fn poll_write_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// A plain socket splits into owned halves, without a lock.
+impl Stream for Io<TcpStream> {
+    type Reader = Io<OwnedReadHalf>;
+    type Writer = Io<OwnedWriteHalf>;
+    fn split(self) -> (Self::Reader, Self::Writer) {
+        let (reader, writer) = self.0.into_split();
+        (Io(reader), Io(writer))
+    }
+}
+
+/// A TLS stream splits with tokio's lock-based split.
+macro_rules! tls_stream {
+    ($stream:ty) => {
+        impl Stream for Io<$stream> {
+            type Reader = Io<ReadHalf<$stream>>;
+            type Writer = Io<WriteHalf<$stream>>;
+            fn split(self) -> (Self::Reader, Self::Writer) {
+                let (reader, writer) = tokio::io::split(self.0);
+                (Io(reader), Io(writer))
+            }
+        }
+    };
+}
+
+tls_stream!(server::TlsStream<TcpStream>);
+tls_stream!(client::TlsStream<TcpStream>);
+
+impl Runtime for Tokio {
+    type Tcp = Io<TcpStream>;
+    type Listener = TcpListener;
+    type TlsServer = Io<server::TlsStream<TcpStream>>;
+    type TlsClient = Io<client::TlsStream<TcpStream>>;
+
+    fn spawn(future: impl Future<Output = ()> + Send + 'static) {
+        drop(tokio::spawn(future));
+    }
+
+    fn sleep_until(deadline: Instant) -> impl Future<Output = ()> + Send {
+        tokio::time::sleep_until(deadline.into())
+    }
+
+    async fn resolve(addr: &str) -> io::Result<Vec<SocketAddr>> {
+        Ok(tokio::net::lookup_host(addr).await?.collect())
+    }
+
+    async fn connect(addr: SocketAddr) -> io::Result<Self::Tcp> {
+        TcpStream::connect(addr).await.map(Io)
+    }
+
+    fn listen(listener: std::net::TcpListener) -> io::Result<TcpListener> {
+        TcpListener::from_std(listener)
+    }
+
+    fn poll_accept(
+        listener: &TcpListener,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<(Self::Tcp, SocketAddr)>> {
+        listener
+            .poll_accept(cx)
+            .map_ok(|(stream, remote)| (Io(stream), remote))
+    }
+
+    fn socket(stream: &Self::Tcp) -> socket2::SockRef<'_> {
+        socket2::SockRef::from(&stream.0)
+    }
+
+    async fn tls_accept(
+        config: Arc<rustls::ServerConfig>,
+        stream: Self::Tcp,
+    ) -> io::Result<Self::TlsServer> {
+        TlsAcceptor::from(config).accept(stream.0).await.map(Io)
+    }
+
+    async fn tls_connect(
+        config: Arc<rustls::ClientConfig>,
+        name: ServerName<'static>,
+        stream: Self::Tcp,
+    ) -> io::Result<Self::TlsClient> {
+        TlsConnector::from(config)
+            .connect(name, stream.0)
+            .await
+            .map(Io)
+    }
+}

@@ -16,78 +16,16 @@ use storm_proto::Message;
 use storm_proto::hub::{Hub, HubConfig};
 use storm_proto::link::{Link, Protocol};
 use storm_proto::options::{ClientOptions, Framing, TlsClientOptions, WsOptions};
+pub use storm_proto::peer::ClientError;
 use storm_proto::reconnect::{Backoff, BackoffStep};
-use storm_proto::ws::handshake::{ClientConfig, ClientHandshake, ClientStep, ResponseError};
-use storm_proto::ws::{Connection, Side, UrlError, WsUrl};
+use storm_proto::ws::handshake::{ClientConfig, ClientHandshake, ClientStep};
+use storm_proto::ws::{Connection, Side, WsUrl};
 
 use crate::driver::drive;
 use crate::io::{Either, read, write_all_flush};
 use crate::runtime::{Runtime, Stream};
 use crate::sync::{Signal, lock, timeout};
-use crate::{Handler, SendError, Session};
-
-/// Why a client could not connect.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum ClientError {
-    /// The URL is not a WebSocket URL.
-    Url(UrlError),
-    /// TLS failed: the server's certificate is not trusted or does not
-    /// name the server, the server refused the client's certificate, or
-    /// the peer does not speak TLS.
-    Tls(io::Error),
-    /// Connecting or the handshake took longer than the connect timeout.
-    Timeout,
-    /// The transport failed.
-    Io(io::Error),
-    /// The server refused the WebSocket upgrade.
-    Handshake(ResponseError),
-    /// An option is invalid.
-    Config(String),
-    /// No connection is up (between reconnects, or after close).
-    NotConnected,
-    /// The send was refused.
-    Send(SendError),
-}
-
-impl fmt::Display for ClientError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Url(e) => e.fmt(f),
-            Self::Tls(e) => write!(f, "TLS failed: {e}"),
-            Self::Timeout => f.write_str("connect timed out"),
-            Self::Io(e) => write!(f, "I/O error: {e}"),
-            Self::Handshake(e) => write!(f, "upgrade refused: {e}"),
-            Self::Config(e) => write!(f, "invalid option: {e}"),
-            Self::NotConnected => f.write_str("not connected"),
-            Self::Send(e) => e.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for ClientError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Url(e) => Some(e),
-            Self::Tls(e) | Self::Io(e) => Some(e),
-            Self::Handshake(e) => Some(e),
-            Self::Send(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
-impl From<io::Error> for ClientError {
-    /// [`ClientError::Tls`] when rustls is what failed (a handshake, or an
-    /// alert from the server such as a refused client certificate), else
-    /// [`ClientError::Io`].
-    fn from(e: io::Error) -> Self {
-        let tls = e
-            .get_ref()
-            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
-        if tls { Self::Tls(e) } else { Self::Io(e) }
-    }
-}
+use crate::{Handler, Session};
 
 fn config_error(e: impl fmt::Display) -> ClientError {
     ClientError::Config(e.to_string())

@@ -4,8 +4,10 @@
 //! Each adapter's `Session` wraps a [`Peer`] (and dereferences to it) and
 //! adds only `send`, which waits in the runtime's own way when the
 //! slow-consumer policy says `Wait` (an async task, or a parked thread).
+//! [`ClientError`] is every adapter's client error.
 
 use std::fmt;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -59,6 +61,78 @@ impl fmt::Display for SendError {
 }
 
 impl std::error::Error for SendError {}
+
+/// Why an adapter's client could not connect or send; the same on every
+/// adapter.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The URL is not a WebSocket URL.
+    Url(crate::ws::UrlError),
+    /// TLS failed: the server's certificate is not trusted or does not
+    /// name the server, the server refused the client's certificate, or
+    /// the peer does not speak TLS.
+    Tls(io::Error),
+    /// Connecting or the handshake took longer than the connect timeout.
+    Timeout,
+    /// The transport failed.
+    Io(io::Error),
+    /// The server refused the WebSocket upgrade.
+    Handshake(crate::ws::handshake::ResponseError),
+    /// An option is invalid.
+    Config(String),
+    /// No connection is up (between reconnects, or after close).
+    NotConnected,
+    /// The send was refused.
+    Send(SendError),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Url(e) => e.fmt(f),
+            Self::Tls(e) => write!(f, "TLS failed: {e}"),
+            Self::Timeout => f.write_str("connect timed out"),
+            Self::Io(e) => write!(f, "I/O error: {e}"),
+            Self::Handshake(e) => write!(f, "upgrade refused: {e}"),
+            Self::Config(e) => write!(f, "invalid option: {e}"),
+            Self::NotConnected => f.write_str("not connected"),
+            Self::Send(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Url(e) => Some(e),
+            Self::Tls(e) | Self::Io(e) => Some(e),
+            Self::Handshake(e) => Some(e),
+            Self::Send(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for ClientError {
+    /// [`ClientError::Tls`] when rustls is what failed (a handshake, or an
+    /// alert from the server such as a refused client certificate);
+    /// [`ClientError::Timeout`] for a timed-out socket operation (a
+    /// blocking socket's timeout shows as `WouldBlock` on some platforms);
+    /// else [`ClientError::Io`].
+    fn from(e: io::Error) -> Self {
+        #[cfg(feature = "tls")]
+        if e.get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+        {
+            return Self::Tls(e);
+        }
+        match e.kind() {
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Self::Timeout,
+            _ => Self::Io(e),
+        }
+    }
+}
 
 impl Peer {
     /// A peer for the connection `link` drives, registered in `hub`.

@@ -392,6 +392,14 @@ impl<R: Runtime> ServerHandle<R> {
         let session = Session::new(Arc::new(link), shared.registry.hub().clone(), remote);
         let id = session.id();
         shared.registry.insert(session.clone());
+        // A connection accepted before `shutdown` may finish its handshake
+        // after the shutdown's `close_all` ran, and would then stay open
+        // until the shutdown timeout aborted it. The hub's lock orders the
+        // two: either `close_all` saw this session registered, or it ran
+        // before `register` and the stop flag (set before it) is seen here.
+        if shared.stop.is_set() {
+            session.close();
+        }
         drive::<R, _, _, _>(
             halves,
             session,
@@ -413,7 +421,10 @@ impl<R: Runtime> ServerHandle<R> {
 
     /// Stops accepting, closes every session gracefully, aborts the ones
     /// still open after `timeout`, and returns once every connection task
-    /// has ended (and [`serve`](WsServer::serve) has returned).
+    /// has ended (and [`serve`](WsServer::serve) has returned). A
+    /// connection accepted before and still in its handshake is closed
+    /// gracefully as soon as it is registered; one whose handshake does not
+    /// finish ends by the handshake timeout at the latest.
     pub async fn shutdown(&self, timeout: Duration) {
         let shared = &self.shared;
         shared.stop.set();

@@ -6,8 +6,9 @@
 //! `server_std::raw_client::server_heartbeat_timeout`,
 //! `raw_server::client_tokio::client_heartbeat_timeout`.
 //!
-//! To add an adapter: implement [`storm_tests::suite::Adapter`] in one file
-//! and add one line to `adapters` below.
+//! To add an adapter: implement [`storm_tests::suite::Adapter`] (for a
+//! storm-async runtime, an `Executor` impl in `on_async.rs`) and add one
+//! line to `adapters` below.
 
 /// Expands the scenario lists over the adapter list (every server with
 /// every client).
@@ -67,7 +68,8 @@ macro_rules! suite {
 
 suite! {
     adapters: [
-        server_tokio client_tokio: ::storm_tests::suite::on_tokio::Tokio,
+        server_tokio client_tokio: ::storm_tests::suite::on_async::Tokio,
+        server_smol client_smol: ::storm_tests::suite::on_async::Smol,
         server_std client_std: ::storm_tests::suite::on_std::Std,
     ],
     pairs: [
@@ -95,6 +97,7 @@ suite! {
         server_malformed_frames,
         server_bad_handshakes,
         server_shutdown_aborts_a_silent_peer,
+        server_shutdown_closes_connections_mid_handshake,
     ],
     client_only: [
         client_heartbeat_timeout,

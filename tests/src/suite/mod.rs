@@ -3,12 +3,13 @@
 //!
 //! The pieces:
 //!
-//! - [`Adapter`]: what every adapter implements once (one file per adapter:
-//!   [`on_tokio`], [`on_std`]): start a server with a [`ServerSpec`],
+//! - [`Adapter`]: what every adapter implements once ([`on_std`], and
+//!   [`on_async`] for storm-tokio and storm-smol alike, generic over the
+//!   storm-async runtime): start a server with a [`ServerSpec`],
 //!   connect a client with a [`ClientSpec`], each handing back a small
 //!   object-safe driver ([`ServerDriver`], [`ClientDriver`]). Each adapter
-//!   drives its own API its own way (a runtime owned by the harness for
-//!   tokio, threads for std); what its handlers see goes through one
+//!   drives its own API its own way (blocking on its runtime for tokio and
+//!   smol, threads for std); what its handlers see goes through one
 //!   [`Reactor`] into a channel of [`Event`]s.
 //! - [`Server`] and [`Client`]: the blocking test handles the scenarios use,
 //!   whatever the adapter. Every wait is bounded by [`WAIT`] and waits on
@@ -20,9 +21,10 @@
 //! - [`scenarios`]: the scenarios, each a function generic over its server
 //!   and client adapters (`fn ws_echo<S: Adapter, C: Adapter>()`).
 //!
-//! Adding an adapter (smol, say): one file `on_smol.rs` with one
-//! `impl Adapter for Smol` (model it on [`on_tokio`] or [`on_std`]), its
-//! `pub mod on_smol;` here and its crate in `tests/Cargo.toml`, and one line
+//! Adding an adapter: another storm-async runtime needs only an
+//! [`on_async::Executor`] impl and a type alias in [`on_async`]; any other
+//! adapter one file with one `impl Adapter` (model it on [`on_std`]), its
+//! `pub mod` line here and its crate in `tests/Cargo.toml`, and one line
 //! in the `adapters` list of `tests/tests/suite.rs`, which then runs every
 //! scenario on every pair it makes with the others.
 
@@ -38,8 +40,8 @@ use storm_proto::link::CloseReason;
 use storm_proto::options::{ClientOptions, Framing, ServerOptions, WsOptions};
 use storm_proto::peer::{Peer, SendError};
 
+pub mod on_async;
 pub mod on_std;
-pub mod on_tokio;
 pub mod pki;
 pub mod raw;
 pub mod scenarios;

@@ -120,14 +120,47 @@ impl RawWs {
     /// When the server does not answer 101 in time.
     #[must_use]
     pub fn upgrade(addr: SocketAddr) -> Self {
+        Self::upgraded(Self::request(addr)).expect("upgrade response")
+    }
+
+    /// Connects to `addr` and sends the upgrade request, without waiting
+    /// for the answer ([`upgraded`](Self::upgraded) reads it).
+    ///
+    /// # Panics
+    ///
+    /// When the connection or the write fails.
+    #[must_use]
+    pub fn request(addr: SocketAddr) -> TcpStream {
         let mut stream = TcpStream::connect(addr).expect("raw connect");
         stream.set_read_timeout(Some(WAIT)).expect("read timeout");
         stream.write_all(UPGRADE).expect("raw upgrade request");
-        let (head, rest) = read_head(&mut stream).expect("upgrade response");
+        stream
+    }
+
+    /// Reads the answer to [`request`](Self::request): the upgraded
+    /// connection, or `None` if the connection ended before any answer.
+    ///
+    /// # Panics
+    ///
+    /// When nothing comes within [`WAIT`], or the answer is not a 101.
+    #[must_use]
+    pub fn upgraded(mut stream: TcpStream) -> Option<Self> {
+        let (head, rest) = match read_head(&mut stream) {
+            Ok(answer) => answer,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!("no upgrade response within {WAIT:?}")
+            }
+            Err(_) => return None,
+        };
         assert!(head.starts_with("HTTP/1.1 101"), "not upgraded: {head}");
         let mut conn = Connection::new(Side::Client, Config::default());
         conn.handle_input(&rest);
-        Self { stream, conn }
+        Some(Self { stream, conn })
     }
 
     /// Writes one frame.

@@ -778,6 +778,43 @@ pub fn server_shutdown_aborts_a_silent_peer<S: Adapter>() {
     ));
 }
 
+/// A shutdown that starts while connections are mid-handshake leaves none
+/// of them behind: every connection the server upgraded gets a close frame
+/// (1000), none is left open for the shutdown timeout to abort. Rounds of
+/// a burst of upgrade requests followed at once by a shutdown, bounded in
+/// count; connections the server had not accepted yet may be refused.
+pub fn server_shutdown_closes_connections_mid_handshake<S: Adapter>() {
+    const ROUNDS: usize = 20;
+    const BURST: usize = 8;
+    let mut upgraded = 0;
+    for round in 0..ROUNDS {
+        let mut server = ws_server_for_raw::<S>(|_| {});
+        let addr = server.local_addr();
+        let requests: Vec<TcpStream> = (0..BURST).map(|_| RawWs::request(addr)).collect();
+        let shutting = std::thread::spawn(move || server.shutdown(WAIT));
+        for (i, request) in requests.into_iter().enumerate() {
+            let Some(mut raw) = RawWs::upgraded(request) else {
+                continue;
+            };
+            upgraded += 1;
+            let close = raw.close_frame().unwrap_or_else(|| {
+                panic!("round {round}, connection {i}: upgraded, then ended without a close frame")
+            });
+            assert_eq!(
+                close.code,
+                CloseCode::NORMAL,
+                "round {round}, connection {i}"
+            );
+            raw.send(opcode::CLOSE, &CloseCode::NORMAL.0.to_be_bytes(), true);
+        }
+        shutting.join().expect("shutdown thread");
+    }
+    assert!(
+        upgraded > 0,
+        "no connection was upgraded in {ROUNDS} rounds"
+    );
+}
+
 /// A client declares a server that never answers pings dead.
 pub fn client_heartbeat_timeout<C: Adapter>() {
     let raw = RawWsServer::bind();

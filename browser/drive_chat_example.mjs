@@ -8,7 +8,7 @@
 // usage: node drive_chat_example.mjs CHROMIUM WS_URL PROFILE_DIR [TIMEOUT_SECONDS]
 
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { launchChromium } from "./cdp.mjs";
+import { driverLifetime, launchChromium, openTab } from "./cdp.mjs";
 
 const [chromium, wsUrl, profileDir, timeoutArg] = process.argv.slice(2);
 if (!chromium || !wsUrl || !profileDir) {
@@ -20,44 +20,9 @@ page.searchParams.set("ws", wsUrl);
 const timeoutMs = Number(timeoutArg || 60) * 1000;
 const STEP_MS = 10000;
 
-const { browser, send, listeners, log: browserLog, close: closeBrowser } = launchChromium(chromium, profileDir);
-
-let finished = false;
+const cdp = launchChromium(chromium, profileDir);
+const finish = driverLifetime(cdp, chromium, timeoutMs);
 let failures = 0;
-function finish(code, message) {
-    if (finished) return;
-    finished = true;
-    if (message) console.log(message);
-    if (code !== 0 && browserLog().trim()) {
-        console.log(`--- chromium output (last 2000 chars) ---\n${browserLog().slice(-2000).trimEnd()}`);
-    }
-    closeBrowser();
-    const killer = setTimeout(() => browser.kill("SIGKILL"), 3000);
-    browser.once("exit", () => { clearTimeout(killer); process.exit(code); });
-    if (browser.exitCode !== null || browser.signalCode !== null) process.exit(code);
-}
-const deadline = setTimeout(() => finish(1, `FAIL driver: not done within ${timeoutMs / 1000} s`), timeoutMs);
-browser.on("exit", (code, signal) => finish(1, `FAIL driver: chromium exited early (code ${code}, signal ${signal})`));
-browser.on("error", (e) => finish(1, `FAIL driver: cannot start ${chromium}: ${e.message}`));
-
-/// Opens a tab on the page; returns a function evaluating JS in it.
-async function openTab() {
-    const { targetId } = await send("Target.createTarget", { url: "about:blank" });
-    const { sessionId } = await send("Target.attachToTarget", { targetId, flatten: true });
-    await send("Page.enable", {}, sessionId);
-    const loaded = new Promise((resolve) => listeners.push((m) => {
-        if (m.sessionId === sessionId && m.method === "Page.loadEventFired") resolve();
-    }));
-    const nav = await send("Page.navigate", { url: page.href }, sessionId);
-    if (nav.errorText) throw new Error(`navigating to ${page.href}: ${nav.errorText}`);
-    await loaded;
-    return async (expression) => {
-        const { result, exceptionDetails } = await send("Runtime.evaluate",
-            { expression, awaitPromise: true, returnByValue: true }, sessionId);
-        if (exceptionDetails) throw new Error(`${expression}: ${exceptionDetails.exception?.description || exceptionDetails.text}`);
-        return result.value;
-    };
-}
 
 /// Types `line` into the tab's input and presses Send.
 const say = (tab, line) => tab(`(() => {
@@ -90,8 +55,8 @@ function check(ok, what, detail) {
 }
 
 try {
-    const alice = await openTab();
-    const bob = await openTab();
+    const alice = await openTab(cdp, page.href);
+    const bob = await openTab(cdp, page.href);
     for (const [tab, name] of [[alice, "alice"], [bob, "bob"]]) {
         const guest = await waitFor(tab, /^\* welcome (guest-\d+), you are in lobby$/, `${name}'s tab connects and is welcomed to the lobby`);
         if (!guest) throw new Error("no welcome");
@@ -124,10 +89,8 @@ try {
     await say(alice, "into the void");
     await waitFor(alice, "! you are in no room: /join one", "chatting outside a room is refused");
 
-    clearTimeout(deadline);
     console.log(failures === 0 ? "ALL PASS" : "SOME FAILED");
     finish(failures === 0 ? 0 : 1);
 } catch (e) {
-    clearTimeout(deadline);
     finish(1, `FAIL driver: ${e.message}`);
 }

@@ -9,7 +9,7 @@
 //
 // usage: node drive_chat.mjs CHROMIUM PAGE_URL PROFILE_DIR [TIMEOUT_SECONDS]
 
-import { launchChromium } from "./cdp.mjs";
+import { driverLifetime, launchChromium, openTab } from "./cdp.mjs";
 
 const [chromium, pageUrl, profileDir, timeoutArg] = process.argv.slice(2);
 if (!chromium || !pageUrl || !profileDir) {
@@ -19,10 +19,10 @@ if (!chromium || !pageUrl || !profileDir) {
 const timeoutMs = Number(timeoutArg || 60) * 1000;
 const STEP_MS = 10000;
 
-const { browser, send, listeners, log: browserLog, close: closeBrowser } = launchChromium(chromium, profileDir);
+const cdp = launchChromium(chromium, profileDir);
 
 const diagnostics = [];
-listeners.push((msg) => {
+cdp.listeners.push((msg) => {
     const p = msg.params || {};
     if (msg.method === "Runtime.exceptionThrown") {
         diagnostics.push(`exception: ${p.exceptionDetails?.exception?.description || p.exceptionDetails?.text}`);
@@ -31,43 +31,8 @@ listeners.push((msg) => {
     }
 });
 
-let finished = false;
+const finish = driverLifetime(cdp, chromium, timeoutMs, () => diagnostics);
 let failures = 0;
-function finish(code, message) {
-    if (finished) return;
-    finished = true;
-    if (message) console.log(message);
-    if (code !== 0) {
-        for (const d of diagnostics) console.log(d);
-        if (browserLog().trim()) console.log(`--- chromium output (last 2000 chars) ---\n${browserLog().slice(-2000).trimEnd()}`);
-    }
-    closeBrowser();
-    const killer = setTimeout(() => browser.kill("SIGKILL"), 3000);
-    browser.once("exit", () => { clearTimeout(killer); process.exit(code); });
-    if (browser.exitCode !== null || browser.signalCode !== null) process.exit(code);
-}
-const deadline = setTimeout(() => finish(1, `FAIL driver: not done within ${timeoutMs / 1000} s`), timeoutMs);
-browser.on("exit", (code, signal) => finish(1, `FAIL driver: chromium exited early (code ${code}, signal ${signal})`));
-browser.on("error", (e) => finish(1, `FAIL driver: cannot start ${chromium}: ${e.message}`));
-
-/// Opens a tab on the chat page; returns a function evaluating JS in it.
-async function openTab() {
-    const { targetId } = await send("Target.createTarget", { url: "about:blank" });
-    const { sessionId } = await send("Target.attachToTarget", { targetId, flatten: true });
-    await Promise.all(["Runtime.enable", "Page.enable"].map((m) => send(m, {}, sessionId)));
-    const loaded = new Promise((resolve) => listeners.push((m) => {
-        if (m.sessionId === sessionId && m.method === "Page.loadEventFired") resolve();
-    }));
-    const nav = await send("Page.navigate", { url: pageUrl }, sessionId);
-    if (nav.errorText) throw new Error(`navigating to ${pageUrl}: ${nav.errorText}`);
-    await loaded;
-    return async (expression) => {
-        const { result, exceptionDetails } = await send("Runtime.evaluate",
-            { expression, awaitPromise: true, returnByValue: true }, sessionId);
-        if (exceptionDetails) throw new Error(`${expression}: ${exceptionDetails.exception?.description || exceptionDetails.text}`);
-        return result.value;
-    };
-}
 
 // Page helpers, evaluated in a tab.
 const type = (id, text) => `(() => { document.getElementById(${JSON.stringify(id)}).value = ${JSON.stringify(text)}; })()`;
@@ -93,8 +58,8 @@ function check(ok, what, detail) {
 }
 
 try {
-    const alice = await openTab();
-    const bob = await openTab();
+    const alice = await openTab(cdp, pageUrl);
+    const bob = await openTab(cdp, pageUrl);
     await waitFor(alice, "connected as guest-", "tab 1 connects");
     await waitFor(bob, "connected as guest-", "tab 2 connects");
 
@@ -137,10 +102,8 @@ try {
     await bob(click("leave"));
     await waitFor(alice, "bob left browsers", "alice sees bob leave");
 
-    clearTimeout(deadline);
     console.log(failures === 0 ? "ALL PASS" : "SOME FAILED");
     finish(failures === 0 ? 0 : 1);
 } catch (e) {
-    clearTimeout(deadline);
     finish(1, `FAIL driver: ${e.message}`);
 }

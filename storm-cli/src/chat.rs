@@ -19,6 +19,14 @@
 //! from (`?ws=ws://HOST:PORT/` overrides that, e.g. when it is opened as a
 //! file).
 //!
+//! # Runtimes
+//!
+//! `--runtime tokio|smol|std` (default tokio) picks the adapter; the chat
+//! behaves the same on each. [`Chat`] is the whole service, written once
+//! over the core's [`Peer`] and [`Hub`]; `on_async` (tokio and smol, one
+//! generic path over storm-async) and `on_std` (threads) only send what it
+//! returns, and run the tick and the page server.
+//!
 //! # Protocol
 //!
 //! Every message either way is one WebSocket text message holding one JSON
@@ -891,6 +899,35 @@ mod tests {
         assert!(is_guest_name("guest-12"));
         assert!(!is_guest_name("guest-"));
         assert!(!is_guest_name("guest-x1"));
+    }
+
+    #[test]
+    fn page_requests_whole_byte_by_byte_and_too_large() {
+        let request = b"GET /?ws=x HTTP/1.1\r\nHost: h\r\n\r\n";
+        let mut whole = PageRequest::default();
+        let response = whole.push(request, "<p>page").unwrap();
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(response.ends_with("<p>page"));
+        let mut one_by_one = PageRequest::default();
+        let mut answered = None;
+        for (i, byte) in request.iter().enumerate() {
+            answered = one_by_one.push(std::slice::from_ref(byte), "<p>page");
+            assert_eq!(answered.is_some(), i == request.len() - 1, "byte {i}");
+        }
+        assert_eq!(answered.as_deref(), Some(response.as_str()));
+        let head = PageRequest::default()
+            .push(b"HEAD / HTTP/1.1\r\n\r\n", "<p>page")
+            .unwrap();
+        assert!(head.ends_with("\r\n\r\n") && head.contains("Content-Length: 7"));
+        let missing = PageRequest::default().push(b"GET /x HTTP/1.1\r\n\r\n", "");
+        assert!(missing.unwrap().starts_with("HTTP/1.1 404 "));
+        let post = PageRequest::default().push(b"POST / HTTP/1.1\r\n\r\n", "");
+        assert!(post.unwrap().starts_with("HTTP/1.1 405 "));
+        let mut endless = PageRequest::default();
+        let chunk = [b'a'; 1000];
+        let too_large = (0..10).find_map(|_| endless.push(&chunk, ""));
+        assert!(too_large.unwrap().starts_with("HTTP/1.1 431 "));
+        assert!(endless.head.len() <= MAX_HTTP_HEAD);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use storm_proto::ws::deflate::DeflateConfig;
 
 use storm_cli::interrupt;
 
-use crate::runtime::{AsyncRuntime, Runtime, shutdown_on_ctrl_c};
+use crate::runtime::{AsyncRuntime, Runtime, shutdown_on_ctrl_c, std_until_ctrl_c};
 
 /// Options of `storm echo`.
 #[derive(Debug, clap::Args)]
@@ -122,10 +122,6 @@ fn banner(args: &EchoArgs, addr: SocketAddr) {
     tracing::info!(%addr, proto = ?args.proto, runtime = ?args.runtime, "echo listening");
 }
 
-fn stopped(sessions: usize) {
-    tracing::info!(sessions, "Ctrl-C: closing sessions");
-}
-
 /// The echo on tokio and smol.
 struct AsyncEcho;
 
@@ -193,10 +189,5 @@ fn on_std(
             (server.handle(), server.spawn(StdEcho)?)
         }
     };
-    interrupt::wait();
-    stopped(handle.session_count());
-    handle.shutdown(timeout);
-    serving
-        .join()
-        .map_err(|_| io::Error::other("the accept thread panicked"))?
+    std_until_ctrl_c(&handle, serving, timeout)
 }

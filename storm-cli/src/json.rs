@@ -25,6 +25,12 @@
 //! reply that would exceed `--max-message` (the echo of a request near the
 //! limit) is replaced by an `error` reply.
 //!
+//! `storm json --runtime tokio|smol|std` (default tokio) serves the same
+//! protocol on each adapter: `JsonService` decides every reply once, over
+//! the core's `Peer` and `Hub`; `AsyncJson` (tokio and smol, through
+//! storm-async) and `StdJson` only send it. `storm client json` runs on
+//! tokio.
+//!
 //! Timestamps are UTC, ISO 8601 with milliseconds:
 //! `2024-01-01T12:00:00.000Z`.
 //!
@@ -50,7 +56,7 @@ use storm_proto::peer::Peer;
 use storm_tokio::{Client, Handler, Session, TcpClient};
 use tokio::sync::mpsc;
 
-use crate::runtime::{AsyncRuntime, Runtime, shutdown_on_ctrl_c};
+use crate::runtime::{AsyncRuntime, Runtime, shutdown_on_ctrl_c, std_until_ctrl_c};
 
 /// Options of `storm json`.
 #[derive(Debug, clap::Args)]
@@ -162,15 +168,7 @@ fn serve_std(args: &JsonArgs, options: ServerOptions, framing: Framing) -> io::R
     banner(args, server.local_addr());
     let handle = server.handle();
     let serving = server.spawn(StdJson(service))?;
-    storm_cli::interrupt::wait();
-    tracing::info!(
-        sessions = handle.session_count(),
-        "Ctrl-C: closing sessions"
-    );
-    handle.shutdown(crate::SHUTDOWN_TIMEOUT);
-    serving
-        .join()
-        .map_err(|_| io::Error::other("the accept thread panicked"))?
+    std_until_ctrl_c(&handle, serving, crate::SHUTDOWN_TIMEOUT)
 }
 
 /// The json service on tokio and smol.

@@ -58,3 +58,26 @@ pub(crate) fn shutdown_on_ctrl_c<R: AsyncRuntime>(
         server.shutdown(timeout).await;
     });
 }
+
+/// On std: blocks until Ctrl-C (after [`interrupt::install`]), shuts
+/// `server` down gracefully within `timeout`, and waits for its accept
+/// thread `serving`.
+///
+/// # Errors
+///
+/// The accept thread's error, or a panic of it.
+pub(crate) fn std_until_ctrl_c(
+    server: &storm_std::ServerHandle,
+    serving: std::thread::JoinHandle<io::Result<()>>,
+    timeout: Duration,
+) -> io::Result<()> {
+    interrupt::wait();
+    tracing::info!(
+        sessions = server.session_count(),
+        "Ctrl-C: closing sessions"
+    );
+    server.shutdown(timeout);
+    serving
+        .join()
+        .map_err(|_| io::Error::other("the accept thread panicked"))?
+}

@@ -11,7 +11,7 @@
 //! requests, so the page needs its own port. On start, two lines are printed:
 //!
 //! ```text
-//! storm chat listening on ws://127.0.0.1:9002
+//! storm chat (Tokio runtime) listening on ws://127.0.0.1:9002
 //! storm chat page on http://127.0.0.1:9003/
 //! ```
 //!
@@ -175,7 +175,10 @@ fn announce(args: &ChatArgs, ws_addr: SocketAddr) -> io::Result<Option<(TcpListe
         };
         Some(TcpListener::bind(addr)?)
     };
-    println!("storm chat listening on ws://{ws_addr}");
+    println!(
+        "storm chat ({:?} runtime) listening on ws://{ws_addr}",
+        args.runtime
+    );
     if let Some(listener) = &http {
         println!("storm chat page on http://{}/", listener.local_addr()?);
     }

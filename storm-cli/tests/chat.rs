@@ -64,7 +64,19 @@ impl Server {
             http: String::new(),
             runtime,
         };
-        server.ws = server.expect_line("listening on ws://");
+        let banner = server.wait_line("listening on ws://");
+        assert!(
+            banner
+                .to_lowercase()
+                .contains(&format!("({runtime} runtime)")),
+            "{banner}"
+        );
+        server.ws = banner
+            .split("listening on ws://")
+            .nth(1)
+            .expect("address")
+            .trim()
+            .to_owned();
         server.http = server.expect_line("page on http://");
         server
     }

@@ -202,7 +202,7 @@ echo "|---|---:|---:|---:|---:|" >> "$out/memory.md"
 
 load_before=$(cut -d ' ' -f 1-3 /proc/loadavg)
 storm="$bin/storm"
-for runtime in tokio std; do
+for runtime in tokio smol std; do
     scenario "storm echo ($runtime)" raw "$storm" echo --proto raw --addr 127.0.0.1:0 --runtime "$runtime"
     scenario "storm echo ($runtime)" lp "$storm" echo --proto lp --addr 127.0.0.1:0 --runtime "$runtime"
     scenario "storm echo ($runtime)" ws "$storm" echo --proto ws --addr 127.0.0.1:0 --runtime "$runtime"

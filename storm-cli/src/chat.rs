@@ -11,13 +11,21 @@
 //! requests, so the page needs its own port. On start, two lines are printed:
 //!
 //! ```text
-//! storm chat listening on ws://127.0.0.1:9002
+//! storm chat (Tokio runtime) listening on ws://127.0.0.1:9002
 //! storm chat page on http://127.0.0.1:9003/
 //! ```
 //!
 //! The page connects back to the WebSocket port on the host it was loaded
 //! from (`?ws=ws://HOST:PORT/` overrides that, e.g. when it is opened as a
 //! file).
+//!
+//! # Runtimes
+//!
+//! `--runtime tokio|smol|std` (default tokio) picks the adapter; the chat
+//! behaves the same on each. [`Chat`] is the whole service, written once
+//! over the core's [`Peer`] and [`Hub`]; `on_async` (tokio and smol, one
+//! generic path over storm-async) and `on_std` (threads) only send what it
+//! returns, and run the tick and the page server.
 //!
 //! # Protocol
 //!
@@ -67,21 +75,25 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufRead};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
+use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use storm_proto::Message;
-use storm_proto::hub::SessionId;
+use storm_proto::hub::{Hub, SessionId};
 use storm_proto::link::CloseReason;
 use storm_proto::options::{ServerOptions, WsOptions};
+use storm_proto::peer::{Peer, Registry as ServerRegistry};
 use storm_proto::ws::CloseCode;
 use storm_proto::ws::deflate::DeflateConfig;
-use storm_tokio::{Handler, ServerHandle, Session, WsServer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+
+use crate::runtime::Runtime;
+
+mod on_async;
+mod on_std;
 
 /// The page, with `__STORM_WS_PORT__` replaced by the WebSocket port.
 const PAGE: &str = include_str!("chat.html");
@@ -123,17 +135,14 @@ pub(crate) struct ChatArgs {
     /// Turn off permessage-deflate (on by default).
     #[arg(long)]
     no_deflate: bool,
+    /// Runtime to serve on: tokio or smol (async tasks), or std (threads).
+    #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
+    runtime: Runtime,
 }
 
-/// Runs `storm chat` until `/stop` on the console or Ctrl-C.
+/// Runs `storm chat` until `/stop` on the console or Ctrl-C, on the
+/// runtime of `--runtime`.
 pub(crate) fn run(args: &ChatArgs) -> io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(serve(args))
-}
-
-async fn serve(args: &ChatArgs) -> io::Result<()> {
     let mut options = ServerOptions {
         addr: args.addr.clone(),
         ..ServerOptions::default()
@@ -145,8 +154,18 @@ async fn serve(args: &ChatArgs) -> io::Result<()> {
     };
     ws.config.max_message_size = args.max_message;
     ws.config.max_frame_size = args.max_message;
-    let server = WsServer::bind(options, ws).await?;
-    let ws_addr = server.local_addr();
+    storm_cli::interrupt::install()?;
+    match args.runtime {
+        Runtime::Tokio => on_async::run::<storm_tokio::Tokio>(args, options, ws),
+        Runtime::Smol => on_async::run::<storm_smol::Smol>(args, options, ws),
+        Runtime::Std => on_std::run(args, options, ws),
+    }
+}
+
+/// What every runtime does once its WebSocket server is bound: binds the
+/// page listener (blocking, unless `--no-http`), prints the addresses, and
+/// returns the listener and the page.
+fn announce(args: &ChatArgs, ws_addr: SocketAddr) -> io::Result<Option<(TcpListener, Arc<str>)>> {
     let http = if args.no_http {
         None
     } else {
@@ -154,36 +173,27 @@ async fn serve(args: &ChatArgs) -> io::Result<()> {
             Some(addr) => addr.clone(),
             None => default_http_addr(&args.addr, ws_addr)?.to_string(),
         };
-        Some(TcpListener::bind(addr).await?)
+        Some(TcpListener::bind(addr)?)
     };
-    println!("storm chat listening on ws://{ws_addr}");
+    println!(
+        "storm chat ({:?} runtime) listening on ws://{ws_addr}",
+        args.runtime
+    );
     if let Some(listener) = &http {
         println!("storm chat page on http://{}/", listener.local_addr()?);
     }
     println!("console: /sessions  /kick <id>  /broadcast <msg>  /rooms  /info <id>  /stop");
-
-    let chat = Arc::new(Chat {
-        server: server.handle(),
-        registry: Mutex::default(),
-    });
-    let serving = tokio::spawn(server.serve(ChatHandler(Arc::clone(&chat))));
-    if args.tick_ms > 0 {
-        tokio::spawn(tick(Arc::clone(&chat), Duration::from_millis(args.tick_ms)));
-    }
-    if let Some(listener) = http {
+    Ok(http.map(|listener| {
         let page: Arc<str> = PAGE
             .replace("__STORM_WS_PORT__", &ws_addr.port().to_string())
             .into();
-        tokio::spawn(serve_page(listener, page));
-    }
-    let handle = chat.server.clone();
-    storm_cli::interrupt::spawn_on_ctrl_c(async move {
-        handle.shutdown(STOP_TIMEOUT).await;
-    })?;
-    tokio::spawn(console(chat, stdin_lines()));
-    serving.await.map_err(io::Error::other)??;
-    println!("storm chat stopped");
-    Ok(())
+        (listener, page)
+    }))
+}
+
+/// The tick period, or `None` with `--tick-ms 0`.
+fn tick_period(args: &ChatArgs) -> Option<Duration> {
+    (args.tick_ms > 0).then(|| Duration::from_millis(args.tick_ms))
 }
 
 /// The page's default address: the WebSocket host, next port.
@@ -208,7 +218,7 @@ fn default_http_addr(requested: &str, ws_addr: SocketAddr) -> io::Result<SocketA
 struct User {
     name: String,
     room: Option<String>,
-    session: Session,
+    session: Peer,
 }
 
 /// Users by session id, and ids by name.
@@ -218,20 +228,153 @@ struct Registry {
     names: HashMap<String, SessionId>,
 }
 
-/// The chat's shared state.
+/// A server's sessions as the chat needs them, whatever the runtime:
+/// every adapter's `ServerHandle` dereferences to the core's
+/// [`Registry`](ServerRegistry) of its own `Session` type, and every
+/// `Session` to [`Peer`].
+trait Server: Send + Sync + 'static {
+    /// The hub: broadcast, groups, session count.
+    fn hub(&self) -> &Hub;
+    /// The connected sessions, by id.
+    fn peers(&self) -> Vec<Peer>;
+    /// One session by id.
+    fn peer(&self, id: SessionId) -> Option<Peer>;
+}
+
+impl<H, S> Server for H
+where
+    H: Deref<Target = ServerRegistry<S>> + Send + Sync + 'static,
+    S: Clone + Deref<Target = Peer> + 'static,
+{
+    fn hub(&self) -> &Hub {
+        let registry: &ServerRegistry<S> = self;
+        registry.hub()
+    }
+
+    fn peers(&self) -> Vec<Peer> {
+        let registry: &ServerRegistry<S> = self;
+        registry
+            .sessions()
+            .iter()
+            .map(|session| Peer::clone(session))
+            .collect()
+    }
+
+    fn peer(&self, id: SessionId) -> Option<Peer> {
+        let registry: &ServerRegistry<S> = self;
+        registry.session(id).map(|session| Peer::clone(&session))
+    }
+}
+
+/// The chat itself, the same on every runtime: users and rooms, what each
+/// command does, the console, the tick. The per-runtime handlers only send
+/// the replies it returns.
 struct Chat {
-    server: ServerHandle,
+    server: Box<dyn Server>,
     registry: Mutex<Registry>,
 }
 
 impl Chat {
+    fn new(server: impl Server) -> Arc<Self> {
+        Arc::new(Self {
+            server: Box::new(server),
+            registry: Mutex::default(),
+        })
+    }
+
     fn registry(&self) -> MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Sends `event` to the members of `room`.
     fn to_room(&self, room: &str, event: &Out<'_>) {
-        self.server.broadcast_group(room, encode(event), None);
+        self.to_group(room, &encode(event));
+    }
+
+    fn to_group(&self, room: &str, message: &Message) {
+        self.server.hub().broadcast_group(room, message, None);
+    }
+
+    /// Registers a new user; the welcome to send it before anything else.
+    fn connect(&self, session: &Peer) -> Message {
+        let id = session.id();
+        let name = format!("guest-{}", id.get());
+        println!("connect {id} {name} from {}", session.remote_addr());
+        {
+            let mut registry = self.registry();
+            registry.names.insert(name.clone(), id);
+            registry.users.insert(
+                id,
+                User {
+                    name: name.clone(),
+                    room: None,
+                    session: session.clone(),
+                },
+            );
+        }
+        encode(&Out::Welcome {
+            id: id.get(),
+            name: &name,
+            room: LOBBY,
+        })
+    }
+
+    /// Puts a new user (welcomed) in the lobby; an error to send it if
+    /// that failed.
+    fn enter_lobby(&self, session: &Peer) -> Option<Message> {
+        join(self, session, LOBBY)
+            .err()
+            .map(|error| encode(&Out::Error { error: &error }))
+    }
+
+    /// Runs one message from a client; the reply for it alone, if any.
+    fn on_message(&self, session: &Peer, message: &Message) -> Option<Message> {
+        let reply = match message {
+            Message::Text(text) => match serde_json::from_str::<Command>(text.as_str()) {
+                Ok(command) => handle(self, session, command),
+                Err(e) => Err(format!("bad command: {e}")),
+            },
+            _ => Err("commands are JSON text messages".to_owned()),
+        };
+        match reply {
+            Ok(reply) => reply,
+            Err(error) => Some(encode(&Out::Error { error: &error })),
+        }
+    }
+
+    /// Forgets a user that left, telling its room.
+    fn disconnect(&self, session: &Peer, reason: &CloseReason) {
+        let id = session.id();
+        let user = {
+            let mut registry = self.registry();
+            let user = registry.users.remove(&id);
+            if let Some(user) = &user {
+                registry.names.remove(&user.name);
+            }
+            user
+        };
+        let Some(user) = user else { return };
+        if let Some(room) = &user.room {
+            session.leave(room);
+            let left = Out::Left {
+                room,
+                id: id.get(),
+                name: &user.name,
+            };
+            self.to_room(room, &left);
+        }
+        println!("disconnect {id} {} ({reason})", user.name);
+    }
+
+    /// Sends the tick to everyone.
+    fn tick(&self) {
+        let time_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let users = self.registry().users.len();
+        self.server
+            .hub()
+            .broadcast(&encode(&Out::Tick { time_ms, users }), None);
     }
 }
 
@@ -343,80 +486,8 @@ fn valid_name(name: &str, what: &str) -> Result<String, String> {
     Ok(name.to_owned())
 }
 
-struct ChatHandler(Arc<Chat>);
-
-impl Handler for ChatHandler {
-    async fn on_connect(&self, session: &Session) {
-        let chat = &self.0;
-        let id = session.id();
-        let name = format!("guest-{}", id.get());
-        println!("connect {id} {name} from {}", session.remote_addr());
-        {
-            let mut registry = chat.registry();
-            registry.names.insert(name.clone(), id);
-            registry.users.insert(
-                id,
-                User {
-                    name: name.clone(),
-                    room: None,
-                    session: session.clone(),
-                },
-            );
-        }
-        let welcome = Out::Welcome {
-            id: id.get(),
-            name: &name,
-            room: LOBBY,
-        };
-        let _ = session.send(encode(&welcome)).await;
-        if let Err(e) = join(chat, session, LOBBY) {
-            let _ = session.send(encode(&Out::Error { error: &e })).await;
-        }
-    }
-
-    async fn on_message(&self, session: &Session, message: Message) {
-        let reply = match message {
-            Message::Text(text) => match serde_json::from_str::<Command>(text.as_str()) {
-                Ok(command) => handle(&self.0, session, command),
-                Err(e) => Err(format!("bad command: {e}")),
-            },
-            _ => Err("commands are JSON text messages".to_owned()),
-        };
-        let reply = match &reply {
-            Ok(Some(reply)) => reply.clone(),
-            Ok(None) => return,
-            Err(error) => encode(&Out::Error { error }),
-        };
-        let _ = session.send(reply).await;
-    }
-
-    async fn on_disconnect(&self, session: &Session, reason: &CloseReason) {
-        let chat = &self.0;
-        let id = session.id();
-        let user = {
-            let mut registry = chat.registry();
-            let user = registry.users.remove(&id);
-            if let Some(user) = &user {
-                registry.names.remove(&user.name);
-            }
-            user
-        };
-        let Some(user) = user else { return };
-        if let Some(room) = &user.room {
-            session.leave(room);
-            let left = Out::Left {
-                room,
-                id: id.get(),
-                name: &user.name,
-            };
-            chat.to_room(room, &left);
-        }
-        println!("disconnect {id} {} ({reason})", user.name);
-    }
-}
-
 /// Runs one command; the reply for the sender alone, if any.
-fn handle(chat: &Chat, session: &Session, command: Command) -> Result<Option<Message>, String> {
+fn handle(chat: &Chat, session: &Peer, command: Command) -> Result<Option<Message>, String> {
     let id = session.id();
     match command {
         Command::Name { name } => {
@@ -447,7 +518,7 @@ fn handle(chat: &Chat, session: &Session, command: Command) -> Result<Option<Mes
             });
             match room {
                 Some(room) => {
-                    chat.server.broadcast_group(&room, renamed, None);
+                    chat.to_group(&room, &renamed);
                     Ok(None)
                 }
                 None => Ok(Some(renamed)),
@@ -518,7 +589,7 @@ fn handle(chat: &Chat, session: &Session, command: Command) -> Result<Option<Mes
                 name: &name,
             });
             session.leave(&room);
-            chat.server.broadcast_group(&room, left.clone(), None);
+            chat.to_group(&room, &left);
             Ok(Some(left))
         }
         Command::Users => {
@@ -548,7 +619,7 @@ fn handle(chat: &Chat, session: &Session, command: Command) -> Result<Option<Mes
 }
 
 /// Moves `session` from its room (if any) to `room`, telling both rooms.
-fn join(chat: &Chat, session: &Session, room: &str) -> Result<(), String> {
+fn join(chat: &Chat, session: &Peer, room: &str) -> Result<(), String> {
     let id = session.id();
     let (name, old) = {
         let mut registry = chat.registry();
@@ -595,100 +666,102 @@ fn rooms(chat: &Chat) -> BTreeMap<String, Vec<String>> {
     rooms
 }
 
-/// Sends the tick to everyone every `every`.
-async fn tick(chat: Arc<Chat>, every: Duration) {
-    let mut interval = tokio::time::interval(every);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    interval.tick().await;
-    loop {
-        interval.tick().await;
-        let time_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let users = chat.registry().users.len();
-        chat.server
-            .broadcast(encode(&Out::Tick { time_ms, users }), None);
-    }
-}
-
-/// Lines typed on stdin, read on a thread of their own (the tokio runtime
-/// has no stdin here). The channel closes at end of input.
-fn stdin_lines() -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel(16);
+/// The ways the chat stops: `/stop` on the console or Ctrl-C, on every
+/// runtime. The console reads stdin on a thread of its own (no runtime
+/// has stdin here) and runs each line at once; the receiver gets one
+/// message when the server should shut down.
+fn console_and_ctrl_c(chat: Arc<Chat>) -> mpsc::Receiver<()> {
+    let (stop, stopping) = mpsc::channel(2);
+    let on_ctrl_c = stop.clone();
+    std::thread::spawn(move || {
+        storm_cli::interrupt::wait();
+        tracing::info!("Ctrl-C: shutting down");
+        let _ = on_ctrl_c.blocking_send(());
+    });
     std::thread::spawn(move || {
         for line in io::stdin().lock().lines() {
             let Ok(line) = line else { break };
-            if tx.blocking_send(line).is_err() {
+            if console(&chat, &line) == Console::Stop {
+                let _ = stop.blocking_send(());
                 break;
             }
         }
     });
-    rx
+    stopping
 }
 
-/// The admin console: runs each line until `/stop`.
-async fn console(chat: Arc<Chat>, mut lines: mpsc::Receiver<String>) {
-    while let Some(line) = lines.recv().await {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
+/// What the console does after a line.
+#[derive(Debug, PartialEq, Eq)]
+enum Console {
+    Continue,
+    /// `/stop`: shut the server down.
+    Stop,
+}
+
+/// Runs one admin console line.
+fn console(chat: &Chat, line: &str) -> Console {
+    let line = line.trim();
+    if line.is_empty() {
+        return Console::Continue;
+    }
+    let (command, rest) = line.split_once(' ').unwrap_or((line, ""));
+    let rest = rest.trim();
+    match command {
+        "/sessions" => list_sessions(chat),
+        "/kick" => match session_arg(chat, rest) {
+            Ok(session) => {
+                session.close_with(CloseCode::POLICY_VIOLATION, "kicked");
+                println!("kicked {}", session.id());
+            }
+            Err(e) => println!("{e}"),
+        },
+        "/broadcast" if !rest.is_empty() => {
+            let event = Out::Broadcast {
+                from: "admin",
+                text: rest,
+            };
+            let report = chat.server.hub().broadcast(&encode(&event), None);
+            println!("broadcast to {} sessions", report.delivered);
         }
-        let (command, rest) = line.split_once(' ').unwrap_or((line, ""));
-        let rest = rest.trim();
-        match command {
-            "/sessions" => list_sessions(&chat),
-            "/kick" => match session_arg(&chat, rest) {
-                Ok(session) => {
-                    session.close_with(CloseCode::POLICY_VIOLATION, "kicked");
-                    println!("kicked {}", session.id());
-                }
-                Err(e) => println!("{e}"),
-            },
-            "/broadcast" if !rest.is_empty() => {
-                let event = Out::Broadcast {
-                    from: "admin",
-                    text: rest,
-                };
-                let report = chat.server.broadcast(encode(&event), None);
-                println!("broadcast to {} sessions", report.delivered);
+        "/rooms" => {
+            let rooms = rooms(chat);
+            println!("{} rooms", rooms.len());
+            for (room, members) in rooms {
+                println!("  {room}: {} ({})", members.len(), members.join(", "));
             }
-            "/rooms" => {
-                let rooms = rooms(&chat);
-                println!("{} rooms", rooms.len());
-                for (room, members) in rooms {
-                    println!("  {room}: {} ({})", members.len(), members.join(", "));
-                }
-            }
-            "/info" => match session_arg(&chat, rest) {
-                Ok(session) => info(&chat, &session),
-                Err(e) => println!("{e}"),
-            },
-            "/stop" => {
-                println!("stopping: closing {} sessions", chat.server.session_count());
-                chat.server.shutdown(STOP_TIMEOUT).await;
-                return;
-            }
-            _ => println!(
-                "commands: /sessions  /kick <id>  /broadcast <msg>  /rooms  /info <id>  /stop"
-            ),
+        }
+        "/info" => match session_arg(chat, rest) {
+            Ok(session) => info(chat, &session),
+            Err(e) => println!("{e}"),
+        },
+        "/stop" => {
+            println!(
+                "stopping: closing {} sessions",
+                chat.server.hub().session_count()
+            );
+            return Console::Stop;
+        }
+        _ => {
+            println!("commands: /sessions  /kick <id>  /broadcast <msg>  /rooms  /info <id>  /stop")
         }
     }
+    Console::Continue
 }
 
 /// The session named by a console argument (`3` or `#3`).
-fn session_arg(chat: &Chat, arg: &str) -> Result<Session, String> {
+fn session_arg(chat: &Chat, arg: &str) -> Result<Peer, String> {
     let number = arg
         .strip_prefix('#')
         .unwrap_or(arg)
         .parse::<u64>()
         .map_err(|_| format!("not a session id: {arg:?}"))?;
     chat.server
-        .session(SessionId::new(number))
+        .peer(SessionId::new(number))
         .ok_or_else(|| format!("no session #{number}"))
 }
 
 fn list_sessions(chat: &Chat) {
-    let sessions = chat.server.sessions();
+    let sessions = chat.server.peers();
     println!("{} sessions", sessions.len());
     let registry = chat.registry();
     for session in sessions {
@@ -708,7 +781,7 @@ fn list_sessions(chat: &Chat) {
     }
 }
 
-fn info(chat: &Chat, session: &Session) {
+fn info(chat: &Chat, session: &Peer) {
     let (name, room) = chat
         .registry()
         .users
@@ -735,83 +808,49 @@ fn info(chat: &Chat, session: &Session) {
     );
 }
 
-/// Serves the chat page to plain HTTP GETs until the process ends.
-async fn serve_page(listener: TcpListener, page: Arc<str>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let page = Arc::clone(&page);
-                tokio::spawn(async move {
-                    let _ = tokio::time::timeout(HTTP_TIMEOUT, answer(stream, &page)).await;
-                });
-            }
-            Err(e) => {
-                eprintln!("page listener: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+/// One page request as it is read, the same on every runtime: the I/O
+/// loop feeds it what it reads until it has the response.
+#[derive(Default)]
+struct PageRequest {
+    head: Vec<u8>,
+    /// How much of `head` was searched for its end.
+    scanned: usize,
 }
 
-/// Reads one request head and answers it; the connection then closes.
-async fn answer(mut stream: TcpStream, page: &str) -> io::Result<()> {
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    let mut scanned = 0usize;
-    loop {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
+impl PageRequest {
+    /// Takes the bytes just read; the whole response once the request
+    /// head is complete (or too large), after which the connection closes.
+    fn push(&mut self, bytes: &[u8], page: &str) -> Option<String> {
+        if self.head.len() + bytes.len() > MAX_HTTP_HEAD {
+            return Some(response("431 Request Header Fields Too Large", "", false));
         }
-        head.extend_from_slice(buf.get(..n).unwrap_or_default());
+        self.head.extend_from_slice(bytes);
         // Only the new bytes (and the 3 before them) can complete "\r\n\r\n".
-        let from = scanned.saturating_sub(3);
-        if head
+        let from = self.scanned.saturating_sub(3);
+        self.scanned = self.head.len();
+        let complete = self
+            .head
             .get(from..)
-            .is_some_and(|tail| tail.windows(4).any(|w| w == b"\r\n\r\n"))
-        {
-            break;
-        }
-        scanned = head.len();
-        if head.len() > MAX_HTTP_HEAD {
-            return respond(
-                &mut stream,
-                "431 Request Header Fields Too Large",
-                "",
-                false,
-            )
-            .await;
-        }
+            .is_some_and(|tail| tail.windows(4).any(|w| w == b"\r\n\r\n"));
+        complete.then(|| self.answer(page))
     }
-    let request_line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    let request_line = String::from_utf8_lossy(request_line);
-    let mut parts = request_line.split(' ');
-    let method = parts.next().unwrap_or_default();
-    let target = parts.next().unwrap_or_default();
-    let path = target.split('?').next().unwrap_or_default();
-    match (method, path) {
-        ("GET" | "HEAD", "/" | "/index.html") => {
-            respond(&mut stream, "200 OK", page, method == "HEAD").await
+
+    fn answer(&self, page: &str) -> String {
+        let request_line = self.head.split(|&b| b == b'\r').next().unwrap_or_default();
+        let request_line = String::from_utf8_lossy(request_line);
+        let mut parts = request_line.split(' ');
+        let method = parts.next().unwrap_or_default();
+        let target = parts.next().unwrap_or_default();
+        let path = target.split('?').next().unwrap_or_default();
+        match (method, path) {
+            ("GET" | "HEAD", "/" | "/index.html") => response("200 OK", page, method == "HEAD"),
+            ("GET" | "HEAD", _) => response("404 Not Found", "not found\n", method == "HEAD"),
+            _ => response("405 Method Not Allowed", "", false),
         }
-        ("GET" | "HEAD", _) => {
-            respond(
-                &mut stream,
-                "404 Not Found",
-                "not found\n",
-                method == "HEAD",
-            )
-            .await
-        }
-        _ => respond(&mut stream, "405 Method Not Allowed", "", false).await,
     }
 }
 
-async fn respond(
-    stream: &mut TcpStream,
-    status: &str,
-    body: &str,
-    head_only: bool,
-) -> io::Result<()> {
+fn response(status: &str, body: &str, head_only: bool) -> String {
     let content_type = if body.starts_with('<') {
         "text/html; charset=utf-8"
     } else {
@@ -825,8 +864,7 @@ async fn respond(
     if !head_only {
         response.push_str(body);
     }
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    response
 }
 
 #[cfg(test)]
@@ -864,6 +902,35 @@ mod tests {
         assert!(is_guest_name("guest-12"));
         assert!(!is_guest_name("guest-"));
         assert!(!is_guest_name("guest-x1"));
+    }
+
+    #[test]
+    fn page_requests_whole_byte_by_byte_and_too_large() {
+        let request = b"GET /?ws=x HTTP/1.1\r\nHost: h\r\n\r\n";
+        let mut whole = PageRequest::default();
+        let response = whole.push(request, "<p>page").unwrap();
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(response.ends_with("<p>page"));
+        let mut one_by_one = PageRequest::default();
+        let mut answered = None;
+        for (i, byte) in request.iter().enumerate() {
+            answered = one_by_one.push(std::slice::from_ref(byte), "<p>page");
+            assert_eq!(answered.is_some(), i == request.len() - 1, "byte {i}");
+        }
+        assert_eq!(answered.as_deref(), Some(response.as_str()));
+        let head = PageRequest::default()
+            .push(b"HEAD / HTTP/1.1\r\n\r\n", "<p>page")
+            .unwrap();
+        assert!(head.ends_with("\r\n\r\n") && head.contains("Content-Length: 7"));
+        let missing = PageRequest::default().push(b"GET /x HTTP/1.1\r\n\r\n", "");
+        assert!(missing.unwrap().starts_with("HTTP/1.1 404 "));
+        let post = PageRequest::default().push(b"POST / HTTP/1.1\r\n\r\n", "");
+        assert!(post.unwrap().starts_with("HTTP/1.1 405 "));
+        let mut endless = PageRequest::default();
+        let chunk = [b'a'; 1000];
+        let too_large = (0..10).find_map(|_| endless.push(&chunk, ""));
+        assert!(too_large.unwrap().starts_with("HTTP/1.1 431 "));
+        assert!(endless.head.len() <= MAX_HTTP_HEAD);
     }
 
     #[test]

@@ -17,6 +17,8 @@ use storm_proto::ws::deflate::DeflateConfig;
 
 use storm_cli::interrupt;
 
+use crate::runtime::{AsyncRuntime, Runtime, shutdown_on_ctrl_c, std_until_ctrl_c};
+
 /// Options of `storm echo`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct EchoArgs {
@@ -37,8 +39,8 @@ pub(crate) struct EchoArgs {
     /// (leaf first) and PEM private key.
     #[arg(long, num_args = 2, value_names = ["CERT_PEM", "KEY_PEM"])]
     tls: Option<Vec<PathBuf>>,
-    /// Runtime to serve on: tokio (async tasks) or std (two threads per
-    /// connection).
+    /// Runtime to serve on: tokio or smol (async tasks), or std (two
+    /// threads per connection).
     #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
     runtime: Runtime,
     /// On Ctrl-C, how long sessions get to close gracefully before they
@@ -57,15 +59,6 @@ enum Proto {
     Line,
     /// WebSocket (RFC 6455), text and binary.
     Ws,
-}
-
-/// The runtimes `storm` services run on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum Runtime {
-    /// tokio, multi-threaded.
-    Tokio,
-    /// Blocking std::net, two threads per connection.
-    Std,
 }
 
 /// What to serve, the same for every runtime.
@@ -109,7 +102,8 @@ pub(crate) fn run(args: &EchoArgs) -> io::Result<()> {
     interrupt::install()?;
     let timeout = Duration::from_secs_f64(args.shutdown_timeout.max(0.0));
     match args.runtime {
-        Runtime::Tokio => on_tokio(args, options, service, timeout),
+        Runtime::Tokio => on_async::<storm_tokio::Tokio>(args, options, service, timeout),
+        Runtime::Smol => on_async::<storm_smol::Smol>(args, options, service, timeout),
         Runtime::Std => on_std(args, options, service, timeout),
     }
 }
@@ -128,14 +122,11 @@ fn banner(args: &EchoArgs, addr: SocketAddr) {
     tracing::info!(%addr, proto = ?args.proto, runtime = ?args.runtime, "echo listening");
 }
 
-fn stopped(sessions: usize) {
-    tracing::info!(sessions, "Ctrl-C: closing sessions");
-}
+/// The echo on tokio and smol.
+struct AsyncEcho;
 
-struct TokioEcho;
-
-impl storm_tokio::Handler for TokioEcho {
-    async fn on_message(&self, session: &storm_tokio::Session, message: Message) {
+impl storm_async::Handler for AsyncEcho {
+    async fn on_message(&self, session: &storm_async::Session, message: Message) {
         let _ = session.send(message).await;
     }
 
@@ -144,32 +135,27 @@ impl storm_tokio::Handler for TokioEcho {
     }
 }
 
-fn on_tokio(
+fn on_async<R: AsyncRuntime>(
     args: &EchoArgs,
     options: ServerOptions,
     service: Service,
     timeout: Duration,
 ) -> io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let (handle, serve) = match service {
+    R::block_on(async {
+        match service {
             Service::Ws(ws) => {
-                let server = storm_tokio::WsServer::bind(options, ws).await?;
+                let server = storm_async::WsServer::<R>::bind(options, ws).await?;
                 banner(args, server.local_addr());
-                (server.handle(), tokio::spawn(server.serve(TokioEcho)))
+                shutdown_on_ctrl_c(server.handle(), timeout);
+                server.serve(AsyncEcho).await
             }
             Service::Tcp(framing) => {
-                let server = storm_tokio::TcpServer::bind(options, framing).await?;
+                let server = storm_async::TcpServer::<R>::bind(options, framing).await?;
                 banner(args, server.local_addr());
-                (server.handle(), tokio::spawn(server.serve(TokioEcho)))
+                shutdown_on_ctrl_c(server.handle(), timeout);
+                server.serve(AsyncEcho).await
             }
-        };
-        interrupt::ctrl_c().await;
-        stopped(handle.session_count());
-        handle.shutdown(timeout).await;
-        serve.await.map_err(io::Error::other)?
+        }
     })
 }
 
@@ -203,10 +189,5 @@ fn on_std(
             (server.handle(), server.spawn(StdEcho)?)
         }
     };
-    interrupt::wait();
-    stopped(handle.session_count());
-    handle.shutdown(timeout);
-    serving
-        .join()
-        .map_err(|_| io::Error::other("the accept thread panicked"))?
+    std_until_ctrl_c(&handle, serving, timeout)
 }

@@ -25,6 +25,12 @@
 //! reply that would exceed `--max-message` (the echo of a request near the
 //! limit) is replaced by an `error` reply.
 //!
+//! `storm json --runtime tokio|smol|std` (default tokio) serves the same
+//! protocol on each adapter: `JsonService` decides every reply once, over
+//! the core's `Peer` and `Hub`; `AsyncJson` (tokio and smol, through
+//! storm-async) and `StdJson` only send it. `storm client json` runs on
+//! tokio.
+//!
 //! Timestamps are UTC, ISO 8601 with milliseconds:
 //! `2024-01-01T12:00:00.000Z`.
 //!
@@ -35,6 +41,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -43,9 +50,13 @@ use clap::ValueEnum;
 use serde_json::{Map, Value, json};
 use storm_proto::Message;
 use storm_proto::framing::LengthPrefixConfig;
+use storm_proto::hub::Hub;
 use storm_proto::options::{ClientOptions, Framing, ServerOptions};
-use storm_tokio::{Client, Handler, ServerHandle, Session, TcpClient, TcpServer};
+use storm_proto::peer::Peer;
+use storm_tokio::{Client, Handler, Session, TcpClient};
 use tokio::sync::mpsc;
+
+use crate::runtime::{AsyncRuntime, Runtime, shutdown_on_ctrl_c, std_until_ctrl_c};
 
 /// Options of `storm json`.
 #[derive(Debug, clap::Args)]
@@ -63,6 +74,10 @@ pub(crate) struct JsonArgs {
     /// for the reply to its first request.
     #[arg(long)]
     welcome: bool,
+    /// Runtime to serve on: tokio or smol (async tasks), or std (two
+    /// threads per connection).
+    #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
+    runtime: Runtime,
 }
 
 /// Options of `storm client json`.
@@ -107,42 +122,91 @@ enum Mode {
 
 // ---------------------------------------------------------------- server
 
-/// Runs `storm json` until Ctrl-C.
+/// Runs `storm json` until Ctrl-C, on the runtime of `--runtime`.
 pub(crate) fn serve(args: &JsonArgs) -> io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let options = ServerOptions {
-            addr: args.addr.clone(),
-            ..ServerOptions::default()
-        };
-        let mut framing = LengthPrefixConfig::default();
-        framing.max_frame_len = args.max_message;
-        let server = TcpServer::bind(options, Framing::LengthPrefixWith(framing)).await?;
-        let service = JsonService {
-            server: server.handle(),
-            started: SystemTime::now(),
-            started_at: Instant::now(),
-            total_messages: AtomicU64::new(0),
-            welcome: args.welcome,
-            max_message: args.max_message,
-        };
-        println!(
-            "storm json (length-prefixed JSON, tokio runtime) listening on tcp://{}",
-            server.local_addr()
-        );
-        let handle = server.handle();
-        storm_cli::interrupt::spawn_on_ctrl_c(async move {
-            handle.shutdown(crate::SHUTDOWN_TIMEOUT).await;
-        })?;
-        server.serve(service).await
+    let options = ServerOptions {
+        addr: args.addr.clone(),
+        ..ServerOptions::default()
+    };
+    let mut framing = LengthPrefixConfig::default();
+    framing.max_frame_len = args.max_message;
+    let framing = Framing::LengthPrefixWith(framing);
+    storm_cli::interrupt::install()?;
+    match args.runtime {
+        Runtime::Tokio => serve_async::<storm_tokio::Tokio>(args, options, framing),
+        Runtime::Smol => serve_async::<storm_smol::Smol>(args, options, framing),
+        Runtime::Std => serve_std(args, options, framing),
+    }
+}
+
+fn banner(args: &JsonArgs, addr: SocketAddr) {
+    println!(
+        "storm json (length-prefixed JSON, {:?} runtime) listening on tcp://{addr}",
+        args.runtime
+    );
+}
+
+/// tokio and smol: one generic server over storm-async.
+fn serve_async<R: AsyncRuntime>(
+    args: &JsonArgs,
+    options: ServerOptions,
+    framing: Framing,
+) -> io::Result<()> {
+    R::block_on(async {
+        let server = storm_async::TcpServer::<R>::bind(options, framing).await?;
+        let service = JsonService::new(args, server.handle().hub().clone());
+        banner(args, server.local_addr());
+        shutdown_on_ctrl_c(server.handle(), crate::SHUTDOWN_TIMEOUT);
+        server.serve(AsyncJson(service)).await
     })
 }
 
-/// The server's state, shared by every connection.
+/// std: blocking threads, stopped from the main thread on Ctrl-C.
+fn serve_std(args: &JsonArgs, options: ServerOptions, framing: Framing) -> io::Result<()> {
+    let server = storm_std::TcpServer::bind(options, framing)?;
+    let service = JsonService::new(args, server.handle().hub().clone());
+    banner(args, server.local_addr());
+    let handle = server.handle();
+    let serving = server.spawn(StdJson(service))?;
+    std_until_ctrl_c(&handle, serving, crate::SHUTDOWN_TIMEOUT)
+}
+
+/// The json service on tokio and smol.
+struct AsyncJson(JsonService);
+
+impl storm_async::Handler for AsyncJson {
+    async fn on_connect(&self, session: &storm_async::Session) {
+        if let Some(welcome) = self.0.welcome(session) {
+            let _ = session.send(welcome).await;
+        }
+    }
+
+    async fn on_message(&self, session: &storm_async::Session, message: Message) {
+        // A send fails only when the session is already closing.
+        let _ = session.send(self.0.reply_to(session, &message)).await;
+    }
+}
+
+/// The json service on blocking threads.
+struct StdJson(JsonService);
+
+impl storm_std::Handler for StdJson {
+    fn on_connect(&self, session: &storm_std::Session) {
+        if let Some(welcome) = self.0.welcome(session) {
+            let _ = session.send(welcome);
+        }
+    }
+
+    fn on_message(&self, session: &storm_std::Session, message: Message) {
+        let _ = session.send(self.0.reply_to(session, &message));
+    }
+}
+
+/// The service itself, the same on every runtime: what to answer to each
+/// message, over the core's [`Peer`] and [`Hub`] that every adapter's
+/// sessions and servers are built on.
 struct JsonService {
-    server: ServerHandle,
+    hub: Hub,
     started: SystemTime,
     started_at: Instant,
     total_messages: AtomicU64,
@@ -151,25 +215,37 @@ struct JsonService {
     max_message: usize,
 }
 
-impl Handler for JsonService {
-    async fn on_connect(&self, session: &Session) {
-        if self.welcome {
-            let welcome = json!({
+impl JsonService {
+    fn new(args: &JsonArgs, hub: Hub) -> Self {
+        Self {
+            hub,
+            started: SystemTime::now(),
+            started_at: Instant::now(),
+            total_messages: AtomicU64::new(0),
+            welcome: args.welcome,
+            max_message: args.max_message,
+        }
+    }
+
+    /// The greeting for a new client, with `--welcome`.
+    fn welcome(&self, session: &Peer) -> Option<Message> {
+        self.welcome.then(|| {
+            encode(&json!({
                 "type": "welcome",
                 "client_id": session.remote_addr().to_string(),
                 "message": "Welcome to storm json!",
                 "timestamp": now(),
-            });
-            let _ = session.send(encode(&welcome)).await;
-        }
+            }))
+        })
     }
 
-    async fn on_message(&self, session: &Session, message: Message) {
+    /// The reply to one message (broadcasts go out on the way).
+    fn reply_to(&self, session: &Peer, message: &Message) -> Message {
         self.total_messages.fetch_add(1, Ordering::Relaxed);
         let reply = encode(&self.reply(session, message.as_bytes()));
         // An echo of a request near the limit can outgrow it; the framer
         // would refuse to send it, so say why instead.
-        let reply = if reply.len() > self.max_message {
+        if reply.len() > self.max_message {
             encode(&json!({
                 "type": "error",
                 "error": format!("reply of {} bytes exceeds the {}-byte message limit", reply.len(), self.max_message),
@@ -177,15 +253,13 @@ impl Handler for JsonService {
             }))
         } else {
             reply
-        };
-        // A send fails only when the session is already closing.
-        let _ = session.send(reply).await;
+        }
     }
 }
 
 impl JsonService {
     /// The answer to one payload; never fails, whatever the bytes.
-    fn reply(&self, session: &Session, payload: &[u8]) -> Value {
+    fn reply(&self, session: &Peer, payload: &[u8]) -> Value {
         let Ok(text) = std::str::from_utf8(payload) else {
             return json!({
                 "type": "error",
@@ -201,7 +275,7 @@ impl JsonService {
     }
 
     /// The answer to a JSON object, by its `type`.
-    fn answer(&self, session: &Session, request: Map<String, Value>) -> Value {
+    fn answer(&self, session: &Peer, request: Map<String, Value>) -> Value {
         let client_id = session.remote_addr().to_string();
         match request.get("type").and_then(Value::as_str) {
             Some("ping") => json!({
@@ -223,7 +297,7 @@ impl JsonService {
                     "content": content(&request),
                     "timestamp": now(),
                 });
-                let report = self.server.broadcast(encode(&relay), Some(session.id()));
+                let report = self.hub.broadcast(&encode(&relay), Some(session.id()));
                 json!({
                     "type": "broadcast_sent",
                     "recipients": report.delivered,
@@ -232,7 +306,7 @@ impl JsonService {
             }
             Some("get_stats") => json!({
                 "type": "server_stats",
-                "connected_clients": self.server.session_count(),
+                "connected_clients": self.hub.session_count(),
                 "uptime_seconds": self.started_at.elapsed().as_secs(),
                 "total_messages": self.total_messages.load(Ordering::Relaxed),
                 "server_start_time": iso8601(self.started),

@@ -12,6 +12,9 @@ use serde_json::{Value, json};
 use storm_proto::ws::{CloseCode, Event};
 use storm_std::ws::{self, WebSocket};
 
+/// Every runtime `storm chat` serves on; each test runs on each.
+const RUNTIMES: [&str; 3] = ["tokio", "smol", "std"];
+
 /// How long any single expected thing may take.
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -23,6 +26,7 @@ struct Server {
     out: mpsc::Receiver<String>,
     ws: String,
     http: String,
+    runtime: &'static str,
 }
 
 impl Drop for Server {
@@ -33,9 +37,9 @@ impl Drop for Server {
 }
 
 impl Server {
-    fn start(extra: &[&str]) -> Self {
+    fn start(runtime: &'static str, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_storm"))
-            .args(["chat", "--addr", "127.0.0.1:0"])
+            .args(["chat", "--addr", "127.0.0.1:0", "--runtime", runtime])
             .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -58,8 +62,21 @@ impl Server {
             out,
             ws: String::new(),
             http: String::new(),
+            runtime,
         };
-        server.ws = server.expect_line("listening on ws://");
+        let banner = server.wait_line("listening on ws://");
+        assert!(
+            banner
+                .to_lowercase()
+                .contains(&format!("({runtime} runtime)")),
+            "{banner}"
+        );
+        server.ws = banner
+            .split("listening on ws://")
+            .nth(1)
+            .expect("address")
+            .trim()
+            .to_owned();
         server.http = server.expect_line("page on http://");
         server
     }
@@ -79,7 +96,10 @@ impl Server {
             match self.out.recv_timeout(left) {
                 Ok(line) if line.contains(needle) => return line,
                 Ok(_) => {}
-                Err(e) => panic!("no line with {needle:?} from storm chat: {e}"),
+                Err(e) => panic!(
+                    "no line with {needle:?} from storm chat on {}: {e}",
+                    self.runtime
+                ),
             }
         }
     }
@@ -220,216 +240,251 @@ fn join(client: &mut Client, room: &str) {
 
 #[test]
 fn rooms_chat_whisper_and_lists() {
-    let server = Server::start(&["--tick-ms", "0"]);
-    let mut a = server.client();
-    let mut b = server.client();
-    let mut c = server.client();
-    rename(&mut a, "alice");
-    rename(&mut b, "bob");
-    rename(&mut c, "carol");
+    for runtime in RUNTIMES {
+        let server = Server::start(runtime, &["--tick-ms", "0"]);
+        let mut a = server.client();
+        let mut b = server.client();
+        let mut c = server.client();
+        rename(&mut a, "alice");
+        rename(&mut b, "bob");
+        rename(&mut c, "carol");
 
-    // Names are unique and checked.
-    c.send(&json!({"type": "name", "name": "alice"}));
-    assert!(
-        c.expect("error")["error"]
-            .as_str()
+        // Names are unique and checked.
+        c.send(&json!({"type": "name", "name": "alice"}));
+        assert!(
+            c.expect("error")["error"]
+                .as_str()
+                .unwrap()
+                .contains("taken")
+        );
+        c.send(&json!({"type": "name", "name": ""}));
+        c.expect("error");
+        c.send(&json!({"type": "name", "name": "guest-99"}));
+        c.expect("error");
+
+        join(&mut a, "rust");
+        join(&mut b, "rust");
+        // alice sees bob arrive.
+        let joined = a.expect("joined");
+        assert_eq!(
+            (&joined["name"], &joined["room"]),
+            (&json!("bob"), &json!("rust"))
+        );
+
+        // A chat reaches the room, the sender included, and no one else.
+        a.send(&json!({"type": "chat", "text": "hello rust"}));
+        for client in [&mut a, &mut b] {
+            let chat = client.expect("chat");
+            assert_eq!(chat["text"], "hello rust");
+            assert_eq!(chat["from"], "alice");
+            assert_eq!(chat["room"], "rust");
+        }
+        let (seen, _) = c.sync();
+        assert!(of_type(&seen, "chat").is_empty(), "carol got {seen:?}");
+
+        // carol chats in the lobby: only she is there.
+        c.send(&json!({"type": "chat", "text": "anyone?"}));
+        assert_eq!(c.expect("chat")["room"], "lobby");
+        let (seen, _) = a.sync();
+        assert!(of_type(&seen, "chat").is_empty(), "alice got {seen:?}");
+
+        // A whisper reaches its target, with a copy to the sender, no one else.
+        a.send(&json!({"type": "whisper", "to": "carol", "text": "psst"}));
+        let whisper = c.expect("whisper");
+        assert_eq!(
+            (&whisper["from"], &whisper["to"], &whisper["text"]),
+            (&json!("alice"), &json!("carol"), &json!("psst"))
+        );
+        assert_eq!(whisper["from_id"], a.id);
+        assert_eq!(a.expect("whisper")["to_id"], c.id);
+        let (seen, _) = b.sync();
+        assert!(of_type(&seen, "whisper").is_empty(), "bob got {seen:?}");
+        a.send(&json!({"type": "whisper", "to": "nobody", "text": "x"}));
+        assert!(
+            a.expect("error")["error"]
+                .as_str()
+                .unwrap()
+                .contains("nobody")
+        );
+
+        // Lists.
+        let (_, users) = c.sync();
+        let users: Vec<(String, Value)> = users["users"]
+            .as_array()
             .unwrap()
-            .contains("taken")
-    );
-    c.send(&json!({"type": "name", "name": ""}));
-    c.expect("error");
-    c.send(&json!({"type": "name", "name": "guest-99"}));
-    c.expect("error");
+            .iter()
+            .map(|u| (u["name"].as_str().unwrap().to_owned(), u["room"].clone()))
+            .collect();
+        assert_eq!(
+            users,
+            [
+                ("alice".to_owned(), json!("rust")),
+                ("bob".to_owned(), json!("rust")),
+                ("carol".to_owned(), json!("lobby")),
+            ]
+        );
+        c.send(&json!({"type": "rooms"}));
+        assert_eq!(
+            c.expect("rooms")["rooms"],
+            json!([{"name": "lobby", "members": 1}, {"name": "rust", "members": 2}])
+        );
 
-    join(&mut a, "rust");
-    join(&mut b, "rust");
-    // alice sees bob arrive.
-    let joined = a.expect("joined");
-    assert_eq!(
-        (&joined["name"], &joined["room"]),
-        (&json!("bob"), &json!("rust"))
-    );
+        // Leaving: bob and alice hear it; then bob is in no room.
+        b.send(&json!({"type": "leave"}));
+        assert_eq!(b.expect("left")["id"], b.id);
+        let left = a.expect("left");
+        assert_eq!(
+            (&left["name"], &left["room"]),
+            (&json!("bob"), &json!("rust"))
+        );
+        b.send(&json!({"type": "chat", "text": "void"}));
+        assert!(
+            b.expect("error")["error"]
+                .as_str()
+                .unwrap()
+                .contains("no room")
+        );
 
-    // A chat reaches the room, the sender included, and no one else.
-    a.send(&json!({"type": "chat", "text": "hello rust"}));
-    for client in [&mut a, &mut b] {
-        let chat = client.expect("chat");
-        assert_eq!(chat["text"], "hello rust");
-        assert_eq!(chat["from"], "alice");
-        assert_eq!(chat["room"], "rust");
+        // A disconnect is a leave for the room.
+        drop(c);
+        b.send(&json!({"type": "join", "room": "lobby"}));
+        b.expect("joined");
+        let (_, users) = b.sync();
+        assert_eq!(users["users"].as_array().unwrap().len(), 2, "{users}");
+
+        // Garbage gets an error, and the session stays usable.
+        a.send(&json!({"type": "fly"}));
+        a.expect("error");
+        a.socket.send_text("not json").unwrap();
+        a.expect("error");
+        a.socket.send_binary(b"\x00").unwrap();
+        a.expect("error");
+        a.sync();
     }
-    let (seen, _) = c.sync();
-    assert!(of_type(&seen, "chat").is_empty(), "carol got {seen:?}");
-
-    // carol chats in the lobby: only she is there.
-    c.send(&json!({"type": "chat", "text": "anyone?"}));
-    assert_eq!(c.expect("chat")["room"], "lobby");
-    let (seen, _) = a.sync();
-    assert!(of_type(&seen, "chat").is_empty(), "alice got {seen:?}");
-
-    // A whisper reaches its target, with a copy to the sender, no one else.
-    a.send(&json!({"type": "whisper", "to": "carol", "text": "psst"}));
-    let whisper = c.expect("whisper");
-    assert_eq!(
-        (&whisper["from"], &whisper["to"], &whisper["text"]),
-        (&json!("alice"), &json!("carol"), &json!("psst"))
-    );
-    assert_eq!(whisper["from_id"], a.id);
-    assert_eq!(a.expect("whisper")["to_id"], c.id);
-    let (seen, _) = b.sync();
-    assert!(of_type(&seen, "whisper").is_empty(), "bob got {seen:?}");
-    a.send(&json!({"type": "whisper", "to": "nobody", "text": "x"}));
-    assert!(
-        a.expect("error")["error"]
-            .as_str()
-            .unwrap()
-            .contains("nobody")
-    );
-
-    // Lists.
-    let (_, users) = c.sync();
-    let users: Vec<(String, Value)> = users["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| (u["name"].as_str().unwrap().to_owned(), u["room"].clone()))
-        .collect();
-    assert_eq!(
-        users,
-        [
-            ("alice".to_owned(), json!("rust")),
-            ("bob".to_owned(), json!("rust")),
-            ("carol".to_owned(), json!("lobby")),
-        ]
-    );
-    c.send(&json!({"type": "rooms"}));
-    assert_eq!(
-        c.expect("rooms")["rooms"],
-        json!([{"name": "lobby", "members": 1}, {"name": "rust", "members": 2}])
-    );
-
-    // Leaving: bob and alice hear it; then bob is in no room.
-    b.send(&json!({"type": "leave"}));
-    assert_eq!(b.expect("left")["id"], b.id);
-    let left = a.expect("left");
-    assert_eq!(
-        (&left["name"], &left["room"]),
-        (&json!("bob"), &json!("rust"))
-    );
-    b.send(&json!({"type": "chat", "text": "void"}));
-    assert!(
-        b.expect("error")["error"]
-            .as_str()
-            .unwrap()
-            .contains("no room")
-    );
-
-    // A disconnect is a leave for the room.
-    drop(c);
-    b.send(&json!({"type": "join", "room": "lobby"}));
-    b.expect("joined");
-    let (_, users) = b.sync();
-    assert_eq!(users["users"].as_array().unwrap().len(), 2, "{users}");
-
-    // Garbage gets an error, and the session stays usable.
-    a.send(&json!({"type": "fly"}));
-    a.expect("error");
-    a.socket.send_text("not json").unwrap();
-    a.expect("error");
-    a.socket.send_binary(b"\x00").unwrap();
-    a.expect("error");
-    a.sync();
 }
 
 #[test]
 fn tick_reaches_everyone() {
-    let server = Server::start(&["--tick-ms", "100"]);
-    let mut a = server.client();
-    let mut b = server.client();
-    for client in [&mut a, &mut b] {
-        // Skip a tick sent before both were connected.
-        let tick = loop {
-            let tick = client.expect("tick");
-            if tick["users"] == 2 {
-                break tick;
-            }
-        };
-        assert!(
-            tick["time_ms"].as_u64().unwrap() > 1_600_000_000_000,
-            "{tick}"
-        );
+    for runtime in RUNTIMES {
+        let server = Server::start(runtime, &["--tick-ms", "100"]);
+        let mut a = server.client();
+        let mut b = server.client();
+        for client in [&mut a, &mut b] {
+            // Skip a tick sent before both were connected.
+            let tick = loop {
+                let tick = client.expect("tick");
+                if tick["users"] == 2 {
+                    break tick;
+                }
+            };
+            assert!(
+                tick["time_ms"].as_u64().unwrap() > 1_600_000_000_000,
+                "{tick}"
+            );
+        }
     }
 }
 
 #[test]
 fn page_over_http() {
-    let server = Server::start(&["--tick-ms", "0"]);
-    let get = |path: &str| {
-        let mut stream = TcpStream::connect(&server.http).unwrap();
-        stream.set_read_timeout(Some(WAIT)).unwrap();
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response
-    };
-    let page = get("/");
-    assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
-    assert!(page.contains("Content-Type: text/html"));
-    let port = server.ws.rsplit(':').next().unwrap();
-    assert!(
-        page.contains(&format!("content=\"{port}\"")),
-        "the page names the WebSocket port"
-    );
-    assert!(get("/?x=1").starts_with("HTTP/1.1 200 OK\r\n"));
-    assert!(get("/nope").starts_with("HTTP/1.1 404 "));
+    for runtime in RUNTIMES {
+        let server = Server::start(runtime, &["--tick-ms", "0"]);
+        let get = |path: &str| {
+            let mut stream = TcpStream::connect(&server.http).unwrap();
+            stream.set_read_timeout(Some(WAIT)).unwrap();
+            write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            response
+        };
+        let page = get("/");
+        assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
+        assert!(page.contains("Content-Type: text/html"));
+        let port = server.ws.rsplit(':').next().unwrap();
+        assert!(
+            page.contains(&format!("content=\"{port}\"")),
+            "the page names the WebSocket port"
+        );
+        assert!(get("/?x=1").starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(get("/nope").starts_with("HTTP/1.1 404 "));
+    }
 }
 
 #[test]
 fn admin_console() {
-    let mut server = Server::start(&["--tick-ms", "0"]);
-    let mut a = server.client();
-    let mut b = server.client();
-    let mut c = server.client();
-    rename(&mut a, "alice");
-    server.wait_line("-> alice");
+    for runtime in RUNTIMES {
+        let mut server = Server::start(runtime, &["--tick-ms", "0"]);
+        let mut a = server.client();
+        let mut b = server.client();
+        let mut c = server.client();
+        rename(&mut a, "alice");
+        server.wait_line("-> alice");
 
-    server.console("/sessions");
-    server.wait_line("3 sessions");
-    server.wait_line("alice room=lobby");
-    server.console("/rooms");
-    server.wait_line("lobby: 3");
-    server.console(&format!("/info {}", a.id));
-    server.wait_line(&format!("#{} alice room=lobby", a.id));
-    server.console("/info 999999");
-    server.wait_line("no session #999999");
+        server.console("/sessions");
+        server.wait_line("3 sessions");
+        server.wait_line("alice room=lobby");
+        server.console("/rooms");
+        server.wait_line("lobby: 3");
+        server.console(&format!("/info {}", a.id));
+        server.wait_line(&format!("#{} alice room=lobby", a.id));
+        server.console("/info 999999");
+        server.wait_line("no session #999999");
 
-    // /kick closes that client, with 1008.
-    server.console(&format!("/kick #{}", c.id));
-    assert_eq!(c.closed(), CloseCode::POLICY_VIOLATION);
-    server.wait_line(&format!("kicked #{}", c.id));
-    server.wait_line(&format!("disconnect #{}", c.id));
+        // /kick closes that client, with 1008.
+        server.console(&format!("/kick #{}", c.id));
+        assert_eq!(c.closed(), CloseCode::POLICY_VIOLATION);
+        server.wait_line(&format!("kicked #{}", c.id));
+        server.wait_line(&format!("disconnect #{}", c.id));
 
-    // /broadcast reaches everyone left.
-    server.console("/broadcast hi all");
-    server.wait_line("broadcast to 2 sessions");
-    for client in [&mut a, &mut b] {
-        let broadcast = client.expect("broadcast");
-        assert_eq!(broadcast["text"], "hi all");
-        assert_eq!(broadcast["from"], "admin");
-    }
-
-    // /stop closes the clients gracefully and exits 0.
-    server.console("/stop");
-    assert_eq!(a.closed(), CloseCode::NORMAL);
-    assert_eq!(b.closed(), CloseCode::NORMAL);
-    server.wait_line("storm chat stopped");
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
+        // /broadcast reaches everyone left.
+        server.console("/broadcast hi all");
+        server.wait_line("broadcast to 2 sessions");
+        for client in [&mut a, &mut b] {
+            let broadcast = client.expect("broadcast");
+            assert_eq!(broadcast["text"], "hi all");
+            assert_eq!(broadcast["from"], "admin");
         }
-        assert!(Instant::now() < deadline, "storm chat did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "{status}");
+
+        // /stop closes the clients gracefully and exits 0.
+        server.console("/stop");
+        assert_eq!(a.closed(), CloseCode::NORMAL);
+        assert_eq!(b.closed(), CloseCode::NORMAL);
+        server.wait_line("storm chat stopped");
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "storm chat did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{status}");
+    }
+}
+
+#[test]
+fn ctrl_c_closes_sessions_and_exits_zero() {
+    for runtime in RUNTIMES {
+        let mut server = Server::start(runtime, &["--tick-ms", "0"]);
+        let mut a = server.client();
+        let status = Command::new("kill")
+            .args(["-INT", &server.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        assert_eq!(a.closed(), CloseCode::NORMAL, "{runtime}");
+        server.wait_line("storm chat stopped");
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(status) = server.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{runtime}: still running after Ctrl-C"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{runtime}: {status}");
+    }
 }

@@ -24,7 +24,7 @@ impl Drop for Server {
     }
 }
 
-const RUNTIMES: [&str; 2] = ["tokio", "std"];
+const RUNTIMES: [&str; 3] = ["tokio", "smol", "std"];
 
 fn start(proto: &str, runtime: &str) -> Server {
     start_with(proto, runtime, &[])

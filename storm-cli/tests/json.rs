@@ -25,9 +25,12 @@ impl Drop for Server {
     }
 }
 
-fn start() -> Server {
+/// Every runtime `storm json` serves on; each test runs on each.
+const RUNTIMES: [&str; 3] = ["tokio", "smol", "std"];
+
+fn start(runtime: &str) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_storm"))
-        .args(["json", "--addr", "127.0.0.1:0"])
+        .args(["json", "--addr", "127.0.0.1:0", "--runtime", runtime])
         .stdout(Stdio::piped())
         .spawn()
         .expect("storm starts");
@@ -37,6 +40,12 @@ fn start() -> Server {
         .read_line(&mut line)
         .expect("banner");
     assert!(line.contains("listening on tcp://"), "banner: {line}");
+    assert!(
+        line.to_lowercase().contains(&format!("{runtime} runtime")),
+        "banner: {line}"
+    );
+    // Shown with a failing test's output: which runtime failed.
+    eprintln!("storm json --runtime {runtime} on {}", line.trim());
     let addr = line
         .trim()
         .rsplit("://")
@@ -109,98 +118,108 @@ fn assert_timestamp(value: &Value) {
 
 #[test]
 fn ping_answers_pong_with_both_timestamps_and_client_id() {
-    let server = start();
-    let mut peer = Peer::connect(&server.addr);
-    let sent = "2024-01-01T12:00:00.000Z";
-    let pong = peer.request(&json!({"type": "ping", "timestamp": sent, "client_info": "test"}));
-    assert_eq!(pong["type"], "pong");
-    assert_eq!(pong["ping_timestamp"], sent);
-    assert_timestamp(&pong["pong_timestamp"]);
-    assert_eq!(pong["client_id"], peer.local_addr());
+    for runtime in RUNTIMES {
+        let server = start(runtime);
+        let mut peer = Peer::connect(&server.addr);
+        let sent = "2024-01-01T12:00:00.000Z";
+        let pong = peer.request(&json!({"type": "ping", "timestamp": sent, "client_info": "test"}));
+        assert_eq!(pong["type"], "pong");
+        assert_eq!(pong["ping_timestamp"], sent);
+        assert_timestamp(&pong["pong_timestamp"]);
+        assert_eq!(pong["client_id"], peer.local_addr());
+    }
 }
 
 #[test]
 fn echo_returns_the_content() {
-    let server = start();
-    let mut peer = Peer::connect(&server.addr);
-    let reply =
-        peer.request(&json!({"type": "echo", "content": "Hello TCP Server! ✓", "timestamp": "x"}));
-    assert_eq!(reply["type"], "echo_response");
-    assert_eq!(reply["content"], "Hello TCP Server! ✓");
-    assert_eq!(reply["echoed_by"], "TCP Server");
-    assert_timestamp(&reply["timestamp"]);
+    for runtime in RUNTIMES {
+        let server = start(runtime);
+        let mut peer = Peer::connect(&server.addr);
+        let reply = peer
+            .request(&json!({"type": "echo", "content": "Hello TCP Server! ✓", "timestamp": "x"}));
+        assert_eq!(reply["type"], "echo_response");
+        assert_eq!(reply["content"], "Hello TCP Server! ✓");
+        assert_eq!(reply["echoed_by"], "TCP Server");
+        assert_timestamp(&reply["timestamp"]);
+    }
 }
 
 #[test]
 fn broadcast_reaches_the_other_clients_only() {
-    let server = start();
-    let mut a = Peer::connect(&server.addr);
-    let mut b = Peer::connect(&server.addr);
-    let mut c = Peer::connect(&server.addr);
-    for peer in [&mut a, &mut b, &mut c] {
-        peer.ping();
+    for runtime in RUNTIMES {
+        let server = start(runtime);
+        let mut a = Peer::connect(&server.addr);
+        let mut b = Peer::connect(&server.addr);
+        let mut c = Peer::connect(&server.addr);
+        for peer in [&mut a, &mut b, &mut c] {
+            peer.ping();
+        }
+        let sent = a.request(&json!({"type": "broadcast", "content": "to all", "timestamp": "x"}));
+        assert_eq!(sent["type"], "broadcast_sent");
+        assert_eq!(sent["recipients"], 2);
+        assert_timestamp(&sent["timestamp"]);
+        for peer in [&mut b, &mut c] {
+            let got = peer.recv();
+            assert_eq!(got["type"], "broadcast");
+            assert_eq!(got["content"], "to all");
+            assert_eq!(got["from_client"], a.local_addr());
+            assert_timestamp(&got["timestamp"]);
+        }
+        // The sender does not get its own broadcast: its next message is a pong.
+        a.ping();
     }
-    let sent = a.request(&json!({"type": "broadcast", "content": "to all", "timestamp": "x"}));
-    assert_eq!(sent["type"], "broadcast_sent");
-    assert_eq!(sent["recipients"], 2);
-    assert_timestamp(&sent["timestamp"]);
-    for peer in [&mut b, &mut c] {
-        let got = peer.recv();
-        assert_eq!(got["type"], "broadcast");
-        assert_eq!(got["content"], "to all");
-        assert_eq!(got["from_client"], a.local_addr());
-        assert_timestamp(&got["timestamp"]);
-    }
-    // The sender does not get its own broadcast: its next message is a pong.
-    a.ping();
 }
 
 #[test]
 fn stats_count_clients_and_messages() {
-    let server = start();
-    let mut a = Peer::connect(&server.addr);
-    let mut b = Peer::connect(&server.addr);
-    a.ping();
-    b.ping();
-    let stats = a.request(&json!({"type": "get_stats", "timestamp": "x"}));
-    assert_eq!(stats["type"], "server_stats");
-    assert_eq!(stats["connected_clients"], 2);
-    // Two pings and this request.
-    assert_eq!(stats["total_messages"], 3);
-    assert!(
-        stats["uptime_seconds"].as_u64().is_some_and(|s| s < 60),
-        "{stats}"
-    );
-    assert_timestamp(&stats["server_start_time"]);
-    assert_timestamp(&stats["current_time"]);
+    for runtime in RUNTIMES {
+        let server = start(runtime);
+        let mut a = Peer::connect(&server.addr);
+        let mut b = Peer::connect(&server.addr);
+        a.ping();
+        b.ping();
+        let stats = a.request(&json!({"type": "get_stats", "timestamp": "x"}));
+        assert_eq!(stats["type"], "server_stats");
+        assert_eq!(stats["connected_clients"], 2);
+        // Two pings and this request.
+        assert_eq!(stats["total_messages"], 3);
+        assert!(
+            stats["uptime_seconds"].as_u64().is_some_and(|s| s < 60),
+            "{stats}"
+        );
+        assert_timestamp(&stats["server_start_time"]);
+        assert_timestamp(&stats["current_time"]);
 
-    drop(b);
-    // The server notices the disconnect on its own time: poll, bounded.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let stats = a.request(&json!({"type": "get_stats"}));
-        if stats["connected_clients"] == 1 {
-            break;
+        drop(b);
+        // The server notices the disconnect on its own time: poll, bounded.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let stats = a.request(&json!({"type": "get_stats"}));
+            if stats["connected_clients"] == 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "still {stats}");
+            std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(Instant::now() < deadline, "still {stats}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 #[test]
 fn unknown_types_are_answered_with_the_original_message() {
-    let server = start();
-    let mut peer = Peer::connect(&server.addr);
-    for request in [
-        json!({"type": "custom_type", "data": {"k": [1, 2]}}),
-        json!({"no_type": true}),
-        json!({"type": 7}),
-    ] {
-        let reply = peer.request(&request);
-        assert_eq!(reply["type"], "response", "{request}");
-        assert_eq!(reply["original_message"], request);
-        assert_eq!(reply["from_server"], true);
-        assert_timestamp(&reply["timestamp"]);
+    for runtime in RUNTIMES {
+        let server = start(runtime);
+        let mut peer = Peer::connect(&server.addr);
+        for request in [
+            json!({"type": "custom_type", "data": {"k": [1, 2]}}),
+            json!({"no_type": true}),
+            json!({"type": 7}),
+        ] {
+            let reply = peer.request(&request);
+            assert_eq!(reply["type"], "response", "{request}");
+            assert_eq!(reply["original_message"], request);
+            assert_eq!(reply["from_server"], true);
+            assert_timestamp(&reply["timestamp"]);
+        }
     }
 }
 
@@ -209,31 +228,33 @@ fn unknown_types_are_answered_with_the_original_message() {
 /// `{"type": "error", ...}`; the connection stays open either way.
 #[test]
 fn malformed_json_gets_a_reply_and_the_connection_lives_on() {
-    let server = start();
-    let mut peer = Peer::connect(&server.addr);
+    for runtime in RUNTIMES {
+        let server = start(runtime);
+        let mut peer = Peer::connect(&server.addr);
 
-    peer.send_raw(b"{\"type\": \"ping\", oops");
-    let reply = peer.recv();
-    assert_eq!(reply["type"], "echo");
-    assert_eq!(reply["original_text"], "{\"type\": \"ping\", oops");
-    assert_eq!(reply["from_server"], true);
+        peer.send_raw(b"{\"type\": \"ping\", oops");
+        let reply = peer.recv();
+        assert_eq!(reply["type"], "echo");
+        assert_eq!(reply["original_text"], "{\"type\": \"ping\", oops");
+        assert_eq!(reply["from_server"], true);
 
-    peer.send_raw(b"plain text");
-    assert_eq!(peer.recv()["original_text"], "plain text");
+        peer.send_raw(b"plain text");
+        assert_eq!(peer.recv()["original_text"], "plain text");
 
-    peer.send_raw(b"42");
-    assert_eq!(peer.recv()["original_text"], 42);
+        peer.send_raw(b"42");
+        assert_eq!(peer.recv()["original_text"], 42);
 
-    peer.send_raw(&[0xff, 0xfe, b'{']);
-    let reply = peer.recv();
-    assert_eq!(reply["type"], "error");
-    assert!(reply["error"].is_string());
+        peer.send_raw(&[0xff, 0xfe, b'{']);
+        let reply = peer.recv();
+        assert_eq!(reply["type"], "error");
+        assert!(reply["error"].is_string());
 
-    peer.send_raw(b"");
-    assert_eq!(peer.recv()["type"], "echo");
+        peer.send_raw(b"");
+        assert_eq!(peer.recv()["type"], "echo");
 
-    peer.ping();
-    Peer::connect(&server.addr).ping();
+        peer.ping();
+        Peer::connect(&server.addr).ping();
+    }
 }
 
 /// Documented behaviour: a declared length above the limit (1 MiB by
@@ -241,43 +262,45 @@ fn malformed_json_gets_a_reply_and_the_connection_lives_on() {
 /// serves everyone else.
 #[test]
 fn oversized_length_prefix_closes_only_that_connection() {
-    let server = start();
-    let mut bystander = Peer::connect(&server.addr);
-    bystander.ping();
-    for declared in [u32::MAX, (1 << 20) + 1] {
-        let mut peer = Peer::connect(&server.addr);
-        peer.stream
-            .write_all(&declared.to_be_bytes())
-            .expect("write");
-        peer.stream
-            .write_all(b"{\"type\":\"ping\"}")
-            .expect("write");
-        let mut buf = [0u8; 64];
-        match peer.stream.read(&mut buf) {
-            Ok(0) => {}
-            Ok(n) => panic!("{declared}: got {n} bytes instead of a close"),
-            Err(e) => assert!(
-                matches!(
-                    e.kind(),
-                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+    for runtime in RUNTIMES {
+        let server = start(runtime);
+        let mut bystander = Peer::connect(&server.addr);
+        bystander.ping();
+        for declared in [u32::MAX, (1 << 20) + 1] {
+            let mut peer = Peer::connect(&server.addr);
+            peer.stream
+                .write_all(&declared.to_be_bytes())
+                .expect("write");
+            peer.stream
+                .write_all(b"{\"type\":\"ping\"}")
+                .expect("write");
+            let mut buf = [0u8; 64];
+            match peer.stream.read(&mut buf) {
+                Ok(0) => {}
+                Ok(n) => panic!("{declared}: got {n} bytes instead of a close"),
+                Err(e) => assert!(
+                    matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+                    ),
+                    "{declared}: {e}"
                 ),
-                "{declared}: {e}"
-            ),
+            }
         }
+        // A request near the limit is answered; one whose echo would
+        // outgrow the limit gets an error reply instead.
+        let mut big = Peer::connect(&server.addr);
+        let content = "y".repeat((1 << 20) - 256);
+        let reply = big.request(&json!({"type": "echo", "content": content}));
+        assert_eq!(reply["content"].as_str().map(str::len), Some(content.len()));
+        let content = "y".repeat((1 << 20) - 32);
+        let request = json!({"type": "echo", "content": content});
+        assert!(request.to_string().len() <= 1 << 20);
+        let reply = big.request(&request);
+        assert_eq!(reply["type"], "error", "{}", reply["error"]);
+        big.ping();
+        bystander.ping();
     }
-    // A request near the limit is answered; one whose echo would
-    // outgrow the limit gets an error reply instead.
-    let mut big = Peer::connect(&server.addr);
-    let content = "y".repeat((1 << 20) - 256);
-    let reply = big.request(&json!({"type": "echo", "content": content}));
-    assert_eq!(reply["content"].as_str().map(str::len), Some(content.len()));
-    let content = "y".repeat((1 << 20) - 32);
-    let request = json!({"type": "echo", "content": content});
-    assert!(request.to_string().len() <= 1 << 20);
-    let reply = big.request(&request);
-    assert_eq!(reply["type"], "error", "{}", reply["error"]);
-    big.ping();
-    bystander.ping();
 }
 
 /// Runs `storm client json` with `args` against `server`, feeding `stdin`;
@@ -331,74 +354,113 @@ fn types(replies: &[Value]) -> Vec<&str> {
 
 #[test]
 fn client_demo_prints_every_reply() {
-    let server = start();
-    let mut other = Peer::connect(&server.addr);
-    other.ping();
-    let out = run_client(&server, &["--mode", "demo"], "");
-    let replies = replies(&out);
-    assert_eq!(
-        types(&replies),
-        [
-            "pong",
-            "echo_response",
-            "broadcast_sent",
-            "server_stats",
-            "response",
-            "echo"
-        ],
-        "{out}"
-    );
-    assert_eq!(replies[1]["content"], "Hello TCP Server!");
-    assert_eq!(replies[2]["recipients"], 1);
-    assert_eq!(replies[3]["connected_clients"], 2);
-    assert_eq!(replies[4]["original_message"]["type"], "custom_type");
-    assert!(out.contains("demo done"), "{out}");
-    // The other client got the demo's broadcast.
-    let got = other.recv();
-    assert_eq!(
-        (got["type"].as_str(), got["content"].as_str()),
-        (Some("broadcast"), Some("Hello all clients!"))
-    );
+    for runtime in RUNTIMES {
+        let server = start(runtime);
+        let mut other = Peer::connect(&server.addr);
+        other.ping();
+        let out = run_client(&server, &["--mode", "demo"], "");
+        let replies = replies(&out);
+        assert_eq!(
+            types(&replies),
+            [
+                "pong",
+                "echo_response",
+                "broadcast_sent",
+                "server_stats",
+                "response",
+                "echo"
+            ],
+            "{out}"
+        );
+        assert_eq!(replies[1]["content"], "Hello TCP Server!");
+        assert_eq!(replies[2]["recipients"], 1);
+        assert_eq!(replies[3]["connected_clients"], 2);
+        assert_eq!(replies[4]["original_message"]["type"], "custom_type");
+        assert!(out.contains("demo done"), "{out}");
+        // The other client got the demo's broadcast.
+        let got = other.recv();
+        assert_eq!(
+            (got["type"].as_str(), got["content"].as_str()),
+            (Some("broadcast"), Some("Hello all clients!"))
+        );
+    }
 }
 
 #[test]
 fn client_interactive_runs_commands_from_stdin() {
-    let server = start();
-    let script =
-        "/ping\n/echo hi there\n/stats\n/custom my_type\nhello plain\n/bogus\n/exit\n/ping\n";
-    let out = run_client(&server, &["--mode", "interactive"], script);
-    let replies = replies(&out);
-    assert_eq!(
-        types(&replies),
-        ["pong", "echo_response", "server_stats", "response", "echo"],
-        "{out}"
-    );
-    assert_eq!(replies[1]["content"], "hi there");
-    assert_eq!(replies[3]["original_message"]["type"], "my_type");
-    assert_eq!(replies[4]["original_text"], "hello plain");
+    for runtime in RUNTIMES {
+        let server = start(runtime);
+        let script =
+            "/ping\n/echo hi there\n/stats\n/custom my_type\nhello plain\n/bogus\n/exit\n/ping\n";
+        let out = run_client(&server, &["--mode", "interactive"], script);
+        let replies = replies(&out);
+        assert_eq!(
+            types(&replies),
+            ["pong", "echo_response", "server_stats", "response", "echo"],
+            "{out}"
+        );
+        assert_eq!(replies[1]["content"], "hi there");
+        assert_eq!(replies[3]["original_message"]["type"], "my_type");
+        assert_eq!(replies[4]["original_text"], "hello plain");
+    }
 }
 
 #[test]
 fn client_perf_reports_rate_and_latency() {
-    let server = start();
-    let out = run_client(
-        &server,
-        &[
-            "--mode",
-            "perf",
-            "--count",
-            "300",
-            "--window",
-            "4",
-            "--duration",
-            "20",
-        ],
-        "",
-    );
-    assert!(out.contains("perf: 300 round trips"), "{out}");
-    assert!(out.contains("msgs/s"), "{out}");
-    assert!(out.contains("p50 ") && out.contains("p99 "), "{out}");
-    // The server saw every request.
-    let stats = Peer::connect(&server.addr).request(&json!({"type": "get_stats"}));
-    assert_eq!(stats["total_messages"], 301);
+    for runtime in RUNTIMES {
+        let server = start(runtime);
+        let out = run_client(
+            &server,
+            &[
+                "--mode",
+                "perf",
+                "--count",
+                "300",
+                "--window",
+                "4",
+                "--duration",
+                "20",
+            ],
+            "",
+        );
+        assert!(out.contains("perf: 300 round trips"), "{out}");
+        assert!(out.contains("msgs/s"), "{out}");
+        assert!(out.contains("p50 ") && out.contains("p99 "), "{out}");
+        // The server saw every request.
+        let stats = Peer::connect(&server.addr).request(&json!({"type": "get_stats"}));
+        assert_eq!(stats["total_messages"], 301);
+    }
+}
+
+#[test]
+fn ctrl_c_closes_sessions_and_exits_zero() {
+    for runtime in RUNTIMES {
+        let mut server = start(runtime);
+        let mut peer = Peer::connect(&server.addr);
+        peer.ping();
+        let status = Command::new("kill")
+            .args(["-INT", &server.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        // The session is closed (end of stream), then the process exits 0.
+        let mut buf = [0u8; 16];
+        match peer.stream.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => panic!("{runtime}: {n} bytes instead of a close"),
+            Err(e) => panic!("{runtime}: {e} instead of a close"),
+        }
+        let deadline = Instant::now() + WAIT;
+        let exit = loop {
+            if let Some(exit) = server.child.try_wait().expect("wait") {
+                break exit;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{runtime}: still running after Ctrl-C"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(exit.success(), "{runtime}: {exit}");
+    }
 }

@@ -1,0 +1,115 @@
+//! `storm chat` on blocking threads (storm-std). The handler only sends
+//! what [`Chat`] decides; the tick and the page server are threads.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use storm_proto::Message;
+use storm_proto::link::CloseReason;
+use storm_proto::options::{ServerOptions, WsOptions};
+use storm_std::Session;
+
+use super::{
+    Chat, ChatArgs, HTTP_TIMEOUT, PageRequest, STOP_TIMEOUT, announce, console_and_ctrl_c,
+    tick_period,
+};
+
+/// Serves until `/stop` or Ctrl-C.
+pub(super) fn run(args: &ChatArgs, options: ServerOptions, ws: WsOptions) -> io::Result<()> {
+    let server = storm_std::WsServer::bind(options, ws)?;
+    let http = announce(args, server.local_addr())?;
+    let handle = server.handle();
+    let chat = Chat::new(server.handle());
+    if let Some(every) = tick_period(args) {
+        let chat = Arc::clone(&chat);
+        std::thread::spawn(move || tick(&chat, every));
+    }
+    if let Some((listener, page)) = http {
+        std::thread::spawn(move || serve_page(&listener, &page));
+    }
+    let mut stopping = console_and_ctrl_c(Arc::clone(&chat));
+    let serving = server.spawn(StdChat(chat))?;
+    let _ = stopping.blocking_recv();
+    handle.shutdown(STOP_TIMEOUT);
+    serving
+        .join()
+        .map_err(|_| io::Error::other("the accept thread panicked"))??;
+    println!("storm chat stopped");
+    Ok(())
+}
+
+struct StdChat(Arc<Chat>);
+
+impl storm_std::Handler for StdChat {
+    fn on_connect(&self, session: &Session) {
+        let _ = session.send(self.0.connect(session));
+        if let Some(error) = self.0.enter_lobby(session) {
+            let _ = session.send(error);
+        }
+    }
+
+    fn on_message(&self, session: &Session, message: Message) {
+        if let Some(reply) = self.0.on_message(session, &message) {
+            let _ = session.send(reply);
+        }
+    }
+
+    fn on_disconnect(&self, session: &Session, reason: &CloseReason) {
+        self.0.disconnect(session, reason);
+    }
+}
+
+/// Sends the tick every `every`, until the process ends; a late tick
+/// delays the next ones.
+fn tick(chat: &Chat, every: Duration) {
+    let mut deadline = Instant::now() + every;
+    loop {
+        std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+        chat.tick();
+        deadline = (deadline + every).max(Instant::now());
+    }
+}
+
+/// Serves the chat page to plain HTTP GETs, a thread per request, until
+/// the process ends.
+fn serve_page(listener: &TcpListener, page: &Arc<str>) {
+    for stream in listener.incoming() {
+        match stream {
+            Ok(stream) => {
+                let page = Arc::clone(page);
+                std::thread::spawn(move || answer(stream, &page));
+            }
+            Err(e) => {
+                eprintln!("page listener: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Reads one request head and answers it; the connection then closes.
+fn answer(mut stream: TcpStream, page: &str) -> io::Result<()> {
+    // The whole request gets HTTP_TIMEOUT, as on the async runtimes.
+    let deadline = Instant::now() + HTTP_TIMEOUT;
+    let mut request = PageRequest::default();
+    let mut buf = [0u8; 1024];
+    let response = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(left))?;
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if let Some(response) = request.push(buf.get(..n).unwrap_or_default(), page) {
+            break response;
+        }
+    };
+    stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
+    stream.write_all(response.as_bytes())?;
+    stream.shutdown(Shutdown::Write)
+}

@@ -1,0 +1,83 @@
+//! The runtimes every `storm` service runs on (`--runtime tokio|smol|std`),
+//! and what the services' async paths need from tokio and smol beyond
+//! storm-async's [`Runtime`](storm_async::Runtime): a way in
+//! ([`AsyncRuntime::block_on`]) and a Ctrl-C stopper.
+
+use std::future::Future;
+use std::io;
+use std::time::Duration;
+
+use clap::ValueEnum;
+use storm_cli::interrupt;
+
+/// The runtimes `storm` services run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Runtime {
+    /// tokio, multi-threaded.
+    Tokio,
+    /// smol's global executor.
+    Smol,
+    /// Blocking std::net, two threads per connection.
+    Std,
+}
+
+/// An async runtime a service can run on from `main`: tokio or smol.
+pub(crate) trait AsyncRuntime: storm_async::Runtime {
+    /// Runs `future` to completion on this runtime, from a thread outside
+    /// any runtime.
+    fn block_on<T>(future: impl Future<Output = io::Result<T>>) -> io::Result<T>;
+}
+
+impl AsyncRuntime for storm_tokio::Tokio {
+    fn block_on<T>(future: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(future)
+    }
+}
+
+impl AsyncRuntime for storm_smol::Smol {
+    fn block_on<T>(future: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+        smol::block_on(future)
+    }
+}
+
+/// On Ctrl-C (after [`interrupt::install`]), shuts `server` down
+/// gracefully within `timeout`, in a task of its own.
+pub(crate) fn shutdown_on_ctrl_c<R: AsyncRuntime>(
+    server: storm_async::ServerHandle<R>,
+    timeout: Duration,
+) {
+    R::spawn(async move {
+        interrupt::ctrl_c().await;
+        tracing::info!(
+            sessions = server.session_count(),
+            "Ctrl-C: closing sessions"
+        );
+        server.shutdown(timeout).await;
+    });
+}
+
+/// On std: blocks until Ctrl-C (after [`interrupt::install`]), shuts
+/// `server` down gracefully within `timeout`, and waits for its accept
+/// thread `serving`.
+///
+/// # Errors
+///
+/// The accept thread's error, or a panic of it.
+pub(crate) fn std_until_ctrl_c(
+    server: &storm_std::ServerHandle,
+    serving: std::thread::JoinHandle<io::Result<()>>,
+    timeout: Duration,
+) -> io::Result<()> {
+    interrupt::wait();
+    tracing::info!(
+        sessions = server.session_count(),
+        "Ctrl-C: closing sessions"
+    );
+    server.shutdown(timeout);
+    serving
+        .join()
+        .map_err(|_| io::Error::other("the accept thread panicked"))?
+}

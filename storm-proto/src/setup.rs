@@ -1,0 +1,556 @@
+//! What an adapter decides when it opens a connection, apart from the I/O:
+//! the options checked and the TLS configurations built once, the
+//! WebSocket upgrade as a byte-in, protocol-out step, and a new connection
+//! admitted into a hub as a [`Link`].
+//!
+//! A client adapter builds a [`ClientTarget`] once, then for every
+//! (re)connection: connects to [`ClientTarget::authority`], runs TLS with
+//! [`ClientTarget::tls`] when set, calls [`ClientTarget::open`] and (for
+//! WebSocket) writes what it wrote and feeds the response to the
+//! [`ClientUpgrade`] until it yields the [`Protocol`]; then
+//! [`client_link`]. A server adapter builds a [`ServerSetup`] at bind and
+//! does the same with [`ServerSetup::open`], [`ServerUpgrade`] and
+//! [`ServerSetup::admit`].
+
+use std::io;
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use rand::RngCore;
+
+use crate::hub::{ConnectionPermit, Hub, HubConfig};
+use crate::link::{Link, LinkConfig, Protocol};
+use crate::options::{ClientOptions, Framing, ServerOptions, WsOptions};
+use crate::peer::{ClientError, Peer, Registry};
+use crate::reconnect::Backoff;
+use crate::ws::handshake::{
+    ClientConfig, ClientHandshake, ClientStep, ServerConfig, ServerHandshake, ServerStep,
+};
+use crate::ws::{Connection, Side, WsUrl};
+
+fn config_error(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Config(e.to_string())
+}
+
+fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, e)
+}
+
+/// TLS for every (re)connection of one client, built once.
+#[cfg(feature = "tls")]
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    /// The rustls configuration.
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name the server's certificate must carry.
+    pub name: rustls_pki_types::ServerName<'static>,
+}
+
+#[cfg(feature = "tls")]
+impl ClientTls {
+    /// `host` names the server unless the options name it.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Config`] for invalid TLS options or server name.
+    pub fn new(
+        options: &crate::options::TlsClientOptions,
+        host: &str,
+    ) -> Result<Self, ClientError> {
+        Ok(Self {
+            config: crate::tls::client_config(options).map_err(config_error)?,
+            name: crate::tls::server_name(options, host).map_err(config_error)?,
+        })
+    }
+}
+
+/// Where and how a client connects, checked once and reused for every
+/// reconnection.
+#[derive(Clone)]
+pub struct ClientTarget {
+    kind: TargetKind,
+    #[cfg(feature = "tls")]
+    tls: Option<ClientTls>,
+}
+
+#[derive(Clone)]
+enum TargetKind {
+    Tcp { addr: String, framing: Framing },
+    Ws { url: WsUrl, ws: WsOptions },
+}
+
+impl std::fmt::Debug for ClientTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTarget")
+            .field("authority", &self.authority())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientTarget {
+    /// A WebSocket client of `url` (`ws://` or `wss://`). `wss://` uses
+    /// `options.tls`, or the default TLS options when it is `None`.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Url`] for a bad URL; [`ClientError::Config`] for
+    /// invalid TLS options, TLS options with a `ws://` URL, or (without
+    /// the `tls` feature) any TLS at all.
+    pub fn ws(url: &str, options: &ClientOptions, ws: WsOptions) -> Result<Self, ClientError> {
+        let url: WsUrl = url.parse().map_err(ClientError::Url)?;
+        if !url.secure && options.tls.is_some() {
+            return Err(config_error(
+                "TLS options are set but the URL is ws://: use wss://",
+            ));
+        }
+        #[cfg(feature = "tls")]
+        let tls = match url.secure {
+            true => Some(ClientTls::new(
+                &options.tls.clone().unwrap_or_default(),
+                &url.host,
+            )?),
+            false => None,
+        };
+        #[cfg(not(feature = "tls"))]
+        no_tls(url.secure)?;
+        Ok(Self {
+            kind: TargetKind::Ws { url, ws },
+            #[cfg(feature = "tls")]
+            tls,
+        })
+    }
+
+    /// A TCP client of `addr` (`host:port`) framing messages with
+    /// `framing`; over TLS when `options.tls` is set, the certificate
+    /// naming `host` unless `server_name` says otherwise.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Config`] for invalid framing or TLS options.
+    pub fn tcp(addr: &str, options: &ClientOptions, framing: Framing) -> Result<Self, ClientError> {
+        framing.build().map_err(config_error)?;
+        #[cfg(feature = "tls")]
+        let tls = match &options.tls {
+            Some(tls) => Some(ClientTls::new(tls, crate::tls::host_of(addr))?),
+            None => None,
+        };
+        #[cfg(not(feature = "tls"))]
+        no_tls(options.tls.is_some())?;
+        Ok(Self {
+            kind: TargetKind::Tcp {
+                addr: addr.to_owned(),
+                framing,
+            },
+            #[cfg(feature = "tls")]
+            tls,
+        })
+    }
+
+    /// What to resolve and connect to: `host:port`.
+    #[must_use]
+    pub fn authority(&self) -> String {
+        match &self.kind {
+            TargetKind::Tcp { addr, .. } => addr.clone(),
+            TargetKind::Ws { url, .. } => url.authority(),
+        }
+    }
+
+    /// The TLS to run after connecting, if any.
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn tls(&self) -> Option<&ClientTls> {
+        self.tls.as_ref()
+    }
+
+    /// What a new connection does once connected (and past TLS): a TCP
+    /// client speaks at once; a WebSocket client writes its upgrade request
+    /// into `out` (send it) and reads the response into the returned
+    /// [`ClientUpgrade`]. `rng` makes the handshake key.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Config`] for invalid options.
+    pub fn open<R: RngCore + ?Sized>(
+        &self,
+        options: &ClientOptions,
+        rng: &mut R,
+        out: &mut BytesMut,
+    ) -> Result<ClientOpen<'_>, ClientError> {
+        match &self.kind {
+            TargetKind::Tcp { framing, .. } => Ok(ClientOpen::Ready(Protocol::Framed(
+                framing.build().map_err(config_error)?,
+            ))),
+            TargetKind::Ws { url, ws } => {
+                let mut config = ClientConfig::new(url.host_header(), url.resource.clone());
+                config.subprotocols.clone_from(&ws.subprotocols);
+                config.deflate.clone_from(&ws.deflate);
+                config.headers.clone_from(&options.headers);
+                let state = ClientHandshake::start(&config, rng, out).map_err(config_error)?;
+                Ok(ClientOpen::Upgrade(ClientUpgrade { state, ws }))
+            }
+        }
+    }
+
+    /// What to call the handshake when it times out.
+    #[must_use]
+    pub fn handshake_name(&self) -> &'static str {
+        handshake_name(matches!(self.kind, TargetKind::Ws { .. }), self.has_tls())
+    }
+
+    fn has_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn no_tls(wanted: bool) -> Result<(), ClientError> {
+    match wanted {
+        true => Err(config_error("TLS needs storm-proto's `tls` feature")),
+        false => Ok(()),
+    }
+}
+
+fn handshake_name(ws: bool, tls: bool) -> &'static str {
+    match (ws, tls) {
+        (true, false) => "WebSocket handshake",
+        (true, true) => "TLS or WebSocket handshake",
+        (false, _) => "TLS handshake",
+    }
+}
+
+/// A new client connection's next step (from [`ClientTarget::open`]).
+#[derive(Debug)]
+#[must_use]
+pub enum ClientOpen<'a> {
+    /// Speak this protocol now; no bytes came before it.
+    Ready(Protocol),
+    /// Send the upgrade request, then feed the response here.
+    Upgrade(ClientUpgrade<'a>),
+}
+
+/// A client's WebSocket upgrade waiting for the server's response.
+#[derive(Debug)]
+#[must_use]
+pub struct ClientUpgrade<'a> {
+    state: ClientHandshake,
+    ws: &'a WsOptions,
+}
+
+/// What the response bytes so far made of a [`ClientUpgrade`].
+#[derive(Debug)]
+#[must_use]
+pub enum ClientUpgradeStep<'a> {
+    /// The response is not complete: read more.
+    NeedMore(ClientUpgrade<'a>),
+    /// Upgraded: the connection (with permessage-deflate when agreed), and
+    /// the bytes the server sent after its response.
+    Done(Protocol, Bytes),
+}
+
+impl<'a> ClientUpgrade<'a> {
+    /// Feeds response bytes (at least one: an empty read is the end of the
+    /// stream, for the caller to report).
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Handshake`] when the server refused;
+    /// [`ClientError::Config`] when the agreed deflate does not fit.
+    pub fn handle_input(self, input: &[u8]) -> Result<ClientUpgradeStep<'a>, ClientError> {
+        match self
+            .state
+            .handle_input(input)
+            .map_err(ClientError::Handshake)?
+        {
+            ClientStep::NeedMore(state) => Ok(ClientUpgradeStep::NeedMore(Self { state, ..self })),
+            ClientStep::Done(upgraded) => {
+                let mut conn = Connection::new(Side::Client, self.ws.config.clone());
+                if let (Some(params), Some(deflate)) = (upgraded.deflate, &self.ws.deflate) {
+                    conn = conn.with_deflate(params, deflate).map_err(config_error)?;
+                }
+                Ok(ClientUpgradeStep::Done(
+                    Protocol::WebSocket(Box::new(conn)),
+                    upgraded.leftover,
+                ))
+            }
+        }
+    }
+}
+
+/// A client's hub (sessions and backpressure for its connections).
+///
+/// # Errors
+///
+/// [`ClientError::Config`] for invalid backpressure options.
+pub fn client_hub(options: &ClientOptions, now: Instant) -> Result<Hub, ClientError> {
+    let config = HubConfig {
+        backpressure: options.backpressure,
+        ..HubConfig::default()
+    };
+    Hub::new(config, now).map_err(config_error)
+}
+
+/// A client's reconnect backoff, `None` when reconnects are off.
+///
+/// # Errors
+///
+/// [`ClientError::Config`] for invalid reconnect options.
+pub fn client_backoff(options: &ClientOptions, seed: u64) -> Result<Option<Backoff>, ClientError> {
+    options
+        .reconnect
+        .as_ref()
+        .map(|config| Backoff::new(config.clone(), seed).map_err(config_error))
+        .transpose()
+}
+
+/// A new client connection admitted and registered in the client's hub.
+///
+/// # Errors
+///
+/// [`ClientError::Config`] when the hub refuses or the link options are
+/// invalid.
+pub fn client_link(
+    hub: &Hub,
+    options: &ClientOptions,
+    protocol: Protocol,
+    now: Instant,
+) -> Result<Arc<Link>, ClientError> {
+    let permit = hub.try_admit().map_err(config_error)?;
+    let session = hub.register(permit, now).map_err(config_error)?;
+    let link = Link::new(session, protocol, options.link.clone(), now).map_err(config_error)?;
+    Ok(Arc::new(link))
+}
+
+/// What a server speaks after accepting.
+#[derive(Clone)]
+enum ServerKind {
+    Tcp(Framing),
+    Ws {
+        handshake: Arc<ServerConfig>,
+        options: WsOptions,
+    },
+}
+
+/// A server's per-connection setup, checked and built once at bind: the
+/// framing or the WebSocket handshake configuration, and the TLS
+/// configuration.
+#[derive(Clone)]
+pub struct ServerSetup {
+    kind: ServerKind,
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl std::fmt::Debug for ServerSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerSetup")
+            .field("handshake", &self.handshake_name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerSetup {
+    /// A WebSocket server's setup.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidInput`](io::ErrorKind::InvalidInput) for invalid WebSocket
+    /// or TLS options (or TLS options without the `tls` feature).
+    pub fn ws(options: &ServerOptions, ws: WsOptions) -> io::Result<Self> {
+        let handshake = ServerConfig {
+            subprotocols: ws.subprotocols.clone(),
+            deflate: ws.deflate.clone(),
+            ..ServerConfig::default()
+        };
+        handshake.validate().map_err(invalid)?;
+        let kind = ServerKind::Ws {
+            handshake: Arc::new(handshake),
+            options: ws,
+        };
+        Self::new(options, kind)
+    }
+
+    /// A TCP server's setup, framing messages with `framing`.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidInput`](io::ErrorKind::InvalidInput) for invalid framing
+    /// or TLS options.
+    pub fn tcp(options: &ServerOptions, framing: Framing) -> io::Result<Self> {
+        framing.build().map_err(invalid)?;
+        Self::new(options, ServerKind::Tcp(framing))
+    }
+
+    fn new(options: &ServerOptions, kind: ServerKind) -> io::Result<Self> {
+        #[cfg(feature = "tls")]
+        return Ok(Self {
+            kind,
+            tls: options
+                .tls
+                .as_ref()
+                .map(crate::tls::server_config)
+                .transpose()?,
+        });
+        #[cfg(not(feature = "tls"))]
+        match options.tls {
+            Some(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "TLS needs storm-proto's `tls` feature",
+            )),
+            None => Ok(Self { kind }),
+        }
+    }
+
+    /// The server's TLS configuration, if it speaks TLS.
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn tls(&self) -> Option<&Arc<rustls::ServerConfig>> {
+        self.tls.as_ref()
+    }
+
+    /// What to call a connection's handshake when it times out.
+    #[must_use]
+    pub fn handshake_name(&self) -> &'static str {
+        #[cfg(feature = "tls")]
+        let tls = self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        let tls = false;
+        handshake_name(matches!(self.kind, ServerKind::Ws { .. }), tls)
+    }
+
+    /// What a new connection does once accepted (and past TLS): a TCP
+    /// server speaks at once; a WebSocket server reads the upgrade request
+    /// into the returned [`ServerUpgrade`].
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidInput`](io::ErrorKind::InvalidInput) for invalid options.
+    pub fn open(&self) -> io::Result<ServerOpen<'_>> {
+        Ok(match &self.kind {
+            ServerKind::Tcp(framing) => {
+                ServerOpen::Ready(Protocol::Framed(framing.build().map_err(invalid)?))
+            }
+            ServerKind::Ws { handshake, options } => ServerOpen::Upgrade(ServerUpgrade {
+                state: ServerHandshake::new(Arc::clone(handshake)).map_err(invalid)?,
+                ws: options,
+            }),
+        })
+    }
+
+    /// Registers an accepted connection in `registry`'s hub, makes its
+    /// session with `session` and inserts it; then closes it at once when
+    /// `stopping()` says the server is shutting down.
+    ///
+    /// A connection accepted before a shutdown may finish its handshake
+    /// after the shutdown's `close_all` ran. The hub's lock orders the two:
+    /// either `close_all` saw this session registered, or it ran before
+    /// the registration here and the stop flag (set before it) is seen by
+    /// `stopping`.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidInput`](io::ErrorKind::InvalidInput) when the permit is not
+    /// the hub's or the link options are invalid.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each is one fact of the connection"
+    )]
+    pub fn admit<S: Clone + Deref<Target = Peer>>(
+        registry: &Registry<S>,
+        permit: ConnectionPermit,
+        protocol: Protocol,
+        link: &LinkConfig,
+        remote: SocketAddr,
+        now: Instant,
+        session: impl FnOnce(Peer) -> S,
+        stopping: impl FnOnce() -> bool,
+    ) -> io::Result<S> {
+        let hub = registry.hub();
+        let hub_session = hub.register(permit, now).map_err(invalid)?;
+        let link = Link::new(hub_session, protocol, link.clone(), now).map_err(invalid)?;
+        let session = session(Peer::new(Arc::new(link), hub.clone(), remote));
+        registry.insert(session.clone());
+        if stopping() {
+            session.close();
+        }
+        Ok(session)
+    }
+}
+
+/// A server's hub: max connections and backpressure from its options.
+///
+/// # Errors
+///
+/// [`InvalidInput`](io::ErrorKind::InvalidInput) for invalid options.
+pub fn server_hub(options: &ServerOptions, now: Instant) -> io::Result<Hub> {
+    let config = HubConfig {
+        max_connections: options.max_connections,
+        backpressure: options.backpressure,
+        ..HubConfig::default()
+    };
+    Hub::new(config, now).map_err(invalid)
+}
+
+/// A new server connection's next step (from [`ServerSetup::open`]).
+#[derive(Debug)]
+#[must_use]
+pub enum ServerOpen<'a> {
+    /// Speak this protocol now; no bytes came before it.
+    Ready(Protocol),
+    /// Feed the upgrade request here.
+    Upgrade(ServerUpgrade<'a>),
+}
+
+/// A server's WebSocket upgrade waiting for the client's request.
+#[derive(Debug)]
+#[must_use]
+pub struct ServerUpgrade<'a> {
+    state: ServerHandshake,
+    ws: &'a WsOptions,
+}
+
+/// What the request bytes so far made of a [`ServerUpgrade`].
+#[derive(Debug)]
+#[must_use]
+pub enum ServerUpgradeStep<'a> {
+    /// The request is not complete: read more.
+    NeedMore(ServerUpgrade<'a>),
+    /// Accepted: send the response written to `out`, then speak the
+    /// protocol, starting with the bytes the client sent after its request.
+    Accepted(Protocol, Bytes),
+    /// Refused: send the response written to `out` (best effort), then
+    /// close with this error.
+    Refused(io::Error),
+}
+
+impl<'a> ServerUpgrade<'a> {
+    /// Feeds request bytes (at least one: an empty read is the end of the
+    /// stream, for the caller to report); the response, once there is one,
+    /// goes to `out`.
+    pub fn handle_input(self, input: &[u8], out: &mut BytesMut) -> ServerUpgradeStep<'a> {
+        let pending = match self.state.handle_input(input) {
+            Ok(ServerStep::NeedMore(state)) => {
+                return ServerUpgradeStep::NeedMore(Self { state, ..self });
+            }
+            Ok(ServerStep::Request(pending)) => pending,
+            Err(e) => {
+                e.write_response(out);
+                return ServerUpgradeStep::Refused(invalid(e));
+            }
+        };
+        let accepted = pending.accept(out);
+        let mut conn = Connection::new(Side::Server, self.ws.config.clone());
+        if let (Some(params), Some(deflate)) = (accepted.deflate, &self.ws.deflate) {
+            match conn.with_deflate(params, deflate) {
+                Ok(with) => conn = with,
+                Err(e) => return ServerUpgradeStep::Refused(invalid(e)),
+            }
+        }
+        ServerUpgradeStep::Accepted(Protocol::WebSocket(Box::new(conn)), accepted.leftover)
+    }
+}

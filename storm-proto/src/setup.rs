@@ -8,7 +8,7 @@
 //! [`ClientTarget::tls`] when set, calls [`ClientTarget::open`] and (for
 //! WebSocket) writes what it wrote and feeds the response to the
 //! [`ClientUpgrade`] until it yields the [`Protocol`]; then
-//! [`client_link`]. A server adapter builds a [`ServerSetup`] at bind and
+//! [`client_peer`]. A server adapter builds a [`ServerSetup`] at bind and
 //! does the same with [`ServerSetup::open`], [`ServerUpgrade`] and
 //! [`ServerSetup::admit`].
 
@@ -308,22 +308,24 @@ pub fn client_backoff(options: &ClientOptions, seed: u64) -> Result<Option<Backo
         .transpose()
 }
 
-/// A new client connection admitted and registered in the client's hub.
+/// A new client connection to `remote` admitted and registered in the
+/// client's hub: the [`Peer`] the adapter's session wraps.
 ///
 /// # Errors
 ///
 /// [`ClientError::Config`] when the hub refuses or the link options are
 /// invalid.
-pub fn client_link(
+pub fn client_peer(
     hub: &Hub,
     options: &ClientOptions,
     protocol: Protocol,
+    remote: SocketAddr,
     now: Instant,
-) -> Result<Arc<Link>, ClientError> {
+) -> Result<Peer, ClientError> {
     let permit = hub.try_admit().map_err(config_error)?;
     let session = hub.register(permit, now).map_err(config_error)?;
     let link = Link::new(session, protocol, options.link.clone(), now).map_err(config_error)?;
-    Ok(Arc::new(link))
+    Ok(Peer::new(Arc::new(link), hub.clone(), remote))
 }
 
 /// What a server speaks after accepting.

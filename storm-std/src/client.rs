@@ -16,7 +16,7 @@ use storm_proto::options::{ClientOptions, Framing, WsOptions};
 pub use storm_proto::peer::ClientError;
 use storm_proto::reconnect::{Backoff, BackoffStep};
 use storm_proto::setup::{
-    ClientOpen, ClientTarget, ClientUpgradeStep, client_backoff, client_hub, client_link,
+    ClientOpen, ClientTarget, ClientUpgradeStep, client_backoff, client_hub, client_peer,
 };
 
 use crate::deadline::{Deadlined, remaining};
@@ -334,10 +334,10 @@ fn connect_once(
             )
         }
     };
-    let link = client_link(hub, options, protocol, Instant::now())?;
+    let peer = client_peer(hub, options, protocol, remote, Instant::now())?;
     Ok(Connected {
         stream,
-        session: Session::new(link, hub.clone(), remote),
+        session: Session::new(peer),
         initial,
     })
 }

@@ -56,7 +56,6 @@ use rustls::{Connection, ConnectionCommon, SideData};
 
 use storm_proto::hub::CloseKind;
 use storm_proto::link::Link;
-pub(crate) use storm_proto::tls::server_config;
 pub use storm_proto::tls::{
     client_cert_from_pem_files, read_pem_file, server_options_from_pem_files,
 };

@@ -556,3 +556,156 @@ impl<'a> ServerUpgrade<'a> {
         ServerUpgradeStep::Accepted(Protocol::WebSocket(Box::new(conn)), accepted.leftover)
     }
 }
+
+#[cfg(test)]
+// The tests stand in for an adapter, which reads the clock.
+#[allow(clippy::disallowed_methods)]
+mod tests {
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::*;
+    use crate::hub::SessionState;
+    use crate::options::TlsClientOptions;
+
+    #[derive(Clone)]
+    struct TestSession(Peer);
+
+    impl Deref for TestSession {
+        type Target = Peer;
+        fn deref(&self) -> &Peer {
+            &self.0
+        }
+    }
+
+    fn remote() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 9))
+    }
+
+    /// The client's request through the server's answer, `extra` sent
+    /// right after the request: both sides end with a WebSocket protocol.
+    fn upgrade(extra: &[u8]) -> Result<(Bytes, Bytes), ClientError> {
+        let options = ClientOptions::default();
+        let target = ClientTarget::ws("ws://127.0.0.1:9/chat", &options, WsOptions::default())?;
+        let mut request = BytesMut::new();
+        let ClientOpen::Upgrade(client) =
+            target.open(&options, &mut StdRng::seed_from_u64(1), &mut request)?
+        else {
+            return Err(config_error("a WebSocket client must upgrade"));
+        };
+        request.extend_from_slice(extra);
+        let setup = ServerSetup::ws(&ServerOptions::default(), WsOptions::default())?;
+        let ServerOpen::Upgrade(server) = setup.open()? else {
+            return Err(config_error("a WebSocket server must upgrade"));
+        };
+        let mut response = BytesMut::new();
+        // One byte short first: the server must ask for more.
+        let split = request.len() - extra.len() - 1;
+        let server = match server.handle_input(&request[..split], &mut response) {
+            ServerUpgradeStep::NeedMore(server) => server,
+            _ => return Err(config_error("the request is not complete yet")),
+        };
+        let (protocol, server_leftover) =
+            match server.handle_input(&request[split..], &mut response) {
+                ServerUpgradeStep::Accepted(protocol, leftover) => (protocol, leftover),
+                ServerUpgradeStep::Refused(e) => return Err(ClientError::Io(e)),
+                ServerUpgradeStep::NeedMore(_) => return Err(config_error("server wants more")),
+            };
+        assert!(matches!(protocol, Protocol::WebSocket(_)));
+        response.extend_from_slice(b"srv");
+        match client.handle_input(&response)? {
+            ClientUpgradeStep::Done(Protocol::WebSocket(_), leftover) => {
+                Ok((server_leftover, leftover))
+            }
+            _ => Err(config_error("the client did not finish the upgrade")),
+        }
+    }
+
+    #[test]
+    fn client_and_server_upgrade_each_other_and_keep_what_followed() -> Result<(), ClientError> {
+        let (server_leftover, client_leftover) = upgrade(b"abc")?;
+        assert_eq!(&server_leftover[..], b"abc");
+        assert_eq!(&client_leftover[..], b"srv");
+        Ok(())
+    }
+
+    #[test]
+    fn a_bad_request_is_refused_with_a_response() {
+        let Ok(setup) = ServerSetup::ws(&ServerOptions::default(), WsOptions::default()) else {
+            panic!("default options are valid");
+        };
+        let Ok(ServerOpen::Upgrade(server)) = setup.open() else {
+            panic!("a WebSocket server must upgrade");
+        };
+        let mut out = BytesMut::new();
+        let step = server.handle_input(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &mut out);
+        assert!(matches!(step, ServerUpgradeStep::Refused(_)));
+        assert!(out.starts_with(b"HTTP/1.1 4"), "{out:?}");
+    }
+
+    #[test]
+    fn a_tcp_target_speaks_at_once() {
+        let options = ClientOptions::default();
+        let Ok(target) = ClientTarget::tcp("127.0.0.1:9", &options, Framing::default()) else {
+            panic!("default framing is valid");
+        };
+        assert_eq!(target.authority(), "127.0.0.1:9");
+        let mut out = BytesMut::new();
+        let open = target.open(&options, &mut StdRng::seed_from_u64(1), &mut out);
+        assert!(matches!(open, Ok(ClientOpen::Ready(Protocol::Framed(_)))));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn tls_options_with_a_plain_url_are_refused() {
+        let options = ClientOptions {
+            tls: Some(TlsClientOptions::default()),
+            ..ClientOptions::default()
+        };
+        let target = ClientTarget::ws("ws://127.0.0.1:9/", &options, WsOptions::default());
+        assert!(matches!(target, Err(ClientError::Config(_))));
+        let target = ClientTarget::ws("not a url", &ClientOptions::default(), WsOptions::default());
+        assert!(matches!(target, Err(ClientError::Url(_))));
+    }
+
+    #[test]
+    fn a_client_admits_each_connection_into_its_hub() -> Result<(), ClientError> {
+        let options = ClientOptions::default();
+        let hub = client_hub(&options, Instant::now())?;
+        let framer = Framing::default().build().map_err(config_error)?;
+        let peer = client_peer(
+            &hub,
+            &options,
+            Protocol::Framed(framer),
+            remote(),
+            Instant::now(),
+        )?;
+        assert_eq!(peer.remote_addr(), remote());
+        assert_eq!(peer.state(), SessionState::Open);
+        assert!(client_backoff(&options, 1)?.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn a_session_admitted_while_stopping_is_closed_at_once() -> io::Result<()> {
+        let options = ServerOptions::default();
+        let registry = Registry::new(server_hub(&options, Instant::now())?);
+        for stopping in [false, true] {
+            let permit = registry.hub().try_admit().map_err(invalid)?;
+            let framer = Framing::default().build().map_err(invalid)?;
+            let session = ServerSetup::admit(
+                &registry,
+                permit,
+                Protocol::Framed(framer),
+                &options.link,
+                remote(),
+                Instant::now(),
+                TestSession,
+                || stopping,
+            )?;
+            assert_eq!(session.state() != SessionState::Open, stopping);
+            assert!(registry.session(session.id()).is_some());
+        }
+        Ok(())
+    }
+}

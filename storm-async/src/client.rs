@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use storm_proto::Message;
 use storm_proto::hub::Hub;
@@ -291,12 +291,11 @@ async fn open<S: Stream>(
     target: &ClientTarget,
     options: &ClientOptions,
 ) -> Result<(Protocol, Bytes), ClientError> {
-    let mut out = BytesMut::new();
-    let mut upgrade = match target.open(options, &mut rand::rng(), &mut out)? {
+    let (request, mut upgrade) = match target.open(options, &mut rand::rng())? {
         ClientOpen::Ready(protocol) => return Ok((protocol, Bytes::new())),
-        ClientOpen::Upgrade(upgrade) => upgrade,
+        ClientOpen::Upgrade { request, upgrade } => (request, upgrade),
     };
-    write_all_flush(stream, &out).await?;
+    write_all_flush(stream, &request).await?;
     let mut buf = vec![0u8; 4096];
     loop {
         let n = read(stream, &mut buf).await?;

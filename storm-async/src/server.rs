@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
-use storm_proto::hub::{CloseKind, ConnectionPermit};
+use storm_proto::hub::CloseKind;
 use storm_proto::link::Protocol;
 use storm_proto::options::{Framing, ServerOptions, WsOptions};
 use storm_proto::peer::Registry;
-use storm_proto::setup::{ServerOpen, ServerSetup, ServerUpgradeStep, server_hub};
+use storm_proto::setup::{Admitted, ServerOpen, ServerSetup, ServerUpgradeStep, server_hub};
 
 use crate::driver::drive;
 use crate::io::{read, write_all_flush};
@@ -232,7 +232,7 @@ async fn serve<R: Runtime, H: Handler>(
             }
         };
         // Over the limit: closed at accept, before any handshake.
-        let Ok(permit) = shared.registry.hub().try_admit() else {
+        let Some(admitted) = Admitted::new(shared.registry.hub(), remote) else {
             drop(stream);
             continue;
         };
@@ -240,10 +240,7 @@ async fn serve<R: Runtime, H: Handler>(
         let handle = handle.clone();
         let handler = Arc::clone(&handler);
         R::spawn(async move {
-            if let Err(e) = handle
-                .run_connection(stream, remote, permit, &*handler)
-                .await
-            {
+            if let Err(e) = handle.run_connection(stream, admitted, &*handler).await {
                 handler.on_error(&e).await;
             }
             drop(guard);
@@ -259,8 +256,7 @@ impl<R: Runtime> ServerHandle<R> {
     async fn run_connection<H: Handler>(
         &self,
         stream: R::Tcp,
-        remote: SocketAddr,
-        permit: ConnectionPermit,
+        admitted: Admitted,
         handler: &H,
     ) -> io::Result<()> {
         let shared = &self.shared;
@@ -276,7 +272,7 @@ impl<R: Runtime> ServerHandle<R> {
             None => {
                 let mut stream = stream;
                 let (protocol, initial) = self.within(limit, pin!(self.open(&mut stream))).await?;
-                self.run_session(stream.split(), protocol, initial, remote, permit, handler)
+                self.run_session(stream.split(), protocol, initial, admitted, handler)
                     .await
             }
             Some(config) => {
@@ -294,7 +290,7 @@ impl<R: Runtime> ServerHandle<R> {
                 });
                 let (stream, protocol, initial) = self.within(limit, handshake.as_mut()).await?;
                 drop(handshake);
-                self.run_session(stream.split(), protocol, initial, remote, permit, handler)
+                self.run_session(stream.split(), protocol, initial, admitted, handler)
                     .await
             }
         }
@@ -322,21 +318,24 @@ impl<R: Runtime> ServerHandle<R> {
             ServerOpen::Upgrade(upgrade) => upgrade,
         };
         let mut buf = vec![0u8; 4096];
-        let mut out = BytesMut::new();
         loop {
             let n = read(stream, &mut buf).await?;
             let Some(input) = buf.get(..n).filter(|b| !b.is_empty()) else {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             };
-            match upgrade.handle_input(input, &mut out) {
+            match upgrade.handle_input(input) {
                 ServerUpgradeStep::NeedMore(next) => upgrade = next,
-                ServerUpgradeStep::Accepted(protocol, leftover) => {
-                    write_all_flush(stream, &out).await?;
+                ServerUpgradeStep::Accepted {
+                    response,
+                    protocol,
+                    leftover,
+                } => {
+                    write_all_flush(stream, &response).await?;
                     return Ok((protocol, leftover));
                 }
-                ServerUpgradeStep::Refused(e) => {
-                    let _ = write_all_flush(stream, &out).await;
-                    return Err(e);
+                ServerUpgradeStep::Refused { response, error } => {
+                    let _ = write_all_flush(stream, &response).await;
+                    return Err(error);
                 }
             }
         }
@@ -348,34 +347,25 @@ impl<R: Runtime> ServerHandle<R> {
         halves: (Rd, Wr),
         protocol: Protocol,
         initial: Bytes,
-        remote: SocketAddr,
-        permit: ConnectionPermit,
+        admitted: Admitted,
         handler: &H,
     ) -> io::Result<()> {
-        let shared = &self.shared;
-        let options = &shared.options;
         // Closed at once if registered after the shutdown's `close_all`.
-        let session = ServerSetup::admit(
-            &shared.registry,
-            permit,
-            protocol,
-            &options.link,
-            remote,
-            Instant::now(),
-            Session::new,
-            || shared.stop.is_set(),
-        )?;
+        let stopping = || self.shared.stop.is_set();
+        let (setup, registry) = (&self.shared.setup, &self.shared.registry);
+        let now = Instant::now();
+        let session = setup.admit(registry, admitted, protocol, now, Session::new, stopping)?;
         let id = session.id();
         drive::<R, _, _, _>(
             halves,
             session,
             handler,
             initial,
-            options.write_batch,
-            options.link.close_timeout,
+            self.shared.options.write_batch,
+            self.shared.options.link.close_timeout,
         )
         .await;
-        shared.registry.remove(id);
+        registry.remove(id);
         Ok(())
     }
 

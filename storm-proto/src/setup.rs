@@ -6,11 +6,12 @@
 //! A client adapter builds a [`ClientTarget`] once, then for every
 //! (re)connection: connects to [`ClientTarget::authority`], runs TLS with
 //! [`ClientTarget::tls`] when set, calls [`ClientTarget::open`] and (for
-//! WebSocket) writes what it wrote and feeds the response to the
+//! WebSocket) sends the request and feeds the response to the
 //! [`ClientUpgrade`] until it yields the [`Protocol`]; then
 //! [`client_peer`]. A server adapter builds a [`ServerSetup`] at bind and
 //! does the same with [`ServerSetup::open`], [`ServerUpgrade`] and
-//! [`ServerSetup::admit`].
+//! [`ServerSetup::admit`], with the
+//! [`Admitted`] it took at accept.
 
 use std::io;
 use std::net::SocketAddr;
@@ -166,9 +167,9 @@ impl ClientTarget {
     }
 
     /// What a new connection does once connected (and past TLS): a TCP
-    /// client speaks at once; a WebSocket client writes its upgrade request
-    /// into `out` (send it) and reads the response into the returned
-    /// [`ClientUpgrade`]. `rng` makes the handshake key.
+    /// client speaks at once; a WebSocket client sends its upgrade request
+    /// and reads the response into the returned [`ClientUpgrade`]. `rng`
+    /// makes the handshake key.
     ///
     /// # Errors
     ///
@@ -177,7 +178,6 @@ impl ClientTarget {
         &self,
         options: &ClientOptions,
         rng: &mut R,
-        out: &mut BytesMut,
     ) -> Result<ClientOpen<'_>, ClientError> {
         match &self.kind {
             TargetKind::Tcp { framing, .. } => Ok(ClientOpen::Ready(Protocol::Framed(
@@ -188,8 +188,13 @@ impl ClientTarget {
                 config.subprotocols.clone_from(&ws.subprotocols);
                 config.deflate.clone_from(&ws.deflate);
                 config.headers.clone_from(&options.headers);
-                let state = ClientHandshake::start(&config, rng, out).map_err(config_error)?;
-                Ok(ClientOpen::Upgrade(ClientUpgrade { state, ws }))
+                let mut request = BytesMut::new();
+                let state =
+                    ClientHandshake::start(&config, rng, &mut request).map_err(config_error)?;
+                Ok(ClientOpen::Upgrade {
+                    request: request.freeze(),
+                    upgrade: ClientUpgrade { state, ws },
+                })
             }
         }
     }
@@ -230,8 +235,13 @@ fn handshake_name(ws: bool, tls: bool) -> &'static str {
 pub enum ClientOpen<'a> {
     /// Speak this protocol now; no bytes came before it.
     Ready(Protocol),
-    /// Send the upgrade request, then feed the response here.
-    Upgrade(ClientUpgrade<'a>),
+    /// Send `request`, then feed the response to `upgrade`.
+    Upgrade {
+        /// The upgrade request.
+        request: Bytes,
+        /// The handshake waiting for the response.
+        upgrade: ClientUpgrade<'a>,
+    },
 }
 
 /// A client's WebSocket upgrade waiting for the server's response.
@@ -344,6 +354,7 @@ enum ServerKind {
 #[derive(Clone)]
 pub struct ServerSetup {
     kind: ServerKind,
+    link: LinkConfig,
     #[cfg(feature = "tls")]
     tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -392,6 +403,7 @@ impl ServerSetup {
         #[cfg(feature = "tls")]
         return Ok(Self {
             kind,
+            link: options.link.clone(),
             tls: options
                 .tls
                 .as_ref()
@@ -404,7 +416,10 @@ impl ServerSetup {
                 io::ErrorKind::InvalidInput,
                 "TLS needs storm-proto's `tls` feature",
             )),
-            None => Ok(Self { kind }),
+            None => Ok(Self {
+                kind,
+                link: options.link.clone(),
+            }),
         }
     }
 
@@ -444,9 +459,9 @@ impl ServerSetup {
         })
     }
 
-    /// Registers an accepted connection in `registry`'s hub, makes its
-    /// session with `session` and inserts it; then closes it at once when
-    /// `stopping()` says the server is shutting down.
+    /// Registers a connection past its handshake in `registry`'s hub,
+    /// makes its session with `session` and inserts it; then closes it at
+    /// once when `stopping()` says the server is shutting down.
     ///
     /// A connection accepted before a shutdown may finish its handshake
     /// after the shutdown's `close_all` ran. The hub's lock orders the two:
@@ -456,31 +471,44 @@ impl ServerSetup {
     ///
     /// # Errors
     ///
-    /// [`InvalidInput`](io::ErrorKind::InvalidInput) when the permit is not
-    /// the hub's or the link options are invalid.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "each is one fact of the connection"
-    )]
+    /// [`InvalidInput`](io::ErrorKind::InvalidInput) when `admitted` is not
+    /// from this hub or the link options are invalid.
     pub fn admit<S: Clone + Deref<Target = Peer>>(
+        &self,
         registry: &Registry<S>,
-        permit: ConnectionPermit,
+        admitted: Admitted,
         protocol: Protocol,
-        link: &LinkConfig,
-        remote: SocketAddr,
         now: Instant,
         session: impl FnOnce(Peer) -> S,
         stopping: impl FnOnce() -> bool,
     ) -> io::Result<S> {
         let hub = registry.hub();
-        let hub_session = hub.register(permit, now).map_err(invalid)?;
-        let link = Link::new(hub_session, protocol, link.clone(), now).map_err(invalid)?;
-        let session = session(Peer::new(Arc::new(link), hub.clone(), remote));
+        let hub_session = hub.register(admitted.permit, now).map_err(invalid)?;
+        let link = Link::new(hub_session, protocol, self.link.clone(), now).map_err(invalid)?;
+        let peer = Peer::new(Arc::new(link), hub.clone(), admitted.remote);
+        let session = session(peer);
         registry.insert(session.clone());
         if stopping() {
             session.close();
         }
         Ok(session)
+    }
+}
+
+/// A connection a server took on at accept, before any handshake: the
+/// peer's address and its place under the hub's `max_connections`.
+#[derive(Debug)]
+#[must_use]
+pub struct Admitted {
+    permit: ConnectionPermit,
+    remote: SocketAddr,
+}
+
+impl Admitted {
+    /// `None` when the hub is full: close the connection at once.
+    pub fn new(hub: &Hub, remote: SocketAddr) -> Option<Self> {
+        let permit = hub.try_admit().ok()?;
+        Some(Self { permit, remote })
     }
 }
 
@@ -522,38 +550,62 @@ pub struct ServerUpgrade<'a> {
 pub enum ServerUpgradeStep<'a> {
     /// The request is not complete: read more.
     NeedMore(ServerUpgrade<'a>),
-    /// Accepted: send the response written to `out`, then speak the
-    /// protocol, starting with the bytes the client sent after its request.
-    Accepted(Protocol, Bytes),
-    /// Refused: send the response written to `out` (best effort), then
-    /// close with this error.
-    Refused(io::Error),
+    /// Accepted: send `response`, then speak `protocol`, starting with
+    /// `leftover`, the bytes the client sent after its request.
+    Accepted {
+        /// The 101 response.
+        response: Bytes,
+        /// The WebSocket connection.
+        protocol: Protocol,
+        /// Bytes that followed the request.
+        leftover: Bytes,
+    },
+    /// Refused: send `response` (best effort), then close with `error`.
+    Refused {
+        /// The error response (400, 426, 431, or the 101 when what it
+        /// agreed cannot be set up).
+        response: Bytes,
+        /// Why.
+        error: io::Error,
+    },
 }
 
 impl<'a> ServerUpgrade<'a> {
     /// Feeds request bytes (at least one: an empty read is the end of the
-    /// stream, for the caller to report); the response, once there is one,
-    /// goes to `out`.
-    pub fn handle_input(self, input: &[u8], out: &mut BytesMut) -> ServerUpgradeStep<'a> {
+    /// stream, for the caller to report).
+    pub fn handle_input(self, input: &[u8]) -> ServerUpgradeStep<'a> {
+        let mut out = BytesMut::new();
         let pending = match self.state.handle_input(input) {
             Ok(ServerStep::NeedMore(state)) => {
                 return ServerUpgradeStep::NeedMore(Self { state, ..self });
             }
             Ok(ServerStep::Request(pending)) => pending,
             Err(e) => {
-                e.write_response(out);
-                return ServerUpgradeStep::Refused(invalid(e));
+                e.write_response(&mut out);
+                return ServerUpgradeStep::Refused {
+                    response: out.freeze(),
+                    error: invalid(e),
+                };
             }
         };
-        let accepted = pending.accept(out);
+        let accepted = pending.accept(&mut out);
         let mut conn = Connection::new(Side::Server, self.ws.config.clone());
         if let (Some(params), Some(deflate)) = (accepted.deflate, &self.ws.deflate) {
             match conn.with_deflate(params, deflate) {
                 Ok(with) => conn = with,
-                Err(e) => return ServerUpgradeStep::Refused(invalid(e)),
+                Err(e) => {
+                    return ServerUpgradeStep::Refused {
+                        response: out.freeze(),
+                        error: invalid(e),
+                    };
+                }
             }
         }
-        ServerUpgradeStep::Accepted(Protocol::WebSocket(Box::new(conn)), accepted.leftover)
+        ServerUpgradeStep::Accepted {
+            response: out.freeze(),
+            protocol: Protocol::WebSocket(Box::new(conn)),
+            leftover: accepted.leftover,
+        }
     }
 }
 
@@ -587,32 +639,35 @@ mod tests {
     fn upgrade(extra: &[u8]) -> Result<(Bytes, Bytes), ClientError> {
         let options = ClientOptions::default();
         let target = ClientTarget::ws("ws://127.0.0.1:9/chat", &options, WsOptions::default())?;
-        let mut request = BytesMut::new();
-        let ClientOpen::Upgrade(client) =
-            target.open(&options, &mut StdRng::seed_from_u64(1), &mut request)?
+        let ClientOpen::Upgrade {
+            request,
+            upgrade: client,
+        } = target.open(&options, &mut StdRng::seed_from_u64(1))?
         else {
             return Err(config_error("a WebSocket client must upgrade"));
         };
-        request.extend_from_slice(extra);
+        let request = [&request[..], extra].concat();
         let setup = ServerSetup::ws(&ServerOptions::default(), WsOptions::default())?;
         let ServerOpen::Upgrade(server) = setup.open()? else {
             return Err(config_error("a WebSocket server must upgrade"));
         };
-        let mut response = BytesMut::new();
         // One byte short first: the server must ask for more.
         let split = request.len() - extra.len() - 1;
-        let server = match server.handle_input(&request[..split], &mut response) {
+        let server = match server.handle_input(&request[..split]) {
             ServerUpgradeStep::NeedMore(server) => server,
             _ => return Err(config_error("the request is not complete yet")),
         };
-        let (protocol, server_leftover) =
-            match server.handle_input(&request[split..], &mut response) {
-                ServerUpgradeStep::Accepted(protocol, leftover) => (protocol, leftover),
-                ServerUpgradeStep::Refused(e) => return Err(ClientError::Io(e)),
-                ServerUpgradeStep::NeedMore(_) => return Err(config_error("server wants more")),
-            };
+        let (response, protocol, server_leftover) = match server.handle_input(&request[split..]) {
+            ServerUpgradeStep::Accepted {
+                response,
+                protocol,
+                leftover,
+            } => (response, protocol, leftover),
+            ServerUpgradeStep::Refused { error, .. } => return Err(ClientError::Io(error)),
+            ServerUpgradeStep::NeedMore(_) => return Err(config_error("server wants more")),
+        };
         assert!(matches!(protocol, Protocol::WebSocket(_)));
-        response.extend_from_slice(b"srv");
+        let response = [&response[..], b"srv"].concat();
         match client.handle_input(&response)? {
             ClientUpgradeStep::Done(Protocol::WebSocket(_), leftover) => {
                 Ok((server_leftover, leftover))
@@ -637,10 +692,11 @@ mod tests {
         let Ok(ServerOpen::Upgrade(server)) = setup.open() else {
             panic!("a WebSocket server must upgrade");
         };
-        let mut out = BytesMut::new();
-        let step = server.handle_input(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &mut out);
-        assert!(matches!(step, ServerUpgradeStep::Refused(_)));
-        assert!(out.starts_with(b"HTTP/1.1 4"), "{out:?}");
+        let step = server.handle_input(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let ServerUpgradeStep::Refused { response, .. } = step else {
+            panic!("an upgrade request without its headers must be refused");
+        };
+        assert!(response.starts_with(b"HTTP/1.1 4"), "{response:?}");
     }
 
     #[test]
@@ -650,10 +706,8 @@ mod tests {
             panic!("default framing is valid");
         };
         assert_eq!(target.authority(), "127.0.0.1:9");
-        let mut out = BytesMut::new();
-        let open = target.open(&options, &mut StdRng::seed_from_u64(1), &mut out);
+        let open = target.open(&options, &mut StdRng::seed_from_u64(1));
         assert!(matches!(open, Ok(ClientOpen::Ready(Protocol::Framed(_)))));
-        assert!(out.is_empty());
     }
 
     #[test]
@@ -690,15 +744,17 @@ mod tests {
     fn a_session_admitted_while_stopping_is_closed_at_once() -> io::Result<()> {
         let options = ServerOptions::default();
         let registry = Registry::new(server_hub(&options, Instant::now())?);
+        let setup = ServerSetup::tcp(&options, Framing::default())?;
         for stopping in [false, true] {
-            let permit = registry.hub().try_admit().map_err(invalid)?;
-            let framer = Framing::default().build().map_err(invalid)?;
-            let session = ServerSetup::admit(
+            let admitted = Admitted::new(registry.hub(), remote())
+                .ok_or_else(|| io::Error::other("the hub has room"))?;
+            let ServerOpen::Ready(protocol) = setup.open()? else {
+                return Err(io::Error::other("a TCP server speaks at once"));
+            };
+            let session = setup.admit(
                 &registry,
-                permit,
-                Protocol::Framed(framer),
-                &options.link,
-                remote(),
+                admitted,
+                protocol,
                 Instant::now(),
                 TestSession,
                 || stopping,

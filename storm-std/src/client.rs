@@ -7,7 +7,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use storm_proto::Message;
 use storm_proto::hub::Hub;
@@ -350,12 +350,11 @@ fn open<S: Read + Write>(
     options: &ClientOptions,
     stream: &mut S,
 ) -> Result<(Protocol, Bytes), ClientError> {
-    let mut out = BytesMut::new();
-    let mut upgrade = match target.open(options, &mut rand::rng(), &mut out)? {
+    let (request, mut upgrade) = match target.open(options, &mut rand::rng())? {
         ClientOpen::Ready(protocol) => return Ok((protocol, Bytes::new())),
-        ClientOpen::Upgrade(upgrade) => upgrade,
+        ClientOpen::Upgrade { request, upgrade } => (request, upgrade),
     };
-    stream.write_all(&out)?;
+    stream.write_all(&request)?;
     // A TLS stream may hold the request until flushed.
     stream.flush()?;
     let mut buf = vec![0u8; 4096];

@@ -8,14 +8,14 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use socket2::{Domain, Socket, Type};
 
-use storm_proto::hub::{CloseKind, ConnectionPermit};
+use storm_proto::hub::CloseKind;
 use storm_proto::link::Protocol;
 use storm_proto::options::{Framing, ServerOptions, WsOptions};
 use storm_proto::peer::Registry;
-use storm_proto::setup::{ServerOpen, ServerSetup, ServerUpgradeStep, server_hub};
+use storm_proto::setup::{Admitted, ServerOpen, ServerSetup, ServerUpgradeStep, server_hub};
 
 use crate::deadline::Deadlined;
 use crate::driver::{Transport, drive};
@@ -217,7 +217,7 @@ fn serve<H: Handler>(listener: TcpListener, handle: ServerHandle, handler: H) ->
             break;
         }
         // Over the limit: closed at accept, before any handshake.
-        let Ok(permit) = shared.registry.hub().try_admit() else {
+        let Some(admitted) = Admitted::new(shared.registry.hub(), remote) else {
             drop(stream);
             continue;
         };
@@ -226,7 +226,7 @@ fn serve<H: Handler>(listener: TcpListener, handle: ServerHandle, handler: H) ->
             let handle = handle.clone();
             let handler = Arc::clone(&handler);
             move || {
-                if let Err(e) = handle.run_connection(stream, remote, permit, &*handler) {
+                if let Err(e) = handle.run_connection(stream, admitted, &*handler) {
                     handler.on_error(&e);
                 }
             }
@@ -257,8 +257,7 @@ impl ServerHandle {
     fn run_connection<H: Handler>(
         &self,
         stream: TcpStream,
-        remote: SocketAddr,
-        permit: ConnectionPermit,
+        admitted: Admitted,
         handler: &H,
     ) -> io::Result<()> {
         let shared = &self.shared;
@@ -274,7 +273,7 @@ impl ServerHandle {
             None => {
                 let mut io = Deadlined::new(&stream, deadline, what);
                 let (protocol, initial) = self.open(&mut io)?;
-                self.run_session(stream, protocol, initial, remote, permit, handler)
+                self.run_session(stream, protocol, initial, admitted, handler)
             }
             Some(config) => {
                 let mut io = Deadlined::new(&stream, deadline, what);
@@ -291,7 +290,7 @@ impl ServerHandle {
                     self.open(&mut rustls::Stream::new(&mut conn, &mut io))?;
                 let initial = crate::tls::initial_input(&mut conn, leftover)?;
                 let stream = TlsStream::new(stream, conn);
-                self.run_session(stream, protocol, initial, remote, permit, handler)
+                self.run_session(stream, protocol, initial, admitted, handler)
             }
         }
     }
@@ -305,7 +304,6 @@ impl ServerHandle {
             ServerOpen::Upgrade(upgrade) => upgrade,
         };
         let mut buf = vec![0u8; 4096];
-        let mut out = BytesMut::new();
         loop {
             let n = match stream.read(&mut buf) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
@@ -313,20 +311,24 @@ impl ServerHandle {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
-            match upgrade.handle_input(buf.get(..n).unwrap_or_default(), &mut out) {
+            match upgrade.handle_input(buf.get(..n).unwrap_or_default()) {
                 ServerUpgradeStep::NeedMore(next) => upgrade = next,
-                ServerUpgradeStep::Accepted(protocol, leftover) => {
-                    stream.write_all(&out)?;
+                ServerUpgradeStep::Accepted {
+                    response,
+                    protocol,
+                    leftover,
+                } => {
+                    stream.write_all(&response)?;
                     // A TLS stream may hold the response until flushed.
                     stream.flush()?;
                     return Ok((protocol, leftover));
                 }
-                ServerUpgradeStep::Refused(e) => {
+                ServerUpgradeStep::Refused { response, error } => {
                     // Best effort, within the same deadline.
-                    if stream.write_all(&out).is_ok() {
+                    if stream.write_all(&response).is_ok() {
                         let _ = stream.flush();
                     }
-                    return Err(e);
+                    return Err(error);
                 }
             }
         }
@@ -338,33 +340,24 @@ impl ServerHandle {
         stream: T,
         protocol: Protocol,
         initial: Bytes,
-        remote: SocketAddr,
-        permit: ConnectionPermit,
+        admitted: Admitted,
         handler: &H,
     ) -> io::Result<()> {
-        let shared = &self.shared;
-        let options = &shared.options;
         // Closed at once if registered after the shutdown's `close_all`.
-        let session = ServerSetup::admit(
-            &shared.registry,
-            permit,
-            protocol,
-            &options.link,
-            remote,
-            Instant::now(),
-            Session::new,
-            || shared.stop.load(Ordering::Acquire),
-        )?;
+        let stopping = || self.shared.stop.load(Ordering::Acquire);
+        let (setup, registry) = (&self.shared.setup, &self.shared.registry);
+        let now = Instant::now();
+        let session = setup.admit(registry, admitted, protocol, now, Session::new, stopping)?;
         let id = session.id();
         drive(
             stream,
             &session,
             handler,
             initial,
-            options.write_batch,
-            options.link.close_timeout,
+            self.shared.options.write_batch,
+            self.shared.options.link.close_timeout,
         );
-        shared.registry.remove(id);
+        registry.remove(id);
         Ok(())
     }
 

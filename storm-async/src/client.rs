@@ -17,9 +17,7 @@ use storm_proto::link::Protocol;
 use storm_proto::options::{ClientOptions, Framing, WsOptions};
 pub use storm_proto::peer::ClientError;
 use storm_proto::reconnect::{Backoff, BackoffStep};
-use storm_proto::setup::{
-    ClientOpen, ClientTarget, ClientUpgradeStep, client_backoff, client_hub, client_peer,
-};
+use storm_proto::setup::{self, ClientOpen, ClientTarget, ClientUpgradeStep};
 
 use crate::driver::drive;
 use crate::io::{Either, read, write_all_flush};
@@ -172,8 +170,8 @@ async fn start<R: Runtime, H: Handler>(
     options: ClientOptions,
     handler: H,
 ) -> Result<Client, ClientError> {
-    let backoff = client_backoff(&options, rand::random())?;
-    let hub = client_hub(&options, Instant::now())?;
+    let backoff = setup::client_backoff(&options, rand::random())?;
+    let hub = setup::client_hub(&options, Instant::now())?;
     let first = connect_once::<R>(&target, &options, &hub).await?;
     let shared = Arc::new(ClientShared {
         current: Mutex::new(Some(first.session.clone())),
@@ -272,7 +270,7 @@ async fn connect_once<R: Runtime>(
             ),
         };
         let (protocol, initial) = open(&mut stream, target, options).await?;
-        let peer = client_peer(hub, options, protocol, remote, Instant::now())?;
+        let peer = setup::client_peer(hub, options, protocol, remote, Instant::now())?;
         Ok(Connected {
             stream,
             session: Session::new(peer),

@@ -325,17 +325,11 @@ impl<R: Runtime> ServerHandle<R> {
             };
             match upgrade.handle_input(input) {
                 ServerUpgradeStep::NeedMore(next) => upgrade = next,
-                ServerUpgradeStep::Accepted {
-                    response,
-                    protocol,
-                    leftover,
-                } => {
-                    write_all_flush(stream, &response).await?;
-                    return Ok((protocol, leftover));
-                }
-                ServerUpgradeStep::Refused { response, error } => {
-                    let _ = write_all_flush(stream, &response).await;
-                    return Err(error);
+                ServerUpgradeStep::Done { response, opened } => {
+                    let written = write_all_flush(stream, &response).await;
+                    let opened = opened?;
+                    written?;
+                    return Ok(opened);
                 }
             }
         }

@@ -550,23 +550,15 @@ pub struct ServerUpgrade<'a> {
 pub enum ServerUpgradeStep<'a> {
     /// The request is not complete: read more.
     NeedMore(ServerUpgrade<'a>),
-    /// Accepted: send `response`, then speak `protocol`, starting with
-    /// `leftover`, the bytes the client sent after its request.
-    Accepted {
-        /// The 101 response.
+    /// Answered: send `response` (the 101, or a 400, 426 or 431 refusal),
+    /// then speak what `opened` holds, or close with its error (a failed
+    /// send of a refusal does not matter then).
+    Done {
+        /// The response to send.
         response: Bytes,
-        /// The WebSocket connection.
-        protocol: Protocol,
-        /// Bytes that followed the request.
-        leftover: Bytes,
-    },
-    /// Refused: send `response` (best effort), then close with `error`.
-    Refused {
-        /// The error response (400, 426, 431, or the 101 when what it
-        /// agreed cannot be set up).
-        response: Bytes,
-        /// Why.
-        error: io::Error,
+        /// The WebSocket connection and the bytes the client sent after
+        /// its request; or why the upgrade was refused.
+        opened: io::Result<(Protocol, Bytes)>,
     },
 }
 
@@ -582,29 +574,21 @@ impl<'a> ServerUpgrade<'a> {
             Ok(ServerStep::Request(pending)) => pending,
             Err(e) => {
                 e.write_response(&mut out);
-                return ServerUpgradeStep::Refused {
+                return ServerUpgradeStep::Done {
                     response: out.freeze(),
-                    error: invalid(e),
+                    opened: Err(invalid(e)),
                 };
             }
         };
         let accepted = pending.accept(&mut out);
-        let mut conn = Connection::new(Side::Server, self.ws.config.clone());
-        if let (Some(params), Some(deflate)) = (accepted.deflate, &self.ws.deflate) {
-            match conn.with_deflate(params, deflate) {
-                Ok(with) => conn = with,
-                Err(e) => {
-                    return ServerUpgradeStep::Refused {
-                        response: out.freeze(),
-                        error: invalid(e),
-                    };
-                }
-            }
-        }
-        ServerUpgradeStep::Accepted {
+        let conn = Connection::new(Side::Server, self.ws.config.clone());
+        let conn = match (accepted.deflate, &self.ws.deflate) {
+            (Some(params), Some(deflate)) => conn.with_deflate(params, deflate).map_err(invalid),
+            _ => Ok(conn),
+        };
+        ServerUpgradeStep::Done {
             response: out.freeze(),
-            protocol: Protocol::WebSocket(Box::new(conn)),
-            leftover: accepted.leftover,
+            opened: conn.map(|conn| (Protocol::WebSocket(Box::new(conn)), accepted.leftover)),
         }
     }
 }
@@ -657,15 +641,11 @@ mod tests {
             ServerUpgradeStep::NeedMore(server) => server,
             _ => return Err(config_error("the request is not complete yet")),
         };
-        let (response, protocol, server_leftover) = match server.handle_input(&request[split..]) {
-            ServerUpgradeStep::Accepted {
-                response,
-                protocol,
-                leftover,
-            } => (response, protocol, leftover),
-            ServerUpgradeStep::Refused { error, .. } => return Err(ClientError::Io(error)),
-            ServerUpgradeStep::NeedMore(_) => return Err(config_error("server wants more")),
+        let ServerUpgradeStep::Done { response, opened } = server.handle_input(&request[split..])
+        else {
+            return Err(config_error("the request is complete"));
         };
+        let (protocol, server_leftover) = opened?;
         assert!(matches!(protocol, Protocol::WebSocket(_)));
         let response = [&response[..], b"srv"].concat();
         match client.handle_input(&response)? {
@@ -693,7 +673,11 @@ mod tests {
             panic!("a WebSocket server must upgrade");
         };
         let step = server.handle_input(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
-        let ServerUpgradeStep::Refused { response, .. } = step else {
+        let ServerUpgradeStep::Done {
+            response,
+            opened: Err(_),
+        } = step
+        else {
             panic!("an upgrade request without its headers must be refused");
         };
         assert!(response.starts_with(b"HTTP/1.1 4"), "{response:?}");

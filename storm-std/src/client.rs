@@ -15,9 +15,7 @@ use storm_proto::link::Protocol;
 use storm_proto::options::{ClientOptions, Framing, WsOptions};
 pub use storm_proto::peer::ClientError;
 use storm_proto::reconnect::{Backoff, BackoffStep};
-use storm_proto::setup::{
-    ClientOpen, ClientTarget, ClientUpgradeStep, client_backoff, client_hub, client_peer,
-};
+use storm_proto::setup::{self, ClientOpen, ClientTarget, ClientUpgradeStep};
 
 use crate::deadline::{Deadlined, remaining};
 use crate::driver::drive;
@@ -191,8 +189,8 @@ fn start<H: Handler>(
     options: ClientOptions,
     handler: H,
 ) -> Result<Client, ClientError> {
-    let backoff = client_backoff(&options, rand::random())?;
-    let hub = client_hub(&options, Instant::now())?;
+    let backoff = setup::client_backoff(&options, rand::random())?;
+    let hub = setup::client_hub(&options, Instant::now())?;
     let first = connect_once(&target, &options, &hub)?;
     let shared = Arc::new(ClientShared {
         current: Mutex::new(Some(first.session.clone())),
@@ -334,7 +332,7 @@ fn connect_once(
             )
         }
     };
-    let peer = client_peer(hub, options, protocol, remote, Instant::now())?;
+    let peer = setup::client_peer(hub, options, protocol, remote, Instant::now())?;
     Ok(Connected {
         stream,
         session: Session::new(peer),

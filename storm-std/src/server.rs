@@ -313,22 +313,13 @@ impl ServerHandle {
             };
             match upgrade.handle_input(buf.get(..n).unwrap_or_default()) {
                 ServerUpgradeStep::NeedMore(next) => upgrade = next,
-                ServerUpgradeStep::Accepted {
-                    response,
-                    protocol,
-                    leftover,
-                } => {
-                    stream.write_all(&response)?;
+                ServerUpgradeStep::Done { response, opened } => {
                     // A TLS stream may hold the response until flushed.
-                    stream.flush()?;
-                    return Ok((protocol, leftover));
-                }
-                ServerUpgradeStep::Refused { response, error } => {
-                    // Best effort, within the same deadline.
-                    if stream.write_all(&response).is_ok() {
-                        let _ = stream.flush();
-                    }
-                    return Err(error);
+                    let written = stream.write_all(&response).and_then(|()| stream.flush());
+                    // A refusal is sent on a best-effort basis.
+                    let opened = opened?;
+                    written?;
+                    return Ok(opened);
                 }
             }
         }

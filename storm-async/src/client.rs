@@ -12,12 +12,10 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use storm_proto::Message;
-use storm_proto::hub::Hub;
 use storm_proto::link::Protocol;
 use storm_proto::options::{ClientOptions, Framing, WsOptions};
 pub use storm_proto::peer::ClientError;
-use storm_proto::reconnect::{Backoff, BackoffStep};
-use storm_proto::setup::{self, ClientOpen, ClientTarget, ClientUpgradeStep};
+use storm_proto::setup::{ClientCore, ClientOpen, ClientTarget, ClientUpgradeStep};
 
 use crate::driver::drive;
 use crate::io::{Either, read, write_all_flush};
@@ -170,9 +168,8 @@ async fn start<R: Runtime, H: Handler>(
     options: ClientOptions,
     handler: H,
 ) -> Result<Client, ClientError> {
-    let backoff = setup::client_backoff(&options, rand::random())?;
-    let hub = setup::client_hub(&options, Instant::now())?;
-    let first = connect_once::<R>(&target, &options, &hub).await?;
+    let core = ClientCore::new(&options, rand::random(), Instant::now())?;
+    let first = connect_once::<R>(&target, &options, &core).await?;
     let shared = Arc::new(ClientShared {
         current: Mutex::new(Some(first.session.clone())),
         closing: AtomicBool::new(false),
@@ -181,9 +178,7 @@ async fn start<R: Runtime, H: Handler>(
     let client = Client {
         shared: Arc::clone(&shared),
     };
-    R::spawn(run::<R, H>(
-        target, options, handler, hub, shared, backoff, first,
-    ));
+    R::spawn(run::<R, H>(target, options, handler, core, shared, first));
     Ok(client)
 }
 
@@ -191,17 +186,14 @@ async fn run<R: Runtime, H: Handler>(
     target: ClientTarget,
     options: ClientOptions,
     handler: H,
-    hub: Hub,
+    mut core: ClientCore,
     shared: Arc<ClientShared>,
-    mut backoff: Option<Backoff>,
     first: Connected<ClientStream<R>>,
 ) {
     let mut next = Some(first);
     while let Some(connected) = next.take() {
+        core.connected(Instant::now());
         let session = connected.session;
-        if let Some(backoff) = &mut backoff {
-            backoff.connected(Instant::now());
-        }
         let id = session.id();
         drive::<R, _, _, _>(
             connected.stream.split(),
@@ -213,20 +205,18 @@ async fn run<R: Runtime, H: Handler>(
         )
         .await;
         *lock(&shared.current) = None;
-        hub.disconnect(id);
+        core.ended(id);
         // Reconnect unless the application closed, or reconnects are off.
-        let Some(backoff) = &mut backoff else { break };
         while !shared.closing.load(Ordering::Acquire) {
-            let (attempt, delay) = match backoff.disconnected(Instant::now()) {
-                BackoffStep::Retry { attempt, delay } => (attempt, delay),
-                BackoffStep::GiveUp { .. } => break,
+            let Some((attempt, delay)) = core.next_attempt(Instant::now()) else {
+                break;
             };
             handler.on_reconnecting(attempt, delay).await;
             crate::sync::sleep_until::<R>(Instant::now().checked_add(delay)).await;
             if shared.closing.load(Ordering::Acquire) {
                 break;
             }
-            match connect_once::<R>(&target, &options, &hub).await {
+            match connect_once::<R>(&target, &options, &core).await {
                 Ok(connected) => {
                     *lock(&shared.current) = Some(connected.session.clone());
                     next = Some(connected);
@@ -256,7 +246,7 @@ async fn connect_tcp<R: Runtime>(authority: &str) -> io::Result<(R::Tcp, SocketA
 async fn connect_once<R: Runtime>(
     target: &ClientTarget,
     options: &ClientOptions,
-    hub: &Hub,
+    core: &ClientCore,
 ) -> Result<Connected<ClientStream<R>>, ClientError> {
     let attempt = async {
         let (tcp, remote) = connect_tcp::<R>(&target.authority()).await?;
@@ -270,7 +260,7 @@ async fn connect_once<R: Runtime>(
             ),
         };
         let (protocol, initial) = open(&mut stream, target, options).await?;
-        let peer = setup::client_peer(hub, options, protocol, remote, Instant::now())?;
+        let peer = core.peer(protocol, remote, Instant::now())?;
         Ok(Connected {
             stream,
             session: Session::new(peer),

@@ -8,7 +8,7 @@
 //! [`ClientTarget::tls`] when set, calls [`ClientTarget::open`] and (for
 //! WebSocket) sends the request and feeds the response to the
 //! [`ClientUpgrade`] until it yields the [`Protocol`]; then
-//! [`client_peer`]. A server adapter builds a [`ServerSetup`] at bind and
+//! [`ClientCore::peer`]. A server adapter builds a [`ServerSetup`] at bind and
 //! does the same with [`ServerSetup::open`], [`ServerUpgrade`] and
 //! [`ServerSetup::admit`], with the
 //! [`Admitted`] it took at accept.
@@ -17,16 +17,16 @@ use std::io;
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rand::RngCore;
 
-use crate::hub::{ConnectionPermit, Hub, HubConfig};
+use crate::hub::{ConnectionPermit, Hub, HubConfig, SessionId};
 use crate::link::{Link, LinkConfig, Protocol};
 use crate::options::{ClientOptions, Framing, ServerOptions, WsOptions};
 use crate::peer::{ClientError, Peer, Registry};
-use crate::reconnect::Backoff;
+use crate::reconnect::{Backoff, BackoffStep};
 use crate::ws::handshake::{
     ClientConfig, ClientHandshake, ClientStep, ServerConfig, ServerHandshake, ServerStep,
 };
@@ -292,50 +292,81 @@ impl<'a> ClientUpgrade<'a> {
     }
 }
 
-/// A client's hub (sessions and backpressure for its connections).
-///
-/// # Errors
-///
-/// [`ClientError::Config`] for invalid backpressure options.
-pub fn client_hub(options: &ClientOptions, now: Instant) -> Result<Hub, ClientError> {
-    let config = HubConfig {
-        backpressure: options.backpressure,
-        ..HubConfig::default()
-    };
-    Hub::new(config, now).map_err(config_error)
+/// What a client keeps across its connections, apart from the I/O: the
+/// hub its sessions live in and the reconnect schedule.
+#[derive(Debug)]
+pub struct ClientCore {
+    hub: Hub,
+    backoff: Option<Backoff>,
+    link: LinkConfig,
 }
 
-/// A client's reconnect backoff, `None` when reconnects are off.
-///
-/// # Errors
-///
-/// [`ClientError::Config`] for invalid reconnect options.
-pub fn client_backoff(options: &ClientOptions, seed: u64) -> Result<Option<Backoff>, ClientError> {
-    options
-        .reconnect
-        .as_ref()
-        .map(|config| Backoff::new(config.clone(), seed).map_err(config_error))
-        .transpose()
-}
+impl ClientCore {
+    /// A client's hub and, with `options.reconnect`, its backoff
+    /// (`seed` for the jitter).
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Config`] for invalid backpressure or reconnect
+    /// options.
+    pub fn new(options: &ClientOptions, seed: u64, now: Instant) -> Result<Self, ClientError> {
+        let config = HubConfig {
+            backpressure: options.backpressure,
+            ..HubConfig::default()
+        };
+        let backoff = options
+            .reconnect
+            .as_ref()
+            .map(|config| Backoff::new(config.clone(), seed).map_err(config_error))
+            .transpose()?;
+        Ok(Self {
+            hub: Hub::new(config, now).map_err(config_error)?,
+            backoff,
+            link: options.link.clone(),
+        })
+    }
 
-/// A new client connection to `remote` admitted and registered in the
-/// client's hub: the [`Peer`] the adapter's session wraps.
-///
-/// # Errors
-///
-/// [`ClientError::Config`] when the hub refuses or the link options are
-/// invalid.
-pub fn client_peer(
-    hub: &Hub,
-    options: &ClientOptions,
-    protocol: Protocol,
-    remote: SocketAddr,
-    now: Instant,
-) -> Result<Peer, ClientError> {
-    let permit = hub.try_admit().map_err(config_error)?;
-    let session = hub.register(permit, now).map_err(config_error)?;
-    let link = Link::new(session, protocol, options.link.clone(), now).map_err(config_error)?;
-    Ok(Peer::new(Arc::new(link), hub.clone(), remote))
+    /// A new connection to `remote` admitted and registered in the hub:
+    /// the [`Peer`] the adapter's session wraps.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Config`] when the hub refuses or the link options
+    /// are invalid.
+    pub fn peer(
+        &self,
+        protocol: Protocol,
+        remote: SocketAddr,
+        now: Instant,
+    ) -> Result<Peer, ClientError> {
+        let permit = self.hub.try_admit().map_err(config_error)?;
+        let session = self.hub.register(permit, now).map_err(config_error)?;
+        let link = Link::new(session, protocol, self.link.clone(), now).map_err(config_error)?;
+        Ok(Peer::new(Arc::new(link), self.hub.clone(), remote))
+    }
+
+    /// A connection is up (it counts as stable after a while, which resets
+    /// the backoff).
+    pub fn connected(&mut self, now: Instant) {
+        if let Some(backoff) = &mut self.backoff {
+            backoff.connected(now);
+        }
+    }
+
+    /// The connection `id` ended: its session leaves the hub.
+    pub fn ended(&mut self, id: SessionId) {
+        self.hub.disconnect(id);
+    }
+
+    /// After a connection ended or an attempt failed: the next attempt's
+    /// number and the delay before it; `None` to stop for good
+    /// (reconnects off, or out of attempts).
+    pub fn next_attempt(&mut self, now: Instant) -> Option<(u32, Duration)> {
+        match self.backoff.as_mut()?.disconnected(now) {
+            BackoffStep::Retry { attempt, delay } => Some((attempt, delay)),
+            BackoffStep::GiveUp { .. } => None,
+        }
+    }
 }
 
 /// What a server speaks after accepting.
@@ -709,18 +740,15 @@ mod tests {
     #[test]
     fn a_client_admits_each_connection_into_its_hub() -> Result<(), ClientError> {
         let options = ClientOptions::default();
-        let hub = client_hub(&options, Instant::now())?;
+        let mut core = ClientCore::new(&options, 1, Instant::now())?;
         let framer = Framing::default().build().map_err(config_error)?;
-        let peer = client_peer(
-            &hub,
-            &options,
-            Protocol::Framed(framer),
-            remote(),
-            Instant::now(),
-        )?;
+        let peer = core.peer(Protocol::Framed(framer), remote(), Instant::now())?;
         assert_eq!(peer.remote_addr(), remote());
         assert_eq!(peer.state(), SessionState::Open);
-        assert!(client_backoff(&options, 1)?.is_none());
+        core.ended(peer.id());
+        assert_eq!(peer.state(), SessionState::Closed);
+        // Reconnects are off by default: one connection, then stop.
+        assert_eq!(core.next_attempt(Instant::now()), None);
         Ok(())
     }
 

@@ -10,12 +10,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use storm_proto::Message;
-use storm_proto::hub::Hub;
 use storm_proto::link::Protocol;
 use storm_proto::options::{ClientOptions, Framing, WsOptions};
 pub use storm_proto::peer::ClientError;
-use storm_proto::reconnect::{Backoff, BackoffStep};
-use storm_proto::setup::{self, ClientOpen, ClientTarget, ClientUpgradeStep};
+use storm_proto::setup::{ClientCore, ClientOpen, ClientTarget, ClientUpgradeStep};
 
 use crate::deadline::{Deadlined, remaining};
 use crate::driver::drive;
@@ -189,9 +187,8 @@ fn start<H: Handler>(
     options: ClientOptions,
     handler: H,
 ) -> Result<Client, ClientError> {
-    let backoff = setup::client_backoff(&options, rand::random())?;
-    let hub = setup::client_hub(&options, Instant::now())?;
-    let first = connect_once(&target, &options, &hub)?;
+    let mut core = ClientCore::new(&options, rand::random(), Instant::now())?;
+    let first = connect_once(&target, &options, &core)?;
     let shared = Arc::new(ClientShared {
         current: Mutex::new(Some(first.session.clone())),
         flags: Mutex::new(Flags::default()),
@@ -202,7 +199,7 @@ fn start<H: Handler>(
     };
     thread::Builder::new()
         .name("storm-client".to_owned())
-        .spawn(move || run(&target, &options, &handler, &hub, &shared, backoff, first))
+        .spawn(move || run(&target, &options, &handler, &mut core, &shared, first))
         .map_err(ClientError::Io)?;
     Ok(client)
 }
@@ -212,17 +209,14 @@ fn run<H: Handler>(
     target: &ClientTarget,
     options: &ClientOptions,
     handler: &H,
-    hub: &Hub,
+    core: &mut ClientCore,
     shared: &ClientShared,
-    mut backoff: Option<Backoff>,
     first: Connected,
 ) {
     let mut next = Some(first);
     while let Some(connected) = next.take() {
+        core.connected(Instant::now());
         let session = connected.session;
-        if let Some(backoff) = &mut backoff {
-            backoff.connected(Instant::now());
-        }
         if lock(&shared.flags).closing {
             // Closed while the connection was being made.
             session.close();
@@ -247,10 +241,9 @@ fn run<H: Handler>(
             ),
         }
         *lock(&shared.current) = None;
-        hub.disconnect(session.id());
+        core.ended(session.id());
         // Reconnect unless the application closed, or reconnects are off.
-        let Some(backoff) = &mut backoff else { break };
-        while let BackoffStep::Retry { attempt, delay } = backoff.disconnected(Instant::now()) {
+        while let Some((attempt, delay)) = core.next_attempt(Instant::now()) {
             if lock(&shared.flags).closing {
                 break;
             }
@@ -265,7 +258,7 @@ fn run<H: Handler>(
                 break;
             }
             drop(flags);
-            match connect_once(target, options, hub) {
+            match connect_once(target, options, core) {
                 Ok(connected) => {
                     *lock(&shared.current) = Some(connected.session.clone());
                     next = Some(connected);
@@ -282,7 +275,7 @@ fn run<H: Handler>(
 fn connect_once(
     target: &ClientTarget,
     options: &ClientOptions,
-    hub: &Hub,
+    core: &ClientCore,
 ) -> Result<Connected, ClientError> {
     let deadline = Instant::now() + options.connect_timeout;
     let authority = target.authority();
@@ -332,7 +325,7 @@ fn connect_once(
             )
         }
     };
-    let peer = setup::client_peer(hub, options, protocol, remote, Instant::now())?;
+    let peer = core.peer(protocol, remote, Instant::now())?;
     Ok(Connected {
         stream,
         session: Session::new(peer),

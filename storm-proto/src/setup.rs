@@ -1,17 +1,18 @@
 //! What an adapter decides when it opens a connection, apart from the I/O:
 //! the options checked and the TLS configurations built once, the
-//! WebSocket upgrade as a byte-in, protocol-out step, and a new connection
-//! admitted into a hub as a [`Link`].
+//! WebSocket upgrade as a byte-in, protocol-out step, a new connection
+//! admitted into a hub as a [`Peer`], and a client's reconnect schedule.
 //!
-//! A client adapter builds a [`ClientTarget`] once, then for every
-//! (re)connection: connects to [`ClientTarget::authority`], runs TLS with
-//! [`ClientTarget::tls`] when set, calls [`ClientTarget::open`] and (for
-//! WebSocket) sends the request and feeds the response to the
-//! [`ClientUpgrade`] until it yields the [`Protocol`]; then
-//! [`ClientCore::peer`]. A server adapter builds a [`ServerSetup`] at bind and
+//! A client adapter builds a [`ClientTarget`] and a [`ClientCore`] once,
+//! then for every (re)connection: connects to [`ClientTarget::authority`],
+//! runs TLS with `ClientTarget::tls` (feature `tls`) when set, calls
+//! [`ClientTarget::open`] and, for WebSocket, sends the request and feeds
+//! the response to the [`ClientUpgrade`] until it yields the [`Protocol`];
+//! then [`ClientCore::peer`], and when the connection ends,
+//! [`ClientCore::ended`] and [`ClientCore::next_attempt`]. A server adapter
+//! builds a [`ServerSetup`] at bind, takes an [`Admitted`] at accept, and
 //! does the same with [`ServerSetup::open`], [`ServerUpgrade`] and
-//! [`ServerSetup::admit`], with the
-//! [`Admitted`] it took at accept.
+//! [`ServerSetup::admit`].
 
 use std::io;
 use std::net::SocketAddr;

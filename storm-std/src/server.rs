@@ -67,12 +67,14 @@ impl fmt::Debug for ServerHandle {
 }
 
 /// A WebSocket server. See the [crate docs](crate) for an example.
+#[derive(Debug)]
 pub struct WsServer {
     listener: TcpListener,
     handle: ServerHandle,
 }
 
 /// A plain TCP server with a framer (length-prefixed by default).
+#[derive(Debug)]
 pub struct TcpServer {
     listener: TcpListener,
     handle: ServerHandle,
@@ -115,14 +117,6 @@ macro_rules! server_common {
                 thread::Builder::new()
                     .name("storm-accept".to_owned())
                     .spawn(move || self.serve(handler))
-            }
-        }
-
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.debug_struct(stringify!($name))
-                    .field("local_addr", &self.local_addr())
-                    .finish_non_exhaustive()
             }
         }
     };

@@ -9,59 +9,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
-use rustls_pki_types::ServerName;
+use bytes::Bytes;
 
 use storm_proto::Message;
-use storm_proto::hub::{Hub, HubConfig};
-use storm_proto::link::{Link, Protocol};
-use storm_proto::options::{ClientOptions, Framing, TlsClientOptions, WsOptions};
+use storm_proto::link::Protocol;
+use storm_proto::options::{ClientOptions, Framing, WsOptions};
 pub use storm_proto::peer::ClientError;
-use storm_proto::reconnect::{Backoff, BackoffStep};
-use storm_proto::ws::handshake::{ClientConfig, ClientHandshake, ClientStep};
-use storm_proto::ws::{Connection, Side, WsUrl};
+use storm_proto::setup::{ClientCore, ClientOpen, ClientTarget, ClientUpgradeStep};
 
 use crate::driver::drive;
 use crate::io::{Either, read, write_all_flush};
 use crate::runtime::{Runtime, Stream};
 use crate::sync::{Signal, lock, timeout};
 use crate::{Handler, Session};
-
-fn config_error(e: impl fmt::Display) -> ClientError {
-    ClientError::Config(e.to_string())
-}
-
-/// Where and how a client connects.
-#[derive(Clone)]
-enum Target {
-    Tcp {
-        addr: String,
-        framing: Framing,
-        tls: Option<Tls>,
-    },
-    Ws {
-        url: WsUrl,
-        ws: WsOptions,
-        tls: Option<Tls>,
-    },
-}
-
-/// TLS for every (re)connection of one client, built once.
-#[derive(Clone)]
-struct Tls {
-    config: Arc<rustls::ClientConfig>,
-    name: ServerName<'static>,
-}
-
-impl Tls {
-    /// `host` names the server unless the options name it.
-    fn new(options: &TlsClientOptions, host: &str) -> Result<Self, ClientError> {
-        Ok(Self {
-            config: storm_proto::tls::client_config(options).map_err(config_error)?,
-            name: storm_proto::tls::server_name(options, host).map_err(config_error)?,
-        })
-    }
-}
 
 /// A connected client, on any runtime. Dropping it does not close the
 /// connection; call [`close`](Self::close).
@@ -130,17 +90,8 @@ impl<R: Runtime> WsClient<R> {
         ws: WsOptions,
         handler: H,
     ) -> Result<Client, ClientError> {
-        let url: WsUrl = url.parse().map_err(ClientError::Url)?;
-        let tls = match (url.secure, &options.tls) {
-            (true, tls) => Some(Tls::new(&tls.clone().unwrap_or_default(), &url.host)?),
-            (false, None) => None,
-            (false, Some(_)) => {
-                return Err(ClientError::Config(
-                    "TLS options are set but the URL is ws://: use wss://".to_owned(),
-                ));
-            }
-        };
-        start::<R, H>(Target::Ws { url, ws, tls }, options, handler).await
+        let target = ClientTarget::ws(url, &options, ws)?;
+        start::<R, H>(target, options, handler).await
     }
 }
 
@@ -159,16 +110,7 @@ impl<R: Runtime> TcpClient<R> {
         framing: Framing,
         handler: H,
     ) -> Result<Client, ClientError> {
-        framing.build().map_err(config_error)?;
-        let tls = match &options.tls {
-            Some(tls) => Some(Tls::new(tls, storm_proto::tls::host_of(addr))?),
-            None => None,
-        };
-        let target = Target::Tcp {
-            addr: addr.to_owned(),
-            framing,
-            tls,
-        };
+        let target = ClientTarget::tcp(addr, &options, framing)?;
         start::<R, H>(target, options, handler).await
     }
 }
@@ -222,18 +164,12 @@ struct Connected<S> {
 type ClientStream<R> = Either<<R as Runtime>::Tcp, <R as Runtime>::TlsClient>;
 
 async fn start<R: Runtime, H: Handler>(
-    target: Target,
+    target: ClientTarget,
     options: ClientOptions,
     handler: H,
 ) -> Result<Client, ClientError> {
-    let backoff = match &options.reconnect {
-        Some(config) => Some(Backoff::new(config.clone(), rand::random()).map_err(config_error)?),
-        None => None,
-    };
-    let mut hub_config = HubConfig::default();
-    hub_config.backpressure = options.backpressure;
-    let hub = Hub::new(hub_config, Instant::now()).map_err(config_error)?;
-    let first = connect_once::<R>(&target, &options, &hub).await?;
+    let core = ClientCore::new(&options, rand::random(), Instant::now())?;
+    let first = connect_once::<R>(&target, &options, &core).await?;
     let shared = Arc::new(ClientShared {
         current: Mutex::new(Some(first.session.clone())),
         closing: AtomicBool::new(false),
@@ -242,41 +178,22 @@ async fn start<R: Runtime, H: Handler>(
     let client = Client {
         shared: Arc::clone(&shared),
     };
-    R::spawn(run::<R, H>(
-        target, options, handler, hub, shared, backoff, first,
-    ));
+    R::spawn(run::<R, H>(target, options, handler, core, shared, first));
     Ok(client)
 }
 
-/// The session for a new connection, registered in the client's hub.
-fn new_session(
-    hub: &Hub,
-    options: &ClientOptions,
-    remote: SocketAddr,
-    protocol: Protocol,
-) -> Result<Session, ClientError> {
-    let permit = hub.try_admit().map_err(config_error)?;
-    let hub_session = hub.register(permit, Instant::now()).map_err(config_error)?;
-    let link = Link::new(hub_session, protocol, options.link.clone(), Instant::now())
-        .map_err(config_error)?;
-    Ok(Session::new(Arc::new(link), hub.clone(), remote))
-}
-
 async fn run<R: Runtime, H: Handler>(
-    target: Target,
+    target: ClientTarget,
     options: ClientOptions,
     handler: H,
-    hub: Hub,
+    mut core: ClientCore,
     shared: Arc<ClientShared>,
-    mut backoff: Option<Backoff>,
     first: Connected<ClientStream<R>>,
 ) {
     let mut next = Some(first);
     while let Some(connected) = next.take() {
+        core.connected(Instant::now());
         let session = connected.session;
-        if let Some(backoff) = &mut backoff {
-            backoff.connected(Instant::now());
-        }
         let id = session.id();
         drive::<R, _, _, _>(
             connected.stream.split(),
@@ -288,20 +205,18 @@ async fn run<R: Runtime, H: Handler>(
         )
         .await;
         *lock(&shared.current) = None;
-        hub.disconnect(id);
+        core.ended(id);
         // Reconnect unless the application closed, or reconnects are off.
-        let Some(backoff) = &mut backoff else { break };
         while !shared.closing.load(Ordering::Acquire) {
-            let (attempt, delay) = match backoff.disconnected(Instant::now()) {
-                BackoffStep::Retry { attempt, delay } => (attempt, delay),
-                BackoffStep::GiveUp { .. } => break,
+            let Some((attempt, delay)) = core.next_attempt(Instant::now()) else {
+                break;
             };
             handler.on_reconnecting(attempt, delay).await;
             crate::sync::sleep_until::<R>(Instant::now().checked_add(delay)).await;
             if shared.closing.load(Ordering::Acquire) {
                 break;
             }
-            match connect_once::<R>(&target, &options, &hub).await {
+            match connect_once::<R>(&target, &options, &core).await {
                 Ok(connected) => {
                     *lock(&shared.current) = Some(connected.session.clone());
                     next = Some(connected);
@@ -329,18 +244,14 @@ async fn connect_tcp<R: Runtime>(authority: &str) -> io::Result<(R::Tcp, SocketA
 }
 
 async fn connect_once<R: Runtime>(
-    target: &Target,
+    target: &ClientTarget,
     options: &ClientOptions,
-    hub: &Hub,
+    core: &ClientCore,
 ) -> Result<Connected<ClientStream<R>>, ClientError> {
     let attempt = async {
-        let (authority, tls) = match target {
-            Target::Tcp { addr, tls, .. } => (addr.clone(), tls),
-            Target::Ws { url, tls, .. } => (url.authority(), tls),
-        };
-        let (tcp, remote) = connect_tcp::<R>(&authority).await?;
+        let (tcp, remote) = connect_tcp::<R>(&target.authority()).await?;
         R::socket(&tcp).set_tcp_nodelay(options.nodelay)?;
-        let mut stream: ClientStream<R> = match tls {
+        let mut stream: ClientStream<R> = match target.tls() {
             None => Either::A(tcp),
             Some(tls) => Either::B(
                 R::tls_connect(Arc::clone(&tls.config), tls.name.clone(), tcp)
@@ -348,20 +259,11 @@ async fn connect_once<R: Runtime>(
                     .map_err(ClientError::Tls)?,
             ),
         };
-        let (protocol, initial) = match target {
-            Target::Tcp { framing, .. } => (
-                Protocol::Framed(framing.build().map_err(config_error)?),
-                Bytes::new(),
-            ),
-            Target::Ws { url, ws, .. } => {
-                let (conn, initial) = upgrade(&mut stream, url, ws, options).await?;
-                (Protocol::WebSocket(Box::new(conn)), initial)
-            }
-        };
-        let session = new_session(hub, options, remote, protocol)?;
+        let (protocol, initial) = open(&mut stream, target, options).await?;
+        let peer = core.peer(protocol, remote, Instant::now())?;
         Ok(Connected {
             stream,
-            session,
+            session: Session::new(peer),
             initial,
         })
     };
@@ -370,34 +272,27 @@ async fn connect_once<R: Runtime>(
         .ok_or(ClientError::Timeout)?
 }
 
-async fn upgrade<S: Stream>(
+/// The protocol a new connection speaks, after the WebSocket upgrade for a
+/// WebSocket client; and any bytes the server sent after its response.
+async fn open<S: Stream>(
     stream: &mut S,
-    url: &WsUrl,
-    ws: &WsOptions,
+    target: &ClientTarget,
     options: &ClientOptions,
-) -> Result<(Connection, Bytes), ClientError> {
-    let mut config = ClientConfig::new(url.host_header(), url.resource.clone());
-    config.subprotocols.clone_from(&ws.subprotocols);
-    config.deflate.clone_from(&ws.deflate);
-    config.headers.clone_from(&options.headers);
-    let mut out = BytesMut::new();
-    let mut state =
-        ClientHandshake::start(&config, &mut rand::rng(), &mut out).map_err(config_error)?;
-    write_all_flush(stream, &out).await?;
+) -> Result<(Protocol, Bytes), ClientError> {
+    let (request, mut upgrade) = match target.open(options, &mut rand::rng())? {
+        ClientOpen::Ready(protocol) => return Ok((protocol, Bytes::new())),
+        ClientOpen::Upgrade { request, upgrade } => (request, upgrade),
+    };
+    write_all_flush(stream, &request).await?;
     let mut buf = vec![0u8; 4096];
-    let upgraded = loop {
+    loop {
         let n = read(stream, &mut buf).await?;
         let Some(input) = buf.get(..n).filter(|b| !b.is_empty()) else {
             return Err(ClientError::Io(io::ErrorKind::UnexpectedEof.into()));
         };
-        match state.handle_input(input).map_err(ClientError::Handshake)? {
-            ClientStep::NeedMore(next) => state = next,
-            ClientStep::Done(upgraded) => break upgraded,
+        match upgrade.handle_input(input)? {
+            ClientUpgradeStep::NeedMore(next) => upgrade = next,
+            ClientUpgradeStep::Done(protocol, initial) => return Ok((protocol, initial)),
         }
-    };
-    let mut conn = Connection::new(Side::Client, ws.config.clone());
-    if let (Some(params), Some(deflate)) = (upgraded.deflate, &ws.deflate) {
-        conn = conn.with_deflate(params, deflate).map_err(config_error)?;
     }
-    Ok((conn, upgraded.leftover))
 }

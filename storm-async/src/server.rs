@@ -10,14 +10,13 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
-use storm_proto::hub::{CloseKind, ConnectionPermit, Hub, HubConfig};
-use storm_proto::link::{Link, Protocol};
+use storm_proto::hub::CloseKind;
+use storm_proto::link::Protocol;
 use storm_proto::options::{Framing, ServerOptions, WsOptions};
 use storm_proto::peer::Registry;
-use storm_proto::ws::handshake::{ServerConfig, ServerHandshake, ServerStep};
-use storm_proto::ws::{Connection, Side};
+use storm_proto::setup::{Admitted, ServerOpen, ServerSetup, ServerUpgradeStep, server_hub};
 
 use crate::driver::drive;
 use crate::io::{read, write_all_flush};
@@ -25,23 +24,12 @@ use crate::runtime::{PollRead, PollWrite, Runtime, Stream};
 use crate::sync::{Signal, TaskCount, timeout};
 use crate::{Handler, Session};
 
-/// What the server speaks after accepting.
-#[derive(Clone)]
-enum Kind {
-    Tcp(Framing),
-    Ws {
-        handshake: Arc<ServerConfig>,
-        options: WsOptions,
-    },
-}
-
 /// State every connection task and every [`ServerHandle`] shares.
 struct Shared {
     registry: Registry<Session>,
     options: ServerOptions,
-    kind: Kind,
-    /// Built once at bind from `options.tls`.
-    tls: Option<Arc<rustls::ServerConfig>>,
+    /// Framing or WebSocket, and TLS: built once at bind.
+    setup: ServerSetup,
     local_addr: SocketAddr,
     /// Set by `shutdown`: stop accepting.
     stop: Signal,
@@ -144,17 +132,9 @@ impl<R: Runtime> WsServer<R> {
     ///
     /// An invalid address or option, or a failed bind.
     pub async fn bind(options: ServerOptions, ws: WsOptions) -> io::Result<Self> {
-        let handshake = ServerConfig {
-            subprotocols: ws.subprotocols.clone(),
-            deflate: ws.deflate.clone(),
-            ..ServerConfig::default()
-        };
-        handshake.validate().map_err(invalid)?;
-        let kind = Kind::Ws {
-            handshake: Arc::new(handshake),
-            options: ws,
-        };
-        let (listener, handle) = bind::<R>(options, kind).await?;
+        // Before the socket: a bad certificate must not leave a port taken.
+        let setup = ServerSetup::ws(&options, ws)?;
+        let (listener, handle) = bind::<R>(options, setup).await?;
         Ok(Self { listener, handle })
     }
 }
@@ -166,26 +146,16 @@ impl<R: Runtime> TcpServer<R> {
     ///
     /// An invalid address or option, or a failed bind.
     pub async fn bind(options: ServerOptions, framing: Framing) -> io::Result<Self> {
-        framing.build().map_err(invalid)?;
-        let (listener, handle) = bind::<R>(options, Kind::Tcp(framing)).await?;
+        let setup = ServerSetup::tcp(&options, framing)?;
+        let (listener, handle) = bind::<R>(options, setup).await?;
         Ok(Self { listener, handle })
     }
 }
 
-fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, e)
-}
-
 async fn bind<R: Runtime>(
     options: ServerOptions,
-    kind: Kind,
+    setup: ServerSetup,
 ) -> io::Result<(R::Listener, ServerHandle<R>)> {
-    // Before the socket: a bad certificate must not leave a port taken.
-    let tls = options
-        .tls
-        .as_ref()
-        .map(storm_proto::tls::server_config)
-        .transpose()?;
     let addr = R::resolve(&options.addr)
         .await?
         .into_iter()
@@ -196,16 +166,12 @@ async fn bind<R: Runtime>(
     let listener = listen(addr, &options)?;
     let local_addr = listener.local_addr()?;
     let listener = R::listen(listener)?;
-    let mut hub_config = HubConfig::default();
-    hub_config.max_connections = options.max_connections;
-    hub_config.backpressure = options.backpressure;
-    let hub = Hub::new(hub_config, Instant::now()).map_err(invalid)?;
+    let hub = server_hub(&options, Instant::now())?;
     let shared = Shared {
         registry: Registry::new(hub),
         local_addr,
         options,
-        kind,
-        tls,
+        setup,
         stop: Signal::default(),
         done: Signal::default(),
         tasks: Arc::default(),
@@ -266,7 +232,7 @@ async fn serve<R: Runtime, H: Handler>(
             }
         };
         // Over the limit: closed at accept, before any handshake.
-        let Ok(permit) = shared.registry.hub().try_admit() else {
+        let Some(admitted) = Admitted::new(shared.registry.hub(), remote) else {
             drop(stream);
             continue;
         };
@@ -274,10 +240,7 @@ async fn serve<R: Runtime, H: Handler>(
         let handle = handle.clone();
         let handler = Arc::clone(&handler);
         R::spawn(async move {
-            if let Err(e) = handle
-                .run_connection(stream, remote, permit, &*handler)
-                .await
-            {
+            if let Err(e) = handle.run_connection(stream, admitted, &*handler).await {
                 handler.on_error(&e).await;
             }
             drop(guard);
@@ -293,8 +256,7 @@ impl<R: Runtime> ServerHandle<R> {
     async fn run_connection<H: Handler>(
         &self,
         stream: R::Tcp,
-        remote: SocketAddr,
-        permit: ConnectionPermit,
+        admitted: Admitted,
         handler: &H,
     ) -> io::Result<()> {
         let shared = &self.shared;
@@ -306,11 +268,11 @@ impl<R: Runtime> ServerHandle<R> {
         }
         // One time budget for the whole handshake: TLS, then the upgrade.
         let limit = options.handshake_timeout;
-        match &shared.tls {
+        match shared.setup.tls() {
             None => {
                 let mut stream = stream;
                 let (protocol, initial) = self.within(limit, pin!(self.open(&mut stream))).await?;
-                self.run_session(stream.split(), protocol, initial, remote, permit, handler)
+                self.run_session(stream.split(), protocol, initial, admitted, handler)
                     .await
             }
             Some(config) => {
@@ -328,7 +290,7 @@ impl<R: Runtime> ServerHandle<R> {
                 });
                 let (stream, protocol, initial) = self.within(limit, handshake.as_mut()).await?;
                 drop(handshake);
-                self.run_session(stream.split(), protocol, initial, remote, permit, handler)
+                self.run_session(stream.split(), protocol, initial, admitted, handler)
                     .await
             }
         }
@@ -342,11 +304,7 @@ impl<R: Runtime> ServerHandle<R> {
         handshake: Pin<&mut F>,
     ) -> io::Result<T> {
         timeout::<R, _>(limit, handshake).await.ok_or_else(|| {
-            let what = match (&self.shared.kind, self.shared.tls.is_some()) {
-                (Kind::Ws { .. }, false) => "WebSocket handshake",
-                (Kind::Ws { .. }, true) => "TLS or WebSocket handshake",
-                (Kind::Tcp(_), _) => "TLS handshake",
-            };
+            let what = self.shared.setup.handshake_name();
             io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out"))
         })?
     }
@@ -355,19 +313,26 @@ impl<R: Runtime> ServerHandle<R> {
     /// when the server is a WebSocket server; and any bytes the peer sent
     /// after its upgrade request.
     async fn open<S: Stream>(&self, stream: &mut S) -> io::Result<(Protocol, Bytes)> {
-        Ok(match &self.shared.kind {
-            Kind::Tcp(framing) => (
-                Protocol::Framed(framing.build().map_err(invalid)?),
-                Bytes::new(),
-            ),
-            Kind::Ws {
-                handshake,
-                options: ws,
-            } => {
-                let (conn, leftover) = accept_ws(stream, handshake, ws).await?;
-                (Protocol::WebSocket(Box::new(conn)), leftover)
+        let mut upgrade = match self.shared.setup.open()? {
+            ServerOpen::Ready(protocol) => return Ok((protocol, Bytes::new())),
+            ServerOpen::Upgrade(upgrade) => upgrade,
+        };
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = read(stream, &mut buf).await?;
+            let Some(input) = buf.get(..n).filter(|b| !b.is_empty()) else {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            };
+            match upgrade.handle_input(input) {
+                ServerUpgradeStep::NeedMore(next) => upgrade = next,
+                ServerUpgradeStep::Done { response, opened } => {
+                    let written = write_all_flush(stream, &response).await;
+                    let opened = opened?;
+                    written?;
+                    return Ok(opened);
+                }
             }
-        })
+        }
     }
 
     /// Registers the session and drives it until it closes.
@@ -376,40 +341,25 @@ impl<R: Runtime> ServerHandle<R> {
         halves: (Rd, Wr),
         protocol: Protocol,
         initial: Bytes,
-        remote: SocketAddr,
-        permit: ConnectionPermit,
+        admitted: Admitted,
         handler: &H,
     ) -> io::Result<()> {
-        let shared = &self.shared;
-        let options = &shared.options;
-        let hub_session = shared
-            .registry
-            .hub()
-            .register(permit, Instant::now())
-            .map_err(invalid)?;
-        let link = Link::new(hub_session, protocol, options.link.clone(), Instant::now())
-            .map_err(invalid)?;
-        let session = Session::new(Arc::new(link), shared.registry.hub().clone(), remote);
+        // Closed at once if registered after the shutdown's `close_all`.
+        let stopping = || self.shared.stop.is_set();
+        let (setup, registry) = (&self.shared.setup, &self.shared.registry);
+        let now = Instant::now();
+        let session = setup.admit(registry, admitted, protocol, now, Session::new, stopping)?;
         let id = session.id();
-        shared.registry.insert(session.clone());
-        // A connection accepted before `shutdown` may finish its handshake
-        // after the shutdown's `close_all` ran, and would then stay open
-        // until the shutdown timeout aborted it. The hub's lock orders the
-        // two: either `close_all` saw this session registered, or it ran
-        // before `register` and the stop flag (set before it) is seen here.
-        if shared.stop.is_set() {
-            session.close();
-        }
         drive::<R, _, _, _>(
             halves,
             session,
             handler,
             initial,
-            options.write_batch,
-            options.link.close_timeout,
+            self.shared.options.write_batch,
+            self.shared.options.link.close_timeout,
         )
         .await;
-        shared.registry.remove(id);
+        registry.remove(id);
         Ok(())
     }
 
@@ -437,38 +387,4 @@ impl<R: Runtime> ServerHandle<R> {
             shared.done.wait().await;
         }
     }
-}
-
-/// Reads the upgrade request, answers it, and returns the connection and
-/// any bytes the client sent after its request.
-async fn accept_ws<S: Stream>(
-    stream: &mut S,
-    handshake: &Arc<ServerConfig>,
-    ws: &WsOptions,
-) -> io::Result<(Connection, Bytes)> {
-    let mut state = ServerHandshake::new(Arc::clone(handshake)).map_err(invalid)?;
-    let mut buf = vec![0u8; 4096];
-    let mut out = BytesMut::new();
-    let pending = loop {
-        let n = read(stream, &mut buf).await?;
-        let Some(input) = buf.get(..n).filter(|b| !b.is_empty()) else {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        };
-        match state.handle_input(input) {
-            Ok(ServerStep::NeedMore(next)) => state = next,
-            Ok(ServerStep::Request(pending)) => break pending,
-            Err(e) => {
-                e.write_response(&mut out);
-                let _ = write_all_flush(stream, &out).await;
-                return Err(invalid(e));
-            }
-        }
-    };
-    let accepted = pending.accept(&mut out);
-    write_all_flush(stream, &out).await?;
-    let mut conn = Connection::new(Side::Server, ws.config.clone());
-    if let (Some(params), Some(deflate)) = (accepted.deflate, &ws.deflate) {
-        conn = conn.with_deflate(params, deflate).map_err(invalid)?;
-    }
-    Ok((conn, accepted.leftover))
 }

@@ -1,13 +1,9 @@
 //! A connection as the application holds it: the same type on every runtime.
 
 use std::future::poll_fn;
-use std::net::SocketAddr;
 use std::ops::Deref;
-use std::sync::Arc;
 
 use storm_proto::Message;
-use storm_proto::hub::Hub;
-use storm_proto::link::Link;
 use storm_proto::peer::Peer;
 pub use storm_proto::peer::SendError;
 
@@ -25,8 +21,8 @@ impl Deref for Session {
 }
 
 impl Session {
-    pub(crate) fn new(link: Arc<Link>, hub: Hub, remote: SocketAddr) -> Self {
-        Self(Peer::new(link, hub, remote))
+    pub(crate) fn new(peer: Peer) -> Self {
+        Self(peer)
     }
 
     /// Sends a message under the slow-consumer policy: with `Wait` (the

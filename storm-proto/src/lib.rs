@@ -24,6 +24,7 @@
 //! | [`options`] | option structs shared by every adapter (servers, clients, WebSocket, framing) |
 //! | [`broker`] | request/response broker: 24-byte frames, streaming and reassembly, consumer/provider routing, request correlation |
 //! | [`rpc`] | request/response RPC: the envelope (request, response, error, cancel), per-message compression, client call correlation with deadlines and cancellation, server request tracking |
+//! | [`setup`] | opening a connection apart from the I/O: client targets and server setups checked once (TLS included), the WebSocket upgrade bytes in and protocol out, admission into a hub, a client's reconnect schedule |
 //! | `tls` | (feature `tls`) the shared TLS options into rustls configurations; PEM files into options |
 //!
 //! # The drive loop
@@ -112,6 +113,7 @@ pub mod peer;
 pub mod reconnect;
 pub mod route;
 pub mod rpc;
+pub mod setup;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod ws;

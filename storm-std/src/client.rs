@@ -2,60 +2,23 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use rustls_pki_types::ServerName;
+use bytes::Bytes;
 
 use storm_proto::Message;
-use storm_proto::hub::{Hub, HubConfig};
-use storm_proto::link::{Link, Protocol};
-use storm_proto::options::{ClientOptions, Framing, TlsClientOptions, WsOptions};
+use storm_proto::link::Protocol;
+use storm_proto::options::{ClientOptions, Framing, WsOptions};
 pub use storm_proto::peer::ClientError;
-use storm_proto::reconnect::{Backoff, BackoffStep};
-use storm_proto::ws::handshake::{ClientConfig, ClientHandshake, ClientStep};
-use storm_proto::ws::{Connection, Side, WsUrl};
+use storm_proto::setup::{ClientCore, ClientOpen, ClientTarget, ClientUpgradeStep};
 
 use crate::deadline::{Deadlined, remaining};
 use crate::driver::drive;
 use crate::tls::TlsStream;
 use crate::{Handler, Session};
-
-/// Where and how a client connects.
-#[derive(Clone)]
-enum Target {
-    Tcp {
-        addr: String,
-        framing: Framing,
-        tls: Option<Tls>,
-    },
-    Ws {
-        url: WsUrl,
-        ws: WsOptions,
-        tls: Option<Tls>,
-    },
-}
-
-/// TLS for every (re)connection of one client, built once.
-#[derive(Clone)]
-struct Tls {
-    config: Arc<rustls::ClientConfig>,
-    name: ServerName<'static>,
-}
-
-impl Tls {
-    /// `host` names the server unless the options name it.
-    fn new(options: &TlsClientOptions, host: &str) -> Result<Self, ClientError> {
-        let config = |e: io::Error| ClientError::Config(e.to_string());
-        Ok(Self {
-            config: crate::tls::client_config(options).map_err(config)?,
-            name: crate::tls::server_name(options, host).map_err(config)?,
-        })
-    }
-}
 
 /// A connected client. Dropping it does not close the connection; call
 /// [`close`](Self::close).
@@ -115,17 +78,8 @@ impl WsClient {
         ws: WsOptions,
         handler: H,
     ) -> Result<Client, ClientError> {
-        let url: WsUrl = url.parse().map_err(ClientError::Url)?;
-        let tls = match (url.secure, &options.tls) {
-            (true, tls) => Some(Tls::new(&tls.clone().unwrap_or_default(), &url.host)?),
-            (false, None) => None,
-            (false, Some(_)) => {
-                return Err(ClientError::Config(
-                    "TLS options are set but the URL is ws://: use wss://".to_owned(),
-                ));
-            }
-        };
-        start(Target::Ws { url, ws, tls }, options, handler)
+        let target = ClientTarget::ws(url, &options, ws)?;
+        start(target, options, handler)
     }
 }
 
@@ -145,18 +99,7 @@ impl TcpClient {
         framing: Framing,
         handler: H,
     ) -> Result<Client, ClientError> {
-        framing
-            .build()
-            .map_err(|e| ClientError::Config(e.to_string()))?;
-        let tls = match &options.tls {
-            Some(tls) => Some(Tls::new(tls, crate::tls::host_of(addr))?),
-            None => None,
-        };
-        let target = Target::Tcp {
-            addr: addr.to_owned(),
-            framing,
-            tls,
-        };
+        let target = ClientTarget::tcp(addr, &options, framing)?;
         start(target, options, handler)
     }
 }
@@ -240,22 +183,12 @@ enum Stream {
 }
 
 fn start<H: Handler>(
-    target: Target,
+    target: ClientTarget,
     options: ClientOptions,
     handler: H,
 ) -> Result<Client, ClientError> {
-    let backoff = match &options.reconnect {
-        Some(config) => Some(
-            Backoff::new(config.clone(), rand::random())
-                .map_err(|e| ClientError::Config(e.to_string()))?,
-        ),
-        None => None,
-    };
-    let mut hub_config = HubConfig::default();
-    hub_config.backpressure = options.backpressure;
-    let hub =
-        Hub::new(hub_config, Instant::now()).map_err(|e| ClientError::Config(e.to_string()))?;
-    let first = connect_once(&target, &options, &hub)?;
+    let mut core = ClientCore::new(&options, rand::random(), Instant::now())?;
+    let first = connect_once(&target, &options, &core)?;
     let shared = Arc::new(ClientShared {
         current: Mutex::new(Some(first.session.clone())),
         flags: Mutex::new(Flags::default()),
@@ -266,44 +199,24 @@ fn start<H: Handler>(
     };
     thread::Builder::new()
         .name("storm-client".to_owned())
-        .spawn(move || run(&target, &options, &handler, &hub, &shared, backoff, first))
+        .spawn(move || run(&target, &options, &handler, &mut core, &shared, first))
         .map_err(ClientError::Io)?;
     Ok(client)
 }
 
-/// The session for a new connection, registered in the client's hub.
-fn new_session(
-    hub: &Hub,
-    options: &ClientOptions,
-    remote: SocketAddr,
-    protocol: Protocol,
-) -> Result<Session, ClientError> {
-    let config = |e: &dyn std::error::Error| ClientError::Config(e.to_string());
-    let permit = hub.try_admit().map_err(|e| config(&e))?;
-    let hub_session = hub
-        .register(permit, Instant::now())
-        .map_err(|e| config(&e))?;
-    let link = Link::new(hub_session, protocol, options.link.clone(), Instant::now())
-        .map_err(|e| config(&e))?;
-    Ok(Session::new(Arc::new(link), hub.clone(), remote))
-}
-
 /// The client's thread: drives each connection, reconnecting between them.
 fn run<H: Handler>(
-    target: &Target,
+    target: &ClientTarget,
     options: &ClientOptions,
     handler: &H,
-    hub: &Hub,
+    core: &mut ClientCore,
     shared: &ClientShared,
-    mut backoff: Option<Backoff>,
     first: Connected,
 ) {
     let mut next = Some(first);
     while let Some(connected) = next.take() {
+        core.connected(Instant::now());
         let session = connected.session;
-        if let Some(backoff) = &mut backoff {
-            backoff.connected(Instant::now());
-        }
         if lock(&shared.flags).closing {
             // Closed while the connection was being made.
             session.close();
@@ -328,10 +241,9 @@ fn run<H: Handler>(
             ),
         }
         *lock(&shared.current) = None;
-        hub.disconnect(session.id());
+        core.ended(session.id());
         // Reconnect unless the application closed, or reconnects are off.
-        let Some(backoff) = &mut backoff else { break };
-        while let BackoffStep::Retry { attempt, delay } = backoff.disconnected(Instant::now()) {
+        while let Some((attempt, delay)) = core.next_attempt(Instant::now()) {
             if lock(&shared.flags).closing {
                 break;
             }
@@ -346,7 +258,7 @@ fn run<H: Handler>(
                 break;
             }
             drop(flags);
-            match connect_once(target, options, hub) {
+            match connect_once(target, options, core) {
                 Ok(connected) => {
                     *lock(&shared.current) = Some(connected.session.clone());
                     next = Some(connected);
@@ -361,15 +273,12 @@ fn run<H: Handler>(
 }
 
 fn connect_once(
-    target: &Target,
+    target: &ClientTarget,
     options: &ClientOptions,
-    hub: &Hub,
+    core: &ClientCore,
 ) -> Result<Connected, ClientError> {
     let deadline = Instant::now() + options.connect_timeout;
-    let (authority, tls) = match target {
-        Target::Tcp { addr, tls, .. } => (addr.clone(), tls),
-        Target::Ws { url, tls, .. } => (url.authority(), tls),
-    };
+    let authority = target.authority();
     // Name resolution blocks without a timeout of its own.
     let mut stream = None;
     let mut last = ClientError::Io(io::Error::new(
@@ -389,14 +298,14 @@ fn connect_once(
     let stream = stream.ok_or(last)?;
     stream.set_nodelay(options.nodelay)?;
     let remote = stream.peer_addr()?;
-    let (stream, protocol, initial) = match tls {
+    let (stream, protocol, initial) = match target.tls() {
         None => {
-            let mut io = Deadlined::new(&stream, deadline, "WebSocket handshake");
+            let mut io = Deadlined::new(&stream, deadline, target.handshake_name());
             let (protocol, initial) = open(target, options, &mut io)?;
             (Stream::Plain(stream), protocol, initial)
         }
         Some(tls) => {
-            let mut io = Deadlined::new(&stream, deadline, "TLS or WebSocket handshake");
+            let mut io = Deadlined::new(&stream, deadline, target.handshake_name());
             let mut conn = rustls::ClientConnection::new(Arc::clone(&tls.config), tls.name.clone())
                 .map_err(|e| ClientError::Tls(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
             crate::tls::handshake(&mut conn, &mut io).map_err(|e| match e.kind() {
@@ -416,74 +325,40 @@ fn connect_once(
             )
         }
     };
-    let session = new_session(hub, options, remote, protocol)?;
+    let peer = core.peer(protocol, remote, Instant::now())?;
     Ok(Connected {
         stream,
-        session,
+        session: Session::new(peer),
         initial,
     })
 }
 
 /// The protocol a new connection speaks, after the WebSocket upgrade for a
 /// WebSocket client; and any bytes the server sent after its response.
+/// `stream` bounds the time.
 fn open<S: Read + Write>(
-    target: &Target,
+    target: &ClientTarget,
     options: &ClientOptions,
     stream: &mut S,
 ) -> Result<(Protocol, Bytes), ClientError> {
-    Ok(match target {
-        Target::Tcp { framing, .. } => {
-            let framer = framing
-                .build()
-                .map_err(|e| ClientError::Config(e.to_string()))?;
-            (Protocol::Framed(framer), Bytes::new())
-        }
-        Target::Ws { url, ws, .. } => {
-            let (conn, initial) = upgrade(stream, url, ws, options)?;
-            (Protocol::WebSocket(Box::new(conn)), initial)
-        }
-    })
-}
-
-/// Sends the upgrade request and reads the response. `stream` bounds the
-/// time.
-fn upgrade<S: Read + Write>(
-    stream: &mut S,
-    url: &WsUrl,
-    ws: &WsOptions,
-    options: &ClientOptions,
-) -> Result<(Connection, Bytes), ClientError> {
-    let mut config = ClientConfig::new(url.host_header(), url.resource.clone());
-    config.subprotocols.clone_from(&ws.subprotocols);
-    config.deflate.clone_from(&ws.deflate);
-    config.headers.clone_from(&options.headers);
-    let mut out = BytesMut::new();
-    let mut state = ClientHandshake::start(&config, &mut rand::rng(), &mut out)
-        .map_err(|e| ClientError::Config(e.to_string()))?;
-    stream.write_all(&out)?;
+    let (request, mut upgrade) = match target.open(options, &mut rand::rng())? {
+        ClientOpen::Ready(protocol) => return Ok((protocol, Bytes::new())),
+        ClientOpen::Upgrade { request, upgrade } => (request, upgrade),
+    };
+    stream.write_all(&request)?;
     // A TLS stream may hold the request until flushed.
     stream.flush()?;
     let mut buf = vec![0u8; 4096];
-    let upgraded = loop {
+    loop {
         let n = match stream.read(&mut buf) {
             Ok(0) => return Err(ClientError::Io(io::ErrorKind::UnexpectedEof.into())),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e.into()),
         };
-        match state
-            .handle_input(buf.get(..n).unwrap_or_default())
-            .map_err(ClientError::Handshake)?
-        {
-            ClientStep::NeedMore(next) => state = next,
-            ClientStep::Done(upgraded) => break upgraded,
+        match upgrade.handle_input(buf.get(..n).unwrap_or_default())? {
+            ClientUpgradeStep::NeedMore(next) => upgrade = next,
+            ClientUpgradeStep::Done(protocol, initial) => return Ok((protocol, initial)),
         }
-    };
-    let mut conn = Connection::new(Side::Client, ws.config.clone());
-    if let (Some(params), Some(deflate)) = (upgraded.deflate, &ws.deflate) {
-        conn = conn
-            .with_deflate(params, deflate)
-            .map_err(|e| ClientError::Config(e.to_string()))?;
     }
-    Ok((conn, upgraded.leftover))
 }

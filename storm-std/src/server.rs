@@ -8,30 +8,19 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use socket2::{Domain, Socket, Type};
 
-use storm_proto::hub::{CloseKind, ConnectionPermit, Hub, HubConfig};
-use storm_proto::link::{Link, Protocol};
+use storm_proto::hub::CloseKind;
+use storm_proto::link::Protocol;
 use storm_proto::options::{Framing, ServerOptions, WsOptions};
 use storm_proto::peer::Registry;
-use storm_proto::ws::handshake::{ServerConfig, ServerHandshake, ServerStep};
-use storm_proto::ws::{Connection, Side};
+use storm_proto::setup::{Admitted, ServerOpen, ServerSetup, ServerUpgradeStep, server_hub};
 
 use crate::deadline::Deadlined;
 use crate::driver::{Transport, drive};
 use crate::tls::TlsStream;
 use crate::{Handler, Session};
-
-/// What the server speaks after accepting.
-#[derive(Clone)]
-enum Kind {
-    Tcp(Framing),
-    Ws {
-        handshake: Arc<ServerConfig>,
-        options: WsOptions,
-    },
-}
 
 /// Where `serve` is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,9 +34,8 @@ enum Serving {
 struct Shared {
     registry: Registry<Session>,
     options: ServerOptions,
-    kind: Kind,
-    /// Built once at bind from `options.tls`.
-    tls: Option<Arc<rustls::ServerConfig>>,
+    /// Framing or WebSocket, and TLS: built once at bind.
+    setup: ServerSetup,
     local_addr: SocketAddr,
     stop: AtomicBool,
     serving: Mutex<Serving>,
@@ -79,12 +67,14 @@ impl fmt::Debug for ServerHandle {
 }
 
 /// A WebSocket server. See the [crate docs](crate) for an example.
+#[derive(Debug)]
 pub struct WsServer {
     listener: TcpListener,
     handle: ServerHandle,
 }
 
 /// A plain TCP server with a framer (length-prefixed by default).
+#[derive(Debug)]
 pub struct TcpServer {
     listener: TcpListener,
     handle: ServerHandle,
@@ -129,14 +119,6 @@ macro_rules! server_common {
                     .spawn(move || self.serve(handler))
             }
         }
-
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.debug_struct(stringify!($name))
-                    .field("local_addr", &self.local_addr())
-                    .finish_non_exhaustive()
-            }
-        }
     };
 }
 
@@ -152,17 +134,9 @@ impl WsServer {
     /// not parse or fit: [`InvalidInput`](io::ErrorKind::InvalidInput),
     /// naming the field), or a failed bind.
     pub fn bind(options: ServerOptions, ws: WsOptions) -> io::Result<Self> {
-        let handshake = ServerConfig {
-            subprotocols: ws.subprotocols.clone(),
-            deflate: ws.deflate.clone(),
-            ..ServerConfig::default()
-        };
-        handshake.validate().map_err(invalid)?;
-        let kind = Kind::Ws {
-            handshake: Arc::new(handshake),
-            options: ws,
-        };
-        let (listener, handle) = bind(options, kind)?;
+        // Before the socket: a bad certificate must not leave a port taken.
+        let setup = ServerSetup::ws(&options, ws)?;
+        let (listener, handle) = bind(options, setup)?;
         Ok(Self { listener, handle })
     }
 }
@@ -174,23 +148,13 @@ impl TcpServer {
     ///
     /// As for [`WsServer::bind`].
     pub fn bind(options: ServerOptions, framing: Framing) -> io::Result<Self> {
-        framing.build().map_err(invalid)?;
-        let (listener, handle) = bind(options, Kind::Tcp(framing))?;
+        let setup = ServerSetup::tcp(&options, framing)?;
+        let (listener, handle) = bind(options, setup)?;
         Ok(Self { listener, handle })
     }
 }
 
-fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, e)
-}
-
-fn bind(options: ServerOptions, kind: Kind) -> io::Result<(TcpListener, ServerHandle)> {
-    // Before the socket: a bad certificate must not leave a port taken.
-    let tls = options
-        .tls
-        .as_ref()
-        .map(crate::tls::server_config)
-        .transpose()?;
+fn bind(options: ServerOptions, setup: ServerSetup) -> io::Result<(TcpListener, ServerHandle)> {
     let addr = options.addr.to_socket_addrs()?.next().ok_or_else(|| {
         io::Error::new(io::ErrorKind::InvalidInput, "address resolves to nothing")
     })?;
@@ -205,16 +169,12 @@ fn bind(options: ServerOptions, kind: Kind) -> io::Result<(TcpListener, ServerHa
     socket.bind(&addr.into())?;
     socket.listen(i32::try_from(options.backlog).unwrap_or(i32::MAX))?;
     let listener: TcpListener = socket.into();
-    let mut hub_config = HubConfig::default();
-    hub_config.max_connections = options.max_connections;
-    hub_config.backpressure = options.backpressure;
-    let hub = Hub::new(hub_config, Instant::now()).map_err(invalid)?;
+    let hub = server_hub(&options, Instant::now())?;
     let shared = Shared {
         registry: Registry::new(hub),
         local_addr: listener.local_addr()?,
         options,
-        kind,
-        tls,
+        setup,
         stop: AtomicBool::new(false),
         serving: Mutex::new(Serving::NotStarted),
         serving_changed: Condvar::new(),
@@ -251,7 +211,7 @@ fn serve<H: Handler>(listener: TcpListener, handle: ServerHandle, handler: H) ->
             break;
         }
         // Over the limit: closed at accept, before any handshake.
-        let Ok(permit) = shared.registry.hub().try_admit() else {
+        let Some(admitted) = Admitted::new(shared.registry.hub(), remote) else {
             drop(stream);
             continue;
         };
@@ -260,7 +220,7 @@ fn serve<H: Handler>(listener: TcpListener, handle: ServerHandle, handler: H) ->
             let handle = handle.clone();
             let handler = Arc::clone(&handler);
             move || {
-                if let Err(e) = handle.run_connection(stream, remote, permit, &*handler) {
+                if let Err(e) = handle.run_connection(stream, admitted, &*handler) {
                     handler.on_error(&e);
                 }
             }
@@ -291,8 +251,7 @@ impl ServerHandle {
     fn run_connection<H: Handler>(
         &self,
         stream: TcpStream,
-        remote: SocketAddr,
-        permit: ConnectionPermit,
+        admitted: Admitted,
         handler: &H,
     ) -> io::Result<()> {
         let shared = &self.shared;
@@ -303,17 +262,14 @@ impl ServerHandle {
         }
         // One time budget for the whole handshake: TLS, then the upgrade.
         let deadline = Instant::now() + options.handshake_timeout;
-        match &shared.tls {
+        let what = shared.setup.handshake_name();
+        match shared.setup.tls() {
             None => {
-                let mut io = Deadlined::new(&stream, deadline, "WebSocket handshake");
+                let mut io = Deadlined::new(&stream, deadline, what);
                 let (protocol, initial) = self.open(&mut io)?;
-                self.run_session(stream, protocol, initial, remote, permit, handler)
+                self.run_session(stream, protocol, initial, admitted, handler)
             }
             Some(config) => {
-                let what = match shared.kind {
-                    Kind::Ws { .. } => "TLS or WebSocket handshake",
-                    Kind::Tcp(_) => "TLS handshake",
-                };
                 let mut io = Deadlined::new(&stream, deadline, what);
                 let mut conn = rustls::ServerConnection::new(Arc::clone(config))
                     .map_err(|e| io::Error::other(format!("TLS: {e}")))?;
@@ -328,7 +284,7 @@ impl ServerHandle {
                     self.open(&mut rustls::Stream::new(&mut conn, &mut io))?;
                 let initial = crate::tls::initial_input(&mut conn, leftover)?;
                 let stream = TlsStream::new(stream, conn);
-                self.run_session(stream, protocol, initial, remote, permit, handler)
+                self.run_session(stream, protocol, initial, admitted, handler)
             }
         }
     }
@@ -337,19 +293,30 @@ impl ServerHandle {
     /// when the server is a WebSocket server; and any bytes the peer sent
     /// after its upgrade request.
     fn open<S: Read + Write>(&self, stream: &mut S) -> io::Result<(Protocol, Bytes)> {
-        Ok(match &self.shared.kind {
-            Kind::Tcp(framing) => (
-                Protocol::Framed(framing.build().map_err(invalid)?),
-                Bytes::new(),
-            ),
-            Kind::Ws {
-                handshake,
-                options: ws,
-            } => {
-                let (conn, leftover) = accept_ws(stream, handshake, ws)?;
-                (Protocol::WebSocket(Box::new(conn)), leftover)
+        let mut upgrade = match self.shared.setup.open()? {
+            ServerOpen::Ready(protocol) => return Ok((protocol, Bytes::new())),
+            ServerOpen::Upgrade(upgrade) => upgrade,
+        };
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = match stream.read(&mut buf) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            match upgrade.handle_input(buf.get(..n).unwrap_or_default()) {
+                ServerUpgradeStep::NeedMore(next) => upgrade = next,
+                ServerUpgradeStep::Done { response, opened } => {
+                    // A TLS stream may hold the response until flushed.
+                    let written = stream.write_all(&response).and_then(|()| stream.flush());
+                    // A refusal is sent on a best-effort basis.
+                    let opened = opened?;
+                    written?;
+                    return Ok(opened);
+                }
             }
-        })
+        }
     }
 
     /// Registers the session and drives it until it closes.
@@ -358,35 +325,24 @@ impl ServerHandle {
         stream: T,
         protocol: Protocol,
         initial: Bytes,
-        remote: SocketAddr,
-        permit: ConnectionPermit,
+        admitted: Admitted,
         handler: &H,
     ) -> io::Result<()> {
-        let shared = &self.shared;
-        let options = &shared.options;
-        let hub_session = shared
-            .registry
-            .hub()
-            .register(permit, Instant::now())
-            .map_err(invalid)?;
-        let link = Link::new(hub_session, protocol, options.link.clone(), Instant::now())
-            .map_err(invalid)?;
-        let session = Session::new(Arc::new(link), shared.registry.hub().clone(), remote);
+        // Closed at once if registered after the shutdown's `close_all`.
+        let stopping = || self.shared.stop.load(Ordering::Acquire);
+        let (setup, registry) = (&self.shared.setup, &self.shared.registry);
+        let now = Instant::now();
+        let session = setup.admit(registry, admitted, protocol, now, Session::new, stopping)?;
         let id = session.id();
-        shared.registry.insert(session.clone());
-        if shared.stop.load(Ordering::Acquire) {
-            // Registered after the shutdown's close_all: close it too.
-            session.close();
-        }
         drive(
             stream,
             &session,
             handler,
             initial,
-            options.write_batch,
-            options.link.close_timeout,
+            self.shared.options.write_batch,
+            self.shared.options.link.close_timeout,
         );
-        shared.registry.remove(id);
+        registry.remove(id);
         Ok(())
     }
 
@@ -444,45 +400,4 @@ fn wake_addr(local: SocketAddr) -> SocketAddr {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Reads the upgrade request, answers it, and returns the connection and
-/// any bytes the client sent after its request. `stream` bounds the time.
-fn accept_ws<S: Read + Write>(
-    stream: &mut S,
-    handshake: &Arc<ServerConfig>,
-    ws: &WsOptions,
-) -> io::Result<(Connection, Bytes)> {
-    let mut state = ServerHandshake::new(Arc::clone(handshake)).map_err(invalid)?;
-    let mut buf = vec![0u8; 4096];
-    let mut out = BytesMut::new();
-    let pending = loop {
-        let n = match stream.read(&mut buf) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        match state.handle_input(buf.get(..n).unwrap_or_default()) {
-            Ok(ServerStep::NeedMore(next)) => state = next,
-            Ok(ServerStep::Request(pending)) => break pending,
-            Err(e) => {
-                e.write_response(&mut out);
-                // Best effort, within the same deadline.
-                if stream.write_all(&out).is_ok() {
-                    let _ = stream.flush();
-                }
-                return Err(invalid(e));
-            }
-        }
-    };
-    let accepted = pending.accept(&mut out);
-    stream.write_all(&out)?;
-    // A TLS stream may hold the response until flushed.
-    stream.flush()?;
-    let mut conn = Connection::new(Side::Server, ws.config.clone());
-    if let (Some(params), Some(deflate)) = (accepted.deflate, &ws.deflate) {
-        conn = conn.with_deflate(params, deflate).map_err(invalid)?;
-    }
-    Ok((conn, accepted.leftover))
 }

@@ -1,13 +1,10 @@
 //! A connection as the application holds it.
 
-use std::net::SocketAddr;
 use std::ops::Deref;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use storm_proto::Message;
-use storm_proto::hub::{Hub, thread_waker};
-use storm_proto::link::Link;
+use storm_proto::hub::thread_waker;
 use storm_proto::peer::Peer;
 pub use storm_proto::peer::SendError;
 
@@ -25,8 +22,8 @@ impl Deref for Session {
 }
 
 impl Session {
-    pub(crate) fn new(link: Arc<Link>, hub: Hub, remote: SocketAddr) -> Self {
-        Self(Peer::new(link, hub, remote))
+    pub(crate) fn new(peer: Peer) -> Self {
+        Self(peer)
     }
 
     /// Sends a message under the slow-consumer policy: with `Wait` (the

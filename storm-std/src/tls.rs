@@ -59,7 +59,6 @@ use storm_proto::link::Link;
 pub use storm_proto::tls::{
     client_cert_from_pem_files, read_pem_file, server_options_from_pem_files,
 };
-pub(crate) use storm_proto::tls::{client_config, host_of, server_config, server_name};
 
 use crate::deadline::Deadlined;
 use crate::driver::{

@@ -1,0 +1,780 @@
+//! What an adapter decides when it opens a connection, apart from the I/O:
+//! the options checked and the TLS configurations built once, the
+//! WebSocket upgrade as a byte-in, protocol-out step, a new connection
+//! admitted into a hub as a [`Peer`], and a client's reconnect schedule.
+//!
+//! A client adapter builds a [`ClientTarget`] and a [`ClientCore`] once,
+//! then for every (re)connection: connects to [`ClientTarget::authority`],
+//! runs TLS with `ClientTarget::tls` (feature `tls`) when set, calls
+//! [`ClientTarget::open`] and, for WebSocket, sends the request and feeds
+//! the response to the [`ClientUpgrade`] until it yields the [`Protocol`];
+//! then [`ClientCore::peer`], and when the connection ends,
+//! [`ClientCore::ended`] and [`ClientCore::next_attempt`]. A server adapter
+//! builds a [`ServerSetup`] at bind, takes an [`Admitted`] at accept, and
+//! does the same with [`ServerSetup::open`], [`ServerUpgrade`] and
+//! [`ServerSetup::admit`].
+
+use std::io;
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use rand::RngCore;
+
+use crate::hub::{ConnectionPermit, Hub, HubConfig, SessionId};
+use crate::link::{Link, LinkConfig, Protocol};
+use crate::options::{ClientOptions, Framing, ServerOptions, WsOptions};
+use crate::peer::{ClientError, Peer, Registry};
+use crate::reconnect::{Backoff, BackoffStep};
+use crate::ws::handshake::{
+    ClientConfig, ClientHandshake, ClientStep, ServerConfig, ServerHandshake, ServerStep,
+};
+use crate::ws::{Connection, Side, WsUrl};
+
+fn config_error(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Config(e.to_string())
+}
+
+fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, e)
+}
+
+/// TLS for every (re)connection of one client, built once.
+#[cfg(feature = "tls")]
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    /// The rustls configuration.
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name the server's certificate must carry.
+    pub name: rustls_pki_types::ServerName<'static>,
+}
+
+#[cfg(feature = "tls")]
+impl ClientTls {
+    /// `host` names the server unless the options name it.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Config`] for invalid TLS options or server name.
+    pub fn new(
+        options: &crate::options::TlsClientOptions,
+        host: &str,
+    ) -> Result<Self, ClientError> {
+        Ok(Self {
+            config: crate::tls::client_config(options).map_err(config_error)?,
+            name: crate::tls::server_name(options, host).map_err(config_error)?,
+        })
+    }
+}
+
+/// Where and how a client connects, checked once and reused for every
+/// reconnection.
+#[derive(Clone)]
+pub struct ClientTarget {
+    kind: TargetKind,
+    #[cfg(feature = "tls")]
+    tls: Option<ClientTls>,
+}
+
+#[derive(Clone)]
+enum TargetKind {
+    Tcp { addr: String, framing: Framing },
+    Ws { url: WsUrl, ws: WsOptions },
+}
+
+impl std::fmt::Debug for ClientTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTarget")
+            .field("authority", &self.authority())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientTarget {
+    /// A WebSocket client of `url` (`ws://` or `wss://`). `wss://` uses
+    /// `options.tls`, or the default TLS options when it is `None`.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Url`] for a bad URL; [`ClientError::Config`] for
+    /// invalid TLS options, TLS options with a `ws://` URL, or (without
+    /// the `tls` feature) any TLS at all.
+    pub fn ws(url: &str, options: &ClientOptions, ws: WsOptions) -> Result<Self, ClientError> {
+        let url: WsUrl = url.parse().map_err(ClientError::Url)?;
+        if !url.secure && options.tls.is_some() {
+            return Err(config_error(
+                "TLS options are set but the URL is ws://: use wss://",
+            ));
+        }
+        #[cfg(feature = "tls")]
+        let tls = match url.secure {
+            true => Some(ClientTls::new(
+                &options.tls.clone().unwrap_or_default(),
+                &url.host,
+            )?),
+            false => None,
+        };
+        #[cfg(not(feature = "tls"))]
+        no_tls(url.secure)?;
+        Ok(Self {
+            kind: TargetKind::Ws { url, ws },
+            #[cfg(feature = "tls")]
+            tls,
+        })
+    }
+
+    /// A TCP client of `addr` (`host:port`) framing messages with
+    /// `framing`; over TLS when `options.tls` is set, the certificate
+    /// naming `host` unless `server_name` says otherwise.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Config`] for invalid framing or TLS options.
+    pub fn tcp(addr: &str, options: &ClientOptions, framing: Framing) -> Result<Self, ClientError> {
+        framing.build().map_err(config_error)?;
+        #[cfg(feature = "tls")]
+        let tls = match &options.tls {
+            Some(tls) => Some(ClientTls::new(tls, crate::tls::host_of(addr))?),
+            None => None,
+        };
+        #[cfg(not(feature = "tls"))]
+        no_tls(options.tls.is_some())?;
+        Ok(Self {
+            kind: TargetKind::Tcp {
+                addr: addr.to_owned(),
+                framing,
+            },
+            #[cfg(feature = "tls")]
+            tls,
+        })
+    }
+
+    /// What to resolve and connect to: `host:port`.
+    #[must_use]
+    pub fn authority(&self) -> String {
+        match &self.kind {
+            TargetKind::Tcp { addr, .. } => addr.clone(),
+            TargetKind::Ws { url, .. } => url.authority(),
+        }
+    }
+
+    /// The TLS to run after connecting, if any.
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn tls(&self) -> Option<&ClientTls> {
+        self.tls.as_ref()
+    }
+
+    /// What a new connection does once connected (and past TLS): a TCP
+    /// client speaks at once; a WebSocket client sends its upgrade request
+    /// and reads the response into the returned [`ClientUpgrade`]. `rng`
+    /// makes the handshake key.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Config`] for invalid options.
+    pub fn open<R: RngCore + ?Sized>(
+        &self,
+        options: &ClientOptions,
+        rng: &mut R,
+    ) -> Result<ClientOpen<'_>, ClientError> {
+        match &self.kind {
+            TargetKind::Tcp { framing, .. } => Ok(ClientOpen::Ready(Protocol::Framed(
+                framing.build().map_err(config_error)?,
+            ))),
+            TargetKind::Ws { url, ws } => {
+                let mut config = ClientConfig::new(url.host_header(), url.resource.clone());
+                config.subprotocols.clone_from(&ws.subprotocols);
+                config.deflate.clone_from(&ws.deflate);
+                config.headers.clone_from(&options.headers);
+                let mut request = BytesMut::new();
+                let state =
+                    ClientHandshake::start(&config, rng, &mut request).map_err(config_error)?;
+                Ok(ClientOpen::Upgrade {
+                    request: request.freeze(),
+                    upgrade: ClientUpgrade { state, ws },
+                })
+            }
+        }
+    }
+
+    /// What to call the handshake when it times out.
+    #[must_use]
+    pub fn handshake_name(&self) -> &'static str {
+        handshake_name(matches!(self.kind, TargetKind::Ws { .. }), self.has_tls())
+    }
+
+    fn has_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn no_tls(wanted: bool) -> Result<(), ClientError> {
+    match wanted {
+        true => Err(config_error("TLS needs storm-proto's `tls` feature")),
+        false => Ok(()),
+    }
+}
+
+fn handshake_name(ws: bool, tls: bool) -> &'static str {
+    match (ws, tls) {
+        (true, false) => "WebSocket handshake",
+        (true, true) => "TLS or WebSocket handshake",
+        (false, _) => "TLS handshake",
+    }
+}
+
+/// A new client connection's next step (from [`ClientTarget::open`]).
+#[derive(Debug)]
+#[must_use]
+pub enum ClientOpen<'a> {
+    /// Speak this protocol now; no bytes came before it.
+    Ready(Protocol),
+    /// Send `request`, then feed the response to `upgrade`.
+    Upgrade {
+        /// The upgrade request.
+        request: Bytes,
+        /// The handshake waiting for the response.
+        upgrade: ClientUpgrade<'a>,
+    },
+}
+
+/// A client's WebSocket upgrade waiting for the server's response.
+#[derive(Debug)]
+#[must_use]
+pub struct ClientUpgrade<'a> {
+    state: ClientHandshake,
+    ws: &'a WsOptions,
+}
+
+/// What the response bytes so far made of a [`ClientUpgrade`].
+#[derive(Debug)]
+#[must_use]
+pub enum ClientUpgradeStep<'a> {
+    /// The response is not complete: read more.
+    NeedMore(ClientUpgrade<'a>),
+    /// Upgraded: the connection (with permessage-deflate when agreed), and
+    /// the bytes the server sent after its response.
+    Done(Protocol, Bytes),
+}
+
+impl<'a> ClientUpgrade<'a> {
+    /// Feeds response bytes (at least one: an empty read is the end of the
+    /// stream, for the caller to report).
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Handshake`] when the server refused;
+    /// [`ClientError::Config`] when the agreed deflate does not fit.
+    pub fn handle_input(self, input: &[u8]) -> Result<ClientUpgradeStep<'a>, ClientError> {
+        match self
+            .state
+            .handle_input(input)
+            .map_err(ClientError::Handshake)?
+        {
+            ClientStep::NeedMore(state) => Ok(ClientUpgradeStep::NeedMore(Self { state, ..self })),
+            ClientStep::Done(upgraded) => {
+                let mut conn = Connection::new(Side::Client, self.ws.config.clone());
+                if let (Some(params), Some(deflate)) = (upgraded.deflate, &self.ws.deflate) {
+                    conn = conn.with_deflate(params, deflate).map_err(config_error)?;
+                }
+                Ok(ClientUpgradeStep::Done(
+                    Protocol::WebSocket(Box::new(conn)),
+                    upgraded.leftover,
+                ))
+            }
+        }
+    }
+}
+
+/// What a client keeps across its connections, apart from the I/O: the
+/// hub its sessions live in and the reconnect schedule.
+#[derive(Debug)]
+pub struct ClientCore {
+    hub: Hub,
+    backoff: Option<Backoff>,
+    link: LinkConfig,
+}
+
+impl ClientCore {
+    /// A client's hub and, with `options.reconnect`, its backoff
+    /// (`seed` for the jitter).
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Config`] for invalid backpressure or reconnect
+    /// options.
+    pub fn new(options: &ClientOptions, seed: u64, now: Instant) -> Result<Self, ClientError> {
+        let config = HubConfig {
+            backpressure: options.backpressure,
+            ..HubConfig::default()
+        };
+        let backoff = options
+            .reconnect
+            .as_ref()
+            .map(|config| Backoff::new(config.clone(), seed).map_err(config_error))
+            .transpose()?;
+        Ok(Self {
+            hub: Hub::new(config, now).map_err(config_error)?,
+            backoff,
+            link: options.link.clone(),
+        })
+    }
+
+    /// A new connection to `remote` admitted and registered in the hub:
+    /// the [`Peer`] the adapter's session wraps.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Config`] when the hub refuses or the link options
+    /// are invalid.
+    pub fn peer(
+        &self,
+        protocol: Protocol,
+        remote: SocketAddr,
+        now: Instant,
+    ) -> Result<Peer, ClientError> {
+        let permit = self.hub.try_admit().map_err(config_error)?;
+        let session = self.hub.register(permit, now).map_err(config_error)?;
+        let link = Link::new(session, protocol, self.link.clone(), now).map_err(config_error)?;
+        Ok(Peer::new(Arc::new(link), self.hub.clone(), remote))
+    }
+
+    /// A connection is up (it counts as stable after a while, which resets
+    /// the backoff).
+    pub fn connected(&mut self, now: Instant) {
+        if let Some(backoff) = &mut self.backoff {
+            backoff.connected(now);
+        }
+    }
+
+    /// The connection `id` ended: its session leaves the hub.
+    pub fn ended(&mut self, id: SessionId) {
+        self.hub.disconnect(id);
+    }
+
+    /// After a connection ended or an attempt failed: the next attempt's
+    /// number and the delay before it; `None` to stop for good
+    /// (reconnects off, or out of attempts).
+    pub fn next_attempt(&mut self, now: Instant) -> Option<(u32, Duration)> {
+        match self.backoff.as_mut()?.disconnected(now) {
+            BackoffStep::Retry { attempt, delay } => Some((attempt, delay)),
+            BackoffStep::GiveUp { .. } => None,
+        }
+    }
+}
+
+/// What a server speaks after accepting.
+#[derive(Clone)]
+enum ServerKind {
+    Tcp(Framing),
+    Ws {
+        handshake: Arc<ServerConfig>,
+        options: WsOptions,
+    },
+}
+
+/// A server's per-connection setup, checked and built once at bind: the
+/// framing or the WebSocket handshake configuration, and the TLS
+/// configuration.
+#[derive(Clone)]
+pub struct ServerSetup {
+    kind: ServerKind,
+    link: LinkConfig,
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl std::fmt::Debug for ServerSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerSetup")
+            .field("handshake", &self.handshake_name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerSetup {
+    /// A WebSocket server's setup.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidInput`](io::ErrorKind::InvalidInput) for invalid WebSocket
+    /// or TLS options (or TLS options without the `tls` feature).
+    pub fn ws(options: &ServerOptions, ws: WsOptions) -> io::Result<Self> {
+        let handshake = ServerConfig {
+            subprotocols: ws.subprotocols.clone(),
+            deflate: ws.deflate.clone(),
+            ..ServerConfig::default()
+        };
+        handshake.validate().map_err(invalid)?;
+        let kind = ServerKind::Ws {
+            handshake: Arc::new(handshake),
+            options: ws,
+        };
+        Self::new(options, kind)
+    }
+
+    /// A TCP server's setup, framing messages with `framing`.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidInput`](io::ErrorKind::InvalidInput) for invalid framing
+    /// or TLS options.
+    pub fn tcp(options: &ServerOptions, framing: Framing) -> io::Result<Self> {
+        framing.build().map_err(invalid)?;
+        Self::new(options, ServerKind::Tcp(framing))
+    }
+
+    fn new(options: &ServerOptions, kind: ServerKind) -> io::Result<Self> {
+        #[cfg(feature = "tls")]
+        return Ok(Self {
+            kind,
+            link: options.link.clone(),
+            tls: options
+                .tls
+                .as_ref()
+                .map(crate::tls::server_config)
+                .transpose()?,
+        });
+        #[cfg(not(feature = "tls"))]
+        match options.tls {
+            Some(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "TLS needs storm-proto's `tls` feature",
+            )),
+            None => Ok(Self {
+                kind,
+                link: options.link.clone(),
+            }),
+        }
+    }
+
+    /// The server's TLS configuration, if it speaks TLS.
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn tls(&self) -> Option<&Arc<rustls::ServerConfig>> {
+        self.tls.as_ref()
+    }
+
+    /// What to call a connection's handshake when it times out.
+    #[must_use]
+    pub fn handshake_name(&self) -> &'static str {
+        #[cfg(feature = "tls")]
+        let tls = self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        let tls = false;
+        handshake_name(matches!(self.kind, ServerKind::Ws { .. }), tls)
+    }
+
+    /// What a new connection does once accepted (and past TLS): a TCP
+    /// server speaks at once; a WebSocket server reads the upgrade request
+    /// into the returned [`ServerUpgrade`].
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidInput`](io::ErrorKind::InvalidInput) for invalid options.
+    pub fn open(&self) -> io::Result<ServerOpen<'_>> {
+        Ok(match &self.kind {
+            ServerKind::Tcp(framing) => {
+                ServerOpen::Ready(Protocol::Framed(framing.build().map_err(invalid)?))
+            }
+            ServerKind::Ws { handshake, options } => ServerOpen::Upgrade(ServerUpgrade {
+                state: ServerHandshake::new(Arc::clone(handshake)).map_err(invalid)?,
+                ws: options,
+            }),
+        })
+    }
+
+    /// Registers a connection past its handshake in `registry`'s hub,
+    /// makes its session with `session` and inserts it; then closes it at
+    /// once when `stopping()` says the server is shutting down.
+    ///
+    /// A connection accepted before a shutdown may finish its handshake
+    /// after the shutdown's `close_all` ran. The hub's lock orders the two:
+    /// either `close_all` saw this session registered, or it ran before
+    /// the registration here and the stop flag (set before it) is seen by
+    /// `stopping`.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidInput`](io::ErrorKind::InvalidInput) when `admitted` is not
+    /// from this hub or the link options are invalid.
+    pub fn admit<S: Clone + Deref<Target = Peer>>(
+        &self,
+        registry: &Registry<S>,
+        admitted: Admitted,
+        protocol: Protocol,
+        now: Instant,
+        session: impl FnOnce(Peer) -> S,
+        stopping: impl FnOnce() -> bool,
+    ) -> io::Result<S> {
+        let hub = registry.hub();
+        let hub_session = hub.register(admitted.permit, now).map_err(invalid)?;
+        let link = Link::new(hub_session, protocol, self.link.clone(), now).map_err(invalid)?;
+        let peer = Peer::new(Arc::new(link), hub.clone(), admitted.remote);
+        let session = session(peer);
+        registry.insert(session.clone());
+        if stopping() {
+            session.close();
+        }
+        Ok(session)
+    }
+}
+
+/// A connection a server took on at accept, before any handshake: the
+/// peer's address and its place under the hub's `max_connections`.
+#[derive(Debug)]
+#[must_use]
+pub struct Admitted {
+    permit: ConnectionPermit,
+    remote: SocketAddr,
+}
+
+impl Admitted {
+    /// `None` when the hub is full: close the connection at once.
+    pub fn new(hub: &Hub, remote: SocketAddr) -> Option<Self> {
+        let permit = hub.try_admit().ok()?;
+        Some(Self { permit, remote })
+    }
+}
+
+/// A server's hub: max connections and backpressure from its options.
+///
+/// # Errors
+///
+/// [`InvalidInput`](io::ErrorKind::InvalidInput) for invalid options.
+pub fn server_hub(options: &ServerOptions, now: Instant) -> io::Result<Hub> {
+    let config = HubConfig {
+        max_connections: options.max_connections,
+        backpressure: options.backpressure,
+        ..HubConfig::default()
+    };
+    Hub::new(config, now).map_err(invalid)
+}
+
+/// A new server connection's next step (from [`ServerSetup::open`]).
+#[derive(Debug)]
+#[must_use]
+pub enum ServerOpen<'a> {
+    /// Speak this protocol now; no bytes came before it.
+    Ready(Protocol),
+    /// Feed the upgrade request here.
+    Upgrade(ServerUpgrade<'a>),
+}
+
+/// A server's WebSocket upgrade waiting for the client's request.
+#[derive(Debug)]
+#[must_use]
+pub struct ServerUpgrade<'a> {
+    state: ServerHandshake,
+    ws: &'a WsOptions,
+}
+
+/// What the request bytes so far made of a [`ServerUpgrade`].
+#[derive(Debug)]
+#[must_use]
+pub enum ServerUpgradeStep<'a> {
+    /// The request is not complete: read more.
+    NeedMore(ServerUpgrade<'a>),
+    /// Answered: send `response` (the 101, or a 400, 426 or 431 refusal),
+    /// then speak what `opened` holds, or close with its error (a failed
+    /// send of a refusal does not matter then).
+    Done {
+        /// The response to send.
+        response: Bytes,
+        /// The WebSocket connection and the bytes the client sent after
+        /// its request; or why the upgrade was refused.
+        opened: io::Result<(Protocol, Bytes)>,
+    },
+}
+
+impl<'a> ServerUpgrade<'a> {
+    /// Feeds request bytes (at least one: an empty read is the end of the
+    /// stream, for the caller to report).
+    pub fn handle_input(self, input: &[u8]) -> ServerUpgradeStep<'a> {
+        let mut out = BytesMut::new();
+        let pending = match self.state.handle_input(input) {
+            Ok(ServerStep::NeedMore(state)) => {
+                return ServerUpgradeStep::NeedMore(Self { state, ..self });
+            }
+            Ok(ServerStep::Request(pending)) => pending,
+            Err(e) => {
+                e.write_response(&mut out);
+                return ServerUpgradeStep::Done {
+                    response: out.freeze(),
+                    opened: Err(invalid(e)),
+                };
+            }
+        };
+        let accepted = pending.accept(&mut out);
+        let conn = Connection::new(Side::Server, self.ws.config.clone());
+        let conn = match (accepted.deflate, &self.ws.deflate) {
+            (Some(params), Some(deflate)) => conn.with_deflate(params, deflate).map_err(invalid),
+            _ => Ok(conn),
+        };
+        ServerUpgradeStep::Done {
+            response: out.freeze(),
+            opened: conn.map(|conn| (Protocol::WebSocket(Box::new(conn)), accepted.leftover)),
+        }
+    }
+}
+
+#[cfg(test)]
+// The tests stand in for an adapter, which reads the clock.
+#[allow(clippy::disallowed_methods)]
+mod tests {
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::*;
+    use crate::hub::SessionState;
+    use crate::options::TlsClientOptions;
+
+    #[derive(Clone)]
+    struct TestSession(Peer);
+
+    impl Deref for TestSession {
+        type Target = Peer;
+        fn deref(&self) -> &Peer {
+            &self.0
+        }
+    }
+
+    fn remote() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 9))
+    }
+
+    /// The client's request through the server's answer, `extra` sent
+    /// right after the request: both sides end with a WebSocket protocol.
+    fn upgrade(extra: &[u8]) -> Result<(Bytes, Bytes), ClientError> {
+        let options = ClientOptions::default();
+        let target = ClientTarget::ws("ws://127.0.0.1:9/chat", &options, WsOptions::default())?;
+        let ClientOpen::Upgrade {
+            request,
+            upgrade: client,
+        } = target.open(&options, &mut StdRng::seed_from_u64(1))?
+        else {
+            return Err(config_error("a WebSocket client must upgrade"));
+        };
+        let request = [&request[..], extra].concat();
+        let setup = ServerSetup::ws(&ServerOptions::default(), WsOptions::default())?;
+        let ServerOpen::Upgrade(server) = setup.open()? else {
+            return Err(config_error("a WebSocket server must upgrade"));
+        };
+        // One byte short first: the server must ask for more.
+        let split = request.len() - extra.len() - 1;
+        let server = match server.handle_input(&request[..split]) {
+            ServerUpgradeStep::NeedMore(server) => server,
+            _ => return Err(config_error("the request is not complete yet")),
+        };
+        let ServerUpgradeStep::Done { response, opened } = server.handle_input(&request[split..])
+        else {
+            return Err(config_error("the request is complete"));
+        };
+        let (protocol, server_leftover) = opened?;
+        assert!(matches!(protocol, Protocol::WebSocket(_)));
+        let response = [&response[..], b"srv"].concat();
+        match client.handle_input(&response)? {
+            ClientUpgradeStep::Done(Protocol::WebSocket(_), leftover) => {
+                Ok((server_leftover, leftover))
+            }
+            _ => Err(config_error("the client did not finish the upgrade")),
+        }
+    }
+
+    #[test]
+    fn client_and_server_upgrade_each_other_and_keep_what_followed() -> Result<(), ClientError> {
+        let (server_leftover, client_leftover) = upgrade(b"abc")?;
+        assert_eq!(&server_leftover[..], b"abc");
+        assert_eq!(&client_leftover[..], b"srv");
+        Ok(())
+    }
+
+    #[test]
+    fn a_bad_request_is_refused_with_a_response() {
+        let Ok(setup) = ServerSetup::ws(&ServerOptions::default(), WsOptions::default()) else {
+            panic!("default options are valid");
+        };
+        let Ok(ServerOpen::Upgrade(server)) = setup.open() else {
+            panic!("a WebSocket server must upgrade");
+        };
+        let step = server.handle_input(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let ServerUpgradeStep::Done {
+            response,
+            opened: Err(_),
+        } = step
+        else {
+            panic!("an upgrade request without its headers must be refused");
+        };
+        assert!(response.starts_with(b"HTTP/1.1 4"), "{response:?}");
+    }
+
+    #[test]
+    fn a_tcp_target_speaks_at_once() {
+        let options = ClientOptions::default();
+        let Ok(target) = ClientTarget::tcp("127.0.0.1:9", &options, Framing::default()) else {
+            panic!("default framing is valid");
+        };
+        assert_eq!(target.authority(), "127.0.0.1:9");
+        let open = target.open(&options, &mut StdRng::seed_from_u64(1));
+        assert!(matches!(open, Ok(ClientOpen::Ready(Protocol::Framed(_)))));
+    }
+
+    #[test]
+    fn tls_options_with_a_plain_url_are_refused() {
+        let options = ClientOptions {
+            tls: Some(TlsClientOptions::default()),
+            ..ClientOptions::default()
+        };
+        let target = ClientTarget::ws("ws://127.0.0.1:9/", &options, WsOptions::default());
+        assert!(matches!(target, Err(ClientError::Config(_))));
+        let target = ClientTarget::ws("not a url", &ClientOptions::default(), WsOptions::default());
+        assert!(matches!(target, Err(ClientError::Url(_))));
+    }
+
+    #[test]
+    fn a_client_admits_each_connection_into_its_hub() -> Result<(), ClientError> {
+        let options = ClientOptions::default();
+        let mut core = ClientCore::new(&options, 1, Instant::now())?;
+        let framer = Framing::default().build().map_err(config_error)?;
+        let peer = core.peer(Protocol::Framed(framer), remote(), Instant::now())?;
+        assert_eq!(peer.remote_addr(), remote());
+        assert_eq!(peer.state(), SessionState::Open);
+        core.ended(peer.id());
+        assert_eq!(peer.state(), SessionState::Closed);
+        // Reconnects are off by default: one connection, then stop.
+        assert_eq!(core.next_attempt(Instant::now()), None);
+        Ok(())
+    }
+
+    #[test]
+    fn a_session_admitted_while_stopping_is_closed_at_once() -> io::Result<()> {
+        let options = ServerOptions::default();
+        let registry = Registry::new(server_hub(&options, Instant::now())?);
+        let setup = ServerSetup::tcp(&options, Framing::default())?;
+        for stopping in [false, true] {
+            let admitted = Admitted::new(registry.hub(), remote())
+                .ok_or_else(|| io::Error::other("the hub has room"))?;
+            let ServerOpen::Ready(protocol) = setup.open()? else {
+                return Err(io::Error::other("a TCP server speaks at once"));
+            };
+            let session = setup.admit(
+                &registry,
+                admitted,
+                protocol,
+                Instant::now(),
+                TestSession,
+                || stopping,
+            )?;
+            assert_eq!(session.state() != SessionState::Open, stopping);
+            assert!(registry.session(session.id()).is_some());
+        }
+        Ok(())
+    }
+}

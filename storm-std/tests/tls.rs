@@ -9,11 +9,6 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
-
 use storm_proto::Message;
 use storm_proto::link::CloseReason;
 use storm_proto::options::{
@@ -27,60 +22,7 @@ use storm_std::{
 /// The most any test waits for one event.
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A CA and what it signed, as PEM.
-struct Pki {
-    ca_pem: String,
-    server_cert_pem: String,
-    server_key_pem: String,
-    client_cert_pem: String,
-    client_key_pem: String,
-}
-
-impl Pki {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        let leaf = |names: Vec<String>, usage| {
-            let mut params = CertificateParams::new(names).unwrap();
-            params.extended_key_usages = vec![usage];
-            let key = KeyPair::generate().unwrap();
-            let cert = params.signed_by(&key, &*ca).unwrap();
-            (cert.pem(), key.serialize_pem())
-        };
-        let (server_cert_pem, server_key_pem) = leaf(
-            vec!["localhost".into(), "127.0.0.1".into()],
-            ExtendedKeyUsagePurpose::ServerAuth,
-        );
-        let (client_cert_pem, client_key_pem) =
-            leaf(vec!["client".into()], ExtendedKeyUsagePurpose::ClientAuth);
-        Self {
-            ca_pem: ca.pem(),
-            server_cert_pem,
-            server_key_pem,
-            client_cert_pem,
-            client_key_pem,
-        }
-    }
-
-    fn server(&self) -> TlsServerOptions {
-        TlsServerOptions::new(self.server_cert_pem.clone(), self.server_key_pem.clone())
-    }
-
-    fn client(&self) -> TlsClientOptions {
-        TlsClientOptions::with_ca(self.ca_pem.clone())
-    }
-
-    fn client_cert(&self) -> TlsClientCert {
-        TlsClientCert::new(self.client_cert_pem.clone(), self.client_key_pem.clone())
-    }
-}
+use storm_tests::suite::pki::Pki;
 
 /// What a test handler saw.
 #[derive(Debug, Clone, PartialEq)]
@@ -231,7 +173,7 @@ fn echo_and_close(client: &Client, rx: &Receiver<Seen>, messages: &[Message]) {
 
 #[test]
 fn websocket_echo_over_wss_trusting_the_ca() {
-    let pki = Pki::new("storm test CA");
+    let pki = Pki::named("storm test CA");
     let server = wss_server(tls_server_options(pki.server()));
     // The certificate names both; the client checks the URL's host.
     for host in ["localhost", "127.0.0.1"] {
@@ -261,7 +203,7 @@ fn websocket_echo_over_wss_trusting_the_ca() {
 
 #[test]
 fn framed_tcp_echo_over_tls_with_small_socket_buffers() {
-    let pki = Pki::new("storm test CA");
+    let pki = Pki::named("storm test CA");
     // Small socket buffers make writes stop part-way, so TLS records wait
     // in the writer while the reader keeps decrypting.
     let server = tls_tcp_server(ServerOptions {
@@ -322,7 +264,7 @@ fn raw_echo(conn: &mut rustls::ClientConnection, tcp: &mut TcpStream, payload: &
 
 #[test]
 fn a_tls_key_update_from_the_peer_keeps_both_directions_working() {
-    let pki = Pki::new("storm test CA");
+    let pki = Pki::named("storm test CA");
     let server = tls_tcp_server(tls_server_options(pki.server()));
     let config = storm_proto::tls::client_config(&pki.client()).unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
@@ -349,8 +291,8 @@ fn a_tls_key_update_from_the_peer_keeps_both_directions_working() {
 
 #[test]
 fn a_client_that_does_not_trust_the_server_fails_without_hanging() {
-    let pki = Pki::new("storm test CA");
-    let stranger = Pki::new("another CA");
+    let pki = Pki::named("storm test CA");
+    let stranger = Pki::named("another CA");
     let server = wss_server(tls_server_options(pki.server()));
     let url = format!("wss://localhost:{}/", server.port());
     // The public web roots (no CA configured), another CA, and the right CA
@@ -377,7 +319,7 @@ fn a_client_that_does_not_trust_the_server_fails_without_hanging() {
 
 #[test]
 fn plain_and_tls_do_not_mix() {
-    let pki = Pki::new("storm test CA");
+    let pki = Pki::named("storm test CA");
     let server = wss_server(tls_server_options(pki.server()));
     // A plain client at a TLS server fails at once: the server answers its
     // request with an alert and closes.
@@ -410,8 +352,8 @@ fn plain_and_tls_do_not_mix() {
 
 #[test]
 fn client_certificates_from_the_ca_are_required() {
-    let pki = Pki::new("storm test CA");
-    let stranger = Pki::new("another CA");
+    let pki = Pki::named("storm test CA");
+    let stranger = Pki::named("another CA");
     let server = wss_server(tls_server_options(
         pki.server().with_client_ca(pki.ca_pem.clone()),
     ));
@@ -451,7 +393,7 @@ fn client_certificates_from_the_ca_are_required() {
 
 #[test]
 fn a_client_that_never_starts_tls_times_out() {
-    let pki = Pki::new("storm test CA");
+    let pki = Pki::named("storm test CA");
     let options = ServerOptions {
         handshake_timeout: Duration::from_millis(200),
         ..tls_server_options(pki.server())
@@ -472,8 +414,8 @@ fn a_client_that_never_starts_tls_times_out() {
 
 #[test]
 fn bad_certificates_and_keys_fail_at_bind() {
-    let pki = Pki::new("storm test CA");
-    let other = Pki::new("another CA");
+    let pki = Pki::named("storm test CA");
+    let other = Pki::named("another CA");
     let cases = [
         (
             TlsServerOptions::new("", pki.server_key_pem.clone()),
@@ -509,7 +451,7 @@ fn bad_certificates_and_keys_fail_at_bind() {
 
 #[test]
 fn pem_files_load_into_the_options() {
-    let pki = Pki::new("storm test CA");
+    let pki = Pki::named("storm test CA");
     let dir = std::env::temp_dir().join(format!("storm-std-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cert = dir.join("cert.pem");
@@ -568,7 +510,7 @@ mod with_tokio {
 
     #[test]
     fn std_wss_client_against_a_tokio_wss_server_with_a_client_certificate() {
-        let pki = Pki::new("storm test CA");
+        let pki = Pki::named("storm test CA");
         let rt = runtime();
         let (tx, server_rx) = mpsc::channel();
         let options = tls_server_options(pki.server().with_client_ca(pki.ca_pem.clone()));
@@ -609,7 +551,7 @@ mod with_tokio {
 
     #[test]
     fn tokio_tls_client_against_a_std_tls_server() {
-        let pki = Pki::new("storm test CA");
+        let pki = Pki::named("storm test CA");
         let rt = runtime();
         let server = tls_tcp_server(tls_server_options(pki.server()));
         let (tx, rx) = mpsc::channel();

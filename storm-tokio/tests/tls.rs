@@ -5,10 +5,6 @@
 use std::io;
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -25,60 +21,7 @@ use storm_proto::options::{
 };
 use storm_tokio::{Client, ClientError, ServerHandle, TcpClient, TcpServer, WsClient, WsServer};
 
-/// A CA and what it signed, as PEM.
-struct Pki {
-    ca_pem: String,
-    server_cert_pem: String,
-    server_key_pem: String,
-    client_cert_pem: String,
-    client_key_pem: String,
-}
-
-impl Pki {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        let leaf = |names: Vec<String>, usage| {
-            let mut params = CertificateParams::new(names).unwrap();
-            params.extended_key_usages = vec![usage];
-            let key = KeyPair::generate().unwrap();
-            let cert = params.signed_by(&key, &*ca).unwrap();
-            (cert.pem(), key.serialize_pem())
-        };
-        let (server_cert_pem, server_key_pem) = leaf(
-            vec!["localhost".into(), "127.0.0.1".into()],
-            ExtendedKeyUsagePurpose::ServerAuth,
-        );
-        let (client_cert_pem, client_key_pem) =
-            leaf(vec!["client".into()], ExtendedKeyUsagePurpose::ClientAuth);
-        Self {
-            ca_pem: ca.pem(),
-            server_cert_pem,
-            server_key_pem,
-            client_cert_pem,
-            client_key_pem,
-        }
-    }
-
-    fn server(&self) -> TlsServerOptions {
-        TlsServerOptions::new(self.server_cert_pem.clone(), self.server_key_pem.clone())
-    }
-
-    fn client(&self) -> TlsClientOptions {
-        TlsClientOptions::with_ca(self.ca_pem.clone())
-    }
-
-    fn client_cert(&self) -> TlsClientCert {
-        TlsClientCert::new(self.client_cert_pem.clone(), self.client_key_pem.clone())
-    }
-}
+use storm_tests::suite::pki::Pki;
 
 /// The next `on_error`: its kind and text.
 async fn next_error(rx: &mut mpsc::UnboundedReceiver<Seen>) -> (Option<io::ErrorKind>, String) {
@@ -126,7 +69,7 @@ async fn wss_connect(
 
 #[tokio::test]
 async fn websocket_echo_over_wss_trusting_the_ca() {
-    let pki = Pki::new("storm test CA");
+    let pki = Pki::named("storm test CA");
     let (handle, _server_rx) = wss_server(tls_server_options(pki.server())).await;
     let port = handle.local_addr().port();
     // The certificate names both; the client checks the URL's host.
@@ -151,7 +94,7 @@ async fn websocket_echo_over_wss_trusting_the_ca() {
 
 #[tokio::test]
 async fn framed_tcp_echo_over_tls() {
-    let pki = Pki::new("storm test CA");
+    let pki = Pki::named("storm test CA");
     // A small socket buffer makes writes stop part-way, so TLS records
     // stay queued in rustls unless the driver flushes after each batch.
     let options = ServerOptions {
@@ -199,8 +142,8 @@ async fn framed_tcp_echo_over_tls() {
 
 #[tokio::test]
 async fn a_client_that_does_not_trust_the_server_fails_without_hanging() {
-    let pki = Pki::new("storm test CA");
-    let stranger = Pki::new("another CA");
+    let pki = Pki::named("storm test CA");
+    let stranger = Pki::named("another CA");
     let (handle, mut server_rx) = wss_server(tls_server_options(pki.server())).await;
     let port = handle.local_addr().port();
     let url = format!("wss://localhost:{port}/");
@@ -228,7 +171,7 @@ async fn a_client_that_does_not_trust_the_server_fails_without_hanging() {
 
 #[tokio::test]
 async fn plain_and_tls_do_not_mix() {
-    let pki = Pki::new("storm test CA");
+    let pki = Pki::named("storm test CA");
     let (handle, _server_rx) = wss_server(tls_server_options(pki.server())).await;
     let port = handle.local_addr().port();
     // A plain client at a TLS server fails at once: the server answers its
@@ -260,8 +203,8 @@ async fn plain_and_tls_do_not_mix() {
 
 #[tokio::test]
 async fn client_certificates_from_the_ca_are_required() {
-    let pki = Pki::new("storm test CA");
-    let stranger = Pki::new("another CA");
+    let pki = Pki::named("storm test CA");
+    let stranger = Pki::named("another CA");
     let options = tls_server_options(pki.server().with_client_ca(pki.ca_pem.clone()));
     let (handle, mut server_rx) = wss_server(options).await;
     let url = format!("wss://localhost:{}/", handle.local_addr().port());
@@ -300,7 +243,7 @@ async fn client_certificates_from_the_ca_are_required() {
 
 #[tokio::test]
 async fn a_client_that_never_starts_tls_times_out() {
-    let pki = Pki::new("storm test CA");
+    let pki = Pki::named("storm test CA");
     let options = ServerOptions {
         handshake_timeout: Duration::from_millis(200),
         ..tls_server_options(pki.server())
@@ -332,7 +275,7 @@ async fn a_client_that_never_starts_tls_times_out() {
 
 #[tokio::test]
 async fn the_handshake_timeout_is_reported() {
-    let pki = Pki::new("storm test CA");
+    let pki = Pki::named("storm test CA");
     let options = ServerOptions {
         handshake_timeout: Duration::from_millis(100),
         ..tls_server_options(pki.server())
@@ -347,8 +290,8 @@ async fn the_handshake_timeout_is_reported() {
 
 #[tokio::test]
 async fn bad_certificates_and_keys_fail_at_bind() {
-    let pki = Pki::new("storm test CA");
-    let other = Pki::new("another CA");
+    let pki = Pki::named("storm test CA");
+    let other = Pki::named("another CA");
     let cases = [
         (
             TlsServerOptions::new("", pki.server_key_pem.clone()),
@@ -386,7 +329,7 @@ async fn bad_certificates_and_keys_fail_at_bind() {
 
 #[tokio::test]
 async fn pem_files_load_into_the_options() {
-    let pki = Pki::new("storm test CA");
+    let pki = Pki::named("storm test CA");
     let dir = std::env::temp_dir().join(format!("storm-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cert = dir.join("cert.pem");

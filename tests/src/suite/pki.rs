@@ -1,32 +1,46 @@
-//! Certificates made at test time with rcgen: a CA, and a server
-//! certificate it signed for `localhost` and `127.0.0.1`.
+//! Certificates made at test time with rcgen: a CA, a server certificate it
+//! signed for `localhost` and `127.0.0.1`, and a client certificate it
+//! signed (for client-certificate authentication). Shared by the suite and
+//! the adapters' own TLS tests.
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
-use storm_proto::options::{TlsClientOptions, TlsServerOptions};
+use storm_proto::options::{TlsClientCert, TlsClientOptions, TlsServerOptions};
 
-/// A CA and the server certificate it signed, as PEM.
+/// A CA and what it signed, as PEM.
 #[derive(Debug, Clone)]
 pub struct Pki {
-    ca_pem: String,
-    server_cert_pem: String,
-    server_key_pem: String,
+    /// The CA certificate.
+    pub ca_pem: String,
+    /// The server certificate (for `localhost` and `127.0.0.1`).
+    pub server_cert_pem: String,
+    /// The server's private key.
+    pub server_key_pem: String,
+    /// A client certificate (client authentication).
+    pub client_cert_pem: String,
+    /// The client's private key.
+    pub client_key_pem: String,
 }
 
 impl Pki {
-    /// A fresh CA and server certificate.
+    /// A fresh CA named "storm suite CA" and its certificates.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::named("storm suite CA")
+    }
+
+    /// A fresh CA with this common name (two CAs that must not trust each
+    /// other are easier to tell apart in failures) and its certificates.
     ///
     /// # Panics
     ///
     /// When rcgen fails (it does not, for these parameters).
     #[must_use]
-    pub fn new() -> Self {
+    pub fn named(name: &str) -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "storm suite CA");
+        params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -35,15 +49,25 @@ impl Pki {
         ];
         let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("CA key"))
             .expect("CA certificate");
-        let mut params = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-            .expect("server params");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let key = KeyPair::generate().expect("server key");
-        let cert = params.signed_by(&key, &*ca).expect("server certificate");
+        let leaf = |names: Vec<String>, usage| {
+            let mut params = CertificateParams::new(names).expect("leaf params");
+            params.extended_key_usages = vec![usage];
+            let key = KeyPair::generate().expect("leaf key");
+            let cert = params.signed_by(&key, &*ca).expect("leaf certificate");
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert_pem, server_key_pem) = leaf(
+            vec!["localhost".into(), "127.0.0.1".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_cert_pem, client_key_pem) =
+            leaf(vec!["client".into()], ExtendedKeyUsagePurpose::ClientAuth);
         Self {
             ca_pem: ca.pem(),
-            server_cert_pem: cert.pem(),
-            server_key_pem: key.serialize_pem(),
+            server_cert_pem,
+            server_key_pem,
+            client_cert_pem,
+            client_key_pem,
         }
     }
 
@@ -57,6 +81,12 @@ impl Pki {
     #[must_use]
     pub fn client(&self) -> TlsClientOptions {
         TlsClientOptions::with_ca(self.ca_pem.clone())
+    }
+
+    /// The client certificate, for client TLS options.
+    #[must_use]
+    pub fn client_cert(&self) -> TlsClientCert {
+        TlsClientCert::new(self.client_cert_pem.clone(), self.client_key_pem.clone())
     }
 }
 

@@ -5,7 +5,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::ValueEnum;
@@ -17,7 +16,7 @@ use storm_proto::ws::deflate::DeflateConfig;
 
 use storm_cli::interrupt;
 
-use crate::runtime::{AsyncRuntime, Runtime, shutdown_on_ctrl_c, std_until_ctrl_c};
+use crate::runtime::{AsyncRuntime, Runtime, TlsArgs, shutdown_on_ctrl_c, std_until_ctrl_c};
 
 /// Options of `storm echo`.
 #[derive(Debug, clap::Args)]
@@ -35,10 +34,8 @@ pub(crate) struct EchoArgs {
     /// Turn off permessage-deflate for WebSocket (on by default).
     #[arg(long)]
     no_deflate: bool,
-    /// Serve TLS (wss:// or TLS over TCP) with this PEM certificate chain
-    /// (leaf first) and PEM private key.
-    #[arg(long, num_args = 2, value_names = ["CERT_PEM", "KEY_PEM"])]
-    tls: Option<Vec<PathBuf>>,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Runtime to serve on: tokio or smol (async tasks), or std (two
     /// threads per connection).
     #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
@@ -73,9 +70,7 @@ pub(crate) fn run(args: &EchoArgs) -> io::Result<()> {
         addr: args.addr.clone(),
         ..ServerOptions::default()
     };
-    if let Some([cert, key]) = args.tls.as_deref() {
-        options.tls = Some(storm_proto::tls::server_options_from_pem_files(cert, key)?);
-    }
+    args.tls.apply(&mut options)?;
     let max = args.max_message;
     let service = match args.proto {
         Proto::Ws => Service::Ws(WsOptions {
@@ -109,12 +104,7 @@ pub(crate) fn run(args: &EchoArgs) -> io::Result<()> {
 }
 
 fn banner(args: &EchoArgs, addr: SocketAddr) {
-    let scheme = match (args.proto, args.tls.is_some()) {
-        (Proto::Ws, false) => "ws",
-        (Proto::Ws, true) => "wss",
-        (_, false) => "tcp",
-        (_, true) => "tls",
-    };
+    let scheme = args.tls.scheme(args.proto == Proto::Ws);
     println!(
         "storm echo ({:?}, {:?} runtime) listening on {scheme}://{addr}",
         args.proto, args.runtime

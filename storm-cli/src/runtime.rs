@@ -81,3 +81,47 @@ pub(crate) fn std_until_ctrl_c(
         .join()
         .map_err(|_| io::Error::other("the accept thread panicked"))?
 }
+
+/// `--tls CERT_PEM KEY_PEM`, the same option on every server a `storm`
+/// service runs.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct TlsArgs {
+    /// Serve TLS (wss:// for WebSocket, TLS over TCP otherwise) with this
+    /// PEM certificate chain (leaf first) and PEM private key.
+    #[arg(long, num_args = 2, value_names = ["CERT_PEM", "KEY_PEM"])]
+    tls: Option<Vec<std::path::PathBuf>>,
+}
+
+impl TlsArgs {
+    /// Whether `--tls` was given.
+    pub(crate) fn enabled(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Reads the PEM files of `--tls` into `options.tls` (nothing without
+    /// `--tls`).
+    ///
+    /// # Errors
+    ///
+    /// A file cannot be read.
+    pub(crate) fn apply(
+        &self,
+        options: &mut storm_proto::options::ServerOptions,
+    ) -> io::Result<()> {
+        if let Some([cert, key]) = self.tls.as_deref() {
+            options.tls = Some(storm_proto::tls::server_options_from_pem_files(cert, key)?);
+        }
+        Ok(())
+    }
+
+    /// The URL scheme of a server with these options: `ws`/`wss` for
+    /// WebSocket, `tcp`/`tls` otherwise.
+    pub(crate) fn scheme(&self, websocket: bool) -> &'static str {
+        match (websocket, self.enabled()) {
+            (true, false) => "ws",
+            (true, true) => "wss",
+            (false, false) => "tcp",
+            (false, true) => "tls",
+        }
+    }
+}

@@ -90,7 +90,7 @@ use storm_proto::ws::CloseCode;
 use storm_proto::ws::deflate::DeflateConfig;
 use tokio::sync::mpsc;
 
-use crate::runtime::Runtime;
+use storm_cli::runtime::Runtime;
 
 mod on_async;
 mod on_std;

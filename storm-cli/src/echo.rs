@@ -16,7 +16,7 @@ use storm_proto::ws::deflate::DeflateConfig;
 
 use storm_cli::interrupt;
 
-use crate::runtime::{AsyncRuntime, Runtime, TlsArgs, shutdown_on_ctrl_c, std_until_ctrl_c};
+use storm_cli::runtime::{AsyncRuntime, Runtime, TlsArgs, shutdown_on_ctrl_c, std_until_ctrl_c};
 
 /// Options of `storm echo`.
 #[derive(Debug, clap::Args)]

@@ -56,7 +56,7 @@ use storm_proto::peer::Peer;
 use storm_tokio::{Client, Handler, Session, TcpClient};
 use tokio::sync::mpsc;
 
-use crate::runtime::{AsyncRuntime, Runtime, shutdown_on_ctrl_c, std_until_ctrl_c};
+use storm_cli::runtime::{AsyncRuntime, Runtime, shutdown_on_ctrl_c, std_until_ctrl_c};
 
 /// Options of `storm json`.
 #[derive(Debug, clap::Args)]

@@ -7,6 +7,8 @@
 //!   provider) over plain TCP on tokio.
 //! - [`gateway`]: one WebSocket endpoint routing to named backends.
 //! - [`interrupt`]: Ctrl-C for every service, on every runtime.
+//! - [`runtime`]: `--runtime tokio|smol|std` and `--tls` for every
+//!   service.
 //! - [`rpc`]: request/response client (several endpoints, round-robin or
 //!   failover, timeouts, cancellation, compression, pluggable codecs) and
 //!   server, over WebSocket or length-prefixed TCP.
@@ -16,3 +18,4 @@ pub mod broker;
 pub mod gateway;
 pub mod interrupt;
 pub mod rpc;
+pub mod runtime;

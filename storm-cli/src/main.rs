@@ -15,7 +15,6 @@ const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 mod chat;
 mod echo;
 mod json;
-mod runtime;
 
 /// Storm: message-oriented TCP and WebSocket services.
 #[derive(Debug, Parser)]

@@ -1,18 +1,19 @@
 //! The runtimes every `storm` service runs on (`--runtime tokio|smol|std`),
-//! and what the services' async paths need from tokio and smol beyond
-//! storm-async's [`Runtime`](storm_async::Runtime): a way in
-//! ([`AsyncRuntime::block_on`]) and a Ctrl-C stopper.
+//! what the services' async paths need from tokio and smol beyond
+//! storm-async's [`Runtime`](storm_async::Runtime) (a way in,
+//! [`AsyncRuntime::block_on`], and a Ctrl-C stopper), and the `--tls`
+//! option every server takes ([`TlsArgs`]).
 
 use std::future::Future;
 use std::io;
 use std::time::Duration;
 
+use crate::interrupt;
 use clap::ValueEnum;
-use storm_cli::interrupt;
 
 /// The runtimes `storm` services run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum Runtime {
+pub enum Runtime {
     /// tokio, multi-threaded.
     Tokio,
     /// smol's global executor.
@@ -22,7 +23,7 @@ pub(crate) enum Runtime {
 }
 
 /// An async runtime a service can run on from `main`: tokio or smol.
-pub(crate) trait AsyncRuntime: storm_async::Runtime {
+pub trait AsyncRuntime: storm_async::Runtime {
     /// Runs `future` to completion on this runtime, from a thread outside
     /// any runtime.
     fn block_on<T>(future: impl Future<Output = io::Result<T>>) -> io::Result<T>;
@@ -45,7 +46,7 @@ impl AsyncRuntime for storm_smol::Smol {
 
 /// On Ctrl-C (after [`interrupt::install`]), shuts `server` down
 /// gracefully within `timeout`, in a task of its own.
-pub(crate) fn shutdown_on_ctrl_c<R: AsyncRuntime>(
+pub fn shutdown_on_ctrl_c<R: AsyncRuntime>(
     server: storm_async::ServerHandle<R>,
     timeout: Duration,
 ) {
@@ -66,7 +67,7 @@ pub(crate) fn shutdown_on_ctrl_c<R: AsyncRuntime>(
 /// # Errors
 ///
 /// The accept thread's error, or a panic of it.
-pub(crate) fn std_until_ctrl_c(
+pub fn std_until_ctrl_c(
     server: &storm_std::ServerHandle,
     serving: std::thread::JoinHandle<io::Result<()>>,
     timeout: Duration,
@@ -85,7 +86,7 @@ pub(crate) fn std_until_ctrl_c(
 /// `--tls CERT_PEM KEY_PEM`, the same option on every server a `storm`
 /// service runs.
 #[derive(Debug, Clone, Default, clap::Args)]
-pub(crate) struct TlsArgs {
+pub struct TlsArgs {
     /// Serve TLS (wss:// for WebSocket, TLS over TCP otherwise) with this
     /// PEM certificate chain (leaf first) and PEM private key.
     #[arg(long, num_args = 2, value_names = ["CERT_PEM", "KEY_PEM"])]
@@ -94,7 +95,7 @@ pub(crate) struct TlsArgs {
 
 impl TlsArgs {
     /// Whether `--tls` was given.
-    pub(crate) fn enabled(&self) -> bool {
+    pub fn enabled(&self) -> bool {
         self.tls.is_some()
     }
 
@@ -104,10 +105,7 @@ impl TlsArgs {
     /// # Errors
     ///
     /// A file cannot be read.
-    pub(crate) fn apply(
-        &self,
-        options: &mut storm_proto::options::ServerOptions,
-    ) -> io::Result<()> {
+    pub fn apply(&self, options: &mut storm_proto::options::ServerOptions) -> io::Result<()> {
         if let Some([cert, key]) = self.tls.as_deref() {
             options.tls = Some(storm_proto::tls::server_options_from_pem_files(cert, key)?);
         }
@@ -116,7 +114,7 @@ impl TlsArgs {
 
     /// The URL scheme of a server with these options: `ws`/`wss` for
     /// WebSocket, `tcp`/`tls` otherwise.
-    pub(crate) fn scheme(&self, websocket: bool) -> &'static str {
+    pub fn scheme(&self, websocket: bool) -> &'static str {
         match (websocket, self.enabled()) {
             (true, false) => "ws",
             (true, true) => "wss",

@@ -19,7 +19,7 @@ use super::{
     Chat, ChatArgs, HTTP_TIMEOUT, PageRequest, STOP_TIMEOUT, announce, console_and_ctrl_c,
     tick_period,
 };
-use crate::runtime::AsyncRuntime;
+use storm_cli::runtime::AsyncRuntime;
 
 /// Serves until `/stop` or Ctrl-C.
 pub(super) fn run<R: AsyncRuntime>(

@@ -17,7 +17,8 @@
 //!
 //! The page connects back to the WebSocket port on the host it was loaded
 //! from (`?ws=ws://HOST:PORT/` overrides that, e.g. when it is opened as a
-//! file).
+//! file). With `--tls CERT_PEM KEY_PEM` the WebSocket port speaks wss:// and
+//! the page connects with `wss://`; the page itself stays plain HTTP.
 //!
 //! # Runtimes
 //!
@@ -90,12 +91,13 @@ use storm_proto::ws::CloseCode;
 use storm_proto::ws::deflate::DeflateConfig;
 use tokio::sync::mpsc;
 
-use storm_cli::runtime::Runtime;
+use storm_cli::runtime::{Runtime, TlsArgs};
 
 mod on_async;
 mod on_std;
 
-/// The page, with `__STORM_WS_PORT__` replaced by the WebSocket port.
+/// The page, with `__STORM_WS_PORT__` replaced by the WebSocket port and
+/// `__STORM_WS_SCHEME__` by `ws` or `wss`.
 const PAGE: &str = include_str!("chat.html");
 /// The room every user starts in.
 const LOBBY: &str = "lobby";
@@ -135,6 +137,8 @@ pub(crate) struct ChatArgs {
     /// Turn off permessage-deflate (on by default).
     #[arg(long)]
     no_deflate: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Runtime to serve on: tokio or smol (async tasks), or std (threads).
     #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
     runtime: Runtime,
@@ -147,6 +151,7 @@ pub(crate) fn run(args: &ChatArgs) -> io::Result<()> {
         addr: args.addr.clone(),
         ..ServerOptions::default()
     };
+    args.tls.apply(&mut options)?;
     options.link.heartbeat.interval = Duration::from_secs(args.heartbeat);
     let mut ws = WsOptions {
         deflate: (!args.no_deflate).then(DeflateConfig::default),
@@ -176,8 +181,9 @@ fn announce(args: &ChatArgs, ws_addr: SocketAddr) -> io::Result<Option<(TcpListe
         Some(TcpListener::bind(addr)?)
     };
     println!(
-        "storm chat ({:?} runtime) listening on ws://{ws_addr}",
-        args.runtime
+        "storm chat ({:?} runtime) listening on {}://{ws_addr}",
+        args.runtime,
+        args.tls.scheme(true)
     );
     if let Some(listener) = &http {
         println!("storm chat page on http://{}/", listener.local_addr()?);
@@ -186,6 +192,7 @@ fn announce(args: &ChatArgs, ws_addr: SocketAddr) -> io::Result<Option<(TcpListe
     Ok(http.map(|listener| {
         let page: Arc<str> = PAGE
             .replace("__STORM_WS_PORT__", &ws_addr.port().to_string())
+            .replace("__STORM_WS_SCHEME__", args.tls.scheme(true))
             .into();
         (listener, page)
     }))

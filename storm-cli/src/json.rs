@@ -56,7 +56,7 @@ use storm_proto::peer::Peer;
 use storm_tokio::{Client, Handler, Session, TcpClient};
 use tokio::sync::mpsc;
 
-use storm_cli::runtime::{AsyncRuntime, Runtime, shutdown_on_ctrl_c, std_until_ctrl_c};
+use storm_cli::runtime::{AsyncRuntime, Runtime, TlsArgs, shutdown_on_ctrl_c, std_until_ctrl_c};
 
 /// Options of `storm json`.
 #[derive(Debug, clap::Args)]
@@ -74,6 +74,8 @@ pub(crate) struct JsonArgs {
     /// for the reply to its first request.
     #[arg(long)]
     welcome: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Runtime to serve on: tokio or smol (async tasks), or std (two
     /// threads per connection).
     #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
@@ -124,10 +126,11 @@ enum Mode {
 
 /// Runs `storm json` until Ctrl-C, on the runtime of `--runtime`.
 pub(crate) fn serve(args: &JsonArgs) -> io::Result<()> {
-    let options = ServerOptions {
+    let mut options = ServerOptions {
         addr: args.addr.clone(),
         ..ServerOptions::default()
     };
+    args.tls.apply(&mut options)?;
     let mut framing = LengthPrefixConfig::default();
     framing.max_frame_len = args.max_message;
     let framing = Framing::LengthPrefixWith(framing);
@@ -141,8 +144,9 @@ pub(crate) fn serve(args: &JsonArgs) -> io::Result<()> {
 
 fn banner(args: &JsonArgs, addr: SocketAddr) {
     println!(
-        "storm json (length-prefixed JSON, {:?} runtime) listening on tcp://{addr}",
-        args.runtime
+        "storm json (length-prefixed JSON, {:?} runtime) listening on {}://{addr}",
+        args.runtime,
+        args.tls.scheme(false)
     );
 }
 

@@ -64,7 +64,13 @@ impl Server {
             http: String::new(),
             runtime,
         };
-        let banner = server.wait_line("listening on ws://");
+        let scheme = if extra.contains(&"--tls") {
+            "wss"
+        } else {
+            "ws"
+        };
+        let marker = format!("listening on {scheme}://");
+        let banner = server.wait_line(&marker);
         assert!(
             banner
                 .to_lowercase()
@@ -72,7 +78,7 @@ impl Server {
             "{banner}"
         );
         server.ws = banner
-            .split("listening on ws://")
+            .split(&marker)
             .nth(1)
             .expect("address")
             .trim()
@@ -432,6 +438,63 @@ fn page_over_http() {
         );
         assert!(get("/?x=1").starts_with("HTTP/1.1 200 OK\r\n"));
         assert!(get("/nope").starts_with("HTTP/1.1 404 "));
+    }
+}
+
+/// Collects what a storm-std client receives.
+struct Inbox(mpsc::Sender<storm_proto::Message>);
+
+impl storm_std::Handler for Inbox {
+    fn on_message(&self, _: &storm_std::Session, message: storm_proto::Message) {
+        let _ = self.0.send(message);
+    }
+}
+
+#[test]
+fn chat_over_wss() {
+    let pki = storm_tests::suite::pki::Pki::new();
+    let files = pki.pem_files();
+    for runtime in RUNTIMES {
+        let mut extra = vec!["--tick-ms", "0"];
+        extra.extend(files.tls_args());
+        let server = Server::start(runtime, &extra);
+        let options = storm_proto::options::ClientOptions {
+            tls: Some(pki.client()),
+            ..Default::default()
+        };
+        let (tx, rx) = mpsc::channel();
+        let client = storm_std::WsClient::connect(
+            &format!("wss://{}/", server.ws),
+            options,
+            storm_proto::options::WsOptions::default(),
+            Inbox(tx),
+        )
+        .unwrap_or_else(|e| panic!("{runtime}: {e}"));
+        let next = || -> Value {
+            serde_json::from_slice(rx.recv_timeout(WAIT).expect("a message").as_bytes())
+                .expect("JSON from the server")
+        };
+        assert_eq!(next()["type"], "welcome", "{runtime}");
+        client
+            .send(storm_proto::Message::from(
+                json!({"type": "users"}).to_string(),
+            ))
+            .unwrap();
+        let users = std::iter::repeat_with(next)
+            .find(|v| v["type"] == "users")
+            .expect("users");
+        assert_eq!(users["users"].as_array().map(Vec::len), Some(1), "{users}");
+        client.close();
+        // The page connects with wss:// to the same port.
+        let mut stream = TcpStream::connect(&server.http).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        write!(stream, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut page = String::new();
+        stream.read_to_string(&mut page).unwrap();
+        assert!(
+            page.contains(r#"name="storm-ws-scheme" content="wss""#),
+            "{runtime}"
+        );
     }
 }
 

@@ -155,19 +155,10 @@ impl storm_std::Handler for Inbox {
 #[test]
 fn echo_over_tls_from_pem_files() {
     let pki = storm_tests::suite::pki::Pki::new();
-    let dir = std::env::temp_dir().join(format!("storm-echo-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let server_tls = pki.server();
-    std::fs::write(&cert, &server_tls.cert_chain_pem).unwrap();
-    std::fs::write(&key, &server_tls.key_pem).unwrap();
+    let files = pki.pem_files();
     for runtime in RUNTIMES {
         for proto in ["lp", "ws"] {
-            let server = start_with(
-                proto,
-                runtime,
-                &["--tls", cert.to_str().unwrap(), key.to_str().unwrap()],
-            );
+            let server = start_with(proto, runtime, &files.tls_args());
             let options = ClientOptions {
                 tls: Some(pki.client()),
                 ..ClientOptions::default()
@@ -191,7 +182,6 @@ fn echo_over_tls_from_pem_files() {
             client.close();
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

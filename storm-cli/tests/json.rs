@@ -29,17 +29,30 @@ impl Drop for Server {
 const RUNTIMES: [&str; 3] = ["tokio", "smol", "std"];
 
 fn start(runtime: &str) -> Server {
+    start_with(runtime, &[])
+}
+
+fn start_with(runtime: &str, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_storm"))
         .args(["json", "--addr", "127.0.0.1:0", "--runtime", runtime])
+        .args(extra)
         .stdout(Stdio::piped())
         .spawn()
         .expect("storm starts");
-    // "... listening on tcp://127.0.0.1:PORT"
+    // "... listening on tcp://127.0.0.1:PORT" (tls:// with --tls)
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout"))
         .read_line(&mut line)
         .expect("banner");
-    assert!(line.contains("listening on tcp://"), "banner: {line}");
+    let scheme = if extra.contains(&"--tls") {
+        "tls"
+    } else {
+        "tcp"
+    };
+    assert!(
+        line.contains(&format!("listening on {scheme}://")),
+        "banner: {line}"
+    );
     assert!(
         line.to_lowercase().contains(&format!("{runtime} runtime")),
         "banner: {line}"
@@ -127,6 +140,43 @@ fn ping_answers_pong_with_both_timestamps_and_client_id() {
         assert_eq!(pong["ping_timestamp"], sent);
         assert_timestamp(&pong["pong_timestamp"]);
         assert_eq!(pong["client_id"], peer.local_addr());
+    }
+}
+
+/// Collects what a storm-std client receives.
+struct Inbox(mpsc::Sender<storm_proto::Message>);
+
+impl storm_std::Handler for Inbox {
+    fn on_message(&self, _: &storm_std::Session, message: storm_proto::Message) {
+        let _ = self.0.send(message);
+    }
+}
+
+#[test]
+fn ping_over_tls() {
+    let pki = storm_tests::suite::pki::Pki::new();
+    let files = pki.pem_files();
+    for runtime in RUNTIMES {
+        let server = start_with(runtime, &files.tls_args());
+        let options = storm_proto::options::ClientOptions {
+            tls: Some(pki.client()),
+            ..Default::default()
+        };
+        let (tx, rx) = mpsc::channel();
+        let client = storm_std::TcpClient::connect(
+            &server.addr,
+            options,
+            storm_proto::options::Framing::LengthPrefix,
+            Inbox(tx),
+        )
+        .unwrap_or_else(|e| panic!("{runtime}: {e}"));
+        let ping = json!({"type": "ping", "timestamp": "t"}).to_string();
+        client.send(storm_proto::Message::from(ping)).unwrap();
+        let pong: Value = serde_json::from_slice(rx.recv_timeout(WAIT).unwrap().as_bytes())
+            .expect("reply is JSON");
+        assert_eq!(pong["type"], "pong", "{runtime}");
+        assert_eq!(pong["ping_timestamp"], "t", "{runtime}");
+        client.close();
     }
 }
 

@@ -7,6 +7,9 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use storm_proto::options::{TlsClientCert, TlsClientOptions, TlsServerOptions};
 
 /// A CA and what it signed, as PEM.
@@ -83,10 +86,70 @@ impl Pki {
         TlsClientOptions::with_ca(self.ca_pem.clone())
     }
 
+    /// The server certificate and key and the CA certificate written to
+    /// PEM files in a fresh temporary directory, for programs that take
+    /// file names (`storm <service> --tls CERT KEY`). The directory is
+    /// removed when the returned value is dropped.
+    ///
+    /// # Panics
+    ///
+    /// When the files cannot be written.
+    #[must_use]
+    pub fn pem_files(&self) -> PemFiles {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "storm-pki-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("temporary directory");
+        let write = |name: &str, pem: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).expect("PEM file");
+            path
+        };
+        PemFiles {
+            cert: write("cert.pem", &self.server_cert_pem),
+            key: write("key.pem", &self.server_key_pem),
+            ca: write("ca.pem", &self.ca_pem),
+            dir,
+        }
+    }
+
     /// The client certificate, for client TLS options.
     #[must_use]
     pub fn client_cert(&self) -> TlsClientCert {
         TlsClientCert::new(self.client_cert_pem.clone(), self.client_key_pem.clone())
+    }
+}
+
+/// A [`Pki`]'s PEM files on disk; removed on drop.
+#[derive(Debug)]
+pub struct PemFiles {
+    /// The server certificate chain.
+    pub cert: PathBuf,
+    /// The server's private key.
+    pub key: PathBuf,
+    /// The CA certificate.
+    pub ca: PathBuf,
+    dir: PathBuf,
+}
+
+impl PemFiles {
+    /// `["--tls", CERT, KEY]`, the server option of every `storm` service.
+    #[must_use]
+    pub fn tls_args(&self) -> [&str; 3] {
+        ["--tls", path_str(&self.cert), path_str(&self.key)]
+    }
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("temporary paths are UTF-8")
+}
+
+impl Drop for PemFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

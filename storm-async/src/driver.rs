@@ -1,10 +1,11 @@
 //! The per-connection loop: the only place an adapter touches a socket
 //! after the handshake.
 //!
-//! One task per connection polls two futures: the reader (socket → link →
-//! handler, and the link's timer) and the writer (outbox → one vectored
-//! write of up to 64 buffers → flush). The writer wakes when the session's
-//! outbox waker fires.
+//! One task per connection polls two futures, the reader first: the reader
+//! (socket → link → handler, and the link's timer) and the writer (outbox →
+//! one vectored write of up to 64 buffers → flush). The writer wakes when
+//! the session's outbox waker fires; replies sent from the read path are
+//! written in the same poll, without a wake-up.
 
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -21,7 +22,7 @@ use storm_proto::link::{CloseReason, Link, LinkEvent};
 #[cfg(doc)]
 use crate::runtime::Stream;
 use crate::runtime::{PollRead, PollWrite, Runtime};
-use crate::sync::{Either, race, sleep_until, timeout};
+use crate::sync::{Either, sleep_until, timeout};
 use crate::{Handler, Session};
 
 /// How much one read asks the socket for.
@@ -81,7 +82,7 @@ pub(crate) async fn drive<R, Rd, Wr, H>(
     let disconnected = AtomicBool::new(false);
     {
         let mut write = pin!(write_loop(writer, &session, &rearm, write_batch));
-        let read = pin!(read_loop::<R, _, _>(
+        let mut read = pin!(read_loop::<R, _, _>(
             reader,
             &session,
             handler,
@@ -89,7 +90,20 @@ pub(crate) async fn drive<R, Rd, Wr, H>(
             initial,
             &disconnected
         ));
-        match race(write.as_mut(), read).await {
+        // The reader first, then the writer, in every poll of the task:
+        // replies the handler sends from the read path are written in the
+        // same poll. The writer's waker is unregistered while the reader
+        // runs (the writer registers it again before it sleeps), so those
+        // sends do not wake the task for a second poll.
+        let finished = poll_fn(|cx| {
+            session.link().session().unregister_waker();
+            if let Poll::Ready(()) = read.as_mut().poll(cx) {
+                return Poll::Ready(Either::Right(()));
+            }
+            write.as_mut().poll(cx).map(Either::Left)
+        })
+        .await;
+        match finished {
             Either::Left(result) => {
                 if result.is_err() {
                     // The peer is gone: tell the link so the handler hears it.

@@ -422,6 +422,15 @@ impl Session {
         }
     }
 
+    /// Forgets the writer's waker, so sends do not wake it: for a driver
+    /// that is about to run code that sends (its own read path) and polls
+    /// its writer right after, which registers the waker again. Saves the
+    /// connection task a wake-up, and a trip through the scheduler, for
+    /// every reply sent from the read path.
+    pub fn unregister_waker(&self) {
+        lock(&self.outbox).writer = None;
+    }
+
     /// Wakes the writer without queueing a message: the connection's own
     /// state produced output (an auto-pong, a close reply) or must close.
     pub fn wake_writer(&self) {

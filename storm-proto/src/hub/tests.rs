@@ -215,6 +215,11 @@ fn writer_waker_is_woken_when_data_arrives() {
     s.register_waker(&waker); // same waker: kept once
     hub.broadcast(&msg(1), None);
     assert_eq!(wakes(&count), 2);
+    // Unregistered: a send queues without waking anyone.
+    s.register_waker(&waker);
+    s.unregister_waker();
+    assert_eq!(s.send(msg(1)), SendOutcome::Queued);
+    assert_eq!(wakes(&count), 2);
     // A close request wakes the writer as well.
     s.register_waker(&waker);
     s.request_close(CloseKind::Graceful);

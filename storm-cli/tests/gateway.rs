@@ -9,7 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use storm_cli::gateway::{ConfigErrorKind, Gateway, GatewayConfig, GatewayHandle, GatewayOptions};
+use storm_cli::gateway::{
+    BackendStatus, ConfigErrorKind, Gateway, GatewayConfig, GatewayHandle, GatewayOptions, blocking,
+};
 use storm_proto::Message;
 use storm_proto::link::CloseReason;
 use storm_proto::options::{ClientOptions, Framing, ServerOptions, WsOptions};
@@ -113,28 +115,138 @@ fn routes_ini(orders: SocketAddr, prices: SocketAddr) -> String {
     )
 }
 
-/// Starts a gateway in-process with fast, fixed reconnects.
-async fn gateway(ini: &str) -> GatewayHandle {
-    gateway_with(ini, GatewayOptions::default()).await
+/// The runtimes a gateway runs on.
+#[derive(Debug, Clone, Copy)]
+enum Rt {
+    Tokio,
+    Smol,
+    Std,
 }
 
-async fn gateway_with(ini: &str, options: GatewayOptions) -> GatewayHandle {
+/// A gateway running in-process on one of the runtimes; the test itself
+/// (backends, clients) runs on tokio.
+#[derive(Clone)]
+enum Running {
+    Tokio(GatewayHandle<storm_tokio::Tokio>),
+    Smol(GatewayHandle<storm_smol::Smol>),
+    Std(blocking::GatewayHandle),
+}
+
+impl Running {
+    fn local_addr(&self) -> SocketAddr {
+        match self {
+            Self::Tokio(h) => h.local_addr(),
+            Self::Smol(h) => h.local_addr(),
+            Self::Std(h) => h.local_addr(),
+        }
+    }
+
+    fn backends(&self) -> Vec<BackendStatus> {
+        match self {
+            Self::Tokio(h) => h.backends(),
+            Self::Smol(h) => h.backends(),
+            Self::Std(h) => h.backends(),
+        }
+    }
+
+    fn client_count(&self) -> usize {
+        match self {
+            Self::Tokio(h) => h.client_count(),
+            Self::Smol(h) => h.client_count(),
+            Self::Std(h) => h.client_count(),
+        }
+    }
+
+    fn dropped_replies(&self) -> u64 {
+        match self {
+            Self::Tokio(h) => h.dropped_replies(),
+            Self::Smol(h) => h.dropped_replies(),
+            Self::Std(h) => h.dropped_replies(),
+        }
+    }
+
+    /// Waits (at most [`WAIT`]) until `route` is up or down; whether it is.
+    async fn wait_backend(&self, route: &str, connected: bool) -> bool {
+        match self {
+            Self::Tokio(h) => timeout(WAIT, h.wait_backend(route, connected))
+                .await
+                .unwrap_or(false),
+            Self::Smol(h) => timeout(WAIT, h.wait_backend(route, connected))
+                .await
+                .unwrap_or(false),
+            Self::Std(h) => {
+                let (h, route) = (h.clone(), route.to_owned());
+                tokio::task::spawn_blocking(move || h.wait_backend(&route, connected, WAIT))
+                    .await
+                    .expect("join")
+            }
+        }
+    }
+
+    async fn shutdown(&self, limit: Duration) {
+        let stopping = async {
+            match self {
+                Self::Tokio(h) => h.shutdown(limit).await,
+                Self::Smol(h) => h.shutdown(limit).await,
+                Self::Std(h) => {
+                    let h = h.clone();
+                    tokio::task::spawn_blocking(move || h.shutdown(limit))
+                        .await
+                        .expect("join");
+                }
+            }
+        };
+        timeout(WAIT + limit, stopping)
+            .await
+            .expect("gateway stops in time");
+    }
+}
+
+/// Starts a gateway in-process on tokio with fast, fixed reconnects.
+async fn gateway(ini: &str) -> Running {
+    gateway_on(Rt::Tokio, ini, GatewayOptions::default()).await
+}
+
+/// Starts a gateway in-process on `rt` with fast, fixed reconnects.
+async fn gateway_on(rt: Rt, ini: &str, options: GatewayOptions) -> Running {
     let config = GatewayConfig::parse(ini).expect("config parses");
     let options = GatewayOptions {
         reconnect: BackoffConfig::fixed(Duration::from_millis(20)),
         ..options
     };
-    let gateway = Gateway::bind(config, options).await.expect("gateway binds");
-    let handle = gateway.handle();
-    tokio::spawn(gateway.serve());
-    handle
+    match rt {
+        Rt::Tokio => {
+            let gateway = Gateway::<storm_tokio::Tokio>::bind(config, options)
+                .await
+                .expect("gateway binds");
+            let handle = gateway.handle();
+            tokio::spawn(gateway.serve());
+            Running::Tokio(handle)
+        }
+        Rt::Smol => {
+            let gateway = Gateway::<storm_smol::Smol>::bind(config, options)
+                .await
+                .expect("gateway binds");
+            let handle = gateway.handle();
+            smol::spawn(gateway.serve()).detach();
+            Running::Smol(handle)
+        }
+        Rt::Std => tokio::task::spawn_blocking(move || {
+            let gateway = blocking::Gateway::bind(config, options).expect("gateway binds");
+            let handle = gateway.handle();
+            gateway.spawn().expect("accept thread");
+            Running::Std(handle)
+        })
+        .await
+        .expect("join"),
+    }
 }
 
-async fn wait_backend(gateway: &GatewayHandle, route: &str, connected: bool) {
-    let known = timeout(WAIT, gateway.wait_backend(route, connected))
-        .await
-        .unwrap_or_else(|_| panic!("backend {route} connected={connected} in time"));
-    assert!(known, "route {route} is configured");
+async fn wait_backend(gateway: &Running, route: &str, connected: bool) {
+    assert!(
+        gateway.wait_backend(route, connected).await,
+        "backend {route} connected={connected} in time"
+    );
 }
 
 /// What the test client's handler saw.
@@ -259,9 +371,24 @@ impl TestClient {
 
 #[tokio::test]
 async fn routes_to_a_ws_and_a_tcp_backend_and_back_to_the_sender() {
+    routes_to_two_backends(Rt::Tokio).await;
+}
+
+#[tokio::test]
+async fn routes_to_a_ws_and_a_tcp_backend_on_smol() {
+    routes_to_two_backends(Rt::Smol).await;
+}
+
+#[tokio::test]
+async fn routes_to_a_ws_and_a_tcp_backend_on_std() {
+    routes_to_two_backends(Rt::Std).await;
+}
+
+async fn routes_to_two_backends(rt: Rt) {
     let orders = ws_backend("127.0.0.1:0", "orders").await;
     let prices = tcp_backend("prices").await;
-    let gateway = gateway(&routes_ini(orders.addr, prices.addr)).await;
+    let ini = routes_ini(orders.addr, prices.addr);
+    let gateway = gateway_on(rt, &ini, GatewayOptions::default()).await;
     wait_backend(&gateway, "orders", true).await;
     wait_backend(&gateway, "prices", true).await;
 
@@ -322,9 +449,24 @@ async fn routes_to_a_ws_and_a_tcp_backend_and_back_to_the_sender() {
 
 #[tokio::test]
 async fn a_stopped_backend_gives_errors_and_a_restarted_one_routes_again() {
+    restarted_backend(Rt::Tokio).await;
+}
+
+#[tokio::test]
+async fn a_restarted_backend_routes_again_on_smol() {
+    restarted_backend(Rt::Smol).await;
+}
+
+#[tokio::test]
+async fn a_restarted_backend_routes_again_on_std() {
+    restarted_backend(Rt::Std).await;
+}
+
+async fn restarted_backend(rt: Rt) {
     let orders = ws_backend("127.0.0.1:0", "orders").await;
     let prices = tcp_backend("prices").await;
-    let gateway = gateway(&routes_ini(orders.addr, prices.addr)).await;
+    let ini = routes_ini(orders.addr, prices.addr);
+    let gateway = gateway_on(rt, &ini, GatewayOptions::default()).await;
     wait_backend(&gateway, "orders", true).await;
     let mut client = TestClient::connect(gateway.local_addr()).await;
     client.handshake(&["orders", "prices"]).await;
@@ -434,13 +576,27 @@ async fn a_broken_handshake_gets_an_error_and_a_policy_close() {
 
 #[tokio::test]
 async fn a_handshake_that_does_not_finish_times_out() {
+    handshake_times_out(Rt::Tokio).await;
+}
+
+#[tokio::test]
+async fn a_handshake_that_does_not_finish_times_out_on_smol() {
+    handshake_times_out(Rt::Smol).await;
+}
+
+#[tokio::test]
+async fn a_handshake_that_does_not_finish_times_out_on_std() {
+    handshake_times_out(Rt::Std).await;
+}
+
+async fn handshake_times_out(rt: Rt) {
     let orders = ws_backend("127.0.0.1:0", "orders").await;
     let prices = tcp_backend("prices").await;
     let options = GatewayOptions {
         handshake_timeout: Some(Duration::from_millis(50)),
         ..GatewayOptions::default()
     };
-    let gateway = gateway_with(&routes_ini(orders.addr, prices.addr), options).await;
+    let gateway = gateway_on(rt, &routes_ini(orders.addr, prices.addr), options).await;
     let mut client = TestClient::connect(gateway.local_addr()).await;
     let error = client.error().await;
     assert_eq!(error.error, "route handshake timed out");
@@ -577,7 +733,7 @@ async fn the_storm_binary_routes_and_rejects_a_bad_route_file() {
         .expect("banner in time")
         .expect("join");
     let addr: SocketAddr = lines[0]
-        .strip_prefix("storm gateway listening on ws://")
+        .strip_prefix("storm gateway (Tokio runtime) listening on ws://")
         .unwrap_or_else(|| panic!("banner: {lines:?}"))
         .parse()
         .expect("address");

@@ -17,7 +17,9 @@
 //! - [`blocking::Gateway`] / [`blocking::GatewayHandle`] run on storm-std:
 //!   two threads per client, one per backend, one for handshake deadlines.
 //!
-//! With [`GatewayOptions::tls`], clients connect over `wss://`.
+//! With [`GatewayOptions::tls`], clients connect over `wss://`; backends
+//! with `tls = on` in the route file are reached over TLS, checked against
+//! [`GatewayOptions::backend_tls`].
 //!
 //! # Client side: the wire protocol
 //!
@@ -123,7 +125,7 @@ use storm_proto::Message;
 use storm_proto::Utf8Bytes;
 use storm_proto::framing::LengthPrefixConfig;
 use storm_proto::hub::SendOutcome;
-use storm_proto::options::{ClientOptions, Framing, TlsServerOptions, WsOptions};
+use storm_proto::options::{ClientOptions, Framing, TlsClientOptions, TlsServerOptions, WsOptions};
 use storm_proto::peer::Peer;
 use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffPolicy, Jitter};
 use storm_proto::route::backend::{
@@ -149,6 +151,10 @@ pub struct GatewayOptions {
     /// Serve clients over TLS (`wss://`) with this certificate and key.
     /// Default `None`: plain `ws://`.
     pub tls: Option<TlsServerOptions>,
+    /// How backends with `tls = on` in the route file are checked: the CAs
+    /// trusted (default: the public web roots), a client certificate to
+    /// present, the name expected (default: the endpoint's `host`).
+    pub backend_tls: TlsClientOptions,
     /// Backoff between attempts to (re)connect a backend. Default:
     /// exponential from 100 ms, ×2, capped at 5 s, full jitter, unlimited
     /// attempts (with `max_attempts`, a backend that gives up stays down and
@@ -169,6 +175,7 @@ impl Default for GatewayOptions {
         Self {
             addr: "127.0.0.1:0".to_owned(),
             tls: None,
+            backend_tls: TlsClientOptions::default(),
             reconnect: BackoffConfig {
                 policy: BackoffPolicy::Exponential {
                     initial: Duration::from_millis(100),
@@ -446,7 +453,10 @@ impl<S: Clone + Deref<Target = Peer> + Send + Sync + 'static> Core<S> {
                         .ok()?;
                 let dial = Dial {
                     endpoint: endpoint.clone(),
-                    options: options.clone(),
+                    options: ClientOptions {
+                        tls: endpoint.tls.then(|| self.options.backend_tls.clone()),
+                        ..options.clone()
+                    },
                     ws: self.options.ws_options(),
                     framing: Framing::LengthPrefixWith(framing.clone()),
                 };

@@ -19,7 +19,9 @@ use storm_proto::reconnect::BackoffConfig;
 use storm_proto::route::backend::{self, Target};
 use storm_proto::route::envelope::{self, ErrorReply};
 use storm_proto::route::{ClientConfig, ClientHandshake, Event, Negotiated};
-use storm_tokio::{Client, Handler, ServerHandle, Session, TcpServer, WsClient, WsServer};
+use storm_tokio::{
+    Client, ClientError, Handler, ServerHandle, Session, TcpServer, WsClient, WsServer,
+};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
@@ -79,6 +81,10 @@ async fn ws_backend(addr: &str, tag: &'static str) -> Backend {
         addr: addr.to_owned(),
         ..ServerOptions::default()
     };
+    ws_backend_with(options, tag).await
+}
+
+async fn ws_backend_with(options: ServerOptions, tag: &'static str) -> Backend {
     let server = WsServer::bind(options, WsOptions::default())
         .await
         .expect("ws backend binds");
@@ -93,7 +99,11 @@ async fn ws_backend(addr: &str, tag: &'static str) -> Backend {
 }
 
 async fn tcp_backend(tag: &'static str) -> Backend {
-    let server = TcpServer::bind(ServerOptions::default(), Framing::LengthPrefix)
+    tcp_backend_with(ServerOptions::default(), tag).await
+}
+
+async fn tcp_backend_with(options: ServerOptions, tag: &'static str) -> Backend {
+    let server = TcpServer::bind(options, Framing::LengthPrefix)
         .await
         .expect("tcp backend binds");
     let (tx, connects) = mpsc::unbounded_channel();
@@ -276,20 +286,20 @@ struct TestClient {
 
 impl TestClient {
     async fn connect(addr: SocketAddr) -> Self {
+        Self::connect_to(&format!("ws://{addr}/"), ClientOptions::default())
+            .await
+            .expect("client connects")
+    }
+
+    async fn connect_to(url: &str, options: ClientOptions) -> Result<Self, ClientError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let client = timeout(
             WAIT,
-            WsClient::connect(
-                &format!("ws://{addr}/"),
-                ClientOptions::default(),
-                WsOptions::default(),
-                Forward(tx),
-            ),
+            WsClient::connect(url, options, WsOptions::default(), Forward(tx)),
         )
         .await
-        .expect("connect in time")
-        .expect("client connects");
-        Self { client, rx }
+        .expect("connect in time")?;
+        Ok(Self { client, rx })
     }
 
     async fn next(&mut self) -> Seen {
@@ -659,6 +669,66 @@ fn route_files_with_errors_name_the_line() {
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
 
+/// Starts `storm gateway --config CONFIG --addr 127.0.0.1:0 ARGS`; the
+/// process and its first three stdout lines (the banner and two routes).
+async fn spawn_gateway(config: &std::path::Path, args: &[&str]) -> (Process, Vec<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_storm"))
+        .args(["gateway", "--config"])
+        .arg(config)
+        .args(["--addr", "127.0.0.1:0", "--max-backoff-ms", "100"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("storm starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let process = Process(child);
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut lines = Vec::new();
+        for _ in 0..3 {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("banner line");
+            lines.push(line.trim().to_owned());
+        }
+        lines
+    });
+    let lines = timeout(WAIT, lines)
+        .await
+        .expect("banner in time")
+        .expect("join");
+    (process, lines)
+}
+
+/// Waits until `backend` accepted a (gateway's) connection.
+async fn connected(backend: &mut Backend) {
+    timeout(WAIT, backend.connects.recv())
+        .await
+        .expect("gateway connects the backend in time")
+        .expect("backend alive");
+}
+
+/// Sends `hi` to `route` until its backend answers it. The gateway marks a
+/// backend up only after its side of the upgrade, a moment after the
+/// backend saw the connection: a request in that moment gets an error
+/// reply, so retry a bounded number of times, each try waiting for its
+/// answer.
+async fn route_once_up(client: &mut TestClient, route: &str) {
+    for _ in 0..100 {
+        client.send_to(route, "hi").await;
+        let message = client.recv().await;
+        if ErrorReply::parse(message.as_bytes()).is_some() {
+            continue;
+        }
+        assert_eq!(
+            message.as_bytes(),
+            format!("ROUTENAME={route}\n{route}:hi").as_bytes()
+        );
+        return;
+    }
+    panic!("{route} never answered");
+}
+
 /// A running `storm gateway`, killed on drop.
 struct Process(Child);
 
@@ -708,30 +778,7 @@ async fn the_storm_binary_routes_and_rejects_a_bad_route_file() {
     let mut prices = tcp_backend("prices").await;
     let good = dir.join("routes.ini");
     std::fs::write(&good, routes_ini(orders.addr, prices.addr)).expect("write");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_storm"))
-        .args(["gateway", "--config"])
-        .arg(&good)
-        .args(["--addr", "127.0.0.1:0", "--max-backoff-ms", "100"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("storm starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let _process = Process(child);
-    let lines = tokio::task::spawn_blocking(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut lines = Vec::new();
-        for _ in 0..3 {
-            let mut line = String::new();
-            reader.read_line(&mut line).expect("banner line");
-            lines.push(line.trim().to_owned());
-        }
-        lines
-    });
-    let lines = timeout(WAIT, lines)
-        .await
-        .expect("banner in time")
-        .expect("join");
+    let (_process, lines) = spawn_gateway(&good, &[]).await;
     let addr: SocketAddr = lines[0]
         .strip_prefix("storm gateway (Tokio runtime) listening on ws://")
         .unwrap_or_else(|| panic!("banner: {lines:?}"))
@@ -742,32 +789,145 @@ async fn the_storm_binary_routes_and_rejects_a_bad_route_file() {
 
     let mut client = TestClient::connect(addr).await;
     client.handshake(&["orders", "prices"]).await;
-    // Wait until both backends accepted the gateway's connection. The
-    // gateway marks a backend up only after its side of the upgrade, a
-    // moment later: a request in that moment gets an error reply, so retry
-    // a bounded number of times, each try waiting for its answer.
     for backend in [&mut orders, &mut prices] {
-        timeout(WAIT, backend.connects.recv())
-            .await
-            .expect("gateway connects the backend in time")
-            .expect("backend alive");
+        connected(backend).await;
     }
     for route in ["orders", "prices"] {
-        let mut answered = false;
-        for _ in 0..100 {
-            client.send_to(route, "hi").await;
-            let message = client.recv().await;
-            if ErrorReply::parse(message.as_bytes()).is_some() {
-                continue;
-            }
-            assert_eq!(
-                message.as_bytes(),
-                format!("ROUTENAME={route}\n{route}:hi").as_bytes()
-            );
-            answered = true;
-            break;
+        route_once_up(&mut client, route).await;
+    }
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+#[tokio::test]
+async fn backends_behind_tls_are_reached_on_every_runtime() {
+    let pki = storm_tests::suite::pki::Pki::new();
+    let tls = || ServerOptions {
+        tls: Some(pki.server()),
+        ..ServerOptions::default()
+    };
+    let orders = ws_backend_with(tls(), "orders").await;
+    let prices = tcp_backend_with(tls(), "prices").await;
+    let ini = routes_ini(orders.addr, prices.addr).replace("protocol", "tls = on\nprotocol");
+    for rt in [Rt::Tokio, Rt::Smol, Rt::Std] {
+        let options = GatewayOptions {
+            backend_tls: pki.client(),
+            ..GatewayOptions::default()
+        };
+        let gateway = gateway_on(rt, &ini, options).await;
+        let urls: Vec<String> = gateway.backends().into_iter().map(|b| b.url).collect();
+        assert_eq!(
+            urls,
+            [
+                format!("wss://{}/", orders.addr),
+                format!("tls://{}", prices.addr)
+            ]
+        );
+        wait_backend(&gateway, "orders", true).await;
+        wait_backend(&gateway, "prices", true).await;
+        let mut client = TestClient::connect(gateway.local_addr()).await;
+        client.handshake(&["orders", "prices"]).await;
+        for route in ["orders", "prices"] {
+            client.send_to(route, &format!("{rt:?}")).await;
+            assert_eq!(client.reply_from(route).await, format!("{route}:{rt:?}"));
         }
-        assert!(answered, "{route} answered");
+        gateway.shutdown(WAIT).await;
+    }
+
+    // A gateway that does not trust the backends' CA never connects them.
+    let other = storm_tests::suite::pki::Pki::named("another CA");
+    let options = GatewayOptions {
+        backend_tls: other.client(),
+        ..GatewayOptions::default()
+    };
+    let gateway = gateway_on(Rt::Tokio, &ini, options).await;
+    let mut client = TestClient::connect(gateway.local_addr()).await;
+    client.handshake(&["orders"]).await;
+    client.send_to("orders", "untrusted").await;
+    assert_eq!(client.error().await.error, backend::BACKEND_UNAVAILABLE);
+    assert!(gateway.backends().iter().all(|b| !b.connected));
+    gateway.shutdown(WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_storm_binary_serves_wss_on_every_runtime() {
+    let pki = storm_tests::suite::pki::Pki::new();
+    let dir = std::env::temp_dir().join(format!("storm-gateway-wss-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let server = pki.server();
+    std::fs::write(&cert, &server.cert_chain_pem).expect("write");
+    std::fs::write(&key, &server.key_pem).expect("write");
+    let mut orders = ws_backend("127.0.0.1:0", "orders").await;
+    let prices = tcp_backend("prices").await;
+    let routes = dir.join("routes.ini");
+    std::fs::write(&routes, routes_ini(orders.addr, prices.addr)).expect("write");
+    let (cert, key) = (cert.to_str().expect("path"), key.to_str().expect("path"));
+    for (runtime, shown) in [("tokio", "Tokio"), ("smol", "Smol"), ("std", "Std")] {
+        let args = ["--tls", cert, key, "--runtime", runtime];
+        let (process, lines) = spawn_gateway(&routes, &args).await;
+        let banner = format!("storm gateway ({shown} runtime) listening on wss://");
+        let port = lines[0]
+            .strip_prefix(&banner)
+            .and_then(|addr| addr.parse::<SocketAddr>().ok())
+            .unwrap_or_else(|| panic!("banner: {lines:?}"))
+            .port();
+        let url = format!("wss://localhost:{port}/");
+
+        // A client that trusts the test CA routes through it.
+        let trusting = ClientOptions {
+            tls: Some(pki.client()),
+            ..ClientOptions::default()
+        };
+        let mut client = TestClient::connect_to(&url, trusting)
+            .await
+            .expect("wss client connects");
+        client.handshake(&["orders"]).await;
+        connected(&mut orders).await;
+        route_once_up(&mut client, "orders").await;
+
+        // One that trusts another CA does not get in; nor does plain ws://.
+        let other = ClientOptions {
+            tls: Some(storm_tests::suite::pki::Pki::named("another CA").client()),
+            ..ClientOptions::default()
+        };
+        assert!(
+            TestClient::connect_to(&url, other).await.is_err(),
+            "{runtime}"
+        );
+        let plain = format!("ws://127.0.0.1:{port}/");
+        assert!(
+            TestClient::connect_to(&plain, ClientOptions::default())
+                .await
+                .is_err(),
+            "{runtime}"
+        );
+
+        // Ctrl-C: the client is closed with a close frame, and the
+        // gateway exits 0.
+        let status = Command::new("kill")
+            .args(["-INT", &process.0.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        loop {
+            if let Seen::Closed(reason) = client.next().await {
+                assert!(
+                    matches!(reason, CloseReason::Remote(_)),
+                    "{runtime}: {reason:?}"
+                );
+                break;
+            }
+        }
+        let exit = tokio::task::spawn_blocking(move || {
+            let mut process = process;
+            process.0.wait()
+        });
+        let exit = timeout(WAIT, exit)
+            .await
+            .unwrap_or_else(|_| panic!("{runtime}: still running after Ctrl-C"))
+            .expect("join")
+            .expect("wait");
+        assert!(exit.success(), "{runtime}: {exit}");
     }
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }

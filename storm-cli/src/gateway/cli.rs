@@ -21,8 +21,8 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayArgs {
     /// Route file: one INI section per backend with name, port, and
-    /// optionally host (default 127.0.0.1) and protocol (ws or tcp;
-    /// default ws). See routes.example.ini.
+    /// optionally host (default 127.0.0.1), protocol (ws or tcp; default
+    /// ws) and tls (on or off; default off). See routes.example.ini.
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
     /// WebSocket address clients connect to: IPv4, or IPv6 in brackets.
@@ -42,6 +42,10 @@ pub struct GatewayArgs {
     /// two per client, one per backend connection).
     #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
     pub runtime: Runtime,
+    /// PEM file of the CA certificates that backends with `tls = on` must
+    /// be signed by, instead of the public web roots.
+    #[arg(long, value_name = "CA_PEM")]
+    pub backend_ca: Option<PathBuf>,
 }
 
 /// Runs `storm gateway` until Ctrl-C: exit code 2 with `FILE:LINE: why` on
@@ -68,6 +72,9 @@ pub fn run(args: &GatewayArgs) -> ExitCode {
         let mut server = storm_proto::options::ServerOptions::default();
         args.tls.apply(&mut server)?;
         options.tls = server.tls;
+        if let Some(ca) = &args.backend_ca {
+            options.backend_tls.ca_pem = Some(storm_proto::tls::read_pem_file(ca)?);
+        }
         interrupt::install()?;
         match args.runtime {
             Runtime::Tokio => on_async::<storm_tokio::Tokio>(args, config, options),

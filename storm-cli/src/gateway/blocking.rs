@@ -1,6 +1,6 @@
 //! The gateway on plain threads (storm-std), without an async runtime: the
-//! same [`Core`] as on tokio and smol, driven by storm-std's blocking
-//! servers and clients.
+//! same state and decisions as [`super::Gateway`] on tokio and smol, driven
+//! by storm-std's blocking servers and clients.
 //!
 //! ```
 //! use std::time::Duration;

@@ -1,6 +1,25 @@
 //! `storm gateway`: one WebSocket endpoint in front of many named backends
-//! (the SocketMaster design), built on `storm-tokio`'s public API with every
+//! (the SocketMaster design), built on the adapters' public API with every
 //! protocol decision taken from [`storm_proto::route`].
+//!
+//! # Runtimes
+//!
+//! The gateway runs the same on tokio, smol and plain threads: its state
+//! and every decision (handshakes, routing, which client gets a backend's
+//! reply, who hears that a backend dropped) live in one runtime-neutral
+//! type; the adapters only send what it returns and do the waiting.
+//!
+//! - [`Gateway<R>`](Gateway) / [`GatewayHandle<R>`](GatewayHandle) run on
+//!   any [`storm_async::Runtime`]: `Gateway` alone is tokio
+//!   (`storm_tokio::Tokio`), `Gateway<storm_smol::Smol>` is smol. Its
+//!   client endpoint is a `storm_async::WsServer<R>`, its backends
+//!   `storm_async::{WsClient, TcpClient}<R>`, its timers `R::sleep_until`.
+//! - [`blocking::Gateway`] / [`blocking::GatewayHandle`] run on storm-std:
+//!   two threads per client, one per backend, one for handshake deadlines.
+//!
+//! With [`GatewayOptions::tls`], clients connect over `wss://`; backends
+//! with `tls = on` in the route file are reached over TLS, checked against
+//! [`GatewayOptions::backend_tls`].
 //!
 //! # Client side: the wire protocol
 //!
@@ -41,7 +60,7 @@
 //!
 //! # Backend side
 //!
-//! The gateway keeps one connection per route (a `storm-tokio` client that
+//! The gateway keeps one connection per route (an adapter client that
 //! reconnects with backoff), WebSocket (`ws://host:port/`) or TCP with a
 //! 4-byte big-endian length prefix, and multiplexes every client over it
 //! with the header of [`storm_proto::route::backend`]:
@@ -81,7 +100,8 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = GatewayConfig::parse("[orders]\nname = orders\nport = 1\nprotocol = tcp\n")?;
-//! let gateway = Gateway::bind(config, GatewayOptions::default()).await?;
+//! // On tokio; `Gateway::<storm_smol::Smol>::bind` is the same on smol.
+//! let gateway: Gateway = Gateway::bind(config, GatewayOptions::default()).await?;
 //! let handle = gateway.handle();
 //! println!("listening on ws://{}", handle.local_addr());
 //! let serving = tokio::spawn(gateway.serve());
@@ -95,37 +115,46 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::io;
-use std::net::SocketAddr;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use storm_proto::Message;
 use storm_proto::Utf8Bytes;
+use storm_proto::framing::LengthPrefixConfig;
 use storm_proto::hub::SendOutcome;
-use storm_proto::link::CloseReason;
-use storm_proto::options::{ClientOptions, Framing, ServerOptions, WsOptions};
-use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffPolicy, BackoffStep, Jitter};
+use storm_proto::options::{ClientOptions, Framing, TlsClientOptions, TlsServerOptions, WsOptions};
+use storm_proto::peer::Peer;
+use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffPolicy, Jitter};
 use storm_proto::route::backend::{
     self as wire, BACKEND_DISCONNECTED, BACKEND_UNAVAILABLE, Target,
 };
 use storm_proto::route::{self, Event, Negotiated, Router, ServerHandshake, envelope};
 use storm_proto::ws::CloseCode;
-use storm_tokio::{Client, Handler, ServerHandle, Session, TcpClient, WsClient, WsServer};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
+pub mod blocking;
 pub mod cli;
 pub mod config;
+mod on_async;
 
 pub use config::{ConfigError, ConfigErrorKind, Endpoint, GatewayConfig, LoadError, Protocol};
+pub use on_async::{Gateway, GatewayHandle};
 
 /// How the gateway listens and reconnects.
 #[derive(Debug, Clone)]
 pub struct GatewayOptions {
     /// WebSocket address to listen on. Default `127.0.0.1:0` (a free port).
     pub addr: String,
+    /// Serve clients over TLS (`wss://`) with this certificate and key.
+    /// Default `None`: plain `ws://`.
+    pub tls: Option<TlsServerOptions>,
+    /// How backends with `tls = on` in the route file are checked: the CAs
+    /// trusted (default: the public web roots), a client certificate to
+    /// present, the name expected (default: the endpoint's `host`).
+    pub backend_tls: TlsClientOptions,
     /// Backoff between attempts to (re)connect a backend. Default:
     /// exponential from 100 ms, ×2, capped at 5 s, full jitter, unlimited
     /// attempts (with `max_attempts`, a backend that gives up stays down and
@@ -145,6 +174,8 @@ impl Default for GatewayOptions {
     fn default() -> Self {
         Self {
             addr: "127.0.0.1:0".to_owned(),
+            tls: None,
+            backend_tls: TlsClientOptions::default(),
             reconnect: BackoffConfig {
                 policy: BackoffPolicy::Exponential {
                     initial: Duration::from_millis(100),
@@ -161,25 +192,22 @@ impl Default for GatewayOptions {
     }
 }
 
-/// A bound gateway; [`serve`](Self::serve) runs it.
-#[derive(Debug)]
-pub struct Gateway {
-    server: WsServer,
-    handle: GatewayHandle,
-}
+impl GatewayOptions {
+    /// The server options of the client endpoint.
+    fn server_options(&self) -> storm_proto::options::ServerOptions {
+        storm_proto::options::ServerOptions {
+            addr: self.addr.clone(),
+            tls: self.tls.clone(),
+            ..storm_proto::options::ServerOptions::default()
+        }
+    }
 
-/// Controls a running gateway: backend status, shutdown. Cheap to clone.
-#[derive(Clone)]
-pub struct GatewayHandle {
-    server: ServerHandle,
-    shared: Arc<Shared>,
-}
-
-impl std::fmt::Debug for GatewayHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GatewayHandle")
-            .field("local_addr", &self.local_addr())
-            .finish_non_exhaustive()
+    /// The WebSocket options of every connection, client or backend.
+    fn ws_options(&self) -> WsOptions {
+        let mut ws = WsOptions::default();
+        ws.config.max_message_size = self.max_message_size;
+        ws.config.max_frame_size = self.max_message_size;
+        ws
     }
 }
 
@@ -194,192 +222,104 @@ pub struct BackendStatus {
     pub connected: bool,
 }
 
-impl Gateway {
-    /// Binds the WebSocket endpoint and starts connecting every backend.
-    ///
-    /// # Errors
-    ///
-    /// A failed bind, or invalid options ([`io::ErrorKind::InvalidInput`]).
-    pub async fn bind(config: GatewayConfig, options: GatewayOptions) -> io::Result<Self> {
-        let invalid =
-            |e: &dyn std::error::Error| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
-        options.reconnect.validate().map_err(|e| invalid(&e))?;
-        let route_config = route::ServerConfig {
-            handshake_timeout: options.handshake_timeout,
-            ..route::ServerConfig::new(config.route_table())
-        };
-        route_config.validate().map_err(|e| invalid(&e))?;
-        let ws = ws_options(&options);
-        let server = WsServer::bind(
-            ServerOptions {
-                addr: options.addr.clone(),
-                ..ServerOptions::default()
-            },
-            ws,
-        )
-        .await?;
-        let clients = Arc::new(Clients::default());
-        let (stop, _) = watch::channel(false);
-        let mut backends = HashMap::new();
-        for endpoint in config.endpoints() {
-            let backend = Arc::new(Backend {
-                endpoint: endpoint.clone(),
-                state: Mutex::new(BackendState::default()),
-                connected: watch::channel(false).0,
-            });
-            tokio::spawn(manage(
-                Arc::clone(&backend),
-                Arc::clone(&clients),
-                options.clone(),
-                stop.subscribe(),
-            ));
-            backends.insert(endpoint.name.clone(), backend);
-        }
-        let shared = Arc::new(Shared {
-            config,
-            route_config: Arc::new(route_config),
-            backends,
-            clients,
-            stop,
-        });
-        let handle = GatewayHandle {
-            server: server.handle(),
-            shared,
-        };
-        Ok(Self { server, handle })
-    }
-
-    /// The address clients connect to.
-    #[must_use]
-    pub fn local_addr(&self) -> SocketAddr {
-        self.server.local_addr()
-    }
-
-    /// A handle for status and shutdown.
-    #[must_use]
-    pub fn handle(&self) -> GatewayHandle {
-        self.handle.clone()
-    }
-
-    /// Serves clients until [`GatewayHandle::shutdown`].
-    ///
-    /// # Errors
-    ///
-    /// Only a failing listener.
-    pub async fn serve(self) -> io::Result<()> {
-        let handler = ClientHandler {
-            shared: Arc::clone(&self.handle.shared),
-        };
-        self.server.serve(handler).await
-    }
-}
-
-impl GatewayHandle {
-    /// The address clients connect to.
-    #[must_use]
-    pub fn local_addr(&self) -> SocketAddr {
-        self.server.local_addr()
-    }
-
-    /// The configuration the gateway runs with.
-    #[must_use]
-    pub fn config(&self) -> &GatewayConfig {
-        &self.shared.config
-    }
-
-    /// Every backend, in file order.
-    #[must_use]
-    pub fn backends(&self) -> Vec<BackendStatus> {
-        self.shared
-            .config
-            .endpoints()
-            .iter()
-            .filter_map(|e| self.shared.backends.get(&e.name))
-            .map(|b| BackendStatus {
-                route: b.endpoint.name.clone(),
-                url: b.endpoint.url(),
-                connected: *b.connected.borrow(),
-            })
-            .collect()
-    }
-
-    /// Waits until `route`'s backend is connected (`connected = true`) or
-    /// down. Returns `false` at once for a route not in the file.
-    pub async fn wait_backend(&self, route: &str, connected: bool) -> bool {
-        let Some(backend) = self.shared.backends.get(route) else {
-            return false;
-        };
-        let mut rx = backend.connected.subscribe();
-        // The sender lives in `shared`, which outlives this borrow.
-        rx.wait_for(|up| *up == connected).await.is_ok()
-    }
-
-    /// Clients connected now (handshake done or not).
-    #[must_use]
-    pub fn client_count(&self) -> usize {
-        lock(&self.shared.clients.map).len()
-    }
-
-    /// Backend messages dropped: no valid `CLIENT=` header, or for a client
-    /// that has gone.
-    #[must_use]
-    pub fn dropped_replies(&self) -> u64 {
-        self.shared.clients.dropped.load(Ordering::Relaxed)
-    }
-
-    /// Stops reconnecting, closes every backend connection, closes every
-    /// client gracefully (aborting those still open after `timeout`), and
-    /// returns once [`Gateway::serve`] has returned.
-    pub async fn shutdown(&self, timeout: Duration) {
-        self.shared.stop.send_replace(true);
-        for backend in self.shared.backends.values() {
-            if let Some(client) = lock(&backend.state).client.take() {
-                client.close();
-            }
-        }
-        self.server.shutdown(timeout).await;
-    }
-}
-
-fn ws_options(options: &GatewayOptions) -> WsOptions {
-    let mut ws = WsOptions::default();
-    ws.config.max_message_size = options.max_message_size;
-    ws.config.max_frame_size = options.max_message_size;
-    ws
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// What the client handler and the handle share.
-struct Shared {
-    config: GatewayConfig,
-    route_config: Arc<route::ServerConfig>,
-    /// By route name; fixed after bind.
-    backends: HashMap<String, Arc<Backend>>,
-    clients: Arc<Clients>,
-    stop: watch::Sender<bool>,
+/// A flag that async tasks and threads can both wait on.
+struct Watched {
+    value: Mutex<bool>,
+    changed: Condvar,
+    watch: watch::Sender<bool>,
 }
 
-/// The clients, by session number.
-#[derive(Default)]
-struct Clients {
-    map: Mutex<HashMap<u64, ClientState>>,
+impl Watched {
+    fn new() -> Self {
+        Self {
+            value: Mutex::new(false),
+            changed: Condvar::new(),
+            watch: watch::channel(false).0,
+        }
+    }
+
+    fn get(&self) -> bool {
+        *lock(&self.value)
+    }
+
+    fn set(&self, value: bool) {
+        let mut current = lock(&self.value);
+        if *current != value {
+            *current = value;
+            self.watch.send_replace(value);
+            self.changed.notify_all();
+        }
+    }
+
+    /// Waits until the flag is `value`, on any async runtime.
+    async fn wait_for(&self, value: bool) {
+        let mut rx = self.watch.subscribe();
+        // The sender lives in `self`, which outlives this borrow.
+        let _ = rx.wait_for(|now| *now == value).await;
+    }
+
+    /// Blocks until the flag is `value` or `timeout` passes; whether it is.
+    fn wait_timeout(&self, value: bool, timeout: Duration) -> bool {
+        let current = lock(&self.value);
+        let (current, _) = self
+            .changed
+            .wait_timeout_while(current, timeout, |now| *now != value)
+            .unwrap_or_else(PoisonError::into_inner);
+        *current == value
+    }
+}
+
+/// The gateway itself, the same on every runtime: the clients and their
+/// handshakes, the backends' connections, and every decision about a
+/// message. `S` is the adapter's `Session` (it dereferences to [`Peer`]);
+/// the adapters only do what it returns, and the waiting.
+struct Core<S> {
+    config: GatewayConfig,
+    options: GatewayOptions,
+    route_config: Arc<route::ServerConfig>,
+    /// By route name; fixed after bind.
+    backends: HashMap<String, Backend<S>>,
+    clients: Mutex<HashMap<u64, ClientState>>,
+    /// Backend messages that could not be delivered.
     dropped: AtomicU64,
+    /// Set by shutdown: stop reconnecting.
+    stopped: Watched,
+}
+
+/// One backend route and its shared connection.
+struct Backend<S> {
+    endpoint: Endpoint,
+    state: Mutex<BackendState<S>>,
+    /// Whether the connection is up, for observers.
+    connected: Watched,
+}
+
+/// Closes a backend's client for good (no more reconnects).
+type Closer = Box<dyn Fn() + Send + Sync>;
+
+struct BackendState<S> {
+    /// The current connection, between the client's `on_connect` and
+    /// `on_disconnect`.
+    session: Option<S>,
+    /// Closes the client that keeps the connection, while there is one.
+    closer: Option<Closer>,
+    /// Clients that sent a message over the current connection.
+    users: HashSet<u64>,
 }
 
 struct ClientState {
-    session: Session,
+    peer: Peer,
     phase: Phase,
 }
 
 enum Phase {
-    /// Running the route handshake; the task fails it at its deadline.
-    Handshake {
-        machine: ServerHandshake,
-        timer: Option<JoinHandle<()>>,
-    },
+    /// Running the route handshake; the adapter's timer fails it at its
+    /// deadline.
+    Handshake(ServerHandshake),
     /// Route traffic.
     Ready {
         router: Router,
@@ -389,7 +329,218 @@ enum Phase {
     Failed,
 }
 
-impl Clients {
+/// What the adapter does with one client message, decided under the lock.
+enum Step<S> {
+    /// Sends these texts to the client in order, then closes it with the
+    /// code, if any.
+    Answer {
+        out: Vec<String>,
+        close: Option<u16>,
+    },
+    /// Sends `message` to the backend connection `backend` (waiting if it
+    /// is backpressured); if that fails, answers the client with
+    /// [`Core::unavailable`] for `route`.
+    Forward {
+        route: String,
+        backend: S,
+        message: Message,
+    },
+}
+
+/// How to reach one backend: what the adapters' clients connect with.
+struct Dial {
+    endpoint: Endpoint,
+    options: ClientOptions,
+    ws: WsOptions,
+    framing: Framing,
+}
+
+impl<S: Clone + Deref<Target = Peer> + Send + Sync + 'static> Core<S> {
+    /// Checks the options; the adapters then bind and start their backend
+    /// loops.
+    fn new(config: GatewayConfig, options: GatewayOptions) -> io::Result<Self> {
+        let invalid =
+            |e: &dyn std::error::Error| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
+        options.reconnect.validate().map_err(|e| invalid(&e))?;
+        let route_config = route::ServerConfig {
+            handshake_timeout: options.handshake_timeout,
+            ..route::ServerConfig::new(config.route_table())
+        };
+        route_config.validate().map_err(|e| invalid(&e))?;
+        let backends = config
+            .endpoints()
+            .iter()
+            .map(|endpoint| {
+                let backend = Backend {
+                    endpoint: endpoint.clone(),
+                    state: Mutex::new(BackendState {
+                        session: None,
+                        closer: None,
+                        users: HashSet::new(),
+                    }),
+                    connected: Watched::new(),
+                };
+                (endpoint.name.clone(), backend)
+            })
+            .collect();
+        Ok(Self {
+            config,
+            options,
+            route_config: Arc::new(route_config),
+            backends,
+            clients: Mutex::default(),
+            dropped: AtomicU64::new(0),
+            stopped: Watched::new(),
+        })
+    }
+
+    // ---- status, for the handles ----
+
+    fn backends(&self) -> Vec<BackendStatus> {
+        self.config
+            .endpoints()
+            .iter()
+            .filter_map(|e| self.backends.get(&e.name))
+            .map(|b| BackendStatus {
+                route: b.endpoint.name.clone(),
+                url: b.endpoint.url(),
+                connected: b.connected.get(),
+            })
+            .collect()
+    }
+
+    fn client_count(&self) -> usize {
+        lock(&self.clients).len()
+    }
+
+    fn dropped_replies(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Stops reconnecting and closes every backend client.
+    fn stop(&self) {
+        self.stopped.set(true);
+        for backend in self.backends.values() {
+            let closer = lock(&backend.state).closer.take();
+            if let Some(close) = closer {
+                close();
+            }
+        }
+    }
+
+    // ---- backends ----
+
+    /// How to connect each route, and a fresh backoff for its attempts.
+    fn dials(&self) -> Vec<(Dial, Backoff)> {
+        let seed = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let options = ClientOptions {
+            connect_timeout: self.options.connect_timeout,
+            reconnect: Some(self.options.reconnect.clone()),
+            ..ClientOptions::default()
+        };
+        let mut framing = LengthPrefixConfig::default();
+        framing.max_frame_len = self.options.max_message_size;
+        self.config
+            .endpoints()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, endpoint)| {
+                // Validated in `new`.
+                let backoff =
+                    Backoff::new(self.options.reconnect.clone(), seed.wrapping_add(i as u64))
+                        .ok()?;
+                let dial = Dial {
+                    endpoint: endpoint.clone(),
+                    options: ClientOptions {
+                        tls: endpoint.tls.then(|| self.options.backend_tls.clone()),
+                        ..options.clone()
+                    },
+                    ws: self.options.ws_options(),
+                    framing: Framing::LengthPrefixWith(framing.clone()),
+                };
+                Some((dial, backoff))
+            })
+            .collect()
+    }
+
+    /// Keeps `close` to stop `route`'s new client at shutdown; `false`
+    /// (and nothing kept) when the gateway is already stopping: close it.
+    #[must_use]
+    fn attach_client(&self, route: &str, close: Closer) -> bool {
+        let Some(backend) = self.backends.get(route) else {
+            return false;
+        };
+        let mut state = lock(&backend.state);
+        if self.stopped.get() {
+            return false;
+        }
+        state.closer = Some(close);
+        true
+    }
+
+    /// `route`'s client stopped for good (out of attempts).
+    fn detach_client(&self, route: &str) {
+        if let Some(backend) = self.backends.get(route) {
+            lock(&backend.state).closer = None;
+        }
+    }
+
+    /// A backend connection is up.
+    fn backend_up(&self, route: &str, session: &S) {
+        if let Some(backend) = self.backends.get(route) {
+            lock(&backend.state).session = Some(session.clone());
+            backend.connected.set(true);
+        }
+    }
+
+    /// A message from `route`'s backend: to one client, or pushed to every
+    /// client that announced the route.
+    fn backend_message(&self, route: &str, message: Message) {
+        let Some(backend) = self.backends.get(route) else {
+            return;
+        };
+        let text = match backend.endpoint.protocol {
+            Protocol::Ws => message.is_text(),
+            // TCP has no message kinds: text when it is text.
+            Protocol::Tcp => true,
+        };
+        let bytes = message.into_bytes();
+        match wire::decode(&bytes) {
+            Ok(decoded) => self.deliver(route, decoded.target, decoded.payload, text),
+            Err(_) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A backend connection ended.
+    fn backend_down(&self, route: &str) {
+        let Some(backend) = self.backends.get(route) else {
+            return;
+        };
+        // Refuse further forwards first, then tell the clients that had
+        // talked to it, then let observers see the backend down.
+        let users = {
+            let mut state = lock(&backend.state);
+            state.session = None;
+            std::mem::take(&mut state.users)
+        };
+        let reply = wire::error_reply(route, BACKEND_DISCONNECTED);
+        let peers: Vec<Peer> = {
+            let clients = lock(&self.clients);
+            users
+                .iter()
+                .filter_map(|id| clients.get(id).map(|c| c.peer.clone()))
+                .collect()
+        };
+        for peer in peers {
+            offer(&peer, Message::from(reply.as_str()));
+        }
+        backend.connected.set(false);
+    }
+
     /// Queues a reply from `route`'s backend to client `id`, or a push to
     /// every client that announced `route`. The message is encoded once and
     /// shared by every recipient.
@@ -401,15 +552,15 @@ impl Clients {
             return;
         }
         let reply = message(buf.freeze(), text);
-        let recipients: Vec<Session> = {
-            let map = lock(&self.map);
+        let recipients: Vec<Peer> = {
+            let map = lock(&self.clients);
             match target {
                 Target::Client(id) => map
                     .get(&id)
                     .filter(|state| {
                         matches!(&state.phase, Phase::Ready { router, .. } if router.contains(route))
                     })
-                    .map(|state| state.session.clone())
+                    .map(|state| state.peer.clone())
                     .into_iter()
                     .collect(),
                 Target::AllClients => map
@@ -417,37 +568,168 @@ impl Clients {
                     .filter(|state| {
                         matches!(&state.phase, Phase::Ready { negotiated, .. } if negotiated.contains(route))
                     })
-                    .map(|state| state.session.clone())
+                    .map(|state| state.peer.clone())
                     .collect(),
             }
         };
         if recipients.is_empty() && matches!(target, Target::Client(_)) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
-        for session in recipients {
-            offer(&session, reply.clone());
+        for peer in recipients {
+            offer(&peer, reply.clone());
         }
     }
 
-    /// Sends `text` to each of `ids` still connected.
-    fn notify(&self, ids: &HashSet<u64>, text: &str) {
-        let sessions: Vec<Session> = {
-            let map = lock(&self.map);
-            ids.iter()
-                .filter_map(|id| map.get(id).map(|s| s.session.clone()))
-                .collect()
+    // ---- clients ----
+
+    /// A client connected: its handshake starts. The deadline at which the
+    /// adapter calls [`handshake_deadline`](Self::handshake_deadline), if any.
+    fn client_connected(&self, peer: &Peer) -> Option<Instant> {
+        let machine = match ServerHandshake::new(Arc::clone(&self.route_config), Instant::now()) {
+            Ok(machine) => machine,
+            Err(_) => {
+                // Validated in `new`; never here.
+                peer.close_with(CloseCode::INTERNAL_ERROR, "gateway misconfigured");
+                return None;
+            }
         };
-        for session in sessions {
-            offer(&session, Message::from(text));
+        let deadline = machine.poll_timeout();
+        lock(&self.clients).insert(
+            peer.id().get(),
+            ClientState {
+                peer: peer.clone(),
+                phase: Phase::Handshake(machine),
+            },
+        );
+        deadline
+    }
+
+    /// One message from client `id`: what to do with it.
+    fn client_message(&self, id: u64, message: Message) -> Step<S> {
+        let text = message.is_text();
+        let bytes = message.into_bytes();
+        let nothing = Step::Answer {
+            out: Vec::new(),
+            close: None,
+        };
+        let (route, payload) = {
+            let mut map = lock(&self.clients);
+            let Some(state) = map.get_mut(&id) else {
+                return nothing;
+            };
+            match &mut state.phase {
+                Phase::Handshake(machine) => {
+                    let result = machine.handle_message(Instant::now(), &bytes);
+                    let mut out = Vec::new();
+                    while let Some(msg) = machine.poll_transmit() {
+                        out.push(msg);
+                    }
+                    let ready = machine.poll_event();
+                    return match result {
+                        Err(e) => {
+                            let close = e.close_code();
+                            if close.is_some() {
+                                state.phase = Phase::Failed;
+                            }
+                            Step::Answer { out, close }
+                        }
+                        Ok(_) => {
+                            if let Some(Event::Ready(negotiated)) = ready {
+                                let router =
+                                    Router::new(Arc::clone(&self.route_config), &negotiated);
+                                state.phase = Phase::Ready { router, negotiated };
+                            }
+                            Step::Answer { out, close: None }
+                        }
+                    };
+                }
+                Phase::Ready { router, .. } => match router.resolve(&bytes) {
+                    Ok(addressed) => (addressed.route.to_owned(), addressed.payload_bytes(&bytes)),
+                    Err(e) => {
+                        return Step::Answer {
+                            out: vec![e.error_reply()],
+                            close: None,
+                        };
+                    }
+                },
+                Phase::Failed => return nothing,
+            }
+        };
+        self.forward(id, route, &payload, text)
+    }
+
+    /// Client `id`'s message for `route`, to its backend if it is up.
+    fn forward(&self, id: u64, route: String, payload: &Bytes, text: bool) -> Step<S> {
+        let backend = self.backends.get(&route).and_then(|backend| {
+            let mut state = lock(&backend.state);
+            let session = state.session.clone()?;
+            state.users.insert(id);
+            Some((session, backend.endpoint.protocol))
+        });
+        let Some((backend, protocol)) = backend else {
+            return Step::Answer {
+                out: vec![Self::unavailable(&route)],
+                close: None,
+            };
+        };
+        let mut buf = BytesMut::new();
+        wire::encode(id, payload, &mut buf);
+        let message = message(buf.freeze(), text && protocol == Protocol::Ws);
+        Step::Forward {
+            route,
+            backend,
+            message,
         }
+    }
+
+    /// The error a client gets for a message its backend could not take.
+    fn unavailable(route: &str) -> String {
+        wire::error_reply(route, BACKEND_UNAVAILABLE)
+    }
+
+    /// Client `id` disconnected.
+    fn client_disconnected(&self, id: u64) {
+        lock(&self.clients).remove(&id);
+        for backend in self.backends.values() {
+            lock(&backend.state).users.remove(&id);
+        }
+    }
+
+    /// Client `id`'s handshake deadline passed: fails it if it is still
+    /// running.
+    fn handshake_deadline(&self, id: u64) {
+        let (peer, out, code) = {
+            let mut map = lock(&self.clients);
+            let Some(state) = map.get_mut(&id) else {
+                return;
+            };
+            let Phase::Handshake(machine) = &mut state.phase else {
+                return;
+            };
+            let Err(e) = machine.handle_timeout(Instant::now()) else {
+                return;
+            };
+            let mut out = Vec::new();
+            while let Some(msg) = machine.poll_transmit() {
+                out.push(msg);
+            }
+            let code = e.close_code().unwrap_or(1008);
+            let peer = state.peer.clone();
+            state.phase = Phase::Failed;
+            (peer, out, code)
+        };
+        for msg in out {
+            offer(&peer, Message::from(msg));
+        }
+        peer.close_with(CloseCode::from(code), "route handshake timed out");
     }
 }
 
 /// Queues without waiting; a client too slow to take it is closed.
-fn offer(session: &Session, message: Message) {
-    match session.try_send(message) {
+fn offer(peer: &Peer, message: Message) {
+    match peer.try_send(message) {
         SendOutcome::Queued | SendOutcome::Closed(_) => {}
-        _ => session.close_with(CloseCode::POLICY_VIOLATION, "slow consumer"),
+        _ => peer.close_with(CloseCode::POLICY_VIOLATION, "slow consumer"),
     }
 }
 
@@ -461,353 +743,4 @@ fn message(bytes: Bytes, text: bool) -> Message {
     } else {
         Message::Binary(bytes)
     }
-}
-
-/// One backend route and its shared connection.
-struct Backend {
-    endpoint: Endpoint,
-    state: Mutex<BackendState>,
-    /// Whether the connection is up, for observers.
-    connected: watch::Sender<bool>,
-}
-
-#[derive(Default)]
-struct BackendState {
-    /// The storm-tokio client, once its first connection succeeded.
-    client: Option<Client>,
-    /// Between the client's `on_connect` and `on_disconnect`.
-    up: bool,
-    /// Clients that sent a message over the current connection.
-    users: HashSet<u64>,
-}
-
-impl Backend {
-    /// Recomputes and publishes whether messages can be forwarded.
-    fn publish(&self, state: &BackendState) {
-        let connected = state.up && state.client.is_some();
-        self.connected.send_if_modified(|old| {
-            let changed = *old != connected;
-            *old = connected;
-            changed
-        });
-    }
-
-    /// Forwards one client message; `false` when the backend cannot take
-    /// it (down, or its connection closing).
-    #[must_use]
-    async fn forward(&self, client_id: u64, payload: &[u8], text: bool) -> bool {
-        let client = {
-            let mut state = lock(&self.state);
-            match (&state.client, state.up) {
-                (Some(client), true) => {
-                    let client = client.clone();
-                    state.users.insert(client_id);
-                    client
-                }
-                _ => return false,
-            }
-        };
-        let mut buf = BytesMut::new();
-        wire::encode(client_id, payload, &mut buf);
-        let text = text && self.endpoint.protocol == Protocol::Ws;
-        client.send(message(buf.freeze(), text)).await.is_ok()
-    }
-}
-
-/// Connects a backend, and again whenever its client gives up.
-async fn manage(
-    backend: Arc<Backend>,
-    clients: Arc<Clients>,
-    options: GatewayOptions,
-    mut stop: watch::Receiver<bool>,
-) {
-    let seed = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    let Ok(mut backoff) = Backoff::new(options.reconnect.clone(), seed) else {
-        return; // validated in bind
-    };
-    let client_options = ClientOptions {
-        connect_timeout: options.connect_timeout,
-        reconnect: Some(options.reconnect.clone()),
-        ..ClientOptions::default()
-    };
-    let endpoint = backend.endpoint.clone();
-    loop {
-        let handler = BackendHandler {
-            backend: Arc::clone(&backend),
-            clients: Arc::clone(&clients),
-        };
-        let connect = async {
-            match endpoint.protocol {
-                Protocol::Ws => {
-                    WsClient::connect(
-                        &endpoint.url(),
-                        client_options.clone(),
-                        ws_options(&options),
-                        handler,
-                    )
-                    .await
-                }
-                Protocol::Tcp => {
-                    TcpClient::connect(
-                        &endpoint.authority(),
-                        client_options.clone(),
-                        framing(options.max_message_size),
-                        handler,
-                    )
-                    .await
-                }
-            }
-        };
-        let connected = tokio::select! {
-            result = connect => result.ok(),
-            _ = stop.wait_for(|stop| *stop) => return,
-        };
-        if let Some(client) = connected {
-            backoff.connected(Instant::now());
-            {
-                let mut state = lock(&backend.state);
-                state.client = Some(client.clone());
-                backend.publish(&state);
-            }
-            tokio::select! {
-                () = client.closed() => {}
-                _ = stop.wait_for(|stop| *stop) => {
-                    client.close();
-                    return;
-                }
-            }
-            let mut state = lock(&backend.state);
-            state.client = None;
-            backend.publish(&state);
-        }
-        let delay = match backoff.disconnected(Instant::now()) {
-            BackoffStep::Retry { delay, .. } => delay,
-            BackoffStep::GiveUp { .. } => return,
-        };
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            _ = stop.wait_for(|stop| *stop) => return,
-        }
-    }
-}
-
-fn framing(max: usize) -> Framing {
-    let mut config = storm_proto::framing::LengthPrefixConfig::default();
-    config.max_frame_len = max;
-    Framing::LengthPrefixWith(config)
-}
-
-/// Events of one backend connection.
-struct BackendHandler {
-    backend: Arc<Backend>,
-    clients: Arc<Clients>,
-}
-
-impl Handler for BackendHandler {
-    async fn on_connect(&self, _: &Session) {
-        let mut state = lock(&self.backend.state);
-        state.up = true;
-        self.backend.publish(&state);
-    }
-
-    async fn on_message(&self, _: &Session, message: Message) {
-        let text = match self.backend.endpoint.protocol {
-            Protocol::Ws => message.is_text(),
-            // TCP has no message kinds: text when it is text.
-            Protocol::Tcp => true,
-        };
-        let bytes = message.into_bytes();
-        match wire::decode(&bytes) {
-            Ok(decoded) => self.clients.deliver(
-                &self.backend.endpoint.name,
-                decoded.target,
-                decoded.payload,
-                text,
-            ),
-            Err(_) => {
-                self.clients.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    async fn on_disconnect(&self, _: &Session, _: &CloseReason) {
-        // Refuse further forwards first, then tell the clients that had
-        // talked to it, then let observers see the backend down.
-        let users = {
-            let mut state = lock(&self.backend.state);
-            state.up = false;
-            std::mem::take(&mut state.users)
-        };
-        let reply = wire::error_reply(&self.backend.endpoint.name, BACKEND_DISCONNECTED);
-        self.clients.notify(&users, &reply);
-        let state = lock(&self.backend.state);
-        self.backend.publish(&state);
-    }
-}
-
-/// Events of the gateway's client connections.
-struct ClientHandler {
-    shared: Arc<Shared>,
-}
-
-impl Handler for ClientHandler {
-    async fn on_connect(&self, session: &Session) {
-        let id = session.id().get();
-        let machine =
-            match ServerHandshake::new(Arc::clone(&self.shared.route_config), Instant::now()) {
-                Ok(machine) => machine,
-                Err(_) => {
-                    // Validated in bind; never here.
-                    session.close_with(CloseCode::INTERNAL_ERROR, "gateway misconfigured");
-                    return;
-                }
-            };
-        let timer = machine.poll_timeout().map(|deadline| {
-            let clients = Arc::clone(&self.shared.clients);
-            tokio::spawn(async move {
-                tokio::time::sleep_until(deadline.into()).await;
-                handshake_timeout(&clients, id);
-            })
-        });
-        lock(&self.shared.clients.map).insert(
-            id,
-            ClientState {
-                session: session.clone(),
-                phase: Phase::Handshake { machine, timer },
-            },
-        );
-    }
-
-    async fn on_message(&self, session: &Session, message: Message) {
-        let id = session.id().get();
-        let text = message.is_text();
-        let bytes = message.into_bytes();
-        // Decide under the lock, send after it.
-        let step = {
-            let mut map = lock(&self.shared.clients.map);
-            let Some(state) = map.get_mut(&id) else {
-                return;
-            };
-            match &mut state.phase {
-                Phase::Handshake { machine, timer } => {
-                    let result = machine.handle_message(Instant::now(), &bytes);
-                    let mut out = Vec::new();
-                    while let Some(msg) = machine.poll_transmit() {
-                        out.push(msg);
-                    }
-                    let ready = machine.poll_event();
-                    if let Err(e) = result {
-                        if let Some(timer) = timer.take() {
-                            timer.abort();
-                        }
-                        let code = e.close_code();
-                        if code.is_some() {
-                            state.phase = Phase::Failed;
-                        }
-                        Step::Handshake { out, close: code }
-                    } else {
-                        if let Some(Event::Ready(negotiated)) = ready {
-                            if let Some(timer) = timer.take() {
-                                timer.abort();
-                            }
-                            let router =
-                                Router::new(Arc::clone(&self.shared.route_config), &negotiated);
-                            state.phase = Phase::Ready { router, negotiated };
-                        }
-                        Step::Handshake { out, close: None }
-                    }
-                }
-                Phase::Ready { router, .. } => match router.resolve(&bytes) {
-                    Ok(addressed) => Step::Forward {
-                        route: addressed.route.to_owned(),
-                        payload: addressed.payload_bytes(&bytes),
-                    },
-                    Err(e) => Step::Reply(e.error_reply()),
-                },
-                Phase::Failed => return,
-            }
-        };
-        match step {
-            Step::Handshake { out, close } => {
-                for msg in out {
-                    let _ = session.send_text(&msg).await;
-                }
-                if let Some(code) = close {
-                    session.close_with(CloseCode::from(code), "route handshake failed");
-                }
-            }
-            Step::Reply(text) => {
-                let _ = session.send_text(&text).await;
-            }
-            Step::Forward { route, payload } => {
-                let delivered = match self.shared.backends.get(&route) {
-                    Some(backend) => backend.forward(id, &payload, text).await,
-                    None => false,
-                };
-                if !delivered {
-                    let reply = wire::error_reply(&route, BACKEND_UNAVAILABLE);
-                    let _ = session.send_text(&reply).await;
-                }
-            }
-        }
-    }
-
-    async fn on_disconnect(&self, session: &Session, _: &CloseReason) {
-        let id = session.id().get();
-        if let Some(ClientState {
-            phase: Phase::Handshake {
-                timer: Some(timer), ..
-            },
-            ..
-        }) = lock(&self.shared.clients.map).remove(&id)
-        {
-            timer.abort();
-        }
-        for backend in self.shared.backends.values() {
-            lock(&backend.state).users.remove(&id);
-        }
-    }
-}
-
-/// What one client message leads to, decided under the lock.
-enum Step {
-    Handshake {
-        out: Vec<String>,
-        close: Option<u16>,
-    },
-    Reply(String),
-    Forward {
-        route: String,
-        payload: Bytes,
-    },
-}
-
-/// Fails a handshake still running at its deadline.
-fn handshake_timeout(clients: &Clients, id: u64) {
-    let (session, out, code) = {
-        let mut map = lock(&clients.map);
-        let Some(state) = map.get_mut(&id) else {
-            return;
-        };
-        let Phase::Handshake { machine, .. } = &mut state.phase else {
-            return;
-        };
-        let Err(e) = machine.handle_timeout(Instant::now()) else {
-            return;
-        };
-        let mut out = Vec::new();
-        while let Some(msg) = machine.poll_transmit() {
-            out.push(msg);
-        }
-        let code = e.close_code().unwrap_or(1008);
-        let session = state.session.clone();
-        state.phase = Phase::Failed;
-        (session, out, code)
-    };
-    for msg in out {
-        offer(&session, Message::from(msg));
-    }
-    session.close_with(CloseCode::from(code), "route handshake timed out");
 }

@@ -5,7 +5,8 @@
 //! - [`bench`]: `storm bench`, the load generator for every service.
 //! - [`broker`]: the consumer/provider request broker (server, consumer,
 //!   provider) over plain TCP on tokio.
-//! - [`gateway`]: one WebSocket endpoint routing to named backends.
+//! - [`gateway`]: one WebSocket endpoint routing to named backends, on
+//!   tokio, smol or std threads.
 //! - [`interrupt`]: Ctrl-C for every service, on every runtime.
 //! - [`runtime`]: `--runtime tokio|smol|std` and `--tls` for every
 //!   service.

@@ -9,7 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use storm_cli::gateway::{ConfigErrorKind, Gateway, GatewayConfig, GatewayHandle, GatewayOptions};
+use storm_cli::gateway::{
+    BackendStatus, ConfigErrorKind, Gateway, GatewayConfig, GatewayHandle, GatewayOptions, blocking,
+};
 use storm_proto::Message;
 use storm_proto::link::CloseReason;
 use storm_proto::options::{ClientOptions, Framing, ServerOptions, WsOptions};
@@ -17,7 +19,9 @@ use storm_proto::reconnect::BackoffConfig;
 use storm_proto::route::backend::{self, Target};
 use storm_proto::route::envelope::{self, ErrorReply};
 use storm_proto::route::{ClientConfig, ClientHandshake, Event, Negotiated};
-use storm_tokio::{Client, Handler, ServerHandle, Session, TcpServer, WsClient, WsServer};
+use storm_tokio::{
+    Client, ClientError, Handler, ServerHandle, Session, TcpServer, WsClient, WsServer,
+};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
@@ -77,6 +81,10 @@ async fn ws_backend(addr: &str, tag: &'static str) -> Backend {
         addr: addr.to_owned(),
         ..ServerOptions::default()
     };
+    ws_backend_with(options, tag).await
+}
+
+async fn ws_backend_with(options: ServerOptions, tag: &'static str) -> Backend {
     let server = WsServer::bind(options, WsOptions::default())
         .await
         .expect("ws backend binds");
@@ -91,7 +99,11 @@ async fn ws_backend(addr: &str, tag: &'static str) -> Backend {
 }
 
 async fn tcp_backend(tag: &'static str) -> Backend {
-    let server = TcpServer::bind(ServerOptions::default(), Framing::LengthPrefix)
+    tcp_backend_with(ServerOptions::default(), tag).await
+}
+
+async fn tcp_backend_with(options: ServerOptions, tag: &'static str) -> Backend {
+    let server = TcpServer::bind(options, Framing::LengthPrefix)
         .await
         .expect("tcp backend binds");
     let (tx, connects) = mpsc::unbounded_channel();
@@ -113,28 +125,138 @@ fn routes_ini(orders: SocketAddr, prices: SocketAddr) -> String {
     )
 }
 
-/// Starts a gateway in-process with fast, fixed reconnects.
-async fn gateway(ini: &str) -> GatewayHandle {
-    gateway_with(ini, GatewayOptions::default()).await
+/// The runtimes a gateway runs on.
+#[derive(Debug, Clone, Copy)]
+enum Rt {
+    Tokio,
+    Smol,
+    Std,
 }
 
-async fn gateway_with(ini: &str, options: GatewayOptions) -> GatewayHandle {
+/// A gateway running in-process on one of the runtimes; the test itself
+/// (backends, clients) runs on tokio.
+#[derive(Clone)]
+enum Running {
+    Tokio(GatewayHandle<storm_tokio::Tokio>),
+    Smol(GatewayHandle<storm_smol::Smol>),
+    Std(blocking::GatewayHandle),
+}
+
+impl Running {
+    fn local_addr(&self) -> SocketAddr {
+        match self {
+            Self::Tokio(h) => h.local_addr(),
+            Self::Smol(h) => h.local_addr(),
+            Self::Std(h) => h.local_addr(),
+        }
+    }
+
+    fn backends(&self) -> Vec<BackendStatus> {
+        match self {
+            Self::Tokio(h) => h.backends(),
+            Self::Smol(h) => h.backends(),
+            Self::Std(h) => h.backends(),
+        }
+    }
+
+    fn client_count(&self) -> usize {
+        match self {
+            Self::Tokio(h) => h.client_count(),
+            Self::Smol(h) => h.client_count(),
+            Self::Std(h) => h.client_count(),
+        }
+    }
+
+    fn dropped_replies(&self) -> u64 {
+        match self {
+            Self::Tokio(h) => h.dropped_replies(),
+            Self::Smol(h) => h.dropped_replies(),
+            Self::Std(h) => h.dropped_replies(),
+        }
+    }
+
+    /// Waits (at most [`WAIT`]) until `route` is up or down; whether it is.
+    async fn wait_backend(&self, route: &str, connected: bool) -> bool {
+        match self {
+            Self::Tokio(h) => timeout(WAIT, h.wait_backend(route, connected))
+                .await
+                .unwrap_or(false),
+            Self::Smol(h) => timeout(WAIT, h.wait_backend(route, connected))
+                .await
+                .unwrap_or(false),
+            Self::Std(h) => {
+                let (h, route) = (h.clone(), route.to_owned());
+                tokio::task::spawn_blocking(move || h.wait_backend(&route, connected, WAIT))
+                    .await
+                    .expect("join")
+            }
+        }
+    }
+
+    async fn shutdown(&self, limit: Duration) {
+        let stopping = async {
+            match self {
+                Self::Tokio(h) => h.shutdown(limit).await,
+                Self::Smol(h) => h.shutdown(limit).await,
+                Self::Std(h) => {
+                    let h = h.clone();
+                    tokio::task::spawn_blocking(move || h.shutdown(limit))
+                        .await
+                        .expect("join");
+                }
+            }
+        };
+        timeout(WAIT + limit, stopping)
+            .await
+            .expect("gateway stops in time");
+    }
+}
+
+/// Starts a gateway in-process on tokio with fast, fixed reconnects.
+async fn gateway(ini: &str) -> Running {
+    gateway_on(Rt::Tokio, ini, GatewayOptions::default()).await
+}
+
+/// Starts a gateway in-process on `rt` with fast, fixed reconnects.
+async fn gateway_on(rt: Rt, ini: &str, options: GatewayOptions) -> Running {
     let config = GatewayConfig::parse(ini).expect("config parses");
     let options = GatewayOptions {
         reconnect: BackoffConfig::fixed(Duration::from_millis(20)),
         ..options
     };
-    let gateway = Gateway::bind(config, options).await.expect("gateway binds");
-    let handle = gateway.handle();
-    tokio::spawn(gateway.serve());
-    handle
+    match rt {
+        Rt::Tokio => {
+            let gateway = Gateway::<storm_tokio::Tokio>::bind(config, options)
+                .await
+                .expect("gateway binds");
+            let handle = gateway.handle();
+            tokio::spawn(gateway.serve());
+            Running::Tokio(handle)
+        }
+        Rt::Smol => {
+            let gateway = Gateway::<storm_smol::Smol>::bind(config, options)
+                .await
+                .expect("gateway binds");
+            let handle = gateway.handle();
+            smol::spawn(gateway.serve()).detach();
+            Running::Smol(handle)
+        }
+        Rt::Std => tokio::task::spawn_blocking(move || {
+            let gateway = blocking::Gateway::bind(config, options).expect("gateway binds");
+            let handle = gateway.handle();
+            gateway.spawn().expect("accept thread");
+            Running::Std(handle)
+        })
+        .await
+        .expect("join"),
+    }
 }
 
-async fn wait_backend(gateway: &GatewayHandle, route: &str, connected: bool) {
-    let known = timeout(WAIT, gateway.wait_backend(route, connected))
-        .await
-        .unwrap_or_else(|_| panic!("backend {route} connected={connected} in time"));
-    assert!(known, "route {route} is configured");
+async fn wait_backend(gateway: &Running, route: &str, connected: bool) {
+    assert!(
+        gateway.wait_backend(route, connected).await,
+        "backend {route} connected={connected} in time"
+    );
 }
 
 /// What the test client's handler saw.
@@ -164,20 +286,20 @@ struct TestClient {
 
 impl TestClient {
     async fn connect(addr: SocketAddr) -> Self {
+        Self::connect_to(&format!("ws://{addr}/"), ClientOptions::default())
+            .await
+            .expect("client connects")
+    }
+
+    async fn connect_to(url: &str, options: ClientOptions) -> Result<Self, ClientError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let client = timeout(
             WAIT,
-            WsClient::connect(
-                &format!("ws://{addr}/"),
-                ClientOptions::default(),
-                WsOptions::default(),
-                Forward(tx),
-            ),
+            WsClient::connect(url, options, WsOptions::default(), Forward(tx)),
         )
         .await
-        .expect("connect in time")
-        .expect("client connects");
-        Self { client, rx }
+        .expect("connect in time")?;
+        Ok(Self { client, rx })
     }
 
     async fn next(&mut self) -> Seen {
@@ -259,9 +381,24 @@ impl TestClient {
 
 #[tokio::test]
 async fn routes_to_a_ws_and_a_tcp_backend_and_back_to_the_sender() {
+    routes_to_two_backends(Rt::Tokio).await;
+}
+
+#[tokio::test]
+async fn routes_to_a_ws_and_a_tcp_backend_on_smol() {
+    routes_to_two_backends(Rt::Smol).await;
+}
+
+#[tokio::test]
+async fn routes_to_a_ws_and_a_tcp_backend_on_std() {
+    routes_to_two_backends(Rt::Std).await;
+}
+
+async fn routes_to_two_backends(rt: Rt) {
     let orders = ws_backend("127.0.0.1:0", "orders").await;
     let prices = tcp_backend("prices").await;
-    let gateway = gateway(&routes_ini(orders.addr, prices.addr)).await;
+    let ini = routes_ini(orders.addr, prices.addr);
+    let gateway = gateway_on(rt, &ini, GatewayOptions::default()).await;
     wait_backend(&gateway, "orders", true).await;
     wait_backend(&gateway, "prices", true).await;
 
@@ -322,9 +459,24 @@ async fn routes_to_a_ws_and_a_tcp_backend_and_back_to_the_sender() {
 
 #[tokio::test]
 async fn a_stopped_backend_gives_errors_and_a_restarted_one_routes_again() {
+    restarted_backend(Rt::Tokio).await;
+}
+
+#[tokio::test]
+async fn a_restarted_backend_routes_again_on_smol() {
+    restarted_backend(Rt::Smol).await;
+}
+
+#[tokio::test]
+async fn a_restarted_backend_routes_again_on_std() {
+    restarted_backend(Rt::Std).await;
+}
+
+async fn restarted_backend(rt: Rt) {
     let orders = ws_backend("127.0.0.1:0", "orders").await;
     let prices = tcp_backend("prices").await;
-    let gateway = gateway(&routes_ini(orders.addr, prices.addr)).await;
+    let ini = routes_ini(orders.addr, prices.addr);
+    let gateway = gateway_on(rt, &ini, GatewayOptions::default()).await;
     wait_backend(&gateway, "orders", true).await;
     let mut client = TestClient::connect(gateway.local_addr()).await;
     client.handshake(&["orders", "prices"]).await;
@@ -434,13 +586,27 @@ async fn a_broken_handshake_gets_an_error_and_a_policy_close() {
 
 #[tokio::test]
 async fn a_handshake_that_does_not_finish_times_out() {
+    handshake_times_out(Rt::Tokio).await;
+}
+
+#[tokio::test]
+async fn a_handshake_that_does_not_finish_times_out_on_smol() {
+    handshake_times_out(Rt::Smol).await;
+}
+
+#[tokio::test]
+async fn a_handshake_that_does_not_finish_times_out_on_std() {
+    handshake_times_out(Rt::Std).await;
+}
+
+async fn handshake_times_out(rt: Rt) {
     let orders = ws_backend("127.0.0.1:0", "orders").await;
     let prices = tcp_backend("prices").await;
     let options = GatewayOptions {
         handshake_timeout: Some(Duration::from_millis(50)),
         ..GatewayOptions::default()
     };
-    let gateway = gateway_with(&routes_ini(orders.addr, prices.addr), options).await;
+    let gateway = gateway_on(rt, &routes_ini(orders.addr, prices.addr), options).await;
     let mut client = TestClient::connect(gateway.local_addr()).await;
     let error = client.error().await;
     assert_eq!(error.error, "route handshake timed out");
@@ -503,6 +669,66 @@ fn route_files_with_errors_name_the_line() {
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
 
+/// Starts `storm gateway --config CONFIG --addr 127.0.0.1:0 ARGS`; the
+/// process and its first three stdout lines (the banner and two routes).
+async fn spawn_gateway(config: &std::path::Path, args: &[&str]) -> (Process, Vec<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_storm"))
+        .args(["gateway", "--config"])
+        .arg(config)
+        .args(["--addr", "127.0.0.1:0", "--max-backoff-ms", "100"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("storm starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let process = Process(child);
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut lines = Vec::new();
+        for _ in 0..3 {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("banner line");
+            lines.push(line.trim().to_owned());
+        }
+        lines
+    });
+    let lines = timeout(WAIT, lines)
+        .await
+        .expect("banner in time")
+        .expect("join");
+    (process, lines)
+}
+
+/// Waits until `backend` accepted a (gateway's) connection.
+async fn connected(backend: &mut Backend) {
+    timeout(WAIT, backend.connects.recv())
+        .await
+        .expect("gateway connects the backend in time")
+        .expect("backend alive");
+}
+
+/// Sends `hi` to `route` until its backend answers it. The gateway marks a
+/// backend up only after its side of the upgrade, a moment after the
+/// backend saw the connection: a request in that moment gets an error
+/// reply, so retry a bounded number of times, each try waiting for its
+/// answer.
+async fn route_once_up(client: &mut TestClient, route: &str) {
+    for _ in 0..100 {
+        client.send_to(route, "hi").await;
+        let message = client.recv().await;
+        if ErrorReply::parse(message.as_bytes()).is_some() {
+            continue;
+        }
+        assert_eq!(
+            message.as_bytes(),
+            format!("ROUTENAME={route}\n{route}:hi").as_bytes()
+        );
+        return;
+    }
+    panic!("{route} never answered");
+}
+
 /// A running `storm gateway`, killed on drop.
 struct Process(Child);
 
@@ -552,32 +778,9 @@ async fn the_storm_binary_routes_and_rejects_a_bad_route_file() {
     let mut prices = tcp_backend("prices").await;
     let good = dir.join("routes.ini");
     std::fs::write(&good, routes_ini(orders.addr, prices.addr)).expect("write");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_storm"))
-        .args(["gateway", "--config"])
-        .arg(&good)
-        .args(["--addr", "127.0.0.1:0", "--max-backoff-ms", "100"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("storm starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let _process = Process(child);
-    let lines = tokio::task::spawn_blocking(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut lines = Vec::new();
-        for _ in 0..3 {
-            let mut line = String::new();
-            reader.read_line(&mut line).expect("banner line");
-            lines.push(line.trim().to_owned());
-        }
-        lines
-    });
-    let lines = timeout(WAIT, lines)
-        .await
-        .expect("banner in time")
-        .expect("join");
+    let (_process, lines) = spawn_gateway(&good, &[]).await;
     let addr: SocketAddr = lines[0]
-        .strip_prefix("storm gateway listening on ws://")
+        .strip_prefix("storm gateway (Tokio runtime) listening on ws://")
         .unwrap_or_else(|| panic!("banner: {lines:?}"))
         .parse()
         .expect("address");
@@ -586,32 +789,145 @@ async fn the_storm_binary_routes_and_rejects_a_bad_route_file() {
 
     let mut client = TestClient::connect(addr).await;
     client.handshake(&["orders", "prices"]).await;
-    // Wait until both backends accepted the gateway's connection. The
-    // gateway marks a backend up only after its side of the upgrade, a
-    // moment later: a request in that moment gets an error reply, so retry
-    // a bounded number of times, each try waiting for its answer.
     for backend in [&mut orders, &mut prices] {
-        timeout(WAIT, backend.connects.recv())
-            .await
-            .expect("gateway connects the backend in time")
-            .expect("backend alive");
+        connected(backend).await;
     }
     for route in ["orders", "prices"] {
-        let mut answered = false;
-        for _ in 0..100 {
-            client.send_to(route, "hi").await;
-            let message = client.recv().await;
-            if ErrorReply::parse(message.as_bytes()).is_some() {
-                continue;
-            }
-            assert_eq!(
-                message.as_bytes(),
-                format!("ROUTENAME={route}\n{route}:hi").as_bytes()
-            );
-            answered = true;
-            break;
+        route_once_up(&mut client, route).await;
+    }
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+#[tokio::test]
+async fn backends_behind_tls_are_reached_on_every_runtime() {
+    let pki = storm_tests::suite::pki::Pki::new();
+    let tls = || ServerOptions {
+        tls: Some(pki.server()),
+        ..ServerOptions::default()
+    };
+    let orders = ws_backend_with(tls(), "orders").await;
+    let prices = tcp_backend_with(tls(), "prices").await;
+    let ini = routes_ini(orders.addr, prices.addr).replace("protocol", "tls = on\nprotocol");
+    for rt in [Rt::Tokio, Rt::Smol, Rt::Std] {
+        let options = GatewayOptions {
+            backend_tls: pki.client(),
+            ..GatewayOptions::default()
+        };
+        let gateway = gateway_on(rt, &ini, options).await;
+        let urls: Vec<String> = gateway.backends().into_iter().map(|b| b.url).collect();
+        assert_eq!(
+            urls,
+            [
+                format!("wss://{}/", orders.addr),
+                format!("tls://{}", prices.addr)
+            ]
+        );
+        wait_backend(&gateway, "orders", true).await;
+        wait_backend(&gateway, "prices", true).await;
+        let mut client = TestClient::connect(gateway.local_addr()).await;
+        client.handshake(&["orders", "prices"]).await;
+        for route in ["orders", "prices"] {
+            client.send_to(route, &format!("{rt:?}")).await;
+            assert_eq!(client.reply_from(route).await, format!("{route}:{rt:?}"));
         }
-        assert!(answered, "{route} answered");
+        gateway.shutdown(WAIT).await;
+    }
+
+    // A gateway that does not trust the backends' CA never connects them.
+    let other = storm_tests::suite::pki::Pki::named("another CA");
+    let options = GatewayOptions {
+        backend_tls: other.client(),
+        ..GatewayOptions::default()
+    };
+    let gateway = gateway_on(Rt::Tokio, &ini, options).await;
+    let mut client = TestClient::connect(gateway.local_addr()).await;
+    client.handshake(&["orders"]).await;
+    client.send_to("orders", "untrusted").await;
+    assert_eq!(client.error().await.error, backend::BACKEND_UNAVAILABLE);
+    assert!(gateway.backends().iter().all(|b| !b.connected));
+    gateway.shutdown(WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_storm_binary_serves_wss_on_every_runtime() {
+    let pki = storm_tests::suite::pki::Pki::new();
+    let dir = std::env::temp_dir().join(format!("storm-gateway-wss-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let server = pki.server();
+    std::fs::write(&cert, &server.cert_chain_pem).expect("write");
+    std::fs::write(&key, &server.key_pem).expect("write");
+    let mut orders = ws_backend("127.0.0.1:0", "orders").await;
+    let prices = tcp_backend("prices").await;
+    let routes = dir.join("routes.ini");
+    std::fs::write(&routes, routes_ini(orders.addr, prices.addr)).expect("write");
+    let (cert, key) = (cert.to_str().expect("path"), key.to_str().expect("path"));
+    for (runtime, shown) in [("tokio", "Tokio"), ("smol", "Smol"), ("std", "Std")] {
+        let args = ["--tls", cert, key, "--runtime", runtime];
+        let (process, lines) = spawn_gateway(&routes, &args).await;
+        let banner = format!("storm gateway ({shown} runtime) listening on wss://");
+        let port = lines[0]
+            .strip_prefix(&banner)
+            .and_then(|addr| addr.parse::<SocketAddr>().ok())
+            .unwrap_or_else(|| panic!("banner: {lines:?}"))
+            .port();
+        let url = format!("wss://localhost:{port}/");
+
+        // A client that trusts the test CA routes through it.
+        let trusting = ClientOptions {
+            tls: Some(pki.client()),
+            ..ClientOptions::default()
+        };
+        let mut client = TestClient::connect_to(&url, trusting)
+            .await
+            .expect("wss client connects");
+        client.handshake(&["orders"]).await;
+        connected(&mut orders).await;
+        route_once_up(&mut client, "orders").await;
+
+        // One that trusts another CA does not get in; nor does plain ws://.
+        let other = ClientOptions {
+            tls: Some(storm_tests::suite::pki::Pki::named("another CA").client()),
+            ..ClientOptions::default()
+        };
+        assert!(
+            TestClient::connect_to(&url, other).await.is_err(),
+            "{runtime}"
+        );
+        let plain = format!("ws://127.0.0.1:{port}/");
+        assert!(
+            TestClient::connect_to(&plain, ClientOptions::default())
+                .await
+                .is_err(),
+            "{runtime}"
+        );
+
+        // Ctrl-C: the client is closed with a close frame, and the
+        // gateway exits 0.
+        let status = Command::new("kill")
+            .args(["-INT", &process.0.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        loop {
+            if let Seen::Closed(reason) = client.next().await {
+                assert!(
+                    matches!(reason, CloseReason::Remote(_)),
+                    "{runtime}: {reason:?}"
+                );
+                break;
+            }
+        }
+        let exit = tokio::task::spawn_blocking(move || {
+            let mut process = process;
+            process.0.wait()
+        });
+        let exit = timeout(WAIT, exit)
+            .await
+            .unwrap_or_else(|_| panic!("{runtime}: still running after Ctrl-C"))
+            .expect("join")
+            .expect("wait");
+        assert!(exit.success(), "{runtime}: {exit}");
     }
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }

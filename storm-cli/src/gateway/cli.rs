@@ -1,21 +1,28 @@
-//! `storm gateway --config routes.ini [--addr HOST:PORT]`.
+//! `storm gateway --config routes.ini [--addr HOST:PORT] [--runtime
+//! tokio|smol|std] [--tls CERT KEY]`.
 
+use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use super::{Gateway, GatewayConfig, GatewayOptions, LoadError};
+use super::{BackendStatus, Gateway, GatewayConfig, GatewayOptions, LoadError, blocking};
+use crate::interrupt;
+use crate::runtime::{AsyncRuntime, Runtime, TlsArgs};
 
 /// Exit code for a route file that cannot be used (or a bad flag, as clap
 /// does).
 pub const EXIT_CONFIG: u8 = 2;
 
+/// How long clients get to close gracefully on Ctrl-C.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Options of `storm gateway`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayArgs {
     /// Route file: one INI section per backend with name, port, and
-    /// optionally host (default 127.0.0.1) and protocol (ws or tcp;
-    /// default ws). See routes.example.ini.
+    /// optionally host (default 127.0.0.1), protocol (ws or tcp; default
+    /// ws) and tls (on or off; default off). See routes.example.ini.
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
     /// WebSocket address clients connect to: IPv4, or IPv6 in brackets.
@@ -28,10 +35,22 @@ pub struct GatewayArgs {
     /// Seconds a client has to finish the route handshake; 0 waits forever.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub handshake_timeout: u64,
+    /// `--tls CERT_PEM KEY_PEM`: serve clients over wss://.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Runtime to run on: tokio or smol (async tasks), or std (threads:
+    /// two per client, one per backend connection).
+    #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
+    pub runtime: Runtime,
+    /// PEM file of the CA certificates that backends with `tls = on` must
+    /// be signed by, instead of the public web roots.
+    #[arg(long, value_name = "CA_PEM")]
+    pub backend_ca: Option<PathBuf>,
 }
 
-/// Runs `storm gateway`: exit code 2 with `FILE:LINE: why` on stderr for a
-/// bad route file, 1 for other failures (the address is taken, …).
+/// Runs `storm gateway` until Ctrl-C: exit code 2 with `FILE:LINE: why` on
+/// stderr for a bad route file, 1 for other failures (the address is
+/// taken, …).
 #[must_use]
 pub fn run(args: &GatewayArgs) -> ExitCode {
     let config = match GatewayConfig::load(&args.config) {
@@ -49,14 +68,21 @@ pub fn run(args: &GatewayArgs) -> ExitCode {
     {
         *max = Duration::from_millis(args.max_backoff_ms).max(*initial);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => return failure(&e),
-    };
-    match runtime.block_on(serve(config, options)) {
+    let result = (|| {
+        let mut server = storm_proto::options::ServerOptions::default();
+        args.tls.apply(&mut server)?;
+        options.tls = server.tls;
+        if let Some(ca) = &args.backend_ca {
+            options.backend_tls.ca_pem = Some(storm_proto::tls::read_pem_file(ca)?);
+        }
+        interrupt::install()?;
+        match args.runtime {
+            Runtime::Tokio => on_async::<storm_tokio::Tokio>(args, config, options),
+            Runtime::Smol => on_async::<storm_smol::Smol>(args, config, options),
+            Runtime::Std => on_std(args, config, options),
+        }
+    })();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => failure(&e),
     }
@@ -72,35 +98,80 @@ fn failure(e: &dyn std::error::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-async fn serve(config: GatewayConfig, options: GatewayOptions) -> std::io::Result<()> {
-    let gateway = Gateway::bind(config, options).await?;
-    let handle = gateway.handle();
-    println!("storm gateway listening on ws://{}", handle.local_addr());
-    for backend in handle.backends() {
+/// The banner: where clients connect, on which runtime, and the routes.
+fn banner(args: &GatewayArgs, addr: std::net::SocketAddr, backends: &[BackendStatus]) {
+    println!(
+        "storm gateway ({:?} runtime) listening on {}://{addr}",
+        args.runtime,
+        args.tls.scheme(true)
+    );
+    for backend in backends {
         println!("route {} -> {}", backend.route, backend.url);
     }
-    // Backend ups and downs, for the person watching.
-    for backend in handle.backends() {
+    tracing::info!(%addr, runtime = ?args.runtime, "gateway listening");
+}
+
+fn backend_up(backend: &BackendStatus) {
+    eprintln!("backend {} connected ({})", backend.route, backend.url);
+}
+
+fn backend_down(backend: &BackendStatus) {
+    eprintln!(
+        "backend {} down, reconnecting ({})",
+        backend.route, backend.url
+    );
+}
+
+fn on_async<R: AsyncRuntime>(
+    args: &GatewayArgs,
+    config: GatewayConfig,
+    options: GatewayOptions,
+) -> io::Result<()> {
+    R::block_on(async {
+        let gateway = Gateway::<R>::bind(config, options).await?;
+        let handle = gateway.handle();
+        let backends = handle.backends();
+        banner(args, handle.local_addr(), &backends);
+        // Backend ups and downs, for the person watching.
+        for backend in backends {
+            let handle = handle.clone();
+            R::spawn(async move {
+                while handle.wait_backend(&backend.route, true).await {
+                    backend_up(&backend);
+                    handle.wait_backend(&backend.route, false).await;
+                    backend_down(&backend);
+                }
+            });
+        }
+        R::spawn(async move {
+            interrupt::ctrl_c().await;
+            tracing::info!(clients = handle.client_count(), "Ctrl-C: shutting down");
+            handle.shutdown(SHUTDOWN_TIMEOUT).await;
+        });
+        gateway.serve().await
+    })
+}
+
+fn on_std(args: &GatewayArgs, config: GatewayConfig, options: GatewayOptions) -> io::Result<()> {
+    let gateway = blocking::Gateway::bind(config, options)?;
+    let handle = gateway.handle();
+    let backends = handle.backends();
+    banner(args, handle.local_addr(), &backends);
+    for backend in backends {
         let handle = handle.clone();
-        tokio::spawn(async move {
-            loop {
-                if !handle.wait_backend(&backend.route, true).await {
-                    return;
-                }
-                eprintln!("backend {} connected ({})", backend.route, backend.url);
-                if !handle.wait_backend(&backend.route, false).await {
-                    return;
-                }
-                eprintln!(
-                    "backend {} down, reconnecting ({})",
-                    backend.route, backend.url
-                );
+        std::thread::spawn(move || {
+            while handle.wait_backend(&backend.route, true, Duration::MAX) {
+                backend_up(&backend);
+                let _ = handle.wait_backend(&backend.route, false, Duration::MAX);
+                backend_down(&backend);
             }
         });
     }
-    let stop = handle.clone();
-    crate::interrupt::spawn_on_ctrl_c(async move {
-        stop.shutdown(Duration::from_secs(5)).await;
-    })?;
-    gateway.serve().await
+    let serving = gateway.spawn()?;
+    interrupt::wait();
+    tracing::info!(clients = handle.client_count(), "Ctrl-C: shutting down");
+    handle.shutdown(SHUTDOWN_TIMEOUT);
+    serving
+        .join()
+        .map_err(|_| io::Error::other("the accept thread panicked"))?
 }

@@ -8,6 +8,12 @@
 //! port = 9101
 //! protocol = ws
 //!
+//! [audit]
+//! name = audit
+//! host = localhost
+//! port = 9443
+//! tls = on
+//!
 //! [Endpoint2]
 //! Name = prices
 //! Port = 9090
@@ -15,7 +21,7 @@
 //! ```
 //!
 //! The shape is SocketMaster's `config.ini` (a `[section]` per endpoint with
-//! `Name` and `Port`), extended with `host` and `protocol`:
+//! `Name` and `Port`), extended with `host`, `protocol` and `tls`:
 //!
 //! | key | meaning |
 //! |---|---|
@@ -23,15 +29,16 @@
 //! | `port` | the backend's TCP port, 1 to 65535; required |
 //! | `host` | the backend's host name or IP address (IPv6 without brackets); default `127.0.0.1` |
 //! | `protocol` | `ws` (WebSocket, `ws://host:port/`) or `tcp` (4-byte big-endian length prefix); default `ws` |
+//! | `tls` | `on` to reach the backend over TLS (`wss://host:port/`, or TLS under the length prefix), its certificate checked against [`GatewayOptions::backend_tls`](super::GatewayOptions::backend_tls) and naming `host`; `off` (the default). Also `yes`/`no`, `true`/`false`, `1`/`0` |
 //!
-//! Keys and protocol values ignore ASCII case; whitespace around keys,
+//! Keys, protocol and tls values ignore ASCII case; whitespace around keys,
 //! values and section names is ignored; blank lines are fine. The section
 //! name is a free label (unique); only `name` is the route. There are no
 //! inline comments: `;` after a value is part of the value. Anything else
 //! is an error naming the line: a line that is neither a section, a
 //! `key = value` pair nor a comment, a key before the first section, an
 //! unknown or repeated key, a section without `name` or `port` (reported at
-//! its `[section]` line), a bad port, host or protocol, a route name that is
+//! its `[section]` line), a bad port, host, protocol or tls value, a route name that is
 //! not valid or is used twice, or a file without any endpoint.
 
 use std::collections::HashMap;
@@ -99,6 +106,9 @@ pub struct Endpoint {
     pub port: u16,
     /// Wire protocol (`protocol` key).
     pub protocol: Protocol,
+    /// Whether the connection runs over TLS (`tls` key). `false` for
+    /// endpoints built with [`new`](Self::new).
+    pub tls: bool,
     /// The section label (`[label]`); empty for endpoints built in code.
     pub section: String,
     /// 1-based line of the `[section]` header; 0 for endpoints built in code.
@@ -119,6 +129,7 @@ impl Endpoint {
             host: host.into(),
             port,
             protocol,
+            tls: false,
             section: String::new(),
             line: 0,
         }
@@ -134,12 +145,15 @@ impl Endpoint {
         }
     }
 
-    /// Where the gateway connects: `ws://host:port/` or `tcp://host:port`.
+    /// Where the gateway connects: `ws://host:port/` or `tcp://host:port`;
+    /// over TLS `wss://host:port/` or `tls://host:port`.
     #[must_use]
     pub fn url(&self) -> String {
-        match self.protocol {
-            Protocol::Ws => format!("ws://{}/", self.authority()),
-            Protocol::Tcp => format!("tcp://{}", self.authority()),
+        match (self.protocol, self.tls) {
+            (Protocol::Ws, false) => format!("ws://{}/", self.authority()),
+            (Protocol::Ws, true) => format!("wss://{}/", self.authority()),
+            (Protocol::Tcp, false) => format!("tcp://{}", self.authority()),
+            (Protocol::Tcp, true) => format!("tls://{}", self.authority()),
         }
     }
 }
@@ -254,6 +268,18 @@ impl GatewayConfig {
     }
 }
 
+/// `on`/`off`, `yes`/`no`, `true`/`false`, `1`/`0`, ignoring ASCII case.
+fn parse_switch(value: &str) -> Option<bool> {
+    let is = |words: &[&str]| words.iter().any(|w| value.eq_ignore_ascii_case(w));
+    if is(&["on", "yes", "true", "1"]) {
+        Some(true)
+    } else if is(&["off", "no", "false", "0"]) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
 fn check_name(name: &str) -> Result<(), ConfigErrorKind> {
     validate_route_name(name, Limits::default().max_route_name_len).map_err(|error| {
         ConfigErrorKind::InvalidName {
@@ -334,7 +360,7 @@ pub enum ConfigErrorKind {
     },
     /// A `key = value` before the first `[section]`.
     KeyOutsideSection(String),
-    /// A key other than `name`, `host`, `port`, `protocol`.
+    /// A key other than `name`, `host`, `port`, `protocol`, `tls`.
     UnknownKey(String),
     /// A key given twice in one section.
     DuplicateKey {
@@ -351,6 +377,8 @@ pub enum ConfigErrorKind {
     InvalidPort(String),
     /// A protocol other than `ws` or `tcp`.
     InvalidProtocol(String),
+    /// A `tls` value other than on/off, yes/no, true/false, 1/0.
+    InvalidTls(String),
     /// An empty host, or one with characters no host name or IP address has.
     InvalidHost(String),
     /// A route name the core does not accept.
@@ -396,7 +424,7 @@ impl fmt::Display for ConfigErrorKind {
             }
             Self::UnknownKey(key) => write!(
                 f,
-                "unknown key {key:?} (expected name, host, port or protocol)"
+                "unknown key {key:?} (expected name, host, port, protocol or tls)"
             ),
             Self::DuplicateKey { key, first_line } => {
                 write!(f, "key {key:?} already given on line {first_line}")
@@ -408,6 +436,9 @@ impl fmt::Display for ConfigErrorKind {
             }
             Self::InvalidProtocol(value) => {
                 write!(f, "protocol {value:?} is not ws or tcp")
+            }
+            Self::InvalidTls(value) => {
+                write!(f, "tls {value:?} is not on or off")
             }
             Self::InvalidHost(value) => {
                 write!(f, "host {value:?} is not a host name or IP address")
@@ -531,11 +562,18 @@ impl Section {
             Some((value, line)) => value.parse().map_err(|kind| ConfigError::at(*line, kind))?,
             None => Protocol::default(),
         };
+        let tls = match self.keys.get("tls") {
+            Some((value, line)) => parse_switch(value).ok_or_else(|| {
+                ConfigError::at(*line, ConfigErrorKind::InvalidTls(value.clone()))
+            })?,
+            None => false,
+        };
         Ok(Endpoint {
             name,
             host,
             port,
             protocol,
+            tls,
             section: self.label,
             line: self.line,
         })
@@ -598,7 +636,7 @@ impl Parser {
                     ConfigErrorKind::KeyOutsideSection(key.to_owned()),
                 ));
             };
-            let canonical = ["name", "host", "port", "protocol"]
+            let canonical = ["name", "host", "port", "protocol", "tls"]
                 .into_iter()
                 .find(|known| key.eq_ignore_ascii_case(known))
                 .ok_or_else(|| ConfigError::at(n, ConfigErrorKind::UnknownKey(key.to_owned())))?;
@@ -689,9 +727,36 @@ mod tests {
         assert_eq!(prices.section, "prices");
         assert_eq!(prices.authority(), "[::1]:9102");
         assert_eq!(prices.url(), "tcp://[::1]:9102");
+        assert!(!prices.tls);
         assert_eq!(
             config.route_table().iter().collect::<Vec<_>>(),
             ["orders", "prices"]
+        );
+    }
+
+    #[test]
+    fn the_example_file_parses() {
+        let config = GatewayConfig::parse(include_str!("../../routes.example.ini")).unwrap();
+        let audit = config.endpoint("audit").unwrap();
+        assert_eq!(audit.url(), "wss://localhost:9443/");
+        assert_eq!(config.endpoints().len(), 4);
+    }
+
+    #[test]
+    fn the_tls_key_switches_backends_to_tls() {
+        let config = GatewayConfig::parse(
+            "[a]\nname=a\nport=1\ntls=ON\n[b]\nname=b\nport=2\nprotocol=tcp\nTLS = yes\n\
+             [c]\nname=c\nport=3\ntls=0\n",
+        )
+        .unwrap();
+        let urls: Vec<_> = config.endpoints().iter().map(Endpoint::url).collect();
+        assert_eq!(
+            urls,
+            [
+                "wss://127.0.0.1:1/",
+                "tls://127.0.0.1:2",
+                "ws://127.0.0.1:3/"
+            ]
         );
     }
 
@@ -731,6 +796,11 @@ mod tests {
                 "[a]\nname=a\nport=1\nprotocol=udp\n",
                 4,
                 InvalidProtocol("udp".into()),
+            ),
+            (
+                "[a]\nname=a\nport=1\ntls=maybe\n",
+                4,
+                InvalidTls("maybe".into()),
             ),
             (
                 "[a]\nname=a\nport=1\nhost=a b\n",
@@ -788,7 +858,7 @@ mod tests {
         let e = err("[a]\nname=a\nhots=x\n");
         assert_eq!(
             e.to_string(),
-            r#"line 3: unknown key "hots" (expected name, host, port or protocol)"#
+            r#"line 3: unknown key "hots" (expected name, host, port, protocol or tls)"#
         );
         let e = err("[a]\nname=x\nport=1\n[b]\nname=x\nport=2\n");
         assert_eq!(

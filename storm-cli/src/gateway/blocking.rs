@@ -1,0 +1,345 @@
+//! The gateway on plain threads (storm-std), without an async runtime: the
+//! same state and decisions as [`super::Gateway`] on tokio and smol, driven
+//! by storm-std's blocking servers and clients.
+//!
+//! ```
+//! use std::time::Duration;
+//! use storm_cli::gateway::blocking::Gateway;
+//! use storm_cli::gateway::{GatewayConfig, GatewayOptions};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = GatewayConfig::parse("[orders]\nname = orders\nport = 1\nprotocol = tcp\n")?;
+//! let gateway = Gateway::bind(config, GatewayOptions::default())?;
+//! let handle = gateway.handle();
+//! let serving = gateway.spawn()?;
+//! // Nothing listens on port 1: the backend is down and being reconnected.
+//! assert!(!handle.backends()[0].connected);
+//! handle.shutdown(Duration::from_secs(1));
+//! serving.join().expect("accept thread")?;
+//! # Ok(()) }
+//! ```
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use storm_proto::Message;
+use storm_proto::link::CloseReason;
+use storm_proto::reconnect::{Backoff, BackoffStep};
+use storm_proto::ws::CloseCode;
+use storm_std::{Handler, ServerHandle, Session, TcpClient, WsClient, WsServer};
+
+use super::{BackendStatus, Core, Dial, GatewayConfig, GatewayOptions, Protocol, Step, lock};
+
+/// A bound gateway on threads; [`serve`](Self::serve) or
+/// [`spawn`](Self::spawn) runs it.
+#[derive(Debug)]
+pub struct Gateway {
+    server: WsServer,
+    handle: GatewayHandle,
+}
+
+/// Controls a running gateway: backend status, shutdown. Cheap to clone.
+#[derive(Clone)]
+pub struct GatewayHandle {
+    server: ServerHandle,
+    core: Arc<Core<Session>>,
+    timers: Arc<Timers>,
+}
+
+impl std::fmt::Debug for GatewayHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayHandle")
+            .field("local_addr", &self.local_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Binds the WebSocket endpoint (`wss://` with
+    /// [`GatewayOptions::tls`]) and starts connecting every backend, a
+    /// thread per backend.
+    ///
+    /// # Errors
+    ///
+    /// A failed bind, invalid options ([`io::ErrorKind::InvalidInput`]),
+    /// or a thread that could not be started.
+    pub fn bind(config: GatewayConfig, options: GatewayOptions) -> io::Result<Self> {
+        let server_options = options.server_options();
+        let ws = options.ws_options();
+        let core = Arc::new(Core::new(config, options)?);
+        let server = WsServer::bind(server_options, ws)?;
+        let timers = Arc::new(Timers::default());
+        {
+            let (core, timers) = (Arc::clone(&core), Arc::clone(&timers));
+            thread::Builder::new()
+                .name("storm-gateway-timers".to_owned())
+                .spawn(move || timers.run(&core))?;
+        }
+        for (dial, backoff) in core.dials() {
+            let core = Arc::clone(&core);
+            thread::Builder::new()
+                .name(format!("storm-gateway-{}", dial.endpoint.name))
+                .spawn(move || keep_connected(&core, &dial, backoff))?;
+        }
+        let handle = GatewayHandle {
+            server: server.handle(),
+            core,
+            timers,
+        };
+        Ok(Self { server, handle })
+    }
+
+    /// The address clients connect to.
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// A handle for status and shutdown.
+    #[must_use]
+    pub fn handle(&self) -> GatewayHandle {
+        self.handle.clone()
+    }
+
+    /// Serves clients on this thread (two more per client) until
+    /// [`GatewayHandle::shutdown`].
+    ///
+    /// # Errors
+    ///
+    /// Only a failing listener.
+    pub fn serve(self) -> io::Result<()> {
+        let handler = ClientHandler {
+            core: Arc::clone(&self.handle.core),
+            timers: Arc::clone(&self.handle.timers),
+        };
+        self.server.serve(handler)
+    }
+
+    /// [`serve`](Self::serve) on a new thread.
+    ///
+    /// # Errors
+    ///
+    /// The thread could not be spawned.
+    pub fn spawn(self) -> io::Result<JoinHandle<io::Result<()>>> {
+        thread::Builder::new()
+            .name("storm-gateway".to_owned())
+            .spawn(move || self.serve())
+    }
+}
+
+impl GatewayHandle {
+    /// The address clients connect to.
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// The configuration the gateway runs with.
+    #[must_use]
+    pub fn config(&self) -> &GatewayConfig {
+        &self.core.config
+    }
+
+    /// Every backend, in file order.
+    #[must_use]
+    pub fn backends(&self) -> Vec<BackendStatus> {
+        self.core.backends()
+    }
+
+    /// Blocks until `route`'s backend is connected (`connected = true`) or
+    /// down, for at most `timeout`; whether it is. `false` at once for a
+    /// route not in the file.
+    #[must_use]
+    pub fn wait_backend(&self, route: &str, connected: bool, timeout: Duration) -> bool {
+        self.core
+            .backends
+            .get(route)
+            .is_some_and(|backend| backend.connected.wait_timeout(connected, timeout))
+    }
+
+    /// Clients connected now (handshake done or not).
+    #[must_use]
+    pub fn client_count(&self) -> usize {
+        self.core.client_count()
+    }
+
+    /// Backend messages dropped: no valid `CLIENT=` header, or for a client
+    /// that has gone.
+    #[must_use]
+    pub fn dropped_replies(&self) -> u64 {
+        self.core.dropped_replies()
+    }
+
+    /// Stops reconnecting, closes every backend connection, closes every
+    /// client gracefully (aborting those still open after `timeout`), and
+    /// returns once [`Gateway::serve`] has returned.
+    pub fn shutdown(&self, timeout: Duration) {
+        self.core.stop();
+        self.timers.stop();
+        self.server.shutdown(timeout);
+    }
+}
+
+/// Connects one backend, and again whenever its client gives up (the
+/// client itself reconnects a connection that drops).
+fn keep_connected(core: &Arc<Core<Session>>, dial: &Dial, mut backoff: Backoff) {
+    let route = dial.endpoint.name.clone();
+    while !core.stopped.get() {
+        let handler = BackendHandler {
+            core: Arc::clone(core),
+            route: route.clone(),
+        };
+        let connected = match dial.endpoint.protocol {
+            Protocol::Ws => WsClient::connect(
+                &dial.endpoint.url(),
+                dial.options.clone(),
+                dial.ws.clone(),
+                handler,
+            ),
+            Protocol::Tcp => TcpClient::connect(
+                &dial.endpoint.authority(),
+                dial.options.clone(),
+                dial.framing.clone(),
+                handler,
+            ),
+        };
+        if let Ok(client) = connected {
+            backoff.connected(Instant::now());
+            let closer = client.clone();
+            if !core.attach_client(&route, Box::new(move || closer.close())) {
+                client.close();
+                return;
+            }
+            client.closed();
+            core.detach_client(&route);
+        }
+        let delay = match backoff.disconnected(Instant::now()) {
+            BackoffStep::Retry { delay, .. } => delay,
+            BackoffStep::GiveUp { .. } => return,
+        };
+        if core.stopped.wait_timeout(true, delay) {
+            return;
+        }
+    }
+}
+
+/// Handshake deadlines: one thread for every client.
+#[derive(Default)]
+struct Timers {
+    queue: Mutex<TimerQueue>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct TimerQueue {
+    /// Deadlines and client ids, earliest first.
+    due: BinaryHeap<Reverse<(Instant, u64)>>,
+    stopped: bool,
+}
+
+impl Timers {
+    fn add(&self, deadline: Instant, id: u64) {
+        lock(&self.queue).due.push(Reverse((deadline, id)));
+        self.changed.notify_one();
+    }
+
+    fn stop(&self) {
+        lock(&self.queue).stopped = true;
+        self.changed.notify_one();
+    }
+
+    /// Fails each handshake at its deadline, until [`stop`](Self::stop).
+    fn run(&self, core: &Core<Session>) {
+        let mut queue = lock(&self.queue);
+        while !queue.stopped {
+            let now = Instant::now();
+            match queue.due.peek().map(|Reverse((deadline, _))| *deadline) {
+                Some(deadline) if deadline <= now => {
+                    if let Some(Reverse((_, id))) = queue.due.pop() {
+                        drop(queue);
+                        core.handshake_deadline(id);
+                        queue = lock(&self.queue);
+                    }
+                }
+                Some(deadline) => {
+                    queue = self
+                        .changed
+                        .wait_timeout(queue, deadline - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+                None => {
+                    queue = self
+                        .changed
+                        .wait(queue)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+            }
+        }
+    }
+}
+
+/// Events of one backend connection.
+struct BackendHandler {
+    core: Arc<Core<Session>>,
+    route: String,
+}
+
+impl Handler for BackendHandler {
+    fn on_connect(&self, session: &Session) {
+        self.core.backend_up(&self.route, session);
+    }
+
+    fn on_message(&self, _: &Session, message: Message) {
+        self.core.backend_message(&self.route, message);
+    }
+
+    fn on_disconnect(&self, _: &Session, _: &CloseReason) {
+        self.core.backend_down(&self.route);
+    }
+}
+
+/// Events of the gateway's client connections.
+struct ClientHandler {
+    core: Arc<Core<Session>>,
+    timers: Arc<Timers>,
+}
+
+impl Handler for ClientHandler {
+    fn on_connect(&self, session: &Session) {
+        if let Some(deadline) = self.core.client_connected(session) {
+            self.timers.add(deadline, session.id().get());
+        }
+    }
+
+    fn on_message(&self, session: &Session, message: Message) {
+        match self.core.client_message(session.id().get(), message) {
+            Step::Answer { out, close } => {
+                for text in out {
+                    let _ = session.send_text(&text);
+                }
+                if let Some(code) = close {
+                    session.close_with(CloseCode::from(code), "route handshake failed");
+                }
+            }
+            Step::Forward {
+                route,
+                backend,
+                message,
+            } => {
+                if backend.send(message).is_err() {
+                    let _ = session.send_text(&Core::<Session>::unavailable(&route));
+                }
+            }
+        }
+    }
+
+    fn on_disconnect(&self, session: &Session, _: &CloseReason) {
+        self.core.client_disconnected(session.id().get());
+    }
+}

@@ -1,0 +1,271 @@
+//! The gateway on tokio and smol: one generic path over storm-async's
+//! [`Runtime`]. The handlers only do what [`Core`] decides.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use smol::future::or;
+use storm_async::{Handler, Runtime, ServerHandle, Session, TcpClient, WsClient, WsServer};
+use storm_proto::Message;
+use storm_proto::link::CloseReason;
+use storm_proto::reconnect::{Backoff, BackoffStep};
+use storm_proto::ws::CloseCode;
+
+use super::{BackendStatus, Core, Dial, GatewayConfig, GatewayOptions, Protocol, Step};
+
+/// A bound gateway on the async runtime `R` (tokio by default, or
+/// [`storm_smol::Smol`]); [`serve`](Self::serve) runs it. For threads
+/// without a runtime, see [`blocking::Gateway`](super::blocking::Gateway).
+#[derive(Debug)]
+pub struct Gateway<R: Runtime = storm_tokio::Tokio> {
+    server: WsServer<R>,
+    handle: GatewayHandle<R>,
+}
+
+/// Controls a running gateway: backend status, shutdown. Cheap to clone.
+pub struct GatewayHandle<R: Runtime = storm_tokio::Tokio> {
+    server: ServerHandle<R>,
+    core: Arc<Core<Session>>,
+}
+
+impl<R: Runtime> Clone for GatewayHandle<R> {
+    fn clone(&self) -> Self {
+        Self {
+            server: self.server.clone(),
+            core: Arc::clone(&self.core),
+        }
+    }
+}
+
+impl<R: Runtime> std::fmt::Debug for GatewayHandle<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayHandle")
+            .field("local_addr", &self.local_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Runtime> Gateway<R> {
+    /// Binds the WebSocket endpoint (`wss://` with
+    /// [`GatewayOptions::tls`]) and starts connecting every backend, in
+    /// tasks of `R`.
+    ///
+    /// # Errors
+    ///
+    /// A failed bind, or invalid options ([`io::ErrorKind::InvalidInput`]).
+    pub async fn bind(config: GatewayConfig, options: GatewayOptions) -> io::Result<Self> {
+        let server_options = options.server_options();
+        let ws = options.ws_options();
+        let core = Arc::new(Core::new(config, options)?);
+        let server = WsServer::<R>::bind(server_options, ws).await?;
+        for (dial, backoff) in core.dials() {
+            R::spawn(keep_connected::<R>(Arc::clone(&core), dial, backoff));
+        }
+        let handle = GatewayHandle {
+            server: server.handle(),
+            core,
+        };
+        Ok(Self { server, handle })
+    }
+
+    /// The address clients connect to.
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// A handle for status and shutdown.
+    #[must_use]
+    pub fn handle(&self) -> GatewayHandle<R> {
+        self.handle.clone()
+    }
+
+    /// Serves clients until [`GatewayHandle::shutdown`].
+    ///
+    /// # Errors
+    ///
+    /// Only a failing listener.
+    pub async fn serve(self) -> io::Result<()> {
+        let handler = ClientHandler::<R> {
+            core: Arc::clone(&self.handle.core),
+            runtime: std::marker::PhantomData,
+        };
+        self.server.serve(handler).await
+    }
+}
+
+impl<R: Runtime> GatewayHandle<R> {
+    /// The address clients connect to.
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// The configuration the gateway runs with.
+    #[must_use]
+    pub fn config(&self) -> &GatewayConfig {
+        &self.core.config
+    }
+
+    /// Every backend, in file order.
+    #[must_use]
+    pub fn backends(&self) -> Vec<BackendStatus> {
+        self.core.backends()
+    }
+
+    /// Waits until `route`'s backend is connected (`connected = true`) or
+    /// down. Returns `false` at once for a route not in the file.
+    pub async fn wait_backend(&self, route: &str, connected: bool) -> bool {
+        let Some(backend) = self.core.backends.get(route) else {
+            return false;
+        };
+        backend.connected.wait_for(connected).await;
+        true
+    }
+
+    /// Clients connected now (handshake done or not).
+    #[must_use]
+    pub fn client_count(&self) -> usize {
+        self.core.client_count()
+    }
+
+    /// Backend messages dropped: no valid `CLIENT=` header, or for a client
+    /// that has gone.
+    #[must_use]
+    pub fn dropped_replies(&self) -> u64 {
+        self.core.dropped_replies()
+    }
+
+    /// Stops reconnecting, closes every backend connection, closes every
+    /// client gracefully (aborting those still open after `timeout`), and
+    /// returns once [`Gateway::serve`] has returned.
+    pub async fn shutdown(&self, timeout: Duration) {
+        self.core.stop();
+        self.server.shutdown(timeout).await;
+    }
+}
+
+/// `future`'s output, or `None` once the gateway stops.
+async fn unless_stopped<T>(core: &Core<Session>, future: impl Future<Output = T>) -> Option<T> {
+    or(async { Some(future.await) }, async {
+        core.stopped.wait_for(true).await;
+        None
+    })
+    .await
+}
+
+/// Connects one backend, and again whenever its client gives up (the
+/// client itself reconnects a connection that drops).
+async fn keep_connected<R: Runtime>(core: Arc<Core<Session>>, dial: Dial, mut backoff: Backoff) {
+    let route = dial.endpoint.name.clone();
+    loop {
+        let handler = BackendHandler {
+            core: Arc::clone(&core),
+            route: route.clone(),
+        };
+        let connect = async {
+            match dial.endpoint.protocol {
+                Protocol::Ws => {
+                    let url = dial.endpoint.url();
+                    WsClient::<R>::connect(&url, dial.options.clone(), dial.ws.clone(), handler)
+                        .await
+                }
+                Protocol::Tcp => {
+                    let addr = dial.endpoint.authority();
+                    let framing = dial.framing.clone();
+                    TcpClient::<R>::connect(&addr, dial.options.clone(), framing, handler).await
+                }
+            }
+        };
+        let Some(connected) = unless_stopped(&core, connect).await else {
+            return;
+        };
+        if let Ok(client) = connected {
+            backoff.connected(Instant::now());
+            let closer = client.clone();
+            if !core.attach_client(&route, Box::new(move || closer.close())) {
+                client.close();
+                return;
+            }
+            client.closed().await;
+            core.detach_client(&route);
+        }
+        let delay = match backoff.disconnected(Instant::now()) {
+            BackoffStep::Retry { delay, .. } => delay,
+            BackoffStep::GiveUp { .. } => return,
+        };
+        let sleep = R::sleep_until(Instant::now() + delay);
+        if unless_stopped(&core, sleep).await.is_none() {
+            return;
+        }
+    }
+}
+
+/// Events of one backend connection.
+struct BackendHandler {
+    core: Arc<Core<Session>>,
+    route: String,
+}
+
+impl Handler for BackendHandler {
+    async fn on_connect(&self, session: &Session) {
+        self.core.backend_up(&self.route, session);
+    }
+
+    async fn on_message(&self, _: &Session, message: Message) {
+        self.core.backend_message(&self.route, message);
+    }
+
+    async fn on_disconnect(&self, _: &Session, _: &CloseReason) {
+        self.core.backend_down(&self.route);
+    }
+}
+
+/// Events of the gateway's client connections.
+struct ClientHandler<R> {
+    core: Arc<Core<Session>>,
+    runtime: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<R: Runtime> Handler for ClientHandler<R> {
+    async fn on_connect(&self, session: &Session) {
+        if let Some(deadline) = self.core.client_connected(session) {
+            let core = Arc::clone(&self.core);
+            let id = session.id().get();
+            R::spawn(async move {
+                R::sleep_until(deadline).await;
+                core.handshake_deadline(id);
+            });
+        }
+    }
+
+    async fn on_message(&self, session: &Session, message: Message) {
+        match self.core.client_message(session.id().get(), message) {
+            Step::Answer { out, close } => {
+                for text in out {
+                    let _ = session.send_text(&text).await;
+                }
+                if let Some(code) = close {
+                    session.close_with(CloseCode::from(code), "route handshake failed");
+                }
+            }
+            Step::Forward {
+                route,
+                backend,
+                message,
+            } => {
+                if backend.send(message).await.is_err() {
+                    let _ = session
+                        .send_text(&Core::<Session>::unavailable(&route))
+                        .await;
+                }
+            }
+        }
+    }
+
+    async fn on_disconnect(&self, session: &Session, _: &CloseReason) {
+        self.core.client_disconnected(session.id().get());
+    }
+}

@@ -1138,3 +1138,16 @@ async fn deaf_consumer_does_not_slow_the_channel_on_tokio() {
 async fn deaf_consumer_does_not_slow_the_channel_on_std() {
     deaf_consumer_does_not_slow_the_channel("std").await;
 }
+
+#[test]
+fn help_documents_runtime_and_tls() {
+    let (ok, out, _) = run_storm(&["broker", "--help"]);
+    assert!(ok);
+    for text in ["--runtime", "tokio", "smol", "std", "--tls"] {
+        assert!(out.contains(text), "{text} missing from:\n{out}");
+    }
+    for role in ["request", "provider"] {
+        let (ok, out, _) = run_storm(&["client", "broker", role, "--help"]);
+        assert!(ok && out.contains("--tls-ca"), "{role}: {out}");
+    }
+}

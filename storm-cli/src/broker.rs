@@ -25,24 +25,39 @@
 //! [`BrokerError::Timeout`] when the caller's deadline passes, or
 //! [`BrokerError::Disconnected`].
 //!
+//! # Runtimes
+//!
+//! The server runs on tokio ([`BrokerServer`], the default runtime
+//! parameter), on smol (`BrokerServer<storm_smol::Smol>`: one generic
+//! path over [`storm_async::Runtime`]) and on plain threads
+//! ([`blocking::BrokerServer`], storm-std). Every runtime drives the same
+//! shared state: the router, the writer steps and the flow-control rule
+//! are written once. TLS is an option of the server
+//! ([`BrokerOptions::server`]`.tls`) and of the clients
+//! ([`ConsumerOptions::client`]`.tls`, [`ProviderOptions::client`]`.tls`).
+//!
+//! [`Consumer`] and [`Provider`], the client library, run on tokio only.
+//!
 //! # Flow control
 //!
 //! A consumer sends a request frame by frame and waits whenever its
 //! connection is backpressured, so a 50 MiB request never sits in memory
 //! twice. The server forwards frames as they arrive; before it reads the
 //! next frame of a request or response already under way it waits until
-//! the receiving side of the channel has drained its queue to half, so a
-//! stream slows down to the pace of its reader instead of overflowing it.
-//! New requests are not held back: when every provider's queue is full,
-//! the router answers them with `BUSY` at once.
+//! the one connection that frame goes to
+//! ([`Router::next_hop`](storm_proto::broker::Router::next_hop): the
+//! request's provider for request data, its consumer for response data)
+//! has drained its queue to half, so a stream slows down to the pace of
+//! its reader instead of overflowing it.
 //!
-//! The wait is per channel, not per request: the router does not say which
-//! connection a frame will go to, so a stream waits for *every* receiver
-//! on its channel (every provider for request data, every consumer for
-//! response data). One slow receiver therefore slows the channel's other
-//! streams, for at most [`BrokerOptions::flow_wait`] per frame; after that
-//! the frame goes to the router, which fails its request with `BUSY` if
-//! there is still no room.
+//! The wait is per request: a slow receiver slows only the streams that go
+//! to it, never another request's stream on the same channel. It is
+//! bounded by [`BrokerOptions::flow_wait`] per frame; after that the frame
+//! goes to the router, which fails its request with `BUSY` if there is
+//! still no room. A connection reads nothing while one of its frames
+//! waits, so streams that share one sending connection wait together. New
+//! requests are not held back: when every provider's queue is full, the
+//! router answers them with `BUSY` at once.
 //!
 //! # Example
 //!
@@ -81,9 +96,11 @@ use std::io;
 use storm_proto::broker::{ConfigError, ErrorCode, ErrorPayload};
 use storm_tokio::ClientError;
 
+pub mod blocking;
 pub mod cli;
 mod client;
 mod consumer;
+mod core;
 mod provider;
 mod server;
 

@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use storm_cli::broker::{
     BrokerError, BrokerHandle, BrokerOptions, BrokerServer, Consumer, ConsumerOptions, Provider,
-    ProviderHandle, ProviderOptions, Request,
+    ProviderHandle, ProviderOptions, Request, blocking,
 };
 use storm_proto::broker::{
     ChannelId, ClientId, ErrorCode, ErrorPayload, Frame, FrameCodec, FrameConfig, FrameType,
-    HEADER_LEN, Registration, RequestId, Role,
+    HEADER_LEN, Registration, RequestId, Role, RouterStats,
 };
+use storm_proto::options::{ClientOptions, TlsClientOptions};
 use tokio::sync::mpsc;
 
 /// The bound on every wait that should be short.
@@ -625,4 +626,528 @@ fn help_documents_the_broker_options() {
         ok && out.contains("--size") && out.contains("--data"),
         "{out}"
     );
+}
+
+// ---- every runtime, and TLS -------------------------------------------------
+
+/// A broker serving on one of the three runtimes (the clients stay on
+/// the test's tokio runtime).
+enum Running {
+    Tokio(BrokerHandle),
+    Smol(
+        BrokerHandle<storm_smol::Smol>,
+        Option<std::thread::JoinHandle<()>>,
+    ),
+    Std(blocking::BrokerHandle, Option<std::thread::JoinHandle<()>>),
+}
+
+impl Running {
+    /// Binds a broker on `runtime` (`"tokio"`, `"smol"` or `"std"`) on a
+    /// free loopback port and serves it in the background.
+    async fn start(runtime: &str, configure: impl FnOnce(&mut BrokerOptions)) -> (String, Self) {
+        let mut options = BrokerOptions::default();
+        configure(&mut options);
+        match runtime {
+            "tokio" => {
+                let (addr, handle) = broker(|o| *o = options).await;
+                (addr, Self::Tokio(handle))
+            }
+            "smol" => {
+                let server = smol::block_on(BrokerServer::<storm_smol::Smol>::bind_on(options))
+                    .expect("bind on smol");
+                let addr = server.local_addr().to_string();
+                let handle = server.handle();
+                let thread = std::thread::spawn(move || {
+                    smol::block_on(server.serve()).expect("serves");
+                });
+                (addr, Self::Smol(handle, Some(thread)))
+            }
+            "std" => {
+                let server = blocking::BrokerServer::bind(options).expect("bind on std");
+                let addr = server.local_addr().to_string();
+                let handle = server.handle();
+                let thread = std::thread::spawn(move || server.serve().expect("serves"));
+                (addr, Self::Std(handle, Some(thread)))
+            }
+            other => panic!("no runtime {other}"),
+        }
+    }
+
+    fn stats(&self) -> RouterStats {
+        match self {
+            Self::Tokio(h) => h.stats(),
+            Self::Smol(h, _) => h.stats(),
+            Self::Std(h, _) => h.stats(),
+        }
+    }
+
+    fn held_streams(&self) -> usize {
+        match self {
+            Self::Tokio(h) => h.held_streams(),
+            Self::Smol(h, _) => h.held_streams(),
+            Self::Std(h, _) => h.held_streams(),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let stop = Duration::from_secs(1);
+        let thread = match self {
+            Self::Tokio(_) => None,
+            Self::Smol(h, thread) => {
+                smol::block_on(h.shutdown(stop));
+                thread.take()
+            }
+            Self::Std(h, thread) => {
+                h.shutdown(stop);
+                thread.take()
+            }
+        };
+        if let Some(thread) = thread {
+            let joined = thread.join();
+            if !std::thread::panicking() {
+                joined.expect("the broker thread ends cleanly");
+            }
+        }
+    }
+}
+
+/// The broker's main scenario against a broker at `addr`: a round trip, a
+/// multi-chunk streamed request and response of a few MiB, and a provider
+/// that leaves mid-request (`PROVIDER_GONE`).
+async fn main_scenario(addr: &str, broker: &Running, client: ClientOptions, label: &str) {
+    let (upper, big, gone) = (channel(101), channel(102), channel(103));
+    let connect_consumer = |ch| {
+        let mut options = ConsumerOptions::default();
+        options.client = client.clone();
+        options.frame = frame_of(256 * 1024);
+        Consumer::connect(addr, ch, options)
+    };
+    let connect_provider = |ch| {
+        let mut options = ProviderOptions::default();
+        options.client = client.clone();
+        options.frame = frame_of(256 * 1024);
+        Provider::connect(addr, ch, options)
+    };
+    let provider = within("provider", connect_provider(upper))
+        .await
+        .expect("provider registers");
+    tokio::spawn(
+        provider.serve(|r: Request| async move { Ok(Bytes::from(r.payload.to_ascii_uppercase())) }),
+    );
+    let echo = within("provider", connect_provider(big))
+        .await
+        .expect("provider registers");
+    tokio::spawn(echo.serve(|r: Request| async move { Ok(r.payload) }));
+    let stuck = within("provider", connect_provider(gone))
+        .await
+        .expect("provider registers");
+    let stuck_handle = stuck.handle();
+    let (seen, mut got) = mpsc::channel(4);
+    tokio::spawn(stuck.serve(move |r: Request| {
+        let seen = seen.clone();
+        async move {
+            let _ = seen.send(r.id).await;
+            std::future::pending().await
+        }
+    }));
+
+    let consumer = within("consumer", connect_consumer(upper))
+        .await
+        .expect("consumer registers");
+    let reply = within(
+        "request",
+        consumer.request(Bytes::from_static(b"hello"), WAIT),
+    )
+    .await;
+    assert_eq!(reply.expect("answered"), &b"HELLO"[..], "{label}");
+
+    // 4 MiB in frames of 256 KiB, both ways.
+    let consumer = within("consumer", connect_consumer(big))
+        .await
+        .expect("consumer registers");
+    let payload = noise(4 << 20);
+    let reply = within("big request", consumer.request(payload.clone(), WAIT))
+        .await
+        .expect("4 MiB answered");
+    assert_eq!(reply.len(), payload.len(), "{label}");
+    assert_eq!(fnv1a(&reply), fnv1a(&payload), "{label}");
+
+    let consumer = within("consumer", connect_consumer(gone))
+        .await
+        .expect("consumer registers");
+    let pending = tokio::spawn({
+        let consumer = consumer.clone();
+        async move { consumer.request(Bytes::from_static(b"work"), WAIT).await }
+    });
+    within("provider got the request", got.recv())
+        .await
+        .expect("request");
+    stuck_handle.abort();
+    let result = within("answer", pending).await.expect("task");
+    assert_eq!(
+        code(&result),
+        Some(ErrorCode::PROVIDER_GONE),
+        "{label}: {result:?}"
+    );
+
+    let stats = broker.stats();
+    assert_eq!(stats.requests_completed, 2, "{label}: {stats:?}");
+    assert_eq!(stats.provider_gone, 1, "{label}: {stats:?}");
+    assert!(
+        stats.frames_in >= 2 * 16,
+        "{label}: streamed in frames: {stats:?}"
+    );
+    assert_eq!(stats.busy, 0, "{label}: {stats:?}");
+}
+
+fn frame_of(max_payload: usize) -> FrameConfig {
+    let mut frame = FrameConfig::default();
+    frame.max_payload = max_payload;
+    frame
+}
+
+async fn scenario_on(runtime: &str) {
+    let (addr, broker) = Running::start(runtime, |o| o.frame = frame_of(256 * 1024)).await;
+    main_scenario(&addr, &broker, ClientOptions::default(), runtime).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn main_scenario_on_tokio() {
+    scenario_on("tokio").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn main_scenario_on_smol() {
+    scenario_on("smol").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn main_scenario_on_std() {
+    scenario_on("std").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn main_scenario_over_tls_on_every_runtime() {
+    let pki = storm_tests::suite::pki::Pki::new();
+    for runtime in ["tokio", "smol", "std"] {
+        let (addr, broker) = Running::start(runtime, |o| {
+            o.frame = frame_of(256 * 1024);
+            o.server.tls = Some(pki.server());
+        })
+        .await;
+        let tls = ClientOptions {
+            tls: Some(pki.client()),
+            ..ClientOptions::default()
+        };
+        main_scenario(&addr, &broker, tls, &format!("{runtime} over TLS")).await;
+        // A client that does not trust the broker's CA gets nowhere.
+        let mut untrusted = ConsumerOptions::default();
+        untrusted.client.tls = Some(TlsClientOptions::default());
+        let refused = within(
+            "untrusted",
+            Consumer::connect(&addr, channel(101), untrusted),
+        )
+        .await;
+        assert!(refused.is_err(), "{runtime}: an unknown CA is refused");
+    }
+}
+
+#[test]
+fn storm_binary_broker_on_every_runtime_over_tls() {
+    let pki = storm_tests::suite::pki::Pki::new();
+    let dir = std::env::temp_dir().join(format!("storm-broker-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (cert, key, ca) = (
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+        dir.join("ca.pem"),
+    );
+    let server = pki.server();
+    std::fs::write(&cert, &server.cert_chain_pem).expect("cert");
+    std::fs::write(&key, &server.key_pem).expect("key");
+    std::fs::write(&ca, &pki.ca_pem).expect("ca");
+    let path = |p: &std::path::Path| p.to_str().expect("utf-8 path").to_owned();
+    let (cert, key, ca) = (path(&cert), path(&key), path(&ca));
+    for runtime in ["tokio", "smol", "std"] {
+        let (mut broker, banner, _out) = spawn_storm(&[
+            "broker",
+            "--addr",
+            "127.0.0.1:0",
+            "--runtime",
+            runtime,
+            "--tls",
+            &cert,
+            &key,
+        ]);
+        assert!(
+            banner
+                .to_lowercase()
+                .contains(&format!("{runtime} runtime"))
+                && banner.contains("listening on tls://"),
+            "broker banner: {banner}"
+        );
+        let addr = banner
+            .trim()
+            .rsplit("://")
+            .next()
+            .expect("address")
+            .to_owned();
+        let (_provider, line, _out) = spawn_storm(&[
+            "client",
+            "broker",
+            "provider",
+            "--addr",
+            &addr,
+            "--channel",
+            "42",
+            "--mode",
+            "upper",
+            "--tls-ca",
+            &ca,
+        ]);
+        assert!(
+            line.contains("registered at tls://"),
+            "provider banner: {line}"
+        );
+        let (ok, out, err) = run_storm(&[
+            "client",
+            "broker",
+            "request",
+            "--addr",
+            &addr,
+            "--channel",
+            "42",
+            "--data",
+            "over tls",
+            "--tls-ca",
+            &ca,
+        ]);
+        assert!(ok, "{runtime}: stderr: {err}");
+        assert_eq!(out.trim(), "OVER TLS", "{runtime}");
+        // Plain TCP to a TLS broker: no registration.
+        let (ok, _, _) = run_storm(&[
+            "client",
+            "broker",
+            "request",
+            "--addr",
+            &addr,
+            "--channel",
+            "42",
+            "--data",
+            "x",
+        ]);
+        assert!(!ok, "{runtime}: plain TCP must not get through");
+        // Ctrl-C stops the broker gracefully.
+        let pid = broker.0.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-INT", &pid])
+                .status()
+                .expect("kill")
+                .success()
+        );
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(status) = broker.0.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "{runtime}: no exit after Ctrl-C");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{runtime}: exit after Ctrl-C: {status}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---- flow control is per request --------------------------------------------
+
+/// Options for the flow-control tests: small frames and queues, no
+/// broker timeout meanwhile, and a `flow_wait` far longer than a test
+/// waits, so a stream held for the wrong receiver cannot finish in time.
+fn small_queues(o: &mut BrokerOptions) {
+    o.frame = frame_of(64 * 1024);
+    o.router.max_queued_bytes = 1 << 20;
+    o.router.default_timeout = Duration::from_secs(60);
+    o.flow_wait = Duration::from_secs(60);
+}
+
+/// How long the other stream on the channel may take: far less than
+/// `flow_wait`.
+const QUICK: Duration = Duration::from_secs(5);
+
+async fn small_consumer(addr: &str, ch: ChannelId) -> Consumer {
+    let mut options = ConsumerOptions::default();
+    options.frame = frame_of(64 * 1024);
+    options.server_timeout = Duration::from_secs(60);
+    within("consumer", Consumer::connect(addr, ch, options))
+        .await
+        .expect("consumer registers")
+}
+
+async fn small_provider<F, Fut>(addr: &str, ch: ChannelId, answer: F)
+where
+    F: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Bytes, ErrorPayload>> + Send + 'static,
+{
+    let mut options = ProviderOptions::default();
+    options.frame = frame_of(64 * 1024);
+    let provider = within("provider", Provider::connect(addr, ch, options))
+        .await
+        .expect("provider registers");
+    tokio::spawn(provider.serve(answer));
+}
+
+/// Waits (bounded) until the broker holds a stream back for a slow
+/// receiver.
+async fn until_held(broker: &Running, label: &str) {
+    let deadline = Instant::now() + WAIT;
+    while broker.held_streams() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{label}: the slow receiver never held a stream back"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A request streamed to a provider that does not read stalls; another
+/// consumer's request to the other provider of the same channel goes
+/// through at full speed. (With flow control per channel it waited for
+/// the deaf provider too, for `flow_wait`.)
+async fn deaf_provider_does_not_slow_the_channel(runtime: &str) {
+    let (addr, broker) = Running::start(runtime, small_queues).await;
+    let ch = channel(120);
+    // Registered first: the first request goes to it.
+    let _deaf = deaf_provider(&addr, ch);
+    small_provider(&addr, ch, |r: Request| async move { Ok(r.payload) }).await;
+
+    let slow = small_consumer(&addr, ch).await;
+    let mut stream = within("start", slow.stream(Duration::from_secs(60)))
+        .await
+        .expect("started");
+    let upload = tokio::spawn(async move {
+        // 64 MiB: far more than socket buffers and the queue hold.
+        let piece = Bytes::from(vec![7u8; 1 << 20]);
+        for _ in 0..64 {
+            if stream.write(piece.clone()).await.is_err() {
+                break;
+            }
+        }
+    });
+    until_held(&broker, runtime).await;
+
+    let other = small_consumer(&addr, ch).await;
+    let payload = noise(2 << 20);
+    let started = Instant::now();
+    let reply = tokio::time::timeout(QUICK, other.request(payload.clone(), WAIT))
+        .await
+        .unwrap_or_else(|_| panic!("{runtime}: the other stream was held back"))
+        .expect("answered");
+    assert_eq!(fnv1a(&reply), fnv1a(&payload), "{runtime}");
+    assert!(broker.held_streams() >= 1, "{runtime}: still stalled");
+    eprintln!(
+        "{runtime}: 2 MiB round trip beside a stalled stream in {:?}",
+        started.elapsed()
+    );
+    upload.abort();
+}
+
+/// A consumer that registers, sends one empty request and never reads
+/// again.
+fn deaf_consumer(addr: &str, ch: ChannelId) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    let registration = Registration {
+        role: Role::Consumer,
+        client_id: ClientId::from_bytes([3; 16]),
+        channel_id: ch,
+        timeout: Duration::from_secs(60),
+    };
+    let codec = FrameCodec::default();
+    let mut wire = BytesMut::new();
+    let reg = RequestId::from_bytes([4; 16]);
+    codec
+        .encode(
+            &Frame::new(FrameType::Start, reg, registration.encode()),
+            &mut wire,
+        )
+        .expect("fits");
+    stream.write_all(&wire).expect("register");
+    let mut ack = [0u8; HEADER_LEN];
+    stream.read_exact(&mut ack).expect("acknowledged");
+    assert_eq!(ack[1], FrameType::Response.to_u8());
+    wire.clear();
+    let id = RequestId::from_bytes([5; 16]);
+    for t in [FrameType::Start, FrameType::End] {
+        codec
+            .encode(&Frame::new(t, id, Bytes::new()), &mut wire)
+            .expect("fits");
+    }
+    stream.write_all(&wire).expect("request");
+    stream
+}
+
+/// A provider's big response to a consumer that does not read stalls;
+/// another provider's response on the same channel goes through. (With
+/// flow control per channel it waited for the deaf consumer too.)
+async fn deaf_consumer_does_not_slow_the_channel(runtime: &str) {
+    let (addr, broker) = Running::start(runtime, small_queues).await;
+    let ch = channel(121);
+    // Registered first: the deaf consumer's request goes to it.
+    small_provider(&addr, ch, |_r: Request| async move {
+        Ok(Bytes::from(vec![9u8; 64 << 20]))
+    })
+    .await;
+    small_provider(&addr, ch, |r: Request| async move { Ok(r.payload) }).await;
+    let _deaf = deaf_consumer(&addr, ch);
+    until_held(&broker, runtime).await;
+
+    let other = small_consumer(&addr, ch).await;
+    let payload = noise(2 << 20);
+    let reply = tokio::time::timeout(QUICK, other.request(payload.clone(), WAIT))
+        .await
+        .unwrap_or_else(|_| panic!("{runtime}: the other response was held back"))
+        .expect("answered");
+    assert_eq!(fnv1a(&reply), fnv1a(&payload), "{runtime}");
+    assert!(broker.held_streams() >= 1, "{runtime}: still stalled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deaf_provider_does_not_slow_the_channel_on_tokio() {
+    deaf_provider_does_not_slow_the_channel("tokio").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deaf_provider_does_not_slow_the_channel_on_smol() {
+    deaf_provider_does_not_slow_the_channel("smol").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deaf_provider_does_not_slow_the_channel_on_std() {
+    deaf_provider_does_not_slow_the_channel("std").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deaf_consumer_does_not_slow_the_channel_on_tokio() {
+    deaf_consumer_does_not_slow_the_channel("tokio").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deaf_consumer_does_not_slow_the_channel_on_std() {
+    deaf_consumer_does_not_slow_the_channel("std").await;
+}
+
+#[test]
+fn help_documents_runtime_and_tls() {
+    let (ok, out, _) = run_storm(&["broker", "--help"]);
+    assert!(ok);
+    for text in ["--runtime", "tokio", "smol", "std", "--tls"] {
+        assert!(out.contains(text), "{text} missing from:\n{out}");
+    }
+    for role in ["request", "provider"] {
+        let (ok, out, _) = run_storm(&["client", "broker", role, "--help"]);
+        assert!(ok && out.contains("--tls-ca"), "{role}: {out}");
+    }
 }

@@ -2,14 +2,20 @@
 //! broker library.
 
 use std::io;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::{Subcommand, ValueEnum};
-use storm_proto::broker::{ChannelId, RouterConfig};
+use storm_proto::broker::{ChannelId, RouterConfig, RouterStats};
+use storm_proto::options::{ClientOptions, TlsClientOptions};
+
+use crate::interrupt;
+use crate::runtime::{AsyncRuntime, Runtime, TlsArgs};
 
 use super::{
     BrokerError, BrokerOptions, BrokerServer, Consumer, ConsumerOptions, Provider, ProviderOptions,
+    blocking,
 };
 
 /// Options of `storm broker`.
@@ -54,6 +60,13 @@ pub struct ServerArgs {
     /// Print the broker's counters this often (e.g. 10s); 0s = never.
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     pub stats_every: Duration,
+    /// Runtime to serve on: tokio or smol (async tasks), or std (threads:
+    /// a reader and a writer per connection).
+    #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
+    pub runtime: Runtime,
+    /// `--tls CERT_PEM KEY_PEM`: serve TLS only.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// `storm client broker <role>`.
@@ -91,6 +104,10 @@ pub struct RequestArgs {
     /// Largest frame payload in bytes (must match the broker's).
     #[arg(long, default_value_t = 1 << 20)]
     pub max_frame: usize,
+    /// Connect over TLS, trusting only the CA certificates in this PEM
+    /// file (for a broker started with `--tls`).
+    #[arg(long, value_name = "CA_PEM")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// Options of `storm client broker provider`.
@@ -115,6 +132,10 @@ pub struct ProviderArgs {
     /// Largest frame payload in bytes (must match the broker's).
     #[arg(long, default_value_t = 1 << 20)]
     pub max_frame: usize,
+    /// Connect over TLS, trusting only the CA certificates in this PEM
+    /// file (for a broker started with `--tls`).
+    #[arg(long, value_name = "CA_PEM")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// What the demo provider answers.
@@ -186,15 +207,21 @@ fn frame(max: usize) -> storm_proto::broker::FrameConfig {
     frame
 }
 
-/// Runs `storm broker` until Ctrl-C.
+/// How long connections get to close on Ctrl-C.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs `storm broker` until Ctrl-C, on the runtime `--runtime` names.
 ///
 /// # Errors
 ///
-/// Invalid options, or a failed bind.
+/// Invalid options, unreadable TLS files, or a failed bind.
 pub fn serve(args: &ServerArgs) -> Result<(), BrokerError> {
     let mut options = BrokerOptions::default();
     options.server.addr.clone_from(&args.addr);
     options.server.max_connections = args.max_connections;
+    args.tls
+        .apply(&mut options.server)
+        .map_err(BrokerError::Io)?;
     options.frame = frame(args.max_frame);
     let router = &mut options.router;
     router.default_timeout = args.request_timeout;
@@ -203,41 +230,117 @@ pub fn serve(args: &ServerArgs) -> Result<(), BrokerError> {
     router.max_requests_per_consumer = args.max_requests_per_consumer;
     router.max_queued_frames = args.max_queued_frames;
     router.max_queued_bytes = args.max_queued_bytes;
-    runtime().map_err(BrokerError::Io)?.block_on(async {
-        let server = BrokerServer::bind(options).await?;
-        println!("storm broker listening on tcp://{}", server.local_addr());
-        if !args.stats_every.is_zero() {
+    interrupt::install().map_err(BrokerError::Io)?;
+    match args.runtime {
+        Runtime::Tokio => serve_async::<storm_tokio::Tokio>(args, options),
+        Runtime::Smol => serve_async::<storm_smol::Smol>(args, options),
+        Runtime::Std => serve_std(args, options),
+    }
+}
+
+fn banner(args: &ServerArgs, addr: std::net::SocketAddr) {
+    println!(
+        "storm broker ({:?} runtime) listening on {}://{addr}",
+        args.runtime,
+        args.tls.scheme(false)
+    );
+    tracing::info!(%addr, runtime = ?args.runtime, tls = args.tls.enabled(), "broker listening");
+}
+
+/// One line of counters for `--stats-every`.
+fn stats_line(connections: usize, open: usize, s: &RouterStats) -> String {
+    format!(
+        "connections {connections} | requests open {open} started {} completed {} | \
+         no responders {} busy {} timed out {} provider gone {} cancelled {}",
+        s.requests_started,
+        s.requests_completed,
+        s.no_responders,
+        s.busy,
+        s.timed_out,
+        s.provider_gone,
+        s.cancelled,
+    )
+}
+
+fn serve_async<R: AsyncRuntime>(
+    args: &ServerArgs,
+    options: BrokerOptions,
+) -> Result<(), BrokerError> {
+    let mut result = Ok(());
+    R::block_on(async {
+        result = async {
+            let server = BrokerServer::<R>::bind_on(options).await?;
+            banner(args, server.local_addr());
+            if !args.stats_every.is_zero() {
+                let handle = server.handle();
+                let every = args.stats_every;
+                R::spawn(async move {
+                    let mut next = Instant::now() + every;
+                    loop {
+                        R::sleep_until(next).await;
+                        let line = stats_line(
+                            handle.connections(),
+                            handle.open_requests(),
+                            &handle.stats(),
+                        );
+                        println!("{line}");
+                        next = (next + every).max(Instant::now());
+                    }
+                });
+            }
             let handle = server.handle();
-            let every = args.stats_every;
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.tick().await;
-                loop {
-                    tick.tick().await;
-                    let s = handle.stats();
-                    println!(
-                        "connections {} | requests open {} started {} completed {} | \
-                         no responders {} busy {} timed out {} provider gone {} cancelled {}",
-                        handle.connections(),
-                        handle.open_requests(),
-                        s.requests_started,
-                        s.requests_completed,
-                        s.no_responders,
-                        s.busy,
-                        s.timed_out,
-                        s.provider_gone,
-                        s.cancelled,
-                    );
-                }
+            R::spawn(async move {
+                interrupt::ctrl_c().await;
+                tracing::info!("Ctrl-C: shutting down");
+                handle.shutdown(STOP_TIMEOUT).await;
             });
+            server.serve().await
         }
-        let handle = server.handle();
-        crate::interrupt::spawn_on_ctrl_c(async move {
-            handle.shutdown(std::time::Duration::from_secs(5)).await;
-        })
-        .map_err(BrokerError::Io)?;
-        server.serve().await
+        .await;
+        Ok(())
     })
+    .map_err(BrokerError::Io)?;
+    result
+}
+
+fn serve_std(args: &ServerArgs, options: BrokerOptions) -> Result<(), BrokerError> {
+    let server = blocking::BrokerServer::bind(options)?;
+    banner(args, server.local_addr());
+    let handle = server.handle();
+    if !args.stats_every.is_zero() {
+        let handle = handle.clone();
+        let every = args.stats_every;
+        std::thread::spawn(move || {
+            let mut next = Instant::now() + every;
+            loop {
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                let line = stats_line(
+                    handle.connections(),
+                    handle.open_requests(),
+                    &handle.stats(),
+                );
+                println!("{line}");
+                next = (next + every).max(Instant::now());
+            }
+        });
+    }
+    let serving = server.spawn()?;
+    interrupt::wait();
+    tracing::info!("Ctrl-C: shutting down");
+    handle.shutdown(STOP_TIMEOUT);
+    serving
+        .join()
+        .map_err(|_| BrokerError::Io(io::Error::other("the broker thread panicked")))?
+}
+
+/// Client options for `--tls-ca`.
+fn client_options(tls_ca: Option<&PathBuf>) -> Result<ClientOptions, BrokerError> {
+    let mut options = ClientOptions::default();
+    if let Some(ca) = tls_ca {
+        let pem = storm_proto::tls::read_pem_file(ca).map_err(BrokerError::Io)?;
+        options.tls = Some(TlsClientOptions::with_ca(pem));
+    }
+    Ok(options)
 }
 
 /// Runs `storm client broker …`.
@@ -255,6 +358,7 @@ pub fn client(args: &ClientArgs) -> Result<(), BrokerError> {
 
 async fn request(args: &RequestArgs) -> Result<(), BrokerError> {
     let options = ConsumerOptions {
+        client: client_options(args.tls_ca.as_ref())?,
         frame: frame(args.max_frame),
         // The broker applies the same deadline (capped at its maximum).
         server_timeout: args.timeout,
@@ -291,6 +395,7 @@ async fn request(args: &RequestArgs) -> Result<(), BrokerError> {
 
 async fn provide(args: &ProviderArgs) -> Result<(), BrokerError> {
     let options = ProviderOptions {
+        client: client_options(args.tls_ca.as_ref())?,
         frame: frame(args.max_frame),
         max_concurrent: args.concurrency,
         ..ProviderOptions::default()
@@ -300,8 +405,9 @@ async fn provide(args: &ProviderArgs) -> Result<(), BrokerError> {
         Mode::Echo => "echo",
         Mode::Upper => "upper",
     };
+    let scheme = if args.tls_ca.is_some() { "tls" } else { "tcp" };
     println!(
-        "storm broker provider ({mode}) registered at tcp://{}",
+        "storm broker provider ({mode}) registered at {scheme}://{}",
         args.addr
     );
     let (mode, delay) = (args.mode, args.delay);

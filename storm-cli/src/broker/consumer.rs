@@ -25,7 +25,8 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 #[non_exhaustive]
 pub struct ConsumerOptions {
     /// Connect timeout (also bounds the registration), socket options and
-    /// send backpressure. Default: [`ClientOptions::default`].
+    /// send backpressure, TLS ([`ClientOptions::tls`]: required for a
+    /// broker that serves TLS). Default: [`ClientOptions::default`].
     /// The slow-consumer policy is always `Wait` (frames are never
     /// dropped); `reconnect` must stay off (a registration does not survive
     /// a reconnect).
@@ -62,7 +63,8 @@ impl Default for ConsumerOptions {
 
 /// A consumer connected to a broker on one channel. Cheap to clone; the
 /// connection closes when the last clone is dropped (or on
-/// [`close`](Self::close)).
+/// [`close`](Self::close)). Runs on tokio only (the broker it talks to
+/// may run on any runtime).
 #[derive(Clone)]
 pub struct Consumer {
     inner: Arc<Inner>,

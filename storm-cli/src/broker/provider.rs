@@ -25,7 +25,8 @@ use super::client::{Connection, Incoming, send, send_soon};
 #[non_exhaustive]
 pub struct ProviderOptions {
     /// Connect timeout (also bounds the registration), socket options and
-    /// send backpressure. Default: [`ClientOptions::default`].
+    /// send backpressure, TLS ([`ClientOptions::tls`]: required for a
+    /// broker that serves TLS). Default: [`ClientOptions::default`].
     /// The slow-consumer policy is always `Wait` (frames are never
     /// dropped); `reconnect` must stay off (a registration does not survive
     /// a reconnect).
@@ -72,7 +73,8 @@ pub struct Request {
 }
 
 /// A provider registered on a channel; [`serve`](Self::serve) answers its
-/// requests.
+/// requests. Runs on tokio only (the broker it talks to may run on any
+/// runtime).
 pub struct Provider {
     conn: Connection,
     handle: ProviderHandle,

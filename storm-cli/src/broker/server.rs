@@ -1,33 +1,35 @@
-//! The broker server: the core's [`Router`] behind a [`TcpServer`].
+//! The broker server on tokio and smol: the shared broker state
+//! ([`super::core`]) behind a [`storm_async::TcpServer`], one generic path
+//! over [`storm_async::Runtime`].
 
-use std::collections::HashMap;
+use std::future::{Future, poll_fn};
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use storm_async::{Handler, Runtime, ServerHandle, Session, TcpServer};
 use storm_proto::Message;
-use storm_proto::backpressure::SlowConsumerPolicy;
-use storm_proto::broker::{
-    BrokerFramer, ChannelId, ConnId, ErrorCode, ErrorPayload, Frame, FrameConfig, FrameType, Role,
-    Router, RouterConfig, RouterEvent, RouterStats,
-};
+use storm_proto::broker::{ConnId, Frame, FrameConfig, RouterConfig, RouterStats};
 use storm_proto::link::CloseReason;
 use storm_proto::options::ServerOptions;
-use storm_tokio::{Handler, ServerHandle, Session, TcpServer};
 use tokio::sync::Notify;
 
 use super::BrokerError;
+use super::core::{Shared, Signals, Step};
 
-/// Everything a [`BrokerServer`] is configured with.
+/// Everything a broker server is configured with (on every runtime).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct BrokerOptions {
     /// Address, socket options, connection limit, per-session send
-    /// backpressure. Default: [`ServerOptions::default`] (`127.0.0.1:0`).
-    /// The slow-consumer policy is always `Wait`: the router's bounded
-    /// queues (and `BUSY`) are the broker's policy, so no frame is dropped
-    /// by the session.
+    /// backpressure, TLS ([`ServerOptions::tls`]: the broker then speaks
+    /// TLS only). Default: [`ServerOptions::default`] (`127.0.0.1:0`, no
+    /// TLS). The slow-consumer policy is always `Wait`: the router's
+    /// bounded queues (and `BUSY`) are the broker's policy, so no frame is
+    /// dropped by the session.
     pub server: ServerOptions,
     /// Timeouts and queue limits of the router (see [`RouterConfig`] for
     /// each default). Its `max_frame_payload` is replaced by
@@ -36,10 +38,10 @@ pub struct BrokerOptions {
     /// The largest frame payload accepted or sent. Default 1 MiB.
     pub frame: FrameConfig,
     /// How long the next frame of a stream under way (a request's `Chunk`
-    /// or `End`, a provider's `Response`) waits for its receivers to drain
-    /// their queues before it is handed to the router anyway (which then
-    /// fails the request with `BUSY` if there is still no room). Default
-    /// 30 s.
+    /// or `End`, a provider's `Response`) waits for the one connection it
+    /// goes to to drain its queue before it is handed to the router anyway
+    /// (which then fails the request with `BUSY` if there is still no
+    /// room). Default 30 s.
     pub flow_wait: Duration,
 }
 
@@ -54,14 +56,45 @@ impl Default for BrokerOptions {
     }
 }
 
-/// A running broker's controls: counters and shutdown. Cheap to clone.
-#[derive(Clone)]
-pub struct BrokerHandle {
-    server: ServerHandle,
-    shared: Arc<Shared>,
+/// How the async path wakes things: [`Notify`] (`tokio::sync`, which runs
+/// on any executor).
+pub(super) struct AsyncSignals {
+    timer: Notify,
+    drained: Notify,
 }
 
-impl std::fmt::Debug for BrokerHandle {
+impl Signals for AsyncSignals {
+    type Writer = Arc<Notify>;
+
+    fn wake_writer(writer: &Arc<Notify>) {
+        writer.notify_one();
+    }
+
+    fn rearm_timer(&self) {
+        self.timer.notify_one();
+    }
+
+    fn drained(&self) {
+        self.drained.notify_waiters();
+    }
+}
+
+/// A running broker's controls: counters and shutdown. Cheap to clone.
+pub struct BrokerHandle<R: Runtime = storm_tokio::Tokio> {
+    server: ServerHandle<R>,
+    shared: Arc<Shared<AsyncSignals>>,
+}
+
+impl<R: Runtime> Clone for BrokerHandle<R> {
+    fn clone(&self) -> Self {
+        Self {
+            server: self.server.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<R: Runtime> std::fmt::Debug for BrokerHandle<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BrokerHandle")
             .field("local_addr", &self.server.local_addr())
@@ -69,18 +102,25 @@ impl std::fmt::Debug for BrokerHandle {
     }
 }
 
-impl BrokerHandle {
+impl<R: Runtime> BrokerHandle<R> {
     /// The router's counters: every frame that did not reach its
     /// destination is counted in one of them.
     #[must_use]
     pub fn stats(&self) -> RouterStats {
-        self.shared.lock().router.stats()
+        self.shared.stats()
     }
 
     /// Requests in flight.
     #[must_use]
     pub fn open_requests(&self) -> usize {
-        self.shared.lock().router.open_requests()
+        self.shared.open_requests()
+    }
+
+    /// Streams held back by flow control right now: a frame of each waits
+    /// for the connection it goes to to drain its queue.
+    #[must_use]
+    pub fn held_streams(&self) -> usize {
+        self.shared.held_streams()
     }
 
     /// Connections open.
@@ -96,13 +136,17 @@ impl BrokerHandle {
     }
 }
 
-/// The broker server.
-pub struct BrokerServer {
-    server: TcpServer,
-    shared: Arc<Shared>,
+/// The broker server on an async runtime: tokio (the default,
+/// `BrokerServer` is `BrokerServer<storm_tokio::Tokio>`) or smol
+/// (`BrokerServer<storm_smol::Smol>`). For plain threads see
+/// [`blocking::BrokerServer`](super::blocking::BrokerServer).
+pub struct BrokerServer<R: Runtime = storm_tokio::Tokio> {
+    server: TcpServer<R>,
+    shared: Arc<Shared<AsyncSignals>>,
+    runtime: PhantomData<fn() -> R>,
 }
 
-impl std::fmt::Debug for BrokerServer {
+impl<R: Runtime> std::fmt::Debug for BrokerServer<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BrokerServer")
             .field("local_addr", &self.local_addr())
@@ -111,39 +155,40 @@ impl std::fmt::Debug for BrokerServer {
 }
 
 impl BrokerServer {
-    /// Checks the options and binds.
+    /// Checks the options and binds, on tokio. (On another runtime:
+    /// [`BrokerServer::bind_on`].)
     ///
     /// # Errors
     ///
     /// [`BrokerError::Config`] for invalid router or frame limits,
-    /// [`BrokerError::Io`] for a bad address or a failed bind.
+    /// [`BrokerError::Io`] for a bad address, a failed bind or unreadable
+    /// TLS material.
     pub async fn bind(options: BrokerOptions) -> Result<Self, BrokerError> {
-        let mut router_config = options.router;
-        router_config.max_frame_payload = options.frame.max_payload;
-        let half_frames = router_config.max_queued_frames / 2;
-        let half_bytes = router_config.max_queued_bytes / 2;
-        let router = Router::new(router_config)?;
-        let framer = BrokerFramer::new(options.frame.clone())?;
-        let framing = BrokerFramer::framing(options.frame)?;
-        let mut server_options = options.server;
-        server_options.backpressure.slow_consumer_policy = SlowConsumerPolicy::Wait;
-        let server = TcpServer::bind(server_options, framing)
-            .await
-            .map_err(BrokerError::Io)?;
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                router,
-                conns: HashMap::new(),
-                channels: HashMap::new(),
-            }),
-            framer,
+        Self::bind_on(options).await
+    }
+}
+
+impl<R: Runtime> BrokerServer<R> {
+    /// Checks the options and binds, on the runtime `R`
+    /// (`BrokerServer::<storm_smol::Smol>::bind_on(options)`).
+    ///
+    /// # Errors
+    ///
+    /// As for [`BrokerServer::bind`].
+    pub async fn bind_on(options: BrokerOptions) -> Result<Self, BrokerError> {
+        let signals = AsyncSignals {
             timer: Notify::new(),
             drained: Notify::new(),
-            flow_wait: options.flow_wait,
-            half_frames,
-            half_bytes,
-        });
-        Ok(Self { server, shared })
+        };
+        let (shared, server_options, framing) = Shared::new(options, signals)?;
+        let server = TcpServer::<R>::bind(server_options, framing)
+            .await
+            .map_err(BrokerError::Io)?;
+        Ok(Self {
+            server,
+            shared: Arc::new(shared),
+            runtime: PhantomData,
+        })
     }
 
     /// The address it listens on.
@@ -154,7 +199,7 @@ impl BrokerServer {
 
     /// Counters and shutdown.
     #[must_use]
-    pub fn handle(&self) -> BrokerHandle {
+    pub fn handle(&self) -> BrokerHandle<R> {
         BrokerHandle {
             server: self.server.handle(),
             shared: Arc::clone(&self.shared),
@@ -167,182 +212,51 @@ impl BrokerServer {
     ///
     /// Only a failing listener.
     pub async fn serve(self) -> Result<(), BrokerError> {
-        let handler = BrokerSessions {
+        let handler = BrokerSessions::<R> {
             shared: Arc::clone(&self.shared),
+            runtime: PhantomData,
         };
-        tokio::select! {
-            result = self.server.serve(handler) => result.map_err(BrokerError::Io),
-            never = run_timer(&self.shared) => match never {},
-        }
-    }
-}
-
-/// State every session shares.
-struct Shared {
-    state: Mutex<State>,
-    framer: BrokerFramer,
-    /// The earliest deadline changed: re-arm the timer.
-    timer: Notify,
-    /// A queue shrank (or went away): re-check waiting streams.
-    drained: Notify,
-    flow_wait: Duration,
-    half_frames: usize,
-    half_bytes: usize,
-}
-
-struct State {
-    router: Router,
-    conns: HashMap<ConnId, Conn>,
-    channels: HashMap<ChannelId, Members>,
-}
-
-struct Conn {
-    /// Wakes the connection's writer task.
-    wake: Arc<Notify>,
-    registered: Option<(Role, ChannelId)>,
-    /// The router gave up on it: drain, then close.
-    closing: bool,
-}
-
-#[derive(Default)]
-struct Members {
-    consumers: Vec<ConnId>,
-    providers: Vec<ConnId>,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Runs one router input, then acts on every event it raised, wakes
-    /// waiting streams, and re-arms the timer if the deadline moved.
-    fn with<R>(&self, input: impl FnOnce(&mut State) -> R) -> R {
-        let mut state = self.lock();
-        let before = state.router.poll_timeout();
-        let result = input(&mut state);
-        state.drain_events();
-        let moved = state.router.poll_timeout() != before;
-        drop(state);
-        if moved {
-            self.timer.notify_one();
-        }
-        self.drained.notify_waiters();
-        result
-    }
-
-    /// Waits until the receivers of `frame` have room, when it continues a
-    /// stream; bounded by `flow_wait`.
-    async fn wait_for_room(&self, conn: ConnId, frame: &Frame) {
-        let deadline = tokio::time::Instant::now() + self.flow_wait;
-        loop {
-            let mut drained = pin!(self.drained.notified());
-            drained.as_mut().enable();
-            if self.lock().has_room(self, conn, frame) {
-                return;
+        let mut serving = pin!(self.server.serve(handler));
+        let mut timer = pin!(run_timer::<R>(&self.shared));
+        poll_fn(|cx| {
+            if let Poll::Ready(result) = serving.as_mut().poll(cx) {
+                return Poll::Ready(result.map_err(BrokerError::Io));
             }
-            if tokio::time::timeout_at(deadline, drained).await.is_err() {
-                return;
+            match timer.as_mut().poll(cx) {
+                Poll::Ready(never) => match never {},
+                Poll::Pending => Poll::Pending,
             }
-        }
-    }
-}
-
-impl State {
-    fn drain_events(&mut self) {
-        while let Some(event) = self.router.poll_event() {
-            match event {
-                RouterEvent::Transmit(conn) => {
-                    if let Some(c) = self.conns.get(&conn) {
-                        c.wake.notify_one();
-                    }
-                }
-                RouterEvent::Registered {
-                    conn,
-                    role,
-                    channel_id,
-                    ..
-                } => {
-                    if let Some(c) = self.conns.get_mut(&conn) {
-                        c.registered = Some((role, channel_id));
-                        let members = self.channels.entry(channel_id).or_default();
-                        match role {
-                            Role::Provider => members.providers.push(conn),
-                            _ => members.consumers.push(conn),
-                        }
-                    }
-                }
-                RouterEvent::Close { conn, .. } => {
-                    if let Some(c) = self.conns.get_mut(&conn) {
-                        c.closing = true;
-                        c.wake.notify_one();
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// True unless `frame` continues a stream and one of the connections
-    /// on the other side of its channel has its queue above half.
-    fn has_room(&self, shared: &Shared, conn: ConnId, frame: &Frame) -> bool {
-        let Some((role, channel)) = self.conns.get(&conn).and_then(|c| c.registered) else {
-            return true;
-        };
-        let peers = match (role, frame.frame_type) {
-            (Role::Provider, FrameType::Response) => {
-                self.channels.get(&channel).map(|m| &m.consumers)
-            }
-            (Role::Consumer, FrameType::Chunk | FrameType::End) => {
-                self.channels.get(&channel).map(|m| &m.providers)
-            }
-            _ => None,
-        };
-        let len = frame.payload.len();
-        peers.is_none_or(|peers| {
-            peers.iter().all(|p| {
-                self.router.queued(*p).is_none_or(|(frames, bytes)| {
-                    frames == 0
-                        || (frames < shared.half_frames
-                            && bytes.saturating_add(len) <= shared.half_bytes)
-                })
-            })
         })
+        .await
     }
+}
 
-    fn forget(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.remove(&conn) else {
-            return;
-        };
-        c.wake.notify_one();
-        if let Some((_, channel)) = c.registered {
-            if let Some(members) = self.channels.get_mut(&channel) {
-                members.consumers.retain(|m| *m != conn);
-                members.providers.retain(|m| *m != conn);
-                if members.consumers.is_empty() && members.providers.is_empty() {
-                    self.channels.remove(&channel);
-                }
-            }
+/// `future`'s output, or `None` when `deadline` passes first.
+async fn until<R: Runtime, F: Future>(deadline: Instant, future: F) -> Option<F::Output> {
+    let mut future = pin!(future);
+    let mut sleep = pin!(R::sleep_until(deadline));
+    poll_fn(|cx| {
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
         }
-    }
+        sleep.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 /// Runs the router's timer for ever.
-async fn run_timer(shared: &Shared) -> std::convert::Infallible {
+async fn run_timer<R: Runtime>(shared: &Shared<AsyncSignals>) -> std::convert::Infallible {
     loop {
-        let mut rearm = pin!(shared.timer.notified());
+        let mut rearm = pin!(shared.signals.timer.notified());
         rearm.as_mut().enable();
         let deadline = shared.lock().router.poll_timeout();
         match deadline {
             Some(at) if at <= Instant::now() => {
-                shared.with(|s| s.router.handle_timeout(Instant::now()));
+                let _ = shared.handle_timeout();
             }
             Some(at) => {
-                tokio::select! {
-                    () = tokio::time::sleep_until(at.into()) => {
-                        shared.with(|s| s.router.handle_timeout(Instant::now()));
-                    }
-                    () = rearm => {}
+                if until::<R, _>(at, rearm).await.is_none() {
+                    let _ = shared.handle_timeout();
                 }
             }
             None => rearm.await,
@@ -350,35 +264,40 @@ async fn run_timer(shared: &Shared) -> std::convert::Infallible {
     }
 }
 
+/// Waits until `frame` from `conn` may go to the router (see
+/// [`Shared::has_room`]), at most `flow_wait`.
+async fn wait_for_room<R: Runtime>(shared: &Shared<AsyncSignals>, conn: ConnId, frame: &Frame) {
+    let mut held = None;
+    let deadline = Instant::now() + shared.flow_wait;
+    loop {
+        let mut drained = pin!(shared.signals.drained.notified());
+        drained.as_mut().enable();
+        if shared.has_room(&shared.lock(), conn, frame) {
+            return;
+        }
+        held.get_or_insert_with(|| shared.hold());
+        if until::<R, _>(deadline, drained).await.is_none() {
+            return;
+        }
+    }
+}
+
 /// The server's handler: one per server, called by every session.
-struct BrokerSessions {
-    shared: Arc<Shared>,
+struct BrokerSessions<R> {
+    shared: Arc<Shared<AsyncSignals>>,
+    runtime: PhantomData<fn() -> R>,
 }
 
 fn conn_of(session: &Session) -> ConnId {
     ConnId(session.id().get())
 }
 
-impl Handler for BrokerSessions {
+impl<R: Runtime> Handler for BrokerSessions<R> {
     async fn on_connect(&self, session: &Session) {
         let conn = conn_of(session);
         let wake = Arc::new(Notify::new());
-        let known = self.shared.with(|s| {
-            if s.router.handle_connect(conn).is_err() {
-                return false;
-            }
-            s.conns.insert(
-                conn,
-                Conn {
-                    wake: Arc::clone(&wake),
-                    registered: None,
-                    closing: false,
-                },
-            );
-            true
-        });
-        if known {
-            tokio::spawn(write_frames(
+        if self.shared.connect(conn, Arc::clone(&wake)) {
+            R::spawn(write_frames(
                 Arc::clone(&self.shared),
                 conn,
                 session.clone(),
@@ -391,66 +310,38 @@ impl Handler for BrokerSessions {
 
     async fn on_message(&self, session: &Session, message: Message) {
         let conn = conn_of(session);
-        let frame = match self.shared.framer.parse(message.into_bytes()) {
-            Ok(frame) => frame,
-            Err(e) => {
-                // The stream cannot be re-synchronised: say why, then close.
-                let why = ErrorPayload {
-                    code: ErrorCode::PROTOCOL,
-                    message: e.to_string().into(),
-                };
-                let error = Frame::new(FrameType::Error, Default::default(), why.encode());
-                if let Ok(m) = self.shared.framer.to_message(&error) {
-                    let _ = session.try_send(m);
+        match self.shared.parse(message) {
+            Ok(frame) => {
+                wait_for_room::<R>(&self.shared, conn, &frame).await;
+                self.shared.deliver(conn, frame);
+            }
+            Err(error) => {
+                if let Some(error) = error {
+                    let _ = session.try_send(error);
                 }
                 session.close();
-                return;
             }
-        };
-        self.shared.wait_for_room(conn, &frame).await;
-        self.shared
-            .with(|s| s.router.handle_frame(conn, frame, Instant::now()))
-            .ok();
+        }
     }
 
     async fn on_disconnect(&self, session: &Session, _reason: &CloseReason) {
-        let conn = conn_of(session);
-        self.shared.with(|s| {
-            let _ = s.router.handle_disconnect(conn);
-            s.forget(conn);
-        });
+        self.shared.disconnect(conn_of(session));
     }
-}
-
-/// What the writer does next.
-enum Step {
-    Send(Frame),
-    Idle,
-    Close,
-    Stop,
 }
 
 /// Moves a connection's router queue to its socket, as fast as the
 /// session's backpressure lets it.
-async fn write_frames(shared: Arc<Shared>, conn: ConnId, session: Session, wake: Arc<Notify>) {
+async fn write_frames(
+    shared: Arc<Shared<AsyncSignals>>,
+    conn: ConnId,
+    session: Session,
+    wake: Arc<Notify>,
+) {
     loop {
         wake.notified().await;
         loop {
-            let step = shared.with(|s| match s.router.poll_transmit(conn) {
-                Some(frame) => Step::Send(frame),
-                None => match s.conns.get(&conn) {
-                    None => Step::Stop,
-                    Some(c) if c.closing => Step::Close,
-                    Some(_) => Step::Idle,
-                },
-            });
-            match step {
-                Step::Send(frame) => {
-                    // Every queued frame fits: the router checks payloads
-                    // against the same limit the codec decodes with.
-                    let Ok(message) = shared.framer.to_message(&frame) else {
-                        continue;
-                    };
+            match shared.step(conn) {
+                Step::Send(message) => {
                     if session.send(message).await.is_err() {
                         return;
                     }

@@ -502,6 +502,44 @@ impl Router {
         Some((c.out.errors.len() + c.out.data.len(), c.out.data_bytes))
     }
 
+    /// The connection a frame from `from` will be forwarded to as stream
+    /// data, so an adapter can apply flow control per request: a
+    /// consumer's `Chunk` or `End` of a request under way goes to the
+    /// provider the request was assigned to; a provider's `Response` to a
+    /// request it serves goes to that request's consumer.
+    ///
+    /// `None` for every other frame — a `Start` (the router picks a
+    /// provider with room, or answers `BUSY`), an `Error`, a frame of an
+    /// unknown or finished request, a frame from an unregistered or
+    /// closing connection: none of these is queued as stream data, so none
+    /// needs to wait for a receiver. Call it just before
+    /// [`handle_frame`](Self::handle_frame) with the same frame; the answer
+    /// holds until the next `handle_*` call.
+    #[must_use]
+    pub fn next_hop(
+        &self,
+        from: ConnId,
+        frame_type: FrameType,
+        request_id: RequestId,
+    ) -> Option<ConnId> {
+        let c = self.conns.get(&from).filter(|c| !c.doomed)?;
+        match (&c.state, frame_type) {
+            (State::Consumer { .. }, FrameType::Chunk | FrameType::End) => {
+                let rid = self.by_consumer.get(&(from, request_id))?;
+                let entry = self.entries.get(rid).filter(|e| !e.consumer_done)?;
+                Some(entry.provider)
+            }
+            (State::Provider { .. }, FrameType::Response) => {
+                let entry = self
+                    .entries
+                    .get(&request_id)
+                    .filter(|e| e.provider == from)?;
+                Some(entry.consumer)
+            }
+            _ => None,
+        }
+    }
+
     /// Requests in flight.
     #[must_use]
     pub fn open_requests(&self) -> usize {

@@ -479,3 +479,41 @@ fn config_is_validated() {
     };
     assert!(Router::new(c).is_err());
 }
+
+#[test]
+fn next_hop_names_the_receiver_of_each_stream_frame() {
+    let (mut r, now) = setup(small());
+    register(&mut r, 4, Role::Consumer, Duration::ZERO, now);
+    let hop = |r: &Router, conn: u64, t: FrameType, id: RequestId| r.next_hop(ConnId(conn), t, id);
+    // Nothing under way yet: no hop for anything.
+    assert_eq!(hop(&r, 1, FrameType::Chunk, rid(1)), None);
+    // Consumer 1's request goes to provider 2, consumer 4's to provider 3.
+    send(&mut r, 1, frame(FrameType::Start, rid(1), b""), now);
+    send(&mut r, 4, frame(FrameType::Start, rid(1), b""), now);
+    let p2 = drain(&mut r, 2)[0].request_id;
+    let p3 = drain(&mut r, 3)[0].request_id;
+    assert_eq!(hop(&r, 1, FrameType::Chunk, rid(1)), Some(ConnId(2)));
+    assert_eq!(hop(&r, 1, FrameType::End, rid(1)), Some(ConnId(2)));
+    assert_eq!(hop(&r, 4, FrameType::Chunk, rid(1)), Some(ConnId(3)));
+    // Responses go back to their own consumer, and only from their provider.
+    assert_eq!(hop(&r, 2, FrameType::Response, p2), Some(ConnId(1)));
+    assert_eq!(hop(&r, 3, FrameType::Response, p3), Some(ConnId(4)));
+    assert_eq!(hop(&r, 3, FrameType::Response, p2), None);
+    // Frames that are not stream data have no hop.
+    assert_eq!(hop(&r, 1, FrameType::Start, rid(2)), None);
+    assert_eq!(hop(&r, 1, FrameType::Error, rid(1)), None);
+    assert_eq!(hop(&r, 2, FrameType::Error, p2), None);
+    assert_eq!(hop(&r, 1, FrameType::Chunk, rid(9)), None);
+    assert_eq!(hop(&r, 9, FrameType::Chunk, rid(1)), None);
+    // After the End, the request takes no more data from its consumer,
+    // but its response still has a way back.
+    send(&mut r, 1, frame(FrameType::End, rid(1), b""), now);
+    assert_eq!(hop(&r, 1, FrameType::Chunk, rid(1)), None);
+    assert_eq!(hop(&r, 2, FrameType::Response, p2), Some(ConnId(1)));
+    // A finished request has no hop.
+    send(&mut r, 2, frame(FrameType::Response, p2, b"ok"), now);
+    assert_eq!(hop(&r, 2, FrameType::Response, p2), None);
+    // A provider that leaves takes its requests' hops with it.
+    r.handle_disconnect(ConnId(3)).expect("known");
+    assert_eq!(hop(&r, 4, FrameType::Chunk, rid(1)), None);
+}

@@ -1,0 +1,285 @@
+//! What the broker server decides, once for every runtime: the core's
+//! [`Router`] behind one lock, the per-connection writer steps, and the
+//! flow-control rule. The async path ([`super::server`]) and the blocking
+//! path ([`super::blocking`]) only supply the way to wake a writer, the
+//! timer, and a waiting stream ([`Signals`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use storm_proto::Message;
+use storm_proto::backpressure::SlowConsumerPolicy;
+use storm_proto::broker::{
+    BrokerFramer, ConnId, ErrorCode, ErrorPayload, Frame, FrameType, Router, RouterEvent,
+    RouterStats,
+};
+use storm_proto::options::{Framing, ServerOptions};
+
+use super::{BrokerError, BrokerOptions};
+
+/// How a runtime wakes the broker's waiting parts.
+pub(super) trait Signals: Send + Sync + 'static {
+    /// What wakes one connection's writer.
+    type Writer: Send + Sync;
+
+    /// The connection's queue (or state) changed: its writer looks again.
+    fn wake_writer(writer: &Self::Writer);
+
+    /// The router's earliest deadline moved: the timer re-arms.
+    fn rearm_timer(&self);
+
+    /// A queue shrank (or went away): waiting streams check again.
+    fn drained(&self);
+}
+
+/// State every session shares, and the limits of flow control.
+pub(super) struct Shared<S: Signals> {
+    state: Mutex<State<S::Writer>>,
+    pub(super) signals: S,
+    pub(super) framer: BrokerFramer,
+    /// How long a stream's frame waits for its receiver.
+    pub(super) flow_wait: Duration,
+    half_frames: usize,
+    half_bytes: usize,
+    /// Streams waiting for their receiver right now.
+    held: AtomicUsize,
+}
+
+/// The router and what the adapter knows about each connection.
+pub(super) struct State<W> {
+    pub(super) router: Router,
+    conns: HashMap<ConnId, Conn<W>>,
+    /// The server stopped serving: the timer (a thread on std) ends.
+    pub(super) stopped: bool,
+}
+
+struct Conn<W> {
+    writer: W,
+    /// The router gave up on it: drain, then close.
+    closing: bool,
+}
+
+/// What a connection's writer does next.
+pub(super) enum Step {
+    /// Write this encoded frame, then ask again.
+    Send(Bytes),
+    /// Nothing queued: wait to be woken.
+    Idle,
+    /// Everything is written and the router gave up on the connection:
+    /// close it gracefully.
+    Close,
+    /// The connection is gone.
+    Stop,
+}
+
+/// Marks a stream as held back while it lives.
+pub(super) struct Held<'a>(&'a AtomicUsize);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<S: Signals> Shared<S> {
+    /// Checks `options` and builds the shared state, with the server
+    /// options and framing to bind with.
+    pub(super) fn new(
+        options: BrokerOptions,
+        signals: S,
+    ) -> Result<(Self, ServerOptions, Framing), BrokerError> {
+        let mut router_config = options.router;
+        router_config.max_frame_payload = options.frame.max_payload;
+        let half_frames = router_config.max_queued_frames / 2;
+        let half_bytes = router_config.max_queued_bytes / 2;
+        let router = Router::new(router_config)?;
+        let framer = BrokerFramer::new(options.frame.clone())?;
+        let framing = BrokerFramer::framing(options.frame)?;
+        let mut server = options.server;
+        // The router's bounded queues (and BUSY) are the broker's policy:
+        // no frame is dropped by a session.
+        server.backpressure.slow_consumer_policy = SlowConsumerPolicy::Wait;
+        let shared = Self {
+            state: Mutex::new(State {
+                router,
+                conns: HashMap::new(),
+                stopped: false,
+            }),
+            signals,
+            framer,
+            flow_wait: options.flow_wait,
+            half_frames,
+            half_bytes,
+            held: AtomicUsize::new(0),
+        };
+        Ok((shared, server, framing))
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, State<S::Writer>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs one router input, then acts on every event it raised, wakes
+    /// waiting streams, and re-arms the timer if the deadline moved.
+    pub(super) fn with<T>(&self, input: impl FnOnce(&mut State<S::Writer>) -> T) -> T {
+        let mut state = self.lock();
+        let before = state.router.poll_timeout();
+        let result = input(&mut state);
+        state.drain_events::<S>();
+        let moved = state.router.poll_timeout() != before;
+        drop(state);
+        if moved {
+            self.signals.rearm_timer();
+        }
+        self.signals.drained();
+        result
+    }
+
+    /// The router's counters.
+    pub(super) fn stats(&self) -> RouterStats {
+        self.lock().router.stats()
+    }
+
+    /// Requests in flight.
+    pub(super) fn open_requests(&self) -> usize {
+        self.lock().router.open_requests()
+    }
+
+    /// Streams held back by flow control right now.
+    pub(super) fn held_streams(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Counts a stream as held back until the guard drops.
+    pub(super) fn hold(&self) -> Held<'_> {
+        self.held.fetch_add(1, Ordering::Relaxed);
+        Held(&self.held)
+    }
+
+    /// A new connection, woken through `writer`; false if the router
+    /// refuses it (then abort the session).
+    #[must_use]
+    pub(super) fn connect(&self, conn: ConnId, writer: S::Writer) -> bool {
+        self.with(|s| {
+            if s.router.handle_connect(conn).is_err() {
+                return false;
+            }
+            s.conns.insert(
+                conn,
+                Conn {
+                    writer,
+                    closing: false,
+                },
+            );
+            true
+        })
+    }
+
+    /// The connection is gone.
+    pub(super) fn disconnect(&self, conn: ConnId) {
+        self.with(|s| {
+            let _ = s.router.handle_disconnect(conn);
+            if let Some(c) = s.conns.remove(&conn) {
+                S::wake_writer(&c.writer);
+            }
+        });
+    }
+
+    /// Decodes a message. A malformed one cannot be re-synchronised: the
+    /// `Err` holds the `Error` frame to try to send before closing.
+    pub(super) fn parse(&self, message: Message) -> Result<Frame, Option<Bytes>> {
+        self.framer.parse(message.into_bytes()).map_err(|e| {
+            let why = ErrorPayload {
+                code: ErrorCode::PROTOCOL,
+                message: e.to_string().into(),
+            };
+            let error = Frame::new(FrameType::Error, Default::default(), why.encode());
+            self.framer.to_message(&error).ok()
+        })
+    }
+
+    /// Hands a frame from `conn` to the router.
+    pub(super) fn deliver(&self, conn: ConnId, frame: Frame) {
+        self.with(|s| s.router.handle_frame(conn, frame, Instant::now()))
+            .ok();
+    }
+
+    /// Fails the requests due now; the next deadline, if any.
+    pub(super) fn handle_timeout(&self) -> Option<Instant> {
+        self.with(|s| {
+            s.router.handle_timeout(Instant::now());
+            s.router.poll_timeout()
+        })
+    }
+
+    /// The writer's next step for `conn` (see [`State::step`]), waking
+    /// waiting streams when the queue shrank.
+    pub(super) fn step(&self, conn: ConnId) -> Step {
+        let step = self.lock().step(&self.framer, conn);
+        if matches!(step, Step::Send(_)) {
+            self.signals.drained();
+        }
+        step
+    }
+
+    /// True when `frame` from `conn` may go to the router now: it does not
+    /// continue a stream, or the one connection it goes to has drained its
+    /// queue to half (or the frame is the first in it).
+    pub(super) fn has_room(&self, state: &State<S::Writer>, conn: ConnId, frame: &Frame) -> bool {
+        let router = &state.router;
+        let Some(to) = router.next_hop(conn, frame.frame_type, frame.request_id) else {
+            return true;
+        };
+        let len = frame.payload.len();
+        router.queued(to).is_none_or(|(frames, bytes)| {
+            frames == 0
+                || (frames < self.half_frames && bytes.saturating_add(len) <= self.half_bytes)
+        })
+    }
+}
+
+impl<W> State<W> {
+    fn drain_events<S: Signals<Writer = W>>(&mut self) {
+        while let Some(event) = self.router.poll_event() {
+            match event {
+                RouterEvent::Transmit(conn) => {
+                    if let Some(c) = self.conns.get(&conn) {
+                        S::wake_writer(&c.writer);
+                    }
+                }
+                RouterEvent::Close { conn, .. } => {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.closing = true;
+                        S::wake_writer(&c.writer);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The next frame queued for `conn` as a message, or what to do when
+    /// there is none.
+    pub(super) fn step(&mut self, framer: &BrokerFramer, conn: ConnId) -> Step {
+        loop {
+            match self.router.poll_transmit(conn) {
+                // Every queued frame fits: the router checks payloads
+                // against the same limit the codec decodes with.
+                Some(frame) => match framer.to_message(&frame) {
+                    Ok(message) => return Step::Send(message),
+                    Err(_) => continue,
+                },
+                None => {
+                    return match self.conns.get(&conn) {
+                        None => Step::Stop,
+                        Some(c) if c.closing => Step::Close,
+                        Some(_) => Step::Idle,
+                    };
+                }
+            }
+        }
+    }
+}

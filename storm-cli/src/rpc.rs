@@ -1,5 +1,10 @@
-//! Request/response RPC on tokio: [`RpcClient`] over several endpoints and
-//! [`RpcServer`] to answer it, over WebSocket or 4-byte length-prefixed TCP.
+//! Request/response RPC: [`RpcClient`] (on tokio) over several endpoints
+//! and a server to answer it, over WebSocket or 4-byte length-prefixed TCP,
+//! with or without TLS. The server runs on tokio ([`RpcServer::bind`]), on
+//! smol (`RpcServer::<storm_smol::Smol>::bind_on`) or on plain threads
+//! ([`blocking::RpcServer`]); every flavour makes the same decisions in one
+//! place (decoding, refusals, cancels, deadlines, compression) and differs
+//! only in how it runs a handler.
 //!
 //! The protocol logic is the core's [`storm_proto::rpc`]: the envelope (its
 //! wire layout is documented on [`Envelope`](storm_proto::rpc::Envelope)),
@@ -53,6 +58,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod blocking;
 pub mod cli;
 mod client;
 mod codec;

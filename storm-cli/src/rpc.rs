@@ -15,8 +15,10 @@
 //!
 //! - **Endpoints**: `ws://host:port/path` (one binary WebSocket message per
 //!   envelope) or `tcp://host:port` / `host:port` (one 4-byte big-endian
-//!   length-prefixed frame per envelope). Connections are opened on first
-//!   use and kept.
+//!   length-prefixed frame per envelope); `wss://` and `tls://host:port`
+//!   are the same over TLS, verified with [`RpcClientBuilder::tls`] (the
+//!   public web roots by default). Connections are opened on first use and
+//!   kept.
 //! - **Strategy**: [`Strategy::RoundRobin`] spreads calls over every usable
 //!   endpoint; [`Strategy::Failover`] sends everything to the first usable
 //!   one in list order. An endpoint whose connection fails or drops is
@@ -83,10 +85,13 @@ pub enum Endpoint {
     Ws(String),
     /// `host:port`, 4-byte length-prefixed TCP.
     Tcp(String),
+    /// `host:port`, 4-byte length-prefixed TCP over TLS (`tls://`).
+    Tls(String),
 }
 
 impl Endpoint {
-    /// Reads `ws://…`, `wss://…`, `tcp://host:port` or `host:port`.
+    /// Reads `ws://…`, `wss://…`, `tcp://host:port`, `tls://host:port` or
+    /// `host:port` (plain TCP).
     ///
     /// # Errors
     ///
@@ -96,14 +101,32 @@ impl Endpoint {
         if text.starts_with("ws://") || text.starts_with("wss://") {
             return Ok(Self::Ws(text.to_owned()));
         }
-        let addr = text.strip_prefix("tcp://").unwrap_or(text);
+        let (addr, tls) = match text.strip_prefix("tls://") {
+            Some(addr) => (addr, true),
+            None => (text.strip_prefix("tcp://").unwrap_or(text), false),
+        };
         match addr.rsplit_once(':') {
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
-                Ok(Self::Tcp(addr.to_owned()))
+                let addr = addr.to_owned();
+                Ok(if tls {
+                    Self::Tls(addr)
+                } else {
+                    Self::Tcp(addr)
+                })
             }
             _ => Err(RpcError::Config(format!(
-                "endpoint {text:?} is neither a ws:// URL nor tcp host:port"
+                "endpoint {text:?} is neither a ws:// URL nor tcp:// or tls:// host:port"
             ))),
+        }
+    }
+
+    /// Whether calls to it go over TLS (`wss://` or `tls://`).
+    #[must_use]
+    pub fn is_tls(&self) -> bool {
+        match self {
+            Self::Ws(url) => url.starts_with("wss://"),
+            Self::Tcp(_) => false,
+            Self::Tls(_) => true,
         }
     }
 }
@@ -113,6 +136,7 @@ impl fmt::Display for Endpoint {
         match self {
             Self::Ws(url) => f.write_str(url),
             Self::Tcp(addr) => write!(f, "tcp://{addr}"),
+            Self::Tls(addr) => write!(f, "tls://{addr}"),
         }
     }
 }

@@ -860,3 +860,163 @@ async fn calls_on_smol_over_ws_and_tcp() {
 async fn calls_on_std_over_ws_and_tcp() {
     calls_on(On::Std).await;
 }
+
+/// Starts `storm rpc` with `args` and returns it with the endpoint its
+/// banner names.
+async fn start_storm_rpc(args: &[&str]) -> (Killed, String) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut server = Killed(
+        Command::new(env!("CARGO_BIN_EXE_storm"))
+            .arg("rpc")
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start storm rpc"),
+    );
+    let stdout = server.0.stdout.take().expect("stdout");
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    });
+    let line = timeout(WAIT, line)
+        .await
+        .expect("bounded")
+        .expect("task")
+        .expect("read");
+    let endpoint = line
+        .trim()
+        .rsplit_once(" listening on ")
+        .unwrap_or_else(|| panic!("no listening line: {line:?}"))
+        .1
+        .to_owned();
+    (server, endpoint)
+}
+
+/// Ctrl-C stops `server` and it exits 0, within [`WAIT`].
+async fn interrupt(mut server: Killed, what: &str) {
+    let pid = server.0.id().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || server.0.wait());
+    let exit = timeout(WAIT, exit)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still running after Ctrl-C"))
+        .expect("task")
+        .expect("wait");
+    assert!(exit.success(), "{what}: {exit}");
+}
+
+/// `storm rpc --tls` on every runtime, over `wss://` and `tls://`: a
+/// client that trusts the test CA gets answers (the library client and
+/// `storm client rpc --tls-ca`), one that does not cannot connect, and
+/// Ctrl-C stops the server cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_storm_binary_serves_tls_on_every_runtime() {
+    let pki = storm_tests::suite::pki::Pki::new();
+    let dir = std::env::temp_dir().join(format!("storm-rpc-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (cert, key, ca) = (
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+        dir.join("ca.pem"),
+    );
+    std::fs::write(&cert, &pki.server_cert_pem).expect("write");
+    std::fs::write(&key, &pki.server_key_pem).expect("write");
+    std::fs::write(&ca, &pki.ca_pem).expect("write");
+    let (cert, key, ca) = (
+        cert.to_str().expect("utf-8 path"),
+        key.to_str().expect("utf-8 path"),
+        ca.to_str().expect("utf-8 path"),
+    );
+    for runtime in ["tokio", "smol", "std"] {
+        for (proto, scheme) in [("ws", "wss://"), ("tcp", "tls://")] {
+            let what = format!("{runtime} {proto}");
+            let (server, endpoint) = start_storm_rpc(&[
+                "--runtime",
+                runtime,
+                "--proto",
+                proto,
+                "--addr",
+                "127.0.0.1:0",
+                "--tls",
+                cert,
+                key,
+            ])
+            .await;
+            assert!(endpoint.starts_with(scheme), "{what}: {endpoint}");
+
+            let trusting = RpcClient::builder([endpoint.as_str()])
+                .expect("endpoints")
+                .tls(pki.client())
+                .build()
+                .expect("client");
+            let echoed: serde_json::Value = trusting
+                .call("echo", &serde_json::json!(["over", runtime]), WAIT)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(echoed, serde_json::json!(["over", runtime]), "{what}");
+            // The demo's sleep stops at the call's deadline on every runtime.
+            assert_eq!(
+                trusting
+                    .call::<_, u64>("sleep", &10_000, Duration::from_millis(100))
+                    .await,
+                Err(RpcError::Timeout),
+                "{what}"
+            );
+            trusting.close().await;
+
+            // Without the test CA the server is not trusted.
+            let doubting = RpcClient::builder([endpoint.as_str()])
+                .expect("endpoints")
+                .config({
+                    let mut config = storm_cli::rpc::RpcClientConfig::default();
+                    config.max_connects = 1;
+                    config
+                })
+                .build()
+                .expect("client");
+            let refused = doubting.call::<_, String>("name", &(), WAIT).await;
+            assert!(
+                matches!(refused, Err(RpcError::NoEndpoint { .. })),
+                "{what}: {refused:?}"
+            );
+
+            let args: Vec<String> = [
+                "client",
+                "rpc",
+                "--endpoint",
+                &endpoint,
+                "--tls-ca",
+                ca,
+                "--method",
+                "name",
+            ]
+            .map(String::from)
+            .to_vec();
+            let output = tokio::task::spawn_blocking(move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_storm"))
+                    .args(args)
+                    .output()
+            });
+            let output = timeout(WAIT, output)
+                .await
+                .expect("bounded")
+                .expect("task")
+                .expect("run storm client rpc");
+            assert!(output.status.success(), "{what}: {output:?}");
+            assert_eq!(
+                String::from_utf8_lossy(&output.stdout).trim(),
+                "\"storm\"",
+                "{what}"
+            );
+
+            interrupt(server, &what).await;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

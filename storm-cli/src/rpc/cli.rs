@@ -57,8 +57,8 @@ pub enum StrategyArg {
 /// Options of `storm client rpc`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
-    /// An endpoint: ws://host:port/ or tcp://host:port (repeat for
-    /// several).
+    /// An endpoint: ws://host:port/, tcp://host:port, or wss:// and
+    /// tls://host:port over TLS (repeat for several).
     #[arg(long = "endpoint", default_value = "ws://127.0.0.1:9500/")]
     pub endpoints: Vec<String>,
     /// How calls are spread over the endpoints.
@@ -85,6 +85,10 @@ pub struct ClientArgs {
     /// Print every envelope sent and received (length and hex) on stderr.
     #[arg(long)]
     pub trace: bool,
+    /// Trust the CA certificates in this PEM file for wss:// and tls://
+    /// endpoints, instead of the public web roots.
+    #[arg(long, value_name = "CA_PEM")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -249,6 +253,10 @@ async fn client_async(args: &ClientArgs) -> Result<bool, String> {
             StrategyArg::Failover => Strategy::Failover,
         })
         .compression(compression(args.compress));
+    if let Some(path) = &args.tls_ca {
+        let ca = storm_proto::tls::read_pem_file(path).map_err(|e| format!("--tls-ca: {e}"))?;
+        builder = builder.tls(storm_proto::options::TlsClientOptions::with_ca(ca));
+    }
     if args.trace {
         builder = builder
             .on_bytes_sent(|endpoint, bytes| {

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use storm_proto::Message;
 use storm_proto::framing::LengthPrefixConfig;
 use storm_proto::link::CloseReason;
-use storm_proto::options::{ClientOptions, Framing, WsOptions};
+use storm_proto::options::{ClientOptions, Framing, TlsClientOptions, WsOptions};
 use storm_proto::reconnect::{BackoffConfig, EndpointSet};
 use storm_proto::rpc::{CallEvent, Calls, CallsConfig, CompressionConfig, Fault, StartError};
 use storm_tokio::{Client, Handler, Session, TcpClient, WsClient};
@@ -64,8 +64,10 @@ pub struct RpcClientConfig {
     /// Most connection attempts one call makes before it fails with
     /// [`RpcError::NoEndpoint`]. Default 8.
     pub max_connects: u32,
-    /// Transport options (TLS, headers, heartbeat); `reconnect` and
-    /// `connect_timeout` are ignored (see the fields above).
+    /// Transport options (headers, heartbeat, and `tls`: how `wss://` and
+    /// `tls://` endpoints verify the server, the web roots when `None`);
+    /// `reconnect` and `connect_timeout` are ignored (see the fields
+    /// above), and `ws://` and `tcp://` endpoints never use TLS.
     pub client: ClientOptions,
     /// WebSocket options (deflate, limits) for `ws://` endpoints.
     pub ws: WsOptions,
@@ -213,6 +215,15 @@ impl<C: Codec> RpcClientBuilder<C> {
     #[must_use]
     pub fn compression(mut self, compression: Option<CompressionConfig>) -> Self {
         self.config.compression = compression;
+        self
+    }
+
+    /// How `wss://` and `tls://` endpoints verify the server (trust the
+    /// CA of a test or private PKI with [`TlsClientOptions::with_ca`]);
+    /// without it they trust the public web roots.
+    #[must_use]
+    pub fn tls(mut self, tls: TlsClientOptions) -> Self {
+        self.config.client.tls = Some(tls);
         self
     }
 
@@ -630,11 +641,14 @@ impl<C: Codec> RpcClient<C> {
         let handler = ConnHandler {
             state: Arc::clone(&state),
         };
-        let options = ClientOptions {
+        let mut options = ClientOptions {
             connect_timeout: config.connect_timeout,
             reconnect: None,
             ..config.client.clone()
         };
+        if !endpoint.is_tls() {
+            options.tls = None;
+        }
         let limit = config.max_payload.saturating_add(ENVELOPE_SLACK);
         let client = match endpoint {
             Endpoint::Ws(url) => {
@@ -642,6 +656,12 @@ impl<C: Codec> RpcClient<C> {
                 ws.config.max_message_size = limit;
                 ws.config.max_frame_size = limit;
                 WsClient::connect(url, options, ws, handler).await
+            }
+            Endpoint::Tls(addr) => {
+                options.tls.get_or_insert_with(TlsClientOptions::default);
+                let mut framing = LengthPrefixConfig::default();
+                framing.max_frame_len = limit;
+                TcpClient::connect(addr, options, Framing::LengthPrefixWith(framing), handler).await
             }
             Endpoint::Tcp(addr) => {
                 let mut framing = LengthPrefixConfig::default();

@@ -1,5 +1,6 @@
-//! Request/response RPC: [`RpcClient`] (on tokio) over several endpoints
-//! and a server to answer it, over WebSocket or 4-byte length-prefixed TCP,
+//! Request/response RPC: [`RpcClient`] (on tokio, or smol with
+//! [`RpcClientBuilder::runtime`]) over several endpoints and a server to
+//! answer it, over WebSocket or 4-byte length-prefixed TCP,
 //! with or without TLS. The server runs on tokio ([`RpcServer::bind`]), on
 //! smol (`RpcServer::<storm_smol::Smol>::bind_on`) or on plain threads
 //! ([`blocking::RpcServer`]); every flavour makes the same decisions in one
@@ -106,7 +107,9 @@ impl Endpoint {
             None => (text.strip_prefix("tcp://").unwrap_or(text), false),
         };
         match addr.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Some((host, port))
+                if !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok() =>
+            {
                 let addr = addr.to_owned();
                 Ok(if tls {
                     Self::Tls(addr)
@@ -218,4 +221,25 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Endpoint, RpcError};
+
+    #[test]
+    fn endpoints_parse_with_their_transport_and_tls() {
+        let parse = |text| Endpoint::parse(text).map(|e| (e.to_string(), e.is_tls()));
+        assert_eq!(parse("ws://h:1/"), Ok(("ws://h:1/".into(), false)));
+        assert_eq!(parse("wss://h:1/x"), Ok(("wss://h:1/x".into(), true)));
+        assert_eq!(parse("tcp://h:1"), Ok(("tcp://h:1".into(), false)));
+        assert_eq!(parse("h:1"), Ok(("tcp://h:1".into(), false)));
+        assert_eq!(parse("tls://h:1"), Ok(("tls://h:1".into(), true)));
+        for bad in ["tls://h", "tls://:1", "h:x", "http://h:1"] {
+            assert!(
+                matches!(Endpoint::parse(bad), Err(RpcError::Config(_))),
+                "{bad}"
+            );
+        }
+    }
 }

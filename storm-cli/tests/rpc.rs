@@ -163,7 +163,7 @@ async fn next(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
         .expect("channel open")
 }
 
-async fn check_round_trip(client: &RpcClient) {
+async fn check_round_trip<R: storm_async::Runtime>(client: &RpcClient<Json, R>) {
     let sum: i64 = client.call("add", &(2, 40), WAIT).await.expect("add");
     assert_eq!(sum, 42);
     let raw = client
@@ -1019,4 +1019,75 @@ async fn the_storm_binary_serves_tls_on_every_runtime() {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `rx`'s next message, on any runtime, bounded by [`WAIT`].
+async fn next_on_smol(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
+    let timer = async {
+        smol::Timer::after(WAIT).await;
+        None
+    };
+    smol::future::or(rx.recv(), timer)
+        .await
+        .expect("timed out waiting for the server")
+}
+
+/// The client on smol (no tokio runtime where it runs) against a server
+/// on each runtime, over WebSocket and TCP: the round trip, a timeout and
+/// a cancel token, both seen by the server.
+#[test]
+fn a_client_on_smol_calls_servers_on_every_runtime() {
+    let tokio = tokio::runtime::Runtime::new().expect("tokio runtime");
+    for runtime in [On::Tokio, On::Smol, On::Std] {
+        for ws in [true, false] {
+            let config = if ws {
+                RpcServerConfig::ws("127.0.0.1:0")
+            } else {
+                RpcServerConfig::tcp("127.0.0.1:0")
+            };
+            let (server, mut probes) = tokio.block_on(AnyServer::bind(runtime, config));
+            let what = format!("{runtime:?} {}", server.endpoint());
+            smol::block_on(async {
+                let client = RpcClient::builder([server.endpoint()])
+                    .expect("endpoints")
+                    .backoff(quick())
+                    .runtime::<storm_smol::Smol>()
+                    .build()
+                    .expect("client");
+                check_round_trip(&client).await;
+
+                let timed_out = client
+                    .call_raw(
+                        "hang",
+                        Bytes::from_static(b"late"),
+                        CallOptions::new(Duration::from_millis(200)),
+                    )
+                    .await;
+                assert_eq!(timed_out, Err(RpcError::Timeout), "{what}");
+                assert_eq!(next_on_smol(&mut probes.started).await, "late", "{what}");
+                assert_eq!(next_on_smol(&mut probes.stopped).await, "late", "{what}");
+
+                let token = CancelToken::new();
+                let call = smol::spawn({
+                    let client = client.clone();
+                    let token = token.clone();
+                    async move {
+                        client
+                            .call_raw(
+                                "hang",
+                                Bytes::from_static(b"token"),
+                                CallOptions::new(WAIT).cancel_token(token),
+                            )
+                            .await
+                    }
+                });
+                assert_eq!(next_on_smol(&mut probes.started).await, "token", "{what}");
+                token.cancel();
+                assert_eq!(call.await, Err(RpcError::Cancelled), "{what}");
+                assert_eq!(next_on_smol(&mut probes.stopped).await, "token", "{what}");
+                client.close().await;
+            });
+            tokio.block_on(server.shutdown());
+        }
+    }
 }

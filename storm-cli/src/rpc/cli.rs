@@ -89,12 +89,18 @@ pub struct ClientArgs {
     /// endpoints, instead of the public web roots.
     #[arg(long, value_name = "CA_PEM")]
     pub tls_ca: Option<std::path::PathBuf>,
+    /// Runtime the client runs on.
+    #[arg(long, value_enum, default_value_t = ClientRuntime::Tokio)]
+    pub runtime: ClientRuntime,
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+/// Runtimes `storm client rpc` runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientRuntime {
+    /// tokio, multi-threaded.
+    Tokio,
+    /// smol's global executor.
+    Smol,
 }
 
 fn compression(threshold: usize) -> Option<CompressionConfig> {
@@ -220,9 +226,10 @@ fn demo(name: &str, request: &Request) -> Demo {
 /// Runs `storm client rpc`.
 #[must_use]
 pub fn client(args: &ClientArgs) -> ExitCode {
-    let result = runtime()
-        .map_err(|e| e.to_string())
-        .and_then(|rt| rt.block_on(client_async(args)));
+    let result = match args.runtime {
+        ClientRuntime::Tokio => client_on::<storm_tokio::Tokio>(args),
+        ClientRuntime::Smol => client_on::<storm_smol::Smol>(args),
+    };
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -242,7 +249,11 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Returns whether every call succeeded.
-async fn client_async(args: &ClientArgs) -> Result<bool, String> {
+fn client_on<R: AsyncRuntime>(args: &ClientArgs) -> Result<bool, String> {
+    R::block_on(async { Ok(client_async::<R>(args).await) }).map_err(|e| e.to_string())?
+}
+
+async fn client_async<R: AsyncRuntime>(args: &ClientArgs) -> Result<bool, String> {
     let params: serde_json::Value =
         serde_json::from_str(&args.params).map_err(|e| format!("--params is not JSON: {e}"))?;
     let payload = Json.encode(&params).map_err(|e| e.to_string())?;
@@ -252,7 +263,8 @@ async fn client_async(args: &ClientArgs) -> Result<bool, String> {
             StrategyArg::RoundRobin => Strategy::RoundRobin,
             StrategyArg::Failover => Strategy::Failover,
         })
-        .compression(compression(args.compress));
+        .compression(compression(args.compress))
+        .runtime::<R>();
     if let Some(path) = &args.tls_ca {
         let ca = storm_proto::tls::read_pem_file(path).map_err(|e| format!("--tls-ca: {e}"))?;
         builder = builder.tls(storm_proto::options::TlsClientOptions::with_ca(ca));

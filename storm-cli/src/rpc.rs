@@ -1,5 +1,11 @@
-//! Request/response RPC on tokio: [`RpcClient`] over several endpoints and
-//! [`RpcServer`] to answer it, over WebSocket or 4-byte length-prefixed TCP.
+//! Request/response RPC: [`RpcClient`] (on tokio, or smol with
+//! [`RpcClientBuilder::runtime`]) over several endpoints and a server to
+//! answer it, over WebSocket or 4-byte length-prefixed TCP,
+//! with or without TLS. The server runs on tokio ([`RpcServer::bind`]), on
+//! smol (`RpcServer::<storm_smol::Smol>::bind_on`) or on plain threads
+//! ([`blocking::RpcServer`]); every flavour makes the same decisions in one
+//! place (decoding, refusals, cancels, deadlines, compression) and differs
+//! only in how it runs a handler.
 //!
 //! The protocol logic is the core's [`storm_proto::rpc`]: the envelope (its
 //! wire layout is documented on [`Envelope`](storm_proto::rpc::Envelope)),
@@ -10,8 +16,10 @@
 //!
 //! - **Endpoints**: `ws://host:port/path` (one binary WebSocket message per
 //!   envelope) or `tcp://host:port` / `host:port` (one 4-byte big-endian
-//!   length-prefixed frame per envelope). Connections are opened on first
-//!   use and kept.
+//!   length-prefixed frame per envelope); `wss://` and `tls://host:port`
+//!   are the same over TLS, verified with [`RpcClientBuilder::tls`] (the
+//!   public web roots by default). Connections are opened on first use and
+//!   kept.
 //! - **Strategy**: [`Strategy::RoundRobin`] spreads calls over every usable
 //!   endpoint; [`Strategy::Failover`] sends everything to the first usable
 //!   one in list order. An endpoint whose connection fails or drops is
@@ -53,6 +61,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod blocking;
 pub mod cli;
 mod client;
 mod codec;
@@ -77,10 +86,13 @@ pub enum Endpoint {
     Ws(String),
     /// `host:port`, 4-byte length-prefixed TCP.
     Tcp(String),
+    /// `host:port`, 4-byte length-prefixed TCP over TLS (`tls://`).
+    Tls(String),
 }
 
 impl Endpoint {
-    /// Reads `ws://…`, `wss://…`, `tcp://host:port` or `host:port`.
+    /// Reads `ws://…`, `wss://…`, `tcp://host:port`, `tls://host:port` or
+    /// `host:port` (plain TCP).
     ///
     /// # Errors
     ///
@@ -90,14 +102,34 @@ impl Endpoint {
         if text.starts_with("ws://") || text.starts_with("wss://") {
             return Ok(Self::Ws(text.to_owned()));
         }
-        let addr = text.strip_prefix("tcp://").unwrap_or(text);
+        let (addr, tls) = match text.strip_prefix("tls://") {
+            Some(addr) => (addr, true),
+            None => (text.strip_prefix("tcp://").unwrap_or(text), false),
+        };
         match addr.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
-                Ok(Self::Tcp(addr.to_owned()))
+            Some((host, port))
+                if !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok() =>
+            {
+                let addr = addr.to_owned();
+                Ok(if tls {
+                    Self::Tls(addr)
+                } else {
+                    Self::Tcp(addr)
+                })
             }
             _ => Err(RpcError::Config(format!(
-                "endpoint {text:?} is neither a ws:// URL nor tcp host:port"
+                "endpoint {text:?} is neither a ws:// URL nor tcp:// or tls:// host:port"
             ))),
+        }
+    }
+
+    /// Whether calls to it go over TLS (`wss://` or `tls://`).
+    #[must_use]
+    pub fn is_tls(&self) -> bool {
+        match self {
+            Self::Ws(url) => url.starts_with("wss://"),
+            Self::Tcp(_) => false,
+            Self::Tls(_) => true,
         }
     }
 }
@@ -107,6 +139,7 @@ impl fmt::Display for Endpoint {
         match self {
             Self::Ws(url) => f.write_str(url),
             Self::Tcp(addr) => write!(f, "tcp://{addr}"),
+            Self::Tls(addr) => write!(f, "tls://{addr}"),
         }
     }
 }
@@ -188,4 +221,25 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Endpoint, RpcError};
+
+    #[test]
+    fn endpoints_parse_with_their_transport_and_tls() {
+        let parse = |text| Endpoint::parse(text).map(|e| (e.to_string(), e.is_tls()));
+        assert_eq!(parse("ws://h:1/"), Ok(("ws://h:1/".into(), false)));
+        assert_eq!(parse("wss://h:1/x"), Ok(("wss://h:1/x".into(), true)));
+        assert_eq!(parse("tcp://h:1"), Ok(("tcp://h:1".into(), false)));
+        assert_eq!(parse("h:1"), Ok(("tcp://h:1".into(), false)));
+        assert_eq!(parse("tls://h:1"), Ok(("tls://h:1".into(), true)));
+        for bad in ["tls://h", "tls://:1", "h:x", "http://h:1"] {
+            assert!(
+                matches!(Endpoint::parse(bad), Err(RpcError::Config(_))),
+                "{bad}"
+            );
+        }
+    }
 }

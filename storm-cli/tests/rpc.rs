@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use storm_cli::rpc::{
     CallOptions, CancelToken, Codec, CodecError, CompressionConfig, Fault, Json, Request,
-    RpcClient, RpcError, RpcServer, RpcServerConfig, Strategy,
+    RpcClient, RpcError, RpcServer, RpcServerConfig, Strategy, blocking,
 };
 use storm_proto::reconnect::BackoffConfig;
 use tokio::sync::mpsc;
@@ -69,26 +69,46 @@ async fn handle<C: Codec>(
     probe: Probe,
     request: Request,
 ) -> Result<Bytes, Fault> {
-    match request.method.as_str() {
-        "echo" => Ok(request.payload),
-        "add" => {
-            let (a, b): (i64, i64) = request.params(&*codec)?;
-            codec.reply(&(a + b))
-        }
+    if let Some(result) = answer(&*codec, name, &request) {
+        return result;
+    }
+    // `hang`
+    let tag = String::from_utf8_lossy(&request.payload).into_owned();
+    let _guard = StopGuard(Some((probe.stopped.clone(), tag.clone())));
+    let _ = probe.started.send(tag);
+    std::future::pending::<()>().await;
+    unreachable!()
+}
+
+/// [`handle`] for a blocking server: `hang` waits until the call is
+/// cancelled (reported on `stopped`), at most [`WAIT`].
+fn handle_blocking(name: &'static str, probe: &Probe, request: &Request) -> Result<Bytes, Fault> {
+    if let Some(result) = answer(&Json, name, request) {
+        return result;
+    }
+    let tag = String::from_utf8_lossy(&request.payload).into_owned();
+    let _ = probe.started.send(tag.clone());
+    if request.wait_cancelled(WAIT) {
+        let _ = probe.stopped.send(tag);
+    }
+    Err(Fault::new(Fault::INTERNAL, "hang was not cancelled"))
+}
+
+/// Every method of [`handle`] but `hang` (`None`).
+fn answer<C: Codec>(codec: &C, name: &str, request: &Request) -> Option<Result<Bytes, Fault>> {
+    Some(match request.method.as_str() {
+        "echo" => Ok(request.payload.clone()),
+        "add" => request
+            .params::<(i64, i64)>(codec)
+            .and_then(|(a, b)| codec.reply(&(a + b))),
         "name" => codec.reply(name),
-        "hang" => {
-            let tag = String::from_utf8_lossy(&request.payload).into_owned();
-            let _guard = StopGuard(Some((probe.stopped.clone(), tag.clone())));
-            let _ = probe.started.send(tag);
-            std::future::pending::<()>().await;
-            unreachable!()
-        }
+        "hang" => return None,
         "panic" => panic!("a handler bug"),
         other => Err(Fault::new(
             Fault::UNKNOWN_METHOD,
             format!("no method {other}"),
         )),
-    }
+    })
 }
 
 async fn server_with<C: Codec>(
@@ -143,7 +163,7 @@ async fn next(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
         .expect("channel open")
 }
 
-async fn check_round_trip(client: &RpcClient) {
+async fn check_round_trip<R: storm_async::Runtime>(client: &RpcClient<Json, R>) {
     let sum: i64 = client.call("add", &(2, 40), WAIT).await.expect("add");
     assert_eq!(sum, 42);
     let raw = client
@@ -584,8 +604,9 @@ async fn the_storm_binary_serves_and_calls() {
         .expect("read");
     let endpoint = line
         .trim()
-        .strip_prefix("storm rpc listening on ")
+        .rsplit_once(" listening on ")
         .expect("listening line")
+        .1
         .to_owned();
 
     // The library client against the binary's server.
@@ -668,4 +689,408 @@ async fn a_server_that_breaks_the_protocol_fails_the_call_fast() {
     );
     assert!(start.elapsed() < WAIT);
     handle.shutdown(Duration::from_millis(100)).await;
+}
+
+/// A server of the test methods on one of the runtimes.
+enum AnyServer {
+    Tokio(RpcServer),
+    Smol(RpcServer<storm_smol::Smol>),
+    Std(blocking::RpcServer),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum On {
+    Tokio,
+    Smol,
+    Std,
+}
+
+impl AnyServer {
+    /// Binds the test methods ([`handle`]) with `config` on `runtime`.
+    async fn bind(runtime: On, config: RpcServerConfig) -> (Self, Probes) {
+        let (probe, probes) = probe();
+        let codec = Arc::new(Json);
+        let server = match runtime {
+            On::Tokio => Self::Tokio(
+                RpcServer::bind(config, move |request| {
+                    handle(Arc::clone(&codec), "tokio", probe.clone(), request)
+                })
+                .await
+                .expect("bind"),
+            ),
+            // Bound from smol's own `block_on`: its tasks run on smol.
+            On::Smol => Self::Smol(
+                smol::block_on(RpcServer::<storm_smol::Smol>::bind_on(
+                    config,
+                    move |request| handle(Arc::clone(&codec), "smol", probe.clone(), request),
+                ))
+                .expect("bind"),
+            ),
+            On::Std => Self::Std(
+                blocking::RpcServer::bind(config, move |request| {
+                    handle_blocking("std", &probe, &request)
+                })
+                .expect("bind"),
+            ),
+        };
+        (server, probes)
+    }
+
+    fn endpoint(&self) -> String {
+        match self {
+            Self::Tokio(server) => server.endpoint(),
+            Self::Smol(server) => server.endpoint(),
+            Self::Std(server) => server.endpoint(),
+        }
+    }
+
+    fn stats(&self) -> storm_cli::rpc::RpcServerStats {
+        match self {
+            Self::Tokio(server) => server.stats(),
+            Self::Smol(server) => server.stats(),
+            Self::Std(server) => server.stats(),
+        }
+    }
+
+    /// Shuts down, bounded by [`WAIT`].
+    async fn shutdown(self) {
+        let quick = Duration::from_millis(500);
+        let stopped = match self {
+            Self::Tokio(server) => timeout(WAIT, server.shutdown(quick)).await.is_ok(),
+            Self::Smol(server) => timeout(
+                WAIT,
+                tokio::task::spawn_blocking(move || smol::block_on(server.shutdown(quick))),
+            )
+            .await
+            .is_ok_and(|joined| joined.is_ok()),
+            Self::Std(server) => timeout(
+                WAIT,
+                tokio::task::spawn_blocking(move || server.shutdown(quick)),
+            )
+            .await
+            .is_ok_and(|joined| joined.is_ok_and(|stopped| stopped.is_ok())),
+        };
+        assert!(stopped, "the server did not stop in time");
+    }
+}
+
+/// On `runtime`, over WebSocket and TCP: the round trip (results, faults,
+/// a panicking handler), a cancel the server sees and acts on, and
+/// responses compressed above the threshold.
+async fn calls_on(runtime: On) {
+    for ws in [true, false] {
+        let mut config = if ws {
+            RpcServerConfig::ws("127.0.0.1:0")
+        } else {
+            RpcServerConfig::tcp("127.0.0.1:0")
+        };
+        config.compression = Some(CompressionConfig::default());
+        let (server, mut probes) = AnyServer::bind(runtime, config).await;
+        let what = format!("{runtime:?} {}", server.endpoint());
+        let (received, received_hook) = counter();
+        let client = RpcClient::builder([server.endpoint()])
+            .expect("endpoints")
+            .backoff(quick())
+            .on_bytes_received(received_hook)
+            .build()
+            .expect("client");
+
+        check_round_trip(&client).await;
+        let name: String = client.call("name", &(), WAIT).await.expect("name");
+        assert_eq!(name, format!("{runtime:?}").to_lowercase(), "{what}");
+
+        // Cancellation reaches the server's handler.
+        let token = CancelToken::new();
+        let call = {
+            let client = client.clone();
+            let token = token.clone();
+            tokio::spawn(async move {
+                client
+                    .call_raw(
+                        "hang",
+                        Bytes::from_static(b"cancel me"),
+                        CallOptions::new(WAIT).cancel_token(token),
+                    )
+                    .await
+            })
+        };
+        assert_eq!(next(&mut probes.started).await, "cancel me", "{what}");
+        token.cancel();
+        let result = timeout(WAIT, call).await.expect("bounded").expect("task");
+        assert_eq!(result, Err(RpcError::Cancelled), "{what}");
+        assert_eq!(next(&mut probes.stopped).await, "cancel me", "{what}");
+        wait_until(|| server.stats().cancelled == 1).await;
+
+        // A response above the threshold comes back compressed.
+        let payload = Bytes::from("a fairly repetitive line of text, ".repeat(300)); // ~10 KB
+        let before = received.load(Ordering::Relaxed);
+        let echoed = client
+            .call_raw("echo", payload.clone(), CallOptions::new(WAIT))
+            .await
+            .expect("echo");
+        assert_eq!(echoed, payload, "{what}");
+        let response = received.load(Ordering::Relaxed) - before;
+        assert!(
+            response * 10 < payload.len(),
+            "{what}: response of {response} bytes"
+        );
+
+        let stats = server.stats();
+        assert_eq!(
+            (stats.requests, stats.cancelled),
+            (9, 1),
+            "{what}: {stats:?}"
+        );
+        client.close().await;
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_on_tokio_over_ws_and_tcp() {
+    calls_on(On::Tokio).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_on_smol_over_ws_and_tcp() {
+    calls_on(On::Smol).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_on_std_over_ws_and_tcp() {
+    calls_on(On::Std).await;
+}
+
+/// Starts `storm rpc` with `args` and returns it with the endpoint its
+/// banner names.
+async fn start_storm_rpc(args: &[&str]) -> (Killed, String) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut server = Killed(
+        Command::new(env!("CARGO_BIN_EXE_storm"))
+            .arg("rpc")
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start storm rpc"),
+    );
+    let stdout = server.0.stdout.take().expect("stdout");
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    });
+    let line = timeout(WAIT, line)
+        .await
+        .expect("bounded")
+        .expect("task")
+        .expect("read");
+    let endpoint = line
+        .trim()
+        .rsplit_once(" listening on ")
+        .unwrap_or_else(|| panic!("no listening line: {line:?}"))
+        .1
+        .to_owned();
+    (server, endpoint)
+}
+
+/// Ctrl-C stops `server` and it exits 0, within [`WAIT`].
+async fn interrupt(mut server: Killed, what: &str) {
+    let pid = server.0.id().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || server.0.wait());
+    let exit = timeout(WAIT, exit)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still running after Ctrl-C"))
+        .expect("task")
+        .expect("wait");
+    assert!(exit.success(), "{what}: {exit}");
+}
+
+/// `storm rpc --tls` on every runtime, over `wss://` and `tls://`: a
+/// client that trusts the test CA gets answers (the library client and
+/// `storm client rpc --tls-ca`, on tokio and on smol), one that does not cannot connect, and
+/// Ctrl-C stops the server cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_storm_binary_serves_tls_on_every_runtime() {
+    let pki = storm_tests::suite::pki::Pki::new();
+    let dir = std::env::temp_dir().join(format!("storm-rpc-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (cert, key, ca) = (
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+        dir.join("ca.pem"),
+    );
+    std::fs::write(&cert, &pki.server_cert_pem).expect("write");
+    std::fs::write(&key, &pki.server_key_pem).expect("write");
+    std::fs::write(&ca, &pki.ca_pem).expect("write");
+    let (cert, key, ca) = (
+        cert.to_str().expect("utf-8 path"),
+        key.to_str().expect("utf-8 path"),
+        ca.to_str().expect("utf-8 path"),
+    );
+    for runtime in ["tokio", "smol", "std"] {
+        for (proto, scheme) in [("ws", "wss://"), ("tcp", "tls://")] {
+            let what = format!("{runtime} {proto}");
+            let (server, endpoint) = start_storm_rpc(&[
+                "--runtime",
+                runtime,
+                "--proto",
+                proto,
+                "--addr",
+                "127.0.0.1:0",
+                "--tls",
+                cert,
+                key,
+            ])
+            .await;
+            assert!(endpoint.starts_with(scheme), "{what}: {endpoint}");
+
+            let trusting = RpcClient::builder([endpoint.as_str()])
+                .expect("endpoints")
+                .tls(pki.client())
+                .build()
+                .expect("client");
+            let echoed: serde_json::Value = trusting
+                .call("echo", &serde_json::json!(["over", runtime]), WAIT)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(echoed, serde_json::json!(["over", runtime]), "{what}");
+            // The demo's sleep stops at the call's deadline on every runtime.
+            assert_eq!(
+                trusting
+                    .call::<_, u64>("sleep", &10_000, Duration::from_millis(100))
+                    .await,
+                Err(RpcError::Timeout),
+                "{what}"
+            );
+            trusting.close().await;
+
+            // Without the test CA the server is not trusted.
+            let doubting = RpcClient::builder([endpoint.as_str()])
+                .expect("endpoints")
+                .config({
+                    let mut config = storm_cli::rpc::RpcClientConfig::default();
+                    config.max_connects = 1;
+                    config
+                })
+                .build()
+                .expect("client");
+            let refused = doubting.call::<_, String>("name", &(), WAIT).await;
+            assert!(
+                matches!(refused, Err(RpcError::NoEndpoint { .. })),
+                "{what}: {refused:?}"
+            );
+
+            let args: Vec<String> = [
+                "client",
+                "rpc",
+                "--endpoint",
+                &endpoint,
+                "--tls-ca",
+                ca,
+                "--method",
+                "name",
+                // The client on smol too, once.
+                "--runtime",
+                if runtime == "smol" { "smol" } else { "tokio" },
+            ]
+            .map(String::from)
+            .to_vec();
+            let output = tokio::task::spawn_blocking(move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_storm"))
+                    .args(args)
+                    .output()
+            });
+            let output = timeout(WAIT, output)
+                .await
+                .expect("bounded")
+                .expect("task")
+                .expect("run storm client rpc");
+            assert!(output.status.success(), "{what}: {output:?}");
+            assert_eq!(
+                String::from_utf8_lossy(&output.stdout).trim(),
+                "\"storm\"",
+                "{what}"
+            );
+
+            interrupt(server, &what).await;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `rx`'s next message, on any runtime, bounded by [`WAIT`].
+async fn next_on_smol(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
+    let timer = async {
+        smol::Timer::after(WAIT).await;
+        None
+    };
+    smol::future::or(rx.recv(), timer)
+        .await
+        .expect("timed out waiting for the server")
+}
+
+/// The client on smol (no tokio runtime where it runs) against a server
+/// on each runtime, over WebSocket and TCP: the round trip, a timeout and
+/// a cancel token, both seen by the server.
+#[test]
+fn a_client_on_smol_calls_servers_on_every_runtime() {
+    let tokio = tokio::runtime::Runtime::new().expect("tokio runtime");
+    for runtime in [On::Tokio, On::Smol, On::Std] {
+        for ws in [true, false] {
+            let config = if ws {
+                RpcServerConfig::ws("127.0.0.1:0")
+            } else {
+                RpcServerConfig::tcp("127.0.0.1:0")
+            };
+            let (server, mut probes) = tokio.block_on(AnyServer::bind(runtime, config));
+            let what = format!("{runtime:?} {}", server.endpoint());
+            smol::block_on(async {
+                let client = RpcClient::builder([server.endpoint()])
+                    .expect("endpoints")
+                    .backoff(quick())
+                    .runtime::<storm_smol::Smol>()
+                    .build()
+                    .expect("client");
+                check_round_trip(&client).await;
+
+                let timed_out = client
+                    .call_raw(
+                        "hang",
+                        Bytes::from_static(b"late"),
+                        CallOptions::new(Duration::from_millis(200)),
+                    )
+                    .await;
+                assert_eq!(timed_out, Err(RpcError::Timeout), "{what}");
+                assert_eq!(next_on_smol(&mut probes.started).await, "late", "{what}");
+                assert_eq!(next_on_smol(&mut probes.stopped).await, "late", "{what}");
+
+                let token = CancelToken::new();
+                let call = smol::spawn({
+                    let client = client.clone();
+                    let token = token.clone();
+                    async move {
+                        client
+                            .call_raw(
+                                "hang",
+                                Bytes::from_static(b"token"),
+                                CallOptions::new(WAIT).cancel_token(token),
+                            )
+                            .await
+                    }
+                });
+                assert_eq!(next_on_smol(&mut probes.started).await, "token", "{what}");
+                token.cancel();
+                assert_eq!(call.await, Err(RpcError::Cancelled), "{what}");
+                assert_eq!(next_on_smol(&mut probes.stopped).await, "token", "{what}");
+                client.close().await;
+            });
+            tokio.block_on(server.shutdown());
+        }
+    }
 }

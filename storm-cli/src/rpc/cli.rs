@@ -1,14 +1,16 @@
 //! `storm rpc` (a demo server) and `storm client rpc`.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use super::{
     CallOptions, Codec, CompressionConfig, Fault, Json, Request, RpcClient, RpcServer,
-    RpcServerConfig, Strategy,
+    RpcServerConfig, Strategy, blocking,
 };
+use crate::runtime::{AsyncRuntime, Runtime, TlsArgs};
 
 /// Transport of `storm rpc`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -34,6 +36,13 @@ pub struct ServeArgs {
     /// Name returned by the `name` method.
     #[arg(long, default_value = "storm")]
     pub name: String,
+    /// `--tls CERT_PEM KEY_PEM`: serve `wss://` or TLS over TCP.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Runtime to serve on: tokio or smol (a task per request), or std (a
+    /// thread per request, two per connection).
+    #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
+    pub runtime: Runtime,
 }
 
 /// Strategy of `storm client rpc`.
@@ -48,8 +57,8 @@ pub enum StrategyArg {
 /// Options of `storm client rpc`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
-    /// An endpoint: ws://host:port/ or tcp://host:port (repeat for
-    /// several).
+    /// An endpoint: ws://host:port/, tcp://host:port, or wss:// and
+    /// tls://host:port over TLS (repeat for several).
     #[arg(long = "endpoint", default_value = "ws://127.0.0.1:9500/")]
     pub endpoints: Vec<String>,
     /// How calls are spread over the endpoints.
@@ -76,12 +85,22 @@ pub struct ClientArgs {
     /// Print every envelope sent and received (length and hex) on stderr.
     #[arg(long)]
     pub trace: bool,
+    /// Trust the CA certificates in this PEM file for wss:// and tls://
+    /// endpoints, instead of the public web roots.
+    #[arg(long, value_name = "CA_PEM")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Runtime the client runs on.
+    #[arg(long, value_enum, default_value_t = ClientRuntime::Tokio)]
+    pub runtime: ClientRuntime,
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+/// Runtimes `storm client rpc` runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientRuntime {
+    /// tokio, multi-threaded.
+    Tokio,
+    /// smol's global executor.
+    Smol,
 }
 
 fn compression(threshold: usize) -> Option<CompressionConfig> {
@@ -91,12 +110,15 @@ fn compression(threshold: usize) -> Option<CompressionConfig> {
     })
 }
 
-/// Runs `storm rpc`: `echo` (the parameters back), `name`, `time` (Unix
-/// milliseconds), `sleep` (waits the given milliseconds, at most 60 s, and
-/// returns them: try timeouts and cancellation with it).
+/// How long connections get to close at Ctrl-C.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs `storm rpc` until Ctrl-C: `echo` (the parameters back), `name`,
+/// `time` (Unix milliseconds), `sleep` (waits the given milliseconds, at
+/// most 60 s, and returns them: try timeouts and cancellation with it).
 #[must_use]
 pub fn serve(args: &ServeArgs) -> ExitCode {
-    let result = runtime().and_then(|rt| rt.block_on(serve_async(args)));
+    let result = serve_on(args);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -106,29 +128,83 @@ pub fn serve(args: &ServeArgs) -> ExitCode {
     }
 }
 
-async fn serve_async(args: &ServeArgs) -> std::io::Result<()> {
+fn serve_on(args: &ServeArgs) -> std::io::Result<()> {
     let mut config = match args.proto {
         Proto::Ws => RpcServerConfig::ws(&args.addr),
         Proto::Tcp => RpcServerConfig::tcp(&args.addr),
     };
     config.compression = compression(args.compress);
-    let name: std::sync::Arc<str> = args.name.as_str().into();
-    let server = RpcServer::bind(config, move |request: Request| {
-        let name = std::sync::Arc::clone(&name);
-        async move { demo(&name, request).await }
-    })
-    .await?;
-    println!("storm rpc listening on {}", server.endpoint());
-    // Serves until Ctrl-C.
+    args.tls.apply(&mut config.options)?;
     crate::interrupt::install()?;
-    crate::interrupt::ctrl_c().await;
-    server.shutdown(std::time::Duration::from_secs(5)).await;
-    Ok(())
+    let name: Arc<str> = args.name.as_str().into();
+    match args.runtime {
+        Runtime::Tokio => serve_async::<storm_tokio::Tokio>(args, config, name),
+        Runtime::Smol => serve_async::<storm_smol::Smol>(args, config, name),
+        Runtime::Std => {
+            let server = blocking::RpcServer::bind(config, move |request: Request| {
+                match demo(&name, &request) {
+                    Demo::Reply(result) => result,
+                    Demo::Sleep(ms) => {
+                        if request.wait_cancelled(Duration::from_millis(ms)) {
+                            Err(Fault::new(Fault::CANCELLED, "cancelled"))
+                        } else {
+                            Json.reply(&ms)
+                        }
+                    }
+                }
+            })?;
+            banner(args, &server.endpoint());
+            crate::interrupt::wait();
+            server.shutdown(STOP_TIMEOUT)
+        }
+    }
 }
 
-async fn demo(name: &str, request: Request) -> Result<Bytes, Fault> {
-    match request.method.as_str() {
-        "echo" => Ok(request.payload),
+fn serve_async<R: AsyncRuntime>(
+    args: &ServeArgs,
+    config: RpcServerConfig,
+    name: Arc<str>,
+) -> std::io::Result<()> {
+    R::block_on(async {
+        let server = RpcServer::<R>::bind_on(config, move |request: Request| {
+            let reply = demo(&name, &request);
+            async move {
+                match reply {
+                    Demo::Reply(result) => result,
+                    Demo::Sleep(ms) => {
+                        R::sleep_until(Instant::now() + Duration::from_millis(ms)).await;
+                        Json.reply(&ms)
+                    }
+                }
+            }
+        })
+        .await?;
+        banner(args, &server.endpoint());
+        crate::interrupt::ctrl_c().await;
+        server.shutdown(STOP_TIMEOUT).await;
+        Ok(())
+    })
+}
+
+fn banner(args: &ServeArgs, endpoint: &str) {
+    println!(
+        "storm rpc ({:?}, {:?} runtime) listening on {endpoint}",
+        args.proto, args.runtime
+    );
+    tracing::info!(%endpoint, runtime = ?args.runtime, "rpc listening");
+}
+
+/// What the demo does with a request, the same on every runtime; only
+/// the sleep differs.
+enum Demo {
+    Reply(Result<Bytes, Fault>),
+    /// Sleep this many milliseconds, then answer them.
+    Sleep(u64),
+}
+
+fn demo(name: &str, request: &Request) -> Demo {
+    Demo::Reply(match request.method.as_str() {
+        "echo" => Ok(request.payload.clone()),
         "name" => Json.reply(name),
         "time" => {
             let ms = std::time::SystemTime::now()
@@ -136,25 +212,24 @@ async fn demo(name: &str, request: Request) -> Result<Bytes, Fault> {
                 .map_or(0, |d| d.as_millis());
             Json.reply(&ms)
         }
-        "sleep" => {
-            let ms: u64 = request.params(&Json)?;
-            let ms = ms.min(60_000);
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            Json.reply(&ms)
-        }
+        "sleep" => match request.params::<u64>(&Json) {
+            Ok(ms) => return Demo::Sleep(ms.min(60_000)),
+            Err(fault) => Err(fault),
+        },
         other => Err(Fault::new(
             Fault::UNKNOWN_METHOD,
             format!("no method {other:?}; try echo, name, time, sleep"),
         )),
-    }
+    })
 }
 
 /// Runs `storm client rpc`.
 #[must_use]
 pub fn client(args: &ClientArgs) -> ExitCode {
-    let result = runtime()
-        .map_err(|e| e.to_string())
-        .and_then(|rt| rt.block_on(client_async(args)));
+    let result = match args.runtime {
+        ClientRuntime::Tokio => client_on::<storm_tokio::Tokio>(args),
+        ClientRuntime::Smol => client_on::<storm_smol::Smol>(args),
+    };
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -174,7 +249,11 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Returns whether every call succeeded.
-async fn client_async(args: &ClientArgs) -> Result<bool, String> {
+fn client_on<R: AsyncRuntime>(args: &ClientArgs) -> Result<bool, String> {
+    R::block_on(async { Ok(client_async::<R>(args).await) }).map_err(|e| e.to_string())?
+}
+
+async fn client_async<R: AsyncRuntime>(args: &ClientArgs) -> Result<bool, String> {
     let params: serde_json::Value =
         serde_json::from_str(&args.params).map_err(|e| format!("--params is not JSON: {e}"))?;
     let payload = Json.encode(&params).map_err(|e| e.to_string())?;
@@ -184,7 +263,12 @@ async fn client_async(args: &ClientArgs) -> Result<bool, String> {
             StrategyArg::RoundRobin => Strategy::RoundRobin,
             StrategyArg::Failover => Strategy::Failover,
         })
-        .compression(compression(args.compress));
+        .compression(compression(args.compress))
+        .runtime::<R>();
+    if let Some(path) = &args.tls_ca {
+        let ca = storm_proto::tls::read_pem_file(path).map_err(|e| format!("--tls-ca: {e}"))?;
+        builder = builder.tls(storm_proto::options::TlsClientOptions::with_ca(ca));
+    }
     if args.trace {
         builder = builder
             .on_bytes_sent(|endpoint, bytes| {

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -9,13 +10,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use storm_async::{Client, ClientError, Handler, Runtime, Session, TcpClient, WsClient};
 use storm_proto::Message;
 use storm_proto::framing::LengthPrefixConfig;
 use storm_proto::link::CloseReason;
-use storm_proto::options::{ClientOptions, Framing, WsOptions};
+use storm_proto::options::{ClientOptions, Framing, TlsClientOptions, WsOptions};
 use storm_proto::reconnect::{BackoffConfig, EndpointSet};
 use storm_proto::rpc::{CallEvent, Calls, CallsConfig, CompressionConfig, Fault, StartError};
-use storm_tokio::{Client, Handler, Session, TcpClient, WsClient};
+use storm_tokio::Tokio;
+// Runtime-independent primitives: they work on smol too.
 use tokio::sync::{oneshot, watch};
 
 use super::codec::{Codec, Json};
@@ -64,8 +67,10 @@ pub struct RpcClientConfig {
     /// Most connection attempts one call makes before it fails with
     /// [`RpcError::NoEndpoint`]. Default 8.
     pub max_connects: u32,
-    /// Transport options (TLS, headers, heartbeat); `reconnect` and
-    /// `connect_timeout` are ignored (see the fields above).
+    /// Transport options (headers, heartbeat, and `tls`: how `wss://` and
+    /// `tls://` endpoints verify the server, the web roots when `None`);
+    /// `reconnect` and `connect_timeout` are ignored (see the fields
+    /// above), and `ws://` and `tcp://` endpoints never use TLS.
     pub client: ClientOptions,
     /// WebSocket options (deflate, limits) for `ws://` endpoints.
     pub ws: WsOptions,
@@ -169,16 +174,17 @@ async fn cancelled(token: Option<&CancelToken>) {
     }
 }
 
-/// Builds an [`RpcClient`].
-pub struct RpcClientBuilder<C = Json> {
+/// Builds an [`RpcClient`] with codec `C` on runtime `R`.
+pub struct RpcClientBuilder<C = Json, R = Tokio> {
     endpoints: Vec<Endpoint>,
     config: RpcClientConfig,
     codec: C,
     sent: Option<BytesHook>,
     received: Option<BytesHook>,
+    runtime: PhantomData<fn() -> R>,
 }
 
-impl<C> fmt::Debug for RpcClientBuilder<C> {
+impl<C, R> fmt::Debug for RpcClientBuilder<C, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RpcClientBuilder")
             .field("endpoints", &self.endpoints)
@@ -187,7 +193,7 @@ impl<C> fmt::Debug for RpcClientBuilder<C> {
     }
 }
 
-impl<C: Codec> RpcClientBuilder<C> {
+impl<C: Codec, R: Runtime> RpcClientBuilder<C, R> {
     /// Replaces the whole configuration.
     #[must_use]
     pub fn config(mut self, config: RpcClientConfig) -> Self {
@@ -216,15 +222,40 @@ impl<C: Codec> RpcClientBuilder<C> {
         self
     }
 
+    /// How `wss://` and `tls://` endpoints verify the server (trust the
+    /// CA of a test or private PKI with [`TlsClientOptions::with_ca`]);
+    /// without it they trust the public web roots.
+    #[must_use]
+    pub fn tls(mut self, tls: TlsClientOptions) -> Self {
+        self.config.client.tls = Some(tls);
+        self
+    }
+
     /// Uses another codec.
     #[must_use]
-    pub fn codec<D: Codec>(self, codec: D) -> RpcClientBuilder<D> {
+    pub fn codec<D: Codec>(self, codec: D) -> RpcClientBuilder<D, R> {
         RpcClientBuilder {
             endpoints: self.endpoints,
             config: self.config,
             codec,
             sent: self.sent,
             received: self.received,
+            runtime: PhantomData,
+        }
+    }
+
+    /// Runs the client's connections and timers on another runtime than
+    /// tokio: `.runtime::<storm_smol::Smol>()`. Its calls must then be
+    /// awaited where that runtime's I/O and timers work.
+    #[must_use]
+    pub fn runtime<S: Runtime>(self) -> RpcClientBuilder<C, S> {
+        RpcClientBuilder {
+            endpoints: self.endpoints,
+            config: self.config,
+            codec: self.codec,
+            sent: self.sent,
+            received: self.received,
+            runtime: PhantomData,
         }
     }
 
@@ -254,7 +285,7 @@ impl<C: Codec> RpcClientBuilder<C> {
     ///
     /// [`RpcError::Config`] for an invalid backoff, limit or compression
     /// level.
-    pub fn build(self) -> Result<RpcClient<C>, RpcError> {
+    pub fn build(self) -> Result<RpcClient<C, R>, RpcError> {
         let config = self.config;
         let mut calls = CallsConfig::default();
         calls.max_pending = config.max_pending;
@@ -285,26 +316,30 @@ impl<C: Codec> RpcClientBuilder<C> {
                 slots,
                 closed: AtomicBool::new(false),
             }),
+            runtime: PhantomData,
         })
     }
 }
 
-/// A request/response client over one or more endpoints. Cheap to clone;
-/// every clone shares the connections. Dropping the last clone closes
-/// them.
-pub struct RpcClient<C = Json> {
+/// A request/response client over one or more endpoints, with codec `C`,
+/// on runtime `R` (tokio unless [`RpcClientBuilder::runtime`] says
+/// otherwise). Cheap to clone; every clone shares the connections.
+/// Dropping the last clone closes them.
+pub struct RpcClient<C = Json, R = Tokio> {
     inner: Arc<Inner<C>>,
+    runtime: PhantomData<fn() -> R>,
 }
 
-impl<C> Clone for RpcClient<C> {
+impl<C, R> Clone for RpcClient<C, R> {
     fn clone(&self) -> Self {
         Self {
             inner: Arc::clone(&self.inner),
+            runtime: PhantomData,
         }
     }
 }
 
-impl<C> fmt::Debug for RpcClient<C> {
+impl<C, R> fmt::Debug for RpcClient<C, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RpcClient")
             .field("endpoints", &self.inner.endpoints)
@@ -364,11 +399,12 @@ impl RpcClient<Json> {
             codec: Json,
             sent: None,
             received: None,
+            runtime: PhantomData,
         })
     }
 }
 
-impl<C: Codec> RpcClient<C> {
+impl<C: Codec, R: Runtime> RpcClient<C, R> {
     /// Calls `method` with `params`, serialized by the codec, and
     /// deserializes the result; `timeout` covers everything, connecting
     /// included.
@@ -464,7 +500,7 @@ impl<C: Codec> RpcClient<C> {
             // and the token still apply.
             let sent = tokio::select! {
                 sent = conn.send(frame) => sent,
-                () = tokio::time::sleep_until(deadline.into()) => return Err(RpcError::Timeout),
+                () = R::sleep_until(deadline) => return Err(RpcError::Timeout),
                 () = cancelled(token) => return Err(RpcError::Cancelled),
             };
             if sent.is_err() {
@@ -478,7 +514,7 @@ impl<C: Codec> RpcClient<C> {
             }
             let event = tokio::select! {
                 event = rx => event.ok(),
-                () = tokio::time::sleep_until(deadline.into()) => {
+                () = R::sleep_until(deadline) => {
                     // Drive the machine's clock: this and every other call
                     // due ends, and their cancels go to the server. If this
                     // call was not due yet by the machine's reckoning,
@@ -573,9 +609,9 @@ impl<C: Codec> RpcClient<C> {
             }
             match self.pick() {
                 Ok(index) => {
-                    let connect = tokio::time::timeout_at(deadline.into(), self.connect(index));
-                    let Ok(connected) = connect.await else {
-                        return Err(RpcError::Timeout);
+                    let connected = tokio::select! {
+                        connected = self.connect(index) => connected,
+                        () = R::sleep_until(deadline) => return Err(RpcError::Timeout),
                     };
                     let now = Instant::now();
                     let mut set = lock(&self.inner.shared.set);
@@ -596,7 +632,7 @@ impl<C: Codec> RpcClient<C> {
                     }
                 }
                 Err(Some(retry_at)) if retry_at < deadline => {
-                    tokio::time::sleep_until(retry_at.into()).await;
+                    R::sleep_until(retry_at).await;
                 }
                 Err(_) => return Err(RpcError::NoEndpoint { last_error }),
             }
@@ -630,23 +666,34 @@ impl<C: Codec> RpcClient<C> {
         let handler = ConnHandler {
             state: Arc::clone(&state),
         };
-        let options = ClientOptions {
+        let mut options = ClientOptions {
             connect_timeout: config.connect_timeout,
             reconnect: None,
             ..config.client.clone()
         };
+        if !endpoint.is_tls() {
+            options.tls = None;
+        }
         let limit = config.max_payload.saturating_add(ENVELOPE_SLACK);
         let client = match endpoint {
             Endpoint::Ws(url) => {
                 let mut ws = config.ws.clone();
                 ws.config.max_message_size = limit;
                 ws.config.max_frame_size = limit;
-                WsClient::connect(url, options, ws, handler).await
+                WsClient::<R>::connect(url, options, ws, handler).await
+            }
+            Endpoint::Tls(addr) => {
+                options.tls.get_or_insert_with(TlsClientOptions::default);
+                let mut framing = LengthPrefixConfig::default();
+                framing.max_frame_len = limit;
+                TcpClient::<R>::connect(addr, options, Framing::LengthPrefixWith(framing), handler)
+                    .await
             }
             Endpoint::Tcp(addr) => {
                 let mut framing = LengthPrefixConfig::default();
                 framing.max_frame_len = limit;
-                TcpClient::connect(addr, options, Framing::LengthPrefixWith(framing), handler).await
+                TcpClient::<R>::connect(addr, options, Framing::LengthPrefixWith(framing), handler)
+                    .await
             }
         }
         .map_err(|e| e.to_string())?;
@@ -681,7 +728,7 @@ struct Conn {
 
 impl Conn {
     /// Sends an envelope, waiting if the connection is backpressured.
-    async fn send(&self, frame: Bytes) -> Result<(), storm_tokio::ClientError> {
+    async fn send(&self, frame: Bytes) -> Result<(), ClientError> {
         self.state.hook_sent(&frame);
         self.client.send(Message::Binary(frame)).await
     }

@@ -1,32 +1,38 @@
-//! [`RpcServer`]: answers [`RpcClient`](super::RpcClient) calls.
+//! What an RPC server does, whatever it runs on: [`RpcServerConfig`], the
+//! [`Request`] a handler gets, and [`Service`], the one place requests are
+//! decoded, refused, cancelled, timed out and answered (with the core's
+//! [`Serving`] machine). The adapters only run handlers and move frames:
+//! [`RpcServer`](super::RpcServer) on tokio or smol (`on_async`),
+//! [`blocking::RpcServer`](super::blocking::RpcServer) on std threads.
+
+mod on_async;
+
+pub use on_async::RpcServer;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use storm_proto::Message;
 use storm_proto::framing::LengthPrefixConfig;
 use storm_proto::hub::SessionId;
-use storm_proto::link::CloseReason;
 use storm_proto::options::{Framing, ServerOptions, WsOptions};
+use storm_proto::peer::Peer;
 use storm_proto::rpc::{CallsConfig, CompressionConfig, Fault, Incoming, Serving};
-use storm_tokio::{Handler, ServerHandle, Session, TcpServer, WsServer};
-use tokio::task::AbortHandle;
 
 use super::codec::Codec;
 use super::{ENVELOPE_SLACK, lock};
 
-/// How an [`RpcServer`] listens and what it allows.
+/// How an RPC server listens and what it allows.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct RpcServerConfig {
-    /// Address and socket options.
+    /// Address and socket options; `options.tls` serves `wss://` or TLS
+    /// over TCP.
     pub options: ServerOptions,
     /// `Some`: WebSocket with these options; `None`: 4-byte length-prefixed
     /// TCP.
@@ -65,6 +71,43 @@ impl RpcServerConfig {
             compression: None,
         }
     }
+
+    /// The transport these options serve, with its message limit raised
+    /// to fit the largest envelope.
+    pub(super) fn transport(&self) -> Transport {
+        let limit = self.max_payload.saturating_add(ENVELOPE_SLACK);
+        match &self.ws {
+            Some(ws) => {
+                let mut ws = ws.clone();
+                ws.config.max_message_size = limit;
+                ws.config.max_frame_size = limit;
+                Transport::Ws(ws)
+            }
+            None => {
+                let mut framing = LengthPrefixConfig::default();
+                framing.max_frame_len = limit;
+                Transport::Tcp(Framing::LengthPrefixWith(framing))
+            }
+        }
+    }
+
+    /// The endpoint a client uses to reach a server bound at `addr` with
+    /// these options: `ws://addr/`, `wss://addr/`, `tcp://addr` or
+    /// `tls://addr`.
+    pub(super) fn endpoint(&self, addr: SocketAddr) -> String {
+        match (self.ws.is_some(), self.options.tls.is_some()) {
+            (true, false) => format!("ws://{addr}/"),
+            (true, true) => format!("wss://{addr}/"),
+            (false, false) => format!("tcp://{addr}"),
+            (false, true) => format!("tls://{addr}"),
+        }
+    }
+}
+
+/// What a server binds: WebSocket options or a TCP framing.
+pub(super) enum Transport {
+    Ws(WsOptions),
+    Tcp(Framing),
 }
 
 /// One call for the handler.
@@ -81,6 +124,7 @@ pub struct Request {
     pub idempotent: bool,
     /// Who called.
     pub remote: SocketAddr,
+    signal: Arc<Signal>,
 }
 
 impl Request {
@@ -94,9 +138,92 @@ impl Request {
             .decode(&self.payload)
             .map_err(|e| Fault::new(Fault::BAD_REQUEST, format!("bad parameters: {e}")))
     }
+
+    /// Whether nobody waits for the answer any more: the client cancelled
+    /// the call, its deadline passed, or the connection ended. An async
+    /// handler is simply dropped then; a blocking one (on
+    /// [`blocking::RpcServer`](super::blocking::RpcServer)) should check
+    /// this, or wait with [`wait_cancelled`](Self::wait_cancelled).
+    #[must_use]
+    pub fn is_cancelled(&self) -> bool {
+        self.signal.is_cancelled(Instant::now())
+    }
+
+    /// Blocks up to `limit`, returning early with `true` when the call is
+    /// cancelled (as for [`is_cancelled`](Self::is_cancelled)). Meant for
+    /// blocking handlers: an interruptible sleep or poll interval.
+    #[must_use]
+    pub fn wait_cancelled(&self, limit: Duration) -> bool {
+        self.signal.wait(limit)
+    }
 }
 
-/// Counters of an [`RpcServer`].
+/// Tells a running call that nobody waits for it any more, both to a
+/// task (through `notify`) and to a thread (through the condvar).
+#[derive(Debug)]
+struct Signal {
+    deadline: Option<Instant>,
+    cancelled: Mutex<bool>,
+    wake: Condvar,
+    notify: tokio::sync::Notify,
+}
+
+impl Signal {
+    fn new(deadline: Option<Instant>) -> Self {
+        Self {
+            deadline,
+            cancelled: Mutex::new(false),
+            wake: Condvar::new(),
+            notify: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn cancel(&self) {
+        *lock(&self.cancelled) = true;
+        self.wake.notify_all();
+        self.notify.notify_waiters();
+    }
+
+    fn is_cancelled(&self, now: Instant) -> bool {
+        *lock(&self.cancelled) || self.deadline.is_some_and(|d| now >= d)
+    }
+
+    fn wait(&self, limit: Duration) -> bool {
+        let now = Instant::now();
+        let until = now.checked_add(limit).unwrap_or(now);
+        let until = self.deadline.map_or(until, |d| d.min(until));
+        let mut cancelled = lock(&self.cancelled);
+        loop {
+            let now = Instant::now();
+            if *cancelled || self.deadline.is_some_and(|d| now >= d) {
+                return true;
+            }
+            if now >= until {
+                return false;
+            }
+            cancelled = self
+                .wake
+                .wait_timeout(cancelled, until - now)
+                .map_or_else(|e| e.into_inner().0, |(guard, _)| guard);
+        }
+    }
+
+    /// Completes once [`cancel`](Self::cancel) was called (not at the
+    /// deadline: the async adapter races that with its own timer).
+    async fn cancelled(&self) {
+        loop {
+            let notified = self.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if *lock(&self.cancelled) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Counters of an RPC server.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RpcServerStats {
@@ -110,7 +237,7 @@ pub struct RpcServerStats {
     pub timed_out: u64,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Counters {
     requests: AtomicU64,
     replies: AtomicU64,
@@ -118,103 +245,180 @@ struct Counters {
     timed_out: AtomicU64,
 }
 
-/// A running RPC server: every request runs in its own task, so one slow
-/// handler never holds up the connection; a cancel from the client (an
-/// explicit one, a dropped call, a timeout) aborts that task, and so does
-/// the end of the connection.
+/// One connection's requests.
 #[derive(Debug)]
-pub struct RpcServer {
-    local_addr: SocketAddr,
-    ws: bool,
-    handle: ServerHandle,
-    counters: Arc<Counters>,
-    task: tokio::task::JoinHandle<io::Result<()>>,
+struct Conn {
+    serving: Mutex<Serving>,
+    running: Mutex<HashMap<u64, Arc<Signal>>>,
 }
 
-impl std::fmt::Debug for Counters {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Counters")
+/// What the adapter does after a message.
+pub(super) enum Step {
+    /// Nothing more.
+    Nothing,
+    /// The client broke the protocol: drop the connection.
+    Abort,
+    /// Run the handler on `request`, then answer through `call`.
+    Run(Request, Call),
+}
+
+/// A request being handled: hand it back to [`Service::finish`] or
+/// [`Service::deadline_passed`].
+#[derive(Debug)]
+pub(super) struct Call {
+    conn: Arc<Conn>,
+    id: u64,
+    signal: Arc<Signal>,
+}
+
+impl Call {
+    /// When the client stops waiting.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        self.signal.deadline
+    }
+
+    /// Completes when the call is cancelled (by the client or the end of
+    /// the connection).
+    pub(super) async fn cancelled(&self) {
+        self.signal.cancelled().await;
     }
 }
 
-impl RpcServer {
-    /// Binds and starts serving with `handler`, which maps each request to
-    /// its result bytes (use a [`Codec`] to build them) or a [`Fault`].
-    ///
-    /// # Errors
-    ///
-    /// An invalid option or a failed bind.
-    pub async fn bind<H, F>(config: RpcServerConfig, handler: H) -> io::Result<Self>
-    where
-        H: Fn(Request) -> F + Send + Sync + 'static,
-        F: Future<Output = Result<Bytes, Fault>> + Send + 'static,
-    {
+/// The server's decisions, the same on every runtime: sessions' serving
+/// machines, the calls running on each, and the counters.
+#[derive(Debug)]
+pub(super) struct Service {
+    calls: CallsConfig,
+    conns: Mutex<HashMap<SessionId, Arc<Conn>>>,
+    counters: Counters,
+}
+
+impl Service {
+    /// Checks the limits of `config`.
+    pub(super) fn new(config: &RpcServerConfig) -> io::Result<Self> {
         let mut calls = CallsConfig::default();
         calls.max_pending = config.max_in_flight;
         calls.max_payload = config.max_payload;
         calls.compression = config.compression;
         Serving::new(calls.clone())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-        let counters = Arc::new(Counters::default());
-        let rpc = RpcHandler {
-            handler: Arc::new(handler),
+        Ok(Self {
             calls,
             conns: Mutex::new(HashMap::new()),
-            counters: Arc::clone(&counters),
-        };
-        let limit = config.max_payload.saturating_add(ENVELOPE_SLACK);
-        let is_ws = config.ws.is_some();
-        let (local_addr, handle, task) = match config.ws {
-            Some(mut ws) => {
-                ws.config.max_message_size = limit;
-                ws.config.max_frame_size = limit;
-                let server = WsServer::bind(config.options, ws).await?;
-                (
-                    server.local_addr(),
-                    server.handle(),
-                    tokio::spawn(server.serve(rpc)),
-                )
-            }
-            None => {
-                let mut framing = LengthPrefixConfig::default();
-                framing.max_frame_len = limit;
-                let server =
-                    TcpServer::bind(config.options, Framing::LengthPrefixWith(framing)).await?;
-                (
-                    server.local_addr(),
-                    server.handle(),
-                    tokio::spawn(server.serve(rpc)),
-                )
-            }
-        };
-        Ok(Self {
-            local_addr,
-            ws: is_ws,
-            handle,
-            counters,
-            task,
+            counters: Counters::default(),
         })
     }
 
-    /// Where it listens.
-    #[must_use]
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+    /// A connection opened; `false`: abort it.
+    pub(super) fn connect(&self, peer: &Peer) -> bool {
+        let Ok(serving) = Serving::new(self.calls.clone()) else {
+            return false;
+        };
+        let conn = Arc::new(Conn {
+            serving: Mutex::new(serving),
+            running: Mutex::new(HashMap::new()),
+        });
+        lock(&self.conns).insert(peer.id(), conn);
+        true
     }
 
-    /// The endpoint string a client uses: `ws://addr/` or `tcp://addr`.
-    #[must_use]
-    pub fn endpoint(&self) -> String {
-        if self.ws {
-            format!("ws://{}/", self.local_addr)
-        } else {
-            format!("tcp://{}", self.local_addr)
+    /// Takes one message from `peer`: returns the refusals to send first
+    /// (overload, duplicate id, bad compression), then what to do.
+    pub(super) fn message(&self, peer: &Peer, frame: Bytes) -> (Vec<Bytes>, Step) {
+        let Some(conn) = lock(&self.conns).get(&peer.id()).cloned() else {
+            return (Vec::new(), Step::Nothing);
+        };
+        let (incoming, refusals) = {
+            let mut serving = lock(&conn.serving);
+            let incoming = serving.handle_frame(frame);
+            let refusals: Vec<Bytes> = std::iter::from_fn(|| serving.poll_transmit()).collect();
+            (incoming, refusals)
+        };
+        let step = match incoming {
+            Err(_) => Step::Abort,
+            Ok(Some(Incoming::Cancel(id))) => {
+                if let Some(signal) = lock(&conn.running).remove(&id) {
+                    self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+                    signal.cancel();
+                }
+                Step::Nothing
+            }
+            Ok(Some(Incoming::Request(request))) => {
+                self.counters.requests.fetch_add(1, Ordering::Relaxed);
+                let deadline = request
+                    .timeout
+                    .and_then(|limit| Instant::now().checked_add(limit));
+                let signal = Arc::new(Signal::new(deadline));
+                lock(&conn.running).insert(request.id, Arc::clone(&signal));
+                let call = Call {
+                    conn,
+                    id: request.id,
+                    signal: Arc::clone(&signal),
+                };
+                let request = Request {
+                    method: request.method.as_str().to_owned(),
+                    payload: request.payload,
+                    timeout: request.timeout,
+                    idempotent: request.idempotent,
+                    remote: peer.remote_addr(),
+                    signal,
+                };
+                Step::Run(request, call)
+            }
+            Ok(_) => Step::Nothing,
+        };
+        (refusals, step)
+    }
+
+    /// The handler of `call` ended with `result`: the reply to send, if
+    /// anyone still waits for it.
+    pub(super) fn finish(&self, call: &Call, result: Result<Bytes, Fault>) -> Option<Bytes> {
+        lock(&call.conn.running).remove(&call.id);
+        if *lock(&call.signal.cancelled) {
+            return None;
+        }
+        let reply = lock(&call.conn.serving).respond(call.id, result);
+        if reply.is_some() {
+            self.counters.replies.fetch_add(1, Ordering::Relaxed);
+        }
+        reply
+    }
+
+    /// The deadline of `call` passed with the handler still running (an
+    /// async handler is stopped; a blocking one answered too late): the
+    /// [`Fault::TIMEOUT`] to send, if anyone still waits.
+    pub(super) fn deadline_passed(&self, call: &Call) -> Option<Bytes> {
+        if *lock(&call.signal.cancelled) {
+            self.forget(call);
+            return None;
+        }
+        self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+        self.finish(call, Err(Fault::new(Fault::TIMEOUT, "deadline passed")))
+    }
+
+    /// The handler of `call` panicked.
+    pub(super) fn panicked(&self, call: &Call) -> Option<Bytes> {
+        self.finish(call, Err(Fault::new(Fault::INTERNAL, "the handler failed")))
+    }
+
+    /// The call was cancelled while its handler ran: forget it.
+    pub(super) fn forget(&self, call: &Call) {
+        lock(&call.conn.running).remove(&call.id);
+    }
+
+    /// The connection of `peer` ended: every call still running on it is
+    /// cancelled.
+    pub(super) fn disconnect(&self, peer: &Peer) {
+        let conn = lock(&self.conns).remove(&peer.id());
+        if let Some(conn) = conn {
+            for (_, signal) in lock(&conn.running).drain() {
+                signal.cancel();
+            }
         }
     }
 
     /// The counters so far.
-    #[must_use]
-    pub fn stats(&self) -> RpcServerStats {
+    pub(super) fn stats(&self) -> RpcServerStats {
         let c = &self.counters;
         RpcServerStats {
             requests: c.requests.load(Ordering::Relaxed),
@@ -223,154 +427,9 @@ impl RpcServer {
             timed_out: c.timed_out.load(Ordering::Relaxed),
         }
     }
-
-    /// Stops accepting, closes every connection (calls in flight on them
-    /// fail fast on the client), aborting those still open after
-    /// `timeout`, and waits until the server has stopped.
-    pub async fn shutdown(self, timeout: Duration) {
-        self.handle.shutdown(timeout).await;
-        let _ = self.task.await;
-    }
 }
 
-/// Answers a request whose handler task ended without answering.
-struct PanicReply {
-    conn: Arc<ConnServing>,
-    session: Session,
-    id: u64,
-    armed: bool,
-}
-
-impl Drop for PanicReply {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        lock(&self.conn.tasks).remove(&self.id);
-        let fault = Fault::new(Fault::INTERNAL, "the handler failed");
-        let reply = lock(&self.conn.serving).respond(self.id, Err(fault));
-        if let Some(frame) = reply {
-            let _ = self.session.offer(Message::Binary(frame));
-        }
-    }
-}
-
-type DynHandler<F> = Arc<dyn Fn(Request) -> F + Send + Sync>;
-
-/// One connection's requests.
-struct ConnServing {
-    serving: Mutex<Serving>,
-    tasks: Mutex<HashMap<u64, AbortHandle>>,
-}
-
-struct RpcHandler<F> {
-    handler: DynHandler<F>,
-    calls: CallsConfig,
-    conns: Mutex<HashMap<SessionId, Arc<ConnServing>>>,
-    counters: Arc<Counters>,
-}
-
-impl<F> RpcHandler<F> {
-    fn conn(&self, session: &Session) -> Option<Arc<ConnServing>> {
-        lock(&self.conns).get(&session.id()).cloned()
-    }
-}
-
-impl<F> Handler for RpcHandler<F>
-where
-    F: Future<Output = Result<Bytes, Fault>> + Send + 'static,
-{
-    async fn on_connect(&self, session: &Session) {
-        let Ok(serving) = Serving::new(self.calls.clone()) else {
-            session.abort();
-            return;
-        };
-        let conn = Arc::new(ConnServing {
-            serving: Mutex::new(serving),
-            tasks: Mutex::new(HashMap::new()),
-        });
-        lock(&self.conns).insert(session.id(), conn);
-    }
-
-    async fn on_message(&self, session: &Session, message: Message) {
-        let Some(conn) = self.conn(session) else {
-            return;
-        };
-        let (incoming, refusals) = {
-            let mut serving = lock(&conn.serving);
-            let incoming = serving.handle_frame(message.into_bytes());
-            let refusals: Vec<Bytes> = std::iter::from_fn(|| serving.poll_transmit()).collect();
-            (incoming, refusals)
-        };
-        for frame in refusals {
-            let _ = session.send(Message::Binary(frame)).await;
-        }
-        match incoming {
-            Err(_) => session.abort(), // the client broke the protocol
-            Ok(None) => {}
-            Ok(Some(Incoming::Cancel(id))) => {
-                if let Some(task) = lock(&conn.tasks).remove(&id) {
-                    self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
-                    task.abort();
-                }
-            }
-            Ok(Some(Incoming::Request(request))) => {
-                self.counters.requests.fetch_add(1, Ordering::Relaxed);
-                let id = request.id;
-                let timeout = request.timeout;
-                let call = (self.handler)(Request {
-                    method: request.method.as_str().to_owned(),
-                    payload: request.payload,
-                    timeout,
-                    idempotent: request.idempotent,
-                    remote: session.remote_addr(),
-                });
-                let session = session.clone();
-                let counters = Arc::clone(&self.counters);
-                let task_conn = Arc::clone(&conn);
-                // Hold the task table while spawning so the task cannot
-                // remove its entry before it is inserted.
-                let mut tasks = lock(&conn.tasks);
-                let task = tokio::spawn(async move {
-                    // Answers INTERNAL if the handler panics (the task
-                    // unwinds through it); after a cancel or a disconnect
-                    // there is nobody to answer, and `respond` knows it.
-                    let mut guard = PanicReply {
-                        conn: Arc::clone(&task_conn),
-                        session: session.clone(),
-                        id,
-                        armed: true,
-                    };
-                    let result = match timeout {
-                        Some(limit) => match tokio::time::timeout(limit, call).await {
-                            Ok(result) => result,
-                            Err(_) => {
-                                counters.timed_out.fetch_add(1, Ordering::Relaxed);
-                                Err(Fault::new(Fault::TIMEOUT, "deadline passed"))
-                            }
-                        },
-                        None => call.await,
-                    };
-                    guard.armed = false;
-                    lock(&task_conn.tasks).remove(&id);
-                    let reply = lock(&task_conn.serving).respond(id, result);
-                    if let Some(frame) = reply {
-                        counters.replies.fetch_add(1, Ordering::Relaxed);
-                        let _ = session.send(Message::Binary(frame)).await;
-                    }
-                });
-                tasks.insert(id, task.abort_handle());
-            }
-            Ok(Some(_)) => {}
-        }
-    }
-
-    async fn on_disconnect(&self, session: &Session, _: &CloseReason) {
-        let conn = lock(&self.conns).remove(&session.id());
-        if let Some(conn) = conn {
-            for (_, task) in lock(&conn.tasks).drain() {
-                task.abort();
-            }
-        }
-    }
+/// `f()`, or `None` if it panicked.
+pub(super) fn unless_panic<T>(f: impl FnOnce() -> T) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
 }

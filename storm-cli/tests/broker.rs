@@ -373,22 +373,25 @@ async fn broker_at_its_request_limit_answers_busy() {
     first.abort();
 }
 
-/// A provider that registers and then never reads: its queue at the
-/// broker fills up.
-fn deaf_provider(addr: &str, ch: ChannelId) -> TcpStream {
+/// A raw connection registered as `role` on `ch` (the broker has
+/// acknowledged it), which then never reads.
+fn registered_raw(addr: &str, ch: ChannelId, role: Role, timeout: Duration) -> TcpStream {
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream.set_read_timeout(Some(WAIT)).expect("timeout");
     let registration = Registration {
-        role: Role::Provider,
-        client_id: ClientId::from_bytes([1; 16]),
+        role,
+        client_id: ClientId::random(&mut rand::rng()),
         channel_id: ch,
-        timeout: Duration::ZERO,
+        timeout,
     };
-    let id = RequestId::from_bytes([2; 16]);
     let mut wire = BytesMut::new();
     FrameCodec::default()
         .encode(
-            &Frame::new(FrameType::Start, id, registration.encode()),
+            &Frame::new(
+                FrameType::Start,
+                RequestId::random(&mut rand::rng()),
+                registration.encode(),
+            ),
             &mut wire,
         )
         .expect("fits");
@@ -397,6 +400,12 @@ fn deaf_provider(addr: &str, ch: ChannelId) -> TcpStream {
     stream.read_exact(&mut ack).expect("acknowledged");
     assert_eq!(ack[1], FrameType::Response.to_u8());
     stream
+}
+
+/// A provider that registers and then never reads: its queue at the
+/// broker fills up.
+fn deaf_provider(addr: &str, ch: ChannelId) -> TcpStream {
+    registered_raw(addr, ch, Role::Provider, Duration::ZERO)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1057,31 +1066,11 @@ async fn deaf_provider_does_not_slow_the_channel(runtime: &str) {
 /// A consumer that registers, sends one empty request and never reads
 /// again.
 fn deaf_consumer(addr: &str, ch: ChannelId) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(WAIT)).expect("timeout");
-    let registration = Registration {
-        role: Role::Consumer,
-        client_id: ClientId::from_bytes([3; 16]),
-        channel_id: ch,
-        timeout: Duration::from_secs(60),
-    };
-    let codec = FrameCodec::default();
+    let mut stream = registered_raw(addr, ch, Role::Consumer, Duration::from_secs(60));
     let mut wire = BytesMut::new();
-    let reg = RequestId::from_bytes([4; 16]);
-    codec
-        .encode(
-            &Frame::new(FrameType::Start, reg, registration.encode()),
-            &mut wire,
-        )
-        .expect("fits");
-    stream.write_all(&wire).expect("register");
-    let mut ack = [0u8; HEADER_LEN];
-    stream.read_exact(&mut ack).expect("acknowledged");
-    assert_eq!(ack[1], FrameType::Response.to_u8());
-    wire.clear();
-    let id = RequestId::from_bytes([5; 16]);
+    let id = RequestId::random(&mut rand::rng());
     for t in [FrameType::Start, FrameType::End] {
-        codec
+        FrameCodec::default()
             .encode(&Frame::new(t, id, Bytes::new()), &mut wire)
             .expect("fits");
     }

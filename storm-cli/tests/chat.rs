@@ -2,6 +2,9 @@
 //! three blocking WebSocket clients, the tick, the page over HTTP, and the
 //! admin console on stdin. Every wait is bounded.
 
+mod common;
+use common::Inbox;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -438,15 +441,6 @@ fn page_over_http() {
         );
         assert!(get("/?x=1").starts_with("HTTP/1.1 200 OK\r\n"));
         assert!(get("/nope").starts_with("HTTP/1.1 404 "));
-    }
-}
-
-/// Collects what a storm-std client receives.
-struct Inbox(mpsc::Sender<storm_proto::Message>);
-
-impl storm_std::Handler for Inbox {
-    fn on_message(&self, _: &storm_std::Session, message: storm_proto::Message) {
-        let _ = self.0.send(message);
     }
 }
 

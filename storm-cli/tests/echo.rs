@@ -1,5 +1,8 @@
 //! `storm echo` as a real process on a loopback port, for every protocol.
 
+mod common;
+use common::Inbox;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -141,15 +144,6 @@ fn websocket_echo_with_deflate_on(runtime: &str) {
     assert!(matches!(socket.read().unwrap(), Event::Binary(b) if b[..] == [1, 2, 3]));
     socket.close(CloseCode::NORMAL, "done").unwrap();
     assert!(matches!(socket.read().unwrap(), Event::Close(f) if f.code == CloseCode::NORMAL));
-}
-
-/// Collects what a storm-std client receives.
-struct Inbox(mpsc::Sender<Message>);
-
-impl storm_std::Handler for Inbox {
-    fn on_message(&self, _: &storm_std::Session, message: Message) {
-        let _ = self.0.send(message);
-    }
 }
 
 #[test]

@@ -2,6 +2,9 @@
 //! hand-written length-prefixed JSON client, and `storm client json`
 //! against it. Every read has a timeout, every child a deadline.
 
+mod common;
+use common::Inbox;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -140,15 +143,6 @@ fn ping_answers_pong_with_both_timestamps_and_client_id() {
         assert_eq!(pong["ping_timestamp"], sent);
         assert_timestamp(&pong["pong_timestamp"]);
         assert_eq!(pong["client_id"], peer.local_addr());
-    }
-}
-
-/// Collects what a storm-std client receives.
-struct Inbox(mpsc::Sender<storm_proto::Message>);
-
-impl storm_std::Handler for Inbox {
-    fn on_message(&self, _: &storm_std::Session, message: storm_proto::Message) {
-        let _ = self.0.send(message);
     }
 }
 

@@ -22,7 +22,7 @@ use storm_proto::link::{CloseReason, Link, LinkEvent};
 #[cfg(doc)]
 use crate::runtime::Stream;
 use crate::runtime::{PollRead, PollWrite, Runtime};
-use crate::sync::{Either, sleep_until, timeout};
+use crate::sync::{sleep_until, timeout};
 use crate::{Handler, Session};
 
 /// How much one read asks the socket for.
@@ -78,16 +78,21 @@ pub(crate) async fn drive<R, Rd, Wr, H>(
     // Set by the writer when it changed the link's deadline; both loops run
     // in this one task, so the writer wakes the task and the reader re-arms.
     let rearm = AtomicBool::new(false);
+    if !initial.is_empty() {
+        session.link().handle_input(Instant::now(), &initial);
+    }
+    drop(initial);
     handler.on_connect(&session).await;
     let disconnected = AtomicBool::new(false);
-    {
-        let mut write = pin!(write_loop(writer, &session, &rearm, write_batch));
+    let mut write = pin!(write_loop(writer, &session, &rearm, write_batch));
+    // The reader lives in this block only: what runs after it (the close
+    // timeout, the last dispatch) reuses its space in the task.
+    let finished = {
         let mut read = pin!(read_loop::<R, _, _>(
             reader,
             &session,
             handler,
             &rearm,
-            initial,
             &disconnected
         ));
         // The reader first, then the writer, in every poll of the task:
@@ -95,29 +100,29 @@ pub(crate) async fn drive<R, Rd, Wr, H>(
         // same poll. The writer's waker is unregistered while the reader
         // runs (the writer registers it again before it sleeps), so those
         // sends do not wake the task for a second poll.
-        let finished = poll_fn(|cx| {
+        poll_fn(|cx| {
             session.link().session().unregister_waker();
             if let Poll::Ready(()) = read.as_mut().poll(cx) {
-                return Poll::Ready(Either::Right(()));
+                return Poll::Ready(None);
             }
-            write.as_mut().poll(cx).map(Either::Left)
+            write.as_mut().poll(cx).map(Some)
         })
-        .await;
-        match finished {
-            Either::Left(result) => {
-                if result.is_err() {
-                    // The peer is gone: tell the link so the handler hears it.
-                    session.link().handle_eof();
-                }
-                // The writer closed the socket (an abort, a finished close):
-                // hand over what the link still has, its Closed event last.
-                dispatch(&session, handler, &disconnected).await;
+        .await
+    };
+    match finished {
+        Some(result) => {
+            if result.is_err() {
+                // The peer is gone: tell the link so the handler hears it.
+                session.link().handle_eof();
             }
-            Either::Right(()) => {
-                // The link is closed: let the writer flush the close reply
-                // (or the graceful close), bounded in time.
-                let _ = timeout::<R, _>(close_timeout, write).await;
-            }
+            // The writer closed the socket (an abort, a finished close):
+            // hand over what the link still has, its Closed event last.
+            dispatch(&session, handler, &disconnected).await;
+        }
+        None => {
+            // The link is closed: let the writer flush the close reply
+            // (or the graceful close), bounded in time.
+            let _ = timeout::<R, _>(close_timeout, write).await;
         }
     }
     if !disconnected.load(Ordering::Relaxed) {
@@ -132,7 +137,6 @@ async fn read_loop<R, S, H>(
     session: &Session,
     handler: &H,
     rearm: &AtomicBool,
-    initial: Bytes,
     disconnected: &AtomicBool,
 ) where
     R: Runtime,
@@ -140,9 +144,6 @@ async fn read_loop<R, S, H>(
     H: Handler,
 {
     let link = session.link();
-    if !initial.is_empty() {
-        link.handle_input(Instant::now(), &initial);
-    }
     // One timer, replaced only when the link's deadline moves (or it
     // fired): most reads leave the deadline alone, and re-registering a
     // timer costs the runtime's timer lock twice.
@@ -216,6 +217,10 @@ async fn write_loop<W: PollWrite>(
             link.session().register_waker(cx.waker());
             let transmit = link.poll_transmit(Instant::now(), &mut bufs, write_batch);
             if transmit.bytes == 0 && !transmit.close {
+                // Idle: the link freed its buffers; so does the writer.
+                if bufs.capacity() != 0 {
+                    bufs = Vec::new();
+                }
                 return Poll::Pending;
             }
             if link.poll_timeout() != had_deadline {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use storm_proto::hub::CloseKind;
+use storm_proto::hub::{CloseKind, SessionId};
 use storm_proto::link::Protocol;
 use storm_proto::options::{Framing, ServerOptions, WsOptions};
 use storm_proto::peer::Registry;
@@ -252,6 +252,18 @@ async fn serve<R: Runtime, H: Handler>(
     Ok(())
 }
 
+/// Removes a session from the registry when dropped.
+struct Registered<'a> {
+    registry: &'a Registry<Session>,
+    id: SessionId,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.registry.remove(self.id);
+    }
+}
+
 impl<R: Runtime> ServerHandle<R> {
     async fn run_connection<H: Handler>(
         &self,
@@ -272,8 +284,9 @@ impl<R: Runtime> ServerHandle<R> {
             None => {
                 let mut stream = stream;
                 let (protocol, initial) = self.within(limit, pin!(self.open(&mut stream))).await?;
-                self.run_session(stream.split(), protocol, initial, admitted, handler)
-                    .await
+                let (session, _registered) = self.register(admitted, protocol)?;
+                self.drive(stream.split(), session, initial, handler).await;
+                Ok(())
             }
             Some(config) => {
                 // Boxed: the TLS handshake state is large, and only TLS
@@ -290,8 +303,9 @@ impl<R: Runtime> ServerHandle<R> {
                 });
                 let (stream, protocol, initial) = self.within(limit, handshake.as_mut()).await?;
                 drop(handshake);
-                self.run_session(stream.split(), protocol, initial, admitted, handler)
-                    .await
+                let (session, _registered) = self.register(admitted, protocol)?;
+                self.drive(stream.split(), session, initial, handler).await;
+                Ok(())
             }
         }
     }
@@ -335,32 +349,50 @@ impl<R: Runtime> ServerHandle<R> {
         }
     }
 
-    /// Registers the session and drives it until it closes.
-    async fn run_session<Rd: PollRead, Wr: PollWrite, H: Handler>(
+    /// Registers an opened connection: its session, and a guard that
+    /// removes it from the registry when the connection task ends (no
+    /// async layer of its own, which would cost the task its arguments'
+    /// space for its whole life).
+    fn register(
         &self,
-        halves: (Rd, Wr),
-        protocol: Protocol,
-        initial: Bytes,
         admitted: Admitted,
-        handler: &H,
-    ) -> io::Result<()> {
+        protocol: Protocol,
+    ) -> io::Result<(Session, Registered<'_>)> {
         // Closed at once if registered after the shutdown's `close_all`.
         let stopping = || self.shared.stop.is_set();
         let (setup, registry) = (&self.shared.setup, &self.shared.registry);
-        let now = Instant::now();
-        let session = setup.admit(registry, admitted, protocol, now, Session::new, stopping)?;
-        let id = session.id();
+        let session = setup.admit(
+            registry,
+            admitted,
+            protocol,
+            Instant::now(),
+            Session::new,
+            stopping,
+        )?;
+        let registered = Registered {
+            registry,
+            id: session.id(),
+        };
+        Ok((session, registered))
+    }
+
+    /// Runs a registered session until it closes.
+    fn drive<'a, Rd: PollRead + 'a, Wr: PollWrite + 'a, H: Handler>(
+        &self,
+        halves: (Rd, Wr),
+        session: Session,
+        initial: Bytes,
+        handler: &'a H,
+    ) -> impl Future<Output = ()> + 'a {
+        let options = &self.shared.options;
         drive::<R, _, _, _>(
             halves,
             session,
             handler,
             initial,
-            self.shared.options.write_batch,
-            self.shared.options.link.close_timeout,
+            options.write_batch,
+            options.link.close_timeout,
         )
-        .await;
-        registry.remove(id);
-        Ok(())
     }
 
     /// The server's address.

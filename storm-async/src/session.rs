@@ -1,7 +1,8 @@
 //! A connection as the application holds it: the same type on every runtime.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::ops::Deref;
+use std::task::Poll;
 
 use storm_proto::Message;
 use storm_proto::peer::Peer;
@@ -28,18 +29,36 @@ impl Session {
     /// Sends a message under the slow-consumer policy: with `Wait` (the
     /// default) this waits until the session is writable.
     ///
+    /// The future holds the message once and a reference to the session
+    /// (48 bytes), since it lives inside every handler's future and so
+    /// inside every connection task.
+    ///
     /// # Errors
     ///
     /// [`SendError`] with the message handed back.
-    pub async fn send(&self, message: impl Into<Message>) -> Result<(), SendError> {
-        let mut message = message.into();
-        while let Some(back) = self.offer(message)? {
-            message = back;
-            if poll_fn(|cx| self.poll_writable(cx)).await.is_err() {
-                return Err(SendError::Closed(message));
+    pub fn send(
+        &self,
+        message: impl Into<Message>,
+    ) -> impl Future<Output = Result<(), SendError>> + Send + '_ {
+        let mut message = Some(message.into());
+        poll_fn(move |cx| {
+            while let Some(next) = message.take() {
+                let Some(back) = self.offer(next)? else {
+                    return Poll::Ready(Ok(()));
+                };
+                match self.poll_writable(cx) {
+                    // Writable again: offer it once more.
+                    Poll::Ready(Ok(())) => message = Some(back),
+                    Poll::Ready(Err(_)) => return Poll::Ready(Err(SendError::Closed(back))),
+                    Poll::Pending => {
+                        message = Some(back);
+                        return Poll::Pending;
+                    }
+                }
             }
-        }
-        Ok(())
+            // Polled again after it completed.
+            Poll::Ready(Ok(()))
+        })
     }
 
     /// Sends text (a WebSocket text message).

@@ -61,7 +61,7 @@ use crate::Message;
 use crate::framing::{Framer, FramingError};
 use crate::heartbeat::{Heartbeat, HeartbeatConfig, HeartbeatConfigError, HeartbeatEvent};
 use crate::hub::{CloseKind, MiddlewareChain, SendOutcome, Session};
-use crate::ws::{self, CloseCode, CloseFrame, ProtocolError};
+use crate::ws::{self, CloseCode, CloseFrame, ProtocolError, release_bytes};
 
 /// The protocol a link speaks.
 pub enum Protocol {
@@ -239,6 +239,23 @@ struct State {
     /// the send limit: released when the writer takes them, so a peer that
     /// sends but never reads meets the limit.
     unreleased: usize,
+}
+
+impl State {
+    /// Frees the buffers and queues that hold nothing.
+    fn release_buffers(&mut self) {
+        release_bytes(&mut self.input);
+        release_bytes(&mut self.output);
+        if self.batch.is_empty() && self.batch.capacity() != 0 {
+            self.batch = Vec::new();
+        }
+        if self.events.is_empty() && self.events.capacity() != 0 {
+            self.events = VecDeque::new();
+        }
+        if let Protocol::WebSocket(conn) = &mut self.protocol {
+            conn.release_buffers();
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -605,6 +622,12 @@ impl Link {
             }
         }
         transmit.close = state.finish;
+        if transmit.bytes == 0 && !transmit.close {
+            // Nothing to write: the connection is idle until more traffic,
+            // and holds no buffer memory meanwhile.
+            state.release_buffers();
+            self.session.release_buffers();
+        }
         let needs_event = state.closed && !state.events.is_empty();
         drop(guard);
         if needs_event {
@@ -754,6 +777,52 @@ mod tests {
             link.send(Message::from(vec![0u8; 100])),
             SendOutcome::Queued
         ));
+    }
+
+    /// After traffic, the first idle `poll_transmit` (nothing to write)
+    /// frees every buffer and queue of the link, its protocol and its
+    /// outbox: an idle connection holds no buffer memory.
+    fn idle_link_holds_no_buffers(protocol: Protocol, request: &[u8]) {
+        let (_hub, link, now) = setup(protocol, LinkConfig::default());
+        link.handle_input(now, &request.repeat(20));
+        for event in events(&link, now) {
+            let LinkEvent::Message(message) = event else {
+                panic!("{event:?}");
+            };
+            assert!(matches!(link.send(message), SendOutcome::Queued));
+        }
+        let capacity = |link: &Link| {
+            let state = lock(&link.state);
+            let protocol = match &state.protocol {
+                Protocol::WebSocket(conn) => conn.buffer_capacity(),
+                Protocol::Framed(_) => 0,
+            };
+            protocol
+                + state.input.capacity()
+                + state.output.capacity()
+                + state.batch.capacity()
+                + state.events.capacity()
+                + link.session.outbox_capacity()
+        };
+        assert!(capacity(&link) > 0, "traffic allocated buffers");
+        let (bytes, _) = transmit(&link, now);
+        assert!(!bytes.is_empty());
+        let (idle, _) = transmit(&link, now);
+        assert!(idle.is_empty());
+        assert_eq!(capacity(&link), 0, "buffers left on an idle link");
+    }
+
+    #[test]
+    fn an_idle_websocket_link_holds_no_buffers() {
+        let conn = Connection::new(Side::Server, Config::default());
+        let protocol = Protocol::WebSocket(Box::new(conn));
+        idle_link_holds_no_buffers(protocol, &masked(OpCode::Binary, b"hello"));
+    }
+
+    #[test]
+    fn an_idle_framed_link_holds_no_buffers() {
+        let protocol = Protocol::Framed(Box::new(LengthPrefixFramer::default()));
+        idle_link_holds_no_buffers(protocol, b"\0\0\0\x05hello");
     }
 
     #[test]

@@ -422,6 +422,22 @@ impl Session {
         }
     }
 
+    /// Frees the outbox queue's memory when it is empty, so that an idle
+    /// session holds none; it grows again with traffic.
+    pub fn release_buffers(&self) {
+        let mut outbox = lock(&self.outbox);
+        if outbox.queue.is_empty() && outbox.queue.capacity() != 0 {
+            outbox.queue = VecDeque::new();
+        }
+    }
+
+    /// Messages the outbox queue has room for (tests of
+    /// [`release_buffers`](Self::release_buffers)).
+    #[cfg(test)]
+    pub(crate) fn outbox_capacity(&self) -> usize {
+        lock(&self.outbox).queue.capacity()
+    }
+
     /// Forgets the writer's waker, so sends do not wake it: for a driver
     /// that is about to run code that sends (its own read path) and polls
     /// its writer right after, which registers the waker again. Saves the

@@ -308,6 +308,16 @@ pub struct Connection {
     eof: bool,
 }
 
+/// Drops `buf`'s allocation when it holds nothing. An empty buffer can
+/// still keep an allocation alive without any capacity left (what it
+/// split off shares it), so emptiness alone decides; `BytesMut::new`
+/// allocates nothing.
+pub(crate) fn release_bytes(buf: &mut BytesMut) {
+    if buf.is_empty() {
+        *buf = BytesMut::new();
+    }
+}
+
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
@@ -401,6 +411,33 @@ impl Connection {
     #[must_use]
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed | State::Failed(_))
+    }
+
+    /// Frees the memory of the buffers and queues that hold nothing (input,
+    /// output, scratch, events, transmit queue), so that an idle
+    /// connection holds no buffer memory; they grow again with traffic.
+    /// Cheap when there is nothing to free.
+    pub fn release_buffers(&mut self) {
+        release_bytes(&mut self.input);
+        release_bytes(&mut self.output);
+        release_bytes(&mut self.scratch);
+        if self.events.is_empty() && self.events.capacity() != 0 {
+            self.events = VecDeque::new();
+        }
+        if self.queued.is_empty() && self.queued.capacity() != 0 {
+            self.queued = VecDeque::new();
+        }
+    }
+
+    /// Bytes of capacity its buffers and queues hold (tests of
+    /// [`release_buffers`](Self::release_buffers)).
+    #[cfg(test)]
+    pub(crate) fn buffer_capacity(&self) -> usize {
+        self.input.capacity()
+            + self.output.capacity()
+            + self.scratch.capacity()
+            + self.events.capacity() * std::mem::size_of::<Event>()
+            + self.queued.capacity() * std::mem::size_of::<Bytes>()
     }
 
     /// Feeds bytes read from the transport, in any chunking. Then drain

@@ -39,19 +39,32 @@ thread_local! {
     static READ_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; READ_CHUNK].into_boxed_slice());
 }
 
-/// Reads what the stream has into the thread's buffer and feeds it to
-/// `link`; `Ok(0)` at end of stream.
+/// Reads what the stream has into the thread's buffer and hands it to `f`
+/// (an empty slice at end of stream). Nothing per connection: the
+/// handshakes read through it too.
+pub(crate) fn poll_read_with<S: PollRead, T>(
+    reader: &mut S,
+    cx: &mut Context<'_>,
+    f: impl FnOnce(&[u8]) -> T,
+) -> Poll<io::Result<T>> {
+    READ_BUFFER.with_borrow_mut(|buf| {
+        let n = ready!(reader.poll_read(cx, buf))?;
+        Poll::Ready(Ok(f(buf.get(..n).unwrap_or_default())))
+    })
+}
+
+/// Reads what the stream has and feeds it to `link`; `Ok(0)` at end of
+/// stream.
 fn poll_read_into<S: PollRead>(
     reader: &mut S,
     cx: &mut Context<'_>,
     link: &Link,
 ) -> Poll<io::Result<usize>> {
-    READ_BUFFER.with_borrow_mut(|buf| {
-        let n = ready!(reader.poll_read(cx, buf))?;
-        if let Some(bytes) = buf.get(..n).filter(|b| !b.is_empty()) {
+    poll_read_with(reader, cx, |bytes| {
+        if !bytes.is_empty() {
             link.handle_input(Instant::now(), bytes);
         }
-        Poll::Ready(Ok(n))
+        bytes.len()
     })
 }
 

@@ -7,9 +7,15 @@ use std::task::{Context, Poll};
 
 use crate::runtime::{PollRead, PollWrite, Stream};
 
-/// Reads what is available into `buf`; `Ok(0)` at end of stream.
-pub(crate) async fn read<S: PollRead>(stream: &mut S, buf: &mut [u8]) -> io::Result<usize> {
-    poll_fn(|cx| stream.poll_read(cx, buf)).await
+/// Reads what is available and hands it to `f` (an empty slice at end of
+/// stream), through the worker thread's read buffer: a handshake in
+/// progress holds no read buffer of its own (1000 handshakes at once would
+/// otherwise leave 4 KiB holes in the heap behind them).
+pub(crate) async fn read_with<S: PollRead, T>(
+    stream: &mut S,
+    mut f: impl FnMut(&[u8]) -> T,
+) -> io::Result<T> {
+    poll_fn(|cx| crate::driver::poll_read_with(stream, cx, &mut f)).await
 }
 
 /// Writes all of `data`, then flushes (a TLS stream may hold records until

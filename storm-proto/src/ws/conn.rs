@@ -308,6 +308,10 @@ pub struct Connection {
     eof: bool,
 }
 
+/// The most [`Connection`] reserves ahead for the rest of a frame that is
+/// still arriving.
+const RESERVE_AHEAD: usize = 256 * 1024;
+
 /// Drops `buf`'s allocation when it holds nothing. An empty buffer can
 /// still keep an allocation alive without any capacity left (what it
 /// split off shares it), so emptiness alone decides; `BytesMut::new`
@@ -695,7 +699,12 @@ impl Connection {
             frame.seen = available;
         }
         if available < frame.len {
-            // Keep room for the rest of the frame, bounded by max_frame_size.
+            // Room for the rest of the frame in one allocation instead of
+            // doubling (and copying) as it arrives; at most RESERVE_AHEAD at
+            // a time, so a peer announcing large frames and sending little
+            // does not make the connection hold memory it never sent.
+            self.input
+                .reserve((frame.len - self.input.len()).min(RESERVE_AHEAD));
             return Ok(false);
         }
         let len = frame.len;

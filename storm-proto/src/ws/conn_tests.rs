@@ -629,3 +629,43 @@ fn a_server_never_masks_even_with_an_rng() {
     s.send_binary(b"x").unwrap();
     assert_eq!(wire(&mut s), [0x82, 0x01, b'x']);
 }
+
+#[test]
+fn a_large_frame_arriving_in_pieces_is_buffered_in_one_allocation() {
+    let mut s = server();
+    let payload = vec![5u8; 64 * 1024];
+    let wire = masked(0x82, &payload);
+    s.handle_input(&wire[..1000]);
+    assert!(events(&mut s).is_empty());
+    let reserved = s.input.capacity();
+    assert!(
+        reserved >= wire.len() - 14,
+        "room for the whole frame: {reserved}"
+    );
+    for chunk in wire[1000..].chunks(4096) {
+        s.handle_input(chunk);
+    }
+    assert_eq!(events(&mut s), vec![Event::Binary(Bytes::from(payload))]);
+}
+
+#[test]
+fn an_announced_frame_reserves_at_most_reserve_ahead() {
+    let config = Config {
+        max_frame_size: 64 << 20,
+        max_message_size: 64 << 20,
+        ..Config::default()
+    };
+    let mut s = Connection::new(Side::Server, config);
+    // A 32 MiB binary frame announced, 10 bytes of it sent.
+    let mut wire = vec![0x82, 0x80 | 127];
+    wire.extend_from_slice(&(32u64 << 20).to_be_bytes());
+    wire.extend_from_slice(&[1, 2, 3, 4]);
+    wire.extend_from_slice(&[0u8; 10]);
+    s.handle_input(&wire);
+    assert!(events(&mut s).is_empty());
+    assert!(
+        s.input.capacity() <= RESERVE_AHEAD + wire.len(),
+        "{} reserved for 10 bytes",
+        s.input.capacity()
+    );
+}

@@ -18,7 +18,7 @@ pub use storm_proto::peer::ClientError;
 use storm_proto::setup::{ClientCore, ClientOpen, ClientTarget, ClientUpgradeStep};
 
 use crate::driver::drive;
-use crate::io::{Either, read_with, write_all_flush};
+use crate::io::{Either, read_step, write_all_flush};
 use crate::runtime::{Runtime, Stream};
 use crate::sync::{Signal, lock, timeout};
 use crate::{Handler, Session};
@@ -279,23 +279,18 @@ async fn open<S: Stream>(
     target: &ClientTarget,
     options: &ClientOptions,
 ) -> Result<(Protocol, Bytes), ClientError> {
-    let (request, upgrade) = match target.open(options, &mut rand::rng())? {
+    let (request, mut upgrade) = match target.open(options, &mut rand::rng())? {
         ClientOpen::Ready(protocol) => return Ok((protocol, Bytes::new())),
         ClientOpen::Upgrade { request, upgrade } => (request, upgrade),
     };
     write_all_flush(stream, &request).await?;
-    let mut upgrade = Some(upgrade);
     loop {
-        let step = read_with(stream, |input| {
-            upgrade
-                .take()
-                .filter(|_| !input.is_empty())
-                .map(|upgrade| upgrade.handle_input(input))
-        })
-        .await?;
-        let step = step.ok_or(ClientError::Io(io::ErrorKind::UnexpectedEof.into()))?;
-        match step? {
-            ClientUpgradeStep::NeedMore(next) => upgrade = Some(next),
+        let step = read_step(stream, upgrade, |upgrade, input| {
+            upgrade.handle_input(input)
+        });
+        let step = step.await?;
+        match step.ok_or(ClientError::Io(io::ErrorKind::UnexpectedEof.into()))?? {
+            ClientUpgradeStep::NeedMore(next) => upgrade = next,
             ClientUpgradeStep::Done(protocol, initial) => return Ok((protocol, initial)),
         }
     }

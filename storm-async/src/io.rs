@@ -7,15 +7,26 @@ use std::task::{Context, Poll};
 
 use crate::runtime::{PollRead, PollWrite, Stream};
 
-/// Reads what is available and hands it to `f` (an empty slice at end of
-/// stream), through the worker thread's read buffer: a handshake in
-/// progress holds no read buffer of its own (1000 handshakes at once would
-/// otherwise leave 4 KiB holes in the heap behind them).
-pub(crate) async fn read_with<S: PollRead, T>(
+/// One read of a handshake: reads what is available through the worker
+/// thread's read buffer and hands it, with the handshake's state, to
+/// `step`; `Ok(None)` at end of stream. A handshake in progress holds no
+/// read buffer of its own (1000 handshakes at once would otherwise hold
+/// 4 KiB each).
+pub(crate) async fn read_step<S: PollRead, U, T>(
     stream: &mut S,
-    mut f: impl FnMut(&[u8]) -> T,
-) -> io::Result<T> {
-    poll_fn(|cx| crate::driver::poll_read_with(stream, cx, &mut f)).await
+    state: U,
+    step: impl FnOnce(U, &[u8]) -> T,
+) -> io::Result<Option<T>> {
+    let mut pending = Some((state, step));
+    poll_fn(|cx| {
+        crate::driver::poll_read_with(stream, cx, |input| {
+            pending
+                .take()
+                .filter(|_| !input.is_empty())
+                .map(|(state, step)| step(state, input))
+        })
+    })
+    .await
 }
 
 /// Writes all of `data`, then flushes (a TLS stream may hold records until

@@ -19,7 +19,7 @@ use storm_proto::peer::Registry;
 use storm_proto::setup::{Admitted, ServerOpen, ServerSetup, ServerUpgradeStep, server_hub};
 
 use crate::driver::drive;
-use crate::io::{read_with, write_all_flush};
+use crate::io::{read_step, write_all_flush};
 use crate::runtime::{PollRead, PollWrite, Runtime, Stream};
 use crate::sync::{Signal, TaskCount, timeout};
 use crate::{Handler, Session};
@@ -327,21 +327,16 @@ impl<R: Runtime> ServerHandle<R> {
     /// when the server is a WebSocket server; and any bytes the peer sent
     /// after its upgrade request.
     async fn open<S: Stream>(&self, stream: &mut S) -> io::Result<(Protocol, Bytes)> {
-        let upgrade = match self.shared.setup.open()? {
+        let mut upgrade = match self.shared.setup.open()? {
             ServerOpen::Ready(protocol) => return Ok((protocol, Bytes::new())),
             ServerOpen::Upgrade(upgrade) => upgrade,
         };
-        let mut upgrade = Some(upgrade);
         loop {
-            let step = read_with(stream, |input| {
-                upgrade
-                    .take()
-                    .filter(|_| !input.is_empty())
-                    .map(|upgrade| upgrade.handle_input(input))
-            })
-            .await?;
-            match step.ok_or(io::ErrorKind::UnexpectedEof)? {
-                ServerUpgradeStep::NeedMore(next) => upgrade = Some(next),
+            let step = read_step(stream, upgrade, |upgrade, input| {
+                upgrade.handle_input(input)
+            });
+            match step.await?.ok_or(io::ErrorKind::UnexpectedEof)? {
+                ServerUpgradeStep::NeedMore(next) => upgrade = next,
                 ServerUpgradeStep::Done { response, opened } => {
                     let written = write_all_flush(stream, &response).await;
                     let opened = opened?;

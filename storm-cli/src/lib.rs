@@ -3,8 +3,9 @@
 //! (`src/main.rs`) is a thin command line over these modules.
 //!
 //! - [`bench`]: `storm bench`, the load generator for every service.
-//! - [`broker`]: the consumer/provider request broker (server, consumer,
-//!   provider) over plain TCP on tokio.
+//! - [`broker`]: the consumer/provider request broker over TCP (or TLS):
+//!   the server on tokio, smol or std threads; the consumer and provider
+//!   on tokio.
 //! - [`gateway`]: one WebSocket endpoint routing to named backends, on
 //!   tokio, smol or std threads.
 //! - [`interrupt`]: Ctrl-C for every service, on every runtime.
@@ -12,7 +13,8 @@
 //!   service.
 //! - [`rpc`]: request/response client (several endpoints, round-robin or
 //!   failover, timeouts, cancellation, compression, pluggable codecs) and
-//!   server, over WebSocket or length-prefixed TCP.
+//!   server, over WebSocket or length-prefixed TCP (or TLS); the server on
+//!   tokio, smol or std threads, the client on tokio or smol.
 
 pub mod bench;
 pub mod broker;

@@ -239,6 +239,9 @@ struct State {
     /// the send limit: released when the writer takes them, so a peer that
     /// sends but never reads meets the limit.
     unreleased: usize,
+    /// Traffic since the buffers were last released: the next idle
+    /// `poll_transmit` releases them (once, not on every idle poll).
+    busy: bool,
 }
 
 impl State {
@@ -302,6 +305,7 @@ impl Link {
                 events: VecDeque::new(),
                 eof: false,
                 unreleased: 0,
+                busy: false,
             }),
         })
     }
@@ -351,6 +355,7 @@ impl Link {
         if state.closed {
             return;
         }
+        state.busy = true;
         state.heartbeat.handle_activity(now);
         // Input is parsed as the application drains events, so read
         // accounting is only metrics.
@@ -622,9 +627,11 @@ impl Link {
             }
         }
         transmit.close = state.finish;
-        if transmit.bytes == 0 && !transmit.close {
-            // Nothing to write: the connection is idle until more traffic,
-            // and holds no buffer memory meanwhile.
+        if transmit.bytes > 0 {
+            state.busy = true;
+        } else if !transmit.close && std::mem::take(&mut state.busy) {
+            // Nothing to write after traffic: the connection is idle until
+            // more comes, and holds no buffer memory meanwhile.
             state.release_buffers();
             self.session.release_buffers();
         }

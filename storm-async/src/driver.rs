@@ -70,187 +70,225 @@ fn poll_read_into<S: PollRead>(
 
 /// Runs one connection until it closes: the handler sees `on_connect`, its
 /// messages, and exactly one `on_disconnect`. `initial` holds bytes that
-/// arrived with the handshake.
+/// arrived with the handshake; the link takes them before the future is
+/// made, so the task never stores them.
 ///
 /// Takes the stream already [split](Stream::split): a TLS stream is large,
 /// and split (into shared halves) before any `await`, it is never stored in
 /// the connection task itself.
-pub(crate) async fn drive<R, Rd, Wr, H>(
+///
+/// These functions return `async move` blocks instead of being `async fn`s:
+/// an `async fn` keeps each argument twice in its future (as the argument
+/// and as the local it is moved into), and these futures make up most of
+/// every idle connection's memory.
+pub(crate) fn drive<'a, R, Rd, Wr, H>(
     (reader, writer): (Rd, Wr),
     session: Session,
-    handler: &H,
+    handler: &'a H,
     initial: Bytes,
     write_batch: usize,
     close_timeout: Duration,
-) where
+) -> impl Future<Output = ()> + 'a
+where
     R: Runtime,
-    Rd: PollRead,
-    Wr: PollWrite,
+    Rd: PollRead + 'a,
+    Wr: PollWrite + 'a,
     H: Handler,
 {
-    // Set by the writer when it changed the link's deadline; both loops run
-    // in this one task, so the writer wakes the task and the reader re-arms.
-    let rearm = AtomicBool::new(false);
     if !initial.is_empty() {
         session.link().handle_input(Instant::now(), &initial);
     }
     drop(initial);
-    handler.on_connect(&session).await;
-    let disconnected = AtomicBool::new(false);
-    let mut write = pin!(write_loop(writer, &session, &rearm, write_batch));
-    // The reader lives in this block only: what runs after it (the close
-    // timeout, the last dispatch) reuses its space in the task.
-    let finished = {
-        let mut read = pin!(read_loop::<R, _, _>(
-            reader,
-            &session,
-            handler,
-            &rearm,
-            &disconnected
-        ));
-        // The reader first, then the writer, in every poll of the task:
-        // replies the handler sends from the read path are written in the
-        // same poll. The writer's waker is unregistered while the reader
-        // runs (the writer registers it again before it sleeps), so those
-        // sends do not wake the task for a second poll.
-        poll_fn(|cx| {
-            session.link().session().unregister_waker();
-            if let Poll::Ready(()) = read.as_mut().poll(cx) {
-                return Poll::Ready(None);
+    async move {
+        let session = &session;
+        handler.on_connect(session).await;
+        // Set by the writer when it changed the link's deadline; both loops
+        // run in this one task, so the writer wakes the task and the reader
+        // re-arms.
+        let rearm = AtomicBool::new(false);
+        let disconnected = AtomicBool::new(false);
+        let mut write = pin!(write_loop(writer, session, &rearm, write_batch));
+        // The reader lives in this block only: what runs after it (the
+        // close timeout, the last dispatch) reuses its space in the task.
+        let finished = {
+            let mut read = pin!(read_loop::<R, _, _>(
+                reader,
+                session,
+                handler,
+                &rearm,
+                &disconnected
+            ));
+            // The reader first, then the writer, in every poll of the task:
+            // replies the handler sends from the read path are written in
+            // the same poll. The writer's waker is unregistered while the
+            // reader runs (the writer registers it again before it sleeps),
+            // so those sends do not wake the task for a second poll.
+            poll_fn(|cx| {
+                session.link().session().unregister_waker();
+                if let Poll::Ready(()) = read.as_mut().poll(cx) {
+                    return Poll::Ready(None);
+                }
+                write.as_mut().poll(cx).map(Some)
+            })
+            .await
+        };
+        match finished {
+            Some(result) => {
+                if result.is_err() {
+                    // The peer is gone: tell the link so the handler hears it.
+                    session.link().handle_eof();
+                }
+                // The writer closed the socket (an abort, a finished close):
+                // hand over what the link still has, its Closed event last.
+                dispatch(session, handler, &disconnected).await;
             }
-            write.as_mut().poll(cx).map(Some)
-        })
-        .await
-    };
-    match finished {
-        Some(result) => {
-            if result.is_err() {
-                // The peer is gone: tell the link so the handler hears it.
-                session.link().handle_eof();
+            None => {
+                // The link is closed: let the writer flush the close reply
+                // (or the graceful close), bounded in time.
+                let _ = timeout::<R, _>(close_timeout, write).await;
             }
-            // The writer closed the socket (an abort, a finished close):
-            // hand over what the link still has, its Closed event last.
-            dispatch(&session, handler, &disconnected).await;
         }
-        None => {
-            // The link is closed: let the writer flush the close reply
-            // (or the graceful close), bounded in time.
-            let _ = timeout::<R, _>(close_timeout, write).await;
+        if !disconnected.load(Ordering::Relaxed) {
+            handler.on_disconnect(session, &CloseReason::Eof).await;
         }
-    }
-    if !disconnected.load(Ordering::Relaxed) {
-        handler.on_disconnect(&session, &CloseReason::Eof).await;
     }
 }
 
 /// Reads, feeds the link, runs the handler; also runs the link's timer.
 /// Returns once the link reported `Closed`.
-async fn read_loop<R, S, H>(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice (see `drive`)"
+)]
+fn read_loop<'a, R, S, H>(
     mut reader: S,
-    session: &Session,
-    handler: &H,
-    rearm: &AtomicBool,
-    disconnected: &AtomicBool,
-) where
+    session: &'a Session,
+    handler: &'a H,
+    rearm: &'a AtomicBool,
+    disconnected: &'a AtomicBool,
+) -> impl Future<Output = ()> + 'a
+where
     R: Runtime,
-    S: PollRead,
+    S: PollRead + 'a,
     H: Handler,
 {
-    let link = session.link();
-    // One timer, replaced only when the link's deadline moves (or it
-    // fired): most reads leave the deadline alone, and re-registering a
-    // timer costs the runtime's timer lock twice.
-    let mut armed = link.poll_timeout();
-    let mut timer = pin!(sleep_until::<R>(armed));
-    let mut fired = false;
-    loop {
-        if !dispatch(session, handler, disconnected).await {
-            return;
-        }
-        let deadline = link.poll_timeout();
-        if fired || deadline != armed {
-            armed = deadline;
-            fired = false;
-            timer.set(sleep_until::<R>(armed));
-        }
-        poll_fn(|cx| {
-            if let Poll::Ready(read) = poll_read_into(&mut reader, cx, link) {
-                if matches!(read, Ok(0) | Err(_)) {
-                    link.handle_eof();
+    async move {
+        let link = session.link();
+        // One timer, replaced only when the link's deadline moves (or it
+        // fired): most reads leave the deadline alone, and re-registering
+        // a timer costs the runtime's timer lock twice.
+        let mut armed = link.poll_timeout();
+        let mut timer = pin!(sleep_until::<R>(armed));
+        let mut fired = false;
+        loop {
+            if !dispatch(session, handler, disconnected).await {
+                return;
+            }
+            let deadline = link.poll_timeout();
+            if fired || deadline != armed {
+                armed = deadline;
+                fired = false;
+                timer.set(sleep_until::<R>(armed));
+            }
+            poll_fn(|cx| {
+                if let Poll::Ready(read) = poll_read_into(&mut reader, cx, link) {
+                    if matches!(read, Ok(0) | Err(_)) {
+                        link.handle_eof();
+                    }
+                    return Poll::Ready(());
                 }
-                return Poll::Ready(());
-            }
-            if timer.as_mut().poll(cx).is_ready() {
-                fired = true;
-                link.handle_timeout(Instant::now());
-                return Poll::Ready(());
-            }
-            // The writer changed the deadline (a graceful close began).
-            if rearm.swap(false, Ordering::Relaxed) {
-                return Poll::Ready(());
-            }
-            Poll::Pending
-        })
-        .await;
+                if timer.as_mut().poll(cx).is_ready() {
+                    fired = true;
+                    link.handle_timeout(Instant::now());
+                    return Poll::Ready(());
+                }
+                // The writer changed the deadline (a graceful close began).
+                if rearm.swap(false, Ordering::Relaxed) {
+                    return Poll::Ready(());
+                }
+                Poll::Pending
+            })
+            .await;
+        }
     }
 }
 
 /// Hands the link's events to the handler, in order. `false` once the
 /// connection closed.
-async fn dispatch<H: Handler>(session: &Session, handler: &H, disconnected: &AtomicBool) -> bool {
-    // One clock read per batch: the events were read at about this time.
-    let now = Instant::now();
-    while let Some(event) = session.link().poll_event(now) {
-        match event {
-            LinkEvent::Message(message) => handler.on_message(session, message).await,
-            LinkEvent::Closed(reason) => {
-                disconnected.store(true, Ordering::Relaxed);
-                handler.on_disconnect(session, &reason).await;
-                return false;
-            }
-            _ => {}
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice (see `drive`)"
+)]
+fn dispatch<'a, H: Handler>(
+    session: &'a Session,
+    handler: &'a H,
+    disconnected: &'a AtomicBool,
+) -> impl Future<Output = bool> + 'a {
+    async move {
+        // One clock read per batch: the events were read at about this time.
+        let now = Instant::now();
+        loop {
+            // Only the message outlives this match: the event itself is not
+            // kept across the handler's await.
+            let message = match session.link().poll_event(now) {
+                None => break,
+                Some(LinkEvent::Message(message)) => message,
+                Some(LinkEvent::Closed(reason)) => {
+                    disconnected.store(true, Ordering::Relaxed);
+                    handler.on_disconnect(session, &reason).await;
+                    return false;
+                }
+                Some(_) => continue,
+            };
+            handler.on_message(session, message).await;
         }
+        !disconnected.load(Ordering::Relaxed)
     }
-    !disconnected.load(Ordering::Relaxed)
 }
 
 /// Drains the session's outbox through the link and writes it, many
 /// messages per vectored write. Returns when the link says to close.
-async fn write_loop<W: PollWrite>(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice (see `drive`)"
+)]
+fn write_loop<'a, W: PollWrite + 'a>(
     mut writer: W,
-    session: &Session,
-    rearm: &AtomicBool,
+    session: &'a Session,
+    rearm: &'a AtomicBool,
     write_batch: usize,
-) -> io::Result<()> {
-    let link = session.link();
-    let mut bufs: Vec<Bytes> = Vec::new();
-    loop {
-        let had_deadline = link.poll_timeout();
-        let transmit = poll_fn(|cx| {
-            link.session().register_waker(cx.waker());
-            let transmit = link.poll_transmit(Instant::now(), &mut bufs, write_batch);
-            if transmit.bytes == 0 && !transmit.close {
-                // Idle: the link freed its buffers; so does the writer.
-                if bufs.capacity() != 0 {
-                    bufs = Vec::new();
+) -> impl Future<Output = io::Result<()>> + 'a {
+    async move {
+        let link = session.link();
+        let mut bufs: Vec<Bytes> = Vec::new();
+        loop {
+            let had_deadline = link.poll_timeout();
+            let transmit = poll_fn(|cx| {
+                link.session().register_waker(cx.waker());
+                let transmit = link.poll_transmit(Instant::now(), &mut bufs, write_batch);
+                if transmit.bytes == 0 && !transmit.close {
+                    // Idle: the link freed its buffers; so does the writer.
+                    if bufs.capacity() != 0 {
+                        bufs = Vec::new();
+                    }
+                    return Poll::Pending;
                 }
-                return Poll::Pending;
+                if link.poll_timeout() != had_deadline {
+                    rearm.store(true, Ordering::Relaxed);
+                    cx.waker().wake_by_ref();
+                }
+                Poll::Ready(transmit)
+            })
+            .await;
+            write_all(&mut writer, &mut bufs).await?;
+            // A TLS stream can accept a write and keep the records it made
+            // until the next write or flush: flush before waiting for more
+            // (a no-op on a plain socket).
+            poll_fn(|cx| writer.poll_flush(cx)).await?;
+            if transmit.close {
+                let _ = poll_fn(|cx| writer.poll_close(cx)).await;
+                return Ok(());
             }
-            if link.poll_timeout() != had_deadline {
-                rearm.store(true, Ordering::Relaxed);
-                cx.waker().wake_by_ref();
-            }
-            Poll::Ready(transmit)
-        })
-        .await;
-        write_all(&mut writer, &mut bufs).await?;
-        // A TLS stream can accept a write and keep the records it made
-        // until the next write or flush: flush before waiting for more
-        // (a no-op on a plain socket).
-        poll_fn(|cx| writer.poll_flush(cx)).await?;
-        if transmit.close {
-            let _ = poll_fn(|cx| writer.poll_close(cx)).await;
-            return Ok(());
         }
     }
 }

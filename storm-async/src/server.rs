@@ -21,7 +21,7 @@ use storm_proto::setup::{Admitted, ServerOpen, ServerSetup, ServerUpgradeStep, s
 use crate::driver::drive;
 use crate::io::{read_step, write_all_flush};
 use crate::runtime::{PollRead, PollWrite, Runtime, Stream};
-use crate::sync::{Signal, TaskCount, timeout};
+use crate::sync::{Signal, TaskCount, TaskGuard, timeout};
 use crate::{Handler, Session};
 
 /// State every connection task and every [`ServerHandle`] shares.
@@ -237,19 +237,34 @@ async fn serve<R: Runtime, H: Handler>(
             continue;
         };
         let guard = shared.tasks.enter();
-        let handle = handle.clone();
-        let handler = Arc::clone(&handler);
-        R::spawn(async move {
-            if let Err(e) = handle.run_connection(stream, admitted, &*handler).await {
-                handler.on_error(&e).await;
+        let (handle, handler) = (handle.clone(), Arc::clone(&handler));
+        match shared.setup.tls() {
+            None => R::spawn(handle.plain(stream, admitted, handler, guard)),
+            Some(config) => {
+                let config = Arc::clone(config);
+                R::spawn(handle.secure(config, stream, admitted, handler, guard));
             }
-            drop(guard);
-        });
+        }
     }
     drop(listener);
     shared.tasks.wait_idle().await;
     shared.done.set();
     Ok(())
+}
+
+/// The value, or `None` once the handler heard the error.
+///
+/// Taking the result by value matters: a result matched in place and
+/// partly moved out of keeps its space in the connection task for the
+/// connection's whole life.
+async fn report<T, H: Handler>(result: io::Result<T>, handler: &H) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(e) => {
+            handler.on_error(&e).await;
+            None
+        }
+    }
 }
 
 /// Removes a session from the registry when dropped.
@@ -265,48 +280,95 @@ impl Drop for Registered<'_> {
 }
 
 impl<R: Runtime> ServerHandle<R> {
-    async fn run_connection<H: Handler>(
-        &self,
-        stream: R::Tcp,
-        admitted: Admitted,
-        handler: &H,
-    ) -> io::Result<()> {
-        let shared = &self.shared;
-        let options = &shared.options;
-        let socket = R::socket(&stream);
+    /// Socket options for an accepted connection.
+    fn configure(&self, stream: &R::Tcp) -> io::Result<()> {
+        let options = &self.shared.options;
+        let socket = R::socket(stream);
         socket.set_tcp_nodelay(options.nodelay)?;
         if options.keepalive {
             socket.set_keepalive(true)?;
         }
-        // One time budget for the whole handshake: TLS, then the upgrade.
-        let limit = options.handshake_timeout;
-        match shared.setup.tls() {
-            None => {
-                let mut stream = stream;
-                let (protocol, initial) = self.within(limit, pin!(self.open(&mut stream))).await?;
-                let (session, _registered) = self.register(admitted, protocol)?;
-                self.drive(stream.split(), session, initial, handler).await;
-                Ok(())
-            }
-            Some(config) => {
-                // Boxed: the TLS handshake state is large, and only TLS
-                // connections should carry it.
-                let mut handshake = Box::pin(async {
-                    let mut stream =
-                        R::tls_accept(Arc::clone(config), stream)
-                            .await
-                            .map_err(|e| {
-                                io::Error::new(e.kind(), format!("TLS handshake failed: {e}"))
-                            })?;
-                    let (protocol, initial) = self.open(&mut stream).await?;
-                    Ok((stream, protocol, initial))
-                });
-                let (stream, protocol, initial) = self.within(limit, handshake.as_mut()).await?;
-                drop(handshake);
-                let (session, _registered) = self.register(admitted, protocol)?;
-                self.drive(stream.split(), session, initial, handler).await;
-                Ok(())
-            }
+        Ok(())
+    }
+
+    /// The task of one accepted plain TCP connection: handshakes, registers
+    /// and drives it; errors go to `on_error`, and the task count drops
+    /// last.
+    ///
+    /// The spawned future itself, an `async move` block rather than an
+    /// `async fn` or a block around one: every argument of an `async fn`
+    /// is stored twice in its future, and every layer stores what it hands
+    /// down again. This future is most of an idle connection's memory.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn stores its arguments twice (see above)"
+    )]
+    fn plain<H: Handler>(
+        self,
+        mut stream: R::Tcp,
+        admitted: Admitted,
+        handler: Arc<H>,
+        guard: TaskGuard,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        async move {
+            // One time budget for the whole handshake.
+            let limit = self.shared.options.handshake_timeout;
+            let opened = match self.configure(&stream) {
+                Ok(()) => self.within(limit, pin!(self.open(&mut stream))).await,
+                Err(e) => Err(e),
+            };
+            let registered = opened.and_then(|(protocol, initial)| {
+                let (session, registered) = self.register(admitted, protocol)?;
+                Ok((session, registered, initial))
+            });
+            let Some((session, registered, initial)) = report(registered, &*handler).await else {
+                return;
+            };
+            self.drive(stream.split(), session, initial, &*handler)
+                .await;
+            drop(registered);
+            drop(guard);
+        }
+    }
+
+    /// [`Self::plain`] for a TLS connection.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn stores its arguments twice (see `plain`)"
+    )]
+    fn secure<H: Handler>(
+        self,
+        config: Arc<rustls::ServerConfig>,
+        stream: R::Tcp,
+        admitted: Admitted,
+        handler: Arc<H>,
+        guard: TaskGuard,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        async move {
+            // One time budget for the whole handshake: TLS, then the
+            // upgrade. Boxed: the TLS handshake state is large, and only
+            // TLS connections should carry it.
+            let limit = self.shared.options.handshake_timeout;
+            let mut handshake = Box::pin(async {
+                self.configure(&stream)?;
+                let mut stream = R::tls_accept(config, stream)
+                    .await
+                    .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake failed: {e}")))?;
+                let (protocol, initial) = self.open(&mut stream).await?;
+                let (session, registered) = self.register(admitted, protocol)?;
+                // Split here: only the halves (two pointers), not the
+                // large TLS stream, reach this task's own future.
+                Ok((stream.split(), session, registered, initial))
+            });
+            let opened = self.within(limit, handshake.as_mut()).await;
+            drop(handshake);
+            let Some((halves, session, registered, initial)) = report(opened, &*handler).await
+            else {
+                return;
+            };
+            self.drive(halves, session, initial, &*handler).await;
+            drop(registered);
+            drop(guard);
         }
     }
 

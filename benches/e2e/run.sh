@@ -132,7 +132,9 @@ idle_memory() {
     done
     n=$(echo "$line" | json connections)
     if [ -n "$n" ]; then
-        sleep 1 # let the server finish its bookkeeping
+        # Let the server finish its bookkeeping: storm returns an idle
+        # connection's buffers after 1 s (LinkConfig::release_after).
+        sleep 2
         after=$(rss_kib "$server_pid")
         anon1=$(rss_kib "$server_pid" RssAnon)
         # The figure counts only if the connections were still open.

@@ -262,20 +262,22 @@ fn write_loop<'a, W: PollWrite + 'a>(
         let link = session.link();
         let mut bufs: Vec<Bytes> = Vec::new();
         loop {
-            let had_deadline = link.poll_timeout();
             let transmit = poll_fn(|cx| {
                 link.session().register_waker(cx.waker());
                 let transmit = link.poll_transmit(Instant::now(), &mut bufs, write_batch);
+                if transmit.timer_changed {
+                    // The reader runs the timer: wake the task so that it
+                    // re-arms.
+                    rearm.store(true, Ordering::Relaxed);
+                    cx.waker().wake_by_ref();
+                }
                 if transmit.bytes == 0 && !transmit.close {
-                    // Idle: the link freed its buffers; so does the writer.
-                    if bufs.capacity() != 0 {
+                    if transmit.release {
+                        // Idle a while: the link returned its buffers; so
+                        // does the writer.
                         bufs = Vec::new();
                     }
                     return Poll::Pending;
-                }
-                if link.poll_timeout() != had_deadline {
-                    rearm.store(true, Ordering::Relaxed);
-                    cx.waker().wake_by_ref();
                 }
                 Poll::Ready(transmit)
             })

@@ -93,6 +93,14 @@ pub struct LinkConfig {
     pub close_timeout: Duration,
     /// Middleware run on every message received and sent. Default: none.
     pub middleware: Option<Arc<MiddlewareChain>>,
+    /// A link that goes idle (nothing to write after traffic) returns its
+    /// buffers and queues to the allocator, and [`Transmit::release`]
+    /// tells the writer to return its own: at once, unless it already did
+    /// less than `release_after` ago; then when that much time has passed
+    /// (a connection that keeps sending bursts would otherwise allocate
+    /// its buffers again for every burst). Zero returns them at every idle
+    /// moment. Default 1 s.
+    pub release_after: Duration,
 }
 
 impl Default for LinkConfig {
@@ -101,6 +109,7 @@ impl Default for LinkConfig {
             heartbeat: HeartbeatConfig::default(),
             close_timeout: Duration::from_secs(5),
             middleware: None,
+            release_after: Duration::from_secs(1),
         }
     }
 }
@@ -183,6 +192,13 @@ pub struct Transmit {
     /// Close the socket after writing what was appended (a graceful close
     /// that has flushed, or an abort: then nothing was appended).
     pub close: bool,
+    /// The link went idle and returned its buffers (see
+    /// [`LinkConfig::release_after`]): the writer should return its own
+    /// (such as its list of buffers to write) too.
+    pub release: bool,
+    /// [`Link::poll_timeout`] changed in this call (a graceful close began
+    /// its wait, an idle link its release countdown): re-arm the timer.
+    pub timer_changed: bool,
 }
 
 /// A [`Link`] could not be built.
@@ -210,6 +226,7 @@ pub struct Link {
     session: Arc<Session>,
     middleware: Option<Arc<MiddlewareChain>>,
     close_timeout: Duration,
+    release_after: Duration,
     state: Mutex<State>,
 }
 
@@ -239,12 +256,43 @@ struct State {
     /// the send limit: released when the writer takes them, so a peer that
     /// sends but never reads meets the limit.
     unreleased: usize,
-    /// Traffic since the buffers were last released: the next idle
-    /// `poll_transmit` releases them (once, not on every idle poll).
+    /// Traffic since the link was last idle: the next idle
+    /// `poll_transmit` starts the release countdown.
     busy: bool,
+    /// When the buffers were last returned.
+    released: Option<Instant>,
+    /// Idle since the last return, which was too recent: return them again
+    /// `release_after` after it (the timer).
+    release_pending: bool,
+    /// The buffers were returned; the writer hears it from its next
+    /// `poll_transmit`.
+    release_writer: bool,
 }
 
 impl State {
+    /// When [`Link::handle_timeout`] is next due.
+    fn deadline(&self, release_after: Duration) -> Option<Instant> {
+        if self.closed && self.close_deadline.is_none() {
+            return None;
+        }
+        [
+            self.heartbeat.poll_timeout(),
+            self.close_deadline,
+            self.release_deadline(release_after),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// When a pending release is due.
+    fn release_deadline(&self, release_after: Duration) -> Option<Instant> {
+        if !self.release_pending {
+            return None;
+        }
+        self.released?.checked_add(release_after)
+    }
+
     /// Frees the buffers and queues that hold nothing.
     fn release_buffers(&mut self) {
         release_bytes(&mut self.input);
@@ -292,6 +340,7 @@ impl Link {
             session,
             middleware: config.middleware,
             close_timeout: config.close_timeout,
+            release_after: config.release_after,
             state: Mutex::new(State {
                 protocol,
                 input: BytesMut::new(),
@@ -306,6 +355,9 @@ impl Link {
                 eof: false,
                 unreleased: 0,
                 busy: false,
+                released: None,
+                release_pending: false,
+                release_writer: false,
             }),
         })
     }
@@ -457,14 +509,7 @@ impl Link {
     /// When [`handle_timeout`](Self::handle_timeout) is next due.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let state = lock(&self.state);
-        if state.closed && state.close_deadline.is_none() {
-            return None;
-        }
-        [state.heartbeat.poll_timeout(), state.close_deadline]
-            .into_iter()
-            .flatten()
-            .min()
+        lock(&self.state).deadline(self.release_after)
     }
 
     /// Handles what is due at `now`: pings, dead peers, idle timeouts, a
@@ -473,6 +518,13 @@ impl Link {
     pub fn handle_timeout(&self, now: Instant) {
         let mut guard = lock(&self.state);
         let state = &mut *guard;
+        if state
+            .release_deadline(self.release_after)
+            .is_some_and(|at| now >= at)
+        {
+            // The writer is woken below and hears it from poll_transmit.
+            self.release(state, now);
+        }
         if state.close_deadline.is_some_and(|deadline| now >= deadline) {
             state.close_deadline = None;
             state.finish = true;
@@ -512,6 +564,16 @@ impl Link {
             self.session.request_close(CloseKind::Abort);
         }
         self.session.wake_writer();
+    }
+
+    /// Returns every empty buffer and queue of the link, its protocol and
+    /// its outbox; the writer is told by its next `poll_transmit`.
+    fn release(&self, state: &mut State, now: Instant) {
+        state.release_buffers();
+        self.session.release_buffers();
+        state.release_writer = true;
+        state.released = Some(now);
+        state.release_pending = false;
     }
 
     /// Moves queued messages from the session's outbox into the protocol
@@ -596,6 +658,7 @@ impl Link {
         let mut guard = lock(&self.state);
         let state = &mut *guard;
         let mut transmit = Transmit::default();
+        let deadline = state.deadline(self.release_after);
         if !state.finish {
             self.pump(state, now, max_bytes, true);
         }
@@ -630,11 +693,22 @@ impl Link {
         if transmit.bytes > 0 {
             state.busy = true;
         } else if !transmit.close && std::mem::take(&mut state.busy) {
-            // Nothing to write after traffic: the connection is idle until
-            // more comes, and holds no buffer memory meanwhile.
-            state.release_buffers();
-            self.session.release_buffers();
+            // Nothing to write after traffic: an idle connection holds no
+            // buffer memory. But a busy one goes idle between every two
+            // bursts: returning them each time would allocate them again
+            // for the next burst, so within `release_after` of the last
+            // return, the timer returns them.
+            let recent = state
+                .released
+                .is_some_and(|at| now.saturating_duration_since(at) < self.release_after);
+            if recent {
+                state.release_pending = true;
+            } else {
+                self.release(state, now);
+            }
         }
+        transmit.release = std::mem::take(&mut state.release_writer);
+        transmit.timer_changed = state.deadline(self.release_after) != deadline;
         let needs_event = state.closed && !state.events.is_empty();
         drop(guard);
         if needs_event {
@@ -786,37 +860,82 @@ mod tests {
         ));
     }
 
-    /// After traffic, the first idle `poll_transmit` (nothing to write)
-    /// frees every buffer and queue of the link, its protocol and its
-    /// outbox: an idle connection holds no buffer memory.
-    fn idle_link_holds_no_buffers(protocol: Protocol, request: &[u8]) {
-        let (_hub, link, now) = setup(protocol, LinkConfig::default());
+    /// Buffers and queues of the link, its protocol and its outbox.
+    fn buffer_capacity(link: &Link) -> usize {
+        let state = lock(&link.state);
+        let protocol = match &state.protocol {
+            Protocol::WebSocket(conn) => conn.buffer_capacity(),
+            Protocol::Framed(_) => 0,
+        };
+        protocol
+            + state.input.capacity()
+            + state.output.capacity()
+            + state.batch.capacity()
+            + state.events.capacity()
+            + link.session.outbox_capacity()
+    }
+
+    /// `request` × 20 in, each echoed back, all written at `now`.
+    fn echo_burst(link: &Link, request: &[u8], now: Instant) {
         link.handle_input(now, &request.repeat(20));
-        for event in events(&link, now) {
+        for event in events(link, now) {
             let LinkEvent::Message(message) = event else {
                 panic!("{event:?}");
             };
             assert!(matches!(link.send(message), SendOutcome::Queued));
         }
-        let capacity = |link: &Link| {
-            let state = lock(&link.state);
-            let protocol = match &state.protocol {
-                Protocol::WebSocket(conn) => conn.buffer_capacity(),
-                Protocol::Framed(_) => 0,
-            };
-            protocol
-                + state.input.capacity()
-                + state.output.capacity()
-                + state.batch.capacity()
-                + state.events.capacity()
-                + link.session.outbox_capacity()
+        assert!(buffer_capacity(link) > 0, "traffic allocated buffers");
+        let sent = link.poll_transmit(now, &mut Vec::new(), 1 << 20);
+        assert!(sent.bytes > 0 && !sent.release);
+    }
+
+    /// A link that goes idle returns every buffer and queue of its own,
+    /// its protocol's and its outbox's at once, and tells the writer. One
+    /// that goes idle again within `release_after` keeps them until then
+    /// (the timer), so that a connection sending burst after burst does
+    /// not allocate them again for each.
+    fn idle_link_holds_no_buffers(protocol: Protocol, request: &[u8]) {
+        let (_hub, link, now) = setup(protocol, LinkConfig::default());
+        let mut out = Vec::new();
+        echo_burst(&link, request, now);
+        let idle = link.poll_transmit(now, &mut out, 1 << 20);
+        assert_eq!((idle.bytes, idle.release), (0, true), "the writer is told");
+        assert_eq!(buffer_capacity(&link), 0, "buffers left on an idle link");
+        assert!(!link.poll_transmit(now, &mut out, 1 << 20).release, "told once");
+
+        // The next burst, soon after: idle again, the buffers stay.
+        let soon = now + Duration::from_millis(10);
+        echo_burst(&link, request, soon);
+        let idle = link.poll_transmit(soon, &mut out, 1 << 20);
+        assert_eq!((idle.bytes, idle.release), (0, false));
+        assert!(buffer_capacity(&link) > 0, "a busy link keeps its buffers");
+        let due = now + LinkConfig::default().release_after;
+        assert_eq!(link.poll_timeout(), Some(due));
+        assert!(idle.timer_changed, "the writer hears that the timer moved");
+        let again = link.poll_transmit(soon, &mut out, 1 << 20);
+        assert_eq!((again.bytes, again.timer_changed), (0, false));
+        link.handle_timeout(due);
+        assert_eq!(buffer_capacity(&link), 0, "buffers left after release_after");
+        let told = link.poll_transmit(due, &mut out, 1 << 20);
+        assert_eq!((told.bytes, told.release), (0, true));
+        assert_ne!(link.poll_timeout(), Some(due), "the release deadline is gone");
+    }
+
+    /// `release_after` zero: every idle moment returns the buffers.
+    #[test]
+    fn release_after_zero_returns_buffers_at_every_idle_moment() {
+        let config = LinkConfig {
+            release_after: Duration::ZERO,
+            ..LinkConfig::default()
         };
-        assert!(capacity(&link) > 0, "traffic allocated buffers");
-        let (bytes, _) = transmit(&link, now);
-        assert!(!bytes.is_empty());
-        let (idle, _) = transmit(&link, now);
-        assert!(idle.is_empty());
-        assert_eq!(capacity(&link), 0, "buffers left on an idle link");
+        let protocol = Protocol::Framed(Box::new(LengthPrefixFramer::default()));
+        let (_hub, link, now) = setup(protocol, config);
+        for _ in 0..2 {
+            echo_burst(&link, b"\0\0\0\x05hello", now);
+            let idle = link.poll_transmit(now, &mut Vec::new(), 1 << 20);
+            assert_eq!((idle.bytes, idle.release), (0, true));
+            assert_eq!(buffer_capacity(&link), 0);
+        }
     }
 
     #[test]

@@ -225,7 +225,7 @@ pub struct ServerOptions {
     pub handshake_timeout: Duration,
     /// Pending-send limits and the slow-consumer policy of each session.
     pub backpressure: BackpressureConfig,
-    /// Heartbeat, close timeout, middleware.
+    /// Heartbeat, close timeout, middleware, idle buffer release.
     pub link: LinkConfig,
     /// Most bytes of queued messages one write gathers. Default 64 KiB.
     pub write_batch: usize,
@@ -278,7 +278,7 @@ pub struct ClientOptions {
     pub reconnect: Option<BackoffConfig>,
     /// Pending-send limits and slow-consumer policy.
     pub backpressure: BackpressureConfig,
-    /// Heartbeat, close timeout, middleware.
+    /// Heartbeat, close timeout, middleware, idle buffer release.
     pub link: LinkConfig,
     /// Extra handshake headers (WebSocket), e.g. `Authorization`.
     pub headers: Vec<(String, String)>,

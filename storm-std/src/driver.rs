@@ -392,6 +392,11 @@ fn write_loop<W: WriteHalf>(
         link.session().register_waker(&waker);
         let transmit = link.poll_transmit(Instant::now(), &mut bufs, write_batch);
         if transmit.bytes == 0 && !transmit.close {
+            if transmit.release {
+                // Idle a while: the link returned its buffers; so does
+                // the writer.
+                bufs = Vec::new();
+            }
             if writer.has_output() {
                 writer.write(&mut bufs, link, stop)?;
                 continue;

@@ -1,0 +1,102 @@
+//! One connection's user-space work per echoed message, without sockets:
+//! a [`Link`] takes a batch of 16 requests of 32 bytes (one read's worth),
+//! hands out the messages, queues each back, frames the batch for the
+//! writer (`poll_transmit`) and goes idle (`poll_transmit` again with
+//! nothing to write), as the adapters' connection tasks do per read.
+//!
+//! For length-prefixed framing and for WebSocket (masked client frames in,
+//! server frames out), each with `release_after` at its default (1 s: a
+//! busy connection keeps its buffers between bursts) and at zero (the
+//! buffers go back at every idle moment and are allocated again for the
+//! next burst). Divide by 16 (or read the element throughput) for the cost
+//! per message.
+//!
+//! `cargo bench -p storm-benches --bench link`
+
+#![allow(missing_docs)] // criterion_group! generates undocumented items
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use storm_proto::framing::LengthPrefixFramer;
+use storm_proto::hub::{Hub, HubConfig};
+use storm_proto::link::{Link, LinkConfig, LinkEvent, Protocol};
+use storm_proto::ws::frame::{FrameHeader, OpCode, encode_frame};
+use storm_proto::ws::{Config, Connection, Side};
+
+const BATCH: usize = 16;
+const SIZE: usize = 32;
+
+/// A read's worth of requests in `proto`'s wire format.
+fn batch(proto: &str) -> Vec<u8> {
+    let payload = [b'x'; SIZE];
+    let one = match proto {
+        "lp" => {
+            let mut frame = u32::try_from(SIZE).unwrap().to_be_bytes().to_vec();
+            frame.extend_from_slice(&payload);
+            frame
+        }
+        _ => {
+            let mut header = FrameHeader::new(OpCode::Binary, 0);
+            header.mask = Some([1, 2, 3, 4]);
+            let mut out = BytesMut::new();
+            encode_frame(header, &payload, &mut out);
+            out.to_vec()
+        }
+    };
+    one.repeat(BATCH)
+}
+
+fn link(proto: &str, release_after: Duration, hub: &Hub, now: Instant) -> Link {
+    let protocol = match proto {
+        "lp" => Protocol::Framed(Box::new(LengthPrefixFramer::default())),
+        _ => Protocol::WebSocket(Box::new(Connection::new(Side::Server, Config::default()))),
+    };
+    let session = hub.register(hub.try_admit().unwrap(), now).unwrap();
+    let config = LinkConfig {
+        release_after,
+        ..LinkConfig::default()
+    };
+    Link::new(session, protocol, config, now).unwrap()
+}
+
+/// One read's batch through the link and back out; the bytes written.
+fn echo_batch(link: &Link, input: &[u8], now: Instant, out: &mut Vec<Bytes>) -> usize {
+    link.handle_input(now, input);
+    while let Some(event) = link.poll_event(now) {
+        if let LinkEvent::Message(message) = event {
+            let _ = link.send(message);
+        }
+    }
+    let written = link.poll_transmit(now, out, 64 * 1024).bytes;
+    out.clear();
+    // The writer's idle poll, once the batch is written.
+    let _ = link.poll_transmit(now, out, 64 * 1024);
+    written
+}
+
+fn echo(c: &mut Criterion) {
+    let mut group = c.benchmark_group("link_echo_batch");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    for proto in ["lp", "ws"] {
+        let input = batch(proto);
+        for (name, release_after) in [
+            ("keep_1s", LinkConfig::default().release_after),
+            ("release_0", Duration::ZERO),
+        ] {
+            let now = Instant::now();
+            let hub = Hub::new(HubConfig::default(), now).unwrap();
+            let link = link(proto, release_after, &hub, now);
+            let mut out = Vec::new();
+            group.bench_with_input(BenchmarkId::new(name, proto), &input, |b, input| {
+                b.iter(|| black_box(echo_batch(&link, input, now, &mut out)));
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, echo);
+criterion_main!(benches);

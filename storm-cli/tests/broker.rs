@@ -1124,6 +1124,11 @@ async fn deaf_consumer_does_not_slow_the_channel_on_tokio() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deaf_consumer_does_not_slow_the_channel_on_smol() {
+    deaf_consumer_does_not_slow_the_channel("smol").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deaf_consumer_does_not_slow_the_channel_on_std() {
     deaf_consumer_does_not_slow_the_channel("std").await;
 }

@@ -444,6 +444,91 @@ fn page_over_http() {
     }
 }
 
+/// Threads of process `pid`, and how many of them are named `name`.
+#[cfg(target_os = "linux")]
+fn threads(pid: u32, name: &str) -> (usize, usize) {
+    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the server's threads")
+        .filter_map(Result::ok)
+        .collect();
+    let named = tasks
+        .iter()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|comm| comm.trim_end() == name)
+        })
+        .count();
+    (tasks.len(), named)
+}
+
+/// On std the page is served by a fixed set of threads (8, as in
+/// `src/chat/on_std.rs`). Clients that connect and never finish their
+/// request hold all of them; a further request, and more stalled clients,
+/// get no thread of their own: the request waits in the listener's backlog
+/// and is answered as soon as one stalled client leaves. (With a thread
+/// per request it was answered at once, and every stalled client added a
+/// thread.)
+#[cfg(target_os = "linux")]
+#[test]
+fn std_page_server_uses_a_fixed_number_of_threads() {
+    const PAGE_THREADS: usize = 8;
+    let server = Server::start("std", &["--tick-ms", "0"]);
+    let pid = server.child.id();
+    // The WebSocket side runs (its accept thread and one session's), so
+    // from here on only the page server could add threads.
+    let _client = server.client();
+    let deadline = Instant::now() + WAIT;
+    while threads(pid, "storm-chat-page").1 != PAGE_THREADS {
+        assert!(
+            Instant::now() < deadline,
+            "page threads: {:?}",
+            threads(pid, "storm-chat-page")
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (before, _) = threads(pid, "storm-chat-page");
+
+    let stall = || {
+        let mut stream = TcpStream::connect(&server.http).unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+        stream
+    };
+    let mut stalled: Vec<TcpStream> = (0..PAGE_THREADS).map(|_| stall()).collect();
+    let mut waiting = TcpStream::connect(&server.http).unwrap();
+    waiting
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    stalled.extend((0..PAGE_THREADS).map(|_| stall()));
+
+    // Not answered while every page thread holds a stalled client (a
+    // bounded look: a thread per request answers within microseconds).
+    waiting
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let early = waiting.read(&mut [0; 64]);
+    assert!(
+        early.as_ref().is_err_and(|e| matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )),
+        "answered while every page thread was busy: {early:?}"
+    );
+    assert_eq!(threads(pid, "storm-chat-page"), (before, PAGE_THREADS));
+
+    // The first stalled client leaves: its thread takes the next request.
+    let started = Instant::now();
+    drop(stalled.remove(0));
+    waiting.set_read_timeout(Some(WAIT)).unwrap();
+    let mut response = String::new();
+    waiting.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    eprintln!(
+        "page answered {:?} after a thread was free",
+        started.elapsed()
+    );
+    assert_eq!(threads(pid, "storm-chat-page"), (before, PAGE_THREADS));
+}
+
 #[test]
 fn chat_over_wss() {
     let pki = storm_tests::suite::pki::Pki::new();

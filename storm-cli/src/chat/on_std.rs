@@ -1,5 +1,6 @@
 //! `storm chat` on blocking threads (storm-std). The handler only sends
-//! what [`Chat`] decides; the tick and the page server are threads.
+//! what [`Chat`] decides; the tick is a thread, the page server a fixed
+//! set of threads.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -27,7 +28,7 @@ pub(super) fn run(args: &ChatArgs, options: ServerOptions, ws: WsOptions) -> io:
         std::thread::spawn(move || tick(&chat, every));
     }
     if let Some((listener, page)) = http {
-        std::thread::spawn(move || serve_page(&listener, &page));
+        serve_page(listener, &page)?;
     }
     let mut stopping = console_and_ctrl_c(Arc::clone(&chat));
     let serving = server.spawn(StdChat(chat))?;
@@ -72,14 +73,31 @@ fn tick(chat: &Chat, every: Duration) {
     }
 }
 
-/// Serves the chat page to plain HTTP GETs, a thread per request, until
-/// the process ends.
-fn serve_page(listener: &TcpListener, page: &Arc<str>) {
+/// Page requests answered at once, one per page thread. More connections
+/// wait in the listener's backlog until a thread is free. A client that
+/// never finishes its request holds a thread for at most `HTTP_TIMEOUT`,
+/// so stalled clients can delay the page but cannot add threads.
+const PAGE_THREADS: usize = 8;
+
+/// Serves the chat page to plain HTTP GETs on `PAGE_THREADS` threads that
+/// share the listener, until the process ends.
+fn serve_page(listener: TcpListener, page: &Arc<str>) -> io::Result<()> {
+    let listener = Arc::new(listener);
+    for _ in 0..PAGE_THREADS {
+        let (listener, page) = (Arc::clone(&listener), Arc::clone(page));
+        std::thread::Builder::new()
+            .name("storm-chat-page".to_owned())
+            .spawn(move || answer_each(&listener, &page))?;
+    }
+    Ok(())
+}
+
+/// Accepts and answers page requests one at a time.
+fn answer_each(listener: &TcpListener, page: &str) {
     for stream in listener.incoming() {
         match stream {
             Ok(stream) => {
-                let page = Arc::clone(page);
-                std::thread::spawn(move || answer(stream, &page));
+                let _ = answer(stream, page);
             }
             Err(e) => {
                 eprintln!("page listener: {e}");

@@ -149,7 +149,10 @@ pub fn broker_assembler(data: &[u8]) {
 }
 
 /// Drives a [`Router`] with operations decoded from bytes and checks that
-/// no request ends twice and none is left hanging.
+/// no request ends twice and none is left hanging, and that
+/// [`Router::next_hop`], asked before each frame, names the connection the
+/// frame is then forwarded to as stream data (`None` when it goes nowhere
+/// as stream data; a named receiver without room refuses it with `BUSY`).
 ///
 /// Input: 3-byte ops `[op, a, b]`: op `% 9` is connect (a: provider if odd,
 /// channel `b % 2`), start, chunk, end, cancel, respond (b: kind), drain
@@ -222,11 +225,80 @@ impl Sim {
         (!alive.is_empty()).then(|| alive[usize::from(a) % alive.len()])
     }
 
+    /// Hands `frame` from peer `p` to the router, checking that
+    /// [`Router::next_hop`] asked just before named where the frame went.
     fn send(&mut self, p: usize, frame: Frame) {
         let conn = self.peers[p].conn;
+        let hop = self
+            .router
+            .next_hop(conn, frame.frame_type, frame.request_id);
+        let before = self.queues();
+        let stats = self.router.stats();
+        let (frame_type, len) = (frame.frame_type, frame.payload.len());
         self.router
             .handle_frame(conn, frame, self.now)
             .expect("alive peers are connected");
+        let after = self.router.stats();
+        // The frame was queued as stream data at `to` when that is the only
+        // queue that changed, by exactly one frame of its size, and the
+        // router queued no `Error` and refused nothing.
+        let changed: Vec<(ConnId, (i64, i64))> = before
+            .iter()
+            .filter_map(|(c, was)| {
+                let now = self.router.queued(*c).unwrap_or_default();
+                let delta = (now.0 as i64 - was.0 as i64, now.1 as i64 - was.1 as i64);
+                (delta != (0, 0)).then_some((*c, delta))
+            })
+            .collect();
+        let forwarded = match changed[..] {
+            [(to, delta)]
+                if delta == (1, len as i64)
+                    && to != conn
+                    && after.error_frames == stats.error_frames
+                    && after.busy == stats.busy =>
+            {
+                Some(to)
+            }
+            _ => None,
+        };
+        let Some(hop) = hop else {
+            assert_eq!(
+                forwarded, None,
+                "{frame_type:?} from {conn} forwarded, next_hop said None"
+            );
+            return;
+        };
+        let stream = if self.peers[p].provider {
+            frame_type == FrameType::Response
+        } else {
+            matches!(frame_type, FrameType::Chunk | FrameType::End)
+        };
+        assert!(
+            stream,
+            "next_hop named {hop} for a {frame_type:?} from {conn}"
+        );
+        if forwarded != Some(hop) {
+            // Not forwarded: only because the receiver had no room (the
+            // adapter waits for room on `hop` before it hands the frame over).
+            assert_eq!(
+                after.busy,
+                stats.busy + 1,
+                "next_hop named {hop}, the {frame_type:?} from {conn} went to {forwarded:?}"
+            );
+            assert!(
+                before.get(&hop).is_some_and(|q| q.0 > 0),
+                "next_hop named {hop}, refused for room, but its queue was empty"
+            );
+        }
+    }
+
+    /// Frames and data bytes queued for every connected peer.
+    fn queues(&self) -> BTreeMap<ConnId, (usize, usize)> {
+        self.peers
+            .iter()
+            .filter(|p| p.alive)
+            .filter_map(|p| Some((p.conn, self.router.queued(p.conn)?)))
+            .collect()
     }
 
     fn apply(&mut self, op: u8, a: u8, b: u8) {
@@ -324,19 +396,61 @@ impl Sim {
             (6, _) => return self.drain(p, usize::from(b % 8)),
             (7, _) => return self.disconnect(p),
             // Anything else: a frame the peer's role does not send, or for
-            // an unknown request.
-            (_, provider) => Frame::new(
-                match FrameType::from_u8(b % 5 + 1) {
+            // a request that is not the peer's to use.
+            (_, provider) => {
+                let frame_type = match FrameType::from_u8(b % 5 + 1) {
                     // A consumer's Start would be a real request.
                     Some(FrameType::Start) if !provider => FrameType::Chunk,
                     Some(t) => t,
                     None => FrameType::End,
-                },
-                RequestId::from_bytes([if provider { 0xaa } else { 0xab }; 16]),
-                Bytes::new(),
-            ),
+                };
+                let id = self.stray_id(p, b, frame_type);
+                if frame_type == FrameType::Error && !provider {
+                    // Cancels the request if it is still in flight.
+                    if let Some(cancelled) = self.peers[p].started.get_mut(&id) {
+                        *cancelled = true;
+                    }
+                }
+                Frame::new(frame_type, id, Bytes::new())
+            }
         };
         self.send(p, frame);
+    }
+
+    /// The request a stray `frame_type` from peer `p` names. For a frame
+    /// its role sends, when `b / 5` is odd, a real request that is not (or
+    /// no longer) the peer's to use, picked by `b / 10`: for a provider,
+    /// one another provider works on; for a consumer, one of its own it has
+    /// already ended or cancelled. Otherwise, or when there is none, an id
+    /// no request has (a frame its role does not send is a protocol
+    /// violation, answered with an `Error` for that id).
+    fn stray_id(&self, p: usize, b: u8, frame_type: FrameType) -> RequestId {
+        let peer = &self.peers[p];
+        let its_role_sends = match frame_type {
+            FrameType::Chunk | FrameType::End => !peer.provider,
+            FrameType::Response => peer.provider,
+            FrameType::Error => true,
+            _ => false,
+        };
+        let real: Vec<RequestId> = if !its_role_sends || b / 5 % 2 == 0 {
+            Vec::new()
+        } else if peer.provider {
+            self.peers
+                .iter()
+                .filter(|q| q.alive && q.conn != peer.conn)
+                .flat_map(|q| q.working.iter().copied())
+                .collect()
+        } else {
+            peer.started
+                .keys()
+                .filter(|id| !peer.sending.contains(id))
+                .copied()
+                .collect()
+        };
+        match real.get(usize::from(b / 10) % real.len().max(1)) {
+            Some(id) => *id,
+            None => RequestId::from_bytes([if peer.provider { 0xaa } else { 0xab }; 16]),
+        }
     }
 
     fn disconnect(&mut self, p: usize) {

@@ -21,7 +21,7 @@ use storm_proto::setup::{Admitted, ServerOpen, ServerSetup, ServerUpgradeStep, s
 use crate::driver::drive;
 use crate::io::{read_step, write_all_flush};
 use crate::runtime::{PollRead, PollWrite, Runtime, Stream};
-use crate::sync::{Signal, TaskCount, TaskGuard, timeout};
+use crate::sync::{Either, Signal, TaskCount, TaskGuard, race, timeout};
 use crate::{Handler, Session};
 
 /// State every connection task and every [`ServerHandle`] shares.
@@ -35,6 +35,9 @@ struct Shared {
     stop: Signal,
     /// Set by `serve` once every connection task has ended.
     done: Signal,
+    /// Set by `shutdown` once its timeout has passed: handshakes still
+    /// running end at once instead of at their own timeout.
+    abort: Signal,
     tasks: Arc<TaskCount>,
 }
 
@@ -174,6 +177,7 @@ async fn bind<R: Runtime>(
         setup,
         stop: Signal::default(),
         done: Signal::default(),
+        abort: Signal::default(),
         tasks: Arc::default(),
     };
     Ok((
@@ -402,17 +406,27 @@ impl<R: Runtime> ServerHandle<R> {
         }
     }
 
-    /// `handshake`, or a timed-out error that says which handshake.
-    /// Pinned by the caller, so that the connection task stores it once.
+    /// `handshake`, or a timed-out error that says which handshake, or
+    /// an aborted one when `shutdown` gave up waiting. Pinned by the
+    /// caller, so that the connection task stores it once.
     async fn within<T, F: Future<Output = io::Result<T>>>(
         &self,
         limit: Duration,
         handshake: Pin<&mut F>,
     ) -> io::Result<T> {
-        timeout::<R, _>(limit, handshake).await.ok_or_else(|| {
-            let what = self.shared.setup.handshake_name();
-            io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out"))
-        })?
+        let what = self.shared.setup.handshake_name();
+        let timed = pin!(timeout::<R, _>(limit, handshake));
+        match race(timed, pin!(self.shared.abort.wait())).await {
+            Either::Left(Some(result)) => result,
+            Either::Left(None) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{what} timed out"),
+            )),
+            Either::Right(()) => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                format!("{what} cut short by the server's shutdown"),
+            )),
+        }
     }
 
     /// The protocol a new connection speaks, after the WebSocket upgrade
@@ -495,8 +509,9 @@ impl<R: Runtime> ServerHandle<R> {
     /// still open after `timeout`, and returns once every connection task
     /// has ended (and [`serve`](WsServer::serve) has returned). A
     /// connection accepted before and still in its handshake is closed
-    /// gracefully as soon as it is registered; one whose handshake does not
-    /// finish ends by the handshake timeout at the latest.
+    /// gracefully as soon as it is registered; one whose handshake has not
+    /// finished after `timeout` is dropped then (the handler's `on_error`
+    /// hears [`io::ErrorKind::ConnectionAborted`]).
     pub async fn shutdown(&self, timeout: Duration) {
         let shared = &self.shared;
         shared.stop.set();
@@ -505,6 +520,7 @@ impl<R: Runtime> ServerHandle<R> {
             .await
             .is_none()
         {
+            shared.abort.set();
             shared.registry.hub().close_all(CloseKind::Abort);
             shared.done.wait().await;
         }

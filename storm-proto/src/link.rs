@@ -901,7 +901,10 @@ mod tests {
         let idle = link.poll_transmit(now, &mut out, 1 << 20);
         assert_eq!((idle.bytes, idle.release), (0, true), "the writer is told");
         assert_eq!(buffer_capacity(&link), 0, "buffers left on an idle link");
-        assert!(!link.poll_transmit(now, &mut out, 1 << 20).release, "told once");
+        assert!(
+            !link.poll_transmit(now, &mut out, 1 << 20).release,
+            "told once"
+        );
 
         // The next burst, soon after: idle again, the buffers stay.
         let soon = now + Duration::from_millis(10);
@@ -915,10 +918,18 @@ mod tests {
         let again = link.poll_transmit(soon, &mut out, 1 << 20);
         assert_eq!((again.bytes, again.timer_changed), (0, false));
         link.handle_timeout(due);
-        assert_eq!(buffer_capacity(&link), 0, "buffers left after release_after");
+        assert_eq!(
+            buffer_capacity(&link),
+            0,
+            "buffers left after release_after"
+        );
         let told = link.poll_transmit(due, &mut out, 1 << 20);
         assert_eq!((told.bytes, told.release), (0, true));
-        assert_ne!(link.poll_timeout(), Some(due), "the release deadline is gone");
+        assert_ne!(
+            link.poll_timeout(),
+            Some(due),
+            "the release deadline is gone"
+        );
     }
 
     /// `release_after` zero: every idle moment returns the buffers.

@@ -2,7 +2,9 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{
+    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs,
+};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -40,6 +42,60 @@ struct Shared {
     stop: AtomicBool,
     serving: Mutex<Serving>,
     serving_changed: Condvar,
+    /// Connections in their handshake, so that a shutdown that stopped
+    /// waiting can end them at once instead of at their handshake timeout.
+    handshaking: Mutex<Handshaking>,
+}
+
+/// See [`Shared::handshaking`].
+#[derive(Default)]
+struct Handshaking {
+    /// A clone of each handshaking connection's socket, by a number of
+    /// its own.
+    streams: Vec<(u64, TcpStream)>,
+    next: u64,
+    /// Set by a shutdown that stopped waiting: handshakes end at once.
+    aborted: bool,
+}
+
+/// A connection in its handshake; dropping it takes it off the list.
+struct InHandshake<'a> {
+    shared: &'a Shared,
+    id: Option<u64>,
+}
+
+impl<'a> InHandshake<'a> {
+    /// Lists `stream` as handshaking (or ends it at once, when a shutdown
+    /// already aborted handshakes).
+    fn enter(shared: &'a Shared, stream: &TcpStream) -> Self {
+        let mut list = lock(&shared.handshaking);
+        if list.aborted {
+            let _ = stream.shutdown(Shutdown::Both);
+            return Self { shared, id: None };
+        }
+        // Without a clone (out of descriptors) the handshake timeout still
+        // bounds it.
+        let Ok(clone) = stream.try_clone() else {
+            return Self { shared, id: None };
+        };
+        let id = list.next;
+        list.next += 1;
+        list.streams.push((id, clone));
+        Self {
+            shared,
+            id: Some(id),
+        }
+    }
+}
+
+impl Drop for InHandshake<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            lock(&self.shared.handshaking)
+                .streams
+                .retain(|(other, _)| *other != id);
+        }
+    }
 }
 
 /// Controls a running server from any thread: its sessions, groups,
@@ -178,6 +234,7 @@ fn bind(options: ServerOptions, setup: ServerSetup) -> io::Result<(TcpListener, 
         stop: AtomicBool::new(false),
         serving: Mutex::new(Serving::NotStarted),
         serving_changed: Condvar::new(),
+        handshaking: Mutex::default(),
     };
     Ok((
         listener,
@@ -263,10 +320,12 @@ impl ServerHandle {
         // One time budget for the whole handshake: TLS, then the upgrade.
         let deadline = Instant::now() + options.handshake_timeout;
         let what = shared.setup.handshake_name();
+        let handshaking = InHandshake::enter(shared, &stream);
         match shared.setup.tls() {
             None => {
                 let mut io = Deadlined::new(&stream, deadline, what);
                 let (protocol, initial) = self.open(&mut io)?;
+                drop(handshaking);
                 self.run_session(stream, protocol, initial, admitted, handler)
             }
             Some(config) => {
@@ -283,6 +342,7 @@ impl ServerHandle {
                 let (protocol, leftover) =
                     self.open(&mut rustls::Stream::new(&mut conn, &mut io))?;
                 let initial = crate::tls::initial_input(&mut conn, leftover)?;
+                drop(handshaking);
                 let stream = TlsStream::new(stream, conn);
                 self.run_session(stream, protocol, initial, admitted, handler)
             }
@@ -355,8 +415,10 @@ impl ServerHandle {
     /// Stops accepting, closes every session gracefully, aborts the ones
     /// still open after `timeout`, and returns once every connection thread
     /// has ended (and [`serve`](WsServer::serve) has returned). A
-    /// connection still in its WebSocket handshake ends by its handshake
-    /// timeout at the latest. Returns at once if `serve` never started.
+    /// connection still in its handshake after `timeout` is shut down then
+    /// (the handler's `on_error` hears its handshake end early, as
+    /// [`io::ErrorKind::UnexpectedEof`]). Returns at once if `serve` never
+    /// started.
     pub fn shutdown(&self, timeout: Duration) {
         let shared = &self.shared;
         shared.stop.store(true, Ordering::Release);
@@ -369,6 +431,7 @@ impl ServerHandle {
         while *serving == Serving::Running {
             let now = Instant::now();
             if now >= deadline {
+                shared.abort_handshakes();
                 shared.registry.hub().close_all(CloseKind::Abort);
                 while *serving == Serving::Running {
                     serving = shared
@@ -383,6 +446,20 @@ impl ServerHandle {
                 .wait_timeout(serving, deadline - now)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+        }
+    }
+}
+
+impl Shared {
+    /// Ends every handshake in progress, and those still to start.
+    fn abort_handshakes(&self) {
+        let streams = {
+            let mut list = lock(&self.handshaking);
+            list.aborted = true;
+            std::mem::take(&mut list.streams)
+        };
+        for (_, stream) in streams {
+            let _ = stream.shutdown(Shutdown::Both);
         }
     }
 }

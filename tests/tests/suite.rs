@@ -97,6 +97,7 @@ suite! {
         server_malformed_frames,
         server_bad_handshakes,
         server_shutdown_aborts_a_silent_peer,
+        server_shutdown_cuts_a_stalled_handshake_short,
         server_shutdown_closes_connections_mid_handshake,
     ],
     client_only: [

@@ -778,6 +778,36 @@ pub fn server_shutdown_aborts_a_silent_peer<S: Adapter>() {
     ));
 }
 
+/// A peer that never finishes its upgrade request does not hold a shutdown
+/// for its handshake timeout: once the shutdown's own timeout has passed,
+/// the handshake is cut short and the socket closed.
+pub fn server_shutdown_cuts_a_stalled_handshake_short<S: Adapter>() {
+    let mut server = ws_server_for_raw::<S>(|spec| {
+        spec.options.handshake_timeout = Duration::from_secs(600);
+    });
+    let mut stalled = TcpStream::connect(server.local_addr()).expect("connect");
+    stalled
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .expect("write");
+    eventually("the server accepted the connection", || {
+        server.metrics().connections == 1
+    });
+    let started = Instant::now();
+    server.shutdown(Duration::from_millis(100));
+    // Without the cut, shutdown would wait for the 600 s handshake
+    // timeout; WAIT (10 s) is far below it and far above a cut's time.
+    assert!(
+        started.elapsed() < WAIT,
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        raw::read_to_close(&mut stalled),
+        0,
+        "closed without a response"
+    );
+}
+
 /// A shutdown that starts while connections are mid-handshake leaves none
 /// of them behind: every connection the server upgraded gets a close frame
 /// (1000), none is left open for the shutdown timeout to abort. Rounds of

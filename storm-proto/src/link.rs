@@ -257,7 +257,7 @@ struct State {
     /// sends but never reads meets the limit.
     unreleased: usize,
     /// Traffic since the link was last idle: the next idle
-    /// `poll_transmit` starts the release countdown.
+    /// `poll_transmit` returns the buffers, or leaves it to the timer.
     busy: bool,
     /// When the buffers were last returned.
     released: Option<Instant>,

@@ -13,7 +13,8 @@
 //! task polls a reader (socket → [`Link`](storm_proto::link::Link) →
 //! handler; the link's timer) and a writer (outbox → one vectored write);
 //! reads go through one buffer per worker thread, so an idle connection
-//! holds none.
+//! holds none, and a connection that goes idle returns its other buffers
+//! (see [`LinkConfig::release_after`](storm_proto::link::LinkConfig::release_after)).
 //!
 //! TLS (rustls) is an option, not another server or client: set
 //! [`ServerOptions::tls`](storm_proto::options::ServerOptions::tls) or

@@ -3,6 +3,11 @@
 //! outboxes are drained between iterations, untimed. Divide the time by
 //! 10,000 (or read the element throughput) for the cost per session.
 //!
+//! Also the per-message counters (`hub_counters`): sessions counting
+//! received messages and bytes, on one thread and on two threads at once
+//! (each its own session), per counted message. Every session also feeds
+//! the hub's totals, so two busy sessions on two cores can contend on them.
+//!
 //! `cargo bench -p storm-benches --bench hub`
 
 #![allow(missing_docs)] // criterion_group! generates undocumented items
@@ -65,5 +70,42 @@ fn broadcast(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, broadcast);
+/// Messages each thread counts per iteration.
+const COUNTED: u64 = 100_000;
+
+fn counters(c: &mut Criterion) {
+    let hub = Hub::new(HubConfig::default(), Instant::now()).unwrap();
+    let sessions: Vec<Arc<Session>> = (0..2)
+        .map(|_| {
+            hub.register(hub.try_admit().unwrap(), Instant::now())
+                .unwrap()
+        })
+        .collect();
+    let count = |session: &Session| {
+        for _ in 0..COUNTED {
+            session.on_read_consumed(32);
+            session.on_message_received();
+        }
+    };
+    let mut group = c.benchmark_group("hub_counters");
+    for threads in [1usize, 2] {
+        group.throughput(Throughput::Elements(COUNTED * threads as u64));
+        group.bench_function(BenchmarkId::new("threads", threads), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    std::thread::scope(|scope| {
+                        for session in sessions.iter().take(threads) {
+                            scope.spawn(|| count(session));
+                        }
+                    });
+                }
+                start.elapsed()
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, broadcast, counters);
 criterion_main!(benches);

@@ -552,11 +552,11 @@ impl Hub {
             connections: self.shared.gate.admitted.load(Ordering::Acquire),
             connections_accepted: Totals::load(&totals.connections_accepted),
             connections_rejected: Totals::load(&totals.connections_rejected),
-            bytes_sent: Totals::load(&totals.bytes_sent),
-            bytes_received: Totals::load(&totals.bytes_received),
-            messages_sent: Totals::load(&totals.messages_sent),
-            messages_received: Totals::load(&totals.messages_received),
-            messages_dropped: Totals::load(&totals.messages_dropped),
+            bytes_sent: totals.sum(|t| &t.bytes_sent),
+            bytes_received: totals.sum(|t| &t.bytes_received),
+            messages_sent: totals.sum(|t| &t.messages_sent),
+            messages_received: totals.sum(|t| &t.messages_received),
+            messages_dropped: totals.sum(|t| &t.messages_dropped),
         }
     }
 

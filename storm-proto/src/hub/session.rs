@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::Message;
 
 use super::lock;
-use super::metrics::Totals;
+use super::metrics::{Totals, Traffic};
 use crate::backpressure::{
     BackpressureConfig, FlowChange, SendBudget, SlowConsumerPolicy, Verdict, Watermark,
 };
@@ -276,6 +276,11 @@ impl Session {
         }
     }
 
+    /// The shard of the hub's totals this session counts into.
+    fn traffic(&self) -> &Traffic {
+        self.totals.shard(self.id.get())
+    }
+
     /// The session's id.
     pub fn id(&self) -> SessionId {
         self.id
@@ -333,7 +338,9 @@ impl Session {
                 }
                 Verdict::Wait => SendOutcome::Wait(message),
                 Verdict::Drop => {
-                    self.totals.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                    self.traffic()
+                        .messages_dropped
+                        .fetch_add(1, Ordering::Relaxed);
                     SendOutcome::Dropped(message)
                 }
                 Verdict::Disconnect => {
@@ -368,7 +375,9 @@ impl Session {
                 Delivery::Queued
             }
             Verdict::Drop | Verdict::Wait => {
-                self.totals.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                self.traffic()
+                    .messages_dropped
+                    .fetch_add(1, Ordering::Relaxed);
                 if outbox.budget.policy() == SlowConsumerPolicy::Wait {
                     Delivery::Full
                 } else {
@@ -540,7 +549,7 @@ impl Session {
         }
         self.messages_sent
             .fetch_add(as_u64(drained.messages), Ordering::Relaxed);
-        self.totals
+        self.traffic()
             .messages_sent
             .fetch_add(as_u64(drained.messages), Ordering::Relaxed);
         drained
@@ -580,7 +589,7 @@ impl Session {
         let in_flight = outbox.budget.pending().saturating_sub(outbox.queued_bytes);
         let bytes = bytes.min(in_flight);
         self.bytes_sent.fetch_add(as_u64(bytes), Ordering::Relaxed);
-        self.totals
+        self.traffic()
             .bytes_sent
             .fetch_add(as_u64(bytes), Ordering::Relaxed);
         if outbox.budget.on_flushed(bytes) == FlowChange::Resumed {
@@ -655,7 +664,7 @@ impl Session {
     pub fn on_read(&self, bytes: usize) -> FlowChange {
         self.bytes_received
             .fetch_add(as_u64(bytes), Ordering::Relaxed);
-        self.totals
+        self.traffic()
             .bytes_received
             .fetch_add(as_u64(bytes), Ordering::Relaxed);
         lock(&self.receive).add(bytes)
@@ -685,7 +694,7 @@ impl Session {
     pub fn on_read_consumed(&self, bytes: usize) {
         self.bytes_received
             .fetch_add(as_u64(bytes), Ordering::Relaxed);
-        self.totals
+        self.traffic()
             .bytes_received
             .fetch_add(as_u64(bytes), Ordering::Relaxed);
     }
@@ -693,7 +702,7 @@ impl Session {
     /// Counts one message received (after decoding and middleware).
     pub fn on_message_received(&self) {
         self.messages_received.fetch_add(1, Ordering::Relaxed);
-        self.totals
+        self.traffic()
             .messages_received
             .fetch_add(1, Ordering::Relaxed);
     }

@@ -180,6 +180,47 @@ fn send_drain_write_and_metrics() {
     assert_eq!((t.bytes_received, t.messages_received), (100, 1));
 }
 
+/// The hub's totals are kept in shards (by session id); its metrics add
+/// up every session's traffic, over more sessions than there are shards,
+/// including sessions already gone.
+#[test]
+fn hub_totals_add_up_every_session() {
+    let hub = hub_with(1 << 20, SlowConsumerPolicy::Wait);
+    let sessions: Vec<Arc<Session>> = (0..40).map(|_| connect(&hub)).collect();
+    let mut expected = (0, 0, 0, 0);
+    for (i, s) in sessions.iter().enumerate() {
+        let n = i + 1;
+        s.on_read_consumed(n);
+        for _ in 0..n {
+            s.on_message_received();
+            assert_eq!(s.send(msg(n)), SendOutcome::Queued);
+        }
+        let drained = s.drain_written(&mut Vec::new(), usize::MAX);
+        assert_eq!(drained.messages, n);
+        expected.0 += n;
+        expected.1 += n;
+        expected.2 += n * n;
+        expected.3 += n;
+    }
+    assert!(hub.disconnect(sessions[0].id()).is_some());
+    let t = hub.metrics(Instant::now());
+    let as_u64 = |n: usize| u64::try_from(n).unwrap();
+    assert_eq!(
+        (
+            t.bytes_received,
+            t.messages_received,
+            t.bytes_sent,
+            t.messages_sent
+        ),
+        (
+            as_u64(expected.0),
+            as_u64(expected.1),
+            as_u64(expected.2),
+            as_u64(expected.3)
+        )
+    );
+}
+
 #[test]
 fn receive_side_pauses_and_resumes_at_half() {
     let hub = hub_with(100, SlowConsumerPolicy::Wait);

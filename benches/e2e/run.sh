@@ -2,11 +2,14 @@
 # End-to-end echo benchmark: Storm's `storm echo` and peer servers built on
 # other crates, driven by `loadgen`, on this machine only (127.0.0.1).
 #
-# Usage: benches/e2e/run.sh [--quick] [--duration SECS] [--only REGEX] [--no-build]
+# Usage: benches/e2e/run.sh [--quick] [--duration SECS] [--only REGEX] [--rounds N] [--no-build]
 #
 #   --quick         2 s per scenario instead of 5
 #   --duration S    seconds per scenario (throughput and latency each)
 #   --only REGEX    run only the servers whose label matches (grep -E)
+#   --rounds N      run every scenario N times, round after round, and print
+#                   each cell's median over the rounds (default 1); single
+#                   runs on a shared VM vary by ±15 % per cell
 #   --no-build      use the release binaries already built
 #
 # Each server runs pinned to CPU 0 and the load generator to CPU 1. For every
@@ -19,19 +22,24 @@ set -euo pipefail
 duration=5
 only=.
 build=1
+rounds=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) duration=2 ;;
         --duration) duration=${2:?}; shift ;;
         --only) only=${2:?}; shift ;;
+        --rounds) rounds=${2:?}; shift ;;
         --no-build) build=0 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
 done
 case "$duration" in
     ''|*[!0-9.]*) echo "run.sh: --duration takes seconds" >&2; exit 2 ;;
+esac
+case "$rounds" in
+    ''|0|*[!0-9]*) echo "run.sh: --rounds takes a positive whole number" >&2; exit 2 ;;
 esac
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -200,29 +208,81 @@ scenario() {
             l, p, r, mib, us, secs / (w1 - w0) * 100, c, p50, p99 }' >> "$out/table.md"
 }
 
-echo "| server | protocol | msgs/s | MiB/s | server CPU µs/msg | server CPU % | loadgen CPU % | p50 µs | p99 µs |" > "$out/table.md"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---:|" >> "$out/table.md"
-echo "| server | KiB per idle connection (RssAnon) | (VmRSS) | connections | VmRSS before (KiB) | VmRSS after (KiB) |" > "$out/memory.md"
-echo "|---|---:|---:|---:|---:|---:|" >> "$out/memory.md"
+# medians KEYS FILE: FILE's table (header, separator, rows) with the rows
+# grouped by their first KEYS cells, in first-seen order, and every other
+# cell replaced by its median over the group. Rows that do not have the
+# header's cells (a failed scenario) are left out.
+medians() {
+    awk -F'|' -v keys="$1" '
+        NR == 1 { cells = NF }
+        NR <= 2 { print; next }
+        NF != cells { next }
+        {
+            key = ""
+            for (i = 2; i <= keys + 1; i++) key = key "|" $i
+            if (!(key in n)) { order[++groups] = key; n[key] = 0 }
+            m = ++n[key]
+            for (i = keys + 2; i < NF; i++) v[key, i, m] = $i + 0
+        }
+        END {
+            for (g = 1; g <= groups; g++) {
+                key = order[g]; m = n[key]; line = key
+                for (i = keys + 2; i < cells; i++) {
+                    for (a = 1; a <= m; a++) s[a] = v[key, i, a]
+                    for (a = 2; a <= m; a++) {
+                        x = s[a]
+                        for (b = a - 1; b >= 1 && s[b] > x; b--) s[b + 1] = s[b]
+                        s[b + 1] = x
+                    }
+                    med = (m % 2) ? s[(m + 1) / 2] : (s[m / 2] + s[m / 2 + 1]) / 2
+                    line = line "| " med " "
+                }
+                print line "|"
+            }
+        }' "$2"
+}
+
+table_header='| server | protocol | msgs/s | MiB/s | server CPU µs/msg | server CPU % | loadgen CPU % | p50 µs | p99 µs |
+|---|---|---:|---:|---:|---:|---:|---:|---:|'
+memory_header='| server | KiB per idle connection (RssAnon) | (VmRSS) | connections | VmRSS before (KiB) | VmRSS after (KiB) |
+|---|---:|---:|---:|---:|---:|'
+echo "$table_header" > "$out/table-all.md"
+echo "$memory_header" > "$out/memory-all.md"
 
 load_before=$(cut -d ' ' -f 1-3 /proc/loadavg)
 storm="$bin/storm"
-for runtime in tokio smol std; do
-    scenario "storm echo ($runtime)" raw "$storm" echo --proto raw --addr 127.0.0.1:0 --runtime "$runtime"
-    scenario "storm echo ($runtime)" lp "$storm" echo --proto lp --addr 127.0.0.1:0 --runtime "$runtime"
-    scenario "storm echo ($runtime)" ws "$storm" echo --proto ws --addr 127.0.0.1:0 --runtime "$runtime"
+for round in $(seq "$rounds"); do
+    [ "$rounds" = 1 ] || echo "== round $round of $rounds" >&2
+    echo "$table_header" > "$out/table.md"
+    echo "$memory_header" > "$out/memory.md"
+    for runtime in tokio smol std; do
+        scenario "storm echo ($runtime)" raw "$storm" echo --proto raw --addr 127.0.0.1:0 --runtime "$runtime"
+        scenario "storm echo ($runtime)" lp "$storm" echo --proto lp --addr 127.0.0.1:0 --runtime "$runtime"
+        scenario "storm echo ($runtime)" ws "$storm" echo --proto ws --addr 127.0.0.1:0 --runtime "$runtime"
+    done
+    scenario "tokio raw TCP" raw "$bin/peer_raw_tcp" 127.0.0.1:0
+    scenario "tokio-util LengthDelimitedCodec" lp "$bin/peer_lengthdelimited" 127.0.0.1:0
+    scenario "tokio-tungstenite" ws "$bin/peer_tungstenite" 127.0.0.1:0
+    scenario "tokio-websockets" ws "$bin/peer_tokio_websockets" 127.0.0.1:0
+    scenario "fastwebsockets" ws "$bin/peer_fastwebsockets" 127.0.0.1:0
+    cp "$out/table.md" "$out/table-round$round.md"
+    cp "$out/memory.md" "$out/memory-round$round.md"
+    tail -n +3 "$out/table.md" >> "$out/table-all.md"
+    tail -n +3 "$out/memory.md" >> "$out/memory-all.md"
 done
-scenario "tokio raw TCP" raw "$bin/peer_raw_tcp" 127.0.0.1:0
-scenario "tokio-util LengthDelimitedCodec" lp "$bin/peer_lengthdelimited" 127.0.0.1:0
-scenario "tokio-tungstenite" ws "$bin/peer_tungstenite" 127.0.0.1:0
-scenario "tokio-websockets" ws "$bin/peer_tokio_websockets" 127.0.0.1:0
-scenario "fastwebsockets" ws "$bin/peer_fastwebsockets" 127.0.0.1:0
+if [ "$rounds" != 1 ]; then
+    medians 2 "$out/table-all.md" > "$out/table.md"
+    medians 1 "$out/memory-all.md" > "$out/memory.md"
+fi
 
 echo
 echo "Load average (1, 5, 15 min) before: $load_before; after: $(cut -d ' ' -f 1-3 /proc/loadavg)" \
     "on $(nproc) CPUs (anything above ~2 means other processes shared the CPUs)."
 echo
 echo "Throughput: 100 clients x 16 messages in flight x 32 B, ${duration} s; latency: 1 client, 1 in flight, ${duration} s."
+if [ "$rounds" != 1 ]; then
+    echo "Every cell is the median of $rounds rounds (each round's table: $out/table-roundN.md, memory-roundN.md)."
+fi
 echo
 cat "$out/table.md"
 echo

@@ -248,9 +248,11 @@ async fn accept<R: Runtime, H: Handler>(
 ) {
     let handler = Arc::new(handler);
     let shared = &handle.shared;
+    let (mut stop, mut detach) = (shared.stop.wait(), detached.wait());
     loop {
         let accepted = poll_fn(|cx| {
-            if shared.stop.poll_wait(cx).is_ready() || detached.poll_wait(cx).is_ready() {
+            if Pin::new(&mut stop).poll(cx).is_ready() || Pin::new(&mut detach).poll(cx).is_ready()
+            {
                 return Poll::Ready(None);
             }
             R::poll_accept(&listener, cx).map(Some)

@@ -64,18 +64,29 @@ pub(crate) async fn timeout<R: Runtime, F: Future>(
 }
 
 /// A flag set once, that any number of tasks can wait for.
+///
+/// A wait that is dropped before the flag is set takes its waker with it:
+/// a server waits on one of these in every handshake, and wakers left
+/// behind would keep every finished connection's task allocated.
 #[derive(Debug, Default)]
 pub(crate) struct Signal {
     set: AtomicBool,
-    waiters: Mutex<Vec<Waker>>,
+    waiters: Mutex<Waiters>,
+}
+
+/// The wakers of the waits in progress, each under a key of its own.
+#[derive(Debug, Default)]
+struct Waiters {
+    next: u64,
+    wakers: Vec<(u64, Waker)>,
 }
 
 impl Signal {
     /// Sets the flag and wakes every waiter.
     pub(crate) fn set(&self) {
         self.set.store(true, Ordering::Release);
-        let waiters = mem::take(&mut *lock(&self.waiters));
-        for waker in waiters {
+        let waiters = mem::take(&mut lock(&self.waiters).wakers);
+        for (_, waker) in waiters {
             waker.wake();
         }
     }
@@ -85,25 +96,60 @@ impl Signal {
         self.set.load(Ordering::Acquire)
     }
 
-    /// Ready once the flag is set.
-    pub(crate) fn poll_wait(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.is_set() {
+    /// Completes once the flag is set.
+    pub(crate) fn wait(&self) -> Wait<'_> {
+        Wait {
+            signal: self,
+            key: None,
+        }
+    }
+}
+
+/// [`Signal::wait`]: registered while pending, unregistered when dropped.
+#[derive(Debug)]
+pub(crate) struct Wait<'a> {
+    signal: &'a Signal,
+    key: Option<u64>,
+}
+
+impl Future for Wait<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let signal = self.signal;
+        if signal.is_set() {
             return Poll::Ready(());
         }
-        let mut waiters = lock(&self.waiters);
+        let mut waiters = lock(&signal.waiters);
         // Checked again under the lock: `set` takes it after storing.
-        if self.is_set() {
+        if signal.is_set() {
             return Poll::Ready(());
         }
-        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
-            waiters.push(cx.waker().clone());
+        let waiters = &mut *waiters;
+        let registered = self
+            .key
+            .and_then(|key| waiters.wakers.iter_mut().find(|(k, _)| *k == key));
+        match registered {
+            Some((_, waker)) => waker.clone_from(cx.waker()),
+            None => {
+                let key = waiters.next;
+                waiters.next += 1;
+                waiters.wakers.push((key, cx.waker().clone()));
+                self.key = Some(key);
+            }
         }
         Poll::Pending
     }
+}
 
-    /// Waits until the flag is set.
-    pub(crate) async fn wait(&self) {
-        poll_fn(|cx| self.poll_wait(cx)).await;
+impl Drop for Wait<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            let mut waiters = lock(&self.signal.waiters);
+            if let Some(at) = waiters.wakers.iter().position(|(k, _)| *k == key) {
+                waiters.wakers.swap_remove(at);
+            }
+        }
     }
 }
 
@@ -153,5 +199,60 @@ impl Drop for TaskGuard {
         for waker in waiters {
             waker.wake();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    use super::*;
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn poll_once(wait: &mut Wait<'_>, waker: &Waker) -> Poll<()> {
+        Pin::new(wait).poll(&mut Context::from_waker(waker))
+    }
+
+    /// Waits dropped before the signal leave no waker behind (a server
+    /// waits in every handshake: leftovers kept every task allocated).
+    #[test]
+    fn dropped_waits_leave_no_waker() {
+        let signal = Signal::default();
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(Arc::clone(&count));
+        for _ in 0..100 {
+            let mut wait = signal.wait();
+            assert!(poll_once(&mut wait, &waker).is_pending());
+            assert!(poll_once(&mut wait, &waker).is_pending(), "polled again");
+        }
+        assert!(lock(&signal.waiters).wakers.is_empty());
+        assert_eq!(Arc::strong_count(&count), 2, "only `waker` and `count`");
+    }
+
+    /// A pending wait is woken once by `set`; later waits are ready at once.
+    #[test]
+    fn set_wakes_pending_waits() {
+        let signal = Signal::default();
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(Arc::clone(&count));
+        let mut first = signal.wait();
+        let mut second = signal.wait();
+        assert!(poll_once(&mut first, &waker).is_pending());
+        assert!(poll_once(&mut second, &waker).is_pending());
+        signal.set();
+        assert_eq!(count.0.load(Ordering::Relaxed), 2);
+        assert!(poll_once(&mut first, &waker).is_ready());
+        assert!(poll_once(&mut signal.wait(), &waker).is_ready());
     }
 }

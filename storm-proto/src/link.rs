@@ -251,7 +251,9 @@ struct State {
     /// The transport ended.
     eof: bool,
     /// The close frame a graceful close sends once the outbox is drained.
-    close_frame: Option<(CloseCode, String)>,
+    /// Boxed: few links ever carry one, and every link's state is part of
+    /// an idle connection's memory.
+    close_frame: Option<Box<(CloseCode, String)>>,
     /// Bytes the read path framed from the outbox that still count against
     /// the send limit: released when the writer takes them, so a peer that
     /// sends but never reads meets the limit.
@@ -388,7 +390,10 @@ impl Link {
         {
             let mut state = lock(&self.state);
             if state.close_frame.is_none() {
-                state.close_frame = Some((code.unwrap_or(CloseCode::NORMAL), reason.to_owned()));
+                state.close_frame = Some(Box::new((
+                    code.unwrap_or(CloseCode::NORMAL),
+                    reason.to_owned(),
+                )));
             }
         }
         self.session.request_close(CloseKind::Graceful);
@@ -636,7 +641,7 @@ impl Link {
                         let (code, reason) = state
                             .close_frame
                             .take()
-                            .unwrap_or((CloseCode::NORMAL, String::new()));
+                            .map_or((CloseCode::NORMAL, String::new()), |frame| *frame);
                         if conn.close(code, &reason).is_err() {
                             let _ = conn.close(CloseCode::NORMAL, "");
                         }

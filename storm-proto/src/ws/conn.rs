@@ -302,10 +302,16 @@ pub struct Connection {
     output: BytesMut,
     /// Masking keys; present on clients only.
     rng: Option<Box<StdRng>>,
-    deflate: Option<Box<PerMessageDeflate>>,
-    scratch: BytesMut,
+    deflate: Option<Box<Deflate>>,
     /// The transport ended.
     eof: bool,
+}
+
+/// permessage-deflate once negotiated, with the buffer outgoing messages
+/// are compressed into: a connection without it carries neither.
+struct Deflate {
+    codec: PerMessageDeflate,
+    scratch: BytesMut,
 }
 
 /// The most [`Connection`] reserves ahead for the rest of a frame that is
@@ -370,7 +376,6 @@ impl Connection {
             output: BytesMut::new(),
             rng,
             deflate: None,
-            scratch: BytesMut::new(),
             eof: false,
         }
     }
@@ -387,7 +392,10 @@ impl Connection {
         params: DeflateParams,
         config: &DeflateConfig,
     ) -> Result<Self, DeflateConfigError> {
-        self.deflate = Some(Box::new(PerMessageDeflate::new(self.side, params, config)?));
+        self.deflate = Some(Box::new(Deflate {
+            codec: PerMessageDeflate::new(self.side, params, config)?,
+            scratch: BytesMut::new(),
+        }));
         Ok(self)
     }
 
@@ -424,7 +432,9 @@ impl Connection {
     pub fn release_buffers(&mut self) {
         release_bytes(&mut self.input);
         release_bytes(&mut self.output);
-        release_bytes(&mut self.scratch);
+        if let Some(deflate) = &mut self.deflate {
+            release_bytes(&mut deflate.scratch);
+        }
         if self.events.is_empty() && self.events.capacity() != 0 {
             self.events = VecDeque::new();
         }
@@ -439,7 +449,7 @@ impl Connection {
     pub(crate) fn buffer_capacity(&self) -> usize {
         self.input.capacity()
             + self.output.capacity()
-            + self.scratch.capacity()
+            + self.deflate.as_ref().map_or(0, |d| d.scratch.capacity())
             + self.events.capacity() * std::mem::size_of::<Event>()
             + self.queued.capacity() * std::mem::size_of::<Bytes>()
     }
@@ -604,12 +614,17 @@ impl Connection {
         if self.state != State::Open {
             return Err(SendError::Closed);
         }
-        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut scratch = self
+            .deflate
+            .as_mut()
+            .map(|deflate| std::mem::take(&mut deflate.scratch))
+            .unwrap_or_default();
         let mut first = FrameHeader::new(opcode, 0);
         let payload = match &mut self.deflate {
-            Some(deflate) if deflate.should_compress(data.len()) => {
+            Some(deflate) if deflate.codec.should_compress(data.len()) => {
                 scratch.clear();
                 deflate
+                    .codec
                     .compress(data, &mut scratch)
                     .map_err(SendError::Deflate)?;
                 first.rsv1 = true;
@@ -632,7 +647,9 @@ impl Connection {
                 self.queue_frame(header, chunk);
             }
         }
-        self.scratch = scratch;
+        if let Some(deflate) = &mut self.deflate {
+            deflate.scratch = scratch;
+        }
         Ok(())
     }
 
@@ -849,6 +866,7 @@ impl Connection {
             };
             let before = message.data.len();
             deflate
+                .codec
                 .decompress(payload, fin, &mut message.data, max)
                 .map_err(ProtocolError::Deflate)?;
             if message.text {

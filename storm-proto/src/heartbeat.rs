@@ -177,7 +177,9 @@ pub struct Heartbeat {
     in_flight: VecDeque<(u64, Instant)>,
     last_rtt: Option<Duration>,
     dead: bool,
-    idle: IdleTimer,
+    /// `None` when the idle timeout is off (the default): boxed, because
+    /// every connection carries a heartbeat and most carry no idle timeout.
+    idle: Option<Box<IdleTimer>>,
     events: VecDeque<HeartbeatEvent>,
 }
 
@@ -205,7 +207,8 @@ impl Heartbeat {
             in_flight: VecDeque::new(),
             last_rtt: None,
             dead: false,
-            idle: IdleTimer::new(config.idle_timeout, now),
+            idle: (!config.idle_timeout.is_zero())
+                .then(|| Box::new(IdleTimer::new(config.idle_timeout, now))),
             events: VecDeque::new(),
         })
     }
@@ -223,7 +226,10 @@ impl Heartbeat {
         if self.dead {
             return None;
         }
-        match (self.next_ping, self.idle.poll_timeout()) {
+        match (
+            self.next_ping,
+            self.idle.as_ref().and_then(|idle| idle.poll_timeout()),
+        ) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -259,8 +265,10 @@ impl Heartbeat {
                 .push_back(HeartbeatEvent::SendPing(counter.to_be_bytes()));
             self.next_ping = now.checked_add(self.interval);
         }
-        self.idle.handle_timeout(now);
-        if let Some(event) = self.idle.poll_event() {
+        if let Some(idle) = &mut self.idle {
+            idle.handle_timeout(now);
+        }
+        if let Some(event) = self.idle.as_mut().and_then(|idle| idle.poll_event()) {
             self.events.push_back(event);
         }
     }
@@ -276,7 +284,9 @@ impl Heartbeat {
         }
         let now = self.advance(now);
         self.missed = 0;
-        self.idle.handle_activity(now);
+        if let Some(idle) = &mut self.idle {
+            idle.handle_activity(now);
+        }
         let Ok(bytes) = <[u8; PING_PAYLOAD_LEN]>::try_from(payload) else {
             return;
         };
@@ -303,7 +313,9 @@ impl Heartbeat {
             return;
         }
         let now = self.advance(now);
-        self.idle.handle_activity(now);
+        if let Some(idle) = &mut self.idle {
+            idle.handle_activity(now);
+        }
         if self.traffic_is_liveness {
             self.missed = 0;
         }

@@ -39,28 +39,34 @@ thread_local! {
     static READ_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; READ_CHUNK].into_boxed_slice());
 }
 
-/// Reads what the stream has into the thread's buffer and hands it to `f`
-/// (an empty slice at end of stream). Nothing per connection: the
-/// handshakes read through it too.
-pub(crate) fn poll_read_with<S: PollRead, T>(
+/// Reads what the stream has (at most `max` bytes) into the thread's
+/// buffer and hands it to `f` (an empty slice at end of stream). Nothing
+/// per connection: the handshakes read through it too.
+pub(crate) fn poll_read_with<S: PollRead + ?Sized, T>(
     reader: &mut S,
     cx: &mut Context<'_>,
+    max: usize,
     f: impl FnOnce(&[u8]) -> T,
 ) -> Poll<io::Result<T>> {
     READ_BUFFER.with_borrow_mut(|buf| {
+        let buf = buf.get_mut(..max.min(READ_CHUNK)).unwrap_or_default();
         let n = ready!(reader.poll_read(cx, buf))?;
         Poll::Ready(Ok(f(buf.get(..n).unwrap_or_default())))
     })
 }
 
 /// Reads what the stream has and feeds it to `link`; `Ok(0)` at end of
-/// stream.
+/// stream. A large WebSocket frame is read straight into the link's input
+/// buffer; everything else through the thread's buffer.
 fn poll_read_into<S: PollRead>(
     reader: &mut S,
     cx: &mut Context<'_>,
     link: &Link,
 ) -> Poll<io::Result<usize>> {
-    poll_read_with(reader, cx, |bytes| {
+    if let Some(read) = link.fill_input(Instant::now, |room| reader.poll_read_buf(cx, room)) {
+        return read;
+    }
+    poll_read_with(reader, cx, usize::MAX, |bytes| {
         if !bytes.is_empty() {
             link.handle_input(Instant::now(), bytes);
         }

@@ -19,7 +19,7 @@ pub(crate) async fn read_step<S: PollRead, U, T>(
 ) -> io::Result<Option<T>> {
     let mut pending = Some((state, step));
     poll_fn(|cx| {
-        crate::driver::poll_read_with(stream, cx, |input| {
+        crate::driver::poll_read_with(stream, cx, usize::MAX, |input| {
             pending
                 .take()
                 .filter(|_| !input.is_empty())

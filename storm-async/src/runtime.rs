@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use bytes::BufMut;
 use rustls_pki_types::ServerName;
 
 /// The read side of a byte stream.
@@ -24,6 +25,33 @@ pub trait PollRead: Send + Unpin + 'static {
     ///
     /// Any I/O error of the stream.
     fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>>;
+
+    /// Reads what is available into `buf`'s free room (at most
+    /// `buf.remaining_mut()` bytes, appended), like
+    /// [`poll_read`](Self::poll_read). The driver uses it to read a large
+    /// WebSocket frame straight into the connection's input buffer.
+    ///
+    /// The default reads through the worker thread's shared buffer and
+    /// copies; a stream that can read into uninitialized memory (tokio's,
+    /// through `ReadBuf`) overrides it to save that copy.
+    ///
+    /// # Errors
+    ///
+    /// Any I/O error of the stream.
+    fn poll_read_buf<B: BufMut>(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut B,
+    ) -> Poll<io::Result<usize>>
+    where
+        Self: Sized,
+    {
+        let room = buf.remaining_mut();
+        crate::driver::poll_read_with(self, cx, room, |bytes| {
+            buf.put_slice(bytes);
+            bytes.len()
+        })
+    }
 }
 
 /// The write side of a byte stream.

@@ -55,6 +55,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use bytes::buf::Limit;
 use bytes::{Bytes, BytesMut};
 
 use crate::Message;
@@ -412,15 +413,49 @@ impl Link {
         if state.closed {
             return;
         }
-        state.busy = true;
-        state.heartbeat.handle_activity(now);
-        // Input is parsed as the application drains events, so read
-        // accounting is only metrics.
-        self.session.on_read_consumed(data.len());
+        self.note_input(state, now, data.len());
         match &mut state.protocol {
             Protocol::Framed(_) => state.input.extend_from_slice(data),
             Protocol::WebSocket(conn) => conn.handle_input(data),
         }
+    }
+
+    /// Reads straight into the WebSocket's input buffer while a large frame
+    /// arrives, instead of [`handle_input`](Self::handle_input)'s copy: see
+    /// [`ws::Connection::fill_input`]. `None` (without calling `read`) when
+    /// there is no such frame: read into any buffer and call
+    /// `handle_input`.
+    ///
+    /// The link's lock is held while `read` runs, so it must not block:
+    /// one non-blocking read. `now` is asked for the time only when bytes
+    /// arrived (a read that finds nothing costs no clock read).
+    pub fn fill_input<T>(
+        &self,
+        now: impl FnOnce() -> Instant,
+        read: impl FnOnce(&mut Limit<&mut BytesMut>) -> T,
+    ) -> Option<T> {
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        if state.closed {
+            return None;
+        }
+        let Protocol::WebSocket(conn) = &mut state.protocol else {
+            return None;
+        };
+        let (result, read) = conn.fill_input(read)?;
+        if read > 0 {
+            self.note_input(state, now(), read);
+        }
+        Some(result)
+    }
+
+    /// Bookkeeping for `len` bytes of input arriving at `now`.
+    fn note_input(&self, state: &mut State, now: Instant, len: usize) {
+        state.busy = true;
+        state.heartbeat.handle_activity(now);
+        // Input is parsed as the application drains events, so read
+        // accounting is only metrics.
+        self.session.on_read_consumed(len);
     }
 
     /// The socket has no more bytes to read. [`poll_event`](Self::poll_event)
@@ -998,6 +1033,42 @@ mod tests {
         assert_eq!(link.send(Message::from("x")), SendOutcome::Queued);
         assert_eq!(transmit(&link, now), (b"x\n".to_vec(), false));
         assert_eq!(link.session().metrics().messages_received, 2);
+    }
+
+    #[test]
+    fn a_large_websocket_frame_is_read_in_place_and_counted() {
+        use bytes::BufMut;
+        let (_hub, link, now) = ws_server(LinkConfig::default());
+        let payload = vec![5u8; 50_000];
+        let frame = masked(OpCode::Binary, &payload);
+        let read_in_place = |bytes: &[u8]| {
+            link.fill_input(
+                || now,
+                |room| {
+                    room.put_slice(bytes);
+                    bytes.len()
+                },
+            )
+        };
+        // No frame in progress: read elsewhere and call handle_input.
+        assert_eq!(read_in_place(&frame[..10]), None);
+        link.handle_input(now, &frame[..10]);
+        assert!(events(&link, now).is_empty());
+        // The header is parsed: the rest of the frame goes in place.
+        assert_eq!(read_in_place(&frame[10..]), Some(frame.len() - 10));
+        assert_eq!(
+            events(&link, now),
+            [LinkEvent::Message(Message::from(payload))]
+        );
+        let metrics = link.session().metrics();
+        assert_eq!(metrics.bytes_received, frame.len() as u64);
+        assert_eq!(metrics.messages_received, 1);
+        // A framed link has no frame to read in place.
+        let (_hub, framed, now) = setup(
+            Protocol::Framed(Box::new(LengthPrefixFramer::default())),
+            LinkConfig::default(),
+        );
+        assert_eq!(framed.fill_input(|| now, |room| room.remaining_mut()), None);
     }
 
     #[test]

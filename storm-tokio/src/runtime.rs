@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
+use bytes::BufMut;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -31,6 +32,15 @@ impl<T: AsyncRead + Send + Unpin + 'static> PollRead for Io<T> {
         let mut buf = ReadBuf::new(buf);
         ready!(Pin::new(&mut self.0).poll_read(cx, &mut buf))?;
         Poll::Ready(Ok(buf.filled().len()))
+    }
+
+    /// Reads into `buf`'s uninitialized room, without zeroing or copying.
+    fn poll_read_buf<B: BufMut>(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut B,
+    ) -> Poll<io::Result<usize>> {
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.0), cx, buf)
     }
 }
 

@@ -3,7 +3,8 @@
 use std::collections::VecDeque;
 use std::fmt;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::buf::Limit;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use rand::RngCore;
 use rand::rngs::StdRng;
 
@@ -318,6 +319,11 @@ struct Deflate {
 /// still arriving.
 const RESERVE_AHEAD: usize = 256 * 1024;
 
+/// The least of a frame's payload still to come for which
+/// [`Connection::fill_input`] offers its input buffer: below this, one read
+/// into a shared buffer (and a copy) also takes the next frames.
+pub const DIRECT_READ_MIN: usize = 8 * 1024;
+
 /// Drops `buf`'s allocation when it holds nothing. An empty buffer can
 /// still keep an allocation alive without any capacity left (what it
 /// split off shares it), so emptiness alone decides; `BytesMut::new`
@@ -463,6 +469,34 @@ impl Connection {
         if self.state == State::Open || self.state == State::CloseSent {
             self.input.extend_from_slice(data);
         }
+    }
+
+    /// Lets `read` append to the input buffer directly, without the copy
+    /// [`handle_input`](Self::handle_input) makes, while a large frame is
+    /// arriving: at least [`DIRECT_READ_MIN`] bytes of its payload are
+    /// still to come. `read` gets the buffer's room already reserved for
+    /// the rest of the frame (so the read allocates nothing; a few bytes
+    /// past the frame's end are fine, they are the next input), and should
+    /// read into it with, e.g., `tokio_util::io::poll_read_buf`.
+    ///
+    /// Returns `read`'s result and how many bytes it appended, or `None`
+    /// without calling it when no such frame is in progress: then read
+    /// elsewhere and call [`handle_input`](Self::handle_input).
+    pub fn fill_input<T>(
+        &mut self,
+        read: impl FnOnce(&mut Limit<&mut BytesMut>) -> T,
+    ) -> Option<(T, usize)> {
+        if !matches!(self.state, State::Open | State::CloseSent) {
+            return None;
+        }
+        let to_come = self.frame.as_ref()?.len.checked_sub(self.input.len())?;
+        let room = self.input.capacity() - self.input.len();
+        if to_come < DIRECT_READ_MIN || room < DIRECT_READ_MIN {
+            return None;
+        }
+        let before = self.input.len();
+        let result = read(&mut (&mut self.input).limit(room));
+        Some((result, self.input.len().saturating_sub(before)))
     }
 
     /// Tells the connection the transport has no more bytes to give.

@@ -669,3 +669,125 @@ fn an_announced_frame_reserves_at_most_reserve_ahead() {
         s.input.capacity()
     );
 }
+
+/// Feeds `bytes` to `to` in chunks as a driver would: straight into the
+/// input buffer when [`Connection::fill_input`] offers it (at most the room
+/// it gives), through `handle_input` otherwise, draining events after each
+/// read. Returns the events and how many reads went in place.
+fn feed_in_place(to: &mut Connection, bytes: &[u8], chunks: &[usize]) -> (Vec<Event>, usize) {
+    let mut seen = Vec::new();
+    let mut in_place = 0;
+    let mut rest = bytes;
+    for &size in chunks.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let want = size.min(rest.len());
+        let capacity = to.input.capacity();
+        let direct = to.fill_input(|room| {
+            let n = want.min(room.remaining_mut());
+            room.put_slice(&rest[..n]);
+            n
+        });
+        let used = match direct {
+            Some((n, appended)) => {
+                assert_eq!(n, appended);
+                // The room was reserved already: reading into it never grows
+                // (or moves) the buffer.
+                assert_eq!(to.input.capacity(), capacity);
+                in_place += 1;
+                n
+            }
+            None => {
+                to.handle_input(&rest[..want]);
+                want
+            }
+        };
+        rest = &rest[used..];
+        seen.extend(events(to));
+    }
+    (seen, in_place)
+}
+
+#[test]
+fn fill_input_is_offered_only_while_a_large_frame_arrives() {
+    let mut s = server();
+    let offer = |s: &mut Connection| s.fill_input(|room| room.remaining_mut()).map(|(n, _)| n);
+    // Nothing in progress.
+    assert_eq!(offer(&mut s), None);
+    let big = masked(0x82, &vec![7u8; 64 * 1024]);
+    // The header alone: the frame is known, its room reserved.
+    s.handle_input(&big[..14]);
+    assert!(events(&mut s).is_empty());
+    let room = offer(&mut s).expect("a 64 KiB frame in progress is read in place");
+    assert!(room >= 64 * 1024);
+    // Until less than DIRECT_READ_MIN of it is still to come.
+    s.handle_input(&big[14..big.len() - DIRECT_READ_MIN + 1]);
+    assert!(events(&mut s).is_empty());
+    assert_eq!(offer(&mut s), None);
+    s.handle_input(&big[big.len() - DIRECT_READ_MIN + 1..]);
+    assert_eq!(
+        events(&mut s),
+        vec![Event::Binary(Bytes::from(vec![7u8; 64 * 1024]))]
+    );
+    // A small frame in progress is not worth it.
+    let small = masked(0x82, &[1u8; 1000]);
+    s.handle_input(&small[..10]);
+    assert!(events(&mut s).is_empty());
+    assert_eq!(offer(&mut s), None);
+    // Nor is a closed connection.
+    s.handle_input(&small[10..]);
+    s.handle_input(&masked(0x88, &[0x03, 0xe8]));
+    s.handle_input(&big[..14]);
+    let _ = events(&mut s);
+    assert_eq!(offer(&mut s), None);
+}
+
+#[test]
+fn bytes_read_in_place_past_the_frame_are_the_next_input() {
+    let mut s = server();
+    let mut bytes = masked(0x82, &vec![3u8; 40_000]);
+    bytes.extend(masked(0x81, b"after"));
+    let (seen, in_place) = feed_in_place(&mut s, &bytes, &[14, usize::MAX]);
+    assert_eq!(
+        in_place, 1,
+        "the rest of the frame and the next went in one read"
+    );
+    assert_eq!(
+        seen,
+        vec![Event::Binary(Bytes::from(vec![3u8; 40_000])), text("after")]
+    );
+}
+
+fn any_large_msg() -> impl Strategy<Value = Msg> {
+    prop_oneof![
+        any_msg(),
+        (1usize..70_000, any::<u8>()).prop_map(|(n, b)| Msg::Binary(vec![b; n])),
+        (9000usize..40_000).prop_map(|n| Msg::Text("é".repeat(n / 2))),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn reads_in_place_give_the_same_events_as_any_chunking(
+        msgs in prop::collection::vec(any_large_msg(), 0..6),
+        fragment in prop_oneof![Just(0usize), 4096usize..20_000],
+        chunks in prop::collection::vec(1usize..40_000, 1..10),
+    ) {
+        let config = Config { send_fragment_size: fragment, ..Config::default() };
+        let mut from = Connection::with_rng(Side::Client, config, StdRng::seed_from_u64(1));
+        for msg in &msgs {
+            match msg {
+                Msg::Text(t) => from.send_text(t).unwrap(),
+                Msg::Binary(b) => from.send_binary(b).unwrap(),
+                Msg::Ping(p) => from.send_ping(p).unwrap(),
+            }
+        }
+        let bytes = wire(&mut from);
+        let (seen, _) = feed_in_place(&mut server(), &bytes, &chunks);
+        let expected: Vec<Event> = msgs.iter().map(expected_event).collect();
+        prop_assert_eq!(seen, expected);
+    }
+}

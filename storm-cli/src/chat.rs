@@ -1,6 +1,6 @@
 //! `storm chat`: a WebSocket chat server with rooms, a JSON command protocol,
 //! a periodic tick, heartbeats, an admin console on stdin, and a chat page
-//! for browsers served over plain HTTP on a second port.
+//! for browsers served over HTTP (HTTPS with `--tls`) on a second port.
 //!
 //! # Ports
 //!
@@ -17,8 +17,11 @@
 //!
 //! The page connects back to the WebSocket port on the host it was loaded
 //! from (`?ws=ws://HOST:PORT/` overrides that, e.g. when it is opened as a
-//! file). With `--tls CERT_PEM KEY_PEM` the WebSocket port speaks wss:// and
-//! the page connects with `wss://`; the page itself stays plain HTTP.
+//! file). With `--tls CERT_PEM KEY_PEM` both ports speak TLS with that
+//! certificate, on every runtime: the WebSocket port is `wss://`, the page
+//! is served over HTTPS (`storm chat page on https://…/`; plain HTTP
+//! requests to it fail) and connects with `wss://`. The TLS handshake of a
+//! page request counts in its 10 s limit.
 //!
 //! # Runtimes
 //!
@@ -116,8 +119,9 @@ pub(crate) struct ChatArgs {
     /// WebSocket address to listen on (IPv4 or IPv6, e.g. [::1]:9002).
     #[arg(long, default_value = "127.0.0.1:9002")]
     addr: String,
-    /// Address of the HTTP listener serving the chat page. Default: the
-    /// WebSocket host with the next port (port 0 if --addr has port 0).
+    /// Address of the HTTP listener serving the chat page (HTTPS with
+    /// --tls). Default: the WebSocket host with the next port (port 0 if
+    /// --addr has port 0).
     #[arg(long)]
     http_addr: Option<String>,
     /// Do not serve the chat page.
@@ -152,6 +156,12 @@ pub(crate) fn run(args: &ChatArgs) -> io::Result<()> {
         ..ServerOptions::default()
     };
     args.tls.apply(&mut options)?;
+    // The page is served over TLS with the same certificate.
+    let page_tls = options
+        .tls
+        .as_ref()
+        .map(storm_proto::tls::server_config)
+        .transpose()?;
     options.link.heartbeat.interval = Duration::from_secs(args.heartbeat);
     let mut ws = WsOptions {
         deflate: (!args.no_deflate).then(DeflateConfig::default),
@@ -161,16 +171,26 @@ pub(crate) fn run(args: &ChatArgs) -> io::Result<()> {
     ws.config.max_frame_size = args.max_message;
     storm_cli::interrupt::install()?;
     match args.runtime {
-        Runtime::Tokio => on_async::run::<storm_tokio::Tokio>(args, options, ws),
-        Runtime::Smol => on_async::run::<storm_smol::Smol>(args, options, ws),
-        Runtime::Std => on_std::run(args, options, ws),
+        Runtime::Tokio => on_async::run::<storm_tokio::Tokio>(args, options, ws, page_tls),
+        Runtime::Smol => on_async::run::<storm_smol::Smol>(args, options, ws, page_tls),
+        Runtime::Std => on_std::run(args, options, ws, page_tls),
     }
+}
+
+/// The TLS configuration of the page server (`--tls`).
+type PageTls = Option<Arc<rustls::ServerConfig>>;
+
+/// The page server, ready to run: its listener, the page, and TLS.
+struct PageServer {
+    listener: TcpListener,
+    page: Arc<str>,
+    tls: PageTls,
 }
 
 /// What every runtime does once its WebSocket server is bound: binds the
 /// page listener (blocking, unless `--no-http`), prints the addresses, and
-/// returns the listener and the page.
-fn announce(args: &ChatArgs, ws_addr: SocketAddr) -> io::Result<Option<(TcpListener, Arc<str>)>> {
+/// returns the page server.
+fn announce(args: &ChatArgs, ws_addr: SocketAddr, tls: PageTls) -> io::Result<Option<PageServer>> {
     let http = if args.no_http {
         None
     } else {
@@ -186,7 +206,8 @@ fn announce(args: &ChatArgs, ws_addr: SocketAddr) -> io::Result<Option<(TcpListe
         args.tls.scheme(true)
     );
     if let Some(listener) = &http {
-        println!("storm chat page on http://{}/", listener.local_addr()?);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        println!("storm chat page on {scheme}://{}/", listener.local_addr()?);
     }
     println!("console: /sessions  /kick <id>  /broadcast <msg>  /rooms  /info <id>  /stop");
     Ok(http.map(|listener| {
@@ -194,7 +215,11 @@ fn announce(args: &ChatArgs, ws_addr: SocketAddr) -> io::Result<Option<(TcpListe
             .replace("__STORM_WS_PORT__", &ws_addr.port().to_string())
             .replace("__STORM_WS_SCHEME__", args.tls.scheme(true))
             .into();
-        (listener, page)
+        PageServer {
+            listener,
+            page,
+            tls,
+        }
     }))
 }
 

@@ -60,8 +60,8 @@
 //!
 //! # Backend side
 //!
-//! The gateway keeps one connection per route (an adapter client that
-//! reconnects with backoff), WebSocket (`ws://host:port/`) or TCP with a
+//! The gateway keeps one connection per route (an adapter client, made
+//! again with backoff whenever it drops), WebSocket (`ws://host:port/`) or TCP with a
 //! 4-byte big-endian length prefix, and multiplexes every client over it
 //! with the header of [`storm_proto::route::backend`]:
 //!
@@ -83,6 +83,13 @@
 //! with `backend unavailable`. When a connection drops, every client that
 //! sent the route a message while it was up gets `backend disconnected`
 //! (its request may be lost).
+//!
+//! Shutdown stops every backend at once, on every runtime: a wait between
+//! attempts ends there and then with no further attempt, an attempt in
+//! progress is abandoned (on threads, where a blocking connect cannot be
+//! interrupted, it is finished, within the connect timeout, and closed), a
+//! live connection is closed. `shutdown` returns only once all of that is
+//! done, so no backend task or thread outlives it.
 //!
 //! Replies are queued to a client without waiting; a client that does not
 //! read and lets 1 MiB of replies pile up is closed with 1008 ("slow
@@ -262,6 +269,16 @@ impl Watched {
         let _ = rx.wait_for(|now| *now == value).await;
     }
 
+    /// Blocks until the flag is `value`.
+    fn wait(&self, value: bool) {
+        let current = lock(&self.value);
+        drop(
+            self.changed
+                .wait_while(current, |now| *now != value)
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+    }
+
     /// Blocks until the flag is `value` or `timeout` passes; whether it is.
     fn wait_timeout(&self, value: bool, timeout: Duration) -> bool {
         let current = lock(&self.value);
@@ -288,6 +305,48 @@ struct Core<S> {
     dropped: AtomicU64,
     /// Set by shutdown: stop reconnecting.
     stopped: Watched,
+    /// The backend loops still running, which shutdown waits for.
+    loops: Arc<Loops>,
+}
+
+/// Counts the backend loops (one per route) that are running.
+struct Loops {
+    running: Mutex<usize>,
+    /// Whether none is: `true` until the first starts.
+    ended: Watched,
+}
+
+impl Loops {
+    fn new() -> Self {
+        let ended = Watched::new();
+        ended.set(true);
+        Self {
+            running: Mutex::new(0),
+            ended,
+        }
+    }
+
+    /// One more loop runs until the guard is dropped, which the loop's
+    /// task or thread does when it ends, or is dropped, or never starts.
+    fn start(self: &Arc<Self>) -> LoopGuard {
+        let mut running = lock(&self.running);
+        *running += 1;
+        self.ended.set(false);
+        LoopGuard(Arc::clone(self))
+    }
+}
+
+/// A running backend loop, counted in [`Loops`] until dropped.
+struct LoopGuard(Arc<Loops>);
+
+impl Drop for LoopGuard {
+    fn drop(&mut self) {
+        let mut running = lock(&self.0.running);
+        *running = running.saturating_sub(1);
+        if *running == 0 {
+            self.0.ended.set(true);
+        }
+    }
 }
 
 /// One backend route and its shared connection.
@@ -391,6 +450,7 @@ impl<S: Clone + Deref<Target = Peer> + Send + Sync + 'static> Core<S> {
             clients: Mutex::default(),
             dropped: AtomicU64::new(0),
             stopped: Watched::new(),
+            loops: Arc::new(Loops::new()),
         })
     }
 
@@ -430,14 +490,20 @@ impl<S: Clone + Deref<Target = Peer> + Send + Sync + 'static> Core<S> {
 
     // ---- backends ----
 
-    /// How to connect each route, and a fresh backoff for its attempts.
-    fn dials(&self) -> Vec<(Dial, Backoff)> {
+    /// How to connect each route, a fresh backoff for its attempts, and
+    /// the guard its loop holds while it runs.
+    ///
+    /// The adapters' clients do not reconnect by themselves: the backend
+    /// loop makes a new client after each drop, so that every wait between
+    /// attempts is one that shutdown can cut short, the same on every
+    /// runtime.
+    fn dials(&self) -> Vec<(Dial, Backoff, LoopGuard)> {
         let seed = std::collections::hash_map::RandomState::new()
             .build_hasher()
             .finish();
         let options = ClientOptions {
             connect_timeout: self.options.connect_timeout,
-            reconnect: Some(self.options.reconnect.clone()),
+            reconnect: None,
             ..ClientOptions::default()
         };
         let mut framing = LengthPrefixConfig::default();
@@ -460,7 +526,7 @@ impl<S: Clone + Deref<Target = Peer> + Send + Sync + 'static> Core<S> {
                     ws: self.options.ws_options(),
                     framing: Framing::LengthPrefixWith(framing.clone()),
                 };
-                Some((dial, backoff))
+                Some((dial, backoff, self.loops.start()))
             })
             .collect()
     }
@@ -480,7 +546,7 @@ impl<S: Clone + Deref<Target = Peer> + Send + Sync + 'static> Core<S> {
         true
     }
 
-    /// `route`'s client stopped for good (out of attempts).
+    /// `route`'s client stopped (its connection ended, or it was closed).
     fn detach_client(&self, route: &str) {
         if let Some(backend) = self.backends.get(route) {
             lock(&backend.state).closer = None;

@@ -1,6 +1,7 @@
 //! `storm chat` as a real process on loopback ports: the JSON protocol with
-//! three blocking WebSocket clients, the tick, the page over HTTP, and the
-//! admin console on stdin. Every wait is bounded.
+//! three blocking WebSocket clients, the tick, the page over HTTP (and
+//! HTTPS with `--tls`), and the admin console on stdin. Every wait is
+//! bounded.
 
 mod common;
 use common::Inbox;
@@ -8,7 +9,7 @@ use common::Inbox;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -67,11 +68,8 @@ impl Server {
             http: String::new(),
             runtime,
         };
-        let scheme = if extra.contains(&"--tls") {
-            "wss"
-        } else {
-            "ws"
-        };
+        let tls = extra.contains(&"--tls");
+        let scheme = if tls { "wss" } else { "ws" };
         let marker = format!("listening on {scheme}://");
         let banner = server.wait_line(&marker);
         assert!(
@@ -86,7 +84,11 @@ impl Server {
             .expect("address")
             .trim()
             .to_owned();
-        server.http = server.expect_line("page on http://");
+        server.http = server.expect_line(if tls {
+            "page on https://"
+        } else {
+            "page on http://"
+        });
         server
     }
 
@@ -564,15 +566,67 @@ fn chat_over_wss() {
             .expect("users");
         assert_eq!(users["users"].as_array().map(Vec::len), Some(1), "{users}");
         client.close();
-        // The page connects with wss:// to the same port.
-        let mut stream = TcpStream::connect(&server.http).unwrap();
-        stream.set_read_timeout(Some(WAIT)).unwrap();
-        write!(stream, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        let mut page = String::new();
-        stream.read_to_string(&mut page).unwrap();
+    }
+}
+
+/// With `--tls` the page is served over HTTPS with the same certificate:
+/// a rustls client that trusts the test CA gets it, with the `wss` scheme
+/// filled in, and the TLS connection ends with `close_notify`. A plain
+/// HTTP request to that port gets no page.
+#[test]
+fn page_over_https() {
+    let pki = storm_tests::suite::pki::Pki::new();
+    let files = pki.pem_files();
+    let trust = pki.client();
+    let config = storm_proto::tls::client_config(&trust).expect("client config");
+    for runtime in RUNTIMES {
+        let mut extra = vec!["--tick-ms", "0"];
+        extra.extend(files.tls_args());
+        let server = Server::start(runtime, &extra);
+        let get = |path: &str| {
+            let name = storm_proto::tls::server_name(&trust, "127.0.0.1").expect("name");
+            let connection =
+                rustls::ClientConnection::new(Arc::clone(&config), name).expect("connection");
+            let socket = TcpStream::connect(&server.http).unwrap();
+            socket.set_read_timeout(Some(WAIT)).unwrap();
+            socket.set_write_timeout(Some(WAIT)).unwrap();
+            let mut stream = rustls::StreamOwned::new(connection, socket);
+            write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            stream.flush().unwrap();
+            let mut response = String::new();
+            stream
+                .read_to_string(&mut response)
+                .unwrap_or_else(|e| panic!("{runtime}: {e}"));
+            response
+        };
+        let page = get("/");
+        assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{runtime}: {page}");
         assert!(
             page.contains(r#"name="storm-ws-scheme" content="wss""#),
-            "{runtime}"
+            "{runtime}: the page connects with wss://"
+        );
+        let port = server.ws.rsplit(':').next().unwrap();
+        assert!(page.contains(&format!("content=\"{port}\"")), "{runtime}");
+        assert!(get("/nope").starts_with("HTTP/1.1 404 "), "{runtime}");
+
+        let mut plain = TcpStream::connect(&server.http).unwrap();
+        plain.set_read_timeout(Some(WAIT)).unwrap();
+        write!(plain, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut answer = Vec::new();
+        let read = plain.read_to_end(&mut answer);
+        assert!(
+            !answer.starts_with(b"HTTP/"),
+            "{runtime}: plain HTTP answered: {read:?} {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        // Refused at once (rustls answers with a 7-byte alert record and
+        // closes, on every runtime), not left open.
+        assert!(
+            !read.as_ref().is_err_and(|e| matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            )),
+            "{runtime}: the plain connection stayed open"
         );
     }
 }

@@ -219,11 +219,16 @@ async fn gateway(ini: &str) -> Running {
 
 /// Starts a gateway in-process on `rt` with fast, fixed reconnects.
 async fn gateway_on(rt: Rt, ini: &str, options: GatewayOptions) -> Running {
-    let config = GatewayConfig::parse(ini).expect("config parses");
     let options = GatewayOptions {
         reconnect: BackoffConfig::fixed(Duration::from_millis(20)),
         ..options
     };
+    start_gateway(rt, ini, options).await
+}
+
+/// Starts a gateway in-process on `rt` with `options` as they are.
+async fn start_gateway(rt: Rt, ini: &str, options: GatewayOptions) -> Running {
+    let config = GatewayConfig::parse(ini).expect("config parses");
     match rt {
         Rt::Tokio => {
             let gateway = Gateway::<storm_tokio::Tokio>::bind(config, options)
@@ -612,6 +617,181 @@ async fn handshake_times_out(rt: Rt) {
     assert_eq!(error.error, "route handshake timed out");
     client.expect_close(1008).await;
     gateway.shutdown(WAIT).await;
+}
+
+/// A reconnect delay far longer than the test: a wait that shutdown did
+/// not end would still be pending when the test ends.
+const LONG_BACKOFF: Duration = Duration::from_secs(10);
+
+/// How long shutdown may take while every backend waits [`LONG_BACKOFF`]:
+/// it has nothing to wait for, the bound is only room for a loaded machine.
+const QUICK_SHUTDOWN: Duration = Duration::from_secs(2);
+
+/// How long a listener on a backend's address watches for a connection
+/// attempt after shutdown returned. Absence can only be watched for a
+/// while: an attempt made by a wait that shutdown woke up (instead of
+/// ending) would come at once, well within 300 ms, while a longer window
+/// would only slow the suite down.
+const SILENCE: Duration = Duration::from_millis(300);
+
+#[tokio::test]
+async fn shutdown_ends_backend_reconnect_waits_at_once() {
+    shutdown_while_backends_wait(Rt::Tokio).await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_backend_reconnect_waits_at_once_on_smol() {
+    shutdown_while_backends_wait(Rt::Smol).await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_backend_reconnect_waits_at_once_on_std() {
+    shutdown_while_backends_wait(Rt::Std).await;
+}
+
+/// One backend down from the start, one that drops: both wait
+/// [`LONG_BACKOFF`] to reconnect when the gateway shuts down. Shutdown is
+/// quick, nothing of the gateway is left running (counted on tokio, where
+/// the gateway gets a runtime of its own), and nothing connects to either
+/// address afterwards.
+async fn shutdown_while_backends_wait(rt: Rt) {
+    // A port nothing listens on (free a moment ago).
+    let down = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    // The other backend: a bare listener, framed TCP needs no handshake.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listener");
+    let dropping = listener.local_addr().expect("address");
+    let options = GatewayOptions {
+        reconnect: BackoffConfig::fixed(LONG_BACKOFF),
+        ..GatewayOptions::default()
+    };
+    let ini = routes_ini(down, dropping);
+    let own = matches!(rt, Rt::Tokio).then(OwnRuntime::start);
+    let (gateway, serving) = match &own {
+        Some(own) => {
+            let (gateway, serving) = own.gateway(&ini, options).await;
+            (gateway, Some(serving))
+        }
+        None => (start_gateway(rt, &ini, options).await, None),
+    };
+
+    let (stream, _) = timeout(WAIT, listener.accept())
+        .await
+        .expect("the gateway connects in time")
+        .expect("accept");
+    wait_backend(&gateway, "prices", true).await;
+    drop((stream, listener));
+    wait_backend(&gateway, "prices", false).await;
+    assert!(!gateway.backends()[0].connected);
+    if let Some(own) = &own {
+        // The gateway saw the drop; let it reach its wait to reconnect.
+        own.settle().await;
+    }
+
+    let started = std::time::Instant::now();
+    gateway.shutdown(QUICK_SHUTDOWN).await;
+    let took = started.elapsed();
+    assert!(took < QUICK_SHUTDOWN, "{rt:?}: shutdown took {took:?}");
+    if let (Some(own), Some(serving)) = (own, serving) {
+        assert_eq!(
+            own.finish(serving).await,
+            0,
+            "tasks of the gateway still alive after shutdown"
+        );
+    }
+
+    let orders = tokio::net::TcpListener::bind(down).await.expect("rebind");
+    let prices = tokio::net::TcpListener::bind(dropping)
+        .await
+        .expect("rebind");
+    let (orders, prices) = tokio::join!(
+        timeout(SILENCE, orders.accept()),
+        timeout(SILENCE, prices.accept())
+    );
+    assert!(orders.is_err(), "{rt:?}: orders reconnected after shutdown");
+    assert!(prices.is_err(), "{rt:?}: prices reconnected after shutdown");
+}
+
+/// A current-thread tokio runtime on a thread of its own, for a gateway
+/// whose tasks are counted once it has shut down.
+struct OwnRuntime {
+    handle: tokio::runtime::Handle,
+    stop: tokio::sync::oneshot::Sender<()>,
+    /// Returns the number of tasks still alive on the runtime once told to
+    /// stop.
+    thread: std::thread::JoinHandle<usize>,
+}
+
+impl OwnRuntime {
+    fn start() -> Self {
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let _ = handle_tx.send(runtime.handle().clone());
+            // Runs the spawned tasks until told to stop (or the test
+            // panicked and dropped `stop`).
+            let _ = runtime.block_on(stopped);
+            runtime.metrics().num_alive_tasks()
+        });
+        let handle = handle_rx.recv_timeout(WAIT).expect("runtime starts");
+        Self {
+            handle,
+            stop,
+            thread,
+        }
+    }
+
+    /// Binds a gateway on this runtime and spawns its `serve` there.
+    async fn gateway(
+        &self,
+        ini: &str,
+        options: GatewayOptions,
+    ) -> (Running, tokio::task::JoinHandle<std::io::Result<()>>) {
+        let config = GatewayConfig::parse(ini).expect("config parses");
+        let gateway = self
+            .handle
+            .spawn(Gateway::<storm_tokio::Tokio>::bind(config, options))
+            .await
+            .expect("join")
+            .expect("gateway binds");
+        let handle = gateway.handle();
+        let serving = self.handle.spawn(gateway.serve());
+        (Running::Tokio(handle), serving)
+    }
+
+    /// Returns once every task that was ready to run on this runtime has
+    /// run until it waits for something: each round queues a task behind
+    /// the ready ones and waits until it ran.
+    async fn settle(&self) {
+        for _ in 0..3 {
+            self.handle.spawn(async {}).await.expect("join");
+        }
+    }
+
+    /// Waits for `serving` (the gateway shut down), stops the runtime and
+    /// counts the tasks still alive on it. A task completes, and leaves the
+    /// count, within the poll that ends it, on this runtime's only thread,
+    /// before that thread sees the stop: the count is exact.
+    async fn finish(self, serving: tokio::task::JoinHandle<std::io::Result<()>>) -> usize {
+        timeout(WAIT, serving)
+            .await
+            .expect("serve returns")
+            .expect("join")
+            .expect("serve");
+        let _ = self.stop.send(());
+        let thread = self.thread;
+        tokio::task::spawn_blocking(move || thread.join().expect("runtime thread"))
+            .await
+            .expect("join")
+    }
 }
 
 #[test]

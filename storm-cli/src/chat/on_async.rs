@@ -1,6 +1,6 @@
 //! `storm chat` on tokio and smol: one generic path over storm-async. The
 //! handler only sends what [`Chat`] decides; the tick and the page server
-//! are tasks of the runtime.
+//! are tasks of the runtime, the page's TLS the runtime's `tls_accept`.
 
 use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
@@ -16,8 +16,8 @@ use storm_proto::link::CloseReason;
 use storm_proto::options::{ServerOptions, WsOptions};
 
 use super::{
-    Chat, ChatArgs, HTTP_TIMEOUT, PageRequest, STOP_TIMEOUT, announce, console_and_ctrl_c,
-    tick_period,
+    Chat, ChatArgs, HTTP_TIMEOUT, PageRequest, PageServer, PageTls, STOP_TIMEOUT, announce,
+    console_and_ctrl_c, tick_period,
 };
 use storm_cli::runtime::AsyncRuntime;
 
@@ -26,17 +26,23 @@ pub(super) fn run<R: AsyncRuntime>(
     args: &ChatArgs,
     options: ServerOptions,
     ws: WsOptions,
+    page_tls: PageTls,
 ) -> io::Result<()> {
     R::block_on(async {
         let server = storm_async::WsServer::<R>::bind(options, ws).await?;
-        let http = announce(args, server.local_addr())?;
+        let http = announce(args, server.local_addr(), page_tls)?;
         let chat = Chat::new(server.handle());
         if let Some(every) = tick_period(args) {
             R::spawn(tick::<R>(Arc::clone(&chat), every));
         }
-        if let Some((listener, page)) = http {
+        if let Some(PageServer {
+            listener,
+            page,
+            tls,
+        }) = http
+        {
             listener.set_nonblocking(true)?;
-            R::spawn(serve_page::<R>(R::listen(listener)?, page));
+            R::spawn(serve_page::<R>(R::listen(listener)?, page, tls));
         }
         let mut stopping = console_and_ctrl_c(Arc::clone(&chat));
         let handle = server.handle();
@@ -81,14 +87,24 @@ async fn tick<R: AsyncRuntime>(chat: Arc<Chat>, every: Duration) {
     }
 }
 
-/// Serves the chat page to plain HTTP GETs until the process ends.
-async fn serve_page<R: AsyncRuntime>(listener: R::Listener, page: Arc<str>) {
+/// Serves the chat page to HTTP GETs (over TLS with `tls`) until the
+/// process ends.
+async fn serve_page<R: AsyncRuntime>(listener: R::Listener, page: Arc<str>, tls: PageTls) {
     loop {
         match poll_fn(|cx| R::poll_accept(&listener, cx)).await {
             Ok((stream, _)) => {
-                let page = Arc::clone(&page);
+                let (page, tls) = (Arc::clone(&page), tls.clone());
                 R::spawn(async move {
-                    let _ = within::<R, _>(HTTP_TIMEOUT, answer(stream, &page)).await;
+                    // The TLS handshake counts in the request's time.
+                    let request = async {
+                        match tls {
+                            None => answer(stream, &page).await,
+                            Some(config) => {
+                                answer(R::tls_accept(config, stream).await?, &page).await
+                            }
+                        }
+                    };
+                    let _ = within::<R, _>(HTTP_TIMEOUT, request).await;
                 });
             }
             Err(e) => {
@@ -112,7 +128,8 @@ async fn within<R: AsyncRuntime, F: Future>(limit: Duration, future: F) -> Optio
     .await
 }
 
-/// Reads one request head and answers it; the connection then closes.
+/// Reads one request head and answers it; the connection then closes (after
+/// a TLS `close_notify` on a TLS stream).
 async fn answer<S: PollRead + PollWrite>(mut stream: S, page: &str) -> io::Result<()> {
     let mut request = PageRequest::default();
     let mut buf = [0u8; 1024];

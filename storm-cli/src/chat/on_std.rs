@@ -1,11 +1,13 @@
 //! `storm chat` on blocking threads (storm-std). The handler only sends
 //! what [`Chat`] decides; the tick is a thread, the page server a fixed
-//! set of threads.
+//! set of threads (over a blocking rustls stream with `--tls`).
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustls::{ServerConnection, StreamOwned};
 
 use storm_proto::Message;
 use storm_proto::link::CloseReason;
@@ -13,22 +15,27 @@ use storm_proto::options::{ServerOptions, WsOptions};
 use storm_std::Session;
 
 use super::{
-    Chat, ChatArgs, HTTP_TIMEOUT, PageRequest, STOP_TIMEOUT, announce, console_and_ctrl_c,
-    tick_period,
+    Chat, ChatArgs, HTTP_TIMEOUT, PageRequest, PageServer, PageTls, STOP_TIMEOUT, announce,
+    console_and_ctrl_c, tick_period,
 };
 
 /// Serves until `/stop` or Ctrl-C.
-pub(super) fn run(args: &ChatArgs, options: ServerOptions, ws: WsOptions) -> io::Result<()> {
+pub(super) fn run(
+    args: &ChatArgs,
+    options: ServerOptions,
+    ws: WsOptions,
+    page_tls: PageTls,
+) -> io::Result<()> {
     let server = storm_std::WsServer::bind(options, ws)?;
-    let http = announce(args, server.local_addr())?;
+    let http = announce(args, server.local_addr(), page_tls)?;
     let handle = server.handle();
     let chat = Chat::new(server.handle());
     if let Some(every) = tick_period(args) {
         let chat = Arc::clone(&chat);
         std::thread::spawn(move || tick(&chat, every));
     }
-    if let Some((listener, page)) = http {
-        serve_page(listener, &page)?;
+    if let Some(page) = http {
+        serve_page(page)?;
     }
     let mut stopping = console_and_ctrl_c(Arc::clone(&chat));
     let serving = server.spawn(StdChat(chat))?;
@@ -79,25 +86,25 @@ fn tick(chat: &Chat, every: Duration) {
 /// so stalled clients can delay the page but cannot add threads.
 const PAGE_THREADS: usize = 8;
 
-/// Serves the chat page to plain HTTP GETs on `PAGE_THREADS` threads that
-/// share the listener, until the process ends.
-fn serve_page(listener: TcpListener, page: &Arc<str>) -> io::Result<()> {
-    let listener = Arc::new(listener);
+/// Serves the chat page to HTTP GETs (over TLS with `--tls`) on
+/// `PAGE_THREADS` threads that share the listener, until the process ends.
+fn serve_page(server: PageServer) -> io::Result<()> {
+    let server = Arc::new(server);
     for _ in 0..PAGE_THREADS {
-        let (listener, page) = (Arc::clone(&listener), Arc::clone(page));
+        let server = Arc::clone(&server);
         std::thread::Builder::new()
             .name("storm-chat-page".to_owned())
-            .spawn(move || answer_each(&listener, &page))?;
+            .spawn(move || answer_each(&server))?;
     }
     Ok(())
 }
 
 /// Accepts and answers page requests one at a time.
-fn answer_each(listener: &TcpListener, page: &str) {
-    for stream in listener.incoming() {
+fn answer_each(server: &PageServer) {
+    for stream in server.listener.incoming() {
         match stream {
             Ok(stream) => {
-                let _ = answer(stream, page);
+                let _ = answer(stream, &server.page, server.tls.as_ref());
             }
             Err(e) => {
                 eprintln!("page listener: {e}");
@@ -107,18 +114,38 @@ fn answer_each(listener: &TcpListener, page: &str) {
     }
 }
 
-/// Reads one request head and answers it; the connection then closes.
-fn answer(mut stream: TcpStream, page: &str) -> io::Result<()> {
-    // The whole request gets HTTP_TIMEOUT, as on the async runtimes.
-    let deadline = Instant::now() + HTTP_TIMEOUT;
+/// Answers one connection, over TLS with `tls`; the whole request, the
+/// TLS handshake included, gets `HTTP_TIMEOUT`, as on the async runtimes.
+fn answer(
+    stream: TcpStream,
+    page: &str,
+    tls: Option<&Arc<rustls::ServerConfig>>,
+) -> io::Result<()> {
+    let mut socket = Deadlined {
+        socket: stream,
+        deadline: Instant::now() + HTTP_TIMEOUT,
+    };
+    match tls {
+        None => {
+            respond(&mut socket, page)?;
+            socket.socket.shutdown(Shutdown::Write)
+        }
+        Some(config) => {
+            let connection = ServerConnection::new(Arc::clone(config)).map_err(io::Error::other)?;
+            let mut tls = StreamOwned::new(connection, socket);
+            respond(&mut tls, page)?;
+            tls.conn.send_close_notify();
+            tls.flush()?;
+            tls.sock.socket.shutdown(Shutdown::Write)
+        }
+    }
+}
+
+/// Reads one request head from `stream` and writes the answer.
+fn respond(stream: &mut (impl Read + Write), page: &str) -> io::Result<()> {
     let mut request = PageRequest::default();
     let mut buf = [0u8; 1024];
     let response = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-        stream.set_read_timeout(Some(left))?;
         let n = stream.read(&mut buf)?;
         if n == 0 {
             return Ok(());
@@ -127,7 +154,44 @@ fn answer(mut stream: TcpStream, page: &str) -> io::Result<()> {
             break response;
         }
     };
-    stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
     stream.write_all(response.as_bytes())?;
-    stream.shutdown(Shutdown::Write)
+    stream.flush()
+}
+
+/// A page connection's socket: every read and write ends by one deadline
+/// (a client that trickles bytes cannot hold a page thread longer).
+struct Deadlined {
+    socket: TcpStream,
+    deadline: Instant,
+}
+
+impl Deadlined {
+    /// The time left, or `TimedOut` once it has passed.
+    fn left(&self) -> io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        Ok(left)
+    }
+}
+
+impl Read for Deadlined {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.left()?;
+        self.socket.set_read_timeout(Some(left))?;
+        self.socket.read(buf)
+    }
+}
+
+impl Write for Deadlined {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let left = self.left()?;
+        self.socket.set_write_timeout(Some(left))?;
+        self.socket.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.socket.flush()
+    }
 }

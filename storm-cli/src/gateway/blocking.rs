@@ -33,7 +33,9 @@ use storm_proto::reconnect::{Backoff, BackoffStep};
 use storm_proto::ws::CloseCode;
 use storm_std::{Handler, ServerHandle, Session, TcpClient, WsClient, WsServer};
 
-use super::{BackendStatus, Core, Dial, GatewayConfig, GatewayOptions, Protocol, Step, lock};
+use super::{
+    BackendStatus, Core, Dial, GatewayConfig, GatewayOptions, LoopGuard, Protocol, Step, lock,
+};
 
 /// A bound gateway on threads; [`serve`](Self::serve) or
 /// [`spawn`](Self::spawn) runs it.
@@ -80,11 +82,11 @@ impl Gateway {
                 .name("storm-gateway-timers".to_owned())
                 .spawn(move || timers.run(&core))?;
         }
-        for (dial, backoff) in core.dials() {
+        for (dial, backoff, guard) in core.dials() {
             let core = Arc::clone(&core);
             thread::Builder::new()
                 .name(format!("storm-gateway-{}", dial.endpoint.name))
-                .spawn(move || keep_connected(&core, &dial, backoff))?;
+                .spawn(move || keep_connected(&core, &dial, backoff, guard))?;
         }
         let handle = GatewayHandle {
             server: server.handle(),
@@ -177,17 +179,31 @@ impl GatewayHandle {
 
     /// Stops reconnecting, closes every backend connection, closes every
     /// client gracefully (aborting those still open after `timeout`), and
-    /// returns once [`Gateway::serve`] has returned.
+    /// returns once [`Gateway::serve`] has returned and every backend
+    /// thread has ended.
+    ///
+    /// A backend waiting to reconnect stops waiting at once and makes no
+    /// further attempt; a live backend connection closes gracefully (within
+    /// its close timeout, 5 s). A blocking connect in progress cannot be
+    /// interrupted: it finishes (within
+    /// [`GatewayOptions::connect_timeout`]) and is closed at once.
     pub fn shutdown(&self, timeout: Duration) {
         self.core.stop();
         self.timers.stop();
         self.server.shutdown(timeout);
+        self.core.loops.ended.wait(true);
     }
 }
 
-/// Connects one backend, and again whenever its client gives up (the
-/// client itself reconnects a connection that drops).
-fn keep_connected(core: &Arc<Core<Session>>, dial: &Dial, mut backoff: Backoff) {
+/// Connects one backend, and again with backoff whenever its connection
+/// drops or an attempt fails, until the gateway stops; `_running` counts
+/// this thread for shutdown until it ends.
+fn keep_connected(
+    core: &Arc<Core<Session>>,
+    dial: &Dial,
+    mut backoff: Backoff,
+    _running: LoopGuard,
+) {
     let route = dial.endpoint.name.clone();
     while !core.stopped.get() {
         let handler = BackendHandler {
@@ -212,7 +228,9 @@ fn keep_connected(core: &Arc<Core<Session>>, dial: &Dial, mut backoff: Backoff) 
             backoff.connected(Instant::now());
             let closer = client.clone();
             if !core.attach_client(&route, Box::new(move || closer.close())) {
+                // Connected as the gateway stopped.
                 client.close();
+                client.closed();
                 return;
             }
             client.closed();

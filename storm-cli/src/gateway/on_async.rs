@@ -13,7 +13,7 @@ use storm_proto::link::CloseReason;
 use storm_proto::reconnect::{Backoff, BackoffStep};
 use storm_proto::ws::CloseCode;
 
-use super::{BackendStatus, Core, Dial, GatewayConfig, GatewayOptions, Protocol, Step};
+use super::{BackendStatus, Core, Dial, GatewayConfig, GatewayOptions, LoopGuard, Protocol, Step};
 
 /// A bound gateway on the async runtime `R` (tokio by default, or
 /// [`storm_smol::Smol`]); [`serve`](Self::serve) runs it. For threads
@@ -60,8 +60,8 @@ impl<R: Runtime> Gateway<R> {
         let ws = options.ws_options();
         let core = Arc::new(Core::new(config, options)?);
         let server = WsServer::<R>::bind(server_options, ws).await?;
-        for (dial, backoff) in core.dials() {
-            R::spawn(keep_connected::<R>(Arc::clone(&core), dial, backoff));
+        for (dial, backoff, guard) in core.dials() {
+            R::spawn(keep_connected::<R>(Arc::clone(&core), dial, backoff, guard));
         }
         let handle = GatewayHandle {
             server: server.handle(),
@@ -140,10 +140,16 @@ impl<R: Runtime> GatewayHandle<R> {
 
     /// Stops reconnecting, closes every backend connection, closes every
     /// client gracefully (aborting those still open after `timeout`), and
-    /// returns once [`Gateway::serve`] has returned.
+    /// returns once [`Gateway::serve`] has returned and every backend task
+    /// has ended.
+    ///
+    /// A backend waiting to reconnect stops waiting at once and makes no
+    /// further attempt; an attempt in progress is abandoned; a live backend
+    /// connection closes gracefully (within its close timeout, 5 s).
     pub async fn shutdown(&self, timeout: Duration) {
         self.core.stop();
         self.server.shutdown(timeout).await;
+        self.core.loops.ended.wait_for(true).await;
     }
 }
 
@@ -156,9 +162,15 @@ async fn unless_stopped<T>(core: &Core<Session>, future: impl Future<Output = T>
     .await
 }
 
-/// Connects one backend, and again whenever its client gives up (the
-/// client itself reconnects a connection that drops).
-async fn keep_connected<R: Runtime>(core: Arc<Core<Session>>, dial: Dial, mut backoff: Backoff) {
+/// Connects one backend, and again with backoff whenever its connection
+/// drops or an attempt fails, until the gateway stops; `_running` counts
+/// this task for shutdown until it ends.
+async fn keep_connected<R: Runtime>(
+    core: Arc<Core<Session>>,
+    dial: Dial,
+    mut backoff: Backoff,
+    _running: LoopGuard,
+) {
     let route = dial.endpoint.name.clone();
     loop {
         let handler = BackendHandler {
@@ -186,7 +198,9 @@ async fn keep_connected<R: Runtime>(core: Arc<Core<Session>>, dial: Dial, mut ba
             backoff.connected(Instant::now());
             let closer = client.clone();
             if !core.attach_client(&route, Box::new(move || closer.close())) {
+                // Connected as the gateway stopped.
                 client.close();
+                client.closed().await;
                 return;
             }
             client.closed().await;

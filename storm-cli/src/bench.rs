@@ -108,6 +108,9 @@ pub struct BenchArgs {
     /// The service to drive.
     #[arg(value_enum)]
     pub target: TargetName,
+    // The doc comment is `--help` text (clap shows it verbatim), not
+    // Markdown: `[::1]` is an address, not a link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// Address of the running service; loopback only (127.0.0.0/8, [::1],
     /// localhost).
     #[arg(long, required_unless_present = "spawn", conflicts_with = "spawn")]

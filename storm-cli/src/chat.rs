@@ -116,6 +116,9 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Options of `storm chat`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ChatArgs {
+    // The doc comment is `--help` text (clap shows it verbatim), not
+    // Markdown: `[::1]` is an address, not a link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// WebSocket address to listen on (IPv4 or IPv6, e.g. [::1]:9002).
     #[arg(long, default_value = "127.0.0.1:9002")]
     addr: String,

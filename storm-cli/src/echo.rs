@@ -25,6 +25,9 @@ pub(crate) struct EchoArgs {
     /// lines, or WebSocket.
     #[arg(long, value_enum, default_value_t = Proto::Ws)]
     proto: Proto,
+    // The doc comment is `--help` text (clap shows it verbatim), not
+    // Markdown: `[::1]` is an address, not a link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// Address to listen on (IPv4 or IPv6, e.g. [::1]:9001).
     #[arg(long, default_value = "127.0.0.1:9001")]
     addr: String,

@@ -61,6 +61,9 @@ use storm_cli::runtime::{AsyncRuntime, Runtime, TlsArgs, shutdown_on_ctrl_c, std
 /// Options of `storm json`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct JsonArgs {
+    // The doc comment is `--help` text (clap shows it verbatim), not
+    // Markdown: `[::1]` is an address, not a link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// Address to listen on (IPv4 or IPv6, e.g. [::1]:9100).
     #[arg(long, default_value = "127.0.0.1:9100")]
     addr: String,
@@ -115,6 +118,8 @@ pub(crate) struct ClientArgs {
 enum Mode {
     /// Send one message of each kind and print the replies.
     Demo,
+    // `--help` text (clap shows it verbatim): `<text>` is a placeholder.
+    #[allow(rustdoc::invalid_html_tags)]
     /// Read commands from stdin: /ping, /echo <text>, /broadcast <text>,
     /// /stats, /custom <type>, /exit; other text is sent as it is.
     Interactive,

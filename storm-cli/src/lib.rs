@@ -2,7 +2,7 @@
 //! tests can embed, built only on Storm's public API. The binary
 //! (`src/main.rs`) is a thin command line over these modules.
 //!
-//! - [`bench`]: `storm bench`, the load generator for every service.
+//! - [`bench`](mod@bench): `storm bench`, the load generator for every service.
 //! - [`broker`]: the consumer/provider request broker over TCP (or TLS):
 //!   the server on tokio, smol or std threads; the consumer and provider
 //!   on tokio.

@@ -1,6 +1,6 @@
 //! The scenarios, written once. Pair scenarios are generic over the server
 //! adapter `S` and the client adapter `C`; `server_*` scenarios face a
-//! server with hand-written [`raw`](super::raw) peers, `client_*` ones a
+//! server with hand-written [`raw`] peers, `client_*` ones a
 //! client with a hand-written server.
 
 use std::io::{Read, Write};

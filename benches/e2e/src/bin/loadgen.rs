@@ -64,6 +64,9 @@ struct Args {
     /// Wire protocol of the server.
     #[arg(long, value_enum, default_value_t = ProtoArg::Ws)]
     proto: ProtoArg,
+    // The doc comment is `--help` text (clap shows it verbatim), not
+    // Markdown: `[::1]` is an address, not a link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// Server address; loopback only (127.0.0.0/8, [::1], localhost).
     #[arg(long, default_value = "127.0.0.1:9001")]
     addr: String,

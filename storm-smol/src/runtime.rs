@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
+use bytes::BufMut;
 use futures_rustls::{TlsAcceptor, TlsConnector, client, server};
 use rustls_pki_types::ServerName;
 use smol::Async;
@@ -27,9 +28,63 @@ pub struct Smol;
 #[derive(Debug)]
 pub struct Io<T>(T);
 
-impl<T: AsyncRead + Send + Unpin + 'static> PollRead for Io<T> {
+/// TLS streams and their halves read through futures-io (into initialized
+/// buffers only, so `poll_read_buf` keeps its copying default).
+macro_rules! poll_read_via_futures_io {
+    ($($stream:ty),*) => {$(
+        impl PollRead for Io<$stream> {
+            fn poll_read(
+                &mut self,
+                cx: &mut Context<'_>,
+                buf: &mut [u8],
+            ) -> Poll<io::Result<usize>> {
+                Pin::new(&mut self.0).poll_read(cx, buf)
+            }
+        }
+    )*};
+}
+
+poll_read_via_futures_io!(
+    server::TlsStream<TcpStream>,
+    client::TlsStream<TcpStream>,
+    ReadHalf<server::TlsStream<TcpStream>>,
+    ReadHalf<client::TlsStream<TcpStream>>
+);
+
+impl PollRead for Io<TcpStream> {
     fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+
+    /// Receives into `buf`'s uninitialized room, without zeroing or
+    /// copying: a large WebSocket frame lands in the connection's input
+    /// buffer directly.
+    fn poll_read_buf<B: BufMut>(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut B,
+    ) -> Poll<io::Result<usize>> {
+        if !buf.has_remaining_mut() {
+            return Poll::Ready(Ok(0));
+        }
+        loop {
+            let socket = socket2::SockRef::from(self.0.0.get_ref());
+            // SAFETY: `UninitSlice` is a `[MaybeUninit<u8>]`, and `recv` only
+            // writes into it (it never reads the bytes or de-initializes any).
+            let room = unsafe { buf.chunk_mut().as_uninit_slice_mut() };
+            match socket.recv(room) {
+                Ok(n) => {
+                    // SAFETY: `recv` initialized the first `n` bytes of the
+                    // room it was given, which is `buf`'s next chunk.
+                    unsafe { buf.advance_mut(n) };
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            ready!(self.0.0.poll_readable(cx))?;
+        }
     }
 }
 

@@ -16,7 +16,8 @@
 # (server, protocol) pair it prints messages/s, MiB/s, the server's CPU time
 # per message (from /proc/PID/stat), and round-trip p50/p99 with one message
 # in flight; for WebSocket servers also the memory per idle connection (VmRSS
-# growth over 1000 connections). Raw results go to target/e2e/.
+# growth over 1000 connections) and a 64 KiB echo (MiB/s, CPU per message).
+# Raw results go to target/e2e/.
 set -euo pipefail
 
 duration=5
@@ -160,6 +161,33 @@ idle_memory() {
         printf "| %s | %.1f | %.1f | %d | %d | %d |\n", l, (a1 - b0) / n, (a - b) / n, n, b, a }' >> "$out/memory.md"
 }
 
+# large_messages LABEL SLUG: 64 KiB WebSocket echo on the running server
+# (10 clients x 4 in flight), MiB/s and server CPU per message.
+large_messages() {
+    local label=$1 slug=$2 t0 t1 line error msgs mib ccpu
+    t0=$(cpu_ticks "$server_pid")
+    "${pin_load[@]}" "$bin/loadgen" --mode throughput --proto ws --size 65536 \
+        --clients 10 --window 4 --addr "$addr" --duration "$duration" --workers 1 \
+        > "$out/$slug-large.throughput" 2>&1 || true
+    t1=$(cpu_ticks "$server_pid")
+    line=$(grep -m 1 '^{' "$out/$slug-large.throughput" || true)
+    tail -n 1 "$out/$slug-large.throughput" >&2
+    echo "$line" >> "$results"
+    error=$(echo "$line" | json error)
+    msgs=$(echo "$line" | json msgs)
+    mib=$(echo "$line" | json mib_per_s)
+    ccpu=$(echo "$line" | json client_cpu_pct)
+    if [ -z "$msgs" ] || [ "$error" != null ]; then
+        echo "| $label | failed: $(tail -n 1 "$out/$slug-large.throughput") |" >> "$out/large.md"
+        return
+    fi
+    awk -v l="$label" -v m="$msgs" -v mib="$mib" -v t="$((t1 - t0))" -v hz="$hz" \
+        -v d="$duration" -v c="$ccpu" 'BEGIN {
+        secs = t / hz
+        printf "| %s | %.0f | %.1f | %.0f | %.0f |\n",
+            l, mib, m > 0 ? secs * 1e6 / m : 0, secs / d * 100, c }' >> "$out/large.md"
+}
+
 # scenario LABEL PROTO CMD...
 scenario() {
     local label=$1 proto=$2 slug; shift 2
@@ -185,6 +213,7 @@ scenario() {
     lat=$(grep -m 1 '^{' "$out/$slug-$proto.latency" || true)
     tail -n 1 "$out/$slug-$proto.latency" >&2
     echo "$lat" >> "$results"
+    if [ "$proto" = ws ]; then large_messages "$label" "$slug"; fi
     stop_server
 
     local error msgs rate mib ccpu p50 p99
@@ -246,8 +275,11 @@ table_header='| server | protocol | msgs/s | MiB/s | server CPU µs/msg | server
 |---|---|---:|---:|---:|---:|---:|---:|---:|'
 memory_header='| server | KiB per idle connection (RssAnon) | (VmRSS) | connections | VmRSS before (KiB) | VmRSS after (KiB) |
 |---|---:|---:|---:|---:|---:|'
+large_header='| server | MiB/s | server CPU µs/msg | server CPU % | loadgen CPU % |
+|---|---:|---:|---:|---:|'
 echo "$table_header" > "$out/table-all.md"
 echo "$memory_header" > "$out/memory-all.md"
+echo "$large_header" > "$out/large-all.md"
 
 load_before=$(cut -d ' ' -f 1-3 /proc/loadavg)
 storm="$bin/storm"
@@ -255,6 +287,7 @@ for round in $(seq "$rounds"); do
     [ "$rounds" = 1 ] || echo "== round $round of $rounds" >&2
     echo "$table_header" > "$out/table.md"
     echo "$memory_header" > "$out/memory.md"
+    echo "$large_header" > "$out/large.md"
     for runtime in tokio smol std; do
         scenario "storm echo ($runtime)" raw "$storm" echo --proto raw --addr 127.0.0.1:0 --runtime "$runtime"
         scenario "storm echo ($runtime)" lp "$storm" echo --proto lp --addr 127.0.0.1:0 --runtime "$runtime"
@@ -267,12 +300,15 @@ for round in $(seq "$rounds"); do
     scenario "fastwebsockets" ws "$bin/peer_fastwebsockets" 127.0.0.1:0
     cp "$out/table.md" "$out/table-round$round.md"
     cp "$out/memory.md" "$out/memory-round$round.md"
+    cp "$out/large.md" "$out/large-round$round.md"
     tail -n +3 "$out/table.md" >> "$out/table-all.md"
     tail -n +3 "$out/memory.md" >> "$out/memory-all.md"
+    tail -n +3 "$out/large.md" >> "$out/large-all.md"
 done
 if [ "$rounds" != 1 ]; then
     medians 2 "$out/table-all.md" > "$out/table.md"
     medians 1 "$out/memory-all.md" > "$out/memory.md"
+    medians 1 "$out/large-all.md" > "$out/large.md"
 fi
 
 echo
@@ -281,7 +317,7 @@ echo "Load average (1, 5, 15 min) before: $load_before; after: $(cut -d ' ' -f 1
 echo
 echo "Throughput: 100 clients x 16 messages in flight x 32 B, ${duration} s; latency: 1 client, 1 in flight, ${duration} s."
 if [ "$rounds" != 1 ]; then
-    echo "Every cell is the median of $rounds rounds (each round's table: $out/table-roundN.md, memory-roundN.md)."
+    echo "Every cell is the median of $rounds rounds (each round's tables: $out/table-roundN.md, memory-roundN.md, large-roundN.md)."
 fi
 echo
 cat "$out/table.md"
@@ -292,3 +328,8 @@ echo "the server's code pages first touched while serving them, a fixed cost per
 echo "binary (about 0.3 MB for storm's) spread over the connections."
 echo
 cat "$out/memory.md"
+echo
+echo "Large messages: 64 KiB WebSocket echo, 10 clients x 4 in flight, ${duration} s."
+echo "A server below 100 % CPU was not the bottleneck: the load generator was."
+echo
+cat "$out/large.md"

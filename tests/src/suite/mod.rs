@@ -635,18 +635,9 @@ impl Client {
     ///
     /// When it does not.
     pub fn assert_closed(&self) {
-        self.assert_closed_within(WAIT);
-    }
-
-    /// Asserts the client stops for good within `timeout`.
-    ///
-    /// # Panics
-    ///
-    /// When it does not.
-    pub fn assert_closed_within(&self, timeout: Duration) {
         assert!(
-            self.driver.wait_closed(timeout),
-            "{} client: still running after {timeout:?}",
+            self.driver.wait_closed(WAIT),
+            "{} client: still running after {WAIT:?}",
             self.adapter
         );
     }

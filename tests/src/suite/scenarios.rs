@@ -912,10 +912,6 @@ pub fn client_connect_refused<C: Adapter>() {
     assert!(started.elapsed() < WAIT);
 }
 
-/// How soon a client must stop for good after `close`, when nothing it
-/// waits for (a backoff, a handshake) would end sooner than [`WAIT`].
-const CLOSE_PROMPTLY: Duration = Duration::from_secs(2);
-
 /// Runs `work` on a thread of its own; [`finish`] takes its result.
 fn background<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Receiver<T> {
     let (tx, rx) = mpsc::channel();
@@ -967,13 +963,15 @@ fn client_in_reconnect<C: Adapter>(
 /// good long before its backoff would have ended, and makes no further
 /// connection attempt.
 pub fn client_close_ends_a_reconnect_delay<C: Adapter>() {
-    // A delay far above CLOSE_PROMPTLY: only a cut ends the wait in time.
-    let (client, raw) = client_in_reconnect::<C>(Duration::from_secs(10), |_| {});
+    // A delay far above WAIT: only a cut ends the wait in time. (WAIT, not
+    // less, bounds the close: under a loaded machine, at nice 19, this
+    // suite has seen threads stall for seconds.)
+    let (client, raw) = client_in_reconnect::<C>(Duration::from_secs(600), |_| {});
     // The server is gone for good.
     let addr = raw.local_addr();
     drop(raw);
     client.close();
-    client.assert_closed_within(CLOSE_PROMPTLY);
+    client.assert_closed();
     // No attempt follows the close. A test of absence, so its window is
     // short: a listener on the server's address again, then 300 ms (far
     // above a loopback connect's time) in which the kernel would queue a
@@ -1006,14 +1004,14 @@ pub fn client_close_cuts_a_reconnect_handshake_short<C: Adapter>() {
     );
     let started = Instant::now();
     client.close();
-    client.assert_closed_within(CLOSE_PROMPTLY);
+    client.assert_closed();
     assert_eq!(
         raw::read_to_close(&mut stalled),
         0,
         "the half-made connection is closed, without a byte"
     );
     assert!(
-        started.elapsed() < CLOSE_PROMPTLY,
+        started.elapsed() < WAIT,
         "closed after {:?}",
         started.elapsed()
     );

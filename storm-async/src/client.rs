@@ -5,7 +5,6 @@ use std::io;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -20,7 +19,7 @@ use storm_proto::setup::{ClientCore, ClientOpen, ClientTarget, ClientUpgradeStep
 use crate::driver::drive;
 use crate::io::{Either, read_step, write_all_flush};
 use crate::runtime::{Runtime, Stream};
-use crate::sync::{Signal, lock, timeout};
+use crate::sync::{self, Signal, lock, race, sleep_until, timeout};
 use crate::{Handler, Session};
 
 /// A connected client, on any runtime. Dropping it does not close the
@@ -32,7 +31,9 @@ pub struct Client {
 
 struct ClientShared {
     current: Mutex<Option<Session>>,
-    closing: AtomicBool,
+    /// Set when the application closed the client: no more reconnects, and
+    /// a reconnect delay or attempt in progress ends at once.
+    closing: Signal,
     /// Set once the client stopped for good (closed, or gave up).
     finished: Signal,
 }
@@ -138,9 +139,13 @@ impl Client {
         session.send(message).await.map_err(ClientError::Send)
     }
 
-    /// Closes gracefully and stops reconnecting.
+    /// Closes gracefully and stops reconnecting: a pending reconnect delay
+    /// is cut short, and a reconnect in progress (TCP connect, TLS or
+    /// WebSocket handshake) is abandoned and its socket closed, unseen by
+    /// the handler. A connection made just as `close` is called opens and
+    /// closes at once (`on_connect`, then `on_disconnect`).
     pub fn close(&self) {
-        self.shared.closing.store(true, Ordering::Release);
+        self.shared.closing.set();
         if let Some(session) = self.session() {
             session.close();
         }
@@ -172,7 +177,7 @@ async fn start<R: Runtime, H: Handler>(
     let first = connect_once::<R>(&target, &options, &core).await?;
     let shared = Arc::new(ClientShared {
         current: Mutex::new(Some(first.session.clone())),
-        closing: AtomicBool::new(false),
+        closing: Signal::default(),
         finished: Signal::default(),
     });
     let client = Client {
@@ -194,6 +199,11 @@ async fn run<R: Runtime, H: Handler>(
     while let Some(connected) = next.take() {
         core.connected(Instant::now());
         let session = connected.session;
+        if shared.closing.is_set() {
+            // Closed just as the connection was made (`close` found no
+            // session to close): it opens and closes at once.
+            session.close();
+        }
         let id = session.id();
         drive::<R, _, _, _>(
             connected.stream.split(),
@@ -207,22 +217,27 @@ async fn run<R: Runtime, H: Handler>(
         *lock(&shared.current) = None;
         core.ended(id);
         // Reconnect unless the application closed, or reconnects are off.
-        while !shared.closing.load(Ordering::Acquire) {
+        while !shared.closing.is_set() {
             let Some((attempt, delay)) = core.next_attempt(Instant::now()) else {
                 break;
             };
             handler.on_reconnecting(attempt, delay).await;
-            crate::sync::sleep_until::<R>(Instant::now().checked_add(delay)).await;
-            if shared.closing.load(Ordering::Acquire) {
+            // The delay, then the attempt, each raced with `close` (which
+            // wins a tie): a close ends either at once, and an abandoned
+            // attempt's socket is closed as its future is dropped.
+            let delay = pin!(sleep_until::<R>(Instant::now().checked_add(delay)));
+            if let sync::Either::Left(()) = race(pin!(shared.closing.wait()), delay).await {
                 break;
             }
-            match connect_once::<R>(&target, &options, &core).await {
-                Ok(connected) => {
+            let attempt = pin!(connect_once::<R>(&target, &options, &core));
+            match race(pin!(shared.closing.wait()), attempt).await {
+                sync::Either::Left(()) => break,
+                sync::Either::Right(Ok(connected)) => {
                     *lock(&shared.current) = Some(connected.session.clone());
                     next = Some(connected);
                     break;
                 }
-                Err(e) => handler.on_error(&e).await,
+                sync::Either::Right(Err(e)) => handler.on_error(&e).await,
             }
         }
     }

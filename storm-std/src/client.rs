@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -39,6 +39,9 @@ struct Flags {
     closing: bool,
     /// The client stopped for good (closed, or gave up).
     finished: bool,
+    /// The socket of a reconnect in progress: `close` shuts it down, which
+    /// ends the handshake's blocking read or write at once.
+    attempt: Option<TcpStream>,
 }
 
 impl fmt::Debug for Client {
@@ -127,11 +130,23 @@ impl Client {
         session.send(message).map_err(ClientError::Send)
     }
 
-    /// Closes gracefully and stops reconnecting (a pending reconnect delay
-    /// is cut short).
+    /// Closes gracefully and stops reconnecting: a pending reconnect delay
+    /// is cut short, and a reconnect's TLS or WebSocket handshake in
+    /// progress is abandoned and its socket closed, unseen by the handler
+    /// (a TCP connect in progress runs to its end, within the connect
+    /// timeout, and is then abandoned). A connection made just as `close`
+    /// is called opens and closes at once (`on_connect`, then
+    /// `on_disconnect`).
     pub fn close(&self) {
-        lock(&self.shared.flags).closing = true;
+        let attempt = {
+            let mut flags = lock(&self.shared.flags);
+            flags.closing = true;
+            flags.attempt.take()
+        };
         self.shared.changed.notify_all();
+        if let Some(socket) = attempt {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
         if let Some(session) = self.session() {
             session.close();
         }
@@ -164,6 +179,25 @@ impl Client {
     }
 }
 
+impl ClientShared {
+    /// Lets [`Client::close`] cut a reconnect's handshake on `socket` short.
+    ///
+    /// # Errors
+    ///
+    /// When the client is closing already: the attempt is abandoned.
+    fn watch(&self, socket: &TcpStream) -> io::Result<()> {
+        let mut flags = lock(&self.flags);
+        if flags.closing {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the client was closed",
+            ));
+        }
+        flags.attempt = Some(socket.try_clone()?);
+        Ok(())
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -188,7 +222,7 @@ fn start<H: Handler>(
     handler: H,
 ) -> Result<Client, ClientError> {
     let mut core = ClientCore::new(&options, rand::random(), Instant::now())?;
-    let first = connect_once(&target, &options, &core)?;
+    let first = connect_once(&target, &options, &core, |_| Ok(()))?;
     let shared = Arc::new(ClientShared {
         current: Mutex::new(Some(first.session.clone())),
         flags: Mutex::new(Flags::default()),
@@ -258,12 +292,20 @@ fn run<H: Handler>(
                 break;
             }
             drop(flags);
-            match connect_once(target, options, core) {
+            let made = connect_once(target, options, core, |socket| shared.watch(socket));
+            let closing = {
+                let mut flags = lock(&shared.flags);
+                flags.attempt = None;
+                flags.closing
+            };
+            match made {
                 Ok(connected) => {
                     *lock(&shared.current) = Some(connected.session.clone());
                     next = Some(connected);
                     break;
                 }
+                // Abandoned by `close`: not the application's error.
+                Err(_) if closing => break,
                 Err(e) => handler.on_error(&e),
             }
         }
@@ -272,10 +314,14 @@ fn run<H: Handler>(
     shared.changed.notify_all();
 }
 
+/// Connects and runs the handshakes; `watch` sees the TCP socket before
+/// they start (a reconnect hands it to [`Client::close`] through
+/// [`ClientShared::watch`]).
 fn connect_once(
     target: &ClientTarget,
     options: &ClientOptions,
     core: &ClientCore,
+    watch: impl FnOnce(&TcpStream) -> io::Result<()>,
 ) -> Result<Connected, ClientError> {
     let deadline = Instant::now() + options.connect_timeout;
     let authority = target.authority();
@@ -296,6 +342,7 @@ fn connect_once(
         }
     }
     let stream = stream.ok_or(last)?;
+    watch(&stream)?;
     stream.set_nodelay(options.nodelay)?;
     let remote = stream.peer_addr()?;
     let (stream, protocol, initial) = match target.tls() {

@@ -104,5 +104,7 @@ suite! {
         client_heartbeat_timeout,
         client_rejects_masked_server_frames,
         client_connect_refused,
+        client_close_ends_a_reconnect_delay,
+        client_close_cuts_a_reconnect_handshake_short,
     ],
 }

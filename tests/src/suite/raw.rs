@@ -252,6 +252,16 @@ impl RawWsServer {
         format!("ws://{}/", self.listener.local_addr().expect("raw addr"))
     }
 
+    /// Its address.
+    ///
+    /// # Panics
+    ///
+    /// When the listener has no address.
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("raw addr")
+    }
+
     /// Accepts one connection and answers its upgrade (the handshake from
     /// the core); returns the socket.
     ///
@@ -260,6 +270,20 @@ impl RawWsServer {
     /// When no valid upgrade arrives in time.
     #[must_use]
     pub fn accept(&self) -> TcpStream {
+        let (mut stream, answer) = self.accept_request();
+        stream.write_all(&answer).expect("upgrade response");
+        stream
+    }
+
+    /// Accepts one connection and reads its whole upgrade request, without
+    /// answering: the socket, and the 101 answer to write when the scenario
+    /// wants the handshake to finish.
+    ///
+    /// # Panics
+    ///
+    /// When no valid upgrade request arrives in time.
+    #[must_use]
+    pub fn accept_request(&self) -> (TcpStream, BytesMut) {
         self.listener.set_nonblocking(false).expect("blocking");
         let (mut stream, _) = self.listener.accept().expect("raw accept");
         stream.set_read_timeout(Some(WAIT)).expect("read timeout");
@@ -277,9 +301,8 @@ impl RawWsServer {
                 ServerStep::Request(pending) => break pending,
             }
         };
-        let mut out = BytesMut::new();
-        let _ = pending.accept(&mut out);
-        stream.write_all(&out).expect("upgrade response");
-        stream
+        let mut answer = BytesMut::new();
+        let _ = pending.accept(&mut answer);
+        (stream, answer)
     }
 }

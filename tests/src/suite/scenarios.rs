@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -909,4 +910,110 @@ pub fn client_connect_refused<C: Adapter>() {
         assert!(Client::try_connect::<C>(&spec).is_err());
     }
     assert!(started.elapsed() < WAIT);
+}
+
+/// Runs `work` on a thread of its own; [`finish`] takes its result.
+fn background<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Receiver<T> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(work());
+    });
+    rx
+}
+
+/// The result of a [`background`] job, within [`WAIT`].
+///
+/// # Panics
+///
+/// When it does not come in time, or the job panicked.
+fn finish<T>(job: Receiver<T>, what: &str) -> T {
+    job.recv_timeout(WAIT)
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// A WebSocket client of a raw server with reconnects every `delay`,
+/// connected, whose server then drops the connection: returns once the
+/// client is waiting for its first reconnect, with the server's listener
+/// (still listening).
+fn client_in_reconnect<C: Adapter>(
+    delay: Duration,
+    edit: impl FnOnce(&mut ClientSpec),
+) -> (Client, RawWsServer) {
+    let raw = RawWsServer::bind();
+    let mut spec = ClientSpec {
+        target: raw.url(),
+        protocol: Protocol::Ws(WsOptions::default()),
+        options: Default::default(),
+    };
+    spec.options.reconnect = Some(BackoffConfig::fixed(delay));
+    edit(&mut spec);
+    let accepting = background(move || {
+        let socket = raw.accept();
+        (raw, socket)
+    });
+    let client = Client::connect::<C>(&spec);
+    let (raw, socket) = finish(accepting, "the raw server upgrades the client");
+    drop(socket);
+    let _ = client.disconnect();
+    assert_eq!(client.events.next(), Event::Reconnecting(1));
+    (client, raw)
+}
+
+/// `close` ends a pending reconnect delay at once: the client stops for
+/// good long before its backoff would have ended, and makes no further
+/// connection attempt.
+pub fn client_close_ends_a_reconnect_delay<C: Adapter>() {
+    // A delay far above WAIT: only a cut ends the wait in time. (WAIT, not
+    // less, bounds the close: under a loaded machine, at nice 19, this
+    // suite has seen threads stall for seconds.)
+    let (client, raw) = client_in_reconnect::<C>(Duration::from_secs(600), |_| {});
+    // The server is gone for good.
+    let addr = raw.local_addr();
+    drop(raw);
+    client.close();
+    client.assert_closed();
+    // No attempt follows the close. A test of absence, so its window is
+    // short: a listener on the server's address again, then 300 ms (far
+    // above a loopback connect's time) in which the kernel would queue a
+    // connection for it, then one non-blocking accept. An attempt made
+    // while nothing listened would have been refused and reported as an
+    // error, which the event check catches.
+    let listener = std::net::TcpListener::bind(addr).expect("bind the server's address again");
+    std::thread::sleep(Duration::from_millis(300));
+    listener.set_nonblocking(true).expect("non-blocking");
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Ok((_, from)) => panic!("the client connected again after close, from {from}"),
+        Err(e) => panic!("accept: {e}"),
+    }
+    assert_eq!(client.events.try_next(), None, "no event after close");
+}
+
+/// `close` during a reconnect's WebSocket handshake abandons it at once:
+/// the client stops for good without waiting for its connect timeout, the
+/// half-made connection is closed, and the handler never hears of it.
+pub fn client_close_cuts_a_reconnect_handshake_short<C: Adapter>() {
+    let (client, raw) = client_in_reconnect::<C>(Duration::from_millis(20), |spec| {
+        // Far above WAIT: only a cut ends the handshake in time.
+        spec.options.connect_timeout = Duration::from_secs(600);
+    });
+    // The reconnect's upgrade request arrives, and is never answered.
+    let (mut stalled, _answer) = finish(
+        background(move || raw.accept_request()),
+        "the reconnect's upgrade request",
+    );
+    let started = Instant::now();
+    client.close();
+    client.assert_closed();
+    assert_eq!(
+        raw::read_to_close(&mut stalled),
+        0,
+        "the half-made connection is closed, without a byte"
+    );
+    assert!(
+        started.elapsed() < WAIT,
+        "closed after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(client.events.try_next(), None, "no event after close");
 }

@@ -185,7 +185,7 @@ large_messages() {
         -v d="$duration" -v c="$ccpu" 'BEGIN {
         secs = t / hz
         printf "| %s | %.0f | %.1f | %.0f | %.0f |\n",
-            l, mib, m > 0 ? secs * 1e6 / m : 0, secs / d * 100, c }' >> "$out/large.md"
+            l, mib, (m > 0 ? secs * 1e6 / m : 0), secs / d * 100, c }' >> "$out/large.md"
 }
 
 # scenario LABEL PROTO CMD...

@@ -54,6 +54,11 @@ fn ws_conn() {
     replay("ws_conn", fuzz::ws_conn);
 }
 
+#[test]
+fn ws_conn_in_place() {
+    replay("ws_conn_in_place", fuzz::ws_conn_in_place);
+}
+
 /// Besides the invariants, the named `ws_inflate` seeds must decode to what
 /// they were written for, so a seed that silently stopped reaching its code
 /// path (say, a corrupt stream now rejected at its first byte) is noticed.

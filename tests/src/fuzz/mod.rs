@@ -20,7 +20,7 @@ pub mod rpc;
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use storm_proto::framing::{
@@ -642,6 +642,107 @@ pub fn ws_conn(data: &[u8]) {
         })
         .collect();
     assert_eq!(peer_got, run.sent);
+}
+
+/// Everything a [`Connection`] did with one input: its events (or the
+/// error that ended them) and the bytes it transmitted.
+#[derive(Debug, PartialEq)]
+struct ConnRun {
+    events: Vec<Result<Event, ProtocolError>>,
+    transmitted: Vec<u8>,
+}
+
+impl ConnRun {
+    /// Drains `conn`'s events (up to and including an error) and transmit
+    /// queue into the run.
+    fn drain(&mut self, conn: &mut Connection) {
+        if !matches!(self.events.last(), Some(Err(_))) {
+            loop {
+                match conn.poll_event() {
+                    Ok(Some(event)) => self.events.push(Ok(event)),
+                    Ok(None) => break,
+                    Err(error) => {
+                        self.events.push(Err(error));
+                        break;
+                    }
+                }
+            }
+        }
+        while let Some(bytes) = conn.poll_transmit() {
+            self.transmitted.extend_from_slice(&bytes);
+        }
+    }
+}
+
+/// Fuzzes [`Connection::fill_input`], the read straight into the input
+/// buffer while a large frame arrives, against `handle_input`: the same
+/// peer bytes in the same chunks, fed one way to one connection and the
+/// other way to a second, must give the same events, the same error and
+/// the same transmitted bytes.
+///
+/// Input: byte 0 bit 0 picks the side (0 server, so the input is what a
+/// client sends; 1 client); byte 1 seeds the chunk sizes (1..=255 bytes);
+/// the rest is the peer's bytes. The limits are roomy (1 MiB frames and
+/// messages), so a header that declares a long frame leaves the rest of it
+/// to `fill_input` whatever the input's length.
+///
+/// Checks also that `fill_input` offers only room already reserved (the
+/// input buffer never grows in it) and reports exactly what was appended.
+pub fn ws_conn_in_place(data: &[u8]) {
+    let [cfg, seed, stream @ ..] = data else {
+        return;
+    };
+    let side = if cfg & 1 == 0 {
+        Side::Server
+    } else {
+        Side::Client
+    };
+    let config = Config {
+        max_frame_size: 1 << 20,
+        max_message_size: 1 << 20,
+        ..Config::default()
+    };
+    let mut copied = ws_conn_build(side, config.clone(), None);
+    let mut in_place = ws_conn_build(side, config, None);
+    let mut expected = ConnRun {
+        events: Vec::new(),
+        transmitted: Vec::new(),
+    };
+    let mut got = ConnRun {
+        events: Vec::new(),
+        transmitted: Vec::new(),
+    };
+    for chunk in seeded_chunks(stream, *seed, 255) {
+        copied.handle_input(chunk);
+        expected.drain(&mut copied);
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            let read = in_place.fill_input(|buf| {
+                let room = buf.get_ref().capacity();
+                let n = rest.len().min(buf.remaining_mut());
+                buf.put_slice(&rest[..n]);
+                assert_eq!(buf.get_ref().capacity(), room, "the read grew the buffer");
+                n
+            });
+            match read {
+                Some((n, appended)) => {
+                    assert_eq!(n, appended, "fill_input reports what was appended");
+                    assert!(n > 0, "fill_input offers room");
+                    rest = &rest[n..];
+                }
+                None => {
+                    in_place.handle_input(rest);
+                    rest = &[];
+                }
+            }
+            got.drain(&mut in_place);
+        }
+    }
+    for (conn, run) in [(&mut copied, &mut expected), (&mut in_place, &mut got)] {
+        conn.handle_eof();
+        run.drain(conn);
+    }
+    assert_eq!(got, expected);
 }
 
 /// The state of one [`ws_conn`] run.

@@ -477,7 +477,9 @@ impl Connection {
     /// still to come. `read` gets the buffer's room already reserved for
     /// the rest of the frame (so the read allocates nothing; a few bytes
     /// past the frame's end are fine, they are the next input), and should
-    /// read into it with, e.g., `tokio_util::io::poll_read_buf`.
+    /// read into it with, e.g., `tokio_util::io::poll_read_buf`. It must
+    /// only append, through [`BufMut`]: what is already buffered is the
+    /// frame's start, and changing it corrupts the connection's input.
     ///
     /// Returns `read`'s result and how many bytes it appended, or `None`
     /// without calling it when no such frame is in progress: then read

@@ -11,6 +11,12 @@
 //! next burst). Divide by 16 (or read the element throughput) for the cost
 //! per message.
 //!
+//! `link_echo_64k`: one 64 KiB WebSocket message arriving in 16 KiB reads,
+//! echoed, either read through a per-thread buffer and copied in
+//! (`handle_input`, what every read did before session 5) or read straight
+//! into the connection's input buffer (`fill_input`). A `memcpy` from a
+//! source buffer stands in for the kernel's copy in both.
+//!
 //! `cargo bench -p storm-benches --bench link`
 
 #![allow(missing_docs)] // criterion_group! generates undocumented items
@@ -18,7 +24,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use storm_proto::framing::LengthPrefixFramer;
 use storm_proto::hub::{Hub, HubConfig};
@@ -98,5 +104,83 @@ fn echo(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, echo);
+const LARGE: usize = 64 * 1024;
+const READ: usize = 16 * 1024;
+
+/// One 64 KiB message through the link, read `READ` bytes at a time, and
+/// back out; the bytes written.
+fn echo_large(
+    link: &Link,
+    input: &[u8],
+    in_place: bool,
+    read_buffer: &mut [u8],
+    now: Instant,
+    out: &mut Vec<Bytes>,
+) -> usize {
+    let mut rest = input;
+    let mut written = 0;
+    while !rest.is_empty() {
+        let direct = in_place
+            .then(|| {
+                link.fill_input(
+                    || now,
+                    |room| {
+                        let n = rest.len().min(room.remaining_mut()).min(READ);
+                        room.put_slice(&rest[..n]);
+                        n
+                    },
+                )
+            })
+            .flatten();
+        let n = match direct {
+            Some(n) => n,
+            None => {
+                let n = rest.len().min(READ);
+                read_buffer[..n].copy_from_slice(&rest[..n]);
+                link.handle_input(now, &read_buffer[..n]);
+                n
+            }
+        };
+        rest = &rest[n..];
+        while let Some(event) = link.poll_event(now) {
+            if let LinkEvent::Message(message) = event {
+                let _ = link.send(message);
+            }
+        }
+        written += link.poll_transmit(now, out, 256 * 1024).bytes;
+        out.clear();
+    }
+    written
+}
+
+fn echo_64k(c: &mut Criterion) {
+    let mut group = c.benchmark_group("link_echo_64k");
+    group.throughput(Throughput::Bytes(LARGE as u64));
+    let mut header = FrameHeader::new(OpCode::Binary, 0);
+    header.mask = Some([1, 2, 3, 4]);
+    let mut frame = BytesMut::new();
+    encode_frame(header, &vec![b'x'; LARGE], &mut frame);
+    for (name, in_place) in [("copied", false), ("in_place", true)] {
+        let now = Instant::now();
+        let hub = Hub::new(HubConfig::default(), now).unwrap();
+        let link = link("ws", LinkConfig::default().release_after, &hub, now);
+        let mut read_buffer = vec![0u8; READ];
+        let mut out = Vec::new();
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                black_box(echo_large(
+                    &link,
+                    &frame,
+                    in_place,
+                    &mut read_buffer,
+                    now,
+                    &mut out,
+                ))
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, echo, echo_64k);
 criterion_main!(benches);

@@ -42,7 +42,7 @@ thread_local! {
 /// Reads what the stream has (at most `max` bytes) into the thread's
 /// buffer and hands it to `f` (an empty slice at end of stream). Nothing
 /// per connection: the handshakes read through it too.
-pub(crate) fn poll_read_with<S: PollRead + ?Sized, T>(
+pub(crate) fn poll_read_with<S: PollRead, T>(
     reader: &mut S,
     cx: &mut Context<'_>,
     max: usize,

@@ -267,9 +267,9 @@ impl Heartbeat {
         }
         if let Some(idle) = &mut self.idle {
             idle.handle_timeout(now);
-        }
-        if let Some(event) = self.idle.as_mut().and_then(|idle| idle.poll_event()) {
-            self.events.push_back(event);
+            if let Some(event) = idle.poll_event() {
+                self.events.push_back(event);
+            }
         }
     }
 

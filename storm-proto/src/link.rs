@@ -481,9 +481,9 @@ impl Link {
         let Wire::WebSocket(conn) = &mut state.wire else {
             return None;
         };
-        let (result, read) = conn.fill_input(read)?;
-        if read > 0 {
-            self.note_input(state, now(), read);
+        let (result, appended) = conn.fill_input(read)?;
+        if appended > 0 {
+            self.note_input(state, now(), appended);
         }
         Some(result)
     }

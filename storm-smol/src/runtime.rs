@@ -67,24 +67,16 @@ impl PollRead for Io<TcpStream> {
         if !buf.has_remaining_mut() {
             return Poll::Ready(Ok(0));
         }
-        loop {
-            let socket = socket2::SockRef::from(self.0.0.get_ref());
+        self.0.poll_read_op(cx, |socket| {
             // SAFETY: `UninitSlice` is a `[MaybeUninit<u8>]`, and `recv` only
             // writes into it (it never reads the bytes or de-initializes any).
             let room = unsafe { buf.chunk_mut().as_uninit_slice_mut() };
-            match socket.recv(room) {
-                Ok(n) => {
-                    // SAFETY: `recv` initialized the first `n` bytes of the
-                    // room it was given, which is `buf`'s next chunk.
-                    unsafe { buf.advance_mut(n) };
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-            ready!(self.0.0.poll_readable(cx))?;
-        }
+            let n = socket2::SockRef::from(socket).recv(room)?;
+            // SAFETY: `recv` initialized the first `n` bytes of the room it
+            // was given, which is `buf`'s next chunk.
+            unsafe { buf.advance_mut(n) };
+            Ok(n)
+        })
     }
 }
 
@@ -111,19 +103,31 @@ impl<T: AsyncWrite + Send + Unpin + 'static> PollWrite for Io<T> {
 #[derive(Debug, Clone)]
 pub struct TcpStream(Arc<Async<std::net::TcpStream>>);
 
+impl TcpStream {
+    /// Runs the read `op` on the socket, waiting for readiness while it
+    /// would block.
+    fn poll_read_op<T>(
+        &self,
+        cx: &mut Context<'_>,
+        mut op: impl FnMut(&std::net::TcpStream) -> io::Result<T>,
+    ) -> Poll<io::Result<T>> {
+        loop {
+            match op(self.0.get_ref()) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                result => return Poll::Ready(result),
+            }
+            ready!(self.0.poll_readable(cx))?;
+        }
+    }
+}
+
 impl AsyncRead for TcpStream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            match self.0.get_ref().read(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                result => return Poll::Ready(result),
-            }
-            ready!(self.0.poll_readable(cx))?;
-        }
+        self.poll_read_op(cx, |mut socket| socket.read(buf))
     }
 }
 

@@ -27,19 +27,27 @@ pub(crate) fn timed_out(e: io::Error, what: &str) -> io::Error {
     }
 }
 
-/// A socket for a handshake: every read and every write gets the time left
-/// before the deadline as its timeout, so the whole handshake (TLS, then
-/// the WebSocket upgrade) ends by the deadline however the peer trickles
-/// its bytes. Past it, each call fails with
-/// [`TimedOut`](io::ErrorKind::TimedOut) and a message naming `what`.
-pub(crate) struct Deadlined<'a> {
+/// A blocking socket bounded by one deadline: every read and every write
+/// gets the time left before the deadline as its timeout, so a whole
+/// exchange (a handshake: TLS, then the WebSocket upgrade; or one HTTP
+/// request) ends by the deadline however the peer trickles its bytes. Past
+/// it, each call fails with [`TimedOut`](io::ErrorKind::TimedOut) and a
+/// message naming `what`.
+///
+/// The servers bound their handshakes with it; wrap it in a blocking
+/// rustls stream to bound a TLS exchange the same way.
+#[derive(Debug)]
+pub struct Deadlined<'a> {
     stream: &'a TcpStream,
     deadline: Instant,
     what: &'static str,
 }
 
 impl<'a> Deadlined<'a> {
-    pub(crate) fn new(stream: &'a TcpStream, deadline: Instant, what: &'static str) -> Self {
+    /// Reads and writes `stream` until `deadline`; `what` names the
+    /// exchange in the timed-out error.
+    #[must_use]
+    pub fn new(stream: &'a TcpStream, deadline: Instant, what: &'static str) -> Self {
         Self {
             stream,
             deadline,

@@ -107,6 +107,7 @@ pub mod tls;
 pub mod ws;
 
 pub use client::{Client, ClientError, TcpClient, WsClient};
+pub use deadline::Deadlined;
 pub use handler::Handler;
 pub use server::{ServerHandle, TcpServer, WsServer};
 pub use session::{SendError, Session};

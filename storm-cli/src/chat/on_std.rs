@@ -12,7 +12,7 @@ use rustls::{ServerConnection, StreamOwned};
 use storm_proto::Message;
 use storm_proto::link::CloseReason;
 use storm_proto::options::{ServerOptions, WsOptions};
-use storm_std::Session;
+use storm_std::{Deadlined, Session};
 
 use super::{
     Chat, ChatArgs, HTTP_TIMEOUT, PageRequest, PageServer, PageTls, STOP_TIMEOUT, announce,
@@ -115,30 +115,25 @@ fn answer_each(server: &PageServer) {
 }
 
 /// Answers one connection, over TLS with `tls`; the whole request, the
-/// TLS handshake included, gets `HTTP_TIMEOUT`, as on the async runtimes.
+/// TLS handshake included, gets `HTTP_TIMEOUT`, as on the async runtimes
+/// (a client that trickles bytes cannot hold a page thread longer).
 fn answer(
     stream: TcpStream,
     page: &str,
     tls: Option<&Arc<rustls::ServerConfig>>,
 ) -> io::Result<()> {
-    let mut socket = Deadlined {
-        socket: stream,
-        deadline: Instant::now() + HTTP_TIMEOUT,
-    };
+    let mut socket = Deadlined::new(&stream, Instant::now() + HTTP_TIMEOUT, "page request");
     match tls {
-        None => {
-            respond(&mut socket, page)?;
-            socket.socket.shutdown(Shutdown::Write)
-        }
+        None => respond(&mut socket, page)?,
         Some(config) => {
             let connection = ServerConnection::new(Arc::clone(config)).map_err(io::Error::other)?;
             let mut tls = StreamOwned::new(connection, socket);
             respond(&mut tls, page)?;
             tls.conn.send_close_notify();
             tls.flush()?;
-            tls.sock.socket.shutdown(Shutdown::Write)
         }
     }
+    stream.shutdown(Shutdown::Write)
 }
 
 /// Reads one request head from `stream` and writes the answer.
@@ -156,42 +151,4 @@ fn respond(stream: &mut (impl Read + Write), page: &str) -> io::Result<()> {
     };
     stream.write_all(response.as_bytes())?;
     stream.flush()
-}
-
-/// A page connection's socket: every read and write ends by one deadline
-/// (a client that trickles bytes cannot hold a page thread longer).
-struct Deadlined {
-    socket: TcpStream,
-    deadline: Instant,
-}
-
-impl Deadlined {
-    /// The time left, or `TimedOut` once it has passed.
-    fn left(&self) -> io::Result<Duration> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-        Ok(left)
-    }
-}
-
-impl Read for Deadlined {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.left()?;
-        self.socket.set_read_timeout(Some(left))?;
-        self.socket.read(buf)
-    }
-}
-
-impl Write for Deadlined {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let left = self.left()?;
-        self.socket.set_write_timeout(Some(left))?;
-        self.socket.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.socket.flush()
-    }
 }

@@ -72,11 +72,14 @@
 //! ```
 //!
 //! The client id is the gateway's session number for the client. A backend
-//! that echoes whole messages answers the right client unchanged. Messages
-//! keep their kind on WebSocket backends; from a TCP backend, a reply that
-//! is valid UTF-8 reaches the client as a text message, anything else as
-//! binary. A backend message without a valid header, or for a client that
-//! has gone, is dropped and counted ([`GatewayHandle::dropped_replies`]).
+//! that echoes whole messages answers the right client unchanged, and in
+//! the kind (text or binary) the client used: on a WebSocket backend the
+//! frame type carries the kind; on a TCP backend, which has no frame types,
+//! a binary message's header is `CLIENT=<client id>;binary`, and a reply is
+//! binary if its header is marked so, text otherwise (binary anyway if it is
+//! not UTF-8); see [`storm_proto::route::backend`]. A backend message
+//! without a valid header, or for a client that has gone, is dropped and
+//! counted ([`GatewayHandle::dropped_replies`]).
 //!
 //! A backend that is down at start, or drops later, is reconnected with
 //! [`GatewayOptions::reconnect`]; meanwhile messages for it are answered
@@ -146,6 +149,8 @@ pub mod blocking;
 pub mod cli;
 pub mod config;
 mod on_async;
+#[cfg(test)]
+mod tests;
 
 pub use config::{ConfigError, ConfigErrorKind, Endpoint, GatewayConfig, LoadError, Protocol};
 pub use on_async::{Gateway, GatewayHandle};
@@ -567,14 +572,18 @@ impl<S: Clone + Deref<Target = Peer> + Send + Sync + 'static> Core<S> {
         let Some(backend) = self.backends.get(route) else {
             return;
         };
-        let text = match backend.endpoint.protocol {
+        // Unmarked, a message is what its frame says on a WebSocket and
+        // text on TCP (no frame types); `;binary` makes it binary on both.
+        let unmarked_text = match backend.endpoint.protocol {
             Protocol::Ws => message.is_text(),
-            // TCP has no message kinds: text when it is text.
             Protocol::Tcp => true,
         };
         let bytes = message.into_bytes();
         match wire::decode(&bytes) {
-            Ok(decoded) => self.deliver(route, decoded.target, decoded.payload, text),
+            Ok(decoded) => {
+                let text = unmarked_text && !decoded.binary;
+                self.deliver(route, decoded.target, decoded.payload, text);
+            }
             Err(_) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
@@ -608,7 +617,8 @@ impl<S: Clone + Deref<Target = Peer> + Send + Sync + 'static> Core<S> {
     }
 
     /// Queues a reply from `route`'s backend to client `id`, or a push to
-    /// every client that announced `route`. The message is encoded once and
+    /// every client that announced `route`: a text message if `text` and
+    /// the payload is UTF-8, else binary. The message is encoded once and
     /// shared by every recipient.
     fn deliver(&self, route: &str, target: Target, payload: &[u8], text: bool) {
         let mut buf = BytesMut::new();
@@ -739,7 +749,13 @@ impl<S: Clone + Deref<Target = Peer> + Send + Sync + 'static> Core<S> {
             };
         };
         let mut buf = BytesMut::new();
-        wire::encode(id, payload, &mut buf);
+        // The frame type carries the kind on a WebSocket; TCP has none, so
+        // there the header marks a binary message.
+        if protocol == Protocol::Tcp && !text {
+            wire::encode_binary(id, payload, &mut buf);
+        } else {
+            wire::encode(id, payload, &mut buf);
+        }
         let message = message(buf.freeze(), text && protocol == Protocol::Ws);
         Step::Forward {
             route,

@@ -29,8 +29,9 @@ use tokio::time::timeout;
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A backend that answers `CLIENT=<id>\n<payload>` with
-/// `CLIENT=<id>\n<tag>:<payload>`, and pushes `CLIENT=*\n<tag>:pushed` to
-/// every client of the route when the payload is `push`.
+/// `CLIENT=<id>\n<tag>:<payload>` (in the kind it came in: the same frame
+/// type, `;binary` kept), and pushes `CLIENT=*\n<tag>:pushed` to every
+/// client of the route when the payload is `push`.
 struct Tagger {
     tag: &'static str,
     connects: mpsc::UnboundedSender<()>,
@@ -55,7 +56,11 @@ impl Handler for Tagger {
             (Target::Client(id), payload) => {
                 let mut tagged = format!("{}:", self.tag).into_bytes();
                 tagged.extend_from_slice(payload);
-                backend::encode(id, &tagged, &mut out);
+                if msg.binary {
+                    backend::encode_binary(id, &tagged, &mut out);
+                } else {
+                    backend::encode(id, &tagged, &mut out);
+                }
             }
             (Target::AllClients, _) => return,
         }
@@ -65,6 +70,16 @@ impl Handler for Tagger {
             Message::from(out.freeze())
         };
         let _ = session.send(reply).await;
+    }
+}
+
+/// A backend that sends every message back as it came, header and kind
+/// included: what a backend that knows nothing of the gateway does.
+struct Echo;
+
+impl Handler for Echo {
+    async fn on_message(&self, session: &Session, message: Message) {
+        let _ = session.send(message).await;
     }
 }
 
@@ -436,13 +451,25 @@ async fn routes_to_two_backends(rt: Rt) {
         }
     }
 
-    // Binary messages stay binary through a WebSocket backend.
-    let mut binary = BytesMut::new();
-    envelope::encode("orders", &[0, 1, 0xff], &mut binary).expect("encode");
-    alice.client.send(binary.freeze()).await.expect("send");
-    let reply = alice.recv().await;
-    assert!(!reply.is_text());
-    assert_eq!(reply.as_bytes(), b"ROUTENAME=orders\norders:\x00\x01\xff");
+    // Binary messages stay binary through either backend, valid UTF-8 or
+    // not; text stays text.
+    for route in ["orders", "prices"] {
+        for payload in [&b"\x00\x01\xff"[..], b"{\"utf8\":true}"] {
+            let mut binary = BytesMut::new();
+            envelope::encode(route, payload, &mut binary).expect("encode");
+            alice.client.send(binary.freeze()).await.expect("send");
+            let reply = alice.recv().await;
+            assert!(!reply.is_text(), "{route}: {reply:?}");
+            let mut want = format!("ROUTENAME={route}\n{route}:").into_bytes();
+            want.extend_from_slice(payload);
+            assert_eq!(reply.as_bytes(), want, "{route}");
+        }
+        alice.send_to(route, "{\"utf8\":true}").await;
+        assert_eq!(
+            alice.reply_from(route).await,
+            format!("{route}:{{\"utf8\":true}}")
+        );
+    }
 
     // Messages the gateway cannot route get an error, and the client goes on.
     alice.send_to("video", "x").await;
@@ -796,8 +823,7 @@ impl OwnRuntime {
 
 #[test]
 fn route_files_with_errors_name_the_line() {
-    let dir = std::env::temp_dir().join(format!("storm-gateway-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = temp_dir("test");
     let cases: &[(&str, usize, &str)] = &[
         (
             "[a]\nname=a\nport=9101\nhots=x\n",
@@ -849,6 +875,13 @@ fn route_files_with_errors_name_the_line() {
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
 
+/// A fresh directory for test `name`'s files (the caller removes it).
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("storm-gateway-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
 /// Starts `storm gateway --config CONFIG --addr 127.0.0.1:0 ARGS`; the
 /// process and its first three stdout lines (the banner and two routes).
 async fn spawn_gateway(config: &std::path::Path, args: &[&str]) -> (Process, Vec<String>) {
@@ -888,25 +921,29 @@ async fn connected(backend: &mut Backend) {
         .expect("backend alive");
 }
 
-/// Sends `hi` to `route` until its backend answers it. The gateway marks a
-/// backend up only after its side of the upgrade, a moment after the
-/// backend saw the connection: a request in that moment gets an error
-/// reply, so retry a bounded number of times, each try waiting for its
-/// answer.
-async fn route_once_up(client: &mut TestClient, route: &str) {
+/// Sends `hi` to `route` until its backend answers it: the answer. The
+/// gateway marks a backend up only after its side of the upgrade, a moment
+/// after the backend saw the connection: a request in that moment gets an
+/// error reply, so retry a bounded number of times, each try waiting for
+/// its answer.
+async fn first_answer(client: &mut TestClient, route: &str) -> Message {
     for _ in 0..100 {
         client.send_to(route, "hi").await;
         let message = client.recv().await;
-        if ErrorReply::parse(message.as_bytes()).is_some() {
-            continue;
+        if ErrorReply::parse(message.as_bytes()).is_none() {
+            return message;
         }
-        assert_eq!(
-            message.as_bytes(),
-            format!("ROUTENAME={route}\n{route}:hi").as_bytes()
-        );
-        return;
     }
     panic!("{route} never answered");
+}
+
+/// [`first_answer`] from a [`Tagger`] backend tagged `route`.
+async fn route_once_up(client: &mut TestClient, route: &str) {
+    let message = first_answer(client, route).await;
+    assert_eq!(
+        message.as_bytes(),
+        format!("ROUTENAME={route}\n{route}:hi").as_bytes()
+    );
 }
 
 /// A running `storm gateway`, killed on drop.
@@ -921,8 +958,7 @@ impl Drop for Process {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_storm_binary_routes_and_rejects_a_bad_route_file() {
-    let dir = std::env::temp_dir().join(format!("storm-gateway-bin-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = temp_dir("bin");
 
     // A bad file: exit code 2 and the line on stderr.
     let bad = dir.join("bad.ini");
@@ -1031,8 +1067,7 @@ async fn backends_behind_tls_are_reached_on_every_runtime() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_storm_binary_serves_wss_on_every_runtime() {
     let pki = storm_tests::suite::pki::Pki::new();
-    let dir = std::env::temp_dir().join(format!("storm-gateway-wss-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = temp_dir("wss");
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let server = pki.server();
     std::fs::write(&cert, &server.cert_chain_pem).expect("write");
@@ -1108,6 +1143,48 @@ async fn the_storm_binary_serves_wss_on_every_runtime() {
             .expect("join")
             .expect("wait");
         assert!(exit.success(), "{runtime}: {exit}");
+    }
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_storm_binary_keeps_message_kinds_through_an_echoing_tcp_backend() {
+    let dir = temp_dir("kinds");
+    let orders = ws_backend("127.0.0.1:0", "orders").await;
+    let echo = TcpServer::bind(ServerOptions::default(), Framing::LengthPrefix)
+        .await
+        .expect("tcp backend binds");
+    let echo_addr = echo.local_addr();
+    tokio::spawn(echo.serve(Echo));
+    let routes = dir.join("routes.ini");
+    std::fs::write(&routes, routes_ini(orders.addr, echo_addr)).expect("write");
+    let (_process, lines) = spawn_gateway(&routes, &[]).await;
+    let addr: SocketAddr = lines[0]
+        .strip_prefix("storm gateway (Tokio runtime) listening on ws://")
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("banner: {lines:?}"));
+
+    let mut client = TestClient::connect(addr).await;
+    client.handshake(&["prices"]).await;
+    let first = first_answer(&mut client, "prices").await;
+    assert!(first.is_text(), "{first:?}");
+    assert_eq!(first.as_bytes(), b"ROUTENAME=prices\nhi");
+    // A binary message whose bytes are valid UTF-8 comes back binary, and
+    // a text message as text, with the same bytes.
+    let json = br#"{"kind":"binary","utf8":true}"#;
+    let mut sent = BytesMut::new();
+    envelope::encode("prices", json, &mut sent).expect("encode");
+    let sent = sent.freeze();
+    for text in [false, true, false] {
+        let message = if text {
+            Message::from(String::from_utf8(sent.to_vec()).expect("UTF-8"))
+        } else {
+            Message::from(sent.clone())
+        };
+        client.client.send(message).await.expect("send");
+        let reply = client.recv().await;
+        assert_eq!(reply.is_text(), text, "{reply:?}");
+        assert_eq!(reply.as_bytes(), &sent[..]);
     }
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }

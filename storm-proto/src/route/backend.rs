@@ -8,6 +8,7 @@
 //!
 //! ```text
 //! CLIENT=<client id>\n<payload>
+//! CLIENT=<client id>;binary\n<payload>
 //! ```
 //!
 //! - gateway → backend: `<client id>` is the decimal number the gateway gave
@@ -18,11 +19,30 @@
 //!   route in its handshake (a push). The gateway hands it to the client as
 //!   `ROUTENAME=<route>\n<payload>` (see [`envelope`](super::envelope)).
 //!
-//! A backend that echoes whole messages therefore answers the right client
-//! without knowing anything about the gateway. [`decode`] is liberal like
-//! [`envelope::decode`](super::envelope::decode): the prefix ignores ASCII
-//! case and the line may end in `\r\n`. The id is at most 20 digits, so the
-//! header is found within a few bytes whatever the message length.
+//! A backend that echoes whole messages therefore answers the right client,
+//! in the kind the client used, without knowing anything about the gateway.
+//! [`decode`] is liberal like [`envelope::decode`](super::envelope::decode):
+//! the prefix and the marker ignore ASCII case and the line may end in
+//! `\r\n`. The id is at most 20 digits, so the header is found within a few
+//! bytes whatever the message length.
+//!
+//! # Text and binary
+//!
+//! A client's message is text or binary, and it stays so both ways:
+//!
+//! - **WebSocket backend**: the frame type carries the kind. The gateway
+//!   forwards a text message in a text frame and a binary one in a binary
+//!   frame, with no marker; a reply reaches the client in the frame type the
+//!   backend sent it in (binary if its header is marked `;binary`).
+//! - **Length-prefixed TCP backend**: TCP has no frame types, so the header
+//!   carries the kind. The gateway writes [`BINARY_MARKER`] (`;binary`) after
+//!   the id of every binary message and nothing after a text one. A reply is
+//!   binary when its header is marked `;binary`, and text otherwise; an
+//!   unmarked payload that is not UTF-8 cannot be a text message and goes to
+//!   the client as binary (what a backend written before the marker existed
+//!   gets).
+//!
+//! [`BackendMessage::binary`] says whether a header is marked.
 //!
 //! # Errors on the client's side
 //!
@@ -47,7 +67,11 @@
 //! backend::encode(7, b"hello", &mut out);
 //! assert_eq!(&out[..], b"CLIENT=7\nhello");
 //! let msg = backend::decode(&out)?;
-//! assert_eq!((msg.target, msg.payload), (Target::Client(7), &b"hello"[..]));
+//! assert_eq!((msg.target, msg.payload, msg.binary), (Target::Client(7), &b"hello"[..], false));
+//! let mut out = BytesMut::new();
+//! backend::encode_binary(7, b"\x00\x01", &mut out);
+//! assert_eq!(&out[..], b"CLIENT=7;binary\n\x00\x01");
+//! assert!(backend::decode(&out)?.binary);
 //! assert_eq!(backend::decode(b"CLIENT=*\ntick")?.target, Target::AllClients);
 //! assert_eq!(
 //!     backend::error_reply("orders", backend::BACKEND_UNAVAILABLE),
@@ -67,6 +91,10 @@ pub const CLIENT_PREFIX: &str = "CLIENT=";
 
 /// The client id that addresses every client of the route.
 pub const ALL_CLIENTS: &str = "*";
+
+/// What follows the client id in the header of a binary message (see
+/// [text and binary](self#text-and-binary)).
+pub const BINARY_MARKER: &str = ";binary";
 
 /// Reason in [`error_reply`] for a message sent while the backend is down.
 pub const BACKEND_UNAVAILABLE: &str = "backend unavailable";
@@ -96,6 +124,9 @@ pub struct BackendMessage<'a> {
     /// Length of the header line including its line break: the payload
     /// starts at this offset of the message (`msg.slice(header_len..)`).
     pub header_len: usize,
+    /// Whether the header is marked [`BINARY_MARKER`]: the message is
+    /// binary whatever carried it.
+    pub binary: bool,
 }
 
 /// Why a backend message has no valid `CLIENT=` header (remote error: the
@@ -107,6 +138,8 @@ pub enum BackendError {
     MissingHeader,
     /// The id is neither `*` nor a decimal `u64`.
     InvalidClientId,
+    /// Something other than [`BINARY_MARKER`] follows the id.
+    InvalidMarker,
 }
 
 impl fmt::Display for BackendError {
@@ -116,28 +149,48 @@ impl fmt::Display for BackendError {
             Self::InvalidClientId => {
                 f.write_str("backend message names no valid client id (a number or *)")
             }
+            Self::InvalidMarker => {
+                f.write_str("backend message header has a marker other than ;binary")
+            }
         }
     }
 }
 
 impl std::error::Error for BackendError {}
 
-/// Appends `CLIENT=<client>\n<payload>` to `out`.
+/// Appends `CLIENT=<client>\n<payload>` to `out`: a text message, or on a
+/// WebSocket backend whatever the frame type says.
 pub fn encode(client: u64, payload: &[u8], out: &mut BytesMut) {
-    let id = client.to_string();
-    out.reserve(CLIENT_PREFIX.len() + id.len() + 1 + payload.len());
-    out.put_slice(CLIENT_PREFIX.as_bytes());
-    out.put_slice(id.as_bytes());
-    out.put_u8(b'\n');
-    out.put_slice(payload);
+    put(client.to_string().as_bytes(), false, payload, out);
+}
+
+/// Appends `CLIENT=<client>;binary\n<payload>` to `out`: a binary message.
+pub fn encode_binary(client: u64, payload: &[u8], out: &mut BytesMut) {
+    put(client.to_string().as_bytes(), true, payload, out);
 }
 
 /// Appends `CLIENT=*\n<payload>` to `out`: a push to every client of the
-/// route (what a backend writes).
+/// route (what a backend writes), text as [`encode`] is.
 pub fn encode_all(payload: &[u8], out: &mut BytesMut) {
-    out.reserve(CLIENT_PREFIX.len() + ALL_CLIENTS.len() + 1 + payload.len());
+    put(ALL_CLIENTS.as_bytes(), false, payload, out);
+}
+
+/// Appends `CLIENT=*;binary\n<payload>` to `out`: a binary push.
+pub fn encode_all_binary(payload: &[u8], out: &mut BytesMut) {
+    put(ALL_CLIENTS.as_bytes(), true, payload, out);
+}
+
+/// Appends the header for `id`, marked binary if `binary`, and `payload`.
+fn put(id: &[u8], binary: bool, payload: &[u8], out: &mut BytesMut) {
+    let marker = if binary {
+        BINARY_MARKER.as_bytes()
+    } else {
+        b""
+    };
+    out.reserve(CLIENT_PREFIX.len() + id.len() + marker.len() + 1 + payload.len());
     out.put_slice(CLIENT_PREFIX.as_bytes());
-    out.put_slice(ALL_CLIENTS.as_bytes());
+    out.put_slice(id);
+    out.put_slice(marker);
     out.put_u8(b'\n');
     out.put_slice(payload);
 }
@@ -154,14 +207,26 @@ pub fn decode(msg: &[u8]) -> Result<BackendMessage<'_>, BackendError> {
         _ => return Err(BackendError::MissingHeader),
     }
     let rest = msg.get(prefix_len..).unwrap_or_default();
-    // The id, an optional `\r` and the `\n` fit in this window.
-    let window = rest.get(..MAX_ID_DIGITS + 2).unwrap_or(rest);
+    // The id, the marker, an optional `\r` and the `\n` fit in this window.
+    let window = rest
+        .get(..MAX_ID_DIGITS + BINARY_MARKER.len() + 2)
+        .unwrap_or(rest);
     let (line, header_len) = match window.iter().position(|&b| b == b'\n') {
         Some(i) => (window.get(..i).unwrap_or_default(), prefix_len + i + 1),
         None if window.len() == rest.len() => (rest, msg.len()),
         None => return Err(BackendError::InvalidClientId),
     };
-    let id = line.strip_suffix(b"\r").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let (id, binary) = match line.iter().position(|&b| b == b';') {
+        Some(i) => {
+            let marker = line.get(i..).unwrap_or_default();
+            if !marker.eq_ignore_ascii_case(BINARY_MARKER.as_bytes()) {
+                return Err(BackendError::InvalidMarker);
+            }
+            (line.get(..i).unwrap_or_default(), true)
+        }
+        None => (line, false),
+    };
     let target = if id == ALL_CLIENTS.as_bytes() {
         Target::AllClients
     } else if !id.is_empty() && id.len() <= MAX_ID_DIGITS && id.iter().all(u8::is_ascii_digit) {
@@ -177,6 +242,7 @@ pub fn decode(msg: &[u8]) -> Result<BackendMessage<'_>, BackendError> {
         target,
         payload: msg.get(header_len..).unwrap_or_default(),
         header_len,
+        binary,
     })
 }
 
@@ -191,6 +257,8 @@ pub fn error_reply(route: &str, reason: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
     use crate::route::envelope::ErrorReply;
 
@@ -202,6 +270,12 @@ mod tests {
         let mut out = BytesMut::new();
         encode_all(b"", &mut out);
         assert_eq!(&out[..], b"CLIENT=*\n");
+        let mut out = BytesMut::new();
+        encode_binary(3, b"ok", &mut out);
+        assert_eq!(&out[..], b"CLIENT=3;binary\nok");
+        let mut out = BytesMut::new();
+        encode_all_binary(b"\xff", &mut out);
+        assert_eq!(&out[..], b"CLIENT=*;binary\n\xff");
     }
 
     #[test]
@@ -216,7 +290,19 @@ mod tests {
         let m = decode(b"CLIENT=*").unwrap();
         assert_eq!((m.target, m.payload), (Target::AllClients, &b""[..]));
         let m = decode(b"CLIENT=18446744073709551615\n").unwrap();
-        assert_eq!(m.target, Target::Client(u64::MAX));
+        assert_eq!((m.target, m.binary), (Target::Client(u64::MAX), false));
+        // The marker, in any ASCII case, with `\r\n`, at the longest id:
+        // the longest header, which fills the window exactly.
+        let m = decode(b"CLIENT=18446744073709551615;BiNaRy\r\nx").unwrap();
+        assert_eq!(
+            (m.target, m.payload, m.binary, m.header_len),
+            (Target::Client(u64::MAX), &b"x"[..], true, 36)
+        );
+        let m = decode(b"CLIENT=*;binary").unwrap();
+        assert_eq!(
+            (m.target, m.payload, m.binary),
+            (Target::AllClients, &b""[..], true)
+        );
     }
 
     #[test]
@@ -234,6 +320,13 @@ mod tests {
             (b"CLIENT=18446744073709551616\nx", InvalidClientId),
             (b"CLIENT=123456789012345678901\nx", InvalidClientId),
             (b"CLIENT=\xff\nx", InvalidClientId),
+            (b"CLIENT=;binary\nx", InvalidClientId),
+            (b"CLIENT=1;text\nx", InvalidMarker),
+            (b"CLIENT=1;binary;binary\nx", InvalidMarker),
+            (b"CLIENT=1;binaryx\nx", InvalidMarker),
+            (b"CLIENT=1;\nx", InvalidMarker),
+            (b"CLIENT=1 ;binary\nx", InvalidClientId),
+            (b"CLIENT=1\r;binary\nx", InvalidClientId),
         ];
         for (msg, want) in cases {
             assert_eq!(
@@ -258,6 +351,30 @@ mod tests {
         let msg = b"CLIENT=12\r\npayload";
         for end in 0..=msg.len() {
             let _ = decode(&msg[..end]);
+        }
+    }
+
+    proptest! {
+        /// Whatever the client, payload and kind, a header written by the
+        /// encoders decodes to the same client, payload and kind.
+        #[test]
+        fn encode_decode_keeps_target_payload_and_kind(
+            client in proptest::option::of(any::<u64>()),
+            payload in proptest::collection::vec(any::<u8>(), 0..64),
+            binary in any::<bool>(),
+        ) {
+            let mut out = BytesMut::new();
+            match (client, binary) {
+                (Some(id), false) => encode(id, &payload, &mut out),
+                (Some(id), true) => encode_binary(id, &payload, &mut out),
+                (None, false) => encode_all(&payload, &mut out),
+                (None, true) => encode_all_binary(&payload, &mut out),
+            }
+            let decoded = decode(&out).unwrap();
+            prop_assert_eq!(decoded.target, client.map_or(Target::AllClients, Target::Client));
+            prop_assert_eq!(decoded.payload, &payload[..]);
+            prop_assert_eq!(decoded.binary, binary);
+            prop_assert_eq!(decoded.header_len + payload.len(), out.len());
         }
     }
 

@@ -891,11 +891,24 @@ async fn spawn_gateway(config: &std::path::Path, args: &[&str]) -> (Process, Vec
         .args(["--addr", "127.0.0.1:0", "--max-backoff-ms", "100"])
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("storm starts");
     let stdout = child.stdout.take().expect("stdout");
-    let process = Process(child);
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, stderr_lines) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let process = Process {
+        child,
+        stderr: stderr_lines,
+    };
     let lines = tokio::task::spawn_blocking(move || {
         let mut reader = BufReader::new(stdout);
         let mut lines = Vec::new();
@@ -946,13 +959,50 @@ async fn route_once_up(client: &mut TestClient, route: &str) {
     );
 }
 
-/// A running `storm gateway`, killed on drop.
-struct Process(Child);
+/// A running `storm gateway`, killed on drop, and its stderr line by line.
+struct Process {
+    child: Child,
+    stderr: mpsc::UnboundedReceiver<String>,
+}
+
+impl Process {
+    /// Sends `signal` (`INT`, `TERM`) to this process, by its id.
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// The next line on stderr.
+    async fn stderr_line(&mut self) -> String {
+        timeout(WAIT, self.stderr.recv())
+            .await
+            .expect("a stderr line in time")
+            .expect("stderr still open")
+    }
+
+    /// Waits (at most [`WAIT`]) for the process to exit: its status and
+    /// the rest of its stderr.
+    async fn exit(&mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let mut lines = Vec::new();
+        let rest = async {
+            while let Some(line) = self.stderr.recv().await {
+                lines.push(line);
+            }
+        };
+        timeout(WAIT, rest).await.expect("exits in time");
+        // Its stderr closed: it has exited, and `wait` returns at once.
+        let status = tokio::task::block_in_place(|| self.child.wait()).expect("wait");
+        (status, lines)
+    }
+}
 
 impl Drop for Process {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -1119,11 +1169,8 @@ async fn the_storm_binary_serves_wss_on_every_runtime() {
 
         // Ctrl-C: the client is closed with a close frame, and the
         // gateway exits 0.
-        let status = Command::new("kill")
-            .args(["-INT", &process.0.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
+        let mut process = process;
+        process.signal("INT");
         loop {
             if let Seen::Closed(reason) = client.next().await {
                 assert!(
@@ -1133,15 +1180,7 @@ async fn the_storm_binary_serves_wss_on_every_runtime() {
                 break;
             }
         }
-        let exit = tokio::task::spawn_blocking(move || {
-            let mut process = process;
-            process.0.wait()
-        });
-        let exit = timeout(WAIT, exit)
-            .await
-            .unwrap_or_else(|_| panic!("{runtime}: still running after Ctrl-C"))
-            .expect("join")
-            .expect("wait");
+        let (exit, _) = process.exit().await;
         assert!(exit.success(), "{runtime}: {exit}");
     }
     std::fs::remove_dir_all(&dir).expect("cleanup");
@@ -1185,6 +1224,58 @@ async fn the_storm_binary_keeps_message_kinds_through_an_echoing_tcp_backend() {
         let reply = client.recv().await;
         assert_eq!(reply.is_text(), text, "{reply:?}");
         assert_eq!(reply.as_bytes(), &sent[..]);
+    }
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_logs_a_shutdown_and_no_reconnecting_on_every_runtime() {
+    let dir = temp_dir("term");
+    let orders = ws_backend("127.0.0.1:0", "orders").await;
+    let prices = tcp_backend("prices").await;
+    let routes = dir.join("routes.ini");
+    std::fs::write(&routes, routes_ini(orders.addr, prices.addr)).expect("write");
+    for runtime in ["tokio", "smol", "std"] {
+        let (mut process, lines) = spawn_gateway(&routes, &["--runtime", runtime]).await;
+        let addr: SocketAddr = lines[0]
+            .rsplit_once("ws://")
+            .and_then(|(_, addr)| addr.parse().ok())
+            .unwrap_or_else(|| panic!("banner: {lines:?}"));
+        // Both backends up, and in use by a client.
+        let mut up = Vec::new();
+        while up.len() < 2 {
+            let line = process.stderr_line().await;
+            if let Some((route, _)) = line
+                .strip_prefix("backend ")
+                .and_then(|rest| rest.split_once(" connected"))
+            {
+                up.push(route.to_owned());
+            }
+        }
+        let mut client = TestClient::connect(addr).await;
+        client.handshake(&["orders", "prices"]).await;
+        for route in ["orders", "prices"] {
+            route_once_up(&mut client, route).await;
+        }
+
+        process.signal("TERM");
+        let (exit, lines) = process.exit().await;
+        assert!(exit.success(), "{runtime}: {exit} {lines:?}");
+        let shutdown = lines
+            .iter()
+            .position(|line| line.starts_with("storm gateway: interrupted, shutting down"))
+            .unwrap_or_else(|| panic!("{runtime}: no shutdown line in {lines:?}"));
+        assert!(
+            lines[shutdown..]
+                .iter()
+                .all(|line| !line.contains("down, reconnecting")),
+            "{runtime}: {lines:?}"
+        );
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some("storm gateway: stopped"),
+            "{runtime}"
+        );
     }
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }

@@ -170,6 +170,14 @@ impl GatewayHandle {
         self.core.client_count()
     }
 
+    /// Whether [`shutdown`](Self::shutdown) has begun: from then on no
+    /// backend is reconnected, and a backend that goes down is one the
+    /// shutdown closed.
+    #[must_use]
+    pub fn is_shutting_down(&self) -> bool {
+        self.core.stopped.get()
+    }
+
     /// Backend messages dropped: no valid `CLIENT=` header, or for a client
     /// that has gone.
     #[must_use]

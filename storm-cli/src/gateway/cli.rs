@@ -48,9 +48,9 @@ pub struct GatewayArgs {
     pub backend_ca: Option<PathBuf>,
 }
 
-/// Runs `storm gateway` until Ctrl-C: exit code 2 with `FILE:LINE: why` on
-/// stderr for a bad route file, 1 for other failures (the address is
-/// taken, …).
+/// Runs `storm gateway` until Ctrl-C or SIGTERM: exit code 2 with
+/// `FILE:LINE: why` on stderr for a bad route file, 1 for other failures
+/// (the address is taken, …).
 #[must_use]
 pub fn run(args: &GatewayArgs) -> ExitCode {
     let config = match GatewayConfig::load(&args.config) {
@@ -83,7 +83,10 @@ pub fn run(args: &GatewayArgs) -> ExitCode {
         }
     })();
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            eprintln!("storm gateway: stopped");
+            ExitCode::SUCCESS
+        }
         Err(e) => failure(&e),
     }
 }
@@ -122,6 +125,15 @@ fn backend_down(backend: &BackendStatus) {
     );
 }
 
+/// Ctrl-C or SIGTERM: the shutdown begins. It sets the gateway's stop flag
+/// before it closes the backends, so the watchers that see a backend go
+/// down after this line know it is not coming back.
+fn shutting_down(clients: usize) {
+    eprintln!(
+        "storm gateway: interrupted, shutting down (closing {clients} client(s) and every backend)"
+    );
+}
+
 fn on_async<R: AsyncRuntime>(
     args: &GatewayArgs,
     config: GatewayConfig,
@@ -132,23 +144,35 @@ fn on_async<R: AsyncRuntime>(
         let handle = gateway.handle();
         let backends = handle.backends();
         banner(args, handle.local_addr(), &backends);
-        // Backend ups and downs, for the person watching.
+        // Backend ups and downs, for the person watching, until the
+        // shutdown closes them.
         for backend in backends {
             let handle = handle.clone();
             R::spawn(async move {
                 while handle.wait_backend(&backend.route, true).await {
                     backend_up(&backend);
                     handle.wait_backend(&backend.route, false).await;
+                    if handle.is_shutting_down() {
+                        return;
+                    }
                     backend_down(&backend);
                 }
             });
         }
-        R::spawn(async move {
+        let stopping = async {
             interrupt::ctrl_c().await;
-            tracing::info!(clients = handle.client_count(), "Ctrl-C: shutting down");
+            shutting_down(handle.client_count());
             handle.shutdown(SHUTDOWN_TIMEOUT).await;
-        });
-        gateway.serve().await
+            Ok(())
+        };
+        // `serve` returns when the shutdown stops the listener, before the
+        // shutdown has closed the clients and the backends: done is when
+        // the shutdown is, unless the listener fails first.
+        let serving = async {
+            gateway.serve().await?;
+            std::future::pending().await
+        };
+        smol::future::or(serving, stopping).await
     })
 }
 
@@ -163,13 +187,16 @@ fn on_std(args: &GatewayArgs, config: GatewayConfig, options: GatewayOptions) ->
             while handle.wait_backend(&backend.route, true, Duration::MAX) {
                 backend_up(&backend);
                 let _ = handle.wait_backend(&backend.route, false, Duration::MAX);
+                if handle.is_shutting_down() {
+                    return;
+                }
                 backend_down(&backend);
             }
         });
     }
     let serving = gateway.spawn()?;
     interrupt::wait();
-    tracing::info!(clients = handle.client_count(), "Ctrl-C: shutting down");
+    shutting_down(handle.client_count());
     handle.shutdown(SHUTDOWN_TIMEOUT);
     serving
         .join()

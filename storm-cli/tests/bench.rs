@@ -258,39 +258,30 @@ impl Handler for Echo {
     }
 }
 
-/// A length-prefixed echo server in this process, on a runtime that lives
-/// as long as the returned value.
-fn in_process_echo() -> (tokio::runtime::Runtime, String) {
+/// An echo server in this process, WebSocket if `ws`, else
+/// length-prefixed TCP, on a runtime that lives as long as the returned
+/// value.
+fn in_process_echo(ws: bool) -> (tokio::runtime::Runtime, String) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .expect("runtime");
     let addr = runtime.block_on(async {
-        let server = TcpServer::bind(ServerOptions::default(), Framing::LengthPrefix)
-            .await
-            .expect("bind");
-        let addr = server.local_addr();
-        tokio::spawn(server.serve(Echo));
-        addr
-    });
-    (runtime, addr.to_string())
-}
-
-/// A WebSocket echo server in this process (as `in_process_echo`).
-fn in_process_ws_echo() -> (tokio::runtime::Runtime, String) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let addr = runtime.block_on(async {
-        let server = WsServer::bind(ServerOptions::default(), WsOptions::default())
-            .await
-            .expect("bind");
-        let addr = server.local_addr();
-        tokio::spawn(server.serve(Echo));
-        addr
+        let options = ServerOptions::default();
+        if ws {
+            let server = WsServer::bind(options, WsOptions::default()).await;
+            let server = server.expect("bind");
+            let addr = server.local_addr();
+            tokio::spawn(server.serve(Echo));
+            addr
+        } else {
+            let server = TcpServer::bind(options, Framing::LengthPrefix).await;
+            let server = server.expect("bind");
+            let addr = server.local_addr();
+            tokio::spawn(server.serve(Echo));
+            addr
+        }
     });
     (runtime, addr.to_string())
 }
@@ -320,7 +311,7 @@ fn assert_failed_without_answers(done: &Finished, expected: &[&str]) {
 fn a_service_that_never_answers_fails_the_run() {
     // `storm json` speaks length-prefixed TCP; a WebSocket server waits for
     // an HTTP request and says nothing.
-    let (_runtime, addr) = in_process_ws_echo();
+    let (_runtime, addr) = in_process_echo(true);
     let done = bench(&[
         "json",
         "--addr",
@@ -353,7 +344,7 @@ fn a_service_that_never_answers_fails_the_run() {
 fn a_service_of_another_protocol_is_named_in_the_error() {
     // A WebSocket target against a length-prefixed echo server: the
     // upgrade fails, and the error says what was expected there.
-    let (_runtime, addr) = in_process_echo();
+    let (_runtime, addr) = in_process_echo(false);
     let done = bench(&["echo-ws", "--addr", &addr, "--duration", "5"]);
     assert_failed_without_answers(
         &done,
@@ -366,7 +357,7 @@ fn a_service_of_another_protocol_is_named_in_the_error() {
 
 #[test]
 fn human_summary_against_a_server_in_this_process() {
-    let (_runtime, addr) = in_process_echo();
+    let (_runtime, addr) = in_process_echo(false);
     let done = bench(&[
         "echo-lp",
         "--addr",
@@ -401,7 +392,7 @@ fn human_summary_against_a_server_in_this_process() {
 
 #[test]
 fn a_run_ends_at_its_duration_with_a_progress_line_per_second() {
-    let (_runtime, addr) = in_process_echo();
+    let (_runtime, addr) = in_process_echo(false);
     let s = summary(&[
         "echo-lp",
         "--addr",
@@ -424,7 +415,7 @@ fn a_run_ends_at_its_duration_with_a_progress_line_per_second() {
 
 #[test]
 fn progress_goes_to_stderr_as_plain_lines_off_a_terminal() {
-    let (_runtime, addr) = in_process_echo();
+    let (_runtime, addr) = in_process_echo(false);
     let done = bench(&[
         "echo-lp",
         "--addr",
@@ -491,7 +482,7 @@ fn bad_flags_are_refused() {
 fn a_wrong_answer_fails_the_run() {
     // An echo server is not a JSON service: the echo of a request is not an
     // echo_response.
-    let (_runtime, addr) = in_process_echo();
+    let (_runtime, addr) = in_process_echo(false);
     let done = bench(&[
         "json",
         "--addr",

@@ -929,14 +929,10 @@ impl Handler for ConnHandler {
 mod tests {
     use super::*;
 
-    /// The origin of virtual time; which instant it is does not matter.
-    fn origin() -> Instant {
-        Instant::now()
-    }
-
     #[test]
     fn a_call_waits_for_a_retry_time_up_to_its_deadline() {
-        let t0 = origin();
+        // Virtual time: which instant is the origin does not matter.
+        let t0 = Instant::now();
         let ms = Duration::from_millis;
         let deadline = t0 + ms(500);
         assert_eq!(next_step(Ok(1), t0, deadline), Next::Connect(1));

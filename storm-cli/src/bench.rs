@@ -43,7 +43,10 @@
 //! A progress line goes to stderr once a second (rewritten in place on a
 //! terminal), the summary to stdout: one line for people, or one JSON
 //! object with `--json`. Exit code 0 on success, 1 when the run failed
-//! (the summary says why), 2 for bad flags.
+//! (the summary says why), 2 for bad flags. A run in which no request was
+//! answered has failed, for every target, whatever else happened: a
+//! service that speaks another protocol than the target's often stays
+//! silent, and the error names the service the target expects.
 //!
 //! # The clients
 //!
@@ -191,6 +194,21 @@ impl TargetName {
             Self::Chat => "chat",
             Self::Gateway => "gateway",
             Self::Broker => "broker",
+        }
+    }
+
+    /// The service this target drives, as it is started.
+    #[must_use]
+    pub fn service(self) -> &'static str {
+        match self {
+            Self::EchoRaw => "storm echo --proto raw",
+            Self::EchoLp => "storm echo --proto lp",
+            Self::EchoLine => "storm echo --proto line",
+            Self::EchoWs => "storm echo --proto ws",
+            Self::Json => "storm json",
+            Self::Chat => "storm chat",
+            Self::Gateway => "storm gateway",
+            Self::Broker => "storm broker",
         }
     }
 
@@ -350,7 +368,7 @@ pub fn run(args: &BenchArgs) -> ExitCode {
         addr,
         service_pids: pids.as_deref(),
     };
-    let outcome = runtime.block_on(async {
+    let mut outcome = runtime.block_on(async {
         match config.target {
             TargetName::EchoRaw => echo(EchoProto::Raw, size, &config, at).await,
             TargetName::EchoLp => echo(EchoProto::Lp, size, &config, at).await,
@@ -372,6 +390,7 @@ pub fn run(args: &BenchArgs) -> ExitCode {
     });
     drop(runtime);
     drop(spawned);
+    outcome.require_answers(config.target, addr);
     let summary = Summary::new(&config, addr, &outcome);
     if args.json {
         println!("{}", summary.json());
@@ -628,6 +647,28 @@ impl Outcome {
             run: Arc::clone(run),
             error: Some(error),
         }
+    }
+}
+
+impl Outcome {
+    /// A run in which no request was answered has failed, whatever else
+    /// happened: a service that speaks another protocol often just stays
+    /// silent (`storm json` against a WebSocket server waits for an HTTP
+    /// request that never comes). The error then says which service the
+    /// target expects at `addr`.
+    fn require_answers(&mut self, target: TargetName, addr: SocketAddr) {
+        if self.msgs > 0 {
+            return;
+        }
+        let service = target.service();
+        self.error = Some(match self.error.take() {
+            Some(e) => format!("{e} (is {addr} running `{service}`?)"),
+            None => format!(
+                "no request was answered in {:.1} s: is {addr} running `{service}`? \
+                 (a service that speaks another protocol may never answer)",
+                self.elapsed.as_secs_f64()
+            ),
+        });
     }
 }
 
@@ -1025,6 +1066,44 @@ mod tests {
         let e = loopback_addr("10.1.2.3:9001").unwrap_err();
         assert!(e.contains("not a loopback address"), "{e}");
         assert!(loopback_addr("8.8.8.8:53").is_err());
+    }
+
+    #[test]
+    fn a_run_without_answers_fails_naming_the_service() {
+        let run = Arc::new(Run::new(10));
+        let addr: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+        let mut silent = Outcome::failed(&run, String::new());
+        silent.error = None;
+        silent.elapsed = Duration::from_millis(2_000);
+        silent.require_answers(TargetName::Json, addr);
+        assert_eq!(
+            silent.error.as_deref(),
+            Some(
+                "no request was answered in 2.0 s: is 127.0.0.1:9001 running `storm json`? \
+                 (a service that speaks another protocol may never answer)"
+            )
+        );
+        // Interrupted before any answer: failed too.
+        let mut interrupted = Outcome::failed(&run, String::new());
+        interrupted.error = None;
+        interrupted.interrupted = true;
+        interrupted.require_answers(TargetName::Broker, addr);
+        assert!(interrupted.error.is_some());
+        // An error before any answer keeps its reason.
+        let mut refused = Outcome::failed(&run, "setup timed out".to_owned());
+        refused.require_answers(TargetName::Chat, addr);
+        assert_eq!(
+            refused.error.as_deref(),
+            Some("setup timed out (is 127.0.0.1:9001 running `storm chat`?)")
+        );
+        // Answers: nothing to add, with or without an error.
+        let mut answered = Outcome::failed(&run, "later failure".to_owned());
+        answered.msgs = 1;
+        answered.require_answers(TargetName::Chat, addr);
+        assert_eq!(answered.error.as_deref(), Some("later failure"));
+        answered.error = None;
+        answered.require_answers(TargetName::Chat, addr);
+        assert_eq!(answered.error, None);
     }
 
     #[test]

@@ -24,8 +24,12 @@
 //!   endpoint; [`Strategy::Failover`] sends everything to the first usable
 //!   one in list order. An endpoint whose connection fails or drops is
 //!   skipped for its [`BackoffConfig`](storm_proto::reconnect::BackoffConfig)
-//!   delay, then tried again; when every endpoint is down a call waits for
-//!   the first retry time if that comes before its deadline.
+//!   delay ([`RpcClientConfig::DEFAULT_BACKOFF`]: at most 1 s), then tried
+//!   again. While every endpoint is down a call waits for the first retry
+//!   time, up to its own deadline, and only then fails with
+//!   [`RpcError::NoEndpoint`], which names the endpoints and the last
+//!   connection error: an outage costs the calls whose timeout ran out
+//!   during it, never a burst of instant failures.
 //! - **Timeouts and cancellation**: every call has a deadline (the server is
 //!   told it, and stops working when it passes). Dropping a call's future,
 //!   or cancelling its [`CancelToken`], ends it and sends the server a
@@ -159,10 +163,14 @@ pub enum RpcError {
         /// Where it was sent.
         endpoint: Endpoint,
     },
-    /// No endpoint could be reached before the deadline (or within
-    /// [`RpcClientConfig::max_connects`] attempts).
+    /// No endpoint could be reached before the deadline: the call waited
+    /// its whole timeout for one (or every endpoint ran out of backoff
+    /// attempts).
     NoEndpoint {
-        /// The last connection error, if an attempt was made.
+        /// Every endpoint of the client, in list order: none was usable.
+        endpoints: Vec<Endpoint>,
+        /// The last failed connection attempt, naming its endpoint, if one
+        /// was made.
         last_error: Option<String>,
     },
     /// The server answered with an error.
@@ -188,10 +196,20 @@ impl fmt::Display for RpcError {
             Self::ConnectionLost { endpoint } => {
                 write!(f, "connection to {endpoint} lost with the call in flight")
             }
-            Self::NoEndpoint { last_error: None } => f.write_str("no endpoint is reachable"),
             Self::NoEndpoint {
-                last_error: Some(e),
-            } => write!(f, "no endpoint is reachable (last error: {e})"),
+                endpoints,
+                last_error,
+            } => {
+                f.write_str("no endpoint is reachable (tried ")?;
+                for (i, endpoint) in endpoints.iter().enumerate() {
+                    let comma = if i == 0 { "" } else { ", " };
+                    write!(f, "{comma}{endpoint}")?;
+                }
+                if let Some(e) = last_error {
+                    write!(f, "; last error: {e}")?;
+                }
+                f.write_str(")")
+            }
             Self::Remote(fault) => write!(f, "server error: {fault}"),
             Self::Encode(e) => write!(f, "cannot encode the request: {e}"),
             Self::Decode(e) => write!(f, "cannot decode the response: {e}"),
@@ -226,6 +244,30 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::{Endpoint, RpcError};
+
+    #[test]
+    fn no_endpoint_names_every_endpoint_and_the_last_error() {
+        let endpoints = vec![
+            Endpoint::Tcp("a:1".into()),
+            Endpoint::Ws("ws://b:2/".into()),
+        ];
+        let none = RpcError::NoEndpoint {
+            endpoints: endpoints.clone(),
+            last_error: None,
+        };
+        assert_eq!(
+            none.to_string(),
+            "no endpoint is reachable (tried tcp://a:1, ws://b:2/)"
+        );
+        let refused = RpcError::NoEndpoint {
+            endpoints,
+            last_error: Some("tcp://a:1: refused".into()),
+        };
+        assert_eq!(
+            refused.to_string(),
+            "no endpoint is reachable (tried tcp://a:1, ws://b:2/; last error: tcp://a:1: refused)"
+        );
+    }
 
     #[test]
     fn endpoints_parse_with_their_transport_and_tls() {

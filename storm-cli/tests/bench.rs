@@ -1,6 +1,7 @@
 //! `storm bench` as a real process: against every service started with
-//! `--spawn` (child `storm` processes on 127.0.0.1:0), against an echo
-//! server in this test's own runtime, and refusing what it must refuse.
+//! `--spawn` (child `storm` processes on 127.0.0.1:0), against echo
+//! servers in this test's own runtime, failing against services of
+//! another protocol, and refusing what it must refuse.
 //! Every run is bounded by `--max-messages` and `--duration`, and every
 //! child by a deadline.
 
@@ -10,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use storm_proto::Message;
-use storm_proto::options::{Framing, ServerOptions};
-use storm_tokio::{Handler, Session, TcpServer};
+use storm_proto::options::{Framing, ServerOptions, WsOptions};
+use storm_tokio::{Handler, Session, TcpServer, WsServer};
 
 /// Longest a bench process may take in these tests.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -257,28 +258,106 @@ impl Handler for Echo {
     }
 }
 
-/// A length-prefixed echo server in this process, on a runtime that lives
-/// as long as the returned value.
-fn in_process_echo() -> (tokio::runtime::Runtime, String) {
+/// An echo server in this process, WebSocket if `ws`, else
+/// length-prefixed TCP, on a runtime that lives as long as the returned
+/// value.
+fn in_process_echo(ws: bool) -> (tokio::runtime::Runtime, String) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .expect("runtime");
     let addr = runtime.block_on(async {
-        let server = TcpServer::bind(ServerOptions::default(), Framing::LengthPrefix)
-            .await
-            .expect("bind");
-        let addr = server.local_addr();
-        tokio::spawn(server.serve(Echo));
-        addr
+        let options = ServerOptions::default();
+        if ws {
+            let server = WsServer::bind(options, WsOptions::default()).await;
+            let server = server.expect("bind");
+            let addr = server.local_addr();
+            tokio::spawn(server.serve(Echo));
+            addr
+        } else {
+            let server = TcpServer::bind(options, Framing::LengthPrefix).await;
+            let server = server.expect("bind");
+            let addr = server.local_addr();
+            tokio::spawn(server.serve(Echo));
+            addr
+        }
     });
     (runtime, addr.to_string())
 }
 
+/// The run failed (exit 1) with `0 msgs` and an error containing every
+/// one of `expected`.
+fn assert_failed_without_answers(done: &Finished, expected: &[&str]) {
+    assert_eq!(
+        done.status.code(),
+        Some(1),
+        "{}\n{}",
+        done.stdout,
+        done.stderr
+    );
+    let line = done.stdout.trim();
+    assert!(line.contains(": 0 msgs in "), "{line}");
+    let error = line
+        .split_once("; ERROR: ")
+        .unwrap_or_else(|| panic!("no error: {line}"))
+        .1;
+    for part in expected {
+        assert!(error.contains(part), "{part:?} not in {error:?}");
+    }
+}
+
+#[test]
+fn a_service_that_never_answers_fails_the_run() {
+    // `storm json` speaks length-prefixed TCP; a WebSocket server waits for
+    // an HTTP request and says nothing.
+    let (_runtime, addr) = in_process_echo(true);
+    let done = bench(&[
+        "json",
+        "--addr",
+        &addr,
+        "--duration",
+        "1",
+        "--connections",
+        "2",
+    ]);
+    assert_failed_without_answers(
+        &done,
+        &[
+            "no request was answered in ",
+            &format!("is {addr} running `storm json`?"),
+        ],
+    );
+    // The same for raw bytes, which a WebSocket server never answers
+    // either; the JSON summary carries the error.
+    let done = bench(&["echo-raw", "--addr", &addr, "--duration", "1", "--json"]);
+    assert_eq!(done.status.code(), Some(1), "{}", done.stdout);
+    let s: Value = serde_json::from_str(done.stdout.trim()).expect("JSON summary");
+    assert_eq!(s["msgs"], 0, "{s}");
+    let error = s["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error: {s}"));
+    assert!(error.contains("`storm echo --proto raw`"), "{error}");
+}
+
+#[test]
+fn a_service_of_another_protocol_is_named_in_the_error() {
+    // A WebSocket target against a length-prefixed echo server: the
+    // upgrade fails, and the error says what was expected there.
+    let (_runtime, addr) = in_process_echo(false);
+    let done = bench(&["echo-ws", "--addr", &addr, "--duration", "5"]);
+    assert_failed_without_answers(
+        &done,
+        &[
+            &format!("connecting to {addr}: "),
+            &format!("(is {addr} running `storm echo --proto ws`?)"),
+        ],
+    );
+}
+
 #[test]
 fn human_summary_against_a_server_in_this_process() {
-    let (_runtime, addr) = in_process_echo();
+    let (_runtime, addr) = in_process_echo(false);
     let done = bench(&[
         "echo-lp",
         "--addr",
@@ -313,7 +392,7 @@ fn human_summary_against_a_server_in_this_process() {
 
 #[test]
 fn a_run_ends_at_its_duration_with_a_progress_line_per_second() {
-    let (_runtime, addr) = in_process_echo();
+    let (_runtime, addr) = in_process_echo(false);
     let s = summary(&[
         "echo-lp",
         "--addr",
@@ -336,7 +415,7 @@ fn a_run_ends_at_its_duration_with_a_progress_line_per_second() {
 
 #[test]
 fn progress_goes_to_stderr_as_plain_lines_off_a_terminal() {
-    let (_runtime, addr) = in_process_echo();
+    let (_runtime, addr) = in_process_echo(false);
     let done = bench(&[
         "echo-lp",
         "--addr",
@@ -403,7 +482,7 @@ fn bad_flags_are_refused() {
 fn a_wrong_answer_fails_the_run() {
     // An echo server is not a JSON service: the echo of a request is not an
     // echo_response.
-    let (_runtime, addr) = in_process_echo();
+    let (_runtime, addr) = in_process_echo(false);
     let done = bench(&[
         "json",
         "--addr",

@@ -1,8 +1,9 @@
 //! `storm_cli::rpc` over loopback: round trips over WebSocket and TCP, JSON
 //! and a custom codec, compression seen through the byte hooks, timeouts
 //! and cancellation seen by the server, round-robin, failover, a server
-//! dying mid-call, idempotent resends, and a restarted server. Every wait is
-//! bounded by [`WAIT`]; nothing sleeps to synchronise.
+//! dying mid-call, idempotent resends, a restarted server, and an outage
+//! longer than a call's timeout. Every wait is bounded by [`WAIT`]; nothing
+//! sleeps to synchronise (the outage test sleeps for the outage itself).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -471,19 +472,76 @@ async fn failover_skips_an_endpoint_that_is_down() {
     }
 }
 
+/// A call that finds every endpoint backing off waits for it up to its
+/// own timeout, then fails naming the endpoints and the last error.
 #[tokio::test]
-async fn no_endpoint_up_is_a_typed_error() {
-    let client = RpcClient::builder([dead_endpoint()])
+async fn no_endpoint_up_waits_out_the_call_and_names_the_endpoints() {
+    let dead = dead_endpoint();
+    let client = RpcClient::builder([dead.clone()])
         .expect("endpoints")
+        // Retried long after the call's deadline.
         .backoff(BackoffConfig::fixed(Duration::from_secs(60)))
         .build()
         .expect("client");
-    match client.call::<_, i64>("add", &(1, 2), WAIT).await {
+    let call_timeout = Duration::from_millis(300);
+    for _ in 0..2 {
+        let start = Instant::now();
+        let result = client.call::<_, i64>("add", &(1, 2), call_timeout).await;
+        let took = start.elapsed();
+        let error = result.expect_err("nothing listens");
+        assert!(
+            took >= call_timeout && took < WAIT,
+            "failed after {took:?}, not at its {call_timeout:?} timeout"
+        );
+        match &error {
+            RpcError::NoEndpoint {
+                endpoints,
+                last_error: Some(last),
+            } => {
+                let named: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
+                assert_eq!(named, std::slice::from_ref(&dead));
+                assert!(last.starts_with(&dead), "{last}");
+            }
+            other => panic!("expected NoEndpoint, got {other:?}"),
+        }
+        let text = error.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "no endpoint is reachable (tried {dead}; last error: {dead}: "
+            )),
+            "{text}"
+        );
+    }
+}
+
+/// A connection attempt still going at the call's deadline ends the call
+/// with `NoEndpoint` naming it.
+#[tokio::test]
+async fn a_connection_still_opening_at_the_deadline_is_named() {
+    // Accepts TCP connections and never answers the WebSocket handshake.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = format!("ws://{}/", listener.local_addr().expect("addr"));
+    let accepting = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let client = client(std::slice::from_ref(&endpoint));
+    let call_timeout = Duration::from_millis(300);
+    let start = Instant::now();
+    let result = client.call::<_, i64>("add", &(1, 2), call_timeout).await;
+    assert!(start.elapsed() >= call_timeout);
+    match result {
         Err(RpcError::NoEndpoint {
-            last_error: Some(_),
-        }) => {}
+            last_error: Some(last),
+            ..
+        }) => assert_eq!(last, format!("{endpoint}: still connecting")),
         other => panic!("expected NoEndpoint, got {other:?}"),
     }
+    accepting.abort();
 }
 
 #[tokio::test]
@@ -567,6 +625,192 @@ async fn reconnects_after_the_server_restarts() {
         .await
         .expect("name after restart");
     assert_eq!(name, "second");
+}
+
+/// One call of [`calls_through_an_outage`].
+#[derive(Debug)]
+struct Call {
+    started: Instant,
+    took: Duration,
+    result: Result<u64, RpcError>,
+}
+
+/// The calls of one client in [`an_outage_costs_only_the_calls_whose_timeout_ran_out`].
+struct Calls {
+    /// Every call, in order.
+    log: Arc<std::sync::Mutex<Vec<Call>>>,
+    /// How many succeeded so far.
+    ok: tokio::sync::watch::Receiver<usize>,
+}
+
+/// Most calls one client makes in the outage test.
+const OUTAGE_MAX_CALLS: usize = 2_000;
+
+/// Sequential `sleep 20` calls with `call_timeout` each until `stop` is
+/// set (or [`OUTAGE_MAX_CALLS`]), recorded in `log`; `ok` counts the
+/// successes. Runs on any runtime.
+async fn calls_through_an_outage<R: storm_async::Runtime>(
+    client: RpcClient<Json, R>,
+    call_timeout: Duration,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    log: Arc<std::sync::Mutex<Vec<Call>>>,
+    ok: tokio::sync::watch::Sender<usize>,
+) {
+    for _ in 0..OUTAGE_MAX_CALLS {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let started = Instant::now();
+        let result = client.call::<_, u64>("sleep", &20, call_timeout).await;
+        if result.is_ok() {
+            ok.send_modify(|n| *n += 1);
+        }
+        log.lock().unwrap().push(Call {
+            started,
+            took: started.elapsed(),
+            result,
+        });
+    }
+    client.close().await;
+}
+
+/// Waits (at most [`WAIT`]) until `calls` has `n` successes; whether it
+/// got them.
+async fn successes(calls: &mut Calls, n: usize) -> bool {
+    timeout(WAIT, calls.ok.wait_for(|ok| *ok >= n))
+        .await
+        .is_ok_and(|seen| seen.is_ok())
+}
+
+/// `storm rpc` is killed while a client calls it, stays down longer than
+/// a call's timeout and comes back on the same port: each client (one on
+/// tokio, one on smol) loses the call in flight and the calls whose own
+/// timeout ran out while it was down, each after waiting that timeout
+/// (never a burst of instant failures), and calls succeed once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_costs_only_the_calls_whose_timeout_ran_out() {
+    // Longer than the default backoff's 1 s cap: a call made while the
+    // server is back always finds it.
+    let call_timeout = Duration::from_secs(2);
+    // Longer than a call's timeout.
+    let outage = Duration::from_millis(2_500);
+    let (server, endpoint) = start_storm_rpc(&["--proto", "tcp", "--addr", "127.0.0.1:0"]).await;
+    let addr = endpoint
+        .strip_prefix("tcp://")
+        .expect("a tcp endpoint")
+        .to_owned();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let start_calls = || {
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (ok_tx, ok) = tokio::sync::watch::channel(0);
+        let calls = Calls {
+            log: Arc::clone(&log),
+            ok,
+        };
+        (calls, log, ok_tx, Arc::clone(&stop))
+    };
+    // The default configuration, as `storm client rpc` has it.
+    let (mut on_tokio, log, ok, stop_tokio) = start_calls();
+    let tokio_client = RpcClient::builder([endpoint.as_str()])
+        .expect("endpoints")
+        .build()
+        .expect("client");
+    let tokio_task = tokio::spawn(calls_through_an_outage(
+        tokio_client,
+        call_timeout,
+        stop_tokio,
+        log,
+        ok,
+    ));
+    let (mut on_smol, log, ok, stop_smol) = start_calls();
+    let smol_client = RpcClient::builder([endpoint.as_str()])
+        .expect("endpoints")
+        .runtime::<storm_smol::Smol>()
+        .build()
+        .expect("client");
+    let smol_thread = std::thread::spawn(move || {
+        smol::block_on(calls_through_an_outage(
+            smol_client,
+            call_timeout,
+            stop_smol,
+            log,
+            ok,
+        ));
+    });
+
+    assert!(
+        successes(&mut on_tokio, 3).await && successes(&mut on_smol, 3).await,
+        "calls flow"
+    );
+    drop(server); // SIGKILL, by pid
+    let killed_at = Instant::now();
+    tokio::time::sleep(outage).await; // the outage itself
+    let (_restarted, again) = start_storm_rpc(&["--proto", "tcp", "--addr", &addr]).await;
+    assert_eq!(again, endpoint, "back on the same port");
+    let restarted_at = Instant::now();
+    let back = [
+        on_tokio.ok.borrow().to_owned() + 3,
+        on_smol.ok.borrow().to_owned() + 3,
+    ];
+    let recovered = [
+        successes(&mut on_tokio, back[0]).await,
+        successes(&mut on_smol, back[1]).await,
+    ];
+    stop.store(true, Ordering::Relaxed);
+    timeout(WAIT + call_timeout, tokio_task)
+        .await
+        .expect("bounded")
+        .expect("task");
+    tokio::task::spawn_blocking(move || smol_thread.join())
+        .await
+        .expect("join")
+        .expect("smol thread");
+
+    // Sequential calls that each waited their whole timeout fit this many
+    // times into the time the server was away (plus the call in flight).
+    let down_for = restarted_at - killed_at;
+    let most = 2 + (down_for.as_millis() / call_timeout.as_millis()) as usize;
+    for (runtime, calls, recovered) in [
+        ("tokio", &on_tokio, recovered[0]),
+        ("smol", &on_smol, recovered[1]),
+    ] {
+        let log = calls.log.lock().unwrap();
+        let failed: Vec<&Call> = log.iter().filter(|call| call.result.is_err()).collect();
+        let summary = format!(
+            "{runtime}: {} calls, {} failed; down for {down_for:?}; failures: {failed:#?}",
+            log.len(),
+            failed.len()
+        );
+        assert!(failed.len() <= most, "{summary}");
+        for (i, call) in failed.iter().enumerate() {
+            match &call.result {
+                // The call in flight when the server died: lost with its
+                // connection, or timed out if the client never saw the end.
+                Err(RpcError::ConnectionLost { .. } | RpcError::Timeout) if i == 0 => {}
+                Err(error @ RpcError::NoEndpoint { .. }) => {
+                    assert!(
+                        call.took >= call_timeout,
+                        "a call failed after {:?}, before its timeout: {summary}",
+                        call.took
+                    );
+                    let text = error.to_string();
+                    assert!(
+                        text.contains(&endpoint) && text.contains("; last error: "),
+                        "{text}"
+                    );
+                }
+                other => panic!("{runtime}: unexpected failure {other:?}: {summary}"),
+            }
+            assert!(
+                call.started < restarted_at,
+                "a call made with the server back failed: {summary}"
+            );
+        }
+        assert!(
+            recovered,
+            "{runtime}: no calls went through after the restart: {summary}"
+        );
+    }
 }
 
 /// Kills the child process when dropped (also when a test fails).
@@ -973,14 +1217,12 @@ async fn the_storm_binary_serves_tls_on_every_runtime() {
             // Without the test CA the server is not trusted.
             let doubting = RpcClient::builder([endpoint.as_str()])
                 .expect("endpoints")
-                .config({
-                    let mut config = storm_cli::rpc::RpcClientConfig::default();
-                    config.max_connects = 1;
-                    config
-                })
                 .build()
                 .expect("client");
-            let refused = doubting.call::<_, String>("name", &(), WAIT).await;
+            // Retried until the call's time runs out.
+            let refused = doubting
+                .call::<_, String>("name", &(), Duration::from_millis(300))
+                .await;
             assert!(
                 matches!(refused, Err(RpcError::NoEndpoint { .. })),
                 "{what}: {refused:?}"

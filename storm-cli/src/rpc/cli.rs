@@ -70,7 +70,9 @@ pub struct ClientArgs {
     /// Parameters, as JSON.
     #[arg(long, default_value = "null")]
     pub params: String,
-    /// Timeout of each call, in milliseconds.
+    /// Timeout of each call, in milliseconds, connecting included: while
+    /// every endpoint is down a call waits this long for one to come back
+    /// (each is retried at least once a second) before it fails.
     #[arg(long, default_value_t = 5000, value_name = "MS")]
     pub timeout_ms: u64,
     /// Number of calls; above 1 a summary with latencies is printed.

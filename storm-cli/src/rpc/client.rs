@@ -15,7 +15,7 @@ use storm_proto::Message;
 use storm_proto::framing::LengthPrefixConfig;
 use storm_proto::link::CloseReason;
 use storm_proto::options::{ClientOptions, Framing, TlsClientOptions, WsOptions};
-use storm_proto::reconnect::{BackoffConfig, EndpointSet};
+use storm_proto::reconnect::{BackoffConfig, BackoffPolicy, EndpointSet, Jitter};
 use storm_proto::rpc::{CallEvent, Calls, CallsConfig, CompressionConfig, Fault, StartError};
 use storm_tokio::Tokio;
 // Runtime-independent primitives: they work on smol too.
@@ -47,8 +47,13 @@ pub struct RpcClientConfig {
     /// Round-robin (default) or failover.
     pub strategy: Strategy,
     /// How long a failed endpoint is skipped before it is tried again.
-    /// Default [`BackoffConfig::default`]: exponential from 100 ms, ×2,
-    /// capped at 30 s, with full jitter, unlimited attempts.
+    /// Default [`RpcClientConfig::DEFAULT_BACKOFF`]: exponential from
+    /// 50 ms, ×2, capped at 1 s, with full jitter, unlimited attempts, so a
+    /// server that comes back is found within a second by the calls
+    /// waiting for it. Calls never fail because an endpoint is backing off:
+    /// they wait (up to their own timeout) for its retry time. With
+    /// `max_attempts` set, once every endpoint has used them up calls fail
+    /// at once with [`RpcError::NoEndpoint`].
     pub backoff: BackoffConfig,
     /// Time to open one connection. Default 5 s (and never past a call's
     /// deadline).
@@ -64,9 +69,6 @@ pub struct RpcClientConfig {
     /// died is sent again, and a call whose send failed before it left is
     /// too. Default 3.
     pub max_sends: u32,
-    /// Most connection attempts one call makes before it fails with
-    /// [`RpcError::NoEndpoint`]. Default 8.
-    pub max_connects: u32,
     /// Transport options (headers, heartbeat, and `tls`: how `wss://` and
     /// `tls://` endpoints verify the server, the web roots when `None`);
     /// `reconnect` and `connect_timeout` are ignored (see the fields
@@ -80,17 +82,32 @@ impl Default for RpcClientConfig {
     fn default() -> Self {
         Self {
             strategy: Strategy::RoundRobin,
-            backoff: BackoffConfig::default(),
+            backoff: Self::DEFAULT_BACKOFF,
             connect_timeout: Duration::from_secs(5),
             max_pending: CallsConfig::DEFAULT_MAX_PENDING,
             max_payload: CallsConfig::DEFAULT_MAX_PAYLOAD,
             compression: None,
             max_sends: 3,
-            max_connects: 8,
             client: ClientOptions::default(),
             ws: WsOptions::default(),
         }
     }
+}
+
+impl RpcClientConfig {
+    /// The default [`backoff`](Self::backoff): exponential from 50 ms, ×2,
+    /// capped at 1 s, full jitter, unlimited attempts, reset once a
+    /// connection stayed up 10 s.
+    pub const DEFAULT_BACKOFF: BackoffConfig = BackoffConfig {
+        policy: BackoffPolicy::Exponential {
+            initial: Duration::from_millis(50),
+            multiplier: 2.0,
+            max: Duration::from_secs(1),
+        },
+        jitter: Jitter::Full,
+        max_attempts: 0,
+        stable_after: Duration::from_secs(10),
+    };
 }
 
 /// Per-call options.
@@ -306,6 +323,7 @@ impl<C: Codec, R: Runtime> RpcClientBuilder<C, R> {
             inner: Arc::new(Inner {
                 shared: Arc::new(Shared {
                     set: Mutex::new(set),
+                    last_error: Mutex::new(None),
                     sent: self.sent,
                     received: self.received,
                 }),
@@ -350,6 +368,8 @@ impl<C, R> fmt::Debug for RpcClient<C, R> {
 /// What connection handlers share with the client.
 struct Shared {
     set: Mutex<EndpointSet<Endpoint>>,
+    /// The last failed connection attempt, naming its endpoint.
+    last_error: Mutex<Option<String>>,
     sent: Option<BytesHook>,
     received: Option<BytesHook>,
 }
@@ -599,19 +619,22 @@ impl<C: Codec, R: Runtime> RpcClient<C, R> {
     }
 
     /// A live connection for the next call, connecting (and waiting for
-    /// retry times) as needed, until `deadline`.
+    /// retry times) as needed, until `deadline`; [`RpcError::NoEndpoint`]
+    /// once it passes without one.
     async fn connection(&self, deadline: Instant) -> Result<Arc<Conn>, RpcError> {
-        let mut attempts = 0;
-        let mut last_error = None;
         loop {
             if self.inner.closed.load(Ordering::Acquire) {
                 return Err(RpcError::Closed);
             }
-            match self.pick() {
-                Ok(index) => {
+            match next_step(self.pick(), Instant::now(), deadline) {
+                Next::Connect(index) => {
                     let connected = tokio::select! {
                         connected = self.connect(index) => connected,
-                        () = R::sleep_until(deadline) => return Err(RpcError::Timeout),
+                        () = R::sleep_until(deadline) => {
+                            let endpoint = self.inner.endpoints.get(index);
+                            let still = endpoint.map(|e| format!("{e}: still connecting"));
+                            return Err(self.no_endpoint(still));
+                        }
                     };
                     let now = Instant::now();
                     let mut set = lock(&self.inner.shared.set);
@@ -623,19 +646,23 @@ impl<C: Codec, R: Runtime> RpcClient<C, R> {
                         Err(error) => {
                             let _ = set.mark_down(index, now);
                             let endpoint = set.get(index).map(ToString::to_string);
-                            last_error = Some(format!("{}: {error}", endpoint.unwrap_or_default()));
-                            attempts += 1;
-                            if attempts >= self.inner.config.max_connects {
-                                return Err(RpcError::NoEndpoint { last_error });
-                            }
+                            *lock(&self.inner.shared.last_error) =
+                                Some(format!("{}: {error}", endpoint.unwrap_or_default()));
                         }
                     }
                 }
-                Err(Some(retry_at)) if retry_at < deadline => {
-                    R::sleep_until(retry_at).await;
-                }
-                Err(_) => return Err(RpcError::NoEndpoint { last_error }),
+                Next::Wait(until) => R::sleep_until(until).await,
+                Next::Fail => return Err(self.no_endpoint(None)),
             }
+        }
+    }
+
+    /// [`RpcError::NoEndpoint`] naming every endpoint, with `last_error`,
+    /// or else the last connection error any call met.
+    fn no_endpoint(&self, last_error: Option<String>) -> RpcError {
+        RpcError::NoEndpoint {
+            endpoints: self.inner.endpoints.clone(),
+            last_error: last_error.or_else(|| lock(&self.inner.shared.last_error).clone()),
         }
     }
 
@@ -700,6 +727,34 @@ impl<C: Codec, R: Runtime> RpcClient<C, R> {
         let conn = Arc::new(Conn { client, state });
         *slot = Some(Arc::clone(&conn));
         Ok(conn)
+    }
+}
+
+/// What a call that needs a connection does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Use the connection to this endpoint, opening it if needed.
+    Connect(usize),
+    /// Every endpoint is backing off: sleep until then (the first retry
+    /// time, or the call's deadline if that comes first) and ask again.
+    Wait(Instant),
+    /// Fail with [`RpcError::NoEndpoint`]: the deadline has passed, or
+    /// every endpoint gave up (ran out of backoff attempts).
+    Fail,
+}
+
+/// The decision of [`RpcClient::connection`], given `pick` (an endpoint
+/// to use, or when the first one will be retried: see
+/// [`RpcClient::pick`]). A call never fails because endpoints are
+/// backing off; it waits for their retry time until its own deadline.
+fn next_step(pick: Result<usize, Option<Instant>>, now: Instant, deadline: Instant) -> Next {
+    if now >= deadline {
+        return Next::Fail;
+    }
+    match pick {
+        Ok(index) => Next::Connect(index),
+        Err(Some(retry_at)) => Next::Wait(retry_at.min(deadline)),
+        Err(None) => Next::Fail,
     }
 }
 
@@ -867,5 +922,34 @@ impl Handler for ConnHandler {
             machine.dispatch();
         }
         let _ = lock(&self.state.shared.set).mark_down(self.state.index, Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_waits_for_a_retry_time_up_to_its_deadline() {
+        // Virtual time: which instant is the origin does not matter.
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let deadline = t0 + ms(500);
+        assert_eq!(next_step(Ok(1), t0, deadline), Next::Connect(1));
+        // A retry before the deadline: wait for it.
+        let soon = t0 + ms(100);
+        assert_eq!(next_step(Err(Some(soon)), t0, deadline), Next::Wait(soon));
+        // A retry after the deadline: wait until the deadline, not fail now.
+        let late = t0 + ms(30_000);
+        assert_eq!(
+            next_step(Err(Some(late)), t0, deadline),
+            Next::Wait(deadline)
+        );
+        // Then the deadline has passed: fail, whatever the endpoints say.
+        for pick in [Ok(0), Err(Some(late)), Err(None)] {
+            assert_eq!(next_step(pick, deadline, deadline), Next::Fail);
+        }
+        // Every endpoint gave up: nothing will ever be retried.
+        assert_eq!(next_step(Err(None), t0, deadline), Next::Fail);
     }
 }

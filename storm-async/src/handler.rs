@@ -38,10 +38,13 @@ pub trait Handler: Send + Sync + 'static {
     }
 
     /// Something failed that is not a disconnect: a refused handshake, a
-    /// failed connect attempt. Ordinary disconnects (reset, broken pipe) are
-    /// [`on_disconnect`](Self::on_disconnect) instead. Servers report
-    /// [`std::io::Error`]s (a failed TLS handshake, a handshake timeout with
-    /// [`TimedOut`](std::io::ErrorKind::TimedOut)), clients
+    /// failed connect attempt, a failed accept. Ordinary disconnects
+    /// (reset, broken pipe) are [`on_disconnect`](Self::on_disconnect)
+    /// instead. Servers report [`std::io::Error`]s (a failed TLS handshake,
+    /// a handshake timeout with [`TimedOut`](std::io::ErrorKind::TimedOut);
+    /// an accept that failed for want of descriptors, at most once a second
+    /// while it lasts, see
+    /// [`AcceptErrors`](storm_proto::setup::AcceptErrors)), clients
     /// [`ClientError`](crate::ClientError)s: downcast to tell them apart.
     fn on_error(
         &self,

@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,7 +16,9 @@ use storm_proto::hub::{CloseKind, SessionId};
 use storm_proto::link::Protocol;
 use storm_proto::options::{Framing, ServerOptions, WsOptions};
 use storm_proto::peer::Registry;
-use storm_proto::setup::{Admitted, ServerOpen, ServerSetup, ServerUpgradeStep, server_hub};
+use storm_proto::setup::{
+    AcceptErrors, Admitted, ServerOpen, ServerSetup, ServerUpgradeStep, server_hub,
+};
 
 use crate::driver::drive;
 use crate::io::{read_step, write_all_flush};
@@ -107,9 +109,15 @@ macro_rules! server_common {
             /// [`ServerHandle::shutdown`]; returns when every connection
             /// task has ended.
             ///
+            /// A failed accept never ends it: the handler's `on_error`
+            /// hears it, and the server accepts again at once (one
+            /// connection's failure) or after a pause (out of descriptors,
+            /// buffers or memory), serving its connections meanwhile (see
+            /// [`AcceptErrors`](storm_proto::setup::AcceptErrors)).
+            ///
             /// # Errors
             ///
-            /// Only a failing listener; connection errors go to the handler.
+            /// None from accepting; connection errors go to the handler.
             pub async fn serve<H: Handler>(self, handler: H) -> io::Result<()> {
                 serve(self.listener, self.handle, handler).await
             }
@@ -240,6 +248,14 @@ async fn serve<R: Runtime, H: Handler>(
 
 /// Accepts until shutdown (or until `detached`: the `serve` future was
 /// dropped), then waits for every connection task.
+///
+/// A failed accept follows storm-proto's [`AcceptErrors`]: one
+/// connection's failure is reported and the next accepted at once; out of
+/// descriptors (or any failure that is not one connection's), the task
+/// sleeps on the runtime's timer before accepting again, so that the
+/// connections already accepted run and free descriptors as they end.
+/// Accepting again at once would fail again at once, and on an executor
+/// without a cooperative budget (smol's) the task would never yield.
 async fn accept<R: Runtime, H: Handler>(
     listener: R::Listener,
     handle: ServerHandle<R>,
@@ -249,10 +265,13 @@ async fn accept<R: Runtime, H: Handler>(
     let handler = Arc::new(handler);
     let shared = &handle.shared;
     let (mut stop, mut detach) = (shared.stop.wait(), detached.wait());
+    let mut stopped = |cx: &mut Context<'_>| {
+        Pin::new(&mut stop).poll(cx).is_ready() || Pin::new(&mut detach).poll(cx).is_ready()
+    };
+    let mut errors = AcceptErrors::default();
     loop {
         let accepted = poll_fn(|cx| {
-            if Pin::new(&mut stop).poll(cx).is_ready() || Pin::new(&mut detach).poll(cx).is_ready()
-            {
+            if stopped(cx) {
                 return Poll::Ready(None);
             }
             R::poll_accept(&listener, cx).map(Some)
@@ -261,10 +280,23 @@ async fn accept<R: Runtime, H: Handler>(
         let (stream, remote) = match accepted {
             None => break,
             Some(Ok(pair)) => pair,
-            // Per-connection failures (the peer reset before accept, out
-            // of descriptors) must not stop the server.
             Some(Err(e)) => {
-                handler.on_error(&e).await;
+                let step = errors.failed(e, Instant::now());
+                if let Some(report) = step.report {
+                    handler.on_error(&report).await;
+                }
+                if let Some(wait) = step.wait {
+                    let mut pause = pin!(R::sleep_until(Instant::now() + wait));
+                    let paused = poll_fn(|cx| {
+                        if stopped(cx) {
+                            return Poll::Ready(false);
+                        }
+                        pause.as_mut().poll(cx).map(|()| true)
+                    });
+                    if !paused.await {
+                        break;
+                    }
+                }
                 continue;
             }
         };

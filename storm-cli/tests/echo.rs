@@ -13,6 +13,7 @@ use storm_proto::Message;
 use storm_proto::options::{ClientOptions, Framing, WsOptions};
 use storm_proto::ws::{CloseCode, Event};
 use storm_std::ws;
+use storm_tests::suite::raw::{RawWs, frame, opcode};
 
 /// A running `storm echo`, killed on drop.
 struct Server {
@@ -34,7 +35,28 @@ fn start(proto: &str, runtime: &str) -> Server {
 }
 
 fn start_with(proto: &str, runtime: &str, extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_storm"))
+    launch(
+        Command::new(env!("CARGO_BIN_EXE_storm")),
+        proto,
+        runtime,
+        extra,
+    )
+}
+
+/// `storm echo` allowed at most `limit` open descriptors: a shell lowers
+/// its limit (`ulimit -n`, soft and hard) and becomes the server.
+fn start_with_descriptor_limit(limit: usize, proto: &str, runtime: &str) -> Server {
+    let mut shell = Command::new("sh");
+    shell
+        .arg("-c")
+        .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_storm"));
+    launch(shell, proto, runtime, &[])
+}
+
+/// Runs `command` with `storm echo`'s arguments after it.
+fn launch(mut command: Command, proto: &str, runtime: &str, extra: &[&str]) -> Server {
+    let mut child = command
         .args([
             "echo",
             "--proto",
@@ -216,4 +238,63 @@ fn ctrl_c_closes_sessions_and_exits_zero() {
         };
         assert!(exit.success(), "{runtime}: {exit}");
     }
+}
+
+/// The descriptor limit of the exhaustion tests: small, so that the flood
+/// is quick in a debug build.
+const DESCRIPTOR_LIMIT: usize = 128;
+
+/// Out of descriptors, a server keeps serving the connections it has
+/// accepted, accepts the rest as those end, and serves new ones once the
+/// flood is over. Twice as many connections as the server may have
+/// descriptors all ask to upgrade at once (the kernel completes them into
+/// the listen backlog, faster than the server accepts), then each in turn
+/// is read, echoes a message and closes; then a fresh client must upgrade
+/// and echo.
+fn serves_through_descriptor_exhaustion(runtime: &str) {
+    let server = start_with_descriptor_limit(DESCRIPTOR_LIMIT, "ws", runtime);
+    let addr = server.addr.parse().expect("address");
+    let flood: Vec<TcpStream> = (0..2 * DESCRIPTOR_LIMIT)
+        .map(|_| RawWs::request(addr))
+        .collect();
+    // A write error too is a connection the server dropped.
+    let echoes = |ws: &mut RawWs| {
+        let message = frame(opcode::TEXT, b"still here", true);
+        ws.stream.write_all(&message).is_ok()
+            && matches!(ws.next_event(), Some(Event::Text(t)) if t.as_str() == "still here")
+    };
+    // Each read waits at most storm-tests' WAIT (10 s), and panics after.
+    let mut served = 0;
+    for stream in flood {
+        // A connection dropped for want of descriptors (std needs two per
+        // session) ends, before or after its upgrade; it never hangs.
+        if let Some(mut ws) = RawWs::upgraded(stream) {
+            served += usize::from(echoes(&mut ws));
+        }
+    }
+    eprintln!(
+        "{runtime}: {served} of {} flood connections served",
+        2 * DESCRIPTOR_LIMIT
+    );
+    assert!(
+        served >= DESCRIPTOR_LIMIT / 2,
+        "{runtime}: only {served} flood connections were served"
+    );
+    let mut fresh = RawWs::upgrade(addr);
+    assert!(echoes(&mut fresh), "{runtime}: no echo after the flood");
+}
+
+#[test]
+fn serves_through_descriptor_exhaustion_on_tokio() {
+    serves_through_descriptor_exhaustion("tokio");
+}
+
+#[test]
+fn serves_through_descriptor_exhaustion_on_smol() {
+    serves_through_descriptor_exhaustion("smol");
+}
+
+#[test]
+fn serves_through_descriptor_exhaustion_on_std() {
+    serves_through_descriptor_exhaustion("std");
 }

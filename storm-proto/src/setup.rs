@@ -12,7 +12,9 @@
 //! [`ClientCore::ended`] and [`ClientCore::next_attempt`]. A server adapter
 //! builds a [`ServerSetup`] at bind, takes an [`Admitted`] at accept, and
 //! does the same with [`ServerSetup::open`], [`ServerUpgrade`] and
-//! [`ServerSetup::admit`].
+//! [`ServerSetup::admit`]; when `accept` itself fails, [`AcceptErrors`]
+//! says whether to accept again at once or after a pause, and what to
+//! report.
 
 use std::io;
 use std::net::SocketAddr;
@@ -32,6 +34,9 @@ use crate::ws::handshake::{
     ClientConfig, ClientHandshake, ClientStep, ServerConfig, ServerHandshake, ServerStep,
 };
 use crate::ws::{Connection, Side, WsUrl};
+
+mod accept;
+pub use accept::{ACCEPT_BACKOFF, ACCEPT_REPORT_EVERY, AcceptErrors, AcceptStep};
 
 fn config_error(e: impl std::fmt::Display) -> ClientError {
     ClientError::Config(e.to_string())

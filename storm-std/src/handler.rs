@@ -31,10 +31,12 @@ pub trait Handler: Send + Sync + 'static {
     }
 
     /// Something failed that is not a disconnect: a refused handshake, a
-    /// failed connect attempt. Servers report [`std::io::Error`]s (a
-    /// handshake timeout with [`TimedOut`](std::io::ErrorKind::TimedOut)),
-    /// clients [`ClientError`](crate::ClientError)s: downcast to tell them
-    /// apart.
+    /// failed connect attempt, a failed accept. Servers report
+    /// [`std::io::Error`]s (a handshake timeout with
+    /// [`TimedOut`](std::io::ErrorKind::TimedOut); an accept that failed
+    /// for want of descriptors, at most once a second while it lasts, see
+    /// [`AcceptErrors`](storm_proto::setup::AcceptErrors)), clients
+    /// [`ClientError`](crate::ClientError)s: downcast to tell them apart.
     fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
         let _ = error;
     }

@@ -17,7 +17,9 @@ use storm_proto::hub::CloseKind;
 use storm_proto::link::Protocol;
 use storm_proto::options::{Framing, ServerOptions, WsOptions};
 use storm_proto::peer::Registry;
-use storm_proto::setup::{Admitted, ServerOpen, ServerSetup, ServerUpgradeStep, server_hub};
+use storm_proto::setup::{
+    AcceptErrors, Admitted, ServerOpen, ServerSetup, ServerUpgradeStep, server_hub,
+};
 
 use crate::deadline::Deadlined;
 use crate::driver::{Transport, drive};
@@ -157,9 +159,15 @@ macro_rules! server_common {
             /// [`ServerHandle::shutdown`]; returns when every connection
             /// thread has ended.
             ///
+            /// A failed accept never ends it: the handler's `on_error`
+            /// hears it, and the server accepts again at once (one
+            /// connection's failure) or after a pause (out of descriptors,
+            /// buffers or memory), serving its connections meanwhile (see
+            /// [`AcceptErrors`](storm_proto::setup::AcceptErrors)).
+            ///
             /// # Errors
             ///
-            /// Only a failing listener; connection errors go to the handler.
+            /// None from accepting; connection errors go to the handler.
             pub fn serve<H: Handler>(self, handler: H) -> io::Result<()> {
                 serve(self.listener, self.handle, handler)
             }
@@ -249,16 +257,20 @@ fn serve<H: Handler>(listener: TcpListener, handle: ServerHandle, handler: H) ->
     let shared = &handle.shared;
     handle.set_serving(Serving::Running);
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    let mut errors = AcceptErrors::default();
     while !shared.stop.load(Ordering::Acquire) {
         let (stream, remote) = match listener.accept() {
             Ok(pair) => pair,
-            // Per-connection failures (the peer reset before accept, out of
-            // descriptors) must not stop the server.
+            // One connection's failure: the next at once. Out of
+            // descriptors: a pause, while the connection threads run on
+            // and free them (storm-proto's `AcceptErrors`).
             Err(e) => {
-                handler.on_error(&e);
-                if e.kind() != io::ErrorKind::Interrupted {
-                    // Out of descriptors fails again at once: do not spin.
-                    thread::sleep(Duration::from_millis(10));
+                let step = errors.failed(e, Instant::now());
+                if let Some(report) = step.report {
+                    handler.on_error(&report);
+                }
+                if let Some(wait) = step.wait {
+                    thread::sleep(wait);
                 }
                 continue;
             }

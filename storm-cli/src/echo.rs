@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::ValueEnum;
 use storm_proto::Message;
 use storm_proto::framing::{DelimiterConfig, LengthPrefixConfig, RawConfig};
+use storm_proto::link::CloseReason;
 use storm_proto::options::{Framing, ServerOptions, WsOptions};
 use storm_proto::ws::Config;
 use storm_proto::ws::deflate::DeflateConfig;
@@ -123,8 +124,20 @@ impl storm_async::Handler for AsyncEcho {
         let _ = session.send(message).await;
     }
 
+    async fn on_disconnect(&self, session: &storm_async::Session, reason: &CloseReason) {
+        closed(session.remote_addr(), reason);
+    }
+
     async fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
         tracing::debug!(%error, "connection error");
+    }
+}
+
+/// Logs a connection that ended on a fault (a framing error, such as a TLS
+/// ClientHello on a plain port), with the peer's address.
+fn closed(remote: SocketAddr, reason: &CloseReason) {
+    if !reason.is_normal() {
+        tracing::debug!(%remote, %reason, "connection closed");
     }
 }
 
@@ -157,6 +170,10 @@ struct StdEcho;
 impl storm_std::Handler for StdEcho {
     fn on_message(&self, session: &storm_std::Session, message: Message) {
         let _ = session.send(message);
+    }
+
+    fn on_disconnect(&self, session: &storm_std::Session, reason: &CloseReason) {
+        closed(session.remote_addr(), reason);
     }
 
     fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {

@@ -2,9 +2,11 @@
 //!
 //! `storm --help` lists the services; each one's options are documented
 //! with `storm <service> --help`. Logs go to stderr, filtered by the
-//! `STORM_LOG` environment variable (default `warn`).
+//! `STORM_LOG` environment variable (default `warn`), in colour only on a
+//! terminal and without `NO_COLOR`.
 
-use std::io;
+use std::ffi::OsStr;
+use std::io::{self, IsTerminal};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -65,6 +67,13 @@ enum ClientCommand {
     Rpc(storm_cli::rpc::cli::ClientArgs),
 }
 
+/// Whether log lines carry ANSI colours: only when stderr is a terminal
+/// (a file or a pipe gets plain text), and not when `NO_COLOR` is set to
+/// anything non-empty (<https://no-color.org>).
+fn log_colour(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(OsStr::is_empty)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Logs go to stderr (stdout carries the services' own output);
@@ -75,6 +84,10 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(log_colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .init();
     let result = match cli.command {
         Command::Gateway(args) => return storm_cli::gateway::cli::run(&args),
@@ -96,5 +109,19 @@ fn main() -> ExitCode {
             eprintln!("storm: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_are_coloured_only_on_a_terminal_without_no_color() {
+        assert!(log_colour(true, None));
+        assert!(log_colour(true, Some(OsStr::new(""))));
+        assert!(!log_colour(true, Some(OsStr::new("1"))));
+        assert!(!log_colour(false, None));
+        assert!(!log_colour(false, Some(OsStr::new("1"))));
     }
 }

@@ -104,10 +104,13 @@ impl TlsArgs {
     ///
     /// # Errors
     ///
-    /// A file cannot be read.
+    /// A file cannot be read or does not hold what it should; the error
+    /// starts with the option's usage, which gives the order of the files.
     pub fn apply(&self, options: &mut storm_proto::options::ServerOptions) -> io::Result<()> {
         if let Some([cert, key]) = self.tls.as_deref() {
-            options.tls = Some(storm_proto::tls::server_options_from_pem_files(cert, key)?);
+            let tls = storm_proto::tls::server_options_from_pem_files(cert, key)
+                .map_err(|e| io::Error::new(e.kind(), format!("--tls CERT_PEM KEY_PEM: {e}")))?;
+            options.tls = Some(tls);
         }
         Ok(())
     }

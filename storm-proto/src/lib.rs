@@ -25,7 +25,8 @@
 //! | [`broker`] | request/response broker: 24-byte frames, streaming and reassembly, consumer/provider routing, request correlation |
 //! | [`rpc`] | request/response RPC: the envelope (request, response, error, cancel), per-message compression, client call correlation with deadlines and cancellation, server request tracking |
 //! | [`setup`] | opening a connection apart from the I/O: client targets and server setups checked once (TLS included), the WebSocket upgrade bytes in and protocol out, admission into a hub, a client's reconnect schedule |
-//! | `tls` | (feature `tls`) the shared TLS options into rustls configurations; PEM files into options |
+//! | `tls` | (feature `tls`) the shared TLS options into rustls configurations; PEM files into options; rustls' errors as sentences that say what to do |
+//! | [`tls_sniff`] | telling a TLS record from plain bytes: a plain end whose peer speaks TLS gets an error that says so |
 //!
 //! # The drive loop
 //!
@@ -116,6 +117,7 @@ pub mod rpc;
 pub mod setup;
 #[cfg(feature = "tls")]
 pub mod tls;
+pub mod tls_sniff;
 pub mod ws;
 
 pub use message::{Message, Utf8Bytes};

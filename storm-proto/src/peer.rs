@@ -91,10 +91,16 @@ impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Url(e) => e.fmt(f),
-            Self::Tls(e) => write!(f, "TLS failed: {e}"),
+            Self::Tls(e) => {
+                #[cfg(feature = "tls")]
+                if let Some(hint) = crate::tls::client_hint(e) {
+                    return write!(f, "TLS failed: {hint} ({e})");
+                }
+                write!(f, "TLS failed: {e}")
+            }
             Self::Timeout => f.write_str("connect timed out"),
             Self::Io(e) => write!(f, "I/O error: {e}"),
-            Self::Handshake(e) => write!(f, "upgrade refused: {e}"),
+            Self::Handshake(e) => write!(f, "WebSocket upgrade failed: {e}"),
             Self::Config(e) => write!(f, "invalid option: {e}"),
             Self::NotConnected => f.write_str("not connected"),
             Self::Send(e) => e.fmt(f),

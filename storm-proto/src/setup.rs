@@ -25,11 +25,13 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use rand::RngCore;
 
+use crate::framing::{Framer, FramingConfigError, FramingError};
 use crate::hub::{ConnectionPermit, Hub, HubConfig, SessionId};
 use crate::link::{Link, LinkConfig, Protocol};
 use crate::options::{ClientOptions, Framing, ServerOptions, WsOptions};
 use crate::peer::{ClientError, Peer, Registry};
 use crate::reconnect::{Backoff, BackoffStep};
+use crate::tls_sniff::PlainFramer;
 use crate::ws::handshake::{
     ClientConfig, ClientHandshake, ClientStep, ServerConfig, ServerHandshake, ServerStep,
 };
@@ -175,7 +177,8 @@ impl ClientTarget {
     /// What a new connection does once connected (and past TLS): a TCP
     /// client speaks at once; a WebSocket client sends its upgrade request
     /// and reads the response into the returned [`ClientUpgrade`]. `rng`
-    /// makes the handshake key.
+    /// makes the handshake key. Without TLS, a server that answers with a
+    /// TLS record is reported as one ([`crate::tls_sniff`]).
     ///
     /// # Errors
     ///
@@ -187,7 +190,8 @@ impl ClientTarget {
     ) -> Result<ClientOpen<'_>, ClientError> {
         match &self.kind {
             TargetKind::Tcp { framing, .. } => Ok(ClientOpen::Ready(Protocol::Framed(
-                framing.build().map_err(config_error)?,
+                framer(framing, self.has_tls(), FramingError::ServerSpeaksTls)
+                    .map_err(config_error)?,
             ))),
             TargetKind::Ws { url, ws } => {
                 let mut config = ClientConfig::new(url.host_header(), url.resource.clone());
@@ -225,6 +229,21 @@ fn no_tls(wanted: bool) -> Result<(), ClientError> {
         true => Err(config_error("TLS needs storm-proto's `tls` feature")),
         false => Ok(()),
     }
+}
+
+/// A framed connection's framer: `framing`'s, behind a [`PlainFramer`]
+/// (which turns a peer's opening TLS record into `peer_speaks_tls`) unless
+/// the connection runs over TLS.
+fn framer(
+    framing: &Framing,
+    tls: bool,
+    peer_speaks_tls: FramingError,
+) -> Result<Box<dyn Framer + Send>, FramingConfigError> {
+    let framer = framing.build()?;
+    Ok(match tls {
+        true => framer,
+        false => Box::new(PlainFramer::new(framer, peer_speaks_tls)),
+    })
 }
 
 fn handshake_name(ws: bool, tls: bool) -> &'static str {
@@ -470,25 +489,29 @@ impl ServerSetup {
     /// What to call a connection's handshake when it times out.
     #[must_use]
     pub fn handshake_name(&self) -> &'static str {
+        handshake_name(matches!(self.kind, ServerKind::Ws { .. }), self.has_tls())
+    }
+
+    fn has_tls(&self) -> bool {
         #[cfg(feature = "tls")]
-        let tls = self.tls.is_some();
+        return self.tls.is_some();
         #[cfg(not(feature = "tls"))]
-        let tls = false;
-        handshake_name(matches!(self.kind, ServerKind::Ws { .. }), tls)
+        false
     }
 
     /// What a new connection does once accepted (and past TLS): a TCP
     /// server speaks at once; a WebSocket server reads the upgrade request
-    /// into the returned [`ServerUpgrade`].
+    /// into the returned [`ServerUpgrade`]. Without TLS, a client that opens
+    /// with a TLS ClientHello is reported as one ([`crate::tls_sniff`]).
     ///
     /// # Errors
     ///
     /// [`InvalidInput`](io::ErrorKind::InvalidInput) for invalid options.
     pub fn open(&self) -> io::Result<ServerOpen<'_>> {
         Ok(match &self.kind {
-            ServerKind::Tcp(framing) => {
-                ServerOpen::Ready(Protocol::Framed(framing.build().map_err(invalid)?))
-            }
+            ServerKind::Tcp(framing) => ServerOpen::Ready(Protocol::Framed(
+                framer(framing, self.has_tls(), FramingError::ClientSpeaksTls).map_err(invalid)?,
+            )),
             ServerKind::Ws { handshake, options } => ServerOpen::Upgrade(ServerUpgrade {
                 state: ServerHandshake::new(Arc::clone(handshake)).map_err(invalid)?,
                 ws: options,

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::pem::{PemObject, SectionKind};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use crate::options::{TlsClientCert, TlsClientOptions, TlsServerOptions};
@@ -53,36 +53,48 @@ pub fn read_pem_file(path: impl AsRef<Path>) -> io::Result<Vec<u8>> {
 
 /// Server TLS options from a PEM certificate chain file (leaf first) and a
 /// PEM private key file, without client-certificate authentication (set
-/// [`TlsServerOptions::client_ca_pem`] for that). The PEM is checked when the
-/// server binds. Blocking: meant for start-up.
+/// [`TlsServerOptions::client_ca_pem`] for that). Each file is checked to
+/// hold what it should (a certificate, a private key); the rest (do they
+/// parse, do they fit) is checked when the server binds. Blocking: meant
+/// for start-up.
 ///
 /// # Errors
 ///
-/// A file cannot be read.
+/// A file cannot be read, or does not hold what it should (the error names
+/// the file and what it holds, and says the order when the two look
+/// swapped).
 pub fn server_options_from_pem_files(
     cert_chain: impl AsRef<Path>,
     key: impl AsRef<Path>,
 ) -> io::Result<TlsServerOptions> {
-    Ok(TlsServerOptions::new(
-        read_pem_file(cert_chain)?,
-        read_pem_file(key)?,
-    ))
+    let (cert_chain, key) = read_pair(cert_chain.as_ref(), key.as_ref())?;
+    Ok(TlsServerOptions::new(cert_chain, key))
 }
 
 /// A client certificate from a PEM certificate chain file and a PEM private
-/// key file. Blocking: meant for start-up.
+/// key file, checked as [`server_options_from_pem_files`] checks them.
+/// Blocking: meant for start-up.
 ///
 /// # Errors
 ///
-/// A file cannot be read.
+/// As [`server_options_from_pem_files`].
 pub fn client_cert_from_pem_files(
     cert_chain: impl AsRef<Path>,
     key: impl AsRef<Path>,
 ) -> io::Result<TlsClientCert> {
-    Ok(TlsClientCert::new(
-        read_pem_file(cert_chain)?,
-        read_pem_file(key)?,
-    ))
+    let (cert_chain, key) = read_pair(cert_chain.as_ref(), key.as_ref())?;
+    Ok(TlsClientCert::new(cert_chain, key))
+}
+
+/// Reads a certificate chain file and its key file, each checked to hold
+/// what it should.
+fn read_pair(cert_chain: &Path, key: &Path) -> io::Result<(Vec<u8>, Vec<u8>)> {
+    let cert_pem = read_pem_file(cert_chain)?;
+    let key_pem = read_pem_file(key)?;
+    let what = |role: &str, path: &Path| format!("TLS {role} file {}", path.display());
+    certificates(&cert_pem, &what("certificate chain", cert_chain), Pair::Yes)?;
+    private_key(&key_pem, &what("private key", key), Pair::Yes)?;
+    Ok((cert_pem, key_pem))
 }
 
 fn invalid(message: String) -> io::Error {
@@ -93,29 +105,106 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Every certificate in `pem`; at least one.
-fn certificates(pem: &[u8], field: &str) -> io::Result<Vec<CertificateDer<'static>>> {
+/// Whether a PEM is one of a certificate chain and private key pair (whose
+/// files can be swapped) or on its own (a CA).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pair {
+    Yes,
+    No,
+}
+
+/// What a PEM should hold.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Expected {
+    Certificate,
+    PrivateKey,
+}
+
+/// The kinds of the PEM sections in `pem`, each once, in order (up to the
+/// first section that does not parse).
+fn section_kinds(pem: &[u8]) -> Vec<SectionKind> {
+    let mut kinds = Vec::new();
+    for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(pem) {
+        let Ok((kind, _)) = section else { break };
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    kinds
+}
+
+/// A section kind as errors name it: "a PRIVATE KEY".
+fn section_name(kind: SectionKind) -> &'static str {
+    match kind {
+        SectionKind::Certificate => "a CERTIFICATE",
+        SectionKind::PrivateKey => "a PRIVATE KEY",
+        SectionKind::RsaPrivateKey => "an RSA PRIVATE KEY",
+        SectionKind::EcPrivateKey => "an EC PRIVATE KEY",
+        SectionKind::PublicKey => "a PUBLIC KEY",
+        SectionKind::Csr => "a CERTIFICATE REQUEST",
+        SectionKind::Crl => "an X509 CRL",
+        _ => "another PEM section",
+    }
+}
+
+/// `what` does not hold what it should: says what it holds, and for one
+/// of a pair that holds the other half, that the two look swapped and
+/// which comes first.
+fn wrong_contents(what: &str, pem: &[u8], expected: Expected, pair: Pair) -> io::Error {
+    let kinds = section_kinds(pem);
+    let contents = match kinds.as_slice() {
+        [] => "no PEM section".to_owned(),
+        kinds => kinds
+            .iter()
+            .map(|&kind| section_name(kind))
+            .collect::<Vec<_>>()
+            .join(" and "),
+    };
+    let other_half = kinds.iter().any(|kind| match expected {
+        Expected::Certificate => matches!(
+            kind,
+            SectionKind::PrivateKey | SectionKind::RsaPrivateKey | SectionKind::EcPrivateKey
+        ),
+        Expected::PrivateKey => *kind == SectionKind::Certificate,
+    });
+    let expected = match expected {
+        Expected::Certificate => "a CERTIFICATE",
+        Expected::PrivateKey => "a PRIVATE KEY",
+    };
+    let order = match (pair, other_half) {
+        (Pair::Yes, true) => {
+            ": the certificate chain (leaf first) comes first and its private key second; \
+             are the two swapped?"
+        }
+        _ => "",
+    };
+    invalid(format!("{what} holds {contents}, not {expected}{order}"))
+}
+
+/// Every certificate in `pem`; at least one. `what` names it in errors.
+fn certificates(pem: &[u8], what: &str, pair: Pair) -> io::Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| invalid(format!("TLS {field}: {e}")))?;
+        .map_err(|e| invalid(format!("{what}: {e}")))?;
     if certs.is_empty() {
-        return Err(invalid(format!("TLS {field}: no CERTIFICATE in the PEM")));
+        return Err(wrong_contents(what, pem, Expected::Certificate, pair));
     }
     Ok(certs)
 }
 
-fn private_key(pem: &[u8], field: &str) -> io::Result<PrivateKeyDer<'static>> {
+/// The private key in `pem`. `what` names it in errors.
+fn private_key(pem: &[u8], what: &str, pair: Pair) -> io::Result<PrivateKeyDer<'static>> {
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => {
-            invalid(format!("TLS {field}: no PRIVATE KEY in the PEM"))
+            wrong_contents(what, pem, Expected::PrivateKey, pair)
         }
-        e => invalid(format!("TLS {field}: {e}")),
+        e => invalid(format!("{what}: {e}")),
     })
 }
 
 fn roots(pem: &[u8], field: &str) -> io::Result<RootCertStore> {
     let mut roots = RootCertStore::empty();
-    for cert in certificates(pem, field)? {
+    for cert in certificates(pem, &format!("TLS {field}"), Pair::No)? {
         roots
             .add(cert)
             .map_err(|e| invalid(format!("TLS {field}: not a usable CA certificate: {e}")))?;
@@ -130,8 +219,8 @@ fn roots(pem: &[u8], field: &str) -> io::Result<RootCertStore> {
 /// [`InvalidInput`](io::ErrorKind::InvalidInput), naming the field, when a
 /// certificate, key or CA does not parse or does not fit.
 pub fn server_config(options: &TlsServerOptions) -> io::Result<Arc<ServerConfig>> {
-    let certs = certificates(&options.cert_chain_pem, "cert_chain_pem")?;
-    let key = private_key(&options.key_pem, "key_pem")?;
+    let certs = certificates(&options.cert_chain_pem, "TLS cert_chain_pem", Pair::Yes)?;
+    let key = private_key(&options.key_pem, "TLS key_pem", Pair::Yes)?;
     let provider = provider();
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
@@ -173,14 +262,179 @@ pub fn client_config(options: &TlsClientOptions) -> io::Result<Arc<ClientConfig>
     let config = match &options.client_cert {
         None => builder.with_no_client_auth(),
         Some(cert) => {
-            let certs = certificates(&cert.cert_chain_pem, "client_cert.cert_chain_pem")?;
-            let key = private_key(&cert.key_pem, "client_cert.key_pem")?;
+            let certs = certificates(
+                &cert.cert_chain_pem,
+                "TLS client_cert.cert_chain_pem",
+                Pair::Yes,
+            )?;
+            let key = private_key(&cert.key_pem, "TLS client_cert.key_pem", Pair::Yes)?;
             builder
                 .with_client_auth_cert(certs, key)
                 .map_err(|e| invalid(format!("TLS client_cert: {e}")))?
         }
     };
     Ok(Arc::new(config))
+}
+
+/// Why a client's TLS handshake failed, as a sentence that names the
+/// cause and the fix; `None` when there is nothing to add to `error`'s own
+/// words. `error` is what a TLS connect returned: rustls' error inside an
+/// I/O error (a certificate refused, an alert from the server, a reply
+/// that is not TLS), or the end of the stream. Every adapter's
+/// [`ClientError::Tls`](crate::peer::ClientError::Tls) shows it.
+#[must_use]
+pub fn client_hint(error: &io::Error) -> Option<String> {
+    let rustls_error = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match rustls_error {
+        Some(e) => rustls_hint(e),
+        None => match error.kind() {
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => Some(
+                "the server closed the connection during the TLS handshake: it may not speak \
+                 TLS on this port (connect without TLS, or start the server with TLS), or it \
+                 refused this client"
+                    .to_owned(),
+            ),
+            _ => None,
+        },
+    }
+}
+
+/// [`client_hint`] for rustls' error.
+fn rustls_hint(error: &rustls::Error) -> Option<String> {
+    use rustls::AlertDescription as Alert;
+    use rustls::Error;
+    use rustls::InvalidMessage;
+    Some(match error {
+        Error::InvalidCertificate(e) => certificate_hint(e)?,
+        Error::InvalidMessage(
+            InvalidMessage::InvalidContentType | InvalidMessage::UnknownProtocolVersion,
+        )
+        | Error::PeerSentOversizedRecord => "the server's reply is not TLS: it does not speak TLS \
+             on this port (connect without TLS: ws:// or tcp://, no --tls-ca; or start the \
+             server with --tls)"
+            .to_owned(),
+        Error::AlertReceived(Alert::CertificateRequired) => {
+            "the server requires a client certificate: give this client one signed by a CA \
+             the server trusts (TlsClientOptions::client_cert)"
+                .to_owned()
+        }
+        Error::AlertReceived(
+            alert @ (Alert::BadCertificate
+            | Alert::UnknownCA
+            | Alert::CertificateUnknown
+            | Alert::CertificateExpired
+            | Alert::CertificateRevoked
+            | Alert::UnsupportedCertificate),
+        ) => format!(
+            "the server refused this client's certificate ({alert:?}): use a client \
+             certificate signed by a CA the server trusts, valid now"
+        ),
+        Error::AlertReceived(
+            alert
+            @ (Alert::HandshakeFailure | Alert::ProtocolVersion | Alert::InsufficientSecurity),
+        ) => format!(
+            "the server and this client share no TLS version, cipher suite or key type \
+             ({alert:?}): Storm speaks TLS 1.2 and 1.3 with rustls' safe defaults"
+        ),
+        _ => return None,
+    })
+}
+
+/// [`client_hint`] for a server certificate rustls refused.
+fn certificate_hint(error: &rustls::CertificateError) -> Option<String> {
+    use rustls::CertificateError as E;
+    Some(match error {
+        E::Other(other) => match other.0.to_string().as_str() {
+            // rustls-webpki's errors, which rustls passes on as `Other`;
+            // their Display is the variant's name.
+            "CaUsedAsEndEntity" => "the server's certificate is a CA certificate (basic \
+                 constraints CA:TRUE) used as the server's own, which `openssl req -x509` \
+                 makes unless told otherwise: give the server a leaf certificate (CA:FALSE) \
+                 with a subjectAltName for its name, signed by a CA the client trusts \
+                 (--tls-ca CA_PEM); or, self-signed, add `-addext \
+                 basicConstraints=critical,CA:FALSE -addext \
+                 subjectAltName=DNS:localhost,IP:127.0.0.1` to that openssl command"
+                .to_owned(),
+            "EndEntityUsedAsCa" => "a certificate that signed another in the server's chain is \
+                 not a CA certificate (basic constraints CA:FALSE): sign the server's \
+                 certificate with a CA certificate"
+                .to_owned(),
+            "UnsupportedCertVersion" => "the server's certificate is X.509 v1; only v3 is \
+                 accepted: reissue it with extensions (a subjectAltName), which makes it v3"
+                .to_owned(),
+            _ => return None,
+        },
+        E::UnknownIssuer => "the server's certificate is not signed by a CA this client \
+             trusts: give the client the CA that signed it (--tls-ca CA_PEM, \
+             TlsClientOptions::with_ca), and have the server send its whole chain (leaf \
+             first, then any intermediates)"
+            .to_owned(),
+        E::NotValidForName => "the server's certificate does not carry the name this client \
+             connected to: connect with a name it carries, set the client's server_name, or \
+             reissue it with that name in its subjectAltName (the common name does not count)"
+            .to_owned(),
+        E::NotValidForNameContext {
+            expected,
+            presented,
+        } => format!(
+            "the server's certificate is not valid for {:?} (it carries {}): connect with a \
+             name it carries, set the client's server_name, or reissue it with {:?} in its \
+             subjectAltName (the common name does not count)",
+            expected.to_str(),
+            match presented.as_slice() {
+                [] => "no subjectAltName".to_owned(),
+                names => names
+                    .iter()
+                    .map(|name| presented_name(name))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            },
+            expected.to_str(),
+        ),
+        E::Expired | E::ExpiredContext { .. } => "the server's certificate has expired: renew \
+             it (or check this machine's clock)"
+            .to_owned(),
+        E::NotValidYet | E::NotValidYetContext { .. } => "the server's certificate is not \
+             valid yet: check this machine's clock, or the certificate's start date"
+            .to_owned(),
+        E::BadSignature => "the server's certificate's signature does not verify with its \
+             issuer's key: the certificate and the CA given to the client do not belong \
+             together (was one of them made again?)"
+            .to_owned(),
+        E::BadEncoding => {
+            "the server's certificate is malformed (not valid DER): reissue it".to_owned()
+        }
+        E::InvalidPurpose | E::InvalidPurposeContext { .. } => "the server's certificate is \
+             not for server authentication (its extended key usage lacks serverAuth): \
+             reissue it with extendedKeyUsage = serverAuth"
+            .to_owned(),
+        E::Revoked => {
+            "the server's certificate has been revoked: the server needs a new one".to_owned()
+        }
+        E::UnhandledCriticalExtension => "the server's certificate has a critical extension \
+             this client does not understand: reissue it without"
+            .to_owned(),
+        E::UnsupportedSignatureAlgorithmContext { .. }
+        | E::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => "the server's \
+             certificate is signed with an algorithm this client does not accept: reissue it \
+             with ECDSA (P-256, P-384), Ed25519, or RSA with SHA-256 or better"
+            .to_owned(),
+        _ => return None,
+    })
+}
+
+/// A name rustls says a certificate carries (`DnsName("localhost")`,
+/// `IpAddress(127.0.0.1)`) as the name alone.
+fn presented_name(name: &str) -> &str {
+    name.strip_prefix("DnsName(\"")
+        .and_then(|rest| rest.strip_suffix("\")"))
+        .or_else(|| {
+            name.strip_prefix("IpAddress(")
+                .and_then(|rest| rest.strip_suffix(')'))
+        })
+        .unwrap_or(name)
 }
 
 /// The name the server's certificate must carry: `server_name` when set,
@@ -269,6 +523,246 @@ mod tests {
     #[test]
     fn the_default_client_trusts_the_web_roots() {
         assert!(client_config(&TlsClientOptions::default()).is_ok());
+    }
+
+    const CERT: &str = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    const KEY: &str = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+
+    #[test]
+    fn a_swapped_certificate_and_key_say_so() {
+        let err = server_config(&TlsServerOptions::new(KEY, CERT))
+            .map(|_| ())
+            .unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(
+            text.contains("cert_chain_pem holds a PRIVATE KEY, not a CERTIFICATE"),
+            "{text}"
+        );
+        assert!(
+            text.contains("comes first") && text.contains("swapped"),
+            "{text}"
+        );
+        // A certificate where the key belongs (the chain is right).
+        let err = server_config(&TlsServerOptions::new(CERT, CERT))
+            .map(|_| ())
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("key_pem holds a CERTIFICATE, not a PRIVATE KEY"),
+            "{text}"
+        );
+        // A CA file with a key in it: no pair, so no order to give.
+        let err = client_config(&TlsClientOptions::with_ca(KEY))
+            .map(|_| ())
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("ca_pem holds a PRIVATE KEY, not a CERTIFICATE"),
+            "{text}"
+        );
+        assert!(!text.contains("swapped"), "{text}");
+    }
+
+    #[test]
+    fn swapped_files_are_named_with_what_they_hold() {
+        let dir = std::env::temp_dir().join(format!("storm-proto-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, CERT).unwrap();
+        std::fs::write(&key, KEY).unwrap();
+        let swapped = server_options_from_pem_files(&key, &cert).unwrap_err();
+        let client = client_cert_from_pem_files(&key, &cert).unwrap_err();
+        let right = server_options_from_pem_files(&cert, &key);
+        std::fs::remove_dir_all(&dir).unwrap();
+        for err in [swapped, client] {
+            let text = err.to_string();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+            assert!(
+                text.contains(&format!("certificate chain file {}", key.display())),
+                "{text}"
+            );
+            assert!(
+                text.contains("holds a PRIVATE KEY, not a CERTIFICATE"),
+                "{text}"
+            );
+            assert!(text.contains("comes first"), "{text}");
+        }
+        // The right order reads; the contents are checked at bind.
+        assert!(right.is_ok());
+    }
+
+    /// A certificate for `names` and its key, signed by `issuer` (self-signed
+    /// without one); `ca` makes it a CA certificate.
+    fn certificate(
+        names: &[&str],
+        ca: bool,
+        issuer: Option<&rcgen::Issuer<'_, rcgen::KeyPair>>,
+        edit: impl FnOnce(&mut rcgen::CertificateParams),
+    ) -> (String, rcgen::KeyPair, rcgen::CertificateParams) {
+        let names: Vec<String> = names.iter().map(|&n| n.to_owned()).collect();
+        let common_name = names.first().map_or("storm test CA", String::as_str);
+        let mut params = rcgen::CertificateParams::new(names.clone()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        if ca {
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        }
+        edit(&mut params);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = match issuer {
+            Some(issuer) => params.signed_by(&key, issuer).unwrap(),
+            None => params.self_signed(&key).unwrap(),
+        };
+        (cert.pem(), key, params)
+    }
+
+    /// A TLS handshake between a server and a client over memory buffers:
+    /// the client's error as a TLS connect reports it (rustls' error in an
+    /// I/O error), after the server's alert if the server failed.
+    fn connect(server: &TlsServerOptions, client: &TlsClientOptions, host: &str) -> io::Result<()> {
+        let tls = |e: rustls::Error| io::Error::new(io::ErrorKind::InvalidData, e);
+        let mut server = rustls::ServerConnection::new(server_config(server)?).map_err(tls)?;
+        let name = server_name(client, host)?;
+        let mut client =
+            rustls::ClientConnection::new(client_config(client)?, name).map_err(tls)?;
+        for _ in 0..8 {
+            let mut wire = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut wire)?;
+            }
+            server.read_tls(&mut &wire[..])?;
+            let failed = server.process_new_packets().is_err();
+            let mut wire = Vec::new();
+            while server.wants_write() {
+                server.write_tls(&mut wire)?;
+            }
+            client.read_tls(&mut &wire[..])?;
+            client.process_new_packets().map_err(tls)?;
+            if failed {
+                return Err(io::Error::other("the server failed, the client did not"));
+            }
+            if !client.is_handshaking() && !server.is_handshaking() {
+                return Ok(());
+            }
+        }
+        Err(io::Error::other("the handshake did not finish"))
+    }
+
+    fn hint_of(result: io::Result<()>) -> String {
+        let err = result.unwrap_err();
+        let hint = client_hint(&err).unwrap_or_else(|| panic!("no hint for {err}"));
+        assert!(!hint.is_empty());
+        hint
+    }
+
+    #[test]
+    fn refused_server_certificates_are_explained() {
+        // The common mistake: a self-signed CA certificate as the server's.
+        let (ca_as_leaf, key, _) = certificate(&["localhost"], true, None, |_| {});
+        let server = TlsServerOptions::new(ca_as_leaf.clone(), key.serialize_pem());
+        let hint = hint_of(connect(
+            &server,
+            &TlsClientOptions::with_ca(ca_as_leaf),
+            "localhost",
+        ));
+        assert!(
+            hint.contains("is a CA certificate") && hint.contains("leaf"),
+            "{hint}"
+        );
+        assert!(hint.contains("subjectAltName"), "{hint}");
+
+        // A proper CA and leaf, and what goes wrong with them.
+        let (ca_pem, ca_key, ca_params) = certificate(&[], true, None, |_| {});
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let (leaf, leaf_key, _) = certificate(&["localhost"], false, Some(&issuer), |_| {});
+        let server = TlsServerOptions::new(leaf, leaf_key.serialize_pem());
+        let trusting = TlsClientOptions::with_ca(ca_pem.clone());
+        assert!(connect(&server, &trusting, "localhost").is_ok());
+
+        let hint = hint_of(connect(&server, &trusting, "example.com"));
+        assert!(hint.contains("not valid for \"example.com\""), "{hint}");
+        assert!(hint.contains("it carries localhost"), "{hint}");
+
+        let (other_ca, _, _) = certificate(&[], true, None, |p| {
+            p.distinguished_name = rcgen::DistinguishedName::new();
+            p.distinguished_name
+                .push(rcgen::DnType::CommonName, "another CA");
+        });
+        let hint = hint_of(connect(
+            &server,
+            &TlsClientOptions::with_ca(other_ca),
+            "localhost",
+        ));
+        assert!(
+            hint.contains("not signed by a CA this client trusts"),
+            "{hint}"
+        );
+        // A CA made again: the same name, another key.
+        let (remade_ca, _, _) = certificate(&[], true, None, |_| {});
+        let hint = hint_of(connect(
+            &server,
+            &TlsClientOptions::with_ca(remade_ca),
+            "localhost",
+        ));
+        assert!(hint.contains("do not belong together"), "{hint}");
+
+        let (expired, expired_key, _) = certificate(&["localhost"], false, Some(&issuer), |p| {
+            p.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        });
+        let server = TlsServerOptions::new(expired, expired_key.serialize_pem());
+        let hint = hint_of(connect(&server, &trusting, "localhost"));
+        assert!(hint.contains("has expired"), "{hint}");
+
+        let (client_only, client_key, _) = certificate(&["localhost"], false, Some(&issuer), |p| {
+            p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        });
+        let server = TlsServerOptions::new(client_only, client_key.serialize_pem());
+        let hint = hint_of(connect(&server, &trusting, "localhost"));
+        assert!(hint.contains("serverAuth"), "{hint}");
+    }
+
+    #[test]
+    fn a_refused_client_and_a_server_without_tls_are_explained() {
+        let (ca_pem, ca_key, ca_params) = certificate(&[], true, None, |_| {});
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let (leaf, leaf_key, _) = certificate(&["localhost"], false, Some(&issuer), |_| {});
+        let mut server = TlsServerOptions::new(leaf, leaf_key.serialize_pem());
+        server.client_ca_pem = Some(ca_pem.clone().into_bytes());
+        let hint = hint_of(connect(
+            &server,
+            &TlsClientOptions::with_ca(ca_pem),
+            "localhost",
+        ));
+        assert!(hint.contains("requires a client certificate"), "{hint}");
+
+        // What a plain server's reply (an HTTP 400) makes of a TLS client.
+        let mut client =
+            rustls::ClientConnection::new(client_config(&TlsClientOptions::default()).unwrap(), {
+                server_name(&TlsClientOptions::default(), "localhost").unwrap()
+            })
+            .unwrap();
+        client
+            .read_tls(&mut &b"HTTP/1.1 400 Bad Request\r\n\r\n"[..])
+            .unwrap();
+        let err = io::Error::new(
+            io::ErrorKind::InvalidData,
+            client.process_new_packets().unwrap_err(),
+        );
+        let hint = client_hint(&err).unwrap_or_default();
+        assert!(hint.contains("not TLS"), "{hint}");
+        // A plain server that closes at the ClientHello.
+        let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "tls handshake eof");
+        let hint = client_hint(&eof).unwrap_or_default();
+        assert!(
+            hint.contains("closed the connection during the TLS handshake"),
+            "{hint}"
+        );
+        // Nothing to add to other failures.
+        assert_eq!(client_hint(&io::Error::other("something else")), None);
     }
 
     #[test]

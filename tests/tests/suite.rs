@@ -87,6 +87,8 @@ suite! {
         slow_consumer_disconnect,
         reconnect_after_server_restart,
         tls,
+        plain_meets_tls,
+        tls_certificate_refused,
         middleware_order,
         graceful_shutdown,
         oversize,

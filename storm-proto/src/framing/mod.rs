@@ -208,6 +208,14 @@ pub enum FramingError {
         /// Bytes left in the buffer that do not form a whole message.
         buffered: usize,
     },
+    /// Remote: a plain client's server opened with a TLS record (an
+    /// alert, as a TLS server answers bytes that are not TLS): the server
+    /// speaks TLS. See [`tls_sniff`](crate::tls_sniff).
+    ServerSpeaksTls,
+    /// Remote: a plain server's client opened with a TLS record (its
+    /// ClientHello): the client speaks TLS. See
+    /// [`tls_sniff`](crate::tls_sniff).
+    ClientSpeaksTls,
     /// Local: a message to send is longer than the framer can frame (its
     /// configured maximum, or what the length field can express).
     MessageTooLarge {
@@ -231,7 +239,10 @@ impl FramingError {
     #[must_use]
     pub fn is_remote(&self) -> bool {
         match self {
-            Self::FrameTooLarge { .. } | Self::Truncated { .. } => true,
+            Self::FrameTooLarge { .. }
+            | Self::Truncated { .. }
+            | Self::ServerSpeaksTls
+            | Self::ClientSpeaksTls => true,
             Self::MessageTooLarge { .. } | Self::MessageContainsDelimiter { .. } => false,
         }
     }
@@ -248,6 +259,13 @@ impl fmt::Display for FramingError {
                 f,
                 "stream ended inside a frame ({buffered} bytes of an incomplete frame)"
             ),
+            Self::ServerSpeaksTls => write!(
+                f,
+                "{}: connect over TLS (TLS client options; `--tls-ca CA_PEM` or a tls:// \
+                 endpoint for a `storm` client)",
+                crate::tls_sniff::SERVER_SPEAKS_TLS
+            ),
+            Self::ClientSpeaksTls => f.write_str(crate::tls_sniff::CLIENT_SPEAKS_TLS),
             Self::MessageTooLarge { len, max } => write!(
                 f,
                 "message of {len} bytes is too large to send (at most {max} bytes)"
@@ -304,6 +322,18 @@ mod tests {
     fn errors_say_whose_fault() {
         assert!(FramingError::FrameTooLarge { len: 2, max: 1 }.is_remote());
         assert!(FramingError::Truncated { buffered: 1 }.is_remote());
+        assert!(FramingError::ServerSpeaksTls.is_remote());
+        assert!(FramingError::ClientSpeaksTls.is_remote());
+        let text = FramingError::ServerSpeaksTls.to_string();
+        assert!(
+            text.contains("speaks TLS") && text.contains("--tls-ca"),
+            "{text}"
+        );
+        let text = FramingError::ClientSpeaksTls.to_string();
+        assert!(
+            text.contains("ClientHello") && text.contains("--tls"),
+            "{text}"
+        );
         assert!(!FramingError::MessageTooLarge { len: 2, max: 1 }.is_remote());
         assert!(!FramingError::MessageContainsDelimiter { offset: 0 }.is_remote());
         let text = FramingError::FrameTooLarge { len: 20, max: 10 }.to_string();

@@ -123,6 +123,28 @@ impl Pki {
     }
 }
 
+/// A certificate made the common way (`openssl req -x509 -newkey rsa:2048
+/// -nodes -subj /CN=localhost` makes a self-signed CA certificate), for
+/// `localhost` and `127.0.0.1`, and its key, as PEM: what a server should
+/// not use as its own, and what clients refuse (rustls:
+/// `CaUsedAsEndEntity`).
+///
+/// # Panics
+///
+/// When rcgen fails (it does not, for these parameters).
+#[must_use]
+pub fn self_signed_ca_for_localhost() -> (String, String) {
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let mut params = CertificateParams::new(names).expect("params");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let key = KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("certificate");
+    (cert.pem(), key.serialize_pem())
+}
+
 /// A [`Pki`]'s PEM files on disk; removed on drop.
 #[derive(Debug)]
 pub struct PemFiles {

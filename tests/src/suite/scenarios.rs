@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use storm_proto::Message;
 use storm_proto::backpressure::SlowConsumerPolicy;
-use storm_proto::framing::{DelimiterConfig, LengthPrefixConfig, RawConfig};
+use storm_proto::framing::{DelimiterConfig, FramingError, LengthPrefixConfig, RawConfig};
 use storm_proto::heartbeat::HeartbeatConfig;
 use storm_proto::hub::{CloseKind, Middleware, MiddlewareChain, SessionId};
 use storm_proto::link::CloseReason;
-use storm_proto::options::{Framing, WsOptions};
+use storm_proto::options::{Framing, TlsClientOptions, TlsServerOptions, WsOptions};
 use storm_proto::reconnect::BackoffConfig;
 use storm_proto::ws::{self, CloseCode, ProtocolError};
 
@@ -472,14 +472,7 @@ pub fn reconnect_after_server_restart<S: Adapter, C: Adapter>() {
 /// TLS with certificates made now: WebSocket (`wss://`) and framed TCP.
 /// Skipped (and said so) when either adapter has no TLS.
 pub fn tls<S: Adapter, C: Adapter>() {
-    if !(S::TLS && C::TLS) {
-        eprintln!(
-            "SKIPPED: tls needs TLS in both adapters (server {}: {}, client {}: {})",
-            S::NAME,
-            S::TLS,
-            C::NAME,
-            C::TLS
-        );
+    if !both_do_tls::<S, C>("tls") {
         return;
     }
     let pki = super::pki::Pki::new();
@@ -508,6 +501,143 @@ pub fn tls<S: Adapter, C: Adapter>() {
         client.assert_closed();
         server.shutdown(WAIT);
     }
+}
+
+/// Whether both adapters do TLS; says so when a scenario is skipped.
+fn both_do_tls<S: Adapter, C: Adapter>(scenario: &str) -> bool {
+    let both = S::TLS && C::TLS;
+    if !both {
+        eprintln!(
+            "SKIPPED: {scenario} needs TLS in both adapters (server {}: {}, client {}: {})",
+            S::NAME,
+            S::TLS,
+            C::NAME,
+            C::TLS
+        );
+    }
+    both
+}
+
+/// A plain client of a TLS server and a TLS client of a plain server, over
+/// WebSocket and framed TCP: the plain end says that its peer speaks TLS
+/// and what to do, and the TLS client says that the server does not.
+pub fn plain_meets_tls<S: Adapter, C: Adapter>() {
+    if !both_do_tls::<S, C>("plain_meets_tls") {
+        return;
+    }
+    let pki = super::pki::Pki::new();
+
+    // ws:// to a wss:// server: the TLS server's alert is the answer.
+    let mut spec = ServerSpec::ws(OnMessage::Echo);
+    spec.options.tls = Some(pki.server());
+    let mut server = Server::start::<S>(spec);
+    let mut plain = ClientSpec::to(&server);
+    plain.target = plain.target.replacen("wss://", "ws://", 1);
+    let Err(error) = Client::try_connect::<C>(&plain) else {
+        panic!("a ws:// client of a wss:// server connected");
+    };
+    assert!(
+        error.contains("the server speaks TLS") && error.contains("use a wss:// URL"),
+        "{error}"
+    );
+    server.shutdown(WAIT);
+
+    // Plain TCP to a TLS server: the alert arrives instead of a frame.
+    let mut spec = ServerSpec::tcp(Framing::LengthPrefix, OnMessage::Echo);
+    spec.options.tls = Some(pki.server());
+    let mut server = Server::start::<S>(spec);
+    let client = Client::connect::<C>(&ClientSpec::to(&server));
+    client.send("anyone there?");
+    let reason = client.disconnect();
+    assert_eq!(
+        reason,
+        CloseReason::Framing(FramingError::ServerSpeaksTls),
+        "{reason}"
+    );
+    assert!(reason.to_string().contains("--tls-ca"), "{reason}");
+    client.assert_closed();
+    server.shutdown(WAIT);
+
+    // TLS clients of plain servers: the server hears a ClientHello.
+    let ws = ServerSpec::ws(OnMessage::Echo);
+    let tcp = ServerSpec::tcp(Framing::LengthPrefix, OnMessage::Echo);
+    for spec in [ws, tcp] {
+        let websocket = matches!(spec.protocol, Protocol::Ws(_));
+        let mut server = Server::start::<S>(spec);
+        let mut secure = ClientSpec::to(&server);
+        secure.target = secure.target.replacen("ws://", "wss://", 1);
+        secure.options.tls = Some(pki.client());
+        let Err(error) = Client::try_connect::<C>(&secure) else {
+            panic!("a TLS client of a plain server connected");
+        };
+        let said = if websocket {
+            // The 400 the WebSocket server answers with is not TLS.
+            "the server's reply is not TLS"
+        } else {
+            "closed the connection during the TLS handshake"
+        };
+        assert!(error.contains(said), "{error}");
+        let heard = loop {
+            match server.events.next() {
+                Event::Error(text) => break text,
+                Event::Disconnect(_, reason) => break reason.to_string(),
+                _ => {}
+            }
+        };
+        assert!(
+            heard.contains("TLS ClientHello on a plain port")
+                && heard.contains("not running with TLS"),
+            "{heard}"
+        );
+        server.shutdown(WAIT);
+    }
+}
+
+/// Certificates a client refuses, each with a sentence that names the
+/// cause and the fix: a self-signed CA certificate used as the server's
+/// own (what `openssl req -x509` makes by default), and a certificate for
+/// another name.
+pub fn tls_certificate_refused<S: Adapter, C: Adapter>() {
+    if !both_do_tls::<S, C>("tls_certificate_refused") {
+        return;
+    }
+    let (ca_as_leaf, key) = super::pki::self_signed_ca_for_localhost();
+    let mut spec = ServerSpec::ws(OnMessage::Echo);
+    spec.options.tls = Some(TlsServerOptions::new(ca_as_leaf.clone(), key));
+    let mut server = Server::start::<S>(spec);
+    let mut client = ClientSpec::to(&server);
+    client.options.tls = Some(TlsClientOptions::with_ca(ca_as_leaf));
+    let Err(error) = Client::try_connect::<C>(&client) else {
+        panic!("a CA certificate was accepted as the server's own");
+    };
+    assert!(
+        error.contains("the server's certificate is a CA certificate")
+            && error.contains("leaf certificate")
+            && error.contains("subjectAltName")
+            && error.contains("CaUsedAsEndEntity"),
+        "{error}"
+    );
+    server.shutdown(WAIT);
+
+    let pki = super::pki::Pki::new();
+    let mut spec = ServerSpec::tcp(Framing::LengthPrefix, OnMessage::Echo);
+    spec.options.tls = Some(pki.server());
+    let mut server = Server::start::<S>(spec);
+    let mut client = ClientSpec::to(&server);
+    client.options.tls = Some(TlsClientOptions {
+        server_name: Some("wrong.example".into()),
+        ..pki.client()
+    });
+    let Err(error) = Client::try_connect::<C>(&client) else {
+        panic!("a certificate for another name was accepted");
+    };
+    assert!(
+        error.contains("not valid for \"wrong.example\"")
+            && error.contains("it carries localhost, 127.0.0.1")
+            && error.contains("server_name"),
+        "{error}"
+    );
+    server.shutdown(WAIT);
 }
 
 /// Appends `name` and a direction mark to every message, and logs its

@@ -8,8 +8,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use rand::RngCore;
 
 use super::{
-    ConfigError, HeadBuffer, Headers, accept_key, check_deflate, check_header, check_limits,
-    check_subprotocols, httparse_reason, is_header_value, put_header, single,
+    ConfigError, HeadBuffer, HeadError, Headers, accept_key, check_deflate, check_header,
+    check_limits, check_subprotocols, httparse_reason, is_header_value, put_header, single,
 };
 use crate::ws::deflate::{DeflateConfig, DeflateParams};
 use crate::ws::extensions::{
@@ -203,6 +203,10 @@ pub enum ResponseError {
     /// `Sec-WebSocket-Extensions` is malformed or selects something not
     /// offered, or its permessage-deflate parameters are unacceptable.
     Extension(ExtensionError),
+    /// The server answered with a TLS record (an alert), not HTTP: it
+    /// speaks TLS, so the URL should be `wss://`. See
+    /// [`tls_sniff`](crate::tls_sniff).
+    ServerSpeaksTls,
 }
 
 impl fmt::Display for ResponseError {
@@ -227,6 +231,11 @@ impl fmt::Display for ResponseError {
                 )
             }
             Self::Extension(e) => write!(f, "extension negotiation failed: {e}"),
+            Self::ServerSpeaksTls => write!(
+                f,
+                "{}: use a wss:// URL",
+                crate::tls_sniff::SERVER_SPEAKS_TLS
+            ),
         }
     }
 }
@@ -322,10 +331,10 @@ impl ClientHandshake {
     /// connection should then be closed.
     pub fn handle_input(mut self, data: &[u8]) -> Result<ClientStep, ResponseError> {
         let limit = self.head.limit;
-        let Some((head, leftover)) = self
-            .head
-            .push(data)
-            .map_err(|_| ResponseError::HeaderTooLarge { limit })?
+        let Some((head, leftover)) = self.head.push(data).map_err(|e| match e {
+            HeadError::TooLarge => ResponseError::HeaderTooLarge { limit },
+            HeadError::Tls => ResponseError::ServerSpeaksTls,
+        })?
         else {
             return Ok(ClientStep::NeedMore(self));
         };

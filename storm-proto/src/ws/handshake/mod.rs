@@ -60,6 +60,8 @@ use base64::engine::general_purpose::STANDARD;
 use bytes::{BufMut, Bytes, BytesMut};
 use sha1::{Digest, Sha1};
 
+use crate::tls_sniff;
+
 mod client;
 mod server;
 
@@ -323,9 +325,15 @@ fn write_closing_response(out: &mut BytesMut, status: u16, extra: &[(&str, &str)
     out.put_slice(body);
 }
 
-/// The header block was longer than its limit.
+/// Why a header block cannot be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct HeadTooLarge;
+enum HeadError {
+    /// It is longer than its limit.
+    TooLarge,
+    /// The stream opens with a TLS record, not HTTP: the peer speaks TLS
+    /// (see [`tls_sniff`](crate::tls_sniff)).
+    Tls,
+}
 
 /// Accumulates a header block up to a limit, remembering how far it has
 /// scanned for the blank line that ends it.
@@ -356,8 +364,16 @@ impl HeadBuffer {
     /// more is needed.
     ///
     /// Never buffers more than `limit` bytes: input past the limit without a
-    /// blank line is an error.
-    fn push(&mut self, data: &[u8]) -> Result<Option<(Bytes, Bytes)>, HeadTooLarge> {
+    /// blank line is an error. A stream whose first bytes are a TLS record
+    /// header is an error as soon as they have arrived.
+    fn push(&mut self, data: &[u8]) -> Result<Option<(Bytes, Bytes)>, HeadError> {
+        // Decided once five bytes are in (an HTTP message's first byte
+        // already decides).
+        if self.buf.len() < tls_sniff::RECORD_HEADER_LEN
+            && tls_sniff::sniff(self.buf.iter().chain(data)) == tls_sniff::Sniff::Tls
+        {
+            return Err(HeadError::Tls);
+        }
         let room = self.limit.saturating_sub(self.buf.len());
         let (now, rest) = data.split_at(data.len().min(room));
         let mut end = None;
@@ -387,7 +403,7 @@ impl HeadBuffer {
                 if rest.is_empty() && self.buf.len() < self.limit {
                     Ok(None)
                 } else {
-                    Err(HeadTooLarge)
+                    Err(HeadError::TooLarge)
                 }
             }
         }

@@ -8,8 +8,9 @@ use base64::engine::general_purpose::STANDARD;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{
-    ConfigError, HeadBuffer, Headers, accept_key, check_deflate, check_header, check_limits,
-    check_subprotocols, httparse_reason, put_header, reason_phrase, single, write_closing_response,
+    ConfigError, HeadBuffer, HeadError, Headers, accept_key, check_deflate, check_header,
+    check_limits, check_subprotocols, httparse_reason, put_header, reason_phrase, single,
+    write_closing_response,
 };
 use crate::ws::deflate::{DeflateConfig, DeflateParams};
 use crate::ws::extensions::{self, Extension, ExtensionError, negotiate_deflate};
@@ -111,6 +112,11 @@ pub enum HandshakeError {
     /// The request declares a body (`Content-Length` other than 0, or
     /// `Transfer-Encoding`) (400).
     UnexpectedBody,
+    /// The client opened with a TLS record (its ClientHello), not an HTTP
+    /// request: it speaks TLS and this server does not (400, which the
+    /// client's TLS reports as a reply that is not TLS). See
+    /// [`tls_sniff`](crate::tls_sniff).
+    ClientSpeaksTls,
 }
 
 impl HandshakeError {
@@ -155,6 +161,7 @@ impl fmt::Display for HandshakeError {
             Self::InvalidSubprotocols => f.write_str("invalid Sec-WebSocket-Protocol"),
             Self::InvalidExtensions(e) => write!(f, "invalid Sec-WebSocket-Extensions: {e}"),
             Self::UnexpectedBody => f.write_str("upgrade request must not have a body"),
+            Self::ClientSpeaksTls => f.write_str(crate::tls_sniff::CLIENT_SPEAKS_TLS),
         }
     }
 }
@@ -294,10 +301,10 @@ impl ServerHandshake {
     /// [`HandshakeError::write_response`] and close the connection.
     pub fn handle_input(mut self, data: &[u8]) -> Result<ServerStep, HandshakeError> {
         let limit = self.head.limit;
-        let Some((head, leftover)) = self
-            .head
-            .push(data)
-            .map_err(|_| HandshakeError::HeaderTooLarge { limit })?
+        let Some((head, leftover)) = self.head.push(data).map_err(|e| match e {
+            HeadError::TooLarge => HandshakeError::HeaderTooLarge { limit },
+            HeadError::Tls => HandshakeError::ClientSpeaksTls,
+        })?
         else {
             return Ok(ServerStep::NeedMore(self));
         };

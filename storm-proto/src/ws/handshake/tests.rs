@@ -615,6 +615,60 @@ fn client_rejections() {
     }
 }
 
+/// The alert a rustls server sends a client whose first bytes are not TLS
+/// (a fatal `decode_error` in a TLS 1.2 record), seen on every adapter.
+const TLS_ALERT: &[u8] = b"\x15\x03\x03\x00\x02\x02\x32";
+/// The start of a ClientHello record.
+const CLIENT_HELLO: &[u8] = b"\x16\x03\x01\x00\xf4\x01\x00\x00\xf0\x03\x03";
+
+#[test]
+fn a_tls_server_is_told_from_a_bad_response_whole_or_byte_by_byte() {
+    let (hs, _) = client_start(&chat_client());
+    assert_eq!(
+        client_run(hs, [TLS_ALERT]).err(),
+        Some(ResponseError::ServerSpeaksTls)
+    );
+    let (hs, _) = client_start(&chat_client());
+    let bytes: Vec<&[u8]> = TLS_ALERT.chunks(1).collect();
+    assert_eq!(
+        client_run(hs, bytes).err(),
+        Some(ResponseError::ServerSpeaksTls)
+    );
+    let text = ResponseError::ServerSpeaksTls.to_string();
+    assert!(
+        text.contains("speaks TLS") && text.contains("wss://"),
+        "{text}"
+    );
+    // Four bytes that fit a record header, then the end: nothing decided.
+    let (hs, _) = client_start(&chat_client());
+    assert!(matches!(client_run(hs, [&TLS_ALERT[..4]]), Ok(None)));
+}
+
+#[test]
+fn a_client_hello_is_refused_with_a_400_whole_or_byte_by_byte() {
+    assert_eq!(
+        server_whole(CLIENT_HELLO).err(),
+        Some(HandshakeError::ClientSpeaksTls)
+    );
+    let bytes: Vec<&[u8]> = CLIENT_HELLO.chunks(1).collect();
+    assert_eq!(
+        server_run(server_config(), bytes).err(),
+        Some(HandshakeError::ClientSpeaksTls)
+    );
+    let e = HandshakeError::ClientSpeaksTls;
+    assert_eq!(e.status(), 400);
+    assert!(
+        e.to_string().starts_with("TLS ClientHello on a plain port"),
+        "{e}"
+    );
+    let mut out = BytesMut::new();
+    e.write_response(&mut out);
+    assert!(out.starts_with(b"HTTP/1.1 400 Bad Request\r\n"), "{out:?}");
+    // A request that merely contains such bytes later is no ClientHello.
+    let late = [RFC_REQUEST.as_bytes(), CLIENT_HELLO].concat();
+    assert!(matches!(server_whole(&late), Ok(Some(_))));
+}
+
 #[test]
 fn client_rejects_unoffered_subprotocol() {
     let (hs, _) = client_start(&ClientConfig::new("h", "/"));

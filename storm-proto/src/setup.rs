@@ -232,17 +232,24 @@ fn no_tls(wanted: bool) -> Result<(), ClientError> {
 }
 
 /// A framed connection's framer: `framing`'s, behind a [`PlainFramer`]
-/// (which turns a peer's opening TLS record into `peer_speaks_tls`) unless
-/// the connection runs over TLS.
+/// (which turns a peer's opening TLS record into `peer_speaks_tls`) when
+/// the connection is plain and its framing has a shape a TLS record cannot
+/// be valid in (length-prefixed, delimited). Raw framing passes any bytes
+/// as they come, and a custom framer's protocol is its own, so neither is
+/// checked: a raw echo echoes even bytes that look like a TLS record.
 fn framer(
     framing: &Framing,
     tls: bool,
     peer_speaks_tls: FramingError,
 ) -> Result<Box<dyn Framer + Send>, FramingConfigError> {
     let framer = framing.build()?;
-    Ok(match tls {
-        true => framer,
-        false => Box::new(PlainFramer::new(framer, peer_speaks_tls)),
+    let checked = match framing {
+        Framing::LengthPrefix | Framing::LengthPrefixWith(_) | Framing::Delimiter(_) => !tls,
+        Framing::Raw(_) | Framing::Custom(_) => false,
+    };
+    Ok(match checked {
+        true => Box::new(PlainFramer::new(framer, peer_speaks_tls)),
+        false => framer,
     })
 }
 
@@ -752,6 +759,35 @@ mod tests {
         assert_eq!(target.authority(), "127.0.0.1:9");
         let open = target.open(&options, &mut StdRng::seed_from_u64(1));
         assert!(matches!(open, Ok(ClientOpen::Ready(Protocol::Framed(_)))));
+    }
+
+    /// A plain server's framer for `framing`, fed `bytes`.
+    fn server_decodes(framing: Framing, bytes: &[u8]) -> Result<Option<Bytes>, FramingError> {
+        let Ok(setup) = ServerSetup::tcp(&ServerOptions::default(), framing) else {
+            panic!("the framing is valid");
+        };
+        let Ok(ServerOpen::Ready(Protocol::Framed(mut framer))) = setup.open() else {
+            panic!("a TCP server speaks at once");
+        };
+        framer.decode(&mut BytesMut::from(bytes))
+    }
+
+    /// The start of a TLS ClientHello record.
+    const CLIENT_HELLO: &[u8] = b"\x16\x03\x01\x00\x50\x01\x00\x00\x4c\x03\x03";
+
+    #[test]
+    fn a_plain_framed_server_tells_a_client_hello_and_a_raw_one_echoes_it() {
+        for framing in [
+            Framing::LengthPrefix,
+            Framing::Delimiter(Default::default()),
+        ] {
+            assert_eq!(
+                server_decodes(framing, CLIENT_HELLO),
+                Err(FramingError::ClientSpeaksTls)
+            );
+        }
+        let raw = server_decodes(Framing::Raw(Default::default()), CLIENT_HELLO);
+        assert_eq!(raw, Ok(Some(Bytes::from_static(CLIENT_HELLO))));
     }
 
     #[test]

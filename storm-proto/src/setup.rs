@@ -233,20 +233,17 @@ fn no_tls(wanted: bool) -> Result<(), ClientError> {
 
 /// A framed connection's framer: `framing`'s, behind a [`PlainFramer`]
 /// (which turns a peer's opening TLS record into `peer_speaks_tls`) when
-/// the connection is plain and its framing has a shape a TLS record cannot
-/// be valid in (length-prefixed, delimited). Raw framing passes any bytes
-/// as they come, and a custom framer's protocol is its own, so neither is
-/// checked: a raw echo echoes even bytes that look like a TLS record.
+/// the connection is plain and its framing is not raw. Raw framing passes
+/// any bytes as they come, so it is not checked: a raw echo echoes even
+/// bytes that look like a TLS record. A custom framer (the broker's, say)
+/// is checked like the built-in message framings.
 fn framer(
     framing: &Framing,
     tls: bool,
     peer_speaks_tls: FramingError,
 ) -> Result<Box<dyn Framer + Send>, FramingConfigError> {
     let framer = framing.build()?;
-    let checked = match framing {
-        Framing::LengthPrefix | Framing::LengthPrefixWith(_) | Framing::Delimiter(_) => !tls,
-        Framing::Raw(_) | Framing::Custom(_) => false,
-    };
+    let checked = !tls && !matches!(framing, Framing::Raw(_));
     Ok(match checked {
         true => Box::new(PlainFramer::new(framer, peer_speaks_tls)),
         false => framer,

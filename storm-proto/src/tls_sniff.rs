@@ -22,17 +22,17 @@
 //!   upgrade's response parse); a plain WebSocket server:
 //!   [`HandshakeError::ClientSpeaksTls`] (from the request parse, answered
 //!   with a 400);
-//! - a plain length-prefixed or delimited TCP client or server:
+//! - a plain framed TCP client or server (any framing but raw):
 //!   [`FramingError::ServerSpeaksTls`] or [`FramingError::ClientSpeaksTls`],
 //!   from the framer [`setup`](crate::setup) gives such a connection, which
 //!   checks the peer's first bytes before its framer cuts any frame.
 //!
-//! Five bytes of that shape are not what any of these protocols opens with
-//! (a length prefix of `0x1503..` or `0x1603..` declares more than 350 MB,
+//! Five bytes of that shape are not what any Storm protocol opens with (a
+//! length prefix of `0x1503..` or `0x1603..` declares more than 350 MB,
 //! an HTTP message starts with a letter, a line of text has no `0x15` or
-//! `0x16`). Raw framing and custom framers are not checked: raw passes any
-//! bytes as they come, including bytes that happen to look like a record
-//! header, and a custom protocol is its own.
+//! `0x16`, a broker frame starts with its version). Raw framing is not
+//! checked: it passes any bytes as they come, including bytes that happen
+//! to look like a record header.
 //!
 //! [`ResponseError::ServerSpeaksTls`]: crate::ws::handshake::ResponseError::ServerSpeaksTls
 //! [`HandshakeError::ClientSpeaksTls`]: crate::ws::handshake::HandshakeError::ClientSpeaksTls

@@ -2,7 +2,8 @@
 //! after the handshake.
 //!
 //! One task per connection polls two futures, the reader first: the reader
-//! (socket → link → handler, and the link's timer) and the writer (outbox →
+//! (socket → link → handler, and the link's timer; it does not read while
+//! [`Link::poll_input_ready`] holds it back) and the writer (outbox →
 //! one vectored write of up to 64 buffers → flush). The writer wakes when
 //! the session's outbox waker fires; replies sent from the read path are
 //! written in the same poll, without a wake-up.
@@ -197,11 +198,15 @@ where
                 timer.set(sleep_until::<R>(armed));
             }
             poll_fn(|cx| {
-                if let Poll::Ready(read) = poll_read_into(&mut reader, cx, link) {
-                    if matches!(read, Ok(0) | Err(_)) {
-                        link.handle_eof();
+                // Not while the peer's pongs wait for the writer: its
+                // progress wakes the task.
+                if link.poll_input_ready(cx).is_ready() {
+                    if let Poll::Ready(read) = poll_read_into(&mut reader, cx, link) {
+                        if matches!(read, Ok(0) | Err(_)) {
+                            link.handle_eof();
+                        }
+                        return Poll::Ready(());
                     }
-                    return Poll::Ready(());
                 }
                 if timer.as_mut().poll(cx).is_ready() {
                     fired = true;

@@ -277,6 +277,20 @@ impl SendBudget {
         }
     }
 
+    /// Admits `len` bytes the sender cannot drop or refuse, only hold back
+    /// (a protocol's own control replies): `true` (bytes now pending) if
+    /// they [fit](Watermark::fits); otherwise `false` and the budget pauses,
+    /// as for a refused send, until it drains to half. The policy does not
+    /// apply and nothing is counted as dropped.
+    pub fn admit(&mut self, len: usize) -> bool {
+        if self.window.fits(len) {
+            let _ = self.window.add(len);
+            return true;
+        }
+        let _ = self.window.pause();
+        false
+    }
+
     /// Decides a send that must not wait (a broadcast: one slow session may
     /// never hold the others up). Like [`offer`](Self::offer), except for the
     /// [`Wait`](SlowConsumerPolicy::Wait) policy: the message is queued

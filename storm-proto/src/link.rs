@@ -8,7 +8,9 @@
 //!
 //! - **read path**: bytes from the socket → [`Link::handle_input`], then
 //!   [`Link::poll_event`] until `None`, each event to the application's
-//!   handler;
+//!   handler; before each read, [`Link::poll_input_ready`] (a peer whose
+//!   pings are answered faster than it reads the pongs is not read until
+//!   they drain);
 //! - **write path**: [`Link::poll_transmit`] frames what the session's outbox
 //!   holds (and the protocol's own pongs, pings and close frames) into
 //!   buffers for one vectored write, and says when to close the socket;
@@ -53,6 +55,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::buf::Limit;
@@ -294,10 +297,16 @@ struct State {
     /// Boxed: few links ever carry one, and every link's state is part of
     /// an idle connection's memory.
     close_frame: Option<Box<(CloseCode, String)>>,
-    /// Bytes the read path framed from the outbox that still count against
-    /// the send limit: released when the writer takes them, so a peer that
-    /// sends but never reads meets the limit.
+    /// Bytes the read path framed (replies from the outbox, auto-pongs)
+    /// that count against the send limit and the writer has not taken yet,
+    /// so a peer that sends (or pings) but never reads meets the limit.
     unreleased: usize,
+    /// Those the writer took with its last `poll_transmit`: they count
+    /// until it comes back for more, having written them.
+    in_writer: usize,
+    /// An auto-pong found no room under the send limit: the reader waits
+    /// until the limit drains to half.
+    pong_held: bool,
     /// Traffic since the link was last idle: the next idle
     /// `poll_transmit` returns the buffers, or leaves it to the timer.
     busy: bool,
@@ -396,6 +405,8 @@ impl Link {
                 events: VecDeque::new(),
                 eof: false,
                 unreleased: 0,
+                in_writer: 0,
+                pong_held: false,
                 busy: false,
                 released: None,
                 release_pending: false,
@@ -509,6 +520,59 @@ impl Link {
         }
     }
 
+    /// Whether the reader may read more. `Pending` once the WebSocket's
+    /// auto-pong found no room under the send limit
+    /// ([`BackpressureConfig::max_pending_send_bytes`](crate::backpressure::BackpressureConfig::max_pending_send_bytes)):
+    /// the peer pings faster than it reads the pongs, so it is not read
+    /// until the writer has drained the limit to half (or the session
+    /// closes), when `cx`'s waker is woken. A control reply holds the
+    /// reader back this way whatever the slow-consumer policy, as a
+    /// handler that waits to send does.
+    ///
+    /// Reading on anyway is safe (the pong of a later ping replaces the
+    /// one that waits), but the link then holds what the reads bring.
+    pub fn poll_input_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        {
+            let mut guard = lock(&self.state);
+            let state = &mut *guard;
+            if state.closed || state.eof {
+                return Poll::Ready(());
+            }
+            self.admit_pong(state);
+            if !state.pong_held {
+                return Poll::Ready(());
+            }
+        }
+        // Registered under the session's lock: a drain between the check
+        // above and here is not missed.
+        if self.session.poll_writable(cx).is_pending() {
+            return Poll::Pending;
+        }
+        lock(&self.state).pong_held = false;
+        Poll::Ready(())
+    }
+
+    /// Queues the WebSocket's waiting auto-pong if the send limit has room
+    /// for it, counted like a reply framed on the read path. Otherwise it
+    /// waits (a later ping's replaces it, and the writer takes it when it
+    /// next comes) and the session is backpressured until the writer
+    /// drains it to half; meanwhile the reader waits
+    /// ([`poll_input_ready`](Self::poll_input_ready)).
+    fn admit_pong(&self, state: &mut State) {
+        let Wire::WebSocket(conn) = &mut state.wire else {
+            return;
+        };
+        let Some(len) = conn.waiting_pong() else {
+            return;
+        };
+        if self.session.admit_control(len) {
+            conn.queue_pong();
+            state.unreleased += len;
+        } else {
+            state.pong_held = true;
+        }
+    }
+
     /// The next event, in order; `None` when nothing more can be parsed
     /// (read more, or wait for the timer).
     ///
@@ -540,6 +604,9 @@ impl Link {
                             Some(event) => Some(event),
                             None => next_event(state, now),
                         };
+                        if matches!(event, Some(LinkEvent::Ping(_))) {
+                            self.admit_pong(state);
+                        }
                         // Wake the writer when output just appeared (it was
                         // woken for what was there before) or it must close.
                         let after = has_output(&state.wire);
@@ -732,7 +799,9 @@ impl Link {
     /// about `max_bytes` of messages from the outbox, and says whether to
     /// close the socket after writing them. Call when the session's writer
     /// waker fires (register it with [`Session::register_waker`]) and after
-    /// every read.
+    /// every read, once what the last call appended is written: the bytes
+    /// the read path framed (replies, auto-pongs) count against the send
+    /// limit until the writer comes back.
     pub fn poll_transmit(&self, now: Instant, out: &mut Vec<Bytes>, max_bytes: usize) -> Transmit {
         let mut guard = lock(&self.state);
         let state = &mut *guard;
@@ -741,9 +810,13 @@ impl Link {
         if !state.finish {
             self.pump(state, now, max_bytes, true);
         }
-        if state.unreleased > 0 {
-            self.session
-                .on_written(std::mem::take(&mut state.unreleased));
+        // The writer is back: it wrote what it took last time. What the
+        // read path framed since goes to it now, and counts until its next
+        // call.
+        let written =
+            std::mem::replace(&mut state.in_writer, std::mem::take(&mut state.unreleased));
+        if written > 0 {
+            self.session.on_written(written);
         }
         match &mut state.wire {
             Wire::Framed(framed) => {
@@ -879,6 +952,63 @@ mod tests {
         (hub, Link::new(session, protocol, config, now).unwrap(), now)
     }
 
+    /// A link whose send limit is `limit` bytes, under the Drop policy.
+    fn limited(protocol: Protocol, limit: usize) -> (Hub, Link, Instant) {
+        use crate::backpressure::{BackpressureConfig, SlowConsumerPolicy};
+        let now = Instant::now();
+        let config = HubConfig {
+            backpressure: BackpressureConfig {
+                max_pending_send_bytes: limit,
+                slow_consumer_policy: SlowConsumerPolicy::Drop,
+                ..BackpressureConfig::default()
+            },
+            ..HubConfig::default()
+        };
+        let hub = Hub::new(config, now).unwrap();
+        let session = hub.register(hub.try_admit().unwrap(), now).unwrap();
+        let link = Link::new(session, protocol, LinkConfig::default(), now).unwrap();
+        (hub, link, now)
+    }
+
+    fn ws_limited(limit: usize) -> (Hub, Link, Instant) {
+        let conn = Connection::new(Side::Server, Config::default());
+        limited(Protocol::WebSocket(Box::new(conn)), limit)
+    }
+
+    /// What a client decodes from `wire` (a server link's output).
+    fn decoded(wire: &[u8]) -> Vec<ws::Event> {
+        let mut client = Connection::new(Side::Client, Config::default());
+        client.handle_input(wire);
+        std::iter::from_fn(|| client.poll_event().unwrap()).collect()
+    }
+
+    /// 100 masked pings of 125 bytes, the `i`th carrying `i` in every byte.
+    fn ping_flood() -> Vec<u8> {
+        (0..100u8)
+            .flat_map(|i| masked(OpCode::Ping, &[i; 125]))
+            .collect()
+    }
+
+    fn pong(i: u8) -> ws::Event {
+        ws::Event::Pong(Bytes::from(vec![i; 125]))
+    }
+
+    /// Records that it was woken.
+    #[derive(Default)]
+    struct Flag(std::sync::atomic::AtomicBool);
+
+    impl std::task::Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl Flag {
+        fn woken(&self) -> bool {
+            self.0.swap(false, std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
     fn ws_server(config: LinkConfig) -> (Hub, Link, Instant) {
         let conn = Connection::new(Side::Server, Config::default());
         setup(Protocol::WebSocket(Box::new(conn)), config)
@@ -906,19 +1036,7 @@ mod tests {
     /// the writer is stuck (poll_transmit is never called): the send limit
     /// (1000 bytes, policy Drop) must hold.
     fn peer_that_sends_but_never_reads(protocol: Protocol, request: &[u8]) {
-        use crate::backpressure::{BackpressureConfig, SlowConsumerPolicy};
-        let now = Instant::now();
-        let config = HubConfig {
-            backpressure: BackpressureConfig {
-                max_pending_send_bytes: 1000,
-                slow_consumer_policy: SlowConsumerPolicy::Drop,
-                ..BackpressureConfig::default()
-            },
-            ..HubConfig::default()
-        };
-        let hub = Hub::new(config, now).unwrap();
-        let session = hub.register(hub.try_admit().unwrap(), now).unwrap();
-        let link = Link::new(session, protocol, LinkConfig::default(), now).unwrap();
+        let (_hub, link, now) = limited(protocol, 1000);
         link.handle_input(now, &request.repeat(100));
         let (mut queued, mut dropped) = (0, 0);
         while let Some(event) = link.poll_event(now) {
@@ -930,9 +1048,12 @@ mod tests {
             }
         }
         assert_eq!((queued, dropped), (10, 90));
-        // Once the writer takes what was framed, the limit is released.
+        // Once the writer has written what was framed (it comes back for
+        // more), the limit is released.
         let (bytes, _) = transmit(&link, now);
         assert!(bytes.len() >= 1000);
+        let (more, _) = transmit(&link, now);
+        assert!(more.is_empty());
         assert!(matches!(
             link.send(Message::from(vec![0u8; 100])),
             SendOutcome::Queued
@@ -1141,6 +1262,163 @@ mod tests {
             [LinkEvent::Closed(CloseReason::Framing(_))]
         ));
         assert!(transmit(&link, now).1);
+    }
+
+    /// A peer pings and never reads: the pongs count against the send
+    /// limit (1000 bytes: seven pongs of 127), and once it is full only
+    /// the latest ping is answered.
+    #[test]
+    fn a_ping_flood_is_answered_within_the_send_limit() {
+        let (_hub, link, now) = ws_limited(1000);
+        link.handle_input(now, &ping_flood());
+        let pings = events(&link, now);
+        assert_eq!(pings.len(), 100);
+        assert!(pings.iter().all(|e| matches!(e, LinkEvent::Ping(_))));
+        assert_eq!(link.session().pending_send_bytes(), 7 * 127);
+        let (wire, _) = transmit(&link, now);
+        let expected: Vec<ws::Event> = (0..7).chain([99]).map(pong).collect();
+        assert_eq!(decoded(&wire), expected);
+    }
+
+    /// Once a pong finds the send limit full, the reader is held back until
+    /// the writer has written what counts against it (down to half the
+    /// limit), as for a handler that waits to send.
+    #[test]
+    fn a_ping_flood_holds_the_reader_back_until_the_limit_drains() {
+        let (_hub, link, now) = ws_limited(1000);
+        let flag = Arc::new(Flag::default());
+        let waker = std::task::Waker::from(Arc::clone(&flag));
+        let mut cx = Context::from_waker(&waker);
+        assert!(link.poll_input_ready(&mut cx).is_ready());
+        link.handle_input(now, &ping_flood());
+        assert_eq!(events(&link, now).len(), 100);
+        assert!(link.poll_input_ready(&mut cx).is_pending());
+        assert!(link.session().is_backpressured());
+        // The writer takes the pongs; they count until it comes back.
+        let (wire, _) = transmit(&link, now);
+        assert_eq!(decoded(&wire).len(), 8);
+        assert!(!flag.woken());
+        assert!(link.poll_input_ready(&mut cx).is_pending());
+        // Back for more: they are written, and the reader is woken.
+        let (wire, _) = transmit(&link, now);
+        assert!(wire.is_empty());
+        assert!(flag.woken());
+        assert!(link.poll_input_ready(&mut cx).is_ready());
+        assert_eq!(link.session().pending_send_bytes(), 0);
+        // And the next ping is answered.
+        link.handle_input(now, &masked(OpCode::Ping, b"again"));
+        assert_eq!(events(&link, now).len(), 1);
+        assert_eq!(
+            decoded(&transmit(&link, now).0),
+            [ws::Event::Pong(Bytes::from_static(b"again"))]
+        );
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// The peer pings with this many bytes (2..=125).
+        Ping(usize),
+        /// The peer sends a message of this many bytes, echoed back.
+        Data(usize),
+        /// The writer comes for what there is (having written the last).
+        Drain,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (2usize..=125).prop_map(Op::Ping),
+            (1usize..=125).prop_map(Op::Data),
+            Just(Op::Drain),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Any interleaving of pings, data (echoed under the Drop policy)
+        /// and the writer's visits: what counts against the send limit
+        /// never exceeds it, what the link holds for the writer exceeds it
+        /// by one pong frame at most (beyond the headers of the data frames,
+        /// which the limit does not count), the reader is held back only
+        /// while the limit is full, and the pongs that go out answer pings
+        /// in order, the last ping included.
+        #[test]
+        fn pongs_stay_within_the_send_limit(
+            limit in 200usize..2000,
+            ops in proptest::collection::vec(op(), 1..300),
+        ) {
+            const PONG_FRAME: usize = 2 + 125;
+            let (_hub, link, now) = ws_limited(limit);
+            let waker = std::task::Waker::from(Arc::new(Flag::default()));
+            let mut cx = Context::from_waker(&waker);
+            let mut wire = Vec::new();
+            let mut pings = Vec::new();
+            let (mut echoed, mut queued_since_drain) = (0, 0);
+            for op in ops {
+                match op {
+                    Op::Ping(len) => {
+                        let seq = u16::try_from(pings.len()).unwrap().to_be_bytes();
+                        let mut payload = vec![0xa5; len];
+                        payload[..2].copy_from_slice(&seq);
+                        link.handle_input(now, &masked(OpCode::Ping, &payload));
+                        pings.push(payload);
+                        proptest::prop_assert!(matches!(
+                            events(&link, now).as_slice(),
+                            [LinkEvent::Ping(_)]
+                        ));
+                    }
+                    Op::Data(len) => {
+                        link.handle_input(now, &masked(OpCode::Binary, &vec![7; len]));
+                        let event = link.poll_event(now);
+                        let Some(LinkEvent::Message(message)) = event else {
+                            return Err(proptest::test_runner::TestCaseError::fail(format!("{event:?}")));
+                        };
+                        if link.send(message) == SendOutcome::Queued {
+                            echoed += 1;
+                            queued_since_drain += 1;
+                        }
+                        proptest::prop_assert_eq!(link.poll_event(now), None);
+                    }
+                    Op::Drain => {
+                        wire.extend(transmit(&link, now).0);
+                        queued_since_drain = 0;
+                    }
+                }
+                let held = match &lock(&link.state).wire {
+                    Wire::WebSocket(conn) => conn.transmit_len(),
+                    Wire::Framed(_) => unreachable!(),
+                };
+                proptest::prop_assert!(link.session().pending_send_bytes() <= limit);
+                proptest::prop_assert!(
+                    held <= limit + PONG_FRAME + 2 * queued_since_drain,
+                    "{} bytes held, limit {}", held, limit
+                );
+                if link.poll_input_ready(&mut cx).is_pending() {
+                    proptest::prop_assert!(link.session().is_backpressured());
+                }
+            }
+            // The writer comes twice more: everything is out, and the
+            // reader may read.
+            wire.extend(transmit(&link, now).0);
+            wire.extend(transmit(&link, now).0);
+            proptest::prop_assert!(link.poll_input_ready(&mut cx).is_ready());
+            proptest::prop_assert_eq!(link.session().pending_send_bytes(), 0);
+            let got = decoded(&wire);
+            let data = got.iter().filter(|e| matches!(e, ws::Event::Binary(_))).count();
+            proptest::prop_assert_eq!(data, echoed);
+            let answered: Vec<usize> = got
+                .iter()
+                .filter_map(|e| match e {
+                    ws::Event::Pong(payload) => {
+                        let seq = usize::from(u16::from_be_bytes([payload[0], payload[1]]));
+                        Some(seq).filter(|&seq| pings[seq] == payload[..])
+                    }
+                    _ => None,
+                })
+                .collect();
+            proptest::prop_assert_eq!(answered.len(), got.len() - data, "a pong for no ping");
+            proptest::prop_assert!(answered.windows(2).all(|w| w[0] < w[1]), "pongs out of order");
+            proptest::prop_assert_eq!(answered.last().copied(), pings.len().checked_sub(1));
+        }
     }
 
     #[test]

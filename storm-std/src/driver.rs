@@ -3,8 +3,9 @@
 //!
 //! The thread that accepted (or connected) becomes the reader: it blocks in
 //! `read` with a read timeout set from [`Link::poll_timeout`], feeds the
-//! link, runs its timer, and calls the handler. A second thread writes: it
-//! parks until the session's writer waker unparks it, then drains
+//! link, runs its timer, and calls the handler; while
+//! [`Link::poll_input_ready`] holds it back, it parks instead of reading.
+//! A second thread writes: it parks until the session's writer waker unparks it, then drains
 //! [`Link::poll_transmit`] into one vectored write. The writer also runs
 //! the link's timer while it is parked, because a deadline can start on its
 //! side (a graceful close waiting for the peer's reply) while the reader is
@@ -21,6 +22,7 @@ use std::net::{Shutdown, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::task::Context;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -236,6 +238,7 @@ pub(crate) fn drive<T: Transport, H: Handler>(
     };
     let stop = AtomicBool::new(false);
     let (done_tx, done_rx) = mpsc::channel::<()>();
+    let reader_thread = thread::current();
     thread::scope(|scope| {
         let stop = &stop;
         let writer = thread::Builder::new()
@@ -247,8 +250,10 @@ pub(crate) fn drive<T: Transport, H: Handler>(
                     // The peer is gone: tell the link so the handler hears it.
                     link.handle_eof();
                 }
-                // Also unblocks the reader, which then reports the close.
+                // Also unblocks the reader, which then reports the close
+                // (parked, it is woken).
                 let _ = write_half.socket().shutdown(Shutdown::Both);
+                reader_thread.unpark();
             });
         let writer = match writer {
             Ok(writer) => Some(writer),
@@ -303,6 +308,7 @@ fn read_loop<R: ReadHalf, H: Handler>(
     if !initial.is_empty() {
         link.handle_input(Instant::now(), initial);
     }
+    let waker = thread_waker(thread::current());
     let mut eof = false;
     loop {
         if dispatch(session, handler) {
@@ -320,6 +326,18 @@ fn read_loop<R: ReadHalf, H: Handler>(
             Some(deadline) => Some(deadline - now),
             None => None,
         };
+        if link
+            .poll_input_ready(&mut Context::from_waker(&waker))
+            .is_pending()
+        {
+            // The peer's pongs wait for the writer: parked until it drains
+            // them, the session closes, the writer ends or the timer is due.
+            match timeout {
+                Some(timeout) => thread::park_timeout(timeout),
+                None => thread::park(),
+            }
+            continue;
+        }
         if reader.socket().set_read_timeout(timeout).is_err() {
             link.handle_eof();
             eof = true;

@@ -96,6 +96,7 @@ suite! {
     server_only: [
         server_heartbeat_timeout,
         server_answers_ping,
+        server_ping_flood,
         server_malformed_frames,
         server_bad_handshakes,
         server_shutdown_aborts_a_silent_peer,

@@ -391,6 +391,17 @@ impl Session {
         }
     }
 
+    /// Counts `bytes` of output the connection makes by itself (a
+    /// WebSocket auto-pong) against the send limit, if they fit: they are
+    /// then pending like a message in flight, until
+    /// [`on_written`](Self::on_written). If not, returns `false` and the
+    /// session is backpressured as for a refused send; the caller holds the
+    /// output back and waits for [`poll_writable`](Self::poll_writable).
+    /// The slow-consumer policy does not apply.
+    pub fn admit_control(&self, bytes: usize) -> bool {
+        lock(&self.outbox).budget.admit(bytes)
+    }
+
     /// Whether sends are currently refused: the pending bytes reached the
     /// limit and have not yet drained to half.
     pub fn is_backpressured(&self) -> bool {

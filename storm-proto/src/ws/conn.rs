@@ -34,7 +34,12 @@ pub struct Config {
     /// Most frames one message may arrive in (guards against endless empty
     /// continuation frames); more fails with 1009. Default 1,048,576.
     pub max_fragments: usize,
-    /// Answer every ping with a pong carrying the same payload. Default `true`.
+    /// Answer pings with a pong carrying the same payload. A pong waits
+    /// until the next [`Connection::poll_transmit`] (or
+    /// [`Connection::queue_pong`]), and a ping arriving meanwhile replaces
+    /// it: only the most recent ping is answered (RFC 6455 section 5.5.3),
+    /// so a peer that pings faster than the transport takes the pongs makes
+    /// the connection hold one pong, not one per ping. Default `true`.
     pub auto_pong: bool,
     /// Split outgoing messages into frames of at most this many payload bytes;
     /// 0 sends every message as one frame. Default 0.
@@ -61,7 +66,8 @@ pub enum Event {
     Text(Utf8Bytes),
     /// A complete binary message.
     Binary(Bytes),
-    /// A ping. With `auto_pong` the pong is already queued for transmit.
+    /// A ping. With `auto_pong` its pong waits for transmit (replacing
+    /// the waiting pong of an earlier ping, see [`Config::auto_pong`]).
     Ping(Bytes),
     /// A pong.
     Pong(Bytes),
@@ -260,7 +266,9 @@ struct InMessage {
 ///    error that followed the message it answers);
 /// 2. [`Self::poll_transmit`] until `None`, writing every buffer to the
 ///    socket in order (auto-pongs and close replies are queued here too, so
-///    they are never forgotten and never interleave with other frames);
+///    they are never forgotten and never interleave with other frames; the
+///    pong of the latest ping goes out after what was queued before this
+///    call, and before any close frame);
 /// 3. once [`Self::is_closed`] is true and the transmit queue is empty,
 ///    close the transport (a server closes first, RFC 6455 section 7.1.1).
 ///
@@ -297,10 +305,16 @@ pub struct Connection {
     frame: Option<InFrame>,
     message: Option<InMessage>,
     utf8: Utf8Validator,
+    /// Events not yet handed out: `poll_event` parses a frame only when
+    /// this is empty, and a frame makes one event at most, so a flood of
+    /// pings (or anything else) never queues more than one.
     events: VecDeque<Event>,
     /// Buffers ready for the transport, all of them before `output`.
     queued: VecDeque<Bytes>,
     output: BytesMut,
+    /// The auto-pong waiting for transmit: the latest ping's payload.
+    /// Boxed: most connections never carry one.
+    pong: Option<Box<PongPayload>>,
     /// Masking keys; present on clients only.
     rng: Option<Box<StdRng>>,
     deflate: Option<Box<Deflate>>,
@@ -313,6 +327,33 @@ pub struct Connection {
 struct Deflate {
     codec: PerMessageDeflate,
     scratch: BytesMut,
+}
+
+/// The payload of a ping whose pong waits for transmit.
+struct PongPayload {
+    len: usize,
+    bytes: [u8; MAX_CONTROL_PAYLOAD],
+}
+
+impl PongPayload {
+    const EMPTY: Self = Self {
+        len: 0,
+        bytes: [0; MAX_CONTROL_PAYLOAD],
+    };
+
+    /// Keeps `payload` (a ping's: at most 125 bytes, as the frame decoder
+    /// checked; anything longer is cut there).
+    fn set(&mut self, payload: &[u8]) {
+        let len = payload.len().min(MAX_CONTROL_PAYLOAD);
+        if let (Some(to), Some(from)) = (self.bytes.get_mut(..len), payload.get(..len)) {
+            to.copy_from_slice(from);
+        }
+        self.len = len;
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or_default()
+    }
 }
 
 /// The most [`Connection`] reserves ahead for the rest of a frame that is
@@ -380,6 +421,7 @@ impl Connection {
             events: VecDeque::new(),
             queued: VecDeque::new(),
             output: BytesMut::new(),
+            pong: None,
             rng,
             deflate: None,
             eof: false,
@@ -458,6 +500,19 @@ impl Connection {
             + self.deflate.as_ref().map_or(0, |d| d.scratch.capacity())
             + self.events.capacity() * std::mem::size_of::<Event>()
             + self.queued.capacity() * std::mem::size_of::<Bytes>()
+            + self
+                .pong
+                .as_ref()
+                .map_or(0, |_| std::mem::size_of::<PongPayload>())
+    }
+
+    /// Bytes waiting for transmit, the waiting pong's frame included
+    /// (tests of what a connection holds).
+    #[cfg(test)]
+    pub(crate) fn transmit_len(&self) -> usize {
+        self.queued.iter().map(Bytes::len).sum::<usize>()
+            + self.output.len()
+            + self.waiting_pong().unwrap_or(0)
     }
 
     /// Feeds bytes read from the transport, in any chunking. Then drain
@@ -557,9 +612,12 @@ impl Connection {
         self.utf8.reset();
     }
 
-    /// The next bytes to write to the transport, in order.
+    /// The next bytes to write to the transport, in order. The waiting
+    /// auto-pong, if any, is queued first (after what was queued before
+    /// it), so it is no longer replaced by a later ping's.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        self.queue_pong();
         if let Some(bytes) = self.queued.pop_front() {
             return Some(bytes);
         }
@@ -572,7 +630,29 @@ impl Connection {
     /// Whether [`poll_transmit`](Self::poll_transmit) has anything to give.
     #[must_use]
     pub fn has_transmit(&self) -> bool {
-        !self.queued.is_empty() || !self.output.is_empty()
+        !self.queued.is_empty() || !self.output.is_empty() || self.pong.is_some()
+    }
+
+    /// The length of the frame of the auto-pong that waits for transmit
+    /// (see [`Config::auto_pong`]), or `None` when no pong waits. At most
+    /// [`MAX_CONTROL_PAYLOAD`] plus a header (2 bytes from a server, 6
+    /// from a client).
+    #[must_use]
+    pub fn waiting_pong(&self) -> Option<usize> {
+        let payload = self.pong.as_ref()?.len;
+        let mask = if self.rng.is_some() { 4 } else { 0 };
+        Some(2 + mask + payload)
+    }
+
+    /// Queues the waiting auto-pong for transmit now, after everything
+    /// queued so far: a later ping no longer replaces it. For a caller that
+    /// bounds what it queues (a send limit) and has room for the pong's
+    /// [`waiting_pong`](Self::waiting_pong) bytes. Does nothing when no
+    /// pong waits.
+    pub fn queue_pong(&mut self) {
+        if let Some(pong) = self.pong.take() {
+            self.queue_frame(FrameHeader::new(OpCode::Pong, 0), pong.as_slice());
+        }
     }
 
     /// Queues a text message.
@@ -699,6 +779,8 @@ impl Connection {
     }
 
     fn queue_close(&mut self, code: Option<CloseCode>, reason: &str) {
+        // Nothing may follow a close frame: the pong goes first.
+        self.queue_pong();
         let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
         let len = match code {
             Some(code) => {
@@ -844,7 +926,10 @@ impl Connection {
         match header.opcode {
             OpCode::Ping => {
                 if self.config.auto_pong && self.state == State::Open {
-                    self.queue_frame(FrameHeader::new(OpCode::Pong, 0), &payload);
+                    // Replaces the pong of an earlier ping if it still waits.
+                    self.pong
+                        .get_or_insert_with(|| Box::new(PongPayload::EMPTY))
+                        .set(&payload);
                 }
                 self.events.push_back(Event::Ping(payload));
             }

@@ -418,11 +418,14 @@ proptest! {
         let seen = transfer(&mut from, &mut to, &msgs, &chunks);
         let expected: Vec<Event> = msgs.iter().map(expected_event).collect();
         prop_assert_eq!(seen, expected);
-        // Every ping was answered with an identical pong.
+        // Nothing was transmitted in between: the last ping is answered
+        // with an identical pong, the others not at all.
         let pongs = transfer(&mut to, &mut from, &[], &[usize::MAX]);
         let expected_pongs: Vec<Event> = msgs
             .iter()
-            .filter_map(|m| match m { Msg::Ping(p) => Some(Event::Pong(Bytes::from(p.clone()))), _ => None })
+            .rev()
+            .find_map(|m| match m { Msg::Ping(p) => Some(Event::Pong(Bytes::from(p.clone()))), _ => None })
+            .into_iter()
             .collect();
         prop_assert_eq!(pongs, expected_pongs);
     }
@@ -789,5 +792,109 @@ proptest! {
         let (seen, _) = feed_in_place(&mut server(), &bytes, &chunks);
         let expected: Vec<Event> = msgs.iter().map(expected_event).collect();
         prop_assert_eq!(seen, expected);
+    }
+}
+
+/// What `wire` decodes to, as a peer of `side` sees it.
+fn decoded(side: Side, wire: &[u8]) -> Vec<Event> {
+    let mut peer = match side {
+        Side::Server => client(),
+        Side::Client => server(),
+    };
+    feed(&mut peer, wire).unwrap()
+}
+
+#[test]
+fn a_ping_replaces_the_pong_of_an_earlier_one_while_it_waits() {
+    let mut s = server();
+    let mut input = masked(0x89, b"first");
+    input.extend(masked(0x89, b"second"));
+    input.extend(masked(0x89, b"third"));
+    s.handle_input(&input);
+    assert_eq!(events(&mut s).len(), 3);
+    assert_eq!(s.waiting_pong(), Some(2 + 5));
+    assert_eq!(
+        decoded(Side::Server, &wire(&mut s)),
+        [Event::Pong(Bytes::from_static(b"third"))]
+    );
+    // Once transmitted, the next ping gets its own pong.
+    assert_eq!(s.waiting_pong(), None);
+    assert_eq!(feed(&mut s, &masked(0x89, b"")).unwrap().len(), 1);
+    assert_eq!(wire(&mut s), [0x8a, 0x00]);
+}
+
+#[test]
+fn a_waiting_pong_goes_out_after_earlier_output_and_before_the_close_reply() {
+    let mut s = server();
+    s.send_text("before").unwrap();
+    s.handle_input(&masked(0x89, b"p"));
+    assert_eq!(events(&mut s), [Event::Ping(Bytes::from_static(b"p"))]);
+    // Queued now: it keeps its place, and a later ping has its own pong.
+    s.queue_pong();
+    s.send_text("after").unwrap();
+    s.handle_input(&masked(0x89, b"q"));
+    s.handle_input(&masked(0x88, &1000u16.to_be_bytes()));
+    assert_eq!(events(&mut s).len(), 2);
+    assert_eq!(
+        decoded(Side::Server, &wire(&mut s)),
+        [
+            text("before"),
+            Event::Pong(Bytes::from_static(b"p")),
+            text("after"),
+            Event::Pong(Bytes::from_static(b"q")),
+            Event::Close(CloseFrame {
+                code: CloseCode::NORMAL,
+                reason: String::new()
+            }),
+        ]
+    );
+}
+
+proptest! {
+    /// However many pings arrive, in whatever chunks, while nothing is
+    /// transmitted: one pong waits, for the last of them, and each ping's
+    /// event is handed over before the next frame is parsed (the event
+    /// queue never grows).
+    #[test]
+    fn pings_without_a_transmit_leave_one_pong_for_the_last(
+        payloads in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..=125), 1..200),
+        chunks in prop::collection::vec(1usize..700, 1..10),
+        side in prop_oneof![Just(Side::Client), Just(Side::Server)],
+    ) {
+        let mut from = match side {
+            Side::Server => client(),
+            Side::Client => server(),
+        };
+        let mut conn = match side {
+            Side::Server => server(),
+            Side::Client => client(),
+        };
+        for payload in &payloads {
+            from.send_ping(payload).unwrap();
+        }
+        let bytes = wire(&mut from);
+        let mut rest = &bytes[..];
+        let mut pings = 0;
+        for &size in chunks.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (now, later) = rest.split_at(size.min(rest.len()));
+            conn.handle_input(now);
+            while let Some(event) = conn.poll_event().unwrap() {
+                prop_assert!(conn.events.is_empty());
+                prop_assert!(matches!(event, Event::Ping(_)));
+                pings += 1;
+            }
+            rest = later;
+        }
+        prop_assert_eq!(pings, payloads.len());
+        let last = payloads.last().unwrap();
+        let mask = if side == Side::Client { 4 } else { 0 };
+        prop_assert_eq!(conn.waiting_pong(), Some(2 + mask + last.len()));
+        prop_assert_eq!(
+            decoded(side, &wire(&mut conn)),
+            [Event::Pong(Bytes::from(last.clone()))]
+        );
     }
 }

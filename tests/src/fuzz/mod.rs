@@ -586,8 +586,9 @@ fn ws_conn_build(side: Side, config: Config, deflate: Option<DeflateParams>) -> 
 /// the connection ends closed, with exactly one close or error. And what it
 /// transmits is valid for its peer: a second connection of the other side
 /// (same deflate parameters, default limits) decodes it without error into
-/// exactly a pong per ping, the echoes, and a close frame echoing the
-/// peer's code (or carrying the error's close code).
+/// exactly the echoes, a pong for the last ping before each transmit (after
+/// what was queued before it), and a close frame echoing the peer's code
+/// (or carrying the error's close code).
 pub fn ws_conn(data: &[u8]) {
     let [cfg, seed, stream @ ..] = data else {
         return;
@@ -602,6 +603,7 @@ pub fn ws_conn(data: &[u8]) {
         conn: ws_conn_build(side, config, deflate),
         peer: ws_conn_build(peer_side, Config::default(), deflate),
         sent: Vec::new(),
+        pong: None,
         end: None,
         peer_got: Vec::new(),
     };
@@ -755,6 +757,10 @@ struct EchoRun {
     max_message: usize,
     /// What `conn` should have transmitted so far, in order.
     sent: Vec<Sent>,
+    /// The pong `conn` should have waiting: the latest ping's since the
+    /// last transmit. It goes out with the next transmit, or before
+    /// `conn`'s close frame.
+    pong: Option<Bytes>,
     /// How `conn` ended: the close code it reported, or its error.
     end: Option<Result<CloseCode, ProtocolError>>,
     /// What the peer decoded so far.
@@ -783,7 +789,7 @@ impl EchoRun {
                     }
                     Event::Ping(payload) => {
                         assert!(payload.len() <= MAX_CONTROL_PAYLOAD);
-                        self.sent.push(Sent::Pong(payload));
+                        self.pong = Some(payload);
                     }
                     Event::Pong(payload) => assert!(payload.len() <= MAX_CONTROL_PAYLOAD),
                     Event::Close(frame) => {
@@ -792,6 +798,7 @@ impl EchoRun {
                         // none, which reads back as 1005); after the
                         // transport ended (1006) nothing is sent, and our
                         // peer sees the end too.
+                        self.sent.extend(self.pong.take().map(Sent::Pong));
                         self.sent.push(Sent::Close(frame.code));
                         self.end = Some(Ok(frame.code));
                     }
@@ -800,6 +807,7 @@ impl EchoRun {
                 (None, Err(error)) => {
                     assert!(conn.is_closed() && !conn.is_open());
                     assert!(!error.to_string().is_empty());
+                    self.sent.extend(self.pong.take().map(Sent::Pong));
                     self.sent.push(Sent::Close(error.close_code()));
                     self.end = Some(Err(error));
                 }
@@ -813,6 +821,8 @@ impl EchoRun {
                 }
             }
         }
+        // The transmit sends the waiting pong after what came before it.
+        self.sent.extend(self.pong.take().map(Sent::Pong));
         loop {
             let pending = conn.has_transmit();
             let Some(bytes) = conn.poll_transmit() else {

@@ -3,7 +3,7 @@
 //! server with hand-written [`raw`] peers, `client_*` ones a
 //! client with a hand-written server.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -830,6 +830,68 @@ pub fn server_answers_ping<S: Adapter>() {
     assert_eq!(raw.next_event(), Some(ws::Event::Text("and this".into())));
     // It would not answer the shutdown's close frame.
     drop(raw);
+    server.shutdown(WAIT);
+}
+
+/// A peer that pings as fast as it can and never reads: its pongs count
+/// against the send limit, and once they fill it the server stops reading
+/// it (the peer's writes stall) instead of queueing a pong per ping. So
+/// what the server read, and all it can hold for the peer, stays within
+/// the limit, the writer's batch and the socket buffers. The flood is
+/// bounded: 300,000 pings of 125 bytes, for at most [`WAIT`].
+pub fn server_ping_flood<S: Adapter>() {
+    const LIMIT: usize = 64 * 1024;
+    /// A ping from a client: header, mask and payload.
+    const PING: usize = 2 + 4 + 125;
+    let mut server = ws_server_for_raw::<S>(|spec| {
+        spec.options.backpressure.max_pending_send_bytes = LIMIT;
+        spec.options.send_buffer_size = Some(4096);
+        spec.options.recv_buffer_size = Some(4096);
+        // No timer: only the peer's leaving may wake the held-back reader.
+        spec.options.link.heartbeat.interval = Duration::ZERO;
+        spec.options.link.release_after = Duration::from_secs(3600);
+    });
+    let mut raw = RawWs::upgrade(server.local_addr());
+    let id = server.events.connect();
+    let session = server.session(id);
+    let batch = raw::frame(opcode::PING, &[b'p'; 125], true).repeat(100);
+    raw.stream
+        .set_write_timeout(Some(Duration::from_millis(50)))
+        .expect("write timeout");
+    let deadline = Instant::now() + WAIT;
+    let (mut written, mut stalled) = (0, false);
+    while written < 300_000 * PING && Instant::now() < deadline {
+        match raw.stream.write(&batch[written % batch.len()..]) {
+            Ok(n) => written += n,
+            // No progress: the server is not reading, held back by the
+            // limit its pongs filled (else it was only slow).
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if session.is_backpressured() {
+                    stalled = true;
+                    break;
+                }
+            }
+            Err(e) => panic!("ping flood: {e}"),
+        }
+    }
+    let metrics = session.metrics();
+    assert!(
+        stalled,
+        "the server kept reading pings it could not answer: {written} bytes taken"
+    );
+    assert!(metrics.pending_send_bytes <= LIMIT);
+    // What it read: the pongs within the limit (those the writer holds
+    // included), those the socket buffers took (the peers receive buffer
+    // is 128 KiB by default on Linux), and one read of pings whose pongs
+    // the next ones replaced. 39 MB without the limit.
+    assert!(
+        metrics.bytes_received <= 1 << 20,
+        "the server read {} bytes of pings",
+        metrics.bytes_received
+    );
+    // The peer leaves; the server, held back from reading it, notices.
+    drop(raw);
+    assert_eq!(server.events.disconnect().0, id);
     server.shutdown(WAIT);
 }
 

@@ -33,7 +33,9 @@ use storm_proto::link::{CloseReason, Link, LinkEvent};
 
 use crate::{Handler, Session};
 
-/// How much one read asks the socket for.
+/// How much one read asks the socket for: the size of the reader
+/// thread's read buffer, which lives on that thread's stack (see
+/// [`read_loop`]).
 pub(crate) const READ_CHUNK: usize = 16 * 1024;
 
 /// The writer's socket write timeout: how often a write blocked on a peer
@@ -72,15 +74,15 @@ pub(crate) trait ReadHalf {
     /// The socket, for its read timeout and shutdown.
     fn socket(&self) -> &TcpStream;
 
-    /// Blocks in one socket read (bounded by the socket's read timeout)
-    /// and feeds what it got to `link`.
+    /// Blocks in one socket read into `buf` (bounded by the socket's read
+    /// timeout) and feeds what it got to `link`.
     ///
     /// # Errors
     ///
     /// A timeout ([`WouldBlock`](io::ErrorKind::WouldBlock),
     /// [`TimedOut`](io::ErrorKind::TimedOut)) or an interrupt means "look at
     /// the timer and read again"; anything else ends the transport.
-    fn read(&mut self, link: &Link) -> io::Result<Received>;
+    fn read(&mut self, link: &Link, buf: &mut [u8]) -> io::Result<Received>;
 }
 
 /// The writer thread's half of a [`Transport`].
@@ -116,13 +118,7 @@ impl Transport for TcpStream {
     fn split(self) -> io::Result<(PlainReader, TcpStream)> {
         prepare(&self)?;
         let writer = self.try_clone()?;
-        Ok((
-            PlainReader {
-                stream: self,
-                buf: vec![0u8; READ_CHUNK],
-            },
-            writer,
-        ))
+        Ok((PlainReader { stream: self }, writer))
     }
 }
 
@@ -136,7 +132,6 @@ pub(crate) fn prepare(stream: &TcpStream) -> io::Result<()> {
 /// The reader's half of a plain TCP connection.
 pub(crate) struct PlainReader {
     stream: TcpStream,
-    buf: Vec<u8>,
 }
 
 impl ReadHalf for PlainReader {
@@ -144,11 +139,11 @@ impl ReadHalf for PlainReader {
         &self.stream
     }
 
-    fn read(&mut self, link: &Link) -> io::Result<Received> {
-        match (&self.stream).read(&mut self.buf)? {
+    fn read(&mut self, link: &Link, buf: &mut [u8]) -> io::Result<Received> {
+        match (&self.stream).read(buf)? {
             0 => Ok(Received::Eof),
             n => {
-                link.handle_input(Instant::now(), self.buf.get(..n).unwrap_or_default());
+                link.handle_input(Instant::now(), buf.get(..n).unwrap_or_default());
                 Ok(Received::Input)
             }
         }
@@ -297,6 +292,12 @@ pub(crate) fn drive<T: Transport, H: Handler>(
 /// `true` once the handler has seen `on_disconnect`; `false` if the
 /// transport ended and the link had nothing more to say (not expected,
 /// but the reader must never spin on a closed socket).
+///
+/// The read buffer is on this thread's stack, not the heap, so it goes
+/// with the thread when the connection ends: freed heap stays in the
+/// allocator's per-thread arenas, where a buffer per closed connection
+/// added up (BENCHMARKS.md, session 6). The handler runs below it, on the
+/// rest of the stack.
 fn read_loop<R: ReadHalf, H: Handler>(
     reader: &mut R,
     session: &Session,
@@ -309,6 +310,7 @@ fn read_loop<R: ReadHalf, H: Handler>(
         link.handle_input(Instant::now(), initial);
     }
     let waker = thread_waker(thread::current());
+    let mut buf = [0u8; READ_CHUNK];
     let mut eof = false;
     loop {
         if dispatch(session, handler) {
@@ -343,7 +345,7 @@ fn read_loop<R: ReadHalf, H: Handler>(
             eof = true;
             continue;
         }
-        match reader.read(link) {
+        match reader.read(link, &mut buf) {
             Ok(Received::Input) => {}
             Ok(Received::InputAndOutput) => {
                 if let Some(writer) = writer {

@@ -47,6 +47,9 @@ struct Shared {
     /// Connections in their handshake, so that a shutdown that stopped
     /// waiting can end them at once instead of at their handshake timeout.
     handshaking: Mutex<Handshaking>,
+    /// Connection threads still running: `serve` returns once none is.
+    running: Mutex<usize>,
+    running_changed: Condvar,
 }
 
 /// See [`Shared::handshaking`].
@@ -97,6 +100,30 @@ impl Drop for InHandshake<'_> {
                 .streams
                 .retain(|(other, _)| *other != id);
         }
+    }
+}
+
+/// A connection thread, counted in [`Shared::running`] from before it is
+/// spawned until it drops this, the last thing it owns: so `serve` can
+/// wait for its connection threads without keeping a `JoinHandle` of each.
+/// (glibc keeps the stack of a thread that ended, 16 KiB of it resident,
+/// until the thread is joined or detached: handles kept until the next
+/// accept kept every closed connection's stack for as long as no new
+/// connection came.)
+struct Running(ServerHandle);
+
+impl Running {
+    fn enter(handle: &ServerHandle) -> Self {
+        *lock(&handle.shared.running) += 1;
+        Self(handle.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let shared = &self.0.shared;
+        *lock(&shared.running) -= 1;
+        shared.running_changed.notify_all();
     }
 }
 
@@ -243,6 +270,8 @@ fn bind(options: ServerOptions, setup: ServerSetup) -> io::Result<(TcpListener, 
         serving: Mutex::new(Serving::NotStarted),
         serving_changed: Condvar::new(),
         handshaking: Mutex::default(),
+        running: Mutex::new(0),
+        running_changed: Condvar::new(),
     };
     Ok((
         listener,
@@ -256,7 +285,6 @@ fn serve<H: Handler>(listener: TcpListener, handle: ServerHandle, handler: H) ->
     let handler = Arc::new(handler);
     let shared = &handle.shared;
     handle.set_serving(Serving::Running);
-    let mut threads: Vec<JoinHandle<()>> = Vec::new();
     let mut errors = AcceptErrors::default();
     while !shared.stop.load(Ordering::Acquire) {
         let (stream, remote) = match listener.accept() {
@@ -284,29 +312,34 @@ fn serve<H: Handler>(listener: TcpListener, handle: ServerHandle, handler: H) ->
             drop(stream);
             continue;
         };
-        threads.retain(|thread| !thread.is_finished());
         let connection = {
-            let handle = handle.clone();
+            let running = Running::enter(&handle);
             let handler = Arc::clone(&handler);
             move || {
-                if let Err(e) = handle.run_connection(stream, admitted, &*handler) {
+                // Declared first, so dropped last, after the handler's
+                // `Arc`, even when the handler panics.
+                let running = running;
+                let handler = handler;
+                if let Err(e) = running.0.run_connection(stream, admitted, &*handler) {
                     handler.on_error(&e);
                 }
             }
         };
-        match thread::Builder::new()
+        // Detached: the thread's stack goes as soon as it ends.
+        if let Err(e) = thread::Builder::new()
             .name("storm-conn".to_owned())
             .spawn(connection)
         {
-            Ok(thread) => threads.push(thread),
-            // The connection (and its permit) went with the closure.
-            Err(e) => handler.on_error(&e),
+            // The connection (its permit, its count) went with the closure.
+            handler.on_error(&e);
         }
     }
     drop(listener);
-    for thread in threads {
-        let _ = thread.join();
-    }
+    // Until every connection thread is done with the handler.
+    let running = shared
+        .running_changed
+        .wait_while(lock(&shared.running), |running| *running > 0);
+    drop(running.unwrap_or_else(PoisonError::into_inner));
     handle.set_serving(Serving::Done);
     Ok(())
 }

@@ -62,8 +62,7 @@ pub use storm_proto::tls::{
 
 use crate::deadline::Deadlined;
 use crate::driver::{
-    READ_CHUNK, ReadHalf, Received, Transport, WriteHalf, advance, io_slices, prepare,
-    retry_or_give_up,
+    ReadHalf, Received, Transport, WriteHalf, advance, io_slices, prepare, retry_or_give_up,
 };
 
 /// Runs the TLS handshake to its end (including the last flight, or the
@@ -158,7 +157,6 @@ impl Transport for TlsStream {
             TlsReader {
                 stream: self.stream,
                 conn: Arc::clone(&conn),
-                raw: vec![0u8; READ_CHUNK],
                 plain: Vec::new(),
             },
             TlsWriter {
@@ -174,8 +172,6 @@ impl Transport for TlsStream {
 pub(crate) struct TlsReader {
     stream: TcpStream,
     conn: Arc<Mutex<Connection>>,
-    /// Ciphertext from one socket read.
-    raw: Vec<u8>,
     /// Plaintext from one socket read: at most the read plus one record
     /// it completed.
     plain: Vec<u8>,
@@ -186,12 +182,13 @@ impl ReadHalf for TlsReader {
         &self.stream
     }
 
-    fn read(&mut self, link: &Link) -> io::Result<Received> {
-        let n = (&self.stream).read(&mut self.raw)?;
+    fn read(&mut self, link: &Link, buf: &mut [u8]) -> io::Result<Received> {
+        let n = (&self.stream).read(buf)?;
         if n == 0 {
             return Ok(Received::Eof);
         }
-        let mut input = self.raw.get(..n).unwrap_or_default();
+        // Ciphertext.
+        let mut input = buf.get(..n).unwrap_or_default();
         self.plain.clear();
         let (result, answer) = {
             let mut conn = lock(&self.conn);

@@ -90,9 +90,8 @@ fn drive(bin: &str, proto: &str) {
             assert!(samples > 0, "{json}");
         }
     }
-    let (ok, out) = loadgen(&[
-        "--mode",
-        "idle",
+    // Twenty connections opened, held a tenth of a second, let go.
+    let few = [
         "--proto",
         proto,
         "--addr",
@@ -101,9 +100,26 @@ fn drive(bin: &str, proto: &str) {
         "20",
         "--duration",
         "0.1",
-    ]);
+    ];
+    let (ok, out) = loadgen(&[&["--mode", "idle"], &few[..]].concat());
     assert!(ok, "{bin} idle: {out}");
     assert_eq!(field(&out, "connections"), "20", "{out}");
+    let pid = server.child.id().to_string();
+    let churn = ["--mode", "churn", "--rounds", "2", "--server-pid", &pid];
+    let (ok, out) = loadgen(&[&churn[..], &few[..]].concat());
+    assert!(ok, "{bin} churn: {out}");
+    assert_eq!(field(&out, "error"), "null", "{out}");
+    // Two rounds, each read with the connections open and after them.
+    for list in ["open_anon_kib", "after_anon_kib"] {
+        let key = format!("\"{list}\":[");
+        let rest = out.split(&key).nth(1).unwrap_or_default();
+        let values = rest.split(']').next().unwrap_or_default().split(',');
+        assert_eq!(
+            values.filter(|v| v.parse::<u64>().is_ok()).count(),
+            2,
+            "{out}"
+        );
+    }
 }
 
 #[test]

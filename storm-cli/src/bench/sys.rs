@@ -1,10 +1,13 @@
 //! Addresses and process accounting, shared by `storm bench` and the
 //! end-to-end load generator (`benches/e2e`): both refuse anything but a
-//! loopback address and read CPU time from `/proc`.
+//! loopback address and read CPU time from `/proc`; the load generator and
+//! the churn test of `storm echo` also read a server's memory there
+//! ([`ProcessState`]).
 
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
 
 /// Why an address was refused by [`loopback_addr`].
 #[derive(Debug)]
@@ -84,6 +87,88 @@ pub fn self_cpu_ticks() -> io::Result<u64> {
     stat_cpu_ticks(&stat).ok_or_else(|| io::Error::other("unexpected /proc/self/stat format"))
 }
 
+/// What Linux's `/proc/PID/status` and `/proc/PID/fd` say of a process:
+/// its resident memory, its threads and its open descriptors.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessState {
+    /// Resident anonymous memory (heap and thread stacks), in KiB: what a
+    /// server's connections cost it.
+    pub rss_anon_kib: u64,
+    /// All resident memory, in KiB: also the program's code and data pages
+    /// it touched.
+    pub vm_rss_kib: u64,
+    /// Threads.
+    pub threads: u64,
+    /// Open file descriptors (its sockets among them).
+    pub descriptors: u64,
+}
+
+impl ProcessState {
+    /// Reads the state of process `pid`.
+    ///
+    /// # Errors
+    ///
+    /// If `/proc/PID` cannot be read (no such process, not Linux) or
+    /// `status` lacks a field.
+    pub fn read(pid: u32) -> io::Result<Self> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let descriptors = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64;
+        let field = |name: &str| {
+            status_field(&status, name).ok_or_else(|| {
+                io::Error::other(format!("/proc/{pid}/status has no number for {name}"))
+            })
+        };
+        Ok(Self {
+            rss_anon_kib: field("RssAnon")?,
+            vm_rss_kib: field("VmRSS")?,
+            threads: field("Threads")?,
+            descriptors,
+        })
+    }
+
+    /// Waits until process `pid` holds no more threads and descriptors
+    /// than it did in state `earlier` (so it let go of every connection
+    /// opened since), looking every 20 ms for at most `timeout`; returns
+    /// its state then.
+    ///
+    /// # Errors
+    ///
+    /// [`read`](Self::read)'s, or [`io::ErrorKind::TimedOut`] (saying what
+    /// the process still held) after `timeout`.
+    pub fn wait_settled(pid: u32, earlier: &Self, timeout: Duration) -> io::Result<Self> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = Self::read(pid)?;
+            if now.threads <= earlier.threads && now.descriptors <= earlier.descriptors {
+                return Ok(now);
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "process {pid} still held {} threads and {} descriptors after \
+                         {timeout:?} (earlier: {} and {})",
+                        now.threads, now.descriptors, earlier.threads, earlier.descriptors
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The number that starts the value of line `NAME:` of a
+/// `/proc/PID/status` text (`RssAnon:     1234 kB` gives 1234).
+fn status_field(status: &str, name: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))?
+        .split_ascii_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +211,33 @@ mod tests {
         assert_eq!(stat_cpu_ticks(stat), Some(168));
         assert_eq!(stat_cpu_ticks("4242 (a) S 1 2"), None);
         assert!(self_cpu_ticks().is_ok());
+    }
+
+    #[test]
+    fn status_fields() {
+        let status = "Name:\tstorm\nVmRSS:\t    7188 kB\nRssAnon:\t     492 kB\nThreads:\t3\n";
+        assert_eq!(status_field(status, "RssAnon"), Some(492));
+        assert_eq!(status_field(status, "VmRSS"), Some(7188));
+        assert_eq!(status_field(status, "Threads"), Some(3));
+        assert_eq!(status_field(status, "Rss"), None);
+        assert_eq!(status_field(status, "Name"), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn own_state() {
+        let state = ProcessState::read(std::process::id()).unwrap();
+        assert!(state.rss_anon_kib > 0 && state.vm_rss_kib >= state.rss_anon_kib);
+        assert!(state.threads >= 1 && state.descriptors >= 3, "{state:?}");
+        let pid = std::process::id();
+        let more = ProcessState {
+            threads: u64::MAX,
+            descriptors: u64::MAX,
+            ..state
+        };
+        assert!(ProcessState::wait_settled(pid, &more, Duration::ZERO).is_ok());
+        let none = ProcessState::default();
+        let waited = ProcessState::wait_settled(pid, &none, Duration::ZERO).unwrap_err();
+        assert_eq!(waited.kind(), io::ErrorKind::TimedOut, "{waited}");
     }
 }

@@ -14,6 +14,15 @@
 //!   handshake and one echo on each, prints its result line and holds them
 //!   open, idle, for `--duration` seconds, so that the server's memory per
 //!   connection can be read meanwhile.
+//! - `churn`: `--rounds` rounds (default 2) of connection churn: each opens
+//!   `--connections` connections as `idle` does, holds them `--duration`
+//!   seconds, then resets every one (`SO_LINGER` 0, so the server sees
+//!   `ECONNRESET`). With `--server-pid`, it reads the server's `RssAnon`
+//!   and `VmRSS` from `/proc/PID/status` before the first round, with
+//!   each round's connections open, and after each round once the server
+//!   has let go of them (its open descriptors and threads back to their
+//!   count before the round); growth from one round to the next is what a
+//!   server that keeps something of closed connections shows.
 //!
 //! The clients are hand-rolled on tokio's readiness API (one task per
 //! connection, `try_read`/`try_write`, many frames per write) so that the
@@ -34,7 +43,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Buf, BytesMut};
 use clap::{Parser, ValueEnum};
 use storm_e2e::handshake::{MAX_HEAD, check_response, client_key, client_request};
-use storm_e2e::sys::{USER_HZ, loopback_addr, self_cpu_ticks};
+use storm_e2e::sys::{ProcessState, USER_HZ, loopback_addr, self_cpu_ticks};
 use storm_e2e::wire::{self, Decoder, Encoder, MAX_SIZE, Proto, Rng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
@@ -43,6 +52,10 @@ use tokio::task::JoinHandle;
 
 /// Longest run accepted, in seconds.
 const MAX_DURATION: f64 = 120.0;
+/// Most churn rounds.
+const MAX_ROUNDS: usize = 10;
+/// Time a server gets to let go of a churn round's connections.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most round-trip samples kept (8 bytes each): 40 MiB.
 const MAX_SAMPLES: usize = 5_000_000;
 /// Most clients or idle connections.
@@ -80,15 +93,22 @@ struct Args {
     /// Payload bytes per message.
     #[arg(long, default_value_t = 32)]
     size: usize,
-    /// Seconds to run (idle mode: to hold the connections), at most 120.
+    /// Seconds to run (idle and churn modes: to hold the connections), at
+    /// most 120.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
     /// Stop once this many messages have been echoed.
     #[arg(long, default_value_t = 1_000_000_000)]
     max_msgs: u64,
-    /// Idle connections to open (idle mode).
+    /// Connections to open (idle mode; churn mode: per round).
     #[arg(long, default_value_t = 1000)]
     connections: usize,
+    /// Rounds of connection churn (churn mode), at most 10.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// The server's process id, to read its memory from /proc (churn mode).
+    #[arg(long)]
+    server_pid: Option<u32>,
     /// Tokio worker threads [default: CPUs this process may use].
     #[arg(long)]
     workers: Option<usize>,
@@ -105,6 +125,8 @@ enum Mode {
     Latency,
     /// Many idle connections, held open.
     Idle,
+    /// Rounds of many connections opened, held, then reset.
+    Churn,
 }
 
 impl Mode {
@@ -113,6 +135,7 @@ impl Mode {
             Self::Throughput => "throughput",
             Self::Latency => "latency",
             Self::Idle => "idle",
+            Self::Churn => "churn",
         }
     }
 }
@@ -149,6 +172,8 @@ struct Config {
     duration: Duration,
     max_msgs: u64,
     connections: usize,
+    rounds: usize,
+    server_pid: Option<u32>,
     path: String,
     /// Seed of every client's generator (the client id is mixed in).
     seed: u64,
@@ -165,6 +190,9 @@ impl Config {
         }
         if !(1..=MAX_CONNECTIONS).contains(&args.connections) {
             return Err(format!("--connections must be 1..={MAX_CONNECTIONS}"));
+        }
+        if !(1..=MAX_ROUNDS).contains(&args.rounds) {
+            return Err(format!("--rounds must be 1..={MAX_ROUNDS}"));
         }
         if !(1..=MAX_WINDOW).contains(&window) {
             return Err(format!("--window must be 1..={MAX_WINDOW}"));
@@ -194,6 +222,8 @@ impl Config {
             duration: Duration::from_secs_f64(args.duration),
             max_msgs: args.max_msgs,
             connections: args.connections,
+            rounds: args.rounds,
+            server_pid: args.server_pid,
             path: args.path.clone(),
             seed,
         })
@@ -504,6 +534,114 @@ async fn run_idle(config: Arc<Config>) -> Result<(Vec<Client>, Duration), String
     }
 }
 
+/// What a churn run saw of the server: its state before the first round,
+/// then with each round's connections open and after each round.
+#[derive(Debug, Default)]
+struct Churn {
+    before: ProcessState,
+    open: Vec<ProcessState>,
+    after: Vec<ProcessState>,
+}
+
+/// Runs the churn rounds; the server's memory is read only with a
+/// `--server-pid`.
+async fn run_churn(config: Arc<Config>) -> Result<Churn, String> {
+    let read = |pid| ProcessState::read(pid).map_err(|e| format!("server {pid}: {e}"));
+    let mut churn = Churn::default();
+    if let Some(pid) = config.server_pid {
+        churn.before = read(pid)?;
+    }
+    for _ in 0..config.rounds {
+        let start = config.server_pid.map(read).transpose()?;
+        let (clients, _) = run_idle(Arc::clone(&config)).await?;
+        tokio::time::sleep(config.duration).await;
+        if let Some(pid) = config.server_pid {
+            churn.open.push(read(pid)?);
+        }
+        for client in clients {
+            client
+                .stream
+                .set_zero_linger()
+                .map_err(|e| format!("SO_LINGER: {e}"))?;
+        }
+        if let (Some(pid), Some(start)) = (config.server_pid, start) {
+            let settled = tokio::task::spawn_blocking(move || {
+                ProcessState::wait_settled(pid, &start, SETTLE_TIMEOUT)
+            });
+            let settled = settled.await.map_err(|e| e.to_string())?;
+            churn
+                .after
+                .push(settled.map_err(|e| format!("server {pid}: {e}"))?);
+        }
+    }
+    Ok(churn)
+}
+
+fn report_churn(config: &Config, result: &Result<Churn, String>) {
+    let (name, addr) = (config.proto.name(), json_str(&config.addr.to_string()));
+    let churn = match result {
+        Ok(churn) => churn,
+        Err(e) => {
+            println!(
+                "{{\"mode\":\"churn\",\"proto\":\"{name}\",\"addr\":{addr},\"error\":{}}}",
+                json_str(e)
+            );
+            println!("churn {name} {}: ERROR: {e}", config.addr);
+            return;
+        }
+    };
+    let n = config.connections;
+    let list = |states: &[ProcessState], f: fn(&ProcessState) -> u64| {
+        let items: Vec<String> = states.iter().map(|s| f(s).to_string()).collect();
+        format!("[{}]", items.join(","))
+    };
+    println!(
+        "{{\"mode\":\"churn\",\"proto\":\"{name}\",\"addr\":{addr},\"connections\":{n},\
+         \"rounds\":{},\"server_pid\":{},\"before_anon_kib\":{},\"before_rss_kib\":{},\
+         \"open_anon_kib\":{},\"open_rss_kib\":{},\"after_anon_kib\":{},\
+         \"after_rss_kib\":{},\"error\":null}}",
+        config.rounds,
+        config
+            .server_pid
+            .map_or("null".to_owned(), |pid| pid.to_string()),
+        churn.before.rss_anon_kib,
+        churn.before.vm_rss_kib,
+        list(&churn.open, |s| s.rss_anon_kib),
+        list(&churn.open, |s| s.vm_rss_kib),
+        list(&churn.after, |s| s.rss_anon_kib),
+        list(&churn.after, |s| s.vm_rss_kib),
+    );
+    println!(
+        "churn {name} {}: {} rounds of {n} connections opened (each handshaken and echoed \
+         once), held {:.1} s, reset",
+        config.addr,
+        config.rounds,
+        config.duration.as_secs_f64()
+    );
+    if config.server_pid.is_none() {
+        return;
+    }
+    let before = churn.before.rss_anon_kib;
+    println!("  server RssAnon before: {before} KiB");
+    let mut previous = before;
+    for (round, (open, after)) in churn.open.iter().zip(&churn.after).enumerate() {
+        let per_connection = open.rss_anon_kib.saturating_sub(before) as f64 / n as f64;
+        let growth = after.rss_anon_kib as i64 - previous as i64;
+        let over = match round {
+            0 => "before".to_owned(),
+            n => format!("round {n}"),
+        };
+        println!(
+            "  round {}: open {} KiB ({per_connection:.1} KiB per connection over before), \
+             after {} KiB ({growth:+} KiB over {over})",
+            round + 1,
+            open.rss_anon_kib,
+            after.rss_anon_kib,
+        );
+        previous = after.rss_anon_kib;
+    }
+}
+
 fn percentile(sorted: &[u64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -644,6 +782,15 @@ fn main() -> ExitCode {
                     println!("idle {} {}: ERROR: {e}", config.proto.name(), config.addr);
                     ExitCode::FAILURE
                 }
+            }
+        }
+        Mode::Churn => {
+            let result = runtime.block_on(run_churn(Arc::clone(&config)));
+            report_churn(&config, &result);
+            if result.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
             }
         }
     }

@@ -1145,3 +1145,122 @@ fn help_documents_runtime_and_tls() {
         assert!(ok && out.contains("--tls-ca"), "{role}: {out}");
     }
 }
+
+// ---- every refused frame is answered ---------------------------------------
+
+/// Starts `storm broker ARGS` on a free port; returns it and its address.
+fn spawn_broker(args: &[&str]) -> (Proc, String) {
+    let mut all = vec!["broker", "--addr", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let (broker, banner, _out) = spawn_storm(&all);
+    let addr = banner
+        .trim()
+        .rsplit("://")
+        .next()
+        .expect("address")
+        .to_owned();
+    (broker, addr)
+}
+
+/// Writes `frame` whole to a raw connection.
+fn write_frame(stream: &mut TcpStream, frame: &Frame) {
+    let mut wire = BytesMut::new();
+    FrameCodec::default()
+        .encode(frame, &mut wire)
+        .expect("fits");
+    stream.write_all(&wire).expect("write");
+}
+
+/// The next frame from a raw connection (its read timeout bounds the
+/// wait); `None` at end of stream.
+fn read_frame(stream: &mut TcpStream) -> Option<Frame> {
+    let mut header = [0u8; HEADER_LEN];
+    match stream.read_exact(&mut header) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
+        Err(e) => panic!("no frame: {e}"),
+    }
+    let len = u32::from_be_bytes(header[20..].try_into().expect("4 bytes")) as usize;
+    let mut wire = BytesMut::from(&header[..]);
+    wire.resize(HEADER_LEN + len, 0);
+    stream.read_exact(&mut wire[HEADER_LEN..]).expect("payload");
+    FrameCodec::default().decode(&mut wire).expect("a frame")
+}
+
+/// The code and text of an `Error` frame.
+fn error_of(frame: &Frame) -> (ErrorCode, String) {
+    assert_eq!(frame.frame_type, FrameType::Error, "{frame:?}");
+    let error = ErrorPayload::decode(&frame.payload);
+    (
+        error.code,
+        String::from_utf8_lossy(&error.message).into_owned(),
+    )
+}
+
+#[test]
+fn storm_binary_answers_a_chunk_for_an_unknown_request_at_once() {
+    for runtime in ["tokio", "smol", "std"] {
+        let (_broker, addr) = spawn_broker(&["--runtime", runtime]);
+        // A consumer whose own timeout is long: the answer must not wait
+        // for it.
+        let mut raw = registered_raw(&addr, channel(5), Role::Consumer, Duration::from_secs(60));
+        let id = RequestId::random(&mut rand::rng());
+        let started = Instant::now();
+        write_frame(
+            &mut raw,
+            &Frame::new(FrameType::Chunk, id, Bytes::from_static(b"orphan")),
+        );
+        let answer = read_frame(&mut raw).expect("an answer, not a close");
+        assert!(started.elapsed() < WAIT, "{runtime}");
+        assert_eq!(answer.request_id, id, "{runtime}");
+        let (code, text) = error_of(&answer);
+        assert_eq!(code, ErrorCode::UNKNOWN_REQUEST, "{runtime}: {text}");
+        assert!(text.contains(&id.to_string()), "{runtime}: {text}");
+    }
+}
+
+#[test]
+fn storm_binary_answers_a_frame_over_max_frame_before_any_close() {
+    for runtime in ["tokio", "smol", "std"] {
+        let (_broker, addr) = spawn_broker(&["--runtime", runtime, "--max-frame", "1024"]);
+        // A registered consumer: the oversized frame is answered under its
+        // id, its payload skipped, and the connection goes on in step.
+        let mut raw = registered_raw(&addr, channel(6), Role::Consumer, Duration::ZERO);
+        let (big, next) = (
+            RequestId::random(&mut rand::rng()),
+            RequestId::random(&mut rand::rng()),
+        );
+        let mut header = vec![1, FrameType::Chunk.to_u8(), 0, 0];
+        header.extend_from_slice(&big.to_bytes());
+        header.extend_from_slice(&4096u32.to_be_bytes());
+        raw.write_all(&header).expect("header");
+        raw.write_all(&[0x5a; 4096]).expect("payload");
+        write_frame(&mut raw, &Frame::new(FrameType::End, next, Bytes::new()));
+        let answer = read_frame(&mut raw).expect("an answer, not a close");
+        assert_eq!(answer.request_id, big, "{runtime}");
+        let (code, text) = error_of(&answer);
+        assert_eq!(code, ErrorCode::FRAME_TOO_LARGE, "{runtime}: {text}");
+        assert!(
+            text.contains("4096") && text.contains("1024"),
+            "{runtime}: {text}"
+        );
+        let answer = read_frame(&mut raw).expect("the next frame was read in step");
+        assert_eq!(answer.request_id, next, "{runtime}");
+        assert_eq!(error_of(&answer).0, ErrorCode::UNKNOWN_REQUEST, "{runtime}");
+
+        // Unregistered: refused with the reason, then closed.
+        let mut raw = TcpStream::connect(&addr).expect("connect");
+        raw.set_read_timeout(Some(WAIT)).expect("timeout");
+        let id = RequestId::random(&mut rand::rng());
+        let mut header = vec![1, FrameType::Start.to_u8(), 0, 0];
+        header.extend_from_slice(&id.to_bytes());
+        header.extend_from_slice(&2048u32.to_be_bytes());
+        raw.write_all(&header).expect("header");
+        let answer = read_frame(&mut raw).expect("an answer before the close");
+        assert_eq!(answer.request_id, id, "{runtime}");
+        let (code, text) = error_of(&answer);
+        assert_eq!(code, ErrorCode::PROTOCOL, "{runtime}: {text}");
+        assert!(text.contains("1024"), "{runtime}: {text}");
+        assert!(read_frame(&mut raw).is_none(), "{runtime}: then the close");
+    }
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use storm_cli::broker::{
     BrokerError, BrokerHandle, BrokerOptions, BrokerServer, Consumer, ConsumerOptions, Provider,
-    ProviderHandle, ProviderOptions, Request, blocking,
+    ProviderHandle, ProviderOptions, Request, Responder, StreamedRequest, blocking,
 };
 use storm_proto::broker::{
     ChannelId, ClientId, ErrorCode, ErrorPayload, Frame, FrameCodec, FrameConfig, FrameType,
@@ -1263,4 +1263,97 @@ fn storm_binary_answers_a_frame_over_max_frame_before_any_close() {
         assert!(text.contains("1024"), "{runtime}: {text}");
         assert!(read_frame(&mut raw).is_none(), "{runtime}: then the close");
     }
+}
+
+// ---- requests of any size ---------------------------------------------------
+
+/// A streaming provider on `ch` with `max_concurrent` handlers; returns
+/// its handle.
+async fn streamed_provider<F, Fut>(
+    addr: &str,
+    ch: ChannelId,
+    max_concurrent: usize,
+    handler: F,
+) -> ProviderHandle
+where
+    F: Fn(StreamedRequest, Responder) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Bytes, ErrorPayload>> + Send + 'static,
+{
+    let mut options = ProviderOptions::default();
+    options.max_concurrent = max_concurrent;
+    let provider = within("provider", Provider::connect(addr, ch, options))
+        .await
+        .expect("provider registers");
+    let handle = provider.handle();
+    tokio::spawn(provider.serve_streamed(handler));
+    handle
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_provider_answers_as_the_request_arrives() {
+    let (addr, handle) = broker(|_| {}).await;
+    let ch = channel(31);
+    // Echoes each piece as it comes, then appends the size it counted.
+    streamed_provider(&addr, ch, 4, |request, mut responder| async move {
+        let mut body = request.body;
+        let mut size = 0;
+        while let Some(piece) = body.next().await {
+            size += piece.len();
+            responder
+                .write(piece)
+                .await
+                .map_err(|e| ErrorPayload::new(ErrorCode(100), e.to_string()))?;
+        }
+        Ok(Bytes::from(format!("|{size}")))
+    })
+    .await;
+    let consumer = consumer(&addr, ch).await;
+    let payload = noise(5 << 20);
+    let reply = within("5 MiB", consumer.request(payload.clone(), WAIT))
+        .await
+        .expect("answered");
+    let (echo, tail) = reply.split_at(payload.len());
+    assert_eq!(fnv1a(echo), fnv1a(&payload));
+    assert_eq!(tail, format!("|{}", payload.len()).as_bytes());
+    let empty = within("empty", consumer.request(Bytes::new(), WAIT))
+        .await
+        .expect("answered");
+    assert_eq!(&empty[..], b"|0");
+    assert_eq!(handle.stats().busy, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_provider_refuses_what_its_handlers_cannot_take_and_stops_on_cancel() {
+    let (addr, _handle) = broker(|_| {}).await;
+    let ch = channel(32);
+    let (started, mut seen) = mpsc::channel(4);
+    let (stopped, mut gone) = mpsc::channel::<RequestId>(4);
+    // One handler, which reads nothing and never answers; it reports when
+    // it starts and when it is dropped (aborted).
+    streamed_provider(&addr, ch, 1, move |request, _| {
+        let (started, stopped) = (started.clone(), stopped.clone());
+        async move {
+            struct Report(mpsc::Sender<RequestId>, RequestId);
+            impl Drop for Report {
+                fn drop(&mut self) {
+                    let _ = self.0.try_send(self.1);
+                }
+            }
+            let _report = Report(stopped, request.id);
+            let _ = started.send(request.id).await;
+            std::future::pending().await
+        }
+    })
+    .await;
+    let consumer = consumer(&addr, ch).await;
+    let first = within("start", consumer.stream(WAIT))
+        .await
+        .expect("started");
+    let id = within("handler runs", seen.recv()).await.expect("started");
+    // The only handler is busy: the next request is refused at once.
+    let second = within("busy", consumer.request(Bytes::from_static(b"x"), WAIT)).await;
+    assert_eq!(code(&second), Some(ErrorCode::BUSY), "{second:?}");
+    // Cancelling the first aborts its handler.
+    first.cancel();
+    assert_eq!(within("handler aborted", gone.recv()).await, Some(id));
 }

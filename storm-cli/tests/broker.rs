@@ -509,12 +509,7 @@ fn storm_binary_broker_provider_and_request() {
         banner.contains("listening on tcp://"),
         "broker banner: {banner}"
     );
-    let addr = banner
-        .trim()
-        .rsplit("://")
-        .next()
-        .expect("address")
-        .to_owned();
+    let addr = banner_addr(&banner);
 
     // No provider yet: a clear error and a failing exit status.
     let (ok, _, err) = run_storm(&[
@@ -627,14 +622,21 @@ fn help_documents_the_broker_options() {
     }
     let (ok, out, _) = run_storm(&["client", "broker", "provider", "--help"]);
     assert!(
-        ok && out.contains("--mode") && out.contains("--delay"),
+        ok && out.contains("--mode") && out.contains("--delay") && out.contains("digest"),
         "{out}"
     );
     let (ok, out, _) = run_storm(&["client", "broker", "request", "--help"]);
-    assert!(
-        ok && out.contains("--size") && out.contains("--data"),
-        "{out}"
-    );
+    for option in [
+        "--size",
+        "--data",
+        "--file",
+        "--max-response",
+        "[default: 67108864]",
+        "--max-frame",
+        "[default: 1048576]",
+    ] {
+        assert!(ok && out.contains(option), "{option} missing from:\n{out}");
+    }
 }
 
 // ---- every runtime, and TLS -------------------------------------------------
@@ -897,12 +899,7 @@ fn storm_binary_broker_on_every_runtime_over_tls() {
                 && banner.contains("listening on tls://"),
             "broker banner: {banner}"
         );
-        let addr = banner
-            .trim()
-            .rsplit("://")
-            .next()
-            .expect("address")
-            .to_owned();
+        let addr = banner_addr(&banner);
         let (_provider, line, _out) = spawn_storm(&[
             "client",
             "broker",
@@ -1148,17 +1145,22 @@ fn help_documents_runtime_and_tls() {
 
 // ---- every refused frame is answered ---------------------------------------
 
+/// The address a broker's banner (`… listening on tcp://ADDR`) names.
+fn banner_addr(banner: &str) -> String {
+    banner
+        .trim()
+        .rsplit("://")
+        .next()
+        .expect("address")
+        .to_owned()
+}
+
 /// Starts `storm broker ARGS` on a free port; returns it and its address.
 fn spawn_broker(args: &[&str]) -> (Proc, String) {
     let mut all = vec!["broker", "--addr", "127.0.0.1:0"];
     all.extend_from_slice(args);
     let (broker, banner, _out) = spawn_storm(&all);
-    let addr = banner
-        .trim()
-        .rsplit("://")
-        .next()
-        .expect("address")
-        .to_owned();
+    let addr = banner_addr(&banner);
     (broker, addr)
 }
 
@@ -1356,4 +1358,161 @@ async fn streamed_provider_refuses_what_its_handlers_cannot_take_and_stops_on_ca
     // Cancelling the first aborts its handler.
     first.cancel();
     assert_eq!(within("handler aborted", gone.recv()).await, Some(id));
+}
+
+/// Peak resident memory of a running process, in bytes.
+fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Size of the big request test: `STORM_BROKER_BIG_REQUEST` bytes, or
+/// 256 MiB (any process that held it whole would be far over the limit;
+/// 1 GiB takes about 25 s in a debug build, see BENCHMARKS.md).
+fn big_request_size() -> usize {
+    std::env::var("STORM_BROKER_BIG_REQUEST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256 << 20)
+}
+
+/// The most memory each of client, broker and provider may hold.
+const RSS_LIMIT: u64 = 64 << 20;
+
+#[test]
+fn storm_binary_streams_a_big_request_in_bounded_memory() {
+    let size = big_request_size();
+    let (broker, addr) = spawn_broker(&[]);
+    let (provider, _out) = storm_provider(&addr, "7", &["--mode", "digest"]);
+    let size_arg = size.to_string();
+    let mut client = Proc(
+        Command::new(env!("CARGO_BIN_EXE_storm"))
+            .args(request_args(
+                &addr,
+                "7",
+                &["--size", &size_arg, "--timeout", "5m"],
+            ))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("storm starts"),
+    );
+    // The client's peak, sampled until it exits (VmHWM only grows).
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut client_peak = 0;
+    let status = loop {
+        if let Some(status) = client.0.try_wait().expect("wait") {
+            break status;
+        }
+        client_peak = peak_rss(client.0.id()).unwrap_or(0).max(client_peak);
+        assert!(Instant::now() < deadline, "the request took over 5 minutes");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    client
+        .0
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("output");
+    assert!(status.success(), "{status}: {out}");
+    let broker_peak = peak_rss(broker.0.id()).expect("broker runs");
+    let provider_peak = peak_rss(provider.0.id()).expect("provider runs");
+    eprintln!(
+        "{size} bytes: peak RSS client {client_peak}, broker {broker_peak}, provider {provider_peak}"
+    );
+    for (who, peak) in [
+        ("client", client_peak),
+        ("broker", broker_peak),
+        ("provider", provider_peak),
+    ] {
+        assert!(peak > 0 && peak < RSS_LIMIT, "{who} peaked at {peak} bytes");
+    }
+    // The provider counted every byte and agrees on the checksum.
+    let sent = out
+        .split("fnv1a ")
+        .nth(1)
+        .and_then(|rest| rest.get(..16))
+        .expect("the client's checksum");
+    assert!(
+        out.contains(&format!("sent {size} bytes"))
+            && out.contains(&format!("response: {size} bytes, fnv1a {sent}")),
+        "{out}"
+    );
+}
+
+/// `storm client broker provider` on `channel` of the broker at `addr`,
+/// with `extra` options, registered; with its stdout, which must stay open
+/// while it prints.
+fn storm_provider(
+    addr: &str,
+    channel: &str,
+    extra: &[&str],
+) -> (Proc, BufReader<std::process::ChildStdout>) {
+    let mut args = vec![
+        "client",
+        "broker",
+        "provider",
+        "--addr",
+        addr,
+        "--channel",
+        channel,
+    ];
+    args.extend_from_slice(extra);
+    let (provider, line, out) = spawn_storm(&args);
+    assert!(line.contains("registered"), "provider banner: {line}");
+    (provider, out)
+}
+
+/// The arguments of `storm client broker request` on `channel` of the
+/// broker at `addr`, with `extra` options.
+fn request_args<'a>(addr: &'a str, channel: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "client",
+        "broker",
+        "request",
+        "--addr",
+        addr,
+        "--channel",
+        channel,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Runs `storm client broker request` on `channel` of the broker at
+/// `addr`, with `extra` options.
+fn storm_request(addr: &str, channel: &str, extra: &[&str]) -> (bool, String, String) {
+    run_storm(&request_args(addr, channel, extra))
+}
+
+#[test]
+fn storm_binary_sends_a_file_and_every_mode_streams() {
+    let (_broker, addr) = spawn_broker(&[]);
+    let path = std::env::temp_dir().join(format!("storm-broker-file-{}", std::process::id()));
+    let data = noise(3 << 20);
+    std::fs::write(&path, &data).expect("file");
+    let file = path.to_str().expect("utf-8 path").to_owned();
+    let _digest = storm_provider(&addr, "8", &["--mode", "digest"]);
+    let (ok, out, err) = storm_request(&addr, "8", &["--file", &file]);
+    assert!(ok, "stderr: {err}");
+    let sum = fnv1a(&data);
+    let expected = format!("response: {} bytes, fnv1a {sum:016x}", data.len());
+    assert!(out.contains(&expected), "{out}");
+    // Echo sends the file back as it reads it; a response over
+    // --max-response is refused with the limit named.
+    let _echo = storm_provider(&addr, "9", &[]);
+    let (ok, out, err) = storm_request(&addr, "9", &["--file", &file]);
+    assert!(ok, "stderr: {err}");
+    let expected = format!("got {} bytes (fnv1a {sum:016x})", data.len());
+    assert!(out.contains(&expected), "{out}");
+    let (ok, _, err) = storm_request(&addr, "9", &["--file", &file, "--max-response", "1000000"]);
+    assert!(!ok && err.contains("1000000"), "stderr: {err}");
+    let missing = "/nonexistent/storm-broker-file";
+    let (ok, _, err) = storm_request(&addr, "9", &["--file", missing]);
+    assert!(!ok && err.contains(missing), "stderr: {err}");
+    let _ = std::fs::remove_file(&path);
 }

@@ -3,9 +3,13 @@
 //! A [`BrokerServer`] accepts TCP connections speaking the core's broker
 //! frames ([`storm_proto::broker`]: a 24-byte header, `Start`/`Chunk`/`End`
 //! requests, `Response`/`Error` answers). A [`Provider`] registers on a
-//! channel and answers requests with a handler; a [`Consumer`] registers on
-//! the same channel and sends requests of any size, streamed in chunks with
-//! flow control, and gets each response (or error) back with a timeout.
+//! channel and answers requests with a handler, which gets each request
+//! whole ([`Provider::serve`]) or reads it as it arrives and may answer as
+//! it goes ([`Provider::serve_streamed`]: any size, a few frames of
+//! memory); a [`Consumer`] registers on the same channel and sends requests
+//! of any size, streamed in chunks with flow control (written piece by
+//! piece with [`Consumer::stream`], so they need never be in memory whole),
+//! and gets each response (or error) back with a timeout.
 //!
 //! Every decision is the core's: the server runs a
 //! [`Router`](storm_proto::broker::Router) (registry, round-robin over a
@@ -105,7 +109,10 @@ mod provider;
 mod server;
 
 pub use consumer::{Consumer, ConsumerOptions, RequestStream};
-pub use provider::{Provider, ProviderHandle, ProviderOptions, Request};
+pub use provider::{
+    BODY_FRAMES, Provider, ProviderHandle, ProviderOptions, Request, RequestBody, Responder,
+    StreamedRequest,
+};
 pub use server::{BrokerHandle, BrokerOptions, BrokerServer};
 
 /// Why a broker operation failed.

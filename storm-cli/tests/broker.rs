@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use storm_cli::broker::{
     BrokerError, BrokerHandle, BrokerOptions, BrokerServer, Consumer, ConsumerOptions, Provider,
-    ProviderHandle, ProviderOptions, Request, blocking,
+    ProviderHandle, ProviderOptions, Request, Responder, StreamedRequest, blocking,
 };
 use storm_proto::broker::{
     ChannelId, ClientId, ErrorCode, ErrorPayload, Frame, FrameCodec, FrameConfig, FrameType,
@@ -509,12 +509,7 @@ fn storm_binary_broker_provider_and_request() {
         banner.contains("listening on tcp://"),
         "broker banner: {banner}"
     );
-    let addr = banner
-        .trim()
-        .rsplit("://")
-        .next()
-        .expect("address")
-        .to_owned();
+    let addr = banner_addr(&banner);
 
     // No provider yet: a clear error and a failing exit status.
     let (ok, _, err) = run_storm(&[
@@ -627,14 +622,21 @@ fn help_documents_the_broker_options() {
     }
     let (ok, out, _) = run_storm(&["client", "broker", "provider", "--help"]);
     assert!(
-        ok && out.contains("--mode") && out.contains("--delay"),
+        ok && out.contains("--mode") && out.contains("--delay") && out.contains("digest"),
         "{out}"
     );
     let (ok, out, _) = run_storm(&["client", "broker", "request", "--help"]);
-    assert!(
-        ok && out.contains("--size") && out.contains("--data"),
-        "{out}"
-    );
+    for option in [
+        "--size",
+        "--data",
+        "--file",
+        "--max-response",
+        "[default: 67108864]",
+        "--max-frame",
+        "[default: 1048576]",
+    ] {
+        assert!(ok && out.contains(option), "{option} missing from:\n{out}");
+    }
 }
 
 // ---- every runtime, and TLS -------------------------------------------------
@@ -897,12 +899,7 @@ fn storm_binary_broker_on_every_runtime_over_tls() {
                 && banner.contains("listening on tls://"),
             "broker banner: {banner}"
         );
-        let addr = banner
-            .trim()
-            .rsplit("://")
-            .next()
-            .expect("address")
-            .to_owned();
+        let addr = banner_addr(&banner);
         let (_provider, line, _out) = spawn_storm(&[
             "client",
             "broker",
@@ -1144,4 +1141,378 @@ fn help_documents_runtime_and_tls() {
         let (ok, out, _) = run_storm(&["client", "broker", role, "--help"]);
         assert!(ok && out.contains("--tls-ca"), "{role}: {out}");
     }
+}
+
+// ---- every refused frame is answered ---------------------------------------
+
+/// The address a broker's banner (`… listening on tcp://ADDR`) names.
+fn banner_addr(banner: &str) -> String {
+    banner
+        .trim()
+        .rsplit("://")
+        .next()
+        .expect("address")
+        .to_owned()
+}
+
+/// Starts `storm broker ARGS` on a free port; returns it and its address.
+fn spawn_broker(args: &[&str]) -> (Proc, String) {
+    let mut all = vec!["broker", "--addr", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let (broker, banner, _out) = spawn_storm(&all);
+    let addr = banner_addr(&banner);
+    (broker, addr)
+}
+
+/// Writes `frame` whole to a raw connection.
+fn write_frame(stream: &mut TcpStream, frame: &Frame) {
+    let mut wire = BytesMut::new();
+    FrameCodec::default()
+        .encode(frame, &mut wire)
+        .expect("fits");
+    stream.write_all(&wire).expect("write");
+}
+
+/// The next frame from a raw connection (its read timeout bounds the
+/// wait); `None` at end of stream.
+fn read_frame(stream: &mut TcpStream) -> Option<Frame> {
+    let mut header = [0u8; HEADER_LEN];
+    match stream.read_exact(&mut header) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
+        Err(e) => panic!("no frame: {e}"),
+    }
+    let len = u32::from_be_bytes(header[20..].try_into().expect("4 bytes")) as usize;
+    let mut wire = BytesMut::from(&header[..]);
+    wire.resize(HEADER_LEN + len, 0);
+    stream.read_exact(&mut wire[HEADER_LEN..]).expect("payload");
+    FrameCodec::default().decode(&mut wire).expect("a frame")
+}
+
+/// The code and text of an `Error` frame.
+fn error_of(frame: &Frame) -> (ErrorCode, String) {
+    assert_eq!(frame.frame_type, FrameType::Error, "{frame:?}");
+    let error = ErrorPayload::decode(&frame.payload);
+    (
+        error.code,
+        String::from_utf8_lossy(&error.message).into_owned(),
+    )
+}
+
+#[test]
+fn storm_binary_answers_a_chunk_for_an_unknown_request_at_once() {
+    for runtime in ["tokio", "smol", "std"] {
+        let (_broker, addr) = spawn_broker(&["--runtime", runtime]);
+        // A consumer whose own timeout is long: the answer must not wait
+        // for it.
+        let mut raw = registered_raw(&addr, channel(5), Role::Consumer, Duration::from_secs(60));
+        let id = RequestId::random(&mut rand::rng());
+        let started = Instant::now();
+        write_frame(
+            &mut raw,
+            &Frame::new(FrameType::Chunk, id, Bytes::from_static(b"orphan")),
+        );
+        let answer = read_frame(&mut raw).expect("an answer, not a close");
+        assert!(started.elapsed() < WAIT, "{runtime}");
+        assert_eq!(answer.request_id, id, "{runtime}");
+        let (code, text) = error_of(&answer);
+        assert_eq!(code, ErrorCode::UNKNOWN_REQUEST, "{runtime}: {text}");
+        assert!(text.contains(&id.to_string()), "{runtime}: {text}");
+    }
+}
+
+#[test]
+fn storm_binary_answers_a_frame_over_max_frame_before_any_close() {
+    for runtime in ["tokio", "smol", "std"] {
+        let (_broker, addr) = spawn_broker(&["--runtime", runtime, "--max-frame", "1024"]);
+        // A registered consumer: the oversized frame is answered under its
+        // id, its payload skipped, and the connection goes on in step.
+        let mut raw = registered_raw(&addr, channel(6), Role::Consumer, Duration::ZERO);
+        let (big, next) = (
+            RequestId::random(&mut rand::rng()),
+            RequestId::random(&mut rand::rng()),
+        );
+        let mut header = vec![1, FrameType::Chunk.to_u8(), 0, 0];
+        header.extend_from_slice(&big.to_bytes());
+        header.extend_from_slice(&4096u32.to_be_bytes());
+        raw.write_all(&header).expect("header");
+        raw.write_all(&[0x5a; 4096]).expect("payload");
+        write_frame(&mut raw, &Frame::new(FrameType::End, next, Bytes::new()));
+        let answer = read_frame(&mut raw).expect("an answer, not a close");
+        assert_eq!(answer.request_id, big, "{runtime}");
+        let (code, text) = error_of(&answer);
+        assert_eq!(code, ErrorCode::FRAME_TOO_LARGE, "{runtime}: {text}");
+        assert!(
+            text.contains("4096") && text.contains("1024"),
+            "{runtime}: {text}"
+        );
+        let answer = read_frame(&mut raw).expect("the next frame was read in step");
+        assert_eq!(answer.request_id, next, "{runtime}");
+        assert_eq!(error_of(&answer).0, ErrorCode::UNKNOWN_REQUEST, "{runtime}");
+
+        // Unregistered: refused with the reason, then closed.
+        let mut raw = TcpStream::connect(&addr).expect("connect");
+        raw.set_read_timeout(Some(WAIT)).expect("timeout");
+        let id = RequestId::random(&mut rand::rng());
+        let mut header = vec![1, FrameType::Start.to_u8(), 0, 0];
+        header.extend_from_slice(&id.to_bytes());
+        header.extend_from_slice(&2048u32.to_be_bytes());
+        raw.write_all(&header).expect("header");
+        let answer = read_frame(&mut raw).expect("an answer before the close");
+        assert_eq!(answer.request_id, id, "{runtime}");
+        let (code, text) = error_of(&answer);
+        assert_eq!(code, ErrorCode::PROTOCOL, "{runtime}: {text}");
+        assert!(text.contains("1024"), "{runtime}: {text}");
+        assert!(read_frame(&mut raw).is_none(), "{runtime}: then the close");
+    }
+}
+
+// ---- requests of any size ---------------------------------------------------
+
+/// A streaming provider on `ch` with `max_concurrent` handlers; returns
+/// its handle.
+async fn streamed_provider<F, Fut>(
+    addr: &str,
+    ch: ChannelId,
+    max_concurrent: usize,
+    handler: F,
+) -> ProviderHandle
+where
+    F: Fn(StreamedRequest, Responder) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Bytes, ErrorPayload>> + Send + 'static,
+{
+    let mut options = ProviderOptions::default();
+    options.max_concurrent = max_concurrent;
+    let provider = within("provider", Provider::connect(addr, ch, options))
+        .await
+        .expect("provider registers");
+    let handle = provider.handle();
+    tokio::spawn(provider.serve_streamed(handler));
+    handle
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_provider_answers_as_the_request_arrives() {
+    let (addr, handle) = broker(|_| {}).await;
+    let ch = channel(31);
+    // Echoes each piece as it comes, then appends the size it counted.
+    streamed_provider(&addr, ch, 4, |request, mut responder| async move {
+        let mut body = request.body;
+        let mut size = 0;
+        while let Some(piece) = body.next().await {
+            size += piece.len();
+            responder
+                .write(piece)
+                .await
+                .map_err(|e| ErrorPayload::new(ErrorCode(100), e.to_string()))?;
+        }
+        Ok(Bytes::from(format!("|{size}")))
+    })
+    .await;
+    let consumer = consumer(&addr, ch).await;
+    let payload = noise(5 << 20);
+    let reply = within("5 MiB", consumer.request(payload.clone(), WAIT))
+        .await
+        .expect("answered");
+    let (echo, tail) = reply.split_at(payload.len());
+    assert_eq!(fnv1a(echo), fnv1a(&payload));
+    assert_eq!(tail, format!("|{}", payload.len()).as_bytes());
+    let empty = within("empty", consumer.request(Bytes::new(), WAIT))
+        .await
+        .expect("answered");
+    assert_eq!(&empty[..], b"|0");
+    assert_eq!(handle.stats().busy, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_provider_refuses_what_its_handlers_cannot_take_and_stops_on_cancel() {
+    let (addr, _handle) = broker(|_| {}).await;
+    let ch = channel(32);
+    let (started, mut seen) = mpsc::channel(4);
+    let (stopped, mut gone) = mpsc::channel::<RequestId>(4);
+    // One handler, which reads nothing and never answers; it reports when
+    // it starts and when it is dropped (aborted).
+    streamed_provider(&addr, ch, 1, move |request, _| {
+        let (started, stopped) = (started.clone(), stopped.clone());
+        async move {
+            struct Report(mpsc::Sender<RequestId>, RequestId);
+            impl Drop for Report {
+                fn drop(&mut self) {
+                    let _ = self.0.try_send(self.1);
+                }
+            }
+            let _report = Report(stopped, request.id);
+            let _ = started.send(request.id).await;
+            std::future::pending().await
+        }
+    })
+    .await;
+    let consumer = consumer(&addr, ch).await;
+    let first = within("start", consumer.stream(WAIT))
+        .await
+        .expect("started");
+    let id = within("handler runs", seen.recv()).await.expect("started");
+    // The only handler is busy: the next request is refused at once.
+    let second = within("busy", consumer.request(Bytes::from_static(b"x"), WAIT)).await;
+    assert_eq!(code(&second), Some(ErrorCode::BUSY), "{second:?}");
+    // Cancelling the first aborts its handler.
+    first.cancel();
+    assert_eq!(within("handler aborted", gone.recv()).await, Some(id));
+}
+
+/// Peak resident memory of a running process, in bytes.
+fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Size of the big request test: `STORM_BROKER_BIG_REQUEST` bytes, or
+/// 256 MiB (any process that held it whole would be far over the limit;
+/// 1 GiB takes about 25 s in a debug build, see BENCHMARKS.md).
+fn big_request_size() -> usize {
+    std::env::var("STORM_BROKER_BIG_REQUEST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256 << 20)
+}
+
+/// The most memory each of client, broker and provider may hold.
+const RSS_LIMIT: u64 = 64 << 20;
+
+#[test]
+fn storm_binary_streams_a_big_request_in_bounded_memory() {
+    let size = big_request_size();
+    let (broker, addr) = spawn_broker(&[]);
+    let (provider, _out) = storm_provider(&addr, "7", &["--mode", "digest"]);
+    let size_arg = size.to_string();
+    let mut client = Proc(
+        Command::new(env!("CARGO_BIN_EXE_storm"))
+            .args(request_args(
+                &addr,
+                "7",
+                &["--size", &size_arg, "--timeout", "5m"],
+            ))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("storm starts"),
+    );
+    // The client's peak, sampled until it exits (VmHWM only grows).
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut client_peak = 0;
+    let status = loop {
+        if let Some(status) = client.0.try_wait().expect("wait") {
+            break status;
+        }
+        client_peak = peak_rss(client.0.id()).unwrap_or(0).max(client_peak);
+        assert!(Instant::now() < deadline, "the request took over 5 minutes");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    client
+        .0
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("output");
+    assert!(status.success(), "{status}: {out}");
+    let broker_peak = peak_rss(broker.0.id()).expect("broker runs");
+    let provider_peak = peak_rss(provider.0.id()).expect("provider runs");
+    eprintln!(
+        "{size} bytes: peak RSS client {client_peak}, broker {broker_peak}, provider {provider_peak}"
+    );
+    for (who, peak) in [
+        ("client", client_peak),
+        ("broker", broker_peak),
+        ("provider", provider_peak),
+    ] {
+        assert!(peak > 0 && peak < RSS_LIMIT, "{who} peaked at {peak} bytes");
+    }
+    // The provider counted every byte and agrees on the checksum.
+    let sent = out
+        .split("fnv1a ")
+        .nth(1)
+        .and_then(|rest| rest.get(..16))
+        .expect("the client's checksum");
+    assert!(
+        out.contains(&format!("sent {size} bytes"))
+            && out.contains(&format!("response: {size} bytes, fnv1a {sent}")),
+        "{out}"
+    );
+}
+
+/// `storm client broker provider` on `channel` of the broker at `addr`,
+/// with `extra` options, registered; with its stdout, which must stay open
+/// while it prints.
+fn storm_provider(
+    addr: &str,
+    channel: &str,
+    extra: &[&str],
+) -> (Proc, BufReader<std::process::ChildStdout>) {
+    let mut args = vec![
+        "client",
+        "broker",
+        "provider",
+        "--addr",
+        addr,
+        "--channel",
+        channel,
+    ];
+    args.extend_from_slice(extra);
+    let (provider, line, out) = spawn_storm(&args);
+    assert!(line.contains("registered"), "provider banner: {line}");
+    (provider, out)
+}
+
+/// The arguments of `storm client broker request` on `channel` of the
+/// broker at `addr`, with `extra` options.
+fn request_args<'a>(addr: &'a str, channel: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "client",
+        "broker",
+        "request",
+        "--addr",
+        addr,
+        "--channel",
+        channel,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Runs `storm client broker request` on `channel` of the broker at
+/// `addr`, with `extra` options.
+fn storm_request(addr: &str, channel: &str, extra: &[&str]) -> (bool, String, String) {
+    run_storm(&request_args(addr, channel, extra))
+}
+
+#[test]
+fn storm_binary_sends_a_file_and_every_mode_streams() {
+    let (_broker, addr) = spawn_broker(&[]);
+    let path = std::env::temp_dir().join(format!("storm-broker-file-{}", std::process::id()));
+    let data = noise(3 << 20);
+    std::fs::write(&path, &data).expect("file");
+    let file = path.to_str().expect("utf-8 path").to_owned();
+    let _digest = storm_provider(&addr, "8", &["--mode", "digest"]);
+    let (ok, out, err) = storm_request(&addr, "8", &["--file", &file]);
+    assert!(ok, "stderr: {err}");
+    let sum = fnv1a(&data);
+    let expected = format!("response: {} bytes, fnv1a {sum:016x}", data.len());
+    assert!(out.contains(&expected), "{out}");
+    // Echo sends the file back as it reads it; a response over
+    // --max-response is refused with the limit named.
+    let _echo = storm_provider(&addr, "9", &[]);
+    let (ok, out, err) = storm_request(&addr, "9", &["--file", &file]);
+    assert!(ok, "stderr: {err}");
+    let expected = format!("got {} bytes (fnv1a {sum:016x})", data.len());
+    assert!(out.contains(&expected), "{out}");
+    let (ok, _, err) = storm_request(&addr, "9", &["--file", &file, "--max-response", "1000000"]);
+    assert!(!ok && err.contains("1000000"), "stderr: {err}");
+    let missing = "/nonexistent/storm-broker-file";
+    let (ok, _, err) = storm_request(&addr, "9", &["--file", missing]);
+    assert!(!ok && err.contains(missing), "stderr: {err}");
+    let _ = std::fs::remove_file(&path);
 }

@@ -277,12 +277,7 @@ impl Handler for BrokerSessions {
                 wait_for_room(&self.shared, conn, &frame);
                 self.shared.deliver(conn, frame);
             }
-            Err(error) => {
-                if let Some(error) = error {
-                    let _ = session.try_send(error);
-                }
-                session.close();
-            }
+            Err(refused) => self.shared.refuse(conn, &refused),
         }
     }
 

@@ -5,9 +5,9 @@ use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use clap::{Subcommand, ValueEnum};
-use storm_proto::broker::{ChannelId, RouterConfig, RouterStats};
+use storm_proto::broker::{ChannelId, ErrorCode, ErrorPayload, RouterConfig, RouterStats};
 use storm_proto::options::{ClientOptions, TlsClientOptions};
 
 use crate::interrupt;
@@ -15,7 +15,7 @@ use crate::runtime::{AsyncRuntime, Runtime, TlsArgs};
 
 use super::{
     BrokerError, BrokerOptions, BrokerServer, Consumer, ConsumerOptions, Provider, ProviderOptions,
-    blocking,
+    StreamedRequest, blocking,
 };
 
 /// Options of `storm broker`.
@@ -89,12 +89,23 @@ pub struct RequestArgs {
     #[arg(long, value_parser = parse_channel)]
     pub channel: ChannelId,
     /// Text to send; the response is printed as text.
-    #[arg(long, conflicts_with = "size")]
+    #[arg(long, group = "payload")]
     pub data: Option<String>,
-    /// Send this many bytes of generated data instead (streamed in
-    /// frames); prints sizes, checksums and throughput.
-    #[arg(long)]
+    /// Send this many bytes of generated data instead, any number: made
+    /// and sent a frame at a time under the broker's flow control, never
+    /// whole; prints sizes, checksums and throughput.
+    #[arg(long, group = "payload")]
     pub size: Option<usize>,
+    /// Send this file instead, of any size: read and sent a frame at a
+    /// time under the broker's flow control, never whole; prints sizes,
+    /// checksums and throughput.
+    #[arg(long, group = "payload", value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// Largest response taken, in bytes; a larger one fails the request
+    /// (it is held whole: the echo and upper providers answer with as many
+    /// bytes as were sent).
+    #[arg(long, default_value_t = ConsumerOptions::DEFAULT_MAX_RESPONSE)]
+    pub max_response: usize,
     /// Time for the whole request (sending, processing, response).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -138,13 +149,18 @@ pub struct ProviderArgs {
     pub tls_ca: Option<PathBuf>,
 }
 
-/// What the demo provider answers.
+/// What the demo provider answers. Every mode reads the request as it
+/// arrives, a frame at a time, so requests of any size take the provider a
+/// few frames of memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
-    /// The request, unchanged.
+    /// The request, unchanged, sent back piece by piece as it arrives.
     Echo,
-    /// The request with ASCII letters in upper case.
+    /// The request with ASCII letters in upper case, sent back piece by
+    /// piece as it arrives.
     Upper,
+    /// The request's size and FNV-1a checksum, as one line of text.
+    Digest,
 }
 
 /// Parses `500ms`, `5s`, `2m`, or a number of seconds (at most a year).
@@ -362,35 +378,131 @@ async fn request(args: &RequestArgs) -> Result<(), BrokerError> {
         frame: frame(args.max_frame),
         // The broker applies the same deadline (capped at its maximum).
         server_timeout: args.timeout,
+        max_response: args.max_response,
         ..ConsumerOptions::default()
     };
     let consumer = Consumer::connect(&args.addr, args.channel, options).await?;
-    let payload = match (&args.data, args.size) {
-        (_, Some(size)) => generated(size),
-        (Some(text), None) => Bytes::from(text.clone()),
-        (None, None) => Bytes::from_static(b"hello from storm"),
-    };
     for _ in 0..args.count {
+        let mut source = Source::open(args).map_err(BrokerError::Io)?;
         let started = Instant::now();
-        let response = consumer.request(payload.clone(), args.timeout).await?;
+        let mut stream = consumer.stream(args.timeout).await?;
+        let (mut sent, mut checksum) = (0usize, FNV1A_START);
+        while let Some(piece) = source.next().await.map_err(BrokerError::Io)? {
+            sent += piece.len();
+            checksum = fnv1a(checksum, &piece);
+            stream.write(piece).await?;
+        }
+        let response = stream.finish().await?;
         let took = started.elapsed();
-        if args.size.is_some() {
-            let mib = (payload.len() + response.len()) as f64 / (1024.0 * 1024.0);
-            println!(
-                "sent {} bytes (fnv1a {:016x}), got {} bytes (fnv1a {:016x}) in {:.1} ms, {:.1} MiB/s both ways together",
-                payload.len(),
-                fnv1a(&payload),
-                response.len(),
-                fnv1a(&response),
-                took.as_secs_f64() * 1000.0,
-                mib / took.as_secs_f64().max(1e-9),
-            );
-        } else {
+        if matches!(source.origin, Origin::Text(_)) {
             println!("{}", String::from_utf8_lossy(&response));
+            continue;
+        }
+        let mib = (sent + response.len()) as f64 / (1024.0 * 1024.0);
+        println!(
+            "sent {sent} bytes (fnv1a {checksum:016x}), got {} bytes (fnv1a {:016x}) in {:.1} ms, {:.1} MiB/s both ways together",
+            response.len(),
+            fnv1a(FNV1A_START, &response),
+            took.as_secs_f64() * 1000.0,
+            mib / took.as_secs_f64().max(1e-9),
+        );
+        if let Some(text) = short_text(&response) {
+            println!("response: {text}");
         }
     }
     consumer.close();
     Ok(())
+}
+
+/// Where a request's data comes from, a piece of at most a frame at a
+/// time: nothing is built or read whole.
+struct Source {
+    /// The largest piece: the frame size.
+    max: usize,
+    origin: Origin,
+}
+
+/// What a [`Source`] reads from.
+enum Origin {
+    /// `--data`, or a greeting: one piece.
+    Text(Option<Bytes>),
+    /// `--size`: `left` more bytes of the repeating pattern, each piece a
+    /// slice of `block` (the pattern from every phase, made once).
+    Pattern {
+        block: Bytes,
+        offset: usize,
+        left: usize,
+    },
+    /// `--file`: read as it is sent (on tokio's blocking pool).
+    File(Option<std::fs::File>),
+}
+
+impl Source {
+    fn open(args: &RequestArgs) -> io::Result<Self> {
+        let max = args.max_frame;
+        let origin = match (&args.data, args.size, &args.file) {
+            (_, Some(size), _) => Origin::Pattern {
+                block: pattern(max.min(size) + PATTERN_PERIOD),
+                offset: 0,
+                left: size,
+            },
+            (_, _, Some(path)) => {
+                Origin::File(Some(std::fs::File::open(path).map_err(|e| {
+                    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+                })?))
+            }
+            (Some(text), _, _) => Origin::Text(Some(Bytes::from(text.clone()))),
+            (None, None, None) => Origin::Text(Some(Bytes::from_static(b"hello from storm"))),
+        };
+        Ok(Self { max, origin })
+    }
+
+    /// The next piece, at most a frame; `None` at the end.
+    async fn next(&mut self) -> io::Result<Option<Bytes>> {
+        let max = self.max;
+        match &mut self.origin {
+            Origin::Text(text) => Ok(text.take()),
+            Origin::Pattern {
+                block,
+                offset,
+                left,
+            } => {
+                if *left == 0 {
+                    return Ok(None);
+                }
+                let n = max.min(*left);
+                let phase = *offset % PATTERN_PERIOD;
+                *offset += n;
+                *left -= n;
+                Ok(Some(block.slice(phase..phase + n)))
+            }
+            Origin::File(slot) => {
+                let Some(mut file) = slot.take() else {
+                    return Ok(None);
+                };
+                let (file, piece) = tokio::task::spawn_blocking(move || {
+                    use std::io::Read;
+                    let mut piece = Vec::with_capacity(max);
+                    let read = (&mut file).take(max as u64).read_to_end(&mut piece);
+                    (file, read.map(|_| piece))
+                })
+                .await
+                .map_err(io::Error::other)?;
+                let piece = piece?;
+                if piece.is_empty() {
+                    return Ok(None);
+                }
+                *slot = Some(file);
+                Ok(Some(Bytes::from(piece)))
+            }
+        }
+    }
+}
+
+/// The response as text, if it is a short line of UTF-8 (a digest).
+fn short_text(response: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(response).ok()?;
+    (text.len() <= 200 && !text.contains('\n')).then_some(text)
 }
 
 async fn provide(args: &ProviderArgs) -> Result<(), BrokerError> {
@@ -404,6 +516,7 @@ async fn provide(args: &ProviderArgs) -> Result<(), BrokerError> {
     let mode = match args.mode {
         Mode::Echo => "echo",
         Mode::Upper => "upper",
+        Mode::Digest => "digest",
     };
     let scheme = if args.tls_ca.is_some() { "tls" } else { "tcp" };
     println!(
@@ -412,30 +525,57 @@ async fn provide(args: &ProviderArgs) -> Result<(), BrokerError> {
     );
     let (mode, delay) = (args.mode, args.delay);
     provider
-        .serve(move |request| async move {
-            println!("request {} ({} bytes)", request.id, request.payload.len());
+        .serve_streamed(move |request: StreamedRequest, mut responder| async move {
+            let StreamedRequest { id, mut body, .. } = request;
+            println!("request {id}");
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
+            let (mut size, mut checksum) = (0usize, FNV1A_START);
+            while let Some(piece) = body.next().await {
+                size += piece.len();
+                let written = match mode {
+                    Mode::Echo => responder.write(piece).await,
+                    Mode::Upper => {
+                        let mut upper = BytesMut::from(&piece[..]);
+                        upper.make_ascii_uppercase();
+                        responder.write(upper.freeze()).await
+                    }
+                    Mode::Digest => {
+                        checksum = fnv1a(checksum, &piece);
+                        Ok(())
+                    }
+                };
+                if let Err(e) = written {
+                    return Err(ErrorPayload::new(ErrorCode::PROVIDER_GONE, e.to_string()));
+                }
+            }
+            println!("request {id}: {size} bytes");
             Ok(match mode {
-                Mode::Echo => request.payload,
-                Mode::Upper => Bytes::from(request.payload.to_ascii_uppercase()),
+                Mode::Digest => Bytes::from(format!("{size} bytes, fnv1a {checksum:016x}")),
+                Mode::Echo | Mode::Upper => Bytes::new(),
             })
         })
         .await
 }
 
-/// `size` bytes of a repeating pattern.
-fn generated(size: usize) -> Bytes {
-    (0..size)
-        .map(|i| b'a' + (i % 26) as u8)
+/// The period of the `--size` pattern: `a` to `z`.
+const PATTERN_PERIOD: usize = 26;
+
+/// `len` bytes of the `--size` pattern: `abc…z`, repeated.
+fn pattern(len: usize) -> Bytes {
+    (0..len)
+        .map(|i| b'a' + (i % PATTERN_PERIOD) as u8)
         .collect::<Vec<u8>>()
         .into()
 }
 
-/// FNV-1a, 64 bits: a checksum to compare payloads by eye.
-fn fnv1a(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+/// FNV-1a, 64 bits, fed piece by piece from this start: a checksum to
+/// compare payloads by eye.
+const FNV1A_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv1a(hash: u64, data: &[u8]) -> u64 {
+    data.iter().fold(hash, |hash, &b| {
         (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
@@ -463,7 +603,39 @@ mod tests {
             Ok([0xab; 16])
         );
         assert!(parse_channel("-1").is_err());
-        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(generated(28).last(), Some(&b'b'));
+        assert_eq!(fnv1a(FNV1A_START, b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(
+            fnv1a(fnv1a(FNV1A_START, b"ab"), b"c"),
+            fnv1a(FNV1A_START, b"abc")
+        );
+        assert_eq!(pattern(28).last(), Some(&b'b'));
+    }
+
+    #[test]
+    fn the_pattern_is_sent_in_pieces_that_join_up() {
+        let args = RequestArgs {
+            addr: String::new(),
+            channel: ChannelId::default(),
+            data: None,
+            size: Some(100),
+            file: None,
+            max_response: 1,
+            timeout: Duration::from_secs(1),
+            count: 1,
+            max_frame: 7,
+            tls_ca: None,
+        };
+        let mut source = Source::open(&args).expect("a pattern");
+        let mut joined = Vec::new();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(async {
+                while let Some(piece) = source.next().await.expect("no i/o") {
+                    assert!(!piece.is_empty() && piece.len() <= 7);
+                    joined.extend_from_slice(&piece);
+                }
+            });
+        assert_eq!(joined, pattern(100));
     }
 }

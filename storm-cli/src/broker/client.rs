@@ -1,6 +1,8 @@
 //! What consumers and providers share: connecting, registering, and
 //! handing decoded frames to their owner.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use storm_proto::Message;
 use storm_proto::backpressure::SlowConsumerPolicy;
@@ -11,13 +13,24 @@ use storm_proto::hub::SendOutcome;
 use storm_proto::link::CloseReason;
 use storm_proto::options::ClientOptions;
 use storm_tokio::{Client, Handler, Session, TcpClient};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use super::BrokerError;
 
 /// Frames decoded but not yet taken by the owner; more wait in the socket
 /// (the connection stops reading while this is full).
 const INBOUND_CAPACITY: usize = 64;
+/// Payload bytes of the frames decoded but not yet taken by the owner: the
+/// connection also stops reading at this many (a larger frame waits until
+/// the owner has taken everything before it), so an owner that takes its
+/// frames slowly holds a few MiB, not 64 frames of up to `max_frame` each.
+const INBOUND_BYTES: usize = 4 * 1024 * 1024;
+
+/// The bytes a frame counts against [`INBOUND_BYTES`].
+fn inbound_cost(frame: &Frame) -> u32 {
+    // At most INBOUND_BYTES, which fits a u32.
+    u32::try_from(frame.payload.len().min(INBOUND_BYTES)).unwrap_or(u32::MAX)
+}
 
 /// What the connection hands its owner.
 pub(super) enum Incoming {
@@ -31,12 +44,19 @@ pub(super) enum Incoming {
 struct Inbound {
     tx: mpsc::Sender<Incoming>,
     framer: BrokerFramer,
+    /// Permits for [`INBOUND_BYTES`], returned by [`Inbox::recv`].
+    room: Arc<Semaphore>,
 }
 
 impl Handler for Inbound {
     async fn on_message(&self, session: &Session, message: Message) {
         match self.framer.parse(message.into_bytes()) {
             Ok(frame) => {
+                // Waiting here stops the connection's reading.
+                match self.room.acquire_many(inbound_cost(&frame)).await {
+                    Ok(permit) => permit.forget(),
+                    Err(_) => return,
+                }
                 let _ = self.tx.send(Incoming::Frame(frame)).await;
             }
             Err(e) => {
@@ -52,11 +72,29 @@ impl Handler for Inbound {
     }
 }
 
+/// What a connection hands its owner, bounded in frames and in bytes.
+pub(super) struct Inbox {
+    rx: mpsc::Receiver<Incoming>,
+    room: Arc<Semaphore>,
+}
+
+impl Inbox {
+    /// The next item; `None` once the connection's handler is gone.
+    /// Cancel-safe.
+    pub(super) async fn recv(&mut self) -> Option<Incoming> {
+        let incoming = self.rx.recv().await;
+        if let Some(Incoming::Frame(frame)) = &incoming {
+            self.room.add_permits(inbound_cost(frame) as usize);
+        }
+        incoming
+    }
+}
+
 /// A registered connection to a broker.
 pub(super) struct Connection {
     pub(super) client: Client,
     pub(super) framer: BrokerFramer,
-    pub(super) inbound: mpsc::Receiver<Incoming>,
+    pub(super) inbound: Inbox,
 }
 
 impl Connection {
@@ -79,10 +117,16 @@ impl Connection {
         // Frames are never dropped for a slow connection: senders wait.
         let mut options = options;
         options.backpressure.slow_consumer_policy = SlowConsumerPolicy::Wait;
-        let (tx, mut inbound) = mpsc::channel(INBOUND_CAPACITY);
+        let (tx, rx) = mpsc::channel(INBOUND_CAPACITY);
+        let room = Arc::new(Semaphore::new(INBOUND_BYTES));
+        let mut inbound = Inbox {
+            rx,
+            room: Arc::clone(&room),
+        };
         let handler = Inbound {
             tx,
             framer: framer.clone(),
+            room,
         };
         let client = TcpClient::connect(addr, options, framing, handler)
             .await

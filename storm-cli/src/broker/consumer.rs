@@ -11,10 +11,10 @@ use storm_proto::broker::{
 };
 use storm_proto::options::ClientOptions;
 use storm_tokio::Client;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::BrokerError;
-use super::client::{Connection, Incoming, concat, send, send_soon};
+use super::client::{Connection, Inbox, Incoming, concat, send, send_soon};
 
 /// Longer timeouts are cut to this (a year), so a deadline is always a
 /// valid instant.
@@ -40,12 +40,18 @@ pub struct ConsumerOptions {
     /// [`Consumer::request`] is enforced here as well. Default zero.
     pub server_timeout: Duration,
     /// Largest response accepted; a larger one fails with
-    /// [`BrokerError::ResponseTooLarge`] and is cancelled. Default 64 MiB.
+    /// [`BrokerError::ResponseTooLarge`] and is cancelled. Default
+    /// [`ConsumerOptions::DEFAULT_MAX_RESPONSE`] (64 MiB).
     pub max_response: usize,
     /// Requests open at once. Default 1024.
     pub requests: RequestsConfig,
     /// The client id to register with; `None` picks a random one.
     pub client_id: Option<ClientId>,
+}
+
+impl ConsumerOptions {
+    /// Default of [`max_response`](Self::max_response): 64 MiB.
+    pub const DEFAULT_MAX_RESPONSE: usize = 64 * 1024 * 1024;
 }
 
 impl Default for ConsumerOptions {
@@ -54,7 +60,7 @@ impl Default for ConsumerOptions {
             client: ClientOptions::default(),
             frame: FrameConfig::default(),
             server_timeout: Duration::ZERO,
-            max_response: 64 * 1024 * 1024,
+            max_response: Self::DEFAULT_MAX_RESPONSE,
             requests: RequestsConfig::default(),
             client_id: None,
         }
@@ -334,7 +340,7 @@ impl Inner {
 }
 
 /// Hands the connection's frames to the consumer until it closes.
-async fn dispatch(inner: Weak<Inner>, mut inbound: mpsc::Receiver<Incoming>) {
+async fn dispatch(inner: Weak<Inner>, mut inbound: Inbox) {
     let why = loop {
         let Some(incoming) = inbound.recv().await else {
             break "connection ended".to_owned();

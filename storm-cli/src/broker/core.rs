@@ -13,7 +13,7 @@ use bytes::Bytes;
 use storm_proto::Message;
 use storm_proto::backpressure::SlowConsumerPolicy;
 use storm_proto::broker::{
-    BrokerFramer, ConnId, ErrorCode, ErrorPayload, Frame, FrameType, Router, RouterEvent,
+    BrokerFramer, ConnId, Frame, FrameCodec, FrameError, RequestId, Router, RouterEvent,
     RouterStats,
 };
 use storm_proto::options::{Framing, ServerOptions};
@@ -60,6 +60,12 @@ struct Conn<W> {
     writer: W,
     /// The router gave up on it: drain, then close.
     closing: bool,
+}
+
+/// A message [`Shared::parse`] refused.
+pub(super) struct Refused {
+    request_id: Option<RequestId>,
+    error: FrameError,
 }
 
 /// What a connection's writer does next.
@@ -188,16 +194,14 @@ impl<S: Signals> Shared<S> {
         });
     }
 
-    /// Decodes a message. A malformed one cannot be re-synchronised: the
-    /// `Err` holds the `Error` frame to try to send before closing.
-    pub(super) fn parse(&self, message: Message) -> Result<Frame, Option<Bytes>> {
-        self.framer.parse(message.into_bytes()).map_err(|e| {
-            let why = ErrorPayload {
-                code: ErrorCode::PROTOCOL,
-                message: e.to_string().into(),
-            };
-            let error = Frame::new(FrameType::Error, Default::default(), why.encode());
-            self.framer.to_message(&error).ok()
+    /// Decodes a message (for a frame over the limit, the framer cut its
+    /// header alone). The `Err` is what [`refuse`](Self::refuse) answers:
+    /// the request id the header names, if any, and why.
+    pub(super) fn parse(&self, message: Message) -> Result<Frame, Refused> {
+        let bytes = message.into_bytes();
+        self.framer.parse(bytes.clone()).map_err(|error| Refused {
+            request_id: FrameCodec::peek_request_id(&bytes),
+            error,
         })
     }
 
@@ -205,6 +209,17 @@ impl<S: Signals> Shared<S> {
     pub(super) fn deliver(&self, conn: ConnId, frame: Frame) {
         self.with(|s| s.router.handle_frame(conn, frame, Instant::now()))
             .ok();
+    }
+
+    /// Hands a message from `conn` that is not a valid frame to the router,
+    /// which answers it with an `Error` (and closes the connection after
+    /// it when the stream cannot be trusted).
+    pub(super) fn refuse(&self, conn: ConnId, refused: &Refused) {
+        self.with(|s| {
+            s.router
+                .handle_refused(conn, refused.request_id, &refused.error)
+        })
+        .ok();
     }
 
     /// Fails the requests due now; the next deadline, if any.

@@ -9,16 +9,16 @@ use std::time::Instant;
 use bytes::Bytes;
 use storm_proto::broker::{
     AssembleError, Assembler, AssemblerConfig, BrokerFramer, ChannelId, ClientId, ErrorCode,
-    ErrorPayload, Frame, FrameConfig, FrameType, Registration, RequestId, ResponseStreamer, Role,
-    RoutingInfo,
+    ErrorPayload, FLAG_MORE, Frame, FrameConfig, FrameType, Registration, RequestId,
+    ResponseStreamer, Role, RoutingInfo,
 };
 use storm_proto::options::ClientOptions;
 use storm_tokio::Client;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
 
 use super::BrokerError;
-use super::client::{Connection, Incoming, send, send_soon};
+use super::client::{Connection, Inbox, Incoming, send, send_soon};
 
 /// How a [`Provider`] connects and what it accepts.
 #[derive(Debug, Clone)]
@@ -34,13 +34,18 @@ pub struct ProviderOptions {
     /// Largest frame payload; responses are sent in pieces of this size.
     /// Must match the broker's. Default 1 MiB.
     pub frame: FrameConfig,
-    /// Limits on requests being received: largest request (default
-    /// 64 MiB), open requests, bytes buffered for all of them, and how long
-    /// one may take to arrive (see [`AssemblerConfig`]).
+    /// Limits on requests being received whole, for
+    /// [`serve`](Provider::serve): largest request (default 64 MiB), open
+    /// requests, bytes buffered for all of them, and how long one may take
+    /// to arrive (see [`AssemblerConfig`]).
+    /// [`serve_streamed`](Provider::serve_streamed) buffers nothing whole
+    /// and has no such limits.
     pub assembler: AssemblerConfig,
-    /// Handlers running at once; when all are busy the provider stops
-    /// reading (the broker then queues, and at its limit answers `BUSY`).
-    /// Default 64.
+    /// Handlers running at once. Under [`serve`](Provider::serve), when
+    /// all are busy the provider stops reading (the broker then queues, and
+    /// at its limit answers `BUSY`); under
+    /// [`serve_streamed`](Provider::serve_streamed) a request that starts
+    /// then is answered `BUSY` at once. Default 64.
     pub max_concurrent: usize,
     /// The client id to register with; `None` picks a random one.
     pub client_id: Option<ClientId>,
@@ -72,9 +77,81 @@ pub struct Request {
     pub payload: Bytes,
 }
 
+/// One request as a streaming handler
+/// ([`Provider::serve_streamed`]) gets it: who sent it and its header at
+/// once, its data piece by piece as it arrives.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct StreamedRequest {
+    /// The id the broker gave it (not the consumer's).
+    pub id: RequestId,
+    /// Which consumer sent it, on which channel.
+    pub from: RoutingInfo,
+    /// The consumer's `Start` header (usually empty).
+    pub header: Bytes,
+    /// The data.
+    pub body: RequestBody,
+}
+
+/// The data of a [`StreamedRequest`], one `Chunk` payload at a time.
+///
+/// At most [`BODY_FRAMES`] pieces wait here; while the handler does not
+/// take them, the provider stops reading its connection, so the broker's
+/// flow control slows the consumer down to the handler's pace.
+#[derive(Debug)]
+pub struct RequestBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+/// Pieces of request data a [`RequestBody`] holds before the provider
+/// stops reading (each at most the frame size: 4 MiB with the default
+/// 1 MiB frames).
+pub const BODY_FRAMES: usize = 4;
+
+impl RequestBody {
+    /// The next piece of data, in order; `None` after the request's `End`.
+    /// (A request that is cancelled or times out has its handler aborted
+    /// instead.) Cancel-safe.
+    pub async fn next(&mut self) -> Option<Bytes> {
+        self.rx.recv().await
+    }
+}
+
+/// Sends the first part of a response while a streaming handler
+/// ([`Provider::serve_streamed`]) runs; what the handler returns ends it.
+#[derive(Debug)]
+pub struct Responder {
+    client: Client,
+    framer: BrokerFramer,
+    id: RequestId,
+    chunk_size: usize,
+}
+
+impl Responder {
+    /// Sends `data` as the response's next pieces (`Response` frames of at
+    /// most the frame size, each flagged "more follows"), waiting while the
+    /// connection is backpressured. Empty data sends nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerError::Disconnected`] if the connection is gone.
+    pub async fn write(&mut self, data: Bytes) -> Result<(), BrokerError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let pieces = ResponseStreamer::new(self.id, data, self.chunk_size)
+            .map_err(|e| BrokerError::Config(e.to_string()))?;
+        for mut frame in pieces {
+            frame.flags |= FLAG_MORE;
+            send(&self.client, &self.framer, &frame).await?;
+        }
+        Ok(())
+    }
+}
+
 /// A provider registered on a channel; [`serve`](Self::serve) answers its
-/// requests. Runs on tokio only (the broker it talks to may run on any
-/// runtime).
+/// requests whole, [`serve_streamed`](Self::serve_streamed) as streams.
+/// Runs on tokio only (the broker it talks to may run on any runtime).
 pub struct Provider {
     conn: Connection,
     handle: ProviderHandle,
@@ -176,42 +253,19 @@ impl Provider {
         F: Fn(Request) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Bytes, ErrorPayload>> + Send + 'static,
     {
-        let Self {
-            conn,
-            handle,
-            chunk_size,
-            assembler,
-            max_concurrent,
-        } = self;
-        let Connection {
-            client,
-            framer,
-            mut inbound,
-        } = conn;
-        let mut assembler = Assembler::new(assembler)?;
+        let mut assembler = Assembler::new(self.assembler.clone())?;
+        let (mut serving, mut inbound) = Serving::new(self);
         let handler = Arc::new(handler);
-        let permits = Arc::new(Semaphore::new(max_concurrent));
-        let mut running: HashMap<RequestId, AbortHandle> = HashMap::new();
-        let mut tasks = JoinSet::new();
         let why = loop {
-            let incoming = tokio::select! {
-                incoming = inbound.recv() => incoming,
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            let frame = match serving.next_frame(&mut inbound).await {
+                Ok(frame) => frame,
+                Err(why) => break why,
             };
-            let frame = match incoming {
-                Some(Incoming::Frame(frame)) => frame,
-                Some(Incoming::Closed(why)) => break why,
-                None => break "connection ended".to_owned(),
-            };
-            running.retain(|_, task| !task.is_finished());
             let id = frame.request_id;
             match frame.frame_type {
                 FrameType::Error => {
-                    // Cancelled, or timed out at the broker: stop working.
                     assembler.cancel(id);
-                    if let Some(task) = running.remove(&id) {
-                        task.abort();
-                    }
+                    serving.cancel(id);
                 }
                 FrameType::Start | FrameType::Chunk | FrameType::End => {
                     let now = Instant::now();
@@ -221,17 +275,15 @@ impl Provider {
                         Ok(Some(message)) => message,
                         Ok(None) => continue,
                         Err(e) => {
-                            refuse(&client, &framer, id, &e);
+                            refuse(&serving.client, &serving.framer, id, &e);
                             continue;
                         }
                     };
-                    let Ok((from, header)) = RoutingInfo::split(&message.header) else {
-                        let why = ErrorPayload::new(ErrorCode::BAD_REQUEST, "no routing info");
-                        send_soon(&client, &framer, &error_frame(id, &why));
+                    let Some((from, header)) = serving.routing(id, &message.header) else {
                         continue;
                     };
                     // All handlers busy: stop reading until one finishes.
-                    let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                    let Ok(permit) = Arc::clone(&serving.permits).acquire_owned().await else {
                         break "closed".to_owned();
                     };
                     let request = Request {
@@ -240,21 +292,200 @@ impl Provider {
                         header,
                         payload: message.payload,
                     };
-                    let (handler, client, framer) =
-                        (Arc::clone(&handler), client.clone(), framer.clone());
-                    let task = tasks.spawn(async move {
-                        let _permit = permit;
-                        let result = handler(request).await;
-                        respond(&client, &framer, id, result, chunk_size).await;
-                    });
-                    running.insert(id, task);
+                    let handler = Arc::clone(&handler);
+                    serving.spawn(id, permit, move || handler(request));
                 }
                 // The broker sends providers nothing else; ignore.
                 _ => {}
             }
         };
-        tasks.abort_all();
-        if handle.closing.load(Ordering::Acquire) {
+        serving.end(why)
+    }
+
+    /// Answers requests as streams until the connection ends: `handler`
+    /// runs as soon as a request's `Start` arrives (in its own task, at
+    /// most `max_concurrent` at once) and reads the data piece by piece
+    /// from [`StreamedRequest::body`], so a request of any size costs a few
+    /// frames of memory. It may send the response's first part with the
+    /// [`Responder`] as it goes; its `Ok` is the response's last part (sent
+    /// in pieces with flow control), its `Err` an `Error` frame to the
+    /// consumer. A request the consumer cancels, or the broker times out,
+    /// has its task aborted.
+    ///
+    /// A request that starts while `max_concurrent` handlers run is
+    /// answered `BUSY` at once: waiting for a handler to finish could wait
+    /// for ever, since running handlers may be waiting for data that is
+    /// behind the new request on the connection.
+    ///
+    /// # Errors
+    ///
+    /// As [`serve`](Self::serve).
+    pub async fn serve_streamed<F, Fut>(self, handler: F) -> Result<(), BrokerError>
+    where
+        F: Fn(StreamedRequest, Responder) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Bytes, ErrorPayload>> + Send + 'static,
+    {
+        let max_concurrent = self.max_concurrent;
+        let (mut serving, mut inbound) = Serving::new(self);
+        let handler = Arc::new(handler);
+        // The data of the requests whose `End` has not arrived.
+        let mut bodies: HashMap<RequestId, mpsc::Sender<Bytes>> = HashMap::new();
+        let why = loop {
+            let frame = match serving.next_frame(&mut inbound).await {
+                Ok(frame) => frame,
+                Err(why) => break why,
+            };
+            let id = frame.request_id;
+            match frame.frame_type {
+                FrameType::Error => {
+                    bodies.remove(&id);
+                    serving.cancel(id);
+                }
+                FrameType::Start => {
+                    let Some((from, header)) = serving.routing(id, &frame.payload) else {
+                        continue;
+                    };
+                    let Ok(permit) = Arc::clone(&serving.permits).try_acquire_owned() else {
+                        let why = ErrorPayload::new(
+                            ErrorCode::BUSY,
+                            format!("all {max_concurrent} handlers of the provider are busy"),
+                        );
+                        send_soon(&serving.client, &serving.framer, &error_frame(id, &why));
+                        continue;
+                    };
+                    let (tx, rx) = mpsc::channel(BODY_FRAMES);
+                    bodies.insert(id, tx);
+                    let request = StreamedRequest {
+                        id,
+                        from,
+                        header,
+                        body: RequestBody { rx },
+                    };
+                    let responder = Responder {
+                        client: serving.client.clone(),
+                        framer: serving.framer.clone(),
+                        id,
+                        chunk_size: serving.chunk_size,
+                    };
+                    let handler = Arc::clone(&handler);
+                    serving.spawn(id, permit, move || handler(request, responder));
+                }
+                FrameType::Chunk => {
+                    // None: the request was refused, answered or cancelled
+                    // (the broker knows); its data goes nowhere.
+                    let Some(body) = bodies.get(&id) else {
+                        continue;
+                    };
+                    // A full body stops the reading here: flow control.
+                    if body.send(frame.payload).await.is_err() {
+                        // The handler returned without reading it all.
+                        bodies.remove(&id);
+                    }
+                }
+                FrameType::End => {
+                    // Dropping the sender ends the body.
+                    bodies.remove(&id);
+                }
+                // The broker sends providers nothing else; ignore.
+                _ => {}
+            }
+        };
+        serving.end(why)
+    }
+}
+
+/// What both ways of serving share: the connection's sending side, and the
+/// handler tasks (one per request, each holding a permit).
+struct Serving {
+    client: Client,
+    framer: BrokerFramer,
+    handle: ProviderHandle,
+    chunk_size: usize,
+    permits: Arc<Semaphore>,
+    running: HashMap<RequestId, AbortHandle>,
+    tasks: JoinSet<()>,
+}
+
+impl Serving {
+    fn new(provider: Provider) -> (Self, Inbox) {
+        let Connection {
+            client,
+            framer,
+            inbound,
+        } = provider.conn;
+        let serving = Self {
+            client,
+            framer,
+            handle: provider.handle,
+            chunk_size: provider.chunk_size,
+            permits: Arc::new(Semaphore::new(provider.max_concurrent)),
+            running: HashMap::new(),
+            tasks: JoinSet::new(),
+        };
+        (serving, inbound)
+    }
+
+    /// The next frame from the broker, reaping finished handler tasks
+    /// meanwhile; `Err` with why once the connection has ended.
+    async fn next_frame(&mut self, inbound: &mut Inbox) -> Result<Frame, String> {
+        loop {
+            let incoming = tokio::select! {
+                incoming = inbound.recv() => incoming,
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => continue,
+            };
+            self.running.retain(|_, task| !task.is_finished());
+            return match incoming {
+                Some(Incoming::Frame(frame)) => Ok(frame),
+                Some(Incoming::Closed(why)) => Err(why),
+                None => Err("connection ended".to_owned()),
+            };
+        }
+    }
+
+    /// Splits the routing info off a forwarded `Start` payload, or answers
+    /// the request with `BAD_REQUEST` (`None`).
+    fn routing(&self, id: RequestId, payload: &Bytes) -> Option<(RoutingInfo, Bytes)> {
+        let split = RoutingInfo::split(payload).ok();
+        if split.is_none() {
+            let why = ErrorPayload::new(ErrorCode::BAD_REQUEST, "no routing info");
+            send_soon(&self.client, &self.framer, &error_frame(id, &why));
+        }
+        split
+    }
+
+    /// Runs request `id`'s handler (`answer`, called in the task) holding
+    /// `permit`, and sends what it returns as the answer.
+    fn spawn<Fut>(
+        &mut self,
+        id: RequestId,
+        permit: OwnedSemaphorePermit,
+        answer: impl FnOnce() -> Fut + Send + 'static,
+    ) where
+        Fut: Future<Output = Result<Bytes, ErrorPayload>> + Send + 'static,
+    {
+        let (client, framer, chunk_size) =
+            (self.client.clone(), self.framer.clone(), self.chunk_size);
+        let task = self.tasks.spawn(async move {
+            let _permit = permit;
+            let result = answer().await;
+            respond(&client, &framer, id, result, chunk_size).await;
+        });
+        self.running.insert(id, task);
+    }
+
+    /// Request `id` was cancelled, or timed out at the broker: its handler
+    /// stops.
+    fn cancel(&mut self, id: RequestId) {
+        if let Some(task) = self.running.remove(&id) {
+            task.abort();
+        }
+    }
+
+    /// How serving ends once the connection has: handlers stop; `Ok` if
+    /// the provider was closed on purpose.
+    fn end(mut self, why: String) -> Result<(), BrokerError> {
+        self.tasks.abort_all();
+        if self.handle.closing.load(Ordering::Acquire) {
             Ok(())
         } else {
             Err(BrokerError::Disconnected(why))

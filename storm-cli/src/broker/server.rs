@@ -315,12 +315,7 @@ impl<R: Runtime> Handler for BrokerSessions<R> {
                 wait_for_room::<R>(&self.shared, conn, &frame).await;
                 self.shared.deliver(conn, frame);
             }
-            Err(error) => {
-                if let Some(error) = error {
-                    let _ = session.try_send(error);
-                }
-                session.close();
-            }
+            Err(refused) => self.shared.refuse(conn, &refused),
         }
     }
 

@@ -215,6 +215,22 @@ impl FrameCodec {
         }))
     }
 
+    /// The request id in the header at the front of `src`: `Some` when
+    /// `src` holds a whole header of this [`VERSION`], whatever its type
+    /// and declared length (another version's layout is unknown). Lets a
+    /// receiver answer a frame it refuses under the frame's request id.
+    #[must_use]
+    pub fn peek_request_id(src: &[u8]) -> Option<RequestId> {
+        match src.first_chunk::<HEADER_LEN>()? {
+            [VERSION, _, _, _, rest @ ..] => {
+                let mut id = [0; 16];
+                id.copy_from_slice(rest.get(..16)?);
+                Some(RequestId::from_bytes(id))
+            }
+            _ => None,
+        }
+    }
+
     /// Appends `frame` (header and payload) to `dst`.
     ///
     /// # Errors
@@ -421,6 +437,20 @@ mod tests {
             c.decode(&mut buf),
             Err(FrameError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn request_ids_are_peeked_from_any_version_1_header() {
+        let mut header = vec![1, 9, 0, 0];
+        header.extend_from_slice(&[7; 16]);
+        header.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(
+            FrameCodec::peek_request_id(&header),
+            Some(RequestId::from_bytes([7; 16]))
+        );
+        assert_eq!(FrameCodec::peek_request_id(&header[..23]), None);
+        header[0] = 2;
+        assert_eq!(FrameCodec::peek_request_id(&header), None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::{ConfigError, EncodeError, Frame, FrameCodec, FrameConfig, FrameError, HEADER_LEN};
 use crate::framing::{Framer, FramingError};
@@ -21,6 +21,16 @@ const LEN_OFFSET: usize = 20;
 /// is checked by [`parse`](Self::parse), which turns a message into a
 /// [`Frame`] without copying its payload. [`encode`](Framer::encode) takes
 /// a message made by [`to_message`](Self::to_message) (a whole frame).
+///
+/// **A frame over the maximum is not a decode error**, unlike the other
+/// framers: its 24-byte header alone is cut as a message, which `parse`
+/// refuses with [`FrameError::TooLarge`] (so the receiver can answer the
+/// frame under its request id, see
+/// [`FrameCodec::peek_request_id`](super::FrameCodec::peek_request_id)),
+/// and the declared payload is then skipped as it arrives — discarded,
+/// never buffered — after which the stream goes on with the next frame.
+/// The declared length is exact, so skipping keeps the stream in step; a
+/// peer that keeps declaring huge frames costs reading time, never memory.
 ///
 /// ```
 /// use bytes::{Bytes, BytesMut};
@@ -41,6 +51,8 @@ const LEN_OFFSET: usize = 20;
 #[derive(Debug, Clone, Default)]
 pub struct BrokerFramer {
     codec: FrameCodec,
+    /// Payload bytes of an oversized frame still to skip.
+    skip: usize,
 }
 
 impl BrokerFramer {
@@ -52,6 +64,7 @@ impl BrokerFramer {
     pub fn new(config: FrameConfig) -> Result<Self, ConfigError> {
         Ok(Self {
             codec: FrameCodec::new(config)?,
+            skip: 0,
         })
     }
 
@@ -77,10 +90,13 @@ impl BrokerFramer {
     ///
     /// # Errors
     ///
-    /// [`FrameError`] for a bad version, type or length (the peer's fault:
-    /// close the connection). A message shorter than the frame it declares
-    /// (only possible when the message did not come from `decode`) is
-    /// [`FrameError::TooLarge`] with the declared length.
+    /// [`FrameError`] for a bad version or type (the peer's fault: the
+    /// stream cannot be trusted, close the connection), or
+    /// [`FrameError::TooLarge`] for the header of a frame over the maximum
+    /// (its payload is being skipped: the stream stays in step). A message
+    /// shorter than the frame it declares (only possible when the message
+    /// did not come from `decode`) is [`FrameError::TooLarge`] with the
+    /// declared length too.
     pub fn parse(&self, message: Bytes) -> Result<Frame, FrameError> {
         let total = message.len();
         let mut buf = BytesMut::from(message);
@@ -115,13 +131,26 @@ fn declared_len(src: &[u8]) -> Option<usize> {
 }
 
 impl Framer for BrokerFramer {
+    /// Cuts the next whole frame; for a frame over the maximum, its header
+    /// alone, then skips its payload (see [`BrokerFramer`]). Never an
+    /// error: every header is a message, and [`BrokerFramer::parse`] judges
+    /// it.
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FramingError> {
+        if self.skip > 0 {
+            let n = self.skip.min(src.len());
+            src.advance(n);
+            self.skip -= n;
+            if self.skip > 0 {
+                return Ok(None);
+            }
+        }
         let Some(len) = declared_len(src) else {
             return Ok(None);
         };
         let max = self.codec.max_payload();
         if len > max {
-            return Err(FramingError::FrameTooLarge { len, max });
+            self.skip = len;
+            return Ok(Some(src.split_to(HEADER_LEN).freeze()));
         }
         let total = HEADER_LEN + len;
         if src.len() < total {
@@ -197,16 +226,39 @@ mod tests {
     }
 
     #[test]
-    fn declared_length_over_max_is_refused_before_buffering() {
+    fn a_frame_over_max_is_cut_as_its_header_and_its_payload_skipped() {
         let mut framer = BrokerFramer::new(FrameConfig { max_payload: 4 }).expect("valid");
+        let id = RequestId::from_bytes([5; 16]);
         let mut header = vec![1, 2, 0, 0];
-        header.extend_from_slice(&[0; 16]);
-        header.extend_from_slice(&5u32.to_be_bytes());
-        let mut buf = BytesMut::from(&header[..]);
+        header.extend_from_slice(&id.to_bytes());
+        header.extend_from_slice(&9u32.to_be_bytes());
+        let next = framer
+            .to_message(&Frame::new(FrameType::End, id, Bytes::new()))
+            .expect("fits");
+        let mut wire = header.clone();
+        wire.extend_from_slice(b"123456789");
+        wire.extend_from_slice(&next);
+        // Byte by byte: the header comes out as soon as it is whole, the
+        // payload never stays buffered, the next frame is cut in step.
+        let mut buf = BytesMut::new();
+        let mut cut = Vec::new();
+        for b in &wire {
+            buf.extend_from_slice(&[*b]);
+            while let Some(m) = framer.decode(&mut buf).expect("never an error") {
+                cut.push(m);
+            }
+            assert!(buf.len() < HEADER_LEN, "buffered {}", buf.len());
+        }
+        assert_eq!(cut, [Bytes::from(header), next.clone()]);
         assert_eq!(
-            framer.decode(&mut buf),
-            Err(FramingError::FrameTooLarge { len: 5, max: 4 })
+            framer.parse(cut[0].clone()),
+            Err(FrameError::TooLarge { len: 9, max: 4 })
         );
+        assert_eq!(
+            crate::broker::FrameCodec::peek_request_id(&cut[0]),
+            Some(id)
+        );
+        assert_eq!(framer.parse(next).map(|f| f.frame_type), Ok(FrameType::End));
         assert_eq!(framer.max_message_len(), 28);
     }
 

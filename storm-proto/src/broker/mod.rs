@@ -56,7 +56,20 @@
 //! away: a missing provider ([`ErrorCode::NO_RESPONDERS`]), a provider that
 //! disconnects ([`ErrorCode::PROVIDER_GONE`]), a timeout
 //! ([`ErrorCode::TIMEOUT`]) and a full queue ([`ErrorCode::BUSY`]) all fail
-//! fast with an `Error` frame. Nothing is dropped silently.
+//! fast with an `Error` frame.
+//!
+//! Nothing is dropped silently: every frame the server refuses is answered
+//! with an `Error` naming the reason, under the frame's request id (when
+//! its header has one), before any close — a frame for a request the
+//! server does not know ([`ErrorCode::UNKNOWN_REQUEST`]), request data
+//! after its `End` ([`ErrorCode::BAD_REQUEST`]), a frame over the frame
+//! limit ([`ErrorCode::FRAME_TOO_LARGE`]: its payload is skipped, its
+//! request fails, the connection stays), a bad version or type or a frame
+//! the peer's role does not send ([`ErrorCode::PROTOCOL`], then the
+//! connection closes). The only frames discarded unanswered are those a
+//! peer sent before it could know their request had ended (it has that
+//! request's `Error` already), and those from a connection already closing
+//! with an `Error` that says why; both are counted in [`RouterStats`].
 //!
 //! # Example
 //!

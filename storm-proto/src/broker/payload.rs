@@ -188,8 +188,15 @@ impl ErrorCode {
     pub const PROTOCOL: Self = Self(6);
     /// `7`: the consumer has too many requests open.
     pub const TOO_MANY_REQUESTS: Self = Self(7);
-    /// `8`: the request itself is malformed (a `Start` header too long).
+    /// `8`: the request itself is malformed (a `Start` header too long,
+    /// data after its `End`).
     pub const BAD_REQUEST: Self = Self(8);
+    /// `9`: a frame names a request the broker has no record of (never
+    /// started, or ended long ago); the frame was discarded.
+    pub const UNKNOWN_REQUEST: Self = Self(9);
+    /// `10`: a frame's payload was over the broker's frame limit
+    /// (`--max-frame`); its payload was skipped and its request failed.
+    pub const FRAME_TOO_LARGE: Self = Self(10);
 
     /// A short name for the broker's codes, `None` for others.
     #[must_use]
@@ -204,6 +211,8 @@ impl ErrorCode {
             6 => "protocol violation",
             7 => "too many requests",
             8 => "bad request",
+            9 => "unknown request",
+            10 => "frame too large",
             _ => return None,
         })
     }
@@ -229,12 +238,13 @@ pub struct ErrorPayload {
 }
 
 impl ErrorPayload {
-    /// An error payload with a static message.
+    /// An error payload with this message (a `&'static str` is not
+    /// copied).
     #[must_use]
-    pub fn new(code: ErrorCode, message: &'static str) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<Bytes>) -> Self {
         Self {
             code,
-            message: Bytes::from_static(message.as_bytes()),
+            message: message.into(),
         }
     }
 
@@ -403,9 +413,12 @@ mod tests {
         assert_eq!(&short.message[..], b"x");
         assert_eq!(ErrorCode(500).to_string(), "error 500");
         assert_eq!(ErrorCode(500).name(), None);
-        for code in 0..=8 {
+        for code in 0..=10 {
             assert!(ErrorCode(code).name().is_some());
         }
+        assert_eq!(ErrorCode(11).name(), None);
+        let owned = ErrorPayload::new(ErrorCode::UNKNOWN_REQUEST, format!("id {}", 7));
+        assert_eq!(owned.message_str(), Some("id 7"));
         let bad = ErrorPayload {
             code: ErrorCode::BUSY,
             message: Bytes::from_static(&[0xff]),

@@ -1,6 +1,6 @@
 //! The broker server's brain: registry, routing, timeouts, output queues.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -8,7 +8,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{
     ChannelId, ClientId, ConfigError, ErrorCode, ErrorPayload, FLAG_MORE, Frame, FrameConfig,
-    FrameType, ROUTING_INFO_LEN, Registration, RequestId, Role, RoutingInfo, non_zero,
+    FrameError, FrameType, ROUTING_INFO_LEN, Registration, RequestId, Role, RoutingInfo, non_zero,
 };
 
 /// A connection, as numbered by the adapter (any scheme, unique while the
@@ -26,7 +26,8 @@ impl fmt::Display for ConnId {
 ///
 /// Memory per connection is bounded by its output queue:
 /// `max_queued_bytes` of data payloads plus `max_queued_errors` small error
-/// frames (with the defaults about 8 MiB + 256 frames).
+/// frames (with the defaults about 8 MiB + 256 frames), and
+/// `max_ended_requests` remembered ids (about 40 bytes each).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RouterConfig {
@@ -52,6 +53,15 @@ pub struct RouterConfig {
     /// error lane is full it is not reading at all: the router closes it
     /// ([`CloseReason::ErrorQueueFull`]). Default: 256.
     pub max_queued_errors: usize,
+    /// Most ended requests remembered per connection. When the router ends
+    /// a request the peer may still be sending frames for (it failed while
+    /// its consumer was still streaming, a cancellation crossed a timeout,
+    /// a provider was told to stop), those frames were on their way before
+    /// the peer knew: they are discarded and counted, since the peer has
+    /// its `Error` already. The oldest id is forgotten first; a frame for
+    /// an id the router has no record of is answered with an `Error`
+    /// ([`ErrorCode::UNKNOWN_REQUEST`]) instead. Default: 1024.
+    pub max_ended_requests: usize,
 }
 
 impl RouterConfig {
@@ -69,6 +79,8 @@ impl RouterConfig {
     pub const DEFAULT_MAX_QUEUED_BYTES: usize = 8 * 1024 * 1024;
     /// Default of [`max_queued_errors`](Self::max_queued_errors).
     pub const DEFAULT_MAX_QUEUED_ERRORS: usize = 256;
+    /// Default of [`max_ended_requests`](Self::max_ended_requests).
+    pub const DEFAULT_MAX_ENDED_REQUESTS: usize = 1024;
 }
 
 impl Default for RouterConfig {
@@ -82,6 +94,7 @@ impl Default for RouterConfig {
             max_queued_frames: Self::DEFAULT_MAX_QUEUED_FRAMES,
             max_queued_bytes: Self::DEFAULT_MAX_QUEUED_BYTES,
             max_queued_errors: Self::DEFAULT_MAX_QUEUED_ERRORS,
+            max_ended_requests: Self::DEFAULT_MAX_ENDED_REQUESTS,
         }
     }
 }
@@ -105,7 +118,7 @@ pub enum RouterEvent {
         /// Its channel.
         channel_id: ChannelId,
     },
-    /// The router gave up on `conn`: drain what is still queued for it (an
+    /// The router gave up on `conn`: drain what is still queued for it (the
     /// `Error` frame that explains), then close the socket and call
     /// [`Router::handle_disconnect`]. Its requests have already been failed
     /// or cancelled; frames it still sends are ignored.
@@ -124,6 +137,10 @@ pub enum CloseReason {
     /// The peer broke the protocol (a `Error` frame with
     /// [`ErrorCode::PROTOCOL`] and this text is queued for it).
     Protocol(&'static str),
+    /// The peer sent bytes that are not a frame of this protocol (a bad
+    /// version or type): the stream cannot be trusted. An `Error` frame
+    /// with [`ErrorCode::PROTOCOL`] and this error's text is queued for it.
+    Malformed(FrameError),
     /// The peer's error lane was full: it is not reading.
     ErrorQueueFull,
 }
@@ -132,6 +149,7 @@ impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Protocol(why) => write!(f, "protocol violation: {why}"),
+            Self::Malformed(e) => write!(f, "malformed frame: {e}"),
             Self::ErrorQueueFull => f.write_str("error queue full: peer is not reading"),
         }
     }
@@ -196,13 +214,23 @@ pub struct RouterStats {
     /// Requests dropped because their consumer disconnected (the provider
     /// is told).
     pub consumer_gone: u64,
-    /// `Response`/`Error` frames from a provider for no request in flight
-    /// (after a timeout or cancellation): ignored.
+    /// `Response`/`Error` frames from a provider for a request the router
+    /// ended and told it about (a timeout or cancellation that crossed
+    /// them): discarded.
     pub late_responses: u64,
-    /// `Chunk`/`End`/`Error` frames from a consumer for no request in
-    /// flight (after the request failed, and its consumer was told), and
-    /// frames from closed connections: ignored.
+    /// `Chunk`/`End`/`Error` frames from a consumer for a request the
+    /// router ended and told it about (it failed while they were on their
+    /// way), and frames from connections already closing (told why):
+    /// discarded.
     pub discarded_frames: u64,
+    /// Frames for a request id the router has no record of (never started,
+    /// or ended and forgotten): answered with an `Error`
+    /// ([`ErrorCode::UNKNOWN_REQUEST`]) naming the id.
+    pub unknown_requests: u64,
+    /// Frames whose payload was over the frame limit: skipped, answered
+    /// with an `Error` ([`ErrorCode::FRAME_TOO_LARGE`]), and their request
+    /// failed.
+    pub oversized_frames: u64,
     /// Queued data frames removed because their request failed first.
     pub purged_frames: u64,
     /// Connections closed for a protocol violation.
@@ -239,8 +267,46 @@ struct Conn {
     out: Outbox,
     /// Router-side ids of the requests this connection takes part in.
     requests: BTreeSet<RequestId>,
+    /// Requests (in this connection's ids) the router ended while it may
+    /// still send frames for them.
+    ended: Ended,
     /// Scheduled for closing: takes no more frames.
     doomed: bool,
+}
+
+/// Ids of requests the router ended while their peer may still send frames
+/// for them (it is told by the `Error` or final `Response` queued for it),
+/// oldest forgotten first beyond the limit.
+#[derive(Debug, Default)]
+struct Ended {
+    age_of: HashMap<RequestId, u64>,
+    by_age: BTreeMap<u64, RequestId>,
+    next_age: u64,
+}
+
+impl Ended {
+    fn remember(&mut self, id: RequestId, max: usize) {
+        self.forget(id);
+        self.next_age += 1;
+        self.age_of.insert(id, self.next_age);
+        self.by_age.insert(self.next_age, id);
+        while self.age_of.len() > max {
+            let Some((_, oldest)) = self.by_age.pop_first() else {
+                break;
+            };
+            self.age_of.remove(&oldest);
+        }
+    }
+
+    fn forget(&mut self, id: RequestId) {
+        if let Some(age) = self.age_of.remove(&id) {
+            self.by_age.remove(&age);
+        }
+    }
+
+    fn contains(&self, id: RequestId) -> bool {
+        self.age_of.contains_key(&id)
+    }
 }
 
 #[derive(Debug)]
@@ -371,6 +437,7 @@ impl Router {
                 state: State::Unregistered,
                 out: Outbox::default(),
                 requests: BTreeSet::new(),
+                ended: Ended::default(),
                 doomed: false,
             },
         );
@@ -400,9 +467,17 @@ impl Router {
 
     /// A frame decoded from `conn`.
     ///
-    /// What the peer does wrong is answered on the wire (an `Error` frame,
-    /// and for protocol violations a [`RouterEvent::Close`]), never with an
-    /// `Err`.
+    /// What the peer does wrong is answered on the wire (an `Error` frame
+    /// under the frame's request id, and for protocol violations a
+    /// [`RouterEvent::Close`] after it), never with an `Err`: a frame for
+    /// a request the router does not know gets
+    /// [`ErrorCode::UNKNOWN_REQUEST`], request data after the request's
+    /// `End` fails the request ([`ErrorCode::BAD_REQUEST`]), a frame the
+    /// peer's role or state does not send is a violation. Only frames the
+    /// peer sent before it could know their request had ended (see
+    /// [`RouterConfig::max_ended_requests`]) and frames from a connection
+    /// already closing (and told why) are discarded without an answer,
+    /// and counted.
     ///
     /// # Errors
     ///
@@ -436,6 +511,53 @@ impl Router {
                 self.consumer_frame(conn, info, super::deadline(now, timeout), frame);
             }
             State::Provider { .. } => self.provider_frame(conn, frame),
+        }
+        self.reap();
+        Ok(())
+    }
+
+    /// A message from `conn` that
+    /// [`BrokerFramer::parse`](super::BrokerFramer::parse) refused with
+    /// `error`; `request_id` is what its header names, if it has a header
+    /// of this version ([`FrameCodec::peek_request_id`](super::FrameCodec::peek_request_id)).
+    ///
+    /// A frame over the frame limit ([`FrameError::TooLarge`], its payload
+    /// skipped by the framer) from a registered peer is answered with an
+    /// `Error` ([`ErrorCode::FRAME_TOO_LARGE`], naming the size and the
+    /// limit) under its request id, and the request it belongs to fails at
+    /// both ends; the connection stays open. Anything else — a bad version
+    /// or type, or an oversized registration — is a violation: an `Error`
+    /// ([`ErrorCode::PROTOCOL`], the error's text) under the request id if
+    /// there is one, then [`RouterEvent::Close`].
+    ///
+    /// # Errors
+    ///
+    /// [`RouterError::UnknownConn`] (local misuse).
+    pub fn handle_refused(
+        &mut self,
+        conn: ConnId,
+        request_id: Option<RequestId>,
+        error: &FrameError,
+    ) -> Result<(), RouterError> {
+        let Some(c) = self.conns.get(&conn) else {
+            return Err(RouterError::UnknownConn(conn));
+        };
+        self.stats.frames_in += 1;
+        if c.doomed || matches!(c.state, State::Closed) {
+            self.stats.discarded_frames += 1;
+            return Ok(());
+        }
+        let registered = !matches!(c.state, State::Unregistered);
+        match (error, request_id) {
+            (FrameError::TooLarge { len, max }, Some(id)) if registered => {
+                self.oversized(conn, id, *len, *max);
+            }
+            _ => self.violation_as(
+                conn,
+                request_id.unwrap_or_default(),
+                error.to_string(),
+                CloseReason::Malformed(error.clone()),
+            ),
         }
         self.reap();
         Ok(())
@@ -608,18 +730,27 @@ impl Router {
         match frame.frame_type {
             FrameType::Start => self.start(conn, info, deadline, frame),
             FrameType::Chunk | FrameType::End => {
+                let is_end = frame.frame_type == FrameType::End;
                 let Some(&rid) = self.by_consumer.get(&(conn, id)) else {
-                    self.stats.discarded_frames += 1;
+                    if self.stray(conn, id, is_end) {
+                        self.stats.discarded_frames += 1;
+                    }
                     return;
                 };
                 let Some(entry) = self.entries.get_mut(&rid) else {
                     return;
                 };
                 if entry.consumer_done {
-                    self.stats.discarded_frames += 1;
-                    return;
+                    self.stats.bad_requests += 1;
+                    return self.fail(
+                        rid,
+                        ErrorPayload::new(ErrorCode::BAD_REQUEST, "request data after its End"),
+                        Some(ErrorPayload::new(
+                            ErrorCode::CANCELLED,
+                            "request failed at the broker: data after its End",
+                        )),
+                    );
                 }
-                let is_end = frame.frame_type == FrameType::End;
                 entry.consumer_done = is_end;
                 let provider = entry.provider;
                 let forward = Frame {
@@ -640,7 +771,9 @@ impl Router {
             }
             FrameType::Error => {
                 let Some(&rid) = self.by_consumer.get(&(conn, id)) else {
-                    self.stats.discarded_frames += 1;
+                    if self.stray(conn, id, true) {
+                        self.stats.discarded_frames += 1;
+                    }
                     return;
                 };
                 if let Some(entry) = self.remove_entry(rid) {
@@ -661,26 +794,45 @@ impl Router {
         if self.by_consumer.contains_key(&(conn, id)) {
             return self.violation(conn, id, "duplicate request id");
         }
-        let refuse = |code, msg| Some(ErrorPayload::new(code, msg));
+        // A new request under an id that ended before.
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.ended.forget(id);
+        }
         let open = self.conns.get(&conn).map_or(0, |c| c.requests.len());
+        let max_header = self.config.max_frame_payload - ROUTING_INFO_LEN;
         let refusal = if open >= self.config.max_requests_per_consumer {
             self.stats.too_many_requests += 1;
-            refuse(ErrorCode::TOO_MANY_REQUESTS, "too many requests in flight")
+            Some(ErrorPayload::new(
+                ErrorCode::TOO_MANY_REQUESTS,
+                "too many requests in flight",
+            ))
         } else if self.entries.len() >= self.config.max_requests {
             self.stats.busy += 1;
-            refuse(ErrorCode::BUSY, "broker at its request limit")
-        } else if frame.payload.len() > self.config.max_frame_payload - ROUTING_INFO_LEN {
+            Some(ErrorPayload::new(
+                ErrorCode::BUSY,
+                "broker at its request limit",
+            ))
+        } else if frame.payload.len() > max_header {
             self.stats.bad_requests += 1;
-            refuse(ErrorCode::BAD_REQUEST, "start header too long")
+            Some(ErrorPayload::new(
+                ErrorCode::BAD_REQUEST,
+                format!(
+                    "start header of {} bytes is over the limit of {max_header} \
+                     (the frame limit less {ROUTING_INFO_LEN} bytes of routing info)",
+                    frame.payload.len()
+                ),
+            ))
         } else {
             None
         };
+        // The consumer may be streaming the refused request's data already:
+        // `end_at` lets those frames be discarded quietly.
         if let Some(error) = refusal {
-            return self.push_error(conn, id, &error);
+            return self.end_at(conn, id, &error);
         }
         let provider = match self.pick_provider(info.channel_id, frame.payload.len()) {
             Ok(p) => p,
-            Err(error) => return self.push_error(conn, id, &error),
+            Err(error) => return self.end_at(conn, id, &error),
         };
         self.next_id += 1;
         let rid = RequestId::from_bytes(self.next_id.to_be_bytes());
@@ -754,15 +906,20 @@ impl Router {
         let rid = frame.request_id;
         match frame.frame_type {
             FrameType::Response | FrameType::Error => {
+                let last = frame.frame_type == FrameType::Error || frame.flags & FLAG_MORE == 0;
                 let Some(entry) = self.entries.get(&rid).filter(|e| e.provider == conn) else {
-                    self.stats.late_responses += 1;
+                    if self.stray(conn, rid, last) {
+                        self.stats.late_responses += 1;
+                    }
                     return;
                 };
                 let (consumer, consumer_id) = (entry.consumer, entry.consumer_id);
+                let consumer_done = entry.consumer_done;
                 if frame.frame_type == FrameType::Error {
                     self.stats.provider_errors += 1;
                     let _ = self.remove_entry(rid);
                     self.purge(consumer, consumer_id);
+                    self.remember_ended(consumer, consumer_id);
                     self.push_error_frame(
                         consumer,
                         Frame {
@@ -772,7 +929,6 @@ impl Router {
                     );
                     return;
                 }
-                let last = frame.flags & FLAG_MORE == 0;
                 let back = Frame {
                     request_id: consumer_id,
                     ..frame
@@ -782,11 +938,15 @@ impl Router {
                     let _ = self.remove_entry(rid);
                     self.purge(consumer, consumer_id);
                     let error = ErrorPayload::new(ErrorCode::BUSY, "consumer queue full");
-                    self.push_error(consumer, consumer_id, &error);
-                    self.push_error(conn, rid, &error);
+                    self.end_at(consumer, consumer_id, &error);
+                    self.end_at(conn, rid, &error);
                 } else if last {
                     self.stats.requests_completed += 1;
                     let _ = self.remove_entry(rid);
+                    if !consumer_done {
+                        // Answered before the consumer finished sending.
+                        self.remember_ended(consumer, consumer_id);
+                    }
                 }
             }
             _ => self.violation(conn, rid, "providers do not send request frames"),
@@ -820,7 +980,7 @@ impl Router {
             return;
         };
         self.purge(entry.consumer, entry.consumer_id);
-        self.push_error(entry.consumer, entry.consumer_id, &to_consumer);
+        self.end_at(entry.consumer, entry.consumer_id, &to_consumer);
         if let Some(error) = to_provider {
             self.cancel_at_provider(entry.provider, rid, error);
         }
@@ -830,7 +990,88 @@ impl Router {
     /// (still queued: then the queued frames are simply removed).
     fn cancel_at_provider(&mut self, provider: ConnId, rid: RequestId, error: ErrorPayload) {
         if !self.purge(provider, rid) {
-            self.push_error(provider, rid, &error);
+            self.end_at(provider, rid, &error);
+        }
+    }
+
+    /// Tells `conn` that its request `id` is over (an `Error`) and
+    /// remembers the id, so frames of it already on their way are
+    /// discarded quietly.
+    fn end_at(&mut self, conn: ConnId, id: RequestId, error: &ErrorPayload) {
+        self.remember_ended(conn, id);
+        self.push_error(conn, id, error);
+    }
+
+    fn remember_ended(&mut self, conn: ConnId, id: RequestId) {
+        let max = self.config.max_ended_requests;
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.ended.remember(id, max);
+        }
+    }
+
+    /// A frame from `conn` for request `id`, under which it has no request
+    /// in flight. True if the router ended that request and told the peer
+    /// (the frame was on its way before the peer knew): the caller counts
+    /// it as discarded, and the peer's `last` frame of the request lets the
+    /// id go. Otherwise the frame is answered with
+    /// [`ErrorCode::UNKNOWN_REQUEST`] under that id, and false.
+    fn stray(&mut self, conn: ConnId, id: RequestId, last: bool) -> bool {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        if c.ended.contains(id) {
+            if last {
+                c.ended.forget(id);
+            }
+            return true;
+        }
+        self.stats.unknown_requests += 1;
+        let why = ErrorPayload::new(
+            ErrorCode::UNKNOWN_REQUEST,
+            format!("no request {id} in flight"),
+        );
+        self.push_error(conn, id, &why);
+        false
+    }
+
+    /// A frame of `len` bytes from registered `conn` under request `id`,
+    /// over the frame limit `max` (its payload was skipped): the request it
+    /// belongs to fails at both ends, or the peer is told under `id`.
+    fn oversized(&mut self, conn: ConnId, id: RequestId, len: usize, max: usize) {
+        self.stats.oversized_frames += 1;
+        let text =
+            format!("frame payload of {len} bytes is over the broker's limit of {max} bytes");
+        let is_provider = matches!(
+            self.conns.get(&conn).map(|c| &c.state),
+            Some(State::Provider { .. })
+        );
+        let live = if is_provider {
+            self.entries
+                .get(&id)
+                .filter(|e| e.provider == conn)
+                .map(|_| id)
+        } else {
+            self.by_consumer.get(&(conn, id)).copied()
+        };
+        let too_large = |text: String| ErrorPayload::new(ErrorCode::FRAME_TOO_LARGE, text);
+        match live {
+            Some(rid) if is_provider => self.fail(
+                rid,
+                too_large(format!("the provider's response: {text}")),
+                Some(too_large(text)),
+            ),
+            Some(rid) => self.fail(
+                rid,
+                too_large(text),
+                Some(ErrorPayload::new(
+                    ErrorCode::CANCELLED,
+                    "request failed at the broker: the consumer sent a frame over its limit",
+                )),
+            ),
+            None if self.conns.get(&conn).is_some_and(|c| c.ended.contains(id)) => {
+                self.stats.discarded_frames += 1;
+            }
+            None => self.end_at(conn, id, &too_large(text)),
         }
     }
 
@@ -859,9 +1100,21 @@ impl Router {
     // ---- connections and queues ---------------------------------------------
 
     fn violation(&mut self, conn: ConnId, id: RequestId, why: &'static str) {
+        self.violation_as(conn, id, why, CloseReason::Protocol(why));
+    }
+
+    /// Answers `conn` with an `Error` ([`ErrorCode::PROTOCOL`], `message`)
+    /// under `id`, then closes it.
+    fn violation_as(
+        &mut self,
+        conn: ConnId,
+        id: RequestId,
+        message: impl Into<Bytes>,
+        reason: CloseReason,
+    ) {
         self.stats.protocol_violations += 1;
-        self.push_error(conn, id, &ErrorPayload::new(ErrorCode::PROTOCOL, why));
-        self.doom(conn, CloseReason::Protocol(why));
+        self.push_error(conn, id, &ErrorPayload::new(ErrorCode::PROTOCOL, message));
+        self.doom(conn, reason);
     }
 
     fn doom(&mut self, conn: ConnId, reason: CloseReason) {

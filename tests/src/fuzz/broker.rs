@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use storm_proto::broker::{
-    Assembler, AssemblerConfig, ChannelId, ClientId, ConnId, FLAG_MORE, Frame, FrameCodec,
-    FrameConfig, FrameType, HEADER_LEN, Registration, RequestId, Role, Router, RouterConfig,
-    RouterEvent,
+    Assembler, AssemblerConfig, ChannelId, ClientId, ConnId, ErrorCode, ErrorPayload, FLAG_MORE,
+    Frame, FrameCodec, FrameConfig, FrameError, FrameType, HEADER_LEN, Registration, RequestId,
+    Role, Router, RouterConfig, RouterEvent,
 };
 
 /// Decodes arbitrary bytes as broker frames.
@@ -149,15 +149,17 @@ pub fn broker_assembler(data: &[u8]) {
 }
 
 /// Drives a [`Router`] with operations decoded from bytes and checks that
-/// no request ends twice and none is left hanging, and that
+/// no request ends twice and none is left hanging, that a consumer is told
+/// "unknown request" only for an id it is not sending under, and that
 /// [`Router::next_hop`], asked before each frame, names the connection the
 /// frame is then forwarded to as stream data (`None` when it goes nowhere
 /// as stream data; a named receiver without room refuses it with `BUSY`).
 ///
 /// Input: 3-byte ops `[op, a, b]`: op `% 9` is connect (a: provider if odd,
-/// channel `b % 2`), start, chunk, end, cancel, respond (b: kind), drain
-/// (b: how many frames), disconnect, advance time (`b * 10` ms); `a` picks
-/// the peer or request.
+/// channel `b % 2`), start, chunk (b ≥ 240: a chunk over the frame limit,
+/// as [`Router::handle_refused`] gets it), end, cancel, respond (b: kind;
+/// b ≥ 240: a response over the frame limit), drain (b: how many frames),
+/// disconnect, advance time (`b * 10` ms); `a` picks the peer or request.
 pub fn broker_router(data: &[u8]) {
     let mut config = RouterConfig::default();
     config.default_timeout = Duration::from_secs(1);
@@ -216,6 +218,10 @@ struct Sim {
 }
 
 const REG_ID: RequestId = RequestId::from_bytes([0xff; 16]);
+
+/// A chunk or response op whose `b` is at least this sends a frame over
+/// the frame limit instead.
+const OVERSIZED: u8 = 240;
 
 impl Sim {
     fn pick(&self, a: u8) -> Option<usize> {
@@ -357,6 +363,9 @@ impl Sim {
             (2..=4, false) if !peer.sending.is_empty() => {
                 let idx = usize::from(b) % peer.sending.len();
                 let id = peer.sending[idx];
+                if op == 2 && b >= OVERSIZED {
+                    return self.oversized(p, id);
+                }
                 match op {
                     2 => Frame::new(
                         FrameType::Chunk,
@@ -377,6 +386,9 @@ impl Sim {
             (5, true) if !peer.working.is_empty() => {
                 let idx = usize::from(a) % peer.working.len();
                 let id = peer.working[idx];
+                if b >= OVERSIZED {
+                    return self.oversized(p, id);
+                }
                 match b % 3 {
                     0 => {
                         let mut f = Frame::new(FrameType::Response, id, Bytes::from_static(b"p"));
@@ -453,6 +465,18 @@ impl Sim {
         }
     }
 
+    /// Peer `p` sends a frame over the frame limit under `id`: the framer
+    /// skips its payload and the router gets the refusal.
+    fn oversized(&mut self, p: usize, id: RequestId) {
+        let error = FrameError::TooLarge {
+            len: 1 << 20,
+            max: FrameConfig::DEFAULT_MAX_PAYLOAD,
+        };
+        self.router
+            .handle_refused(self.peers[p].conn, Some(id), &error)
+            .expect("alive peers are connected");
+    }
+
     fn disconnect(&mut self, p: usize) {
         self.peers[p].alive = false;
         self.router
@@ -495,6 +519,18 @@ impl Sim {
                 FrameType::Error => true,
                 t => panic!("consumer got a {t:?} frame"),
             };
+            let unknown = frame.frame_type == FrameType::Error
+                && ErrorPayload::decode(&frame.payload).code == ErrorCode::UNKNOWN_REQUEST;
+            if unknown {
+                // The answer to a stray frame: it ends nothing, and never
+                // comes for a request the consumer is still sending.
+                assert!(
+                    !peer.sending.contains(&frame.request_id),
+                    "unknown request {:?} while it was being sent",
+                    frame.request_id
+                );
+                continue;
+            }
             if !peer.started.contains_key(&frame.request_id) {
                 // Only a protocol error for garbage may name an unknown id.
                 assert_eq!(frame.frame_type, FrameType::Error);
@@ -511,11 +547,14 @@ impl Sim {
 
 /// Fuzzes [`BrokerFramer`](storm_proto::broker::BrokerFramer), the framer
 /// that carries broker frames over the adapters' framed TCP: arbitrary
-/// bytes in arbitrary chunks never panic, never leave a maximal frame's
-/// worth of bytes buffered, cut the same whole, byte by byte or chunked,
-/// every cut re-encodes to exactly the bytes it consumed, and
-/// [`parse`](storm_proto::broker::BrokerFramer::parse) of a cut either
-/// gives a frame that encodes back to it or a typed error.
+/// bytes in arbitrary chunks never panic, never fail to decode, never
+/// leave a maximal frame's worth of bytes buffered, and cut the same
+/// whole, byte by byte or chunked; every cut is the stream's next bytes,
+/// either a whole frame within the limit, which
+/// [`parse`](storm_proto::broker::BrokerFramer::parse) gives back as a
+/// frame encoding to exactly those bytes (or a typed error), or the header
+/// alone of a frame over the limit, whose declared payload is then
+/// skipped.
 ///
 /// Input: byte 0 picks the max payload (1..=256), byte 1 seeds the chunk
 /// sizes, the rest is the stream.
@@ -529,10 +568,36 @@ pub fn broker_framer(data: &[u8]) {
     let Ok(framer) = storm_proto::broker::BrokerFramer::new(config) else {
         return;
     };
-    super::check_framer(framer.clone(), stream, *seed, true);
+    // Header-only cuts do not re-encode: checked below instead.
+    super::check_framer(framer.clone(), stream, *seed, false);
+    let max = framer.codec().max_payload();
     let mut buf = BytesMut::from(stream);
     let mut cutter = framer.clone();
-    while let Ok(Some(cut)) = cutter.decode(&mut buf) {
+    let mut at = 0;
+    while let Some(cut) = cutter.decode(&mut buf).expect("never a decode error") {
+        assert_eq!(
+            Some(&cut[..]),
+            stream.get(at..at + cut.len()),
+            "not the next bytes"
+        );
+        let declared = usize::try_from(u32::from_be_bytes(
+            cut[20..HEADER_LEN].try_into().expect("4 bytes"),
+        ))
+        .expect("fits");
+        if declared > max {
+            assert_eq!(cut.len(), HEADER_LEN, "an oversized frame cut whole");
+            if cut[0] == storm_proto::broker::VERSION && FrameType::from_u8(cut[1]).is_some() {
+                assert_eq!(
+                    framer.parse(cut.clone()),
+                    Err(FrameError::TooLarge { len: declared, max })
+                );
+            }
+            assert!(framer.parse(cut.clone()).is_err());
+            at += HEADER_LEN + declared;
+            continue;
+        }
+        assert_eq!(cut.len(), HEADER_LEN + declared);
+        at += cut.len();
         if let Ok(frame) = framer.parse(cut.clone()) {
             let message = framer.to_message(&frame).expect("a parsed frame encodes");
             assert_eq!(message, cut, "parse/to_message changed the frame");

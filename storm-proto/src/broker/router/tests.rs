@@ -20,6 +20,7 @@ fn small() -> RouterConfig {
         max_queued_frames: 4,
         max_queued_bytes: 100,
         max_queued_errors: 4,
+        max_ended_requests: 4,
     }
 }
 
@@ -110,9 +111,16 @@ fn request_is_forwarded_frame_by_frame_and_answered() {
     assert_eq!(r.poll_timeout(), None);
     let s = r.stats();
     assert_eq!((s.requests_started, s.requests_completed), (1, 1));
-    // A response after completion is late.
+    // A response after completion names a request the router no longer
+    // has: the provider is told, the consumer hears nothing.
     send(&mut r, 2, frame(FrameType::Response, prid, b"again"), now);
-    assert_eq!(r.stats().late_responses, 1);
+    let told = drain(&mut r, 2);
+    assert_eq!(told.len(), 1);
+    assert_eq!(
+        (told[0].request_id, error_code(&told[0])),
+        (prid, ErrorCode::UNKNOWN_REQUEST)
+    );
+    assert_eq!(r.stats().unknown_requests, 1);
     assert!(drain(&mut r, 1).is_empty());
 }
 
@@ -186,9 +194,14 @@ fn consumer_disconnect_and_cancel_tell_the_provider() {
     assert_eq!((out.len(), error_code(&out[0])), (1, ErrorCode::CANCELLED));
     assert_eq!(out[0].request_id, prid);
     assert_eq!(r.stats().cancelled, 1);
-    // Cancelling an unknown request is discarded.
+    // Cancelling an unknown request is answered: no such request.
     send(&mut r, 1, frame(FrameType::Error, rid(9), b""), now);
-    assert_eq!(r.stats().discarded_frames, 1);
+    let told = drain(&mut r, 1);
+    assert_eq!(
+        (told.len(), told[0].request_id, error_code(&told[0])),
+        (1, rid(9), ErrorCode::UNKNOWN_REQUEST)
+    );
+    assert_eq!(r.stats().discarded_frames, 0);
 
     send(&mut r, 1, frame(FrameType::Start, rid(2), b""), now);
     let prid = drain(&mut r, 3)[0].request_id;
@@ -516,4 +529,255 @@ fn next_hop_names_the_receiver_of_each_stream_frame() {
     // A provider that leaves takes its requests' hops with it.
     r.handle_disconnect(ConnId(3)).expect("known");
     assert_eq!(hop(&r, 4, FrameType::Chunk, rid(1)), None);
+}
+
+fn message(f: &Frame) -> String {
+    ErrorPayload::decode(&f.payload)
+        .message_str()
+        .expect("utf-8")
+        .to_owned()
+}
+
+#[test]
+fn frames_for_unknown_requests_are_answered_with_their_id() {
+    let (mut r, now) = setup(small());
+    // Chunk, End and cancel from a consumer, Response and Error from a
+    // provider, each for an id the router never saw.
+    send(&mut r, 1, frame(FrameType::Chunk, rid(7), b"data"), now);
+    send(&mut r, 1, frame(FrameType::End, rid(8), b""), now);
+    send(&mut r, 1, frame(FrameType::Error, rid(9), b""), now);
+    let told = drain(&mut r, 1);
+    assert_eq!(
+        told.iter().map(|f| f.request_id).collect::<Vec<_>>(),
+        [rid(7), rid(8), rid(9)]
+    );
+    for f in &told {
+        assert_eq!(error_code(f), ErrorCode::UNKNOWN_REQUEST);
+        assert!(
+            message(f).contains(&f.request_id.to_string()),
+            "{}",
+            message(f)
+        );
+    }
+    send(&mut r, 2, frame(FrameType::Response, rid(5), b""), now);
+    send(&mut r, 2, frame(FrameType::Error, rid(6), b""), now);
+    let told = drain(&mut r, 2);
+    assert_eq!(told.len(), 2);
+    assert!(
+        told.iter()
+            .all(|f| error_code(f) == ErrorCode::UNKNOWN_REQUEST)
+    );
+    let s = r.stats();
+    assert_eq!((s.unknown_requests, s.discarded_frames), (5, 0));
+    assert!(
+        events(&mut r)
+            .iter()
+            .all(|e| !matches!(e, RouterEvent::Close { .. }))
+    );
+}
+
+#[test]
+fn frames_of_a_request_that_ended_under_way_are_discarded_until_its_last() {
+    let (mut r, now) = setup(small());
+    // The request times out while its consumer is still streaming and its
+    // provider still working.
+    send(&mut r, 1, frame(FrameType::Start, rid(1), b""), now);
+    let prid = drain(&mut r, 2)[0].request_id;
+    r.handle_timeout(now + Duration::from_secs(6));
+    assert_eq!(error_code(&drain(&mut r, 1)[0]), ErrorCode::TIMEOUT);
+    assert_eq!(error_code(&drain(&mut r, 2)[0]), ErrorCode::TIMEOUT);
+    // What both had on the way is discarded without an answer...
+    send(&mut r, 1, frame(FrameType::Chunk, rid(1), b"late"), now);
+    send(&mut r, 1, frame(FrameType::End, rid(1), b""), now);
+    let mut more = frame(FrameType::Response, prid, b"p");
+    more.flags = FLAG_MORE;
+    send(&mut r, 2, more, now);
+    send(&mut r, 2, frame(FrameType::Response, prid, b""), now);
+    assert!(drain(&mut r, 1).is_empty() && drain(&mut r, 2).is_empty());
+    let s = r.stats();
+    assert_eq!((s.discarded_frames, s.late_responses), (2, 2));
+    // ... up to each side's last frame of it: after that, the id is unknown.
+    send(&mut r, 1, frame(FrameType::Chunk, rid(1), b"again"), now);
+    send(&mut r, 2, frame(FrameType::Response, prid, b""), now);
+    assert_eq!(error_code(&drain(&mut r, 1)[0]), ErrorCode::UNKNOWN_REQUEST);
+    assert_eq!(error_code(&drain(&mut r, 2)[0]), ErrorCode::UNKNOWN_REQUEST);
+    assert_eq!(r.stats().unknown_requests, 2);
+}
+
+#[test]
+fn ended_requests_are_remembered_up_to_the_limit() {
+    let (mut r, now) = setup(small()); // max_ended_requests: 4
+    r.handle_disconnect(ConnId(2)).expect("known");
+    r.handle_disconnect(ConnId(3)).expect("known");
+    for n in 1..=5 {
+        send(&mut r, 1, frame(FrameType::Start, rid(n), b""), now);
+        let told = drain(&mut r, 1);
+        assert_eq!(error_code(&told[0]), ErrorCode::NO_RESPONDERS);
+    }
+    // The oldest was forgotten: its data is answered, the rest discarded.
+    for n in 1..=5 {
+        send(&mut r, 1, frame(FrameType::Chunk, rid(n), b"x"), now);
+    }
+    let told = drain(&mut r, 1);
+    assert_eq!(told.len(), 1);
+    assert_eq!(
+        (told[0].request_id, error_code(&told[0])),
+        (rid(1), ErrorCode::UNKNOWN_REQUEST)
+    );
+    assert_eq!(r.stats().discarded_frames, 4);
+    // A new request under an ended id is a new request.
+    send(&mut r, 1, frame(FrameType::Start, rid(5), b""), now);
+    send(&mut r, 1, frame(FrameType::Chunk, rid(5), b"x"), now);
+    let told = drain(&mut r, 1);
+    assert_eq!(
+        told.iter().map(error_code).collect::<Vec<_>>(),
+        [ErrorCode::NO_RESPONDERS]
+    );
+}
+
+#[test]
+fn request_data_after_its_end_fails_the_request() {
+    let (mut r, now) = setup(small());
+    send(&mut r, 1, frame(FrameType::Start, rid(1), b""), now);
+    send(&mut r, 1, frame(FrameType::End, rid(1), b""), now);
+    let prid = drain(&mut r, 2)[0].request_id;
+    send(&mut r, 1, frame(FrameType::Chunk, rid(1), b"late"), now);
+    let told = drain(&mut r, 1);
+    assert_eq!(
+        (told.len(), told[0].request_id, error_code(&told[0])),
+        (1, rid(1), ErrorCode::BAD_REQUEST)
+    );
+    let out = drain(&mut r, 2);
+    assert_eq!(
+        (out[0].request_id, error_code(&out[0])),
+        (prid, ErrorCode::CANCELLED)
+    );
+    assert_eq!(r.open_requests(), 0);
+    assert_eq!(r.stats().bad_requests, 1);
+}
+
+#[test]
+fn oversized_frames_fail_their_request_and_the_connection_stays() {
+    let (mut r, _) = setup(small()); // max_frame_payload: 64
+    let now = crate::broker::test_epoch();
+    let too_large = FrameError::TooLarge { len: 100, max: 64 };
+    let refuse = |r: &mut Router, conn: u64, id: RequestId| {
+        r.handle_refused(ConnId(conn), Some(id), &too_large)
+            .expect("known");
+    };
+    // A consumer's chunk of a request under way: the request fails at
+    // both ends, and the consumer is told the size and the limit.
+    send(&mut r, 1, frame(FrameType::Start, rid(1), b""), now);
+    let prid = drain(&mut r, 2)[0].request_id;
+    refuse(&mut r, 1, rid(1));
+    let told = drain(&mut r, 1);
+    assert_eq!(
+        (told.len(), told[0].request_id, error_code(&told[0])),
+        (1, rid(1), ErrorCode::FRAME_TOO_LARGE)
+    );
+    let text = message(&told[0]);
+    assert!(text.contains("100") && text.contains("64"), "{text}");
+    let out = drain(&mut r, 2);
+    assert_eq!(
+        (out[0].request_id, error_code(&out[0])),
+        (prid, ErrorCode::CANCELLED)
+    );
+    // Its next oversized chunk was on its way: discarded.
+    refuse(&mut r, 1, rid(1));
+    assert!(drain(&mut r, 1).is_empty());
+    // An oversized frame of no request: answered under its id, and the
+    // rest of that stream is discarded.
+    refuse(&mut r, 1, rid(2));
+    let told = drain(&mut r, 1);
+    assert_eq!(
+        (told[0].request_id, error_code(&told[0])),
+        (rid(2), ErrorCode::FRAME_TOO_LARGE)
+    );
+    send(&mut r, 1, frame(FrameType::End, rid(2), b""), now);
+    assert!(drain(&mut r, 1).is_empty());
+    // A provider's oversized response: both ends are told.
+    send(&mut r, 1, frame(FrameType::Start, rid(3), b""), now);
+    let (provider, prid) = match (drain(&mut r, 2).pop(), drain(&mut r, 3).pop()) {
+        (Some(f), None) => (2, f.request_id),
+        (None, Some(f)) => (3, f.request_id),
+        other => panic!("one provider gets the request: {other:?}"),
+    };
+    refuse(&mut r, provider, prid);
+    assert_eq!(error_code(&drain(&mut r, 1)[0]), ErrorCode::FRAME_TOO_LARGE);
+    let out = drain(&mut r, provider);
+    assert_eq!(
+        (out[0].request_id, error_code(&out[0])),
+        (prid, ErrorCode::FRAME_TOO_LARGE)
+    );
+    assert_eq!(r.stats().oversized_frames, 4);
+    assert_eq!(r.open_requests(), 0);
+    // Nobody was closed, and the consumer goes on.
+    assert!(
+        events(&mut r)
+            .iter()
+            .all(|e| !matches!(e, RouterEvent::Close { .. }))
+    );
+    send(&mut r, 1, frame(FrameType::Start, rid(4), b""), now);
+    assert_eq!(r.open_requests(), 1);
+}
+
+#[test]
+fn malformed_frames_are_answered_before_the_close() {
+    let (mut r, now) = setup(small());
+    // A known layout with an unknown type: the Error names the id.
+    r.handle_refused(ConnId(1), Some(rid(1)), &FrameError::UnknownType(9))
+        .expect("known");
+    let ev = events(&mut r);
+    assert!(ev.contains(&RouterEvent::Close {
+        conn: ConnId(1),
+        reason: CloseReason::Malformed(FrameError::UnknownType(9))
+    }));
+    let told = drain(&mut r, 1);
+    assert_eq!(
+        (told.len(), told[0].request_id, error_code(&told[0])),
+        (1, rid(1), ErrorCode::PROTOCOL)
+    );
+    assert!(
+        message(&told[0]).contains("type 9"),
+        "{}",
+        message(&told[0])
+    );
+    // Another version: no id to name.
+    r.handle_refused(ConnId(2), None, &FrameError::UnsupportedVersion(2))
+        .expect("known");
+    let told = drain(&mut r, 2);
+    assert_eq!(told[0].request_id, RequestId::default());
+    assert_eq!(error_code(&told[0]), ErrorCode::PROTOCOL);
+    // An oversized registration: refused, then closed.
+    r.handle_connect(ConnId(9)).expect("new");
+    r.handle_refused(
+        ConnId(9),
+        Some(rid(4)),
+        &FrameError::TooLarge { len: 100, max: 64 },
+    )
+    .expect("known");
+    let told = drain(&mut r, 9);
+    assert_eq!(
+        (told[0].request_id, error_code(&told[0])),
+        (rid(4), ErrorCode::PROTOCOL)
+    );
+    assert!(message(&told[0]).contains("64"), "{}", message(&told[0]));
+    assert!(events(&mut r).iter().any(|e| matches!(
+        e,
+        RouterEvent::Close {
+            conn: ConnId(9),
+            ..
+        }
+    )));
+    // A closing connection is not answered again.
+    r.handle_refused(ConnId(9), None, &FrameError::UnknownType(0))
+        .expect("known");
+    assert!(drain(&mut r, 9).is_empty());
+    assert_eq!(r.stats().protocol_violations, 3);
+    assert!(
+        CloseReason::Malformed(FrameError::UnknownType(9))
+            .to_string()
+            .contains('9')
+    );
+    let _ = now;
 }

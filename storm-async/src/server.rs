@@ -17,7 +17,7 @@ use storm_proto::link::Protocol;
 use storm_proto::options::{Framing, ServerOptions, WsOptions};
 use storm_proto::peer::Registry;
 use storm_proto::setup::{
-    AcceptErrors, Admitted, ServerOpen, ServerSetup, ServerUpgradeStep, server_hub,
+    AcceptErrors, Admitted, ServerOpen, ServerSetup, ServerUpgradeStep, from_peer, server_hub,
 };
 
 use crate::driver::drive;
@@ -385,6 +385,7 @@ impl<R: Runtime> ServerHandle<R> {
                 Ok(()) => self.within(limit, pin!(self.open(&mut stream))).await,
                 Err(e) => Err(e),
             };
+            let opened = opened.map_err(|e| from_peer(admitted.remote(), e));
             let registered = opened.and_then(|(protocol, initial)| {
                 let (session, registered) = self.register(admitted, protocol)?;
                 Ok((session, registered, initial))
@@ -417,6 +418,7 @@ impl<R: Runtime> ServerHandle<R> {
             // upgrade. Boxed: the TLS handshake state is large, and only
             // TLS connections should carry it.
             let limit = self.shared.options.handshake_timeout;
+            let remote = admitted.remote();
             let mut handshake = Box::pin(async {
                 self.configure(&stream)?;
                 let mut stream = R::tls_accept(config, stream)
@@ -429,6 +431,7 @@ impl<R: Runtime> ServerHandle<R> {
                 Ok((stream.split(), session, registered, initial))
             });
             let opened = self.within(limit, handshake.as_mut()).await;
+            let opened = opened.map_err(|e| from_peer(remote, e));
             drop(handshake);
             let Some((halves, session, registered, initial)) = report(opened, &*handler).await
             else {

@@ -17,7 +17,10 @@ use storm_proto::ws::deflate::DeflateConfig;
 
 use storm_cli::interrupt;
 
-use storm_cli::runtime::{AsyncRuntime, Runtime, TlsArgs, shutdown_on_ctrl_c, std_until_ctrl_c};
+use storm_cli::runtime::{
+    AsyncRuntime, Runtime, TlsArgs, connection_closed, connection_error, shutdown_on_ctrl_c,
+    std_until_ctrl_c,
+};
 
 /// Options of `storm echo`.
 #[derive(Debug, clap::Args)]
@@ -125,19 +128,11 @@ impl storm_async::Handler for AsyncEcho {
     }
 
     async fn on_disconnect(&self, session: &storm_async::Session, reason: &CloseReason) {
-        closed(session.remote_addr(), reason);
+        connection_closed(session.remote_addr(), reason);
     }
 
     async fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
-        tracing::debug!(%error, "connection error");
-    }
-}
-
-/// Logs a connection that ended on a fault (a framing error, such as a TLS
-/// ClientHello on a plain port), with the peer's address.
-fn closed(remote: SocketAddr, reason: &CloseReason) {
-    if !reason.is_normal() {
-        tracing::debug!(%remote, %reason, "connection closed");
+        connection_error(error);
     }
 }
 
@@ -173,11 +168,11 @@ impl storm_std::Handler for StdEcho {
     }
 
     fn on_disconnect(&self, session: &storm_std::Session, reason: &CloseReason) {
-        closed(session.remote_addr(), reason);
+        connection_closed(session.remote_addr(), reason);
     }
 
     fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
-        tracing::debug!(%error, "connection error");
+        connection_error(error);
     }
 }
 

@@ -48,6 +48,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use clap::ValueEnum;
 use serde_json::{Map, Value, json};
+use storm_cli::runtime::connection_error;
 use storm_proto::Message;
 use storm_proto::framing::LengthPrefixConfig;
 use storm_proto::hub::Hub;
@@ -194,6 +195,10 @@ impl storm_async::Handler for AsyncJson {
         // A send fails only when the session is already closing.
         let _ = session.send(self.0.reply_to(session, &message)).await;
     }
+
+    async fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
+        connection_error(error);
+    }
 }
 
 /// The json service on blocking threads.
@@ -208,6 +213,10 @@ impl storm_std::Handler for StdJson {
 
     fn on_message(&self, session: &storm_std::Session, message: Message) {
         let _ = session.send(self.0.reply_to(session, &message));
+    }
+
+    fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
+        connection_error(error);
     }
 }
 

@@ -1,12 +1,18 @@
 //! The runtimes every `storm` service runs on (`--runtime tokio|smol|std`),
 //! what the services' async paths need from tokio and smol beyond
 //! storm-async's [`Runtime`](storm_async::Runtime) (a way in,
-//! [`AsyncRuntime::block_on`], and a Ctrl-C stopper), and the `--tls`
-//! option every server takes ([`TlsArgs`]).
+//! [`AsyncRuntime::block_on`], and a Ctrl-C stopper), the `--tls`
+//! option every server takes ([`TlsArgs`]), and how every server logs its
+//! connections' failures ([`connection_error`], [`connection_closed`]).
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use storm_proto::framing::FramingError;
+use storm_proto::link::CloseReason;
+use storm_proto::tls_sniff::client_speaks_tls;
 
 use crate::interrupt;
 use clap::ValueEnum;
@@ -124,5 +130,30 @@ impl TlsArgs {
             (false, false) => "tcp",
             (false, true) => "tls",
         }
+    }
+}
+
+/// Logs a server connection's failure before it became a session (a
+/// handler's `on_error`; the adapters name the peer in it). A TLS client
+/// on a plain port is a configuration mistake the operator must see, so it
+/// is a warning; the everyday failures (a peer that left mid-handshake, a
+/// handshake timeout, a refused upgrade) are debug lines.
+pub fn connection_error(error: &(dyn std::error::Error + Send + Sync + 'static)) {
+    if client_speaks_tls(error) {
+        tracing::warn!("{error}");
+    } else {
+        tracing::debug!(%error, "connection error");
+    }
+}
+
+/// Logs a session that ended on a fault (a handler's `on_disconnect`), with
+/// the peer's address: a TLS ClientHello on a plain framed port as a
+/// warning (see [`connection_error`]), other faults as debug lines, and
+/// normal closes not at all.
+pub fn connection_closed(remote: SocketAddr, reason: &CloseReason) {
+    if matches!(reason, CloseReason::Framing(FramingError::ClientSpeaksTls)) {
+        tracing::warn!("from {remote}: {reason}");
+    } else if !reason.is_normal() {
+        tracing::debug!(%remote, %reason, "connection closed");
     }
 }

@@ -185,25 +185,51 @@ fn a_ws_rpc_client_of_a_wss_server_is_told_to_use_wss() {
     });
 }
 
+/// A TLS client of a plain server is a configuration mistake: every
+/// server service logs it at the default level (`warn`), naming the peer.
 #[test]
 fn a_client_hello_on_a_plain_port_is_logged_as_such() {
     let files = Pki::new().pem_files();
     let trust = ["--tls-ca", path(&files.ca)];
-    let debug = [("STORM_LOG", "debug")];
+    let told = |server: &Server, runtime: &str| {
+        let line = server.logged("TLS ClientHello on a plain port");
+        assert!(line.contains("not running with TLS"), "{runtime}: {line}");
+        assert!(line.contains("WARN"), "{runtime}: {line}");
+        assert!(line.contains("from 127.0.0.1:"), "{runtime}: {line}");
+    };
     on_every_runtime(|runtime| {
         // WebSocket: the handshake hears the ClientHello; the TLS client
         // is told the reply is not TLS.
-        let echo = serve("echo", runtime, &[], &debug);
+        let echo = serve("echo", runtime, &[], &[]);
         let (ok, stderr) = rpc_call(&format!("wss://{}/", echo.addr), &trust);
         assert!(!ok && stderr.contains("is not TLS"), "{runtime}: {stderr}");
-        let line = echo.logged("TLS ClientHello on a plain port");
-        assert!(line.contains("not running with TLS"), "{runtime}: {line}");
-        // Length-prefixed TCP: the framer hears it; the log names the peer.
-        let echo = serve("echo", runtime, &["--proto", "lp"], &debug);
+        told(&echo, runtime);
+        // Length-prefixed TCP: the framer hears it.
+        let echo = serve("echo", runtime, &["--proto", "lp"], &[]);
         let (ok, stderr) = rpc_call(&format!("tls://{}", echo.addr), &trust);
         assert!(!ok, "{runtime}: {stderr}");
-        let line = echo.logged("TLS ClientHello on a plain port");
-        assert!(line.contains("127.0.0.1:"), "{runtime}: {line}");
+        told(&echo, runtime);
+        // The other services, through the same log.
+        let rpc = serve("rpc", runtime, &["--proto", "tcp"], &[]);
+        let (ok, stderr) = rpc_call(&format!("tls://{}", rpc.addr), &trust);
+        assert!(!ok, "{runtime}: {stderr}");
+        told(&rpc, runtime);
+        let broker = serve("broker", runtime, &[], &[]);
+        let (ok, stderr) = run(&[
+            "client",
+            "broker",
+            "request",
+            "--addr",
+            &broker.addr,
+            "--channel",
+            "1",
+            "--data",
+            "x",
+            "--tls-ca",
+            path(&files.ca),
+        ]);
+        assert!(!ok, "{runtime}: {stderr}");
+        told(&broker, runtime);
     });
 }
 

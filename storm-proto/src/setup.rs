@@ -574,6 +574,42 @@ impl Admitted {
         let permit = hub.try_admit().ok()?;
         Some(Self { permit, remote })
     }
+
+    /// The peer's address.
+    #[must_use]
+    pub fn remote(&self) -> SocketAddr {
+        self.remote
+    }
+}
+
+/// `error`, a server connection's failure before it became a session (its
+/// TLS or WebSocket handshake, or their timeout), naming the peer: it
+/// reads `from ADDR: ERROR`, keeps `error`'s kind, and has `error` as its
+/// [`source`](std::error::Error::source), so that a typed cause (a
+/// [`HandshakeError`](crate::ws::handshake::HandshakeError), say) can
+/// still be found by downcasting.
+#[must_use]
+pub fn from_peer(remote: SocketAddr, error: io::Error) -> io::Error {
+    io::Error::new(error.kind(), FromPeer { remote, error })
+}
+
+/// See [`from_peer`].
+#[derive(Debug)]
+struct FromPeer {
+    remote: SocketAddr,
+    error: io::Error,
+}
+
+impl std::fmt::Display for FromPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "from {}: {}", self.remote, self.error)
+    }
+}
+
+impl std::error::Error for FromPeer {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
 }
 
 /// A server's hub: max connections and backpressure from its options.

@@ -96,6 +96,34 @@ pub fn looks_like_tls_record(first: &[u8]) -> bool {
     sniff(first) == Sniff::Tls
 }
 
+/// Whether `error`, or any error in its [`source`](std::error::Error::source)
+/// chain (through an [`io::Error`](std::io::Error)'s inner error too), is a
+/// plain server's finding that its client speaks TLS: the WebSocket
+/// handshake's [`HandshakeError::ClientSpeaksTls`] or the framer's
+/// [`FramingError::ClientSpeaksTls`]. A server's logger uses it to tell
+/// this configuration mistake from the everyday failures of connections.
+#[must_use]
+pub fn client_speaks_tls(error: &(dyn std::error::Error + 'static)) -> bool {
+    use crate::ws::handshake::HandshakeError;
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if matches!(
+            error.downcast_ref::<HandshakeError>(),
+            Some(HandshakeError::ClientSpeaksTls)
+        ) || matches!(
+            error.downcast_ref::<FramingError>(),
+            Some(FramingError::ClientSpeaksTls)
+        ) {
+            return true;
+        }
+        next = match error.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as _),
+            None => error.source(),
+        };
+    }
+    false
+}
+
 /// What a plain client is told when the server's first bytes are TLS; the
 /// fix depends on how it connects.
 pub(crate) const SERVER_SPEAKS_TLS: &str =
@@ -176,7 +204,25 @@ impl Framer for PlainFramer {
 
 #[cfg(test)]
 mod tests {
+    use std::io;
+
     use super::*;
+    use crate::ws::handshake::HandshakeError;
+
+    #[test]
+    fn a_client_speaking_tls_is_found_in_any_error_chain() {
+        let handshake =
+            io::Error::new(io::ErrorKind::InvalidInput, HandshakeError::ClientSpeaksTls);
+        let named = crate::setup::from_peer(([127, 0, 0, 1], 9).into(), handshake);
+        assert!(client_speaks_tls(&named));
+        assert!(client_speaks_tls(&FramingError::ClientSpeaksTls));
+        assert!(!client_speaks_tls(&FramingError::ServerSpeaksTls));
+        let other = io::Error::new(io::ErrorKind::InvalidInput, HandshakeError::UnexpectedBody);
+        assert!(!client_speaks_tls(&other));
+        assert!(!client_speaks_tls(&io::Error::from(
+            io::ErrorKind::TimedOut
+        )));
+    }
     use crate::framing::{DelimiterFramer, LengthPrefixFramer, RawFramer};
 
     /// What a rustls server sends a plain client: a fatal `decode_error`

@@ -37,6 +37,10 @@ pub trait Handler: Send + Sync + 'static {
     /// for want of descriptors, at most once a second while it lasts, see
     /// [`AcceptErrors`](storm_proto::setup::AcceptErrors)), clients
     /// [`ClientError`](crate::ClientError)s: downcast to tell them apart.
+    /// A server connection's failure names its peer
+    /// ([`from_peer`](storm_proto::setup::from_peer): `from ADDR: …`, the
+    /// cause as its source; [`client_speaks_tls`](storm_proto::tls_sniff::client_speaks_tls)
+    /// finds a TLS client on a plain server).
     fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
         let _ = error;
     }

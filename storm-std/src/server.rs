@@ -18,7 +18,7 @@ use storm_proto::link::Protocol;
 use storm_proto::options::{Framing, ServerOptions, WsOptions};
 use storm_proto::peer::Registry;
 use storm_proto::setup::{
-    AcceptErrors, Admitted, ServerOpen, ServerSetup, ServerUpgradeStep, server_hub,
+    AcceptErrors, Admitted, ServerOpen, ServerSetup, ServerUpgradeStep, from_peer, server_hub,
 };
 
 use crate::deadline::Deadlined;
@@ -320,8 +320,9 @@ fn serve<H: Handler>(listener: TcpListener, handle: ServerHandle, handler: H) ->
                 // `Arc`, even when the handler panics.
                 let running = running;
                 let handler = handler;
+                let remote = admitted.remote();
                 if let Err(e) = running.0.run_connection(stream, admitted, &*handler) {
-                    handler.on_error(&e);
+                    handler.on_error(&from_peer(remote, e));
                 }
             }
         };

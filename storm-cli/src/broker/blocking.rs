@@ -25,6 +25,7 @@ use std::sync::{Arc, Condvar, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::runtime::{connection_closed, connection_error};
 use storm_proto::Message;
 use storm_proto::broker::{ConnId, Frame, RouterStats};
 use storm_proto::link::CloseReason;
@@ -281,8 +282,13 @@ impl Handler for BrokerSessions {
         }
     }
 
-    fn on_disconnect(&self, session: &Session, _reason: &CloseReason) {
+    fn on_disconnect(&self, session: &Session, reason: &CloseReason) {
+        connection_closed(session.remote_addr(), reason);
         self.shared.disconnect(conn_of(session));
+    }
+
+    fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
+        connection_error(error);
     }
 }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use crate::runtime::{connection_closed, connection_error};
 use storm_async::{Handler, Runtime, ServerHandle, Session, TcpServer};
 use storm_proto::Message;
 use storm_proto::broker::{ConnId, Frame, FrameConfig, RouterConfig, RouterStats};
@@ -319,8 +320,13 @@ impl<R: Runtime> Handler for BrokerSessions<R> {
         }
     }
 
-    async fn on_disconnect(&self, session: &Session, _reason: &CloseReason) {
+    async fn on_disconnect(&self, session: &Session, reason: &CloseReason) {
+        connection_closed(session.remote_addr(), reason);
         self.shared.disconnect(conn_of(session));
+    }
+
+    async fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
+        connection_error(error);
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use storm_async::Session;
 use storm_async::runtime::{PollRead, PollWrite};
+use storm_cli::runtime::connection_error;
 use storm_proto::Message;
 use storm_proto::link::CloseReason;
 use storm_proto::options::{ServerOptions, WsOptions};
@@ -74,6 +75,10 @@ impl storm_async::Handler for AsyncChat {
 
     async fn on_disconnect(&self, session: &Session, reason: &CloseReason) {
         self.0.disconnect(session, reason);
+    }
+
+    async fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
+        connection_error(error);
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use rustls::{ServerConnection, StreamOwned};
 
+use storm_cli::runtime::connection_error;
 use storm_proto::Message;
 use storm_proto::link::CloseReason;
 use storm_proto::options::{ServerOptions, WsOptions};
@@ -66,6 +67,10 @@ impl storm_std::Handler for StdChat {
 
     fn on_disconnect(&self, session: &Session, reason: &CloseReason) {
         self.0.disconnect(session, reason);
+    }
+
+    fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
+        connection_error(error);
     }
 }
 

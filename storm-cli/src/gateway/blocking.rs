@@ -27,6 +27,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crate::runtime::connection_error;
 use storm_proto::Message;
 use storm_proto::link::CloseReason;
 use storm_proto::reconnect::{Backoff, BackoffStep};
@@ -367,5 +368,9 @@ impl Handler for ClientHandler {
 
     fn on_disconnect(&self, session: &Session, _: &CloseReason) {
         self.core.client_disconnected(session.id().get());
+    }
+
+    fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
+        connection_error(error);
     }
 }

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::runtime::connection_error;
 use smol::future::or;
 use storm_async::{Handler, Runtime, ServerHandle, Session, TcpClient, WsClient, WsServer};
 use storm_proto::Message;
@@ -289,5 +290,9 @@ impl<R: Runtime> Handler for ClientHandler<R> {
 
     async fn on_disconnect(&self, session: &Session, _: &CloseReason) {
         self.core.client_disconnected(session.id().get());
+    }
+
+    async fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
+        connection_error(error);
     }
 }

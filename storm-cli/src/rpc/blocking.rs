@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::runtime::{connection_closed, connection_error};
 use bytes::Bytes;
 use storm_proto::Message;
 use storm_proto::link::CloseReason;
@@ -177,12 +178,13 @@ where
         }
     }
 
-    fn on_disconnect(&self, session: &Session, _: &CloseReason) {
+    fn on_disconnect(&self, session: &Session, reason: &CloseReason) {
+        connection_closed(session.remote_addr(), reason);
         self.service.disconnect(session);
     }
 
     fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
-        tracing::debug!(%error, "rpc connection error");
+        connection_error(error);
     }
 }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use crate::runtime::{connection_closed, connection_error};
 use bytes::Bytes;
 use storm_async::{Handler, Runtime, ServerHandle, Session};
 use storm_proto::Message;
@@ -186,12 +187,13 @@ where
         }
     }
 
-    async fn on_disconnect(&self, session: &Session, _: &CloseReason) {
+    async fn on_disconnect(&self, session: &Session, reason: &CloseReason) {
+        connection_closed(session.remote_addr(), reason);
         self.service.disconnect(session);
     }
 
     async fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
-        tracing::debug!(%error, "rpc connection error");
+        connection_error(error);
     }
 }
 

@@ -16,6 +16,7 @@ use storm_proto::broker::{
     HEADER_LEN, Registration, RequestId, Role, RouterStats,
 };
 use storm_proto::options::{ClientOptions, TlsClientOptions};
+use storm_tests::process::output_within;
 use tokio::sync::mpsc;
 
 /// The bound on every wait that should be short.
@@ -485,16 +486,7 @@ fn run_storm(args: &[&str]) -> (bool, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("storm starts");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let id = child.id();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let Ok(output) = rx.recv_timeout(WAIT) else {
-        let _ = Command::new("kill").arg(id.to_string()).status();
-        panic!("storm {args:?} did not finish within {WAIT:?}");
-    };
-    let output = output.expect("output");
+    let output = output_within(child, WAIT, &format!("storm {args:?}"));
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).into_owned(),

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
+use storm_tests::process::output_within;
 use storm_tests::suite::pki::{Pki, self_signed_ca_for_localhost};
 
 /// The most a test waits for a process or a line.
@@ -106,16 +107,7 @@ fn run(args: &[&str]) -> (bool, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("storm starts");
-    let id = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let Ok(output) = rx.recv_timeout(WAIT) else {
-        let _ = Command::new("kill").arg(id.to_string()).status();
-        panic!("storm {args:?} did not finish within {WAIT:?}");
-    };
-    let output = output.expect("output");
+    let output = output_within(child, WAIT, &format!("storm {args:?}"));
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
@@ -146,22 +138,29 @@ fn rpc_call(endpoint: &str, extra: &[&str]) -> (bool, String) {
     run(&[&args[..], extra].concat())
 }
 
+/// `storm client broker request --addr ADDR … EXTRA…` (one byte on
+/// channel 1) to its end: success and stderr.
+fn broker_request(addr: &str, extra: &[&str]) -> (bool, String) {
+    let args = [
+        "client",
+        "broker",
+        "request",
+        "--addr",
+        addr,
+        "--channel",
+        "1",
+        "--data",
+        "x",
+    ];
+    run(&[&args[..], extra].concat())
+}
+
 #[test]
 fn a_plain_broker_client_of_a_tls_broker_is_told_to_use_tls() {
     let files = Pki::new().pem_files();
     on_every_runtime(|runtime| {
         let broker = serve("broker", runtime, &files.tls_args(), &[]);
-        let (ok, stderr) = run(&[
-            "client",
-            "broker",
-            "request",
-            "--addr",
-            &broker.addr,
-            "--channel",
-            "1",
-            "--data",
-            "x",
-        ]);
+        let (ok, stderr) = broker_request(&broker.addr, &[]);
         assert!(!ok, "{runtime}: {stderr}");
         assert!(
             stderr.contains("the server speaks TLS") && stderr.contains("--tls-ca"),
@@ -215,19 +214,7 @@ fn a_client_hello_on_a_plain_port_is_logged_as_such() {
         assert!(!ok, "{runtime}: {stderr}");
         told(&rpc, runtime);
         let broker = serve("broker", runtime, &[], &[]);
-        let (ok, stderr) = run(&[
-            "client",
-            "broker",
-            "request",
-            "--addr",
-            &broker.addr,
-            "--channel",
-            "1",
-            "--data",
-            "x",
-            "--tls-ca",
-            path(&files.ca),
-        ]);
+        let (ok, stderr) = broker_request(&broker.addr, &trust);
         assert!(!ok, "{runtime}: {stderr}");
         told(&broker, runtime);
     });

@@ -1,0 +1,27 @@
+//! Child processes of the tests (the `storm` binary, mostly), bounded in
+//! time.
+
+use std::process::{Child, Command, Output};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Waits up to `wait` for `child` to end and returns its output (what it
+/// wrote to the pipes it was given). Past `wait` the child is killed, by
+/// its own id, and this panics naming it as `what`.
+///
+/// # Panics
+///
+/// When the child outlives `wait`, or its output cannot be read.
+#[must_use]
+pub fn output_within(child: Child, wait: Duration, what: &str) -> Output {
+    let id = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let Ok(output) = rx.recv_timeout(wait) else {
+        let _ = Command::new("kill").arg(id.to_string()).status();
+        panic!("{what} did not finish within {wait:?}");
+    };
+    output.expect("the child's output")
+}

@@ -34,11 +34,17 @@ UPGRADE = (
 PAYLOAD = 125
 
 
-def masked_ping():
-    """One final ping frame, masked as a client must, 125 bytes of payload."""
+# The frames a flood sends: pings (answered with pongs), or binary messages
+# (echoed back as data), for comparing the two under the same send limit.
+OPCODES = {"ping": 0x89, "binary": 0x82}
+
+
+def masked_frame(kind):
+    """One final frame of `kind`, masked as a client must, 125 bytes of
+    payload."""
     key = bytes([0x12, 0x34, 0x56, 0x78])
     payload = bytes(b ^ key[i % 4] for i, b in enumerate(b"p" * PAYLOAD))
-    return bytes([0x89, 0x80 | PAYLOAD]) + key + payload
+    return bytes([OPCODES[kind], 0x80 | PAYLOAD]) + key + payload
 
 
 def rss_anon_kib(pid):
@@ -102,9 +108,10 @@ def upgrade(addr):
     return sock
 
 
-def flood(sock, pings, seconds):
-    """Writes up to `pings` pings; returns (bytes written, why it stopped)."""
-    ping = masked_ping()
+def flood(sock, pings, seconds, kind):
+    """Writes up to `pings` frames of `kind`; returns (bytes written, why it
+    stopped)."""
+    ping = masked_frame(kind)
     batch = ping * 500
     total = pings * len(ping)
     written = 0
@@ -130,6 +137,10 @@ def main():
     parser.add_argument("--runtime", default="tokio", choices=["tokio", "smol", "std"])
     parser.add_argument("--pings", type=int, default=300_000)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--frames", default="ping", choices=sorted(OPCODES),
+        help="flood with pings (default) or with binary messages the echo "
+        "sends back, to compare the two under the same send limit")
     args = parser.parse_args()
     if not 0 < args.pings <= 1_000_000 or not 0 < args.seconds <= 60:
         parser.error("--pings in 1..=1000000, --seconds in (0, 60]")
@@ -137,13 +148,14 @@ def main():
     try:
         sock = upgrade(addr)
         before = settled_rss(server.pid)
-        written, why = flood(sock, args.pings, args.seconds)
+        written, why = flood(sock, args.pings, args.seconds, args.frames)
         after = settled_rss(server.pid)
         sock.close()
     finally:
         stop(server)
     result = {
         "runtime": args.runtime,
+        "frames": args.frames,
         "pings": args.pings,
         "written_bytes": written,
         "stopped": why,
@@ -153,7 +165,7 @@ def main():
     }
     print(json.dumps(result))
     print(
-        f"{args.runtime}: {written / 131:.0f} pings written ({why}), "
+        f"{args.runtime}: {written / 131:.0f} {args.frames} frames written ({why}), "
         f"RssAnon {before} -> {after} KiB (+{(after - before) / 1024:.1f} MiB)"
     )
     return 0

@@ -99,7 +99,7 @@ pub fn looks_like_tls_record(first: &[u8]) -> bool {
 /// Whether `error`, or any error in its [`source`](std::error::Error::source)
 /// chain (through an [`io::Error`](std::io::Error)'s inner error too), is a
 /// plain server's finding that its client speaks TLS: the WebSocket
-/// handshake's [`HandshakeError::ClientSpeaksTls`] or the framer's
+/// handshake's [`HandshakeError::ClientSpeaksTls`](crate::ws::handshake::HandshakeError::ClientSpeaksTls) or the framer's
 /// [`FramingError::ClientSpeaksTls`]. A server's logger uses it to tell
 /// this configuration mistake from the everyday failures of connections.
 #[must_use]

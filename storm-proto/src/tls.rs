@@ -113,13 +113,6 @@ enum Pair {
     No,
 }
 
-/// What a PEM should hold.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Expected {
-    Certificate,
-    PrivateKey,
-}
-
 /// The kinds of the PEM sections in `pem`, each once, in order (up to the
 /// first section that does not parse).
 fn section_kinds(pem: &[u8]) -> Vec<SectionKind> {
@@ -147,10 +140,18 @@ fn section_name(kind: SectionKind) -> &'static str {
     }
 }
 
-/// `what` does not hold what it should: says what it holds, and for one
-/// of a pair that holds the other half, that the two look swapped and
-/// which comes first.
-fn wrong_contents(what: &str, pem: &[u8], expected: Expected, pair: Pair) -> io::Error {
+/// Whether a PEM section is a private key, in any of its encodings.
+fn is_private_key(kind: SectionKind) -> bool {
+    matches!(
+        kind,
+        SectionKind::PrivateKey | SectionKind::RsaPrivateKey | SectionKind::EcPrivateKey
+    )
+}
+
+/// `what` does not hold what it should (`expected`: a certificate or a
+/// private key): says what it holds, and for one of a pair that holds the
+/// other half, that the two look swapped and which comes first.
+fn wrong_contents(what: &str, pem: &[u8], expected: SectionKind, pair: Pair) -> io::Error {
     let kinds = section_kinds(pem);
     let contents = match kinds.as_slice() {
         [] => "no PEM section".to_owned(),
@@ -160,17 +161,10 @@ fn wrong_contents(what: &str, pem: &[u8], expected: Expected, pair: Pair) -> io:
             .collect::<Vec<_>>()
             .join(" and "),
     };
-    let other_half = kinds.iter().any(|kind| match expected {
-        Expected::Certificate => matches!(
-            kind,
-            SectionKind::PrivateKey | SectionKind::RsaPrivateKey | SectionKind::EcPrivateKey
-        ),
-        Expected::PrivateKey => *kind == SectionKind::Certificate,
+    let other_half = kinds.iter().any(|&kind| match is_private_key(expected) {
+        true => kind == SectionKind::Certificate,
+        false => is_private_key(kind),
     });
-    let expected = match expected {
-        Expected::Certificate => "a CERTIFICATE",
-        Expected::PrivateKey => "a PRIVATE KEY",
-    };
     let order = match (pair, other_half) {
         (Pair::Yes, true) => {
             ": the certificate chain (leaf first) comes first and its private key second; \
@@ -178,6 +172,7 @@ fn wrong_contents(what: &str, pem: &[u8], expected: Expected, pair: Pair) -> io:
         }
         _ => "",
     };
+    let expected = section_name(expected);
     invalid(format!("{what} holds {contents}, not {expected}{order}"))
 }
 
@@ -187,7 +182,7 @@ fn certificates(pem: &[u8], what: &str, pair: Pair) -> io::Result<Vec<Certificat
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| invalid(format!("{what}: {e}")))?;
     if certs.is_empty() {
-        return Err(wrong_contents(what, pem, Expected::Certificate, pair));
+        return Err(wrong_contents(what, pem, SectionKind::Certificate, pair));
     }
     Ok(certs)
 }
@@ -196,7 +191,7 @@ fn certificates(pem: &[u8], what: &str, pair: Pair) -> io::Result<Vec<Certificat
 fn private_key(pem: &[u8], what: &str, pair: Pair) -> io::Result<PrivateKeyDer<'static>> {
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => {
-            wrong_contents(what, pem, Expected::PrivateKey, pair)
+            wrong_contents(what, pem, SectionKind::PrivateKey, pair)
         }
         e => invalid(format!("{what}: {e}")),
     })

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use storm_cli::bench::sys::ProcessState;
 use storm_cli::broker::{
     BrokerError, BrokerHandle, BrokerOptions, BrokerServer, Consumer, ConsumerOptions, Provider,
     ProviderHandle, ProviderOptions, Request, Responder, StreamedRequest, blocking,
@@ -1354,10 +1355,7 @@ async fn streamed_provider_refuses_what_its_handlers_cannot_take_and_stops_on_ca
 
 /// Peak resident memory of a running process, in bytes.
 fn peak_rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    Some(ProcessState::read(pid).ok()?.peak_rss_kib * 1024)
 }
 
 /// Size of the big request test: `STORM_BROKER_BIG_REQUEST` bytes, or

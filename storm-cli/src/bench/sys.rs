@@ -97,6 +97,8 @@ pub struct ProcessState {
     /// All resident memory, in KiB: also the program's code and data pages
     /// it touched.
     pub vm_rss_kib: u64,
+    /// The most resident memory the process ever held, in KiB (`VmHWM`).
+    pub peak_rss_kib: u64,
     /// Threads.
     pub threads: u64,
     /// Open file descriptors (its sockets among them).
@@ -121,6 +123,7 @@ impl ProcessState {
         Ok(Self {
             rss_anon_kib: field("RssAnon")?,
             vm_rss_kib: field("VmRSS")?,
+            peak_rss_kib: field("VmHWM")?,
             threads: field("Threads")?,
             descriptors,
         })
@@ -215,9 +218,11 @@ mod tests {
 
     #[test]
     fn status_fields() {
-        let status = "Name:\tstorm\nVmRSS:\t    7188 kB\nRssAnon:\t     492 kB\nThreads:\t3\n";
+        let status = "Name:\tstorm\nVmHWM:\t    9000 kB\nVmRSS:\t    7188 kB\n\
+                      RssAnon:\t     492 kB\nThreads:\t3\n";
         assert_eq!(status_field(status, "RssAnon"), Some(492));
         assert_eq!(status_field(status, "VmRSS"), Some(7188));
+        assert_eq!(status_field(status, "VmHWM"), Some(9000));
         assert_eq!(status_field(status, "Threads"), Some(3));
         assert_eq!(status_field(status, "Rss"), None);
         assert_eq!(status_field(status, "Name"), None);
@@ -228,6 +233,7 @@ mod tests {
     fn own_state() {
         let state = ProcessState::read(std::process::id()).unwrap();
         assert!(state.rss_anon_kib > 0 && state.vm_rss_kib >= state.rss_anon_kib);
+        assert!(state.peak_rss_kib >= state.vm_rss_kib, "{state:?}");
         assert!(state.threads >= 1 && state.descriptors >= 3, "{state:?}");
         let pid = std::process::id();
         let more = ProcessState {

@@ -751,11 +751,8 @@ impl<S: Clone + Deref<Target = Peer> + Send + Sync + 'static> Core<S> {
         let mut buf = BytesMut::new();
         // The frame type carries the kind on a WebSocket; TCP has none, so
         // there the header marks a binary message.
-        if protocol == Protocol::Tcp && !text {
-            wire::encode_binary(id, payload, &mut buf);
-        } else {
-            wire::encode(id, payload, &mut buf);
-        }
+        let marked = protocol == Protocol::Tcp && !text;
+        wire::encode_to(Target::Client(id), marked, payload, &mut buf);
         let message = message(buf.freeze(), text && protocol == Protocol::Ws);
         Step::Forward {
             route,

@@ -56,11 +56,7 @@ impl Handler for Tagger {
             (Target::Client(id), payload) => {
                 let mut tagged = format!("{}:", self.tag).into_bytes();
                 tagged.extend_from_slice(payload);
-                if msg.binary {
-                    backend::encode_binary(id, &tagged, &mut out);
-                } else {
-                    backend::encode(id, &tagged, &mut out);
-                }
+                backend::encode_to(Target::Client(id), msg.binary, &tagged, &mut out);
             }
             (Target::AllClients, _) => return,
         }

@@ -69,7 +69,7 @@
 //! let msg = backend::decode(&out)?;
 //! assert_eq!((msg.target, msg.payload, msg.binary), (Target::Client(7), &b"hello"[..], false));
 //! let mut out = BytesMut::new();
-//! backend::encode_binary(7, b"\x00\x01", &mut out);
+//! backend::encode_to(Target::Client(7), true, b"\x00\x01", &mut out);
 //! assert_eq!(&out[..], b"CLIENT=7;binary\n\x00\x01");
 //! assert!(backend::decode(&out)?.binary);
 //! assert_eq!(backend::decode(b"CLIENT=*\ntick")?.target, Target::AllClients);
@@ -159,29 +159,30 @@ impl fmt::Display for BackendError {
 impl std::error::Error for BackendError {}
 
 /// Appends `CLIENT=<client>\n<payload>` to `out`: a text message, or on a
-/// WebSocket backend whatever the frame type says.
+/// WebSocket backend whatever the frame type says
+/// ([`encode_to`]`(Target::Client(client), false, …)`).
 pub fn encode(client: u64, payload: &[u8], out: &mut BytesMut) {
-    put(client.to_string().as_bytes(), false, payload, out);
-}
-
-/// Appends `CLIENT=<client>;binary\n<payload>` to `out`: a binary message.
-pub fn encode_binary(client: u64, payload: &[u8], out: &mut BytesMut) {
-    put(client.to_string().as_bytes(), true, payload, out);
+    encode_to(Target::Client(client), false, payload, out);
 }
 
 /// Appends `CLIENT=*\n<payload>` to `out`: a push to every client of the
 /// route (what a backend writes), text as [`encode`] is.
 pub fn encode_all(payload: &[u8], out: &mut BytesMut) {
-    put(ALL_CLIENTS.as_bytes(), false, payload, out);
+    encode_to(Target::AllClients, false, payload, out);
 }
 
-/// Appends `CLIENT=*;binary\n<payload>` to `out`: a binary push.
-pub fn encode_all_binary(payload: &[u8], out: &mut BytesMut) {
-    put(ALL_CLIENTS.as_bytes(), true, payload, out);
-}
-
-/// Appends the header for `id`, marked binary if `binary`, and `payload`.
-fn put(id: &[u8], binary: bool, payload: &[u8], out: &mut BytesMut) {
+/// Appends the header for `target` (`CLIENT=<client>` or `CLIENT=*`),
+/// marked [`BINARY_MARKER`] when `binary` (on a TCP backend, which has no
+/// frame types: a binary message), then `payload`, to `out`.
+pub fn encode_to(target: Target, binary: bool, payload: &[u8], out: &mut BytesMut) {
+    let client;
+    let id = match target {
+        Target::Client(id) => {
+            client = id.to_string();
+            client.as_bytes()
+        }
+        Target::AllClients => ALL_CLIENTS.as_bytes(),
+    };
     let marker = if binary {
         BINARY_MARKER.as_bytes()
     } else {
@@ -271,10 +272,10 @@ mod tests {
         encode_all(b"", &mut out);
         assert_eq!(&out[..], b"CLIENT=*\n");
         let mut out = BytesMut::new();
-        encode_binary(3, b"ok", &mut out);
+        encode_to(Target::Client(3), true, b"ok", &mut out);
         assert_eq!(&out[..], b"CLIENT=3;binary\nok");
         let mut out = BytesMut::new();
-        encode_all_binary(b"\xff", &mut out);
+        encode_to(Target::AllClients, true, b"\xff", &mut out);
         assert_eq!(&out[..], b"CLIENT=*;binary\n\xff");
     }
 
@@ -363,15 +364,19 @@ mod tests {
             payload in proptest::collection::vec(any::<u8>(), 0..64),
             binary in any::<bool>(),
         ) {
+            let target = client.map_or(Target::AllClients, Target::Client);
             let mut out = BytesMut::new();
+            encode_to(target, binary, &payload, &mut out);
+            // The text shorthands write the same bytes.
+            let mut shorthand = BytesMut::new();
             match (client, binary) {
-                (Some(id), false) => encode(id, &payload, &mut out),
-                (Some(id), true) => encode_binary(id, &payload, &mut out),
-                (None, false) => encode_all(&payload, &mut out),
-                (None, true) => encode_all_binary(&payload, &mut out),
+                (Some(id), false) => encode(id, &payload, &mut shorthand),
+                (None, false) => encode_all(&payload, &mut shorthand),
+                (_, true) => shorthand.clone_from(&out),
             }
+            prop_assert_eq!(&shorthand, &out);
             let decoded = decode(&out).unwrap();
-            prop_assert_eq!(decoded.target, client.map_or(Target::AllClients, Target::Client));
+            prop_assert_eq!(decoded.target, target);
             prop_assert_eq!(decoded.payload, &payload[..]);
             prop_assert_eq!(decoded.binary, binary);
             prop_assert_eq!(decoded.header_len + payload.len(), out.len());

@@ -6,7 +6,7 @@
 mod common;
 use common::Inbox;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, mpsc};
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use storm_proto::ws::{CloseCode, Event};
 use storm_std::ws::{self, WebSocket};
+use storm_tests::process::lines;
 
 /// Every runtime `storm chat` serves on; each test runs on each.
 const RUNTIMES: [&str; 3] = ["tokio", "smol", "std"];
@@ -51,15 +52,7 @@ impl Server {
             .expect("storm starts");
         let stdin = child.stdin.take().expect("stdin");
         let stdout = child.stdout.take().expect("stdout");
-        let (tx, out) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let out = lines(stdout);
         let mut server = Self {
             child,
             stdin,

@@ -3,13 +3,12 @@
 //! `--tls` files, a certificate made the common way, and logs without
 //! colour codes off a terminal.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use storm_tests::process::output_within;
+use storm_tests::process::{lines, output_within};
 use storm_tests::suite::pki::{Pki, self_signed_ca_for_localhost};
 
 /// The most a test waits for a process or a line.
@@ -83,20 +82,6 @@ impl Server {
             }
         }
     }
-}
-
-/// Every line read from `from`, on a thread of its own.
-fn lines(from: impl std::io::Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(from).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 /// Runs `storm ARGS` to its end (bounded by [`WAIT`]): success and stderr.

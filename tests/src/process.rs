@@ -1,8 +1,9 @@
 //! Child processes of the tests (the `storm` binary, mostly), bounded in
 //! time.
 
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Output};
-use std::sync::mpsc;
+use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 
 /// Waits up to `wait` for `child` to end and returns its output (what it
@@ -24,4 +25,20 @@ pub fn output_within(child: Child, wait: Duration, what: &str) -> Output {
         panic!("{what} did not finish within {wait:?}");
     };
     output.expect("the child's output")
+}
+
+/// Every line read from `from` (a child's stdout or stderr), on a thread
+/// of its own, until it ends or the receiver is dropped: wait on them with
+/// [`Receiver::recv_timeout`].
+pub fn lines(from: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }

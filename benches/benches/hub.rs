@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use storm_host::hub::{Hub, HubConfig, Session};
 use storm_proto::Message;
-use storm_proto::hub::{Hub, HubConfig, Session};
 
 const SESSIONS: usize = 10_000;
 

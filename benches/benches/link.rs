@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use storm_host::hub::{Hub, HubConfig};
+use storm_host::link::{Link, LinkConfig, LinkEvent, Protocol};
 use storm_proto::framing::LengthPrefixFramer;
-use storm_proto::hub::{Hub, HubConfig};
-use storm_proto::link::{Link, LinkConfig, LinkEvent, Protocol};
 use storm_proto::ws::frame::{FrameHeader, OpCode, encode_frame};
 use storm_proto::ws::{Config, Connection, Side};
 

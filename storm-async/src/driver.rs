@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 
-use storm_proto::link::{CloseReason, Link, LinkEvent};
+use storm_host::link::{CloseReason, Link, LinkEvent};
 
 #[cfg(doc)]
 use crate::runtime::Stream;

@@ -10,16 +10,16 @@
 //! every runtime.
 //!
 //! Every protocol decision comes from [`storm_proto`]. Per connection, one
-//! task polls a reader (socket → [`Link`](storm_proto::link::Link) →
+//! task polls a reader (socket → [`Link`](storm_host::link::Link) →
 //! handler; the link's timer) and a writer (outbox → one vectored write);
 //! reads go through one buffer per worker thread, so an idle connection
 //! holds none, and a connection that goes idle returns its other buffers
-//! (see [`LinkConfig::release_after`](storm_proto::link::LinkConfig::release_after)).
+//! (see [`LinkConfig::release_after`](storm_host::link::LinkConfig::release_after)).
 //!
 //! TLS (rustls) is an option, not another server or client: set
-//! [`ServerOptions::tls`](storm_proto::options::ServerOptions::tls) or
-//! [`ClientOptions::tls`](storm_proto::options::ClientOptions::tls) (a
-//! `wss://` URL turns it on by itself); [`storm_proto::tls`] builds the
+//! [`ServerOptions::tls`](storm_host::options::ServerOptions::tls) or
+//! [`ClientOptions::tls`](storm_host::options::ClientOptions::tls) (a
+//! `wss://` URL turns it on by itself); [`storm_host::tls`] builds the
 //! rustls configurations and loads PEM files, the runtime only runs the
 //! handshake on its streams.
 
@@ -37,4 +37,5 @@ pub use handler::Handler;
 pub use runtime::Runtime;
 pub use server::{ServerHandle, TcpServer, WsServer};
 pub use session::{SendError, Session};
+pub use storm_host as host;
 pub use storm_proto as proto;

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use storm_proto::hub::{CloseKind, SessionId};
-use storm_proto::link::Protocol;
-use storm_proto::options::{Framing, ServerOptions, WsOptions};
-use storm_proto::peer::Registry;
-use storm_proto::setup::{
+use storm_host::hub::{CloseKind, SessionId};
+use storm_host::link::Protocol;
+use storm_host::options::{Framing, ServerOptions, WsOptions};
+use storm_host::peer::Registry;
+use storm_host::setup::{
     AcceptErrors, Admitted, ServerOpen, ServerSetup, ServerUpgradeStep, from_peer, server_hub,
 };
 
@@ -113,7 +113,7 @@ macro_rules! server_common {
             /// hears it, and the server accepts again at once (one
             /// connection's failure) or after a pause (out of descriptors,
             /// buffers or memory), serving its connections meanwhile (see
-            /// [`AcceptErrors`](storm_proto::setup::AcceptErrors)).
+            /// [`AcceptErrors`](storm_host::setup::AcceptErrors)).
             ///
             /// # Errors
             ///

@@ -4,9 +4,9 @@ use std::future::{Future, poll_fn};
 use std::ops::Deref;
 use std::task::Poll;
 
+use storm_host::peer::Peer;
+pub use storm_host::peer::SendError;
 use storm_proto::Message;
-use storm_proto::peer::Peer;
-pub use storm_proto::peer::SendError;
 
 /// One connection: everything [`Peer`] offers (id, address, metrics,
 /// closing, groups), plus a `send` that waits asynchronously under the

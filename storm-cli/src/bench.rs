@@ -80,9 +80,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::ValueEnum;
 use serde_json::json;
+use storm_host::link::CloseReason;
+use storm_host::options::{ClientOptions, WsOptions};
 use storm_proto::Message;
-use storm_proto::link::CloseReason;
-use storm_proto::options::{ClientOptions, WsOptions};
 use storm_proto::ws::deflate::DeflateConfig;
 use storm_tokio::{Client, Handler, Session, TcpClient, WsClient};
 use tokio::sync::{Notify, Semaphore, mpsc};

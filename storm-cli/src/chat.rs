@@ -85,11 +85,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use storm_host::hub::{Hub, SessionId};
+use storm_host::link::CloseReason;
+use storm_host::options::{ServerOptions, WsOptions};
+use storm_host::peer::{Peer, Registry as ServerRegistry};
 use storm_proto::Message;
-use storm_proto::hub::{Hub, SessionId};
-use storm_proto::link::CloseReason;
-use storm_proto::options::{ServerOptions, WsOptions};
-use storm_proto::peer::{Peer, Registry as ServerRegistry};
 use storm_proto::ws::CloseCode;
 use storm_proto::ws::deflate::DeflateConfig;
 use tokio::sync::mpsc;
@@ -163,7 +163,7 @@ pub(crate) fn run(args: &ChatArgs) -> io::Result<()> {
     let page_tls = options
         .tls
         .as_ref()
-        .map(storm_proto::tls::server_config)
+        .map(storm_host::tls::server_config)
         .transpose()?;
     options.link.heartbeat.interval = Duration::from_secs(args.heartbeat);
     let mut ws = WsOptions {

@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::ValueEnum;
+use storm_host::link::CloseReason;
+use storm_host::options::{Framing, ServerOptions, WsOptions};
 use storm_proto::Message;
 use storm_proto::framing::{DelimiterConfig, LengthPrefixConfig, RawConfig};
-use storm_proto::link::CloseReason;
-use storm_proto::options::{Framing, ServerOptions, WsOptions};
 use storm_proto::ws::Config;
 use storm_proto::ws::deflate::DeflateConfig;
 

@@ -131,12 +131,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use storm_host::hub::SendOutcome;
+use storm_host::options::{ClientOptions, Framing, TlsClientOptions, TlsServerOptions, WsOptions};
+use storm_host::peer::Peer;
 use storm_proto::Message;
 use storm_proto::Utf8Bytes;
 use storm_proto::framing::LengthPrefixConfig;
-use storm_proto::hub::SendOutcome;
-use storm_proto::options::{ClientOptions, Framing, TlsClientOptions, TlsServerOptions, WsOptions};
-use storm_proto::peer::Peer;
 use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffPolicy, Jitter};
 use storm_proto::route::backend::{
     self as wire, BACKEND_DISCONNECTED, BACKEND_UNAVAILABLE, Target,
@@ -206,11 +206,11 @@ impl Default for GatewayOptions {
 
 impl GatewayOptions {
     /// The server options of the client endpoint.
-    fn server_options(&self) -> storm_proto::options::ServerOptions {
-        storm_proto::options::ServerOptions {
+    fn server_options(&self) -> storm_host::options::ServerOptions {
+        storm_host::options::ServerOptions {
             addr: self.addr.clone(),
             tls: self.tls.clone(),
-            ..storm_proto::options::ServerOptions::default()
+            ..storm_host::options::ServerOptions::default()
         }
     }
 

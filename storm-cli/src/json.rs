@@ -49,11 +49,11 @@ use bytes::Bytes;
 use clap::ValueEnum;
 use serde_json::{Map, Value, json};
 use storm_cli::runtime::connection_error;
+use storm_host::hub::Hub;
+use storm_host::options::{ClientOptions, Framing, ServerOptions};
+use storm_host::peer::Peer;
 use storm_proto::Message;
 use storm_proto::framing::LengthPrefixConfig;
-use storm_proto::hub::Hub;
-use storm_proto::options::{ClientOptions, Framing, ServerOptions};
-use storm_proto::peer::Peer;
 use storm_tokio::{Client, Handler, Session, TcpClient};
 use tokio::sync::mpsc;
 

@@ -10,9 +10,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use storm_host::link::CloseReason;
+use storm_host::setup::client_speaks_tls;
 use storm_proto::framing::FramingError;
-use storm_proto::link::CloseReason;
-use storm_proto::tls_sniff::client_speaks_tls;
 
 use crate::interrupt;
 use clap::ValueEnum;
@@ -112,9 +112,9 @@ impl TlsArgs {
     ///
     /// A file cannot be read or does not hold what it should; the error
     /// starts with the option's usage, which gives the order of the files.
-    pub fn apply(&self, options: &mut storm_proto::options::ServerOptions) -> io::Result<()> {
+    pub fn apply(&self, options: &mut storm_host::options::ServerOptions) -> io::Result<()> {
         if let Some([cert, key]) = self.tls.as_deref() {
-            let tls = storm_proto::tls::server_options_from_pem_files(cert, key)
+            let tls = storm_host::tls::server_options_from_pem_files(cert, key)
                 .map_err(|e| io::Error::new(e.kind(), format!("--tls CERT_PEM KEY_PEM: {e}")))?;
             options.tls = Some(tls);
         }

@@ -12,11 +12,11 @@ use storm_cli::broker::{
     BrokerError, BrokerHandle, BrokerOptions, BrokerServer, Consumer, ConsumerOptions, Provider,
     ProviderHandle, ProviderOptions, Request, Responder, StreamedRequest, blocking,
 };
+use storm_host::options::{ClientOptions, TlsClientOptions};
 use storm_proto::broker::{
     ChannelId, ClientId, ErrorCode, ErrorPayload, Frame, FrameCodec, FrameConfig, FrameType,
     HEADER_LEN, Registration, RequestId, Role, RouterStats,
 };
-use storm_proto::options::{ClientOptions, TlsClientOptions};
 use storm_tests::process::output_within;
 use tokio::sync::mpsc;
 

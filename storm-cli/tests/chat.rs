@@ -532,7 +532,7 @@ fn chat_over_wss() {
         let mut extra = vec!["--tick-ms", "0"];
         extra.extend(files.tls_args());
         let server = Server::start(runtime, &extra);
-        let options = storm_proto::options::ClientOptions {
+        let options = storm_host::options::ClientOptions {
             tls: Some(pki.client()),
             ..Default::default()
         };
@@ -540,7 +540,7 @@ fn chat_over_wss() {
         let client = storm_std::WsClient::connect(
             &format!("wss://{}/", server.ws),
             options,
-            storm_proto::options::WsOptions::default(),
+            storm_host::options::WsOptions::default(),
             Inbox(tx),
         )
         .unwrap_or_else(|e| panic!("{runtime}: {e}"));
@@ -571,13 +571,13 @@ fn page_over_https() {
     let pki = storm_tests::suite::pki::Pki::new();
     let files = pki.pem_files();
     let trust = pki.client();
-    let config = storm_proto::tls::client_config(&trust).expect("client config");
+    let config = storm_host::tls::client_config(&trust).expect("client config");
     for runtime in RUNTIMES {
         let mut extra = vec!["--tick-ms", "0"];
         extra.extend(files.tls_args());
         let server = Server::start(runtime, &extra);
         let get = |path: &str| {
-            let name = storm_proto::tls::server_name(&trust, "127.0.0.1").expect("name");
+            let name = storm_host::tls::server_name(&trust, "127.0.0.1").expect("name");
             let connection =
                 rustls::ClientConnection::new(Arc::clone(&config), name).expect("connection");
             let socket = TcpStream::connect(&server.http).unwrap();

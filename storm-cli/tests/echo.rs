@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use storm_host::options::{ClientOptions, Framing, WsOptions};
 use storm_proto::Message;
-use storm_proto::options::{ClientOptions, Framing, WsOptions};
 use storm_proto::ws::{CloseCode, Event};
 use storm_std::ws;
 use storm_tests::suite::raw::{RawWs, frame, opcode};

@@ -12,9 +12,9 @@ use bytes::BytesMut;
 use storm_cli::gateway::{
     BackendStatus, ConfigErrorKind, Gateway, GatewayConfig, GatewayHandle, GatewayOptions, blocking,
 };
+use storm_host::link::CloseReason;
+use storm_host::options::{ClientOptions, Framing, ServerOptions, WsOptions};
 use storm_proto::Message;
-use storm_proto::link::CloseReason;
-use storm_proto::options::{ClientOptions, Framing, ServerOptions, WsOptions};
 use storm_proto::reconnect::BackoffConfig;
 use storm_proto::route::backend::{self, Target};
 use storm_proto::route::envelope::{self, ErrorReply};

@@ -152,7 +152,7 @@ fn ping_over_tls() {
     let files = pki.pem_files();
     for runtime in RUNTIMES {
         let server = start_with(runtime, &files.tls_args());
-        let options = storm_proto::options::ClientOptions {
+        let options = storm_host::options::ClientOptions {
             tls: Some(pki.client()),
             ..Default::default()
         };
@@ -160,7 +160,7 @@ fn ping_over_tls() {
         let client = storm_std::TcpClient::connect(
             &server.addr,
             options,
-            storm_proto::options::Framing::LengthPrefix,
+            storm_host::options::Framing::LengthPrefix,
             Inbox(tx),
         )
         .unwrap_or_else(|e| panic!("{runtime}: {e}"));

@@ -912,11 +912,11 @@ impl storm_tokio::Handler for Mirror {
 
 #[tokio::test]
 async fn a_server_that_breaks_the_protocol_fails_the_call_fast() {
-    let options = storm_proto::options::ServerOptions {
+    let options = storm_host::options::ServerOptions {
         addr: "127.0.0.1:0".into(),
         ..Default::default()
     };
-    let server = storm_tokio::TcpServer::bind(options, storm_proto::options::Framing::LengthPrefix)
+    let server = storm_tokio::TcpServer::bind(options, storm_host::options::Framing::LengthPrefix)
         .await
         .expect("bind");
     let endpoint = format!("tcp://{}", server.local_addr());

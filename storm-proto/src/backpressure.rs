@@ -1,7 +1,7 @@
 //! Backpressure: pending-byte accounting with pause/resume watermarks, and
 //! the slow-consumer decision for a send that does not fit.
 //!
-//! Two pieces, both plain single-owner values (the [`hub`](crate::hub) wraps
+//! Two pieces, both plain single-owner values (storm-host's `hub` wraps
 //! them in its per-session lock):
 //!
 //! - [`Watermark`] counts pending bytes against a limit. It *pauses* when the

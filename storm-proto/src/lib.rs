@@ -18,14 +18,8 @@
 //! | [`reconnect`] | backoff (fixed, exponential with jitter, max attempts) and endpoint sets with round-robin and failover |
 //! | [`route`] | the gateway's route handshake (SYN, SYN/ACK, ACK, route names, end) and `ROUTENAME=` route-addressed messages |
 //! | [`backpressure`] | pending-byte accounting with pause at the limit and resume at half; slow-consumer decisions (`Wait`, `Drop`, `Disconnect`) |
-//! | [`hub`] | what servers share that is not I/O: sessions and their outboxes, groups, broadcast fan-out, max connections, middleware, metrics |
-//! | [`link`] | one live connection's logic for the adapters: protocol + session outbox + heartbeat + middleware, read path, write path, timer |
-//! | [`peer`] | a connection as the application holds it: the non-waiting part of every adapter's `Session` |
-//! | [`options`] | option structs shared by every adapter (servers, clients, WebSocket, framing) |
 //! | [`broker`] | request/response broker: 24-byte frames, streaming and reassembly, consumer/provider routing, request correlation |
 //! | [`rpc`] | request/response RPC: the envelope (request, response, error, cancel), per-message compression, client call correlation with deadlines and cancellation, server request tracking |
-//! | [`setup`] | opening a connection apart from the I/O: client targets and server setups checked once (TLS included), the WebSocket upgrade bytes in and protocol out, admission into a hub, a client's reconnect schedule |
-//! | `tls` | (feature `tls`) the shared TLS options into rustls configurations; PEM files into options; rustls' errors as sentences that say what to do |
 //! | [`tls_sniff`] | telling a TLS record from plain bytes: a plain end whose peer speaks TLS gets an error that says so |
 //!
 //! # The drive loop
@@ -106,17 +100,10 @@ pub mod backpressure;
 pub mod broker;
 pub mod framing;
 pub mod heartbeat;
-pub mod hub;
-pub mod link;
 mod message;
-pub mod options;
-pub mod peer;
 pub mod reconnect;
 pub mod route;
 pub mod rpc;
-pub mod setup;
-#[cfg(feature = "tls")]
-pub mod tls;
 pub mod tls_sniff;
 pub mod ws;
 

@@ -24,7 +24,7 @@
 //!   with a 400);
 //! - a plain framed TCP client or server (any framing but raw):
 //!   [`FramingError::ServerSpeaksTls`] or [`FramingError::ClientSpeaksTls`],
-//!   from the framer [`setup`](crate::setup) gives such a connection, which
+//!   from the framer storm-host's `setup` gives such a connection, which
 //!   checks the peer's first bytes before its framer cuts any frame.
 //!
 //! Five bytes of that shape are not what any Storm protocol opens with (a
@@ -96,34 +96,6 @@ pub fn looks_like_tls_record(first: &[u8]) -> bool {
     sniff(first) == Sniff::Tls
 }
 
-/// Whether `error`, or any error in its [`source`](std::error::Error::source)
-/// chain (through an [`io::Error`](std::io::Error)'s inner error too), is a
-/// plain server's finding that its client speaks TLS: the WebSocket
-/// handshake's [`HandshakeError::ClientSpeaksTls`](crate::ws::handshake::HandshakeError::ClientSpeaksTls) or the framer's
-/// [`FramingError::ClientSpeaksTls`]. A server's logger uses it to tell
-/// this configuration mistake from the everyday failures of connections.
-#[must_use]
-pub fn client_speaks_tls(error: &(dyn std::error::Error + 'static)) -> bool {
-    use crate::ws::handshake::HandshakeError;
-    let mut next = Some(error);
-    while let Some(error) = next {
-        if matches!(
-            error.downcast_ref::<HandshakeError>(),
-            Some(HandshakeError::ClientSpeaksTls)
-        ) || matches!(
-            error.downcast_ref::<FramingError>(),
-            Some(FramingError::ClientSpeaksTls)
-        ) {
-            return true;
-        }
-        next = match error.downcast_ref::<std::io::Error>() {
-            Some(io) => io.get_ref().map(|inner| inner as _),
-            None => error.source(),
-        };
-    }
-    false
-}
-
 /// What a plain client is told when the server's first bytes are TLS; the
 /// fix depends on how it connects.
 pub(crate) const SERVER_SPEAKS_TLS: &str =
@@ -139,7 +111,7 @@ pub(crate) const CLIENT_SPEAKS_TLS: &str = "TLS ClientHello on a plain port: the
 /// `tls` (the error for this end) when they are. After the first
 /// [`RECORD_HEADER_LEN`] bytes it is `inner` exactly; before, it holds at
 /// most four bytes that fit a record header back.
-pub(crate) struct PlainFramer {
+pub struct PlainFramer {
     inner: Box<dyn Framer + Send>,
     /// The error a TLS record is; `None` once the opening bytes were not
     /// one.
@@ -150,7 +122,8 @@ impl PlainFramer {
     /// `inner` behind the check; `tls` is what a TLS record from the peer
     /// is ([`FramingError::ServerSpeaksTls`] on a client,
     /// [`FramingError::ClientSpeaksTls`] on a server).
-    pub(crate) fn new(inner: Box<dyn Framer + Send>, tls: FramingError) -> Self {
+    #[must_use]
+    pub fn new(inner: Box<dyn Framer + Send>, tls: FramingError) -> Self {
         Self {
             inner,
             tls: Some(tls),
@@ -204,25 +177,7 @@ impl Framer for PlainFramer {
 
 #[cfg(test)]
 mod tests {
-    use std::io;
-
     use super::*;
-    use crate::ws::handshake::HandshakeError;
-
-    #[test]
-    fn a_client_speaking_tls_is_found_in_any_error_chain() {
-        let handshake =
-            io::Error::new(io::ErrorKind::InvalidInput, HandshakeError::ClientSpeaksTls);
-        let named = crate::setup::from_peer(([127, 0, 0, 1], 9).into(), handshake);
-        assert!(client_speaks_tls(&named));
-        assert!(client_speaks_tls(&FramingError::ClientSpeaksTls));
-        assert!(!client_speaks_tls(&FramingError::ServerSpeaksTls));
-        let other = io::Error::new(io::ErrorKind::InvalidInput, HandshakeError::UnexpectedBody);
-        assert!(!client_speaks_tls(&other));
-        assert!(!client_speaks_tls(&io::Error::from(
-            io::ErrorKind::TimedOut
-        )));
-    }
     use crate::framing::{DelimiterFramer, LengthPrefixFramer, RawFramer};
 
     /// What a rustls server sends a plain client: a fatal `decode_error`

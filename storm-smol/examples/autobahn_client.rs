@@ -6,9 +6,9 @@
 use std::sync::Mutex;
 
 use smol::channel::{self, Sender};
+use storm_host::link::CloseReason;
+use storm_host::options::{ClientOptions, WsOptions};
 use storm_proto::Message;
-use storm_proto::link::CloseReason;
-use storm_proto::options::{ClientOptions, WsOptions};
 use storm_proto::ws::Config;
 use storm_proto::ws::deflate::DeflateConfig;
 use storm_smol::{Client, ClientError, Handler, Session, WsClient};

@@ -14,8 +14,8 @@
 
 use std::process::ExitCode;
 
+use storm_host::options::{ServerOptions, WsOptions};
 use storm_proto::Message;
-use storm_proto::options::{ServerOptions, WsOptions};
 use storm_smol::{Handler, Session, WsServer};
 
 struct Echo;

@@ -8,14 +8,14 @@
 //! `smol::spawn`, and futures-rustls for TLS. No tokio anywhere.
 //!
 //! TLS (rustls) is an option, not another server or client: set
-//! [`ServerOptions::tls`](storm_proto::options::ServerOptions::tls) or
-//! [`ClientOptions::tls`](storm_proto::options::ClientOptions::tls) (a
+//! [`ServerOptions::tls`](storm_host::options::ServerOptions::tls) or
+//! [`ClientOptions::tls`](storm_host::options::ClientOptions::tls) (a
 //! `wss://` URL turns it on by itself); the [`tls`] module loads PEM files.
 //!
 //! ```no_run
 //! use storm_smol::{Handler, Session, WsServer};
 //! use storm_smol::proto::Message;
-//! use storm_smol::proto::options::{ServerOptions, WsOptions};
+//! use storm_smol::host::options::{ServerOptions, WsOptions};
 //!
 //! struct Echo;
 //!
@@ -59,6 +59,7 @@ pub mod tls;
 
 pub use runtime::Smol;
 pub use storm_async::{Client, ClientError, Handler, SendError, Session};
+pub use storm_host as host;
 pub use storm_proto as proto;
 
 /// A WebSocket server on smol. See the [crate docs](crate) for an example.

@@ -1,13 +1,13 @@
 //! TLS with rustls on smol streams (futures-rustls).
 //!
 //! The certificates, keys and trust settings are the shared option structs
-//! ([`TlsServerOptions`](storm_proto::options::TlsServerOptions),
-//! [`TlsClientOptions`](storm_proto::options::TlsClientOptions)); the
-//! core's [`storm_proto::tls`] turns them into rustls configurations, the
+//! ([`TlsServerOptions`](storm_host::options::TlsServerOptions),
+//! [`TlsClientOptions`](storm_host::options::TlsClientOptions)); the
+//! core's [`storm_host::tls`] turns them into rustls configurations, the
 //! same way for every adapter. This module re-exports its PEM-file helpers.
 //!
 //! ```no_run
-//! use storm_smol::proto::options::{ServerOptions, TlsClientOptions};
+//! use storm_smol::host::options::{ServerOptions, TlsClientOptions};
 //!
 //! # fn main() -> std::io::Result<()> {
 //! let server = ServerOptions {
@@ -19,6 +19,6 @@
 //! # let _ = (server, client); Ok(()) }
 //! ```
 
-pub use storm_proto::tls::{
+pub use storm_host::tls::{
     client_cert_from_pem_files, read_pem_file, server_options_from_pem_files,
 };

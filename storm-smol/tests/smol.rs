@@ -9,11 +9,11 @@ use std::time::Duration;
 use rcgen::{CertificateParams, KeyPair};
 use smol::channel::{Receiver, Sender, unbounded};
 
-use storm_proto::Message;
-use storm_proto::link::CloseReason;
-use storm_proto::options::{
+use storm_host::link::CloseReason;
+use storm_host::options::{
     ClientOptions, Framing, ServerOptions, TlsClientOptions, TlsServerOptions, WsOptions,
 };
+use storm_proto::Message;
 use storm_proto::reconnect::BackoffConfig;
 use storm_smol::{
     Client, ClientError, Handler, ServerHandle, Session, TcpClient, TcpServer, WsClient, WsServer,

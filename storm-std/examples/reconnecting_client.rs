@@ -15,9 +15,9 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use storm_host::link::CloseReason;
+use storm_host::options::{ClientOptions, WsOptions};
 use storm_proto::Message;
-use storm_proto::link::CloseReason;
-use storm_proto::options::{ClientOptions, WsOptions};
 use storm_proto::reconnect::{BackoffConfig, BackoffPolicy};
 use storm_std::{Handler, Session, WsClient};
 

@@ -11,9 +11,9 @@
 
 use std::process::ExitCode;
 
+use storm_host::options::{Framing, ServerOptions};
 use storm_proto::Message;
 use storm_proto::framing::{DelimiterConfig, RawConfig};
-use storm_proto::options::{Framing, ServerOptions};
 use storm_std::{Handler, Session, TcpServer};
 
 struct Echo;

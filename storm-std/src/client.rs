@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use storm_host::link::Protocol;
+use storm_host::options::{ClientOptions, Framing, WsOptions};
+pub use storm_host::peer::ClientError;
+use storm_host::setup::{ClientCore, ClientOpen, ClientTarget, ClientUpgradeStep};
 use storm_proto::Message;
-use storm_proto::link::Protocol;
-use storm_proto::options::{ClientOptions, Framing, WsOptions};
-pub use storm_proto::peer::ClientError;
-use storm_proto::setup::{ClientCore, ClientOpen, ClientTarget, ClientUpgradeStep};
 
 use crate::deadline::{Deadlined, remaining};
 use crate::driver::drive;

@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 
-use storm_proto::hub::{CloseKind, thread_waker};
-use storm_proto::link::{CloseReason, Link, LinkEvent};
+use storm_host::hub::{CloseKind, thread_waker};
+use storm_host::link::{CloseReason, Link, LinkEvent};
 
 use crate::{Handler, Session};
 

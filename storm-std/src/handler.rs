@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use storm_host::link::CloseReason;
 use storm_proto::Message;
-use storm_proto::link::CloseReason;
 
 use crate::Session;
 
@@ -35,11 +35,11 @@ pub trait Handler: Send + Sync + 'static {
     /// [`std::io::Error`]s (a handshake timeout with
     /// [`TimedOut`](std::io::ErrorKind::TimedOut); an accept that failed
     /// for want of descriptors, at most once a second while it lasts, see
-    /// [`AcceptErrors`](storm_proto::setup::AcceptErrors)), clients
+    /// [`AcceptErrors`](storm_host::setup::AcceptErrors)), clients
     /// [`ClientError`](crate::ClientError)s: downcast to tell them apart.
     /// A server connection's failure names its peer
-    /// ([`from_peer`](storm_proto::setup::from_peer): `from ADDR: …`, the
-    /// cause as its source; [`client_speaks_tls`](storm_proto::tls_sniff::client_speaks_tls)
+    /// ([`from_peer`](storm_host::setup::from_peer): `from ADDR: …`, the
+    /// cause as its source; [`client_speaks_tls`](storm_host::setup::client_speaks_tls)
     /// finds a TLS client on a plain server).
     fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
         let _ = error;

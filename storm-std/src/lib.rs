@@ -9,7 +9,7 @@
 //!
 //! - a **reader thread** (the one that ran the handshakes) blocks in
 //!   `read` with a read timeout taken from
-//!   [`Link::poll_timeout`](storm_proto::link::Link::poll_timeout), so
+//!   [`Link::poll_timeout`](storm_host::link::Link::poll_timeout), so
 //!   heartbeats and close timeouts fire; it feeds the link and calls your
 //!   [`Handler`], one event at a time, in order;
 //! - a **writer thread** parks until the session's outbox wakes it, then
@@ -22,13 +22,13 @@
 //!
 //! # TLS
 //!
-//! Set [`ServerOptions::tls`](storm_proto::options::ServerOptions::tls) on
+//! Set [`ServerOptions::tls`](storm_host::options::ServerOptions::tls) on
 //! a server (optionally with a client CA, to require client certificates),
-//! and [`ClientOptions::tls`](storm_proto::options::ClientOptions::tls) or a
+//! and [`ClientOptions::tls`](storm_host::options::ClientOptions::tls) or a
 //! `wss://` URL on a client: the same options, the same certificate checks
 //! and the same errors as `storm-tokio` ([`ClientError::Tls`] when the
 //! server is not trusted or refuses the client). The configuration comes
-//! from the core's [`storm_proto::tls`]; [`tls`] re-exports its PEM-file
+//! from the core's [`storm_host::tls`]; [`tls`] re-exports its PEM-file
 //! helpers and says how the two threads share one rustls connection.
 //!
 //! # Limits
@@ -66,7 +66,7 @@
 //! ```no_run
 //! use storm_std::{Handler, Session, WsServer};
 //! use storm_std::proto::Message;
-//! use storm_std::proto::options::{ServerOptions, WsOptions};
+//! use storm_std::host::options::{ServerOptions, WsOptions};
 //!
 //! struct Echo;
 //!
@@ -121,4 +121,5 @@ pub use deadline::Deadlined;
 pub use handler::Handler;
 pub use server::{ServerHandle, TcpServer, WsServer};
 pub use session::{SendError, Session};
+pub use storm_host as host;
 pub use storm_proto as proto;

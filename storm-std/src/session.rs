@@ -3,10 +3,10 @@
 use std::ops::Deref;
 use std::task::{Context, Poll};
 
+use storm_host::hub::thread_waker;
+use storm_host::peer::Peer;
+pub use storm_host::peer::SendError;
 use storm_proto::Message;
-use storm_proto::hub::thread_waker;
-use storm_proto::peer::Peer;
-pub use storm_proto::peer::SendError;
 
 /// One connection: everything [`Peer`] offers (id, address, metrics,
 /// closing, groups), plus a `send` that blocks the calling thread under the

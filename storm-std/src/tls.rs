@@ -1,14 +1,14 @@
 //! TLS with rustls on blocking sockets.
 //!
 //! The certificates, keys and trust settings are the shared option structs
-//! ([`TlsServerOptions`](storm_proto::options::TlsServerOptions),
-//! [`TlsClientOptions`](storm_proto::options::TlsClientOptions)); the core's
-//! [`storm_proto::tls`] turns them into rustls configurations, the same way
+//! ([`TlsServerOptions`](storm_host::options::TlsServerOptions),
+//! [`TlsClientOptions`](storm_host::options::TlsClientOptions)); the core's
+//! [`storm_host::tls`] turns them into rustls configurations, the same way
 //! for every adapter. This module re-exports its PEM-file helpers, the same
 //! ones `storm_tokio::tls` offers.
 //!
 //! ```no_run
-//! use storm_std::proto::options::{ServerOptions, TlsClientOptions};
+//! use storm_std::host::options::{ServerOptions, TlsClientOptions};
 //!
 //! # fn main() -> std::io::Result<()> {
 //! let server = ServerOptions {
@@ -54,9 +54,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use rustls::{Connection, ConnectionCommon, SideData};
 
-use storm_proto::hub::CloseKind;
-use storm_proto::link::Link;
-pub use storm_proto::tls::{
+use storm_host::hub::CloseKind;
+use storm_host::link::Link;
+pub use storm_host::tls::{
     client_cert_from_pem_files, read_pem_file, server_options_from_pem_files,
 };
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use storm_proto::options::{ServerOptions, WsOptions};
+use storm_host::options::{ServerOptions, WsOptions};
 use storm_std::{Handler, Session, WsServer};
 use storm_tests::suite::eventually;
 use storm_tests::suite::raw::RawWs;

@@ -9,12 +9,12 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use storm_proto::Message;
-use storm_proto::link::CloseReason;
-use storm_proto::options::{
+use storm_host::link::CloseReason;
+use storm_host::options::{
     ClientOptions, Framing, ServerOptions, TlsClientCert, TlsClientOptions, TlsServerOptions,
     WsOptions,
 };
+use storm_proto::Message;
 use storm_std::{
     Client, ClientError, Handler, ServerHandle, Session, TcpClient, TcpServer, WsClient, WsServer,
 };
@@ -266,7 +266,7 @@ fn raw_echo(conn: &mut rustls::ClientConnection, tcp: &mut TcpStream, payload: &
 fn a_tls_key_update_from_the_peer_keeps_both_directions_working() {
     let pki = Pki::named("storm test CA");
     let server = tls_tcp_server(tls_server_options(pki.server()));
-    let config = storm_proto::tls::client_config(&pki.client()).unwrap();
+    let config = storm_host::tls::client_config(&pki.client()).unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let mut conn = rustls::ClientConnection::new(config, name).unwrap();
     let mut tcp = TcpStream::connect(server.handle.local_addr()).unwrap();

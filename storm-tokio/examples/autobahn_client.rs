@@ -5,9 +5,9 @@
 
 use std::sync::Mutex;
 
+use storm_host::link::CloseReason;
+use storm_host::options::{ClientOptions, WsOptions};
 use storm_proto::Message;
-use storm_proto::link::CloseReason;
-use storm_proto::options::{ClientOptions, WsOptions};
 use storm_proto::ws::Config;
 use storm_proto::ws::deflate::DeflateConfig;
 use storm_tokio::{Client, ClientError, Handler, Session, WsClient};

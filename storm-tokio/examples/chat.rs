@@ -23,10 +23,10 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use storm_host::hub::SessionId;
+use storm_host::link::CloseReason;
+use storm_host::options::{ServerOptions, WsOptions};
 use storm_proto::Message;
-use storm_proto::hub::SessionId;
-use storm_proto::link::CloseReason;
-use storm_proto::options::{ServerOptions, WsOptions};
 use storm_tokio::{Handler, ServerHandle, Session, WsServer};
 
 const LOBBY: &str = "lobby";

@@ -3,8 +3,8 @@
 //!
 //! `cargo run --release -p storm-tokio --example ws_echo -- 127.0.0.1:9001`
 
+use storm_host::options::{ServerOptions, WsOptions};
 use storm_proto::Message;
-use storm_proto::options::{ServerOptions, WsOptions};
 use storm_proto::ws::Config;
 use storm_proto::ws::deflate::DeflateConfig;
 use storm_tokio::{Handler, Session, WsServer};

@@ -4,18 +4,18 @@
 //! clients and the per-connection loop are storm-async's, shared with
 //! storm-smol; this crate is the [`Tokio`] runtime under them (sockets,
 //! tasks, timers, tokio-rustls). One task per connection runs the
-//! [`Link`](storm_proto::link::Link) loop: read → events → your
+//! [`Link`](storm_host::link::Link) loop: read → events → your
 //! [`Handler`]; outbox → one vectored write; timer → heartbeat.
 //!
 //! TLS (rustls) is an option, not another server or client: set
-//! [`ServerOptions::tls`](storm_proto::options::ServerOptions::tls) or
-//! [`ClientOptions::tls`](storm_proto::options::ClientOptions::tls) (a
+//! [`ServerOptions::tls`](storm_host::options::ServerOptions::tls) or
+//! [`ClientOptions::tls`](storm_host::options::ClientOptions::tls) (a
 //! `wss://` URL turns it on by itself); the [`tls`] module loads PEM files.
 //!
 //! ```no_run
 //! use storm_tokio::{Handler, Session, WsServer};
 //! use storm_tokio::proto::Message;
-//! use storm_tokio::proto::options::{ServerOptions, WsOptions};
+//! use storm_tokio::host::options::{ServerOptions, WsOptions};
 //!
 //! struct Echo;
 //!
@@ -57,6 +57,7 @@ pub mod tls;
 
 pub use runtime::Tokio;
 pub use storm_async::{Client, ClientError, Handler, SendError, Session};
+pub use storm_host as host;
 pub use storm_proto as proto;
 
 /// A WebSocket server on tokio. See the [crate docs](crate) for an example.

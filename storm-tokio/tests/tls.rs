@@ -13,12 +13,12 @@ use tokio::time::timeout;
 mod common;
 
 use common::{Seen, WAIT, echo_and_close, next, next_disconnect, next_message, recorder};
-use storm_proto::Message;
-use storm_proto::link::CloseReason;
-use storm_proto::options::{
+use storm_host::link::CloseReason;
+use storm_host::options::{
     ClientOptions, Framing, ServerOptions, TlsClientCert, TlsClientOptions, TlsServerOptions,
     WsOptions,
 };
+use storm_proto::Message;
 use storm_tokio::{Client, ClientError, ServerHandle, TcpClient, TcpServer, WsClient, WsServer};
 
 use storm_tests::suite::pki::Pki;

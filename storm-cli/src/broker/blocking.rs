@@ -26,9 +26,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::runtime::{connection_closed, connection_error};
+use storm_host::link::CloseReason;
 use storm_proto::Message;
 use storm_proto::broker::{ConnId, Frame, RouterStats};
-use storm_proto::link::CloseReason;
 use storm_std::{Handler, ServerHandle, Session, TcpServer};
 
 use super::core::{Shared, Signals, Step};

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use clap::{Subcommand, ValueEnum};
+use storm_host::options::{ClientOptions, TlsClientOptions};
 use storm_proto::broker::{ChannelId, ErrorCode, ErrorPayload, RouterConfig, RouterStats};
-use storm_proto::options::{ClientOptions, TlsClientOptions};
 
 use crate::interrupt;
 use crate::runtime::{AsyncRuntime, Runtime, TlsArgs};
@@ -353,7 +353,7 @@ fn serve_std(args: &ServerArgs, options: BrokerOptions) -> Result<(), BrokerErro
 fn client_options(tls_ca: Option<&PathBuf>) -> Result<ClientOptions, BrokerError> {
     let mut options = ClientOptions::default();
     if let Some(ca) = tls_ca {
-        let pem = storm_proto::tls::read_pem_file(ca).map_err(BrokerError::Io)?;
+        let pem = storm_host::tls::read_pem_file(ca).map_err(BrokerError::Io)?;
         options.tls = Some(TlsClientOptions::with_ca(pem));
     }
     Ok(options)

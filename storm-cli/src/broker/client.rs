@@ -4,14 +4,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use storm_host::hub::SendOutcome;
+use storm_host::link::CloseReason;
+use storm_host::options::ClientOptions;
 use storm_proto::Message;
 use storm_proto::backpressure::SlowConsumerPolicy;
 use storm_proto::broker::{
     BrokerFramer, ErrorPayload, Frame, FrameConfig, FrameType, Registration, RequestId,
 };
-use storm_proto::hub::SendOutcome;
-use storm_proto::link::CloseReason;
-use storm_proto::options::ClientOptions;
 use storm_tokio::{Client, Handler, Session, TcpClient};
 use tokio::sync::{Semaphore, mpsc};
 

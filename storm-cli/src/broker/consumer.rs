@@ -5,11 +5,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use storm_host::options::ClientOptions;
 use storm_proto::broker::{
     BrokerFramer, ChannelId, ClientId, ErrorCode, ErrorPayload, Frame, FrameConfig, FrameType,
     Registration, RequestEvent, RequestId, Requests, RequestsConfig, RequestsError, Role, Streamer,
 };
-use storm_proto::options::ClientOptions;
 use storm_tokio::Client;
 use tokio::sync::oneshot;
 

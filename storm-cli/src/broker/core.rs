@@ -10,13 +10,13 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use storm_host::options::{Framing, ServerOptions};
 use storm_proto::Message;
 use storm_proto::backpressure::SlowConsumerPolicy;
 use storm_proto::broker::{
     BrokerFramer, ConnId, Frame, FrameCodec, FrameError, RequestId, Router, RouterEvent,
     RouterStats,
 };
-use storm_proto::options::{Framing, ServerOptions};
 
 use super::{BrokerError, BrokerOptions};
 

@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
+use storm_host::options::ClientOptions;
 use storm_proto::broker::{
     AssembleError, Assembler, AssemblerConfig, BrokerFramer, ChannelId, ClientId, ErrorCode,
     ErrorPayload, FLAG_MORE, Frame, FrameConfig, FrameType, Registration, RequestId,
     ResponseStreamer, Role, RoutingInfo,
 };
-use storm_proto::options::ClientOptions;
 use storm_tokio::Client;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::{AbortHandle, JoinSet};

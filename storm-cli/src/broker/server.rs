@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use crate::runtime::{connection_closed, connection_error};
 use storm_async::{Handler, Runtime, ServerHandle, Session, TcpServer};
+use storm_host::link::CloseReason;
+use storm_host::options::ServerOptions;
 use storm_proto::Message;
 use storm_proto::broker::{ConnId, Frame, FrameConfig, RouterConfig, RouterStats};
-use storm_proto::link::CloseReason;
-use storm_proto::options::ServerOptions;
 use tokio::sync::Notify;
 
 use super::BrokerError;

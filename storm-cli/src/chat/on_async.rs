@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use storm_async::Session;
 use storm_async::runtime::{PollRead, PollWrite};
 use storm_cli::runtime::connection_error;
+use storm_host::link::CloseReason;
+use storm_host::options::{ServerOptions, WsOptions};
 use storm_proto::Message;
-use storm_proto::link::CloseReason;
-use storm_proto::options::{ServerOptions, WsOptions};
 
 use super::{
     Chat, ChatArgs, HTTP_TIMEOUT, PageRequest, PageServer, PageTls, STOP_TIMEOUT, announce,

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use rustls::{ServerConnection, StreamOwned};
 
 use storm_cli::runtime::connection_error;
+use storm_host::link::CloseReason;
+use storm_host::options::{ServerOptions, WsOptions};
 use storm_proto::Message;
-use storm_proto::link::CloseReason;
-use storm_proto::options::{ServerOptions, WsOptions};
 use storm_std::{Deadlined, Session};
 
 use super::{

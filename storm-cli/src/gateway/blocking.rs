@@ -28,8 +28,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::runtime::connection_error;
+use storm_host::link::CloseReason;
 use storm_proto::Message;
-use storm_proto::link::CloseReason;
 use storm_proto::reconnect::{Backoff, BackoffStep};
 use storm_proto::ws::CloseCode;
 use storm_std::{Handler, ServerHandle, Session, TcpClient, WsClient, WsServer};

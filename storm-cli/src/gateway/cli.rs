@@ -69,11 +69,11 @@ pub fn run(args: &GatewayArgs) -> ExitCode {
         *max = Duration::from_millis(args.max_backoff_ms).max(*initial);
     }
     let result = (|| {
-        let mut server = storm_proto::options::ServerOptions::default();
+        let mut server = storm_host::options::ServerOptions::default();
         args.tls.apply(&mut server)?;
         options.tls = server.tls;
         if let Some(ca) = &args.backend_ca {
-            options.backend_tls.ca_pem = Some(storm_proto::tls::read_pem_file(ca)?);
+            options.backend_tls.ca_pem = Some(storm_host::tls::read_pem_file(ca)?);
         }
         interrupt::install()?;
         match args.runtime {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use crate::runtime::connection_error;
 use smol::future::or;
 use storm_async::{Handler, Runtime, ServerHandle, Session, TcpClient, WsClient, WsServer};
+use storm_host::link::CloseReason;
 use storm_proto::Message;
-use storm_proto::link::CloseReason;
 use storm_proto::reconnect::{Backoff, BackoffStep};
 use storm_proto::ws::CloseCode;
 

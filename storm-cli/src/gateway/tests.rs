@@ -7,11 +7,11 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
+use storm_host::options::{ClientOptions, Framing};
+use storm_host::peer::Peer;
+use storm_host::setup::ClientCore;
 use storm_proto::Message;
-use storm_proto::options::{ClientOptions, Framing};
-use storm_proto::peer::Peer;
 use storm_proto::route::{ClientConfig, ClientHandshake, envelope};
-use storm_proto::setup::ClientCore;
 
 use super::{Core, GatewayConfig, GatewayOptions, Step};
 
@@ -32,7 +32,7 @@ impl Fixture {
         let sessions = ClientCore::new(&ClientOptions::default(), 0, Instant::now()).expect("hub");
         let peer = || {
             let framer = Framing::LengthPrefix.build().expect("framer");
-            let protocol = storm_proto::link::Protocol::Framed(framer);
+            let protocol = storm_host::link::Protocol::Framed(framer);
             let remote = ([127, 0, 0, 1], 1).into();
             sessions
                 .peer(protocol, remote, Instant::now())

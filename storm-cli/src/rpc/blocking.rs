@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::runtime::{connection_closed, connection_error};
 use bytes::Bytes;
+use storm_host::link::CloseReason;
 use storm_proto::Message;
-use storm_proto::link::CloseReason;
 use storm_proto::rpc::Fault;
 use storm_std::{Handler, ServerHandle, Session};
 

@@ -268,8 +268,8 @@ async fn client_async<R: AsyncRuntime>(args: &ClientArgs) -> Result<bool, String
         .compression(compression(args.compress))
         .runtime::<R>();
     if let Some(path) = &args.tls_ca {
-        let ca = storm_proto::tls::read_pem_file(path).map_err(|e| format!("--tls-ca: {e}"))?;
-        builder = builder.tls(storm_proto::options::TlsClientOptions::with_ca(ca));
+        let ca = storm_host::tls::read_pem_file(path).map_err(|e| format!("--tls-ca: {e}"))?;
+        builder = builder.tls(storm_host::options::TlsClientOptions::with_ca(ca));
     }
     if args.trace {
         builder = builder

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::{ConfigError, EncodeError, Frame, FrameCodec, FrameConfig, FrameError, HEADER_LEN};
+use crate::framing::Framing;
 use crate::framing::{Framer, FramingError};
-use crate::options::Framing;
 
 /// Offset of the 4-byte payload length in the header.
 const LEN_OFFSET: usize = 20;

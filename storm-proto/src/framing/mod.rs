@@ -89,6 +89,7 @@
 //! ```
 
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
@@ -310,6 +311,52 @@ impl fmt::Display for FramingConfigError {
 }
 
 impl std::error::Error for FramingConfigError {}
+
+/// How a plain TCP connection cuts its byte stream into messages.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub enum Framing {
+    /// Whatever each read returns is a message ([`RawFramer`]).
+    Raw(RawConfig),
+    /// 4-byte big-endian length prefix ([`LengthPrefixFramer`]). The default.
+    #[default]
+    LengthPrefix,
+    /// Length prefix with a chosen maximum.
+    LengthPrefixWith(LengthPrefixConfig),
+    /// Delimited messages, `\n` by default ([`DelimiterFramer`]).
+    Delimiter(DelimiterConfig),
+    /// Your own framer, built once per connection.
+    Custom(Arc<dyn Fn() -> Box<dyn Framer + Send> + Send + Sync>),
+}
+
+impl Framing {
+    /// A framer for one connection.
+    ///
+    /// # Errors
+    ///
+    /// The framer's configuration error.
+    pub fn build(&self) -> Result<Box<dyn Framer + Send>, FramingConfigError> {
+        Ok(match self {
+            Self::Raw(config) => Box::new(RawFramer::new(config.clone())?),
+            Self::LengthPrefix => Box::new(LengthPrefixFramer::default()),
+            Self::LengthPrefixWith(config) => Box::new(LengthPrefixFramer::new(config.clone())?),
+            Self::Delimiter(config) => Box::new(DelimiterFramer::new(config.clone())?),
+            Self::Custom(make) => make(),
+        })
+    }
+}
+
+impl fmt::Debug for Framing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Raw(c) => f.debug_tuple("Raw").field(c).finish(),
+            Self::LengthPrefix => f.write_str("LengthPrefix"),
+            Self::LengthPrefixWith(c) => f.debug_tuple("LengthPrefixWith").field(c).finish(),
+            Self::Delimiter(c) => f.debug_tuple("Delimiter").field(c).finish(),
+            Self::Custom(_) => f.write_str("Custom(..)"),
+        }
+    }
+}
 
 #[cfg(test)]
 mod test_util;

@@ -369,7 +369,7 @@ pub const DIRECT_READ_MIN: usize = 8 * 1024;
 /// still keep an allocation alive without any capacity left (what it
 /// split off shares it), so emptiness alone decides; `BytesMut::new`
 /// allocates nothing.
-pub(crate) fn release_bytes(buf: &mut BytesMut) {
+pub fn release_bytes(buf: &mut BytesMut) {
     if buf.is_empty() {
         *buf = BytesMut::new();
     }
@@ -491,10 +491,11 @@ impl Connection {
         }
     }
 
-    /// Bytes of capacity its buffers and queues hold (tests of
-    /// [`release_buffers`](Self::release_buffers)).
-    #[cfg(test)]
-    pub(crate) fn buffer_capacity(&self) -> usize {
+    /// Bytes of capacity its buffers and queues hold: what an idle
+    /// connection costs beyond its fixed size, and what
+    /// [`release_buffers`](Self::release_buffers) returns.
+    #[must_use]
+    pub fn buffer_capacity(&self) -> usize {
         self.input.capacity()
             + self.output.capacity()
             + self.deflate.as_ref().map_or(0, |d| d.scratch.capacity())
@@ -506,10 +507,10 @@ impl Connection {
                 .map_or(0, |_| std::mem::size_of::<PongPayload>())
     }
 
-    /// Bytes waiting for transmit, the waiting pong's frame included
-    /// (tests of what a connection holds).
-    #[cfg(test)]
-    pub(crate) fn transmit_len(&self) -> usize {
+    /// Bytes waiting for [`poll_transmit`](Self::poll_transmit), the
+    /// waiting pong's frame included.
+    #[must_use]
+    pub fn transmit_len(&self) -> usize {
         self.queued.iter().map(Bytes::len).sum::<usize>()
             + self.output.len()
             + self.waiting_pong().unwrap_or(0)

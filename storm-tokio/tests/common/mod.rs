@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
+use storm_host::link::CloseReason;
 use storm_proto::Message;
-use storm_proto::link::CloseReason;
 use storm_tokio::{Client, Handler, Session};
 
 /// The most any test waits for one event.

@@ -34,11 +34,11 @@ use std::net::SocketAddr;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
+use storm_host::hub::{BroadcastReport, Hub, HubMetrics, SessionId};
+use storm_host::link::CloseReason;
+use storm_host::options::{ClientOptions, Framing, ServerOptions, WsOptions};
+use storm_host::peer::{Peer, SendError};
 use storm_proto::Message;
-use storm_proto::hub::{BroadcastReport, Hub, HubMetrics, SessionId};
-use storm_proto::link::CloseReason;
-use storm_proto::options::{ClientOptions, Framing, ServerOptions, WsOptions};
-use storm_proto::peer::{Peer, SendError};
 
 pub mod on_async;
 pub mod on_std;

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use storm_async::{
     Client, Handler, Runtime, ServerHandle, Session, TcpClient, TcpServer, WsClient, WsServer,
 };
+use storm_host::hub::{Hub, SessionId};
+use storm_host::link::CloseReason;
+use storm_host::peer::{Peer, SendError};
 use storm_proto::Message;
-use storm_proto::hub::{Hub, SessionId};
-use storm_proto::link::CloseReason;
-use storm_proto::peer::{Peer, SendError};
 
 use super::{Adapter, ClientDriver, ClientSpec, Protocol, Reactor, ServerDriver, ServerSpec, WAIT};
 

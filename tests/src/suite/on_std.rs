@@ -7,10 +7,10 @@ use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use storm_host::hub::{Hub, SessionId};
+use storm_host::link::CloseReason;
+use storm_host::peer::{Peer, SendError};
 use storm_proto::Message;
-use storm_proto::hub::{Hub, SessionId};
-use storm_proto::link::CloseReason;
-use storm_proto::peer::{Peer, SendError};
 use storm_std::{Client, Handler, ServerHandle, Session, TcpClient, TcpServer, WsClient, WsServer};
 
 use super::{Adapter, ClientDriver, ClientSpec, Protocol, Reactor, ServerDriver, ServerSpec, WAIT};

@@ -10,7 +10,7 @@ use rcgen::{
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use storm_proto::options::{TlsClientCert, TlsClientOptions, TlsServerOptions};
+use storm_host::options::{TlsClientCert, TlsClientOptions, TlsServerOptions};
 
 /// A CA and what it signed, as PEM.
 #[derive(Debug, Clone)]

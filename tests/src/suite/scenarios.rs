@@ -10,13 +10,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use storm_host::hub::{CloseKind, Middleware, MiddlewareChain, SessionId};
+use storm_host::link::CloseReason;
+use storm_host::options::{Framing, TlsClientOptions, TlsServerOptions, WsOptions};
 use storm_proto::Message;
 use storm_proto::backpressure::SlowConsumerPolicy;
 use storm_proto::framing::{DelimiterConfig, FramingError, LengthPrefixConfig, RawConfig};
 use storm_proto::heartbeat::HeartbeatConfig;
-use storm_proto::hub::{CloseKind, Middleware, MiddlewareChain, SessionId};
-use storm_proto::link::CloseReason;
-use storm_proto::options::{Framing, TlsClientOptions, TlsServerOptions, WsOptions};
 use storm_proto::reconnect::BackoffConfig;
 use storm_proto::ws::{self, CloseCode, ProtocolError};
 

@@ -14,8 +14,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use storm_host::options::{ServerOptions, WsOptions};
 use storm_proto::Message;
-use storm_proto::options::{ServerOptions, WsOptions};
 use storm_tokio::{Handler, Session, WsServer};
 
 /// The system allocator, counting live bytes, and live allocations by

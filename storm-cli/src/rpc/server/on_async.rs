@@ -13,8 +13,8 @@ use std::time::Duration;
 use crate::runtime::{connection_closed, connection_error};
 use bytes::Bytes;
 use storm_async::{Handler, Runtime, ServerHandle, Session};
+use storm_host::link::CloseReason;
 use storm_proto::Message;
-use storm_proto::link::CloseReason;
 use storm_proto::rpc::Fault;
 
 use super::{Call, Request, RpcServerConfig, RpcServerStats, Service, Step, Transport};

@@ -17,15 +17,15 @@
 //! on a connection's path.
 //!
 //! ```no_run
-//! use storm_proto::options::{ServerOptions, TlsClientOptions};
+//! use storm_host::options::{ServerOptions, TlsClientOptions};
 //!
 //! # fn main() -> std::io::Result<()> {
 //! let server = ServerOptions {
-//!     tls: Some(storm_proto::tls::server_options_from_pem_files("cert.pem", "key.pem")?),
+//!     tls: Some(storm_host::tls::server_options_from_pem_files("cert.pem", "key.pem")?),
 //!     ..ServerOptions::default()
 //! };
 //! // A client that trusts a private CA instead of the web roots.
-//! let client = TlsClientOptions::with_ca(storm_proto::tls::read_pem_file("ca.pem")?);
+//! let client = TlsClientOptions::with_ca(storm_host::tls::read_pem_file("ca.pem")?);
 //! # let _ = (server, client); Ok(()) }
 //! ```
 

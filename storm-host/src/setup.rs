@@ -25,17 +25,17 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use rand::RngCore;
 
-use crate::framing::{Framer, FramingConfigError, FramingError};
 use crate::hub::{ConnectionPermit, Hub, HubConfig, SessionId};
 use crate::link::{Link, LinkConfig, Protocol};
 use crate::options::{ClientOptions, Framing, ServerOptions, WsOptions};
 use crate::peer::{ClientError, Peer, Registry};
-use crate::reconnect::{Backoff, BackoffStep};
-use crate::tls_sniff::PlainFramer;
-use crate::ws::handshake::{
+use storm_proto::framing::{Framer, FramingConfigError, FramingError};
+use storm_proto::reconnect::{Backoff, BackoffStep};
+use storm_proto::tls_sniff::PlainFramer;
+use storm_proto::ws::handshake::{
     ClientConfig, ClientHandshake, ClientStep, ServerConfig, ServerHandshake, ServerStep,
 };
-use crate::ws::{Connection, Side, WsUrl};
+use storm_proto::ws::{Connection, Side, WsUrl};
 
 mod accept;
 pub use accept::{ACCEPT_BACKOFF, ACCEPT_REPORT_EVERY, AcceptErrors, AcceptStep};
@@ -178,7 +178,7 @@ impl ClientTarget {
     /// client speaks at once; a WebSocket client sends its upgrade request
     /// and reads the response into the returned [`ClientUpgrade`]. `rng`
     /// makes the handshake key. Without TLS, a server that answers with a
-    /// TLS record is reported as one ([`crate::tls_sniff`]).
+    /// TLS record is reported as one ([`storm_proto::tls_sniff`]).
     ///
     /// # Errors
     ///
@@ -506,7 +506,7 @@ impl ServerSetup {
     /// What a new connection does once accepted (and past TLS): a TCP
     /// server speaks at once; a WebSocket server reads the upgrade request
     /// into the returned [`ServerUpgrade`]. Without TLS, a client that opens
-    /// with a TLS ClientHello is reported as one ([`crate::tls_sniff`]).
+    /// with a TLS ClientHello is reported as one ([`storm_proto::tls_sniff`]).
     ///
     /// # Errors
     ///
@@ -582,11 +582,40 @@ impl Admitted {
     }
 }
 
+/// Whether `error`, or any error in its [`source`](std::error::Error::source)
+/// chain (through an [`io::Error`]'s inner error too), is a
+/// plain server's finding that its client speaks TLS: the WebSocket
+/// handshake's [`HandshakeError::ClientSpeaksTls`](storm_proto::ws::handshake::HandshakeError::ClientSpeaksTls) or the framer's
+/// [`FramingError::ClientSpeaksTls`]. A server's logger uses it to tell
+/// this configuration mistake from the everyday failures of connections.
+#[must_use]
+pub fn client_speaks_tls(error: &(dyn std::error::Error + 'static)) -> bool {
+    use storm_proto::framing::FramingError;
+    use storm_proto::ws::handshake::HandshakeError;
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if matches!(
+            error.downcast_ref::<HandshakeError>(),
+            Some(HandshakeError::ClientSpeaksTls)
+        ) || matches!(
+            error.downcast_ref::<FramingError>(),
+            Some(FramingError::ClientSpeaksTls)
+        ) {
+            return true;
+        }
+        next = match error.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as _),
+            None => error.source(),
+        };
+    }
+    false
+}
+
 /// `error`, a server connection's failure before it became a session (its
 /// TLS or WebSocket handshake, or their timeout), naming the peer: it
 /// reads `from ADDR: ERROR`, keeps `error`'s kind, and has `error` as its
 /// [`source`](std::error::Error::source), so that a typed cause (a
-/// [`HandshakeError`](crate::ws::handshake::HandshakeError), say) can
+/// [`HandshakeError`](storm_proto::ws::handshake::HandshakeError), say) can
 /// still be found by downcasting.
 #[must_use]
 pub fn from_peer(remote: SocketAddr, error: io::Error) -> io::Error {
@@ -697,6 +726,26 @@ impl<'a> ServerUpgrade<'a> {
 // The tests stand in for an adapter, which reads the clock.
 #[allow(clippy::disallowed_methods)]
 mod tests {
+    use storm_proto::ws::handshake::HandshakeError;
+
+    #[test]
+    fn a_client_speaking_tls_is_found_in_any_error_chain() {
+        let handshake =
+            io::Error::new(io::ErrorKind::InvalidInput, HandshakeError::ClientSpeaksTls);
+        let named = from_peer(([127, 0, 0, 1], 9).into(), handshake);
+        assert!(client_speaks_tls(&named));
+        assert!(client_speaks_tls(
+            &storm_proto::framing::FramingError::ClientSpeaksTls
+        ));
+        assert!(!client_speaks_tls(
+            &storm_proto::framing::FramingError::ServerSpeaksTls
+        ));
+        let other = io::Error::new(io::ErrorKind::InvalidInput, HandshakeError::UnexpectedBody);
+        assert!(!client_speaks_tls(&other));
+        assert!(!client_speaks_tls(&io::Error::from(
+            io::ErrorKind::TimedOut
+        )));
+    }
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 

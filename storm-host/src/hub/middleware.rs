@@ -4,7 +4,7 @@ use std::error::Error;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::Message;
+use storm_proto::Message;
 
 use super::SessionId;
 
@@ -17,7 +17,7 @@ use super::SessionId;
 ///
 /// ```
 /// use storm_proto::Message;
-/// use storm_proto::hub::{Middleware, MiddlewareChain, SessionId};
+/// use storm_host::hub::{Middleware, MiddlewareChain, SessionId};
 ///
 /// /// Drops empty messages and upper-cases the rest.
 /// struct Shout;

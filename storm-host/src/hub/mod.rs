@@ -47,7 +47,7 @@
 //! use std::time::Instant;
 //!
 //! use storm_proto::Message;
-//! use storm_proto::hub::{Hub, HubConfig, SendOutcome};
+//! use storm_host::hub::{Hub, HubConfig, SendOutcome};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let now = Instant::now();
@@ -88,7 +88,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Rw
 use std::task::Waker;
 use std::time::Instant;
 
-use crate::Message;
+use storm_proto::Message;
 
 pub use backplane::{Backplane, LocalBackplane};
 pub use metrics::HubMetrics;
@@ -99,11 +99,11 @@ pub use session::{
 };
 pub use waker::thread_waker;
 
-#[cfg(doc)]
-use crate::backpressure::SlowConsumerPolicy;
-use crate::backpressure::{BackpressureConfig, DEFAULT_MAX_PENDING_BYTES};
 use metrics::Totals;
 use session::Delivery;
+#[cfg(doc)]
+use storm_proto::backpressure::SlowConsumerPolicy;
+use storm_proto::backpressure::{BackpressureConfig, DEFAULT_MAX_PENDING_BYTES};
 
 /// Locks ignoring poison: no user code runs under the hub's locks, and
 /// every critical section leaves the data consistent.
@@ -122,13 +122,13 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 /// Settings of a [`Hub`].
 ///
 /// ```
-/// use storm_proto::hub::{Hub, HubConfig};
+/// use storm_host::hub::{Hub, HubConfig};
 ///
 /// let mut config = HubConfig::default();
 /// config.max_connections = 10_000;
 /// config.backpressure.max_pending_send_bytes = 256 * 1024;
 /// let hub = Hub::new(config, std::time::Instant::now())?;
-/// # Ok::<(), storm_proto::hub::HubConfigError>(())
+/// # Ok::<(), storm_host::hub::HubConfigError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

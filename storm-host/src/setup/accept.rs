@@ -80,7 +80,7 @@ mod errno {
 ///
 /// ```
 /// # use std::{io, time::Instant};
-/// use storm_proto::setup::{AcceptErrors, ACCEPT_BACKOFF};
+/// use storm_host::setup::{AcceptErrors, ACCEPT_BACKOFF};
 ///
 /// let mut errors = AcceptErrors::default();
 /// let emfile = io::Error::from_raw_os_error(24); // Too many open files

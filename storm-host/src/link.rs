@@ -27,8 +27,8 @@
 //!
 //! use storm_proto::Message;
 //! use storm_proto::framing::LengthPrefixFramer;
-//! use storm_proto::hub::{Hub, HubConfig};
-//! use storm_proto::link::{Link, LinkConfig, LinkEvent, Protocol};
+//! use storm_host::hub::{Hub, HubConfig};
+//! use storm_host::link::{Link, LinkConfig, LinkEvent, Protocol};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let now = Instant::now();
@@ -61,11 +61,11 @@ use std::time::{Duration, Instant};
 use bytes::buf::Limit;
 use bytes::{Bytes, BytesMut};
 
-use crate::Message;
-use crate::framing::{Framer, FramingError};
-use crate::heartbeat::{Heartbeat, HeartbeatConfig, HeartbeatConfigError, HeartbeatEvent};
 use crate::hub::{CloseKind, MiddlewareChain, SendOutcome, Session};
-use crate::ws::{self, CloseCode, CloseFrame, ProtocolError, release_bytes};
+use storm_proto::Message;
+use storm_proto::framing::{Framer, FramingError};
+use storm_proto::heartbeat::{Heartbeat, HeartbeatConfig, HeartbeatConfigError, HeartbeatEvent};
+use storm_proto::ws::{self, CloseCode, CloseFrame, ProtocolError, release_bytes};
 
 /// The protocol a link speaks.
 pub enum Protocol {
@@ -522,7 +522,7 @@ impl Link {
 
     /// Whether the reader may read more. `Pending` once the WebSocket's
     /// auto-pong found no room under the send limit
-    /// ([`BackpressureConfig::max_pending_send_bytes`](crate::backpressure::BackpressureConfig::max_pending_send_bytes)):
+    /// ([`BackpressureConfig::max_pending_send_bytes`](storm_proto::backpressure::BackpressureConfig::max_pending_send_bytes)):
     /// the peer pings faster than it reads the pongs, so it is not read
     /// until the writer has drained the limit to half (or the session
     /// closes), when `cx`'s waker is woken. A control reply holds the
@@ -698,6 +698,9 @@ impl Link {
                     }
                     HeartbeatEvent::PeerDead { .. } => CloseReason::PeerDead,
                     HeartbeatEvent::IdleTimeout => CloseReason::IdleTimeout,
+                    // The heartbeat's events are non-exhaustive: one this
+                    // link does not know is not a reason to close.
+                    _ => continue,
                 };
                 state.closed = true;
                 dead = true;
@@ -919,7 +922,9 @@ fn next_event(state: &mut State, now: Instant) -> Option<LinkEvent> {
                     CloseReason::Remote(frame)
                 }))
             }
-            Ok(None) => None,
+            // `ws::Event` is non-exhaustive: an event this link does not
+            // know carries nothing for the application.
+            Ok(Some(_)) | Ok(None) => None,
             Err(e) => {
                 state.closed = true;
                 Some(LinkEvent::Closed(CloseReason::Protocol(e)))
@@ -940,10 +945,10 @@ mod tests {
     #![allow(clippy::disallowed_methods)] // tests take one starting Instant from the clock
 
     use super::*;
-    use crate::framing::{DelimiterFramer, LengthPrefixFramer};
     use crate::hub::{Hub, HubConfig, Middleware, SessionId};
-    use crate::ws::frame::{FrameHeader, OpCode, encode_frame};
-    use crate::ws::{Config, Connection, Side};
+    use storm_proto::framing::{DelimiterFramer, LengthPrefixFramer};
+    use storm_proto::ws::frame::{FrameHeader, OpCode, encode_frame};
+    use storm_proto::ws::{Config, Connection, Side};
 
     fn setup(protocol: Protocol, config: LinkConfig) -> (Hub, Link, Instant) {
         let now = Instant::now();
@@ -954,14 +959,13 @@ mod tests {
 
     /// A link whose send limit is `limit` bytes, under the Drop policy.
     fn limited(protocol: Protocol, limit: usize) -> (Hub, Link, Instant) {
-        use crate::backpressure::{BackpressureConfig, SlowConsumerPolicy};
+        use storm_proto::backpressure::{BackpressureConfig, SlowConsumerPolicy};
         let now = Instant::now();
+        let mut backpressure = BackpressureConfig::default();
+        backpressure.max_pending_send_bytes = limit;
+        backpressure.slow_consumer_policy = SlowConsumerPolicy::Drop;
         let config = HubConfig {
-            backpressure: BackpressureConfig {
-                max_pending_send_bytes: limit,
-                slow_consumer_policy: SlowConsumerPolicy::Drop,
-                ..BackpressureConfig::default()
-            },
+            backpressure,
             ..HubConfig::default()
         };
         let hub = Hub::new(config, now).unwrap();

@@ -1,6 +1,6 @@
 //! The seam where a group broadcast leaves this node.
 
-use crate::Message;
+use storm_proto::Message;
 
 /// Fans a group broadcast out to other nodes (Redis or NATS pub/sub, …).
 ///

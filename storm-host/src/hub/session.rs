@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use crate::Message;
+use storm_proto::Message;
 
 use super::lock;
 use super::metrics::{Totals, Traffic};
-use crate::backpressure::{
+use storm_proto::backpressure::{
     BackpressureConfig, FlowChange, SendBudget, SlowConsumerPolicy, Verdict, Watermark,
 };
 
@@ -320,7 +320,7 @@ impl Session {
     /// and send again; on [`SendOutcome::Disconnected`] the session has been
     /// asked to abort. A message is never admitted past the send limit,
     /// except one larger than the whole limit into an empty outbox (see
-    /// [`backpressure`](crate::backpressure)).
+    /// [`backpressure`](storm_proto::backpressure)).
     pub fn send(&self, message: Message) -> SendOutcome {
         let mut wake = Vec::new();
         let outcome = {

@@ -13,12 +13,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::Message;
 use crate::hub::{
     GroupError, Hub, SendOutcome, SessionClosed, SessionId, SessionMetrics, SessionState,
 };
 use crate::link::Link;
-use crate::ws::CloseCode;
+use storm_proto::Message;
+use storm_proto::ws::CloseCode;
 
 /// One connection: its id, address and metrics; sending; closing; groups.
 /// Cheap to clone, and usable from any task or thread.
@@ -68,7 +68,7 @@ impl std::error::Error for SendError {}
 #[non_exhaustive]
 pub enum ClientError {
     /// The URL is not a WebSocket URL.
-    Url(crate::ws::UrlError),
+    Url(storm_proto::ws::UrlError),
     /// TLS failed: the server's certificate is not trusted or does not
     /// name the server, the server refused the client's certificate, or
     /// the peer does not speak TLS.
@@ -78,7 +78,7 @@ pub enum ClientError {
     /// The transport failed.
     Io(io::Error),
     /// The server refused the WebSocket upgrade.
-    Handshake(crate::ws::handshake::ResponseError),
+    Handshake(storm_proto::ws::handshake::ResponseError),
     /// An option is invalid.
     Config(String),
     /// No connection is up (between reconnects, or after close).

@@ -3,64 +3,14 @@
 //! adapters apply the socket options.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backpressure::BackpressureConfig;
-use crate::framing::{
-    DelimiterConfig, DelimiterFramer, Framer, FramingConfigError, LengthPrefixConfig,
-    LengthPrefixFramer, RawConfig, RawFramer,
-};
 use crate::link::LinkConfig;
-use crate::reconnect::BackoffConfig;
-use crate::ws;
-use crate::ws::deflate::DeflateConfig;
-
-/// How a plain TCP connection cuts its byte stream into messages.
-#[derive(Clone, Default)]
-#[non_exhaustive]
-pub enum Framing {
-    /// Whatever each read returns is a message ([`RawFramer`]).
-    Raw(RawConfig),
-    /// 4-byte big-endian length prefix ([`LengthPrefixFramer`]). The default.
-    #[default]
-    LengthPrefix,
-    /// Length prefix with a chosen maximum.
-    LengthPrefixWith(LengthPrefixConfig),
-    /// Delimited messages, `\n` by default ([`DelimiterFramer`]).
-    Delimiter(DelimiterConfig),
-    /// Your own framer, built once per connection.
-    Custom(Arc<dyn Fn() -> Box<dyn Framer + Send> + Send + Sync>),
-}
-
-impl Framing {
-    /// A framer for one connection.
-    ///
-    /// # Errors
-    ///
-    /// The framer's configuration error.
-    pub fn build(&self) -> Result<Box<dyn Framer + Send>, FramingConfigError> {
-        Ok(match self {
-            Self::Raw(config) => Box::new(RawFramer::new(config.clone())?),
-            Self::LengthPrefix => Box::new(LengthPrefixFramer::default()),
-            Self::LengthPrefixWith(config) => Box::new(LengthPrefixFramer::new(config.clone())?),
-            Self::Delimiter(config) => Box::new(DelimiterFramer::new(config.clone())?),
-            Self::Custom(make) => make(),
-        })
-    }
-}
-
-impl fmt::Debug for Framing {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Raw(c) => f.debug_tuple("Raw").field(c).finish(),
-            Self::LengthPrefix => f.write_str("LengthPrefix"),
-            Self::LengthPrefixWith(c) => f.debug_tuple("LengthPrefixWith").field(c).finish(),
-            Self::Delimiter(c) => f.debug_tuple("Delimiter").field(c).finish(),
-            Self::Custom(_) => f.write_str("Custom(..)"),
-        }
-    }
-}
+use storm_proto::backpressure::BackpressureConfig;
+pub use storm_proto::framing::Framing;
+use storm_proto::reconnect::BackoffConfig;
+use storm_proto::ws;
+use storm_proto::ws::deflate::DeflateConfig;
 
 /// TLS for a server, as runtime-neutral PEM data: each adapter builds its
 /// TLS library's configuration from it once, when the server binds, and

@@ -24,7 +24,7 @@ impl Wake for ThreadWaker {
 /// ```
 /// use std::task::{Context, Poll};
 ///
-/// use storm_proto::hub::thread_waker;
+/// use storm_host::hub::thread_waker;
 ///
 /// let waker = thread_waker(std::thread::current());
 /// let mut cx = Context::from_waker(&waker);

@@ -6,9 +6,9 @@ use std::task::{Context, Poll, Wake};
 use std::time::Duration;
 
 use super::*;
-use crate::Message;
-use crate::backpressure::{FlowChange, SlowConsumerPolicy};
 use bytes::Bytes;
+use storm_proto::Message;
+use storm_proto::backpressure::{FlowChange, SlowConsumerPolicy};
 
 /// A waker counting its wake-ups.
 #[derive(Default)]

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use storm_host::hub::{Hub, HubConfig, SendOutcome, Session, thread_waker};
 use storm_proto::Message;
 use storm_proto::backpressure::SlowConsumerPolicy;
-use storm_proto::hub::{Hub, HubConfig, SendOutcome, Session, thread_waker};
 
 const SESSIONS: usize = 24;
 const SENDERS: usize = 4;

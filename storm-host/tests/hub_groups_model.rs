@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use proptest::prelude::*;
+use storm_host::hub::{GroupError, Hub, HubConfig, Session, SessionId};
 use storm_proto::Message;
-use storm_proto::hub::{GroupError, Hub, HubConfig, Session, SessionId};
 
 const GROUPS: [&str; 4] = ["a", "b", "lobby", "room:42"];
 

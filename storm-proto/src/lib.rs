@@ -24,6 +24,7 @@
 //! | [`options`] | option structs shared by every adapter (servers, clients, WebSocket, framing) |
 //! | [`broker`] | request/response broker: 24-byte frames, streaming and reassembly, consumer/provider routing, request correlation |
 //! | [`rpc`] | request/response RPC: the envelope (request, response, error, cancel), per-message compression, client call correlation with deadlines and cancellation, server request tracking |
+//! | [`deadline`] | the timer table of the rpc and broker machines: entries keyed by id, each with an optional deadline; the earliest first, expiry at `now`, removal when done |
 //! | [`setup`] | opening a connection apart from the I/O: client targets and server setups checked once (TLS included), the WebSocket upgrade bytes in and protocol out, admission into a hub, a client's reconnect schedule |
 //! | `tls` | (feature `tls`) the shared TLS options into rustls configurations; PEM files into options; rustls' errors as sentences that say what to do |
 //! | [`tls_sniff`] | telling a TLS record from plain bytes: a plain end whose peer speaks TLS gets an error that says so |
@@ -104,6 +105,7 @@
 
 pub mod backpressure;
 pub mod broker;
+pub mod deadline;
 pub mod framing;
 pub mod heartbeat;
 pub mod hub;

@@ -20,6 +20,7 @@
 //! | [`backpressure`] | pending-byte accounting with pause at the limit and resume at half; slow-consumer decisions (`Wait`, `Drop`, `Disconnect`) |
 //! | [`broker`] | request/response broker: 24-byte frames, streaming and reassembly, consumer/provider routing, request correlation |
 //! | [`rpc`] | request/response RPC: the envelope (request, response, error, cancel), per-message compression, client call correlation with deadlines and cancellation, server request tracking |
+//! | [`deadline`] | the timer table of the rpc and broker machines: entries keyed by id, each with an optional deadline; the earliest first, expiry at `now`, removal when done |
 //! | [`tls_sniff`] | telling a TLS record from plain bytes: a plain end whose peer speaks TLS gets an error that says so |
 //!
 //! # The drive loop
@@ -98,6 +99,7 @@
 
 pub mod backpressure;
 pub mod broker;
+pub mod deadline;
 pub mod framing;
 pub mod heartbeat;
 mod message;

@@ -1,6 +1,6 @@
 //! The consumer's side: request ids, deadlines, cancellation.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -8,6 +8,7 @@ use bytes::Bytes;
 use rand::RngCore;
 
 use super::{ConfigError, ErrorCode, ErrorPayload, Frame, FrameType, RequestId, non_zero};
+use crate::deadline::DeadlineMap;
 
 /// Limits of a [`Requests`] machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,8 +91,7 @@ pub struct RequestsStats {
 #[derive(Debug)]
 pub struct Requests {
     max_pending: usize,
-    pending: HashMap<RequestId, Instant>,
-    deadlines: BTreeSet<(Instant, RequestId)>,
+    pending: DeadlineMap<RequestId, ()>,
     events: VecDeque<RequestEvent>,
     stats: RequestsStats,
 }
@@ -106,8 +106,7 @@ impl Requests {
         non_zero("max_pending", config.max_pending)?;
         Ok(Self {
             max_pending: config.max_pending,
-            pending: HashMap::new(),
-            deadlines: BTreeSet::new(),
+            pending: DeadlineMap::new(),
             events: VecDeque::new(),
             stats: RequestsStats::default(),
         })
@@ -133,10 +132,9 @@ impl Requests {
         }
         for _ in 0..8 {
             let id = RequestId::random(rng);
-            if let std::collections::hash_map::Entry::Vacant(slot) = self.pending.entry(id) {
+            if !self.pending.contains_key(&id) {
                 let deadline = super::deadline(now, timeout);
-                slot.insert(deadline);
-                self.deadlines.insert((deadline, id));
+                self.pending.insert(id, Some(deadline), ());
                 self.stats.started += 1;
                 return Ok(id);
             }
@@ -148,7 +146,7 @@ impl Requests {
     /// ([`ErrorCode::CANCELLED`]) to send to the broker so the provider can
     /// stop, or `None` if the request was not pending.
     pub fn cancel(&mut self, request_id: RequestId) -> Option<Frame> {
-        self.remove(request_id)?;
+        self.pending.remove(&request_id)?;
         self.stats.cancelled += 1;
         let payload = ErrorPayload::new(ErrorCode::CANCELLED, "cancelled by consumer").encode();
         Some(Frame::new(FrameType::Error, request_id, payload))
@@ -170,7 +168,7 @@ impl Requests {
                 }
                 let last = !frame.has_more();
                 if last {
-                    let _ = self.remove(id);
+                    self.pending.remove(&id);
                     self.stats.completed += 1;
                 }
                 self.events.push_back(RequestEvent::Response {
@@ -180,7 +178,7 @@ impl Requests {
                 });
             }
             FrameType::Error => {
-                if self.remove(id).is_none() {
+                if self.pending.remove(&id).is_none() {
                     self.stats.late_frames += 1;
                     return Ok(());
                 }
@@ -204,17 +202,13 @@ impl Requests {
     /// The earliest deadline of a pending request.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadlines.first().map(|(at, _)| *at)
+        self.pending.next_deadline()
     }
 
     /// Times out every request due at or before `now`
     /// ([`RequestEvent::TimedOut`]).
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(&(at, id)) = self.deadlines.first() {
-            if at > now {
-                break;
-            }
-            let _ = self.remove(id);
+        while let Some((id, ())) = self.pending.pop_due(now) {
             self.stats.timed_out += 1;
             self.events.push_back(RequestEvent::TimedOut(id));
         }
@@ -236,12 +230,6 @@ impl Requests {
     #[must_use]
     pub fn stats(&self) -> RequestsStats {
         self.stats
-    }
-
-    fn remove(&mut self, id: RequestId) -> Option<Instant> {
-        let deadline = self.pending.remove(&id)?;
-        self.deadlines.remove(&(deadline, id));
-        Some(deadline)
     }
 }
 

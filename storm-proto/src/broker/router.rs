@@ -10,6 +10,7 @@ use super::{
     ChannelId, ClientId, ConfigError, ErrorCode, ErrorPayload, FLAG_MORE, Frame, FrameConfig,
     FrameError, FrameType, ROUTING_INFO_LEN, Registration, RequestId, Role, RoutingInfo, non_zero,
 };
+use crate::deadline::DeadlineMap;
 
 /// A connection, as numbered by the adapter (any scheme, unique while the
 /// connection is known to the router).
@@ -314,7 +315,6 @@ struct Entry {
     consumer: ConnId,
     consumer_id: RequestId,
     provider: ConnId,
-    deadline: Instant,
     consumer_done: bool,
 }
 
@@ -358,9 +358,8 @@ pub struct Router {
     config: RouterConfig,
     conns: HashMap<ConnId, Conn>,
     channels: HashMap<ChannelId, Channel>,
-    entries: HashMap<RequestId, Entry>,
+    entries: DeadlineMap<RequestId, Entry>,
     by_consumer: HashMap<(ConnId, RequestId), RequestId>,
-    deadlines: BTreeSet<(Instant, RequestId)>,
     events: VecDeque<RouterEvent>,
     to_close: VecDeque<(ConnId, CloseReason)>,
     next_id: u128,
@@ -412,9 +411,8 @@ impl Router {
             config,
             conns: HashMap::new(),
             channels: HashMap::new(),
-            entries: HashMap::new(),
+            entries: DeadlineMap::new(),
             by_consumer: HashMap::new(),
-            deadlines: BTreeSet::new(),
             events: VecDeque::new(),
             to_close: VecDeque::new(),
             next_id: 0,
@@ -566,19 +564,18 @@ impl Router {
     /// The earliest request deadline, `None` if no request is in flight.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadlines.first().map(|(at, _)| *at)
+        self.entries.next_deadline()
     }
 
     /// Fails every request due at or before `now`: its consumer gets an
     /// `Error` ([`ErrorCode::TIMEOUT`]), its provider too (so it can stop).
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(&(at, rid)) = self.deadlines.first() {
-            if at > now {
-                break;
-            }
+        while let Some((rid, entry)) = self.entries.pop_due(now) {
             self.stats.timed_out += 1;
-            self.fail(
+            self.unlink(rid, &entry);
+            self.fail_removed(
                 rid,
+                &entry,
                 ErrorPayload::new(ErrorCode::TIMEOUT, "request timed out"),
                 Some(ErrorPayload::new(ErrorCode::TIMEOUT, "request timed out")),
             );
@@ -849,16 +846,15 @@ impl Router {
         let _ = self.push_data(provider, forward);
         self.entries.insert(
             rid,
+            Some(deadline),
             Entry {
                 consumer: conn,
                 consumer_id: id,
                 provider,
-                deadline,
                 consumer_done: false,
             },
         );
         self.by_consumer.insert((conn, id), rid);
-        self.deadlines.insert((deadline, rid));
         for c in [conn, provider] {
             if let Some(c) = self.conns.get_mut(&c) {
                 c.requests.insert(rid);
@@ -957,15 +953,19 @@ impl Router {
 
     fn remove_entry(&mut self, rid: RequestId) -> Option<Entry> {
         let entry = self.entries.remove(&rid)?;
+        self.unlink(rid, &entry);
+        Some(entry)
+    }
+
+    /// Drops the indexes of a request already out of `entries`.
+    fn unlink(&mut self, rid: RequestId, entry: &Entry) {
         self.by_consumer
             .remove(&(entry.consumer, entry.consumer_id));
-        self.deadlines.remove(&(entry.deadline, rid));
         for c in [entry.consumer, entry.provider] {
             if let Some(c) = self.conns.get_mut(&c) {
                 c.requests.remove(&rid);
             }
         }
-        Some(entry)
     }
 
     /// Ends a request with an `Error` to its consumer, and (if given) to its
@@ -976,9 +976,19 @@ impl Router {
         to_consumer: ErrorPayload,
         to_provider: Option<ErrorPayload>,
     ) {
-        let Some(entry) = self.remove_entry(rid) else {
-            return;
-        };
+        if let Some(entry) = self.remove_entry(rid) {
+            self.fail_removed(rid, &entry, to_consumer, to_provider);
+        }
+    }
+
+    /// [`fail`](Self::fail) for a request already removed.
+    fn fail_removed(
+        &mut self,
+        rid: RequestId,
+        entry: &Entry,
+        to_consumer: ErrorPayload,
+        to_provider: Option<ErrorPayload>,
+    ) {
         self.purge(entry.consumer, entry.consumer_id);
         self.end_at(entry.consumer, entry.consumer_id, &to_consumer);
         if let Some(error) = to_provider {

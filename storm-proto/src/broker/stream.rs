@@ -1,12 +1,13 @@
 //! Streaming a payload as Start/Chunk…/End frames, and reassembling it.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
 use super::{ConfigError, Frame, FrameType, RequestId, non_zero};
+use crate::deadline::DeadlineMap;
 
 /// Splits one request into frames: `Start` (payload: the header), one
 /// `Chunk` per at most `chunk_size` bytes of the payload, then an empty
@@ -188,7 +189,6 @@ struct Partial {
     header: Bytes,
     chunks: Vec<Bytes>,
     size: usize,
-    deadline: Instant,
 }
 
 /// Reassembles streamed requests (`Start`, `Chunk`…, `End`) per request id.
@@ -211,8 +211,7 @@ struct Partial {
 #[derive(Debug)]
 pub struct Assembler {
     config: AssemblerConfig,
-    open: HashMap<RequestId, Partial>,
-    deadlines: BTreeSet<(Instant, RequestId)>,
+    open: DeadlineMap<RequestId, Partial>,
     expired: VecDeque<RequestId>,
     buffered: usize,
     stats: AssemblerStats,
@@ -241,8 +240,7 @@ impl Assembler {
         }
         Ok(Self {
             config,
-            open: HashMap::new(),
-            deadlines: BTreeSet::new(),
+            open: DeadlineMap::new(),
             expired: VecDeque::new(),
             buffered: 0,
             stats: AssemblerStats::default(),
@@ -278,15 +276,14 @@ impl Assembler {
                     });
                 }
                 let deadline = super::deadline(now, self.config.timeout);
-                self.deadlines.insert((deadline, id));
                 self.open.insert(
                     id,
+                    Some(deadline),
                     Partial {
                         flags: frame.flags,
                         header: frame.payload,
                         chunks: Vec::new(),
                         size: 0,
-                        deadline,
                     },
                 );
                 Ok(None)
@@ -352,20 +349,16 @@ impl Assembler {
     /// The earliest deadline of an open request, `None` if none is open.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadlines.first().map(|(at, _)| *at)
+        self.open.next_deadline()
     }
 
     /// Expires every open request whose deadline is `<= now`; their ids
     /// come out of [`poll_expired`](Self::poll_expired).
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(&(at, id)) = self.deadlines.first() {
-            if at > now {
-                break;
-            }
-            if self.remove(id).is_some() {
-                self.stats.expired += 1;
-                self.expired.push_back(id);
-            }
+        while let Some((id, partial)) = self.open.pop_due(now) {
+            self.buffered -= partial.size;
+            self.stats.expired += 1;
+            self.expired.push_back(id);
         }
     }
 
@@ -400,7 +393,6 @@ impl Assembler {
 
     fn remove(&mut self, id: RequestId) -> Option<Partial> {
         let partial = self.open.remove(&id)?;
-        self.deadlines.remove(&(partial.deadline, id));
         self.buffered -= partial.size;
         Some(partial)
     }

@@ -1,6 +1,6 @@
 //! The client's side: request ids, deadlines, cancellation, responses.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,7 @@ use super::envelope::{
     DecodeError, EncodeError, Envelope, FLAG_COMPRESSED, FLAG_IDEMPOTENT, Fault, Kind,
 };
 use crate::Utf8Bytes;
+use crate::deadline::DeadlineMap;
 
 /// Limits and options of a [`Calls`] machine (and of a
 /// [`Serving`](super::Serving) one).
@@ -155,12 +156,6 @@ pub struct CallsStats {
     pub compressed: u64,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Pending {
-    deadline: Option<Instant>,
-    idempotent: bool,
-}
-
 /// Request/response correlation for one client connection.
 ///
 /// [`start`](Self::start) gives a call a fresh id (sequential per machine)
@@ -196,8 +191,9 @@ pub struct Calls {
     config: CallsConfig,
     deflate: Deflate,
     next_id: u64,
-    pending: HashMap<u64, Pending>,
-    deadlines: BTreeSet<(Instant, u64)>,
+    /// Pending calls: id, deadline, and whether the caller marked it
+    /// idempotent.
+    pending: DeadlineMap<u64, bool>,
     events: VecDeque<CallEvent>,
     transmit: VecDeque<Bytes>,
     stats: CallsStats,
@@ -219,8 +215,7 @@ impl Calls {
             config,
             deflate,
             next_id: 1,
-            pending: HashMap::new(),
-            deadlines: BTreeSet::new(),
+            pending: DeadlineMap::new(),
             events: VecDeque::new(),
             transmit: VecDeque::new(),
             stats: CallsStats::default(),
@@ -274,16 +269,7 @@ impl Calls {
         let frame = envelope.to_bytes().map_err(StartError::Encode)?;
         self.next_id = self.next_id.wrapping_add(1).max(1);
         let deadline = timeout.and_then(|t| now.checked_add(t));
-        if let Some(at) = deadline {
-            self.deadlines.insert((at, id));
-        }
-        self.pending.insert(
-            id,
-            Pending {
-                deadline,
-                idempotent,
-            },
-        );
+        self.pending.insert(id, deadline, idempotent);
         self.stats.started += 1;
         self.stats.compressed += u64::from(compressed);
         Ok((id, frame))
@@ -293,7 +279,7 @@ impl Calls {
     /// envelope to send so the server can stop working on it, or `None` if
     /// the call was not pending (already ended). No event is produced.
     pub fn cancel(&mut self, id: u64) -> Option<Bytes> {
-        self.remove(id)?;
+        self.pending.remove(&id)?;
         self.stats.cancelled += 1;
         cancel_frame(id)
     }
@@ -315,7 +301,7 @@ impl Calls {
             return Err(DecodeError::UnknownKind(envelope.kind.to_byte()));
         }
         let id = envelope.id;
-        if self.remove(id).is_none() {
+        if self.pending.remove(&id).is_none() {
             self.stats.late += 1;
             return Ok(());
         }
@@ -358,13 +344,8 @@ impl Calls {
     /// [`CallEvent::Disconnected`] (in id order), and queued cancels are
     /// dropped. The machine can be used again on a new connection.
     pub fn handle_disconnect(&mut self) {
-        let mut ids: Vec<(u64, bool)> = self
-            .pending
-            .drain()
-            .map(|(id, p)| (id, p.idempotent))
-            .collect();
+        let mut ids: Vec<(u64, bool)> = self.pending.drain().collect();
         ids.sort_unstable();
-        self.deadlines.clear();
         self.transmit.clear();
         for (id, idempotent) in ids {
             self.stats.disconnected += 1;
@@ -389,17 +370,13 @@ impl Calls {
     /// The earliest deadline of a pending call.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadlines.first().map(|(at, _)| *at)
+        self.pending.next_deadline()
     }
 
     /// Ends every call due at or before `now` with
     /// [`CallEvent::TimedOut`] and queues a cancel for each.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(&(at, id)) = self.deadlines.first() {
-            if at > now {
-                break;
-            }
-            let _ = self.remove(id);
+        while let Some((id, _)) = self.pending.pop_due(now) {
             self.stats.timed_out += 1;
             self.events.push_back(CallEvent::TimedOut(id));
             if let Some(frame) = cancel_frame(id) {
@@ -424,14 +401,6 @@ impl Calls {
     #[must_use]
     pub fn stats(&self) -> CallsStats {
         self.stats
-    }
-
-    fn remove(&mut self, id: u64) -> Option<Pending> {
-        let pending = self.pending.remove(&id)?;
-        if let Some(at) = pending.deadline {
-            self.deadlines.remove(&(at, id));
-        }
-        Some(pending)
     }
 }
 

@@ -12,6 +12,9 @@
 #                   runs on a shared VM vary by ±15 % per cell
 #   --no-build      use the release binaries already built
 #
+# STORM_BIN=PATH runs that `storm` binary instead of this checkout's (to
+# compare a change with the commit before it in one sitting).
+#
 # Each server runs pinned to CPU 0 and the load generator to CPU 1. For every
 # (server, protocol) pair it prints messages/s, MiB/s, the server's CPU time
 # per message (from /proc/PID/stat), and round-trip p50/p99 with one message
@@ -31,7 +34,7 @@ while [ $# -gt 0 ]; do
         --only) only=${2:?}; shift ;;
         --rounds) rounds=${2:?}; shift ;;
         --no-build) build=0 ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -282,7 +285,9 @@ echo "$memory_header" > "$out/memory-all.md"
 echo "$large_header" > "$out/large-all.md"
 
 load_before=$(cut -d ' ' -f 1-3 /proc/loadavg)
-storm="$bin/storm"
+# STORM_BIN: another build of `storm` to measure (e.g. the commit before a
+# change, built in its own checkout), in place of this checkout's.
+storm="${STORM_BIN:-$bin/storm}"
 for round in $(seq "$rounds"); do
     [ "$rounds" = 1 ] || echo "== round $round of $rounds" >&2
     echo "$table_header" > "$out/table.md"

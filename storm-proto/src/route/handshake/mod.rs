@@ -747,5 +747,4 @@ impl ServerHandshake {
 }
 
 #[cfg(test)]
-#[path = "handshake_tests.rs"]
 mod tests;

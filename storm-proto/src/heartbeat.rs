@@ -414,13 +414,8 @@ impl IdleTimer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::epoch;
     use proptest::prelude::*;
-
-    /// The origin of virtual time; which instant it is does not matter.
-    #[allow(clippy::disallowed_methods)]
-    fn origin() -> Instant {
-        Instant::now()
-    }
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
@@ -441,7 +436,7 @@ mod tests {
     #[test]
     fn seed_timeline() {
         // StormSocket: ping every 15s, 3 missed pongs allowed.
-        let t0 = origin();
+        let t0 = epoch();
         let mut hb = Heartbeat::new(config(15, 3), t0).unwrap();
         hb.handle_timeout(t0 + secs(15));
         let [HeartbeatEvent::SendPing(p)] = drain(&mut hb)[..] else {
@@ -468,7 +463,7 @@ mod tests {
 
     #[test]
     fn nothing_before_the_deadline() {
-        let t0 = origin();
+        let t0 = epoch();
         let mut hb = Heartbeat::new(config(10, 1), t0).unwrap();
         hb.handle_timeout(t0 + secs(10) - Duration::from_nanos(1));
         assert_eq!(drain(&mut hb), []);
@@ -478,7 +473,7 @@ mod tests {
 
     #[test]
     fn late_timeout_sends_one_ping_and_reschedules_from_now() {
-        let t0 = origin();
+        let t0 = epoch();
         let mut hb = Heartbeat::new(config(10, 3), t0).unwrap();
         hb.handle_timeout(t0 + secs(95));
         assert_eq!(drain(&mut hb).len(), 1);
@@ -487,7 +482,7 @@ mod tests {
 
     #[test]
     fn zero_interval_disables() {
-        let t0 = origin();
+        let t0 = epoch();
         let mut hb = Heartbeat::new(config(0, 3), t0).unwrap();
         assert_eq!(hb.poll_timeout(), None);
         hb.handle_timeout(t0 + secs(1_000_000));
@@ -496,14 +491,14 @@ mod tests {
 
     #[test]
     fn zero_max_missed_is_rejected() {
-        let err = Heartbeat::new(config(1, 0), origin()).unwrap_err();
+        let err = Heartbeat::new(config(1, 0), epoch()).unwrap_err();
         assert_eq!(err, HeartbeatConfigError::ZeroMaxMissed);
         assert!(!err.to_string().is_empty());
     }
 
     #[test]
     fn unknown_pong_is_liveness_without_rtt() {
-        let t0 = origin();
+        let t0 = epoch();
         let mut hb = Heartbeat::new(config(1, 2), t0).unwrap();
         hb.handle_timeout(t0 + secs(1));
         hb.handle_timeout(t0 + secs(2));
@@ -518,7 +513,7 @@ mod tests {
 
     #[test]
     fn pong_for_older_ping_measures_from_that_ping() {
-        let t0 = origin();
+        let t0 = epoch();
         let mut hb = Heartbeat::new(config(1, 3), t0).unwrap();
         hb.handle_timeout(t0 + secs(1));
         hb.handle_timeout(t0 + secs(2));
@@ -546,7 +541,7 @@ mod tests {
 
     #[test]
     fn traffic_counts_as_liveness_only_when_configured() {
-        let t0 = origin();
+        let t0 = epoch();
         for liveness in [false, true] {
             let cfg = HeartbeatConfig {
                 traffic_is_liveness: liveness,
@@ -563,7 +558,7 @@ mod tests {
 
     #[test]
     fn idle_timer_fires_once_and_rearms_on_traffic() {
-        let t0 = origin();
+        let t0 = epoch();
         let mut idle = IdleTimer::new(secs(5), t0);
         idle.handle_activity(t0 + secs(3));
         idle.handle_timeout(t0 + secs(5));
@@ -580,7 +575,7 @@ mod tests {
 
     #[test]
     fn heartbeat_with_idle_only() {
-        let t0 = origin();
+        let t0 = epoch();
         let cfg = HeartbeatConfig {
             idle_timeout: secs(4),
             ..config(0, 3)
@@ -596,7 +591,7 @@ mod tests {
 
     #[test]
     fn huge_durations_do_not_overflow() {
-        let t0 = origin();
+        let t0 = epoch();
         let cfg = HeartbeatConfig {
             interval: Duration::MAX,
             idle_timeout: Duration::MAX,
@@ -660,7 +655,7 @@ mod tests {
             liveness in any::<bool>(),
             ops in proptest::collection::vec(op(), 0..80),
         ) {
-            let t0 = origin();
+            let t0 = epoch();
             let at = |ms: u64| t0 + Duration::from_millis(ms);
             let cfg = HeartbeatConfig {
                 interval: Duration::from_millis(interval),

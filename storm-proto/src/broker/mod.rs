@@ -239,13 +239,6 @@ fn non_zero(field: &'static str, value: usize) -> Result<(), ConfigError> {
     }
 }
 
-/// A base instant for tests: only offsets from it matter.
-#[cfg(test)]
-#[allow(clippy::disallowed_methods)] // the one clock read, in tests only
-pub(crate) fn test_epoch() -> std::time::Instant {
-    std::time::Instant::now()
-}
-
 #[cfg(test)]
 mod tests {
     use rand::SeedableRng;

@@ -5,9 +5,10 @@
 //!
 //! - [`Heartbeat`] pings every [`interval`](HeartbeatConfig::interval) and
 //!   declares the peer dead after [`max_missed`](HeartbeatConfig::max_missed)
-//!   consecutive pings went unanswered (StormSocket semantics: any pong resets
-//!   the count). Each ping carries an 8-byte counter, so the pong that echoes
-//!   it gives the round-trip time. It can also run an idle timeout.
+//!   consecutive pings went unanswered; any pong resets the count, whatever
+//!   its payload, since it proves the peer alive. Each ping carries an
+//!   8-byte counter, so the pong that echoes it gives the round-trip time.
+//!   It can also run an idle timeout.
 //! - [`IdleTimer`] is the idle timeout alone, for plain TCP where there is no
 //!   ping: no inbound traffic for [`idle`](IdleTimer::new) gives
 //!   [`HeartbeatEvent::IdleTimeout`].
@@ -21,7 +22,8 @@
 //! peer). At each tick, if `max_missed` pings are still unanswered the peer
 //! is dead; otherwise one more ping is sent. With `interval = 15s` and
 //! `max_missed = 3` a silent peer gets pings at 15, 30 and 45 seconds and is
-//! declared dead at 60: exactly the seed's timeline (a pong at 17s resets it).
+//! declared dead at 60; a pong in between (at 17 seconds, say) resets the
+//! count, and the peer is dead only after three unanswered pings in a row.
 //!
 //! Nothing fires before its deadline, and everything due fires at the first
 //! [`handle_timeout`](Heartbeat::handle_timeout) at or after it. Time never
@@ -106,8 +108,8 @@ pub struct HeartbeatConfig {
     pub idle_timeout: Duration,
     /// Whether any inbound traffic proves the peer alive, like a pong does
     /// (resetting the missed count, without an RTT sample). Default `false`:
-    /// only pongs count, as in StormSocket, so a peer that keeps sending but
-    /// never answers pings (a stuck reader) is still detected.
+    /// only pongs count, so a peer that keeps sending but never answers pings
+    /// (a stuck reader) is still detected.
     pub traffic_is_liveness: bool,
 }
 
@@ -434,8 +436,9 @@ mod tests {
     }
 
     #[test]
-    fn seed_timeline() {
-        // StormSocket: ping every 15s, 3 missed pongs allowed.
+    fn pings_every_15s_and_three_unanswered_in_a_row_mean_dead() {
+        // A pong at 17s resets the count; silence from then on: pings at 30,
+        // 45 and 60s go unanswered, and the tick at 75s finds the peer dead.
         let t0 = epoch();
         let mut hb = Heartbeat::new(config(15, 3), t0).unwrap();
         hb.handle_timeout(t0 + secs(15));

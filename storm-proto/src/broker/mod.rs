@@ -169,8 +169,8 @@ macro_rules! id_type {
 }
 
 id_type!(
-    /// The 16-byte id of one request (a UUID in the original system), chosen
-    /// by the consumer; the router uses its own ids towards providers.
+    /// The 16-byte id of one request (any 16 bytes; a random UUID fits),
+    /// chosen by the consumer; the router uses its own ids towards providers.
     RequestId
 );
 id_type!(

@@ -69,8 +69,8 @@ impl Default for BackoffConfig {
 }
 
 impl BackoffConfig {
-    /// StormSocket's auto-reconnect: the same `delay` before every attempt,
-    /// no jitter, unlimited attempts; other fields as in `default()`.
+    /// The same `delay` before every attempt, no jitter, unlimited attempts;
+    /// other fields as in `default()`.
     pub fn fixed(delay: Duration) -> Self {
         Self {
             policy: BackoffPolicy::Fixed { delay },

@@ -27,7 +27,7 @@ struct Slot<T> {
 }
 
 /// A fixed list of endpoints (addresses, or anything else) used round-robin,
-/// with failover (SocketMeister semantics).
+/// with failover.
 ///
 /// - [`next`](Self::next) picks the endpoint for each new request or
 ///   connection: the next usable one after the last pick, in list order, so

@@ -11,8 +11,17 @@
 #   --debug   use debug builds of the examples (what `cargo test` already built)
 #   --update  record the results as the new expectation instead of comparing
 #
-# Needs ../shared/tools/autobahn (the suite on Python 3) beside the repo, and
-# python3 with venv. Only loopback addresses are used.
+# The suite is the Autobahn|Testsuite (crossbar.io's `wstest`, PyPI
+# `autobahntestsuite` 25.10.1, Python 2 code) made runnable on Python 3. It
+# is not part of this repository: a tools directory, by default
+# ../shared/tools/autobahn beside the checkout (or $AUTOBAHN_TOOLS), holds
+#   setup.sh               installs wstest into a venv (default
+#                          ~/.cache/storm-autobahn/venv) and converts it to
+#                          Python 3; idempotent, run first by this script
+#   run-server-suite.sh    wstest -m fuzzingclient against a server URL
+#   run-client-suite.sh    wstest -m fuzzingserver on a loopback port, running
+#                          the client command given after `--`
+# Needs python3 with venv. Only loopback addresses are used.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 tools=${AUTOBAHN_TOOLS:-$repo/../shared/tools/autobahn}
@@ -31,7 +40,7 @@ for arg in "$@"; do
 done
 [ ${#adapters[@]} -gt 0 ] || adapters=(storm-std storm-tokio storm-smol)
 if [ ! -x "$tools/setup.sh" ] && [ ! -f "$tools/setup.sh" ]; then
-    echo "autobahn: no suite at $tools (set AUTOBAHN_TOOLS)" >&2
+    echo "autobahn: no Autobahn|Testsuite tools directory (setup.sh) at $tools; set AUTOBAHN_TOOLS" >&2
     exit 2
 fi
 if [ "$quick" = 1 ]; then

@@ -843,7 +843,7 @@ fn route_files_with_errors_name_the_line() {
         ),
         ("[a]\nname=a\nport=99999\n", 3, "port \"99999\""),
         (
-            "; seed text\n[Endpoint1]\nName = endpoint1\nPort = 8080\nUsage\n",
+            "; a comment\n[Endpoint1]\nName = endpoint1\nPort = 8080\nUsage\n",
             5,
             "expected `[section]`",
         ),

@@ -2,8 +2,6 @@
 //! leaves and group broadcasts, checked after every step against a plain
 //! `HashMap<String, HashSet<u64>>`.
 
-#![allow(clippy::disallowed_methods)] // a test: it reads the clock and runs threads
-
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;

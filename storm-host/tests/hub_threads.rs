@@ -2,8 +2,6 @@
 //! with a writer thread draining every outbox: nothing deadlocks, no
 //! message is lost or counted twice, and backpressure is fully released.
 
-#![allow(clippy::disallowed_methods)] // a test: it reads the clock and runs threads
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::task::{Context, Poll};

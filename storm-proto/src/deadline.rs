@@ -205,7 +205,7 @@ mod tests {
 
     #[test]
     fn earliest_first_ties_in_key_order_and_none_never_due() {
-        let t0 = crate::broker::test_epoch();
+        let t0 = crate::test_util::epoch();
         let mut m = DeadlineMap::new();
         assert_eq!(m.next_deadline(), None);
         m.insert(7, Some(at(t0, 20)), 'a');
@@ -223,7 +223,7 @@ mod tests {
 
     #[test]
     fn removed_and_replaced_entries_do_not_expire() {
-        let t0 = crate::broker::test_epoch();
+        let t0 = crate::test_util::epoch();
         let mut m = DeadlineMap::new();
         m.insert(1, Some(at(t0, 10)), "first");
         m.insert(2, Some(at(t0, 20)), "other");
@@ -248,7 +248,7 @@ mod tests {
 
     #[test]
     fn get_mut_keeps_the_deadline_and_drain_empties() {
-        let t0 = crate::broker::test_epoch();
+        let t0 = crate::test_util::epoch();
         let mut m = DeadlineMap::new();
         m.insert(1, Some(at(t0, 5)), 10);
         m.insert(2, None, 20);
@@ -264,7 +264,7 @@ mod tests {
 
     #[test]
     fn stale_records_stay_bounded_by_the_entries() {
-        let t0 = crate::broker::test_epoch();
+        let t0 = crate::test_util::epoch();
         let mut m = DeadlineMap::new();
         // One long-lived entry on top keeps every later record buried.
         m.insert(0, Some(at(t0, 1)), ());
@@ -304,7 +304,7 @@ mod tests {
         /// bounded by the entries.
         #[test]
         fn behaves_like_the_model(ops in proptest::collection::vec(op(), 0..300)) {
-            let t0 = crate::broker::test_epoch();
+            let t0 = crate::test_util::epoch();
             let mut map = DeadlineMap::new();
             let mut model: BTreeMap<u32, (Option<u64>, u64)> = BTreeMap::new();
             let mut out = HashSet::new();

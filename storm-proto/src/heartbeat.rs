@@ -5,9 +5,10 @@
 //!
 //! - [`Heartbeat`] pings every [`interval`](HeartbeatConfig::interval) and
 //!   declares the peer dead after [`max_missed`](HeartbeatConfig::max_missed)
-//!   consecutive pings went unanswered (StormSocket semantics: any pong resets
-//!   the count). Each ping carries an 8-byte counter, so the pong that echoes
-//!   it gives the round-trip time. It can also run an idle timeout.
+//!   consecutive pings went unanswered; any pong resets the count, whatever
+//!   its payload, since it proves the peer alive. Each ping carries an
+//!   8-byte counter, so the pong that echoes it gives the round-trip time.
+//!   It can also run an idle timeout.
 //! - [`IdleTimer`] is the idle timeout alone, for plain TCP where there is no
 //!   ping: no inbound traffic for [`idle`](IdleTimer::new) gives
 //!   [`HeartbeatEvent::IdleTimeout`].
@@ -21,7 +22,8 @@
 //! peer). At each tick, if `max_missed` pings are still unanswered the peer
 //! is dead; otherwise one more ping is sent. With `interval = 15s` and
 //! `max_missed = 3` a silent peer gets pings at 15, 30 and 45 seconds and is
-//! declared dead at 60: exactly the seed's timeline (a pong at 17s resets it).
+//! declared dead at 60; a pong in between (at 17 seconds, say) resets the
+//! count, and the peer is dead only after three unanswered pings in a row.
 //!
 //! Nothing fires before its deadline, and everything due fires at the first
 //! [`handle_timeout`](Heartbeat::handle_timeout) at or after it. Time never
@@ -106,8 +108,8 @@ pub struct HeartbeatConfig {
     pub idle_timeout: Duration,
     /// Whether any inbound traffic proves the peer alive, like a pong does
     /// (resetting the missed count, without an RTT sample). Default `false`:
-    /// only pongs count, as in StormSocket, so a peer that keeps sending but
-    /// never answers pings (a stuck reader) is still detected.
+    /// only pongs count, so a peer that keeps sending but never answers pings
+    /// (a stuck reader) is still detected.
     pub traffic_is_liveness: bool,
 }
 
@@ -414,13 +416,8 @@ impl IdleTimer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::epoch;
     use proptest::prelude::*;
-
-    /// The origin of virtual time; which instant it is does not matter.
-    #[allow(clippy::disallowed_methods)]
-    fn origin() -> Instant {
-        Instant::now()
-    }
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
@@ -439,9 +436,10 @@ mod tests {
     }
 
     #[test]
-    fn seed_timeline() {
-        // StormSocket: ping every 15s, 3 missed pongs allowed.
-        let t0 = origin();
+    fn pings_every_15s_and_three_unanswered_in_a_row_mean_dead() {
+        // A pong at 17s resets the count; silence from then on: pings at 30,
+        // 45 and 60s go unanswered, and the tick at 75s finds the peer dead.
+        let t0 = epoch();
         let mut hb = Heartbeat::new(config(15, 3), t0).unwrap();
         hb.handle_timeout(t0 + secs(15));
         let [HeartbeatEvent::SendPing(p)] = drain(&mut hb)[..] else {
@@ -468,7 +466,7 @@ mod tests {
 
     #[test]
     fn nothing_before_the_deadline() {
-        let t0 = origin();
+        let t0 = epoch();
         let mut hb = Heartbeat::new(config(10, 1), t0).unwrap();
         hb.handle_timeout(t0 + secs(10) - Duration::from_nanos(1));
         assert_eq!(drain(&mut hb), []);
@@ -478,7 +476,7 @@ mod tests {
 
     #[test]
     fn late_timeout_sends_one_ping_and_reschedules_from_now() {
-        let t0 = origin();
+        let t0 = epoch();
         let mut hb = Heartbeat::new(config(10, 3), t0).unwrap();
         hb.handle_timeout(t0 + secs(95));
         assert_eq!(drain(&mut hb).len(), 1);
@@ -487,7 +485,7 @@ mod tests {
 
     #[test]
     fn zero_interval_disables() {
-        let t0 = origin();
+        let t0 = epoch();
         let mut hb = Heartbeat::new(config(0, 3), t0).unwrap();
         assert_eq!(hb.poll_timeout(), None);
         hb.handle_timeout(t0 + secs(1_000_000));
@@ -496,14 +494,14 @@ mod tests {
 
     #[test]
     fn zero_max_missed_is_rejected() {
-        let err = Heartbeat::new(config(1, 0), origin()).unwrap_err();
+        let err = Heartbeat::new(config(1, 0), epoch()).unwrap_err();
         assert_eq!(err, HeartbeatConfigError::ZeroMaxMissed);
         assert!(!err.to_string().is_empty());
     }
 
     #[test]
     fn unknown_pong_is_liveness_without_rtt() {
-        let t0 = origin();
+        let t0 = epoch();
         let mut hb = Heartbeat::new(config(1, 2), t0).unwrap();
         hb.handle_timeout(t0 + secs(1));
         hb.handle_timeout(t0 + secs(2));
@@ -518,7 +516,7 @@ mod tests {
 
     #[test]
     fn pong_for_older_ping_measures_from_that_ping() {
-        let t0 = origin();
+        let t0 = epoch();
         let mut hb = Heartbeat::new(config(1, 3), t0).unwrap();
         hb.handle_timeout(t0 + secs(1));
         hb.handle_timeout(t0 + secs(2));
@@ -546,7 +544,7 @@ mod tests {
 
     #[test]
     fn traffic_counts_as_liveness_only_when_configured() {
-        let t0 = origin();
+        let t0 = epoch();
         for liveness in [false, true] {
             let cfg = HeartbeatConfig {
                 traffic_is_liveness: liveness,
@@ -563,7 +561,7 @@ mod tests {
 
     #[test]
     fn idle_timer_fires_once_and_rearms_on_traffic() {
-        let t0 = origin();
+        let t0 = epoch();
         let mut idle = IdleTimer::new(secs(5), t0);
         idle.handle_activity(t0 + secs(3));
         idle.handle_timeout(t0 + secs(5));
@@ -580,7 +578,7 @@ mod tests {
 
     #[test]
     fn heartbeat_with_idle_only() {
-        let t0 = origin();
+        let t0 = epoch();
         let cfg = HeartbeatConfig {
             idle_timeout: secs(4),
             ..config(0, 3)
@@ -596,7 +594,7 @@ mod tests {
 
     #[test]
     fn huge_durations_do_not_overflow() {
-        let t0 = origin();
+        let t0 = epoch();
         let cfg = HeartbeatConfig {
             interval: Duration::MAX,
             idle_timeout: Duration::MAX,
@@ -660,7 +658,7 @@ mod tests {
             liveness in any::<bool>(),
             ops in proptest::collection::vec(op(), 0..80),
         ) {
-            let t0 = origin();
+            let t0 = epoch();
             let at = |ms: u64| t0 + Duration::from_millis(ms);
             let cfg = HeartbeatConfig {
                 interval: Duration::from_millis(interval),

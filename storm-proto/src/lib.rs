@@ -106,6 +106,8 @@ mod message;
 pub mod reconnect;
 pub mod route;
 pub mod rpc;
+#[cfg(test)]
+mod test_util;
 pub mod tls_sniff;
 pub mod ws;
 

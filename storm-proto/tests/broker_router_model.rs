@@ -15,6 +15,9 @@ use storm_proto::broker::{
     Registration, RequestId, Role, Router, RouterConfig, RouterEvent,
 };
 
+mod common;
+use common::epoch;
+
 const REG_ID: RequestId = RequestId::from_bytes([0xff; 16]);
 
 #[derive(Debug, Clone)]
@@ -280,12 +283,6 @@ impl Sim {
             }
         }
     }
-}
-
-/// A base instant: only offsets from it matter.
-#[allow(clippy::disallowed_methods)] // the one clock read, in a test
-fn epoch() -> Instant {
-    Instant::now()
 }
 
 fn run(ops: Vec<Op>) {

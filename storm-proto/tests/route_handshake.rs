@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use storm_proto::route::*;
 
+mod common;
+use common::epoch;
+
 /// Every message on the wire, in order, prefixed with `C>` or `S>`.
 fn run_pair(
     client: &mut ClientHandshake,
@@ -58,7 +61,7 @@ fn gateway(routes: &[&str], policy: UnknownRoutePolicy) -> Arc<ServerConfig> {
 
 #[test]
 fn transcript_of_a_full_handshake() {
-    let now = t0();
+    let now = epoch();
     let config = gateway(&["Endpoint1", "Endpoint2"], UnknownRoutePolicy::Reject);
     let mut server = ServerHandshake::new(config.clone(), now).unwrap();
     let client_config = ClientConfig {
@@ -111,7 +114,7 @@ fn transcript_of_a_full_handshake() {
 
 #[test]
 fn pipelined_transcript_is_two_round_trips() {
-    let now = t0();
+    let now = epoch();
     let mut server =
         ServerHandshake::new(gateway(&["a"], UnknownRoutePolicy::Reject), now).unwrap();
     let config = ClientConfig {
@@ -130,7 +133,7 @@ fn pipelined_transcript_is_two_round_trips() {
 
 #[test]
 fn unknown_route_fails_the_handshake_under_fail_policy() {
-    let now = t0();
+    let now = epoch();
     let mut server = ServerHandshake::new(gateway(&["a"], UnknownRoutePolicy::Fail), now).unwrap();
     let config = ClientConfig {
         routes: vec!["a".into(), "b".into()],
@@ -183,7 +186,7 @@ proptest! {
         accept_unknown in any::<bool>(),
         one_at_a_time in any::<bool>(),
     ) {
-        let now = t0();
+        let now = epoch();
         let policy =
             if accept_unknown { UnknownRoutePolicy::Accept } else { UnknownRoutePolicy::Reject };
         let table_refs: Vec<&str> = table.iter().map(String::as_str).collect();
@@ -219,7 +222,7 @@ proptest! {
         junk in prop::collection::vec(junk_message(), 1..8),
         late_ms in prop::collection::vec(0u64..15_000, 8),
     ) {
-        let start = t0();
+        let start = epoch();
         let mut server =
             ServerHandshake::new(gateway(&["a", "b"], UnknownRoutePolicy::Reject), start).unwrap();
         let config = ClientConfig { routes, ..ClientConfig::default() };
@@ -304,10 +307,4 @@ fn junk_message() -> impl Strategy<Value = Vec<u8>> {
         prop::collection::vec(any::<u8>(), 0..64),
         "\\PC{0,40}".prop_map(String::into_bytes),
     ]
-}
-
-/// A base instant for virtual time: only offsets from it matter.
-#[allow(clippy::disallowed_methods)]
-fn t0() -> Instant {
-    Instant::now()
 }

@@ -15,6 +15,9 @@ use rand::{Rng, SeedableRng};
 use storm_proto::heartbeat::{Heartbeat, HeartbeatConfig, HeartbeatEvent};
 use storm_proto::reconnect::{BackoffConfig, BackoffPolicy, BackoffStep, EndpointSet, Jitter};
 
+mod common;
+use common::epoch;
+
 const SERVERS: usize = 3;
 const CLIENTS: usize = 4;
 const INTERVAL: u64 = 1_000;
@@ -52,15 +55,9 @@ struct Client {
     attempts: u64,
 }
 
-/// The origin of virtual time; which instant it is does not matter.
-#[allow(clippy::disallowed_methods)]
-fn origin() -> Instant {
-    Instant::now()
-}
-
 fn run(seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let t0 = origin();
+    let t0 = epoch();
     let at = |ms: u64| t0 + Duration::from_millis(ms);
     // Rounded up, so waking at `at(ms_of(d))` is never before `d`.
     let ms_of = |t: Instant| t.duration_since(t0).as_nanos().div_ceil(1_000_000) as u64;

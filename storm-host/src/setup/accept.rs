@@ -158,7 +158,6 @@ impl AcceptErrors {
 }
 
 #[cfg(test)]
-#[allow(clippy::disallowed_methods)] // tests take one starting Instant from the clock
 mod tests {
     use super::*;
 

@@ -169,8 +169,8 @@ macro_rules! id_type {
 }
 
 id_type!(
-    /// The 16-byte id of one request (a UUID in the original system), chosen
-    /// by the consumer; the router uses its own ids towards providers.
+    /// The 16-byte id of one request (any 16 bytes; a random UUID fits),
+    /// chosen by the consumer; the router uses its own ids towards providers.
     RequestId
 );
 id_type!(
@@ -237,13 +237,6 @@ fn non_zero(field: &'static str, value: usize) -> Result<(), ConfigError> {
     } else {
         Ok(())
     }
-}
-
-/// A base instant for tests: only offsets from it matter.
-#[cfg(test)]
-#[allow(clippy::disallowed_methods)] // the one clock read, in tests only
-pub(crate) fn test_epoch() -> std::time::Instant {
-    std::time::Instant::now()
 }
 
 #[cfg(test)]

@@ -280,7 +280,7 @@ mod tests {
     fn responses_match_pending_requests() {
         let mut rng = StdRng::seed_from_u64(3);
         let mut r = Requests::new(RequestsConfig::default()).expect("valid");
-        let now = crate::broker::test_epoch();
+        let now = crate::test_util::epoch();
         let a = r
             .start(&mut rng, now, Duration::from_secs(1))
             .expect("room");
@@ -321,7 +321,7 @@ mod tests {
     fn timeouts_cancellation_and_late_frames() {
         let mut rng = StdRng::seed_from_u64(4);
         let mut r = Requests::new(RequestsConfig::default()).expect("valid");
-        let t0 = crate::broker::test_epoch();
+        let t0 = crate::test_util::epoch();
         let a = r.start(&mut rng, t0, Duration::from_secs(1)).expect("room");
         let b = r.start(&mut rng, t0, Duration::from_secs(3)).expect("room");
         assert_eq!(r.poll_timeout(), Some(t0 + Duration::from_secs(1)));
@@ -350,7 +350,7 @@ mod tests {
     #[test]
     fn errors() {
         let mut rng = StdRng::seed_from_u64(5);
-        let now = crate::broker::test_epoch();
+        let now = crate::test_util::epoch();
         let mut r = Requests::new(RequestsConfig { max_pending: 1 }).expect("valid");
         r.start(&mut rng, now, Duration::from_secs(1))
             .expect("room");

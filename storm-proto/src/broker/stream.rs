@@ -525,7 +525,7 @@ mod tests {
     #[test]
     fn interleaved_requests_assemble_independently() {
         let mut a = Assembler::new(AssemblerConfig::default()).expect("valid");
-        let now = crate::broker::test_epoch();
+        let now = crate::test_util::epoch();
         for f in [
             frame(FrameType::Start, 1, b"h1"),
             frame(FrameType::Start, 2, b""),
@@ -554,7 +554,7 @@ mod tests {
 
     #[test]
     fn every_error_path() {
-        let now = crate::broker::test_epoch();
+        let now = crate::test_util::epoch();
         let mut a = small(4, 2, 6);
         assert_eq!(
             a.handle_frame(frame(FrameType::Chunk, 9, b"x"), now),
@@ -635,7 +635,7 @@ mod tests {
 
     #[test]
     fn partial_requests_expire_at_their_deadline() {
-        let t0 = crate::broker::test_epoch();
+        let t0 = crate::test_util::epoch();
         let mut a = small(10, 10, 10);
         a.handle_frame(frame(FrameType::Start, 1, b""), t0)
             .expect("ok");
@@ -704,7 +704,7 @@ mod tests {
             points.extend([0, wire.len()]);
             points.sort_unstable();
             let mut a = small(5000, 1, 5000);
-            let now = crate::broker::test_epoch();
+            let now = crate::test_util::epoch();
             let mut buf = BytesMut::new();
             let mut out = Vec::new();
             for w in points.windows(2) {
@@ -727,7 +727,7 @@ mod tests {
             ops in proptest::collection::vec((0u8..6, 0u8..6, 0usize..40, 0u64..3000), 0..200),
         ) {
             let mut a = small(50, 3, 80);
-            let t0 = crate::broker::test_epoch();
+            let t0 = crate::test_util::epoch();
             let mut now = t0;
             for (t, n, len, dt) in ops {
                 now += Duration::from_millis(dt);

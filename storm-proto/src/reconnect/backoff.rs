@@ -69,8 +69,8 @@ impl Default for BackoffConfig {
 }
 
 impl BackoffConfig {
-    /// StormSocket's auto-reconnect: the same `delay` before every attempt,
-    /// no jitter, unlimited attempts; other fields as in `default()`.
+    /// The same `delay` before every attempt, no jitter, unlimited attempts;
+    /// other fields as in `default()`.
     pub fn fixed(delay: Duration) -> Self {
         Self {
             policy: BackoffPolicy::Fixed { delay },
@@ -299,13 +299,8 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::epoch;
     use proptest::prelude::*;
-
-    /// The origin of virtual time; which instant it is does not matter.
-    #[allow(clippy::disallowed_methods)]
-    fn origin() -> Instant {
-        Instant::now()
-    }
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -335,7 +330,7 @@ mod tests {
     #[test]
     fn exponential_doubles_up_to_the_cap() {
         let mut b = Backoff::new(exponential(100, 2.0, 1000, Jitter::None), 1).unwrap();
-        let got = delays(&mut b, origin(), 6);
+        let got = delays(&mut b, epoch(), 6);
         assert_eq!(
             got,
             [ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000)]
@@ -350,7 +345,7 @@ mod tests {
             ..BackoffConfig::fixed(ms(2000))
         };
         let mut b = Backoff::new(cfg, 0).unwrap();
-        let now = origin();
+        let now = epoch();
         assert_eq!(
             b.disconnected(now),
             BackoffStep::Retry {
@@ -380,7 +375,7 @@ mod tests {
     #[test]
     fn stable_connection_resets_and_flapping_does_not() {
         let mut b = Backoff::new(exponential(100, 2.0, 10_000, Jitter::None), 0).unwrap();
-        let t0 = origin();
+        let t0 = epoch();
         let _ = delays(&mut b, t0, 3);
         // Up for 9.999 s: not stable (default 10 s), the delay keeps growing.
         b.connected(t0);
@@ -414,7 +409,7 @@ mod tests {
 
     #[test]
     fn same_seed_same_delays() {
-        let now = origin();
+        let now = epoch();
         let mut a = Backoff::new(BackoffConfig::default(), 7).unwrap();
         let mut b = Backoff::new(BackoffConfig::default(), 7).unwrap();
         assert_eq!(delays(&mut a, now, 20), delays(&mut b, now, 20));
@@ -431,7 +426,7 @@ mod tests {
             ..BackoffConfig::default()
         };
         let mut b = Backoff::new(cfg, 0).unwrap();
-        let _ = delays(&mut b, origin(), 3);
+        let _ = delays(&mut b, epoch(), 3);
         assert_eq!(b.base_delay(), Duration::MAX);
     }
 
@@ -470,7 +465,7 @@ mod tests {
             let jitter = cfg.jitter;
             let max_attempts = cfg.max_attempts;
             let mut b = Backoff::new(cfg, seed).unwrap();
-            let now = origin();
+            let now = epoch();
             let mut prev_base = Duration::ZERO;
             for i in 1..=n {
                 match b.disconnected(now) {

@@ -27,7 +27,7 @@ struct Slot<T> {
 }
 
 /// A fixed list of endpoints (addresses, or anything else) used round-robin,
-/// with failover (SocketMeister semantics).
+/// with failover.
 ///
 /// - [`next`](Self::next) picks the endpoint for each new request or
 ///   connection: the next usable one after the last pick, in list order, so
@@ -314,13 +314,8 @@ mod tests {
 
     use super::*;
     use crate::reconnect::{BackoffPolicy, Jitter};
+    use crate::test_util::epoch;
     use proptest::prelude::*;
-
-    /// The origin of virtual time; which instant it is does not matter.
-    #[allow(clippy::disallowed_methods)]
-    fn origin() -> Instant {
-        Instant::now()
-    }
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -334,7 +329,7 @@ mod tests {
 
     #[test]
     fn round_robin_and_failover() {
-        let t0 = origin();
+        let t0 = epoch();
         let mut set = EndpointSet::new([10, 11, 12], BackoffConfig::fixed(ms(100)), 0).unwrap();
         assert_eq!(picks(&mut set, t0, 4), [0, 1, 2, 0]);
         assert_eq!(
@@ -360,7 +355,7 @@ mod tests {
 
     #[test]
     fn all_down_gives_none_and_the_earliest_retry() {
-        let t0 = origin();
+        let t0 = epoch();
         let cfg = BackoffConfig {
             max_attempts: 1,
             ..BackoffConfig::fixed(ms(100))
@@ -392,7 +387,7 @@ mod tests {
 
     #[test]
     fn repeated_failure_before_retry_time_counts_once() {
-        let t0 = origin();
+        let t0 = epoch();
         let mut set = EndpointSet::new([1], BackoffConfig::fixed(ms(100)), 0).unwrap();
         let _ = set.mark_down(0, t0).unwrap();
         assert_eq!(
@@ -407,7 +402,7 @@ mod tests {
 
     #[test]
     fn misuse_is_an_error() {
-        let t0 = origin();
+        let t0 = epoch();
         assert_eq!(
             EndpointSet::<u8>::new([], BackoffConfig::default(), 0).unwrap_err(),
             EndpointSetError::NoEndpoints
@@ -438,7 +433,7 @@ mod tests {
             rounds in 1usize..6,
             warmup in 0usize..12,
         ) {
-            let t0 = origin();
+            let t0 = epoch();
             let n = healthy.len();
             let mut set = EndpointSet::new(0..n as u32, BackoffConfig::fixed(ms(1_000)), 0).unwrap();
             for (i, up) in healthy.iter().enumerate() {
@@ -471,7 +466,7 @@ mod tests {
                 max_attempts,
                 stable_after: ms(200),
             };
-            let t0 = origin();
+            let t0 = epoch();
             let mut set = EndpointSet::new(0..n as u32, cfg, seed).unwrap();
             // Reference: when each endpoint may be used again (None: now).
             let mut retry_at: HashMap<usize, Option<Instant>> = HashMap::new();

@@ -1,10 +1,9 @@
 //! When and where to reconnect: backoff policies and endpoint sets.
 //!
 //! - [`Backoff`] decides how long to wait before the next connection attempt:
-//!   a fixed delay (StormSocket's `ReconnectDelay`) or an exponential one with
-//!   a cap (SocketMeister), optionally with full jitter drawn from an RNG the
-//!   caller seeds, a maximum number of attempts after which it gives up, and
-//!   a reset once a connection has stayed up for
+//!   a fixed delay or an exponential one with a cap, optionally with full
+//!   jitter drawn from an RNG the caller seeds, a maximum number of attempts
+//!   after which it gives up, and a reset once a connection has stayed up for
 //!   [`stable_after`](BackoffConfig::stable_after).
 //! - [`EndpointSet`] spreads requests or connections over several endpoints
 //!   round-robin, and fails over: an endpoint marked down gets its own

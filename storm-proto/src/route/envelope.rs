@@ -466,7 +466,8 @@ mod tests {
     fn router_resolves_table_and_negotiated_routes() {
         use crate::route::UnknownRoutePolicy::*;
         let r = router(Reject, &["chat"]);
-        // The table's routes resolve even if not announced (the seed's OR).
+        // The routes are the negotiated ones OR the table's: a table route
+        // resolves even if the client did not announce it.
         assert_eq!(r.resolve(b"ROUTENAME=prices\n1").unwrap().route, "prices");
         assert_eq!(r.resolve(b"ROUTENAME=chat\n1").unwrap().payload, b"1");
         let err = r.resolve(b"ROUTENAME=video\nx").unwrap_err();

@@ -1,5 +1,5 @@
 //! The route handshake and route-addressed messages of the single-endpoint
-//! gateway (the SocketMaster protocol).
+//! gateway.
 //!
 //! A client connects to one WebSocket endpoint and, before any data, runs a
 //! small handshake over WebSocket **text** messages that tells the gateway
@@ -32,10 +32,10 @@
 //! **Liberal in what is accepted**: unknown extra JSON fields are ignored;
 //! escapes in strings are fine; binary messages holding the same JSON are
 //! accepted; the client also takes a route acknowledgement without the
-//! `route` field, a bare `ACK` text message (the seed's "respond with
-//! 'ACK'"), and `{"event":"SMHandshake","data":"ACK"}` or a bare `ACK` as the
-//! final acknowledgement. **Strict in what is sent**: exactly the messages in
-//! the table above.
+//! `route` field, a bare `ACK` text message (servers that acknowledge with
+//! the word alone), and `{"event":"SMHandshake","data":"ACK"}` or a bare
+//! `ACK` as the final acknowledgement. **Strict in what is sent**: exactly
+//! the messages in the table above.
 //!
 //! # Unknown routes
 //!
@@ -46,9 +46,10 @@
 //! is left out of the negotiated set and the handshake continues, so one
 //! missing backend does not take the client's other routes down with it.
 //! [`UnknownRoutePolicy::Fail`] fails the whole handshake instead, and
-//! [`UnknownRoutePolicy::Accept`] takes the client's word for it (the seed's
-//! "routes from the client list OR its own config", for gateways whose
-//! backends are resolved later).
+//! [`UnknownRoutePolicy::Accept`] takes the client's word for it, for
+//! gateways whose backends are resolved later. Either way a connection
+//! routes the union of what it negotiated and the server's own table: a
+//! configured route works even if the client did not announce it.
 //!
 //! # Route names
 //!

@@ -52,8 +52,8 @@ pub(crate) enum ParseError {
 }
 
 /// Parses one handshake message. A bare `ACK` text (without JSON) is
-/// accepted as `{"event":"SMHandshake","data":"ACK"}` (the seed's "respond
-/// with 'ACK'"); surrounding whitespace is ignored.
+/// accepted as `{"event":"SMHandshake","data":"ACK"}`, for servers that
+/// acknowledge with the word alone; surrounding whitespace is ignored.
 pub(crate) fn parse(msg: &[u8]) -> Result<Message<'_>, ParseError> {
     if msg.trim_ascii() == ACK.as_bytes() {
         return Ok(Message {

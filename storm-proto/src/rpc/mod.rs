@@ -24,8 +24,6 @@ mod calls;
 mod deflate;
 mod envelope;
 mod serving;
-#[cfg(test)]
-mod tests;
 
 pub use calls::{CallEvent, Calls, CallsConfig, CallsConfigError, CallsStats, StartError};
 pub use deflate::{CompressionConfig, CompressionConfigError, Deflate};
@@ -34,3 +32,6 @@ pub use envelope::{
     KNOWN_FLAGS, Kind, MAX_METHOD_LEN, REQUEST_EXTRA_LEN, VERSION,
 };
 pub use serving::{Incoming, IncomingRequest, Serving, ServingStats};
+
+#[cfg(test)]
+mod tests;

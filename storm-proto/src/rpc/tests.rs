@@ -1,16 +1,11 @@
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::*;
 use crate::Utf8Bytes;
-
-/// A base instant; the one clock read, in tests only.
-#[allow(clippy::disallowed_methods)]
-fn t0() -> Instant {
-    Instant::now()
-}
+use crate::test_util::epoch;
 
 fn compressing() -> CallsConfig {
     CallsConfig {
@@ -95,7 +90,7 @@ fn decoder_rejects_what_it_must() {
 
 #[test]
 fn call_round_trip_with_compression_both_ways() {
-    let now = t0();
+    let now = epoch();
     let mut client = Calls::new(compressing()).unwrap();
     let mut server = Serving::new(compressing()).unwrap();
     let big = Bytes::from("abc".repeat(1000));
@@ -129,7 +124,7 @@ fn call_round_trip_with_compression_both_ways() {
 fn small_payloads_are_not_compressed() {
     let mut client = Calls::new(compressing()).unwrap();
     let (_, request) = client
-        .start(t0(), None, "m", "short".into(), false)
+        .start(epoch(), None, "m", "short".into(), false)
         .unwrap();
     let env = Envelope::decode(request, 1024).unwrap();
     assert!(!env.is_compressed());
@@ -137,7 +132,7 @@ fn small_payloads_are_not_compressed() {
 
 #[test]
 fn timeouts_fire_in_order_and_queue_cancels() {
-    let t0 = self::t0();
+    let t0 = epoch();
     let mut client = Calls::new(CallsConfig::default()).unwrap();
     let (a, req_a) = client
         .start(
@@ -181,7 +176,7 @@ fn timeouts_fire_in_order_and_queue_cancels() {
 
 #[test]
 fn cancel_reaches_the_server_and_drops_the_reply() {
-    let now = t0();
+    let now = epoch();
     let mut client = Calls::new(CallsConfig::default()).unwrap();
     let mut server = Serving::new(CallsConfig::default()).unwrap();
     let (id, request) = client
@@ -201,7 +196,7 @@ fn cancel_reaches_the_server_and_drops_the_reply() {
 
 #[test]
 fn disconnect_fails_every_pending_call() {
-    let now = t0();
+    let now = epoch();
     let mut client = Calls::new(CallsConfig::default()).unwrap();
     let (a, _) = client
         .start(now, Some(Duration::from_secs(1)), "m", Bytes::new(), true)

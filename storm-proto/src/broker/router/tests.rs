@@ -58,7 +58,7 @@ fn register(r: &mut Router, conn: u64, role: Role, timeout: Duration, now: Insta
 
 /// A router with consumer 1 and providers 2, 3 registered.
 fn setup(config: RouterConfig) -> (Router, Instant) {
-    let now = crate::broker::test_epoch();
+    let now = crate::test_util::epoch();
     let mut r = router(config);
     register(&mut r, 1, Role::Consumer, Duration::ZERO, now);
     register(&mut r, 2, Role::Provider, Duration::ZERO, now);
@@ -136,7 +136,7 @@ fn round_robin_across_providers() {
 
 #[test]
 fn no_responders_fails_fast() {
-    let now = crate::broker::test_epoch();
+    let now = crate::test_util::epoch();
     let mut r = router(small());
     register(&mut r, 1, Role::Consumer, Duration::ZERO, now);
     send(&mut r, 1, frame(FrameType::Start, rid(1), b""), now);
@@ -233,7 +233,7 @@ fn cancelled_request_never_seen_by_provider_is_purged_silently() {
 
 #[test]
 fn timeout_fails_the_request_at_both_ends() {
-    let now = crate::broker::test_epoch();
+    let now = crate::test_util::epoch();
     let mut r = router(small());
     register(&mut r, 1, Role::Consumer, Duration::from_secs(2), now);
     register(&mut r, 2, Role::Provider, Duration::ZERO, now);
@@ -291,7 +291,7 @@ fn errors_overtake_data_and_remove_the_data_they_end() {
 fn full_provider_queue_gives_the_consumer_busy() {
     let mut config = small();
     config.max_queued_frames = 2;
-    let now = crate::broker::test_epoch();
+    let now = crate::test_util::epoch();
     let mut r = router(config);
     register(&mut r, 1, Role::Consumer, Duration::ZERO, now);
     register(&mut r, 2, Role::Provider, Duration::ZERO, now);
@@ -367,7 +367,7 @@ fn request_limits() {
 
 #[test]
 fn protocol_violations_close_the_connection() {
-    let now = crate::broker::test_epoch();
+    let now = crate::test_util::epoch();
     let mut r = router(small());
     // Unregistered: the first frame must be a registration.
     r.handle_connect(ConnId(1)).expect("new");
@@ -409,7 +409,7 @@ fn protocol_violations_close_the_connection() {
 fn full_error_lane_closes_the_connection() {
     let mut config = small();
     config.max_queued_errors = 2;
-    let now = crate::broker::test_epoch();
+    let now = crate::test_util::epoch();
     let mut r = router(config);
     register(&mut r, 1, Role::Consumer, Duration::ZERO, now);
     for n in 1..=3 {
@@ -442,7 +442,7 @@ fn transmit_events_fire_once_per_wakeup() {
 
 #[test]
 fn registration_events_and_misuse() {
-    let now = crate::broker::test_epoch();
+    let now = crate::test_util::epoch();
     let mut r = router(small());
     register(&mut r, 1, Role::Provider, Duration::ZERO, now);
     assert!(matches!(
@@ -659,7 +659,7 @@ fn request_data_after_its_end_fails_the_request() {
 #[test]
 fn oversized_frames_fail_their_request_and_the_connection_stays() {
     let (mut r, _) = setup(small()); // max_frame_payload: 64
-    let now = crate::broker::test_epoch();
+    let now = crate::test_util::epoch();
     let too_large = FrameError::TooLarge { len: 100, max: 64 };
     let refuse = |r: &mut Router, conn: u64, id: RequestId| {
         r.handle_refused(ConnId(conn), Some(id), &too_large)

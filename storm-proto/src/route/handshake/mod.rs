@@ -35,9 +35,8 @@ pub enum UnknownRoutePolicy {
 /// Client configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
-    /// The route names the client means to use (the seed's
-    /// `expected_configuration.txt`), sent in this order. Duplicates are
-    /// sent once. Default: none.
+    /// The route names the client means to use, sent in this order.
+    /// Duplicates are sent once. Default: none.
     pub routes: Vec<String>,
     /// Limits; the client checks its own routes against them and never
     /// parses a longer server message. Default [`Limits::default`].
@@ -747,5 +746,4 @@ impl ServerHandshake {
 }
 
 #[cfg(test)]
-#[path = "handshake_tests.rs"]
 mod tests;

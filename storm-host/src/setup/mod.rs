@@ -723,8 +723,6 @@ impl<'a> ServerUpgrade<'a> {
 }
 
 #[cfg(test)]
-// The tests stand in for an adapter, which reads the clock.
-#[allow(clippy::disallowed_methods)]
 mod tests {
     use storm_proto::ws::handshake::HandshakeError;
 

@@ -1061,5 +1061,4 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
 }
 
 #[cfg(test)]
-#[path = "conn_tests.rs"]
 mod tests;

@@ -1,6 +1,7 @@
 //! Unit tests of every handshake step and every rejection.
 
 use super::*;
+use crate::test_util::epoch;
 
 const SYN_MSG: &str = r#"{"event":"SMHandshake","data":"SYN"}"#;
 const SYN_ACK_MSG: &str = r#"{"event":"SMHandshake","data":"SYN/ACK"}"#;
@@ -90,7 +91,7 @@ fn json_str(s: &str) -> String {
 
 #[test]
 fn server_full_exchange() {
-    let now = t0();
+    let now = epoch();
     let mut s = server(now);
     assert_eq!(s.poll_transmit(), None, "the server speaks second");
     s.handle_message(now, SYN_MSG).unwrap();
@@ -139,7 +140,7 @@ fn server_full_exchange() {
 
 #[test]
 fn server_zero_routes_and_liberal_messages() {
-    let now = t0();
+    let now = epoch();
     let mut s = server(now);
     s.handle_message(now, br#"{"data":"SYN","event":"SMHandshake","v":[1]}"#)
         .unwrap();
@@ -156,7 +157,7 @@ fn server_zero_routes_and_liberal_messages() {
 
 #[test]
 fn server_rejects_out_of_order_steps() {
-    let now = t0();
+    let now = epoch();
     // Expecting SYN.
     for (msg, got) in [
         (ACK_MSG, "SMHandshake \"ACK\""),
@@ -220,7 +221,7 @@ fn server_rejects_out_of_order_steps() {
 
 #[test]
 fn server_rejects_bad_route_names() {
-    let now = t0();
+    let now = epoch();
     let limits = Limits {
         max_route_name_len: 8,
         max_message_len: 256,
@@ -256,7 +257,7 @@ fn server_rejects_bad_route_names() {
 
 #[test]
 fn server_limits_route_count() {
-    let now = t0();
+    let now = epoch();
     let limits = Limits {
         max_routes: 2,
         ..Limits::default()
@@ -283,7 +284,7 @@ fn server_limits_route_count() {
 
 #[test]
 fn server_duplicates_are_acknowledged_but_negotiated_once() {
-    let now = t0();
+    let now = epoch();
     let mut s = server_in_routes(UnknownRoutePolicy::Reject, Limits::default(), now);
     for name in ["chat", "video", "chat", "video"] {
         s.handle_message(now, route_msg(name)).unwrap();
@@ -299,7 +300,7 @@ fn server_duplicates_are_acknowledged_but_negotiated_once() {
 
 #[test]
 fn server_unknown_route_policies() {
-    let now = t0();
+    let now = epoch();
     let mut s = server_in_routes(UnknownRoutePolicy::Fail, Limits::default(), now);
     s.handle_message(now, route_msg("chat")).unwrap();
     let err = s.handle_message(now, route_msg("video")).unwrap_err();
@@ -320,7 +321,7 @@ fn server_unknown_route_policies() {
 
 #[test]
 fn server_rejects_malformed_and_oversized_messages() {
-    let now = t0();
+    let now = epoch();
     for msg in [
         &b"{event: SMHandshake, data: SYN}"[..],
         b"",
@@ -359,7 +360,7 @@ fn server_rejects_malformed_and_oversized_messages() {
 
 #[test]
 fn server_takes_peer_errors() {
-    let now = t0();
+    let now = epoch();
     let mut s = server(now);
     let err = s
         .handle_message(now, br#"{"event":"SMError","error":"bye"}"#)
@@ -381,7 +382,7 @@ fn server_takes_peer_errors() {
 
 #[test]
 fn timeouts() {
-    let now = t0();
+    let now = epoch();
     let ten = Duration::from_secs(10);
     let mut s = server(now);
     assert_eq!(s.poll_timeout(), Some(now + ten));
@@ -442,7 +443,7 @@ fn timeouts() {
 
 #[test]
 fn client_full_exchange() {
-    let now = t0();
+    let now = epoch();
     let mut c = client_awaiting_acks(&["chat", "video", "prices"], now);
     c.handle_message(
         now,
@@ -479,7 +480,7 @@ fn client_full_exchange() {
 
 #[test]
 fn client_accepts_final_ack_forms() {
-    let now = t0();
+    let now = epoch();
     for last in [END_ACK_MSG, END_MSG, ACK_MSG, "ACK", " ACK\n"] {
         let mut c = client_awaiting_acks(&["a"], now);
         c.handle_message(now, ACK_MSG).unwrap();
@@ -517,7 +518,7 @@ fn assert_failed_client(c: &mut ClientHandshake, now: Instant, err: &HandshakeEr
 
 #[test]
 fn client_rejects_out_of_order_and_mismatched_replies() {
-    let now = t0();
+    let now = epoch();
     for msg in [SYN_MSG, ACK_MSG, "ACK", END_ACK_MSG, "{\"event\":\"x\"}"] {
         let mut c = client(&["a"], now);
         let err = c.handle_message(now, msg).unwrap_err();
@@ -606,7 +607,7 @@ fn client_rejects_out_of_order_and_mismatched_replies() {
 
 #[test]
 fn client_config_validation() {
-    let now = t0();
+    let now = epoch();
     let config = |routes: &[&str], limits| ClientConfig {
         routes: routes.iter().map(|r| (*r).to_owned()).collect(),
         limits,
@@ -647,7 +648,7 @@ fn client_config_validation() {
 
 #[test]
 fn server_config_validation() {
-    let now = t0();
+    let now = epoch();
     let config = ServerConfig {
         routes: RouteTable::new(["x".repeat(200)]).unwrap(),
         ..ServerConfig::default()
@@ -678,10 +679,4 @@ fn server_config_validation() {
         ClientConfig::default().handshake_timeout,
         Some(DEFAULT_HANDSHAKE_TIMEOUT)
     );
-}
-
-/// A base instant for virtual time: only offsets from it matter.
-#[allow(clippy::disallowed_methods)]
-fn t0() -> Instant {
-    Instant::now()
 }

@@ -173,9 +173,10 @@ impl BackendConfig {
 }
 
 /// Something the adapter must do. Actions come out in the order they are to
-/// be carried out; those for one client keep their order.
+/// be carried out; those for one client keep their order. (Not
+/// `non_exhaustive`: an adapter must carry out every action, so a new one
+/// is a breaking change.)
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Action {
     /// Send `message` to `client`.
     ToClient {

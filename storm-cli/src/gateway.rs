@@ -1,13 +1,15 @@
 //! `storm gateway`: one WebSocket endpoint in front of many named backends
-//! (the SocketMaster design), built on the adapters' public API with every
-//! protocol decision taken from [`storm_proto::route`].
+//! that clients address by route name, built on the adapters' public API
+//! with every protocol decision taken from [`storm_proto::route`] (the
+//! handshake, envelopes and the [`Switchboard`]).
 //!
 //! # Runtimes
 //!
-//! The gateway runs the same on tokio, smol and plain threads: its state
-//! and every decision (handshakes, routing, which client gets a backend's
-//! reply, who hears that a backend dropped) live in one runtime-neutral
-//! type; the adapters only send what it returns and do the waiting.
+//! The gateway runs the same on tokio, smol and plain threads: every
+//! decision (handshakes, routing, which client gets a backend's reply, who
+//! hears that a backend dropped) is taken by one sans-IO [`Switchboard`];
+//! the code here feeds it what happens on the connections and carries out
+//! its actions, and the adapters do the waiting.
 //!
 //! - [`Gateway<R>`](Gateway) / [`GatewayHandle<R>`](GatewayHandle) run on
 //!   any [`storm_async::Runtime`]: `Gateway` alone is tokio
@@ -122,26 +124,23 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
 use storm_host::hub::SendOutcome;
 use storm_host::options::{ClientOptions, Framing, TlsClientOptions, TlsServerOptions, WsOptions};
 use storm_host::peer::Peer;
 use storm_proto::Message;
-use storm_proto::Utf8Bytes;
 use storm_proto::framing::LengthPrefixConfig;
 use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffPolicy, Jitter};
-use storm_proto::route::backend::{
-    self as wire, BACKEND_DISCONNECTED, BACKEND_UNAVAILABLE, Target,
+use storm_proto::route::gateway::{
+    Action, BackendConfig, BackendId, BackendProtocol, ClientId, Switchboard,
 };
-use storm_proto::route::{self, Event, Negotiated, Router, ServerHandshake, envelope};
+use storm_proto::route::{self, ServerConfig};
 use storm_proto::ws::CloseCode;
 use tokio::sync::watch;
 
@@ -149,8 +148,6 @@ pub mod blocking;
 pub mod cli;
 pub mod config;
 mod on_async;
-#[cfg(test)]
-mod tests;
 
 pub use config::{ConfigError, ConfigErrorKind, Endpoint, GatewayConfig, LoadError, Protocol};
 pub use on_async::{Gateway, GatewayHandle};
@@ -295,25 +292,6 @@ impl Watched {
     }
 }
 
-/// The gateway itself, the same on every runtime: the clients and their
-/// handshakes, the backends' connections, and every decision about a
-/// message. `S` is the adapter's `Session` (it dereferences to [`Peer`]);
-/// the adapters only do what it returns, and the waiting.
-struct Core<S> {
-    config: GatewayConfig,
-    options: GatewayOptions,
-    route_config: Arc<route::ServerConfig>,
-    /// By route name; fixed after bind.
-    backends: HashMap<String, Backend<S>>,
-    clients: Mutex<HashMap<u64, ClientState>>,
-    /// Backend messages that could not be delivered.
-    dropped: AtomicU64,
-    /// Set by shutdown: stop reconnecting.
-    stopped: Watched,
-    /// The backend loops still running, which shutdown waits for.
-    loops: Arc<Loops>,
-}
-
 /// Counts the backend loops (one per route) that are running.
 struct Loops {
     running: Mutex<usize>,
@@ -354,12 +332,30 @@ impl Drop for LoopGuard {
     }
 }
 
-/// One backend route and its shared connection.
-struct Backend<S> {
-    endpoint: Endpoint,
-    state: Mutex<BackendState<S>>,
-    /// Whether the connection is up, for observers.
-    connected: Watched,
+/// The gateway's shared state, the same on every runtime: the
+/// [`Switchboard`] that takes every decision and the connections its ids
+/// name, under one lock, plus what observers and shutdown wait on. `S` is
+/// the adapter's `Session` (it dereferences to [`Peer`]). The adapters
+/// feed it connection events and carry out the [`Effect`]s it returns.
+struct Core<S> {
+    config: GatewayConfig,
+    options: GatewayOptions,
+    state: Mutex<State<S>>,
+    /// Whether each backend's connection is up, for observers; by
+    /// [`BackendId`] (file order).
+    connected: Vec<Watched>,
+    /// Set by shutdown: stop reconnecting.
+    stopped: Watched,
+    /// The backend loops still running, which shutdown waits for.
+    loops: Arc<Loops>,
+}
+
+struct State<S> {
+    switchboard: Switchboard,
+    /// Every connected client's session, by id.
+    clients: HashMap<u64, S>,
+    /// By [`BackendId`].
+    backends: Vec<BackendState<S>>,
 }
 
 /// Closes a backend's client for good (no more reconnects).
@@ -371,48 +367,28 @@ struct BackendState<S> {
     session: Option<S>,
     /// Closes the client that keeps the connection, while there is one.
     closer: Option<Closer>,
-    /// Clients that sent a message over the current connection.
-    users: HashSet<u64>,
 }
 
-struct ClientState {
-    peer: Peer,
-    phase: Phase,
-}
-
-enum Phase {
-    /// Running the route handshake; the adapter's timer fails it at its
-    /// deadline.
-    Handshake(ServerHandshake),
-    /// Route traffic.
-    Ready {
-        router: Router,
-        negotiated: Negotiated,
-    },
-    /// The handshake failed; the session is closing.
-    Failed,
-}
-
-/// What the adapter does with one client message, decided under the lock.
-enum Step<S> {
-    /// Sends these texts to the client in order, then closes it with the
-    /// code, if any.
-    Answer {
-        out: Vec<String>,
-        close: Option<u16>,
-    },
-    /// Sends `message` to the backend connection `backend` (waiting if it
-    /// is backpressured); if that fails, answers the client with
-    /// [`Core::unavailable`] for `route`.
+/// A switchboard [`Action`] with the connection it goes to.
+enum Effect<S> {
+    /// Sends `message` to this client.
+    Send(S, Message),
+    /// Closes this client.
+    Close(S, CloseCode, &'static str),
+    /// Sends `message` from `client` to `backend` over `session`; if that
+    /// fails (or there is no session), [`Core::forward_failed`] says what
+    /// to tell the client.
     Forward {
-        route: String,
-        backend: S,
+        session: Option<S>,
+        backend: BackendId,
+        client: ClientId,
         message: Message,
     },
 }
 
 /// How to reach one backend: what the adapters' clients connect with.
 struct Dial {
+    id: BackendId,
     endpoint: Endpoint,
     options: ClientOptions,
     ws: WsOptions,
@@ -426,34 +402,39 @@ impl<S: Clone + Deref<Target = Peer> + Send + Sync + 'static> Core<S> {
         let invalid =
             |e: &dyn std::error::Error| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
         options.reconnect.validate().map_err(|e| invalid(&e))?;
-        let route_config = route::ServerConfig {
+        let route_config = ServerConfig {
             handshake_timeout: options.handshake_timeout,
-            ..route::ServerConfig::new(config.route_table())
+            ..ServerConfig::new(config.route_table())
         };
-        route_config.validate().map_err(|e| invalid(&e))?;
         let backends = config
             .endpoints()
             .iter()
             .map(|endpoint| {
-                let backend = Backend {
-                    endpoint: endpoint.clone(),
-                    state: Mutex::new(BackendState {
-                        session: None,
-                        closer: None,
-                        users: HashSet::new(),
-                    }),
-                    connected: Watched::new(),
+                let protocol = match endpoint.protocol {
+                    Protocol::Ws => BackendProtocol::WebSocket,
+                    Protocol::Tcp => BackendProtocol::Tcp,
                 };
-                (endpoint.name.clone(), backend)
+                BackendConfig::new(endpoint.name.clone(), protocol)
             })
             .collect();
+        let switchboard =
+            Switchboard::new(Arc::new(route_config), backends).map_err(|e| invalid(&e))?;
+        let count = config.endpoints().len();
+        let state = State {
+            switchboard,
+            clients: HashMap::new(),
+            backends: (0..count)
+                .map(|_| BackendState {
+                    session: None,
+                    closer: None,
+                })
+                .collect(),
+        };
         Ok(Self {
             config,
             options,
-            route_config: Arc::new(route_config),
-            backends,
-            clients: Mutex::default(),
-            dropped: AtomicU64::new(0),
+            state: Mutex::new(state),
+            connected: (0..count).map(|_| Watched::new()).collect(),
             stopped: Watched::new(),
             loops: Arc::new(Loops::new()),
         })
@@ -465,31 +446,44 @@ impl<S: Clone + Deref<Target = Peer> + Send + Sync + 'static> Core<S> {
         self.config
             .endpoints()
             .iter()
-            .filter_map(|e| self.backends.get(&e.name))
-            .map(|b| BackendStatus {
-                route: b.endpoint.name.clone(),
-                url: b.endpoint.url(),
-                connected: b.connected.get(),
+            .zip(&self.connected)
+            .map(|(endpoint, connected)| BackendStatus {
+                route: endpoint.name.clone(),
+                url: endpoint.url(),
+                connected: connected.get(),
             })
             .collect()
     }
 
+    /// Whether `route`'s backend is connected, to wait on; `None` for a
+    /// route not in the file.
+    fn connected(&self, route: &str) -> Option<&Watched> {
+        let i = self
+            .config
+            .endpoints()
+            .iter()
+            .position(|e| e.name == route)?;
+        self.connected.get(i)
+    }
+
     fn client_count(&self) -> usize {
-        lock(&self.clients).len()
+        lock(&self.state).switchboard.client_count()
     }
 
     fn dropped_replies(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        lock(&self.state).switchboard.dropped_replies()
     }
 
     /// Stops reconnecting and closes every backend client.
     fn stop(&self) {
         self.stopped.set(true);
-        for backend in self.backends.values() {
-            let closer = lock(&backend.state).closer.take();
-            if let Some(close) = closer {
-                close();
-            }
+        let closers: Vec<Closer> = lock(&self.state)
+            .backends
+            .iter_mut()
+            .filter_map(|backend| backend.closer.take())
+            .collect();
+        for close in closers {
+            close();
         }
     }
 
@@ -523,6 +517,7 @@ impl<S: Clone + Deref<Target = Peer> + Send + Sync + 'static> Core<S> {
                     Backoff::new(self.options.reconnect.clone(), seed.wrapping_add(i as u64))
                         .ok()?;
                 let dial = Dial {
+                    id: BackendId(i),
                     endpoint: endpoint.clone(),
                     options: ClientOptions {
                         tls: endpoint.tls.then(|| self.options.backend_tls.clone()),
@@ -536,271 +531,184 @@ impl<S: Clone + Deref<Target = Peer> + Send + Sync + 'static> Core<S> {
             .collect()
     }
 
-    /// Keeps `close` to stop `route`'s new client at shutdown; `false`
+    /// Keeps `close` to stop `backend`'s new client at shutdown; `false`
     /// (and nothing kept) when the gateway is already stopping: close it.
     #[must_use]
-    fn attach_client(&self, route: &str, close: Closer) -> bool {
-        let Some(backend) = self.backends.get(route) else {
-            return false;
-        };
-        let mut state = lock(&backend.state);
+    fn attach_client(&self, backend: BackendId, close: Closer) -> bool {
+        let mut state = lock(&self.state);
         if self.stopped.get() {
             return false;
         }
-        state.closer = Some(close);
+        let Some(backend) = state.backends.get_mut(backend.0) else {
+            return false;
+        };
+        backend.closer = Some(close);
         true
     }
 
-    /// `route`'s client stopped (its connection ended, or it was closed).
-    fn detach_client(&self, route: &str) {
-        if let Some(backend) = self.backends.get(route) {
-            lock(&backend.state).closer = None;
+    /// `backend`'s client stopped (its connection ended, or it was closed).
+    fn detach_client(&self, backend: BackendId) {
+        if let Some(backend) = lock(&self.state).backends.get_mut(backend.0) {
+            backend.closer = None;
         }
     }
 
     /// A backend connection is up.
-    fn backend_up(&self, route: &str, session: &S) {
-        if let Some(backend) = self.backends.get(route) {
-            lock(&backend.state).session = Some(session.clone());
-            backend.connected.set(true);
+    fn backend_up(&self, backend: BackendId, session: &S) {
+        {
+            let mut state = lock(&self.state);
+            let Some(slot) = state.backends.get_mut(backend.0) else {
+                return;
+            };
+            slot.session = Some(session.clone());
+            // In range: checked above.
+            let _ = state.switchboard.handle_backend_up(backend);
+        }
+        if let Some(connected) = self.connected.get(backend.0) {
+            connected.set(true);
         }
     }
 
-    /// A message from `route`'s backend: to one client, or pushed to every
-    /// client that announced the route.
-    fn backend_message(&self, route: &str, message: Message) {
-        let Some(backend) = self.backends.get(route) else {
-            return;
-        };
-        // Unmarked, a message is what its frame says on a WebSocket and
-        // text on TCP (no frame types); `;binary` makes it binary on both.
-        let unmarked_text = match backend.endpoint.protocol {
-            Protocol::Ws => message.is_text(),
-            Protocol::Tcp => true,
-        };
-        let bytes = message.into_bytes();
-        match wire::decode(&bytes) {
-            Ok(decoded) => {
-                let text = unmarked_text && !decoded.binary;
-                self.deliver(route, decoded.target, decoded.payload, text);
-            }
-            Err(_) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+    /// A message from `backend`: to one client, or pushed to every client
+    /// that announced the route.
+    fn backend_message(&self, backend: BackendId, message: Message) {
+        let effects = self.feed(|switchboard| {
+            // In range: the id came from `dials`.
+            let _ = switchboard.handle_backend_message(backend, message);
+        });
+        offer_all(effects);
     }
 
     /// A backend connection ended.
-    fn backend_down(&self, route: &str) {
-        let Some(backend) = self.backends.get(route) else {
-            return;
-        };
+    fn backend_down(&self, backend: BackendId) {
         // Refuse further forwards first, then tell the clients that had
         // talked to it, then let observers see the backend down.
-        let users = {
-            let mut state = lock(&backend.state);
-            state.session = None;
-            std::mem::take(&mut state.users)
-        };
-        let reply = wire::error_reply(route, BACKEND_DISCONNECTED);
-        let peers: Vec<Peer> = {
-            let clients = lock(&self.clients);
-            users
-                .iter()
-                .filter_map(|id| clients.get(id).map(|c| c.peer.clone()))
-                .collect()
-        };
-        for peer in peers {
-            offer(&peer, Message::from(reply.as_str()));
-        }
-        backend.connected.set(false);
-    }
-
-    /// Queues a reply from `route`'s backend to client `id`, or a push to
-    /// every client that announced `route`: a text message if `text` and
-    /// the payload is UTF-8, else binary. The message is encoded once and
-    /// shared by every recipient.
-    fn deliver(&self, route: &str, target: Target, payload: &[u8], text: bool) {
-        let mut buf = BytesMut::new();
-        if envelope::encode(route, payload, &mut buf).is_err() {
-            // Route names were checked when the config was loaded.
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let reply = message(buf.freeze(), text);
-        let recipients: Vec<Peer> = {
-            let map = lock(&self.clients);
-            match target {
-                Target::Client(id) => map
-                    .get(&id)
-                    .filter(|state| {
-                        matches!(&state.phase, Phase::Ready { router, .. } if router.contains(route))
-                    })
-                    .map(|state| state.peer.clone())
-                    .into_iter()
-                    .collect(),
-                Target::AllClients => map
-                    .values()
-                    .filter(|state| {
-                        matches!(&state.phase, Phase::Ready { negotiated, .. } if negotiated.contains(route))
-                    })
-                    .map(|state| state.peer.clone())
-                    .collect(),
+        let effects = {
+            let mut state = lock(&self.state);
+            if let Some(slot) = state.backends.get_mut(backend.0) {
+                slot.session = None;
             }
+            let _ = state.switchboard.handle_backend_down(backend);
+            state.effects()
         };
-        if recipients.is_empty() && matches!(target, Target::Client(_)) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-        for peer in recipients {
-            offer(&peer, reply.clone());
+        offer_all(effects);
+        if let Some(connected) = self.connected.get(backend.0) {
+            connected.set(false);
         }
     }
 
     // ---- clients ----
 
     /// A client connected: its handshake starts. The deadline at which the
-    /// adapter calls [`handshake_deadline`](Self::handshake_deadline), if any.
-    fn client_connected(&self, peer: &Peer) -> Option<Instant> {
-        let machine = match ServerHandshake::new(Arc::clone(&self.route_config), Instant::now()) {
-            Ok(machine) => machine,
-            Err(_) => {
-                // Validated in `new`; never here.
-                peer.close_with(CloseCode::INTERNAL_ERROR, "gateway misconfigured");
-                return None;
-            }
+    /// adapter calls [`timeout`](Self::timeout), if any.
+    fn client_connected(&self, session: &S) -> Option<Instant> {
+        let id = session.id().get();
+        let (deadline, effects) = {
+            let mut state = lock(&self.state);
+            state.clients.insert(id, session.clone());
+            let deadline = state
+                .switchboard
+                .handle_client_connect(ClientId(id), Instant::now())
+                .ok()
+                .flatten();
+            (deadline, state.effects())
         };
-        let deadline = machine.poll_timeout();
-        lock(&self.clients).insert(
-            peer.id().get(),
-            ClientState {
-                peer: peer.clone(),
-                phase: Phase::Handshake(machine),
-            },
-        );
+        offer_all(effects);
         deadline
     }
 
-    /// One message from client `id`: what to do with it.
-    fn client_message(&self, id: u64, message: Message) -> Step<S> {
-        let text = message.is_text();
-        let bytes = message.into_bytes();
-        let nothing = Step::Answer {
-            out: Vec::new(),
-            close: None,
-        };
-        let (route, payload) = {
-            let mut map = lock(&self.clients);
-            let Some(state) = map.get_mut(&id) else {
-                return nothing;
-            };
-            match &mut state.phase {
-                Phase::Handshake(machine) => {
-                    let result = machine.handle_message(Instant::now(), &bytes);
-                    let mut out = Vec::new();
-                    while let Some(msg) = machine.poll_transmit() {
-                        out.push(msg);
-                    }
-                    let ready = machine.poll_event();
-                    return match result {
-                        Err(e) => {
-                            let close = e.close_code();
-                            if close.is_some() {
-                                state.phase = Phase::Failed;
-                            }
-                            Step::Answer { out, close }
-                        }
-                        Ok(_) => {
-                            if let Some(Event::Ready(negotiated)) = ready {
-                                let router =
-                                    Router::new(Arc::clone(&self.route_config), &negotiated);
-                                state.phase = Phase::Ready { router, negotiated };
-                            }
-                            Step::Answer { out, close: None }
-                        }
-                    };
-                }
-                Phase::Ready { router, .. } => match router.resolve(&bytes) {
-                    Ok(addressed) => (addressed.route.to_owned(), addressed.payload_bytes(&bytes)),
-                    Err(e) => {
-                        return Step::Answer {
-                            out: vec![e.error_reply()],
-                            close: None,
-                        };
-                    }
-                },
-                Phase::Failed => return nothing,
-            }
-        };
-        self.forward(id, route, &payload, text)
+    /// One message from client `id`: what to do, for the client's handler
+    /// to carry out (waiting while the client is backpressured).
+    fn client_message(&self, id: u64, message: Message) -> VecDeque<Effect<S>> {
+        self.feed(|switchboard| {
+            // Known: the handler calls this between connect and disconnect.
+            let _ = switchboard.handle_client_message(ClientId(id), message, Instant::now());
+        })
     }
 
-    /// Client `id`'s message for `route`, to its backend if it is up.
-    fn forward(&self, id: u64, route: String, payload: &Bytes, text: bool) -> Step<S> {
-        let backend = self.backends.get(&route).and_then(|backend| {
-            let mut state = lock(&backend.state);
-            let session = state.session.clone()?;
-            state.users.insert(id);
-            Some((session, backend.endpoint.protocol))
-        });
-        let Some((backend, protocol)) = backend else {
-            return Step::Answer {
-                out: vec![Self::unavailable(&route)],
-                close: None,
-            };
-        };
-        let mut buf = BytesMut::new();
-        // The frame type carries the kind on a WebSocket; TCP has none, so
-        // there the header marks a binary message.
-        let marked = protocol == Protocol::Tcp && !text;
-        wire::encode_to(Target::Client(id), marked, payload, &mut buf);
-        let message = message(buf.freeze(), text && protocol == Protocol::Ws);
-        Step::Forward {
-            route,
-            backend,
-            message,
-        }
-    }
-
-    /// The error a client gets for a message its backend could not take.
-    fn unavailable(route: &str) -> String {
-        wire::error_reply(route, BACKEND_UNAVAILABLE)
+    /// `backend` could not take the message [`Effect::Forward`] carried
+    /// from `client`: what to tell the client.
+    fn forward_failed(&self, backend: BackendId, client: ClientId) -> VecDeque<Effect<S>> {
+        self.feed(|switchboard| {
+            let _ = switchboard.handle_forward_failed(backend, client);
+        })
     }
 
     /// Client `id` disconnected.
     fn client_disconnected(&self, id: u64) {
-        lock(&self.clients).remove(&id);
-        for backend in self.backends.values() {
-            lock(&backend.state).users.remove(&id);
-        }
+        let mut state = lock(&self.state);
+        state.clients.remove(&id);
+        let _ = state.switchboard.handle_client_disconnect(ClientId(id));
     }
 
-    /// Client `id`'s handshake deadline passed: fails it if it is still
-    /// running.
-    fn handshake_deadline(&self, id: u64) {
-        let (peer, out, code) = {
-            let mut map = lock(&self.clients);
-            let Some(state) = map.get_mut(&id) else {
-                return;
-            };
-            let Phase::Handshake(machine) = &mut state.phase else {
-                return;
-            };
-            let Err(e) = machine.handle_timeout(Instant::now()) else {
-                return;
-            };
-            let mut out = Vec::new();
-            while let Some(msg) = machine.poll_transmit() {
-                out.push(msg);
-            }
-            let code = e.close_code().unwrap_or(1008);
-            let peer = state.peer.clone();
-            state.phase = Phase::Failed;
-            (peer, out, code)
+    /// Fails the handshakes whose deadline has passed by `now`; the next
+    /// deadline, if a handshake is still running.
+    fn timeout(&self, now: Instant) -> Option<Instant> {
+        let (next, effects) = {
+            let mut state = lock(&self.state);
+            state.switchboard.handle_timeout(now);
+            (state.switchboard.poll_timeout(), state.effects())
         };
-        for msg in out {
-            offer(&peer, Message::from(msg));
+        offer_all(effects);
+        next
+    }
+
+    /// Gives `input` the switchboard; what it decided.
+    fn feed(&self, input: impl FnOnce(&mut Switchboard)) -> VecDeque<Effect<S>> {
+        let mut state = lock(&self.state);
+        input(&mut state.switchboard);
+        state.effects()
+    }
+}
+
+impl<S: Clone> State<S> {
+    /// The switchboard's actions, with the connections they go to. A client
+    /// is in `clients` exactly while the switchboard knows it, so every
+    /// action for one finds it.
+    fn effects(&mut self) -> VecDeque<Effect<S>> {
+        let mut out = VecDeque::new();
+        while let Some(action) = self.switchboard.poll_action() {
+            let effect = match action {
+                Action::ToClient { client, message } => self
+                    .clients
+                    .get(&client.0)
+                    .map(|session| Effect::Send(session.clone(), message)),
+                Action::Close {
+                    client,
+                    code,
+                    reason,
+                } => self
+                    .clients
+                    .get(&client.0)
+                    .map(|session| Effect::Close(session.clone(), CloseCode::from(code), reason)),
+                Action::ToBackend {
+                    backend,
+                    client,
+                    message,
+                } => Some(Effect::Forward {
+                    session: self.backends.get(backend.0).and_then(|b| b.session.clone()),
+                    backend,
+                    client,
+                    message,
+                }),
+            };
+            out.extend(effect);
         }
-        peer.close_with(CloseCode::from(code), "route handshake timed out");
+        out
+    }
+}
+
+/// Carries out what a backend event or a timeout decided: every message is
+/// queued without waiting (a client too slow to take it is closed), so one
+/// slow client never stalls the others. Only a client's own messages are
+/// forwarded to backends, by its handler: there are no forwards here.
+fn offer_all<S: Deref<Target = Peer>>(effects: VecDeque<Effect<S>>) {
+    for effect in effects {
+        match effect {
+            Effect::Send(session, message) => offer(&session, message),
+            Effect::Close(session, code, reason) => session.close_with(code, reason),
+            Effect::Forward { .. } => {}
+        }
     }
 }
 
@@ -809,17 +717,5 @@ fn offer(peer: &Peer, message: Message) {
     match peer.try_send(message) {
         SendOutcome::Queued | SendOutcome::Closed(_) => {}
         _ => peer.close_with(CloseCode::POLICY_VIOLATION, "slow consumer"),
-    }
-}
-
-/// A text message when asked for and valid UTF-8, else binary.
-fn message(bytes: Bytes, text: bool) -> Message {
-    if text {
-        match Utf8Bytes::try_from_bytes(bytes) {
-            Ok(text) => Message::Text(text),
-            Err(bytes) => Message::Binary(bytes),
-        }
-    } else {
-        Message::Binary(bytes)
     }
 }

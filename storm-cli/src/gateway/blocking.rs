@@ -19,11 +19,9 @@
 //! # Ok(()) }
 //! ```
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -31,11 +29,11 @@ use crate::runtime::connection_error;
 use storm_host::link::CloseReason;
 use storm_proto::Message;
 use storm_proto::reconnect::{Backoff, BackoffStep};
-use storm_proto::ws::CloseCode;
+use storm_proto::route::gateway::BackendId;
 use storm_std::{Handler, ServerHandle, Session, TcpClient, WsClient, WsServer};
 
 use super::{
-    BackendStatus, Core, Dial, GatewayConfig, GatewayOptions, LoopGuard, Protocol, Step, lock,
+    BackendStatus, Core, Dial, Effect, GatewayConfig, GatewayOptions, LoopGuard, Protocol, lock,
 };
 
 /// A bound gateway on threads; [`serve`](Self::serve) or
@@ -160,9 +158,8 @@ impl GatewayHandle {
     #[must_use]
     pub fn wait_backend(&self, route: &str, connected: bool, timeout: Duration) -> bool {
         self.core
-            .backends
-            .get(route)
-            .is_some_and(|backend| backend.connected.wait_timeout(connected, timeout))
+            .connected(route)
+            .is_some_and(|watched| watched.wait_timeout(connected, timeout))
     }
 
     /// Clients connected now (handshake done or not).
@@ -213,11 +210,10 @@ fn keep_connected(
     mut backoff: Backoff,
     _running: LoopGuard,
 ) {
-    let route = dial.endpoint.name.clone();
     while !core.stopped.get() {
         let handler = BackendHandler {
             core: Arc::clone(core),
-            route: route.clone(),
+            backend: dial.id,
         };
         let connected = match dial.endpoint.protocol {
             Protocol::Ws => WsClient::connect(
@@ -236,14 +232,14 @@ fn keep_connected(
         if let Ok(client) = connected {
             backoff.connected(Instant::now());
             let closer = client.clone();
-            if !core.attach_client(&route, Box::new(move || closer.close())) {
+            if !core.attach_client(dial.id, Box::new(move || closer.close())) {
                 // Connected as the gateway stopped.
                 client.close();
                 client.closed();
                 return;
             }
             client.closed();
-            core.detach_client(&route);
+            core.detach_client(dial.id);
         }
         let delay = match backoff.disconnected(Instant::now()) {
             BackoffStep::Retry { delay, .. } => delay,
@@ -255,57 +251,52 @@ fn keep_connected(
     }
 }
 
-/// Handshake deadlines: one thread for every client.
+/// Handshake deadlines: one thread for every client, sleeping until the
+/// switchboard's next deadline.
 #[derive(Default)]
 struct Timers {
-    queue: Mutex<TimerQueue>,
+    state: Mutex<TimerState>,
     changed: Condvar,
 }
 
 #[derive(Default)]
-struct TimerQueue {
-    /// Deadlines and client ids, earliest first.
-    due: BinaryHeap<Reverse<(Instant, u64)>>,
+struct TimerState {
+    /// A client connected since the thread last read the next deadline.
+    woken: bool,
     stopped: bool,
 }
 
 impl Timers {
-    fn add(&self, deadline: Instant, id: u64) {
-        lock(&self.queue).due.push(Reverse((deadline, id)));
+    /// A client connected: its deadline may be the next one.
+    fn wake(&self) {
+        lock(&self.state).woken = true;
         self.changed.notify_one();
     }
 
     fn stop(&self) {
-        lock(&self.queue).stopped = true;
+        lock(&self.state).stopped = true;
         self.changed.notify_one();
     }
 
     /// Fails each handshake at its deadline, until [`stop`](Self::stop).
     fn run(&self, core: &Core<Session>) {
-        let mut queue = lock(&self.queue);
-        while !queue.stopped {
-            let now = Instant::now();
-            match queue.due.peek().map(|Reverse((deadline, _))| *deadline) {
-                Some(deadline) if deadline <= now => {
-                    if let Some(Reverse((_, id))) = queue.due.pop() {
-                        drop(queue);
-                        core.handshake_deadline(id);
-                        queue = lock(&self.queue);
-                    }
-                }
+        loop {
+            let next = core.timeout(Instant::now());
+            let mut state = lock(&self.state);
+            if state.stopped {
+                return;
+            }
+            if std::mem::take(&mut state.woken) {
+                continue;
+            }
+            // Woken, timed out or spurious: the loop reads the next
+            // deadline again.
+            match next {
                 Some(deadline) => {
-                    queue = self
-                        .changed
-                        .wait_timeout(queue, deadline - now)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0;
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    drop(self.changed.wait_timeout(state, wait));
                 }
-                None => {
-                    queue = self
-                        .changed
-                        .wait(queue)
-                        .unwrap_or_else(PoisonError::into_inner);
-                }
+                None => drop(self.changed.wait(state)),
             }
         }
     }
@@ -314,20 +305,20 @@ impl Timers {
 /// Events of one backend connection.
 struct BackendHandler {
     core: Arc<Core<Session>>,
-    route: String,
+    backend: BackendId,
 }
 
 impl Handler for BackendHandler {
     fn on_connect(&self, session: &Session) {
-        self.core.backend_up(&self.route, session);
+        self.core.backend_up(self.backend, session);
     }
 
     fn on_message(&self, _: &Session, message: Message) {
-        self.core.backend_message(&self.route, message);
+        self.core.backend_message(self.backend, message);
     }
 
     fn on_disconnect(&self, _: &Session, _: &CloseReason) {
-        self.core.backend_down(&self.route);
+        self.core.backend_down(self.backend);
     }
 }
 
@@ -339,28 +330,30 @@ struct ClientHandler {
 
 impl Handler for ClientHandler {
     fn on_connect(&self, session: &Session) {
-        if let Some(deadline) = self.core.client_connected(session) {
-            self.timers.add(deadline, session.id().get());
+        if self.core.client_connected(session).is_some() {
+            self.timers.wake();
         }
     }
 
+    /// Carries out what the message decided, in order, blocking while the
+    /// client or the backend is backpressured.
     fn on_message(&self, session: &Session, message: Message) {
-        match self.core.client_message(session.id().get(), message) {
-            Step::Answer { out, close } => {
-                for text in out {
-                    let _ = session.send_text(&text);
+        let mut effects = self.core.client_message(session.id().get(), message);
+        while let Some(effect) = effects.pop_front() {
+            match effect {
+                Effect::Send(client, message) => {
+                    let _ = client.send(message);
                 }
-                if let Some(code) = close {
-                    session.close_with(CloseCode::from(code), "route handshake failed");
-                }
-            }
-            Step::Forward {
-                route,
-                backend,
-                message,
-            } => {
-                if backend.send(message).is_err() {
-                    let _ = session.send_text(&Core::<Session>::unavailable(&route));
+                Effect::Close(client, code, reason) => client.close_with(code, reason),
+                Effect::Forward {
+                    session,
+                    backend,
+                    client,
+                    message,
+                } => {
+                    if session.is_none_or(|session| session.send(message).is_err()) {
+                        effects.extend(self.core.forward_failed(backend, client));
+                    }
                 }
             }
         }

@@ -20,8 +20,8 @@
 //! protocol = tcp
 //! ```
 //!
-//! The shape is SocketMaster's `config.ini` (a `[section]` per endpoint with
-//! `Name` and `Port`), extended with `host`, `protocol` and `tls`:
+//! One `[section]` per endpoint: `Name` and `Port` (keys are
+//! case-insensitive), and optionally `host`, `protocol` and `tls`:
 //!
 //! | key | meaning |
 //! |---|---|
@@ -696,7 +696,7 @@ mod tests {
     }
 
     #[test]
-    fn the_seed_shape_parses() {
+    fn sections_with_name_and_port_alone_parse() {
         let config = GatewayConfig::parse(
             "[Endpoint1]\nName = endpoint1\nPort = 8080\n\n[Endpoint2]\nName = endpoint2\nPort = 9090\n",
         )

@@ -1,5 +1,6 @@
 //! The gateway on tokio and smol: one generic path over storm-async's
-//! [`Runtime`]. The handlers only do what [`Core`] decides.
+//! [`Runtime`]. The handlers feed [`Core`] and carry out what its
+//! switchboard decides.
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,9 +13,11 @@ use storm_async::{Handler, Runtime, ServerHandle, Session, TcpClient, WsClient, 
 use storm_host::link::CloseReason;
 use storm_proto::Message;
 use storm_proto::reconnect::{Backoff, BackoffStep};
-use storm_proto::ws::CloseCode;
+use storm_proto::route::gateway::BackendId;
 
-use super::{BackendStatus, Core, Dial, GatewayConfig, GatewayOptions, LoopGuard, Protocol, Step};
+use super::{
+    BackendStatus, Core, Dial, Effect, GatewayConfig, GatewayOptions, LoopGuard, Protocol,
+};
 
 /// A bound gateway on the async runtime `R` (tokio by default, or
 /// [`storm_smol::Smol`]); [`serve`](Self::serve) runs it. For threads
@@ -119,10 +122,10 @@ impl<R: Runtime> GatewayHandle<R> {
     /// Waits until `route`'s backend is connected (`connected = true`) or
     /// down. Returns `false` at once for a route not in the file.
     pub async fn wait_backend(&self, route: &str, connected: bool) -> bool {
-        let Some(backend) = self.core.backends.get(route) else {
+        let Some(watched) = self.core.connected(route) else {
             return false;
         };
-        backend.connected.wait_for(connected).await;
+        watched.wait_for(connected).await;
         true
     }
 
@@ -180,11 +183,10 @@ async fn keep_connected<R: Runtime>(
     mut backoff: Backoff,
     _running: LoopGuard,
 ) {
-    let route = dial.endpoint.name.clone();
     loop {
         let handler = BackendHandler {
             core: Arc::clone(&core),
-            route: route.clone(),
+            backend: dial.id,
         };
         let connect = async {
             match dial.endpoint.protocol {
@@ -206,14 +208,14 @@ async fn keep_connected<R: Runtime>(
         if let Ok(client) = connected {
             backoff.connected(Instant::now());
             let closer = client.clone();
-            if !core.attach_client(&route, Box::new(move || closer.close())) {
+            if !core.attach_client(dial.id, Box::new(move || closer.close())) {
                 // Connected as the gateway stopped.
                 client.close();
                 client.closed().await;
                 return;
             }
             client.closed().await;
-            core.detach_client(&route);
+            core.detach_client(dial.id);
         }
         let delay = match backoff.disconnected(Instant::now()) {
             BackoffStep::Retry { delay, .. } => delay,
@@ -229,20 +231,20 @@ async fn keep_connected<R: Runtime>(
 /// Events of one backend connection.
 struct BackendHandler {
     core: Arc<Core<Session>>,
-    route: String,
+    backend: BackendId,
 }
 
 impl Handler for BackendHandler {
     async fn on_connect(&self, session: &Session) {
-        self.core.backend_up(&self.route, session);
+        self.core.backend_up(self.backend, session);
     }
 
     async fn on_message(&self, _: &Session, message: Message) {
-        self.core.backend_message(&self.route, message);
+        self.core.backend_message(self.backend, message);
     }
 
     async fn on_disconnect(&self, _: &Session, _: &CloseReason) {
-        self.core.backend_down(&self.route);
+        self.core.backend_down(self.backend);
     }
 }
 
@@ -256,33 +258,36 @@ impl<R: Runtime> Handler for ClientHandler<R> {
     async fn on_connect(&self, session: &Session) {
         if let Some(deadline) = self.core.client_connected(session) {
             let core = Arc::clone(&self.core);
-            let id = session.id().get();
             R::spawn(async move {
                 R::sleep_until(deadline).await;
-                core.handshake_deadline(id);
+                core.timeout(Instant::now());
             });
         }
     }
 
+    /// Carries out what the message decided, in order, waiting while the
+    /// client or the backend is backpressured.
     async fn on_message(&self, session: &Session, message: Message) {
-        match self.core.client_message(session.id().get(), message) {
-            Step::Answer { out, close } => {
-                for text in out {
-                    let _ = session.send_text(&text).await;
+        let mut effects = self.core.client_message(session.id().get(), message);
+        while let Some(effect) = effects.pop_front() {
+            match effect {
+                Effect::Send(client, message) => {
+                    let _ = client.send(message).await;
                 }
-                if let Some(code) = close {
-                    session.close_with(CloseCode::from(code), "route handshake failed");
-                }
-            }
-            Step::Forward {
-                route,
-                backend,
-                message,
-            } => {
-                if backend.send(message).await.is_err() {
-                    let _ = session
-                        .send_text(&Core::<Session>::unavailable(&route))
-                        .await;
+                Effect::Close(client, code, reason) => client.close_with(code, reason),
+                Effect::Forward {
+                    session,
+                    backend,
+                    client,
+                    message,
+                } => {
+                    let sent = match session {
+                        Some(session) => session.send(message).await.is_ok(),
+                        None => false,
+                    };
+                    if !sent {
+                        effects.extend(self.core.forward_failed(backend, client));
+                    }
                 }
             }
         }

@@ -121,6 +121,7 @@ use std::fmt;
 
 pub mod backend;
 pub mod envelope;
+pub mod gateway;
 mod handshake;
 mod wire;
 

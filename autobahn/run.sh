@@ -2,8 +2,13 @@
 # Runs the Autobahn|Testsuite against Storm's WebSocket server and client and
 # compares the results with autobahn/expected-results.json.
 #
-# usage: autobahn/run.sh [--quick] [--update] [ADAPTER ...]
-#   ADAPTER   storm-std, storm-tokio, storm-smol (default: all three)
+# usage: autobahn/run.sh [--quick] [--debug] [--update] [ADAPTER ...]
+#   ADAPTER   storm-std, storm-tokio, storm-smol: the storm-examples
+#             `ws_echo` and `autobahn_client` with `--runtime std|tokio|smol`
+#             (WsServer and WsClient on that adapter);
+#             storm-std-blocking: `ws_echo_blocking` and
+#             `autobahn_client_blocking`, on storm-std's low-level blocking
+#             `ws::WebSocket`. Default: all four.
 #   --quick   a subset that finishes in under a minute (what CI runs): all
 #             of 1.*-7.* and 10.*, and the small-message cases of every
 #             deflate group (12.*.1-2, 13.*.1-4), instead of the full 517
@@ -38,7 +43,13 @@ for arg in "$@"; do
         *) adapters+=("$arg") ;;
     esac
 done
-[ ${#adapters[@]} -gt 0 ] || adapters=(storm-std storm-tokio storm-smol)
+[ ${#adapters[@]} -gt 0 ] || adapters=(storm-std storm-tokio storm-smol storm-std-blocking)
+for adapter in "${adapters[@]}"; do
+    case "$adapter" in
+        storm-std|storm-tokio|storm-smol|storm-std-blocking) ;;
+        *) echo "unknown adapter $adapter" >&2; exit 2 ;;
+    esac
+done
 if [ ! -x "$tools/setup.sh" ] && [ ! -f "$tools/setup.sh" ]; then
     echo "autobahn: no Autobahn|Testsuite tools directory (setup.sh) at $tools; set AUTOBAHN_TOOLS" >&2
     exit 2
@@ -53,15 +64,25 @@ bash "$tools/setup.sh" >/dev/null
 out=$repo/target/autobahn
 mkdir -p "$out"
 status=0
+examples=(--example ws_echo --example autobahn_client --example ws_echo_blocking --example autobahn_client_blocking)
+if [ "$profile" = release ]; then
+    cargo build --release -q -p storm-examples "${examples[@]}"
+else
+    cargo build -q -p storm-examples "${examples[@]}"
+fi
+bin=$repo/target/$profile/examples
 for adapter in "${adapters[@]}"; do
-    if [ "$profile" = release ]; then
-        cargo build --release -q -p "$adapter" --example ws_echo --example autobahn_client
-    else
-        cargo build -q -p "$adapter" --example ws_echo --example autobahn_client
-    fi
-    bin=$repo/target/$profile/examples
+    # The suite's server (an echo) and client (the Autobahn loop) for this adapter.
+    case "$adapter" in
+        storm-std-blocking)
+            server=("$bin/ws_echo_blocking")
+            client=("$bin/autobahn_client_blocking") ;;
+        *)
+            server=("$bin/ws_echo" --runtime "${adapter#storm-}")
+            client=("$bin/autobahn_client" --runtime "${adapter#storm-}") ;;
+    esac
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    "$bin/ws_echo" "127.0.0.1:$port" >"$out/$adapter-echo.log" 2>&1 &
+    "${server[@]}" "127.0.0.1:$port" >"$out/$adapter-echo.log" 2>&1 &
     echo_pid=$!
     trap 'kill $echo_pid 2>/dev/null || true' EXIT
     for _ in $(seq 50); do
@@ -74,7 +95,7 @@ for adapter in "${adapters[@]}"; do
     python3 "$repo/autobahn/compare.py" "$repo/autobahn/expected-results.json" server "$adapter" "$out/$adapter-server" $update || status=1
 
     cport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    (cd "$out" && AUTOBAHN_OUTDIR="$out/$adapter-client" bash "$tools/run-client-suite.sh" --port "$cport" -- "$bin/autobahn_client" "ws://127.0.0.1:$cport" "$adapter") >"$out/$adapter-client.log" 2>&1 || true
+    (cd "$out" && AUTOBAHN_OUTDIR="$out/$adapter-client" bash "$tools/run-client-suite.sh" --port "$cport" -- "${client[@]}" "ws://127.0.0.1:$cport" "$adapter") >"$out/$adapter-client.log" 2>&1 || true
     python3 "$repo/autobahn/compare.py" "$repo/autobahn/expected-results.json" client "$adapter" "$out/$adapter-client" $update || status=1
 done
 exit $status

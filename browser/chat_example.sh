@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Real-browser test of the adapters' `chat` example: for each adapter, build
-# and start `cargo run -p ADAPTER --example chat` on 127.0.0.1, then two
+# Real-browser test of the `chat` example on each adapter: build it once
+# (`cargo build -p storm-examples --example chat`), and for each adapter
+# start it with `--runtime tokio|smol|std` on 127.0.0.1, then two
 # headless-Chromium tabs (chat_example.html, driven by
 # drive_chat_example.mjs) name themselves, join one room and chat both ways;
 # the checks read what each tab received.
 #
 # usage: browser/chat_example.sh [--no-build] [storm-tokio|storm-smol|storm-std ...]
 #   no adapter named: all three, one after the other
-#   --no-build  run target/debug/examples/chat as it is (one adapter only:
-#               the three examples share that file name)
+#   --no-build  run target/debug/examples/chat as it is
 #
 # Environment: CHROMIUM (default /usr/bin/chromium), NODE (default node),
 # BROWSER_TEST_TIMEOUT (seconds for each adapter's browser part, default 60),
@@ -31,9 +31,6 @@ for arg in "$@"; do
     esac
 done
 [ ${#adapters[@]} -gt 0 ] || adapters=(storm-tokio storm-smol storm-std)
-if [ "$build" = 0 ] && [ ${#adapters[@]} -gt 1 ]; then
-    echo "chat_example: --no-build needs exactly one adapter" >&2; exit 2
-fi
 [ -x "$chromium" ] || { echo "chat_example: no chromium at $chromium (see browser/README.md)" >&2; exit 2; }
 command -v "$node" >/dev/null || { echo "chat_example: node is needed" >&2; exit 2; }
 
@@ -53,14 +50,9 @@ trap 'stop_server; rm -rf "$work"' EXIT
 run_one() {
     local adapter=$1 dir=$work/$1 line="" ws=""
     mkdir -p "$dir"
-    if [ "$build" = 1 ]; then
-        cargo build -q -p "$adapter" --example chat --manifest-path "$repo/Cargo.toml"
-    fi
-    [ -x "$target/debug/examples/chat" ] || { echo "FAIL $adapter: no $target/debug/examples/chat"; return 1; }
-    # The three adapters' examples share the file name: run a copy.
-    cp "$target/debug/examples/chat" "$dir/chat"
+    [ -x "$chat" ] || { echo "FAIL $adapter: no $chat"; return 1; }
     mkfifo "$dir/out"
-    "$dir/chat" 127.0.0.1:0 >"$dir/out" 2>"$dir/err" &
+    "$chat" --runtime "${adapter#storm-}" 127.0.0.1:0 >"$dir/out" 2>"$dir/err" &
     server_pid=$!
     exec 3<"$dir/out"
     if IFS= read -r -t 10 line <&3; then ws=${line##*listening on }; fi
@@ -83,6 +75,10 @@ run_one() {
     return "$status"
 }
 
+chat=$target/debug/examples/chat
+if [ "$build" = 1 ]; then
+    cargo build -q -p storm-examples --example chat --manifest-path "$repo/Cargo.toml"
+fi
 failed=()
 for adapter in "${adapters[@]}"; do
     echo "== $adapter"

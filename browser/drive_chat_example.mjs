@@ -1,5 +1,5 @@
-// Two headless-Chromium tabs chat through an adapter's `chat` example
-// (storm-tokio, storm-smol or storm-std; see chat_example.sh). Each tab loads
+// Two headless-Chromium tabs chat through the `chat` example, on one
+// adapter (`--runtime tokio|smol|std`; see chat_example.sh). Each tab loads
 // chat_example.html from disk, pointed at the server, and is used as a person
 // would: type a line, press Send. The checks read the page's log, which holds
 // every line the server sent (and `> TEXT` for what the tab sent). Prints

@@ -90,22 +90,12 @@
 //!
 //! # Examples
 //!
-//! `cargo run -p storm-std --example NAME -- ARGS`; `storm-tokio` and `storm-smol` ship
-//! the same examples, with the same arguments and behaviour:
-//!
-//! - `tcp_echo ADDR [--framing lp|line|raw]`: a TCP echo server with a
-//!   framer (4-byte length prefix, `\n` lines, or raw reads).
-//! - `chat ADDR`: a WebSocket chat with names and rooms (groups); a line
-//!   goes to the rest of its room (a broadcast excluding the sender). Its
-//!   text protocol is in the example's top comment;
-//!   `browser/chat_example.sh` runs two headless-Chromium tabs through it.
-//! - `reconnecting_client URL [--count N]`: a WebSocket client with
-//!   `ClientOptions::reconnect` (exponential backoff); prints `on_connect`,
-//!   `on_disconnect`, `on_reconnecting(attempt, delay)`, sends a message a
-//!   second, and exits after N (default 10).
-//! - `tls_echo ADDR CERT.pem KEY.pem`: WebSocket echo over TLS (`wss://`).
-//! - `ws_echo ADDR` and `autobahn_client URL AGENT`: the conformance
-//!   examples, for the Autobahn server and client suites.
+//! The repository's `examples/` (package `storm-examples`) are written once
+//! for every adapter; `--runtime std` runs them on this one:
+//! `cargo run -p storm-examples --example NAME -- --runtime std ARGS`, NAME
+//! one of `ws_echo`, `tcp_echo`, `chat`, `reconnecting_client` and
+//! `autobahn_client` (`--help` gives each one's arguments).
+//! `ws_echo_blocking` and `autobahn_client_blocking` use [`ws::WebSocket`].
 
 mod client;
 mod deadline;

@@ -1,26 +1,23 @@
-//! `storm echo`: every message goes back to its sender, over WebSocket or
-//! plain TCP with any of the core's framers, with or without TLS, on the
-//! runtime of your choice. The same options build the same server on each
-//! adapter; only the I/O underneath changes.
+//! `storm echo`: every message goes back to its sender
+//! ([`storm_services::echo`]), over WebSocket or plain TCP with any of the
+//! core's framers, with or without TLS, on the runtime of your choice. The
+//! same options build the same server on each adapter; only the I/O
+//! underneath changes.
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::ValueEnum;
-use storm_host::link::CloseReason;
 use storm_host::options::{Framing, ServerOptions, WsOptions};
-use storm_proto::Message;
 use storm_proto::framing::{DelimiterConfig, LengthPrefixConfig, RawConfig};
 use storm_proto::ws::Config;
 use storm_proto::ws::deflate::DeflateConfig;
+use storm_services::echo::Echo;
 
 use storm_cli::interrupt;
 
-use storm_cli::runtime::{
-    AsyncRuntime, Runtime, TlsArgs, connection_closed, connection_error, shutdown_on_ctrl_c,
-    std_until_ctrl_c,
-};
+use storm_cli::runtime::{AsyncRuntime, Runtime, TlsArgs, shutdown_on_ctrl_c, std_until_ctrl_c};
 
 /// Options of `storm echo`.
 #[derive(Debug, clap::Args)]
@@ -119,23 +116,6 @@ fn banner(args: &EchoArgs, addr: SocketAddr) {
     tracing::info!(%addr, proto = ?args.proto, runtime = ?args.runtime, "echo listening");
 }
 
-/// The echo on tokio and smol.
-struct AsyncEcho;
-
-impl storm_async::Handler for AsyncEcho {
-    async fn on_message(&self, session: &storm_async::Session, message: Message) {
-        let _ = session.send(message).await;
-    }
-
-    async fn on_disconnect(&self, session: &storm_async::Session, reason: &CloseReason) {
-        connection_closed(session.remote_addr(), reason);
-    }
-
-    async fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
-        connection_error(error);
-    }
-}
-
 fn on_async<R: AsyncRuntime>(
     args: &EchoArgs,
     options: ServerOptions,
@@ -148,32 +128,16 @@ fn on_async<R: AsyncRuntime>(
                 let server = storm_async::WsServer::<R>::bind(options, ws).await?;
                 banner(args, server.local_addr());
                 shutdown_on_ctrl_c(server.handle(), timeout);
-                server.serve(AsyncEcho).await
+                server.serve(Echo).await
             }
             Service::Tcp(framing) => {
                 let server = storm_async::TcpServer::<R>::bind(options, framing).await?;
                 banner(args, server.local_addr());
                 shutdown_on_ctrl_c(server.handle(), timeout);
-                server.serve(AsyncEcho).await
+                server.serve(Echo).await
             }
         }
     })
-}
-
-struct StdEcho;
-
-impl storm_std::Handler for StdEcho {
-    fn on_message(&self, session: &storm_std::Session, message: Message) {
-        let _ = session.send(message);
-    }
-
-    fn on_disconnect(&self, session: &storm_std::Session, reason: &CloseReason) {
-        connection_closed(session.remote_addr(), reason);
-    }
-
-    fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
-        connection_error(error);
-    }
 }
 
 fn on_std(
@@ -186,12 +150,12 @@ fn on_std(
         Service::Ws(ws) => {
             let server = storm_std::WsServer::bind(options, ws)?;
             banner(args, server.local_addr());
-            (server.handle(), server.spawn(StdEcho)?)
+            (server.handle(), server.spawn(Echo)?)
         }
         Service::Tcp(framing) => {
             let server = storm_std::TcpServer::bind(options, framing)?;
             banner(args, server.local_addr());
-            (server.handle(), server.spawn(StdEcho)?)
+            (server.handle(), server.spawn(Echo)?)
         }
     };
     std_until_ctrl_c(&handle, serving, timeout)

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use crate::runtime::{connection_closed, connection_error};
+use crate::host::{connection_closed, connection_error};
 use storm_async::{Handler, Runtime, ServerHandle, Session, TcpServer};
 use storm_host::link::CloseReason;
 use storm_host::options::ServerOptions;

@@ -6,8 +6,8 @@
 //! ```
 //! use std::time::Duration;
 //!
-//! use storm_cli::broker::BrokerOptions;
-//! use storm_cli::broker::blocking::BrokerServer;
+//! use storm_services::broker::BrokerOptions;
+//! use storm_services::broker::blocking::BrokerServer;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let server = BrokerServer::bind(BrokerOptions::default())?; // 127.0.0.1, a free port
@@ -25,7 +25,7 @@ use std::sync::{Arc, Condvar, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::runtime::{connection_closed, connection_error};
+use crate::host::{connection_closed, connection_error};
 use storm_host::link::CloseReason;
 use storm_proto::Message;
 use storm_proto::broker::{ConnId, Frame, RouterStats};

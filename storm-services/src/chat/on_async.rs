@@ -11,29 +11,27 @@ use std::time::{Duration, Instant};
 
 use storm_async::Session;
 use storm_async::runtime::{PollRead, PollWrite};
-use storm_cli::runtime::connection_error;
 use storm_host::link::CloseReason;
-use storm_host::options::{ServerOptions, WsOptions};
 use storm_proto::Message;
 
 use super::{
-    Chat, ChatArgs, HTTP_TIMEOUT, PageRequest, PageServer, PageTls, STOP_TIMEOUT, announce,
-    console_and_ctrl_c, tick_period,
+    Chat, ChatConfig, HTTP_TIMEOUT, PageRequest, PageServer, PageTls, STOP_TIMEOUT, announce,
+    console_or,
 };
-use storm_cli::runtime::AsyncRuntime;
+use crate::host::{AsyncRuntime, Stop, connection_error};
 
-/// Serves until `/stop` or Ctrl-C.
+/// Serves until `/stop` or `stop`.
 pub(super) fn run<R: AsyncRuntime>(
-    args: &ChatArgs,
-    options: ServerOptions,
-    ws: WsOptions,
+    config: &ChatConfig,
+    stop: &Stop,
     page_tls: PageTls,
 ) -> io::Result<()> {
     R::block_on(async {
-        let server = storm_async::WsServer::<R>::bind(options, ws).await?;
-        let http = announce(args, server.local_addr(), page_tls)?;
+        let server =
+            storm_async::WsServer::<R>::bind(config.options.clone(), config.ws.clone()).await?;
+        let http = announce(config, server.local_addr(), page_tls)?;
         let chat = Chat::new(server.handle());
-        if let Some(every) = tick_period(args) {
+        if let Some(every) = config.tick {
             R::spawn(tick::<R>(Arc::clone(&chat), every));
         }
         if let Some(PageServer {
@@ -45,10 +43,10 @@ pub(super) fn run<R: AsyncRuntime>(
             listener.set_nonblocking(true)?;
             R::spawn(serve_page::<R>(R::listen(listener)?, page, tls));
         }
-        let mut stopping = console_and_ctrl_c(Arc::clone(&chat));
+        let stopping = console_or(stop, Arc::clone(&chat));
         let handle = server.handle();
         R::spawn(async move {
-            let _ = stopping.recv().await;
+            stopping.raised().await;
             handle.shutdown(STOP_TIMEOUT).await;
         });
         server.serve(AsyncChat(chat)).await?;

@@ -9,38 +9,32 @@ use std::time::{Duration, Instant};
 
 use rustls::{ServerConnection, StreamOwned};
 
-use storm_cli::runtime::connection_error;
 use storm_host::link::CloseReason;
-use storm_host::options::{ServerOptions, WsOptions};
 use storm_proto::Message;
 use storm_std::{Deadlined, Session};
 
 use super::{
-    Chat, ChatArgs, HTTP_TIMEOUT, PageRequest, PageServer, PageTls, STOP_TIMEOUT, announce,
-    console_and_ctrl_c, tick_period,
+    Chat, ChatConfig, HTTP_TIMEOUT, PageRequest, PageServer, PageTls, STOP_TIMEOUT, announce,
+    console_or,
 };
+use crate::host::{Stop, connection_error};
 
-/// Serves until `/stop` or Ctrl-C.
-pub(super) fn run(
-    args: &ChatArgs,
-    options: ServerOptions,
-    ws: WsOptions,
-    page_tls: PageTls,
-) -> io::Result<()> {
-    let server = storm_std::WsServer::bind(options, ws)?;
-    let http = announce(args, server.local_addr(), page_tls)?;
+/// Serves until `/stop` or `stop`.
+pub(super) fn run(config: &ChatConfig, stop: &Stop, page_tls: PageTls) -> io::Result<()> {
+    let server = storm_std::WsServer::bind(config.options.clone(), config.ws.clone())?;
+    let http = announce(config, server.local_addr(), page_tls)?;
     let handle = server.handle();
     let chat = Chat::new(server.handle());
-    if let Some(every) = tick_period(args) {
+    if let Some(every) = config.tick {
         let chat = Arc::clone(&chat);
         std::thread::spawn(move || tick(&chat, every));
     }
     if let Some(page) = http {
         serve_page(page)?;
     }
-    let mut stopping = console_and_ctrl_c(Arc::clone(&chat));
+    let stopping = console_or(stop, Arc::clone(&chat));
     let serving = server.spawn(StdChat(chat))?;
-    let _ = stopping.blocking_recv();
+    stopping.wait();
     handle.shutdown(STOP_TIMEOUT);
     serving
         .join()

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::runtime::{connection_closed, connection_error};
+use crate::host::{connection_closed, connection_error};
 use bytes::Bytes;
 use storm_host::link::CloseReason;
 use storm_proto::Message;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use crate::runtime::{connection_closed, connection_error};
+use crate::host::{connection_closed, connection_error};
 use bytes::Bytes;
 use storm_async::{Handler, Runtime, ServerHandle, Session};
 use storm_host::link::CloseReason;

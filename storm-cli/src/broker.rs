@@ -16,6 +16,7 @@ use storm_services::broker::{
     BrokerError, BrokerOptions, BrokerServer, Consumer, ConsumerOptions, Provider, ProviderOptions,
     StreamedRequest, blocking,
 };
+use storm_services::host::{on_async, on_std};
 
 /// Options of `storm broker`.
 #[derive(Debug, Clone, clap::Args)]
@@ -262,9 +263,9 @@ fn banner(args: &ServerArgs, addr: std::net::SocketAddr) {
     tracing::info!(%addr, runtime = ?args.runtime, tls = args.tls.enabled(), "broker listening");
 }
 
-/// One line of counters for `--stats-every`.
-fn stats_line(connections: usize, open: usize, s: &RouterStats) -> String {
-    format!(
+/// Prints one line of counters, for `--stats-every`.
+fn print_stats(connections: usize, open: usize, s: &RouterStats) {
+    println!(
         "connections {connections} | requests open {open} started {} completed {} | \
          no responders {} busy {} timed out {} provider gone {} cancelled {}",
         s.requests_started,
@@ -274,48 +275,30 @@ fn stats_line(connections: usize, open: usize, s: &RouterStats) -> String {
         s.timed_out,
         s.provider_gone,
         s.cancelled,
-    )
+    );
 }
 
 fn serve_async<R: AsyncRuntime>(
     args: &ServerArgs,
     options: BrokerOptions,
 ) -> Result<(), BrokerError> {
-    let mut result = Ok(());
-    R::block_on(async {
-        result = async {
-            let server = BrokerServer::<R>::bind_on(options).await?;
-            banner(args, server.local_addr());
-            if !args.stats_every.is_zero() {
-                let handle = server.handle();
-                let every = args.stats_every;
-                R::spawn(async move {
-                    let mut next = Instant::now() + every;
-                    loop {
-                        R::sleep_until(next).await;
-                        let line = stats_line(
-                            handle.connections(),
-                            handle.open_requests(),
-                            &handle.stats(),
-                        );
-                        println!("{line}");
-                        next = (next + every).max(Instant::now());
-                    }
-                });
-            }
-            let handle = server.handle();
-            R::spawn(async move {
-                interrupt::ctrl_c().await;
-                tracing::info!("Ctrl-C: shutting down");
-                handle.shutdown(STOP_TIMEOUT).await;
-            });
-            server.serve().await
+    let stop = interrupt::signal();
+    on_async::serve_until::<R, _, _, _, _>(&stop, STOP_TIMEOUT, || async {
+        let server = BrokerServer::<R>::bind_on(options).await?;
+        banner(args, server.local_addr());
+        let handle = server.handle();
+        if !args.stats_every.is_zero() {
+            let handle = handle.clone();
+            R::spawn(on_async::every::<R>(args.stats_every, move || {
+                print_stats(
+                    handle.connections(),
+                    handle.open_requests(),
+                    &handle.stats(),
+                );
+            }));
         }
-        .await;
-        Ok(())
+        Ok((handle, server.serve()))
     })
-    .map_err(BrokerError::Io)?;
-    result
 }
 
 fn serve_std(args: &ServerArgs, options: BrokerOptions) -> Result<(), BrokerError> {
@@ -324,28 +307,16 @@ fn serve_std(args: &ServerArgs, options: BrokerOptions) -> Result<(), BrokerErro
     let handle = server.handle();
     if !args.stats_every.is_zero() {
         let handle = handle.clone();
-        let every = args.stats_every;
-        std::thread::spawn(move || {
-            let mut next = Instant::now() + every;
-            loop {
-                std::thread::sleep(next.saturating_duration_since(Instant::now()));
-                let line = stats_line(
-                    handle.connections(),
-                    handle.open_requests(),
-                    &handle.stats(),
-                );
-                println!("{line}");
-                next = (next + every).max(Instant::now());
-            }
+        on_std::every(args.stats_every, move || {
+            print_stats(
+                handle.connections(),
+                handle.open_requests(),
+                &handle.stats(),
+            );
         });
     }
     let serving = server.spawn()?;
-    interrupt::wait();
-    tracing::info!("Ctrl-C: shutting down");
-    handle.shutdown(STOP_TIMEOUT);
-    serving
-        .join()
-        .map_err(|_| BrokerError::Io(io::Error::other("the broker thread panicked")))?
+    on_std::serve_until(&interrupt::signal(), STOP_TIMEOUT, &handle, serving)
 }
 
 /// Client options for `--tls-ca`.

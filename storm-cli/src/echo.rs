@@ -14,10 +14,10 @@ use storm_proto::framing::{DelimiterConfig, LengthPrefixConfig, RawConfig};
 use storm_proto::ws::Config;
 use storm_proto::ws::deflate::DeflateConfig;
 use storm_services::echo::Echo;
+use storm_services::host::{self, Listen};
 
 use storm_cli::interrupt;
-
-use storm_cli::runtime::{AsyncRuntime, Runtime, TlsArgs, shutdown_on_ctrl_c, std_until_ctrl_c};
+use storm_cli::runtime::{Runtime, TlsArgs};
 
 /// Options of `storm echo`.
 #[derive(Debug, clap::Args)]
@@ -62,12 +62,6 @@ enum Proto {
     Ws,
 }
 
-/// What to serve, the same for every runtime.
-enum Service {
-    Ws(WsOptions),
-    Tcp(Framing),
-}
-
 /// Runs `storm echo` until Ctrl-C.
 pub(crate) fn run(args: &EchoArgs) -> io::Result<()> {
     let mut options = ServerOptions {
@@ -76,8 +70,8 @@ pub(crate) fn run(args: &EchoArgs) -> io::Result<()> {
     };
     args.tls.apply(&mut options)?;
     let max = args.max_message;
-    let service = match args.proto {
-        Proto::Ws => Service::Ws(WsOptions {
+    let listen = match args.proto {
+        Proto::Ws => Listen::Ws(WsOptions {
             config: Config {
                 max_message_size: max,
                 max_frame_size: max,
@@ -86,25 +80,32 @@ pub(crate) fn run(args: &EchoArgs) -> io::Result<()> {
             deflate: (!args.no_deflate).then(DeflateConfig::default),
             ..WsOptions::default()
         }),
-        Proto::Raw => Service::Tcp(Framing::Raw(RawConfig::default())),
+        Proto::Raw => Listen::Tcp(Framing::Raw(RawConfig::default())),
         Proto::Lp => {
             let mut config = LengthPrefixConfig::default();
             config.max_frame_len = max;
-            Service::Tcp(Framing::LengthPrefixWith(config))
+            Listen::Tcp(Framing::LengthPrefixWith(config))
         }
         Proto::Line => {
             let mut config = DelimiterConfig::default();
             config.max_message_len = max;
-            Service::Tcp(Framing::Delimiter(config))
+            Listen::Tcp(Framing::Delimiter(config))
         }
     };
     interrupt::install()?;
     let timeout = Duration::from_secs_f64(args.shutdown_timeout.max(0.0));
-    match args.runtime {
-        Runtime::Tokio => on_async::<storm_tokio::Tokio>(args, options, service, timeout),
-        Runtime::Smol => on_async::<storm_smol::Smol>(args, options, service, timeout),
-        Runtime::Std => on_std(args, options, service, timeout),
-    }
+    let stop = interrupt::signal();
+    host::serve(
+        args.runtime.into(),
+        options,
+        listen,
+        &stop,
+        timeout,
+        |bound| {
+            banner(args, bound.local_addr);
+            Echo
+        },
+    )
 }
 
 fn banner(args: &EchoArgs, addr: SocketAddr) {
@@ -114,49 +115,4 @@ fn banner(args: &EchoArgs, addr: SocketAddr) {
         args.proto, args.runtime
     );
     tracing::info!(%addr, proto = ?args.proto, runtime = ?args.runtime, "echo listening");
-}
-
-fn on_async<R: AsyncRuntime>(
-    args: &EchoArgs,
-    options: ServerOptions,
-    service: Service,
-    timeout: Duration,
-) -> io::Result<()> {
-    R::block_on(async {
-        match service {
-            Service::Ws(ws) => {
-                let server = storm_async::WsServer::<R>::bind(options, ws).await?;
-                banner(args, server.local_addr());
-                shutdown_on_ctrl_c(server.handle(), timeout);
-                server.serve(Echo).await
-            }
-            Service::Tcp(framing) => {
-                let server = storm_async::TcpServer::<R>::bind(options, framing).await?;
-                banner(args, server.local_addr());
-                shutdown_on_ctrl_c(server.handle(), timeout);
-                server.serve(Echo).await
-            }
-        }
-    })
-}
-
-fn on_std(
-    args: &EchoArgs,
-    options: ServerOptions,
-    service: Service,
-    timeout: Duration,
-) -> io::Result<()> {
-    let (handle, serving) = match service {
-        Service::Ws(ws) => {
-            let server = storm_std::WsServer::bind(options, ws)?;
-            banner(args, server.local_addr());
-            (server.handle(), server.spawn(Echo)?)
-        }
-        Service::Tcp(framing) => {
-            let server = storm_std::TcpServer::bind(options, framing)?;
-            banner(args, server.local_addr());
-            (server.handle(), server.spawn(Echo)?)
-        }
-    };
-    std_until_ctrl_c(&handle, serving, timeout)
 }

@@ -13,11 +13,14 @@ use serde_json::{Value, json};
 use storm_host::options::{ClientOptions, Framing, ServerOptions};
 use storm_proto::Message;
 use storm_proto::framing::LengthPrefixConfig;
+use storm_services::host::{self, Listen};
 use storm_services::json::{JsonConfig, JsonService, decode, encode, now};
 use storm_tokio::{Client, Handler, Session, TcpClient};
 use tokio::sync::mpsc;
 
-use storm_cli::runtime::{AsyncRuntime, Runtime, TlsArgs, shutdown_on_ctrl_c, std_until_ctrl_c};
+use storm_cli::runtime::{Runtime, TlsArgs};
+
+use crate::SHUTDOWN_TIMEOUT;
 
 /// Options of `storm json`.
 #[derive(Debug, clap::Args)]
@@ -101,11 +104,19 @@ pub(crate) fn serve(args: &JsonArgs) -> io::Result<()> {
     framing.max_frame_len = args.max_message;
     let framing = Framing::LengthPrefixWith(framing);
     storm_cli::interrupt::install()?;
-    match args.runtime {
-        Runtime::Tokio => serve_async::<storm_tokio::Tokio>(args, options, framing),
-        Runtime::Smol => serve_async::<storm_smol::Smol>(args, options, framing),
-        Runtime::Std => serve_std(args, options, framing),
-    }
+    let stop = storm_cli::interrupt::signal();
+    let listen = Listen::Tcp(framing);
+    host::serve(
+        args.runtime.into(),
+        options,
+        listen,
+        &stop,
+        SHUTDOWN_TIMEOUT,
+        |bound| {
+            banner(args, bound.local_addr);
+            JsonService::new(config(args), bound.hub.clone())
+        },
+    )
 }
 
 fn config(args: &JsonArgs) -> JsonConfig {
@@ -121,31 +132,6 @@ fn banner(args: &JsonArgs, addr: SocketAddr) {
         args.runtime,
         args.tls.scheme(false)
     );
-}
-
-/// tokio and smol: one generic server over storm-async.
-fn serve_async<R: AsyncRuntime>(
-    args: &JsonArgs,
-    options: ServerOptions,
-    framing: Framing,
-) -> io::Result<()> {
-    R::block_on(async {
-        let server = storm_async::TcpServer::<R>::bind(options, framing).await?;
-        let service = JsonService::new(config(args), server.handle().hub().clone());
-        banner(args, server.local_addr());
-        shutdown_on_ctrl_c(server.handle(), crate::SHUTDOWN_TIMEOUT);
-        server.serve(service).await
-    })
-}
-
-/// std: blocking threads, stopped from the main thread on Ctrl-C.
-fn serve_std(args: &JsonArgs, options: ServerOptions, framing: Framing) -> io::Result<()> {
-    let server = storm_std::TcpServer::bind(options, framing)?;
-    let service = JsonService::new(config(args), server.handle().hub().clone());
-    banner(args, server.local_addr());
-    let handle = server.handle();
-    let serving = server.spawn(service)?;
-    std_until_ctrl_c(&handle, serving, crate::SHUTDOWN_TIMEOUT)
 }
 
 // ---------------------------------------------------------------- client

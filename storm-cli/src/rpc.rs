@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use storm_cli::runtime::{AsyncRuntime, Runtime, TlsArgs};
+use storm_services::host::{on_async, on_std};
 use storm_services::rpc::{
     CallOptions, Codec, CompressionConfig, Fault, Json, Request, RpcClient, RpcServer,
     RpcServerConfig, Strategy, blocking,
@@ -157,7 +158,8 @@ fn serve_on(args: &ServeArgs) -> std::io::Result<()> {
                 }
             })?;
             banner(args, &server.endpoint());
-            storm_cli::interrupt::wait();
+            on_std::shut_down_on(&storm_cli::interrupt::signal(), STOP_TIMEOUT, &server);
+            // Stopped: this joins its accept thread.
             server.shutdown(STOP_TIMEOUT)
         }
     }
@@ -183,8 +185,7 @@ fn serve_async<R: AsyncRuntime>(
         })
         .await?;
         banner(args, &server.endpoint());
-        storm_cli::interrupt::ctrl_c().await;
-        server.shutdown(STOP_TIMEOUT).await;
+        on_async::shut_down_on(&storm_cli::interrupt::signal(), STOP_TIMEOUT, &server).await;
         Ok(())
     })
 }

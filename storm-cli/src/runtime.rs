@@ -1,12 +1,10 @@
-//! The runtimes every `storm` service runs on (`--runtime tokio|smol|std`),
-//! Ctrl-C stoppers for a server on each, and the `--tls` option every
-//! server takes ([`TlsArgs`]). What a service needs from its runtime is
-//! storm-services' [`host`](storm_services::host), re-exported here.
+//! The runtimes every `storm` service runs on (`--runtime tokio|smol|std`)
+//! and the `--tls` option every server takes ([`TlsArgs`]). How a service
+//! runs on them is storm-services' [`host`](storm_services::host), whose
+//! pieces the gateway uses are re-exported here.
 
 use std::io;
-use std::time::Duration;
 
-use crate::interrupt;
 use clap::ValueEnum;
 
 pub use storm_services::host::{AsyncRuntime, connection_closed, connection_error};
@@ -30,45 +28,6 @@ impl From<Runtime> for storm_services::host::Runtime {
             Runtime::Std => Self::Std,
         }
     }
-}
-
-/// On Ctrl-C (after [`interrupt::install`]), shuts `server` down
-/// gracefully within `timeout`, in a task of its own.
-pub fn shutdown_on_ctrl_c<R: AsyncRuntime>(
-    server: storm_async::ServerHandle<R>,
-    timeout: Duration,
-) {
-    R::spawn(async move {
-        interrupt::ctrl_c().await;
-        tracing::info!(
-            sessions = server.session_count(),
-            "Ctrl-C: closing sessions"
-        );
-        server.shutdown(timeout).await;
-    });
-}
-
-/// On std: blocks until Ctrl-C (after [`interrupt::install`]), shuts
-/// `server` down gracefully within `timeout`, and waits for its accept
-/// thread `serving`.
-///
-/// # Errors
-///
-/// The accept thread's error, or a panic of it.
-pub fn std_until_ctrl_c(
-    server: &storm_std::ServerHandle,
-    serving: std::thread::JoinHandle<io::Result<()>>,
-    timeout: Duration,
-) -> io::Result<()> {
-    interrupt::wait();
-    tracing::info!(
-        sessions = server.session_count(),
-        "Ctrl-C: closing sessions"
-    );
-    server.shutdown(timeout);
-    serving
-        .join()
-        .map_err(|_| io::Error::other("the accept thread panicked"))?
 }
 
 /// `--tls CERT_PEM KEY_PEM`, the same option on every server a `storm`

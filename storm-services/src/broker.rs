@@ -100,10 +100,8 @@ use std::io;
 use storm_proto::broker::{ConfigError, ErrorCode, ErrorPayload};
 use storm_tokio::ClientError;
 
-pub mod blocking;
 mod client;
 mod consumer;
-mod core;
 mod provider;
 mod server;
 
@@ -112,7 +110,15 @@ pub use provider::{
     BODY_FRAMES, Provider, ProviderHandle, ProviderOptions, Request, RequestBody, Responder,
     StreamedRequest,
 };
-pub use server::{BrokerHandle, BrokerOptions, BrokerServer};
+pub use server::BrokerOptions;
+pub use server::on_async::{BrokerHandle, BrokerServer};
+
+/// The broker server on plain threads (storm-std): the same shared broker
+/// state as the async server, a reader thread per connection (storm-std's),
+/// a writer thread per connection and one timer thread.
+pub mod blocking {
+    pub use super::server::on_std::{BrokerHandle, BrokerServer};
+}
 
 /// Why a broker operation failed.
 #[derive(Debug)]
@@ -199,5 +205,11 @@ impl std::error::Error for BrokerError {
 impl From<ConfigError> for BrokerError {
     fn from(e: ConfigError) -> Self {
         Self::Config(e.to_string())
+    }
+}
+
+impl From<io::Error> for BrokerError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
     }
 }

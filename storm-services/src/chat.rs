@@ -706,34 +706,33 @@ fn rooms(chat: &Chat) -> BTreeMap<String, Vec<String>> {
     rooms
 }
 
-/// The ways the chat stops: `/stop` on the console or `stop`, on every
-/// runtime. The console reads stdin on a thread of its own (no runtime
-/// has stdin here) and runs each line at once; the signal returned is
-/// raised when the server should shut down. (A signal of its own, so that
+/// The signal the chat stops on: raised by `stop`, and by `/stop` on the
+/// console once [`read_console`] runs. (A signal of its own, so that
 /// `/stop` does not raise the caller's `stop`.)
-fn console_or(stop: &Stop, chat: Arc<Chat>) -> Stop {
+fn stopping(stop: &Stop) -> Stop {
     let stopping = Stop::new();
-    {
-        let (stop, stopping) = (stop.clone(), stopping.clone());
-        std::thread::spawn(move || {
-            stop.wait();
-            tracing::info!("stop: shutting down");
-            stopping.raise();
-        });
-    }
-    {
-        let stopping = stopping.clone();
-        std::thread::spawn(move || {
-            for line in io::stdin().lock().lines() {
-                let Ok(line) = line else { break };
-                if console(&chat, &line) == Console::Stop {
-                    stopping.raise();
-                    break;
-                }
-            }
-        });
-    }
+    let (stop, raise) = (stop.clone(), stopping.clone());
+    std::thread::spawn(move || {
+        stop.wait();
+        raise.raise();
+    });
     stopping
+}
+
+/// The admin console, on every runtime: reads stdin on a thread of its own
+/// (no runtime has stdin here) and runs each line at once; `/stop` raises
+/// `stopping`.
+fn read_console(stopping: &Stop, chat: Arc<Chat>) {
+    let stopping = stopping.clone();
+    std::thread::spawn(move || {
+        for line in io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if console(&chat, &line) == Console::Stop {
+                stopping.raise();
+                break;
+            }
+        }
+    });
 }
 
 /// What the console does after a line.

@@ -1,19 +1,40 @@
-//! Hosting a service: the [`Runtime`] it runs on, and what every service
-//! needs from it beyond storm-async's [`Runtime`](storm_async::Runtime) —
-//! a way in from a plain thread ([`AsyncRuntime::block_on`]), a [`Stop`]
-//! signal that ends it, and how its servers log their connections'
-//! failures ([`connection_error`], [`connection_closed`]).
+//! Hosting a service: starting its server on the chosen [`Runtime`],
+//! running it until its [`Stop`] signal is raised, and shutting it down
+//! gracefully — written once here, so that a service provides only its
+//! handler logic.
+//!
+//! - [`serve`] hosts a service that is a handler (one type that is both
+//!   storm-async's [`Handler`](storm_async::Handler), for tokio and smol,
+//!   and storm-std's): echo and JSON.
+//! - [`on_async::serve_until`] and [`on_std::serve_until`] host any server
+//!   with a graceful shutdown ([`on_async::Shutdown`],
+//!   [`on_std::Shutdown`]): the broker, the chat (which runs a tick and a
+//!   page server beside its sessions), and [`serve`] itself;
+//!   [`on_async::shut_down_on`] and [`on_std::shut_down_on`] stop a server
+//!   that serves on its own (RPC's).
+//! - [`on_async::Server`] and [`on_std::Server`] bind a [`Listen`]
+//!   (WebSocket, or TCP with a framing) on either adapter;
+//!   [`on_async::every`] and [`on_std::every`] run periodic work.
+//! - [`AsyncRuntime`] is the way into tokio or smol from a plain thread;
+//!   [`connection_error`] and [`connection_closed`] are how every server
+//!   logs its connections' failures.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
 
+use storm_host::hub::Hub;
 use storm_host::link::CloseReason;
+use storm_host::options::{Framing, ServerOptions, WsOptions};
 use storm_host::setup::client_speaks_tls;
 use storm_proto::framing::FramingError;
 use tokio::sync::Notify;
+
+pub mod on_async;
+pub mod on_std;
 
 /// The runtimes a service runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -25,6 +46,82 @@ pub enum Runtime {
     Smol,
     /// Blocking std::net (storm-std), two threads per connection.
     Std,
+}
+
+/// What a server listens with: WebSocket, or TCP with a framing.
+#[derive(Debug, Clone)]
+pub enum Listen {
+    /// WebSocket with these options.
+    Ws(WsOptions),
+    /// TCP with this framing.
+    Tcp(Framing),
+}
+
+/// A server just bound, as [`serve`] shows it to the service it starts.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Bound {
+    /// The address it listens on.
+    pub local_addr: SocketAddr,
+    /// Its sessions: broadcast, groups, counts.
+    pub hub: Hub,
+}
+
+/// Hosts a handler service on `runtime` until `stop` is raised: binds
+/// `listen` on `options`, builds the service with `start` once bound (to
+/// announce the address, or to keep the hub), serves every connection
+/// with it, and on `stop` shuts the server down gracefully, aborting the
+/// sessions still open after `timeout`. Returns when the server has
+/// stopped.
+///
+/// # Errors
+///
+/// A failed bind, unusable TLS material, (tokio) a runtime that cannot
+/// start, or the accept loop's failure.
+pub fn serve<S>(
+    runtime: Runtime,
+    options: ServerOptions,
+    listen: Listen,
+    stop: &Stop,
+    timeout: Duration,
+    start: impl FnOnce(&Bound) -> S,
+) -> io::Result<()>
+where
+    S: storm_async::Handler + storm_std::Handler,
+{
+    match runtime {
+        Runtime::Tokio => serve_on::<storm_tokio::Tokio, S>(options, listen, stop, timeout, start),
+        Runtime::Smol => serve_on::<storm_smol::Smol, S>(options, listen, stop, timeout, start),
+        Runtime::Std => {
+            let server = on_std::Server::bind(options, listen)?;
+            let handle = server.handle();
+            let service = start(&Bound {
+                local_addr: server.local_addr(),
+                hub: handle.hub().clone(),
+            });
+            let serving = server.spawn(service)?;
+            on_std::serve_until(stop, timeout, &handle, serving)
+        }
+    }
+}
+
+/// [`serve`] on tokio or smol.
+fn serve_on<R: AsyncRuntime, S: storm_async::Handler>(
+    options: ServerOptions,
+    listen: Listen,
+    stop: &Stop,
+    timeout: Duration,
+    start: impl FnOnce(&Bound) -> S,
+) -> io::Result<()> {
+    on_async::serve_until::<R, io::Error, _, _, _>(stop, timeout, || async {
+        let server = on_async::Server::<R>::bind(options, listen).await?;
+        let handle = server.handle();
+        let service = start(&Bound {
+            local_addr: server.local_addr(),
+            hub: handle.hub().clone(),
+        });
+        Ok((handle, server.serve(service)))
+    })
 }
 
 /// An async runtime a service can run on from a plain thread: tokio or

@@ -5,8 +5,9 @@
 //! handler: a service stops when its [`Stop`](host::Stop) signal is raised,
 //! and logs through the `tracing` facade.
 //!
-//! - [`host`]: the runtimes a service runs on (tokio, smol, std threads)
-//!   and the stop signal.
+//! - [`host`]: the one hosting seam: a service's server started on the
+//!   chosen runtime (tokio, smol, std threads), run until its stop signal,
+//!   and shut down gracefully.
 //! - [`echo`]: every message back to its sender.
 //! - [`json`]: the length-prefixed JSON service.
 //! - [`chat`]: a WebSocket chat server with rooms, an admin console and a
@@ -20,6 +21,19 @@
 //!   tokio, smol or std threads, the client on tokio or smol.
 //! - [`sys`]: loopback addresses and process accounting for load
 //!   generators and tests.
+
+//!
+//! # Where runtime-specific code lives
+//!
+//! One rule for every module: `foo.rs` holds what every runtime shares
+//! (the decisions, written once); `foo/on_async.rs` holds the tokio and
+//! smol code, one generic path over storm-async's
+//! [`Runtime`](storm_async::Runtime); `foo/on_std.rs` holds the storm-std
+//! (blocking threads) code. Nothing else names a runtime: no
+//! `blocking.rs`, no `server.rs` standing for one flavour. (A *public*
+//! std flavour of a type is re-exported as `foo::blocking::Type`, next to
+//! the async `foo::Type`, as in [`broker::blocking`] and
+//! [`rpc::blocking`].)
 
 pub mod broker;
 pub mod chat;

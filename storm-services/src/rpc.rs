@@ -65,7 +65,6 @@
 //! # Ok(()) }
 //! ```
 
-pub mod blocking;
 mod client;
 mod codec;
 mod server;
@@ -75,6 +74,11 @@ pub use client::{
 };
 pub use codec::{Codec, CodecError, Json};
 pub use server::{Request, RpcServer, RpcServerConfig, RpcServerStats};
+
+/// The RPC server on plain threads (storm-std), with blocking handlers.
+pub mod blocking {
+    pub use super::server::on_std::RpcServer;
+}
 pub use storm_proto::rpc::{CompressionConfig, Fault};
 
 use std::fmt;

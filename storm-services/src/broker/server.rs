@@ -1,25 +1,27 @@
-//! The broker server on tokio and smol: the shared broker state
-//! ([`super::core`]) behind a [`storm_async::TcpServer`], one generic path
-//! over [`storm_async::Runtime`].
+//! What the broker server decides, once for every runtime: the core's
+//! [`Router`] behind one lock, the per-connection writer steps, and the
+//! flow-control rule. The async path ([`on_async`]) and the blocking
+//! path ([`on_std`]) only supply the way to wake a writer, the
+//! timer, and a waiting stream ([`Signals`]).
 
-use std::future::{Future, poll_fn};
-use std::marker::PhantomData;
-use std::net::SocketAddr;
-use std::pin::pin;
-use std::sync::Arc;
-use std::task::Poll;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::host::{connection_closed, connection_error};
-use storm_async::{Handler, Runtime, ServerHandle, Session, TcpServer};
-use storm_host::link::CloseReason;
-use storm_host::options::ServerOptions;
+use bytes::Bytes;
+use storm_host::options::{Framing, ServerOptions};
 use storm_proto::Message;
-use storm_proto::broker::{ConnId, Frame, FrameConfig, RouterConfig, RouterStats};
-use tokio::sync::Notify;
+use storm_proto::backpressure::SlowConsumerPolicy;
+use storm_proto::broker::{
+    BrokerFramer, ConnId, Frame, FrameCodec, FrameConfig, FrameError, RequestId, Router,
+    RouterConfig, RouterEvent, RouterStats,
+};
 
 use super::BrokerError;
-use super::core::{Shared, Signals, Step};
+
+pub(super) mod on_async;
+pub(super) mod on_std;
 
 /// Everything a broker server is configured with (on every runtime).
 #[derive(Debug, Clone)]
@@ -57,302 +59,280 @@ impl Default for BrokerOptions {
     }
 }
 
-/// How the async path wakes things: [`Notify`] (`tokio::sync`, which runs
-/// on any executor).
-pub(super) struct AsyncSignals {
-    timer: Notify,
-    drained: Notify,
+/// How a runtime wakes the broker's waiting parts.
+pub(super) trait Signals: Send + Sync + 'static {
+    /// What wakes one connection's writer.
+    type Writer: Send + Sync;
+
+    /// The connection's queue (or state) changed: its writer looks again.
+    fn wake_writer(writer: &Self::Writer);
+
+    /// The router's earliest deadline moved: the timer re-arms.
+    fn rearm_timer(&self);
+
+    /// A queue shrank (or went away): waiting streams check again.
+    fn drained(&self);
 }
 
-impl Signals for AsyncSignals {
-    type Writer = Arc<Notify>;
+/// State every session shares, and the limits of flow control.
+pub(super) struct Shared<S: Signals> {
+    state: Mutex<State<S::Writer>>,
+    pub(super) signals: S,
+    pub(super) framer: BrokerFramer,
+    /// How long a stream's frame waits for its receiver.
+    pub(super) flow_wait: Duration,
+    half_frames: usize,
+    half_bytes: usize,
+    /// Streams waiting for their receiver right now.
+    held: AtomicUsize,
+}
 
-    fn wake_writer(writer: &Arc<Notify>) {
-        writer.notify_one();
-    }
+/// The router and what the adapter knows about each connection.
+pub(super) struct State<W> {
+    pub(super) router: Router,
+    conns: HashMap<ConnId, Conn<W>>,
+    /// The server stopped serving: the timer (a thread on std) ends.
+    pub(super) stopped: bool,
+}
 
-    fn rearm_timer(&self) {
-        self.timer.notify_one();
-    }
+struct Conn<W> {
+    writer: W,
+    /// The router gave up on it: drain, then close.
+    closing: bool,
+}
 
-    fn drained(&self) {
-        self.drained.notify_waiters();
+/// A message [`Shared::parse`] refused.
+pub(super) struct Refused {
+    request_id: Option<RequestId>,
+    error: FrameError,
+}
+
+/// What a connection's writer does next.
+pub(super) enum Step {
+    /// Write this encoded frame, then ask again.
+    Send(Bytes),
+    /// Nothing queued: wait to be woken.
+    Idle,
+    /// Everything is written and the router gave up on the connection:
+    /// close it gracefully.
+    Close,
+    /// The connection is gone.
+    Stop,
+}
+
+/// Marks a stream as held back while it lives.
+pub(super) struct Held<'a>(&'a AtomicUsize);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// A running broker's controls: counters and shutdown. Cheap to clone.
-pub struct BrokerHandle<R: Runtime = storm_tokio::Tokio> {
-    server: ServerHandle<R>,
-    shared: Arc<Shared<AsyncSignals>>,
-}
+impl<S: Signals> Shared<S> {
+    /// Checks `options` and builds the shared state, with the server
+    /// options and framing to bind with.
+    pub(super) fn new(
+        options: BrokerOptions,
+        signals: S,
+    ) -> Result<(Self, ServerOptions, Framing), BrokerError> {
+        let mut router_config = options.router;
+        router_config.max_frame_payload = options.frame.max_payload;
+        let half_frames = router_config.max_queued_frames / 2;
+        let half_bytes = router_config.max_queued_bytes / 2;
+        let router = Router::new(router_config)?;
+        let framer = BrokerFramer::new(options.frame.clone())?;
+        let framing = BrokerFramer::framing(options.frame)?;
+        let mut server = options.server;
+        // The router's bounded queues (and BUSY) are the broker's policy:
+        // no frame is dropped by a session.
+        server.backpressure.slow_consumer_policy = SlowConsumerPolicy::Wait;
+        let shared = Self {
+            state: Mutex::new(State {
+                router,
+                conns: HashMap::new(),
+                stopped: false,
+            }),
+            signals,
+            framer,
+            flow_wait: options.flow_wait,
+            half_frames,
+            half_bytes,
+            held: AtomicUsize::new(0),
+        };
+        Ok((shared, server, framing))
+    }
 
-impl<R: Runtime> Clone for BrokerHandle<R> {
-    fn clone(&self) -> Self {
-        Self {
-            server: self.server.clone(),
-            shared: Arc::clone(&self.shared),
+    pub(super) fn lock(&self) -> MutexGuard<'_, State<S::Writer>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs one router input, then acts on every event it raised, wakes
+    /// waiting streams, and re-arms the timer if the deadline moved.
+    pub(super) fn with<T>(&self, input: impl FnOnce(&mut State<S::Writer>) -> T) -> T {
+        let mut state = self.lock();
+        let before = state.router.poll_timeout();
+        let result = input(&mut state);
+        state.drain_events::<S>();
+        let moved = state.router.poll_timeout() != before;
+        drop(state);
+        if moved {
+            self.signals.rearm_timer();
         }
+        self.signals.drained();
+        result
     }
-}
 
-impl<R: Runtime> std::fmt::Debug for BrokerHandle<R> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BrokerHandle")
-            .field("local_addr", &self.server.local_addr())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<R: Runtime> BrokerHandle<R> {
-    /// The router's counters: every frame that did not reach its
-    /// destination is counted in one of them.
-    #[must_use]
-    pub fn stats(&self) -> RouterStats {
-        self.shared.stats()
+    /// The router's counters.
+    pub(super) fn stats(&self) -> RouterStats {
+        self.lock().router.stats()
     }
 
     /// Requests in flight.
+    pub(super) fn open_requests(&self) -> usize {
+        self.lock().router.open_requests()
+    }
+
+    /// Streams held back by flow control right now.
+    pub(super) fn held_streams(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Counts a stream as held back until the guard drops.
+    pub(super) fn hold(&self) -> Held<'_> {
+        self.held.fetch_add(1, Ordering::Relaxed);
+        Held(&self.held)
+    }
+
+    /// A new connection, woken through `writer`; false if the router
+    /// refuses it (then abort the session).
     #[must_use]
-    pub fn open_requests(&self) -> usize {
-        self.shared.open_requests()
-    }
-
-    /// Streams held back by flow control right now: a frame of each waits
-    /// for the connection it goes to to drain its queue.
-    #[must_use]
-    pub fn held_streams(&self) -> usize {
-        self.shared.held_streams()
-    }
-
-    /// Connections open.
-    #[must_use]
-    pub fn connections(&self) -> usize {
-        self.server.session_count()
-    }
-
-    /// Stops accepting, closes every connection (aborting those still open
-    /// after `timeout`) and returns when [`BrokerServer::serve`] has.
-    pub async fn shutdown(&self, timeout: Duration) {
-        self.server.shutdown(timeout).await;
-    }
-}
-
-/// The broker server on an async runtime: tokio (the default,
-/// `BrokerServer` is `BrokerServer<storm_tokio::Tokio>`) or smol
-/// (`BrokerServer<storm_smol::Smol>`). For plain threads see
-/// [`blocking::BrokerServer`](super::blocking::BrokerServer).
-pub struct BrokerServer<R: Runtime = storm_tokio::Tokio> {
-    server: TcpServer<R>,
-    shared: Arc<Shared<AsyncSignals>>,
-    runtime: PhantomData<fn() -> R>,
-}
-
-impl<R: Runtime> std::fmt::Debug for BrokerServer<R> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BrokerServer")
-            .field("local_addr", &self.local_addr())
-            .finish_non_exhaustive()
-    }
-}
-
-impl BrokerServer {
-    /// Checks the options and binds, on tokio. (On another runtime:
-    /// [`BrokerServer::bind_on`].)
-    ///
-    /// # Errors
-    ///
-    /// [`BrokerError::Config`] for invalid router or frame limits,
-    /// [`BrokerError::Io`] for a bad address, a failed bind or unreadable
-    /// TLS material.
-    pub async fn bind(options: BrokerOptions) -> Result<Self, BrokerError> {
-        Self::bind_on(options).await
-    }
-}
-
-impl<R: Runtime> BrokerServer<R> {
-    /// Checks the options and binds, on the runtime `R`
-    /// (`BrokerServer::<storm_smol::Smol>::bind_on(options)`).
-    ///
-    /// # Errors
-    ///
-    /// As for [`BrokerServer::bind`].
-    pub async fn bind_on(options: BrokerOptions) -> Result<Self, BrokerError> {
-        let signals = AsyncSignals {
-            timer: Notify::new(),
-            drained: Notify::new(),
-        };
-        let (shared, server_options, framing) = Shared::new(options, signals)?;
-        let server = TcpServer::<R>::bind(server_options, framing)
-            .await
-            .map_err(BrokerError::Io)?;
-        Ok(Self {
-            server,
-            shared: Arc::new(shared),
-            runtime: PhantomData,
-        })
-    }
-
-    /// The address it listens on.
-    #[must_use]
-    pub fn local_addr(&self) -> SocketAddr {
-        self.server.local_addr()
-    }
-
-    /// Counters and shutdown.
-    #[must_use]
-    pub fn handle(&self) -> BrokerHandle<R> {
-        BrokerHandle {
-            server: self.server.handle(),
-            shared: Arc::clone(&self.shared),
-        }
-    }
-
-    /// Serves until [`BrokerHandle::shutdown`].
-    ///
-    /// # Errors
-    ///
-    /// Only a failing listener.
-    pub async fn serve(self) -> Result<(), BrokerError> {
-        let handler = BrokerSessions::<R> {
-            shared: Arc::clone(&self.shared),
-            runtime: PhantomData,
-        };
-        let mut serving = pin!(self.server.serve(handler));
-        let mut timer = pin!(run_timer::<R>(&self.shared));
-        poll_fn(|cx| {
-            if let Poll::Ready(result) = serving.as_mut().poll(cx) {
-                return Poll::Ready(result.map_err(BrokerError::Io));
+    pub(super) fn connect(&self, conn: ConnId, writer: S::Writer) -> bool {
+        self.with(|s| {
+            if s.router.handle_connect(conn).is_err() {
+                return false;
             }
-            match timer.as_mut().poll(cx) {
-                Poll::Ready(never) => match never {},
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await
-    }
-}
-
-/// `future`'s output, or `None` when `deadline` passes first.
-async fn until<R: Runtime, F: Future>(deadline: Instant, future: F) -> Option<F::Output> {
-    let mut future = pin!(future);
-    let mut sleep = pin!(R::sleep_until(deadline));
-    poll_fn(|cx| {
-        if let Poll::Ready(output) = future.as_mut().poll(cx) {
-            return Poll::Ready(Some(output));
-        }
-        sleep.as_mut().poll(cx).map(|()| None)
-    })
-    .await
-}
-
-/// Runs the router's timer for ever.
-async fn run_timer<R: Runtime>(shared: &Shared<AsyncSignals>) -> std::convert::Infallible {
-    loop {
-        let mut rearm = pin!(shared.signals.timer.notified());
-        rearm.as_mut().enable();
-        let deadline = shared.lock().router.poll_timeout();
-        match deadline {
-            Some(at) if at <= Instant::now() => {
-                let _ = shared.handle_timeout();
-            }
-            Some(at) => {
-                if until::<R, _>(at, rearm).await.is_none() {
-                    let _ = shared.handle_timeout();
-                }
-            }
-            None => rearm.await,
-        }
-    }
-}
-
-/// Waits until `frame` from `conn` may go to the router (see
-/// [`Shared::has_room`]), at most `flow_wait`.
-async fn wait_for_room<R: Runtime>(shared: &Shared<AsyncSignals>, conn: ConnId, frame: &Frame) {
-    let mut held = None;
-    let deadline = Instant::now() + shared.flow_wait;
-    loop {
-        let mut drained = pin!(shared.signals.drained.notified());
-        drained.as_mut().enable();
-        if shared.has_room(&shared.lock(), conn, frame) {
-            return;
-        }
-        held.get_or_insert_with(|| shared.hold());
-        if until::<R, _>(deadline, drained).await.is_none() {
-            return;
-        }
-    }
-}
-
-/// The server's handler: one per server, called by every session.
-struct BrokerSessions<R> {
-    shared: Arc<Shared<AsyncSignals>>,
-    runtime: PhantomData<fn() -> R>,
-}
-
-fn conn_of(session: &Session) -> ConnId {
-    ConnId(session.id().get())
-}
-
-impl<R: Runtime> Handler for BrokerSessions<R> {
-    async fn on_connect(&self, session: &Session) {
-        let conn = conn_of(session);
-        let wake = Arc::new(Notify::new());
-        if self.shared.connect(conn, Arc::clone(&wake)) {
-            R::spawn(write_frames(
-                Arc::clone(&self.shared),
+            s.conns.insert(
                 conn,
-                session.clone(),
-                wake,
-            ));
-        } else {
-            session.abort();
-        }
+                Conn {
+                    writer,
+                    closing: false,
+                },
+            );
+            true
+        })
     }
 
-    async fn on_message(&self, session: &Session, message: Message) {
-        let conn = conn_of(session);
-        match self.shared.parse(message) {
-            Ok(frame) => {
-                wait_for_room::<R>(&self.shared, conn, &frame).await;
-                self.shared.deliver(conn, frame);
+    /// The connection is gone.
+    pub(super) fn disconnect(&self, conn: ConnId) {
+        self.with(|s| {
+            let _ = s.router.handle_disconnect(conn);
+            if let Some(c) = s.conns.remove(&conn) {
+                S::wake_writer(&c.writer);
             }
-            Err(refused) => self.shared.refuse(conn, &refused),
+        });
+    }
+
+    /// Decodes a message (for a frame over the limit, the framer cut its
+    /// header alone). The `Err` is what [`refuse`](Self::refuse) answers:
+    /// the request id the header names, if any, and why.
+    pub(super) fn parse(&self, message: Message) -> Result<Frame, Refused> {
+        let bytes = message.into_bytes();
+        self.framer.parse(bytes.clone()).map_err(|error| Refused {
+            request_id: FrameCodec::peek_request_id(&bytes),
+            error,
+        })
+    }
+
+    /// Hands a frame from `conn` to the router.
+    pub(super) fn deliver(&self, conn: ConnId, frame: Frame) {
+        self.with(|s| s.router.handle_frame(conn, frame, Instant::now()))
+            .ok();
+    }
+
+    /// Hands a message from `conn` that is not a valid frame to the router,
+    /// which answers it with an `Error` (and closes the connection after
+    /// it when the stream cannot be trusted).
+    pub(super) fn refuse(&self, conn: ConnId, refused: &Refused) {
+        self.with(|s| {
+            s.router
+                .handle_refused(conn, refused.request_id, &refused.error)
+        })
+        .ok();
+    }
+
+    /// Fails the requests due now; the next deadline, if any.
+    pub(super) fn handle_timeout(&self) -> Option<Instant> {
+        self.with(|s| {
+            s.router.handle_timeout(Instant::now());
+            s.router.poll_timeout()
+        })
+    }
+
+    /// The writer's next step for `conn` (see [`State::step`]), waking
+    /// waiting streams when the queue shrank.
+    pub(super) fn step(&self, conn: ConnId) -> Step {
+        let step = self.lock().step(&self.framer, conn);
+        if matches!(step, Step::Send(_)) {
+            self.signals.drained();
         }
+        step
     }
 
-    async fn on_disconnect(&self, session: &Session, reason: &CloseReason) {
-        connection_closed(session.remote_addr(), reason);
-        self.shared.disconnect(conn_of(session));
-    }
-
-    async fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
-        connection_error(error);
+    /// True when `frame` from `conn` may go to the router now: it does not
+    /// continue a stream, or the one connection it goes to has drained its
+    /// queue to half (or the frame is the first in it).
+    pub(super) fn has_room(&self, state: &State<S::Writer>, conn: ConnId, frame: &Frame) -> bool {
+        let router = &state.router;
+        let Some(to) = router.next_hop(conn, frame.frame_type, frame.request_id) else {
+            return true;
+        };
+        let len = frame.payload.len();
+        router.queued(to).is_none_or(|(frames, bytes)| {
+            frames == 0
+                || (frames < self.half_frames && bytes.saturating_add(len) <= self.half_bytes)
+        })
     }
 }
 
-/// Moves a connection's router queue to its socket, as fast as the
-/// session's backpressure lets it.
-async fn write_frames(
-    shared: Arc<Shared<AsyncSignals>>,
-    conn: ConnId,
-    session: Session,
-    wake: Arc<Notify>,
-) {
-    loop {
-        wake.notified().await;
-        loop {
-            match shared.step(conn) {
-                Step::Send(message) => {
-                    if session.send(message).await.is_err() {
-                        return;
+impl<W> State<W> {
+    fn drain_events<S: Signals<Writer = W>>(&mut self) {
+        while let Some(event) = self.router.poll_event() {
+            match event {
+                RouterEvent::Transmit(conn) => {
+                    if let Some(c) = self.conns.get(&conn) {
+                        S::wake_writer(&c.writer);
                     }
                 }
-                Step::Idle => break,
-                Step::Close => {
-                    session.close();
-                    return;
+                RouterEvent::Close { conn, .. } => {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.closing = true;
+                        S::wake_writer(&c.writer);
+                    }
                 }
-                Step::Stop => return,
+                _ => {}
+            }
+        }
+    }
+
+    /// The next frame queued for `conn` as a message, or what to do when
+    /// there is none.
+    pub(super) fn step(&mut self, framer: &BrokerFramer, conn: ConnId) -> Step {
+        loop {
+            match self.router.poll_transmit(conn) {
+                // Every queued frame fits: the router checks payloads
+                // against the same limit the codec decodes with.
+                Some(frame) => match framer.to_message(&frame) {
+                    Ok(message) => return Step::Send(message),
+                    Err(_) => continue,
+                },
+                None => {
+                    return match self.conns.get(&conn) {
+                        None => Step::Stop,
+                        Some(c) if c.closing => Step::Close,
+                        Some(_) => Step::Idle,
+                    };
+                }
             }
         }
     }

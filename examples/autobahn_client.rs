@@ -13,8 +13,8 @@ use std::sync::{Arc, OnceLock};
 use clap::Parser;
 use storm_async::ClientError;
 use storm_examples::{AUTOBAHN_PENDING_BYTES, AsyncRuntime, Runtime, autobahn_ws};
-use storm_proto::Message;
 use storm_host::options::ClientOptions;
+use storm_proto::Message;
 use storm_smol::Smol;
 use storm_tokio::Tokio;
 

@@ -25,11 +25,11 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use clap::Parser;
 use storm_examples::{AsyncRuntime, Runtime};
-use storm_proto::Message;
 use storm_host::hub::{Hub, SessionId};
 use storm_host::link::CloseReason;
 use storm_host::options::{ServerOptions, WsOptions};
 use storm_host::peer::Peer;
+use storm_proto::Message;
 use storm_smol::Smol;
 use storm_tokio::Tokio;
 

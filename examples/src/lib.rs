@@ -44,8 +44,8 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::sync::OnceLock;
 
-use storm_proto::Message;
 use storm_host::options::WsOptions;
+use storm_proto::Message;
 use storm_proto::ws::deflate::DeflateConfig;
 use storm_proto::ws::{Config, Event};
 use storm_smol::Smol;

@@ -14,8 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::Duration;
 
-use storm_proto::Message;
 use storm_host::options::{ClientOptions, WsOptions};
+use storm_proto::Message;
 use storm_proto::ws::Event;
 use storm_std::ws::{self, ConnectOptions, WebSocket};
 use storm_tests::process::{lines, output_within};

@@ -67,7 +67,6 @@ mod broker;
 mod cpu;
 mod histogram;
 mod spawn;
-pub mod sys;
 pub(crate) mod target;
 
 use std::collections::VecDeque;
@@ -84,6 +83,7 @@ use storm_host::link::CloseReason;
 use storm_host::options::{ClientOptions, WsOptions};
 use storm_proto::Message;
 use storm_proto::ws::deflate::DeflateConfig;
+use storm_services::sys;
 use storm_tokio::{Client, Handler, Session, TcpClient, WsClient};
 use tokio::sync::{Notify, Semaphore, mpsc};
 
@@ -91,13 +91,13 @@ use histogram::Histogram;
 use target::{Conn, EchoProto, Setup, Target, Transport};
 
 /// Longest run, in seconds.
-pub const MAX_DURATION: f64 = 3600.0;
+pub(crate) const MAX_DURATION: f64 = 3600.0;
 /// Most connections.
-pub const MAX_CONNECTIONS: usize = 10_000;
+pub(crate) const MAX_CONNECTIONS: usize = 10_000;
 /// Most requests in flight per connection.
-pub const MAX_IN_FLIGHT: usize = 4096;
+pub(crate) const MAX_IN_FLIGHT: usize = 4096;
 /// Exit code for bad flags (as clap uses).
-pub const EXIT_USAGE: u8 = 2;
+pub(crate) const EXIT_USAGE: u8 = 2;
 
 /// Connections opened at once during setup, so that the service's listen
 /// backlog never overflows.
@@ -107,7 +107,7 @@ const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Options of `storm bench`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// The service to drive.
     #[arg(value_enum)]
     pub target: TargetName,
@@ -155,14 +155,14 @@ pub struct BenchArgs {
     /// broker: the channel to send on, whose provider must echo (a decimal
     /// number or 32 hex digits). Default: a fresh random channel with the
     /// bench's own echo provider.
-    #[arg(long, value_parser = crate::broker::cli::parse_channel)]
+    #[arg(long, value_parser = crate::broker::parse_channel)]
     pub channel: Option<storm_proto::broker::ChannelId>,
 }
 
 /// A service `storm bench` drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 #[non_exhaustive]
-pub enum TargetName {
+pub(crate) enum TargetName {
     /// `storm echo --proto raw`: bytes, counted back in any chunking.
     EchoRaw,
     /// `storm echo --proto lp`: 4-byte length-prefixed messages.
@@ -184,7 +184,7 @@ pub enum TargetName {
 impl TargetName {
     /// The name on the command line.
     #[must_use]
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::EchoRaw => "echo-raw",
             Self::EchoLp => "echo-lp",
@@ -199,7 +199,7 @@ impl TargetName {
 
     /// The service this target drives, as it is started.
     #[must_use]
-    pub fn service(self) -> &'static str {
+    pub(crate) fn service(self) -> &'static str {
         match self {
             Self::EchoRaw => "storm echo --proto raw",
             Self::EchoLp => "storm echo --proto lp",
@@ -214,7 +214,7 @@ impl TargetName {
 
     /// The largest `--size` the service takes with its default limits.
     #[must_use]
-    pub fn max_size(self) -> usize {
+    pub(crate) fn max_size(self) -> usize {
         match self {
             Self::EchoRaw | Self::EchoLp | Self::EchoWs => target::ECHO_MAX,
             Self::EchoLine => storm_proto::framing::DelimiterConfig::DEFAULT_MAX_MESSAGE_LEN,
@@ -229,7 +229,7 @@ impl TargetName {
 /// What a run measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 #[non_exhaustive]
-pub enum Mode {
+pub(crate) enum Mode {
     /// Pipelined requests on many connections: messages per second.
     Throughput,
     /// One request in flight per connection: round-trip percentiles.
@@ -316,7 +316,7 @@ impl Config {
 /// # Errors
 ///
 /// A message for people: not an address, or not loopback.
-pub fn loopback_addr(addr: &str) -> Result<SocketAddr, String> {
+pub(crate) fn loopback_addr(addr: &str) -> Result<SocketAddr, String> {
     sys::loopback_addr(addr).map_err(|e| match e {
         sys::AddrError::NotLoopback(bad) => format!(
             "--addr {addr} ({bad}) is not a loopback address: storm bench only drives \
@@ -328,7 +328,7 @@ pub fn loopback_addr(addr: &str) -> Result<SocketAddr, String> {
 
 /// Runs `storm bench`; see the module docs for the exit codes.
 #[must_use]
-pub fn run(args: &BenchArgs) -> ExitCode {
+pub(crate) fn run(args: &BenchArgs) -> ExitCode {
     let config = match Config::from_args(args) {
         Ok(config) => config,
         Err(e) => return usage(&e),
@@ -816,10 +816,10 @@ async fn measure(run: &Arc<Run>, config: &Config, at: Where<'_>, start: impl FnO
     );
     // From here on Ctrl-C ends the run early, with its summary (a second
     // one exits at once).
-    if let Err(e) = crate::interrupt::install() {
+    if let Err(e) = storm_cli::interrupt::install() {
         tracing::warn!("Ctrl-C will not print a summary: {e}");
     }
-    let ctrl_c = crate::interrupt::ctrl_c();
+    let ctrl_c = storm_cli::interrupt::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut interrupted = false;
     loop {

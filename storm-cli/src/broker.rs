@@ -1,204 +1,607 @@
-//! The request broker: consumers and providers meet on channel ids.
-//!
-//! A [`BrokerServer`] accepts TCP connections speaking the core's broker
-//! frames ([`storm_proto::broker`]: a 24-byte header, `Start`/`Chunk`/`End`
-//! requests, `Response`/`Error` answers). A [`Provider`] registers on a
-//! channel and answers requests with a handler, which gets each request
-//! whole ([`Provider::serve`]) or reads it as it arrives and may answer as
-//! it goes ([`Provider::serve_streamed`]: any size, a few frames of
-//! memory); a [`Consumer`] registers on the same channel and sends requests
-//! of any size, streamed in chunks with flow control (written piece by
-//! piece with [`Consumer::stream`], so they need never be in memory whole),
-//! and gets each response (or error) back with a timeout.
-//!
-//! Every decision is the core's: the server runs a
-//! [`Router`](storm_proto::broker::Router) (registry, round-robin over a
-//! channel's providers, per-request timeouts, bounded queues that answer
-//! `BUSY`, fast failure when no provider is there or one leaves, error
-//! frames ahead of data); the consumer runs
-//! [`Requests`](storm_proto::broker::Requests) (ids, deadlines,
-//! cancellation) and a [`Streamer`](storm_proto::broker::Streamer); the
-//! provider an [`Assembler`](storm_proto::broker::Assembler). This module
-//! only moves frames between sockets and those machines, and runs their
-//! timers.
-//!
-//! Nothing is dropped silently: every request ends in a response or a
-//! [`BrokerError`] — [`BrokerError::Failed`] with the broker's code
-//! ([`ErrorCode::NO_RESPONDERS`], [`ErrorCode::PROVIDER_GONE`],
-//! [`ErrorCode::TIMEOUT`], [`ErrorCode::BUSY`], …) or the provider's own,
-//! [`BrokerError::Timeout`] when the caller's deadline passes, or
-//! [`BrokerError::Disconnected`].
-//!
-//! # Runtimes
-//!
-//! The server runs on tokio ([`BrokerServer`], the default runtime
-//! parameter), on smol (`BrokerServer<storm_smol::Smol>`: one generic
-//! path over [`storm_async::Runtime`]) and on plain threads
-//! ([`blocking::BrokerServer`], storm-std). Every runtime drives the same
-//! shared state: the router, the writer steps and the flow-control rule
-//! are written once. TLS is an option of the server
-//! ([`BrokerOptions::server`]`.tls`) and of the clients
-//! ([`ConsumerOptions::client`]`.tls`, [`ProviderOptions::client`]`.tls`).
-//!
-//! [`Consumer`] and [`Provider`], the client library, run on tokio only.
-//!
-//! # Flow control
-//!
-//! A consumer sends a request frame by frame and waits whenever its
-//! connection is backpressured, so a 50 MiB request never sits in memory
-//! twice. The server forwards frames as they arrive; before it reads the
-//! next frame of a request or response already under way it waits until
-//! the one connection that frame goes to
-//! ([`Router::next_hop`](storm_proto::broker::Router::next_hop): the
-//! request's provider for request data, its consumer for response data)
-//! has drained its queue to half, so a stream slows down to the pace of
-//! its reader instead of overflowing it.
-//!
-//! The wait is per request: a slow receiver slows only the streams that go
-//! to it, never another request's stream on the same channel. It is
-//! bounded by [`BrokerOptions::flow_wait`] per frame; after that the frame
-//! goes to the router, which fails its request with `BUSY` if there is
-//! still no room. A connection reads nothing while one of its frames
-//! waits, so streams that share one sending connection wait together. New
-//! requests are not held back: when every provider's queue is full, the
-//! router answers them with `BUSY` at once.
-//!
-//! # Example
-//!
-//! ```
-//! use std::time::Duration;
-//!
-//! use bytes::Bytes;
-//! use storm_cli::broker::{
-//!     BrokerOptions, BrokerServer, Consumer, ConsumerOptions, Provider, ProviderOptions,
-//! };
-//! use storm_proto::broker::ChannelId;
-//!
-//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let server = BrokerServer::bind(BrokerOptions::default()).await?; // 127.0.0.1, a free port
-//! let addr = server.local_addr().to_string();
-//! tokio::spawn(server.serve());
-//!
-//! let channel = ChannelId::from_bytes([7; 16]);
-//! let provider = Provider::connect(&addr, channel, ProviderOptions::default()).await?;
-//! tokio::spawn(provider.serve(|request| async move {
-//!     Ok(Bytes::from(request.payload.to_ascii_uppercase()))
-//! }));
-//!
-//! let consumer = Consumer::connect(&addr, channel, ConsumerOptions::default()).await?;
-//! let reply = consumer
-//!     .request(Bytes::from_static(b"hello"), Duration::from_secs(5))
-//!     .await?;
-//! assert_eq!(&reply[..], b"HELLO");
-//! # Ok(())
-//! # }
-//! ```
+//! `storm broker` and `storm client broker`: the command-line face of the
+//! broker library ([`storm_services::broker`]).
 
-use std::fmt;
 use std::io;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use storm_proto::broker::{ConfigError, ErrorCode, ErrorPayload};
-use storm_tokio::ClientError;
+use bytes::{Bytes, BytesMut};
+use clap::{Subcommand, ValueEnum};
+use storm_host::options::{ClientOptions, TlsClientOptions};
+use storm_proto::broker::{ChannelId, ErrorCode, ErrorPayload, RouterConfig, RouterStats};
 
-pub mod blocking;
-pub mod cli;
-mod client;
-mod consumer;
-mod core;
-mod provider;
-mod server;
-
-pub use consumer::{Consumer, ConsumerOptions, RequestStream};
-pub use provider::{
-    BODY_FRAMES, Provider, ProviderHandle, ProviderOptions, Request, RequestBody, Responder,
-    StreamedRequest,
+use storm_cli::interrupt;
+use storm_cli::runtime::{AsyncRuntime, Runtime, TlsArgs};
+use storm_services::broker::{
+    BrokerError, BrokerOptions, BrokerServer, Consumer, ConsumerOptions, Provider, ProviderOptions,
+    StreamedRequest, blocking,
 };
-pub use server::{BrokerHandle, BrokerOptions, BrokerServer};
+use storm_services::host::{on_async, on_std};
 
-/// Why a broker operation failed.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum BrokerError {
-    /// Remote: the broker or the provider answered with an `Error` frame
-    /// (see [`ErrorCode`] for the broker's codes; providers use 100 and
-    /// above).
-    Failed {
-        /// The code.
-        code: ErrorCode,
-        /// The message (lossy UTF-8).
-        message: String,
-    },
-    /// The caller's deadline passed; the request was cancelled at the
-    /// broker.
-    Timeout,
-    /// The connection to the broker is gone (or was never registered).
-    Disconnected(String),
-    /// Remote: the broker broke the protocol; the connection was closed.
-    Protocol(String),
-    /// Remote: the response grew beyond the consumer's `max_response`; the
-    /// request was cancelled.
-    ResponseTooLarge {
-        /// The configured limit.
-        max: usize,
-    },
-    /// Local: the consumer has `max_pending` requests open.
-    TooManyPending,
-    /// Connecting failed.
-    Connect(ClientError),
-    /// Local: an option is invalid.
-    Config(String),
-    /// Binding or serving failed.
-    Io(io::Error),
+/// Options of `storm broker`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ServerArgs {
+    /// Address to listen on (IPv4 or IPv6); port 0 picks a free one,
+    /// printed at start.
+    #[arg(long, default_value = "127.0.0.1:9200")]
+    pub addr: String,
+    /// Timeout of a request at the broker when its consumer registered
+    /// without one (e.g. 5s, 500ms, 2m). A request still open then fails
+    /// with TIMEOUT at both ends.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Longest timeout a consumer may register with.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub max_timeout: Duration,
+    /// Largest frame payload in bytes; requests and responses of any size
+    /// are streamed in frames of at most this size. Clients must use the
+    /// same value.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_frame: usize,
+    /// Most requests in flight through the broker; more are refused with
+    /// BUSY.
+    #[arg(long, default_value_t = RouterConfig::DEFAULT_MAX_REQUESTS)]
+    pub max_requests: usize,
+    /// Most requests in flight per consumer; more are refused with
+    /// TOO_MANY_REQUESTS.
+    #[arg(long, default_value_t = RouterConfig::DEFAULT_MAX_REQUESTS_PER_CONSUMER)]
+    pub max_requests_per_consumer: usize,
+    /// Most frames queued for one connection; a new request for a provider
+    /// whose queue is full is refused with BUSY.
+    #[arg(long, default_value_t = RouterConfig::DEFAULT_MAX_QUEUED_FRAMES)]
+    pub max_queued_frames: usize,
+    /// Most payload bytes queued for one connection (memory per connection
+    /// is about this much).
+    #[arg(long, default_value_t = RouterConfig::DEFAULT_MAX_QUEUED_BYTES)]
+    pub max_queued_bytes: usize,
+    /// Most connections at once; more are closed at accept. 0 = unlimited.
+    #[arg(long, default_value_t = 0)]
+    pub max_connections: usize,
+    /// Print the broker's counters this often (e.g. 10s); 0s = never.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub stats_every: Duration,
+    /// Runtime to serve on: tokio or smol (async tasks), or std (threads:
+    /// a reader and a writer per connection).
+    #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
+    pub runtime: Runtime,
+    /// `--tls CERT_PEM KEY_PEM`: serve TLS only.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
-impl BrokerError {
-    /// The error code, for [`BrokerError::Failed`].
-    #[must_use]
-    pub fn code(&self) -> Option<ErrorCode> {
-        match self {
-            Self::Failed { code, .. } => Some(*code),
-            _ => None,
+/// `storm client broker <role>`.
+#[derive(Debug, Clone, Subcommand)]
+pub(crate) enum ClientArgs {
+    /// Send one request (or several, one after another) and print the
+    /// response.
+    Request(RequestArgs),
+    /// Run a demo provider that answers requests until stopped.
+    Provider(ProviderArgs),
+}
+
+/// Options of `storm client broker request`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct RequestArgs {
+    /// Address of the broker.
+    #[arg(long, default_value = "127.0.0.1:9200")]
+    pub addr: String,
+    /// Channel id: a decimal number, or 32 hex digits.
+    #[arg(long, value_parser = parse_channel)]
+    pub channel: ChannelId,
+    /// Text to send; the response is printed as text.
+    #[arg(long, group = "payload")]
+    pub data: Option<String>,
+    /// Send this many bytes of generated data instead, any number: made
+    /// and sent a frame at a time under the broker's flow control, never
+    /// whole; prints sizes, checksums and throughput.
+    #[arg(long, group = "payload")]
+    pub size: Option<usize>,
+    /// Send this file instead, of any size: read and sent a frame at a
+    /// time under the broker's flow control, never whole; prints sizes,
+    /// checksums and throughput.
+    #[arg(long, group = "payload", value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// Largest response taken, in bytes; a larger one fails the request
+    /// (it is held whole: the echo and upper providers answer with as many
+    /// bytes as were sent).
+    #[arg(long, default_value_t = ConsumerOptions::DEFAULT_MAX_RESPONSE)]
+    pub max_response: usize,
+    /// Time for the whole request (sending, processing, response).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Requests to send, one after another.
+    #[arg(long, default_value_t = 1)]
+    pub count: u32,
+    /// Largest frame payload in bytes (must match the broker's).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_frame: usize,
+    /// Connect over TLS, trusting only the CA certificates in this PEM
+    /// file (for a broker started with `--tls`).
+    #[arg(long, value_name = "CA_PEM")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+/// Options of `storm client broker provider`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ProviderArgs {
+    /// Address of the broker.
+    #[arg(long, default_value = "127.0.0.1:9200")]
+    pub addr: String,
+    /// Channel id: a decimal number, or 32 hex digits.
+    #[arg(long, value_parser = parse_channel)]
+    pub channel: ChannelId,
+    /// What to answer.
+    #[arg(long, value_enum, default_value_t = Mode::Echo)]
+    pub mode: Mode,
+    /// Wait this long before answering each request (to try timeouts and
+    /// provider failures).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub delay: Duration,
+    /// Requests handled at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Largest frame payload in bytes (must match the broker's).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_frame: usize,
+    /// Connect over TLS, trusting only the CA certificates in this PEM
+    /// file (for a broker started with `--tls`).
+    #[arg(long, value_name = "CA_PEM")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+/// What the demo provider answers. Every mode reads the request as it
+/// arrives, a frame at a time, so requests of any size take the provider a
+/// few frames of memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Mode {
+    /// The request, unchanged, sent back piece by piece as it arrives.
+    Echo,
+    /// The request with ASCII letters in upper case, sent back piece by
+    /// piece as it arrives.
+    Upper,
+    /// The request's size and FNV-1a checksum, as one line of text.
+    Digest,
+}
+
+/// Parses `500ms`, `5s`, `2m`, or a number of seconds (at most a year).
+///
+/// # Errors
+///
+/// A message saying what is wrong.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 500ms, 5s or 2m"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        other => return Err(format!("unknown unit {other:?}: use ms, s or m")),
+    };
+    let duration = Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))?;
+    if duration > MAX_DURATION {
+        return Err(format!("{text:?} is longer than a year"));
+    }
+    Ok(duration)
+}
+
+/// The longest duration an option takes, so every deadline is a valid
+/// instant.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses a channel id: a decimal number (as a 128-bit big-endian id) or
+/// 32 hex digits.
+///
+/// # Errors
+///
+/// A message saying what is wrong.
+pub(crate) fn parse_channel(text: &str) -> Result<ChannelId, String> {
+    let bad = || format!("{text:?} is not a channel id (a decimal number or 32 hex digits)");
+    if text.len() == 32 {
+        if let Ok(n) = u128::from_str_radix(text, 16) {
+            return Ok(ChannelId::from_bytes(n.to_be_bytes()));
         }
     }
+    let n: u128 = text.parse().map_err(|_| bad())?;
+    Ok(ChannelId::from_bytes(n.to_be_bytes()))
+}
 
-    fn failed(error: &ErrorPayload) -> Self {
-        Self::Failed {
-            code: error.code,
-            message: String::from_utf8_lossy(&error.message).into_owned(),
-        }
+fn runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+fn frame(max: usize) -> storm_proto::broker::FrameConfig {
+    let mut frame = storm_proto::broker::FrameConfig::default();
+    frame.max_payload = max;
+    frame
+}
+
+/// How long connections get to close on Ctrl-C.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs `storm broker` until Ctrl-C, on the runtime `--runtime` names.
+///
+/// # Errors
+///
+/// Invalid options, unreadable TLS files, or a failed bind.
+pub(crate) fn serve(args: &ServerArgs) -> Result<(), BrokerError> {
+    let mut options = BrokerOptions::default();
+    options.server.addr.clone_from(&args.addr);
+    options.server.max_connections = args.max_connections;
+    args.tls
+        .apply(&mut options.server)
+        .map_err(BrokerError::Io)?;
+    options.frame = frame(args.max_frame);
+    let router = &mut options.router;
+    router.default_timeout = args.request_timeout;
+    router.max_timeout = args.max_timeout;
+    router.max_requests = args.max_requests;
+    router.max_requests_per_consumer = args.max_requests_per_consumer;
+    router.max_queued_frames = args.max_queued_frames;
+    router.max_queued_bytes = args.max_queued_bytes;
+    interrupt::install().map_err(BrokerError::Io)?;
+    match args.runtime {
+        Runtime::Tokio => serve_async::<storm_tokio::Tokio>(args, options),
+        Runtime::Smol => serve_async::<storm_smol::Smol>(args, options),
+        Runtime::Std => serve_std(args, options),
     }
 }
 
-impl fmt::Display for BrokerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Failed { code, message } => write!(f, "request failed: {code}: {message}"),
-            Self::Timeout => f.write_str("request timed out"),
-            Self::Disconnected(why) => write!(f, "disconnected from the broker: {why}"),
-            Self::Protocol(why) => write!(f, "broker protocol violation: {why}"),
-            Self::ResponseTooLarge { max } => {
-                write!(f, "response larger than the limit of {max} bytes")
+fn banner(args: &ServerArgs, addr: std::net::SocketAddr) {
+    println!(
+        "storm broker ({:?} runtime) listening on {}://{addr}",
+        args.runtime,
+        args.tls.scheme(false)
+    );
+    tracing::info!(%addr, runtime = ?args.runtime, tls = args.tls.enabled(), "broker listening");
+}
+
+/// Prints one line of counters, for `--stats-every`.
+fn print_stats(connections: usize, open: usize, s: &RouterStats) {
+    println!(
+        "connections {connections} | requests open {open} started {} completed {} | \
+         no responders {} busy {} timed out {} provider gone {} cancelled {}",
+        s.requests_started,
+        s.requests_completed,
+        s.no_responders,
+        s.busy,
+        s.timed_out,
+        s.provider_gone,
+        s.cancelled,
+    );
+}
+
+fn serve_async<R: AsyncRuntime>(
+    args: &ServerArgs,
+    options: BrokerOptions,
+) -> Result<(), BrokerError> {
+    let stop = interrupt::signal();
+    on_async::serve_until::<R, _, _, _, _>(&stop, STOP_TIMEOUT, || async {
+        let server = BrokerServer::<R>::bind_on(options).await?;
+        banner(args, server.local_addr());
+        let handle = server.handle();
+        if !args.stats_every.is_zero() {
+            let handle = handle.clone();
+            R::spawn(on_async::every::<R>(args.stats_every, move || {
+                print_stats(
+                    handle.connections(),
+                    handle.open_requests(),
+                    &handle.stats(),
+                );
+            }));
+        }
+        Ok((handle, server.serve()))
+    })
+}
+
+fn serve_std(args: &ServerArgs, options: BrokerOptions) -> Result<(), BrokerError> {
+    let server = blocking::BrokerServer::bind(options)?;
+    banner(args, server.local_addr());
+    let handle = server.handle();
+    if !args.stats_every.is_zero() {
+        let handle = handle.clone();
+        on_std::every(args.stats_every, move || {
+            print_stats(
+                handle.connections(),
+                handle.open_requests(),
+                &handle.stats(),
+            );
+        });
+    }
+    let serving = server.spawn()?;
+    on_std::serve_until(&interrupt::signal(), STOP_TIMEOUT, &handle, serving)
+}
+
+/// Client options for `--tls-ca`.
+fn client_options(tls_ca: Option<&PathBuf>) -> Result<ClientOptions, BrokerError> {
+    let mut options = ClientOptions::default();
+    if let Some(ca) = tls_ca {
+        let pem = storm_host::tls::read_pem_file(ca).map_err(BrokerError::Io)?;
+        options.tls = Some(TlsClientOptions::with_ca(pem));
+    }
+    Ok(options)
+}
+
+/// Runs `storm client broker …`.
+///
+/// # Errors
+///
+/// Connecting or registering failed, or (for `request`) a request failed.
+pub(crate) fn client(args: &ClientArgs) -> Result<(), BrokerError> {
+    let runtime = runtime().map_err(BrokerError::Io)?;
+    match args {
+        ClientArgs::Request(args) => runtime.block_on(request(args)),
+        ClientArgs::Provider(args) => runtime.block_on(provide(args)),
+    }
+}
+
+async fn request(args: &RequestArgs) -> Result<(), BrokerError> {
+    let mut options = ConsumerOptions::default();
+    options.client = client_options(args.tls_ca.as_ref())?;
+    options.frame = frame(args.max_frame);
+    // The broker applies the same deadline (capped at its maximum).
+    options.server_timeout = args.timeout;
+    options.max_response = args.max_response;
+    let consumer = Consumer::connect(&args.addr, args.channel, options).await?;
+    for _ in 0..args.count {
+        let mut source = Source::open(args).map_err(BrokerError::Io)?;
+        let started = Instant::now();
+        let mut stream = consumer.stream(args.timeout).await?;
+        let (mut sent, mut checksum) = (0usize, FNV1A_START);
+        while let Some(piece) = source.next().await.map_err(BrokerError::Io)? {
+            sent += piece.len();
+            checksum = fnv1a(checksum, &piece);
+            stream.write(piece).await?;
+        }
+        let response = stream.finish().await?;
+        let took = started.elapsed();
+        if matches!(source.origin, Origin::Text(_)) {
+            println!("{}", String::from_utf8_lossy(&response));
+            continue;
+        }
+        let mib = (sent + response.len()) as f64 / (1024.0 * 1024.0);
+        println!(
+            "sent {sent} bytes (fnv1a {checksum:016x}), got {} bytes (fnv1a {:016x}) in {:.1} ms, {:.1} MiB/s both ways together",
+            response.len(),
+            fnv1a(FNV1A_START, &response),
+            took.as_secs_f64() * 1000.0,
+            mib / took.as_secs_f64().max(1e-9),
+        );
+        if let Some(text) = short_text(&response) {
+            println!("response: {text}");
+        }
+    }
+    consumer.close();
+    Ok(())
+}
+
+/// Where a request's data comes from, a piece of at most a frame at a
+/// time: nothing is built or read whole.
+struct Source {
+    /// The largest piece: the frame size.
+    max: usize,
+    origin: Origin,
+}
+
+/// What a [`Source`] reads from.
+enum Origin {
+    /// `--data`, or a greeting: one piece.
+    Text(Option<Bytes>),
+    /// `--size`: `left` more bytes of the repeating pattern, each piece a
+    /// slice of `block` (the pattern from every phase, made once).
+    Pattern {
+        block: Bytes,
+        offset: usize,
+        left: usize,
+    },
+    /// `--file`: read as it is sent (on tokio's blocking pool).
+    File(Option<std::fs::File>),
+}
+
+impl Source {
+    fn open(args: &RequestArgs) -> io::Result<Self> {
+        let max = args.max_frame;
+        let origin = match (&args.data, args.size, &args.file) {
+            (_, Some(size), _) => Origin::Pattern {
+                block: pattern(max.min(size) + PATTERN_PERIOD),
+                offset: 0,
+                left: size,
+            },
+            (_, _, Some(path)) => {
+                Origin::File(Some(std::fs::File::open(path).map_err(|e| {
+                    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+                })?))
             }
-            Self::TooManyPending => f.write_str("too many requests pending"),
-            Self::Connect(e) => write!(f, "cannot connect to the broker: {e}"),
-            Self::Config(e) => write!(f, "invalid broker option: {e}"),
-            Self::Io(e) => e.fmt(f),
+            (Some(text), _, _) => Origin::Text(Some(Bytes::from(text.clone()))),
+            (None, None, None) => Origin::Text(Some(Bytes::from_static(b"hello from storm"))),
+        };
+        Ok(Self { max, origin })
+    }
+
+    /// The next piece, at most a frame; `None` at the end.
+    async fn next(&mut self) -> io::Result<Option<Bytes>> {
+        let max = self.max;
+        match &mut self.origin {
+            Origin::Text(text) => Ok(text.take()),
+            Origin::Pattern {
+                block,
+                offset,
+                left,
+            } => {
+                if *left == 0 {
+                    return Ok(None);
+                }
+                let n = max.min(*left);
+                let phase = *offset % PATTERN_PERIOD;
+                *offset += n;
+                *left -= n;
+                Ok(Some(block.slice(phase..phase + n)))
+            }
+            Origin::File(slot) => {
+                let Some(mut file) = slot.take() else {
+                    return Ok(None);
+                };
+                let (file, piece) = tokio::task::spawn_blocking(move || {
+                    use std::io::Read;
+                    let mut piece = Vec::with_capacity(max);
+                    let read = (&mut file).take(max as u64).read_to_end(&mut piece);
+                    (file, read.map(|_| piece))
+                })
+                .await
+                .map_err(io::Error::other)?;
+                let piece = piece?;
+                if piece.is_empty() {
+                    return Ok(None);
+                }
+                *slot = Some(file);
+                Ok(Some(Bytes::from(piece)))
+            }
         }
     }
 }
 
-impl std::error::Error for BrokerError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Connect(e) => Some(e),
-            Self::Io(e) => Some(e),
-            _ => None,
-        }
-    }
+/// The response as text, if it is a short line of UTF-8 (a digest).
+fn short_text(response: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(response).ok()?;
+    (text.len() <= 200 && !text.contains('\n')).then_some(text)
 }
 
-impl From<ConfigError> for BrokerError {
-    fn from(e: ConfigError) -> Self {
-        Self::Config(e.to_string())
+async fn provide(args: &ProviderArgs) -> Result<(), BrokerError> {
+    let mut options = ProviderOptions::default();
+    options.client = client_options(args.tls_ca.as_ref())?;
+    options.frame = frame(args.max_frame);
+    options.max_concurrent = args.concurrency;
+    let provider = Provider::connect(&args.addr, args.channel, options).await?;
+    let mode = match args.mode {
+        Mode::Echo => "echo",
+        Mode::Upper => "upper",
+        Mode::Digest => "digest",
+    };
+    let scheme = if args.tls_ca.is_some() { "tls" } else { "tcp" };
+    println!(
+        "storm broker provider ({mode}) registered at {scheme}://{}",
+        args.addr
+    );
+    let (mode, delay) = (args.mode, args.delay);
+    provider
+        .serve_streamed(move |request: StreamedRequest, mut responder| async move {
+            let StreamedRequest { id, mut body, .. } = request;
+            println!("request {id}");
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let (mut size, mut checksum) = (0usize, FNV1A_START);
+            while let Some(piece) = body.next().await {
+                size += piece.len();
+                let written = match mode {
+                    Mode::Echo => responder.write(piece).await,
+                    Mode::Upper => {
+                        let mut upper = BytesMut::from(&piece[..]);
+                        upper.make_ascii_uppercase();
+                        responder.write(upper.freeze()).await
+                    }
+                    Mode::Digest => {
+                        checksum = fnv1a(checksum, &piece);
+                        Ok(())
+                    }
+                };
+                if let Err(e) = written {
+                    return Err(ErrorPayload::new(ErrorCode::PROVIDER_GONE, e.to_string()));
+                }
+            }
+            println!("request {id}: {size} bytes");
+            Ok(match mode {
+                Mode::Digest => Bytes::from(format!("{size} bytes, fnv1a {checksum:016x}")),
+                Mode::Echo | Mode::Upper => Bytes::new(),
+            })
+        })
+        .await
+}
+
+/// The period of the `--size` pattern: `a` to `z`.
+const PATTERN_PERIOD: usize = 26;
+
+/// `len` bytes of the `--size` pattern: `abc…z`, repeated.
+fn pattern(len: usize) -> Bytes {
+    (0..len)
+        .map(|i| b'a' + (i % PATTERN_PERIOD) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// FNV-1a, 64 bits, fed piece by piece from this start: a checksum to
+/// compare payloads by eye.
+const FNV1A_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv1a(hash: u64, data: &[u8]) -> u64 {
+    data.iter().fold(hash, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_channels_parse() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("1e12s").is_err());
+        assert!(parse_duration("400000000").is_err());
+        assert_eq!(
+            parse_channel("1").map(ChannelId::to_bytes),
+            Ok(1u128.to_be_bytes())
+        );
+        assert_eq!(
+            parse_channel(&"ab".repeat(16)).map(ChannelId::to_bytes),
+            Ok([0xab; 16])
+        );
+        assert!(parse_channel("-1").is_err());
+        assert_eq!(fnv1a(FNV1A_START, b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(
+            fnv1a(fnv1a(FNV1A_START, b"ab"), b"c"),
+            fnv1a(FNV1A_START, b"abc")
+        );
+        assert_eq!(pattern(28).last(), Some(&b'b'));
+    }
+
+    #[test]
+    fn the_pattern_is_sent_in_pieces_that_join_up() {
+        let args = RequestArgs {
+            addr: String::new(),
+            channel: ChannelId::default(),
+            data: None,
+            size: Some(100),
+            file: None,
+            max_response: 1,
+            timeout: Duration::from_secs(1),
+            count: 1,
+            max_frame: 7,
+            tls_ca: None,
+        };
+        let mut source = Source::open(&args).expect("a pattern");
+        let mut joined = Vec::new();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(async {
+                while let Some(piece) = source.next().await.expect("no i/o") {
+                    assert!(!piece.is_empty() && piece.len() <= 7);
+                    joined.extend_from_slice(&piece);
+                }
+            });
+        assert_eq!(joined, pattern(100));
     }
 }

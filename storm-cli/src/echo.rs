@@ -1,26 +1,23 @@
-//! `storm echo`: every message goes back to its sender, over WebSocket or
-//! plain TCP with any of the core's framers, with or without TLS, on the
-//! runtime of your choice. The same options build the same server on each
-//! adapter; only the I/O underneath changes.
+//! `storm echo`: every message goes back to its sender
+//! ([`storm_services::echo`]), over WebSocket or plain TCP with any of the
+//! core's framers, with or without TLS, on the runtime of your choice. The
+//! same options build the same server on each adapter; only the I/O
+//! underneath changes.
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::ValueEnum;
-use storm_host::link::CloseReason;
 use storm_host::options::{Framing, ServerOptions, WsOptions};
-use storm_proto::Message;
 use storm_proto::framing::{DelimiterConfig, LengthPrefixConfig, RawConfig};
 use storm_proto::ws::Config;
 use storm_proto::ws::deflate::DeflateConfig;
+use storm_services::echo::Echo;
+use storm_services::host::{self, Listen};
 
 use storm_cli::interrupt;
-
-use storm_cli::runtime::{
-    AsyncRuntime, Runtime, TlsArgs, connection_closed, connection_error, shutdown_on_ctrl_c,
-    std_until_ctrl_c,
-};
+use storm_cli::runtime::{Runtime, TlsArgs};
 
 /// Options of `storm echo`.
 #[derive(Debug, clap::Args)]
@@ -65,12 +62,6 @@ enum Proto {
     Ws,
 }
 
-/// What to serve, the same for every runtime.
-enum Service {
-    Ws(WsOptions),
-    Tcp(Framing),
-}
-
 /// Runs `storm echo` until Ctrl-C.
 pub(crate) fn run(args: &EchoArgs) -> io::Result<()> {
     let mut options = ServerOptions {
@@ -79,8 +70,8 @@ pub(crate) fn run(args: &EchoArgs) -> io::Result<()> {
     };
     args.tls.apply(&mut options)?;
     let max = args.max_message;
-    let service = match args.proto {
-        Proto::Ws => Service::Ws(WsOptions {
+    let listen = match args.proto {
+        Proto::Ws => Listen::Ws(WsOptions {
             config: Config {
                 max_message_size: max,
                 max_frame_size: max,
@@ -89,25 +80,32 @@ pub(crate) fn run(args: &EchoArgs) -> io::Result<()> {
             deflate: (!args.no_deflate).then(DeflateConfig::default),
             ..WsOptions::default()
         }),
-        Proto::Raw => Service::Tcp(Framing::Raw(RawConfig::default())),
+        Proto::Raw => Listen::Tcp(Framing::Raw(RawConfig::default())),
         Proto::Lp => {
             let mut config = LengthPrefixConfig::default();
             config.max_frame_len = max;
-            Service::Tcp(Framing::LengthPrefixWith(config))
+            Listen::Tcp(Framing::LengthPrefixWith(config))
         }
         Proto::Line => {
             let mut config = DelimiterConfig::default();
             config.max_message_len = max;
-            Service::Tcp(Framing::Delimiter(config))
+            Listen::Tcp(Framing::Delimiter(config))
         }
     };
     interrupt::install()?;
     let timeout = Duration::from_secs_f64(args.shutdown_timeout.max(0.0));
-    match args.runtime {
-        Runtime::Tokio => on_async::<storm_tokio::Tokio>(args, options, service, timeout),
-        Runtime::Smol => on_async::<storm_smol::Smol>(args, options, service, timeout),
-        Runtime::Std => on_std(args, options, service, timeout),
-    }
+    let stop = interrupt::signal();
+    host::serve(
+        args.runtime.into(),
+        options,
+        listen,
+        &stop,
+        timeout,
+        |bound| {
+            banner(args, bound.local_addr);
+            Echo
+        },
+    )
 }
 
 fn banner(args: &EchoArgs, addr: SocketAddr) {
@@ -117,82 +115,4 @@ fn banner(args: &EchoArgs, addr: SocketAddr) {
         args.proto, args.runtime
     );
     tracing::info!(%addr, proto = ?args.proto, runtime = ?args.runtime, "echo listening");
-}
-
-/// The echo on tokio and smol.
-struct AsyncEcho;
-
-impl storm_async::Handler for AsyncEcho {
-    async fn on_message(&self, session: &storm_async::Session, message: Message) {
-        let _ = session.send(message).await;
-    }
-
-    async fn on_disconnect(&self, session: &storm_async::Session, reason: &CloseReason) {
-        connection_closed(session.remote_addr(), reason);
-    }
-
-    async fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
-        connection_error(error);
-    }
-}
-
-fn on_async<R: AsyncRuntime>(
-    args: &EchoArgs,
-    options: ServerOptions,
-    service: Service,
-    timeout: Duration,
-) -> io::Result<()> {
-    R::block_on(async {
-        match service {
-            Service::Ws(ws) => {
-                let server = storm_async::WsServer::<R>::bind(options, ws).await?;
-                banner(args, server.local_addr());
-                shutdown_on_ctrl_c(server.handle(), timeout);
-                server.serve(AsyncEcho).await
-            }
-            Service::Tcp(framing) => {
-                let server = storm_async::TcpServer::<R>::bind(options, framing).await?;
-                banner(args, server.local_addr());
-                shutdown_on_ctrl_c(server.handle(), timeout);
-                server.serve(AsyncEcho).await
-            }
-        }
-    })
-}
-
-struct StdEcho;
-
-impl storm_std::Handler for StdEcho {
-    fn on_message(&self, session: &storm_std::Session, message: Message) {
-        let _ = session.send(message);
-    }
-
-    fn on_disconnect(&self, session: &storm_std::Session, reason: &CloseReason) {
-        connection_closed(session.remote_addr(), reason);
-    }
-
-    fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
-        connection_error(error);
-    }
-}
-
-fn on_std(
-    args: &EchoArgs,
-    options: ServerOptions,
-    service: Service,
-    timeout: Duration,
-) -> io::Result<()> {
-    let (handle, serving) = match service {
-        Service::Ws(ws) => {
-            let server = storm_std::WsServer::bind(options, ws)?;
-            banner(args, server.local_addr());
-            (server.handle(), server.spawn(StdEcho)?)
-        }
-        Service::Tcp(framing) => {
-            let server = storm_std::TcpServer::bind(options, framing)?;
-            banner(args, server.local_addr());
-            (server.handle(), server.spawn(StdEcho)?)
-        }
-    };
-    std_until_ctrl_c(&handle, serving, timeout)
 }

@@ -1,15 +1,18 @@
-//! Ctrl-C (SIGINT, and SIGTERM) as something every runtime can wait on:
-//! services stop accepting, close their sessions gracefully within a
-//! timeout, and exit 0.
+//! Ctrl-C (SIGINT, and SIGTERM) as a [`Stop`] signal every runtime can
+//! wait on: services stop accepting, close their sessions gracefully
+//! within a timeout, and exit 0.
 
 use std::io;
-use std::sync::{Condvar, Mutex, OnceLock, PoisonError};
+use std::sync::OnceLock;
 
-/// Set once the first Ctrl-C arrived.
-static INTERRUPTED: OnceLock<(Mutex<bool>, Condvar)> = OnceLock::new();
+use storm_services::host::Stop;
 
-fn state() -> &'static (Mutex<bool>, Condvar) {
-    INTERRUPTED.get_or_init(|| (Mutex::new(false), Condvar::new()))
+/// Raised by the first Ctrl-C.
+static CTRL_C: OnceLock<Stop> = OnceLock::new();
+
+/// The signal Ctrl-C raises (after [`install`]).
+pub fn signal() -> Stop {
+    CTRL_C.get_or_init(Stop::new).clone()
 }
 
 /// Installs the handler. A second Ctrl-C while the first shutdown is still
@@ -20,57 +23,21 @@ fn state() -> &'static (Mutex<bool>, Condvar) {
 ///
 /// When a handler is already installed by someone else.
 pub fn install() -> io::Result<()> {
-    ctrlc::set_handler(|| {
-        let (flag, wake) = state();
-        let mut interrupted = flag.lock().unwrap_or_else(PoisonError::into_inner);
-        if *interrupted {
+    let stop = signal();
+    ctrlc::set_handler(move || {
+        if !stop.raise() {
             std::process::exit(130);
         }
-        *interrupted = true;
-        wake.notify_all();
     })
     .map_err(io::Error::other)
 }
 
 /// Blocks until Ctrl-C.
 pub fn wait() {
-    let (flag, wake) = state();
-    let mut interrupted = flag.lock().unwrap_or_else(PoisonError::into_inner);
-    while !*interrupted {
-        interrupted = wake
-            .wait(interrupted)
-            .unwrap_or_else(PoisonError::into_inner);
-    }
+    signal().wait();
 }
 
-/// Installs the handler and runs `stop` on the current tokio runtime once
-/// Ctrl-C arrives (a server's graceful shutdown, typically). Call from
-/// inside the runtime.
-///
-/// # Errors
-///
-/// As for [`install`].
-pub fn spawn_on_ctrl_c<F>(stop: F) -> io::Result<()>
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    install()?;
-    tokio::spawn(async move {
-        ctrl_c().await;
-        tracing::info!("Ctrl-C: shutting down");
-        stop.await;
-    });
-    Ok(())
-}
-
-/// Resolves on Ctrl-C (after [`install`]), on any async runtime. The
-/// waiting thread is detached, so a service that stops for another reason
-/// exits without waiting for it.
+/// Resolves on Ctrl-C (after [`install`]), on any async runtime.
 pub async fn ctrl_c() {
-    let (done, interrupted) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        wait();
-        let _ = done.send(());
-    });
-    let _ = interrupted.await;
+    signal().raised().await;
 }

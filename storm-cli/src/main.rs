@@ -14,9 +14,12 @@ use clap::{Parser, Subcommand};
 /// How long services give their sessions to close on Ctrl-C.
 const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+mod bench;
+mod broker;
 mod chat;
 mod echo;
 mod json;
+mod rpc;
 
 /// Storm: message-oriented TCP and WebSocket services.
 #[derive(Debug, Parser)]
@@ -42,16 +45,16 @@ enum Command {
     Gateway(storm_cli::gateway::cli::GatewayArgs),
     /// Request broker: consumers and providers meet on channel ids;
     /// requests of any size stream through in frames.
-    Broker(storm_cli::broker::cli::ServerArgs),
+    Broker(broker::ServerArgs),
     /// A request/response RPC demo server (WebSocket or length-prefixed
     /// TCP) with the methods echo, name, time and sleep.
-    Rpc(storm_cli::rpc::cli::ServeArgs),
+    Rpc(rpc::ServeArgs),
     /// Clients of the services.
     #[command(subcommand)]
     Client(ClientCommand),
     /// Load generator for every service: msgs/s and round-trip latency
     /// percentiles. Exit code 2 for bad flags (a non-loopback address).
-    Bench(storm_cli::bench::BenchArgs),
+    Bench(bench::BenchArgs),
 }
 
 /// `storm client <service>`.
@@ -61,10 +64,10 @@ enum ClientCommand {
     Json(json::ClientArgs),
     /// Client of `storm broker`: send a request, or run a demo provider.
     #[command(subcommand)]
-    Broker(storm_cli::broker::cli::ClientArgs),
+    Broker(broker::ClientArgs),
     /// RPC client: calls a method on one or more endpoints (round-robin or
     /// failover), with timeouts, compression and a byte trace.
-    Rpc(storm_cli::rpc::cli::ClientArgs),
+    Rpc(rpc::ClientArgs),
 }
 
 /// Whether log lines carry ANSI colours: only when stderr is a terminal
@@ -91,16 +94,16 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Gateway(args) => return storm_cli::gateway::cli::run(&args),
-        Command::Rpc(args) => return storm_cli::rpc::cli::serve(&args),
-        Command::Client(ClientCommand::Rpc(args)) => return storm_cli::rpc::cli::client(&args),
-        Command::Bench(args) => return storm_cli::bench::run(&args),
+        Command::Rpc(args) => return rpc::serve(&args),
+        Command::Client(ClientCommand::Rpc(args)) => return rpc::client(&args),
+        Command::Bench(args) => return bench::run(&args),
         Command::Echo(args) => echo::run(&args),
         Command::Json(args) => json::serve(&args),
         Command::Chat(args) => chat::run(&args),
         Command::Client(ClientCommand::Json(args)) => json::client(&args),
-        Command::Broker(args) => storm_cli::broker::cli::serve(&args).map_err(io::Error::other),
+        Command::Broker(args) => broker::serve(&args).map_err(io::Error::other),
         Command::Client(ClientCommand::Broker(args)) => {
-            storm_cli::broker::cli::client(&args).map_err(io::Error::other)
+            broker::client(&args).map_err(io::Error::other)
         }
     };
     match result {

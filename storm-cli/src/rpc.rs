@@ -1,287 +1,328 @@
-//! Request/response RPC: [`RpcClient`] (on tokio, or smol with
-//! [`RpcClientBuilder::runtime`]) over several endpoints and a server to
-//! answer it, over WebSocket or 4-byte length-prefixed TCP,
-//! with or without TLS. The server runs on tokio ([`RpcServer::bind`]), on
-//! smol (`RpcServer::<storm_smol::Smol>::bind_on`) or on plain threads
-//! ([`blocking::RpcServer`]); every flavour makes the same decisions in one
-//! place (decoding, refusals, cancels, deadlines, compression) and differs
-//! only in how it runs a handler.
-//!
-//! The protocol logic is the core's [`storm_proto::rpc`]: the envelope (its
-//! wire layout is documented on [`Envelope`](storm_proto::rpc::Envelope)),
-//! per-message compression, and the [`Calls`](storm_proto::rpc::Calls) /
-//! [`Serving`](storm_proto::rpc::Serving) machines; endpoint choice and
-//! backoff are the core's [`EndpointSet`](storm_proto::reconnect::EndpointSet).
-//! This module owns the connections, the timers and the tasks.
-//!
-//! - **Endpoints**: `ws://host:port/path` (one binary WebSocket message per
-//!   envelope) or `tcp://host:port` / `host:port` (one 4-byte big-endian
-//!   length-prefixed frame per envelope); `wss://` and `tls://host:port`
-//!   are the same over TLS, verified with [`RpcClientBuilder::tls`] (the
-//!   public web roots by default). Connections are opened on first use and
-//!   kept.
-//! - **Strategy**: [`Strategy::RoundRobin`] spreads calls over every usable
-//!   endpoint; [`Strategy::Failover`] sends everything to the first usable
-//!   one in list order. An endpoint whose connection fails or drops is
-//!   skipped for its [`BackoffConfig`](storm_proto::reconnect::BackoffConfig)
-//!   delay ([`RpcClientConfig::DEFAULT_BACKOFF`]: at most 1 s), then tried
-//!   again. While every endpoint is down a call waits for the first retry
-//!   time, up to its own deadline, and only then fails with
-//!   [`RpcError::NoEndpoint`], which names the endpoints and the last
-//!   connection error: an outage costs the calls whose timeout ran out
-//!   during it, never a burst of instant failures.
-//! - **Timeouts and cancellation**: every call has a deadline (the server is
-//!   told it, and stops working when it passes). Dropping a call's future,
-//!   or cancelling its [`CancelToken`], ends it and sends the server a
-//!   cancel envelope, which aborts the handler's task.
-//! - **A connection that dies** fails its calls in flight at once with
-//!   [`RpcError::ConnectionLost`], not a timeout. A call marked
-//!   [`idempotent`](CallOptions::idempotent) is sent again on another
-//!   connection instead (at most [`RpcClientConfig::max_sends`] times in
-//!   all), since running it twice is harmless; others are not, because the
-//!   server may have run them.
-//! - **Serialization** is a [`Codec`] (serde-based; [`Json`] by default).
-//! - **Compression**: payloads at or above a threshold are deflated when
-//!   that makes them smaller ([`RpcClientConfig::compression`],
-//!   [`RpcServerConfig::compression`]); either side inflates whatever it
-//!   gets, bounded by its payload limit.
-//! - **Byte hooks**: [`RpcClientBuilder::on_bytes_sent`] and
-//!   [`on_bytes_received`](RpcClientBuilder::on_bytes_received) see every
-//!   envelope as it goes on or comes off the transport (after compression).
-//!
-//! ```no_run
-//! use std::time::Duration;
-//! use storm_cli::rpc::{Request, RpcClient, RpcServer, RpcServerConfig, Json, Codec};
-//!
-//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let server = RpcServer::bind(RpcServerConfig::ws("127.0.0.1:0"), |request: Request| async move {
-//!     let (a, b): (i64, i64) = request.params(&Json)?;
-//!     Json.reply(&(a + b))
-//! })
-//! .await?;
-//! let client = RpcClient::builder([server.endpoint()])?.build()?;
-//! let sum: i64 = client.call("add", &(2, 3), Duration::from_secs(1)).await?;
-//! assert_eq!(sum, 5);
-//! # Ok(()) }
-//! ```
+//! `storm rpc` (a demo server) and `storm client rpc`: the command-line
+//! face of the RPC library ([`storm_services::rpc`]).
 
-pub mod blocking;
-pub mod cli;
-mod client;
-mod codec;
-mod server;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-pub use client::{
-    BytesHook, CallOptions, CancelToken, RpcClient, RpcClientBuilder, RpcClientConfig, Strategy,
+use bytes::Bytes;
+
+use storm_cli::runtime::{AsyncRuntime, Runtime, TlsArgs};
+use storm_services::host::{on_async, on_std};
+use storm_services::rpc::{
+    CallOptions, Codec, CompressionConfig, Fault, Json, Request, RpcClient, RpcServer,
+    RpcServerConfig, Strategy, blocking,
 };
-pub use codec::{Codec, CodecError, Json};
-pub use server::{Request, RpcServer, RpcServerConfig, RpcServerStats};
-pub use storm_proto::rpc::{CompressionConfig, Fault};
 
-use std::fmt;
-
-use storm_proto::rpc::StartError;
-
-/// One place an [`RpcClient`] can send calls.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Endpoint {
-    /// A WebSocket URL (`ws://` or `wss://`).
-    Ws(String),
-    /// `host:port`, 4-byte length-prefixed TCP.
-    Tcp(String),
-    /// `host:port`, 4-byte length-prefixed TCP over TLS (`tls://`).
-    Tls(String),
+/// Transport of `storm rpc`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Proto {
+    /// One binary WebSocket message per envelope.
+    Ws,
+    /// 4-byte big-endian length-prefixed TCP.
+    Tcp,
 }
 
-impl Endpoint {
-    /// Reads `ws://…`, `wss://…`, `tcp://host:port`, `tls://host:port` or
-    /// `host:port` (plain TCP).
-    ///
-    /// # Errors
-    ///
-    /// [`RpcError::Config`] for anything else.
-    pub fn parse(text: &str) -> Result<Self, RpcError> {
-        let text = text.trim();
-        if text.starts_with("ws://") || text.starts_with("wss://") {
-            return Ok(Self::Ws(text.to_owned()));
-        }
-        let (addr, tls) = match text.strip_prefix("tls://") {
-            Some(addr) => (addr, true),
-            None => (text.strip_prefix("tcp://").unwrap_or(text), false),
-        };
-        match addr.rsplit_once(':') {
-            Some((host, port))
-                if !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok() =>
-            {
-                let addr = addr.to_owned();
-                Ok(if tls {
-                    Self::Tls(addr)
-                } else {
-                    Self::Tcp(addr)
-                })
-            }
-            _ => Err(RpcError::Config(format!(
-                "endpoint {text:?} is neither a ws:// URL nor tcp:// or tls:// host:port"
-            ))),
+/// Options of `storm rpc`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// Transport.
+    #[arg(long, value_enum, default_value = "ws")]
+    pub proto: Proto,
+    /// Address to listen on (port 0 picks one, printed at start).
+    #[arg(long, default_value = "127.0.0.1:9500")]
+    pub addr: String,
+    /// Compress responses of at least this many bytes; 0 turns it off.
+    #[arg(long, default_value_t = 1024, value_name = "BYTES")]
+    pub compress: usize,
+    /// Name returned by the `name` method.
+    #[arg(long, default_value = "storm")]
+    pub name: String,
+    /// `--tls CERT_PEM KEY_PEM`: serve `wss://` or TLS over TCP.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Runtime to serve on: tokio or smol (a task per request), or std (a
+    /// thread per request, two per connection).
+    #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
+    pub runtime: Runtime,
+}
+
+/// Strategy of `storm client rpc`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum StrategyArg {
+    /// Spread calls over every endpoint in turn.
+    RoundRobin,
+    /// Use the first endpoint that is up.
+    Failover,
+}
+
+/// Options of `storm client rpc`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ClientArgs {
+    /// An endpoint: ws://host:port/, tcp://host:port, or wss:// and
+    /// tls://host:port over TLS (repeat for several).
+    #[arg(long = "endpoint", default_value = "ws://127.0.0.1:9500/")]
+    pub endpoints: Vec<String>,
+    /// How calls are spread over the endpoints.
+    #[arg(long, value_enum, default_value = "round-robin")]
+    pub strategy: StrategyArg,
+    /// Method to call (`storm rpc` has echo, name, time, sleep).
+    #[arg(long, default_value = "name")]
+    pub method: String,
+    /// Parameters, as JSON.
+    #[arg(long, default_value = "null")]
+    pub params: String,
+    /// Timeout of each call, in milliseconds, connecting included: while
+    /// every endpoint is down a call waits this long for one to come back
+    /// (each is retried at least once a second) before it fails.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    pub timeout_ms: u64,
+    /// Number of calls; above 1 a summary with latencies is printed.
+    #[arg(long, default_value_t = 1)]
+    pub count: u32,
+    /// Compress requests of at least this many bytes; 0 turns it off.
+    #[arg(long, default_value_t = 0, value_name = "BYTES")]
+    pub compress: usize,
+    /// Mark calls idempotent (resent elsewhere if a connection dies).
+    #[arg(long)]
+    pub idempotent: bool,
+    /// Print every envelope sent and received (length and hex) on stderr.
+    #[arg(long)]
+    pub trace: bool,
+    /// Trust the CA certificates in this PEM file for wss:// and tls://
+    /// endpoints, instead of the public web roots.
+    #[arg(long, value_name = "CA_PEM")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Runtime the client runs on.
+    #[arg(long, value_enum, default_value_t = ClientRuntime::Tokio)]
+    pub runtime: ClientRuntime,
+}
+
+/// Runtimes `storm client rpc` runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ClientRuntime {
+    /// tokio, multi-threaded.
+    Tokio,
+    /// smol's global executor.
+    Smol,
+}
+
+fn compression(threshold: usize) -> Option<CompressionConfig> {
+    (threshold > 0).then(|| CompressionConfig {
+        threshold,
+        ..CompressionConfig::default()
+    })
+}
+
+/// How long connections get to close at Ctrl-C.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs `storm rpc` until Ctrl-C: `echo` (the parameters back), `name`,
+/// `time` (Unix milliseconds), `sleep` (waits the given milliseconds, at
+/// most 60 s, and returns them: try timeouts and cancellation with it).
+#[must_use]
+pub(crate) fn serve(args: &ServeArgs) -> ExitCode {
+    let result = serve_on(args);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("storm rpc: {e}");
+            ExitCode::FAILURE
         }
     }
-
-    /// Whether calls to it go over TLS (`wss://` or `tls://`).
-    #[must_use]
-    pub fn is_tls(&self) -> bool {
-        match self {
-            Self::Ws(url) => url.starts_with("wss://"),
-            Self::Tcp(_) => false,
-            Self::Tls(_) => true,
-        }
-    }
 }
 
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Ws(url) => f.write_str(url),
-            Self::Tcp(addr) => write!(f, "tcp://{addr}"),
-            Self::Tls(addr) => write!(f, "tls://{addr}"),
-        }
-    }
-}
-
-/// Why a call failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RpcError {
-    /// The deadline passed: the client's timer fired (and the server was
-    /// sent a cancel), or the server answered [`Fault::TIMEOUT`].
-    Timeout,
-    /// The call was cancelled through its [`CancelToken`].
-    Cancelled,
-    /// The connection the call was in flight on died; the server may or
-    /// may not have run it.
-    ConnectionLost {
-        /// Where it was sent.
-        endpoint: Endpoint,
-    },
-    /// No endpoint could be reached before the deadline: the call waited
-    /// its whole timeout for one (or every endpoint ran out of backoff
-    /// attempts).
-    NoEndpoint {
-        /// Every endpoint of the client, in list order: none was usable.
-        endpoints: Vec<Endpoint>,
-        /// The last failed connection attempt, naming its endpoint, if one
-        /// was made.
-        last_error: Option<String>,
-    },
-    /// The server answered with an error.
-    Remote(Fault),
-    /// The request could not be serialized.
-    Encode(CodecError),
-    /// The response could not be deserialized.
-    Decode(CodecError),
-    /// The call could not be started: too many pending, payload too large,
-    /// method name too long.
-    Start(StartError),
-    /// Invalid configuration or endpoint.
-    Config(String),
-    /// The client was closed.
-    Closed,
-}
-
-impl fmt::Display for RpcError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Timeout => f.write_str("call timed out"),
-            Self::Cancelled => f.write_str("call cancelled"),
-            Self::ConnectionLost { endpoint } => {
-                write!(f, "connection to {endpoint} lost with the call in flight")
-            }
-            Self::NoEndpoint {
-                endpoints,
-                last_error,
-            } => {
-                f.write_str("no endpoint is reachable (tried ")?;
-                for (i, endpoint) in endpoints.iter().enumerate() {
-                    let comma = if i == 0 { "" } else { ", " };
-                    write!(f, "{comma}{endpoint}")?;
+fn serve_on(args: &ServeArgs) -> std::io::Result<()> {
+    let mut config = match args.proto {
+        Proto::Ws => RpcServerConfig::ws(&args.addr),
+        Proto::Tcp => RpcServerConfig::tcp(&args.addr),
+    };
+    config.compression = compression(args.compress);
+    args.tls.apply(&mut config.options)?;
+    storm_cli::interrupt::install()?;
+    let name: Arc<str> = args.name.as_str().into();
+    match args.runtime {
+        Runtime::Tokio => serve_async::<storm_tokio::Tokio>(args, config, name),
+        Runtime::Smol => serve_async::<storm_smol::Smol>(args, config, name),
+        Runtime::Std => {
+            let server = blocking::RpcServer::bind(config, move |request: Request| {
+                match demo(&name, &request) {
+                    Demo::Reply(result) => result,
+                    Demo::Sleep(ms) => {
+                        if request.wait_cancelled(Duration::from_millis(ms)) {
+                            Err(Fault::new(Fault::CANCELLED, "cancelled"))
+                        } else {
+                            Json.reply(&ms)
+                        }
+                    }
                 }
-                if let Some(e) = last_error {
-                    write!(f, "; last error: {e}")?;
+            })?;
+            banner(args, &server.endpoint());
+            on_std::shut_down_on(&storm_cli::interrupt::signal(), STOP_TIMEOUT, &server);
+            // Stopped: this joins its accept thread.
+            server.shutdown(STOP_TIMEOUT)
+        }
+    }
+}
+
+fn serve_async<R: AsyncRuntime>(
+    args: &ServeArgs,
+    config: RpcServerConfig,
+    name: Arc<str>,
+) -> std::io::Result<()> {
+    R::block_on(async {
+        let server = RpcServer::<R>::bind_on(config, move |request: Request| {
+            let reply = demo(&name, &request);
+            async move {
+                match reply {
+                    Demo::Reply(result) => result,
+                    Demo::Sleep(ms) => {
+                        R::sleep_until(Instant::now() + Duration::from_millis(ms)).await;
+                        Json.reply(&ms)
+                    }
                 }
-                f.write_str(")")
             }
-            Self::Remote(fault) => write!(f, "server error: {fault}"),
-            Self::Encode(e) => write!(f, "cannot encode the request: {e}"),
-            Self::Decode(e) => write!(f, "cannot decode the response: {e}"),
-            Self::Start(e) => write!(f, "cannot start the call: {e}"),
-            Self::Config(e) => write!(f, "invalid configuration: {e}"),
-            Self::Closed => f.write_str("the client is closed"),
+        })
+        .await?;
+        banner(args, &server.endpoint());
+        on_async::shut_down_on(&storm_cli::interrupt::signal(), STOP_TIMEOUT, &server).await;
+        Ok(())
+    })
+}
+
+fn banner(args: &ServeArgs, endpoint: &str) {
+    println!(
+        "storm rpc ({:?}, {:?} runtime) listening on {endpoint}",
+        args.proto, args.runtime
+    );
+    tracing::info!(%endpoint, runtime = ?args.runtime, "rpc listening");
+}
+
+/// What the demo does with a request, the same on every runtime; only
+/// the sleep differs.
+enum Demo {
+    Reply(Result<Bytes, Fault>),
+    /// Sleep this many milliseconds, then answer them.
+    Sleep(u64),
+}
+
+fn demo(name: &str, request: &Request) -> Demo {
+    Demo::Reply(match request.method.as_str() {
+        "echo" => Ok(request.payload.clone()),
+        "name" => Json.reply(name),
+        "time" => {
+            let ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            Json.reply(&ms)
+        }
+        "sleep" => match request.params::<u64>(&Json) {
+            Ok(ms) => return Demo::Sleep(ms.min(60_000)),
+            Err(fault) => Err(fault),
+        },
+        other => Err(Fault::new(
+            Fault::UNKNOWN_METHOD,
+            format!("no method {other:?}; try echo, name, time, sleep"),
+        )),
+    })
+}
+
+/// Runs `storm client rpc`.
+#[must_use]
+pub(crate) fn client(args: &ClientArgs) -> ExitCode {
+    let result = match args.runtime {
+        ClientRuntime::Tokio => client_on::<storm_tokio::Tokio>(args),
+        ClientRuntime::Smol => client_on::<storm_smol::Smol>(args),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("storm client rpc: {e}");
+            ExitCode::FAILURE
         }
     }
 }
 
-impl std::error::Error for RpcError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Remote(fault) => Some(fault),
-            Self::Encode(e) | Self::Decode(e) => Some(e),
-            Self::Start(e) => Some(e),
-            _ => None,
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().take(64).fold(String::new(), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    }) + if bytes.len() > 64 { "…" } else { "" }
+}
+
+/// Returns whether every call succeeded.
+fn client_on<R: AsyncRuntime>(args: &ClientArgs) -> Result<bool, String> {
+    R::block_on(async { Ok(client_async::<R>(args).await) }).map_err(|e| e.to_string())?
+}
+
+async fn client_async<R: AsyncRuntime>(args: &ClientArgs) -> Result<bool, String> {
+    let params: serde_json::Value =
+        serde_json::from_str(&args.params).map_err(|e| format!("--params is not JSON: {e}"))?;
+    let payload = Json.encode(&params).map_err(|e| e.to_string())?;
+    let mut builder = RpcClient::builder(&args.endpoints)
+        .map_err(|e| e.to_string())?
+        .strategy(match args.strategy {
+            StrategyArg::RoundRobin => Strategy::RoundRobin,
+            StrategyArg::Failover => Strategy::Failover,
+        })
+        .compression(compression(args.compress))
+        .runtime::<R>();
+    if let Some(path) = &args.tls_ca {
+        let ca = storm_host::tls::read_pem_file(path).map_err(|e| format!("--tls-ca: {e}"))?;
+        builder = builder.tls(storm_host::options::TlsClientOptions::with_ca(ca));
+    }
+    if args.trace {
+        builder = builder
+            .on_bytes_sent(|endpoint, bytes| {
+                eprintln!("-> {endpoint} {} bytes {}", bytes.len(), hex(bytes));
+            })
+            .on_bytes_received(|endpoint, bytes| {
+                eprintln!("<- {endpoint} {} bytes {}", bytes.len(), hex(bytes));
+            });
+    }
+    let client = builder.build().map_err(|e| e.to_string())?;
+    let options =
+        CallOptions::new(Duration::from_millis(args.timeout_ms)).idempotent(args.idempotent);
+    let mut latencies = Vec::new();
+    let mut failures = 0u32;
+    for _ in 0..args.count.max(1) {
+        let start = Instant::now();
+        match client
+            .call_raw(&args.method, payload.clone(), options.clone())
+            .await
+        {
+            Ok(result) => {
+                latencies.push(start.elapsed());
+                if args.count <= 1 {
+                    match std::str::from_utf8(&result) {
+                        Ok(text) => println!("{text}"),
+                        Err(_) => println!("{}", hex(&result)),
+                    }
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                eprintln!("call failed: {e}");
+            }
         }
     }
-}
-
-/// Bytes allowed above `max_payload` in the transport's message limit: the
-/// envelope header (16 bytes) and a method name (up to 255).
-const ENVELOPE_SLACK: usize = 512;
-
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{Endpoint, RpcError};
-
-    #[test]
-    fn no_endpoint_names_every_endpoint_and_the_last_error() {
-        let endpoints = vec![
-            Endpoint::Tcp("a:1".into()),
-            Endpoint::Ws("ws://b:2/".into()),
-        ];
-        let none = RpcError::NoEndpoint {
-            endpoints: endpoints.clone(),
-            last_error: None,
+    if args.count > 1 {
+        latencies.sort_unstable();
+        let at = |q: usize| {
+            latencies
+                .get((latencies.len().saturating_sub(1)) * q / 100)
+                .copied()
+                .unwrap_or_default()
         };
-        assert_eq!(
-            none.to_string(),
-            "no endpoint is reachable (tried tcp://a:1, ws://b:2/)"
-        );
-        let refused = RpcError::NoEndpoint {
-            endpoints,
-            last_error: Some("tcp://a:1: refused".into()),
-        };
-        assert_eq!(
-            refused.to_string(),
-            "no endpoint is reachable (tried tcp://a:1, ws://b:2/; last error: tcp://a:1: refused)"
+        println!(
+            "{} ok, {failures} failed; p50 {:?}, p99 {:?}",
+            latencies.len(),
+            at(50),
+            at(99)
         );
     }
-
-    #[test]
-    fn endpoints_parse_with_their_transport_and_tls() {
-        let parse = |text| Endpoint::parse(text).map(|e| (e.to_string(), e.is_tls()));
-        assert_eq!(parse("ws://h:1/"), Ok(("ws://h:1/".into(), false)));
-        assert_eq!(parse("wss://h:1/x"), Ok(("wss://h:1/x".into(), true)));
-        assert_eq!(parse("tcp://h:1"), Ok(("tcp://h:1".into(), false)));
-        assert_eq!(parse("h:1"), Ok(("tcp://h:1".into(), false)));
-        assert_eq!(parse("tls://h:1"), Ok(("tls://h:1".into(), true)));
-        for bad in ["tls://h", "tls://:1", "h:x", "http://h:1"] {
-            assert!(
-                matches!(Endpoint::parse(bad), Err(RpcError::Config(_))),
-                "{bad}"
-            );
-        }
-    }
+    client.close().await;
+    Ok(failures == 0)
 }

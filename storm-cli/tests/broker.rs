@@ -7,16 +7,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use storm_cli::bench::sys::ProcessState;
-use storm_cli::broker::{
-    BrokerError, BrokerHandle, BrokerOptions, BrokerServer, Consumer, ConsumerOptions, Provider,
-    ProviderHandle, ProviderOptions, Request, Responder, StreamedRequest, blocking,
-};
 use storm_host::options::{ClientOptions, TlsClientOptions};
 use storm_proto::broker::{
     ChannelId, ClientId, ErrorCode, ErrorPayload, Frame, FrameCodec, FrameConfig, FrameType,
     HEADER_LEN, Registration, RequestId, Role, RouterStats,
 };
+use storm_services::broker::{
+    BrokerError, BrokerHandle, BrokerOptions, BrokerServer, Consumer, ConsumerOptions, Provider,
+    ProviderHandle, ProviderOptions, Request, Responder, StreamedRequest, blocking,
+};
+use storm_services::sys::ProcessState;
 use storm_tests::process::output_within;
 use tokio::sync::mpsc;
 

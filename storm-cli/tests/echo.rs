@@ -313,7 +313,7 @@ fn serves_through_descriptor_exhaustion_on_std() {
 #[cfg(target_os = "linux")]
 #[test]
 fn connection_churn_leaves_little_behind() {
-    use storm_cli::bench::sys::ProcessState;
+    use storm_services::sys::ProcessState;
     use storm_tests::suite::raw::RawWs;
 
     let n = churn_round_size();

@@ -1,4 +1,4 @@
-//! `storm_cli::rpc` over loopback: round trips over WebSocket and TCP, JSON
+//! `storm_services::rpc` over loopback: round trips over WebSocket and TCP, JSON
 //! and a custom codec, compression seen through the byte hooks, timeouts
 //! and cancellation seen by the server, round-robin, failover, a server
 //! dying mid-call, idempotent resends, a restarted server, and an outage
@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use storm_cli::rpc::{
+use storm_proto::reconnect::BackoffConfig;
+use storm_services::rpc::{
     CallOptions, CancelToken, Codec, CodecError, CompressionConfig, Fault, Json, Request,
     RpcClient, RpcError, RpcServer, RpcServerConfig, Strategy, blocking,
 };
-use storm_proto::reconnect::BackoffConfig;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
@@ -281,13 +281,16 @@ fn client_for(server: &RpcServer) -> RpcClient {
 /// Counts the bytes a hook sees.
 fn counter() -> (
     Arc<AtomicUsize>,
-    impl Fn(&storm_cli::rpc::Endpoint, &[u8]) + Send + Sync,
+    impl Fn(&storm_services::rpc::Endpoint, &[u8]) + Send + Sync,
 ) {
     let count = Arc::new(AtomicUsize::new(0));
     let hook_count = Arc::clone(&count);
-    (count, move |_: &storm_cli::rpc::Endpoint, bytes: &[u8]| {
-        hook_count.fetch_add(bytes.len(), Ordering::Relaxed);
-    })
+    (
+        count,
+        move |_: &storm_services::rpc::Endpoint, bytes: &[u8]| {
+            hook_count.fetch_add(bytes.len(), Ordering::Relaxed);
+        },
+    )
 }
 
 #[tokio::test]
@@ -988,7 +991,7 @@ impl AnyServer {
         }
     }
 
-    fn stats(&self) -> storm_cli::rpc::RpcServerStats {
+    fn stats(&self) -> storm_services::rpc::RpcServerStats {
         match self {
             Self::Tokio(server) => server.stats(),
             Self::Smol(server) => server.stats(),

@@ -25,4 +25,6 @@ pub mod crate_readmes {
     pub struct StormSmol;
     #[doc = include_str!("../../storm-std/README.md")]
     pub struct StormStd;
+    #[doc = include_str!("../../storm-services/README.md")]
+    pub struct StormServices;
 }

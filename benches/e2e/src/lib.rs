@@ -17,5 +17,5 @@ pub mod handshake;
 pub mod peer;
 /// Loopback-only addresses and `/proc` CPU accounting, shared with
 /// `storm bench`.
-pub use storm_cli::bench::sys;
+pub use storm_services::sys;
 pub mod wire;

@@ -20,7 +20,9 @@ use storm_proto::broker::ChannelId;
 use tokio::task::JoinSet;
 
 use super::{Config, Outcome, Run, Where, lock, measure, target};
-use crate::broker::{Consumer, ConsumerOptions, Provider, ProviderHandle, ProviderOptions};
+use storm_services::broker::{
+    Consumer, ConsumerOptions, Provider, ProviderHandle, ProviderOptions,
+};
 
 /// Time each request may take before the run fails with it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -77,12 +79,9 @@ async fn open(
         Some(channel) => (channel, None),
         None => {
             let channel = ChannelId::from_bytes(rand::random());
-            let options = ProviderOptions {
-                // Never the bottleneck: as many handlers as requests can be
-                // open.
-                max_concurrent: (config.connections * config.in_flight).clamp(64, 1 << 16),
-                ..ProviderOptions::default()
-            };
+            let mut options = ProviderOptions::default();
+            // Never the bottleneck: as many handlers as requests can be open.
+            options.max_concurrent = (config.connections * config.in_flight).clamp(64, 1 << 16);
             let provider = Provider::connect(addr, channel, options)
                 .await
                 .map_err(|e| format!("provider: connecting to {addr}: {e}"))?;

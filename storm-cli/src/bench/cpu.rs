@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use super::sys::{USER_HZ, stat_cpu_ticks};
+use storm_services::sys::{USER_HZ, stat_cpu_ticks};
 
 /// The CPU time process `pid` has used so far.
 pub(crate) fn process_cpu(pid: u32) -> Option<Duration> {

@@ -10,14 +10,15 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use crate::runtime::{connection_closed, connection_error};
+use crate::host::{connection_closed, connection_error};
 use bytes::Bytes;
 use storm_async::{Handler, Runtime, ServerHandle, Session};
 use storm_host::link::CloseReason;
 use storm_proto::Message;
 use storm_proto::rpc::Fault;
 
-use super::{Call, Request, RpcServerConfig, RpcServerStats, Service, Step, Transport};
+use super::{Call, Request, RpcServerConfig, RpcServerStats, Service, Step};
+use crate::host::on_async::{Server, Shutdown};
 
 /// A running RPC server on an async runtime: tokio by default
 /// ([`RpcServer::bind`]), or smol (`RpcServer::<storm_smol::Smol>::bind_on`).
@@ -82,21 +83,9 @@ impl<R: Runtime> RpcServer<R> {
             handler: Arc::new(handler),
             runtime: std::marker::PhantomData,
         };
-        let (local_addr, handle) = match config.transport() {
-            Transport::Ws(ws) => {
-                let server = storm_async::WsServer::<R>::bind(config.options.clone(), ws).await?;
-                let bound = (server.local_addr(), server.handle());
-                R::spawn(serve(server.serve(rpc)));
-                bound
-            }
-            Transport::Tcp(framing) => {
-                let server =
-                    storm_async::TcpServer::<R>::bind(config.options.clone(), framing).await?;
-                let bound = (server.local_addr(), server.handle());
-                R::spawn(serve(server.serve(rpc)));
-                bound
-            }
-        };
+        let server = Server::<R>::bind(config.options.clone(), config.listen()).await?;
+        let (local_addr, handle) = (server.local_addr(), server.handle());
+        R::spawn(serve(server.serve(rpc)));
         Ok(Self {
             local_addr,
             endpoint: config.endpoint(local_addr),
@@ -128,6 +117,16 @@ impl<R: Runtime> RpcServer<R> {
     /// fail fast on the client), aborting those still open after
     /// `timeout`, and waits until the server has stopped.
     pub async fn shutdown(self, timeout: Duration) {
+        self.handle.shutdown(timeout).await;
+    }
+}
+
+impl<R: Runtime> Shutdown for RpcServer<R> {
+    fn sessions(&self) -> usize {
+        self.handle.session_count()
+    }
+
+    async fn shutdown(&self, timeout: Duration) {
         self.handle.shutdown(timeout).await;
     }
 }

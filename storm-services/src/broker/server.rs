@@ -1,7 +1,7 @@
 //! What the broker server decides, once for every runtime: the core's
 //! [`Router`] behind one lock, the per-connection writer steps, and the
-//! flow-control rule. The async path ([`super::server`]) and the blocking
-//! path ([`super::blocking`]) only supply the way to wake a writer, the
+//! flow-control rule. The async path ([`on_async`]) and the blocking
+//! path ([`on_std`]) only supply the way to wake a writer, the
 //! timer, and a waiting stream ([`Signals`]).
 
 use std::collections::HashMap;
@@ -14,11 +14,50 @@ use storm_host::options::{Framing, ServerOptions};
 use storm_proto::Message;
 use storm_proto::backpressure::SlowConsumerPolicy;
 use storm_proto::broker::{
-    BrokerFramer, ConnId, Frame, FrameCodec, FrameError, RequestId, Router, RouterEvent,
-    RouterStats,
+    BrokerFramer, ConnId, Frame, FrameCodec, FrameConfig, FrameError, RequestId, Router,
+    RouterConfig, RouterEvent, RouterStats,
 };
 
-use super::{BrokerError, BrokerOptions};
+use super::BrokerError;
+
+pub(super) mod on_async;
+pub(super) mod on_std;
+
+/// Everything a broker server is configured with (on every runtime).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct BrokerOptions {
+    /// Address, socket options, connection limit, per-session send
+    /// backpressure, TLS ([`ServerOptions::tls`]: the broker then speaks
+    /// TLS only). Default: [`ServerOptions::default`] (`127.0.0.1:0`, no
+    /// TLS). The slow-consumer policy is always `Wait`: the router's
+    /// bounded queues (and `BUSY`) are the broker's policy, so no frame is
+    /// dropped by the session.
+    pub server: ServerOptions,
+    /// Timeouts and queue limits of the router (see [`RouterConfig`] for
+    /// each default). Its `max_frame_payload` is replaced by
+    /// `frame.max_payload`.
+    pub router: RouterConfig,
+    /// The largest frame payload accepted or sent. Default 1 MiB.
+    pub frame: FrameConfig,
+    /// How long the next frame of a stream under way (a request's `Chunk`
+    /// or `End`, a provider's `Response`) waits for the one connection it
+    /// goes to to drain its queue before it is handed to the router anyway
+    /// (which then fails the request with `BUSY` if there is still no
+    /// room). Default 30 s.
+    pub flow_wait: Duration,
+}
+
+impl Default for BrokerOptions {
+    fn default() -> Self {
+        Self {
+            server: ServerOptions::default(),
+            router: RouterConfig::default(),
+            frame: FrameConfig::default(),
+            flow_wait: Duration::from_secs(30),
+        }
+    }
+}
 
 /// How a runtime wakes the broker's waiting parts.
 pub(super) trait Signals: Send + Sync + 'static {

@@ -8,15 +8,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::runtime::{connection_closed, connection_error};
+use crate::host::{connection_closed, connection_error};
 use bytes::Bytes;
 use storm_host::link::CloseReason;
 use storm_proto::Message;
 use storm_proto::rpc::Fault;
 use storm_std::{Handler, ServerHandle, Session};
 
-use super::server::{Call, Service, Step, Transport, unless_panic};
-use super::{Request, RpcServerConfig, RpcServerStats};
+use super::{Call, Request, RpcServerConfig, RpcServerStats, Service, Step, unless_panic};
+use crate::host::on_std::{Server, Shutdown};
 
 /// A running RPC server on blocking threads: two per connection (storm-std)
 /// and one per request, so one slow handler never holds up the connection
@@ -61,16 +61,9 @@ impl RpcServer {
             service: Arc::clone(&service),
             handler: Arc::new(handler),
         };
-        let (local_addr, handle, accepting) = match config.transport() {
-            Transport::Ws(ws) => {
-                let server = storm_std::WsServer::bind(config.options.clone(), ws)?;
-                (server.local_addr(), server.handle(), server.spawn(rpc)?)
-            }
-            Transport::Tcp(framing) => {
-                let server = storm_std::TcpServer::bind(config.options.clone(), framing)?;
-                (server.local_addr(), server.handle(), server.spawn(rpc)?)
-            }
-        };
+        let server = Server::bind(config.options.clone(), config.listen())?;
+        let (local_addr, handle) = (server.local_addr(), server.handle());
+        let accepting = server.spawn(rpc)?;
         Ok(Self {
             local_addr,
             endpoint: config.endpoint(local_addr),
@@ -118,6 +111,18 @@ impl RpcServer {
                 .map_err(|_| io::Error::other("the accept thread panicked"))?,
             None => Ok(()),
         }
+    }
+}
+
+impl Shutdown for RpcServer {
+    fn sessions(&self) -> usize {
+        self.handle.session_count()
+    }
+
+    /// Stops the server; its accept thread is joined by
+    /// [`RpcServer::shutdown`] or on drop.
+    fn shutdown(&self, timeout: Duration) {
+        self.handle.shutdown(timeout);
     }
 }
 

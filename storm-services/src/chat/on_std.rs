@@ -9,42 +9,33 @@ use std::time::{Duration, Instant};
 
 use rustls::{ServerConnection, StreamOwned};
 
-use storm_cli::runtime::connection_error;
 use storm_host::link::CloseReason;
-use storm_host::options::{ServerOptions, WsOptions};
 use storm_proto::Message;
 use storm_std::{Deadlined, Session};
 
 use super::{
-    Chat, ChatArgs, HTTP_TIMEOUT, PageRequest, PageServer, PageTls, STOP_TIMEOUT, announce,
-    console_and_ctrl_c, tick_period,
+    Chat, ChatConfig, HTTP_TIMEOUT, PageRequest, PageServer, PageTls, STOP_TIMEOUT, announce,
+    read_console, stopping,
 };
+use crate::host::{Stop, connection_error, on_std};
 
-/// Serves until `/stop` or Ctrl-C.
-pub(super) fn run(
-    args: &ChatArgs,
-    options: ServerOptions,
-    ws: WsOptions,
-    page_tls: PageTls,
-) -> io::Result<()> {
-    let server = storm_std::WsServer::bind(options, ws)?;
-    let http = announce(args, server.local_addr(), page_tls)?;
+/// Serves until `/stop` or `stop`.
+pub(super) fn run(config: &ChatConfig, stop: &Stop, page_tls: PageTls) -> io::Result<()> {
+    let stopping = stopping(stop);
+    let server = storm_std::WsServer::bind(config.options.clone(), config.ws.clone())?;
+    let http = announce(config, server.local_addr(), page_tls)?;
     let handle = server.handle();
     let chat = Chat::new(server.handle());
-    if let Some(every) = tick_period(args) {
+    if let Some(period) = config.tick {
         let chat = Arc::clone(&chat);
-        std::thread::spawn(move || tick(&chat, every));
+        on_std::every(period, move || chat.tick());
     }
     if let Some(page) = http {
         serve_page(page)?;
     }
-    let mut stopping = console_and_ctrl_c(Arc::clone(&chat));
+    read_console(&stopping, Arc::clone(&chat));
     let serving = server.spawn(StdChat(chat))?;
-    let _ = stopping.blocking_recv();
-    handle.shutdown(STOP_TIMEOUT);
-    serving
-        .join()
-        .map_err(|_| io::Error::other("the accept thread panicked"))??;
+    on_std::serve_until(&stopping, STOP_TIMEOUT, &handle, serving)?;
     println!("storm chat stopped");
     Ok(())
 }
@@ -71,17 +62,6 @@ impl storm_std::Handler for StdChat {
 
     fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
         connection_error(error);
-    }
-}
-
-/// Sends the tick every `every`, until the process ends; a late tick
-/// delays the next ones.
-fn tick(chat: &Chat, every: Duration) {
-    let mut deadline = Instant::now() + every;
-    loop {
-        std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
-        chat.tick();
-        deadline = (deadline + every).max(Instant::now());
     }
 }
 

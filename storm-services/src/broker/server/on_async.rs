@@ -1,5 +1,5 @@
 //! The broker server on tokio and smol: the shared broker state
-//! ([`super::core`]) behind a [`storm_async::TcpServer`], one generic path
+//! ([`super`]) behind a [`storm_async::TcpServer`], one generic path
 //! over [`storm_async::Runtime`].
 
 use std::future::{Future, poll_fn};
@@ -10,52 +10,16 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use crate::runtime::{connection_closed, connection_error};
+use crate::host::{connection_closed, connection_error};
 use storm_async::{Handler, Runtime, ServerHandle, Session, TcpServer};
 use storm_host::link::CloseReason;
-use storm_host::options::ServerOptions;
 use storm_proto::Message;
-use storm_proto::broker::{ConnId, Frame, FrameConfig, RouterConfig, RouterStats};
+use storm_proto::broker::{ConnId, Frame, RouterStats};
 use tokio::sync::Notify;
 
-use super::BrokerError;
-use super::core::{Shared, Signals, Step};
-
-/// Everything a broker server is configured with (on every runtime).
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct BrokerOptions {
-    /// Address, socket options, connection limit, per-session send
-    /// backpressure, TLS ([`ServerOptions::tls`]: the broker then speaks
-    /// TLS only). Default: [`ServerOptions::default`] (`127.0.0.1:0`, no
-    /// TLS). The slow-consumer policy is always `Wait`: the router's
-    /// bounded queues (and `BUSY`) are the broker's policy, so no frame is
-    /// dropped by the session.
-    pub server: ServerOptions,
-    /// Timeouts and queue limits of the router (see [`RouterConfig`] for
-    /// each default). Its `max_frame_payload` is replaced by
-    /// `frame.max_payload`.
-    pub router: RouterConfig,
-    /// The largest frame payload accepted or sent. Default 1 MiB.
-    pub frame: FrameConfig,
-    /// How long the next frame of a stream under way (a request's `Chunk`
-    /// or `End`, a provider's `Response`) waits for the one connection it
-    /// goes to to drain its queue before it is handed to the router anyway
-    /// (which then fails the request with `BUSY` if there is still no
-    /// room). Default 30 s.
-    pub flow_wait: Duration,
-}
-
-impl Default for BrokerOptions {
-    fn default() -> Self {
-        Self {
-            server: ServerOptions::default(),
-            router: RouterConfig::default(),
-            frame: FrameConfig::default(),
-            flow_wait: Duration::from_secs(30),
-        }
-    }
-}
+use super::{BrokerOptions, Shared, Signals, Step};
+use crate::broker::BrokerError;
+use crate::host::on_async::until;
 
 /// How the async path wakes things: [`Notify`] (`tokio::sync`, which runs
 /// on any executor).
@@ -137,10 +101,20 @@ impl<R: Runtime> BrokerHandle<R> {
     }
 }
 
+impl<R: Runtime> crate::host::on_async::Shutdown for BrokerHandle<R> {
+    fn sessions(&self) -> usize {
+        self.connections()
+    }
+
+    async fn shutdown(&self, timeout: Duration) {
+        BrokerHandle::shutdown(self, timeout).await;
+    }
+}
+
 /// The broker server on an async runtime: tokio (the default,
 /// `BrokerServer` is `BrokerServer<storm_tokio::Tokio>`) or smol
 /// (`BrokerServer<storm_smol::Smol>`). For plain threads see
-/// [`blocking::BrokerServer`](super::blocking::BrokerServer).
+/// [`blocking::BrokerServer`](crate::broker::blocking::BrokerServer).
 pub struct BrokerServer<R: Runtime = storm_tokio::Tokio> {
     server: TcpServer<R>,
     shared: Arc<Shared<AsyncSignals>>,
@@ -230,19 +204,6 @@ impl<R: Runtime> BrokerServer<R> {
         })
         .await
     }
-}
-
-/// `future`'s output, or `None` when `deadline` passes first.
-async fn until<R: Runtime, F: Future>(deadline: Instant, future: F) -> Option<F::Output> {
-    let mut future = pin!(future);
-    let mut sleep = pin!(R::sleep_until(deadline));
-    poll_fn(|cx| {
-        if let Poll::Ready(output) = future.as_mut().poll(cx) {
-            return Poll::Ready(Some(output));
-        }
-        sleep.as_mut().poll(cx).map(|()| None)
-    })
-    .await
 }
 
 /// Runs the router's timer for ever.

@@ -2,39 +2,37 @@
 //! handler only sends what [`Chat`] decides; the tick and the page server
 //! are tasks of the runtime, the page's TLS the runtime's `tls_accept`.
 
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
 use std::io::{self, IoSlice};
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use storm_async::Session;
 use storm_async::runtime::{PollRead, PollWrite};
-use storm_cli::runtime::connection_error;
 use storm_host::link::CloseReason;
-use storm_host::options::{ServerOptions, WsOptions};
 use storm_proto::Message;
 
 use super::{
-    Chat, ChatArgs, HTTP_TIMEOUT, PageRequest, PageServer, PageTls, STOP_TIMEOUT, announce,
-    console_and_ctrl_c, tick_period,
+    Chat, ChatConfig, HTTP_TIMEOUT, PageRequest, PageServer, PageTls, STOP_TIMEOUT, announce,
+    read_console, stopping,
 };
-use storm_cli::runtime::AsyncRuntime;
+use crate::host::{AsyncRuntime, Stop, connection_error, on_async};
 
-/// Serves until `/stop` or Ctrl-C.
+/// Serves until `/stop` or `stop`.
 pub(super) fn run<R: AsyncRuntime>(
-    args: &ChatArgs,
-    options: ServerOptions,
-    ws: WsOptions,
+    config: &ChatConfig,
+    stop: &Stop,
     page_tls: PageTls,
 ) -> io::Result<()> {
-    R::block_on(async {
-        let server = storm_async::WsServer::<R>::bind(options, ws).await?;
-        let http = announce(args, server.local_addr(), page_tls)?;
+    let stopping = stopping(stop);
+    on_async::serve_until::<R, io::Error, _, _, _>(&stopping, STOP_TIMEOUT, || async {
+        let server =
+            storm_async::WsServer::<R>::bind(config.options.clone(), config.ws.clone()).await?;
+        let http = announce(config, server.local_addr(), page_tls)?;
         let chat = Chat::new(server.handle());
-        if let Some(every) = tick_period(args) {
-            R::spawn(tick::<R>(Arc::clone(&chat), every));
+        if let Some(period) = config.tick {
+            let chat = Arc::clone(&chat);
+            R::spawn(on_async::every::<R>(period, move || chat.tick()));
         }
         if let Some(PageServer {
             listener,
@@ -45,16 +43,11 @@ pub(super) fn run<R: AsyncRuntime>(
             listener.set_nonblocking(true)?;
             R::spawn(serve_page::<R>(R::listen(listener)?, page, tls));
         }
-        let mut stopping = console_and_ctrl_c(Arc::clone(&chat));
-        let handle = server.handle();
-        R::spawn(async move {
-            let _ = stopping.recv().await;
-            handle.shutdown(STOP_TIMEOUT).await;
-        });
-        server.serve(AsyncChat(chat)).await?;
-        println!("storm chat stopped");
-        Ok(())
-    })
+        read_console(&stopping, Arc::clone(&chat));
+        Ok((server.handle(), server.serve(AsyncChat(chat))))
+    })?;
+    println!("storm chat stopped");
+    Ok(())
 }
 
 struct AsyncChat(Arc<Chat>);
@@ -82,16 +75,6 @@ impl storm_async::Handler for AsyncChat {
     }
 }
 
-/// Sends the tick every `every`; a late tick delays the next ones.
-async fn tick<R: AsyncRuntime>(chat: Arc<Chat>, every: Duration) {
-    let mut deadline = Instant::now() + every;
-    loop {
-        R::sleep_until(deadline).await;
-        chat.tick();
-        deadline = (deadline + every).max(Instant::now());
-    }
-}
-
 /// Serves the chat page to HTTP GETs (over TLS with `tls`) until the
 /// process ends.
 async fn serve_page<R: AsyncRuntime>(listener: R::Listener, page: Arc<str>, tls: PageTls) {
@@ -109,7 +92,7 @@ async fn serve_page<R: AsyncRuntime>(listener: R::Listener, page: Arc<str>, tls:
                             }
                         }
                     };
-                    let _ = within::<R, _>(HTTP_TIMEOUT, request).await;
+                    let _ = on_async::until::<R, _>(Instant::now() + HTTP_TIMEOUT, request).await;
                 });
             }
             Err(e) => {
@@ -118,19 +101,6 @@ async fn serve_page<R: AsyncRuntime>(listener: R::Listener, page: Arc<str>, tls:
             }
         }
     }
-}
-
-/// `future`'s output, or `None` when `limit` passes first.
-async fn within<R: AsyncRuntime, F: Future>(limit: Duration, future: F) -> Option<F::Output> {
-    let mut future = pin!(future);
-    let mut sleep = pin!(R::sleep_until(Instant::now() + limit));
-    poll_fn(|cx| {
-        if let Poll::Ready(output) = future.as_mut().poll(cx) {
-            return Poll::Ready(Some(output));
-        }
-        sleep.as_mut().poll(cx).map(|()| None)
-    })
-    .await
 }
 
 /// Reads one request head and answers it; the connection then closes (after

@@ -6,8 +6,8 @@
 //! ```
 //! use std::time::Duration;
 //!
-//! use storm_cli::broker::BrokerOptions;
-//! use storm_cli::broker::blocking::BrokerServer;
+//! use storm_services::broker::BrokerOptions;
+//! use storm_services::broker::blocking::BrokerServer;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let server = BrokerServer::bind(BrokerOptions::default())?; // 127.0.0.1, a free port
@@ -25,14 +25,14 @@ use std::sync::{Arc, Condvar, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::runtime::{connection_closed, connection_error};
+use crate::host::{connection_closed, connection_error};
 use storm_host::link::CloseReason;
 use storm_proto::Message;
 use storm_proto::broker::{ConnId, Frame, RouterStats};
 use storm_std::{Handler, ServerHandle, Session, TcpServer};
 
-use super::core::{Shared, Signals, Step};
-use super::{BrokerError, BrokerOptions};
+use super::{BrokerOptions, Shared, Signals, Step};
+use crate::broker::BrokerError;
 
 /// How the blocking path wakes things: condition variables paired with
 /// the state lock, so a check and a wait never miss a wake-up.
@@ -111,6 +111,16 @@ impl BrokerHandle {
     }
 }
 
+impl crate::host::on_std::Shutdown for BrokerHandle {
+    fn sessions(&self) -> usize {
+        self.connections()
+    }
+
+    fn shutdown(&self, timeout: Duration) {
+        BrokerHandle::shutdown(self, timeout);
+    }
+}
+
 /// The broker server on blocking threads.
 pub struct BrokerServer {
     server: TcpServer,
@@ -130,7 +140,7 @@ impl BrokerServer {
     ///
     /// # Errors
     ///
-    /// As for the async [`BrokerServer::bind`](super::BrokerServer::bind).
+    /// As for the async [`BrokerServer::bind`](crate::broker::BrokerServer::bind).
     pub fn bind(options: BrokerOptions) -> Result<Self, BrokerError> {
         let signals = StdSignals {
             timer: Condvar::new(),

@@ -6,6 +6,7 @@
 //! [`blocking::RpcServer`](super::blocking::RpcServer) on std threads.
 
 mod on_async;
+pub(super) mod on_std;
 
 pub use on_async::RpcServer;
 
@@ -26,6 +27,7 @@ use storm_proto::rpc::{CallsConfig, CompressionConfig, Fault, Incoming, Serving}
 
 use super::codec::Codec;
 use super::{ENVELOPE_SLACK, lock};
+use crate::host::Listen;
 
 /// How an RPC server listens and what it allows.
 #[derive(Debug, Clone)]
@@ -74,19 +76,19 @@ impl RpcServerConfig {
 
     /// The transport these options serve, with its message limit raised
     /// to fit the largest envelope.
-    pub(super) fn transport(&self) -> Transport {
+    pub(super) fn listen(&self) -> Listen {
         let limit = self.max_payload.saturating_add(ENVELOPE_SLACK);
         match &self.ws {
             Some(ws) => {
                 let mut ws = ws.clone();
                 ws.config.max_message_size = limit;
                 ws.config.max_frame_size = limit;
-                Transport::Ws(ws)
+                Listen::Ws(ws)
             }
             None => {
                 let mut framing = LengthPrefixConfig::default();
                 framing.max_frame_len = limit;
-                Transport::Tcp(Framing::LengthPrefixWith(framing))
+                Listen::Tcp(Framing::LengthPrefixWith(framing))
             }
         }
     }
@@ -102,12 +104,6 @@ impl RpcServerConfig {
             (false, true) => format!("tls://{addr}"),
         }
     }
-}
-
-/// What a server binds: WebSocket options or a TCP framing.
-pub(super) enum Transport {
-    Ws(WsOptions),
-    Tcp(Framing),
 }
 
 /// One call for the handler.

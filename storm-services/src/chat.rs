@@ -1,0 +1,993 @@
+//! The chat service (`storm chat`): a WebSocket chat server with rooms, a JSON command protocol,
+//! a periodic tick, heartbeats, an admin console on stdin, and a chat page
+//! for browsers served over HTTP (HTTPS with `--tls`) on a second port.
+//!
+//! # Ports
+//!
+//! The WebSocket server listens on `--addr` (default `127.0.0.1:9002`). The
+//! chat page is served by a tiny HTTP listener on `--http-addr` (default: the
+//! same host, the WebSocket port + 1, or port 0 when `--addr` asks for port
+//! 0); `--no-http` turns it off. The WebSocket port refuses plain HTTP
+//! requests, so the page needs its own port. On start, two lines are printed:
+//!
+//! ```text
+//! storm chat (Tokio runtime) listening on ws://127.0.0.1:9002
+//! storm chat page on http://127.0.0.1:9003/
+//! ```
+//!
+//! The page connects back to the WebSocket port on the host it was loaded
+//! from (`?ws=ws://HOST:PORT/` overrides that, e.g. when it is opened as a
+//! file). With `--tls CERT_PEM KEY_PEM` both ports speak TLS with that
+//! certificate, on every runtime: the WebSocket port is `wss://`, the page
+//! is served over HTTPS (`storm chat page on https://…/`; plain HTTP
+//! requests to it fail) and connects with `wss://`. The TLS handshake of a
+//! page request counts in its 10 s limit.
+//!
+//! # Runtimes
+//!
+//! [`ChatConfig::runtime`] (`--runtime tokio|smol|std`, default tokio)
+//! picks the adapter; the chat behaves the same on each. `Chat` is the
+//! whole service, written once
+//! over the core's [`Peer`] and [`Hub`]; `on_async` (tokio and smol, one
+//! generic path over storm-async) and `on_std` (threads) only send what it
+//! returns, and run the tick and the page server.
+//!
+//! # Protocol
+//!
+//! Every message either way is one WebSocket text message holding one JSON
+//! object with a `"type"` field. Names and room names are 1 to 32 characters
+//! (leading and trailing spaces are trimmed), without control characters;
+//! user names are unique, and `guest-<number>` (the name a new user gets) is
+//! reserved. Each user is in at most one room at a time, and
+//! starts in `lobby`.
+//!
+//! Client to server:
+//!
+//! | message | effect |
+//! |---|---|
+//! | `{"type":"name","name":"alice"}` | rename; `renamed` goes to you and your room |
+//! | `{"type":"chat","text":"hi"}` | `chat` to every member of your room, you included |
+//! | `{"type":"whisper","to":"bob","text":"psst"}` | `whisper` to `bob` and a copy to you |
+//! | `{"type":"join","room":"rust"}` | leave your room (`left` to it), join `rust` (`joined` to its members, you included) |
+//! | `{"type":"leave"}` | leave your room (`left` to it and to you); you are then in no room |
+//! | `{"type":"users"}` | `users` back to you |
+//! | `{"type":"rooms"}` | `rooms` back to you |
+//!
+//! Server to client (`id` is the session id, as the admin console shows it):
+//!
+//! | message | when |
+//! |---|---|
+//! | `{"type":"welcome","id":1,"name":"guest-1","room":"lobby"}` | first, on connect |
+//! | `{"type":"renamed","id":1,"old":"guest-1","name":"alice"}` | someone in your room (or you) was renamed |
+//! | `{"type":"chat","room":"lobby","id":1,"from":"alice","text":"hi"}` | a chat in your room |
+//! | `{"type":"whisper","from_id":1,"from":"alice","to_id":2,"to":"bob","text":"psst"}` | a whisper to you, or the copy of yours |
+//! | `{"type":"joined","room":"rust","id":1,"name":"alice"}` | someone (or you) joined your room |
+//! | `{"type":"left","room":"rust","id":1,"name":"alice"}` | someone left your room (or disconnected), or you left |
+//! | `{"type":"users","users":[{"id":1,"name":"alice","room":"lobby"}]}` | answer to `users`; `room` is `null` when in none |
+//! | `{"type":"rooms","rooms":[{"name":"lobby","members":2}]}` | answer to `rooms` |
+//! | `{"type":"tick","time_ms":1700000000000,"users":2}` | every `--tick-ms` (default 1000; 0 = off), to everyone: Unix time in ms, users connected |
+//! | `{"type":"broadcast","from":"admin","text":"hi"}` | the admin's `/broadcast` |
+//! | `{"type":"error","error":"no user named bob"}` | a command failed or did not parse |
+//!
+//! Unknown fields in commands are ignored. Binary messages get an `error`.
+//!
+//! # Admin console
+//!
+//! Lines on stdin: `/sessions`, `/kick <id>` (closes with 1008 "kicked"),
+//! `/broadcast <text>`, `/rooms`, `/info <id>`, `/stop` (closes every session
+//! gracefully, aborts what is left after 5 s, exits 0), `/help`. Ids may be
+//! written `3` or `#3`. End of input leaves the server running.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, BufRead};
+use std::net::{SocketAddr, TcpListener};
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use storm_host::hub::{Hub, SessionId};
+use storm_host::link::CloseReason;
+use storm_host::options::{ServerOptions, WsOptions};
+use storm_host::peer::{Peer, Registry as ServerRegistry};
+use storm_proto::Message;
+use storm_proto::ws::CloseCode;
+
+use crate::host::{Runtime, Stop};
+
+mod on_async;
+mod on_std;
+
+/// The page, with `__STORM_WS_PORT__` replaced by the WebSocket port and
+/// `__STORM_WS_SCHEME__` by `ws` or `wss`.
+const PAGE: &str = include_str!("chat.html");
+/// The room every user starts in.
+const LOBBY: &str = "lobby";
+/// Longest user or room name, in characters.
+const MAX_NAME_CHARS: usize = 32;
+/// How long `/stop` waits for sessions to close before aborting them.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest HTTP request head the page server reads.
+const MAX_HTTP_HEAD: usize = 8 * 1024;
+/// How long the page server waits for a request.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the chat page is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PageAddr {
+    /// Not at all.
+    Off,
+    /// The WebSocket host with the next port (port 0 when the WebSocket
+    /// address asks for port 0).
+    NextPort,
+    /// This address.
+    At(String),
+}
+
+/// What a chat server is configured with.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ChatConfig {
+    /// The WebSocket listener: address, TLS (the page is then served over
+    /// HTTPS with the same certificate), heartbeats.
+    pub options: ServerOptions,
+    /// WebSocket options: message limits, permessage-deflate.
+    pub ws: WsOptions,
+    /// Where the chat page is served. Default [`PageAddr::NextPort`].
+    pub page: PageAddr,
+    /// The period of the tick message to every client; `None` turns it
+    /// off. Default 1 s.
+    pub tick: Option<Duration>,
+    /// The runtime to serve on. Default tokio.
+    pub runtime: Runtime,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        Self {
+            options: ServerOptions::default(),
+            ws: WsOptions::default(),
+            page: PageAddr::NextPort,
+            tick: Some(Duration::from_secs(1)),
+            runtime: Runtime::Tokio,
+        }
+    }
+}
+
+impl ChatConfig {
+    /// `ws` or `wss`.
+    fn scheme(&self) -> &'static str {
+        if self.options.tls.is_some() {
+            "wss"
+        } else {
+            "ws"
+        }
+    }
+}
+
+/// Runs a chat server on `config.runtime` until `/stop` on the admin
+/// console (stdin) or `stop`, printing its addresses and the console's
+/// output on stdout.
+///
+/// # Errors
+///
+/// Unusable TLS material, a failed bind.
+pub fn serve(config: ChatConfig, stop: &Stop) -> io::Result<()> {
+    // The page is served over TLS with the same certificate.
+    let page_tls = config
+        .options
+        .tls
+        .as_ref()
+        .map(storm_host::tls::server_config)
+        .transpose()?;
+    match config.runtime {
+        Runtime::Tokio => on_async::run::<storm_tokio::Tokio>(&config, stop, page_tls),
+        Runtime::Smol => on_async::run::<storm_smol::Smol>(&config, stop, page_tls),
+        Runtime::Std => on_std::run(&config, stop, page_tls),
+    }
+}
+
+/// The TLS configuration of the page server (`--tls`).
+type PageTls = Option<Arc<rustls::ServerConfig>>;
+
+/// The page server, ready to run: its listener, the page, and TLS.
+struct PageServer {
+    listener: TcpListener,
+    page: Arc<str>,
+    tls: PageTls,
+}
+
+/// What every runtime does once its WebSocket server is bound: binds the
+/// page listener (blocking, unless `--no-http`), prints the addresses, and
+/// returns the page server.
+fn announce(
+    config: &ChatConfig,
+    ws_addr: SocketAddr,
+    tls: PageTls,
+) -> io::Result<Option<PageServer>> {
+    let http = match &config.page {
+        PageAddr::Off => None,
+        PageAddr::NextPort => Some(TcpListener::bind(default_http_addr(
+            &config.options.addr,
+            ws_addr,
+        )?)?),
+        PageAddr::At(addr) => Some(TcpListener::bind(addr)?),
+    };
+    println!(
+        "storm chat ({:?} runtime) listening on {}://{ws_addr}",
+        config.runtime,
+        config.scheme()
+    );
+    if let Some(listener) = &http {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        println!("storm chat page on {scheme}://{}/", listener.local_addr()?);
+    }
+    println!("console: /sessions  /kick <id>  /broadcast <msg>  /rooms  /info <id>  /stop");
+    Ok(http.map(|listener| {
+        let page: Arc<str> = PAGE
+            .replace("__STORM_WS_PORT__", &ws_addr.port().to_string())
+            .replace("__STORM_WS_SCHEME__", config.scheme())
+            .into();
+        PageServer {
+            listener,
+            page,
+            tls,
+        }
+    }))
+}
+
+/// The page's default address: the WebSocket host, next port.
+fn default_http_addr(requested: &str, ws_addr: SocketAddr) -> io::Result<SocketAddr> {
+    let asked_zero = requested
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| port.parse::<u16>() == Ok(0));
+    let port = if asked_zero {
+        0
+    } else {
+        ws_addr.port().checked_add(1).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no port after 65535 for the page: give --http-addr",
+            )
+        })?
+    };
+    Ok(SocketAddr::new(ws_addr.ip(), port))
+}
+
+/// One connected user.
+struct User {
+    name: String,
+    room: Option<String>,
+    session: Peer,
+}
+
+/// Users by session id, and ids by name.
+#[derive(Default)]
+struct Registry {
+    users: HashMap<SessionId, User>,
+    names: HashMap<String, SessionId>,
+}
+
+/// A server's sessions as the chat needs them, whatever the runtime:
+/// every adapter's `ServerHandle` dereferences to the core's
+/// [`Registry`](ServerRegistry) of its own `Session` type, and every
+/// `Session` to [`Peer`].
+trait Server: Send + Sync + 'static {
+    /// The hub: broadcast, groups, session count.
+    fn hub(&self) -> &Hub;
+    /// The connected sessions, by id.
+    fn peers(&self) -> Vec<Peer>;
+    /// One session by id.
+    fn peer(&self, id: SessionId) -> Option<Peer>;
+}
+
+impl<H, S> Server for H
+where
+    H: Deref<Target = ServerRegistry<S>> + Send + Sync + 'static,
+    S: Clone + Deref<Target = Peer> + 'static,
+{
+    fn hub(&self) -> &Hub {
+        let registry: &ServerRegistry<S> = self;
+        registry.hub()
+    }
+
+    fn peers(&self) -> Vec<Peer> {
+        let registry: &ServerRegistry<S> = self;
+        registry
+            .sessions()
+            .iter()
+            .map(|session| Peer::clone(session))
+            .collect()
+    }
+
+    fn peer(&self, id: SessionId) -> Option<Peer> {
+        let registry: &ServerRegistry<S> = self;
+        registry.session(id).map(|session| Peer::clone(&session))
+    }
+}
+
+/// The chat itself, the same on every runtime: users and rooms, what each
+/// command does, the console, the tick. The per-runtime handlers only send
+/// the replies it returns.
+struct Chat {
+    server: Box<dyn Server>,
+    registry: Mutex<Registry>,
+}
+
+impl Chat {
+    fn new(server: impl Server) -> Arc<Self> {
+        Arc::new(Self {
+            server: Box::new(server),
+            registry: Mutex::default(),
+        })
+    }
+
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends `event` to the members of `room`.
+    fn to_room(&self, room: &str, event: &Out<'_>) {
+        self.to_group(room, &encode(event));
+    }
+
+    fn to_group(&self, room: &str, message: &Message) {
+        self.server.hub().broadcast_group(room, message, None);
+    }
+
+    /// Registers a new user; the welcome to send it before anything else.
+    fn connect(&self, session: &Peer) -> Message {
+        let id = session.id();
+        let name = format!("guest-{}", id.get());
+        println!("connect {id} {name} from {}", session.remote_addr());
+        {
+            let mut registry = self.registry();
+            registry.names.insert(name.clone(), id);
+            registry.users.insert(
+                id,
+                User {
+                    name: name.clone(),
+                    room: None,
+                    session: session.clone(),
+                },
+            );
+        }
+        encode(&Out::Welcome {
+            id: id.get(),
+            name: &name,
+            room: LOBBY,
+        })
+    }
+
+    /// Puts a new user (welcomed) in the lobby; an error to send it if
+    /// that failed.
+    fn enter_lobby(&self, session: &Peer) -> Option<Message> {
+        join(self, session, LOBBY)
+            .err()
+            .map(|error| encode(&Out::Error { error: &error }))
+    }
+
+    /// Runs one message from a client; the reply for it alone, if any.
+    fn on_message(&self, session: &Peer, message: &Message) -> Option<Message> {
+        let reply = match message {
+            Message::Text(text) => match serde_json::from_str::<Command>(text.as_str()) {
+                Ok(command) => handle(self, session, command),
+                Err(e) => Err(format!("bad command: {e}")),
+            },
+            _ => Err("commands are JSON text messages".to_owned()),
+        };
+        match reply {
+            Ok(reply) => reply,
+            Err(error) => Some(encode(&Out::Error { error: &error })),
+        }
+    }
+
+    /// Forgets a user that left, telling its room.
+    fn disconnect(&self, session: &Peer, reason: &CloseReason) {
+        let id = session.id();
+        let user = {
+            let mut registry = self.registry();
+            let user = registry.users.remove(&id);
+            if let Some(user) = &user {
+                registry.names.remove(&user.name);
+            }
+            user
+        };
+        let Some(user) = user else { return };
+        if let Some(room) = &user.room {
+            session.leave(room);
+            let left = Out::Left {
+                room,
+                id: id.get(),
+                name: &user.name,
+            };
+            self.to_room(room, &left);
+        }
+        println!("disconnect {id} {} ({reason})", user.name);
+    }
+
+    /// Sends the tick to everyone.
+    fn tick(&self) {
+        let time_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let users = self.registry().users.len();
+        self.server
+            .hub()
+            .broadcast(&encode(&Out::Tick { time_ms, users }), None);
+    }
+}
+
+/// A command from a client.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Command {
+    Name { name: String },
+    Chat { text: String },
+    Whisper { to: String, text: String },
+    Join { room: String },
+    Leave,
+    Users,
+    Rooms,
+}
+
+/// A message to clients.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Out<'a> {
+    Welcome {
+        id: u64,
+        name: &'a str,
+        room: &'a str,
+    },
+    Renamed {
+        id: u64,
+        old: &'a str,
+        name: &'a str,
+    },
+    Chat {
+        room: &'a str,
+        id: u64,
+        from: &'a str,
+        text: &'a str,
+    },
+    Whisper {
+        from_id: u64,
+        from: &'a str,
+        to_id: u64,
+        to: &'a str,
+        text: &'a str,
+    },
+    Joined {
+        room: &'a str,
+        id: u64,
+        name: &'a str,
+    },
+    Left {
+        room: &'a str,
+        id: u64,
+        name: &'a str,
+    },
+    Users {
+        users: Vec<UserInfo>,
+    },
+    Rooms {
+        rooms: Vec<RoomInfo>,
+    },
+    Tick {
+        time_ms: u64,
+        users: usize,
+    },
+    Broadcast {
+        from: &'a str,
+        text: &'a str,
+    },
+    Error {
+        error: &'a str,
+    },
+}
+
+#[derive(Debug, Serialize)]
+struct UserInfo {
+    id: u64,
+    name: String,
+    room: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct RoomInfo {
+    name: String,
+    members: usize,
+}
+
+fn encode(event: &Out<'_>) -> Message {
+    // Serializing these plain structs cannot fail; an empty object is a
+    // harmless fallback.
+    Message::from(serde_json::to_string(event).unwrap_or_else(|_| "{}".to_owned()))
+}
+
+/// Whether `name` has the shape of the names new users get; those are
+/// reserved, so a later connection's default name is never taken.
+fn is_guest_name(name: &str) -> bool {
+    name.strip_prefix("guest-")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A user or room name, trimmed, or why it is refused.
+fn valid_name(name: &str, what: &str) -> Result<String, String> {
+    let name = name.trim();
+    let chars = name.chars().count();
+    if chars == 0 || chars > MAX_NAME_CHARS {
+        return Err(format!("{what} must be 1 to {MAX_NAME_CHARS} characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!("{what} must not contain control characters"));
+    }
+    Ok(name.to_owned())
+}
+
+/// Runs one command; the reply for the sender alone, if any.
+fn handle(chat: &Chat, session: &Peer, command: Command) -> Result<Option<Message>, String> {
+    let id = session.id();
+    match command {
+        Command::Name { name } => {
+            let name = valid_name(&name, "name")?;
+            if is_guest_name(&name) {
+                return Err("names guest-<number> are given out by the server".to_owned());
+            }
+            let (old, room) = {
+                let mut registry = chat.registry();
+                if let Some(&owner) = registry.names.get(&name) {
+                    if owner == id {
+                        return Ok(None);
+                    }
+                    return Err(format!("the name {name} is taken"));
+                }
+                let user = registry.users.get_mut(&id).ok_or("not registered")?;
+                let old = std::mem::replace(&mut user.name, name.clone());
+                let room = user.room.clone();
+                registry.names.remove(&old);
+                registry.names.insert(name.clone(), id);
+                (old, room)
+            };
+            println!("rename {id} {old} -> {name}");
+            let renamed = encode(&Out::Renamed {
+                id: id.get(),
+                old: &old,
+                name: &name,
+            });
+            match room {
+                Some(room) => {
+                    chat.to_group(&room, &renamed);
+                    Ok(None)
+                }
+                None => Ok(Some(renamed)),
+            }
+        }
+        Command::Chat { text } => {
+            let (name, room) = {
+                let registry = chat.registry();
+                let user = registry.users.get(&id).ok_or("not registered")?;
+                (user.name.clone(), user.room.clone())
+            };
+            let room = room.ok_or("you are in no room: join one first")?;
+            let event = Out::Chat {
+                room: &room,
+                id: id.get(),
+                from: &name,
+                text: &text,
+            };
+            chat.to_room(&room, &event);
+            Ok(None)
+        }
+        Command::Whisper { to, text } => {
+            let to = to.trim();
+            let (from, target) = {
+                let registry = chat.registry();
+                let from = registry
+                    .users
+                    .get(&id)
+                    .ok_or("not registered")?
+                    .name
+                    .clone();
+                let target = registry
+                    .names
+                    .get(to)
+                    .and_then(|tid| registry.users.get(tid))
+                    .map(|user| user.session.clone())
+                    .ok_or_else(|| format!("no user named {to}"))?;
+                (from, target)
+            };
+            if target.id() == id {
+                return Err("you cannot whisper to yourself".to_owned());
+            }
+            let event = encode(&Out::Whisper {
+                from_id: id.get(),
+                from: &from,
+                to_id: target.id().get(),
+                to,
+                text: &text,
+            });
+            let _ = target.try_send(event.clone());
+            Ok(Some(event))
+        }
+        Command::Join { room } => {
+            let room = valid_name(&room, "room name")?;
+            join(chat, session, &room)?;
+            Ok(None)
+        }
+        Command::Leave => {
+            let (name, room) = {
+                let mut registry = chat.registry();
+                let user = registry.users.get_mut(&id).ok_or("not registered")?;
+                (user.name.clone(), user.room.take())
+            };
+            let room = room.ok_or("you are in no room")?;
+            let left = encode(&Out::Left {
+                room: &room,
+                id: id.get(),
+                name: &name,
+            });
+            session.leave(&room);
+            chat.to_group(&room, &left);
+            Ok(Some(left))
+        }
+        Command::Users => {
+            let registry = chat.registry();
+            let mut users: Vec<UserInfo> = registry
+                .users
+                .iter()
+                .map(|(id, user)| UserInfo {
+                    id: id.get(),
+                    name: user.name.clone(),
+                    room: user.room.clone(),
+                })
+                .collect();
+            users.sort_by_key(|user| user.id);
+            Ok(Some(encode(&Out::Users { users })))
+        }
+        Command::Rooms => Ok(Some(encode(&Out::Rooms {
+            rooms: rooms(chat)
+                .into_iter()
+                .map(|(name, members)| RoomInfo {
+                    members: members.len(),
+                    name,
+                })
+                .collect(),
+        }))),
+    }
+}
+
+/// Moves `session` from its room (if any) to `room`, telling both rooms.
+fn join(chat: &Chat, session: &Peer, room: &str) -> Result<(), String> {
+    let id = session.id();
+    let (name, old) = {
+        let mut registry = chat.registry();
+        let user = registry.users.get_mut(&id).ok_or("not registered")?;
+        if user.room.as_deref() == Some(room) {
+            return Err(format!("you are already in {room}"));
+        }
+        session.join(room).map_err(|e| e.to_string())?;
+        (user.name.clone(), user.room.replace(room.to_owned()))
+    };
+    if let Some(old) = old {
+        session.leave(&old);
+        let left = Out::Left {
+            room: &old,
+            id: id.get(),
+            name: &name,
+        };
+        chat.to_room(&old, &left);
+    }
+    let joined = Out::Joined {
+        room,
+        id: id.get(),
+        name: &name,
+    };
+    chat.to_room(room, &joined);
+    Ok(())
+}
+
+/// Rooms with their members' names, sorted.
+fn rooms(chat: &Chat) -> BTreeMap<String, Vec<String>> {
+    let registry = chat.registry();
+    let mut rooms: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for user in registry.users.values() {
+        if let Some(room) = &user.room {
+            rooms
+                .entry(room.clone())
+                .or_default()
+                .push(user.name.clone());
+        }
+    }
+    for members in rooms.values_mut() {
+        members.sort();
+    }
+    rooms
+}
+
+/// The signal the chat stops on: raised by `stop`, and by `/stop` on the
+/// console once [`read_console`] runs. (A signal of its own, so that
+/// `/stop` does not raise the caller's `stop`.)
+fn stopping(stop: &Stop) -> Stop {
+    let stopping = Stop::new();
+    let (stop, raise) = (stop.clone(), stopping.clone());
+    std::thread::spawn(move || {
+        stop.wait();
+        raise.raise();
+    });
+    stopping
+}
+
+/// The admin console, on every runtime: reads stdin on a thread of its own
+/// (no runtime has stdin here) and runs each line at once; `/stop` raises
+/// `stopping`.
+fn read_console(stopping: &Stop, chat: Arc<Chat>) {
+    let stopping = stopping.clone();
+    std::thread::spawn(move || {
+        for line in io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if console(&chat, &line) == Console::Stop {
+                stopping.raise();
+                break;
+            }
+        }
+    });
+}
+
+/// What the console does after a line.
+#[derive(Debug, PartialEq, Eq)]
+enum Console {
+    Continue,
+    /// `/stop`: shut the server down.
+    Stop,
+}
+
+/// Runs one admin console line.
+fn console(chat: &Chat, line: &str) -> Console {
+    let line = line.trim();
+    if line.is_empty() {
+        return Console::Continue;
+    }
+    let (command, rest) = line.split_once(' ').unwrap_or((line, ""));
+    let rest = rest.trim();
+    match command {
+        "/sessions" => list_sessions(chat),
+        "/kick" => match session_arg(chat, rest) {
+            Ok(session) => {
+                session.close_with(CloseCode::POLICY_VIOLATION, "kicked");
+                println!("kicked {}", session.id());
+            }
+            Err(e) => println!("{e}"),
+        },
+        "/broadcast" if !rest.is_empty() => {
+            let event = Out::Broadcast {
+                from: "admin",
+                text: rest,
+            };
+            let report = chat.server.hub().broadcast(&encode(&event), None);
+            println!("broadcast to {} sessions", report.delivered);
+        }
+        "/rooms" => {
+            let rooms = rooms(chat);
+            println!("{} rooms", rooms.len());
+            for (room, members) in rooms {
+                println!("  {room}: {} ({})", members.len(), members.join(", "));
+            }
+        }
+        "/info" => match session_arg(chat, rest) {
+            Ok(session) => info(chat, &session),
+            Err(e) => println!("{e}"),
+        },
+        "/stop" => {
+            println!(
+                "stopping: closing {} sessions",
+                chat.server.hub().session_count()
+            );
+            return Console::Stop;
+        }
+        _ => {
+            println!("commands: /sessions  /kick <id>  /broadcast <msg>  /rooms  /info <id>  /stop")
+        }
+    }
+    Console::Continue
+}
+
+/// The session named by a console argument (`3` or `#3`).
+fn session_arg(chat: &Chat, arg: &str) -> Result<Peer, String> {
+    let number = arg
+        .strip_prefix('#')
+        .unwrap_or(arg)
+        .parse::<u64>()
+        .map_err(|_| format!("not a session id: {arg:?}"))?;
+    chat.server
+        .peer(SessionId::new(number))
+        .ok_or_else(|| format!("no session #{number}"))
+}
+
+fn list_sessions(chat: &Chat) {
+    let sessions = chat.server.peers();
+    println!("{} sessions", sessions.len());
+    let registry = chat.registry();
+    for session in sessions {
+        let (name, room) = registry
+            .users
+            .get(&session.id())
+            .map_or(("?", None), |user| {
+                (user.name.as_str(), user.room.as_deref())
+            });
+        println!(
+            "  {} {name} room={} from {} up {}s",
+            session.id(),
+            room.unwrap_or("-"),
+            session.remote_addr(),
+            session.uptime().as_secs()
+        );
+    }
+}
+
+fn info(chat: &Chat, session: &Peer) {
+    let (name, room) = chat
+        .registry()
+        .users
+        .get(&session.id())
+        .map_or(("?".to_owned(), None), |user| {
+            (user.name.clone(), user.room.clone())
+        });
+    let metrics = session.metrics();
+    println!(
+        "{} {name} room={} from {} up {:.1}s state {:?}",
+        session.id(),
+        room.as_deref().unwrap_or("-"),
+        session.remote_addr(),
+        session.uptime().as_secs_f64(),
+        session.state(),
+    );
+    println!(
+        "  in {} msgs / {} B, out {} msgs / {} B, dropped {}",
+        metrics.messages_received,
+        metrics.bytes_received,
+        metrics.messages_sent,
+        metrics.bytes_sent,
+        metrics.messages_dropped
+    );
+}
+
+/// One page request as it is read, the same on every runtime: the I/O
+/// loop feeds it what it reads until it has the response.
+#[derive(Default)]
+struct PageRequest {
+    head: Vec<u8>,
+    /// How much of `head` was searched for its end.
+    scanned: usize,
+}
+
+impl PageRequest {
+    /// Takes the bytes just read; the whole response once the request
+    /// head is complete (or too large), after which the connection closes.
+    fn push(&mut self, bytes: &[u8], page: &str) -> Option<String> {
+        if self.head.len() + bytes.len() > MAX_HTTP_HEAD {
+            return Some(response("431 Request Header Fields Too Large", "", false));
+        }
+        self.head.extend_from_slice(bytes);
+        // Only the new bytes (and the 3 before them) can complete "\r\n\r\n".
+        let from = self.scanned.saturating_sub(3);
+        self.scanned = self.head.len();
+        let complete = self
+            .head
+            .get(from..)
+            .is_some_and(|tail| tail.windows(4).any(|w| w == b"\r\n\r\n"));
+        complete.then(|| self.answer(page))
+    }
+
+    fn answer(&self, page: &str) -> String {
+        let request_line = self.head.split(|&b| b == b'\r').next().unwrap_or_default();
+        let request_line = String::from_utf8_lossy(request_line);
+        let mut parts = request_line.split(' ');
+        let method = parts.next().unwrap_or_default();
+        let target = parts.next().unwrap_or_default();
+        let path = target.split('?').next().unwrap_or_default();
+        match (method, path) {
+            ("GET" | "HEAD", "/" | "/index.html") => response("200 OK", page, method == "HEAD"),
+            ("GET" | "HEAD", _) => response("404 Not Found", "not found\n", method == "HEAD"),
+            _ => response("405 Method Not Allowed", "", false),
+        }
+    }
+}
+
+fn response(status: &str, body: &str, head_only: bool) -> String {
+    let content_type = if body.starts_with('<') {
+        "text/html; charset=utf-8"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let mut response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nAllow: GET, HEAD\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if !head_only {
+        response.push_str(body);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse() {
+        let parsed: Command =
+            serde_json::from_str(r#"{"type":"whisper","to":"bob","text":"x"}"#).unwrap();
+        assert!(matches!(parsed, Command::Whisper { ref to, .. } if to == "bob"));
+        let parsed: Command = serde_json::from_str(r#"{"type":"leave","extra":1}"#).unwrap();
+        assert!(matches!(parsed, Command::Leave));
+        assert!(serde_json::from_str::<Command>(r#"{"type":"nope"}"#).is_err());
+        assert!(serde_json::from_str::<Command>(r#"{"type":"chat"}"#).is_err());
+    }
+
+    #[test]
+    fn events_serialize() {
+        let text = serde_json::to_string(&Out::Tick {
+            time_ms: 5,
+            users: 2,
+        })
+        .unwrap();
+        assert_eq!(text, r#"{"type":"tick","time_ms":5,"users":2}"#);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert_eq!(valid_name("  ann ", "name").unwrap(), "ann");
+        assert!(valid_name("", "name").is_err());
+        assert!(valid_name("a\nb", "name").is_err());
+        assert!(valid_name(&"x".repeat(33), "name").is_err());
+        assert!(valid_name(&"é".repeat(32), "name").is_ok());
+        assert!(is_guest_name("guest-12"));
+        assert!(!is_guest_name("guest-"));
+        assert!(!is_guest_name("guest-x1"));
+    }
+
+    #[test]
+    fn page_requests_whole_byte_by_byte_and_too_large() {
+        let request = b"GET /?ws=x HTTP/1.1\r\nHost: h\r\n\r\n";
+        let mut whole = PageRequest::default();
+        let response = whole.push(request, "<p>page").unwrap();
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(response.ends_with("<p>page"));
+        let mut one_by_one = PageRequest::default();
+        let mut answered = None;
+        for (i, byte) in request.iter().enumerate() {
+            answered = one_by_one.push(std::slice::from_ref(byte), "<p>page");
+            assert_eq!(answered.is_some(), i == request.len() - 1, "byte {i}");
+        }
+        assert_eq!(answered.as_deref(), Some(response.as_str()));
+        let head = PageRequest::default()
+            .push(b"HEAD / HTTP/1.1\r\n\r\n", "<p>page")
+            .unwrap();
+        assert!(head.ends_with("\r\n\r\n") && head.contains("Content-Length: 7"));
+        let missing = PageRequest::default().push(b"GET /x HTTP/1.1\r\n\r\n", "");
+        assert!(missing.unwrap().starts_with("HTTP/1.1 404 "));
+        let post = PageRequest::default().push(b"POST / HTTP/1.1\r\n\r\n", "");
+        assert!(post.unwrap().starts_with("HTTP/1.1 405 "));
+        let mut endless = PageRequest::default();
+        let chunk = [b'a'; 1000];
+        let too_large = (0..10).find_map(|_| endless.push(&chunk, ""));
+        assert!(too_large.unwrap().starts_with("HTTP/1.1 431 "));
+        assert!(endless.head.len() <= MAX_HTTP_HEAD);
+    }
+
+    #[test]
+    fn default_page_port() {
+        let ws: SocketAddr = "127.0.0.1:9002".parse().unwrap();
+        assert_eq!(
+            default_http_addr("127.0.0.1:9002", ws).unwrap().port(),
+            9003
+        );
+        let ws: SocketAddr = "127.0.0.1:41234".parse().unwrap();
+        assert_eq!(default_http_addr("127.0.0.1:0", ws).unwrap().port(), 0);
+        let ws: SocketAddr = "127.0.0.1:65535".parse().unwrap();
+        assert!(default_http_addr("127.0.0.1:65535", ws).is_err());
+    }
+}

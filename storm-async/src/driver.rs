@@ -8,12 +8,11 @@
 //! the session's outbox waker fires; replies sent from the read path are
 //! written in the same poll, without a wake-up.
 
-use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
@@ -23,38 +22,13 @@ use storm_host::link::{CloseReason, Link, LinkEvent};
 #[cfg(doc)]
 use crate::runtime::Stream;
 use crate::runtime::{PollRead, PollWrite, Runtime};
+use crate::io::poll_read_with;
 use crate::sync::{sleep_until, timeout};
 use crate::{Handler, Session};
-
-/// How much one read asks the socket for.
-const READ_CHUNK: usize = 16 * 1024;
 
 /// Buffers per vectored write: the usual `IOV_MAX` is 1024; 64 already
 /// gathers a 64 KiB batch of small messages in one call.
 const MAX_SLICES: usize = 64;
-
-thread_local! {
-    /// One read buffer per worker thread, shared by every connection it
-    /// runs: a read borrows it only for one poll, so an idle connection
-    /// holds no read buffer at all.
-    static READ_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; READ_CHUNK].into_boxed_slice());
-}
-
-/// Reads what the stream has (at most `max` bytes) into the thread's
-/// buffer and hands it to `f` (an empty slice at end of stream). Nothing
-/// per connection: the handshakes read through it too.
-pub(crate) fn poll_read_with<S: PollRead, T>(
-    reader: &mut S,
-    cx: &mut Context<'_>,
-    max: usize,
-    f: impl FnOnce(&[u8]) -> T,
-) -> Poll<io::Result<T>> {
-    READ_BUFFER.with_borrow_mut(|buf| {
-        let buf = buf.get_mut(..max.min(READ_CHUNK)).unwrap_or_default();
-        let n = ready!(reader.poll_read(cx, buf))?;
-        Poll::Ready(Ok(f(buf.get(..n).unwrap_or_default())))
-    })
-}
 
 /// Reads what the stream has and feeds it to `link`; `Ok(0)` at end of
 /// stream. A large WebSocket frame is read straight into the link's input

@@ -37,6 +37,7 @@ impl Fixture {
             sessions
                 .peer(protocol, remote, Instant::now())
                 .expect("peer")
+                .0
         };
         for route in ["ws", "tcp"] {
             core.backend_up(route, &Arc::new(peer()));
@@ -88,11 +89,7 @@ impl Fixture {
     /// The messages queued to the client.
     fn received(&self) -> Vec<Message> {
         let mut out = Vec::new();
-        let drained = self
-            .client
-            .link()
-            .session()
-            .drain_into(&mut out, usize::MAX);
+        let drained = self.client.outbox().drain_into(&mut out, usize::MAX);
         assert!(drained.close.is_none(), "the client is not closed");
         out
     }

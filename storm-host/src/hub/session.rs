@@ -8,6 +8,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use storm_proto::Message;
+use storm_proto::ws::CloseCode;
 
 use super::lock;
 use super::metrics::{Totals, Traffic};
@@ -45,32 +46,21 @@ impl fmt::Display for SessionId {
     }
 }
 
-/// How a session was asked to close.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum CloseKind {
-    /// Write what is queued, then close properly (a WebSocket close frame,
-    /// a TCP shutdown). Can take forever with a consumer that does not read:
-    /// follow up with [`Abort`](Self::Abort) after a timeout.
-    Graceful,
-    /// Close the socket at once; queued messages are discarded. Wins over
-    /// an earlier `Graceful` request.
-    Abort,
+pub use storm_proto::link::CloseKind;
+
+/// [`CloseKind`] in the session's atomic: 0 for none.
+const fn close_to_u8(kind: CloseKind) -> u8 {
+    match kind {
+        CloseKind::Graceful => 1,
+        CloseKind::Abort => 2,
+    }
 }
 
-impl CloseKind {
-    const fn to_u8(self) -> u8 {
-        match self {
-            Self::Graceful => 1,
-            Self::Abort => 2,
-        }
-    }
-
-    const fn from_u8(value: u8) -> Option<Self> {
-        match value {
-            1 => Some(Self::Graceful),
-            2 => Some(Self::Abort),
-            _ => None,
-        }
+const fn close_from_u8(value: u8) -> Option<CloseKind> {
+    match value {
+        1 => Some(CloseKind::Graceful),
+        2 => Some(CloseKind::Abort),
+        _ => None,
     }
 }
 
@@ -183,6 +173,10 @@ struct Outbox {
     writable: Vec<Waker>,
     /// No more sends: a close was requested or the session was removed.
     closed: bool,
+    /// The WebSocket close frame a graceful close asked for
+    /// ([`Session::close_with_frame`]), until the writer takes it. Boxed:
+    /// few sessions ever carry one.
+    close_frame: Option<Box<(CloseCode, String)>>,
 }
 
 /// What a broadcast did for one session.
@@ -263,6 +257,7 @@ impl Session {
                 writer: None,
                 writable: Vec::new(),
                 closed: false,
+                close_frame: None,
             }),
             receive: Mutex::new(Watermark::new(config.max_pending_receive_bytes)),
             close: AtomicU8::new(0),
@@ -581,7 +576,7 @@ impl Session {
     /// [`drain_into`](Self::drain_into) and [`on_written`](Self::on_written)
     /// for what it drained, under one lock: for a writer that counts a
     /// message as written once it is framed into its protocol's own
-    /// bounded output (as [`Link`](crate::link::Link) does).
+    /// bounded output (as [`LinkDriver`](crate::link::LinkDriver) does).
     pub fn drain_written(&self, out: &mut Vec<Message>, max_bytes: usize) -> Drained {
         let mut wake = Vec::new();
         let drained = {
@@ -622,8 +617,32 @@ impl Session {
         wake_all(wake);
     }
 
+    /// A graceful close whose WebSocket close frame carries `code` (1000
+    /// when `None`) and `reason`: the first such request's frame is the
+    /// one sent, once the outbox is written.
+    pub fn close_with_frame(&self, code: Option<CloseCode>, reason: &str) {
+        let mut wake = Vec::new();
+        {
+            let mut outbox = lock(&self.outbox);
+            if outbox.close_frame.is_none() {
+                outbox.close_frame = Some(Box::new((
+                    code.unwrap_or(CloseCode::NORMAL),
+                    reason.to_owned(),
+                )));
+            }
+            self.close_locked(&mut outbox, CloseKind::Graceful, &mut wake);
+        }
+        wake_all(wake);
+    }
+
+    /// Takes the close frame [`close_with_frame`](Self::close_with_frame)
+    /// asked for, if any: for the writer, when the outbox is drained.
+    pub fn take_close_frame(&self) -> Option<Box<(CloseCode, String)>> {
+        lock(&self.outbox).close_frame.take()
+    }
+
     fn close_locked(&self, outbox: &mut Outbox, kind: CloseKind, wake: &mut Vec<Waker>) {
-        self.close.fetch_max(kind.to_u8(), Ordering::AcqRel);
+        self.close.fetch_max(close_to_u8(kind), Ordering::AcqRel);
         outbox.closed = true;
         wake.extend(outbox.writer.take());
         wake.append(&mut outbox.writable);
@@ -631,7 +650,7 @@ impl Session {
 
     /// The close requested so far, if any (the strongest one).
     pub fn close_request(&self) -> Option<CloseKind> {
-        CloseKind::from_u8(self.close.load(Ordering::Acquire))
+        close_from_u8(self.close.load(Ordering::Acquire))
     }
 
     /// Marks the session removed from its hub: sends are refused, waiters

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use storm_host::hub::{Hub, HubConfig, Session};
+use storm_host::hub::{Hub, HubConfig, Outbox};
 use storm_host::link::{LinkConfig, LinkDriver, LinkEvent, Protocol};
 use storm_proto::framing::LengthPrefixFramer;
 use storm_proto::ws::frame::{FrameHeader, OpCode, encode_frame};
@@ -58,7 +58,7 @@ fn batch(proto: &str) -> Vec<u8> {
 
 /// A connection's outbox (where the application sends) and its driver.
 struct Conn {
-    outbox: Arc<Session>,
+    outbox: Arc<Outbox>,
     link: LinkDriver,
 }
 

@@ -1,7 +1,7 @@
 //! One live connection as the adapters drive it: a
 //! [`storm_proto::link::Link`] (the protocol, heartbeat and close
 //! handshake, a single-owner `&mut` machine) joined to the connection's
-//! outbox (the hub's [`Session`], shared with anyone who sends to it) and
+//! [`Outbox`] (in the hub, shared with anyone who sends to it) and
 //! the [`MiddlewareChain`]. A [`LinkDriver`] is what the adapters (tokio,
 //! smol, std threads) own per connection; the adapter only moves bytes:
 //!
@@ -71,7 +71,7 @@ use std::time::{Duration, Instant};
 use bytes::buf::Limit;
 use bytes::{Bytes, BytesMut};
 
-use crate::hub::{CloseKind, MiddlewareChain, Session};
+use crate::hub::{CloseKind, MiddlewareChain, Outbox};
 use storm_proto::Message;
 use storm_proto::heartbeat::HeartbeatConfig;
 use storm_proto::link::Link;
@@ -123,7 +123,7 @@ impl LinkConfig {
 #[derive(Debug)]
 pub struct LinkDriver {
     link: Link,
-    session: Arc<Session>,
+    outbox: Arc<Outbox>,
     middleware: Option<Arc<MiddlewareChain>>,
     /// Scratch for draining the outbox.
     batch: Vec<Message>,
@@ -140,25 +140,25 @@ pub struct LinkDriver {
 }
 
 impl LinkDriver {
-    /// A driver for the connection whose outbox is `session`, speaking
+    /// A driver for the connection whose outbox is `outbox`, speaking
     /// `protocol`, from `now`. Runs the middleware's `on_connect`.
     ///
     /// # Errors
     ///
     /// [`LinkConfigError`] when the configuration is invalid.
     pub fn new(
-        session: Arc<Session>,
+        outbox: Arc<Outbox>,
         protocol: Protocol,
         config: &LinkConfig,
         now: Instant,
     ) -> Result<Self, LinkConfigError> {
         let link = Link::new(protocol, &config.machine(), now)?;
         if let Some(chain) = &config.middleware {
-            chain.connect(session.id());
+            chain.connect(outbox.id());
         }
         Ok(Self {
             link,
-            session,
+            outbox,
             middleware: config.middleware.clone(),
             batch: Vec::new(),
             unreleased: 0,
@@ -169,8 +169,8 @@ impl LinkDriver {
 
     /// The connection's outbox: id, metrics, the writer's waker.
     #[must_use]
-    pub fn session(&self) -> &Arc<Session> {
-        &self.session
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
     }
 
     /// The protocol machine (to look at; the driver feeds it).
@@ -184,7 +184,7 @@ impl LinkDriver {
     pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
         // Input is parsed as the application drains events, so read
         // accounting is only metrics.
-        self.session.on_read_consumed(data.len());
+        self.outbox.on_read_consumed(data.len());
         self.link.handle_input(now, data);
     }
 
@@ -200,7 +200,7 @@ impl LinkDriver {
     /// `len` bytes were read into [`input_buffer`](Self::input_buffer) at
     /// `now`.
     pub fn input_filled(&mut self, now: Instant, len: usize) {
-        self.session.on_read_consumed(len);
+        self.outbox.on_read_consumed(len);
         self.link.input_filled(now, len);
     }
 
@@ -231,7 +231,7 @@ impl LinkDriver {
         }
         // Registered under the outbox's lock: a drain between the check
         // above and here is not missed.
-        if self.session.poll_writable(cx).is_pending() {
+        if self.outbox.poll_writable(cx).is_pending() {
             return Poll::Pending;
         }
         self.pong_held = false;
@@ -248,7 +248,7 @@ impl LinkDriver {
         let Some(len) = self.link.waiting_pong() else {
             return;
         };
-        if self.session.admit_control(len) {
+        if self.outbox.admit_control(len) {
             self.link.queue_pong();
             self.unreleased += len;
         } else {
@@ -266,15 +266,15 @@ impl LinkDriver {
                 self.link.poll_event(now)
             } else if self.link.is_closed() {
                 if self.link.close_due() {
-                    self.session.wake_writer();
+                    self.outbox.wake_writer();
                 }
                 None
             } else {
                 let before = self.link.has_transmit();
                 // Only a WebSocket link makes output of its own that must
                 // not overtake the replies already queued.
-                let ordered = self.link.is_websocket() && self.session.has_queued();
-                if ordered || self.session.close_request().is_some() {
+                let ordered = self.link.is_websocket() && self.outbox.has_queued();
+                if ordered || self.outbox.close_request().is_some() {
                     self.pump(now, usize::MAX, false);
                 }
                 let event = self.link.poll_event(now);
@@ -284,7 +284,7 @@ impl LinkDriver {
                 // Wake the writer when output just appeared (it was woken
                 // for what was there before) or it must close.
                 if (self.link.has_transmit() && !before) || self.link.close_due() {
-                    self.session.wake_writer();
+                    self.outbox.wake_writer();
                 }
                 event
             };
@@ -297,10 +297,10 @@ impl LinkDriver {
     /// Bookkeeping, middleware and session state for one event leaving the
     /// driver; `None` when middleware suppressed it.
     fn deliver(&self, mut event: LinkEvent) -> Option<LinkEvent> {
-        let id = self.session.id();
+        let id = self.outbox.id();
         match &mut event {
             LinkEvent::Message(message) => {
-                self.session.on_message_received();
+                self.outbox.on_message_received();
                 if let Some(chain) = &self.middleware {
                     let taken = std::mem::replace(message, Message::Binary(Bytes::new()));
                     *message = chain.received(id, taken)?;
@@ -308,7 +308,7 @@ impl LinkDriver {
             }
             LinkEvent::Closed(reason) => {
                 // Refuse further sends; the writer flushes what must go out.
-                self.session.request_close(CloseKind::Graceful);
+                self.outbox.request_close(CloseKind::Graceful);
                 if let Some(chain) = &self.middleware {
                     match reason {
                         CloseReason::Protocol(e) => chain.error(id, e),
@@ -337,9 +337,9 @@ impl LinkDriver {
         self.link.handle_timeout(now);
         if self.link.is_aborted() && !aborted {
             // A dead or idle peer: what is queued for it is discarded.
-            self.session.request_close(CloseKind::Abort);
+            self.outbox.request_close(CloseKind::Abort);
         }
-        self.session.wake_writer();
+        self.outbox.wake_writer();
     }
 
     /// Moves queued messages from the outbox into the link (framing them),
@@ -349,9 +349,9 @@ impl LinkDriver {
     fn pump(&mut self, now: Instant, max_bytes: usize, for_writer: bool) {
         let mut batch = std::mem::take(&mut self.batch);
         let drained = if for_writer {
-            self.session.drain_written(&mut batch, max_bytes)
+            self.outbox.drain_written(&mut batch, max_bytes)
         } else {
-            let drained = self.session.drain_into(&mut batch, max_bytes);
+            let drained = self.outbox.drain_into(&mut batch, max_bytes);
             self.unreleased += drained.bytes;
             drained
         };
@@ -363,7 +363,7 @@ impl LinkDriver {
                 }
                 if close == Some(CloseKind::Graceful) {
                     let (code, reason) = self
-                        .session
+                        .outbox
                         .take_close_frame()
                         .map_or((CloseCode::NORMAL, String::new()), |frame| *frame);
                     self.link.close(now, code, &reason);
@@ -376,7 +376,7 @@ impl LinkDriver {
     /// The write path: appends buffers to write (in order) to `out`, at most
     /// about `max_bytes` of messages from the outbox, and says whether to
     /// close the socket after writing them. Call when the outbox's writer
-    /// waker fires (register it with [`Session::register_waker`]) and after
+    /// waker fires (register it with [`Outbox::register_waker`]) and after
     /// every read, once what the last call appended is written: the bytes
     /// the read path framed (replies, auto-pongs) count against the send
     /// limit until the writer comes back. When [`Transmit::release`] says
@@ -387,7 +387,7 @@ impl LinkDriver {
         out: &mut Vec<Bytes>,
         max_bytes: usize,
     ) -> Transmit {
-        if self.session.close_request() == Some(CloseKind::Abort) && !self.link.is_aborted() {
+        if self.outbox.close_request() == Some(CloseKind::Abort) && !self.link.is_aborted() {
             self.link.abort();
         }
         if !self.link.close_due() {
@@ -398,18 +398,18 @@ impl LinkDriver {
         // call.
         let written = std::mem::replace(&mut self.in_writer, std::mem::take(&mut self.unreleased));
         if written > 0 {
-            self.session.on_written(written);
+            self.outbox.on_written(written);
         }
         let transmit = self.link.poll_transmit(now, out);
         if transmit.release {
             if self.batch.capacity() != 0 {
                 self.batch = Vec::new();
             }
-            self.session.release_buffers();
+            self.outbox.release_buffers();
         }
         if self.link.is_closed() && self.link.has_queued_events() {
             // A Closed event (an abort) waits for the reader.
-            self.session.wake_writer();
+            self.outbox.wake_writer();
         }
         transmit
     }
@@ -448,10 +448,6 @@ mod tests {
 
         fn send(&self, message: Message) -> SendOutcome {
             self.peer.try_send(message)
-        }
-
-        fn session(&self) -> &Arc<Session> {
-            self.driver.session()
         }
     }
 
@@ -585,7 +581,7 @@ mod tests {
     fn buffer_capacity(link: &mut Conn) -> usize {
         link.driver.link().buffer_capacity()
             + link.driver.batch.capacity()
-            + link.session().outbox_capacity()
+            + link.outbox().outbox_capacity()
     }
 
     /// `request` × 20 in, each echoed back, all written at `now`.
@@ -714,7 +710,7 @@ mod tests {
         );
         assert_eq!(link.send(Message::from("x")), SendOutcome::Queued);
         assert_eq!(transmit(&mut link, now), (b"x\n".to_vec(), false));
-        assert_eq!(link.session().metrics().messages_received, 2);
+        assert_eq!(link.outbox().metrics().messages_received, 2);
     }
 
     #[test]
@@ -742,7 +738,7 @@ mod tests {
             events(&mut link, now),
             [LinkEvent::Message(Message::from(payload))]
         );
-        let metrics = link.session().metrics();
+        let metrics = link.outbox().metrics();
         assert_eq!(metrics.bytes_received, frame.len() as u64);
         assert_eq!(metrics.messages_received, 1);
         // A framed link has no frame to read in place.
@@ -802,7 +798,7 @@ mod tests {
         let pings = events(&mut link, now);
         assert_eq!(pings.len(), 100);
         assert!(pings.iter().all(|e| matches!(e, LinkEvent::Ping(_))));
-        assert_eq!(link.session().pending_send_bytes(), 7 * 127);
+        assert_eq!(link.outbox().pending_send_bytes(), 7 * 127);
         let (wire, _) = transmit(&mut link, now);
         let expected: Vec<ws::Event> = (0..7).chain([99]).map(pong).collect();
         assert_eq!(decoded(&wire), expected);
@@ -821,7 +817,7 @@ mod tests {
         link.handle_input(now, &ping_flood());
         assert_eq!(events(&mut link, now).len(), 100);
         assert!(link.poll_input_ready(&mut cx).is_pending());
-        assert!(link.session().is_backpressured());
+        assert!(link.outbox().is_backpressured());
         // The writer takes the pongs; they count until it comes back.
         let (wire, _) = transmit(&mut link, now);
         assert_eq!(decoded(&wire).len(), 8);
@@ -832,7 +828,7 @@ mod tests {
         assert!(wire.is_empty());
         assert!(flag.woken());
         assert!(link.poll_input_ready(&mut cx).is_ready());
-        assert_eq!(link.session().pending_send_bytes(), 0);
+        assert_eq!(link.outbox().pending_send_bytes(), 0);
         // And the next ping is answered.
         link.handle_input(now, &masked(OpCode::Ping, b"again"));
         assert_eq!(events(&mut link, now).len(), 1);
@@ -912,13 +908,13 @@ mod tests {
                     }
                 }
                 let held = link.link().transmit_len();
-                proptest::prop_assert!(link.session().pending_send_bytes() <= limit);
+                proptest::prop_assert!(link.outbox().pending_send_bytes() <= limit);
                 proptest::prop_assert!(
                     held <= limit + PONG_FRAME + 2 * queued_since_drain,
                     "{} bytes held, limit {}", held, limit
                 );
                 if link.poll_input_ready(&mut cx).is_pending() {
-                    proptest::prop_assert!(link.session().is_backpressured());
+                    proptest::prop_assert!(link.outbox().is_backpressured());
                 }
             }
             // The writer comes twice more: everything is out, and the
@@ -926,7 +922,7 @@ mod tests {
             wire.extend(transmit(&mut link, now).0);
             wire.extend(transmit(&mut link, now).0);
             proptest::prop_assert!(link.poll_input_ready(&mut cx).is_ready());
-            proptest::prop_assert_eq!(link.session().pending_send_bytes(), 0);
+            proptest::prop_assert_eq!(link.outbox().pending_send_bytes(), 0);
             let got = decoded(&wire);
             let data = got.iter().filter(|e| matches!(e, ws::Event::Binary(_))).count();
             proptest::prop_assert_eq!(data, echoed);

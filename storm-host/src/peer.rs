@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::hub::{
-    CloseKind, GroupError, Hub, MiddlewareChain, SendOutcome, Session, SessionClosed, SessionId,
+    CloseKind, GroupError, Hub, MiddlewareChain, Outbox, SendOutcome, SessionClosed, SessionId,
     SessionMetrics, SessionState,
 };
 use storm_proto::Message;
@@ -24,7 +24,7 @@ use storm_proto::ws::CloseCode;
 /// Cheap to clone, and usable from any task or thread.
 #[derive(Clone)]
 pub struct Peer {
-    outbox: Arc<Session>,
+    outbox: Arc<Outbox>,
     middleware: Option<Arc<MiddlewareChain>>,
     hub: Hub,
     remote: SocketAddr,
@@ -146,7 +146,7 @@ impl Peer {
     /// `hub`; what it sends runs through `middleware` first.
     #[must_use]
     pub fn new(
-        outbox: Arc<Session>,
+        outbox: Arc<Outbox>,
         middleware: Option<Arc<MiddlewareChain>>,
         hub: Hub,
         remote: SocketAddr,
@@ -162,7 +162,7 @@ impl Peer {
     /// The connection's outbox in the hub (for adapters: the writer's
     /// waker, the close request).
     #[must_use]
-    pub fn outbox(&self) -> &Arc<Session> {
+    pub fn outbox(&self) -> &Arc<Outbox> {
         &self.outbox
     }
 

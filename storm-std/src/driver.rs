@@ -107,13 +107,13 @@ pub(crate) trait WriteHalf: Send {
     fn write(
         &mut self,
         bufs: &mut Vec<Bytes>,
-        outbox: &hub::Session,
+        outbox: &hub::Outbox,
         stop: &AtomicBool,
     ) -> io::Result<()>;
 
     /// Called once after the link's last bytes, before the socket shuts
     /// down (TLS sends its `close_notify` here).
-    fn finish(&mut self, outbox: &hub::Session, stop: &AtomicBool) -> io::Result<()> {
+    fn finish(&mut self, outbox: &hub::Outbox, stop: &AtomicBool) -> io::Result<()> {
         let _ = (outbox, stop);
         Ok(())
     }
@@ -167,7 +167,7 @@ impl WriteHalf for TcpStream {
     fn write(
         &mut self,
         bufs: &mut Vec<Bytes>,
-        outbox: &hub::Session,
+        outbox: &hub::Outbox,
         stop: &AtomicBool,
     ) -> io::Result<()> {
         let mut first = 0;
@@ -211,7 +211,7 @@ pub(crate) fn advance(bufs: &mut [Bytes], first: &mut usize, mut written: usize)
 /// interrupt, and the connection goes on), else the error to end with.
 pub(crate) fn retry_or_give_up(
     e: io::Error,
-    outbox: &hub::Session,
+    outbox: &hub::Outbox,
     stop: &AtomicBool,
 ) -> io::Result<()> {
     if !matches!(

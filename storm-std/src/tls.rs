@@ -242,7 +242,7 @@ impl WriteHalf for TlsWriter {
     fn write(
         &mut self,
         bufs: &mut Vec<Bytes>,
-        outbox: &hub::Session,
+        outbox: &hub::Outbox,
         stop: &AtomicBool,
     ) -> io::Result<()> {
         let mut first = 0;
@@ -277,7 +277,7 @@ impl WriteHalf for TlsWriter {
         Ok(())
     }
 
-    fn finish(&mut self, outbox: &hub::Session, stop: &AtomicBool) -> io::Result<()> {
+    fn finish(&mut self, outbox: &hub::Outbox, stop: &AtomicBool) -> io::Result<()> {
         if outbox.close_request() == Some(CloseKind::Abort) {
             return Ok(());
         }
@@ -290,7 +290,7 @@ impl WriteHalf for TlsWriter {
 fn write_fully(
     mut stream: &TcpStream,
     mut out: &[u8],
-    outbox: &hub::Session,
+    outbox: &hub::Outbox,
     stop: &AtomicBool,
 ) -> io::Result<()> {
     while !out.is_empty() {

@@ -1,4 +1,5 @@
-//! One session: its id, outbox, backpressure, close request and metrics.
+//! One session's [`Outbox`]: its id, queue, backpressure, close request and
+//! metrics.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -75,14 +76,14 @@ pub enum SessionState {
     Closed,
 }
 
-/// The result of [`Session::send`]. Every refusal hands the message back.
+/// The result of [`Outbox::send`]. Every refusal hands the message back.
 #[must_use = "a refused message is handed back and must be handled"]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendOutcome {
     /// Queued in the outbox; the writer was woken.
     Queued,
     /// [`SlowConsumerPolicy::Wait`]: the session is backpressured. Wait for
-    /// [`Session::poll_writable`] and send again.
+    /// [`Outbox::poll_writable`] and send again.
     Wait(Message),
     /// [`SlowConsumerPolicy::Drop`]: dropped for this slow session (counted
     /// in its metrics). Do not retry.
@@ -94,7 +95,7 @@ pub enum SendOutcome {
     Closed(Message),
 }
 
-/// What one [`Session::drain_into`] handed to the writer.
+/// What one [`Outbox::drain_into`] handed to the writer.
 #[must_use = "close tells the writer when to close the connection"]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Drained {
@@ -134,13 +135,13 @@ impl std::error::Error for SessionClosed {}
 pub struct SessionMetrics {
     /// When the session connected (the `now` given at registration).
     pub connected_at: Instant,
-    /// Bytes the writer reported written ([`Session::on_written`]).
+    /// Bytes the writer reported written ([`Outbox::on_written`]).
     pub bytes_sent: u64,
-    /// Bytes the reader reported read ([`Session::on_read`]).
+    /// Bytes the reader reported read ([`Outbox::on_read`]).
     pub bytes_received: u64,
-    /// Messages handed to the writer ([`Session::drain_into`]).
+    /// Messages handed to the writer ([`Outbox::drain_into`]).
     pub messages_sent: u64,
-    /// Messages the reader reported ([`Session::on_message_received`]).
+    /// Messages the reader reported ([`Outbox::on_message_received`]).
     pub messages_received: u64,
     /// Messages dropped for this session by the slow-consumer policy.
     pub messages_dropped: u64,
@@ -162,7 +163,7 @@ impl SessionMetrics {
 
 /// The outbox and everything that changes with it, under one lock.
 #[derive(Debug)]
-struct Outbox {
+struct State {
     queue: VecDeque<Message>,
     /// Bytes in `queue` (pending bytes minus the ones in flight).
     queued_bytes: usize,
@@ -174,7 +175,7 @@ struct Outbox {
     /// No more sends: a close was requested or the session was removed.
     closed: bool,
     /// The WebSocket close frame a graceful close asked for
-    /// ([`Session::close_with_frame`]), until the writer takes it. Boxed:
+    /// ([`Outbox::close_with_frame`]), until the writer takes it. Boxed:
     /// few sessions ever carry one.
     close_frame: Option<Box<(CloseCode, String)>>,
 }
@@ -189,7 +190,8 @@ pub(crate) enum Delivery {
     Closed,
 }
 
-/// One connected session as the hub sees it: shared (`Arc<Session>`) by the
+/// A session's outbox, as the hub sees the connection (the application
+/// holds the connection as its adapter's `Session`): shared (`Arc<Outbox>`) by the
 /// registry, the groups, the adapter's reader and writer and any task that
 /// sends to it. `Send + Sync`; every method takes `&self` and holds an
 /// internal lock only for a few field updates, never while calling out
@@ -213,10 +215,10 @@ pub(crate) enum Delivery {
 /// [`on_consumed`](Self::on_consumed) and stops reading while
 /// [`is_read_paused`](Self::is_read_paused).
 #[derive(Debug)]
-pub struct Session {
+pub struct Outbox {
     id: SessionId,
     connected_at: Instant,
-    outbox: Mutex<Outbox>,
+    outbox: Mutex<State>,
     receive: Mutex<Watermark>,
     close: AtomicU8,
     disconnected: AtomicBool,
@@ -240,7 +242,7 @@ fn as_u64(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
 }
 
-impl Session {
+impl Outbox {
     pub(crate) fn new(
         id: SessionId,
         connected_at: Instant,
@@ -250,7 +252,7 @@ impl Session {
         Self {
             id,
             connected_at,
-            outbox: Mutex::new(Outbox {
+            outbox: Mutex::new(State {
                 queue: VecDeque::new(),
                 queued_bytes: 0,
                 budget: SendBudget::from_config(config),
@@ -518,7 +520,7 @@ impl Session {
 
     fn drain_locked(
         &self,
-        outbox: &mut Outbox,
+        outbox: &mut State,
         out: &mut Vec<Message>,
         max_bytes: usize,
         wake: &mut Vec<Waker>,
@@ -591,7 +593,7 @@ impl Session {
         drained
     }
 
-    fn written_locked(&self, outbox: &mut Outbox, bytes: usize) -> Vec<Waker> {
+    fn written_locked(&self, outbox: &mut State, bytes: usize) -> Vec<Waker> {
         let in_flight = outbox.budget.pending().saturating_sub(outbox.queued_bytes);
         let bytes = bytes.min(in_flight);
         self.bytes_sent.fetch_add(as_u64(bytes), Ordering::Relaxed);
@@ -641,7 +643,7 @@ impl Session {
         lock(&self.outbox).close_frame.take()
     }
 
-    fn close_locked(&self, outbox: &mut Outbox, kind: CloseKind, wake: &mut Vec<Waker>) {
+    fn close_locked(&self, outbox: &mut State, kind: CloseKind, wake: &mut Vec<Waker>) {
         self.close.fetch_max(close_to_u8(kind), Ordering::AcqRel);
         outbox.closed = true;
         wake.extend(outbox.writer.take());

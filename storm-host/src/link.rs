@@ -182,6 +182,9 @@ impl LinkDriver {
     /// Feeds bytes read from the socket. Then drain
     /// [`poll_event`](Self::poll_event), which parses them.
     pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
+        if self.link.is_closed() {
+            return;
+        }
         // Input is parsed as the application drains events, so read
         // accounting is only metrics.
         self.outbox.on_read_consumed(data.len());
@@ -387,10 +390,10 @@ impl LinkDriver {
         out: &mut Vec<Bytes>,
         max_bytes: usize,
     ) -> Transmit {
-        if self.outbox.close_request() == Some(CloseKind::Abort) && !self.link.is_aborted() {
-            self.link.abort();
-        }
-        if !self.link.close_due() {
+        // An abort discards the outbox and what the link framed, also
+        // after a graceful close has begun.
+        let abort = self.outbox.close_request() == Some(CloseKind::Abort);
+        if !self.link.close_due() || (abort && !self.link.is_aborted()) {
             self.pump(now, max_bytes, true);
         }
         // The writer is back: it wrote what it took last time. What the
@@ -786,6 +789,10 @@ mod tests {
             [LinkEvent::Closed(CloseReason::Framing(_))]
         ));
         assert!(transmit(&mut link, now).1);
+        // Input after the close is neither parsed nor counted.
+        link.handle_input(now, b"\0\0\0\x01x");
+        assert_eq!(events(&mut link, now), []);
+        assert_eq!(link.outbox().metrics().bytes_received, 6);
     }
 
     /// A peer pings and never reads: the pongs count against the send
@@ -1006,6 +1013,21 @@ mod tests {
             [LinkEvent::Closed(CloseReason::Local(CloseKind::Abort))]
         );
         assert_eq!(transmit(&mut link, now), (Vec::new(), true));
+
+        // The writer hears of it first: the outbox is discarded too, so
+        // nothing stays counted against the send limit.
+        let (_hub, mut link, now) = setup(
+            Protocol::Framed(Box::new(LengthPrefixFramer::default())),
+            LinkConfig::default(),
+        );
+        let _ = link.send(Message::from(b"x".to_vec()));
+        link.peer.abort();
+        assert_eq!(transmit(&mut link, now), (Vec::new(), true));
+        assert_eq!(link.outbox().pending_send_bytes(), 0);
+        assert_eq!(
+            events(&mut link, now),
+            [LinkEvent::Closed(CloseReason::Local(CloseKind::Abort))]
+        );
     }
 
     #[test]

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 
-use storm_host::hub::{self, CloseKind, thread_waker};
+use storm_host::hub::{CloseKind, Outbox, thread_waker};
 use storm_host::link::{CloseReason, LinkDriver, LinkEvent};
 
 use crate::{Handler, Session};
@@ -107,13 +107,13 @@ pub(crate) trait WriteHalf: Send {
     fn write(
         &mut self,
         bufs: &mut Vec<Bytes>,
-        outbox: &hub::Outbox,
+        outbox: &Outbox,
         stop: &AtomicBool,
     ) -> io::Result<()>;
 
     /// Called once after the link's last bytes, before the socket shuts
     /// down (TLS sends its `close_notify` here).
-    fn finish(&mut self, outbox: &hub::Outbox, stop: &AtomicBool) -> io::Result<()> {
+    fn finish(&mut self, outbox: &Outbox, stop: &AtomicBool) -> io::Result<()> {
         let _ = (outbox, stop);
         Ok(())
     }
@@ -167,7 +167,7 @@ impl WriteHalf for TcpStream {
     fn write(
         &mut self,
         bufs: &mut Vec<Bytes>,
-        outbox: &hub::Outbox,
+        outbox: &Outbox,
         stop: &AtomicBool,
     ) -> io::Result<()> {
         let mut first = 0;
@@ -209,11 +209,7 @@ pub(crate) fn advance(bufs: &mut [Bytes], first: &mut usize, mut written: usize)
 
 /// After a failed socket write: `Ok` to try again (a timeout or an
 /// interrupt, and the connection goes on), else the error to end with.
-pub(crate) fn retry_or_give_up(
-    e: io::Error,
-    outbox: &hub::Outbox,
-    stop: &AtomicBool,
-) -> io::Result<()> {
+pub(crate) fn retry_or_give_up(e: io::Error, outbox: &Outbox, stop: &AtomicBool) -> io::Result<()> {
     if !matches!(
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted

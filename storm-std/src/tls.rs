@@ -54,8 +54,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use rustls::{Connection, ConnectionCommon, SideData};
 
-use storm_host::hub;
-use storm_host::hub::CloseKind;
+use storm_host::hub::{CloseKind, Outbox};
 use storm_host::link::LinkDriver;
 pub use storm_host::tls::{
     client_cert_from_pem_files, read_pem_file, server_options_from_pem_files,
@@ -242,7 +241,7 @@ impl WriteHalf for TlsWriter {
     fn write(
         &mut self,
         bufs: &mut Vec<Bytes>,
-        outbox: &hub::Outbox,
+        outbox: &Outbox,
         stop: &AtomicBool,
     ) -> io::Result<()> {
         let mut first = 0;
@@ -277,7 +276,7 @@ impl WriteHalf for TlsWriter {
         Ok(())
     }
 
-    fn finish(&mut self, outbox: &hub::Outbox, stop: &AtomicBool) -> io::Result<()> {
+    fn finish(&mut self, outbox: &Outbox, stop: &AtomicBool) -> io::Result<()> {
         if outbox.close_request() == Some(CloseKind::Abort) {
             return Ok(());
         }
@@ -290,7 +289,7 @@ impl WriteHalf for TlsWriter {
 fn write_fully(
     mut stream: &TcpStream,
     mut out: &[u8],
-    outbox: &hub::Outbox,
+    outbox: &Outbox,
     stop: &AtomicBool,
 ) -> io::Result<()> {
     while !out.is_empty() {

@@ -17,14 +17,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use storm_host::hub::{Hub, HubConfig, Session};
+use storm_host::hub::{Hub, HubConfig, Outbox};
 use storm_proto::Message;
 
 const SESSIONS: usize = 10_000;
 
 fn broadcast(c: &mut Criterion) {
     let hub = Hub::new(HubConfig::default(), Instant::now()).unwrap();
-    let sessions: Vec<Arc<Session>> = (0..SESSIONS)
+    let sessions: Vec<Arc<Outbox>> = (0..SESSIONS)
         .map(|_| {
             hub.register(hub.try_admit().unwrap(), Instant::now())
                 .unwrap()
@@ -75,13 +75,13 @@ const COUNTED: u64 = 100_000;
 
 fn counters(c: &mut Criterion) {
     let hub = Hub::new(HubConfig::default(), Instant::now()).unwrap();
-    let sessions: Vec<Arc<Session>> = (0..2)
+    let sessions: Vec<Arc<Outbox>> = (0..2)
         .map(|_| {
             hub.register(hub.try_admit().unwrap(), Instant::now())
                 .unwrap()
         })
         .collect();
-    let count = |session: &Session| {
+    let count = |session: &Outbox| {
         for _ in 0..COUNTED {
             session.on_read_consumed(32);
             session.on_message_received();

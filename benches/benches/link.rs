@@ -1,5 +1,5 @@
 //! One connection's user-space work per echoed message, without sockets:
-//! a [`Link`] takes a batch of 16 requests of 32 bytes (one read's worth),
+//! a [`LinkDriver`] takes a batch of 16 requests of 32 bytes (one read's worth),
 //! hands out the messages, queues each back, frames the batch for the
 //! writer (`poll_transmit`) and goes idle (`poll_transmit` again with
 //! nothing to write), as the adapters' connection tasks do per read.
@@ -14,7 +14,7 @@
 //! `link_echo_64k`: one 64 KiB WebSocket message arriving in 16 KiB reads,
 //! echoed, either read through a per-thread buffer and copied in
 //! (`handle_input`, what every read did before session 5) or read straight
-//! into the connection's input buffer (`fill_input`). A `memcpy` from a
+//! into the connection's input buffer (`input_buffer`). A `memcpy` from a
 //! source buffer stands in for the kernel's copy in both.
 //!
 //! `cargo bench -p storm-benches --bench link`
@@ -22,12 +22,13 @@
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use storm_host::hub::{Hub, HubConfig};
-use storm_host::link::{Link, LinkConfig, LinkEvent, Protocol};
+use storm_host::hub::{Hub, HubConfig, Outbox};
+use storm_host::link::{LinkConfig, LinkDriver, LinkEvent, Protocol};
 use storm_proto::framing::LengthPrefixFramer;
 use storm_proto::ws::frame::{FrameHeader, OpCode, encode_frame};
 use storm_proto::ws::{Config, Connection, Side};
@@ -55,7 +56,13 @@ fn batch(proto: &str) -> Vec<u8> {
     one.repeat(BATCH)
 }
 
-fn link(proto: &str, release_after: Duration, hub: &Hub, now: Instant) -> Link {
+/// A connection's outbox (where the application sends) and its driver.
+struct Conn {
+    outbox: Arc<Outbox>,
+    link: LinkDriver,
+}
+
+fn link(proto: &str, release_after: Duration, hub: &Hub, now: Instant) -> Conn {
     let protocol = match proto {
         "lp" => Protocol::Framed(Box::new(LengthPrefixFramer::default())),
         _ => Protocol::WebSocket(Box::new(Connection::new(Side::Server, Config::default()))),
@@ -65,15 +72,20 @@ fn link(proto: &str, release_after: Duration, hub: &Hub, now: Instant) -> Link {
         release_after,
         ..LinkConfig::default()
     };
-    Link::new(session, protocol, config, now).unwrap()
+    let link = LinkDriver::new(Arc::clone(&session), protocol, &config, now).unwrap();
+    Conn {
+        outbox: session,
+        link,
+    }
 }
 
 /// One read's batch through the link and back out; the bytes written.
-fn echo_batch(link: &Link, input: &[u8], now: Instant, out: &mut Vec<Bytes>) -> usize {
+fn echo_batch(conn: &mut Conn, input: &[u8], now: Instant, out: &mut Vec<Bytes>) -> usize {
+    let link = &mut conn.link;
     link.handle_input(now, input);
     while let Some(event) = link.poll_event(now) {
         if let LinkEvent::Message(message) = event {
-            let _ = link.send(message);
+            let _ = conn.outbox.send(message);
         }
     }
     let written = link.poll_transmit(now, out, 64 * 1024).bytes;
@@ -94,10 +106,10 @@ fn echo(c: &mut Criterion) {
         ] {
             let now = Instant::now();
             let hub = Hub::new(HubConfig::default(), now).unwrap();
-            let link = link(proto, release_after, &hub, now);
+            let mut conn = link(proto, release_after, &hub, now);
             let mut out = Vec::new();
             group.bench_with_input(BenchmarkId::new(name, proto), &input, |b, input| {
-                b.iter(|| black_box(echo_batch(&link, input, now, &mut out)));
+                b.iter(|| black_box(echo_batch(&mut conn, input, now, &mut out)));
             });
         }
     }
@@ -110,26 +122,24 @@ const READ: usize = 16 * 1024;
 /// One 64 KiB message through the link, read `READ` bytes at a time, and
 /// back out; the bytes written.
 fn echo_large(
-    link: &Link,
+    conn: &mut Conn,
     input: &[u8],
     in_place: bool,
     read_buffer: &mut [u8],
     now: Instant,
     out: &mut Vec<Bytes>,
 ) -> usize {
+    let link = &mut conn.link;
     let mut rest = input;
     let mut written = 0;
     while !rest.is_empty() {
         let direct = in_place
             .then(|| {
-                link.fill_input(
-                    || now,
-                    |room| {
-                        let n = rest.len().min(room.remaining_mut()).min(READ);
-                        room.put_slice(&rest[..n]);
-                        n
-                    },
-                )
+                let mut room = link.input_buffer()?;
+                let n = rest.len().min(room.remaining_mut()).min(READ);
+                room.put_slice(&rest[..n]);
+                link.input_filled(now, n);
+                Some(n)
             })
             .flatten();
         let n = match direct {
@@ -144,7 +154,7 @@ fn echo_large(
         rest = &rest[n..];
         while let Some(event) = link.poll_event(now) {
             if let LinkEvent::Message(message) = event {
-                let _ = link.send(message);
+                let _ = conn.outbox.send(message);
             }
         }
         written += link.poll_transmit(now, out, 256 * 1024).bytes;
@@ -163,13 +173,13 @@ fn echo_64k(c: &mut Criterion) {
     for (name, in_place) in [("copied", false), ("in_place", true)] {
         let now = Instant::now();
         let hub = Hub::new(HubConfig::default(), now).unwrap();
-        let link = link("ws", LinkConfig::default().release_after, &hub, now);
+        let mut conn = link("ws", LinkConfig::default().release_after, &hub, now);
         let mut read_buffer = vec![0u8; READ];
         let mut out = Vec::new();
         group.bench_function(name, |b| {
             b.iter(|| {
                 black_box(echo_large(
-                    &link,
+                    &mut conn,
                     &frame,
                     in_place,
                     &mut read_buffer,

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use storm_host::link::Protocol;
+use storm_host::link::{LinkDriver, Protocol};
 use storm_host::options::{ClientOptions, Framing, WsOptions};
 pub use storm_host::peer::ClientError;
 use storm_host::setup::{ClientCore, ClientOpen, ClientTarget, ClientUpgradeStep};
@@ -162,6 +162,7 @@ impl Client {
 struct Connected<S> {
     stream: S,
     session: Session,
+    link: Box<LinkDriver>,
     initial: Bytes,
 }
 
@@ -208,6 +209,7 @@ async fn run<R: Runtime, H: Handler>(
         drive::<R, _, _, _>(
             connected.stream.split(),
             session,
+            connected.link,
             &handler,
             connected.initial,
             options.write_batch,
@@ -275,10 +277,11 @@ async fn connect_once<R: Runtime>(
             ),
         };
         let (protocol, initial) = open(&mut stream, target, options).await?;
-        let peer = core.peer(protocol, remote, Instant::now())?;
+        let (peer, link) = core.peer(protocol, remote, Instant::now())?;
         Ok(Connected {
             stream,
             session: Session::new(peer),
+            link: Box::new(link),
             initial,
         })
     };

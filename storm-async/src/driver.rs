@@ -3,58 +3,38 @@
 //!
 //! One task per connection polls two futures, the reader first: the reader
 //! (socket → link → handler, and the link's timer; it does not read while
-//! [`Link::poll_input_ready`] holds it back) and the writer (outbox →
+//! [`LinkDriver::poll_input_ready`] holds it back) and the writer (outbox →
 //! one vectored write of up to 64 buffers → flush). The writer wakes when
 //! the session's outbox waker fires; replies sent from the read path are
 //! written in the same poll, without a wake-up.
+//!
+//! The task owns the connection's [`LinkDriver`]. Its two futures take
+//! turns with it behind a mutex that is never contended (they run in one
+//! task, one at a time; the mutex is there because the task must be
+//! `Send`), each for a few calls, never across an `await`.
 
-use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::pin::pin;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 
-use storm_host::link::{CloseReason, Link, LinkEvent};
+use storm_host::link::{CloseReason, LinkDriver, LinkEvent};
 
+use crate::io::poll_read_with;
 #[cfg(doc)]
 use crate::runtime::Stream;
 use crate::runtime::{PollRead, PollWrite, Runtime};
-use crate::sync::{sleep_until, timeout};
+use crate::sync::{lock, sleep_until, timeout};
 use crate::{Handler, Session};
-
-/// How much one read asks the socket for.
-const READ_CHUNK: usize = 16 * 1024;
 
 /// Buffers per vectored write: the usual `IOV_MAX` is 1024; 64 already
 /// gathers a 64 KiB batch of small messages in one call.
 const MAX_SLICES: usize = 64;
-
-thread_local! {
-    /// One read buffer per worker thread, shared by every connection it
-    /// runs: a read borrows it only for one poll, so an idle connection
-    /// holds no read buffer at all.
-    static READ_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; READ_CHUNK].into_boxed_slice());
-}
-
-/// Reads what the stream has (at most `max` bytes) into the thread's
-/// buffer and hands it to `f` (an empty slice at end of stream). Nothing
-/// per connection: the handshakes read through it too.
-pub(crate) fn poll_read_with<S: PollRead, T>(
-    reader: &mut S,
-    cx: &mut Context<'_>,
-    max: usize,
-    f: impl FnOnce(&[u8]) -> T,
-) -> Poll<io::Result<T>> {
-    READ_BUFFER.with_borrow_mut(|buf| {
-        let buf = buf.get_mut(..max.min(READ_CHUNK)).unwrap_or_default();
-        let n = ready!(reader.poll_read(cx, buf))?;
-        Poll::Ready(Ok(f(buf.get(..n).unwrap_or_default())))
-    })
-}
 
 /// Reads what the stream has and feeds it to `link`; `Ok(0)` at end of
 /// stream. A large WebSocket frame is read straight into the link's input
@@ -62,9 +42,15 @@ pub(crate) fn poll_read_with<S: PollRead, T>(
 fn poll_read_into<S: PollRead>(
     reader: &mut S,
     cx: &mut Context<'_>,
-    link: &Link,
+    link: &mut LinkDriver,
 ) -> Poll<io::Result<usize>> {
-    if let Some(read) = link.fill_input(Instant::now, |room| reader.poll_read_buf(cx, room)) {
+    if let Some(mut room) = link.input_buffer() {
+        let read = reader.poll_read_buf(cx, &mut room);
+        if let Poll::Ready(Ok(n)) = read {
+            if n > 0 {
+                link.input_filled(Instant::now(), n);
+            }
+        }
         return read;
     }
     poll_read_with(reader, cx, usize::MAX, |bytes| {
@@ -91,6 +77,7 @@ fn poll_read_into<S: PollRead>(
 pub(crate) fn drive<'a, R, Rd, Wr, H>(
     (reader, writer): (Rd, Wr),
     session: Session,
+    link: Box<LinkDriver>,
     handler: &'a H,
     initial: Bytes,
     write_batch: usize,
@@ -102,25 +89,28 @@ where
     Wr: PollWrite + 'a,
     H: Handler,
 {
+    let link = Mutex::new(link);
     if !initial.is_empty() {
-        session.link().handle_input(Instant::now(), &initial);
+        lock(&link).handle_input(Instant::now(), &initial);
     }
     drop(initial);
     async move {
         let session = &session;
+        let link = &link;
         handler.on_connect(session).await;
         // Set by the writer when it changed the link's deadline; both loops
         // run in this one task, so the writer wakes the task and the reader
         // re-arms.
         let rearm = AtomicBool::new(false);
         let disconnected = AtomicBool::new(false);
-        let mut write = pin!(write_loop(writer, session, &rearm, write_batch));
+        let mut write = pin!(write_loop(writer, session, link, &rearm, write_batch));
         // The reader lives in this block only: what runs after it (the
         // close timeout, the last dispatch) reuses its space in the task.
         let finished = {
             let mut read = pin!(read_loop::<R, _, _>(
                 reader,
                 session,
+                link,
                 handler,
                 &rearm,
                 &disconnected
@@ -131,7 +121,7 @@ where
             // reader runs (the writer registers it again before it sleeps),
             // so those sends do not wake the task for a second poll.
             poll_fn(|cx| {
-                session.link().session().unregister_waker();
+                session.outbox().unregister_waker();
                 if let Poll::Ready(()) = read.as_mut().poll(cx) {
                     return Poll::Ready(None);
                 }
@@ -143,11 +133,11 @@ where
             Some(result) => {
                 if result.is_err() {
                     // The peer is gone: tell the link so the handler hears it.
-                    session.link().handle_eof();
+                    lock(link).handle_eof();
                 }
                 // The writer closed the socket (an abort, a finished close):
                 // hand over what the link still has, its Closed event last.
-                dispatch(session, handler, &disconnected).await;
+                dispatch(session, link, handler, &disconnected).await;
             }
             None => {
                 // The link is closed: let the writer flush the close reply
@@ -170,6 +160,7 @@ where
 fn read_loop<'a, R, S, H>(
     mut reader: S,
     session: &'a Session,
+    link: &'a Mutex<Box<LinkDriver>>,
     handler: &'a H,
     rearm: &'a AtomicBool,
     disconnected: &'a AtomicBool,
@@ -180,28 +171,28 @@ where
     H: Handler,
 {
     async move {
-        let link = session.link();
         // One timer, replaced only when the link's deadline moves (or it
         // fired): most reads leave the deadline alone, and re-registering
         // a timer costs the runtime's timer lock twice.
-        let mut armed = link.poll_timeout();
+        let mut armed = lock(link).poll_timeout();
         let mut timer = pin!(sleep_until::<R>(armed));
         let mut fired = false;
         loop {
-            if !dispatch(session, handler, disconnected).await {
+            if !dispatch(session, link, handler, disconnected).await {
                 return;
             }
-            let deadline = link.poll_timeout();
+            let deadline = lock(link).poll_timeout();
             if fired || deadline != armed {
                 armed = deadline;
                 fired = false;
                 timer.set(sleep_until::<R>(armed));
             }
             poll_fn(|cx| {
+                let mut link = lock(link);
                 // Not while the peer's pongs wait for the writer: its
                 // progress wakes the task.
                 if link.poll_input_ready(cx).is_ready() {
-                    if let Poll::Ready(read) = poll_read_into(&mut reader, cx, link) {
+                    if let Poll::Ready(read) = poll_read_into(&mut reader, cx, &mut link) {
                         if matches!(read, Ok(0) | Err(_)) {
                             link.handle_eof();
                         }
@@ -232,6 +223,7 @@ where
 )]
 fn dispatch<'a, H: Handler>(
     session: &'a Session,
+    link: &'a Mutex<Box<LinkDriver>>,
     handler: &'a H,
     disconnected: &'a AtomicBool,
 ) -> impl Future<Output = bool> + 'a {
@@ -241,7 +233,8 @@ fn dispatch<'a, H: Handler>(
         loop {
             // Only the message outlives this match: the event itself is not
             // kept across the handler's await.
-            let message = match session.link().poll_event(now) {
+            let event = lock(link).poll_event(now);
+            let message = match event {
                 None => break,
                 Some(LinkEvent::Message(message)) => message,
                 Some(LinkEvent::Closed(reason)) => {
@@ -266,16 +259,16 @@ fn dispatch<'a, H: Handler>(
 fn write_loop<'a, W: PollWrite + 'a>(
     mut writer: W,
     session: &'a Session,
+    link: &'a Mutex<Box<LinkDriver>>,
     rearm: &'a AtomicBool,
     write_batch: usize,
 ) -> impl Future<Output = io::Result<()>> + 'a {
     async move {
-        let link = session.link();
         let mut bufs: Vec<Bytes> = Vec::new();
         loop {
             let transmit = poll_fn(|cx| {
-                link.session().register_waker(cx.waker());
-                let transmit = link.poll_transmit(Instant::now(), &mut bufs, write_batch);
+                session.outbox().register_waker(cx.waker());
+                let transmit = lock(link).poll_transmit(Instant::now(), &mut bufs, write_batch);
                 if transmit.timer_changed {
                     // The reader runs the timer: wake the task so that it
                     // re-arms.

@@ -1,11 +1,38 @@
 //! Small I/O helpers over the [`runtime`](crate::runtime) traits: what the
 //! handshakes need, and a stream that is one of two kinds.
 
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use crate::runtime::{PollRead, PollWrite, Stream};
+
+/// How much one read asks the socket for.
+const READ_CHUNK: usize = 16 * 1024;
+
+thread_local! {
+    /// One read buffer per worker thread, shared by every connection it
+    /// runs: a read borrows it only for one poll, so an idle connection
+    /// holds no read buffer at all.
+    static READ_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; READ_CHUNK].into_boxed_slice());
+}
+
+/// Reads what the stream has (at most `max` bytes) into the thread's
+/// buffer and hands it to `f` (an empty slice at end of stream). Nothing
+/// per connection: the handshakes read through it too.
+pub(crate) fn poll_read_with<S: PollRead, T>(
+    reader: &mut S,
+    cx: &mut Context<'_>,
+    max: usize,
+    f: impl FnOnce(&[u8]) -> T,
+) -> Poll<io::Result<T>> {
+    READ_BUFFER.with_borrow_mut(|buf| {
+        let buf = buf.get_mut(..max.min(READ_CHUNK)).unwrap_or_default();
+        let n = ready!(reader.poll_read(cx, buf))?;
+        Poll::Ready(Ok(f(buf.get(..n).unwrap_or_default())))
+    })
+}
 
 /// One read of a handshake: reads what is available through the worker
 /// thread's read buffer and hands it, with the handshake's state, to
@@ -19,7 +46,7 @@ pub(crate) async fn read_step<S: PollRead, U, T>(
 ) -> io::Result<Option<T>> {
     let mut pending = Some((state, step));
     poll_fn(|cx| {
-        crate::driver::poll_read_with(stream, cx, usize::MAX, |input| {
+        poll_read_with(stream, cx, usize::MAX, |input| {
             pending
                 .take()
                 .filter(|_| !input.is_empty())

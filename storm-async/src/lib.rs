@@ -10,7 +10,7 @@
 //! every runtime.
 //!
 //! Every protocol decision comes from [`storm_proto`]. Per connection, one
-//! task polls a reader (socket → [`Link`](storm_host::link::Link) →
+//! task polls a reader (socket → [`LinkDriver`](storm_host::link::LinkDriver) →
 //! handler; the link's timer) and a writer (outbox → one vectored write);
 //! reads go through one buffer per worker thread, so an idle connection
 //! holds none, and a connection that goes idle returns its other buffers

@@ -31,8 +31,8 @@ pub trait PollRead: Send + Unpin + 'static {
     /// [`poll_read`](Self::poll_read). The driver uses it to read a large
     /// WebSocket frame straight into the connection's input buffer.
     ///
-    /// The default reads through the worker thread's shared buffer and
-    /// copies; a stream that can read into uninitialized memory (tokio's,
+    /// The default reads through the worker thread's shared read buffer
+    /// and copies; a stream that can read into uninitialized memory (tokio's,
     /// through `ReadBuf`) overrides it to save that copy.
     ///
     /// # Errors
@@ -47,7 +47,7 @@ pub trait PollRead: Send + Unpin + 'static {
         Self: Sized,
     {
         let room = buf.remaining_mut();
-        crate::driver::poll_read_with(self, cx, room, |bytes| {
+        crate::io::poll_read_with(self, cx, room, |bytes| {
             buf.put_slice(bytes);
             bytes.len()
         })

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use storm_host::hub::{CloseKind, SessionId};
-use storm_host::link::Protocol;
+use storm_host::link::{LinkDriver, Protocol};
 use storm_host::options::{Framing, ServerOptions, WsOptions};
 use storm_host::peer::Registry;
 use storm_host::setup::{
@@ -387,13 +387,14 @@ impl<R: Runtime> ServerHandle<R> {
             };
             let opened = opened.map_err(|e| from_peer(admitted.remote(), e));
             let registered = opened.and_then(|(protocol, initial)| {
-                let (session, registered) = self.register(admitted, protocol)?;
-                Ok((session, registered, initial))
+                let (session, link, registered) = self.register(admitted, protocol)?;
+                Ok((session, link, registered, initial))
             });
-            let Some((session, registered, initial)) = report(registered, &*handler).await else {
+            let Some((session, link, registered, initial)) = report(registered, &*handler).await
+            else {
                 return;
             };
-            self.drive(stream.split(), session, initial, &*handler)
+            self.drive(stream.split(), session, link, initial, &*handler)
                 .await;
             drop(registered);
             drop(guard);
@@ -425,19 +426,20 @@ impl<R: Runtime> ServerHandle<R> {
                     .await
                     .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake failed: {e}")))?;
                 let (protocol, initial) = self.open(&mut stream).await?;
-                let (session, registered) = self.register(admitted, protocol)?;
+                let (session, link, registered) = self.register(admitted, protocol)?;
                 // Split here: only the halves (two pointers), not the
                 // large TLS stream, reach this task's own future.
-                Ok((stream.split(), session, registered, initial))
+                Ok((stream.split(), session, link, registered, initial))
             });
             let opened = self.within(limit, handshake.as_mut()).await;
             let opened = opened.map_err(|e| from_peer(remote, e));
             drop(handshake);
-            let Some((halves, session, registered, initial)) = report(opened, &*handler).await
+            let Some((halves, session, link, registered, initial)) =
+                report(opened, &*handler).await
             else {
                 return;
             };
-            self.drive(halves, session, initial, &*handler).await;
+            self.drive(halves, session, link, initial, &*handler).await;
             drop(registered);
             drop(guard);
         }
@@ -490,7 +492,8 @@ impl<R: Runtime> ServerHandle<R> {
         }
     }
 
-    /// Registers an opened connection: its session, and a guard that
+    /// Registers an opened connection: its session, its link (boxed: the
+    /// task's future holds a pointer until the driver takes it), and a guard that
     /// removes it from the registry when the connection task ends (no
     /// async layer of its own, which would cost the task its arguments'
     /// space for its whole life).
@@ -498,11 +501,11 @@ impl<R: Runtime> ServerHandle<R> {
         &self,
         admitted: Admitted,
         protocol: Protocol,
-    ) -> io::Result<(Session, Registered<'_>)> {
+    ) -> io::Result<(Session, Box<LinkDriver>, Registered<'_>)> {
         // Closed at once if registered after the shutdown's `close_all`.
         let stopping = || self.shared.stop.is_set();
         let (setup, registry) = (&self.shared.setup, &self.shared.registry);
-        let session = setup.admit(
+        let (session, link) = setup.admit(
             registry,
             admitted,
             protocol,
@@ -514,7 +517,7 @@ impl<R: Runtime> ServerHandle<R> {
             registry,
             id: session.id(),
         };
-        Ok((session, registered))
+        Ok((session, Box::new(link), registered))
     }
 
     /// Runs a registered session until it closes.
@@ -522,6 +525,7 @@ impl<R: Runtime> ServerHandle<R> {
         &self,
         halves: (Rd, Wr),
         session: Session,
+        link: Box<LinkDriver>,
         initial: Bytes,
         handler: &'a H,
     ) -> impl Future<Output = ()> + 'a {
@@ -529,6 +533,7 @@ impl<R: Runtime> ServerHandle<R> {
         drive::<R, _, _, _>(
             halves,
             session,
+            link,
             handler,
             initial,
             options.write_batch,

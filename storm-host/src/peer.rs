@@ -14,9 +14,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::hub::{
-    GroupError, Hub, SendOutcome, SessionClosed, SessionId, SessionMetrics, SessionState,
+    CloseKind, GroupError, Hub, MiddlewareChain, Outbox, SendOutcome, SessionClosed, SessionId,
+    SessionMetrics, SessionState,
 };
-use crate::link::Link;
 use storm_proto::Message;
 use storm_proto::ws::CloseCode;
 
@@ -24,7 +24,8 @@ use storm_proto::ws::CloseCode;
 /// Cheap to clone, and usable from any task or thread.
 #[derive(Clone)]
 pub struct Peer {
-    link: Arc<Link>,
+    outbox: Arc<Outbox>,
+    middleware: Option<Arc<MiddlewareChain>>,
     hub: Hub,
     remote: SocketAddr,
 }
@@ -141,22 +142,47 @@ impl From<io::Error> for ClientError {
 }
 
 impl Peer {
-    /// A peer for the connection `link` drives, registered in `hub`.
+    /// A peer for the connection whose outbox is `outbox`, registered in
+    /// `hub`; what it sends runs through `middleware` first.
     #[must_use]
-    pub fn new(link: Arc<Link>, hub: Hub, remote: SocketAddr) -> Self {
-        Self { link, hub, remote }
+    pub fn new(
+        outbox: Arc<Outbox>,
+        middleware: Option<Arc<MiddlewareChain>>,
+        hub: Hub,
+        remote: SocketAddr,
+    ) -> Self {
+        Self {
+            outbox,
+            middleware,
+            hub,
+            remote,
+        }
     }
 
-    /// The connection's logic (for adapters).
+    /// The connection's outbox in the hub (for adapters: the writer's
+    /// waker, the close request).
     #[must_use]
-    pub fn link(&self) -> &Arc<Link> {
-        &self.link
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// Sends a message through the middleware and the slow-consumer
+    /// policy. Suppressed by middleware: reported as queued.
+    fn send(&self, message: Message) -> SendOutcome {
+        let message = match &self.middleware {
+            Some(chain) => match chain.sending(self.outbox.id(), message) {
+                Some(message) => message,
+                None => return SendOutcome::Queued,
+            },
+            None => message,
+        };
+        self.outbox.send(message)
     }
 
     /// The session's id, unique within its server.
     #[must_use]
     pub fn id(&self) -> SessionId {
-        self.link.session().id()
+        self.outbox.id()
     }
 
     /// The peer's address.
@@ -168,13 +194,13 @@ impl Peer {
     /// Open, closing or closed.
     #[must_use]
     pub fn state(&self) -> SessionState {
-        self.link.session().state()
+        self.outbox.state()
     }
 
     /// Bytes and messages in and out, drops, connect time.
     #[must_use]
     pub fn metrics(&self) -> SessionMetrics {
-        self.link.session().metrics()
+        self.outbox.metrics()
     }
 
     /// How long the session has been connected.
@@ -184,19 +210,19 @@ impl Peer {
         // applications, never used by the protocol machines.
         #[allow(clippy::disallowed_methods)]
         let now = Instant::now();
-        self.link.session().uptime(now)
+        self.outbox.uptime(now)
     }
 
     /// Whether sends are currently held back (pending bytes reached the
     /// limit and have not drained to half).
     #[must_use]
     pub fn is_backpressured(&self) -> bool {
-        self.link.session().is_backpressured()
+        self.outbox.is_backpressured()
     }
 
     /// Queues a message without waiting: the policy's verdict as it is.
     pub fn try_send(&self, message: impl Into<Message>) -> SendOutcome {
-        self.link.send(message.into())
+        self.send(message.into())
     }
 
     /// One step of a send under the slow-consumer policy: `Ok(None)` when
@@ -207,7 +233,7 @@ impl Peer {
     ///
     /// [`SendError`] with the message handed back.
     pub fn offer(&self, message: Message) -> Result<Option<Message>, SendError> {
-        match self.link.send(message) {
+        match self.send(message) {
             SendOutcome::Queued => Ok(None),
             SendOutcome::Wait(back) => Ok(Some(back)),
             SendOutcome::Dropped(back) => Err(SendError::Dropped(back)),
@@ -219,24 +245,24 @@ impl Peer {
     /// Resolves when the session is writable again, or with
     /// [`SessionClosed`] once it closed.
     pub fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<Result<(), SessionClosed>> {
-        self.link.session().poll_writable(cx)
+        self.outbox.poll_writable(cx)
     }
 
     /// Closes gracefully: queued messages are written, then (WebSocket) a
     /// close frame with 1000, and the connection ends when the peer answers
     /// or the close timeout passes.
     pub fn close(&self) {
-        self.link.close(None, "");
+        self.outbox.close_with_frame(None, "");
     }
 
     /// [`close`](Self::close) with a WebSocket close code and reason.
     pub fn close_with(&self, code: CloseCode, reason: &str) {
-        self.link.close(Some(code), reason);
+        self.outbox.close_with_frame(Some(code), reason);
     }
 
     /// Closes at once; queued messages are discarded.
     pub fn abort(&self) {
-        self.link.abort();
+        self.outbox.request_close(CloseKind::Abort);
     }
 
     /// Joins a group (room). `Ok(false)` if already a member.

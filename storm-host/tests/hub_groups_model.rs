@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use storm_host::hub::{GroupError, Hub, HubConfig, Session, SessionId};
+use storm_host::hub::{GroupError, Hub, HubConfig, Outbox, SessionId};
 use storm_proto::Message;
 
 const GROUPS: [&str; 4] = ["a", "b", "lobby", "room:42"];
@@ -41,7 +41,7 @@ proptest! {
     fn groups_match_a_reference_model(ops in proptest::collection::vec(op(), 1..120)) {
         let hub = Hub::new(HubConfig::default(), Instant::now()).unwrap();
         // Every session ever connected (disconnected ones stay, to be poked).
-        let mut sessions: Vec<Arc<Session>> = Vec::new();
+        let mut sessions: Vec<Arc<Outbox>> = Vec::new();
         let mut live: HashSet<u64> = HashSet::new();
         let mut model: HashMap<String, HashSet<u64>> = HashMap::new();
         let mut inbox: HashMap<u64, usize> = HashMap::new();

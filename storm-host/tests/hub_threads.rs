@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use storm_host::hub::{Hub, HubConfig, SendOutcome, Session, thread_waker};
+use storm_host::hub::{Hub, HubConfig, Outbox, SendOutcome, thread_waker};
 use storm_proto::Message;
 use storm_proto::backpressure::SlowConsumerPolicy;
 
@@ -33,7 +33,7 @@ fn run() {
     config.backpressure.max_pending_send_bytes = 10 * LEN;
     config.broadcast_overflow_bytes = 5 * LEN;
     let hub = Hub::new(config, Instant::now()).unwrap();
-    let sessions: Vec<Arc<Session>> = (0..SESSIONS)
+    let sessions: Vec<Arc<Outbox>> = (0..SESSIONS)
         .map(|i| {
             let s = hub
                 .register(hub.try_admit().unwrap(), Instant::now())

@@ -15,6 +15,7 @@
 //! | [`ws::Connection`] | RFC 6455 after the upgrade: frames, fragmentation, UTF-8, control frames, closing |
 //! | [`ws::deflate`] | permessage-deflate (RFC 7692) |
 //! | [`heartbeat`] | ping interval, missed pongs, dead-peer detection, RTT, idle timeout |
+//! | [`link`] | one live connection as a `&mut` machine: a framer or WebSocket, heartbeat, close handshake, idle-buffer release; bytes and `now` in, events, bytes to send and the next deadline out |
 //! | [`reconnect`] | backoff (fixed, exponential with jitter, max attempts) and endpoint sets with round-robin and failover |
 //! | [`route`] | the gateway's route handshake (SYN, SYN/ACK, ACK, route names, end) and `ROUTENAME=` route-addressed messages |
 //! | [`backpressure`] | pending-byte accounting with pause at the limit and resume at half; slow-consumer decisions (`Wait`, `Drop`, `Disconnect`) |
@@ -102,6 +103,7 @@ pub mod broker;
 pub mod deadline;
 pub mod framing;
 pub mod heartbeat;
+pub mod link;
 mod message;
 pub mod reconnect;
 pub mod route;

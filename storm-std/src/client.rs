@@ -3,20 +3,20 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use storm_host::link::Protocol;
+use storm_host::link::{LinkDriver, Protocol};
 use storm_host::options::{ClientOptions, Framing, WsOptions};
 pub use storm_host::peer::ClientError;
 use storm_host::setup::{ClientCore, ClientOpen, ClientTarget, ClientUpgradeStep};
 use storm_proto::Message;
 
 use crate::deadline::{Deadlined, remaining};
-use crate::driver::drive;
+use crate::driver::{drive, lock};
 use crate::tls::TlsStream;
 use crate::{Handler, Session};
 
@@ -198,14 +198,11 @@ impl ClientShared {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// One established connection, ready for the driver.
 struct Connected {
     stream: Stream,
     session: Session,
+    link: LinkDriver,
     initial: Bytes,
 }
 
@@ -260,6 +257,7 @@ fn run<H: Handler>(
             Stream::Plain(stream) => drive(
                 stream,
                 &session,
+                connected.link,
                 handler,
                 connected.initial,
                 batch,
@@ -268,6 +266,7 @@ fn run<H: Handler>(
             Stream::Tls(stream) => drive(
                 *stream,
                 &session,
+                connected.link,
                 handler,
                 connected.initial,
                 batch,
@@ -372,10 +371,11 @@ fn connect_once(
             )
         }
     };
-    let peer = core.peer(protocol, remote, Instant::now())?;
+    let (peer, link) = core.peer(protocol, remote, Instant::now())?;
     Ok(Connected {
         stream,
         session: Session::new(peer),
+        link,
         initial,
     })
 }

@@ -2,11 +2,15 @@
 //! after the handshake.
 //!
 //! The thread that accepted (or connected) becomes the reader: it blocks in
-//! `read` with a read timeout set from [`Link::poll_timeout`], feeds the
+//! `read` with a read timeout set from [`LinkDriver::poll_timeout`], feeds the
 //! link, runs its timer, and calls the handler; while
-//! [`Link::poll_input_ready`] holds it back, it parks instead of reading.
+//! [`LinkDriver::poll_input_ready`] holds it back, it parks instead of reading.
 //! A second thread writes: it parks until the session's writer waker unparks it, then drains
-//! [`Link::poll_transmit`] into one vectored write. The writer also runs
+//! [`LinkDriver::poll_transmit`] into one vectored write.
+//!
+//! The two threads share the connection's [`LinkDriver`] behind this
+//! adapter's mutex, held for a few calls at a time: never while a socket
+//! read or write blocks, never while the handler runs. The writer also runs
 //! the link's timer while it is parked, because a deadline can start on its
 //! side (a graceful close waiting for the peer's reply) while the reader is
 //! blocked with an older timeout. Whatever the writer's timer decides that
@@ -21,15 +25,15 @@ use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{Mutex, MutexGuard, PoisonError, mpsc};
 use std::task::Context;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 
-use storm_host::hub::{CloseKind, thread_waker};
-use storm_host::link::{CloseReason, Link, LinkEvent};
+use storm_host::hub::{CloseKind, Outbox, thread_waker};
+use storm_host::link::{CloseReason, LinkDriver, LinkEvent};
 
 use crate::{Handler, Session};
 
@@ -75,14 +79,14 @@ pub(crate) trait ReadHalf {
     fn socket(&self) -> &TcpStream;
 
     /// Blocks in one socket read into `buf` (bounded by the socket's read
-    /// timeout) and feeds what it got to `link`.
+    /// timeout) and feeds what it got to `link` (locked only for that).
     ///
     /// # Errors
     ///
     /// A timeout ([`WouldBlock`](io::ErrorKind::WouldBlock),
     /// [`TimedOut`](io::ErrorKind::TimedOut)) or an interrupt means "look at
     /// the timer and read again"; anything else ends the transport.
-    fn read(&mut self, link: &Link, buf: &mut [u8]) -> io::Result<Received>;
+    fn read(&mut self, link: &Mutex<LinkDriver>, buf: &mut [u8]) -> io::Result<Received>;
 }
 
 /// The writer thread's half of a [`Transport`].
@@ -98,14 +102,19 @@ pub(crate) trait WriteHalf: Send {
     }
 
     /// Writes every buffer, in order, then empties `bufs`. A write blocked
-    /// on a peer that does not read gives up when the session is aborted
-    /// or the connection is stopped.
-    fn write(&mut self, bufs: &mut Vec<Bytes>, link: &Link, stop: &AtomicBool) -> io::Result<()>;
+    /// on a peer that does not read gives up when the session (`outbox`)
+    /// is aborted or the connection is stopped.
+    fn write(
+        &mut self,
+        bufs: &mut Vec<Bytes>,
+        outbox: &Outbox,
+        stop: &AtomicBool,
+    ) -> io::Result<()>;
 
     /// Called once after the link's last bytes, before the socket shuts
     /// down (TLS sends its `close_notify` here).
-    fn finish(&mut self, link: &Link, stop: &AtomicBool) -> io::Result<()> {
-        let _ = (link, stop);
+    fn finish(&mut self, outbox: &Outbox, stop: &AtomicBool) -> io::Result<()> {
+        let _ = (outbox, stop);
         Ok(())
     }
 }
@@ -139,11 +148,11 @@ impl ReadHalf for PlainReader {
         &self.stream
     }
 
-    fn read(&mut self, link: &Link, buf: &mut [u8]) -> io::Result<Received> {
+    fn read(&mut self, link: &Mutex<LinkDriver>, buf: &mut [u8]) -> io::Result<Received> {
         match (&self.stream).read(buf)? {
             0 => Ok(Received::Eof),
             n => {
-                link.handle_input(Instant::now(), buf.get(..n).unwrap_or_default());
+                lock(link).handle_input(Instant::now(), buf.get(..n).unwrap_or_default());
                 Ok(Received::Input)
             }
         }
@@ -155,14 +164,19 @@ impl WriteHalf for TcpStream {
         self
     }
 
-    fn write(&mut self, bufs: &mut Vec<Bytes>, link: &Link, stop: &AtomicBool) -> io::Result<()> {
+    fn write(
+        &mut self,
+        bufs: &mut Vec<Bytes>,
+        outbox: &Outbox,
+        stop: &AtomicBool,
+    ) -> io::Result<()> {
         let mut first = 0;
         while first < bufs.len() {
             let slices = io_slices(bufs, first);
             match (&*self).write_vectored(&slices) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => advance(bufs, &mut first, n),
-                Err(e) => retry_or_give_up(e, link, stop)?,
+                Err(e) => retry_or_give_up(e, outbox, stop)?,
             }
         }
         bufs.clear();
@@ -195,17 +209,22 @@ pub(crate) fn advance(bufs: &mut [Bytes], first: &mut usize, mut written: usize)
 
 /// After a failed socket write: `Ok` to try again (a timeout or an
 /// interrupt, and the connection goes on), else the error to end with.
-pub(crate) fn retry_or_give_up(e: io::Error, link: &Link, stop: &AtomicBool) -> io::Result<()> {
+pub(crate) fn retry_or_give_up(e: io::Error, outbox: &Outbox, stop: &AtomicBool) -> io::Result<()> {
     if !matches!(
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
     ) {
         return Err(e);
     }
-    if stop.load(Ordering::Acquire) || link.session().close_request() == Some(CloseKind::Abort) {
+    if stop.load(Ordering::Acquire) || outbox.close_request() == Some(CloseKind::Abort) {
         return Err(io::ErrorKind::ConnectionAborted.into());
     }
     Ok(())
+}
+
+/// Locks `mutex`; a panic elsewhere (a handler's, caught) does not poison it.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Runs one connection until it closes: the handler sees `on_connect`, its
@@ -217,16 +236,17 @@ pub(crate) fn retry_or_give_up(e: io::Error, link: &Link, stop: &AtomicBool) -> 
 pub(crate) fn drive<T: Transport, H: Handler>(
     transport: T,
     session: &Session,
+    link: LinkDriver,
     handler: &H,
     initial: Bytes,
     write_batch: usize,
     close_timeout: Duration,
 ) {
-    let link = session.link();
+    let link = &Mutex::new(link);
     let (mut reader, mut write_half) = match transport.split() {
         Ok(halves) => halves,
         Err(e) => {
-            link.abort();
+            session.abort();
             handler.on_error(&e);
             return;
         }
@@ -240,10 +260,10 @@ pub(crate) fn drive<T: Transport, H: Handler>(
             .name("storm-writer".to_owned())
             .spawn_scoped(scope, move || {
                 let _done = done_tx;
-                let result = write_loop(&mut write_half, link, write_batch, stop);
+                let result = write_loop(&mut write_half, session, link, write_batch, stop);
                 if result.is_err() {
                     // The peer is gone: tell the link so the handler hears it.
-                    link.handle_eof();
+                    lock(link).handle_eof();
                 }
                 // Also unblocks the reader, which then reports the close
                 // (parked, it is woken).
@@ -253,7 +273,7 @@ pub(crate) fn drive<T: Transport, H: Handler>(
         let writer = match writer {
             Ok(writer) => Some(writer),
             Err(e) => {
-                link.abort();
+                session.abort();
                 handler.on_error(&e);
                 None
             }
@@ -264,6 +284,7 @@ pub(crate) fn drive<T: Transport, H: Handler>(
             read_loop(
                 &mut reader,
                 session,
+                link,
                 handler,
                 &initial,
                 writer_thread.as_ref(),
@@ -272,7 +293,7 @@ pub(crate) fn drive<T: Transport, H: Handler>(
         match reported {
             Ok(true) => {}
             Ok(false) => handler.on_disconnect(session, &CloseReason::Eof),
-            Err(_) => link.abort(),
+            Err(_) => session.abort(),
         }
         // Let the writer flush the close reply (or the graceful close),
         // bounded in time; then stop it whatever it is doing.
@@ -301,37 +322,39 @@ pub(crate) fn drive<T: Transport, H: Handler>(
 fn read_loop<R: ReadHalf, H: Handler>(
     reader: &mut R,
     session: &Session,
+    link: &Mutex<LinkDriver>,
     handler: &H,
     initial: &[u8],
     writer: Option<&thread::Thread>,
 ) -> bool {
-    let link = session.link();
     if !initial.is_empty() {
-        link.handle_input(Instant::now(), initial);
+        lock(link).handle_input(Instant::now(), initial);
     }
     let waker = thread_waker(thread::current());
     let mut buf = [0u8; READ_CHUNK];
     let mut eof = false;
     loop {
-        if dispatch(session, handler) {
+        if dispatch(session, link, handler) {
             return true;
         }
         if eof {
             return false;
         }
         let now = Instant::now();
-        let timeout = match link.poll_timeout() {
-            Some(deadline) if deadline <= now => {
-                link.handle_timeout(now);
-                continue;
-            }
-            Some(deadline) => Some(deadline - now),
-            None => None,
+        let (timeout, ready) = {
+            let mut link = lock(link);
+            let timeout = match link.poll_timeout() {
+                Some(deadline) if deadline <= now => {
+                    link.handle_timeout(now);
+                    continue;
+                }
+                Some(deadline) => Some(deadline - now),
+                None => None,
+            };
+            let ready = link.poll_input_ready(&mut Context::from_waker(&waker));
+            (timeout, ready)
         };
-        if link
-            .poll_input_ready(&mut Context::from_waker(&waker))
-            .is_pending()
-        {
+        if ready.is_pending() {
             // The peer's pongs wait for the writer: parked until it drains
             // them, the session closes, the writer ends or the timer is due.
             match timeout {
@@ -341,7 +364,7 @@ fn read_loop<R: ReadHalf, H: Handler>(
             continue;
         }
         if reader.socket().set_read_timeout(timeout).is_err() {
-            link.handle_eof();
+            lock(link).handle_eof();
             eof = true;
             continue;
         }
@@ -353,7 +376,7 @@ fn read_loop<R: ReadHalf, H: Handler>(
                 }
             }
             Ok(Received::Eof) => {
-                link.handle_eof();
+                lock(link).handle_eof();
                 eof = true;
             }
             // The timer is looked at on the next turn.
@@ -365,7 +388,7 @@ fn read_loop<R: ReadHalf, H: Handler>(
                         | io::ErrorKind::Interrupted
                 ) => {}
             Err(_) => {
-                link.handle_eof();
+                lock(link).handle_eof();
                 eof = true;
                 // A TLS failure leaves an alert for the writer to send.
                 if let Some(writer) = writer {
@@ -378,8 +401,13 @@ fn read_loop<R: ReadHalf, H: Handler>(
 
 /// Hands the link's events to the handler, in order. `true` once the
 /// connection closed (and the handler heard it).
-fn dispatch<H: Handler>(session: &Session, handler: &H) -> bool {
-    while let Some(event) = session.link().poll_event(Instant::now()) {
+fn dispatch<H: Handler>(session: &Session, link: &Mutex<LinkDriver>, handler: &H) -> bool {
+    loop {
+        // Unlocked before the handler runs.
+        let event = lock(link).poll_event(Instant::now());
+        let Some(event) = event else {
+            return false;
+        };
         match event {
             LinkEvent::Message(message) => handler.on_message(session, message),
             LinkEvent::Closed(reason) => {
@@ -389,7 +417,6 @@ fn dispatch<H: Handler>(session: &Session, handler: &H) -> bool {
             _ => {}
         }
     }
-    false
 }
 
 /// Drains the session's outbox through the link and writes it, many
@@ -397,10 +424,12 @@ fn dispatch<H: Handler>(session: &Session, handler: &H) -> bool {
 /// when told to stop.
 fn write_loop<W: WriteHalf>(
     writer: &mut W,
-    link: &Link,
+    session: &Session,
+    link: &Mutex<LinkDriver>,
     write_batch: usize,
     stop: &AtomicBool,
 ) -> io::Result<()> {
+    let outbox = session.outbox();
     let waker = thread_waker(thread::current());
     let mut bufs: Vec<Bytes> = Vec::new();
     loop {
@@ -409,8 +438,8 @@ fn write_loop<W: WriteHalf>(
         }
         // Registered before polling: a message queued after the poll
         // unparks us, and an unpark before `park` makes it return at once.
-        link.session().register_waker(&waker);
-        let transmit = link.poll_transmit(Instant::now(), &mut bufs, write_batch);
+        outbox.register_waker(&waker);
+        let transmit = lock(link).poll_transmit(Instant::now(), &mut bufs, write_batch);
         if transmit.bytes == 0 && !transmit.close {
             if transmit.release {
                 // Idle a while: the link returned its buffers; so does
@@ -418,15 +447,16 @@ fn write_loop<W: WriteHalf>(
                 bufs = Vec::new();
             }
             if writer.has_output() {
-                writer.write(&mut bufs, link, stop)?;
+                writer.write(&mut bufs, outbox, stop)?;
                 continue;
             }
-            match link.poll_timeout() {
+            let deadline = lock(link).poll_timeout();
+            match deadline {
                 None => thread::park(),
                 Some(deadline) => {
                     let now = Instant::now();
                     if now >= deadline {
-                        link.handle_timeout(now);
+                        lock(link).handle_timeout(now);
                     } else {
                         thread::park_timeout(deadline - now);
                     }
@@ -434,9 +464,9 @@ fn write_loop<W: WriteHalf>(
             }
             continue;
         }
-        writer.write(&mut bufs, link, stop)?;
+        writer.write(&mut bufs, outbox, stop)?;
         if transmit.close {
-            return writer.finish(link, stop);
+            return writer.finish(outbox, stop);
         }
     }
 }

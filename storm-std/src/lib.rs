@@ -9,7 +9,7 @@
 //!
 //! - a **reader thread** (the one that ran the handshakes) blocks in
 //!   `read` with a read timeout taken from
-//!   [`Link::poll_timeout`](storm_host::link::Link::poll_timeout), so
+//!   [`LinkDriver::poll_timeout`](storm_host::link::LinkDriver::poll_timeout), so
 //!   heartbeats and close timeouts fire; it feeds the link and calls your
 //!   [`Handler`], one event at a time, in order;
 //! - a **writer thread** parks until the session's outbox wakes it, then

@@ -6,7 +6,7 @@ use std::net::{
     IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ use storm_host::setup::{
 };
 
 use crate::deadline::Deadlined;
-use crate::driver::{Transport, drive};
+use crate::driver::{Transport, drive, lock};
 use crate::tls::TlsStream;
 use crate::{Handler, Session};
 
@@ -438,11 +438,13 @@ impl ServerHandle {
         let stopping = || self.shared.stop.load(Ordering::Acquire);
         let (setup, registry) = (&self.shared.setup, &self.shared.registry);
         let now = Instant::now();
-        let session = setup.admit(registry, admitted, protocol, now, Session::new, stopping)?;
+        let (session, link) =
+            setup.admit(registry, admitted, protocol, now, Session::new, stopping)?;
         let id = session.id();
         drive(
             stream,
             &session,
+            link,
             handler,
             initial,
             self.shared.options.write_batch,
@@ -519,8 +521,4 @@ fn wake_addr(local: SocketAddr) -> SocketAddr {
         ip => ip,
     };
     SocketAddr::new(ip, local.port())
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -48,21 +48,21 @@
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
 use rustls::{Connection, ConnectionCommon, SideData};
 
-use storm_host::hub::CloseKind;
-use storm_host::link::Link;
+use storm_host::hub::{CloseKind, Outbox};
+use storm_host::link::LinkDriver;
 pub use storm_host::tls::{
     client_cert_from_pem_files, read_pem_file, server_options_from_pem_files,
 };
 
 use crate::deadline::Deadlined;
 use crate::driver::{
-    ReadHalf, Received, Transport, WriteHalf, advance, io_slices, prepare, retry_or_give_up,
+    ReadHalf, Received, Transport, WriteHalf, advance, io_slices, lock, prepare, retry_or_give_up,
 };
 
 /// Runs the TLS handshake to its end (including the last flight, or the
@@ -125,10 +125,6 @@ fn tls_error(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// A TCP stream with an established TLS session.
 pub(crate) struct TlsStream {
     stream: TcpStream,
@@ -182,7 +178,7 @@ impl ReadHalf for TlsReader {
         &self.stream
     }
 
-    fn read(&mut self, link: &Link, buf: &mut [u8]) -> io::Result<Received> {
+    fn read(&mut self, link: &Mutex<LinkDriver>, buf: &mut [u8]) -> io::Result<Received> {
         let n = (&self.stream).read(buf)?;
         if n == 0 {
             return Ok(Received::Eof);
@@ -197,7 +193,7 @@ impl ReadHalf for TlsReader {
         };
         // Outside the lock: the writer keeps encrypting meanwhile.
         if !self.plain.is_empty() {
-            link.handle_input(Instant::now(), &self.plain);
+            lock(link).handle_input(Instant::now(), &self.plain);
         }
         Ok(match result? {
             true => Received::Eof,
@@ -242,7 +238,12 @@ impl WriteHalf for TlsWriter {
         lock(&self.conn).wants_write()
     }
 
-    fn write(&mut self, bufs: &mut Vec<Bytes>, link: &Link, stop: &AtomicBool) -> io::Result<()> {
+    fn write(
+        &mut self,
+        bufs: &mut Vec<Bytes>,
+        outbox: &Outbox,
+        stop: &AtomicBool,
+    ) -> io::Result<()> {
         let mut first = 0;
         loop {
             self.out.clear();
@@ -265,7 +266,7 @@ impl WriteHalf for TlsWriter {
             if self.out.is_empty() {
                 break;
             }
-            write_fully(&self.stream, &self.out, link, stop)?;
+            write_fully(&self.stream, &self.out, outbox, stop)?;
             if first >= bufs.len() {
                 // What the reader queues meanwhile, `has_output` tells.
                 break;
@@ -275,12 +276,12 @@ impl WriteHalf for TlsWriter {
         Ok(())
     }
 
-    fn finish(&mut self, link: &Link, stop: &AtomicBool) -> io::Result<()> {
-        if link.session().close_request() == Some(CloseKind::Abort) {
+    fn finish(&mut self, outbox: &Outbox, stop: &AtomicBool) -> io::Result<()> {
+        if outbox.close_request() == Some(CloseKind::Abort) {
             return Ok(());
         }
         lock(&self.conn).send_close_notify();
-        self.write(&mut Vec::new(), link, stop)
+        self.write(&mut Vec::new(), outbox, stop)
     }
 }
 
@@ -288,14 +289,14 @@ impl WriteHalf for TlsWriter {
 fn write_fully(
     mut stream: &TcpStream,
     mut out: &[u8],
-    link: &Link,
+    outbox: &Outbox,
     stop: &AtomicBool,
 ) -> io::Result<()> {
     while !out.is_empty() {
         match stream.write(out) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => out = out.get(n..).unwrap_or_default(),
-            Err(e) => retry_or_give_up(e, link, stop)?,
+            Err(e) => retry_or_give_up(e, outbox, stop)?,
         }
     }
     Ok(())

@@ -4,7 +4,7 @@
 //! clients and the per-connection loop are storm-async's, shared with
 //! storm-smol; this crate is the [`Tokio`] runtime under them (sockets,
 //! tasks, timers, tokio-rustls). One task per connection runs the
-//! [`Link`](storm_host::link::Link) loop: read → events → your
+//! [`LinkDriver`](storm_host::link::LinkDriver) loop: read → events → your
 //! [`Handler`]; outbox → one vectored write; timer → heartbeat.
 //!
 //! TLS (rustls) is an option, not another server or client: set

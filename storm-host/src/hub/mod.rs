@@ -9,13 +9,13 @@
 //!    [`Rejected`] (max connections reached: close the socket before any
 //!    handshake).
 //! 2. After the handshake, [`Hub::register`] turns the permit into a
-//!    [`Session`] with a new [`SessionId`]; run the
+//!    session's [`Outbox`] with a new [`SessionId`]; run the
 //!    [`MiddlewareChain::connect`] hooks.
 //! 3. The connection's writer drains the session's outbox
-//!    ([`Session::poll_drain`]), writes vectored, and reports
-//!    [`Session::on_written`]; it closes when [`Drained::close`] says so.
-//!    Its reader reports [`Session::on_read`] / [`Session::on_consumed`].
-//! 4. Anyone may [`Session::send`] to it, [`Hub::join`] groups or
+//!    ([`Outbox::poll_drain`]), writes vectored, and reports
+//!    [`Outbox::on_written`]; it closes when [`Drained::close`] says so.
+//!    Its reader reports [`Outbox::on_read`] / [`Outbox::on_consumed`].
+//! 4. Anyone may [`Outbox::send`] to it, [`Hub::join`] groups or
 //!    [`Hub::broadcast`].
 //! 5. When the connection ends, [`Hub::disconnect`] removes the session,
 //!    leaves all its groups and releases its permit; then run the
@@ -94,8 +94,7 @@ pub use backplane::{Backplane, LocalBackplane};
 pub use metrics::HubMetrics;
 pub use middleware::{Middleware, MiddlewareChain};
 pub use session::{
-    CloseKind, Drained, SendOutcome, Session, SessionClosed, SessionId, SessionMetrics,
-    SessionState,
+    CloseKind, Drained, Outbox, SendOutcome, SessionClosed, SessionId, SessionMetrics, SessionState,
 };
 pub use waker::thread_waker;
 
@@ -353,13 +352,13 @@ impl Drop for ConnectionPermit {
 
 #[derive(Debug)]
 struct Entry {
-    session: Arc<Session>,
+    session: Arc<Outbox>,
     _permit: ConnectionPermit,
 }
 
 #[derive(Debug, Default)]
 struct Groups {
-    by_name: HashMap<Arc<str>, HashMap<SessionId, Arc<Session>>>,
+    by_name: HashMap<Arc<str>, HashMap<SessionId, Arc<Outbox>>>,
     by_session: HashMap<SessionId, BTreeSet<Arc<str>>>,
 }
 
@@ -478,12 +477,12 @@ impl Hub {
         &self,
         permit: ConnectionPermit,
         now: Instant,
-    ) -> Result<Arc<Session>, RegisterError> {
+    ) -> Result<Arc<Outbox>, RegisterError> {
         if !Arc::ptr_eq(&permit.gate, &self.shared.gate) {
             return Err(RegisterError::ForeignPermit);
         }
         let id = SessionId::new(self.shared.next_id.fetch_add(1, Ordering::Relaxed));
-        let session = Arc::new(Session::new(
+        let session = Arc::new(Outbox::new(
             id,
             now,
             &self.shared.config.backpressure,
@@ -502,7 +501,7 @@ impl Hub {
     /// Removes a session: it refuses sends from now on (its waiters are
     /// woken), leaves all its groups, and its connection permit is
     /// released. Returns it, or `None` if it was not registered.
-    pub fn disconnect(&self, id: SessionId) -> Option<Arc<Session>> {
+    pub fn disconnect(&self, id: SessionId) -> Option<Arc<Outbox>> {
         let entry = write(&self.shared.registry).remove(&id)?;
         // Marked before leaving the groups, so a concurrent `join` that
         // looked the session up earlier sees it gone (checked under the
@@ -518,14 +517,14 @@ impl Hub {
     }
 
     /// The session with this id, if registered.
-    pub fn session(&self, id: SessionId) -> Option<Arc<Session>> {
+    pub fn session(&self, id: SessionId) -> Option<Arc<Outbox>> {
         read(&self.shared.registry)
             .get(&id)
             .map(|entry| Arc::clone(&entry.session))
     }
 
     /// A snapshot of every registered session, in id order.
-    pub fn sessions(&self) -> Vec<Arc<Session>> {
+    pub fn sessions(&self) -> Vec<Arc<Outbox>> {
         let mut all: Vec<_> = read(&self.shared.registry)
             .values()
             .map(|entry| Arc::clone(&entry.session))

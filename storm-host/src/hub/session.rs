@@ -1,4 +1,5 @@
-//! One session: its id, outbox, backpressure, close request and metrics.
+//! One session's [`Outbox`]: its id, queue, backpressure, close request and
+//! metrics.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -8,6 +9,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use storm_proto::Message;
+use storm_proto::ws::CloseCode;
 
 use super::lock;
 use super::metrics::{Totals, Traffic};
@@ -45,32 +47,21 @@ impl fmt::Display for SessionId {
     }
 }
 
-/// How a session was asked to close.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum CloseKind {
-    /// Write what is queued, then close properly (a WebSocket close frame,
-    /// a TCP shutdown). Can take forever with a consumer that does not read:
-    /// follow up with [`Abort`](Self::Abort) after a timeout.
-    Graceful,
-    /// Close the socket at once; queued messages are discarded. Wins over
-    /// an earlier `Graceful` request.
-    Abort,
+pub use storm_proto::link::CloseKind;
+
+/// [`CloseKind`] in the session's atomic: 0 for none.
+const fn close_to_u8(kind: CloseKind) -> u8 {
+    match kind {
+        CloseKind::Graceful => 1,
+        CloseKind::Abort => 2,
+    }
 }
 
-impl CloseKind {
-    const fn to_u8(self) -> u8 {
-        match self {
-            Self::Graceful => 1,
-            Self::Abort => 2,
-        }
-    }
-
-    const fn from_u8(value: u8) -> Option<Self> {
-        match value {
-            1 => Some(Self::Graceful),
-            2 => Some(Self::Abort),
-            _ => None,
-        }
+const fn close_from_u8(value: u8) -> Option<CloseKind> {
+    match value {
+        1 => Some(CloseKind::Graceful),
+        2 => Some(CloseKind::Abort),
+        _ => None,
     }
 }
 
@@ -85,14 +76,14 @@ pub enum SessionState {
     Closed,
 }
 
-/// The result of [`Session::send`]. Every refusal hands the message back.
+/// The result of [`Outbox::send`]. Every refusal hands the message back.
 #[must_use = "a refused message is handed back and must be handled"]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendOutcome {
     /// Queued in the outbox; the writer was woken.
     Queued,
     /// [`SlowConsumerPolicy::Wait`]: the session is backpressured. Wait for
-    /// [`Session::poll_writable`] and send again.
+    /// [`Outbox::poll_writable`] and send again.
     Wait(Message),
     /// [`SlowConsumerPolicy::Drop`]: dropped for this slow session (counted
     /// in its metrics). Do not retry.
@@ -104,7 +95,7 @@ pub enum SendOutcome {
     Closed(Message),
 }
 
-/// What one [`Session::drain_into`] handed to the writer.
+/// What one [`Outbox::drain_into`] handed to the writer.
 #[must_use = "close tells the writer when to close the connection"]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Drained {
@@ -144,13 +135,13 @@ impl std::error::Error for SessionClosed {}
 pub struct SessionMetrics {
     /// When the session connected (the `now` given at registration).
     pub connected_at: Instant,
-    /// Bytes the writer reported written ([`Session::on_written`]).
+    /// Bytes the writer reported written ([`Outbox::on_written`]).
     pub bytes_sent: u64,
-    /// Bytes the reader reported read ([`Session::on_read`]).
+    /// Bytes the reader reported read ([`Outbox::on_read`]).
     pub bytes_received: u64,
-    /// Messages handed to the writer ([`Session::drain_into`]).
+    /// Messages handed to the writer ([`Outbox::drain_into`]).
     pub messages_sent: u64,
-    /// Messages the reader reported ([`Session::on_message_received`]).
+    /// Messages the reader reported ([`Outbox::on_message_received`]).
     pub messages_received: u64,
     /// Messages dropped for this session by the slow-consumer policy.
     pub messages_dropped: u64,
@@ -172,7 +163,7 @@ impl SessionMetrics {
 
 /// The outbox and everything that changes with it, under one lock.
 #[derive(Debug)]
-struct Outbox {
+struct State {
     queue: VecDeque<Message>,
     /// Bytes in `queue` (pending bytes minus the ones in flight).
     queued_bytes: usize,
@@ -183,6 +174,10 @@ struct Outbox {
     writable: Vec<Waker>,
     /// No more sends: a close was requested or the session was removed.
     closed: bool,
+    /// The WebSocket close frame a graceful close asked for
+    /// ([`Outbox::close_with_frame`]), until the writer takes it. Boxed:
+    /// few sessions ever carry one.
+    close_frame: Option<Box<(CloseCode, String)>>,
 }
 
 /// What a broadcast did for one session.
@@ -195,7 +190,8 @@ pub(crate) enum Delivery {
     Closed,
 }
 
-/// One connected session as the hub sees it: shared (`Arc<Session>`) by the
+/// A session's outbox, as the hub sees the connection (the application
+/// holds the connection as its adapter's `Session`): shared (`Arc<Outbox>`) by the
 /// registry, the groups, the adapter's reader and writer and any task that
 /// sends to it. `Send + Sync`; every method takes `&self` and holds an
 /// internal lock only for a few field updates, never while calling out
@@ -219,10 +215,10 @@ pub(crate) enum Delivery {
 /// [`on_consumed`](Self::on_consumed) and stops reading while
 /// [`is_read_paused`](Self::is_read_paused).
 #[derive(Debug)]
-pub struct Session {
+pub struct Outbox {
     id: SessionId,
     connected_at: Instant,
-    outbox: Mutex<Outbox>,
+    outbox: Mutex<State>,
     receive: Mutex<Watermark>,
     close: AtomicU8,
     disconnected: AtomicBool,
@@ -246,7 +242,7 @@ fn as_u64(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
 }
 
-impl Session {
+impl Outbox {
     pub(crate) fn new(
         id: SessionId,
         connected_at: Instant,
@@ -256,13 +252,14 @@ impl Session {
         Self {
             id,
             connected_at,
-            outbox: Mutex::new(Outbox {
+            outbox: Mutex::new(State {
                 queue: VecDeque::new(),
                 queued_bytes: 0,
                 budget: SendBudget::from_config(config),
                 writer: None,
                 writable: Vec::new(),
                 closed: false,
+                close_frame: None,
             }),
             receive: Mutex::new(Watermark::new(config.max_pending_receive_bytes)),
             close: AtomicU8::new(0),
@@ -523,7 +520,7 @@ impl Session {
 
     fn drain_locked(
         &self,
-        outbox: &mut Outbox,
+        outbox: &mut State,
         out: &mut Vec<Message>,
         max_bytes: usize,
         wake: &mut Vec<Waker>,
@@ -581,7 +578,7 @@ impl Session {
     /// [`drain_into`](Self::drain_into) and [`on_written`](Self::on_written)
     /// for what it drained, under one lock: for a writer that counts a
     /// message as written once it is framed into its protocol's own
-    /// bounded output (as [`Link`](crate::link::Link) does).
+    /// bounded output (as [`LinkDriver`](crate::link::LinkDriver) does).
     pub fn drain_written(&self, out: &mut Vec<Message>, max_bytes: usize) -> Drained {
         let mut wake = Vec::new();
         let drained = {
@@ -596,7 +593,7 @@ impl Session {
         drained
     }
 
-    fn written_locked(&self, outbox: &mut Outbox, bytes: usize) -> Vec<Waker> {
+    fn written_locked(&self, outbox: &mut State, bytes: usize) -> Vec<Waker> {
         let in_flight = outbox.budget.pending().saturating_sub(outbox.queued_bytes);
         let bytes = bytes.min(in_flight);
         self.bytes_sent.fetch_add(as_u64(bytes), Ordering::Relaxed);
@@ -622,8 +619,32 @@ impl Session {
         wake_all(wake);
     }
 
-    fn close_locked(&self, outbox: &mut Outbox, kind: CloseKind, wake: &mut Vec<Waker>) {
-        self.close.fetch_max(kind.to_u8(), Ordering::AcqRel);
+    /// A graceful close whose WebSocket close frame carries `code` (1000
+    /// when `None`) and `reason`: the first such request's frame is the
+    /// one sent, once the outbox is written.
+    pub fn close_with_frame(&self, code: Option<CloseCode>, reason: &str) {
+        let mut wake = Vec::new();
+        {
+            let mut outbox = lock(&self.outbox);
+            if outbox.close_frame.is_none() {
+                outbox.close_frame = Some(Box::new((
+                    code.unwrap_or(CloseCode::NORMAL),
+                    reason.to_owned(),
+                )));
+            }
+            self.close_locked(&mut outbox, CloseKind::Graceful, &mut wake);
+        }
+        wake_all(wake);
+    }
+
+    /// Takes the close frame [`close_with_frame`](Self::close_with_frame)
+    /// asked for, if any: for the writer, when the outbox is drained.
+    pub fn take_close_frame(&self) -> Option<Box<(CloseCode, String)>> {
+        lock(&self.outbox).close_frame.take()
+    }
+
+    fn close_locked(&self, outbox: &mut State, kind: CloseKind, wake: &mut Vec<Waker>) {
+        self.close.fetch_max(close_to_u8(kind), Ordering::AcqRel);
         outbox.closed = true;
         wake.extend(outbox.writer.take());
         wake.append(&mut outbox.writable);
@@ -631,7 +652,7 @@ impl Session {
 
     /// The close requested so far, if any (the strongest one).
     pub fn close_request(&self) -> Option<CloseKind> {
-        CloseKind::from_u8(self.close.load(Ordering::Acquire))
+        close_from_u8(self.close.load(Ordering::Acquire))
     }
 
     /// Marks the session removed from its hub: sends are refused, waiters

@@ -37,7 +37,7 @@ fn hub_with(limit: usize, policy: SlowConsumerPolicy) -> Hub {
     Hub::new(config, Instant::now()).unwrap()
 }
 
-fn connect(hub: &Hub) -> Arc<Session> {
+fn connect(hub: &Hub) -> Arc<Outbox> {
     hub.register(hub.try_admit().unwrap(), Instant::now())
         .unwrap()
 }
@@ -46,7 +46,7 @@ fn msg(len: usize) -> Message {
     Message::from(vec![7u8; len])
 }
 
-fn drain_all(session: &Session) -> Vec<Message> {
+fn drain_all(session: &Outbox) -> Vec<Message> {
     let mut out = Vec::new();
     let drained = session.drain_into(&mut out, usize::MAX);
     session.on_written(drained.bytes);
@@ -185,7 +185,7 @@ fn send_drain_write_and_metrics() {
 #[test]
 fn hub_totals_add_up_every_session() {
     let hub = hub_with(1 << 20, SlowConsumerPolicy::Wait);
-    let sessions: Vec<Arc<Session>> = (0..40).map(|_| connect(&hub)).collect();
+    let sessions: Vec<Arc<Outbox>> = (0..40).map(|_| connect(&hub)).collect();
     let mut expected = (0, 0, 0, 0);
     for (i, s) in sessions.iter().enumerate() {
         let n = i + 1;
@@ -527,7 +527,7 @@ fn thread_waker_unparks() {
 fn hub_and_session_are_send_sync() {
     fn check<T: Send + Sync>() {}
     check::<Hub>();
-    check::<Session>();
+    check::<Outbox>();
     check::<ConnectionPermit>();
     check::<MiddlewareChain>();
 }

@@ -26,7 +26,7 @@ use bytes::{Bytes, BytesMut};
 use rand::RngCore;
 
 use crate::hub::{ConnectionPermit, Hub, HubConfig, SessionId};
-use crate::link::{Link, LinkConfig, Protocol};
+use crate::link::{LinkConfig, LinkDriver, Protocol};
 use crate::options::{ClientOptions, Framing, ServerOptions, WsOptions};
 use crate::peer::{ClientError, Peer, Registry};
 use storm_proto::framing::{Framer, FramingConfigError, FramingError};
@@ -356,7 +356,8 @@ impl ClientCore {
     }
 
     /// A new connection to `remote` admitted and registered in the hub:
-    /// the [`Peer`] the adapter's session wraps.
+    /// the [`Peer`] the adapter's session wraps, and the [`LinkDriver`]
+    /// the adapter's driver owns.
     ///
     /// # Errors
     ///
@@ -367,11 +368,13 @@ impl ClientCore {
         protocol: Protocol,
         remote: SocketAddr,
         now: Instant,
-    ) -> Result<Peer, ClientError> {
+    ) -> Result<(Peer, LinkDriver), ClientError> {
         let permit = self.hub.try_admit().map_err(config_error)?;
-        let session = self.hub.register(permit, now).map_err(config_error)?;
-        let link = Link::new(session, protocol, self.link.clone(), now).map_err(config_error)?;
-        Ok(Peer::new(Arc::new(link), self.hub.clone(), remote))
+        let outbox = self.hub.register(permit, now).map_err(config_error)?;
+        let middleware = self.link.middleware.clone();
+        let peer = Peer::new(Arc::clone(&outbox), middleware, self.hub.clone(), remote);
+        let link = LinkDriver::new(outbox, protocol, &self.link, now).map_err(config_error)?;
+        Ok((peer, link))
     }
 
     /// A connection is up (it counts as stable after a while, which resets
@@ -525,7 +528,8 @@ impl ServerSetup {
 
     /// Registers a connection past its handshake in `registry`'s hub,
     /// makes its session with `session` and inserts it; then closes it at
-    /// once when `stopping()` says the server is shutting down.
+    /// once when `stopping()` says the server is shutting down. Returns the
+    /// session and the [`LinkDriver`] the adapter's driver owns.
     ///
     /// A connection accepted before a shutdown may finish its handshake
     /// after the shutdown's `close_all` ran. The hub's lock orders the two:
@@ -545,17 +549,23 @@ impl ServerSetup {
         now: Instant,
         session: impl FnOnce(Peer) -> S,
         stopping: impl FnOnce() -> bool,
-    ) -> io::Result<S> {
+    ) -> io::Result<(S, LinkDriver)> {
         let hub = registry.hub();
-        let hub_session = hub.register(admitted.permit, now).map_err(invalid)?;
-        let link = Link::new(hub_session, protocol, self.link.clone(), now).map_err(invalid)?;
-        let peer = Peer::new(Arc::new(link), hub.clone(), admitted.remote);
+        let outbox = hub.register(admitted.permit, now).map_err(invalid)?;
+        let middleware = self.link.middleware.clone();
+        let peer = Peer::new(
+            Arc::clone(&outbox),
+            middleware,
+            hub.clone(),
+            admitted.remote,
+        );
+        let link = LinkDriver::new(outbox, protocol, &self.link, now).map_err(invalid)?;
         let session = session(peer);
         registry.insert(session.clone());
         if stopping() {
             session.close();
         }
-        Ok(session)
+        Ok((session, link))
     }
 }
 
@@ -887,7 +897,7 @@ mod tests {
         let options = ClientOptions::default();
         let mut core = ClientCore::new(&options, 1, Instant::now())?;
         let framer = Framing::default().build().map_err(config_error)?;
-        let peer = core.peer(Protocol::Framed(framer), remote(), Instant::now())?;
+        let (peer, _link) = core.peer(Protocol::Framed(framer), remote(), Instant::now())?;
         assert_eq!(peer.remote_addr(), remote());
         assert_eq!(peer.state(), SessionState::Open);
         core.ended(peer.id());
@@ -908,7 +918,7 @@ mod tests {
             let ServerOpen::Ready(protocol) = setup.open()? else {
                 return Err(io::Error::other("a TCP server speaks at once"));
             };
-            let session = setup.admit(
+            let (session, _link) = setup.admit(
                 &registry,
                 admitted,
                 protocol,

@@ -544,6 +544,16 @@ impl Connection {
         &mut self,
         read: impl FnOnce(&mut Limit<&mut BytesMut>) -> T,
     ) -> Option<(T, usize)> {
+        let mut room = self.input_room()?;
+        let before = room.get_ref().len();
+        let result = read(&mut room);
+        Some((result, room.get_ref().len().saturating_sub(before)))
+    }
+
+    /// [`fill_input`](Self::fill_input) without the closure: the input
+    /// buffer's room for the rest of a large frame, or `None` when no such
+    /// frame is in progress. Append only, through [`BufMut`].
+    pub fn input_room(&mut self) -> Option<Limit<&mut BytesMut>> {
         if !matches!(self.state, State::Open | State::CloseSent) {
             return None;
         }
@@ -552,9 +562,7 @@ impl Connection {
         if to_come < DIRECT_READ_MIN || room < DIRECT_READ_MIN {
             return None;
         }
-        let before = self.input.len();
-        let result = read(&mut (&mut self.input).limit(room));
-        Some((result, self.input.len().saturating_sub(before)))
+        Some((&mut self.input).limit(room))
     }
 
     /// Tells the connection the transport has no more bytes to give.

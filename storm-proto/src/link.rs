@@ -1,0 +1,873 @@
+//! One live connection's protocol logic as a single-owner machine: a
+//! protocol (a [`Framer`] for plain TCP, or a [`ws::Connection`] after the
+//! upgrade), a [`Heartbeat`], the close handshake and the return of idle
+//! buffers.
+//!
+//! A [`Link`] is driven in the quinn-proto shape: every method takes
+//! `&mut self`, input and the time come in as arguments, and events, bytes
+//! to send and the next deadline come out as values. It calls nothing
+//! back and holds no lock; the caller owns it (and a lock, if two threads
+//! drive it).
+//!
+//! - **input**: bytes from the socket → [`Link::handle_input`] (or, for
+//!   the rest of a large WebSocket frame, straight into
+//!   [`Link::input_buffer`], then [`Link::input_filled`]); end of stream →
+//!   [`Link::handle_eof`]; then [`Link::poll_event`] until `None`, which
+//!   parses. A WebSocket ping leaves its auto-pong waiting
+//!   ([`Link::waiting_pong`]) until the caller admits it
+//!   ([`Link::queue_pong`]) under its send limit.
+//! - **output**: messages → [`Link::send`], which frames them at once; a
+//!   close → [`Link::close`] or [`Link::abort`]; [`Link::poll_transmit`]
+//!   hands over the framed bytes (with the protocol's own pongs, pings and
+//!   close frames) for one vectored write and says when to close the
+//!   socket.
+//! - **timer**: sleep until [`Link::poll_timeout`], then
+//!   [`Link::handle_timeout`] and drain [`Link::poll_event`].
+//!
+//! Output is written in the order it was framed. So a caller that must
+//! have a reply precede the close reply a later input causes frames the
+//! reply ([`send`](Link::send)) before it parses that input
+//! ([`poll_event`](Link::poll_event)).
+//!
+//! ```
+//! use std::time::Instant;
+//!
+//! use storm_proto::Message;
+//! use storm_proto::framing::LengthPrefixFramer;
+//! use storm_proto::link::{Link, LinkConfig, LinkEvent, Protocol};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # #[allow(clippy::disallowed_methods)] // the caller reads the clock
+//! let now = Instant::now();
+//! let protocol = Protocol::Framed(Box::new(LengthPrefixFramer::default()));
+//! let mut link = Link::new(protocol, &LinkConfig::default(), now)?;
+//!
+//! // Input: a length-prefixed "hi" arrives.
+//! link.handle_input(now, b"\0\0\0\x02hi");
+//! assert_eq!(link.poll_event(now), Some(LinkEvent::Message(Message::from(b"hi".to_vec()))));
+//! assert_eq!(link.poll_event(now), None);
+//!
+//! // Output: echo it.
+//! link.send(&Message::from(b"hi".to_vec()));
+//! let mut out = Vec::new();
+//! let transmit = link.poll_transmit(now, &mut out);
+//! assert_eq!(out.concat(), b"\0\0\0\x02hi");
+//! assert!(!transmit.close);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use bytes::buf::Limit;
+use bytes::{Bytes, BytesMut};
+
+use crate::Message;
+use crate::framing::{Framer, FramingError};
+use crate::heartbeat::{Heartbeat, HeartbeatConfig, HeartbeatConfigError, HeartbeatEvent};
+use crate::ws::{self, CloseCode, CloseFrame, ProtocolError, release_bytes};
+
+/// The protocol a link speaks.
+pub enum Protocol {
+    /// Plain TCP with a framer: every message is [`Message::Binary`].
+    Framed(Box<dyn Framer + Send>),
+    /// WebSocket after the upgrade.
+    WebSocket(Box<ws::Connection>),
+}
+
+impl fmt::Debug for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Framed(_) => f.write_str("Framed"),
+            Self::WebSocket(conn) => f.debug_tuple("WebSocket").field(conn).finish(),
+        }
+    }
+}
+
+/// The protocol as a link keeps it. A framed link's buffers live with its
+/// framer, so a WebSocket link (whose connection keeps its own) carries
+/// none: every idle WebSocket connection is 64 bytes smaller.
+enum Wire {
+    Framed(Box<Framed>),
+    WebSocket(Box<ws::Connection>),
+}
+
+/// A framed link's framer and its buffers.
+struct Framed {
+    framer: Box<dyn Framer + Send>,
+    /// Bytes not yet cut into messages.
+    input: BytesMut,
+    /// Frames ready for the writer.
+    output: BytesMut,
+}
+
+impl fmt::Debug for Wire {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Framed(framed) => f
+                .debug_struct("Framed")
+                .field("input", &framed.input.len())
+                .field("output", &framed.output.len())
+                .finish_non_exhaustive(),
+            Self::WebSocket(conn) => f.debug_tuple("WebSocket").field(conn).finish(),
+        }
+    }
+}
+
+impl From<Protocol> for Wire {
+    fn from(protocol: Protocol) -> Self {
+        match protocol {
+            Protocol::Framed(framer) => Self::Framed(Box::new(Framed {
+                framer,
+                input: BytesMut::new(),
+                output: BytesMut::new(),
+            })),
+            Protocol::WebSocket(conn) => Self::WebSocket(conn),
+        }
+    }
+}
+
+/// How a [`Link`] behaves.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// Pings (WebSocket ping frames), dead-peer detection and the idle
+    /// timeout. Plain TCP has no ping, so only `idle_timeout` applies there.
+    /// Default: [`HeartbeatConfig::default`] (ping every 30 s, dead after 3
+    /// missed pongs, no idle timeout).
+    pub heartbeat: HeartbeatConfig,
+    /// How long a graceful close waits for the peer's close frame (WebSocket)
+    /// before the socket is closed anyway. Default 5 s.
+    pub close_timeout: Duration,
+    /// A link that goes idle (nothing to write after traffic) returns its
+    /// buffers to the allocator, and [`Transmit::release`] tells the
+    /// writer to return its own: at once, unless it already did less than
+    /// `release_after` ago; then when that much time has passed (a
+    /// connection that keeps sending bursts would otherwise allocate its
+    /// buffers again for every burst). Zero returns them at every idle
+    /// moment. Default 1 s.
+    pub release_after: Duration,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: HeartbeatConfig::default(),
+            close_timeout: Duration::from_secs(5),
+            release_after: Duration::from_secs(1),
+        }
+    }
+}
+
+/// How a connection was asked to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CloseKind {
+    /// Write what is queued, then close properly (a WebSocket close frame,
+    /// a TCP shutdown). Can take forever with a consumer that does not read:
+    /// follow up with [`Abort`](Self::Abort) after a timeout.
+    Graceful,
+    /// Close the socket at once; queued messages are discarded. Wins over
+    /// an earlier `Graceful` request.
+    Abort,
+}
+
+/// What happened on a link, for the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LinkEvent {
+    /// A whole message.
+    Message(Message),
+    /// A WebSocket ping (its auto-pong waits: [`Link::waiting_pong`]).
+    Ping(Bytes),
+    /// A WebSocket pong.
+    Pong(Bytes),
+    /// A heartbeat round trip was measured.
+    Rtt(Duration),
+    /// The connection is over; the last event. Close the socket once
+    /// [`Link::poll_transmit`] says so (or at once for an abort).
+    Closed(CloseReason),
+}
+
+/// Why a link closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer closed the WebSocket with this frame (after we did, or
+    /// first: our reply is queued).
+    Remote(CloseFrame),
+    /// The transport ended (for WebSocket: without a close frame).
+    Eof,
+    /// This side closed ([`Link::close`], [`Link::abort`]), or a graceful
+    /// close timed out waiting for the peer.
+    Local(CloseKind),
+    /// The peer missed too many pongs.
+    PeerDead,
+    /// Nothing arrived for the idle timeout.
+    IdleTimeout,
+    /// The peer broke the WebSocket protocol; the close frame with this
+    /// code is queued.
+    Protocol(ProtocolError),
+    /// The peer's framing was invalid (a frame over the limit, a truncated
+    /// frame at EOF).
+    Framing(FramingError),
+}
+
+impl CloseReason {
+    /// Whether this is an ordinary end of a connection rather than a fault
+    /// (a close frame, EOF, a local close).
+    #[must_use]
+    pub fn is_normal(&self) -> bool {
+        matches!(self, Self::Remote(_) | Self::Eof | Self::Local(_))
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Remote(frame) if frame.reason.is_empty() => {
+                write!(f, "closed by peer ({})", frame.code)
+            }
+            Self::Remote(frame) => write!(f, "closed by peer ({} {})", frame.code, frame.reason),
+            Self::Eof => f.write_str("connection ended"),
+            Self::Local(CloseKind::Graceful) => f.write_str("closed"),
+            Self::Local(CloseKind::Abort) => f.write_str("aborted"),
+            Self::PeerDead => f.write_str("peer stopped answering pings"),
+            Self::IdleTimeout => f.write_str("idle timeout"),
+            Self::Protocol(e) => write!(f, "protocol error: {e}"),
+            Self::Framing(e) => write!(f, "framing error: {e}"),
+        }
+    }
+}
+
+/// What [`Link::poll_transmit`] asks of the writer.
+#[must_use = "close says when to close the socket"]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Transmit {
+    /// Bytes appended to the caller's buffer list.
+    pub bytes: usize,
+    /// Close the socket after writing what was appended (a graceful close
+    /// that has flushed, or an abort: then nothing was appended).
+    pub close: bool,
+    /// The link went idle and returned its buffers (see
+    /// [`LinkConfig::release_after`]): the writer should return its own
+    /// (such as its list of buffers to write) too.
+    pub release: bool,
+    /// [`Link::poll_timeout`] changed in this call (a graceful close began
+    /// its wait, an idle link its release countdown): re-arm the timer.
+    pub timer_changed: bool,
+}
+
+/// A [`Link`] could not be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LinkConfigError {
+    /// The heartbeat configuration is invalid.
+    Heartbeat(HeartbeatConfigError),
+}
+
+impl fmt::Display for LinkConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Heartbeat(e) => write!(f, "heartbeat: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for LinkConfigError {}
+
+/// When an idle link returns its buffers: at the first idle moment after
+/// traffic, unless the last return was less than `after` ago; then
+/// `after` past that return (a connection that goes idle between every
+/// two bursts would otherwise allocate its buffers again for each).
+#[derive(Debug)]
+struct IdleRelease {
+    after: Duration,
+    /// Traffic since the last idle moment.
+    busy: bool,
+    /// When the buffers were last returned.
+    released: Option<Instant>,
+    /// Idle since a return that was too recent: the timer returns them.
+    pending: bool,
+    /// A return the writer has not heard of yet.
+    unheard: bool,
+}
+
+impl IdleRelease {
+    fn new(after: Duration) -> Self {
+        Self {
+            after,
+            busy: false,
+            released: None,
+            pending: false,
+            unheard: false,
+        }
+    }
+
+    /// Bytes moved: the next idle moment may return the buffers.
+    fn traffic(&mut self) {
+        self.busy = true;
+    }
+
+    /// Nothing to write at `now`: whether to return the buffers now (if
+    /// not, and there was traffic, the timer will).
+    fn idle(&mut self, now: Instant) -> bool {
+        if !std::mem::take(&mut self.busy) {
+            return false;
+        }
+        let recent = self
+            .released
+            .is_some_and(|at| now.saturating_duration_since(at) < self.after);
+        self.pending = recent;
+        !recent
+    }
+
+    /// When the timer returns them.
+    fn deadline(&self) -> Option<Instant> {
+        if !self.pending {
+            return None;
+        }
+        self.released?.checked_add(self.after)
+    }
+
+    /// Whether the timer is due at `now`.
+    fn due(&self, now: Instant) -> bool {
+        self.deadline().is_some_and(|at| now >= at)
+    }
+
+    /// The buffers were returned at `now`.
+    fn released(&mut self, now: Instant) {
+        self.released = Some(now);
+        self.pending = false;
+        self.unheard = true;
+    }
+
+    /// Whether a return happened since the writer last asked.
+    fn take_unheard(&mut self) -> bool {
+        std::mem::take(&mut self.unheard)
+    }
+}
+
+/// One connection's protocol state, heartbeat and close handshake. See
+/// the [module docs](self).
+#[derive(Debug)]
+pub struct Link {
+    wire: Wire,
+    heartbeat: Heartbeat,
+    close_timeout: Duration,
+    idle: IdleRelease,
+    /// Events ready for `poll_event` (timer results, heartbeat RTTs, a
+    /// local close).
+    events: VecDeque<LinkEvent>,
+    /// A graceful WebSocket close waits for the peer's reply until then.
+    close_deadline: Option<Instant>,
+    /// Set once `LinkEvent::Closed` was queued or reported.
+    closed: bool,
+    /// The writer must close the socket after its next write.
+    finish: bool,
+    /// Aborted: output is discarded.
+    aborted: bool,
+    /// The transport ended.
+    eof: bool,
+}
+
+impl Link {
+    /// A link speaking `protocol`, from `now`.
+    ///
+    /// # Errors
+    ///
+    /// [`LinkConfigError`] when the configuration is invalid.
+    pub fn new(
+        protocol: Protocol,
+        config: &LinkConfig,
+        now: Instant,
+    ) -> Result<Self, LinkConfigError> {
+        let mut heartbeat_config = config.heartbeat.clone();
+        if matches!(protocol, Protocol::Framed(_)) {
+            // Plain TCP has no ping frame: only the idle timeout applies.
+            heartbeat_config.interval = Duration::ZERO;
+        }
+        let heartbeat =
+            Heartbeat::new(heartbeat_config, now).map_err(LinkConfigError::Heartbeat)?;
+        Ok(Self {
+            wire: protocol.into(),
+            heartbeat,
+            close_timeout: config.close_timeout,
+            idle: IdleRelease::new(config.release_after),
+            events: VecDeque::new(),
+            close_deadline: None,
+            closed: false,
+            finish: false,
+            aborted: false,
+            eof: false,
+        })
+    }
+
+    /// Feeds bytes read from the socket. Then drain
+    /// [`poll_event`](Self::poll_event), which parses them.
+    pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
+        if self.closed {
+            return;
+        }
+        self.note_input(now);
+        match &mut self.wire {
+            Wire::Framed(framed) => framed.input.extend_from_slice(data),
+            Wire::WebSocket(conn) => conn.handle_input(data),
+        }
+    }
+
+    /// The WebSocket's input buffer, limited to the room reserved for the
+    /// rest of a large frame, to read into without
+    /// [`handle_input`](Self::handle_input)'s copy (see
+    /// [`ws::Connection::input_room`]); then call
+    /// [`input_filled`](Self::input_filled). `None` when there is no such
+    /// frame: read into any buffer and call `handle_input`. Append only.
+    pub fn input_buffer(&mut self) -> Option<Limit<&mut BytesMut>> {
+        if self.closed {
+            return None;
+        }
+        match &mut self.wire {
+            Wire::WebSocket(conn) => conn.input_room(),
+            Wire::Framed(_) => None,
+        }
+    }
+
+    /// `len` bytes were appended to [`input_buffer`](Self::input_buffer)
+    /// at `now`.
+    pub fn input_filled(&mut self, now: Instant, len: usize) {
+        if len > 0 {
+            self.note_input(now);
+        }
+    }
+
+    /// Bookkeeping for input arriving at `now`.
+    fn note_input(&mut self, now: Instant) {
+        self.idle.traffic();
+        self.heartbeat.handle_activity(now);
+    }
+
+    /// The socket has no more bytes to read. [`poll_event`](Self::poll_event)
+    /// reports what was still buffered, then [`LinkEvent::Closed`].
+    pub fn handle_eof(&mut self) {
+        if !self.closed {
+            self.eof = true;
+            if let Wire::WebSocket(conn) = &mut self.wire {
+                conn.handle_eof();
+            }
+        }
+    }
+
+    /// Whether the transport ended or the link closed: there is nothing
+    /// more to read.
+    #[must_use]
+    pub fn is_input_done(&self) -> bool {
+        self.closed || self.eof
+    }
+
+    /// The next event, in order; `None` when nothing more can be parsed
+    /// (read more, or wait for the timer).
+    pub fn poll_event(&mut self, now: Instant) -> Option<LinkEvent> {
+        if let Some(event) = self.events.pop_front() {
+            return Some(event);
+        }
+        if self.closed {
+            return None;
+        }
+        self.next_event(now)
+    }
+
+    /// Whether [`poll_event`](Self::poll_event) has events queued that need
+    /// no input (a local close, a timer's result).
+    #[must_use]
+    pub fn has_queued_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
+    /// The length of the frame of the WebSocket auto-pong that waits for
+    /// the caller's send limit (see [`ws::Connection::waiting_pong`]).
+    #[must_use]
+    pub fn waiting_pong(&self) -> Option<usize> {
+        match &self.wire {
+            Wire::WebSocket(conn) => conn.waiting_pong(),
+            Wire::Framed(_) => None,
+        }
+    }
+
+    /// Queues the waiting auto-pong for transmit, after everything framed
+    /// so far.
+    pub fn queue_pong(&mut self) {
+        if let Wire::WebSocket(conn) = &mut self.wire {
+            conn.queue_pong();
+        }
+    }
+
+    /// Frames `message` for the writer, after everything framed so far.
+    /// Nothing once the link aborted or its close frame went out; a
+    /// message the framer refuses (too large for its limit) is dropped.
+    pub fn send(&mut self, message: &Message) {
+        if self.aborted {
+            return;
+        }
+        match &mut self.wire {
+            Wire::Framed(framed) => {
+                let _ = framed.framer.encode(message.as_bytes(), &mut framed.output);
+            }
+            Wire::WebSocket(conn) => {
+                let _ = match message {
+                    Message::Text(text) => conn.send_text(text),
+                    Message::Binary(bytes) => conn.send_binary(bytes),
+                };
+            }
+        }
+    }
+
+    /// A graceful close, after everything framed so far: a WebSocket close
+    /// frame with `code` and `reason` (1000 and none when they cannot be
+    /// sent), then the socket is closed once the peer answers or
+    /// [`LinkConfig::close_timeout`] from `now` passed; a framed link
+    /// closes the socket after its last write. Calling it again changes
+    /// nothing.
+    pub fn close(&mut self, now: Instant, code: CloseCode, reason: &str) {
+        match &mut self.wire {
+            Wire::Framed(_) => self.finish(CloseKind::Graceful),
+            Wire::WebSocket(conn) => {
+                if conn.is_open() && conn.close(code, reason).is_err() {
+                    let _ = conn.close(CloseCode::NORMAL, "");
+                }
+                if self.close_deadline.is_none() && !conn.is_closed() {
+                    self.close_deadline = now.checked_add(self.close_timeout);
+                }
+            }
+        }
+    }
+
+    /// Closes at once: what was framed is discarded, the next
+    /// [`poll_transmit`](Self::poll_transmit) says to close the socket.
+    pub fn abort(&mut self) {
+        self.aborted = true;
+        self.finish(CloseKind::Abort);
+    }
+
+    /// Whether the link aborted (by [`abort`](Self::abort), or on a dead or
+    /// idle peer): what is queued for it will never be written.
+    #[must_use]
+    pub fn is_aborted(&self) -> bool {
+        self.aborted
+    }
+
+    /// The writer closes the socket after its next write; `Closed` is
+    /// reported (with `kind`) unless it already was.
+    fn finish(&mut self, kind: CloseKind) {
+        self.finish = true;
+        if !self.closed {
+            self.closed = true;
+            self.events
+                .push_back(LinkEvent::Closed(CloseReason::Local(kind)));
+        }
+    }
+
+    /// Whether there is framed output for
+    /// [`poll_transmit`](Self::poll_transmit).
+    #[must_use]
+    pub fn has_transmit(&self) -> bool {
+        match &self.wire {
+            Wire::Framed(framed) => !framed.output.is_empty(),
+            Wire::WebSocket(conn) => conn.has_transmit(),
+        }
+    }
+
+    /// Whether the writer is to close the socket after its next write.
+    #[must_use]
+    pub fn close_due(&self) -> bool {
+        self.finish
+    }
+
+    /// Whether the link speaks WebSocket (which makes output of its own:
+    /// pongs, close replies).
+    #[must_use]
+    pub fn is_websocket(&self) -> bool {
+        matches!(self.wire, Wire::WebSocket(_))
+    }
+
+    /// Whether [`LinkEvent::Closed`] was reported or is queued: nothing
+    /// more is parsed.
+    #[must_use]
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next due.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.closed && self.close_deadline.is_none() {
+            return None;
+        }
+        [
+            self.heartbeat.poll_timeout(),
+            self.close_deadline,
+            self.idle.deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Handles what is due at `now`: pings, dead peers (aborted), idle
+    /// timeouts (aborted), a graceful close the peer never answered, the
+    /// return of idle buffers. Then drain [`poll_event`](Self::poll_event).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.idle.due(now) {
+            // The writer hears it from poll_transmit.
+            self.release_buffers(now);
+        }
+        if self.close_deadline.is_some_and(|deadline| now >= deadline) {
+            self.close_deadline = None;
+            self.finish(CloseKind::Graceful);
+        }
+        if self.closed {
+            return;
+        }
+        self.heartbeat.handle_timeout(now);
+        while let Some(event) = self.heartbeat.poll_event() {
+            let reason = match event {
+                HeartbeatEvent::SendPing(payload) => {
+                    if let Wire::WebSocket(conn) = &mut self.wire {
+                        let _ = conn.send_ping(&payload);
+                    }
+                    continue;
+                }
+                HeartbeatEvent::Rtt(rtt) => {
+                    self.events.push_back(LinkEvent::Rtt(rtt));
+                    continue;
+                }
+                HeartbeatEvent::PeerDead { .. } => CloseReason::PeerDead,
+                HeartbeatEvent::IdleTimeout => CloseReason::IdleTimeout,
+            };
+            self.closed = true;
+            self.finish = true;
+            self.aborted = true;
+            self.events.push_back(LinkEvent::Closed(reason));
+            break;
+        }
+    }
+
+    /// Returns every empty buffer and queue of the link and its protocol;
+    /// the writer is told by its next `poll_transmit`.
+    fn release_buffers(&mut self, now: Instant) {
+        if self.events.is_empty() && self.events.capacity() != 0 {
+            self.events = VecDeque::new();
+        }
+        match &mut self.wire {
+            Wire::Framed(framed) => {
+                release_bytes(&mut framed.input);
+                release_bytes(&mut framed.output);
+            }
+            Wire::WebSocket(conn) => conn.release_buffers(),
+        }
+        self.idle.released(now);
+    }
+
+    /// The write path: appends what was framed (in order) to `out` and
+    /// says whether to close the socket after writing it, whether the link
+    /// went idle and returned its buffers, and whether the deadline moved.
+    pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<Bytes>) -> Transmit {
+        let mut transmit = Transmit::default();
+        let deadline = self.poll_timeout();
+        match &mut self.wire {
+            Wire::Framed(framed) => {
+                if !framed.output.is_empty() && !self.aborted {
+                    let bytes = framed.output.split().freeze();
+                    transmit.bytes += bytes.len();
+                    out.push(bytes);
+                }
+            }
+            Wire::WebSocket(conn) => {
+                while let Some(bytes) = conn.poll_transmit() {
+                    if !self.aborted {
+                        transmit.bytes += bytes.len();
+                        out.push(bytes);
+                    }
+                }
+                if conn.is_closed() {
+                    self.finish = true;
+                    self.close_deadline = None;
+                }
+            }
+        }
+        transmit.close = self.finish;
+        if transmit.bytes > 0 {
+            self.idle.traffic();
+        } else if !transmit.close && self.idle.idle(now) {
+            // Nothing to write after traffic: an idle connection holds no
+            // buffer memory.
+            self.release_buffers(now);
+        }
+        transmit.release = self.idle.take_unheard();
+        transmit.timer_changed = self.poll_timeout() != deadline;
+        transmit
+    }
+
+    /// Bytes of capacity the link's buffers and queues hold (what
+    /// returning them frees).
+    #[must_use]
+    pub fn buffer_capacity(&self) -> usize {
+        let protocol = match &self.wire {
+            Wire::WebSocket(conn) => conn.buffer_capacity(),
+            Wire::Framed(framed) => framed.input.capacity() + framed.output.capacity(),
+        };
+        protocol + self.events.capacity() * std::mem::size_of::<LinkEvent>()
+    }
+
+    /// Bytes framed and not yet taken by
+    /// [`poll_transmit`](Self::poll_transmit), a waiting pong included.
+    #[must_use]
+    pub fn transmit_len(&self) -> usize {
+        match &self.wire {
+            Wire::WebSocket(conn) => conn.transmit_len(),
+            Wire::Framed(framed) => framed.output.len(),
+        }
+    }
+
+    /// Parses one event from the protocol's buffered input.
+    fn next_event(&mut self, now: Instant) -> Option<LinkEvent> {
+        match &mut self.wire {
+            Wire::Framed(framed) => {
+                let result = if self.eof {
+                    framed.framer.decode_eof(&mut framed.input)
+                } else {
+                    framed.framer.decode(&mut framed.input)
+                };
+                match result {
+                    Ok(Some(message)) => Some(LinkEvent::Message(Message::Binary(message))),
+                    Ok(None) if self.eof => {
+                        self.closed = true;
+                        self.finish = true;
+                        Some(LinkEvent::Closed(CloseReason::Eof))
+                    }
+                    Ok(None) => None,
+                    Err(e) => {
+                        self.closed = true;
+                        self.finish = true;
+                        Some(LinkEvent::Closed(CloseReason::Framing(e)))
+                    }
+                }
+            }
+            Wire::WebSocket(conn) => match conn.poll_event() {
+                Ok(Some(ws::Event::Text(text))) => Some(LinkEvent::Message(Message::Text(text))),
+                Ok(Some(ws::Event::Binary(bytes))) => {
+                    Some(LinkEvent::Message(Message::Binary(bytes)))
+                }
+                Ok(Some(ws::Event::Ping(payload))) => Some(LinkEvent::Ping(payload)),
+                Ok(Some(ws::Event::Pong(payload))) => {
+                    self.heartbeat.handle_pong(now, &payload);
+                    while let Some(event) = self.heartbeat.poll_event() {
+                        if let HeartbeatEvent::Rtt(rtt) = event {
+                            self.events.push_back(LinkEvent::Rtt(rtt));
+                        }
+                    }
+                    Some(LinkEvent::Pong(payload))
+                }
+                Ok(Some(ws::Event::Close(frame))) => {
+                    self.closed = true;
+                    if self.eof {
+                        self.finish = true;
+                    }
+                    Some(LinkEvent::Closed(if frame.code == CloseCode::ABNORMAL {
+                        CloseReason::Eof
+                    } else {
+                        CloseReason::Remote(frame)
+                    }))
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    self.closed = true;
+                    Some(LinkEvent::Closed(CloseReason::Protocol(e)))
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::disallowed_methods)] // tests take one starting Instant from the clock
+
+    use super::*;
+    use crate::framing::LengthPrefixFramer;
+
+    const AFTER: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn idle_release_returns_at_once_then_waits_out_the_interval() {
+        let start = Instant::now();
+        let mut idle = IdleRelease::new(AFTER);
+        // Idle without traffic: nothing to return.
+        assert!(!idle.idle(start));
+        assert_eq!(idle.deadline(), None);
+        // Traffic, then idle: return now, once.
+        idle.traffic();
+        assert!(idle.idle(start));
+        idle.released(start);
+        assert!(idle.take_unheard());
+        assert!(!idle.take_unheard());
+        assert!(!idle.idle(start));
+        // Traffic again soon after: the timer returns them, at `AFTER`.
+        let soon = start + Duration::from_millis(10);
+        idle.traffic();
+        assert!(!idle.idle(soon));
+        assert_eq!(idle.deadline(), Some(start + AFTER));
+        assert!(!idle.due(soon));
+        assert!(idle.due(start + AFTER));
+        idle.released(start + AFTER);
+        assert_eq!(idle.deadline(), None);
+        assert!(idle.take_unheard());
+        // Traffic after the interval: at once again.
+        idle.traffic();
+        assert!(idle.idle(start + 3 * AFTER));
+    }
+
+    #[test]
+    fn idle_release_after_zero_returns_at_every_idle_moment() {
+        let now = Instant::now();
+        let mut idle = IdleRelease::new(Duration::ZERO);
+        for _ in 0..3 {
+            idle.traffic();
+            assert!(idle.idle(now));
+            idle.released(now);
+        }
+    }
+
+    fn framed(now: Instant) -> Link {
+        let protocol = Protocol::Framed(Box::new(LengthPrefixFramer::default()));
+        Link::new(protocol, &LinkConfig::default(), now).unwrap()
+    }
+
+    #[test]
+    fn output_goes_out_in_the_order_it_was_framed_then_the_socket_closes() {
+        let now = Instant::now();
+        let mut link = framed(now);
+        link.send(&Message::from(b"a".to_vec()));
+        link.close(now, CloseCode::NORMAL, "");
+        assert_eq!(
+            link.poll_event(now),
+            Some(LinkEvent::Closed(CloseReason::Local(CloseKind::Graceful)))
+        );
+        let mut out = Vec::new();
+        let transmit = link.poll_transmit(now, &mut out);
+        assert_eq!(out.concat(), b"\0\0\0\x01a");
+        assert!(transmit.close);
+    }
+
+    #[test]
+    fn abort_discards_what_was_framed() {
+        let now = Instant::now();
+        let mut link = framed(now);
+        link.send(&Message::from(b"a".to_vec()));
+        link.abort();
+        link.send(&Message::from(b"b".to_vec()));
+        let mut out = Vec::new();
+        let transmit = link.poll_transmit(now, &mut out);
+        assert!(out.is_empty() && transmit.close);
+        assert!(link.is_aborted());
+    }
+}

@@ -1,721 +1,206 @@
-//! `storm gateway`: one WebSocket endpoint in front of many named backends
-//! that clients address by route name, built on the adapters' public API
-//! with every protocol decision taken from [`storm_proto::route`] (the
-//! handshake, envelopes and the [`Switchboard`]).
-//!
-//! # Runtimes
-//!
-//! The gateway runs the same on tokio, smol and plain threads: every
-//! decision (handshakes, routing, which client gets a backend's reply, who
-//! hears that a backend dropped) is taken by one sans-IO [`Switchboard`];
-//! the code here feeds it what happens on the connections and carries out
-//! its actions, and the adapters do the waiting.
-//!
-//! - [`Gateway<R>`](Gateway) / [`GatewayHandle<R>`](GatewayHandle) run on
-//!   any [`storm_async::Runtime`]: `Gateway` alone is tokio
-//!   (`storm_tokio::Tokio`), `Gateway<storm_smol::Smol>` is smol. Its
-//!   client endpoint is a `storm_async::WsServer<R>`, its backends
-//!   `storm_async::{WsClient, TcpClient}<R>`, its timers `R::sleep_until`.
-//! - [`blocking::Gateway`] / [`blocking::GatewayHandle`] run on storm-std:
-//!   two threads per client, one per backend, one for handshake deadlines.
-//!
-//! With [`GatewayOptions::tls`], clients connect over `wss://`; backends
-//! with `tls = on` in the route file are reached over TLS, checked against
-//! [`GatewayOptions::backend_tls`].
-//!
-//! # Client side: the wire protocol
-//!
-//! A client opens one WebSocket to the gateway and runs the route handshake
-//! of [`storm_proto::route`] in text messages:
-//!
-//! ```text
-//! client: {"event":"SMHandshake","data":"SYN"}
-//! server: {"event":"SMHandshake","data":"SYN/ACK"}
-//! client: {"event":"SMHandshake","data":"ACK"}
-//! client: {"event":"SMHandshake","data":"orders"}          one per route it means to use
-//! server: {"event":"SMHandshake","data":"ACK","route":"orders"}
-//!         (or "data":"NACK","error":"unknown route" for a route not in the file)
-//! client: {"event":"SMHandshakeEnd"}
-//! server: {"event":"SMHandshakeEnd","data":"ACK"}
-//! ```
-//!
-//! A handshake that breaks the rules or does not finish within the
-//! handshake timeout (10 s) gets `{"event":"SMError","error":...}` and a
-//! close with 1008 (1009 for an oversized message). After it, every message
-//! (text or binary) starts with a route line:
-//!
-//! ```text
-//! client → gateway: ROUTENAME=orders\n<payload>      forwarded to the orders backend
-//! gateway → client: ROUTENAME=orders\n<payload>      a reply or push from that backend
-//! ```
-//!
-//! A client may address any route of the file, announced or not. Every
-//! message that cannot be delivered gets a text `SMError` reply, never
-//! silence:
-//!
-//! ```text
-//! {"event":"SMError","error":"message has no ROUTENAME= header line"}
-//! {"event":"SMError","route":"video","error":"unknown route"}
-//! {"event":"SMError","route":"orders","error":"backend unavailable"}   backend down, being reconnected
-//! {"event":"SMError","route":"orders","error":"backend disconnected"}  the backend dropped while you had talked to it
-//! ```
-//!
-//! # Backend side
-//!
-//! The gateway keeps one connection per route (an adapter client, made
-//! again with backoff whenever it drops), WebSocket (`ws://host:port/`) or TCP with a
-//! 4-byte big-endian length prefix, and multiplexes every client over it
-//! with the header of [`storm_proto::route::backend`]:
-//!
-//! ```text
-//! gateway → backend: CLIENT=<client id>\n<payload>
-//! backend → gateway: CLIENT=<client id>\n<payload>    to that client only
-//! backend → gateway: CLIENT=*\n<payload>              to every client that announced the route
-//! ```
-//!
-//! The client id is the gateway's session number for the client. A backend
-//! that echoes whole messages answers the right client unchanged, and in
-//! the kind (text or binary) the client used: on a WebSocket backend the
-//! frame type carries the kind; on a TCP backend, which has no frame types,
-//! a binary message's header is `CLIENT=<client id>;binary`, and a reply is
-//! binary if its header is marked so, text otherwise (binary anyway if it is
-//! not UTF-8); see [`storm_proto::route::backend`]. A backend message
-//! without a valid header, or for a client that has gone, is dropped and
-//! counted ([`GatewayHandle::dropped_replies`]).
-//!
-//! A backend that is down at start, or drops later, is reconnected with
-//! [`GatewayOptions::reconnect`]; meanwhile messages for it are answered
-//! with `backend unavailable`. When a connection drops, every client that
-//! sent the route a message while it was up gets `backend disconnected`
-//! (its request may be lost).
-//!
-//! Shutdown stops every backend at once, on every runtime: a wait between
-//! attempts ends there and then with no further attempt, an attempt in
-//! progress is abandoned (on threads, where a blocking connect cannot be
-//! interrupted, it is finished, within the connect timeout, and closed), a
-//! live connection is closed. `shutdown` returns only once all of that is
-//! done, so no backend task or thread outlives it.
-//!
-//! Replies are queued to a client without waiting; a client that does not
-//! read and lets 1 MiB of replies pile up is closed with 1008 ("slow
-//! consumer") rather than stall every other client of the backend.
-//!
-//! # Configuration
-//!
-//! See [`config`] for the route file (`routes.ini`).
-//!
-//! # Example
-//!
-//! ```
-//! use std::time::Duration;
-//! use storm_cli::gateway::{Gateway, GatewayConfig, GatewayOptions};
-//!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let config = GatewayConfig::parse("[orders]\nname = orders\nport = 1\nprotocol = tcp\n")?;
-//! // On tokio; `Gateway::<storm_smol::Smol>::bind` is the same on smol.
-//! let gateway: Gateway = Gateway::bind(config, GatewayOptions::default()).await?;
-//! let handle = gateway.handle();
-//! println!("listening on ws://{}", handle.local_addr());
-//! let serving = tokio::spawn(gateway.serve());
-//! // Nothing listens on port 1: the backend is down and being reconnected.
-//! assert!(!handle.backends()[0].connected);
-//! handle.shutdown(Duration::from_secs(1)).await;
-//! serving.await??;
-//! # Ok(()) }
-//! ```
+//! `storm gateway --config routes.ini [--addr HOST:PORT] [--runtime
+//! tokio|smol|std] [--tls CERT KEY]`.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hasher};
 use std::io;
-use std::ops::Deref;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
-use storm_host::hub::SendOutcome;
-use storm_host::options::{ClientOptions, Framing, TlsClientOptions, TlsServerOptions, WsOptions};
-use storm_host::peer::Peer;
-use storm_proto::Message;
-use storm_proto::framing::LengthPrefixConfig;
-use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffPolicy, Jitter};
-use storm_proto::route::gateway::{
-    Action, BackendConfig, BackendId, BackendProtocol, ClientId, Switchboard,
+use storm_cli::interrupt;
+use storm_cli::runtime::{AsyncRuntime, Runtime, TlsArgs};
+use storm_services::gateway::{
+    BackendStatus, Gateway, GatewayConfig, GatewayOptions, LoadError, blocking,
 };
-use storm_proto::route::{self, ServerConfig};
-use storm_proto::ws::CloseCode;
-use tokio::sync::watch;
 
-pub mod blocking;
-pub mod cli;
-pub mod config;
-mod on_async;
+/// Exit code for a route file that cannot be used (or a bad flag, as clap
+/// does).
+pub(crate) const EXIT_CONFIG: u8 = 2;
 
-pub use config::{ConfigError, ConfigErrorKind, Endpoint, GatewayConfig, LoadError, Protocol};
-pub use on_async::{Gateway, GatewayHandle};
+/// How long clients get to close gracefully on Ctrl-C.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How the gateway listens and reconnects.
-#[derive(Debug, Clone)]
-pub struct GatewayOptions {
-    /// WebSocket address to listen on. Default `127.0.0.1:0` (a free port).
-    pub addr: String,
-    /// Serve clients over TLS (`wss://`) with this certificate and key.
-    /// Default `None`: plain `ws://`.
-    pub tls: Option<TlsServerOptions>,
-    /// How backends with `tls = on` in the route file are checked: the CAs
-    /// trusted (default: the public web roots), a client certificate to
-    /// present, the name expected (default: the endpoint's `host`).
-    pub backend_tls: TlsClientOptions,
-    /// Backoff between attempts to (re)connect a backend. Default:
-    /// exponential from 100 ms, ×2, capped at 5 s, full jitter, unlimited
-    /// attempts (with `max_attempts`, a backend that gives up stays down and
-    /// its messages keep getting `backend unavailable`).
-    pub reconnect: BackoffConfig,
-    /// Time one backend connection attempt may take. Default 5 s.
-    pub connect_timeout: Duration,
-    /// Time a client has for the route handshake; `None` waits forever.
-    /// Default 10 s.
-    pub handshake_timeout: Option<Duration>,
-    /// Largest message accepted from a client or a backend, in bytes.
-    /// Default 16 MiB.
-    pub max_message_size: usize,
+/// Options of `storm gateway`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct GatewayArgs {
+    /// Route file: one INI section per backend with name, port, and
+    /// optionally host (default 127.0.0.1), protocol (ws or tcp; default
+    /// ws) and tls (on or off; default off). See storm-services/routes.example.ini.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: PathBuf,
+    /// WebSocket address clients connect to: IPv4, or IPv6 in brackets.
+    #[arg(long, default_value = "127.0.0.1:9400")]
+    pub(crate) addr: String,
+    /// Longest wait between two attempts to reconnect a backend, in
+    /// milliseconds (attempts start at 100 ms and double up to this).
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    pub(crate) max_backoff_ms: u64,
+    /// Seconds a client has to finish the route handshake; 0 waits forever.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub(crate) handshake_timeout: u64,
+    /// `--tls CERT_PEM KEY_PEM`: serve clients over wss://.
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
+    /// Runtime to run on: tokio or smol (async tasks), or std (threads:
+    /// two per client, one per backend connection).
+    #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
+    pub(crate) runtime: Runtime,
+    /// PEM file of the CA certificates that backends with `tls = on` must
+    /// be signed by, instead of the public web roots.
+    #[arg(long, value_name = "CA_PEM")]
+    pub(crate) backend_ca: Option<PathBuf>,
 }
 
-impl Default for GatewayOptions {
-    fn default() -> Self {
-        Self {
-            addr: "127.0.0.1:0".to_owned(),
-            tls: None,
-            backend_tls: TlsClientOptions::default(),
-            reconnect: BackoffConfig {
-                policy: BackoffPolicy::Exponential {
-                    initial: Duration::from_millis(100),
-                    multiplier: 2.0,
-                    max: Duration::from_secs(5),
-                },
-                jitter: Jitter::Full,
-                ..BackoffConfig::default()
-            },
-            connect_timeout: Duration::from_secs(5),
-            handshake_timeout: Some(route::DEFAULT_HANDSHAKE_TIMEOUT),
-            max_message_size: 16 << 20,
+/// Runs `storm gateway` until Ctrl-C or SIGTERM: exit code 2 with
+/// `FILE:LINE: why` on stderr for a bad route file, 1 for other failures
+/// (the address is taken, …).
+#[must_use]
+pub(crate) fn run(args: &GatewayArgs) -> ExitCode {
+    let config = match GatewayConfig::load(&args.config) {
+        Ok(config) => config,
+        Err(e) => return config_failure(&e),
+    };
+    let mut options = GatewayOptions {
+        addr: args.addr.clone(),
+        handshake_timeout: (args.handshake_timeout > 0)
+            .then(|| Duration::from_secs(args.handshake_timeout)),
+        ..GatewayOptions::default()
+    };
+    if let storm_proto::reconnect::BackoffPolicy::Exponential { initial, max, .. } =
+        &mut options.reconnect.policy
+    {
+        *max = Duration::from_millis(args.max_backoff_ms).max(*initial);
+    }
+    let result = (|| {
+        let mut server = storm_host::options::ServerOptions::default();
+        args.tls.apply(&mut server)?;
+        options.tls = server.tls;
+        if let Some(ca) = &args.backend_ca {
+            options.backend_tls.ca_pem = Some(storm_host::tls::read_pem_file(ca)?);
         }
-    }
-}
-
-impl GatewayOptions {
-    /// The server options of the client endpoint.
-    fn server_options(&self) -> storm_host::options::ServerOptions {
-        storm_host::options::ServerOptions {
-            addr: self.addr.clone(),
-            tls: self.tls.clone(),
-            ..storm_host::options::ServerOptions::default()
+        interrupt::install()?;
+        match args.runtime {
+            Runtime::Tokio => on_async::<storm_tokio::Tokio>(args, config, options),
+            Runtime::Smol => on_async::<storm_smol::Smol>(args, config, options),
+            Runtime::Std => on_std(args, config, options),
         }
-    }
-
-    /// The WebSocket options of every connection, client or backend.
-    fn ws_options(&self) -> WsOptions {
-        let mut ws = WsOptions::default();
-        ws.config.max_message_size = self.max_message_size;
-        ws.config.max_frame_size = self.max_message_size;
-        ws
-    }
-}
-
-/// One backend as the gateway sees it now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendStatus {
-    /// The route name.
-    pub route: String,
-    /// Where it lives (`ws://…/` or `tcp://…`).
-    pub url: String,
-    /// Whether its connection is up.
-    pub connected: bool,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// A flag that async tasks and threads can both wait on.
-struct Watched {
-    value: Mutex<bool>,
-    changed: Condvar,
-    watch: watch::Sender<bool>,
-}
-
-impl Watched {
-    fn new() -> Self {
-        Self {
-            value: Mutex::new(false),
-            changed: Condvar::new(),
-            watch: watch::channel(false).0,
+    })();
+    match result {
+        Ok(()) => {
+            eprintln!("storm gateway: stopped");
+            ExitCode::SUCCESS
         }
-    }
-
-    fn get(&self) -> bool {
-        *lock(&self.value)
-    }
-
-    fn set(&self, value: bool) {
-        let mut current = lock(&self.value);
-        if *current != value {
-            *current = value;
-            self.watch.send_replace(value);
-            self.changed.notify_all();
-        }
-    }
-
-    /// Waits until the flag is `value`, on any async runtime.
-    async fn wait_for(&self, value: bool) {
-        let mut rx = self.watch.subscribe();
-        // The sender lives in `self`, which outlives this borrow.
-        let _ = rx.wait_for(|now| *now == value).await;
-    }
-
-    /// Blocks until the flag is `value`.
-    fn wait(&self, value: bool) {
-        let current = lock(&self.value);
-        drop(
-            self.changed
-                .wait_while(current, |now| *now != value)
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-    }
-
-    /// Blocks until the flag is `value` or `timeout` passes; whether it is.
-    fn wait_timeout(&self, value: bool, timeout: Duration) -> bool {
-        let current = lock(&self.value);
-        let (current, _) = self
-            .changed
-            .wait_timeout_while(current, timeout, |now| *now != value)
-            .unwrap_or_else(PoisonError::into_inner);
-        *current == value
+        Err(e) => failure(&e),
     }
 }
 
-/// Counts the backend loops (one per route) that are running.
-struct Loops {
-    running: Mutex<usize>,
-    /// Whether none is: `true` until the first starts.
-    ended: Watched,
+fn config_failure(e: &LoadError) -> ExitCode {
+    eprintln!("storm gateway: {e}");
+    ExitCode::from(EXIT_CONFIG)
 }
 
-impl Loops {
-    fn new() -> Self {
-        let ended = Watched::new();
-        ended.set(true);
-        Self {
-            running: Mutex::new(0),
-            ended,
-        }
-    }
-
-    /// One more loop runs until the guard is dropped, which the loop's
-    /// task or thread does when it ends, or is dropped, or never starts.
-    fn start(self: &Arc<Self>) -> LoopGuard {
-        let mut running = lock(&self.running);
-        *running += 1;
-        self.ended.set(false);
-        LoopGuard(Arc::clone(self))
-    }
+fn failure(e: &dyn std::error::Error) -> ExitCode {
+    eprintln!("storm gateway: {e}");
+    ExitCode::FAILURE
 }
 
-/// A running backend loop, counted in [`Loops`] until dropped.
-struct LoopGuard(Arc<Loops>);
-
-impl Drop for LoopGuard {
-    fn drop(&mut self) {
-        let mut running = lock(&self.0.running);
-        *running = running.saturating_sub(1);
-        if *running == 0 {
-            self.0.ended.set(true);
-        }
+/// The banner: where clients connect, on which runtime, and the routes.
+fn banner(args: &GatewayArgs, addr: std::net::SocketAddr, backends: &[BackendStatus]) {
+    println!(
+        "storm gateway ({:?} runtime) listening on {}://{addr}",
+        args.runtime,
+        args.tls.scheme(true)
+    );
+    for backend in backends {
+        println!("route {} -> {}", backend.route, backend.url);
     }
+    tracing::info!(%addr, runtime = ?args.runtime, "gateway listening");
 }
 
-/// The gateway's shared state, the same on every runtime: the
-/// [`Switchboard`] that takes every decision and the connections its ids
-/// name, under one lock, plus what observers and shutdown wait on. `S` is
-/// the adapter's `Session` (it dereferences to [`Peer`]). The adapters
-/// feed it connection events and carry out the [`Effect`]s it returns.
-struct Core<S> {
+fn backend_up(backend: &BackendStatus) {
+    eprintln!("backend {} connected ({})", backend.route, backend.url);
+}
+
+fn backend_down(backend: &BackendStatus) {
+    eprintln!(
+        "backend {} down, reconnecting ({})",
+        backend.route, backend.url
+    );
+}
+
+/// Ctrl-C or SIGTERM: the shutdown begins. It sets the gateway's stop flag
+/// before it closes the backends, so the watchers that see a backend go
+/// down after this line know it is not coming back.
+fn shutting_down(clients: usize) {
+    eprintln!(
+        "storm gateway: interrupted, shutting down (closing {clients} client(s) and every backend)"
+    );
+}
+
+fn on_async<R: AsyncRuntime>(
+    args: &GatewayArgs,
     config: GatewayConfig,
     options: GatewayOptions,
-    state: Mutex<State<S>>,
-    /// Whether each backend's connection is up, for observers; by
-    /// [`BackendId`] (file order).
-    connected: Vec<Watched>,
-    /// Set by shutdown: stop reconnecting.
-    stopped: Watched,
-    /// The backend loops still running, which shutdown waits for.
-    loops: Arc<Loops>,
-}
-
-struct State<S> {
-    switchboard: Switchboard,
-    /// Every connected client's session, by id.
-    clients: HashMap<u64, S>,
-    /// By [`BackendId`].
-    backends: Vec<BackendState<S>>,
-}
-
-/// Closes a backend's client for good (no more reconnects).
-type Closer = Box<dyn Fn() + Send + Sync>;
-
-struct BackendState<S> {
-    /// The current connection, between the client's `on_connect` and
-    /// `on_disconnect`.
-    session: Option<S>,
-    /// Closes the client that keeps the connection, while there is one.
-    closer: Option<Closer>,
-}
-
-/// A switchboard [`Action`] with the connection it goes to.
-enum Effect<S> {
-    /// Sends `message` to this client.
-    Send(S, Message),
-    /// Closes this client.
-    Close(S, CloseCode, &'static str),
-    /// Sends `message` from `client` to `backend` over `session`; if that
-    /// fails (or there is no session), [`Core::forward_failed`] says what
-    /// to tell the client.
-    Forward {
-        session: Option<S>,
-        backend: BackendId,
-        client: ClientId,
-        message: Message,
-    },
-}
-
-/// How to reach one backend: what the adapters' clients connect with.
-struct Dial {
-    id: BackendId,
-    endpoint: Endpoint,
-    options: ClientOptions,
-    ws: WsOptions,
-    framing: Framing,
-}
-
-impl<S: Clone + Deref<Target = Peer> + Send + Sync + 'static> Core<S> {
-    /// Checks the options; the adapters then bind and start their backend
-    /// loops.
-    fn new(config: GatewayConfig, options: GatewayOptions) -> io::Result<Self> {
-        let invalid =
-            |e: &dyn std::error::Error| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
-        options.reconnect.validate().map_err(|e| invalid(&e))?;
-        let route_config = ServerConfig {
-            handshake_timeout: options.handshake_timeout,
-            ..ServerConfig::new(config.route_table())
+) -> io::Result<()> {
+    R::block_on(async {
+        let gateway = Gateway::<R>::bind(config, options).await?;
+        let handle = gateway.handle();
+        let backends = handle.backends();
+        banner(args, handle.local_addr(), &backends);
+        // Backend ups and downs, for the person watching, until the
+        // shutdown closes them.
+        for backend in backends {
+            let handle = handle.clone();
+            R::spawn(async move {
+                while handle.wait_backend(&backend.route, true).await {
+                    backend_up(&backend);
+                    handle.wait_backend(&backend.route, false).await;
+                    if handle.is_shutting_down() {
+                        return;
+                    }
+                    backend_down(&backend);
+                }
+            });
+        }
+        let stopping = async {
+            interrupt::ctrl_c().await;
+            shutting_down(handle.client_count());
+            handle.shutdown(SHUTDOWN_TIMEOUT).await;
+            Ok(())
         };
-        let backends = config
-            .endpoints()
-            .iter()
-            .map(|endpoint| {
-                let protocol = match endpoint.protocol {
-                    Protocol::Ws => BackendProtocol::WebSocket,
-                    Protocol::Tcp => BackendProtocol::Tcp,
-                };
-                BackendConfig::new(endpoint.name.clone(), protocol)
-            })
-            .collect();
-        let switchboard =
-            Switchboard::new(Arc::new(route_config), backends).map_err(|e| invalid(&e))?;
-        let count = config.endpoints().len();
-        let state = State {
-            switchboard,
-            clients: HashMap::new(),
-            backends: (0..count)
-                .map(|_| BackendState {
-                    session: None,
-                    closer: None,
-                })
-                .collect(),
+        // `serve` returns when the shutdown stops the listener, before the
+        // shutdown has closed the clients and the backends: done is when
+        // the shutdown is, unless the listener fails first.
+        let serving = async {
+            gateway.serve().await?;
+            std::future::pending().await
         };
-        Ok(Self {
-            config,
-            options,
-            state: Mutex::new(state),
-            connected: (0..count).map(|_| Watched::new()).collect(),
-            stopped: Watched::new(),
-            loops: Arc::new(Loops::new()),
-        })
-    }
+        smol::future::or(serving, stopping).await
+    })
+}
 
-    // ---- status, for the handles ----
-
-    fn backends(&self) -> Vec<BackendStatus> {
-        self.config
-            .endpoints()
-            .iter()
-            .zip(&self.connected)
-            .map(|(endpoint, connected)| BackendStatus {
-                route: endpoint.name.clone(),
-                url: endpoint.url(),
-                connected: connected.get(),
-            })
-            .collect()
-    }
-
-    /// Whether `route`'s backend is connected, to wait on; `None` for a
-    /// route not in the file.
-    fn connected(&self, route: &str) -> Option<&Watched> {
-        let i = self
-            .config
-            .endpoints()
-            .iter()
-            .position(|e| e.name == route)?;
-        self.connected.get(i)
-    }
-
-    fn client_count(&self) -> usize {
-        lock(&self.state).switchboard.client_count()
-    }
-
-    fn dropped_replies(&self) -> u64 {
-        lock(&self.state).switchboard.dropped_replies()
-    }
-
-    /// Stops reconnecting and closes every backend client.
-    fn stop(&self) {
-        self.stopped.set(true);
-        let closers: Vec<Closer> = lock(&self.state)
-            .backends
-            .iter_mut()
-            .filter_map(|backend| backend.closer.take())
-            .collect();
-        for close in closers {
-            close();
-        }
-    }
-
-    // ---- backends ----
-
-    /// How to connect each route, a fresh backoff for its attempts, and
-    /// the guard its loop holds while it runs.
-    ///
-    /// The adapters' clients do not reconnect by themselves: the backend
-    /// loop makes a new client after each drop, so that every wait between
-    /// attempts is one that shutdown can cut short, the same on every
-    /// runtime.
-    fn dials(&self) -> Vec<(Dial, Backoff, LoopGuard)> {
-        let seed = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish();
-        let options = ClientOptions {
-            connect_timeout: self.options.connect_timeout,
-            reconnect: None,
-            ..ClientOptions::default()
-        };
-        let mut framing = LengthPrefixConfig::default();
-        framing.max_frame_len = self.options.max_message_size;
-        self.config
-            .endpoints()
-            .iter()
-            .enumerate()
-            .filter_map(|(i, endpoint)| {
-                // Validated in `new`.
-                let backoff =
-                    Backoff::new(self.options.reconnect.clone(), seed.wrapping_add(i as u64))
-                        .ok()?;
-                let dial = Dial {
-                    id: BackendId(i),
-                    endpoint: endpoint.clone(),
-                    options: ClientOptions {
-                        tls: endpoint.tls.then(|| self.options.backend_tls.clone()),
-                        ..options.clone()
-                    },
-                    ws: self.options.ws_options(),
-                    framing: Framing::LengthPrefixWith(framing.clone()),
-                };
-                Some((dial, backoff, self.loops.start()))
-            })
-            .collect()
-    }
-
-    /// Keeps `close` to stop `backend`'s new client at shutdown; `false`
-    /// (and nothing kept) when the gateway is already stopping: close it.
-    #[must_use]
-    fn attach_client(&self, backend: BackendId, close: Closer) -> bool {
-        let mut state = lock(&self.state);
-        if self.stopped.get() {
-            return false;
-        }
-        let Some(backend) = state.backends.get_mut(backend.0) else {
-            return false;
-        };
-        backend.closer = Some(close);
-        true
-    }
-
-    /// `backend`'s client stopped (its connection ended, or it was closed).
-    fn detach_client(&self, backend: BackendId) {
-        if let Some(backend) = lock(&self.state).backends.get_mut(backend.0) {
-            backend.closer = None;
-        }
-    }
-
-    /// A backend connection is up.
-    fn backend_up(&self, backend: BackendId, session: &S) {
-        {
-            let mut state = lock(&self.state);
-            let Some(slot) = state.backends.get_mut(backend.0) else {
-                return;
-            };
-            slot.session = Some(session.clone());
-            // In range: checked above.
-            let _ = state.switchboard.handle_backend_up(backend);
-        }
-        if let Some(connected) = self.connected.get(backend.0) {
-            connected.set(true);
-        }
-    }
-
-    /// A message from `backend`: to one client, or pushed to every client
-    /// that announced the route.
-    fn backend_message(&self, backend: BackendId, message: Message) {
-        let effects = self.feed(|switchboard| {
-            // In range: the id came from `dials`.
-            let _ = switchboard.handle_backend_message(backend, message);
-        });
-        offer_all(effects);
-    }
-
-    /// A backend connection ended.
-    fn backend_down(&self, backend: BackendId) {
-        // Refuse further forwards first, then tell the clients that had
-        // talked to it, then let observers see the backend down.
-        let effects = {
-            let mut state = lock(&self.state);
-            if let Some(slot) = state.backends.get_mut(backend.0) {
-                slot.session = None;
+fn on_std(args: &GatewayArgs, config: GatewayConfig, options: GatewayOptions) -> io::Result<()> {
+    let gateway = blocking::Gateway::bind(config, options)?;
+    let handle = gateway.handle();
+    let backends = handle.backends();
+    banner(args, handle.local_addr(), &backends);
+    for backend in backends {
+        let handle = handle.clone();
+        std::thread::spawn(move || {
+            while handle.wait_backend(&backend.route, true, Duration::MAX) {
+                backend_up(&backend);
+                let _ = handle.wait_backend(&backend.route, false, Duration::MAX);
+                if handle.is_shutting_down() {
+                    return;
+                }
+                backend_down(&backend);
             }
-            let _ = state.switchboard.handle_backend_down(backend);
-            state.effects()
-        };
-        offer_all(effects);
-        if let Some(connected) = self.connected.get(backend.0) {
-            connected.set(false);
-        }
+        });
     }
-
-    // ---- clients ----
-
-    /// A client connected: its handshake starts. The deadline at which the
-    /// adapter calls [`timeout`](Self::timeout), if any.
-    fn client_connected(&self, session: &S) -> Option<Instant> {
-        let id = session.id().get();
-        let (deadline, effects) = {
-            let mut state = lock(&self.state);
-            state.clients.insert(id, session.clone());
-            let deadline = state
-                .switchboard
-                .handle_client_connect(ClientId(id), Instant::now())
-                .ok()
-                .flatten();
-            (deadline, state.effects())
-        };
-        offer_all(effects);
-        deadline
-    }
-
-    /// One message from client `id`: what to do, for the client's handler
-    /// to carry out (waiting while the client is backpressured).
-    fn client_message(&self, id: u64, message: Message) -> VecDeque<Effect<S>> {
-        self.feed(|switchboard| {
-            // Known: the handler calls this between connect and disconnect.
-            let _ = switchboard.handle_client_message(ClientId(id), message, Instant::now());
-        })
-    }
-
-    /// `backend` could not take the message [`Effect::Forward`] carried
-    /// from `client`: what to tell the client.
-    fn forward_failed(&self, backend: BackendId, client: ClientId) -> VecDeque<Effect<S>> {
-        self.feed(|switchboard| {
-            let _ = switchboard.handle_forward_failed(backend, client);
-        })
-    }
-
-    /// Client `id` disconnected.
-    fn client_disconnected(&self, id: u64) {
-        let mut state = lock(&self.state);
-        state.clients.remove(&id);
-        let _ = state.switchboard.handle_client_disconnect(ClientId(id));
-    }
-
-    /// Fails the handshakes whose deadline has passed by `now`; the next
-    /// deadline, if a handshake is still running.
-    fn timeout(&self, now: Instant) -> Option<Instant> {
-        let (next, effects) = {
-            let mut state = lock(&self.state);
-            state.switchboard.handle_timeout(now);
-            (state.switchboard.poll_timeout(), state.effects())
-        };
-        offer_all(effects);
-        next
-    }
-
-    /// Gives `input` the switchboard; what it decided.
-    fn feed(&self, input: impl FnOnce(&mut Switchboard)) -> VecDeque<Effect<S>> {
-        let mut state = lock(&self.state);
-        input(&mut state.switchboard);
-        state.effects()
-    }
-}
-
-impl<S: Clone> State<S> {
-    /// The switchboard's actions, with the connections they go to. A client
-    /// is in `clients` exactly while the switchboard knows it, so every
-    /// action for one finds it.
-    fn effects(&mut self) -> VecDeque<Effect<S>> {
-        let mut out = VecDeque::new();
-        while let Some(action) = self.switchboard.poll_action() {
-            let effect = match action {
-                Action::ToClient { client, message } => self
-                    .clients
-                    .get(&client.0)
-                    .map(|session| Effect::Send(session.clone(), message)),
-                Action::Close {
-                    client,
-                    code,
-                    reason,
-                } => self
-                    .clients
-                    .get(&client.0)
-                    .map(|session| Effect::Close(session.clone(), CloseCode::from(code), reason)),
-                Action::ToBackend {
-                    backend,
-                    client,
-                    message,
-                } => Some(Effect::Forward {
-                    session: self.backends.get(backend.0).and_then(|b| b.session.clone()),
-                    backend,
-                    client,
-                    message,
-                }),
-            };
-            out.extend(effect);
-        }
-        out
-    }
-}
-
-/// Carries out what a backend event or a timeout decided: every message is
-/// queued without waiting (a client too slow to take it is closed), so one
-/// slow client never stalls the others. Only a client's own messages are
-/// forwarded to backends, by its handler: there are no forwards here.
-fn offer_all<S: Deref<Target = Peer>>(effects: VecDeque<Effect<S>>) {
-    for effect in effects {
-        match effect {
-            Effect::Send(session, message) => offer(&session, message),
-            Effect::Close(session, code, reason) => session.close_with(code, reason),
-            Effect::Forward { .. } => {}
-        }
-    }
-}
-
-/// Queues without waiting; a client too slow to take it is closed.
-fn offer(peer: &Peer, message: Message) {
-    match peer.try_send(message) {
-        SendOutcome::Queued | SendOutcome::Closed(_) => {}
-        _ => peer.close_with(CloseCode::POLICY_VIOLATION, "slow consumer"),
-    }
+    let serving = gateway.spawn()?;
+    interrupt::wait();
+    shutting_down(handle.client_count());
+    handle.shutdown(SHUTDOWN_TIMEOUT);
+    serving
+        .join()
+        .map_err(|_| io::Error::other("the accept thread panicked"))?
 }

@@ -18,6 +18,7 @@ mod bench;
 mod broker;
 mod chat;
 mod echo;
+mod gateway;
 mod json;
 mod rpc;
 
@@ -42,7 +43,7 @@ enum Command {
     /// length-prefixed TCP) from a route file: clients do the route
     /// handshake, then start each message with a ROUTENAME=name line. Exit
     /// code 2 for a bad route file.
-    Gateway(storm_cli::gateway::cli::GatewayArgs),
+    Gateway(gateway::GatewayArgs),
     /// Request broker: consumers and providers meet on channel ids;
     /// requests of any size stream through in frames.
     Broker(broker::ServerArgs),
@@ -93,7 +94,7 @@ fn main() -> ExitCode {
         ))
         .init();
     let result = match cli.command {
-        Command::Gateway(args) => return storm_cli::gateway::cli::run(&args),
+        Command::Gateway(args) => return gateway::run(&args),
         Command::Rpc(args) => return rpc::serve(&args),
         Command::Client(ClientCommand::Rpc(args)) => return rpc::client(&args),
         Command::Bench(args) => return bench::run(&args),

@@ -9,9 +9,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use storm_cli::gateway::{
-    BackendStatus, ConfigErrorKind, Gateway, GatewayConfig, GatewayHandle, GatewayOptions, blocking,
-};
 use storm_host::link::CloseReason;
 use storm_host::options::{ClientOptions, Framing, ServerOptions, WsOptions};
 use storm_proto::Message;
@@ -19,6 +16,9 @@ use storm_proto::reconnect::BackoffConfig;
 use storm_proto::route::backend::{self, Target};
 use storm_proto::route::envelope::{self, ErrorReply};
 use storm_proto::route::{ClientConfig, ClientHandshake, Event, Negotiated};
+use storm_services::gateway::{
+    BackendStatus, ConfigErrorKind, Gateway, GatewayConfig, GatewayHandle, GatewayOptions, blocking,
+};
 use storm_tokio::{
     Client, ClientError, Handler, ServerHandle, Session, TcpServer, WsClient, WsServer,
 };

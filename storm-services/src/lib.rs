@@ -15,6 +15,9 @@
 //! - [`broker`]: the consumer/provider request broker over TCP (or TLS):
 //!   the server on tokio, smol or std threads; the consumer and provider
 //!   on tokio.
+//! - [`gateway`]: one WebSocket endpoint routing to named backends
+//!   (WebSocket or length-prefixed TCP), on tokio, smol or std threads;
+//!   its decisions are [`storm_proto::route::gateway::Switchboard`].
 //! - [`rpc`]: request/response client (several endpoints, round-robin or
 //!   failover, timeouts, cancellation, compression, pluggable codecs) and
 //!   server, over WebSocket or length-prefixed TCP (or TLS); the server on
@@ -38,6 +41,7 @@
 pub mod broker;
 pub mod chat;
 pub mod echo;
+pub mod gateway;
 pub mod host;
 pub mod json;
 pub mod rpc;

@@ -4,8 +4,8 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use storm_cli::gateway::blocking::Gateway;
-//! use storm_cli::gateway::{GatewayConfig, GatewayOptions};
+//! use storm_services::gateway::blocking::Gateway;
+//! use storm_services::gateway::{GatewayConfig, GatewayOptions};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = GatewayConfig::parse("[orders]\nname = orders\nport = 1\nprotocol = tcp\n")?;
@@ -25,7 +25,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::runtime::connection_error;
+use crate::host::connection_error;
 use storm_host::link::CloseReason;
 use storm_proto::Message;
 use storm_proto::reconnect::{Backoff, BackoffStep};

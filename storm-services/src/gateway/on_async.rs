@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::runtime::connection_error;
+use crate::host::connection_error;
 use smol::future::or;
 use storm_async::{Handler, Runtime, ServerHandle, Session, TcpClient, WsClient, WsServer};
 use storm_host::link::CloseReason;

@@ -281,7 +281,7 @@ async fn connect_once<R: Runtime>(
         Ok(Connected {
             stream,
             session: Session::new(peer),
-            link: Box::new(link),
+            link,
             initial,
         })
     };

@@ -517,7 +517,7 @@ impl<R: Runtime> ServerHandle<R> {
             registry,
             id: session.id(),
         };
-        Ok((session, Box::new(link), registered))
+        Ok((session, link, registered))
     }
 
     /// Runs a registered session until it closes.

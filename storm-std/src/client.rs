@@ -202,7 +202,7 @@ impl ClientShared {
 struct Connected {
     stream: Stream,
     session: Session,
-    link: LinkDriver,
+    link: Box<LinkDriver>,
     initial: Bytes,
 }
 

@@ -86,7 +86,7 @@ pub(crate) trait ReadHalf {
     /// A timeout ([`WouldBlock`](io::ErrorKind::WouldBlock),
     /// [`TimedOut`](io::ErrorKind::TimedOut)) or an interrupt means "look at
     /// the timer and read again"; anything else ends the transport.
-    fn read(&mut self, link: &Mutex<LinkDriver>, buf: &mut [u8]) -> io::Result<Received>;
+    fn read(&mut self, link: &Mutex<Box<LinkDriver>>, buf: &mut [u8]) -> io::Result<Received>;
 }
 
 /// The writer thread's half of a [`Transport`].
@@ -148,7 +148,7 @@ impl ReadHalf for PlainReader {
         &self.stream
     }
 
-    fn read(&mut self, link: &Mutex<LinkDriver>, buf: &mut [u8]) -> io::Result<Received> {
+    fn read(&mut self, link: &Mutex<Box<LinkDriver>>, buf: &mut [u8]) -> io::Result<Received> {
         match (&self.stream).read(buf)? {
             0 => Ok(Received::Eof),
             n => {
@@ -236,7 +236,7 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) fn drive<T: Transport, H: Handler>(
     transport: T,
     session: &Session,
-    link: LinkDriver,
+    link: Box<LinkDriver>,
     handler: &H,
     initial: Bytes,
     write_batch: usize,
@@ -322,7 +322,7 @@ pub(crate) fn drive<T: Transport, H: Handler>(
 fn read_loop<R: ReadHalf, H: Handler>(
     reader: &mut R,
     session: &Session,
-    link: &Mutex<LinkDriver>,
+    link: &Mutex<Box<LinkDriver>>,
     handler: &H,
     initial: &[u8],
     writer: Option<&thread::Thread>,
@@ -401,7 +401,7 @@ fn read_loop<R: ReadHalf, H: Handler>(
 
 /// Hands the link's events to the handler, in order. `true` once the
 /// connection closed (and the handler heard it).
-fn dispatch<H: Handler>(session: &Session, link: &Mutex<LinkDriver>, handler: &H) -> bool {
+fn dispatch<H: Handler>(session: &Session, link: &Mutex<Box<LinkDriver>>, handler: &H) -> bool {
     loop {
         // Unlocked before the handler runs.
         let event = lock(link).poll_event(Instant::now());
@@ -425,7 +425,7 @@ fn dispatch<H: Handler>(session: &Session, link: &Mutex<LinkDriver>, handler: &H
 fn write_loop<W: WriteHalf>(
     writer: &mut W,
     session: &Session,
-    link: &Mutex<LinkDriver>,
+    link: &Mutex<Box<LinkDriver>>,
     write_batch: usize,
     stop: &AtomicBool,
 ) -> io::Result<()> {

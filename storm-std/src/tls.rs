@@ -178,7 +178,7 @@ impl ReadHalf for TlsReader {
         &self.stream
     }
 
-    fn read(&mut self, link: &Mutex<LinkDriver>, buf: &mut [u8]) -> io::Result<Received> {
+    fn read(&mut self, link: &Mutex<Box<LinkDriver>>, buf: &mut [u8]) -> io::Result<Received> {
         let n = (&self.stream).read(buf)?;
         if n == 0 {
             return Ok(Received::Eof);

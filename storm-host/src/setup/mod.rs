@@ -368,13 +368,13 @@ impl ClientCore {
         protocol: Protocol,
         remote: SocketAddr,
         now: Instant,
-    ) -> Result<(Peer, LinkDriver), ClientError> {
+    ) -> Result<(Peer, Box<LinkDriver>), ClientError> {
         let permit = self.hub.try_admit().map_err(config_error)?;
         let outbox = self.hub.register(permit, now).map_err(config_error)?;
         let middleware = self.link.middleware.clone();
         let peer = Peer::new(Arc::clone(&outbox), middleware, self.hub.clone(), remote);
         let link = LinkDriver::new(outbox, protocol, &self.link, now).map_err(config_error)?;
-        Ok((peer, link))
+        Ok((peer, Box::new(link)))
     }
 
     /// A connection is up (it counts as stable after a while, which resets
@@ -549,7 +549,7 @@ impl ServerSetup {
         now: Instant,
         session: impl FnOnce(Peer) -> S,
         stopping: impl FnOnce() -> bool,
-    ) -> io::Result<(S, LinkDriver)> {
+    ) -> io::Result<(S, Box<LinkDriver>)> {
         let hub = registry.hub();
         let outbox = hub.register(admitted.permit, now).map_err(invalid)?;
         let middleware = self.link.middleware.clone();
@@ -559,7 +559,10 @@ impl ServerSetup {
             hub.clone(),
             admitted.remote,
         );
-        let link = LinkDriver::new(outbox, protocol, &self.link, now).map_err(invalid)?;
+        // Boxed from the start: an adapter moves it into the connection's
+        // task or thread, where a few hundred bytes more per frame would
+        // cost every idle connection stack (std) or task size.
+        let link = Box::new(LinkDriver::new(outbox, protocol, &self.link, now).map_err(invalid)?);
         let session = session(peer);
         registry.insert(session.clone());
         if stopping() {

@@ -12,7 +12,7 @@
 //! | module | what it is |
 //! |---|---|
 //! | [`hub`] | what servers share that is not I/O: sessions and their outboxes, groups, broadcast fan-out, max connections, middleware, metrics |
-//! | [`link`] | one live connection's logic for the adapters: protocol + session outbox + heartbeat + middleware, read path, write path, timer |
+//! | [`link`] | `LinkDriver`: storm-proto's `Link` joined to the connection's outbox and the middleware, what an adapter owns per connection (read path, write path, timer) |
 //! | [`peer`] | a connection as the application holds it: the non-waiting part of every adapter's `Session` |
 //! | [`options`] | option structs shared by every adapter (servers, clients, WebSocket, framing) |
 //! | [`setup`] | opening a connection apart from the I/O: client targets and server setups checked once (TLS included), the WebSocket upgrade bytes in and protocol out, admission into a hub, a client's reconnect schedule |

@@ -11,11 +11,12 @@ use storm_host::options::{ClientOptions, TlsClientOptions};
 use storm_proto::broker::{ChannelId, ErrorCode, ErrorPayload, RouterConfig, RouterStats};
 
 use storm_cli::interrupt;
-use storm_cli::runtime::{AsyncRuntime, Runtime, TlsArgs};
+use storm_cli::runtime::{Runtime, TlsArgs};
 use storm_services::broker::{
     BrokerError, BrokerOptions, BrokerServer, Consumer, ConsumerOptions, Provider, ProviderOptions,
     StreamedRequest, blocking,
 };
+use storm_services::host::AsyncRuntime;
 use storm_services::host::{on_async, on_std};
 
 /// Options of `storm broker`.

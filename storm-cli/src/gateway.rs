@@ -7,10 +7,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use storm_cli::interrupt;
-use storm_cli::runtime::{AsyncRuntime, Runtime, TlsArgs};
+use storm_cli::runtime::{Runtime, TlsArgs};
 use storm_services::gateway::{
     BackendStatus, Gateway, GatewayConfig, GatewayOptions, LoadError, blocking,
 };
+use storm_services::host::AsyncRuntime;
 
 /// Exit code for a route file that cannot be used (or a bad flag, as clap
 /// does).

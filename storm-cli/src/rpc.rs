@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use storm_cli::runtime::{AsyncRuntime, Runtime, TlsArgs};
+use storm_cli::runtime::{Runtime, TlsArgs};
+use storm_services::host::AsyncRuntime;
 use storm_services::host::{on_async, on_std};
 use storm_services::rpc::{
     CallOptions, Codec, CompressionConfig, Fault, Json, Request, RpcClient, RpcServer,

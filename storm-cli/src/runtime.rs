@@ -1,13 +1,10 @@
 //! The runtimes every `storm` service runs on (`--runtime tokio|smol|std`)
 //! and the `--tls` option every server takes ([`TlsArgs`]). How a service
-//! runs on them is storm-services' [`host`](storm_services::host), whose
-//! pieces the gateway uses are re-exported here.
+//! runs on them is storm-services' [`host`](storm_services::host).
 
 use std::io;
 
 use clap::ValueEnum;
-
-pub use storm_services::host::{AsyncRuntime, connection_closed, connection_error};
 
 /// The runtimes `storm` services run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

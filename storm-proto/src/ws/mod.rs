@@ -17,7 +17,7 @@ mod utf8;
 
 pub use crate::message::Utf8Bytes;
 pub use close::{CloseCode, CloseFrame};
-pub use conn::release_bytes;
+pub(crate) use conn::release_bytes;
 pub use conn::{Config, Connection, DIRECT_READ_MIN, Event, ProtocolError, SendError};
 pub use url::{UrlError, WsUrl};
 

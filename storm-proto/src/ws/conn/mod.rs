@@ -369,7 +369,7 @@ pub const DIRECT_READ_MIN: usize = 8 * 1024;
 /// still keep an allocation alive without any capacity left (what it
 /// split off shares it), so emptiness alone decides; `BytesMut::new`
 /// allocates nothing.
-pub fn release_bytes(buf: &mut BytesMut) {
+pub(crate) fn release_bytes(buf: &mut BytesMut) {
     if buf.is_empty() {
         *buf = BytesMut::new();
     }

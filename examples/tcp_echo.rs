@@ -14,8 +14,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use storm_examples::{AsyncRuntime, Echo, Runtime};
-use storm_host::options::{Framing, ServerOptions};
-use storm_proto::framing::{DelimiterConfig, RawConfig};
+use storm_host::options::ServerOptions;
+use storm_proto::framing::{DelimiterConfig, Framing, RawConfig};
 use storm_smol::Smol;
 use storm_tokio::Tokio;
 

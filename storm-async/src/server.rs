@@ -14,11 +14,12 @@ use bytes::Bytes;
 
 use storm_host::hub::{CloseKind, SessionId};
 use storm_host::link::{LinkDriver, Protocol};
-use storm_host::options::{Framing, ServerOptions, WsOptions};
+use storm_host::options::{ServerOptions, WsOptions};
 use storm_host::peer::Registry;
 use storm_host::setup::{
     AcceptErrors, Admitted, ServerOpen, ServerSetup, ServerUpgradeStep, from_peer, server_hub,
 };
+use storm_proto::framing::Framing;
 
 use crate::driver::drive;
 use crate::io::{read_step, write_all_flush};

@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::ValueEnum;
-use storm_host::options::{Framing, ServerOptions, WsOptions};
-use storm_proto::framing::{DelimiterConfig, LengthPrefixConfig, RawConfig};
+use storm_host::options::{ServerOptions, WsOptions};
+use storm_proto::framing::{DelimiterConfig, Framing, LengthPrefixConfig, RawConfig};
 use storm_proto::ws::Config;
 use storm_proto::ws::deflate::DeflateConfig;
 use storm_services::echo::Echo;

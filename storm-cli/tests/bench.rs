@@ -10,8 +10,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use storm_host::options::{Framing, ServerOptions, WsOptions};
+use storm_host::options::{ServerOptions, WsOptions};
 use storm_proto::Message;
+use storm_proto::framing::Framing;
 use storm_tokio::{Handler, Session, TcpServer, WsServer};
 
 /// Longest a bench process may take in these tests.

@@ -9,8 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use storm_host::options::{ClientOptions, Framing, WsOptions};
+use storm_host::options::{ClientOptions, WsOptions};
 use storm_proto::Message;
+use storm_proto::framing::Framing;
 use storm_proto::ws::{CloseCode, Event};
 use storm_std::ws;
 use storm_tests::suite::raw::{RawWs, frame, opcode};

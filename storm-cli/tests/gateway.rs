@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use storm_host::link::CloseReason;
-use storm_host::options::{ClientOptions, Framing, ServerOptions, WsOptions};
+use storm_host::options::{ClientOptions, ServerOptions, WsOptions};
 use storm_proto::Message;
+use storm_proto::framing::Framing;
 use storm_proto::reconnect::BackoffConfig;
 use storm_proto::route::backend::{self, Target};
 use storm_proto::route::envelope::{self, ErrorReply};

@@ -160,7 +160,7 @@ fn ping_over_tls() {
         let client = storm_std::TcpClient::connect(
             &server.addr,
             options,
-            storm_host::options::Framing::LengthPrefix,
+            storm_proto::framing::Framing::LengthPrefix,
             Inbox(tx),
         )
         .unwrap_or_else(|e| panic!("{runtime}: {e}"));

@@ -919,7 +919,7 @@ async fn a_server_that_breaks_the_protocol_fails_the_call_fast() {
         addr: "127.0.0.1:0".into(),
         ..Default::default()
     };
-    let server = storm_tokio::TcpServer::bind(options, storm_host::options::Framing::LengthPrefix)
+    let server = storm_tokio::TcpServer::bind(options, storm_proto::framing::Framing::LengthPrefix)
         .await
         .expect("bind");
     let endpoint = format!("tcp://{}", server.local_addr());

@@ -7,9 +7,6 @@ use std::time::Duration;
 
 use crate::link::LinkConfig;
 use storm_proto::backpressure::BackpressureConfig;
-/// How a plain TCP connection frames messages: storm-proto's, named here
-/// too because every server and client option takes one.
-pub use storm_proto::framing::Framing;
 use storm_proto::reconnect::BackoffConfig;
 use storm_proto::ws;
 use storm_proto::ws::deflate::DeflateConfig;

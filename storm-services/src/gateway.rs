@@ -132,10 +132,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use storm_host::hub::SendOutcome;
-use storm_host::options::{ClientOptions, Framing, TlsClientOptions, TlsServerOptions, WsOptions};
+use storm_host::options::{ClientOptions, TlsClientOptions, TlsServerOptions, WsOptions};
 use storm_host::peer::Peer;
 use storm_proto::Message;
-use storm_proto::framing::LengthPrefixConfig;
+use storm_proto::framing::{Framing, LengthPrefixConfig};
 use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffPolicy, Jitter};
 use storm_proto::route::gateway::{
     Action, BackendConfig, BackendId, BackendProtocol, ClientId, Switchboard,

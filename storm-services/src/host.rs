@@ -28,9 +28,9 @@ use std::time::Duration;
 
 use storm_host::hub::Hub;
 use storm_host::link::CloseReason;
-use storm_host::options::{Framing, ServerOptions, WsOptions};
+use storm_host::options::{ServerOptions, WsOptions};
 use storm_host::setup::client_speaks_tls;
-use storm_proto::framing::FramingError;
+use storm_proto::framing::{Framing, FramingError};
 use tokio::sync::Notify;
 
 pub mod on_async;

@@ -7,7 +7,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use storm_host::options::{Framing, ServerOptions};
+use storm_host::options::ServerOptions;
+use storm_proto::framing::Framing;
 use storm_services::echo::Echo;
 use storm_services::host::{self, Listen, Runtime, Stop};
 

@@ -11,9 +11,10 @@ use smol::channel::{Receiver, Sender, unbounded};
 
 use storm_host::link::CloseReason;
 use storm_host::options::{
-    ClientOptions, Framing, ServerOptions, TlsClientOptions, TlsServerOptions, WsOptions,
+    ClientOptions, ServerOptions, TlsClientOptions, TlsServerOptions, WsOptions,
 };
 use storm_proto::Message;
+use storm_proto::framing::Framing;
 use storm_proto::reconnect::BackoffConfig;
 use storm_smol::{
     Client, ClientError, Handler, ServerHandle, Session, TcpClient, TcpServer, WsClient, WsServer,

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use storm_host::link::{LinkDriver, Protocol};
-use storm_host::options::{ClientOptions, Framing, WsOptions};
+use storm_host::options::{ClientOptions, WsOptions};
 pub use storm_host::peer::ClientError;
 use storm_host::setup::{ClientCore, ClientOpen, ClientTarget, ClientUpgradeStep};
 use storm_proto::Message;
+use storm_proto::framing::Framing;
 
 use crate::deadline::{Deadlined, remaining};
 use crate::driver::{drive, lock};

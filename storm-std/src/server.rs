@@ -15,11 +15,12 @@ use socket2::{Domain, Socket, Type};
 
 use storm_host::hub::CloseKind;
 use storm_host::link::Protocol;
-use storm_host::options::{Framing, ServerOptions, WsOptions};
+use storm_host::options::{ServerOptions, WsOptions};
 use storm_host::peer::Registry;
 use storm_host::setup::{
     AcceptErrors, Admitted, ServerOpen, ServerSetup, ServerUpgradeStep, from_peer, server_hub,
 };
+use storm_proto::framing::Framing;
 
 use crate::deadline::Deadlined;
 use crate::driver::{Transport, drive, lock};

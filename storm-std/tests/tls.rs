@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use storm_host::link::CloseReason;
 use storm_host::options::{
-    ClientOptions, Framing, ServerOptions, TlsClientCert, TlsClientOptions, TlsServerOptions,
-    WsOptions,
+    ClientOptions, ServerOptions, TlsClientCert, TlsClientOptions, TlsServerOptions, WsOptions,
 };
 use storm_proto::Message;
+use storm_proto::framing::Framing;
 use storm_std::{
     Client, ClientError, Handler, ServerHandle, Session, TcpClient, TcpServer, WsClient, WsServer,
 };

@@ -15,10 +15,10 @@ mod common;
 use common::{Seen, WAIT, echo_and_close, next, next_disconnect, next_message, recorder};
 use storm_host::link::CloseReason;
 use storm_host::options::{
-    ClientOptions, Framing, ServerOptions, TlsClientCert, TlsClientOptions, TlsServerOptions,
-    WsOptions,
+    ClientOptions, ServerOptions, TlsClientCert, TlsClientOptions, TlsServerOptions, WsOptions,
 };
 use storm_proto::Message;
+use storm_proto::framing::Framing;
 use storm_tokio::{Client, ClientError, ServerHandle, TcpClient, TcpServer, WsClient, WsServer};
 
 use storm_tests::suite::pki::Pki;

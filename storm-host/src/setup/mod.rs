@@ -27,9 +27,9 @@ use rand::RngCore;
 
 use crate::hub::{ConnectionPermit, Hub, HubConfig, SessionId};
 use crate::link::{LinkConfig, LinkDriver, Protocol};
-use crate::options::{ClientOptions, Framing, ServerOptions, WsOptions};
+use crate::options::{ClientOptions, ServerOptions, WsOptions};
 use crate::peer::{ClientError, Peer, Registry};
-use storm_proto::framing::{Framer, FramingConfigError, FramingError};
+use storm_proto::framing::{Framer, Framing, FramingConfigError, FramingError};
 use storm_proto::reconnect::{Backoff, BackoffStep};
 use storm_proto::tls_sniff::PlainFramer;
 use storm_proto::ws::handshake::{

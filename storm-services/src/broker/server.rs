@@ -10,13 +10,14 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use storm_host::options::{Framing, ServerOptions};
+use storm_host::options::ServerOptions;
 use storm_proto::Message;
 use storm_proto::backpressure::SlowConsumerPolicy;
 use storm_proto::broker::{
     BrokerFramer, ConnId, Frame, FrameCodec, FrameConfig, FrameError, RequestId, Router,
     RouterConfig, RouterEvent, RouterStats,
 };
+use storm_proto::framing::Framing;
 
 use super::BrokerError;
 

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use storm_host::hub::SessionId;
-use storm_host::options::{Framing, ServerOptions, WsOptions};
+use storm_host::options::{ServerOptions, WsOptions};
 use storm_host::peer::Peer;
-use storm_proto::framing::LengthPrefixConfig;
+use storm_proto::framing::{Framing, LengthPrefixConfig};
 use storm_proto::rpc::{CallsConfig, CompressionConfig, Fault, Incoming, Serving};
 
 use super::codec::Codec;

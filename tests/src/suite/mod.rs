@@ -36,9 +36,10 @@ use std::time::{Duration, Instant};
 
 use storm_host::hub::{BroadcastReport, Hub, HubMetrics, SessionId};
 use storm_host::link::CloseReason;
-use storm_host::options::{ClientOptions, Framing, ServerOptions, WsOptions};
+use storm_host::options::{ClientOptions, ServerOptions, WsOptions};
 use storm_host::peer::{Peer, SendError};
 use storm_proto::Message;
+use storm_proto::framing::Framing;
 
 pub mod on_async;
 pub mod on_std;

@@ -1,5 +1,6 @@
 //! Shared scenario helpers for Storm's integration suite.
 
+pub mod broker;
 pub mod fuzz;
 pub mod process;
 pub mod suite;

@@ -136,7 +136,7 @@ use storm_host::options::{ClientOptions, TlsClientOptions, TlsServerOptions, WsO
 use storm_host::peer::Peer;
 use storm_proto::Message;
 use storm_proto::framing::{Framing, LengthPrefixConfig};
-use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffPolicy, Jitter};
+use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffPolicy, BackoffStep, Jitter};
 use storm_proto::route::gateway::{
     Action, BackendConfig, BackendId, BackendProtocol, ClientId, Switchboard,
 };
@@ -354,6 +354,10 @@ struct Core<S> {
     stopped: Watched,
     /// The backend loops still running, which shutdown waits for.
     loops: Arc<Loops>,
+    /// When the gateway was made: the `now` a client message is handled
+    /// at while no handshake deadline is pending (see
+    /// [`client_message`](Self::client_message)).
+    epoch: Instant,
 }
 
 struct State<S> {
@@ -392,6 +396,108 @@ enum Effect<S> {
     },
 }
 
+/// The effects of one input, in order. Most inputs have one (a client's
+/// message: its forward, or one reply), which is kept inline, so that a
+/// forwarded message allocates nothing; more (handshake replies, a
+/// backend's push to many clients) spill into a queue.
+struct Effects<S> {
+    first: Option<Effect<S>>,
+    rest: VecDeque<Effect<S>>,
+}
+
+impl<S> Effects<S> {
+    fn new() -> Self {
+        Self {
+            first: None,
+            rest: VecDeque::new(),
+        }
+    }
+
+    /// Adds `effect` after every other.
+    fn push(&mut self, effect: Effect<S>) {
+        if self.first.is_none() && self.rest.is_empty() {
+            self.first = Some(effect);
+        } else {
+            self.rest.push_back(effect);
+        }
+    }
+
+    /// Takes the earliest effect.
+    fn pop(&mut self) -> Option<Effect<S>> {
+        self.first.take().or_else(|| self.rest.pop_front())
+    }
+
+    /// Adds every effect of `other` after these, in order.
+    fn append(&mut self, mut other: Self) {
+        while let Some(effect) = other.pop() {
+            self.push(effect);
+        }
+    }
+}
+
+/// What a client's message decided, for the client's handler to carry out
+/// in order: the one place that decides it, whatever the runtime. The
+/// handler only does the sends, waiting while the client or the backend is
+/// backpressured:
+///
+/// ```text
+/// while let Some((to, message)) = sends.poll_send() {
+///     if to.send(message) /* .await */ .is_err() { sends.handle_send_failed(); }
+/// }
+/// ```
+///
+/// Closes are done here (they do not wait). A forward that fails, or has
+/// no backend connection to go to, is handed back to the switchboard,
+/// whose answer (`backend unavailable`) joins the queue; a failed send to a
+/// client needs nothing (the client is going).
+pub(super) struct ClientSends<'a, S> {
+    core: &'a Core<S>,
+    effects: Effects<S>,
+    /// The backend and client of the forward last handed out by
+    /// [`poll_send`](Self::poll_send), if it was one.
+    forward: Option<(BackendId, ClientId)>,
+}
+
+impl<S: Clone + Deref<Target = Peer> + Send + Sync + 'static> ClientSends<'_, S> {
+    /// The next message to send and where to, or `None` when the message
+    /// is dealt with.
+    pub(super) fn poll_send(&mut self) -> Option<(S, Message)> {
+        self.forward = None;
+        while let Some(effect) = self.effects.pop() {
+            match effect {
+                Effect::Send(client, message) => return Some((client, message)),
+                Effect::Close(client, code, reason) => client.close_with(code, reason),
+                Effect::Forward {
+                    session: Some(session),
+                    backend,
+                    client,
+                    message,
+                } => {
+                    self.forward = Some((backend, client));
+                    return Some((session, message));
+                }
+                Effect::Forward {
+                    session: None,
+                    backend,
+                    client,
+                    ..
+                } => self
+                    .effects
+                    .append(self.core.forward_failed(backend, client)),
+            }
+        }
+        None
+    }
+
+    /// The send last handed out by [`poll_send`](Self::poll_send) failed.
+    pub(super) fn handle_send_failed(&mut self) {
+        if let Some((backend, client)) = self.forward.take() {
+            self.effects
+                .append(self.core.forward_failed(backend, client));
+        }
+    }
+}
+
 /// How to reach one backend: what the adapters' clients connect with.
 struct Dial {
     id: BackendId,
@@ -399,6 +505,24 @@ struct Dial {
     options: ClientOptions,
     ws: WsOptions,
     framing: Framing,
+    /// The waits between its attempts.
+    backoff: Backoff,
+}
+
+impl Dial {
+    /// A connection is up: the waits start over.
+    fn connected(&mut self) {
+        self.backoff.connected(Instant::now());
+    }
+
+    /// The connection ended or the attempt failed: how long to wait before
+    /// the next attempt, or `None` to give up (the backend stays down).
+    fn retry_delay(&mut self) -> Option<Duration> {
+        match self.backoff.disconnected(Instant::now()) {
+            BackoffStep::Retry { delay, .. } => Some(delay),
+            BackoffStep::GiveUp { .. } => None,
+        }
+    }
 }
 
 impl<S: Clone + Deref<Target = Peer> + Send + Sync + 'static> Core<S> {
@@ -443,6 +567,7 @@ impl<S: Clone + Deref<Target = Peer> + Send + Sync + 'static> Core<S> {
             connected: (0..count).map(|_| Watched::new()).collect(),
             stopped: Watched::new(),
             loops: Arc::new(Loops::new()),
+            epoch: Instant::now(),
         })
     }
 
@@ -495,14 +620,14 @@ impl<S: Clone + Deref<Target = Peer> + Send + Sync + 'static> Core<S> {
 
     // ---- backends ----
 
-    /// How to connect each route, a fresh backoff for its attempts, and
-    /// the guard its loop holds while it runs.
+    /// How to connect each route (with a fresh backoff for its attempts),
+    /// and the guard its loop holds while it runs.
     ///
     /// The adapters' clients do not reconnect by themselves: the backend
     /// loop makes a new client after each drop, so that every wait between
     /// attempts is one that shutdown can cut short, the same on every
     /// runtime.
-    fn dials(&self) -> Vec<(Dial, Backoff, LoopGuard)> {
+    fn dials(&self) -> Vec<(Dial, LoopGuard)> {
         let seed = std::collections::hash_map::RandomState::new()
             .build_hasher()
             .finish();
@@ -531,8 +656,9 @@ impl<S: Clone + Deref<Target = Peer> + Send + Sync + 'static> Core<S> {
                     },
                     ws: self.options.ws_options(),
                     framing: Framing::LengthPrefixWith(framing.clone()),
+                    backoff,
                 };
-                Some((dial, backoff, self.loops.start()))
+                Some((dial, self.loops.start()))
             })
             .collect()
     }
@@ -625,16 +751,31 @@ impl<S: Clone + Deref<Target = Peer> + Send + Sync + 'static> Core<S> {
 
     /// One message from client `id`: what to do, for the client's handler
     /// to carry out (waiting while the client is backpressured).
-    fn client_message(&self, id: u64, message: Message) -> VecDeque<Effect<S>> {
-        self.feed(|switchboard| {
+    ///
+    /// The clock is read only while a handshake deadline is pending: the
+    /// switchboard compares `now` with handshake deadlines and nothing
+    /// else, so with none pending (every client past its handshake, the
+    /// steady state) any instant gives the same answer, and a forwarded
+    /// message costs no clock read.
+    fn client_message(&self, id: u64, message: Message) -> ClientSends<'_, S> {
+        let effects = self.feed(|switchboard| {
+            let now = match switchboard.poll_timeout() {
+                Some(_) => Instant::now(),
+                None => self.epoch,
+            };
             // Known: the handler calls this between connect and disconnect.
-            let _ = switchboard.handle_client_message(ClientId(id), message, Instant::now());
-        })
+            let _ = switchboard.handle_client_message(ClientId(id), message, now);
+        });
+        ClientSends {
+            core: self,
+            effects,
+            forward: None,
+        }
     }
 
     /// `backend` could not take the message [`Effect::Forward`] carried
     /// from `client`: what to tell the client.
-    fn forward_failed(&self, backend: BackendId, client: ClientId) -> VecDeque<Effect<S>> {
+    fn forward_failed(&self, backend: BackendId, client: ClientId) -> Effects<S> {
         self.feed(|switchboard| {
             let _ = switchboard.handle_forward_failed(backend, client);
         })
@@ -660,7 +801,7 @@ impl<S: Clone + Deref<Target = Peer> + Send + Sync + 'static> Core<S> {
     }
 
     /// Gives `input` the switchboard; what it decided.
-    fn feed(&self, input: impl FnOnce(&mut Switchboard)) -> VecDeque<Effect<S>> {
+    fn feed(&self, input: impl FnOnce(&mut Switchboard)) -> Effects<S> {
         let mut state = lock(&self.state);
         input(&mut state.switchboard);
         state.effects()
@@ -671,8 +812,8 @@ impl<S: Clone> State<S> {
     /// The switchboard's actions, with the connections they go to. A client
     /// is in `clients` exactly while the switchboard knows it, so every
     /// action for one finds it.
-    fn effects(&mut self) -> VecDeque<Effect<S>> {
-        let mut out = VecDeque::new();
+    fn effects(&mut self) -> Effects<S> {
+        let mut out = Effects::new();
         while let Some(action) = self.switchboard.poll_action() {
             let effect = match action {
                 Action::ToClient { client, message } => self
@@ -698,7 +839,9 @@ impl<S: Clone> State<S> {
                     message,
                 }),
             };
-            out.extend(effect);
+            if let Some(effect) = effect {
+                out.push(effect);
+            }
         }
         out
     }
@@ -708,8 +851,8 @@ impl<S: Clone> State<S> {
 /// queued without waiting (a client too slow to take it is closed), so one
 /// slow client never stalls the others. Only a client's own messages are
 /// forwarded to backends, by its handler: there are no forwards here.
-fn offer_all<S: Deref<Target = Peer>>(effects: VecDeque<Effect<S>>) {
-    for effect in effects {
+fn offer_all<S: Deref<Target = Peer>>(mut effects: Effects<S>) {
+    while let Some(effect) = effects.pop() {
         match effect {
             Effect::Send(session, message) => offer(&session, message),
             Effect::Close(session, code, reason) => session.close_with(code, reason),
@@ -723,5 +866,97 @@ fn offer(peer: &Peer, message: Message) {
     match peer.try_send(message) {
         SendOutcome::Queued | SendOutcome::Closed(_) => {}
         _ => peer.close_with(CloseCode::POLICY_VIOLATION, "slow consumer"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The switchboard's actions after a client connects and sends
+    /// `messages`: the handshake at `start`, the rest at `later(now)` for
+    /// each message (`now`: the time since `start` the message came).
+    fn run(timeout: Option<Duration>, later: impl Fn(Instant) -> Instant) -> Vec<Action> {
+        let config = GatewayConfig::parse("[orders]\nname = orders\nport = 1\nprotocol = tcp\n")
+            .expect("config");
+        let route_config = ServerConfig {
+            handshake_timeout: timeout,
+            ..ServerConfig::new(config.route_table())
+        };
+        let backend = BackendConfig::new("orders", BackendProtocol::Tcp);
+        let mut board = Switchboard::new(Arc::new(route_config), vec![backend]).expect("board");
+        let start = Instant::now();
+        let client = ClientId(1);
+        board.handle_client_connect(client, start).expect("connect");
+        board.handle_backend_up(BackendId(0)).expect("up");
+        let messages = [
+            r#"{"event":"SMHandshake","data":"SYN"}"#,
+            r#"{"event":"SMHandshake","data":"ACK"}"#,
+            r#"{"event":"SMHandshake","data":"orders"}"#,
+            r#"{"event":"SMHandshakeEnd"}"#,
+            "ROUTENAME=orders\nbuy",
+            "ROUTENAME=video\nplay",
+            "no header",
+        ];
+        for text in messages {
+            // What `Core::client_message` passes: the clock only while a
+            // deadline is pending.
+            let now = match board.poll_timeout() {
+                Some(_) => start,
+                None => later(start),
+            };
+            board
+                .handle_client_message(client, Message::from(text), now)
+                .expect("known client");
+        }
+        std::iter::from_fn(|| board.poll_action()).collect()
+    }
+
+    /// Pushes and pops interleaved every way up to eight operations give
+    /// effects in the order they were pushed, as a plain queue does.
+    #[test]
+    fn effects_keep_their_order_however_pushes_and_pops_interleave() {
+        for len in 0..=8u32 {
+            for ops in 0..(1u32 << len) {
+                let (mut effects, mut model) = (Effects::new(), VecDeque::new());
+                for (n, op) in (0..len).map(|i| (i, ops >> i & 1)).collect::<Vec<_>>() {
+                    if op == 1 {
+                        effects.push(Effect::Send(n, Message::from("")));
+                        model.push_back(n);
+                    } else {
+                        let popped = effects.pop().map(|e| match e {
+                            Effect::Send(n, _) => n,
+                            _ => unreachable!("only sends are pushed"),
+                        });
+                        assert_eq!(popped, model.pop_front(), "ops {ops:b}");
+                    }
+                }
+                let mut rest = Effects::new();
+                rest.append(effects);
+                let drained: Vec<u32> = std::iter::from_fn(|| rest.pop())
+                    .map(|e| match e {
+                        Effect::Send(n, _) => n,
+                        _ => unreachable!("only sends are pushed"),
+                    })
+                    .collect();
+                assert_eq!(drained, Vec::from(model), "ops {ops:b}");
+            }
+        }
+    }
+
+    /// `Core::client_message` reads no clock while no handshake deadline is
+    /// pending, and hands the switchboard its epoch instead: that must give
+    /// the same answers as the real time, before the handshake ends (when
+    /// it has no deadline) and after.
+    #[test]
+    fn without_a_pending_deadline_the_answer_does_not_depend_on_now() {
+        for timeout in [None, Some(Duration::from_secs(10))] {
+            let on_time = run(timeout, |start| start);
+            let hours_late = run(timeout, |start| start + Duration::from_secs(3600));
+            assert_eq!(on_time, hours_late, "{timeout:?}");
+            // The forward, the unknown route and the missing header were
+            // all answered.
+            assert!(on_time.len() >= 3, "{on_time:?}");
+        }
     }
 }

@@ -12,12 +12,9 @@ use smol::future::or;
 use storm_async::{Handler, Runtime, ServerHandle, Session, TcpClient, WsClient, WsServer};
 use storm_host::link::CloseReason;
 use storm_proto::Message;
-use storm_proto::reconnect::{Backoff, BackoffStep};
 use storm_proto::route::gateway::BackendId;
 
-use super::{
-    BackendStatus, Core, Dial, Effect, GatewayConfig, GatewayOptions, LoopGuard, Protocol,
-};
+use super::{BackendStatus, Core, Dial, GatewayConfig, GatewayOptions, LoopGuard, Protocol};
 
 /// A bound gateway on the async runtime `R` (tokio by default, or
 /// [`storm_smol::Smol`]); [`serve`](Self::serve) runs it. For threads
@@ -64,8 +61,8 @@ impl<R: Runtime> Gateway<R> {
         let ws = options.ws_options();
         let core = Arc::new(Core::new(config, options)?);
         let server = WsServer::<R>::bind(server_options, ws).await?;
-        for (dial, backoff, guard) in core.dials() {
-            R::spawn(keep_connected::<R>(Arc::clone(&core), dial, backoff, guard));
+        for (dial, guard) in core.dials() {
+            R::spawn(keep_connected::<R>(Arc::clone(&core), dial, guard));
         }
         let handle = GatewayHandle {
             server: server.handle(),
@@ -177,12 +174,7 @@ async fn unless_stopped<T>(core: &Core<Session>, future: impl Future<Output = T>
 /// Connects one backend, and again with backoff whenever its connection
 /// drops or an attempt fails, until the gateway stops; `_running` counts
 /// this task for shutdown until it ends.
-async fn keep_connected<R: Runtime>(
-    core: Arc<Core<Session>>,
-    dial: Dial,
-    mut backoff: Backoff,
-    _running: LoopGuard,
-) {
+async fn keep_connected<R: Runtime>(core: Arc<Core<Session>>, mut dial: Dial, _running: LoopGuard) {
     loop {
         let handler = BackendHandler {
             core: Arc::clone(&core),
@@ -206,7 +198,7 @@ async fn keep_connected<R: Runtime>(
             return;
         };
         if let Ok(client) = connected {
-            backoff.connected(Instant::now());
+            dial.connected();
             let closer = client.clone();
             if !core.attach_client(dial.id, Box::new(move || closer.close())) {
                 // Connected as the gateway stopped.
@@ -217,9 +209,8 @@ async fn keep_connected<R: Runtime>(
             client.closed().await;
             core.detach_client(dial.id);
         }
-        let delay = match backoff.disconnected(Instant::now()) {
-            BackoffStep::Retry { delay, .. } => delay,
-            BackoffStep::GiveUp { .. } => return,
+        let Some(delay) = dial.retry_delay() else {
+            return;
         };
         let sleep = R::sleep_until(Instant::now() + delay);
         if unless_stopped(&core, sleep).await.is_none() {
@@ -268,27 +259,10 @@ impl<R: Runtime> Handler for ClientHandler<R> {
     /// Carries out what the message decided, in order, waiting while the
     /// client or the backend is backpressured.
     async fn on_message(&self, session: &Session, message: Message) {
-        let mut effects = self.core.client_message(session.id().get(), message);
-        while let Some(effect) = effects.pop_front() {
-            match effect {
-                Effect::Send(client, message) => {
-                    let _ = client.send(message).await;
-                }
-                Effect::Close(client, code, reason) => client.close_with(code, reason),
-                Effect::Forward {
-                    session,
-                    backend,
-                    client,
-                    message,
-                } => {
-                    let sent = match session {
-                        Some(session) => session.send(message).await.is_ok(),
-                        None => false,
-                    };
-                    if !sent {
-                        effects.extend(self.core.forward_failed(backend, client));
-                    }
-                }
+        let mut sends = self.core.client_message(session.id().get(), message);
+        while let Some((to, message)) = sends.poll_send() {
+            if to.send(message).await.is_err() {
+                sends.handle_send_failed();
             }
         }
     }

@@ -28,13 +28,10 @@ use std::time::{Duration, Instant};
 use crate::host::connection_error;
 use storm_host::link::CloseReason;
 use storm_proto::Message;
-use storm_proto::reconnect::{Backoff, BackoffStep};
 use storm_proto::route::gateway::BackendId;
 use storm_std::{Handler, ServerHandle, Session, TcpClient, WsClient, WsServer};
 
-use super::{
-    BackendStatus, Core, Dial, Effect, GatewayConfig, GatewayOptions, LoopGuard, Protocol, lock,
-};
+use super::{BackendStatus, Core, Dial, GatewayConfig, GatewayOptions, LoopGuard, Protocol, lock};
 
 /// A bound gateway on threads; [`serve`](Self::serve) or
 /// [`spawn`](Self::spawn) runs it.
@@ -81,11 +78,11 @@ impl Gateway {
                 .name("storm-gateway-timers".to_owned())
                 .spawn(move || timers.run(&core))?;
         }
-        for (dial, backoff, guard) in core.dials() {
+        for (mut dial, guard) in core.dials() {
             let core = Arc::clone(&core);
             thread::Builder::new()
                 .name(format!("storm-gateway-{}", dial.endpoint.name))
-                .spawn(move || keep_connected(&core, &dial, backoff, guard))?;
+                .spawn(move || keep_connected(&core, &mut dial, guard))?;
         }
         let handle = GatewayHandle {
             server: server.handle(),
@@ -204,12 +201,7 @@ impl GatewayHandle {
 /// Connects one backend, and again with backoff whenever its connection
 /// drops or an attempt fails, until the gateway stops; `_running` counts
 /// this thread for shutdown until it ends.
-fn keep_connected(
-    core: &Arc<Core<Session>>,
-    dial: &Dial,
-    mut backoff: Backoff,
-    _running: LoopGuard,
-) {
+fn keep_connected(core: &Arc<Core<Session>>, dial: &mut Dial, _running: LoopGuard) {
     while !core.stopped.get() {
         let handler = BackendHandler {
             core: Arc::clone(core),
@@ -230,7 +222,7 @@ fn keep_connected(
             ),
         };
         if let Ok(client) = connected {
-            backoff.connected(Instant::now());
+            dial.connected();
             let closer = client.clone();
             if !core.attach_client(dial.id, Box::new(move || closer.close())) {
                 // Connected as the gateway stopped.
@@ -241,9 +233,8 @@ fn keep_connected(
             client.closed();
             core.detach_client(dial.id);
         }
-        let delay = match backoff.disconnected(Instant::now()) {
-            BackoffStep::Retry { delay, .. } => delay,
-            BackoffStep::GiveUp { .. } => return,
+        let Some(delay) = dial.retry_delay() else {
+            return;
         };
         if core.stopped.wait_timeout(true, delay) {
             return;
@@ -338,23 +329,10 @@ impl Handler for ClientHandler {
     /// Carries out what the message decided, in order, blocking while the
     /// client or the backend is backpressured.
     fn on_message(&self, session: &Session, message: Message) {
-        let mut effects = self.core.client_message(session.id().get(), message);
-        while let Some(effect) = effects.pop_front() {
-            match effect {
-                Effect::Send(client, message) => {
-                    let _ = client.send(message);
-                }
-                Effect::Close(client, code, reason) => client.close_with(code, reason),
-                Effect::Forward {
-                    session,
-                    backend,
-                    client,
-                    message,
-                } => {
-                    if session.is_none_or(|session| session.send(message).is_err()) {
-                        effects.extend(self.core.forward_failed(backend, client));
-                    }
-                }
+        let mut sends = self.core.client_message(session.id().get(), message);
+        while let Some((to, message)) = sends.poll_send() {
+            if to.send(message).is_err() {
+                sends.handle_send_failed();
             }
         }
     }

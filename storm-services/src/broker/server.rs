@@ -1,8 +1,10 @@
 //! What the broker server decides, once for every runtime: the core's
-//! [`Router`] behind one lock, the per-connection writer steps, and the
-//! flow-control rule. The async path ([`on_async`]) and the blocking
-//! path ([`on_std`]) only supply the way to wake a writer, the
-//! timer, and a waiting stream ([`Signals`]).
+//! [`Router`] behind one lock, what a message becomes
+//! ([`Shared::receive`]), the per-connection writer steps ([`Step`]), the
+//! timer's steps ([`TimerStep`]) and the flow-control rule ([`RoomWait`]).
+//! The async path ([`on_async`]) and the blocking path ([`on_std`]) only
+//! wait and wake: they supply the way to wake a writer, the timer, and a
+//! waiting stream ([`Signals`]), and do what the steps say.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -81,7 +83,7 @@ pub(super) struct Shared<S: Signals> {
     pub(super) signals: S,
     pub(super) framer: BrokerFramer,
     /// How long a stream's frame waits for its receiver.
-    pub(super) flow_wait: Duration,
+    flow_wait: Duration,
     half_frames: usize,
     half_bytes: usize,
     /// Streams waiting for their receiver right now.
@@ -119,6 +121,44 @@ pub(super) enum Step {
     Close,
     /// The connection is gone.
     Stop,
+}
+
+/// What the router's timer does next.
+pub(super) enum TimerStep {
+    /// A deadline is due: call [`Shared::handle_timeout`] now.
+    Fire,
+    /// Sleep until this deadline, or until the timer is re-armed.
+    SleepUntil(Instant),
+    /// No deadline: sleep until the timer is re-armed.
+    Idle,
+    /// The server stopped: the timer ends.
+    Stop,
+}
+
+/// Flow control for one frame of a stream under way: whether it must wait
+/// for the connection it goes to to drain its queue, and until when.
+/// Counts the stream as held back (see [`Shared::held_streams`]) from its
+/// first wait until it is dropped.
+pub(super) struct RoomWait<'a, S: Signals> {
+    shared: &'a Shared<S>,
+    conn: ConnId,
+    frame: &'a Frame,
+    /// When the frame goes to the router, room or not.
+    deadline: Instant,
+    held: Option<Held<'a>>,
+}
+
+impl<S: Signals> RoomWait<'_, S> {
+    /// `None`: the frame may go to the router now (its receiver has room,
+    /// or it has waited `flow_wait`); `Some(deadline)`: wait until a queue
+    /// drains ([`Signals::drained`]) or `deadline` passes, then ask again.
+    pub(super) fn poll_wait(&mut self, state: &State<S::Writer>, now: Instant) -> Option<Instant> {
+        if now >= self.deadline || self.shared.has_room(state, self.conn, self.frame) {
+            return None;
+        }
+        self.held.get_or_insert_with(|| self.shared.hold());
+        Some(self.deadline)
+    }
 }
 
 /// Marks a stream as held back while it lives.
@@ -200,7 +240,7 @@ impl<S: Signals> Shared<S> {
     }
 
     /// Counts a stream as held back until the guard drops.
-    pub(super) fn hold(&self) -> Held<'_> {
+    fn hold(&self) -> Held<'_> {
         self.held.fetch_add(1, Ordering::Relaxed);
         Held(&self.held)
     }
@@ -234,10 +274,24 @@ impl<S: Signals> Shared<S> {
         });
     }
 
+    /// A message from `conn`: the frame it carries, for the caller to hand
+    /// to [`deliver`](Self::deliver) once [`room_wait`](Self::room_wait)
+    /// lets it; or `None` when it was not a valid frame and the router has
+    /// answered it (see [`refuse`](Self::refuse)).
+    pub(super) fn receive(&self, conn: ConnId, message: Message) -> Option<Frame> {
+        match self.parse(message) {
+            Ok(frame) => Some(frame),
+            Err(refused) => {
+                self.refuse(conn, &refused);
+                None
+            }
+        }
+    }
+
     /// Decodes a message (for a frame over the limit, the framer cut its
     /// header alone). The `Err` is what [`refuse`](Self::refuse) answers:
     /// the request id the header names, if any, and why.
-    pub(super) fn parse(&self, message: Message) -> Result<Frame, Refused> {
+    fn parse(&self, message: Message) -> Result<Frame, Refused> {
         let bytes = message.into_bytes();
         self.framer.parse(bytes.clone()).map_err(|error| Refused {
             request_id: FrameCodec::peek_request_id(&bytes),
@@ -254,7 +308,7 @@ impl<S: Signals> Shared<S> {
     /// Hands a message from `conn` that is not a valid frame to the router,
     /// which answers it with an `Error` (and closes the connection after
     /// it when the stream cannot be trusted).
-    pub(super) fn refuse(&self, conn: ConnId, refused: &Refused) {
+    fn refuse(&self, conn: ConnId, refused: &Refused) {
         self.with(|s| {
             s.router
                 .handle_refused(conn, refused.request_id, &refused.error)
@@ -280,10 +334,22 @@ impl<S: Signals> Shared<S> {
         step
     }
 
+    /// Flow control for `frame` from `conn`, from now for at most
+    /// `flow_wait`.
+    pub(super) fn room_wait<'a>(&'a self, conn: ConnId, frame: &'a Frame) -> RoomWait<'a, S> {
+        RoomWait {
+            shared: self,
+            conn,
+            frame,
+            deadline: Instant::now() + self.flow_wait,
+            held: None,
+        }
+    }
+
     /// True when `frame` from `conn` may go to the router now: it does not
     /// continue a stream, or the one connection it goes to has drained its
     /// queue to half (or the frame is the first in it).
-    pub(super) fn has_room(&self, state: &State<S::Writer>, conn: ConnId, frame: &Frame) -> bool {
+    fn has_room(&self, state: &State<S::Writer>, conn: ConnId, frame: &Frame) -> bool {
         let router = &state.router;
         let Some(to) = router.next_hop(conn, frame.frame_type, frame.request_id) else {
             return true;
@@ -297,6 +363,18 @@ impl<S: Signals> Shared<S> {
 }
 
 impl<W> State<W> {
+    /// What the router's timer does at `now`.
+    pub(super) fn timer_step(&self, now: Instant) -> TimerStep {
+        if self.stopped {
+            return TimerStep::Stop;
+        }
+        match self.router.poll_timeout() {
+            Some(at) if at <= now => TimerStep::Fire,
+            Some(at) => TimerStep::SleepUntil(at),
+            None => TimerStep::Idle,
+        }
+    }
+
     fn drain_events<S: Signals<Writer = W>>(&mut self) {
         while let Some(event) = self.router.poll_event() {
             match event {
@@ -336,5 +414,112 @@ impl<W> State<W> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use storm_proto::broker::{ChannelId, ClientId, FrameType, Registration, Role};
+
+    use super::*;
+
+    /// Signals that wake nothing: these tests ask the steps directly.
+    struct Quiet;
+
+    impl Signals for Quiet {
+        type Writer = ();
+        fn wake_writer(_: &()) {}
+        fn rearm_timer(&self) {}
+        fn drained(&self) {}
+    }
+
+    fn id(n: u8) -> RequestId {
+        RequestId::from_bytes([n; 16])
+    }
+
+    /// A broker whose queues hold 4 frames (so a stream waits from 2 on),
+    /// with consumer 1 (requests time out after `timeout`) and provider 2
+    /// registered.
+    fn broker(timeout: Duration) -> Shared<Quiet> {
+        let mut options = BrokerOptions::default();
+        options.router.max_queued_frames = 4;
+        let (shared, _, _) = Shared::new(options, Quiet).expect("valid options");
+        for (conn, role, timeout) in [
+            (1, Role::Consumer, timeout),
+            (2, Role::Provider, Duration::ZERO),
+        ] {
+            assert!(shared.connect(ConnId(conn), ()));
+            let registration = Registration {
+                role,
+                client_id: ClientId::from_bytes([conn as u8; 16]),
+                channel_id: ChannelId::from_bytes([7; 16]),
+                timeout,
+            };
+            let start = Frame::new(FrameType::Start, id(0xee), registration.encode());
+            shared.deliver(ConnId(conn), start);
+            assert!(matches!(shared.step(ConnId(conn)), Step::Send(_)), "ack");
+        }
+        shared
+    }
+
+    fn chunk(request: u8) -> Frame {
+        Frame::new(FrameType::Chunk, id(request), Bytes::from_static(b"x"))
+    }
+
+    #[test]
+    fn the_timer_sleeps_until_the_next_deadline_and_fires_at_it() {
+        let shared = broker(Duration::from_secs(2));
+        let now = Instant::now();
+        assert!(matches!(shared.lock().timer_step(now), TimerStep::Idle));
+        shared.deliver(ConnId(1), Frame::new(FrameType::Start, id(1), Bytes::new()));
+        let deadline = shared.lock().router.poll_timeout().expect("a request");
+        let step = shared.lock().timer_step(now);
+        assert!(matches!(step, TimerStep::SleepUntil(at) if at == deadline));
+        assert!(matches!(
+            shared.lock().timer_step(deadline),
+            TimerStep::Fire
+        ));
+        assert_eq!(shared.handle_timeout(), Some(deadline), "not yet due");
+        shared.lock().stopped = true;
+        assert!(matches!(
+            shared.lock().timer_step(deadline),
+            TimerStep::Stop
+        ));
+    }
+
+    #[test]
+    fn a_stream_waits_for_its_receiver_until_flow_wait_and_counts_as_held() {
+        let shared = broker(Duration::from_secs(60));
+        let now = Instant::now();
+        shared.deliver(ConnId(1), Frame::new(FrameType::Start, id(1), Bytes::new()));
+        // A frame that starts no stream, and the stream's first frames
+        // while the provider's queue is under half, go at once.
+        let first = chunk(1);
+        assert_eq!(
+            shared
+                .room_wait(ConnId(1), &first)
+                .poll_wait(&shared.lock(), now),
+            None
+        );
+        shared.deliver(ConnId(1), first);
+        // The provider reads nothing: from half its queue on, the next
+        // frame waits, held, until the queue drains or flow_wait passes.
+        let next = chunk(1);
+        let mut wait = shared.room_wait(ConnId(1), &next);
+        let deadline = wait.poll_wait(&shared.lock(), now).expect("waits");
+        assert_eq!(shared.held_streams(), 1);
+        assert!(deadline >= now + shared.flow_wait);
+        assert_eq!(
+            wait.poll_wait(&shared.lock(), deadline),
+            None,
+            "flow_wait passed"
+        );
+        drop(wait);
+        assert_eq!(shared.held_streams(), 0);
+        // Once the provider's writer has taken its queue, it goes at once.
+        while matches!(shared.step(ConnId(2)), Step::Send(_)) {}
+        let mut wait = shared.room_wait(ConnId(1), &next);
+        assert_eq!(wait.poll_wait(&shared.lock(), now), None);
+        assert_eq!(shared.held_streams(), 0);
     }
 }

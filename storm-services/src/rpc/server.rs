@@ -258,8 +258,20 @@ pub(super) enum Step {
     Run(Request, Call),
 }
 
-/// A request being handled: hand it back to [`Service::finish`] or
-/// [`Service::deadline_passed`].
+/// How a handler's run ended, as the adapter saw it.
+pub(super) enum Ended {
+    /// It returned this.
+    Done(Result<Bytes, Fault>),
+    /// It panicked.
+    Panicked,
+    /// The call's deadline passed first (an async handler is stopped then;
+    /// a blocking one answered too late).
+    Deadline,
+    /// The call was cancelled first (an async handler is stopped then).
+    Cancelled,
+}
+
+/// A request being handled: hand it back to [`Service::end`].
 #[derive(Debug)]
 pub(super) struct Call {
     conn: Arc<Conn>,
@@ -271,6 +283,17 @@ impl Call {
     /// When the client stops waiting.
     pub(super) fn deadline(&self) -> Option<Instant> {
         self.signal.deadline
+    }
+
+    /// How a blocking handler's run ended at `now`, given what it
+    /// returned (`None`: it panicked): an answer after the deadline is
+    /// [`Ended::Deadline`].
+    pub(super) fn ended_at(&self, now: Instant, returned: Option<Result<Bytes, Fault>>) -> Ended {
+        match returned {
+            None => Ended::Panicked,
+            Some(_) if self.deadline().is_some_and(|d| now >= d) => Ended::Deadline,
+            Some(result) => Ended::Done(result),
+        }
     }
 
     /// Completes when the call is cancelled (by the client or the end of
@@ -366,9 +389,26 @@ impl Service {
         (refusals, step)
     }
 
+    /// The handler of `call` ended: the reply to send, if anyone still
+    /// waits for it (a [`Fault::TIMEOUT`] after the deadline, a
+    /// [`Fault::INTERNAL`] for a panic).
+    pub(super) fn end(&self, call: &Call, ended: Ended) -> Option<Bytes> {
+        match ended {
+            Ended::Done(result) => self.finish(call, result),
+            Ended::Panicked => {
+                self.finish(call, Err(Fault::new(Fault::INTERNAL, "the handler failed")))
+            }
+            Ended::Deadline => self.deadline_passed(call),
+            Ended::Cancelled => {
+                self.forget(call);
+                None
+            }
+        }
+    }
+
     /// The handler of `call` ended with `result`: the reply to send, if
     /// anyone still waits for it.
-    pub(super) fn finish(&self, call: &Call, result: Result<Bytes, Fault>) -> Option<Bytes> {
+    fn finish(&self, call: &Call, result: Result<Bytes, Fault>) -> Option<Bytes> {
         lock(&call.conn.running).remove(&call.id);
         if *lock(&call.signal.cancelled) {
             return None;
@@ -383,7 +423,7 @@ impl Service {
     /// The deadline of `call` passed with the handler still running (an
     /// async handler is stopped; a blocking one answered too late): the
     /// [`Fault::TIMEOUT`] to send, if anyone still waits.
-    pub(super) fn deadline_passed(&self, call: &Call) -> Option<Bytes> {
+    fn deadline_passed(&self, call: &Call) -> Option<Bytes> {
         if *lock(&call.signal.cancelled) {
             self.forget(call);
             return None;
@@ -392,13 +432,8 @@ impl Service {
         self.finish(call, Err(Fault::new(Fault::TIMEOUT, "deadline passed")))
     }
 
-    /// The handler of `call` panicked.
-    pub(super) fn panicked(&self, call: &Call) -> Option<Bytes> {
-        self.finish(call, Err(Fault::new(Fault::INTERNAL, "the handler failed")))
-    }
-
     /// The call was cancelled while its handler ran: forget it.
-    pub(super) fn forget(&self, call: &Call) {
+    fn forget(&self, call: &Call) {
         lock(&call.conn.running).remove(&call.id);
     }
 
@@ -428,4 +463,38 @@ impl Service {
 /// `f()`, or `None` if it panicked.
 pub(super) fn unless_panic<T>(f: impl FnOnce() -> T) -> Option<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(deadline: Option<Instant>) -> Call {
+        let serving = Serving::new(CallsConfig::default()).expect("valid");
+        Call {
+            conn: Arc::new(Conn {
+                serving: Mutex::new(serving),
+                running: Mutex::new(HashMap::new()),
+            }),
+            id: 1,
+            signal: Arc::new(Signal::new(deadline)),
+        }
+    }
+
+    #[test]
+    fn a_blocking_answer_after_the_deadline_is_a_timeout_and_a_panic_is_a_panic() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(1);
+        let ok = || Some(Ok(Bytes::from_static(b"done")));
+        let bounded = call(Some(later));
+        assert!(matches!(bounded.ended_at(now, ok()), Ended::Done(Ok(b)) if b == "done"));
+        assert!(matches!(bounded.ended_at(later, ok()), Ended::Deadline));
+        assert!(matches!(bounded.ended_at(now, None), Ended::Panicked));
+        assert!(matches!(bounded.ended_at(later, None), Ended::Panicked));
+        let unbounded = call(None);
+        assert!(matches!(
+            unbounded.ended_at(later, ok()),
+            Ended::Done(Ok(_))
+        ));
+    }
 }

@@ -17,7 +17,7 @@ use storm_proto::Message;
 use storm_proto::broker::{ConnId, Frame, RouterStats};
 use tokio::sync::Notify;
 
-use super::{BrokerOptions, Shared, Signals, Step};
+use super::{BrokerOptions, Shared, Signals, Step, TimerStep};
 use crate::broker::BrokerError;
 use crate::host::on_async::until;
 
@@ -206,41 +206,36 @@ impl<R: Runtime> BrokerServer<R> {
     }
 }
 
-/// Runs the router's timer for ever.
+/// Runs the router's timer for ever (the async server never sets
+/// `stopped`: the timer ends with [`BrokerServer::serve`]).
 async fn run_timer<R: Runtime>(shared: &Shared<AsyncSignals>) -> std::convert::Infallible {
     loop {
         let mut rearm = pin!(shared.signals.timer.notified());
         rearm.as_mut().enable();
-        let deadline = shared.lock().router.poll_timeout();
-        match deadline {
-            Some(at) if at <= Instant::now() => {
+        let step = shared.lock().timer_step(Instant::now());
+        match step {
+            TimerStep::Fire => {
                 let _ = shared.handle_timeout();
             }
-            Some(at) => {
-                if until::<R, _>(at, rearm).await.is_none() {
-                    let _ = shared.handle_timeout();
-                }
+            TimerStep::SleepUntil(at) => {
+                let _ = until::<R, _>(at, rearm).await;
             }
-            None => rearm.await,
+            TimerStep::Idle | TimerStep::Stop => rearm.await,
         }
     }
 }
 
 /// Waits until `frame` from `conn` may go to the router (see
-/// [`Shared::has_room`]), at most `flow_wait`.
+/// [`RoomWait`](super::RoomWait)).
 async fn wait_for_room<R: Runtime>(shared: &Shared<AsyncSignals>, conn: ConnId, frame: &Frame) {
-    let mut held = None;
-    let deadline = Instant::now() + shared.flow_wait;
+    let mut wait = shared.room_wait(conn, frame);
     loop {
         let mut drained = pin!(shared.signals.drained.notified());
         drained.as_mut().enable();
-        if shared.has_room(&shared.lock(), conn, frame) {
+        let Some(deadline) = wait.poll_wait(&shared.lock(), Instant::now()) else {
             return;
-        }
-        held.get_or_insert_with(|| shared.hold());
-        if until::<R, _>(deadline, drained).await.is_none() {
-            return;
-        }
+        };
+        let _ = until::<R, _>(deadline, drained).await;
     }
 }
 
@@ -272,12 +267,9 @@ impl<R: Runtime> Handler for BrokerSessions<R> {
 
     async fn on_message(&self, session: &Session, message: Message) {
         let conn = conn_of(session);
-        match self.shared.parse(message) {
-            Ok(frame) => {
-                wait_for_room::<R>(&self.shared, conn, &frame).await;
-                self.shared.deliver(conn, frame);
-            }
-            Err(refused) => self.shared.refuse(conn, &refused),
+        if let Some(frame) = self.shared.receive(conn, message) {
+            wait_for_room::<R>(&self.shared, conn, &frame).await;
+            self.shared.deliver(conn, frame);
         }
     }
 

@@ -31,7 +31,7 @@ use storm_proto::Message;
 use storm_proto::broker::{ConnId, Frame, RouterStats};
 use storm_std::{Handler, ServerHandle, Session, TcpServer};
 
-use super::{BrokerOptions, Shared, Signals, Step};
+use super::{BrokerOptions, Shared, Signals, Step, TimerStep};
 use crate::broker::BrokerError;
 
 /// How the blocking path wakes things: condition variables paired with
@@ -209,15 +209,16 @@ impl BrokerServer {
 /// Runs the router's timer until the server stops.
 fn run_timer(shared: &Shared<StdSignals>) {
     let mut state = shared.lock();
-    while !state.stopped {
+    loop {
         let now = Instant::now();
-        state = match state.router.poll_timeout() {
-            Some(at) if at <= now => {
+        state = match state.timer_step(now) {
+            TimerStep::Stop => return,
+            TimerStep::Fire => {
                 drop(state);
                 let _ = shared.handle_timeout();
                 shared.lock()
             }
-            Some(at) => {
+            TimerStep::SleepUntil(at) => {
                 shared
                     .signals
                     .timer
@@ -225,7 +226,7 @@ fn run_timer(shared: &Shared<StdSignals>) {
                     .unwrap_or_else(PoisonError::into_inner)
                     .0
             }
-            None => shared
+            TimerStep::Idle => shared
                 .signals
                 .timer
                 .wait(state)
@@ -234,22 +235,18 @@ fn run_timer(shared: &Shared<StdSignals>) {
     }
 }
 
-/// Waits until `frame` from `conn` may go to the router, at most
-/// `flow_wait`; the connection reads nothing more meanwhile.
+/// Waits until `frame` from `conn` may go to the router (see
+/// [`RoomWait`](super::RoomWait)); the connection reads nothing more
+/// meanwhile.
 fn wait_for_room(shared: &Shared<StdSignals>, conn: ConnId, frame: &Frame) {
-    let mut held = None;
-    let deadline = Instant::now() + shared.flow_wait;
+    let mut wait = shared.room_wait(conn, frame);
     let mut state = shared.lock();
-    while !shared.has_room(&state, conn, frame) {
-        let now = Instant::now();
-        if now >= deadline {
-            return;
-        }
-        held.get_or_insert_with(|| shared.hold());
+    while let Some(deadline) = wait.poll_wait(&state, Instant::now()) {
+        let left = deadline.saturating_duration_since(Instant::now());
         state = shared
             .signals
             .drained
-            .wait_timeout(state, deadline - now)
+            .wait_timeout(state, left)
             .unwrap_or_else(PoisonError::into_inner)
             .0;
     }
@@ -283,12 +280,9 @@ impl Handler for BrokerSessions {
 
     fn on_message(&self, session: &Session, message: Message) {
         let conn = conn_of(session);
-        match self.shared.parse(message) {
-            Ok(frame) => {
-                wait_for_room(&self.shared, conn, &frame);
-                self.shared.deliver(conn, frame);
-            }
-            Err(refused) => self.shared.refuse(conn, &refused),
+        if let Some(frame) = self.shared.receive(conn, message) {
+            wait_for_room(&self.shared, conn, &frame);
+            self.shared.deliver(conn, frame);
         }
     }
 

@@ -17,7 +17,7 @@ use storm_host::link::CloseReason;
 use storm_proto::Message;
 use storm_proto::rpc::Fault;
 
-use super::{Call, Request, RpcServerConfig, RpcServerStats, Service, Step};
+use super::{Call, Ended, Request, RpcServerConfig, RpcServerStats, Service, Step};
 use crate::host::on_async::{Server, Shutdown};
 
 /// A running RPC server on an async runtime: tokio by default
@@ -169,16 +169,8 @@ where
                 let service = Arc::clone(&self.service);
                 let session = session.clone();
                 R::spawn(async move {
-                    let reply = match run::<R, _>(&call, || handler(request)).await {
-                        Ended::Done(result) => service.finish(&call, result),
-                        Ended::Panicked => service.panicked(&call),
-                        Ended::Deadline => service.deadline_passed(&call),
-                        Ended::Cancelled => {
-                            service.forget(&call);
-                            None
-                        }
-                    };
-                    if let Some(frame) = reply {
+                    let ended = run::<R, _>(&call, || handler(request)).await;
+                    if let Some(frame) = service.end(&call, ended) {
                         let _ = session.send(Message::Binary(frame)).await;
                     }
                 });
@@ -194,14 +186,6 @@ where
     async fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
         connection_error(error);
     }
-}
-
-/// How a handler's run ended.
-enum Ended {
-    Done(Result<Bytes, Fault>),
-    Panicked,
-    Deadline,
-    Cancelled,
 }
 
 /// Runs the handler future `start()` until it ends, panics, the call's

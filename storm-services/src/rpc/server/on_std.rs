@@ -15,7 +15,7 @@ use storm_proto::Message;
 use storm_proto::rpc::Fault;
 use storm_std::{Handler, ServerHandle, Session};
 
-use super::{Call, Request, RpcServerConfig, RpcServerStats, Service, Step, unless_panic};
+use super::{Ended, Request, RpcServerConfig, RpcServerStats, Service, Step, unless_panic};
 use crate::host::on_std::{Server, Shutdown};
 
 /// A running RPC server on blocking threads: two per connection (storm-std)
@@ -168,14 +168,15 @@ where
                 let spawned = std::thread::Builder::new()
                     .name("storm-rpc-call".into())
                     .spawn(move || {
-                        let reply = run(&service, &thread_call, || handler(request));
-                        if let Some(frame) = reply {
+                        let returned = unless_panic(|| handler(request));
+                        let ended = thread_call.ended_at(Instant::now(), returned);
+                        if let Some(frame) = service.end(&thread_call, ended) {
                             let _ = thread_session.send(Message::Binary(frame));
                         }
                     });
                 if spawned.is_err() {
                     let fault = Fault::new(Fault::OVERLOADED, "no thread for the request");
-                    if let Some(frame) = self.service.finish(&call, Err(fault)) {
+                    if let Some(frame) = self.service.end(&call, Ended::Done(Err(fault))) {
                         let _ = session.send(Message::Binary(frame));
                     }
                 }
@@ -190,21 +191,5 @@ where
 
     fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
         connection_error(error);
-    }
-}
-
-/// Runs a blocking handler; the reply to send, if anyone waits for it.
-fn run(
-    service: &Service,
-    call: &Call,
-    handle: impl FnOnce() -> Result<Bytes, Fault>,
-) -> Option<Bytes> {
-    let result = unless_panic(handle);
-    match result {
-        None => service.panicked(call),
-        Some(_) if call.deadline().is_some_and(|d| Instant::now() >= d) => {
-            service.deadline_passed(call)
-        }
-        Some(result) => service.finish(call, result),
     }
 }

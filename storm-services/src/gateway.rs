@@ -510,11 +510,6 @@ struct Dial {
 }
 
 impl Dial {
-    /// A connection is up: the waits start over.
-    fn connected(&mut self) {
-        self.backoff.connected(Instant::now());
-    }
-
     /// The connection ended or the attempt failed: how long to wait before
     /// the next attempt, or `None` to give up (the backend stays down).
     fn retry_delay(&mut self) -> Option<Duration> {
@@ -663,10 +658,13 @@ impl<S: Clone + Deref<Target = Peer> + Send + Sync + 'static> Core<S> {
             .collect()
     }
 
-    /// Keeps `close` to stop `backend`'s new client at shutdown; `false`
-    /// (and nothing kept) when the gateway is already stopping: close it.
+    /// A client of `dial` connected: its waits start over, and `close` is
+    /// kept to stop it at shutdown; `false` (and nothing kept) when the
+    /// gateway is already stopping: close it.
     #[must_use]
-    fn attach_client(&self, backend: BackendId, close: Closer) -> bool {
+    fn attach_client(&self, dial: &mut Dial, close: Closer) -> bool {
+        dial.backoff.connected(Instant::now());
+        let backend = dial.id;
         let mut state = lock(&self.state);
         if self.stopped.get() {
             return false;

@@ -198,9 +198,8 @@ async fn keep_connected<R: Runtime>(core: Arc<Core<Session>>, mut dial: Dial, _r
             return;
         };
         if let Ok(client) = connected {
-            dial.connected();
             let closer = client.clone();
-            if !core.attach_client(dial.id, Box::new(move || closer.close())) {
+            if !core.attach_client(&mut dial, Box::new(move || closer.close())) {
                 // Connected as the gateway stopped.
                 client.close();
                 client.closed().await;

@@ -222,9 +222,8 @@ fn keep_connected(core: &Arc<Core<Session>>, dial: &mut Dial, _running: LoopGuar
             ),
         };
         if let Ok(client) = connected {
-            dial.connected();
             let closer = client.clone();
-            if !core.attach_client(dial.id, Box::new(move || closer.close())) {
+            if !core.attach_client(dial, Box::new(move || closer.close())) {
                 // Connected as the gateway stopped.
                 client.close();
                 client.closed();

@@ -250,3 +250,32 @@ impl Echo {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_path_echoes_every_message_back_framed() {
+        let now = Instant::now();
+        for build in [Echo::link, Echo::driver] {
+            for wire in Wire::ALL {
+                for (count, size, per_read) in [(100, 32, 100), (100, 32, 1), (3, 64 * 1024, 3)] {
+                    let reads = wire.reads(size, count, per_read);
+                    let expected_reads = if wire == Wire::Raw {
+                        count
+                    } else {
+                        count / per_read
+                    };
+                    assert_eq!(reads.len(), expected_reads);
+                    let mut echo = build(wire, now).unwrap();
+                    for _ in 0..2 {
+                        let echoed = echo.batch(now, &reads);
+                        assert_eq!(echoed.messages, count, "{wire:?}");
+                        assert_eq!(echoed.bytes, count * wire.encoded_len(size), "{wire:?}");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! A real `redis-server` for the tests: started on a free loopback port in
+//! a temporary directory, with no persistence, and stopped by its pid.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long a `redis-server` may take to say it is ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One running `redis-server`; killed (by its pid) when dropped.
+pub(crate) struct RedisServer {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    /// Starts a server on a free loopback port, or `None` (after saying so
+    /// on a line of its own) when `redis-server` is not installed.
+    pub(crate) fn start() -> Option<Self> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_err()
+        {
+            // CI installs it (.ci/run): there, a missing server is a failure.
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server is not installed, and CI must run the backplane tests"
+            );
+            eprintln!(
+                "SKIPPED: redis-server is not installed (apt-get install redis-server; .ci/run installs it)"
+            );
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free loopback port")
+            .port();
+        Some(Self::start_on(port))
+    }
+
+    /// Starts a fresh, empty server on `port`.
+    fn start_on(port: u16) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "storm-backplane-redis-{}-{port}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--dir"])
+            .arg(&dir)
+            .args(["--logfile", ""])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (ready, is_ready) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut ready = Some(ready);
+            // Read to the end, so the server never blocks on a full pipe.
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("Ready to accept connections") {
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(());
+                    }
+                }
+            }
+        });
+        if is_ready.recv_timeout(READY_TIMEOUT).is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("redis-server on port {port} did not get ready within {READY_TIMEOUT:?}");
+        }
+        Self { child, port, dir }
+    }
+
+    /// Its URL.
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it and starts a new, empty one on the same port: what a
+    /// restart without persistence looks like to its clients.
+    pub(crate) fn restart_empty(&mut self) {
+        self.stop();
+        let fresh = Self::start_on(self.port);
+        let old = std::mem::replace(self, fresh);
+        drop(old); // already stopped; removes the old directory
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}

@@ -1,0 +1,267 @@
+//! The Redis backplane against a real `redis-server`: two hubs in one
+//! process are two nodes sharing rooms through it.
+
+mod common;
+
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::RedisServer;
+use storm_backplane::proto::{Position, Unrecoverable};
+use storm_backplane::redis::{Recovery, RedisBackplane, RedisConfig, Running};
+use storm_host::hub::{Hub, HubConfig, Outbox};
+use storm_proto::Message;
+use storm_proto::reconnect::BackoffConfig;
+
+/// Longest wait for one event (a message arriving, a reconnect).
+const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One node: a hub whose group broadcasts go through a Redis backplane.
+struct Node {
+    backplane: Arc<RedisBackplane>,
+    hub: Hub,
+    running: Option<Running>,
+}
+
+impl Node {
+    async fn start(
+        server: &RedisServer,
+        prefix: &str,
+        edit: impl FnOnce(&mut RedisConfig),
+    ) -> Self {
+        let mut config = RedisConfig::default();
+        config.url = server.url();
+        config.prefix = prefix.to_owned();
+        config.reconnect = BackoffConfig::fixed(Duration::from_millis(20));
+        edit(&mut config);
+        let backplane = Arc::new(RedisBackplane::new(config).unwrap());
+        let hub =
+            Hub::with_backplane(HubConfig::default(), Instant::now(), backplane.clone()).unwrap();
+        let running = backplane.start(hub.clone()).await.unwrap();
+        Self {
+            backplane,
+            hub,
+            running: Some(running),
+        }
+    }
+
+    /// A session of this node in `room`.
+    fn join(&self, room: &str) -> Arc<Outbox> {
+        let session = self
+            .hub
+            .register(self.hub.try_admit().unwrap(), Instant::now())
+            .unwrap();
+        self.hub.join(session.id(), room).unwrap();
+        session
+    }
+
+    async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await;
+        }
+    }
+}
+
+/// A prefix no other test uses, so tests can share nothing by accident.
+fn prefix(name: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!("{name}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The next message queued for `session`, within [`EVENT_TIMEOUT`].
+async fn next(session: &Outbox) -> Message {
+    let mut out = Vec::new();
+    let drained = tokio::time::timeout(
+        EVENT_TIMEOUT,
+        poll_fn(|cx| session.poll_drain(cx, &mut out, 1)),
+    )
+    .await
+    .expect("a message within the timeout");
+    session.on_written(drained.bytes);
+    assert_eq!(out.len(), 1);
+    out.remove(0)
+}
+
+/// Everything queued for `session` right now.
+fn queued(session: &Outbox) -> Vec<Message> {
+    let mut out = Vec::new();
+    let drained = session.drain_into(&mut out, usize::MAX);
+    session.on_written(drained.bytes);
+    out
+}
+
+fn text(message: &Message) -> &str {
+    std::str::from_utf8(message.as_bytes()).unwrap()
+}
+
+#[tokio::test]
+async fn a_room_message_reaches_another_node_exactly_once() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let prefix = prefix("once");
+    let a = Node::start(&server, &prefix, |_| {}).await;
+    let b = Node::start(&server, &prefix, |_| {}).await;
+    let on_a = a.join("room");
+    let on_b = b.join("room");
+    let elsewhere = b.join("other");
+
+    let report = a.hub.broadcast_group("room", &Message::from("one"), None);
+    assert_eq!(report.delivered, 1); // the local member
+    assert_eq!(text(&next(&on_b).await), "one");
+    a.hub.broadcast_group("room", &Message::from("two"), None);
+    assert_eq!(text(&next(&on_b).await), "two");
+
+    // Nothing else arrived: no copy of "one", and A's own publications
+    // came back from Redis without reaching its member a second time.
+    assert!(queued(&on_b).is_empty());
+    let local: Vec<_> = queued(&on_a).iter().map(|m| text(m).to_owned()).collect();
+    assert_eq!(local, ["one", "two"]);
+    assert!(queued(&elsewhere).is_empty());
+
+    let (sa, sb) = (a.backplane.stats(), b.backplane.stats());
+    assert_eq!(sa.published, 2);
+    assert_eq!((sb.delivered, sb.missed, sb.invalid), (2, 0, 0));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_recovers_exactly_the_range_it_missed() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let prefix = prefix("recover");
+    let a = Node::start(&server, &prefix, |c| c.history_len = 4).await;
+    let b = Node::start(&server, &prefix, |_| {}).await;
+    let on_b = b.join("room");
+    let start = b.backplane.position("room").await.unwrap();
+    assert_eq!(start.offset, 0);
+
+    for i in 1..=6 {
+        a.hub
+            .broadcast_group("room", &Message::from(format!("m{i}")), None);
+        assert_eq!(text(&next(&on_b).await), format!("m{i}"));
+    }
+    let top = b.backplane.position("room").await.unwrap();
+    assert_eq!(top, Position::new(start.epoch, 6));
+
+    // A client that saw m3 gets m4..m6, in order, with their positions.
+    let Recovery::Recovered { messages, top: at } = b
+        .backplane
+        .recover("room", Position::new(start.epoch, 3))
+        .await
+        .unwrap()
+    else {
+        panic!("recoverable");
+    };
+    assert_eq!(at, top);
+    let got: Vec<_> = messages
+        .iter()
+        .map(|(p, m)| (p.offset, text(m).to_owned()))
+        .collect();
+    assert_eq!(got, [(4, "m4".into()), (5, "m5".into()), (6, "m6".into())]);
+    // Up to date: nothing.
+    assert_eq!(
+        b.backplane.recover("room", top).await.unwrap(),
+        Recovery::Recovered {
+            messages: Vec::new(),
+            top
+        }
+    );
+    // m2 was trimmed (the history keeps 4): a client that saw m1 is told.
+    assert_eq!(
+        b.backplane
+            .recover("room", Position::new(start.epoch, 1))
+            .await
+            .unwrap(),
+        Recovery::Impossible {
+            reason: Unrecoverable::Trimmed {
+                wanted: 2,
+                oldest: Some(3)
+            },
+            top
+        }
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn redis_restarted_empty_changes_the_epoch() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let prefix = prefix("restart");
+    let a = Node::start(&server, &prefix, |_| {}).await;
+    let b = Node::start(&server, &prefix, |_| {}).await;
+    let on_b = b.join("room");
+    a.hub
+        .broadcast_group("room", &Message::from("before"), None);
+    assert_eq!(text(&next(&on_b).await), "before");
+    let before = b.backplane.position("room").await.unwrap();
+    assert_eq!(before.offset, 1);
+
+    server.restart_empty();
+
+    // The nodes reconnect by themselves: B resubscribes, and a message A
+    // publishes after that reaches B again, from a new epoch. Until both
+    // are back, a publish may fail (counted, never delivered twice) or go
+    // out before B listens: publish again until one arrives.
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    let after = loop {
+        assert!(
+            Instant::now() < deadline,
+            "a message crossed after the restart"
+        );
+        a.hub.broadcast_group("room", &Message::from("after"), None);
+        if let Ok(message) = tokio::time::timeout(Duration::from_millis(500), next(&on_b)).await {
+            break message;
+        }
+    };
+    assert_eq!(text(&after), "after");
+    let stats = b.backplane.stats();
+    assert_eq!((stats.subscriptions, stats.epoch_changes), (2, 1));
+
+    let now = b.backplane.position("room").await.unwrap();
+    assert_ne!(now.epoch, before.epoch);
+    assert_eq!(
+        b.backplane.recover("room", before).await.unwrap(),
+        Recovery::Impossible {
+            reason: Unrecoverable::EpochChanged {
+                was: before.epoch,
+                now: now.epoch
+            },
+            top: now
+        }
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn presence_spans_nodes_and_expires_with_its_node() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let prefix = prefix("presence");
+    let ttl = Duration::from_millis(300);
+    let a = Node::start(&server, &prefix, |c| c.presence_ttl = ttl).await;
+    let b = Node::start(&server, &prefix, |c| c.presence_ttl = ttl).await;
+    a.backplane.announce("room", "alice").await.unwrap();
+    b.backplane.announce("room", "bob").await.unwrap();
+    assert_eq!(b.backplane.members("room").await.unwrap(), ["alice", "bob"]);
+    b.backplane.withdraw("room", "bob").await.unwrap();
+    assert_eq!(a.backplane.members("room").await.unwrap(), ["alice"]);
+
+    // Refreshed while A runs: still there after several TTLs.
+    tokio::time::sleep(ttl * 3).await;
+    assert_eq!(b.backplane.members("room").await.unwrap(), ["alice"]);
+    // A stops (as a killed node would): alice is gone within the TTL.
+    a.stop().await;
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    assert!(b.backplane.members("room").await.unwrap().is_empty());
+    b.stop().await;
+}

@@ -207,13 +207,14 @@ async fn a_client_recovers_exactly_the_range_it_missed() {
 }
 
 #[tokio::test]
-async fn redis_restarted_empty_changes_the_epoch() {
+async fn redis_down_then_restarted_empty_changes_the_epoch() {
     let Some(mut server) = RedisServer::start() else {
         return;
     };
     let prefix = prefix("restart");
     let a = Node::start(&server, &prefix, |_| {}).await;
     let b = Node::start(&server, &prefix, |_| {}).await;
+    let on_a = a.join("room");
     let on_b = b.join("room");
     a.hub
         .broadcast_group("room", &Message::from("before"), None);
@@ -221,7 +222,15 @@ async fn redis_restarted_empty_changes_the_epoch() {
     let before = b.backplane.position("room").await.unwrap();
     assert_eq!(before.offset, 1);
 
-    server.restart_empty();
+    // Redis goes down: local traffic goes on, nothing waits for it.
+    server.kill();
+    a.hub
+        .broadcast_group("room", &Message::from("during"), None);
+    let local: Vec<_> = queued(&on_a).iter().map(|m| text(m).to_owned()).collect();
+    assert_eq!(local, ["before", "during"]);
+
+    // It comes back empty.
+    server.start_again();
 
     // The nodes reconnect by themselves: B resubscribes, and a message A
     // publishes after that reaches B again, from a new epoch. Until both
@@ -238,6 +247,8 @@ async fn redis_restarted_empty_changes_the_epoch() {
             break message;
         }
     };
+    // "during" never reached B (A's publish of it failed while Redis was
+    // down, counted): what crossed first is "after".
     assert_eq!(text(&after), "after");
     let stats = b.backplane.stats();
     assert_eq!((stats.subscriptions, stats.epoch_changes), (2, 1));
@@ -282,5 +293,25 @@ async fn presence_spans_nodes_and_expires_with_its_node() {
     a.stop().await;
     tokio::time::sleep(ttl + Duration::from_millis(50)).await;
     assert!(b.backplane.members("room").await.unwrap().is_empty());
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn without_history_messages_cross_unpositioned() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let prefix = prefix("no-history");
+    let a = Node::start(&server, &prefix, |c| c.history_len = 0).await;
+    let b = Node::start(&server, &prefix, |c| c.history_len = 0).await;
+    let on_b = b.join("room");
+    for message in ["x", "y"] {
+        a.hub.broadcast_group("room", &Message::from(message), None);
+        assert_eq!(text(&next(&on_b).await), message);
+    }
+    // Nothing kept: the room never moved past offset 0.
+    let top = b.backplane.position("room").await.unwrap();
+    assert_eq!(top.offset, 0);
+    a.stop().await;
     b.stop().await;
 }

@@ -91,24 +91,25 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Kills it and starts a new, empty one on the same port: what a
-    /// restart without persistence looks like to its clients.
-    pub(crate) fn restart_empty(&mut self) {
-        self.stop();
+    /// Kills it (by its pid): what its clients see when Redis goes down.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a new, empty server on the same port (after [`kill`](Self::kill)):
+    /// what a restart without persistence looks like to its clients.
+    pub(crate) fn start_again(&mut self) {
+        self.kill();
         let fresh = Self::start_on(self.port);
         let old = std::mem::replace(self, fresh);
         drop(old); // already stopped; removes the old directory
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        self.stop();
+        self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

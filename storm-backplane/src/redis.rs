@@ -5,7 +5,7 @@
 //! ```text
 //! node A: hub.broadcast_group(room, m) ─ local members get m
 //!           └ RedisBackplane::publish ─ encode once ─ bounded queue ─ publisher task
-//!                 └ EVAL publish script: offset += 1, XADD history, PUBLISH room channel
+//!                 └ EVALSHA publish script: offset += 1, XADD history, PUBLISH room channel
 //! node B: subscriber task (PSUBSCRIBE PREFIX.room.*) ─ decode ─ Subscriber::handle
 //!                 └ not its own, not a duplicate: hub.deliver_group(room, m)
 //! ```
@@ -35,7 +35,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -125,6 +125,52 @@ local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return redis.call('ZRANGE', KEYS[1], 0, -1)
 ";
+
+/// A Lua script, run by its SHA1 (`EVALSHA`) and sent whole (`EVAL`) only
+/// when Redis does not have it yet (first use, or after a restart), so a
+/// room message does not carry the script's text.
+struct Script {
+    body: &'static str,
+    sha: String,
+}
+
+static PUBLISH: LazyLock<Script> = LazyLock::new(|| Script::new(PUBLISH_SCRIPT));
+static POSITION: LazyLock<Script> = LazyLock::new(|| Script::new(POSITION_SCRIPT));
+static ANNOUNCE: LazyLock<Script> = LazyLock::new(|| Script::new(ANNOUNCE_SCRIPT));
+static MEMBERS: LazyLock<Script> = LazyLock::new(|| Script::new(MEMBERS_SCRIPT));
+
+impl Script {
+    fn new(body: &'static str) -> Self {
+        use sha1::Digest;
+        let digest = sha1::Sha1::digest(body.as_bytes());
+        let sha = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+        Self { body, sha }
+    }
+
+    /// The call with `tail` (the number of keys, the keys, the arguments):
+    /// by SHA, or with the whole body when `whole`.
+    fn command(&self, whole: bool, tail: &redis::Cmd) -> redis::Cmd {
+        let mut command = if whole {
+            let mut command = redis::cmd("EVAL");
+            command.arg(self.body);
+            command
+        } else {
+            let mut command = redis::cmd("EVALSHA");
+            command.arg(&self.sha);
+            command
+        };
+        for arg in tail.args_iter() {
+            if let redis::Arg::Simple(bytes) = arg {
+                command.arg(bytes);
+            }
+        }
+        command
+    }
+}
+
+fn is_no_script(error: &redis::RedisError) -> bool {
+    error.kind() == redis::ErrorKind::NoScriptError
+}
 
 /// Settings of a [`RedisBackplane`].
 #[derive(Debug, Clone, PartialEq)]
@@ -668,19 +714,28 @@ impl RedisBackplane {
         publication: &Publication,
     ) -> Result<(), redis::RedisError> {
         let room = &publication.room;
-        redis::cmd("EVAL")
-            .arg(PUBLISH_SCRIPT)
-            .arg(2)
+        let mut tail = redis::Cmd::new();
+        tail.arg(2)
             .arg(self.channels.meta(room))
             .arg(self.channels.history(room))
             .arg(&epoch_candidate()[..])
             .arg(self.config.history_len)
             .arg(self.channels.room(room))
             .arg(&publication.wire[..])
-            .arg(millis(self.config.history_ttl))
+            .arg(millis(self.config.history_ttl));
+        let by_sha = PUBLISH
+            .command(false, &tail)
             .query_async::<u64>(connection)
-            .await
-            .map(drop)
+            .await;
+        match by_sha {
+            // The script did not run: sending it whole is safe.
+            Err(error) if is_no_script(&error) => PUBLISH
+                .command(true, &tail)
+                .query_async::<u64>(connection)
+                .await
+                .map(drop),
+            other => other.map(drop),
+        }
     }
 
     async fn run_refresher(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
@@ -727,6 +782,21 @@ impl RedisBackplane {
         }
     }
 
+    /// Runs `script` with `tail` through [`query`](Self::query), by SHA
+    /// first.
+    async fn query_script<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        tail: &redis::Cmd,
+    ) -> Result<T, Error> {
+        match self.query(&script.command(false, tail)).await {
+            Err(Error::Redis(error)) if is_no_script(&error) => {
+                self.query(&script.command(true, tail)).await
+            }
+            other => other,
+        }
+    }
+
     /// The room's position now: its epoch (started here if it has none)
     /// and its last offset. What a client joining fresh starts from.
     ///
@@ -734,15 +804,13 @@ impl RedisBackplane {
     ///
     /// [`Error::Redis`] if Redis is unreachable or refuses.
     pub async fn position(&self, room: &str) -> Result<Position, Error> {
-        let mut command = redis::cmd("EVAL");
-        command
-            .arg(POSITION_SCRIPT)
-            .arg(2)
+        let mut tail = redis::Cmd::new();
+        tail.arg(2)
             .arg(self.channels.meta(room))
             .arg(self.channels.history(room))
             .arg(&epoch_candidate()[..])
             .arg(millis(self.config.history_ttl));
-        let (epoch, offset): (Vec<u8>, u64) = self.query(&command).await?;
+        let (epoch, offset): (Vec<u8>, u64) = self.query_script(&POSITION, &tail).await?;
         let epoch = <[u8; 8]>::try_from(epoch.as_slice())
             .ok()
             .and_then(|bytes| Epoch::new(u64::from_be_bytes(bytes)))
@@ -792,14 +860,12 @@ impl RedisBackplane {
     }
 
     async fn touch(&self, room: &str, member: &str) -> Result<(), Error> {
-        let mut command = redis::cmd("EVAL");
-        command
-            .arg(ANNOUNCE_SCRIPT)
-            .arg(1)
+        let mut tail = redis::Cmd::new();
+        tail.arg(1)
             .arg(self.channels.presence(room))
             .arg(millis(Some(self.config.presence_ttl)))
             .arg(member);
-        self.query::<u64>(&command).await.map(drop)
+        self.query_script::<u64>(&ANNOUNCE, &tail).await.map(drop)
     }
 
     /// Marks `member` present in `room`, across nodes, until this node
@@ -834,12 +900,9 @@ impl RedisBackplane {
     ///
     /// [`Error::Redis`] if Redis is unreachable or refuses.
     pub async fn members(&self, room: &str) -> Result<Vec<String>, Error> {
-        let mut command = redis::cmd("EVAL");
-        command
-            .arg(MEMBERS_SCRIPT)
-            .arg(1)
-            .arg(self.channels.presence(room));
-        let mut members: Vec<String> = self.query(&command).await?;
+        let mut tail = redis::Cmd::new();
+        tail.arg(1).arg(self.channels.presence(room));
+        let mut members: Vec<String> = self.query_script(&MEMBERS, &tail).await?;
         members.sort_unstable();
         Ok(members)
     }
@@ -917,6 +980,29 @@ mod tests {
         let stats = backplane.stats();
         assert_eq!(stats.publish_dropped, 1);
         assert_eq!(stats.publish_failed, 1);
+    }
+
+    #[test]
+    fn scripts_are_called_by_the_sha1_redis_gives_them() {
+        // `SCRIPT LOAD "return 1"` answers this.
+        let script = Script::new("return 1");
+        assert_eq!(script.sha, "e0e1f9fabfc9d4800c877a703b823ac0578ff8db");
+        let mut tail = redis::Cmd::new();
+        tail.arg(0).arg("x");
+        let by_sha = script.command(false, &tail);
+        let whole = script.command(true, &tail);
+        let args = |command: &redis::Cmd| -> Vec<Vec<u8>> {
+            command
+                .args_iter()
+                .filter_map(|arg| match arg {
+                    redis::Arg::Simple(bytes) => Some(bytes.to_vec()),
+                    redis::Arg::Cursor => None,
+                })
+                .collect()
+        };
+        assert_eq!(args(&by_sha)[0], b"EVALSHA");
+        assert_eq!(args(&by_sha)[1..], [script.sha.as_bytes(), b"0", b"x"]);
+        assert_eq!(args(&whole)[..2], [&b"EVAL"[..], b"return 1"]);
     }
 
     #[test]

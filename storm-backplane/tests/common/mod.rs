@@ -1,7 +1,7 @@
 //! A real `redis-server` for the tests: started on a free loopback port in
 //! a temporary directory, with no persistence, and stopped by its pid.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -33,20 +33,36 @@ impl RedisServer {
                 std::env::var_os("CI").is_none(),
                 "redis-server is not installed, and CI must run the backplane tests"
             );
-            eprintln!(
+            // Straight to the process's stderr: the test harness captures
+            // `eprintln!` of passing tests, and this must be seen.
+            let _ = writeln!(
+                std::io::stderr(),
                 "SKIPPED: redis-server is not installed (apt-get install redis-server; .ci/run installs it)"
             );
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free loopback port")
-            .port();
-        Some(Self::start_on(port))
+        // A port found free may be taken before the server binds it (by
+        // another test's server): then try another.
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .expect("a free loopback port")
+                .port();
+            match Self::try_start_on(port) {
+                Ok(server) => return Some(server),
+                Err(failure) => failures.push(failure),
+            }
+        }
+        panic!("redis-server did not start: {failures:?}");
     }
 
     /// Starts a fresh, empty server on `port`.
     fn start_on(port: u16) -> Self {
+        Self::try_start_on(port).unwrap_or_else(|failure| panic!("{failure}"))
+    }
+
+    fn try_start_on(port: u16) -> Result<Self, String> {
         let dir = std::env::temp_dir().join(format!(
             "storm-backplane-redis-{}-{port}-{}",
             std::process::id(),
@@ -79,11 +95,16 @@ impl RedisServer {
             }
         });
         if is_ready.recv_timeout(READY_TIMEOUT).is_err() {
+            // Ended without saying it is ready (its port was taken), or
+            // stuck: either way, gone.
             let _ = child.kill();
             let _ = child.wait();
-            panic!("redis-server on port {port} did not get ready within {READY_TIMEOUT:?}");
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(format!(
+                "redis-server on port {port} did not get ready within {READY_TIMEOUT:?}"
+            ));
         }
-        Self { child, port, dir }
+        Ok(Self { child, port, dir })
     }
 
     /// Its URL.

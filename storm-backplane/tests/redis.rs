@@ -315,3 +315,37 @@ async fn without_history_messages_cross_unpositioned() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn an_idle_rooms_history_expires_and_its_epoch_with_it() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let prefix = prefix("ttl");
+    // Long enough for the reads right after the message on a loaded
+    // machine; the wait below is the TTL passing.
+    let ttl = Duration::from_secs(1);
+    let a = Node::start(&server, &prefix, |c| c.history_ttl = Some(ttl)).await;
+    let b = Node::start(&server, &prefix, |c| c.history_ttl = Some(ttl)).await;
+    let on_b = b.join("room");
+    a.hub.broadcast_group("room", &Message::from("m"), None);
+    assert_eq!(text(&next(&on_b).await), "m"); // so it is appended
+    let before = a.backplane.position("room").await.unwrap();
+    assert_eq!(before.offset, 1);
+    // The TTL passes with no message: history and epoch are gone.
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    let Recovery::Impossible { reason, top } = a.backplane.recover("room", before).await.unwrap()
+    else {
+        panic!("an expired history cannot be recovered from");
+    };
+    assert_eq!(
+        reason,
+        Unrecoverable::EpochChanged {
+            was: before.epoch,
+            now: top.epoch
+        }
+    );
+    assert_eq!(top.offset, 0);
+    a.stop().await;
+    b.stop().await;
+}

@@ -7,7 +7,7 @@
 //!           └ RedisBackplane::publish ─ encode once ─ bounded queue ─ publisher task
 //!                 └ EVALSHA publish script: offset += 1, XADD history, PUBLISH room channel
 //! node B: subscriber task (PSUBSCRIBE PREFIX.room.*) ─ decode ─ Subscriber::handle
-//!                 └ not its own, not a duplicate: hub.deliver_group(room, m)
+//!                 └ not a duplicate, not its own (unless an echo): deliver (hub.deliver_group)
 //! ```
 //!
 //! One publish per room message, whatever the number of sessions or nodes;
@@ -302,7 +302,8 @@ pub struct RedisStats {
     pub received: u64,
     /// Received messages delivered to local members.
     pub delivered: u64,
-    /// Received messages this node published itself (skipped).
+    /// Received messages this node published itself and delivered
+    /// locally as it did (skipped; not [echoes](RedisBackplane::publish_ordered)).
     pub own: u64,
     /// Received messages already delivered (skipped).
     pub duplicates: u64,
@@ -342,6 +343,13 @@ struct Publication {
     room: String,
     wire: Bytes,
 }
+
+/// What a node does with a room message from the backplane: by default
+/// ([`RedisBackplane::start`]) `hub.deliver_group(room, message, None)`.
+/// Called once per message and node (not per session), on the subscriber
+/// task, so it must not block; `position` is the message's place in its
+/// room's history (`None` without history).
+pub type Deliver = Arc<dyn Fn(&Hub, &str, Option<Position>, &Message) + Send + Sync>;
 
 /// One stream entry as `XRANGE` returns it: its id and its fields.
 type StreamEntry = (String, Vec<(String, Vec<u8>)>);
@@ -527,12 +535,31 @@ impl RedisBackplane {
     /// [`Error::Redis`] if the first connection or subscription fails;
     /// [`Error::AlreadyStarted`] on a second call.
     pub async fn start(self: &Arc<Self>, hub: Hub) -> Result<Running, Error> {
+        let deliver: Deliver = Arc::new(|hub: &Hub, room: &str, _, message: &Message| {
+            hub.deliver_group(room, message, None);
+        });
+        self.start_with(hub, deliver).await
+    }
+
+    /// [`start`](Self::start), handing each room message to deliver to
+    /// `deliver` instead of straight to `hub`'s group: where a service
+    /// turns the message and its position into what its sessions get (the
+    /// offset in a chat message, say), once per node.
+    ///
+    /// # Errors
+    ///
+    /// As for [`start`](Self::start).
+    pub async fn start_with(
+        self: &Arc<Self>,
+        hub: Hub,
+        deliver: Deliver,
+    ) -> Result<Running, Error> {
         let pending = lock(&self.pending).take().ok_or(Error::AlreadyStarted)?;
         let pubsub = self.subscribe().await?;
         let publisher = self.client.get_multiplexed_tokio_connection().await?;
         let (stop, stopped) = watch::channel(false);
         let tasks = vec![
-            tokio::spawn(Arc::clone(self).run_subscriber(hub, pubsub, stopped.clone())),
+            tokio::spawn(Arc::clone(self).run_subscriber(hub, deliver, pubsub, stopped.clone())),
             tokio::spawn(Arc::clone(self).run_publisher(pending, publisher, stopped.clone())),
             tokio::spawn(Arc::clone(self).run_refresher(stopped)),
         ];
@@ -569,6 +596,7 @@ impl RedisBackplane {
     async fn run_subscriber(
         self: Arc<Self>,
         hub: Hub,
+        deliver: Deliver,
         pubsub: redis::aio::PubSub,
         mut stopped: watch::Receiver<bool>,
     ) {
@@ -594,7 +622,7 @@ impl RedisBackplane {
             loop {
                 tokio::select! {
                     message = messages.next() => match message {
-                        Some(message) => self.receive(&hub, &mut rooms, &message),
+                        Some(message) => self.receive(&hub, &deliver, &mut rooms, &message),
                         None => break,
                     },
                     _ = stopped.wait_for(|stop| *stop) => return,
@@ -608,7 +636,7 @@ impl RedisBackplane {
     }
 
     /// One message from the room pattern: decode, classify, deliver.
-    fn receive(&self, hub: &Hub, rooms: &mut Subscriber, message: &redis::Msg) {
+    fn receive(&self, hub: &Hub, deliver: &Deliver, rooms: &mut Subscriber, message: &redis::Msg) {
         let c = &self.counters;
         bump(&c.received, 1);
         let Some(Channel::Room(room)) = self.channels.parse(message.get_channel_name()) else {
@@ -653,7 +681,7 @@ impl RedisBackplane {
             _ => {}
         }
         if inbound.deliver() {
-            hub.deliver_group(room, &envelope.message, None);
+            deliver(hub, room, envelope.position, &envelope.message);
             bump(&c.delivered, 1);
         } else if inbound.own {
             bump(&c.own, 1);
@@ -908,30 +936,51 @@ impl RedisBackplane {
     }
 }
 
-impl Backplane for RedisBackplane {
-    /// Encodes the message once and queues it for the publisher; never
-    /// waits. A full queue drops it for other nodes (counted, logged).
-    fn publish(&self, group: &str, message: &Message) {
-        let envelope = Envelope::room(self.node, group, message.clone());
+impl RedisBackplane {
+    /// Publishes `message` to `room` on every node, this one included.
+    /// Unlike a group broadcast through the hub (this node's members at
+    /// once, the others' through Redis), every node, this one too, delivers
+    /// it as it comes back from Redis, through the [`Deliver`] of
+    /// [`start_with`](Self::start_with) and with its position: all nodes
+    /// see the room's messages in one order, and can tell their sessions
+    /// the offsets. Never waits; a full queue drops it (counted, logged),
+    /// for this node's members too.
+    pub fn publish_ordered(&self, room: &str, message: &Message) {
+        self.enqueue(room, message, true);
+    }
+
+    /// Encodes once, queues for the publisher; counts and logs what cannot
+    /// go.
+    fn enqueue(&self, room: &str, message: &Message, echo: bool) {
+        let mut envelope = Envelope::room(self.node, room, message.clone());
+        envelope.echo = echo;
         let wire = match envelope.to_bytes() {
             Ok(wire) => wire,
             Err(error) => {
                 bump(&self.counters.publish_failed, 1);
-                tracing::warn!(group, %error, "backplane: cannot publish");
+                tracing::warn!(room, %error, "backplane: cannot publish");
                 return;
             }
         };
         let publication = Publication {
-            room: group.to_owned(),
+            room: room.to_owned(),
             wire,
         };
         if self.queue.try_send(publication).is_err() {
             bump(&self.counters.publish_dropped, 1);
             tracing::warn!(
-                group,
+                room,
                 "backplane: publish queue full; not sent to other nodes"
             );
         }
+    }
+}
+
+impl Backplane for RedisBackplane {
+    /// Encodes the message once and queues it for the publisher; never
+    /// waits. A full queue drops it for other nodes (counted, logged).
+    fn publish(&self, group: &str, message: &Message) {
+        self.enqueue(group, message, false);
     }
 }
 

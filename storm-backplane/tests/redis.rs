@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::RedisServer;
 use storm_backplane::proto::{Position, Unrecoverable};
-use storm_backplane::redis::{Recovery, RedisBackplane, RedisConfig, Running};
+use storm_backplane::redis::{Deliver, Recovery, RedisBackplane, RedisConfig, Running};
 use storm_host::hub::{Hub, HubConfig, Outbox};
 use storm_proto::Message;
 use storm_proto::reconnect::BackoffConfig;
@@ -31,6 +31,16 @@ impl Node {
         prefix: &str,
         edit: impl FnOnce(&mut RedisConfig),
     ) -> Self {
+        Self::start_with(server, prefix, edit, None).await
+    }
+
+    /// [`start`](Self::start), with `deliver` in place of the default.
+    async fn start_with(
+        server: &RedisServer,
+        prefix: &str,
+        edit: impl FnOnce(&mut RedisConfig),
+        deliver: Option<Deliver>,
+    ) -> Self {
         let mut config = RedisConfig::default();
         config.url = server.url();
         config.prefix = prefix.to_owned();
@@ -39,7 +49,11 @@ impl Node {
         let backplane = Arc::new(RedisBackplane::new(config).unwrap());
         let hub =
             Hub::with_backplane(HubConfig::default(), Instant::now(), backplane.clone()).unwrap();
-        let running = backplane.start(hub.clone()).await.unwrap();
+        let running = match deliver {
+            Some(deliver) => backplane.start_with(hub.clone(), deliver).await,
+            None => backplane.start(hub.clone()).await,
+        }
+        .unwrap();
         Self {
             backplane,
             hub,
@@ -346,6 +360,53 @@ async fn an_idle_rooms_history_expires_and_its_epoch_with_it() {
         }
     );
     assert_eq!(top.offset, 0);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn ordered_messages_reach_every_node_in_one_order_with_their_offsets() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let prefix = prefix("ordered");
+    // What a chat would do: put the offset into what its sessions get.
+    let render = || -> Deliver {
+        Arc::new(
+            |hub: &Hub, room: &str, at: Option<Position>, message: &Message| {
+                let offset = at.map_or(0, |at| at.offset);
+                let text = format!("{offset}:{}", text(message));
+                hub.deliver_group(room, &Message::from(text), None);
+            },
+        )
+    };
+    let a = Node::start_with(&server, &prefix, |_| {}, Some(render())).await;
+    let b = Node::start_with(&server, &prefix, |_| {}, Some(render())).await;
+    let on_a = a.join("room");
+    let on_b = b.join("room");
+
+    // Published from both nodes at once: whatever order Redis picks, both
+    // nodes' members (the publishers' own included) see that one order,
+    // each message once, with consecutive offsets.
+    a.backplane.publish_ordered("room", &Message::from("x"));
+    b.backplane.publish_ordered("room", &Message::from("y"));
+    let mut seen_a = Vec::new();
+    let mut seen_b = Vec::new();
+    for _ in 0..2 {
+        seen_a.push(text(&next(&on_a).await).to_owned());
+        seen_b.push(text(&next(&on_b).await).to_owned());
+    }
+    assert_eq!(seen_a, seen_b);
+    assert!(
+        seen_a == ["1:x", "2:y"] || seen_a == ["1:y", "2:x"],
+        "{seen_a:?}"
+    );
+    // A third message from A: each node delivers it once, after the two.
+    a.backplane.publish_ordered("room", &Message::from("z"));
+    assert_eq!(text(&next(&on_a).await), "3:z");
+    assert_eq!(text(&next(&on_b).await), "3:z");
+    assert!(queued(&on_a).is_empty() && queued(&on_b).is_empty());
+    assert_eq!(a.backplane.stats().own, 0); // echoes are delivered, not skipped
     a.stop().await;
     b.stop().await;
 }

@@ -31,5 +31,16 @@ fn seeds_reach_their_paths() {
             epoch_changes: 1,
         }
     );
+    assert_eq!(
+        outcome("seed-echo"),
+        Outcome {
+            decoded: 4,
+            delivered: 2,
+            own: 2,
+            duplicates: 1,
+            gaps: 0,
+            epoch_changes: 0,
+        }
+    );
     assert_eq!(outcome("seed-malformed"), Outcome::default());
 }

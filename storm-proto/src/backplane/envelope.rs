@@ -20,7 +20,10 @@ pub const POSITION_RANGE: Range<usize> = 21..37;
 pub const MAX_NAME_LEN: usize = 1024;
 /// The payload is UTF-8 text (a [`Message::Text`]).
 const FLAG_TEXT: u8 = 0x01;
-const KNOWN_FLAGS: u8 = FLAG_TEXT;
+/// The origin node delivers the message too, when it comes back
+/// ([`Envelope::echo`]).
+const FLAG_ECHO: u8 = 0x02;
+const KNOWN_FLAGS: u8 = FLAG_TEXT | FLAG_ECHO;
 
 /// Whom an envelope is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -60,7 +63,8 @@ impl Kind {
 /// offset  size  field
 ///      0     1  version (1)
 ///      1     1  kind: 1 room, 2 user
-///      2     1  flags: 0x01 the payload is text
+///      2     1  flags: 0x01 the payload is text, 0x02 echo (the origin
+///                 delivers it too when it comes back)
 ///      3     2  N = name length, big-endian u16, 1..=1024
 ///      5    16  origin: the publishing node's id, big-endian u128
 ///     21     8  epoch, big-endian u64; 0 = no position
@@ -101,6 +105,12 @@ pub struct Envelope {
     pub name: Utf8Bytes,
     /// Where it sits in the room's history, once the store assigned it.
     pub position: Option<Position>,
+    /// The origin did not deliver it to its own sessions as it published
+    /// it: it does when the message comes back from the transport, like
+    /// every other node (so all see the room's order and its positions).
+    /// Otherwise ([`Envelope::room`]'s default) the origin delivered it
+    /// first and skips its own copy.
+    pub echo: bool,
     /// The message itself.
     pub message: Message,
 }
@@ -114,6 +124,7 @@ impl Envelope {
             origin,
             name: Utf8Bytes::from(room),
             position: None,
+            echo: false,
             message,
         }
     }
@@ -126,6 +137,7 @@ impl Envelope {
             origin,
             name: Utf8Bytes::from(user),
             position: None,
+            echo: false,
             message,
         }
     }
@@ -158,7 +170,9 @@ impl Envelope {
         dst.reserve(self.encoded_len());
         dst.put_u8(VERSION);
         dst.put_u8(self.kind.to_byte());
-        dst.put_u8(if self.message.is_text() { FLAG_TEXT } else { 0 });
+        let text = if self.message.is_text() { FLAG_TEXT } else { 0 };
+        let echo = if self.echo { FLAG_ECHO } else { 0 };
+        dst.put_u8(text | echo);
         dst.put_u16(name_len);
         dst.put_u128(self.origin.to_u128());
         let (epoch, offset) = self
@@ -258,6 +272,7 @@ impl Envelope {
             origin,
             name,
             position,
+            echo: flags & FLAG_ECHO != 0,
             message,
         })
     }

@@ -40,17 +40,21 @@ pub enum Order {
 pub struct Inbound {
     /// Its place in its room's sequence.
     pub order: Order,
-    /// Published by this node: its local sessions had it already.
+    /// Published by this node.
     pub own: bool,
+    /// Its origin delivers it when it comes back ([`Envelope::echo`]).
+    pub echo: bool,
 }
 
 impl Inbound {
-    /// Whether to hand the message to local sessions: not this node's own
-    /// and not a duplicate. (A gap or a new epoch is reported through
-    /// [`order`](Self::order), and the message itself is still delivered.)
+    /// Whether to hand the message to local sessions: not a duplicate, and
+    /// not this node's own unless it is an [echo](Envelope::echo) (an own
+    /// message without it was delivered locally as it was published). A
+    /// gap or a new epoch is reported through [`order`](Self::order), and
+    /// the message itself is still delivered.
     #[must_use]
     pub fn deliver(&self) -> bool {
-        !self.own && self.order != Order::Duplicate
+        (!self.own || self.echo) && self.order != Order::Duplicate
     }
 }
 
@@ -111,7 +115,11 @@ impl Subscriber {
             None => Order::Unpositioned,
             Some(at) => self.observe(envelope.name.as_str(), at),
         };
-        Inbound { order, own }
+        Inbound {
+            order,
+            own,
+            echo: envelope.echo,
+        }
     }
 
     /// Records that `room` reached `at` (a message delivered, or a

@@ -137,7 +137,8 @@ fn decoding_names_each_fault() {
     };
     assert_eq!(with(0, 2), Err(DecodeError::Version(2)));
     assert_eq!(with(1, 9), Err(DecodeError::UnknownKind(9)));
-    assert_eq!(with(2, 0x80), Err(DecodeError::UnknownFlags(0x80)));
+    assert_eq!(with(2, 0x84), Err(DecodeError::UnknownFlags(0x84)));
+    assert!(with(2, 0x03).unwrap().echo);
     assert_eq!(with(4, 0), Err(DecodeError::BadNameLen(0)));
     assert_eq!(with(4, 3), Err(DecodeError::TooShort { len: good.len() }));
     assert_eq!(with(28, 1), Err(DecodeError::HalfPosition)); // epoch, no offset
@@ -208,17 +209,20 @@ fn arb_envelope() -> impl Strategy<Value = Envelope> {
         ]
         .prop_filter("name within the limit", |name| name.len() <= MAX_NAME_LEN),
         proptest::option::of(arb_position()),
+        any::<bool>(),
         arb_message(),
     )
-        .prop_map(|(room, origin, name, position, message)| {
+        .prop_map(|(room, origin, name, position, echo, message)| {
             let origin = NodeId::from_u128(origin);
-            if room {
+            let mut envelope = if room {
                 let mut envelope = Envelope::room(origin, &name, message);
                 envelope.position = position;
                 envelope
             } else {
                 Envelope::user(origin, &name, message)
-            }
+            };
+            envelope.echo = echo;
+            envelope
         })
 }
 
@@ -286,7 +290,8 @@ fn a_node_skips_its_own_publications_but_counts_their_offsets() {
         own,
         Inbound {
             order: Order::Next,
-            own: true
+            own: true,
+            echo: false
         }
     );
     assert!(!own.deliver());
@@ -298,6 +303,11 @@ fn a_node_skips_its_own_publications_but_counts_their_offsets() {
     // Unpositioned messages are delivered unless they are the node's own.
     assert!(subscriber.handle(&room_at(other, "r", None)).deliver());
     assert!(!subscriber.handle(&room_at(me, "r", None)).deliver());
+    // An echo comes back to its origin to be delivered there too, once.
+    let mut echo = room_at(me, "r", at(4));
+    echo.echo = true;
+    assert!(subscriber.handle(&echo).deliver());
+    assert!(!subscriber.handle(&echo).deliver()); // now a duplicate
 }
 
 #[test]

@@ -126,6 +126,9 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return redis.call('ZRANGE', KEYS[1], 0, -1)
 ";
 
+/// Room messages one pipeline to Redis carries at most.
+const MAX_BATCH: usize = 256;
+
 /// A Lua script, run by its SHA1 (`EVALSHA`) and sent whole (`EVAL`) only
 /// when Redis does not have it yet (first use, or after a restart), so a
 /// room message does not carry the script's text.
@@ -293,8 +296,10 @@ impl From<redis::RedisError> for Error {
 pub struct RedisStats {
     /// Room messages published.
     pub published: u64,
-    /// Room messages whose publish failed (Redis down or refusing):
-    /// other nodes did not get them; they see the gap if history is on.
+    /// Room messages whose publish failed (Redis down or refusing): other
+    /// nodes did not get them, and see the gap if history is on. (Counted
+    /// per pipeline: when one breaks midway, the messages before the break
+    /// may have gone out too.)
     pub publish_failed: u64,
     /// Room messages not published because the queue was full.
     pub publish_dropped: u64,
@@ -556,7 +561,7 @@ impl RedisBackplane {
     ) -> Result<Running, Error> {
         let pending = lock(&self.pending).take().ok_or(Error::AlreadyStarted)?;
         let pubsub = self.subscribe().await?;
-        let publisher = self.client.get_multiplexed_tokio_connection().await?;
+        let publisher = self.publisher_connection().await?;
         let (stop, stopped) = watch::channel(false);
         let tasks = vec![
             tokio::spawn(Arc::clone(self).run_subscriber(hub, deliver, pubsub, stopped.clone())),
@@ -698,16 +703,21 @@ impl RedisBackplane {
     ) {
         let mut backoff = self.backoff();
         let mut connection = Some(connection);
+        let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
-            let publication = tokio::select! {
-                publication = pending.recv() => match publication {
-                    Some(publication) => publication,
-                    None => return,
+            // The first message waited for, then whatever else is queued:
+            // one round trip for all of them.
+            tokio::select! {
+                taken = pending.recv_many(&mut batch, MAX_BATCH) => if taken == 0 {
+                    return;
                 },
                 _ = stopped.wait_for(|stop| *stop) => return,
-            };
-            while connection.is_none() {
-                match self.client.get_multiplexed_tokio_connection().await {
+            }
+            let conn = loop {
+                if let Some(conn) = connection.as_mut() {
+                    break conn;
+                }
+                match self.publisher_connection().await {
                     Ok(fresh) => {
                         backoff.connected(Instant::now());
                         connection = Some(fresh);
@@ -719,51 +729,63 @@ impl RedisBackplane {
                         }
                     }
                 }
-            }
-            let Some(conn) = connection.as_mut() else {
-                continue;
             };
-            match self.append(conn, &publication).await {
-                Ok(()) => bump(&self.counters.published, 1),
+            let count = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+            match self.append(conn, &batch).await {
+                Ok(()) => bump(&self.counters.published, count),
                 Err(error) => {
-                    // Not retried: the script may have run (a reply lost),
-                    // and a second run would publish the message twice.
-                    bump(&self.counters.publish_failed, 1);
-                    tracing::warn!(room = publication.room, %error, "backplane: publish failed");
+                    // Not retried: the scripts may have run (a reply lost),
+                    // and a second run would publish the messages twice.
+                    bump(&self.counters.publish_failed, count);
+                    tracing::warn!(messages = count, %error, "backplane: publish failed");
                     connection = None;
                 }
             }
+            batch.clear();
         }
     }
 
+    /// A connection for the publisher, with the publish script loaded (so
+    /// it is called by SHA alone, pipelined; a restarted Redis breaks the
+    /// connection, and the next one loads it again).
+    async fn publisher_connection(&self) -> Result<MultiplexedConnection, redis::RedisError> {
+        let mut connection = self.client.get_multiplexed_tokio_connection().await?;
+        let sha: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(PUBLISH.body)
+            .query_async(&mut connection)
+            .await?;
+        if sha != PUBLISH.sha {
+            tracing::warn!(
+                sha,
+                expected = PUBLISH.sha,
+                "backplane: redis hashes scripts differently"
+            );
+        }
+        Ok(connection)
+    }
+
+    /// Appends and publishes `batch` in order, in one pipeline.
     async fn append(
         &self,
         connection: &mut MultiplexedConnection,
-        publication: &Publication,
+        batch: &[Publication],
     ) -> Result<(), redis::RedisError> {
-        let room = &publication.room;
-        let mut tail = redis::Cmd::new();
-        tail.arg(2)
-            .arg(self.channels.meta(room))
-            .arg(self.channels.history(room))
-            .arg(&epoch_candidate()[..])
-            .arg(self.config.history_len)
-            .arg(self.channels.room(room))
-            .arg(&publication.wire[..])
-            .arg(millis(self.config.history_ttl));
-        let by_sha = PUBLISH
-            .command(false, &tail)
-            .query_async::<u64>(connection)
-            .await;
-        match by_sha {
-            // The script did not run: sending it whole is safe.
-            Err(error) if is_no_script(&error) => PUBLISH
-                .command(true, &tail)
-                .query_async::<u64>(connection)
-                .await
-                .map(drop),
-            other => other.map(drop),
+        let mut pipeline = redis::pipe();
+        for publication in batch {
+            let room = &publication.room;
+            let mut tail = redis::Cmd::new();
+            tail.arg(2)
+                .arg(self.channels.meta(room))
+                .arg(self.channels.history(room))
+                .arg(&epoch_candidate()[..])
+                .arg(self.config.history_len)
+                .arg(self.channels.room(room))
+                .arg(&publication.wire[..])
+                .arg(millis(self.config.history_ttl));
+            pipeline.add_command(PUBLISH.command(false, &tail));
         }
+        pipeline.query_async::<Vec<u64>>(connection).await.map(drop)
     }
 
     async fn run_refresher(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {

@@ -410,3 +410,32 @@ async fn ordered_messages_reach_every_node_in_one_order_with_their_offsets() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_burst_crosses_in_order() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let prefix = prefix("burst");
+    let a = Node::start(&server, &prefix, |_| {}).await;
+    let b = Node::start(&server, &prefix, |_| {}).await;
+    let on_b = b.join("room");
+    const BURST: usize = 500;
+    // Queued faster than one round trip each: the publisher pipelines them.
+    for i in 0..BURST {
+        a.hub
+            .broadcast_group("room", &Message::from(i.to_string()), None);
+    }
+    for i in 0..BURST {
+        assert_eq!(text(&next(&on_b).await), i.to_string());
+    }
+    let top = b.backplane.position("room").await.unwrap();
+    assert_eq!(top.offset, 500);
+    let stats = b.backplane.stats();
+    assert_eq!(
+        (stats.delivered, stats.missed, stats.duplicates),
+        (500, 0, 0)
+    );
+    a.stop().await;
+    b.stop().await;
+}

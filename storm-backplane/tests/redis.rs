@@ -5,7 +5,6 @@ mod common;
 
 use std::future::poll_fn;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::RedisServer;
@@ -26,24 +25,16 @@ struct Node {
 }
 
 impl Node {
+    /// A node on `server`, its configuration changed by `edit`, delivering
+    /// through `deliver` (the default when `None`).
     async fn start(
         server: &RedisServer,
-        prefix: &str,
-        edit: impl FnOnce(&mut RedisConfig),
-    ) -> Self {
-        Self::start_with(server, prefix, edit, None).await
-    }
-
-    /// [`start`](Self::start), with `deliver` in place of the default.
-    async fn start_with(
-        server: &RedisServer,
-        prefix: &str,
         edit: impl FnOnce(&mut RedisConfig),
         deliver: Option<Deliver>,
     ) -> Self {
         let mut config = RedisConfig::default();
         config.url = server.url();
-        config.prefix = prefix.to_owned();
+        config.prefix = "test".to_owned();
         config.reconnect = BackoffConfig::fixed(Duration::from_millis(20));
         edit(&mut config);
         let backplane = Arc::new(RedisBackplane::new(config).unwrap());
@@ -78,10 +69,17 @@ impl Node {
     }
 }
 
-/// A prefix no other test uses, so tests can share nothing by accident.
-fn prefix(name: &str) -> String {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    format!("{name}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+/// A fresh `redis-server` and two nodes of one service on it, both
+/// configured by `edit` and delivering through what `deliver` makes (the
+/// default for `None`); `None` (the test returns) without `redis-server`.
+async fn two_nodes(
+    edit: impl Fn(&mut RedisConfig),
+    deliver: Option<fn() -> Deliver>,
+) -> Option<(RedisServer, Node, Node)> {
+    let server = RedisServer::start()?;
+    let a = Node::start(&server, &edit, deliver.map(|make| make())).await;
+    let b = Node::start(&server, &edit, deliver.map(|make| make())).await;
+    Some((server, a, b))
 }
 
 /// The next message queued for `session`, within [`EVENT_TIMEOUT`].
@@ -112,12 +110,9 @@ fn text(message: &Message) -> &str {
 
 #[tokio::test]
 async fn a_room_message_reaches_another_node_exactly_once() {
-    let Some(server) = RedisServer::start() else {
+    let Some((_server, a, b)) = two_nodes(|_| {}, None).await else {
         return;
     };
-    let prefix = prefix("once");
-    let a = Node::start(&server, &prefix, |_| {}).await;
-    let b = Node::start(&server, &prefix, |_| {}).await;
     let on_a = a.join("room");
     let on_b = b.join("room");
     let also_on_b = b.join("room");
@@ -161,12 +156,9 @@ async fn a_room_message_reaches_another_node_exactly_once() {
 
 #[tokio::test]
 async fn a_client_recovers_exactly_the_range_it_missed() {
-    let Some(server) = RedisServer::start() else {
+    let Some((_server, a, b)) = two_nodes(|c| c.history_len = 4, None).await else {
         return;
     };
-    let prefix = prefix("recover");
-    let a = Node::start(&server, &prefix, |c| c.history_len = 4).await;
-    let b = Node::start(&server, &prefix, |_| {}).await;
     let on_b = b.join("room");
     let start = b.backplane.position("room").await.unwrap();
     assert_eq!(start.offset, 0);
@@ -222,12 +214,9 @@ async fn a_client_recovers_exactly_the_range_it_missed() {
 
 #[tokio::test]
 async fn redis_down_then_restarted_empty_changes_the_epoch() {
-    let Some(mut server) = RedisServer::start() else {
+    let Some((mut server, a, b)) = two_nodes(|_| {}, None).await else {
         return;
     };
-    let prefix = prefix("restart");
-    let a = Node::start(&server, &prefix, |_| {}).await;
-    let b = Node::start(&server, &prefix, |_| {}).await;
     let on_a = a.join("room");
     let on_b = b.join("room");
     a.hub
@@ -285,15 +274,12 @@ async fn redis_down_then_restarted_empty_changes_the_epoch() {
 
 #[tokio::test]
 async fn presence_spans_nodes_and_expires_with_its_node() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    let prefix = prefix("presence");
     // Long enough that a loaded machine does not miss two refreshes in a
     // row (one every third of it); the waits below are the TTL passing.
     let ttl = Duration::from_millis(900);
-    let a = Node::start(&server, &prefix, |c| c.presence_ttl = ttl).await;
-    let b = Node::start(&server, &prefix, |c| c.presence_ttl = ttl).await;
+    let Some((_server, a, b)) = two_nodes(|c| c.presence_ttl = ttl, None).await else {
+        return;
+    };
     a.backplane.announce("room", "alice").await.unwrap();
     b.backplane.announce("room", "bob").await.unwrap();
     assert_eq!(b.backplane.members("room").await.unwrap(), ["alice", "bob"]);
@@ -312,12 +298,9 @@ async fn presence_spans_nodes_and_expires_with_its_node() {
 
 #[tokio::test]
 async fn without_history_messages_cross_unpositioned() {
-    let Some(server) = RedisServer::start() else {
+    let Some((_server, a, b)) = two_nodes(|c| c.history_len = 0, None).await else {
         return;
     };
-    let prefix = prefix("no-history");
-    let a = Node::start(&server, &prefix, |c| c.history_len = 0).await;
-    let b = Node::start(&server, &prefix, |c| c.history_len = 0).await;
     let on_b = b.join("room");
     for message in ["x", "y"] {
         a.hub.broadcast_group("room", &Message::from(message), None);
@@ -332,15 +315,12 @@ async fn without_history_messages_cross_unpositioned() {
 
 #[tokio::test]
 async fn an_idle_rooms_history_expires_and_its_epoch_with_it() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    let prefix = prefix("ttl");
     // Long enough for the reads right after the message on a loaded
     // machine; the wait below is the TTL passing.
     let ttl = Duration::from_secs(1);
-    let a = Node::start(&server, &prefix, |c| c.history_ttl = Some(ttl)).await;
-    let b = Node::start(&server, &prefix, |c| c.history_ttl = Some(ttl)).await;
+    let Some((_server, a, b)) = two_nodes(|c| c.history_ttl = Some(ttl), None).await else {
+        return;
+    };
     let on_b = b.join("room");
     a.hub.broadcast_group("room", &Message::from("m"), None);
     assert_eq!(text(&next(&on_b).await), "m"); // so it is appended
@@ -366,12 +346,8 @@ async fn an_idle_rooms_history_expires_and_its_epoch_with_it() {
 
 #[tokio::test]
 async fn ordered_messages_reach_every_node_in_one_order_with_their_offsets() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    let prefix = prefix("ordered");
     // What a chat would do: put the offset into what its sessions get.
-    let render = || -> Deliver {
+    fn render() -> Deliver {
         Arc::new(
             |hub: &Hub, room: &str, at: Option<Position>, message: &Message| {
                 let offset = at.map_or(0, |at| at.offset);
@@ -379,9 +355,10 @@ async fn ordered_messages_reach_every_node_in_one_order_with_their_offsets() {
                 hub.deliver_group(room, &Message::from(text), None);
             },
         )
+    }
+    let Some((_server, a, b)) = two_nodes(|_| {}, Some(render)).await else {
+        return;
     };
-    let a = Node::start_with(&server, &prefix, |_| {}, Some(render())).await;
-    let b = Node::start_with(&server, &prefix, |_| {}, Some(render())).await;
     let on_a = a.join("room");
     let on_b = b.join("room");
 
@@ -413,12 +390,9 @@ async fn ordered_messages_reach_every_node_in_one_order_with_their_offsets() {
 
 #[tokio::test]
 async fn a_burst_crosses_in_order() {
-    let Some(server) = RedisServer::start() else {
+    let Some((_server, a, b)) = two_nodes(|_| {}, None).await else {
         return;
     };
-    let prefix = prefix("burst");
-    let a = Node::start(&server, &prefix, |_| {}).await;
-    let b = Node::start(&server, &prefix, |_| {}).await;
     let on_b = b.join("room");
     const BURST: usize = 500;
     // Queued faster than one round trip each: the publisher pipelines them.

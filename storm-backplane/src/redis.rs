@@ -1077,6 +1077,17 @@ mod tests {
     }
 
     #[test]
+    fn the_publish_script_splices_the_position_where_the_envelope_has_it() {
+        // The script keeps bytes 1..=21 (Lua counts from 1), writes 16, and
+        // goes on from byte 38.
+        assert_eq!(storm_proto::backplane::POSITION_RANGE, 21..37);
+        assert!(
+            PUBLISH_SCRIPT
+                .contains("string.sub(ARGV[4], 1, 21) .. epoch .. be .. string.sub(ARGV[4], 38)")
+        );
+    }
+
+    #[test]
     fn ttls_are_whole_milliseconds() {
         assert_eq!(millis(None), 0);
         assert_eq!(millis(Some(Duration::from_micros(10))), 1);

@@ -18,6 +18,7 @@
 //! | [`link`] | one live connection as a `&mut` machine: a framer or WebSocket, heartbeat, close handshake, idle-buffer release; bytes and `now` in, events, bytes to send and the next deadline out |
 //! | [`reconnect`] | backoff (fixed, exponential with jitter, max attempts) and endpoint sets with round-robin and failover |
 //! | [`route`] | the gateway's route handshake (SYN, SYN/ACK, ACK, route names, end) and `ROUTENAME=` route-addressed messages |
+//! | [`backplane`] | rooms across nodes: channel names, the node-to-node envelope, node ids, per-room offsets and epochs, de-duplication and gap detection, the recovery rule, presence with TTL deadlines |
 //! | [`backpressure`] | pending-byte accounting with pause at the limit and resume at half; slow-consumer decisions (`Wait`, `Drop`, `Disconnect`) |
 //! | [`broker`] | request/response broker: 24-byte frames, streaming and reassembly, consumer/provider routing, request correlation |
 //! | [`rpc`] | request/response RPC: the envelope (request, response, error, cancel), per-message compression, client call correlation with deadlines and cancellation, server request tracking |
@@ -98,6 +99,7 @@
 //! drained.
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod backplane;
 pub mod backpressure;
 pub mod broker;
 pub mod deadline;

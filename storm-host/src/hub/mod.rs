@@ -90,7 +90,7 @@ use std::time::Instant;
 
 use storm_proto::Message;
 
-pub use backplane::{Backplane, LocalBackplane};
+pub use backplane::Backplane;
 pub use metrics::HubMetrics;
 pub use middleware::{Middleware, MiddlewareChain};
 pub use session::{
@@ -370,7 +370,8 @@ struct Shared {
     registry: RwLock<HashMap<SessionId, Entry>>,
     groups: RwLock<Groups>,
     totals: Arc<Totals>,
-    backplane: Arc<dyn Backplane>,
+    /// `None` on a single node: nothing leaves the process.
+    backplane: Option<Arc<dyn Backplane>>,
 }
 
 /// The shared state of a server: registry, groups, gate and totals.
@@ -391,14 +392,14 @@ impl fmt::Debug for Hub {
 }
 
 impl Hub {
-    /// A hub with no sessions and the [`LocalBackplane`]; `now` is its start
-    /// time for [`metrics`](Self::metrics).
+    /// A hub with no sessions and no [`Backplane`] (one node: nothing leaves
+    /// the process); `now` is its start time for [`metrics`](Self::metrics).
     ///
     /// # Errors
     ///
     /// [`HubConfigError`] if `config` does not [validate](HubConfig::validate).
     pub fn new(config: HubConfig, now: Instant) -> Result<Self, HubConfigError> {
-        Self::with_backplane(config, now, Arc::new(LocalBackplane))
+        Self::build(config, now, None)
     }
 
     /// Like [`new`](Self::new), publishing group broadcasts to `backplane`.
@@ -410,6 +411,14 @@ impl Hub {
         config: HubConfig,
         now: Instant,
         backplane: Arc<dyn Backplane>,
+    ) -> Result<Self, HubConfigError> {
+        Self::build(config, now, Some(backplane))
+    }
+
+    fn build(
+        config: HubConfig,
+        now: Instant,
+        backplane: Option<Arc<dyn Backplane>>,
     ) -> Result<Self, HubConfigError> {
         config.validate()?;
         Ok(Self {
@@ -432,6 +441,12 @@ impl Hub {
     /// The hub's settings.
     pub fn config(&self) -> &HubConfig {
         &self.shared.config
+    }
+
+    /// The backplane group broadcasts leave through, `None` on a single
+    /// node.
+    pub fn backplane(&self) -> Option<&Arc<dyn Backplane>> {
+        self.shared.backplane.as_ref()
     }
 
     // ---- connections ----------------------------------------------------
@@ -725,7 +740,8 @@ impl Hub {
 
     /// Queues one `message` (shared, not copied) for the local members of `group` but
     /// `exclude`, like [`broadcast`](Self::broadcast), then
-    /// [publishes](Backplane::publish) it to the backplane for other nodes.
+    /// [publishes](Backplane::publish) it once to the backplane, if any, for
+    /// other nodes.
     pub fn broadcast_group(
         &self,
         group: &str,
@@ -733,7 +749,9 @@ impl Hub {
         exclude: Option<SessionId>,
     ) -> BroadcastReport {
         let report = self.deliver_group(group, message, exclude);
-        self.shared.backplane.publish(group, message);
+        if let Some(backplane) = &self.shared.backplane {
+            backplane.publish(group, message);
+        }
         report
     }
 

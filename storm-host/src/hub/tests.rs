@@ -511,6 +511,35 @@ fn group_broadcast_goes_through_the_backplane() {
 }
 
 #[test]
+fn a_hub_has_a_backplane_only_when_given_one() {
+    assert!(
+        Hub::new(HubConfig::default(), Instant::now())
+            .unwrap()
+            .backplane()
+            .is_none()
+    );
+    let recording = Arc::new(RecordingBackplane::default());
+    let backplane: Arc<dyn Backplane> = recording.clone();
+    let hub = Hub::with_backplane(HubConfig::default(), Instant::now(), backplane.clone()).unwrap();
+    assert!(Arc::ptr_eq(hub.backplane().unwrap(), &backplane));
+    // One publish per group broadcast, whatever the number of local members
+    // (none too: the members may all be on other nodes).
+    let (a, b) = (connect(&hub), connect(&hub));
+    hub.join(a.id(), "room").unwrap();
+    hub.join(b.id(), "room").unwrap();
+    hub.broadcast_group("room", &msg(1), None);
+    hub.broadcast_group("elsewhere", &msg(2), None);
+    let published: Vec<_> = recording
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(group, _)| group.clone())
+        .collect();
+    assert_eq!(published, ["room", "elsewhere"]);
+}
+
+#[test]
 fn thread_waker_unparks() {
     let hub = hub_with(100, SlowConsumerPolicy::Wait);
     let s = connect(&hub);

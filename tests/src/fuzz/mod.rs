@@ -13,6 +13,7 @@
 //! The functions are deterministic (fixed RNG seeds, chunk sizes derived
 //! from the input) so a crash reproduces from its input alone.
 
+pub mod backplane;
 pub mod broker;
 pub mod corpus;
 pub mod route;

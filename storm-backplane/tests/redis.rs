@@ -1,0 +1,415 @@
+//! The Redis backplane against a real `redis-server`: two hubs in one
+//! process are two nodes sharing rooms through it.
+
+mod common;
+
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::RedisServer;
+use storm_backplane::proto::{Position, Unrecoverable};
+use storm_backplane::redis::{Deliver, Recovery, RedisBackplane, RedisConfig, Running};
+use storm_host::hub::{Hub, HubConfig, Outbox};
+use storm_proto::Message;
+use storm_proto::reconnect::BackoffConfig;
+
+/// Longest wait for one event (a message arriving, a reconnect).
+const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One node: a hub whose group broadcasts go through a Redis backplane.
+struct Node {
+    backplane: Arc<RedisBackplane>,
+    hub: Hub,
+    running: Option<Running>,
+}
+
+impl Node {
+    /// A node on `server`, its configuration changed by `edit`, delivering
+    /// through `deliver` (the default when `None`).
+    async fn start(
+        server: &RedisServer,
+        edit: impl FnOnce(&mut RedisConfig),
+        deliver: Option<Deliver>,
+    ) -> Self {
+        let mut config = RedisConfig::default();
+        config.url = server.url();
+        config.prefix = "test".to_owned();
+        config.reconnect = BackoffConfig::fixed(Duration::from_millis(20));
+        edit(&mut config);
+        let backplane = Arc::new(RedisBackplane::new(config).unwrap());
+        let hub =
+            Hub::with_backplane(HubConfig::default(), Instant::now(), backplane.clone()).unwrap();
+        let running = match deliver {
+            Some(deliver) => backplane.start_with(hub.clone(), deliver).await,
+            None => backplane.start(hub.clone()).await,
+        }
+        .unwrap();
+        Self {
+            backplane,
+            hub,
+            running: Some(running),
+        }
+    }
+
+    /// A session of this node in `room`.
+    fn join(&self, room: &str) -> Arc<Outbox> {
+        let session = self
+            .hub
+            .register(self.hub.try_admit().unwrap(), Instant::now())
+            .unwrap();
+        self.hub.join(session.id(), room).unwrap();
+        session
+    }
+
+    async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await;
+        }
+    }
+}
+
+/// A fresh `redis-server` and two nodes of one service on it, both
+/// configured by `edit` and delivering through what `deliver` makes (the
+/// default for `None`); `None` (the test returns) without `redis-server`.
+async fn two_nodes(
+    edit: impl Fn(&mut RedisConfig),
+    deliver: Option<fn() -> Deliver>,
+) -> Option<(RedisServer, Node, Node)> {
+    let server = RedisServer::start()?;
+    let a = Node::start(&server, &edit, deliver.map(|make| make())).await;
+    let b = Node::start(&server, &edit, deliver.map(|make| make())).await;
+    Some((server, a, b))
+}
+
+/// The next message queued for `session`, within [`EVENT_TIMEOUT`].
+async fn next(session: &Outbox) -> Message {
+    let mut out = Vec::new();
+    let drained = tokio::time::timeout(
+        EVENT_TIMEOUT,
+        poll_fn(|cx| session.poll_drain(cx, &mut out, 1)),
+    )
+    .await
+    .expect("a message within the timeout");
+    session.on_written(drained.bytes);
+    assert_eq!(out.len(), 1);
+    out.remove(0)
+}
+
+/// Everything queued for `session` right now.
+fn queued(session: &Outbox) -> Vec<Message> {
+    let mut out = Vec::new();
+    let drained = session.drain_into(&mut out, usize::MAX);
+    session.on_written(drained.bytes);
+    out
+}
+
+fn text(message: &Message) -> &str {
+    std::str::from_utf8(message.as_bytes()).unwrap()
+}
+
+#[tokio::test]
+async fn a_room_message_reaches_another_node_exactly_once() {
+    let Some((_server, a, b)) = two_nodes(|_| {}, None).await else {
+        return;
+    };
+    let on_a = a.join("room");
+    let on_b = b.join("room");
+    let also_on_b = b.join("room");
+    let elsewhere = b.join("other");
+
+    let report = a.hub.broadcast_group("room", &Message::from("one"), None);
+    assert_eq!(report.delivered, 1); // the local member
+    assert_eq!(text(&next(&on_b).await), "one");
+    a.hub.broadcast_group("room", &Message::from("two"), None);
+    assert_eq!(text(&next(&on_b).await), "two");
+    for message in ["one", "two"] {
+        assert_eq!(text(&next(&also_on_b).await), message);
+    }
+
+    // B answers; Redis sends it to A after the echoes of A's own two
+    // (one connection, in publish order), so once it is at A, they are too.
+    b.hub.broadcast_group("room", &Message::from("three"), None);
+    for message in ["one", "two", "three"] {
+        assert_eq!(text(&next(&on_a).await), message);
+    }
+
+    // Nothing else arrived: no second copy anywhere, A's own publications
+    // came back from Redis without reaching its member again, and nothing
+    // leaked into another room.
+    assert!(queued(&on_a).is_empty());
+    assert!(queued(&elsewhere).is_empty());
+    for session in [&on_b, &also_on_b] {
+        let rest: Vec<_> = queued(session).iter().map(|m| text(m).to_owned()).collect();
+        assert_eq!(rest, ["three"]); // B's own, delivered locally
+    }
+
+    // One append and publish per room message (the room's offset counts
+    // them), one delivery per node: not one per session.
+    assert_eq!(b.backplane.position("room").await.unwrap().offset, 3);
+    let (sa, sb) = (a.backplane.stats(), b.backplane.stats());
+    assert_eq!((sa.own, sa.delivered), (2, 1));
+    assert_eq!((sb.delivered, sb.missed, sb.invalid), (2, 0, 0));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_recovers_exactly_the_range_it_missed() {
+    let Some((_server, a, b)) = two_nodes(|c| c.history_len = 4, None).await else {
+        return;
+    };
+    let on_b = b.join("room");
+    let start = b.backplane.position("room").await.unwrap();
+    assert_eq!(start.offset, 0);
+
+    for i in 1..=6 {
+        a.hub
+            .broadcast_group("room", &Message::from(format!("m{i}")), None);
+        assert_eq!(text(&next(&on_b).await), format!("m{i}"));
+    }
+    let top = b.backplane.position("room").await.unwrap();
+    assert_eq!(top, Position::new(start.epoch, 6));
+
+    // A client that saw m3 gets m4..m6, in order, with their positions.
+    let Recovery::Recovered { messages, top: at } = b
+        .backplane
+        .recover("room", Position::new(start.epoch, 3))
+        .await
+        .unwrap()
+    else {
+        panic!("recoverable");
+    };
+    assert_eq!(at, top);
+    let got: Vec<_> = messages
+        .iter()
+        .map(|(p, m)| (p.offset, text(m).to_owned()))
+        .collect();
+    assert_eq!(got, [(4, "m4".into()), (5, "m5".into()), (6, "m6".into())]);
+    // Up to date: nothing.
+    assert_eq!(
+        b.backplane.recover("room", top).await.unwrap(),
+        Recovery::Recovered {
+            messages: Vec::new(),
+            top
+        }
+    );
+    // m2 was trimmed (the history keeps 4): a client that saw m1 is told.
+    assert_eq!(
+        b.backplane
+            .recover("room", Position::new(start.epoch, 1))
+            .await
+            .unwrap(),
+        Recovery::Impossible {
+            reason: Unrecoverable::Trimmed {
+                wanted: 2,
+                oldest: Some(3)
+            },
+            top
+        }
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn redis_down_then_restarted_empty_changes_the_epoch() {
+    let Some((mut server, a, b)) = two_nodes(|_| {}, None).await else {
+        return;
+    };
+    let on_a = a.join("room");
+    let on_b = b.join("room");
+    a.hub
+        .broadcast_group("room", &Message::from("before"), None);
+    assert_eq!(text(&next(&on_b).await), "before");
+    let before = b.backplane.position("room").await.unwrap();
+    assert_eq!(before.offset, 1);
+
+    // Redis goes down: local traffic goes on, nothing waits for it.
+    server.kill();
+    a.hub
+        .broadcast_group("room", &Message::from("during"), None);
+    let local: Vec<_> = queued(&on_a).iter().map(|m| text(m).to_owned()).collect();
+    assert_eq!(local, ["before", "during"]);
+
+    // It comes back empty.
+    server.start_again();
+
+    // The nodes reconnect by themselves: B resubscribes, and a message A
+    // publishes after that reaches B again, from a new epoch. Until both
+    // are back, a publish may fail (counted, never delivered twice) or go
+    // out before B listens: publish again until one arrives.
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    let after = loop {
+        assert!(
+            Instant::now() < deadline,
+            "a message crossed after the restart"
+        );
+        a.hub.broadcast_group("room", &Message::from("after"), None);
+        if let Ok(message) = tokio::time::timeout(Duration::from_millis(500), next(&on_b)).await {
+            break message;
+        }
+    };
+    // "during" never reached B (A's publish of it failed while Redis was
+    // down, counted): what crossed first is "after".
+    assert_eq!(text(&after), "after");
+    let stats = b.backplane.stats();
+    assert_eq!((stats.subscriptions, stats.epoch_changes), (2, 1));
+
+    let now = b.backplane.position("room").await.unwrap();
+    assert_ne!(now.epoch, before.epoch);
+    assert_eq!(
+        b.backplane.recover("room", before).await.unwrap(),
+        Recovery::Impossible {
+            reason: Unrecoverable::EpochChanged {
+                was: before.epoch,
+                now: now.epoch
+            },
+            top: now
+        }
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn presence_spans_nodes_and_expires_with_its_node() {
+    // Long enough that a loaded machine does not miss two refreshes in a
+    // row (one every third of it); the waits below are the TTL passing.
+    let ttl = Duration::from_millis(900);
+    let Some((_server, a, b)) = two_nodes(|c| c.presence_ttl = ttl, None).await else {
+        return;
+    };
+    a.backplane.announce("room", "alice").await.unwrap();
+    b.backplane.announce("room", "bob").await.unwrap();
+    assert_eq!(b.backplane.members("room").await.unwrap(), ["alice", "bob"]);
+    b.backplane.withdraw("room", "bob").await.unwrap();
+    assert_eq!(a.backplane.members("room").await.unwrap(), ["alice"]);
+
+    // Refreshed while A runs: still there after several TTLs.
+    tokio::time::sleep(ttl * 2).await;
+    assert_eq!(b.backplane.members("room").await.unwrap(), ["alice"]);
+    // A stops (as a killed node would): alice is gone within the TTL.
+    a.stop().await;
+    tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+    assert!(b.backplane.members("room").await.unwrap().is_empty());
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn without_history_messages_cross_unpositioned() {
+    let Some((_server, a, b)) = two_nodes(|c| c.history_len = 0, None).await else {
+        return;
+    };
+    let on_b = b.join("room");
+    for message in ["x", "y"] {
+        a.hub.broadcast_group("room", &Message::from(message), None);
+        assert_eq!(text(&next(&on_b).await), message);
+    }
+    // Nothing kept: the room never moved past offset 0.
+    let top = b.backplane.position("room").await.unwrap();
+    assert_eq!(top.offset, 0);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_rooms_history_expires_and_its_epoch_with_it() {
+    // Long enough for the reads right after the message on a loaded
+    // machine; the wait below is the TTL passing.
+    let ttl = Duration::from_secs(1);
+    let Some((_server, a, b)) = two_nodes(|c| c.history_ttl = Some(ttl), None).await else {
+        return;
+    };
+    let on_b = b.join("room");
+    a.hub.broadcast_group("room", &Message::from("m"), None);
+    assert_eq!(text(&next(&on_b).await), "m"); // so it is appended
+    let before = a.backplane.position("room").await.unwrap();
+    assert_eq!(before.offset, 1);
+    // The TTL passes with no message: history and epoch are gone.
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    let Recovery::Impossible { reason, top } = a.backplane.recover("room", before).await.unwrap()
+    else {
+        panic!("an expired history cannot be recovered from");
+    };
+    assert_eq!(
+        reason,
+        Unrecoverable::EpochChanged {
+            was: before.epoch,
+            now: top.epoch
+        }
+    );
+    assert_eq!(top.offset, 0);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn ordered_messages_reach_every_node_in_one_order_with_their_offsets() {
+    // What a chat would do: put the offset into what its sessions get.
+    fn render() -> Deliver {
+        Arc::new(
+            |hub: &Hub, room: &str, at: Option<Position>, message: &Message| {
+                let offset = at.map_or(0, |at| at.offset);
+                let text = format!("{offset}:{}", text(message));
+                hub.deliver_group(room, &Message::from(text), None);
+            },
+        )
+    }
+    let Some((_server, a, b)) = two_nodes(|_| {}, Some(render)).await else {
+        return;
+    };
+    let on_a = a.join("room");
+    let on_b = b.join("room");
+
+    // Published from both nodes at once: whatever order Redis picks, both
+    // nodes' members (the publishers' own included) see that one order,
+    // each message once, with consecutive offsets.
+    a.backplane.publish_ordered("room", &Message::from("x"));
+    b.backplane.publish_ordered("room", &Message::from("y"));
+    let mut seen_a = Vec::new();
+    let mut seen_b = Vec::new();
+    for _ in 0..2 {
+        seen_a.push(text(&next(&on_a).await).to_owned());
+        seen_b.push(text(&next(&on_b).await).to_owned());
+    }
+    assert_eq!(seen_a, seen_b);
+    assert!(
+        seen_a == ["1:x", "2:y"] || seen_a == ["1:y", "2:x"],
+        "{seen_a:?}"
+    );
+    // A third message from A: each node delivers it once, after the two.
+    a.backplane.publish_ordered("room", &Message::from("z"));
+    assert_eq!(text(&next(&on_a).await), "3:z");
+    assert_eq!(text(&next(&on_b).await), "3:z");
+    assert!(queued(&on_a).is_empty() && queued(&on_b).is_empty());
+    assert_eq!(a.backplane.stats().own, 0); // echoes are delivered, not skipped
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_burst_crosses_in_order() {
+    let Some((_server, a, b)) = two_nodes(|_| {}, None).await else {
+        return;
+    };
+    let on_b = b.join("room");
+    const BURST: usize = 500;
+    // Queued faster than one round trip each: the publisher pipelines them.
+    for i in 0..BURST {
+        a.hub
+            .broadcast_group("room", &Message::from(i.to_string()), None);
+    }
+    for i in 0..BURST {
+        assert_eq!(text(&next(&on_b).await), i.to_string());
+    }
+    let top = b.backplane.position("room").await.unwrap();
+    assert_eq!(top.offset, 500);
+    let stats = b.backplane.stats();
+    assert_eq!(
+        (stats.delivered, stats.missed, stats.duplicates),
+        (500, 0, 0)
+    );
+    a.stop().await;
+    b.stop().await;
+}

@@ -16,6 +16,7 @@ const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 mod bench;
 mod broker;
+mod cert;
 mod chat;
 mod client;
 mod echo;
@@ -57,6 +58,10 @@ enum Command {
     /// Load generator for every service: msgs/s and round-trip latency
     /// percentiles. Exit code 2 for bad flags (a non-loopback address).
     Bench(bench::BenchArgs),
+    /// Make a development CA and a server certificate it signed (ca.pem,
+    /// cert.pem, key.pem) for --tls and --tls-ca, and print commands that
+    /// use them.
+    Cert(cert::CertArgs),
 }
 
 /// `storm client <service>`.
@@ -107,6 +112,7 @@ fn main() -> ExitCode {
         Command::Client(ClientCommand::Ws(args)) => return client::ws(&args),
         Command::Client(ClientCommand::Tcp(args)) => return client::tcp(&args),
         Command::Bench(args) => return bench::run(&args),
+        Command::Cert(args) => cert::run(&args),
         Command::Echo(args) => echo::run(&args),
         Command::Json(args) => json::serve(&args),
         Command::Chat(args) => chat::run(&args),

@@ -187,6 +187,22 @@ fn a_server_with_cert_files_is_trusted_by_clients_of_its_ca() {
     let (status, stderr) = client.finish();
     assert_eq!(status.code(), Some(0), "{stderr}");
 
+    // `storm client rpc` takes the same CA.
+    let (rpc, rpc_addr) = Storm::serve("rpc", "127.0.0.1:0", &tls);
+    let rpc_port = rpc_addr.rsplit(':').next().unwrap();
+    let (status, stderr) = Storm::spawn(&[
+        "client",
+        "rpc",
+        "--endpoint",
+        &format!("wss://localhost:{rpc_port}/"),
+        "--tls-ca",
+        path(&ca),
+        "--timeout-ms",
+        "10000",
+    ])
+    .exit();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+
     // The extra name is in the certificate: a client that expects it (its
     // server_name) accepts the server at 127.0.0.1.
     let (tx, rx) = mpsc::channel();
@@ -209,7 +225,7 @@ fn a_server_with_cert_files_is_trusted_by_clients_of_its_ca() {
     let echoed = rx.recv_timeout(Duration::from_secs(20)).expect("echo");
     assert_eq!(echoed.as_bytes(), b"named");
     client.close();
-    drop((ws, ws6, line));
+    drop((ws, ws6, line, rpc));
 }
 
 /// The certificate most people make first, a self-signed CA certificate

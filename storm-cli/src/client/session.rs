@@ -150,7 +150,7 @@ impl Run {
         let mut failures = 0;
         loop {
             let now = Instant::now();
-            let Some(index) = self.pick(plan.failover, now) else {
+            let Some(index) = pick(&mut self.set, plan.failover, now) else {
                 // Without --reconnect, nothing is tried twice.
                 plan.reconnect.as_ref()?;
                 // Every endpoint is backing off: wait for the first.
@@ -195,17 +195,6 @@ impl Run {
                     eprintln!("storm client: {}: {e}{next}", target.label);
                 }
             }
-        }
-    }
-
-    /// The endpoint for the next connection: with failover the first one
-    /// that is up, else the next one in turn.
-    fn pick(&mut self, failover: bool, now: Instant) -> Option<usize> {
-        if failover {
-            self.set.handle_timeout(now);
-            (0..self.set.len()).find(|&index| self.set.is_available(index, now))
-        } else {
-            self.set.next(now).map(|(index, _)| index)
         }
     }
 
@@ -291,6 +280,18 @@ impl Run {
     }
 }
 
+/// The endpoint for the next connection: with failover the first one that
+/// is up, else the next one in turn after the last pick; `None` while all
+/// are backing off.
+fn pick(set: &mut EndpointSet<usize>, failover: bool, now: Instant) -> Option<usize> {
+    if failover {
+        set.handle_timeout(now);
+        (0..set.len()).find(|&index| set.is_available(index, now))
+    } else {
+        set.next(now).map(|(index, _)| index)
+    }
+}
+
 /// A send in progress.
 type Sending<'a> = Pin<Box<dyn Future<Output = Result<(), ClientError>> + 'a>>;
 
@@ -358,5 +359,43 @@ impl Output {
             out.write_all(b"\n")?;
         }
         out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use storm_proto::reconnect::BackoffConfig;
+
+    fn set() -> EndpointSet<usize> {
+        let backoff = BackoffConfig::fixed(Duration::from_secs(1));
+        EndpointSet::new(0..3, backoff, 7).unwrap()
+    }
+
+    #[test]
+    fn failover_takes_the_first_endpoint_up_and_round_robin_the_next() {
+        let now = Instant::now();
+        let (mut failover, mut round_robin) = (set(), set());
+        let picks = |set: &mut EndpointSet<usize>, failover| {
+            (0..4).map(|_| pick(set, failover, now)).collect::<Vec<_>>()
+        };
+        assert_eq!(picks(&mut failover, true), [Some(0); 4]);
+        assert_eq!(
+            picks(&mut round_robin, false),
+            [Some(0), Some(1), Some(2), Some(0)]
+        );
+        // The first one drops: failover moves to the second until the
+        // first's retry time, then back.
+        let _ = failover.mark_down(0, now);
+        assert_eq!(pick(&mut failover, true, now), Some(1));
+        let later = now + Duration::from_secs(1);
+        assert_eq!(pick(&mut failover, true, later), Some(0));
+        // All down: nothing until the first retry time.
+        for index in 0..3 {
+            let _ = round_robin.mark_down(index, now);
+        }
+        assert_eq!(pick(&mut round_robin, false, now), None);
+        assert_eq!(round_robin.poll_timeout(), Some(later));
     }
 }

@@ -16,7 +16,9 @@ const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 mod bench;
 mod broker;
+mod cert;
 mod chat;
+mod client;
 mod echo;
 mod gateway;
 mod json;
@@ -56,6 +58,10 @@ enum Command {
     /// Load generator for every service: msgs/s and round-trip latency
     /// percentiles. Exit code 2 for bad flags (a non-loopback address).
     Bench(bench::BenchArgs),
+    /// Make a development CA and a server certificate it signed (ca.pem,
+    /// cert.pem, key.pem) for --tls and --tls-ca, and print commands that
+    /// use them.
+    Cert(cert::CertArgs),
 }
 
 /// `storm client <service>`.
@@ -69,6 +75,12 @@ enum ClientCommand {
     /// RPC client: calls a method on one or more endpoints (round-robin or
     /// failover), with timeouts, compression and a byte trace.
     Rpc(rpc::ClientArgs),
+    /// Generic WebSocket client: each stdin line goes out as a message,
+    /// each message received is printed on a line.
+    Ws(client::WsArgs),
+    /// Generic TCP client (raw, length-prefixed or lines): each stdin line
+    /// goes out as a message, each message received is printed on a line.
+    Tcp(client::TcpArgs),
 }
 
 /// Whether log lines carry ANSI colours: only when stderr is a terminal
@@ -97,7 +109,10 @@ fn main() -> ExitCode {
         Command::Gateway(args) => return gateway::run(&args),
         Command::Rpc(args) => return rpc::serve(&args),
         Command::Client(ClientCommand::Rpc(args)) => return rpc::client(&args),
+        Command::Client(ClientCommand::Ws(args)) => return client::ws(&args),
+        Command::Client(ClientCommand::Tcp(args)) => return client::tcp(&args),
         Command::Bench(args) => return bench::run(&args),
+        Command::Cert(args) => cert::run(&args),
         Command::Echo(args) => echo::run(&args),
         Command::Json(args) => json::serve(&args),
         Command::Chat(args) => chat::run(&args),

@@ -348,7 +348,8 @@ fn certificate_hint(error: &rustls::CertificateError) -> Option<String> {
                  constraints CA:TRUE) used as the server's own, which `openssl req -x509` \
                  makes unless told otherwise: give the server a leaf certificate (CA:FALSE) \
                  with a subjectAltName for its name, signed by a CA the client trusts \
-                 (--tls-ca CA_PEM); or, self-signed, add `-addext \
+                 (--tls-ca CA_PEM): `storm cert --out DIR` makes both; or, self-signed, add \
+                 `-addext \
                  basicConstraints=critical,CA:FALSE -addext \
                  subjectAltName=DNS:localhost,IP:127.0.0.1` to that openssl command"
                 .to_owned(),
@@ -668,6 +669,7 @@ mod tests {
             "{hint}"
         );
         assert!(hint.contains("subjectAltName"), "{hint}");
+        assert!(hint.contains("`storm cert --out DIR` makes both"), "{hint}");
 
         // A proper CA and leaf, and what goes wrong with them.
         let (ca_pem, ca_key, ca_params) = certificate(&[], true, None, |_| {});

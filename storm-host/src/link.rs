@@ -25,13 +25,14 @@
 //! # Replies before the close reply
 //!
 //! A reply the application sent in answer to an event is written before
-//! anything later input causes (the close reply to the peer's close frame,
-//! the close frame of a protocol error): the link writes in the order it
-//! framed, so before [`LinkDriver::poll_event`] parses further WebSocket
-//! input it frames what the outbox holds (only then; a framed link has no
-//! output of its own and leaves the outbox to the writer, so that the
-//! outbox's limit holds against a peer that sends but never reads). What
-//! it frames there counts against the send limit until the writer comes
+//! anything later input causes (the auto-pong to a later ping, the close
+//! reply to the peer's close frame, the close frame of a protocol error):
+//! the WebSocket owes those until its next transmit (see
+//! [`storm_proto::ws::Connection::poll_transmit`]), and before
+//! [`LinkDriver::poll_event`] hands out a ping or a WebSocket's `Closed`
+//! it frames what the outbox holds. Replies to ordinary messages stay in
+//! the outbox meanwhile, for the writer to take many at once. What the
+//! read path frames counts against the send limit until the writer comes
 //! back for more, having written it.
 //!
 //! ```
@@ -137,6 +138,16 @@ pub struct LinkDriver {
     /// An auto-pong found no room under the send limit: the reader waits
     /// until the limit drains to half.
     pong_held: bool,
+    /// Messages handed out and not yet counted in the outbox's metrics:
+    /// counted once per batch (when `poll_event` runs dry or closes), not
+    /// with two atomic adds per message.
+    received: u64,
+}
+
+impl Drop for LinkDriver {
+    fn drop(&mut self) {
+        self.count_received();
+    }
 }
 
 impl LinkDriver {
@@ -164,6 +175,7 @@ impl LinkDriver {
             unreleased: 0,
             in_writer: 0,
             pong_held: false,
+            received: 0,
         })
     }
 
@@ -260,9 +272,9 @@ impl LinkDriver {
     }
 
     /// The next event, in order, after middleware; `None` when nothing
-    /// more can be parsed (read more, or wait for the timer). Frames what
-    /// the outbox holds first (see [the module docs](self)); the writer is
-    /// woken when output is ready.
+    /// more can be parsed (read more, or wait for the timer). Before a ping
+    /// or a WebSocket's `Closed` it frames what the outbox holds (see [the
+    /// module docs](self)); the writer is woken when output is ready.
     pub fn poll_event(&mut self, now: Instant) -> Option<LinkEvent> {
         loop {
             let event = if self.link.has_queued_events() {
@@ -274,13 +286,20 @@ impl LinkDriver {
                 None
             } else {
                 let before = self.link.has_transmit();
-                // Only a WebSocket link makes output of its own that must
-                // not overtake the replies already queued.
-                let ordered = self.link.is_websocket() && self.outbox.has_queued();
-                if ordered || self.outbox.close_request().is_some() {
+                if self.outbox.close_request().is_some() {
                     self.pump(now, usize::MAX, false);
                 }
                 let event = self.link.poll_event(now);
+                // Output of the WebSocket's own answers this input: the
+                // replies to what came before go ahead of it.
+                let answers = match &event {
+                    Some(LinkEvent::Ping(_)) => true,
+                    Some(LinkEvent::Closed(_)) => self.link.is_websocket(),
+                    _ => false,
+                };
+                if answers && self.outbox.has_queued() {
+                    self.pump(now, usize::MAX, false);
+                }
                 if matches!(event, Some(LinkEvent::Ping(_))) {
                     self.admit_pong();
                 }
@@ -291,25 +310,39 @@ impl LinkDriver {
                 }
                 event
             };
-            if let Some(event) = self.deliver(event?) {
+            let Some(event) = event else {
+                self.count_received();
+                return None;
+            };
+            if let Some(event) = self.deliver(event) {
                 return Some(event);
             }
         }
     }
 
+    /// Adds the messages handed out since the last call to the outbox's
+    /// metrics.
+    fn count_received(&mut self) {
+        if self.received > 0 {
+            self.outbox
+                .on_messages_received(std::mem::take(&mut self.received));
+        }
+    }
+
     /// Bookkeeping, middleware and session state for one event leaving the
     /// driver; `None` when middleware suppressed it.
-    fn deliver(&self, mut event: LinkEvent) -> Option<LinkEvent> {
+    fn deliver(&mut self, mut event: LinkEvent) -> Option<LinkEvent> {
         let id = self.outbox.id();
         match &mut event {
             LinkEvent::Message(message) => {
-                self.outbox.on_message_received();
+                self.received += 1;
                 if let Some(chain) = &self.middleware {
                     let taken = std::mem::replace(message, Message::Binary(Bytes::new()));
                     *message = chain.received(id, taken)?;
                 }
             }
             LinkEvent::Closed(reason) => {
+                self.count_received();
                 // Refuse further sends; the writer flushes what must go out.
                 self.outbox.request_close(CloseKind::Graceful);
                 if let Some(chain) = &self.middleware {

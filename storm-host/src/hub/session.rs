@@ -733,10 +733,16 @@ impl Outbox {
 
     /// Counts one message received (after decoding and middleware).
     pub fn on_message_received(&self) {
-        self.messages_received.fetch_add(1, Ordering::Relaxed);
+        self.on_messages_received(1);
+    }
+
+    /// Counts `count` messages received, for a reader that counts a batch
+    /// at once.
+    pub fn on_messages_received(&self, count: u64) {
+        self.messages_received.fetch_add(count, Ordering::Relaxed);
         self.traffic()
             .messages_received
-            .fetch_add(1, Ordering::Relaxed);
+            .fetch_add(count, Ordering::Relaxed);
     }
 
     /// A snapshot of the session's counters.

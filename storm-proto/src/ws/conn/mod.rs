@@ -72,7 +72,9 @@ pub enum Event {
     /// A pong.
     Pong(Bytes),
     /// The connection closed: the peer's close frame (its reply, if we
-    /// closed first; our reply is queued, if it did), or
+    /// closed first; our reply goes out with the next
+    /// [`Connection::poll_transmit`], after the data queued before it, if
+    /// it did), or
     /// [`CloseCode::ABNORMAL`] when the transport ended without one. No
     /// other event follows.
     Close(CloseFrame),
@@ -223,7 +225,8 @@ enum State {
     CloseSent,
     /// Both close frames are exchanged, or the transport ended.
     Closed,
-    /// The peer broke the protocol; our close frame is queued.
+    /// The peer broke the protocol; our close frame is owed (see
+    /// `Connection::close_reply`) or went out.
     Failed(ProtocolError),
 }
 
@@ -315,6 +318,11 @@ pub struct Connection {
     /// The auto-pong waiting for transmit: the latest ping's payload.
     /// Boxed: most connections never carry one.
     pong: Option<Box<PongPayload>>,
+    /// The close frame this side owes since the peer's close frame or a
+    /// protocol error: queued by the next `poll_transmit`, so that data
+    /// queued before then (answers to what arrived before the close) goes
+    /// out ahead of it. Boxed: most connections never carry one.
+    close_reply: Option<Box<CloseReply>>,
     /// Masking keys; present on clients only.
     rng: Option<Box<StdRng>>,
     deflate: Option<Box<Deflate>>,
@@ -327,6 +335,12 @@ pub struct Connection {
 struct Deflate {
     codec: PerMessageDeflate,
     scratch: BytesMut,
+}
+
+/// A close frame owed to the peer, not yet queued.
+struct CloseReply {
+    code: Option<CloseCode>,
+    reason: String,
 }
 
 /// The payload of a ping whose pong waits for transmit.
@@ -422,6 +436,7 @@ impl Connection {
             queued: VecDeque::new(),
             output: BytesMut::new(),
             pong: None,
+            close_reply: None,
             rng,
             deflate: None,
             eof: false,
@@ -501,6 +516,9 @@ impl Connection {
             + self.deflate.as_ref().map_or(0, |d| d.scratch.capacity())
             + self.events.capacity() * std::mem::size_of::<Event>()
             + self.queued.capacity() * std::mem::size_of::<Bytes>()
+            + self.close_reply.as_ref().map_or(0, |reply| {
+                std::mem::size_of::<CloseReply>() + reply.reason.capacity()
+            })
             + self
                 .pong
                 .as_ref()
@@ -514,6 +532,10 @@ impl Connection {
         self.queued.iter().map(Bytes::len).sum::<usize>()
             + self.output.len()
             + self.waiting_pong().unwrap_or(0)
+            + self
+                .close_reply
+                .as_ref()
+                .map_or(0, |reply| close_frame_len(self.rng.is_some(), reply))
     }
 
     /// Feeds bytes read from the transport, in any chunking. Then drain
@@ -586,8 +608,10 @@ impl Connection {
     /// # Errors
     ///
     /// The [`ProtocolError`] the peer committed, after every event before it.
-    /// A close frame with its code is queued for transmit, and every later
-    /// call returns the same error.
+    /// A close frame with its code goes out with the next
+    /// [`poll_transmit`](Self::poll_transmit), after the data queued before
+    /// it (answers to the messages before the error), and every later call
+    /// returns the same error.
     pub fn poll_event(&mut self) -> Result<Option<Event>, ProtocolError> {
         loop {
             if let Some(event) = self.events.pop_front() {
@@ -627,6 +651,9 @@ impl Connection {
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         self.queue_pong();
+        if let Some(reply) = self.close_reply.take() {
+            self.queue_close(reply.code, &reply.reason);
+        }
         if let Some(bytes) = self.queued.pop_front() {
             return Some(bytes);
         }
@@ -639,7 +666,10 @@ impl Connection {
     /// Whether [`poll_transmit`](Self::poll_transmit) has anything to give.
     #[must_use]
     pub fn has_transmit(&self) -> bool {
-        !self.queued.is_empty() || !self.output.is_empty() || self.pong.is_some()
+        !self.queued.is_empty()
+            || !self.output.is_empty()
+            || self.pong.is_some()
+            || self.close_reply.is_some()
     }
 
     /// The length of the frame of the auto-pong that waits for transmit
@@ -668,7 +698,10 @@ impl Connection {
     ///
     /// # Errors
     ///
-    /// [`SendError::Closed`] once a close frame was sent or received.
+    /// [`SendError::Closed`] once a close frame was sent, or received and
+    /// answered: until [`poll_transmit`](Self::poll_transmit) queues the
+    /// answer to the peer's close (or the close frame of a protocol
+    /// error), messages are still queued, ahead of it.
     pub fn send_text(&mut self, text: &str) -> Result<(), SendError> {
         self.send_data(OpCode::Text, text.as_bytes())
     }
@@ -677,7 +710,7 @@ impl Connection {
     ///
     /// # Errors
     ///
-    /// [`SendError::Closed`] once a close frame was sent or received.
+    /// As for [`send_text`](Self::send_text).
     pub fn send_binary(&mut self, data: &[u8]) -> Result<(), SendError> {
         self.send_data(OpCode::Binary, data)
     }
@@ -728,7 +761,7 @@ impl Connection {
         if payload.len() > MAX_CONTROL_PAYLOAD {
             return Err(SendError::ControlTooLong(payload.len()));
         }
-        if self.state != State::Open {
+        if !self.can_send() {
             return Err(SendError::Closed);
         }
         self.queue_frame(FrameHeader::new(opcode, 0), payload);
@@ -736,7 +769,7 @@ impl Connection {
     }
 
     fn send_data(&mut self, opcode: OpCode, data: &[u8]) -> Result<(), SendError> {
-        if self.state != State::Open {
+        if !self.can_send() {
             return Err(SendError::Closed);
         }
         let mut scratch = self
@@ -803,12 +836,20 @@ impl Connection {
         self.queue_frame(FrameHeader::new(OpCode::Close, 0), &payload[..len]);
     }
 
-    /// Records a protocol failure: queue our close frame (unless one went
-    /// out already) and stay failed.
+    /// Whether data may be queued: the connection is open, or its close
+    /// reply waits for the next `poll_transmit`.
+    fn can_send(&self) -> bool {
+        self.state == State::Open || self.close_reply.is_some()
+    }
+
+    /// Records a protocol failure: our close frame is owed (unless one went
+    /// out already) and the connection stays failed.
     fn fail(&mut self, error: ProtocolError) -> ProtocolError {
         if self.state == State::Open {
-            let reason = error.to_string();
-            self.queue_close(Some(error.close_code()), &reason);
+            self.close_reply = Some(Box::new(CloseReply {
+                code: Some(error.close_code()),
+                reason: error.to_string(),
+            }));
         }
         self.state = State::Failed(error.clone());
         self.release_input();
@@ -1046,13 +1087,26 @@ impl Connection {
         if self.state == State::Open {
             // Echo the peer's code, as RFC 6455 section 5.5.1 asks.
             let code = (frame.code != CloseCode::NO_STATUS).then_some(frame.code);
-            self.queue_close(code, "");
+            self.close_reply = Some(Box::new(CloseReply {
+                code,
+                reason: String::new(),
+            }));
         }
         self.state = State::Closed;
         self.release_input();
         self.events.push_back(Event::Close(frame));
         Ok(())
     }
+}
+
+/// The length of the close frame `reply` makes: header, mask key on a
+/// client, code and reason (cut as `queue_close` cuts it).
+fn close_frame_len(masked: bool, reply: &CloseReply) -> usize {
+    let payload = match reply.code {
+        Some(_) => 2 + truncate_utf8(&reply.reason, CloseFrame::MAX_REASON_LEN).len(),
+        None => 0,
+    };
+    2 + if masked { 4 } else { 0 } + payload
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a char

@@ -126,8 +126,6 @@ pub struct LinkDriver {
     link: Link,
     outbox: Arc<Outbox>,
     middleware: Option<Arc<MiddlewareChain>>,
-    /// Scratch for draining the outbox.
-    batch: Vec<Message>,
     /// Bytes the read path framed (replies from the outbox, auto-pongs)
     /// that count against the send limit and the writer has not taken yet,
     /// so a peer that sends (or pings) but never reads meets the limit.
@@ -171,7 +169,6 @@ impl LinkDriver {
             link,
             outbox,
             middleware: config.middleware.clone(),
-            batch: Vec::new(),
             unreleased: 0,
             in_writer: 0,
             pong_held: false,
@@ -383,20 +380,20 @@ impl LinkDriver {
     /// result now, so the bytes leave the send limit; otherwise (the read
     /// path) they stay counted until it does.
     fn pump(&mut self, now: Instant, max_bytes: usize, for_writer: bool) {
-        let mut batch = std::mem::take(&mut self.batch);
+        // Framed under the outbox's lock, straight from its queue (an
+        // abort hands out nothing).
+        let link = &mut self.link;
+        let frame = |message: Message| link.send(&message);
         let drained = if for_writer {
-            self.outbox.drain_written(&mut batch, max_bytes)
+            self.outbox.drain_written(max_bytes, frame)
         } else {
-            let drained = self.outbox.drain_into(&mut batch, max_bytes);
+            let drained = self.outbox.drain_with(max_bytes, frame);
             self.unreleased += drained.bytes;
             drained
         };
         match drained.close {
             Some(CloseKind::Abort) => self.link.abort(),
             close => {
-                for message in batch.drain(..) {
-                    self.link.send(&message);
-                }
                 if close == Some(CloseKind::Graceful) {
                     let (code, reason) = self
                         .outbox
@@ -406,7 +403,6 @@ impl LinkDriver {
                 }
             }
         }
-        self.batch = batch;
     }
 
     /// The write path: appends buffers to write (in order) to `out`, at most
@@ -416,7 +412,7 @@ impl LinkDriver {
     /// every read, once what the last call appended is written: the bytes
     /// the read path framed (replies, auto-pongs) count against the send
     /// limit until the writer comes back. When [`Transmit::release`] says
-    /// so, the outbox's queue and the driver's scratch were returned too.
+    /// so, the outbox's queue was returned too.
     pub fn poll_transmit(
         &mut self,
         now: Instant,
@@ -438,9 +434,6 @@ impl LinkDriver {
         }
         let transmit = self.link.poll_transmit(now, out);
         if transmit.release {
-            if self.batch.capacity() != 0 {
-                self.batch = Vec::new();
-            }
             self.outbox.release_buffers();
         }
         if self.link.is_closed() && self.link.has_queued_events() {
@@ -615,9 +608,7 @@ mod tests {
 
     /// Buffers and queues of the link, its protocol and its outbox.
     fn buffer_capacity(link: &mut Conn) -> usize {
-        link.driver.link().buffer_capacity()
-            + link.driver.batch.capacity()
-            + link.outbox().outbox_capacity()
+        link.driver.link().buffer_capacity() + link.outbox().outbox_capacity()
     }
 
     /// `request` × 20 in, each echoed back, all written at `now`.
@@ -670,7 +661,7 @@ mod tests {
         let again = link.poll_transmit(soon, &mut out, 1 << 20);
         assert_eq!((again.bytes, again.timer_changed), (0, false));
         link.handle_timeout(due);
-        // The link's own at once; the outbox's and the driver's scratch
+        // The link's own at once; the outbox's
         // when the writer, woken by the timeout, hears of it.
         let told = link.poll_transmit(due, &mut out, 1 << 20);
         assert_eq!((told.bytes, told.release), (0, true));

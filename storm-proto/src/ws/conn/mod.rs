@@ -772,43 +772,53 @@ impl Connection {
         if !self.can_send() {
             return Err(SendError::Closed);
         }
-        let mut scratch = self
+        let first = FrameHeader::new(opcode, 0);
+        let Some(deflate) = self
             .deflate
             .as_mut()
-            .map(|deflate| std::mem::take(&mut deflate.scratch))
-            .unwrap_or_default();
-        let mut first = FrameHeader::new(opcode, 0);
-        let payload = match &mut self.deflate {
-            Some(deflate) if deflate.codec.should_compress(data.len()) => {
-                scratch.clear();
-                deflate
-                    .codec
-                    .compress(data, &mut scratch)
-                    .map_err(SendError::Deflate)?;
-                first.rsv1 = true;
-                &scratch[..]
-            }
-            _ => data,
+            .filter(|deflate| deflate.codec.should_compress(data.len()))
+        else {
+            self.queue_fragments(first, data);
+            return Ok(());
         };
-        let size = self.config.send_fragment_size;
-        if size == 0 || payload.len() <= size {
-            self.queue_frame(first, payload);
-        } else {
-            let count = payload.len().div_ceil(size);
-            for (i, chunk) in payload.chunks(size).enumerate() {
-                let mut header = if i == 0 {
-                    first
-                } else {
-                    FrameHeader::new(OpCode::Continuation, 0)
-                };
-                header.fin = i + 1 == count;
-                self.queue_frame(header, chunk);
-            }
-        }
+        let mut scratch = std::mem::take(&mut deflate.scratch);
+        scratch.clear();
+        deflate
+            .codec
+            .compress(data, &mut scratch)
+            .map_err(SendError::Deflate)?;
+        self.queue_fragments(
+            FrameHeader {
+                rsv1: true,
+                ..first
+            },
+            &scratch,
+        );
         if let Some(deflate) = &mut self.deflate {
             deflate.scratch = scratch;
         }
         Ok(())
+    }
+
+    /// Queues `payload` as one frame with `first`'s header, or as
+    /// fragments of at most [`Config::send_fragment_size`] bytes, the first
+    /// with `first`'s header, the rest continuations.
+    fn queue_fragments(&mut self, first: FrameHeader, payload: &[u8]) {
+        let size = self.config.send_fragment_size;
+        if size == 0 || payload.len() <= size {
+            self.queue_frame(first, payload);
+            return;
+        }
+        let count = payload.len().div_ceil(size);
+        for (i, chunk) in payload.chunks(size).enumerate() {
+            let mut header = if i == 0 {
+                first
+            } else {
+                FrameHeader::new(OpCode::Continuation, 0)
+            };
+            header.fin = i + 1 == count;
+            self.queue_frame(header, chunk);
+        }
     }
 
     fn queue_frame(&mut self, mut header: FrameHeader, payload: &[u8]) {

@@ -1,1 +1,3 @@
 //! Support code for Storm's benchmarks.
+
+pub mod per_message;

@@ -67,7 +67,7 @@ use bytes::{Bytes, BytesMut};
 use crate::Message;
 use crate::framing::{Framer, FramingError};
 use crate::heartbeat::{Heartbeat, HeartbeatConfig, HeartbeatConfigError, HeartbeatEvent};
-use crate::ws::{self, CloseCode, CloseFrame, ProtocolError, release_bytes};
+use crate::ws::{self, CloseCode, CloseFrame, InputGrowth, ProtocolError, release_bytes};
 
 /// The protocol a link speaks.
 pub enum Protocol {
@@ -99,6 +99,7 @@ struct Framed {
     framer: Box<dyn Framer + Send>,
     /// Bytes not yet cut into messages.
     input: BytesMut,
+    input_growth: InputGrowth,
     /// Frames ready for the writer.
     output: BytesMut,
 }
@@ -122,6 +123,7 @@ impl From<Protocol> for Wire {
             Protocol::Framed(framer) => Self::Framed(Box::new(Framed {
                 framer,
                 input: BytesMut::new(),
+                input_growth: InputGrowth::default(),
                 output: BytesMut::new(),
             })),
             Protocol::WebSocket(conn) => Self::WebSocket(conn),
@@ -411,7 +413,7 @@ impl Link {
         }
         self.note_input(now);
         match &mut self.wire {
-            Wire::Framed(framed) => framed.input.extend_from_slice(data),
+            Wire::Framed(framed) => framed.input_growth.append(&mut framed.input, data),
             Wire::WebSocket(conn) => conn.handle_input(data),
         }
     }
@@ -659,7 +661,7 @@ impl Link {
         }
         match &mut self.wire {
             Wire::Framed(framed) => {
-                release_bytes(&mut framed.input);
+                framed.input_growth.release(&mut framed.input);
                 release_bytes(&mut framed.output);
             }
             Wire::WebSocket(conn) => conn.release_buffers(),

@@ -305,6 +305,7 @@ pub struct Connection {
     config: Config,
     state: State,
     input: BytesMut,
+    input_growth: InputGrowth,
     frame: Option<InFrame>,
     message: Option<InMessage>,
     utf8: Utf8Validator,
@@ -389,6 +390,53 @@ pub(crate) fn release_bytes(buf: &mut BytesMut) {
     }
 }
 
+/// The most an input buffer allocates ahead of the read that needed a new
+/// allocation: the adapters' read size.
+const INPUT_AHEAD_MAX: usize = 16 * 1024;
+
+/// How an input buffer grows when a read does not fit it. Messages cut
+/// out of the buffer (`split_to`, no copy) share its allocation, so while
+/// the application still holds one (in an outbox, in other sessions'
+/// outboxes after a broadcast), the space behind it cannot be reused and
+/// a read that does not fit the rest needs a new allocation. Each such
+/// allocation makes room for twice as much as the one before, up to
+/// [`INPUT_AHEAD_MAX`] beyond what is buffered: a connection whose
+/// messages outlive the next read then allocates twice (buffer and its
+/// shared header) per 16 KiB read instead of twice per read, while one
+/// whose messages are gone by then reuses its buffer, which stays the
+/// size of its reads. A held message keeps its whole buffer alive, as it
+/// did when its read was 16 KiB: no more than that.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct InputGrowth {
+    /// What the next new allocation reserves at least, beyond what is
+    /// buffered; 0 at first (the first read gets what it needs).
+    next: u32,
+}
+
+impl InputGrowth {
+    /// Appends `data` to `buf`, reusing its space when nothing else holds
+    /// it.
+    pub(crate) fn append(&mut self, buf: &mut BytesMut, data: &[u8]) {
+        if buf.capacity() - buf.len() < data.len() && !buf.try_reclaim(data.len()) {
+            let want = data.len().max(self.next as usize);
+            buf.reserve(want);
+            let next = want.saturating_mul(2).min(INPUT_AHEAD_MAX);
+            self.next = u32::try_from(next).unwrap_or(u32::MAX);
+        }
+        buf.extend_from_slice(data);
+    }
+
+    /// [`release_bytes`] of `buf`: when it holds nothing, its allocation
+    /// is dropped, and the next one starts at the size of its first read
+    /// again.
+    pub(crate) fn release(&mut self, buf: &mut BytesMut) {
+        if buf.is_empty() {
+            self.next = 0;
+        }
+        release_bytes(buf);
+    }
+}
+
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
@@ -429,6 +477,7 @@ impl Connection {
             config,
             state: State::Open,
             input: BytesMut::new(),
+            input_growth: InputGrowth::default(),
             frame: None,
             message: None,
             utf8: Utf8Validator::default(),
@@ -493,7 +542,7 @@ impl Connection {
     /// connection holds no buffer memory; they grow again with traffic.
     /// Cheap when there is nothing to free.
     pub fn release_buffers(&mut self) {
-        release_bytes(&mut self.input);
+        self.input_growth.release(&mut self.input);
         release_bytes(&mut self.output);
         if let Some(deflate) = &mut self.deflate {
             release_bytes(&mut deflate.scratch);
@@ -545,7 +594,7 @@ impl Connection {
     /// discarded.
     pub fn handle_input(&mut self, data: &[u8]) {
         if self.state == State::Open || self.state == State::CloseSent {
-            self.input.extend_from_slice(data);
+            self.input_growth.append(&mut self.input, data);
         }
     }
 

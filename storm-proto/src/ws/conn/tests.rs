@@ -945,3 +945,59 @@ proptest! {
         );
     }
 }
+
+/// Appends one 32-byte read per message to `buf`, cutting each out and
+/// keeping it in `held`: how many reads found no room, and the largest
+/// capacity the buffer had.
+fn grow(
+    growth: &mut InputGrowth,
+    buf: &mut BytesMut,
+    reads: usize,
+    held: &mut Vec<Bytes>,
+) -> (usize, usize) {
+    let mut no_room = 0;
+    let mut largest = 0;
+    for i in 0..reads {
+        if buf.capacity() - buf.len() < 32 {
+            no_room += 1;
+        }
+        growth.append(buf, &[i as u8; 32]);
+        largest = largest.max(buf.capacity());
+        held.push(buf.split_to(32).freeze());
+    }
+    (no_room, largest)
+}
+
+#[test]
+fn input_growth_doubles_while_messages_are_held_and_reuses_otherwise() {
+    let mut growth = InputGrowth::default();
+    let mut buf = BytesMut::new();
+    let mut held = Vec::new();
+    // Held: buffers of 32, 64, 128, 256 and 512 bytes, not 20 of 32.
+    assert_eq!(grow(&mut growth, &mut buf, 20, &mut held), (5, 512));
+    for (i, message) in (0u8..).zip(&held) {
+        assert_eq!(message[..], [i; 32]);
+    }
+    // Then 1, 2, 4, 8 KiB, and 16 KiB at most.
+    assert_eq!(grow(&mut growth, &mut buf, 2000, &mut held), (7, 16 * 1024));
+    for (i, message) in held[20..].iter().enumerate() {
+        assert_eq!(message[..], [i as u8; 32]);
+    }
+    // Nothing held: the same buffer again, however many reads.
+    held.clear();
+    let mut places = Vec::new();
+    for i in 0..2000 {
+        growth.append(&mut buf, &[i as u8; 32]);
+        let message = buf.split_to(32).freeze();
+        assert_eq!(message[..], [i as u8; 32]);
+        places.push(message.as_ptr() as usize);
+    }
+    let (first, last) = (places.iter().min(), places.iter().max());
+    assert!(last.zip(first).is_some_and(|(l, f)| l - f < 16 * 1024));
+    // Released: the next buffer is the first read's size.
+    buf.clear();
+    growth.release(&mut buf);
+    assert_eq!(buf.capacity(), 0);
+    growth.append(&mut buf, &[2; 32]);
+    assert_eq!(buf.capacity(), 32);
+}

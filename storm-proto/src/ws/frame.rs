@@ -21,7 +21,7 @@
 
 use std::fmt;
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 
 /// The longest a frame header can be: 2 fixed bytes, an 8-byte extended
 /// length and a 4-byte masking key.
@@ -235,7 +235,12 @@ pub fn encode_frame(mut header: FrameHeader, payload: &[u8], dst: &mut BytesMut)
     header.payload_len = payload.len() as u64;
     let (bytes, len) = header.to_bytes();
     dst.reserve(len + payload.len());
-    dst.extend_from_slice(bytes.get(..len).unwrap_or_default());
+    if let [b0, b1] = bytes.get(..len).unwrap_or_default() {
+        // The usual server frame: two bytes, stored as one.
+        dst.put_u16(u16::from_be_bytes([*b0, *b1]));
+    } else {
+        dst.extend_from_slice(bytes.get(..len).unwrap_or_default());
+    }
     let start = dst.len();
     dst.extend_from_slice(payload);
     if let Some(mask) = header.mask {

@@ -309,10 +309,6 @@ pub struct Connection {
     frame: Option<InFrame>,
     message: Option<InMessage>,
     utf8: Utf8Validator,
-    /// Events not yet handed out: `poll_event` parses a frame only when
-    /// this is empty, and a frame makes one event at most, so a flood of
-    /// pings (or anything else) never queues more than one.
-    events: VecDeque<Event>,
     /// Buffers ready for the transport, all of them before `output`.
     queued: VecDeque<Bytes>,
     output: BytesMut,
@@ -336,6 +332,16 @@ pub struct Connection {
 struct Deflate {
     codec: PerMessageDeflate,
     scratch: BytesMut,
+}
+
+/// What [`Connection::process_frame`] made of the input.
+enum Parsed {
+    /// Not a whole frame yet.
+    NeedInput,
+    /// A frame that makes no event (a fragment before the last).
+    Frame,
+    /// A frame's event.
+    Event(Event),
 }
 
 /// A close frame owed to the peer, not yet queued.
@@ -481,7 +487,6 @@ impl Connection {
             frame: None,
             message: None,
             utf8: Utf8Validator::default(),
-            events: VecDeque::new(),
             queued: VecDeque::new(),
             output: BytesMut::new(),
             pong: None,
@@ -547,9 +552,6 @@ impl Connection {
         if let Some(deflate) = &mut self.deflate {
             release_bytes(&mut deflate.scratch);
         }
-        if self.events.is_empty() && self.events.capacity() != 0 {
-            self.events = VecDeque::new();
-        }
         if self.queued.is_empty() && self.queued.capacity() != 0 {
             self.queued = VecDeque::new();
         }
@@ -563,7 +565,6 @@ impl Connection {
         self.input.capacity()
             + self.output.capacity()
             + self.deflate.as_ref().map_or(0, |d| d.scratch.capacity())
-            + self.events.capacity() * std::mem::size_of::<Event>()
             + self.queued.capacity() * std::mem::size_of::<Bytes>()
             + self.close_reply.as_ref().map_or(0, |reply| {
                 std::mem::size_of::<CloseReply>() + reply.reason.capacity()
@@ -662,26 +663,26 @@ impl Connection {
     /// it (answers to the messages before the error), and every later call
     /// returns the same error.
     pub fn poll_event(&mut self) -> Result<Option<Event>, ProtocolError> {
+        // A frame makes one event at most and is parsed only when asked
+        // for, so nothing (a flood of pings included) is ever queued.
         loop {
-            if let Some(event) = self.events.pop_front() {
-                return Ok(Some(event));
-            }
             match &self.state {
                 State::Failed(e) => return Err(e.clone()),
                 State::Closed => return Ok(None),
                 State::Open | State::CloseSent => {}
             }
             match self.process_frame() {
-                Ok(true) => {}
-                Ok(false) if self.eof => {
+                Ok(Parsed::Event(event)) => return Ok(Some(event)),
+                Ok(Parsed::Frame) => {}
+                Ok(Parsed::NeedInput) if self.eof => {
                     self.state = State::Closed;
                     self.release_input();
-                    self.events.push_back(Event::Close(CloseFrame {
+                    return Ok(Some(Event::Close(CloseFrame {
                         code: CloseCode::ABNORMAL,
                         reason: String::new(),
-                    }));
+                    })));
                 }
-                Ok(false) => return Ok(None),
+                Ok(Parsed::NeedInput) => return Ok(None),
                 Err(e) => return Err(self.fail(e)),
             }
         }
@@ -915,19 +916,18 @@ impl Connection {
         error
     }
 
-    /// Parses and handles the next complete frame. `Ok(false)`: need more
-    /// input.
-    fn process_frame(&mut self) -> Result<bool, ProtocolError> {
+    /// Parses and handles the next complete frame.
+    fn process_frame(&mut self) -> Result<Parsed, ProtocolError> {
         if self.frame.is_none() {
             let Some((header, header_len)) = FrameHeader::decode(&self.input)? else {
-                return Ok(false);
+                return Ok(Parsed::NeedInput);
             };
             let frame = self.check_header(header)?;
             self.input.advance(header_len);
             self.frame = Some(frame);
         }
         let Some(frame) = &mut self.frame else {
-            return Ok(false);
+            return Ok(Parsed::NeedInput);
         };
         let available = self.input.len().min(frame.len);
         if available > frame.seen {
@@ -949,14 +949,16 @@ impl Connection {
             // does not make the connection hold memory it never sent.
             self.input
                 .reserve((frame.len - self.input.len()).min(RESERVE_AHEAD));
-            return Ok(false);
+            return Ok(Parsed::NeedInput);
         }
         let len = frame.len;
         let header = frame.header;
         self.frame = None;
         let payload = self.input.split_to(len).freeze();
-        self.handle_frame(header, payload)?;
-        Ok(true)
+        Ok(match self.handle_frame(header, payload)? {
+            Some(event) => Parsed::Event(event),
+            None => Parsed::Frame,
+        })
     }
 
     /// Checks a header against the connection's rules before any of its
@@ -1031,8 +1033,14 @@ impl Connection {
         })
     }
 
-    fn handle_frame(&mut self, header: FrameHeader, payload: Bytes) -> Result<(), ProtocolError> {
-        match header.opcode {
+    /// Handles one whole frame; its event, if it makes one (a fragment
+    /// that does not end its message makes none).
+    fn handle_frame(
+        &mut self,
+        header: FrameHeader,
+        payload: Bytes,
+    ) -> Result<Option<Event>, ProtocolError> {
+        Ok(Some(match header.opcode {
             OpCode::Ping => {
                 if self.config.auto_pong && self.state == State::Open {
                     // Replaces the pong of an earlier ping if it still waits.
@@ -1040,30 +1048,29 @@ impl Connection {
                         .get_or_insert_with(|| Box::new(PongPayload::EMPTY))
                         .set(&payload);
                 }
-                self.events.push_back(Event::Ping(payload));
+                Event::Ping(payload)
             }
-            OpCode::Pong => self.events.push_back(Event::Pong(payload)),
+            OpCode::Pong => Event::Pong(payload),
             OpCode::Close => self.handle_close(&payload)?,
             OpCode::Text | OpCode::Binary => {
                 let text = header.opcode == OpCode::Text;
                 if header.fin && !header.rsv1 {
                     // The common case: a whole message in one frame, no copy.
-                    self.emit(text, payload)?;
-                } else {
-                    let mut message = InMessage {
-                        text,
-                        compressed: header.rsv1,
-                        fragments: 1,
-                        wire_len: payload.len(),
-                        data: BytesMut::new(),
-                    };
-                    self.append(&mut message, &payload, header.fin)?;
-                    if header.fin {
-                        self.emit(text, message.data.freeze())?;
-                    } else {
-                        self.message = Some(message);
-                    }
+                    return self.emit(text, payload).map(Some);
                 }
+                let mut message = InMessage {
+                    text,
+                    compressed: header.rsv1,
+                    fragments: 1,
+                    wire_len: payload.len(),
+                    data: BytesMut::new(),
+                };
+                self.append(&mut message, &payload, header.fin)?;
+                if !header.fin {
+                    self.message = Some(message);
+                    return Ok(None);
+                }
+                self.emit(text, message.data.freeze())?
             }
             OpCode::Continuation => {
                 let Some(mut message) = self.message.take() else {
@@ -1072,14 +1079,13 @@ impl Connection {
                 message.fragments += 1;
                 message.wire_len += payload.len();
                 self.append(&mut message, &payload, header.fin)?;
-                if header.fin {
-                    self.emit(message.text, message.data.freeze())?;
-                } else {
+                if !header.fin {
                     self.message = Some(message);
+                    return Ok(None);
                 }
+                self.emit(message.text, message.data.freeze())?
             }
-        }
-        Ok(())
+        }))
     }
 
     /// Adds one frame's payload to a message being reassembled.
@@ -1111,20 +1117,18 @@ impl Connection {
         Ok(())
     }
 
-    fn emit(&mut self, text: bool, data: Bytes) -> Result<(), ProtocolError> {
-        let event = if text {
+    fn emit(&mut self, text: bool, data: Bytes) -> Result<Event, ProtocolError> {
+        Ok(if text {
             self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
             // Validated piece by piece as it arrived (or just above, after
             // decompression); `finish` checked it ended on a boundary.
             Event::Text(Utf8Bytes::from_validated(data))
         } else {
             Event::Binary(data)
-        };
-        self.events.push_back(event);
-        Ok(())
+        })
     }
 
-    fn handle_close(&mut self, payload: &[u8]) -> Result<(), ProtocolError> {
+    fn handle_close(&mut self, payload: &[u8]) -> Result<Event, ProtocolError> {
         let frame = match payload {
             [] => CloseFrame {
                 code: CloseCode::NO_STATUS,
@@ -1153,8 +1157,7 @@ impl Connection {
         }
         self.state = State::Closed;
         self.release_input();
-        self.events.push_back(Event::Close(frame));
-        Ok(())
+        Ok(Event::Close(frame))
     }
 }
 

@@ -1,24 +1,19 @@
 //! The per-connection loop: the only place an adapter touches a socket
 //! after the handshake.
 //!
-//! One task per connection polls two futures, the reader first: the reader
-//! (socket → link → handler, and the link's timer; it does not read while
-//! [`LinkDriver::poll_input_ready`] holds it back) and the writer (outbox →
-//! one vectored write of up to 64 buffers → flush). The writer wakes when
-//! the session's outbox waker fires; replies sent from the read path are
-//! written in the same poll, without a wake-up.
-//!
-//! The task owns the connection's [`LinkDriver`]. Its two futures take
-//! turns with it behind a mutex that is never contended (they run in one
-//! task, one at a time; the mutex is there because the task must be
-//! `Send`), each for a few calls, never across an `await`.
+//! One task per connection owns the connection's [`LinkDriver`] outright
+//! (no lock) and loops: hand the link's events to the handler, write what
+//! is ready (one vectored write of up to 64 buffers, then a flush), then
+//! wait for the socket to be readable, the outbox to have output, or the
+//! link's timer. Replies the handler sends while events are handed out are
+//! written after the batch, without a wake-up. While a handler waits (a
+//! full send limit under the `Wait` policy), the writer keeps writing in
+//! the same poll, so the wait ends.
 
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::pin::pin;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
@@ -29,7 +24,7 @@ use crate::io::poll_read_with;
 #[cfg(doc)]
 use crate::runtime::Stream;
 use crate::runtime::{PollRead, PollWrite, Runtime};
-use crate::sync::{lock, sleep_until, timeout};
+use crate::sync::{sleep_until, timeout};
 use crate::{Handler, Session};
 
 /// Buffers per vectored write: the usual `IOV_MAX` is 1024; 64 already
@@ -70,14 +65,14 @@ fn poll_read_into<S: PollRead>(
 /// and split (into shared halves) before any `await`, it is never stored in
 /// the connection task itself.
 ///
-/// These functions return `async move` blocks instead of being `async fn`s:
-/// an `async fn` keeps each argument twice in its future (as the argument
-/// and as the local it is moved into), and these futures make up most of
-/// every idle connection's memory.
+/// This function returns an `async move` block instead of being an
+/// `async fn`: an `async fn` keeps each argument twice in its future (as
+/// the argument and as the local it is moved into), and this future makes
+/// up most of every idle connection's memory.
 pub(crate) fn drive<'a, R, Rd, Wr, H>(
-    (reader, writer): (Rd, Wr),
+    (mut reader, writer): (Rd, Wr),
     session: Session,
-    link: Box<LinkDriver>,
+    mut link: Box<LinkDriver>,
     handler: &'a H,
     initial: Bytes,
     write_batch: usize,
@@ -89,106 +84,82 @@ where
     Wr: PollWrite + 'a,
     H: Handler,
 {
-    let link = Mutex::new(link);
     if !initial.is_empty() {
-        lock(&link).handle_input(Instant::now(), &initial);
+        link.handle_input(Instant::now(), &initial);
     }
     drop(initial);
     async move {
         let session = &session;
-        let link = &link;
         handler.on_connect(session).await;
-        // Set by the writer when it changed the link's deadline; both loops
-        // run in this one task, so the writer wakes the task and the reader
-        // re-arms.
-        let rearm = AtomicBool::new(false);
-        let disconnected = AtomicBool::new(false);
-        let mut write = pin!(write_loop(writer, session, link, &rearm, write_batch));
-        // The reader lives in this block only: what runs after it (the
-        // close timeout, the last dispatch) reuses its space in the task.
-        let finished = {
-            let mut read = pin!(read_loop::<R, _, _>(
-                reader,
-                session,
-                link,
-                handler,
-                &rearm,
-                &disconnected
-            ));
-            // The reader first, then the writer, in every poll of the task:
-            // replies the handler sends from the read path are written in
-            // the same poll. The writer's waker is unregistered while the
-            // reader runs (the writer registers it again before it sleeps),
-            // so those sends do not wake the task for a second poll.
-            poll_fn(|cx| {
-                session.outbox().unregister_waker();
-                if let Poll::Ready(()) = read.as_mut().poll(cx) {
-                    return Poll::Ready(None);
-                }
-                write.as_mut().poll(cx).map(Some)
-            })
-            .await
-        };
-        match finished {
-            Some(result) => {
-                if result.is_err() {
-                    // The peer is gone: tell the link so the handler hears it.
-                    lock(link).handle_eof();
-                }
-                // The writer closed the socket (an abort, a finished close):
-                // hand over what the link still has, its Closed event last.
-                dispatch(session, link, handler, &disconnected).await;
-            }
-            None => {
-                // The link is closed: let the writer flush the close reply
-                // (or the graceful close), bounded in time.
-                let _ = timeout::<R, _>(close_timeout, write).await;
-            }
-        }
-        if !disconnected.load(Ordering::Relaxed) {
-            handler.on_disconnect(session, &CloseReason::Eof).await;
-        }
-    }
-}
-
-/// Reads, feeds the link, runs the handler; also runs the link's timer.
-/// Returns once the link reported `Closed`.
-#[expect(
-    clippy::manual_async_fn,
-    reason = "an async fn stores its arguments twice (see `drive`)"
-)]
-fn read_loop<'a, R, S, H>(
-    mut reader: S,
-    session: &'a Session,
-    link: &'a Mutex<Box<LinkDriver>>,
-    handler: &'a H,
-    rearm: &'a AtomicBool,
-    disconnected: &'a AtomicBool,
-) -> impl Future<Output = ()> + 'a
-where
-    R: Runtime,
-    S: PollRead + 'a,
-    H: Handler,
-{
-    async move {
+        let mut writer = Writer::new(writer, write_batch);
         // One timer, replaced only when the link's deadline moves (or it
         // fired): most reads leave the deadline alone, and re-registering
         // a timer costs the runtime's timer lock twice.
-        let mut armed = lock(link).poll_timeout();
+        let mut armed = link.poll_timeout();
         let mut timer = pin!(sleep_until::<R>(armed));
         let mut fired = false;
-        loop {
-            if !dispatch(session, link, handler, disconnected).await {
-                return;
+        let mut disconnected = false;
+        // `Some` once the writer finished: it closed the socket (an abort,
+        // a finished close), or the socket failed.
+        let written: Option<io::Result<()>> = loop {
+            // Hand over every event the input made. Replies the handler
+            // sends meanwhile do not wake the task: the writer comes next.
+            session.outbox().unregister_waker();
+            // One clock read per batch: the events were read at about
+            // this time.
+            let now = Instant::now();
+            let mut finished = None;
+            while let Some(event) = link.poll_event(now) {
+                let message = match event {
+                    LinkEvent::Message(message) => message,
+                    LinkEvent::Closed(reason) => {
+                        disconnected = true;
+                        handler.on_disconnect(session, &reason).await;
+                        break;
+                    }
+                    _ => continue,
+                };
+                let mut handled = pin!(handler.on_message(session, message));
+                finished = poll_fn(|cx| {
+                    if handled.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
+                    // The handler waits (for the send limit to drain):
+                    // keep writing meanwhile.
+                    writer.poll(cx, &mut link).map(Some)
+                })
+                .await;
+                if finished.is_some() {
+                    break;
+                }
             }
-            let deadline = lock(link).poll_timeout();
+            if finished.is_some() {
+                break finished;
+            }
+            if disconnected {
+                // The link is closed: let the writer flush the close reply
+                // (or the graceful close), bounded in time.
+                let mut flush = pin!(poll_fn(|cx| writer.poll(cx, &mut link)));
+                let _ = timeout::<R, _>(close_timeout, flush.as_mut()).await;
+                break None;
+            }
+            // Write what the batch made, then wait for more input, more
+            // output, or the timer.
+            let deadline = link.poll_timeout();
             if fired || deadline != armed {
                 armed = deadline;
                 fired = false;
                 timer.set(sleep_until::<R>(armed));
             }
-            poll_fn(|cx| {
-                let mut link = lock(link);
+            let wait = poll_fn(|cx| {
+                if let Poll::Ready(result) = writer.poll(cx, &mut link) {
+                    return Poll::Ready(Some(result));
+                }
+                // A graceful close began: the deadline moved.
+                if std::mem::take(&mut writer.timer_changed) && link.poll_timeout() != armed {
+                    armed = link.poll_timeout();
+                    timer.set(sleep_until::<R>(armed));
+                }
                 // Not while the peer's pongs wait for the writer: its
                 // progress wakes the task.
                 if link.poll_input_ready(cx).is_ready() {
@@ -196,140 +167,166 @@ where
                         if matches!(read, Ok(0) | Err(_)) {
                             link.handle_eof();
                         }
-                        return Poll::Ready(());
+                        return Poll::Ready(None);
                     }
                 }
                 if timer.as_mut().poll(cx).is_ready() {
                     fired = true;
                     link.handle_timeout(Instant::now());
-                    return Poll::Ready(());
-                }
-                // The writer changed the deadline (a graceful close began).
-                if rearm.swap(false, Ordering::Relaxed) {
-                    return Poll::Ready(());
+                    return Poll::Ready(None);
                 }
                 Poll::Pending
-            })
-            .await;
-        }
-    }
-}
-
-/// Hands the link's events to the handler, in order. `false` once the
-/// connection closed.
-#[expect(
-    clippy::manual_async_fn,
-    reason = "an async fn stores its arguments twice (see `drive`)"
-)]
-fn dispatch<'a, H: Handler>(
-    session: &'a Session,
-    link: &'a Mutex<Box<LinkDriver>>,
-    handler: &'a H,
-    disconnected: &'a AtomicBool,
-) -> impl Future<Output = bool> + 'a {
-    async move {
-        // One clock read per batch: the events were read at about this time.
-        let now = Instant::now();
-        loop {
-            // Only the message outlives this match: the event itself is not
-            // kept across the handler's await.
-            let event = lock(link).poll_event(now);
-            let message = match event {
-                None => break,
-                Some(LinkEvent::Message(message)) => message,
-                Some(LinkEvent::Closed(reason)) => {
-                    disconnected.store(true, Ordering::Relaxed);
-                    handler.on_disconnect(session, &reason).await;
-                    return false;
-                }
-                Some(_) => continue,
-            };
-            handler.on_message(session, message).await;
-        }
-        !disconnected.load(Ordering::Relaxed)
-    }
-}
-
-/// Drains the session's outbox through the link and writes it, many
-/// messages per vectored write. Returns when the link says to close.
-#[expect(
-    clippy::manual_async_fn,
-    reason = "an async fn stores its arguments twice (see `drive`)"
-)]
-fn write_loop<'a, W: PollWrite + 'a>(
-    mut writer: W,
-    session: &'a Session,
-    link: &'a Mutex<Box<LinkDriver>>,
-    rearm: &'a AtomicBool,
-    write_batch: usize,
-) -> impl Future<Output = io::Result<()>> + 'a {
-    async move {
-        let mut bufs: Vec<Bytes> = Vec::new();
-        loop {
-            let transmit = poll_fn(|cx| {
-                session.outbox().register_waker(cx.waker());
-                let transmit = lock(link).poll_transmit(Instant::now(), &mut bufs, write_batch);
-                if transmit.timer_changed {
-                    // The reader runs the timer: wake the task so that it
-                    // re-arms.
-                    rearm.store(true, Ordering::Relaxed);
-                    cx.waker().wake_by_ref();
-                }
-                if transmit.bytes == 0 && !transmit.close {
-                    if transmit.release {
-                        // Idle a while: the link returned its buffers; so
-                        // does the writer.
-                        bufs = Vec::new();
+            });
+            if let Some(result) = wait.await {
+                break Some(result);
+            }
+        };
+        if let Some(result) = written {
+            if result.is_err() {
+                // The peer is gone: tell the link so the handler hears it.
+                link.handle_eof();
+            }
+            // Hand over what the link still has, its Closed event last.
+            let now = Instant::now();
+            while let Some(event) = link.poll_event(now) {
+                match event {
+                    LinkEvent::Message(message) => handler.on_message(session, message).await,
+                    LinkEvent::Closed(reason) => {
+                        disconnected = true;
+                        handler.on_disconnect(session, &reason).await;
+                        break;
                     }
-                    return Poll::Pending;
+                    _ => {}
                 }
-                Poll::Ready(transmit)
-            })
-            .await;
-            write_all(&mut writer, &mut bufs).await?;
-            // A TLS stream can accept a write and keep the records it made
-            // until the next write or flush: flush before waiting for more
-            // (a no-op on a plain socket).
-            poll_fn(|cx| writer.poll_flush(cx)).await?;
-            if transmit.close {
-                let _ = poll_fn(|cx| writer.poll_close(cx)).await;
-                return Ok(());
+            }
+        }
+        if !disconnected {
+            handler.on_disconnect(session, &CloseReason::Eof).await;
+        }
+    }
+}
+
+/// The write half of a connection: drains the link into one vectored
+/// write at a time, then flushes, as a poll-driven state machine the
+/// connection's loop polls in place.
+struct Writer<W> {
+    io: W,
+    /// Buffers of the write in progress, from `first` on.
+    bufs: Vec<Bytes>,
+    first: usize,
+    step: Step,
+    write_batch: usize,
+    /// Set when a `poll_transmit` moved the link's deadline; the loop
+    /// re-arms its timer and clears it.
+    timer_changed: bool,
+}
+
+/// Where the writer is.
+#[derive(Clone, Copy)]
+enum Step {
+    /// Ask the link for output.
+    Transmit,
+    /// Write `bufs[first..]`; then flush (and close when `close`).
+    Write { close: bool },
+    /// Flush; then close when `close`.
+    Flush { close: bool },
+    /// Close the socket.
+    Close,
+    /// Closed.
+    Done,
+}
+
+impl<W: PollWrite> Writer<W> {
+    fn new(io: W, write_batch: usize) -> Self {
+        Self {
+            io,
+            bufs: Vec::new(),
+            first: 0,
+            step: Step::Transmit,
+            write_batch,
+            timer_changed: false,
+        }
+    }
+
+    /// Writes what the link has, until it has nothing more (`Pending`, the
+    /// outbox's waker registered) or says to close (`Ready(Ok)` once the
+    /// socket is closed); `Ready(Err)` when the socket failed.
+    fn poll(&mut self, cx: &mut Context<'_>, link: &mut LinkDriver) -> Poll<io::Result<()>> {
+        loop {
+            match self.step {
+                Step::Transmit => {
+                    link.outbox().register_waker(cx.waker());
+                    let transmit =
+                        link.poll_transmit(Instant::now(), &mut self.bufs, self.write_batch);
+                    if transmit.timer_changed {
+                        self.timer_changed = true;
+                    }
+                    if transmit.bytes == 0 && !transmit.close {
+                        if transmit.release {
+                            // Idle a while: the link returned its buffers;
+                            // so does the writer.
+                            self.bufs = Vec::new();
+                        }
+                        return Poll::Pending;
+                    }
+                    self.first = 0;
+                    self.step = Step::Write {
+                        close: transmit.close,
+                    };
+                }
+                Step::Write { close } => {
+                    ready!(self.poll_write_all(cx))?;
+                    self.step = Step::Flush { close };
+                }
+                Step::Flush { close } => {
+                    // A TLS stream can accept a write and keep the records
+                    // it made until the next write or flush: flush before
+                    // waiting for more (a no-op on a plain socket).
+                    ready!(self.io.poll_flush(cx))?;
+                    self.step = if close { Step::Close } else { Step::Transmit };
+                }
+                Step::Close => {
+                    let _ = ready!(self.io.poll_close(cx));
+                    self.step = Step::Done;
+                }
+                Step::Done => return Poll::Ready(Ok(())),
             }
         }
     }
-}
 
-/// Writes every buffer, in order, with as few syscalls as the socket allows.
-async fn write_all<W: PollWrite>(writer: &mut W, bufs: &mut Vec<Bytes>) -> io::Result<()> {
-    let mut first = 0;
-    while first < bufs.len() {
-        let written = poll_fn(|cx| {
+    /// Writes every buffer, in order, with as few syscalls as the socket
+    /// allows.
+    fn poll_write_all(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.first < self.bufs.len() {
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            let pending = bufs.get(first..).unwrap_or_default();
+            let pending = self.bufs.get(self.first..).unwrap_or_default();
             let count = pending.len().min(MAX_SLICES);
             for (slice, buf) in slices.iter_mut().zip(pending) {
                 *slice = IoSlice::new(buf);
             }
-            writer.poll_write_vectored(cx, slices.get(..count).unwrap_or_default())
-        })
-        .await?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        let mut written = written;
-        while written > 0 {
-            let Some(head) = bufs.get_mut(first) else {
-                break;
-            };
-            if written >= head.len() {
-                written -= head.len();
-                first += 1;
-            } else {
-                head.advance(written);
-                written = 0;
+            let written = ready!(
+                self.io
+                    .poll_write_vectored(cx, slices.get(..count).unwrap_or_default())
+            )?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            let mut written = written;
+            while written > 0 {
+                let Some(head) = self.bufs.get_mut(self.first) else {
+                    break;
+                };
+                if written >= head.len() {
+                    written -= head.len();
+                    self.first += 1;
+                } else {
+                    head.advance(written);
+                    written = 0;
+                }
             }
         }
+        self.bufs.clear();
+        self.first = 0;
+        Poll::Ready(Ok(()))
     }
-    bufs.clear();
-    Ok(())
 }

@@ -25,13 +25,14 @@
 //! # Replies before the close reply
 //!
 //! A reply the application sent in answer to an event is written before
-//! anything later input causes (the close reply to the peer's close frame,
-//! the close frame of a protocol error): the link writes in the order it
-//! framed, so before [`LinkDriver::poll_event`] parses further WebSocket
-//! input it frames what the outbox holds (only then; a framed link has no
-//! output of its own and leaves the outbox to the writer, so that the
-//! outbox's limit holds against a peer that sends but never reads). What
-//! it frames there counts against the send limit until the writer comes
+//! anything later input causes (the auto-pong to a later ping, the close
+//! reply to the peer's close frame, the close frame of a protocol error):
+//! the WebSocket owes those until its next transmit (see
+//! [`storm_proto::ws::Connection::poll_transmit`]), and before
+//! [`LinkDriver::poll_event`] hands out a ping or a WebSocket's `Closed`
+//! it frames what the outbox holds. Replies to ordinary messages stay in
+//! the outbox meanwhile, for the writer to take many at once. What the
+//! read path frames counts against the send limit until the writer comes
 //! back for more, having written it.
 //!
 //! ```
@@ -125,8 +126,6 @@ pub struct LinkDriver {
     link: Link,
     outbox: Arc<Outbox>,
     middleware: Option<Arc<MiddlewareChain>>,
-    /// Scratch for draining the outbox.
-    batch: Vec<Message>,
     /// Bytes the read path framed (replies from the outbox, auto-pongs)
     /// that count against the send limit and the writer has not taken yet,
     /// so a peer that sends (or pings) but never reads meets the limit.
@@ -137,6 +136,16 @@ pub struct LinkDriver {
     /// An auto-pong found no room under the send limit: the reader waits
     /// until the limit drains to half.
     pong_held: bool,
+    /// Messages handed out and not yet counted in the outbox's metrics:
+    /// counted once per batch (when `poll_event` runs dry or closes), not
+    /// with two atomic adds per message.
+    received: u64,
+}
+
+impl Drop for LinkDriver {
+    fn drop(&mut self) {
+        self.count_received();
+    }
 }
 
 impl LinkDriver {
@@ -160,10 +169,10 @@ impl LinkDriver {
             link,
             outbox,
             middleware: config.middleware.clone(),
-            batch: Vec::new(),
             unreleased: 0,
             in_writer: 0,
             pong_held: false,
+            received: 0,
         })
     }
 
@@ -260,9 +269,9 @@ impl LinkDriver {
     }
 
     /// The next event, in order, after middleware; `None` when nothing
-    /// more can be parsed (read more, or wait for the timer). Frames what
-    /// the outbox holds first (see [the module docs](self)); the writer is
-    /// woken when output is ready.
+    /// more can be parsed (read more, or wait for the timer). Before a ping
+    /// or a WebSocket's `Closed` it frames what the outbox holds (see [the
+    /// module docs](self)); the writer is woken when output is ready.
     pub fn poll_event(&mut self, now: Instant) -> Option<LinkEvent> {
         loop {
             let event = if self.link.has_queued_events() {
@@ -274,13 +283,20 @@ impl LinkDriver {
                 None
             } else {
                 let before = self.link.has_transmit();
-                // Only a WebSocket link makes output of its own that must
-                // not overtake the replies already queued.
-                let ordered = self.link.is_websocket() && self.outbox.has_queued();
-                if ordered || self.outbox.close_request().is_some() {
+                if self.outbox.close_request().is_some() {
                     self.pump(now, usize::MAX, false);
                 }
                 let event = self.link.poll_event(now);
+                // Output of the WebSocket's own answers this input: the
+                // replies to what came before go ahead of it.
+                let answers = match &event {
+                    Some(LinkEvent::Ping(_)) => true,
+                    Some(LinkEvent::Closed(_)) => self.link.is_websocket(),
+                    _ => false,
+                };
+                if answers && self.outbox.has_queued() {
+                    self.pump(now, usize::MAX, false);
+                }
                 if matches!(event, Some(LinkEvent::Ping(_))) {
                     self.admit_pong();
                 }
@@ -291,25 +307,39 @@ impl LinkDriver {
                 }
                 event
             };
-            if let Some(event) = self.deliver(event?) {
+            let Some(event) = event else {
+                self.count_received();
+                return None;
+            };
+            if let Some(event) = self.deliver(event) {
                 return Some(event);
             }
         }
     }
 
+    /// Adds the messages handed out since the last call to the outbox's
+    /// metrics.
+    fn count_received(&mut self) {
+        if self.received > 0 {
+            self.outbox
+                .on_messages_received(std::mem::take(&mut self.received));
+        }
+    }
+
     /// Bookkeeping, middleware and session state for one event leaving the
     /// driver; `None` when middleware suppressed it.
-    fn deliver(&self, mut event: LinkEvent) -> Option<LinkEvent> {
+    fn deliver(&mut self, mut event: LinkEvent) -> Option<LinkEvent> {
         let id = self.outbox.id();
         match &mut event {
             LinkEvent::Message(message) => {
-                self.outbox.on_message_received();
+                self.received += 1;
                 if let Some(chain) = &self.middleware {
                     let taken = std::mem::replace(message, Message::Binary(Bytes::new()));
                     *message = chain.received(id, taken)?;
                 }
             }
             LinkEvent::Closed(reason) => {
+                self.count_received();
                 // Refuse further sends; the writer flushes what must go out.
                 self.outbox.request_close(CloseKind::Graceful);
                 if let Some(chain) = &self.middleware {
@@ -350,20 +380,20 @@ impl LinkDriver {
     /// result now, so the bytes leave the send limit; otherwise (the read
     /// path) they stay counted until it does.
     fn pump(&mut self, now: Instant, max_bytes: usize, for_writer: bool) {
-        let mut batch = std::mem::take(&mut self.batch);
+        // Framed under the outbox's lock, straight from its queue (an
+        // abort hands out nothing).
+        let link = &mut self.link;
+        let frame = |message: Message| link.send(&message);
         let drained = if for_writer {
-            self.outbox.drain_written(&mut batch, max_bytes)
+            self.outbox.drain_written(max_bytes, frame)
         } else {
-            let drained = self.outbox.drain_into(&mut batch, max_bytes);
+            let drained = self.outbox.drain_with(max_bytes, frame);
             self.unreleased += drained.bytes;
             drained
         };
         match drained.close {
             Some(CloseKind::Abort) => self.link.abort(),
             close => {
-                for message in batch.drain(..) {
-                    self.link.send(&message);
-                }
                 if close == Some(CloseKind::Graceful) {
                     let (code, reason) = self
                         .outbox
@@ -373,7 +403,6 @@ impl LinkDriver {
                 }
             }
         }
-        self.batch = batch;
     }
 
     /// The write path: appends buffers to write (in order) to `out`, at most
@@ -383,7 +412,7 @@ impl LinkDriver {
     /// every read, once what the last call appended is written: the bytes
     /// the read path framed (replies, auto-pongs) count against the send
     /// limit until the writer comes back. When [`Transmit::release`] says
-    /// so, the outbox's queue and the driver's scratch were returned too.
+    /// so, the outbox's queue was returned too.
     pub fn poll_transmit(
         &mut self,
         now: Instant,
@@ -405,9 +434,6 @@ impl LinkDriver {
         }
         let transmit = self.link.poll_transmit(now, out);
         if transmit.release {
-            if self.batch.capacity() != 0 {
-                self.batch = Vec::new();
-            }
             self.outbox.release_buffers();
         }
         if self.link.is_closed() && self.link.has_queued_events() {
@@ -582,9 +608,7 @@ mod tests {
 
     /// Buffers and queues of the link, its protocol and its outbox.
     fn buffer_capacity(link: &mut Conn) -> usize {
-        link.driver.link().buffer_capacity()
-            + link.driver.batch.capacity()
-            + link.outbox().outbox_capacity()
+        link.driver.link().buffer_capacity() + link.outbox().outbox_capacity()
     }
 
     /// `request` × 20 in, each echoed back, all written at `now`.
@@ -637,7 +661,7 @@ mod tests {
         let again = link.poll_transmit(soon, &mut out, 1 << 20);
         assert_eq!((again.bytes, again.timer_changed), (0, false));
         link.handle_timeout(due);
-        // The link's own at once; the outbox's and the driver's scratch
+        // The link's own at once; the outbox's
         // when the writer, woken by the timeout, hears of it.
         let told = link.poll_transmit(due, &mut out, 1 << 20);
         assert_eq!((told.bytes, told.release), (0, true));

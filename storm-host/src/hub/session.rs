@@ -319,35 +319,38 @@ impl Outbox {
     /// except one larger than the whole limit into an empty outbox (see
     /// [`backpressure`](storm_proto::backpressure)).
     pub fn send(&self, message: Message) -> SendOutcome {
-        let mut wake = Vec::new();
-        let outcome = {
-            let mut outbox = lock(&self.outbox);
-            if outbox.closed {
-                return SendOutcome::Closed(message);
+        let mut outbox = lock(&self.outbox);
+        if outbox.closed {
+            return SendOutcome::Closed(message);
+        }
+        match outbox.budget.offer(message.len()) {
+            Verdict::Admit => {
+                outbox.queued_bytes += message.len();
+                outbox.queue.push_back(message);
+                self.queued.store(outbox.queue.len(), Ordering::Release);
+                // The writer is woken after the lock is released.
+                let writer = outbox.writer.take();
+                drop(outbox);
+                if let Some(writer) = writer {
+                    writer.wake();
+                }
+                SendOutcome::Queued
             }
-            match outbox.budget.offer(message.len()) {
-                Verdict::Admit => {
-                    outbox.queued_bytes += message.len();
-                    outbox.queue.push_back(message);
-                    self.queued.store(outbox.queue.len(), Ordering::Release);
-                    wake.extend(outbox.writer.take());
-                    SendOutcome::Queued
-                }
-                Verdict::Wait => SendOutcome::Wait(message),
-                Verdict::Drop => {
-                    self.traffic()
-                        .messages_dropped
-                        .fetch_add(1, Ordering::Relaxed);
-                    SendOutcome::Dropped(message)
-                }
-                Verdict::Disconnect => {
-                    self.close_locked(&mut outbox, CloseKind::Abort, &mut wake);
-                    SendOutcome::Disconnected(message)
-                }
+            Verdict::Wait => SendOutcome::Wait(message),
+            Verdict::Drop => {
+                self.traffic()
+                    .messages_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                SendOutcome::Dropped(message)
             }
-        };
-        wake_all(wake);
-        outcome
+            Verdict::Disconnect => {
+                let mut wake = Vec::new();
+                self.close_locked(&mut outbox, CloseKind::Abort, &mut wake);
+                drop(outbox);
+                wake_all(wake);
+                SendOutcome::Disconnected(message)
+            }
+        }
     }
 
     /// Broadcast's send: never waits (see [`SendBudget::offer_overflow`]).
@@ -481,10 +484,17 @@ impl Outbox {
     /// After an [abort](CloseKind::Abort) request the queue is discarded and
     /// nothing is moved; [`Drained::close`] says when to close.
     pub fn drain_into(&self, out: &mut Vec<Message>, max_bytes: usize) -> Drained {
+        self.drain_with(max_bytes, |message| out.push(message))
+    }
+
+    /// [`drain_into`](Self::drain_into), handing each message to `each`
+    /// instead of a `Vec`, under the outbox's lock: `each` must not call
+    /// back into this outbox.
+    pub fn drain_with(&self, max_bytes: usize, each: impl FnMut(Message)) -> Drained {
         let mut wake = Vec::new();
         let drained = {
             let mut outbox = lock(&self.outbox);
-            self.drain_locked(&mut outbox, out, max_bytes, &mut wake)
+            self.drain_locked(&mut outbox, each, max_bytes, &mut wake)
         };
         wake_all(wake);
         drained
@@ -501,7 +511,12 @@ impl Outbox {
         let mut wake = Vec::new();
         let drained = {
             let mut outbox = lock(&self.outbox);
-            let drained = self.drain_locked(&mut outbox, out, max_bytes, &mut wake);
+            let drained = self.drain_locked(
+                &mut outbox,
+                |message| out.push(message),
+                max_bytes,
+                &mut wake,
+            );
             if drained.is_idle() {
                 match &mut outbox.writer {
                     Some(old) if old.will_wake(cx.waker()) => {}
@@ -521,7 +536,7 @@ impl Outbox {
     fn drain_locked(
         &self,
         outbox: &mut State,
-        out: &mut Vec<Message>,
+        mut each: impl FnMut(Message),
         max_bytes: usize,
         wake: &mut Vec<Waker>,
     ) -> Drained {
@@ -545,7 +560,7 @@ impl Outbox {
                 break;
             }
             if let Some(message) = outbox.queue.pop_front() {
-                out.push(message);
+                each(message);
                 drained.messages += 1;
                 drained.bytes += len;
             }
@@ -575,15 +590,15 @@ impl Outbox {
         wake_all(wake);
     }
 
-    /// [`drain_into`](Self::drain_into) and [`on_written`](Self::on_written)
+    /// [`drain_with`](Self::drain_with) and [`on_written`](Self::on_written)
     /// for what it drained, under one lock: for a writer that counts a
     /// message as written once it is framed into its protocol's own
     /// bounded output (as [`LinkDriver`](crate::link::LinkDriver) does).
-    pub fn drain_written(&self, out: &mut Vec<Message>, max_bytes: usize) -> Drained {
+    pub fn drain_written(&self, max_bytes: usize, each: impl FnMut(Message)) -> Drained {
         let mut wake = Vec::new();
         let drained = {
             let mut outbox = lock(&self.outbox);
-            let drained = self.drain_locked(&mut outbox, out, max_bytes, &mut wake);
+            let drained = self.drain_locked(&mut outbox, each, max_bytes, &mut wake);
             if drained.bytes > 0 {
                 wake.append(&mut self.written_locked(&mut outbox, drained.bytes));
             }
@@ -733,10 +748,16 @@ impl Outbox {
 
     /// Counts one message received (after decoding and middleware).
     pub fn on_message_received(&self) {
-        self.messages_received.fetch_add(1, Ordering::Relaxed);
+        self.on_messages_received(1);
+    }
+
+    /// Counts `count` messages received, for a reader that counts a batch
+    /// at once.
+    pub fn on_messages_received(&self, count: u64) {
+        self.messages_received.fetch_add(count, Ordering::Relaxed);
         self.traffic()
             .messages_received
-            .fetch_add(1, Ordering::Relaxed);
+            .fetch_add(count, Ordering::Relaxed);
     }
 
     /// A snapshot of the session's counters.

@@ -189,35 +189,43 @@ impl FrameHeader {
     /// Appends the header (not the payload) to `dst`, using the shortest
     /// length encoding.
     pub fn encode(&self, dst: &mut BytesMut) {
-        let mut b0 = self.opcode as u8;
-        for (bit, set) in [
-            (0x80, self.fin),
-            (0x40, self.rsv1),
-            (0x20, self.rsv2),
-            (0x10, self.rsv3),
-        ] {
-            if set {
-                b0 |= bit;
-            }
-        }
+        let (header, len) = self.to_bytes();
+        dst.extend_from_slice(header.get(..len).unwrap_or_default());
+    }
+
+    /// The encoded header in a fixed buffer, and its length: built in
+    /// registers, copied out once.
+    fn to_bytes(self) -> ([u8; MAX_HEADER_LEN], usize) {
+        let b0 = self.opcode as u8
+            | (u8::from(self.fin) << 7)
+            | (u8::from(self.rsv1) << 6)
+            | (u8::from(self.rsv2) << 5)
+            | (u8::from(self.rsv3) << 4);
         let mask_bit = if self.mask.is_some() { 0x80 } else { 0 };
-        dst.reserve(self.encoded_len());
-        dst.put_u8(b0);
-        match self.payload_len {
-            // The match arms bound each value, so the casts cannot truncate.
-            len @ 0..=125 => dst.put_u8(mask_bit | len as u8),
+        let mut out = [0u8; MAX_HEADER_LEN];
+        out[0] = b0;
+        // The match arms bound each value, so the casts cannot truncate.
+        let mut len = match self.payload_len {
+            len @ 0..=125 => {
+                out[1] = mask_bit | len as u8;
+                2
+            }
             len @ 126..=0xFFFF => {
-                dst.put_u8(mask_bit | 126);
-                dst.put_u16(len as u16);
+                out[1] = mask_bit | 126;
+                out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+                4
             }
             len => {
-                dst.put_u8(mask_bit | 127);
-                dst.put_u64(len);
+                out[1] = mask_bit | 127;
+                out[2..10].copy_from_slice(&len.to_be_bytes());
+                10
             }
-        }
+        };
         if let Some(mask) = self.mask {
-            dst.put_slice(&mask);
+            out[len..len + 4].copy_from_slice(&mask);
+            len += 4;
         }
+        (out, len)
     }
 }
 
@@ -225,7 +233,14 @@ impl FrameHeader {
 /// `header.mask` if it has one. `header.payload_len` is set from `payload`.
 pub fn encode_frame(mut header: FrameHeader, payload: &[u8], dst: &mut BytesMut) {
     header.payload_len = payload.len() as u64;
-    header.encode(dst);
+    let (bytes, len) = header.to_bytes();
+    dst.reserve(len + payload.len());
+    if let [b0, b1] = bytes.get(..len).unwrap_or_default() {
+        // The usual server frame: two bytes, stored as one.
+        dst.put_u16(u16::from_be_bytes([*b0, *b1]));
+    } else {
+        dst.extend_from_slice(bytes.get(..len).unwrap_or_default());
+    }
     let start = dst.len();
     dst.extend_from_slice(payload);
     if let Some(mask) = header.mask {

@@ -72,7 +72,9 @@ pub enum Event {
     /// A pong.
     Pong(Bytes),
     /// The connection closed: the peer's close frame (its reply, if we
-    /// closed first; our reply is queued, if it did), or
+    /// closed first; our reply goes out with the next
+    /// [`Connection::poll_transmit`], after the data queued before it, if
+    /// it did), or
     /// [`CloseCode::ABNORMAL`] when the transport ended without one. No
     /// other event follows.
     Close(CloseFrame),
@@ -223,7 +225,8 @@ enum State {
     CloseSent,
     /// Both close frames are exchanged, or the transport ended.
     Closed,
-    /// The peer broke the protocol; our close frame is queued.
+    /// The peer broke the protocol; our close frame is owed (see
+    /// `Connection::close_reply`) or went out.
     Failed(ProtocolError),
 }
 
@@ -306,16 +309,17 @@ pub struct Connection {
     frame: Option<InFrame>,
     message: Option<InMessage>,
     utf8: Utf8Validator,
-    /// Events not yet handed out: `poll_event` parses a frame only when
-    /// this is empty, and a frame makes one event at most, so a flood of
-    /// pings (or anything else) never queues more than one.
-    events: VecDeque<Event>,
     /// Buffers ready for the transport, all of them before `output`.
     queued: VecDeque<Bytes>,
     output: BytesMut,
     /// The auto-pong waiting for transmit: the latest ping's payload.
     /// Boxed: most connections never carry one.
     pong: Option<Box<PongPayload>>,
+    /// The close frame this side owes since the peer's close frame or a
+    /// protocol error: queued by the next `poll_transmit`, so that data
+    /// queued before then (answers to what arrived before the close) goes
+    /// out ahead of it. Boxed: most connections never carry one.
+    close_reply: Option<Box<CloseReply>>,
     /// Masking keys; present on clients only.
     rng: Option<Box<StdRng>>,
     deflate: Option<Box<Deflate>>,
@@ -328,6 +332,22 @@ pub struct Connection {
 struct Deflate {
     codec: PerMessageDeflate,
     scratch: BytesMut,
+}
+
+/// What [`Connection::process_frame`] made of the input.
+enum Parsed {
+    /// Not a whole frame yet.
+    NeedInput,
+    /// A frame that makes no event (a fragment before the last).
+    Frame,
+    /// A frame's event.
+    Event(Event),
+}
+
+/// A close frame owed to the peer, not yet queued.
+struct CloseReply {
+    code: Option<CloseCode>,
+    reason: String,
 }
 
 /// The payload of a ping whose pong waits for transmit.
@@ -467,10 +487,10 @@ impl Connection {
             frame: None,
             message: None,
             utf8: Utf8Validator::default(),
-            events: VecDeque::new(),
             queued: VecDeque::new(),
             output: BytesMut::new(),
             pong: None,
+            close_reply: None,
             rng,
             deflate: None,
             eof: false,
@@ -532,9 +552,6 @@ impl Connection {
         if let Some(deflate) = &mut self.deflate {
             release_bytes(&mut deflate.scratch);
         }
-        if self.events.is_empty() && self.events.capacity() != 0 {
-            self.events = VecDeque::new();
-        }
         if self.queued.is_empty() && self.queued.capacity() != 0 {
             self.queued = VecDeque::new();
         }
@@ -548,8 +565,10 @@ impl Connection {
         self.input.capacity()
             + self.output.capacity()
             + self.deflate.as_ref().map_or(0, |d| d.scratch.capacity())
-            + self.events.capacity() * std::mem::size_of::<Event>()
             + self.queued.capacity() * std::mem::size_of::<Bytes>()
+            + self.close_reply.as_ref().map_or(0, |reply| {
+                std::mem::size_of::<CloseReply>() + reply.reason.capacity()
+            })
             + self
                 .pong
                 .as_ref()
@@ -563,6 +582,10 @@ impl Connection {
         self.queued.iter().map(Bytes::len).sum::<usize>()
             + self.output.len()
             + self.waiting_pong().unwrap_or(0)
+            + self
+                .close_reply
+                .as_ref()
+                .map_or(0, |reply| close_frame_len(self.rng.is_some(), reply))
     }
 
     /// Feeds bytes read from the transport, in any chunking. Then drain
@@ -635,29 +658,31 @@ impl Connection {
     /// # Errors
     ///
     /// The [`ProtocolError`] the peer committed, after every event before it.
-    /// A close frame with its code is queued for transmit, and every later
-    /// call returns the same error.
+    /// A close frame with its code goes out with the next
+    /// [`poll_transmit`](Self::poll_transmit), after the data queued before
+    /// it (answers to the messages before the error), and every later call
+    /// returns the same error.
     pub fn poll_event(&mut self) -> Result<Option<Event>, ProtocolError> {
+        // A frame makes one event at most and is parsed only when asked
+        // for, so nothing (a flood of pings included) is ever queued.
         loop {
-            if let Some(event) = self.events.pop_front() {
-                return Ok(Some(event));
-            }
             match &self.state {
                 State::Failed(e) => return Err(e.clone()),
                 State::Closed => return Ok(None),
                 State::Open | State::CloseSent => {}
             }
             match self.process_frame() {
-                Ok(true) => {}
-                Ok(false) if self.eof => {
+                Ok(Parsed::Event(event)) => return Ok(Some(event)),
+                Ok(Parsed::Frame) => {}
+                Ok(Parsed::NeedInput) if self.eof => {
                     self.state = State::Closed;
                     self.release_input();
-                    self.events.push_back(Event::Close(CloseFrame {
+                    return Ok(Some(Event::Close(CloseFrame {
                         code: CloseCode::ABNORMAL,
                         reason: String::new(),
-                    }));
+                    })));
                 }
-                Ok(false) => return Ok(None),
+                Ok(Parsed::NeedInput) => return Ok(None),
                 Err(e) => return Err(self.fail(e)),
             }
         }
@@ -676,6 +701,9 @@ impl Connection {
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         self.queue_pong();
+        if let Some(reply) = self.close_reply.take() {
+            self.queue_close(reply.code, &reply.reason);
+        }
         if let Some(bytes) = self.queued.pop_front() {
             return Some(bytes);
         }
@@ -688,7 +716,10 @@ impl Connection {
     /// Whether [`poll_transmit`](Self::poll_transmit) has anything to give.
     #[must_use]
     pub fn has_transmit(&self) -> bool {
-        !self.queued.is_empty() || !self.output.is_empty() || self.pong.is_some()
+        !self.queued.is_empty()
+            || !self.output.is_empty()
+            || self.pong.is_some()
+            || self.close_reply.is_some()
     }
 
     /// The length of the frame of the auto-pong that waits for transmit
@@ -717,7 +748,10 @@ impl Connection {
     ///
     /// # Errors
     ///
-    /// [`SendError::Closed`] once a close frame was sent or received.
+    /// [`SendError::Closed`] once a close frame was sent, or received and
+    /// answered: until [`poll_transmit`](Self::poll_transmit) queues the
+    /// answer to the peer's close (or the close frame of a protocol
+    /// error), messages are still queued, ahead of it.
     pub fn send_text(&mut self, text: &str) -> Result<(), SendError> {
         self.send_data(OpCode::Text, text.as_bytes())
     }
@@ -726,7 +760,7 @@ impl Connection {
     ///
     /// # Errors
     ///
-    /// [`SendError::Closed`] once a close frame was sent or received.
+    /// As for [`send_text`](Self::send_text).
     pub fn send_binary(&mut self, data: &[u8]) -> Result<(), SendError> {
         self.send_data(OpCode::Binary, data)
     }
@@ -777,7 +811,7 @@ impl Connection {
         if payload.len() > MAX_CONTROL_PAYLOAD {
             return Err(SendError::ControlTooLong(payload.len()));
         }
-        if self.state != State::Open {
+        if !self.can_send() {
             return Err(SendError::Closed);
         }
         self.queue_frame(FrameHeader::new(opcode, 0), payload);
@@ -785,46 +819,56 @@ impl Connection {
     }
 
     fn send_data(&mut self, opcode: OpCode, data: &[u8]) -> Result<(), SendError> {
-        if self.state != State::Open {
+        if !self.can_send() {
             return Err(SendError::Closed);
         }
-        let mut scratch = self
+        let first = FrameHeader::new(opcode, 0);
+        let Some(deflate) = self
             .deflate
             .as_mut()
-            .map(|deflate| std::mem::take(&mut deflate.scratch))
-            .unwrap_or_default();
-        let mut first = FrameHeader::new(opcode, 0);
-        let payload = match &mut self.deflate {
-            Some(deflate) if deflate.codec.should_compress(data.len()) => {
-                scratch.clear();
-                deflate
-                    .codec
-                    .compress(data, &mut scratch)
-                    .map_err(SendError::Deflate)?;
-                first.rsv1 = true;
-                &scratch[..]
-            }
-            _ => data,
+            .filter(|deflate| deflate.codec.should_compress(data.len()))
+        else {
+            self.queue_fragments(first, data);
+            return Ok(());
         };
-        let size = self.config.send_fragment_size;
-        if size == 0 || payload.len() <= size {
-            self.queue_frame(first, payload);
-        } else {
-            let count = payload.len().div_ceil(size);
-            for (i, chunk) in payload.chunks(size).enumerate() {
-                let mut header = if i == 0 {
-                    first
-                } else {
-                    FrameHeader::new(OpCode::Continuation, 0)
-                };
-                header.fin = i + 1 == count;
-                self.queue_frame(header, chunk);
-            }
-        }
+        let mut scratch = std::mem::take(&mut deflate.scratch);
+        scratch.clear();
+        deflate
+            .codec
+            .compress(data, &mut scratch)
+            .map_err(SendError::Deflate)?;
+        self.queue_fragments(
+            FrameHeader {
+                rsv1: true,
+                ..first
+            },
+            &scratch,
+        );
         if let Some(deflate) = &mut self.deflate {
             deflate.scratch = scratch;
         }
         Ok(())
+    }
+
+    /// Queues `payload` as one frame with `first`'s header, or as
+    /// fragments of at most [`Config::send_fragment_size`] bytes, the first
+    /// with `first`'s header, the rest continuations.
+    fn queue_fragments(&mut self, first: FrameHeader, payload: &[u8]) {
+        let size = self.config.send_fragment_size;
+        if size == 0 || payload.len() <= size {
+            self.queue_frame(first, payload);
+            return;
+        }
+        let count = payload.len().div_ceil(size);
+        for (i, chunk) in payload.chunks(size).enumerate() {
+            let mut header = if i == 0 {
+                first
+            } else {
+                FrameHeader::new(OpCode::Continuation, 0)
+            };
+            header.fin = i + 1 == count;
+            self.queue_frame(header, chunk);
+        }
     }
 
     fn queue_frame(&mut self, mut header: FrameHeader, payload: &[u8]) {
@@ -852,31 +896,38 @@ impl Connection {
         self.queue_frame(FrameHeader::new(OpCode::Close, 0), &payload[..len]);
     }
 
-    /// Records a protocol failure: queue our close frame (unless one went
-    /// out already) and stay failed.
+    /// Whether data may be queued: the connection is open, or its close
+    /// reply waits for the next `poll_transmit`.
+    fn can_send(&self) -> bool {
+        self.state == State::Open || self.close_reply.is_some()
+    }
+
+    /// Records a protocol failure: our close frame is owed (unless one went
+    /// out already) and the connection stays failed.
     fn fail(&mut self, error: ProtocolError) -> ProtocolError {
         if self.state == State::Open {
-            let reason = error.to_string();
-            self.queue_close(Some(error.close_code()), &reason);
+            self.close_reply = Some(Box::new(CloseReply {
+                code: Some(error.close_code()),
+                reason: error.to_string(),
+            }));
         }
         self.state = State::Failed(error.clone());
         self.release_input();
         error
     }
 
-    /// Parses and handles the next complete frame. `Ok(false)`: need more
-    /// input.
-    fn process_frame(&mut self) -> Result<bool, ProtocolError> {
+    /// Parses and handles the next complete frame.
+    fn process_frame(&mut self) -> Result<Parsed, ProtocolError> {
         if self.frame.is_none() {
             let Some((header, header_len)) = FrameHeader::decode(&self.input)? else {
-                return Ok(false);
+                return Ok(Parsed::NeedInput);
             };
             let frame = self.check_header(header)?;
             self.input.advance(header_len);
             self.frame = Some(frame);
         }
         let Some(frame) = &mut self.frame else {
-            return Ok(false);
+            return Ok(Parsed::NeedInput);
         };
         let available = self.input.len().min(frame.len);
         if available > frame.seen {
@@ -898,14 +949,16 @@ impl Connection {
             // does not make the connection hold memory it never sent.
             self.input
                 .reserve((frame.len - self.input.len()).min(RESERVE_AHEAD));
-            return Ok(false);
+            return Ok(Parsed::NeedInput);
         }
         let len = frame.len;
         let header = frame.header;
         self.frame = None;
         let payload = self.input.split_to(len).freeze();
-        self.handle_frame(header, payload)?;
-        Ok(true)
+        Ok(match self.handle_frame(header, payload)? {
+            Some(event) => Parsed::Event(event),
+            None => Parsed::Frame,
+        })
     }
 
     /// Checks a header against the connection's rules before any of its
@@ -980,8 +1033,14 @@ impl Connection {
         })
     }
 
-    fn handle_frame(&mut self, header: FrameHeader, payload: Bytes) -> Result<(), ProtocolError> {
-        match header.opcode {
+    /// Handles one whole frame; its event, if it makes one (a fragment
+    /// that does not end its message makes none).
+    fn handle_frame(
+        &mut self,
+        header: FrameHeader,
+        payload: Bytes,
+    ) -> Result<Option<Event>, ProtocolError> {
+        Ok(Some(match header.opcode {
             OpCode::Ping => {
                 if self.config.auto_pong && self.state == State::Open {
                     // Replaces the pong of an earlier ping if it still waits.
@@ -989,30 +1048,29 @@ impl Connection {
                         .get_or_insert_with(|| Box::new(PongPayload::EMPTY))
                         .set(&payload);
                 }
-                self.events.push_back(Event::Ping(payload));
+                Event::Ping(payload)
             }
-            OpCode::Pong => self.events.push_back(Event::Pong(payload)),
+            OpCode::Pong => Event::Pong(payload),
             OpCode::Close => self.handle_close(&payload)?,
             OpCode::Text | OpCode::Binary => {
                 let text = header.opcode == OpCode::Text;
                 if header.fin && !header.rsv1 {
                     // The common case: a whole message in one frame, no copy.
-                    self.emit(text, payload)?;
-                } else {
-                    let mut message = InMessage {
-                        text,
-                        compressed: header.rsv1,
-                        fragments: 1,
-                        wire_len: payload.len(),
-                        data: BytesMut::new(),
-                    };
-                    self.append(&mut message, &payload, header.fin)?;
-                    if header.fin {
-                        self.emit(text, message.data.freeze())?;
-                    } else {
-                        self.message = Some(message);
-                    }
+                    return self.emit(text, payload).map(Some);
                 }
+                let mut message = InMessage {
+                    text,
+                    compressed: header.rsv1,
+                    fragments: 1,
+                    wire_len: payload.len(),
+                    data: BytesMut::new(),
+                };
+                self.append(&mut message, &payload, header.fin)?;
+                if !header.fin {
+                    self.message = Some(message);
+                    return Ok(None);
+                }
+                self.emit(text, message.data.freeze())?
             }
             OpCode::Continuation => {
                 let Some(mut message) = self.message.take() else {
@@ -1021,14 +1079,13 @@ impl Connection {
                 message.fragments += 1;
                 message.wire_len += payload.len();
                 self.append(&mut message, &payload, header.fin)?;
-                if header.fin {
-                    self.emit(message.text, message.data.freeze())?;
-                } else {
+                if !header.fin {
                     self.message = Some(message);
+                    return Ok(None);
                 }
+                self.emit(message.text, message.data.freeze())?
             }
-        }
-        Ok(())
+        }))
     }
 
     /// Adds one frame's payload to a message being reassembled.
@@ -1060,20 +1117,18 @@ impl Connection {
         Ok(())
     }
 
-    fn emit(&mut self, text: bool, data: Bytes) -> Result<(), ProtocolError> {
-        let event = if text {
+    fn emit(&mut self, text: bool, data: Bytes) -> Result<Event, ProtocolError> {
+        Ok(if text {
             self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
             // Validated piece by piece as it arrived (or just above, after
             // decompression); `finish` checked it ended on a boundary.
             Event::Text(Utf8Bytes::from_validated(data))
         } else {
             Event::Binary(data)
-        };
-        self.events.push_back(event);
-        Ok(())
+        })
     }
 
-    fn handle_close(&mut self, payload: &[u8]) -> Result<(), ProtocolError> {
+    fn handle_close(&mut self, payload: &[u8]) -> Result<Event, ProtocolError> {
         let frame = match payload {
             [] => CloseFrame {
                 code: CloseCode::NO_STATUS,
@@ -1095,13 +1150,25 @@ impl Connection {
         if self.state == State::Open {
             // Echo the peer's code, as RFC 6455 section 5.5.1 asks.
             let code = (frame.code != CloseCode::NO_STATUS).then_some(frame.code);
-            self.queue_close(code, "");
+            self.close_reply = Some(Box::new(CloseReply {
+                code,
+                reason: String::new(),
+            }));
         }
         self.state = State::Closed;
         self.release_input();
-        self.events.push_back(Event::Close(frame));
-        Ok(())
+        Ok(Event::Close(frame))
     }
+}
+
+/// The length of the close frame `reply` makes: header, mask key on a
+/// client, code and reason (cut as `queue_close` cuts it).
+fn close_frame_len(masked: bool, reply: &CloseReply) -> usize {
+    let payload = match reply.code {
+        Some(_) => 2 + truncate_utf8(&reply.reason, CloseFrame::MAX_REASON_LEN).len(),
+        None => 0,
+    };
+    2 + if masked { 4 } else { 0 } + payload
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a char

@@ -18,8 +18,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::ValueEnum;
-use storm_host::options::{ClientOptions, Framing, TlsClientOptions, WsOptions};
-use storm_proto::framing::{DelimiterConfig, LengthPrefixConfig, RawConfig};
+use storm_host::options::{ClientOptions, TlsClientOptions, WsOptions};
+use storm_proto::framing::{DelimiterConfig, Framing, LengthPrefixConfig, RawConfig};
 use storm_proto::reconnect::BackoffConfig;
 use storm_services::rpc::Endpoint;
 

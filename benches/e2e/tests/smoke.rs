@@ -62,10 +62,36 @@ fn field<'a>(json: &'a str, name: &str) -> &'a str {
     rest.split([',', '}']).next().unwrap_or_default()
 }
 
+/// The load shapes `run.sh` measures, each run for a fifth of a second:
+/// (mode, clients, messages in flight, payload bytes).
+const SHAPES: [(&str, &str, &str, &str); 5] = [
+    // 100 x 16 x 32 B, pipelined (fewer clients: the harness, not the speed).
+    ("throughput", "4", "16", "32"),
+    // Deep pipeline: 100 in flight per connection.
+    ("throughput", "4", "100", "32"),
+    // 100-connection ping-pong: one in flight each, timed.
+    ("latency", "100", "1", "32"),
+    // One connection, one in flight.
+    ("latency", "1", "1", "32"),
+    // Large messages: 64 KiB.
+    ("throughput", "2", "4", "65536"),
+];
+
+/// The number of threads of process `pid`.
+fn threads(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Threads in {status}"))
+}
+
 fn drive(bin: &str, proto: &str) {
     let server = Server::start(bin);
     let addr = server.addr.as_str();
-    for mode in ["throughput", "latency"] {
+    for (mode, clients, window, size) in SHAPES {
         let (ok, out) = loadgen(&[
             "--mode",
             mode,
@@ -74,22 +100,34 @@ fn drive(bin: &str, proto: &str) {
             "--addr",
             addr,
             "--clients",
-            "4",
+            clients,
+            "--window",
+            window,
+            "--size",
+            size,
             "--duration",
             "0.2",
             "--workers",
             "1",
         ]);
+        let shape = format!("{bin} {mode} {clients} x {window} x {size} B");
         let json = out.lines().next().unwrap_or_default();
-        assert!(ok, "{bin} {mode}: {out}");
-        assert_eq!(field(json, "error"), "null", "{json}");
+        assert!(ok, "{shape}: {out}");
+        assert_eq!(field(json, "error"), "null", "{shape}: {json}");
+        assert_eq!(field(json, "clients"), clients, "{shape}: {json}");
+        assert_eq!(field(json, "window"), window, "{shape}: {json}");
         let msgs: u64 = field(json, "msgs").parse().unwrap_or(0);
-        assert!(msgs > 0, "{json}");
+        assert!(msgs > 0, "{shape}: {json}");
+        let rate: f64 = field(json, "msgs_per_s").parse().unwrap_or(0.0);
+        assert!(rate > 0.0, "{shape}: {json}");
         if mode == "latency" {
             let samples: u64 = field(json, "samples").parse().unwrap_or(0);
-            assert!(samples > 0, "{json}");
+            assert!(samples > 0, "{shape}: {json}");
         }
     }
+    // Every peer runs on one thread (a current-thread runtime), as storm is
+    // compared with it on one pinned core.
+    assert_eq!(threads(server.child.id()), 1, "{bin}");
     // Twenty connections opened, held a tenth of a second, let go.
     let few = [
         "--proto",

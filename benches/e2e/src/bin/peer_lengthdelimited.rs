@@ -1,15 +1,18 @@
 //! Length-prefixed echo with tokio-util's `LengthDelimitedCodec` (4-byte
-//! big-endian length, 16 MiB limit, as `storm echo --proto lp`): the decoded
-//! stream is forwarded into the encoding sink, which flushes whenever no
-//! more input is ready, so echoes are batched the way the codec is meant to
-//! be used.
+//! big-endian length, 16 MiB limit, as `storm echo --proto lp`) in one
+//! `Framed` (not `split()`, whose halves share a lock), driven by
+//! [`peer::echo_batched`]: every frame that is ready is decoded, the echoes
+//! are fed into the sink (which only appends to its write buffer until it
+//! passes the codec's backpressure boundary) and flushed once per batch —
+//! the batched flush the codec is meant to be used with.
+//!
+//! On a current-thread runtime like every peer ([`peer::run`]).
 //!
 //! Usage: `peer_lengthdelimited ADDR` (loopback only).
 
 use std::process::ExitCode;
 
 use bytes::BytesMut;
-use futures_util::{StreamExt, TryStreamExt};
 use storm_e2e::peer::{self, BoxError};
 use tokio::net::TcpStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
@@ -20,9 +23,10 @@ async fn echo(stream: TcpStream) -> Result<(), BoxError> {
         .big_endian()
         .max_frame_length(16 << 20)
         .new_codec();
-    let (sink, source) = Framed::new(stream, codec).split();
-    source.map_ok(BytesMut::freeze).forward(sink).await?;
-    Ok(())
+    peer::echo_batched(Framed::new(stream, codec), |frame: BytesMut| {
+        Some(frame.freeze())
+    })
+    .await
 }
 
 fn main() -> ExitCode {

@@ -1,5 +1,8 @@
-//! Raw TCP echo on tokio: every read is written straight back. No framing,
-//! no parsing: the physical limit of a tokio echo server on this machine.
+//! Raw TCP echo on tokio: every read (into a 64 KiB buffer) is written
+//! straight back with `write_all`. No framing, no parsing, one write per
+//! read: the physical limit of a tokio echo server on this machine.
+//!
+//! On a current-thread runtime like every peer ([`peer::run`]).
 //!
 //! Usage: `peer_raw_tcp ADDR` (loopback only; port 0 picks a free port,
 //! printed on the first line).
@@ -10,8 +13,11 @@ use storm_e2e::peer::{self, BoxError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Bytes read from the socket at a time.
+const BUFFER: usize = 64 * 1024;
+
 async fn echo(mut stream: TcpStream) -> Result<(), BoxError> {
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; BUFFER];
     loop {
         let n = stream.read(&mut buf).await?;
         if n == 0 {

@@ -1,25 +1,29 @@
-//! WebSocket echo with tokio-websockets: `ServerBuilder::accept`, then the
-//! data messages forwarded back into the same stream's sink (pings and the
-//! close handshake are answered by the crate itself).
+//! WebSocket echo with tokio-websockets: `ServerBuilder::accept` with the
+//! crate's default `Config` (4 MiB frames, 8 KiB flush threshold) and
+//! `Limits`, then the one `WebSocketStream` (not `split()`, whose halves
+//! share a lock) driven by [`peer::echo_batched`]: every message that is
+//! ready is read first, then their echoes are fed and flushed once. Reading
+//! first matters for this crate: polling its stream flushes whatever frames
+//! are queued, so feeding each echo as it is read (or `forward`) would cost
+//! one write per message. Pings and the close handshake are answered by the
+//! crate itself.
+//!
+//! On a current-thread runtime like every peer ([`peer::run`]).
 //!
 //! Usage: `peer_tokio_websockets ADDR` (loopback only).
 
-use std::future::ready;
 use std::process::ExitCode;
 
-use futures_util::{StreamExt, TryStreamExt};
 use storm_e2e::peer::{self, BoxError};
 use tokio::net::TcpStream;
-use tokio_websockets::ServerBuilder;
+use tokio_websockets::{Message, ServerBuilder};
 
 async fn echo(stream: TcpStream) -> Result<(), BoxError> {
     let (_request, ws) = ServerBuilder::new().accept(stream).await?;
-    let (sink, source) = ws.split();
-    source
-        .try_filter(|message| ready(message.is_binary() || message.is_text()))
-        .forward(sink)
-        .await?;
-    Ok(())
+    peer::echo_batched(ws, |message: Message| {
+        (message.is_binary() || message.is_text()).then_some(message)
+    })
+    .await
 }
 
 fn main() -> ExitCode {

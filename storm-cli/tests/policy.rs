@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
+use storm_proto::route::{self, envelope};
 use storm_proto::ws::{CloseCode, Event};
 use storm_tests::process::{lines, output_within};
 use storm_tests::suite::WAIT;
@@ -20,6 +21,7 @@ struct Server {
     child: Child,
     addr: SocketAddr,
     _stdout: Receiver<String>,
+    stderr: Receiver<String>,
 }
 
 impl Drop for Server {
@@ -38,9 +40,11 @@ fn start(args: &[&str]) -> Server {
         .args(["--addr", "127.0.0.1:0"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("storm starts");
     let stdout = lines(child.stdout.take().expect("stdout"));
+    let stderr = lines(child.stderr.take().expect("stderr"));
     let banner = stdout.recv_timeout(WAIT).expect("a banner");
     let addr = banner
         .rsplit("://")
@@ -52,6 +56,7 @@ fn start(args: &[&str]) -> Server {
         child,
         addr,
         _stdout: stdout,
+        stderr,
     }
 }
 
@@ -293,4 +298,96 @@ fn max_message_closes_with_1009_on_websocket() {
             "{service:?}: {close:?}"
         );
     }
+}
+
+/// The gateway never waits on one client; with `--slow-consumer drop` a
+/// client that does not read loses the replies that do not fit and stays
+/// connected (before, any client over its limit was closed with 1008).
+#[test]
+fn slow_consumer_drop_in_the_gateway_drops_messages_and_keeps_the_client() {
+    let backend = start(&["echo", "--proto", "lp"]);
+    let dir = std::env::temp_dir().join(format!("storm-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let ini = dir.join("routes.ini");
+    std::fs::write(
+        &ini,
+        format!(
+            "[echo]\nname = echo\nport = {}\nprotocol = tcp\n",
+            backend.addr.port()
+        ),
+    )
+    .expect("route file");
+    let gateway = start(&[
+        "gateway",
+        "--config",
+        ini.to_str().expect("UTF-8 path"),
+        "--slow-consumer",
+        "drop",
+        "--max-pending-bytes",
+        "65536",
+    ]);
+    let up = std::iter::from_fn(|| gateway.stderr.recv_timeout(WAIT).ok())
+        .any(|line| line.starts_with("backend echo connected"));
+    assert!(up, "the backend never came up");
+
+    // The client does the route handshake. Its receive buffer is fixed
+    // (no autotuning up to tens of MiB), and not tiny, so that reading
+    // back what the kernel holds is quick.
+    let socket = socket2::Socket::from(RawWs::request(gateway.addr));
+    socket.set_recv_buffer_size(256 * 1024).expect("SO_RCVBUF");
+    let mut client = RawWs::upgraded(TcpStream::from(socket)).expect("upgraded");
+    client
+        .stream
+        .set_write_timeout(Some(WAIT))
+        .expect("write timeout");
+    let config = route::ClientConfig {
+        routes: vec!["echo".to_owned()],
+        ..route::ClientConfig::default()
+    };
+    let mut handshake = route::ClientHandshake::new(&config, Instant::now()).expect("config");
+    loop {
+        while let Some(text) = handshake.poll_transmit() {
+            client.send(opcode::TEXT, text.as_bytes(), true);
+        }
+        if let Some(route::Event::Ready(_)) = handshake.poll_event() {
+            break;
+        }
+        let Some(Event::Text(text)) = client.next_event() else {
+            panic!("the handshake ended");
+        };
+        handshake
+            .handle_message(Instant::now(), text.as_str())
+            .expect("handshake step");
+    }
+
+    // Requests whose echoes the client does not read: 32 MiB, far more
+    // than the kernel's buffers (a few MiB each way) and the gateway's
+    // 64 KiB queue hold.
+    let payload = "x".repeat(16 * 1024);
+    let request = envelope::encode_text("echo", &payload).expect("envelope");
+    let sent = 2048;
+    for _ in 0..sent {
+        client.send(opcode::TEXT, request.as_bytes(), true);
+    }
+    // Then a marker: the client reads until its echo. The marker's echo
+    // may itself be dropped while the queue is still full, so it is sent
+    // again after each echo read: the last one goes when the queue has
+    // room.
+    let marker = envelope::encode_text("echo", "marker").expect("envelope");
+    client.send(opcode::TEXT, marker.as_bytes(), true);
+    let mut echoed = 0;
+    loop {
+        match client.next_event() {
+            Some(Event::Text(text)) if text.as_str().ends_with("marker") => break,
+            Some(Event::Text(_)) => echoed += 1,
+            Some(Event::Close(close)) => panic!("closed: {close:?}"),
+            Some(_) => continue,
+            None => panic!("the gateway ended the connection"),
+        }
+        client.send(opcode::TEXT, marker.as_bytes(), true);
+    }
+    assert!(
+        echoed < sent,
+        "nothing was dropped: {echoed} of {sent} echoed"
+    );
 }

@@ -24,7 +24,7 @@ pub const DEFAULT_MISSED_PONGS: u32 = 3;
 /// `--heartbeat`, `--missed-pongs`, `--idle-timeout`, `--max-message`: the
 /// same flags, with the same meaning, on every server service. The help
 /// text is `storm <service> --help` (clap shows it verbatim).
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Policies and limits")]
 pub struct PolicyArgs {
     /// Most connections at once; more are closed at accept, before any

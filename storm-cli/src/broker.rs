@@ -11,6 +11,7 @@ use storm_host::options::{ClientOptions, TlsClientOptions};
 use storm_proto::broker::{ChannelId, ErrorCode, ErrorPayload, RouterConfig, RouterStats};
 
 use storm_cli::interrupt;
+use storm_cli::policy::{PolicyArgs, Service};
 use storm_cli::runtime::{Runtime, TlsArgs};
 use storm_services::broker::{
     BrokerError, BrokerOptions, BrokerServer, Consumer, ConsumerOptions, Provider, ProviderOptions,
@@ -21,6 +22,7 @@ use storm_services::host::{on_async, on_std};
 
 /// Options of `storm broker`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(mut_arg("max_message", |arg| arg.visible_alias("max-frame")))]
 pub(crate) struct ServerArgs {
     /// Address to listen on (IPv4 or IPv6); port 0 picks a free one,
     /// printed at start.
@@ -34,11 +36,6 @@ pub(crate) struct ServerArgs {
     /// Longest timeout a consumer may register with.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub max_timeout: Duration,
-    /// Largest frame payload in bytes; requests and responses of any size
-    /// are streamed in frames of at most this size. Clients must use the
-    /// same value.
-    #[arg(long, default_value_t = 1 << 20)]
-    pub max_frame: usize,
     /// Most requests in flight through the broker; more are refused with
     /// BUSY.
     #[arg(long, default_value_t = RouterConfig::DEFAULT_MAX_REQUESTS)]
@@ -55,9 +52,6 @@ pub(crate) struct ServerArgs {
     /// is about this much).
     #[arg(long, default_value_t = RouterConfig::DEFAULT_MAX_QUEUED_BYTES)]
     pub max_queued_bytes: usize,
-    /// Most connections at once; more are closed at accept. 0 = unlimited.
-    #[arg(long, default_value_t = 0)]
-    pub max_connections: usize,
     /// Print the broker's counters this often (e.g. 10s); 0s = never.
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     pub stats_every: Duration,
@@ -68,6 +62,12 @@ pub(crate) struct ServerArgs {
     /// `--tls CERT_PEM KEY_PEM`: serve TLS only.
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// `--max-message` is the largest frame payload: requests and
+    /// responses of any size are streamed in frames of at most this size,
+    /// and clients must use the same value (`--max-frame`, its name
+    /// before the policy flags were shared, still works).
+    #[command(flatten)]
+    pub policy: PolicyArgs,
 }
 
 /// `storm client broker <role>`.
@@ -227,6 +227,14 @@ fn frame(max: usize) -> storm_proto::broker::FrameConfig {
 /// How long connections get to close on Ctrl-C.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// `storm broker`: length-prefixed frames (no ping) of up to 1 MiB of
+/// payload; the router's bounded queues are its slow-consumer policy.
+const SERVICE: Service = Service {
+    max_message: 1 << 20,
+    waits_only: true,
+    ..Service::tcp("storm broker")
+};
+
 /// Runs `storm broker` until Ctrl-C, on the runtime `--runtime` names.
 ///
 /// # Errors
@@ -235,11 +243,12 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) fn serve(args: &ServerArgs) -> Result<(), BrokerError> {
     let mut options = BrokerOptions::default();
     options.server.addr.clone_from(&args.addr);
-    options.server.max_connections = args.max_connections;
     args.tls
         .apply(&mut options.server)
         .map_err(BrokerError::Io)?;
-    options.frame = frame(args.max_frame);
+    let policy = args.policy.resolve(&SERVICE)?;
+    policy.apply(&mut options.server);
+    options.frame = frame(policy.max_message);
     let router = &mut options.router;
     router.default_timeout = args.request_timeout;
     router.max_timeout = args.max_timeout;

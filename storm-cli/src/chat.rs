@@ -9,6 +9,7 @@ use storm_host::options::{ServerOptions, WsOptions};
 use storm_proto::ws::deflate::DeflateConfig;
 use storm_services::chat::{ChatConfig, PageAddr};
 
+use storm_cli::policy::{PolicyArgs, Service};
 use storm_cli::runtime::{Runtime, TlsArgs};
 
 /// Options of `storm chat`.
@@ -32,22 +33,24 @@ pub(crate) struct ChatArgs {
     /// off.
     #[arg(long, default_value_t = 1000)]
     tick_ms: u64,
-    /// Seconds between heartbeat pings; a client that misses 3 pongs in a
-    /// row is disconnected. 0 turns heartbeats off.
-    #[arg(long, default_value_t = 15)]
-    heartbeat: u64,
-    /// Largest message accepted from a client, in bytes.
-    #[arg(long, default_value_t = 64 * 1024)]
-    max_message: usize,
     /// Turn off permessage-deflate (on by default).
     #[arg(long)]
     no_deflate: bool,
     #[command(flatten)]
     tls: TlsArgs,
+    #[command(flatten)]
+    policy: PolicyArgs,
     /// Runtime to serve on: tokio or smol (async tasks), or std (threads).
     #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
     runtime: Runtime,
 }
+
+/// `storm chat`: WebSocket, pings every 15 s, messages up to 64 KiB.
+const SERVICE: Service = Service {
+    heartbeat_secs: 15,
+    max_message: 64 * 1024,
+    ..Service::ws("storm chat")
+};
 
 /// Runs `storm chat` until `/stop` on the console or Ctrl-C, on the
 /// runtime of `--runtime`.
@@ -57,13 +60,14 @@ pub(crate) fn run(args: &ChatArgs) -> io::Result<()> {
         ..ServerOptions::default()
     };
     args.tls.apply(&mut options)?;
-    options.link.heartbeat.interval = Duration::from_secs(args.heartbeat);
+    let policy = args.policy.resolve(&SERVICE)?;
+    policy.apply(&mut options);
     let mut ws = WsOptions {
         deflate: (!args.no_deflate).then(DeflateConfig::default),
         ..WsOptions::default()
     };
-    ws.config.max_message_size = args.max_message;
-    ws.config.max_frame_size = args.max_message;
+    ws.config.max_message_size = policy.max_message;
+    ws.config.max_frame_size = policy.max_message;
     let mut config = ChatConfig::default();
     config.options = options;
     config.ws = ws;

@@ -17,6 +17,7 @@ use storm_services::echo::Echo;
 use storm_services::host::{self, Listen};
 
 use storm_cli::interrupt;
+use storm_cli::policy::{PolicyArgs, Service};
 use storm_cli::runtime::{Runtime, TlsArgs};
 
 /// Options of `storm echo`.
@@ -32,14 +33,13 @@ pub(crate) struct EchoArgs {
     /// Address to listen on (IPv4 or IPv6, e.g. [::1]:9001).
     #[arg(long, default_value = "127.0.0.1:9001")]
     addr: String,
-    /// Largest message accepted, in bytes.
-    #[arg(long, default_value_t = 16 << 20)]
-    max_message: usize,
     /// Turn off permessage-deflate for WebSocket (on by default).
     #[arg(long)]
     no_deflate: bool,
     #[command(flatten)]
     tls: TlsArgs,
+    #[command(flatten)]
+    policy: PolicyArgs,
     /// Runtime to serve on: tokio or smol (async tasks), or std (two
     /// threads per connection).
     #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
@@ -69,7 +69,14 @@ pub(crate) fn run(args: &EchoArgs) -> io::Result<()> {
         ..ServerOptions::default()
     };
     args.tls.apply(&mut options)?;
-    let max = args.max_message;
+    let service = match args.proto {
+        Proto::Ws => Service::ws("storm echo"),
+        Proto::Raw => Service::raw("storm echo --proto raw"),
+        Proto::Lp | Proto::Line => Service::tcp("storm echo --proto lp|line"),
+    };
+    let policy = args.policy.resolve(&service)?;
+    policy.apply(&mut options);
+    let max = policy.max_message;
     let listen = match args.proto {
         Proto::Ws => Listen::Ws(WsOptions {
             config: Config {

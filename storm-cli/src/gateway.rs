@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use storm_cli::interrupt;
+use storm_cli::policy::{PolicyArgs, Service};
 use storm_cli::runtime::{Runtime, TlsArgs};
 use storm_services::gateway::{
     BackendStatus, Gateway, GatewayConfig, GatewayOptions, LoadError, blocking,
@@ -41,6 +42,8 @@ pub(crate) struct GatewayArgs {
     /// `--tls CERT_PEM KEY_PEM`: serve clients over wss://.
     #[command(flatten)]
     pub(crate) tls: TlsArgs,
+    #[command(flatten)]
+    pub(crate) policy: PolicyArgs,
     /// Runtime to run on: tokio or smol (async tasks), or std (threads:
     /// two per client, one per backend connection).
     #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
@@ -75,6 +78,11 @@ pub(crate) fn run(args: &GatewayArgs) -> ExitCode {
         let mut server = storm_host::options::ServerOptions::default();
         args.tls.apply(&mut server)?;
         options.tls = server.tls;
+        let policy = args.policy.resolve(&Service::ws("storm gateway"))?;
+        options.max_connections = policy.max_connections;
+        options.backpressure = policy.backpressure;
+        options.heartbeat = policy.heartbeat;
+        options.max_message_size = policy.max_message;
         if let Some(ca) = &args.backend_ca {
             options.backend_tls.ca_pem = Some(storm_host::tls::read_pem_file(ca)?);
         }

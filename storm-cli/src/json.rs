@@ -18,6 +18,7 @@ use storm_services::json::{JsonConfig, JsonService, decode, encode, now};
 use storm_tokio::{Client, Handler, Session, TcpClient};
 use tokio::sync::mpsc;
 
+use storm_cli::policy::{PolicyArgs, Service};
 use storm_cli::runtime::{Runtime, TlsArgs};
 
 use crate::SHUTDOWN_TIMEOUT;
@@ -31,10 +32,6 @@ pub(crate) struct JsonArgs {
     /// Address to listen on (IPv4 or IPv6, e.g. [::1]:9100).
     #[arg(long, default_value = "127.0.0.1:9100")]
     addr: String,
-    /// Largest message accepted, in bytes. A client that declares a longer
-    /// one is disconnected.
-    #[arg(long, default_value_t = 1 << 20)]
-    max_message: usize,
     /// Greet every client with a `welcome` message when it connects, as the
     /// reference Python server does. Off by default: the protocol document
     /// does not list it, and a strict request/response client would take it
@@ -43,6 +40,8 @@ pub(crate) struct JsonArgs {
     welcome: bool,
     #[command(flatten)]
     tls: TlsArgs,
+    #[command(flatten)]
+    policy: PolicyArgs,
     /// Runtime to serve on: tokio or smol (async tasks), or std (two
     /// threads per connection).
     #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
@@ -100,8 +99,10 @@ pub(crate) fn serve(args: &JsonArgs) -> io::Result<()> {
         ..ServerOptions::default()
     };
     args.tls.apply(&mut options)?;
+    let policy = args.policy.resolve(&SERVICE)?;
+    policy.apply(&mut options);
     let mut framing = LengthPrefixConfig::default();
-    framing.max_frame_len = args.max_message;
+    framing.max_frame_len = policy.max_message;
     let framing = Framing::LengthPrefixWith(framing);
     storm_cli::interrupt::install()?;
     let stop = storm_cli::interrupt::signal();
@@ -114,15 +115,21 @@ pub(crate) fn serve(args: &JsonArgs) -> io::Result<()> {
         SHUTDOWN_TIMEOUT,
         |bound| {
             banner(args, bound.local_addr);
-            JsonService::new(config(args), bound.hub.clone())
+            JsonService::new(config(args, policy.max_message), bound.hub.clone())
         },
     )
 }
 
-fn config(args: &JsonArgs) -> JsonConfig {
+/// `storm json`: length-prefixed TCP (no ping), messages up to 1 MiB.
+const SERVICE: Service = Service {
+    max_message: 1 << 20,
+    ..Service::tcp("storm json")
+};
+
+fn config(args: &JsonArgs, max_message: usize) -> JsonConfig {
     let mut config = JsonConfig::default();
     config.welcome = args.welcome;
-    config.max_message = args.max_message;
+    config.max_message = max_message;
     config
 }
 

@@ -4,8 +4,11 @@
 //!
 //! - [`interrupt`]: Ctrl-C as a [`Stop`](storm_services::host::Stop)
 //!   signal, on every runtime.
+//! - [`policy`]: the policy and limit flags of every server service
+//!   (`--max-connections`, `--slow-consumer`, `--heartbeat`, …).
 //! - [`runtime`]: `--runtime tokio|smol|std` and `--tls` for every
 //!   service.
 
 pub mod interrupt;
+pub mod policy;
 pub mod runtime;

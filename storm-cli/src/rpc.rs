@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use storm_cli::policy::{PolicyArgs, Service};
 use storm_cli::runtime::{Runtime, TlsArgs};
 use storm_services::host::AsyncRuntime;
 use storm_services::host::{on_async, on_std};
@@ -42,6 +43,8 @@ pub(crate) struct ServeArgs {
     /// `--tls CERT_PEM KEY_PEM`: serve `wss://` or TLS over TCP.
     #[command(flatten)]
     pub tls: TlsArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     /// Runtime to serve on: tokio or smol (a task per request), or std (a
     /// thread per request, two per connection).
     #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
@@ -134,12 +137,18 @@ pub(crate) fn serve(args: &ServeArgs) -> ExitCode {
 }
 
 fn serve_on(args: &ServeArgs) -> std::io::Result<()> {
-    let mut config = match args.proto {
-        Proto::Ws => RpcServerConfig::ws(&args.addr),
-        Proto::Tcp => RpcServerConfig::tcp(&args.addr),
+    let (mut config, service) = match args.proto {
+        Proto::Ws => (RpcServerConfig::ws(&args.addr), Service::ws("storm rpc")),
+        Proto::Tcp => (
+            RpcServerConfig::tcp(&args.addr),
+            Service::tcp("storm rpc --proto tcp"),
+        ),
     };
     config.compression = compression(args.compress);
     args.tls.apply(&mut config.options)?;
+    let policy = args.policy.resolve(&service)?;
+    policy.apply(&mut config.options);
+    config.max_payload = policy.max_message;
     storm_cli::interrupt::install()?;
     let name: Arc<str> = args.name.as_str().into();
     match args.runtime {

@@ -135,7 +135,9 @@ use storm_host::hub::SendOutcome;
 use storm_host::options::{ClientOptions, TlsClientOptions, TlsServerOptions, WsOptions};
 use storm_host::peer::Peer;
 use storm_proto::Message;
+use storm_proto::backpressure::BackpressureConfig;
 use storm_proto::framing::{Framing, LengthPrefixConfig};
+use storm_proto::heartbeat::HeartbeatConfig;
 use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffPolicy, BackoffStep, Jitter};
 use storm_proto::route::gateway::{
     Action, BackendConfig, BackendId, BackendProtocol, ClientId, Switchboard,
@@ -183,6 +185,19 @@ pub struct GatewayOptions {
     /// Largest message accepted from a client or a backend, in bytes.
     /// Default 16 MiB.
     pub max_message_size: usize,
+    /// Most clients at once; more are closed at accept. 0 = unlimited.
+    /// Default 0.
+    pub max_connections: usize,
+    /// Each client's send limit and slow-consumer policy. The gateway
+    /// never waits on one client: under `Wait` a client over its limit is
+    /// closed (1008), under `Drop` the message is dropped for it, under
+    /// `Disconnect` it is aborted. Default [`BackpressureConfig::default`]
+    /// (1 MiB, `Wait`).
+    pub backpressure: BackpressureConfig,
+    /// The clients' heartbeat and idle timeout. Default
+    /// [`HeartbeatConfig::default`] (ping every 30 s, dead after 3 missed
+    /// pongs, no idle timeout).
+    pub heartbeat: HeartbeatConfig,
 }
 
 impl Default for GatewayOptions {
@@ -203,6 +218,9 @@ impl Default for GatewayOptions {
             connect_timeout: Duration::from_secs(5),
             handshake_timeout: Some(route::DEFAULT_HANDSHAKE_TIMEOUT),
             max_message_size: 16 << 20,
+            max_connections: 0,
+            backpressure: BackpressureConfig::default(),
+            heartbeat: HeartbeatConfig::default(),
         }
     }
 }
@@ -210,11 +228,15 @@ impl Default for GatewayOptions {
 impl GatewayOptions {
     /// The server options of the client endpoint.
     fn server_options(&self) -> storm_host::options::ServerOptions {
-        storm_host::options::ServerOptions {
+        let mut options = storm_host::options::ServerOptions {
             addr: self.addr.clone(),
             tls: self.tls.clone(),
+            max_connections: self.max_connections,
+            backpressure: self.backpressure,
             ..storm_host::options::ServerOptions::default()
-        }
+        };
+        options.link.heartbeat = self.heartbeat.clone();
+        options
     }
 
     /// The WebSocket options of every connection, client or backend.
@@ -859,10 +881,11 @@ fn offer_all<S: Deref<Target = Peer>>(mut effects: Effects<S>) {
     }
 }
 
-/// Queues without waiting; a client too slow to take it is closed.
+/// Queues without waiting; a client too slow to take it is closed, unless
+/// its policy drops the message (counted in the hub's metrics) instead.
 fn offer(peer: &Peer, message: Message) {
     match peer.try_send(message) {
-        SendOutcome::Queued | SendOutcome::Closed(_) => {}
+        SendOutcome::Queued | SendOutcome::Dropped(_) | SendOutcome::Closed(_) => {}
         _ => peer.close_with(CloseCode::POLICY_VIOLATION, "slow consumer"),
     }
 }

@@ -675,6 +675,7 @@ pub fn server_tls_own_config_alpn<A: Adapter>() {
         rest.extend_from_slice(&chunk[..n]);
     }
     assert_eq!(rest, echo);
+    drop(tls);
 
     // Refused with the no_application_protocol alert (which the std
     // server's close may overtake with a reset).

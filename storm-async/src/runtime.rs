@@ -96,21 +96,6 @@ pub trait Stream: PollRead + PollWrite {
     fn split(self) -> (Self::Reader, Self::Writer);
 }
 
-/// What a server's TLS handshake settled, for deciding about the
-/// connection: the name the client asked for and the protocol agreed on.
-/// The defaults (nothing settled) fit a stream no TLS handshake made.
-pub trait TlsInfo {
-    /// The server name the client sent (SNI), if it sent one.
-    fn sni(&self) -> Option<&str> {
-        None
-    }
-    /// The application protocol agreed on (ALPN), if any: one of the
-    /// server configuration's `alpn_protocols` that the client offered.
-    fn alpn(&self) -> Option<&[u8]> {
-        None
-    }
-}
-
 /// An async runtime: tasks, a timer, TCP and TLS. Implemented by a marker
 /// type (`storm_tokio::Tokio`, `storm_smol::Smol`); servers and clients are
 /// generic over it, handlers and sessions are not.
@@ -129,7 +114,7 @@ pub trait Runtime: Send + Sync + 'static {
     /// A listening TCP socket.
     type Listener: Send + Sync + 'static;
     /// A server-side TLS stream over [`Tcp`](Self::Tcp).
-    type TlsServer: Stream + TlsInfo;
+    type TlsServer: Stream;
     /// A client-side TLS stream over [`Tcp`](Self::Tcp).
     type TlsClient: Stream;
 

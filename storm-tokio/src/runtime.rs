@@ -19,7 +19,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
 #[cfg(not(feature = "tls"))]
 use storm_async::runtime::no_tls;
-use storm_async::runtime::{PollRead, PollWrite, Runtime, Stream, TlsInfo};
+use storm_async::runtime::{PollRead, PollWrite, Runtime, Stream};
 use storm_host::options::TlsServerConfig;
 use storm_host::setup::ClientTls;
 
@@ -99,23 +99,6 @@ tls_stream!(server::TlsStream<TcpStream>);
 #[cfg(feature = "tls")]
 tls_stream!(client::TlsStream<TcpStream>);
 
-/// The SNI and ALPN of an accepted TLS connection.
-#[cfg(feature = "tls")]
-impl TlsInfo for Io<server::TlsStream<TcpStream>> {
-    fn sni(&self) -> Option<&str> {
-        self.0.get_ref().1.server_name()
-    }
-
-    fn alpn(&self) -> Option<&[u8]> {
-        self.0.get_ref().1.alpn_protocol()
-    }
-}
-
-/// Without TLS the TLS stream types are plain sockets no TLS handshake ever
-/// makes.
-#[cfg(not(feature = "tls"))]
-impl TlsInfo for Io<TcpStream> {}
-
 impl Runtime for Tokio {
     const TLS: bool = cfg!(feature = "tls");
     type Tcp = Io<TcpStream>;
@@ -124,6 +107,7 @@ impl Runtime for Tokio {
     type TlsServer = Io<server::TlsStream<TcpStream>>;
     #[cfg(feature = "tls")]
     type TlsClient = Io<client::TlsStream<TcpStream>>;
+    // Without TLS: plain sockets, which no TLS handshake ever makes.
     #[cfg(not(feature = "tls"))]
     type TlsServer = Io<TcpStream>;
     #[cfg(not(feature = "tls"))]

@@ -175,6 +175,8 @@ async fn start<R: Runtime, H: Handler>(
     options: ClientOptions,
     handler: H,
 ) -> Result<Client, ClientError> {
+    crate::runtime::check_tls::<R>(target.tls().is_some())
+        .map_err(|e| ClientError::Config(e.to_string()))?;
     let core = ClientCore::new(&options, rand::random(), Instant::now())?;
     let first = connect_once::<R>(&target, &options, &core).await?;
     let shared = Arc::new(ClientShared {
@@ -272,7 +274,7 @@ async fn connect_once<R: Runtime>(
         let mut stream: ClientStream<R> = match target.tls() {
             None => Either::A(tcp),
             Some(tls) => Either::B(
-                R::tls_connect(Arc::clone(&tls.config), tls.name.clone(), tcp)
+                R::tls_connect(tls.clone(), tcp)
                     .await
                     .map_err(ClientError::Tls)?,
             ),

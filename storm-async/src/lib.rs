@@ -19,9 +19,11 @@
 //! TLS (rustls) is an option, not another server or client: set
 //! [`ServerOptions::tls`](storm_host::options::ServerOptions::tls) or
 //! [`ClientOptions::tls`](storm_host::options::ClientOptions::tls) (a
-//! `wss://` URL turns it on by itself); [`storm_host::tls`] builds the
+//! `wss://` URL turns it on by itself); storm-host's `tls` module builds the
 //! rustls configurations and loads PEM files, the runtime only runs the
-//! handshake on its streams.
+//! handshake on its streams. This crate compiles no rustls itself: a
+//! runtime without TLS ([`Runtime::TLS`] false) makes servers and clients
+//! refuse TLS options when they start.
 
 mod client;
 mod driver;

@@ -9,12 +9,12 @@
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::BufMut;
-use rustls_pki_types::ServerName;
+use storm_host::options::TlsServerConfig;
+use storm_host::setup::ClientTls;
 
 /// The read side of a byte stream.
 pub trait PollRead: Send + Unpin + 'static {
@@ -99,7 +99,16 @@ pub trait Stream: PollRead + PollWrite {
 /// An async runtime: tasks, a timer, TCP and TLS. Implemented by a marker
 /// type (`storm_tokio::Tokio`, `storm_smol::Smol`); servers and clients are
 /// generic over it, handlers and sessions are not.
+///
+/// TLS is part of every runtime's interface, in types that exist with or
+/// without TLS compiled in ([`TlsServerConfig`], [`ClientTls`]: without
+/// storm-host's `tls` feature no value of either exists), so turning a
+/// `tls` feature on anywhere never breaks a runtime built without it. A
+/// runtime built without TLS says so with [`TLS`](Self::TLS), and servers
+/// and clients then refuse TLS options when they start.
 pub trait Runtime: Send + Sync + 'static {
+    /// Whether this runtime runs TLS (its crate's `tls` feature).
+    const TLS: bool;
     /// A connected TCP stream.
     type Tcp: Stream;
     /// A listening TCP socket.
@@ -140,14 +149,34 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Runs the server side of a TLS handshake.
     fn tls_accept(
-        config: Arc<rustls::ServerConfig>,
+        config: TlsServerConfig,
         stream: Self::Tcp,
     ) -> impl Future<Output = io::Result<Self::TlsServer>> + Send;
 
-    /// Runs the client side of a TLS handshake with a server called `name`.
+    /// Runs the client side of a TLS handshake (with the server `tls`
+    /// names).
     fn tls_connect(
-        config: Arc<rustls::ClientConfig>,
-        name: ServerName<'static>,
+        tls: ClientTls,
         stream: Self::Tcp,
     ) -> impl Future<Output = io::Result<Self::TlsClient>> + Send;
+}
+
+/// [`no_tls`] when TLS is `wanted` but runtime `R` is built without it;
+/// servers check at bind, clients when they start.
+pub(crate) fn check_tls<R: Runtime>(wanted: bool) -> io::Result<()> {
+    match wanted && !R::TLS {
+        true => Err(no_tls()),
+        false => Ok(()),
+    }
+}
+
+/// What a runtime built without TLS answers when asked for it: an
+/// [`InvalidInput`](io::ErrorKind::InvalidInput) error that names the
+/// feature.
+#[must_use]
+pub fn no_tls() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "TLS options are set, but the runtime's crate is built without its `tls` feature",
+    )
 }

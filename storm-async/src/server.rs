@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use storm_host::hub::{CloseKind, SessionId};
 use storm_host::link::{LinkDriver, Protocol};
-use storm_host::options::{ServerOptions, WsOptions};
+use storm_host::options::{ServerOptions, TlsServerConfig, WsOptions};
 use storm_host::peer::Registry;
 use storm_host::setup::{
     AcceptErrors, Admitted, ServerOpen, ServerSetup, ServerUpgradeStep, from_peer, server_hub,
@@ -23,7 +23,7 @@ use storm_proto::framing::Framing;
 
 use crate::driver::drive;
 use crate::io::{read_step, write_all_flush};
-use crate::runtime::{PollRead, PollWrite, Runtime, Stream};
+use crate::runtime::{PollRead, PollWrite, Runtime, Stream, check_tls};
 use crate::sync::{Either, Signal, TaskCount, TaskGuard, race, timeout};
 use crate::{Handler, Session};
 
@@ -168,6 +168,7 @@ async fn bind<R: Runtime>(
     options: ServerOptions,
     setup: ServerSetup,
 ) -> io::Result<(R::Listener, ServerHandle<R>)> {
+    check_tls::<R>(setup.tls().is_some())?;
     let addr = R::resolve(&options.addr)
         .await?
         .into_iter()
@@ -311,7 +312,7 @@ async fn accept<R: Runtime, H: Handler>(
         match shared.setup.tls() {
             None => R::spawn(handle.plain(stream, admitted, handler, guard)),
             Some(config) => {
-                let config = Arc::clone(config);
+                let config = config.clone();
                 R::spawn(handle.secure(config, stream, admitted, handler, guard));
             }
         }
@@ -409,7 +410,7 @@ impl<R: Runtime> ServerHandle<R> {
     )]
     fn secure<H: Handler>(
         self,
-        config: Arc<rustls::ServerConfig>,
+        config: TlsServerConfig,
         stream: R::Tcp,
         admitted: Admitted,
         handler: Arc<H>,

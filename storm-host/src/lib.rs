@@ -16,7 +16,7 @@
 //! | [`peer`] | a connection as the application holds it: the non-waiting part of every adapter's `Session` |
 //! | [`options`] | option structs shared by every adapter (servers, clients, WebSocket, framing) |
 //! | [`setup`] | opening a connection apart from the I/O: client targets and server setups checked once (TLS included), the WebSocket upgrade bytes in and protocol out, admission into a hub, a client's reconnect schedule |
-//! | `tls` | (feature `tls`) the shared TLS options into rustls configurations; PEM files into options; rustls' errors as sentences that say what to do |
+//! | `tls` | (feature `tls`) the shared TLS options into rustls configurations (or the application's own, used as they are; the provider by feature, `ring` or `aws-lc-rs`; the system's roots with `native-roots`); PEM files into options; rustls' errors as sentences that say what to do |
 
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -3,6 +3,8 @@
 //! adapters apply the socket options.
 
 use std::fmt;
+#[cfg(feature = "tls")]
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::link::LinkConfig;
@@ -11,10 +13,91 @@ use storm_proto::reconnect::BackoffConfig;
 use storm_proto::ws;
 use storm_proto::ws::deflate::DeflateConfig;
 
-/// TLS for a server, as runtime-neutral PEM data: each adapter builds its
-/// TLS library's configuration from it once, when the server binds, and
-/// refuses to bind (an invalid-input error that says what is wrong) when
-/// the PEM does not parse or the key does not fit the certificate.
+/// A type no value has: what a TLS configuration holds without the `tls`
+/// feature, so that none can exist and no rustls is compiled.
+#[cfg(not(feature = "tls"))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NoTls {}
+
+/// A server's rustls configuration, as the runtimes take it: an
+/// `Arc<rustls::ServerConfig>` (feature `tls`), the application's own
+/// (`TlsServerOptions::from_config`) or one built from PEM. Without the
+/// `tls` feature no value of this type can exist. Two are equal when they
+/// share one configuration.
+#[derive(Clone)]
+pub struct TlsServerConfig {
+    #[cfg(feature = "tls")]
+    config: Arc<rustls::ServerConfig>,
+    #[cfg(not(feature = "tls"))]
+    none: NoTls,
+}
+
+/// A client's rustls configuration, as the runtimes take it: an
+/// `Arc<rustls::ClientConfig>` (feature `tls`), the application's own
+/// (`TlsClientOptions::from_config`) or one built from the options.
+/// Without the `tls` feature no value of this type can exist. Two are
+/// equal when they share one configuration.
+#[derive(Clone)]
+pub struct TlsClientConfig {
+    #[cfg(feature = "tls")]
+    config: Arc<rustls::ClientConfig>,
+    #[cfg(not(feature = "tls"))]
+    none: NoTls,
+}
+
+/// The shared parts of [`TlsServerConfig`] and [`TlsClientConfig`].
+macro_rules! tls_config {
+    ($name:ident, $rustls:ty) => {
+        #[cfg(feature = "tls")]
+        impl $name {
+            /// Wraps a rustls configuration.
+            #[must_use]
+            pub fn new(config: Arc<$rustls>) -> Self {
+                Self { config }
+            }
+
+            /// The rustls configuration.
+            #[must_use]
+            pub fn rustls(&self) -> &Arc<$rustls> {
+                &self.config
+            }
+        }
+
+        #[cfg(feature = "tls")]
+        impl From<Arc<$rustls>> for $name {
+            fn from(config: Arc<$rustls>) -> Self {
+                Self::new(config)
+            }
+        }
+
+        impl PartialEq for $name {
+            fn eq(&self, other: &Self) -> bool {
+                #[cfg(feature = "tls")]
+                return Arc::ptr_eq(&self.config, &other.config);
+                #[cfg(not(feature = "tls"))]
+                match (self.none, other.none) {}
+            }
+        }
+
+        impl Eq for $name {}
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(concat!(stringify!($name), "(..)"))
+            }
+        }
+    };
+}
+
+tls_config!(TlsServerConfig, rustls::ServerConfig);
+tls_config!(TlsClientConfig, rustls::ClientConfig);
+
+/// TLS for a server: PEM data, or a rustls configuration of the
+/// application's own (`from_config`, feature `tls`).
+/// Each adapter builds its configuration from the PEM once, when the
+/// server binds, and refuses to bind (an invalid-input error that says
+/// what is wrong) when the PEM does not parse, the key does not fit the
+/// certificate, or both PEM and a configuration are set.
 ///
 /// The core reads no files; the adapters offer helpers that fill this from
 /// PEM files.
@@ -30,6 +113,11 @@ pub struct TlsServerOptions {
     /// CA certificates (PEM, one or more), or the TLS handshake fails.
     /// Default `None`: no client certificates are asked for.
     pub client_ca_pem: Option<Vec<u8>>,
+    /// The application's own rustls configuration, used as it is (its
+    /// certificates, client verifier, ALPN, resumption and crypto
+    /// provider); the PEM fields must then be empty. Default `None`: built
+    /// from the PEM fields.
+    pub config: Option<TlsServerConfig>,
 }
 
 impl TlsServerOptions {
@@ -41,6 +129,17 @@ impl TlsServerOptions {
             cert_chain_pem: cert_chain_pem.into(),
             key_pem: key_pem.into(),
             client_ca_pem: None,
+            config: None,
+        }
+    }
+
+    /// The application's own rustls configuration, used as it is.
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn from_config(config: Arc<rustls::ServerConfig>) -> Self {
+        Self {
+            config: Some(TlsServerConfig::new(config)),
+            ..Self::default()
         }
     }
 
@@ -62,6 +161,7 @@ impl fmt::Debug for TlsServerOptions {
                 "client_ca_pem",
                 &self.client_ca_pem.as_ref().map(|pem| Bytes(pem.len())),
             )
+            .field("config", &self.config)
             .finish()
     }
 }
@@ -95,20 +195,32 @@ impl fmt::Debug for TlsClientCert {
     }
 }
 
-/// TLS for a client, as runtime-neutral PEM data; the adapter builds its TLS
-/// library's configuration from it once, when the client starts. The
-/// default trusts the usual public web roots and sends no certificate.
+/// TLS for a client: what to trust and what to present, as PEM data, or a
+/// rustls configuration of the application's own
+/// (`from_config`, feature `tls`); the adapter builds
+/// its configuration once, when the client starts. The default trusts the
+/// usual public web roots and sends no certificate.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct TlsClientOptions {
     /// CA certificates to trust (PEM, one or more), instead of the public
     /// web roots. Default `None`: the web roots (Mozilla's list) are trusted.
     pub ca_pem: Option<Vec<u8>>,
+    /// Trust the operating system's certificate store instead of the public
+    /// web roots (feature `native-roots`; read once, when the client
+    /// starts). Not with `ca_pem`. Default `false`.
+    pub native_roots: bool,
     /// A certificate to present when the server asks for one. Default `None`.
     pub client_cert: Option<TlsClientCert>,
     /// The name the server's certificate must carry (and the SNI sent), a
     /// DNS name or an IP address. Default `None`: the host of the URL or
-    /// address the client connects to.
+    /// address the client connects to. It applies to a
+    /// [`config`](Self::config) of the application's own too.
     pub server_name: Option<String>,
+    /// The application's own rustls configuration, used as it is (its
+    /// roots and verifier, client certificate, ALPN, resumption and crypto
+    /// provider); `ca_pem`, `native_roots` and `client_cert` must then be
+    /// unset. Default `None`: built from those fields.
+    pub config: Option<TlsClientConfig>,
 }
 
 impl TlsClientOptions {
@@ -120,14 +232,36 @@ impl TlsClientOptions {
             ..Self::default()
         }
     }
+
+    /// Trusts the operating system's certificate store (feature
+    /// `native-roots`).
+    #[must_use]
+    pub fn with_native_roots() -> Self {
+        Self {
+            native_roots: true,
+            ..Self::default()
+        }
+    }
+
+    /// The application's own rustls configuration, used as it is.
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn from_config(config: Arc<rustls::ClientConfig>) -> Self {
+        Self {
+            config: Some(TlsClientConfig::new(config)),
+            ..Self::default()
+        }
+    }
 }
 
 impl fmt::Debug for TlsClientOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsClientOptions")
             .field("ca_pem", &self.ca_pem.as_ref().map(|pem| Bytes(pem.len())))
+            .field("native_roots", &self.native_roots)
             .field("client_cert", &self.client_cert)
             .field("server_name", &self.server_name)
+            .field("config", &self.config)
             .finish()
     }
 }
@@ -265,8 +399,11 @@ mod tests {
         assert_eq!(ClientOptions::default().tls, None);
         let client = TlsClientOptions::default();
         assert_eq!(client.ca_pem, None);
+        assert!(!client.native_roots);
         assert_eq!(client.client_cert, None);
         assert_eq!(client.server_name, None);
+        assert_eq!(client.config, None);
+        assert_eq!(TlsServerOptions::new("CERT", "KEY").config, None);
     }
 
     #[test]

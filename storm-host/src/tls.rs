@@ -1,6 +1,16 @@
 //! TLS configuration (feature `tls`): the shared option structs into
-//! rustls configurations (the `ring` provider), and PEM files into those
-//! option structs.
+//! rustls configurations, and PEM files into those option structs.
+//!
+//! A configuration the application brings
+//! ([`TlsServerOptions::from_config`], [`TlsClientOptions::from_config`])
+//! is used as it is, with its own crypto provider. One built from PEM uses
+//! the process's default provider when the application installed one
+//! (`rustls::crypto::CryptoProvider::install_default`), else aws-lc-rs
+//! (feature `aws-lc-rs`), else ring (feature `ring`, the adapters'
+//! default); with none of them building from PEM fails with an error that
+//! says so. A client trusts the web roots (Mozilla's, compiled in), the CAs
+//! in `ca_pem`, or the operating system's store (`native_roots`, feature
+//! `native-roots`).
 //!
 //! The option structs ([`TlsServerOptions`], [`TlsClientOptions`]) live in
 //! [`options`](crate::options) as plain PEM bytes so that every adapter
@@ -101,8 +111,24 @@ fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, message)
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+/// The crypto provider of configurations built from PEM: the process's
+/// default when the application installed one, else the one this crate's
+/// features compile in (aws-lc-rs before ring).
+fn provider() -> io::Result<Arc<CryptoProvider>> {
+    if let Some(provider) = CryptoProvider::get_default() {
+        return Ok(Arc::clone(provider));
+    }
+    #[cfg(feature = "aws-lc-rs")]
+    return Ok(Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+    #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+    return Ok(Arc::new(rustls::crypto::ring::default_provider()));
+    #[cfg(not(any(feature = "ring", feature = "aws-lc-rs")))]
+    Err(invalid(
+        "TLS from PEM needs a crypto provider: turn on the `ring` or `aws-lc-rs` feature, \
+         install a process default (rustls::crypto::CryptoProvider::install_default), or \
+         give a rustls configuration of your own"
+            .to_owned(),
+    ))
 }
 
 /// Whether a PEM is one of a certificate chain and private key pair (whose
@@ -214,9 +240,22 @@ fn roots(pem: &[u8], field: &str) -> io::Result<RootCertStore> {
 /// [`InvalidInput`](io::ErrorKind::InvalidInput), naming the field, when a
 /// certificate, key or CA does not parse or does not fit.
 pub fn server_config(options: &TlsServerOptions) -> io::Result<Arc<ServerConfig>> {
+    if let Some(config) = &options.config {
+        let pem = !options.cert_chain_pem.is_empty()
+            || !options.key_pem.is_empty()
+            || options.client_ca_pem.is_some();
+        return match pem {
+            true => Err(invalid(
+                "TLS: both a rustls config and PEM (cert_chain_pem, key_pem, client_ca_pem) \
+                 are set: the config has its own certificates; set one or the other"
+                    .to_owned(),
+            )),
+            false => Ok(Arc::clone(config.rustls())),
+        };
+    }
     let certs = certificates(&options.cert_chain_pem, "TLS cert_chain_pem", Pair::Yes)?;
     let key = private_key(&options.key_pem, "TLS key_pem", Pair::Yes)?;
-    let provider = provider();
+    let provider = provider()?;
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| invalid(format!("TLS: {e}")))?;
@@ -237,20 +276,41 @@ pub fn server_config(options: &TlsServerOptions) -> io::Result<Arc<ServerConfig>
 }
 
 /// The rustls configuration a client uses for every (re)connection: the
-/// web roots unless `options` names a CA.
+/// application's own when `options` holds one; else built with the web
+/// roots, unless `options` names a CA or the system's store.
 ///
 /// # Errors
 ///
 /// [`InvalidInput`](io::ErrorKind::InvalidInput), naming the field, when the
-/// CA or the client certificate does not parse or does not fit.
+/// CA or the client certificate does not parse or does not fit, when
+/// fields that exclude each other are set, or when the system's store
+/// cannot be read or holds no usable certificate.
 pub fn client_config(options: &TlsClientOptions) -> io::Result<Arc<ClientConfig>> {
-    let roots = match &options.ca_pem {
-        Some(pem) => roots(pem, "ca_pem")?,
-        None => RootCertStore {
+    if let Some(config) = &options.config {
+        let built =
+            options.ca_pem.is_some() || options.native_roots || options.client_cert.is_some();
+        return match built {
+            true => Err(invalid(
+                "TLS: both a rustls config and ca_pem, native_roots or client_cert are set: \
+                 the config has its own roots and certificate; set one or the other"
+                    .to_owned(),
+            )),
+            false => Ok(Arc::clone(config.rustls())),
+        };
+    }
+    let roots = match (&options.ca_pem, options.native_roots) {
+        (Some(_), true) => {
+            return Err(invalid(
+                "TLS: ca_pem and native_roots are both set: trust one or the other".to_owned(),
+            ));
+        }
+        (Some(pem), false) => roots(pem, "ca_pem")?,
+        (None, true) => native_roots()?,
+        (None, false) => RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         },
     };
-    let builder = ClientConfig::builder_with_provider(provider())
+    let builder = ClientConfig::builder_with_provider(provider()?)
         .with_safe_default_protocol_versions()
         .map_err(|e| invalid(format!("TLS: {e}")))?
         .with_root_certificates(roots);
@@ -269,6 +329,33 @@ pub fn client_config(options: &TlsClientOptions) -> io::Result<Arc<ClientConfig>
         }
     };
     Ok(Arc::new(config))
+}
+
+/// The operating system's trust store (read now: once per client).
+#[cfg(feature = "native-roots")]
+fn native_roots() -> io::Result<RootCertStore> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _unusable) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+        return Err(invalid(format!(
+            "TLS native_roots: the system's certificate store has no usable certificate{}",
+            match errors.is_empty() {
+                true => String::new(),
+                false => format!(" ({})", errors.join("; ")),
+            }
+        )));
+    }
+    Ok(roots)
+}
+
+#[cfg(not(feature = "native-roots"))]
+fn native_roots() -> io::Result<RootCertStore> {
+    Err(invalid(
+        "TLS native_roots needs the `native-roots` feature (of storm-host, or of the adapter)"
+            .to_owned(),
+    ))
 }
 
 /// Why a client's TLS handshake failed, as a sentence that names the
@@ -519,6 +606,65 @@ mod tests {
     #[test]
     fn the_default_client_trusts_the_web_roots() {
         assert!(client_config(&TlsClientOptions::default()).is_ok());
+    }
+
+    #[test]
+    fn a_config_of_ones_own_is_used_as_it_is() {
+        let (ca_pem, ca_key, ca_params) = certificate(&[], true, None, |_| {});
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let (leaf, leaf_key, _) = certificate(&["localhost"], false, Some(&issuer), |_| {});
+        let pem = TlsServerOptions::new(leaf, leaf_key.serialize_pem());
+        let own = server_config(&pem).unwrap();
+        let options = TlsServerOptions::from_config(Arc::clone(&own));
+        assert!(Arc::ptr_eq(&server_config(&options).unwrap(), &own));
+        assert_eq!(options, TlsServerOptions::from_config(Arc::clone(&own)));
+
+        let own = client_config(&TlsClientOptions::with_ca(ca_pem.clone())).unwrap();
+        let options = TlsClientOptions {
+            server_name: Some("localhost".into()),
+            ..TlsClientOptions::from_config(Arc::clone(&own))
+        };
+        assert!(Arc::ptr_eq(&client_config(&options).unwrap(), &own));
+        // The config and PEM that would make another: refused, not ignored.
+        let both = TlsServerOptions {
+            client_ca_pem: Some(ca_pem.clone().into_bytes()),
+            ..TlsServerOptions::from_config(server_config(&pem).unwrap())
+        };
+        let both_client = [
+            TlsClientOptions {
+                ca_pem: Some(ca_pem.into_bytes()),
+                ..options.clone()
+            },
+            TlsClientOptions {
+                native_roots: true,
+                ..options.clone()
+            },
+            TlsClientOptions {
+                client_cert: Some(TlsClientCert::new(CERT, KEY)),
+                ..options
+            },
+        ];
+        let mut errors = vec![server_config(&both).map(|_| ()).unwrap_err()];
+        errors.extend(
+            both_client
+                .iter()
+                .map(|o| client_config(o).map(|_| ()).unwrap_err()),
+        );
+        for err in errors {
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+            assert!(err.to_string().contains("set one or the other"), "{err}");
+        }
+    }
+
+    #[test]
+    fn native_roots_and_a_ca_exclude_each_other() {
+        let options = TlsClientOptions {
+            native_roots: true,
+            ..TlsClientOptions::with_ca(CERT)
+        };
+        let err = client_config(&options).map(|_| ()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("ca_pem and native_roots"), "{err}");
     }
 
     const CERT: &str = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";

@@ -10,7 +10,11 @@
 //! TLS (rustls) is an option, not another server or client: set
 //! [`ServerOptions::tls`](storm_host::options::ServerOptions::tls) or
 //! [`ClientOptions::tls`](storm_host::options::ClientOptions::tls) (a
-//! `wss://` URL turns it on by itself); the [`tls`] module loads PEM files.
+//! `wss://` URL turns it on by itself); the `tls` module loads PEM files,
+//! and a rustls configuration of your own goes in as it is
+//! (`TlsServerOptions::from_config`, `TlsClientOptions::from_config`).
+//! Features as storm-tokio's: `tls` and `ring` (default), `aws-lc-rs`,
+//! `native-roots`; without `tls` no rustls is compiled.
 //!
 //! ```no_run
 //! use storm_smol::{Handler, Session, WsServer};
@@ -44,6 +48,7 @@
 //! `autobahn_client` (`--help` gives each one's arguments).
 
 pub mod runtime;
+#[cfg(feature = "tls")]
 pub mod tls;
 
 pub use runtime::Smol;

@@ -9,12 +9,18 @@ use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use bytes::BufMut;
+#[cfg(feature = "tls")]
 use futures_rustls::{TlsAcceptor, TlsConnector, client, server};
-use rustls_pki_types::ServerName;
 use smol::Async;
-use smol::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use smol::io::{AsyncRead, AsyncWrite};
+#[cfg(feature = "tls")]
+use smol::io::{ReadHalf, WriteHalf};
 
+#[cfg(not(feature = "tls"))]
+use storm_async::runtime::no_tls;
 use storm_async::runtime::{PollRead, PollWrite, Runtime, Stream};
+use storm_host::options::TlsServerConfig;
+use storm_host::setup::ClientTls;
 
 /// The smol runtime, for storm-async's generic servers and clients (this
 /// crate's [`WsServer`](crate::WsServer) is `storm_async::WsServer<Smol>`).
@@ -30,6 +36,7 @@ pub struct Io<T>(T);
 
 /// TLS streams and their halves read through futures-io (into initialized
 /// buffers only, so `poll_read_buf` keeps its copying default).
+#[cfg(feature = "tls")]
 macro_rules! poll_read_via_futures_io {
     ($($stream:ty),*) => {$(
         impl PollRead for Io<$stream> {
@@ -44,6 +51,7 @@ macro_rules! poll_read_via_futures_io {
     )*};
 }
 
+#[cfg(feature = "tls")]
 poll_read_via_futures_io!(
     server::TlsStream<TcpStream>,
     client::TlsStream<TcpStream>,
@@ -178,6 +186,7 @@ impl Stream for Io<TcpStream> {
 }
 
 /// A TLS stream splits with futures-lite's lock-based split.
+#[cfg(feature = "tls")]
 macro_rules! tls_stream {
     ($stream:ty) => {
         impl Stream for Io<$stream> {
@@ -191,14 +200,24 @@ macro_rules! tls_stream {
     };
 }
 
+#[cfg(feature = "tls")]
 tls_stream!(server::TlsStream<TcpStream>);
+#[cfg(feature = "tls")]
 tls_stream!(client::TlsStream<TcpStream>);
 
 impl Runtime for Smol {
+    const TLS: bool = cfg!(feature = "tls");
     type Tcp = Io<TcpStream>;
     type Listener = Async<TcpListener>;
+    #[cfg(feature = "tls")]
     type TlsServer = Io<server::TlsStream<TcpStream>>;
+    #[cfg(feature = "tls")]
     type TlsClient = Io<client::TlsStream<TcpStream>>;
+    // Without TLS: plain sockets, which no TLS handshake ever makes.
+    #[cfg(not(feature = "tls"))]
+    type TlsServer = Io<TcpStream>;
+    #[cfg(not(feature = "tls"))]
+    type TlsClient = Io<TcpStream>;
 
     fn spawn(future: impl Future<Output = ()> + Send + 'static) {
         smol::spawn(future).detach();
@@ -242,21 +261,29 @@ impl Runtime for Smol {
         socket2::SockRef::from(&*(stream.0).0)
     }
 
-    async fn tls_accept(
-        config: Arc<rustls::ServerConfig>,
-        stream: Self::Tcp,
-    ) -> io::Result<Self::TlsServer> {
-        TlsAcceptor::from(config).accept(stream.0).await.map(Io)
-    }
-
-    async fn tls_connect(
-        config: Arc<rustls::ClientConfig>,
-        name: ServerName<'static>,
-        stream: Self::Tcp,
-    ) -> io::Result<Self::TlsClient> {
-        TlsConnector::from(config)
-            .connect(name, stream.0)
+    #[cfg(feature = "tls")]
+    async fn tls_accept(config: TlsServerConfig, stream: Self::Tcp) -> io::Result<Self::TlsServer> {
+        TlsAcceptor::from(Arc::clone(config.rustls()))
+            .accept(stream.0)
             .await
             .map(Io)
+    }
+
+    #[cfg(feature = "tls")]
+    async fn tls_connect(tls: ClientTls, stream: Self::Tcp) -> io::Result<Self::TlsClient> {
+        TlsConnector::from(Arc::clone(tls.config().rustls()))
+            .connect(tls.name().clone(), stream.0)
+            .await
+            .map(Io)
+    }
+
+    #[cfg(not(feature = "tls"))]
+    async fn tls_accept(_: TlsServerConfig, _: Self::Tcp) -> io::Result<Self::TlsServer> {
+        Err(no_tls())
+    }
+
+    #[cfg(not(feature = "tls"))]
+    async fn tls_connect(_: ClientTls, _: Self::Tcp) -> io::Result<Self::TlsClient> {
+        Err(no_tls())
     }
 }

@@ -18,6 +18,7 @@ use storm_proto::framing::Framing;
 
 use crate::deadline::{Deadlined, remaining};
 use crate::driver::{drive, lock};
+#[cfg(feature = "tls")]
 use crate::tls::TlsStream;
 use crate::{Handler, Session};
 
@@ -211,6 +212,7 @@ struct Connected {
 /// runs monomorphic for each.
 enum Stream {
     Plain(TcpStream),
+    #[cfg(feature = "tls")]
     Tls(Box<TlsStream>),
 }
 
@@ -219,6 +221,7 @@ fn start<H: Handler>(
     options: ClientOptions,
     handler: H,
 ) -> Result<Client, ClientError> {
+    crate::check_tls(target.tls().is_some()).map_err(|e| ClientError::Config(e.to_string()))?;
     let mut core = ClientCore::new(&options, rand::random(), Instant::now())?;
     let first = connect_once(&target, &options, &core, |_| Ok(()))?;
     let shared = Arc::new(ClientShared {
@@ -264,6 +267,7 @@ fn run<H: Handler>(
                 batch,
                 close_timeout,
             ),
+            #[cfg(feature = "tls")]
             Stream::Tls(stream) => drive(
                 *stream,
                 &session,
@@ -351,10 +355,16 @@ fn connect_once(
             let (protocol, initial) = open(target, options, &mut io)?;
             (Stream::Plain(stream), protocol, initial)
         }
+        #[cfg(not(feature = "tls"))]
+        Some(_) => return Err(ClientError::Tls(crate::no_tls())),
+        #[cfg(feature = "tls")]
         Some(tls) => {
             let mut io = Deadlined::new(&stream, deadline, target.handshake_name());
-            let mut conn = rustls::ClientConnection::new(Arc::clone(&tls.config), tls.name.clone())
-                .map_err(|e| ClientError::Tls(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+            let mut conn = rustls::ClientConnection::new(
+                Arc::clone(tls.config().rustls()),
+                tls.name().clone(),
+            )
+            .map_err(|e| ClientError::Tls(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
             crate::tls::handshake(&mut conn, &mut io).map_err(|e| match e.kind() {
                 io::ErrorKind::TimedOut => ClientError::Timeout,
                 _ => ClientError::Tls(e),

@@ -68,6 +68,10 @@ pub(crate) enum Received {
     Input,
     /// As [`Input`](Self::Input), and the transport has bytes of its own to
     /// send (a TLS alert): the writer must be woken.
+    #[cfg_attr(
+        not(feature = "tls"),
+        expect(dead_code, reason = "only TLS sends of its own")
+    )]
     InputAndOutput,
     /// The peer closed its side.
     Eof,

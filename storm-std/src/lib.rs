@@ -27,9 +27,14 @@
 //! and [`ClientOptions::tls`](storm_host::options::ClientOptions::tls) or a
 //! `wss://` URL on a client: the same options, the same certificate checks
 //! and the same errors as `storm-tokio` ([`ClientError::Tls`] when the
-//! server is not trusted or refuses the client). The configuration comes
-//! from the core's [`storm_host::tls`]; [`tls`] re-exports its PEM-file
-//! helpers and says how the two threads share one rustls connection.
+//! server is not trusted or refuses the client), and a rustls
+//! configuration of your own goes in as it is
+//! (`TlsServerOptions::from_config`, `TlsClientOptions::from_config`). The
+//! configuration comes from storm-host's `tls` module; this crate's `tls`
+//! module re-exports its PEM-file helpers and says how the two threads
+//! share one rustls connection. Features as storm-tokio's: `tls` and `ring`
+//! (default), `aws-lc-rs`, `native-roots`; without `tls` no rustls is
+//! compiled and TLS options are refused at bind and connect.
 //!
 //! # Limits
 //!
@@ -103,6 +108,7 @@ mod driver;
 mod handler;
 mod server;
 mod session;
+#[cfg(feature = "tls")]
 pub mod tls;
 pub mod ws;
 
@@ -113,3 +119,20 @@ pub use server::{ServerHandle, TcpServer, WsServer};
 pub use session::{SendError, Session};
 pub use storm_host as host;
 pub use storm_proto as proto;
+
+/// Refuses TLS options (`wanted`) when this crate is built without its
+/// `tls` feature: servers at bind, clients when they start.
+fn check_tls(wanted: bool) -> std::io::Result<()> {
+    match wanted && !cfg!(feature = "tls") {
+        true => Err(no_tls()),
+        false => Ok(()),
+    }
+}
+
+/// Why TLS options are refused without the `tls` feature.
+fn no_tls() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        "TLS options are set, but storm-std is built without its `tls` feature",
+    )
+}

@@ -24,6 +24,7 @@ use storm_proto::framing::Framing;
 
 use crate::deadline::Deadlined;
 use crate::driver::{Transport, drive, lock};
+#[cfg(feature = "tls")]
 use crate::tls::TlsStream;
 use crate::{Handler, Session};
 
@@ -247,6 +248,7 @@ impl TcpServer {
 }
 
 fn bind(options: ServerOptions, setup: ServerSetup) -> io::Result<(TcpListener, ServerHandle)> {
+    crate::check_tls(setup.tls().is_some())?;
     let addr = options.addr.to_socket_addrs()?.next().ok_or_else(|| {
         io::Error::new(io::ErrorKind::InvalidInput, "address resolves to nothing")
     })?;
@@ -375,9 +377,12 @@ impl ServerHandle {
                 drop(handshaking);
                 self.run_session(stream, protocol, initial, admitted, handler)
             }
+            #[cfg(not(feature = "tls"))]
+            Some(_) => Err(crate::no_tls()),
+            #[cfg(feature = "tls")]
             Some(config) => {
                 let mut io = Deadlined::new(&stream, deadline, what);
-                let mut conn = rustls::ServerConnection::new(Arc::clone(config))
+                let mut conn = rustls::ServerConnection::new(Arc::clone(config.rustls()))
                     .map_err(|e| io::Error::other(format!("TLS: {e}")))?;
                 crate::tls::handshake(&mut conn, &mut io).map_err(|e| {
                     if e.kind() == io::ErrorKind::TimedOut {

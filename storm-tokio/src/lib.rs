@@ -10,7 +10,21 @@
 //! TLS (rustls) is an option, not another server or client: set
 //! [`ServerOptions::tls`](storm_host::options::ServerOptions::tls) or
 //! [`ClientOptions::tls`](storm_host::options::ClientOptions::tls) (a
-//! `wss://` URL turns it on by itself); the [`tls`] module loads PEM files.
+//! `wss://` URL turns it on by itself); the `tls` module loads PEM files,
+//! and a rustls configuration of your own goes in as it is
+//! (`TlsServerOptions::from_config`, `TlsClientOptions::from_config`).
+//!
+//! # Features
+//!
+//! - `tls` (default): TLS through rustls. Without it no rustls is
+//!   compiled, and TLS options are refused at bind and connect.
+//! - `ring` (default), `aws-lc-rs`: the crypto provider of configurations
+//!   built from PEM (aws-lc-rs when on; it needs cmake to build). A
+//!   process-wide default provider the application installed comes first,
+//!   and a configuration of your own brings its own. For aws-lc-rs alone:
+//!   `default-features = false, features = ["tls", "aws-lc-rs"]`.
+//! - `native-roots`: `TlsClientOptions::native_roots`, the operating
+//!   system's trust store (rustls-native-certs) instead of the web roots.
 //!
 //! ```no_run
 //! use storm_tokio::{Handler, Session, WsServer};
@@ -42,6 +56,7 @@
 //! `autobahn_client` (`--help` gives each one's arguments).
 
 pub mod runtime;
+#[cfg(feature = "tls")]
 pub mod tls;
 
 pub use runtime::Tokio;

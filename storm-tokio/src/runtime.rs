@@ -3,18 +3,25 @@
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
+#[cfg(feature = "tls")]
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use bytes::BufMut;
-use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+#[cfg(feature = "tls")]
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+#[cfg(feature = "tls")]
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
+#[cfg(not(feature = "tls"))]
+use storm_async::runtime::no_tls;
 use storm_async::runtime::{PollRead, PollWrite, Runtime, Stream};
+use storm_host::options::TlsServerConfig;
+use storm_host::setup::ClientTls;
 
 /// The tokio runtime, for storm-async's generic servers and clients
 /// (this crate's [`WsServer`](crate::WsServer) is
@@ -73,6 +80,7 @@ impl Stream for Io<TcpStream> {
 }
 
 /// A TLS stream splits with tokio's lock-based split.
+#[cfg(feature = "tls")]
 macro_rules! tls_stream {
     ($stream:ty) => {
         impl Stream for Io<$stream> {
@@ -86,14 +94,24 @@ macro_rules! tls_stream {
     };
 }
 
+#[cfg(feature = "tls")]
 tls_stream!(server::TlsStream<TcpStream>);
+#[cfg(feature = "tls")]
 tls_stream!(client::TlsStream<TcpStream>);
 
 impl Runtime for Tokio {
+    const TLS: bool = cfg!(feature = "tls");
     type Tcp = Io<TcpStream>;
     type Listener = TcpListener;
+    #[cfg(feature = "tls")]
     type TlsServer = Io<server::TlsStream<TcpStream>>;
+    #[cfg(feature = "tls")]
     type TlsClient = Io<client::TlsStream<TcpStream>>;
+    // Without TLS: plain sockets, which no TLS handshake ever makes.
+    #[cfg(not(feature = "tls"))]
+    type TlsServer = Io<TcpStream>;
+    #[cfg(not(feature = "tls"))]
+    type TlsClient = Io<TcpStream>;
 
     fn spawn(future: impl Future<Output = ()> + Send + 'static) {
         drop(tokio::spawn(future));
@@ -128,21 +146,29 @@ impl Runtime for Tokio {
         socket2::SockRef::from(&stream.0)
     }
 
-    async fn tls_accept(
-        config: Arc<rustls::ServerConfig>,
-        stream: Self::Tcp,
-    ) -> io::Result<Self::TlsServer> {
-        TlsAcceptor::from(config).accept(stream.0).await.map(Io)
-    }
-
-    async fn tls_connect(
-        config: Arc<rustls::ClientConfig>,
-        name: ServerName<'static>,
-        stream: Self::Tcp,
-    ) -> io::Result<Self::TlsClient> {
-        TlsConnector::from(config)
-            .connect(name, stream.0)
+    #[cfg(feature = "tls")]
+    async fn tls_accept(config: TlsServerConfig, stream: Self::Tcp) -> io::Result<Self::TlsServer> {
+        TlsAcceptor::from(Arc::clone(config.rustls()))
+            .accept(stream.0)
             .await
             .map(Io)
+    }
+
+    #[cfg(feature = "tls")]
+    async fn tls_connect(tls: ClientTls, stream: Self::Tcp) -> io::Result<Self::TlsClient> {
+        TlsConnector::from(Arc::clone(tls.config().rustls()))
+            .connect(tls.name().clone(), stream.0)
+            .await
+            .map(Io)
+    }
+
+    #[cfg(not(feature = "tls"))]
+    async fn tls_accept(_: TlsServerConfig, _: Self::Tcp) -> io::Result<Self::TlsServer> {
+        Err(no_tls())
+    }
+
+    #[cfg(not(feature = "tls"))]
+    async fn tls_connect(_: ClientTls, _: Self::Tcp) -> io::Result<Self::TlsClient> {
+        Err(no_tls())
     }
 }

@@ -89,6 +89,8 @@ suite! {
         tls,
         plain_meets_tls,
         tls_certificate_refused,
+        tls_own_client_config_custom_verifier,
+        tls_own_configs_mutual,
         middleware_order,
         graceful_shutdown,
         oversize,
@@ -102,6 +104,7 @@ suite! {
         server_shutdown_aborts_a_silent_peer,
         server_shutdown_cuts_a_stalled_handshake_short,
         server_shutdown_closes_connections_mid_handshake,
+        server_tls_own_config_alpn,
     ],
     client_only: [
         client_heartbeat_timeout,

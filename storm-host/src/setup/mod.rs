@@ -27,7 +27,7 @@ use rand::RngCore;
 
 use crate::hub::{ConnectionPermit, Hub, HubConfig, SessionId};
 use crate::link::{LinkConfig, LinkDriver, Protocol};
-use crate::options::{ClientOptions, ServerOptions, WsOptions};
+use crate::options::{ClientOptions, ServerOptions, TlsClientConfig, TlsServerConfig, WsOptions};
 use crate::peer::{ClientError, Peer, Registry};
 use storm_proto::framing::{Framer, Framing, FramingConfigError, FramingError};
 use storm_proto::reconnect::{Backoff, BackoffStep};
@@ -48,31 +48,46 @@ fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, e)
 }
 
-/// TLS for every (re)connection of one client, built once.
-#[cfg(feature = "tls")]
+/// TLS for every (re)connection of one client, built once: the rustls
+/// configuration and the name the server's certificate must carry.
+/// Without the `tls` feature none can exist.
 #[derive(Clone, Debug)]
 pub struct ClientTls {
-    /// The rustls configuration.
-    pub config: Arc<rustls::ClientConfig>,
-    /// The name the server's certificate must carry.
-    pub name: rustls_pki_types::ServerName<'static>,
+    config: TlsClientConfig,
+    #[cfg(feature = "tls")]
+    name: rustls_pki_types::ServerName<'static>,
 }
 
-#[cfg(feature = "tls")]
 impl ClientTls {
     /// `host` names the server unless the options name it.
     ///
     /// # Errors
     ///
     /// [`ClientError::Config`] for invalid TLS options or server name.
+    #[cfg(feature = "tls")]
     pub fn new(
         options: &crate::options::TlsClientOptions,
         host: &str,
     ) -> Result<Self, ClientError> {
         Ok(Self {
-            config: crate::tls::client_config(options).map_err(config_error)?,
+            config: crate::tls::client_config(options)
+                .map_err(config_error)?
+                .into(),
             name: crate::tls::server_name(options, host).map_err(config_error)?,
         })
+    }
+
+    /// The rustls configuration.
+    #[must_use]
+    pub fn config(&self) -> &TlsClientConfig {
+        &self.config
+    }
+
+    /// The name the server's certificate must carry (and the SNI sent).
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn name(&self) -> &rustls_pki_types::ServerName<'static> {
+        &self.name
     }
 }
 
@@ -81,7 +96,6 @@ impl ClientTls {
 #[derive(Clone)]
 pub struct ClientTarget {
     kind: TargetKind,
-    #[cfg(feature = "tls")]
     tls: Option<ClientTls>,
 }
 
@@ -124,10 +138,9 @@ impl ClientTarget {
             false => None,
         };
         #[cfg(not(feature = "tls"))]
-        no_tls(url.secure)?;
+        let tls = no_tls(url.secure)?;
         Ok(Self {
             kind: TargetKind::Ws { url, ws },
-            #[cfg(feature = "tls")]
             tls,
         })
     }
@@ -147,13 +160,12 @@ impl ClientTarget {
             None => None,
         };
         #[cfg(not(feature = "tls"))]
-        no_tls(options.tls.is_some())?;
+        let tls = no_tls(options.tls.is_some())?;
         Ok(Self {
             kind: TargetKind::Tcp {
                 addr: addr.to_owned(),
                 framing,
             },
-            #[cfg(feature = "tls")]
             tls,
         })
     }
@@ -168,7 +180,6 @@ impl ClientTarget {
     }
 
     /// The TLS to run after connecting, if any.
-    #[cfg(feature = "tls")]
     #[must_use]
     pub fn tls(&self) -> Option<&ClientTls> {
         self.tls.as_ref()
@@ -216,20 +227,22 @@ impl ClientTarget {
     }
 
     fn has_tls(&self) -> bool {
-        #[cfg(feature = "tls")]
-        return self.tls.is_some();
-        #[cfg(not(feature = "tls"))]
-        false
+        self.tls.is_some()
     }
 }
 
+/// Without the `tls` feature: TLS that is asked for is refused.
 #[cfg(not(feature = "tls"))]
-fn no_tls(wanted: bool) -> Result<(), ClientError> {
+fn no_tls(wanted: bool) -> Result<Option<ClientTls>, ClientError> {
     match wanted {
-        true => Err(config_error("TLS needs storm-proto's `tls` feature")),
-        false => Ok(()),
+        true => Err(config_error(NO_TLS)),
+        false => Ok(None),
     }
 }
+
+/// Why TLS options are refused without the `tls` feature.
+#[cfg(not(feature = "tls"))]
+const NO_TLS: &str = "TLS needs the `tls` feature (of the adapter, on by default; or storm-host's)";
 
 /// A framed connection's framer: `framing`'s, behind a [`PlainFramer`]
 /// (which turns a peer's opening TLS record into `peer_speaks_tls`) when
@@ -418,8 +431,7 @@ enum ServerKind {
 pub struct ServerSetup {
     kind: ServerKind,
     link: LinkConfig,
-    #[cfg(feature = "tls")]
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<TlsServerConfig>,
 }
 
 impl std::fmt::Debug for ServerSetup {
@@ -464,32 +476,25 @@ impl ServerSetup {
 
     fn new(options: &ServerOptions, kind: ServerKind) -> io::Result<Self> {
         #[cfg(feature = "tls")]
-        return Ok(Self {
+        let tls = match &options.tls {
+            Some(tls) => Some(crate::tls::server_config(tls)?.into()),
+            None => None,
+        };
+        #[cfg(not(feature = "tls"))]
+        let tls = match options.tls {
+            Some(_) => return Err(io::Error::new(io::ErrorKind::InvalidInput, NO_TLS)),
+            None => None,
+        };
+        Ok(Self {
             kind,
             link: options.link.clone(),
-            tls: options
-                .tls
-                .as_ref()
-                .map(crate::tls::server_config)
-                .transpose()?,
-        });
-        #[cfg(not(feature = "tls"))]
-        match options.tls {
-            Some(_) => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "TLS needs storm-proto's `tls` feature",
-            )),
-            None => Ok(Self {
-                kind,
-                link: options.link.clone(),
-            }),
-        }
+            tls,
+        })
     }
 
     /// The server's TLS configuration, if it speaks TLS.
-    #[cfg(feature = "tls")]
     #[must_use]
-    pub fn tls(&self) -> Option<&Arc<rustls::ServerConfig>> {
+    pub fn tls(&self) -> Option<&TlsServerConfig> {
         self.tls.as_ref()
     }
 
@@ -500,10 +505,7 @@ impl ServerSetup {
     }
 
     fn has_tls(&self) -> bool {
-        #[cfg(feature = "tls")]
-        return self.tls.is_some();
-        #[cfg(not(feature = "tls"))]
-        false
+        self.tls.is_some()
     }
 
     /// What a new connection does once accepted (and past TLS): a TCP

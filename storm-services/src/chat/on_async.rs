@@ -88,7 +88,7 @@ async fn serve_page<R: AsyncRuntime>(listener: R::Listener, page: Arc<str>, tls:
                         match tls {
                             None => answer(stream, &page).await,
                             Some(config) => {
-                                answer(R::tls_accept(config, stream).await?, &page).await
+                                answer(R::tls_accept(config.into(), stream).await?, &page).await
                             }
                         }
                     };

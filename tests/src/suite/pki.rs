@@ -8,8 +8,13 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use storm_host::options::{TlsClientCert, TlsClientOptions, TlsServerOptions};
 
 /// A CA and what it signed, as PEM.
@@ -121,6 +126,90 @@ impl Pki {
     pub fn client_cert(&self) -> TlsClientCert {
         TlsClientCert::new(self.client_cert_pem.clone(), self.client_key_pem.clone())
     }
+
+    /// The server's rustls configuration, built the way an application
+    /// builds its own: offering `alpn` (in preference order), and, when
+    /// `client_auth`, requiring a client certificate this CA signed.
+    ///
+    /// # Panics
+    ///
+    /// When rustls refuses the certificates (it does not, for these).
+    #[must_use]
+    pub fn server_config(&self, alpn: &[&[u8]], client_auth: bool) -> Arc<ServerConfig> {
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions");
+        let builder = match client_auth {
+            true => builder.with_client_cert_verifier(
+                WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()), provider())
+                    .build()
+                    .expect("client verifier"),
+            ),
+            false => builder.with_no_client_auth(),
+        };
+        let mut config = builder
+            .with_single_cert(certs(&self.server_cert_pem), key(&self.server_key_pem))
+            .expect("server certificate");
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+
+    /// A client's rustls configuration trusting this CA, built the way an
+    /// application builds its own; presenting the client certificate when
+    /// `with_cert`, and offering `alpn`.
+    ///
+    /// # Panics
+    ///
+    /// When rustls refuses the certificates (it does not, for these).
+    #[must_use]
+    pub fn client_config(&self, with_cert: bool, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(self.roots());
+        let mut config = match with_cert {
+            true => builder
+                .with_client_auth_cert(certs(&self.client_cert_pem), key(&self.client_key_pem))
+                .expect("client certificate"),
+            false => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+
+    /// This CA alone, as rustls roots.
+    fn roots(&self) -> RootCertStore {
+        let mut roots = RootCertStore::empty();
+        for cert in certs(&self.ca_pem) {
+            roots.add(cert).expect("CA certificate");
+        }
+        roots
+    }
+}
+
+/// The crypto provider the test configurations use (ring, as the
+/// adapters' PEM configurations do by default).
+#[must_use]
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The certificates of a PEM chain.
+///
+/// # Panics
+///
+/// When `pem` holds none.
+#[must_use]
+pub fn certs(pem: &str) -> Vec<CertificateDer<'static>> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("PEM certificates");
+    assert!(!certs.is_empty(), "no certificate in the PEM");
+    certs
+}
+
+fn key(pem: &str) -> PrivateKeyDer<'static> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).expect("PEM private key")
 }
 
 /// A certificate made the common way (`openssl req -x509 -newkey rsa:2048

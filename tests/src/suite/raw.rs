@@ -61,7 +61,12 @@ pub fn frame(opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
 
 /// Reads until the end of an HTTP header block; the block and what came
 /// after it.
-fn read_head(stream: &mut TcpStream) -> io::Result<(String, Vec<u8>)> {
+///
+/// # Errors
+///
+/// The stream's read error; [`UnexpectedEof`](io::ErrorKind::UnexpectedEof)
+/// when it ends first.
+pub fn read_head(stream: &mut impl Read) -> io::Result<(String, Vec<u8>)> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
     loop {
@@ -305,4 +310,25 @@ impl RawWsServer {
         let _ = pending.accept(&mut answer);
         (stream, answer)
     }
+}
+
+/// A TLS client of `addr` (as `localhost`, the name it sends), past its
+/// handshake, on a blocking socket whose reads time out after [`WAIT`].
+///
+/// # Errors
+///
+/// The connection's or the handshake's error.
+pub fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("a name");
+    let conn = rustls::ClientConnection::new(config, name).map_err(io::Error::other)?;
+    let socket = TcpStream::connect(addr)?;
+    socket.set_read_timeout(Some(WAIT))?;
+    let mut tls = rustls::StreamOwned::new(conn, socket);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    Ok(tls)
 }

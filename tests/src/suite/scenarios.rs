@@ -640,6 +640,202 @@ pub fn tls_certificate_refused<S: Adapter, C: Adapter>() {
     server.shutdown(WAIT);
 }
 
+/// A server with a rustls configuration of the application's own, offering
+/// ALPN: a client that offers the protocols gets the server's first choice
+/// among them (which a configuration built from PEM, with no ALPN, never
+/// agrees on), the WebSocket upgrade and echo run over the agreed
+/// connection, and a client that offers none of them is refused.
+pub fn server_tls_own_config_alpn<A: Adapter>() {
+    if !A::TLS {
+        eprintln!(
+            "SKIPPED: server_tls_own_config_alpn needs TLS in {}",
+            A::NAME
+        );
+        return;
+    }
+    let pki = super::pki::Pki::new();
+    let config = pki.server_config(&[b"storm-test", b"http/1.1"], false);
+    let mut spec = ServerSpec::ws(OnMessage::Echo);
+    spec.options.tls = Some(TlsServerOptions::from_config(config));
+    let mut server = Server::start::<A>(spec);
+
+    let client = pki.client_config(false, &[b"http/1.1", b"storm-test"]);
+    let mut tls = raw::tls_connect(server.local_addr(), client).expect("TLS handshake");
+    assert_eq!(tls.conn.alpn_protocol(), Some(&b"storm-test"[..]));
+    tls.write_all(raw::UPGRADE).expect("upgrade request");
+    let (head, mut rest) = raw::read_head(&mut tls).expect("upgrade response");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tls.write_all(&raw::frame(opcode::TEXT, b"over ALPN", true))
+        .expect("a frame");
+    let echo = raw::frame(opcode::TEXT, b"over ALPN", false);
+    let mut chunk = [0u8; 1024];
+    while rest.len() < echo.len() {
+        let n = tls.read(&mut chunk).expect("the echo");
+        assert!(n > 0, "the server closed before its echo");
+        rest.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(rest, echo);
+    drop(tls);
+
+    // Refused with the no_application_protocol alert (which the std
+    // server's close may overtake with a reset).
+    let other = pki.client_config(false, &[b"h2"]);
+    assert!(raw::tls_connect(server.local_addr(), other).is_err());
+    server.shutdown(WAIT);
+}
+
+/// A client with a rustls configuration of the application's own whose
+/// verifier trusts exactly one certificate, pinned: it accepts a server
+/// certificate the web PKI rules refuse (a self-signed CA certificate as the
+/// server's own), over WebSocket and framed TCP, and a client pinning
+/// another certificate is refused.
+pub fn tls_own_client_config_custom_verifier<S: Adapter, C: Adapter>() {
+    if !both_do_tls::<S, C>("tls_own_client_config_custom_verifier") {
+        return;
+    }
+    let (cert, key) = super::pki::self_signed_ca_for_localhost();
+    let (other, _) = super::pki::self_signed_ca_for_localhost();
+    let ws = ServerSpec::ws(OnMessage::Echo);
+    let tcp = ServerSpec::tcp(Framing::LengthPrefix, OnMessage::Echo);
+    for mut spec in [ws, tcp] {
+        spec.options.tls = Some(TlsServerOptions::new(cert.clone(), key.clone()));
+        let mut server = Server::start::<S>(spec);
+        let pinned = Pinned::new(&cert);
+        let mut client_spec = ClientSpec::to(&server);
+        client_spec.options.tls = Some(TlsClientOptions::from_config(pinned.config()));
+        let client = Client::connect::<C>(&client_spec);
+        client.send(b"pinned".to_vec());
+        assert_eq!(client.recv(), Message::from(b"pinned".to_vec()));
+        assert!(pinned.seen.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+        client.close();
+        client.assert_closed();
+
+        let stranger = Pinned::new(&other);
+        client_spec.options.tls = Some(TlsClientOptions::from_config(stranger.config()));
+        let Err(error) = Client::try_connect::<C>(&client_spec) else {
+            panic!("a client pinning another certificate connected");
+        };
+        assert!(error.contains("ApplicationVerificationFailure"), "{error}");
+        assert!(stranger.seen.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+        server.shutdown(WAIT);
+    }
+}
+
+/// A server certificate verifier as an application writes one: it trusts
+/// exactly the certificate it pins, and counts the certificates it sees.
+#[derive(Debug)]
+struct Pinned {
+    der: Vec<u8>,
+    seen: std::sync::atomic::AtomicUsize,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl Pinned {
+    fn new(cert_pem: &str) -> Arc<Self> {
+        let leaf = super::pki::certs(cert_pem).remove(0);
+        Arc::new(Self {
+            der: leaf.as_ref().to_vec(),
+            seen: std::sync::atomic::AtomicUsize::new(0),
+            provider: super::pki::provider(),
+        })
+    }
+
+    fn config(self: &Arc<Self>) -> Arc<rustls::ClientConfig> {
+        let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&self.provider))
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::clone(self) as _)
+            .with_no_client_auth();
+        Arc::new(config)
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match end_entity.as_ref() == self.der.as_slice() {
+            true => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            false => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Mutual TLS with rustls configurations of the application's own on both
+/// ends: the server requires a client certificate its CA signed; a client
+/// without one is refused, one with it is served (and ALPN agreed on by
+/// both configurations does not get in the way).
+pub fn tls_own_configs_mutual<S: Adapter, C: Adapter>() {
+    if !both_do_tls::<S, C>("tls_own_configs_mutual") {
+        return;
+    }
+    let pki = super::pki::Pki::new();
+    let mut spec = ServerSpec::ws(OnMessage::Echo);
+    let config = pki.server_config(&[b"storm-test"], true);
+    spec.options.tls = Some(TlsServerOptions::from_config(config));
+    let mut server = Server::start::<S>(spec);
+    let mut client_spec = ClientSpec::to(&server);
+
+    let without = pki.client_config(false, &[b"storm-test"]);
+    client_spec.options.tls = Some(TlsClientOptions::from_config(without));
+    let Err(error) = Client::try_connect::<C>(&client_spec) else {
+        panic!("a client without a certificate was served");
+    };
+    assert!(error.contains("requires a client certificate"), "{error}");
+
+    let with = pki.client_config(true, &[b"storm-test"]);
+    client_spec.options.tls = Some(TlsClientOptions::from_config(with));
+    let client = Client::connect::<C>(&client_spec);
+    client.send("mutual");
+    assert_eq!(client.recv(), Message::from("mutual"));
+    client.close();
+    client.assert_closed();
+    server.shutdown(WAIT);
+}
+
 /// Appends `name` and a direction mark to every message, and logs its
 /// connect and disconnect hooks.
 struct Tag {

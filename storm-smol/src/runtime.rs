@@ -249,6 +249,10 @@ impl Runtime for Smol {
         TlsAcceptor::from(config).accept(stream.0).await.map(Io)
     }
 
+    fn tls_info(stream: &Self::TlsServer) -> storm_host::setup::TlsInfo {
+        storm_host::setup::TlsInfo::of(stream.0.get_ref().1)
+    }
+
     async fn tls_connect(
         config: Arc<rustls::ClientConfig>,
         name: ServerName<'static>,

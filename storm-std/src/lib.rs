@@ -112,4 +112,5 @@ pub use handler::Handler;
 pub use server::{ServerHandle, TcpServer, WsServer};
 pub use session::{SendError, Session};
 pub use storm_host as host;
+pub use storm_host::setup::{Decision, UpgradeInfo};
 pub use storm_proto as proto;

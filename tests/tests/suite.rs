@@ -92,6 +92,7 @@ suite! {
         middleware_order,
         graceful_shutdown,
         oversize,
+        upgrade_hook_routes_by_path,
     ],
     server_only: [
         server_heartbeat_timeout,
@@ -102,6 +103,10 @@ suite! {
         server_shutdown_aborts_a_silent_peer,
         server_shutdown_cuts_a_stalled_handshake_short,
         server_shutdown_closes_connections_mid_handshake,
+        upgrade_hook_rejects_with_status_and_body,
+        upgrade_hook_accepts_with_subprotocol_header_and_state,
+        allowed_origins_refuse_a_foreign_page,
+        slow_upgrade_hook_is_cut_off_by_the_handshake_timeout,
     ],
     client_only: [
         client_heartbeat_timeout,

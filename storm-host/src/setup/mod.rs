@@ -44,6 +44,7 @@ pub use accept::{ACCEPT_BACKOFF, ACCEPT_REPORT_EVERY, AcceptErrors, AcceptStep};
 pub use storm_proto::ws::handshake::Decision;
 pub use upgrade::{
     Answer, Opened, ServerRequest, ServerUpgrade, ServerUpgradeStep, TlsInfo, UpgradeInfo,
+    UpgradeResponse,
 };
 
 fn config_error(e: impl std::fmt::Display) -> ClientError {
@@ -293,9 +294,10 @@ pub struct ClientUpgrade<'a> {
 pub enum ClientUpgradeStep<'a> {
     /// The response is not complete: read more.
     NeedMore(ClientUpgrade<'a>),
-    /// Upgraded: the connection (with permessage-deflate when agreed), and
-    /// the bytes the server sent after its response.
-    Done(Protocol, Bytes),
+    /// Upgraded: the connection (with permessage-deflate when agreed), the
+    /// bytes the server sent after its response, and the response itself
+    /// ([`UpgradeResponse`], attached to the connection's session).
+    Done(Opened),
 }
 
 impl<'a> ClientUpgrade<'a> {
@@ -318,10 +320,15 @@ impl<'a> ClientUpgrade<'a> {
                 if let (Some(params), Some(deflate)) = (upgraded.deflate, &self.ws.deflate) {
                     conn = conn.with_deflate(params, deflate).map_err(config_error)?;
                 }
-                Ok(ClientUpgradeStep::Done(
-                    Protocol::WebSocket(Box::new(conn)),
-                    upgraded.leftover,
-                ))
+                let response = UpgradeResponse {
+                    subprotocol: upgraded.subprotocol,
+                    headers: upgraded.headers,
+                };
+                Ok(ClientUpgradeStep::Done(Opened {
+                    protocol: Protocol::WebSocket(Box::new(conn)),
+                    leftover: upgraded.leftover,
+                    attached: Some(Arc::new(response)),
+                }))
             }
         }
     }
@@ -362,8 +369,10 @@ impl ClientCore {
     }
 
     /// A new connection to `remote` admitted and registered in the hub:
-    /// the [`Peer`] the adapter's session wraps, and the [`LinkDriver`]
-    /// the adapter's driver owns.
+    /// the [`Peer`] the adapter's session wraps (carrying the server's
+    /// [`UpgradeResponse`] for a WebSocket), and the [`LinkDriver`] the
+    /// adapter's driver owns. The bytes read ahead stay in `opened`'s
+    /// `leftover`: take them first.
     ///
     /// # Errors
     ///
@@ -371,14 +380,20 @@ impl ClientCore {
     /// are invalid.
     pub fn peer(
         &self,
-        protocol: Protocol,
+        opened: Opened,
         remote: SocketAddr,
         now: Instant,
     ) -> Result<(Peer, Box<LinkDriver>), ClientError> {
+        let Opened {
+            protocol, attached, ..
+        } = opened;
         let permit = self.hub.try_admit().map_err(config_error)?;
         let outbox = self.hub.register(permit, now).map_err(config_error)?;
         let middleware = self.link.middleware.clone();
-        let peer = Peer::new(Arc::clone(&outbox), middleware, self.hub.clone(), remote);
+        let mut peer = Peer::new(Arc::clone(&outbox), middleware, self.hub.clone(), remote);
+        if let Some(attached) = attached {
+            peer.attach(attached);
+        }
         let link = LinkDriver::new(outbox, protocol, &self.link, now).map_err(config_error)?;
         Ok((peer, Box::new(link)))
     }
@@ -768,9 +783,11 @@ mod tests {
         let server_leftover = opened.leftover;
         let response = [&response[..], b"srv"].concat();
         match client.handle_input(&response)? {
-            ClientUpgradeStep::Done(Protocol::WebSocket(_), leftover) => {
-                Ok((server_leftover, leftover))
-            }
+            ClientUpgradeStep::Done(Opened {
+                protocol: Protocol::WebSocket(_),
+                leftover,
+                ..
+            }) => Ok((server_leftover, leftover)),
             _ => Err(config_error("the client did not finish the upgrade")),
         }
     }
@@ -859,7 +876,8 @@ mod tests {
         let options = ClientOptions::default();
         let mut core = ClientCore::new(&options, 1, Instant::now())?;
         let framer = Framing::default().build().map_err(config_error)?;
-        let (peer, _link) = core.peer(Protocol::Framed(framer), remote(), Instant::now())?;
+        let opened = Opened::new(Protocol::Framed(framer));
+        let (peer, _link) = core.peer(opened, remote(), Instant::now())?;
         assert_eq!(peer.remote_addr(), remote());
         assert_eq!(peer.state(), SessionState::Open);
         core.ended(peer.id());

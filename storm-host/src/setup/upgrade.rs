@@ -19,7 +19,8 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use storm_proto::ws::handshake::{
-    Attached, Decision, PendingUpgrade, Refused, ServerHandshake, ServerStep, UpgradeRequest,
+    Attached, Decision, Headers, PendingUpgrade, Refused, ServerHandshake, ServerStep,
+    UpgradeRequest,
 };
 use storm_proto::ws::{Connection, Side};
 
@@ -134,6 +135,19 @@ fn origin_allowed(options: &WsOptions, request: &UpgradeRequest) -> bool {
     }
 }
 
+/// What a server answered a client's WebSocket upgrade with: read it from
+/// the client's session with
+/// [`Peer::attached::<UpgradeResponse>()`](crate::peer::Peer::attached)
+/// (each connection, reconnections included, carries its own).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UpgradeResponse {
+    /// The subprotocol the server chose, one of those offered.
+    pub subprotocol: Option<String>,
+    /// Every header of the `101` response (case-insensitive lookup).
+    pub headers: Headers,
+}
+
 /// A server's WebSocket upgrade waiting for the client's request.
 #[derive(Debug)]
 #[must_use]
@@ -169,7 +183,7 @@ pub struct Answer {
     pub opened: io::Result<Opened>,
 }
 
-/// An upgraded connection, before it is a session.
+/// A connection past its handshake, before it is a session.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct Opened {

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use storm_host::hub::{CloseKind, Middleware, MiddlewareChain, SessionId};
 use storm_host::link::CloseReason;
 use storm_host::options::{Framing, TlsClientOptions, TlsServerOptions, WsOptions};
-use storm_host::setup::{Decision, UpgradeInfo};
+use storm_host::setup::{Decision, UpgradeInfo, UpgradeResponse};
 use storm_proto::Message;
 use storm_proto::backpressure::SlowConsumerPolicy;
 use storm_proto::framing::{DelimiterConfig, FramingError, LengthPrefixConfig, RawConfig};
@@ -1368,9 +1368,10 @@ pub fn slow_upgrade_hook_is_cut_off_by_the_handshake_timeout<S: Adapter>() {
 }
 
 /// Routing by path through the hook, with each client's own request
-/// header: `/a` and `/b` reach handlers that know their route, an unknown
-/// path gets 404 and a request without the header 401, which the client
-/// reports.
+/// header: `/a` and `/b` reach handlers that know their route (and each
+/// client reads the subprotocol and the header the hook answered with),
+/// an unknown path gets 404 and a request without the header 401, which
+/// the client reports.
 pub fn upgrade_hook_routes_by_path<S: Adapter, C: Adapter>() {
     let mut server = hooked_server::<S>(
         |info| {
@@ -1378,7 +1379,10 @@ pub fn upgrade_hook_routes_by_path<S: Adapter, C: Adapter>() {
                 return Decision::reject(401);
             }
             match info.path() {
-                "/a" | "/b" => Decision::accept().attach(info.path()[1..].to_owned()),
+                "/a" | "/b" => Decision::accept()
+                    .subprotocol("v2")
+                    .header("X-Route", info.path())
+                    .attach(info.path()[1..].to_owned()),
                 _ => Decision::reject(404).body("no such route\n"),
             }
         },
@@ -1387,6 +1391,9 @@ pub fn upgrade_hook_routes_by_path<S: Adapter, C: Adapter>() {
     let spec = |path: &str, key: Option<&str>| {
         let mut spec = ClientSpec::to(&server);
         spec.target = format!("ws://{}{path}", server.local_addr());
+        ws_with(&mut spec, |ws| {
+            ws.subprotocols = vec!["v1".into(), "v2".into()]
+        });
         if let Some(key) = key {
             spec.options.headers = vec![("X-Key".to_owned(), key.to_owned())];
         }
@@ -1395,6 +1402,14 @@ pub fn upgrade_hook_routes_by_path<S: Adapter, C: Adapter>() {
     for route in ["a", "b"] {
         let client = Client::connect::<C>(&spec(&format!("/{route}"), Some("k1")));
         let _ = server.events.connect();
+        // The client reads the server's answer from its session.
+        let session = client.session().unwrap_or_else(|| panic!("connected"));
+        let response = session.attached::<UpgradeResponse>().cloned();
+        let response = response.unwrap_or_else(|| panic!("a WebSocket client keeps the response"));
+        assert_eq!(response.subprotocol.as_deref(), Some("v2"));
+        let route = format!("/{route}");
+        assert_eq!(response.headers.get("x-route"), Some(route.as_bytes()));
+        let route = &route[1..];
         client.send(Message::from("x"));
         assert_eq!(client.recv(), Message::from(format!("{route}:x").as_str()));
         client.close();

@@ -44,7 +44,7 @@ pub use accept::{ACCEPT_BACKOFF, ACCEPT_REPORT_EVERY, AcceptErrors, AcceptStep};
 pub use storm_proto::ws::handshake::Decision;
 pub use upgrade::{
     Answer, Opened, ServerRequest, ServerUpgrade, ServerUpgradeStep, TlsInfo, UpgradeInfo,
-    UpgradeResponse,
+    UpgradeResponse, check_origins,
 };
 
 fn config_error(e: impl std::fmt::Display) -> ClientError {
@@ -465,7 +465,7 @@ impl ServerSetup {
             ..ServerConfig::default()
         };
         handshake.validate().map_err(invalid)?;
-        upgrade::check_origins(&ws.allowed_origins)?;
+        check_origins(&ws.allowed_origins)?;
         let kind = ServerKind::Ws {
             handshake: Arc::new(handshake),
             options: ws,

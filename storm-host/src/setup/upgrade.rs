@@ -95,9 +95,16 @@ impl Deref for UpgradeInfo {
     }
 }
 
-/// Checks `allowed_origins` entries: each is an origin as a browser sends
-/// it, `scheme://host[:port]`, with no path, and no trailing slash.
-pub(super) fn check_origins(origins: &[String]) -> io::Result<()> {
+/// Checks a list of allowed origins (as
+/// [`WsOptions::allowed_origins`] takes them): each is an origin as a
+/// browser sends it, `scheme://host[:port]`, with no path, and no trailing
+/// slash.
+///
+/// # Errors
+///
+/// [`InvalidInput`](io::ErrorKind::InvalidInput) naming the first entry
+/// that is not an origin.
+pub fn check_origins(origins: &[String]) -> io::Result<()> {
     for origin in origins {
         let well_formed = origin.split_once("://").is_some_and(|(scheme, rest)| {
             !scheme.is_empty()

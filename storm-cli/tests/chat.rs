@@ -414,18 +414,21 @@ fn tick_reaches_everyone() {
     }
 }
 
+/// The whole response of the page server at `http` to a GET of `path`.
+fn get_page(http: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(http).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
 #[test]
 fn page_over_http() {
     for runtime in RUNTIMES {
         let server = Server::start(runtime, &["--tick-ms", "0"]);
-        let get = |path: &str| {
-            let mut stream = TcpStream::connect(&server.http).unwrap();
-            stream.set_read_timeout(Some(WAIT)).unwrap();
-            write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-            let mut response = String::new();
-            stream.read_to_string(&mut response).unwrap();
-            response
-        };
+        let get = |path: &str| get_page(&server.http, path);
         let page = get("/");
         assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
         assert!(page.contains("Content-Type: text/html"));
@@ -792,15 +795,8 @@ fn a_token_is_required_when_given() {
             ws::connect(&format!("ws://{}/", server.ws), &options).expect("token accepted");
         socket.get_mut().set_read_timeout(Some(WAIT)).unwrap();
         assert!(matches!(socket.read(), Ok(Event::Text(welcome)) if welcome.contains("welcome")));
-        let get = |target: &str| {
-            let mut stream = TcpStream::connect(&server.http).unwrap();
-            stream.set_read_timeout(Some(WAIT)).unwrap();
-            write!(stream, "GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-            let mut response = String::new();
-            stream.read_to_string(&mut response).unwrap();
-            response
-        };
-        assert!(get("/").starts_with("HTTP/1.1 401 "));
-        assert!(get("/?token=s3cret").starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(get_page(&server.http, "/").starts_with("HTTP/1.1 401 "));
+        let page = get_page(&server.http, "/?token=s3cret");
+        assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
     }
 }

@@ -564,7 +564,12 @@ mod tests {
                 .filter(|(n, _)| headers.iter().any(|(h, _)| h == n))
                 .map(|(n, v)| (n.clone(), v.clone()))
                 .collect();
-            let asked: Vec<_> = headers.iter().map(|(n, v)| (n.clone(), v.as_bytes().to_vec())).collect();
+            // Leading and trailing spaces and tabs are not part of a field
+            // value (RFC 9110 section 5.5): a parser drops them.
+            let asked: Vec<_> = headers
+                .iter()
+                .map(|(n, v)| (n.clone(), v.trim_matches([' ', '\t']).as_bytes().to_vec()))
+                .collect();
             prop_assert_eq!(mine, asked);
             if accept {
                 prop_assert_eq!(code, 101);

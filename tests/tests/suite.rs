@@ -93,6 +93,7 @@ suite! {
         graceful_shutdown,
         oversize,
         upgrade_hook_routes_by_path,
+        upgrade_hook_sees_tls_sni,
     ],
     server_only: [
         server_heartbeat_timeout,

@@ -1423,3 +1423,45 @@ pub fn upgrade_hook_routes_by_path<S: Adapter, C: Adapter>() {
     assert!(error.contains("401"), "{error}");
     server.shutdown(WAIT);
 }
+
+/// Under TLS the hook sees the server name the client asked for (SNI)
+/// and that no ALPN protocol was agreed (the server offers none); on
+/// plain TCP it sees no TLS at all.
+pub fn upgrade_hook_sees_tls_sni<S: Adapter, C: Adapter>() {
+    if !both_do_tls::<S, C>("upgrade_hook_sees_tls_sni") {
+        return;
+    }
+    let pki = super::pki::Pki::new();
+    for secure in [true, false] {
+        let mut server = hooked_server::<S>(
+            |info| {
+                let tag = match info.tls() {
+                    Some(tls) => format!("{:?}/{:?}", tls.sni, tls.alpn),
+                    None => "plain".to_owned(),
+                };
+                Decision::accept().attach(tag)
+            },
+            |spec| {
+                if secure {
+                    spec.options.tls = Some(pki.server());
+                }
+            },
+        );
+        let mut spec = ClientSpec::to(&server);
+        if secure {
+            let mut tls = pki.client();
+            tls.server_name = Some("localhost".to_owned());
+            spec.options.tls = Some(tls);
+        }
+        let client = Client::connect::<C>(&spec);
+        let _ = server.events.connect();
+        client.send(Message::from("x"));
+        let expected = match secure {
+            true => r#"Some("localhost")/None:x"#,
+            false => "plain:x",
+        };
+        assert_eq!(client.recv(), Message::from(expected));
+        client.close();
+        server.shutdown(WAIT);
+    }
+}

@@ -572,7 +572,9 @@ impl<R: Runtime> ServerHandle<R> {
             ServerOpen::Ready(protocol) => return Ok(Opened::new(protocol)),
             ServerOpen::Upgrade(upgrade) => upgrade,
         };
-        let Answer { response, opened } = loop {
+        let Answer {
+            response, opened, ..
+        } = loop {
             let step = read_step(stream, upgrade, |upgrade, input| {
                 upgrade.handle_input(input)
             });

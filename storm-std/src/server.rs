@@ -490,7 +490,9 @@ impl ServerHandle {
             ServerOpen::Upgrade(upgrade) => upgrade,
         };
         let mut buf = vec![0u8; 4096];
-        let Answer { response, opened } = loop {
+        let Answer {
+            response, opened, ..
+        } = loop {
             let n = match stream.read(&mut buf) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => n,

@@ -181,6 +181,7 @@ pub enum ServerUpgradeStep<'a> {
 /// The response to send for an upgrade request, and what follows it.
 #[derive(Debug)]
 #[must_use]
+#[non_exhaustive]
 pub struct Answer {
     /// The response to send: the `101`, or a refusal.
     pub response: Bytes,

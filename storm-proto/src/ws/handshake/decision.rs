@@ -112,8 +112,7 @@ impl AddedHeaders {
 
 /// An acceptance: see [`Decision::accept`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Acceptance {
+pub(super) struct Acceptance {
     /// `None`: the server's default choice; `Some(None)`: no subprotocol;
     /// `Some(Some(p))`: `p`, which the client must have offered.
     pub(super) subprotocol: Option<Option<String>>,
@@ -129,17 +128,14 @@ impl Acceptance {
 
 /// A rejection: see [`Decision::reject`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Rejection {
+pub(super) struct Rejection {
     status: u16,
     headers: AddedHeaders,
     body: Bytes,
 }
 
 impl Rejection {
-    /// The status the response carries.
-    #[must_use]
-    pub fn status(&self) -> u16 {
+    pub(super) fn status(&self) -> u16 {
         self.status
     }
 

@@ -75,8 +75,7 @@ mod server;
 
 pub use client::{ClientConfig, ClientHandshake, ClientStep, ResponseError, Upgraded};
 pub use decision::{
-    Acceptance, Attached, Decision, MAX_DECISION_HEADER_BYTES, MAX_DECISION_HEADERS,
-    MAX_REJECT_BODY, Refused, Rejection,
+    Attached, Decision, MAX_DECISION_HEADER_BYTES, MAX_DECISION_HEADERS, MAX_REJECT_BODY, Refused,
 };
 pub use server::{
     Accepted, HandshakeError, PendingUpgrade, ServerConfig, ServerHandshake, ServerStep,

@@ -228,20 +228,18 @@ impl<'a> ServerUpgrade<'a> {
         match self.state.handle_input(input) {
             Ok(ServerStep::NeedMore(state)) => ServerUpgradeStep::NeedMore(Self { state, ..self }),
             Ok(ServerStep::Request(pending)) if !origin_allowed(self.ws, pending.request()) => {
-                let origin = pending.request().origin().unwrap_or("?").to_owned();
-                let refused = pending.decide(
-                    Decision::reject(403).body("this origin may not open a WebSocket here\n"),
+                let error = format!(
+                    "origin `{}` is not among the allowed origins: refused with 403",
+                    pending.request().origin().unwrap_or("(not UTF-8)")
+                );
+                pending.reject(
+                    403,
+                    b"this origin may not open a WebSocket here\n",
                     &mut out,
                 );
-                let error = refused
-                    .err()
-                    .map(|e| format!("origin `{origin}` not allowed ({e})"));
                 ServerUpgradeStep::Done(Answer {
                     response: out.freeze(),
-                    opened: Err(io::Error::new(
-                        io::ErrorKind::PermissionDenied,
-                        error.unwrap_or_default(),
-                    )),
+                    opened: Err(io::Error::new(io::ErrorKind::PermissionDenied, error)),
                 })
             }
             Ok(ServerStep::Request(pending)) => ServerUpgradeStep::Request(ServerRequest {

@@ -23,6 +23,22 @@
 //! requests to it fail) and connects with `wss://`. The TLS handshake of a
 //! page request counts in its 10 s limit.
 //!
+//! # Who may connect
+//!
+//! Every runtime's upgrade hook runs one gate. A browser page may connect
+//! only from the chat page's own origin (`http(s)://HOST:PAGE_PORT`, HOST
+//! the host the WebSocket request names, which the page takes from the
+//! address it was loaded from); any other `Origin` is refused with `403`
+//! and the server prints `refused ADDR: origin … not allowed`. Without a
+//! page (`--no-http`) no browser origin is allowed by default. A page
+//! opened with `?ws=` pointing at another host is another origin to the
+//! server: list it. [`ChatConfig::allowed_origins`] (`--allow-origin`,
+//! repeatable) replaces the default with exactly the origins listed.
+//! Clients without `Origin` (not browsers) are not checked by origin;
+//! [`ChatConfig::token`] (`--token`) makes every client present a token
+//! (`?token=` or `Authorization: Bearer`, else `401`) and serves the page
+//! only at `/?token=TOKEN`; the page passes the token on.
+//!
 //! # Runtimes
 //!
 //! [`ChatConfig::runtime`] (`--runtime tokio|smol|std`, default tokio)

@@ -2,8 +2,11 @@
 # Real-browser chat test: two headless-Chromium tabs chat through `storm chat`.
 # Each tab loads the page storm serves itself (http://127.0.0.1:PORT/), sets a
 # name, joins the same room, and each checks it sees the other's messages
-# (and a whisper, the user list, the tick, a leave). Then `/stop` on the
-# server's console must end it with exit code 0.
+# (and a whisper, the user list, the tick, a leave). The server runs with
+# `--token`, so the tabs open the page with `?token=…`; a page of another
+# origin (a data: URL) holding the token is refused with 403, and the
+# token-less page URL gets 401. Then `/stop` on the server's console must
+# end it with exit code 0.
 #
 # usage: browser/chat.sh [--no-build]
 #   --no-build  use target/release/storm as it is (default: cargo build it)
@@ -46,7 +49,8 @@ trap cleanup EXIT
 
 # The console is a FIFO we hold open on fd 5; the banner is read from another.
 mkfifo "$work/console" "$work/server.out"
-"$storm" chat --addr 127.0.0.1:0 --tick-ms 200 <"$work/console" >"$work/server.out" 2>"$work/server.err" &
+token=browser-test-token
+"$storm" chat --addr 127.0.0.1:0 --tick-ms 200 --token "$token" <"$work/console" >"$work/server.out" 2>"$work/server.err" &
 server_pid=$!
 exec 5>"$work/console"
 exec 3<"$work/server.out"
@@ -69,8 +73,14 @@ cat <&3 >"$work/server.log" &
 exec 3<&-
 
 status=0
-timeout -k 5 "$((budget + 10))" "$node" "$here/drive_chat.mjs" "$chromium" "$http" \
-    "$work/profile" "$budget" || status=$?
+timeout -k 5 "$((budget + 10))" "$node" "$here/drive_chat.mjs" "$chromium" "${http}?token=$token" \
+    "$work/profile" "$budget" "ws://$ws/?token=$token" || status=$?
+# The server logged the cross-site page it refused.
+if grep -q "origin null not allowed" "$work/server.log"; then
+    echo "PASS storm chat logs the refused cross-site page"
+else
+    echo "FAIL storm chat did not log the refused cross-site page"; status=1
+fi
 
 # Graceful stop from the admin console: exit code 0 within 10 s.
 echo "/stop" >&5

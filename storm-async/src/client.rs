@@ -10,10 +10,12 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use storm_host::link::{LinkDriver, Protocol};
+use storm_host::link::LinkDriver;
 use storm_host::options::{ClientOptions, WsOptions};
 pub use storm_host::peer::ClientError;
-use storm_host::setup::{ClientCore, ClientOpen, ClientTarget, ClientUpgradeStep};
+use storm_host::setup::{
+    ClientCore, ClientOpen, ClientTarget, ClientUpgradeStep, Opened, UpgradeResponse,
+};
 use storm_proto::Message;
 use storm_proto::framing::Framing;
 
@@ -122,6 +124,15 @@ impl Client {
     #[must_use]
     pub fn session(&self) -> Option<Session> {
         lock(&self.shared.current).clone()
+    }
+
+    /// What the server answered the current connection's WebSocket
+    /// upgrade with: the subprotocol it chose and every response header.
+    /// `None` between reconnects and for a TCP client. (The same as
+    /// `session.attached::<UpgradeResponse>()`.)
+    #[must_use]
+    pub fn upgrade_response(&self) -> Option<UpgradeResponse> {
+        self.session()?.attached::<UpgradeResponse>().cloned()
     }
 
     /// Whether a connection is up.
@@ -279,8 +290,9 @@ async fn connect_once<R: Runtime>(
                     .map_err(ClientError::Tls)?,
             ),
         };
-        let (protocol, initial) = open(&mut stream, target, options).await?;
-        let (peer, link) = core.peer(protocol, remote, Instant::now())?;
+        let mut opened = open(&mut stream, target, options).await?;
+        let initial = std::mem::take(&mut opened.leftover);
+        let (peer, link) = core.peer(opened, remote, Instant::now())?;
         Ok(Connected {
             stream,
             session: Session::new(peer),
@@ -299,9 +311,9 @@ async fn open<S: Stream>(
     stream: &mut S,
     target: &ClientTarget,
     options: &ClientOptions,
-) -> Result<(Protocol, Bytes), ClientError> {
+) -> Result<Opened, ClientError> {
     let (request, mut upgrade) = match target.open(options, &mut rand::rng())? {
-        ClientOpen::Ready(protocol) => return Ok((protocol, Bytes::new())),
+        ClientOpen::Ready(protocol) => return Ok(Opened::new(protocol)),
         ClientOpen::Upgrade { request, upgrade } => (request, upgrade),
     };
     write_all_flush(stream, &request).await?;
@@ -312,7 +324,7 @@ async fn open<S: Stream>(
         let step = step.await?;
         match step.ok_or(ClientError::Io(io::ErrorKind::UnexpectedEof.into()))?? {
             ClientUpgradeStep::NeedMore(next) => upgrade = next,
-            ClientUpgradeStep::Done(protocol, initial) => return Ok((protocol, initial)),
+            ClientUpgradeStep::Done(opened) => return Ok(opened),
         }
     }
 }

@@ -153,6 +153,11 @@ pub trait Runtime: Send + Sync + 'static {
         stream: Self::Tcp,
     ) -> impl Future<Output = io::Result<Self::TlsServer>> + Send;
 
+    /// What the server side of a finished TLS handshake learned: the
+    /// server name the client asked for (SNI) and the agreed ALPN
+    /// protocol, for the upgrade hook (empty without the `tls` feature).
+    fn tls_info(stream: &Self::TlsServer) -> storm_host::setup::TlsInfo;
+
     /// Runs the client side of a TLS handshake (with the server `tls`
     /// names).
     fn tls_connect(

@@ -6,18 +6,19 @@ use std::io;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use storm_host::hub::{CloseKind, SessionId};
-use storm_host::link::{LinkDriver, Protocol};
+use storm_host::link::LinkDriver;
 use storm_host::options::{ServerOptions, TlsServerConfig, WsOptions};
 use storm_host::peer::Registry;
 use storm_host::setup::{
-    AcceptErrors, Admitted, ServerOpen, ServerSetup, ServerUpgradeStep, from_peer, server_hub,
+    AcceptErrors, Admitted, Answer, Decision, Opened, ServerOpen, ServerRequest, ServerSetup,
+    ServerUpgradeStep, TlsInfo, UpgradeInfo, from_peer, server_hub,
 };
 use storm_proto::framing::Framing;
 
@@ -42,7 +43,16 @@ struct Shared {
     /// running end at once instead of at their own timeout.
     abort: Signal,
     tasks: Arc<TaskCount>,
+    /// The application's upgrade hook, set when a [`WsServer`] starts to
+    /// serve.
+    upgrade: OnceLock<UpgradeHook>,
 }
+
+/// The future an upgrade hook returns, boxed.
+type UpgradeFuture = Pin<Box<dyn Future<Output = Decision> + Send + 'static>>;
+
+/// An upgrade hook, boxed.
+type UpgradeHook = Arc<dyn Fn(UpgradeInfo) -> UpgradeFuture + Send + Sync>;
 
 /// Controls a running server from anywhere: its sessions, groups,
 /// broadcast, and shutdown. Cheap to clone.
@@ -81,6 +91,7 @@ impl<R> fmt::Debug for ServerHandle<R> {
 pub struct WsServer<R: Runtime> {
     listener: R::Listener,
     handle: ServerHandle<R>,
+    upgrade: Option<UpgradeHook>,
 }
 
 /// A plain TCP server with a framer (length-prefixed by default), on
@@ -120,7 +131,8 @@ macro_rules! server_common {
             ///
             /// None from accepting; connection errors go to the handler.
             pub async fn serve<H: Handler>(self, handler: H) -> io::Result<()> {
-                serve(self.listener, self.handle, handler).await
+                let (listener, handle) = self.start();
+                serve(listener, handle, handler).await
             }
         }
 
@@ -147,7 +159,58 @@ impl<R: Runtime> WsServer<R> {
         // Before the socket: a bad certificate must not leave a port taken.
         let setup = ServerSetup::ws(&options, ws)?;
         let (listener, handle) = bind::<R>(options, setup).await?;
-        Ok(Self { listener, handle })
+        Ok(Self {
+            listener,
+            handle,
+            upgrade: None,
+        })
+    }
+
+    /// Decides on every upgrade request with `hook` (replacing any hook
+    /// set before): it gets the request (method, path, query, headers,
+    /// `Origin`, offered subprotocols and extensions), the peer's address
+    /// and, under TLS, the SNI and ALPN, and returns a [`Decision`]:
+    /// accept (choosing a subprotocol, adding response headers, attaching
+    /// a value the handler reads with
+    /// [`Session::attached`](storm_host::peer::Peer::attached)) or reject
+    /// (a status, headers and a body, then the connection is closed). Route
+    /// by path by attaching the route. Without a hook every valid request
+    /// from an allowed origin
+    /// ([`WsOptions::allowed_origins`](storm_host::options::WsOptions::allowed_origins),
+    /// checked before the hook) is accepted.
+    ///
+    /// The hook runs after the request has been read and before anything
+    /// else is committed to the connection (no session, no link, no
+    /// buffers; only its place under `max_connections`), within the
+    /// server's `handshake_timeout` (which the TLS handshake and the
+    /// request's reading share): a hook still running then is dropped, the
+    /// connection closed without a response and the handler's `on_error`
+    /// hears [`TimedOut`](io::ErrorKind::TimedOut). A rejection reaches
+    /// `on_error` as [`PermissionDenied`](io::ErrorKind::PermissionDenied),
+    /// a decision with a mistake (a header with CR or LF, an unoffered
+    /// subprotocol) as [`InvalidInput`](io::ErrorKind::InvalidInput)
+    /// after a `500`.
+    ///
+    /// **Cancel safety**: the hook's future is dropped at any await point
+    /// when the handshake times out or a shutdown gives up waiting; it
+    /// must not leave anything half done then. A panic in the hook ends
+    /// that connection's task, as a panic in the handler does.
+    #[must_use]
+    pub fn on_upgrade<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(UpgradeInfo) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Decision> + Send + 'static,
+    {
+        self.upgrade = Some(Arc::new(move |info| Box::pin(hook(info)) as UpgradeFuture));
+        self
+    }
+
+    fn start(self) -> (R::Listener, ServerHandle<R>) {
+        if let Some(hook) = self.upgrade {
+            // `serve` takes the server by value: this runs once.
+            let _ = self.handle.shared.upgrade.set(hook);
+        }
+        (self.listener, self.handle)
     }
 }
 
@@ -161,6 +224,10 @@ impl<R: Runtime> TcpServer<R> {
         let setup = ServerSetup::tcp(&options, framing)?;
         let (listener, handle) = bind::<R>(options, setup).await?;
         Ok(Self { listener, handle })
+    }
+
+    fn start(self) -> (R::Listener, ServerHandle<R>) {
+        (self.listener, self.handle)
     }
 }
 
@@ -189,6 +256,7 @@ async fn bind<R: Runtime>(
         done: Signal::default(),
         abort: Signal::default(),
         tasks: Arc::default(),
+        upgrade: OnceLock::new(),
     };
     Ok((
         listener,
@@ -337,6 +405,21 @@ async fn report<T, H: Handler>(result: io::Result<T>, handler: &H) -> Option<T> 
     }
 }
 
+/// Runs the upgrade hook on `request` and answers with its decision.
+///
+/// Boxed, and a plain function that builds the box: only connections of
+/// a server with a hook carry the hook's state, and only while it runs;
+/// the connection task's own future keeps one pointer.
+fn decide<'a>(
+    hook: &UpgradeHook,
+    request: ServerRequest<'a>,
+    remote: SocketAddr,
+    tls: Option<TlsInfo>,
+) -> Pin<Box<dyn Future<Output = Answer> + Send + 'a>> {
+    let decision = hook(request.info(remote, tls));
+    Box::pin(async move { request.decide(decision.await) })
+}
+
 /// Removes a session from the registry when dropped.
 struct Registered<'a> {
     registry: &'a Registry<Session>,
@@ -383,13 +466,18 @@ impl<R: Runtime> ServerHandle<R> {
         async move {
             // One time budget for the whole handshake.
             let limit = self.shared.options.handshake_timeout;
+            let remote = admitted.remote();
             let opened = match self.configure(&stream) {
-                Ok(()) => self.within(limit, pin!(self.open(&mut stream))).await,
+                Ok(()) => {
+                    let open = pin!(self.open(&mut stream, &remote, None));
+                    self.within(limit, open).await
+                }
                 Err(e) => Err(e),
             };
-            let opened = opened.map_err(|e| from_peer(admitted.remote(), e));
-            let registered = opened.and_then(|(protocol, initial)| {
-                let (session, link, registered) = self.register(admitted, protocol)?;
+            let opened = opened.map_err(|e| from_peer(remote, e));
+            let registered = opened.and_then(|mut opened| {
+                let initial = std::mem::take(&mut opened.leftover);
+                let (session, link, registered) = self.register(admitted, opened)?;
                 Ok((session, link, registered, initial))
             });
             let Some((session, link, registered, initial)) = report(registered, &*handler).await
@@ -427,8 +515,10 @@ impl<R: Runtime> ServerHandle<R> {
                 let mut stream = R::tls_accept(config, stream)
                     .await
                     .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake failed: {e}")))?;
-                let (protocol, initial) = self.open(&mut stream).await?;
-                let (session, link, registered) = self.register(admitted, protocol)?;
+                let tls = R::tls_info(&stream);
+                let mut opened = self.open(&mut stream, &remote, Some(&tls)).await?;
+                let initial = std::mem::take(&mut opened.leftover);
+                let (session, link, registered) = self.register(admitted, opened)?;
                 // Split here: only the halves (two pointers), not the
                 // large TLS stream, reach this task's own future.
                 Ok((stream.split(), session, link, registered, initial))
@@ -471,27 +561,42 @@ impl<R: Runtime> ServerHandle<R> {
     }
 
     /// The protocol a new connection speaks, after the WebSocket upgrade
-    /// when the server is a WebSocket server; and any bytes the peer sent
-    /// after its upgrade request.
-    async fn open<S: Stream>(&self, stream: &mut S) -> io::Result<(Protocol, Bytes)> {
+    /// (decided by the upgrade hook, if any) when the server is a
+    /// WebSocket server; and any bytes the peer sent after its upgrade
+    /// request.
+    async fn open<S: Stream>(
+        &self,
+        stream: &mut S,
+        remote: &SocketAddr,
+        tls: Option<&TlsInfo>,
+    ) -> io::Result<Opened> {
         let mut upgrade = match self.shared.setup.open()? {
-            ServerOpen::Ready(protocol) => return Ok((protocol, Bytes::new())),
+            ServerOpen::Ready(protocol) => return Ok(Opened::new(protocol)),
             ServerOpen::Upgrade(upgrade) => upgrade,
         };
-        loop {
+        let Answer {
+            response, opened, ..
+        } = loop {
             let step = read_step(stream, upgrade, |upgrade, input| {
                 upgrade.handle_input(input)
             });
-            match step.await?.ok_or(io::ErrorKind::UnexpectedEof)? {
-                ServerUpgradeStep::NeedMore(next) => upgrade = next,
-                ServerUpgradeStep::Done { response, opened } => {
-                    let written = write_all_flush(stream, &response).await;
-                    let opened = opened?;
-                    written?;
-                    return Ok(opened);
+            let request = match step.await?.ok_or(io::ErrorKind::UnexpectedEof)? {
+                ServerUpgradeStep::NeedMore(next) => {
+                    upgrade = next;
+                    continue;
                 }
-            }
-        }
+                ServerUpgradeStep::Done(answer) => break answer,
+                ServerUpgradeStep::Request(request) => request,
+            };
+            break match self.shared.upgrade.get() {
+                None => request.accept(),
+                Some(hook) => decide(hook, request, *remote, tls.cloned()).await,
+            };
+        };
+        let written = write_all_flush(stream, &response).await;
+        let opened = opened?;
+        written?;
+        Ok(opened)
     }
 
     /// Registers an opened connection: its session, its link (boxed: the
@@ -502,7 +607,7 @@ impl<R: Runtime> ServerHandle<R> {
     fn register(
         &self,
         admitted: Admitted,
-        protocol: Protocol,
+        opened: Opened,
     ) -> io::Result<(Session, Box<LinkDriver>, Registered<'_>)> {
         // Closed at once if registered after the shutdown's `close_all`.
         let stopping = || self.shared.stop.is_set();
@@ -510,7 +615,7 @@ impl<R: Runtime> ServerHandle<R> {
         let (session, link) = setup.admit(
             registry,
             admitted,
-            protocol,
+            opened,
             Instant::now(),
             Session::new,
             stopping,

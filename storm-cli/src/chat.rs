@@ -43,6 +43,19 @@ pub(crate) struct ChatArgs {
     /// Runtime to serve on: tokio or smol (async tasks), or std (threads).
     #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
     runtime: Runtime,
+    /// An origin whose pages may connect, as browsers send it
+    /// (scheme://host[:port], e.g. https://chat.example.com); repeat for
+    /// more. Default: only the chat page's own origin (the host it was
+    /// loaded from, the page port). Other pages are refused with 403;
+    /// clients that send no Origin (not browsers) are not checked.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    allow_origin: Vec<String>,
+    /// A token every client must present: ?token=TOKEN on the WebSocket URL
+    /// or an `Authorization: Bearer TOKEN` header (else 401). The page is
+    /// then served only at /?token=TOKEN and passes it on. Letters, digits,
+    /// -, ., _ and ~. Default: none.
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
 }
 
 /// `storm chat`: WebSocket, pings every 15 s, messages up to 64 KiB.
@@ -78,6 +91,8 @@ pub(crate) fn run(args: &ChatArgs) -> io::Result<()> {
     };
     config.tick = (args.tick_ms > 0).then(|| Duration::from_millis(args.tick_ms));
     config.runtime = args.runtime.into();
+    config.allowed_origins.clone_from(&args.allow_origin);
+    config.token.clone_from(&args.token);
     storm_cli::interrupt::install()?;
     storm_services::chat::serve(config, &storm_cli::interrupt::signal())
 }

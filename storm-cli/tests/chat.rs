@@ -414,18 +414,21 @@ fn tick_reaches_everyone() {
     }
 }
 
+/// The whole response of the page server at `http` to a GET of `path`.
+fn get_page(http: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(http).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
 #[test]
 fn page_over_http() {
     for runtime in RUNTIMES {
         let server = Server::start(runtime, &["--tick-ms", "0"]);
-        let get = |path: &str| {
-            let mut stream = TcpStream::connect(&server.http).unwrap();
-            stream.set_read_timeout(Some(WAIT)).unwrap();
-            write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-            let mut response = String::new();
-            stream.read_to_string(&mut response).unwrap();
-            response
-        };
+        let get = |path: &str| get_page(&server.http, path);
         let page = get("/");
         assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
         assert!(page.contains("Content-Type: text/html"));
@@ -704,5 +707,96 @@ fn ctrl_c_closes_sessions_and_exits_zero() {
             std::thread::sleep(Duration::from_millis(20));
         };
         assert!(status.success(), "{runtime}: {status}");
+    }
+}
+
+/// The status line the WebSocket port answers an upgrade request for
+/// `target` with `headers` (whole lines) added.
+fn upgrade_status(ws: &str, target: &str, headers: &str) -> String {
+    let mut stream = TcpStream::connect(ws).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        stream,
+        "GET {target} HTTP/1.1\r\nHost: {ws}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).trim_end().to_owned()
+}
+
+/// By default only the chat page's own origin may connect: a page of
+/// another origin is refused with 403, the page's origin and a client
+/// without `Origin` get in; `--allow-origin` replaces the default.
+#[test]
+fn only_the_page_s_own_origin_may_connect() {
+    for runtime in RUNTIMES {
+        let server = Server::start(runtime, &["--tick-ms", "0"]);
+        let page_origin = format!("Origin: http://{}\r\n", server.http);
+        let foreign = "Origin: https://evil.example\r\n";
+        assert_eq!(
+            upgrade_status(&server.ws, "/", foreign),
+            "HTTP/1.1 403 Forbidden"
+        );
+        server.wait_line("origin https://evil.example not allowed");
+        assert_eq!(
+            upgrade_status(&server.ws, "/", &page_origin),
+            "HTTP/1.1 101 Switching Protocols"
+        );
+        drop(server.client());
+        let listed = Server::start(
+            runtime,
+            &["--tick-ms", "0", "--allow-origin", "https://chat.example"],
+        );
+        let page_origin = format!("Origin: http://{}\r\n", listed.http);
+        assert_eq!(
+            upgrade_status(&listed.ws, "/", "Origin: https://chat.example\r\n"),
+            "HTTP/1.1 101 Switching Protocols"
+        );
+        assert_eq!(
+            upgrade_status(&listed.ws, "/", &page_origin),
+            "HTTP/1.1 403 Forbidden"
+        );
+    }
+}
+
+/// `--token`: clients without it get 401, with it (query or bearer
+/// header) they chat; the page is served only with the token.
+#[test]
+fn a_token_is_required_when_given() {
+    for runtime in RUNTIMES {
+        let server = Server::start(runtime, &["--tick-ms", "0", "--token", "s3cret"]);
+        let refused = ws::connect(
+            &format!("ws://{}/", server.ws),
+            &ws::ConnectOptions::default(),
+        );
+        let error = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("401"), "{error}");
+        assert_eq!(
+            upgrade_status(&server.ws, "/?token=wrong", ""),
+            "HTTP/1.1 401 Unauthorized"
+        );
+        assert_eq!(
+            upgrade_status(&server.ws, "/?token=s3cret", ""),
+            "HTTP/1.1 101 Switching Protocols"
+        );
+        let options = ws::ConnectOptions {
+            headers: vec![("Authorization".into(), "Bearer s3cret".into())],
+            ..ws::ConnectOptions::default()
+        };
+        let (mut socket, _) =
+            ws::connect(&format!("ws://{}/", server.ws), &options).expect("token accepted");
+        socket.get_mut().set_read_timeout(Some(WAIT)).unwrap();
+        assert!(matches!(socket.read(), Ok(Event::Text(welcome)) if welcome.contains("welcome")));
+        assert!(get_page(&server.http, "/").starts_with("HTTP/1.1 401 "));
+        let page = get_page(&server.http, "/?token=s3cret");
+        assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
     }
 }

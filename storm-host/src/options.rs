@@ -347,6 +347,16 @@ pub struct WsOptions {
     /// Subprotocols: supported in preference order (server) or offered
     /// (client). Default none.
     pub subprotocols: Vec<String>,
+    /// Server only: the origins whose pages may open a WebSocket, exactly
+    /// as browsers send them in `Origin` (`https://example.com`,
+    /// `http://127.0.0.1:8080`: scheme, host, port if not the default; no
+    /// path, no trailing slash), compared ASCII case-insensitively. A
+    /// request with another `Origin` is refused with `403 Forbidden` before
+    /// any upgrade hook runs. A request without `Origin` is allowed: only
+    /// browsers send one, and a non-browser client (a CLI, a server) could
+    /// send any value it likes, so authenticate those otherwise (a token
+    /// through the upgrade hook). Default empty: every origin is allowed.
+    pub allowed_origins: Vec<String>,
 }
 
 /// Options every client has.

@@ -6,6 +6,7 @@
 //! slow-consumer policy says `Wait` (an async task, or a parked thread).
 //! [`ClientError`] is every adapter's client error.
 
+use std::any::Any;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -28,6 +29,8 @@ pub struct Peer {
     middleware: Option<Arc<MiddlewareChain>>,
     hub: Hub,
     remote: SocketAddr,
+    /// What the server's upgrade hook attached, if anything.
+    attached: Option<Arc<dyn Any + Send + Sync>>,
 }
 
 impl fmt::Debug for Peer {
@@ -156,7 +159,23 @@ impl Peer {
             middleware,
             hub,
             remote,
+            attached: None,
         }
+    }
+
+    /// Attaches the value a server's upgrade hook accepted the connection
+    /// with (see [`attached`](Self::attached)).
+    pub fn attach(&mut self, value: Arc<dyn Any + Send + Sync>) {
+        self.attached = Some(value);
+    }
+
+    /// The value the server's upgrade hook attached when it accepted this
+    /// connection (`Decision::accept().attach(value)`), when it is a `T`:
+    /// the user a token named, the route a path chose. `None` when nothing
+    /// or something else was attached (and always on a client).
+    #[must_use]
+    pub fn attached<T: Any>(&self) -> Option<&T> {
+        self.attached.as_deref()?.downcast_ref()
     }
 
     /// The connection's outbox in the hub (for adapters: the writer's

@@ -23,6 +23,22 @@
 //! requests to it fail) and connects with `wss://`. The TLS handshake of a
 //! page request counts in its 10 s limit.
 //!
+//! # Who may connect
+//!
+//! Every runtime's upgrade hook runs one gate. A browser page may connect
+//! only from the chat page's own origin (`http(s)://HOST:PAGE_PORT`, HOST
+//! the host the WebSocket request names, which the page takes from the
+//! address it was loaded from); any other `Origin` is refused with `403`
+//! and the server prints `refused ADDR: origin … not allowed`. Without a
+//! page (`--no-http`) no browser origin is allowed by default. A page
+//! opened with `?ws=` pointing at another host is another origin to the
+//! server: list it. [`ChatConfig::allowed_origins`] (`--allow-origin`,
+//! repeatable) replaces the default with exactly the origins listed.
+//! Clients without `Origin` (not browsers) are not checked by origin;
+//! [`ChatConfig::token`] (`--token`) makes every client present a token
+//! (`?token=` or `Authorization: Bearer`, else `401`) and serves the page
+//! only at `/?token=TOKEN`; the page passes the token on.
+//!
 //! # Runtimes
 //!
 //! [`ChatConfig::runtime`] (`--runtime tokio|smol|std`, default tokio)
@@ -90,6 +106,7 @@ use storm_host::hub::{Hub, SessionId};
 use storm_host::link::CloseReason;
 use storm_host::options::{ServerOptions, WsOptions};
 use storm_host::peer::{Peer, Registry as ServerRegistry};
+use storm_host::setup::{Decision, UpgradeInfo};
 use storm_proto::Message;
 use storm_proto::ws::CloseCode;
 
@@ -140,6 +157,19 @@ pub struct ChatConfig {
     pub tick: Option<Duration>,
     /// The runtime to serve on. Default tokio.
     pub runtime: Runtime,
+    /// The only origins whose pages may connect (`--allow-origin`,
+    /// `scheme://host[:port]`). Default empty: only the chat page's own
+    /// origin, `http(s)://HOST:PAGE_PORT` for the HOST the WebSocket
+    /// request names (the host the page was loaded from); no page, no
+    /// browser origin. A request without `Origin` (not a browser) is not
+    /// checked: give a `token` to authenticate those.
+    pub allowed_origins: Vec<String>,
+    /// A token every client must present (`--token`): `?token=TOKEN` on the
+    /// WebSocket URL or `Authorization: Bearer TOKEN`; the page is served
+    /// only with `?token=TOKEN` and passes it on. Letters, digits, `-`,
+    /// `.`, `_` and `~` only (it travels in URLs unescaped). Default
+    /// `None`: no token.
+    pub token: Option<String>,
 }
 
 impl Default for ChatConfig {
@@ -150,6 +180,8 @@ impl Default for ChatConfig {
             page: PageAddr::NextPort,
             tick: Some(Duration::from_secs(1)),
             runtime: Runtime::Tokio,
+            allowed_origins: Vec::new(),
+            token: None,
         }
     }
 }
@@ -173,6 +205,16 @@ impl ChatConfig {
 ///
 /// Unusable TLS material, a failed bind.
 pub fn serve(config: ChatConfig, stop: &Stop) -> io::Result<()> {
+    storm_host::setup::check_origins(&config.allowed_origins)?;
+    if let Some(token) = &config.token {
+        let url_safe = |c: char| c.is_ascii_alphanumeric() || "-._~".contains(c);
+        if token.is_empty() || !token.chars().all(url_safe) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "--token takes letters, digits, `-`, `.`, `_` and `~` only",
+            ));
+        }
+    }
     // The page is served over TLS with the same certificate.
     let page_tls = config
         .options
@@ -193,8 +235,107 @@ type PageTls = Option<Arc<rustls::ServerConfig>>;
 /// The page server, ready to run: its listener, the page, and TLS.
 struct PageServer {
     listener: TcpListener,
-    page: Arc<str>,
+    page: Arc<Page>,
     tls: PageTls,
+}
+
+/// The chat page, and the token a request for it must carry.
+struct Page {
+    html: String,
+    token: Option<String>,
+}
+
+/// Who may open a chat WebSocket, decided by every runtime's upgrade hook:
+/// a browser page of an allowed origin (by default the chat page's own),
+/// holding the token when there is one.
+struct Gate {
+    /// `--allow-origin`; empty: the page's own origin.
+    allowed: Vec<String>,
+    /// The page's scheme and port, when it is served.
+    page: Option<(&'static str, u16)>,
+    token: Option<String>,
+}
+
+impl Gate {
+    fn new(config: &ChatConfig, page: Option<&PageServer>) -> io::Result<Self> {
+        let page = match page {
+            Some(page) => {
+                let scheme = if page.tls.is_some() { "https" } else { "http" };
+                Some((scheme, page.listener.local_addr()?.port()))
+            }
+            None => None,
+        };
+        Ok(Self {
+            allowed: config.allowed_origins.clone(),
+            page,
+            token: config.token.clone(),
+        })
+    }
+
+    fn decide(&self, info: &UpgradeInfo) -> Decision {
+        if let Some(origin) = info.headers().get("Origin") {
+            if !self.origin_allowed(origin, info.host()) {
+                let origin = String::from_utf8_lossy(origin);
+                println!(
+                    "refused {}: origin {origin} not allowed",
+                    info.remote_addr()
+                );
+                return Decision::reject(403).body("this page's origin may not use this chat\n");
+            }
+        }
+        if let Some(token) = &self.token {
+            let bearer = info
+                .headers()
+                .get("Authorization")
+                .and_then(|value| value.strip_prefix(b"Bearer "))
+                .map(|value| String::from_utf8_lossy(value.trim_ascii()).into_owned());
+            let presented = info.query_param("token").or(bearer);
+            if !presented.is_some_and(|presented| same_token(&presented, token)) {
+                println!("refused {}: no valid token", info.remote_addr());
+                return Decision::reject(401)
+                    .header("WWW-Authenticate", "Bearer")
+                    .body("a token is needed: ?token=TOKEN or Authorization: Bearer TOKEN\n");
+            }
+        }
+        Decision::accept()
+    }
+
+    /// Whether a page of `origin` may connect through `host` (the request's
+    /// `Host`): one of `--allow-origin`, or by default the chat page served
+    /// from that host.
+    fn origin_allowed(&self, origin: &[u8], host: &str) -> bool {
+        let origin = String::from_utf8_lossy(origin.trim_ascii());
+        if !self.allowed.is_empty() {
+            return self
+                .allowed
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(&origin));
+        }
+        let Some((scheme, port)) = self.page else {
+            return false;
+        };
+        // `[::1]:9002` or `127.0.0.1:9002`: the host without its port.
+        let name = match host.rsplit_once(':') {
+            Some((name, after)) if !after.contains(']') => name,
+            _ => host,
+        };
+        let default_port = matches!((scheme, port), ("http", 80) | ("https", 443));
+        let page = match default_port {
+            true => format!("{scheme}://{name}"),
+            false => format!("{scheme}://{name}:{port}"),
+        };
+        page.eq_ignore_ascii_case(&origin)
+    }
+}
+
+/// Compares tokens in time that depends on their lengths only.
+fn same_token(presented: &str, token: &str) -> bool {
+    presented.len() == token.len()
+        && presented
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
 }
 
 /// What every runtime does once its WebSocket server is bound: binds the
@@ -224,13 +365,15 @@ fn announce(
     }
     println!("console: /sessions  /kick <id>  /broadcast <msg>  /rooms  /info <id>  /stop");
     Ok(http.map(|listener| {
-        let page: Arc<str> = PAGE
+        let html = PAGE
             .replace("__STORM_WS_PORT__", &ws_addr.port().to_string())
-            .replace("__STORM_WS_SCHEME__", config.scheme())
-            .into();
+            .replace("__STORM_WS_SCHEME__", config.scheme());
         PageServer {
             listener,
-            page,
+            page: Arc::new(Page {
+                html,
+                token: config.token.clone(),
+            }),
             tls,
         }
     }))
@@ -865,7 +1008,7 @@ struct PageRequest {
 impl PageRequest {
     /// Takes the bytes just read; the whole response once the request
     /// head is complete (or too large), after which the connection closes.
-    fn push(&mut self, bytes: &[u8], page: &str) -> Option<String> {
+    fn push(&mut self, bytes: &[u8], page: &Page) -> Option<String> {
         if self.head.len() + bytes.len() > MAX_HTTP_HEAD {
             return Some(response("431 Request Header Fields Too Large", "", false));
         }
@@ -880,15 +1023,29 @@ impl PageRequest {
         complete.then(|| self.answer(page))
     }
 
-    fn answer(&self, page: &str) -> String {
+    fn answer(&self, page: &Page) -> String {
         let request_line = self.head.split(|&b| b == b'\r').next().unwrap_or_default();
         let request_line = String::from_utf8_lossy(request_line);
         let mut parts = request_line.split(' ');
         let method = parts.next().unwrap_or_default();
         let target = parts.next().unwrap_or_default();
-        let path = target.split('?').next().unwrap_or_default();
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        // The token is URL-safe (checked at start), so it is compared as sent.
+        let token_ok = page.token.as_deref().is_none_or(|token| {
+            query.split('&').any(|pair| {
+                pair.strip_prefix("token=")
+                    .is_some_and(|t| same_token(t, token))
+            })
+        });
         match (method, path) {
-            ("GET" | "HEAD", "/" | "/index.html") => response("200 OK", page, method == "HEAD"),
+            ("GET" | "HEAD", "/" | "/index.html") if !token_ok => response(
+                "401 Unauthorized",
+                "open the chat page with ?token=TOKEN\n",
+                method == "HEAD",
+            ),
+            ("GET" | "HEAD", "/" | "/index.html") => {
+                response("200 OK", &page.html, method == "HEAD")
+            }
             ("GET" | "HEAD", _) => response("404 Not Found", "not found\n", method == "HEAD"),
             _ => response("405 Method Not Allowed", "", false),
         }
@@ -949,31 +1106,83 @@ mod tests {
         assert!(!is_guest_name("guest-x1"));
     }
 
+    fn page(html: &str) -> Page {
+        Page {
+            html: html.to_owned(),
+            token: None,
+        }
+    }
+
+    #[test]
+    fn the_gate_lets_in_the_page_s_own_origin_only() {
+        let gate = Gate {
+            allowed: Vec::new(),
+            page: Some(("http", 9003)),
+            token: None,
+        };
+        let allowed = |origin: &str, host: &str| gate.origin_allowed(origin.as_bytes(), host);
+        assert!(allowed("http://127.0.0.1:9003", "127.0.0.1:9002"));
+        assert!(allowed("http://localhost:9003", "localhost:9002"));
+        assert!(allowed("http://[::1]:9003", "[::1]:9002"));
+        assert!(!allowed("http://127.0.0.1:9003", "localhost:9002"));
+        assert!(!allowed("https://127.0.0.1:9003", "127.0.0.1:9002"));
+        assert!(!allowed("http://127.0.0.1:8000", "127.0.0.1:9002"));
+        assert!(!allowed("https://evil.example", "127.0.0.1:9002"));
+        assert!(!allowed("null", "127.0.0.1:9002"));
+        let listed = Gate {
+            allowed: vec!["https://chat.example".to_owned()],
+            ..gate
+        };
+        assert!(listed.origin_allowed(b"https://chat.example", "127.0.0.1:9002"));
+        assert!(!listed.origin_allowed(b"http://127.0.0.1:9003", "127.0.0.1:9002"));
+        let no_page = Gate {
+            allowed: Vec::new(),
+            page: None,
+            token: None,
+        };
+        assert!(!no_page.origin_allowed(b"http://127.0.0.1:9003", "127.0.0.1:9002"));
+        assert!(same_token("abc", "abc"));
+        assert!(!same_token("abd", "abc") && !same_token("ab", "abc"));
+    }
+
+    #[test]
+    fn a_token_guards_the_page() {
+        let page = Page {
+            html: "<p>page".to_owned(),
+            token: Some("s3cret".to_owned()),
+        };
+        let answer = |request: &[u8]| PageRequest::default().push(request, &page).unwrap();
+        assert!(answer(b"GET / HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 401 "));
+        assert!(answer(b"GET /?token=nope HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 401 "));
+        let ok = answer(b"GET /?ws=x&token=s3cret HTTP/1.1\r\n\r\n");
+        assert!(ok.starts_with("HTTP/1.1 200 OK") && ok.ends_with("<p>page"));
+    }
+
     #[test]
     fn page_requests_whole_byte_by_byte_and_too_large() {
         let request = b"GET /?ws=x HTTP/1.1\r\nHost: h\r\n\r\n";
         let mut whole = PageRequest::default();
-        let response = whole.push(request, "<p>page").unwrap();
+        let response = whole.push(request, &page("<p>page")).unwrap();
         assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
         assert!(response.ends_with("<p>page"));
         let mut one_by_one = PageRequest::default();
         let mut answered = None;
         for (i, byte) in request.iter().enumerate() {
-            answered = one_by_one.push(std::slice::from_ref(byte), "<p>page");
+            answered = one_by_one.push(std::slice::from_ref(byte), &page("<p>page"));
             assert_eq!(answered.is_some(), i == request.len() - 1, "byte {i}");
         }
         assert_eq!(answered.as_deref(), Some(response.as_str()));
         let head = PageRequest::default()
-            .push(b"HEAD / HTTP/1.1\r\n\r\n", "<p>page")
+            .push(b"HEAD / HTTP/1.1\r\n\r\n", &page("<p>page"))
             .unwrap();
         assert!(head.ends_with("\r\n\r\n") && head.contains("Content-Length: 7"));
-        let missing = PageRequest::default().push(b"GET /x HTTP/1.1\r\n\r\n", "");
+        let missing = PageRequest::default().push(b"GET /x HTTP/1.1\r\n\r\n", &page(""));
         assert!(missing.unwrap().starts_with("HTTP/1.1 404 "));
-        let post = PageRequest::default().push(b"POST / HTTP/1.1\r\n\r\n", "");
+        let post = PageRequest::default().push(b"POST / HTTP/1.1\r\n\r\n", &page(""));
         assert!(post.unwrap().starts_with("HTTP/1.1 405 "));
         let mut endless = PageRequest::default();
         let chunk = [b'a'; 1000];
-        let too_large = (0..10).find_map(|_| endless.push(&chunk, ""));
+        let too_large = (0..10).find_map(|_| endless.push(&chunk, &page("")));
         assert!(too_large.unwrap().starts_with("HTTP/1.1 431 "));
         assert!(endless.head.len() <= MAX_HTTP_HEAD);
     }

@@ -54,6 +54,7 @@ pub mod tls;
 pub use runtime::Smol;
 pub use storm_async::{Client, ClientError, Handler, SendError, Session};
 pub use storm_host as host;
+pub use storm_host::setup::{Decision, UpgradeInfo};
 pub use storm_proto as proto;
 
 /// A WebSocket server on smol. See the [crate docs](crate) for an example.

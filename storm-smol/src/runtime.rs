@@ -270,6 +270,16 @@ impl Runtime for Smol {
     }
 
     #[cfg(feature = "tls")]
+    fn tls_info(stream: &Self::TlsServer) -> storm_host::setup::TlsInfo {
+        storm_host::setup::TlsInfo::of(stream.0.get_ref().1)
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn tls_info(_: &Self::TlsServer) -> storm_host::setup::TlsInfo {
+        storm_host::setup::TlsInfo::default()
+    }
+
+    #[cfg(feature = "tls")]
     async fn tls_connect(tls: ClientTls, stream: Self::Tcp) -> io::Result<Self::TlsClient> {
         TlsConnector::from(Arc::clone(tls.config().rustls()))
             .connect(tls.name().clone(), stream.0)

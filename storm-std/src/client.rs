@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use storm_host::link::{LinkDriver, Protocol};
+use storm_host::link::LinkDriver;
 use storm_host::options::{ClientOptions, WsOptions};
 pub use storm_host::peer::ClientError;
-use storm_host::setup::{ClientCore, ClientOpen, ClientTarget, ClientUpgradeStep};
+use storm_host::setup::{
+    ClientCore, ClientOpen, ClientTarget, ClientUpgradeStep, Opened, UpgradeResponse,
+};
 use storm_proto::Message;
 use storm_proto::framing::Framing;
 
@@ -114,6 +116,15 @@ impl Client {
     #[must_use]
     pub fn session(&self) -> Option<Session> {
         lock(&self.shared.current).clone()
+    }
+
+    /// What the server answered the current connection's WebSocket
+    /// upgrade with: the subprotocol it chose and every response header.
+    /// `None` between reconnects and for a TCP client. (The same as
+    /// `session.attached::<UpgradeResponse>()`.)
+    #[must_use]
+    pub fn upgrade_response(&self) -> Option<UpgradeResponse> {
+        self.session()?.attached::<UpgradeResponse>().cloned()
     }
 
     /// Whether a connection is up.
@@ -349,11 +360,12 @@ fn connect_once(
     watch(&stream)?;
     stream.set_nodelay(options.nodelay)?;
     let remote = stream.peer_addr()?;
-    let (stream, protocol, initial) = match target.tls() {
+    let (stream, opened, initial) = match target.tls() {
         None => {
             let mut io = Deadlined::new(&stream, deadline, target.handshake_name());
-            let (protocol, initial) = open(target, options, &mut io)?;
-            (Stream::Plain(stream), protocol, initial)
+            let mut opened = open(target, options, &mut io)?;
+            let initial = std::mem::take(&mut opened.leftover);
+            (Stream::Plain(stream), opened, initial)
         }
         #[cfg(not(feature = "tls"))]
         Some(_) => return Err(ClientError::Tls(crate::no_tls())),
@@ -369,20 +381,21 @@ fn connect_once(
                 io::ErrorKind::TimedOut => ClientError::Timeout,
                 _ => ClientError::Tls(e),
             })?;
-            let (protocol, leftover) = open(
+            let mut opened = open(
                 target,
                 options,
                 &mut rustls::Stream::new(&mut conn, &mut io),
             )?;
+            let leftover = std::mem::take(&mut opened.leftover);
             let initial = crate::tls::initial_input(&mut conn, leftover)?;
             (
                 Stream::Tls(Box::new(TlsStream::new(stream, conn))),
-                protocol,
+                opened,
                 initial,
             )
         }
     };
-    let (peer, link) = core.peer(protocol, remote, Instant::now())?;
+    let (peer, link) = core.peer(opened, remote, Instant::now())?;
     Ok(Connected {
         stream,
         session: Session::new(peer),
@@ -398,9 +411,9 @@ fn open<S: Read + Write>(
     target: &ClientTarget,
     options: &ClientOptions,
     stream: &mut S,
-) -> Result<(Protocol, Bytes), ClientError> {
+) -> Result<Opened, ClientError> {
     let (request, mut upgrade) = match target.open(options, &mut rand::rng())? {
-        ClientOpen::Ready(protocol) => return Ok((protocol, Bytes::new())),
+        ClientOpen::Ready(protocol) => return Ok(Opened::new(protocol)),
         ClientOpen::Upgrade { request, upgrade } => (request, upgrade),
     };
     stream.write_all(&request)?;
@@ -416,7 +429,7 @@ fn open<S: Read + Write>(
         };
         match upgrade.handle_input(buf.get(..n).unwrap_or_default())? {
             ClientUpgradeStep::NeedMore(next) => upgrade = next,
-            ClientUpgradeStep::Done(protocol, initial) => return Ok((protocol, initial)),
+            ClientUpgradeStep::Done(opened) => return Ok(opened),
         }
     }
 }

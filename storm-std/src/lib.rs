@@ -118,6 +118,7 @@ pub use handler::Handler;
 pub use server::{ServerHandle, TcpServer, WsServer};
 pub use session::{SendError, Session};
 pub use storm_host as host;
+pub use storm_host::setup::{Decision, UpgradeInfo};
 pub use storm_proto as proto;
 
 /// Refuses TLS options (`wanted`) when this crate is built without its

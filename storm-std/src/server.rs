@@ -6,7 +6,7 @@ use std::net::{
     IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -14,11 +14,11 @@ use bytes::Bytes;
 use socket2::{Domain, Socket, Type};
 
 use storm_host::hub::CloseKind;
-use storm_host::link::Protocol;
 use storm_host::options::{ServerOptions, WsOptions};
 use storm_host::peer::Registry;
 use storm_host::setup::{
-    AcceptErrors, Admitted, ServerOpen, ServerSetup, ServerUpgradeStep, from_peer, server_hub,
+    AcceptErrors, Admitted, Answer, Decision, Opened, ServerOpen, ServerSetup, ServerUpgradeStep,
+    TlsInfo, UpgradeInfo, from_peer, server_hub,
 };
 use storm_proto::framing::Framing;
 
@@ -52,7 +52,13 @@ struct Shared {
     /// Connection threads still running: `serve` returns once none is.
     running: Mutex<usize>,
     running_changed: Condvar,
+    /// The application's upgrade hook, set when a [`WsServer`] starts to
+    /// serve.
+    upgrade: OnceLock<UpgradeHook>,
 }
+
+/// An upgrade hook, boxed (see [`WsServer::on_upgrade`]).
+type UpgradeHook = Arc<dyn Fn(&UpgradeInfo) -> Decision + Send + Sync>;
 
 /// See [`Shared::handshaking`].
 #[derive(Default)]
@@ -154,10 +160,20 @@ impl fmt::Debug for ServerHandle {
 }
 
 /// A WebSocket server. See the [crate docs](crate) for an example.
-#[derive(Debug)]
 pub struct WsServer {
     listener: TcpListener,
     handle: ServerHandle,
+    upgrade: Option<UpgradeHook>,
+}
+
+impl fmt::Debug for WsServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WsServer")
+            .field("listener", &self.listener)
+            .field("handle", &self.handle)
+            .field("upgrade_hook", &self.upgrade.is_some())
+            .finish()
+    }
 }
 
 /// A plain TCP server with a framer (length-prefixed by default).
@@ -198,7 +214,8 @@ macro_rules! server_common {
             ///
             /// None from accepting; connection errors go to the handler.
             pub fn serve<H: Handler>(self, handler: H) -> io::Result<()> {
-                serve(self.listener, self.handle, handler)
+                let (listener, handle) = self.start();
+                serve(listener, handle, handler)
             }
 
             /// [`serve`](Self::serve) on a new thread.
@@ -230,7 +247,54 @@ impl WsServer {
         // Before the socket: a bad certificate must not leave a port taken.
         let setup = ServerSetup::ws(&options, ws)?;
         let (listener, handle) = bind(options, setup)?;
-        Ok(Self { listener, handle })
+        Ok(Self {
+            listener,
+            handle,
+            upgrade: None,
+        })
+    }
+
+    /// Decides on every upgrade request with `hook` (replacing any hook
+    /// set before): it gets the request (method, path, query, headers,
+    /// `Origin`, offered subprotocols and extensions), the peer's address
+    /// and, under TLS, the SNI and ALPN, and returns a [`Decision`]:
+    /// accept (choosing a subprotocol, adding response headers, attaching
+    /// a value the handler reads with
+    /// [`Session::attached`](storm_host::peer::Peer::attached)) or reject
+    /// (a status, headers and a body, then the connection is closed). Route
+    /// by path by attaching the route. Without a hook every valid request
+    /// from an allowed origin
+    /// ([`WsOptions::allowed_origins`](storm_host::options::WsOptions::allowed_origins),
+    /// checked before the hook) is accepted.
+    ///
+    /// The hook runs on the connection's thread after the request has
+    /// been read and before anything else is committed to the connection
+    /// (no session, no link; only its place under `max_connections`). It
+    /// blocks that thread, so keep it short; it counts against the
+    /// server's `handshake_timeout`: when it returns after the deadline,
+    /// its decision is discarded, the connection is closed without a
+    /// response and the handler's `on_error` hears
+    /// [`TimedOut`](io::ErrorKind::TimedOut). A rejection reaches
+    /// `on_error` as [`PermissionDenied`](io::ErrorKind::PermissionDenied),
+    /// a decision with a mistake (a header with CR or LF, an unoffered
+    /// subprotocol) as [`InvalidInput`](io::ErrorKind::InvalidInput) after
+    /// a `500`. A panic in the hook ends that connection's thread, as a
+    /// panic in the handler does.
+    #[must_use]
+    pub fn on_upgrade(
+        mut self,
+        hook: impl Fn(&UpgradeInfo) -> Decision + Send + Sync + 'static,
+    ) -> Self {
+        self.upgrade = Some(Arc::new(hook));
+        self
+    }
+
+    fn start(self) -> (TcpListener, ServerHandle) {
+        if let Some(hook) = self.upgrade {
+            // `serve` takes the server by value: this runs once.
+            let _ = self.handle.shared.upgrade.set(hook);
+        }
+        (self.listener, self.handle)
     }
 }
 
@@ -244,6 +308,10 @@ impl TcpServer {
         let setup = ServerSetup::tcp(&options, framing)?;
         let (listener, handle) = bind(options, setup)?;
         Ok(Self { listener, handle })
+    }
+
+    fn start(self) -> (TcpListener, ServerHandle) {
+        (self.listener, self.handle)
     }
 }
 
@@ -275,6 +343,7 @@ fn bind(options: ServerOptions, setup: ServerSetup) -> io::Result<(TcpListener, 
         handshaking: Mutex::default(),
         running: Mutex::new(0),
         running_changed: Condvar::new(),
+        upgrade: OnceLock::new(),
     };
     Ok((
         listener,
@@ -373,9 +442,10 @@ impl ServerHandle {
         match shared.setup.tls() {
             None => {
                 let mut io = Deadlined::new(&stream, deadline, what);
-                let (protocol, initial) = self.open(&mut io)?;
+                let mut opened = self.open(&mut io, admitted.remote(), None, deadline, what)?;
                 drop(handshaking);
-                self.run_session(stream, protocol, initial, admitted, handler)
+                let initial = std::mem::take(&mut opened.leftover);
+                self.run_session(stream, opened, initial, admitted, handler)
             }
             #[cfg(not(feature = "tls"))]
             Some(_) => Err(crate::no_tls()),
@@ -391,26 +461,44 @@ impl ServerHandle {
                         io::Error::new(e.kind(), format!("TLS handshake failed: {e}"))
                     }
                 })?;
-                let (protocol, leftover) =
-                    self.open(&mut rustls::Stream::new(&mut conn, &mut io))?;
+                let tls = TlsInfo::of(&conn);
+                let remote = admitted.remote();
+                let mut opened = self.open(
+                    &mut rustls::Stream::new(&mut conn, &mut io),
+                    remote,
+                    Some(tls),
+                    deadline,
+                    what,
+                )?;
+                let leftover = std::mem::take(&mut opened.leftover);
                 let initial = crate::tls::initial_input(&mut conn, leftover)?;
                 drop(handshaking);
                 let stream = TlsStream::new(stream, conn);
-                self.run_session(stream, protocol, initial, admitted, handler)
+                self.run_session(stream, opened, initial, admitted, handler)
             }
         }
     }
 
     /// The protocol a new connection speaks, after the WebSocket upgrade
-    /// when the server is a WebSocket server; and any bytes the peer sent
-    /// after its upgrade request.
-    fn open<S: Read + Write>(&self, stream: &mut S) -> io::Result<(Protocol, Bytes)> {
+    /// (decided by the upgrade hook, if any, by `deadline`) when the server
+    /// is a WebSocket server; and any bytes the peer sent after its
+    /// upgrade request.
+    fn open<S: Read + Write>(
+        &self,
+        stream: &mut S,
+        remote: SocketAddr,
+        tls: Option<TlsInfo>,
+        deadline: Instant,
+        what: &str,
+    ) -> io::Result<Opened> {
         let mut upgrade = match self.shared.setup.open()? {
-            ServerOpen::Ready(protocol) => return Ok((protocol, Bytes::new())),
+            ServerOpen::Ready(protocol) => return Ok(Opened::new(protocol)),
             ServerOpen::Upgrade(upgrade) => upgrade,
         };
         let mut buf = vec![0u8; 4096];
-        loop {
+        let Answer {
+            response, opened, ..
+        } = loop {
             let n = match stream.read(&mut buf) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => n,
@@ -419,23 +507,31 @@ impl ServerHandle {
             };
             match upgrade.handle_input(buf.get(..n).unwrap_or_default()) {
                 ServerUpgradeStep::NeedMore(next) => upgrade = next,
-                ServerUpgradeStep::Done { response, opened } => {
-                    // A TLS stream may hold the response until flushed.
-                    let written = stream.write_all(&response).and_then(|()| stream.flush());
-                    // A refusal is sent on a best-effort basis.
-                    let opened = opened?;
-                    written?;
-                    return Ok(opened);
-                }
+                ServerUpgradeStep::Done(answer) => break answer,
+                ServerUpgradeStep::Request(request) => match self.shared.upgrade.get() {
+                    None => break request.accept(),
+                    Some(hook) => {
+                        let decision = hook(&request.info(remote, tls));
+                        // A decision that came too late is not sent.
+                        crate::deadline::remaining(deadline, what)?;
+                        break request.decide(decision);
+                    }
+                },
             }
-        }
+        };
+        // A TLS stream may hold the response until flushed.
+        let written = stream.write_all(&response).and_then(|()| stream.flush());
+        // A refusal is sent on a best-effort basis.
+        let opened = opened?;
+        written?;
+        Ok(opened)
     }
 
     /// Registers the session and drives it until it closes.
     fn run_session<T: Transport, H: Handler>(
         &self,
         stream: T,
-        protocol: Protocol,
+        opened: Opened,
         initial: Bytes,
         admitted: Admitted,
         handler: &H,
@@ -445,7 +541,7 @@ impl ServerHandle {
         let (setup, registry) = (&self.shared.setup, &self.shared.registry);
         let now = Instant::now();
         let (session, link) =
-            setup.admit(registry, admitted, protocol, now, Session::new, stopping)?;
+            setup.admit(registry, admitted, opened, now, Session::new, stopping)?;
         let id = session.id();
         drive(
             stream,

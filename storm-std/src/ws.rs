@@ -28,8 +28,8 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use storm_proto::ws::deflate::{DeflateConfig, DeflateConfigError};
 use storm_proto::ws::handshake::{
-    Accepted, ClientConfig, ClientHandshake, ClientStep, ConfigError, HandshakeError,
-    ResponseError, ServerConfig, ServerHandshake, ServerStep, Upgraded,
+    Accepted, ClientConfig, ClientHandshake, ClientStep, ConfigError, Decision, HandshakeError,
+    Refused, ResponseError, ServerConfig, ServerHandshake, ServerStep, UpgradeRequest, Upgraded,
 };
 use storm_proto::ws::{
     CloseCode, Config, Connection, Event, ProtocolError, SendError, Side, UrlError, WsUrl,
@@ -75,6 +75,9 @@ pub enum Error {
     Deflate(DeflateConfigError),
     /// The client's upgrade request was refused (the response is sent).
     Handshake(HandshakeError),
+    /// The application's decision refused the upgrade, or was unusable
+    /// (the response is sent).
+    Refused(Refused),
     /// The server's upgrade response was refused.
     Response(ResponseError),
     /// The transport closed during the handshake.
@@ -97,6 +100,7 @@ impl fmt::Display for Error {
             Self::Config(e) => write!(f, "configuration: {e}"),
             Self::Deflate(e) => write!(f, "permessage-deflate: {e}"),
             Self::Handshake(e) => write!(f, "upgrade request refused: {e}"),
+            Self::Refused(e) => e.fmt(f),
             Self::Response(e) => write!(f, "upgrade response refused: {e}"),
             Self::HandshakeEof => f.write_str("connection closed during the handshake"),
             Self::Protocol(e) => write!(f, "protocol error: {e}"),
@@ -111,6 +115,7 @@ impl std::error::Error for Error {
         match self {
             Self::Io(e) => Some(e),
             Self::Protocol(e) => Some(e),
+            Self::Refused(e) => Some(e),
             _ => None,
         }
     }
@@ -192,14 +197,36 @@ impl<S: Read + Write> WebSocket<S> {
 
     /// Performs the server handshake on `stream`, accepting every valid
     /// upgrade request. An invalid request gets its HTTP error response.
+    /// [`accept_with`](Self::accept_with) lets the application decide.
     ///
     /// # Errors
     ///
     /// I/O errors, or [`Error::Handshake`] for a request that was refused.
     pub fn accept(
+        stream: S,
+        handshake: &Arc<ServerConfig>,
+        config: Config,
+    ) -> Result<(Self, Accepted), Error> {
+        Self::accept_with(stream, handshake, config, |_| Decision::accept())
+    }
+
+    /// [`accept`](Self::accept), with `decide` answering the valid request
+    /// (path, query, headers, `Origin`, offered subprotocols): accept with
+    /// a subprotocol, response headers and an attached value (in
+    /// [`Accepted::attached`]), or reject with a status, headers and a body
+    /// (the `WsServer` hook's [`Decision`]). `decide` runs on the calling
+    /// thread; bound the whole handshake with the stream's timeouts.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors, [`Error::Handshake`] for an invalid request, or
+    /// [`Error::Refused`] when `decide` rejected (or made a mistake, answered
+    /// `500`).
+    pub fn accept_with(
         mut stream: S,
         handshake: &Arc<ServerConfig>,
         config: Config,
+        decide: impl FnOnce(&UpgradeRequest) -> Decision,
     ) -> Result<(Self, Accepted), Error> {
         let mut state = ServerHandshake::new(Arc::clone(handshake)).map_err(Error::Config)?;
         let mut buf = vec![0u8; READ_CHUNK];
@@ -220,7 +247,15 @@ impl<S: Read + Write> WebSocket<S> {
                 }
             }
         };
-        let accepted = pending.accept(&mut out);
+        let decision = decide(pending.request());
+        let accepted = match pending.decide(decision, &mut out) {
+            Ok(accepted) => accepted,
+            Err(refused) => {
+                // Best effort: the peer may already be gone.
+                let _ = stream.write_all(&out).and_then(|()| stream.flush());
+                return Err(Error::Refused(refused));
+            }
+        };
         stream.write_all(&out)?;
         stream.flush()?;
         let mut conn = Connection::new(Side::Server, config);

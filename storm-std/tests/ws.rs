@@ -154,3 +154,48 @@ fn connect_refuses_what_it_cannot_do() {
         Err(Error::TlsUnsupported)
     ));
 }
+
+/// `accept_with` lets the application decide: a request without the
+/// token gets its 401 (the client reads it), one with it is accepted with
+/// the chosen subprotocol, a header, and a value attached to `Accepted`.
+#[test]
+fn accept_with_decides_on_the_request() {
+    use storm_proto::ws::handshake::{Decision, Refused, UpgradeRequest};
+    fn decide(request: &UpgradeRequest) -> Decision {
+        match request.query_param("token").as_deref() {
+            Some("t1") => Decision::accept()
+                .subprotocol("v2")
+                .header("X-Who", "ann")
+                .attach(String::from("ann")),
+            _ => Decision::reject(401).body("token?\n"),
+        }
+    }
+    let serve = |stream: TcpStream| {
+        stream.set_read_timeout(TIMEOUT).unwrap();
+        let config = Arc::new(ServerConfig::default());
+        WebSocket::accept_with(stream, &config, Config::default(), decide)
+            .map(|(_, accepted)| accepted.attached.and_then(|a| a.get::<String>().cloned()))
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let refused = serve(listener.accept().unwrap().0);
+        let accepted = serve(listener.accept().unwrap().0);
+        (refused, accepted)
+    });
+    let refused = ws::connect(&format!("ws://{addr}/"), &ConnectOptions::default());
+    assert!(matches!(refused, Err(Error::Response(_))), "{refused:?}");
+    let options = ConnectOptions {
+        subprotocols: vec!["v1".into(), "v2".into()],
+        ..ConnectOptions::default()
+    };
+    let (_socket, upgraded) = ws::connect(&format!("ws://{addr}/?token=t1"), &options).unwrap();
+    assert_eq!(upgraded.subprotocol.as_deref(), Some("v2"));
+    assert_eq!(upgraded.headers.get("x-who"), Some(&b"ann"[..]));
+    let (refused, accepted) = server.join().unwrap();
+    assert!(matches!(
+        refused,
+        Err(Error::Refused(Refused::Rejected(401)))
+    ));
+    assert_eq!(accepted.unwrap(), Some("ann".to_owned()));
+}

@@ -94,6 +94,8 @@ suite! {
         middleware_order,
         graceful_shutdown,
         oversize,
+        upgrade_hook_routes_by_path,
+        upgrade_hook_sees_tls_sni,
     ],
     server_only: [
         server_heartbeat_timeout,
@@ -105,6 +107,10 @@ suite! {
         server_shutdown_cuts_a_stalled_handshake_short,
         server_shutdown_closes_connections_mid_handshake,
         server_tls_own_config_alpn,
+        upgrade_hook_rejects_with_status_and_body,
+        upgrade_hook_accepts_with_subprotocol_header_and_state,
+        allowed_origins_refuse_a_foreign_page,
+        slow_upgrade_hook_is_cut_off_by_the_handshake_timeout,
     ],
     client_only: [
         client_heartbeat_timeout,

@@ -33,12 +33,19 @@ use storm_proto::framing::{Framer, Framing, FramingConfigError, FramingError};
 use storm_proto::reconnect::{Backoff, BackoffStep};
 use storm_proto::tls_sniff::PlainFramer;
 use storm_proto::ws::handshake::{
-    ClientConfig, ClientHandshake, ClientStep, ServerConfig, ServerHandshake, ServerStep,
+    ClientConfig, ClientHandshake, ClientStep, ServerConfig, ServerHandshake,
 };
 use storm_proto::ws::{Connection, Side, WsUrl};
 
 mod accept;
+mod upgrade;
 pub use accept::{ACCEPT_BACKOFF, ACCEPT_REPORT_EVERY, AcceptErrors, AcceptStep};
+/// The application's answer to an upgrade request (storm-proto's).
+pub use storm_proto::ws::handshake::Decision;
+pub use upgrade::{
+    Answer, Opened, ServerRequest, ServerUpgrade, ServerUpgradeStep, TlsInfo, UpgradeInfo,
+    UpgradeResponse, check_origins,
+};
 
 fn config_error(e: impl std::fmt::Display) -> ClientError {
     ClientError::Config(e.to_string())
@@ -300,9 +307,10 @@ pub struct ClientUpgrade<'a> {
 pub enum ClientUpgradeStep<'a> {
     /// The response is not complete: read more.
     NeedMore(ClientUpgrade<'a>),
-    /// Upgraded: the connection (with permessage-deflate when agreed), and
-    /// the bytes the server sent after its response.
-    Done(Protocol, Bytes),
+    /// Upgraded: the connection (with permessage-deflate when agreed), the
+    /// bytes the server sent after its response, and the response itself
+    /// ([`UpgradeResponse`], attached to the connection's session).
+    Done(Opened),
 }
 
 impl<'a> ClientUpgrade<'a> {
@@ -325,10 +333,15 @@ impl<'a> ClientUpgrade<'a> {
                 if let (Some(params), Some(deflate)) = (upgraded.deflate, &self.ws.deflate) {
                     conn = conn.with_deflate(params, deflate).map_err(config_error)?;
                 }
-                Ok(ClientUpgradeStep::Done(
-                    Protocol::WebSocket(Box::new(conn)),
-                    upgraded.leftover,
-                ))
+                let response = UpgradeResponse {
+                    subprotocol: upgraded.subprotocol,
+                    headers: upgraded.headers,
+                };
+                Ok(ClientUpgradeStep::Done(Opened {
+                    protocol: Protocol::WebSocket(Box::new(conn)),
+                    leftover: upgraded.leftover,
+                    attached: Some(Arc::new(response)),
+                }))
             }
         }
     }
@@ -369,8 +382,10 @@ impl ClientCore {
     }
 
     /// A new connection to `remote` admitted and registered in the hub:
-    /// the [`Peer`] the adapter's session wraps, and the [`LinkDriver`]
-    /// the adapter's driver owns.
+    /// the [`Peer`] the adapter's session wraps (carrying the server's
+    /// [`UpgradeResponse`] for a WebSocket), and the [`LinkDriver`] the
+    /// adapter's driver owns. The bytes read ahead stay in `opened`'s
+    /// `leftover`: take them first.
     ///
     /// # Errors
     ///
@@ -378,14 +393,20 @@ impl ClientCore {
     /// are invalid.
     pub fn peer(
         &self,
-        protocol: Protocol,
+        opened: Opened,
         remote: SocketAddr,
         now: Instant,
     ) -> Result<(Peer, Box<LinkDriver>), ClientError> {
+        let Opened {
+            protocol, attached, ..
+        } = opened;
         let permit = self.hub.try_admit().map_err(config_error)?;
         let outbox = self.hub.register(permit, now).map_err(config_error)?;
         let middleware = self.link.middleware.clone();
-        let peer = Peer::new(Arc::clone(&outbox), middleware, self.hub.clone(), remote);
+        let mut peer = Peer::new(Arc::clone(&outbox), middleware, self.hub.clone(), remote);
+        if let Some(attached) = attached {
+            peer.attach(attached);
+        }
         let link = LinkDriver::new(outbox, protocol, &self.link, now).map_err(config_error)?;
         Ok((peer, Box::new(link)))
     }
@@ -456,6 +477,7 @@ impl ServerSetup {
             ..ServerConfig::default()
         };
         handshake.validate().map_err(invalid)?;
+        check_origins(&ws.allowed_origins)?;
         let kind = ServerKind::Ws {
             handshake: Arc::new(handshake),
             options: ws,
@@ -521,15 +543,16 @@ impl ServerSetup {
             ServerKind::Tcp(framing) => ServerOpen::Ready(Protocol::Framed(
                 framer(framing, self.has_tls(), FramingError::ClientSpeaksTls).map_err(invalid)?,
             )),
-            ServerKind::Ws { handshake, options } => ServerOpen::Upgrade(ServerUpgrade {
-                state: ServerHandshake::new(Arc::clone(handshake)).map_err(invalid)?,
-                ws: options,
-            }),
+            ServerKind::Ws { handshake, options } => ServerOpen::Upgrade(ServerUpgrade::new(
+                ServerHandshake::new(Arc::clone(handshake)).map_err(invalid)?,
+                options,
+            )),
         })
     }
 
     /// Registers a connection past its handshake in `registry`'s hub,
-    /// makes its session with `session` and inserts it; then closes it at
+    /// makes its session with `session` (its peer carrying what the
+    /// upgrade hook attached) and inserts it; then closes it at
     /// once when `stopping()` says the server is shutting down. Returns the
     /// session and the [`LinkDriver`] the adapter's driver owns.
     ///
@@ -547,20 +570,26 @@ impl ServerSetup {
         &self,
         registry: &Registry<S>,
         admitted: Admitted,
-        protocol: Protocol,
+        opened: Opened,
         now: Instant,
         session: impl FnOnce(Peer) -> S,
         stopping: impl FnOnce() -> bool,
     ) -> io::Result<(S, Box<LinkDriver>)> {
+        let Opened {
+            protocol, attached, ..
+        } = opened;
         let hub = registry.hub();
         let outbox = hub.register(admitted.permit, now).map_err(invalid)?;
         let middleware = self.link.middleware.clone();
-        let peer = Peer::new(
+        let mut peer = Peer::new(
             Arc::clone(&outbox),
             middleware,
             hub.clone(),
             admitted.remote,
         );
+        if let Some(attached) = attached {
+            peer.attach(attached);
+        }
         // Boxed from the start: an adapter moves it into the connection's
         // task or thread, where a few hundred bytes more per frame would
         // cost every idle connection stack (std) or task size.
@@ -680,63 +709,6 @@ pub enum ServerOpen<'a> {
     Upgrade(ServerUpgrade<'a>),
 }
 
-/// A server's WebSocket upgrade waiting for the client's request.
-#[derive(Debug)]
-#[must_use]
-pub struct ServerUpgrade<'a> {
-    state: ServerHandshake,
-    ws: &'a WsOptions,
-}
-
-/// What the request bytes so far made of a [`ServerUpgrade`].
-#[derive(Debug)]
-#[must_use]
-pub enum ServerUpgradeStep<'a> {
-    /// The request is not complete: read more.
-    NeedMore(ServerUpgrade<'a>),
-    /// Answered: send `response` (the 101, or a 400, 426 or 431 refusal),
-    /// then speak what `opened` holds, or close with its error (a failed
-    /// send of a refusal does not matter then).
-    Done {
-        /// The response to send.
-        response: Bytes,
-        /// The WebSocket connection and the bytes the client sent after
-        /// its request; or why the upgrade was refused.
-        opened: io::Result<(Protocol, Bytes)>,
-    },
-}
-
-impl<'a> ServerUpgrade<'a> {
-    /// Feeds request bytes (at least one: an empty read is the end of the
-    /// stream, for the caller to report).
-    pub fn handle_input(self, input: &[u8]) -> ServerUpgradeStep<'a> {
-        let mut out = BytesMut::new();
-        let pending = match self.state.handle_input(input) {
-            Ok(ServerStep::NeedMore(state)) => {
-                return ServerUpgradeStep::NeedMore(Self { state, ..self });
-            }
-            Ok(ServerStep::Request(pending)) => pending,
-            Err(e) => {
-                e.write_response(&mut out);
-                return ServerUpgradeStep::Done {
-                    response: out.freeze(),
-                    opened: Err(invalid(e)),
-                };
-            }
-        };
-        let accepted = pending.accept(&mut out);
-        let conn = Connection::new(Side::Server, self.ws.config.clone());
-        let conn = match (accepted.deflate, &self.ws.deflate) {
-            (Some(params), Some(deflate)) => conn.with_deflate(params, deflate).map_err(invalid),
-            _ => Ok(conn),
-        };
-        ServerUpgradeStep::Done {
-            response: out.freeze(),
-            opened: conn.map(|conn| (Protocol::WebSocket(Box::new(conn)), accepted.leftover)),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use storm_proto::ws::handshake::HandshakeError;
@@ -803,17 +775,21 @@ mod tests {
             ServerUpgradeStep::NeedMore(server) => server,
             _ => return Err(config_error("the request is not complete yet")),
         };
-        let ServerUpgradeStep::Done { response, opened } = server.handle_input(&request[split..])
-        else {
+        let ServerUpgradeStep::Request(request) = server.handle_input(&request[split..]) else {
             return Err(config_error("the request is complete"));
         };
-        let (protocol, server_leftover) = opened?;
-        assert!(matches!(protocol, Protocol::WebSocket(_)));
+        assert_eq!(request.request().path(), "/chat");
+        let Answer { response, opened } = request.accept();
+        let opened = opened?;
+        assert!(matches!(opened.protocol, Protocol::WebSocket(_)));
+        let server_leftover = opened.leftover;
         let response = [&response[..], b"srv"].concat();
         match client.handle_input(&response)? {
-            ClientUpgradeStep::Done(Protocol::WebSocket(_), leftover) => {
-                Ok((server_leftover, leftover))
-            }
+            ClientUpgradeStep::Done(Opened {
+                protocol: Protocol::WebSocket(_),
+                leftover,
+                ..
+            }) => Ok((server_leftover, leftover)),
             _ => Err(config_error("the client did not finish the upgrade")),
         }
     }
@@ -835,10 +811,10 @@ mod tests {
             panic!("a WebSocket server must upgrade");
         };
         let step = server.handle_input(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
-        let ServerUpgradeStep::Done {
+        let ServerUpgradeStep::Done(Answer {
             response,
             opened: Err(_),
-        } = step
+        }) = step
         else {
             panic!("an upgrade request without its headers must be refused");
         };
@@ -902,7 +878,8 @@ mod tests {
         let options = ClientOptions::default();
         let mut core = ClientCore::new(&options, 1, Instant::now())?;
         let framer = Framing::default().build().map_err(config_error)?;
-        let (peer, _link) = core.peer(Protocol::Framed(framer), remote(), Instant::now())?;
+        let opened = Opened::new(Protocol::Framed(framer));
+        let (peer, _link) = core.peer(opened, remote(), Instant::now())?;
         assert_eq!(peer.remote_addr(), remote());
         assert_eq!(peer.state(), SessionState::Open);
         core.ended(peer.id());
@@ -926,7 +903,7 @@ mod tests {
             let (session, _link) = setup.admit(
                 &registry,
                 admitted,
-                protocol,
+                Opened::new(protocol),
                 Instant::now(),
                 TestSession,
                 || stopping,

@@ -13,8 +13,8 @@ use storm_host::link::CloseReason;
 use storm_proto::Message;
 
 use super::{
-    Chat, ChatConfig, HTTP_TIMEOUT, PageRequest, PageServer, PageTls, STOP_TIMEOUT, announce,
-    read_console, stopping,
+    Chat, ChatConfig, Gate, HTTP_TIMEOUT, Page, PageRequest, PageServer, PageTls, STOP_TIMEOUT,
+    announce, read_console, stopping,
 };
 use crate::host::{AsyncRuntime, Stop, connection_error, on_async};
 
@@ -29,6 +29,8 @@ pub(super) fn run<R: AsyncRuntime>(
         let server =
             storm_async::WsServer::<R>::bind(config.options.clone(), config.ws.clone()).await?;
         let http = announce(config, server.local_addr(), page_tls)?;
+        let gate = Gate::new(config, http.as_ref())?;
+        let server = server.on_upgrade(move |info| std::future::ready(gate.decide(&info)));
         let chat = Chat::new(server.handle());
         if let Some(period) = config.tick {
             let chat = Arc::clone(&chat);
@@ -77,7 +79,7 @@ impl storm_async::Handler for AsyncChat {
 
 /// Serves the chat page to HTTP GETs (over TLS with `tls`) until the
 /// process ends.
-async fn serve_page<R: AsyncRuntime>(listener: R::Listener, page: Arc<str>, tls: PageTls) {
+async fn serve_page<R: AsyncRuntime>(listener: R::Listener, page: Arc<Page>, tls: PageTls) {
     loop {
         match poll_fn(|cx| R::poll_accept(&listener, cx)).await {
             Ok((stream, _)) => {
@@ -105,7 +107,7 @@ async fn serve_page<R: AsyncRuntime>(listener: R::Listener, page: Arc<str>, tls:
 
 /// Reads one request head and answers it; the connection then closes (after
 /// a TLS `close_notify` on a TLS stream).
-async fn answer<S: PollRead + PollWrite>(mut stream: S, page: &str) -> io::Result<()> {
+async fn answer<S: PollRead + PollWrite>(mut stream: S, page: &Page) -> io::Result<()> {
     let mut request = PageRequest::default();
     let mut buf = [0u8; 1024];
     let response = loop {

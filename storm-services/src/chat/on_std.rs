@@ -14,8 +14,8 @@ use storm_proto::Message;
 use storm_std::{Deadlined, Session};
 
 use super::{
-    Chat, ChatConfig, HTTP_TIMEOUT, PageRequest, PageServer, PageTls, STOP_TIMEOUT, announce,
-    read_console, stopping,
+    Chat, ChatConfig, Gate, HTTP_TIMEOUT, Page, PageRequest, PageServer, PageTls, STOP_TIMEOUT,
+    announce, read_console, stopping,
 };
 use crate::host::{Stop, connection_error, on_std};
 
@@ -24,6 +24,8 @@ pub(super) fn run(config: &ChatConfig, stop: &Stop, page_tls: PageTls) -> io::Re
     let stopping = stopping(stop);
     let server = storm_std::WsServer::bind(config.options.clone(), config.ws.clone())?;
     let http = announce(config, server.local_addr(), page_tls)?;
+    let gate = Gate::new(config, http.as_ref())?;
+    let server = server.on_upgrade(move |info| gate.decide(info));
     let handle = server.handle();
     let chat = Chat::new(server.handle());
     if let Some(period) = config.tick {
@@ -104,7 +106,7 @@ fn answer_each(server: &PageServer) {
 /// (a client that trickles bytes cannot hold a page thread longer).
 fn answer(
     stream: TcpStream,
-    page: &str,
+    page: &Page,
     tls: Option<&Arc<rustls::ServerConfig>>,
 ) -> io::Result<()> {
     let mut socket = Deadlined::new(&stream, Instant::now() + HTTP_TIMEOUT, "page request");
@@ -122,7 +124,7 @@ fn answer(
 }
 
 /// Reads one request head from `stream` and writes the answer.
-fn respond(stream: &mut (impl Read + Write), page: &str) -> io::Result<()> {
+fn respond(stream: &mut (impl Read + Write), page: &Page) -> io::Result<()> {
     let mut request = PageRequest::default();
     let mut buf = [0u8; 1024];
     let response = loop {

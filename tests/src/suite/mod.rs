@@ -31,6 +31,7 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,7 @@ use storm_host::hub::{BroadcastReport, Hub, HubMetrics, SessionId};
 use storm_host::link::CloseReason;
 use storm_host::options::{ClientOptions, ServerOptions, WsOptions};
 use storm_host::peer::{Peer, SendError};
+use storm_host::setup::{Decision, UpgradeInfo};
 use storm_proto::Message;
 use storm_proto::framing::Framing;
 
@@ -134,6 +136,34 @@ pub enum OnMessage {
     EchoThenClose,
     /// Broadcasts it to this group, excluding the sender.
     Relay(String),
+    /// Sends text back as `TAG:TEXT`, TAG the `String` the server's
+    /// upgrade hook attached to the session (`-` when none): what a
+    /// handler reads of its session's state.
+    EchoTagged,
+}
+
+/// An upgrade decision, the same function on every adapter.
+pub type Decide = Arc<dyn Fn(&UpgradeInfo) -> Decision + Send + Sync>;
+
+/// How a WebSocket server decides on upgrade requests.
+#[derive(Clone)]
+pub enum UpgradeSpec {
+    /// This function decides, at once (the async adapters hand its
+    /// decision back as a ready future).
+    Decide(Decide),
+    /// A hook that does not decide in time: on tokio and smol its future
+    /// never completes; on std it blocks its thread this long, then
+    /// accepts.
+    Stall(Duration),
+}
+
+impl fmt::Debug for UpgradeSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Decide(_) => f.write_str("Decide(..)"),
+            Self::Stall(hold) => write!(f, "Stall({hold:?})"),
+        }
+    }
 }
 
 /// A server's behaviour, as data, so every adapter's handler does the same.
@@ -154,6 +184,8 @@ pub struct ServerSpec {
     pub options: ServerOptions,
     /// What the handler does.
     pub behaviour: Behaviour,
+    /// The upgrade hook of a WebSocket server, if any.
+    pub upgrade: Option<UpgradeSpec>,
 }
 
 impl ServerSpec {
@@ -167,6 +199,7 @@ impl ServerSpec {
                 join: None,
                 on_message,
             },
+            upgrade: None,
         }
     }
 
@@ -294,6 +327,11 @@ impl Reactor {
         match &self.behaviour.on_message {
             OnMessage::Record => None,
             OnMessage::Echo | OnMessage::EchoThenClose => Some(message),
+            OnMessage::EchoTagged => {
+                let tag = peer.attached::<String>().map_or("-", String::as_str);
+                let text = String::from_utf8_lossy(message.as_bytes());
+                Some(Message::from(format!("{tag}:{text}").as_str()))
+            }
             OnMessage::Relay(group) => {
                 if let Some(hub) = &self.hub {
                     let _ = hub.broadcast_group(group, &message, Some(peer.id()));

@@ -24,7 +24,10 @@ use storm_host::link::CloseReason;
 use storm_host::peer::{Peer, SendError};
 use storm_proto::Message;
 
-use super::{Adapter, ClientDriver, ClientSpec, Protocol, Reactor, ServerDriver, ServerSpec, WAIT};
+use super::{
+    Adapter, ClientDriver, ClientSpec, Protocol, Reactor, ServerDriver, ServerSpec, UpgradeSpec,
+    WAIT,
+};
 
 /// What a storm-async runtime needs besides [`Runtime`] to be driven from a
 /// blocking test thread.
@@ -184,7 +187,14 @@ impl<R: Executor> Adapter for OnAsync<R> {
         let options = spec.options.clone();
         let (handle, serving) = match &spec.protocol {
             Protocol::Ws(ws) => {
-                let server = R::block_on(WsServer::<R>::bind(options, ws.clone()))?;
+                let mut server = R::block_on(WsServer::<R>::bind(options, ws.clone()))?;
+                server = match spec.upgrade.clone() {
+                    None => server,
+                    Some(UpgradeSpec::Decide(decide)) => {
+                        server.on_upgrade(move |info| std::future::ready(decide(&info)))
+                    }
+                    Some(UpgradeSpec::Stall(_)) => server.on_upgrade(|_| std::future::pending()),
+                };
                 let handle = server.handle();
                 let handler = Forward(reactor.attach(handle.hub().clone()));
                 (handle, spawn_serving::<R>(server.serve(handler)))

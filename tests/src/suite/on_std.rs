@@ -11,9 +11,14 @@ use storm_host::hub::{Hub, SessionId};
 use storm_host::link::CloseReason;
 use storm_host::peer::{Peer, SendError};
 use storm_proto::Message;
-use storm_std::{Client, Handler, ServerHandle, Session, TcpClient, TcpServer, WsClient, WsServer};
+use storm_std::{
+    Client, Decision, Handler, ServerHandle, Session, TcpClient, TcpServer, WsClient, WsServer,
+};
 
-use super::{Adapter, ClientDriver, ClientSpec, Protocol, Reactor, ServerDriver, ServerSpec, WAIT};
+use super::{
+    Adapter, ClientDriver, ClientSpec, Protocol, Reactor, ServerDriver, ServerSpec, UpgradeSpec,
+    WAIT,
+};
 
 /// The std (blocking, threads) adapter.
 #[derive(Debug)]
@@ -108,7 +113,18 @@ impl Adapter for Std {
         let options = spec.options.clone();
         let (handle, serving) = match &spec.protocol {
             Protocol::Ws(ws) => {
-                let server = WsServer::bind(options, ws.clone())?;
+                let mut server = WsServer::bind(options, ws.clone())?;
+                server = match spec.upgrade.clone() {
+                    None => server,
+                    Some(UpgradeSpec::Decide(decide)) => {
+                        server.on_upgrade(move |info| decide(info))
+                    }
+                    // The scenario's slow hook, not a wait for something.
+                    Some(UpgradeSpec::Stall(hold)) => server.on_upgrade(move |_| {
+                        thread::sleep(hold);
+                        Decision::accept()
+                    }),
+                };
                 let handle = server.handle();
                 let handler = Forward(reactor.attach(handle.hub().clone()));
                 (handle, server.spawn(handler)?)

@@ -82,19 +82,19 @@ pub fn read_head(stream: &mut impl Read) -> io::Result<(String, Vec<u8>)> {
     }
 }
 
-/// Reads until EOF or a reset, within [`WAIT`]; the number of bytes read.
+/// Reads until EOF or a reset, within [`WAIT`], handing each read to
+/// `sink`.
 ///
 /// # Panics
 ///
 /// When the peer keeps the connection open past [`WAIT`].
-pub fn read_to_close(stream: &mut TcpStream) -> usize {
+fn read_until_close(stream: &mut TcpStream, mut sink: impl FnMut(&[u8])) {
     stream.set_read_timeout(Some(WAIT)).expect("read timeout");
-    let mut total = 0;
     let mut buf = [0u8; 16 * 1024];
     loop {
         match stream.read(&mut buf) {
-            Ok(0) => return total,
-            Ok(n) => total += n,
+            Ok(0) => return,
+            Ok(n) => sink(&buf[..n]),
             Err(e)
                 if matches!(
                     e.kind(),
@@ -103,9 +103,32 @@ pub fn read_to_close(stream: &mut TcpStream) -> usize {
             {
                 panic!("the peer did not close within {WAIT:?}")
             }
-            Err(_) => return total,
+            Err(_) => return,
         }
     }
+}
+
+/// Reads until EOF or a reset, within [`WAIT`]; every byte read.
+///
+/// # Panics
+///
+/// When the peer keeps the connection open past [`WAIT`].
+#[must_use]
+pub fn read_all(stream: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    read_until_close(stream, |bytes| all.extend_from_slice(bytes));
+    all
+}
+
+/// Reads until EOF or a reset, within [`WAIT`]; the number of bytes read.
+///
+/// # Panics
+///
+/// When the peer keeps the connection open past [`WAIT`].
+pub fn read_to_close(stream: &mut TcpStream) -> usize {
+    let mut total = 0;
+    read_until_close(stream, |bytes| total += bytes.len());
+    total
 }
 
 /// A hand-written WebSocket client on a raw socket.
@@ -149,7 +172,17 @@ impl RawWs {
     ///
     /// When nothing comes within [`WAIT`], or the answer is not a 101.
     #[must_use]
-    pub fn upgraded(mut stream: TcpStream) -> Option<Self> {
+    pub fn upgraded(stream: TcpStream) -> Option<Self> {
+        Self::upgraded_with_head(stream).map(|(_, raw)| raw)
+    }
+
+    /// [`upgraded`](Self::upgraded), with the response's header block.
+    ///
+    /// # Panics
+    ///
+    /// As [`upgraded`](Self::upgraded).
+    #[must_use]
+    pub fn upgraded_with_head(mut stream: TcpStream) -> Option<(String, Self)> {
         let (head, rest) = match read_head(&mut stream) {
             Ok(answer) => answer,
             Err(e)
@@ -165,7 +198,27 @@ impl RawWs {
         assert!(head.starts_with("HTTP/1.1 101"), "not upgraded: {head}");
         let mut conn = Connection::new(Side::Client, Config::default());
         conn.handle_input(&rest);
-        Some(Self { stream, conn })
+        Some((head, Self { stream, conn }))
+    }
+
+    /// Connects to `addr` and sends an upgrade request for `target` with
+    /// `headers` (whole lines, each ending in CRLF) added, without waiting
+    /// for the answer.
+    ///
+    /// # Panics
+    ///
+    /// When the connection or the write fails.
+    #[must_use]
+    pub fn request_with(addr: SocketAddr, target: &str, headers: &str) -> TcpStream {
+        let mut stream = TcpStream::connect(addr).expect("raw connect");
+        stream.set_read_timeout(Some(WAIT)).expect("read timeout");
+        let request = String::from_utf8_lossy(UPGRADE)
+            .replacen("GET / ", &format!("GET {target} "), 1)
+            .replacen("\r\n\r\n", &format!("\r\n{headers}\r\n"), 1);
+        stream
+            .write_all(request.as_bytes())
+            .expect("raw upgrade request");
+        stream
     }
 
     /// Writes one frame.

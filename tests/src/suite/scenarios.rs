@@ -13,6 +13,7 @@ use bytes::Bytes;
 use storm_host::hub::{CloseKind, Middleware, MiddlewareChain, SessionId};
 use storm_host::link::CloseReason;
 use storm_host::options::{TlsClientOptions, TlsServerOptions, WsOptions};
+use storm_host::setup::{Decision, UpgradeInfo, UpgradeResponse};
 use storm_proto::Message;
 use storm_proto::backpressure::SlowConsumerPolicy;
 use storm_proto::framing::{DelimiterConfig, Framing, FramingError, LengthPrefixConfig, RawConfig};
@@ -22,7 +23,8 @@ use storm_proto::ws::{self, CloseCode, ProtocolError};
 
 use super::raw::{self, RawWs, RawWsServer, opcode};
 use super::{
-    Adapter, Client, ClientSpec, Event, OnMessage, Protocol, Server, ServerSpec, WAIT, eventually,
+    Adapter, Client, ClientSpec, Event, OnMessage, Protocol, Server, ServerSpec, UpgradeSpec, WAIT,
+    eventually,
 };
 
 /// A heartbeat fast enough for tests: a ping every 20 ms, dead after 2
@@ -1404,4 +1406,258 @@ pub fn client_close_cuts_a_reconnect_handshake_short<C: Adapter>() {
         started.elapsed()
     );
     assert_eq!(client.events.try_next(), None, "no event after close");
+}
+
+/// A server whose upgrade hook decides with `decide`, its handler doing
+/// [`OnMessage::EchoTagged`].
+fn hooked_server<S: Adapter>(
+    decide: impl Fn(&UpgradeInfo) -> Decision + Send + Sync + 'static,
+    edit: impl FnOnce(&mut ServerSpec),
+) -> Server {
+    ws_server_for_raw::<S>(|spec| {
+        spec.behaviour.on_message = OnMessage::EchoTagged;
+        spec.upgrade = Some(UpgradeSpec::Decide(Arc::new(decide)));
+        edit(spec);
+    })
+}
+
+/// The next error the server's handler heard, skipping other events.
+fn next_error(server: &Server) -> String {
+    loop {
+        if let Event::Error(error) = server.events.next() {
+            return error;
+        }
+    }
+}
+
+/// A hook that rejects a request without the right `Authorization` with
+/// 401, a header and a body: a raw client reads exactly that response and
+/// the end of the connection; the handler's `on_error` hears the status;
+/// no session was made.
+pub fn upgrade_hook_rejects_with_status_and_body<S: Adapter>() {
+    let mut server = hooked_server::<S>(
+        |info| match info.headers().get("authorization") {
+            Some(b"Bearer sesame") => Decision::accept(),
+            _ => Decision::reject(401)
+                .header("WWW-Authenticate", "Bearer")
+                .body("no token\n"),
+        },
+        |_| {},
+    );
+    let mut stream = RawWs::request_with(server.local_addr(), "/", "");
+    let response = raw::read_all(&mut stream);
+    assert_eq!(
+        String::from_utf8_lossy(&response),
+        "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer\r\n\
+         Content-Type: text/plain; charset=utf-8\r\nContent-Length: 9\r\n\
+         Connection: close\r\n\r\nno token\n"
+    );
+    let error = next_error(&server);
+    assert!(error.contains("rejected with 401"), "{error}");
+    let stream = RawWs::request_with(server.local_addr(), "/", "Authorization: Bearer sesame\r\n");
+    let raw = RawWs::upgraded(stream);
+    assert!(raw.is_some());
+    let _ = server.events.connect();
+    assert_eq!(server.metrics().sessions, 1);
+    drop(raw);
+    server.shutdown(WAIT);
+}
+
+/// A hook that accepts choosing the client's second subprotocol, adding
+/// a response header and attaching the room its path names: the response
+/// carries both, and the handler reads the room from its session.
+pub fn upgrade_hook_accepts_with_subprotocol_header_and_state<S: Adapter>() {
+    let mut server = hooked_server::<S>(
+        |info| {
+            let room = info.path().trim_start_matches("/room/").to_owned();
+            let by = info.query_param("by").unwrap_or_default();
+            Decision::accept()
+                .subprotocol("chat.v2")
+                .header("X-Room", &room)
+                .attach(format!("{room}/{by}/{}", info.remote_addr().ip()))
+        },
+        |_| {},
+    );
+    let stream = RawWs::request_with(
+        server.local_addr(),
+        "/room/7?by=ann%20b",
+        "Sec-WebSocket-Protocol: chat.v1, chat.v2\r\n",
+    );
+    let Some((head, mut raw)) = RawWs::upgraded_with_head(stream) else {
+        panic!("not upgraded")
+    };
+    assert!(
+        head.contains("\r\nSec-WebSocket-Protocol: chat.v2\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("\r\nX-Room: 7\r\n"), "{head}");
+    let _ = server.events.connect();
+    raw.send(opcode::TEXT, b"hi", true);
+    assert_eq!(
+        raw.next_event(),
+        Some(ws::Event::Text("7/ann b/127.0.0.1:hi".into()))
+    );
+    drop(raw);
+    server.shutdown(WAIT);
+}
+
+/// `allowed_origins`: a page from another origin is refused with 403
+/// before the hook runs; the allowed origin and a client without `Origin`
+/// (not a browser) are let in.
+pub fn allowed_origins_refuse_a_foreign_page<S: Adapter>() {
+    let hooked = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&hooked);
+    let mut server = hooked_server::<S>(
+        move |info| {
+            let origin = info.origin().unwrap_or("none").to_owned();
+            seen.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(origin);
+            Decision::accept()
+        },
+        |spec| {
+            server_ws_with(spec, |ws| {
+                ws.allowed_origins = vec!["http://chat.example:8080".to_owned()];
+            });
+        },
+    );
+    let addr = server.local_addr();
+    let mut stream = RawWs::request_with(addr, "/", "Origin: https://evil.example\r\n");
+    let response = String::from_utf8_lossy(&raw::read_all(&mut stream)).into_owned();
+    assert!(
+        response.starts_with("HTTP/1.1 403 Forbidden\r\n"),
+        "{response}"
+    );
+    let error = next_error(&server);
+    assert!(error.contains("https://evil.example"), "{error}");
+    for origin in ["Origin: http://chat.example:8080\r\n", ""] {
+        let stream = RawWs::request_with(addr, "/", origin);
+        assert!(RawWs::upgraded(stream).is_some(), "{origin}");
+        let _ = server.events.connect();
+    }
+    let hooked = hooked
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    assert_eq!(hooked, ["http://chat.example:8080", "none"]);
+    server.shutdown(WAIT);
+}
+
+/// A hook that does not decide within the handshake timeout: the
+/// connection is closed without a response, the handler hears the
+/// timeout, and its place under `max_connections` comes back.
+pub fn slow_upgrade_hook_is_cut_off_by_the_handshake_timeout<S: Adapter>() {
+    let mut server = ws_server_for_raw::<S>(|spec| {
+        spec.options.handshake_timeout = Duration::from_millis(200);
+        spec.options.max_connections = 1;
+        spec.upgrade = Some(UpgradeSpec::Stall(Duration::from_millis(600)));
+    });
+    let mut stream = RawWs::request_with(server.local_addr(), "/", "");
+    assert_eq!(raw::read_all(&mut stream), b"");
+    let error = next_error(&server);
+    assert!(error.contains("timed out"), "{error}");
+    eventually("the handshake's permit is released", || {
+        server.metrics().connections == 0
+    });
+    assert_eq!(server.metrics().sessions, 0);
+    server.shutdown(WAIT);
+}
+
+/// Routing by path through the hook, with each client's own request
+/// header: `/a` and `/b` reach handlers that know their route (and each
+/// client reads the subprotocol and the header the hook answered with),
+/// an unknown path gets 404 and a request without the header 401, which
+/// the client reports.
+pub fn upgrade_hook_routes_by_path<S: Adapter, C: Adapter>() {
+    let mut server = hooked_server::<S>(
+        |info| {
+            if info.headers().get("X-Key") != Some(b"k1") {
+                return Decision::reject(401);
+            }
+            match info.path() {
+                "/a" | "/b" => Decision::accept()
+                    .subprotocol("v2")
+                    .header("X-Route", info.path())
+                    .attach(info.path()[1..].to_owned()),
+                _ => Decision::reject(404).body("no such route\n"),
+            }
+        },
+        |_| {},
+    );
+    let spec = |path: &str, key: Option<&str>| {
+        let mut spec = ClientSpec::to(&server);
+        spec.target = format!("ws://{}{path}", server.local_addr());
+        ws_with(&mut spec, |ws| {
+            ws.subprotocols = vec!["v1".into(), "v2".into()]
+        });
+        if let Some(key) = key {
+            spec.options.headers = vec![("X-Key".to_owned(), key.to_owned())];
+        }
+        spec
+    };
+    for route in ["a", "b"] {
+        let client = Client::connect::<C>(&spec(&format!("/{route}"), Some("k1")));
+        let _ = server.events.connect();
+        // The client reads the server's answer from its session.
+        let session = client.session().unwrap_or_else(|| panic!("connected"));
+        let response = session.attached::<UpgradeResponse>().cloned();
+        let response = response.unwrap_or_else(|| panic!("a WebSocket client keeps the response"));
+        assert_eq!(response.subprotocol.as_deref(), Some("v2"));
+        let route = format!("/{route}");
+        assert_eq!(response.headers.get("x-route"), Some(route.as_bytes()));
+        let route = &route[1..];
+        client.send(Message::from("x"));
+        assert_eq!(client.recv(), Message::from(format!("{route}:x").as_str()));
+        client.close();
+        let _ = server.events.disconnect();
+    }
+    let refused = Client::try_connect::<C>(&spec("/c", Some("k1")));
+    let error = refused.err().unwrap_or_default();
+    assert!(error.contains("404"), "{error}");
+    let refused = Client::try_connect::<C>(&spec("/a", None));
+    let error = refused.err().unwrap_or_default();
+    assert!(error.contains("401"), "{error}");
+    server.shutdown(WAIT);
+}
+
+/// Under TLS the hook sees the server name the client asked for (SNI)
+/// and that no ALPN protocol was agreed (the server offers none); on
+/// plain TCP it sees no TLS at all.
+pub fn upgrade_hook_sees_tls_sni<S: Adapter, C: Adapter>() {
+    if !both_do_tls::<S, C>("upgrade_hook_sees_tls_sni") {
+        return;
+    }
+    let pki = super::pki::Pki::new();
+    for secure in [true, false] {
+        let mut server = hooked_server::<S>(
+            |info| {
+                let tag = match info.tls() {
+                    Some(tls) => format!("{:?}/{:?}", tls.sni, tls.alpn),
+                    None => "plain".to_owned(),
+                };
+                Decision::accept().attach(tag)
+            },
+            |spec| {
+                if secure {
+                    spec.options.tls = Some(pki.server());
+                }
+            },
+        );
+        let mut spec = ClientSpec::to(&server);
+        if secure {
+            let mut tls = pki.client();
+            tls.server_name = Some("localhost".to_owned());
+            spec.options.tls = Some(tls);
+        }
+        let client = Client::connect::<C>(&spec);
+        let _ = server.events.connect();
+        client.send(Message::from("x"));
+        let expected = match secure {
+            true => r#"Some("localhost")/None:x"#,
+            false => "plain:x",
+        };
+        assert_eq!(client.recv(), Message::from(expected));
+        client.close();
+        server.shutdown(WAIT);
+    }
 }

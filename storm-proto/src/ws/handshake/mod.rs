@@ -12,7 +12,14 @@
 //! - server: [`ServerHandshake::handle_input`] takes request bytes until it
 //!   returns [`ServerStep::Request`] with a [`PendingUpgrade`], which only
 //!   offers [`PendingUpgrade::accept`] (writes the `101`) or
-//!   [`PendingUpgrade::reject`] (writes an HTTP error). A malformed request is
+//!   [`PendingUpgrade::reject`] (writes an HTTP error), or
+//!   [`PendingUpgrade::decide`], which renders the application's
+//!   [`Decision`] (accept with a subprotocol, headers and an [`Attached`]
+//!   value; or reject with a status, headers and a bounded body), validated
+//!   so that no header is injected and none of the handshake's own is
+//!   overridden. The [`UpgradeRequest`] shows the method, path, query,
+//!   every header (case-insensitive lookup), `Origin`, and the offered
+//!   subprotocols and extensions. A malformed request is
 //!   a [`HandshakeError`] carrying the status to answer with
 //!   ([`HandshakeError::write_response`]).
 //!
@@ -63,9 +70,13 @@ use sha1::{Digest, Sha1};
 use crate::tls_sniff;
 
 mod client;
+mod decision;
 mod server;
 
 pub use client::{ClientConfig, ClientHandshake, ClientStep, ResponseError, Upgraded};
+pub use decision::{
+    Attached, Decision, MAX_DECISION_HEADER_BYTES, MAX_DECISION_HEADERS, MAX_REJECT_BODY, Refused,
+};
 pub use server::{
     Accepted, HandshakeError, PendingUpgrade, ServerConfig, ServerHandshake, ServerStep,
     UpgradeRequest,
@@ -196,6 +207,11 @@ pub enum ConfigError {
     InvalidDeflate(&'static str),
     /// A size limit is zero or above its documented maximum.
     InvalidLimit(&'static str),
+    /// A rejection's status is outside 300..=599.
+    InvalidStatus(u16),
+    /// An upgrade decision mixes acceptance and rejection (a body on an
+    /// acceptance, say).
+    InvalidDecision(&'static str),
 }
 
 impl fmt::Display for ConfigError {
@@ -212,6 +228,13 @@ impl fmt::Display for ConfigError {
             Self::ReservedHeader(h) => write!(f, "header `{h}` is written by the handshake"),
             Self::InvalidDeflate(field) => write!(f, "deflate config field `{field}` out of range"),
             Self::InvalidLimit(field) => write!(f, "limit `{field}` out of range"),
+            Self::InvalidStatus(status) => {
+                write!(
+                    f,
+                    "status {status} cannot refuse an upgrade (300..=599 can)"
+                )
+            }
+            Self::InvalidDecision(why) => write!(f, "invalid upgrade decision: {why}"),
         }
     }
 }
@@ -311,12 +334,22 @@ fn reason_phrase(status: u16) -> &'static str {
 /// Writes a complete, self-delimited HTTP/1.1 response that closes the
 /// connection: status line, `extra` headers, `Content-Length`,
 /// `Connection: close`, body.
-fn write_closing_response(out: &mut BytesMut, status: u16, extra: &[(&str, &str)], body: &[u8]) {
+///
+/// A `Content-Type` among `extra` replaces the default plain-text one.
+fn write_closing_response<N: AsRef<str>, V: AsRef<str>>(
+    out: &mut BytesMut,
+    status: u16,
+    extra: &[(N, V)],
+    body: &[u8],
+) {
     out.put_slice(format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status)).as_bytes());
     for (name, value) in extra {
-        put_header(out, name, value.as_bytes());
+        put_header(out, name.as_ref(), value.as_ref().as_bytes());
     }
-    if !body.is_empty() {
+    let typed = extra
+        .iter()
+        .any(|(name, _)| name.as_ref().eq_ignore_ascii_case("content-type"));
+    if !body.is_empty() && !typed {
         put_header(out, "Content-Type", b"text/plain; charset=utf-8");
     }
     put_header(out, "Content-Length", body.len().to_string().as_bytes());

@@ -7,6 +7,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::decision::{ACCEPT_RESERVED, Acceptance, Attached, Decision, Refused};
 use super::{
     ConfigError, HeadBuffer, HeadError, Headers, accept_key, check_deflate, check_header,
     check_limits, check_subprotocols, httparse_reason, put_header, reason_phrase, single,
@@ -15,17 +16,9 @@ use super::{
 use crate::ws::deflate::{DeflateConfig, DeflateParams};
 use crate::ws::extensions::{self, Extension, ExtensionError, negotiate_deflate};
 
-/// Headers a server response writes itself; the application may not add
-/// them.
-const RESERVED: &[&str] = &[
-    "upgrade",
-    "connection",
-    "sec-websocket-accept",
-    "sec-websocket-protocol",
-    "sec-websocket-extensions",
-    "content-length",
-    "transfer-encoding",
-];
+/// Headers a server response writes itself; [`PendingUpgrade::add_header`]
+/// may not add them (it does not know yet which response it adds to).
+const RESERVED: &[&str] = ACCEPT_RESERVED;
 
 /// What a server accepts in opening handshakes. Share one between
 /// connections with an [`Arc`].
@@ -208,10 +201,47 @@ pub struct UpgradeRequest {
 }
 
 impl UpgradeRequest {
+    /// The request method: always `GET` (anything else is refused
+    /// before the application sees the request).
+    #[must_use]
+    pub fn method(&self) -> &str {
+        "GET"
+    }
+
     /// The request target as sent: path and query, e.g. `/chat?room=1`.
     #[must_use]
-    pub fn path(&self) -> &str {
+    pub fn target(&self) -> &str {
         &self.path
+    }
+
+    /// The path of the target, without its query: `/chat` for
+    /// `/chat?room=1`.
+    #[must_use]
+    pub fn path(&self) -> &str {
+        self.path
+            .split_once('?')
+            .map_or(&self.path, |(path, _)| path)
+    }
+
+    /// The query of the target, without its `?`: `room=1` for
+    /// `/chat?room=1`; `None` when the target has no `?`. Not decoded.
+    #[must_use]
+    pub fn query(&self) -> Option<&str> {
+        self.path.split_once('?').map(|(_, query)| query)
+    }
+
+    /// The first value of the query parameter `name`, percent-decoded
+    /// (`+` as a space; `None` when absent or not UTF-8 once decoded).
+    #[must_use]
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.query()?
+            .split('&')
+            .filter_map(|pair| {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                (percent_decode(key)? == name).then(|| percent_decode(value))
+            })
+            .next()
+            .flatten()
     }
 
     /// The `Host` value (lossily decoded if not UTF-8).
@@ -228,7 +258,8 @@ impl UpgradeRequest {
             .and_then(|v| std::str::from_utf8(v).ok())
     }
 
-    /// All request headers (e.g. `Authorization`, `Cookie`).
+    /// All request headers (e.g. `Authorization`, `Cookie`), looked up
+    /// case-insensitively.
     #[must_use]
     pub fn headers(&self) -> &Headers {
         &self.headers
@@ -272,6 +303,8 @@ pub struct Accepted {
     /// Bytes the client sent after its request (it may pipeline its first
     /// frames): feed them to the connection before anything read later.
     pub leftover: Bytes,
+    /// What the application's [`Decision::attach`] attached, if anything.
+    pub attached: Option<Attached>,
 }
 
 impl ServerHandshake {
@@ -457,7 +490,17 @@ impl PendingUpgrade {
     /// Accepts the upgrade: writes the `101 Switching Protocols` response
     /// (with `Sec-WebSocket-Accept`, the selected subprotocol, the negotiated
     /// `Sec-WebSocket-Extensions` and the added headers) into `out`.
-    pub fn accept(self, out: &mut BytesMut) -> Accepted {
+    pub fn accept(mut self, out: &mut BytesMut) -> Accepted {
+        let headers = std::mem::take(&mut self.response_headers);
+        self.write_accept(&headers, None, out)
+    }
+
+    fn write_accept(
+        self,
+        headers: &[(String, String)],
+        attached: Option<Attached>,
+        out: &mut BytesMut,
+    ) -> Accepted {
         let agreement = self
             .config
             .deflate
@@ -479,7 +522,7 @@ impl PendingUpgrade {
         if let Some(a) = &agreement {
             put_header(out, "Sec-WebSocket-Extensions", a.response.as_bytes());
         }
-        for (name, value) in &self.response_headers {
+        for (name, value) in headers {
             put_header(out, name, value.as_bytes());
         }
         out.put_slice(b"\r\n");
@@ -488,6 +531,7 @@ impl PendingUpgrade {
             subprotocol: self.subprotocol,
             deflate: agreement.map(|a| a.params),
             leftover: self.leftover,
+            attached,
         }
     }
 
@@ -503,11 +547,71 @@ impl PendingUpgrade {
         } else {
             500
         };
-        let extra: Vec<(&str, &str)> = self
-            .response_headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
-        write_closing_response(out, status, &extra, body);
+        write_closing_response(out, status, &self.response_headers, body);
     }
+
+    /// Answers with the application's `decision` (which replaces the
+    /// choices made through [`select_subprotocol`](Self::select_subprotocol)
+    /// and [`add_header`](Self::add_header)): an acceptance writes the
+    /// `101` and returns the [`Accepted`] handshake; a rejection writes its
+    /// closing response. Close the connection after writing a refusal.
+    ///
+    /// # Errors
+    ///
+    /// [`Refused::Rejected`] for a rejection; [`Refused::InvalidDecision`]
+    /// for a decision [`Decision::validate`] finds a mistake in, or one that
+    /// chooses a subprotocol the client did not offer: a bare `500` was
+    /// written then, without the decision's headers.
+    pub fn decide(mut self, decision: Decision, out: &mut BytesMut) -> Result<Accepted, Refused> {
+        let checked = decision.validate();
+        let kind = decision.into_kind();
+        let checked = checked.and_then(|()| match &kind {
+            Ok(Acceptance {
+                subprotocol: Some(p),
+                ..
+            }) => self.select_subprotocol(p.as_deref()),
+            _ => Ok(()),
+        });
+        if let Err(e) = checked {
+            write_closing_response(
+                out,
+                500,
+                &[] as &[(&str, &str)],
+                b"invalid upgrade decision\n",
+            );
+            return Err(Refused::InvalidDecision(e));
+        }
+        match kind {
+            Ok(mut acceptance) => {
+                let attached = acceptance.attached.take();
+                Ok(self.write_accept(acceptance.headers(), attached, out))
+            }
+            Err(rejection) => {
+                let status = rejection.status();
+                write_closing_response(out, status, rejection.headers(), rejection.body());
+                Err(Refused::Rejected(status))
+            }
+        }
+    }
+}
+
+/// Decodes `%XX` escapes and `+` (a space) of a query component; `None`
+/// for a bad escape or a result that is not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        rest = tail;
+        match b {
+            b'+' => bytes.push(b' '),
+            b'%' => {
+                let (hex, tail) = rest.split_at_checked(2)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                bytes.push(u8::from_str_radix(hex, 16).ok()?);
+                rest = tail;
+            }
+            _ => bytes.push(b),
+        }
+    }
+    String::from_utf8(bytes).ok()
 }

@@ -19,7 +19,7 @@ use storm_proto::framing::Framing;
 
 use crate::driver::drive;
 use crate::io::{Either, read_step, write_all_flush};
-use crate::runtime::{Runtime, Stream};
+use crate::runtime::{PollRead, PollWrite, Runtime, Stream};
 use crate::sync::{self, Signal, lock, race, sleep_until, timeout};
 use crate::{Handler, Session};
 
@@ -248,7 +248,7 @@ async fn run<R: Runtime, H: Handler>(
 }
 
 /// Connects to the first address of `authority` that answers.
-async fn connect_tcp<R: Runtime>(authority: &str) -> io::Result<(R::Tcp, SocketAddr)> {
+pub(crate) async fn connect_tcp<R: Runtime>(authority: &str) -> io::Result<(R::Tcp, SocketAddr)> {
     let mut last = None;
     for addr in R::resolve(authority).await? {
         match R::connect(addr).await {
@@ -293,7 +293,7 @@ async fn connect_once<R: Runtime>(
 
 /// The protocol a new connection speaks, after the WebSocket upgrade for a
 /// WebSocket client; and any bytes the server sent after its response.
-async fn open<S: Stream>(
+pub(crate) async fn open<S: PollRead + PollWrite>(
     stream: &mut S,
     target: &ClientTarget,
     options: &ClientOptions,

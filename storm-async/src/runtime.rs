@@ -16,6 +16,8 @@ use std::time::Instant;
 use bytes::BufMut;
 use rustls_pki_types::ServerName;
 
+pub use crate::io::Either;
+
 /// The read side of a byte stream.
 pub trait PollRead: Send + Unpin + 'static {
     /// Reads what is available into `buf`: `Ok(0)` at end of stream.

@@ -473,24 +473,7 @@ impl<R: Runtime> ServerHandle<R> {
     /// when the server is a WebSocket server; and any bytes the peer sent
     /// after its upgrade request.
     async fn open<S: Stream>(&self, stream: &mut S) -> io::Result<(Protocol, Bytes)> {
-        let mut upgrade = match self.shared.setup.open()? {
-            ServerOpen::Ready(protocol) => return Ok((protocol, Bytes::new())),
-            ServerOpen::Upgrade(upgrade) => upgrade,
-        };
-        loop {
-            let step = read_step(stream, upgrade, |upgrade, input| {
-                upgrade.handle_input(input)
-            });
-            match step.await?.ok_or(io::ErrorKind::UnexpectedEof)? {
-                ServerUpgradeStep::NeedMore(next) => upgrade = next,
-                ServerUpgradeStep::Done { response, opened } => {
-                    let written = write_all_flush(stream, &response).await;
-                    let opened = opened?;
-                    written?;
-                    return Ok(opened);
-                }
-            }
-        }
+        open_upgrade(&self.shared.setup, stream).await
     }
 
     /// Registers an opened connection: its session, its link (boxed: the
@@ -566,6 +549,34 @@ impl<R: Runtime> ServerHandle<R> {
             shared.abort.set();
             shared.registry.hub().close_all(CloseKind::Abort);
             shared.done.wait().await;
+        }
+    }
+}
+
+/// A server connection's protocol after `setup`'s handshake on `stream`
+/// (the WebSocket upgrade, answered; nothing for TCP), and any bytes the
+/// peer sent after its upgrade request. Shared by the servers and
+/// [`WebSocketStream::accept`](crate::websocket::WebSocketStream::accept).
+pub(crate) async fn open_upgrade<S: PollRead + PollWrite>(
+    setup: &ServerSetup,
+    stream: &mut S,
+) -> io::Result<(Protocol, Bytes)> {
+    let mut upgrade = match setup.open()? {
+        ServerOpen::Ready(protocol) => return Ok((protocol, Bytes::new())),
+        ServerOpen::Upgrade(upgrade) => upgrade,
+    };
+    loop {
+        let step = read_step(stream, upgrade, |upgrade, input| {
+            upgrade.handle_input(input)
+        });
+        match step.await?.ok_or(io::ErrorKind::UnexpectedEof)? {
+            ServerUpgradeStep::NeedMore(next) => upgrade = next,
+            ServerUpgradeStep::Done { response, opened } => {
+                let written = write_all_flush(stream, &response).await;
+                let opened = opened?;
+                written?;
+                return Ok(opened);
+            }
         }
     }
 }

@@ -1,0 +1,328 @@
+//! `WebSocketStream` (storm-async's `Stream + Sink` WebSocket) over real
+//! loopback sockets, on tokio and on smol: echo (with permessage-deflate),
+//! split halves in two tasks, the close handshake's code and reason on
+//! both sides, a too-large message closing with 1009, automatic pongs;
+//! and the adapters' own entry points over tokio's and smol's streams.
+//!
+//! Every wait is bounded by [`WAIT`] on the runtime's timer.
+
+use std::future::{Future, poll_fn};
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::mpsc;
+use std::task::Poll;
+use std::time::Instant;
+
+use futures_util::{SinkExt, StreamExt};
+use storm_async::Runtime;
+use storm_async::runtime::{PollRead, PollWrite};
+use storm_async::websocket::{StreamConfig, WebSocketStream, WsStreamError};
+use storm_proto::Message;
+use storm_proto::link::CloseReason;
+use storm_proto::ws::deflate::DeflateConfig;
+use storm_proto::ws::{CloseCode, CloseFrame, Event};
+use storm_tests::suite::WAIT;
+use storm_tests::suite::on_async::Executor;
+use storm_tests::suite::raw::{RawWs, opcode};
+
+/// `future`'s output; panics once [`WAIT`] has passed.
+async fn bounded<R: Runtime, F: Future>(what: &str, future: F) -> F::Output {
+    let mut future = pin!(future);
+    let mut timer = pin!(R::sleep_until(Instant::now() + WAIT));
+    let out = poll_fn(|cx| {
+        if let Poll::Ready(out) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await;
+    out.unwrap_or_else(|| panic!("{what}: nothing within {WAIT:?}"))
+}
+
+/// A one-connection server on `R`: accepts with `config` and hands the
+/// stream to `serve`, whose result comes back on the channel.
+fn serve<R, T, F, Fut>(config: StreamConfig, serve: F) -> (SocketAddr, mpsc::Receiver<T>)
+where
+    R: Executor,
+    T: Send + 'static,
+    F: FnOnce(WebSocketStream<R, R::Tcp>) -> Fut + Send + 'static,
+    Fut: Future<Output = T> + Send,
+{
+    let std = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    std.set_nonblocking(true).expect("non-blocking");
+    let addr = std.local_addr().expect("local address");
+    let (tx, rx) = mpsc::channel();
+    R::block_on(async move {
+        let listener = R::listen(std).expect("listen");
+        R::spawn(async move {
+            let (tcp, _) = poll_fn(|cx| R::poll_accept(&listener, cx))
+                .await
+                .expect("accept");
+            let ws = WebSocketStream::<R, _>::accept(tcp, &config)
+                .await
+                .expect("server handshake");
+            let _ = tx.send(serve(ws).await);
+        });
+    });
+    (addr, rx)
+}
+
+/// Echoes until the stream ends; returns why it ended.
+async fn echo<R, S: PollRead + PollWrite>(mut ws: WebSocketStream<R, S>) -> Option<CloseReason> {
+    while let Some(Ok(message)) = ws.next().await {
+        if ws.send(message).await.is_err() {
+            break;
+        }
+    }
+    ws.close_reason().cloned()
+}
+
+fn deflate() -> StreamConfig {
+    let mut config = StreamConfig::new();
+    config.ws.deflate = Some(DeflateConfig::default());
+    config
+}
+
+fn url(addr: SocketAddr) -> String {
+    format!("ws://{addr}/")
+}
+
+/// Text and binary echoed, compressed both ways; the client's close
+/// (1000) ends both sides normally.
+fn echo_text_and_binary<R: Executor>() {
+    let (addr, server) = serve::<R, _, _, _>(deflate(), echo);
+    let client = R::block_on(bounded::<R, _>("echo", async {
+        let mut ws = WebSocketStream::<R, _>::connect(&url(addr), &deflate())
+            .await
+            .expect("connect");
+        let big = "storm ".repeat(10_000);
+        for message in [
+            Message::from("hello"),
+            Message::from(vec![0u8, 1, 2, 255]),
+            Message::from(big.as_str()),
+        ] {
+            ws.send(message.clone()).await.expect("send");
+            let back = ws.next().await.expect("an echo").expect("no error");
+            assert_eq!(back, message);
+        }
+        ws.close(CloseCode::NORMAL, "done").await.expect("close");
+        assert!(ws.next().await.is_none(), "the stream ends after the close");
+        ws.close_reason().cloned()
+    }));
+    assert!(
+        matches!(&client, Some(CloseReason::Remote(frame)) if frame.code == CloseCode::NORMAL),
+        "{client:?}"
+    );
+    let server = server.recv_timeout(WAIT).expect("the server ended");
+    assert!(
+        matches!(&server, Some(CloseReason::Remote(frame)) if frame.code == CloseCode::NORMAL && frame.reason == "done"),
+        "{server:?}"
+    );
+}
+
+/// The reader and the writer in two tasks: every echo arrives, in order,
+/// while the other task keeps sending; the writer's close ends the reader.
+fn split_halves_in_two_tasks<R: Executor>() {
+    const COUNT: usize = 200;
+    let (addr, _server) = serve::<R, _, _, _>(StreamConfig::new(), echo);
+    let (received, reason) = R::block_on(bounded::<R, _>("split", async {
+        let ws = WebSocketStream::<R, _>::connect(&url(addr), &StreamConfig::new())
+            .await
+            .expect("connect");
+        let (mut reader, mut writer) = ws.split();
+        let (done_tx, done_rx) = mpsc::channel();
+        R::spawn(async move {
+            for i in 0..COUNT {
+                writer
+                    .send(Message::from(format!("m{i}")))
+                    .await
+                    .expect("send");
+            }
+            let _ = done_tx.send(writer);
+        });
+        let mut received = Vec::new();
+        while received.len() < COUNT {
+            let message = reader.next().await.expect("an echo").expect("no error");
+            received.push(message);
+        }
+        // The writer task is done once every echo came back.
+        let mut writer = done_rx.recv_timeout(WAIT).expect("the writer task ended");
+        writer.close(CloseCode::NORMAL, "").await.expect("close");
+        assert!(reader.next().await.is_none());
+        (received, reader.close_reason())
+    }));
+    let expected: Vec<Message> = (0..COUNT).map(|i| Message::from(format!("m{i}"))).collect();
+    assert_eq!(received, expected);
+    assert!(matches!(reason, Some(CloseReason::Remote(_))), "{reason:?}");
+}
+
+/// The server closes with 4000 "bye": the client's stream ends with that
+/// frame, and the server's with the client's answer.
+fn close_code_and_reason_seen_by_both<R: Executor>() {
+    let (addr, server) = serve::<R, _, _, _>(StreamConfig::new(), |mut ws| async move {
+        ws.close(CloseCode::from(4000), "bye").await.expect("close");
+        assert!(ws.next().await.is_none());
+        ws.close_reason().cloned()
+    });
+    let client = R::block_on(bounded::<R, _>("close", async {
+        let mut ws = WebSocketStream::<R, _>::connect(&url(addr), &StreamConfig::new())
+            .await
+            .expect("connect");
+        assert!(ws.next().await.is_none());
+        let refused = ws.send(Message::from("late")).await;
+        assert!(
+            matches!(refused, Err(WsStreamError::AlreadyClosed)),
+            "{refused:?}"
+        );
+        ws.close_reason().cloned()
+    }));
+    let bye = CloseFrame {
+        code: CloseCode::from(4000),
+        reason: "bye".to_owned(),
+    };
+    assert_eq!(client, Some(CloseReason::Remote(bye)));
+    let server = server.recv_timeout(WAIT).expect("the server ended");
+    assert!(
+        matches!(&server, Some(CloseReason::Remote(frame)) if frame.code == CloseCode::from(4000)),
+        "{server:?}"
+    );
+}
+
+/// A message over the server's limit: the server's stream reports the
+/// fault, and the client sees the 1009 close.
+fn too_large_message_closes_with_1009<R: Executor>() {
+    let mut small = StreamConfig::new();
+    small.ws.config.max_message_size = 1024;
+    let (addr, server) = serve::<R, _, _, _>(small, |mut ws| async move {
+        match ws.next().await {
+            Some(Err(WsStreamError::Closed(reason))) => Some(reason),
+            other => panic!("expected the limit's close, got {other:?}"),
+        }
+    });
+    let client = R::block_on(bounded::<R, _>("too large", async {
+        let mut ws = WebSocketStream::<R, _>::connect(&url(addr), &StreamConfig::new())
+            .await
+            .expect("connect");
+        ws.send(Message::from(vec![7u8; 2048])).await.expect("send");
+        assert!(ws.next().await.is_none());
+        ws.close_reason().cloned()
+    }));
+    assert!(
+        matches!(&client, Some(CloseReason::Remote(frame)) if frame.code == CloseCode::MESSAGE_TOO_BIG),
+        "{client:?}"
+    );
+    let server = server.recv_timeout(WAIT).expect("the server ended");
+    assert!(
+        matches!(server, Some(CloseReason::Protocol(_))),
+        "{server:?}"
+    );
+}
+
+/// A ping from a raw client is answered with a pong carrying its payload,
+/// with no application code.
+fn ping_answered_automatically<R: Executor>() {
+    let (addr, _server) = serve::<R, _, _, _>(StreamConfig::new(), echo);
+    let mut raw = RawWs::upgrade(addr);
+    raw.send(opcode::PING, b"are you there", true);
+    assert_eq!(
+        raw.next_event(),
+        Some(Event::Pong(bytes::Bytes::from_static(b"are you there")))
+    );
+    raw.send(opcode::TEXT, b"after", true);
+    assert!(matches!(raw.next_event(), Some(Event::Text(text)) if &*text == "after"));
+}
+
+macro_rules! on_runtimes {
+    ($($scenario:ident),* $(,)?) => {
+        mod tokio {
+            $(
+                #[test]
+                fn $scenario() {
+                    super::$scenario::<storm_tokio::Tokio>();
+                }
+            )*
+        }
+        mod smol {
+            $(
+                #[test]
+                fn $scenario() {
+                    super::$scenario::<storm_smol::Smol>();
+                }
+            )*
+        }
+    };
+}
+
+on_runtimes!(
+    echo_text_and_binary,
+    split_halves_in_two_tasks,
+    close_code_and_reason_seen_by_both,
+    too_large_message_closes_with_1009,
+    ping_answered_automatically,
+);
+
+/// storm-tokio's entry points over tokio's own `TcpStream`.
+#[test]
+fn tokio_adapter_over_tokio_streams() {
+    <storm_tokio::Tokio as Executor>::block_on(bounded::<storm_tokio::Tokio, _>("tokio", async {
+        let listener = ::tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let server = ::tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let ws = storm_tokio::websocket::accept(tcp, &StreamConfig::new())
+                .await
+                .expect("server handshake");
+            echo(ws).await
+        });
+        let tcp = ::tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect");
+        let mut ws = storm_tokio::websocket::client_async(&url(addr), tcp, &StreamConfig::new())
+            .await
+            .expect("client handshake");
+        ws.send(Message::from("over tokio")).await.expect("send");
+        assert_eq!(
+            ws.next().await.expect("echo").expect("ok"),
+            Message::from("over tokio")
+        );
+        ws.close(CloseCode::NORMAL, "").await.expect("close");
+        assert!(ws.next().await.is_none());
+        let reason = server.await.expect("server task");
+        assert!(matches!(reason, Some(CloseReason::Remote(_))), "{reason:?}");
+    }));
+}
+
+/// storm-smol's entry points over smol's own `TcpStream`.
+#[test]
+fn smol_adapter_over_smol_streams() {
+    ::smol::block_on(bounded::<storm_smol::Smol, _>("smol", async {
+        let listener = ::smol::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let server = ::smol::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let ws = storm_smol::websocket::accept(tcp, &StreamConfig::new())
+                .await
+                .expect("server handshake");
+            echo(ws).await
+        });
+        let tcp = ::smol::net::TcpStream::connect(addr)
+            .await
+            .expect("connect");
+        let mut ws = storm_smol::websocket::client_async(&url(addr), tcp, &StreamConfig::new())
+            .await
+            .expect("client handshake");
+        ws.send(Message::from("over smol")).await.expect("send");
+        assert_eq!(
+            ws.next().await.expect("echo").expect("ok"),
+            Message::from("over smol")
+        );
+        ws.close(CloseCode::NORMAL, "").await.expect("close");
+        assert!(ws.next().await.is_none());
+        let reason = server.await;
+        assert!(matches!(reason, Some(CloseReason::Remote(_))), "{reason:?}");
+    }));
+}

@@ -1,11 +1,14 @@
 //! TCP and WebSocket clients, with reconnects.
 
+use std::collections::VecDeque;
 use std::fmt;
+use std::future::poll_fn;
 use std::io;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -32,6 +35,9 @@ pub struct Client {
 
 struct ClientShared {
     current: Mutex<Option<Session>>,
+    /// Where [`Client::recv`] takes messages from, for a client made by
+    /// `connect_recv`; `None` when a handler takes them.
+    inbox: Option<Arc<Inbox>>,
     /// Set when the application closed the client: no more reconnects, and
     /// a reconnect delay or attempt in progress ends at once.
     closing: Signal,
@@ -93,7 +99,25 @@ impl<R: Runtime> WsClient<R> {
         handler: H,
     ) -> Result<Client, ClientError> {
         let target = ClientTarget::ws(url, &options, ws)?;
-        start::<R, H>(target, options, handler).await
+        start::<R, H>(target, options, handler, None).await
+    }
+
+    /// Connects like [`connect`](Self::connect), with no handler: the
+    /// messages wait for [`Client::recv`] in a queue of at most
+    /// `capacity` messages (at least 1). See [`Client::recv`] for what a
+    /// full queue does.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    pub async fn connect_recv(
+        url: &str,
+        options: ClientOptions,
+        ws: WsOptions,
+        capacity: usize,
+    ) -> Result<Client, ClientError> {
+        let target = ClientTarget::ws(url, &options, ws)?;
+        start_recv::<R>(target, options, capacity).await
     }
 }
 
@@ -113,7 +137,24 @@ impl<R: Runtime> TcpClient<R> {
         handler: H,
     ) -> Result<Client, ClientError> {
         let target = ClientTarget::tcp(addr, &options, framing)?;
-        start::<R, H>(target, options, handler).await
+        start::<R, H>(target, options, handler, None).await
+    }
+
+    /// Connects like [`connect`](Self::connect), with no handler: the
+    /// messages wait for [`Client::recv`] in a queue of at most
+    /// `capacity` messages (at least 1).
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    pub async fn connect_recv(
+        addr: &str,
+        options: ClientOptions,
+        framing: Framing,
+        capacity: usize,
+    ) -> Result<Client, ClientError> {
+        let target = ClientTarget::tcp(addr, &options, framing)?;
+        start_recv::<R>(target, options, capacity).await
     }
 }
 
@@ -147,8 +188,45 @@ impl Client {
     /// closes at once (`on_connect`, then `on_disconnect`).
     pub fn close(&self) {
         self.shared.closing.set();
+        if let Some(inbox) = &self.shared.inbox {
+            inbox.close();
+        }
         if let Some(session) = self.session() {
             session.close();
+        }
+    }
+
+    /// The next message, in order, for a client made by `connect_recv`
+    /// ([`WsClient::connect_recv`], [`TcpClient::connect_recv`]), across
+    /// reconnects.
+    ///
+    /// The queue is bounded: while it is full, the connection waits
+    /// (it reads nothing more from the socket, so TCP flow control holds
+    /// the server back): backpressure, never a dropped message. After
+    /// [`close`](Self::close), a message that arrives while the queue is
+    /// full is not delivered (the application said it is done); the ones
+    /// queued before still are.
+    ///
+    /// Cancel-safe: a message leaves the queue only in the poll that
+    /// returns it.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::NotConnected`] once the client has stopped for good
+    /// (closed, or out of reconnect attempts) and the queue is empty;
+    /// [`ClientError::Config`] for a client made with a handler (its
+    /// messages go to the handler).
+    pub async fn recv(&self) -> Result<Message, ClientError> {
+        let inbox = self.shared.inbox.as_ref().ok_or_else(|| {
+            ClientError::Config(
+                "this client's messages go to its handler; connect_recv makes a client to recv from"
+                    .to_owned(),
+            )
+        })?;
+        let next = pin!(poll_fn(|cx| inbox.poll_pop(cx)));
+        match race(next, pin!(self.shared.finished.wait())).await {
+            sync::Either::Left(message) => Ok(message),
+            sync::Either::Right(()) => inbox.try_pop().ok_or(ClientError::NotConnected),
         }
     }
 
@@ -170,15 +248,28 @@ struct Connected<S> {
 /// A client's stream: plain TCP or TLS.
 type ClientStream<R> = Either<<R as Runtime>::Tcp, <R as Runtime>::TlsClient>;
 
+/// A `connect_recv` client: its handler fills an inbox.
+async fn start_recv<R: Runtime>(
+    target: ClientTarget,
+    options: ClientOptions,
+    capacity: usize,
+) -> Result<Client, ClientError> {
+    let inbox = Arc::new(Inbox::new(capacity));
+    let handler = Fill(Arc::clone(&inbox));
+    start::<R, _>(target, options, handler, Some(inbox)).await
+}
+
 async fn start<R: Runtime, H: Handler>(
     target: ClientTarget,
     options: ClientOptions,
     handler: H,
+    inbox: Option<Arc<Inbox>>,
 ) -> Result<Client, ClientError> {
     let core = ClientCore::new(&options, rand::random(), Instant::now())?;
     let first = connect_once::<R>(&target, &options, &core).await?;
     let shared = Arc::new(ClientShared {
         current: Mutex::new(Some(first.session.clone())),
+        inbox,
         closing: Signal::default(),
         finished: Signal::default(),
     });
@@ -312,5 +403,97 @@ pub(crate) async fn open<S: PollRead + PollWrite>(
             ClientUpgradeStep::NeedMore(next) => upgrade = next,
             ClientUpgradeStep::Done(protocol, initial) => return Ok((protocol, initial)),
         }
+    }
+}
+
+/// The messages of a `connect_recv` client, waiting for [`Client::recv`]:
+/// at most `capacity`.
+struct Inbox {
+    state: Mutex<InboxState>,
+}
+
+struct InboxState {
+    queue: VecDeque<Message>,
+    capacity: usize,
+    /// The application closed the client: a push that waits gives up.
+    closed: bool,
+    /// The connection's handler, waiting for room.
+    sender: Option<Waker>,
+    /// Every `recv` waiting for a message.
+    receivers: Vec<Waker>,
+}
+
+impl Inbox {
+    fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(InboxState {
+                queue: VecDeque::new(),
+                capacity: capacity.max(1),
+                closed: false,
+                sender: None,
+                receivers: Vec::new(),
+            }),
+        }
+    }
+
+    /// Queues `message` once there is room (or drops it once the client
+    /// was closed: see [`Client::recv`]).
+    async fn push(&self, message: Message) {
+        let mut message = Some(message);
+        poll_fn(|cx| {
+            let mut state = lock(&self.state);
+            if state.closed && state.queue.len() >= state.capacity {
+                return Poll::Ready(());
+            }
+            if state.queue.len() >= state.capacity {
+                state.sender = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            state.queue.extend(message.take());
+            for waker in state.receivers.drain(..) {
+                waker.wake();
+            }
+            Poll::Ready(())
+        })
+        .await;
+    }
+
+    fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<Message> {
+        let mut state = lock(&self.state);
+        match state.queue.pop_front() {
+            Some(message) => {
+                if let Some(sender) = state.sender.take() {
+                    sender.wake();
+                }
+                Poll::Ready(message)
+            }
+            None => {
+                if !state.receivers.iter().any(|w| w.will_wake(cx.waker())) {
+                    state.receivers.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn try_pop(&self) -> Option<Message> {
+        lock(&self.state).queue.pop_front()
+    }
+
+    fn close(&self) {
+        let mut state = lock(&self.state);
+        state.closed = true;
+        if let Some(sender) = state.sender.take() {
+            sender.wake();
+        }
+    }
+}
+
+/// The handler of a `connect_recv` client.
+struct Fill(Arc<Inbox>);
+
+impl Handler for Fill {
+    async fn on_message(&self, _: &Session, message: Message) {
+        self.0.push(message).await;
     }
 }

@@ -187,6 +187,9 @@ impl From<io::Error> for WsStreamError {
 /// ([`Either::A`]) or TLS ([`Either::B`]) on runtime `R`.
 pub type ClientStream<R> = Either<<R as Runtime>::Tcp, <R as Runtime>::TlsClient>;
 
+/// Most buffers one vectored write takes.
+const MAX_SLICES: usize = 64;
+
 /// Which half polls the socket's write side (each keeps its own waker).
 #[derive(Clone, Copy)]
 enum Side {
@@ -235,6 +238,11 @@ struct Core<S> {
     sleep: fn(Instant) -> Pin<Box<dyn Future<Output = ()> + Send>>,
     /// Why the link closed, once it did.
     closed: Option<CloseReason>,
+    /// How long the last output (a close reply) may wait for the socket
+    /// once the link closed ([`LinkConfig::close_timeout`]), and until
+    /// when it does.
+    close_timeout: Duration,
+    linger: Option<Instant>,
     /// `next()` reported the end; it returns `None` from now on.
     ended: bool,
     /// This side began the close handshake.
@@ -275,6 +283,8 @@ impl<S: PollRead + PollWrite> Core<S> {
             timer: None,
             sleep: sleep_on::<R>,
             closed: None,
+            close_timeout: config.link.close_timeout,
+            linger: None,
             ended: false,
             closing: false,
             write_wakers: [None, None],
@@ -292,6 +302,12 @@ impl<S: PollRead + PollWrite> Core<S> {
     /// any progress wakes the other half's.
     fn poll_write_out(&mut self, cx: &mut Context<'_>, side: Side) -> Poll<io::Result<()>> {
         loop {
+            if self.link.is_aborted() && self.pending_len > 0 {
+                // An abort (a dead or idle peer) writes nothing more.
+                self.pending.clear();
+                self.first = 0;
+                self.pending_len = 0;
+            }
             let transmit = self.link.poll_transmit(Instant::now(), &mut self.pending);
             self.pending_len += transmit.bytes;
             self.shutdown_due |= transmit.close;
@@ -306,12 +322,13 @@ impl<S: PollRead + PollWrite> Core<S> {
                 }
                 break;
             }
-            let slices: Vec<IoSlice<'_>> = self.pending[self.first..]
-                .iter()
-                .take(64)
-                .map(|b| IoSlice::new(b))
-                .collect();
-            let n = match self.io.poll_write_vectored(cx, &slices) {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut count = 0;
+            for (slice, bytes) in slices.iter_mut().zip(&self.pending[self.first..]) {
+                *slice = IoSlice::new(bytes);
+                count += 1;
+            }
+            let n = match self.io.poll_write_vectored(cx, &slices[..count]) {
                 Poll::Pending => {
                     self.write_wakers[side as usize] = Some(cx.waker().clone());
                     return Poll::Pending;
@@ -357,9 +374,9 @@ impl<S: PollRead + PollWrite> Core<S> {
         }
     }
 
-    /// Whether the timer fired (armed for the link's next deadline).
-    fn poll_timer(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(deadline) = self.link.poll_timeout() else {
+    /// Whether the timer fired (armed for `deadline`).
+    fn poll_timer(&mut self, cx: &mut Context<'_>, deadline: Option<Instant>) -> bool {
+        let Some(deadline) = deadline else {
             self.timer = None;
             return false;
         };
@@ -394,7 +411,10 @@ impl<S: PollRead + PollWrite> Core<S> {
                             self.link.queue_pong();
                         }
                     }
-                    LinkEvent::Closed(reason) => self.closed = Some(reason),
+                    LinkEvent::Closed(reason) => {
+                        self.closed = Some(reason);
+                        self.linger = now.checked_add(self.close_timeout);
+                    }
                     _ => {}
                 }
                 continue;
@@ -404,25 +424,27 @@ impl<S: PollRead + PollWrite> Core<S> {
                 Poll::Ready(Ok(())) => true,
                 Poll::Pending => false,
             };
-            if let Some(reason) = &self.closed {
+            if self.closed.is_some() {
                 // The close reply (or our close frame) goes out, and the
                 // socket's write side shuts down when the link says so;
                 // then the stream ends.
-                if !written {
+                if !written && !self.poll_timer(cx, self.linger) {
                     return Poll::Pending;
                 }
+                // Written, or the peer took nothing for `close_timeout`.
                 self.ended = true;
-                return Poll::Ready(if reason.is_normal() {
-                    None
-                } else {
-                    Some(Err(WsStreamError::Closed(reason.clone())))
+                return Poll::Ready(match &self.closed {
+                    Some(reason) if !reason.is_normal() => {
+                        Some(Err(WsStreamError::Closed(reason.clone())))
+                    }
+                    _ => None,
                 });
             }
             if !written && self.backlog() >= self.write_limit {
                 // Our own output (pongs, close replies) waits: read no more.
                 return Poll::Pending;
             }
-            if self.poll_timer(cx) {
+            if self.poll_timer(cx, self.link.poll_timeout()) {
                 self.link.handle_timeout(Instant::now());
                 continue;
             }

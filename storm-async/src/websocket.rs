@@ -233,9 +233,9 @@ struct Core<S> {
     /// The socket's write side was shut down.
     shut: bool,
     /// The timer: when it is set for, and the runtime's sleep.
-    timer: Option<(Instant, Pin<Box<dyn Future<Output = ()> + Send>>)>,
+    timer: Option<(Instant, Sleep)>,
     /// Makes a sleep on the runtime (`R::sleep_until`).
-    sleep: fn(Instant) -> Pin<Box<dyn Future<Output = ()> + Send>>,
+    sleep: fn(Instant) -> Sleep,
     /// Why the link closed, once it did.
     closed: Option<CloseReason>,
     /// How long the last output (a close reply) may wait for the socket
@@ -254,7 +254,10 @@ struct Core<S> {
     read_waker: Option<Waker>,
 }
 
-fn sleep_on<R: Runtime>(deadline: Instant) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+/// A sleep on the stream's runtime.
+type Sleep = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+fn sleep_on<R: Runtime>(deadline: Instant) -> Sleep {
     Box::pin(R::sleep_until(deadline))
 }
 
@@ -344,7 +347,7 @@ impl<S: PollRead + PollWrite> Core<S> {
             }
         }
         if self.shutdown_due && !self.shut {
-            if let Poll::Pending = self.io.poll_close(cx)? {
+            if self.io.poll_close(cx)?.is_pending() {
                 self.write_wakers[side as usize] = Some(cx.waker().clone());
                 return Poll::Pending;
             }
@@ -404,12 +407,10 @@ impl<S: PollRead + PollWrite> Core<S> {
             if let Some(event) = self.link.poll_event(now) {
                 match event {
                     LinkEvent::Message(message) => return Poll::Ready(Some(Ok(message))),
-                    LinkEvent::Ping(_) => {
-                        // Admitted at once: the reader reads no more while
-                        // the output it causes waits over the limit.
-                        if self.link.waiting_pong().is_some() {
-                            self.link.queue_pong();
-                        }
+                    // Admitted at once: the reader reads no more while the
+                    // output it causes waits over the limit.
+                    LinkEvent::Ping(_) if self.link.waiting_pong().is_some() => {
+                        self.link.queue_pong();
                     }
                     LinkEvent::Closed(reason) => {
                         self.closed = Some(reason);

@@ -4,33 +4,13 @@
 //! with `NotConnected` once the client closed and the queue is drained,
 //! and a client with a handler refuses `recv`.
 
-use std::future::{Future, poll_fn};
-use std::pin::pin;
-use std::task::Poll;
-use std::time::Instant;
-
-use storm_async::{ClientError, Handler, Runtime, Session, WsClient, WsServer};
+use storm_async::{ClientError, Handler, Session, WsClient, WsServer};
 use storm_host::options::{ClientOptions, ServerOptions, WsOptions};
 use storm_proto::Message;
-use storm_tests::suite::WAIT;
-use storm_tests::suite::on_async::Executor;
+use storm_tests::suite::on_async::{Executor, bounded};
 
 /// How many messages the server sends at once.
 const BURST: usize = 50;
-
-/// `future`'s output; panics once [`WAIT`] has passed.
-async fn bounded<R: Runtime, F: Future>(what: &str, future: F) -> F::Output {
-    let mut future = pin!(future);
-    let mut timer = pin!(R::sleep_until(Instant::now() + WAIT));
-    let out = poll_fn(|cx| {
-        if let Poll::Ready(out) = future.as_mut().poll(cx) {
-            return Poll::Ready(Some(out));
-        }
-        timer.as_mut().poll(cx).map(|()| None)
-    })
-    .await;
-    out.unwrap_or_else(|| panic!("{what}: nothing within {WAIT:?}"))
-}
 
 /// Sends [`BURST`] numbered messages to every client as it connects, then
 /// echoes.
@@ -109,28 +89,7 @@ fn recv_refused_with_a_handler<R: Executor>() {
     }));
 }
 
-macro_rules! on_runtimes {
-    ($($scenario:ident),* $(,)?) => {
-        mod tokio {
-            $(
-                #[test]
-                fn $scenario() {
-                    super::$scenario::<storm_tokio::Tokio>();
-                }
-            )*
-        }
-        mod smol {
-            $(
-                #[test]
-                fn $scenario() {
-                    super::$scenario::<storm_smol::Smol>();
-                }
-            )*
-        }
-    };
-}
-
-on_runtimes!(
+storm_tests::on_async_runtimes!(
     recv_takes_every_message_through_a_small_queue,
     recv_refused_with_a_handler,
 );

@@ -8,13 +8,9 @@
 
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
-use std::pin::pin;
 use std::sync::mpsc;
-use std::task::Poll;
-use std::time::Instant;
 
 use futures_util::{SinkExt, StreamExt};
-use storm_async::Runtime;
 use storm_async::runtime::{PollRead, PollWrite};
 use storm_async::websocket::{StreamConfig, WebSocketStream, WsStreamError};
 use storm_proto::Message;
@@ -22,22 +18,8 @@ use storm_proto::link::CloseReason;
 use storm_proto::ws::deflate::DeflateConfig;
 use storm_proto::ws::{CloseCode, CloseFrame, Event};
 use storm_tests::suite::WAIT;
-use storm_tests::suite::on_async::Executor;
+use storm_tests::suite::on_async::{Executor, bounded};
 use storm_tests::suite::raw::{RawWs, opcode};
-
-/// `future`'s output; panics once [`WAIT`] has passed.
-async fn bounded<R: Runtime, F: Future>(what: &str, future: F) -> F::Output {
-    let mut future = pin!(future);
-    let mut timer = pin!(R::sleep_until(Instant::now() + WAIT));
-    let out = poll_fn(|cx| {
-        if let Poll::Ready(out) = future.as_mut().poll(cx) {
-            return Poll::Ready(Some(out));
-        }
-        timer.as_mut().poll(cx).map(|()| None)
-    })
-    .await;
-    out.unwrap_or_else(|| panic!("{what}: nothing within {WAIT:?}"))
-}
 
 /// A one-connection server on `R`: accepts with `config` and hands the
 /// stream to `serve`, whose result comes back on the channel.
@@ -232,28 +214,7 @@ fn ping_answered_automatically<R: Executor>() {
     assert!(matches!(raw.next_event(), Some(Event::Text(text)) if &*text == "after"));
 }
 
-macro_rules! on_runtimes {
-    ($($scenario:ident),* $(,)?) => {
-        mod tokio {
-            $(
-                #[test]
-                fn $scenario() {
-                    super::$scenario::<storm_tokio::Tokio>();
-                }
-            )*
-        }
-        mod smol {
-            $(
-                #[test]
-                fn $scenario() {
-                    super::$scenario::<storm_smol::Smol>();
-                }
-            )*
-        }
-    };
-}
-
-on_runtimes!(
+storm_tests::on_async_runtimes!(
     echo_text_and_binary,
     split_halves_in_two_tasks,
     close_code_and_reason_seen_by_both,

@@ -10,7 +10,7 @@ use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::sync::mpsc;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use storm_async::runtime::{PollRead, PollWrite};
 use storm_async::websocket::{StreamConfig, WebSocketStream, WsStreamError};
 use storm_proto::Message;
@@ -102,40 +102,69 @@ fn echo_text_and_binary<R: Executor>() {
     );
 }
 
-/// The reader and the writer in two tasks: every echo arrives, in order,
-/// while the other task keeps sending; the writer's close ends the reader.
+/// How many messages the split tests send.
+const COUNT: usize = 200;
+
+/// Sends [`COUNT`] numbered messages through `writer` in a task of its
+/// own, then closes (1000); reads through `reader` until the stream ends.
+/// Returns what was read.
+async fn through_halves<R, Rd, Wr>(mut reader: Rd, mut writer: Wr) -> Vec<Message>
+where
+    R: Executor,
+    Rd: Stream<Item = Result<Message, WsStreamError>> + Unpin,
+    Wr: Sink<Message, Error = WsStreamError> + Unpin + Send + 'static,
+{
+    R::spawn(async move {
+        for i in 0..COUNT {
+            writer
+                .send(Message::from(format!("m{i}")))
+                .await
+                .expect("send");
+        }
+        writer.close().await.expect("close");
+    });
+    let mut received = Vec::new();
+    while let Some(message) = reader.next().await {
+        received.push(message.expect("no error"));
+    }
+    received
+}
+
+fn numbered() -> Vec<Message> {
+    (0..COUNT).map(|i| Message::from(format!("m{i}"))).collect()
+}
+
+/// `WebSocketStream::split`: the writer in a task of its own, the reader
+/// here; every echo arrives, in order, and the writer's close ends the
+/// reader with the server's answer.
 fn split_halves_in_two_tasks<R: Executor>() {
-    const COUNT: usize = 200;
     let (addr, _server) = serve::<R, _, _, _>(StreamConfig::new(), echo);
     let (received, reason) = R::block_on(bounded::<R, _>("split", async {
         let ws = WebSocketStream::<R, _>::connect(&url(addr), &StreamConfig::new())
             .await
             .expect("connect");
-        let (mut reader, mut writer) = ws.split();
-        let (done_tx, done_rx) = mpsc::channel();
-        R::spawn(async move {
-            for i in 0..COUNT {
-                writer
-                    .send(Message::from(format!("m{i}")))
-                    .await
-                    .expect("send");
-            }
-            let _ = done_tx.send(writer);
-        });
-        let mut received = Vec::new();
-        while received.len() < COUNT {
-            let message = reader.next().await.expect("an echo").expect("no error");
-            received.push(message);
-        }
-        // The writer task is done once every echo came back.
-        let mut writer = done_rx.recv_timeout(WAIT).expect("the writer task ended");
-        writer.close(CloseCode::NORMAL, "").await.expect("close");
-        assert!(reader.next().await.is_none());
+        let (mut reader, writer) = ws.split();
+        let received = through_halves::<R, _, _>(&mut reader, writer).await;
         (received, reader.close_reason())
     }));
-    let expected: Vec<Message> = (0..COUNT).map(|i| Message::from(format!("m{i}"))).collect();
-    assert_eq!(received, expected);
-    assert!(matches!(reason, Some(CloseReason::Remote(_))), "{reason:?}");
+    assert_eq!(received, numbered());
+    assert!(
+        matches!(&reason, Some(CloseReason::Remote(frame)) if frame.code == CloseCode::NORMAL),
+        "{reason:?}"
+    );
+}
+
+/// The same through futures-util's `StreamExt::split` (a `BiLock`).
+fn futures_split_halves_in_two_tasks<R: Executor>() {
+    let (addr, _server) = serve::<R, _, _, _>(StreamConfig::new(), echo);
+    let received = R::block_on(bounded::<R, _>("futures split", async {
+        let ws = WebSocketStream::<R, _>::connect(&url(addr), &StreamConfig::new())
+            .await
+            .expect("connect");
+        let (writer, reader) = StreamExt::split(ws);
+        through_halves::<R, _, _>(reader, writer).await
+    }));
+    assert_eq!(received, numbered());
 }
 
 /// The server closes with 4000 "bye": the client's stream ends with that
@@ -217,6 +246,7 @@ fn ping_answered_automatically<R: Executor>() {
 storm_tests::on_async_runtimes!(
     echo_text_and_binary,
     split_halves_in_two_tasks,
+    futures_split_halves_in_two_tasks,
     close_code_and_reason_seen_by_both,
     too_large_message_closes_with_1009,
     ping_answered_automatically,

@@ -7,8 +7,10 @@
 //! Every wait is bounded by [`WAIT`] on the runtime's timer.
 
 use std::future::{Future, poll_fn};
+use std::io::{ErrorKind, Write};
 use std::net::SocketAddr;
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use storm_async::runtime::{PollRead, PollWrite};
@@ -19,11 +21,26 @@ use storm_proto::ws::deflate::DeflateConfig;
 use storm_proto::ws::{CloseCode, CloseFrame, Event};
 use storm_tests::suite::WAIT;
 use storm_tests::suite::on_async::{Executor, bounded};
-use storm_tests::suite::raw::{RawWs, opcode};
+use storm_tests::suite::raw::{RawWs, frame, opcode};
 
 /// A one-connection server on `R`: accepts with `config` and hands the
 /// stream to `serve`, whose result comes back on the channel.
 fn serve<R, T, F, Fut>(config: StreamConfig, serve: F) -> (SocketAddr, mpsc::Receiver<T>)
+where
+    R: Executor,
+    T: Send + 'static,
+    F: FnOnce(WebSocketStream<R, R::Tcp>) -> Fut + Send + 'static,
+    Fut: Future<Output = T> + Send,
+{
+    serve_tuned::<R, _, _, _>(config, |_| {}, serve)
+}
+
+/// [`serve`], with `tune` applied to the accepted socket first.
+fn serve_tuned<R, T, F, Fut>(
+    config: StreamConfig,
+    tune: fn(&R::Tcp),
+    serve: F,
+) -> (SocketAddr, mpsc::Receiver<T>)
 where
     R: Executor,
     T: Send + 'static,
@@ -40,6 +57,7 @@ where
             let (tcp, _) = poll_fn(|cx| R::poll_accept(&listener, cx))
                 .await
                 .expect("accept");
+            tune(&tcp);
             let ws = WebSocketStream::<R, _>::accept(tcp, &config)
                 .await
                 .expect("server handshake");
@@ -243,6 +261,56 @@ fn ping_answered_automatically<R: Executor>() {
     assert!(matches!(raw.next_event(), Some(Event::Text(text)) if &*text == "after"));
 }
 
+/// A peer that pings as fast as it can and never reads: the stream
+/// stops reading once the pongs it owes fill its write limit, so the
+/// peer's writes stall after about the limit plus the socket buffers,
+/// instead of the stream queueing a pong per ping. The flood is bounded:
+/// 300,000 pings of 125 bytes (39 MB), for at most [`WAIT`].
+fn ping_flood_from_a_peer_that_never_reads<R: Executor>() {
+    /// A ping from a client: header, mask and payload.
+    const PING: usize = 2 + 4 + 125;
+    let mut config = StreamConfig::new();
+    config.write_limit = 64 * 1024;
+    config.link.heartbeat.interval = Duration::ZERO;
+    let small_send_buffer = |tcp: &R::Tcp| {
+        let socket = R::socket(tcp);
+        socket.set_send_buffer_size(4096).expect("send buffer");
+    };
+    let (addr, _server) = serve_tuned::<R, _, _, _>(config, small_send_buffer, echo);
+    let mut raw = RawWs::upgrade(addr);
+    let batch = frame(opcode::PING, &[b'p'; 125], true).repeat(100);
+    raw.stream
+        .set_write_timeout(Some(Duration::from_millis(50)))
+        .expect("write timeout");
+    let deadline = Instant::now() + WAIT;
+    // Stalled: 20 writes in a row (1 s) took nothing. Small socket
+    // buffers make a reading peer pause too, but not for that long.
+    let (mut written, mut idle, mut stalled) = (0, 0, false);
+    while written < 300_000 * PING && Instant::now() < deadline {
+        match raw.stream.write(&batch[written % batch.len()..]) {
+            Ok(n) => {
+                written += n;
+                idle = 0;
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                idle += 1;
+                if idle == 20 {
+                    stalled = true;
+                    break;
+                }
+            }
+            Err(e) => panic!("ping flood: {e}"),
+        }
+    }
+    // What the peer got rid of: what the stream read (pongs within its
+    // limit), the server's receive buffer and the peer's send buffer
+    // (autotuned up to 4 MiB on Linux).
+    assert!(
+        stalled && written <= 8 << 20,
+        "the stream kept reading pings it could not answer: {written} bytes taken"
+    );
+}
+
 storm_tests::on_async_runtimes!(
     echo_text_and_binary,
     split_halves_in_two_tasks,
@@ -250,6 +318,7 @@ storm_tests::on_async_runtimes!(
     close_code_and_reason_seen_by_both,
     too_large_message_closes_with_1009,
     ping_answered_automatically,
+    ping_flood_from_a_peer_that_never_reads,
 );
 
 /// storm-tokio's entry points over tokio's own `TcpStream`.

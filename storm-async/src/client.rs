@@ -497,3 +497,50 @@ impl Handler for Fill {
         self.0.push(message).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+
+    fn poll_once<F: Future>(future: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+        future.poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    fn pop(inbox: &Inbox) -> Poll<Message> {
+        inbox.poll_pop(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[test]
+    fn a_full_inbox_holds_the_sender_until_a_message_is_taken() {
+        let inbox = Inbox::new(0); // at least 1
+        assert!(poll_once(pin!(inbox.push(Message::from("a")))).is_ready());
+        let mut second = pin!(inbox.push(Message::from("b")));
+        assert!(
+            poll_once(second.as_mut()).is_pending(),
+            "full: the sender waits"
+        );
+        assert_eq!(pop(&inbox), Poll::Ready(Message::from("a")));
+        assert!(poll_once(second.as_mut()).is_ready());
+        assert_eq!(pop(&inbox), Poll::Ready(Message::from("b")));
+        assert!(pop(&inbox).is_pending());
+    }
+
+    #[test]
+    fn closing_releases_a_waiting_sender_and_keeps_what_was_queued() {
+        let inbox = Inbox::new(1);
+        assert!(poll_once(pin!(inbox.push(Message::from("kept")))).is_ready());
+        let mut late = pin!(inbox.push(Message::from("late")));
+        assert!(poll_once(late.as_mut()).is_pending());
+        inbox.close();
+        assert!(
+            poll_once(late.as_mut()).is_ready(),
+            "close never hangs on a full inbox"
+        );
+        assert_eq!(inbox.try_pop(), Some(Message::from("kept")));
+        assert_eq!(inbox.try_pop(), None);
+    }
+}

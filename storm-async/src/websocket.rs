@@ -821,3 +821,16 @@ impl<R, S: PollRead + PollWrite> Sink<Message> for WebSocketWriter<R, S> {
         core.poll_flush(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::plain_url;
+
+    #[test]
+    fn client_async_takes_a_wss_url_as_its_plain_request() {
+        assert_eq!(plain_url("wss://example.com/x"), "ws://example.com/x");
+        assert_eq!(plain_url("WSS://example.com"), "ws://example.com");
+        assert_eq!(plain_url("ws://example.com"), "ws://example.com");
+        assert_eq!(plain_url("wss"), "wss");
+    }
+}

@@ -72,7 +72,7 @@ use bytes::{Buf, Bytes};
 use futures_core::Stream;
 use futures_sink::Sink;
 
-use storm_host::options::{ClientOptions, ServerOptions, WsOptions};
+use storm_host::options::{ClientOptions, ServerOptions, TlsClientOptions, WsOptions};
 pub use storm_host::peer::ClientError;
 use storm_host::setup::{ClientTarget, ServerSetup};
 use storm_proto::Message;
@@ -105,6 +105,11 @@ pub struct StreamConfig {
     /// Extra request headers a client sends (e.g. `Authorization`).
     /// Default none.
     pub headers: Vec<(String, String)>,
+    /// TLS for [`connect`](WebSocketStream::connect) to a `wss://` URL
+    /// (which CAs to trust, a client certificate, the server name).
+    /// Default `None`: the public web roots. `client_async` adds no TLS:
+    /// its stream is whatever you give it.
+    pub tls: Option<TlsClientOptions>,
 }
 
 impl Default for StreamConfig {
@@ -115,6 +120,7 @@ impl Default for StreamConfig {
             write_limit: 64 * 1024,
             handshake_timeout: Duration::from_secs(10),
             headers: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -616,8 +622,9 @@ impl<R: Runtime, S: PollRead + PollWrite> WebSocketStream<R, S> {
 }
 
 impl<R: Runtime> WebSocketStream<R, ClientStream<R>> {
-    /// Connects to `url` (`ws://`, or `wss://` with TLS trusting the web
-    /// roots) on runtime `R` and runs the client handshake (see
+    /// Connects to `url` (`ws://`, or `wss://` with
+    /// [`StreamConfig::tls`], by default trusting the web roots) on
+    /// runtime `R` and runs the client handshake (see
     /// [`client_async`](Self::client_async)); the TCP connect, TLS and
     /// WebSocket handshakes together have `config.handshake_timeout`.
     ///
@@ -625,7 +632,10 @@ impl<R: Runtime> WebSocketStream<R, ClientStream<R>> {
     ///
     /// As [`client_async`](Self::client_async), and [`ClientError::Tls`].
     pub async fn connect(url: &str, config: &StreamConfig) -> Result<Self, ClientError> {
-        let options = client_options(config);
+        let options = ClientOptions {
+            tls: config.tls.clone(),
+            ..client_options(config)
+        };
         let target = ClientTarget::ws(url, &options, config.ws.clone())?;
         let attempt = async {
             let (tcp, _): (R::Tcp, SocketAddr) =

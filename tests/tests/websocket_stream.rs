@@ -21,6 +21,7 @@ use storm_proto::ws::deflate::DeflateConfig;
 use storm_proto::ws::{CloseCode, CloseFrame, Event};
 use storm_tests::suite::WAIT;
 use storm_tests::suite::on_async::{Executor, bounded};
+use storm_tests::suite::pki::Pki;
 use storm_tests::suite::raw::{RawWs, frame, opcode};
 
 /// A one-connection server on `R`: accepts with `config` and hands the
@@ -261,6 +262,44 @@ fn ping_answered_automatically<R: Executor>() {
     assert!(matches!(raw.next_event(), Some(Event::Text(text)) if &*text == "after"));
 }
 
+/// `connect` to a `wss://` URL with the test CA in `StreamConfig::tls`;
+/// the server runs `accept` over the runtime's TLS stream.
+fn echo_over_tls<R: Executor>() {
+    let pki = Pki::new();
+    let server_tls = storm_host::tls::server_config(&pki.server()).expect("server TLS");
+    let std = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    std.set_nonblocking(true).expect("non-blocking");
+    let addr = std.local_addr().expect("local address");
+    R::block_on(async move {
+        let listener = R::listen(std).expect("listen");
+        R::spawn(async move {
+            let (tcp, _) = poll_fn(|cx| R::poll_accept(&listener, cx))
+                .await
+                .expect("accept");
+            let tls = R::tls_accept(server_tls, tcp).await.expect("TLS handshake");
+            let ws = WebSocketStream::<R, _>::accept(tls, &StreamConfig::new())
+                .await
+                .expect("server handshake");
+            echo(ws).await;
+        });
+    });
+    let mut config = StreamConfig::new();
+    config.tls = Some(pki.client());
+    R::block_on(bounded::<R, _>("wss", async {
+        let url = format!("wss://localhost:{}/", addr.port());
+        let mut ws = WebSocketStream::<R, _>::connect(&url, &config)
+            .await
+            .expect("connect over TLS");
+        ws.send(Message::from("secret")).await.expect("send");
+        assert_eq!(
+            ws.next().await.expect("echo").expect("ok"),
+            Message::from("secret")
+        );
+        ws.close(CloseCode::NORMAL, "").await.expect("close");
+        assert!(ws.next().await.is_none());
+    }));
+}
+
 /// A peer that pings as fast as it can and never reads: the stream
 /// stops reading once the pongs it owes fill its write limit, so the
 /// peer's writes stall after about the limit plus the socket buffers,
@@ -313,6 +352,7 @@ fn ping_flood_from_a_peer_that_never_reads<R: Executor>() {
 
 storm_tests::on_async_runtimes!(
     echo_text_and_binary,
+    echo_over_tls,
     split_halves_in_two_tasks,
     futures_split_halves_in_two_tasks,
     close_code_and_reason_seen_by_both,

@@ -33,19 +33,23 @@ where
     F: FnOnce(WebSocketStream<R, R::Tcp>) -> Fut + Send + 'static,
     Fut: Future<Output = T> + Send,
 {
-    serve_tuned::<R, _, _, _>(config, |_| {}, serve)
+    serve_over::<R, _, _, _, _, _, _>(config, |tcp| async { tcp }, serve)
 }
 
-/// [`serve`], with `tune` applied to the accepted socket first.
-fn serve_tuned<R, T, F, Fut>(
+/// [`serve`] over what `open` makes of the accepted socket (a TLS
+/// stream, say).
+fn serve_over<R, S, T, O, OFut, F, Fut>(
     config: StreamConfig,
-    tune: fn(&R::Tcp),
+    open: O,
     serve: F,
 ) -> (SocketAddr, mpsc::Receiver<T>)
 where
     R: Executor,
+    S: PollRead + PollWrite,
     T: Send + 'static,
-    F: FnOnce(WebSocketStream<R, R::Tcp>) -> Fut + Send + 'static,
+    O: FnOnce(R::Tcp) -> OFut + Send + 'static,
+    OFut: Future<Output = S> + Send,
+    F: FnOnce(WebSocketStream<R, S>) -> Fut + Send + 'static,
     Fut: Future<Output = T> + Send,
 {
     let std = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -58,8 +62,7 @@ where
             let (tcp, _) = poll_fn(|cx| R::poll_accept(&listener, cx))
                 .await
                 .expect("accept");
-            tune(&tcp);
-            let ws = WebSocketStream::<R, _>::accept(tcp, &config)
+            let ws = WebSocketStream::<R, _>::accept(open(tcp).await, &config)
                 .await
                 .expect("server handshake");
             let _ = tx.send(serve(ws).await);
@@ -76,6 +79,17 @@ async fn echo<R, S: PollRead + PollWrite>(mut ws: WebSocketStream<R, S>) -> Opti
         }
     }
     ws.close_reason().cloned()
+}
+
+/// Sends `text`, expects it back, closes and reads to the end.
+async fn echo_once<R, S: PollRead + PollWrite>(ws: &mut WebSocketStream<R, S>, text: &str) {
+    ws.send(Message::from(text)).await.expect("send");
+    assert_eq!(
+        ws.next().await.expect("echo").expect("ok"),
+        Message::from(text)
+    );
+    ws.close(CloseCode::NORMAL, "").await.expect("close");
+    assert!(ws.next().await.is_none());
 }
 
 fn deflate() -> StreamConfig {
@@ -267,22 +281,9 @@ fn ping_answered_automatically<R: Executor>() {
 fn echo_over_tls<R: Executor>() {
     let pki = Pki::new();
     let server_tls = storm_host::tls::server_config(&pki.server()).expect("server TLS");
-    let std = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    std.set_nonblocking(true).expect("non-blocking");
-    let addr = std.local_addr().expect("local address");
-    R::block_on(async move {
-        let listener = R::listen(std).expect("listen");
-        R::spawn(async move {
-            let (tcp, _) = poll_fn(|cx| R::poll_accept(&listener, cx))
-                .await
-                .expect("accept");
-            let tls = R::tls_accept(server_tls, tcp).await.expect("TLS handshake");
-            let ws = WebSocketStream::<R, _>::accept(tls, &StreamConfig::new())
-                .await
-                .expect("server handshake");
-            echo(ws).await;
-        });
-    });
+    let tls_accept =
+        move |tcp| async move { R::tls_accept(server_tls, tcp).await.expect("TLS handshake") };
+    let (addr, _server) = serve_over::<R, _, _, _, _, _, _>(StreamConfig::new(), tls_accept, echo);
     let mut config = StreamConfig::new();
     config.tls = Some(pki.client());
     R::block_on(bounded::<R, _>("wss", async {
@@ -290,13 +291,7 @@ fn echo_over_tls<R: Executor>() {
         let mut ws = WebSocketStream::<R, _>::connect(&url, &config)
             .await
             .expect("connect over TLS");
-        ws.send(Message::from("secret")).await.expect("send");
-        assert_eq!(
-            ws.next().await.expect("echo").expect("ok"),
-            Message::from("secret")
-        );
-        ws.close(CloseCode::NORMAL, "").await.expect("close");
-        assert!(ws.next().await.is_none());
+        echo_once(&mut ws, "secret").await;
     }));
 }
 
@@ -311,11 +306,12 @@ fn ping_flood_from_a_peer_that_never_reads<R: Executor>() {
     let mut config = StreamConfig::new();
     config.write_limit = 64 * 1024;
     config.link.heartbeat.interval = Duration::ZERO;
-    let small_send_buffer = |tcp: &R::Tcp| {
-        let socket = R::socket(tcp);
+    let small_send_buffer = |tcp: R::Tcp| async move {
+        let socket = R::socket(&tcp);
         socket.set_send_buffer_size(4096).expect("send buffer");
+        tcp
     };
-    let (addr, _server) = serve_tuned::<R, _, _, _>(config, small_send_buffer, echo);
+    let (addr, _server) = serve_over::<R, _, _, _, _, _, _>(config, small_send_buffer, echo);
     let mut raw = RawWs::upgrade(addr);
     let batch = frame(opcode::PING, &[b'p'; 125], true).repeat(100);
     raw.stream
@@ -382,13 +378,7 @@ fn tokio_adapter_over_tokio_streams() {
         let mut ws = storm_tokio::websocket::client_async(&url(addr), tcp, &StreamConfig::new())
             .await
             .expect("client handshake");
-        ws.send(Message::from("over tokio")).await.expect("send");
-        assert_eq!(
-            ws.next().await.expect("echo").expect("ok"),
-            Message::from("over tokio")
-        );
-        ws.close(CloseCode::NORMAL, "").await.expect("close");
-        assert!(ws.next().await.is_none());
+        echo_once(&mut ws, "over tokio").await;
         let reason = server.await.expect("server task");
         assert!(matches!(reason, Some(CloseReason::Remote(_))), "{reason:?}");
     }));
@@ -415,13 +405,7 @@ fn smol_adapter_over_smol_streams() {
         let mut ws = storm_smol::websocket::client_async(&url(addr), tcp, &StreamConfig::new())
             .await
             .expect("client handshake");
-        ws.send(Message::from("over smol")).await.expect("send");
-        assert_eq!(
-            ws.next().await.expect("echo").expect("ok"),
-            Message::from("over smol")
-        );
-        ws.close(CloseCode::NORMAL, "").await.expect("close");
-        assert!(ws.next().await.is_none());
+        echo_once(&mut ws, "over smol").await;
         let reason = server.await;
         assert!(matches!(reason, Some(CloseReason::Remote(_))), "{reason:?}");
     }));

@@ -8,7 +8,11 @@
 #             (WsServer and WsClient on that adapter);
 #             storm-std-blocking: `ws_echo_blocking` and
 #             `autobahn_client_blocking`, on storm-std's low-level blocking
-#             `ws::WebSocket`. Default: all four.
+#             `ws::WebSocket`; storm-tokio-stream, storm-smol-stream:
+#             `ws_echo_stream` and `autobahn_client_stream` with
+#             `--runtime tokio|smol`, on the `Stream + Sink`
+#             `WebSocketStream`. Default: all but storm-smol-stream (it
+#             runs the same code as storm-tokio-stream).
 #   --quick   a subset that finishes in under a minute (what CI runs): all
 #             of 1.*-7.* and 10.*, and the small-message cases of every
 #             deflate group (12.*.1-2, 13.*.1-4), instead of the full 517
@@ -43,10 +47,10 @@ for arg in "$@"; do
         *) adapters+=("$arg") ;;
     esac
 done
-[ ${#adapters[@]} -gt 0 ] || adapters=(storm-std storm-tokio storm-smol storm-std-blocking)
+[ ${#adapters[@]} -gt 0 ] || adapters=(storm-std storm-tokio storm-smol storm-std-blocking storm-tokio-stream)
 for adapter in "${adapters[@]}"; do
     case "$adapter" in
-        storm-std|storm-tokio|storm-smol|storm-std-blocking) ;;
+        storm-std|storm-tokio|storm-smol|storm-std-blocking|storm-tokio-stream|storm-smol-stream) ;;
         *) echo "unknown adapter $adapter" >&2; exit 2 ;;
     esac
 done
@@ -64,7 +68,8 @@ bash "$tools/setup.sh" >/dev/null
 out=$repo/target/autobahn
 mkdir -p "$out"
 status=0
-examples=(--example ws_echo --example autobahn_client --example ws_echo_blocking --example autobahn_client_blocking)
+examples=(--example ws_echo --example autobahn_client --example ws_echo_blocking --example autobahn_client_blocking
+    --example ws_echo_stream --example autobahn_client_stream)
 if [ "$profile" = release ]; then
     cargo build --release -q -p storm-examples "${examples[@]}"
 else
@@ -77,6 +82,10 @@ for adapter in "${adapters[@]}"; do
         storm-std-blocking)
             server=("$bin/ws_echo_blocking")
             client=("$bin/autobahn_client_blocking") ;;
+        *-stream)
+            runtime=${adapter#storm-}
+            server=("$bin/ws_echo_stream" --runtime "${runtime%-stream}")
+            client=("$bin/autobahn_client_stream" --runtime "${runtime%-stream}") ;;
         *)
             server=("$bin/ws_echo" --runtime "${adapter#storm-}")
             client=("$bin/autobahn_client" --runtime "${adapter#storm-}") ;;

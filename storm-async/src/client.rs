@@ -1,11 +1,14 @@
 //! TCP and WebSocket clients, with reconnects.
 
+use std::collections::VecDeque;
 use std::fmt;
+use std::future::poll_fn;
 use std::io;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -21,7 +24,7 @@ use storm_proto::framing::Framing;
 
 use crate::driver::drive;
 use crate::io::{Either, read_step, write_all_flush};
-use crate::runtime::{Runtime, Stream};
+use crate::runtime::{PollRead, PollWrite, Runtime, Stream};
 use crate::sync::{self, Signal, lock, race, sleep_until, timeout};
 use crate::{Handler, Session};
 
@@ -34,6 +37,9 @@ pub struct Client {
 
 struct ClientShared {
     current: Mutex<Option<Session>>,
+    /// Where [`Client::recv`] takes messages from, for a client made by
+    /// `connect_recv`; `None` when a handler takes them.
+    inbox: Option<Arc<Inbox>>,
     /// Set when the application closed the client: no more reconnects, and
     /// a reconnect delay or attempt in progress ends at once.
     closing: Signal,
@@ -95,7 +101,25 @@ impl<R: Runtime> WsClient<R> {
         handler: H,
     ) -> Result<Client, ClientError> {
         let target = ClientTarget::ws(url, &options, ws)?;
-        start::<R, H>(target, options, handler).await
+        start::<R, H>(target, options, handler, None).await
+    }
+
+    /// Connects like [`connect`](Self::connect), with no handler: the
+    /// messages wait for [`Client::recv`] in a queue of at most
+    /// `capacity` messages (at least 1). See [`Client::recv`] for what a
+    /// full queue does.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    pub async fn connect_recv(
+        url: &str,
+        options: ClientOptions,
+        ws: WsOptions,
+        capacity: usize,
+    ) -> Result<Client, ClientError> {
+        let target = ClientTarget::ws(url, &options, ws)?;
+        start_recv::<R>(target, options, capacity).await
     }
 }
 
@@ -115,7 +139,24 @@ impl<R: Runtime> TcpClient<R> {
         handler: H,
     ) -> Result<Client, ClientError> {
         let target = ClientTarget::tcp(addr, &options, framing)?;
-        start::<R, H>(target, options, handler).await
+        start::<R, H>(target, options, handler, None).await
+    }
+
+    /// Connects like [`connect`](Self::connect), with no handler: the
+    /// messages wait for [`Client::recv`] in a queue of at most
+    /// `capacity` messages (at least 1).
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    pub async fn connect_recv(
+        addr: &str,
+        options: ClientOptions,
+        framing: Framing,
+        capacity: usize,
+    ) -> Result<Client, ClientError> {
+        let target = ClientTarget::tcp(addr, &options, framing)?;
+        start_recv::<R>(target, options, capacity).await
     }
 }
 
@@ -158,8 +199,45 @@ impl Client {
     /// closes at once (`on_connect`, then `on_disconnect`).
     pub fn close(&self) {
         self.shared.closing.set();
+        if let Some(inbox) = &self.shared.inbox {
+            inbox.close();
+        }
         if let Some(session) = self.session() {
             session.close();
+        }
+    }
+
+    /// The next message, in order, for a client made by `connect_recv`
+    /// ([`WsClient::connect_recv`], [`TcpClient::connect_recv`]), across
+    /// reconnects.
+    ///
+    /// The queue is bounded: while it is full, the connection waits
+    /// (it reads nothing more from the socket, so TCP flow control holds
+    /// the server back): backpressure, never a dropped message. After
+    /// [`close`](Self::close), a message that arrives while the queue is
+    /// full is not delivered (the application said it is done); the ones
+    /// queued before still are.
+    ///
+    /// Cancel-safe: a message leaves the queue only in the poll that
+    /// returns it.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::NotConnected`] once the client has stopped for good
+    /// (closed, or out of reconnect attempts) and the queue is empty;
+    /// [`ClientError::Config`] for a client made with a handler (its
+    /// messages go to the handler).
+    pub async fn recv(&self) -> Result<Message, ClientError> {
+        let inbox = self.shared.inbox.as_ref().ok_or_else(|| {
+            ClientError::Config(
+                "this client's messages go to its handler; connect_recv makes a client to recv from"
+                    .to_owned(),
+            )
+        })?;
+        let next = pin!(poll_fn(|cx| inbox.poll_pop(cx)));
+        match race(next, pin!(self.shared.finished.wait())).await {
+            sync::Either::Left(message) => Ok(message),
+            sync::Either::Right(()) => inbox.try_pop().ok_or(ClientError::NotConnected),
         }
     }
 
@@ -181,10 +259,22 @@ struct Connected<S> {
 /// A client's stream: plain TCP or TLS.
 type ClientStream<R> = Either<<R as Runtime>::Tcp, <R as Runtime>::TlsClient>;
 
+/// A `connect_recv` client: its handler fills an inbox.
+async fn start_recv<R: Runtime>(
+    target: ClientTarget,
+    options: ClientOptions,
+    capacity: usize,
+) -> Result<Client, ClientError> {
+    let inbox = Arc::new(Inbox::new(capacity));
+    let handler = Fill(Arc::clone(&inbox));
+    start::<R, _>(target, options, handler, Some(inbox)).await
+}
+
 async fn start<R: Runtime, H: Handler>(
     target: ClientTarget,
     options: ClientOptions,
     handler: H,
+    inbox: Option<Arc<Inbox>>,
 ) -> Result<Client, ClientError> {
     crate::runtime::check_tls::<R>(target.tls().is_some())
         .map_err(|e| ClientError::Config(e.to_string()))?;
@@ -192,6 +282,7 @@ async fn start<R: Runtime, H: Handler>(
     let first = connect_once::<R>(&target, &options, &core).await?;
     let shared = Arc::new(ClientShared {
         current: Mutex::new(Some(first.session.clone())),
+        inbox,
         closing: Signal::default(),
         finished: Signal::default(),
     });
@@ -261,7 +352,7 @@ async fn run<R: Runtime, H: Handler>(
 }
 
 /// Connects to the first address of `authority` that answers.
-async fn connect_tcp<R: Runtime>(authority: &str) -> io::Result<(R::Tcp, SocketAddr)> {
+pub(crate) async fn connect_tcp<R: Runtime>(authority: &str) -> io::Result<(R::Tcp, SocketAddr)> {
     let mut last = None;
     for addr in R::resolve(authority).await? {
         match R::connect(addr).await {
@@ -307,7 +398,7 @@ async fn connect_once<R: Runtime>(
 
 /// The protocol a new connection speaks, after the WebSocket upgrade for a
 /// WebSocket client; and any bytes the server sent after its response.
-async fn open<S: Stream>(
+pub(crate) async fn open<S: PollRead + PollWrite>(
     stream: &mut S,
     target: &ClientTarget,
     options: &ClientOptions,
@@ -326,5 +417,144 @@ async fn open<S: Stream>(
             ClientUpgradeStep::NeedMore(next) => upgrade = next,
             ClientUpgradeStep::Done(opened) => return Ok(opened),
         }
+    }
+}
+
+/// The messages of a `connect_recv` client, waiting for [`Client::recv`]:
+/// at most `capacity`.
+struct Inbox {
+    state: Mutex<InboxState>,
+}
+
+struct InboxState {
+    queue: VecDeque<Message>,
+    capacity: usize,
+    /// The application closed the client: a push that waits gives up.
+    closed: bool,
+    /// The connection's handler, waiting for room.
+    sender: Option<Waker>,
+    /// Every `recv` waiting for a message.
+    receivers: Vec<Waker>,
+}
+
+impl Inbox {
+    fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(InboxState {
+                queue: VecDeque::new(),
+                capacity: capacity.max(1),
+                closed: false,
+                sender: None,
+                receivers: Vec::new(),
+            }),
+        }
+    }
+
+    /// Queues `message` once there is room (or drops it once the client
+    /// was closed: see [`Client::recv`]).
+    async fn push(&self, message: Message) {
+        let mut message = Some(message);
+        poll_fn(|cx| {
+            let mut state = lock(&self.state);
+            if state.closed && state.queue.len() >= state.capacity {
+                return Poll::Ready(());
+            }
+            if state.queue.len() >= state.capacity {
+                state.sender = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            state.queue.extend(message.take());
+            for waker in state.receivers.drain(..) {
+                waker.wake();
+            }
+            Poll::Ready(())
+        })
+        .await;
+    }
+
+    fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<Message> {
+        let mut state = lock(&self.state);
+        match state.queue.pop_front() {
+            Some(message) => {
+                if let Some(sender) = state.sender.take() {
+                    sender.wake();
+                }
+                Poll::Ready(message)
+            }
+            None => {
+                if !state.receivers.iter().any(|w| w.will_wake(cx.waker())) {
+                    state.receivers.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn try_pop(&self) -> Option<Message> {
+        lock(&self.state).queue.pop_front()
+    }
+
+    fn close(&self) {
+        let mut state = lock(&self.state);
+        state.closed = true;
+        if let Some(sender) = state.sender.take() {
+            sender.wake();
+        }
+    }
+}
+
+/// The handler of a `connect_recv` client.
+struct Fill(Arc<Inbox>);
+
+impl Handler for Fill {
+    async fn on_message(&self, _: &Session, message: Message) {
+        self.0.push(message).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+
+    fn poll_once<F: Future>(future: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+        future.poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    fn pop(inbox: &Inbox) -> Poll<Message> {
+        inbox.poll_pop(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[test]
+    fn a_full_inbox_holds_the_sender_until_a_message_is_taken() {
+        let inbox = Inbox::new(0); // at least 1
+        assert!(poll_once(pin!(inbox.push(Message::from("a")))).is_ready());
+        let mut second = pin!(inbox.push(Message::from("b")));
+        assert!(
+            poll_once(second.as_mut()).is_pending(),
+            "full: the sender waits"
+        );
+        assert_eq!(pop(&inbox), Poll::Ready(Message::from("a")));
+        assert!(poll_once(second.as_mut()).is_ready());
+        assert_eq!(pop(&inbox), Poll::Ready(Message::from("b")));
+        assert!(pop(&inbox).is_pending());
+    }
+
+    #[test]
+    fn closing_releases_a_waiting_sender_and_keeps_what_was_queued() {
+        let inbox = Inbox::new(1);
+        assert!(poll_once(pin!(inbox.push(Message::from("kept")))).is_ready());
+        let mut late = pin!(inbox.push(Message::from("late")));
+        assert!(poll_once(late.as_mut()).is_pending());
+        inbox.close();
+        assert!(
+            poll_once(late.as_mut()).is_ready(),
+            "close never hangs on a full inbox"
+        );
+        assert_eq!(inbox.try_pop(), Some(Message::from("kept")));
+        assert_eq!(inbox.try_pop(), None);
     }
 }

@@ -72,13 +72,13 @@ pub(crate) async fn write_all_flush<S: PollWrite>(
     poll_fn(|cx| stream.poll_flush(cx)).await
 }
 
-/// A stream (or a half) that is one of two types: a client's plain TCP or
-/// TLS connection.
+/// A stream (or a half) that is one of two types: a client's plain TCP
+/// (`A`) or TLS (`B`) connection.
 #[derive(Debug)]
-pub(crate) enum Either<A, B> {
-    /// The first kind.
+pub enum Either<A, B> {
+    /// The first kind (a client's plain TCP).
     A(A),
-    /// The second kind.
+    /// The second kind (a client's TLS).
     B(B),
 }
 

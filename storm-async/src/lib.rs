@@ -33,6 +33,7 @@ pub mod runtime;
 mod server;
 mod session;
 mod sync;
+pub mod websocket;
 
 pub use client::{Client, ClientError, TcpClient, WsClient};
 pub use handler::Handler;
@@ -41,3 +42,4 @@ pub use server::{ServerHandle, TcpServer, WsServer};
 pub use session::{SendError, Session};
 pub use storm_host as host;
 pub use storm_proto as proto;
+pub use websocket::{StreamConfig, WebSocketStream, WsStreamError};

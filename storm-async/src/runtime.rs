@@ -16,6 +16,8 @@ use bytes::BufMut;
 use storm_host::options::TlsServerConfig;
 use storm_host::setup::ClientTls;
 
+pub use crate::io::Either;
+
 /// The read side of a byte stream.
 pub trait PollRead: Send + Unpin + 'static {
     /// Reads what is available into `buf`: `Ok(0)` at end of stream.

@@ -570,33 +570,12 @@ impl<R: Runtime> ServerHandle<R> {
         remote: &SocketAddr,
         tls: Option<&TlsInfo>,
     ) -> io::Result<Opened> {
-        let mut upgrade = match self.shared.setup.open()? {
-            ServerOpen::Ready(protocol) => return Ok(Opened::new(protocol)),
-            ServerOpen::Upgrade(upgrade) => upgrade,
-        };
-        let Answer {
-            response, opened, ..
-        } = loop {
-            let step = read_step(stream, upgrade, |upgrade, input| {
-                upgrade.handle_input(input)
-            });
-            let request = match step.await?.ok_or(io::ErrorKind::UnexpectedEof)? {
-                ServerUpgradeStep::NeedMore(next) => {
-                    upgrade = next;
-                    continue;
-                }
-                ServerUpgradeStep::Done(answer) => break answer,
-                ServerUpgradeStep::Request(request) => request,
-            };
-            break match self.shared.upgrade.get() {
-                None => request.accept(),
-                Some(hook) => decide(hook, request, *remote, tls.cloned()).await,
-            };
-        };
-        let written = write_all_flush(stream, &response).await;
-        let opened = opened?;
-        written?;
-        Ok(opened)
+        let hook = self
+            .shared
+            .upgrade
+            .get()
+            .map(|hook| (hook, *remote, tls.cloned()));
+        open_upgrade(&self.shared.setup, stream, hook).await
     }
 
     /// Registers an opened connection: its session, its link (boxed: the
@@ -674,4 +653,45 @@ impl<R: Runtime> ServerHandle<R> {
             shared.done.wait().await;
         }
     }
+}
+
+/// A server connection's protocol after `setup`'s handshake on `stream`
+/// (the WebSocket upgrade, answered as the upgrade `hook` decides, if
+/// any, on the request from `remote` with its TLS details; nothing for
+/// TCP),
+/// and any bytes the peer sent after its upgrade request. Shared by the
+/// servers and
+/// [`WebSocketStream::accept`](crate::websocket::WebSocketStream::accept).
+pub(crate) async fn open_upgrade<S: PollRead + PollWrite>(
+    setup: &ServerSetup,
+    stream: &mut S,
+    hook: Option<(&UpgradeHook, SocketAddr, Option<TlsInfo>)>,
+) -> io::Result<Opened> {
+    let mut upgrade = match setup.open()? {
+        ServerOpen::Ready(protocol) => return Ok(Opened::new(protocol)),
+        ServerOpen::Upgrade(upgrade) => upgrade,
+    };
+    let Answer {
+        response, opened, ..
+    } = loop {
+        let step = read_step(stream, upgrade, |upgrade, input| {
+            upgrade.handle_input(input)
+        });
+        let request = match step.await?.ok_or(io::ErrorKind::UnexpectedEof)? {
+            ServerUpgradeStep::NeedMore(next) => {
+                upgrade = next;
+                continue;
+            }
+            ServerUpgradeStep::Done(answer) => break answer,
+            ServerUpgradeStep::Request(request) => request,
+        };
+        break match hook {
+            None => request.accept(),
+            Some((hook, remote, tls)) => decide(hook, request, remote, tls).await,
+        };
+    };
+    let written = write_all_flush(stream, &response).await;
+    let opened = opened?;
+    written?;
+    Ok(opened)
 }

@@ -58,12 +58,14 @@
 pub mod runtime;
 #[cfg(feature = "tls")]
 pub mod tls;
+pub mod websocket;
 
 pub use runtime::Tokio;
 pub use storm_async::{Client, ClientError, Handler, SendError, Session};
 pub use storm_host as host;
 pub use storm_host::setup::{Decision, UpgradeInfo};
 pub use storm_proto as proto;
+pub use websocket::WebSocketStream;
 
 /// A WebSocket server on tokio. See the [crate docs](crate) for an example.
 pub type WsServer = storm_async::WsServer<Tokio>;

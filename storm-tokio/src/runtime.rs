@@ -32,7 +32,7 @@ pub struct Tokio;
 
 /// A tokio stream seen through storm-async's poll traits.
 #[derive(Debug)]
-pub struct Io<T>(T);
+pub struct Io<T>(pub(crate) T);
 
 impl<T: AsyncRead + Send + Unpin + 'static> PollRead for Io<T> {
     fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {

@@ -75,7 +75,7 @@ pub type Tokio = OnAsync<storm_tokio::Tokio>;
 pub type Smol = OnAsync<storm_smol::Smol>;
 
 /// `future`'s output, or `None` once `limit` has passed (on `R`'s timer).
-async fn within<R: Runtime, F: Future>(limit: Duration, future: F) -> Option<F::Output> {
+pub async fn within<R: Runtime, F: Future>(limit: Duration, future: F) -> Option<F::Output> {
     let mut future = pin!(future);
     let mut timer = pin!(R::sleep_until(Instant::now() + limit));
     poll_fn(|cx| {
@@ -234,4 +234,41 @@ impl<R: Executor> Adapter for OnAsync<R> {
         })?;
         Ok(Box::new(AsyncClient::<R>(client, PhantomData)))
     }
+}
+
+/// `future`'s output; panics, naming `what`, once [`WAIT`] has passed:
+/// the bound on every wait of a test that drives an async API directly.
+///
+/// # Panics
+///
+/// When `future` does not finish within [`WAIT`].
+pub async fn bounded<R: Runtime, F: Future>(what: &str, future: F) -> F::Output {
+    within::<R, _>(WAIT, future)
+        .await
+        .unwrap_or_else(|| panic!("{what}: nothing within {WAIT:?}"))
+}
+
+/// Runs each generic scenario `fn NAME<R: Executor>()` on tokio and on
+/// smol, as tests `tokio::NAME` and `smol::NAME`: for async APIs the
+/// suite's [`Adapter`] does not cover (`WebSocketStream`, `Client::recv`).
+#[macro_export]
+macro_rules! on_async_runtimes {
+    ($($scenario:ident),* $(,)?) => {
+        mod tokio {
+            $(
+                #[test]
+                fn $scenario() {
+                    super::$scenario::<::storm_tokio::Tokio>();
+                }
+            )*
+        }
+        mod smol {
+            $(
+                #[test]
+                fn $scenario() {
+                    super::$scenario::<::storm_smol::Smol>();
+                }
+            )*
+        }
+    };
 }

@@ -1,0 +1,856 @@
+//! A WebSocket as a [`Stream`] of [`Message`]s and a [`Sink`] of them,
+//! over any byte stream: [`WebSocketStream`].
+//!
+//! This is the lower-level API beside the servers and clients: no hub, no
+//! handler, no reconnects; the application reads with `next()` and writes
+//! with `send()` (futures-util's `StreamExt` and `SinkExt`). Underneath is
+//! the same [`Link`] as every Storm connection: the same limits (a message
+//! over [`ws::Config::max_message_size`] closes with 1009),
+//! permessage-deflate, auto-pong, heartbeat and close handshake.
+//!
+//! storm-tokio and storm-smol name it for their runtime and I/O traits
+//! (`storm_tokio::WebSocketStream<S>` over any tokio
+//! `AsyncRead + AsyncWrite`); the machine-driving logic is here, once,
+//! over storm-async's [`PollRead`] and [`PollWrite`].
+//!
+//! # Driving
+//!
+//! The socket makes progress only while it is polled: [`next`] reads,
+//! answers pings, sends heartbeat pings, finishes the close handshake and
+//! runs the timers; `send`/`flush` write. Keep a task reading (`next()`
+//! until `None`) for as long as the connection lives, as with any
+//! WebSocket library.
+//!
+//! # Cancel safety
+//!
+//! - `next()` (polling [`Stream::poll_next`]) is cancel-safe: a message is
+//!   taken from the link only in the poll that returns it; a cancelled
+//!   `next()` loses nothing, and the bytes it read stay buffered.
+//! - `send(message)` (`SinkExt::send`: `poll_ready`, `start_send`,
+//!   `poll_flush`) is not: once `start_send` ran the message is framed and
+//!   will be written by a later flush, even if the `send` future is
+//!   dropped before its flush completed. Dropping `send` never loses a
+//!   message that was framed, nor writes half of one.
+//! - [`close`](WebSocketStream::close) may be cancelled; the close frame
+//!   stays queued and goes out with the next flush.
+//!
+//! # Bounded memory
+//!
+//! Framed output waits for the socket up to
+//! [`StreamConfig::write_limit`] bytes: `poll_ready` waits (backpressure)
+//! while more is pending, and the reader stops reading while its own output
+//! (pongs, close replies) cannot be written, so a peer that pings but does
+//! not read cannot grow the queue. Input is bounded by the WebSocket
+//! limits in [`StreamConfig::ws`].
+//!
+//! # Splitting
+//!
+//! [`WebSocketStream::split`] gives a reader and a writer that can live in
+//! different tasks; they share the socket behind a mutex that is held only
+//! for one poll, never across an `.await`. futures-util's
+//! `StreamExt::split` works as well. Either way each half keeps its own
+//! waker for the socket's write readiness, so a reader waiting to send a
+//! pong and a writer waiting to send a message both wake.
+//!
+//! [`next`]: Stream::poll_next
+//! [`Stream`]: futures_core::Stream
+//! [`Sink`]: futures_sink::Sink
+//! [`Link`]: storm_proto::link::Link
+//! [`ws::Config::max_message_size`]: storm_proto::ws::Config::max_message_size
+
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::io::{self, IoSlice};
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use futures_core::Stream;
+use futures_sink::Sink;
+
+use storm_host::options::{ClientOptions, ServerOptions, TlsClientOptions, WsOptions};
+pub use storm_host::peer::ClientError;
+use storm_host::setup::{ClientTarget, ServerSetup};
+use storm_proto::Message;
+use storm_proto::link::{CloseReason, Link, LinkConfig, LinkEvent, Protocol};
+use storm_proto::ws::CloseCode;
+
+use crate::io::{Either, poll_read_with};
+use crate::runtime::{PollRead, PollWrite, Runtime};
+use crate::sync::{lock, timeout};
+
+/// How a [`WebSocketStream`] behaves. Build it with [`StreamConfig::new`]
+/// (the defaults) and set the fields you need; more fields may come in
+/// later versions.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct StreamConfig {
+    /// Frame and message limits, auto-pong, permessage-deflate (accepted by
+    /// a server, offered by a client; default off) and subprotocols.
+    pub ws: WsOptions,
+    /// Heartbeat (a ping every 30 s, dead after 3 missed pongs), close
+    /// timeout (5 s) and idle buffer release. Default
+    /// [`LinkConfig::default`].
+    pub link: LinkConfig,
+    /// Most bytes of framed output that wait for the socket before
+    /// `poll_ready` (so `send`) waits: backpressure. Default 64 KiB.
+    pub write_limit: usize,
+    /// Time the WebSocket handshake has to finish (`accept`, `connect`,
+    /// `client_async`). Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Extra request headers a client sends (e.g. `Authorization`).
+    /// Default none.
+    pub headers: Vec<(String, String)>,
+    /// TLS for [`connect`](WebSocketStream::connect) to a `wss://` URL
+    /// (which CAs to trust, a client certificate, the server name).
+    /// Default `None`: the public web roots. `client_async` adds no TLS:
+    /// its stream is whatever you give it.
+    pub tls: Option<TlsClientOptions>,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            ws: WsOptions::default(),
+            link: LinkConfig::default(),
+            write_limit: 64 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            headers: Vec::new(),
+            tls: None,
+        }
+    }
+}
+
+impl StreamConfig {
+    /// The defaults (see each field).
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// These WebSocket options (limits, deflate, subprotocols).
+    #[must_use]
+    pub fn with_ws(mut self, ws: WsOptions) -> Self {
+        self.ws = ws;
+        self
+    }
+
+    /// This heartbeat and close timeout.
+    #[must_use]
+    pub fn with_link(mut self, link: LinkConfig) -> Self {
+        self.link = link;
+        self
+    }
+}
+
+/// What went wrong on a [`WebSocketStream`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum WsStreamError {
+    /// The byte stream failed; the connection is over.
+    Io(io::Error),
+    /// The connection ended abnormally: the peer broke the protocol or
+    /// sent a message over the limit (the close frame with the code, such
+    /// as 1002 or 1009, was sent), stopped answering pings, or went idle.
+    /// Reported once by `next()`, which then returns `None`. An ordinary
+    /// close (a close frame, end of stream) is no error: `next()` returns
+    /// `None`, and [`WebSocketStream::close_reason`] says why.
+    Closed(CloseReason),
+    /// A message was sent after the close handshake began.
+    AlreadyClosed,
+}
+
+impl fmt::Display for WsStreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "I/O: {e}"),
+            Self::Closed(reason) => write!(f, "connection closed: {reason}"),
+            Self::AlreadyClosed => f.write_str("the connection is closing: nothing more is sent"),
+        }
+    }
+}
+
+impl std::error::Error for WsStreamError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for WsStreamError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+/// A client's byte stream from [`WebSocketStream::connect`]: plain TCP
+/// ([`Either::A`]) or TLS ([`Either::B`]) on runtime `R`.
+pub type ClientStream<R> = Either<<R as Runtime>::Tcp, <R as Runtime>::TlsClient>;
+
+/// Most buffers one vectored write takes.
+const MAX_SLICES: usize = 64;
+
+/// Which half polls the socket's write side (each keeps its own waker).
+#[derive(Clone, Copy)]
+enum Side {
+    Reader = 0,
+    Writer = 1,
+}
+
+/// A WebSocket over the byte stream `S`, on runtime `R` (its timer runs
+/// the heartbeat and the close timeout): a [`Stream`] of
+/// `Result<Message, WsStreamError>` and a [`Sink`] of [`Message`]. See the
+/// [module docs](self) for driving, cancel safety and splitting.
+///
+/// storm-tokio and storm-smol name it `WebSocketStream<S>` for their
+/// streams; use those.
+pub struct WebSocketStream<R, S> {
+    core: Core<S>,
+    runtime: PhantomData<fn() -> R>,
+}
+
+impl<R, S> fmt::Debug for WebSocketStream<R, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebSocketStream")
+            .field("link", &self.core.link)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The state both halves share: the link, the socket and the output
+/// waiting for it.
+struct Core<S> {
+    io: S,
+    link: Link,
+    /// Framed output taken from the link, not yet written; `pending[first..]`
+    /// is what is left.
+    pending: Vec<Bytes>,
+    first: usize,
+    pending_len: usize,
+    write_limit: usize,
+    /// The link said to close the socket after the pending output.
+    shutdown_due: bool,
+    /// The socket's write side was shut down.
+    shut: bool,
+    /// The timer: when it is set for, and the runtime's sleep.
+    timer: Option<(Instant, Sleep)>,
+    /// Makes a sleep on the runtime (`R::sleep_until`).
+    sleep: fn(Instant) -> Sleep,
+    /// Why the link closed, once it did.
+    closed: Option<CloseReason>,
+    /// How long the last output (a close reply) may wait for the socket
+    /// once the link closed ([`LinkConfig::close_timeout`]), and until
+    /// when it does.
+    close_timeout: Duration,
+    linger: Option<Instant>,
+    /// `next()` reported the end; it returns `None` from now on.
+    ended: bool,
+    /// This side began the close handshake.
+    closing: bool,
+    /// Each half's waker while it waits for the socket to take output.
+    write_wakers: [Option<Waker>; 2],
+    /// The reader's waker while it waits for input or the timer (a close
+    /// from the writer moves the timer).
+    read_waker: Option<Waker>,
+}
+
+/// A sleep on the stream's runtime.
+type Sleep = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+fn sleep_on<R: Runtime>(deadline: Instant) -> Sleep {
+    Box::pin(R::sleep_until(deadline))
+}
+
+impl<S: PollRead + PollWrite> Core<S> {
+    fn new<R: Runtime>(
+        io: S,
+        protocol: Protocol,
+        initial: &[u8],
+        config: &StreamConfig,
+    ) -> io::Result<Self> {
+        let now = Instant::now();
+        let mut link = Link::new(protocol, &config.link, now)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        if !initial.is_empty() {
+            link.handle_input(now, initial);
+        }
+        Ok(Self {
+            io,
+            link,
+            pending: Vec::new(),
+            first: 0,
+            pending_len: 0,
+            write_limit: config.write_limit.max(1),
+            shutdown_due: false,
+            shut: false,
+            timer: None,
+            sleep: sleep_on::<R>,
+            closed: None,
+            close_timeout: config.link.close_timeout,
+            linger: None,
+            ended: false,
+            closing: false,
+            write_wakers: [None, None],
+            read_waker: None,
+        })
+    }
+
+    /// Bytes framed and not yet written, in the link and here.
+    fn backlog(&self) -> usize {
+        self.pending_len + self.link.transmit_len()
+    }
+
+    /// Writes everything framed so far (then flushes, and shuts the write
+    /// side down when the link says so). `Pending` keeps `side`'s waker;
+    /// any progress wakes the other half's.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>, side: Side) -> Poll<io::Result<()>> {
+        loop {
+            if self.link.is_aborted() && self.pending_len > 0 {
+                // An abort (a dead or idle peer) writes nothing more.
+                self.pending.clear();
+                self.first = 0;
+                self.pending_len = 0;
+            }
+            let transmit = self.link.poll_transmit(Instant::now(), &mut self.pending);
+            self.pending_len += transmit.bytes;
+            self.shutdown_due |= transmit.close;
+            if transmit.timer_changed {
+                wake(&mut self.read_waker);
+            }
+            if self.first == self.pending.len() {
+                self.pending.clear();
+                self.first = 0;
+                if transmit.release {
+                    self.pending = Vec::new();
+                }
+                break;
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut count = 0;
+            for (slice, bytes) in slices.iter_mut().zip(&self.pending[self.first..]) {
+                *slice = IoSlice::new(bytes);
+                count += 1;
+            }
+            let n = match self.io.poll_write_vectored(cx, &slices[..count]) {
+                Poll::Pending => {
+                    self.write_wakers[side as usize] = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+                Poll::Ready(result) => result?,
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.advance(n);
+            for waker in &mut self.write_wakers {
+                wake(waker);
+            }
+        }
+        if self.shutdown_due && !self.shut {
+            if self.io.poll_close(cx)?.is_pending() {
+                self.write_wakers[side as usize] = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            self.shut = true;
+            wake(&mut self.read_waker);
+            return Poll::Ready(Ok(()));
+        }
+        if self.shut {
+            return Poll::Ready(Ok(()));
+        }
+        self.io.poll_flush(cx)
+    }
+
+    /// `n` bytes of the pending output were written.
+    fn advance(&mut self, mut n: usize) {
+        self.pending_len -= n;
+        while n > 0 {
+            let Some(front) = self.pending.get_mut(self.first) else {
+                break;
+            };
+            if n < front.len() {
+                front.advance(n);
+                break;
+            }
+            n -= front.len();
+            self.first += 1;
+        }
+    }
+
+    /// Whether the timer fired (armed for `deadline`).
+    fn poll_timer(&mut self, cx: &mut Context<'_>, deadline: Option<Instant>) -> bool {
+        let Some(deadline) = deadline else {
+            self.timer = None;
+            return false;
+        };
+        // A timer set for later than the deadline is re-armed; one set
+        // earlier fires, finds nothing due and is re-armed then.
+        if self.timer.as_ref().is_none_or(|(at, _)| *at > deadline) {
+            self.timer = Some((deadline, (self.sleep)(deadline)));
+        }
+        let fired = self
+            .timer
+            .as_mut()
+            .is_some_and(|(_, sleep)| sleep.as_mut().poll(cx).is_ready());
+        if fired {
+            self.timer = None;
+        }
+        fired
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, WsStreamError>>> {
+        loop {
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            let now = Instant::now();
+            if let Some(event) = self.link.poll_event(now) {
+                match event {
+                    LinkEvent::Message(message) => return Poll::Ready(Some(Ok(message))),
+                    // Admitted at once: the reader reads no more while the
+                    // output it causes waits over the limit.
+                    LinkEvent::Ping(_) if self.link.waiting_pong().is_some() => {
+                        self.link.queue_pong();
+                    }
+                    LinkEvent::Closed(reason) => {
+                        self.closed = Some(reason);
+                        self.linger = now.checked_add(self.close_timeout);
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            let written = match self.poll_write_out(cx, Side::Reader) {
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(self.fail(e)))),
+                Poll::Ready(Ok(())) => true,
+                Poll::Pending => false,
+            };
+            if self.closed.is_some() {
+                // The close reply (or our close frame) goes out, and the
+                // socket's write side shuts down when the link says so;
+                // then the stream ends.
+                if !written && !self.poll_timer(cx, self.linger) {
+                    return Poll::Pending;
+                }
+                // Written, or the peer took nothing for `close_timeout`.
+                self.ended = true;
+                return Poll::Ready(match &self.closed {
+                    Some(reason) if !reason.is_normal() => {
+                        Some(Err(WsStreamError::Closed(reason.clone())))
+                    }
+                    _ => None,
+                });
+            }
+            if !written && self.backlog() >= self.write_limit {
+                // Our own output (pongs, close replies) waits: read no more.
+                return Poll::Pending;
+            }
+            if self.poll_timer(cx, self.link.poll_timeout()) {
+                self.link.handle_timeout(Instant::now());
+                continue;
+            }
+            if self.link.is_input_done() {
+                self.read_waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            // A large frame's rest is read straight into the link's input
+            // buffer; anything else through the thread's read buffer.
+            let read = match self.link.input_buffer() {
+                Some(mut room) => match self.io.poll_read_buf(cx, &mut room) {
+                    Poll::Ready(Ok(n)) => {
+                        self.link.input_filled(now, n);
+                        Poll::Ready(Ok(n))
+                    }
+                    other => other,
+                },
+                None => {
+                    let link = &mut self.link;
+                    poll_read_with(&mut self.io, cx, usize::MAX, |bytes| {
+                        link.handle_input(now, bytes);
+                        bytes.len()
+                    })
+                }
+            };
+            match read {
+                Poll::Pending => {
+                    self.read_waker = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(self.fail(e)))),
+                Poll::Ready(Ok(0)) => self.link.handle_eof(),
+                Poll::Ready(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// The socket failed: the link aborts, and `next()` ends after this
+    /// error.
+    fn fail(&mut self, e: io::Error) -> WsStreamError {
+        self.link.abort();
+        self.ended = true;
+        for waker in &mut self.write_wakers {
+            wake(waker);
+        }
+        WsStreamError::Io(e)
+    }
+
+    fn check_open(&self) -> Result<(), WsStreamError> {
+        if self.closing || self.closed.is_some() || self.link.is_closed() || self.ended {
+            return Err(WsStreamError::AlreadyClosed);
+        }
+        Ok(())
+    }
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsStreamError>> {
+        self.check_open()?;
+        while self.backlog() >= self.write_limit {
+            std::task::ready!(self.poll_write_out(cx, Side::Writer))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(&mut self, message: &Message) -> Result<(), WsStreamError> {
+        self.check_open()?;
+        self.link.send(message);
+        Ok(())
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsStreamError>> {
+        self.poll_write_out(cx, Side::Writer)
+            .map_err(WsStreamError::Io)
+    }
+
+    /// Begins the close handshake with `code` and `reason` (1000 and none
+    /// when they cannot be sent); once only.
+    fn start_close(&mut self, code: CloseCode, reason: &str) {
+        if !self.closing {
+            self.closing = true;
+            self.link.close(Instant::now(), code, reason);
+            // The close timeout moved the reader's timer.
+            wake(&mut self.read_waker);
+        }
+    }
+}
+
+fn wake(waker: &mut Option<Waker>) {
+    if let Some(waker) = waker.take() {
+        waker.wake();
+    }
+}
+
+impl<R: Runtime, S: PollRead + PollWrite> WebSocketStream<R, S> {
+    /// A WebSocket already past its handshake, speaking `protocol` (a
+    /// [`Protocol::WebSocket`]); `initial` holds bytes the peer sent after
+    /// the handshake.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidInput`](io::ErrorKind::InvalidInput) for an invalid
+    /// heartbeat configuration.
+    pub fn from_upgraded(
+        io: S,
+        protocol: Protocol,
+        initial: &[u8],
+        config: &StreamConfig,
+    ) -> io::Result<Self> {
+        Ok(Self {
+            core: Core::new::<R>(io, protocol, initial, config)?,
+            runtime: PhantomData,
+        })
+    }
+
+    /// The server side: reads the client's upgrade request from `io`,
+    /// answers it (101, or a 400/426/431 refusal) and speaks WebSocket
+    /// with `config`'s limits, deflate and subprotocols. The handshake has
+    /// `config.handshake_timeout`.
+    ///
+    /// # Errors
+    ///
+    /// The refusal's reason (invalid input), an I/O error, or
+    /// [`TimedOut`](io::ErrorKind::TimedOut).
+    pub async fn accept(mut io: S, config: &StreamConfig) -> io::Result<Self> {
+        let options = ServerOptions {
+            handshake_timeout: config.handshake_timeout,
+            ..ServerOptions::default()
+        };
+        let setup = ServerSetup::ws(&options, config.ws.clone())?;
+        // `accept_hdr` (issue #17, the upgrade hook) belongs here: the same
+        // handshake, with the hook deciding on the parsed request before
+        // the response is written.
+        let opened = {
+            let handshake = pin!(crate::server::open_upgrade(&setup, &mut io, None,));
+            timeout::<R, _>(config.handshake_timeout, handshake)
+                .await
+                .ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::TimedOut, "WebSocket handshake timed out")
+                })??
+        };
+        Self::from_upgraded(io, opened.protocol, &opened.leftover, config)
+    }
+
+    /// The client side over a connected `io`: sends the upgrade request
+    /// for `url` (`ws://` or `wss://`: `io` is already whatever the URL
+    /// needs, no TLS is added), with `config`'s headers, deflate offer and
+    /// subprotocols, and reads the response. The handshake has
+    /// `config.handshake_timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Url`] for a bad URL, [`ClientError::Handshake`] when
+    /// the server refused, [`ClientError::Io`], [`ClientError::Timeout`].
+    pub async fn client_async(
+        url: &str,
+        mut io: S,
+        config: &StreamConfig,
+    ) -> Result<Self, ClientError> {
+        let options = client_options(config);
+        let target = ClientTarget::ws(&plain_url(url), &options, config.ws.clone())?;
+        let opened = {
+            let handshake = pin!(crate::client::open(&mut io, &target, &options));
+            timeout::<R, _>(config.handshake_timeout, handshake)
+                .await
+                .ok_or(ClientError::Timeout)??
+        };
+        Ok(Self::from_upgraded(
+            io,
+            opened.protocol,
+            &opened.leftover,
+            config,
+        )?)
+    }
+}
+
+impl<R: Runtime> WebSocketStream<R, ClientStream<R>> {
+    /// Connects to `url` (`ws://`, or `wss://` with
+    /// [`StreamConfig::tls`], by default trusting the web roots) on
+    /// runtime `R` and runs the client handshake (see
+    /// [`client_async`](Self::client_async)); the TCP connect, TLS and
+    /// WebSocket handshakes together have `config.handshake_timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`client_async`](Self::client_async), and [`ClientError::Tls`].
+    pub async fn connect(url: &str, config: &StreamConfig) -> Result<Self, ClientError> {
+        let options = ClientOptions {
+            tls: config.tls.clone(),
+            ..client_options(config)
+        };
+        let target = ClientTarget::ws(url, &options, config.ws.clone())?;
+        let attempt = async {
+            let (tcp, _): (R::Tcp, SocketAddr) =
+                crate::client::connect_tcp::<R>(&target.authority()).await?;
+            R::socket(&tcp).set_tcp_nodelay(true)?;
+            let mut io: ClientStream<R> = match target.tls() {
+                None => Either::A(tcp),
+                Some(tls) => Either::B(
+                    R::tls_connect(tls.clone(), tcp)
+                        .await
+                        .map_err(ClientError::Tls)?,
+                ),
+            };
+            let opened = crate::client::open(&mut io, &target, &options).await?;
+            Ok::<_, ClientError>(Self::from_upgraded(
+                io,
+                opened.protocol,
+                &opened.leftover,
+                config,
+            )?)
+        };
+        timeout::<R, _>(config.handshake_timeout, pin!(attempt))
+            .await
+            .ok_or(ClientError::Timeout)?
+    }
+}
+
+/// A client's options as the shared setup takes them.
+fn client_options(config: &StreamConfig) -> ClientOptions {
+    ClientOptions {
+        connect_timeout: config.handshake_timeout,
+        headers: config.headers.clone(),
+        ..ClientOptions::default()
+    }
+}
+
+/// `url` as a `ws://` URL: `client_async` is given its stream, TLS or not,
+/// so a `wss://` URL must not make the setup build a TLS configuration.
+fn plain_url(url: &str) -> String {
+    match url.get(..6) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("wss://") => format!("ws://{}", &url[6..]),
+        _ => url.to_owned(),
+    }
+}
+
+impl<R, S: PollRead + PollWrite> WebSocketStream<R, S> {
+    /// Begins the close handshake with `code` and `reason` (at most 123
+    /// bytes; 1000 and no reason when they cannot be sent) and writes the
+    /// close frame. Keep reading: `next()` returns `None` once the peer
+    /// answered (or `close_timeout` passed, the socket then closed).
+    /// Cancel-safe: the close frame stays queued.
+    ///
+    /// # Errors
+    ///
+    /// The socket failed.
+    pub async fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), WsStreamError> {
+        self.core.start_close(code, reason);
+        poll_fn(|cx| self.core.poll_flush(cx)).await
+    }
+
+    /// Why the connection closed, once `next()` saw it end: the peer's
+    /// close frame ([`CloseReason::Remote`]), end of stream, a local close
+    /// that timed out, or the fault reported as [`WsStreamError::Closed`].
+    #[must_use]
+    pub fn close_reason(&self) -> Option<&CloseReason> {
+        self.core.closed.as_ref()
+    }
+
+    /// The byte stream (for its addresses, say). Reading or writing it
+    /// directly breaks the connection.
+    #[must_use]
+    pub fn get_ref(&self) -> &S {
+        &self.core.io
+    }
+
+    /// Splits into a reader and a writer for different tasks (see the
+    /// [module docs](self#splitting)).
+    #[must_use]
+    pub fn split(self) -> (WebSocketReader<R, S>, WebSocketWriter<R, S>) {
+        let shared = Arc::new(Mutex::new(self.core));
+        (
+            WebSocketReader {
+                core: Arc::clone(&shared),
+                runtime: PhantomData,
+            },
+            WebSocketWriter {
+                core: shared,
+                runtime: PhantomData,
+            },
+        )
+    }
+}
+
+impl<R, S: PollRead + PollWrite> Stream for WebSocketStream<R, S> {
+    type Item = Result<Message, WsStreamError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().core.poll_next(cx)
+    }
+}
+
+impl<R, S: PollRead + PollWrite> Sink<Message> for WebSocketStream<R, S> {
+    type Error = WsStreamError;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.get_mut().core.poll_ready(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+        self.get_mut().core.start_send(&item)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.get_mut().core.poll_flush(cx)
+    }
+
+    /// Begins the close handshake (1000) and writes the close frame; see
+    /// [`WebSocketStream::close`].
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let core = &mut self.get_mut().core;
+        core.start_close(CloseCode::NORMAL, "");
+        core.poll_flush(cx)
+    }
+}
+
+/// The reading half of a split [`WebSocketStream`]: a [`Stream`] of
+/// messages. It also answers pings and runs the timers, so keep it polled.
+pub struct WebSocketReader<R, S> {
+    core: Arc<Mutex<Core<S>>>,
+    runtime: PhantomData<fn() -> R>,
+}
+
+/// The writing half of a split [`WebSocketStream`]: a [`Sink`] of
+/// messages, and [`close`](Self::close).
+pub struct WebSocketWriter<R, S> {
+    core: Arc<Mutex<Core<S>>>,
+    runtime: PhantomData<fn() -> R>,
+}
+
+impl<R, S> fmt::Debug for WebSocketReader<R, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WebSocketReader")
+    }
+}
+
+impl<R, S> fmt::Debug for WebSocketWriter<R, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WebSocketWriter")
+    }
+}
+
+impl<R, S: PollRead + PollWrite> WebSocketReader<R, S> {
+    /// See [`WebSocketStream::close_reason`].
+    #[must_use]
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        lock(&self.core).closed.clone()
+    }
+}
+
+impl<R, S: PollRead + PollWrite> WebSocketWriter<R, S> {
+    /// See [`WebSocketStream::close`].
+    ///
+    /// # Errors
+    ///
+    /// The socket failed.
+    pub async fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), WsStreamError> {
+        lock(&self.core).start_close(code, reason);
+        poll_fn(|cx| lock(&self.core).poll_flush(cx)).await
+    }
+}
+
+impl<R, S: PollRead + PollWrite> Stream for WebSocketReader<R, S> {
+    type Item = Result<Message, WsStreamError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        lock(&self.core).poll_next(cx)
+    }
+}
+
+impl<R, S: PollRead + PollWrite> Sink<Message> for WebSocketWriter<R, S> {
+    type Error = WsStreamError;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        lock(&self.core).poll_ready(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+        lock(&self.core).start_send(&item)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        lock(&self.core).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let mut core = lock(&self.core);
+        core.start_close(CloseCode::NORMAL, "");
+        core.poll_flush(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_url;
+
+    #[test]
+    fn client_async_takes_a_wss_url_as_its_plain_request() {
+        assert_eq!(plain_url("wss://example.com/x"), "ws://example.com/x");
+        assert_eq!(plain_url("WSS://example.com"), "ws://example.com");
+        assert_eq!(plain_url("ws://example.com"), "ws://example.com");
+        assert_eq!(plain_url("wss"), "wss");
+    }
+}

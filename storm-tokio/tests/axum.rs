@@ -309,3 +309,70 @@ async fn a_full_hub_refuses_with_503() {
         }
     }
 }
+
+/// The `axum_echo` example (built beside this test by `cargo test -p
+/// storm-tokio --features axum`), run as its users run it; killed, by its
+/// id, when dropped.
+struct Example(std::process::Child);
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_axum_echo_example_serves_echo_and_health_on_one_port() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    // target/PROFILE/deps/TEST → target/PROFILE/examples/axum_echo
+    let test = std::env::current_exe().expect("the test's own path");
+    let profile = test
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target/PROFILE");
+    let path = profile.join("examples").join("axum_echo");
+    let mut child = Command::new(&path)
+        .arg("127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}: run this test through `cargo test -p storm-tokio --features axum` (or `--workspace`), which builds the examples", path.display()));
+    let stdout = child.stdout.take().expect("stdout");
+    let example = Example(child);
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map(|_| line)
+    });
+    let line = timeout(WAIT, line)
+        .await
+        .expect("listening in time")
+        .expect("reader")
+        .expect("a line");
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("axum_echo listening on ws://")
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+        .parse()
+        .expect("an address");
+    let health = raw(
+        addr,
+        "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.ends_with("\r\n\r\nok"), "{health}");
+    let head = raw(addr, &upgrade_request("/", &format!("{KEY}{DEFLATE}"))).await;
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-extensions: permessage-deflate"),
+        "{head}"
+    );
+    let mut ws = connect(addr, "/").await;
+    round_trip(&mut ws, Message::from("text")).await;
+    let big: Vec<u8> = (0..MAX_MESSAGE).map(|i| (i % 253) as u8).collect();
+    round_trip(&mut ws, Message::from(big)).await;
+    drop(example);
+}

@@ -159,6 +159,24 @@ fn upgrade_request(path: &str, extra: &str) -> String {
 const KEY: &str = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
 const DEFLATE: &str = "Sec-WebSocket-Extensions: permessage-deflate\r\n";
 
+/// `GET /health` answers `200 ok`, and an upgrade at `/` offering
+/// permessage-deflate gets it.
+async fn assert_health_and_deflate(addr: SocketAddr) {
+    let health = raw(
+        addr,
+        "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.ends_with("\r\n\r\nok"), "{health}");
+    let head = raw(addr, &upgrade_request("/", &format!("{KEY}{DEFLATE}"))).await;
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-extensions: permessage-deflate"),
+        "{head}"
+    );
+}
+
 #[tokio::test]
 async fn sessions_and_streams_echo_text_and_binary_with_deflate() {
     let hub = hub(0);
@@ -196,13 +214,7 @@ async fn the_health_route_answers_beside_the_websocket() {
     let hub = hub(0);
     let (handler, _seen) = recorder(true);
     let addr = serve(&hub, handler).await;
-    let response = raw(
-        addr,
-        "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    assert!(response.ends_with("\r\n\r\nok"), "{response}");
+    assert_health_and_deflate(addr).await;
     // And a WebSocket on the same port at the same time.
     let mut ws = connect(addr, "/").await;
     round_trip(&mut ws, Message::from("still here")).await;
@@ -357,19 +369,7 @@ async fn the_axum_echo_example_serves_echo_and_health_on_one_port() {
         .unwrap_or_else(|| panic!("unexpected first line: {line}"))
         .parse()
         .expect("an address");
-    let health = raw(
-        addr,
-        "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
-    assert!(health.ends_with("\r\n\r\nok"), "{health}");
-    let head = raw(addr, &upgrade_request("/", &format!("{KEY}{DEFLATE}"))).await;
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("sec-websocket-extensions: permessage-deflate"),
-        "{head}"
-    );
+    assert_health_and_deflate(addr).await;
     let mut ws = connect(addr, "/").await;
     round_trip(&mut ws, Message::from("text")).await;
     let big: Vec<u8> = (0..MAX_MESSAGE).map(|i| (i % 253) as u8).collect();

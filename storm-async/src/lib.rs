@@ -38,7 +38,7 @@ pub mod websocket;
 pub use client::{Client, ClientError, TcpClient, WsClient};
 pub use handler::Handler;
 pub use runtime::Runtime;
-pub use server::{ServerHandle, TcpServer, WsServer};
+pub use server::{PendingSession, ServerHandle, TcpServer, UpgradeAnswer, WsServer};
 pub use session::{SendError, Session};
 pub use storm_host as host;
 pub use storm_proto as proto;

@@ -46,6 +46,34 @@ struct Shared {
     /// The application's upgrade hook, set when a [`WsServer`] starts to
     /// serve.
     upgrade: OnceLock<UpgradeHook>,
+    /// No listener and no accept loop ([`WsServer::detached`]): `done` is
+    /// never set, and `shutdown` waits for the connection tasks instead.
+    detached: bool,
+}
+
+impl Shared {
+    /// The state of a server with `options` and `setup`, listening on
+    /// `local_addr` (or detached).
+    fn new(
+        options: ServerOptions,
+        setup: ServerSetup,
+        local_addr: SocketAddr,
+        detached: bool,
+    ) -> io::Result<Self> {
+        let hub = server_hub(&options, Instant::now())?;
+        Ok(Self {
+            registry: Registry::new(hub),
+            local_addr,
+            options,
+            setup,
+            stop: Signal::default(),
+            done: Signal::default(),
+            abort: Signal::default(),
+            tasks: Arc::default(),
+            upgrade: OnceLock::new(),
+            detached,
+        })
+    }
 }
 
 /// The future an upgrade hook returns, boxed.
@@ -205,6 +233,35 @@ impl<R: Runtime> WsServer<R> {
         self
     }
 
+    /// A WebSocket server without a listener of its own, for connections
+    /// another HTTP server (hyper, axum) accepts and upgrades: answer each
+    /// upgrade request with [`ServerHandle::upgrade`], and serve the
+    /// connection the HTTP server hands over with
+    /// [`PendingSession::serve`]. Sessions, groups, broadcast, heartbeat,
+    /// backpressure, the slow-consumer policy and `shutdown` work as on a
+    /// listening server; `options.addr`, the socket options and the
+    /// handshake's reading are the HTTP server's, and `local_addr` is
+    /// `0.0.0.0:0`.
+    ///
+    /// # Errors
+    ///
+    /// An invalid option, or TLS options (TLS, if any, is the HTTP
+    /// server's).
+    pub fn detached(options: ServerOptions, ws: WsOptions) -> io::Result<ServerHandle<R>> {
+        if options.tls.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a detached server runs no TLS: the HTTP server in front of it does",
+            ));
+        }
+        let setup = ServerSetup::ws(&options, ws)?;
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        Ok(ServerHandle {
+            shared: Arc::new(Shared::new(options, setup, unspecified, true)?),
+            runtime: PhantomData,
+        })
+    }
+
     fn start(self) -> (R::Listener, ServerHandle<R>) {
         if let Some(hook) = self.upgrade {
             // `serve` takes the server by value: this runs once.
@@ -246,18 +303,7 @@ async fn bind<R: Runtime>(
     let listener = listen(addr, &options)?;
     let local_addr = listener.local_addr()?;
     let listener = R::listen(listener)?;
-    let hub = server_hub(&options, Instant::now())?;
-    let shared = Shared {
-        registry: Registry::new(hub),
-        local_addr,
-        options,
-        setup,
-        stop: Signal::default(),
-        done: Signal::default(),
-        abort: Signal::default(),
-        tasks: Arc::default(),
-        upgrade: OnceLock::new(),
-    };
+    let shared = Shared::new(options, setup, local_addr, false)?;
     Ok((
         listener,
         ServerHandle {
@@ -644,14 +690,75 @@ impl<R: Runtime> ServerHandle<R> {
         let shared = &self.shared;
         shared.stop.set();
         shared.registry.hub().close_all(CloseKind::Graceful);
-        if crate::sync::timeout::<R, _>(timeout, pin!(shared.done.wait()))
+        if crate::sync::timeout::<R, _>(timeout, pin!(self.finished()))
             .await
             .is_none()
         {
             shared.abort.set();
             shared.registry.hub().close_all(CloseKind::Abort);
-            shared.done.wait().await;
+            self.finished().await;
         }
+    }
+
+    /// Completes once the server stopped accepting and every connection
+    /// task ended (a detached server accepts nothing itself).
+    async fn finished(&self) {
+        match self.shared.detached {
+            true => self.shared.tasks.wait_idle().await,
+            false => self.shared.done.wait().await,
+        }
+    }
+
+    /// Answers a WebSocket upgrade request another HTTP server (hyper,
+    /// axum) read, for a [detached](WsServer::detached) server: `head` is
+    /// the request's header block as HTTP/1.1 bytes (request line,
+    /// headers, blank line), `remote` the peer's address, `decision` the
+    /// application's ([`Decision::accept`] for the server's defaults).
+    ///
+    /// The checks are a listening server's: the handshake's limits (400,
+    /// 426, 431), `allowed_origins` (403), then `max_connections` and a
+    /// shutdown in progress (503), then `decision`. Send
+    /// [`UpgradeAnswer::response`]; once the HTTP server hands the
+    /// connection over, run [`UpgradeAnswer::session`]'s
+    /// [`PendingSession::serve`]. Until then the connection holds its
+    /// place under `max_connections` and counts for `shutdown`.
+    #[must_use]
+    pub fn upgrade(&self, head: &[u8], remote: SocketAddr, decision: Decision) -> UpgradeAnswer<R> {
+        let shared = &self.shared;
+        let mut place = None;
+        let answer = answer_head(&shared.setup, head, |request| {
+            // Counted before the check: a `shutdown` that sets `stop`
+            // after it waits for this connection.
+            let guard = shared.tasks.enter();
+            if shared.stop.is_set() {
+                return request.decide(Decision::reject(503).body("the server is shutting down\n"));
+            }
+            match Admitted::new(shared.registry.hub(), remote) {
+                None => request.decide(Decision::reject(503).body("too many connections\n")),
+                Some(admitted) => {
+                    place = Some((admitted, guard));
+                    request.decide(decision)
+                }
+            }
+        });
+        let (response, opened) = match answer {
+            Ok(Answer {
+                response, opened, ..
+            }) => (response, opened),
+            Err(e) => (Bytes::new(), Err(e)),
+        };
+        let session = opened.and_then(|opened| {
+            let (admitted, guard) = place.ok_or_else(|| {
+                io::Error::new(io::ErrorKind::PermissionDenied, "upgrade refused")
+            })?;
+            Ok(PendingSession {
+                handle: self.clone(),
+                admitted,
+                opened,
+                guard,
+            })
+        });
+        UpgradeAnswer { response, session }
     }
 }
 
@@ -694,4 +801,129 @@ pub(crate) async fn open_upgrade<S: PollRead + PollWrite>(
     let opened = opened?;
     written?;
     Ok(opened)
+}
+
+/// The answer of `setup` (a WebSocket server's) to the upgrade request
+/// whose whole header block is `head`: a malformed request or a
+/// forbidden origin is refused at once; a valid one is answered by
+/// `decide`. Shared by [`ServerHandle::upgrade`] and
+/// [`answer_upgrade`](crate::websocket::answer_upgrade).
+///
+/// # Errors
+///
+/// [`InvalidInput`](io::ErrorKind::InvalidInput), with no response to
+/// send, when `head` is not a whole header block (no blank line yet) or
+/// `setup` is not a WebSocket server's.
+pub(crate) fn answer_head(
+    setup: &ServerSetup,
+    head: &[u8],
+    decide: impl FnOnce(ServerRequest<'_>) -> Answer,
+) -> io::Result<Answer> {
+    let incomplete = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the upgrade request's header block is not whole",
+        )
+    };
+    let ServerOpen::Upgrade(upgrade) = setup.open()? else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a TCP server has no WebSocket upgrade to answer",
+        ));
+    };
+    if head.is_empty() {
+        return Err(incomplete());
+    }
+    match upgrade.handle_input(head) {
+        ServerUpgradeStep::NeedMore(_) => Err(incomplete()),
+        ServerUpgradeStep::Done(answer) => Ok(answer),
+        ServerUpgradeStep::Request(request) => Ok(decide(request)),
+    }
+}
+
+/// What [`ServerHandle::upgrade`] answered an upgrade request with.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct UpgradeAnswer<R> {
+    /// The HTTP response to send: the `101`, or a complete refusal (with
+    /// `Connection: close`). Empty only when the head was not whole (see
+    /// `session`'s error).
+    pub response: Bytes,
+    /// The accepted connection, waiting for its stream; or why it was
+    /// refused ([`PermissionDenied`](io::ErrorKind::PermissionDenied) for
+    /// a rejection or a full server, [`InvalidInput`](io::ErrorKind::InvalidInput)
+    /// for a malformed request or a decision with a mistake).
+    pub session: io::Result<PendingSession<R>>,
+}
+
+/// An upgrade a [detached](WsServer::detached) server accepted, waiting
+/// for the stream the HTTP server hands over. Dropping it gives its place
+/// under `max_connections` back.
+#[must_use]
+pub struct PendingSession<R> {
+    handle: ServerHandle<R>,
+    admitted: Admitted,
+    opened: Opened,
+    guard: TaskGuard,
+}
+
+impl<R> fmt::Debug for PendingSession<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingSession")
+            .field("remote", &self.admitted.remote())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Runtime> PendingSession<R> {
+    /// Waits for `upgraded` (the HTTP server's upgraded connection, split
+    /// into halves) within the server's `handshake_timeout`, then runs the
+    /// session with `handler` until it closes, as the server's own
+    /// connections run: `on_connect`, the messages, one `on_disconnect`,
+    /// its groups and the hub's broadcasts, heartbeat, backpressure and
+    /// the slow-consumer policy. Errors (the upgrade failed or timed out,
+    /// a shutdown cut it short) go to the handler's `on_error`. Spawn it
+    /// as a task of its own.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn stores its arguments twice (see `ServerHandle::plain`)"
+    )]
+    pub fn serve<F, Rd, Wr, H>(
+        self,
+        upgraded: F,
+        handler: Arc<H>,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        F: Future<Output = io::Result<(Rd, Wr)>> + Send + 'static,
+        Rd: PollRead,
+        Wr: PollWrite,
+        H: Handler,
+    {
+        async move {
+            let Self {
+                handle,
+                admitted,
+                mut opened,
+                guard,
+            } = self;
+            let remote = admitted.remote();
+            let limit = handle.shared.options.handshake_timeout;
+            let halves = handle.within(limit, pin!(upgraded)).await;
+            let registered = halves.map_err(|e| from_peer(remote, e)).and_then(|halves| {
+                let initial = std::mem::take(&mut opened.leftover);
+                let (session, link, registered) = handle.register(admitted, opened)?;
+                Ok((halves, session, link, registered, initial))
+            });
+            let Some((halves, session, link, registered, initial)) =
+                report(registered, &*handler).await
+            else {
+                return;
+            };
+            handle
+                .drive(halves, session, link, initial, &*handler)
+                .await;
+            drop(registered);
+            drop(guard);
+        }
+    }
 }

@@ -74,7 +74,7 @@ use futures_sink::Sink;
 
 use storm_host::options::{ClientOptions, ServerOptions, TlsClientOptions, WsOptions};
 pub use storm_host::peer::ClientError;
-use storm_host::setup::{ClientTarget, ServerSetup};
+use storm_host::setup::{Answer, ClientTarget, Decision, ServerSetup};
 use storm_proto::Message;
 use storm_proto::link::{CloseReason, Link, LinkConfig, LinkEvent, Protocol};
 use storm_proto::ws::CloseCode;
@@ -575,11 +575,7 @@ impl<R: Runtime, S: PollRead + PollWrite> WebSocketStream<R, S> {
     /// The refusal's reason (invalid input), an I/O error, or
     /// [`TimedOut`](io::ErrorKind::TimedOut).
     pub async fn accept(mut io: S, config: &StreamConfig) -> io::Result<Self> {
-        let options = ServerOptions {
-            handshake_timeout: config.handshake_timeout,
-            ..ServerOptions::default()
-        };
-        let setup = ServerSetup::ws(&options, config.ws.clone())?;
+        let setup = server_setup(config)?;
         // `accept_hdr` (issue #17, the upgrade hook) belongs here: the same
         // handshake, with the hook deciding on the parsed request before
         // the response is written.
@@ -666,6 +662,41 @@ impl<R: Runtime> WebSocketStream<R, ClientStream<R>> {
             .await
             .ok_or(ClientError::Timeout)?
     }
+}
+
+/// A server's setup for `config`: its WebSocket options and handshake
+/// timeout.
+fn server_setup(config: &StreamConfig) -> io::Result<ServerSetup> {
+    let options = ServerOptions {
+        handshake_timeout: config.handshake_timeout,
+        ..ServerOptions::default()
+    };
+    ServerSetup::ws(&options, config.ws.clone())
+}
+
+/// The server's answer to an upgrade request another HTTP server (hyper,
+/// axum) read, for a [`WebSocketStream`]: `head` is the request's header
+/// block as HTTP/1.1 bytes (request line, headers, blank line); the
+/// limits, permessage-deflate and subprotocols are `config.ws`'s (its
+/// `allowed_origins` included: 403); `decision` is the application's
+/// ([`Decision::accept`] for the defaults). Send [`Answer::response`];
+/// once the HTTP server hands the connection over, make the socket with
+/// [`WebSocketStream::from_upgraded`] from [`Answer::opened`]'s protocol
+/// and leftover.
+///
+/// # Errors
+///
+/// [`InvalidInput`](io::ErrorKind::InvalidInput), with nothing to send,
+/// for invalid options or a `head` that is not a whole header block. A
+/// refused request is no error here: its refusal is the answer's
+/// response, and `opened` says why.
+pub fn answer_upgrade(
+    head: &[u8],
+    config: &StreamConfig,
+    decision: Decision,
+) -> io::Result<Answer> {
+    let setup = server_setup(config)?;
+    crate::server::answer_head(&setup, head, |request| request.decide(decision))
 }
 
 /// A client's options as the shared setup takes them.

@@ -25,6 +25,8 @@
 //!   `default-features = false, features = ["tls", "aws-lc-rs"]`.
 //! - `native-roots`: `TlsClientOptions::native_roots`, the operating
 //!   system's trust store (rustls-native-certs) instead of the web roots.
+//! - `axum`: the `axum` module, Storm's WebSockets and sessions served by
+//!   an axum router or a hyper 1.x service (`StormUpgrade`).
 //!
 //! ```no_run
 //! use storm_tokio::{Handler, Session, WsServer};
@@ -55,6 +57,8 @@
 //! one of `ws_echo`, `tcp_echo`, `chat`, `reconnecting_client` and
 //! `autobahn_client` (`--help` gives each one's arguments).
 
+#[cfg(feature = "axum")]
+pub mod axum;
 pub mod runtime;
 #[cfg(feature = "tls")]
 pub mod tls;

@@ -44,7 +44,7 @@ pub(crate) struct ChatArgs {
     #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
     runtime: Runtime,
     /// An origin whose pages may connect, as browsers send it
-    /// (scheme://host[:port], e.g. https://chat.example.com); repeat for
+    /// (`scheme://host[:port]`, e.g. `https://chat.example.com`); repeat for
     /// more. Default: only the chat page's own origin (the host it was
     /// loaded from, the page port). Other pages are refused with 403;
     /// clients that send no Origin (not browsers) are not checked.

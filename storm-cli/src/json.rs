@@ -204,7 +204,11 @@ pub(crate) fn tcp_target(
     let (addr, tls) = match Endpoint::parse(text).map_err(|e| invalid(e.to_string()))? {
         Endpoint::Tcp(addr) => (addr, tls_ca.is_some()),
         Endpoint::Tls(addr) => (addr, true),
-        other => return Err(invalid(format!("{other} is not host:port, tcp:// or tls://"))),
+        other => {
+            return Err(invalid(format!(
+                "{other} is not host:port, tcp:// or tls://"
+            )));
+        }
     };
     let mut options = ClientOptions::default();
     if tls {

@@ -100,10 +100,7 @@ impl Reconnect {
                 Some(delay)
             }
             BackoffStep::GiveUp { attempts } => {
-                eprintln!(
-                    "{}: {why}; giving up after {attempts} attempts",
-                    self.name
-                );
+                eprintln!("{}: {why}; giving up after {attempts} attempts", self.name);
                 None
             }
         }

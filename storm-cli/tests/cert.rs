@@ -274,7 +274,11 @@ fn json_client_and_bench_trust_the_ca_of_storm_cert() {
         let (status, stderr) = bench.exit();
         assert_eq!(status.code(), Some(0), "{target}: {summary} {stderr}");
         let summary: serde_json::Value = serde_json::from_str(&summary).expect("JSON summary");
-        assert_eq!(summary["error"], serde_json::Value::Null, "{target}: {summary}");
+        assert_eq!(
+            summary["error"],
+            serde_json::Value::Null,
+            "{target}: {summary}"
+        );
         assert_eq!(summary["msgs"], 50, "{target}: {summary}");
     }
     drop((json, ws));

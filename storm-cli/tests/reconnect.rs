@@ -88,7 +88,15 @@ fn broker_provider_serves_again_after_the_broker_restarts() {
     provider.stdout_line("registered at");
     provider.stderr_line("reconnected");
     let request = Storm::spawn(&[
-        "client", "broker", "request", "--addr", &addr, "--channel", "7", "--data", "again",
+        "client",
+        "broker",
+        "request",
+        "--addr",
+        &addr,
+        "--channel",
+        "7",
+        "--data",
+        "again",
     ]);
     assert_eq!(request.next_stdout(), "AGAIN");
     let (status, stderr) = request.exit();

@@ -204,11 +204,17 @@ fn serve_async<R: AsyncRuntime>(
 }
 
 /// Says on stdout, once stopped, what the server did: requests, replies,
-/// calls its clients cancelled, calls that ran past their deadline.
+/// calls its clients cancelled, calls that ran past their deadline. A
+/// closed stdout is no failure of the server's.
 fn stopped(stats: &RpcServerStats) {
-    println!(
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stdout(),
         "storm rpc stopped: {} requests, {} replies, {} cancelled, {} timed out",
-        stats.requests, stats.replies, stats.cancelled, stats.timed_out
+        stats.requests,
+        stats.replies,
+        stats.cancelled,
+        stats.timed_out
     );
 }
 

@@ -6,21 +6,28 @@
 mod child;
 use child::Storm;
 
+/// `storm client json --mode interactive --reconnect` to `addr`, with
+/// `extra` flags.
+fn interactive_json_client(addr: &str, extra: &[&str]) -> Storm {
+    let args = [
+        "client",
+        "json",
+        "--addr",
+        addr,
+        "--mode",
+        "interactive",
+        "--reconnect",
+    ];
+    Storm::spawn(&[&args[..], extra].concat())
+}
+
 /// `storm json` is stopped and started again on the same port: the
 /// interactive client says it lost the connection, connects again, and
 /// goes on.
 #[test]
 fn json_client_reconnects_across_a_server_restart() {
     let (server, addr) = Storm::serve("json", "127.0.0.1:0", &[]);
-    let mut client = Storm::spawn(&[
-        "client",
-        "json",
-        "--addr",
-        &addr,
-        "--mode",
-        "interactive",
-        "--reconnect",
-    ]);
+    let mut client = interactive_json_client(&addr, &[]);
     client.send("/echo before");
     client.stdout_line("\"before\"");
 
@@ -37,23 +44,12 @@ fn json_client_reconnects_across_a_server_restart() {
     drop(server);
 }
 
-/// Without `--reconnect`, `--max-attempts` is moot and a drop ends the
-/// client as before; with `--max-attempts 2` against a server that stays
-/// away, it gives up after two attempts and fails.
+/// With `--max-attempts 2` against a server that stays away, the client
+/// gives up after two attempts and fails (exit code 1).
 #[test]
 fn json_client_gives_up_after_max_attempts() {
     let (server, addr) = Storm::serve("json", "127.0.0.1:0", &[]);
-    let mut client = Storm::spawn(&[
-        "client",
-        "json",
-        "--addr",
-        &addr,
-        "--mode",
-        "interactive",
-        "--reconnect",
-        "--max-attempts",
-        "2",
-    ]);
+    let mut client = interactive_json_client(&addr, &["--max-attempts", "2"]);
     client.send("/ping");
     client.stdout_line("pong");
     server.kill();

@@ -80,7 +80,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::ValueEnum;
 use serde_json::json;
 use storm_host::link::CloseReason;
-use storm_host::options::{ClientOptions, WsOptions};
+use storm_host::options::{ClientOptions, TlsClientOptions, WsOptions};
 use storm_proto::Message;
 use storm_proto::ws::deflate::DeflateConfig;
 use storm_services::sys;
@@ -157,6 +157,11 @@ pub(crate) struct BenchArgs {
     /// bench's own echo provider.
     #[arg(long, value_parser = crate::broker::parse_channel)]
     pub channel: Option<storm_proto::broker::ChannelId>,
+    /// Connect over TLS (wss:// for WebSocket targets), trusting the CA
+    /// certificates in this PEM file (e.g. the ca.pem of `storm cert`), for
+    /// a service started with `--tls`. Not with --spawn.
+    #[arg(long, value_name = "CA_PEM", conflicts_with = "spawn")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 /// A service `storm bench` drives.
@@ -257,6 +262,8 @@ struct Config {
     max_messages: u64,
     route: String,
     deflate: bool,
+    /// `--tls-ca`: every connection over TLS.
+    tls: Option<TlsClientOptions>,
 }
 
 impl Config {
@@ -307,6 +314,12 @@ impl Config {
             max_messages: args.max_messages,
             route: args.route.clone(),
             deflate: args.deflate,
+            tls: match &args.tls_ca {
+                Some(path) => Some(TlsClientOptions::with_ca(
+                    storm_host::tls::read_pem_file(path).map_err(|e| format!("--tls-ca: {e}"))?,
+                )),
+                None => None,
+            },
         })
     }
 }
@@ -696,6 +709,7 @@ async fn open<T: Target>(
     let handler = ConnHandler(Arc::clone(&driver));
     let options = ClientOptions {
         connect_timeout: target::SETUP_TIMEOUT,
+        tls: config.tls.clone(),
         ..ClientOptions::default()
     };
     let connected = match target.transport() {
@@ -710,7 +724,8 @@ async fn open<T: Target>(
             // Room for the largest request any target sends, and answers.
             ws.config.max_message_size = ws.config.max_message_size.max(32 << 20);
             ws.config.max_frame_size = ws.config.max_frame_size.max(32 << 20);
-            WsClient::connect(&format!("ws://{addr}/"), options, ws, handler).await
+            let scheme = if config.tls.is_some() { "wss" } else { "ws" };
+            WsClient::connect(&format!("{scheme}://{addr}/"), options, ws, handler).await
         }
     };
     let client = connected.map_err(|e| format!("connecting to {addr}: {e}"))?;

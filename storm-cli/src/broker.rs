@@ -15,10 +15,12 @@ use storm_cli::policy::{PolicyArgs, Service};
 use storm_cli::runtime::{Runtime, TlsArgs};
 use storm_services::broker::{
     BrokerError, BrokerOptions, BrokerServer, Consumer, ConsumerOptions, Provider, ProviderOptions,
-    StreamedRequest, blocking,
+    Responder, StreamedRequest, blocking,
 };
 use storm_services::host::AsyncRuntime;
 use storm_services::host::{on_async, on_std};
+
+use crate::reconnect::{Reconnect, ReconnectArgs};
 
 /// Options of `storm broker`.
 #[derive(Debug, Clone, clap::Args)]
@@ -148,6 +150,10 @@ pub(crate) struct ProviderArgs {
     /// file (for a broker started with `--tls`).
     #[arg(long, value_name = "CA_PEM")]
     pub tls_ca: Option<PathBuf>,
+    /// `--reconnect`: after a drop (the broker restarted), connect and
+    /// register on the channel again; requests in flight then are lost.
+    #[command(flatten)]
+    pub reconnect: ReconnectArgs,
 }
 
 /// What the demo provider answers. Every mode reads the request as it
@@ -483,7 +489,39 @@ fn short_text(response: &[u8]) -> Option<&str> {
     (text.len() <= 200 && !text.contains('\n')).then_some(text)
 }
 
+/// Who the provider speaks as on stderr.
+const PROVIDER: &str = "storm client broker provider";
+
+/// Runs the demo provider until the connection ends; with `--reconnect`,
+/// connects and registers again after every drop until attempts run out.
 async fn provide(args: &ProviderArgs) -> Result<(), BrokerError> {
+    let mut reconnect = Reconnect::new(PROVIDER, &args.reconnect).map_err(BrokerError::Io)?;
+    let (mode, delay) = (args.mode, args.delay);
+    loop {
+        let e = match register(args).await {
+            Ok(provider) => {
+                reconnect.connected();
+                let serving = provider.serve_streamed(move |request, responder| {
+                    answer(mode, delay, request, responder)
+                });
+                match serving.await {
+                    Err(e @ BrokerError::Disconnected(_)) => e,
+                    done => return done,
+                }
+            }
+            // Not a refusal or bad options: worth another try.
+            Err(e @ (BrokerError::Connect(_) | BrokerError::Timeout | BrokerError::Io(_))) => e,
+            Err(e) => return Err(e),
+        };
+        match reconnect.after(&e) {
+            Some(delay) => tokio::time::sleep(delay).await,
+            None => return Err(e),
+        }
+    }
+}
+
+/// Connects to the broker and registers on the channel.
+async fn register(args: &ProviderArgs) -> Result<Provider, BrokerError> {
     let mut options = ProviderOptions::default();
     options.client = client_options(args.tls_ca.as_ref())?;
     options.frame = frame(args.max_frame);
@@ -499,40 +537,46 @@ async fn provide(args: &ProviderArgs) -> Result<(), BrokerError> {
         "storm broker provider ({mode}) registered at {scheme}://{}",
         args.addr
     );
-    let (mode, delay) = (args.mode, args.delay);
-    provider
-        .serve_streamed(move |request: StreamedRequest, mut responder| async move {
-            let StreamedRequest { id, mut body, .. } = request;
-            println!("request {id}");
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
+    Ok(provider)
+}
+
+/// The demo provider's answer to one request, as `mode` says, after
+/// `delay`.
+async fn answer(
+    mode: Mode,
+    delay: Duration,
+    request: StreamedRequest,
+    mut responder: Responder,
+) -> Result<Bytes, ErrorPayload> {
+    let StreamedRequest { id, mut body, .. } = request;
+    println!("request {id}");
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let (mut size, mut checksum) = (0usize, FNV1A_START);
+    while let Some(piece) = body.next().await {
+        size += piece.len();
+        let written = match mode {
+            Mode::Echo => responder.write(piece).await,
+            Mode::Upper => {
+                let mut upper = BytesMut::from(&piece[..]);
+                upper.make_ascii_uppercase();
+                responder.write(upper.freeze()).await
             }
-            let (mut size, mut checksum) = (0usize, FNV1A_START);
-            while let Some(piece) = body.next().await {
-                size += piece.len();
-                let written = match mode {
-                    Mode::Echo => responder.write(piece).await,
-                    Mode::Upper => {
-                        let mut upper = BytesMut::from(&piece[..]);
-                        upper.make_ascii_uppercase();
-                        responder.write(upper.freeze()).await
-                    }
-                    Mode::Digest => {
-                        checksum = fnv1a(checksum, &piece);
-                        Ok(())
-                    }
-                };
-                if let Err(e) = written {
-                    return Err(ErrorPayload::new(ErrorCode::PROVIDER_GONE, e.to_string()));
-                }
+            Mode::Digest => {
+                checksum = fnv1a(checksum, &piece);
+                Ok(())
             }
-            println!("request {id}: {size} bytes");
-            Ok(match mode {
-                Mode::Digest => Bytes::from(format!("{size} bytes, fnv1a {checksum:016x}")),
-                Mode::Echo | Mode::Upper => Bytes::new(),
-            })
-        })
-        .await
+        };
+        if let Err(e) = written {
+            return Err(ErrorPayload::new(ErrorCode::PROVIDER_GONE, e.to_string()));
+        }
+    }
+    println!("request {id}: {size} bytes");
+    Ok(match mode {
+        Mode::Digest => Bytes::from(format!("{size} bytes, fnv1a {checksum:016x}")),
+        Mode::Echo | Mode::Upper => Bytes::new(),
+    })
 }
 
 /// The period of the `--size` pattern: `a` to `z`.

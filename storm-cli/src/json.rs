@@ -1,20 +1,23 @@
 //! `storm json` and `storm client json`: the command line of the
 //! length-prefixed JSON service ([`storm_services::json`], where the
-//! protocol is documented). `storm client json` runs on tokio.
+//! protocol is documented). `storm client json` runs on tokio; with
+//! `--reconnect` it connects again after a drop ([`crate::reconnect`]).
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::ValueEnum;
 use serde_json::{Value, json};
-use storm_host::options::{ClientOptions, ServerOptions};
+use storm_host::options::{ClientOptions, ServerOptions, TlsClientOptions};
 use storm_proto::Message;
 use storm_proto::framing::{Framing, LengthPrefixConfig};
 use storm_services::host::{self, Listen};
 use storm_services::json::{JsonConfig, JsonService, decode, encode, now};
+use storm_services::rpc::Endpoint;
 use storm_tokio::{Client, Handler, Session, TcpClient};
 use tokio::sync::mpsc;
 
@@ -22,6 +25,7 @@ use storm_cli::policy::{PolicyArgs, Service};
 use storm_cli::runtime::{Runtime, TlsArgs};
 
 use crate::SHUTDOWN_TIMEOUT;
+use crate::reconnect::{Reconnect, ReconnectArgs};
 
 /// Options of `storm json`.
 #[derive(Debug, clap::Args)]
@@ -51,9 +55,19 @@ pub(crate) struct JsonArgs {
 /// Options of `storm client json`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ClientArgs {
-    /// Address of the `storm json` server.
+    /// Address of the `storm json` server: host:port (tcp://host:port), or
+    /// tls://host:port over TLS (also what --tls-ca makes of host:port).
     #[arg(long, default_value = "127.0.0.1:9100")]
     addr: String,
+    /// Connect over TLS, trusting the CA certificates in this PEM file
+    /// (e.g. the ca.pem of `storm cert`) instead of the public web roots.
+    #[arg(long, value_name = "CA_PEM")]
+    tls_ca: Option<PathBuf>,
+    /// `--reconnect`: after a drop, demo retries the step it was on,
+    /// interactive goes on reading commands, perf counts the requests in
+    /// flight as lost and goes on.
+    #[command(flatten)]
+    reconnect: ReconnectArgs,
     /// What to do once connected.
     #[arg(long, value_enum, default_value_t = Mode::Demo)]
     mode: Mode,
@@ -146,12 +160,14 @@ fn banner(args: &JsonArgs, addr: SocketAddr) {
 /// Runs `storm client json` in its mode.
 pub(crate) fn client(args: &ClientArgs) -> io::Result<()> {
     let timeout = seconds(args.timeout, "--timeout")?;
+    let (addr, options) = tcp_target(&args.addr, args.tls_ca.as_ref())?;
+    let reconnect = Reconnect::new(CLIENT, &args.reconnect)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let mut conn = Conn::connect(&args.addr, timeout).await?;
+        let mut conn = Conn::connect(addr, options, timeout, reconnect).await?;
         let result = match args.mode {
             Mode::Demo => demo(&mut conn).await,
             Mode::Interactive => interactive(&mut conn).await,
@@ -168,6 +184,43 @@ pub(crate) fn client(args: &ClientArgs) -> io::Result<()> {
         conn.client.close();
         result
     })
+}
+
+/// Who `storm client json` speaks as on stderr.
+const CLIENT: &str = "storm client json";
+
+/// The address to connect to and the options for it, from `--addr`
+/// (`host:port`, `tcp://host:port` or `tls://host:port`) and `--tls-ca`
+/// (which turns TLS on, as `storm client tcp` does).
+///
+/// # Errors
+///
+/// A malformed address, or an unreadable `--tls-ca` file.
+pub(crate) fn tcp_target(
+    text: &str,
+    tls_ca: Option<&PathBuf>,
+) -> io::Result<(String, ClientOptions)> {
+    let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
+    let (addr, tls) = match Endpoint::parse(text).map_err(|e| invalid(e.to_string()))? {
+        Endpoint::Tcp(addr) => (addr, tls_ca.is_some()),
+        Endpoint::Tls(addr) => (addr, true),
+        other => {
+            return Err(invalid(format!(
+                "{other} is not host:port, tcp:// or tls://"
+            )));
+        }
+    };
+    let mut options = ClientOptions::default();
+    if tls {
+        options.tls = Some(match tls_ca {
+            Some(path) => TlsClientOptions::with_ca(
+                storm_host::tls::read_pem_file(path)
+                    .map_err(|e| io::Error::new(e.kind(), format!("--tls-ca: {e}")))?,
+            ),
+            None => TlsClientOptions::default(),
+        });
+    }
+    Ok((addr, options))
 }
 
 /// A positive, finite number of seconds.
@@ -194,29 +247,57 @@ impl Handler for Inbox {
     }
 }
 
-/// A connected client: sending, and replies in arrival order.
+/// A connected client: sending, and replies in arrival order; with
+/// `--reconnect`, connected again after a drop.
 struct Conn {
     client: Client,
     inbox: mpsc::Receiver<Message>,
     timeout: Duration,
+    addr: String,
+    options: ClientOptions,
+    reconnect: Reconnect,
 }
 
+/// The error kind of a dropped connection: the one [`Conn::recover`]
+/// reconnects after.
+const DROPPED: io::ErrorKind = io::ErrorKind::ConnectionAborted;
+
 impl Conn {
-    async fn connect(addr: &str, timeout: Duration) -> io::Result<Self> {
-        let (tx, inbox) = mpsc::channel(1024);
-        let client = TcpClient::connect(
-            addr,
-            ClientOptions::default(),
-            Framing::LengthPrefix,
-            Inbox(tx),
-        )
-        .await
-        .map_err(|e| io::Error::other(format!("connecting to {addr}: {e}")))?;
+    /// Connects; with `--reconnect`, tries until it connects or runs out of
+    /// attempts.
+    async fn connect(
+        addr: String,
+        options: ClientOptions,
+        timeout: Duration,
+        mut reconnect: Reconnect,
+    ) -> io::Result<Self> {
+        let (client, inbox) = open(&addr, &options, &mut reconnect).await?;
         Ok(Self {
             client,
             inbox,
             timeout,
+            addr,
+            options,
+            reconnect,
         })
+    }
+
+    /// After `error`: when it is a drop and `--reconnect` is on, connects
+    /// again (waiting out the backoff) and returns `Ok`, so the caller
+    /// retries; else `error` itself.
+    async fn recover(&mut self, error: io::Error) -> io::Result<()> {
+        if error.kind() != DROPPED || !self.reconnect.is_on() {
+            return Err(error);
+        }
+        self.client.close();
+        let Some(delay) = self.reconnect.after(&format_args!("disconnected: {error}")) else {
+            return Err(error);
+        };
+        tokio::time::sleep(delay).await;
+        let (client, inbox) = open(&self.addr, &self.options, &mut self.reconnect).await?;
+        self.client = client;
+        self.inbox = inbox;
+        Ok(())
     }
 
     async fn send(&self, value: &Value) -> io::Result<()> {
@@ -224,17 +305,17 @@ impl Conn {
     }
 
     async fn send_message(&self, message: Message) -> io::Result<()> {
-        self.client.send(message).await.map_err(io::Error::other)
+        self.client
+            .send(message)
+            .await
+            .map_err(|e| io::Error::new(DROPPED, e))
     }
 
     /// The next message, waiting at most the reply timeout.
     async fn recv(&mut self) -> io::Result<Value> {
         match tokio::time::timeout(self.timeout, self.inbox.recv()).await {
             Ok(Some(message)) => Ok(decode(&message)),
-            Ok(None) => Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "the server closed the connection",
-            )),
+            Ok(None) => Err(closed()),
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("no reply within {:?}", self.timeout),
@@ -250,6 +331,52 @@ impl Conn {
             println!("<- {reply}");
             if reply.get("type").and_then(Value::as_str) == Some(wanted) {
                 return Ok(());
+            }
+        }
+    }
+
+    /// Sends `request` and prints messages until one of type `wanted`;
+    /// after a drop (with `--reconnect`) does it again on the new
+    /// connection.
+    async fn exchange(&mut self, request: &Message, wanted: &str) -> io::Result<()> {
+        loop {
+            let done = match self.send_message(request.clone()).await {
+                Ok(()) => self.expect(wanted).await,
+                Err(e) => Err(e),
+            };
+            match done {
+                Err(e) => self.recover(e).await?,
+                Ok(()) => return Ok(()),
+            }
+        }
+    }
+}
+
+/// The server closed the connection.
+fn closed() -> io::Error {
+    io::Error::new(DROPPED, "the server closed the connection")
+}
+
+/// Connects to `addr`, waiting out the backoff between failed attempts
+/// while `reconnect` allows more.
+async fn open(
+    addr: &str,
+    options: &ClientOptions,
+    reconnect: &mut Reconnect,
+) -> io::Result<(Client, mpsc::Receiver<Message>)> {
+    loop {
+        let (tx, inbox) = mpsc::channel(1024);
+        match TcpClient::connect(addr, options.clone(), Framing::LengthPrefix, Inbox(tx)).await {
+            Ok(client) => {
+                reconnect.connected();
+                return Ok((client, inbox));
+            }
+            Err(e) => {
+                let why = format!("connecting to {addr}: {e}");
+                match reconnect.after(&why) {
+                    Some(delay) => tokio::time::sleep(delay).await,
+                    None => return Err(io::Error::other(why)),
+                }
             }
         }
     }
@@ -286,14 +413,12 @@ async fn demo(conn: &mut Conn) -> io::Result<()> {
     ];
     for (request, wanted) in requests {
         println!("-> {request}");
-        conn.send(&request).await?;
-        conn.expect(wanted).await?;
+        conn.exchange(&encode(&request), wanted).await?;
     }
     let text = "Plain text message";
     println!("-> {text}");
-    conn.send_message(Message::from(Bytes::from_static(text.as_bytes())))
-        .await?;
-    conn.expect("echo").await?;
+    let message = Message::from(Bytes::from_static(text.as_bytes()));
+    conn.exchange(&message, "echo").await?;
     println!("demo done");
     Ok(())
 }
@@ -333,7 +458,9 @@ fn parse_line(line: &str) -> Line {
 
 /// Commands from stdin; everything received is printed as it arrives. Ends
 /// on `/exit`, at the end of input (after replies stop coming for a
-/// moment), or when the server closes the connection.
+/// moment), or when the server closes the connection (with `--reconnect`:
+/// connects again, and a command the dropped connection refused is sent on
+/// the new one).
 async fn interactive(conn: &mut Conn) -> io::Result<()> {
     let (tx, mut lines) = mpsc::channel::<String>(16);
     // Blocking stdin on its own thread; it ends with the process.
@@ -350,24 +477,34 @@ async fn interactive(conn: &mut Conn) -> io::Result<()> {
         tokio::select! {
             line = lines.recv() => {
                 let Some(line) = line else { break };
-                match parse_line(&line) {
+                let message = match parse_line(&line) {
                     Line::Send(request) => {
                         println!("-> {request}");
-                        conn.send(&request).await?;
+                        encode(&request)
                     }
                     Line::Text(text) => {
                         println!("-> {text}");
-                        conn.send_message(Message::from(Bytes::from(text))).await?;
+                        Message::from(Bytes::from(text))
                     }
                     Line::Exit => break,
-                    Line::Help => println!("{HELP}"),
-                    Line::Nothing => {}
+                    Line::Help => {
+                        println!("{HELP}");
+                        continue;
+                    }
+                    Line::Nothing => continue,
+                };
+                while let Err(e) = conn.send_message(message.clone()).await {
+                    conn.recover(e).await?;
                 }
             }
             message = conn.inbox.recv() => {
                 let Some(message) = message else {
-                    println!("the server closed the connection");
-                    return Ok(());
+                    if !conn.reconnect.is_on() {
+                        println!("the server closed the connection");
+                        return Ok(());
+                    }
+                    conn.recover(closed()).await?;
+                    continue;
                 };
                 println!("<- {}", decode(&message));
             }
@@ -390,7 +527,9 @@ struct PerfLimits {
 }
 
 /// Sends echo requests, at most `window` in flight, until `count` are sent
-/// or `duration` has passed, then prints throughput and latency.
+/// or `duration` has passed, then prints throughput and latency. After a
+/// drop (with `--reconnect`) the requests in flight are counted as lost
+/// and the run goes on on the new connection.
 ///
 /// Latency here is the true round trip of each request: from just before it
 /// is sent until its `echo_response` arrives (replies come back in order on
@@ -404,19 +543,32 @@ async fn perf(conn: &mut Conn, limits: &PerfLimits) -> io::Result<()> {
     let mut in_flight: VecDeque<Instant> = VecDeque::with_capacity(window);
     let mut round_trips: Vec<Duration> = Vec::new();
     let mut sent: u64 = 0;
+    let mut lost: u64 = 0;
     let start = Instant::now();
     let deadline = start + limits.duration;
     loop {
-        while in_flight.len() < window && sent < limits.count && Instant::now() < deadline {
-            let request = json!({"type": "echo", "content": content, "seq": sent});
-            in_flight.push_back(Instant::now());
-            conn.send(&request).await?;
-            sent += 1;
-        }
-        if in_flight.is_empty() {
-            break;
-        }
-        let reply = conn.recv().await?;
+        let step = async {
+            while in_flight.len() < window && sent < limits.count && Instant::now() < deadline {
+                let request = json!({"type": "echo", "content": content, "seq": sent});
+                in_flight.push_back(Instant::now());
+                sent += 1;
+                conn.send(&request).await?;
+            }
+            if in_flight.is_empty() {
+                return Ok(None);
+            }
+            conn.recv().await.map(Some)
+        };
+        let reply = match step.await {
+            Ok(Some(reply)) => reply,
+            Ok(None) => break,
+            Err(e) => {
+                conn.recover(e).await?;
+                lost += in_flight.len() as u64;
+                in_flight.clear();
+                continue;
+            }
+        };
         // Anything else (a broadcast from another client) is not ours.
         if reply.get("type").and_then(Value::as_str) == Some("echo_response")
             && let Some(sent_at) = in_flight.pop_front()
@@ -434,6 +586,9 @@ async fn perf(conn: &mut Conn, limits: &PerfLimits) -> io::Result<()> {
         limits.window,
         limits.size,
     );
+    if lost > 0 {
+        println!("perf: {lost} requests lost to reconnects");
+    }
     println!(
         "round-trip latency: p50 {} us, p99 {} us, max {} us",
         micros(percentile(&round_trips, 50)),

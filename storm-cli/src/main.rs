@@ -22,6 +22,7 @@ mod client;
 mod echo;
 mod gateway;
 mod json;
+mod reconnect;
 mod rpc;
 
 /// Storm: message-oriented TCP and WebSocket services.

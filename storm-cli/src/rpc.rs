@@ -12,8 +12,8 @@ use storm_cli::runtime::{Runtime, TlsArgs};
 use storm_services::host::AsyncRuntime;
 use storm_services::host::{on_async, on_std};
 use storm_services::rpc::{
-    CallOptions, Codec, CompressionConfig, Fault, Json, Request, RpcClient, RpcServer,
-    RpcServerConfig, Strategy, blocking,
+    CallOptions, CancelToken, Codec, CompressionConfig, Fault, Json, Request, RpcClient, RpcError,
+    RpcServer, RpcServerConfig, RpcServerStats, Strategy, blocking,
 };
 
 /// Transport of `storm rpc`.
@@ -62,6 +62,7 @@ pub(crate) enum StrategyArg {
 
 /// Options of `storm client rpc`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(after_help = CLIENT_AFTER_HELP)]
 pub(crate) struct ClientArgs {
     /// An endpoint: ws://host:port/, tcp://host:port, or wss:// and
     /// tls://host:port over TLS (repeat for several).
@@ -169,6 +170,7 @@ fn serve_on(args: &ServeArgs) -> std::io::Result<()> {
             })?;
             banner(args, &server.endpoint());
             on_std::shut_down_on(&storm_cli::interrupt::signal(), STOP_TIMEOUT, &server);
+            stopped(&server.stats());
             // Stopped: this joins its accept thread.
             server.shutdown(STOP_TIMEOUT)
         }
@@ -196,8 +198,24 @@ fn serve_async<R: AsyncRuntime>(
         .await?;
         banner(args, &server.endpoint());
         on_async::shut_down_on(&storm_cli::interrupt::signal(), STOP_TIMEOUT, &server).await;
+        stopped(&server.stats());
         Ok(())
     })
+}
+
+/// Says on stdout, once stopped, what the server did: requests, replies,
+/// calls its clients cancelled, calls that ran past their deadline. A
+/// closed stdout is no failure of the server's.
+fn stopped(stats: &RpcServerStats) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stdout(),
+        "storm rpc stopped: {} requests, {} replies, {} cancelled, {} timed out",
+        stats.requests,
+        stats.replies,
+        stats.cancelled,
+        stats.timed_out
+    );
 }
 
 fn banner(args: &ServeArgs, endpoint: &str) {
@@ -237,16 +255,43 @@ fn demo(name: &str, request: &Request) -> Demo {
     })
 }
 
+/// How `storm client rpc` ended (`--help` and the README list the codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Every call succeeded: exit code 0.
+    Done,
+    /// A call failed, or the options were bad: exit code 1.
+    Failed,
+    /// Ctrl-C: the calls in flight were cancelled (the server was sent a
+    /// cancel for each): exit code 130, as a shell reports SIGINT.
+    Interrupted,
+}
+
+/// `--help` text after the options of `storm client rpc`.
+const CLIENT_AFTER_HELP: &str = "\
+Ctrl-C cancels the calls in flight (the server is told, and stops their \
+handlers) and exits; a second Ctrl-C exits at once.
+
+Exit codes:
+  0    every call succeeded
+  1    a call failed, or a bad option
+  130  Ctrl-C: the calls in flight were cancelled";
+
 /// Runs `storm client rpc`.
 #[must_use]
 pub(crate) fn client(args: &ClientArgs) -> ExitCode {
+    if let Err(e) = storm_cli::interrupt::install() {
+        eprintln!("storm client rpc: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match args.runtime {
         ClientRuntime::Tokio => client_on::<storm_tokio::Tokio>(args),
         ClientRuntime::Smol => client_on::<storm_smol::Smol>(args),
     };
     match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::Failed) => ExitCode::FAILURE,
+        Ok(Outcome::Interrupted) => ExitCode::from(130),
         Err(e) => {
             eprintln!("storm client rpc: {e}");
             ExitCode::FAILURE
@@ -262,12 +307,12 @@ fn hex(bytes: &[u8]) -> String {
     }) + if bytes.len() > 64 { "…" } else { "" }
 }
 
-/// Returns whether every call succeeded.
-fn client_on<R: AsyncRuntime>(args: &ClientArgs) -> Result<bool, String> {
+/// Makes the calls; Ctrl-C cancels the one in flight.
+fn client_on<R: AsyncRuntime>(args: &ClientArgs) -> Result<Outcome, String> {
     R::block_on(async { Ok(client_async::<R>(args).await) }).map_err(|e| e.to_string())?
 }
 
-async fn client_async<R: AsyncRuntime>(args: &ClientArgs) -> Result<bool, String> {
+async fn client_async<R: AsyncRuntime>(args: &ClientArgs) -> Result<Outcome, String> {
     let params: serde_json::Value =
         serde_json::from_str(&args.params).map_err(|e| format!("--params is not JSON: {e}"))?;
     let payload = Json.encode(&params).map_err(|e| e.to_string())?;
@@ -293,46 +338,70 @@ async fn client_async<R: AsyncRuntime>(args: &ClientArgs) -> Result<bool, String
             });
     }
     let client = builder.build().map_err(|e| e.to_string())?;
-    let options =
-        CallOptions::new(Duration::from_millis(args.timeout_ms)).idempotent(args.idempotent);
-    let mut latencies = Vec::new();
-    let mut failures = 0u32;
-    for _ in 0..args.count.max(1) {
-        let start = Instant::now();
-        match client
-            .call_raw(&args.method, payload.clone(), options.clone())
-            .await
-        {
-            Ok(result) => {
-                latencies.push(start.elapsed());
-                if args.count <= 1 {
-                    match std::str::from_utf8(&result) {
-                        Ok(text) => println!("{text}"),
-                        Err(_) => println!("{}", hex(&result)),
+    // Ctrl-C cancels the token, and with it the call in flight: the
+    // client sends the server a cancel for it.
+    let interrupt = CancelToken::new();
+    let options = CallOptions::new(Duration::from_millis(args.timeout_ms))
+        .idempotent(args.idempotent)
+        .cancel_token(interrupt.clone());
+    let cancel_on_ctrl_c = async {
+        storm_cli::interrupt::ctrl_c().await;
+        interrupt.cancel();
+        // The calls end, cancelled, and win the race.
+        std::future::pending::<Option<u32>>().await
+    };
+    let calls = async {
+        let mut latencies = Vec::new();
+        let mut failures = 0u32;
+        for _ in 0..args.count.max(1) {
+            let start = Instant::now();
+            match client
+                .call_raw(&args.method, payload.clone(), options.clone())
+                .await
+            {
+                Err(RpcError::Cancelled) => return None,
+                Ok(result) => {
+                    latencies.push(start.elapsed());
+                    if args.count <= 1 {
+                        match std::str::from_utf8(&result) {
+                            Ok(text) => println!("{text}"),
+                            Err(_) => println!("{}", hex(&result)),
+                        }
                     }
                 }
-            }
-            Err(e) => {
-                failures += 1;
-                eprintln!("call failed: {e}");
+                Err(e) => {
+                    failures += 1;
+                    eprintln!("call failed: {e}");
+                }
             }
         }
-    }
-    if args.count > 1 {
-        latencies.sort_unstable();
-        let at = |q: usize| {
-            latencies
-                .get((latencies.len().saturating_sub(1)) * q / 100)
-                .copied()
-                .unwrap_or_default()
-        };
-        println!(
-            "{} ok, {failures} failed; p50 {:?}, p99 {:?}",
-            latencies.len(),
-            at(50),
-            at(99)
-        );
-    }
+        if args.count > 1 {
+            latencies.sort_unstable();
+            let at = |q: usize| {
+                latencies
+                    .get((latencies.len().saturating_sub(1)) * q / 100)
+                    .copied()
+                    .unwrap_or_default()
+            };
+            println!(
+                "{} ok, {failures} failed; p50 {:?}, p99 {:?}",
+                latencies.len(),
+                at(50),
+                at(99)
+            );
+        }
+        Some(failures)
+    };
+    let outcome = smol::future::or(calls, cancel_on_ctrl_c).await;
+    // Closing sends what is queued first: the cancels among it.
     client.close().await;
-    Ok(failures == 0)
+    Ok(match outcome {
+        None => {
+            eprintln!("storm client rpc: interrupted: the calls in flight were cancelled");
+            Outcome::Interrupted
+        }
+        Some(_) if interrupt.is_cancelled() => Outcome::Interrupted,
+        Some(0) => Outcome::Done,
+        Some(_) => Outcome::Failed,
+    })
 }

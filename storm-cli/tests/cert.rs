@@ -228,6 +228,62 @@ fn a_server_with_cert_files_is_trusted_by_clients_of_its_ca() {
     drop((ws, ws6, line, rpc));
 }
 
+/// `storm client json` and `storm bench` with `--tls-ca` talk to TLS
+/// servers with `storm cert`'s files: the json demo by `host:port` (the
+/// CA turns TLS on) and by `tls://`, and bench over TLS (json) and over
+/// wss:// (echo-ws), every request answered.
+#[test]
+fn json_client_and_bench_trust_the_ca_of_storm_cert() {
+    let dir = TempDir::new("json-bench");
+    let (ok, _, stderr) = cert(&["--out", path(&dir.0)]);
+    assert!(ok, "{stderr}");
+    let ca = dir.file("ca.pem");
+    let (leaf, key) = (dir.file("cert.pem"), dir.file("key.pem"));
+    let tls = ["--tls", path(&leaf), path(&key)];
+
+    let (json, json_addr) = Storm::serve("json", "127.0.0.1:0", &tls);
+    for addr in [json_addr.clone(), format!("tls://{json_addr}")] {
+        let client = Storm::spawn(&["client", "json", "--addr", &addr, "--tls-ca", path(&ca)]);
+        client.stdout_line("demo done");
+        let (status, stderr) = client.exit();
+        assert_eq!(status.code(), Some(0), "{addr}: {stderr}");
+    }
+
+    let (ws, ws_addr) = Storm::serve(
+        "echo",
+        "127.0.0.1:0",
+        &[&["--proto", "ws"], &tls[..]].concat(),
+    );
+    for (target, addr) in [("json", &json_addr), ("echo-ws", &ws_addr)] {
+        let bench = Storm::spawn(&[
+            "bench",
+            target,
+            "--addr",
+            addr,
+            "--tls-ca",
+            path(&ca),
+            "--connections",
+            "2",
+            "--max-messages",
+            "50",
+            "--duration",
+            "30",
+            "--json",
+        ]);
+        let summary = bench.stdout_line("\"msgs\"");
+        let (status, stderr) = bench.exit();
+        assert_eq!(status.code(), Some(0), "{target}: {summary} {stderr}");
+        let summary: serde_json::Value = serde_json::from_str(&summary).expect("JSON summary");
+        assert_eq!(
+            summary["error"],
+            serde_json::Value::Null,
+            "{target}: {summary}"
+        );
+        assert_eq!(summary["msgs"], 50, "{target}: {summary}");
+    }
+    drop((json, ws));
+}
+
 /// The certificate most people make first, a self-signed CA certificate
 /// (`openssl req -x509 … -subj /CN=localhost`), as a server's own: the
 /// client refuses it, says why, and points to `storm cert`.

@@ -82,6 +82,7 @@ async fn open(
             let mut options = ProviderOptions::default();
             // Never the bottleneck: as many handlers as requests can be open.
             options.max_concurrent = (config.connections * config.in_flight).clamp(64, 1 << 16);
+            options.client.tls.clone_from(&config.tls);
             let provider = Provider::connect(addr, channel, options)
                 .await
                 .map_err(|e| format!("provider: connecting to {addr}: {e}"))?;
@@ -92,7 +93,9 @@ async fn open(
     };
     let mut consumers = Vec::with_capacity(config.connections);
     for index in 0..config.connections {
-        let consumer = Consumer::connect(addr, channel, ConsumerOptions::default())
+        let mut options = ConsumerOptions::default();
+        options.client.tls.clone_from(&config.tls);
+        let consumer = Consumer::connect(addr, channel, options)
             .await
             .map_err(|e| format!("consumer {index}: connecting to {addr}: {e}"))?;
         consumers.push(consumer);

@@ -23,6 +23,7 @@ use storm_proto::framing::{DelimiterConfig, Framing, LengthPrefixConfig, RawConf
 use storm_proto::reconnect::BackoffConfig;
 use storm_services::rpc::Endpoint;
 
+use crate::reconnect::ReconnectArgs;
 use crate::rpc::{ClientRuntime, StrategyArg};
 
 /// Exit codes of `storm client ws` and `storm client tcp` (`--help` and the
@@ -79,15 +80,10 @@ pub(crate) struct CommonArgs {
     /// delay.
     #[arg(long, value_enum, default_value = "failover")]
     strategy: StrategyArg,
-    /// Reconnect when the connection drops or cannot be made, with
-    /// exponential backoff (100 ms doubling up to 30 s, full jitter; reset
-    /// once a connection stayed up 10 s). Lines read meanwhile wait.
-    #[arg(long)]
-    reconnect: bool,
-    /// With --reconnect: attempts per endpoint before giving up (exit code
-    /// 3); 0 never gives up.
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    max_attempts: u32,
+    /// `--reconnect` (lines read meanwhile wait) and `--max-attempts`
+    /// (used up on every endpoint: exit code 3).
+    #[command(flatten)]
+    reconnect: ReconnectArgs,
     /// Trust the CA certificates in this PEM file (e.g. the ca.pem of
     /// `storm cert`) instead of the public web roots.
     #[arg(long, value_name = "CA_PEM")]
@@ -307,10 +303,6 @@ impl Plan {
             connect_timeout: seconds(common.connect_timeout, "--connect-timeout", false)?,
             ..ClientOptions::default()
         };
-        let reconnect = BackoffConfig {
-            max_attempts: common.max_attempts,
-            ..BackoffConfig::default()
-        };
         Ok(Self {
             targets,
             tls,
@@ -319,7 +311,7 @@ impl Plan {
             input: input::Mode::Text,
             max_message: common.max_message,
             failover: common.strategy == StrategyArg::Failover,
-            reconnect: common.reconnect.then_some(reconnect),
+            reconnect: common.reconnect.backoff(),
         })
     }
 }

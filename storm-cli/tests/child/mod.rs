@@ -1,6 +1,6 @@
 //! `storm` as a child process with piped stdin, stdout and stderr, waited
-//! on line by line with bounded timeouts (the tests of `storm cert` and of
-//! the generic clients).
+//! on line by line with bounded timeouts (the tests of `storm cert`, of
+//! the generic clients, and of every client's reconnects).
 
 // Each test file that declares this module uses a part of it.
 #![allow(dead_code)]
@@ -101,6 +101,16 @@ impl Storm {
         // The pipe ends with the process: what is left comes at once.
         let stderr: Vec<String> = self.stderr.iter().collect();
         (status, stderr.join("\n"))
+    }
+
+    /// Sends the process SIGINT (what Ctrl-C sends), by its id.
+    pub(crate) fn interrupt(&self) {
+        let pid = self.child.as_ref().expect("still running").id().to_string();
+        let status = Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -INT {pid}");
     }
 
     /// Kills the process (by its id) and waits for it.

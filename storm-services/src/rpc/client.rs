@@ -568,14 +568,20 @@ impl<C: Codec, R: Runtime> RpcClient<C, R> {
         }
     }
 
-    /// Closes every connection; later calls fail with
-    /// [`RpcError::Closed`].
+    /// Closes every connection gracefully and returns once they have
+    /// closed, so what was queued on them (the cancels of calls just
+    /// dropped) has gone out; later calls fail with [`RpcError::Closed`].
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
+        let mut closing = Vec::new();
         for slot in &self.inner.slots {
             if let Some(conn) = slot.lock().await.take() {
                 conn.client.close();
+                closing.push(conn);
             }
+        }
+        for conn in closing {
+            conn.client.closed().await;
         }
     }
 

@@ -1,0 +1,135 @@
+//! The clients of one server across its restart, through the real binary
+//! on loopback: `storm client json` and `storm client broker provider` with
+//! `--reconnect` connect (and register) again; and Ctrl-C during
+//! `storm client rpc` cancels the call in flight at the server.
+
+mod child;
+use child::Storm;
+
+/// `storm client json --mode interactive --reconnect` to `addr`, with
+/// `extra` flags.
+fn interactive_json_client(addr: &str, extra: &[&str]) -> Storm {
+    let args = [
+        "client",
+        "json",
+        "--addr",
+        addr,
+        "--mode",
+        "interactive",
+        "--reconnect",
+    ];
+    Storm::spawn(&[&args[..], extra].concat())
+}
+
+/// `storm json` is stopped and started again on the same port: the
+/// interactive client says it lost the connection, connects again, and
+/// goes on.
+#[test]
+fn json_client_reconnects_across_a_server_restart() {
+    let (server, addr) = Storm::serve("json", "127.0.0.1:0", &[]);
+    let mut client = interactive_json_client(&addr, &[]);
+    client.send("/echo before");
+    client.stdout_line("\"before\"");
+
+    server.kill();
+    client.stderr_line("disconnected: the server closed the connection; reconnecting in");
+    let (server, again) = Storm::serve("json", &addr, &[]);
+    assert_eq!(again, addr);
+    client.stderr_line("storm client json: reconnected");
+    client.send("/echo after");
+    client.stdout_line("\"after\"");
+    client.send("/exit");
+    let (status, stderr) = client.exit();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    drop(server);
+}
+
+/// With `--max-attempts 2` against a server that stays away, the client
+/// gives up after two attempts and fails (exit code 1).
+#[test]
+fn json_client_gives_up_after_max_attempts() {
+    let (server, addr) = Storm::serve("json", "127.0.0.1:0", &[]);
+    let mut client = interactive_json_client(&addr, &["--max-attempts", "2"]);
+    client.send("/ping");
+    client.stdout_line("pong");
+    server.kill();
+    client.stderr_line("giving up after 2 attempts");
+    let (status, stderr) = client.exit();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+}
+
+/// The broker restarts: the provider registers on its channel again, and
+/// a request through the new broker is answered.
+#[test]
+fn broker_provider_serves_again_after_the_broker_restarts() {
+    let (broker, addr) = Storm::serve("broker", "127.0.0.1:0", &[]);
+    let provider = Storm::spawn(&[
+        "client",
+        "broker",
+        "provider",
+        "--addr",
+        &addr,
+        "--channel",
+        "7",
+        "--mode",
+        "upper",
+        "--reconnect",
+    ]);
+    provider.stdout_line("registered at");
+
+    broker.kill();
+    provider.stderr_line("disconnected from the broker");
+    let (broker, again) = Storm::serve("broker", &addr, &[]);
+    assert_eq!(again, addr);
+    provider.stdout_line("registered at");
+    provider.stderr_line("reconnected");
+    let request = Storm::spawn(&[
+        "client",
+        "broker",
+        "request",
+        "--addr",
+        &addr,
+        "--channel",
+        "7",
+        "--data",
+        "again",
+    ]);
+    assert_eq!(request.next_stdout(), "AGAIN");
+    let (status, stderr) = request.exit();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    drop((provider, broker));
+}
+
+/// Ctrl-C while a slow call runs: the client cancels it (the server counts
+/// a cancel from its client, not a dropped connection) and exits 130.
+#[test]
+fn ctrl_c_cancels_the_rpc_call_in_flight() {
+    for runtime in ["tokio", "std"] {
+        let (server, addr) = Storm::serve("rpc", "127.0.0.1:0", &["--runtime", runtime]);
+        let client = Storm::spawn(&[
+            "client",
+            "rpc",
+            "--endpoint",
+            &format!("ws://{addr}/"),
+            "--method",
+            "sleep",
+            "--params",
+            "30000",
+            "--timeout-ms",
+            "60000",
+            "--trace",
+        ]);
+        // The request went out.
+        client.stderr_line("-> ");
+        client.interrupt();
+        client.stderr_line("interrupted: the calls in flight were cancelled");
+        let (status, stderr) = client.exit();
+        assert_eq!(status.code(), Some(130), "{runtime}: {stderr}");
+        server.interrupt();
+        let stopped = server.stdout_line("storm rpc stopped:");
+        assert!(
+            stopped.contains("1 requests") && stopped.contains(", 1 cancelled"),
+            "{runtime}: {stopped}"
+        );
+    }
+}

@@ -65,9 +65,10 @@ fn line_with(parts: &[&str]) -> String {
 
 /// The server's options: only `http://ok.example` pages are let in.
 fn ws_options() -> WsOptions {
-    let mut ws = WsOptions::default();
-    ws.allowed_origins = vec!["http://ok.example".to_owned()];
-    ws
+    WsOptions {
+        allowed_origins: vec!["http://ok.example".to_owned()],
+        ..WsOptions::default()
+    }
 }
 
 /// Against a server at `addr`: a page from `https://evil-NAME.example`

@@ -18,7 +18,7 @@ use storm_host::options::{ServerOptions, TlsServerConfig, WsOptions};
 use storm_host::peer::Registry;
 use storm_host::setup::{
     AcceptErrors, Admitted, Answer, Decision, Opened, ServerOpen, ServerRequest, ServerSetup,
-    ServerUpgradeStep, TlsInfo, UpgradeInfo, from_peer, server_hub,
+    ServerUpgradeStep, TlsInfo, UpgradeInfo, handshake_failed, server_hub, tls_handshake_failed,
 };
 use storm_proto::framing::Framing;
 
@@ -423,11 +423,21 @@ async fn accept<R: Runtime, H: Handler>(
         };
         let guard = shared.tasks.enter();
         let (handle, handler) = (handle.clone(), Arc::clone(&handler));
+        #[cfg(feature = "tracing")]
+        let span = storm_host::setup::connection_span(remote, shared.setup.protocol_name());
         match shared.setup.tls() {
-            None => R::spawn(handle.plain(stream, admitted, handler, guard)),
+            None => {
+                let task = handle.plain(stream, admitted, handler, guard);
+                #[cfg(feature = "tracing")]
+                let task = tracing::Instrument::instrument(task, span);
+                R::spawn(task);
+            }
             Some(config) => {
                 let config = config.clone();
-                R::spawn(handle.secure(config, stream, admitted, handler, guard));
+                let task = handle.secure(config, stream, admitted, handler, guard);
+                #[cfg(feature = "tracing")]
+                let task = tracing::Instrument::instrument(task, span);
+                R::spawn(task);
             }
         }
     }
@@ -520,7 +530,7 @@ impl<R: Runtime> ServerHandle<R> {
                 }
                 Err(e) => Err(e),
             };
-            let opened = opened.map_err(|e| from_peer(remote, e));
+            let opened = opened.map_err(|e| handshake_failed(self.hub(), remote, e));
             let registered = opened.and_then(|mut opened| {
                 let initial = std::mem::take(&mut opened.leftover);
                 let (session, link, registered) = self.register(admitted, opened)?;
@@ -560,7 +570,7 @@ impl<R: Runtime> ServerHandle<R> {
                 self.configure(&stream)?;
                 let mut stream = R::tls_accept(config, stream)
                     .await
-                    .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake failed: {e}")))?;
+                    .map_err(tls_handshake_failed)?;
                 let tls = R::tls_info(&stream);
                 let mut opened = self.open(&mut stream, &remote, Some(&tls)).await?;
                 let initial = std::mem::take(&mut opened.leftover);
@@ -570,7 +580,7 @@ impl<R: Runtime> ServerHandle<R> {
                 Ok((stream.split(), session, link, registered, initial))
             });
             let opened = self.within(limit, handshake.as_mut()).await;
-            let opened = opened.map_err(|e| from_peer(remote, e));
+            let opened = opened.map_err(|e| handshake_failed(self.hub(), remote, e));
             drop(handshake);
             let Some((halves, session, link, registered, initial)) =
                 report(opened, &*handler).await
@@ -909,11 +919,13 @@ impl<R: Runtime> PendingSession<R> {
             let remote = admitted.remote();
             let limit = handle.shared.options.handshake_timeout;
             let halves = handle.within(limit, pin!(upgraded)).await;
-            let registered = halves.map_err(|e| from_peer(remote, e)).and_then(|halves| {
-                let initial = std::mem::take(&mut opened.leftover);
-                let (session, link, registered) = handle.register(admitted, opened)?;
-                Ok((halves, session, link, registered, initial))
-            });
+            let registered = halves
+                .map_err(|e| handshake_failed(handle.hub(), remote, e))
+                .and_then(|halves| {
+                    let initial = std::mem::take(&mut opened.leftover);
+                    let (session, link, registered) = handle.register(admitted, opened)?;
+                    Ok((halves, session, link, registered, initial))
+                });
             let Some((halves, session, link, registered, initial)) =
                 report(registered, &*handler).await
             else {

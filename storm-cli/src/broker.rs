@@ -11,6 +11,7 @@ use storm_host::options::{ClientOptions, TlsClientOptions};
 use storm_proto::broker::{ChannelId, ErrorCode, ErrorPayload, RouterConfig, RouterStats};
 
 use storm_cli::interrupt;
+use storm_cli::metrics::MetricsEndpoint;
 use storm_cli::policy::{PolicyArgs, Service};
 use storm_cli::runtime::{Runtime, TlsArgs};
 use storm_services::broker::{
@@ -262,11 +263,12 @@ pub(crate) fn serve(args: &ServerArgs) -> Result<(), BrokerError> {
     router.max_requests_per_consumer = args.max_requests_per_consumer;
     router.max_queued_frames = args.max_queued_frames;
     router.max_queued_bytes = args.max_queued_bytes;
+    let metrics = storm_cli::metrics::bind(args.policy.metrics_addr.as_deref())?;
     interrupt::install().map_err(BrokerError::Io)?;
     match args.runtime {
-        Runtime::Tokio => serve_async::<storm_tokio::Tokio>(args, options),
-        Runtime::Smol => serve_async::<storm_smol::Smol>(args, options),
-        Runtime::Std => serve_std(args, options),
+        Runtime::Tokio => serve_async::<storm_tokio::Tokio>(args, options, metrics),
+        Runtime::Smol => serve_async::<storm_smol::Smol>(args, options, metrics),
+        Runtime::Std => serve_std(args, options, metrics),
     }
 }
 
@@ -297,12 +299,14 @@ fn print_stats(connections: usize, open: usize, s: &RouterStats) {
 fn serve_async<R: AsyncRuntime>(
     args: &ServerArgs,
     options: BrokerOptions,
+    metrics: Option<MetricsEndpoint>,
 ) -> Result<(), BrokerError> {
     let stop = interrupt::signal();
     on_async::serve_until::<R, _, _, _, _>(&stop, STOP_TIMEOUT, || async {
         let server = BrokerServer::<R>::bind_on(options).await?;
         banner(args, server.local_addr());
         let handle = server.handle();
+        storm_cli::metrics::start(metrics, "broker", handle.hub());
         if !args.stats_every.is_zero() {
             let handle = handle.clone();
             R::spawn(on_async::every::<R>(args.stats_every, move || {
@@ -317,10 +321,15 @@ fn serve_async<R: AsyncRuntime>(
     })
 }
 
-fn serve_std(args: &ServerArgs, options: BrokerOptions) -> Result<(), BrokerError> {
+fn serve_std(
+    args: &ServerArgs,
+    options: BrokerOptions,
+    metrics: Option<MetricsEndpoint>,
+) -> Result<(), BrokerError> {
     let server = blocking::BrokerServer::bind(options)?;
     banner(args, server.local_addr());
     let handle = server.handle();
+    storm_cli::metrics::start(metrics, "broker", handle.hub());
     if !args.stats_every.is_zero() {
         let handle = handle.clone();
         on_std::every(args.stats_every, move || {

@@ -62,6 +62,7 @@ pub(crate) struct ChatArgs {
 const SERVICE: Service = Service {
     heartbeat_secs: 15,
     max_message: 64 * 1024,
+    metrics: false,
     ..Service::ws("storm chat")
 };
 

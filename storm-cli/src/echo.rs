@@ -99,6 +99,7 @@ pub(crate) fn run(args: &EchoArgs) -> io::Result<()> {
             Listen::Tcp(Framing::Delimiter(config))
         }
     };
+    let metrics = storm_cli::metrics::bind(args.policy.metrics_addr.as_deref())?;
     interrupt::install()?;
     let timeout = Duration::from_secs_f64(args.shutdown_timeout.max(0.0));
     let stop = interrupt::signal();
@@ -110,6 +111,7 @@ pub(crate) fn run(args: &EchoArgs) -> io::Result<()> {
         timeout,
         |bound| {
             banner(args, bound.local_addr);
+            storm_cli::metrics::start(metrics, "echo", &bound.hub);
             Echo
         },
     )

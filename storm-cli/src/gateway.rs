@@ -78,7 +78,10 @@ pub(crate) fn run(args: &GatewayArgs) -> ExitCode {
         let mut server = storm_host::options::ServerOptions::default();
         args.tls.apply(&mut server)?;
         options.tls = server.tls;
-        let policy = args.policy.resolve(&Service::ws("storm gateway"))?;
+        let policy = args.policy.resolve(&Service {
+            metrics: false,
+            ..Service::ws("storm gateway")
+        })?;
         options.max_connections = policy.max_connections;
         options.backpressure = policy.backpressure;
         options.heartbeat = policy.heartbeat;

@@ -118,6 +118,7 @@ pub(crate) fn serve(args: &JsonArgs) -> io::Result<()> {
     let mut framing = LengthPrefixConfig::default();
     framing.max_frame_len = policy.max_message;
     let framing = Framing::LengthPrefixWith(framing);
+    let metrics = storm_cli::metrics::bind(args.policy.metrics_addr.as_deref())?;
     storm_cli::interrupt::install()?;
     let stop = storm_cli::interrupt::signal();
     let listen = Listen::Tcp(framing);
@@ -129,6 +130,7 @@ pub(crate) fn serve(args: &JsonArgs) -> io::Result<()> {
         SHUTDOWN_TIMEOUT,
         |bound| {
             banner(args, bound.local_addr);
+            storm_cli::metrics::start(metrics, "json", &bound.hub);
             JsonService::new(config(args, policy.max_message), bound.hub.clone())
         },
     )

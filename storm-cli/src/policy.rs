@@ -21,7 +21,9 @@ use storm_proto::heartbeat::HeartbeatConfig;
 pub const DEFAULT_MISSED_PONGS: u32 = 3;
 
 /// `--max-connections`, `--slow-consumer`, `--max-pending-bytes`,
-/// `--heartbeat`, `--missed-pongs`, `--idle-timeout`, `--max-message`: the
+/// `--heartbeat`, `--missed-pongs`, `--idle-timeout`, `--max-message`,
+/// `--metrics-addr` (the one flag not checked against the service: every
+/// server has a hub to report, see [`metrics`](crate::metrics)): the
 /// same flags, with the same meaning, on every server service. The help
 /// text is `storm <service> --help` (clap shows it verbatim).
 #[derive(Debug, Clone, clap::Args)]
@@ -64,6 +66,11 @@ pub struct PolicyArgs {
     /// [default: 16 MiB; json, broker: 1 MiB; chat: 64 KiB]
     #[arg(long, value_name = "BYTES")]
     pub max_message: Option<usize>,
+    /// Serve this server's metrics (connections, messages and bytes each
+    /// way, drops, backpressure) as Prometheus text at
+    /// http://HOST:PORT/metrics. Off unless given.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
 }
 
 /// `--slow-consumer`.
@@ -106,6 +113,9 @@ pub struct Service {
     /// Whether the protocol has messages: raw TCP has only bytes, and
     /// `--max-message` is refused there.
     pub messages: bool,
+    /// Whether the command serves `--metrics-addr` (it is refused where
+    /// the service does not hand its hub out yet).
+    pub metrics: bool,
 }
 
 impl Service {
@@ -120,6 +130,7 @@ impl Service {
             max_message: 16 << 20,
             waits_only: false,
             messages: true,
+            metrics: true,
         }
     }
 
@@ -207,6 +218,12 @@ impl PolicyArgs {
                 self.slow_consumer
                     .to_possible_value()
                     .map_or_else(String::new, |v| v.get_name().to_owned())
+            ));
+        }
+        if let (false, Some(addr)) = (service.metrics, &self.metrics_addr) {
+            return refuse(format!(
+                "--metrics-addr {addr}: not served by this command yet (echo, json, broker and \
+                 rpc serve it)"
             ));
         }
         let mut backpressure = BackpressureConfig::default();
@@ -325,5 +342,18 @@ mod tests {
         assert!(resolve(&["--slow-consumer", "wait"], &broker).is_ok());
         let e = error(&["--max-message", "10"], &Service::raw("storm echo"));
         assert!(e.contains("--max-message 10: raw TCP"), "{e}");
+        let without = Service {
+            metrics: false,
+            ..Service::ws("storm chat")
+        };
+        let e = error(&["--metrics-addr", "127.0.0.1:0"], &without);
+        assert!(e.contains("--metrics-addr 127.0.0.1:0: not served"), "{e}");
+        assert!(
+            resolve(
+                &["--metrics-addr", "127.0.0.1:0"],
+                &Service::ws("storm echo")
+            )
+            .is_ok()
+        );
     }
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use storm_cli::metrics::MetricsEndpoint;
 use storm_cli::policy::{PolicyArgs, Service};
 use storm_cli::runtime::{Runtime, TlsArgs};
 use storm_services::host::AsyncRuntime;
@@ -150,11 +151,12 @@ fn serve_on(args: &ServeArgs) -> std::io::Result<()> {
     let policy = args.policy.resolve(&service)?;
     policy.apply(&mut config.options);
     config.max_payload = policy.max_message;
+    let metrics = storm_cli::metrics::bind(args.policy.metrics_addr.as_deref())?;
     storm_cli::interrupt::install()?;
     let name: Arc<str> = args.name.as_str().into();
     match args.runtime {
-        Runtime::Tokio => serve_async::<storm_tokio::Tokio>(args, config, name),
-        Runtime::Smol => serve_async::<storm_smol::Smol>(args, config, name),
+        Runtime::Tokio => serve_async::<storm_tokio::Tokio>(args, config, name, metrics),
+        Runtime::Smol => serve_async::<storm_smol::Smol>(args, config, name, metrics),
         Runtime::Std => {
             let server = blocking::RpcServer::bind(config, move |request: Request| {
                 match demo(&name, &request) {
@@ -169,6 +171,7 @@ fn serve_on(args: &ServeArgs) -> std::io::Result<()> {
                 }
             })?;
             banner(args, &server.endpoint());
+            storm_cli::metrics::start(metrics, "rpc", server.hub());
             on_std::shut_down_on(&storm_cli::interrupt::signal(), STOP_TIMEOUT, &server);
             stopped(&server.stats());
             // Stopped: this joins its accept thread.
@@ -181,6 +184,7 @@ fn serve_async<R: AsyncRuntime>(
     args: &ServeArgs,
     config: RpcServerConfig,
     name: Arc<str>,
+    metrics: Option<MetricsEndpoint>,
 ) -> std::io::Result<()> {
     R::block_on(async {
         let server = RpcServer::<R>::bind_on(config, move |request: Request| {
@@ -197,6 +201,7 @@ fn serve_async<R: AsyncRuntime>(
         })
         .await?;
         banner(args, &server.endpoint());
+        storm_cli::metrics::start(metrics, "rpc", server.hub());
         on_async::shut_down_on(&storm_cli::interrupt::signal(), STOP_TIMEOUT, &server).await;
         stopped(&server.stats());
         Ok(())

@@ -339,6 +339,8 @@ impl LinkDriver {
                 }
             }
             LinkEvent::Closed(reason) => {
+                #[cfg(feature = "tracing")]
+                trace_close(id, reason);
                 self.count_received();
                 // Refuse further sends; the writer flushes what must go out.
                 self.outbox.request_close(CloseKind::Graceful);
@@ -442,6 +444,26 @@ impl LinkDriver {
         }
         transmit
     }
+}
+
+/// The `connection closed` event: why, by whom (`peer` or `local`) and
+/// with which close code, if a close frame said (a peer's protocol or
+/// framing error is the reason, with `error = true`).
+#[cfg(feature = "tracing")]
+fn trace_close(id: crate::hub::SessionId, reason: &CloseReason) {
+    let by = match reason {
+        CloseReason::Remote(_)
+        | CloseReason::Eof
+        | CloseReason::Protocol(_)
+        | CloseReason::Framing(_) => "peer",
+        _ => "local",
+    };
+    let code = match reason {
+        CloseReason::Remote(frame) => Some(frame.code.0),
+        _ => None,
+    };
+    let error = matches!(reason, CloseReason::Protocol(_) | CloseReason::Framing(_));
+    tracing::info!(id = id.get(), by, code, error, reason = %reason, "connection closed");
 }
 
 #[cfg(test)]

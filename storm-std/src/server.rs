@@ -18,7 +18,7 @@ use storm_host::options::{ServerOptions, WsOptions};
 use storm_host::peer::Registry;
 use storm_host::setup::{
     AcceptErrors, Admitted, Answer, Decision, Opened, ServerOpen, ServerSetup, ServerUpgradeStep,
-    TlsInfo, UpgradeInfo, from_peer, server_hub,
+    TlsInfo, UpgradeInfo, handshake_failed, server_hub,
 };
 use storm_proto::framing::Framing;
 
@@ -393,8 +393,14 @@ fn serve<H: Handler>(listener: TcpListener, handle: ServerHandle, handler: H) ->
                 let running = running;
                 let handler = handler;
                 let remote = admitted.remote();
+                #[cfg(feature = "tracing")]
+                let _span = storm_host::setup::connection_span(
+                    remote,
+                    running.0.shared.setup.protocol_name(),
+                )
+                .entered();
                 if let Err(e) = running.0.run_connection(stream, admitted, &*handler) {
-                    handler.on_error(&from_peer(remote, e));
+                    handler.on_error(&handshake_failed(running.0.hub(), remote, e));
                 }
             }
         };
@@ -454,13 +460,8 @@ impl ServerHandle {
                 let mut io = Deadlined::new(&stream, deadline, what);
                 let mut conn = rustls::ServerConnection::new(Arc::clone(config.rustls()))
                     .map_err(|e| io::Error::other(format!("TLS: {e}")))?;
-                crate::tls::handshake(&mut conn, &mut io).map_err(|e| {
-                    if e.kind() == io::ErrorKind::TimedOut {
-                        e
-                    } else {
-                        io::Error::new(e.kind(), format!("TLS handshake failed: {e}"))
-                    }
-                })?;
+                crate::tls::handshake(&mut conn, &mut io)
+                    .map_err(storm_host::setup::tls_handshake_failed)?;
                 let tls = TlsInfo::of(&conn);
                 let remote = admitted.remote();
                 let mut opened = self.open(

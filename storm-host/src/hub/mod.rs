@@ -91,7 +91,9 @@ use std::time::Instant;
 use storm_proto::Message;
 
 pub use backplane::Backplane;
-pub use metrics::HubMetrics;
+#[cfg(feature = "metrics")]
+pub use metrics::metric_names;
+pub use metrics::{HandshakeFailure, HandshakeFailures, HubMetrics};
 pub use middleware::{Middleware, MiddlewareChain};
 pub use session::{
     CloseKind, Drained, Outbox, SendOutcome, SessionClosed, SessionId, SessionMetrics, SessionState,
@@ -571,7 +573,18 @@ impl Hub {
             messages_sent: totals.sum(|t| &t.messages_sent),
             messages_received: totals.sum(|t| &t.messages_received),
             messages_dropped: totals.sum(|t| &t.messages_dropped),
+            backpressure_episodes: totals.sum(|t| &t.backpressure_episodes),
+            handshake_failures: totals.handshake_failures(),
         }
+    }
+
+    /// Counts a server connection whose handshake failed with `error`
+    /// (in [`HubMetrics::handshake_failures`], by
+    /// [`HandshakeFailure::of`]) and returns why.
+    pub fn handshake_failed(&self, error: &std::io::Error) -> HandshakeFailure {
+        let why = HandshakeFailure::of(error);
+        self.shared.totals.handshake_failed(why);
+        why
     }
 
     // ---- groups ---------------------------------------------------------

@@ -232,6 +232,22 @@ pub struct Outbox {
     totals: Arc<Totals>,
 }
 
+/// The `backpressure on` event, when a send made the session's budget
+/// backpressured and it `was` not.
+#[cfg(feature = "tracing")]
+fn trace_pause(id: SessionId, was: bool, state: &State) {
+    if !was && state.budget.is_backpressured() {
+        let pending = state.budget.pending();
+        tracing::debug!(id = id.get(), pending, "backpressure on");
+    }
+}
+
+/// A slow-consumer policy acting on one session: `drop` or `disconnect`.
+#[cfg(feature = "tracing")]
+fn trace_slow_consumer(id: SessionId, action: &'static str, len: usize) {
+    tracing::debug!(id = id.get(), action, len, "slow consumer");
+}
+
 fn wake_all(wakers: impl IntoIterator<Item = Waker>) {
     for waker in wakers {
         waker.wake();
@@ -323,7 +339,12 @@ impl Outbox {
         if outbox.closed {
             return SendOutcome::Closed(message);
         }
-        match outbox.budget.offer(message.len()) {
+        #[cfg(feature = "tracing")]
+        let was = outbox.budget.is_backpressured();
+        let verdict = outbox.budget.offer(message.len());
+        #[cfg(feature = "tracing")]
+        trace_pause(self.id, was, &outbox);
+        match verdict {
             Verdict::Admit => {
                 outbox.queued_bytes += message.len();
                 outbox.queue.push_back(message);
@@ -341,9 +362,13 @@ impl Outbox {
                 self.traffic()
                     .messages_dropped
                     .fetch_add(1, Ordering::Relaxed);
+                #[cfg(feature = "tracing")]
+                trace_slow_consumer(self.id, "drop", message.len());
                 SendOutcome::Dropped(message)
             }
             Verdict::Disconnect => {
+                #[cfg(feature = "tracing")]
+                trace_slow_consumer(self.id, "disconnect", message.len());
                 let mut wake = Vec::new();
                 self.close_locked(&mut outbox, CloseKind::Abort, &mut wake);
                 drop(outbox);
@@ -366,7 +391,12 @@ impl Outbox {
         if outbox.closed {
             return Delivery::Closed;
         }
-        match outbox.budget.offer_overflow(message.len(), overflow) {
+        #[cfg(feature = "tracing")]
+        let was = outbox.budget.is_backpressured();
+        let verdict = outbox.budget.offer_overflow(message.len(), overflow);
+        #[cfg(feature = "tracing")]
+        trace_pause(self.id, was, &outbox);
+        match verdict {
             Verdict::Admit => {
                 outbox.queued_bytes += message.len();
                 outbox.queue.push_back(message.clone());
@@ -378,6 +408,8 @@ impl Outbox {
                 self.traffic()
                     .messages_dropped
                     .fetch_add(1, Ordering::Relaxed);
+                #[cfg(feature = "tracing")]
+                trace_slow_consumer(self.id, "drop", message.len());
                 if outbox.budget.policy() == SlowConsumerPolicy::Wait {
                     Delivery::Full
                 } else {
@@ -385,6 +417,8 @@ impl Outbox {
                 }
             }
             Verdict::Disconnect => {
+                #[cfg(feature = "tracing")]
+                trace_slow_consumer(self.id, "disconnect", message.len());
                 self.close_locked(&mut outbox, CloseKind::Abort, wake);
                 Delivery::Disconnected
             }
@@ -616,6 +650,12 @@ impl Outbox {
             .bytes_sent
             .fetch_add(as_u64(bytes), Ordering::Relaxed);
         if outbox.budget.on_flushed(bytes) == FlowChange::Resumed {
+            // Once per episode, never per message.
+            self.traffic()
+                .backpressure_episodes
+                .fetch_add(1, Ordering::Relaxed);
+            #[cfg(feature = "tracing")]
+            tracing::debug!(id = self.id.get(), "backpressure off");
             std::mem::take(&mut outbox.writable)
         } else {
             Vec::new()

@@ -283,8 +283,13 @@ fn wait_policy_hands_back_and_wakes_when_writable() {
     s.on_written(20); // 60 pending: still over half
     assert_eq!(wakes(&count), 0);
     assert!(s.is_backpressured());
+    assert_eq!(hub.metrics(Instant::now()).backpressure_episodes, 0);
     s.on_written(10); // 50: resumed
     assert_eq!(wakes(&count), 1);
+    // One episode, counted as it ends; more writes do not count again.
+    assert_eq!(hub.metrics(Instant::now()).backpressure_episodes, 1);
+    s.on_written(10);
+    assert_eq!(hub.metrics(Instant::now()).backpressure_episodes, 1);
     assert_eq!(s.poll_writable(&mut cx), Poll::Ready(Ok(())));
     assert_eq!(s.send(big), SendOutcome::Queued);
 }
@@ -559,4 +564,91 @@ fn hub_and_session_are_send_sync() {
     check::<Outbox>();
     check::<ConnectionPermit>();
     check::<MiddlewareChain>();
+}
+
+#[cfg(feature = "metrics")]
+#[test]
+fn metrics_are_recorded_under_their_names_and_service() {
+    let hub = hub_with(100, SlowConsumerPolicy::Drop);
+    let s = connect(&hub);
+    let _other = connect(&hub);
+    s.on_read_consumed(7);
+    s.on_message_received();
+    assert_eq!(s.send(msg(60)), SendOutcome::Queued);
+    assert!(matches!(s.send(msg(60)), SendOutcome::Dropped(_)));
+    let _ = s.drain_written(usize::MAX, drop);
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let render = recorder.handle();
+    ::metrics::with_local_recorder(&recorder, || {
+        hub.metrics(Instant::now()).record("unit");
+    });
+    let text = render.render();
+    let value = |name: &str| {
+        let series = format!("{name}{{service=\"unit\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} in\n{text}"))
+    };
+    assert_eq!(value(metric_names::CONNECTIONS_OPEN), 2.0);
+    assert_eq!(value(metric_names::CONNECTIONS_TOTAL), 2.0);
+    assert_eq!(value(metric_names::CONNECTIONS_REJECTED), 0.0);
+    assert_eq!(value(metric_names::MESSAGES_RECEIVED), 1.0);
+    assert_eq!(value(metric_names::BYTES_RECEIVED), 7.0);
+    assert_eq!(value(metric_names::MESSAGES_SENT), 1.0);
+    assert_eq!(value(metric_names::BYTES_SENT), 60.0);
+    assert_eq!(value(metric_names::MESSAGES_DROPPED), 1.0);
+    // 60 of 100 pending, then the refused send paused the budget; the
+    // write drained it to 0: one episode.
+    assert_eq!(value(metric_names::BACKPRESSURE_EPISODES), 1.0);
+    assert!(text.contains("storm_handshake_failures_total{service=\"unit\",reason=\"tls\"} 0"));
+}
+
+#[test]
+fn handshake_failures_are_counted_by_reason() {
+    use std::io::{Error, ErrorKind};
+    let hub = hub_with(0, SlowConsumerPolicy::Wait);
+    let cases = [
+        (Error::from(ErrorKind::TimedOut), HandshakeFailure::TimedOut),
+        (
+            Error::from(ErrorKind::PermissionDenied),
+            HandshakeFailure::Refused,
+        ),
+        (
+            crate::setup::tls_handshake_failed(Error::from(ErrorKind::InvalidData)),
+            HandshakeFailure::Tls,
+        ),
+        (
+            Error::from(ErrorKind::InvalidData),
+            HandshakeFailure::Invalid,
+        ),
+        (
+            Error::from(ErrorKind::UnexpectedEof),
+            HandshakeFailure::Closed,
+        ),
+        (
+            Error::from(ErrorKind::ConnectionReset),
+            HandshakeFailure::Closed,
+        ),
+        (
+            Error::from(ErrorKind::ConnectionAborted),
+            HandshakeFailure::Aborted,
+        ),
+        (Error::other("socket option"), HandshakeFailure::Other),
+    ];
+    for (error, why) in &cases {
+        assert_eq!(hub.handshake_failed(error), *why, "{error}");
+    }
+    // A TLS handshake that timed out is a timeout, with its own text.
+    let timed_out = crate::setup::tls_handshake_failed(Error::from(ErrorKind::TimedOut));
+    assert_eq!(HandshakeFailure::of(&timed_out), HandshakeFailure::TimedOut);
+    let tls = crate::setup::tls_handshake_failed(Error::new(ErrorKind::InvalidData, "bad cert"));
+    assert_eq!(tls.to_string(), "TLS handshake failed: bad cert");
+    let counted = hub.metrics(Instant::now()).handshake_failures;
+    assert_eq!(counted.get(HandshakeFailure::Closed), 2);
+    assert_eq!(counted.get(HandshakeFailure::Tls), 1);
+    assert_eq!(counted.total(), 8);
+    let names: std::collections::HashSet<_> =
+        HandshakeFailure::ALL.iter().map(|why| why.name()).collect();
+    assert_eq!(names.len(), HandshakeFailure::ALL.len());
 }

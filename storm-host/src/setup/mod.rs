@@ -526,6 +526,18 @@ impl ServerSetup {
         handshake_name(matches!(self.kind, ServerKind::Ws { .. }), self.has_tls())
     }
 
+    /// The protocol its connections speak, as a URL scheme would say it:
+    /// `ws`, `wss`, `tcp` or `tls`.
+    #[must_use]
+    pub fn protocol_name(&self) -> &'static str {
+        match (matches!(self.kind, ServerKind::Ws { .. }), self.has_tls()) {
+            (true, false) => "ws",
+            (true, true) => "wss",
+            (false, false) => "tcp",
+            (false, true) => "tls",
+        }
+    }
+
     fn has_tls(&self) -> bool {
         self.tls.is_some()
     }
@@ -595,6 +607,12 @@ impl ServerSetup {
         // cost every idle connection stack (std) or task size.
         let link = Box::new(LinkDriver::new(outbox, protocol, &self.link, now).map_err(invalid)?);
         let session = session(peer);
+        #[cfg(feature = "tracing")]
+        {
+            let id = session.id().get();
+            tracing::Span::current().record("id", id);
+            tracing::debug!(id, peer = %admitted.remote, "handshake accepted");
+        }
         registry.insert(session.clone());
         if stopping() {
             session.close();
@@ -664,6 +682,63 @@ pub fn client_speaks_tls(error: &(dyn std::error::Error + 'static)) -> bool {
 #[must_use]
 pub fn from_peer(remote: SocketAddr, error: io::Error) -> io::Error {
     io::Error::new(error.kind(), FromPeer { remote, error })
+}
+
+/// `error`, a failed TLS handshake on a server connection, marked as such
+/// for [`HandshakeFailure::of`](crate::hub::HandshakeFailure::of): it reads
+/// `TLS handshake failed: ERROR` and keeps `error`'s kind (a timed-out
+/// one is returned as it is, and counts as timed out).
+#[must_use]
+pub fn tls_handshake_failed(error: io::Error) -> io::Error {
+    if error.kind() == io::ErrorKind::TimedOut {
+        return error;
+    }
+    io::Error::new(error.kind(), TlsHandshakeFailed(error))
+}
+
+/// See [`tls_handshake_failed`].
+#[derive(Debug)]
+pub(crate) struct TlsHandshakeFailed(io::Error);
+
+impl std::fmt::Display for TlsHandshakeFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TLS handshake failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for TlsHandshakeFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// A server connection whose handshake failed with `error`: counted in
+/// `hub`'s metrics ([`Hub::handshake_failed`]) and returned
+/// [`from_peer`] `remote`, for the handler's `on_error`.
+#[must_use]
+pub fn handshake_failed(hub: &Hub, remote: SocketAddr, error: io::Error) -> io::Error {
+    let why = hub.handshake_failed(&error);
+    #[cfg(feature = "tracing")]
+    tracing::info!(peer = %remote, reason = why.name(), error = %error, "handshake failed");
+    let _ = why;
+    from_peer(remote, error)
+}
+
+/// The span of one server connection (feature `tracing`): `connection`
+/// with the peer's address, the protocol
+/// ([`ServerSetup::protocol_name`]: `ws`, `wss`, `tcp`, `tls`) and the
+/// session's `id`, recorded once the handshake is accepted
+/// ([`ServerSetup::admit`] records it in the current span). The adapter
+/// runs the connection's task, or enters it on the connection's thread.
+#[cfg(feature = "tracing")]
+#[must_use]
+pub fn connection_span(remote: SocketAddr, protocol: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "connection",
+        peer = %remote,
+        protocol,
+        id = tracing::field::Empty
+    )
 }
 
 /// See [`from_peer`].

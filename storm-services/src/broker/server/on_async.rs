@@ -94,6 +94,13 @@ impl<R: Runtime> BrokerHandle<R> {
         self.server.session_count()
     }
 
+    /// The server's hub: its sessions and traffic totals
+    /// ([`Hub::metrics`](storm_host::hub::Hub::metrics)).
+    #[must_use]
+    pub fn hub(&self) -> &storm_host::hub::Hub {
+        self.server.hub()
+    }
+
     /// Stops accepting, closes every connection (aborting those still open
     /// after `timeout`) and returns when [`BrokerServer::serve`] has.
     pub async fn shutdown(&self, timeout: Duration) {

@@ -92,6 +92,13 @@ impl RpcServer {
         self.service.stats()
     }
 
+    /// The server's hub: its sessions and traffic totals
+    /// ([`Hub::metrics`](storm_host::hub::Hub::metrics)).
+    #[must_use]
+    pub fn hub(&self) -> &storm_host::hub::Hub {
+        self.handle.hub()
+    }
+
     /// Stops accepting, closes every connection (calls in flight on them
     /// fail fast on the client), aborting those still open after
     /// `timeout`, and waits until the server has stopped.

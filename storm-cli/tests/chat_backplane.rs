@@ -177,7 +177,10 @@ fn a_room_message_crosses_nodes_once_with_its_position() {
     assert_eq!(texts(&seen), ["one", "two"], "{seen:?}");
     let one = seen.iter().find(|v| v["text"] == "one").expect("one");
     assert_eq!(one["epoch"], sent["epoch"]);
-    assert_eq!(one["offset"], sent["offset"], "the same position on both nodes");
+    assert_eq!(
+        one["offset"], sent["offset"],
+        "the same position on both nodes"
+    );
     assert_eq!(one["from"], sent["from"]);
 }
 

@@ -530,8 +530,12 @@ impl Chat {
     /// A room event from the backplane (any node's, this one's too): with
     /// its position added, to the sessions joining `room` and to its group.
     fn deliver(&self, hub: &Hub, room: &str, position: Option<Position>, message: &Message) {
-        let message = nodes::positioned(message, position);
         let mut registry = self.registry();
+        let joining = registry.pending.values().any(|p| p.room == room);
+        if !joining && hub.member_count(room) == 0 {
+            return;
+        }
+        let message = nodes::positioned(message, position);
         for pending in registry.pending.values_mut() {
             if pending.room == room {
                 if pending.buffer.len() < nodes::MAX_PENDING {
@@ -666,9 +670,16 @@ impl Chat {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Command {
-    Name { name: String },
-    Chat { text: String },
-    Whisper { to: String, text: String },
+    Name {
+        name: String,
+    },
+    Chat {
+        text: String,
+    },
+    Whisper {
+        to: String,
+        text: String,
+    },
     Join {
         room: String,
         /// With `offset`: the client's last position in `room`.

@@ -67,14 +67,13 @@ impl Nodes {
     /// Subscribes and starts delivering room events into `hub` through
     /// `chat`; returns once subscribed.
     pub(super) async fn start(&self, hub: Hub, chat: Weak<Chat>) -> io::Result<Running> {
-        let deliver: Deliver = Arc::new(move |hub: &Hub,
-                                           room: &str,
-                                           position: Option<Position>,
-                                           message: &Message| {
-            if let Some(chat) = chat.upgrade() {
-                chat.deliver(hub, room, position, message);
-            }
-        });
+        let deliver: Deliver = Arc::new(
+            move |hub: &Hub, room: &str, position: Option<Position>, message: &Message| {
+                if let Some(chat) = chat.upgrade() {
+                    chat.deliver(hub, room, position, message);
+                }
+            },
+        );
         self.backplane
             .start_with(hub, deliver)
             .await
@@ -102,10 +101,13 @@ impl Nodes {
         self.runtime.spawn(async move {
             let outcome = match since {
                 Some(since) => backplane.recover(&room, since).await,
-                None => backplane.position(&room).await.map(|top| Recovery::Recovered {
-                    messages: Vec::new(),
-                    top,
-                }),
+                None => backplane
+                    .position(&room)
+                    .await
+                    .map(|top| Recovery::Recovered {
+                        messages: Vec::new(),
+                        top,
+                    }),
             };
             // After the room's position was read: `joined` lands past it.
             backplane.publish_ordered(&room, &joined);

@@ -353,7 +353,9 @@ struct Publication {
 /// ([`RedisBackplane::start`]) `hub.deliver_group(room, message, None)`.
 /// Called once per message and node (not per session), on the subscriber
 /// task, so it must not block; `position` is the message's place in its
-/// room's history (`None` without history).
+/// room's history (`None` without history). Messages of
+/// [`publish_ordered`](RedisBackplane::publish_ordered) come to it even when
+/// the room has no member on this node.
 pub type Deliver = Arc<dyn Fn(&Hub, &str, Option<Position>, &Message) + Send + Sync>;
 
 /// One stream entry as `XRANGE` returns it: its id and its fields.
@@ -667,7 +669,10 @@ impl RedisBackplane {
                 return;
             }
         };
-        if hub.member_count(room) == 0 {
+        // An ordered publication goes to `Deliver` even with no member
+        // here: the service may have sessions about to enter the room (a
+        // chat's joining sessions wait for it), and decides itself.
+        if hub.member_count(room) == 0 && !envelope.echo {
             // Nobody here to deliver to, and nothing to track: the next
             // message after a member joins starts the room's sequence anew.
             rooms.forget(room);

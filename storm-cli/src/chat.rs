@@ -5,6 +5,7 @@
 use std::io;
 use std::time::Duration;
 
+use storm_backplane::redis::RedisConfig;
 use storm_host::options::{ServerOptions, WsOptions};
 use storm_proto::ws::deflate::DeflateConfig;
 use storm_services::chat::{ChatConfig, PageAddr};
@@ -56,6 +57,19 @@ pub(crate) struct ChatArgs {
     /// -, ., _ and ~. Default: none.
     #[arg(long, value_name = "TOKEN")]
     token: Option<String>,
+    /// Run as one node of a chat spread over several: every `storm chat`
+    /// given the same Redis server (redis://HOST:PORT) delivers room
+    /// messages (chat, joined, left, renamed) to the members of the room on
+    /// every node, in one order, each with its "epoch" and "offset"; a
+    /// join with the last epoch and offset seen gets what it missed (see
+    /// the README). Tokio runtime only for now (refused with --runtime
+    /// smol or std). Default: none, this node alone.
+    #[arg(long, value_name = "URL")]
+    backplane: Option<String>,
+    /// With --backplane: messages each room's history keeps for
+    /// recovery; 0 = none (messages then carry no offset).
+    #[arg(long, value_name = "N", default_value_t = 1000, requires = "backplane")]
+    backplane_history: usize,
 }
 
 /// `storm chat`: WebSocket, pings every 15 s, messages up to 64 KiB.
@@ -94,6 +108,12 @@ pub(crate) fn run(args: &ChatArgs) -> io::Result<()> {
     config.runtime = args.runtime.into();
     config.allowed_origins.clone_from(&args.allow_origin);
     config.token.clone_from(&args.token);
+    config.backplane = args.backplane.as_ref().map(|url| {
+        let mut redis = RedisConfig::default();
+        redis.url.clone_from(url);
+        redis.history_len = args.backplane_history;
+        redis
+    });
     storm_cli::interrupt::install()?;
     storm_services::chat::serve(config, &storm_cli::interrupt::signal())
 }

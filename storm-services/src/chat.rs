@@ -87,6 +87,23 @@
 //!
 //! Unknown fields in commands are ignored. Binary messages get an `error`.
 //!
+//! # Across nodes
+//!
+//! With [`ChatConfig::backplane`] (`--backplane redis://HOST:PORT`, tokio
+//! only) every chat node sharing the Redis server is one server for room
+//! events: `chat`, `joined`, `left` and `renamed` go through the backplane's
+//! ordered publish, reach the room's members on every node once, in one
+//! order, and carry their position, `"epoch"` (16 hex digits) and
+//! `"offset"`. A `join` may carry the last position seen,
+//! `{"type":"join","room":"rust","epoch":"…","offset":42}` (both or
+//! neither); the joining session then gets, before any other event of the
+//! room, the missed events in order, or
+//! `{"type":"unrecoverable","room":"rust","reason":"…"}` when they cannot
+//! be had (history trimmed, epoch changed, backplane unreachable), then
+//! `{"type":"position","room":"rust","epoch":"…","offset":42}`; live events
+//! follow, none twice. Without a backplane `epoch` and `offset` are
+//! ignored. User lists, whispers, the tick and the console stay per node.
+//!
 //! # Admin console
 //!
 //! Lines on stdin: `/sessions`, `/kick <id>` (closes with 1008 "kicked"),
@@ -98,20 +115,23 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufRead};
 use std::net::{SocketAddr, TcpListener};
 use std::ops::Deref;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use storm_host::hub::{Hub, SessionId};
+use storm_host::hub::{Hub, SendOutcome, SessionId};
 use storm_host::link::CloseReason;
 use storm_host::options::{ServerOptions, WsOptions};
 use storm_host::peer::{Peer, Registry as ServerRegistry};
 use storm_host::setup::{Decision, UpgradeInfo};
 use storm_proto::Message;
+use storm_proto::backplane::Position;
 use storm_proto::ws::CloseCode;
 
 use crate::host::{Runtime, Stop};
 
+mod nodes;
 mod on_async;
 mod on_std;
 
@@ -170,6 +190,10 @@ pub struct ChatConfig {
     /// `.`, `_` and `~` only (it travels in URLs unescaped). Default
     /// `None`: no token.
     pub token: Option<String>,
+    /// The Redis backplane that makes chat nodes sharing it one server for
+    /// room events (`--backplane redis://HOST:PORT`; tokio only for now):
+    /// see "Across nodes". Default `None`: this node alone.
+    pub backplane: Option<storm_backplane::redis::RedisConfig>,
 }
 
 impl Default for ChatConfig {
@@ -182,6 +206,7 @@ impl Default for ChatConfig {
             runtime: Runtime::Tokio,
             allowed_origins: Vec::new(),
             token: None,
+            backplane: None,
         }
     }
 }
@@ -214,6 +239,12 @@ pub fn serve(config: ChatConfig, stop: &Stop) -> io::Result<()> {
                 "--token takes letters, digits, `-`, `.`, `_` and `~` only",
             ));
         }
+    }
+    if config.backplane.is_some() && config.runtime != Runtime::Tokio {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--backplane runs on the tokio runtime only (for now): drop --runtime",
+        ));
     }
     // The page is served over TLS with the same certificate.
     let page_tls = config
@@ -409,6 +440,8 @@ struct User {
 struct Registry {
     users: HashMap<SessionId, User>,
     names: HashMap<String, SessionId>,
+    /// Sessions joining a room across nodes, until their recovery ends.
+    pending: HashMap<SessionId, nodes::Pending>,
 }
 
 /// A server's sessions as the chat needs them, whatever the runtime:
@@ -455,13 +488,22 @@ where
 struct Chat {
     server: Box<dyn Server>,
     registry: Mutex<Registry>,
+    /// The backplane, when the chat runs across nodes.
+    nodes: Option<nodes::Nodes>,
+    /// This chat, for the tasks it spawns.
+    me: Weak<Chat>,
+    /// The last join ticket given out.
+    tickets: AtomicU64,
 }
 
 impl Chat {
-    fn new(server: impl Server) -> Arc<Self> {
-        Arc::new(Self {
+    fn new(server: impl Server, nodes: Option<nodes::Nodes>) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
             server: Box::new(server),
             registry: Mutex::default(),
+            nodes,
+            me: me.clone(),
+            tickets: AtomicU64::new(0),
         })
     }
 
@@ -474,8 +516,70 @@ impl Chat {
         self.to_group(room, &encode(event));
     }
 
+    /// Sends `message` to the members of `room`: on this node, or on every
+    /// node (in the room's one order) with a backplane.
     fn to_group(&self, room: &str, message: &Message) {
-        self.server.hub().broadcast_group(room, message, None);
+        match &self.nodes {
+            Some(nodes) => nodes.publish(room, message),
+            None => {
+                self.server.hub().broadcast_group(room, message, None);
+            }
+        }
+    }
+
+    /// A room event from the backplane (any node's, this one's too): with
+    /// its position added, to the sessions joining `room` and to its group.
+    fn deliver(&self, hub: &Hub, room: &str, position: Option<Position>, message: &Message) {
+        let mut registry = self.registry();
+        let joining = registry.pending.values().any(|p| p.room == room);
+        if !joining && hub.member_count(room) == 0 {
+            return;
+        }
+        let message = nodes::positioned(message, position);
+        for pending in registry.pending.values_mut() {
+            if pending.room == room {
+                if pending.buffer.len() < nodes::MAX_PENDING {
+                    pending.buffer.push((position, message.clone()));
+                } else {
+                    pending.overflow = true;
+                }
+            }
+        }
+        hub.deliver_group(room, &message, None);
+    }
+
+    /// Ends the join `ticket` of `session` to `room`: sends what its
+    /// recovery found, then the events buffered since, then has it enter
+    /// the room's group, all under the registry lock (see `nodes`).
+    fn finish_join(
+        &self,
+        session: &Peer,
+        room: &str,
+        ticket: u64,
+        outcome: Result<storm_backplane::redis::Recovery, String>,
+    ) {
+        let mut registry = self.registry();
+        let id = session.id();
+        if registry.pending.get(&id).is_none_or(|p| p.ticket != ticket) {
+            return; // left, joined elsewhere, or gone meanwhile
+        }
+        let Some(pending) = registry.pending.remove(&id) else {
+            return;
+        };
+        let mut unsent = 0_usize;
+        for message in nodes::finish_messages(room, pending, outcome) {
+            if session.try_send(message) != SendOutcome::Queued {
+                unsent += 1;
+            }
+        }
+        if unsent > 0 {
+            tracing::warn!(%id, room, unsent, "chat: session too slow for its recovery");
+        }
+        if let Err(error) = session.join(room) {
+            let _ = session.try_send(encode(&Out::Error {
+                error: &error.to_string(),
+            }));
+        }
     }
 
     /// Registers a new user; the welcome to send it before anything else.
@@ -505,7 +609,7 @@ impl Chat {
     /// Puts a new user (welcomed) in the lobby; an error to send it if
     /// that failed.
     fn enter_lobby(&self, session: &Peer) -> Option<Message> {
-        join(self, session, LOBBY)
+        join(self, session, LOBBY, None)
             .err()
             .map(|error| encode(&Out::Error { error: &error }))
     }
@@ -531,6 +635,7 @@ impl Chat {
         let user = {
             let mut registry = self.registry();
             let user = registry.users.remove(&id);
+            registry.pending.remove(&id);
             if let Some(user) = &user {
                 registry.names.remove(&user.name);
             }
@@ -565,10 +670,24 @@ impl Chat {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Command {
-    Name { name: String },
-    Chat { text: String },
-    Whisper { to: String, text: String },
-    Join { room: String },
+    Name {
+        name: String,
+    },
+    Chat {
+        text: String,
+    },
+    Whisper {
+        to: String,
+        text: String,
+    },
+    Join {
+        room: String,
+        /// With `offset`: the client's last position in `room`.
+        #[serde(default)]
+        epoch: Option<String>,
+        #[serde(default)]
+        offset: Option<u64>,
+    },
     Leave,
     Users,
     Rooms,
@@ -627,6 +746,18 @@ enum Out<'a> {
     },
     Error {
         error: &'a str,
+    },
+    /// Across nodes: the room's position once the joining session has
+    /// what it missed; events after it follow.
+    Position {
+        room: &'a str,
+        epoch: &'a str,
+        offset: u64,
+    },
+    /// Across nodes: the joining session cannot have what it missed.
+    Unrecoverable {
+        room: &'a str,
+        reason: &'a str,
     },
 }
 
@@ -754,16 +885,23 @@ fn handle(chat: &Chat, session: &Peer, command: Command) -> Result<Option<Messag
             let _ = target.try_send(event.clone());
             Ok(Some(event))
         }
-        Command::Join { room } => {
+        Command::Join {
+            room,
+            epoch,
+            offset,
+        } => {
             let room = valid_name(&room, "room name")?;
-            join(chat, session, &room)?;
+            let since = nodes::since(epoch.as_deref(), offset)?;
+            join(chat, session, &room, since)?;
             Ok(None)
         }
         Command::Leave => {
             let (name, room) = {
                 let mut registry = chat.registry();
                 let user = registry.users.get_mut(&id).ok_or("not registered")?;
-                (user.name.clone(), user.room.take())
+                let left = (user.name.clone(), user.room.take());
+                registry.pending.remove(&id);
+                left
             };
             let room = room.ok_or("you are in no room")?;
             let left = encode(&Out::Left {
@@ -802,16 +940,31 @@ fn handle(chat: &Chat, session: &Peer, command: Command) -> Result<Option<Messag
 }
 
 /// Moves `session` from its room (if any) to `room`, telling both rooms.
-fn join(chat: &Chat, session: &Peer, room: &str) -> Result<(), String> {
+/// Across nodes, `session` enters `room` once it has what it missed since
+/// `since` (ignored on one node: there is no history).
+fn join(chat: &Chat, session: &Peer, room: &str, since: Option<Position>) -> Result<(), String> {
     let id = session.id();
+    let ticket = chat.tickets.fetch_add(1, Ordering::Relaxed);
     let (name, old) = {
         let mut registry = chat.registry();
         let user = registry.users.get_mut(&id).ok_or("not registered")?;
         if user.room.as_deref() == Some(room) {
             return Err(format!("you are already in {room}"));
         }
-        session.join(room).map_err(|e| e.to_string())?;
-        (user.name.clone(), user.room.replace(room.to_owned()))
+        if chat.nodes.is_none() {
+            session.join(room).map_err(|e| e.to_string())?;
+        }
+        let moved = (user.name.clone(), user.room.replace(room.to_owned()));
+        if chat.nodes.is_some() {
+            let pending = nodes::Pending {
+                room: room.to_owned(),
+                ticket,
+                buffer: Vec::new(),
+                overflow: false,
+            };
+            registry.pending.insert(id, pending);
+        }
+        moved
     };
     if let Some(old) = old {
         session.leave(&old);
@@ -827,7 +980,13 @@ fn join(chat: &Chat, session: &Peer, room: &str) -> Result<(), String> {
         id: id.get(),
         name: &name,
     };
-    chat.to_room(room, &joined);
+    match (&chat.nodes, chat.me.upgrade()) {
+        (Some(nodes), Some(me)) => {
+            let joined = encode(&joined);
+            nodes.sync(me, session.clone(), room.to_owned(), since, ticket, joined);
+        }
+        _ => chat.to_room(room, &joined),
+    }
     Ok(())
 }
 
@@ -1082,6 +1241,23 @@ mod tests {
         assert!(matches!(parsed, Command::Leave));
         assert!(serde_json::from_str::<Command>(r#"{"type":"nope"}"#).is_err());
         assert!(serde_json::from_str::<Command>(r#"{"type":"chat"}"#).is_err());
+        let parsed: Command = serde_json::from_str(
+            r#"{"type":"join","room":"r","epoch":"00000000000000ab","offset":4}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            parsed,
+            Command::Join { ref epoch, offset: Some(4), .. } if epoch.as_deref() == Some("00000000000000ab")
+        ));
+        let parsed: Command = serde_json::from_str(r#"{"type":"join","room":"r"}"#).unwrap();
+        assert!(matches!(
+            parsed,
+            Command::Join {
+                epoch: None,
+                offset: None,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use storm_async::runtime::{PollRead, PollWrite};
 use storm_host::link::CloseReason;
 use storm_proto::Message;
 
+use super::nodes::Nodes;
 use super::{
     Chat, ChatConfig, Gate, HTTP_TIMEOUT, Page, PageRequest, PageServer, PageTls, STOP_TIMEOUT,
     announce, read_console, stopping,
@@ -31,7 +32,16 @@ pub(super) fn run<R: AsyncRuntime>(
         let http = announce(config, server.local_addr(), page_tls)?;
         let gate = Gate::new(config, http.as_ref())?;
         let server = server.on_upgrade(move |info| std::future::ready(gate.decide(&info)));
-        let chat = Chat::new(server.handle());
+        let nodes = config.backplane.as_ref().map(Nodes::new).transpose()?;
+        let chat = Chat::new(server.handle(), nodes);
+        // Subscribed before the first session: no room event is missed.
+        let running = match &chat.nodes {
+            Some(nodes) => {
+                let hub = server.handle().hub().clone();
+                Some(nodes.start(hub, Arc::downgrade(&chat)).await?)
+            }
+            None => None,
+        };
         if let Some(period) = config.tick {
             let chat = Arc::clone(&chat);
             R::spawn(on_async::every::<R>(period, move || chat.tick()));
@@ -46,7 +56,12 @@ pub(super) fn run<R: AsyncRuntime>(
             R::spawn(serve_page::<R>(R::listen(listener)?, page, tls));
         }
         read_console(&stopping, Arc::clone(&chat));
-        Ok((server.handle(), server.serve(AsyncChat(chat))))
+        let handle = server.handle();
+        let serving = server.serve(AsyncChat(chat));
+        Ok((handle, async move {
+            let _running = running; // the backplane's tasks end with it
+            serving.await
+        }))
     })?;
     println!("storm chat stopped");
     Ok(())

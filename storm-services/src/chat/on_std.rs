@@ -27,7 +27,7 @@ pub(super) fn run(config: &ChatConfig, stop: &Stop, page_tls: PageTls) -> io::Re
     let gate = Gate::new(config, http.as_ref())?;
     let server = server.on_upgrade(move |info| gate.decide(info));
     let handle = server.handle();
-    let chat = Chat::new(server.handle());
+    let chat = Chat::new(server.handle(), None);
     if let Some(period) = config.tick {
         let chat = Arc::clone(&chat);
         on_std::every(period, move || chat.tick());

@@ -1,0 +1,259 @@
+//! The chat across nodes (`--backplane redis://…`, tokio only): room events
+//! go through the Redis backplane's [`publish_ordered`], so every node
+//! delivers a room's events in Redis's one order, each with its position
+//! (`epoch`, `offset`) added to its JSON once per node; a `join` runs
+//! [`recover`] (or reads the room's position) before the session enters
+//! the room's group.
+//!
+//! ```text
+//! join R (since?) ─ pending[R] ─ task: recover(R, since) → top ─ publish `joined`
+//!                       │                  └ finish: missed events, `position`, buffered past top, enter group
+//! Deliver(R, pos, m) ── add pos to m ─ buffer for pending sessions of R ─ deliver to R's group
+//! ```
+//!
+//! The pending buffer and the group delivery run under the chat's registry
+//! lock, as does `finish`: an event is either buffered before the session
+//! enters the group or delivered through it after, never both, never
+//! neither; an event buffered at or before `top` came in the recovery and
+//! is skipped.
+//!
+//! [`publish_ordered`]: RedisBackplane::publish_ordered
+//! [`recover`]: RedisBackplane::recover
+
+use std::io;
+use std::sync::{Arc, Weak};
+
+use storm_backplane::redis::{Deliver, Recovery, RedisBackplane, RedisConfig, Running};
+use storm_host::hub::Hub;
+use storm_host::peer::Peer;
+use storm_proto::Message;
+use storm_proto::backplane::{Epoch, Position};
+
+use super::{Chat, Out, encode};
+
+/// Events a session that is joining buffers at most while its recovery
+/// runs; beyond it, it is told recovery is impossible.
+pub(super) const MAX_PENDING: usize = 4096;
+
+/// The backplane of a chat node and the runtime its recovery tasks run on.
+pub(super) struct Nodes {
+    backplane: Arc<RedisBackplane>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// A session between its `join` and the end of its recovery.
+pub(super) struct Pending {
+    pub(super) room: String,
+    /// Which join this is (a session may join again before the first ends).
+    pub(super) ticket: u64,
+    /// Events of `room` delivered meanwhile, with their positions.
+    pub(super) buffer: Vec<(Option<Position>, Message)>,
+    /// More than [`MAX_PENDING`] came.
+    pub(super) overflow: bool,
+}
+
+impl Nodes {
+    /// The backplane of `config`, on the current tokio runtime.
+    pub(super) fn new(config: &RedisConfig) -> io::Result<Self> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| io::Error::other("--backplane runs on tokio only"))?;
+        let backplane = RedisBackplane::new(config.clone()).map_err(io::Error::other)?;
+        Ok(Self {
+            backplane: Arc::new(backplane),
+            runtime,
+        })
+    }
+
+    /// Subscribes and starts delivering room events into `hub` through
+    /// `chat`; returns once subscribed.
+    pub(super) async fn start(&self, hub: Hub, chat: Weak<Chat>) -> io::Result<Running> {
+        let deliver: Deliver = Arc::new(
+            move |hub: &Hub, room: &str, position: Option<Position>, message: &Message| {
+                if let Some(chat) = chat.upgrade() {
+                    chat.deliver(hub, room, position, message);
+                }
+            },
+        );
+        self.backplane
+            .start_with(hub, deliver)
+            .await
+            .map_err(io::Error::other)
+    }
+
+    /// Sends `message` to `room` on every node, this one included.
+    pub(super) fn publish(&self, room: &str, message: &Message) {
+        self.backplane.publish_ordered(room, message);
+    }
+
+    /// Runs the recovery of a join (`since` the client's last position, if
+    /// it gave one), then publishes `joined` and hands the outcome to
+    /// [`Chat::finish_join`].
+    pub(super) fn sync(
+        &self,
+        chat: Arc<Chat>,
+        session: Peer,
+        room: String,
+        since: Option<Position>,
+        ticket: u64,
+        joined: Message,
+    ) {
+        let backplane = Arc::clone(&self.backplane);
+        self.runtime.spawn(async move {
+            let outcome = match since {
+                Some(since) => backplane.recover(&room, since).await,
+                None => backplane
+                    .position(&room)
+                    .await
+                    .map(|top| Recovery::Recovered {
+                        messages: Vec::new(),
+                        top,
+                    }),
+            };
+            // After the room's position was read: `joined` lands past it.
+            backplane.publish_ordered(&room, &joined);
+            chat.finish_join(&session, &room, ticket, outcome.map_err(|e| e.to_string()));
+        });
+    }
+}
+
+/// `message` (a JSON object) with `"epoch"` and `"offset"` of `position`
+/// added; as it is without a position or if it is not a JSON object.
+pub(super) fn positioned(message: &Message, position: Option<Position>) -> Message {
+    let (Some(position), Message::Text(text)) = (position, message) else {
+        return message.clone();
+    };
+    match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text.as_str()) {
+        Ok(mut object) => {
+            object.insert("epoch".to_owned(), position.epoch.to_string().into());
+            object.insert("offset".to_owned(), position.offset.into());
+            Message::from(serde_json::Value::Object(object).to_string())
+        }
+        Err(_) => message.clone(),
+    }
+}
+
+/// The position a `join` carries: both `epoch` (16 hex digits, as
+/// delivered) and `offset`, or neither.
+pub(super) fn since(epoch: Option<&str>, offset: Option<u64>) -> Result<Option<Position>, String> {
+    match (epoch, offset) {
+        (None, None) => Ok(None),
+        (Some(epoch), Some(offset)) => u64::from_str_radix(epoch, 16)
+            .ok()
+            .and_then(Epoch::new)
+            .map(|epoch| Some(Position::new(epoch, offset)))
+            .ok_or_else(|| format!("bad epoch {epoch:?}: 16 hex digits, as delivered")),
+        _ => Err("a join carries both epoch and offset, or neither".to_owned()),
+    }
+}
+
+/// What a session that finished joining gets, in order: the missed events,
+/// `unrecoverable` if it cannot have them, `position`, then the events
+/// buffered past the room's position.
+pub(super) fn finish_messages(
+    room: &str,
+    pending: Pending,
+    outcome: Result<Recovery, String>,
+) -> Vec<Message> {
+    let mut out = Vec::new();
+    let top = match outcome {
+        Ok(Recovery::Recovered { messages, top }) => {
+            out.extend(messages.iter().map(|(at, m)| positioned(m, Some(*at))));
+            Some(top)
+        }
+        Ok(Recovery::Impossible { reason, top }) => {
+            out.push(encode(&Out::Unrecoverable {
+                room,
+                reason: &reason.to_string(),
+            }));
+            Some(top)
+        }
+        Err(error) => {
+            out.push(encode(&Out::Unrecoverable {
+                room,
+                reason: &format!("the backplane is unreachable: {error}"),
+            }));
+            None
+        }
+    };
+    if pending.overflow {
+        out.push(encode(&Out::Unrecoverable {
+            room,
+            reason: "too many messages came while recovering",
+        }));
+    }
+    if let Some(top) = top {
+        out.push(encode(&Out::Position {
+            room,
+            epoch: &top.epoch.to_string(),
+            offset: top.offset,
+        }));
+    }
+    let past_top = |at: &Option<Position>| match (at, top) {
+        (Some(at), Some(top)) => at.epoch != top.epoch || at.offset > top.offset,
+        _ => true,
+    };
+    out.extend(
+        pending
+            .buffer
+            .into_iter()
+            .filter(|(at, _)| past_top(at))
+            .map(|(_, m)| m),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(offset: u64) -> Position {
+        Position::new(Epoch::new(0xab).unwrap(), offset)
+    }
+
+    #[test]
+    fn positions_are_added_to_json_objects_only() {
+        let m = Message::from(r#"{"type":"chat","text":"hi"}"#);
+        let Message::Text(text) = positioned(&m, Some(at(7))) else {
+            panic!("text")
+        };
+        let v: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+        assert_eq!(v["epoch"], "00000000000000ab");
+        assert_eq!(v["offset"], 7);
+        assert_eq!(v["text"], "hi");
+        assert_eq!(positioned(&m, None), m);
+        let odd = Message::from("not json");
+        assert_eq!(positioned(&odd, Some(at(1))), odd);
+    }
+
+    #[test]
+    fn a_join_position_is_both_or_neither() {
+        assert_eq!(since(None, None), Ok(None));
+        assert_eq!(since(Some("00000000000000ab"), Some(3)), Ok(Some(at(3))));
+        assert!(since(Some("ab"), None).is_err());
+        assert!(since(None, Some(3)).is_err());
+        assert!(since(Some("zz"), Some(3)).is_err());
+        assert!(since(Some("0"), Some(3)).is_err());
+    }
+
+    #[test]
+    fn finishing_skips_what_the_recovery_had() {
+        let pending = Pending {
+            room: "r".to_owned(),
+            ticket: 0,
+            buffer: vec![
+                (Some(at(2)), Message::from("b2")),
+                (Some(at(3)), Message::from("b3")),
+            ],
+            overflow: false,
+        };
+        let outcome = Ok(Recovery::Recovered {
+            messages: vec![(at(2), Message::from("m2"))],
+            top: at(2),
+        });
+        let out = finish_messages("r", pending, outcome);
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert_eq!(out[0], Message::from("m2"));
+        assert!(matches!(&out[1], Message::Text(t) if t.as_str().contains(r#""type":"position""#)));
+        assert_eq!(out[2], Message::from("b3"));
+    }
+}

@@ -65,7 +65,9 @@ run() {
     local msgs
     msgs=$("$loadgen" --mode throughput --proto "$proto" --addr "127.0.0.1:$port" \
         --clients 100 --window 100 --size 32 --max-msgs "$max" --duration 110 |
-        sed -n '1s/.*"msgs":\([0-9]*\).*/\1/p')
+        sed -n '1s/.*"msgs":\([0-9]*\).*/\1/p') || msgs=0
+    # This runs in a subshell (the caller's `< <(run …)`), which the EXIT
+    # trap does not cover: the server is stopped here whatever loadgen did.
     kill -INT "$server_pid"
     wait "$server_pid" 2>/dev/null || true
     server_pid=

@@ -46,7 +46,7 @@ impl storm_async::Handler for Autobahn {
 impl storm_std::Handler for Autobahn {
     fn on_message(&self, session: &storm_std::Session, message: Message) {
         if self.received(&message) {
-            let _ = session.send(message);
+            let _ = session.send_blocking(message);
         }
     }
 }

@@ -28,15 +28,15 @@ use storm_examples::{AsyncRuntime, Runtime};
 use storm_host::hub::{Hub, SessionId};
 use storm_host::link::CloseReason;
 use storm_host::options::{ServerOptions, WsOptions};
-use storm_host::peer::Peer;
+use storm_host::session::Session;
 use storm_proto::Message;
 use storm_smol::Smol;
 use storm_tokio::Tokio;
 
 const LOBBY: &str = "lobby";
 
-/// The chat's rules, written once for every adapter: a session is the
-/// [`Peer`] every adapter's `Session` dereferences to (its id, its groups),
+/// The chat's rules, written once for every adapter: a session is a
+/// [`Session`], the same type on every adapter (its id, its groups),
 /// and a room is a group of the server's [`Hub`]. Only the replies to a
 /// session itself go through the adapter (they wait, under the session's
 /// slow-consumer policy), so the handlers below send them.
@@ -66,7 +66,7 @@ impl Chat {
 
     /// A new session: named `guest-ID`, put in the lobby and announced
     /// there. Returns its welcome.
-    fn connected(&self, session: &Peer) -> String {
+    fn connected(&self, session: &Session) -> String {
         let name = format!("guest-{}", u64::from(session.id()));
         self.names().insert(session.id(), name.clone());
         let _ = session.join(LOBBY);
@@ -80,7 +80,7 @@ impl Chat {
 
     /// Runs one message from `session`: a command, or chat for its room.
     /// `Err` is what to tell it instead.
-    fn received(&self, session: &Peer, message: &Message) -> Result<(), String> {
+    fn received(&self, session: &Session, message: &Message) -> Result<(), String> {
         let Message::Text(line) = message else {
             return Err("text messages only".to_owned());
         };
@@ -125,7 +125,7 @@ impl Chat {
     }
 
     /// A session ended: forgotten, and its room told.
-    fn disconnected(&self, session: &Peer) {
+    fn disconnected(&self, session: &Session) {
         let name = self.names().remove(&session.id()).unwrap_or_default();
         if let Some(room) = session.groups().into_iter().next() {
             self.tell(&room, format!("* {name} left {room}"), Some(session.id()));
@@ -155,12 +155,12 @@ impl storm_async::Handler for Chat {
 impl storm_std::Handler for Chat {
     fn on_connect(&self, session: &storm_std::Session) {
         let welcome = self.connected(session);
-        let _ = session.send_text(&welcome);
+        let _ = session.send_blocking(welcome);
     }
 
     fn on_message(&self, session: &storm_std::Session, message: Message) {
         if let Err(why) = self.received(session, &message) {
-            let _ = session.send_text(&format!("! {why}"));
+            let _ = session.send_blocking(format!("! {why}"));
         }
     }
 

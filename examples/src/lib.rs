@@ -32,8 +32,10 @@
 //! its `Handler` is a trait of plain functions. So a handler type
 //! implements both traits, each method a line or two that calls the one
 //! place the example decides things (the chat's rules are written against
-//! [`Peer`](storm_host::peer::Peer), what every adapter's `Session`
-//! dereferences to); `main` picks the runtime in a three-way `match`.
+//! [`Session`](storm_host::session::Session), the same type on every
+//! adapter, which sends with `send(..).await` in async handlers and
+//! `send_blocking` in storm-std's); `main` picks the runtime in a
+//! three-way `match`.
 //!
 //! This library holds what several examples share: the runtime choice, the
 //! echo handler, and the settings the Autobahn suite needs.
@@ -127,7 +129,7 @@ impl storm_async::Handler for Echo {
 
 impl storm_std::Handler for Echo {
     fn on_message(&self, session: &storm_std::Session, message: Message) {
-        let _ = session.send(message);
+        let _ = session.send_blocking(message);
     }
 
     fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {

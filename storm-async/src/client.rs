@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use storm_host::link::LinkDriver;
 use storm_host::options::{ClientOptions, WsOptions};
-pub use storm_host::peer::ClientError;
+pub use storm_host::session::ClientError;
 use storm_host::setup::{
     ClientCore, ClientOpen, ClientTarget, ClientUpgradeStep, Opened, UpgradeResponse,
 };
@@ -383,10 +383,10 @@ async fn connect_once<R: Runtime>(
         };
         let mut opened = open(&mut stream, target, options).await?;
         let initial = std::mem::take(&mut opened.leftover);
-        let (peer, link) = core.peer(opened, remote, Instant::now())?;
+        let (session, link) = core.session(opened, remote, Instant::now())?;
         Ok(Connected {
             stream,
-            session: Session::new(peer),
+            session,
             link,
             initial,
         })

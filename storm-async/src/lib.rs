@@ -7,7 +7,8 @@
 //! runtime (`storm_tokio::WsServer` is `storm_async::WsServer<Tokio>`), so
 //! switching runtime means changing one crate name. [`Handler`],
 //! [`Session`] and [`Client`] are not generic: the same handler runs on
-//! every runtime.
+//! every runtime. [`Session`] is storm-host's, the one type every adapter
+//! hands its handlers; here it sends with `session.send(message).await`.
 //!
 //! Every protocol decision comes from [`storm_proto`]. Per connection, one
 //! task polls a reader (socket → [`LinkDriver`](storm_host::link::LinkDriver) →
@@ -31,7 +32,6 @@ mod handler;
 mod io;
 pub mod runtime;
 mod server;
-mod session;
 mod sync;
 pub mod websocket;
 
@@ -39,7 +39,7 @@ pub use client::{Client, ClientError, TcpClient, WsClient};
 pub use handler::Handler;
 pub use runtime::Runtime;
 pub use server::{PendingSession, ServerHandle, TcpServer, UpgradeAnswer, WsServer};
-pub use session::{SendError, Session};
 pub use storm_host as host;
+pub use storm_host::session::{SendError, Session};
 pub use storm_proto as proto;
 pub use websocket::{StreamConfig, WebSocketStream, WsStreamError};

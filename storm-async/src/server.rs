@@ -15,7 +15,7 @@ use bytes::Bytes;
 use storm_host::hub::{CloseKind, SessionId};
 use storm_host::link::LinkDriver;
 use storm_host::options::{ServerOptions, TlsServerConfig, WsOptions};
-use storm_host::peer::Registry;
+use storm_host::session::Registry;
 use storm_host::setup::{
     AcceptErrors, Admitted, Answer, Decision, Opened, ServerOpen, ServerRequest, ServerSetup,
     ServerUpgradeStep, TlsInfo, UpgradeInfo, handshake_failed, server_hub, tls_handshake_failed,
@@ -30,7 +30,7 @@ use crate::{Handler, Session};
 
 /// State every connection task and every [`ServerHandle`] shares.
 struct Shared {
-    registry: Registry<Session>,
+    registry: Registry,
     options: ServerOptions,
     /// Framing or WebSocket, and TLS: built once at bind.
     setup: ServerSetup,
@@ -101,8 +101,8 @@ impl<R> Clone for ServerHandle<R> {
 /// Sessions, groups and broadcast: everything but `local_addr` and
 /// `shutdown` comes from the core's [`Registry`].
 impl<R> std::ops::Deref for ServerHandle<R> {
-    type Target = Registry<Session>;
-    fn deref(&self) -> &Registry<Session> {
+    type Target = Registry;
+    fn deref(&self) -> &Registry {
         &self.shared.registry
     }
 }
@@ -200,7 +200,7 @@ impl<R: Runtime> WsServer<R> {
     /// and, under TLS, the SNI and ALPN, and returns a [`Decision`]:
     /// accept (choosing a subprotocol, adding response headers, attaching
     /// a value the handler reads with
-    /// [`Session::attached`](storm_host::peer::Peer::attached)) or reject
+    /// [`Session::attached`]) or reject
     /// (a status, headers and a body, then the connection is closed). Route
     /// by path by attaching the route. Without a hook every valid request
     /// from an allowed origin
@@ -478,7 +478,7 @@ fn decide<'a>(
 
 /// Removes a session from the registry when dropped.
 struct Registered<'a> {
-    registry: &'a Registry<Session>,
+    registry: &'a Registry,
     id: SessionId,
 }
 
@@ -647,14 +647,7 @@ impl<R: Runtime> ServerHandle<R> {
         // Closed at once if registered after the shutdown's `close_all`.
         let stopping = || self.shared.stop.is_set();
         let (setup, registry) = (&self.shared.setup, &self.shared.registry);
-        let (session, link) = setup.admit(
-            registry,
-            admitted,
-            opened,
-            Instant::now(),
-            Session::new,
-            stopping,
-        )?;
+        let (session, link) = setup.admit(registry, admitted, opened, Instant::now(), stopping)?;
         let registered = Registered {
             registry,
             id: session.id(),

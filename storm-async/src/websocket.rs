@@ -73,7 +73,7 @@ use futures_core::Stream;
 use futures_sink::Sink;
 
 use storm_host::options::{ClientOptions, ServerOptions, TlsClientOptions, WsOptions};
-pub use storm_host::peer::ClientError;
+pub use storm_host::session::ClientError;
 use storm_host::setup::{Answer, ClientTarget, Decision, ServerSetup};
 use storm_proto::Message;
 use storm_proto::link::{CloseReason, Link, LinkConfig, LinkEvent, Protocol};

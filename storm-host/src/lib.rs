@@ -13,7 +13,7 @@
 //! |---|---|
 //! | [`hub`] | what servers share that is not I/O: sessions and their outboxes, groups, broadcast fan-out, max connections, middleware, metrics |
 //! | [`link`] | `LinkDriver`: storm-proto's `Link` joined to the connection's outbox and the middleware, what an adapter owns per connection (read path, write path, timer) |
-//! | [`peer`] | a connection as the application holds it: the non-waiting part of every adapter's `Session` |
+//! | [`session`] | a connection as the application holds it: `Session`, the same type on every adapter (sending with `send(..).await` or `send_blocking`), and a server's `Registry` of them |
 //! | [`options`] | option structs shared by every adapter (servers, clients, WebSocket, framing) |
 //! | [`setup`] | opening a connection apart from the I/O: client targets and server setups checked once (TLS included), the WebSocket upgrade bytes in and protocol out, admission into a hub, a client's reconnect schedule |
 //! | `tls` | (feature `tls`) the shared TLS options into rustls configurations (or the application's own, used as they are; the provider by feature, `ring` or `aws-lc-rs`; the system's roots with `native-roots`); PEM files into options; rustls' errors as sentences that say what to do |
@@ -23,7 +23,7 @@
 pub mod hub;
 pub mod link;
 pub mod options;
-pub mod peer;
+pub mod session;
 pub mod setup;
 #[cfg(feature = "tls")]
 pub mod tls;

@@ -472,7 +472,7 @@ mod tests {
 
     use super::*;
     use crate::hub::{Hub, HubConfig, Middleware, SendOutcome, SessionId};
-    use crate::peer::Peer;
+    use crate::session::Session;
     use storm_proto::framing::{DelimiterFramer, LengthPrefixFramer};
     use storm_proto::ws::frame::{FrameHeader, OpCode, encode_frame};
     use storm_proto::ws::{self, Config, Connection, Side};
@@ -480,25 +480,25 @@ mod tests {
     /// A driver and the application's handle on its connection.
     struct Conn {
         driver: LinkDriver,
-        peer: Peer,
+        session: Session,
     }
 
     impl Conn {
         fn new(hub: &Hub, protocol: Protocol, config: &LinkConfig, now: Instant) -> Self {
             let outbox = hub.register(hub.try_admit().unwrap(), now).unwrap();
             let remote = ([127, 0, 0, 1], 1).into();
-            let peer = Peer::new(
+            let session = Session::new(
                 Arc::clone(&outbox),
                 config.middleware.clone(),
                 hub.clone(),
                 remote,
             );
             let driver = LinkDriver::new(outbox, protocol, config, now).unwrap();
-            Self { driver, peer }
+            Self { driver, session }
         }
 
         fn send(&self, message: Message) -> SendOutcome {
-            self.peer.try_send(message)
+            self.session.try_send(message)
         }
     }
 
@@ -806,7 +806,7 @@ mod tests {
             LinkConfig::default(),
         );
         let _ = link.send(Message::from(b"last".to_vec()));
-        link.peer.close();
+        link.session.close();
         assert_eq!(
             link.send(Message::from(b"late".to_vec())),
             SendOutcome::Closed(Message::from(b"late".to_vec()))
@@ -818,7 +818,7 @@ mod tests {
             LinkConfig::default(),
         );
         let _ = link.send(Message::from(b"dropped".to_vec()));
-        link.peer.abort();
+        link.session.abort();
         assert_eq!(transmit(&mut link, now), (Vec::new(), true));
     }
 
@@ -1032,7 +1032,7 @@ mod tests {
         };
         let (_hub, mut link, now) = ws_server(config);
         let _ = link.send(Message::from("bye"));
-        link.peer.close_with(CloseCode::GOING_AWAY, "restart");
+        link.session.close_with(CloseCode::GOING_AWAY, "restart");
         let (bytes, close) = transmit(&mut link, now);
         assert!(!close, "waits for the peer's reply");
         assert_eq!(&bytes[..5], b"\x81\x03bye");
@@ -1053,7 +1053,7 @@ mod tests {
             LinkConfig::default(),
         );
         let _ = link.send(Message::from(b"x".to_vec()));
-        link.peer.abort();
+        link.session.abort();
         assert_eq!(
             events(&mut link, now),
             [LinkEvent::Closed(CloseReason::Local(CloseKind::Abort))]
@@ -1067,7 +1067,7 @@ mod tests {
             LinkConfig::default(),
         );
         let _ = link.send(Message::from(b"x".to_vec()));
-        link.peer.abort();
+        link.session.abort();
         assert_eq!(transmit(&mut link, now), (Vec::new(), true));
         assert_eq!(link.outbox().pending_send_bytes(), 0);
         assert_eq!(

@@ -363,7 +363,7 @@ fn native_roots() -> io::Result<RootCertStore> {
 /// words. `error` is what a TLS connect returned: rustls' error inside an
 /// I/O error (a certificate refused, an alert from the server, a reply
 /// that is not TLS), or the end of the stream. Every adapter's
-/// [`ClientError::Tls`](crate::peer::ClientError::Tls) shows it.
+/// [`ClientError::Tls`](crate::session::ClientError::Tls) shows it.
 #[must_use]
 pub fn client_hint(error: &io::Error) -> Option<String> {
     let rustls_error = error

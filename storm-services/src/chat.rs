@@ -44,7 +44,7 @@
 //! [`ChatConfig::runtime`] (`--runtime tokio|smol|std`, default tokio)
 //! picks the adapter; the chat behaves the same on each. `Chat` is the
 //! whole service, written once
-//! over the core's [`Peer`] and [`Hub`]; `on_async` (tokio and smol, one
+//! over the [`Session`] and [`Hub`] every adapter shares; `on_async` (tokio and smol, one
 //! generic path over storm-async) and `on_std` (threads) only send what it
 //! returns, and run the tick and the page server.
 //!
@@ -123,7 +123,7 @@ use serde::{Deserialize, Serialize};
 use storm_host::hub::{Hub, SendOutcome, SessionId};
 use storm_host::link::CloseReason;
 use storm_host::options::{ServerOptions, WsOptions};
-use storm_host::peer::{Peer, Registry as ServerRegistry};
+use storm_host::session::{Registry as ServerRegistry, Session};
 use storm_host::setup::{Decision, UpgradeInfo};
 use storm_proto::Message;
 use storm_proto::backplane::Position;
@@ -432,7 +432,7 @@ fn default_http_addr(requested: &str, ws_addr: SocketAddr) -> io::Result<SocketA
 struct User {
     name: String,
     room: Option<String>,
-    session: Peer,
+    session: Session,
 }
 
 /// Users by session id, and ids by name.
@@ -446,39 +446,33 @@ struct Registry {
 
 /// A server's sessions as the chat needs them, whatever the runtime:
 /// every adapter's `ServerHandle` dereferences to the core's
-/// [`Registry`](ServerRegistry) of its own `Session` type, and every
-/// `Session` to [`Peer`].
+/// [`Registry`](ServerRegistry).
 trait Server: Send + Sync + 'static {
     /// The hub: broadcast, groups, session count.
     fn hub(&self) -> &Hub;
     /// The connected sessions, by id.
-    fn peers(&self) -> Vec<Peer>;
+    fn sessions(&self) -> Vec<Session>;
     /// One session by id.
-    fn peer(&self, id: SessionId) -> Option<Peer>;
+    fn session(&self, id: SessionId) -> Option<Session>;
 }
 
-impl<H, S> Server for H
+impl<H> Server for H
 where
-    H: Deref<Target = ServerRegistry<S>> + Send + Sync + 'static,
-    S: Clone + Deref<Target = Peer> + 'static,
+    H: Deref<Target = ServerRegistry> + Send + Sync + 'static,
 {
     fn hub(&self) -> &Hub {
-        let registry: &ServerRegistry<S> = self;
+        let registry: &ServerRegistry = self;
         registry.hub()
     }
 
-    fn peers(&self) -> Vec<Peer> {
-        let registry: &ServerRegistry<S> = self;
-        registry
-            .sessions()
-            .iter()
-            .map(|session| Peer::clone(session))
-            .collect()
+    fn sessions(&self) -> Vec<Session> {
+        let registry: &ServerRegistry = self;
+        registry.sessions()
     }
 
-    fn peer(&self, id: SessionId) -> Option<Peer> {
-        let registry: &ServerRegistry<S> = self;
-        registry.session(id).map(|session| Peer::clone(&session))
+    fn session(&self, id: SessionId) -> Option<Session> {
+        let registry: &ServerRegistry = self;
+        registry.session(id)
     }
 }
 
@@ -553,7 +547,7 @@ impl Chat {
     /// the room's group, all under the registry lock (see `nodes`).
     fn finish_join(
         &self,
-        session: &Peer,
+        session: &Session,
         room: &str,
         ticket: u64,
         outcome: Result<storm_backplane::redis::Recovery, String>,
@@ -583,7 +577,7 @@ impl Chat {
     }
 
     /// Registers a new user; the welcome to send it before anything else.
-    fn connect(&self, session: &Peer) -> Message {
+    fn connect(&self, session: &Session) -> Message {
         let id = session.id();
         let name = format!("guest-{}", id.get());
         println!("connect {id} {name} from {}", session.remote_addr());
@@ -608,14 +602,14 @@ impl Chat {
 
     /// Puts a new user (welcomed) in the lobby; an error to send it if
     /// that failed.
-    fn enter_lobby(&self, session: &Peer) -> Option<Message> {
+    fn enter_lobby(&self, session: &Session) -> Option<Message> {
         join(self, session, LOBBY, None)
             .err()
             .map(|error| encode(&Out::Error { error: &error }))
     }
 
     /// Runs one message from a client; the reply for it alone, if any.
-    fn on_message(&self, session: &Peer, message: &Message) -> Option<Message> {
+    fn on_message(&self, session: &Session, message: &Message) -> Option<Message> {
         let reply = match message {
             Message::Text(text) => match serde_json::from_str::<Command>(text.as_str()) {
                 Ok(command) => handle(self, session, command),
@@ -630,7 +624,7 @@ impl Chat {
     }
 
     /// Forgets a user that left, telling its room.
-    fn disconnect(&self, session: &Peer, reason: &CloseReason) {
+    fn disconnect(&self, session: &Session, reason: &CloseReason) {
         let id = session.id();
         let user = {
             let mut registry = self.registry();
@@ -801,7 +795,7 @@ fn valid_name(name: &str, what: &str) -> Result<String, String> {
 }
 
 /// Runs one command; the reply for the sender alone, if any.
-fn handle(chat: &Chat, session: &Peer, command: Command) -> Result<Option<Message>, String> {
+fn handle(chat: &Chat, session: &Session, command: Command) -> Result<Option<Message>, String> {
     let id = session.id();
     match command {
         Command::Name { name } => {
@@ -942,7 +936,7 @@ fn handle(chat: &Chat, session: &Peer, command: Command) -> Result<Option<Messag
 /// Moves `session` from its room (if any) to `room`, telling both rooms.
 /// Across nodes, `session` enters `room` once it has what it missed since
 /// `since` (ignored on one node: there is no history).
-fn join(chat: &Chat, session: &Peer, room: &str, since: Option<Position>) -> Result<(), String> {
+fn join(chat: &Chat, session: &Session, room: &str, since: Option<Position>) -> Result<(), String> {
     let id = session.id();
     let ticket = chat.tickets.fetch_add(1, Ordering::Relaxed);
     let (name, old) = {
@@ -1096,19 +1090,19 @@ fn console(chat: &Chat, line: &str) -> Console {
 }
 
 /// The session named by a console argument (`3` or `#3`).
-fn session_arg(chat: &Chat, arg: &str) -> Result<Peer, String> {
+fn session_arg(chat: &Chat, arg: &str) -> Result<Session, String> {
     let number = arg
         .strip_prefix('#')
         .unwrap_or(arg)
         .parse::<u64>()
         .map_err(|_| format!("not a session id: {arg:?}"))?;
     chat.server
-        .peer(SessionId::new(number))
+        .session(SessionId::new(number))
         .ok_or_else(|| format!("no session #{number}"))
 }
 
 fn list_sessions(chat: &Chat) {
-    let sessions = chat.server.peers();
+    let sessions = chat.server.sessions();
     println!("{} sessions", sessions.len());
     let registry = chat.registry();
     for session in sessions {
@@ -1128,7 +1122,7 @@ fn list_sessions(chat: &Chat) {
     }
 }
 
-fn info(chat: &Chat, session: &Peer) {
+fn info(chat: &Chat, session: &Session) {
     let (name, room) = chat
         .registry()
         .users

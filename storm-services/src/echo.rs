@@ -29,7 +29,7 @@ impl storm_async::Handler for Echo {
 
 impl storm_std::Handler for Echo {
     fn on_message(&self, session: &storm_std::Session, message: Message) {
-        let _ = session.send(message);
+        let _ = session.send_blocking(message);
     }
 
     fn on_disconnect(&self, session: &storm_std::Session, reason: &CloseReason) {

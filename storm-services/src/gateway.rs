@@ -127,13 +127,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::io;
-use std::ops::Deref;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use storm_host::hub::SendOutcome;
 use storm_host::options::{ClientOptions, TlsClientOptions, TlsServerOptions, WsOptions};
-use storm_host::peer::Peer;
+use storm_host::session::Session;
 use storm_proto::Message;
 use storm_proto::backpressure::BackpressureConfig;
 use storm_proto::framing::{Framing, LengthPrefixConfig};
@@ -362,13 +361,13 @@ impl Drop for LoopGuard {
 
 /// The gateway's shared state, the same on every runtime: the
 /// [`Switchboard`] that takes every decision and the connections its ids
-/// name, under one lock, plus what observers and shutdown wait on. `S` is
-/// the adapter's `Session` (it dereferences to [`Peer`]). The adapters
-/// feed it connection events and carry out the [`Effect`]s it returns.
-struct Core<S> {
+/// name (each a [`Session`]), under one lock, plus what observers and
+/// shutdown wait on. The adapters feed it connection events and carry out
+/// the [`Effect`]s it returns.
+struct Core {
     config: GatewayConfig,
     options: GatewayOptions,
-    state: Mutex<State<S>>,
+    state: Mutex<State>,
     /// Whether each backend's connection is up, for observers; by
     /// [`BackendId`] (file order).
     connected: Vec<Watched>,
@@ -382,21 +381,21 @@ struct Core<S> {
     epoch: Instant,
 }
 
-struct State<S> {
+struct State {
     switchboard: Switchboard,
     /// Every connected client's session, by id.
-    clients: HashMap<u64, S>,
+    clients: HashMap<u64, Session>,
     /// By [`BackendId`].
-    backends: Vec<BackendState<S>>,
+    backends: Vec<BackendState>,
 }
 
 /// Closes a backend's client for good (no more reconnects).
 type Closer = Box<dyn Fn() + Send + Sync>;
 
-struct BackendState<S> {
+struct BackendState {
     /// The current connection, between the client's `on_connect` and
     /// `on_disconnect`.
-    session: Option<S>,
+    session: Option<Session>,
     /// Closes the client that keeps the connection, while there is one.
     closer: Option<Closer>,
 }
@@ -472,18 +471,18 @@ impl<S> Effects<S> {
 /// no backend connection to go to, is handed back to the switchboard,
 /// whose answer (`backend unavailable`) joins the queue; a failed send to a
 /// client needs nothing (the client is going).
-pub(super) struct ClientSends<'a, S> {
-    core: &'a Core<S>,
-    effects: Effects<S>,
+pub(super) struct ClientSends<'a> {
+    core: &'a Core,
+    effects: Effects<Session>,
     /// The backend and client of the forward last handed out by
     /// [`poll_send`](Self::poll_send), if it was one.
     forward: Option<(BackendId, ClientId)>,
 }
 
-impl<S: Clone + Deref<Target = Peer> + Send + Sync + 'static> ClientSends<'_, S> {
+impl ClientSends<'_> {
     /// The next message to send and where to, or `None` when the message
     /// is dealt with.
-    pub(super) fn poll_send(&mut self) -> Option<(S, Message)> {
+    pub(super) fn poll_send(&mut self) -> Option<(Session, Message)> {
         self.forward = None;
         while let Some(effect) = self.effects.pop() {
             match effect {
@@ -542,7 +541,7 @@ impl Dial {
     }
 }
 
-impl<S: Clone + Deref<Target = Peer> + Send + Sync + 'static> Core<S> {
+impl Core {
     /// Checks the options; the adapters then bind and start their backend
     /// loops.
     fn new(config: GatewayConfig, options: GatewayOptions) -> io::Result<Self> {
@@ -706,7 +705,7 @@ impl<S: Clone + Deref<Target = Peer> + Send + Sync + 'static> Core<S> {
     }
 
     /// A backend connection is up.
-    fn backend_up(&self, backend: BackendId, session: &S) {
+    fn backend_up(&self, backend: BackendId, session: &Session) {
         {
             let mut state = lock(&self.state);
             let Some(slot) = state.backends.get_mut(backend.0) else {
@@ -753,7 +752,7 @@ impl<S: Clone + Deref<Target = Peer> + Send + Sync + 'static> Core<S> {
 
     /// A client connected: its handshake starts. The deadline at which the
     /// adapter calls [`timeout`](Self::timeout), if any.
-    fn client_connected(&self, session: &S) -> Option<Instant> {
+    fn client_connected(&self, session: &Session) -> Option<Instant> {
         let id = session.id().get();
         let (deadline, effects) = {
             let mut state = lock(&self.state);
@@ -777,7 +776,7 @@ impl<S: Clone + Deref<Target = Peer> + Send + Sync + 'static> Core<S> {
     /// else, so with none pending (every client past its handshake, the
     /// steady state) any instant gives the same answer, and a forwarded
     /// message costs no clock read.
-    fn client_message(&self, id: u64, message: Message) -> ClientSends<'_, S> {
+    fn client_message(&self, id: u64, message: Message) -> ClientSends<'_> {
         let effects = self.feed(|switchboard| {
             let now = match switchboard.poll_timeout() {
                 Some(_) => Instant::now(),
@@ -795,7 +794,7 @@ impl<S: Clone + Deref<Target = Peer> + Send + Sync + 'static> Core<S> {
 
     /// `backend` could not take the message [`Effect::Forward`] carried
     /// from `client`: what to tell the client.
-    fn forward_failed(&self, backend: BackendId, client: ClientId) -> Effects<S> {
+    fn forward_failed(&self, backend: BackendId, client: ClientId) -> Effects<Session> {
         self.feed(|switchboard| {
             let _ = switchboard.handle_forward_failed(backend, client);
         })
@@ -821,18 +820,18 @@ impl<S: Clone + Deref<Target = Peer> + Send + Sync + 'static> Core<S> {
     }
 
     /// Gives `input` the switchboard; what it decided.
-    fn feed(&self, input: impl FnOnce(&mut Switchboard)) -> Effects<S> {
+    fn feed(&self, input: impl FnOnce(&mut Switchboard)) -> Effects<Session> {
         let mut state = lock(&self.state);
         input(&mut state.switchboard);
         state.effects()
     }
 }
 
-impl<S: Clone> State<S> {
+impl State {
     /// The switchboard's actions, with the connections they go to. A client
     /// is in `clients` exactly while the switchboard knows it, so every
     /// action for one finds it.
-    fn effects(&mut self) -> Effects<S> {
+    fn effects(&mut self) -> Effects<Session> {
         let mut out = Effects::new();
         while let Some(action) = self.switchboard.poll_action() {
             let effect = match action {
@@ -871,7 +870,7 @@ impl<S: Clone> State<S> {
 /// queued without waiting (a client too slow to take it is closed), so one
 /// slow client never stalls the others. Only a client's own messages are
 /// forwarded to backends, by its handler: there are no forwards here.
-fn offer_all<S: Deref<Target = Peer>>(mut effects: Effects<S>) {
+fn offer_all(mut effects: Effects<Session>) {
     while let Some(effect) = effects.pop() {
         match effect {
             Effect::Send(session, message) => offer(&session, message),
@@ -883,10 +882,10 @@ fn offer_all<S: Deref<Target = Peer>>(mut effects: Effects<S>) {
 
 /// Queues without waiting; a client too slow to take it is closed, unless
 /// its policy drops the message (counted in the hub's metrics) instead.
-fn offer(peer: &Peer, message: Message) {
-    match peer.try_send(message) {
+fn offer(session: &Session, message: Message) {
+    match session.try_send(message) {
         SendOutcome::Queued | SendOutcome::Dropped(_) | SendOutcome::Closed(_) => {}
-        _ => peer.close_with(CloseCode::POLICY_VIOLATION, "slow consumer"),
+        _ => session.close_with(CloseCode::POLICY_VIOLATION, "slow consumer"),
     }
 }
 

@@ -27,7 +27,7 @@
 //! limit) is replaced by an `error` reply.
 //!
 //! [`JsonService`] serves the same protocol on every runtime: it decides
-//! every reply once, over the core's `Peer` and `Hub`, and is the handler
+//! every reply once, over the `Session` and `Hub` every adapter shares, and is the handler
 //! of storm-async (tokio and smol) and of storm-std alike, which only send
 //! what it decides.
 //!
@@ -45,7 +45,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use storm_host::hub::Hub;
-use storm_host::peer::Peer;
+use storm_host::session::Session;
 use storm_proto::Message;
 
 use crate::host::connection_error;
@@ -93,12 +93,12 @@ impl storm_async::Handler for JsonService {
 impl storm_std::Handler for JsonService {
     fn on_connect(&self, session: &storm_std::Session) {
         if let Some(welcome) = self.welcome(session) {
-            let _ = session.send(welcome);
+            let _ = session.send_blocking(welcome);
         }
     }
 
     fn on_message(&self, session: &storm_std::Session, message: Message) {
-        let _ = session.send(self.reply_to(session, &message));
+        let _ = session.send_blocking(self.reply_to(session, &message));
     }
 
     fn on_error(&self, error: &(dyn std::error::Error + Send + Sync + 'static)) {
@@ -107,8 +107,8 @@ impl storm_std::Handler for JsonService {
 }
 
 /// The service itself, the same on every runtime: what to answer to each
-/// message, over the core's [`Peer`] and [`Hub`] that every adapter's
-/// sessions and servers are built on. It is the handler of both
+/// message, over the [`Session`] and [`Hub`] every adapter's handlers
+/// and servers share. It is the handler of both
 /// storm-async's servers and storm-std's.
 pub struct JsonService {
     hub: Hub,
@@ -136,7 +136,7 @@ impl JsonService {
     }
 
     /// The greeting for a new client, with `--welcome`.
-    fn welcome(&self, session: &Peer) -> Option<Message> {
+    fn welcome(&self, session: &Session) -> Option<Message> {
         self.welcome.then(|| {
             encode(&json!({
                 "type": "welcome",
@@ -148,7 +148,7 @@ impl JsonService {
     }
 
     /// The reply to one message (broadcasts go out on the way).
-    fn reply_to(&self, session: &Peer, message: &Message) -> Message {
+    fn reply_to(&self, session: &Session, message: &Message) -> Message {
         self.total_messages.fetch_add(1, Ordering::Relaxed);
         let reply = encode(&self.reply(session, message.as_bytes()));
         // An echo of a request near the limit can outgrow it; the framer
@@ -167,7 +167,7 @@ impl JsonService {
 
 impl JsonService {
     /// The answer to one payload; never fails, whatever the bytes.
-    fn reply(&self, session: &Peer, payload: &[u8]) -> Value {
+    fn reply(&self, session: &Session, payload: &[u8]) -> Value {
         let Ok(text) = std::str::from_utf8(payload) else {
             return json!({
                 "type": "error",
@@ -183,7 +183,7 @@ impl JsonService {
     }
 
     /// The answer to a JSON object, by its `type`.
-    fn answer(&self, session: &Peer, request: Map<String, Value>) -> Value {
+    fn answer(&self, session: &Session, request: Map<String, Value>) -> Value {
         let client_id = session.remote_addr().to_string();
         match request.get("type").and_then(Value::as_str) {
             Some("ping") => json!({

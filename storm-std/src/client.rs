@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use storm_host::link::LinkDriver;
 use storm_host::options::{ClientOptions, WsOptions};
-pub use storm_host::peer::ClientError;
+pub use storm_host::session::ClientError;
 use storm_host::setup::{
     ClientCore, ClientOpen, ClientTarget, ClientUpgradeStep, Opened, UpgradeResponse,
 };
@@ -140,7 +140,7 @@ impl Client {
     /// [`ClientError::NotConnected`] between reconnects; [`ClientError::Send`].
     pub fn send(&self, message: impl Into<Message>) -> Result<(), ClientError> {
         let session = self.session().ok_or(ClientError::NotConnected)?;
-        session.send(message).map_err(ClientError::Send)
+        session.send_blocking(message).map_err(ClientError::Send)
     }
 
     /// Closes gracefully and stops reconnecting: a pending reconnect delay
@@ -395,10 +395,10 @@ fn connect_once(
             )
         }
     };
-    let (peer, link) = core.peer(opened, remote, Instant::now())?;
+    let (session, link) = core.session(opened, remote, Instant::now())?;
     Ok(Connected {
         stream,
-        session: Session::new(peer),
+        session,
         link,
         initial,
     })

@@ -12,7 +12,9 @@ use crate::Session;
 /// connection calls its handler from its own reader thread, one event at a
 /// time, in order. While a callback runs, that connection reads nothing more
 /// (natural backpressure), and its writer thread keeps writing; other
-/// connections are not affected.
+/// connections are not affected. Reply with
+/// [`Session::send_blocking`] (a [`Session`] is the same type on every
+/// adapter; its async `send` is for async tasks).
 pub trait Handler: Send + Sync + 'static {
     /// A connection is established (after the WebSocket upgrade).
     fn on_connect(&self, session: &Session) {

@@ -1,7 +1,9 @@
 //! Storm on blocking `std::net` sockets and threads: TCP and WebSocket
 //! servers and clients, with the same API shape as `storm-tokio`, but
-//! blocking: [`Handler`] methods are plain functions, [`Session::send`]
-//! blocks under the `Wait` policy, and [`WsServer::serve`] blocks until
+//! blocking: [`Handler`] methods are plain functions,
+//! [`Session::send_blocking`] blocks under the `Wait` policy (a
+//! [`Session`] is the same type on every adapter; its async `send` is for
+//! async tasks), and [`WsServer::serve`] blocks until
 //! [`ServerHandle::shutdown`].
 //!
 //! Every protocol decision comes from [`storm_proto`]; this crate owns the
@@ -77,7 +79,7 @@
 //!
 //! impl Handler for Echo {
 //!     fn on_message(&self, session: &Session, message: Message) {
-//!         let _ = session.send(message);
+//!         let _ = session.send_blocking(message);
 //!     }
 //! }
 //!
@@ -107,7 +109,6 @@ mod deadline;
 mod driver;
 mod handler;
 mod server;
-mod session;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod ws;
@@ -116,8 +117,8 @@ pub use client::{Client, ClientError, TcpClient, WsClient};
 pub use deadline::Deadlined;
 pub use handler::Handler;
 pub use server::{ServerHandle, TcpServer, WsServer};
-pub use session::{SendError, Session};
 pub use storm_host as host;
+pub use storm_host::session::{SendError, Session};
 pub use storm_host::setup::{Decision, UpgradeInfo};
 pub use storm_proto as proto;
 

@@ -15,18 +15,18 @@ use socket2::{Domain, Socket, Type};
 
 use storm_host::hub::CloseKind;
 use storm_host::options::{ServerOptions, WsOptions};
-use storm_host::peer::Registry;
+use storm_host::session::Registry;
 use storm_host::setup::{
     AcceptErrors, Admitted, Answer, Decision, Opened, ServerOpen, ServerSetup, ServerUpgradeStep,
     TlsInfo, UpgradeInfo, handshake_failed, server_hub,
 };
 use storm_proto::framing::Framing;
 
+use crate::Handler;
 use crate::deadline::Deadlined;
 use crate::driver::{Transport, drive, lock};
 #[cfg(feature = "tls")]
 use crate::tls::TlsStream;
-use crate::{Handler, Session};
 
 /// Where `serve` is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +38,7 @@ enum Serving {
 
 /// State every connection thread and every [`ServerHandle`] shares.
 struct Shared {
-    registry: Registry<Session>,
+    registry: Registry,
     options: ServerOptions,
     /// Framing or WebSocket, and TLS: built once at bind.
     setup: ServerSetup,
@@ -145,8 +145,8 @@ pub struct ServerHandle {
 /// Sessions, groups and broadcast: everything but `local_addr` and
 /// `shutdown` comes from the core's [`Registry`].
 impl std::ops::Deref for ServerHandle {
-    type Target = Registry<Session>;
-    fn deref(&self) -> &Registry<Session> {
+    type Target = Registry;
+    fn deref(&self) -> &Registry {
         &self.shared.registry
     }
 }
@@ -260,7 +260,7 @@ impl WsServer {
     /// and, under TLS, the SNI and ALPN, and returns a [`Decision`]:
     /// accept (choosing a subprotocol, adding response headers, attaching
     /// a value the handler reads with
-    /// [`Session::attached`](storm_host::peer::Peer::attached)) or reject
+    /// [`Session::attached`](crate::Session::attached)) or reject
     /// (a status, headers and a body, then the connection is closed). Route
     /// by path by attaching the route. Without a hook every valid request
     /// from an allowed origin
@@ -541,8 +541,7 @@ impl ServerHandle {
         let stopping = || self.shared.stop.load(Ordering::Acquire);
         let (setup, registry) = (&self.shared.setup, &self.shared.registry);
         let now = Instant::now();
-        let (session, link) =
-            setup.admit(registry, admitted, opened, now, Session::new, stopping)?;
+        let (session, link) = setup.admit(registry, admitted, opened, now, stopping)?;
         let id = session.id();
         drive(
             stream,

@@ -47,7 +47,7 @@ impl Handler for Recorder {
     fn on_message(&self, session: &Session, message: Message) {
         let _ = self.tx.send(Seen::Message(message.clone()));
         if self.echo {
-            let _ = session.send(message);
+            let _ = session.send_blocking(message);
         }
     }
     fn on_disconnect(&self, _: &Session, reason: &CloseReason) {

@@ -1,14 +1,14 @@
 //! What an adapter decides when it opens a connection, apart from the I/O:
 //! the options checked and the TLS configurations built once, the
 //! WebSocket upgrade as a byte-in, protocol-out step, a new connection
-//! admitted into a hub as a [`Peer`], and a client's reconnect schedule.
+//! admitted into a hub as a [`Session`], and a client's reconnect schedule.
 //!
 //! A client adapter builds a [`ClientTarget`] and a [`ClientCore`] once,
 //! then for every (re)connection: connects to [`ClientTarget::authority`],
 //! runs TLS with `ClientTarget::tls` (feature `tls`) when set, calls
 //! [`ClientTarget::open`] and, for WebSocket, sends the request and feeds
 //! the response to the [`ClientUpgrade`] until it yields the [`Protocol`];
-//! then [`ClientCore::peer`], and when the connection ends,
+//! then [`ClientCore::session`], and when the connection ends,
 //! [`ClientCore::ended`] and [`ClientCore::next_attempt`]. A server adapter
 //! builds a [`ServerSetup`] at bind, takes an [`Admitted`] at accept, and
 //! does the same with [`ServerSetup::open`], [`ServerUpgrade`] and
@@ -18,7 +18,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::ops::Deref;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +27,7 @@ use rand::RngCore;
 use crate::hub::{ConnectionPermit, Hub, HubConfig, SessionId};
 use crate::link::{LinkConfig, LinkDriver, Protocol};
 use crate::options::{ClientOptions, ServerOptions, TlsClientConfig, TlsServerConfig, WsOptions};
-use crate::peer::{ClientError, Peer, Registry};
+use crate::session::{ClientError, Registry, Session};
 use storm_proto::framing::{Framer, Framing, FramingConfigError, FramingError};
 use storm_proto::reconnect::{Backoff, BackoffStep};
 use storm_proto::tls_sniff::PlainFramer;
@@ -382,7 +381,7 @@ impl ClientCore {
     }
 
     /// A new connection to `remote` admitted and registered in the hub:
-    /// the [`Peer`] the adapter's session wraps (carrying the server's
+    /// its [`Session`] (carrying the server's
     /// [`UpgradeResponse`] for a WebSocket), and the [`LinkDriver`] the
     /// adapter's driver owns. The bytes read ahead stay in `opened`'s
     /// `leftover`: take them first.
@@ -391,24 +390,24 @@ impl ClientCore {
     ///
     /// [`ClientError::Config`] when the hub refuses or the link options
     /// are invalid.
-    pub fn peer(
+    pub fn session(
         &self,
         opened: Opened,
         remote: SocketAddr,
         now: Instant,
-    ) -> Result<(Peer, Box<LinkDriver>), ClientError> {
+    ) -> Result<(Session, Box<LinkDriver>), ClientError> {
         let Opened {
             protocol, attached, ..
         } = opened;
         let permit = self.hub.try_admit().map_err(config_error)?;
         let outbox = self.hub.register(permit, now).map_err(config_error)?;
         let middleware = self.link.middleware.clone();
-        let mut peer = Peer::new(Arc::clone(&outbox), middleware, self.hub.clone(), remote);
+        let mut session = Session::new(Arc::clone(&outbox), middleware, self.hub.clone(), remote);
         if let Some(attached) = attached {
-            peer.attach(attached);
+            session.attach(attached);
         }
         let link = LinkDriver::new(outbox, protocol, &self.link, now).map_err(config_error)?;
-        Ok((peer, Box::new(link)))
+        Ok((session, Box::new(link)))
     }
 
     /// A connection is up (it counts as stable after a while, which resets
@@ -563,8 +562,8 @@ impl ServerSetup {
     }
 
     /// Registers a connection past its handshake in `registry`'s hub,
-    /// makes its session with `session` (its peer carrying what the
-    /// upgrade hook attached) and inserts it; then closes it at
+    /// makes its session (carrying what the upgrade hook attached) and
+    /// inserts it; then closes it at
     /// once when `stopping()` says the server is shutting down. Returns the
     /// session and the [`LinkDriver`] the adapter's driver owns.
     ///
@@ -578,35 +577,33 @@ impl ServerSetup {
     ///
     /// [`InvalidInput`](io::ErrorKind::InvalidInput) when `admitted` is not
     /// from this hub or the link options are invalid.
-    pub fn admit<S: Clone + Deref<Target = Peer>>(
+    pub fn admit(
         &self,
-        registry: &Registry<S>,
+        registry: &Registry,
         admitted: Admitted,
         opened: Opened,
         now: Instant,
-        session: impl FnOnce(Peer) -> S,
         stopping: impl FnOnce() -> bool,
-    ) -> io::Result<(S, Box<LinkDriver>)> {
+    ) -> io::Result<(Session, Box<LinkDriver>)> {
         let Opened {
             protocol, attached, ..
         } = opened;
         let hub = registry.hub();
         let outbox = hub.register(admitted.permit, now).map_err(invalid)?;
         let middleware = self.link.middleware.clone();
-        let mut peer = Peer::new(
+        let mut session = Session::new(
             Arc::clone(&outbox),
             middleware,
             hub.clone(),
             admitted.remote,
         );
         if let Some(attached) = attached {
-            peer.attach(attached);
+            session.attach(attached);
         }
         // Boxed from the start: an adapter moves it into the connection's
         // task or thread, where a few hundred bytes more per frame would
         // cost every idle connection stack (std) or task size.
         let link = Box::new(LinkDriver::new(outbox, protocol, &self.link, now).map_err(invalid)?);
-        let session = session(peer);
         #[cfg(feature = "tracing")]
         {
             let id = session.id().get();
@@ -813,16 +810,6 @@ mod tests {
     use crate::hub::SessionState;
     use crate::options::TlsClientOptions;
 
-    #[derive(Clone)]
-    struct TestSession(Peer);
-
-    impl Deref for TestSession {
-        type Target = Peer;
-        fn deref(&self) -> &Peer {
-            &self.0
-        }
-    }
-
     fn remote() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 9))
     }
@@ -954,11 +941,11 @@ mod tests {
         let mut core = ClientCore::new(&options, 1, Instant::now())?;
         let framer = Framing::default().build().map_err(config_error)?;
         let opened = Opened::new(Protocol::Framed(framer));
-        let (peer, _link) = core.peer(opened, remote(), Instant::now())?;
-        assert_eq!(peer.remote_addr(), remote());
-        assert_eq!(peer.state(), SessionState::Open);
-        core.ended(peer.id());
-        assert_eq!(peer.state(), SessionState::Closed);
+        let (session, _link) = core.session(opened, remote(), Instant::now())?;
+        assert_eq!(session.remote_addr(), remote());
+        assert_eq!(session.state(), SessionState::Open);
+        core.ended(session.id());
+        assert_eq!(session.state(), SessionState::Closed);
         // Reconnects are off by default: one connection, then stop.
         assert_eq!(core.next_attempt(Instant::now()), None);
         Ok(())
@@ -980,7 +967,6 @@ mod tests {
                 admitted,
                 Opened::new(protocol),
                 Instant::now(),
-                TestSession,
                 || stopping,
             )?;
             assert_eq!(session.state() != SessionState::Open, stopping);

@@ -144,7 +144,7 @@ fn origin_allowed(options: &WsOptions, request: &UpgradeRequest) -> bool {
 
 /// What a server answered a client's WebSocket upgrade with: read it from
 /// the client's session with
-/// [`Peer::attached::<UpgradeResponse>()`](crate::peer::Peer::attached)
+/// [`Session::attached::<UpgradeResponse>()`](crate::session::Session::attached)
 /// (each connection, reconnections included, carries its own).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]

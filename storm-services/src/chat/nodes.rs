@@ -25,7 +25,7 @@ use std::sync::{Arc, Weak};
 
 use storm_backplane::redis::{Deliver, Recovery, RedisBackplane, RedisConfig, Running};
 use storm_host::hub::Hub;
-use storm_host::peer::Peer;
+use storm_host::session::Session;
 use storm_proto::Message;
 use storm_proto::backplane::{Epoch, Position};
 
@@ -91,7 +91,7 @@ impl Nodes {
     pub(super) fn sync(
         &self,
         chat: Arc<Chat>,
-        session: Peer,
+        session: Session,
         room: String,
         since: Option<Position>,
         ticket: u64,

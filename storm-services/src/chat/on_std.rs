@@ -46,15 +46,15 @@ struct StdChat(Arc<Chat>);
 
 impl storm_std::Handler for StdChat {
     fn on_connect(&self, session: &Session) {
-        let _ = session.send(self.0.connect(session));
+        let _ = session.send_blocking(self.0.connect(session));
         if let Some(error) = self.0.enter_lobby(session) {
-            let _ = session.send(error);
+            let _ = session.send_blocking(error);
         }
     }
 
     fn on_message(&self, session: &Session, message: Message) {
         if let Some(reply) = self.0.on_message(session, &message) {
-            let _ = session.send(reply);
+            let _ = session.send_blocking(reply);
         }
     }
 

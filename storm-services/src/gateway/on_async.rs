@@ -28,7 +28,7 @@ pub struct Gateway<R: Runtime = storm_tokio::Tokio> {
 /// Controls a running gateway: backend status, shutdown. Cheap to clone.
 pub struct GatewayHandle<R: Runtime = storm_tokio::Tokio> {
     server: ServerHandle<R>,
-    core: Arc<Core<Session>>,
+    core: Arc<Core>,
 }
 
 impl<R: Runtime> Clone for GatewayHandle<R> {
@@ -163,7 +163,7 @@ impl<R: Runtime> GatewayHandle<R> {
 }
 
 /// `future`'s output, or `None` once the gateway stops.
-async fn unless_stopped<T>(core: &Core<Session>, future: impl Future<Output = T>) -> Option<T> {
+async fn unless_stopped<T>(core: &Core, future: impl Future<Output = T>) -> Option<T> {
     or(async { Some(future.await) }, async {
         core.stopped.wait_for(true).await;
         None
@@ -174,7 +174,7 @@ async fn unless_stopped<T>(core: &Core<Session>, future: impl Future<Output = T>
 /// Connects one backend, and again with backoff whenever its connection
 /// drops or an attempt fails, until the gateway stops; `_running` counts
 /// this task for shutdown until it ends.
-async fn keep_connected<R: Runtime>(core: Arc<Core<Session>>, mut dial: Dial, _running: LoopGuard) {
+async fn keep_connected<R: Runtime>(core: Arc<Core>, mut dial: Dial, _running: LoopGuard) {
     loop {
         let handler = BackendHandler {
             core: Arc::clone(&core),
@@ -220,7 +220,7 @@ async fn keep_connected<R: Runtime>(core: Arc<Core<Session>>, mut dial: Dial, _r
 
 /// Events of one backend connection.
 struct BackendHandler {
-    core: Arc<Core<Session>>,
+    core: Arc<Core>,
     backend: BackendId,
 }
 
@@ -240,7 +240,7 @@ impl Handler for BackendHandler {
 
 /// Events of the gateway's client connections.
 struct ClientHandler<R> {
-    core: Arc<Core<Session>>,
+    core: Arc<Core>,
     runtime: std::marker::PhantomData<fn() -> R>,
 }
 

@@ -45,7 +45,7 @@ pub struct Gateway {
 #[derive(Clone)]
 pub struct GatewayHandle {
     server: ServerHandle,
-    core: Arc<Core<Session>>,
+    core: Arc<Core>,
     timers: Arc<Timers>,
 }
 
@@ -201,7 +201,7 @@ impl GatewayHandle {
 /// Connects one backend, and again with backoff whenever its connection
 /// drops or an attempt fails, until the gateway stops; `_running` counts
 /// this thread for shutdown until it ends.
-fn keep_connected(core: &Arc<Core<Session>>, dial: &mut Dial, _running: LoopGuard) {
+fn keep_connected(core: &Arc<Core>, dial: &mut Dial, _running: LoopGuard) {
     while !core.stopped.get() {
         let handler = BackendHandler {
             core: Arc::clone(core),
@@ -269,7 +269,7 @@ impl Timers {
     }
 
     /// Fails each handshake at its deadline, until [`stop`](Self::stop).
-    fn run(&self, core: &Core<Session>) {
+    fn run(&self, core: &Core) {
         loop {
             let next = core.timeout(Instant::now());
             let mut state = lock(&self.state);
@@ -294,7 +294,7 @@ impl Timers {
 
 /// Events of one backend connection.
 struct BackendHandler {
-    core: Arc<Core<Session>>,
+    core: Arc<Core>,
     backend: BackendId,
 }
 
@@ -314,7 +314,7 @@ impl Handler for BackendHandler {
 
 /// Events of the gateway's client connections.
 struct ClientHandler {
-    core: Arc<Core<Session>>,
+    core: Arc<Core>,
     timers: Arc<Timers>,
 }
 
@@ -330,7 +330,7 @@ impl Handler for ClientHandler {
     fn on_message(&self, session: &Session, message: Message) {
         let mut sends = self.core.client_message(session.id().get(), message);
         while let Some((to, message)) = sends.poll_send() {
-            if to.send(message).is_err() {
+            if to.send_blocking(message).is_err() {
                 sends.handle_send_failed();
             }
         }

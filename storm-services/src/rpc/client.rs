@@ -799,7 +799,7 @@ impl Conn {
     fn offer(&self, frame: Bytes) {
         if let Some(session) = self.client.session() {
             self.state.hook_sent(&frame);
-            let _ = session.offer(Message::Binary(frame));
+            let _ = session.try_send(Message::Binary(frame));
         }
     }
 

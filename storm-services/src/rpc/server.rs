@@ -21,7 +21,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use storm_host::hub::SessionId;
 use storm_host::options::{ServerOptions, WsOptions};
-use storm_host::peer::Peer;
+use storm_host::session::Session;
 use storm_proto::framing::{Framing, LengthPrefixConfig};
 use storm_proto::rpc::{CallsConfig, CompressionConfig, Fault, Incoming, Serving};
 
@@ -329,7 +329,7 @@ impl Service {
     }
 
     /// A connection opened; `false`: abort it.
-    pub(super) fn connect(&self, peer: &Peer) -> bool {
+    pub(super) fn connect(&self, session: &Session) -> bool {
         let Ok(serving) = Serving::new(self.calls.clone()) else {
             return false;
         };
@@ -337,14 +337,14 @@ impl Service {
             serving: Mutex::new(serving),
             running: Mutex::new(HashMap::new()),
         });
-        lock(&self.conns).insert(peer.id(), conn);
+        lock(&self.conns).insert(session.id(), conn);
         true
     }
 
-    /// Takes one message from `peer`: returns the refusals to send first
+    /// Takes one message from `session`: returns the refusals to send first
     /// (overload, duplicate id, bad compression), then what to do.
-    pub(super) fn message(&self, peer: &Peer, frame: Bytes) -> (Vec<Bytes>, Step) {
-        let Some(conn) = lock(&self.conns).get(&peer.id()).cloned() else {
+    pub(super) fn message(&self, session: &Session, frame: Bytes) -> (Vec<Bytes>, Step) {
+        let Some(conn) = lock(&self.conns).get(&session.id()).cloned() else {
             return (Vec::new(), Step::Nothing);
         };
         let (incoming, refusals) = {
@@ -379,7 +379,7 @@ impl Service {
                     payload: request.payload,
                     timeout: request.timeout,
                     idempotent: request.idempotent,
-                    remote: peer.remote_addr(),
+                    remote: session.remote_addr(),
                     signal,
                 };
                 Step::Run(request, call)
@@ -437,10 +437,10 @@ impl Service {
         lock(&call.conn.running).remove(&call.id);
     }
 
-    /// The connection of `peer` ended: every call still running on it is
+    /// The connection of `session` ended: every call still running on it is
     /// cancelled.
-    pub(super) fn disconnect(&self, peer: &Peer) {
-        let conn = lock(&self.conns).remove(&peer.id());
+    pub(super) fn disconnect(&self, session: &Session) {
+        let conn = lock(&self.conns).remove(&session.id());
         if let Some(conn) = conn {
             for (_, signal) in lock(&conn.running).drain() {
                 signal.cancel();

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use storm_host::hub::{BroadcastReport, Hub, HubMetrics, SessionId};
 use storm_host::link::CloseReason;
 use storm_host::options::{ClientOptions, ServerOptions, WsOptions};
-use storm_host::peer::{Peer, SendError};
+use storm_host::session::{SendError, Session};
 use storm_host::setup::{Decision, UpgradeInfo};
 use storm_proto::Message;
 use storm_proto::framing::Framing;
@@ -83,7 +83,7 @@ pub trait ServerDriver: Send {
     /// The address it listens on.
     fn local_addr(&self) -> SocketAddr;
     /// The connected sessions (`ServerHandle::sessions`).
-    fn sessions(&self) -> Vec<Peer>;
+    fn sessions(&self) -> Vec<Session>;
     /// The server's hub (`ServerHandle::hub`): groups, broadcast, metrics.
     fn hub(&self) -> Hub;
     /// Sends to one session with the adapter's own `Session::send` (which
@@ -107,7 +107,7 @@ pub trait ClientDriver: Send {
     /// The adapter's `ClientError`, as text.
     fn send(&self, message: Message) -> Result<(), String>;
     /// The current connection's session (`None` between reconnects).
-    fn session(&self) -> Option<Peer>;
+    fn session(&self) -> Option<Session>;
     /// `Client::close`: graceful, and no more reconnects.
     fn close(&self);
     /// Waits up to `timeout` for the client to stop for good; `true` if it
@@ -312,29 +312,29 @@ impl Reactor {
     }
 
     /// `on_connect`: joins the behaviour's group, records.
-    pub fn connected(&self, peer: &Peer) {
+    pub fn connected(&self, session: &Session) {
         if let Some(group) = &self.behaviour.join {
-            let _ = peer.join(group);
+            let _ = session.join(group);
         }
-        self.record(Event::Connect(peer.id()));
+        self.record(Event::Connect(session.id()));
     }
 
     /// `on_message`: records, relays; the message to send back, if any
     /// (send it, then call [`replied`](Self::replied)).
     #[must_use]
-    pub fn received(&self, peer: &Peer, message: Message) -> Option<Message> {
-        self.record(Event::Message(peer.id(), message.clone()));
+    pub fn received(&self, session: &Session, message: Message) -> Option<Message> {
+        self.record(Event::Message(session.id(), message.clone()));
         match &self.behaviour.on_message {
             OnMessage::Record => None,
             OnMessage::Echo | OnMessage::EchoThenClose => Some(message),
             OnMessage::EchoTagged => {
-                let tag = peer.attached::<String>().map_or("-", String::as_str);
+                let tag = session.attached::<String>().map_or("-", String::as_str);
                 let text = String::from_utf8_lossy(message.as_bytes());
                 Some(Message::from(format!("{tag}:{text}").as_str()))
             }
             OnMessage::Relay(group) => {
                 if let Some(hub) = &self.hub {
-                    let _ = hub.broadcast_group(group, &message, Some(peer.id()));
+                    let _ = hub.broadcast_group(group, &message, Some(session.id()));
                 }
                 None
             }
@@ -342,15 +342,15 @@ impl Reactor {
     }
 
     /// After the reply of [`received`](Self::received) was sent.
-    pub fn replied(&self, peer: &Peer) {
+    pub fn replied(&self, session: &Session) {
         if matches!(self.behaviour.on_message, OnMessage::EchoThenClose) {
-            peer.close();
+            session.close();
         }
     }
 
     /// `on_disconnect`.
-    pub fn disconnected(&self, peer: &Peer, reason: &CloseReason) {
-        self.record(Event::Disconnect(peer.id(), reason.clone()));
+    pub fn disconnected(&self, session: &Session, reason: &CloseReason) {
+        self.record(Event::Disconnect(session.id(), reason.clone()));
     }
 
     /// `on_error`.
@@ -478,7 +478,7 @@ impl Server {
 
     /// The connected sessions.
     #[must_use]
-    pub fn sessions(&self) -> Vec<Peer> {
+    pub fn sessions(&self) -> Vec<Session> {
         self.driver.sessions()
     }
 
@@ -488,7 +488,7 @@ impl Server {
     ///
     /// When no such session is connected.
     #[must_use]
-    pub fn session(&self, id: SessionId) -> Peer {
+    pub fn session(&self, id: SessionId) -> Session {
         self.sessions()
             .into_iter()
             .find(|s| s.id() == id)
@@ -652,7 +652,7 @@ impl Client {
 
     /// The current session.
     #[must_use]
-    pub fn session(&self) -> Option<Peer> {
+    pub fn session(&self) -> Option<Session> {
         self.driver.session()
     }
 

@@ -21,7 +21,7 @@ use storm_async::{
 };
 use storm_host::hub::{Hub, SessionId};
 use storm_host::link::CloseReason;
-use storm_host::peer::{Peer, SendError};
+use storm_host::session::SendError;
 use storm_proto::Message;
 
 use super::{
@@ -120,12 +120,8 @@ impl<R: Executor> ServerDriver for AsyncServer<R> {
     fn local_addr(&self) -> SocketAddr {
         self.handle.local_addr()
     }
-    fn sessions(&self) -> Vec<Peer> {
-        self.handle
-            .sessions()
-            .iter()
-            .map(|s| Peer::clone(s))
-            .collect()
+    fn sessions(&self) -> Vec<Session> {
+        self.handle.sessions()
     }
     fn hub(&self) -> Hub {
         self.handle.hub().clone()
@@ -154,8 +150,8 @@ impl<R: Executor> ClientDriver for AsyncClient<R> {
     fn send(&self, message: Message) -> Result<(), String> {
         R::block_on(self.0.send(message)).map_err(|e| e.to_string())
     }
-    fn session(&self) -> Option<Peer> {
-        self.0.session().map(|s| Peer::clone(&s))
+    fn session(&self) -> Option<Session> {
+        self.0.session()
     }
     fn close(&self) {
         self.0.close();

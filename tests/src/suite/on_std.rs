@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use storm_host::hub::{Hub, SessionId};
 use storm_host::link::CloseReason;
-use storm_host::peer::{Peer, SendError};
+use storm_host::session::SendError;
 use storm_proto::Message;
 use storm_std::{
     Client, Decision, Handler, ServerHandle, Session, TcpClient, TcpServer, WsClient, WsServer,
@@ -32,7 +32,7 @@ impl Handler for Forward {
     }
     fn on_message(&self, session: &Session, message: Message) {
         if let Some(reply) = self.0.received(session, message) {
-            let _ = session.send(reply);
+            let _ = session.send_blocking(reply);
             self.0.replied(session);
         }
     }
@@ -56,19 +56,15 @@ impl ServerDriver for StdServer {
     fn local_addr(&self) -> SocketAddr {
         self.handle.local_addr()
     }
-    fn sessions(&self) -> Vec<Peer> {
-        self.handle
-            .sessions()
-            .iter()
-            .map(|s| Peer::clone(s))
-            .collect()
+    fn sessions(&self) -> Vec<Session> {
+        self.handle.sessions()
     }
     fn hub(&self) -> Hub {
         self.handle.hub().clone()
     }
     fn send(&self, session: SessionId, message: Message) -> Result<(), SendError> {
         match self.handle.session(session) {
-            Some(session) => session.send(message),
+            Some(session) => session.send_blocking(message),
             None => Err(SendError::Closed(message)),
         }
     }
@@ -94,8 +90,8 @@ impl ClientDriver for StdClient {
     fn send(&self, message: Message) -> Result<(), String> {
         self.0.send(message).map_err(|e| e.to_string())
     }
-    fn session(&self) -> Option<Peer> {
-        self.0.session().map(|s| Peer::clone(&s))
+    fn session(&self) -> Option<Session> {
+        self.0.session()
     }
     fn close(&self) {
         self.0.close();

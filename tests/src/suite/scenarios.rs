@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use storm_host::hub::{CloseKind, Middleware, MiddlewareChain, SessionId};
+use storm_host::hub::{CloseKind, Middleware, MiddlewareChain, SendOutcome, SessionId};
 use storm_host::link::CloseReason;
 use storm_host::options::{TlsClientOptions, TlsServerOptions, WsOptions};
 use storm_host::setup::{Decision, UpgradeInfo, UpgradeResponse};
@@ -278,7 +278,10 @@ pub fn close_vs_abort<S: Adapter, C: Adapter>() {
         CloseReason::Local(CloseKind::Abort)
     );
     assert!(
-        session.offer(Message::from("late")).is_err(),
+        matches!(
+            session.try_send(Message::from("late")),
+            SendOutcome::Closed(_)
+        ),
         "no sends after abort"
     );
 

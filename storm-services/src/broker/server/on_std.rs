@@ -312,7 +312,7 @@ fn write_frames(shared: &Shared<StdSignals>, conn: ConnId, session: &Session, wa
             Step::Send(message) => {
                 drop(state);
                 shared.signals.drained();
-                if session.send(message).is_err() {
+                if session.send_blocking(message).is_err() {
                     return;
                 }
                 state = shared.lock();

@@ -161,7 +161,7 @@ where
     fn on_message(&self, session: &Session, message: Message) {
         let (refusals, step) = self.service.message(session, message.into_bytes());
         for frame in refusals {
-            let _ = session.send(Message::Binary(frame));
+            let _ = session.send_blocking(Message::Binary(frame));
         }
         match step {
             Step::Nothing => {}
@@ -178,13 +178,13 @@ where
                         let returned = unless_panic(|| handler(request));
                         let ended = thread_call.ended_at(Instant::now(), returned);
                         if let Some(frame) = service.end(&thread_call, ended) {
-                            let _ = thread_session.send(Message::Binary(frame));
+                            let _ = thread_session.send_blocking(Message::Binary(frame));
                         }
                     });
                 if spawned.is_err() {
                     let fault = Fault::new(Fault::OVERLOADED, "no thread for the request");
                     if let Some(frame) = self.service.end(&call, Ended::Done(Err(fault))) {
-                        let _ = session.send(Message::Binary(frame));
+                        let _ = session.send_blocking(Message::Binary(frame));
                     }
                 }
             }

@@ -1,13 +1,18 @@
-//! A connection as the application holds it, whatever the runtime: the
-//! part of every adapter's `Session` that does not wait.
+//! A connection as the application holds it: [`Session`], the same type on
+//! every runtime (each adapter re-exports it), with [`SendError`] for a
+//! send that did not happen, and [`ClientError`], every adapter's client
+//! error; [`Registry`], a server's connected sessions.
 //!
-//! Each adapter's `Session` wraps a [`Peer`] (and dereferences to it) and
-//! adds only `send`, which waits in the runtime's own way when the
-//! slow-consumer policy says `Wait` (an async task, or a parked thread).
-//! [`ClientError`] is every adapter's client error.
+//! A session is one type whatever runs it, so code that works with
+//! sessions (a service's rooms, a registry) is written once. Only a send
+//! under the `Wait` slow-consumer policy waits, and it waits in one of two
+//! ways, both here: [`Session::send`] is a future (tokio and smol, or any
+//! executor: it needs no runtime of its own), [`Session::send_blocking`]
+//! parks the calling thread (storm-std's handlers and threads).
 
 use std::any::Any;
 use std::fmt;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,15 +21,22 @@ use std::time::{Duration, Instant};
 
 use crate::hub::{
     CloseKind, GroupError, Hub, MiddlewareChain, Outbox, SendOutcome, SessionClosed, SessionId,
-    SessionMetrics, SessionState,
+    SessionMetrics, SessionState, thread_waker,
 };
 use storm_proto::Message;
 use storm_proto::ws::CloseCode;
 
-/// One connection: its id, address and metrics; sending; closing; groups.
-/// Cheap to clone, and usable from any task or thread.
+/// One connection, as a handler receives it and any task or thread keeps
+/// it: its id, address and metrics; sending; closing; groups. Cheap to
+/// clone (clones are the same connection), and usable from any task or
+/// thread.
+///
+/// Sending: [`send`](Self::send)`(m).await` on tokio and smol,
+/// [`send_blocking`](Self::send_blocking)`(m)` on storm-std's threads;
+/// both wait only when the slow-consumer policy is `Wait` and the session
+/// is backpressured. [`try_send`](Self::try_send) never waits.
 #[derive(Clone)]
-pub struct Peer {
+pub struct Session {
     outbox: Arc<Outbox>,
     middleware: Option<Arc<MiddlewareChain>>,
     hub: Hub,
@@ -33,7 +45,7 @@ pub struct Peer {
     attached: Option<Arc<dyn Any + Send + Sync>>,
 }
 
-impl fmt::Debug for Peer {
+impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Session")
             .field("id", &self.id())
@@ -144,11 +156,11 @@ impl From<io::Error> for ClientError {
     }
 }
 
-impl Peer {
-    /// A peer for the connection whose outbox is `outbox`, registered in
-    /// `hub`; what it sends runs through `middleware` first.
+impl Session {
+    /// The session of the connection whose outbox is `outbox`, registered
+    /// in `hub`; what it sends runs through `middleware` first.
     #[must_use]
-    pub fn new(
+    pub(crate) fn new(
         outbox: Arc<Outbox>,
         middleware: Option<Arc<MiddlewareChain>>,
         hub: Hub,
@@ -165,37 +177,8 @@ impl Peer {
 
     /// Attaches the value a server's upgrade hook accepted the connection
     /// with (see [`attached`](Self::attached)).
-    pub fn attach(&mut self, value: Arc<dyn Any + Send + Sync>) {
+    pub(crate) fn attach(&mut self, value: Arc<dyn Any + Send + Sync>) {
         self.attached = Some(value);
-    }
-
-    /// The value the server's upgrade hook attached when it accepted this
-    /// connection (`Decision::accept().attach(value)`), when it is a `T`:
-    /// the user a token named, the route a path chose. `None` when nothing
-    /// or something else was attached (and always on a client).
-    #[must_use]
-    pub fn attached<T: Any>(&self) -> Option<&T> {
-        self.attached.as_deref()?.downcast_ref()
-    }
-
-    /// The connection's outbox in the hub (for adapters: the writer's
-    /// waker, the close request).
-    #[must_use]
-    pub fn outbox(&self) -> &Arc<Outbox> {
-        &self.outbox
-    }
-
-    /// Sends a message through the middleware and the slow-consumer
-    /// policy. Suppressed by middleware: reported as queued.
-    fn send(&self, message: Message) -> SendOutcome {
-        let message = match &self.middleware {
-            Some(chain) => match chain.sending(self.outbox.id(), message) {
-                Some(message) => message,
-                None => return SendOutcome::Queued,
-            },
-            None => message,
-        };
-        self.outbox.send(message)
     }
 
     /// The session's id, unique within its server.
@@ -239,20 +222,106 @@ impl Peer {
         self.outbox.is_backpressured()
     }
 
+    /// Sends a message under the slow-consumer policy, waiting
+    /// asynchronously: with `Wait` (the default) this waits until the
+    /// session is writable. For async tasks (tokio, smol, any executor);
+    /// on a thread of its own, use [`send_blocking`](Self::send_blocking).
+    ///
+    /// The future holds the message once and a reference to the session
+    /// (48 bytes), since it lives inside every handler's future and so
+    /// inside every connection task.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError`] with the message handed back.
+    pub fn send(
+        &self,
+        message: impl Into<Message>,
+    ) -> impl Future<Output = Result<(), SendError>> + Send + '_ {
+        let mut message = Some(message.into());
+        poll_fn(move |cx| {
+            while let Some(next) = message.take() {
+                let Some(back) = self.offer(next)? else {
+                    return Poll::Ready(Ok(()));
+                };
+                match self.poll_writable(cx) {
+                    // Writable again: offer it once more.
+                    Poll::Ready(Ok(())) => message = Some(back),
+                    Poll::Ready(Err(_)) => return Poll::Ready(Err(SendError::Closed(back))),
+                    Poll::Pending => {
+                        message = Some(back);
+                        return Poll::Pending;
+                    }
+                }
+            }
+            // Polled again after it completed.
+            Poll::Ready(Ok(()))
+        })
+    }
+
+    /// Sends text (a WebSocket text message), waiting as
+    /// [`send`](Self::send) does.
+    ///
+    /// # Errors
+    ///
+    /// As for [`send`](Self::send).
+    pub async fn send_text(&self, text: &str) -> Result<(), SendError> {
+        self.send(Message::from(text)).await
+    }
+
+    /// Sends a message under the slow-consumer policy, blocking the calling
+    /// thread: with `Wait` (the default) this parks the thread until the
+    /// session is writable. For storm-std's handlers and plain threads;
+    /// called from the session's own handler, that also pauses its reading,
+    /// which is the point. Never call it from an async task (it would
+    /// block the executor's thread): use [`send`](Self::send) there.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError`] with the message handed back.
+    pub fn send_blocking(&self, message: impl Into<Message>) -> Result<(), SendError> {
+        let mut message = message.into();
+        // One waker per call, so the session keeps at most one for us.
+        let mut waker = None;
+        while let Some(back) = self.offer(message)? {
+            message = back;
+            let waker = waker.get_or_insert_with(|| thread_waker(std::thread::current()));
+            let mut cx = Context::from_waker(waker);
+            loop {
+                match self.poll_writable(&mut cx) {
+                    Poll::Ready(Ok(())) => break,
+                    Poll::Ready(Err(_)) => return Err(SendError::Closed(message)),
+                    // Parking may wake spuriously: poll again.
+                    Poll::Pending => std::thread::park(),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Queues a message without waiting: the policy's verdict as it is.
     pub fn try_send(&self, message: impl Into<Message>) -> SendOutcome {
-        self.send(message.into())
+        self.queue(message.into())
+    }
+
+    /// Sends a message through the middleware and the slow-consumer
+    /// policy. Suppressed by middleware: reported as queued.
+    fn queue(&self, message: Message) -> SendOutcome {
+        let message = match &self.middleware {
+            Some(chain) => match chain.sending(self.outbox.id(), message) {
+                Some(message) => message,
+                None => return SendOutcome::Queued,
+            },
+            None => message,
+        };
+        self.outbox.send(message)
     }
 
     /// One step of a send under the slow-consumer policy: `Ok(None)` when
     /// queued, `Ok(Some(message))` when the policy says wait (wait with
     /// [`poll_writable`](Self::poll_writable), then offer it again).
-    ///
-    /// # Errors
-    ///
-    /// [`SendError`] with the message handed back.
-    pub fn offer(&self, message: Message) -> Result<Option<Message>, SendError> {
-        match self.send(message) {
+    fn offer(&self, message: Message) -> Result<Option<Message>, SendError> {
+        match self.queue(message) {
             SendOutcome::Queued => Ok(None),
             SendOutcome::Wait(back) => Ok(Some(back)),
             SendOutcome::Dropped(back) => Err(SendError::Dropped(back)),
@@ -263,7 +332,7 @@ impl Peer {
 
     /// Resolves when the session is writable again, or with
     /// [`SessionClosed`] once it closed.
-    pub fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<Result<(), SessionClosed>> {
+    fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<Result<(), SessionClosed>> {
         self.outbox.poll_writable(cx)
     }
 
@@ -303,18 +372,36 @@ impl Peer {
     pub fn groups(&self) -> Vec<String> {
         self.hub.groups_of(self.id())
     }
+
+    /// The value the server's upgrade hook attached when it accepted this
+    /// connection (`Decision::accept().attach(value)`), when it is a `T`:
+    /// the user a token named, the route a path chose. `None` when nothing
+    /// or something else was attached. A client's session carries the
+    /// server's [`UpgradeResponse`](crate::setup::UpgradeResponse) here
+    /// (WebSocket).
+    #[must_use]
+    pub fn attached<T: Any>(&self) -> Option<&T> {
+        self.attached.as_deref()?.downcast_ref()
+    }
+
+    /// The connection's outbox in the hub: for adapters (the writer's
+    /// waker, the close request), not for applications.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
 }
 
 /// A server's connected sessions, by id, with the hub they live in: the
-/// part of every adapter's server handle that is not I/O. `S` is the
-/// adapter's `Session` type (which dereferences to [`Peer`]).
+/// part of every adapter's server handle that is not I/O.
 #[derive(Debug)]
-pub struct Registry<S> {
+pub struct Registry {
     hub: Hub,
-    sessions: std::sync::Mutex<std::collections::HashMap<SessionId, S>>,
+    sessions: std::sync::Mutex<std::collections::HashMap<SessionId, Session>>,
 }
 
-impl<S: Clone + std::ops::Deref<Target = Peer>> Registry<S> {
+impl Registry {
     /// An empty registry over `hub`.
     #[must_use]
     pub fn new(hub: Hub) -> Self {
@@ -324,14 +411,14 @@ impl<S: Clone + std::ops::Deref<Target = Peer>> Registry<S> {
         }
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<SessionId, S>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<SessionId, Session>> {
         self.sessions
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Adds a session once its connection is established.
-    pub fn insert(&self, session: S) {
+    pub fn insert(&self, session: Session) {
         let id = session.id();
         self.map().insert(id, session);
     }
@@ -345,15 +432,15 @@ impl<S: Clone + std::ops::Deref<Target = Peer>> Registry<S> {
 
     /// The connected sessions, by id.
     #[must_use]
-    pub fn sessions(&self) -> Vec<S> {
-        let mut sessions: Vec<S> = self.map().values().cloned().collect();
+    pub fn sessions(&self) -> Vec<Session> {
+        let mut sessions: Vec<Session> = self.map().values().cloned().collect();
         sessions.sort_by_key(|s| s.id());
         sessions
     }
 
     /// One session by id.
     #[must_use]
-    pub fn session(&self, id: SessionId) -> Option<S> {
+    pub fn session(&self, id: SessionId) -> Option<Session> {
         self.map().get(&id).cloned()
     }
 
@@ -404,5 +491,91 @@ impl<S: Clone + std::ops::Deref<Target = Peer>> Registry<S> {
     /// Closes every session gracefully.
     pub fn close_all(&self) {
         self.hub.close_all(crate::hub::CloseKind::Graceful);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::disallowed_methods)] // tests take `now` from the clock
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Wake, Waker};
+
+    use super::*;
+    use crate::hub::HubConfig;
+    use storm_proto::backpressure::SlowConsumerPolicy;
+
+    /// A session under the `Wait` policy with a send limit of `limit`
+    /// bytes, and its outbox, where the test plays the writer.
+    fn session(limit: usize) -> (Session, Arc<Outbox>) {
+        let mut config = HubConfig::default();
+        config.backpressure.max_pending_send_bytes = limit;
+        config.backpressure.slow_consumer_policy = SlowConsumerPolicy::Wait;
+        let now = Instant::now();
+        let hub = Hub::new(config, now).unwrap();
+        let outbox = hub.register(hub.try_admit().unwrap(), now).unwrap();
+        let remote = ([127, 0, 0, 1], 1).into();
+        (Session::new(Arc::clone(&outbox), None, hub, remote), outbox)
+    }
+
+    /// The writer takes everything queued and writes it all: the number of
+    /// messages taken.
+    fn write_all(outbox: &Outbox) -> usize {
+        let mut out = Vec::new();
+        let drained = outbox.drain_into(&mut out, usize::MAX);
+        outbox.on_written(drained.bytes);
+        out.len()
+    }
+
+    #[derive(Default)]
+    struct CountingWaker(AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The future lives inside every handler's future, so inside every
+    /// connection task: it holds the message and a reference, nothing more.
+    #[test]
+    fn the_send_future_holds_the_message_and_a_reference() {
+        let (session, _outbox) = session(1024);
+        let future = session.send("x");
+        assert!(std::mem::size_of_val(&future) <= 48);
+    }
+
+    /// `send` waits while the session is backpressured, is woken when the
+    /// writer drains it, and then queues the message.
+    #[test]
+    fn send_waits_for_the_writer_then_queues() {
+        let (session, outbox) = session(100);
+        assert_eq!(session.try_send(vec![0; 80]), SendOutcome::Queued);
+        let count = Arc::new(CountingWaker::default());
+        let waker = Waker::from(Arc::clone(&count));
+        let mut cx = Context::from_waker(&waker);
+        let mut future = std::pin::pin!(session.send(vec![0; 80]));
+        assert!(future.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        assert_eq!(write_all(&outbox), 1);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "the writer wakes it");
+        assert_eq!(future.as_mut().poll(&mut cx), Poll::Ready(Ok(())));
+        assert_eq!(write_all(&outbox), 1);
+    }
+
+    /// `send_blocking` parks its thread while the session is backpressured
+    /// and returns once the writer drained it and the message is queued.
+    #[test]
+    fn send_blocking_waits_for_the_writer_then_queues() {
+        let (session, outbox) = session(100);
+        assert_eq!(session.try_send(vec![0; 80]), SendOutcome::Queued);
+        let sender = std::thread::spawn(move || session.send_blocking(vec![0; 80]));
+        let (start, mut written) = (Instant::now(), 0);
+        while written < 2 && start.elapsed() < Duration::from_secs(10) {
+            written += write_all(&outbox);
+            std::thread::yield_now();
+        }
+        assert_eq!(written, 2, "both messages reach the writer");
+        assert_eq!(sender.join().unwrap(), Ok(()));
     }
 }

@@ -19,11 +19,8 @@ fn main() -> Result<(), Error> {
         .next()
         .unwrap_or_else(|| "storm-std-blocking".to_owned());
     let ws = autobahn_ws();
-    let options = ConnectOptions {
-        config: ws.config,
-        deflate: ws.deflate,
-        ..ConnectOptions::default()
-    };
+    let mut options = ConnectOptions::default().with_config(ws.config);
+    options.deflate = ws.deflate;
     let (mut socket, _) = ws::connect(&format!("{base}/getCaseCount"), &options)?;
     let count: u32 = match socket.read()? {
         Event::Text(text) => text.parse().unwrap_or(0),

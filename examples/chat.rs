@@ -182,10 +182,7 @@ struct Args {
 
 fn main() -> io::Result<()> {
     let args = Args::parse();
-    let options = ServerOptions {
-        addr: args.addr,
-        ..ServerOptions::default()
-    };
+    let options = ServerOptions::default().with_addr(args.addr);
     match args.runtime {
         Runtime::Tokio => Tokio::block_on(serve::<Tokio>(options)),
         Runtime::Smol => Smol::block_on(serve::<Smol>(options)),

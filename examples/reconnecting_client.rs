@@ -21,7 +21,7 @@ use storm_examples::{AsyncRuntime, Runtime};
 use storm_host::link::CloseReason;
 use storm_host::options::{ClientOptions, WsOptions};
 use storm_proto::Message;
-use storm_proto::reconnect::{BackoffConfig, BackoffPolicy};
+use storm_proto::reconnect::BackoffConfig;
 use storm_smol::Smol;
 use storm_tokio::Tokio;
 
@@ -99,17 +99,11 @@ fn main() -> ExitCode {
 
 /// Reconnects after an unexpected disconnect: 250 ms, doubling up to 5 s.
 fn options() -> ClientOptions {
-    ClientOptions {
-        reconnect: Some(BackoffConfig {
-            policy: BackoffPolicy::Exponential {
-                initial: Duration::from_millis(250),
-                multiplier: 2.0,
-                max: Duration::from_secs(5),
-            },
-            ..BackoffConfig::default()
-        }),
-        ..ClientOptions::default()
-    }
+    ClientOptions::default().with_reconnect(BackoffConfig::exponential(
+        Duration::from_millis(250),
+        2.0,
+        Duration::from_secs(5),
+    ))
 }
 
 /// Prints what became of `message N`.

@@ -49,10 +49,7 @@ fn main() -> ExitCode {
         FramingArg::Line => Framing::Delimiter(DelimiterConfig::default()),
         FramingArg::Raw => Framing::Raw(RawConfig::default()),
     };
-    let options = ServerOptions {
-        addr: args.addr,
-        ..ServerOptions::default()
-    };
+    let options = ServerOptions::default().with_addr(args.addr);
     let served = match args.runtime {
         Runtime::Tokio => Tokio::block_on(serve::<Tokio>(options, framing)),
         Runtime::Smol => Smol::block_on(serve::<Smol>(options, framing)),

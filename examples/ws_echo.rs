@@ -46,10 +46,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> io::Result<()> {
-    let mut options = ServerOptions {
-        addr: args.addr,
-        ..ServerOptions::default()
-    };
+    let mut options = ServerOptions::default().with_addr(args.addr);
     options.backpressure.max_pending_send_bytes = AUTOBAHN_PENDING_BYTES;
     // TLS is an option of the same server, not another server. Every
     // adapter's `tls` module loads the same PEM files into these options.

@@ -68,10 +68,7 @@ fn link(proto: &str, release_after: Duration, hub: &Hub, now: Instant) -> Conn {
         _ => Protocol::WebSocket(Box::new(Connection::new(Side::Server, Config::default()))),
     };
     let session = hub.register(hub.try_admit().unwrap(), now).unwrap();
-    let config = LinkConfig {
-        release_after,
-        ..LinkConfig::default()
-    };
+    let config = LinkConfig::default().with_release_after(release_after);
     let link = LinkDriver::new(Arc::clone(&session), protocol, &config, now).unwrap();
     Conn {
         outbox: session,

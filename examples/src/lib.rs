@@ -147,15 +147,13 @@ pub const AUTOBAHN_PENDING_BYTES: usize = 128 << 20;
 /// 64 MiB.
 #[must_use]
 pub fn autobahn_ws() -> WsOptions {
-    WsOptions {
-        config: Config {
-            max_message_size: 64 << 20,
-            max_frame_size: 64 << 20,
-            ..Config::default()
-        },
-        deflate: Some(DeflateConfig::default()),
-        ..WsOptions::default()
-    }
+    WsOptions::default()
+        .with_config(
+            Config::default()
+                .with_max_message_size(64 << 20)
+                .with_max_frame_size(64 << 20),
+        )
+        .with_deflate(DeflateConfig::default())
 }
 
 /// Sends every text and binary message on a blocking `socket` back until

@@ -130,11 +130,8 @@ fn next_text(socket: &mut WebSocket<TcpStream>) -> String {
 /// agreed, and a message past the default 16 MiB limit comes back whole.
 fn check_autobahn_echo(url: &str) {
     let ws = storm_examples::autobahn_ws();
-    let options = ConnectOptions {
-        config: ws.config,
-        deflate: ws.deflate,
-        ..ConnectOptions::default()
-    };
+    let mut options = ConnectOptions::default().with_config(ws.config);
+    options.deflate = ws.deflate;
     let (mut socket, upgraded) = ws::connect(url, &options).expect("the upgrade");
     assert!(upgraded.deflate.is_some(), "{url}: no permessage-deflate");
     socket
@@ -184,10 +181,7 @@ fn ws_echo_serves_wss_with_tls_on_every_runtime() {
         args.extend(files.tls_args());
         let server = Running::start("ws_echo", &args);
         assert!(server.url.starts_with("wss://127.0.0.1:"), "{}", server.url);
-        let options = ClientOptions {
-            tls: Some(pki.client()),
-            ..ClientOptions::default()
-        };
+        let options = ClientOptions::default().with_tls(pki.client());
         let (tx, rx) = mpsc::channel();
         let client =
             storm_std::WsClient::connect(&server.url, options, WsOptions::default(), Forward(tx))

@@ -184,6 +184,10 @@ impl Client {
 
     /// Sends on the current connection (waiting under the `Wait` policy).
     ///
+    /// Cancel safety and panics as [`Session::send`]: a dropped future
+    /// drops its message unsent, never half queued; nothing here panics
+    /// but the session's middleware (application code it runs).
+    ///
     /// # Errors
     ///
     /// [`ClientError::NotConnected`] between reconnects; [`ClientError::Send`].
@@ -219,7 +223,8 @@ impl Client {
     /// queued before still are.
     ///
     /// Cancel-safe: a message leaves the queue only in the poll that
-    /// returns it.
+    /// returns it. Never panics (also when called again after it
+    /// returned `NotConnected`).
     ///
     /// # Errors
     ///

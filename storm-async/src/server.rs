@@ -116,6 +116,14 @@ impl<R> fmt::Debug for ServerHandle<R> {
 }
 
 /// A WebSocket server on runtime `R`.
+///
+/// **Panics**: the server panics neither on what peers send nor on I/O
+/// errors (those reach the handler's `on_error`). A panic in the
+/// application's code it runs (the [`Handler`](crate::Handler), the
+/// upgrade hook, middleware) ends that one connection's task: its socket
+/// closes without a close frame, its session leaves the server and its
+/// place under `max_connections` is freed, while the server and its other
+/// connections go on (tokio and smol catch a task's panic).
 pub struct WsServer<R: Runtime> {
     listener: R::Listener,
     handle: ServerHandle<R>,

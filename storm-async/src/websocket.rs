@@ -34,6 +34,18 @@
 //! - [`close`](WebSocketStream::close) may be cancelled; the close frame
 //!   stays queued and goes out with the next flush.
 //!
+//! # Panics
+//!
+//! None of its own: no method of [`WebSocketStream`], its halves or their
+//! `Stream` and `Sink` impls panics, whatever the peer sends or the socket
+//! does (errors are [`WsStreamError`]s). Polled after its end, `next()`
+//! returns `None`; `start_send` without `poll_ready` queues the message
+//! past [`StreamConfig::write_limit`] rather than panicking; a split half
+//! whose task panicked while it held the socket leaves the other half
+//! usable (the lock ignores poisoning). A panic of the byte stream `S`
+//! itself, or of the runtime's timer (tokio's panics when polled outside
+//! a tokio runtime), comes out of the poll that called it.
+//!
 //! # Bounded memory
 //!
 //! Framed output waits for the socket up to
@@ -633,10 +645,8 @@ impl<R: Runtime> WebSocketStream<R, ClientStream<R>> {
     ///
     /// As [`client_async`](Self::client_async), and [`ClientError::Tls`].
     pub async fn connect(url: &str, config: &StreamConfig) -> Result<Self, ClientError> {
-        let options = ClientOptions {
-            tls: config.tls.clone(),
-            ..client_options(config)
-        };
+        let mut options = client_options(config);
+        options.tls = config.tls.clone();
         let target = ClientTarget::ws(url, &options, config.ws.clone())?;
         let attempt = async {
             let (tcp, _): (R::Tcp, SocketAddr) =
@@ -667,10 +677,7 @@ impl<R: Runtime> WebSocketStream<R, ClientStream<R>> {
 /// A server's setup for `config`: its WebSocket options and handshake
 /// timeout.
 fn server_setup(config: &StreamConfig) -> io::Result<ServerSetup> {
-    let options = ServerOptions {
-        handshake_timeout: config.handshake_timeout,
-        ..ServerOptions::default()
-    };
+    let options = ServerOptions::default().with_handshake_timeout(config.handshake_timeout);
     ServerSetup::ws(&options, config.ws.clone())
 }
 
@@ -701,11 +708,9 @@ pub fn answer_upgrade(
 
 /// A client's options as the shared setup takes them.
 fn client_options(config: &StreamConfig) -> ClientOptions {
-    ClientOptions {
-        connect_timeout: config.handshake_timeout,
-        headers: config.headers.clone(),
-        ..ClientOptions::default()
-    }
+    let mut options = ClientOptions::default().with_connect_timeout(config.handshake_timeout);
+    options.headers = config.headers.clone();
+    options
 }
 
 /// `url` as a `ws://` URL: `client_async` is given its stream, TLS or not,

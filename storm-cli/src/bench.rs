@@ -707,20 +707,15 @@ async fn open<T: Target>(
         phase: Mutex::new(Phase::Setup(tx)),
     });
     let handler = ConnHandler(Arc::clone(&driver));
-    let options = ClientOptions {
-        connect_timeout: target::SETUP_TIMEOUT,
-        tls: config.tls.clone(),
-        ..ClientOptions::default()
-    };
+    let mut options = ClientOptions::default().with_connect_timeout(target::SETUP_TIMEOUT);
+    options.tls = config.tls.clone();
     let connected = match target.transport() {
         Transport::Tcp(framing) => {
             TcpClient::connect(&addr.to_string(), options, framing, handler).await
         }
         Transport::Ws => {
-            let mut ws = WsOptions {
-                deflate: config.deflate.then(DeflateConfig::default),
-                ..WsOptions::default()
-            };
+            let mut ws = WsOptions::default();
+            ws.deflate = config.deflate.then(DeflateConfig::default);
             // Room for the largest request any target sends, and answers.
             ws.config.max_message_size = ws.config.max_message_size.max(32 << 20);
             ws.config.max_frame_size = ws.config.max_frame_size.max(32 << 20);

@@ -83,17 +83,12 @@ const SERVICE: Service = Service {
 /// Runs `storm chat` until `/stop` on the console or Ctrl-C, on the
 /// runtime of `--runtime`.
 pub(crate) fn run(args: &ChatArgs) -> io::Result<()> {
-    let mut options = ServerOptions {
-        addr: args.addr.clone(),
-        ..ServerOptions::default()
-    };
+    let mut options = ServerOptions::default().with_addr(args.addr.clone());
     args.tls.apply(&mut options)?;
     let policy = args.policy.resolve(&SERVICE)?;
     policy.apply(&mut options);
-    let mut ws = WsOptions {
-        deflate: (!args.no_deflate).then(DeflateConfig::default),
-        ..WsOptions::default()
-    };
+    let mut ws = WsOptions::default();
+    ws.deflate = (!args.no_deflate).then(DeflateConfig::default);
     ws.config.max_message_size = policy.max_message;
     ws.config.max_frame_size = policy.max_message;
     let mut config = ChatConfig::default();

@@ -64,10 +64,7 @@ enum Proto {
 
 /// Runs `storm echo` until Ctrl-C.
 pub(crate) fn run(args: &EchoArgs) -> io::Result<()> {
-    let mut options = ServerOptions {
-        addr: args.addr.clone(),
-        ..ServerOptions::default()
-    };
+    let mut options = ServerOptions::default().with_addr(args.addr.clone());
     args.tls.apply(&mut options)?;
     let service = match args.proto {
         Proto::Ws => Service::ws("storm echo"),
@@ -78,15 +75,15 @@ pub(crate) fn run(args: &EchoArgs) -> io::Result<()> {
     policy.apply(&mut options);
     let max = policy.max_message;
     let listen = match args.proto {
-        Proto::Ws => Listen::Ws(WsOptions {
-            config: Config {
-                max_message_size: max,
-                max_frame_size: max,
-                ..Config::default()
-            },
-            deflate: (!args.no_deflate).then(DeflateConfig::default),
-            ..WsOptions::default()
-        }),
+        Proto::Ws => {
+            let mut ws = WsOptions::default().with_config(
+                Config::default()
+                    .with_max_message_size(max)
+                    .with_max_frame_size(max),
+            );
+            ws.deflate = (!args.no_deflate).then(DeflateConfig::default);
+            Listen::Ws(ws)
+        }
         Proto::Raw => Listen::Tcp(Framing::Raw(RawConfig::default())),
         Proto::Lp => {
             let mut config = LengthPrefixConfig::default();

@@ -63,12 +63,11 @@ pub(crate) fn run(args: &GatewayArgs) -> ExitCode {
         Ok(config) => config,
         Err(e) => return config_failure(&e),
     };
-    let mut options = GatewayOptions {
-        addr: args.addr.clone(),
-        handshake_timeout: (args.handshake_timeout > 0)
-            .then(|| Duration::from_secs(args.handshake_timeout)),
-        ..GatewayOptions::default()
-    };
+    let mut options = GatewayOptions::default()
+        .with_addr(args.addr.clone())
+        .with_handshake_timeout(
+            (args.handshake_timeout > 0).then(|| Duration::from_secs(args.handshake_timeout)),
+        );
     if let storm_proto::reconnect::BackoffPolicy::Exponential { initial, max, .. } =
         &mut options.reconnect.policy
     {

@@ -108,10 +108,7 @@ enum Mode {
 
 /// Runs `storm json` until Ctrl-C, on the runtime of `--runtime`.
 pub(crate) fn serve(args: &JsonArgs) -> io::Result<()> {
-    let mut options = ServerOptions {
-        addr: args.addr.clone(),
-        ..ServerOptions::default()
-    };
+    let mut options = ServerOptions::default().with_addr(args.addr.clone());
     args.tls.apply(&mut options)?;
     let policy = args.policy.resolve(&SERVICE)?;
     policy.apply(&mut options);

@@ -232,12 +232,10 @@ impl PolicyArgs {
         Ok(Policy {
             max_connections: self.max_connections,
             backpressure,
-            heartbeat: HeartbeatConfig {
-                interval: Duration::from_secs(interval),
-                max_missed: self.missed_pongs.unwrap_or(DEFAULT_MISSED_PONGS),
-                idle_timeout: Duration::from_secs(self.idle_timeout),
-                ..HeartbeatConfig::default()
-            },
+            heartbeat: HeartbeatConfig::default()
+                .with_interval(Duration::from_secs(interval))
+                .with_max_missed(self.missed_pongs.unwrap_or(DEFAULT_MISSED_PONGS))
+                .with_idle_timeout(Duration::from_secs(self.idle_timeout)),
             max_message: self.max_message.unwrap_or(service.max_message),
         })
     }

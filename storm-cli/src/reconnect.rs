@@ -31,10 +31,8 @@ pub(crate) struct ReconnectArgs {
 impl ReconnectArgs {
     /// The backoff of each endpoint, or `None` without `--reconnect`.
     pub(crate) fn backoff(&self) -> Option<BackoffConfig> {
-        self.reconnect.then(|| BackoffConfig {
-            max_attempts: self.max_attempts,
-            ..BackoffConfig::default()
-        })
+        self.reconnect
+            .then(|| BackoffConfig::default().with_max_attempts(self.max_attempts))
     }
 }
 

@@ -114,10 +114,7 @@ pub(crate) enum ClientRuntime {
 }
 
 fn compression(threshold: usize) -> Option<CompressionConfig> {
-    (threshold > 0).then(|| CompressionConfig {
-        threshold,
-        ..CompressionConfig::default()
-    })
+    (threshold > 0).then(|| CompressionConfig::default().with_threshold(threshold))
 }
 
 /// How long connections get to close at Ctrl-C.

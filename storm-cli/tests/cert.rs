@@ -207,13 +207,8 @@ fn a_server_with_cert_files_is_trusted_by_clients_of_its_ca() {
     // server_name) accepts the server at 127.0.0.1.
     let (tx, rx) = mpsc::channel();
     let ca_pem = std::fs::read(&ca).unwrap();
-    let options = ClientOptions {
-        tls: Some(TlsClientOptions {
-            server_name: Some("example.test".into()),
-            ..TlsClientOptions::with_ca(ca_pem)
-        }),
-        ..ClientOptions::default()
-    };
+    let options = ClientOptions::default()
+        .with_tls(TlsClientOptions::with_ca(ca_pem).with_server_name("example.test"));
     let client = storm_std::WsClient::connect(
         &format!("wss://{ws_addr}/"),
         options,

@@ -535,10 +535,7 @@ fn chat_over_wss() {
         let mut extra = vec!["--tick-ms", "0"];
         extra.extend(files.tls_args());
         let server = Server::start(runtime, &extra);
-        let options = storm_host::options::ClientOptions {
-            tls: Some(pki.client()),
-            ..Default::default()
-        };
+        let options = storm_host::options::ClientOptions::default().with_tls(pki.client());
         let (tx, rx) = mpsc::channel();
         let client = storm_std::WsClient::connect(
             &format!("wss://{}/", server.ws),
@@ -787,10 +784,7 @@ fn a_token_is_required_when_given() {
             upgrade_status(&server.ws, "/?token=s3cret", ""),
             "HTTP/1.1 101 Switching Protocols"
         );
-        let options = ws::ConnectOptions {
-            headers: vec![("Authorization".into(), "Bearer s3cret".into())],
-            ..ws::ConnectOptions::default()
-        };
+        let options = ws::ConnectOptions::default().with_header("Authorization", "Bearer s3cret");
         let (mut socket, _) =
             ws::connect(&format!("ws://{}/", server.ws), &options).expect("token accepted");
         socket.get_mut().set_read_timeout(Some(WAIT)).unwrap();

@@ -148,10 +148,7 @@ fn websocket_echo_with_deflate() {
 
 fn websocket_echo_with_deflate_on(runtime: &str) {
     let server = start("ws", runtime);
-    let options = ws::ConnectOptions {
-        deflate: Some(Default::default()),
-        ..ws::ConnectOptions::default()
-    };
+    let options = ws::ConnectOptions::default().with_deflate(Default::default());
     let (mut socket, upgraded) = ws::connect(&format!("ws://{}/", server.addr), &options).unwrap();
     socket
         .get_mut()
@@ -176,10 +173,7 @@ fn echo_over_tls_from_pem_files() {
     for runtime in RUNTIMES {
         for proto in ["lp", "ws"] {
             let server = start_with(proto, runtime, &files.tls_args());
-            let options = ClientOptions {
-                tls: Some(pki.client()),
-                ..ClientOptions::default()
-            };
+            let options = ClientOptions::default().with_tls(pki.client());
             let (tx, rx) = mpsc::channel();
             let client = if proto == "ws" {
                 let url = format!("wss://{}/", server.addr);

@@ -89,10 +89,7 @@ struct Backend {
 }
 
 async fn ws_backend(addr: &str, tag: &'static str) -> Backend {
-    let options = ServerOptions {
-        addr: addr.to_owned(),
-        ..ServerOptions::default()
-    };
+    let options = ServerOptions::default().with_addr(addr.to_owned());
     ws_backend_with(options, tag).await
 }
 
@@ -231,10 +228,7 @@ async fn gateway(ini: &str) -> Running {
 
 /// Starts a gateway in-process on `rt` with fast, fixed reconnects.
 async fn gateway_on(rt: Rt, ini: &str, options: GatewayOptions) -> Running {
-    let options = GatewayOptions {
-        reconnect: BackoffConfig::fixed(Duration::from_millis(20)),
-        ..options
-    };
+    let options = options.with_reconnect(BackoffConfig::fixed(Duration::from_millis(20)));
     start_gateway(rt, ini, options).await
 }
 
@@ -631,10 +625,7 @@ async fn a_handshake_that_does_not_finish_times_out_on_std() {
 async fn handshake_times_out(rt: Rt) {
     let orders = ws_backend("127.0.0.1:0", "orders").await;
     let prices = tcp_backend("prices").await;
-    let options = GatewayOptions {
-        handshake_timeout: Some(Duration::from_millis(50)),
-        ..GatewayOptions::default()
-    };
+    let options = GatewayOptions::default().with_handshake_timeout(Some(Duration::from_millis(50)));
     let gateway = gateway_on(rt, &routes_ini(orders.addr, prices.addr), options).await;
     let mut client = TestClient::connect(gateway.local_addr()).await;
     let error = client.error().await;
@@ -689,10 +680,7 @@ async fn shutdown_while_backends_wait(rt: Rt) {
         .await
         .expect("listener");
     let dropping = listener.local_addr().expect("address");
-    let options = GatewayOptions {
-        reconnect: BackoffConfig::fixed(LONG_BACKOFF),
-        ..GatewayOptions::default()
-    };
+    let options = GatewayOptions::default().with_reconnect(BackoffConfig::fixed(LONG_BACKOFF));
     let ini = routes_ini(down, dropping);
     let own = matches!(rt, Rt::Tokio).then(OwnRuntime::start);
     let (gateway, serving) = match &own {
@@ -1064,18 +1052,12 @@ async fn the_storm_binary_routes_and_rejects_a_bad_route_file() {
 #[tokio::test]
 async fn backends_behind_tls_are_reached_on_every_runtime() {
     let pki = storm_tests::suite::pki::Pki::new();
-    let tls = || ServerOptions {
-        tls: Some(pki.server()),
-        ..ServerOptions::default()
-    };
+    let tls = || ServerOptions::default().with_tls(pki.server());
     let orders = ws_backend_with(tls(), "orders").await;
     let prices = tcp_backend_with(tls(), "prices").await;
     let ini = routes_ini(orders.addr, prices.addr).replace("protocol", "tls = on\nprotocol");
     for rt in [Rt::Tokio, Rt::Smol, Rt::Std] {
-        let options = GatewayOptions {
-            backend_tls: pki.client(),
-            ..GatewayOptions::default()
-        };
+        let options = GatewayOptions::default().with_backend_tls(pki.client());
         let gateway = gateway_on(rt, &ini, options).await;
         let urls: Vec<String> = gateway.backends().into_iter().map(|b| b.url).collect();
         assert_eq!(
@@ -1098,10 +1080,7 @@ async fn backends_behind_tls_are_reached_on_every_runtime() {
 
     // A gateway that does not trust the backends' CA never connects them.
     let other = storm_tests::suite::pki::Pki::named("another CA");
-    let options = GatewayOptions {
-        backend_tls: other.client(),
-        ..GatewayOptions::default()
-    };
+    let options = GatewayOptions::default().with_backend_tls(other.client());
     let gateway = gateway_on(Rt::Tokio, &ini, options).await;
     let mut client = TestClient::connect(gateway.local_addr()).await;
     client.handshake(&["orders"]).await;
@@ -1136,10 +1115,7 @@ async fn the_storm_binary_serves_wss_on_every_runtime() {
         let url = format!("wss://localhost:{port}/");
 
         // A client that trusts the test CA routes through it.
-        let trusting = ClientOptions {
-            tls: Some(pki.client()),
-            ..ClientOptions::default()
-        };
+        let trusting = ClientOptions::default().with_tls(pki.client());
         let mut client = TestClient::connect_to(&url, trusting)
             .await
             .expect("wss client connects");
@@ -1148,10 +1124,8 @@ async fn the_storm_binary_serves_wss_on_every_runtime() {
         route_once_up(&mut client, "orders").await;
 
         // One that trusts another CA does not get in; nor does plain ws://.
-        let other = ClientOptions {
-            tls: Some(storm_tests::suite::pki::Pki::named("another CA").client()),
-            ..ClientOptions::default()
-        };
+        let other = ClientOptions::default()
+            .with_tls(storm_tests::suite::pki::Pki::named("another CA").client());
         assert!(
             TestClient::connect_to(&url, other).await.is_err(),
             "{runtime}"

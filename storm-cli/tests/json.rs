@@ -152,10 +152,7 @@ fn ping_over_tls() {
     let files = pki.pem_files();
     for runtime in RUNTIMES {
         let server = start_with(runtime, &files.tls_args());
-        let options = storm_host::options::ClientOptions {
-            tls: Some(pki.client()),
-            ..Default::default()
-        };
+        let options = storm_host::options::ClientOptions::default().with_tls(pki.client());
         let (tx, rx) = mpsc::channel();
         let client = storm_std::TcpClient::connect(
             &server.addr,

@@ -81,7 +81,12 @@ use storm_proto::ws::CloseCode;
 
 /// How a connection's link behaves: the
 /// [`storm_proto::link::LinkConfig`] and the middleware.
+///
+/// `#[non_exhaustive]`: start from [`default`](Self::default) and chain
+/// the `with_*` methods; the fields stay public, to read and to set on a
+/// value you own.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct LinkConfig {
     /// See [`storm_proto::link::LinkConfig::heartbeat`]. Default: ping
     /// every 30 s, dead after 3 missed pongs, no idle timeout.
@@ -109,6 +114,35 @@ impl Default for LinkConfig {
 }
 
 impl LinkConfig {
+    /// Pings, dead-peer detection and the idle timeout (default
+    /// [`HeartbeatConfig::default`]).
+    #[must_use]
+    pub fn with_heartbeat(mut self, heartbeat: HeartbeatConfig) -> Self {
+        self.heartbeat = heartbeat;
+        self
+    }
+
+    /// How long a graceful close waits for the peer (default 5 s).
+    #[must_use]
+    pub fn with_close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+
+    /// Middleware run on every message received and sent (default none).
+    #[must_use]
+    pub fn with_middleware(mut self, middleware: Arc<MiddlewareChain>) -> Self {
+        self.middleware = Some(middleware);
+        self
+    }
+
+    /// When an idle connection returns its buffers (default 1 s).
+    #[must_use]
+    pub fn with_release_after(mut self, after: Duration) -> Self {
+        self.release_after = after;
+        self
+    }
+
     /// The machine's part.
     fn machine(&self) -> storm_proto::link::LinkConfig {
         storm_proto::link::LinkConfig {
@@ -1079,11 +1113,9 @@ mod tests {
     #[test]
     fn heartbeat_pings_and_declares_a_silent_peer_dead() {
         let config = LinkConfig {
-            heartbeat: HeartbeatConfig {
-                interval: Duration::from_secs(1),
-                max_missed: 2,
-                ..HeartbeatConfig::default()
-            },
+            heartbeat: HeartbeatConfig::default()
+                .with_interval(Duration::from_secs(1))
+                .with_max_missed(2),
             ..LinkConfig::default()
         };
         let (_hub, mut link, start) = ws_server(config);

@@ -101,7 +101,12 @@ tls_config!(TlsClientConfig, rustls::ClientConfig);
 ///
 /// The core reads no files; the adapters offer helpers that fill this from
 /// PEM files.
+///
+/// `#[non_exhaustive]`: build it with [`new`](Self::new) or
+/// [`from_config`](Self::from_config) and the `with_*` methods; the fields
+/// stay public to read, and to set on a value you own.
 #[derive(Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TlsServerOptions {
     /// The server's certificate chain, PEM: the leaf certificate first, then
     /// any intermediates. Required.
@@ -167,7 +172,11 @@ impl fmt::Debug for TlsServerOptions {
 }
 
 /// A client certificate and its key, for servers that authenticate clients.
+///
+/// `#[non_exhaustive]`: build it with [`new`](Self::new); the fields stay
+/// public to read.
 #[derive(Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TlsClientCert {
     /// The client's certificate chain, PEM, leaf first.
     pub cert_chain_pem: Vec<u8>,
@@ -200,7 +209,15 @@ impl fmt::Debug for TlsClientCert {
 /// (`from_config`, feature `tls`); the adapter builds
 /// its configuration once, when the client starts. The default trusts the
 /// usual public web roots and sends no certificate.
+///
+/// `#[non_exhaustive]`: build it from [`default`](Self::default),
+/// [`with_ca`](Self::with_ca), [`with_native_roots`](Self::with_native_roots)
+/// or [`from_config`](Self::from_config) and the chainable methods
+/// ([`with_client_cert`](Self::with_client_cert),
+/// [`with_server_name`](Self::with_server_name));
+/// the fields stay public to read, and to set on a value you own.
 #[derive(Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TlsClientOptions {
     /// CA certificates to trust (PEM, one or more), instead of the public
     /// web roots. Default `None`: the web roots (Mozilla's list) are trusted.
@@ -252,6 +269,23 @@ impl TlsClientOptions {
             ..Self::default()
         }
     }
+
+    /// Presents `cert` when the server asks for a client certificate
+    /// (default: none).
+    #[must_use]
+    pub fn with_client_cert(mut self, cert: TlsClientCert) -> Self {
+        self.client_cert = Some(cert);
+        self
+    }
+
+    /// Expects `name` (a DNS name or an IP address) in the server's
+    /// certificate and sends it as SNI (default: the host the client
+    /// connects to).
+    #[must_use]
+    pub fn with_server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = Some(name.into());
+        self
+    }
 }
 
 impl fmt::Debug for TlsClientOptions {
@@ -285,7 +319,34 @@ impl fmt::Debug for Redacted {
 }
 
 /// Socket and session options every server has.
+///
+/// `#[non_exhaustive]`, so a new option is not a breaking change: start
+/// from [`default`](Self::default) and chain the `with_*` methods. The
+/// fields stay public, to read and to set on a value you own:
+///
+/// ```
+/// use std::time::Duration;
+/// use storm_host::options::ServerOptions;
+///
+/// let mut options = ServerOptions::default()
+///     .with_addr("127.0.0.1:9001")
+///     .with_max_connections(10_000);
+/// options.handshake_timeout = Duration::from_secs(5);
+/// assert_eq!(options.backlog, 1024);
+/// ```
+///
+/// A struct literal does not compile outside this crate:
+///
+/// ```compile_fail
+/// use storm_host::options::ServerOptions;
+///
+/// let options = ServerOptions {
+///     addr: "127.0.0.1:9001".into(),
+///     ..ServerOptions::default()
+/// };
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ServerOptions {
     /// Where to listen, e.g. `127.0.0.1:9001` or `[::1]:9001`. Default
     /// `127.0.0.1:0` (a free port; ask the server for its address).
@@ -337,8 +398,102 @@ impl Default for ServerOptions {
     }
 }
 
+impl ServerOptions {
+    /// Listens on `addr`, e.g. `127.0.0.1:9001` or `[::1]:9001` (default
+    /// `127.0.0.1:0`).
+    #[must_use]
+    pub fn with_addr(mut self, addr: impl Into<String>) -> Self {
+        self.addr = addr.into();
+        self
+    }
+
+    /// The listen backlog (default 1024).
+    #[must_use]
+    pub fn with_backlog(mut self, backlog: u32) -> Self {
+        self.backlog = backlog;
+        self
+    }
+
+    /// `TCP_NODELAY` on accepted sockets (default `true`).
+    #[must_use]
+    pub fn with_nodelay(mut self, nodelay: bool) -> Self {
+        self.nodelay = nodelay;
+        self
+    }
+
+    /// TCP keep-alive on accepted sockets (default `true`).
+    #[must_use]
+    pub fn with_keepalive(mut self, keepalive: bool) -> Self {
+        self.keepalive = keepalive;
+        self
+    }
+
+    /// `SO_RCVBUF` of accepted sockets (default: the system's).
+    #[must_use]
+    pub fn with_recv_buffer_size(mut self, bytes: u32) -> Self {
+        self.recv_buffer_size = Some(bytes);
+        self
+    }
+
+    /// `SO_SNDBUF` of accepted sockets (default: the system's).
+    #[must_use]
+    pub fn with_send_buffer_size(mut self, bytes: u32) -> Self {
+        self.send_buffer_size = Some(bytes);
+        self
+    }
+
+    /// Most concurrent connections, 0 = unlimited (default 0).
+    #[must_use]
+    pub fn with_max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max;
+        self
+    }
+
+    /// Time a new connection has to finish its handshakes (default 10 s).
+    #[must_use]
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Pending-send limits and the slow-consumer policy of each session
+    /// (default [`BackpressureConfig::default`]).
+    #[must_use]
+    pub fn with_backpressure(mut self, backpressure: BackpressureConfig) -> Self {
+        self.backpressure = backpressure;
+        self
+    }
+
+    /// Heartbeat, close timeout, middleware, idle buffer release (default
+    /// [`LinkConfig::default`]).
+    #[must_use]
+    pub fn with_link(mut self, link: LinkConfig) -> Self {
+        self.link = link;
+        self
+    }
+
+    /// Most bytes of queued messages one write gathers (default 64 KiB).
+    #[must_use]
+    pub fn with_write_batch(mut self, bytes: usize) -> Self {
+        self.write_batch = bytes;
+        self
+    }
+
+    /// TLS on every accepted connection (default: plain TCP).
+    #[must_use]
+    pub fn with_tls(mut self, tls: TlsServerOptions) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+}
+
 /// WebSocket specifics, for servers and clients.
+///
+/// `#[non_exhaustive]`: start from [`default`](Self::default) and chain
+/// the `with_*` methods; the fields stay public, to read and to set on a
+/// value you own.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct WsOptions {
     /// Frame and message limits, auto-pong, fragmentation.
     pub config: ws::Config,
@@ -359,8 +514,53 @@ pub struct WsOptions {
     pub allowed_origins: Vec<String>,
 }
 
+impl WsOptions {
+    /// Frame and message limits, auto-pong, fragmentation (default
+    /// [`ws::Config::default`]).
+    #[must_use]
+    pub fn with_config(mut self, config: ws::Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// permessage-deflate to accept (server) or offer (client) (default
+    /// off).
+    #[must_use]
+    pub fn with_deflate(mut self, deflate: DeflateConfig) -> Self {
+        self.deflate = Some(deflate);
+        self
+    }
+
+    /// Subprotocols: supported in preference order (server) or offered
+    /// (client) (default none).
+    #[must_use]
+    pub fn with_subprotocols<S: Into<String>>(
+        mut self,
+        subprotocols: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.subprotocols = subprotocols.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Server only: the origins whose pages may open a WebSocket (see
+    /// [`allowed_origins`](Self::allowed_origins); default: every origin).
+    #[must_use]
+    pub fn with_allowed_origins<S: Into<String>>(
+        mut self,
+        origins: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.allowed_origins = origins.into_iter().map(Into::into).collect();
+        self
+    }
+}
+
 /// Options every client has.
+///
+/// `#[non_exhaustive]`: start from [`default`](Self::default) and chain
+/// the `with_*` methods; the fields stay public, to read and to set on a
+/// value you own.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ClientOptions {
     /// Time to connect (TCP and handshakes). Default 10 s.
     pub connect_timeout: Duration,
@@ -396,6 +596,69 @@ impl Default for ClientOptions {
             write_batch: 64 * 1024,
             tls: None,
         }
+    }
+}
+
+impl ClientOptions {
+    /// Time to connect, TCP and handshakes (default 10 s).
+    #[must_use]
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// `TCP_NODELAY` (default `true`).
+    #[must_use]
+    pub fn with_nodelay(mut self, nodelay: bool) -> Self {
+        self.nodelay = nodelay;
+        self
+    }
+
+    /// Reconnects after an unexpected disconnect, with this backoff
+    /// (default: no reconnecting).
+    #[must_use]
+    pub fn with_reconnect(mut self, backoff: BackoffConfig) -> Self {
+        self.reconnect = Some(backoff);
+        self
+    }
+
+    /// Pending-send limits and slow-consumer policy (default
+    /// [`BackpressureConfig::default`]).
+    #[must_use]
+    pub fn with_backpressure(mut self, backpressure: BackpressureConfig) -> Self {
+        self.backpressure = backpressure;
+        self
+    }
+
+    /// Heartbeat, close timeout, middleware, idle buffer release (default
+    /// [`LinkConfig::default`]).
+    #[must_use]
+    pub fn with_link(mut self, link: LinkConfig) -> Self {
+        self.link = link;
+        self
+    }
+
+    /// Adds a handshake header (WebSocket), e.g. `Authorization` (default
+    /// none).
+    #[must_use]
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Most bytes of queued messages one write gathers (default 64 KiB).
+    #[must_use]
+    pub fn with_write_batch(mut self, bytes: usize) -> Self {
+        self.write_batch = bytes;
+        self
+    }
+
+    /// TLS for the connection (default: plain TCP, or
+    /// [`TlsClientOptions::default`] for a `wss://` URL).
+    #[must_use]
+    pub fn with_tls(mut self, tls: TlsClientOptions) -> Self {
+        self.tls = Some(tls);
+        self
     }
 }
 

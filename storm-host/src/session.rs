@@ -231,6 +231,13 @@ impl Session {
     /// (48 bytes), since it lives inside every handler's future and so
     /// inside every connection task.
     ///
+    /// **Cancel safety**: the message is queued whole in the poll that
+    /// returns `Ready(Ok(()))`, or not at all: a future dropped before
+    /// then drops its message unsent (never queued in part, never twice).
+    ///
+    /// **Panics**: none of its own; the session's middleware (application
+    /// code) runs inside it, and a panic there comes out of this poll.
+    ///
     /// # Errors
     ///
     /// [`SendError`] with the message handed back.

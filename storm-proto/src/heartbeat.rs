@@ -43,7 +43,7 @@
 //!
 //! # fn main() -> Result<(), storm_proto::heartbeat::HeartbeatConfigError> {
 //! let start = Instant::now(); // an adapter reads the clock; the core never does
-//! let config = HeartbeatConfig { interval: Duration::from_secs(15), ..Default::default() };
+//! let config = HeartbeatConfig::default().with_interval(Duration::from_secs(15));
 //! let mut heartbeat = Heartbeat::new(config, start)?;
 //! assert_eq!(heartbeat.poll_timeout(), Some(start + Duration::from_secs(15)));
 //!
@@ -94,7 +94,12 @@ pub enum HeartbeatEvent {
 }
 
 /// How a [`Heartbeat`] pings and when it gives up on the peer.
+///
+/// `#[non_exhaustive]`, so a new field is not a breaking change: start from
+/// [`default`](Self::default) and chain the `with_*` methods; the fields
+/// stay public, to read and to set on a value you own.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HeartbeatConfig {
     /// Time between pings; zero disables pinging (and dead-peer detection).
     /// Default 30 s.
@@ -125,6 +130,37 @@ impl Default for HeartbeatConfig {
 }
 
 impl HeartbeatConfig {
+    /// Time between pings; zero disables pinging (default 30 s).
+    #[must_use]
+    pub const fn with_interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// Consecutive unanswered pings after which the peer is dead, at
+    /// least 1 (default 3).
+    #[must_use]
+    pub const fn with_max_missed(mut self, max_missed: u32) -> Self {
+        self.max_missed = max_missed;
+        self
+    }
+
+    /// No inbound traffic for this long gives
+    /// [`HeartbeatEvent::IdleTimeout`]; zero disables (default zero).
+    #[must_use]
+    pub const fn with_idle_timeout(mut self, idle_timeout: Duration) -> Self {
+        self.idle_timeout = idle_timeout;
+        self
+    }
+
+    /// Whether any inbound traffic proves the peer alive, like a pong
+    /// (default `false`).
+    #[must_use]
+    pub const fn with_traffic_is_liveness(mut self, traffic_is_liveness: bool) -> Self {
+        self.traffic_is_liveness = traffic_is_liveness;
+        self
+    }
+
     /// Checks the configuration.
     ///
     /// # Errors

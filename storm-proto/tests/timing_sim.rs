@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use storm_proto::heartbeat::{Heartbeat, HeartbeatConfig, HeartbeatEvent};
-use storm_proto::reconnect::{BackoffConfig, BackoffPolicy, BackoffStep, EndpointSet, Jitter};
+use storm_proto::reconnect::{BackoffConfig, BackoffStep, EndpointSet};
 
 mod common;
 use common::epoch;
@@ -81,16 +81,12 @@ fn run(seed: u64) {
             }
         })
         .collect();
-    let backoff = BackoffConfig {
-        policy: BackoffPolicy::Exponential {
-            initial: Duration::from_millis(100),
-            multiplier: 2.0,
-            max: Duration::from_millis(BACKOFF_CAP),
-        },
-        jitter: Jitter::Full,
-        max_attempts: 0,
-        stable_after: Duration::from_secs(5),
-    };
+    let backoff = BackoffConfig::exponential(
+        Duration::from_millis(100),
+        2.0,
+        Duration::from_millis(BACKOFF_CAP),
+    )
+    .with_stable_after(Duration::from_secs(5));
     let mut clients: Vec<Client> = (0..CLIENTS)
         .map(|c| Client {
             endpoints: EndpointSet::new(0..SERVERS, backoff.clone(), seed ^ c as u64).unwrap(),
@@ -99,11 +95,9 @@ fn run(seed: u64) {
             attempts: 0,
         })
         .collect();
-    let hb_config = HeartbeatConfig {
-        interval: Duration::from_millis(INTERVAL),
-        max_missed: MAX_MISSED,
-        ..HeartbeatConfig::default()
-    };
+    let hb_config = HeartbeatConfig::default()
+        .with_interval(Duration::from_millis(INTERVAL))
+        .with_max_missed(MAX_MISSED);
 
     let mut now = 0u64;
     let mut steps_at_now = 0;

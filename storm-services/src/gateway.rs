@@ -137,7 +137,7 @@ use storm_proto::Message;
 use storm_proto::backpressure::BackpressureConfig;
 use storm_proto::framing::{Framing, LengthPrefixConfig};
 use storm_proto::heartbeat::HeartbeatConfig;
-use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffPolicy, BackoffStep, Jitter};
+use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffStep};
 use storm_proto::route::gateway::{
     Action, BackendConfig, BackendId, BackendProtocol, ClientId, Switchboard,
 };
@@ -160,7 +160,12 @@ pub mod blocking {
 }
 
 /// How the gateway listens and reconnects.
+///
+/// `#[non_exhaustive]`, so a new option is not a breaking change: start
+/// from [`default`](Self::default) and chain the `with_*` methods; the
+/// fields stay public, to read and to set on a value you own.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GatewayOptions {
     /// WebSocket address to listen on. Default `127.0.0.1:0` (a free port).
     pub addr: String,
@@ -205,15 +210,11 @@ impl Default for GatewayOptions {
             addr: "127.0.0.1:0".to_owned(),
             tls: None,
             backend_tls: TlsClientOptions::default(),
-            reconnect: BackoffConfig {
-                policy: BackoffPolicy::Exponential {
-                    initial: Duration::from_millis(100),
-                    multiplier: 2.0,
-                    max: Duration::from_secs(5),
-                },
-                jitter: Jitter::Full,
-                ..BackoffConfig::default()
-            },
+            reconnect: BackoffConfig::exponential(
+                Duration::from_millis(100),
+                2.0,
+                Duration::from_secs(5),
+            ),
             connect_timeout: Duration::from_secs(5),
             handshake_timeout: Some(route::DEFAULT_HANDSHAKE_TIMEOUT),
             max_message_size: 16 << 20,
@@ -225,15 +226,89 @@ impl Default for GatewayOptions {
 }
 
 impl GatewayOptions {
+    /// The WebSocket address to listen on (default `127.0.0.1:0`).
+    #[must_use]
+    pub fn with_addr(mut self, addr: impl Into<String>) -> Self {
+        self.addr = addr.into();
+        self
+    }
+
+    /// Serves clients over TLS (default: plain `ws://`).
+    #[must_use]
+    pub fn with_tls(mut self, tls: TlsServerOptions) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// How backends with `tls = on` are checked (default
+    /// [`TlsClientOptions::default`]: the public web roots).
+    #[must_use]
+    pub fn with_backend_tls(mut self, backend_tls: TlsClientOptions) -> Self {
+        self.backend_tls = backend_tls;
+        self
+    }
+
+    /// Backoff between attempts to (re)connect a backend (default
+    /// exponential from 100 ms, ×2, capped at 5 s, full jitter, unlimited).
+    #[must_use]
+    pub fn with_reconnect(mut self, reconnect: BackoffConfig) -> Self {
+        self.reconnect = reconnect;
+        self
+    }
+
+    /// Time one backend connection attempt may take (default 5 s).
+    #[must_use]
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Time a client has for the route handshake; `None` waits forever
+    /// (default 10 s).
+    #[must_use]
+    pub fn with_handshake_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Largest message accepted from a client or a backend (default
+    /// 16 MiB).
+    #[must_use]
+    pub fn with_max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Most clients at once, 0 = unlimited (default 0).
+    #[must_use]
+    pub fn with_max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max;
+        self
+    }
+
+    /// Each client's send limit and slow-consumer policy (default
+    /// [`BackpressureConfig::default`]).
+    #[must_use]
+    pub fn with_backpressure(mut self, backpressure: BackpressureConfig) -> Self {
+        self.backpressure = backpressure;
+        self
+    }
+
+    /// The clients' heartbeat and idle timeout (default
+    /// [`HeartbeatConfig::default`]).
+    #[must_use]
+    pub fn with_heartbeat(mut self, heartbeat: HeartbeatConfig) -> Self {
+        self.heartbeat = heartbeat;
+        self
+    }
+
     /// The server options of the client endpoint.
     fn server_options(&self) -> storm_host::options::ServerOptions {
-        let mut options = storm_host::options::ServerOptions {
-            addr: self.addr.clone(),
-            tls: self.tls.clone(),
-            max_connections: self.max_connections,
-            backpressure: self.backpressure,
-            ..storm_host::options::ServerOptions::default()
-        };
+        let mut options = storm_host::options::ServerOptions::default()
+            .with_addr(self.addr.clone())
+            .with_max_connections(self.max_connections)
+            .with_backpressure(self.backpressure);
+        options.tls = self.tls.clone();
         options.link.heartbeat = self.heartbeat.clone();
         options
     }
@@ -647,11 +722,7 @@ impl Core {
         let seed = std::collections::hash_map::RandomState::new()
             .build_hasher()
             .finish();
-        let options = ClientOptions {
-            connect_timeout: self.options.connect_timeout,
-            reconnect: None,
-            ..ClientOptions::default()
-        };
+        let options = ClientOptions::default().with_connect_timeout(self.options.connect_timeout);
         let mut framing = LengthPrefixConfig::default();
         framing.max_frame_len = self.options.max_message_size;
         self.config
@@ -666,9 +737,10 @@ impl Core {
                 let dial = Dial {
                     id: BackendId(i),
                     endpoint: endpoint.clone(),
-                    options: ClientOptions {
-                        tls: endpoint.tls.then(|| self.options.backend_tls.clone()),
-                        ..options.clone()
+                    options: if endpoint.tls {
+                        options.clone().with_tls(self.options.backend_tls.clone())
+                    } else {
+                        options.clone()
                     },
                     ws: self.options.ws_options(),
                     framing: Framing::LengthPrefixWith(framing.clone()),

@@ -601,10 +601,7 @@ async fn main_scenario_over_tls_on_every_runtime() {
             o.server.tls = Some(pki.server());
         })
         .await;
-        let tls = ClientOptions {
-            tls: Some(pki.client()),
-            ..ClientOptions::default()
-        };
+        let tls = ClientOptions::default().with_tls(pki.client());
         main_scenario(&addr, &broker, tls, &format!("{runtime} over TLS")).await;
         // A client that does not trust the broker's CA gets nowhere.
         let mut untrusted = ConsumerOptions::default();

@@ -643,10 +643,7 @@ impl storm_tokio::Handler for Mirror {
 
 #[tokio::test]
 async fn a_server_that_breaks_the_protocol_fails_the_call_fast() {
-    let options = storm_host::options::ServerOptions {
-        addr: "127.0.0.1:0".into(),
-        ..Default::default()
-    };
+    let options = storm_host::options::ServerOptions::default().with_addr("127.0.0.1:0");
     let server = storm_tokio::TcpServer::bind(options, storm_proto::framing::Framing::LengthPrefix)
         .await
         .expect("bind");

@@ -10,10 +10,8 @@
 //! use storm_smol::host::options::{ServerOptions, TlsClientOptions};
 //!
 //! # fn main() -> std::io::Result<()> {
-//! let server = ServerOptions {
-//!     tls: Some(storm_smol::tls::server_options_from_pem_files("cert.pem", "key.pem")?),
-//!     ..ServerOptions::default()
-//! };
+//! let server = ServerOptions::default()
+//!     .with_tls(storm_smol::tls::server_options_from_pem_files("cert.pem", "key.pem")?);
 //! // A client that trusts a private CA instead of the web roots.
 //! let client = TlsClientOptions::with_ca(storm_smol::tls::read_pem_file("ca.pem")?);
 //! # let _ = (server, client); Ok(()) }

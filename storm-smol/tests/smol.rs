@@ -120,10 +120,8 @@ async fn echo_and_close(client: &Client, rx: &Receiver<Seen>, messages: &[Messag
 fn websocket_echo_with_and_without_deflate() {
     smol::block_on(async {
         for deflate in [None, Some(Default::default())] {
-            let ws = WsOptions {
-                deflate,
-                ..WsOptions::default()
-            };
+            let mut ws = WsOptions::default();
+            ws.deflate = deflate;
             let server = WsServer::bind(ServerOptions::default(), ws.clone())
                 .await
                 .expect("bind");
@@ -211,18 +209,13 @@ fn self_signed() -> (String, String) {
 fn wss_echo_with_a_trusted_certificate_and_refusal_of_an_untrusted_one() {
     smol::block_on(async {
         let (cert, key) = self_signed();
-        let options = ServerOptions {
-            tls: Some(TlsServerOptions::new(cert.clone(), key)),
-            ..ServerOptions::default()
-        };
+        let options = ServerOptions::default().with_tls(TlsServerOptions::new(cert.clone(), key));
         let (handle, serving) = ws_echo_server(options).await;
         let port = handle.local_addr().port();
         for host in ["localhost", "127.0.0.1"] {
             let (handler, rx) = recorder(false);
-            let options = ClientOptions {
-                tls: Some(TlsClientOptions::with_ca(cert.clone())),
-                ..ClientOptions::default()
-            };
+            let options =
+                ClientOptions::default().with_tls(TlsClientOptions::with_ca(cert.clone()));
             let url = format!("wss://{host}:{port}/");
             let client = within(WsClient::connect(
                 &url,
@@ -261,10 +254,8 @@ fn a_client_reconnects_after_the_server_restarts() {
     smol::block_on(async {
         let (handle, serving) = ws_echo_server(ServerOptions::default()).await;
         let addr = handle.local_addr();
-        let options = ClientOptions {
-            reconnect: Some(BackoffConfig::fixed(Duration::from_millis(20))),
-            ..ClientOptions::default()
-        };
+        let options = ClientOptions::default()
+            .with_reconnect(BackoffConfig::fixed(Duration::from_millis(20)));
         let (handler, rx) = recorder(false);
         let url = format!("ws://{addr}/");
         let client = within(WsClient::connect(
@@ -282,10 +273,7 @@ fn a_client_reconnects_after_the_server_restarts() {
         assert_eq!(next(&rx).await, Seen::Reconnecting(1));
         assert!(!client.is_connected());
         // Restart on the same address; the client finds it.
-        let options = ServerOptions {
-            addr: addr.to_string(),
-            ..ServerOptions::default()
-        };
+        let options = ServerOptions::default().with_addr(addr.to_string());
         let (handle, serving) = ws_echo_server(options).await;
         loop {
             match next(&rx).await {

@@ -11,10 +11,8 @@
 //! use storm_std::host::options::{ServerOptions, TlsClientOptions};
 //!
 //! # fn main() -> std::io::Result<()> {
-//! let server = ServerOptions {
-//!     tls: Some(storm_std::tls::server_options_from_pem_files("cert.pem", "key.pem")?),
-//!     ..ServerOptions::default()
-//! };
+//! let server = ServerOptions::default()
+//!     .with_tls(storm_std::tls::server_options_from_pem_files("cert.pem", "key.pem")?);
 //! // A client that trusts a private CA instead of the web roots.
 //! let client = TlsClientOptions::with_ca(storm_std::tls::read_pem_file("ca.pem")?);
 //! # let _ = (server, client); Ok(()) }

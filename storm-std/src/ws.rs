@@ -47,16 +47,56 @@ pub struct WebSocket<S> {
 }
 
 /// What [`connect`] needs besides the URL.
+///
+/// `#[non_exhaustive]`: start from [`default`](Self::default) and chain
+/// the `with_*` methods; the fields stay public, to read and to set on a
+/// value you own.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct ConnectOptions {
-    /// Limits and behaviour of the connection.
+    /// Limits and behaviour of the connection. Default
+    /// [`Config::default`].
     pub config: Config,
     /// permessage-deflate to offer. Default `None`.
     pub deflate: Option<DeflateConfig>,
-    /// Subprotocols to offer, most preferred first.
+    /// Subprotocols to offer, most preferred first. Default none.
     pub subprotocols: Vec<String>,
-    /// Extra request headers, e.g. `Authorization`.
+    /// Extra request headers, e.g. `Authorization`. Default none.
     pub headers: Vec<(String, String)>,
+}
+
+impl ConnectOptions {
+    /// Limits and behaviour of the connection (default
+    /// [`Config::default`]).
+    #[must_use]
+    pub fn with_config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Offers permessage-deflate (default: not offered).
+    #[must_use]
+    pub fn with_deflate(mut self, deflate: DeflateConfig) -> Self {
+        self.deflate = Some(deflate);
+        self
+    }
+
+    /// Subprotocols to offer, most preferred first (default none).
+    #[must_use]
+    pub fn with_subprotocols<S: Into<String>>(
+        mut self,
+        subprotocols: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.subprotocols = subprotocols.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Adds a request header, e.g. `Authorization` (default none).
+    #[must_use]
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
 }
 
 /// Everything that can go wrong on a blocking WebSocket.

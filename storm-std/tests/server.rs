@@ -26,10 +26,7 @@ impl Handler for Counts {
 #[test]
 fn serve_returns_after_every_connection_thread_let_go_of_the_handler() {
     let connected = Arc::new(AtomicUsize::new(0));
-    let options = ServerOptions {
-        addr: "127.0.0.1:0".into(),
-        ..ServerOptions::default()
-    };
+    let options = ServerOptions::default().with_addr("127.0.0.1:0");
     let server = WsServer::bind(options, WsOptions::default()).unwrap();
     let addr = server.local_addr();
     let handle = server.handle();

@@ -120,10 +120,7 @@ impl Running {
 }
 
 fn tls_server_options(tls: TlsServerOptions) -> ServerOptions {
-    ServerOptions {
-        tls: Some(tls),
-        ..ServerOptions::default()
-    }
+    ServerOptions::default().with_tls(tls)
 }
 
 fn wss_server(options: ServerOptions) -> Running {
@@ -148,11 +145,8 @@ fn wss_connect(
     tls: Option<TlsClientOptions>,
 ) -> (Result<Client, ClientError>, Receiver<Seen>) {
     let (handler, rx) = recorder(false);
-    let options = ClientOptions {
-        tls,
-        connect_timeout: WAIT,
-        ..ClientOptions::default()
-    };
+    let mut options = ClientOptions::default().with_connect_timeout(WAIT);
+    options.tls = tls;
     let started = Instant::now();
     let client = WsClient::connect(url, options, WsOptions::default(), handler);
     assert!(started.elapsed() <= WAIT + Duration::from_secs(1));
@@ -206,16 +200,13 @@ fn framed_tcp_echo_over_tls_with_small_socket_buffers() {
     let pki = Pki::named("storm test CA");
     // Small socket buffers make writes stop part-way, so TLS records wait
     // in the writer while the reader keeps decrypting.
-    let server = tls_tcp_server(ServerOptions {
-        send_buffer_size: Some(4096),
-        recv_buffer_size: Some(4096),
-        ..tls_server_options(pki.server())
-    });
+    let server = tls_tcp_server(
+        tls_server_options(pki.server())
+            .with_send_buffer_size(4096)
+            .with_recv_buffer_size(4096),
+    );
     let (handler, rx) = recorder(false);
-    let options = ClientOptions {
-        tls: Some(pki.client()),
-        ..ClientOptions::default()
-    };
+    let options = ClientOptions::default().with_tls(pki.client());
     let addr = format!("localhost:{}", server.port());
     let client =
         TcpClient::connect(&addr, options, Framing::LengthPrefix, handler).expect("TLS connect");
@@ -297,10 +288,7 @@ fn a_client_that_does_not_trust_the_server_fails_without_hanging() {
     let url = format!("wss://localhost:{}/", server.port());
     // The public web roots (no CA configured), another CA, and the right CA
     // with a name the certificate does not carry.
-    let wrong_name = TlsClientOptions {
-        server_name: Some("example.com".into()),
-        ..pki.client()
-    };
+    let wrong_name = pki.client().with_server_name("example.com");
     for tls in [None, Some(stranger.client()), Some(wrong_name)] {
         let (client, _rx) = wss_connect(&url, tls);
         match client {
@@ -339,10 +327,8 @@ fn plain_and_tls_do_not_mix() {
     );
     // A TLS client at a plain server fails too, once the server gives up
     // waiting for an HTTP request in the ClientHello.
-    let plain = wss_server(ServerOptions {
-        handshake_timeout: Duration::from_millis(200),
-        ..ServerOptions::default()
-    });
+    let plain =
+        wss_server(ServerOptions::default().with_handshake_timeout(Duration::from_millis(200)));
     let url = format!("wss://127.0.0.1:{}/", plain.port());
     let (client, _rx) = wss_connect(&url, Some(pki.client()));
     assert!(matches!(client, Err(ClientError::Tls(_))), "{client:?}");
@@ -360,10 +346,7 @@ fn client_certificates_from_the_ca_are_required() {
     let url = format!("wss://localhost:{}/", server.port());
 
     // Accepted with a certificate the CA signed.
-    let with_cert = TlsClientOptions {
-        client_cert: Some(pki.client_cert()),
-        ..pki.client()
-    };
+    let with_cert = pki.client().with_client_cert(pki.client_cert());
     let (client, rx) = wss_connect(&url, Some(with_cert));
     let client = client.expect("a client with a certificate connects");
     client.send("authenticated").unwrap();
@@ -377,10 +360,7 @@ fn client_certificates_from_the_ca_are_required() {
     ));
 
     // Refused without a certificate, and with one from another CA.
-    let foreign_cert = TlsClientOptions {
-        client_cert: Some(stranger.client_cert()),
-        ..pki.client()
-    };
+    let foreign_cert = pki.client().with_client_cert(stranger.client_cert());
     for tls in [pki.client(), foreign_cert] {
         let (client, _rx) = wss_connect(&url, Some(tls));
         assert!(matches!(client, Err(ClientError::Tls(_))), "{client:?}");
@@ -394,10 +374,8 @@ fn client_certificates_from_the_ca_are_required() {
 #[test]
 fn a_client_that_never_starts_tls_times_out() {
     let pki = Pki::named("storm test CA");
-    let options = ServerOptions {
-        handshake_timeout: Duration::from_millis(200),
-        ..tls_server_options(pki.server())
-    };
+    let options =
+        tls_server_options(pki.server()).with_handshake_timeout(Duration::from_millis(200));
     for server in [wss_server(options.clone()), tls_tcp_server(options)] {
         let mut raw = TcpStream::connect(server.handle.local_addr()).unwrap();
         raw.set_read_timeout(Some(WAIT)).unwrap();
@@ -439,10 +417,9 @@ fn bad_certificates_and_keys_fail_at_bind() {
     }
     // A client's bad CA or certificate fails before connecting.
     let bad_ca = TlsClientOptions::with_ca("no CA here");
-    let bad_cert = TlsClientOptions {
-        client_cert: Some(TlsClientCert::new(pki.client_cert_pem.clone(), "")),
-        ..pki.client()
-    };
+    let bad_cert = pki
+        .client()
+        .with_client_cert(TlsClientCert::new(pki.client_cert_pem.clone(), ""));
     for tls in [bad_ca, bad_cert] {
         let (client, _rx) = wss_connect("wss://127.0.0.1:1/", Some(tls));
         assert!(matches!(client, Err(ClientError::Config(_))), "{client:?}");
@@ -520,10 +497,7 @@ mod with_tokio {
         let handle = server.handle();
         rt.spawn(server.serve(TokioRecorder { tx, echo: true }));
         let url = format!("wss://localhost:{}/", handle.local_addr().port());
-        let tls = TlsClientOptions {
-            client_cert: Some(pki.client_cert()),
-            ..pki.client()
-        };
+        let tls = pki.client().with_client_cert(pki.client_cert());
         let (client, rx) = wss_connect(&url, Some(tls));
         let client = client.expect("std client connects to the tokio server");
         assert_eq!(next(&rx), Seen::Connect);
@@ -555,10 +529,7 @@ mod with_tokio {
         let rt = runtime();
         let server = tls_tcp_server(tls_server_options(pki.server()));
         let (tx, rx) = mpsc::channel();
-        let options = ClientOptions {
-            tls: Some(pki.client()),
-            ..ClientOptions::default()
-        };
+        let options = ClientOptions::default().with_tls(pki.client());
         let client = rt
             .block_on(async {
                 tokio::time::timeout(

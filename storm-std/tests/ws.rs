@@ -56,10 +56,8 @@ fn echo_round_trip_with_and_without_deflate() {
             ..ServerConfig::default()
         };
         let (addr, server) = serve_one(server_config, echo);
-        let options = ConnectOptions {
-            deflate: deflate.clone(),
-            ..ConnectOptions::default()
-        };
+        let mut options = ConnectOptions::default();
+        options.deflate = deflate.clone();
         let mut socket = client(&addr, &options);
         let big = "x".repeat(1 << 20);
         for text in ["hello", "", "ünïcödé", &big] {
@@ -185,10 +183,7 @@ fn accept_with_decides_on_the_request() {
     });
     let refused = ws::connect(&format!("ws://{addr}/"), &ConnectOptions::default());
     assert!(matches!(refused, Err(Error::Response(_))), "{refused:?}");
-    let options = ConnectOptions {
-        subprotocols: vec!["v1".into(), "v2".into()],
-        ..ConnectOptions::default()
-    };
+    let options = ConnectOptions::default().with_subprotocols(["v1", "v2"]);
     let (_socket, upgraded) = ws::connect(&format!("ws://{addr}/?token=t1"), &options).unwrap();
     assert_eq!(upgraded.subprotocol.as_deref(), Some("v2"));
     assert_eq!(upgraded.headers.get("x-who"), Some(&b"ann"[..]));

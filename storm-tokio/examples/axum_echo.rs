@@ -55,15 +55,13 @@ async fn main() -> io::Result<()> {
     let mut options = ServerOptions::default();
     // A whole 16 MiB reply may wait for the socket.
     options.backpressure.max_pending_send_bytes = 2 * MAX_MESSAGE;
-    let ws = WsOptions {
-        config: Config {
-            max_message_size: MAX_MESSAGE,
-            max_frame_size: MAX_MESSAGE,
-            ..Config::default()
-        },
-        deflate: Some(DeflateConfig::default()),
-        ..WsOptions::default()
-    };
+    let ws = WsOptions::default()
+        .with_config(
+            Config::default()
+                .with_max_message_size(MAX_MESSAGE)
+                .with_max_frame_size(MAX_MESSAGE),
+        )
+        .with_deflate(DeflateConfig::default());
     let app = App {
         hub: WsServer::detached(options, ws)?,
         echo: Arc::new(Echo),

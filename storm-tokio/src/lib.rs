@@ -42,7 +42,7 @@
 //! }
 //!
 //! # #[tokio::main] async fn main() -> std::io::Result<()> {
-//! let options = ServerOptions { addr: "127.0.0.1:9001".into(), ..ServerOptions::default() };
+//! let options = ServerOptions::default().with_addr("127.0.0.1:9001");
 //! let server = WsServer::bind(options, WsOptions::default()).await?;
 //! println!("listening on {}", server.local_addr());
 //! server.serve(Echo).await

@@ -34,23 +34,18 @@ const MAX_MESSAGE: usize = 16 << 20;
 
 /// WebSocket options with permessage-deflate and 16 MiB messages.
 fn ws_options() -> WsOptions {
-    WsOptions {
-        config: Config {
-            max_message_size: MAX_MESSAGE,
-            max_frame_size: MAX_MESSAGE,
-            ..Config::default()
-        },
-        deflate: Some(DeflateConfig::default()),
-        ..WsOptions::default()
-    }
+    WsOptions::default()
+        .with_config(
+            Config::default()
+                .with_max_message_size(MAX_MESSAGE)
+                .with_max_frame_size(MAX_MESSAGE),
+        )
+        .with_deflate(DeflateConfig::default())
 }
 
 /// A detached server whose sessions may queue a whole 16 MiB reply.
 fn hub(max_connections: usize) -> ServerHandle {
-    let mut options = ServerOptions {
-        max_connections,
-        ..ServerOptions::default()
-    };
+    let mut options = ServerOptions::default().with_max_connections(max_connections);
     options.backpressure.max_pending_send_bytes = 2 * MAX_MESSAGE;
     WsServer::detached(options, ws_options()).expect("detached server")
 }

@@ -33,10 +33,7 @@ async fn next_error(rx: &mut mpsc::UnboundedReceiver<Seen>) -> (Option<io::Error
 }
 
 fn tls_server_options(tls: TlsServerOptions) -> ServerOptions {
-    ServerOptions {
-        tls: Some(tls),
-        ..ServerOptions::default()
-    }
+    ServerOptions::default().with_tls(tls)
 }
 
 async fn wss_server(options: ServerOptions) -> (ServerHandle, mpsc::UnboundedReceiver<Seen>) {
@@ -54,10 +51,8 @@ async fn wss_connect(
     tls: Option<TlsClientOptions>,
 ) -> (Result<Client, ClientError>, mpsc::UnboundedReceiver<Seen>) {
     let (handler, rx) = recorder(false);
-    let options = ClientOptions {
-        tls,
-        ..ClientOptions::default()
-    };
+    let mut options = ClientOptions::default();
+    options.tls = tls;
     let client = timeout(
         WAIT,
         WsClient::connect(url, options, WsOptions::default(), handler),
@@ -97,10 +92,7 @@ async fn framed_tcp_echo_over_tls() {
     let pki = Pki::named("storm test CA");
     // A small socket buffer makes writes stop part-way, so TLS records
     // stay queued in rustls unless the driver flushes after each batch.
-    let options = ServerOptions {
-        send_buffer_size: Some(4096),
-        ..tls_server_options(pki.server())
-    };
+    let options = tls_server_options(pki.server()).with_send_buffer_size(4096);
     let server = TcpServer::bind(options, Framing::LengthPrefix)
         .await
         .unwrap();
@@ -109,10 +101,7 @@ async fn framed_tcp_echo_over_tls() {
     let (handler, _server_rx) = recorder(true);
     tokio::spawn(server.serve(handler));
     let (handler, mut rx) = recorder(false);
-    let options = ClientOptions {
-        tls: Some(pki.client()),
-        ..ClientOptions::default()
-    };
+    let options = ClientOptions::default().with_tls(pki.client());
     let client = timeout(
         WAIT,
         TcpClient::connect(&addr, options, Framing::LengthPrefix, handler),
@@ -149,10 +138,7 @@ async fn a_client_that_does_not_trust_the_server_fails_without_hanging() {
     let url = format!("wss://localhost:{port}/");
     // The public web roots (no CA configured), another CA, and the right CA
     // with a name the certificate does not carry.
-    let wrong_name = TlsClientOptions {
-        server_name: Some("example.com".into()),
-        ..pki.client()
-    };
+    let wrong_name = pki.client().with_server_name("example.com");
     for tls in [None, Some(stranger.client()), Some(wrong_name)] {
         let (client, _rx) = wss_connect(&url, tls).await;
         match client {
@@ -189,11 +175,9 @@ async fn plain_and_tls_do_not_mix() {
     );
     // A TLS client at a plain server fails too, once the server gives up
     // waiting for an HTTP request in the ClientHello.
-    let (plain, _plain_rx) = wss_server(ServerOptions {
-        handshake_timeout: Duration::from_millis(200),
-        ..ServerOptions::default()
-    })
-    .await;
+    let (plain, _plain_rx) =
+        wss_server(ServerOptions::default().with_handshake_timeout(Duration::from_millis(200)))
+            .await;
     let url = format!("wss://127.0.0.1:{}/", plain.local_addr().port());
     let (client, _rx) = wss_connect(&url, Some(pki.client())).await;
     assert!(matches!(client, Err(ClientError::Tls(_))), "{client:?}");
@@ -210,10 +194,7 @@ async fn client_certificates_from_the_ca_are_required() {
     let url = format!("wss://localhost:{}/", handle.local_addr().port());
 
     // Accepted with a certificate the CA signed.
-    let with_cert = TlsClientOptions {
-        client_cert: Some(pki.client_cert()),
-        ..pki.client()
-    };
+    let with_cert = pki.client().with_client_cert(pki.client_cert());
     let (client, mut rx) = wss_connect(&url, Some(with_cert)).await;
     let client = client.expect("a client with a certificate connects");
     client.send("authenticated").await.unwrap();
@@ -227,10 +208,7 @@ async fn client_certificates_from_the_ca_are_required() {
     ));
 
     // Refused without a certificate, and with one from another CA.
-    let foreign_cert = TlsClientOptions {
-        client_cert: Some(stranger.client_cert()),
-        ..pki.client()
-    };
+    let foreign_cert = pki.client().with_client_cert(stranger.client_cert());
     for tls in [pki.client(), foreign_cert] {
         let (client, _rx) = wss_connect(&url, Some(tls)).await;
         assert!(matches!(client, Err(ClientError::Tls(_))), "{client:?}");
@@ -244,10 +222,8 @@ async fn client_certificates_from_the_ca_are_required() {
 #[tokio::test]
 async fn a_client_that_never_starts_tls_times_out() {
     let pki = Pki::named("storm test CA");
-    let options = ServerOptions {
-        handshake_timeout: Duration::from_millis(200),
-        ..tls_server_options(pki.server())
-    };
+    let options =
+        tls_server_options(pki.server()).with_handshake_timeout(Duration::from_millis(200));
     let ws = WsServer::bind(options.clone(), WsOptions::default())
         .await
         .unwrap();
@@ -276,10 +252,8 @@ async fn a_client_that_never_starts_tls_times_out() {
 #[tokio::test]
 async fn the_handshake_timeout_is_reported() {
     let pki = Pki::named("storm test CA");
-    let options = ServerOptions {
-        handshake_timeout: Duration::from_millis(100),
-        ..tls_server_options(pki.server())
-    };
+    let options =
+        tls_server_options(pki.server()).with_handshake_timeout(Duration::from_millis(100));
     let (handle, mut rx) = wss_server(options).await;
     let _raw = TcpStream::connect(handle.local_addr()).await.unwrap();
     let (kind, text) = next_error(&mut rx).await;
@@ -317,10 +291,9 @@ async fn bad_certificates_and_keys_fail_at_bind() {
     }
     // A client's bad CA or certificate fails before connecting.
     let bad_ca = TlsClientOptions::with_ca("no CA here");
-    let bad_cert = TlsClientOptions {
-        client_cert: Some(TlsClientCert::new(pki.client_cert_pem.clone(), "")),
-        ..pki.client()
-    };
+    let bad_cert = pki
+        .client()
+        .with_client_cert(TlsClientCert::new(pki.client_cert_pem.clone(), ""));
     for tls in [bad_ca, bad_cert] {
         let (client, _rx) = wss_connect("wss://127.0.0.1:1/", Some(tls)).await;
         assert!(matches!(client, Err(ClientError::Config(_))), "{client:?}");

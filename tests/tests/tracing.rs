@@ -65,10 +65,7 @@ fn line_with(parts: &[&str]) -> String {
 
 /// The server's options: only `http://ok.example` pages are let in.
 fn ws_options() -> WsOptions {
-    WsOptions {
-        allowed_origins: vec!["http://ok.example".to_owned()],
-        ..WsOptions::default()
-    }
+    WsOptions::default().with_allowed_origins(vec!["http://ok.example".to_owned()])
 }
 
 /// Against a server at `addr`: a page from `https://evil-NAME.example`

@@ -187,10 +187,7 @@ pub(crate) fn ws(args: &WsArgs) -> ExitCode {
             plan.options.headers.push(header_of(header)?);
         }
         plan.options.link.heartbeat.interval = seconds(args.ping, "--ping", true)?;
-        let mut ws = WsOptions {
-            subprotocols: args.subprotocols.clone(),
-            ..WsOptions::default()
-        };
+        let mut ws = WsOptions::default().with_subprotocols(args.subprotocols.clone());
         ws.config.max_message_size = args.common.max_message;
         ws.config.max_frame_size = args.common.max_message;
         plan.input = if args.binary {
@@ -299,10 +296,11 @@ impl Plan {
             }
             None => TlsClientOptions::default(),
         };
-        let options = ClientOptions {
-            connect_timeout: seconds(common.connect_timeout, "--connect-timeout", false)?,
-            ..ClientOptions::default()
-        };
+        let options = ClientOptions::default().with_connect_timeout(seconds(
+            common.connect_timeout,
+            "--connect-timeout",
+            false,
+        )?);
         Ok(Self {
             targets,
             tls,

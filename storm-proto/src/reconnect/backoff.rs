@@ -38,7 +38,13 @@ pub enum Jitter {
 }
 
 /// The configuration of a [`Backoff`].
+///
+/// `#[non_exhaustive]`, so a new field is not a breaking change: start from
+/// [`default`](Self::default), [`fixed`](Self::fixed) or
+/// [`exponential`](Self::exponential) and chain the `with_*` methods; the
+/// fields stay public, to read and to set on a value you own.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct BackoffConfig {
     /// How the base delay grows. Default exponential: 100 ms, ×2, capped
     /// at 30 s.
@@ -55,28 +61,72 @@ pub struct BackoffConfig {
 
 impl Default for BackoffConfig {
     fn default() -> Self {
-        Self {
-            policy: BackoffPolicy::Exponential {
-                initial: Duration::from_millis(100),
-                multiplier: 2.0,
-                max: Duration::from_secs(30),
-            },
-            jitter: Jitter::Full,
-            max_attempts: 0,
-            stable_after: Duration::from_secs(10),
-        }
+        Self::exponential(Duration::from_millis(100), 2.0, Duration::from_secs(30))
     }
 }
 
 impl BackoffConfig {
+    /// [`BackoffPolicy::Exponential`] from `initial`, times `multiplier`
+    /// per attempt, capped at `max`; full jitter, unlimited attempts,
+    /// reset after 10 s up (the other fields as in `default()`, which is
+    /// `exponential(100 ms, 2.0, 30 s)`).
+    #[must_use]
+    pub const fn exponential(initial: Duration, multiplier: f64, max: Duration) -> Self {
+        Self::with_defaults(
+            BackoffPolicy::Exponential {
+                initial,
+                multiplier,
+                max,
+            },
+            Jitter::Full,
+        )
+    }
+
+    /// `policy` and `jitter`, unlimited attempts, reset after 10 s up.
+    const fn with_defaults(policy: BackoffPolicy, jitter: Jitter) -> Self {
+        Self {
+            policy,
+            jitter,
+            max_attempts: 0,
+            stable_after: Duration::from_secs(10),
+        }
+    }
+
+    /// How the base delay grows (default exponential: 100 ms, ×2, capped
+    /// at 30 s).
+    #[must_use]
+    pub const fn with_policy(mut self, policy: BackoffPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Randomisation of each delay (default [`Jitter::Full`]).
+    #[must_use]
+    pub const fn with_jitter(mut self, jitter: Jitter) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// Attempts allowed before giving up; 0 = unlimited (default 0).
+    #[must_use]
+    pub const fn with_max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts;
+        self
+    }
+
+    /// How long a connection must stay up to reset the attempt count and
+    /// the delay (default 10 s).
+    #[must_use]
+    pub const fn with_stable_after(mut self, stable_after: Duration) -> Self {
+        self.stable_after = stable_after;
+        self
+    }
+
     /// The same `delay` before every attempt, no jitter, unlimited attempts;
     /// other fields as in `default()`.
-    pub fn fixed(delay: Duration) -> Self {
-        Self {
-            policy: BackoffPolicy::Fixed { delay },
-            jitter: Jitter::None,
-            ..Self::default()
-        }
+    #[must_use]
+    pub const fn fixed(delay: Duration) -> Self {
+        Self::with_defaults(BackoffPolicy::Fixed { delay }, Jitter::None)
     }
 
     /// Checks the configuration.

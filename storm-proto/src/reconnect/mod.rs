@@ -19,7 +19,7 @@
 //! use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffStep};
 //!
 //! # fn main() -> Result<(), storm_proto::reconnect::BackoffConfigError> {
-//! let config = BackoffConfig { max_attempts: 3, ..BackoffConfig::fixed(Duration::from_secs(2)) };
+//! let config = BackoffConfig::fixed(Duration::from_secs(2)).with_max_attempts(3);
 //! let mut backoff = Backoff::new(config, 42)?;
 //! let t0 = Instant::now(); // the adapter's clock
 //!

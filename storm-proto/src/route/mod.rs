@@ -148,7 +148,13 @@ pub const MAX_MESSAGE_LEN_LIMIT: usize = 1 << 20;
 /// Memory: a server keeps at most `max_routes * max_route_name_len` bytes of
 /// route names per connection (8 KiB with the defaults) and never parses a
 /// message longer than `max_message_len`.
+///
+/// `#[non_exhaustive]`, so a new limit is not a breaking change: start from
+/// [`default`](Self::default) (or [`DEFAULT`](Self::DEFAULT) in a `const`)
+/// and chain the `with_*` methods; the fields stay public, to read and to
+/// set on a value you own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// Most route messages a client may send in one handshake (duplicates
     /// and rejected routes count). Default 64.
@@ -163,15 +169,42 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_routes: 64,
-            max_route_name_len: 128,
-            max_message_len: 4096,
-        }
+        Self::DEFAULT
     }
 }
 
 impl Limits {
+    /// The defaults, in a `const` context: 64 routes, names up to 128
+    /// bytes, handshake messages up to 4096 bytes.
+    pub const DEFAULT: Self = Self {
+        max_routes: 64,
+        max_route_name_len: 128,
+        max_message_len: 4096,
+    };
+
+    /// Most route messages a client may send in one handshake (default
+    /// 64).
+    #[must_use]
+    pub const fn with_max_routes(mut self, max_routes: usize) -> Self {
+        self.max_routes = max_routes;
+        self
+    }
+
+    /// Longest route name, in bytes (default 128).
+    #[must_use]
+    pub const fn with_max_route_name_len(mut self, max_route_name_len: usize) -> Self {
+        self.max_route_name_len = max_route_name_len;
+        self
+    }
+
+    /// Longest handshake message, in bytes, at least
+    /// `6 * max_route_name_len + 128` (default 4096).
+    #[must_use]
+    pub const fn with_max_message_len(mut self, max_message_len: usize) -> Self {
+        self.max_message_len = max_message_len;
+        self
+    }
+
     /// Checks the limits against each other and the hard caps.
     ///
     /// # Errors

@@ -9,7 +9,12 @@ use crate::ws::Side;
 use crate::ws::deflate::{DeflateConfig, DeflateParams, PerMessageDeflate};
 
 /// When and how hard to compress payloads.
+///
+/// `#[non_exhaustive]`, so a new field is not a breaking change: start from
+/// [`default`](Self::default) and chain the `with_*` methods; the fields
+/// stay public, to read and to set on a value you own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CompressionConfig {
     /// Payloads shorter than this are sent as they are. Default 1024 bytes.
     pub threshold: usize,
@@ -23,6 +28,23 @@ impl Default for CompressionConfig {
             threshold: 1024,
             level: 6,
         }
+    }
+}
+
+impl CompressionConfig {
+    /// Payloads shorter than this are sent as they are (default 1024
+    /// bytes).
+    #[must_use]
+    pub const fn with_threshold(mut self, threshold: usize) -> Self {
+        self.threshold = threshold;
+        self
+    }
+
+    /// zlib level 0..=9 (default 6).
+    #[must_use]
+    pub const fn with_level(mut self, level: u32) -> Self {
+        self.level = level;
+        self
     }
 }
 

@@ -67,7 +67,12 @@ use super::Side;
 /// (client) or accept (server) the full 32 KiB window with context takeover
 /// on both sides, which compresses best; the `*_no_context_takeover` flags
 /// trade ratio for memory (no window kept between messages).
+///
+/// `#[non_exhaustive]`, so a new field is not a breaking change: start from
+/// [`default`](Self::default) and chain the `with_*` methods; the fields
+/// stay public, to read and to set on a value you own.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DeflateConfig {
     /// Ask (client) or require (server) that the server resets its compressor
     /// after every message. Default `false`.
@@ -101,6 +106,50 @@ impl Default for DeflateConfig {
 }
 
 impl DeflateConfig {
+    /// Ask (client) or require (server) that the server resets its
+    /// compressor after every message (default `false`).
+    #[must_use]
+    pub const fn with_server_no_context_takeover(mut self, on: bool) -> Self {
+        self.server_no_context_takeover = on;
+        self
+    }
+
+    /// Ask (client) or require (server) that the client resets its
+    /// compressor after every message (default `false`).
+    #[must_use]
+    pub const fn with_client_no_context_takeover(mut self, on: bool) -> Self {
+        self.client_no_context_takeover = on;
+        self
+    }
+
+    /// Largest LZ77 window (9..=15) the server may use (default 15).
+    #[must_use]
+    pub const fn with_server_max_window_bits(mut self, bits: u8) -> Self {
+        self.server_max_window_bits = bits;
+        self
+    }
+
+    /// Largest LZ77 window (9..=15) the client may use (default 15).
+    #[must_use]
+    pub const fn with_client_max_window_bits(mut self, bits: u8) -> Self {
+        self.client_max_window_bits = bits;
+        self
+    }
+
+    /// zlib compression level, 0..=9 (default 6).
+    #[must_use]
+    pub const fn with_compression_level(mut self, level: u32) -> Self {
+        self.compression_level = level;
+        self
+    }
+
+    /// Messages shorter than this are sent uncompressed (default 0).
+    #[must_use]
+    pub const fn with_min_compress_size(mut self, bytes: usize) -> Self {
+        self.min_compress_size = bytes;
+        self
+    }
+
     /// Checks the ranges documented on the fields.
     ///
     /// Call it when a configuration is built, so a bad value is reported to

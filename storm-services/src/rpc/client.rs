@@ -15,7 +15,7 @@ use storm_host::link::CloseReason;
 use storm_host::options::{ClientOptions, TlsClientOptions, WsOptions};
 use storm_proto::Message;
 use storm_proto::framing::{Framing, LengthPrefixConfig};
-use storm_proto::reconnect::{BackoffConfig, BackoffPolicy, EndpointSet, Jitter};
+use storm_proto::reconnect::{BackoffConfig, EndpointSet};
 use storm_proto::rpc::{CallEvent, Calls, CallsConfig, CompressionConfig, Fault, StartError};
 use storm_tokio::Tokio;
 // Runtime-independent primitives: they work on smol too.
@@ -98,20 +98,16 @@ impl RpcClientConfig {
     /// The default [`backoff`](Self::backoff): exponential from 50 ms, ×2,
     /// capped at 1 s, full jitter, unlimited attempts, reset once a
     /// connection stayed up 10 s.
-    pub const DEFAULT_BACKOFF: BackoffConfig = BackoffConfig {
-        policy: BackoffPolicy::Exponential {
-            initial: Duration::from_millis(50),
-            multiplier: 2.0,
-            max: Duration::from_secs(1),
-        },
-        jitter: Jitter::Full,
-        max_attempts: 0,
-        stable_after: Duration::from_secs(10),
-    };
+    pub const DEFAULT_BACKOFF: BackoffConfig =
+        BackoffConfig::exponential(Duration::from_millis(50), 2.0, Duration::from_secs(1));
 }
 
 /// Per-call options.
+///
+/// `#[non_exhaustive]`: build it with [`new`](Self::new) and the chainable
+/// methods; the fields stay public to read.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct CallOptions {
     /// How long the call may take, connecting included.
     pub timeout: Duration,
@@ -699,11 +695,11 @@ impl<C: Codec, R: Runtime> RpcClient<C, R> {
         let handler = ConnHandler {
             state: Arc::clone(&state),
         };
-        let mut options = ClientOptions {
-            connect_timeout: config.connect_timeout,
-            reconnect: None,
-            ..config.client.clone()
-        };
+        let mut options = config
+            .client
+            .clone()
+            .with_connect_timeout(config.connect_timeout);
+        options.reconnect = None;
         if !endpoint.is_tls() {
             options.tls = None;
         }

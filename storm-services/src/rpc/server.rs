@@ -63,10 +63,7 @@ impl RpcServerConfig {
 
     fn new(addr: &str, ws: Option<WsOptions>) -> Self {
         Self {
-            options: ServerOptions {
-                addr: addr.to_owned(),
-                ..ServerOptions::default()
-            },
+            options: ServerOptions::default().with_addr(addr.to_owned()),
             ws,
             max_in_flight: CallsConfig::DEFAULT_MAX_PENDING,
             max_payload: CallsConfig::DEFAULT_MAX_PAYLOAD,

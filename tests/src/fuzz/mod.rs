@@ -315,10 +315,7 @@ pub fn ws_handshake_client(data: &[u8]) {
     let chunk = usize::from(chunk) + 1;
     let mut config = ClientConfig::new("server.example.com", "/chat");
     config.subprotocols = vec!["chat".into(), "superchat".into()];
-    config.deflate = Some(DeflateConfig {
-        server_max_window_bits: 12,
-        ..DeflateConfig::default()
-    });
+    config.deflate = Some(DeflateConfig::default().with_server_max_window_bits(12));
     config.max_response_header_bytes = 2048;
     let mut out = BytesMut::new();
     let Ok(mut hs) = ClientHandshake::start_with_key(&config, *b"the sample nonce", &mut out)
@@ -700,11 +697,9 @@ pub fn ws_conn_in_place(data: &[u8]) {
     } else {
         Side::Client
     };
-    let config = Config {
-        max_frame_size: 1 << 20,
-        max_message_size: 1 << 20,
-        ..Config::default()
-    };
+    let config = Config::default()
+        .with_max_frame_size(1 << 20)
+        .with_max_message_size(1 << 20);
     let mut copied = ws_conn_build(side, config.clone(), None);
     let mut in_place = ws_conn_build(side, config, None);
     let mut expected = ConnRun {

@@ -27,11 +27,10 @@ use storm_proto::route::{
 /// The separator between messages in a fuzz input.
 pub const SEPARATOR: u8 = 0xFF;
 
-const LIMITS: Limits = Limits {
-    max_routes: 4,
-    max_route_name_len: 16,
-    max_message_len: 256,
-};
+const LIMITS: Limits = Limits::DEFAULT
+    .with_max_routes(4)
+    .with_max_route_name_len(16)
+    .with_max_message_len(256);
 
 /// How far one input got (lets the corpus replay check that its seeds reach
 /// the states they were written for).

@@ -62,10 +62,7 @@ pub fn rpc_envelope_outcome(data: &[u8]) -> Outcome {
     config.max_payload = max_payload;
     config.max_pending = MAX_PENDING;
     if cfg & 0x40 != 0 {
-        config.compression = Some(CompressionConfig {
-            threshold: 0,
-            level: 6,
-        });
+        config.compression = Some(CompressionConfig::default().with_threshold(0).with_level(6));
     }
     let mut outcome = Outcome::default();
     let mut server = Serving::new(config.clone()).expect("valid config");

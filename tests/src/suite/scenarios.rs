@@ -30,22 +30,18 @@ use super::{
 /// A heartbeat fast enough for tests: a ping every 20 ms, dead after 2
 /// unanswered; for peers that never answer.
 fn fast_heartbeat() -> HeartbeatConfig {
-    HeartbeatConfig {
-        interval: Duration::from_millis(20),
-        max_missed: 2,
-        ..HeartbeatConfig::default()
-    }
+    HeartbeatConfig::default()
+        .with_interval(Duration::from_millis(20))
+        .with_max_missed(2)
 }
 
 /// A ping every 25 ms, dead only after 8 unanswered (200 ms): for peers
 /// that do answer, on a loaded CI machine where a thread may not run for
 /// tens of milliseconds.
 fn tolerant_heartbeat() -> HeartbeatConfig {
-    HeartbeatConfig {
-        interval: Duration::from_millis(25),
-        max_missed: 8,
-        ..HeartbeatConfig::default()
-    }
+    HeartbeatConfig::default()
+        .with_interval(Duration::from_millis(25))
+        .with_max_missed(8)
 }
 
 fn ws_with(spec: &mut ClientSpec, edit: impl FnOnce(&mut WsOptions)) {
@@ -629,10 +625,7 @@ pub fn tls_certificate_refused<S: Adapter, C: Adapter>() {
     spec.options.tls = Some(pki.server());
     let mut server = Server::start::<S>(spec);
     let mut client = ClientSpec::to(&server);
-    client.options.tls = Some(TlsClientOptions {
-        server_name: Some("wrong.example".into()),
-        ..pki.client()
-    });
+    client.options.tls = Some(pki.client().with_server_name("wrong.example"));
     let Err(error) = Client::try_connect::<C>(&client) else {
         panic!("a certificate for another name was accepted");
     };

@@ -78,10 +78,7 @@ async fn main() -> std::io::Result<()> {
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:0".to_owned());
     let seconds: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(30);
     let server = WsServer::bind(
-        ServerOptions {
-            addr,
-            ..ServerOptions::default()
-        },
+        ServerOptions::default().with_addr(addr),
         WsOptions::default(),
     )
     .await?;

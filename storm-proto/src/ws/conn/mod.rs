@@ -23,7 +23,12 @@ use crate::message::Utf8Bytes;
 /// being received plus one message being reassembled, so the worst case is
 /// about `max_frame_size + max_message_size` bytes per connection (32 MiB
 /// with the defaults), reached only while a peer actually sends that much.
+///
+/// `#[non_exhaustive]`, so a new field is not a breaking change: start from
+/// [`default`](Self::default) and chain the `with_*` methods; the fields
+/// stay public, to read and to set on a value you own.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Config {
     /// Largest frame payload accepted; a larger declared length fails the
     /// connection with 1009 before any of it is buffered. Default 16 MiB.
@@ -55,6 +60,46 @@ impl Default for Config {
             auto_pong: true,
             send_fragment_size: 0,
         }
+    }
+}
+
+impl Config {
+    /// Largest frame payload accepted (default 16 MiB).
+    #[must_use]
+    pub const fn with_max_frame_size(mut self, bytes: usize) -> Self {
+        self.max_frame_size = bytes;
+        self
+    }
+
+    /// Largest message accepted, after reassembly and decompression
+    /// (default 16 MiB).
+    #[must_use]
+    pub const fn with_max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Most frames one message may arrive in (default 1,048,576).
+    #[must_use]
+    pub const fn with_max_fragments(mut self, fragments: usize) -> Self {
+        self.max_fragments = fragments;
+        self
+    }
+
+    /// Answer pings with a pong carrying the same payload (default
+    /// `true`).
+    #[must_use]
+    pub const fn with_auto_pong(mut self, auto_pong: bool) -> Self {
+        self.auto_pong = auto_pong;
+        self
+    }
+
+    /// Split outgoing messages into frames of at most this many payload
+    /// bytes; 0 sends every message as one frame (default 0).
+    #[must_use]
+    pub const fn with_send_fragment_size(mut self, bytes: usize) -> Self {
+        self.send_fragment_size = bytes;
+        self
     }
 }
 

@@ -16,13 +16,13 @@
 //! Skipped, with a `SKIPPED:` line, only when there is no Chromium
 //! (`CHROMIUM`, default `/usr/bin/chromium`). Every wait is bounded: the
 //! page resolves each check within [`PAGE_WAIT`], and every read of the
-//! DevTools socket and of the servers' output within [`WAIT`].
+//! DevTools socket within [`WAIT`], of the servers' output within
+//! [`child::WAIT`].
 
 use std::collections::VecDeque;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -30,8 +30,11 @@ use storm_proto::ws::Event;
 use storm_std::ws;
 use storm_tests::process::lines;
 
-/// The most any one thing may take: a line from a server, an answer from
-/// the browser (Chromium's start included).
+mod child;
+use child::Storm;
+
+/// The most an answer from the browser may take (Chromium's start
+/// included).
 const WAIT: Duration = Duration::from_secs(30);
 /// How long the page waits for a WebSocket to open or be refused, or for
 /// a line in its log, before it gives its answer.
@@ -41,63 +44,33 @@ const TOKEN: &str = "browser-test-token";
 
 /// A running `storm chat`, killed on drop.
 struct Chat {
-    child: Child,
-    out: Receiver<String>,
+    storm: Storm,
     /// `127.0.0.1:PORT` of its WebSocket listener.
     ws: String,
     /// `http://127.0.0.1:PORT` of its page.
     page: String,
 }
 
-impl Drop for Chat {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Chat {
     /// `storm chat --addr 127.0.0.1:0 --tick-ms 0 ARGS`, once it printed
     /// both addresses.
     fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_storm"))
-            .args(["chat", "--addr", "127.0.0.1:0", "--tick-ms", "0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("storm starts");
-        let out = lines(child.stdout.take().expect("stdout"));
-        let mut chat = Self {
-            child,
-            out,
-            ws: String::new(),
-            page: String::new(),
-        };
-        let banner = chat.line("listening on ws://");
-        chat.ws = banner.rsplit("ws://").next().expect("address").to_owned();
-        let page = chat.line("page on http://");
-        chat.page = page
+        let (storm, ws) =
+            Storm::serve("chat", "127.0.0.1:0", &[&["--tick-ms", "0"], args].concat());
+        let page = storm.stdout_line("page on http://");
+        let page = page
             .rsplit("page on ")
             .next()
             .expect("address")
             .trim_end_matches('/')
             .to_owned();
-        chat
+        Self { storm, ws, page }
     }
 
     /// The next line it prints containing `needle` (earlier ones are
-    /// skipped), within [`WAIT`].
+    /// skipped), within [`child::WAIT`].
     fn line(&self, needle: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.out.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(e) => panic!("storm chat printed no line with {needle:?}: {e}"),
-            }
-        }
+        self.storm.stdout_line(needle)
     }
 }
 

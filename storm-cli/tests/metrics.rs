@@ -3,47 +3,31 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::Receiver;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use storm_proto::route::{ClientConfig, ClientHandshake, Event as RouteEvent};
 use storm_proto::ws::{CloseCode, Event};
 use storm_std::ws;
-use storm_tests::process::lines;
+
+mod child;
+use child::Storm;
 
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A running `storm` server with its service and metrics addresses,
 /// killed on drop.
 struct Server {
-    child: Child,
-    /// Its stdout, line by line.
-    out: Receiver<String>,
+    storm: Storm,
     addr: String,
     metrics: String,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Server {
     /// The next stdout line containing `needle` (earlier ones skipped),
-    /// within [`WAIT`].
+    /// within [`child::WAIT`].
     fn line(&self, needle: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.out.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(e) => panic!("no line with {needle:?} from storm: {e}"),
-            }
-        }
+        self.storm.stdout_line(needle)
     }
 
     /// The address after `://` on the next stdout line containing
@@ -59,20 +43,16 @@ impl Server {
 }
 
 /// `storm ARGS --addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0` once it
-/// says where it listens and where its metrics are (stdin closed: chat's
-/// console then just ends).
+/// says where it listens and where its metrics are.
 fn start(args: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_storm"))
-        .args(args)
-        .args(["--addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("storm starts");
-    let out = lines(child.stdout.take().expect("stdout"));
     let mut server = Server {
-        child,
-        out,
+        storm: Storm::spawn(
+            &[
+                args,
+                &["--addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"],
+            ]
+            .concat(),
+        ),
         addr: String::new(),
         metrics: String::new(),
     };

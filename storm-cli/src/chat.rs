@@ -76,7 +76,6 @@ pub(crate) struct ChatArgs {
 const SERVICE: Service = Service {
     heartbeat_secs: 15,
     max_message: 64 * 1024,
-    metrics: false,
     ..Service::ws("storm chat")
 };
 
@@ -109,6 +108,9 @@ pub(crate) fn run(args: &ChatArgs) -> io::Result<()> {
         redis.history_len = args.backplane_history;
         redis
     });
+    let metrics = storm_cli::metrics::bind(args.policy.metrics_addr.as_deref())?;
     storm_cli::interrupt::install()?;
-    storm_services::chat::serve(config, &storm_cli::interrupt::signal())
+    storm_services::chat::serve_with(config, &storm_cli::interrupt::signal(), |bound| {
+        storm_cli::metrics::start(metrics, "chat", &bound.hub);
+    })
 }

@@ -4,11 +4,13 @@
 use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use storm_cli::interrupt;
+use storm_cli::metrics::MetricsEndpoint;
 use storm_cli::policy::{PolicyArgs, Service};
 use storm_cli::runtime::{Runtime, TlsArgs};
+use storm_host::hub::Hub;
 use storm_services::gateway::{
     BackendStatus, Gateway, GatewayConfig, GatewayOptions, LoadError, blocking,
 };
@@ -17,6 +19,9 @@ use storm_services::host::AsyncRuntime;
 /// Exit code for a route file that cannot be used (or a bad flag, as clap
 /// does).
 pub(crate) const EXIT_CONFIG: u8 = 2;
+
+/// The `service` label of the gateway's metrics.
+const SERVICE_LABEL: &str = "gateway";
 
 /// How long clients get to close gracefully on Ctrl-C.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -77,10 +82,7 @@ pub(crate) fn run(args: &GatewayArgs) -> ExitCode {
         let mut server = storm_host::options::ServerOptions::default();
         args.tls.apply(&mut server)?;
         options.tls = server.tls;
-        let policy = args.policy.resolve(&Service {
-            metrics: false,
-            ..Service::ws("storm gateway")
-        })?;
+        let policy = args.policy.resolve(&Service::ws("storm gateway"))?;
         options.max_connections = policy.max_connections;
         options.backpressure = policy.backpressure;
         options.heartbeat = policy.heartbeat;
@@ -88,11 +90,12 @@ pub(crate) fn run(args: &GatewayArgs) -> ExitCode {
         if let Some(ca) = &args.backend_ca {
             options.backend_tls.ca_pem = Some(storm_host::tls::read_pem_file(ca)?);
         }
+        let metrics = storm_cli::metrics::bind(args.policy.metrics_addr.as_deref())?;
         interrupt::install()?;
         match args.runtime {
-            Runtime::Tokio => on_async::<storm_tokio::Tokio>(args, config, options),
-            Runtime::Smol => on_async::<storm_smol::Smol>(args, config, options),
-            Runtime::Std => on_std(args, config, options),
+            Runtime::Tokio => on_async::<storm_tokio::Tokio>(args, config, options, metrics),
+            Runtime::Smol => on_async::<storm_smol::Smol>(args, config, options, metrics),
+            Runtime::Std => on_std(args, config, options, metrics),
         }
     })();
     match result {
@@ -147,16 +150,38 @@ fn shutting_down(clients: usize) {
     );
 }
 
+/// Serves `--metrics-addr`, if given: the hub of the client endpoint and
+/// the backends, read from the gateway's handle on each scrape.
+fn serve_metrics(
+    endpoint: Option<MetricsEndpoint>,
+    hub: Hub,
+    backends: impl Fn() -> (Vec<BackendStatus>, u64) + Send + 'static,
+) -> io::Result<()> {
+    let Some(endpoint) = endpoint else {
+        return Ok(());
+    };
+    endpoint.serve_with(SERVICE_LABEL, move || {
+        hub.metrics(Instant::now()).record(SERVICE_LABEL);
+        let (backends, dropped) = backends();
+        storm_cli::metrics::record_gateway(SERVICE_LABEL, &backends, dropped);
+    })
+}
+
 fn on_async<R: AsyncRuntime>(
     args: &GatewayArgs,
     config: GatewayConfig,
     options: GatewayOptions,
+    metrics: Option<MetricsEndpoint>,
 ) -> io::Result<()> {
     R::block_on(async {
         let gateway = Gateway::<R>::bind(config, options).await?;
         let handle = gateway.handle();
         let backends = handle.backends();
         banner(args, handle.local_addr(), &backends);
+        let observed = handle.clone();
+        serve_metrics(metrics, handle.hub().clone(), move || {
+            (observed.backends(), observed.dropped_replies())
+        })?;
         // Backend ups and downs, for the person watching, until the
         // shutdown closes them.
         for backend in backends {
@@ -189,11 +214,20 @@ fn on_async<R: AsyncRuntime>(
     })
 }
 
-fn on_std(args: &GatewayArgs, config: GatewayConfig, options: GatewayOptions) -> io::Result<()> {
+fn on_std(
+    args: &GatewayArgs,
+    config: GatewayConfig,
+    options: GatewayOptions,
+    metrics: Option<MetricsEndpoint>,
+) -> io::Result<()> {
     let gateway = blocking::Gateway::bind(config, options)?;
     let handle = gateway.handle();
     let backends = handle.backends();
     banner(args, handle.local_addr(), &backends);
+    let observed = handle.clone();
+    serve_metrics(metrics, handle.hub().clone(), move || {
+        (observed.backends(), observed.dropped_replies())
+    })?;
     for backend in backends {
         let handle = handle.clone();
         std::thread::spawn(move || {

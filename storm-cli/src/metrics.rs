@@ -4,7 +4,8 @@
 //! The figures are the hub's own totals ([`Hub::metrics`]), read on each
 //! scrape and handed to the `metrics` facade ([`HubMetrics::record`]),
 //! whose Prometheus recorder renders them: nothing is added to the
-//! per-message path. The endpoint is one thread answering one request at
+//! per-message path. The gateway adds its backends' state
+//! ([`record_gateway`]), read the same way. The endpoint is one thread answering one request at
 //! a time, each bounded in size and time, so a scraper cannot hold memory
 //! or the thread for long.
 //!
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use storm_host::hub::Hub;
+use storm_services::gateway::BackendStatus;
 
 /// Largest request head read; a longer one is answered 431 and closed.
 const MAX_REQUEST: usize = 8 * 1024;
@@ -80,6 +82,24 @@ impl MetricsEndpoint {
     ///
     /// The thread cannot be started.
     pub fn serve(self, service: &'static str, hub: Hub) -> io::Result<()> {
+        self.serve_with(service, move || {
+            hub.metrics(Instant::now()).record(service);
+        })
+    }
+
+    /// [`serve`](Self::serve) for a service with figures beyond its hub's:
+    /// `record` hands everything to the `metrics` facade (its hub's
+    /// [`HubMetrics::record`](storm_host::hub::HubMetrics::record) and its own gauges and counters, labelled
+    /// `service`) before each scrape is rendered.
+    ///
+    /// # Errors
+    ///
+    /// The thread cannot be started.
+    pub fn serve_with(
+        self,
+        service: &'static str,
+        record: impl Fn() + Send + 'static,
+    ) -> io::Result<()> {
         let Self { listener, render } = self;
         let local = listener.local_addr()?;
         std::thread::Builder::new()
@@ -88,7 +108,7 @@ impl MetricsEndpoint {
                 for stream in listener.incoming() {
                     let answered = stream.and_then(|stream| {
                         answer(stream, || {
-                            hub.metrics(Instant::now()).record(service);
+                            record();
                             render.render()
                         })
                     });
@@ -121,6 +141,46 @@ pub fn start(endpoint: Option<MetricsEndpoint>, service: &'static str, hub: &Hub
             tracing::error!(error = %e, "--metrics-addr: cannot serve metrics");
         }
     }
+}
+
+/// Names of the gateway's own metrics, beside its hub's
+/// ([`metric_names`](storm_host::hub::metric_names)), each labelled
+/// `service="gateway"`.
+pub mod gateway_names {
+    /// Gauge: the backends (routes) of the route file.
+    pub const BACKENDS: &str = "storm_gateway_backends";
+    /// Gauge: the backends whose connection is up now.
+    pub const BACKENDS_CONNECTED: &str = "storm_gateway_backends_connected";
+    /// Gauge, also labelled `route`: 1 while that backend's connection is
+    /// up, 0 while it is down (being reconnected).
+    pub const BACKEND_UP: &str = "storm_gateway_backend_up";
+    /// Counter: backend messages dropped (no valid `CLIENT=` header, or for
+    /// a client that has gone).
+    pub const DROPPED_REPLIES: &str = "storm_gateway_dropped_replies_total";
+}
+
+/// Hands the gateway's backend figures to the `metrics` facade, labelled
+/// `service`: how many backends there are and are connected, each one's
+/// state by route, and the backend messages dropped.
+pub fn record_gateway(service: &str, backends: &[BackendStatus], dropped_replies: u64) {
+    let label = || [("service", service.to_owned())];
+    let connected = backends.iter().filter(|b| b.connected).count();
+    metrics::gauge!(gateway_names::BACKENDS, &label()).set(count(backends.len()));
+    metrics::gauge!(gateway_names::BACKENDS_CONNECTED, &label()).set(count(connected));
+    for backend in backends {
+        let labels = [
+            ("service", service.to_owned()),
+            ("route", backend.route.clone()),
+        ];
+        metrics::gauge!(gateway_names::BACKEND_UP, &labels)
+            .set(count(usize::from(backend.connected)));
+    }
+    metrics::counter!(gateway_names::DROPPED_REPLIES, &label()).absolute(dropped_replies);
+}
+
+/// A count as a gauge's value: exact far beyond any real count.
+fn count(n: usize) -> f64 {
+    u32::try_from(n).map_or(f64::from(u32::MAX), f64::from)
 }
 
 /// Reads one request head from `stream` and answers it: the text `body`

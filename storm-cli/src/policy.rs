@@ -67,8 +67,10 @@ pub struct PolicyArgs {
     #[arg(long, value_name = "BYTES")]
     pub max_message: Option<usize>,
     /// Serve this server's metrics (connections, messages and bytes each
-    /// way, drops, backpressure) as Prometheus text at
-    /// http://HOST:PORT/metrics. Off unless given.
+    /// way, drops, backpressure, refused handshakes; the gateway's also its
+    /// backends' state) as Prometheus text at http://HOST:PORT/metrics,
+    /// labelled service="echo", "json", "chat", "broker", "gateway" or
+    /// "rpc". Every server takes it. Off unless given.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<String>,
 }
@@ -113,9 +115,6 @@ pub struct Service {
     /// Whether the protocol has messages: raw TCP has only bytes, and
     /// `--max-message` is refused there.
     pub messages: bool,
-    /// Whether the command serves `--metrics-addr` (it is refused where
-    /// the service does not hand its hub out yet).
-    pub metrics: bool,
 }
 
 impl Service {
@@ -130,7 +129,6 @@ impl Service {
             max_message: 16 << 20,
             waits_only: false,
             messages: true,
-            metrics: true,
         }
     }
 
@@ -218,12 +216,6 @@ impl PolicyArgs {
                 self.slow_consumer
                     .to_possible_value()
                     .map_or_else(String::new, |v| v.get_name().to_owned())
-            ));
-        }
-        if let (false, Some(addr)) = (service.metrics, &self.metrics_addr) {
-            return refuse(format!(
-                "--metrics-addr {addr}: not served by this command yet (echo, json, broker and \
-                 rpc serve it)"
             ));
         }
         let mut backpressure = BackpressureConfig::default();
@@ -340,18 +332,13 @@ mod tests {
         assert!(resolve(&["--slow-consumer", "wait"], &broker).is_ok());
         let e = error(&["--max-message", "10"], &Service::raw("storm echo"));
         assert!(e.contains("--max-message 10: raw TCP"), "{e}");
-        let without = Service {
-            metrics: false,
-            ..Service::ws("storm chat")
-        };
-        let e = error(&["--metrics-addr", "127.0.0.1:0"], &without);
-        assert!(e.contains("--metrics-addr 127.0.0.1:0: not served"), "{e}");
         assert!(
             resolve(
                 &["--metrics-addr", "127.0.0.1:0"],
-                &Service::ws("storm echo")
+                &Service::raw("storm echo --proto raw")
             )
-            .is_ok()
+            .is_ok(),
+            "every server serves its metrics"
         );
     }
 }

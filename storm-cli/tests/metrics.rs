@@ -1,56 +1,64 @@
 //! `--metrics-addr`: a real `storm` server, real clients, then a scrape of
 //! its Prometheus text. Every read has a timeout, every child is killed.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use storm_proto::route::{ClientConfig, ClientHandshake, Event as RouteEvent};
 use storm_proto::ws::{CloseCode, Event};
 use storm_std::ws;
+
+mod child;
+use child::Storm;
 
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A running `storm` server with its service and metrics addresses,
 /// killed on drop.
 struct Server {
-    child: Child,
+    storm: Storm,
     addr: String,
     metrics: String,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl Server {
+    /// The next stdout line containing `needle` (earlier ones skipped),
+    /// within [`child::WAIT`].
+    fn line(&self, needle: &str) -> String {
+        self.storm.stdout_line(needle)
+    }
+
+    /// The address after `://` on the next stdout line containing
+    /// `needle`.
+    fn address(&self, needle: &str) -> String {
+        let line = self.line(needle);
+        let after = line.trim().rsplit("://").next().expect("an address");
+        after
+            .trim_end_matches("/metrics")
+            .trim_end_matches('/')
+            .to_owned()
     }
 }
 
-/// The address after `://` on the next line of `stdout`, which must
-/// contain `expect`.
-fn address_line(stdout: &mut BufReader<ChildStdout>, expect: &str) -> String {
-    let mut line = String::new();
-    stdout.read_line(&mut line).expect("a line");
-    assert!(line.contains(expect), "{expect}: {line}");
-    let after = line.trim().rsplit("://").next().expect("an address");
-    after.trim_end_matches("/metrics").to_owned()
-}
-
+/// `storm ARGS --addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0` once it
+/// says where it listens and where its metrics are.
 fn start(args: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_storm"))
-        .args(args)
-        .args(["--addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("storm starts");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let addr = address_line(&mut stdout, "listening on");
-    let metrics = address_line(&mut stdout, "metrics at http://");
-    Server {
-        child,
-        addr,
-        metrics,
-    }
+    let mut server = Server {
+        storm: Storm::spawn(
+            &[
+                args,
+                &["--addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"],
+            ]
+            .concat(),
+        ),
+        addr: String::new(),
+        metrics: String::new(),
+    };
+    server.addr = server.address("listening on");
+    server.metrics = server.address("metrics at http://");
+    server
 }
 
 /// `GET path` on `addr`: the status line and the body.
@@ -217,23 +225,238 @@ fn json_is_labelled_json_and_other_paths_are_not_found() {
     client.shutdown(std::net::Shutdown::Both).expect("shutdown");
 }
 
+/// Every runtime a `storm` server runs on.
+const RUNTIMES: [&str; 3] = ["tokio", "smol", "std"];
+
+/// The next text message on `client` that contains `needle` (others
+/// skipped; each read bounded by the socket's timeout).
+fn text_with(client: &mut ws::WebSocket<TcpStream>, needle: &str) -> String {
+    loop {
+        match client.read().expect("a message") {
+            Event::Text(text) if text.as_str().contains(needle) => return text.as_str().to_owned(),
+            Event::Text(_) => {}
+            other => panic!("waiting for {needle:?}: {other:?}"),
+        }
+    }
+}
+
+/// A WebSocket upgrade of `addr` with `headers` (each ending in CRLF):
+/// the answer's status line.
+fn upgrade_status(addr: &str, headers: &str) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
+    )
+    .expect("request");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.lines().next().unwrap_or_default().to_owned()
+}
+
+/// `storm_handshake_failures_total{service=SERVICE,reason=REASON}`.
+fn failures(body: &str, service: &str, reason: &str) -> Option<f64> {
+    labelled(
+        body,
+        "storm_handshake_failures_total",
+        &[("service", service), ("reason", reason)],
+    )
+}
+
 #[test]
-fn a_command_that_cannot_serve_metrics_refuses_the_flag() {
-    let output = Command::new(env!("CARGO_BIN_EXE_storm"))
-        .args([
-            "chat",
-            "--addr",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .expect("storm runs");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("--metrics-addr 127.0.0.1:0: not served"),
-        "{stderr}"
-    );
+fn chat_serves_its_sessions_and_refusals_on_every_runtime() {
+    for runtime in RUNTIMES {
+        let server = start(&["chat", "--runtime", runtime, "--tick-ms", "0"]);
+        // Two clients without Origin (not browsers: not checked), each
+        // welcomed, each asking for the user list once.
+        let mut clients = [ws_client(&server.addr), ws_client(&server.addr)];
+        for client in &mut clients {
+            text_with(client, r#""type":"welcome""#);
+            client.send_text(r#"{"type":"users"}"#).expect("send");
+            text_with(client, r#""type":"users""#);
+        }
+        let body = scrape_until(&server, |body| {
+            value(body, "storm_connections_open", "chat") == Some(2.0)
+                && value(body, "storm_messages_received_total", "chat") == Some(2.0)
+        });
+        assert_eq!(
+            value(&body, "storm_connections_total", "chat"),
+            Some(2.0),
+            "{runtime}:\n{body}"
+        );
+        // Welcome, joined and users at least, to each.
+        assert!(
+            value(&body, "storm_messages_sent_total", "chat") >= Some(6.0),
+            "{runtime}:\n{body}"
+        );
+        assert_eq!(failures(&body, "chat", "refused"), Some(0.0), "{runtime}");
+        // A page of another origin: refused by the chat's gate, and counted.
+        let status = upgrade_status(&server.addr, "Origin: http://elsewhere.example\r\n");
+        assert!(status.starts_with("HTTP/1.1 403"), "{runtime}: {status}");
+        server.line("origin http://elsewhere.example not allowed");
+        let body = scrape_until(&server, |body| {
+            failures(body, "chat", "refused") == Some(1.0)
+        });
+        // Accepted as a connection, refused at its upgrade.
+        assert_eq!(
+            value(&body, "storm_connections_total", "chat"),
+            Some(3.0),
+            "{runtime}:\n{body}"
+        );
+        assert_eq!(
+            value(&body, "storm_connections_open", "chat"),
+            Some(2.0),
+            "{runtime}:\n{body}"
+        );
+        for mut client in clients {
+            client.close(CloseCode::NORMAL, "done").expect("close");
+        }
+        scrape_until(&server, |body| {
+            value(body, "storm_connections_open", "chat") == Some(0.0)
+        });
+    }
+}
+
+/// Runs the route handshake for `route` on `client`: how many messages
+/// the client sent.
+fn route_handshake(client: &mut ws::WebSocket<TcpStream>, route: &str) -> usize {
+    let config = ClientConfig {
+        routes: vec![route.to_owned()],
+        ..ClientConfig::default()
+    };
+    let mut machine = ClientHandshake::new(&config, Instant::now()).expect("config");
+    let mut sent = 0;
+    loop {
+        while let Some(text) = machine.poll_transmit() {
+            client.send_text(&text).expect("send");
+            sent += 1;
+        }
+        if let Some(RouteEvent::Ready(_)) = machine.poll_event() {
+            return sent;
+        }
+        let reply = text_with(client, "");
+        machine
+            .handle_message(Instant::now(), reply.as_bytes())
+            .expect("handshake step");
+    }
+}
+
+#[test]
+fn gateway_serves_its_clients_and_backends_on_every_runtime() {
+    let dir = std::env::temp_dir().join(format!("storm-metrics-gateway-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for runtime in RUNTIMES {
+        // The backend: `storm echo` over length-prefixed TCP, which sends
+        // each message back with its CLIENT= header, so to its sender.
+        let backend = start(&["echo", "--proto", "lp"]);
+        let port = backend.addr.rsplit(':').next().expect("a port");
+        let routes = dir.join(format!("{runtime}.ini"));
+        std::fs::write(
+            &routes,
+            format!("[echo]\nname = echo\nport = {port}\nprotocol = tcp\n"),
+        )
+        .expect("route file");
+        let routes = routes.to_str().expect("UTF-8 path");
+        let server = start(&[
+            "gateway",
+            "--config",
+            routes,
+            "--runtime",
+            runtime,
+            "--max-backoff-ms",
+            "100",
+        ]);
+        let up = |body: &str| {
+            labelled(
+                body,
+                "storm_gateway_backend_up",
+                &[("service", "gateway"), ("route", "echo")],
+            )
+        };
+        scrape_until(&server, |body| up(body) == Some(1.0));
+        let mut client = ws_client(&server.addr);
+        let mut sent = route_handshake(&mut client, "echo");
+        client.send_text("ROUTENAME=echo\nhello").expect("send");
+        sent += 1;
+        assert_eq!(text_with(&mut client, "hello"), "ROUTENAME=echo\nhello");
+        let sent = f64::from(u32::try_from(sent).expect("a few"));
+        let body = scrape_until(&server, |body| {
+            value(body, "storm_connections_open", "gateway") == Some(1.0)
+                && value(body, "storm_messages_received_total", "gateway") == Some(sent)
+        });
+        let count = |name| value(&body, name, "gateway");
+        assert_eq!(
+            count("storm_connections_total"),
+            Some(1.0),
+            "{runtime}:\n{body}"
+        );
+        assert!(
+            count("storm_messages_sent_total") >= Some(2.0),
+            "{runtime}:\n{body}"
+        );
+        assert!(
+            count("storm_bytes_received_total") > Some(0.0),
+            "{runtime}:\n{body}"
+        );
+        assert_eq!(
+            count("storm_gateway_backends"),
+            Some(1.0),
+            "{runtime}:\n{body}"
+        );
+        assert_eq!(
+            count("storm_gateway_backends_connected"),
+            Some(1.0),
+            "{runtime}:\n{body}"
+        );
+        assert_eq!(
+            count("storm_gateway_dropped_replies_total"),
+            Some(0.0),
+            "{runtime}:\n{body}"
+        );
+        // The backend goes: the gateway says so.
+        drop(backend);
+        let body = scrape_until(&server, |body| up(body) == Some(0.0));
+        assert_eq!(
+            value(&body, "storm_gateway_backends_connected", "gateway"),
+            Some(0.0),
+            "{runtime}:\n{body}"
+        );
+        client.close(CloseCode::NORMAL, "done").expect("close");
+    }
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+#[test]
+fn rpc_serves_its_calls_on_every_runtime() {
+    for runtime in RUNTIMES {
+        let server = start(&["rpc", "--runtime", runtime]);
+        let endpoint = format!("ws://{}/", server.addr);
+        // `storm client rpc`: each call has its timeout, so this ends.
+        let call = Command::new(env!("CARGO_BIN_EXE_storm"))
+            .args(["client", "rpc", "--endpoint", &endpoint, "--method", "name"])
+            .args(["--count", "3", "--timeout-ms", "5000"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("storm client rpc runs");
+        assert!(
+            call.status.success(),
+            "{runtime}: {}",
+            String::from_utf8_lossy(&call.stderr)
+        );
+        let body = scrape_until(&server, |body| {
+            value(body, "storm_messages_received_total", "rpc") == Some(3.0)
+                && value(body, "storm_messages_sent_total", "rpc") == Some(3.0)
+        });
+        assert_eq!(
+            value(&body, "storm_connections_total", "rpc"),
+            Some(1.0),
+            "{runtime}:\n{body}"
+        );
+        assert!(
+            value(&body, "storm_bytes_sent_total", "rpc") > Some(0.0),
+            "{runtime}:\n{body}"
+        );
+    }
 }

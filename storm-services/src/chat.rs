@@ -129,7 +129,7 @@ use storm_proto::Message;
 use storm_proto::backplane::Position;
 use storm_proto::ws::CloseCode;
 
-use crate::host::{Runtime, Stop};
+use crate::host::{Bound, Runtime, Stop};
 
 mod nodes;
 mod on_async;
@@ -230,6 +230,17 @@ impl ChatConfig {
 ///
 /// Unusable TLS material, a failed bind.
 pub fn serve(config: ChatConfig, stop: &Stop) -> io::Result<()> {
+    serve_with(config, stop, |_| ())
+}
+
+/// [`serve`], calling `bound` once the WebSocket server is bound and its
+/// addresses printed, before the first session: to keep the hub (its
+/// metrics, say) or announce the address.
+///
+/// # Errors
+///
+/// As [`serve`].
+pub fn serve_with(config: ChatConfig, stop: &Stop, bound: impl FnOnce(&Bound)) -> io::Result<()> {
     storm_host::setup::check_origins(&config.allowed_origins)?;
     if let Some(token) = &config.token {
         let url_safe = |c: char| c.is_ascii_alphanumeric() || "-._~".contains(c);
@@ -254,9 +265,9 @@ pub fn serve(config: ChatConfig, stop: &Stop) -> io::Result<()> {
         .map(storm_host::tls::server_config)
         .transpose()?;
     match config.runtime {
-        Runtime::Tokio => on_async::run::<storm_tokio::Tokio>(&config, stop, page_tls),
-        Runtime::Smol => on_async::run::<storm_smol::Smol>(&config, stop, page_tls),
-        Runtime::Std => on_std::run(&config, stop, page_tls),
+        Runtime::Tokio => on_async::run::<storm_tokio::Tokio>(&config, stop, page_tls, bound),
+        Runtime::Smol => on_async::run::<storm_smol::Smol>(&config, stop, page_tls, bound),
+        Runtime::Std => on_std::run(&config, stop, page_tls, bound),
     }
 }
 

@@ -17,19 +17,24 @@ use super::{
     Chat, ChatConfig, Gate, HTTP_TIMEOUT, Page, PageRequest, PageServer, PageTls, STOP_TIMEOUT,
     announce, read_console, stopping,
 };
-use crate::host::{AsyncRuntime, Stop, connection_error, on_async};
+use crate::host::{AsyncRuntime, Bound, Stop, connection_error, on_async};
 
 /// Serves until `/stop` or `stop`.
 pub(super) fn run<R: AsyncRuntime>(
     config: &ChatConfig,
     stop: &Stop,
     page_tls: PageTls,
+    bound: impl FnOnce(&Bound),
 ) -> io::Result<()> {
     let stopping = stopping(stop);
     on_async::serve_until::<R, io::Error, _, _, _>(&stopping, STOP_TIMEOUT, || async {
         let server =
             storm_async::WsServer::<R>::bind(config.options.clone(), config.ws.clone()).await?;
         let http = announce(config, server.local_addr(), page_tls)?;
+        bound(&Bound {
+            local_addr: server.local_addr(),
+            hub: server.handle().hub().clone(),
+        });
         let gate = Gate::new(config, http.as_ref())?;
         let server = server.on_upgrade(move |info| std::future::ready(gate.decide(&info)));
         let nodes = config.backplane.as_ref().map(Nodes::new).transpose()?;

@@ -17,13 +17,22 @@ use super::{
     Chat, ChatConfig, Gate, HTTP_TIMEOUT, Page, PageRequest, PageServer, PageTls, STOP_TIMEOUT,
     announce, read_console, stopping,
 };
-use crate::host::{Stop, connection_error, on_std};
+use crate::host::{Bound, Stop, connection_error, on_std};
 
 /// Serves until `/stop` or `stop`.
-pub(super) fn run(config: &ChatConfig, stop: &Stop, page_tls: PageTls) -> io::Result<()> {
+pub(super) fn run(
+    config: &ChatConfig,
+    stop: &Stop,
+    page_tls: PageTls,
+    bound: impl FnOnce(&Bound),
+) -> io::Result<()> {
     let stopping = stopping(stop);
     let server = storm_std::WsServer::bind(config.options.clone(), config.ws.clone())?;
     let http = announce(config, server.local_addr(), page_tls)?;
+    bound(&Bound {
+        local_addr: server.local_addr(),
+        hub: server.handle().hub().clone(),
+    });
     let gate = Gate::new(config, http.as_ref())?;
     let server = server.on_upgrade(move |info| gate.decide(info));
     let handle = server.handle();

@@ -116,6 +116,15 @@ impl<R: Runtime> GatewayHandle<R> {
         self.core.backends()
     }
 
+    /// The hub of the client endpoint: the clients' connections, messages
+    /// and bytes each way, drops and handshake failures
+    /// ([`Hub::metrics`](storm_host::hub::Hub::metrics)). Backend
+    /// connections are not in it (see [`backends`](Self::backends)).
+    #[must_use]
+    pub fn hub(&self) -> &storm_host::hub::Hub {
+        self.server.hub()
+    }
+
     /// Waits until `route`'s backend is connected (`connected = true`) or
     /// down. Returns `false` at once for a route not in the file.
     pub async fn wait_backend(&self, route: &str, connected: bool) -> bool {

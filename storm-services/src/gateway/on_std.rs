@@ -149,6 +149,15 @@ impl GatewayHandle {
         self.core.backends()
     }
 
+    /// The hub of the client endpoint: the clients' connections, messages
+    /// and bytes each way, drops and handshake failures
+    /// ([`Hub::metrics`](storm_host::hub::Hub::metrics)). Backend
+    /// connections are not in it (see [`backends`](Self::backends)).
+    #[must_use]
+    pub fn hub(&self) -> &storm_host::hub::Hub {
+        self.server.hub()
+    }
+
     /// Blocks until `route`'s backend is connected (`connected = true`) or
     /// down, for at most `timeout`; whether it is. `false` at once for a
     /// route not in the file.

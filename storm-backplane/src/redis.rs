@@ -32,7 +32,7 @@
 //! gets a new random epoch at its next append or read: positions of the old
 //! epoch are then [`Unrecoverable::EpochChanged`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
@@ -48,7 +48,7 @@ use storm_proto::backplane::{
     Unrecoverable, recover, recovery_range,
 };
 use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffConfigError, BackoffStep};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// Appends a room message and publishes it, in one step.
@@ -412,8 +412,10 @@ pub struct RedisBackplane {
     /// The command connection of `recover`, `position` and presence; `None`
     /// until first used or after it failed.
     commands: tokio::sync::Mutex<Option<MultiplexedConnection>>,
-    /// This node's presence entries, refreshed while it runs.
-    announced: Mutex<BTreeSet<(String, String)>>,
+    /// This node's presence entries, and what Redis has yet to hear of.
+    presence: Mutex<PresenceState>,
+    /// Wakes the presence task when `presence` changed.
+    presence_changed: Notify,
     counters: Counters,
     /// The reconnect schedule each task starts from (a copy each).
     backoff: Backoff,
@@ -438,7 +440,7 @@ pub struct Running {
 
 impl Running {
     /// Stops the publisher (what is still queued is not published), the
-    /// subscriber and the presence refresher, and waits for them.
+    /// subscriber and the presence task, and waits for them.
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
         for task in self.tasks.drain(..) {
@@ -455,6 +457,43 @@ impl Drop for Running {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One presence entry: a room and a member.
+type Entry = (String, String);
+
+/// This node's presence as the presence task keeps Redis told of it.
+#[derive(Debug, Default)]
+struct PresenceState {
+    /// Every entry of this node: written again every third of the TTL.
+    entries: BTreeSet<Entry>,
+    /// Entries to write at the task's next turn (disjoint from `removed`).
+    added: BTreeSet<Entry>,
+    /// Entries to remove at the task's next turn.
+    removed: BTreeSet<Entry>,
+}
+
+impl PresenceState {
+    fn present(&mut self, entry: Entry) {
+        self.removed.remove(&entry);
+        self.added.insert(entry.clone());
+        self.entries.insert(entry);
+    }
+
+    fn absent(&mut self, entry: Entry) {
+        self.added.remove(&entry);
+        self.entries.remove(&entry);
+        self.removed.insert(entry);
+    }
+}
+
+/// `entries` grouped by room, for one command per room.
+fn by_room(entries: impl IntoIterator<Item = Entry>) -> BTreeMap<String, Vec<String>> {
+    let mut rooms: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (room, member) in entries {
+        rooms.entry(room).or_default().push(member);
+    }
+    rooms
 }
 
 /// A fresh random epoch as the scripts take it: 8 bytes, big-endian. Used
@@ -497,7 +536,8 @@ impl RedisBackplane {
             queue,
             pending: Mutex::new(Some(pending)),
             commands: tokio::sync::Mutex::new(None),
-            announced: Mutex::new(BTreeSet::new()),
+            presence: Mutex::new(PresenceState::default()),
+            presence_changed: Notify::new(),
             counters: Counters::default(),
             backoff,
         })
@@ -535,7 +575,7 @@ impl RedisBackplane {
     /// Connects and subscribes to every room of the prefix, then runs, on
     /// the current tokio runtime, the publisher, the subscriber (which
     /// delivers other nodes' room messages into `hub`'s groups) and the
-    /// presence refresher. Returns once subscribed.
+    /// presence task. Returns once subscribed.
     ///
     /// # Errors
     ///
@@ -568,7 +608,7 @@ impl RedisBackplane {
         let tasks = vec![
             tokio::spawn(Arc::clone(self).run_subscriber(hub, deliver, pubsub, stopped.clone())),
             tokio::spawn(Arc::clone(self).run_publisher(pending, publisher, stopped.clone())),
-            tokio::spawn(Arc::clone(self).run_refresher(stopped)),
+            tokio::spawn(Arc::clone(self).run_presence(stopped)),
         ];
         Ok(Running { stop, tasks })
     }
@@ -793,17 +833,41 @@ impl RedisBackplane {
         pipeline.query_async::<Vec<u64>>(connection).await.map(drop)
     }
 
-    async fn run_refresher(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
+    /// Keeps Redis told of this node's presence: what changed as soon as
+    /// it changed ([`present`](Self::present), [`absent`](Self::absent)),
+    /// every entry again every third of the TTL. A write that fails is
+    /// logged and made good by the next refresh; a removal that fails, by
+    /// the entry's expiry.
+    async fn run_presence(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
         let period = self.config.presence_ttl / 3;
+        let mut next_refresh = tokio::time::Instant::now() + period;
         loop {
-            tokio::select! {
-                () = tokio::time::sleep(period) => {}
+            let refresh = tokio::select! {
+                () = tokio::time::sleep_until(next_refresh) => true,
+                () = self.presence_changed.notified() => false,
                 _ = stopped.wait_for(|stop| *stop) => return,
+            };
+            let (removed, written) = {
+                let mut state = lock(&self.presence);
+                let removed = std::mem::take(&mut state.removed);
+                let added = std::mem::take(&mut state.added);
+                if refresh {
+                    next_refresh = tokio::time::Instant::now() + period;
+                    (removed, state.entries.clone())
+                } else {
+                    (removed, added)
+                }
+            };
+            for (room, members) in by_room(removed) {
+                let mut command = redis::cmd("ZREM");
+                command.arg(self.channels.presence(&room)).arg(&members);
+                if let Err(error) = self.query::<u64>(&command).await {
+                    tracing::warn!(room, %error, "backplane: presence removal failed");
+                }
             }
-            let entries: Vec<(String, String)> = lock(&self.announced).iter().cloned().collect();
-            for (room, member) in entries {
-                if let Err(error) = self.touch(&room, &member).await {
-                    tracing::warn!(room, member, %error, "backplane: presence refresh failed");
+            for (room, members) in by_room(written) {
+                if let Err(error) = self.touch(&room, &members).await {
+                    tracing::warn!(room, %error, "backplane: presence write failed");
                 }
             }
         }
@@ -914,12 +978,13 @@ impl RedisBackplane {
         })
     }
 
-    async fn touch(&self, room: &str, member: &str) -> Result<(), Error> {
+    /// Marks `members` present in `room` until Redis's now + the TTL.
+    async fn touch(&self, room: &str, members: &[String]) -> Result<(), Error> {
         let mut tail = redis::Cmd::new();
         tail.arg(1)
             .arg(self.channels.presence(room))
             .arg(millis(Some(self.config.presence_ttl)))
-            .arg(member);
+            .arg(members);
         self.query_script::<u64>(&ANNOUNCE, &tail).await.map(drop)
     }
 
@@ -932,8 +997,24 @@ impl RedisBackplane {
     /// [`Error::Redis`] if Redis is unreachable or refuses (the entry is
     /// still refreshed once it is back).
     pub async fn announce(&self, room: &str, member: &str) -> Result<(), Error> {
-        lock(&self.announced).insert((room.to_owned(), member.to_owned()));
-        self.touch(room, member).await
+        lock(&self.presence).present((room.to_owned(), member.to_owned()));
+        self.touch(room, &[member.to_owned()]).await
+    }
+
+    /// [`announce`](Self::announce) without waiting: the entry is this
+    /// node's at once, and the presence task (of a started backplane)
+    /// writes it to Redis right after, in the order of this node's
+    /// `present` and [`absent`](Self::absent) calls.
+    pub fn present(&self, room: &str, member: &str) {
+        lock(&self.presence).present((room.to_owned(), member.to_owned()));
+        self.presence_changed.notify_one();
+    }
+
+    /// [`withdraw`](Self::withdraw) without waiting, like
+    /// [`present`](Self::present).
+    pub fn absent(&self, room: &str, member: &str) {
+        lock(&self.presence).absent((room.to_owned(), member.to_owned()));
+        self.presence_changed.notify_one();
     }
 
     /// Removes `member` from `room`'s presence.
@@ -943,7 +1024,7 @@ impl RedisBackplane {
     /// [`Error::Redis`] if Redis is unreachable or refuses (the entry then
     /// expires within the TTL).
     pub async fn withdraw(&self, room: &str, member: &str) -> Result<(), Error> {
-        lock(&self.announced).remove(&(room.to_owned(), member.to_owned()));
+        lock(&self.presence).absent((room.to_owned(), member.to_owned()));
         let mut command = redis::cmd("ZREM");
         command.arg(self.channels.presence(room)).arg(member);
         self.query::<u64>(&command).await.map(drop)

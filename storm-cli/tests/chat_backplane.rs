@@ -8,6 +8,7 @@
 #[path = "../../storm-backplane/tests/common/mod.rs"]
 mod redis_server;
 
+use std::io::Write;
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -26,8 +27,8 @@ const WAIT: Duration = Duration::from_secs(10);
 struct Node {
     child: Child,
     ws: String,
-    /// Kept so the server never blocks on a full pipe.
-    _out: mpsc::Receiver<String>,
+    /// Its stdout, line by line (read, so it never blocks on a full pipe).
+    out: mpsc::Receiver<String>,
 }
 
 impl Drop for Node {
@@ -56,11 +57,36 @@ impl Node {
                 break addr.trim().to_owned();
             }
         };
-        Self {
-            child,
-            ws,
-            _out: out,
+        Self { child, ws, out }
+    }
+
+    /// Runs `line` on the admin console; the lines it prints up to the
+    /// first for which `last` holds.
+    fn console(&mut self, line: &str, last: impl Fn(&str) -> bool) -> Vec<String> {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{line}").expect("console line");
+        stdin.flush().expect("flush");
+        let deadline = Instant::now() + WAIT;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.out.recv_timeout(left) {
+                Ok(line) => {
+                    let done = last(&line);
+                    seen.push(line);
+                    if done {
+                        return seen;
+                    }
+                }
+                Err(_) => panic!("{line}: not within {WAIT:?}: {seen:?}"),
+            }
         }
+    }
+
+    /// Kills the process (SIGKILL, by its pid: no goodbye to anyone).
+    fn kill(&mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("reaped");
     }
 
     /// A client, welcomed and in the lobby (its own `joined` seen).
@@ -81,15 +107,19 @@ impl Node {
             .get_ref()
             .set_read_timeout(Some(Duration::from_millis(200)))
             .expect("read timeout");
-        let mut client = Client { socket, id: 0 };
-        client.id = client.expect("welcome")["id"].as_u64().expect("id");
+        let mut client = Client {
+            socket,
+            id: Value::Null,
+        };
+        client.id = client.expect("welcome")["id"].clone();
         client
     }
 }
 
 struct Client {
     socket: WebSocket<TcpStream>,
-    id: u64,
+    /// As the welcome gave it.
+    id: Value,
 }
 
 impl Client {
@@ -132,8 +162,35 @@ impl Client {
 
     /// Up to this client's own event of type `ty`.
     fn own(&mut self, ty: &str) -> Vec<Value> {
-        let id = self.id;
+        let id = self.id.clone();
         self.until(|v| v["type"] == ty && v["id"] == id)
+    }
+
+    /// Renames itself; up to its own `renamed`.
+    fn name(&mut self, name: &str) {
+        self.send(&json!({"type": "name", "name": name}));
+        self.own("renamed");
+    }
+
+    /// The `users` list (across nodes).
+    fn users(&mut self) -> Vec<Value> {
+        self.send(&json!({"type": "users"}));
+        let seen = self.until(|v| v["type"] == "users" || v["type"] == "error");
+        let answer = seen.last().expect("an answer");
+        assert_eq!(answer["type"], "users", "{seen:?}");
+        answer["users"].as_array().expect("a list").clone()
+    }
+
+    /// Asks for `users` until `done` holds of the list; that list.
+    fn users_until(&mut self, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let users = self.users();
+            if done(&users) {
+                return users;
+            }
+            assert!(Instant::now() < deadline, "not within {WAIT:?}: {users:?}");
+        }
     }
 
     /// Joins `room` fresh; up to its own `joined`.
@@ -149,6 +206,11 @@ impl Client {
             .pop()
             .expect("chat")
     }
+}
+
+/// The names in a `users` list.
+fn names(users: &[Value]) -> Vec<&str> {
+    users.iter().filter_map(|u| u["name"].as_str()).collect()
 }
 
 /// The chat messages' texts among `seen`.
@@ -295,4 +357,101 @@ fn the_backplane_is_refused_off_tokio() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("tokio"), "{runtime}: {stderr}");
     }
+}
+
+#[test]
+fn session_ids_are_unique_across_nodes() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = (Node::start(&redis, &[]), Node::start(&redis, &[]));
+    let (mut alice, mut bob) = (a.connect(), b.connect());
+    // Both are their node's first session: `NODE-1`, the nodes differ.
+    let (ida, idb) = (alice.id.clone(), bob.id.clone());
+    let parts = |id: &Value| -> (String, String) {
+        let id = id.as_str().unwrap_or_else(|| panic!("a string id: {id}"));
+        let (node, n) = id.split_once('-').expect("NODE-N");
+        assert_eq!(node.len(), 8, "{id}");
+        (node.to_owned(), n.to_owned())
+    };
+    let ((node_a, na), (node_b, nb)) = (parts(&ida), parts(&idb));
+    assert_eq!((na.as_str(), nb.as_str()), ("1", "1"));
+    assert_ne!(node_a, node_b, "{ida} {idb}");
+    // The same ids in room events and lists, on both nodes.
+    alice.own("joined");
+    bob.own("joined");
+    alice.say("hi");
+    let seen = bob.until(|v| v["type"] == "chat" && v["text"] == "hi");
+    assert_eq!(seen.last().expect("chat")["id"], ida);
+    let users = bob.users_until(|users| users.len() == 2);
+    let ids: Vec<&Value> = users.iter().map(|u| &u["id"]).collect();
+    assert!(ids.contains(&&ida) && ids.contains(&&idb), "{users:?}");
+    // Guest names carry the id too: no two nodes give out the same one.
+    assert_eq!(
+        users.iter().find(|u| u["id"] == ida).expect("alice")["name"],
+        format!("guest-{}", ida.as_str().unwrap())
+    );
+}
+
+#[test]
+fn user_lists_span_nodes_and_a_killed_node_s_users_leave_within_the_ttl() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let ttl = Duration::from_millis(1500);
+    let presence = ["--backplane-presence-ttl-ms", "1500"];
+    let (mut a, b) = (
+        Node::start(&redis, &presence),
+        Node::start(&redis, &presence),
+    );
+    let (mut alice, mut bob) = (a.client(), b.client());
+    alice.name("alice");
+    bob.name("bob");
+    bob.join("rust");
+    let users = bob
+        .users_until(|users| names(users) == ["alice", "bob"] || names(users) == ["bob", "alice"]);
+    let room_of = |name: &str| {
+        users
+            .iter()
+            .find(|u| u["name"] == name)
+            .map(|u| u["room"].clone())
+    };
+    assert_eq!(room_of("alice"), Some(json!("lobby")));
+    assert_eq!(room_of("bob"), Some(json!("rust")));
+    alice.send(&json!({"type": "rooms"}));
+    let rooms = alice.expect("rooms");
+    assert_eq!(
+        rooms["rooms"],
+        json!([{"name": "lobby", "members": 1}, {"name": "rust", "members": 1}]),
+        "{rooms}"
+    );
+    // The console sees every node's sessions and rooms.
+    let bob_id = bob.id.as_str().expect("id").to_owned();
+    let listed = a.console("/sessions", |line| line.contains(" bob "));
+    assert!(listed.iter().any(|l| l == "2 sessions"), "{listed:?}");
+    assert!(
+        listed
+            .last()
+            .expect("bob")
+            .starts_with(&format!("  #{bob_id} bob room=rust")),
+        "{listed:?}"
+    );
+    let rooms = a.console("/rooms", |line| line.starts_with("  rust"));
+    assert_eq!(rooms.last().expect("rust"), "  rust: 1 (bob)", "{rooms:?}");
+
+    // Refreshed while its node runs: still listed after twice the TTL.
+    let until = Instant::now() + 2 * ttl;
+    while Instant::now() < until {
+        assert!(names(&bob.users()).contains(&"alice"));
+    }
+    // Node A dies without a word: alice leaves B's list within the TTL
+    // (bounded here by WAIT, for a loaded machine).
+    a.kill();
+    let killed = Instant::now();
+    let users = bob.users_until(|users| !names(users).contains(&"alice"));
+    assert_eq!(names(&users), ["bob"]);
+    println!(
+        "alice gone {:?} after the kill (TTL {ttl:?})",
+        killed.elapsed()
+    );
 }

@@ -126,7 +126,7 @@ use storm_host::options::{ServerOptions, WsOptions};
 use storm_host::peer::{Peer, Registry as ServerRegistry};
 use storm_host::setup::{Decision, UpgradeInfo};
 use storm_proto::Message;
-use storm_proto::backplane::Position;
+use storm_proto::backplane::{Position, SessionAddr};
 use storm_proto::ws::CloseCode;
 
 use crate::host::{Runtime, Stop};
@@ -511,6 +511,79 @@ impl Chat {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The id the chat shows for this node's session `id`.
+    fn id_of(&self, id: SessionId) -> ChatId {
+        match &self.nodes {
+            Some(nodes) => ChatId::Node(SessionAddr::new(nodes.tag(), id.get())),
+            None => ChatId::Local(id.get()),
+        }
+    }
+
+    /// The user `id` as `users` lists it.
+    fn info(&self, id: SessionId, user: &User) -> UserInfo {
+        UserInfo {
+            id: self.id_of(id),
+            name: user.name.clone(),
+            room: user.room.clone(),
+        }
+    }
+
+    /// Across nodes, tells the directory that user `id` was `before` and
+    /// is now `after` (`None`: not there); called with the registry lock
+    /// held, so the directory hears of a user's changes in their order.
+    fn relist(&self, before: Option<&UserInfo>, after: Option<&UserInfo>) {
+        if let Some(nodes) = &self.nodes {
+            if before != after {
+                nodes.relist(before, after);
+            }
+        }
+    }
+
+    /// Every user on every node, by id (this node's as of now, the others'
+    /// as the directory holds them); with why the others' are missing if
+    /// the directory cannot be read.
+    async fn all_users(&self) -> (Vec<UserInfo>, Option<String>) {
+        let others = match &self.nodes {
+            Some(nodes) => nodes.others().await,
+            None => Ok(Vec::new()),
+        };
+        let mut users = self.local_users();
+        let error = match others {
+            Ok(others) => {
+                users.extend(others);
+                users.sort_by_key(|user| user.id);
+                None
+            }
+            Err(error) => Some(error),
+        };
+        (users, error)
+    }
+
+    /// [`all_users`](Self::all_users), for the console's thread: waits for
+    /// the directory there.
+    fn all_users_blocking(&self) -> Vec<UserInfo> {
+        let (users, error) = match &self.nodes {
+            Some(nodes) => nodes.block_on(self.all_users()),
+            None => (self.local_users(), None),
+        };
+        if let Some(error) = error {
+            println!("the users of other nodes are unknown: {error}");
+        }
+        users
+    }
+
+    /// This node's users, by id.
+    fn local_users(&self) -> Vec<UserInfo> {
+        let registry = self.registry();
+        let mut users: Vec<UserInfo> = registry
+            .users
+            .iter()
+            .map(|(&id, user)| self.info(id, user))
+            .collect();
+        users.sort_by_key(|user| user.id);
+        users
+    }
+
     /// Sends `event` to the members of `room`.
     fn to_room(&self, room: &str, event: &Out<'_>) {
         self.to_group(room, &encode(event));
@@ -585,22 +658,25 @@ impl Chat {
     /// Registers a new user; the welcome to send it before anything else.
     fn connect(&self, session: &Peer) -> Message {
         let id = session.id();
-        let name = format!("guest-{}", id.get());
-        println!("connect {id} {name} from {}", session.remote_addr());
+        let name = format!("guest-{}", self.id_of(id));
+        println!(
+            "connect #{} {name} from {}",
+            self.id_of(id),
+            session.remote_addr()
+        );
         {
             let mut registry = self.registry();
+            let user = User {
+                name: name.clone(),
+                room: None,
+                session: session.clone(),
+            };
+            self.relist(None, Some(&self.info(id, &user)));
             registry.names.insert(name.clone(), id);
-            registry.users.insert(
-                id,
-                User {
-                    name: name.clone(),
-                    room: None,
-                    session: session.clone(),
-                },
-            );
+            registry.users.insert(id, user);
         }
         encode(&Out::Welcome {
-            id: id.get(),
+            id: self.id_of(id),
             name: &name,
             room: LOBBY,
         })
@@ -638,6 +714,7 @@ impl Chat {
             registry.pending.remove(&id);
             if let Some(user) = &user {
                 registry.names.remove(&user.name);
+                self.relist(Some(&self.info(id, user)), None);
             }
             user
         };
@@ -646,12 +723,12 @@ impl Chat {
             session.leave(room);
             let left = Out::Left {
                 room,
-                id: id.get(),
+                id: self.id_of(id),
                 name: &user.name,
             };
             self.to_room(room, &left);
         }
-        println!("disconnect {id} {} ({reason})", user.name);
+        println!("disconnect #{} {} ({reason})", self.id_of(id), user.name);
     }
 
     /// Sends the tick to everyone.
@@ -698,36 +775,36 @@ enum Command {
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Out<'a> {
     Welcome {
-        id: u64,
+        id: ChatId,
         name: &'a str,
         room: &'a str,
     },
     Renamed {
-        id: u64,
+        id: ChatId,
         old: &'a str,
         name: &'a str,
     },
     Chat {
         room: &'a str,
-        id: u64,
+        id: ChatId,
         from: &'a str,
         text: &'a str,
     },
     Whisper {
-        from_id: u64,
+        from_id: ChatId,
         from: &'a str,
-        to_id: u64,
+        to_id: ChatId,
         to: &'a str,
         text: &'a str,
     },
     Joined {
         room: &'a str,
-        id: u64,
+        id: ChatId,
         name: &'a str,
     },
     Left {
         room: &'a str,
-        id: u64,
+        id: ChatId,
         name: &'a str,
     },
     Users {
@@ -761,9 +838,11 @@ enum Out<'a> {
     },
 }
 
-#[derive(Debug, Serialize)]
+/// One user as `users` lists it (and, across nodes, as the directory
+/// holds it: see `nodes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 struct UserInfo {
-    id: u64,
+    id: ChatId,
     name: String,
     room: Option<String>,
 }
@@ -774,17 +853,47 @@ struct RoomInfo {
     members: usize,
 }
 
+/// A session's id as the chat shows it and takes it back: on one node the
+/// hub's number (`7`, a JSON number); across nodes `NODE-N` (a
+/// [`SessionAddr`], a JSON string such as `"0a1b2c3d-7"`), unique among
+/// every node's sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum ChatId {
+    Local(u64),
+    Node(SessionAddr),
+}
+
+impl Serialize for ChatId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Local(n) => serializer.serialize_u64(*n),
+            Self::Node(addr) => serializer.collect_str(addr),
+        }
+    }
+}
+
+impl std::fmt::Display for ChatId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Local(n) => write!(f, "{n}"),
+            Self::Node(addr) => write!(f, "{addr}"),
+        }
+    }
+}
+
 fn encode(event: &Out<'_>) -> Message {
     // Serializing these plain structs cannot fail; an empty object is a
     // harmless fallback.
     Message::from(serde_json::to_string(event).unwrap_or_else(|_| "{}".to_owned()))
 }
 
-/// Whether `name` has the shape of the names new users get; those are
+/// Whether `name` has the shape of the names new users get (`guest-` and
+/// a session id: `guest-7`, across nodes `guest-0a1b2c3d-7`); those are
 /// reserved, so a later connection's default name is never taken.
 fn is_guest_name(name: &str) -> bool {
-    name.strip_prefix("guest-")
-        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    name.strip_prefix("guest-").is_some_and(|n| {
+        (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) || n.parse::<SessionAddr>().is_ok()
+    })
 }
 
 /// A user or room name, trimmed, or why it is refused.
@@ -818,15 +927,17 @@ fn handle(chat: &Chat, session: &Peer, command: Command) -> Result<Option<Messag
                     return Err(format!("the name {name} is taken"));
                 }
                 let user = registry.users.get_mut(&id).ok_or("not registered")?;
+                let before = chat.info(id, user);
                 let old = std::mem::replace(&mut user.name, name.clone());
                 let room = user.room.clone();
+                chat.relist(Some(&before), Some(&chat.info(id, user)));
                 registry.names.remove(&old);
                 registry.names.insert(name.clone(), id);
                 (old, room)
             };
-            println!("rename {id} {old} -> {name}");
+            println!("rename #{} {old} -> {name}", chat.id_of(id));
             let renamed = encode(&Out::Renamed {
-                id: id.get(),
+                id: chat.id_of(id),
                 old: &old,
                 name: &name,
             });
@@ -847,7 +958,7 @@ fn handle(chat: &Chat, session: &Peer, command: Command) -> Result<Option<Messag
             let room = room.ok_or("you are in no room: join one first")?;
             let event = Out::Chat {
                 room: &room,
-                id: id.get(),
+                id: chat.id_of(id),
                 from: &name,
                 text: &text,
             };
@@ -876,9 +987,9 @@ fn handle(chat: &Chat, session: &Peer, command: Command) -> Result<Option<Messag
                 return Err("you cannot whisper to yourself".to_owned());
             }
             let event = encode(&Out::Whisper {
-                from_id: id.get(),
+                from_id: chat.id_of(id),
                 from: &from,
-                to_id: target.id().get(),
+                to_id: chat.id_of(target.id()),
                 to,
                 text: &text,
             });
@@ -899,44 +1010,57 @@ fn handle(chat: &Chat, session: &Peer, command: Command) -> Result<Option<Messag
             let (name, room) = {
                 let mut registry = chat.registry();
                 let user = registry.users.get_mut(&id).ok_or("not registered")?;
+                let before = chat.info(id, user);
                 let left = (user.name.clone(), user.room.take());
+                chat.relist(Some(&before), Some(&chat.info(id, user)));
                 registry.pending.remove(&id);
                 left
             };
             let room = room.ok_or("you are in no room")?;
             let left = encode(&Out::Left {
                 room: &room,
-                id: id.get(),
+                id: chat.id_of(id),
                 name: &name,
             });
             session.leave(&room);
             chat.to_group(&room, &left);
             Ok(Some(left))
         }
-        Command::Users => {
-            let registry = chat.registry();
-            let mut users: Vec<UserInfo> = registry
-                .users
-                .iter()
-                .map(|(id, user)| UserInfo {
-                    id: id.get(),
-                    name: user.name.clone(),
-                    room: user.room.clone(),
-                })
-                .collect();
-            users.sort_by_key(|user| user.id);
-            Ok(Some(encode(&Out::Users { users })))
+        Command::Users | Command::Rooms => {
+            let rooms = matches!(command, Command::Rooms);
+            match (&chat.nodes, chat.me.upgrade()) {
+                (Some(nodes), Some(me)) => {
+                    let session = session.clone();
+                    nodes.spawn(async move {
+                        let (users, error) = me.all_users().await;
+                        if let Some(error) = error {
+                            let error = format!("the users of other nodes are unknown: {error}");
+                            let _ = session.try_send(encode(&Out::Error { error: &error }));
+                        }
+                        let _ = session.try_send(listing(users, rooms));
+                    });
+                    Ok(None)
+                }
+                _ => Ok(Some(listing(chat.local_users(), rooms))),
+            }
         }
-        Command::Rooms => Ok(Some(encode(&Out::Rooms {
-            rooms: rooms(chat)
-                .into_iter()
-                .map(|(name, members)| RoomInfo {
-                    members: members.len(),
-                    name,
-                })
-                .collect(),
-        }))),
     }
+}
+
+/// `users`, or `rooms` when `rooms`, of `users`.
+fn listing(users: Vec<UserInfo>, rooms: bool) -> Message {
+    if !rooms {
+        return encode(&Out::Users { users });
+    }
+    encode(&Out::Rooms {
+        rooms: rooms_of(&users)
+            .into_iter()
+            .map(|(name, members)| RoomInfo {
+                members: members.len(),
+                name,
+            })
+            .collect(),
+    })
 }
 
 /// Moves `session` from its room (if any) to `room`, telling both rooms.
@@ -954,7 +1078,9 @@ fn join(chat: &Chat, session: &Peer, room: &str, since: Option<Position>) -> Res
         if chat.nodes.is_none() {
             session.join(room).map_err(|e| e.to_string())?;
         }
+        let before = chat.info(id, user);
         let moved = (user.name.clone(), user.room.replace(room.to_owned()));
+        chat.relist(Some(&before), Some(&chat.info(id, user)));
         if chat.nodes.is_some() {
             let pending = nodes::Pending {
                 room: room.to_owned(),
@@ -970,14 +1096,14 @@ fn join(chat: &Chat, session: &Peer, room: &str, since: Option<Position>) -> Res
         session.leave(&old);
         let left = Out::Left {
             room: &old,
-            id: id.get(),
+            id: chat.id_of(id),
             name: &name,
         };
         chat.to_room(&old, &left);
     }
     let joined = Out::Joined {
         room,
-        id: id.get(),
+        id: chat.id_of(id),
         name: &name,
     };
     match (&chat.nodes, chat.me.upgrade()) {
@@ -990,11 +1116,10 @@ fn join(chat: &Chat, session: &Peer, room: &str, since: Option<Position>) -> Res
     Ok(())
 }
 
-/// Rooms with their members' names, sorted.
-fn rooms(chat: &Chat) -> BTreeMap<String, Vec<String>> {
-    let registry = chat.registry();
+/// The rooms of `users`, with their members' names, sorted.
+fn rooms_of(users: &[UserInfo]) -> BTreeMap<String, Vec<String>> {
     let mut rooms: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for user in registry.users.values() {
+    for user in users {
         if let Some(room) = &user.room {
             rooms
                 .entry(room.clone())
@@ -1058,7 +1183,7 @@ fn console(chat: &Chat, line: &str) -> Console {
         "/kick" => match session_arg(chat, rest) {
             Ok(session) => {
                 session.close_with(CloseCode::POLICY_VIOLATION, "kicked");
-                println!("kicked {}", session.id());
+                println!("kicked #{}", chat.id_of(session.id()));
             }
             Err(e) => println!("{e}"),
         },
@@ -1071,7 +1196,7 @@ fn console(chat: &Chat, line: &str) -> Console {
             println!("broadcast to {} sessions", report.delivered);
         }
         "/rooms" => {
-            let rooms = rooms(chat);
+            let rooms = rooms_of(&chat.all_users_blocking());
             println!("{} rooms", rooms.len());
             for (room, members) in rooms {
                 println!("  {room}: {} ({})", members.len(), members.join(", "));
@@ -1095,21 +1220,48 @@ fn console(chat: &Chat, line: &str) -> Console {
     Console::Continue
 }
 
-/// The session named by a console argument (`3` or `#3`).
+/// The session named by a console argument: `3` or `#3`, and across
+/// nodes `0a1b2c3d-3` or `#0a1b2c3d-3` too.
 fn session_arg(chat: &Chat, arg: &str) -> Result<Peer, String> {
-    let number = arg
-        .strip_prefix('#')
-        .unwrap_or(arg)
-        .parse::<u64>()
-        .map_err(|_| format!("not a session id: {arg:?}"))?;
+    let bare = arg.strip_prefix('#').unwrap_or(arg);
+    let number = match (
+        bare.parse::<u64>(),
+        bare.parse::<SessionAddr>(),
+        &chat.nodes,
+    ) {
+        (Ok(number), _, _) => number,
+        (_, Ok(addr), Some(nodes)) if addr.node == nodes.tag() => addr.session,
+        (_, Ok(_), Some(_)) => return Err(format!("session #{bare} is on another node")),
+        _ => return Err(format!("not a session id: {arg:?}")),
+    };
+    let id = SessionId::new(number);
     chat.server
-        .peer(SessionId::new(number))
-        .ok_or_else(|| format!("no session #{number}"))
+        .peer(id)
+        .ok_or_else(|| format!("no session #{}", chat.id_of(id)))
 }
 
+/// `/sessions`: this node's, then (across nodes) the other nodes'.
 fn list_sessions(chat: &Chat) {
     let sessions = chat.server.peers();
-    println!("{} sessions", sessions.len());
+    let others: Vec<UserInfo> = match &chat.nodes {
+        Some(nodes) => {
+            let mine =
+                |user: &UserInfo| matches!(user.id, ChatId::Node(a) if a.node == nodes.tag());
+            let mut users = chat.all_users_blocking();
+            users.retain(|user| !mine(user));
+            users
+        }
+        None => Vec::new(),
+    };
+    println!("{} sessions", sessions.len() + others.len());
+    for user in &others {
+        println!(
+            "  #{} {} room={} on another node",
+            user.id,
+            user.name,
+            user.room.as_deref().unwrap_or("-")
+        );
+    }
     let registry = chat.registry();
     for session in sessions {
         let (name, room) = registry
@@ -1119,8 +1271,8 @@ fn list_sessions(chat: &Chat) {
                 (user.name.as_str(), user.room.as_deref())
             });
         println!(
-            "  {} {name} room={} from {} up {}s",
-            session.id(),
+            "  #{} {name} room={} from {} up {}s",
+            chat.id_of(session.id()),
             room.unwrap_or("-"),
             session.remote_addr(),
             session.uptime().as_secs()
@@ -1138,8 +1290,8 @@ fn info(chat: &Chat, session: &Peer) {
         });
     let metrics = session.metrics();
     println!(
-        "{} {name} room={} from {} up {:.1}s state {:?}",
-        session.id(),
+        "#{} {name} room={} from {} up {:.1}s state {:?}",
+        chat.id_of(session.id()),
         room.as_deref().unwrap_or("-"),
         session.remote_addr(),
         session.uptime().as_secs_f64(),

@@ -42,6 +42,45 @@ fn node_ids_print_and_parse_as_32_hex_digits() {
 }
 
 #[test]
+fn session_addresses_print_and_parse_as_node_dash_number() {
+    let node = NodeId::from_u128(0x1234_5678_9abc_def0_0a1b_2c3d);
+    assert_eq!(node.tag(), NodeTag::from_u32(0x0a1b_2c3d));
+    let addr = SessionAddr::new(node.tag(), 7);
+    assert_eq!(addr.to_string(), "0a1b2c3d-7");
+    assert_eq!("0A1B2C3D-7".parse::<SessionAddr>(), Ok(addr));
+    for bad in [
+        "",
+        "7",
+        "0a1b2c3d-",
+        "0a1b2c3d7",
+        "-7",
+        "a1b2c3d-7",
+        "00a1b2c3d-7",
+        "0a1b2c3g-7",
+        "+a1b2c3d-7",
+        "0a1b2c3d-+7",
+        "0a1b2c3d-07",
+        "0a1b2c3d-7-1",
+        "0a1b2c3d-18446744073709551616",
+    ] {
+        assert_eq!(bad.parse::<SessionAddr>(), Err(SessionAddrError), "{bad:?}");
+    }
+}
+
+proptest! {
+    /// Every address reads back as itself; parsing any text is total and
+    /// gives back only what it writes.
+    #[test]
+    fn session_addresses_round_trip(node in any::<u32>(), session in any::<u64>(), text in ".{0,40}") {
+        let addr = SessionAddr::new(NodeTag::from_u32(node), session);
+        prop_assert_eq!(addr.to_string().parse::<SessionAddr>(), Ok(addr));
+        if let Ok(parsed) = text.parse::<SessionAddr>() {
+            prop_assert!(parsed.to_string().eq_ignore_ascii_case(&text));
+        }
+    }
+}
+
+#[test]
 fn random_ids_and_epochs_differ() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     assert_ne!(NodeId::random(&mut rng), NodeId::random(&mut rng));

@@ -20,16 +20,26 @@
 //! [`publish_ordered`]: RedisBackplane::publish_ordered
 //! [`recover`]: RedisBackplane::recover
 
+use std::future::Future;
 use std::io;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use storm_backplane::redis::{Deliver, Recovery, RedisBackplane, RedisConfig, Running};
 use storm_host::hub::Hub;
 use storm_host::peer::Peer;
 use storm_proto::Message;
-use storm_proto::backplane::{Epoch, Position};
+use storm_proto::backplane::{Epoch, NodeTag, Position, SessionAddr};
 
-use super::{Chat, Out, encode};
+use super::{Chat, ChatId, Out, UserInfo, encode};
+
+/// The presence "room" that holds the chat's user directory: every user of
+/// every node, one entry each (the JSON of its [`UserInfo`], id `NODE-N`).
+/// Empty, a name no chat room can have.
+const DIRECTORY: &str = "";
+
+/// How long a listing waits for the directory.
+const DIRECTORY_WAIT: Duration = Duration::from_secs(5);
 
 /// Events a session that is joining buffers at most while its recovery
 /// runs; beyond it, it is told recovery is impossible.
@@ -80,6 +90,51 @@ impl Nodes {
             .map_err(io::Error::other)
     }
 
+    /// This node's tag, in every session id it shows.
+    pub(super) fn tag(&self) -> NodeTag {
+        self.backplane.node().tag()
+    }
+
+    /// Runs `task` on the backplane's runtime.
+    pub(super) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.runtime.spawn(task);
+    }
+
+    /// Waits for `task` on the calling thread (not one of the runtime's:
+    /// the console's).
+    pub(super) fn block_on<T>(&self, task: impl Future<Output = T>) -> T {
+        self.runtime.block_on(task)
+    }
+
+    /// Tells the directory that a user of this node was `before` and is
+    /// now `after` (`None`: not there). Never waits: the backplane's
+    /// presence task writes it, in call order, and refreshes this node's
+    /// entries while it runs; a killed node's entries expire within
+    /// [`RedisConfig::presence_ttl`].
+    pub(super) fn relist(&self, before: Option<&UserInfo>, after: Option<&UserInfo>) {
+        if let Some(entry) = before.and_then(entry) {
+            self.backplane.absent(DIRECTORY, &entry);
+        }
+        if let Some(entry) = after.and_then(entry) {
+            self.backplane.present(DIRECTORY, &entry);
+        }
+    }
+
+    /// The users of the other nodes, as the directory holds them (waiting
+    /// at most [`DIRECTORY_WAIT`]).
+    pub(super) async fn others(&self) -> Result<Vec<UserInfo>, String> {
+        let members = tokio::time::timeout(DIRECTORY_WAIT, self.backplane.members(DIRECTORY))
+            .await
+            .map_err(|_| format!("no answer within {DIRECTORY_WAIT:?}"))?
+            .map_err(|e| e.to_string())?;
+        let mine = self.tag();
+        Ok(members
+            .iter()
+            .filter_map(|member| listed(member))
+            .filter(|user| !matches!(user.id, ChatId::Node(addr) if addr.node == mine))
+            .collect())
+    }
+
     /// Sends `message` to `room` on every node, this one included.
     pub(super) fn publish(&self, room: &str, message: &Message) {
         self.backplane.publish_ordered(room, message);
@@ -114,6 +169,32 @@ impl Nodes {
             chat.finish_join(&session, &room, ticket, outcome.map_err(|e| e.to_string()));
         });
     }
+}
+
+/// A user's directory entry: its JSON (fields in declaration order, so
+/// the same user always gives the same entry); `None` for an id that is
+/// not `NODE-N`.
+fn entry(user: &UserInfo) -> Option<String> {
+    matches!(user.id, ChatId::Node(_))
+        .then(|| serde_json::to_string(user).ok())
+        .flatten()
+}
+
+/// The user a directory entry names; `None` for what no node writes.
+fn listed(entry: &str) -> Option<UserInfo> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        id: String,
+        name: String,
+        room: Option<String>,
+    }
+    let Entry { id, name, room } = serde_json::from_str(entry).ok()?;
+    let addr: SessionAddr = id.parse().ok()?;
+    Some(UserInfo {
+        id: ChatId::Node(addr),
+        name,
+        room,
+    })
 }
 
 /// `message` (a JSON object) with `"epoch"` and `"offset"` of `position`
@@ -233,6 +314,35 @@ mod tests {
         assert!(since(None, Some(3)).is_err());
         assert!(since(Some("zz"), Some(3)).is_err());
         assert!(since(Some("0"), Some(3)).is_err());
+    }
+
+    #[test]
+    fn directory_entries_read_back_as_the_user_they_list() {
+        let user = UserInfo {
+            id: ChatId::Node(SessionAddr::new(NodeTag::from_u32(0xab), 7)),
+            name: "alice".to_owned(),
+            room: Some("rust".to_owned()),
+        };
+        let written = entry(&user).unwrap();
+        assert_eq!(
+            written,
+            r#"{"id":"000000ab-7","name":"alice","room":"rust"}"#
+        );
+        assert_eq!(listed(&written), Some(user));
+        let local = UserInfo {
+            id: ChatId::Local(7),
+            name: "bob".to_owned(),
+            room: None,
+        };
+        assert_eq!(entry(&local), None);
+        for bad in [
+            "",
+            "{}",
+            r#"{"id":7,"name":"x","room":null}"#,
+            r#"{"id":"7","name":"x","room":null}"#,
+        ] {
+            assert_eq!(listed(bad), None, "{bad}");
+        }
     }
 
     #[test]

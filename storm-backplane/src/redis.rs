@@ -44,8 +44,8 @@ use redis::aio::MultiplexedConnection;
 use storm_host::hub::{Backplane, Hub};
 use storm_proto::Message;
 use storm_proto::backplane::{
-    Channel, Channels, Envelope, Epoch, Kind, NodeId, Order, Position, PrefixError, Subscriber,
-    Unrecoverable, recover, recovery_range,
+    Channel, Channels, Envelope, Epoch, Kind, NodeId, NodeTag, Order, Position, PrefixError,
+    Subscriber, Unrecoverable, recover, recovery_range,
 };
 use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffConfigError, BackoffStep};
 use tokio::sync::{Notify, mpsc, watch};
@@ -319,6 +319,9 @@ pub struct RedisStats {
     /// Received messages that did not decode, or whose channel and room
     /// disagree (dropped).
     pub invalid: u64,
+    /// Messages to this node or to every node, from other nodes, handed
+    /// to its [`on_node_message`](RedisBackplane::on_node_message).
+    pub node_messages: u64,
     /// Times the subscriber (re)subscribed.
     pub subscriptions: u64,
 }
@@ -335,6 +338,7 @@ struct Counters {
     missed: AtomicU64,
     epoch_changes: AtomicU64,
     invalid: AtomicU64,
+    node_messages: AtomicU64,
     subscriptions: AtomicU64,
 }
 
@@ -342,12 +346,20 @@ fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
 }
 
-/// A room message waiting for the publisher: the room and its encoded,
-/// unpositioned envelope.
-struct Publication {
-    room: String,
-    wire: Bytes,
+/// A message waiting for the publisher, its envelope encoded.
+enum Publication {
+    /// A room message (unpositioned): appended, positioned and published
+    /// by the publish script.
+    Room { room: String, wire: Bytes },
+    /// A message to one node or every node: published on `channel` as it
+    /// is.
+    Node { channel: String, wire: Bytes },
 }
+
+/// What a node does with a message sent to it ([`RedisBackplane::to_node`])
+/// or to every node ([`RedisBackplane::to_all_nodes`]): called once per
+/// message on the subscriber task, so it must not block.
+pub type OnNodeMessage = Arc<dyn Fn(&Hub, &Message) + Send + Sync>;
 
 /// What a node does with a room message from the backplane: by default
 /// ([`RedisBackplane::start`]) `hub.deliver_group(room, message, None)`.
@@ -416,6 +428,8 @@ pub struct RedisBackplane {
     presence: Mutex<PresenceState>,
     /// Wakes the presence task when `presence` changed.
     presence_changed: Notify,
+    /// What messages to this node go to; set before `start`.
+    on_node: std::sync::OnceLock<OnNodeMessage>,
     counters: Counters,
     /// The reconnect schedule each task starts from (a copy each).
     backoff: Backoff,
@@ -538,6 +552,7 @@ impl RedisBackplane {
             commands: tokio::sync::Mutex::new(None),
             presence: Mutex::new(PresenceState::default()),
             presence_changed: Notify::new(),
+            on_node: std::sync::OnceLock::new(),
             counters: Counters::default(),
             backoff,
         })
@@ -568,6 +583,7 @@ impl RedisBackplane {
             missed: load(&c.missed),
             epoch_changes: load(&c.epoch_changes),
             invalid: load(&c.invalid),
+            node_messages: load(&c.node_messages),
             subscriptions: load(&c.subscriptions),
         }
     }
@@ -616,6 +632,10 @@ impl RedisBackplane {
     async fn subscribe(&self) -> Result<redis::aio::PubSub, Error> {
         let mut pubsub = self.client.get_async_pubsub().await?;
         pubsub.psubscribe(self.channels.all_rooms()).await?;
+        pubsub
+            .subscribe(self.channels.node(self.node.tag()))
+            .await?;
+        pubsub.subscribe(self.channels.all_nodes()).await?;
         bump(&self.counters.subscriptions, 1);
         Ok(pubsub)
     }
@@ -685,11 +705,19 @@ impl RedisBackplane {
     /// One message from the room pattern: decode, classify, deliver.
     fn receive(&self, hub: &Hub, deliver: &Deliver, rooms: &mut Subscriber, message: &redis::Msg) {
         let c = &self.counters;
-        bump(&c.received, 1);
-        let Some(Channel::Room(room)) = self.channels.parse(message.get_channel_name()) else {
-            bump(&c.invalid, 1);
-            return;
+        let room = match self.channels.parse(message.get_channel_name()) {
+            Some(Channel::Room(room)) => room,
+            Some(Channel::Node(_) | Channel::AllNodes) => {
+                self.receive_node_message(hub, message);
+                return;
+            }
+            _ => {
+                bump(&c.received, 1);
+                bump(&c.invalid, 1);
+                return;
+            }
         };
+        bump(&c.received, 1);
         let wire = Bytes::copy_from_slice(message.get_payload_bytes());
         let envelope = match Envelope::decode(wire, self.config.max_payload) {
             Ok(envelope) if envelope.kind == Kind::Room && envelope.name.as_str() == room => {
@@ -737,6 +765,40 @@ impl RedisBackplane {
             bump(&c.own, 1);
         } else {
             bump(&c.duplicates, 1);
+        }
+    }
+
+    /// One message on this node's channel or the every-node one: decoded
+    /// and handed to [`on_node_message`](Self::on_node_message)'s handler,
+    /// unless this node sent it.
+    fn receive_node_message(&self, hub: &Hub, message: &redis::Msg) {
+        let c = &self.counters;
+        let wire = Bytes::copy_from_slice(message.get_payload_bytes());
+        let envelope = match Envelope::decode(wire, self.config.max_payload) {
+            Ok(envelope) if envelope.kind == Kind::Node => envelope,
+            Ok(_) => {
+                bump(&c.invalid, 1);
+                tracing::warn!("backplane: a room or user message on a node channel");
+                return;
+            }
+            Err(error) => {
+                bump(&c.invalid, 1);
+                tracing::warn!(%error, "backplane: undecodable node message");
+                return;
+            }
+        };
+        if envelope.origin == self.node {
+            return; // its own, to every node: it acted on it already
+        }
+        match self.on_node.get() {
+            Some(handler) => {
+                bump(&c.node_messages, 1);
+                handler(hub, &envelope.message);
+            }
+            None => {
+                bump(&c.invalid, 1);
+                tracing::warn!("backplane: a node message, and no handler for it");
+            }
         }
     }
 
@@ -818,7 +880,13 @@ impl RedisBackplane {
     ) -> Result<(), redis::RedisError> {
         let mut pipeline = redis::pipe();
         for publication in batch {
-            let room = &publication.room;
+            let (room, wire) = match publication {
+                Publication::Room { room, wire } => (room, wire),
+                Publication::Node { channel, wire } => {
+                    pipeline.cmd("PUBLISH").arg(channel).arg(&wire[..]);
+                    continue;
+                }
+            };
             let mut tail = redis::Cmd::new();
             tail.arg(2)
                 .arg(self.channels.meta(room))
@@ -826,7 +894,7 @@ impl RedisBackplane {
                 .arg(&epoch_candidate()[..])
                 .arg(self.config.history_len)
                 .arg(self.channels.room(room))
-                .arg(&publication.wire[..])
+                .arg(&wire[..])
                 .arg(millis(self.config.history_ttl));
             pipeline.add_command(PUBLISH.command(false, &tail));
         }
@@ -1057,6 +1125,51 @@ impl RedisBackplane {
         self.enqueue(room, message, true);
     }
 
+    /// Sends `message` to the node tagged `node` (see [`NodeTag`]), to its
+    /// [`on_node_message`](Self::on_node_message) handler. Never waits; a
+    /// full queue drops it (counted, logged) and returns `false`.
+    pub fn to_node(&self, node: NodeTag, message: &Message) -> bool {
+        let channel = self.channels.node(node);
+        self.enqueue_node(channel, &node.to_string(), message)
+    }
+
+    /// Sends `message` to every other node's
+    /// [`on_node_message`](Self::on_node_message) handler, as
+    /// [`to_node`](Self::to_node) does.
+    pub fn to_all_nodes(&self, message: &Message) -> bool {
+        self.enqueue_node(self.channels.all_nodes(), "all", message)
+    }
+
+    /// Where messages to this node ([`to_node`](Self::to_node),
+    /// [`to_all_nodes`](Self::to_all_nodes)) go. Set it before
+    /// [`start`](Self::start); only the first call counts (`false` for
+    /// the others). Without it they are counted as
+    /// [`invalid`](RedisStats::invalid) and dropped.
+    pub fn on_node_message(&self, handler: OnNodeMessage) -> bool {
+        self.on_node.set(handler).is_ok()
+    }
+
+    fn enqueue_node(&self, channel: String, to: &str, message: &Message) -> bool {
+        let wire = match Envelope::node(self.node, to, message.clone()).to_bytes() {
+            Ok(wire) => wire,
+            Err(error) => {
+                bump(&self.counters.publish_failed, 1);
+                tracing::warn!(to, %error, "backplane: cannot send to a node");
+                return false;
+            }
+        };
+        if self
+            .queue
+            .try_send(Publication::Node { channel, wire })
+            .is_err()
+        {
+            bump(&self.counters.publish_dropped, 1);
+            tracing::warn!(to, "backplane: publish queue full; not sent to the node");
+            return false;
+        }
+        true
+    }
+
     /// Encodes once, queues for the publisher; counts and logs what cannot
     /// go.
     fn enqueue(&self, room: &str, message: &Message, echo: bool) {
@@ -1070,7 +1183,7 @@ impl RedisBackplane {
                 return;
             }
         };
-        let publication = Publication {
+        let publication = Publication::Room {
             room: room.to_owned(),
             wire,
         };

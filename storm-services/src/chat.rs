@@ -731,6 +731,27 @@ impl Chat {
         println!("disconnect #{} {} ({reason})", self.id_of(id), user.name);
     }
 
+    /// What another node asks of this one (across nodes).
+    fn on_ask(&self, hub: &Hub, ask: nodes::Ask) {
+        match ask {
+            nodes::Ask::Send { to, event } => {
+                if let Some(session) = self.server.peer(SessionId::new(to)) {
+                    let _ = session.try_send(Message::from(event));
+                }
+            }
+            nodes::Ask::Kick { to } => {
+                let id = SessionId::new(to);
+                if let Some(session) = self.server.peer(id) {
+                    session.close_with(CloseCode::POLICY_VIOLATION, "kicked");
+                    println!("kicked #{} (asked by another node)", self.id_of(id));
+                }
+            }
+            nodes::Ask::Broadcast { event } => {
+                hub.broadcast(&Message::from(event), None);
+            }
+        }
+    }
+
     /// Sends the tick to everyone.
     fn tick(&self) {
         let time_ms = SystemTime::now()
@@ -979,9 +1000,11 @@ fn handle(chat: &Chat, session: &Peer, command: Command) -> Result<Option<Messag
                     .names
                     .get(to)
                     .and_then(|tid| registry.users.get(tid))
-                    .map(|user| user.session.clone())
-                    .ok_or_else(|| format!("no user named {to}"))?;
+                    .map(|user| user.session.clone());
                 (from, target)
+            };
+            let Some(target) = target else {
+                return whisper_elsewhere(chat, session, from, to, text);
             };
             if target.id() == id {
                 return Err("you cannot whisper to yourself".to_owned());
@@ -1045,6 +1068,58 @@ fn handle(chat: &Chat, session: &Peer, command: Command) -> Result<Option<Messag
             }
         }
     }
+}
+
+/// A whisper to `to`, a user of no session of this node: across nodes,
+/// to the first user of that name the directory lists on another node
+/// (the copy to the sender once it is on its way); else `no user named`.
+fn whisper_elsewhere(
+    chat: &Chat,
+    session: &Peer,
+    from: String,
+    to: &str,
+    text: String,
+) -> Result<Option<Message>, String> {
+    let (Some(nodes), Some(me)) = (&chat.nodes, chat.me.upgrade()) else {
+        return Err(format!("no user named {to}"));
+    };
+    let (session, to) = (session.clone(), to.to_owned());
+    let from_id = chat.id_of(session.id());
+    nodes.spawn(async move {
+        let Some(nodes) = &me.nodes else { return };
+        let target = match nodes.others().await {
+            Ok(others) => others
+                .into_iter()
+                .find(|user| user.name == to)
+                .ok_or_else(|| format!("no user named {to}")),
+            Err(error) => Err(format!("the users of other nodes are unknown: {error}")),
+        };
+        let reply = target.and_then(|target| {
+            let ChatId::Node(addr) = target.id else {
+                return Err(format!("no user named {to}"));
+            };
+            let event = serde_json::to_string(&Out::Whisper {
+                from_id,
+                from: &from,
+                to_id: target.id,
+                to: &to,
+                text: &text,
+            })
+            .unwrap_or_default();
+            let ask = nodes::Ask::Send {
+                to: addr.session,
+                event: event.clone(),
+            };
+            if nodes.ask(addr.node, &ask) {
+                Ok(Message::from(event))
+            } else {
+                Err(format!("the whisper to {to} cannot go now: try again"))
+            }
+        });
+        let reply = reply.unwrap_or_else(|error| encode(&Out::Error { error: &error }));
+        let _ = session.try_send(reply);
+    });
+    Ok(None)
 }
 
 /// `users`, or `rooms` when `rooms`, of `users`.
@@ -1180,10 +1255,18 @@ fn console(chat: &Chat, line: &str) -> Console {
     let rest = rest.trim();
     match command {
         "/sessions" => list_sessions(chat),
-        "/kick" => match session_arg(chat, rest) {
-            Ok(session) => {
+        "/kick" => match target_arg(chat, rest) {
+            Ok(Target::Here(session)) => {
                 session.close_with(CloseCode::POLICY_VIOLATION, "kicked");
                 println!("kicked #{}", chat.id_of(session.id()));
+            }
+            Ok(Target::Elsewhere(nodes, addr)) => {
+                let kick = nodes::Ask::Kick { to: addr.session };
+                if nodes.ask(addr.node, &kick) {
+                    println!("kicking #{addr} on its node");
+                } else {
+                    println!("cannot reach #{addr}'s node now: try again");
+                }
             }
             Err(e) => println!("{e}"),
         },
@@ -1192,8 +1275,27 @@ fn console(chat: &Chat, line: &str) -> Console {
                 from: "admin",
                 text: rest,
             };
-            let report = chat.server.hub().broadcast(&encode(&event), None);
-            println!("broadcast to {} sessions", report.delivered);
+            let event = encode(&event);
+            let report = chat.server.hub().broadcast(&event, None);
+            match &chat.nodes {
+                Some(nodes) => {
+                    let text = match &event {
+                        Message::Text(text) => text.as_str().to_owned(),
+                        _ => String::new(),
+                    };
+                    let sent = nodes.ask_all(&nodes::Ask::Broadcast { event: text });
+                    println!(
+                        "broadcast to {} sessions here{}",
+                        report.delivered,
+                        if sent {
+                            " and to every other node"
+                        } else {
+                            "; the other nodes cannot be reached now"
+                        }
+                    );
+                }
+                None => println!("broadcast to {} sessions", report.delivered),
+            }
         }
         "/rooms" => {
             let rooms = rooms_of(&chat.all_users_blocking());
@@ -1202,8 +1304,20 @@ fn console(chat: &Chat, line: &str) -> Console {
                 println!("  {room}: {} ({})", members.len(), members.join(", "));
             }
         }
-        "/info" => match session_arg(chat, rest) {
-            Ok(session) => info(chat, &session),
+        "/info" => match target_arg(chat, rest) {
+            Ok(Target::Here(session)) => info(chat, &session),
+            Ok(Target::Elsewhere(_, addr)) => match chat
+                .all_users_blocking()
+                .into_iter()
+                .find(|user| user.id == ChatId::Node(addr))
+            {
+                Some(user) => println!(
+                    "#{addr} {} room={} on another node",
+                    user.name,
+                    user.room.as_deref().unwrap_or("-")
+                ),
+                None => println!("no session #{addr}"),
+            },
             Err(e) => println!("{e}"),
         },
         "/stop" => {
@@ -1220,9 +1334,17 @@ fn console(chat: &Chat, line: &str) -> Console {
     Console::Continue
 }
 
+/// A session the console names.
+enum Target<'a> {
+    /// On this node.
+    Here(Peer),
+    /// On another node (which may not have it).
+    Elsewhere(&'a nodes::Nodes, SessionAddr),
+}
+
 /// The session named by a console argument: `3` or `#3`, and across
-/// nodes `0a1b2c3d-3` or `#0a1b2c3d-3` too.
-fn session_arg(chat: &Chat, arg: &str) -> Result<Peer, String> {
+/// nodes `0a1b2c3d-3` or `#0a1b2c3d-3` too (on any node).
+fn target_arg<'a>(chat: &'a Chat, arg: &str) -> Result<Target<'a>, String> {
     let bare = arg.strip_prefix('#').unwrap_or(arg);
     let number = match (
         bare.parse::<u64>(),
@@ -1231,12 +1353,13 @@ fn session_arg(chat: &Chat, arg: &str) -> Result<Peer, String> {
     ) {
         (Ok(number), _, _) => number,
         (_, Ok(addr), Some(nodes)) if addr.node == nodes.tag() => addr.session,
-        (_, Ok(_), Some(_)) => return Err(format!("session #{bare} is on another node")),
+        (_, Ok(addr), Some(nodes)) => return Ok(Target::Elsewhere(nodes, addr)),
         _ => return Err(format!("not a session id: {arg:?}")),
     };
     let id = SessionId::new(number);
     chat.server
         .peer(id)
+        .map(Target::Here)
         .ok_or_else(|| format!("no session #{}", chat.id_of(id)))
 }
 

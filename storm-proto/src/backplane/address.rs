@@ -25,6 +25,15 @@ impl NodeTag {
     pub const fn to_u32(self) -> u32 {
         self.0
     }
+
+    /// The tag written as 8 hex digits (either case); `None` otherwise.
+    #[must_use]
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.len() != 8 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u32::from_str_radix(text, 16).ok().map(Self)
+    }
 }
 
 impl NodeId {
@@ -101,15 +110,14 @@ impl FromStr for SessionAddr {
     /// either case; no sign, no leading zero in the number).
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let (node, session) = text.split_once('-').ok_or(SessionAddrError)?;
-        let hex = node.len() == 8 && node.bytes().all(|b| b.is_ascii_hexdigit());
+        let node = NodeTag::parse(node).ok_or(SessionAddrError)?;
         let digits = !session.is_empty()
             && session.bytes().all(|b| b.is_ascii_digit())
             && (session == "0" || !session.starts_with('0'));
-        if !hex || !digits {
+        if !digits {
             return Err(SessionAddrError);
         }
-        let node = u32::from_str_radix(node, 16).map_err(|_| SessionAddrError)?;
         let session = session.parse().map_err(|_| SessionAddrError)?;
-        Ok(Self::new(NodeTag(node), session))
+        Ok(Self::new(node, session))
     }
 }

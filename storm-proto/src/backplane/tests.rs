@@ -90,7 +90,7 @@ fn random_ids_and_epochs_differ() {
 #[test]
 fn channel_names_parse_back_to_what_they_name() {
     let channels = Channels::new("svc-1").unwrap();
-    let node = NodeId::from_u128(42);
+    let node = NodeId::from_u128(42).tag();
     assert_eq!(
         channels.parse(&channels.room("a.b.c")),
         Some(Channel::Room("a.b.c"))
@@ -103,6 +103,11 @@ fn channel_names_parse_back_to_what_they_name() {
         channels.parse(&channels.node(node)),
         Some(Channel::Node(node))
     );
+    assert_eq!(channels.node(node), "svc-1.node.0000002a");
+    assert_eq!(
+        channels.parse(&channels.all_nodes()),
+        Some(Channel::AllNodes)
+    );
     assert_eq!(channels.all_rooms(), "svc-1.room.*");
     // Storage keys, other prefixes and malformed node channels are not channels.
     for other in [
@@ -112,6 +117,8 @@ fn channel_names_parse_back_to_what_they_name() {
         "svc-10.room.a".to_owned(),
         "svc.room.a".to_owned(),
         "svc-1.node.xyz".to_owned(),
+        "svc-1.node.0000002".to_owned(),
+        "svc-1.node.0000002a0".to_owned(),
         "svc-1".to_owned(),
     ] {
         assert_eq!(channels.parse(&other), None, "{other}");
@@ -240,7 +247,7 @@ fn arb_position() -> impl Strategy<Value = Position> {
 
 fn arb_envelope() -> impl Strategy<Value = Envelope> {
     (
-        any::<bool>(),
+        0..3_u8,
         any::<u128>(),
         prop_oneof![
             ".{1,20}",
@@ -251,14 +258,16 @@ fn arb_envelope() -> impl Strategy<Value = Envelope> {
         any::<bool>(),
         arb_message(),
     )
-        .prop_map(|(room, origin, name, position, echo, message)| {
+        .prop_map(|(kind, origin, name, position, echo, message)| {
             let origin = NodeId::from_u128(origin);
-            let mut envelope = if room {
-                let mut envelope = Envelope::room(origin, &name, message);
-                envelope.position = position;
-                envelope
-            } else {
-                Envelope::user(origin, &name, message)
+            let mut envelope = match kind {
+                0 => {
+                    let mut envelope = Envelope::room(origin, &name, message);
+                    envelope.position = position;
+                    envelope
+                }
+                1 => Envelope::user(origin, &name, message),
+                _ => Envelope::node(origin, &name, message),
             };
             envelope.echo = echo;
             envelope

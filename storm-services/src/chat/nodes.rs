@@ -38,6 +38,19 @@ use super::{Chat, ChatId, Out, UserInfo, encode};
 /// Empty, a name no chat room can have.
 const DIRECTORY: &str = "";
 
+/// What one chat node asks another, or every other one: a node message
+/// (see [`RedisBackplane::to_node`]) holding this, as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub(super) enum Ask {
+    /// Send `event` (a JSON text: a whisper) to the node's session `to`.
+    Send { to: u64, event: String },
+    /// Close the node's session `to` with 1008 "kicked".
+    Kick { to: u64 },
+    /// Send `event` (the admin's `broadcast`) to every session of the node.
+    Broadcast { event: String },
+}
+
 /// How long a listing waits for the directory.
 const DIRECTORY_WAIT: Duration = Duration::from_secs(5);
 
@@ -77,6 +90,19 @@ impl Nodes {
     /// Subscribes and starts delivering room events into `hub` through
     /// `chat`; returns once subscribed.
     pub(super) async fn start(&self, hub: Hub, chat: Weak<Chat>) -> io::Result<Running> {
+        let asked = chat.clone();
+        self.backplane
+            .on_node_message(Arc::new(move |hub: &Hub, message: &Message| {
+                let ask = match message {
+                    Message::Text(text) => serde_json::from_str::<Ask>(text.as_str()).ok(),
+                    _ => None,
+                };
+                match (ask, asked.upgrade()) {
+                    (Some(ask), Some(chat)) => chat.on_ask(hub, ask),
+                    (None, _) => tracing::warn!("chat: another node asked something unknown"),
+                    (_, None) => {}
+                }
+            }));
         let deliver: Deliver = Arc::new(
             move |hub: &Hub, room: &str, position: Option<Position>, message: &Message| {
                 if let Some(chat) = chat.upgrade() {
@@ -135,6 +161,17 @@ impl Nodes {
             .collect())
     }
 
+    /// Asks the node tagged `node` for `ask`; `false` if it cannot go
+    /// (the backplane's queue is full).
+    pub(super) fn ask(&self, node: NodeTag, ask: &Ask) -> bool {
+        self.backplane.to_node(node, &ask_message(ask))
+    }
+
+    /// Asks every other node for `ask`, like [`ask`](Self::ask).
+    pub(super) fn ask_all(&self, ask: &Ask) -> bool {
+        self.backplane.to_all_nodes(&ask_message(ask))
+    }
+
     /// Sends `message` to `room` on every node, this one included.
     pub(super) fn publish(&self, room: &str, message: &Message) {
         self.backplane.publish_ordered(room, message);
@@ -169,6 +206,10 @@ impl Nodes {
             chat.finish_join(&session, &room, ticket, outcome.map_err(|e| e.to_string()));
         });
     }
+}
+
+fn ask_message(ask: &Ask) -> Message {
+    Message::from(serde_json::to_string(ask).unwrap_or_default())
 }
 
 /// A user's directory entry: its JSON (fields in declaration order, so
@@ -343,6 +384,29 @@ mod tests {
         ] {
             assert_eq!(listed(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn asks_read_back() {
+        for ask in [
+            Ask::Send {
+                to: 3,
+                event: "{}".to_owned(),
+            },
+            Ask::Kick { to: 4 },
+            Ask::Broadcast {
+                event: "x".to_owned(),
+            },
+        ] {
+            let Message::Text(text) = ask_message(&ask) else {
+                panic!("text")
+            };
+            assert_eq!(serde_json::from_str::<Ask>(text.as_str()).unwrap(), ask);
+        }
+        assert_eq!(
+            ask_message(&Ask::Kick { to: 4 }),
+            Message::from(r#"{"op":"kick","to":4}"#)
+        );
     }
 
     #[test]

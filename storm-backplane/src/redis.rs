@@ -349,8 +349,14 @@ fn bump(counter: &AtomicU64, by: u64) {
 /// A message waiting for the publisher, its envelope encoded.
 enum Publication {
     /// A room message (unpositioned): appended, positioned and published
-    /// by the publish script.
-    Room { room: String, wire: Bytes },
+    /// by the publish script; `ordered` holds the message of a
+    /// [`publish_ordered`](RedisBackplane::publish_ordered), for the
+    /// [`on_unpublished`](RedisBackplane::on_unpublished) handler.
+    Room {
+        room: String,
+        wire: Bytes,
+        ordered: Option<Message>,
+    },
     /// A message to one node or every node: published on `channel` as it
     /// is.
     Node { channel: String, wire: Bytes },
@@ -360,6 +366,14 @@ enum Publication {
 /// or to every node ([`RedisBackplane::to_all_nodes`]): called once per
 /// message on the subscriber task, so it must not block.
 pub type OnNodeMessage = Arc<dyn Fn(&Hub, &Message) + Send + Sync>;
+
+/// What a node does with a message of
+/// [`publish_ordered`](RedisBackplane::publish_ordered) that did not reach
+/// Redis (so not even this node delivers it through the backplane): its room
+/// and the message. Called at once when the publisher is known to be
+/// disconnected or the queue is full, else on the publisher task when the
+/// pipeline that carried it failed; it must not block.
+pub type OnUnpublished = Arc<dyn Fn(&str, &Message) + Send + Sync>;
 
 /// What a node does with a room message from the backplane: by default
 /// ([`RedisBackplane::start`]) `hub.deliver_group(room, message, None)`.
@@ -430,6 +444,11 @@ pub struct RedisBackplane {
     presence_changed: Notify,
     /// What messages to this node go to; set before `start`.
     on_node: std::sync::OnceLock<OnNodeMessage>,
+    /// What ordered messages that cannot be published go to.
+    on_unpublished: std::sync::OnceLock<OnUnpublished>,
+    /// The publisher has a working connection (as far as it knows): while
+    /// it has not, ordered messages fail at once instead of waiting.
+    publisher_up: std::sync::atomic::AtomicBool,
     counters: Counters,
     /// The reconnect schedule each task starts from (a copy each).
     backoff: Backoff,
@@ -553,6 +572,8 @@ impl RedisBackplane {
             presence: Mutex::new(PresenceState::default()),
             presence_changed: Notify::new(),
             on_node: std::sync::OnceLock::new(),
+            on_unpublished: std::sync::OnceLock::new(),
+            publisher_up: std::sync::atomic::AtomicBool::new(true),
             counters: Counters::default(),
             backoff,
         })
@@ -828,8 +849,10 @@ impl RedisBackplane {
                     Ok(fresh) => {
                         backoff.connected(Instant::now());
                         connection = Some(fresh);
+                        self.publisher_up.store(true, Ordering::Relaxed);
                     }
                     Err(error) => {
+                        self.publisher_up.store(false, Ordering::Relaxed);
                         tracing::warn!(%error, "backplane: redis connection failed");
                         if !Self::wait_retry(&mut backoff, &mut stopped).await {
                             return;
@@ -846,6 +869,17 @@ impl RedisBackplane {
                     bump(&self.counters.publish_failed, count);
                     tracing::warn!(messages = count, %error, "backplane: publish failed");
                     connection = None;
+                    self.publisher_up.store(false, Ordering::Relaxed);
+                    for publication in &batch {
+                        if let Publication::Room {
+                            room,
+                            ordered: Some(message),
+                            ..
+                        } = publication
+                        {
+                            self.unpublished(room, message);
+                        }
+                    }
                 }
             }
             batch.clear();
@@ -881,7 +915,7 @@ impl RedisBackplane {
         let mut pipeline = redis::pipe();
         for publication in batch {
             let (room, wire) = match publication {
-                Publication::Room { room, wire } => (room, wire),
+                Publication::Room { room, wire, .. } => (room, wire),
                 Publication::Node { channel, wire } => {
                     pipeline.cmd("PUBLISH").arg(channel).arg(&wire[..]);
                     continue;
@@ -1119,8 +1153,12 @@ impl RedisBackplane {
     /// it as it comes back from Redis, through the [`Deliver`] of
     /// [`start_with`](Self::start_with) and with its position: all nodes
     /// see the room's messages in one order, and can tell their sessions
-    /// the offsets. Never waits; a full queue drops it (counted, logged),
-    /// for this node's members too.
+    /// the offsets. Never waits. What cannot reach Redis (a full queue,
+    /// a publisher known to be disconnected, a failed pipeline) is counted,
+    /// logged, and handed to the [`on_unpublished`](Self::on_unpublished)
+    /// handler, which can at least deliver it on this node; in the rare
+    /// case of a pipeline that broke after Redis ran it, a message may then
+    /// come back too.
     pub fn publish_ordered(&self, room: &str, message: &Message) {
         self.enqueue(room, message, true);
     }
@@ -1170,8 +1208,25 @@ impl RedisBackplane {
         true
     }
 
+    /// Where ordered messages that cannot be published go (see
+    /// [`OnUnpublished`]). Set it before [`start`](Self::start); only the
+    /// first call counts (`false` for the others). Without it they are
+    /// counted and logged only.
+    pub fn on_unpublished(&self, handler: OnUnpublished) -> bool {
+        self.on_unpublished.set(handler).is_ok()
+    }
+
+    /// Hands an ordered message that did not go to the
+    /// [`on_unpublished`](Self::on_unpublished) handler.
+    fn unpublished(&self, room: &str, message: &Message) {
+        if let Some(handler) = self.on_unpublished.get() {
+            handler(room, message);
+        }
+    }
+
     /// Encodes once, queues for the publisher; counts and logs what cannot
-    /// go.
+    /// go, and hands the ordered ones that cannot to
+    /// [`on_unpublished`](Self::on_unpublished)'s handler.
     fn enqueue(&self, room: &str, message: &Message, echo: bool) {
         let mut envelope = Envelope::room(self.node, room, message.clone());
         envelope.echo = echo;
@@ -1180,14 +1235,26 @@ impl RedisBackplane {
             Err(error) => {
                 bump(&self.counters.publish_failed, 1);
                 tracing::warn!(room, %error, "backplane: cannot publish");
+                if echo {
+                    self.unpublished(room, message);
+                }
                 return;
             }
         };
+        if echo && !self.publisher_up.load(Ordering::Relaxed) {
+            bump(&self.counters.publish_failed, 1);
+            self.unpublished(room, message);
+            return;
+        }
         let publication = Publication::Room {
             room: room.to_owned(),
             wire,
+            ordered: echo.then(|| message.clone()),
         };
         if self.queue.try_send(publication).is_err() {
+            if echo {
+                self.unpublished(room, message);
+            }
             bump(&self.counters.publish_dropped, 1);
             tracing::warn!(
                 room,

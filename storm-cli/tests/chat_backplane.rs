@@ -559,3 +559,27 @@ fn three_nodes_are_one_chat() {
     let users = clients[0].users_until(|users| users.len() == 2);
     assert!(!names(&users).contains(&"bob"), "{users:?}");
 }
+
+#[test]
+fn an_event_redis_cannot_take_still_reaches_its_node_s_members_with_a_notice() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let a = Node::start(&redis, &[]);
+    let (mut alice, mut carol) = (a.client(), a.client());
+    alice.join("rust");
+    carol.join("rust");
+    alice.say("before");
+    redis.kill();
+    for text in ["lost?", "still here?"] {
+        alice.send(&json!({"type": "chat", "text": text}));
+        for client in [&mut alice, &mut carol] {
+            let seen = client.until(|v| v["type"] == "local_only");
+            let said = seen.iter().find(|v| v["text"] == text);
+            let said = said.unwrap_or_else(|| panic!("{text}: {seen:?}"));
+            assert!(said.get("offset").is_none(), "not in the history: {said}");
+            let notice = seen.last().expect("notice");
+            assert_eq!(notice["room"], "rust", "{notice}");
+        }
+    }
+}

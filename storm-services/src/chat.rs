@@ -621,6 +621,20 @@ impl Chat {
         hub.deliver_group(room, &message, None);
     }
 
+    /// A room event the backplane could not publish (Redis down, its queue
+    /// full): delivered here without a position all the same, followed by
+    /// `local_only`, so this node's members know the other nodes' did not
+    /// get it.
+    fn unpublished(&self, room: &str, message: &Message) {
+        let hub = self.server.hub();
+        self.deliver(hub, room, None, message);
+        let notice = Out::LocalOnly {
+            room,
+            reason: "the backplane could not take the event before:                      members on other nodes did not get it",
+        };
+        self.deliver(hub, room, None, &encode(&notice));
+    }
+
     /// Ends the join `ticket` of `session` to `room`: sends what its
     /// recovery found, then the events buffered since, then has it enter
     /// the room's group, all under the registry lock (see `nodes`).
@@ -854,6 +868,12 @@ enum Out<'a> {
     },
     /// Across nodes: the joining session cannot have what it missed.
     Unrecoverable {
+        room: &'a str,
+        reason: &'a str,
+    },
+    /// Across nodes: the room event before it reached this node's members
+    /// only.
+    LocalOnly {
         room: &'a str,
         reason: &'a str,
     },

@@ -90,6 +90,13 @@ impl Nodes {
     /// Subscribes and starts delivering room events into `hub` through
     /// `chat`; returns once subscribed.
     pub(super) async fn start(&self, hub: Hub, chat: Weak<Chat>) -> io::Result<Running> {
+        let unpublished = chat.clone();
+        self.backplane
+            .on_unpublished(Arc::new(move |room: &str, message: &Message| {
+                if let Some(chat) = unpublished.upgrade() {
+                    chat.unpublished(room, message);
+                }
+            }));
         let asked = chat.clone();
         self.backplane
             .on_node_message(Arc::new(move |hub: &Hub, message: &Message| {

@@ -129,23 +129,12 @@ impl Client {
             .expect("send command");
     }
 
-    /// Messages up to and including the first for which `last` holds.
-    fn until(&mut self, last: impl Fn(&Value) -> bool) -> Vec<Value> {
-        let deadline = Instant::now() + WAIT;
-        let mut seen = Vec::new();
+    /// The next event before `deadline` (read timeouts skipped).
+    fn next_event(&mut self, deadline: Instant, seen: &[Value]) -> Event {
         loop {
             assert!(Instant::now() < deadline, "not within {WAIT:?}: {seen:?}");
             match self.socket.read() {
-                Ok(Event::Text(text)) => {
-                    let v: Value = serde_json::from_str(&text).expect("JSON");
-                    let done = last(&v);
-                    seen.push(v);
-                    if done {
-                        return seen;
-                    }
-                }
-                Ok(Event::Close(frame)) => panic!("closed ({:?}); saw {seen:?}", frame.code),
-                Ok(_) => {}
+                Ok(event) => return event,
                 Err(ws::Error::Io(e))
                     if matches!(
                         e.kind(),
@@ -156,20 +145,32 @@ impl Client {
         }
     }
 
+    /// Messages up to and including the first for which `last` holds.
+    fn until(&mut self, last: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + WAIT;
+        let mut seen = Vec::new();
+        loop {
+            match self.next_event(deadline, &seen) {
+                Event::Text(text) => {
+                    let v: Value = serde_json::from_str(&text).expect("JSON");
+                    let done = last(&v);
+                    seen.push(v);
+                    if done {
+                        return seen;
+                    }
+                }
+                Event::Close(frame) => panic!("closed ({:?}); saw {seen:?}", frame.code),
+                _ => {}
+            }
+        }
+    }
+
     /// Reads until the server closes; the close code and reason.
     fn closed(&mut self) -> (CloseCode, String) {
         let deadline = Instant::now() + WAIT;
         loop {
-            assert!(Instant::now() < deadline, "not closed within {WAIT:?}");
-            match self.socket.read() {
-                Ok(Event::Close(frame)) => return (frame.code, frame.reason),
-                Ok(_) => {}
-                Err(ws::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => panic!("read: {e}"),
+            if let Event::Close(frame) = self.next_event(deadline, &[]) {
+                return (frame.code, frame.reason);
             }
         }
     }

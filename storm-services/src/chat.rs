@@ -102,14 +102,30 @@
 //! be had (history trimmed, epoch changed, backplane unreachable), then
 //! `{"type":"position","room":"rust","epoch":"…","offset":42}`; live events
 //! follow, none twice. Without a backplane `epoch` and `offset` are
-//! ignored. User lists, whispers, the tick and the console stay per node.
+//! ignored.
+//!
+//! Across nodes, session ids are `NODE-N` strings (`"0a1b2c3d-7"`, a
+//! [`SessionAddr`]: the node's tag and the session's number there), unique
+//! across the nodes, in every event, list and console line, and in guest
+//! names (`guest-0a1b2c3d-7`). `users` and `rooms` list every node's users:
+//! each node keeps its users in a directory in Redis (the backplane's
+//! presence, refreshed every third of its TTL), so a dead node's users leave
+//! the lists within [`RedisConfig::presence_ttl`](storm_backplane::redis::RedisConfig::presence_ttl).
+//! A `whisper` to a name of no local user goes to the first user of that
+//! name another node lists, through that node (a node message). A room
+//! event the backplane cannot publish still reaches this node's members,
+//! without a position, followed by
+//! `{"type":"local_only","room":"rust","reason":"…"}`. The tick's user
+//! count stays per node.
 //!
 //! # Admin console
 //!
 //! Lines on stdin: `/sessions`, `/kick <id>` (closes with 1008 "kicked"),
 //! `/broadcast <text>`, `/rooms`, `/info <id>`, `/stop` (closes every session
 //! gracefully, aborts what is left after 5 s, exits 0), `/help`. Ids may be
-//! written `3` or `#3`. End of input leaves the server running.
+//! written `3` or `#3`, across nodes `0a1b2c3d-3` or `#0a1b2c3d-3` too.
+//! Across nodes `/sessions`, `/rooms`, `/info`, `/kick` and `/broadcast`
+//! see and act on every node. End of input leaves the server running.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufRead};

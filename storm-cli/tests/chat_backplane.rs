@@ -584,3 +584,43 @@ fn an_event_redis_cannot_take_still_reaches_its_node_s_members_with_a_notice() {
         }
     }
 }
+
+#[test]
+fn a_slow_session_gets_its_whole_recovery() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    // A 600-byte outbox under --slow-consumer wait (the default): a
+    // recovery of 30 events of 200-odd bytes does not fit at once.
+    let a = Node::start(&redis, &["--max-pending-bytes", "600"]);
+    let b = Node::start(&redis, &[]);
+    let (mut alice, mut bob) = (b.client(), a.client());
+    alice.join("rust");
+    bob.join("rust");
+    alice.say("m0");
+    let last = bob
+        .until(|v| v["type"] == "chat" && v["text"] == "m0")
+        .pop()
+        .expect("m0");
+    drop(bob);
+    let said: Vec<String> = (1..=30)
+        .map(|i| format!("{i:03} {}", "x".repeat(200)))
+        .collect();
+    for text in &said {
+        alice.say(text);
+    }
+    let mut back = a.client();
+    back.send(&json!({
+        "type": "join", "room": "rust", "epoch": last["epoch"], "offset": last["offset"],
+    }));
+    let recovered = back.until(|v| v["type"] == "position" || v["type"] == "unrecoverable");
+    assert_eq!(
+        recovered.last().expect("end")["type"],
+        "position",
+        "{recovered:?}"
+    );
+    assert_eq!(texts(&recovered), said, "every missed event, in order");
+    back.own("joined");
+    alice.say("live");
+    back.until(|v| v["type"] == "chat" && v["text"] == "live");
+}

@@ -127,7 +127,7 @@
 //! Across nodes `/sessions`, `/rooms`, `/info`, `/kick` and `/broadcast`
 //! see and act on every node. End of input leaves the server running.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, BufRead};
 use std::net::{SocketAddr, TcpListener};
 use std::ops::Deref;
@@ -653,7 +653,7 @@ impl Chat {
 
     /// Ends the join `ticket` of `session` to `room`: sends what its
     /// recovery found, then the events buffered since, then has it enter
-    /// the room's group, all under the registry lock (see `nodes`).
+    /// the room's group (see `nodes` and [`send_joining`](Self::send_joining)).
     fn finish_join(
         &self,
         session: &Peer,
@@ -661,27 +661,57 @@ impl Chat {
         ticket: u64,
         outcome: Result<storm_backplane::redis::Recovery, String>,
     ) {
-        let mut registry = self.registry();
-        let id = session.id();
-        if registry.pending.get(&id).is_none_or(|p| p.ticket != ticket) {
-            return; // left, joined elsewhere, or gone meanwhile
-        }
-        let Some(pending) = registry.pending.remove(&id) else {
-            return;
+        let messages = {
+            let mut registry = self.registry();
+            let pending = registry.pending.get_mut(&session.id());
+            let Some(pending) = pending.filter(|p| p.ticket == ticket) else {
+                return; // left, joined elsewhere, or gone meanwhile
+            };
+            nodes::finish_messages(room, pending, outcome)
         };
-        let mut unsent = 0_usize;
-        for message in nodes::finish_messages(room, pending, outcome) {
-            if session.try_send(message) != SendOutcome::Queued {
-                unsent += 1;
+        self.send_joining(session.clone(), room.to_owned(), ticket, messages.into());
+    }
+
+    /// Sends the joining session `queue`, then what its pending entry
+    /// buffered meanwhile, until nothing more came; then, under the
+    /// registry lock, it enters the room's group. When its outbox says wait
+    /// (`--slow-consumer wait`), a task goes on once it is writable: a slow
+    /// session gets its whole recovery, and the room's events past it stay
+    /// buffered (bounded: past [`nodes::MAX_PENDING`] it is told
+    /// `unrecoverable`). Other policies apply as to every send.
+    fn send_joining(&self, session: Peer, room: String, ticket: u64, mut queue: VecDeque<Message>) {
+        let id = session.id();
+        loop {
+            while let Some(message) = queue.pop_front() {
+                if let SendOutcome::Wait(message) = session.try_send(message) {
+                    queue.push_front(message);
+                    if let (Some(nodes), Some(me)) = (&self.nodes, self.me.upgrade()) {
+                        nodes.spawn(async move {
+                            let writable = std::future::poll_fn(|cx| session.poll_writable(cx));
+                            if writable.await.is_ok() {
+                                me.send_joining(session, room, ticket, queue);
+                            }
+                        });
+                    }
+                    return;
+                }
             }
-        }
-        if unsent > 0 {
-            tracing::warn!(%id, room, unsent, "chat: session too slow for its recovery");
-        }
-        if let Err(error) = session.join(room) {
-            let _ = session.try_send(encode(&Out::Error {
-                error: &error.to_string(),
-            }));
+            let mut registry = self.registry();
+            let pending = registry.pending.get_mut(&id);
+            let Some(pending) = pending.filter(|p| p.ticket == ticket) else {
+                return;
+            };
+            let more = nodes::buffered(&room, pending);
+            if more.is_empty() {
+                registry.pending.remove(&id);
+                if let Err(error) = session.join(&room) {
+                    let _ = session.try_send(encode(&Out::Error {
+                        error: &error.to_string(),
+                    }));
+                }
+                return;
+            }
+            queue.extend(more);
         }
     }
 
@@ -1193,12 +1223,7 @@ fn join(chat: &Chat, session: &Peer, room: &str, since: Option<Position>) -> Res
         let moved = (user.name.clone(), user.room.replace(room.to_owned()));
         chat.relist(Some(&before), Some(&chat.info(id, user)));
         if chat.nodes.is_some() {
-            let pending = nodes::Pending {
-                room: room.to_owned(),
-                ticket,
-                buffer: Vec::new(),
-                overflow: false,
-            };
+            let pending = nodes::Pending::new(room, ticket);
             registry.pending.insert(id, pending);
         }
         moved

@@ -73,6 +73,23 @@ pub(super) struct Pending {
     pub(super) buffer: Vec<(Option<Position>, Message)>,
     /// More than [`MAX_PENDING`] came.
     pub(super) overflow: bool,
+    /// Once the recovery ended: the room's position as of it (`None` when
+    /// it could not be read); buffered events at or before it came in the
+    /// recovery.
+    pub(super) top: Option<Option<Position>>,
+}
+
+impl Pending {
+    /// A session starting to join `room`.
+    pub(super) fn new(room: &str, ticket: u64) -> Self {
+        Self {
+            room: room.to_owned(),
+            ticket,
+            buffer: Vec::new(),
+            overflow: false,
+            top: None,
+        }
+    }
 }
 
 impl Nodes {
@@ -275,12 +292,13 @@ pub(super) fn since(epoch: Option<&str>, offset: Option<u64>) -> Result<Option<P
     }
 }
 
-/// What a session that finished joining gets, in order: the missed events,
-/// `unrecoverable` if it cannot have them, `position`, then the events
-/// buffered past the room's position.
+/// What a session whose recovery ended gets first, in order: the missed
+/// events, `unrecoverable` if it cannot have them, `position`, then the
+/// events buffered past the room's position ([`buffered`]). Records the
+/// position in `pending`.
 pub(super) fn finish_messages(
     room: &str,
-    pending: Pending,
+    pending: &mut Pending,
     outcome: Result<Recovery, String>,
 ) -> Vec<Message> {
     let mut out = Vec::new();
@@ -304,12 +322,7 @@ pub(super) fn finish_messages(
             None
         }
     };
-    if pending.overflow {
-        out.push(encode(&Out::Unrecoverable {
-            room,
-            reason: "too many messages came while recovering",
-        }));
-    }
+    pending.top = Some(top);
     if let Some(top) = top {
         out.push(encode(&Out::Position {
             room,
@@ -317,13 +330,29 @@ pub(super) fn finish_messages(
             offset: top.offset,
         }));
     }
+    out.extend(buffered(room, pending));
+    out
+}
+
+/// The events `pending` buffered since its recovery ended (or since the
+/// last call), past the room's position; `unrecoverable` first if more
+/// than [`MAX_PENDING`] came. Empty when nothing more came: the session may
+/// then enter the room's group.
+pub(super) fn buffered(room: &str, pending: &mut Pending) -> Vec<Message> {
+    let top = pending.top.flatten();
+    let mut out = Vec::new();
+    if std::mem::take(&mut pending.overflow) {
+        out.push(encode(&Out::Unrecoverable {
+            room,
+            reason: "too many messages came while recovering",
+        }));
+    }
     let past_top = |at: &Option<Position>| match (at, top) {
         (Some(at), Some(top)) => at.epoch != top.epoch || at.offset > top.offset,
         _ => true,
     };
     out.extend(
-        pending
-            .buffer
+        std::mem::take(&mut pending.buffer)
             .into_iter()
             .filter(|(at, _)| past_top(at))
             .map(|(_, m)| m),
@@ -418,23 +447,29 @@ mod tests {
 
     #[test]
     fn finishing_skips_what_the_recovery_had() {
-        let pending = Pending {
-            room: "r".to_owned(),
-            ticket: 0,
-            buffer: vec![
-                (Some(at(2)), Message::from("b2")),
-                (Some(at(3)), Message::from("b3")),
-            ],
-            overflow: false,
-        };
+        let mut pending = Pending::new("r", 0);
+        pending.buffer = vec![
+            (Some(at(2)), Message::from("b2")),
+            (Some(at(3)), Message::from("b3")),
+        ];
         let outcome = Ok(Recovery::Recovered {
             messages: vec![(at(2), Message::from("m2"))],
             top: at(2),
         });
-        let out = finish_messages("r", pending, outcome);
+        let out = finish_messages("r", &mut pending, outcome);
         assert_eq!(out.len(), 3, "{out:?}");
         assert_eq!(out[0], Message::from("m2"));
         assert!(matches!(&out[1], Message::Text(t) if t.as_str().contains(r#""type":"position""#)));
         assert_eq!(out[2], Message::from("b3"));
+        // Later: what came meanwhile, past the position still.
+        pending.buffer = vec![
+            (Some(at(2)), Message::from("late2")),
+            (Some(at(4)), Message::from("b4")),
+        ];
+        assert_eq!(buffered("r", &mut pending), [Message::from("b4")]);
+        assert!(buffered("r", &mut pending).is_empty(), "then nothing");
+        pending.overflow = true;
+        let told = buffered("r", &mut pending);
+        assert!(matches!(&told[..], [Message::Text(t)] if t.as_str().contains("unrecoverable")));
     }
 }

@@ -32,7 +32,7 @@
 //! gets a new random epoch at its next append or read: positions of the old
 //! epoch are then [`Unrecoverable::EpochChanged`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
@@ -44,11 +44,11 @@ use redis::aio::MultiplexedConnection;
 use storm_host::hub::{Backplane, Hub};
 use storm_proto::Message;
 use storm_proto::backplane::{
-    Channel, Channels, Envelope, Epoch, Kind, NodeId, Order, Position, PrefixError, Subscriber,
-    Unrecoverable, recover, recovery_range,
+    Channel, Channels, Envelope, Epoch, Kind, NodeId, NodeTag, Order, Position, PrefixError,
+    Subscriber, Unrecoverable, recover, recovery_range,
 };
 use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffConfigError, BackoffStep};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// Appends a room message and publishes it, in one step.
@@ -319,6 +319,9 @@ pub struct RedisStats {
     /// Received messages that did not decode, or whose channel and room
     /// disagree (dropped).
     pub invalid: u64,
+    /// Messages to this node or to every node, from other nodes, handed
+    /// to its [`on_node_message`](RedisBackplane::on_node_message).
+    pub node_messages: u64,
     /// Times the subscriber (re)subscribed.
     pub subscriptions: u64,
 }
@@ -335,6 +338,7 @@ struct Counters {
     missed: AtomicU64,
     epoch_changes: AtomicU64,
     invalid: AtomicU64,
+    node_messages: AtomicU64,
     subscriptions: AtomicU64,
 }
 
@@ -342,12 +346,34 @@ fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
 }
 
-/// A room message waiting for the publisher: the room and its encoded,
-/// unpositioned envelope.
-struct Publication {
-    room: String,
-    wire: Bytes,
+/// A message waiting for the publisher, its envelope encoded.
+enum Publication {
+    /// A room message (unpositioned): appended, positioned and published
+    /// by the publish script; `ordered` holds the message of a
+    /// [`publish_ordered`](RedisBackplane::publish_ordered), for the
+    /// [`on_unpublished`](RedisBackplane::on_unpublished) handler.
+    Room {
+        room: String,
+        wire: Bytes,
+        ordered: Option<Message>,
+    },
+    /// A message to one node or every node: published on `channel` as it
+    /// is.
+    Node { channel: String, wire: Bytes },
 }
+
+/// What a node does with a message sent to it ([`RedisBackplane::to_node`])
+/// or to every node ([`RedisBackplane::to_all_nodes`]): called once per
+/// message on the subscriber task, so it must not block.
+pub type OnNodeMessage = Arc<dyn Fn(&Hub, &Message) + Send + Sync>;
+
+/// What a node does with a message of
+/// [`publish_ordered`](RedisBackplane::publish_ordered) that did not reach
+/// Redis (so not even this node delivers it through the backplane): its room
+/// and the message. Called at once when the publisher is known to be
+/// disconnected or the queue is full, else on the publisher task when the
+/// pipeline that carried it failed; it must not block.
+pub type OnUnpublished = Arc<dyn Fn(&str, &Message) + Send + Sync>;
 
 /// What a node does with a room message from the backplane: by default
 /// ([`RedisBackplane::start`]) `hub.deliver_group(room, message, None)`.
@@ -412,8 +438,17 @@ pub struct RedisBackplane {
     /// The command connection of `recover`, `position` and presence; `None`
     /// until first used or after it failed.
     commands: tokio::sync::Mutex<Option<MultiplexedConnection>>,
-    /// This node's presence entries, refreshed while it runs.
-    announced: Mutex<BTreeSet<(String, String)>>,
+    /// This node's presence entries, and what Redis has yet to hear of.
+    presence: Mutex<PresenceState>,
+    /// Wakes the presence task when `presence` changed.
+    presence_changed: Notify,
+    /// What messages to this node go to; set before `start`.
+    on_node: std::sync::OnceLock<OnNodeMessage>,
+    /// What ordered messages that cannot be published go to.
+    on_unpublished: std::sync::OnceLock<OnUnpublished>,
+    /// The publisher has a working connection (as far as it knows): while
+    /// it has not, ordered messages fail at once instead of waiting.
+    publisher_up: std::sync::atomic::AtomicBool,
     counters: Counters,
     /// The reconnect schedule each task starts from (a copy each).
     backoff: Backoff,
@@ -438,7 +473,7 @@ pub struct Running {
 
 impl Running {
     /// Stops the publisher (what is still queued is not published), the
-    /// subscriber and the presence refresher, and waits for them.
+    /// subscriber and the presence task, and waits for them.
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
         for task in self.tasks.drain(..) {
@@ -455,6 +490,43 @@ impl Drop for Running {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One presence entry: a room and a member.
+type Entry = (String, String);
+
+/// This node's presence as the presence task keeps Redis told of it.
+#[derive(Debug, Default)]
+struct PresenceState {
+    /// Every entry of this node: written again every third of the TTL.
+    entries: BTreeSet<Entry>,
+    /// Entries to write at the task's next turn (disjoint from `removed`).
+    added: BTreeSet<Entry>,
+    /// Entries to remove at the task's next turn.
+    removed: BTreeSet<Entry>,
+}
+
+impl PresenceState {
+    fn present(&mut self, entry: Entry) {
+        self.removed.remove(&entry);
+        self.added.insert(entry.clone());
+        self.entries.insert(entry);
+    }
+
+    fn absent(&mut self, entry: Entry) {
+        self.added.remove(&entry);
+        self.entries.remove(&entry);
+        self.removed.insert(entry);
+    }
+}
+
+/// `entries` grouped by room, for one command per room.
+fn by_room(entries: impl IntoIterator<Item = Entry>) -> BTreeMap<String, Vec<String>> {
+    let mut rooms: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (room, member) in entries {
+        rooms.entry(room).or_default().push(member);
+    }
+    rooms
 }
 
 /// A fresh random epoch as the scripts take it: 8 bytes, big-endian. Used
@@ -497,7 +569,11 @@ impl RedisBackplane {
             queue,
             pending: Mutex::new(Some(pending)),
             commands: tokio::sync::Mutex::new(None),
-            announced: Mutex::new(BTreeSet::new()),
+            presence: Mutex::new(PresenceState::default()),
+            presence_changed: Notify::new(),
+            on_node: std::sync::OnceLock::new(),
+            on_unpublished: std::sync::OnceLock::new(),
+            publisher_up: std::sync::atomic::AtomicBool::new(true),
             counters: Counters::default(),
             backoff,
         })
@@ -528,6 +604,7 @@ impl RedisBackplane {
             missed: load(&c.missed),
             epoch_changes: load(&c.epoch_changes),
             invalid: load(&c.invalid),
+            node_messages: load(&c.node_messages),
             subscriptions: load(&c.subscriptions),
         }
     }
@@ -535,7 +612,7 @@ impl RedisBackplane {
     /// Connects and subscribes to every room of the prefix, then runs, on
     /// the current tokio runtime, the publisher, the subscriber (which
     /// delivers other nodes' room messages into `hub`'s groups) and the
-    /// presence refresher. Returns once subscribed.
+    /// presence task. Returns once subscribed.
     ///
     /// # Errors
     ///
@@ -568,7 +645,7 @@ impl RedisBackplane {
         let tasks = vec![
             tokio::spawn(Arc::clone(self).run_subscriber(hub, deliver, pubsub, stopped.clone())),
             tokio::spawn(Arc::clone(self).run_publisher(pending, publisher, stopped.clone())),
-            tokio::spawn(Arc::clone(self).run_refresher(stopped)),
+            tokio::spawn(Arc::clone(self).run_presence(stopped)),
         ];
         Ok(Running { stop, tasks })
     }
@@ -576,6 +653,10 @@ impl RedisBackplane {
     async fn subscribe(&self) -> Result<redis::aio::PubSub, Error> {
         let mut pubsub = self.client.get_async_pubsub().await?;
         pubsub.psubscribe(self.channels.all_rooms()).await?;
+        pubsub
+            .subscribe(self.channels.node(self.node.tag()))
+            .await?;
+        pubsub.subscribe(self.channels.all_nodes()).await?;
         bump(&self.counters.subscriptions, 1);
         Ok(pubsub)
     }
@@ -645,11 +726,19 @@ impl RedisBackplane {
     /// One message from the room pattern: decode, classify, deliver.
     fn receive(&self, hub: &Hub, deliver: &Deliver, rooms: &mut Subscriber, message: &redis::Msg) {
         let c = &self.counters;
-        bump(&c.received, 1);
-        let Some(Channel::Room(room)) = self.channels.parse(message.get_channel_name()) else {
-            bump(&c.invalid, 1);
-            return;
+        let room = match self.channels.parse(message.get_channel_name()) {
+            Some(Channel::Room(room)) => room,
+            Some(Channel::Node(_) | Channel::AllNodes) => {
+                self.receive_node_message(hub, message);
+                return;
+            }
+            _ => {
+                bump(&c.received, 1);
+                bump(&c.invalid, 1);
+                return;
+            }
         };
+        bump(&c.received, 1);
         let wire = Bytes::copy_from_slice(message.get_payload_bytes());
         let envelope = match Envelope::decode(wire, self.config.max_payload) {
             Ok(envelope) if envelope.kind == Kind::Room && envelope.name.as_str() == room => {
@@ -700,6 +789,40 @@ impl RedisBackplane {
         }
     }
 
+    /// One message on this node's channel or the every-node one: decoded
+    /// and handed to [`on_node_message`](Self::on_node_message)'s handler,
+    /// unless this node sent it.
+    fn receive_node_message(&self, hub: &Hub, message: &redis::Msg) {
+        let c = &self.counters;
+        let wire = Bytes::copy_from_slice(message.get_payload_bytes());
+        let envelope = match Envelope::decode(wire, self.config.max_payload) {
+            Ok(envelope) if envelope.kind == Kind::Node => envelope,
+            Ok(_) => {
+                bump(&c.invalid, 1);
+                tracing::warn!("backplane: a room or user message on a node channel");
+                return;
+            }
+            Err(error) => {
+                bump(&c.invalid, 1);
+                tracing::warn!(%error, "backplane: undecodable node message");
+                return;
+            }
+        };
+        if envelope.origin == self.node {
+            return; // its own, to every node: it acted on it already
+        }
+        match self.on_node.get() {
+            Some(handler) => {
+                bump(&c.node_messages, 1);
+                handler(hub, &envelope.message);
+            }
+            None => {
+                bump(&c.invalid, 1);
+                tracing::warn!("backplane: a node message, and no handler for it");
+            }
+        }
+    }
+
     async fn run_publisher(
         self: Arc<Self>,
         mut pending: mpsc::Receiver<Publication>,
@@ -726,8 +849,10 @@ impl RedisBackplane {
                     Ok(fresh) => {
                         backoff.connected(Instant::now());
                         connection = Some(fresh);
+                        self.publisher_up.store(true, Ordering::Relaxed);
                     }
                     Err(error) => {
+                        self.publisher_up.store(false, Ordering::Relaxed);
                         tracing::warn!(%error, "backplane: redis connection failed");
                         if !Self::wait_retry(&mut backoff, &mut stopped).await {
                             return;
@@ -744,6 +869,17 @@ impl RedisBackplane {
                     bump(&self.counters.publish_failed, count);
                     tracing::warn!(messages = count, %error, "backplane: publish failed");
                     connection = None;
+                    self.publisher_up.store(false, Ordering::Relaxed);
+                    for publication in &batch {
+                        if let Publication::Room {
+                            room,
+                            ordered: Some(message),
+                            ..
+                        } = publication
+                        {
+                            self.unpublished(room, message);
+                        }
+                    }
                 }
             }
             batch.clear();
@@ -778,7 +914,13 @@ impl RedisBackplane {
     ) -> Result<(), redis::RedisError> {
         let mut pipeline = redis::pipe();
         for publication in batch {
-            let room = &publication.room;
+            let (room, wire) = match publication {
+                Publication::Room { room, wire, .. } => (room, wire),
+                Publication::Node { channel, wire } => {
+                    pipeline.cmd("PUBLISH").arg(channel).arg(&wire[..]);
+                    continue;
+                }
+            };
             let mut tail = redis::Cmd::new();
             tail.arg(2)
                 .arg(self.channels.meta(room))
@@ -786,24 +928,48 @@ impl RedisBackplane {
                 .arg(&epoch_candidate()[..])
                 .arg(self.config.history_len)
                 .arg(self.channels.room(room))
-                .arg(&publication.wire[..])
+                .arg(&wire[..])
                 .arg(millis(self.config.history_ttl));
             pipeline.add_command(PUBLISH.command(false, &tail));
         }
         pipeline.query_async::<Vec<u64>>(connection).await.map(drop)
     }
 
-    async fn run_refresher(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
+    /// Keeps Redis told of this node's presence: what changed as soon as
+    /// it changed ([`present`](Self::present), [`absent`](Self::absent)),
+    /// every entry again every third of the TTL. A write that fails is
+    /// logged and made good by the next refresh; a removal that fails, by
+    /// the entry's expiry.
+    async fn run_presence(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
         let period = self.config.presence_ttl / 3;
+        let mut next_refresh = tokio::time::Instant::now() + period;
         loop {
-            tokio::select! {
-                () = tokio::time::sleep(period) => {}
+            let refresh = tokio::select! {
+                () = tokio::time::sleep_until(next_refresh) => true,
+                () = self.presence_changed.notified() => false,
                 _ = stopped.wait_for(|stop| *stop) => return,
+            };
+            let (removed, written) = {
+                let mut state = lock(&self.presence);
+                let removed = std::mem::take(&mut state.removed);
+                let added = std::mem::take(&mut state.added);
+                if refresh {
+                    next_refresh = tokio::time::Instant::now() + period;
+                    (removed, state.entries.clone())
+                } else {
+                    (removed, added)
+                }
+            };
+            for (room, members) in by_room(removed) {
+                let mut command = redis::cmd("ZREM");
+                command.arg(self.channels.presence(&room)).arg(&members);
+                if let Err(error) = self.query::<u64>(&command).await {
+                    tracing::warn!(room, %error, "backplane: presence removal failed");
+                }
             }
-            let entries: Vec<(String, String)> = lock(&self.announced).iter().cloned().collect();
-            for (room, member) in entries {
-                if let Err(error) = self.touch(&room, &member).await {
-                    tracing::warn!(room, member, %error, "backplane: presence refresh failed");
+            for (room, members) in by_room(written) {
+                if let Err(error) = self.touch(&room, &members).await {
+                    tracing::warn!(room, %error, "backplane: presence write failed");
                 }
             }
         }
@@ -914,12 +1080,13 @@ impl RedisBackplane {
         })
     }
 
-    async fn touch(&self, room: &str, member: &str) -> Result<(), Error> {
+    /// Marks `members` present in `room` until Redis's now + the TTL.
+    async fn touch(&self, room: &str, members: &[String]) -> Result<(), Error> {
         let mut tail = redis::Cmd::new();
         tail.arg(1)
             .arg(self.channels.presence(room))
             .arg(millis(Some(self.config.presence_ttl)))
-            .arg(member);
+            .arg(members);
         self.query_script::<u64>(&ANNOUNCE, &tail).await.map(drop)
     }
 
@@ -932,8 +1099,24 @@ impl RedisBackplane {
     /// [`Error::Redis`] if Redis is unreachable or refuses (the entry is
     /// still refreshed once it is back).
     pub async fn announce(&self, room: &str, member: &str) -> Result<(), Error> {
-        lock(&self.announced).insert((room.to_owned(), member.to_owned()));
-        self.touch(room, member).await
+        lock(&self.presence).present((room.to_owned(), member.to_owned()));
+        self.touch(room, &[member.to_owned()]).await
+    }
+
+    /// [`announce`](Self::announce) without waiting: the entry is this
+    /// node's at once, and the presence task (of a started backplane)
+    /// writes it to Redis right after, in the order of this node's
+    /// `present` and [`absent`](Self::absent) calls.
+    pub fn present(&self, room: &str, member: &str) {
+        lock(&self.presence).present((room.to_owned(), member.to_owned()));
+        self.presence_changed.notify_one();
+    }
+
+    /// [`withdraw`](Self::withdraw) without waiting, like
+    /// [`present`](Self::present).
+    pub fn absent(&self, room: &str, member: &str) {
+        lock(&self.presence).absent((room.to_owned(), member.to_owned()));
+        self.presence_changed.notify_one();
     }
 
     /// Removes `member` from `room`'s presence.
@@ -943,7 +1126,7 @@ impl RedisBackplane {
     /// [`Error::Redis`] if Redis is unreachable or refuses (the entry then
     /// expires within the TTL).
     pub async fn withdraw(&self, room: &str, member: &str) -> Result<(), Error> {
-        lock(&self.announced).remove(&(room.to_owned(), member.to_owned()));
+        lock(&self.presence).absent((room.to_owned(), member.to_owned()));
         let mut command = redis::cmd("ZREM");
         command.arg(self.channels.presence(room)).arg(member);
         self.query::<u64>(&command).await.map(drop)
@@ -970,14 +1153,80 @@ impl RedisBackplane {
     /// it as it comes back from Redis, through the [`Deliver`] of
     /// [`start_with`](Self::start_with) and with its position: all nodes
     /// see the room's messages in one order, and can tell their sessions
-    /// the offsets. Never waits; a full queue drops it (counted, logged),
-    /// for this node's members too.
+    /// the offsets. Never waits. What cannot reach Redis (a full queue,
+    /// a publisher known to be disconnected, a failed pipeline) is counted,
+    /// logged, and handed to the [`on_unpublished`](Self::on_unpublished)
+    /// handler, which can at least deliver it on this node; in the rare
+    /// case of a pipeline that broke after Redis ran it, a message may then
+    /// come back too.
     pub fn publish_ordered(&self, room: &str, message: &Message) {
         self.enqueue(room, message, true);
     }
 
+    /// Sends `message` to the node tagged `node` (see [`NodeTag`]), to its
+    /// [`on_node_message`](Self::on_node_message) handler. Never waits; a
+    /// full queue drops it (counted, logged) and returns `false`.
+    pub fn to_node(&self, node: NodeTag, message: &Message) -> bool {
+        let channel = self.channels.node(node);
+        self.enqueue_node(channel, &node.to_string(), message)
+    }
+
+    /// Sends `message` to every other node's
+    /// [`on_node_message`](Self::on_node_message) handler, as
+    /// [`to_node`](Self::to_node) does.
+    pub fn to_all_nodes(&self, message: &Message) -> bool {
+        self.enqueue_node(self.channels.all_nodes(), "all", message)
+    }
+
+    /// Where messages to this node ([`to_node`](Self::to_node),
+    /// [`to_all_nodes`](Self::to_all_nodes)) go. Set it before
+    /// [`start`](Self::start); only the first call counts (`false` for
+    /// the others). Without it they are counted as
+    /// [`invalid`](RedisStats::invalid) and dropped.
+    pub fn on_node_message(&self, handler: OnNodeMessage) -> bool {
+        self.on_node.set(handler).is_ok()
+    }
+
+    fn enqueue_node(&self, channel: String, to: &str, message: &Message) -> bool {
+        let wire = match Envelope::node(self.node, to, message.clone()).to_bytes() {
+            Ok(wire) => wire,
+            Err(error) => {
+                bump(&self.counters.publish_failed, 1);
+                tracing::warn!(to, %error, "backplane: cannot send to a node");
+                return false;
+            }
+        };
+        if self
+            .queue
+            .try_send(Publication::Node { channel, wire })
+            .is_err()
+        {
+            bump(&self.counters.publish_dropped, 1);
+            tracing::warn!(to, "backplane: publish queue full; not sent to the node");
+            return false;
+        }
+        true
+    }
+
+    /// Where ordered messages that cannot be published go (see
+    /// [`OnUnpublished`]). Set it before [`start`](Self::start); only the
+    /// first call counts (`false` for the others). Without it they are
+    /// counted and logged only.
+    pub fn on_unpublished(&self, handler: OnUnpublished) -> bool {
+        self.on_unpublished.set(handler).is_ok()
+    }
+
+    /// Hands an ordered message that did not go to the
+    /// [`on_unpublished`](Self::on_unpublished) handler.
+    fn unpublished(&self, room: &str, message: &Message) {
+        if let Some(handler) = self.on_unpublished.get() {
+            handler(room, message);
+        }
+    }
+
     /// Encodes once, queues for the publisher; counts and logs what cannot
-    /// go.
+    /// go, and hands the ordered ones that cannot to
+    /// [`on_unpublished`](Self::on_unpublished)'s handler.
     fn enqueue(&self, room: &str, message: &Message, echo: bool) {
         let mut envelope = Envelope::room(self.node, room, message.clone());
         envelope.echo = echo;
@@ -986,14 +1235,26 @@ impl RedisBackplane {
             Err(error) => {
                 bump(&self.counters.publish_failed, 1);
                 tracing::warn!(room, %error, "backplane: cannot publish");
+                if echo {
+                    self.unpublished(room, message);
+                }
                 return;
             }
         };
-        let publication = Publication {
+        if echo && !self.publisher_up.load(Ordering::Relaxed) {
+            bump(&self.counters.publish_failed, 1);
+            self.unpublished(room, message);
+            return;
+        }
+        let publication = Publication::Room {
             room: room.to_owned(),
             wire,
+            ordered: echo.then(|| message.clone()),
         };
         if self.queue.try_send(publication).is_err() {
+            if echo {
+                self.unpublished(room, message);
+            }
             bump(&self.counters.publish_dropped, 1);
             tracing::warn!(
                 room,

@@ -413,3 +413,53 @@ async fn a_burst_crosses_in_order() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn node_messages_reach_the_named_node_or_every_other_one() {
+    let Some((_server, a, b)) = two_nodes(|_| {}, None).await else {
+        return;
+    };
+    for node in [&a, &b] {
+        let to_everyone = |hub: &Hub, message: &Message| {
+            hub.broadcast(message, None);
+        };
+        assert!(node.backplane.on_node_message(Arc::new(to_everyone)));
+    }
+    let (at_a, at_b) = (a.join("x"), b.join("x"));
+    assert!(
+        a.backplane
+            .to_node(b.backplane.node().tag(), &Message::from("to b"))
+    );
+    assert_eq!(text(&next(&at_b).await), "to b");
+    assert!(b.backplane.to_all_nodes(&Message::from("to all")));
+    assert_eq!(text(&next(&at_a).await), "to all");
+    // Each came once, to its node only: a marker after them is next.
+    assert!(a.backplane.to_all_nodes(&Message::from("marker")));
+    assert_eq!(text(&next(&at_b).await), "marker");
+    assert!(queued(&at_a).is_empty(), "a skips its own");
+    assert_eq!(b.backplane.stats().node_messages, 2);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn presence_changes_reach_redis_in_their_order_without_waiting() {
+    let Some((_server, a, b)) = two_nodes(|_| {}, None).await else {
+        return;
+    };
+    a.backplane.present("room", "x");
+    a.backplane.absent("room", "x");
+    a.backplane.present("room", "y");
+    a.backplane.present("room", "x");
+    a.backplane.absent("room", "y");
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let members = b.backplane.members("room").await.unwrap();
+        if members == ["x"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{members:?}");
+    }
+    a.stop().await;
+    b.stop().await;
+}

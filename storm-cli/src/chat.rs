@@ -70,6 +70,17 @@ pub(crate) struct ChatArgs {
     /// recovery; 0 = none (messages then carry no offset).
     #[arg(long, value_name = "N", default_value_t = 1000, requires = "backplane")]
     backplane_history: usize,
+    /// With --backplane: milliseconds a user stays in the other nodes'
+    /// user lists after its node stops refreshing it (every third of this):
+    /// the users of a node that dies disappear within it.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 30_000,
+        requires = "backplane",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    backplane_presence_ttl_ms: u64,
 }
 
 /// `storm chat`: WebSocket, pings every 15 s, messages up to 64 KiB.
@@ -106,6 +117,7 @@ pub(crate) fn run(args: &ChatArgs) -> io::Result<()> {
         let mut redis = RedisConfig::default();
         redis.url.clone_from(url);
         redis.history_len = args.backplane_history;
+        redis.presence_ttl = Duration::from_millis(args.backplane_presence_ttl_ms);
         redis
     });
     let metrics = storm_cli::metrics::bind(args.policy.metrics_addr.as_deref())?;

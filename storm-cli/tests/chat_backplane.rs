@@ -8,6 +8,7 @@
 #[path = "../../storm-backplane/tests/common/mod.rs"]
 mod redis_server;
 
+use std::io::Write;
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use redis_server::RedisServer;
 use serde_json::{Value, json};
-use storm_proto::ws::Event;
+use storm_proto::ws::{CloseCode, Event};
 use storm_std::ws::{self, WebSocket};
 use storm_tests::process::lines;
 
@@ -26,8 +27,8 @@ const WAIT: Duration = Duration::from_secs(10);
 struct Node {
     child: Child,
     ws: String,
-    /// Kept so the server never blocks on a full pipe.
-    _out: mpsc::Receiver<String>,
+    /// Its stdout, line by line (read, so it never blocks on a full pipe).
+    out: mpsc::Receiver<String>,
 }
 
 impl Drop for Node {
@@ -56,11 +57,36 @@ impl Node {
                 break addr.trim().to_owned();
             }
         };
-        Self {
-            child,
-            ws,
-            _out: out,
+        Self { child, ws, out }
+    }
+
+    /// Runs `line` on the admin console; the lines it prints up to the
+    /// first for which `last` holds.
+    fn console(&mut self, line: &str, last: impl Fn(&str) -> bool) -> Vec<String> {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{line}").expect("console line");
+        stdin.flush().expect("flush");
+        let deadline = Instant::now() + WAIT;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.out.recv_timeout(left) {
+                Ok(line) => {
+                    let done = last(&line);
+                    seen.push(line);
+                    if done {
+                        return seen;
+                    }
+                }
+                Err(_) => panic!("{line}: not within {WAIT:?}: {seen:?}"),
+            }
         }
+    }
+
+    /// Kills the process (SIGKILL, by its pid: no goodbye to anyone).
+    fn kill(&mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("reaped");
     }
 
     /// A client, welcomed and in the lobby (its own `joined` seen).
@@ -81,15 +107,19 @@ impl Node {
             .get_ref()
             .set_read_timeout(Some(Duration::from_millis(200)))
             .expect("read timeout");
-        let mut client = Client { socket, id: 0 };
-        client.id = client.expect("welcome")["id"].as_u64().expect("id");
+        let mut client = Client {
+            socket,
+            id: Value::Null,
+        };
+        client.id = client.expect("welcome")["id"].clone();
         client
     }
 }
 
 struct Client {
     socket: WebSocket<TcpStream>,
-    id: u64,
+    /// As the welcome gave it.
+    id: Value,
 }
 
 impl Client {
@@ -99,23 +129,12 @@ impl Client {
             .expect("send command");
     }
 
-    /// Messages up to and including the first for which `last` holds.
-    fn until(&mut self, last: impl Fn(&Value) -> bool) -> Vec<Value> {
-        let deadline = Instant::now() + WAIT;
-        let mut seen = Vec::new();
+    /// The next event before `deadline` (read timeouts skipped).
+    fn next_event(&mut self, deadline: Instant, seen: &[Value]) -> Event {
         loop {
             assert!(Instant::now() < deadline, "not within {WAIT:?}: {seen:?}");
             match self.socket.read() {
-                Ok(Event::Text(text)) => {
-                    let v: Value = serde_json::from_str(&text).expect("JSON");
-                    let done = last(&v);
-                    seen.push(v);
-                    if done {
-                        return seen;
-                    }
-                }
-                Ok(Event::Close(frame)) => panic!("closed ({:?}); saw {seen:?}", frame.code),
-                Ok(_) => {}
+                Ok(event) => return event,
                 Err(ws::Error::Io(e))
                     if matches!(
                         e.kind(),
@@ -126,14 +145,71 @@ impl Client {
         }
     }
 
+    /// Messages up to and including the first for which `last` holds.
+    fn until(&mut self, last: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + WAIT;
+        let mut seen = Vec::new();
+        loop {
+            match self.next_event(deadline, &seen) {
+                Event::Text(text) => {
+                    let v: Value = serde_json::from_str(&text).expect("JSON");
+                    let done = last(&v);
+                    seen.push(v);
+                    if done {
+                        return seen;
+                    }
+                }
+                Event::Close(frame) => panic!("closed ({:?}); saw {seen:?}", frame.code),
+                _ => {}
+            }
+        }
+    }
+
+    /// Reads until the server closes; the close code and reason.
+    fn closed(&mut self) -> (CloseCode, String) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Event::Close(frame) = self.next_event(deadline, &[]) {
+                return (frame.code, frame.reason);
+            }
+        }
+    }
+
     fn expect(&mut self, ty: &str) -> Value {
         self.until(|v| v["type"] == ty).pop().expect("message")
     }
 
     /// Up to this client's own event of type `ty`.
     fn own(&mut self, ty: &str) -> Vec<Value> {
-        let id = self.id;
+        let id = self.id.clone();
         self.until(|v| v["type"] == ty && v["id"] == id)
+    }
+
+    /// Renames itself; up to its own `renamed`.
+    fn name(&mut self, name: &str) {
+        self.send(&json!({"type": "name", "name": name}));
+        self.own("renamed");
+    }
+
+    /// The `users` list (across nodes).
+    fn users(&mut self) -> Vec<Value> {
+        self.send(&json!({"type": "users"}));
+        let seen = self.until(|v| v["type"] == "users" || v["type"] == "error");
+        let answer = seen.last().expect("an answer");
+        assert_eq!(answer["type"], "users", "{seen:?}");
+        answer["users"].as_array().expect("a list").clone()
+    }
+
+    /// Asks for `users` until `done` holds of the list; that list.
+    fn users_until(&mut self, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let users = self.users();
+            if done(&users) {
+                return users;
+            }
+            assert!(Instant::now() < deadline, "not within {WAIT:?}: {users:?}");
+        }
     }
 
     /// Joins `room` fresh; up to its own `joined`.
@@ -149,6 +225,11 @@ impl Client {
             .pop()
             .expect("chat")
     }
+}
+
+/// The names in a `users` list.
+fn names(users: &[Value]) -> Vec<&str> {
+    users.iter().filter_map(|u| u["name"].as_str()).collect()
 }
 
 /// The chat messages' texts among `seen`.
@@ -295,4 +376,251 @@ fn the_backplane_is_refused_off_tokio() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("tokio"), "{runtime}: {stderr}");
     }
+}
+
+#[test]
+fn session_ids_are_unique_across_nodes() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = (Node::start(&redis, &[]), Node::start(&redis, &[]));
+    let (mut alice, mut bob) = (a.connect(), b.connect());
+    // Both are their node's first session: `NODE-1`, the nodes differ.
+    let (ida, idb) = (alice.id.clone(), bob.id.clone());
+    let parts = |id: &Value| -> (String, String) {
+        let id = id.as_str().unwrap_or_else(|| panic!("a string id: {id}"));
+        let (node, n) = id.split_once('-').expect("NODE-N");
+        assert_eq!(node.len(), 8, "{id}");
+        (node.to_owned(), n.to_owned())
+    };
+    let ((node_a, na), (node_b, nb)) = (parts(&ida), parts(&idb));
+    assert_eq!((na.as_str(), nb.as_str()), ("1", "1"));
+    assert_ne!(node_a, node_b, "{ida} {idb}");
+    // The same ids in room events and lists, on both nodes.
+    alice.own("joined");
+    bob.own("joined");
+    alice.say("hi");
+    let seen = bob.until(|v| v["type"] == "chat" && v["text"] == "hi");
+    assert_eq!(seen.last().expect("chat")["id"], ida);
+    let users = bob.users_until(|users| users.len() == 2);
+    let ids: Vec<&Value> = users.iter().map(|u| &u["id"]).collect();
+    assert!(ids.contains(&&ida) && ids.contains(&&idb), "{users:?}");
+    // Guest names carry the id too: no two nodes give out the same one.
+    assert_eq!(
+        users.iter().find(|u| u["id"] == ida).expect("alice")["name"],
+        format!("guest-{}", ida.as_str().unwrap())
+    );
+}
+
+#[test]
+fn user_lists_span_nodes_and_a_killed_node_s_users_leave_within_the_ttl() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let ttl = Duration::from_millis(1500);
+    let presence = ["--backplane-presence-ttl-ms", "1500"];
+    let (mut a, b) = (
+        Node::start(&redis, &presence),
+        Node::start(&redis, &presence),
+    );
+    let (mut alice, mut bob) = (a.client(), b.client());
+    alice.name("alice");
+    bob.name("bob");
+    bob.join("rust");
+    let users = bob
+        .users_until(|users| names(users) == ["alice", "bob"] || names(users) == ["bob", "alice"]);
+    let room_of = |name: &str| {
+        users
+            .iter()
+            .find(|u| u["name"] == name)
+            .map(|u| u["room"].clone())
+    };
+    assert_eq!(room_of("alice"), Some(json!("lobby")));
+    assert_eq!(room_of("bob"), Some(json!("rust")));
+    alice.send(&json!({"type": "rooms"}));
+    let rooms = alice.expect("rooms");
+    assert_eq!(
+        rooms["rooms"],
+        json!([{"name": "lobby", "members": 1}, {"name": "rust", "members": 1}]),
+        "{rooms}"
+    );
+    // The console sees every node's sessions and rooms.
+    let bob_id = bob.id.as_str().expect("id").to_owned();
+    let listed = a.console("/sessions", |line| line.contains(" bob "));
+    assert!(listed.iter().any(|l| l == "2 sessions"), "{listed:?}");
+    assert!(
+        listed
+            .last()
+            .expect("bob")
+            .starts_with(&format!("  #{bob_id} bob room=rust")),
+        "{listed:?}"
+    );
+    let rooms = a.console("/rooms", |line| line.starts_with("  rust"));
+    assert_eq!(rooms.last().expect("rust"), "  rust: 1 (bob)", "{rooms:?}");
+
+    // Refreshed while its node runs: still listed after twice the TTL.
+    let until = Instant::now() + 2 * ttl;
+    while Instant::now() < until {
+        assert!(names(&bob.users()).contains(&"alice"));
+    }
+    // Node A dies without a word: alice leaves B's list within the TTL
+    // (bounded here by WAIT, for a loaded machine).
+    a.kill();
+    let killed = Instant::now();
+    let users = bob.users_until(|users| !names(users).contains(&"alice"));
+    assert_eq!(names(&users), ["bob"]);
+    println!(
+        "alice gone {:?} after the kill (TTL {ttl:?})",
+        killed.elapsed()
+    );
+}
+
+#[test]
+fn three_nodes_are_one_chat() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let mut nodes = [
+        Node::start(&redis, &[]),
+        Node::start(&redis, &[]),
+        Node::start(&redis, &[]),
+    ];
+    let mut clients: Vec<Client> = nodes.iter().map(Node::client).collect();
+    for (client, name) in clients.iter_mut().zip(["alice", "bob", "carol"]) {
+        client.name(name);
+        client.join("rust");
+    }
+    // One user list, whichever node is asked.
+    for client in &mut clients {
+        let users = client.users_until(|users| users.len() == 3);
+        let mut listed = names(&users);
+        listed.sort_unstable();
+        assert_eq!(listed, ["alice", "bob", "carol"], "{users:?}");
+        assert!(users.iter().all(|u| u["room"] == "rust"), "{users:?}");
+    }
+
+    // A room message reaches every node's member exactly once, at one
+    // position.
+    clients[0].send(&json!({"type": "chat", "text": "hello"}));
+    clients[0].send(&json!({"type": "chat", "text": "after"}));
+    let mut positions = Vec::new();
+    for client in &mut clients {
+        let seen = client.until(|v| v["type"] == "chat" && v["text"] == "after");
+        assert_eq!(texts(&seen), ["hello", "after"], "{seen:?}");
+        let hello = seen.iter().find(|v| v["text"] == "hello").expect("hello");
+        positions.push((hello["epoch"].clone(), hello["offset"].clone()));
+    }
+    assert!(
+        positions.iter().all(|p| *p == positions[0]),
+        "{positions:?}"
+    );
+    assert!(positions[0].1.as_u64().is_some(), "{positions:?}");
+
+    // A whisper to a user on another node; an unknown name is an error.
+    let (alice_id, carol_id) = (clients[0].id.clone(), clients[2].id.clone());
+    clients[0].send(&json!({"type": "whisper", "to": "carol", "text": "psst"}));
+    let copy = clients[0].expect("whisper");
+    let got = clients[2].expect("whisper");
+    assert_eq!(got, copy);
+    assert_eq!((&got["from_id"], &got["to_id"]), (&alice_id, &carol_id));
+    assert_eq!(
+        (&got["from"], &got["text"]),
+        (&json!("alice"), &json!("psst"))
+    );
+    clients[0].send(&json!({"type": "whisper", "to": "nobody", "text": "x"}));
+    let error = clients[0].expect("error");
+    assert!(
+        error["error"]
+            .as_str()
+            .expect("error")
+            .contains("no user named nobody"),
+        "{error}"
+    );
+
+    // The admin console of one node acts on every node.
+    let bob_id = clients[1].id.as_str().expect("id").to_owned();
+    nodes[0].console(&format!("/kick #{bob_id}"), |line| {
+        line.starts_with("kicking")
+    });
+    assert_eq!(
+        clients[1].closed(),
+        (CloseCode::POLICY_VIOLATION, "kicked".to_owned())
+    );
+    let left = clients[2].until(|v| v["type"] == "left");
+    assert_eq!(left.last().expect("left")["id"], json!(bob_id));
+    nodes[2].console("/broadcast to all", |line| line.starts_with("broadcast to"));
+    for i in [0, 2] {
+        let client = &mut clients[i];
+        let told = client.expect("broadcast");
+        assert_eq!(
+            (&told["from"], &told["text"]),
+            (&json!("admin"), &json!("to all"))
+        );
+    }
+    let users = clients[0].users_until(|users| users.len() == 2);
+    assert!(!names(&users).contains(&"bob"), "{users:?}");
+}
+
+#[test]
+fn an_event_redis_cannot_take_still_reaches_its_node_s_members_with_a_notice() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let a = Node::start(&redis, &[]);
+    let (mut alice, mut carol) = (a.client(), a.client());
+    alice.join("rust");
+    carol.join("rust");
+    alice.say("before");
+    redis.kill();
+    for text in ["lost?", "still here?"] {
+        alice.send(&json!({"type": "chat", "text": text}));
+        for client in [&mut alice, &mut carol] {
+            let seen = client.until(|v| v["type"] == "local_only");
+            let said = seen.iter().find(|v| v["text"] == text);
+            let said = said.unwrap_or_else(|| panic!("{text}: {seen:?}"));
+            assert!(said.get("offset").is_none(), "not in the history: {said}");
+            let notice = seen.last().expect("notice");
+            assert_eq!(notice["room"], "rust", "{notice}");
+        }
+    }
+}
+
+#[test]
+fn a_slow_session_gets_its_whole_recovery() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    // A 600-byte outbox under --slow-consumer wait (the default): a
+    // recovery of 30 events of 200-odd bytes does not fit at once.
+    let a = Node::start(&redis, &["--max-pending-bytes", "600"]);
+    let b = Node::start(&redis, &[]);
+    let (mut alice, mut bob) = (b.client(), a.client());
+    alice.join("rust");
+    bob.join("rust");
+    alice.say("m0");
+    let last = bob
+        .until(|v| v["type"] == "chat" && v["text"] == "m0")
+        .pop()
+        .expect("m0");
+    drop(bob);
+    let said: Vec<String> = (1..=30)
+        .map(|i| format!("{i:03} {}", "x".repeat(200)))
+        .collect();
+    for text in &said {
+        alice.say(text);
+    }
+    let mut back = a.client();
+    back.send(&json!({
+        "type": "join", "room": "rust", "epoch": last["epoch"], "offset": last["offset"],
+    }));
+    let recovered = back.until(|v| v["type"] == "position" || v["type"] == "unrecoverable");
+    assert_eq!(
+        recovered.last().expect("end")["type"],
+        "position",
+        "{recovered:?}"
+    );
+    assert_eq!(texts(&recovered), said, "every missed event, in order");
+    back.own("joined");
+    alice.say("live");
+    back.until(|v| v["type"] == "chat" && v["text"] == "live");
 }

@@ -338,8 +338,10 @@ impl Session {
     }
 
     /// Resolves when the session is writable again, or with
-    /// [`SessionClosed`] once it closed.
-    fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<Result<(), SessionClosed>> {
+    /// [`SessionClosed`] once it closed: for a sender that holds its
+    /// messages itself after [`try_send`](Self::try_send) said
+    /// [`SendOutcome::Wait`], and sends them once this resolves.
+    pub fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<Result<(), SessionClosed>> {
         self.outbox.poll_writable(cx)
     }
 

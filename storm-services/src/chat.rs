@@ -102,16 +102,32 @@
 //! be had (history trimmed, epoch changed, backplane unreachable), then
 //! `{"type":"position","room":"rust","epoch":"…","offset":42}`; live events
 //! follow, none twice. Without a backplane `epoch` and `offset` are
-//! ignored. User lists, whispers, the tick and the console stay per node.
+//! ignored.
+//!
+//! Across nodes, session ids are `NODE-N` strings (`"0a1b2c3d-7"`, a
+//! [`SessionAddr`]: the node's tag and the session's number there), unique
+//! across the nodes, in every event, list and console line, and in guest
+//! names (`guest-0a1b2c3d-7`). `users` and `rooms` list every node's users:
+//! each node keeps its users in a directory in Redis (the backplane's
+//! presence, refreshed every third of its TTL), so a dead node's users leave
+//! the lists within [`RedisConfig::presence_ttl`](storm_backplane::redis::RedisConfig::presence_ttl).
+//! A `whisper` to a name of no local user goes to the first user of that
+//! name another node lists, through that node (a node message). A room
+//! event the backplane cannot publish still reaches this node's members,
+//! without a position, followed by
+//! `{"type":"local_only","room":"rust","reason":"…"}`. The tick's user
+//! count stays per node.
 //!
 //! # Admin console
 //!
 //! Lines on stdin: `/sessions`, `/kick <id>` (closes with 1008 "kicked"),
 //! `/broadcast <text>`, `/rooms`, `/info <id>`, `/stop` (closes every session
 //! gracefully, aborts what is left after 5 s, exits 0), `/help`. Ids may be
-//! written `3` or `#3`. End of input leaves the server running.
+//! written `3` or `#3`, across nodes `0a1b2c3d-3` or `#0a1b2c3d-3` too.
+//! Across nodes `/sessions`, `/rooms`, `/info`, `/kick` and `/broadcast`
+//! see and act on every node. End of input leaves the server running.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, BufRead};
 use std::net::{SocketAddr, TcpListener};
 use std::ops::Deref;
@@ -126,7 +142,7 @@ use storm_host::options::{ServerOptions, WsOptions};
 use storm_host::session::{Registry as ServerRegistry, Session};
 use storm_host::setup::{Decision, UpgradeInfo};
 use storm_proto::Message;
-use storm_proto::backplane::Position;
+use storm_proto::backplane::{Position, SessionAddr};
 use storm_proto::ws::CloseCode;
 
 use crate::host::{Bound, Runtime, Stop};
@@ -516,6 +532,79 @@ impl Chat {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The id the chat shows for this node's session `id`.
+    fn id_of(&self, id: SessionId) -> ChatId {
+        match &self.nodes {
+            Some(nodes) => ChatId::Node(SessionAddr::new(nodes.tag(), id.get())),
+            None => ChatId::Local(id.get()),
+        }
+    }
+
+    /// The user `id` as `users` lists it.
+    fn info(&self, id: SessionId, user: &User) -> UserInfo {
+        UserInfo {
+            id: self.id_of(id),
+            name: user.name.clone(),
+            room: user.room.clone(),
+        }
+    }
+
+    /// Across nodes, tells the directory that user `id` was `before` and
+    /// is now `after` (`None`: not there); called with the registry lock
+    /// held, so the directory hears of a user's changes in their order.
+    fn relist(&self, before: Option<&UserInfo>, after: Option<&UserInfo>) {
+        if let Some(nodes) = &self.nodes {
+            if before != after {
+                nodes.relist(before, after);
+            }
+        }
+    }
+
+    /// Every user on every node, by id (this node's as of now, the others'
+    /// as the directory holds them); with why the others' are missing if
+    /// the directory cannot be read.
+    async fn all_users(&self) -> (Vec<UserInfo>, Option<String>) {
+        let others = match &self.nodes {
+            Some(nodes) => nodes.others().await,
+            None => Ok(Vec::new()),
+        };
+        let mut users = self.local_users();
+        let error = match others {
+            Ok(others) => {
+                users.extend(others);
+                users.sort_by_key(|user| user.id);
+                None
+            }
+            Err(error) => Some(error),
+        };
+        (users, error)
+    }
+
+    /// [`all_users`](Self::all_users), for the console's thread: waits for
+    /// the directory there.
+    fn all_users_blocking(&self) -> Vec<UserInfo> {
+        let (users, error) = match &self.nodes {
+            Some(nodes) => nodes.block_on(self.all_users()),
+            None => (self.local_users(), None),
+        };
+        if let Some(error) = error {
+            println!("the users of other nodes are unknown: {error}");
+        }
+        users
+    }
+
+    /// This node's users, by id.
+    fn local_users(&self) -> Vec<UserInfo> {
+        let registry = self.registry();
+        let mut users: Vec<UserInfo> = registry
+            .users
+            .iter()
+            .map(|(&id, user)| self.info(id, user))
+            .collect();
+        users.sort_by_key(|user| user.id);
+        users
+    }
+
     /// Sends `event` to the members of `room`.
     fn to_room(&self, room: &str, event: &Out<'_>) {
         self.to_group(room, &encode(event));
@@ -553,9 +642,23 @@ impl Chat {
         hub.deliver_group(room, &message, None);
     }
 
+    /// A room event the backplane could not publish (Redis down, its queue
+    /// full): delivered here without a position all the same, followed by
+    /// `local_only`, so this node's members know the other nodes' did not
+    /// get it.
+    fn unpublished(&self, room: &str, message: &Message) {
+        let hub = self.server.hub();
+        self.deliver(hub, room, None, message);
+        let notice = Out::LocalOnly {
+            room,
+            reason: "the backplane could not take the event before:                      members on other nodes did not get it",
+        };
+        self.deliver(hub, room, None, &encode(&notice));
+    }
+
     /// Ends the join `ticket` of `session` to `room`: sends what its
     /// recovery found, then the events buffered since, then has it enter
-    /// the room's group, all under the registry lock (see `nodes`).
+    /// the room's group (see `nodes` and [`send_joining`](Self::send_joining)).
     fn finish_join(
         &self,
         session: &Session,
@@ -563,49 +666,88 @@ impl Chat {
         ticket: u64,
         outcome: Result<storm_backplane::redis::Recovery, String>,
     ) {
-        let mut registry = self.registry();
-        let id = session.id();
-        if registry.pending.get(&id).is_none_or(|p| p.ticket != ticket) {
-            return; // left, joined elsewhere, or gone meanwhile
-        }
-        let Some(pending) = registry.pending.remove(&id) else {
-            return;
+        let messages = {
+            let mut registry = self.registry();
+            let pending = registry.pending.get_mut(&session.id());
+            let Some(pending) = pending.filter(|p| p.ticket == ticket) else {
+                return; // left, joined elsewhere, or gone meanwhile
+            };
+            nodes::finish_messages(room, pending, outcome)
         };
-        let mut unsent = 0_usize;
-        for message in nodes::finish_messages(room, pending, outcome) {
-            if session.try_send(message) != SendOutcome::Queued {
-                unsent += 1;
+        self.send_joining(session.clone(), room.to_owned(), ticket, messages.into());
+    }
+
+    /// Sends the joining session `queue`, then what its pending entry
+    /// buffered meanwhile, until nothing more came; then, under the
+    /// registry lock, it enters the room's group. When its outbox says wait
+    /// (`--slow-consumer wait`), a task goes on once it is writable: a slow
+    /// session gets its whole recovery, and the room's events past it stay
+    /// buffered (bounded: past [`nodes::MAX_PENDING`] it is told
+    /// `unrecoverable`). Other policies apply as to every send.
+    fn send_joining(
+        &self,
+        session: Session,
+        room: String,
+        ticket: u64,
+        mut queue: VecDeque<Message>,
+    ) {
+        let id = session.id();
+        loop {
+            while let Some(message) = queue.pop_front() {
+                if let SendOutcome::Wait(message) = session.try_send(message) {
+                    queue.push_front(message);
+                    if let (Some(nodes), Some(me)) = (&self.nodes, self.me.upgrade()) {
+                        nodes.spawn(async move {
+                            let writable = std::future::poll_fn(|cx| session.poll_writable(cx));
+                            if writable.await.is_ok() {
+                                me.send_joining(session, room, ticket, queue);
+                            }
+                        });
+                    }
+                    return;
+                }
             }
-        }
-        if unsent > 0 {
-            tracing::warn!(%id, room, unsent, "chat: session too slow for its recovery");
-        }
-        if let Err(error) = session.join(room) {
-            let _ = session.try_send(encode(&Out::Error {
-                error: &error.to_string(),
-            }));
+            let mut registry = self.registry();
+            let pending = registry.pending.get_mut(&id);
+            let Some(pending) = pending.filter(|p| p.ticket == ticket) else {
+                return;
+            };
+            let more = nodes::buffered(&room, pending);
+            if more.is_empty() {
+                registry.pending.remove(&id);
+                if let Err(error) = session.join(&room) {
+                    let _ = session.try_send(encode(&Out::Error {
+                        error: &error.to_string(),
+                    }));
+                }
+                return;
+            }
+            queue.extend(more);
         }
     }
 
     /// Registers a new user; the welcome to send it before anything else.
     fn connect(&self, session: &Session) -> Message {
         let id = session.id();
-        let name = format!("guest-{}", id.get());
-        println!("connect {id} {name} from {}", session.remote_addr());
+        let name = format!("guest-{}", self.id_of(id));
+        println!(
+            "connect #{} {name} from {}",
+            self.id_of(id),
+            session.remote_addr()
+        );
         {
             let mut registry = self.registry();
+            let user = User {
+                name: name.clone(),
+                room: None,
+                session: session.clone(),
+            };
+            self.relist(None, Some(&self.info(id, &user)));
             registry.names.insert(name.clone(), id);
-            registry.users.insert(
-                id,
-                User {
-                    name: name.clone(),
-                    room: None,
-                    session: session.clone(),
-                },
-            );
+            registry.users.insert(id, user);
         }
         encode(&Out::Welcome {
-            id: id.get(),
+            id: self.id_of(id),
             name: &name,
             room: LOBBY,
         })
@@ -643,6 +785,7 @@ impl Chat {
             registry.pending.remove(&id);
             if let Some(user) = &user {
                 registry.names.remove(&user.name);
+                self.relist(Some(&self.info(id, user)), None);
             }
             user
         };
@@ -651,12 +794,33 @@ impl Chat {
             session.leave(room);
             let left = Out::Left {
                 room,
-                id: id.get(),
+                id: self.id_of(id),
                 name: &user.name,
             };
             self.to_room(room, &left);
         }
-        println!("disconnect {id} {} ({reason})", user.name);
+        println!("disconnect #{} {} ({reason})", self.id_of(id), user.name);
+    }
+
+    /// What another node asks of this one (across nodes).
+    fn on_ask(&self, hub: &Hub, ask: nodes::Ask) {
+        match ask {
+            nodes::Ask::Send { to, event } => {
+                if let Some(session) = self.server.session(SessionId::new(to)) {
+                    let _ = session.try_send(Message::from(event));
+                }
+            }
+            nodes::Ask::Kick { to } => {
+                let id = SessionId::new(to);
+                if let Some(session) = self.server.session(id) {
+                    session.close_with(CloseCode::POLICY_VIOLATION, "kicked");
+                    println!("kicked #{} (asked by another node)", self.id_of(id));
+                }
+            }
+            nodes::Ask::Broadcast { event } => {
+                hub.broadcast(&Message::from(event), None);
+            }
+        }
     }
 
     /// Sends the tick to everyone.
@@ -703,36 +867,36 @@ enum Command {
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Out<'a> {
     Welcome {
-        id: u64,
+        id: ChatId,
         name: &'a str,
         room: &'a str,
     },
     Renamed {
-        id: u64,
+        id: ChatId,
         old: &'a str,
         name: &'a str,
     },
     Chat {
         room: &'a str,
-        id: u64,
+        id: ChatId,
         from: &'a str,
         text: &'a str,
     },
     Whisper {
-        from_id: u64,
+        from_id: ChatId,
         from: &'a str,
-        to_id: u64,
+        to_id: ChatId,
         to: &'a str,
         text: &'a str,
     },
     Joined {
         room: &'a str,
-        id: u64,
+        id: ChatId,
         name: &'a str,
     },
     Left {
         room: &'a str,
-        id: u64,
+        id: ChatId,
         name: &'a str,
     },
     Users {
@@ -764,11 +928,19 @@ enum Out<'a> {
         room: &'a str,
         reason: &'a str,
     },
+    /// Across nodes: the room event before it reached this node's members
+    /// only.
+    LocalOnly {
+        room: &'a str,
+        reason: &'a str,
+    },
 }
 
-#[derive(Debug, Serialize)]
+/// One user as `users` lists it (and, across nodes, as the directory
+/// holds it: see `nodes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 struct UserInfo {
-    id: u64,
+    id: ChatId,
     name: String,
     room: Option<String>,
 }
@@ -779,17 +951,47 @@ struct RoomInfo {
     members: usize,
 }
 
+/// A session's id as the chat shows it and takes it back: on one node the
+/// hub's number (`7`, a JSON number); across nodes `NODE-N` (a
+/// [`SessionAddr`], a JSON string such as `"0a1b2c3d-7"`), unique among
+/// every node's sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum ChatId {
+    Local(u64),
+    Node(SessionAddr),
+}
+
+impl Serialize for ChatId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Local(n) => serializer.serialize_u64(*n),
+            Self::Node(addr) => serializer.collect_str(addr),
+        }
+    }
+}
+
+impl std::fmt::Display for ChatId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Local(n) => write!(f, "{n}"),
+            Self::Node(addr) => write!(f, "{addr}"),
+        }
+    }
+}
+
 fn encode(event: &Out<'_>) -> Message {
     // Serializing these plain structs cannot fail; an empty object is a
     // harmless fallback.
     Message::from(serde_json::to_string(event).unwrap_or_else(|_| "{}".to_owned()))
 }
 
-/// Whether `name` has the shape of the names new users get; those are
+/// Whether `name` has the shape of the names new users get (`guest-` and
+/// a session id: `guest-7`, across nodes `guest-0a1b2c3d-7`); those are
 /// reserved, so a later connection's default name is never taken.
 fn is_guest_name(name: &str) -> bool {
-    name.strip_prefix("guest-")
-        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    name.strip_prefix("guest-").is_some_and(|n| {
+        (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) || n.parse::<SessionAddr>().is_ok()
+    })
 }
 
 /// A user or room name, trimmed, or why it is refused.
@@ -823,15 +1025,17 @@ fn handle(chat: &Chat, session: &Session, command: Command) -> Result<Option<Mes
                     return Err(format!("the name {name} is taken"));
                 }
                 let user = registry.users.get_mut(&id).ok_or("not registered")?;
+                let before = chat.info(id, user);
                 let old = std::mem::replace(&mut user.name, name.clone());
                 let room = user.room.clone();
+                chat.relist(Some(&before), Some(&chat.info(id, user)));
                 registry.names.remove(&old);
                 registry.names.insert(name.clone(), id);
                 (old, room)
             };
-            println!("rename {id} {old} -> {name}");
+            println!("rename #{} {old} -> {name}", chat.id_of(id));
             let renamed = encode(&Out::Renamed {
-                id: id.get(),
+                id: chat.id_of(id),
                 old: &old,
                 name: &name,
             });
@@ -852,7 +1056,7 @@ fn handle(chat: &Chat, session: &Session, command: Command) -> Result<Option<Mes
             let room = room.ok_or("you are in no room: join one first")?;
             let event = Out::Chat {
                 room: &room,
-                id: id.get(),
+                id: chat.id_of(id),
                 from: &name,
                 text: &text,
             };
@@ -873,17 +1077,19 @@ fn handle(chat: &Chat, session: &Session, command: Command) -> Result<Option<Mes
                     .names
                     .get(to)
                     .and_then(|tid| registry.users.get(tid))
-                    .map(|user| user.session.clone())
-                    .ok_or_else(|| format!("no user named {to}"))?;
+                    .map(|user| user.session.clone());
                 (from, target)
+            };
+            let Some(target) = target else {
+                return whisper_elsewhere(chat, session, from, to, text);
             };
             if target.id() == id {
                 return Err("you cannot whisper to yourself".to_owned());
             }
             let event = encode(&Out::Whisper {
-                from_id: id.get(),
+                from_id: chat.id_of(id),
                 from: &from,
-                to_id: target.id().get(),
+                to_id: chat.id_of(target.id()),
                 to,
                 text: &text,
             });
@@ -904,44 +1110,109 @@ fn handle(chat: &Chat, session: &Session, command: Command) -> Result<Option<Mes
             let (name, room) = {
                 let mut registry = chat.registry();
                 let user = registry.users.get_mut(&id).ok_or("not registered")?;
+                let before = chat.info(id, user);
                 let left = (user.name.clone(), user.room.take());
+                chat.relist(Some(&before), Some(&chat.info(id, user)));
                 registry.pending.remove(&id);
                 left
             };
             let room = room.ok_or("you are in no room")?;
             let left = encode(&Out::Left {
                 room: &room,
-                id: id.get(),
+                id: chat.id_of(id),
                 name: &name,
             });
             session.leave(&room);
             chat.to_group(&room, &left);
             Ok(Some(left))
         }
-        Command::Users => {
-            let registry = chat.registry();
-            let mut users: Vec<UserInfo> = registry
-                .users
-                .iter()
-                .map(|(id, user)| UserInfo {
-                    id: id.get(),
-                    name: user.name.clone(),
-                    room: user.room.clone(),
-                })
-                .collect();
-            users.sort_by_key(|user| user.id);
-            Ok(Some(encode(&Out::Users { users })))
+        Command::Users | Command::Rooms => {
+            let rooms = matches!(command, Command::Rooms);
+            match (&chat.nodes, chat.me.upgrade()) {
+                (Some(nodes), Some(me)) => {
+                    let session = session.clone();
+                    nodes.spawn(async move {
+                        let (users, error) = me.all_users().await;
+                        if let Some(error) = error {
+                            let error = format!("the users of other nodes are unknown: {error}");
+                            let _ = session.try_send(encode(&Out::Error { error: &error }));
+                        }
+                        let _ = session.try_send(listing(users, rooms));
+                    });
+                    Ok(None)
+                }
+                _ => Ok(Some(listing(chat.local_users(), rooms))),
+            }
         }
-        Command::Rooms => Ok(Some(encode(&Out::Rooms {
-            rooms: rooms(chat)
-                .into_iter()
-                .map(|(name, members)| RoomInfo {
-                    members: members.len(),
-                    name,
-                })
-                .collect(),
-        }))),
     }
+}
+
+/// A whisper to `to`, a user of no session of this node: across nodes,
+/// to the first user of that name the directory lists on another node
+/// (the copy to the sender once it is on its way); else `no user named`.
+fn whisper_elsewhere(
+    chat: &Chat,
+    session: &Session,
+    from: String,
+    to: &str,
+    text: String,
+) -> Result<Option<Message>, String> {
+    let (Some(nodes), Some(me)) = (&chat.nodes, chat.me.upgrade()) else {
+        return Err(format!("no user named {to}"));
+    };
+    let (session, to) = (session.clone(), to.to_owned());
+    let from_id = chat.id_of(session.id());
+    nodes.spawn(async move {
+        let Some(nodes) = &me.nodes else { return };
+        let target = match nodes.others().await {
+            Ok(others) => others
+                .into_iter()
+                .find(|user| user.name == to)
+                .ok_or_else(|| format!("no user named {to}")),
+            Err(error) => Err(format!("the users of other nodes are unknown: {error}")),
+        };
+        let reply = target.and_then(|target| {
+            let ChatId::Node(addr) = target.id else {
+                return Err(format!("no user named {to}"));
+            };
+            let event = serde_json::to_string(&Out::Whisper {
+                from_id,
+                from: &from,
+                to_id: target.id,
+                to: &to,
+                text: &text,
+            })
+            .unwrap_or_default();
+            let ask = nodes::Ask::Send {
+                to: addr.session,
+                event: event.clone(),
+            };
+            if nodes.ask(addr.node, &ask) {
+                Ok(Message::from(event))
+            } else {
+                Err(format!("the whisper to {to} cannot go now: try again"))
+            }
+        });
+        let reply = reply.unwrap_or_else(|error| encode(&Out::Error { error: &error }));
+        let _ = session.try_send(reply);
+    });
+    Ok(None)
+}
+
+/// `users`, or `rooms` when `rooms`, of `users`.
+fn listing(users: Vec<UserInfo>, rooms: bool) -> Message {
+    if !rooms {
+        return encode(&Out::Users { users });
+    }
+    encode(&Out::Rooms {
+        rooms: rooms_of(&users)
+            .into_iter()
+            .map(|(name, members)| RoomInfo {
+                members: members.len(),
+                name,
+            })
+            .collect(),
+    })
 }
 
 /// Moves `session` from its room (if any) to `room`, telling both rooms.
@@ -959,14 +1230,11 @@ fn join(chat: &Chat, session: &Session, room: &str, since: Option<Position>) -> 
         if chat.nodes.is_none() {
             session.join(room).map_err(|e| e.to_string())?;
         }
+        let before = chat.info(id, user);
         let moved = (user.name.clone(), user.room.replace(room.to_owned()));
+        chat.relist(Some(&before), Some(&chat.info(id, user)));
         if chat.nodes.is_some() {
-            let pending = nodes::Pending {
-                room: room.to_owned(),
-                ticket,
-                buffer: Vec::new(),
-                overflow: false,
-            };
+            let pending = nodes::Pending::new(room, ticket);
             registry.pending.insert(id, pending);
         }
         moved
@@ -975,14 +1243,14 @@ fn join(chat: &Chat, session: &Session, room: &str, since: Option<Position>) -> 
         session.leave(&old);
         let left = Out::Left {
             room: &old,
-            id: id.get(),
+            id: chat.id_of(id),
             name: &name,
         };
         chat.to_room(&old, &left);
     }
     let joined = Out::Joined {
         room,
-        id: id.get(),
+        id: chat.id_of(id),
         name: &name,
     };
     match (&chat.nodes, chat.me.upgrade()) {
@@ -995,11 +1263,10 @@ fn join(chat: &Chat, session: &Session, room: &str, since: Option<Position>) -> 
     Ok(())
 }
 
-/// Rooms with their members' names, sorted.
-fn rooms(chat: &Chat) -> BTreeMap<String, Vec<String>> {
-    let registry = chat.registry();
+/// The rooms of `users`, with their members' names, sorted.
+fn rooms_of(users: &[UserInfo]) -> BTreeMap<String, Vec<String>> {
     let mut rooms: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for user in registry.users.values() {
+    for user in users {
         if let Some(room) = &user.room {
             rooms
                 .entry(room.clone())
@@ -1060,10 +1327,18 @@ fn console(chat: &Chat, line: &str) -> Console {
     let rest = rest.trim();
     match command {
         "/sessions" => list_sessions(chat),
-        "/kick" => match session_arg(chat, rest) {
-            Ok(session) => {
+        "/kick" => match target_arg(chat, rest) {
+            Ok(Target::Here(session)) => {
                 session.close_with(CloseCode::POLICY_VIOLATION, "kicked");
-                println!("kicked {}", session.id());
+                println!("kicked #{}", chat.id_of(session.id()));
+            }
+            Ok(Target::Elsewhere(nodes, addr)) => {
+                let kick = nodes::Ask::Kick { to: addr.session };
+                if nodes.ask(addr.node, &kick) {
+                    println!("kicking #{addr} on its node");
+                } else {
+                    println!("cannot reach #{addr}'s node now: try again");
+                }
             }
             Err(e) => println!("{e}"),
         },
@@ -1072,18 +1347,49 @@ fn console(chat: &Chat, line: &str) -> Console {
                 from: "admin",
                 text: rest,
             };
-            let report = chat.server.hub().broadcast(&encode(&event), None);
-            println!("broadcast to {} sessions", report.delivered);
+            let event = encode(&event);
+            let report = chat.server.hub().broadcast(&event, None);
+            match &chat.nodes {
+                Some(nodes) => {
+                    let text = match &event {
+                        Message::Text(text) => text.as_str().to_owned(),
+                        _ => String::new(),
+                    };
+                    let sent = nodes.ask_all(&nodes::Ask::Broadcast { event: text });
+                    println!(
+                        "broadcast to {} sessions here{}",
+                        report.delivered,
+                        if sent {
+                            " and to every other node"
+                        } else {
+                            "; the other nodes cannot be reached now"
+                        }
+                    );
+                }
+                None => println!("broadcast to {} sessions", report.delivered),
+            }
         }
         "/rooms" => {
-            let rooms = rooms(chat);
+            let rooms = rooms_of(&chat.all_users_blocking());
             println!("{} rooms", rooms.len());
             for (room, members) in rooms {
                 println!("  {room}: {} ({})", members.len(), members.join(", "));
             }
         }
-        "/info" => match session_arg(chat, rest) {
-            Ok(session) => info(chat, &session),
+        "/info" => match target_arg(chat, rest) {
+            Ok(Target::Here(session)) => info(chat, &session),
+            Ok(Target::Elsewhere(_, addr)) => match chat
+                .all_users_blocking()
+                .into_iter()
+                .find(|user| user.id == ChatId::Node(addr))
+            {
+                Some(user) => println!(
+                    "#{addr} {} room={} on another node",
+                    user.name,
+                    user.room.as_deref().unwrap_or("-")
+                ),
+                None => println!("no session #{addr}"),
+            },
             Err(e) => println!("{e}"),
         },
         "/stop" => {
@@ -1100,21 +1406,57 @@ fn console(chat: &Chat, line: &str) -> Console {
     Console::Continue
 }
 
-/// The session named by a console argument (`3` or `#3`).
-fn session_arg(chat: &Chat, arg: &str) -> Result<Session, String> {
-    let number = arg
-        .strip_prefix('#')
-        .unwrap_or(arg)
-        .parse::<u64>()
-        .map_err(|_| format!("not a session id: {arg:?}"))?;
-    chat.server
-        .session(SessionId::new(number))
-        .ok_or_else(|| format!("no session #{number}"))
+/// A session the console names.
+enum Target<'a> {
+    /// On this node.
+    Here(Session),
+    /// On another node (which may not have it).
+    Elsewhere(&'a nodes::Nodes, SessionAddr),
 }
 
+/// The session named by a console argument: `3` or `#3`, and across
+/// nodes `0a1b2c3d-3` or `#0a1b2c3d-3` too (on any node).
+fn target_arg<'a>(chat: &'a Chat, arg: &str) -> Result<Target<'a>, String> {
+    let bare = arg.strip_prefix('#').unwrap_or(arg);
+    let number = match (
+        bare.parse::<u64>(),
+        bare.parse::<SessionAddr>(),
+        &chat.nodes,
+    ) {
+        (Ok(number), _, _) => number,
+        (_, Ok(addr), Some(nodes)) if addr.node == nodes.tag() => addr.session,
+        (_, Ok(addr), Some(nodes)) => return Ok(Target::Elsewhere(nodes, addr)),
+        _ => return Err(format!("not a session id: {arg:?}")),
+    };
+    let id = SessionId::new(number);
+    chat.server
+        .session(id)
+        .map(Target::Here)
+        .ok_or_else(|| format!("no session #{}", chat.id_of(id)))
+}
+
+/// `/sessions`: this node's, then (across nodes) the other nodes'.
 fn list_sessions(chat: &Chat) {
     let sessions = chat.server.sessions();
-    println!("{} sessions", sessions.len());
+    let others: Vec<UserInfo> = match &chat.nodes {
+        Some(nodes) => {
+            let mine =
+                |user: &UserInfo| matches!(user.id, ChatId::Node(a) if a.node == nodes.tag());
+            let mut users = chat.all_users_blocking();
+            users.retain(|user| !mine(user));
+            users
+        }
+        None => Vec::new(),
+    };
+    println!("{} sessions", sessions.len() + others.len());
+    for user in &others {
+        println!(
+            "  #{} {} room={} on another node",
+            user.id,
+            user.name,
+            user.room.as_deref().unwrap_or("-")
+        );
+    }
     let registry = chat.registry();
     for session in sessions {
         let (name, room) = registry
@@ -1124,8 +1466,8 @@ fn list_sessions(chat: &Chat) {
                 (user.name.as_str(), user.room.as_deref())
             });
         println!(
-            "  {} {name} room={} from {} up {}s",
-            session.id(),
+            "  #{} {name} room={} from {} up {}s",
+            chat.id_of(session.id()),
             room.unwrap_or("-"),
             session.remote_addr(),
             session.uptime().as_secs()
@@ -1143,8 +1485,8 @@ fn info(chat: &Chat, session: &Session) {
         });
     let metrics = session.metrics();
     println!(
-        "{} {name} room={} from {} up {:.1}s state {:?}",
-        session.id(),
+        "#{} {name} room={} from {} up {:.1}s state {:?}",
+        chat.id_of(session.id()),
         room.as_deref().unwrap_or("-"),
         session.remote_addr(),
         session.uptime().as_secs_f64(),

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use super::NodeId;
+use super::NodeTag;
 
 /// Longest prefix, in bytes.
 pub const MAX_PREFIX_LEN: usize = 64;
@@ -14,7 +14,8 @@ pub const MAX_PREFIX_LEN: usize = 64;
 /// |---|---|
 /// | `PREFIX.room.ROOM` | pub/sub: a room's messages ([`room`](Self::room)); `PREFIX.room.*` every room's ([`all_rooms`](Self::all_rooms)) |
 /// | `PREFIX.user.USER` | pub/sub: messages to one user on whichever node holds them |
-/// | `PREFIX.node.NODE` | pub/sub: messages to one node (its sessions, by id) |
+/// | `PREFIX.node.NODE` | pub/sub: messages to one node (its sessions, by id), NODE its [`NodeTag`] |
+/// | `PREFIX.node.all` | pub/sub: messages to every node ([`all_nodes`](Self::all_nodes)) |
 /// | `PREFIX.history.ROOM` | storage: a room's last messages (a Redis stream) |
 /// | `PREFIX.meta.ROOM` | storage: a room's epoch and last offset |
 /// | `PREFIX.presence.ROOM` | storage: who is in a room, each entry with its expiry |
@@ -79,12 +80,16 @@ pub enum Channel<'a> {
     /// One user's messages.
     User(&'a str),
     /// One node's messages.
-    Node(NodeId),
+    Node(NodeTag),
+    /// Every node's messages.
+    AllNodes,
 }
 
 const ROOM: &str = "room";
 const USER: &str = "user";
 const NODE: &str = "node";
+/// The name of the every-node channel: not 8 hex digits, so no node's.
+const ALL: &str = "all";
 const HISTORY: &str = "history";
 const META: &str = "meta";
 const PRESENCE: &str = "presence";
@@ -151,8 +156,14 @@ impl Channels {
 
     /// The channel of one node's messages.
     #[must_use]
-    pub fn node(&self, node: NodeId) -> String {
+    pub fn node(&self, node: NodeTag) -> String {
         self.name(NODE, &node.to_string())
+    }
+
+    /// The channel of messages to every node.
+    #[must_use]
+    pub fn all_nodes(&self) -> String {
+        self.name(NODE, ALL)
     }
 
     /// The key of a room's history.
@@ -184,7 +195,8 @@ impl Channels {
         match kind {
             ROOM => Some(Channel::Room(name)),
             USER => Some(Channel::User(name)),
-            NODE => name.parse().ok().map(Channel::Node),
+            NODE if name == ALL => Some(Channel::AllNodes),
+            NODE => NodeTag::parse(name).map(Channel::Node),
             _ => None,
         }
     }

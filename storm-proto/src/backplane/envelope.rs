@@ -33,6 +33,10 @@ pub enum Kind {
     Room,
     /// One user's sessions, on whichever node holds them (a whisper).
     User,
+    /// One node (the name its [`NodeTag`](super::NodeTag)), or every node
+    /// (the name `all`): what a service tells a node's sessions by id, or
+    /// every node.
+    Node,
 }
 
 impl Kind {
@@ -42,6 +46,7 @@ impl Kind {
         match self {
             Self::Room => 1,
             Self::User => 2,
+            Self::Node => 3,
         }
     }
 
@@ -51,6 +56,7 @@ impl Kind {
         match byte {
             1 => Some(Self::Room),
             2 => Some(Self::User),
+            3 => Some(Self::Node),
             _ => None,
         }
     }
@@ -62,7 +68,7 @@ impl Kind {
 /// ```text
 /// offset  size  field
 ///      0     1  version (1)
-///      1     1  kind: 1 room, 2 user
+///      1     1  kind: 1 room, 2 user, 3 node
 ///      2     1  flags: 0x01 the payload is text, 0x02 echo (the origin
 ///                 delivers it too when it comes back)
 ///      3     2  N = name length, big-endian u16, 1..=1024
@@ -136,6 +142,20 @@ impl Envelope {
             kind: Kind::User,
             origin,
             name: Utf8Bytes::from(user),
+            position: None,
+            echo: false,
+            message,
+        }
+    }
+
+    /// A message from `origin` to one node or every node (`to`: the
+    /// name of the node's channel, see [`Channels`](super::Channels)).
+    #[must_use]
+    pub fn node(origin: NodeId, to: &str, message: Message) -> Self {
+        Self {
+            kind: Kind::Node,
+            origin,
+            name: Utf8Bytes::from(to),
             position: None,
             echo: false,
             message,

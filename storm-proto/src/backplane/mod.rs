@@ -8,6 +8,7 @@
 //! | part | what it decides |
 //! |---|---|
 //! | [`NodeId`] | who published: 128 random bits per process, so a node can ignore its own publications |
+//! | [`SessionAddr`], [`NodeTag`] | one session among every node's (`NODE-N`), as services show and take it back |
 //! | [`Channels`] | the names of the pub/sub channels and storage keys, under one prefix: a room's, a user's, a node's |
 //! | [`Envelope`] | one message between nodes: versioned binary, encoded once per room message; decoding any bytes gives an envelope or a typed [`DecodeError`] |
 //! | [`Position`], [`Epoch`] | where a room message sits in its room's history: a monotonic offset within an epoch (one incarnation of the history; a new epoch means the old offsets mean nothing) |
@@ -22,6 +23,7 @@
 //! one per message, so a subscriber that sees offset `n + 2` after `n` knows
 //! it missed `n + 1`. Offset 0 is the position before the first message.
 
+mod address;
 mod channel;
 mod envelope;
 mod presence;
@@ -32,6 +34,7 @@ use std::fmt;
 use std::num::NonZeroU64;
 use std::str::FromStr;
 
+pub use address::{NodeTag, SessionAddr, SessionAddrError};
 pub use channel::{Channel, Channels, MAX_PREFIX_LEN, PrefixError};
 pub use envelope::{
     DecodeError, EncodeError, Envelope, HEADER_LEN, Kind, MAX_NAME_LEN, POSITION_RANGE, VERSION,

@@ -42,6 +42,45 @@ fn node_ids_print_and_parse_as_32_hex_digits() {
 }
 
 #[test]
+fn session_addresses_print_and_parse_as_node_dash_number() {
+    let node = NodeId::from_u128(0x1234_5678_9abc_def0_0a1b_2c3d);
+    assert_eq!(node.tag(), NodeTag::from_u32(0x0a1b_2c3d));
+    let addr = SessionAddr::new(node.tag(), 7);
+    assert_eq!(addr.to_string(), "0a1b2c3d-7");
+    assert_eq!("0A1B2C3D-7".parse::<SessionAddr>(), Ok(addr));
+    for bad in [
+        "",
+        "7",
+        "0a1b2c3d-",
+        "0a1b2c3d7",
+        "-7",
+        "a1b2c3d-7",
+        "00a1b2c3d-7",
+        "0a1b2c3g-7",
+        "+a1b2c3d-7",
+        "0a1b2c3d-+7",
+        "0a1b2c3d-07",
+        "0a1b2c3d-7-1",
+        "0a1b2c3d-18446744073709551616",
+    ] {
+        assert_eq!(bad.parse::<SessionAddr>(), Err(SessionAddrError), "{bad:?}");
+    }
+}
+
+proptest! {
+    /// Every address reads back as itself; parsing any text is total and
+    /// gives back only what it writes.
+    #[test]
+    fn session_addresses_round_trip(node in any::<u32>(), session in any::<u64>(), text in ".{0,40}") {
+        let addr = SessionAddr::new(NodeTag::from_u32(node), session);
+        prop_assert_eq!(addr.to_string().parse::<SessionAddr>(), Ok(addr));
+        if let Ok(parsed) = text.parse::<SessionAddr>() {
+            prop_assert!(parsed.to_string().eq_ignore_ascii_case(&text));
+        }
+    }
+}
+
+#[test]
 fn random_ids_and_epochs_differ() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     assert_ne!(NodeId::random(&mut rng), NodeId::random(&mut rng));
@@ -51,7 +90,7 @@ fn random_ids_and_epochs_differ() {
 #[test]
 fn channel_names_parse_back_to_what_they_name() {
     let channels = Channels::new("svc-1").unwrap();
-    let node = NodeId::from_u128(42);
+    let node = NodeId::from_u128(42).tag();
     assert_eq!(
         channels.parse(&channels.room("a.b.c")),
         Some(Channel::Room("a.b.c"))
@@ -64,6 +103,11 @@ fn channel_names_parse_back_to_what_they_name() {
         channels.parse(&channels.node(node)),
         Some(Channel::Node(node))
     );
+    assert_eq!(channels.node(node), "svc-1.node.0000002a");
+    assert_eq!(
+        channels.parse(&channels.all_nodes()),
+        Some(Channel::AllNodes)
+    );
     assert_eq!(channels.all_rooms(), "svc-1.room.*");
     // Storage keys, other prefixes and malformed node channels are not channels.
     for other in [
@@ -73,6 +117,8 @@ fn channel_names_parse_back_to_what_they_name() {
         "svc-10.room.a".to_owned(),
         "svc.room.a".to_owned(),
         "svc-1.node.xyz".to_owned(),
+        "svc-1.node.0000002".to_owned(),
+        "svc-1.node.0000002a0".to_owned(),
         "svc-1".to_owned(),
     ] {
         assert_eq!(channels.parse(&other), None, "{other}");
@@ -201,7 +247,7 @@ fn arb_position() -> impl Strategy<Value = Position> {
 
 fn arb_envelope() -> impl Strategy<Value = Envelope> {
     (
-        any::<bool>(),
+        0..3_u8,
         any::<u128>(),
         prop_oneof![
             ".{1,20}",
@@ -212,14 +258,16 @@ fn arb_envelope() -> impl Strategy<Value = Envelope> {
         any::<bool>(),
         arb_message(),
     )
-        .prop_map(|(room, origin, name, position, echo, message)| {
+        .prop_map(|(kind, origin, name, position, echo, message)| {
             let origin = NodeId::from_u128(origin);
-            let mut envelope = if room {
-                let mut envelope = Envelope::room(origin, &name, message);
-                envelope.position = position;
-                envelope
-            } else {
-                Envelope::user(origin, &name, message)
+            let mut envelope = match kind {
+                0 => {
+                    let mut envelope = Envelope::room(origin, &name, message);
+                    envelope.position = position;
+                    envelope
+                }
+                1 => Envelope::user(origin, &name, message),
+                _ => Envelope::node(origin, &name, message),
             };
             envelope.echo = echo;
             envelope

@@ -20,16 +20,39 @@
 //! [`publish_ordered`]: RedisBackplane::publish_ordered
 //! [`recover`]: RedisBackplane::recover
 
+use std::future::Future;
 use std::io;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use storm_backplane::redis::{Deliver, Recovery, RedisBackplane, RedisConfig, Running};
 use storm_host::hub::Hub;
 use storm_host::session::Session;
 use storm_proto::Message;
-use storm_proto::backplane::{Epoch, Position};
+use storm_proto::backplane::{Epoch, NodeTag, Position, SessionAddr};
 
-use super::{Chat, Out, encode};
+use super::{Chat, ChatId, Out, UserInfo, encode};
+
+/// The presence "room" that holds the chat's user directory: every user of
+/// every node, one entry each (the JSON of its [`UserInfo`], id `NODE-N`).
+/// Empty, a name no chat room can have.
+const DIRECTORY: &str = "";
+
+/// What one chat node asks another, or every other one: a node message
+/// (see [`RedisBackplane::to_node`]) holding this, as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub(super) enum Ask {
+    /// Send `event` (a JSON text: a whisper) to the node's session `to`.
+    Send { to: u64, event: String },
+    /// Close the node's session `to` with 1008 "kicked".
+    Kick { to: u64 },
+    /// Send `event` (the admin's `broadcast`) to every session of the node.
+    Broadcast { event: String },
+}
+
+/// How long a listing waits for the directory.
+const DIRECTORY_WAIT: Duration = Duration::from_secs(5);
 
 /// Events a session that is joining buffers at most while its recovery
 /// runs; beyond it, it is told recovery is impossible.
@@ -50,6 +73,23 @@ pub(super) struct Pending {
     pub(super) buffer: Vec<(Option<Position>, Message)>,
     /// More than [`MAX_PENDING`] came.
     pub(super) overflow: bool,
+    /// Once the recovery ended: the room's position as of it (`None` when
+    /// it could not be read); buffered events at or before it came in the
+    /// recovery.
+    pub(super) top: Option<Option<Position>>,
+}
+
+impl Pending {
+    /// A session starting to join `room`.
+    pub(super) fn new(room: &str, ticket: u64) -> Self {
+        Self {
+            room: room.to_owned(),
+            ticket,
+            buffer: Vec::new(),
+            overflow: false,
+            top: None,
+        }
+    }
 }
 
 impl Nodes {
@@ -67,6 +107,26 @@ impl Nodes {
     /// Subscribes and starts delivering room events into `hub` through
     /// `chat`; returns once subscribed.
     pub(super) async fn start(&self, hub: Hub, chat: Weak<Chat>) -> io::Result<Running> {
+        let unpublished = chat.clone();
+        self.backplane
+            .on_unpublished(Arc::new(move |room: &str, message: &Message| {
+                if let Some(chat) = unpublished.upgrade() {
+                    chat.unpublished(room, message);
+                }
+            }));
+        let asked = chat.clone();
+        self.backplane
+            .on_node_message(Arc::new(move |hub: &Hub, message: &Message| {
+                let ask = match message {
+                    Message::Text(text) => serde_json::from_str::<Ask>(text.as_str()).ok(),
+                    _ => None,
+                };
+                match (ask, asked.upgrade()) {
+                    (Some(ask), Some(chat)) => chat.on_ask(hub, ask),
+                    (None, _) => tracing::warn!("chat: another node asked something unknown"),
+                    (_, None) => {}
+                }
+            }));
         let deliver: Deliver = Arc::new(
             move |hub: &Hub, room: &str, position: Option<Position>, message: &Message| {
                 if let Some(chat) = chat.upgrade() {
@@ -78,6 +138,62 @@ impl Nodes {
             .start_with(hub, deliver)
             .await
             .map_err(io::Error::other)
+    }
+
+    /// This node's tag, in every session id it shows.
+    pub(super) fn tag(&self) -> NodeTag {
+        self.backplane.node().tag()
+    }
+
+    /// Runs `task` on the backplane's runtime.
+    pub(super) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.runtime.spawn(task);
+    }
+
+    /// Waits for `task` on the calling thread (not one of the runtime's:
+    /// the console's).
+    pub(super) fn block_on<T>(&self, task: impl Future<Output = T>) -> T {
+        self.runtime.block_on(task)
+    }
+
+    /// Tells the directory that a user of this node was `before` and is
+    /// now `after` (`None`: not there). Never waits: the backplane's
+    /// presence task writes it, in call order, and refreshes this node's
+    /// entries while it runs; a killed node's entries expire within
+    /// [`RedisConfig::presence_ttl`].
+    pub(super) fn relist(&self, before: Option<&UserInfo>, after: Option<&UserInfo>) {
+        if let Some(entry) = before.and_then(entry) {
+            self.backplane.absent(DIRECTORY, &entry);
+        }
+        if let Some(entry) = after.and_then(entry) {
+            self.backplane.present(DIRECTORY, &entry);
+        }
+    }
+
+    /// The users of the other nodes, as the directory holds them (waiting
+    /// at most [`DIRECTORY_WAIT`]).
+    pub(super) async fn others(&self) -> Result<Vec<UserInfo>, String> {
+        let members = tokio::time::timeout(DIRECTORY_WAIT, self.backplane.members(DIRECTORY))
+            .await
+            .map_err(|_| format!("no answer within {DIRECTORY_WAIT:?}"))?
+            .map_err(|e| e.to_string())?;
+        let mine = self.tag();
+        Ok(members
+            .iter()
+            .filter_map(|member| listed(member))
+            .filter(|user| !matches!(user.id, ChatId::Node(addr) if addr.node == mine))
+            .collect())
+    }
+
+    /// Asks the node tagged `node` for `ask`; `false` if it cannot go
+    /// (the backplane's queue is full).
+    pub(super) fn ask(&self, node: NodeTag, ask: &Ask) -> bool {
+        self.backplane.to_node(node, &ask_message(ask))
+    }
+
+    /// Asks every other node for `ask`, like [`ask`](Self::ask).
+    pub(super) fn ask_all(&self, ask: &Ask) -> bool {
+        self.backplane.to_all_nodes(&ask_message(ask))
     }
 
     /// Sends `message` to `room` on every node, this one included.
@@ -116,6 +232,36 @@ impl Nodes {
     }
 }
 
+fn ask_message(ask: &Ask) -> Message {
+    Message::from(serde_json::to_string(ask).unwrap_or_default())
+}
+
+/// A user's directory entry: its JSON (fields in declaration order, so
+/// the same user always gives the same entry); `None` for an id that is
+/// not `NODE-N`.
+fn entry(user: &UserInfo) -> Option<String> {
+    matches!(user.id, ChatId::Node(_))
+        .then(|| serde_json::to_string(user).ok())
+        .flatten()
+}
+
+/// The user a directory entry names; `None` for what no node writes.
+fn listed(entry: &str) -> Option<UserInfo> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        id: String,
+        name: String,
+        room: Option<String>,
+    }
+    let Entry { id, name, room } = serde_json::from_str(entry).ok()?;
+    let addr: SessionAddr = id.parse().ok()?;
+    Some(UserInfo {
+        id: ChatId::Node(addr),
+        name,
+        room,
+    })
+}
+
 /// `message` (a JSON object) with `"epoch"` and `"offset"` of `position`
 /// added; as it is without a position or if it is not a JSON object.
 pub(super) fn positioned(message: &Message, position: Option<Position>) -> Message {
@@ -146,12 +292,13 @@ pub(super) fn since(epoch: Option<&str>, offset: Option<u64>) -> Result<Option<P
     }
 }
 
-/// What a session that finished joining gets, in order: the missed events,
-/// `unrecoverable` if it cannot have them, `position`, then the events
-/// buffered past the room's position.
+/// What a session whose recovery ended gets first, in order: the missed
+/// events, `unrecoverable` if it cannot have them, `position`, then the
+/// events buffered past the room's position ([`buffered`]). Records the
+/// position in `pending`.
 pub(super) fn finish_messages(
     room: &str,
-    pending: Pending,
+    pending: &mut Pending,
     outcome: Result<Recovery, String>,
 ) -> Vec<Message> {
     let mut out = Vec::new();
@@ -175,12 +322,7 @@ pub(super) fn finish_messages(
             None
         }
     };
-    if pending.overflow {
-        out.push(encode(&Out::Unrecoverable {
-            room,
-            reason: "too many messages came while recovering",
-        }));
-    }
+    pending.top = Some(top);
     if let Some(top) = top {
         out.push(encode(&Out::Position {
             room,
@@ -188,13 +330,29 @@ pub(super) fn finish_messages(
             offset: top.offset,
         }));
     }
+    out.extend(buffered(room, pending));
+    out
+}
+
+/// The events `pending` buffered since its recovery ended (or since the
+/// last call), past the room's position; `unrecoverable` first if more
+/// than [`MAX_PENDING`] came. Empty when nothing more came: the session may
+/// then enter the room's group.
+pub(super) fn buffered(room: &str, pending: &mut Pending) -> Vec<Message> {
+    let top = pending.top.flatten();
+    let mut out = Vec::new();
+    if std::mem::take(&mut pending.overflow) {
+        out.push(encode(&Out::Unrecoverable {
+            room,
+            reason: "too many messages came while recovering",
+        }));
+    }
     let past_top = |at: &Option<Position>| match (at, top) {
         (Some(at), Some(top)) => at.epoch != top.epoch || at.offset > top.offset,
         _ => true,
     };
     out.extend(
-        pending
-            .buffer
+        std::mem::take(&mut pending.buffer)
             .into_iter()
             .filter(|(at, _)| past_top(at))
             .map(|(_, m)| m),
@@ -236,24 +394,82 @@ mod tests {
     }
 
     #[test]
-    fn finishing_skips_what_the_recovery_had() {
-        let pending = Pending {
-            room: "r".to_owned(),
-            ticket: 0,
-            buffer: vec![
-                (Some(at(2)), Message::from("b2")),
-                (Some(at(3)), Message::from("b3")),
-            ],
-            overflow: false,
+    fn directory_entries_read_back_as_the_user_they_list() {
+        let user = UserInfo {
+            id: ChatId::Node(SessionAddr::new(NodeTag::from_u32(0xab), 7)),
+            name: "alice".to_owned(),
+            room: Some("rust".to_owned()),
         };
+        let written = entry(&user).unwrap();
+        assert_eq!(
+            written,
+            r#"{"id":"000000ab-7","name":"alice","room":"rust"}"#
+        );
+        assert_eq!(listed(&written), Some(user));
+        let local = UserInfo {
+            id: ChatId::Local(7),
+            name: "bob".to_owned(),
+            room: None,
+        };
+        assert_eq!(entry(&local), None);
+        for bad in [
+            "",
+            "{}",
+            r#"{"id":7,"name":"x","room":null}"#,
+            r#"{"id":"7","name":"x","room":null}"#,
+        ] {
+            assert_eq!(listed(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn asks_read_back() {
+        for ask in [
+            Ask::Send {
+                to: 3,
+                event: "{}".to_owned(),
+            },
+            Ask::Kick { to: 4 },
+            Ask::Broadcast {
+                event: "x".to_owned(),
+            },
+        ] {
+            let Message::Text(text) = ask_message(&ask) else {
+                panic!("text")
+            };
+            assert_eq!(serde_json::from_str::<Ask>(text.as_str()).unwrap(), ask);
+        }
+        assert_eq!(
+            ask_message(&Ask::Kick { to: 4 }),
+            Message::from(r#"{"op":"kick","to":4}"#)
+        );
+    }
+
+    #[test]
+    fn finishing_skips_what_the_recovery_had() {
+        let mut pending = Pending::new("r", 0);
+        pending.buffer = vec![
+            (Some(at(2)), Message::from("b2")),
+            (Some(at(3)), Message::from("b3")),
+        ];
         let outcome = Ok(Recovery::Recovered {
             messages: vec![(at(2), Message::from("m2"))],
             top: at(2),
         });
-        let out = finish_messages("r", pending, outcome);
+        let out = finish_messages("r", &mut pending, outcome);
         assert_eq!(out.len(), 3, "{out:?}");
         assert_eq!(out[0], Message::from("m2"));
         assert!(matches!(&out[1], Message::Text(t) if t.as_str().contains(r#""type":"position""#)));
         assert_eq!(out[2], Message::from("b3"));
+        // Later: what came meanwhile, past the position still.
+        pending.buffer = vec![
+            (Some(at(2)), Message::from("late2")),
+            (Some(at(4)), Message::from("b4")),
+        ];
+        assert_eq!(buffered("r", &mut pending), [Message::from("b4")]);
+        assert!(buffered("r", &mut pending).is_empty(), "then nothing");
+        pending.overflow = true;
+        let told = buffered("r", &mut pending);
+        assert!(matches!(&told[..], [Message::Text(t)] if t.as_str().contains("unrecoverable")));
     }
 }

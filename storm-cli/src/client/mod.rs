@@ -30,7 +30,8 @@ use crate::rpc::{ClientRuntime, StrategyArg};
 /// README list them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Exit {
-    /// stdin ended (or Ctrl-C) and the connection closed cleanly.
+    /// stdin ended (or Ctrl-C) and the connection closed: cleanly, or
+    /// after `--close-timeout`.
     Done = 0,
     /// Reading stdin or writing stdout failed.
     Io = 1,
@@ -59,8 +60,10 @@ Output: each message received is written to stdout followed by a newline \
 (raw TCP: the bytes as they come, nothing added); binary messages are \
 written as they are, not as hex.
 
+At stdin's end (or Ctrl-C) the client closes: ws sends its close frame and waits for the server's; tcp shuts its sending side down (a TCP FIN) and goes on printing what the server sends until the server ends the connection. Either waits at most --close-timeout, then closes anyway (still exit 0).
+
 Exit codes:
-  0  stdin ended (or Ctrl-C) and the connection closed cleanly
+  0  stdin ended (or Ctrl-C) and the connection closed (cleanly, or after --close-timeout)
   1  reading stdin or writing stdout failed
   2  bad option (an unreadable --tls-ca file, a malformed endpoint or header)
   3  could not connect (with --reconnect: --max-attempts used up on every endpoint)
@@ -96,6 +99,12 @@ pub(crate) struct CommonArgs {
     /// Seconds to connect (TCP, TLS and WebSocket handshakes).
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     connect_timeout: f64,
+    /// Seconds to wait, once stdin ended, for the server to finish: its
+    /// close frame (ws), or its end of the connection (tcp, whose sending
+    /// side is shut down at once: what the server still sends is printed
+    /// meanwhile).
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    close_timeout: f64,
     /// Runtime the client runs on.
     #[arg(long, value_enum, default_value_t = ClientRuntime::Tokio)]
     runtime: ClientRuntime,
@@ -227,6 +236,9 @@ pub(crate) fn tcp(args: &TcpArgs) -> ExitCode {
             Wire::Lp | Wire::Line => input::Mode::Binary,
         };
         plan.transport = Transport::Tcp(args.proto.framing(args.common.max_message));
+        // At stdin's end: shut the sending side down (a FIN) and print
+        // what the server still sends until it ends the connection.
+        plan.options.link.half_close = true;
         Ok(plan)
     })();
     run(plan, args.common.runtime)
@@ -299,10 +311,11 @@ impl Plan {
             }
             None => TlsClientOptions::default(),
         };
-        let options = ClientOptions {
+        let mut options = ClientOptions {
             connect_timeout: seconds(common.connect_timeout, "--connect-timeout", false)?,
             ..ClientOptions::default()
         };
+        options.link.close_timeout = seconds(common.close_timeout, "--close-timeout", true)?;
         Ok(Self {
             targets,
             tls,

@@ -15,7 +15,7 @@ use storm_proto::ws::handshake::{ServerConfig, ServerHandshake, ServerStep};
 use storm_tests::suite::raw::{frame, opcode};
 
 const SERVER_RUNTIMES: [&str; 3] = ["tokio", "smol", "std"];
-const CLIENT_RUNTIMES: [&str; 2] = ["tokio", "smol"];
+const CLIENT_RUNTIMES: [&str; 3] = ["tokio", "smol", "std"];
 
 /// Runs `test` for every server runtime at once (each mostly waits on
 /// processes); a panic in any fails the test.
@@ -343,7 +343,7 @@ fn the_next_endpoint_takes_over() {
 /// reconnects, and a line typed while it was away is sent once it is back.
 #[test]
 fn reconnect_across_a_server_restart() {
-    for (client_runtime, server_runtime) in [("tokio", "std"), ("smol", "tokio")] {
+    for (client_runtime, server_runtime) in [("tokio", "std"), ("smol", "tokio"), ("std", "smol")] {
         let (server, addr) = Storm::serve(
             "echo",
             "127.0.0.1:0",

@@ -24,7 +24,8 @@ use storm_proto::reconnect::BackoffConfig;
 use storm_services::rpc::Endpoint;
 
 use crate::reconnect::ReconnectArgs;
-use crate::rpc::{ClientRuntime, StrategyArg};
+use crate::rpc::StrategyArg;
+use storm_cli::runtime::Runtime;
 
 /// Exit codes of `storm client ws` and `storm client tcp` (`--help` and the
 /// README list them).
@@ -105,9 +106,9 @@ pub(crate) struct CommonArgs {
     /// meanwhile).
     #[arg(long, default_value_t = 5.0, value_name = "SECS")]
     close_timeout: f64,
-    /// Runtime the client runs on.
-    #[arg(long, value_enum, default_value_t = ClientRuntime::Tokio)]
-    runtime: ClientRuntime,
+    /// Runtime the client runs on (std: blocking threads).
+    #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
+    runtime: Runtime,
 }
 
 /// Options of `storm client ws`.
@@ -329,6 +330,17 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// What a connection to the endpoint at `index` connects to, and with
+    /// which options (TLS for a TLS endpoint).
+    fn connection(&self, index: usize) -> (&str, ClientOptions) {
+        let target = &self.targets[index];
+        let mut options = self.options.clone();
+        options.tls = target.tls.then(|| self.tls.clone());
+        (&target.address, options)
+    }
+}
+
 /// `Name: value` (or `Name:value`) as a header.
 fn header_of(text: &str) -> Result<(String, String), String> {
     match text.split_once(':') {
@@ -349,7 +361,7 @@ fn seconds(value: f64, flag: &str, zero_is_off: bool) -> Result<Duration, String
 }
 
 /// Runs `plan` on `runtime`.
-fn run(plan: Result<Plan, String>, runtime: ClientRuntime) -> ExitCode {
+fn run(plan: Result<Plan, String>, runtime: Runtime) -> ExitCode {
     let plan = match plan {
         Ok(plan) => plan,
         Err(e) => {
@@ -358,8 +370,9 @@ fn run(plan: Result<Plan, String>, runtime: ClientRuntime) -> ExitCode {
         }
     };
     let exit = match runtime {
-        ClientRuntime::Tokio => session::run::<storm_tokio::Tokio>(plan),
-        ClientRuntime::Smol => session::run::<storm_smol::Smol>(plan),
+        Runtime::Tokio => session::on_async::run::<storm_tokio::Tokio>(plan),
+        Runtime::Smol => session::on_async::run::<storm_smol::Smol>(plan),
+        Runtime::Std => session::on_std::run(plan),
     };
     exit.into()
 }

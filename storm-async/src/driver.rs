@@ -219,6 +219,20 @@ struct Writer<W> {
     /// Set when a `poll_transmit` moved the link's deadline; the loop
     /// re-arms its timer and clears it.
     timer_changed: bool,
+    /// Half-close ([`Transmit::shutdown`](storm_host::link::Transmit)).
+    half: HalfClose,
+}
+
+/// The writer's part in a half-close: the write direction is shut down
+/// once, after the write the link asked it for; reading goes on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HalfClose {
+    /// Not asked for.
+    Open,
+    /// Shut down after the write in progress.
+    Due,
+    /// Shut down: a later close has nothing more to shut.
+    Shut,
 }
 
 /// Where the writer is.
@@ -230,6 +244,9 @@ enum Step {
     Write { close: bool },
     /// Flush; then close when `close`.
     Flush { close: bool },
+    /// Shut the write direction down, then ask the link again (a
+    /// half-close).
+    Shutdown,
     /// Close the socket.
     Close,
     /// Closed.
@@ -245,6 +262,7 @@ impl<W: PollWrite> Writer<W> {
             step: Step::Transmit,
             write_batch,
             timer_changed: false,
+            half: HalfClose::Open,
         }
     }
 
@@ -261,7 +279,10 @@ impl<W: PollWrite> Writer<W> {
                     if transmit.timer_changed {
                         self.timer_changed = true;
                     }
-                    if transmit.bytes == 0 && !transmit.close {
+                    if transmit.shutdown {
+                        self.half = HalfClose::Due;
+                    }
+                    if transmit.bytes == 0 && !transmit.close && !transmit.shutdown {
                         if transmit.release {
                             // Idle a while: the link returned its buffers;
                             // so does the writer.
@@ -283,10 +304,24 @@ impl<W: PollWrite> Writer<W> {
                     // it made until the next write or flush: flush before
                     // waiting for more (a no-op on a plain socket).
                     ready!(self.io.poll_flush(cx))?;
-                    self.step = if close { Step::Close } else { Step::Transmit };
+                    self.step = if close {
+                        Step::Close
+                    } else if self.half == HalfClose::Due {
+                        Step::Shutdown
+                    } else {
+                        Step::Transmit
+                    };
+                }
+                Step::Shutdown => {
+                    // A failure shows when reading, or at the close.
+                    let _ = ready!(self.io.poll_close(cx));
+                    self.half = HalfClose::Shut;
+                    self.step = Step::Transmit;
                 }
                 Step::Close => {
-                    let _ = ready!(self.io.poll_close(cx));
+                    if self.half != HalfClose::Shut {
+                        let _ = ready!(self.io.poll_close(cx));
+                    }
                     self.step = Step::Done;
                 }
                 Step::Done => return Poll::Ready(Ok(())),

@@ -131,6 +131,9 @@ fn cert_never_overwrites_without_force() {
     assert!(!ok && stderr.contains("--name \"bad name!\""), "{stderr}");
 }
 
+/// The runtimes `storm client ws`/`tcp` run on.
+const CLIENT_RUNTIMES: [&str; 3] = ["tokio", "smol", "std"];
+
 /// A client trusting only `ca.pem` talks to a server with `cert.pem` and
 /// `key.pem`: `storm client ws` and `storm client tcp` with `--tls-ca`
 /// (by name and by address, IPv4 and IPv6), and a library client checking
@@ -159,12 +162,22 @@ fn a_server_with_cert_files_is_trusted_by_clients_of_its_ca() {
         format!("wss://{ws_addr}/"),
         format!("wss://{ws6_addr}/"),
     ] {
-        let mut client = Storm::spawn(&["client", "ws", &url, "--tls-ca", path(&ca)]);
-        client.stderr_line("connected to");
-        client.send("over tls");
-        assert_eq!(client.next_stdout(), "over tls", "{url}");
-        let (status, stderr) = client.finish();
-        assert_eq!(status.code(), Some(0), "{url}: {stderr}");
+        for runtime in CLIENT_RUNTIMES {
+            let mut client = Storm::spawn(&[
+                "client",
+                "ws",
+                &url,
+                "--tls-ca",
+                path(&ca),
+                "--runtime",
+                runtime,
+            ]);
+            client.stderr_line("connected to");
+            client.send("over tls");
+            assert_eq!(client.next_stdout(), "over tls", "{url} {runtime}");
+            let (status, stderr) = client.finish();
+            assert_eq!(status.code(), Some(0), "{url} {runtime}: {stderr}");
+        }
     }
 
     let (line, line_addr) = Storm::serve(
@@ -172,20 +185,25 @@ fn a_server_with_cert_files_is_trusted_by_clients_of_its_ca() {
         "127.0.0.1:0",
         &[&["--proto", "line"], &tls[..]].concat(),
     );
-    let mut client = Storm::spawn(&[
-        "client",
-        "tcp",
-        &format!("tls://{line_addr}"),
-        "--proto",
-        "line",
-        "--tls-ca",
-        path(&ca),
-    ]);
-    client.stderr_line("connected to");
-    client.send("line over tls");
-    assert_eq!(client.next_stdout(), "line over tls");
-    let (status, stderr) = client.finish();
-    assert_eq!(status.code(), Some(0), "{stderr}");
+    for runtime in CLIENT_RUNTIMES {
+        let mut client = Storm::spawn(&[
+            "client",
+            "tcp",
+            &format!("tls://{line_addr}"),
+            "--proto",
+            "line",
+            "--tls-ca",
+            path(&ca),
+            "--runtime",
+            runtime,
+        ]);
+        client.stderr_line("connected to");
+        client.send("line over tls");
+        assert_eq!(client.next_stdout(), "line over tls", "{runtime}");
+        // At stdin's end: close_notify and FIN, then the server's end.
+        let (status, stderr) = client.finish();
+        assert_eq!(status.code(), Some(0), "{runtime}: {stderr}");
+    }
 
     // `storm client rpc` takes the same CA.
     let (rpc, rpc_addr) = Storm::serve("rpc", "127.0.0.1:0", &tls);

@@ -15,7 +15,7 @@ use storm_proto::ws::handshake::{ServerConfig, ServerHandshake, ServerStep};
 use storm_tests::suite::raw::{frame, opcode};
 
 const SERVER_RUNTIMES: [&str; 3] = ["tokio", "smol", "std"];
-const CLIENT_RUNTIMES: [&str; 2] = ["tokio", "smol"];
+const CLIENT_RUNTIMES: [&str; 3] = ["tokio", "smol", "std"];
 
 /// Runs `test` for every server runtime at once (each mostly waits on
 /// processes); a panic in any fails the test.
@@ -243,6 +243,76 @@ fn headers_subprotocols_and_pings_reach_the_server() {
     }
 }
 
+/// A line server that answers only once the client has ended its side:
+/// it reads to the end, then sends `got LINE` for each line; then, if
+/// `hang_up`, it ends its own side, else it hands the connection back
+/// open.
+fn answers_after_the_clients_end(
+    listener: TcpListener,
+    hang_up: bool,
+) -> std::thread::JoinHandle<Option<TcpStream>> {
+    std::thread::spawn(move || {
+        let mut stream = accept_within(listener);
+        stream.set_read_timeout(Some(child::WAIT)).unwrap();
+        let mut input = Vec::new();
+        stream
+            .read_to_end(&mut input)
+            .expect("the client ends its side");
+        for line in String::from_utf8(input).unwrap().lines() {
+            stream
+                .write_all(format!("got {line}\n").as_bytes())
+                .unwrap();
+        }
+        (!hang_up).then_some(stream)
+    })
+}
+
+/// At stdin's end a TCP client shuts down its sending side and prints
+/// what the server sends after that, until the server ends the
+/// connection; a server that never does is waited for --close-timeout.
+#[test]
+fn tcp_half_closes_at_the_end_of_stdin_and_prints_the_late_replies() {
+    for client_runtime in CLIENT_RUNTIMES {
+        for hang_up in [true, false] {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            let server = answers_after_the_clients_end(listener, hang_up);
+            let mut client = connected(&[
+                "tcp",
+                &addr,
+                "--proto",
+                "line",
+                "--close-timeout",
+                "1",
+                "--runtime",
+                client_runtime,
+            ]);
+            client.send("one");
+            client.send("two");
+            client.close_stdin();
+            assert_eq!(
+                client.next_stdout(),
+                "got one",
+                "{client_runtime} {hang_up}"
+            );
+            assert_eq!(
+                client.next_stdout(),
+                "got two",
+                "{client_runtime} {hang_up}"
+            );
+            // Open until the client gives up waiting, after 1 s.
+            let open = server.join().expect("the server saw the client's end");
+            let (status, stderr) = client.exit();
+            assert_eq!(
+                status.code(),
+                Some(0),
+                "{client_runtime} {hang_up}: {stderr}"
+            );
+            drop(open);
+        }
+    }
+}
+
 #[test]
 fn the_next_endpoint_takes_over() {
     let (a, a_addr) = Storm::serve("echo", "127.0.0.1:0", &["--proto", "ws"]);
@@ -273,7 +343,7 @@ fn the_next_endpoint_takes_over() {
 /// reconnects, and a line typed while it was away is sent once it is back.
 #[test]
 fn reconnect_across_a_server_restart() {
-    for (client_runtime, server_runtime) in [("tokio", "std"), ("smol", "tokio")] {
+    for (client_runtime, server_runtime) in [("tokio", "std"), ("smol", "tokio"), ("std", "smol")] {
         let (server, addr) = Storm::serve(
             "echo",
             "127.0.0.1:0",

@@ -99,6 +99,10 @@ pub struct LinkConfig {
     /// connection returns its buffers, its outbox's and its writer's.
     /// Default 1 s.
     pub release_after: Duration,
+    /// See [`storm_proto::link::LinkConfig::half_close`]: plain TCP's
+    /// graceful close shuts the write direction down and reads on until
+    /// the peer's end (or `close_timeout`). Default off.
+    pub half_close: bool,
 }
 
 impl Default for LinkConfig {
@@ -109,6 +113,7 @@ impl Default for LinkConfig {
             close_timeout: machine.close_timeout,
             middleware: None,
             release_after: machine.release_after,
+            half_close: machine.half_close,
         }
     }
 }
@@ -143,12 +148,20 @@ impl LinkConfig {
         self
     }
 
+    /// Whether plain TCP's graceful close is a half-close (default off).
+    #[must_use]
+    pub fn with_half_close(mut self, half_close: bool) -> Self {
+        self.half_close = half_close;
+        self
+    }
+
     /// The machine's part.
     fn machine(&self) -> storm_proto::link::LinkConfig {
         storm_proto::link::LinkConfig {
             heartbeat: self.heartbeat.clone(),
             close_timeout: self.close_timeout,
             release_after: self.release_after,
+            half_close: self.half_close,
         }
     }
 }
@@ -458,6 +471,9 @@ impl LinkDriver {
         // An abort discards the outbox and what the link framed, also
         // after a graceful close has begun.
         let abort = self.outbox.close_request() == Some(CloseKind::Abort);
+        // A close the pump starts (asked for by another task) moves the
+        // deadline too.
+        let deadline = self.link.poll_timeout();
         if !self.link.close_due() || (abort && !self.link.is_aborted()) {
             self.pump(now, max_bytes, true);
         }
@@ -468,7 +484,8 @@ impl LinkDriver {
         if written > 0 {
             self.outbox.on_written(written);
         }
-        let transmit = self.link.poll_transmit(now, out);
+        let mut transmit = self.link.poll_transmit(now, out);
+        transmit.timer_changed |= self.link.poll_timeout() != deadline;
         if transmit.release {
             self.outbox.release_buffers();
         }
@@ -853,6 +870,40 @@ mod tests {
         );
         let _ = link.send(Message::from(b"dropped".to_vec()));
         link.session.abort();
+        assert_eq!(transmit(&mut link, now), (Vec::new(), true));
+    }
+
+    /// A half-close asked for through the session (as another task
+    /// does): the writer writes what was queued, is told to shut the write
+    /// side down and to re-arm its timer for the close timeout; the peer's
+    /// answers still arrive, and its end closes the link.
+    #[test]
+    fn framed_half_close_writes_then_shuts_down_and_reads_on() {
+        let config = LinkConfig {
+            half_close: true,
+            close_timeout: Duration::from_secs(1),
+            ..LinkConfig::default()
+        };
+        let (_hub, mut link, now) = setup(
+            Protocol::Framed(Box::new(LengthPrefixFramer::default())),
+            config,
+        );
+        let _ = link.send(Message::from(b"last".to_vec()));
+        link.session.close();
+        let mut out = Vec::new();
+        let t = link.poll_transmit(now, &mut out, 1 << 20);
+        assert_eq!(out.concat(), b"\0\0\0\x04last");
+        assert!(t.shutdown && !t.close && t.timer_changed);
+        assert_eq!(link.poll_timeout(), Some(now + Duration::from_secs(1)));
+        link.handle_input(now, b"\0\0\0\x05reply");
+        link.handle_eof();
+        assert_eq!(
+            events(&mut link, now),
+            [
+                LinkEvent::Message(Message::from(b"reply".to_vec())),
+                LinkEvent::Closed(CloseReason::Eof)
+            ]
+        );
         assert_eq!(transmit(&mut link, now), (Vec::new(), true));
     }
 

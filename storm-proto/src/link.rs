@@ -140,7 +140,8 @@ pub struct LinkConfig {
     /// missed pongs, no idle timeout).
     pub heartbeat: HeartbeatConfig,
     /// How long a graceful close waits for the peer's close frame (WebSocket)
-    /// before the socket is closed anyway. Default 5 s.
+    /// or, with [`half_close`](Self::half_close), for the peer's end of the
+    /// stream, before the socket is closed anyway. Default 5 s.
     pub close_timeout: Duration,
     /// A link that goes idle (nothing to write after traffic) returns its
     /// buffers to the allocator, and [`Transmit::release`] tells the
@@ -150,6 +151,17 @@ pub struct LinkConfig {
     /// buffers again for every burst). Zero returns them at every idle
     /// moment. Default 1 s.
     pub release_after: Duration,
+    /// Plain TCP (a framed link) only: a graceful close is a half-close.
+    /// Once what was framed is written, [`Transmit::shutdown`] asks the
+    /// writer to shut the socket's write direction down (a TCP FIN) and
+    /// the link reads on, handing out what the peer still sends, until
+    /// the peer ends the stream ([`CloseReason::Eof`]) or `close_timeout`
+    /// passes ([`CloseReason::Local`]). For a client whose server answers
+    /// what it read after the client's end. Off (default): a graceful
+    /// close closes the socket once what was framed is written, and
+    /// nothing more is read. WebSocket links ignore it (their close
+    /// handshake already waits for the peer).
+    pub half_close: bool,
 }
 
 impl Default for LinkConfig {
@@ -158,6 +170,7 @@ impl Default for LinkConfig {
             heartbeat: HeartbeatConfig::default(),
             close_timeout: Duration::from_secs(5),
             release_after: Duration::from_secs(1),
+            half_close: false,
         }
     }
 }
@@ -258,6 +271,11 @@ pub struct Transmit {
     /// [`Link::poll_timeout`] changed in this call (a graceful close began
     /// its wait, an idle link its release countdown): re-arm the timer.
     pub timer_changed: bool,
+    /// A half-close ([`LinkConfig::half_close`]): after writing what was
+    /// appended, shut the socket's write direction down (a TCP FIN; TLS
+    /// sends its close_notify first) and keep reading. Said once; a later
+    /// [`close`](Self::close) closes the socket.
+    pub shutdown: bool,
 }
 
 /// A [`Link`] could not be built.
@@ -371,6 +389,23 @@ pub struct Link {
     aborted: bool,
     /// The transport ended.
     eof: bool,
+    /// A graceful close of a framed link half-closes
+    /// ([`LinkConfig::half_close`]).
+    half_close: bool,
+    /// Where a half-close is.
+    shutdown: HalfClose,
+}
+
+/// Where a framed link's half-close is ([`LinkConfig::half_close`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HalfClose {
+    /// Not asked for.
+    Open,
+    /// Asked for: the next `poll_transmit` says to shut the write
+    /// direction down after what it hands out.
+    Due,
+    /// Said: nothing more is written; input goes on until the peer's end.
+    Said,
 }
 
 impl Link {
@@ -402,6 +437,8 @@ impl Link {
             finish: false,
             aborted: false,
             eof: false,
+            half_close: config.half_close,
+            shutdown: HalfClose::Open,
         })
     }
 
@@ -507,7 +544,7 @@ impl Link {
     /// Nothing once the link aborted or its close frame went out; a
     /// message the framer refuses (too large for its limit) is dropped.
     pub fn send(&mut self, message: &Message) {
-        if self.aborted {
+        if self.aborted || self.shutdown != HalfClose::Open {
             return;
         }
         match &mut self.wire {
@@ -527,10 +564,24 @@ impl Link {
     /// frame with `code` and `reason` (1000 and none when they cannot be
     /// sent), then the socket is closed once the peer answers or
     /// [`LinkConfig::close_timeout`] from `now` passed; a framed link
-    /// closes the socket after its last write. Calling it again changes
-    /// nothing.
+    /// closes the socket after its last write, or with
+    /// [`LinkConfig::half_close`] shuts its write direction down then and
+    /// reads on until the peer's end or the close timeout. Calling it
+    /// again changes nothing.
     pub fn close(&mut self, now: Instant, code: CloseCode, reason: &str) {
         match &mut self.wire {
+            Wire::Framed(_) if self.half_close && !self.closed => {
+                if self.shutdown == HalfClose::Open {
+                    if self.eof {
+                        // The peer ended first: what it sent is handed out,
+                        // then `Closed(Eof)` closes the socket.
+                        self.shutdown = HalfClose::Said;
+                    } else {
+                        self.shutdown = HalfClose::Due;
+                        self.close_deadline = now.checked_add(self.close_timeout);
+                    }
+                }
+            }
             Wire::Framed(_) => self.finish(CloseKind::Graceful),
             Wire::WebSocket(conn) => {
                 if conn.is_open() && conn.close(code, reason).is_err() {
@@ -682,6 +733,10 @@ impl Link {
                     transmit.bytes += bytes.len();
                     out.push(bytes);
                 }
+                if self.shutdown == HalfClose::Due && !self.finish {
+                    self.shutdown = HalfClose::Said;
+                    transmit.shutdown = true;
+                }
             }
             Wire::WebSocket(conn) => {
                 while let Some(bytes) = conn.poll_transmit() {
@@ -744,12 +799,15 @@ impl Link {
                     Ok(None) if self.eof => {
                         self.closed = true;
                         self.finish = true;
+                        // A half-close ends here: nothing left to wait for.
+                        self.close_deadline = None;
                         Some(LinkEvent::Closed(CloseReason::Eof))
                     }
                     Ok(None) => None,
                     Err(e) => {
                         self.closed = true;
                         self.finish = true;
+                        self.close_deadline = None;
                         Some(LinkEvent::Closed(CloseReason::Framing(e)))
                     }
                 }
@@ -871,5 +929,95 @@ mod tests {
         let transmit = link.poll_transmit(now, &mut out);
         assert!(out.is_empty() && transmit.close);
         assert!(link.is_aborted());
+    }
+
+    fn half_closing(now: Instant) -> Link {
+        let protocol = Protocol::Framed(Box::new(LengthPrefixFramer::default()));
+        let config = LinkConfig {
+            half_close: true,
+            close_timeout: AFTER,
+            ..LinkConfig::default()
+        };
+        Link::new(protocol, &config, now).unwrap()
+    }
+
+    #[test]
+    fn a_half_close_shuts_the_write_side_after_the_output_and_reads_until_the_peers_end() {
+        let now = Instant::now();
+        let mut link = half_closing(now);
+        link.send(&Message::from(b"a".to_vec()));
+        link.close(now, CloseCode::NORMAL, "");
+        link.close(now, CloseCode::NORMAL, "");
+        // Nothing after the half-close is framed.
+        link.send(&Message::from(b"late".to_vec()));
+        assert_eq!(link.poll_event(now), None, "still open");
+        let mut out = Vec::new();
+        let transmit = link.poll_transmit(now, &mut out);
+        assert_eq!(out.concat(), b"\0\0\0\x01a");
+        assert!(transmit.shutdown && !transmit.close);
+        assert_eq!(link.poll_timeout(), Some(now + AFTER));
+        // Said once.
+        out.clear();
+        let again = link.poll_transmit(now, &mut out);
+        assert!(out.is_empty() && !again.shutdown && !again.close);
+        // The peer's answers still arrive, then its end closes the link.
+        link.handle_input(now, b"\0\0\0\x02hi\0\0\0\x01!");
+        link.handle_eof();
+        assert_eq!(
+            link.poll_event(now),
+            Some(LinkEvent::Message(Message::from(b"hi".to_vec())))
+        );
+        assert_eq!(
+            link.poll_event(now),
+            Some(LinkEvent::Message(Message::from(b"!".to_vec())))
+        );
+        assert_eq!(
+            link.poll_event(now),
+            Some(LinkEvent::Closed(CloseReason::Eof))
+        );
+        assert_eq!(link.poll_timeout(), None);
+        assert!(link.poll_transmit(now, &mut out).close);
+    }
+
+    #[test]
+    fn a_half_close_the_peer_never_ends_times_out() {
+        let now = Instant::now();
+        let mut link = half_closing(now);
+        link.close(now, CloseCode::NORMAL, "");
+        let mut out = Vec::new();
+        assert!(link.poll_transmit(now, &mut out).shutdown);
+        link.handle_timeout(now + AFTER);
+        assert_eq!(
+            link.poll_event(now + AFTER),
+            Some(LinkEvent::Closed(CloseReason::Local(CloseKind::Graceful)))
+        );
+        let transmit = link.poll_transmit(now + AFTER, &mut out);
+        assert!(transmit.close && !transmit.shutdown);
+    }
+
+    #[test]
+    fn without_half_close_a_framed_close_never_shuts_down_alone() {
+        let now = Instant::now();
+        let mut link = framed(now);
+        link.close(now, CloseCode::NORMAL, "");
+        let transmit = link.poll_transmit(now, &mut Vec::new());
+        assert!(transmit.close && !transmit.shutdown);
+        // Once the peer ended, a half-close has nothing to shut down: what
+        // the peer sent is handed out, then its end closes the socket.
+        let mut ended = half_closing(now);
+        ended.handle_input(now, b"\0\0\0\x01!");
+        ended.handle_eof();
+        ended.close(now, CloseCode::NORMAL, "");
+        assert!(!ended.poll_transmit(now, &mut Vec::new()).shutdown);
+        assert_eq!(
+            ended.poll_event(now),
+            Some(LinkEvent::Message(Message::from(b"!".to_vec())))
+        );
+        assert_eq!(
+            ended.poll_event(now),
+            Some(LinkEvent::Closed(CloseReason::Eof))
+        );
+        let transmit = ended.poll_transmit(now, &mut Vec::new());
+        assert!(transmit.close && !transmit.shutdown);
     }
 }

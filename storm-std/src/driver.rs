@@ -436,6 +436,8 @@ fn write_loop<W: WriteHalf>(
     let outbox = session.outbox();
     let waker = thread_waker(thread::current());
     let mut bufs: Vec<Bytes> = Vec::new();
+    // The write direction was shut down (a half-close): reading goes on.
+    let mut shut = false;
     loop {
         if stop.load(Ordering::Acquire) {
             return Ok(());
@@ -444,7 +446,7 @@ fn write_loop<W: WriteHalf>(
         // unparks us, and an unpark before `park` makes it return at once.
         outbox.register_waker(&waker);
         let transmit = lock(link).poll_transmit(Instant::now(), &mut bufs, write_batch);
-        if transmit.bytes == 0 && !transmit.close {
+        if transmit.bytes == 0 && !transmit.close && !transmit.shutdown {
             if transmit.release {
                 // Idle a while: the link returned its buffers; so does
                 // the writer.
@@ -470,7 +472,17 @@ fn write_loop<W: WriteHalf>(
         }
         writer.write(&mut bufs, outbox, stop)?;
         if transmit.close {
-            return writer.finish(outbox, stop);
+            return if shut {
+                Ok(())
+            } else {
+                writer.finish(outbox, stop)
+            };
+        }
+        if transmit.shutdown {
+            writer.finish(outbox, stop)?;
+            // A failure shows when reading, or at the close.
+            let _ = writer.socket().shutdown(Shutdown::Write);
+            shut = true;
         }
     }
 }

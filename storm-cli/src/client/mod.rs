@@ -24,13 +24,15 @@ use storm_proto::reconnect::BackoffConfig;
 use storm_services::rpc::Endpoint;
 
 use crate::reconnect::ReconnectArgs;
-use crate::rpc::{ClientRuntime, StrategyArg};
+use crate::rpc::StrategyArg;
+use storm_cli::runtime::Runtime;
 
 /// Exit codes of `storm client ws` and `storm client tcp` (`--help` and the
 /// README list them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Exit {
-    /// stdin ended (or Ctrl-C) and the connection closed cleanly.
+    /// stdin ended (or Ctrl-C) and the connection closed: cleanly, or
+    /// after `--close-timeout`.
     Done = 0,
     /// Reading stdin or writing stdout failed.
     Io = 1,
@@ -59,8 +61,10 @@ Output: each message received is written to stdout followed by a newline \
 (raw TCP: the bytes as they come, nothing added); binary messages are \
 written as they are, not as hex.
 
+At stdin's end (or Ctrl-C) the client closes: ws sends its close frame and waits for the server's; tcp shuts its sending side down (a TCP FIN) and goes on printing what the server sends until the server ends the connection. Either waits at most --close-timeout, then closes anyway (still exit 0).
+
 Exit codes:
-  0  stdin ended (or Ctrl-C) and the connection closed cleanly
+  0  stdin ended (or Ctrl-C) and the connection closed (cleanly, or after --close-timeout)
   1  reading stdin or writing stdout failed
   2  bad option (an unreadable --tls-ca file, a malformed endpoint or header)
   3  could not connect (with --reconnect: --max-attempts used up on every endpoint)
@@ -96,9 +100,15 @@ pub(crate) struct CommonArgs {
     /// Seconds to connect (TCP, TLS and WebSocket handshakes).
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     connect_timeout: f64,
-    /// Runtime the client runs on.
-    #[arg(long, value_enum, default_value_t = ClientRuntime::Tokio)]
-    runtime: ClientRuntime,
+    /// Seconds to wait, once stdin ended, for the server to finish: its
+    /// close frame (ws), or its end of the connection (tcp, whose sending
+    /// side is shut down at once: what the server still sends is printed
+    /// meanwhile).
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    close_timeout: f64,
+    /// Runtime the client runs on (std: blocking threads).
+    #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
+    runtime: Runtime,
 }
 
 /// Options of `storm client ws`.
@@ -224,6 +234,9 @@ pub(crate) fn tcp(args: &TcpArgs) -> ExitCode {
             Wire::Lp | Wire::Line => input::Mode::Binary,
         };
         plan.transport = Transport::Tcp(args.proto.framing(args.common.max_message));
+        // At stdin's end: shut the sending side down (a FIN) and print
+        // what the server still sends until it ends the connection.
+        plan.options.link.half_close = true;
         Ok(plan)
     })();
     run(plan, args.common.runtime)
@@ -296,11 +309,12 @@ impl Plan {
             }
             None => TlsClientOptions::default(),
         };
-        let options = ClientOptions::default().with_connect_timeout(seconds(
+        let mut options = ClientOptions::default().with_connect_timeout(seconds(
             common.connect_timeout,
             "--connect-timeout",
             false,
         )?);
+        options.link.close_timeout = seconds(common.close_timeout, "--close-timeout", true)?;
         Ok(Self {
             targets,
             tls,
@@ -311,6 +325,17 @@ impl Plan {
             failover: common.strategy == StrategyArg::Failover,
             reconnect: common.reconnect.backoff(),
         })
+    }
+}
+
+impl Plan {
+    /// What a connection to the endpoint at `index` connects to, and with
+    /// which options (TLS for a TLS endpoint).
+    fn connection(&self, index: usize) -> (&str, ClientOptions) {
+        let target = &self.targets[index];
+        let mut options = self.options.clone();
+        options.tls = target.tls.then(|| self.tls.clone());
+        (&target.address, options)
     }
 }
 
@@ -334,7 +359,7 @@ fn seconds(value: f64, flag: &str, zero_is_off: bool) -> Result<Duration, String
 }
 
 /// Runs `plan` on `runtime`.
-fn run(plan: Result<Plan, String>, runtime: ClientRuntime) -> ExitCode {
+fn run(plan: Result<Plan, String>, runtime: Runtime) -> ExitCode {
     let plan = match plan {
         Ok(plan) => plan,
         Err(e) => {
@@ -343,8 +368,9 @@ fn run(plan: Result<Plan, String>, runtime: ClientRuntime) -> ExitCode {
         }
     };
     let exit = match runtime {
-        ClientRuntime::Tokio => session::run::<storm_tokio::Tokio>(plan),
-        ClientRuntime::Smol => session::run::<storm_smol::Smol>(plan),
+        Runtime::Tokio => session::on_async::run::<storm_tokio::Tokio>(plan),
+        Runtime::Smol => session::on_async::run::<storm_smol::Smol>(plan),
+        Runtime::Std => session::on_std::run(plan),
     };
     exit.into()
 }

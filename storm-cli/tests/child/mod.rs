@@ -88,8 +88,13 @@ impl Storm {
 
     /// Ends stdin, then waits for the exit as [`exit`](Self::exit) does.
     pub(crate) fn finish(mut self) -> (ExitStatus, String) {
-        self.stdin = None;
+        self.close_stdin();
         self.exit()
+    }
+
+    /// Ends stdin; the process goes on (its output can still be read).
+    pub(crate) fn close_stdin(&mut self) {
+        self.stdin = None;
     }
 
     /// Waits for the exit (stdin stays open), within [`WAIT`]: its status,

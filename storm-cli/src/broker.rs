@@ -22,6 +22,7 @@ use storm_services::host::AsyncRuntime;
 use storm_services::host::{on_async, on_std};
 
 use crate::reconnect::{Reconnect, ReconnectArgs};
+use crate::rpc::ClientRuntime;
 
 /// Options of `storm broker`.
 #[derive(Debug, Clone, clap::Args)]
@@ -123,6 +124,9 @@ pub(crate) struct RequestArgs {
     /// file (for a broker started with `--tls`).
     #[arg(long, value_name = "CA_PEM")]
     pub tls_ca: Option<PathBuf>,
+    /// Runtime to run the client on: tokio or smol (async tasks).
+    #[arg(long, value_enum, default_value_t = ClientRuntime::Tokio)]
+    pub runtime: ClientRuntime,
 }
 
 /// Options of `storm client broker provider`.
@@ -151,6 +155,10 @@ pub(crate) struct ProviderArgs {
     /// file (for a broker started with `--tls`).
     #[arg(long, value_name = "CA_PEM")]
     pub tls_ca: Option<PathBuf>,
+    /// Runtime to run the provider on: tokio or smol (async tasks; the
+    /// handlers run as tasks there).
+    #[arg(long, value_enum, default_value_t = ClientRuntime::Tokio)]
+    pub runtime: ClientRuntime,
     /// `--reconnect`: after a drop (the broker restarted), connect and
     /// register on the channel again; requests in flight then are lost.
     #[command(flatten)]
@@ -217,12 +225,6 @@ pub(crate) fn parse_channel(text: &str) -> Result<ChannelId, String> {
     }
     let n: u128 = text.parse().map_err(|_| bad())?;
     Ok(ChannelId::from_bytes(n.to_be_bytes()))
-}
-
-fn runtime() -> io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
 }
 
 fn frame(max: usize) -> storm_proto::broker::FrameConfig {
@@ -354,27 +356,40 @@ fn client_options(tls_ca: Option<&PathBuf>) -> Result<ClientOptions, BrokerError
     Ok(options)
 }
 
-/// Runs `storm client broker …`.
+/// Runs `storm client broker …` on the runtime of its `--runtime`.
 ///
 /// # Errors
 ///
 /// Connecting or registering failed, or (for `request`) a request failed.
 pub(crate) fn client(args: &ClientArgs) -> Result<(), BrokerError> {
-    let runtime = runtime().map_err(BrokerError::Io)?;
-    match args {
-        ClientArgs::Request(args) => runtime.block_on(request(args)),
-        ClientArgs::Provider(args) => runtime.block_on(provide(args)),
+    let runtime = match args {
+        ClientArgs::Request(args) => args.runtime,
+        ClientArgs::Provider(args) => args.runtime,
+    };
+    match runtime {
+        ClientRuntime::Tokio => client_on::<storm_tokio::Tokio>(args),
+        ClientRuntime::Smol => client_on::<storm_smol::Smol>(args),
     }
 }
 
-async fn request(args: &RequestArgs) -> Result<(), BrokerError> {
+fn client_on<R: AsyncRuntime>(args: &ClientArgs) -> Result<(), BrokerError> {
+    R::block_on(async {
+        Ok(match args {
+            ClientArgs::Request(args) => request::<R>(args).await,
+            ClientArgs::Provider(args) => provide::<R>(args).await,
+        })
+    })
+    .map_err(BrokerError::Io)?
+}
+
+async fn request<R: AsyncRuntime>(args: &RequestArgs) -> Result<(), BrokerError> {
     let mut options = ConsumerOptions::default();
     options.client = client_options(args.tls_ca.as_ref())?;
     options.frame = frame(args.max_frame);
     // The broker applies the same deadline (capped at its maximum).
     options.server_timeout = args.timeout;
     options.max_response = args.max_response;
-    let consumer = Consumer::connect(&args.addr, args.channel, options).await?;
+    let consumer = Consumer::connect_on::<R>(&args.addr, args.channel, options).await?;
     for _ in 0..args.count {
         let mut source = Source::open(args).map_err(BrokerError::Io)?;
         let started = Instant::now();
@@ -426,7 +441,7 @@ enum Origin {
         offset: usize,
         left: usize,
     },
-    /// `--file`: read as it is sent (on tokio's blocking pool).
+    /// `--file`: read as it is sent (on a thread of the blocking pool).
     File(Option<std::fs::File>),
 }
 
@@ -473,14 +488,13 @@ impl Source {
                 let Some(mut file) = slot.take() else {
                     return Ok(None);
                 };
-                let (file, piece) = tokio::task::spawn_blocking(move || {
+                let (file, piece) = smol::unblock(move || {
                     use std::io::Read;
                     let mut piece = Vec::with_capacity(max);
                     let read = (&mut file).take(max as u64).read_to_end(&mut piece);
                     (file, read.map(|_| piece))
                 })
-                .await
-                .map_err(io::Error::other)?;
+                .await;
                 let piece = piece?;
                 if piece.is_empty() {
                     return Ok(None);
@@ -503,15 +517,15 @@ const PROVIDER: &str = "storm client broker provider";
 
 /// Runs the demo provider until the connection ends; with `--reconnect`,
 /// connects and registers again after every drop until attempts run out.
-async fn provide(args: &ProviderArgs) -> Result<(), BrokerError> {
+async fn provide<R: AsyncRuntime>(args: &ProviderArgs) -> Result<(), BrokerError> {
     let mut reconnect = Reconnect::new(PROVIDER, &args.reconnect).map_err(BrokerError::Io)?;
     let (mode, delay) = (args.mode, args.delay);
     loop {
-        let e = match register(args).await {
+        let e = match register::<R>(args).await {
             Ok(provider) => {
                 reconnect.connected();
                 let serving = provider.serve_streamed(move |request, responder| {
-                    answer(mode, delay, request, responder)
+                    answer::<R>(mode, delay, request, responder)
                 });
                 match serving.await {
                     Err(e @ BrokerError::Disconnected(_)) => e,
@@ -523,19 +537,19 @@ async fn provide(args: &ProviderArgs) -> Result<(), BrokerError> {
             Err(e) => return Err(e),
         };
         match reconnect.after(&e) {
-            Some(delay) => tokio::time::sleep(delay).await,
+            Some(delay) => R::sleep_until(Instant::now() + delay).await,
             None => return Err(e),
         }
     }
 }
 
 /// Connects to the broker and registers on the channel.
-async fn register(args: &ProviderArgs) -> Result<Provider, BrokerError> {
+async fn register<R: AsyncRuntime>(args: &ProviderArgs) -> Result<Provider, BrokerError> {
     let mut options = ProviderOptions::default();
     options.client = client_options(args.tls_ca.as_ref())?;
     options.frame = frame(args.max_frame);
     options.max_concurrent = args.concurrency;
-    let provider = Provider::connect(&args.addr, args.channel, options).await?;
+    let provider = Provider::connect_on::<R>(&args.addr, args.channel, options).await?;
     let mode = match args.mode {
         Mode::Echo => "echo",
         Mode::Upper => "upper",
@@ -551,7 +565,7 @@ async fn register(args: &ProviderArgs) -> Result<Provider, BrokerError> {
 
 /// The demo provider's answer to one request, as `mode` says, after
 /// `delay`.
-async fn answer(
+async fn answer<R: AsyncRuntime>(
     mode: Mode,
     delay: Duration,
     request: StreamedRequest,
@@ -560,7 +574,7 @@ async fn answer(
     let StreamedRequest { id, mut body, .. } = request;
     println!("request {id}");
     if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
+        R::sleep_until(Instant::now() + delay).await;
     }
     let (mut size, mut checksum) = (0usize, FNV1A_START);
     while let Some(piece) = body.next().await {
@@ -653,6 +667,7 @@ mod tests {
             count: 1,
             max_frame: 7,
             tls_ca: None,
+            runtime: ClientRuntime::Tokio,
         };
         let mut source = Source::open(&args).expect("a pattern");
         let mut joined = Vec::new();

@@ -1,12 +1,20 @@
 //! `storm json` and `storm client json`: the command line of the
 //! length-prefixed JSON service ([`storm_services::json`], where the
-//! protocol is documented). `storm client json` runs on tokio; with
-//! `--reconnect` it connects again after a drop ([`crate::reconnect`]).
+//! protocol is documented). `storm client json` runs on the runtime of
+//! its `--runtime` too: its modes are written once over a [`Wire`], the
+//! connection on tokio or smol (`json/on_async.rs`) or on storm-std's
+//! threads (`json/on_std.rs`); with `--reconnect` it connects again after
+//! a drop ([`crate::reconnect`]).
+
+mod on_async;
+mod on_std;
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::{self, BufRead};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,10 +23,9 @@ use serde_json::{Value, json};
 use storm_host::options::{ClientOptions, ServerOptions, TlsClientOptions};
 use storm_proto::Message;
 use storm_proto::framing::{Framing, LengthPrefixConfig};
-use storm_services::host::{self, Listen};
+use storm_services::host::{self, AsyncRuntime, Listen};
 use storm_services::json::{JsonConfig, JsonService, decode, encode, now};
 use storm_services::rpc::Endpoint;
-use storm_tokio::{Client, Handler, Session, TcpClient};
 use tokio::sync::mpsc;
 
 use storm_cli::policy::{PolicyArgs, Service};
@@ -68,6 +75,10 @@ pub(crate) struct ClientArgs {
     /// flight as lost and goes on.
     #[command(flatten)]
     reconnect: ReconnectArgs,
+    /// Runtime to run the client on: tokio or smol (async tasks), or std
+    /// (storm-std's blocking threads).
+    #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
+    runtime: Runtime,
     /// What to do once connected.
     #[arg(long, value_enum, default_value_t = Mode::Demo)]
     mode: Mode,
@@ -156,33 +167,54 @@ fn banner(args: &JsonArgs, addr: SocketAddr) {
 
 // ---------------------------------------------------------------- client
 
-/// Runs `storm client json` in its mode.
+/// Runs `storm client json` in its mode, on the runtime of `--runtime`.
 pub(crate) fn client(args: &ClientArgs) -> io::Result<()> {
     let timeout = seconds(args.timeout, "--timeout")?;
     let (addr, options) = tcp_target(&args.addr, args.tls_ca.as_ref())?;
     let reconnect = Reconnect::new(CLIENT, &args.reconnect)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let mut conn = Conn::connect(addr, options, timeout, reconnect).await?;
-        let result = match args.mode {
-            Mode::Demo => demo(&mut conn).await,
-            Mode::Interactive => interactive(&mut conn).await,
-            Mode::Perf => {
-                let limits = PerfLimits {
-                    count: args.count,
-                    duration: seconds(args.duration, "--duration")?,
-                    window: args.window,
-                    size: args.size,
-                };
-                perf(&mut conn, &limits).await
-            }
-        };
-        conn.client.close();
-        result
-    })
+    let target = Target {
+        addr,
+        options,
+        timeout,
+    };
+    match args.runtime {
+        Runtime::Tokio => storm_tokio::Tokio::block_on(run::<
+            on_async::AsyncWire<storm_tokio::Tokio>,
+        >(args, target, reconnect)),
+        Runtime::Smol => storm_smol::Smol::block_on(run::<on_async::AsyncWire<storm_smol::Smol>>(
+            args, target, reconnect,
+        )),
+        // The connection runs on storm-std's threads; the client's own
+        // loop waits on this thread.
+        Runtime::Std => smol::block_on(run::<on_std::StdWire>(args, target, reconnect)),
+    }
+}
+
+/// Connects and runs the mode of `args` over a `W`.
+async fn run<W: Wire>(args: &ClientArgs, target: Target, reconnect: Reconnect) -> io::Result<()> {
+    let mut conn = Conn::<W>::connect(target, reconnect).await?;
+    let result = match args.mode {
+        Mode::Demo => demo(&mut conn).await,
+        Mode::Interactive => interactive(&mut conn).await,
+        Mode::Perf => {
+            let limits = PerfLimits {
+                count: args.count,
+                duration: seconds(args.duration, "--duration")?,
+                window: args.window,
+                size: args.size,
+            };
+            perf(&mut conn, &limits).await
+        }
+    };
+    conn.wire.close();
+    result
+}
+
+/// Where `storm client json` connects, and how long it waits for a reply.
+struct Target {
+    addr: String,
+    options: ClientOptions,
+    timeout: Duration,
 }
 
 /// Who `storm client json` speaks as on stderr.
@@ -235,25 +267,72 @@ fn seconds(value: f64, flag: &str) -> io::Result<Duration> {
         })
 }
 
-/// Hands every message the connection receives to the client's task.
-struct Inbox(mpsc::Sender<Message>);
+/// `storm client json`'s connection on one runtime: connecting, sending,
+/// closing, and the runtime's timer. What arrives goes to the [`Inbox`]
+/// it was connected with.
+trait Wire: Sized {
+    /// Connects to `addr`, handing every message to `inbox`.
+    ///
+    /// # Errors
+    ///
+    /// The connection cannot be made, as a sentence.
+    fn connect(
+        addr: &str,
+        options: ClientOptions,
+        inbox: Inbox,
+    ) -> impl Future<Output = Result<Self, String>>;
 
-impl Handler for Inbox {
-    async fn on_message(&self, _session: &Session, message: Message) {
-        // Awaiting here holds the connection's reading back while the
-        // client's task is behind: bounded memory, not dropped messages.
-        let _ = self.0.send(message).await;
+    /// Sends `message`, waiting while the connection is backpressured.
+    ///
+    /// # Errors
+    ///
+    /// The connection is gone.
+    fn send(&self, message: Message) -> impl Future<Output = io::Result<()>>;
+
+    /// Closes the connection (gracefully: what is queued goes first).
+    fn close(&self);
+
+    /// Completes at `deadline`.
+    fn sleep_until(deadline: Instant) -> impl Future<Output = ()>;
+}
+
+/// Where a connection's handler puts every message it receives, for the
+/// client's loop: a bounded queue (while it is full the connection reads
+/// nothing more: bounded memory, not dropped messages), closed when the
+/// connection ends.
+struct Inbox(Mutex<Option<mpsc::Sender<Message>>>);
+
+/// Messages the [`Inbox`] holds before the connection stops reading.
+const INBOX_CAPACITY: usize = 1024;
+
+impl Inbox {
+    /// An inbox and the receiving end of its queue.
+    fn new() -> (Self, mpsc::Receiver<Message>) {
+        let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
+        (Self(Mutex::new(Some(tx))), rx)
+    }
+
+    /// The queue's sending end, until the connection ended.
+    fn sender(&self) -> Option<mpsc::Sender<Message>> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The connection ended: the receiver sees the end once it has taken
+    /// what is queued.
+    fn close(&self) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
     }
 }
 
 /// A connected client: sending, and replies in arrival order; with
 /// `--reconnect`, connected again after a drop.
-struct Conn {
-    client: Client,
+struct Conn<W> {
+    wire: W,
     inbox: mpsc::Receiver<Message>,
-    timeout: Duration,
-    addr: String,
-    options: ClientOptions,
+    target: Target,
     reconnect: Reconnect,
 }
 
@@ -261,22 +340,15 @@ struct Conn {
 /// reconnects after.
 const DROPPED: io::ErrorKind = io::ErrorKind::ConnectionAborted;
 
-impl Conn {
+impl<W: Wire> Conn<W> {
     /// Connects; with `--reconnect`, tries until it connects or runs out of
     /// attempts.
-    async fn connect(
-        addr: String,
-        options: ClientOptions,
-        timeout: Duration,
-        mut reconnect: Reconnect,
-    ) -> io::Result<Self> {
-        let (client, inbox) = open(&addr, &options, &mut reconnect).await?;
+    async fn connect(target: Target, mut reconnect: Reconnect) -> io::Result<Self> {
+        let (wire, inbox) = open::<W>(&target, &mut reconnect).await?;
         Ok(Self {
-            client,
+            wire,
             inbox,
-            timeout,
-            addr,
-            options,
+            target,
             reconnect,
         })
     }
@@ -288,13 +360,13 @@ impl Conn {
         if error.kind() != DROPPED || !self.reconnect.is_on() {
             return Err(error);
         }
-        self.client.close();
+        self.wire.close();
         let Some(delay) = self.reconnect.after(&format_args!("disconnected: {error}")) else {
             return Err(error);
         };
-        tokio::time::sleep(delay).await;
-        let (client, inbox) = open(&self.addr, &self.options, &mut self.reconnect).await?;
-        self.client = client;
+        W::sleep_until(Instant::now() + delay).await;
+        let (wire, inbox) = open::<W>(&self.target, &mut self.reconnect).await?;
+        self.wire = wire;
         self.inbox = inbox;
         Ok(())
     }
@@ -304,21 +376,33 @@ impl Conn {
     }
 
     async fn send_message(&self, message: Message) -> io::Result<()> {
-        self.client
-            .send(message)
-            .await
-            .map_err(|e| io::Error::new(DROPPED, e))
+        self.wire.send(message).await
+    }
+
+    /// The next message, waiting at most `limit`: `Ok(None)` once the
+    /// connection has ended and everything it received was taken.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::TimedOut`] when nothing came within `limit`.
+    async fn next_within(&mut self, limit: Duration) -> io::Result<Option<Message>> {
+        let deadline = Instant::now() + limit;
+        let next = async { Ok(self.inbox.recv().await) };
+        let late = async {
+            W::sleep_until(deadline).await;
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no reply within {limit:?}"),
+            ))
+        };
+        smol::future::or(next, late).await
     }
 
     /// The next message, waiting at most the reply timeout.
     async fn recv(&mut self) -> io::Result<Value> {
-        match tokio::time::timeout(self.timeout, self.inbox.recv()).await {
-            Ok(Some(message)) => Ok(decode(&message)),
-            Ok(None) => Err(closed()),
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("no reply within {:?}", self.timeout),
-            )),
+        match self.next_within(self.target.timeout).await? {
+            Some(message) => Ok(decode(&message)),
+            None => Err(closed()),
         }
     }
 
@@ -356,24 +440,24 @@ fn closed() -> io::Error {
     io::Error::new(DROPPED, "the server closed the connection")
 }
 
-/// Connects to `addr`, waiting out the backoff between failed attempts
-/// while `reconnect` allows more.
-async fn open(
-    addr: &str,
-    options: &ClientOptions,
+/// Connects to the target, waiting out the backoff between failed
+/// attempts while `reconnect` allows more.
+async fn open<W: Wire>(
+    target: &Target,
     reconnect: &mut Reconnect,
-) -> io::Result<(Client, mpsc::Receiver<Message>)> {
+) -> io::Result<(W, mpsc::Receiver<Message>)> {
+    let addr = &target.addr;
     loop {
-        let (tx, inbox) = mpsc::channel(1024);
-        match TcpClient::connect(addr, options.clone(), Framing::LengthPrefix, Inbox(tx)).await {
-            Ok(client) => {
+        let (inbox, rx) = Inbox::new();
+        match W::connect(addr, target.options.clone(), inbox).await {
+            Ok(wire) => {
                 reconnect.connected();
-                return Ok((client, inbox));
+                return Ok((wire, rx));
             }
             Err(e) => {
                 let why = format!("connecting to {addr}: {e}");
                 match reconnect.after(&why) {
-                    Some(delay) => tokio::time::sleep(delay).await,
+                    Some(delay) => W::sleep_until(Instant::now() + delay).await,
                     None => return Err(io::Error::other(why)),
                 }
             }
@@ -402,7 +486,7 @@ fn custom(kind: &str) -> Value {
 }
 
 /// One of each message, each reply printed before the next is sent.
-async fn demo(conn: &mut Conn) -> io::Result<()> {
+async fn demo<W: Wire>(conn: &mut Conn<W>) -> io::Result<()> {
     let requests = [
         (ping(), "pong"),
         (echo("Hello TCP Server!"), "echo_response"),
@@ -460,7 +544,14 @@ fn parse_line(line: &str) -> Line {
 /// moment), or when the server closes the connection (with `--reconnect`:
 /// connects again, and a command the dropped connection refused is sent on
 /// the new one).
-async fn interactive(conn: &mut Conn) -> io::Result<()> {
+async fn interactive<W: Wire>(conn: &mut Conn<W>) -> io::Result<()> {
+    /// What the loop waits for first.
+    enum Next {
+        /// A line from stdin (`None`: its end).
+        Line(Option<String>),
+        /// A message (`None`: the connection ended).
+        Message(Option<Message>),
+    }
     let (tx, mut lines) = mpsc::channel::<String>(16);
     // Blocking stdin on its own thread; it ends with the process.
     std::thread::spawn(move || {
@@ -473,9 +564,14 @@ async fn interactive(conn: &mut Conn) -> io::Result<()> {
     });
     println!("{HELP}");
     loop {
-        tokio::select! {
-            line = lines.recv() => {
-                let Some(line) = line else { break };
+        // Both receivers are cancel-safe: the one that loses keeps its item.
+        let next = smol::future::or(async { Next::Line(lines.recv().await) }, async {
+            Next::Message(conn.inbox.recv().await)
+        })
+        .await;
+        match next {
+            Next::Line(None) => break,
+            Next::Line(Some(line)) => {
                 let message = match parse_line(&line) {
                     Line::Send(request) => {
                         println!("-> {request}");
@@ -496,22 +592,19 @@ async fn interactive(conn: &mut Conn) -> io::Result<()> {
                     conn.recover(e).await?;
                 }
             }
-            message = conn.inbox.recv() => {
-                let Some(message) = message else {
-                    if !conn.reconnect.is_on() {
-                        println!("the server closed the connection");
-                        return Ok(());
-                    }
-                    conn.recover(closed()).await?;
-                    continue;
-                };
-                println!("<- {}", decode(&message));
+            Next::Message(None) => {
+                if !conn.reconnect.is_on() {
+                    println!("the server closed the connection");
+                    return Ok(());
+                }
+                conn.recover(closed()).await?;
             }
+            Next::Message(Some(message)) => println!("<- {}", decode(&message)),
         }
     }
     // Replies to the last commands may still be on their way.
     let grace = Duration::from_millis(500);
-    while let Ok(Some(message)) = tokio::time::timeout(grace, conn.inbox.recv()).await {
+    while let Ok(Some(message)) = conn.next_within(grace).await {
         println!("<- {}", decode(&message));
     }
     Ok(())
@@ -536,7 +629,7 @@ struct PerfLimits {
 /// percentiles over all requests. The reference client's "latency" is the
 /// run's duration divided by the number of messages, which is inverse
 /// throughput: it hides every slow request and shrinks as the window grows.
-async fn perf(conn: &mut Conn, limits: &PerfLimits) -> io::Result<()> {
+async fn perf<W: Wire>(conn: &mut Conn<W>, limits: &PerfLimits) -> io::Result<()> {
     let content = "x".repeat(limits.size);
     let window = usize::try_from(limits.window).unwrap_or(usize::MAX);
     let mut in_flight: VecDeque<Instant> = VecDeque::with_capacity(window);

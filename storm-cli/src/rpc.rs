@@ -104,7 +104,8 @@ pub(crate) struct ClientArgs {
     pub runtime: ClientRuntime,
 }
 
-/// Runtimes `storm client rpc` runs on.
+/// Runtimes the clients whose library is async only run on
+/// (`storm client rpc`, `storm client broker`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum ClientRuntime {
     /// tokio, multi-threaded.

@@ -238,7 +238,8 @@ fn storm_binary_broker_on_every_runtime_over_tls() {
     std::fs::write(&ca, &pki.ca_pem).expect("ca");
     let path = |p: &std::path::Path| p.to_str().expect("utf-8 path").to_owned();
     let (cert, key, ca) = (path(&cert), path(&key), path(&ca));
-    for runtime in ["tokio", "smol", "std"] {
+    // The clients on tokio and smol (they do not run on std).
+    for (runtime, clients) in [("tokio", "tokio"), ("smol", "smol"), ("std", "smol")] {
         let (mut broker, banner, _out) = spawn_storm(&[
             "broker",
             "--addr",
@@ -269,6 +270,8 @@ fn storm_binary_broker_on_every_runtime_over_tls() {
             "upper",
             "--tls-ca",
             &ca,
+            "--runtime",
+            clients,
         ]);
         assert!(
             line.contains("registered at tls://"),
@@ -286,6 +289,8 @@ fn storm_binary_broker_on_every_runtime_over_tls() {
             "over tls",
             "--tls-ca",
             &ca,
+            "--runtime",
+            clients,
         ]);
         assert!(ok, "{runtime}: stderr: {err}");
         assert_eq!(out.trim(), "OVER TLS", "{runtime}");
@@ -334,6 +339,10 @@ fn help_documents_runtime_and_tls() {
     for role in ["request", "provider"] {
         let (ok, out, _) = run_storm(&["client", "broker", role, "--help"]);
         assert!(ok && out.contains("--tls-ca"), "{role}: {out}");
+        assert!(
+            out.contains("--runtime") && out.contains("[default: tokio]"),
+            "{role}: {out}"
+        );
     }
 }
 
@@ -587,30 +596,36 @@ fn storm_request(addr: &str, channel: &str, extra: &[&str]) -> (bool, String, St
     run_storm(&request_args(addr, channel, extra))
 }
 
+/// A file sent through the digest and echo providers, the clients on
+/// tokio and on smol (the broker on the same runtime).
 #[test]
 fn storm_binary_sends_a_file_and_every_mode_streams() {
-    let (_broker, addr) = spawn_broker(&[]);
     let path = std::env::temp_dir().join(format!("storm-broker-file-{}", std::process::id()));
     let data = noise(3 << 20);
     std::fs::write(&path, &data).expect("file");
     let file = path.to_str().expect("utf-8 path").to_owned();
-    let _digest = storm_provider(&addr, "8", &["--mode", "digest"]);
-    let (ok, out, err) = storm_request(&addr, "8", &["--file", &file]);
-    assert!(ok, "stderr: {err}");
-    let sum = fnv1a(&data);
-    let expected = format!("response: {} bytes, fnv1a {sum:016x}", data.len());
-    assert!(out.contains(&expected), "{out}");
-    // Echo sends the file back as it reads it; a response over
-    // --max-response is refused with the limit named.
-    let _echo = storm_provider(&addr, "9", &[]);
-    let (ok, out, err) = storm_request(&addr, "9", &["--file", &file]);
-    assert!(ok, "stderr: {err}");
-    let expected = format!("got {} bytes (fnv1a {sum:016x})", data.len());
-    assert!(out.contains(&expected), "{out}");
-    let (ok, _, err) = storm_request(&addr, "9", &["--file", &file, "--max-response", "1000000"]);
-    assert!(!ok && err.contains("1000000"), "stderr: {err}");
-    let missing = "/nonexistent/storm-broker-file";
-    let (ok, _, err) = storm_request(&addr, "9", &["--file", missing]);
-    assert!(!ok && err.contains(missing), "stderr: {err}");
+    for runtime in ["tokio", "smol"] {
+        let on = ["--runtime", runtime];
+        let (_broker, addr) = spawn_broker(&on);
+        let _digest = storm_provider(&addr, "8", &[&on[..], &["--mode", "digest"]].concat());
+        let (ok, out, err) = storm_request(&addr, "8", &[&on[..], &["--file", &file]].concat());
+        assert!(ok, "{runtime}: stderr: {err}");
+        let sum = fnv1a(&data);
+        let expected = format!("response: {} bytes, fnv1a {sum:016x}", data.len());
+        assert!(out.contains(&expected), "{runtime}: {out}");
+        // Echo sends the file back as it reads it; a response over
+        // --max-response is refused with the limit named.
+        let _echo = storm_provider(&addr, "9", &on);
+        let (ok, out, err) = storm_request(&addr, "9", &[&on[..], &["--file", &file]].concat());
+        assert!(ok, "{runtime}: stderr: {err}");
+        let expected = format!("got {} bytes (fnv1a {sum:016x})", data.len());
+        assert!(out.contains(&expected), "{runtime}: {out}");
+        let too_small = [&on[..], &["--file", &file, "--max-response", "1000000"]].concat();
+        let (ok, _, err) = storm_request(&addr, "9", &too_small);
+        assert!(!ok && err.contains("1000000"), "{runtime}: stderr: {err}");
+        let missing = "/nonexistent/storm-broker-file";
+        let (ok, _, err) = storm_request(&addr, "9", &[&on[..], &["--file", missing]].concat());
+        assert!(!ok && err.contains(missing), "{runtime}: stderr: {err}");
+    }
     let _ = std::fs::remove_file(&path);
 }

@@ -146,8 +146,10 @@ fn ping_answers_pong_with_both_timestamps_and_client_id() {
     }
 }
 
+/// TLS on every runtime: a ping from a hand-written client, and
+/// `storm client json --tls-ca` on the same runtime running its demo.
 #[test]
-fn ping_over_tls() {
+fn ping_and_the_client_demo_over_tls() {
     let pki = storm_tests::suite::pki::Pki::new();
     let files = pki.pem_files();
     for runtime in RUNTIMES {
@@ -168,6 +170,10 @@ fn ping_over_tls() {
         assert_eq!(pong["type"], "pong", "{runtime}");
         assert_eq!(pong["ping_timestamp"], "t", "{runtime}");
         client.close();
+        let ca = files.ca.to_str().expect("a UTF-8 path");
+        let out = run_client(&server, &["--runtime", runtime, "--tls-ca", ca], "");
+        assert!(out.contains("demo done"), "{runtime}: {out}");
+        assert_eq!(types(&replies(&out))[0], "pong", "{runtime}: {out}");
     }
 }
 
@@ -399,7 +405,7 @@ fn client_demo_prints_every_reply() {
         let server = start(runtime);
         let mut other = Peer::connect(&server.addr);
         other.ping();
-        let out = run_client(&server, &["--mode", "demo"], "");
+        let out = run_client(&server, &["--runtime", runtime, "--mode", "demo"], "");
         let replies = replies(&out);
         assert_eq!(
             types(&replies),
@@ -433,7 +439,11 @@ fn client_interactive_runs_commands_from_stdin() {
         let server = start(runtime);
         let script =
             "/ping\n/echo hi there\n/stats\n/custom my_type\nhello plain\n/bogus\n/exit\n/ping\n";
-        let out = run_client(&server, &["--mode", "interactive"], script);
+        let out = run_client(
+            &server,
+            &["--runtime", runtime, "--mode", "interactive"],
+            script,
+        );
         let replies = replies(&out);
         assert_eq!(
             types(&replies),
@@ -453,6 +463,8 @@ fn client_perf_reports_rate_and_latency() {
         let out = run_client(
             &server,
             &[
+                "--runtime",
+                runtime,
                 "--mode",
                 "perf",
                 "--count",

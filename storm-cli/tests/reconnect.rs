@@ -21,83 +21,102 @@ fn interactive_json_client(addr: &str, extra: &[&str]) -> Storm {
     Storm::spawn(&[&args[..], extra].concat())
 }
 
+/// Every runtime the clients run on; each test runs its client and its
+/// server on each.
+const RUNTIMES: [&str; 3] = ["tokio", "smol", "std"];
+
 /// `storm json` is stopped and started again on the same port: the
 /// interactive client says it lost the connection, connects again, and
 /// goes on.
 #[test]
 fn json_client_reconnects_across_a_server_restart() {
-    let (server, addr) = Storm::serve("json", "127.0.0.1:0", &[]);
-    let mut client = interactive_json_client(&addr, &[]);
-    client.send("/echo before");
-    client.stdout_line("\"before\"");
+    for runtime in RUNTIMES {
+        let on = ["--runtime", runtime];
+        let (server, addr) = Storm::serve("json", "127.0.0.1:0", &on);
+        let mut client = interactive_json_client(&addr, &on);
+        client.send("/echo before");
+        client.stdout_line("\"before\"");
 
-    server.kill();
-    client.stderr_line("disconnected: the server closed the connection; reconnecting in");
-    let (server, again) = Storm::serve("json", &addr, &[]);
-    assert_eq!(again, addr);
-    client.stderr_line("storm client json: reconnected");
-    client.send("/echo after");
-    client.stdout_line("\"after\"");
-    client.send("/exit");
-    let (status, stderr) = client.exit();
-    assert_eq!(status.code(), Some(0), "{stderr}");
-    drop(server);
+        server.kill();
+        client.stderr_line("disconnected: the server closed the connection; reconnecting in");
+        let (server, again) = Storm::serve("json", &addr, &on);
+        assert_eq!(again, addr, "{runtime}");
+        client.stderr_line("storm client json: reconnected");
+        client.send("/echo after");
+        client.stdout_line("\"after\"");
+        client.send("/exit");
+        let (status, stderr) = client.exit();
+        assert_eq!(status.code(), Some(0), "{runtime}: {stderr}");
+        drop(server);
+    }
 }
 
 /// With `--max-attempts 2` against a server that stays away, the client
 /// gives up after two attempts and fails (exit code 1).
 #[test]
 fn json_client_gives_up_after_max_attempts() {
-    let (server, addr) = Storm::serve("json", "127.0.0.1:0", &[]);
-    let mut client = interactive_json_client(&addr, &["--max-attempts", "2"]);
-    client.send("/ping");
-    client.stdout_line("pong");
-    server.kill();
-    client.stderr_line("giving up after 2 attempts");
-    let (status, stderr) = client.exit();
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    for runtime in RUNTIMES {
+        let on = ["--runtime", runtime];
+        let (server, addr) = Storm::serve("json", "127.0.0.1:0", &on);
+        let mut client =
+            interactive_json_client(&addr, &[&on[..], &["--max-attempts", "2"]].concat());
+        client.send("/ping");
+        client.stdout_line("pong");
+        server.kill();
+        client.stderr_line("giving up after 2 attempts");
+        let (status, stderr) = client.exit();
+        assert_eq!(status.code(), Some(1), "{runtime}: {stderr}");
+    }
 }
 
 /// The broker restarts: the provider registers on its channel again, and
-/// a request through the new broker is answered.
+/// a request through the new broker is answered; the broker and its
+/// clients on tokio, then on smol.
 #[test]
 fn broker_provider_serves_again_after_the_broker_restarts() {
-    let (broker, addr) = Storm::serve("broker", "127.0.0.1:0", &[]);
-    let provider = Storm::spawn(&[
-        "client",
-        "broker",
-        "provider",
-        "--addr",
-        &addr,
-        "--channel",
-        "7",
-        "--mode",
-        "upper",
-        "--reconnect",
-    ]);
-    provider.stdout_line("registered at");
+    for runtime in ["tokio", "smol"] {
+        let on = ["--runtime", runtime];
+        let (broker, addr) = Storm::serve("broker", "127.0.0.1:0", &on);
+        let provider = Storm::spawn(&[
+            "client",
+            "broker",
+            "provider",
+            "--addr",
+            &addr,
+            "--channel",
+            "7",
+            "--mode",
+            "upper",
+            "--reconnect",
+            "--runtime",
+            runtime,
+        ]);
+        provider.stdout_line("registered at");
 
-    broker.kill();
-    provider.stderr_line("disconnected from the broker");
-    let (broker, again) = Storm::serve("broker", &addr, &[]);
-    assert_eq!(again, addr);
-    provider.stdout_line("registered at");
-    provider.stderr_line("reconnected");
-    let request = Storm::spawn(&[
-        "client",
-        "broker",
-        "request",
-        "--addr",
-        &addr,
-        "--channel",
-        "7",
-        "--data",
-        "again",
-    ]);
-    assert_eq!(request.next_stdout(), "AGAIN");
-    let (status, stderr) = request.exit();
-    assert_eq!(status.code(), Some(0), "{stderr}");
-    drop((provider, broker));
+        broker.kill();
+        provider.stderr_line("disconnected from the broker");
+        let (broker, again) = Storm::serve("broker", &addr, &on);
+        assert_eq!(again, addr, "{runtime}");
+        provider.stdout_line("registered at");
+        provider.stderr_line("reconnected");
+        let request = Storm::spawn(&[
+            "client",
+            "broker",
+            "request",
+            "--addr",
+            &addr,
+            "--channel",
+            "7",
+            "--data",
+            "again",
+            "--runtime",
+            runtime,
+        ]);
+        assert_eq!(request.next_stdout(), "AGAIN", "{runtime}");
+        let (status, stderr) = request.exit();
+        assert_eq!(status.code(), Some(0), "{runtime}: {stderr}");
+        drop((provider, broker));
+    }
 }
 
 /// Ctrl-C while a slow call runs: the client cancels it (the server counts

@@ -40,7 +40,10 @@
 //! ([`BrokerOptions::server`]`.tls`) and of the clients
 //! ([`ConsumerOptions::client`]`.tls`, [`ProviderOptions::client`]`.tls`).
 //!
-//! [`Consumer`] and [`Provider`], the client library, run on tokio only.
+//! [`Consumer`] and [`Provider`], the client library, run on tokio
+//! ([`Consumer::connect`], [`Provider::connect`]) and on smol
+//! ([`Consumer::connect_on`]`::<storm_smol::Smol>`, one generic path over
+//! [`storm_async::Runtime`]).
 //!
 //! # Flow control
 //!

@@ -1,6 +1,6 @@
 //! The broker library over loopback: `BrokerServer` on every runtime
-//! (tokio, smol, std threads), `Consumer` and `Provider` on tokio, plain
-//! and over TLS; a hand-written client for what no well-behaved one does.
+//! (tokio, smol, std threads), `Consumer` and `Provider` on tokio and on
+//! smol, plain and over TLS; a hand-written client for what no well-behaved one does.
 //! The `storm` binary's broker tests are storm-cli's. Every wait is
 //! bounded.
 
@@ -307,6 +307,70 @@ async fn dropping_the_request_cancels_it_at_the_provider() {
     assert_eq!(handle.stats().cancelled, 1);
 }
 
+/// On smol, a consumer's timeout and a provider's cancelled handler: the
+/// consumer's timer (smol's) fails the request in time, the broker is
+/// told, and the provider's handler task (spawned on smol) is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_smol_a_timed_out_request_stops_the_providers_handler() {
+    /// Says on its channel when it is dropped: the handler stopped.
+    struct Stopped(Option<std::sync::mpsc::Sender<()>>);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            if let Some(tx) = self.0.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+    type Smol = storm_smol::Smol;
+    let (addr, broker) = Running::start("smol", |_| {}).await;
+    let ch = channel(9);
+    let provider = within(
+        "provider",
+        Provider::connect_on::<Smol>(&addr, ch, ProviderOptions::default()),
+    )
+    .await
+    .expect("provider registers");
+    let (started, mut got) = mpsc::channel(1);
+    let (stopped_tx, stopped) = std::sync::mpsc::channel();
+    let stopped_tx = std::sync::Mutex::new(Some(stopped_tx));
+    smol::spawn(provider.serve(move |_request: Request| {
+        let guard = Stopped(stopped_tx.lock().expect("lock").take());
+        let started = started.clone();
+        async move {
+            let _guard = guard;
+            let _ = started.send(()).await;
+            std::future::pending().await
+        }
+    }))
+    .detach();
+    let consumer = within(
+        "consumer",
+        Consumer::connect_on::<Smol>(&addr, ch, ConsumerOptions::default()),
+    )
+    .await
+    .expect("consumer registers");
+    let timeout = Duration::from_millis(300);
+    let begun = Instant::now();
+    let result = within(
+        "request",
+        consumer.request(Bytes::from_static(b"slow"), timeout),
+    )
+    .await;
+    let took = begun.elapsed();
+    assert!(matches!(result, Err(BrokerError::Timeout)), "{result:?}");
+    assert!(took >= timeout && took < timeout * 10, "{took:?}");
+    assert_eq!(consumer.pending(), 0);
+    within("the handler started", got.recv())
+        .await
+        .expect("started");
+    let waited = tokio::task::spawn_blocking(move || stopped.recv_timeout(WAIT));
+    within("the handler stopped", waited)
+        .await
+        .expect("joined")
+        .expect("the provider's handler was stopped");
+    assert_eq!(broker.stats().cancelled, 1, "{:?}", broker.stats());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_providers_share_the_load_round_robin() {
     let (addr, _handle) = broker(|_| {}).await;
@@ -394,8 +458,8 @@ async fn full_provider_queue_answers_busy() {
 
 // ---- every runtime, and TLS -------------------------------------------------
 
-/// A broker serving on one of the three runtimes (the clients stay on
-/// the test's tokio runtime).
+/// A broker serving on one of the three runtimes (the clients run on the
+/// runtime each scenario names; the test's own waiting is tokio's).
 enum Running {
     Tokio(BrokerHandle),
     Smol(
@@ -477,39 +541,45 @@ impl Drop for Running {
     }
 }
 
-/// The broker's main scenario against a broker at `addr`: a round trip, a
-/// multi-chunk streamed request and response of a few MiB, and a provider
-/// that leaves mid-request (`PROVIDER_GONE`).
-async fn main_scenario(addr: &str, broker: &Running, client: ClientOptions, label: &str) {
+/// The broker's main scenario against a broker at `addr`, with consumers
+/// and providers on runtime `R`: a round trip, a multi-chunk streamed
+/// request and response of a few MiB, and a provider that leaves
+/// mid-request (`PROVIDER_GONE`).
+async fn main_scenario<R: storm_async::Runtime>(
+    addr: &str,
+    broker: &Running,
+    client: ClientOptions,
+    label: &str,
+) {
     let (upper, big, gone) = (channel(101), channel(102), channel(103));
     let connect_consumer = |ch| {
         let mut options = ConsumerOptions::default();
         options.client = client.clone();
         options.frame = frame_of(256 * 1024);
-        Consumer::connect(addr, ch, options)
+        Consumer::connect_on::<R>(addr, ch, options)
     };
     let connect_provider = |ch| {
         let mut options = ProviderOptions::default();
         options.client = client.clone();
         options.frame = frame_of(256 * 1024);
-        Provider::connect(addr, ch, options)
+        Provider::connect_on::<R>(addr, ch, options)
     };
     let provider = within("provider", connect_provider(upper))
         .await
         .expect("provider registers");
-    tokio::spawn(
+    serve_on::<R>(
         provider.serve(|r: Request| async move { Ok(Bytes::from(r.payload.to_ascii_uppercase())) }),
     );
     let echo = within("provider", connect_provider(big))
         .await
         .expect("provider registers");
-    tokio::spawn(echo.serve(|r: Request| async move { Ok(r.payload) }));
+    serve_on::<R>(echo.serve(|r: Request| async move { Ok(r.payload) }));
     let stuck = within("provider", connect_provider(gone))
         .await
         .expect("provider registers");
     let stuck_handle = stuck.handle();
     let (seen, mut got) = mpsc::channel(4);
-    tokio::spawn(stuck.serve(move |r: Request| {
+    serve_on::<R>(stuck.serve(move |r: Request| {
         let seen = seen.clone();
         async move {
             let _ = seen.send(r.id).await;
@@ -566,15 +636,30 @@ async fn main_scenario(addr: &str, broker: &Running, client: ClientOptions, labe
     assert_eq!(stats.busy, 0, "{label}: {stats:?}");
 }
 
+/// Runs a provider's `serving` as a task of runtime `R`.
+fn serve_on<R: storm_async::Runtime>(
+    serving: impl Future<Output = Result<(), BrokerError>> + Send + 'static,
+) {
+    R::spawn(async move {
+        let _ = serving.await;
+    });
+}
+
 fn frame_of(max_payload: usize) -> FrameConfig {
     let mut frame = FrameConfig::default();
     frame.max_payload = max_payload;
     frame
 }
 
+/// The main scenario against a broker on `runtime`, its clients on tokio,
+/// then (against a broker of its own) on smol.
 async fn scenario_on(runtime: &str) {
     let (addr, broker) = Running::start(runtime, |o| o.frame = frame_of(256 * 1024)).await;
-    main_scenario(&addr, &broker, ClientOptions::default(), runtime).await;
+    main_scenario::<storm_tokio::Tokio>(&addr, &broker, ClientOptions::default(), runtime).await;
+    drop(broker);
+    let (addr, broker) = Running::start(runtime, |o| o.frame = frame_of(256 * 1024)).await;
+    let label = format!("{runtime}, clients on smol");
+    main_scenario::<storm_smol::Smol>(&addr, &broker, ClientOptions::default(), &label).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -602,7 +687,16 @@ async fn main_scenario_over_tls_on_every_runtime() {
         })
         .await;
         let tls = ClientOptions::default().with_tls(pki.client());
-        main_scenario(&addr, &broker, tls, &format!("{runtime} over TLS")).await;
+        let label = format!("{runtime} over TLS");
+        main_scenario::<storm_tokio::Tokio>(&addr, &broker, tls.clone(), &label).await;
+        drop(broker);
+        let (addr, broker) = Running::start(runtime, |o| {
+            o.frame = frame_of(256 * 1024);
+            o.server.tls = Some(pki.server());
+        })
+        .await;
+        let label = format!("{runtime} over TLS, clients on smol");
+        main_scenario::<storm_smol::Smol>(&addr, &broker, tls, &label).await;
         // A client that does not trust the broker's CA gets nowhere.
         let mut untrusted = ConsumerOptions::default();
         untrusted.client.tls = Some(TlsClientOptions::default());

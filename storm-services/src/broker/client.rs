@@ -1,9 +1,13 @@
-//! What consumers and providers share: connecting, registering, and
-//! handing decoded frames to their owner.
+//! What consumers and providers share: connecting, registering, handing
+//! decoded frames to their owner, and the runtime they run on ([`Rt`]).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
+use storm_async::{Client, Handler, Runtime, Session, TcpClient};
 use storm_host::hub::SendOutcome;
 use storm_host::link::CloseReason;
 use storm_host::options::ClientOptions;
@@ -12,7 +16,6 @@ use storm_proto::backpressure::SlowConsumerPolicy;
 use storm_proto::broker::{
     BrokerFramer, ErrorPayload, Frame, FrameConfig, FrameType, Registration, RequestId,
 };
-use storm_tokio::{Client, Handler, Session, TcpClient};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::BrokerError;
@@ -40,7 +43,63 @@ pub(super) enum Incoming {
     Closed(String),
 }
 
-/// The tokio handler of a consumer's or provider's connection.
+/// A task or a timer of the runtime a consumer or provider runs on.
+pub(super) type Task = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// The runtime a consumer or provider runs on, as what they use of it once
+/// connected: spawning a task and the timer. Two function pointers, so
+/// that [`Consumer`](super::Consumer) and [`Provider`](super::Provider)
+/// are one type on every runtime.
+#[derive(Clone, Copy)]
+pub(super) struct Rt {
+    spawn: fn(Task),
+    sleep_until: fn(Instant) -> Task,
+}
+
+impl Rt {
+    /// Runtime `R`'s: spawning works only inside it.
+    pub(super) fn of<R: Runtime>() -> Self {
+        Self {
+            spawn: |task| R::spawn(task),
+            sleep_until: |deadline| Box::pin(R::sleep_until(deadline)),
+        }
+    }
+
+    /// tokio's, as `Consumer::connect` and `Provider::connect` always ran:
+    /// spawning outside a tokio runtime (a cancel sent from `Drop` there)
+    /// does nothing.
+    pub(super) fn tokio() -> Self {
+        Self {
+            spawn: |task| {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(task);
+                }
+            },
+            ..Self::of::<storm_tokio::Tokio>()
+        }
+    }
+
+    /// Runs `task` on its own.
+    pub(super) fn spawn(self, task: impl Future<Output = ()> + Send + 'static) {
+        (self.spawn)(Box::pin(task));
+    }
+
+    /// `future`'s output, or `None` once `deadline` has passed first.
+    pub(super) async fn until<T>(
+        self,
+        deadline: Instant,
+        future: impl Future<Output = T>,
+    ) -> Option<T> {
+        let timer = (self.sleep_until)(deadline);
+        smol::future::or(async { Some(future.await) }, async {
+            timer.await;
+            None
+        })
+        .await
+    }
+}
+
+/// The handler of a consumer's or provider's connection.
 struct Inbound {
     tx: mpsc::Sender<Incoming>,
     framer: BrokerFramer,
@@ -92,15 +151,18 @@ impl Inbox {
 
 /// A registered connection to a broker.
 pub(super) struct Connection {
+    pub(super) rt: Rt,
     pub(super) client: Client,
     pub(super) framer: BrokerFramer,
     pub(super) inbound: Inbox,
 }
 
 impl Connection {
-    /// Connects, registers, and waits (at most `options.connect_timeout`)
-    /// for the broker's acknowledgement.
-    pub(super) async fn open(
+    /// Connects on runtime `R` (`rt` is its [`Rt`]), registers, and waits
+    /// (at most `options.connect_timeout`) for the broker's
+    /// acknowledgement.
+    pub(super) async fn open<R: Runtime>(
+        rt: Rt,
         addr: &str,
         options: ClientOptions,
         frame: FrameConfig,
@@ -128,7 +190,7 @@ impl Connection {
             framer: framer.clone(),
             room,
         };
-        let client = TcpClient::connect(addr, options, framing, handler)
+        let client = TcpClient::<R>::connect(addr, options, framing, handler)
             .await
             .map_err(BrokerError::Connect)?;
         let id = RequestId::random(&mut rand::rng());
@@ -151,12 +213,13 @@ impl Connection {
                 None => Err(BrokerError::Disconnected("connection ended".to_owned())),
             }
         };
-        let result = match tokio::time::timeout(wait, acked).await {
-            Ok(result) => result,
-            Err(_) => Err(BrokerError::Timeout),
+        let result = match Instant::now().checked_add(wait) {
+            Some(deadline) => rt.until(deadline, acked).await,
+            None => Some(acked.await),
         };
-        match result {
+        match result.unwrap_or(Err(BrokerError::Timeout)) {
             Ok(()) => Ok(Self {
+                rt,
                 client,
                 framer,
                 inbound,
@@ -185,18 +248,17 @@ pub(super) async fn send(
 }
 
 /// Sends a small control frame (a cancellation) without waiting: queued at
-/// once, or by a task when the connection is backpressured. Works from
-/// `Drop` and outside a runtime (then only the immediate attempt).
-pub(super) fn send_soon(client: &Client, framer: &BrokerFramer, frame: &Frame) {
+/// once, or by a task on `rt` when the connection is backpressured. Works
+/// from `Drop` (on tokio, outside a runtime too: then only the immediate
+/// attempt).
+pub(super) fn send_soon(rt: Rt, client: &Client, framer: &BrokerFramer, frame: &Frame) {
     let (Some(session), Ok(message)) = (client.session(), framer.to_message(frame)) else {
         return;
     };
     if let SendOutcome::Wait(message) = session.try_send(message) {
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _ = session.send(message).await;
-            });
-        }
+        rt.spawn(async move {
+            let _ = session.send(message).await;
+        });
     }
 }
 

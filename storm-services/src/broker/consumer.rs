@@ -5,16 +5,16 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use storm_async::{Client, Runtime};
 use storm_host::options::ClientOptions;
 use storm_proto::broker::{
     BrokerFramer, ChannelId, ClientId, ErrorCode, ErrorPayload, Frame, FrameConfig, FrameType,
     Registration, RequestEvent, RequestId, Requests, RequestsConfig, RequestsError, Role, Streamer,
 };
-use storm_tokio::Client;
 use tokio::sync::oneshot;
 
 use super::BrokerError;
-use super::client::{Connection, Inbox, Incoming, concat, send, send_soon};
+use super::client::{Connection, Inbox, Incoming, Rt, concat, send, send_soon};
 
 /// Longer timeouts are cut to this (a year), so a deadline is always a
 /// valid instant.
@@ -69,8 +69,9 @@ impl Default for ConsumerOptions {
 
 /// A consumer connected to a broker on one channel. Cheap to clone; the
 /// connection closes when the last clone is dropped (or on
-/// [`close`](Self::close)). Runs on tokio only (the broker it talks to
-/// may run on any runtime).
+/// [`close`](Self::close)). Runs on tokio ([`connect`](Self::connect))
+/// or smol ([`connect_on`](Self::connect_on)`::<storm_smol::Smol>`); the
+/// broker it talks to may run on any runtime.
 #[derive(Clone)]
 pub struct Consumer {
     inner: Arc<Inner>,
@@ -85,6 +86,7 @@ impl std::fmt::Debug for Consumer {
 }
 
 struct Inner {
+    rt: Rt,
     client: Client,
     framer: BrokerFramer,
     chunk_size: usize,
@@ -127,6 +129,30 @@ impl Consumer {
         channel: ChannelId,
         options: ConsumerOptions,
     ) -> Result<Self, BrokerError> {
+        Self::open::<storm_tokio::Tokio>(Rt::tokio(), addr, channel, options).await
+    }
+
+    /// Connects like [`connect`](Self::connect), on runtime `R` (tokio's
+    /// or smol's): its tasks and timers run there, so call it (and use the
+    /// consumer) inside `R`.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    pub async fn connect_on<R: Runtime>(
+        addr: &str,
+        channel: ChannelId,
+        options: ConsumerOptions,
+    ) -> Result<Self, BrokerError> {
+        Self::open::<R>(Rt::of::<R>(), addr, channel, options).await
+    }
+
+    async fn open<R: Runtime>(
+        rt: Rt,
+        addr: &str,
+        channel: ChannelId,
+        options: ConsumerOptions,
+    ) -> Result<Self, BrokerError> {
         let requests = Requests::new(options.requests)?;
         let chunk_size = options.frame.max_payload;
         let registration = Registration {
@@ -137,8 +163,10 @@ impl Consumer {
             channel_id: channel,
             timeout: options.server_timeout,
         };
-        let conn = Connection::open(addr, options.client, options.frame, registration).await?;
+        let conn =
+            Connection::open::<R>(rt, addr, options.client, options.frame, registration).await?;
         let inner = Arc::new(Inner {
+            rt,
             client: conn.client,
             framer: conn.framer,
             chunk_size,
@@ -149,7 +177,7 @@ impl Consumer {
                 closed: None,
             }),
         });
-        tokio::spawn(dispatch(Arc::downgrade(&inner), conn.inbound));
+        rt.spawn(dispatch(Arc::downgrade(&inner), conn.inbound));
         Ok(Self { inner })
     }
 
@@ -207,7 +235,7 @@ impl Consumer {
         let mut stream = RequestStream {
             inner: Arc::clone(&self.inner),
             id,
-            deadline: tokio::time::Instant::from_std(now + timeout),
+            deadline: now + timeout,
             done,
             early: None,
             finished: false,
@@ -250,7 +278,7 @@ impl Inner {
         let cancels = self.settle(&mut state);
         drop(state);
         for frame in cancels {
-            send_soon(&self.client, &self.framer, &frame);
+            send_soon(self.rt, &self.client, &self.framer, &frame);
         }
     }
 
@@ -323,7 +351,7 @@ impl Inner {
         let frame = state.requests.cancel(id);
         drop(state);
         if let Some(frame) = frame {
-            send_soon(&self.client, &self.framer, &frame);
+            send_soon(self.rt, &self.client, &self.framer, &frame);
         }
     }
 
@@ -334,7 +362,7 @@ impl Inner {
         let cancels = self.settle(&mut state);
         drop(state);
         for frame in cancels {
-            send_soon(&self.client, &self.framer, &frame);
+            send_soon(self.rt, &self.client, &self.framer, &frame);
         }
     }
 }
@@ -365,7 +393,7 @@ async fn dispatch(inner: Weak<Inner>, mut inbound: Inbox) {
 pub struct RequestStream {
     inner: Arc<Inner>,
     id: RequestId,
-    deadline: tokio::time::Instant,
+    deadline: Instant,
     done: oneshot::Receiver<Result<Bytes, BrokerError>>,
     /// A successful response that arrived before the request was sent.
     early: Option<Bytes>,
@@ -417,14 +445,14 @@ impl RequestStream {
             return Ok(early);
         }
         loop {
-            match tokio::time::timeout_at(self.deadline, &mut self.done).await {
-                Ok(outcome) => {
+            match self.inner.rt.until(self.deadline, &mut self.done).await {
+                Some(outcome) => {
                     self.finished = true;
                     return outcome.unwrap_or_else(|_| {
                         Err(BrokerError::Disconnected("consumer closed".to_owned()))
                     });
                 }
-                Err(_) => {
+                None => {
                     // Due: the core times it out (and any other due request).
                     self.inner.expire();
                     if self.inner.lock().requests.is_pending(self.id) {
@@ -461,9 +489,9 @@ impl RequestStream {
             return Ok(());
         }
         let sent = send(&self.inner.client, &self.inner.framer, &frame);
-        match tokio::time::timeout_at(self.deadline, sent).await {
-            Ok(result) => result,
-            Err(_) => {
+        match self.inner.rt.until(self.deadline, sent).await {
+            Some(result) => result,
+            None => {
                 self.finished = true;
                 self.inner.cancel(self.id);
                 Err(BrokerError::Timeout)

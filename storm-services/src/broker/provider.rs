@@ -7,18 +7,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
+use storm_async::{Client, Runtime};
 use storm_host::options::ClientOptions;
 use storm_proto::broker::{
     AssembleError, Assembler, AssemblerConfig, BrokerFramer, ChannelId, ClientId, ErrorCode,
     ErrorPayload, FLAG_MORE, Frame, FrameConfig, FrameType, Registration, RequestId,
     ResponseStreamer, Role, RoutingInfo,
 };
-use storm_tokio::Client;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::task::{AbortHandle, JoinSet};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::BrokerError;
-use super::client::{Connection, Inbox, Incoming, send, send_soon};
+use super::client::{Connection, Inbox, Incoming, Rt, send, send_soon};
 
 /// How a [`Provider`] connects and what it accepts.
 #[derive(Debug, Clone)]
@@ -151,7 +150,9 @@ impl Responder {
 
 /// A provider registered on a channel; [`serve`](Self::serve) answers its
 /// requests whole, [`serve_streamed`](Self::serve_streamed) as streams.
-/// Runs on tokio only (the broker it talks to may run on any runtime).
+/// Runs on tokio ([`connect`](Self::connect)) or smol
+/// ([`connect_on`](Self::connect_on)`::<storm_smol::Smol>`); the broker it
+/// talks to may run on any runtime.
 pub struct Provider {
     conn: Connection,
     handle: ProviderHandle,
@@ -202,6 +203,30 @@ impl Provider {
         channel: ChannelId,
         options: ProviderOptions,
     ) -> Result<Self, BrokerError> {
+        Self::open::<storm_tokio::Tokio>(Rt::tokio(), addr, channel, options).await
+    }
+
+    /// Connects like [`connect`](Self::connect), on runtime `R` (tokio's
+    /// or smol's): the handlers' tasks run there, so call it, and serve,
+    /// inside `R`.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    pub async fn connect_on<R: Runtime>(
+        addr: &str,
+        channel: ChannelId,
+        options: ProviderOptions,
+    ) -> Result<Self, BrokerError> {
+        Self::open::<R>(Rt::of::<R>(), addr, channel, options).await
+    }
+
+    async fn open<R: Runtime>(
+        rt: Rt,
+        addr: &str,
+        channel: ChannelId,
+        options: ProviderOptions,
+    ) -> Result<Self, BrokerError> {
         if options.max_concurrent == 0 {
             return Err(BrokerError::Config(
                 "max_concurrent must not be zero".into(),
@@ -218,7 +243,8 @@ impl Provider {
             timeout: std::time::Duration::ZERO,
         };
         let chunk_size = options.frame.max_payload;
-        let conn = Connection::open(addr, options.client, options.frame, registration).await?;
+        let conn =
+            Connection::open::<R>(rt, addr, options.client, options.frame, registration).await?;
         let handle = ProviderHandle {
             client: conn.client.clone(),
             closing: Arc::new(AtomicBool::new(false)),
@@ -275,7 +301,7 @@ impl Provider {
                         Ok(Some(message)) => message,
                         Ok(None) => continue,
                         Err(e) => {
-                            refuse(&serving.client, &serving.framer, id, &e);
+                            refuse(&serving, id, &e);
                             continue;
                         }
                     };
@@ -350,7 +376,7 @@ impl Provider {
                             ErrorCode::BUSY,
                             format!("all {max_concurrent} handlers of the provider are busy"),
                         );
-                        send_soon(&serving.client, &serving.framer, &error_frame(id, &why));
+                        serving.send_soon(&error_frame(id, &why));
                         continue;
                     };
                     let (tx, rx) = mpsc::channel(BODY_FRAMES);
@@ -397,49 +423,52 @@ impl Provider {
 /// What both ways of serving share: the connection's sending side, and the
 /// handler tasks (one per request, each holding a permit).
 struct Serving {
+    rt: Rt,
     client: Client,
     framer: BrokerFramer,
     handle: ProviderHandle,
     chunk_size: usize,
     permits: Arc<Semaphore>,
-    running: HashMap<RequestId, AbortHandle>,
-    tasks: JoinSet<()>,
+    /// The handler tasks running, each stopped when its sender here is
+    /// dropped (closed once the task has ended).
+    running: HashMap<RequestId, oneshot::Sender<()>>,
 }
 
 impl Serving {
     fn new(provider: Provider) -> (Self, Inbox) {
         let Connection {
+            rt,
             client,
             framer,
             inbound,
         } = provider.conn;
         let serving = Self {
+            rt,
             client,
             framer,
             handle: provider.handle,
             chunk_size: provider.chunk_size,
             permits: Arc::new(Semaphore::new(provider.max_concurrent)),
             running: HashMap::new(),
-            tasks: JoinSet::new(),
         };
         (serving, inbound)
     }
 
-    /// The next frame from the broker, reaping finished handler tasks
-    /// meanwhile; `Err` with why once the connection has ended.
+    /// The next frame from the broker, forgetting the handler tasks that
+    /// ended; `Err` with why once the connection has ended.
     async fn next_frame(&mut self, inbound: &mut Inbox) -> Result<Frame, String> {
-        loop {
-            let incoming = tokio::select! {
-                incoming = inbound.recv() => incoming,
-                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => continue,
-            };
-            self.running.retain(|_, task| !task.is_finished());
-            return match incoming {
-                Some(Incoming::Frame(frame)) => Ok(frame),
-                Some(Incoming::Closed(why)) => Err(why),
-                None => Err("connection ended".to_owned()),
-            };
+        let incoming = inbound.recv().await;
+        self.running.retain(|_, task| !task.is_closed());
+        match incoming {
+            Some(Incoming::Frame(frame)) => Ok(frame),
+            Some(Incoming::Closed(why)) => Err(why),
+            None => Err("connection ended".to_owned()),
         }
+    }
+
+    /// Sends a small control frame without waiting (see [`send_soon`]).
+    fn send_soon(&self, frame: &Frame) {
+        send_soon(self.rt, &self.client, &self.framer, frame);
     }
 
     /// Splits the routing info off a forwarded `Start` payload, or answers
@@ -448,7 +477,7 @@ impl Serving {
         let split = RoutingInfo::split(payload).ok();
         if split.is_none() {
             let why = ErrorPayload::new(ErrorCode::BAD_REQUEST, "no routing info");
-            send_soon(&self.client, &self.framer, &error_frame(id, &why));
+            self.send_soon(&error_frame(id, &why));
         }
         split
     }
@@ -465,26 +494,33 @@ impl Serving {
     {
         let (client, framer, chunk_size) =
             (self.client.clone(), self.framer.clone(), self.chunk_size);
-        let task = self.tasks.spawn(async move {
+        let (stop, stopped) = oneshot::channel::<()>();
+        self.rt.spawn(async move {
             let _permit = permit;
-            let result = answer().await;
-            respond(&client, &framer, id, result, chunk_size).await;
+            let answering = async {
+                let result = answer().await;
+                respond(&client, &framer, id, result, chunk_size).await;
+            };
+            // Dropping `stop` ends the race, and with it the handler.
+            smol::future::or(answering, async {
+                let _ = stopped.await;
+            })
+            .await;
         });
-        self.running.insert(id, task);
+        self.running.insert(id, stop);
     }
 
     /// Request `id` was cancelled, or timed out at the broker: its handler
     /// stops.
     fn cancel(&mut self, id: RequestId) {
-        if let Some(task) = self.running.remove(&id) {
-            task.abort();
-        }
+        // Dropping its sender stops the task.
+        self.running.remove(&id);
     }
 
     /// How serving ends once the connection has: handlers stop; `Ok` if
     /// the provider was closed on purpose.
     fn end(mut self, why: String) -> Result<(), BrokerError> {
-        self.tasks.abort_all();
+        self.running.clear();
         if self.handle.closing.load(Ordering::Acquire) {
             Ok(())
         } else {
@@ -498,7 +534,7 @@ fn error_frame(id: RequestId, error: &ErrorPayload) -> Frame {
 }
 
 /// Answers a request the assembler refused, when it says which one.
-fn refuse(client: &Client, framer: &BrokerFramer, id: RequestId, error: &AssembleError) {
+fn refuse(serving: &Serving, id: RequestId, error: &AssembleError) {
     let code = match error {
         AssembleError::MessageTooLarge { .. } => ErrorCode::BAD_REQUEST,
         AssembleError::BufferFull { .. } | AssembleError::TooManyOpen { .. } => ErrorCode::BUSY,
@@ -509,7 +545,7 @@ fn refuse(client: &Client, framer: &BrokerFramer, id: RequestId, error: &Assembl
         code,
         message: error.to_string().into(),
     };
-    send_soon(client, framer, &error_frame(id, &why));
+    serving.send_soon(&error_frame(id, &why));
 }
 
 /// Sends the handler's answer: the response in pieces, or an error.

@@ -32,8 +32,9 @@ use crate::{Handler, Session};
 const MAX_SLICES: usize = 64;
 
 /// Reads what the stream has and feeds it to `link`; `Ok(0)` at end of
-/// stream. A large WebSocket frame is read straight into the link's input
-/// buffer; everything else through the thread's buffer.
+/// stream. The rest of a large message (a WebSocket frame, a
+/// length-prefixed or broker message) is read straight into the link's
+/// input buffer; everything else through the thread's buffer.
 fn poll_read_into<S: PollRead>(
     reader: &mut S,
     cx: &mut Context<'_>,

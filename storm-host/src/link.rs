@@ -330,27 +330,15 @@ impl LinkDriver {
                 None
             } else {
                 let before = self.link.has_transmit();
-                if self.outbox.close_request().is_some() {
+                let closing = self.outbox.close_request().is_some();
+                if closing {
                     self.pump(now, usize::MAX, false);
                 }
                 let event = self.link.poll_event(now);
-                // Output of the WebSocket's own answers this input: the
-                // replies to what came before go ahead of it.
-                let answers = match &event {
-                    Some(LinkEvent::Ping(_)) => true,
-                    Some(LinkEvent::Closed(_)) => self.link.is_websocket(),
-                    _ => false,
-                };
-                if answers && self.outbox.has_queued() {
-                    self.pump(now, usize::MAX, false);
-                }
-                if matches!(event, Some(LinkEvent::Ping(_))) {
-                    self.admit_pong();
-                }
-                // Wake the writer when output just appeared (it was woken
-                // for what was there before) or it must close.
-                if (self.link.has_transmit() && !before) || self.link.close_due() {
-                    self.outbox.wake_writer();
+                // A message makes no output of the link's own: nothing more
+                // to do for it unless a close was just started.
+                if closing || !matches!(event, Some(LinkEvent::Message(_))) {
+                    self.answer(now, event.as_ref(), before);
                 }
                 event
             };
@@ -361,6 +349,26 @@ impl LinkDriver {
             if let Some(event) = self.deliver(event) {
                 return Some(event);
             }
+        }
+    }
+
+    /// What an event other than a message asks of the driver, `before` it
+    /// was parsed the link had output or not: a ping's auto-pong and a
+    /// WebSocket close reply answer this input, so the replies to what came
+    /// before go ahead of them; the writer is woken when output just
+    /// appeared (it was woken for what was there before) or it must close.
+    fn answer(&mut self, now: Instant, event: Option<&LinkEvent>, before: bool) {
+        let ping = matches!(event, Some(LinkEvent::Ping(_)));
+        let answers =
+            ping || (matches!(event, Some(LinkEvent::Closed(_))) && self.link.is_websocket());
+        if answers && self.outbox.has_queued() {
+            self.pump(now, usize::MAX, false);
+        }
+        if ping {
+            self.admit_pong();
+        }
+        if (self.link.has_transmit() && !before) || self.link.close_due() {
+            self.outbox.wake_writer();
         }
     }
 

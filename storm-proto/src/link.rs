@@ -62,12 +62,15 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use bytes::buf::Limit;
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::Message;
 use crate::framing::{Framer, FramingError};
 use crate::heartbeat::{Heartbeat, HeartbeatConfig, HeartbeatConfigError, HeartbeatEvent};
-use crate::ws::{self, CloseCode, CloseFrame, InputGrowth, ProtocolError, release_bytes};
+use crate::ws::{
+    self, CloseCode, CloseFrame, DIRECT_READ_MIN, InputGrowth, ProtocolError, RESERVE_AHEAD,
+    release_bytes,
+};
 
 /// The protocol a link speaks.
 pub enum Protocol {
@@ -102,6 +105,25 @@ struct Framed {
     input_growth: InputGrowth,
     /// Frames ready for the writer.
     output: BytesMut,
+}
+
+impl Framed {
+    /// The input buffer's room for the rest of a large message whose
+    /// length the framer knows ([`Framer::remaining`]); `None` below
+    /// [`DIRECT_READ_MIN`] still to come. The room reserved ahead is at
+    /// most what the peer has sent so far (at least `DIRECT_READ_MIN`, at
+    /// most [`RESERVE_AHEAD`]): a peer that announces a large message and
+    /// sends little does not make the link hold memory it never sent.
+    fn input_room(&mut self) -> Option<Limit<&mut BytesMut>> {
+        let to_come = self.framer.remaining(&self.input)?;
+        if to_come < DIRECT_READ_MIN {
+            return None;
+        }
+        let ahead = self.input.len().clamp(DIRECT_READ_MIN, RESERVE_AHEAD);
+        self.input.reserve(to_come.min(ahead));
+        let room = self.input.capacity() - self.input.len();
+        Some((&mut self.input).limit(room))
+    }
 }
 
 impl fmt::Debug for Wire {
@@ -455,19 +477,21 @@ impl Link {
         }
     }
 
-    /// The WebSocket's input buffer, limited to the room reserved for the
-    /// rest of a large frame, to read into without
-    /// [`handle_input`](Self::handle_input)'s copy (see
-    /// [`ws::Connection::input_room`]); then call
+    /// The input buffer, limited to the room reserved for the rest of a
+    /// large message, to read into without
+    /// [`handle_input`](Self::handle_input)'s copy: a WebSocket frame (see
+    /// [`ws::Connection::input_room`]) or a framed message whose length
+    /// the framer knows ([`Framer::remaining`]: length-prefixed), with at
+    /// least [`DIRECT_READ_MIN`] bytes to come; then call
     /// [`input_filled`](Self::input_filled). `None` when there is no such
-    /// frame: read into any buffer and call `handle_input`. Append only.
+    /// message: read into any buffer and call `handle_input`. Append only.
     pub fn input_buffer(&mut self) -> Option<Limit<&mut BytesMut>> {
         if self.closed {
             return None;
         }
         match &mut self.wire {
             Wire::WebSocket(conn) => conn.input_room(),
-            Wire::Framed(_) => None,
+            Wire::Framed(framed) => framed.input_room(),
         }
     }
 
@@ -1019,5 +1043,100 @@ mod tests {
         );
         let transmit = ended.poll_transmit(now, &mut Vec::new());
         assert!(transmit.close && !transmit.shutdown);
+    }
+
+    /// Length-prefixed wire bytes of `payload`.
+    fn lp(payload: &[u8]) -> Vec<u8> {
+        let mut wire = u32::try_from(payload.len()).unwrap().to_be_bytes().to_vec();
+        wire.extend_from_slice(payload);
+        wire
+    }
+
+    /// Feeds `wire` in pieces of `chunk` bytes, through the input buffer
+    /// when the link offers it and through `handle_input` otherwise;
+    /// returns the messages and how many bytes went in place.
+    fn feed(link: &mut Link, now: Instant, wire: &[u8], chunk: usize) -> (Vec<Bytes>, usize) {
+        let (mut messages, mut in_place, mut at) = (Vec::new(), 0, 0);
+        while at < wire.len() {
+            let end = (at + chunk).min(wire.len());
+            if let Some(mut room) = link.input_buffer() {
+                let end = (at + room.remaining_mut()).min(end);
+                room.put_slice(&wire[at..end]);
+                link.input_filled(now, end - at);
+                in_place += end - at;
+                at = end;
+            } else {
+                link.handle_input(now, &wire[at..end]);
+                at = end;
+            }
+            while let Some(event) = link.poll_event(now) {
+                match event {
+                    LinkEvent::Message(message) => messages.push(message.into_bytes()),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        (messages, in_place)
+    }
+
+    #[test]
+    fn a_large_length_prefixed_message_is_read_in_place() {
+        let now = Instant::now();
+        let mut link = framed(now);
+        let big: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        // Nothing offered before the length is known, or for a small one.
+        assert!(link.input_buffer().is_none());
+        link.handle_input(now, &lp(b"small")[..6]);
+        assert!(link.input_buffer().is_none());
+        let mut wire = lp(b"small")[6..].to_vec();
+        wire.extend(lp(&big));
+        wire.extend(lp(b"after"));
+        let (messages, in_place) = feed(&mut link, now, &wire, 16 * 1024);
+        assert_eq!(messages, [&b"small"[..], &big, b"after"]);
+        // Most of it went in place: all but the first read's and the
+        // last DIRECT_READ_MIN bytes, when the room allows whole reads.
+        assert!(in_place >= big.len() / 2, "{in_place}");
+    }
+
+    #[test]
+    fn an_oversized_declaration_is_not_offered_room() {
+        let now = Instant::now();
+        let mut link = Link::new(
+            Protocol::Framed(Box::new(
+                LengthPrefixFramer::new(crate::framing::LengthPrefixConfig {
+                    max_frame_len: 1024,
+                })
+                .unwrap(),
+            )),
+            &LinkConfig::default(),
+            now,
+        )
+        .unwrap();
+        link.handle_input(now, &u32::MAX.to_be_bytes());
+        assert!(link.input_buffer().is_none());
+        assert!(matches!(
+            link.poll_event(now),
+            Some(LinkEvent::Closed(CloseReason::Framing(_)))
+        ));
+    }
+
+    proptest::proptest! {
+        /// Reading in place or through a copy, in any piece sizes, gives
+        /// the same messages.
+        #[test]
+        fn in_place_reads_give_the_messages_a_copy_gives(
+            sizes in proptest::collection::vec(0usize..40_000, 1..6),
+            chunk in 1usize..20_000,
+        ) {
+            let now = Instant::now();
+            let payloads: Vec<Vec<u8>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| (0..n).map(|j| (i + j) as u8).collect())
+                .collect();
+            let wire: Vec<u8> = payloads.iter().flat_map(|p| lp(p)).collect();
+            let (messages, _) = feed(&mut framed(now), now, &wire, chunk);
+            proptest::prop_assert_eq!(messages, payloads);
+        }
     }
 }

@@ -173,6 +173,14 @@ impl Framer for PlainFramer {
     fn max_message_len(&self) -> usize {
         self.inner.max_message_len()
     }
+
+    fn remaining(&self, src: &BytesMut) -> Option<usize> {
+        // Only once the bytes are known to be plain.
+        self.tls
+            .is_none()
+            .then(|| self.inner.remaining(src))
+            .flatten()
+    }
 }
 
 #[cfg(test)]

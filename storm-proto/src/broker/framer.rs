@@ -159,6 +159,14 @@ impl Framer for BrokerFramer {
         Ok(Some(src.split_to(total).freeze()))
     }
 
+    fn remaining(&self, src: &BytesMut) -> Option<usize> {
+        if self.skip > 0 {
+            return None;
+        }
+        let len = declared_len(src).filter(|&len| len <= self.codec.max_payload())?;
+        (HEADER_LEN + len).checked_sub(src.len()).filter(|&n| n > 0)
+    }
+
     /// Appends `msg`, which must be a whole frame (see
     /// [`BrokerFramer::to_message`]), unchanged.
     fn encode(&mut self, msg: &[u8], dst: &mut BytesMut) -> Result<(), FramingError> {
@@ -195,6 +203,20 @@ mod tests {
             Frame::new(FrameType::Chunk, id, Bytes::from_static(b"hello")),
             Frame::new(FrameType::End, id, Bytes::new()),
         ]
+    }
+
+    #[test]
+    fn remaining_is_what_the_front_frame_still_needs() {
+        let framer = BrokerFramer::default();
+        let id = RequestId::from_bytes([3; 16]);
+        let frame = Frame::new(FrameType::Chunk, id, Bytes::from(vec![7u8; 100]));
+        let wire = framer.to_message(&frame).expect("fits");
+        for cut in 0..wire.len() {
+            let buf = BytesMut::from(&wire[..cut]);
+            let want = (cut >= HEADER_LEN).then(|| wire.len() - cut);
+            assert_eq!(framer.remaining(&buf), want, "cut {cut}");
+        }
+        assert_eq!(framer.remaining(&BytesMut::from(&wire[..])), None);
     }
 
     #[test]

@@ -53,7 +53,9 @@ impl Default for LengthPrefixConfig {
 /// checked against [`LengthPrefixConfig::max_frame_len`] as soon as the
 /// header is complete. The framer never reserves memory for a declared
 /// length: the read buffer grows only as the peer actually sends bytes, so a
-/// peer that sends headers and stalls costs almost nothing.
+/// peer that sends headers and stalls costs almost nothing (a reader that
+/// reads a large message in place, through [`Framer::remaining`], reserves
+/// ahead at most as much as has arrived).
 ///
 /// [`encode`](Framer::encode) refuses messages longer than the maximum
 /// ([`FramingError::MessageTooLarge`]); a length is never truncated to fit
@@ -110,6 +112,15 @@ impl Framer for LengthPrefixFramer {
         }
         src.advance(HEADER_LEN);
         Ok(Some(src.split_to(len).freeze()))
+    }
+
+    fn remaining(&self, src: &BytesMut) -> Option<usize> {
+        let header = src.first_chunk::<HEADER_LEN>()?;
+        let len = usize::try_from(u32::from_be_bytes(*header)).ok()?;
+        if len > self.max_frame_len {
+            return None;
+        }
+        (len + HEADER_LEN).checked_sub(src.len()).filter(|&n| n > 0)
     }
 
     fn encode(&mut self, msg: &[u8], dst: &mut BytesMut) -> Result<(), FramingError> {

@@ -147,6 +147,19 @@ pub trait Framer {
         }
     }
 
+    /// How many more bytes the message at the front of `src` needs to be
+    /// whole, when the framing tells before it is (a length prefix does);
+    /// `None` when it cannot tell, or when `src` holds no partial message.
+    /// A reader uses it to read the rest of a large message straight into
+    /// `src` instead of through a buffer of its own (see
+    /// [`Link::input_buffer`](crate::link::Link::input_buffer)).
+    ///
+    /// The default says `None`.
+    fn remaining(&self, src: &BytesMut) -> Option<usize> {
+        let _ = src;
+        None
+    }
+
     /// Appends `msg`, framed, to `dst`.
     ///
     /// # Errors
@@ -186,6 +199,10 @@ impl<F: Framer + ?Sized> Framer for Box<F> {
 
     fn max_message_len(&self) -> usize {
         (**self).max_message_len()
+    }
+
+    fn remaining(&self, src: &BytesMut) -> Option<usize> {
+        (**self).remaining(src)
     }
 }
 

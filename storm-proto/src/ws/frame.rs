@@ -193,14 +193,19 @@ impl FrameHeader {
         dst.extend_from_slice(header.get(..len).unwrap_or_default());
     }
 
+    /// The header's first byte: FIN, the RSV bits and the opcode.
+    const fn first_byte(&self) -> u8 {
+        self.opcode as u8
+            | ((self.fin as u8) << 7)
+            | ((self.rsv1 as u8) << 6)
+            | ((self.rsv2 as u8) << 5)
+            | ((self.rsv3 as u8) << 4)
+    }
+
     /// The encoded header in a fixed buffer, and its length: built in
     /// registers, copied out once.
     fn to_bytes(self) -> ([u8; MAX_HEADER_LEN], usize) {
-        let b0 = self.opcode as u8
-            | (u8::from(self.fin) << 7)
-            | (u8::from(self.rsv1) << 6)
-            | (u8::from(self.rsv2) << 5)
-            | (u8::from(self.rsv3) << 4);
+        let b0 = self.first_byte();
         let mask_bit = if self.mask.is_some() { 0x80 } else { 0 };
         let mut out = [0u8; MAX_HEADER_LEN];
         out[0] = b0;
@@ -232,15 +237,20 @@ impl FrameHeader {
 /// Appends one whole frame to `dst`: the header, then `payload`, masked with
 /// `header.mask` if it has one. `header.payload_len` is set from `payload`.
 pub fn encode_frame(mut header: FrameHeader, payload: &[u8], dst: &mut BytesMut) {
+    if header.mask.is_none() {
+        if let Ok(len @ 0..=125) = u8::try_from(payload.len()) {
+            // The usual server frame: two header bytes, then the payload,
+            // with one capacity check.
+            dst.reserve(2 + payload.len());
+            dst.put_u16(u16::from_be_bytes([header.first_byte(), len]));
+            dst.extend_from_slice(payload);
+            return;
+        }
+    }
     header.payload_len = payload.len() as u64;
     let (bytes, len) = header.to_bytes();
     dst.reserve(len + payload.len());
-    if let [b0, b1] = bytes.get(..len).unwrap_or_default() {
-        // The usual server frame: two bytes, stored as one.
-        dst.put_u16(u16::from_be_bytes([*b0, *b1]));
-    } else {
-        dst.extend_from_slice(bytes.get(..len).unwrap_or_default());
-    }
+    dst.extend_from_slice(bytes.get(..len).unwrap_or_default());
     let start = dst.len();
     dst.extend_from_slice(payload);
     if let Some(mask) = header.mask {
@@ -255,17 +265,16 @@ pub fn encode_frame(mut header: FrameHeader, payload: &[u8], dst: &mut BytesMut)
 /// Works a machine word at a time; on x86-64 the compiler vectorises the
 /// inner loop.
 pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
-    let mut mask = mask;
-    mask.rotate_left(offset % 4);
-    let word = u64::from_ne_bytes([
-        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
-    ]);
+    // The key as it stands `offset` bytes in: rotating the little-endian
+    // word right by a byte moves the key's next byte to the front.
+    let key = u32::from_le_bytes(mask).rotate_right(8 * (offset % 4) as u32);
+    let word = u64::from(key) | (u64::from(key) << 32);
     let mut blocks = buf.chunks_exact_mut(32);
     for block in &mut blocks {
         for lane in block.chunks_exact_mut(8) {
             let mut bytes = [0u8; 8];
             bytes.copy_from_slice(lane);
-            lane.copy_from_slice(&(u64::from_ne_bytes(bytes) ^ word).to_ne_bytes());
+            lane.copy_from_slice(&(u64::from_le_bytes(bytes) ^ word).to_le_bytes());
         }
     }
     let rest = blocks.into_remainder();
@@ -273,9 +282,13 @@ pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
     for lane in &mut words {
         let mut bytes = [0u8; 8];
         bytes.copy_from_slice(lane);
-        lane.copy_from_slice(&(u64::from_ne_bytes(bytes) ^ word).to_ne_bytes());
+        lane.copy_from_slice(&(u64::from_le_bytes(bytes) ^ word).to_le_bytes());
     }
-    for (byte, key) in words.into_remainder().iter_mut().zip(mask.iter().cycle()) {
+    for (byte, key) in words
+        .into_remainder()
+        .iter_mut()
+        .zip(key.to_le_bytes().into_iter().cycle())
+    {
         *byte ^= key;
     }
 }

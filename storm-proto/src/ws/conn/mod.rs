@@ -424,7 +424,7 @@ impl PongPayload {
 
 /// The most [`Connection`] reserves ahead for the rest of a frame that is
 /// still arriving.
-const RESERVE_AHEAD: usize = 256 * 1024;
+pub(crate) const RESERVE_AHEAD: usize = 256 * 1024;
 
 /// The least of a frame's payload still to come for which
 /// [`Connection::fill_input`] offers its input buffer: below this, one read

@@ -103,7 +103,7 @@ tls_config!(TlsClientConfig, rustls::ClientConfig);
 /// PEM files.
 ///
 /// `#[non_exhaustive]`: build it with [`new`](Self::new) or
-/// [`from_config`](Self::from_config) and the `with_*` methods; the fields
+/// `from_config` (feature `tls`) and the `with_*` methods; the fields
 /// stay public to read, and to set on a value you own.
 #[derive(Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -212,7 +212,7 @@ impl fmt::Debug for TlsClientCert {
 ///
 /// `#[non_exhaustive]`: build it from [`default`](Self::default),
 /// [`with_ca`](Self::with_ca), [`with_native_roots`](Self::with_native_roots)
-/// or [`from_config`](Self::from_config) and the chainable methods
+/// or `from_config` (feature `tls`) and the chainable methods
 /// ([`with_client_cert`](Self::with_client_cert),
 /// [`with_server_name`](Self::with_server_name));
 /// the fields stay public to read, and to set on a value you own.

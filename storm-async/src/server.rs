@@ -44,7 +44,7 @@ struct Shared {
     abort: Signal,
     tasks: Arc<TaskCount>,
     /// The application's upgrade hook, set when a [`WsServer`] starts to
-    /// serve.
+    /// serve, or by [`ServerHandle::on_upgrade`] on a detached server.
     upgrade: OnceLock<UpgradeHook>,
     /// No listener and no accept loop ([`WsServer::detached`]): `done` is
     /// never set, and `shutdown` waits for the connection tasks instead.
@@ -80,7 +80,18 @@ impl Shared {
 type UpgradeFuture = Pin<Box<dyn Future<Output = Decision> + Send + 'static>>;
 
 /// An upgrade hook, boxed.
-type UpgradeHook = Arc<dyn Fn(UpgradeInfo) -> UpgradeFuture + Send + Sync>;
+pub(crate) type UpgradeHook = Arc<dyn Fn(UpgradeInfo) -> UpgradeFuture + Send + Sync>;
+
+/// `hook` boxed, as every server and
+/// [`WebSocketStream::accept_hdr`](crate::websocket::WebSocketStream::accept_hdr)
+/// keep it.
+pub(crate) fn upgrade_hook<F, Fut>(hook: F) -> UpgradeHook
+where
+    F: Fn(UpgradeInfo) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Decision> + Send + 'static,
+{
+    Arc::new(move |info| Box::pin(hook(info)) as UpgradeFuture)
+}
 
 /// Controls a running server from anywhere: its sessions, groups,
 /// broadcast, and shutdown. Cheap to clone.
@@ -237,7 +248,7 @@ impl<R: Runtime> WsServer<R> {
         F: Fn(UpgradeInfo) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Decision> + Send + 'static,
     {
-        self.upgrade = Some(Arc::new(move |info| Box::pin(hook(info)) as UpgradeFuture));
+        self.upgrade = Some(upgrade_hook(hook));
         self
     }
 
@@ -246,7 +257,8 @@ impl<R: Runtime> WsServer<R> {
     /// upgrade request with [`ServerHandle::upgrade`], and serve the
     /// connection the HTTP server hands over with
     /// [`PendingSession::serve`]. Sessions, groups, broadcast, heartbeat,
-    /// backpressure, the slow-consumer policy and `shutdown` work as on a
+    /// backpressure, the slow-consumer policy, the upgrade hook (set with
+    /// [`ServerHandle::on_upgrade`]) and `shutdown` work as on a
     /// listening server; `options.addr`, the socket options and the
     /// handshake's reading are the HTTP server's, and `local_addr` is
     /// `0.0.0.0:0`.
@@ -720,54 +732,126 @@ impl<R: Runtime> ServerHandle<R> {
         }
     }
 
+    /// Sets a [detached](WsServer::detached) server's upgrade hook: the
+    /// same hook, with the same contract, as [`WsServer::on_upgrade`]'s
+    /// on a listening server, run by [`upgrade`](Self::upgrade) on every
+    /// request the caller does not decide itself. The request's peer
+    /// address is the one given to `upgrade`; its TLS details are `None`
+    /// (TLS is the HTTP server's).
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidInput`](io::ErrorKind::InvalidInput) on a listening
+    /// server's handle (it takes its hook from [`WsServer::on_upgrade`])
+    /// or when this server has a hook already.
+    pub fn on_upgrade<F, Fut>(self, hook: F) -> io::Result<Self>
+    where
+        F: Fn(UpgradeInfo) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Decision> + Send + 'static,
+    {
+        if !self.shared.detached {
+            return Err(invalid(
+                "a listening server takes its upgrade hook from WsServer::on_upgrade",
+            ));
+        }
+        if self.shared.upgrade.set(upgrade_hook(hook)).is_err() {
+            return Err(invalid("this detached server has its upgrade hook already"));
+        }
+        Ok(self)
+    }
+
     /// Answers a WebSocket upgrade request another HTTP server (hyper,
     /// axum) read, for a [detached](WsServer::detached) server: `head` is
     /// the request's header block as HTTP/1.1 bytes (request line,
-    /// headers, blank line), `remote` the peer's address, `decision` the
-    /// application's ([`Decision::accept`] for the server's defaults).
+    /// headers, blank line), `remote` the peer's address.
     ///
     /// The checks are a listening server's: the handshake's limits (400,
     /// 426, 431), `allowed_origins` (403), then `max_connections` and a
-    /// shutdown in progress (503), then `decision`. Send
-    /// [`UpgradeAnswer::response`]; once the HTTP server hands the
+    /// shutdown in progress (503), then the decision: `decision` when the
+    /// caller gives one (the server's hook does not run then), else the
+    /// server's upgrade hook ([`on_upgrade`](Self::on_upgrade)) as a
+    /// listening server runs it, else [`Decision::accept`]. A hook still
+    /// running after the server's `handshake_timeout` (or when a
+    /// `shutdown` gives up waiting) is dropped and the request refused
+    /// with `503`, the session's error saying why
+    /// ([`TimedOut`](io::ErrorKind::TimedOut) or
+    /// [`ConnectionAborted`](io::ErrorKind::ConnectionAborted)).
+    ///
+    /// Send [`UpgradeAnswer::response`]; once the HTTP server hands the
     /// connection over, run [`UpgradeAnswer::session`]'s
-    /// [`PendingSession::serve`]. Until then the connection holds its
-    /// place under `max_connections` and counts for `shutdown`.
-    #[must_use]
-    pub fn upgrade(&self, head: &[u8], remote: SocketAddr, decision: Decision) -> UpgradeAnswer<R> {
+    /// [`PendingSession::serve`]. From the time the request passed its
+    /// checks the connection holds its place under `max_connections` and
+    /// counts for `shutdown`; the hook and the wait for the connection
+    /// share one `handshake_timeout`.
+    ///
+    /// **Cancel safety**: dropping the future drops the hook's future and
+    /// gives the place back; nothing was sent.
+    pub async fn upgrade(
+        &self,
+        head: &[u8],
+        remote: SocketAddr,
+        decision: Option<Decision>,
+    ) -> UpgradeAnswer<R> {
         let shared = &self.shared;
-        let mut place = None;
-        let answer = answer_head(&shared.setup, head, |request| {
-            // Counted before the check: a `shutdown` that sets `stop`
-            // after it waits for this connection.
-            let guard = shared.tasks.enter();
-            if shared.stop.is_set() {
-                return request.decide(Decision::reject(503).body("the server is shutting down\n"));
+        let limit = shared.options.handshake_timeout;
+        let deadline = Instant::now() + limit;
+        let refused = |response, e| UpgradeAnswer {
+            response,
+            session: Err(e),
+        };
+        let request = match read_head(&shared.setup, head) {
+            Ok(Ok(request)) => request,
+            Ok(Err(Answer {
+                response, opened, ..
+            })) => {
+                let e = opened.err().unwrap_or_else(|| invalid("refused"));
+                return refused(response, e);
             }
-            match Admitted::new(shared.registry.hub(), remote) {
-                None => request.decide(Decision::reject(503).body("too many connections\n")),
-                Some(admitted) => {
-                    place = Some((admitted, guard));
-                    request.decide(decision)
+            Err(e) => return refused(Bytes::new(), e),
+        };
+        // Counted before the check: a `shutdown` that sets `stop` after it
+        // waits for this connection.
+        let guard = shared.tasks.enter();
+        let busy = |request: ServerRequest<'_>, why: &str| {
+            let Answer { response, .. } =
+                request.decide(Decision::reject(503).body(format!("{why}\n")));
+            let e = io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("upgrade refused: {why}"),
+            );
+            refused(response, e)
+        };
+        if shared.stop.is_set() {
+            return busy(request, "the server is shutting down");
+        }
+        let Some(admitted) = Admitted::new(shared.registry.hub(), remote) else {
+            return busy(request, "too many connections");
+        };
+        let decision = match (decision, shared.upgrade.get()) {
+            (Some(decision), _) => decision,
+            (None, None) => Decision::accept(),
+            (None, Some(hook)) => {
+                let decided = hook(request.info(remote, None));
+                match self.within(limit, pin!(async { Ok(decided.await) })).await {
+                    Ok(decision) => decision,
+                    Err(e) => {
+                        let late =
+                            Decision::reject(503).body("the upgrade was not decided in time\n");
+                        let Answer { response, .. } = request.decide(late);
+                        return refused(response, e);
+                    }
                 }
             }
-        });
-        let (response, opened) = match answer {
-            Ok(Answer {
-                response, opened, ..
-            }) => (response, opened),
-            Err(e) => (Bytes::new(), Err(e)),
         };
-        let session = opened.and_then(|opened| {
-            let (admitted, guard) = place.ok_or_else(|| {
-                io::Error::new(io::ErrorKind::PermissionDenied, "upgrade refused")
-            })?;
-            Ok(PendingSession {
-                handle: self.clone(),
-                admitted,
-                opened,
-                guard,
-            })
+        let Answer {
+            response, opened, ..
+        } = request.decide(decision);
+        let session = opened.map(|opened| PendingSession {
+            handle: self.clone(),
+            admitted,
+            opened,
+            guard,
+            deadline,
         });
         UpgradeAnswer { response, session }
     }
@@ -814,10 +898,10 @@ pub(crate) async fn open_upgrade<S: PollRead + PollWrite>(
     Ok(opened)
 }
 
-/// The answer of `setup` (a WebSocket server's) to the upgrade request
-/// whose whole header block is `head`: a malformed request or a
-/// forbidden origin is refused at once; a valid one is answered by
-/// `decide`. Shared by [`ServerHandle::upgrade`] and
+/// The upgrade request whose whole header block is `head`, read by
+/// `setup` (a WebSocket server's): a valid one to decide on, or the
+/// answer that refuses a malformed request or a forbidden origin. Shared
+/// by [`ServerHandle::upgrade`] and
 /// [`answer_upgrade`](crate::websocket::answer_upgrade).
 ///
 /// # Errors
@@ -825,31 +909,27 @@ pub(crate) async fn open_upgrade<S: PollRead + PollWrite>(
 /// [`InvalidInput`](io::ErrorKind::InvalidInput), with no response to
 /// send, when `head` is not a whole header block (no blank line yet) or
 /// `setup` is not a WebSocket server's.
-pub(crate) fn answer_head(
-    setup: &ServerSetup,
+pub(crate) fn read_head<'s>(
+    setup: &'s ServerSetup,
     head: &[u8],
-    decide: impl FnOnce(ServerRequest<'_>) -> Answer,
-) -> io::Result<Answer> {
-    let incomplete = || {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the upgrade request's header block is not whole",
-        )
-    };
+) -> io::Result<Result<ServerRequest<'s>, Answer>> {
     let ServerOpen::Upgrade(upgrade) = setup.open()? else {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "a TCP server has no WebSocket upgrade to answer",
-        ));
+        return Err(invalid("a TCP server has no WebSocket upgrade to answer"));
     };
+    let incomplete = || invalid("the upgrade request's header block is not whole");
     if head.is_empty() {
         return Err(incomplete());
     }
     match upgrade.handle_input(head) {
         ServerUpgradeStep::NeedMore(_) => Err(incomplete()),
-        ServerUpgradeStep::Done(answer) => Ok(answer),
-        ServerUpgradeStep::Request(request) => Ok(decide(request)),
+        ServerUpgradeStep::Done(answer) => Ok(Err(answer)),
+        ServerUpgradeStep::Request(request) => Ok(Ok(request)),
     }
+}
+
+/// An [`InvalidInput`](io::ErrorKind::InvalidInput) error saying `why`.
+fn invalid(why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, why.to_owned())
 }
 
 /// What [`ServerHandle::upgrade`] answered an upgrade request with.
@@ -876,6 +956,9 @@ pub struct PendingSession<R> {
     admitted: Admitted,
     opened: Opened,
     guard: TaskGuard,
+    /// The end of the handshake's time budget, which began when the
+    /// request was read.
+    deadline: Instant,
 }
 
 impl<R> fmt::Debug for PendingSession<R> {
@@ -888,7 +971,8 @@ impl<R> fmt::Debug for PendingSession<R> {
 
 impl<R: Runtime> PendingSession<R> {
     /// Waits for `upgraded` (the HTTP server's upgraded connection, split
-    /// into halves) within the server's `handshake_timeout`, then runs the
+    /// into halves) for what is left of the server's `handshake_timeout`
+    /// (which began with [`ServerHandle::upgrade`]), then runs the
     /// session with `handler` until it closes, as the server's own
     /// connections run: `on_connect`, the messages, one `on_disconnect`,
     /// its groups and the hub's broadcasts, heartbeat, backpressure and
@@ -916,9 +1000,10 @@ impl<R: Runtime> PendingSession<R> {
                 admitted,
                 mut opened,
                 guard,
+                deadline,
             } = self;
             let remote = admitted.remote();
-            let limit = handle.shared.options.handshake_timeout;
+            let limit = deadline.saturating_duration_since(Instant::now());
             let halves = handle.within(limit, pin!(upgraded)).await;
             let registered = halves
                 .map_err(|e| handshake_failed(handle.hub(), remote, e))

@@ -70,6 +70,7 @@
 //! [`Link`]: storm_proto::link::Link
 //! [`ws::Config::max_message_size`]: storm_proto::ws::Config::max_message_size
 
+use std::any::Any;
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
@@ -86,13 +87,14 @@ use futures_sink::Sink;
 
 use storm_host::options::{ClientOptions, ServerOptions, TlsClientOptions, WsOptions};
 pub use storm_host::session::ClientError;
-use storm_host::setup::{Answer, ClientTarget, Decision, ServerSetup};
+use storm_host::setup::{Answer, ClientTarget, Decision, Opened, ServerSetup, UpgradeInfo};
 use storm_proto::Message;
 use storm_proto::link::{CloseReason, Link, LinkConfig, LinkEvent, Protocol};
 use storm_proto::ws::CloseCode;
 
 use crate::io::{Either, poll_read_with};
 use crate::runtime::{PollRead, PollWrite, Runtime};
+use crate::server::{UpgradeHook, upgrade_hook};
 use crate::sync::{lock, timeout};
 
 /// How a [`WebSocketStream`] behaves. Build it with [`StreamConfig::new`]
@@ -265,6 +267,12 @@ struct Core<S> {
     ended: bool,
     /// This side began the close handshake.
     closing: bool,
+    /// The subprotocol the handshake agreed on.
+    subprotocol: Option<String>,
+    /// What the server's upgrade hook attached (a server), or the
+    /// server's [`UpgradeResponse`](storm_host::setup::UpgradeResponse)
+    /// (a client).
+    attached: Option<Arc<dyn Any + Send + Sync>>,
     /// Each half's waker while it waits for the socket to take output.
     write_wakers: [Option<Waker>; 2],
     /// The reader's waker while it waits for input or the timer (a close
@@ -308,6 +316,8 @@ impl<S: PollRead + PollWrite> Core<S> {
             linger: None,
             ended: false,
             closing: false,
+            subprotocol: None,
+            attached: None,
             write_wakers: [None, None],
             read_waker: None,
         })
@@ -577,29 +587,91 @@ impl<R: Runtime, S: PollRead + PollWrite> WebSocketStream<R, S> {
         })
     }
 
-    /// The server side: reads the client's upgrade request from `io`,
-    /// answers it (101, or a 400/426/431 refusal) and speaks WebSocket
-    /// with `config`'s limits, deflate and subprotocols. The handshake has
-    /// `config.handshake_timeout`.
+    /// A WebSocket past the handshake that made `opened` (its protocol,
+    /// the bytes the peer sent after the handshake, the agreed
+    /// subprotocol and what was attached; [`Answer::opened`] on a
+    /// server).
     ///
     /// # Errors
     ///
-    /// The refusal's reason (invalid input), an I/O error, or
+    /// As [`from_upgraded`](Self::from_upgraded).
+    pub fn from_opened(io: S, opened: Opened, config: &StreamConfig) -> io::Result<Self> {
+        let mut stream = Self::from_upgraded(io, opened.protocol, &opened.leftover, config)?;
+        stream.core.subprotocol = opened.subprotocol;
+        stream.core.attached = opened.attached;
+        Ok(stream)
+    }
+
+    /// The server side: reads the client's upgrade request from `io`,
+    /// answers it (101, or a 400/403/426/431 refusal) and speaks WebSocket
+    /// with `config`'s limits, deflate, subprotocols and allowed origins.
+    /// The handshake has `config.handshake_timeout`.
+    ///
+    /// # Errors
+    ///
+    /// The refusal's reason (invalid input; permission denied for an
+    /// origin not allowed), an I/O error, or
     /// [`TimedOut`](io::ErrorKind::TimedOut).
-    pub async fn accept(mut io: S, config: &StreamConfig) -> io::Result<Self> {
+    pub async fn accept(io: S, config: &StreamConfig) -> io::Result<Self> {
+        Self::accept_with(io, config, None).await
+    }
+
+    /// [`accept`](Self::accept) with the application deciding on the
+    /// request, as tokio-tungstenite's `accept_hdr_async` does: `hook` is
+    /// an upgrade hook of the shape [`WsServer::on_upgrade`] takes (one
+    /// function can serve both). It sees the request (method, path, query,
+    /// headers, `Origin`, offered subprotocols and extensions) once it has
+    /// passed the handshake's checks, and returns a [`Decision`]: accept
+    /// (choosing a subprotocol, adding response headers, attaching a
+    /// value, readable from the stream with
+    /// [`subprotocol`](Self::subprotocol) and
+    /// [`attached`](Self::attached)) or reject (the status, headers and
+    /// body are sent, then this returns the refusal).
+    ///
+    /// The stream is any byte stream, so the request's
+    /// [`remote_addr`](UpgradeInfo::remote_addr) is `0.0.0.0:0` and its
+    /// [`tls`](UpgradeInfo::tls) `None`: a hook that needs them takes them
+    /// from where the stream was accepted. The hook runs within
+    /// `config.handshake_timeout`, which the request's reading shares; a
+    /// hook still running then is dropped, nothing is answered, and the
+    /// error is [`TimedOut`](io::ErrorKind::TimedOut).
+    ///
+    /// # Errors
+    ///
+    /// As [`accept`](Self::accept);
+    /// [`PermissionDenied`](io::ErrorKind::PermissionDenied) when the hook
+    /// rejected ("upgrade rejected with 403 by the application"), after
+    /// its response was sent; [`InvalidInput`](io::ErrorKind::InvalidInput)
+    /// after a `500` for a decision with a mistake (a header with CR or LF,
+    /// a subprotocol the client did not offer).
+    ///
+    /// [`WsServer::on_upgrade`]: crate::WsServer::on_upgrade
+    pub async fn accept_hdr<F, Fut>(io: S, config: &StreamConfig, hook: F) -> io::Result<Self>
+    where
+        F: Fn(UpgradeInfo) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Decision> + Send + 'static,
+    {
+        Self::accept_with(io, config, Some(upgrade_hook(hook))).await
+    }
+
+    /// The server side's handshake, decided by `hook` when there is one.
+    async fn accept_with(
+        mut io: S,
+        config: &StreamConfig,
+        hook: Option<UpgradeHook>,
+    ) -> io::Result<Self> {
         let setup = server_setup(config)?;
-        // `accept_hdr` (issue #17, the upgrade hook) belongs here: the same
-        // handshake, with the hook deciding on the parsed request before
-        // the response is written.
+        let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
         let opened = {
-            let handshake = pin!(crate::server::open_upgrade(&setup, &mut io, None,));
+            let hook = hook.as_ref().map(|hook| (hook, unknown, None));
+            let handshake = pin!(crate::server::open_upgrade(&setup, &mut io, hook));
             timeout::<R, _>(config.handshake_timeout, handshake)
                 .await
                 .ok_or_else(|| {
                     io::Error::new(io::ErrorKind::TimedOut, "WebSocket handshake timed out")
                 })??
         };
-        Self::from_upgraded(io, opened.protocol, &opened.leftover, config)
+        Self::from_opened(io, opened, config)
     }
 
     /// The client side over a connected `io`: sends the upgrade request
@@ -625,12 +697,7 @@ impl<R: Runtime, S: PollRead + PollWrite> WebSocketStream<R, S> {
                 .await
                 .ok_or(ClientError::Timeout)??
         };
-        Ok(Self::from_upgraded(
-            io,
-            opened.protocol,
-            &opened.leftover,
-            config,
-        )?)
+        Ok(Self::from_opened(io, opened, config)?)
     }
 }
 
@@ -661,12 +728,7 @@ impl<R: Runtime> WebSocketStream<R, ClientStream<R>> {
                 ),
             };
             let opened = crate::client::open(&mut io, &target, &options).await?;
-            Ok::<_, ClientError>(Self::from_upgraded(
-                io,
-                opened.protocol,
-                &opened.leftover,
-                config,
-            )?)
+            Ok::<_, ClientError>(Self::from_opened(io, opened, config)?)
         };
         timeout::<R, _>(config.handshake_timeout, pin!(attempt))
             .await
@@ -688,8 +750,7 @@ fn server_setup(config: &StreamConfig) -> io::Result<ServerSetup> {
 /// `allowed_origins` included: 403); `decision` is the application's
 /// ([`Decision::accept`] for the defaults). Send [`Answer::response`];
 /// once the HTTP server hands the connection over, make the socket with
-/// [`WebSocketStream::from_upgraded`] from [`Answer::opened`]'s protocol
-/// and leftover.
+/// [`WebSocketStream::from_opened`] from [`Answer::opened`].
 ///
 /// # Errors
 ///
@@ -703,7 +764,10 @@ pub fn answer_upgrade(
     decision: Decision,
 ) -> io::Result<Answer> {
     let setup = server_setup(config)?;
-    crate::server::answer_head(&setup, head, |request| request.decide(decision))
+    Ok(match crate::server::read_head(&setup, head)? {
+        Ok(request) => request.decide(decision),
+        Err(refusal) => refusal,
+    })
 }
 
 /// A client's options as the shared setup takes them.
@@ -743,6 +807,26 @@ impl<R, S: PollRead + PollWrite> WebSocketStream<R, S> {
     #[must_use]
     pub fn close_reason(&self) -> Option<&CloseReason> {
         self.core.closed.as_ref()
+    }
+
+    /// The subprotocol the handshake agreed on (`Sec-WebSocket-Protocol`
+    /// of the `101`): on a server, the one the upgrade hook chose or the
+    /// first of [`WsOptions::subprotocols`](storm_host::options::WsOptions)
+    /// the client offered; on a client, the server's choice.
+    #[must_use]
+    pub fn subprotocol(&self) -> Option<&str> {
+        self.core.subprotocol.as_deref()
+    }
+
+    /// What the handshake attached to this connection, if it is a `T`: on
+    /// a server, the value the upgrade hook's decision attached
+    /// ([`Decision::attach`]); on a client, the server's
+    /// [`UpgradeResponse`](storm_host::setup::UpgradeResponse) (its
+    /// subprotocol and every header of the `101`), as a client session
+    /// carries it.
+    #[must_use]
+    pub fn attached<T: Any>(&self) -> Option<&T> {
+        self.core.attached.as_deref()?.downcast_ref()
     }
 
     /// The byte stream (for its addresses, say). Reading or writing it

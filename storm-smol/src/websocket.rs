@@ -4,6 +4,7 @@
 //! (driving, cancel safety, splitting and limits are documented there);
 //! this module names it for smol.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -15,7 +16,7 @@ pub use storm_async::websocket::{
     ClientError, StreamConfig, WebSocketReader, WebSocketWriter, WsStreamError,
 };
 
-use crate::Smol;
+use crate::{Decision, Smol, UpgradeInfo};
 
 /// Any futures-io stream seen through storm-async's poll traits.
 #[derive(Debug)]
@@ -72,6 +73,29 @@ where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     WebSocketStream::accept(FuturesIo(io), config).await
+}
+
+/// [`accept`] with `hook` deciding on the request (as tokio-tungstenite's
+/// `accept_hdr_async`): the hook an upgrade hook of the shape
+/// `WsServer::on_upgrade` takes; the chosen subprotocol and attached value
+/// are the stream's `subprotocol()` and `attached()`. See
+/// [`storm_async::WebSocketStream::accept_hdr`].
+///
+/// # Errors
+///
+/// As [`accept`]; permission denied when the hook rejected (its response
+/// was sent).
+pub async fn accept_hdr<S, F, Fut>(
+    io: S,
+    config: &StreamConfig,
+    hook: F,
+) -> io::Result<WebSocketStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    F: Fn(UpgradeInfo) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Decision> + Send + 'static,
+{
+    WebSocketStream::accept_hdr(FuturesIo(io), config, hook).await
 }
 
 /// The client side of the handshake for `url` over the connected `io`;

@@ -446,38 +446,85 @@ impl ServerHandle {
         let what = shared.setup.handshake_name();
         let handshaking = InHandshake::enter(shared, &stream);
         match shared.setup.tls() {
-            None => {
-                let mut io = Deadlined::new(&stream, deadline, what);
-                let mut opened = self.open(&mut io, admitted.remote(), None, deadline, what)?;
-                drop(handshaking);
-                let initial = std::mem::take(&mut opened.leftover);
-                self.run_session(stream, opened, initial, admitted, handler)
-            }
+            None => self.run_plain(stream, handshaking, deadline, what, admitted, handler),
             #[cfg(not(feature = "tls"))]
             Some(_) => Err(crate::no_tls()),
             #[cfg(feature = "tls")]
             Some(config) => {
-                let mut io = Deadlined::new(&stream, deadline, what);
-                let mut conn = rustls::ServerConnection::new(Arc::clone(config.rustls()))
-                    .map_err(|e| io::Error::other(format!("TLS: {e}")))?;
-                crate::tls::handshake(&mut conn, &mut io)
-                    .map_err(storm_host::setup::tls_handshake_failed)?;
-                let tls = TlsInfo::of(&conn);
-                let remote = admitted.remote();
-                let mut opened = self.open(
-                    &mut rustls::Stream::new(&mut conn, &mut io),
-                    remote,
-                    Some(tls),
+                let config = Arc::clone(config.rustls());
+                self.run_tls(
+                    stream,
+                    config,
+                    handshaking,
                     deadline,
                     what,
-                )?;
-                let leftover = std::mem::take(&mut opened.leftover);
-                let initial = crate::tls::initial_input(&mut conn, leftover)?;
-                drop(handshaking);
-                let stream = TlsStream::new(stream, conn);
-                self.run_session(stream, opened, initial, admitted, handler)
+                    admitted,
+                    handler,
+                )
             }
         }
+    }
+
+    /// A plain connection's upgrade, then its session.
+    ///
+    /// Never inlined, as [`run_tls`](Self::run_tls): inlined, the TLS
+    /// branch's locals (the rustls connection) would sit in the connection
+    /// thread's first frame, above every plain session's frames too, and
+    /// cost a stack page per idle connection (BENCHMARKS.md, "Session 9:
+    /// std idle memory").
+    #[inline(never)]
+    fn run_plain<H: Handler>(
+        &self,
+        stream: TcpStream,
+        handshaking: InHandshake<'_>,
+        deadline: Instant,
+        what: &'static str,
+        admitted: Admitted,
+        handler: &H,
+    ) -> io::Result<()> {
+        let mut io = Deadlined::new(&stream, deadline, what);
+        let mut opened = self.open(&mut io, admitted.remote(), None, deadline, what)?;
+        drop(handshaking);
+        let initial = std::mem::take(&mut opened.leftover);
+        self.run_session(stream, opened, initial, admitted, handler)
+    }
+
+    /// A TLS connection's handshake and upgrade, then its session.
+    #[cfg(feature = "tls")]
+    #[inline(never)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "run_connection's state, handed down once"
+    )]
+    fn run_tls<H: Handler>(
+        &self,
+        stream: TcpStream,
+        config: Arc<rustls::ServerConfig>,
+        handshaking: InHandshake<'_>,
+        deadline: Instant,
+        what: &'static str,
+        admitted: Admitted,
+        handler: &H,
+    ) -> io::Result<()> {
+        let mut io = Deadlined::new(&stream, deadline, what);
+        let mut conn = rustls::ServerConnection::new(config)
+            .map_err(|e| io::Error::other(format!("TLS: {e}")))?;
+        crate::tls::handshake(&mut conn, &mut io)
+            .map_err(storm_host::setup::tls_handshake_failed)?;
+        let tls = TlsInfo::of(&conn);
+        let remote = admitted.remote();
+        let mut opened = self.open(
+            &mut rustls::Stream::new(&mut conn, &mut io),
+            remote,
+            Some(tls),
+            deadline,
+            what,
+        )?;
+        let leftover = std::mem::take(&mut opened.leftover);
+        let initial = crate::tls::initial_input(&mut conn, leftover)?;
+        drop(handshaking);
+        let stream = TlsStream::new(stream, conn);
+        self.run_session(stream, opened, initial, admitted, handler)
     }
 
     /// The protocol a new connection speaks, after the WebSocket upgrade
@@ -529,6 +576,15 @@ impl ServerHandle {
     }
 
     /// Registers the session and drives it until it closes.
+    ///
+    /// Never inlined: its frame holds the reader's 16 KiB read buffer
+    /// (`driver::read_loop`), and inlined into the connection thread's
+    /// first frame it would sit above the handshake, which would then run
+    /// below it and leave one more stack page resident for the
+    /// connection's whole life (4 KiB per idle connection; BENCHMARKS.md,
+    /// "Session 9: std idle memory"). Apart, the handshake runs first on a
+    /// shallow stack and returns; the session's frames reuse those pages.
+    #[inline(never)]
     fn run_session<T: Transport, H: Handler>(
         &self,
         stream: T,

@@ -44,7 +44,7 @@ struct App {
 
 /// `/`: the upgrade, answered by Storm and run as a session on the hub.
 async fn echo(State(app): State<App>, upgrade: StormUpgrade) -> Response {
-    upgrade.serve(&app.hub, app.echo)
+    upgrade.serve(&app.hub, app.echo).await
 }
 
 #[tokio::main]

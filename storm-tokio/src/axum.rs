@@ -23,7 +23,7 @@
 //! use storm_tokio::axum::StormUpgrade;
 //! use storm_tokio::host::options::{ServerOptions, WsOptions};
 //! use storm_tokio::proto::Message;
-//! use storm_tokio::{Handler, ServerHandle, Session, WsServer};
+//! use storm_tokio::{Decision, Handler, ServerHandle, Session, WsServer};
 //!
 //! struct Echo;
 //! impl Handler for Echo {
@@ -45,11 +45,20 @@
 //!
 //! // A Storm session on the hub (`hub.broadcast`, groups, ...):
 //! async fn session(State((hub, echo)): State<(ServerHandle, Arc<Echo>)>, upgrade: StormUpgrade) -> Response {
-//!     upgrade.serve(&hub, echo)
+//!     upgrade.serve(&hub, echo).await
 //! }
 //!
 //! # #[tokio::main] async fn main() -> std::io::Result<()> {
-//! let hub = WsServer::detached(ServerOptions::default(), WsOptions::default())?;
+//! // The same upgrade hook a listening server takes, here refusing a
+//! // request without a token (it runs for `serve`, within the server's
+//! // handshake timeout):
+//! let hub = WsServer::detached(ServerOptions::default(), WsOptions::default())?
+//!     .on_upgrade(|request| async move {
+//!         match request.query_param("token") {
+//!             Some(_) => Decision::accept(),
+//!             None => Decision::reject(401).body("a token, please\n"),
+//!         }
+//!     })?;
 //! let app = Router::new()
 //!     .route("/stream", get(stream))
 //!     .route("/session", get(session))
@@ -115,7 +124,9 @@ pub struct StormUpgrade {
     on_upgrade: Option<OnUpgrade>,
     remote: SocketAddr,
     config: StreamConfig,
-    decision: Decision,
+    /// The caller's decision; `None`: the server's hook decides (for
+    /// `serve`), or accept.
+    decision: Option<Decision>,
 }
 
 impl StormUpgrade {
@@ -140,7 +151,7 @@ impl StormUpgrade {
             on_upgrade: extensions.remove::<OnUpgrade>(),
             remote,
             config: StreamConfig::new(),
-            decision: Decision::accept(),
+            decision: None,
         }
     }
 
@@ -152,13 +163,19 @@ impl StormUpgrade {
         self
     }
 
-    /// The application's decision on this request (default
-    /// [`Decision::accept`]): a subprotocol, response headers and an
-    /// attached value on accept (a session reads it with
-    /// `session.attached::<T>()`), or a status, headers and body to refuse
-    /// with. It applies once the request passed the handshake's checks.
+    /// The application's decision on this request, made by the route
+    /// itself: a subprotocol, response headers and an attached value on
+    /// accept (a session reads it with `session.attached::<T>()`, a
+    /// [`WebSocket`] with `ws.attached::<T>()` and `ws.subprotocol()`), or
+    /// a status, headers and body to refuse with. It applies once the
+    /// request passed the handshake's checks, and for
+    /// [`serve`](Self::serve) it replaces the server's upgrade hook
+    /// ([`ServerHandle::on_upgrade`](storm_async::ServerHandle::on_upgrade))
+    /// for this request. Without it, [`on_upgrade`](Self::on_upgrade)
+    /// accepts and `serve` lets the server's hook decide (accepting when
+    /// it has none).
     pub fn decision(mut self, decision: Decision) -> Self {
-        self.decision = decision;
+        self.decision = Some(decision);
         self
     }
 
@@ -186,8 +203,8 @@ impl StormUpgrade {
         if let Err(e) = Heartbeat::new(self.config.link.heartbeat.clone(), Instant::now()) {
             return plain(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"));
         }
-        let answer =
-            storm_async::websocket::answer_upgrade(&self.head, &self.config, self.decision);
+        let decision = self.decision.unwrap_or_else(Decision::accept);
+        let answer = storm_async::websocket::answer_upgrade(&self.head, &self.config, decision);
         let answer = match answer {
             Ok(answer) => answer,
             Err(e) => return plain(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
@@ -205,9 +222,7 @@ impl StormUpgrade {
                     return;
                 };
                 let io = Io(TokioIo::new(upgraded));
-                if let Ok(ws) =
-                    WebSocket::from_upgraded(io, opened.protocol, &opened.leftover, &config)
-                {
+                if let Ok(ws) = WebSocket::from_opened(io, opened, &config) {
                     callback(ws).await;
                 }
             });
@@ -216,16 +231,23 @@ impl StormUpgrade {
     }
 
     /// Answers the request on `server` (from
-    /// [`WsServer::detached`](crate::WsServer::detached)) and, once hyper
-    /// hands the connection over, runs it as a Storm session with
-    /// `handler`, in a task of its own: the server's limits,
-    /// permessage-deflate, subprotocols and `allowed_origins`, its
-    /// `max_connections` (503 when full) and its hub. Return the response
-    /// from your handler. A refusal, an upgrade that fails or times out
-    /// (the server's `handshake_timeout`) and the session's errors go to
+    /// [`WsServer::detached`](crate::WsServer::detached)) as a listening
+    /// server answers it and, once hyper hands the connection over, runs
+    /// it as a Storm session with `handler`, in a task of its own: the
+    /// server's limits, permessage-deflate, subprotocols and
+    /// `allowed_origins`, its `max_connections` (503 when full), its
+    /// upgrade hook ([`ServerHandle::on_upgrade`](storm_async::ServerHandle::on_upgrade);
+    /// unless [`decision`](Self::decision) decided) and its hub. Await it
+    /// in your handler and return the response. A refusal, a hook or an
+    /// upgrade that does not finish within the server's
+    /// `handshake_timeout`, and the session's errors go to
     /// `handler.on_error`.
-    pub fn serve<H: Handler>(self, server: &ServerHandle, handler: Arc<H>) -> Response {
-        let answer = server.upgrade(&self.head, self.remote, self.decision);
+    ///
+    /// **Cancel safety**: dropped while the hook runs (axum drops a
+    /// handler whose connection ended), nothing is answered and the place
+    /// under `max_connections` is given back.
+    pub async fn serve<H: Handler>(self, server: &ServerHandle, handler: Arc<H>) -> Response {
+        let answer = server.upgrade(&self.head, self.remote, self.decision).await;
         let response = match answer.response.is_empty() {
             true => plain(StatusCode::INTERNAL_SERVER_ERROR, "no upgrade response\n"),
             false => response(&answer.response),

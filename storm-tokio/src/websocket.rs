@@ -19,6 +19,7 @@
 //! # }
 //! ```
 
+use std::future::Future;
 use std::io;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -27,8 +28,8 @@ pub use storm_async::websocket::{
     ClientError, StreamConfig, WebSocketReader, WebSocketWriter, WsStreamError,
 };
 
-use crate::Tokio;
 use crate::runtime::Io;
+use crate::{Decision, Tokio, UpgradeInfo};
 
 /// A WebSocket over the tokio stream `S` (a `TcpStream`, a TLS stream, an
 /// upgraded connection, a `DuplexStream`).
@@ -49,6 +50,29 @@ where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     WebSocketStream::accept(Io(io), config).await
+}
+
+/// [`accept`] with `hook` deciding on the request (as tokio-tungstenite's
+/// `accept_hdr_async`): the hook an upgrade hook of the shape
+/// `WsServer::on_upgrade` takes; the chosen subprotocol and attached value
+/// are the stream's `subprotocol()` and `attached()`. See
+/// [`storm_async::WebSocketStream::accept_hdr`].
+///
+/// # Errors
+///
+/// As [`accept`]; permission denied when the hook rejected (its response
+/// was sent).
+pub async fn accept_hdr<S, F, Fut>(
+    io: S,
+    config: &StreamConfig,
+    hook: F,
+) -> io::Result<WebSocketStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    F: Fn(UpgradeInfo) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Decision> + Send + 'static,
+{
+    WebSocketStream::accept_hdr(Io(io), config, hook).await
 }
 
 /// The client side of the handshake for `url` over the connected `io`;

@@ -1,7 +1,7 @@
 //! Storm behind a real axum router on loopback (feature `axum`): sessions
-//! on a detached server's hub and `Stream + Sink` sockets, reached by
-//! Storm's own client and by raw HTTP; the router's plain routes on the
-//! same port.
+//! on a detached server's hub (its upgrade hook deciding, as on a
+//! listening server) and `Stream + Sink` sockets, reached by Storm's own
+//! client and by raw HTTP; the router's plain routes on the same port.
 //!
 //! Every wait is bounded by [`WAIT`].
 
@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use common::{Seen, WAIT, next, recorder};
+use common::{Seen, WAIT, next, next_disconnect, recorder};
 use storm_host::link::CloseReason;
 use storm_host::options::{ServerOptions, WsOptions};
 use storm_proto::Message;
@@ -27,7 +27,7 @@ use storm_proto::ws::Config;
 use storm_proto::ws::deflate::DeflateConfig;
 use storm_tokio::axum::StormUpgrade;
 use storm_tokio::websocket::{self, StreamConfig};
-use storm_tokio::{Handler, ServerHandle, Session, WsServer};
+use storm_tokio::{Decision, Handler, ServerHandle, Session, UpgradeInfo, WsServer};
 
 /// The largest message the tests send: 16 MiB.
 const MAX_MESSAGE: usize = 16 << 20;
@@ -67,7 +67,17 @@ impl<H> Clone for App<H> {
 
 /// `/`: a session on the hub.
 async fn session<H: Handler>(State(app): State<App<H>>, upgrade: StormUpgrade) -> Response {
-    upgrade.serve(&app.hub, app.handler)
+    upgrade.serve(&app.hub, app.handler).await
+}
+
+/// `/decided`: a session the route itself accepts, attaching
+/// `Room("route")`, whatever the server's hook would say.
+async fn decided<H: Handler>(State(app): State<App<H>>, upgrade: StormUpgrade) -> Response {
+    let decision = Decision::accept().attach(Room("route".to_owned()));
+    upgrade
+        .decision(decision)
+        .serve(&app.hub, app.handler)
+        .await
 }
 
 /// `/stream`: a `Stream + Sink` socket that echoes.
@@ -91,6 +101,7 @@ async fn serve<H: Handler>(hub: &ServerHandle, handler: H) -> SocketAddr {
     };
     let router = Router::new()
         .route("/", get(session::<H>))
+        .route("/decided", get(decided::<H>))
         .route("/stream", get(stream))
         .route("/health", get(|| async { "ok" }))
         .with_state(app);
@@ -370,4 +381,115 @@ async fn the_axum_echo_example_serves_echo_and_health_on_one_port() {
     let big: Vec<u8> = (0..MAX_MESSAGE).map(|i| (i % 253) as u8).collect();
     round_trip(&mut ws, Message::from(big)).await;
     drop(example);
+}
+
+/// The value the hooks here attach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Room(String);
+
+/// A token in the query: accepted with the client's second subprotocol
+/// and the peer's IP attached; else 401 with a body.
+async fn token_hook(info: UpgradeInfo) -> Decision {
+    match info.query_param("token").as_deref() {
+        Some("sesame") => Decision::accept()
+            .subprotocol("chat.v2")
+            .attach(Room(info.remote_addr().ip().to_string())),
+        _ => Decision::reject(401)
+            .header("WWW-Authenticate", "Bearer")
+            .body("no token\n"),
+    }
+}
+
+/// The hub's sessions' attached rooms, once the next session connected.
+async fn rooms(
+    hub: &ServerHandle,
+    seen: &mut tokio::sync::mpsc::UnboundedReceiver<Seen>,
+) -> Vec<Option<Room>> {
+    assert_eq!(next(seen).await, Seen::Connect);
+    hub.sessions()
+        .iter()
+        .map(|session| session.attached::<Room>().cloned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_detached_servers_upgrade_hook_decides_behind_axum() {
+    let hub = hub(0).on_upgrade(token_hook).expect("the hook");
+    let (handler, mut seen) = recorder(true);
+    let addr = serve(&hub, handler).await;
+    // Refused by the hook: its status, header and body, and the handler
+    // heard why.
+    let response = raw(addr, &upgrade_request("/", KEY)).await;
+    assert!(response.starts_with("HTTP/1.1 401"), "{response}");
+    assert!(response.contains("www-authenticate: Bearer"), "{response}");
+    assert!(response.ends_with("\r\n\r\nno token\n"), "{response}");
+    match next(&mut seen).await {
+        Seen::Error(Some(std::io::ErrorKind::PermissionDenied), text) => {
+            assert!(text.contains("rejected with 401"), "{text}");
+        }
+        other => panic!("expected the refusal, got {other:?}"),
+    }
+    // Accepted by the hook: its subprotocol reaches the client, and what
+    // it attached (from axum's peer address) the session.
+    let mut config = StreamConfig::new().with_ws(ws_options());
+    config.ws.subprotocols = vec!["chat.v1".to_owned(), "chat.v2".to_owned()];
+    let url = format!("ws://{addr}/?token=sesame");
+    let mut ws = timeout(WAIT, websocket::connect(&url, &config))
+        .await
+        .expect("connected in time")
+        .expect("upgraded");
+    assert_eq!(ws.subprotocol(), Some("chat.v2"));
+    assert_eq!(
+        rooms(&hub, &mut seen).await,
+        [Some(Room("127.0.0.1".to_owned()))]
+    );
+    round_trip(&mut ws, Message::from("let in")).await;
+    ws.close(storm_proto::ws::CloseCode::NORMAL, "")
+        .await
+        .expect("close");
+    assert!(timeout(WAIT, ws.next()).await.expect("closed").is_none());
+    let _ = next_disconnect(&mut seen).await;
+    // A route's own decision replaces the hook for its request.
+    let mut ws = connect(addr, "/decided").await;
+    assert_eq!(
+        rooms(&hub, &mut seen).await,
+        [Some(Room("route".to_owned()))]
+    );
+    round_trip(&mut ws, Message::from("decided by the route")).await;
+}
+
+#[tokio::test]
+async fn a_hook_that_never_decides_is_cut_off_with_503() {
+    let options =
+        ServerOptions::default().with_handshake_timeout(std::time::Duration::from_millis(200));
+    let hub = WsServer::detached(options, ws_options())
+        .expect("detached server")
+        .on_upgrade(|_| std::future::pending())
+        .expect("the hook");
+    let (handler, mut seen) = recorder(true);
+    let addr = serve(&hub, handler).await;
+    let response = raw(addr, &upgrade_request("/", KEY)).await;
+    assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+    assert!(response.contains("not decided in time"), "{response}");
+    match next(&mut seen).await {
+        Seen::Error(Some(std::io::ErrorKind::TimedOut), _) => {}
+        other => panic!("expected the timeout, got {other:?}"),
+    }
+    assert_eq!(hub.session_count(), 0);
+}
+
+#[tokio::test]
+async fn only_a_detached_server_takes_its_hook_from_the_handle_and_once() {
+    let hub = hub(0).on_upgrade(token_hook).expect("the first hook");
+    let again = hub.on_upgrade(token_hook).map(drop).map_err(|e| e.kind());
+    assert_eq!(again, Err(std::io::ErrorKind::InvalidInput));
+    let options = ServerOptions::default().with_addr("127.0.0.1:0");
+    let listening = WsServer::bind(options, WsOptions::default())
+        .await
+        .expect("bind");
+    let refused = listening.handle().on_upgrade(token_hook).map(drop);
+    assert_eq!(
+        refused.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::InvalidInput)
+    );
 }

@@ -1,13 +1,15 @@
 //! `WebSocketStream` (storm-async's `Stream + Sink` WebSocket) over real
 //! loopback sockets, on tokio and on smol: echo (with permessage-deflate),
 //! split halves in two tasks, the close handshake's code and reason on
-//! both sides, a too-large message closing with 1009, automatic pongs;
-//! and the adapters' own entry points over tokio's and smol's streams.
+//! both sides, a too-large message closing with 1009, automatic pongs,
+//! `accept_hdr`'s upgrade hook (refusing, choosing a subprotocol,
+//! attaching a value, bounded by the handshake timeout); and the adapters'
+//! own entry points over tokio's and smol's streams.
 //!
 //! Every wait is bounded by [`WAIT`] on the runtime's timer.
 
 use std::future::{Future, poll_fn};
-use std::io::{ErrorKind, Write};
+use std::io::{self, ErrorKind, Write};
 use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use storm_async::runtime::{PollRead, PollWrite};
 use storm_async::websocket::{StreamConfig, WebSocketStream, WsStreamError};
+use storm_host::setup::{Decision, UpgradeInfo, UpgradeResponse};
 use storm_proto::Message;
 use storm_proto::link::CloseReason;
 use storm_proto::ws::deflate::DeflateConfig;
@@ -22,7 +25,7 @@ use storm_proto::ws::{CloseCode, CloseFrame, Event};
 use storm_tests::suite::WAIT;
 use storm_tests::suite::on_async::{Executor, bounded};
 use storm_tests::suite::pki::Pki;
-use storm_tests::suite::raw::{RawWs, frame, opcode};
+use storm_tests::suite::raw::{self, RawWs, frame, opcode};
 
 /// A one-connection server on `R`: accepts with `config` and hands the
 /// stream to `serve`, whose result comes back on the channel.
@@ -52,6 +55,23 @@ where
     F: FnOnce(WebSocketStream<R, S>) -> Fut + Send + 'static,
     Fut: Future<Output = T> + Send,
 {
+    serve_tcp::<R, _, _, _>(|tcp| async move {
+        let ws = WebSocketStream::<R, _>::accept(open(tcp).await, &config)
+            .await
+            .expect("server handshake");
+        serve(ws).await
+    })
+}
+
+/// A one-connection server on `R`: hands the accepted socket to `serve`,
+/// whose result comes back on the channel.
+fn serve_tcp<R, T, F, Fut>(serve: F) -> (SocketAddr, mpsc::Receiver<T>)
+where
+    R: Executor,
+    T: Send + 'static,
+    F: FnOnce(R::Tcp) -> Fut + Send + 'static,
+    Fut: Future<Output = T> + Send,
+{
     let std = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     std.set_nonblocking(true).expect("non-blocking");
     let addr = std.local_addr().expect("local address");
@@ -62,10 +82,7 @@ where
             let (tcp, _) = poll_fn(|cx| R::poll_accept(&listener, cx))
                 .await
                 .expect("accept");
-            let ws = WebSocketStream::<R, _>::accept(open(tcp).await, &config)
-                .await
-                .expect("server handshake");
-            let _ = tx.send(serve(ws).await);
+            let _ = tx.send(serve(tcp).await);
         });
     });
     (addr, rx)
@@ -349,6 +366,155 @@ fn ping_flood_from_a_peer_that_never_reads<R: Executor>() {
     );
 }
 
+/// What the server side of an `accept_hdr` came to: the stream's
+/// subprotocol and attached [`Room`], or the handshake's error.
+type Accepted = Result<(Option<String>, Option<Room>), io::Error>;
+
+/// The value the tests' hooks attach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Room(String);
+
+/// A one-connection server on `R` that accepts through `accept_hdr` with
+/// `hook`, reports what the handshake came to, and then echoes.
+fn serve_hdr<R, F, Fut>(config: StreamConfig, hook: F) -> (SocketAddr, mpsc::Receiver<Accepted>)
+where
+    R: Executor,
+    F: Fn(UpgradeInfo) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Decision> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel();
+    let (addr, _ended) = serve_tcp::<R, _, _, _>(move |tcp| async move {
+        match WebSocketStream::<R, _>::accept_hdr(tcp, &config, hook).await {
+            Ok(ws) => {
+                let seen = (
+                    ws.subprotocol().map(str::to_owned),
+                    ws.attached::<Room>().cloned(),
+                );
+                let _ = tx.send(Ok(seen));
+                echo(ws).await;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        }
+    });
+    (addr, rx)
+}
+
+/// A hook that refuses `/private` with 403 and a body: a raw client reads
+/// exactly that response and the end of the connection, and `accept_hdr`
+/// returns an error that says the application refused.
+fn accept_hdr_refuses_by_path_with_403<R: Executor>() {
+    let hook = |info: UpgradeInfo| async move {
+        match info.path() {
+            "/private" => Decision::reject(403).body("not here\n"),
+            _ => Decision::accept(),
+        }
+    };
+    let (addr, server) = serve_hdr::<R, _, _>(StreamConfig::new(), hook);
+    let mut stream = RawWs::request_with(addr, "/private", "");
+    let response = raw::read_all(&mut stream);
+    assert_eq!(
+        String::from_utf8_lossy(&response),
+        "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: 9\r\nConnection: close\r\n\r\nnot here\n"
+    );
+    let refused = server.recv_timeout(WAIT).expect("the server ended");
+    let error = refused.expect_err("refused");
+    assert_eq!(error.kind(), ErrorKind::PermissionDenied, "{error}");
+    assert!(error.to_string().contains("rejected with 403"), "{error}");
+}
+
+/// A hook that accepts choosing the client's second subprotocol (the
+/// server has none of its own), adding a header and attaching a value:
+/// Storm's client reads the subprotocol and the header from its stream,
+/// the server's stream has the subprotocol and the value.
+fn accept_hdr_picks_a_subprotocol_seen_by_the_client<R: Executor>() {
+    let hook = |_: UpgradeInfo| async {
+        Decision::accept()
+            .subprotocol("chat.v2")
+            .header("X-Hook", "yes")
+            .attach(Room("lobby".to_owned()))
+    };
+    let (addr, server) = serve_hdr::<R, _, _>(StreamConfig::new(), hook);
+    let mut config = StreamConfig::new();
+    config.ws.subprotocols = vec!["chat.v1".to_owned(), "chat.v2".to_owned()];
+    R::block_on(bounded::<R, _>("subprotocol", async {
+        let mut ws = WebSocketStream::<R, _>::connect(&url(addr), &config)
+            .await
+            .expect("connect");
+        assert_eq!(ws.subprotocol(), Some("chat.v2"));
+        let response = ws.attached::<UpgradeResponse>().expect("the 101's view");
+        assert_eq!(response.subprotocol.as_deref(), Some("chat.v2"));
+        assert_eq!(response.headers.get("x-hook"), Some(&b"yes"[..]));
+        echo_once(&mut ws, "chosen").await;
+    }));
+    let accepted = server.recv_timeout(WAIT).expect("the server accepted");
+    assert_eq!(
+        accepted.expect("accepted"),
+        (Some("chat.v2".to_owned()), Some(Room("lobby".to_owned())))
+    );
+}
+
+/// The hook sees the request's path, query and headers (the client's
+/// extra ones), and what it attaches comes from them.
+fn accept_hdr_hook_sees_path_query_and_headers<R: Executor>() {
+    let (seen_tx, seen) = mpsc::channel();
+    let seen_tx = std::sync::Mutex::new(seen_tx);
+    let hook = move |info: UpgradeInfo| {
+        let room = info.query_param("room").unwrap_or_default();
+        let header = |name| info.headers().get(name).map(<[u8]>::to_vec);
+        let request = (
+            info.path().to_owned(),
+            room.clone(),
+            header("Authorization"),
+            header("Cookie"),
+        );
+        let _ = seen_tx.lock().expect("sender").send(request);
+        std::future::ready(Decision::accept().attach(Room(room)))
+    };
+    let (addr, server) = serve_hdr::<R, _, _>(StreamConfig::new(), hook);
+    let mut config = StreamConfig::new();
+    config.headers = vec![
+        ("Authorization".to_owned(), "Bearer sesame".to_owned()),
+        ("Cookie".to_owned(), "id=7".to_owned()),
+    ];
+    R::block_on(bounded::<R, _>("request", async {
+        let url = format!("ws://{addr}/chat?room=a%20b&x=1");
+        let mut ws = WebSocketStream::<R, _>::connect(&url, &config)
+            .await
+            .expect("connect");
+        echo_once(&mut ws, "seen").await;
+    }));
+    assert_eq!(
+        seen.recv_timeout(WAIT).expect("the hook ran"),
+        (
+            "/chat".to_owned(),
+            "a b".to_owned(),
+            Some(b"Bearer sesame".to_vec()),
+            Some(b"id=7".to_vec()),
+        )
+    );
+    let accepted = server.recv_timeout(WAIT).expect("the server accepted");
+    assert_eq!(accepted.expect("accepted").1, Some(Room("a b".to_owned())));
+}
+
+/// A hook that never decides is cut off by the handshake timeout: the
+/// client's connection is closed without a response, and `accept_hdr`
+/// returns `TimedOut`.
+fn accept_hdr_slow_hook_is_cut_off_by_the_handshake_timeout<R: Executor>() {
+    let mut config = StreamConfig::new();
+    config.handshake_timeout = Duration::from_millis(200);
+    let (addr, server) = serve_hdr::<R, _, _>(config, |_| std::future::pending());
+    let mut stream = RawWs::request_with(addr, "/", "");
+    assert_eq!(raw::read_to_close(&mut stream), 0, "no response");
+    let error = server
+        .recv_timeout(WAIT)
+        .expect("the server ended")
+        .expect_err("timed out");
+    assert_eq!(error.kind(), ErrorKind::TimedOut, "{error}");
+}
+
 storm_tests::on_async_runtimes!(
     echo_text_and_binary,
     echo_over_tls,
@@ -358,6 +524,10 @@ storm_tests::on_async_runtimes!(
     too_large_message_closes_with_1009,
     ping_answered_automatically,
     ping_flood_from_a_peer_that_never_reads,
+    accept_hdr_refuses_by_path_with_403,
+    accept_hdr_picks_a_subprotocol_seen_by_the_client,
+    accept_hdr_hook_sees_path_query_and_headers,
+    accept_hdr_slow_hook_is_cut_off_by_the_handshake_timeout,
 );
 
 /// storm-tokio's entry points over tokio's own `TcpStream`.
@@ -411,5 +581,74 @@ fn smol_adapter_over_smol_streams() {
         echo_once(&mut ws, "over smol").await;
         let reason = server.await;
         assert!(matches!(reason, Some(CloseReason::Remote(_))), "{reason:?}");
+    }));
+}
+
+/// A client offering two subprotocols, for the adapters' `accept_hdr`.
+fn offering_two() -> StreamConfig {
+    let mut config = StreamConfig::new();
+    config.ws.subprotocols = vec!["one".to_owned(), "two".to_owned()];
+    config
+}
+
+/// The hook the adapters' `accept_hdr` tests choose with.
+fn choose_two(_: UpgradeInfo) -> std::future::Ready<Decision> {
+    std::future::ready(Decision::accept().subprotocol("two"))
+}
+
+/// storm-tokio's `accept_hdr` over tokio's own `TcpStream`: the hook's
+/// subprotocol on both ends.
+#[test]
+fn tokio_accept_hdr_over_tokio_streams() {
+    <storm_tokio::Tokio as Executor>::block_on(bounded::<storm_tokio::Tokio, _>("tokio", async {
+        let listener = ::tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let server = ::tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let ws = storm_tokio::websocket::accept_hdr(tcp, &StreamConfig::new(), choose_two)
+                .await
+                .expect("server handshake");
+            assert_eq!(ws.subprotocol(), Some("two"));
+            echo(ws).await
+        });
+        let tcp = ::tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect");
+        let mut ws = storm_tokio::websocket::client_async(&url(addr), tcp, &offering_two())
+            .await
+            .expect("client handshake");
+        assert_eq!(ws.subprotocol(), Some("two"));
+        echo_once(&mut ws, "over tokio").await;
+        server.await.expect("server task");
+    }));
+}
+
+/// storm-smol's `accept_hdr` over smol's own `TcpStream`.
+#[test]
+fn smol_accept_hdr_over_smol_streams() {
+    ::smol::block_on(bounded::<storm_smol::Smol, _>("smol", async {
+        let listener = ::smol::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let server = ::smol::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let ws = storm_smol::websocket::accept_hdr(tcp, &StreamConfig::new(), choose_two)
+                .await
+                .expect("server handshake");
+            assert_eq!(ws.subprotocol(), Some("two"));
+            echo(ws).await
+        });
+        let tcp = ::smol::net::TcpStream::connect(addr)
+            .await
+            .expect("connect");
+        let mut ws = storm_smol::websocket::client_async(&url(addr), tcp, &offering_two())
+            .await
+            .expect("client handshake");
+        assert_eq!(ws.subprotocol(), Some("two"));
+        echo_once(&mut ws, "over smol").await;
+        server.await;
     }));
 }

@@ -333,12 +333,13 @@ impl<'a> ClientUpgrade<'a> {
                     conn = conn.with_deflate(params, deflate).map_err(config_error)?;
                 }
                 let response = UpgradeResponse {
-                    subprotocol: upgraded.subprotocol,
+                    subprotocol: upgraded.subprotocol.clone(),
                     headers: upgraded.headers,
                 };
                 Ok(ClientUpgradeStep::Done(Opened {
                     protocol: Protocol::WebSocket(Box::new(conn)),
                     leftover: upgraded.leftover,
+                    subprotocol: upgraded.subprotocol,
                     attached: Some(Arc::new(response)),
                 }))
             }

@@ -199,6 +199,8 @@ pub struct Opened {
     pub protocol: Protocol,
     /// Bytes the client sent after its request.
     pub leftover: Bytes,
+    /// The subprotocol the `101` announced, if any.
+    pub subprotocol: Option<String>,
     /// What the application attached when it accepted.
     pub attached: Option<Arc<dyn Any + Send + Sync>>,
 }
@@ -211,6 +213,7 @@ impl Opened {
         Self {
             protocol,
             leftover: Bytes::new(),
+            subprotocol: None,
             attached: None,
         }
     }
@@ -310,6 +313,7 @@ impl ServerRequest<'_> {
                 conn.map(|conn| Opened {
                     protocol: Protocol::WebSocket(Box::new(conn)),
                     leftover: accepted.leftover,
+                    subprotocol: accepted.subprotocol,
                     attached: accepted.attached.map(Attached::into_inner),
                 })
             }

@@ -6,6 +6,7 @@
 #
 # Usage: benches/e2e/instructions.sh [--proto ws|lp|raw] [--runtime tokio|smol|std]
 #                                    [--storm PATH] [--loadgen PATH]
+#                                    [--peer PATH]
 #
 # Runs the server under `valgrind --tool=callgrind` twice, driven by
 # `loadgen` with 100 connections x 100 messages in flight x 32 B (the deep
@@ -23,6 +24,9 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 target=$(cd "$root" && cargo metadata --format-version 1 --no-deps |
     sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 storm=$target/release/storm
+# A peer server of benches/e2e (e.g. target/release/peer_fastwebsockets),
+# run as `PEER ADDR`, counted instead of storm; --proto says what it speaks.
+peer=
 loadgen=$target/release/loadgen
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -30,6 +34,7 @@ while [ $# -gt 0 ]; do
         --runtime) runtime=${2:?}; shift ;;
         --storm) storm=${2:?}; shift ;;
         --loadgen) loadgen=${2:?}; shift ;;
+        --peer) peer=${2:?}; shift ;;
         -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "instructions.sh: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -54,8 +59,12 @@ run() {
     local max=$1 port out
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
     out=$work/callgrind.$max
-    valgrind --tool=callgrind --callgrind-out-file="$out" \
-        "$storm" echo --proto "$proto" --addr "127.0.0.1:$port" --runtime "$runtime" \
+    if [ -n "$peer" ]; then
+        set -- "$peer" "127.0.0.1:$port"
+    else
+        set -- "$storm" echo --proto "$proto" --addr "127.0.0.1:$port" --runtime "$runtime"
+    fi
+    valgrind --tool=callgrind --callgrind-out-file="$out" "$@" \
         >/dev/null 2>"$work/valgrind.$max" &
     server_pid=$!
     for _ in $(seq 300); do
@@ -76,5 +85,7 @@ run() {
 
 read -r short_msgs short_ir < <(run 100000)
 read -r long_msgs long_ir < <(run 300000)
-echo "storm echo --proto $proto --runtime $runtime: $(( (long_ir - short_ir) / (long_msgs - short_msgs) )) instructions per message" \
+label="storm echo --proto $proto --runtime $runtime"
+if [ -n "$peer" ]; then label="$(basename "$peer") ($proto)"; fi
+echo "$label: $(( (long_ir - short_ir) / (long_msgs - short_msgs) )) instructions per message" \
     "($short_msgs and $long_msgs messages)"

@@ -42,5 +42,14 @@ fn seeds_reach_their_paths() {
             epoch_changes: 0,
         }
     );
+    // A node-to-node envelope (whispers, kicks): no position, delivered.
+    assert_eq!(
+        outcome("seed-node"),
+        Outcome {
+            decoded: 1,
+            delivered: 1,
+            ..Outcome::default()
+        }
+    );
     assert_eq!(outcome("seed-malformed"), Outcome::default());
 }

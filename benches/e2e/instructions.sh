@@ -6,7 +6,9 @@
 #
 # Usage: benches/e2e/instructions.sh [--proto ws|lp|raw] [--runtime tokio|smol|std]
 #                                    [--storm PATH] [--loadgen PATH]
-#                                    [--peer PATH]
+#                                    [--peer PATH] [--size BYTES]
+#                                    [--clients N] [--window N]
+#                                    [--short N] [--long N]
 #
 # Runs the server under `valgrind --tool=callgrind` twice, driven by
 # `loadgen` with 100 connections x 100 messages in flight x 32 B (the deep
@@ -16,6 +18,8 @@
 # handshakes and the shutdown cancel out. What it does not see: the cost of
 # an atomic operation or a cache miss beyond one instruction, and the
 # kernel. Loopback only; the servers it starts are stopped by their pid.
+# --peer counts one of benches/e2e's peer servers instead; --size,
+# --clients, --window, --short and --long change the load.
 set -euo pipefail
 
 proto=ws
@@ -27,6 +31,10 @@ storm=$target/release/storm
 # A peer server of benches/e2e (e.g. target/release/peer_fastwebsockets),
 # run as `PEER ADDR`, counted instead of storm; --proto says what it speaks.
 peer=
+# The load: 100 connections x 100 in flight x 32 B by default (the deep
+# pipeline); e.g. --size 65536 --clients 10 --window 4 --short 2000
+# --long 6000 for large messages.
+size=32 clients=100 window=100 short=100000 long=300000
 loadgen=$target/release/loadgen
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -35,7 +43,12 @@ while [ $# -gt 0 ]; do
         --storm) storm=${2:?}; shift ;;
         --loadgen) loadgen=${2:?}; shift ;;
         --peer) peer=${2:?}; shift ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        --size) size=${2:?}; shift ;;
+        --clients) clients=${2:?}; shift ;;
+        --window) window=${2:?}; shift ;;
+        --short) short=${2:?}; shift ;;
+        --long) long=${2:?}; shift ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "instructions.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -73,7 +86,7 @@ run() {
     done
     local msgs
     msgs=$("$loadgen" --mode throughput --proto "$proto" --addr "127.0.0.1:$port" \
-        --clients 100 --window 100 --size 32 --max-msgs "$max" --duration 110 |
+        --clients "$clients" --window "$window" --size "$size" --max-msgs "$max" --duration 110 |
         sed -n '1s/.*"msgs":\([0-9]*\).*/\1/p') || msgs=0
     # This runs in a subshell (the caller's `< <(run …)`), which the EXIT
     # trap does not cover: the server is stopped here whatever loadgen did.
@@ -83,8 +96,8 @@ run() {
     echo "$msgs $(sed -n 's/^summary: //p' "$out")"
 }
 
-read -r short_msgs short_ir < <(run 100000)
-read -r long_msgs long_ir < <(run 300000)
+read -r short_msgs short_ir < <(run "$short")
+read -r long_msgs long_ir < <(run "$long")
 label="storm echo --proto $proto --runtime $runtime"
 if [ -n "$peer" ]; then label="$(basename "$peer") ($proto)"; fi
 echo "$label: $(( (long_ir - short_ir) / (long_msgs - short_msgs) )) instructions per message" \

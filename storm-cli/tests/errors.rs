@@ -110,7 +110,8 @@ fn serve(service: &str, runtime: &str, extra: &[&str], env: &[(&str, &str)]) -> 
 }
 
 /// `storm client rpc --endpoint ENDPOINT EXTRA…` to its end: success and
-/// stderr. The call timeout leaves a loaded machine time for a handshake.
+/// stderr. The call timeout (10 s) leaves a loaded machine time for a TLS
+/// handshake; a refusal ends the call at once.
 fn rpc_call(endpoint: &str, extra: &[&str]) -> (bool, String) {
     let args = [
         "client",
@@ -118,7 +119,7 @@ fn rpc_call(endpoint: &str, extra: &[&str]) -> (bool, String) {
         "--endpoint",
         endpoint,
         "--timeout-ms",
-        "3000",
+        "10000",
     ];
     run(&[&args[..], extra].concat())
 }

@@ -110,8 +110,7 @@ fn serve(service: &str, runtime: &str, extra: &[&str], env: &[(&str, &str)]) -> 
 }
 
 /// `storm client rpc --endpoint ENDPOINT EXTRA…` to its end: success and
-/// stderr. The call timeout (10 s) leaves a loaded machine time for a TLS
-/// handshake; a refusal ends the call at once.
+/// stderr. The call timeout leaves a loaded machine time for a handshake.
 fn rpc_call(endpoint: &str, extra: &[&str]) -> (bool, String) {
     let args = [
         "client",
@@ -119,7 +118,7 @@ fn rpc_call(endpoint: &str, extra: &[&str]) -> (bool, String) {
         "--endpoint",
         endpoint,
         "--timeout-ms",
-        "10000",
+        "3000",
     ];
     run(&[&args[..], extra].concat())
 }

@@ -518,6 +518,46 @@ async fn no_endpoint_up_waits_out_the_call_and_names_the_endpoints() {
     }
 }
 
+/// An attempt cut short by the deadline says less than the attempt that
+/// failed before it (on a loaded machine, a refused certificate's attempt
+/// can be followed by one still opening at the deadline): the error names
+/// both.
+#[tokio::test]
+async fn the_attempt_before_the_one_cut_short_is_named_too() {
+    // Closes the first connection at once, then holds every later one
+    // without answering the WebSocket handshake.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = format!("ws://{}/", listener.local_addr().expect("addr"));
+    let accepting = tokio::spawn(async move {
+        let mut held = Vec::new();
+        if let Ok((first, _)) = listener.accept().await {
+            drop(first);
+        }
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let client = client(std::slice::from_ref(&endpoint));
+    let result = client
+        .call::<_, i64>("add", &(1, 2), Duration::from_millis(1500))
+        .await;
+    match result {
+        Err(RpcError::NoEndpoint {
+            last_error: Some(last),
+            ..
+        }) => assert!(
+            last.starts_with(&format!(
+                "{endpoint}: still connecting; before that, {endpoint}: "
+            )),
+            "{last}"
+        ),
+        other => panic!("expected NoEndpoint, got {other:?}"),
+    }
+    accepting.abort();
+}
+
 /// A connection attempt still going at the call's deadline ends the call
 /// with `NoEndpoint` naming it.
 #[tokio::test]

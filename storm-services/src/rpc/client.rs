@@ -633,8 +633,15 @@ impl<C: Codec, R: Runtime> RpcClient<C, R> {
                     let connected = tokio::select! {
                         connected = self.connect(index) => connected,
                         () = R::sleep_until(deadline) => {
+                            // The attempt cut short says less than the one
+                            // that failed before it (a refused certificate,
+                            // say): name both.
                             let endpoint = self.inner.endpoints.get(index);
-                            let still = endpoint.map(|e| format!("{e}: still connecting"));
+                            let before = lock(&self.inner.shared.last_error).clone();
+                            let still = endpoint.map(|e| match before {
+                                Some(before) => format!("{e}: still connecting; before that, {before}"),
+                                None => format!("{e}: still connecting"),
+                            });
                             return Err(self.no_endpoint(still));
                         }
                     };

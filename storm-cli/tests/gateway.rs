@@ -500,7 +500,9 @@ async fn restarted_backend(rt: Rt) {
     let prices = tcp_backend("prices").await;
     let ini = routes_ini(orders.addr, prices.addr);
     let gateway = gateway_on(rt, &ini, GatewayOptions::default()).await;
+    // Both backends: the one that stays up is used below too.
     wait_backend(&gateway, "orders", true).await;
+    wait_backend(&gateway, "prices", true).await;
     let mut client = TestClient::connect(gateway.local_addr()).await;
     client.handshake(&["orders", "prices"]).await;
     client.send_to("orders", "before").await;

@@ -78,7 +78,7 @@
 mod backplane;
 mod metrics;
 mod middleware;
-mod session;
+mod outbox;
 mod waker;
 
 use std::collections::{BTreeSet, HashMap};
@@ -95,13 +95,13 @@ pub use backplane::Backplane;
 pub use metrics::metric_names;
 pub use metrics::{HandshakeFailure, HandshakeFailures, HubMetrics};
 pub use middleware::{Middleware, MiddlewareChain};
-pub use session::{
+pub use outbox::{
     CloseKind, Drained, Outbox, SendOutcome, SessionClosed, SessionId, SessionMetrics, SessionState,
 };
 pub use waker::thread_waker;
 
 use metrics::Totals;
-use session::Delivery;
+use outbox::Delivery;
 #[cfg(doc)]
 use storm_proto::backpressure::SlowConsumerPolicy;
 use storm_proto::backpressure::{BackpressureConfig, DEFAULT_MAX_PENDING_BYTES};

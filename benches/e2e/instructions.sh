@@ -90,7 +90,15 @@ run() {
         sed -n '1s/.*"msgs":\([0-9]*\).*/\1/p') || msgs=0
     # This runs in a subshell (the caller's `< <(run …)`), which the EXIT
     # trap does not cover: the server is stopped here whatever loadgen did.
+    # storm ends on SIGINT; a peer may take it for a graceful shutdown
+    # that waits for its connections, so it gets SIGTERM after 5 s
+    # (callgrind writes its counts either way).
     kill -INT "$server_pid"
+    for _ in $(seq 50); do
+        kill -0 "$server_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -TERM "$server_pid" 2>/dev/null || true
     wait "$server_pid" 2>/dev/null || true
     server_pid=
     echo "$msgs $(sed -n 's/^summary: //p' "$out")"

@@ -62,7 +62,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use bytes::buf::Limit;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 use crate::Message;
 use crate::framing::{Framer, FramingError};
@@ -115,14 +115,13 @@ impl Framed {
     /// most [`RESERVE_AHEAD`]): a peer that announces a large message and
     /// sends little does not make the link hold memory it never sent.
     fn input_room(&mut self) -> Option<Limit<&mut BytesMut>> {
-        let to_come = self.framer.remaining(&self.input)?;
-        if to_come < DIRECT_READ_MIN {
-            return None;
-        }
+        let to_come = self
+            .framer
+            .remaining(&self.input)
+            .filter(|&n| n >= DIRECT_READ_MIN)?;
         let ahead = self.input.len().clamp(DIRECT_READ_MIN, RESERVE_AHEAD);
         self.input.reserve(to_come.min(ahead));
-        let room = self.input.capacity() - self.input.len();
-        Some((&mut self.input).limit(room))
+        ws::direct_read_room(&mut self.input, to_come)
     }
 }
 
@@ -878,6 +877,7 @@ mod tests {
 
     use super::*;
     use crate::framing::LengthPrefixFramer;
+    use bytes::BufMut;
 
     const AFTER: Duration = Duration::from_secs(1);
 

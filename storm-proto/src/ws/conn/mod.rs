@@ -431,6 +431,21 @@ pub(crate) const RESERVE_AHEAD: usize = 256 * 1024;
 /// into a shared buffer (and a copy) also takes the next frames.
 pub const DIRECT_READ_MIN: usize = 8 * 1024;
 
+/// `input`'s room to read the rest of a large message into, `to_come`
+/// bytes of it still to come: `None` unless at least [`DIRECT_READ_MIN`]
+/// bytes are to come and `input` has that much room. The one rule for
+/// when a link reads in place, for WebSocket frames and framed messages.
+pub(crate) fn direct_read_room(
+    input: &mut BytesMut,
+    to_come: usize,
+) -> Option<Limit<&mut BytesMut>> {
+    let room = input.capacity() - input.len();
+    if to_come < DIRECT_READ_MIN || room < DIRECT_READ_MIN {
+        return None;
+    }
+    Some(input.limit(room))
+}
+
 /// Drops `buf`'s allocation when it holds nothing. An empty buffer can
 /// still keep an allocation alive without any capacity left (what it
 /// split off shares it), so emptiness alone decides; `BytesMut::new`
@@ -675,11 +690,7 @@ impl Connection {
             return None;
         }
         let to_come = self.frame.as_ref()?.len.checked_sub(self.input.len())?;
-        let room = self.input.capacity() - self.input.len();
-        if to_come < DIRECT_READ_MIN || room < DIRECT_READ_MIN {
-            return None;
-        }
-        Some((&mut self.input).limit(room))
+        direct_read_room(&mut self.input, to_come)
     }
 
     /// Tells the connection the transport has no more bytes to give.

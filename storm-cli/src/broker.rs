@@ -16,13 +16,12 @@ use storm_cli::policy::{PolicyArgs, Service};
 use storm_cli::runtime::{Runtime, TlsArgs};
 use storm_services::broker::{
     BrokerError, BrokerOptions, BrokerServer, Consumer, ConsumerOptions, Provider, ProviderOptions,
-    Responder, StreamedRequest, blocking,
+    RequestStream, Responder, StreamedRequest, blocking,
 };
 use storm_services::host::AsyncRuntime;
 use storm_services::host::{on_async, on_std};
 
 use crate::reconnect::{Reconnect, ReconnectArgs};
-use crate::rpc::ClientRuntime;
 
 /// Options of `storm broker`.
 #[derive(Debug, Clone, clap::Args)]
@@ -124,9 +123,10 @@ pub(crate) struct RequestArgs {
     /// file (for a broker started with `--tls`).
     #[arg(long, value_name = "CA_PEM")]
     pub tls_ca: Option<PathBuf>,
-    /// Runtime to run the client on: tokio or smol (async tasks).
-    #[arg(long, value_enum, default_value_t = ClientRuntime::Tokio)]
-    pub runtime: ClientRuntime,
+    /// Runtime to run the client on: tokio or smol (async tasks), or std
+    /// (threads: the request waits on the main thread).
+    #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
+    pub runtime: Runtime,
 }
 
 /// Options of `storm client broker provider`.
@@ -156,9 +156,10 @@ pub(crate) struct ProviderArgs {
     #[arg(long, value_name = "CA_PEM")]
     pub tls_ca: Option<PathBuf>,
     /// Runtime to run the provider on: tokio or smol (async tasks; the
-    /// handlers run as tasks there).
-    #[arg(long, value_enum, default_value_t = ClientRuntime::Tokio)]
-    pub runtime: ClientRuntime,
+    /// handlers run as tasks there), or std (threads: a thread per request
+    /// being answered).
+    #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
+    pub runtime: Runtime,
     /// `--reconnect`: after a drop (the broker restarted), connect and
     /// register on the channel again; requests in flight then are lost.
     #[command(flatten)]
@@ -367,40 +368,190 @@ pub(crate) fn client(args: &ClientArgs) -> Result<(), BrokerError> {
         ClientArgs::Provider(args) => args.runtime,
     };
     match runtime {
-        ClientRuntime::Tokio => client_on::<storm_tokio::Tokio>(args),
-        ClientRuntime::Smol => client_on::<storm_smol::Smol>(args),
+        Runtime::Tokio => client_on::<storm_tokio::Tokio>(args),
+        Runtime::Smol => client_on::<storm_smol::Smol>(args),
+        // The blocking clients wait on this thread.
+        Runtime::Std => smol::future::block_on(client_with::<OnStd>(args)),
     }
 }
 
 fn client_on<R: AsyncRuntime>(args: &ClientArgs) -> Result<(), BrokerError> {
-    R::block_on(async {
-        Ok(match args {
-            ClientArgs::Request(args) => request::<R>(args).await,
-            ClientArgs::Provider(args) => provide::<R>(args).await,
-        })
-    })
-    .map_err(BrokerError::Io)?
+    R::block_on(async { Ok(client_with::<OnAsync<R>>(args).await) }).map_err(BrokerError::Io)?
 }
 
-async fn request<R: AsyncRuntime>(args: &RequestArgs) -> Result<(), BrokerError> {
+async fn client_with<S: Side>(args: &ClientArgs) -> Result<(), BrokerError> {
+    match args {
+        ClientArgs::Request(args) => request::<S>(args).await,
+        ClientArgs::Provider(args) => provide::<S>(args).await,
+    }
+}
+
+/// The broker's clients as `storm client broker` uses them, on a runtime:
+/// [`OnAsync`] (tokio, smol) waits asynchronously, [`OnStd`] blocks its
+/// thread (the blocking library clients, their handlers on threads of
+/// their own). What the command does with them is written once, over this.
+trait Side {
+    type Consumer;
+    type Stream;
+    type Provider;
+
+    async fn consumer(
+        args: &RequestArgs,
+        options: ConsumerOptions,
+    ) -> Result<Self::Consumer, BrokerError>;
+    async fn stream(
+        consumer: &Self::Consumer,
+        timeout: Duration,
+    ) -> Result<Self::Stream, BrokerError>;
+    async fn write(stream: &mut Self::Stream, piece: Bytes) -> Result<(), BrokerError>;
+    async fn finish(stream: Self::Stream) -> Result<Bytes, BrokerError>;
+    fn close(consumer: &Self::Consumer);
+    async fn provider(
+        args: &ProviderArgs,
+        options: ProviderOptions,
+    ) -> Result<Self::Provider, BrokerError>;
+    /// Answers requests as `mode` and `delay` say until the connection ends.
+    async fn serve(
+        provider: Self::Provider,
+        mode: Mode,
+        delay: Duration,
+    ) -> Result<(), BrokerError>;
+    async fn sleep(duration: Duration);
+}
+
+/// The clients on tokio or smol.
+struct OnAsync<R>(std::marker::PhantomData<R>);
+
+impl<R: AsyncRuntime> Side for OnAsync<R> {
+    type Consumer = Consumer;
+    type Stream = RequestStream;
+    type Provider = Provider;
+
+    async fn consumer(
+        args: &RequestArgs,
+        options: ConsumerOptions,
+    ) -> Result<Consumer, BrokerError> {
+        Consumer::connect_on::<R>(&args.addr, args.channel, options).await
+    }
+
+    async fn stream(consumer: &Consumer, timeout: Duration) -> Result<RequestStream, BrokerError> {
+        consumer.stream(timeout).await
+    }
+
+    async fn write(stream: &mut RequestStream, piece: Bytes) -> Result<(), BrokerError> {
+        stream.write(piece).await
+    }
+
+    async fn finish(stream: RequestStream) -> Result<Bytes, BrokerError> {
+        stream.finish().await
+    }
+
+    fn close(consumer: &Consumer) {
+        consumer.close();
+    }
+
+    async fn provider(
+        args: &ProviderArgs,
+        options: ProviderOptions,
+    ) -> Result<Provider, BrokerError> {
+        Provider::connect_on::<R>(&args.addr, args.channel, options).await
+    }
+
+    async fn serve(provider: Provider, mode: Mode, delay: Duration) -> Result<(), BrokerError> {
+        provider
+            .serve_streamed(move |request, responder| answer::<R>(mode, delay, request, responder))
+            .await
+    }
+
+    async fn sleep(duration: Duration) {
+        R::sleep_until(Instant::now() + duration).await;
+    }
+}
+
+/// The blocking clients (storm-std): every call blocks the thread, which
+/// does nothing else meanwhile.
+struct OnStd;
+
+impl Side for OnStd {
+    type Consumer = blocking::Consumer;
+    type Stream = blocking::RequestStream;
+    type Provider = blocking::Provider;
+
+    async fn consumer(
+        args: &RequestArgs,
+        options: ConsumerOptions,
+    ) -> Result<Self::Consumer, BrokerError> {
+        blocking::Consumer::connect(&args.addr, args.channel, options)
+    }
+
+    async fn stream(
+        consumer: &Self::Consumer,
+        timeout: Duration,
+    ) -> Result<Self::Stream, BrokerError> {
+        consumer.stream(timeout)
+    }
+
+    async fn write(stream: &mut Self::Stream, piece: Bytes) -> Result<(), BrokerError> {
+        stream.write(piece)
+    }
+
+    async fn finish(stream: Self::Stream) -> Result<Bytes, BrokerError> {
+        stream.finish()
+    }
+
+    fn close(consumer: &Self::Consumer) {
+        consumer.close();
+    }
+
+    async fn provider(
+        args: &ProviderArgs,
+        options: ProviderOptions,
+    ) -> Result<Self::Provider, BrokerError> {
+        blocking::Provider::connect(&args.addr, args.channel, options)
+    }
+
+    async fn serve(
+        provider: Self::Provider,
+        mode: Mode,
+        delay: Duration,
+    ) -> Result<(), BrokerError> {
+        provider.serve_streamed(move |request, mut responder| {
+            let blocking::StreamedRequest { id, body, .. } = request;
+            let mut answer = Answer::start(id, mode);
+            std::thread::sleep(delay);
+            for piece in body {
+                if let Some(back) = answer.piece(&piece) {
+                    responder.write(back).map_err(provider_gone)?;
+                }
+            }
+            Ok(answer.end())
+        })
+    }
+
+    async fn sleep(duration: Duration) {
+        std::thread::sleep(duration);
+    }
+}
+
+async fn request<S: Side>(args: &RequestArgs) -> Result<(), BrokerError> {
     let mut options = ConsumerOptions::default();
     options.client = client_options(args.tls_ca.as_ref())?;
     options.frame = frame(args.max_frame);
     // The broker applies the same deadline (capped at its maximum).
     options.server_timeout = args.timeout;
     options.max_response = args.max_response;
-    let consumer = Consumer::connect_on::<R>(&args.addr, args.channel, options).await?;
+    let consumer = S::consumer(args, options).await?;
     for _ in 0..args.count {
         let mut source = Source::open(args).map_err(BrokerError::Io)?;
         let started = Instant::now();
-        let mut stream = consumer.stream(args.timeout).await?;
+        let mut stream = S::stream(&consumer, args.timeout).await?;
         let (mut sent, mut checksum) = (0usize, FNV1A_START);
         while let Some(piece) = source.next().await.map_err(BrokerError::Io)? {
             sent += piece.len();
             checksum = fnv1a(checksum, &piece);
-            stream.write(piece).await?;
+            S::write(&mut stream, piece).await?;
         }
-        let response = stream.finish().await?;
+        let response = S::finish(stream).await?;
         let took = started.elapsed();
         if matches!(source.origin, Origin::Text(_)) {
             println!("{}", String::from_utf8_lossy(&response));
@@ -418,7 +569,7 @@ async fn request<R: AsyncRuntime>(args: &RequestArgs) -> Result<(), BrokerError>
             println!("response: {text}");
         }
     }
-    consumer.close();
+    S::close(&consumer);
     Ok(())
 }
 
@@ -517,17 +668,13 @@ const PROVIDER: &str = "storm client broker provider";
 
 /// Runs the demo provider until the connection ends; with `--reconnect`,
 /// connects and registers again after every drop until attempts run out.
-async fn provide<R: AsyncRuntime>(args: &ProviderArgs) -> Result<(), BrokerError> {
+async fn provide<S: Side>(args: &ProviderArgs) -> Result<(), BrokerError> {
     let mut reconnect = Reconnect::new(PROVIDER, &args.reconnect).map_err(BrokerError::Io)?;
-    let (mode, delay) = (args.mode, args.delay);
     loop {
-        let e = match register::<R>(args).await {
+        let e = match register::<S>(args).await {
             Ok(provider) => {
                 reconnect.connected();
-                let serving = provider.serve_streamed(move |request, responder| {
-                    answer::<R>(mode, delay, request, responder)
-                });
-                match serving.await {
+                match S::serve(provider, args.mode, args.delay).await {
                     Err(e @ BrokerError::Disconnected(_)) => e,
                     done => return done,
                 }
@@ -537,19 +684,19 @@ async fn provide<R: AsyncRuntime>(args: &ProviderArgs) -> Result<(), BrokerError
             Err(e) => return Err(e),
         };
         match reconnect.after(&e) {
-            Some(delay) => R::sleep_until(Instant::now() + delay).await,
+            Some(delay) => S::sleep(delay).await,
             None => return Err(e),
         }
     }
 }
 
 /// Connects to the broker and registers on the channel.
-async fn register<R: AsyncRuntime>(args: &ProviderArgs) -> Result<Provider, BrokerError> {
+async fn register<S: Side>(args: &ProviderArgs) -> Result<S::Provider, BrokerError> {
     let mut options = ProviderOptions::default();
     options.client = client_options(args.tls_ca.as_ref())?;
     options.frame = frame(args.max_frame);
     options.max_concurrent = args.concurrency;
-    let provider = Provider::connect_on::<R>(&args.addr, args.channel, options).await?;
+    let provider = S::provider(args, options).await?;
     let mode = match args.mode {
         Mode::Echo => "echo",
         Mode::Upper => "upper",
@@ -564,7 +711,7 @@ async fn register<R: AsyncRuntime>(args: &ProviderArgs) -> Result<Provider, Brok
 }
 
 /// The demo provider's answer to one request, as `mode` says, after
-/// `delay`.
+/// `delay`, on tokio or smol (on std: [`OnStd::serve`]).
 async fn answer<R: AsyncRuntime>(
     mode: Mode,
     delay: Duration,
@@ -572,34 +719,71 @@ async fn answer<R: AsyncRuntime>(
     mut responder: Responder,
 ) -> Result<Bytes, ErrorPayload> {
     let StreamedRequest { id, mut body, .. } = request;
-    println!("request {id}");
+    let mut answer = Answer::start(id, mode);
     if !delay.is_zero() {
         R::sleep_until(Instant::now() + delay).await;
     }
-    let (mut size, mut checksum) = (0usize, FNV1A_START);
     while let Some(piece) = body.next().await {
-        size += piece.len();
-        let written = match mode {
-            Mode::Echo => responder.write(piece).await,
+        if let Some(back) = answer.piece(&piece) {
+            responder.write(back).await.map_err(provider_gone)?;
+        }
+    }
+    Ok(answer.end())
+}
+
+/// A response that could not be written, as the error the consumer gets.
+fn provider_gone(e: BrokerError) -> ErrorPayload {
+    ErrorPayload::new(ErrorCode::PROVIDER_GONE, e.to_string())
+}
+
+/// The demo provider's answer to one request as its pieces arrive, the
+/// same on every runtime: what to send back at once, and the last part.
+struct Answer {
+    id: storm_proto::broker::RequestId,
+    mode: Mode,
+    size: usize,
+    checksum: u64,
+}
+
+impl Answer {
+    /// A request starts (said on stdout).
+    fn start(id: storm_proto::broker::RequestId, mode: Mode) -> Self {
+        println!("request {id}");
+        Self {
+            id,
+            mode,
+            size: 0,
+            checksum: FNV1A_START,
+        }
+    }
+
+    /// Takes the next piece of the request; returns what to send back now.
+    fn piece(&mut self, piece: &Bytes) -> Option<Bytes> {
+        self.size += piece.len();
+        match self.mode {
+            Mode::Echo => Some(piece.clone()),
             Mode::Upper => {
                 let mut upper = BytesMut::from(&piece[..]);
                 upper.make_ascii_uppercase();
-                responder.write(upper.freeze()).await
+                Some(upper.freeze())
             }
             Mode::Digest => {
-                checksum = fnv1a(checksum, &piece);
-                Ok(())
+                self.checksum = fnv1a(self.checksum, piece);
+                None
             }
-        };
-        if let Err(e) = written {
-            return Err(ErrorPayload::new(ErrorCode::PROVIDER_GONE, e.to_string()));
         }
     }
-    println!("request {id}: {size} bytes");
-    Ok(match mode {
-        Mode::Digest => Bytes::from(format!("{size} bytes, fnv1a {checksum:016x}")),
-        Mode::Echo | Mode::Upper => Bytes::new(),
-    })
+
+    /// The request has ended (said on stdout): the response's last part.
+    fn end(self) -> Bytes {
+        println!("request {}: {} bytes", self.id, self.size);
+        match self.mode {
+            Mode::Digest => {
+                Bytes::from(format!("{} bytes, fnv1a {:016x}", self.size, self.checksum))
+            }
+            Mode::Echo | Mode::Upper => Bytes::new(),
+        }
+    }
 }
 
 /// The period of the `--size` pattern: `a` to `z`.
@@ -667,7 +851,7 @@ mod tests {
             count: 1,
             max_frame: 7,
             tls_ca: None,
-            runtime: ClientRuntime::Tokio,
+            runtime: Runtime::Tokio,
         };
         let mut source = Source::open(&args).expect("a pattern");
         let mut joined = Vec::new();

@@ -238,8 +238,9 @@ fn storm_binary_broker_on_every_runtime_over_tls() {
     std::fs::write(&ca, &pki.ca_pem).expect("ca");
     let path = |p: &std::path::Path| p.to_str().expect("utf-8 path").to_owned();
     let (cert, key, ca) = (path(&cert), path(&key), path(&ca));
-    // The clients on tokio and smol (they do not run on std).
-    for (runtime, clients) in [("tokio", "tokio"), ("smol", "smol"), ("std", "smol")] {
+    // The clients on the broker's runtime.
+    for runtime in ["tokio", "smol", "std"] {
+        let clients = runtime;
         let (mut broker, banner, _out) = spawn_storm(&[
             "broker",
             "--addr",
@@ -343,6 +344,12 @@ fn help_documents_runtime_and_tls() {
             out.contains("--runtime") && out.contains("[default: tokio]"),
             "{role}: {out}"
         );
+        for runtime in ["- tokio:", "- smol:", "- std:"] {
+            assert!(
+                out.contains(runtime),
+                "{role}: {runtime} missing from:\n{out}"
+            );
+        }
     }
 }
 
@@ -597,14 +604,14 @@ fn storm_request(addr: &str, channel: &str, extra: &[&str]) -> (bool, String, St
 }
 
 /// A file sent through the digest and echo providers, the clients on
-/// tokio and on smol (the broker on the same runtime).
+/// each runtime (the broker on the same runtime).
 #[test]
 fn storm_binary_sends_a_file_and_every_mode_streams() {
     let path = std::env::temp_dir().join(format!("storm-broker-file-{}", std::process::id()));
     let data = noise(3 << 20);
     std::fs::write(&path, &data).expect("file");
     let file = path.to_str().expect("utf-8 path").to_owned();
-    for runtime in ["tokio", "smol"] {
+    for runtime in ["tokio", "smol", "std"] {
         let on = ["--runtime", runtime];
         let (_broker, addr) = spawn_broker(&on);
         let _digest = storm_provider(&addr, "8", &[&on[..], &["--mode", "digest"]].concat());

@@ -71,10 +71,10 @@ fn json_client_gives_up_after_max_attempts() {
 
 /// The broker restarts: the provider registers on its channel again, and
 /// a request through the new broker is answered; the broker and its
-/// clients on tokio, then on smol.
+/// clients on each runtime.
 #[test]
 fn broker_provider_serves_again_after_the_broker_restarts() {
-    for runtime in ["tokio", "smol"] {
+    for runtime in RUNTIMES {
         let on = ["--runtime", runtime];
         let (broker, addr) = Storm::serve("broker", "127.0.0.1:0", &on);
         let provider = Storm::spawn(&[

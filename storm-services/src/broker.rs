@@ -41,9 +41,11 @@
 //! ([`ConsumerOptions::client`]`.tls`, [`ProviderOptions::client`]`.tls`).
 //!
 //! [`Consumer`] and [`Provider`], the client library, run on tokio
-//! ([`Consumer::connect`], [`Provider::connect`]) and on smol
+//! ([`Consumer::connect`], [`Provider::connect`]), on smol
 //! ([`Consumer::connect_on`]`::<storm_smol::Smol>`, one generic path over
-//! [`storm_async::Runtime`]).
+//! [`storm_async::Runtime`]) and on plain threads
+//! ([`blocking::Consumer`], [`blocking::Provider`]: the same consumer and
+//! provider over storm-std's client, with blocking calls and handlers).
 //!
 //! # Flow control
 //!
@@ -116,10 +118,16 @@ pub use provider::{
 pub use server::BrokerOptions;
 pub use server::on_async::{BrokerHandle, BrokerServer};
 
-/// The broker server on plain threads (storm-std): the same shared broker
-/// state as the async server, a reader thread per connection (storm-std's),
-/// a writer thread per connection and one timer thread.
+/// The broker on plain threads (storm-std). The server: the same shared
+/// broker state as the async server, a reader thread per connection
+/// (storm-std's), a writer thread per connection and one timer thread. The
+/// clients, [`Consumer`](blocking::Consumer) and
+/// [`Provider`](blocking::Provider): the same consumer and provider as on
+/// tokio and smol over storm-std's client, every call blocking its caller,
+/// a provider's handlers blocking closures on threads of their own.
 pub mod blocking {
+    pub use super::consumer::on_std::{Consumer, RequestStream};
+    pub use super::provider::on_std::{Provider, RequestBody, Responder, StreamedRequest};
     pub use super::server::on_std::{BrokerHandle, BrokerServer};
 }
 

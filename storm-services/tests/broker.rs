@@ -1,6 +1,7 @@
 //! The broker library over loopback: `BrokerServer` on every runtime
-//! (tokio, smol, std threads), `Consumer` and `Provider` on tokio and on
-//! smol, plain and over TLS; a hand-written client for what no well-behaved one does.
+//! (tokio, smol, std threads), `Consumer` and `Provider` on tokio, on
+//! smol and on std threads (`blocking::Consumer`, `blocking::Provider`),
+//! plain and over TLS; a hand-written client for what no well-behaved one does.
 //! The `storm` binary's broker tests are storm-cli's. Every wait is
 //! bounded.
 
@@ -305,6 +306,154 @@ async fn dropping_the_request_cancels_it_at_the_provider() {
     let reply = within("next", consumer.request(Bytes::from_static(b"ok"), WAIT)).await;
     assert_eq!(reply.expect("answered"), Bytes::from_static(b"ok"));
     assert_eq!(handle.stats().cancelled, 1);
+}
+
+// ---- the blocking clients (storm-std) ----------------------------------------
+
+/// A std broker for the blocking clients' tests, served on a thread.
+fn std_broker() -> (String, Running) {
+    let mut options = BrokerOptions::default();
+    options.frame = frame_of(64 * 1024);
+    let server = blocking::BrokerServer::bind(options).expect("bind on std");
+    let addr = server.local_addr().to_string();
+    let handle = server.handle();
+    let thread = std::thread::spawn(move || server.serve().expect("serves"));
+    (addr, Running::Std(handle, Some(thread)))
+}
+
+fn blocking_consumer(addr: &str, ch: ChannelId) -> blocking::Consumer {
+    let mut options = ConsumerOptions::default();
+    options.frame = frame_of(64 * 1024);
+    blocking::Consumer::connect(addr, ch, options).expect("consumer registers")
+}
+
+fn blocking_provider(addr: &str, ch: ChannelId) -> blocking::Provider {
+    let mut options = ProviderOptions::default();
+    options.frame = frame_of(64 * 1024);
+    blocking::Provider::connect(addr, ch, options).expect("provider registers")
+}
+
+/// On std, a request written in pieces to a streaming provider that
+/// answers piece by piece as it reads (its `Responder`), and ends with a
+/// last part of its own.
+#[test]
+fn on_std_a_streamed_request_is_answered_as_a_stream() {
+    let (addr, broker) = std_broker();
+    let ch = channel(31);
+    let provider = blocking_provider(&addr, ch);
+    std::thread::spawn(move || {
+        provider.serve_streamed(|request: blocking::StreamedRequest, mut responder| {
+            for piece in request.body {
+                responder
+                    .write(piece)
+                    .map_err(|e| ErrorPayload::new(ErrorCode::PROVIDER_GONE, e.to_string()))?;
+            }
+            Ok(Bytes::from_static(b"<end>"))
+        })
+    });
+    let consumer = blocking_consumer(&addr, ch);
+    let data = noise(1 << 20);
+    let mut stream = consumer.stream(WAIT).expect("started");
+    for piece in [
+        data.slice(..10),
+        data.slice(10..(700 << 10)),
+        data.slice((700 << 10)..),
+    ] {
+        stream.write(piece).expect("written");
+    }
+    let reply = stream.finish().expect("answered");
+    let mut expected = BytesMut::from(&data[..]);
+    expected.extend_from_slice(b"<end>");
+    assert_eq!(reply, expected.freeze());
+    assert_eq!(consumer.pending(), 0);
+    let stats = broker.stats();
+    assert!(stats.frames_in >= 2 * 16, "in frames: {stats:?}");
+}
+
+/// On std, the broker's errors and the provider's own reach the consumer
+/// as on every runtime; a closed consumer fails what it is asked.
+#[test]
+fn on_std_errors_reach_the_consumer() {
+    let (addr, _broker) = std_broker();
+    let consumer = blocking_consumer(&addr, channel(32));
+    let result = consumer.request(Bytes::from_static(b"anyone?"), WAIT);
+    assert_eq!(code(&result), Some(ErrorCode::NO_RESPONDERS), "{result:?}");
+    let provider = blocking_provider(&addr, channel(32));
+    std::thread::spawn(move || {
+        provider.serve(|_request| Err(ErrorPayload::new(ErrorCode(150), "not today")))
+    });
+    match consumer.request(Bytes::from_static(b"please"), WAIT) {
+        Err(BrokerError::Failed { code, message }) => {
+            assert_eq!((code, message.as_str()), (ErrorCode(150), "not today"));
+        }
+        other => panic!("expected the provider's error: {other:?}"),
+    }
+    consumer.close();
+    let result = consumer.request(Bytes::from_static(b"closed"), WAIT);
+    assert!(
+        matches!(result, Err(BrokerError::Disconnected(_))),
+        "{result:?}"
+    );
+    // Nothing listens here any more: connecting fails.
+    drop(_broker);
+    let refused = blocking::Consumer::connect(&addr, channel(32), ConsumerOptions::default());
+    assert!(
+        matches!(refused, Err(BrokerError::Connect(_))),
+        "{refused:?}"
+    );
+}
+
+/// On std, a consumer's timeout: the request fails in time, the broker is
+/// told (and cancels it), and the blocking handler, which cannot be
+/// stopped, has its late answer dropped; the provider goes on serving.
+#[test]
+fn on_std_a_timed_out_request_drops_the_handlers_late_answer() {
+    let (addr, broker) = std_broker();
+    let ch = channel(33);
+    let provider = blocking_provider(&addr, ch);
+    let (started, got) = std::sync::mpsc::channel();
+    let started = std::sync::Mutex::new(started);
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let gate = std::sync::Mutex::new(gate);
+    std::thread::spawn(move || {
+        provider.serve(move |request| {
+            if request.payload == "slow" {
+                let _ = started.lock().expect("lock").send(());
+                // Until the test says (its sender dropped), at most WAIT.
+                let _ = gate.lock().expect("gate").recv_timeout(WAIT);
+                return Ok(Bytes::from_static(b"late"));
+            }
+            Ok(request.payload)
+        })
+    });
+    let consumer = blocking_consumer(&addr, ch);
+    let timeout = Duration::from_millis(300);
+    let begun = Instant::now();
+    let result = consumer.request(Bytes::from_static(b"slow"), timeout);
+    let took = begun.elapsed();
+    assert!(matches!(result, Err(BrokerError::Timeout)), "{result:?}");
+    assert!(took >= timeout && took < timeout * 10, "{took:?}");
+    assert_eq!(consumer.pending(), 0);
+    got.recv_timeout(WAIT).expect("the handler started");
+    // The cancel reached the broker before the handler is let go.
+    let deadline = Instant::now() + WAIT;
+    while broker.stats().cancelled == 0 {
+        assert!(Instant::now() < deadline, "{:?}", broker.stats());
+        std::thread::yield_now();
+    }
+    drop(release);
+    let reply = consumer.request(Bytes::from_static(b"next"), WAIT);
+    assert_eq!(reply.expect("answered"), &b"next"[..]);
+    let stats = broker.stats();
+    assert_eq!(
+        (
+            stats.cancelled,
+            stats.late_responses,
+            stats.unknown_requests
+        ),
+        (1, 0, 0),
+        "the late answer was dropped at the provider: {stats:?}"
+    );
 }
 
 /// On smol, a consumer's timeout and a provider's cancelled handler: the
@@ -651,8 +800,81 @@ fn frame_of(max_payload: usize) -> FrameConfig {
     frame
 }
 
+/// The main scenario of [`main_scenario`] with the blocking clients
+/// (storm-std): providers serving on threads of their own with blocking
+/// handlers, consumers blocking the test's thread.
+fn main_scenario_blocking(addr: &str, broker: &Running, client: &ClientOptions, label: &str) {
+    let (upper, big, gone) = (channel(101), channel(102), channel(103));
+    let consumer = |ch| {
+        let mut options = ConsumerOptions::default();
+        options.client = client.clone();
+        options.frame = frame_of(256 * 1024);
+        blocking::Consumer::connect(addr, ch, options).expect("consumer registers")
+    };
+    let provider = |ch| {
+        let mut options = ProviderOptions::default();
+        options.client = client.clone();
+        options.frame = frame_of(256 * 1024);
+        blocking::Provider::connect(addr, ch, options).expect("provider registers")
+    };
+    let serve = |provider: blocking::Provider,
+                 answer: fn(Request) -> Result<Bytes, ErrorPayload>| {
+        std::thread::spawn(move || provider.serve(answer))
+    };
+    serve(provider(upper), |r| {
+        Ok(Bytes::from(r.payload.to_ascii_uppercase()))
+    });
+    serve(provider(big), |r| Ok(r.payload));
+    let stuck = provider(gone);
+    let stuck_handle = stuck.handle();
+    let (seen, got) = std::sync::mpsc::channel();
+    let seen = std::sync::Mutex::new(seen);
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let gate = std::sync::Mutex::new(gate);
+    std::thread::spawn(move || {
+        stuck.serve(move |r| {
+            let _ = seen.lock().expect("seen").send(r.id);
+            // Held until the test ends (its sender dropped), at most WAIT.
+            let _ = gate.lock().expect("gate").recv_timeout(WAIT);
+            Err(ErrorPayload::new(ErrorCode::BAD_REQUEST, "released"))
+        })
+    });
+
+    let reply = consumer(upper).request(Bytes::from_static(b"hello"), WAIT);
+    assert_eq!(reply.expect("answered"), &b"HELLO"[..], "{label}");
+
+    // 4 MiB in frames of 256 KiB, both ways.
+    let payload = noise(4 << 20);
+    let reply = consumer(big)
+        .request(payload.clone(), WAIT)
+        .expect("4 MiB answered");
+    assert_eq!(reply.len(), payload.len(), "{label}");
+    assert_eq!(fnv1a(&reply), fnv1a(&payload), "{label}");
+
+    let consumer = consumer(gone);
+    let pending = std::thread::spawn(move || consumer.request(Bytes::from_static(b"work"), WAIT));
+    got.recv_timeout(WAIT).expect("provider got the request");
+    stuck_handle.abort();
+    let result = pending.join().expect("request thread");
+    assert_eq!(
+        code(&result),
+        Some(ErrorCode::PROVIDER_GONE),
+        "{label}: {result:?}"
+    );
+    drop(release);
+
+    let stats = broker.stats();
+    assert_eq!(stats.requests_completed, 2, "{label}: {stats:?}");
+    assert_eq!(stats.provider_gone, 1, "{label}: {stats:?}");
+    assert!(
+        stats.frames_in >= 2 * 16,
+        "{label}: streamed in frames: {stats:?}"
+    );
+    assert_eq!(stats.busy, 0, "{label}: {stats:?}");
+}
+
 /// The main scenario against a broker on `runtime`, its clients on tokio,
-/// then (against a broker of its own) on smol.
+/// then (against a broker of its own each) on smol and on std threads.
 async fn scenario_on(runtime: &str) {
     let (addr, broker) = Running::start(runtime, |o| o.frame = frame_of(256 * 1024)).await;
     main_scenario::<storm_tokio::Tokio>(&addr, &broker, ClientOptions::default(), runtime).await;
@@ -660,6 +882,12 @@ async fn scenario_on(runtime: &str) {
     let (addr, broker) = Running::start(runtime, |o| o.frame = frame_of(256 * 1024)).await;
     let label = format!("{runtime}, clients on smol");
     main_scenario::<storm_smol::Smol>(&addr, &broker, ClientOptions::default(), &label).await;
+    drop(broker);
+    let (addr, broker) = Running::start(runtime, |o| o.frame = frame_of(256 * 1024)).await;
+    let label = format!("{runtime}, clients on std");
+    tokio::task::block_in_place(|| {
+        main_scenario_blocking(&addr, &broker, &ClientOptions::default(), &label);
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -696,7 +924,15 @@ async fn main_scenario_over_tls_on_every_runtime() {
         })
         .await;
         let label = format!("{runtime} over TLS, clients on smol");
-        main_scenario::<storm_smol::Smol>(&addr, &broker, tls, &label).await;
+        main_scenario::<storm_smol::Smol>(&addr, &broker, tls.clone(), &label).await;
+        drop(broker);
+        let (addr, broker) = Running::start(runtime, |o| {
+            o.frame = frame_of(256 * 1024);
+            o.server.tls = Some(pki.server());
+        })
+        .await;
+        let label = format!("{runtime} over TLS, clients on std");
+        tokio::task::block_in_place(|| main_scenario_blocking(&addr, &broker, &tls, &label));
         // A client that does not trust the broker's CA gets nowhere.
         let mut untrusted = ConsumerOptions::default();
         untrusted.client.tls = Some(TlsClientOptions::default());

@@ -1,5 +1,9 @@
 //! What consumers and providers share: connecting, registering, handing
-//! decoded frames to their owner, and the runtime they run on ([`Rt`]).
+//! decoded frames to their owner, and the runtime they run on ([`Rt`]):
+//! tokio or smol (storm-async's clients, tasks and timers), or storm-std
+//! (its blocking client, a thread per task, smol's timer; the blocking
+//! flavours in `consumer/on_std.rs` and `provider/on_std.rs` wait on the
+//! caller's thread). Every decision is written once, over [`Rt`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -7,15 +11,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use storm_async::{Client, Handler, Runtime, Session, TcpClient};
+use storm_async::{Runtime, TcpClient};
 use storm_host::hub::SendOutcome;
 use storm_host::link::CloseReason;
 use storm_host::options::ClientOptions;
+use storm_host::session::{ClientError, Session};
 use storm_proto::Message;
 use storm_proto::backpressure::SlowConsumerPolicy;
 use storm_proto::broker::{
     BrokerFramer, ErrorPayload, Frame, FrameConfig, FrameType, Registration, RequestId,
 };
+use storm_proto::framing::Framing;
 use tokio::sync::{Semaphore, mpsc};
 
 use super::BrokerError;
@@ -46,14 +52,61 @@ pub(super) enum Incoming {
 /// A task or a timer of the runtime a consumer or provider runs on.
 pub(super) type Task = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
-/// The runtime a consumer or provider runs on, as what they use of it once
-/// connected: spawning a task and the timer. Two function pointers, so
-/// that [`Consumer`](super::Consumer) and [`Provider`](super::Provider)
-/// are one type on every runtime.
+/// A connection being made on the runtime a consumer or provider runs on.
+type Connecting = Pin<Box<dyn Future<Output = Result<Client, ClientError>> + Send + 'static>>;
+
+/// The client of a consumer's or provider's connection: storm-async's
+/// (tokio, smol) or storm-std's. Both hand out the same [`Session`], which
+/// sends by waiting asynchronously on any executor.
+#[derive(Clone)]
+pub(super) enum Client {
+    Async(storm_async::Client),
+    Std(storm_std::Client),
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Async(client) => client.fmt(f),
+            Self::Std(_) => f.write_str("Client(storm-std)"),
+        }
+    }
+}
+
+impl Client {
+    /// The connection's session, while it is up.
+    pub(super) fn session(&self) -> Option<Session> {
+        match self {
+            Self::Async(client) => client.session(),
+            Self::Std(client) => client.session(),
+        }
+    }
+
+    /// Closes the connection gracefully.
+    pub(super) fn close(&self) {
+        match self {
+            Self::Async(client) => client.close(),
+            Self::Std(client) => client.close(),
+        }
+    }
+
+    /// Sends `message`, waiting (asynchronously) while the connection is
+    /// backpressured.
+    async fn send(&self, message: impl Into<Message>) -> Result<(), ClientError> {
+        let session = self.session().ok_or(ClientError::NotConnected)?;
+        session.send(message).await.map_err(ClientError::Send)
+    }
+}
+
+/// The runtime a consumer or provider runs on, as what they use of it:
+/// connecting, spawning a task and the timer. Function pointers, so that
+/// [`Consumer`](super::Consumer) and [`Provider`](super::Provider) are one
+/// type on every runtime, storm-std's included.
 #[derive(Clone, Copy)]
 pub(super) struct Rt {
     spawn: fn(Task),
     sleep_until: fn(Instant) -> Task,
+    connect: fn(String, ClientOptions, Framing, Inbound) -> Connecting,
 }
 
 impl Rt {
@@ -62,6 +115,38 @@ impl Rt {
         Self {
             spawn: |task| R::spawn(task),
             sleep_until: |deadline| Box::pin(R::sleep_until(deadline)),
+            connect: |addr, options, framing, inbound| {
+                Box::pin(async move {
+                    TcpClient::<R>::connect(&addr, options, framing, inbound)
+                        .await
+                        .map(Client::Async)
+                })
+            },
+        }
+    }
+
+    /// storm-std's: its blocking client (connecting blocks the thread that
+    /// waits for it), a thread of its own for every task (a provider's
+    /// handlers, a consumer's dispatcher), and smol's timer. A task whose
+    /// thread cannot be started is dropped (a handler's request then times
+    /// out at the broker).
+    pub(super) fn std() -> Self {
+        Self {
+            spawn: |task| {
+                let _ = std::thread::Builder::new()
+                    .name("storm-broker-client".to_owned())
+                    .spawn(move || smol::future::block_on(task));
+            },
+            sleep_until: |deadline| {
+                Box::pin(async move {
+                    smol::Timer::at(deadline).await;
+                })
+            },
+            connect: |addr, options, framing, inbound| {
+                Box::pin(async move {
+                    storm_std::TcpClient::connect(&addr, options, framing, inbound).map(Client::Std)
+                })
+            },
         }
     }
 
@@ -100,15 +185,38 @@ impl Rt {
 }
 
 /// The handler of a consumer's or provider's connection.
-struct Inbound {
+pub(super) struct Inbound {
     tx: mpsc::Sender<Incoming>,
     framer: BrokerFramer,
     /// Permits for [`INBOUND_BYTES`], returned by [`Inbox::recv`].
     room: Arc<Semaphore>,
 }
 
-impl Handler for Inbound {
+impl storm_async::Handler for Inbound {
     async fn on_message(&self, session: &Session, message: Message) {
+        self.message(session, message).await;
+    }
+
+    async fn on_disconnect(&self, _session: &Session, reason: &CloseReason) {
+        self.disconnected(reason).await;
+    }
+}
+
+/// On storm-std's reader thread: waiting there holds the reading back.
+impl storm_std::Handler for Inbound {
+    fn on_message(&self, session: &Session, message: Message) {
+        smol::future::block_on(self.message(session, message));
+    }
+
+    fn on_disconnect(&self, _session: &Session, reason: &CloseReason) {
+        smol::future::block_on(self.disconnected(reason));
+    }
+}
+
+impl Inbound {
+    /// Hands a frame to the owner, waiting while it is [`INBOUND_BYTES`]
+    /// or [`INBOUND_CAPACITY`] behind.
+    async fn message(&self, session: &Session, message: Message) {
         match self.framer.parse(message.into_bytes()) {
             Ok(frame) => {
                 // Waiting here stops the connection's reading.
@@ -126,7 +234,7 @@ impl Handler for Inbound {
         }
     }
 
-    async fn on_disconnect(&self, _session: &Session, reason: &CloseReason) {
+    async fn disconnected(&self, reason: &CloseReason) {
         let _ = self.tx.send(Incoming::Closed(reason.to_string())).await;
     }
 }
@@ -158,10 +266,9 @@ pub(super) struct Connection {
 }
 
 impl Connection {
-    /// Connects on runtime `R` (`rt` is its [`Rt`]), registers, and waits
-    /// (at most `options.connect_timeout`) for the broker's
-    /// acknowledgement.
-    pub(super) async fn open<R: Runtime>(
+    /// Connects on `rt`, registers, and waits (at most
+    /// `options.connect_timeout`) for the broker's acknowledgement.
+    pub(super) async fn open(
         rt: Rt,
         addr: &str,
         options: ClientOptions,
@@ -190,7 +297,7 @@ impl Connection {
             framer: framer.clone(),
             room,
         };
-        let client = TcpClient::<R>::connect(addr, options, framing, handler)
+        let client = (rt.connect)(addr.to_owned(), options, framing, handler)
             .await
             .map_err(BrokerError::Connect)?;
         let id = RequestId::random(&mut rand::rng());

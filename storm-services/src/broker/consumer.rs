@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use storm_async::{Client, Runtime};
+use storm_async::Runtime;
 use storm_host::options::ClientOptions;
 use storm_proto::broker::{
     BrokerFramer, ChannelId, ClientId, ErrorCode, ErrorPayload, Frame, FrameConfig, FrameType,
@@ -14,7 +14,9 @@ use storm_proto::broker::{
 use tokio::sync::oneshot;
 
 use super::BrokerError;
-use super::client::{Connection, Inbox, Incoming, Rt, concat, send, send_soon};
+use super::client::{Client, Connection, Inbox, Incoming, Rt, concat, send, send_soon};
+
+pub(super) mod on_std;
 
 /// Longer timeouts are cut to this (a year), so a deadline is always a
 /// valid instant.
@@ -129,7 +131,7 @@ impl Consumer {
         channel: ChannelId,
         options: ConsumerOptions,
     ) -> Result<Self, BrokerError> {
-        Self::open::<storm_tokio::Tokio>(Rt::tokio(), addr, channel, options).await
+        Self::open(Rt::tokio(), addr, channel, options).await
     }
 
     /// Connects like [`connect`](Self::connect), on runtime `R` (tokio's
@@ -144,10 +146,11 @@ impl Consumer {
         channel: ChannelId,
         options: ConsumerOptions,
     ) -> Result<Self, BrokerError> {
-        Self::open::<R>(Rt::of::<R>(), addr, channel, options).await
+        Self::open(Rt::of::<R>(), addr, channel, options).await
     }
 
-    async fn open<R: Runtime>(
+    /// Connects and registers on `rt` (also storm-std's: `on_std`).
+    pub(super) async fn open(
         rt: Rt,
         addr: &str,
         channel: ChannelId,
@@ -163,8 +166,7 @@ impl Consumer {
             channel_id: channel,
             timeout: options.server_timeout,
         };
-        let conn =
-            Connection::open::<R>(rt, addr, options.client, options.frame, registration).await?;
+        let conn = Connection::open(rt, addr, options.client, options.frame, registration).await?;
         let inner = Arc::new(Inner {
             rt,
             client: conn.client,

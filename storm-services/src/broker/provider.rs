@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
-use storm_async::{Client, Runtime};
+use storm_async::Runtime;
 use storm_host::options::ClientOptions;
 use storm_proto::broker::{
     AssembleError, Assembler, AssemblerConfig, BrokerFramer, ChannelId, ClientId, ErrorCode,
@@ -16,8 +16,10 @@ use storm_proto::broker::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
+pub(super) mod on_std;
+
 use super::BrokerError;
-use super::client::{Connection, Inbox, Incoming, Rt, send, send_soon};
+use super::client::{Client, Connection, Inbox, Incoming, Rt, send, send_soon};
 
 /// How a [`Provider`] connects and what it accepts.
 #[derive(Debug, Clone)]
@@ -203,7 +205,7 @@ impl Provider {
         channel: ChannelId,
         options: ProviderOptions,
     ) -> Result<Self, BrokerError> {
-        Self::open::<storm_tokio::Tokio>(Rt::tokio(), addr, channel, options).await
+        Self::open(Rt::tokio(), addr, channel, options).await
     }
 
     /// Connects like [`connect`](Self::connect), on runtime `R` (tokio's
@@ -218,10 +220,11 @@ impl Provider {
         channel: ChannelId,
         options: ProviderOptions,
     ) -> Result<Self, BrokerError> {
-        Self::open::<R>(Rt::of::<R>(), addr, channel, options).await
+        Self::open(Rt::of::<R>(), addr, channel, options).await
     }
 
-    async fn open<R: Runtime>(
+    /// Connects and registers on `rt` (also storm-std's: `on_std`).
+    pub(super) async fn open(
         rt: Rt,
         addr: &str,
         channel: ChannelId,
@@ -243,8 +246,7 @@ impl Provider {
             timeout: std::time::Duration::ZERO,
         };
         let chunk_size = options.frame.max_payload;
-        let conn =
-            Connection::open::<R>(rt, addr, options.client, options.frame, registration).await?;
+        let conn = Connection::open(rt, addr, options.client, options.frame, registration).await?;
         let handle = ProviderHandle {
             client: conn.client.clone(),
             closing: Arc::new(AtomicBool::new(false)),
@@ -494,15 +496,22 @@ impl Serving {
     {
         let (client, framer, chunk_size) =
             (self.client.clone(), self.framer.clone(), self.chunk_size);
-        let (stop, stopped) = oneshot::channel::<()>();
+        let (stop, mut stopped) = oneshot::channel::<()>();
         self.rt.spawn(async move {
             let _permit = permit;
-            let answering = async {
-                let result = answer().await;
-                respond(&client, &framer, id, result, chunk_size).await;
+            // Dropping `stop` ends each race, and with it the handler or
+            // the sending of its answer.
+            let answered = smol::future::or(async { Some(answer().await) }, async {
+                let _ = (&mut stopped).await;
+                None
+            })
+            .await;
+            // A blocking handler (on storm-std) cannot be stopped while it
+            // runs: the answer of a request cancelled meanwhile is dropped.
+            let Some(result) = answered.filter(|_| !is_stopped(&mut stopped)) else {
+                return;
             };
-            // Dropping `stop` ends the race, and with it the handler.
-            smol::future::or(answering, async {
+            smol::future::or(respond(&client, &framer, id, result, chunk_size), async {
                 let _ = stopped.await;
             })
             .await;
@@ -527,6 +536,14 @@ impl Serving {
             Err(BrokerError::Disconnected(why))
         }
     }
+}
+
+/// Whether a handler's stop signal was given (its sender dropped).
+fn is_stopped(stopped: &mut oneshot::Receiver<()>) -> bool {
+    matches!(
+        stopped.try_recv(),
+        Err(oneshot::error::TryRecvError::Closed)
+    )
 }
 
 fn error_frame(id: RequestId, error: &ErrorPayload) -> Frame {

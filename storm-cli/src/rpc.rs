@@ -13,8 +13,8 @@ use storm_cli::runtime::{Runtime, TlsArgs};
 use storm_services::host::AsyncRuntime;
 use storm_services::host::{on_async, on_std};
 use storm_services::rpc::{
-    CallOptions, CancelToken, Codec, CompressionConfig, Fault, Json, Request, RpcClient, RpcError,
-    RpcServer, RpcServerConfig, RpcServerStats, Strategy, blocking,
+    CallOptions, CancelToken, Codec, CompressionConfig, Fault, Json, Request, RpcClient,
+    RpcClientBuilder, RpcError, RpcServer, RpcServerConfig, RpcServerStats, Strategy, blocking,
 };
 
 /// Transport of `storm rpc`.
@@ -99,19 +99,11 @@ pub(crate) struct ClientArgs {
     /// endpoints, instead of the public web roots.
     #[arg(long, value_name = "CA_PEM")]
     pub tls_ca: Option<std::path::PathBuf>,
-    /// Runtime the client runs on.
-    #[arg(long, value_enum, default_value_t = ClientRuntime::Tokio)]
-    pub runtime: ClientRuntime,
-}
-
-/// Runtimes the clients whose library is async only run on
-/// (`storm client rpc`, `storm client broker`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum ClientRuntime {
-    /// tokio, multi-threaded.
-    Tokio,
-    /// smol's global executor.
-    Smol,
+    /// Runtime the client runs on: tokio or smol (async tasks), or std
+    /// (threads: the calls block the main thread, Ctrl-C is waited for on
+    /// a thread of its own).
+    #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
+    pub runtime: Runtime,
 }
 
 fn compression(threshold: usize) -> Option<CompressionConfig> {
@@ -288,8 +280,13 @@ pub(crate) fn client(args: &ClientArgs) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let result = match args.runtime {
-        ClientRuntime::Tokio => client_on::<storm_tokio::Tokio>(args),
-        ClientRuntime::Smol => client_on::<storm_smol::Smol>(args),
+        Runtime::Tokio => client_on::<storm_tokio::Tokio>(args),
+        Runtime::Smol => client_on::<storm_smol::Smol>(args),
+        // The blocking client waits on this thread.
+        Runtime::Std => smol::future::block_on(async {
+            let client = builder(args)?.build_blocking().map_err(|e| e.to_string())?;
+            calls(args, client).await
+        }),
     };
     match result {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
@@ -310,23 +307,30 @@ fn hex(bytes: &[u8]) -> String {
     }) + if bytes.len() > 64 { "…" } else { "" }
 }
 
-/// Makes the calls; Ctrl-C cancels the one in flight.
+/// Makes the calls on async runtime `R`.
 fn client_on<R: AsyncRuntime>(args: &ClientArgs) -> Result<Outcome, String> {
-    R::block_on(async { Ok(client_async::<R>(args).await) }).map_err(|e| e.to_string())?
+    R::block_on(async {
+        Ok(async {
+            let client = builder(args)?
+                .runtime::<R>()
+                .build()
+                .map_err(|e| e.to_string())?;
+            calls(args, client).await
+        }
+        .await)
+    })
+    .map_err(|e| e.to_string())?
 }
 
-async fn client_async<R: AsyncRuntime>(args: &ClientArgs) -> Result<Outcome, String> {
-    let params: serde_json::Value =
-        serde_json::from_str(&args.params).map_err(|e| format!("--params is not JSON: {e}"))?;
-    let payload = Json.encode(&params).map_err(|e| e.to_string())?;
+/// The client's builder, as the options say, for any runtime.
+fn builder(args: &ClientArgs) -> Result<RpcClientBuilder, String> {
     let mut builder = RpcClient::builder(&args.endpoints)
         .map_err(|e| e.to_string())?
         .strategy(match args.strategy {
             StrategyArg::RoundRobin => Strategy::RoundRobin,
             StrategyArg::Failover => Strategy::Failover,
         })
-        .compression(compression(args.compress))
-        .runtime::<R>();
+        .compression(compression(args.compress));
     if let Some(path) = &args.tls_ca {
         let ca = storm_host::tls::read_pem_file(path).map_err(|e| format!("--tls-ca: {e}"))?;
         builder = builder.tls(storm_host::options::TlsClientOptions::with_ca(ca));
@@ -340,26 +344,78 @@ async fn client_async<R: AsyncRuntime>(args: &ClientArgs) -> Result<Outcome, Str
                 eprintln!("<- {endpoint} {} bytes {}", bytes.len(), hex(bytes));
             });
     }
-    let client = builder.build().map_err(|e| e.to_string())?;
-    // Ctrl-C cancels the token, and with it the call in flight: the
-    // client sends the server a cancel for it.
+    Ok(builder)
+}
+
+/// The RPC client as `storm client rpc` uses it, on any runtime: the async
+/// one (tokio, smol) or the blocking one (std), whose calls block the
+/// thread that waits for them.
+trait Caller {
+    async fn call(
+        &self,
+        method: &str,
+        payload: Bytes,
+        options: CallOptions,
+    ) -> Result<Bytes, RpcError>;
+    async fn close(&self);
+}
+
+impl<R: AsyncRuntime> Caller for RpcClient<Json, R> {
+    async fn call(
+        &self,
+        method: &str,
+        payload: Bytes,
+        options: CallOptions,
+    ) -> Result<Bytes, RpcError> {
+        self.call_raw(method, payload, options).await
+    }
+
+    async fn close(&self) {
+        self.close().await;
+    }
+}
+
+impl Caller for blocking::RpcClient {
+    async fn call(
+        &self,
+        method: &str,
+        payload: Bytes,
+        options: CallOptions,
+    ) -> Result<Bytes, RpcError> {
+        self.call_raw(method, payload, options)
+    }
+
+    async fn close(&self) {
+        self.close();
+    }
+}
+
+/// Makes the calls with `client`; Ctrl-C cancels the one in flight.
+async fn calls(args: &ClientArgs, client: impl Caller) -> Result<Outcome, String> {
+    let params: serde_json::Value =
+        serde_json::from_str(&args.params).map_err(|e| format!("--params is not JSON: {e}"))?;
+    let payload = Json.encode(&params).map_err(|e| e.to_string())?;
+    // Ctrl-C cancels the token (from a thread of its own, so that it does
+    // while a blocking call holds this one), and with it the call in
+    // flight: the client sends the server a cancel for it.
     let interrupt = CancelToken::new();
+    std::thread::spawn({
+        let interrupt = interrupt.clone();
+        move || {
+            storm_cli::interrupt::wait();
+            interrupt.cancel();
+        }
+    });
     let options = CallOptions::new(Duration::from_millis(args.timeout_ms))
         .idempotent(args.idempotent)
         .cancel_token(interrupt.clone());
-    let cancel_on_ctrl_c = async {
-        storm_cli::interrupt::ctrl_c().await;
-        interrupt.cancel();
-        // The calls end, cancelled, and win the race.
-        std::future::pending::<Option<u32>>().await
-    };
-    let calls = async {
+    let outcome = async {
         let mut latencies = Vec::new();
         let mut failures = 0u32;
         for _ in 0..args.count.max(1) {
             let start = Instant::now();
             match client
-                .call_raw(&args.method, payload.clone(), options.clone())
+                .call(&args.method, payload.clone(), options.clone())
                 .await
             {
                 Err(RpcError::Cancelled) => return None,
@@ -394,8 +450,8 @@ async fn client_async<R: AsyncRuntime>(args: &ClientArgs) -> Result<Outcome, Str
             );
         }
         Some(failures)
-    };
-    let outcome = smol::future::or(calls, cancel_on_ctrl_c).await;
+    }
+    .await;
     // Closing sends what is queued first: the cancels among it.
     client.close().await;
     Ok(match outcome {

@@ -120,10 +120,11 @@ fn broker_provider_serves_again_after_the_broker_restarts() {
 }
 
 /// Ctrl-C while a slow call runs: the client cancels it (the server counts
-/// a cancel from its client, not a dropped connection) and exits 130.
+/// a cancel from its client, not a dropped connection) and exits 130; the
+/// client and the server on each runtime.
 #[test]
 fn ctrl_c_cancels_the_rpc_call_in_flight() {
-    for runtime in ["tokio", "std"] {
+    for runtime in RUNTIMES {
         let (server, addr) = Storm::serve("rpc", "127.0.0.1:0", &["--runtime", runtime]);
         let client = Storm::spawn(&[
             "client",
@@ -137,6 +138,8 @@ fn ctrl_c_cancels_the_rpc_call_in_flight() {
             "--timeout-ms",
             "60000",
             "--trace",
+            "--runtime",
+            runtime,
         ]);
         // The request went out.
         client.stderr_line("-> ");

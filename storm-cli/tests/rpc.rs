@@ -345,7 +345,8 @@ async fn interrupt(mut server: Killed, what: &str) {
 
 /// `storm rpc --tls` on every runtime, over `wss://` and `tls://`: a
 /// client that trusts the test CA gets answers (the library client and
-/// `storm client rpc --tls-ca`, on tokio and on smol), one that does not cannot connect, and
+/// `storm client rpc --tls-ca`, on the server's runtime), one that does
+/// not cannot connect, and
 /// Ctrl-C stops the server cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_storm_binary_serves_tls_on_every_runtime() {
@@ -425,9 +426,9 @@ async fn the_storm_binary_serves_tls_on_every_runtime() {
                 ca,
                 "--method",
                 "name",
-                // The client on smol too, once.
+                // The client on the server's runtime.
                 "--runtime",
-                if runtime == "smol" { "smol" } else { "tokio" },
+                runtime,
             ]
             .map(String::from)
             .to_vec();

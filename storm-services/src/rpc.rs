@@ -1,5 +1,6 @@
 //! Request/response RPC: [`RpcClient`] (on tokio, or smol with
-//! [`RpcClientBuilder::runtime`]) over several endpoints and a server to
+//! [`RpcClientBuilder::runtime`], or plain threads with
+//! [`RpcClientBuilder::build_blocking`]) over several endpoints and a server to
 //! answer it, over WebSocket or 4-byte length-prefixed TCP,
 //! with or without TLS. The server runs on tokio ([`RpcServer::bind`]), on
 //! smol (`RpcServer::<storm_smol::Smol>::bind_on`) or on plain threads
@@ -75,8 +76,11 @@ pub use client::{
 pub use codec::{Codec, CodecError, Json};
 pub use server::{Request, RpcServer, RpcServerConfig, RpcServerStats};
 
-/// The RPC server on plain threads (storm-std), with blocking handlers.
+/// RPC on plain threads (storm-std): the server, with blocking handlers,
+/// and the client ([`RpcClientBuilder::build_blocking`]), with blocking
+/// calls.
 pub mod blocking {
+    pub use super::client::on_std::RpcClient;
     pub use super::server::on_std::RpcServer;
 }
 pub use storm_proto::rpc::{CompressionConfig, Fault};

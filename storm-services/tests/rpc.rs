@@ -943,3 +943,103 @@ fn a_client_on_smol_calls_servers_on_every_runtime() {
         }
     }
 }
+
+/// The blocking client (storm-std: no async runtime where it runs)
+/// against a server on each runtime, over WebSocket and TCP: the round
+/// trip, a server's fault, a timeout and a cancel token cancelled from
+/// another thread, both seen by the server; then, its one endpoint gone, a
+/// call fails within its timeout and names the endpoint, and once closed
+/// it refuses calls.
+#[test]
+fn a_blocking_client_calls_servers_on_every_runtime() {
+    let tokio = tokio::runtime::Runtime::new().expect("tokio runtime");
+    for runtime in [On::Tokio, On::Smol, On::Std] {
+        for ws in [true, false] {
+            let config = if ws {
+                RpcServerConfig::ws("127.0.0.1:0")
+            } else {
+                RpcServerConfig::tcp("127.0.0.1:0")
+            };
+            let (server, mut probes) = tokio.block_on(AnyServer::bind(runtime, config));
+            let what = format!("{runtime:?} {}", server.endpoint());
+            let client: blocking::RpcClient = RpcClient::builder([server.endpoint()])
+                .expect("endpoints")
+                .backoff(quick())
+                .build_blocking()
+                .expect("client");
+            let sum: i64 = client.call("add", &(2, 40), WAIT).expect("add");
+            assert_eq!(sum, 42, "{what}");
+            let raw = client
+                .call_raw(
+                    "echo",
+                    Bytes::from_static(b"\x00\xff"),
+                    CallOptions::new(WAIT),
+                )
+                .expect("echo");
+            assert_eq!(&raw[..], b"\x00\xff", "{what}");
+            match client.call::<_, i64>("nope", &(), WAIT) {
+                Err(RpcError::Remote(fault)) => assert_eq!(fault.code, Fault::UNKNOWN_METHOD),
+                other => panic!("{what}: expected UNKNOWN_METHOD, got {other:?}"),
+            }
+
+            let timed_out = client.call_raw(
+                "hang",
+                Bytes::from_static(b"late"),
+                CallOptions::new(Duration::from_millis(200)),
+            );
+            assert_eq!(timed_out, Err(RpcError::Timeout), "{what}");
+            smol::block_on(async {
+                assert_eq!(next_on_smol(&mut probes.started).await, "late", "{what}");
+                assert_eq!(next_on_smol(&mut probes.stopped).await, "late", "{what}");
+            });
+
+            let token = CancelToken::new();
+            let call = std::thread::spawn({
+                let client = client.clone();
+                let token = token.clone();
+                move || {
+                    client.call_raw(
+                        "hang",
+                        Bytes::from_static(b"token"),
+                        CallOptions::new(WAIT).cancel_token(token),
+                    )
+                }
+            });
+            smol::block_on(async {
+                assert_eq!(next_on_smol(&mut probes.started).await, "token", "{what}");
+            });
+            token.cancel();
+            assert_eq!(
+                call.join().expect("call"),
+                Err(RpcError::Cancelled),
+                "{what}"
+            );
+            smol::block_on(async {
+                assert_eq!(next_on_smol(&mut probes.stopped).await, "token", "{what}");
+            });
+
+            tokio.block_on(server.shutdown());
+            let begun = Instant::now();
+            let result = client.call_raw(
+                "echo",
+                Bytes::new(),
+                CallOptions::new(Duration::from_millis(300)),
+            );
+            // NoEndpoint, or (the client not yet told of the close when the
+            // call started) ConnectionLost: either names the endpoint.
+            match result {
+                Err(RpcError::NoEndpoint { endpoints, .. }) => {
+                    assert_eq!(endpoints, client.endpoints(), "{what}");
+                }
+                Err(RpcError::ConnectionLost { endpoint }) => {
+                    assert_eq!([endpoint], client.endpoints(), "{what}");
+                }
+                other => panic!("{what}: expected NoEndpoint, got {other:?}"),
+            }
+            assert!(begun.elapsed() < WAIT, "{what}");
+            client.close();
+            let closed = client.call_raw("echo", Bytes::new(), CallOptions::new(WAIT));
+            assert_eq!(closed, Err(RpcError::Closed), "{what}");
+        }
+    }
+}

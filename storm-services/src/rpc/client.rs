@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use storm_async::{Client, ClientError, Handler, Runtime, Session, TcpClient, WsClient};
+use storm_async::{ClientError, Runtime, Session, TcpClient, WsClient};
 use storm_host::link::CloseReason;
 use storm_host::options::{ClientOptions, TlsClientOptions, WsOptions};
 use storm_proto::Message;
@@ -23,6 +23,8 @@ use tokio::sync::{oneshot, watch};
 
 use super::codec::{Codec, Json};
 use super::{ENVELOPE_SLACK, Endpoint, RpcError, lock};
+
+pub(super) mod on_std;
 
 /// How calls are spread over the endpoints.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -299,6 +301,23 @@ impl<C: Codec, R: Runtime> RpcClientBuilder<C, R> {
     /// [`RpcError::Config`] for an invalid backoff, limit or compression
     /// level.
     pub fn build(self) -> Result<RpcClient<C, R>, RpcError> {
+        self.build_on()
+    }
+
+    /// Builds the client on plain threads instead
+    /// ([`blocking::RpcClient`](super::blocking::RpcClient): storm-std's
+    /// connections, every call blocking its caller); the builder's runtime
+    /// is not used.
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Self::build).
+    pub fn build_blocking(self) -> Result<on_std::RpcClient<C>, RpcError> {
+        self.build_on().map(on_std::RpcClient)
+    }
+
+    /// Builds the client on runtime `S` (any of [`OnRuntime`]).
+    fn build_on<S>(self) -> Result<RpcClient<C, S>, RpcError> {
         let config = self.config;
         let mut calls = CallsConfig::default();
         calls.max_pending = config.max_pending;
@@ -478,6 +497,55 @@ impl<C: Codec, R: Runtime> RpcClient<C, R> {
         payload: Bytes,
         options: CallOptions,
     ) -> Result<Bytes, RpcError> {
+        self.call_on(method, payload, options).await
+    }
+
+    /// Closes every connection gracefully and returns once they have
+    /// closed, so what was queued on them (the cancels of calls just
+    /// dropped) has gone out; later calls fail with [`RpcError::Closed`].
+    pub async fn close(&self) {
+        self.close_on().await;
+    }
+
+    /// The endpoints, in list order.
+    #[must_use]
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.inner.endpoints
+    }
+
+    /// Whether the endpoint at `index` is in rotation now (up, or down
+    /// with its retry time reached).
+    #[must_use]
+    pub fn is_available(&self, index: usize) -> bool {
+        lock(&self.inner.shared.set).is_available(index, Instant::now())
+    }
+
+    /// Whether a connection to the endpoint at `index` is open now
+    /// (`false` before the first call to it, and once it dropped).
+    #[must_use]
+    pub fn is_connected(&self, index: usize) -> bool {
+        self.inner
+            .slots
+            .get(index)
+            .and_then(|slot| slot.try_lock().ok())
+            .is_some_and(|slot| slot.as_ref().is_some_and(|conn| conn.state.is_alive()))
+    }
+}
+
+/// The client's workings, on any runtime it runs on (storm-async's, or
+/// storm-std's: [`OnRuntime`]); the public methods of [`RpcClient`] and of
+/// [`blocking::RpcClient`](super::blocking::RpcClient) call these.
+impl<C: Codec, R> RpcClient<C, R> {
+    /// [`RpcClient::call_raw`]'s workings.
+    async fn call_on(
+        &self,
+        method: &str,
+        payload: Bytes,
+        options: CallOptions,
+    ) -> Result<Bytes, RpcError>
+    where
+        R: OnRuntime,
+    {
         let token = options.cancel.as_ref();
         let deadline = Instant::now()
             .checked_add(options.timeout)
@@ -564,10 +632,11 @@ impl<C: Codec, R: Runtime> RpcClient<C, R> {
         }
     }
 
-    /// Closes every connection gracefully and returns once they have
-    /// closed, so what was queued on them (the cancels of calls just
-    /// dropped) has gone out; later calls fail with [`RpcError::Closed`].
-    pub async fn close(&self) {
+    /// [`RpcClient::close`]'s workings.
+    async fn close_on(&self)
+    where
+        R: OnRuntime,
+    {
         self.inner.closed.store(true, Ordering::Release);
         let mut closing = Vec::new();
         for slot in &self.inner.slots {
@@ -579,30 +648,6 @@ impl<C: Codec, R: Runtime> RpcClient<C, R> {
         for conn in closing {
             conn.client.closed().await;
         }
-    }
-
-    /// The endpoints, in list order.
-    #[must_use]
-    pub fn endpoints(&self) -> &[Endpoint] {
-        &self.inner.endpoints
-    }
-
-    /// Whether the endpoint at `index` is in rotation now (up, or down
-    /// with its retry time reached).
-    #[must_use]
-    pub fn is_available(&self, index: usize) -> bool {
-        lock(&self.inner.shared.set).is_available(index, Instant::now())
-    }
-
-    /// Whether a connection to the endpoint at `index` is open now
-    /// (`false` before the first call to it, and once it dropped).
-    #[must_use]
-    pub fn is_connected(&self, index: usize) -> bool {
-        self.inner
-            .slots
-            .get(index)
-            .and_then(|slot| slot.try_lock().ok())
-            .is_some_and(|slot| slot.as_ref().is_some_and(|conn| conn.state.is_alive()))
     }
 
     /// The index of the endpoint the next call would use, or, when all are
@@ -623,7 +668,10 @@ impl<C: Codec, R: Runtime> RpcClient<C, R> {
     /// A live connection for the next call, connecting (and waiting for
     /// retry times) as needed, until `deadline`; [`RpcError::NoEndpoint`]
     /// once it passes without one.
-    async fn connection(&self, deadline: Instant) -> Result<Arc<Conn>, RpcError> {
+    async fn connection(&self, deadline: Instant) -> Result<Arc<Conn>, RpcError>
+    where
+        R: OnRuntime,
+    {
         loop {
             if self.inner.closed.load(Ordering::Acquire) {
                 return Err(RpcError::Closed);
@@ -676,7 +724,10 @@ impl<C: Codec, R: Runtime> RpcClient<C, R> {
     }
 
     /// The connection to endpoint `index`, opened if there is none alive.
-    async fn connect(&self, index: usize) -> Result<Arc<Conn>, String> {
+    async fn connect(&self, index: usize) -> Result<Arc<Conn>, String>
+    where
+        R: OnRuntime,
+    {
         let (Some(slot), Some(endpoint)) =
             (self.inner.slots.get(index), self.inner.endpoints.get(index))
         else {
@@ -711,31 +762,135 @@ impl<C: Codec, R: Runtime> RpcClient<C, R> {
             options.tls = None;
         }
         let limit = config.max_payload.saturating_add(ENVELOPE_SLACK);
-        let client = match endpoint {
+        let target = match endpoint {
             Endpoint::Ws(url) => {
                 let mut ws = config.ws.clone();
                 ws.config.max_message_size = limit;
                 ws.config.max_frame_size = limit;
-                WsClient::<R>::connect(url, options, ws, handler).await
+                Target::Ws(url, ws)
             }
-            Endpoint::Tls(addr) => {
-                options.tls.get_or_insert_with(TlsClientOptions::default);
+            Endpoint::Tls(addr) | Endpoint::Tcp(addr) => {
+                if endpoint.is_tls() {
+                    options.tls.get_or_insert_with(TlsClientOptions::default);
+                }
                 let mut framing = LengthPrefixConfig::default();
                 framing.max_frame_len = limit;
-                TcpClient::<R>::connect(addr, options, Framing::LengthPrefixWith(framing), handler)
-                    .await
+                Target::Tcp(addr, Framing::LengthPrefixWith(framing))
             }
-            Endpoint::Tcp(addr) => {
-                let mut framing = LengthPrefixConfig::default();
-                framing.max_frame_len = limit;
-                TcpClient::<R>::connect(addr, options, Framing::LengthPrefixWith(framing), handler)
-                    .await
-            }
-        }
-        .map_err(|e| e.to_string())?;
+        };
+        let client = R::connect(target, options, handler)
+            .await
+            .map_err(|e| e.to_string())?;
         let conn = Arc::new(Conn { client, state });
         *slot = Some(Arc::clone(&conn));
         Ok(conn)
+    }
+}
+
+/// Where [`OnRuntime::connect`] connects.
+pub(super) enum Target<'a> {
+    /// A WebSocket URL.
+    Ws(&'a str, WsOptions),
+    /// `host:port`, length-prefixed.
+    Tcp(&'a str, Framing),
+}
+
+/// What the client needs of the runtime it runs on: connecting and the
+/// timer. Every storm-async [`Runtime`] (tokio, smol) is one, and so is
+/// [`OnStd`] (storm-std's blocking connections, smol's timer, waited on
+/// by the caller's thread).
+pub(super) trait OnRuntime: Send + Sync + 'static {
+    /// Completes at `deadline`.
+    fn sleep_until(deadline: Instant) -> impl Future<Output = ()> + Send;
+
+    /// Opens a connection to `target`, handled by `handler`.
+    fn connect(
+        target: Target<'_>,
+        options: ClientOptions,
+        handler: ConnHandler,
+    ) -> impl Future<Output = Result<ConnClient, ClientError>> + Send;
+}
+
+impl<R: Runtime> OnRuntime for R {
+    fn sleep_until(deadline: Instant) -> impl Future<Output = ()> + Send {
+        R::sleep_until(deadline)
+    }
+
+    async fn connect(
+        target: Target<'_>,
+        options: ClientOptions,
+        handler: ConnHandler,
+    ) -> Result<ConnClient, ClientError> {
+        match target {
+            Target::Ws(url, ws) => WsClient::<R>::connect(url, options, ws, handler).await,
+            Target::Tcp(addr, framing) => {
+                TcpClient::<R>::connect(addr, options, framing, handler).await
+            }
+        }
+        .map(ConnClient::Async)
+    }
+}
+
+/// The client on storm-std (see [`OnRuntime`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct OnStd;
+
+impl OnRuntime for OnStd {
+    async fn sleep_until(deadline: Instant) {
+        smol::Timer::at(deadline).await;
+    }
+
+    /// Blocks the thread that waits for it until connected.
+    async fn connect(
+        target: Target<'_>,
+        options: ClientOptions,
+        handler: ConnHandler,
+    ) -> Result<ConnClient, ClientError> {
+        match target {
+            Target::Ws(url, ws) => storm_std::WsClient::connect(url, options, ws, handler),
+            Target::Tcp(addr, framing) => {
+                storm_std::TcpClient::connect(addr, options, framing, handler)
+            }
+        }
+        .map(ConnClient::Std)
+    }
+}
+
+/// A connection's client: storm-async's or storm-std's; both hand out the
+/// same [`Session`], which sends by waiting asynchronously on any executor.
+pub(super) enum ConnClient {
+    Async(storm_async::Client),
+    Std(storm_std::Client),
+}
+
+impl ConnClient {
+    fn session(&self) -> Option<Session> {
+        match self {
+            Self::Async(client) => client.session(),
+            Self::Std(client) => client.session(),
+        }
+    }
+
+    fn close(&self) {
+        match self {
+            Self::Async(client) => client.close(),
+            Self::Std(client) => client.close(),
+        }
+    }
+
+    /// Sends, waiting while the connection is backpressured.
+    async fn send(&self, message: Message) -> Result<(), ClientError> {
+        let session = self.session().ok_or(ClientError::NotConnected)?;
+        session.send(message).await.map_err(ClientError::Send)
+    }
+
+    /// Returns once the connection has closed (storm-std's: blocking the
+    /// thread that waits).
+    async fn closed(&self) {
+        match self {
+            Self::Async(client) => client.closed().await,
+            Self::Std(client) => client.closed(),
+        }
     }
 }
 
@@ -786,7 +941,7 @@ impl Drop for InFlight<'_> {
 
 /// One connection to one endpoint.
 struct Conn {
-    client: Client,
+    client: ConnClient,
     state: Arc<ConnState>,
 }
 
@@ -899,13 +1054,33 @@ impl ConnState {
     }
 }
 
-/// The storm-tokio handler of one RPC connection.
-struct ConnHandler {
+/// The handler of one RPC connection, on every runtime.
+pub(super) struct ConnHandler {
     state: Arc<ConnState>,
 }
 
-impl Handler for ConnHandler {
+impl storm_async::Handler for ConnHandler {
     async fn on_message(&self, session: &Session, message: Message) {
+        self.message(session, message);
+    }
+
+    async fn on_disconnect(&self, _: &Session, _: &CloseReason) {
+        self.disconnected();
+    }
+}
+
+impl storm_std::Handler for ConnHandler {
+    fn on_message(&self, session: &Session, message: Message) {
+        self.message(session, message);
+    }
+
+    fn on_disconnect(&self, _: &Session, _: &CloseReason) {
+        self.disconnected();
+    }
+}
+
+impl ConnHandler {
+    fn message(&self, session: &Session, message: Message) {
         let bytes = message.into_bytes();
         if let Some(hook) = &self.state.shared.received {
             hook(&self.state.endpoint, &bytes);
@@ -923,7 +1098,7 @@ impl Handler for ConnHandler {
         }
     }
 
-    async fn on_disconnect(&self, _: &Session, _: &CloseReason) {
+    fn disconnected(&self) {
         {
             let mut machine = lock(&self.state.machine);
             machine.alive = false;

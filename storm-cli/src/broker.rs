@@ -516,10 +516,13 @@ impl Side for OnStd {
         delay: Duration,
     ) -> Result<(), BrokerError> {
         provider.serve_streamed(move |request, mut responder| {
-            let blocking::StreamedRequest { id, body, .. } = request;
-            let mut answer = Answer::start(id, mode);
-            std::thread::sleep(delay);
-            for piece in body {
+            let mut answer = Answer::start(request.id, mode);
+            // The delay ends early when the request is cancelled (its
+            // answer would be dropped).
+            if request.wait_cancelled(delay) {
+                return Err(ErrorPayload::new(ErrorCode::CANCELLED, "cancelled"));
+            }
+            for piece in request.body {
                 if let Some(back) = answer.piece(&piece) {
                     responder.write(back).map_err(provider_gone)?;
                 }

@@ -124,10 +124,11 @@ pub use server::on_async::{BrokerHandle, BrokerServer};
 /// clients, [`Consumer`](blocking::Consumer) and
 /// [`Provider`](blocking::Provider): the same consumer and provider as on
 /// tokio and smol over storm-std's client, every call blocking its caller,
-/// a provider's handlers blocking closures on threads of their own.
+/// a provider's handlers blocking closures on threads of their own, told
+/// of a cancellation ([`Request::is_cancelled`](blocking::Request::is_cancelled)).
 pub mod blocking {
     pub use super::consumer::on_std::{Consumer, RequestStream};
-    pub use super::provider::on_std::{Provider, RequestBody, Responder, StreamedRequest};
+    pub use super::provider::on_std::{Provider, Request, RequestBody, Responder, StreamedRequest};
     pub use super::server::on_std::{BrokerHandle, BrokerServer};
 }
 

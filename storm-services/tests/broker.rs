@@ -405,22 +405,20 @@ fn on_std_errors_reach_the_consumer() {
 
 /// On std, a consumer's timeout: the request fails in time, the broker is
 /// told (and cancels it), and the blocking handler, which cannot be
-/// stopped, has its late answer dropped; the provider goes on serving.
+/// stopped, is told of the cancellation; its late answer is dropped, and
+/// the provider goes on serving.
 #[test]
-fn on_std_a_timed_out_request_drops_the_handlers_late_answer() {
+fn on_std_a_timed_out_request_tells_the_handler_and_drops_its_answer() {
     let (addr, broker) = std_broker();
     let ch = channel(33);
     let provider = blocking_provider(&addr, ch);
-    let (started, got) = std::sync::mpsc::channel();
-    let started = std::sync::Mutex::new(started);
-    let (release, gate) = std::sync::mpsc::channel::<()>();
-    let gate = std::sync::Mutex::new(gate);
+    let (told_tx, told) = std::sync::mpsc::channel();
+    let told_tx = std::sync::Mutex::new(told_tx);
     std::thread::spawn(move || {
         provider.serve(move |request| {
             if request.payload == "slow" {
-                let _ = started.lock().expect("lock").send(());
-                // Until the test says (its sender dropped), at most WAIT.
-                let _ = gate.lock().expect("gate").recv_timeout(WAIT);
+                let cancelled = request.wait_cancelled(WAIT);
+                let _ = told_tx.lock().expect("lock").send(cancelled);
                 return Ok(Bytes::from_static(b"late"));
             }
             Ok(request.payload)
@@ -434,14 +432,8 @@ fn on_std_a_timed_out_request_drops_the_handlers_late_answer() {
     assert!(matches!(result, Err(BrokerError::Timeout)), "{result:?}");
     assert!(took >= timeout && took < timeout * 10, "{took:?}");
     assert_eq!(consumer.pending(), 0);
-    got.recv_timeout(WAIT).expect("the handler started");
-    // The cancel reached the broker before the handler is let go.
-    let deadline = Instant::now() + WAIT;
-    while broker.stats().cancelled == 0 {
-        assert!(Instant::now() < deadline, "{:?}", broker.stats());
-        std::thread::yield_now();
-    }
-    drop(release);
+    let cancelled = told.recv_timeout(WAIT).expect("the handler returned");
+    assert!(cancelled, "the handler was told of the cancellation");
     let reply = consumer.request(Bytes::from_static(b"next"), WAIT);
     assert_eq!(reply.expect("answered"), &b"next"[..]);
     let stats = broker.stats();
@@ -818,7 +810,7 @@ fn main_scenario_blocking(addr: &str, broker: &Running, client: &ClientOptions, 
         blocking::Provider::connect(addr, ch, options).expect("provider registers")
     };
     let serve = |provider: blocking::Provider,
-                 answer: fn(Request) -> Result<Bytes, ErrorPayload>| {
+                 answer: fn(blocking::Request) -> Result<Bytes, ErrorPayload>| {
         std::thread::spawn(move || provider.serve(answer))
     };
     serve(provider(upper), |r| {
@@ -829,13 +821,11 @@ fn main_scenario_blocking(addr: &str, broker: &Running, client: &ClientOptions, 
     let stuck_handle = stuck.handle();
     let (seen, got) = std::sync::mpsc::channel();
     let seen = std::sync::Mutex::new(seen);
-    let (release, gate) = std::sync::mpsc::channel::<()>();
-    let gate = std::sync::Mutex::new(gate);
     std::thread::spawn(move || {
         stuck.serve(move |r| {
             let _ = seen.lock().expect("seen").send(r.id);
-            // Held until the test ends (its sender dropped), at most WAIT.
-            let _ = gate.lock().expect("gate").recv_timeout(WAIT);
+            // Held until the provider is gone (it is told), at most WAIT.
+            let _ = r.wait_cancelled(WAIT);
             Err(ErrorPayload::new(ErrorCode::BAD_REQUEST, "released"))
         })
     });
@@ -861,7 +851,6 @@ fn main_scenario_blocking(addr: &str, broker: &Running, client: &ClientOptions, 
         Some(ErrorCode::PROVIDER_GONE),
         "{label}: {result:?}"
     );
-    drop(release);
 
     let stats = broker.stats();
     assert_eq!(stats.requests_completed, 2, "{label}: {stats:?}");

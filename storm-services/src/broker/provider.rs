@@ -2,9 +2,9 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use storm_async::Runtime;
@@ -243,7 +243,7 @@ impl Provider {
                 .client_id
                 .unwrap_or_else(|| ClientId::random(&mut rand::rng())),
             channel_id: channel,
-            timeout: std::time::Duration::ZERO,
+            timeout: Duration::ZERO,
         };
         let chunk_size = options.frame.max_payload;
         let conn = Connection::open(rt, addr, options.client, options.frame, registration).await?;
@@ -279,6 +279,16 @@ impl Provider {
     pub async fn serve<F, Fut>(self, handler: F) -> Result<(), BrokerError>
     where
         F: Fn(Request) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Bytes, ErrorPayload>> + Send + 'static,
+    {
+        self.serve_with(move |request, _| handler(request)).await
+    }
+
+    /// [`serve`](Self::serve), each handler also given its request's
+    /// [`Cancelled`] (for blocking handlers, which cannot be stopped).
+    pub(super) async fn serve_with<F, Fut>(self, handler: F) -> Result<(), BrokerError>
+    where
+        F: Fn(Request, Arc<Cancelled>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Bytes, ErrorPayload>> + Send + 'static,
     {
         let mut assembler = Assembler::new(self.assembler.clone())?;
@@ -321,7 +331,7 @@ impl Provider {
                         payload: message.payload,
                     };
                     let handler = Arc::clone(&handler);
-                    serving.spawn(id, permit, move || handler(request));
+                    serving.spawn(id, permit, move |cancelled| handler(request, cancelled));
                 }
                 // The broker sends providers nothing else; ignore.
                 _ => {}
@@ -351,6 +361,17 @@ impl Provider {
     pub async fn serve_streamed<F, Fut>(self, handler: F) -> Result<(), BrokerError>
     where
         F: Fn(StreamedRequest, Responder) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Bytes, ErrorPayload>> + Send + 'static,
+    {
+        self.serve_streamed_with(move |request, responder, _| handler(request, responder))
+            .await
+    }
+
+    /// [`serve_streamed`](Self::serve_streamed), each handler also given
+    /// its request's [`Cancelled`].
+    pub(super) async fn serve_streamed_with<F, Fut>(self, handler: F) -> Result<(), BrokerError>
+    where
+        F: Fn(StreamedRequest, Responder, Arc<Cancelled>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Bytes, ErrorPayload>> + Send + 'static,
     {
         let max_concurrent = self.max_concurrent;
@@ -396,7 +417,9 @@ impl Provider {
                         chunk_size: serving.chunk_size,
                     };
                     let handler = Arc::clone(&handler);
-                    serving.spawn(id, permit, move || handler(request, responder));
+                    serving.spawn(id, permit, move |cancelled| {
+                        handler(request, responder, cancelled)
+                    });
                 }
                 FrameType::Chunk => {
                     // None: the request was refused, answered or cancelled
@@ -431,9 +454,9 @@ struct Serving {
     handle: ProviderHandle,
     chunk_size: usize,
     permits: Arc<Semaphore>,
-    /// The handler tasks running, each stopped when its sender here is
-    /// dropped (closed once the task has ended).
-    running: HashMap<RequestId, oneshot::Sender<()>>,
+    /// The handlers running, each stopped (or, blocking, told) when its
+    /// [`Stop`] here is dropped.
+    running: HashMap<RequestId, Stop>,
 }
 
 impl Serving {
@@ -460,7 +483,7 @@ impl Serving {
     /// ended; `Err` with why once the connection has ended.
     async fn next_frame(&mut self, inbound: &mut Inbox) -> Result<Frame, String> {
         let incoming = inbound.recv().await;
-        self.running.retain(|_, task| !task.is_closed());
+        self.running.retain(|_, stop| !stop.task.is_closed());
         match incoming {
             Some(Incoming::Frame(frame)) => Ok(frame),
             Some(Incoming::Closed(why)) => Err(why),
@@ -490,25 +513,31 @@ impl Serving {
         &mut self,
         id: RequestId,
         permit: OwnedSemaphorePermit,
-        answer: impl FnOnce() -> Fut + Send + 'static,
+        answer: impl FnOnce(Arc<Cancelled>) -> Fut + Send + 'static,
     ) where
         Fut: Future<Output = Result<Bytes, ErrorPayload>> + Send + 'static,
     {
         let (client, framer, chunk_size) =
             (self.client.clone(), self.framer.clone(), self.chunk_size);
-        let (stop, mut stopped) = oneshot::channel::<()>();
+        let (task, mut stopped) = oneshot::channel::<()>();
+        let cancelled = Arc::new(Cancelled::default());
+        let stop = Stop {
+            task,
+            cancelled: Arc::clone(&cancelled),
+        };
         self.rt.spawn(async move {
             let _permit = permit;
             // Dropping `stop` ends each race, and with it the handler or
             // the sending of its answer.
-            let answered = smol::future::or(async { Some(answer().await) }, async {
+            let told = Arc::clone(&cancelled);
+            let answered = smol::future::or(async { Some(answer(told).await) }, async {
                 let _ = (&mut stopped).await;
                 None
             })
             .await;
             // A blocking handler (on storm-std) cannot be stopped while it
             // runs: the answer of a request cancelled meanwhile is dropped.
-            let Some(result) = answered.filter(|_| !is_stopped(&mut stopped)) else {
+            let Some(result) = answered.filter(|_| !cancelled.is_cancelled()) else {
                 return;
             };
             smol::future::or(respond(&client, &framer, id, result, chunk_size), async {
@@ -538,12 +567,61 @@ impl Serving {
     }
 }
 
-/// Whether a handler's stop signal was given (its sender dropped).
-fn is_stopped(stopped: &mut oneshot::Receiver<()>) -> bool {
-    matches!(
-        stopped.try_recv(),
-        Err(oneshot::error::TryRecvError::Closed)
-    )
+/// A running handler's stop: dropping it ends the race its task runs (an
+/// async handler is dropped) and tells a blocking one ([`Cancelled`]).
+struct Stop {
+    /// Closed once the task has ended.
+    task: oneshot::Sender<()>,
+    cancelled: Arc<Cancelled>,
+}
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        self.cancelled.cancel();
+    }
+}
+
+/// Tells a blocking handler (on storm-std) that nobody waits for its
+/// answer any more: the request was cancelled (by its consumer, or at the
+/// broker's timeout) or the connection ended.
+#[derive(Debug, Default)]
+pub(super) struct Cancelled {
+    cancelled: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl Cancelled {
+    fn cancel(&self) {
+        *self.lock() = true;
+        self.wake.notify_all();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, bool> {
+        self.cancelled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the request was cancelled.
+    pub(super) fn is_cancelled(&self) -> bool {
+        *self.lock()
+    }
+
+    /// Blocks up to `limit`, returning early with `true` once cancelled.
+    pub(super) fn wait(&self, limit: Duration) -> bool {
+        let start = Instant::now();
+        let mut cancelled = self.lock();
+        while !*cancelled {
+            let Some(left) = limit.checked_sub(start.elapsed()).filter(|d| !d.is_zero()) else {
+                return false;
+            };
+            cancelled = self
+                .wake
+                .wait_timeout(cancelled, left)
+                .map_or_else(|e| e.into_inner().0, |(guard, _)| guard);
+        }
+        true
+    }
 }
 
 fn error_frame(id: RequestId, error: &ErrorPayload) -> Frame {

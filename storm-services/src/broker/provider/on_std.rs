@@ -4,13 +4,14 @@
 //! each on a thread of its own.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use storm_proto::broker::{ChannelId, ErrorPayload, RequestId, RoutingInfo};
 
 use super::super::BrokerError;
 use super::super::client::Rt;
-use super::{ProviderHandle, ProviderOptions, Request};
+use super::{Cancelled, ProviderHandle, ProviderOptions};
 
 /// A provider registered on a channel, on plain threads: storm-std's
 /// client (a reader and a writer thread), the serving loop on the thread
@@ -19,11 +20,46 @@ use super::{ProviderHandle, ProviderOptions, Request};
 /// handler on a thread of its own (at most `max_concurrent` at once).
 /// Behaves as the async [`Provider`](super::Provider) does, with one
 /// difference: a handler cannot be stopped while it runs, so when its
-/// request is cancelled (by the consumer, or at the broker's timeout) its
-/// answer is dropped once it returns instead. Do not use it from an async
-/// task (it would block the executor's thread).
+/// request is cancelled (by the consumer, or at the broker's timeout) it is
+/// told ([`Request::is_cancelled`], [`Request::wait_cancelled`]) and its
+/// answer is dropped once it returns. Do not use it from an async task (it
+/// would block the executor's thread).
 #[derive(Debug)]
 pub struct Provider(super::Provider);
+
+/// One request as a blocking handler ([`Provider::serve`]) gets it: as
+/// the async [`Request`](super::Request), and whether it was cancelled.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Request {
+    /// The id the broker gave it (not the consumer's).
+    pub id: RequestId,
+    /// Which consumer sent it, on which channel.
+    pub from: RoutingInfo,
+    /// The consumer's `Start` header (usually empty).
+    pub header: Bytes,
+    /// The data.
+    pub payload: Bytes,
+    cancelled: Arc<Cancelled>,
+}
+
+impl Request {
+    /// Whether nobody waits for the answer any more: the consumer
+    /// cancelled the request, the broker timed it out, or the connection
+    /// ended. The answer of a cancelled request is dropped.
+    #[must_use]
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.is_cancelled()
+    }
+
+    /// Blocks up to `limit`, returning early with `true` once the request
+    /// is cancelled (as for [`is_cancelled`](Self::is_cancelled)): an
+    /// interruptible sleep or poll interval.
+    #[must_use]
+    pub fn wait_cancelled(&self, limit: Duration) -> bool {
+        self.cancelled.wait(limit)
+    }
+}
 
 /// One request as a blocking streaming handler
 /// ([`Provider::serve_streamed`]) gets it: who sent it and its header at
@@ -39,6 +75,22 @@ pub struct StreamedRequest {
     pub header: Bytes,
     /// The data.
     pub body: RequestBody,
+    cancelled: Arc<Cancelled>,
+}
+
+impl StreamedRequest {
+    /// As [`Request::is_cancelled`] (a cancelled request's body also
+    /// ends early).
+    #[must_use]
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.is_cancelled()
+    }
+
+    /// As [`Request::wait_cancelled`].
+    #[must_use]
+    pub fn wait_cancelled(&self, limit: Duration) -> bool {
+        self.cancelled.wait(limit)
+    }
 }
 
 /// The data of a blocking [`StreamedRequest`], one `Chunk` payload at a
@@ -109,8 +161,21 @@ impl Provider {
         F: Fn(Request) -> Result<Bytes, ErrorPayload> + Send + Sync + 'static,
     {
         let handler = Arc::new(handler);
-        smol::future::block_on(self.0.serve(move |request| {
+        smol::future::block_on(self.0.serve_with(move |request, cancelled| {
             let handler = Arc::clone(&handler);
+            let super::Request {
+                id,
+                from,
+                header,
+                payload,
+            } = request;
+            let request = Request {
+                id,
+                from,
+                header,
+                payload,
+                cancelled,
+            };
             async move { handler(request) }
         }))
     }
@@ -130,21 +195,25 @@ impl Provider {
         F: Fn(StreamedRequest, Responder) -> Result<Bytes, ErrorPayload> + Send + Sync + 'static,
     {
         let handler = Arc::new(handler);
-        smol::future::block_on(self.0.serve_streamed(move |request, responder| {
-            let handler = Arc::clone(&handler);
-            let super::StreamedRequest {
-                id,
-                from,
-                header,
-                body,
-            } = request;
-            let request = StreamedRequest {
-                id,
-                from,
-                header,
-                body: RequestBody(body),
-            };
-            async move { handler(request, Responder(responder)) }
-        }))
+        smol::future::block_on(
+            self.0
+                .serve_streamed_with(move |request, responder, cancelled| {
+                    let handler = Arc::clone(&handler);
+                    let super::StreamedRequest {
+                        id,
+                        from,
+                        header,
+                        body,
+                    } = request;
+                    let request = StreamedRequest {
+                        id,
+                        from,
+                        header,
+                        body: RequestBody(body),
+                        cancelled,
+                    };
+                    async move { handler(request, Responder(responder)) }
+                }),
+        )
     }
 }

@@ -495,18 +495,27 @@ fn big_request_size() -> usize {
 /// The most memory each of client, broker and provider may hold.
 const RSS_LIMIT: u64 = 64 << 20;
 
+/// A big request through broker, client and provider, all on tokio, then
+/// all on std threads: each holds a bounded amount of memory.
 #[test]
 fn storm_binary_streams_a_big_request_in_bounded_memory() {
+    for runtime in ["tokio", "std"] {
+        big_request_in_bounded_memory(runtime);
+    }
+}
+
+fn big_request_in_bounded_memory(runtime: &str) {
     let size = big_request_size();
-    let (broker, addr) = spawn_broker(&[]);
-    let (provider, _out) = storm_provider(&addr, "7", &["--mode", "digest"]);
+    let on = ["--runtime", runtime];
+    let (broker, addr) = spawn_broker(&on);
+    let (provider, _out) = storm_provider(&addr, "7", &[&on[..], &["--mode", "digest"]].concat());
     let size_arg = size.to_string();
     let mut client = Proc(
         Command::new(env!("CARGO_BIN_EXE_storm"))
             .args(request_args(
                 &addr,
                 "7",
-                &["--size", &size_arg, "--timeout", "5m"],
+                &["--size", &size_arg, "--timeout", "5m", "--runtime", runtime],
             ))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -532,18 +541,21 @@ fn storm_binary_streams_a_big_request_in_bounded_memory() {
         .expect("stdout")
         .read_to_string(&mut out)
         .expect("output");
-    assert!(status.success(), "{status}: {out}");
+    assert!(status.success(), "{runtime}: {status}: {out}");
     let broker_peak = peak_rss(broker.0.id()).expect("broker runs");
     let provider_peak = peak_rss(provider.0.id()).expect("provider runs");
     eprintln!(
-        "{size} bytes: peak RSS client {client_peak}, broker {broker_peak}, provider {provider_peak}"
+        "{runtime}, {size} bytes: peak RSS client {client_peak}, broker {broker_peak}, provider {provider_peak}"
     );
     for (who, peak) in [
         ("client", client_peak),
         ("broker", broker_peak),
         ("provider", provider_peak),
     ] {
-        assert!(peak > 0 && peak < RSS_LIMIT, "{who} peaked at {peak} bytes");
+        assert!(
+            peak > 0 && peak < RSS_LIMIT,
+            "{runtime}: {who} peaked at {peak} bytes"
+        );
     }
     // The provider counted every byte and agrees on the checksum.
     let sent = out
@@ -554,7 +566,7 @@ fn storm_binary_streams_a_big_request_in_bounded_memory() {
     assert!(
         out.contains(&format!("sent {size} bytes"))
             && out.contains(&format!("response: {size} bytes, fnv1a {sent}")),
-        "{out}"
+        "{runtime}: {out}"
     );
 }
 

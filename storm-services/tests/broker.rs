@@ -335,13 +335,15 @@ fn blocking_provider(addr: &str, ch: ChannelId) -> blocking::Provider {
 
 /// On std, a request written in pieces to a streaming provider that
 /// answers piece by piece as it reads (its `Responder`), and ends with a
-/// last part of its own.
+/// last part of its own; closed through its handle, the provider's
+/// serving ends with `Ok`.
 #[test]
 fn on_std_a_streamed_request_is_answered_as_a_stream() {
     let (addr, broker) = std_broker();
     let ch = channel(31);
     let provider = blocking_provider(&addr, ch);
-    std::thread::spawn(move || {
+    let handle = provider.handle();
+    let serving = std::thread::spawn(move || {
         provider.serve_streamed(|request: blocking::StreamedRequest, mut responder| {
             for piece in request.body {
                 responder
@@ -368,6 +370,15 @@ fn on_std_a_streamed_request_is_answered_as_a_stream() {
     assert_eq!(consumer.pending(), 0);
     let stats = broker.stats();
     assert!(stats.frames_in >= 2 * 16, "in frames: {stats:?}");
+    // Closed from another thread, the provider stops serving: `Ok`.
+    handle.close();
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done_tx.send(serving.join()));
+    let served = done
+        .recv_timeout(WAIT)
+        .expect("serving ends")
+        .expect("thread");
+    assert!(served.is_ok(), "{served:?}");
 }
 
 /// On std, the broker's errors and the provider's own reach the consumer

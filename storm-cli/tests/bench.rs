@@ -9,6 +9,9 @@ use std::io::Read;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+mod child;
+use child::Storm;
+
 use serde_json::Value;
 use storm_host::options::{ServerOptions, WsOptions};
 use storm_proto::Message;
@@ -109,12 +112,14 @@ fn assert_exact(summary: &Value, cap: u64) {
     assert!(summary["msgs_per_s"].as_f64().expect("msgs_per_s") > 0.0);
 }
 
-/// A throughput run against `target` started by `--spawn`, ended by the
-/// message cap.
-fn spawned_throughput(target: &str) {
+/// A throughput run against `target` started by `--spawn` on `runtime`
+/// (the service too), ended by the message cap.
+fn spawned_throughput(target: &str, runtime: &str) {
     let s = summary(&[
         target,
         "--spawn",
+        "--runtime",
+        runtime,
         "--connections",
         "4",
         "--in-flight",
@@ -126,6 +131,7 @@ fn spawned_throughput(target: &str) {
     ]);
     assert_eq!(s["target"], target);
     assert_eq!(s["mode"], "throughput");
+    assert_eq!(s["runtime"], runtime);
     assert_eq!(
         (s["connections"].as_u64(), s["in_flight"].as_u64()),
         (Some(4), Some(8))
@@ -140,6 +146,33 @@ fn spawned_throughput(target: &str) {
     assert_stopped(&s);
 }
 
+/// A latency run against `target` started by `--spawn` on `runtime`:
+/// one request in flight on each of two connections.
+fn spawned_latency(target: &str, runtime: &str) {
+    let s = summary(&[
+        target,
+        "--spawn",
+        "--runtime",
+        runtime,
+        "--mode",
+        "latency",
+        "--connections",
+        "2",
+        "--size",
+        "1000",
+        "--duration",
+        "30",
+        "--max-messages",
+        "100",
+    ]);
+    assert_eq!(s["mode"], "latency");
+    assert_eq!(s["runtime"], runtime);
+    assert_eq!(s["in_flight"], 1);
+    assert_eq!(s["size"], 1000);
+    assert_exact(&s, 100);
+    assert_stopped(&s);
+}
+
 /// The service `--spawn` started is gone: its address refuses connections.
 fn assert_stopped(summary: &Value) {
     let addr = summary["addr"].as_str().expect("addr");
@@ -149,39 +182,162 @@ fn assert_stopped(summary: &Value) {
     );
 }
 
-#[test]
-fn echo_raw_throughput_counts_exactly_the_cap() {
-    spawned_throughput("echo-raw");
+/// Both modes against `target` on `runtime`.
+fn spawned_both_modes(target: &str, runtime: &str) {
+    spawned_throughput(target, runtime);
+    spawned_latency(target, runtime);
 }
 
-#[test]
-fn echo_lp_throughput_counts_exactly_the_cap() {
-    spawned_throughput("echo-lp");
+/// Every target in both modes on one runtime (the bench's clients and the
+/// service it starts), and `--tls-ca` on it.
+macro_rules! on_runtime {
+    ($($module:ident: $runtime:literal),* $(,)?) => {$(
+        mod $module {
+            use super::*;
+
+            #[test]
+            fn echo_raw() {
+                spawned_both_modes("echo-raw", $runtime);
+            }
+
+            #[test]
+            fn echo_lp() {
+                spawned_both_modes("echo-lp", $runtime);
+            }
+
+            #[test]
+            fn echo_line() {
+                spawned_both_modes("echo-line", $runtime);
+            }
+
+            #[test]
+            fn echo_ws() {
+                spawned_both_modes("echo-ws", $runtime);
+            }
+
+            #[test]
+            fn json() {
+                spawned_both_modes("json", $runtime);
+            }
+
+            #[test]
+            fn chat() {
+                spawned_both_modes("chat", $runtime);
+            }
+
+            #[test]
+            fn gateway() {
+                spawned_both_modes("gateway", $runtime);
+            }
+
+            #[test]
+            fn broker() {
+                broker_on($runtime);
+            }
+
+            #[test]
+            fn tls_ca() {
+                tls_ca_on($runtime);
+            }
+        }
+    )*};
 }
 
-#[test]
-fn echo_line_throughput_counts_exactly_the_cap() {
-    spawned_throughput("echo-line");
+on_runtime!(on_tokio: "tokio", on_smol: "smol", on_std: "std");
+
+/// The broker target on `runtime`: both modes on tokio and smol; refused
+/// on std, which has no blocking broker client yet, saying so.
+fn broker_on(runtime: &str) {
+    if runtime != "std" {
+        spawned_both_modes("broker", runtime);
+        return;
+    }
+    let done = bench(&["broker", "--spawn", "--runtime", "std"]);
+    assert_eq!(done.status.code(), Some(2), "{}", done.stderr);
+    assert!(
+        done.stderr
+            .contains("--runtime std: the broker target runs on tokio and smol only"),
+        "{}",
+        done.stderr
+    );
 }
 
-#[test]
-fn echo_ws_throughput_counts_exactly_the_cap() {
-    spawned_throughput("echo-ws");
+/// A fresh directory under the system's temporary one, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("storm-bench-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Self(dir)
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.0.join(name).to_string_lossy().into_owned()
+    }
 }
 
-#[test]
-fn json_throughput_counts_exactly_the_cap() {
-    spawned_throughput("json");
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
-#[test]
-fn chat_throughput_counts_exactly_the_cap() {
-    spawned_throughput("chat");
+/// `--tls-ca` on `runtime`: the bench's clients trust `storm cert`'s CA
+/// and drive TLS services (started on the same runtime) over TLS (json,
+/// echo-lp) and wss:// (echo-ws, chat), every request answered.
+fn tls_ca_on(runtime: &str) {
+    let dir = TempDir::new(&format!("tls-{runtime}"));
+    let made = bench_cert(&dir);
+    assert!(made, "storm cert --out {}", dir.0.display());
+    let (ca, leaf, key) = (
+        dir.file("ca.pem"),
+        dir.file("cert.pem"),
+        dir.file("key.pem"),
+    );
+    let serve = ["--tls", &leaf, &key, "--runtime", runtime];
+    for (target, service, args) in [
+        ("json", "json", &[][..]),
+        ("echo-lp", "echo", &["--proto", "lp"][..]),
+        ("echo-ws", "echo", &["--proto", "ws"][..]),
+        ("chat", "chat", &["--no-http"][..]),
+    ] {
+        let (server, addr) = Storm::serve(service, "127.0.0.1:0", &[args, &serve[..]].concat());
+        let s = summary(&[
+            target,
+            "--addr",
+            &addr,
+            "--tls-ca",
+            &ca,
+            "--runtime",
+            runtime,
+            "--connections",
+            "2",
+            "--max-messages",
+            "50",
+            "--duration",
+            "30",
+        ]);
+        assert_eq!(s["runtime"], runtime, "{target}: {s}");
+        assert_exact(&s, 50);
+        drop(server);
+    }
 }
 
-#[test]
-fn gateway_throughput_counts_exactly_the_cap() {
-    spawned_throughput("gateway");
+/// `storm cert --out DIR`; whether it succeeded.
+fn bench_cert(dir: &TempDir) -> bool {
+    let output = storm_tests::process::output_within(
+        Command::new(env!("CARGO_BIN_EXE_storm"))
+            .args(["cert", "--out"])
+            .arg(&dir.0)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("storm starts"),
+        child::WAIT,
+        "storm cert",
+    );
+    output.status.success()
 }
 
 #[test]
@@ -202,11 +358,6 @@ fn echo_ws_with_deflate_counts_exactly_the_cap() {
 }
 
 #[test]
-fn broker_throughput_counts_exactly_the_cap() {
-    spawned_throughput("broker");
-}
-
-#[test]
 fn broker_channel_without_provider_fails_the_run() {
     let done = bench(&[
         "broker",
@@ -224,30 +375,6 @@ fn broker_channel_without_provider_fails_the_run() {
         "{}",
         done.stdout
     );
-}
-
-#[test]
-fn latency_mode_keeps_one_request_in_flight() {
-    for target in ["echo-ws", "json", "broker"] {
-        let s = summary(&[
-            target,
-            "--spawn",
-            "--mode",
-            "latency",
-            "--connections",
-            "2",
-            "--size",
-            "1000",
-            "--duration",
-            "30",
-            "--max-messages",
-            "100",
-        ]);
-        assert_eq!(s["mode"], "latency");
-        assert_eq!(s["in_flight"], 1);
-        assert_eq!(s["size"], 1000);
-        assert_exact(&s, 100);
-    }
 }
 
 /// Echoes every message back.
@@ -376,7 +503,7 @@ fn human_summary_against_a_server_in_this_process() {
     let line = done.stdout.trim();
     assert!(
         line.starts_with(&format!(
-            "echo-lp throughput {addr}: 3 conns x 5 in flight x 32 B: 150 msgs in "
+            "echo-lp throughput {addr} (tokio): 3 conns x 5 in flight x 32 B: 150 msgs in "
         )),
         "{line}"
     );
@@ -414,28 +541,41 @@ fn a_run_ends_at_its_duration_with_a_progress_line_per_second() {
     assert_eq!(s["service_cpu_pct"], Value::Null, "{s}");
 }
 
+/// On every runtime: one progress line a second, on stderr as plain
+/// lines, and the run ends at its duration.
 #[test]
 fn progress_goes_to_stderr_as_plain_lines_off_a_terminal() {
     let (_runtime, addr) = in_process_echo(false);
-    let done = bench(&[
-        "echo-lp",
-        "--addr",
-        &addr,
-        "--duration",
-        "1.5",
-        "--connections",
-        "2",
-    ]);
-    assert!(done.status.success(), "{}", done.stderr);
-    let progress: Vec<&str> = done.stderr.lines().collect();
-    assert_eq!(progress.len(), 1, "{}", done.stderr);
-    assert!(
-        progress[0].starts_with("storm bench echo-lp: 1 s, ") && progress[0].contains(" msgs/s"),
-        "{}",
-        done.stderr
-    );
-    assert!(!done.stderr.contains('\r'));
-    assert_eq!(done.stdout.lines().count(), 1, "{}", done.stdout);
+    for runtime in ["tokio", "smol", "std"] {
+        let done = bench(&[
+            "echo-lp",
+            "--addr",
+            &addr,
+            "--runtime",
+            runtime,
+            "--duration",
+            "1.5",
+            "--connections",
+            "2",
+            "--json",
+        ]);
+        assert!(done.status.success(), "{runtime}: {}", done.stderr);
+        let progress: Vec<&str> = done.stderr.lines().collect();
+        assert_eq!(progress.len(), 1, "{runtime}: {}", done.stderr);
+        assert!(
+            progress[0].starts_with("storm bench echo-lp: 1 s, ")
+                && progress[0].contains(" msgs/s"),
+            "{runtime}: {}",
+            done.stderr
+        );
+        assert!(!done.stderr.contains('\r'));
+        assert_eq!(done.stdout.lines().count(), 1, "{}", done.stdout);
+        let s: Value = serde_json::from_str(done.stdout.trim()).expect("JSON summary");
+        assert_eq!(s["runtime"], runtime, "{s}");
+        let elapsed = s["elapsed_s"].as_f64().expect("elapsed");
+        assert!((1.5..5.0).contains(&elapsed), "{s}");
+        assert!(s["msgs"].as_u64() > Some(0), "{s}");
+    }
 }
 
 #[test]

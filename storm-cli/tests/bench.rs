@@ -658,15 +658,25 @@ fn nothing_listening_fails_the_run() {
     );
 }
 
+/// On every runtime (the service on the same one).
 #[cfg(unix)]
 #[test]
 fn ctrl_c_ends_the_run_early_with_a_summary_and_stops_the_service() {
+    for runtime in ["tokio", "smol", "std"] {
+        ctrl_c_on(runtime);
+    }
+}
+
+#[cfg(unix)]
+fn ctrl_c_on(runtime: &str) {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(env!("CARGO_BIN_EXE_storm"))
         .args([
             "bench",
             "echo-lp",
             "--spawn",
+            "--runtime",
+            runtime,
             "--mode",
             "latency",
             "--duration",
@@ -705,6 +715,7 @@ fn ctrl_c_ends_the_run_early_with_a_summary_and_stops_the_service() {
     let out = stdout.join().expect("stdout");
     let s: Value = serde_json::from_str(out.trim()).expect("JSON summary");
     assert_eq!(s["interrupted"], true, "{s}");
+    assert_eq!(s["runtime"], runtime, "{s}");
     assert_eq!(s["error"], Value::Null, "{s}");
     let elapsed = s["elapsed_s"].as_f64().expect("elapsed");
     assert!((1.0..20.0).contains(&elapsed), "{s}");

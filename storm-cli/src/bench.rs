@@ -4,6 +4,7 @@
 //! storm bench <target> (--addr HOST:PORT | --spawn) [--mode throughput|latency]
 //!     [--connections N] [--in-flight W] [--size BYTES] [--duration SECS]
 //!     [--max-messages N] [--json] [--route NAME] [--deflate] [--channel ID]
+//!     [--tls-ca CA_PEM] [--runtime tokio|smol|std]
 //! ```
 //!
 //! Targets: `echo-raw`, `echo-lp`, `echo-line`, `echo-ws` (`storm echo
@@ -50,18 +51,36 @@
 //!
 //! # The clients
 //!
-//! Every connection is a `storm-tokio` [`TcpClient`] or [`WsClient`] whose
-//! [`Handler::on_message`] checks the answer, records its round trip and
-//! sends the next request from the connection's own task, with no channel
-//! or extra task in between. So the bench measures what an application on
-//! Storm's public client API sees, and dogfoods that API (WebSocket
-//! masking, pings from `storm chat`'s heartbeat, framing). The price is
-//! client CPU per message: on one machine the bench competes with the
-//! service for cores. For the lowest-overhead numbers on the echo servers
-//! use `benches/e2e`'s `loadgen`, whose clients are hand-written on raw
-//! tokio sockets for exactly that reason. The broker target uses the
-//! broker library's `Consumer` (request/response with ids and flow
-//! control) instead, for the same reason: it is what its users call.
+//! `--runtime` picks what the clients run on: tokio (default) or smol,
+//! through one generic path over storm-async's `Runtime` (`on_async.rs`),
+//! or storm-std's blocking threads (`on_std.rs`); with `--spawn` the
+//! service runs on the same runtime. Every decision is written once, here:
+//! what a connection sends and when ([`Driver`]: the first window, then a
+//! request for every answer), what it counts and records ([`Run`]: the
+//! tickets that keep a run at its cap, the answers, the [`Histogram`]),
+//! when a connection has failed the run, when the run ends ([`measure`]:
+//! the duration, the cap, an error or Ctrl-C, one async loop on every
+//! runtime, std's waiting on smol's `block_on` and timer), the setup
+//! exchange of each target (`target`, over a [`target::Wire`]) and the
+//! summary. The runtime's files only wait and do the I/O.
+//!
+//! Every connection is a storm-async or storm-std [`TcpClient`] or
+//! [`WsClient`] whose handler hands each answer to its [`Driver`] and
+//! sends the next requests from the connection's own task (on std, its
+//! reader thread, with `send_blocking`), with no channel or extra task in
+//! between. So the bench measures what an application on Storm's public
+//! client API sees, and dogfoods that API (WebSocket masking, pings from
+//! `storm chat`'s heartbeat, framing). The price is client CPU per
+//! message: on one machine the bench competes with the service for cores.
+//! For the lowest-overhead numbers on the echo servers use `benches/e2e`'s
+//! `loadgen`, whose clients are hand-written on raw tokio sockets for
+//! exactly that reason. The broker target uses the broker library's
+//! `Consumer` (request/response with ids and flow control) instead, for
+//! the same reason: it is what its users call (on tokio and smol; there is
+//! no blocking `Consumer` yet, so `--runtime std` refuses it).
+//!
+//! [`TcpClient`]: storm_async::TcpClient
+//! [`WsClient`]: storm_async::WsClient
 
 mod broker;
 mod cpu;
@@ -95,7 +114,7 @@ use storm_proto::ws::deflate::DeflateConfig;
 use storm_services::sys;
 
 use histogram::Histogram;
-use target::{Conn, EchoProto, Target, Transport};
+use target::{Conn, EchoProto, Setup, Target, Transport, Wire};
 
 /// Longest run, in seconds.
 pub(crate) const MAX_DURATION: f64 = 3600.0;
@@ -173,8 +192,9 @@ pub(crate) struct BenchArgs {
     pub tls_ca: Option<std::path::PathBuf>,
     /// Runtime the load generator's clients run on: tokio or smol (async
     /// tasks), or std (storm-std's blocking threads: a reader and a writer
-    /// per connection). With --spawn the service runs on it too (its own
-    /// --runtime), so the whole run is on one runtime.
+    /// per connection; not for broker yet). With --spawn the service (and
+    /// the gateway's backend) runs on it too, with the same --runtime, so
+    /// the whole run is on one runtime.
     #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
     pub runtime: Runtime,
 }
@@ -626,7 +646,7 @@ struct Driver<C> {
 
 impl<C: Conn> Driver<C> {
     /// A connection in setup, and where its received messages go until
-    /// [`Driver::set_up`].
+    /// [`Driver::set_up`] is done.
     fn new(run: Arc<Run>, index: usize) -> (Self, Receiver<Message>) {
         let (tx, inbox) = smol::channel::bounded(SETUP_QUEUE);
         let driver = Self {
@@ -637,12 +657,38 @@ impl<C: Conn> Driver<C> {
         (driver, inbox)
     }
 
-    /// The setup exchange is over: `conn` takes the messages from now on.
-    fn set_up(&self, conn: C, in_flight: usize) {
-        *lock(&self.phase) = Phase::Pump {
-            conn,
-            sent_at: VecDeque::with_capacity(in_flight),
+    /// Runs `target`'s setup exchange on the fresh connection `wire`,
+    /// whose messages arrive in `inbox`, until `deadline`; then this
+    /// connection's protocol takes its messages. `Err`: why the run failed
+    /// (the caller closes the connection).
+    async fn set_up<T, W>(
+        &self,
+        target: &T,
+        wire: &W,
+        inbox: &Receiver<Message>,
+        deadline: Instant,
+        in_flight: usize,
+    ) -> Result<(), String>
+    where
+        T: Target<Conn = C>,
+        W: Wire,
+    {
+        let setup = Setup {
+            wire,
+            inbox,
+            deadline,
+            index: self.index,
         };
+        match target.setup(setup).await {
+            Ok(conn) => {
+                *lock(&self.phase) = Phase::Pump {
+                    conn,
+                    sent_at: VecDeque::with_capacity(in_flight),
+                };
+                Ok(())
+            }
+            Err(e) => Err(format!("connection {}: {e}", self.index)),
+        }
     }
 
     /// Where a received message goes during setup: the setup exchange's

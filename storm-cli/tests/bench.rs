@@ -262,40 +262,14 @@ fn broker_on(runtime: &str) {
     );
 }
 
-/// A fresh directory under the system's temporary one, removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("storm-bench-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        Self(dir)
-    }
-
-    fn file(&self, name: &str) -> String {
-        self.0.join(name).to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// `--tls-ca` on `runtime`: the bench's clients trust `storm cert`'s CA
-/// and drive TLS services (started on the same runtime) over TLS (json,
+/// `--tls-ca` on `runtime`: the bench's clients trust the test CA and
+/// drive TLS services (started on the same runtime) over TLS (json,
 /// echo-lp) and wss:// (echo-ws, chat), every request answered.
 fn tls_ca_on(runtime: &str) {
-    let dir = TempDir::new(&format!("tls-{runtime}"));
-    let made = bench_cert(&dir);
-    assert!(made, "storm cert --out {}", dir.0.display());
-    let (ca, leaf, key) = (
-        dir.file("ca.pem"),
-        dir.file("cert.pem"),
-        dir.file("key.pem"),
-    );
-    let serve = ["--tls", &leaf, &key, "--runtime", runtime];
+    let pki = storm_tests::suite::pki::Pki::new();
+    let files = pki.pem_files();
+    let ca = files.ca.to_str().expect("temporary paths are UTF-8");
+    let serve = [&files.tls_args()[..], &["--runtime", runtime]].concat();
     for (target, service, args) in [
         ("json", "json", &[][..]),
         ("echo-lp", "echo", &["--proto", "lp"][..]),
@@ -308,7 +282,7 @@ fn tls_ca_on(runtime: &str) {
             "--addr",
             &addr,
             "--tls-ca",
-            &ca,
+            ca,
             "--runtime",
             runtime,
             "--connections",
@@ -322,22 +296,6 @@ fn tls_ca_on(runtime: &str) {
         assert_exact(&s, 50);
         drop(server);
     }
-}
-
-/// `storm cert --out DIR`; whether it succeeded.
-fn bench_cert(dir: &TempDir) -> bool {
-    let output = storm_tests::process::output_within(
-        Command::new(env!("CARGO_BIN_EXE_storm"))
-            .args(["cert", "--out"])
-            .arg(&dir.0)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("storm starts"),
-        child::WAIT,
-        "storm cert",
-    );
-    output.status.success()
 }
 
 #[test]

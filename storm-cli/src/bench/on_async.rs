@@ -16,7 +16,7 @@ use storm_proto::Message;
 use storm_proto::broker::ChannelId;
 use storm_services::host::AsyncRuntime;
 
-use super::target::{self, Conn, Setup, Target, Wire};
+use super::target::{self, Conn, Target, Wire};
 use super::{
     CONNECT_AT_ONCE, Config, Dial, Driver, Engine, How, Outcome, Run, TEARDOWN_TIMEOUT, Where,
     broker, lock, measure, targets,
@@ -155,20 +155,13 @@ async fn open<R: AsyncRuntime, T: Target>(
     };
     let client = connected.map_err(|e| format!("connecting to {}: {e}", dial.addr))?;
     let wire = AsyncWire::<R>(client, PhantomData);
-    let setup = Setup {
-        wire: &wire,
-        inbox: &inbox,
-        deadline,
-        index,
-    };
-    let conn = match target.setup(setup).await {
-        Ok(conn) => conn,
-        Err(e) => {
-            wire.0.close();
-            return Err(format!("connection {index}: {e}"));
-        }
-    };
-    driver.set_up(conn, in_flight);
+    if let Err(e) = driver
+        .set_up(target, &wire, &inbox, deadline, in_flight)
+        .await
+    {
+        wire.0.close();
+        return Err(e);
+    }
     Ok(Opened {
         client: wire.0,
         driver,

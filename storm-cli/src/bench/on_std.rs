@@ -21,7 +21,7 @@ use storm_proto::Message;
 use storm_proto::broker::ChannelId;
 use storm_std::{Client, Handler, Session, TcpClient, WsClient};
 
-use super::target::{self, Conn, Setup, Target, Wire};
+use super::target::{self, Conn, Target, Wire};
 use super::{
     CONNECT_AT_ONCE, Config, Dial, Driver, Engine, How, Outcome, Run, TEARDOWN_TIMEOUT, Where,
     broker, lock, measure,
@@ -140,20 +140,10 @@ fn open<T: Target>(
     };
     let client = connected.map_err(|e| format!("connecting to {}: {e}", dial.addr))?;
     let wire = StdWire(client);
-    let setup = Setup {
-        wire: &wire,
-        inbox: &inbox,
-        deadline,
-        index,
-    };
-    let conn = match smol::block_on(target.setup(setup)) {
-        Ok(conn) => conn,
-        Err(e) => {
-            wire.0.close();
-            return Err(format!("connection {index}: {e}"));
-        }
-    };
-    driver.set_up(conn, in_flight);
+    if let Err(e) = smol::block_on(driver.set_up(target, &wire, &inbox, deadline, in_flight)) {
+        wire.0.close();
+        return Err(e);
+    }
     Ok(Opened {
         client: wire.0,
         driver,

@@ -398,22 +398,26 @@ fn a_service_that_never_answers_fails_the_run() {
     // `storm json` speaks length-prefixed TCP; a WebSocket server waits for
     // an HTTP request and says nothing.
     let (_runtime, addr) = in_process_echo(true);
-    let done = bench(&[
-        "json",
-        "--addr",
-        &addr,
-        "--duration",
-        "1",
-        "--connections",
-        "2",
-    ]);
-    assert_failed_without_answers(
-        &done,
-        &[
-            "no request was answered in ",
-            &format!("is {addr} running `storm json`?"),
-        ],
-    );
+    for runtime in ["tokio", "smol", "std"] {
+        let done = bench(&[
+            "json",
+            "--addr",
+            &addr,
+            "--runtime",
+            runtime,
+            "--duration",
+            "1",
+            "--connections",
+            "2",
+        ]);
+        assert_failed_without_answers(
+            &done,
+            &[
+                "no request was answered in ",
+                &format!("is {addr} running `storm json`?"),
+            ],
+        );
+    }
     // The same for raw bytes, which a WebSocket server never answers
     // either; the JSON summary carries the error.
     let done = bench(&["echo-raw", "--addr", &addr, "--duration", "1", "--json"]);
@@ -582,21 +586,25 @@ fn a_wrong_answer_fails_the_run() {
     // An echo server is not a JSON service: the echo of a request is not an
     // echo_response.
     let (_runtime, addr) = in_process_echo(false);
-    let done = bench(&[
-        "json",
-        "--addr",
-        &addr,
-        "--duration",
-        "30",
-        "--max-messages",
-        "50",
-    ]);
-    assert_eq!(done.status.code(), Some(1), "{}", done.stdout);
-    assert!(
-        done.stdout.contains("ERROR: connection ") && done.stdout.contains("unexpected reply"),
-        "{}",
-        done.stdout
-    );
+    for runtime in ["tokio", "smol", "std"] {
+        let done = bench(&[
+            "json",
+            "--addr",
+            &addr,
+            "--runtime",
+            runtime,
+            "--duration",
+            "30",
+            "--max-messages",
+            "50",
+        ]);
+        assert_eq!(done.status.code(), Some(1), "{runtime}: {}", done.stdout);
+        assert!(
+            done.stdout.contains("ERROR: connection ") && done.stdout.contains("unexpected reply"),
+            "{runtime}: {}",
+            done.stdout
+        );
+    }
 }
 
 #[test]

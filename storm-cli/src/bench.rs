@@ -1156,6 +1156,91 @@ mod tests {
         assert_eq!(answered.error, None);
     }
 
+    /// Answers as many requests as the message has bytes; `x` is wrong.
+    struct Counting;
+
+    impl Conn for Counting {
+        fn request(&mut self) -> Message {
+            Message::from("q")
+        }
+
+        fn answers(&mut self, message: &Message) -> Result<u64, String> {
+            match message.as_bytes() {
+                b"x" => Err("wrong".to_owned()),
+                bytes => Ok(bytes.len() as u64),
+            }
+        }
+    }
+
+    fn pumping(max_messages: u64) -> Driver<Counting> {
+        let (driver, _inbox) = Driver::new(Arc::new(Run::new(max_messages)), 3);
+        *lock(&driver.phase) = Phase::Pump {
+            conn: Counting,
+            sent_at: VecDeque::new(),
+        };
+        driver
+    }
+
+    #[test]
+    fn a_connection_sends_a_request_for_every_answer_until_the_cap() {
+        let driver = pumping(5);
+        let (n, request) = driver.start(4).expect("the first window");
+        assert_eq!((n, request.as_bytes()), (4, &b"q"[..]));
+        // Not an answer: nothing counted, nothing sent.
+        assert!(driver.answered(&Message::from("")).is_none());
+        // Two answers: two more requests, but only one is left under the cap.
+        let (n, _) = driver.answered(&Message::from("aa")).expect("more");
+        assert_eq!(n, 1);
+        assert_eq!(driver.run.done.load(Ordering::Relaxed), 2);
+        assert_eq!(driver.run.latency.count(), 2);
+        assert!(driver.answered(&Message::from("aaa")).is_none());
+        assert!(driver.run.stopping.load(Ordering::Relaxed));
+        assert_eq!(driver.run.sent.load(Ordering::Relaxed), 5);
+        assert_eq!(driver.run.done.load(Ordering::Relaxed), 5);
+        assert_eq!(*lock(&driver.run.error), None);
+        // Closed once stopping: not a failure.
+        driver.disconnected(&CloseReason::Eof);
+        assert_eq!(*lock(&driver.run.error), None);
+    }
+
+    #[test]
+    fn a_wrong_answer_or_one_too_many_fails_the_run() {
+        let driver = pumping(100);
+        let _ = driver.start(1);
+        assert!(driver.answered(&Message::from("x")).is_none());
+        assert_eq!(
+            lock(&driver.run.error).as_deref(),
+            Some("connection 3: wrong")
+        );
+        // Done: later messages are ignored.
+        assert!(driver.answered(&Message::from("a")).is_none());
+
+        let driver = pumping(100);
+        let _ = driver.start(1);
+        assert!(driver.answered(&Message::from("aa")).is_none());
+        assert_eq!(
+            lock(&driver.run.error).as_deref(),
+            Some("connection 3: more answers than requests")
+        );
+    }
+
+    #[test]
+    fn a_close_fails_the_run_under_load_but_not_in_setup() {
+        let (in_setup, _inbox) = Driver::<Counting>::new(Arc::new(Run::new(10)), 0);
+        assert!(in_setup.setup_queue().is_some());
+        in_setup.disconnected(&CloseReason::Eof);
+        assert_eq!(*lock(&in_setup.run.error), None);
+
+        let driver = pumping(10);
+        assert!(driver.setup_queue().is_none());
+        driver.disconnected(&CloseReason::Eof);
+        assert!(
+            lock(&driver.run.error)
+                .as_deref()
+                .is_some_and(|e| e.starts_with("connection 3: the service closed it")),
+        );
+    }
+
     #[test]
     fn tickets_stop_at_the_cap() {
         let run = Run::new(10);

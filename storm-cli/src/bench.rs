@@ -195,7 +195,7 @@ pub(crate) struct BenchArgs {
     /// per connection; not for broker yet). With --spawn the service (and
     /// the gateway's backend) runs on it too, with the same --runtime, so
     /// the whole run is on one runtime.
-    #[arg(long, value_enum, default_value_t = Runtime::Tokio)]
+    #[arg(long, value_enum, env = "STORM_RUNTIME", default_value_t = Runtime::Tokio)]
     pub runtime: Runtime,
 }
 

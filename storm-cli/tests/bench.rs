@@ -30,9 +30,15 @@ struct Finished {
 
 /// Runs `storm bench ARGS` to completion (killed after [`DEADLINE`]).
 fn bench(args: &[&str]) -> Finished {
+    bench_with_env(args, &[])
+}
+
+/// Runs `storm bench ARGS` with these environment variables set.
+fn bench_with_env(args: &[&str], env: &[(&str, &str)]) -> Finished {
     let mut child = Command::new(env!("CARGO_BIN_EXE_storm"))
         .arg("bench")
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -244,6 +250,33 @@ macro_rules! on_runtime {
 }
 
 on_runtime!(on_tokio: "tokio", on_smol: "smol", on_std: "std");
+
+/// `STORM_RUNTIME` picks the runtime when `--runtime` is not given.
+#[test]
+fn the_runtime_can_come_from_storm_runtime() {
+    let small = [
+        "echo-lp",
+        "--spawn",
+        "--connections",
+        "1",
+        "--max-messages",
+        "20",
+        "--json",
+    ];
+    for (env, args, expected) in [
+        ("smol", &[][..], "smol"),
+        ("std", &[][..], "std"),
+        ("std", &["--runtime", "tokio"][..], "tokio"),
+    ] {
+        let done = bench_with_env(&[&small[..], args].concat(), &[("STORM_RUNTIME", env)]);
+        assert!(done.status.success(), "{env}: {}", done.stderr);
+        let s: Value = serde_json::from_str(done.stdout.trim()).expect("JSON summary");
+        assert_eq!(s["runtime"], expected, "{s}");
+        assert_exact(&s, 20);
+    }
+    let done = bench_with_env(&small, &[("STORM_RUNTIME", "nope")]);
+    assert_eq!(done.status.code(), Some(2), "{}", done.stderr);
+}
 
 /// The broker target on `runtime`: both modes on tokio and smol; refused
 /// on std, which has no blocking broker client yet, saying so.

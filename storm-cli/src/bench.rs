@@ -4,6 +4,7 @@
 //! storm bench <target> (--addr HOST:PORT | --spawn) [--mode throughput|latency]
 //!     [--connections N] [--in-flight W] [--size BYTES] [--duration SECS]
 //!     [--max-messages N] [--json] [--route NAME] [--deflate] [--channel ID]
+//!     [--tls-ca CA_PEM] [--runtime tokio|smol|std]
 //! ```
 //!
 //! Targets: `echo-raw`, `echo-lp`, `echo-line`, `echo-ws` (`storm echo
@@ -50,28 +51,50 @@
 //!
 //! # The clients
 //!
-//! Every connection is a `storm-tokio` [`TcpClient`] or [`WsClient`] whose
-//! [`Handler::on_message`] checks the answer, records its round trip and
-//! sends the next request from the connection's own task, with no channel
-//! or extra task in between. So the bench measures what an application on
-//! Storm's public client API sees, and dogfoods that API (WebSocket
-//! masking, pings from `storm chat`'s heartbeat, framing). The price is
-//! client CPU per message: on one machine the bench competes with the
-//! service for cores. For the lowest-overhead numbers on the echo servers
-//! use `benches/e2e`'s `loadgen`, whose clients are hand-written on raw
-//! tokio sockets for exactly that reason. The broker target uses the
-//! broker library's `Consumer` (request/response with ids and flow
-//! control) instead, for the same reason: it is what its users call.
+//! `--runtime` picks what the clients run on: tokio (default) or smol,
+//! through one generic path over storm-async's `Runtime` (`on_async.rs`),
+//! or storm-std's blocking threads (`on_std.rs`); with `--spawn` the
+//! service runs on the same runtime. Every decision is written once, here:
+//! what a connection sends and when ([`Driver`]: the first window, then a
+//! request for every answer), what it counts and records ([`Run`]: the
+//! tickets that keep a run at its cap, the answers, the [`Histogram`]),
+//! when a connection has failed the run, when the run ends ([`measure`]:
+//! the duration, the cap, an error or Ctrl-C, one async loop on every
+//! runtime, std's waiting on smol's `block_on` and timer), the setup
+//! exchange of each target (`target`, over a [`target::Wire`]) and the
+//! summary. The runtime's files only wait and do the I/O.
+//!
+//! Every connection is a storm-async or storm-std [`TcpClient`] or
+//! [`WsClient`] whose handler hands each answer to its [`Driver`] and
+//! sends the next requests from the connection's own task (on std, its
+//! reader thread, with `send_blocking`), with no channel or extra task in
+//! between. So the bench measures what an application on Storm's public
+//! client API sees, and dogfoods that API (WebSocket masking, pings from
+//! `storm chat`'s heartbeat, framing). The price is client CPU per
+//! message: on one machine the bench competes with the service for cores.
+//! For the lowest-overhead numbers on the echo servers use `benches/e2e`'s
+//! `loadgen`, whose clients are hand-written on raw tokio sockets for
+//! exactly that reason. The broker target uses the broker library's
+//! `Consumer` (request/response with ids and flow control) instead, for
+//! the same reason: it is what its users call (on tokio and smol; there is
+//! no blocking `Consumer` yet, so `--runtime std` refuses it).
+//!
+//! [`TcpClient`]: storm_async::TcpClient
+//! [`WsClient`]: storm_async::WsClient
 
 mod broker;
 mod cpu;
 mod histogram;
+mod on_async;
+mod on_std;
 mod spawn;
 pub(crate) mod target;
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -79,16 +102,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::ValueEnum;
 use serde_json::json;
+use smol::channel::{Receiver, Sender};
+use smol::future::or;
+use storm_cli::runtime::Runtime;
 use storm_host::link::CloseReason;
 use storm_host::options::{ClientOptions, TlsClientOptions, WsOptions};
 use storm_proto::Message;
+use storm_proto::broker::ChannelId;
+use storm_proto::framing::Framing;
 use storm_proto::ws::deflate::DeflateConfig;
 use storm_services::sys;
-use storm_tokio::{Client, Handler, Session, TcpClient, WsClient};
-use tokio::sync::{Notify, Semaphore, mpsc};
 
 use histogram::Histogram;
-use target::{Conn, EchoProto, Setup, Target, Transport};
+use target::{Conn, EchoProto, Setup, Target, Transport, Wire};
 
 /// Longest run, in seconds.
 pub(crate) const MAX_DURATION: f64 = 3600.0;
@@ -104,6 +130,8 @@ pub(crate) const EXIT_USAGE: u8 = 2;
 const CONNECT_AT_ONCE: usize = 64;
 /// Time allowed for the clients to close at the end.
 const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the progress line is written.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// Options of `storm bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -162,6 +190,13 @@ pub(crate) struct BenchArgs {
     /// a service started with `--tls`. Not with --spawn.
     #[arg(long, value_name = "CA_PEM", conflicts_with = "spawn")]
     pub tls_ca: Option<std::path::PathBuf>,
+    /// Runtime the load generator's clients run on: tokio or smol (async
+    /// tasks), or std (storm-std's blocking threads: a reader and a writer
+    /// per connection; not for broker yet). With --spawn the service (and
+    /// the gateway's backend) runs on it too, with the same --runtime, so
+    /// the whole run is on one runtime.
+    #[arg(long, value_enum, env = "STORM_RUNTIME", default_value_t = Runtime::Tokio)]
+    pub runtime: Runtime,
 }
 
 /// A service `storm bench` drives.
@@ -264,6 +299,8 @@ struct Config {
     deflate: bool,
     /// `--tls-ca`: every connection over TLS.
     tls: Option<TlsClientOptions>,
+    /// `--runtime`: what the clients (and a spawned service) run on.
+    runtime: Runtime,
 }
 
 impl Config {
@@ -299,6 +336,9 @@ impl Config {
                 broker::MAX_IN_FLIGHT
             ));
         }
+        if args.target == TargetName::Broker && args.runtime == Runtime::Std {
+            return Err(format!("--runtime std: {}", broker::NOT_ON_STD));
+        }
         storm_proto::route::validate_route_name(
             &args.route,
             storm_proto::route::MAX_ROUTE_NAME_LEN_LIMIT,
@@ -320,6 +360,7 @@ impl Config {
                 )),
                 None => None,
             },
+            runtime: args.runtime,
         })
     }
 }
@@ -353,7 +394,7 @@ pub(crate) fn run(args: &BenchArgs) -> ExitCode {
             Ok(addr) => addr,
             Err(e) => return usage(&e),
         },
-        (None, _) => match spawn::spawn(config.target, &config.route) {
+        (None, _) => match spawn::spawn(config.target, &config.route, config.runtime) {
             Ok(service) => {
                 let addr = service.addr;
                 spawned = Some(service);
@@ -365,43 +406,16 @@ pub(crate) fn run(args: &BenchArgs) -> ExitCode {
             }
         },
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("storm bench: runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let size = config.size;
     let pids = spawned.as_ref().map(spawn::Spawned::pids);
     let at = Where {
         addr,
         service_pids: pids.as_deref(),
     };
-    let mut outcome = runtime.block_on(async {
-        match config.target {
-            TargetName::EchoRaw => echo(EchoProto::Raw, size, &config, at).await,
-            TargetName::EchoLp => echo(EchoProto::Lp, size, &config, at).await,
-            TargetName::EchoLine => echo(EchoProto::Line, size, &config, at).await,
-            TargetName::EchoWs => echo(EchoProto::Ws, size, &config, at).await,
-            TargetName::Json => drive(target::Json { size }, &config, at).await,
-            TargetName::Chat => {
-                let run = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32);
-                drive(target::Chat { size, run }, &config, at).await
-            }
-            TargetName::Gateway => {
-                let route = config.route.clone();
-                drive(target::Gateway { route, size }, &config, at).await
-            }
-            TargetName::Broker => broker::drive(&config, at, args.channel).await,
-        }
-    });
-    drop(runtime);
+    let mut outcome = match config.runtime {
+        Runtime::Tokio => on_async::run::<storm_tokio::Tokio>(&config, at, args.channel),
+        Runtime::Smol => on_async::run::<storm_smol::Smol>(&config, at, args.channel),
+        Runtime::Std => smol::block_on(targets::<on_std::Threads>(&config, at, args.channel)),
+    };
     drop(spawned);
     outcome.require_answers(config.target, addr);
     let summary = Summary::new(&config, addr, &outcome);
@@ -417,13 +431,53 @@ pub(crate) fn run(args: &BenchArgs) -> ExitCode {
     }
 }
 
+/// `runtime` as `--runtime` takes it.
+fn runtime_name(runtime: Runtime) -> String {
+    runtime
+        .to_possible_value()
+        .map_or_else(String::new, |value| value.get_name().to_owned())
+}
+
 fn usage(e: &str) -> ExitCode {
     eprintln!("storm bench: {e}");
     ExitCode::from(EXIT_USAGE)
 }
 
-async fn echo(proto: EchoProto, size: usize, config: &Config, at: Where<'_>) -> Outcome {
-    drive(target::Echo { proto, size }, config, at).await
+/// What a runtime provides to run the load: its connections, set up and
+/// pumped by [`Driver`]'s decisions (`on_async.rs` for tokio and smol,
+/// `on_std.rs` on threads).
+trait Engine {
+    /// Opens every connection of `target`, runs the load through
+    /// [`measure`] until the duration, the cap or an error ends it, and
+    /// closes the connections.
+    async fn drive<T: Target>(target: T, config: &Config, at: Where<'_>) -> Outcome;
+
+    /// Runs the broker target (its own clients: see the `broker` module).
+    async fn broker(config: &Config, at: Where<'_>, channel: Option<ChannelId>) -> Outcome;
+}
+
+/// Runs the target `config` names on engine `E`.
+async fn targets<E: Engine>(config: &Config, at: Where<'_>, channel: Option<ChannelId>) -> Outcome {
+    let size = config.size;
+    let echo = |proto| target::Echo { proto, size };
+    match config.target {
+        TargetName::EchoRaw => E::drive(echo(EchoProto::Raw), config, at).await,
+        TargetName::EchoLp => E::drive(echo(EchoProto::Lp), config, at).await,
+        TargetName::EchoLine => E::drive(echo(EchoProto::Line), config, at).await,
+        TargetName::EchoWs => E::drive(echo(EchoProto::Ws), config, at).await,
+        TargetName::Json => E::drive(target::Json { size }, config, at).await,
+        TargetName::Chat => {
+            let run = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32);
+            E::drive(target::Chat { size, run }, config, at).await
+        }
+        TargetName::Gateway => {
+            let route = config.route.clone();
+            E::drive(target::Gateway { route, size }, config, at).await
+        }
+        TargetName::Broker => E::broker(config, at, channel).await,
+    }
 }
 
 /// Where the service is.
@@ -432,6 +486,46 @@ struct Where<'a> {
     addr: SocketAddr,
     /// Its processes, when the bench started them.
     service_pids: Option<&'a [u32]>,
+}
+
+/// How every connection of a run connects.
+struct Dial {
+    /// The service.
+    addr: SocketAddr,
+    options: ClientOptions,
+    how: How,
+}
+
+/// The protocol of a [`Dial`].
+enum How {
+    /// Plain TCP (or TLS) with this framing.
+    Tcp(Framing),
+    /// WebSocket to this URL.
+    Ws { url: String, ws: WsOptions },
+}
+
+impl Dial {
+    /// How the connections of `config` reach `addr` over `transport`.
+    fn new(config: &Config, addr: SocketAddr, transport: Transport) -> Self {
+        let mut options = ClientOptions::default().with_connect_timeout(target::SETUP_TIMEOUT);
+        options.tls = config.tls.clone();
+        let how = match transport {
+            Transport::Tcp(framing) => How::Tcp(framing),
+            Transport::Ws => {
+                let mut ws = WsOptions::default();
+                ws.deflate = config.deflate.then(DeflateConfig::default);
+                // Room for the largest request any target sends, and answers.
+                ws.config.max_message_size = ws.config.max_message_size.max(32 << 20);
+                ws.config.max_frame_size = ws.config.max_frame_size.max(32 << 20);
+                let scheme = if config.tls.is_some() { "wss" } else { "ws" };
+                How::Ws {
+                    url: format!("{scheme}://{addr}/"),
+                    ws,
+                }
+            }
+        };
+        Self { addr, options, how }
+    }
 }
 
 // ---------------------------------------------------------------- the run
@@ -449,13 +543,16 @@ struct Run {
     /// No more requests once set.
     stopping: AtomicBool,
     latency: Histogram,
-    /// Woken when the run must end early: the cap reached, or an error.
-    finished: Notify,
+    /// Holds a wake-up once the run must end early: the cap reached, or an
+    /// error ([`Run::finished`] waits for it).
+    end_early: Sender<()>,
+    ended_early: Receiver<()>,
     error: Mutex<Option<String>>,
 }
 
 impl Run {
     fn new(max_messages: u64) -> Self {
+        let (end_early, ended_early) = smol::channel::bounded(1);
         Self {
             max_messages,
             issued: AtomicU64::new(0),
@@ -463,7 +560,8 @@ impl Run {
             done: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             latency: Histogram::new(),
-            finished: Notify::new(),
+            end_early,
+            ended_early,
             error: Mutex::new(None),
         }
     }
@@ -484,7 +582,8 @@ impl Run {
         let total = self.done.fetch_add(n, Ordering::Relaxed) + n;
         if total >= self.max_messages {
             self.stopping.store(true, Ordering::Relaxed);
-            self.finished.notify_one();
+            // Full: the wake-up is already there.
+            let _ = self.end_early.try_send(());
         }
     }
 
@@ -492,7 +591,25 @@ impl Run {
     fn fail(&self, error: String) {
         lock(&self.error).get_or_insert(error);
         self.stopping.store(true, Ordering::Relaxed);
-        self.finished.notify_one();
+        let _ = self.end_early.try_send(());
+    }
+
+    /// Completes once the run must end early (the cap, or an error).
+    async fn finished(&self) {
+        // The run holds the sender: never closed.
+        let _ = self.ended_early.recv().await;
+    }
+
+    /// Records the round trips of requests sent at `sent` and answered at
+    /// `now` (not once the run is stopping).
+    fn record(&self, sent: impl IntoIterator<Item = Instant>, now: Instant) {
+        if self.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        for sent in sent {
+            let nanos = u64::try_from((now - sent).as_nanos()).unwrap_or(u64::MAX);
+            self.latency.record(nanos);
+        }
     }
 }
 
@@ -503,7 +620,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Where one connection is.
 enum Phase<C> {
     /// Connecting and setting up: every message goes to the setup code.
-    Setup(mpsc::Sender<Message>),
+    Setup(Sender<Message>),
     /// Under load.
     Pump {
         conn: C,
@@ -514,7 +631,13 @@ enum Phase<C> {
     Done,
 }
 
-/// One connection's state, shared by its handler and the run.
+/// Messages a connection holds for its setup exchange before it reads no
+/// more.
+const SETUP_QUEUE: usize = 64;
+
+/// One connection's state and every decision about it, shared by its
+/// handler (on any runtime, which only carries the decisions out) and the
+/// run.
 struct Driver<C> {
     run: Arc<Run>,
     index: usize,
@@ -522,107 +645,121 @@ struct Driver<C> {
 }
 
 impl<C: Conn> Driver<C> {
+    /// A connection in setup, and where its received messages go until
+    /// [`Driver::set_up`] is done.
+    fn new(run: Arc<Run>, index: usize) -> (Self, Receiver<Message>) {
+        let (tx, inbox) = smol::channel::bounded(SETUP_QUEUE);
+        let driver = Self {
+            run,
+            index,
+            phase: Mutex::new(Phase::Setup(tx)),
+        };
+        (driver, inbox)
+    }
+
+    /// Runs `target`'s setup exchange on the fresh connection `wire`,
+    /// whose messages arrive in `inbox`, until `deadline`; then this
+    /// connection's protocol takes its messages. `Err`: why the run failed
+    /// (the caller closes the connection).
+    async fn set_up<T, W>(
+        &self,
+        target: &T,
+        wire: &W,
+        inbox: &Receiver<Message>,
+        deadline: Instant,
+        in_flight: usize,
+    ) -> Result<(), String>
+    where
+        T: Target<Conn = C>,
+        W: Wire,
+    {
+        let setup = Setup {
+            wire,
+            inbox,
+            deadline,
+            index: self.index,
+        };
+        match target.setup(setup).await {
+            Ok(conn) => {
+                *lock(&self.phase) = Phase::Pump {
+                    conn,
+                    sent_at: VecDeque::with_capacity(in_flight),
+                };
+                Ok(())
+            }
+            Err(e) => Err(format!("connection {}: {e}", self.index)),
+        }
+    }
+
+    /// Where a received message goes during setup: the setup exchange's
+    /// queue; `None` once it is over.
+    fn setup_queue(&self) -> Option<Sender<Message>> {
+        match &*lock(&self.phase) {
+            Phase::Setup(tx) => Some(tx.clone()),
+            _ => None,
+        }
+    }
+
     /// Takes up to `n` tickets and marks that many requests sent now:
     /// the messages to send.
-    fn issue(phase: &mut Phase<C>, run: &Run, n: u64) -> (u64, Option<Message>) {
+    fn issue(phase: &mut Phase<C>, run: &Run, n: u64) -> Option<(u64, Message)> {
         let Phase::Pump { conn, sent_at } = phase else {
-            return (0, None);
+            return None;
         };
         let granted = run.tickets(n);
         if granted == 0 {
-            return (0, None);
+            return None;
         }
         let now = Instant::now();
         sent_at.extend(std::iter::repeat_n(now, granted as usize));
-        (granted, Some(conn.request()))
+        Some((granted, conn.request()))
     }
 
-    /// Sends the first `window` requests.
-    async fn start(&self, window: usize, session: Option<Session>) {
-        let (n, request) = Self::issue(&mut lock(&self.phase), &self.run, window as u64);
-        let (Some(session), Some(request)) = (session, request) else {
-            return;
+    /// The first `window` requests: send `request` `n` times.
+    fn start(&self, window: usize) -> Option<(u64, Message)> {
+        Self::issue(&mut lock(&self.phase), &self.run, window as u64)
+    }
+
+    /// `message` arrived under load: counts what it answers and says what
+    /// to send next (`request` `n` times), if anything.
+    fn answered(&self, message: &Message) -> Option<(u64, Message)> {
+        let run = &self.run;
+        let mut phase = lock(&self.phase);
+        let Phase::Pump { conn, sent_at } = &mut *phase else {
+            return None;
         };
-        send(&session, n, request).await;
-    }
-}
-
-/// Sends `request` `n` times.
-async fn send(session: &Session, n: u64, request: Message) {
-    for _ in 0..n {
-        if session.send(request.clone()).await.is_err() {
-            // Closing: the run is ending, or on_disconnect says why.
-            return;
-        }
-    }
-}
-
-/// The connection's handler: forwards setup messages, then answers each
-/// answer with a new request.
-struct ConnHandler<C>(Arc<Driver<C>>);
-
-impl<C: Conn> Handler for ConnHandler<C> {
-    async fn on_message(&self, session: &Session, message: Message) {
-        let driver = &self.0;
-        let run = &driver.run;
-        let setup = match &*lock(&driver.phase) {
-            Phase::Setup(tx) => Some(tx.clone()),
-            _ => None,
-        };
-        if let Some(tx) = setup {
-            // The setup code reads these; after it, nobody does.
-            let _ = tx.send(message).await;
-            return;
-        }
-        let (n, request) = {
-            let mut phase = lock(&driver.phase);
-            match &mut *phase {
-                Phase::Setup(_) | Phase::Done => return,
-                Phase::Pump { conn, sent_at } => {
-                    let answered = match conn.answers(&message) {
-                        Ok(n) => n,
-                        Err(e) => {
-                            *phase = Phase::Done;
-                            run.fail(format!("connection {}: {e}", driver.index));
-                            return;
-                        }
-                    };
-                    if answered == 0 {
-                        return;
-                    }
-                    if answered > sent_at.len() as u64 {
-                        *phase = Phase::Done;
-                        run.fail(format!(
-                            "connection {}: more answers than requests",
-                            driver.index
-                        ));
-                        return;
-                    }
-                    let now = Instant::now();
-                    let counting = !run.stopping.load(Ordering::Relaxed);
-                    for sent in sent_at.drain(..answered as usize) {
-                        if counting {
-                            let nanos = u64::try_from((now - sent).as_nanos()).unwrap_or(u64::MAX);
-                            run.latency.record(nanos);
-                        }
-                    }
-                    run.complete(answered);
-                    Driver::issue(&mut phase, run, answered)
-                }
+        let answered = match conn.answers(message) {
+            Ok(n) => n,
+            Err(e) => {
+                *phase = Phase::Done;
+                run.fail(format!("connection {}: {e}", self.index));
+                return None;
             }
         };
-        if let Some(request) = request {
-            send(session, n, request).await;
+        if answered == 0 {
+            return None;
         }
+        if answered > sent_at.len() as u64 {
+            *phase = Phase::Done;
+            run.fail(format!(
+                "connection {}: more answers than requests",
+                self.index
+            ));
+            return None;
+        }
+        run.record(sent_at.drain(..answered as usize), Instant::now());
+        run.complete(answered);
+        Self::issue(&mut phase, run, answered)
     }
 
-    async fn on_disconnect(&self, _session: &Session, reason: &CloseReason) {
-        let driver = &self.0;
-        let was = std::mem::replace(&mut *lock(&driver.phase), Phase::Done);
-        if !driver.run.stopping.load(Ordering::Relaxed) && !matches!(was, Phase::Setup(_)) {
-            driver.run.fail(format!(
+    /// The connection ended: under load and before the run stopped, that
+    /// fails the run (during setup, the setup exchange says why).
+    fn disconnected(&self, reason: &CloseReason) {
+        let was = std::mem::replace(&mut *lock(&self.phase), Phase::Done);
+        if !self.run.stopping.load(Ordering::Relaxed) && !matches!(was, Phase::Setup(_)) {
+            self.run.fail(format!(
                 "connection {}: the service closed it ({reason:?})",
-                driver.index
+                self.index
             ));
         }
     }
@@ -685,132 +822,27 @@ impl Outcome {
     }
 }
 
-/// One connected, set up connection.
-struct Opened<C> {
-    client: Client,
-    driver: Arc<Driver<C>>,
-}
-
-/// Connects connection `index` and runs the target's setup on it.
-async fn open<T: Target>(
-    target: Arc<T>,
-    run: Arc<Run>,
-    config: Arc<Config>,
-    addr: SocketAddr,
-    index: usize,
-) -> Result<Opened<T::Conn>, String> {
-    let deadline = Instant::now() + target::SETUP_TIMEOUT;
-    let (tx, mut inbox) = mpsc::channel(64);
-    let driver = Arc::new(Driver {
-        run,
-        index,
-        phase: Mutex::new(Phase::Setup(tx)),
-    });
-    let handler = ConnHandler(Arc::clone(&driver));
-    let mut options = ClientOptions::default().with_connect_timeout(target::SETUP_TIMEOUT);
-    options.tls = config.tls.clone();
-    let connected = match target.transport() {
-        Transport::Tcp(framing) => {
-            TcpClient::connect(&addr.to_string(), options, framing, handler).await
-        }
-        Transport::Ws => {
-            let mut ws = WsOptions::default();
-            ws.deflate = config.deflate.then(DeflateConfig::default);
-            // Room for the largest request any target sends, and answers.
-            ws.config.max_message_size = ws.config.max_message_size.max(32 << 20);
-            ws.config.max_frame_size = ws.config.max_frame_size.max(32 << 20);
-            let scheme = if config.tls.is_some() { "wss" } else { "ws" };
-            WsClient::connect(&format!("{scheme}://{addr}/"), options, ws, handler).await
-        }
-    };
-    let client = connected.map_err(|e| format!("connecting to {addr}: {e}"))?;
-    let setup = Setup {
-        client: &client,
-        inbox: &mut inbox,
-        deadline,
-        index,
-    };
-    let conn = match target.setup(setup).await {
-        Ok(conn) => conn,
-        Err(e) => {
-            client.close();
-            return Err(format!("connection {index}: {e}"));
-        }
-    };
-    *lock(&driver.phase) = Phase::Pump {
-        conn,
-        sent_at: VecDeque::with_capacity(config.in_flight),
-    };
-    Ok(Opened { client, driver })
-}
-
-/// Opens every connection, runs the load until the duration, the cap or an
-/// error ends it, and closes the connections.
-async fn drive<T: Target>(target: T, config: &Config, at: Where<'_>) -> Outcome {
-    let addr = at.addr;
-    let run = Arc::new(Run::new(config.max_messages));
-    let failed = |e: String| Outcome::failed(&run, e);
-    let target = Arc::new(target);
-    let shared = Arc::new(config.clone());
-    let gate = Arc::new(Semaphore::new(CONNECT_AT_ONCE));
-    let mut tasks = Vec::with_capacity(config.connections);
-    for index in 0..config.connections {
-        let (target, run, shared, gate) = (
-            Arc::clone(&target),
-            Arc::clone(&run),
-            Arc::clone(&shared),
-            Arc::clone(&gate),
-        );
-        tasks.push(tokio::spawn(async move {
-            let _permit = gate.acquire().await.map_err(|e| e.to_string())?;
-            open(target, run, shared, addr, index).await
-        }));
-    }
-    let mut opened = Vec::with_capacity(config.connections);
-    let mut error = None;
-    // Each connection's setup has its own deadline; this bounds the rest.
-    let all = tokio::time::timeout(target::SETUP_TIMEOUT * 2, async {
-        for task in &mut tasks {
-            match task.await {
-                Ok(Ok(one)) => opened.push(one),
-                Ok(Err(e)) => return Err(e),
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        Ok(())
-    })
-    .await;
-    match all {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => error = Some(e),
-        Err(_) => error = Some("setting the connections up took too long".to_owned()),
-    }
-    for task in &tasks {
-        task.abort();
-    }
-    if let Some(e) = error {
-        close(&opened).await;
-        return failed(e);
-    }
-
-    let mut outcome = measure(&run, config, at, || {
-        for one in &opened {
-            let (driver, session) = (Arc::clone(&one.driver), one.client.session());
-            let window = config.in_flight;
-            tokio::spawn(async move { driver.start(window, session).await });
-        }
-    })
-    .await;
-    close(&opened).await;
-    outcome.error = lock(&run.error).clone();
-    outcome
+/// What wakes the timed part of a run.
+enum Wake {
+    /// The next progress line, or the end of the duration.
+    Time,
+    /// The cap, or an error.
+    Finished,
+    /// Ctrl-C.
+    Interrupt,
 }
 
 /// The timed part of a run: calls `start` to send the first requests,
 /// reports progress, and stops the run at its duration, its cap, an error
-/// or Ctrl-C. `error` is left for the caller to fill in once its
-/// connections are closed.
-async fn measure(run: &Arc<Run>, config: &Config, at: Where<'_>, start: impl FnOnce()) -> Outcome {
+/// or Ctrl-C, waiting with `sleep_until` (the runtime's timer). `error` is
+/// left for the caller to fill in once its connections are closed.
+async fn measure<F: Future<Output = ()>>(
+    run: &Arc<Run>,
+    config: &Config,
+    at: Where<'_>,
+    sleep_until: impl Fn(Instant) -> F,
+    start: impl FnOnce(),
+) -> Outcome {
     let own_pid = [std::process::id()];
     let cpu_before = (
         cpu::total_cpu(&own_pid),
@@ -819,28 +851,47 @@ async fn measure(run: &Arc<Run>, config: &Config, at: Where<'_>, start: impl FnO
     let started = Instant::now();
     let mut progress = Progress::new(config, started);
     start();
-    let deadline = tokio::time::Instant::from(started + config.duration);
-    let mut ticker = tokio::time::interval_at(
-        tokio::time::Instant::from(started + Duration::from_secs(1)),
-        Duration::from_secs(1),
-    );
+    let deadline = started + config.duration;
+    let mut tick = started + PROGRESS_EVERY;
     // From here on Ctrl-C ends the run early, with its summary (a second
     // one exits at once).
     if let Err(e) = storm_cli::interrupt::install() {
         tracing::warn!("Ctrl-C will not print a summary: {e}");
     }
-    let ctrl_c = storm_cli::interrupt::ctrl_c();
-    tokio::pin!(ctrl_c);
+    let mut ctrl_c = pin!(storm_cli::interrupt::ctrl_c());
     let mut interrupted = false;
     loop {
-        tokio::select! {
-            () = tokio::time::sleep_until(deadline) => break,
-            () = run.finished.notified() => break,
-            () = &mut ctrl_c => {
+        let timer = async {
+            sleep_until(deadline.min(tick)).await;
+            Wake::Time
+        };
+        let finished = async {
+            run.finished().await;
+            Wake::Finished
+        };
+        let interrupt = async {
+            (&mut ctrl_c).await;
+            Wake::Interrupt
+        };
+        match or(interrupt, or(finished, timer)).await {
+            Wake::Time => {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                if now >= tick {
+                    progress.report(run);
+                    // The next whole second of the run after now.
+                    while tick <= now {
+                        tick += PROGRESS_EVERY;
+                    }
+                }
+            }
+            Wake::Finished => break,
+            Wake::Interrupt => {
                 interrupted = true;
                 break;
             }
-            _ = ticker.tick() => progress.report(run),
         }
     }
     let elapsed = started.elapsed();
@@ -861,19 +912,6 @@ async fn measure(run: &Arc<Run>, config: &Config, at: Where<'_>, start: impl FnO
         run: Arc::clone(run),
         error: None,
     }
-}
-
-/// Closes every client, waiting a bounded time for them to finish.
-async fn close<C>(opened: &[Opened<C>]) {
-    for one in opened {
-        one.client.close();
-    }
-    let _ = tokio::time::timeout(TEARDOWN_TIMEOUT, async {
-        for one in opened {
-            one.client.closed().await;
-        }
-    })
-    .await;
 }
 
 // ---------------------------------------------------------------- output
@@ -994,10 +1032,11 @@ impl<'a> Summary<'a> {
     fn human(&self) -> String {
         let c = self.config;
         let mut line = format!(
-            "{} {} {}: {} conns x {} in flight x {} B: {} msgs in {:.3} s, {:.0} msgs/s, {:.2} MiB/s",
+            "{} {} {} ({}): {} conns x {} in flight x {} B: {} msgs in {:.3} s, {:.0} msgs/s, {:.2} MiB/s",
             c.target.name(),
             c.mode.name(),
             self.addr,
+            runtime_name(c.runtime),
             c.connections,
             c.in_flight,
             c.size,
@@ -1039,6 +1078,7 @@ impl<'a> Summary<'a> {
         json!({
             "target": c.target.name(),
             "mode": c.mode.name(),
+            "runtime": runtime_name(c.runtime),
             "addr": self.addr.to_string(),
             "connections": c.connections,
             "in_flight": c.in_flight,
@@ -1114,6 +1154,91 @@ mod tests {
         answered.error = None;
         answered.require_answers(TargetName::Chat, addr);
         assert_eq!(answered.error, None);
+    }
+
+    /// Answers as many requests as the message has bytes; `x` is wrong.
+    struct Counting;
+
+    impl Conn for Counting {
+        fn request(&mut self) -> Message {
+            Message::from("q")
+        }
+
+        fn answers(&mut self, message: &Message) -> Result<u64, String> {
+            match message.as_bytes() {
+                b"x" => Err("wrong".to_owned()),
+                bytes => Ok(bytes.len() as u64),
+            }
+        }
+    }
+
+    fn pumping(max_messages: u64) -> Driver<Counting> {
+        let (driver, _inbox) = Driver::new(Arc::new(Run::new(max_messages)), 3);
+        *lock(&driver.phase) = Phase::Pump {
+            conn: Counting,
+            sent_at: VecDeque::new(),
+        };
+        driver
+    }
+
+    #[test]
+    fn a_connection_sends_a_request_for_every_answer_until_the_cap() {
+        let driver = pumping(5);
+        let (n, request) = driver.start(4).expect("the first window");
+        assert_eq!((n, request.as_bytes()), (4, &b"q"[..]));
+        // Not an answer: nothing counted, nothing sent.
+        assert!(driver.answered(&Message::from("")).is_none());
+        // Two answers: two more requests, but only one is left under the cap.
+        let (n, _) = driver.answered(&Message::from("aa")).expect("more");
+        assert_eq!(n, 1);
+        assert_eq!(driver.run.done.load(Ordering::Relaxed), 2);
+        assert_eq!(driver.run.latency.count(), 2);
+        assert!(driver.answered(&Message::from("aaa")).is_none());
+        assert!(driver.run.stopping.load(Ordering::Relaxed));
+        assert_eq!(driver.run.sent.load(Ordering::Relaxed), 5);
+        assert_eq!(driver.run.done.load(Ordering::Relaxed), 5);
+        assert_eq!(*lock(&driver.run.error), None);
+        // Closed once stopping: not a failure.
+        driver.disconnected(&CloseReason::Eof);
+        assert_eq!(*lock(&driver.run.error), None);
+    }
+
+    #[test]
+    fn a_wrong_answer_or_one_too_many_fails_the_run() {
+        let driver = pumping(100);
+        let _ = driver.start(1);
+        assert!(driver.answered(&Message::from("x")).is_none());
+        assert_eq!(
+            lock(&driver.run.error).as_deref(),
+            Some("connection 3: wrong")
+        );
+        // Done: later messages are ignored.
+        assert!(driver.answered(&Message::from("a")).is_none());
+
+        let driver = pumping(100);
+        let _ = driver.start(1);
+        assert!(driver.answered(&Message::from("aa")).is_none());
+        assert_eq!(
+            lock(&driver.run.error).as_deref(),
+            Some("connection 3: more answers than requests")
+        );
+    }
+
+    #[test]
+    fn a_close_fails_the_run_under_load_but_not_in_setup() {
+        let (in_setup, _inbox) = Driver::<Counting>::new(Arc::new(Run::new(10)), 0);
+        assert!(in_setup.setup_queue().is_some());
+        in_setup.disconnected(&CloseReason::Eof);
+        assert_eq!(*lock(&in_setup.run.error), None);
+
+        let driver = pumping(10);
+        assert!(driver.setup_queue().is_none());
+        driver.disconnected(&CloseReason::Eof);
+        assert!(
+            lock(&driver.run.error)
+                .as_deref()
+                .is_some_and(|e| e.starts_with("connection 3: the service closed it")),
+        );
     }
 
     #[test]

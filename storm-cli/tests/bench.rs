@@ -9,6 +9,9 @@ use std::io::Read;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+mod child;
+use child::Storm;
+
 use serde_json::Value;
 use storm_host::options::{ServerOptions, WsOptions};
 use storm_proto::Message;
@@ -27,9 +30,15 @@ struct Finished {
 
 /// Runs `storm bench ARGS` to completion (killed after [`DEADLINE`]).
 fn bench(args: &[&str]) -> Finished {
+    bench_with_env(args, &[])
+}
+
+/// Runs `storm bench ARGS` with these environment variables set.
+fn bench_with_env(args: &[&str], env: &[(&str, &str)]) -> Finished {
     let mut child = Command::new(env!("CARGO_BIN_EXE_storm"))
         .arg("bench")
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -109,12 +118,14 @@ fn assert_exact(summary: &Value, cap: u64) {
     assert!(summary["msgs_per_s"].as_f64().expect("msgs_per_s") > 0.0);
 }
 
-/// A throughput run against `target` started by `--spawn`, ended by the
-/// message cap.
-fn spawned_throughput(target: &str) {
+/// A throughput run against `target` started by `--spawn` on `runtime`
+/// (the service too), ended by the message cap.
+fn spawned_throughput(target: &str, runtime: &str) {
     let s = summary(&[
         target,
         "--spawn",
+        "--runtime",
+        runtime,
         "--connections",
         "4",
         "--in-flight",
@@ -126,6 +137,7 @@ fn spawned_throughput(target: &str) {
     ]);
     assert_eq!(s["target"], target);
     assert_eq!(s["mode"], "throughput");
+    assert_eq!(s["runtime"], runtime);
     assert_eq!(
         (s["connections"].as_u64(), s["in_flight"].as_u64()),
         (Some(4), Some(8))
@@ -140,6 +152,33 @@ fn spawned_throughput(target: &str) {
     assert_stopped(&s);
 }
 
+/// A latency run against `target` started by `--spawn` on `runtime`:
+/// one request in flight on each of two connections.
+fn spawned_latency(target: &str, runtime: &str) {
+    let s = summary(&[
+        target,
+        "--spawn",
+        "--runtime",
+        runtime,
+        "--mode",
+        "latency",
+        "--connections",
+        "2",
+        "--size",
+        "1000",
+        "--duration",
+        "30",
+        "--max-messages",
+        "100",
+    ]);
+    assert_eq!(s["mode"], "latency");
+    assert_eq!(s["runtime"], runtime);
+    assert_eq!(s["in_flight"], 1);
+    assert_eq!(s["size"], 1000);
+    assert_exact(&s, 100);
+    assert_stopped(&s);
+}
+
 /// The service `--spawn` started is gone: its address refuses connections.
 fn assert_stopped(summary: &Value) {
     let addr = summary["addr"].as_str().expect("addr");
@@ -149,39 +188,147 @@ fn assert_stopped(summary: &Value) {
     );
 }
 
-#[test]
-fn echo_raw_throughput_counts_exactly_the_cap() {
-    spawned_throughput("echo-raw");
+/// Both modes against `target` on `runtime`.
+fn spawned_both_modes(target: &str, runtime: &str) {
+    spawned_throughput(target, runtime);
+    spawned_latency(target, runtime);
 }
 
-#[test]
-fn echo_lp_throughput_counts_exactly_the_cap() {
-    spawned_throughput("echo-lp");
+/// Every target in both modes on one runtime (the bench's clients and the
+/// service it starts), and `--tls-ca` on it.
+macro_rules! on_runtime {
+    ($($module:ident: $runtime:literal),* $(,)?) => {$(
+        mod $module {
+            use super::*;
+
+            #[test]
+            fn echo_raw() {
+                spawned_both_modes("echo-raw", $runtime);
+            }
+
+            #[test]
+            fn echo_lp() {
+                spawned_both_modes("echo-lp", $runtime);
+            }
+
+            #[test]
+            fn echo_line() {
+                spawned_both_modes("echo-line", $runtime);
+            }
+
+            #[test]
+            fn echo_ws() {
+                spawned_both_modes("echo-ws", $runtime);
+            }
+
+            #[test]
+            fn json() {
+                spawned_both_modes("json", $runtime);
+            }
+
+            #[test]
+            fn chat() {
+                spawned_both_modes("chat", $runtime);
+            }
+
+            #[test]
+            fn gateway() {
+                spawned_both_modes("gateway", $runtime);
+            }
+
+            #[test]
+            fn broker() {
+                broker_on($runtime);
+            }
+
+            #[test]
+            fn tls_ca() {
+                tls_ca_on($runtime);
+            }
+        }
+    )*};
 }
 
+on_runtime!(on_tokio: "tokio", on_smol: "smol", on_std: "std");
+
+/// `STORM_RUNTIME` picks the runtime when `--runtime` is not given.
 #[test]
-fn echo_line_throughput_counts_exactly_the_cap() {
-    spawned_throughput("echo-line");
+fn the_runtime_can_come_from_storm_runtime() {
+    let small = [
+        "echo-lp",
+        "--spawn",
+        "--connections",
+        "1",
+        "--max-messages",
+        "20",
+        "--json",
+    ];
+    for (env, args, expected) in [
+        ("smol", &[][..], "smol"),
+        ("std", &[][..], "std"),
+        ("std", &["--runtime", "tokio"][..], "tokio"),
+    ] {
+        let done = bench_with_env(&[&small[..], args].concat(), &[("STORM_RUNTIME", env)]);
+        assert!(done.status.success(), "{env}: {}", done.stderr);
+        let s: Value = serde_json::from_str(done.stdout.trim()).expect("JSON summary");
+        assert_eq!(s["runtime"], expected, "{s}");
+        assert_exact(&s, 20);
+    }
+    let done = bench_with_env(&small, &[("STORM_RUNTIME", "nope")]);
+    assert_eq!(done.status.code(), Some(2), "{}", done.stderr);
 }
 
-#[test]
-fn echo_ws_throughput_counts_exactly_the_cap() {
-    spawned_throughput("echo-ws");
+/// The broker target on `runtime`: both modes on tokio and smol; refused
+/// on std, which has no blocking broker client yet, saying so.
+fn broker_on(runtime: &str) {
+    if runtime != "std" {
+        spawned_both_modes("broker", runtime);
+        return;
+    }
+    let done = bench(&["broker", "--spawn", "--runtime", "std"]);
+    assert_eq!(done.status.code(), Some(2), "{}", done.stderr);
+    assert!(
+        done.stderr
+            .contains("--runtime std: the broker target runs on tokio and smol only"),
+        "{}",
+        done.stderr
+    );
 }
 
-#[test]
-fn json_throughput_counts_exactly_the_cap() {
-    spawned_throughput("json");
-}
-
-#[test]
-fn chat_throughput_counts_exactly_the_cap() {
-    spawned_throughput("chat");
-}
-
-#[test]
-fn gateway_throughput_counts_exactly_the_cap() {
-    spawned_throughput("gateway");
+/// `--tls-ca` on `runtime`: the bench's clients trust the test CA and
+/// drive TLS services (started on the same runtime) over TLS (json,
+/// echo-lp) and wss:// (echo-ws, chat), every request answered.
+fn tls_ca_on(runtime: &str) {
+    let pki = storm_tests::suite::pki::Pki::new();
+    let files = pki.pem_files();
+    let ca = files.ca.to_str().expect("temporary paths are UTF-8");
+    let serve = [&files.tls_args()[..], &["--runtime", runtime]].concat();
+    for (target, service, args) in [
+        ("json", "json", &[][..]),
+        ("echo-lp", "echo", &["--proto", "lp"][..]),
+        ("echo-ws", "echo", &["--proto", "ws"][..]),
+        ("chat", "chat", &["--no-http"][..]),
+    ] {
+        let (server, addr) = Storm::serve(service, "127.0.0.1:0", &[args, &serve[..]].concat());
+        let s = summary(&[
+            target,
+            "--addr",
+            &addr,
+            "--tls-ca",
+            ca,
+            "--runtime",
+            runtime,
+            "--connections",
+            "2",
+            "--max-messages",
+            "50",
+            "--duration",
+            "30",
+        ]);
+        assert_eq!(s["runtime"], runtime, "{target}: {s}");
+        assert_exact(&s, 50);
+        drop(server);
+    }
 }
 
 #[test]
@@ -202,11 +349,6 @@ fn echo_ws_with_deflate_counts_exactly_the_cap() {
 }
 
 #[test]
-fn broker_throughput_counts_exactly_the_cap() {
-    spawned_throughput("broker");
-}
-
-#[test]
 fn broker_channel_without_provider_fails_the_run() {
     let done = bench(&[
         "broker",
@@ -224,30 +366,6 @@ fn broker_channel_without_provider_fails_the_run() {
         "{}",
         done.stdout
     );
-}
-
-#[test]
-fn latency_mode_keeps_one_request_in_flight() {
-    for target in ["echo-ws", "json", "broker"] {
-        let s = summary(&[
-            target,
-            "--spawn",
-            "--mode",
-            "latency",
-            "--connections",
-            "2",
-            "--size",
-            "1000",
-            "--duration",
-            "30",
-            "--max-messages",
-            "100",
-        ]);
-        assert_eq!(s["mode"], "latency");
-        assert_eq!(s["in_flight"], 1);
-        assert_eq!(s["size"], 1000);
-        assert_exact(&s, 100);
-    }
 }
 
 /// Echoes every message back.
@@ -313,22 +431,26 @@ fn a_service_that_never_answers_fails_the_run() {
     // `storm json` speaks length-prefixed TCP; a WebSocket server waits for
     // an HTTP request and says nothing.
     let (_runtime, addr) = in_process_echo(true);
-    let done = bench(&[
-        "json",
-        "--addr",
-        &addr,
-        "--duration",
-        "1",
-        "--connections",
-        "2",
-    ]);
-    assert_failed_without_answers(
-        &done,
-        &[
-            "no request was answered in ",
-            &format!("is {addr} running `storm json`?"),
-        ],
-    );
+    for runtime in ["tokio", "smol", "std"] {
+        let done = bench(&[
+            "json",
+            "--addr",
+            &addr,
+            "--runtime",
+            runtime,
+            "--duration",
+            "1",
+            "--connections",
+            "2",
+        ]);
+        assert_failed_without_answers(
+            &done,
+            &[
+                "no request was answered in ",
+                &format!("is {addr} running `storm json`?"),
+            ],
+        );
+    }
     // The same for raw bytes, which a WebSocket server never answers
     // either; the JSON summary carries the error.
     let done = bench(&["echo-raw", "--addr", &addr, "--duration", "1", "--json"]);
@@ -376,7 +498,7 @@ fn human_summary_against_a_server_in_this_process() {
     let line = done.stdout.trim();
     assert!(
         line.starts_with(&format!(
-            "echo-lp throughput {addr}: 3 conns x 5 in flight x 32 B: 150 msgs in "
+            "echo-lp throughput {addr} (tokio): 3 conns x 5 in flight x 32 B: 150 msgs in "
         )),
         "{line}"
     );
@@ -414,28 +536,41 @@ fn a_run_ends_at_its_duration_with_a_progress_line_per_second() {
     assert_eq!(s["service_cpu_pct"], Value::Null, "{s}");
 }
 
+/// On every runtime: one progress line a second, on stderr as plain
+/// lines, and the run ends at its duration.
 #[test]
 fn progress_goes_to_stderr_as_plain_lines_off_a_terminal() {
     let (_runtime, addr) = in_process_echo(false);
-    let done = bench(&[
-        "echo-lp",
-        "--addr",
-        &addr,
-        "--duration",
-        "1.5",
-        "--connections",
-        "2",
-    ]);
-    assert!(done.status.success(), "{}", done.stderr);
-    let progress: Vec<&str> = done.stderr.lines().collect();
-    assert_eq!(progress.len(), 1, "{}", done.stderr);
-    assert!(
-        progress[0].starts_with("storm bench echo-lp: 1 s, ") && progress[0].contains(" msgs/s"),
-        "{}",
-        done.stderr
-    );
-    assert!(!done.stderr.contains('\r'));
-    assert_eq!(done.stdout.lines().count(), 1, "{}", done.stdout);
+    for runtime in ["tokio", "smol", "std"] {
+        let done = bench(&[
+            "echo-lp",
+            "--addr",
+            &addr,
+            "--runtime",
+            runtime,
+            "--duration",
+            "1.5",
+            "--connections",
+            "2",
+            "--json",
+        ]);
+        assert!(done.status.success(), "{runtime}: {}", done.stderr);
+        let progress: Vec<&str> = done.stderr.lines().collect();
+        assert_eq!(progress.len(), 1, "{runtime}: {}", done.stderr);
+        assert!(
+            progress[0].starts_with("storm bench echo-lp: 1 s, ")
+                && progress[0].contains(" msgs/s"),
+            "{runtime}: {}",
+            done.stderr
+        );
+        assert!(!done.stderr.contains('\r'));
+        assert_eq!(done.stdout.lines().count(), 1, "{}", done.stdout);
+        let s: Value = serde_json::from_str(done.stdout.trim()).expect("JSON summary");
+        assert_eq!(s["runtime"], runtime, "{s}");
+        let elapsed = s["elapsed_s"].as_f64().expect("elapsed");
+        assert!((1.5..5.0).contains(&elapsed), "{s}");
+        assert!(s["msgs"].as_u64() > Some(0), "{s}");
+    }
 }
 
 #[test]
@@ -484,21 +619,25 @@ fn a_wrong_answer_fails_the_run() {
     // An echo server is not a JSON service: the echo of a request is not an
     // echo_response.
     let (_runtime, addr) = in_process_echo(false);
-    let done = bench(&[
-        "json",
-        "--addr",
-        &addr,
-        "--duration",
-        "30",
-        "--max-messages",
-        "50",
-    ]);
-    assert_eq!(done.status.code(), Some(1), "{}", done.stdout);
-    assert!(
-        done.stdout.contains("ERROR: connection ") && done.stdout.contains("unexpected reply"),
-        "{}",
-        done.stdout
-    );
+    for runtime in ["tokio", "smol", "std"] {
+        let done = bench(&[
+            "json",
+            "--addr",
+            &addr,
+            "--runtime",
+            runtime,
+            "--duration",
+            "30",
+            "--max-messages",
+            "50",
+        ]);
+        assert_eq!(done.status.code(), Some(1), "{runtime}: {}", done.stdout);
+        assert!(
+            done.stdout.contains("ERROR: connection ") && done.stdout.contains("unexpected reply"),
+            "{runtime}: {}",
+            done.stdout
+        );
+    }
 }
 
 #[test]
@@ -518,15 +657,25 @@ fn nothing_listening_fails_the_run() {
     );
 }
 
+/// On every runtime (the service on the same one).
 #[cfg(unix)]
 #[test]
 fn ctrl_c_ends_the_run_early_with_a_summary_and_stops_the_service() {
+    for runtime in ["tokio", "smol", "std"] {
+        ctrl_c_on(runtime);
+    }
+}
+
+#[cfg(unix)]
+fn ctrl_c_on(runtime: &str) {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(env!("CARGO_BIN_EXE_storm"))
         .args([
             "bench",
             "echo-lp",
             "--spawn",
+            "--runtime",
+            runtime,
             "--mode",
             "latency",
             "--duration",
@@ -565,6 +714,7 @@ fn ctrl_c_ends_the_run_early_with_a_summary_and_stops_the_service() {
     let out = stdout.join().expect("stdout");
     let s: Value = serde_json::from_str(out.trim()).expect("JSON summary");
     assert_eq!(s["interrupted"], true, "{s}");
+    assert_eq!(s["runtime"], runtime, "{s}");
     assert_eq!(s["error"], Value::Null, "{s}");
     let elapsed = s["elapsed_s"].as_f64().expect("elapsed");
     assert!((1.0..20.0).contains(&elapsed), "{s}");

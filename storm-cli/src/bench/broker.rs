@@ -13,16 +13,19 @@
 //! ids and flow control, and benchmarking it is benchmarking that API.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use smol::channel::Sender;
+use smol::future::or;
 use storm_proto::broker::ChannelId;
-use tokio::task::JoinSet;
-
-use super::{Config, Outcome, Run, Where, lock, measure, target};
 use storm_services::broker::{
     Consumer, ConsumerOptions, Provider, ProviderHandle, ProviderOptions,
 };
+use storm_services::host::AsyncRuntime;
+
+use super::{Config, Outcome, Run, TEARDOWN_TIMEOUT, Where, lock, measure, target};
 
 /// Time each request may take before the run fails with it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,46 +34,70 @@ pub(crate) const MAX_SIZE: usize = 64 << 20;
 /// Most requests one consumer may have open (the broker's default per
 /// consumer, and the consumer's own default).
 pub(crate) const MAX_IN_FLIGHT: usize = 1024;
+/// Why the broker target does not run on std.
+pub(crate) const NOT_ON_STD: &str = "the broker target runs on tokio and smol only: \
+    storm-services has no blocking broker Consumer and Provider yet";
 
-/// Runs the broker target.
-pub(super) async fn drive(config: &Config, at: Where<'_>, channel: Option<ChannelId>) -> Outcome {
+/// Runs the broker target on runtime `R`.
+pub(super) async fn drive<R: AsyncRuntime>(
+    config: &Config,
+    at: Where<'_>,
+    channel: Option<ChannelId>,
+) -> Outcome {
     let run = Arc::new(Run::new(config.max_messages));
     let addr = at.addr.to_string();
-    let opened =
-        tokio::time::timeout(target::SETUP_TIMEOUT * 2, open(config, &addr, channel)).await;
+    let opened = or(
+        async { Some(open::<R>(config, &addr, channel).await) },
+        async {
+            R::sleep_until(Instant::now() + target::SETUP_TIMEOUT * 2).await;
+            None
+        },
+    )
+    .await;
     let (provider, consumers) = match opened {
-        Ok(Ok(opened)) => opened,
-        Ok(Err(e)) => return Outcome::failed(&run, e),
-        Err(_) => {
+        Some(Ok(opened)) => opened,
+        Some(Err(e)) => return Outcome::failed(&run, e),
+        None => {
             return Outcome::failed(&run, "setting the consumers up took too long".to_owned());
         }
     };
     let payload = super::target::payload(config.size);
-    let mut slots = JoinSet::new();
-    let mut outcome = measure(&run, config, at, || {
+    // Each slot holds a sender; all gone once every slot has ended.
+    let (slots, ended) = smol::channel::bounded::<()>(1);
+    let mut outcome = measure(&run, config, at, R::sleep_until, || {
         for (index, consumer) in consumers.iter().enumerate() {
             for _ in 0..config.in_flight {
-                let (run, consumer, payload) =
-                    (Arc::clone(&run), consumer.clone(), payload.clone());
-                slots.spawn(slot(run, consumer, payload, index));
+                let (run, consumer, payload, held) = (
+                    Arc::clone(&run),
+                    consumer.clone(),
+                    payload.clone(),
+                    slots.clone(),
+                );
+                R::spawn(slot(run, consumer, payload, index, held));
             }
         }
     })
     .await;
-    // Requests still open are cancelled with their tasks.
-    slots.abort_all();
+    drop(slots);
+    // Requests still open fail as their connections close, which ends
+    // their slots (the run is stopping: not counted as failures).
     for consumer in &consumers {
         consumer.close();
     }
     if let Some(provider) = provider {
         provider.close();
     }
+    let _ = or(
+        async { while ended.recv().await.is_ok() {} },
+        R::sleep_until(Instant::now() + TEARDOWN_TIMEOUT),
+    )
+    .await;
     outcome.error = lock(&run.error).clone();
     outcome
 }
 
 /// The bench's own provider (unless `channel` is given) and the consumers.
-async fn open(
+async fn open<R: AsyncRuntime>(
     config: &Config,
     addr: &str,
     channel: Option<ChannelId>,
@@ -83,11 +110,17 @@ async fn open(
             // Never the bottleneck: as many handlers as requests can be open.
             options.max_concurrent = (config.connections * config.in_flight).clamp(64, 1 << 16);
             options.client.tls.clone_from(&config.tls);
-            let provider = Provider::connect(addr, channel, options)
+            let provider = Provider::connect_on::<R>(addr, channel, options)
                 .await
                 .map_err(|e| format!("provider: connecting to {addr}: {e}"))?;
             let handle = provider.handle();
-            tokio::spawn(provider.serve(|request| async move { Ok(request.payload) }));
+            R::spawn(async move {
+                // Ends when the bench closes it, or the broker goes (the
+                // consumers' requests then fail the run).
+                let _ = provider
+                    .serve(|request| async move { Ok(request.payload) })
+                    .await;
+            });
             (channel, Some(handle))
         }
     };
@@ -95,7 +128,7 @@ async fn open(
     for index in 0..config.connections {
         let mut options = ConsumerOptions::default();
         options.client.tls.clone_from(&config.tls);
-        let consumer = Consumer::connect(addr, channel, options)
+        let consumer = Consumer::connect_on::<R>(addr, channel, options)
             .await
             .map_err(|e| format!("consumer {index}: connecting to {addr}: {e}"))?;
         consumers.push(consumer);
@@ -104,16 +137,13 @@ async fn open(
 }
 
 /// One request slot of consumer `index`: a request at a time until the
-/// run stops.
-async fn slot(run: Arc<Run>, consumer: Consumer, payload: Bytes, index: usize) {
+/// run stops. `_held` is dropped when the slot ends.
+async fn slot(run: Arc<Run>, consumer: Consumer, payload: Bytes, index: usize, _held: Sender<()>) {
     while run.tickets(1) == 1 {
-        let sent = std::time::Instant::now();
+        let sent = Instant::now();
         match consumer.request(payload.clone(), REQUEST_TIMEOUT).await {
             Ok(reply) if reply == payload => {
-                if !run.stopping.load(std::sync::atomic::Ordering::Relaxed) {
-                    let nanos = u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                    run.latency.record(nanos);
-                }
+                run.record([sent], Instant::now());
                 run.complete(1);
             }
             Ok(reply) => {
@@ -127,7 +157,7 @@ async fn slot(run: Arc<Run>, consumer: Consumer, payload: Bytes, index: usize) {
             Err(e) => {
                 // At the end of the run, open requests may fail as the
                 // connections close: not the service's fault.
-                if !run.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                if !run.stopping.load(Ordering::Relaxed) {
                     run.fail(format!("consumer {index}: {e}"));
                 }
                 return;

@@ -15,7 +15,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::TargetName;
+use storm_cli::runtime::Runtime;
+
+use super::{TargetName, runtime_name};
 
 /// How long a service may take to print its banner (and, for the gateway,
 /// to connect its backend).
@@ -49,9 +51,10 @@ impl Drop for Spawned {
     }
 }
 
-/// Starts the service `target` drives; for the gateway, an echo backend on
-/// `route` too.
-pub(crate) fn spawn(target: TargetName, route: &str) -> Result<Spawned, String> {
+/// Starts the service `target` drives on `runtime` (its `--runtime`); for
+/// the gateway, an echo backend on `route` too, on the same runtime.
+pub(crate) fn spawn(target: TargetName, route: &str, runtime: Runtime) -> Result<Spawned, String> {
+    let runtime = &runtime_name(runtime);
     let mut spawned = Spawned {
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         children: Vec::new(),
@@ -67,19 +70,20 @@ pub(crate) fn spawn(target: TargetName, route: &str) -> Result<Spawned, String> 
         TargetName::Chat => (vec!["chat", "--no-http"], "ws"),
         TargetName::Broker => (vec!["broker"], "tcp"),
         TargetName::Gateway => {
-            let (backend, backend_addr) = start(&echo("lp"), "tcp", None)?;
+            let (backend, backend_addr) = start(&echo("lp"), runtime, "tcp", None)?;
             spawned.children.push(backend);
             let path = route_file(route, backend_addr)?;
             spawned.route_file = Some(path.clone());
             let config = path.to_string_lossy().into_owned();
             let ready = format!("backend {route} connected");
-            let (gateway, addr) = start(&["gateway", "--config", &config], "ws", Some(&ready))?;
+            let gateway = ["gateway", "--config", &config];
+            let (gateway, addr) = start(&gateway, runtime, "ws", Some(&ready))?;
             spawned.children.push(gateway);
             spawned.addr = addr;
             return Ok(spawned);
         }
     };
-    let (child, addr) = start(&args, scheme, None)?;
+    let (child, addr) = start(&args, runtime, scheme, None)?;
     spawned.children.push(child);
     spawned.addr = addr;
     Ok(spawned)
@@ -100,9 +104,14 @@ fn route_file(route: &str, backend: SocketAddr) -> Result<PathBuf, String> {
     Ok(path)
 }
 
-/// Starts `storm ARGS --addr 127.0.0.1:0` and waits for its banner (and,
-/// with `ready`, for a stderr line containing it).
-fn start(args: &[&str], scheme: &str, ready: Option<&str>) -> Result<(Child, SocketAddr), String> {
+/// Starts `storm ARGS --addr 127.0.0.1:0 --runtime RUNTIME` and waits for
+/// its banner (and, with `ready`, for a stderr line containing it).
+fn start(
+    args: &[&str],
+    runtime: &str,
+    scheme: &str,
+    ready: Option<&str>,
+) -> Result<(Child, SocketAddr), String> {
     let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
     let mut command = Command::new(exe);
     // Out of the terminal's process group: Ctrl-C ends the bench (which
@@ -112,7 +121,7 @@ fn start(args: &[&str], scheme: &str, ready: Option<&str>) -> Result<(Child, Soc
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
     let mut child = command
         .args(args)
-        .args(["--addr", "127.0.0.1:0"])
+        .args(["--addr", "127.0.0.1:0", "--runtime", runtime])
         // Kept open: `storm chat` reads its console from stdin.
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -123,7 +132,7 @@ fn start(args: &[&str], scheme: &str, ready: Option<&str>) -> Result<(Child, Soc
         })
         .spawn()
         .map_err(|e| format!("starting storm {}: {e}", args.join(" ")))?;
-    let what = format!("storm {}", args.join(" "));
+    let what = format!("storm {} --runtime {runtime}", args.join(" "));
     let deadline = Instant::now() + START_TIMEOUT;
     let result = (|| {
         let stdout = lines(child.stdout.take())?;

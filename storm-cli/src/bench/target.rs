@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::json;
+use smol::channel::Receiver;
+use smol::future::or;
 use storm_proto::Message;
 use storm_proto::framing::{DelimiterConfig, Framing, LengthPrefixConfig};
 use storm_proto::route::envelope::{self, ErrorReply};
 use storm_proto::route::{ClientConfig, ClientHandshake, Event, MAX_ROUTE_NAME_LEN_LIMIT};
-use storm_tokio::Client;
-use tokio::sync::mpsc;
 
 /// How a target's clients connect.
 #[derive(Clone)]
@@ -43,33 +43,53 @@ pub(crate) trait Conn: Send + 'static {
     fn answers(&mut self, message: &Message) -> Result<u64, String>;
 }
 
+/// A connected client as the setup exchange sees it, on whichever runtime
+/// the run is on (`on_async.rs`, `on_std.rs`).
+pub(crate) trait Wire: Sync {
+    /// Sends `message`, waiting while the connection is backpressured.
+    ///
+    /// # Errors
+    ///
+    /// The connection is gone, as a sentence.
+    fn send(&self, message: Message) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Completes at `deadline`.
+    fn sleep_until(deadline: Instant) -> impl Future<Output = ()> + Send;
+}
+
 /// The setup exchange of one fresh connection.
-pub(crate) struct Setup<'a> {
+pub(crate) struct Setup<'a, W> {
     /// The connected client, to send with.
-    pub(crate) client: &'a Client,
-    /// Everything the connection received so far, in order.
-    pub(crate) inbox: &'a mut mpsc::Receiver<Message>,
+    pub(crate) wire: &'a W,
+    /// Everything the connection received so far, in order; closed when
+    /// the connection ends.
+    pub(crate) inbox: &'a Receiver<Message>,
     /// Where this connection's setup must end.
     pub(crate) deadline: Instant,
     /// This connection's number in the run (0, 1, …).
     pub(crate) index: usize,
 }
 
-impl Setup<'_> {
+impl<W: Wire> Setup<'_, W> {
     /// Sends one setup message.
     pub(crate) async fn send(&self, message: impl Into<Message>) -> Result<(), String> {
-        self.client
-            .send(message)
+        self.wire
+            .send(message.into())
             .await
             .map_err(|e| format!("setup send: {e}"))
     }
 
     /// The next message received, before the deadline.
     pub(crate) async fn recv(&mut self) -> Result<Message, String> {
-        match tokio::time::timeout_at(self.deadline.into(), self.inbox.recv()).await {
-            Ok(Some(message)) => Ok(message),
-            Ok(None) => Err("the service closed the connection during setup".to_owned()),
-            Err(_) => Err("setup timed out".to_owned()),
+        let received = async { Some(self.inbox.recv().await) };
+        let timeout = async {
+            W::sleep_until(self.deadline).await;
+            None
+        };
+        match or(received, timeout).await {
+            Some(Ok(message)) => Ok(message),
+            Some(Err(_)) => Err("the service closed the connection during setup".to_owned()),
+            None => Err("setup timed out".to_owned()),
         }
     }
 }
@@ -83,7 +103,10 @@ pub(crate) trait Target: Send + Sync + 'static {
     fn transport(&self) -> Transport;
 
     /// Runs the setup exchange of one connection and returns its protocol.
-    fn setup(&self, setup: Setup<'_>) -> impl Future<Output = Result<Self::Conn, String>> + Send;
+    fn setup<W: Wire>(
+        &self,
+        setup: Setup<'_, W>,
+    ) -> impl Future<Output = Result<Self::Conn, String>> + Send;
 }
 
 /// `size` bytes of lowercase letters: valid UTF-8, valid JSON string
@@ -134,7 +157,7 @@ impl Target for Echo {
         }
     }
 
-    async fn setup(&self, _setup: Setup<'_>) -> Result<EchoConn, String> {
+    async fn setup<W: Wire>(&self, _setup: Setup<'_, W>) -> Result<EchoConn, String> {
         Ok(EchoConn {
             payload: payload(self.size),
             raw: self.proto == EchoProto::Raw,
@@ -202,7 +225,7 @@ impl Target for Json {
         Transport::Tcp(Framing::LengthPrefix)
     }
 
-    async fn setup(&self, _setup: Setup<'_>) -> Result<JsonConn, String> {
+    async fn setup<W: Wire>(&self, _setup: Setup<'_, W>) -> Result<JsonConn, String> {
         let content = String::from_utf8_lossy(&payload(self.size)).into_owned();
         let request = json!({"type": "echo", "content": content}).to_string();
         Ok(JsonConn {
@@ -280,7 +303,7 @@ impl Target for Chat {
         Transport::Ws
     }
 
-    async fn setup(&self, mut setup: Setup<'_>) -> Result<ChatConn, String> {
+    async fn setup<W: Wire>(&self, mut setup: Setup<'_, W>) -> Result<ChatConn, String> {
         let id = loop {
             let message = setup.recv().await?;
             let reply = parse(&message)?;
@@ -362,7 +385,7 @@ impl Target for Gateway {
         Transport::Ws
     }
 
-    async fn setup(&self, mut setup: Setup<'_>) -> Result<GatewayConn, String> {
+    async fn setup<W: Wire>(&self, mut setup: Setup<'_, W>) -> Result<GatewayConn, String> {
         let config = ClientConfig {
             routes: vec![self.route.clone()],
             handshake_timeout: Some(setup.deadline.saturating_duration_since(Instant::now())),

@@ -135,7 +135,7 @@ impl Nodes {
             },
         );
         self.backplane
-            .start_with(hub, deliver)
+            .start_with::<storm_tokio::Tokio>(hub, deliver)
             .await
             .map_err(io::Error::other)
     }

@@ -489,87 +489,94 @@ fn user_lists_span_nodes_and_a_killed_node_s_users_leave_within_the_ttl() {
 
 #[test]
 fn three_nodes_are_one_chat() {
-    on_each_runtime(|redis, runtime| {
-        let mut nodes = [
-            Node::start(&redis, runtime, &[]),
-            Node::start(&redis, runtime, &[]),
-            Node::start(&redis, runtime, &[]),
-        ];
-        let mut clients: Vec<Client> = nodes.iter().map(Node::client).collect();
-        for (client, name) in clients.iter_mut().zip(["alice", "bob", "carol"]) {
-            client.name(name);
-            client.join("rust");
-        }
-        // One user list, whichever node is asked.
-        for client in &mut clients {
-            let users = client.users_until(|users| users.len() == 3);
-            let mut listed = names(&users);
-            listed.sort_unstable();
-            assert_eq!(listed, ["alice", "bob", "carol"], "{users:?}");
-            assert!(users.iter().all(|u| u["room"] == "rust"), "{users:?}");
-        }
+    on_each_runtime(|redis, runtime| three_nodes(&redis, [runtime; 3]));
+}
 
-        // A room message reaches every node's member exactly once, at one
-        // position.
-        clients[0].send(&json!({"type": "chat", "text": "hello"}));
-        clients[0].send(&json!({"type": "chat", "text": "after"}));
-        let mut positions = Vec::new();
-        for client in &mut clients {
-            let seen = client.until(|v| v["type"] == "chat" && v["text"] == "after");
-            assert_eq!(texts(&seen), ["hello", "after"], "{seen:?}");
-            let hello = seen.iter().find(|v| v["text"] == "hello").expect("hello");
-            positions.push((hello["epoch"].clone(), hello["offset"].clone()));
-        }
-        assert!(
-            positions.iter().all(|p| *p == positions[0]),
-            "{positions:?}"
-        );
-        assert!(positions[0].1.as_u64().is_some(), "{positions:?}");
+#[test]
+fn three_nodes_on_three_runtimes_are_one_chat() {
+    if let Some(redis) = RedisServer::start() {
+        three_nodes(&redis, RUNTIMES);
+    }
+}
 
-        // A whisper to a user on another node; an unknown name is an error.
-        let (alice_id, carol_id) = (clients[0].id.clone(), clients[2].id.clone());
-        clients[0].send(&json!({"type": "whisper", "to": "carol", "text": "psst"}));
-        let copy = clients[0].expect("whisper");
-        let got = clients[2].expect("whisper");
-        assert_eq!(got, copy);
-        assert_eq!((&got["from_id"], &got["to_id"]), (&alice_id, &carol_id));
-        assert_eq!(
-            (&got["from"], &got["text"]),
-            (&json!("alice"), &json!("psst"))
-        );
-        clients[0].send(&json!({"type": "whisper", "to": "nobody", "text": "x"}));
-        let error = clients[0].expect("error");
-        assert!(
-            error["error"]
-                .as_str()
-                .expect("error")
-                .contains("no user named nobody"),
-            "{error}"
-        );
+/// Three nodes, on `runtimes`, are one chat: one user list, room messages
+/// at one position everywhere, whispers, kicks and the console across them.
+fn three_nodes(redis: &RedisServer, runtimes: [&str; 3]) {
+    let mut nodes = runtimes.map(|runtime| Node::start(redis, runtime, &[]));
+    let mut clients: Vec<Client> = nodes.iter().map(Node::client).collect();
+    for (client, name) in clients.iter_mut().zip(["alice", "bob", "carol"]) {
+        client.name(name);
+        client.join("rust");
+    }
+    // One user list, whichever node is asked.
+    for client in &mut clients {
+        let users = client.users_until(|users| users.len() == 3);
+        let mut listed = names(&users);
+        listed.sort_unstable();
+        assert_eq!(listed, ["alice", "bob", "carol"], "{users:?}");
+        assert!(users.iter().all(|u| u["room"] == "rust"), "{users:?}");
+    }
 
-        // The admin console of one node acts on every node.
-        let bob_id = clients[1].id.as_str().expect("id").to_owned();
-        nodes[0].console(&format!("/kick #{bob_id}"), |line| {
-            line.starts_with("kicking")
-        });
-        assert_eq!(
-            clients[1].closed(),
-            (CloseCode::POLICY_VIOLATION, "kicked".to_owned())
-        );
-        let left = clients[2].until(|v| v["type"] == "left");
-        assert_eq!(left.last().expect("left")["id"], json!(bob_id));
-        nodes[2].console("/broadcast to all", |line| line.starts_with("broadcast to"));
-        for i in [0, 2] {
-            let client = &mut clients[i];
-            let told = client.expect("broadcast");
-            assert_eq!(
-                (&told["from"], &told["text"]),
-                (&json!("admin"), &json!("to all"))
-            );
-        }
-        let users = clients[0].users_until(|users| users.len() == 2);
-        assert!(!names(&users).contains(&"bob"), "{users:?}");
+    // A room message reaches every node's member exactly once, at one
+    // position.
+    clients[0].send(&json!({"type": "chat", "text": "hello"}));
+    clients[0].send(&json!({"type": "chat", "text": "after"}));
+    let mut positions = Vec::new();
+    for client in &mut clients {
+        let seen = client.until(|v| v["type"] == "chat" && v["text"] == "after");
+        assert_eq!(texts(&seen), ["hello", "after"], "{seen:?}");
+        let hello = seen.iter().find(|v| v["text"] == "hello").expect("hello");
+        positions.push((hello["epoch"].clone(), hello["offset"].clone()));
+    }
+    assert!(
+        positions.iter().all(|p| *p == positions[0]),
+        "{positions:?}"
+    );
+    assert!(positions[0].1.as_u64().is_some(), "{positions:?}");
+
+    // A whisper to a user on another node; an unknown name is an error.
+    let (alice_id, carol_id) = (clients[0].id.clone(), clients[2].id.clone());
+    clients[0].send(&json!({"type": "whisper", "to": "carol", "text": "psst"}));
+    let copy = clients[0].expect("whisper");
+    let got = clients[2].expect("whisper");
+    assert_eq!(got, copy);
+    assert_eq!((&got["from_id"], &got["to_id"]), (&alice_id, &carol_id));
+    assert_eq!(
+        (&got["from"], &got["text"]),
+        (&json!("alice"), &json!("psst"))
+    );
+    clients[0].send(&json!({"type": "whisper", "to": "nobody", "text": "x"}));
+    let error = clients[0].expect("error");
+    assert!(
+        error["error"]
+            .as_str()
+            .expect("error")
+            .contains("no user named nobody"),
+        "{error}"
+    );
+
+    // The admin console of one node acts on every node.
+    let bob_id = clients[1].id.as_str().expect("id").to_owned();
+    nodes[0].console(&format!("/kick #{bob_id}"), |line| {
+        line.starts_with("kicking")
     });
+    assert_eq!(
+        clients[1].closed(),
+        (CloseCode::POLICY_VIOLATION, "kicked".to_owned())
+    );
+    let left = clients[2].until(|v| v["type"] == "left");
+    assert_eq!(left.last().expect("left")["id"], json!(bob_id));
+    nodes[2].console("/broadcast to all", |line| line.starts_with("broadcast to"));
+    for i in [0, 2] {
+        let client = &mut clients[i];
+        let told = client.expect("broadcast");
+        assert_eq!(
+            (&told["from"], &told["text"]),
+            (&json!("admin"), &json!("to all"))
+        );
+    }
+    let users = clients[0].users_until(|users| users.len() == 2);
+    assert!(!names(&users).contains(&"bob"), "{users:?}");
 }
 
 #[test]

@@ -293,15 +293,8 @@ fn a_client_back_on_the_other_node_gets_exactly_what_it_missed() {
             Node::start(&redis, runtime, &[]),
             Node::start(&redis, runtime, &[]),
         );
-        let (mut alice, mut bob) = (a.client(), b.client());
-        alice.join("rust");
-        bob.join("rust");
-        alice.say("m1");
-        let last = bob
-            .until(|v| v["type"] == "chat" && v["text"] == "m1")
-            .pop()
-            .expect("m1");
-        drop(bob);
+        let mut alice = a.client();
+        let last = last_seen_before_leaving(&mut alice, b.client(), "m1");
         alice.until(|v| v["type"] == "left");
         for text in ["m2", "m3", "m4"] {
             alice.say(text);
@@ -330,6 +323,18 @@ fn a_client_back_on_the_other_node_gets_exactly_what_it_missed() {
     });
 }
 
+/// `speaker` and `listener` join `rust`, `speaker` says `text`: the
+/// listener's copy of it (with its position); the listener then leaves.
+fn last_seen_before_leaving(speaker: &mut Client, mut listener: Client, text: &str) -> Value {
+    speaker.join("rust");
+    listener.join("rust");
+    speaker.say(text);
+    listener
+        .until(|v| v["type"] == "chat" && v["text"] == text)
+        .pop()
+        .unwrap_or_else(|| panic!("{text}"))
+}
+
 /// Joins `room` with the position of `last`; the `unrecoverable` reason.
 fn rejoin_unrecoverable(client: &mut Client, room: &str, last: &Value) -> String {
     client.send(&json!({
@@ -350,15 +355,8 @@ fn recovery_is_impossible_after_trimming_and_after_a_redis_restart() {
             Node::start(&redis, runtime, &history),
             Node::start(&redis, runtime, &history),
         );
-        let (mut alice, mut bob) = (a.client(), b.client());
-        alice.join("rust");
-        bob.join("rust");
-        alice.say("m1");
-        let last = bob
-            .until(|v| v["type"] == "chat" && v["text"] == "m1")
-            .pop()
-            .expect("m1");
-        drop(bob);
+        let mut alice = a.client();
+        let last = last_seen_before_leaving(&mut alice, b.client(), "m1");
         for text in ["m2", "m3", "m4"] {
             alice.say(text);
         }
@@ -609,15 +607,8 @@ fn a_slow_session_gets_its_whole_recovery() {
         // recovery of 30 events of 200-odd bytes does not fit at once.
         let a = Node::start(&redis, runtime, &["--max-pending-bytes", "600"]);
         let b = Node::start(&redis, runtime, &[]);
-        let (mut alice, mut bob) = (b.client(), a.client());
-        alice.join("rust");
-        bob.join("rust");
-        alice.say("m0");
-        let last = bob
-            .until(|v| v["type"] == "chat" && v["text"] == "m0")
-            .pop()
-            .expect("m0");
-        drop(bob);
+        let mut alice = b.client();
+        let last = last_seen_before_leaving(&mut alice, a.client(), "m0");
         let said: Vec<String> = (1..=30)
             .map(|i| format!("{i:03} {}", "x".repeat(200)))
             .collect();

@@ -468,6 +468,36 @@ async fn presence_changes_reach_redis_in_their_order_without_waiting<R: Runtime>
     b.stop().await;
 }
 
+/// On tokio the node's Redis connections are tokio's: `redis`, built for
+/// tokio and smol, drives a connection made inside a tokio runtime on it
+/// (on smol, its connections would need no tokio task). The smol
+/// scenarios show the other side: a tokio connection there would find no
+/// tokio runtime and panic.
+#[test]
+fn a_tokio_node_drives_its_connections_on_tokio() {
+    let runtime = ::tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let tasks = || {
+            ::tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        assert_eq!(tasks(), 0);
+        let node = Node::start::<storm_tokio::Tokio>(&server, |_| {}, None).await;
+        // The backplane's three tasks (subscriber, publisher, presence),
+        // and the drivers of its subscription and its publisher's
+        // connection.
+        assert_eq!(tasks(), 5);
+        node.stop().await;
+    });
+}
+
 /// A way to run a scenario to its end from the test's thread.
 trait BlockOn: Runtime {
     fn block_on(scenario: impl Future<Output = ()>);

@@ -119,8 +119,9 @@ impl Pending {
 
 impl Nodes {
     /// The backplane of `config`, on runtime `R` (tokio's or smol's; a
-    /// chat on std's threads takes smol's). Its [`start`](Self::start)
-    /// is awaited on `R`.
+    /// chat on std's threads takes smol's). Called inside the tokio
+    /// runtime for tokio, outside any tokio runtime for smol (as the chat's
+    /// `run`s do); its [`start`](Self::start) is awaited on `R`.
     pub(super) fn new<R: Runtime>(config: &RedisConfig) -> io::Result<Self> {
         let backplane = RedisBackplane::new(config.clone()).map_err(io::Error::other)?;
         // tokio spawns only on its own threads, through its handle from

@@ -13,7 +13,7 @@
 //!
 //! | feature | adapter |
 //! |---|---|
-//! | `redis` (default) | [`redis::RedisBackplane`]: pub/sub between nodes, history in Redis Streams with epochs, presence with TTLs; on tokio |
+//! | `redis` (default) | [`redis::RedisBackplane`]: pub/sub between nodes, history in Redis Streams with epochs, presence with TTLs; on tokio, smol, and std (hosted on smol) |
 
 #[cfg(feature = "redis")]
 pub mod redis;

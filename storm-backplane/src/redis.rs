@@ -1,6 +1,17 @@
-//! The Redis backplane, on tokio: room broadcasts through pub/sub, each
-//! room's history in a Redis stream with an epoch, presence in a sorted set
-//! whose scores are expiry times on Redis's own clock.
+//! The Redis backplane: room broadcasts through pub/sub, each room's
+//! history in a Redis stream with an epoch, presence in a sorted set whose
+//! scores are expiry times on Redis's own clock.
+//!
+//! One async backplane for every runtime: its tasks are spawned and timed
+//! through the storm-async [`Runtime`] its caller names when it
+//! [starts](RedisBackplane::start) it (`storm_tokio::Tokio` or
+//! `storm_smol::Smol`; a program on storm-std's threads starts it on
+//! `Smol`, whose global executor runs it on a thread of its own, so no
+//! tokio is needed there), and its Redis connections run where they are
+//! made: the `redis` crate, built with its tokio and its smol support,
+//! drives a connection on tokio when it is made inside a tokio runtime and
+//! on smol's executor otherwise. The rest (`tokio::sync`'s channels,
+//! `select!`) runs on any executor.
 //!
 //! ```text
 //! node A: hub.broadcast_group(room, m) ─ local members get m
@@ -41,6 +52,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
+use storm_async::Runtime;
 use storm_host::hub::{Backplane, Hub};
 use storm_proto::Message;
 use storm_proto::backplane::{
@@ -49,7 +61,6 @@ use storm_proto::backplane::{
 };
 use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffConfigError, BackoffStep};
 use tokio::sync::{Notify, mpsc, watch};
-use tokio::task::JoinHandle;
 
 /// Appends a room message and publishes it, in one step.
 ///
@@ -421,7 +432,8 @@ pub enum Recovery {
 /// config.url = "redis://127.0.0.1:6379".into();
 /// let backplane = Arc::new(RedisBackplane::new(config)?);
 /// let hub = Hub::with_backplane(HubConfig::default(), Instant::now(), backplane.clone())?;
-/// let running = backplane.start(hub.clone()).await?; // subscribed when it returns
+/// // On tokio; `start::<storm_smol::Smol>` on smol (and on std's threads).
+/// let running = backplane.start::<storm_tokio::Tokio>(hub.clone()).await?; // subscribed when it returns
 /// // … serve sessions on `hub`; group broadcasts now reach every node …
 /// running.stop().await;
 /// # Ok(())
@@ -468,7 +480,9 @@ impl fmt::Debug for RedisBackplane {
 #[derive(Debug)]
 pub struct Running {
     stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Each task holds a sender until it ends: `recv` answers `None` once
+    /// every task has ended (on any runtime; no join handle needed).
+    done: mpsc::Receiver<()>,
 }
 
 impl Running {
@@ -476,10 +490,18 @@ impl Running {
     /// subscriber and the presence task, and waits for them.
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
-        for task in self.tasks.drain(..) {
-            let _ = task.await;
-        }
+        while self.done.recv().await.is_some() {}
     }
+}
+
+/// Runs `task` on runtime `R`, holding `done` (a sender of
+/// [`Running::done`]) until it ends.
+fn spawn<R: Runtime>(done: &mpsc::Sender<()>, task: impl Future<Output = ()> + Send + 'static) {
+    let done = done.clone();
+    R::spawn(async move {
+        task.await;
+        drop(done);
+    });
 }
 
 impl Drop for Running {
@@ -610,19 +632,21 @@ impl RedisBackplane {
     }
 
     /// Connects and subscribes to every room of the prefix, then runs, on
-    /// the current tokio runtime, the publisher, the subscriber (which
-    /// delivers other nodes' room messages into `hub`'s groups) and the
-    /// presence task. Returns once subscribed.
+    /// runtime `R` (awaited inside it: its connections are `R`'s), the
+    /// publisher, the subscriber (which delivers other nodes' room messages
+    /// into `hub`'s groups) and the presence task. Returns once subscribed.
+    /// Its other async methods ([`recover`](Self::recover),
+    /// [`members`](Self::members), …) are awaited on `R` too.
     ///
     /// # Errors
     ///
     /// [`Error::Redis`] if the first connection or subscription fails;
     /// [`Error::AlreadyStarted`] on a second call.
-    pub async fn start(self: &Arc<Self>, hub: Hub) -> Result<Running, Error> {
+    pub async fn start<R: Runtime>(self: &Arc<Self>, hub: Hub) -> Result<Running, Error> {
         let deliver: Deliver = Arc::new(|hub: &Hub, room: &str, _, message: &Message| {
             hub.deliver_group(room, message, None);
         });
-        self.start_with(hub, deliver).await
+        self.start_with::<R>(hub, deliver).await
     }
 
     /// [`start`](Self::start), handing each room message to deliver to
@@ -633,7 +657,7 @@ impl RedisBackplane {
     /// # Errors
     ///
     /// As for [`start`](Self::start).
-    pub async fn start_with(
+    pub async fn start_with<R: Runtime>(
         self: &Arc<Self>,
         hub: Hub,
         deliver: Deliver,
@@ -642,12 +666,21 @@ impl RedisBackplane {
         let pubsub = self.subscribe().await?;
         let publisher = self.publisher_connection().await?;
         let (stop, stopped) = watch::channel(false);
-        let tasks = vec![
-            tokio::spawn(Arc::clone(self).run_subscriber(hub, deliver, pubsub, stopped.clone())),
-            tokio::spawn(Arc::clone(self).run_publisher(pending, publisher, stopped.clone())),
-            tokio::spawn(Arc::clone(self).run_presence(stopped)),
-        ];
-        Ok(Running { stop, tasks })
+        let (done, tasks_done) = mpsc::channel(1);
+        let this = || Arc::clone(self);
+        spawn::<R>(
+            &done,
+            this().run_subscriber::<R>(hub, deliver, pubsub, stopped.clone()),
+        );
+        spawn::<R>(
+            &done,
+            this().run_publisher::<R>(pending, publisher, stopped.clone()),
+        );
+        spawn::<R>(&done, this().run_presence::<R>(stopped));
+        Ok(Running {
+            stop,
+            done: tasks_done,
+        })
     }
 
     async fn subscribe(&self) -> Result<redis::aio::PubSub, Error> {
@@ -667,7 +700,10 @@ impl RedisBackplane {
 
     /// Waits the backoff's next delay, or returns `false` if stopped (or the
     /// backoff gave up) first.
-    async fn wait_retry(backoff: &mut Backoff, stopped: &mut watch::Receiver<bool>) -> bool {
+    async fn wait_retry<R: Runtime>(
+        backoff: &mut Backoff,
+        stopped: &mut watch::Receiver<bool>,
+    ) -> bool {
         let delay = match backoff.disconnected(Instant::now()) {
             BackoffStep::Retry { delay, .. } => delay,
             BackoffStep::GiveUp { attempts } => {
@@ -676,12 +712,12 @@ impl RedisBackplane {
             }
         };
         tokio::select! {
-            () = tokio::time::sleep(delay) => true,
+            () = R::sleep_until(Instant::now() + delay) => true,
             _ = stopped.wait_for(|stop| *stop) => false,
         }
     }
 
-    async fn run_subscriber(
+    async fn run_subscriber<R: Runtime>(
         self: Arc<Self>,
         hub: Hub,
         deliver: Deliver,
@@ -698,7 +734,7 @@ impl RedisBackplane {
                     Ok(current) => current,
                     Err(error) => {
                         tracing::warn!(%error, "backplane: redis subscription failed");
-                        if Self::wait_retry(&mut backoff, &mut stopped).await {
+                        if Self::wait_retry::<R>(&mut backoff, &mut stopped).await {
                             continue;
                         }
                         return;
@@ -717,7 +753,7 @@ impl RedisBackplane {
                 }
             }
             tracing::warn!("backplane: redis subscription lost; resubscribing");
-            if !Self::wait_retry(&mut backoff, &mut stopped).await {
+            if !Self::wait_retry::<R>(&mut backoff, &mut stopped).await {
                 return;
             }
         }
@@ -823,7 +859,7 @@ impl RedisBackplane {
         }
     }
 
-    async fn run_publisher(
+    async fn run_publisher<R: Runtime>(
         self: Arc<Self>,
         mut pending: mpsc::Receiver<Publication>,
         connection: MultiplexedConnection,
@@ -854,7 +890,7 @@ impl RedisBackplane {
                     Err(error) => {
                         self.publisher_up.store(false, Ordering::Relaxed);
                         tracing::warn!(%error, "backplane: redis connection failed");
-                        if !Self::wait_retry(&mut backoff, &mut stopped).await {
+                        if !Self::wait_retry::<R>(&mut backoff, &mut stopped).await {
                             return;
                         }
                     }
@@ -890,7 +926,7 @@ impl RedisBackplane {
     /// it is called by SHA alone, pipelined; a restarted Redis breaks the
     /// connection, and the next one loads it again).
     async fn publisher_connection(&self) -> Result<MultiplexedConnection, redis::RedisError> {
-        let mut connection = self.client.get_multiplexed_tokio_connection().await?;
+        let mut connection = self.client.get_multiplexed_async_connection().await?;
         let sha: String = redis::cmd("SCRIPT")
             .arg("LOAD")
             .arg(PUBLISH.body)
@@ -940,12 +976,12 @@ impl RedisBackplane {
     /// every entry again every third of the TTL. A write that fails is
     /// logged and made good by the next refresh; a removal that fails, by
     /// the entry's expiry.
-    async fn run_presence(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
+    async fn run_presence<R: Runtime>(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
         let period = self.config.presence_ttl / 3;
-        let mut next_refresh = tokio::time::Instant::now() + period;
+        let mut next_refresh = Instant::now() + period;
         loop {
             let refresh = tokio::select! {
-                () = tokio::time::sleep_until(next_refresh) => true,
+                () = R::sleep_until(next_refresh) => true,
                 () = self.presence_changed.notified() => false,
                 _ = stopped.wait_for(|stop| *stop) => return,
             };
@@ -954,7 +990,7 @@ impl RedisBackplane {
                 let removed = std::mem::take(&mut state.removed);
                 let added = std::mem::take(&mut state.added);
                 if refresh {
-                    next_refresh = tokio::time::Instant::now() + period;
+                    next_refresh = Instant::now() + period;
                     (removed, state.entries.clone())
                 } else {
                     (removed, added)
@@ -985,7 +1021,7 @@ impl RedisBackplane {
         loop {
             let connection = match slot.as_mut() {
                 Some(connection) => connection,
-                None => slot.insert(self.client.get_multiplexed_tokio_connection().await?),
+                None => slot.insert(self.client.get_multiplexed_async_connection().await?),
             };
             match command.query_async(connection).await {
                 Ok(reply) => return Ok(reply),

@@ -1,5 +1,8 @@
 //! The Redis backplane against a real `redis-server`: two hubs in one
-//! process are two nodes sharing rooms through it.
+//! process are two nodes sharing rooms through it. Every scenario runs on
+//! tokio and on smol (tests `tokio::NAME` and `smol::NAME`), the backplane
+//! started on the runtime the test runs on; a program on std threads runs
+//! it on smol.
 
 mod common;
 
@@ -8,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::RedisServer;
+use storm_async::Runtime;
 use storm_backplane::proto::{Position, Unrecoverable};
 use storm_backplane::redis::{Deliver, Recovery, RedisBackplane, RedisConfig, Running};
 use storm_host::hub::{Hub, HubConfig, Outbox};
@@ -27,7 +31,7 @@ struct Node {
 impl Node {
     /// A node on `server`, its configuration changed by `edit`, delivering
     /// through `deliver` (the default when `None`).
-    async fn start(
+    async fn start<R: Runtime>(
         server: &RedisServer,
         edit: impl FnOnce(&mut RedisConfig),
         deliver: Option<Deliver>,
@@ -41,8 +45,8 @@ impl Node {
         let hub =
             Hub::with_backplane(HubConfig::default(), Instant::now(), backplane.clone()).unwrap();
         let running = match deliver {
-            Some(deliver) => backplane.start_with(hub.clone(), deliver).await,
-            None => backplane.start(hub.clone()).await,
+            Some(deliver) => backplane.start_with::<R>(hub.clone(), deliver).await,
+            None => backplane.start::<R>(hub.clone()).await,
         }
         .unwrap();
         Self {
@@ -72,20 +76,20 @@ impl Node {
 /// A fresh `redis-server` and two nodes of one service on it, both
 /// configured by `edit` and delivering through what `deliver` makes (the
 /// default for `None`); `None` (the test returns) without `redis-server`.
-async fn two_nodes(
+async fn two_nodes<R: Runtime>(
     edit: impl Fn(&mut RedisConfig),
     deliver: Option<fn() -> Deliver>,
 ) -> Option<(RedisServer, Node, Node)> {
     let server = RedisServer::start()?;
-    let a = Node::start(&server, &edit, deliver.map(|make| make())).await;
-    let b = Node::start(&server, &edit, deliver.map(|make| make())).await;
+    let a = Node::start::<R>(&server, &edit, deliver.map(|make| make())).await;
+    let b = Node::start::<R>(&server, &edit, deliver.map(|make| make())).await;
     Some((server, a, b))
 }
 
 /// The next message queued for `session`, within [`EVENT_TIMEOUT`].
-async fn next(session: &Outbox) -> Message {
+async fn next<R: Runtime>(session: &Outbox) -> Message {
     let mut out = Vec::new();
-    let drained = tokio::time::timeout(
+    let drained = within::<R, _>(
         EVENT_TIMEOUT,
         poll_fn(|cx| session.poll_drain(cx, &mut out, 1)),
     )
@@ -94,6 +98,16 @@ async fn next(session: &Outbox) -> Message {
     session.on_written(drained.bytes);
     assert_eq!(out.len(), 1);
     out.remove(0)
+}
+
+/// `future`'s output, or `None` when `timeout` passes first.
+async fn within<R: Runtime, T>(timeout: Duration, future: impl Future<Output = T>) -> Option<T> {
+    let timer = R::sleep_until(Instant::now() + timeout);
+    ::smol::future::or(async { Some(future.await) }, async {
+        timer.await;
+        None
+    })
+    .await
 }
 
 /// Everything queued for `session` right now.
@@ -108,9 +122,8 @@ fn text(message: &Message) -> &str {
     std::str::from_utf8(message.as_bytes()).unwrap()
 }
 
-#[tokio::test]
-async fn a_room_message_reaches_another_node_exactly_once() {
-    let Some((_server, a, b)) = two_nodes(|_| {}, None).await else {
+async fn a_room_message_reaches_another_node_exactly_once<R: Runtime>() {
+    let Some((_server, a, b)) = two_nodes::<R>(|_| {}, None).await else {
         return;
     };
     let on_a = a.join("room");
@@ -120,18 +133,18 @@ async fn a_room_message_reaches_another_node_exactly_once() {
 
     let report = a.hub.broadcast_group("room", &Message::from("one"), None);
     assert_eq!(report.delivered, 1); // the local member
-    assert_eq!(text(&next(&on_b).await), "one");
+    assert_eq!(text(&next::<R>(&on_b).await), "one");
     a.hub.broadcast_group("room", &Message::from("two"), None);
-    assert_eq!(text(&next(&on_b).await), "two");
+    assert_eq!(text(&next::<R>(&on_b).await), "two");
     for message in ["one", "two"] {
-        assert_eq!(text(&next(&also_on_b).await), message);
+        assert_eq!(text(&next::<R>(&also_on_b).await), message);
     }
 
     // B answers; Redis sends it to A after the echoes of A's own two
     // (one connection, in publish order), so once it is at A, they are too.
     b.hub.broadcast_group("room", &Message::from("three"), None);
     for message in ["one", "two", "three"] {
-        assert_eq!(text(&next(&on_a).await), message);
+        assert_eq!(text(&next::<R>(&on_a).await), message);
     }
 
     // Nothing else arrived: no second copy anywhere, A's own publications
@@ -154,9 +167,8 @@ async fn a_room_message_reaches_another_node_exactly_once() {
     b.stop().await;
 }
 
-#[tokio::test]
-async fn a_client_recovers_exactly_the_range_it_missed() {
-    let Some((_server, a, b)) = two_nodes(|c| c.history_len = 4, None).await else {
+async fn a_client_recovers_exactly_the_range_it_missed<R: Runtime>() {
+    let Some((_server, a, b)) = two_nodes::<R>(|c| c.history_len = 4, None).await else {
         return;
     };
     let on_b = b.join("room");
@@ -166,7 +178,7 @@ async fn a_client_recovers_exactly_the_range_it_missed() {
     for i in 1..=6 {
         a.hub
             .broadcast_group("room", &Message::from(format!("m{i}")), None);
-        assert_eq!(text(&next(&on_b).await), format!("m{i}"));
+        assert_eq!(text(&next::<R>(&on_b).await), format!("m{i}"));
     }
     let top = b.backplane.position("room").await.unwrap();
     assert_eq!(top, Position::new(start.epoch, 6));
@@ -212,16 +224,15 @@ async fn a_client_recovers_exactly_the_range_it_missed() {
     b.stop().await;
 }
 
-#[tokio::test]
-async fn redis_down_then_restarted_empty_changes_the_epoch() {
-    let Some((mut server, a, b)) = two_nodes(|_| {}, None).await else {
+async fn redis_down_then_restarted_empty_changes_the_epoch<R: Runtime>() {
+    let Some((mut server, a, b)) = two_nodes::<R>(|_| {}, None).await else {
         return;
     };
     let on_a = a.join("room");
     let on_b = b.join("room");
     a.hub
         .broadcast_group("room", &Message::from("before"), None);
-    assert_eq!(text(&next(&on_b).await), "before");
+    assert_eq!(text(&next::<R>(&on_b).await), "before");
     let before = b.backplane.position("room").await.unwrap();
     assert_eq!(before.offset, 1);
 
@@ -246,7 +257,7 @@ async fn redis_down_then_restarted_empty_changes_the_epoch() {
             "a message crossed after the restart"
         );
         a.hub.broadcast_group("room", &Message::from("after"), None);
-        if let Ok(message) = tokio::time::timeout(Duration::from_millis(500), next(&on_b)).await {
+        if let Some(message) = within::<R, _>(Duration::from_millis(500), next::<R>(&on_b)).await {
             break message;
         }
     };
@@ -272,12 +283,11 @@ async fn redis_down_then_restarted_empty_changes_the_epoch() {
     b.stop().await;
 }
 
-#[tokio::test]
-async fn presence_spans_nodes_and_expires_with_its_node() {
+async fn presence_spans_nodes_and_expires_with_its_node<R: Runtime>() {
     // Long enough that a loaded machine does not miss two refreshes in a
     // row (one every third of it); the waits below are the TTL passing.
     let ttl = Duration::from_millis(900);
-    let Some((_server, a, b)) = two_nodes(|c| c.presence_ttl = ttl, None).await else {
+    let Some((_server, a, b)) = two_nodes::<R>(|c| c.presence_ttl = ttl, None).await else {
         return;
     };
     a.backplane.announce("room", "alice").await.unwrap();
@@ -287,24 +297,23 @@ async fn presence_spans_nodes_and_expires_with_its_node() {
     assert_eq!(a.backplane.members("room").await.unwrap(), ["alice"]);
 
     // Refreshed while A runs: still there after several TTLs.
-    tokio::time::sleep(ttl * 2).await;
+    R::sleep_until(Instant::now() + ttl * 2).await;
     assert_eq!(b.backplane.members("room").await.unwrap(), ["alice"]);
     // A stops (as a killed node would): alice is gone within the TTL.
     a.stop().await;
-    tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+    R::sleep_until(Instant::now() + ttl + Duration::from_millis(50)).await;
     assert!(b.backplane.members("room").await.unwrap().is_empty());
     b.stop().await;
 }
 
-#[tokio::test]
-async fn without_history_messages_cross_unpositioned() {
-    let Some((_server, a, b)) = two_nodes(|c| c.history_len = 0, None).await else {
+async fn without_history_messages_cross_unpositioned<R: Runtime>() {
+    let Some((_server, a, b)) = two_nodes::<R>(|c| c.history_len = 0, None).await else {
         return;
     };
     let on_b = b.join("room");
     for message in ["x", "y"] {
         a.hub.broadcast_group("room", &Message::from(message), None);
-        assert_eq!(text(&next(&on_b).await), message);
+        assert_eq!(text(&next::<R>(&on_b).await), message);
     }
     // Nothing kept: the room never moved past offset 0.
     let top = b.backplane.position("room").await.unwrap();
@@ -313,21 +322,20 @@ async fn without_history_messages_cross_unpositioned() {
     b.stop().await;
 }
 
-#[tokio::test]
-async fn an_idle_rooms_history_expires_and_its_epoch_with_it() {
+async fn an_idle_rooms_history_expires_and_its_epoch_with_it<R: Runtime>() {
     // Long enough for the reads right after the message on a loaded
     // machine; the wait below is the TTL passing.
     let ttl = Duration::from_secs(1);
-    let Some((_server, a, b)) = two_nodes(|c| c.history_ttl = Some(ttl), None).await else {
+    let Some((_server, a, b)) = two_nodes::<R>(|c| c.history_ttl = Some(ttl), None).await else {
         return;
     };
     let on_b = b.join("room");
     a.hub.broadcast_group("room", &Message::from("m"), None);
-    assert_eq!(text(&next(&on_b).await), "m"); // so it is appended
+    assert_eq!(text(&next::<R>(&on_b).await), "m"); // so it is appended
     let before = a.backplane.position("room").await.unwrap();
     assert_eq!(before.offset, 1);
     // The TTL passes with no message: history and epoch are gone.
-    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    R::sleep_until(Instant::now() + ttl + Duration::from_millis(100)).await;
     let Recovery::Impossible { reason, top } = a.backplane.recover("room", before).await.unwrap()
     else {
         panic!("an expired history cannot be recovered from");
@@ -344,8 +352,7 @@ async fn an_idle_rooms_history_expires_and_its_epoch_with_it() {
     b.stop().await;
 }
 
-#[tokio::test]
-async fn ordered_messages_reach_every_node_in_one_order_with_their_offsets() {
+async fn ordered_messages_reach_every_node_in_one_order_with_their_offsets<R: Runtime>() {
     // What a chat would do: put the offset into what its sessions get.
     fn render() -> Deliver {
         Arc::new(
@@ -356,7 +363,7 @@ async fn ordered_messages_reach_every_node_in_one_order_with_their_offsets() {
             },
         )
     }
-    let Some((_server, a, b)) = two_nodes(|_| {}, Some(render)).await else {
+    let Some((_server, a, b)) = two_nodes::<R>(|_| {}, Some(render)).await else {
         return;
     };
     let on_a = a.join("room");
@@ -370,8 +377,8 @@ async fn ordered_messages_reach_every_node_in_one_order_with_their_offsets() {
     let mut seen_a = Vec::new();
     let mut seen_b = Vec::new();
     for _ in 0..2 {
-        seen_a.push(text(&next(&on_a).await).to_owned());
-        seen_b.push(text(&next(&on_b).await).to_owned());
+        seen_a.push(text(&next::<R>(&on_a).await).to_owned());
+        seen_b.push(text(&next::<R>(&on_b).await).to_owned());
     }
     assert_eq!(seen_a, seen_b);
     assert!(
@@ -380,17 +387,16 @@ async fn ordered_messages_reach_every_node_in_one_order_with_their_offsets() {
     );
     // A third message from A: each node delivers it once, after the two.
     a.backplane.publish_ordered("room", &Message::from("z"));
-    assert_eq!(text(&next(&on_a).await), "3:z");
-    assert_eq!(text(&next(&on_b).await), "3:z");
+    assert_eq!(text(&next::<R>(&on_a).await), "3:z");
+    assert_eq!(text(&next::<R>(&on_b).await), "3:z");
     assert!(queued(&on_a).is_empty() && queued(&on_b).is_empty());
     assert_eq!(a.backplane.stats().own, 0); // echoes are delivered, not skipped
     a.stop().await;
     b.stop().await;
 }
 
-#[tokio::test]
-async fn a_burst_crosses_in_order() {
-    let Some((_server, a, b)) = two_nodes(|_| {}, None).await else {
+async fn a_burst_crosses_in_order<R: Runtime>() {
+    let Some((_server, a, b)) = two_nodes::<R>(|_| {}, None).await else {
         return;
     };
     let on_b = b.join("room");
@@ -401,7 +407,7 @@ async fn a_burst_crosses_in_order() {
             .broadcast_group("room", &Message::from(i.to_string()), None);
     }
     for i in 0..BURST {
-        assert_eq!(text(&next(&on_b).await), i.to_string());
+        assert_eq!(text(&next::<R>(&on_b).await), i.to_string());
     }
     let top = b.backplane.position("room").await.unwrap();
     assert_eq!(top.offset, 500);
@@ -414,9 +420,8 @@ async fn a_burst_crosses_in_order() {
     b.stop().await;
 }
 
-#[tokio::test]
-async fn node_messages_reach_the_named_node_or_every_other_one() {
-    let Some((_server, a, b)) = two_nodes(|_| {}, None).await else {
+async fn node_messages_reach_the_named_node_or_every_other_one<R: Runtime>() {
+    let Some((_server, a, b)) = two_nodes::<R>(|_| {}, None).await else {
         return;
     };
     for node in [&a, &b] {
@@ -430,21 +435,20 @@ async fn node_messages_reach_the_named_node_or_every_other_one() {
         a.backplane
             .to_node(b.backplane.node().tag(), &Message::from("to b"))
     );
-    assert_eq!(text(&next(&at_b).await), "to b");
+    assert_eq!(text(&next::<R>(&at_b).await), "to b");
     assert!(b.backplane.to_all_nodes(&Message::from("to all")));
-    assert_eq!(text(&next(&at_a).await), "to all");
+    assert_eq!(text(&next::<R>(&at_a).await), "to all");
     // Each came once, to its node only: a marker after them is next.
     assert!(a.backplane.to_all_nodes(&Message::from("marker")));
-    assert_eq!(text(&next(&at_b).await), "marker");
+    assert_eq!(text(&next::<R>(&at_b).await), "marker");
     assert!(queued(&at_a).is_empty(), "a skips its own");
     assert_eq!(b.backplane.stats().node_messages, 2);
     a.stop().await;
     b.stop().await;
 }
 
-#[tokio::test]
-async fn presence_changes_reach_redis_in_their_order_without_waiting() {
-    let Some((_server, a, b)) = two_nodes(|_| {}, None).await else {
+async fn presence_changes_reach_redis_in_their_order_without_waiting<R: Runtime>() {
+    let Some((_server, a, b)) = two_nodes::<R>(|_| {}, None).await else {
         return;
     };
     a.backplane.present("room", "x");
@@ -463,3 +467,92 @@ async fn presence_changes_reach_redis_in_their_order_without_waiting() {
     a.stop().await;
     b.stop().await;
 }
+
+/// On tokio the node's Redis connections are tokio's: `redis`, built for
+/// tokio and smol, drives a connection made inside a tokio runtime on it
+/// (on smol, its connections would need no tokio task). The smol
+/// scenarios show the other side: a tokio connection there would find no
+/// tokio runtime and panic.
+#[test]
+fn a_tokio_node_drives_its_connections_on_tokio() {
+    let runtime = ::tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let tasks = || {
+            ::tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        assert_eq!(tasks(), 0);
+        let node = Node::start::<storm_tokio::Tokio>(&server, |_| {}, None).await;
+        // The backplane's three tasks (subscriber, publisher, presence),
+        // and the drivers of its subscription and its publisher's
+        // connection.
+        assert_eq!(tasks(), 5);
+        node.stop().await;
+    });
+}
+
+/// A way to run a scenario to its end from the test's thread.
+trait BlockOn: Runtime {
+    fn block_on(scenario: impl Future<Output = ()>);
+}
+
+impl BlockOn for storm_tokio::Tokio {
+    fn block_on(scenario: impl Future<Output = ()>) {
+        ::tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+            .block_on(scenario);
+    }
+}
+
+impl BlockOn for storm_smol::Smol {
+    fn block_on(scenario: impl Future<Output = ()>) {
+        ::smol::block_on(scenario);
+    }
+}
+
+/// Each scenario `fn NAME<R: Runtime>()` as tests `tokio::NAME` and
+/// `smol::NAME`.
+macro_rules! on_runtimes {
+    ($($scenario:ident),* $(,)?) => {
+        mod tokio {
+            $(
+                #[test]
+                fn $scenario() {
+                    use super::BlockOn;
+                    storm_tokio::Tokio::block_on(super::$scenario::<storm_tokio::Tokio>());
+                }
+            )*
+        }
+        mod smol {
+            $(
+                #[test]
+                fn $scenario() {
+                    use super::BlockOn;
+                    storm_smol::Smol::block_on(super::$scenario::<storm_smol::Smol>());
+                }
+            )*
+        }
+    };
+}
+
+on_runtimes!(
+    a_room_message_reaches_another_node_exactly_once,
+    a_client_recovers_exactly_the_range_it_missed,
+    redis_down_then_restarted_empty_changes_the_epoch,
+    presence_spans_nodes_and_expires_with_its_node,
+    without_history_messages_cross_unpositioned,
+    an_idle_rooms_history_expires_and_its_epoch_with_it,
+    ordered_messages_reach_every_node_in_one_order_with_their_offsets,
+    a_burst_crosses_in_order,
+    node_messages_reach_the_named_node_or_every_other_one,
+    presence_changes_reach_redis_in_their_order_without_waiting,
+);

@@ -62,8 +62,8 @@ pub(crate) struct ChatArgs {
     /// messages (chat, joined, left, renamed) to the members of the room on
     /// every node, in one order, each with its "epoch" and "offset"; a
     /// join with the last epoch and offset seen gets what it missed (see
-    /// the README). Tokio runtime only for now (refused with --runtime
-    /// smol or std). Default: none, this node alone.
+    /// the README). On every --runtime (on std the backplane runs on a
+    /// smol executor thread). Default: none, this node alone.
     #[arg(long, value_name = "URL")]
     backplane: Option<String>,
     /// With --backplane: messages each room's history keeps for

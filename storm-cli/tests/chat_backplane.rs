@@ -2,8 +2,9 @@
 //! `redis-server` behave as one server for room events: a chat message
 //! crosses nodes once, with its position; a client back on the other node
 //! with its last position gets exactly what it missed, or is told recovery
-//! is impossible (history trimmed, Redis restarted empty). Every wait is
-//! bounded. Tokio only: `--backplane` is refused on smol and std.
+//! is impossible (history trimmed, Redis restarted empty). Every scenario
+//! runs on each runtime (`--runtime tokio`, `smol`, `std`), with a fresh
+//! `redis-server` each. Every wait is bounded.
 
 #[path = "../../storm-backplane/tests/common/mod.rs"]
 mod redis_server;
@@ -23,6 +24,21 @@ use storm_tests::process::lines;
 /// How long any single expected thing may take.
 const WAIT: Duration = Duration::from_secs(10);
 
+/// The runtimes every scenario runs on.
+const RUNTIMES: [&str; 3] = ["tokio", "smol", "std"];
+
+/// Runs `scenario` on each runtime, with a fresh `redis-server` each (and
+/// nothing, after saying so, without `redis-server`).
+fn on_each_runtime(scenario: impl Fn(RedisServer, &str)) {
+    for runtime in RUNTIMES {
+        let Some(redis) = RedisServer::start() else {
+            return;
+        };
+        println!("on {runtime}");
+        scenario(redis, runtime);
+    }
+}
+
 /// A running `storm chat --backplane`, killed on drop.
 struct Node {
     child: Child,
@@ -39,10 +55,11 @@ impl Drop for Node {
 }
 
 impl Node {
-    fn start(redis: &RedisServer, extra: &[&str]) -> Self {
+    fn start(redis: &RedisServer, runtime: &str, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_storm"))
             .args(["chat", "--addr", "127.0.0.1:0", "--no-http"])
             .args(["--tick-ms", "0", "--backplane", &redis.url()])
+            .args(["--runtime", runtime])
             .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -52,7 +69,9 @@ impl Node {
         let deadline = Instant::now() + WAIT;
         let ws = loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = out.recv_timeout(left).expect("storm chat's banner");
+            let line = out
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("storm chat's banner on {runtime}"));
             if let Some(addr) = line.split("listening on ws://").nth(1) {
                 break addr.trim().to_owned();
             }
@@ -242,69 +261,78 @@ fn texts(seen: &[Value]) -> Vec<&str> {
 
 #[test]
 fn a_room_message_crosses_nodes_once_with_its_position() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let (a, b) = (Node::start(&redis, &[]), Node::start(&redis, &[]));
-    let (mut alice, mut bob) = (a.client(), b.client());
-    alice.join("rust");
-    bob.join("rust");
-    let sent = alice.say("one");
-    let epoch = sent["epoch"].as_str().expect("an epoch");
-    assert_eq!(epoch.len(), 16, "{sent}");
-    assert!(sent["offset"].as_u64().expect("an offset") > 0, "{sent}");
-    alice.say("two");
-    let seen = bob.until(|v| v["type"] == "chat" && v["text"] == "two");
-    assert_eq!(texts(&seen), ["one", "two"], "{seen:?}");
-    let one = seen.iter().find(|v| v["text"] == "one").expect("one");
-    assert_eq!(one["epoch"], sent["epoch"]);
-    assert_eq!(
-        one["offset"], sent["offset"],
-        "the same position on both nodes"
-    );
-    assert_eq!(one["from"], sent["from"]);
+    on_each_runtime(|redis, runtime| {
+        let (a, b) = (
+            Node::start(&redis, runtime, &[]),
+            Node::start(&redis, runtime, &[]),
+        );
+        let (mut alice, mut bob) = (a.client(), b.client());
+        alice.join("rust");
+        bob.join("rust");
+        let sent = alice.say("one");
+        let epoch = sent["epoch"].as_str().expect("an epoch");
+        assert_eq!(epoch.len(), 16, "{sent}");
+        assert!(sent["offset"].as_u64().expect("an offset") > 0, "{sent}");
+        alice.say("two");
+        let seen = bob.until(|v| v["type"] == "chat" && v["text"] == "two");
+        assert_eq!(texts(&seen), ["one", "two"], "{seen:?}");
+        let one = seen.iter().find(|v| v["text"] == "one").expect("one");
+        assert_eq!(one["epoch"], sent["epoch"]);
+        assert_eq!(
+            one["offset"], sent["offset"],
+            "the same position on both nodes"
+        );
+        assert_eq!(one["from"], sent["from"]);
+    });
 }
 
 #[test]
 fn a_client_back_on_the_other_node_gets_exactly_what_it_missed() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let (a, b) = (Node::start(&redis, &[]), Node::start(&redis, &[]));
-    let (mut alice, mut bob) = (a.client(), b.client());
-    alice.join("rust");
-    bob.join("rust");
-    alice.say("m1");
-    let last = bob
-        .until(|v| v["type"] == "chat" && v["text"] == "m1")
+    on_each_runtime(|redis, runtime| {
+        let (a, b) = (
+            Node::start(&redis, runtime, &[]),
+            Node::start(&redis, runtime, &[]),
+        );
+        let mut alice = a.client();
+        let last = last_seen_before_leaving(&mut alice, b.client(), "m1");
+        alice.until(|v| v["type"] == "left");
+        for text in ["m2", "m3", "m4"] {
+            alice.say(text);
+        }
+        // Back, on node A this time.
+        let mut back = a.client();
+        back.send(&json!({
+            "type": "join", "room": "rust", "epoch": last["epoch"], "offset": last["offset"],
+        }));
+        let recovered = back.until(|v| v["type"] == "position");
+        assert_eq!(texts(&recovered), ["m2", "m3", "m4"], "{recovered:?}");
+        let offsets: Vec<u64> = recovered
+            .iter()
+            .filter(|v| v["type"] != "position")
+            .filter_map(|v| v["offset"].as_u64())
+            .collect();
+        let first = last["offset"].as_u64().expect("offset") + 1;
+        let expected: Vec<u64> = (first..first + offsets.len() as u64).collect();
+        assert_eq!(offsets, expected, "no gap, no duplicate: {recovered:?}");
+        assert!(!recovered.iter().any(|v| v["type"] == "unrecoverable"));
+        // Then live, once each.
+        back.own("joined");
+        alice.say("m5");
+        let live = back.until(|v| v["type"] == "chat" && v["text"] == "m5");
+        assert_eq!(texts(&live), ["m5"], "{live:?}");
+    });
+}
+
+/// `speaker` and `listener` join `rust`, `speaker` says `text`: the
+/// listener's copy of it (with its position); the listener then leaves.
+fn last_seen_before_leaving(speaker: &mut Client, mut listener: Client, text: &str) -> Value {
+    speaker.join("rust");
+    listener.join("rust");
+    speaker.say(text);
+    listener
+        .until(|v| v["type"] == "chat" && v["text"] == text)
         .pop()
-        .expect("m1");
-    drop(bob);
-    alice.until(|v| v["type"] == "left");
-    for text in ["m2", "m3", "m4"] {
-        alice.say(text);
-    }
-    // Back, on node A this time.
-    let mut back = a.client();
-    back.send(&json!({
-        "type": "join", "room": "rust", "epoch": last["epoch"], "offset": last["offset"],
-    }));
-    let recovered = back.until(|v| v["type"] == "position");
-    assert_eq!(texts(&recovered), ["m2", "m3", "m4"], "{recovered:?}");
-    let offsets: Vec<u64> = recovered
-        .iter()
-        .filter(|v| v["type"] != "position")
-        .filter_map(|v| v["offset"].as_u64())
-        .collect();
-    let first = last["offset"].as_u64().expect("offset") + 1;
-    let expected: Vec<u64> = (first..first + offsets.len() as u64).collect();
-    assert_eq!(offsets, expected, "no gap, no duplicate: {recovered:?}");
-    assert!(!recovered.iter().any(|v| v["type"] == "unrecoverable"));
-    // Then live, once each.
-    back.own("joined");
-    alice.say("m5");
-    let live = back.until(|v| v["type"] == "chat" && v["text"] == "m5");
-    assert_eq!(texts(&live), ["m5"], "{live:?}");
+        .unwrap_or_else(|| panic!("{text}"))
 }
 
 /// Joins `room` with the position of `last`; the `unrecoverable` reason.
@@ -321,170 +349,158 @@ fn rejoin_unrecoverable(client: &mut Client, room: &str, last: &Value) -> String
 
 #[test]
 fn recovery_is_impossible_after_trimming_and_after_a_redis_restart() {
-    let Some(mut redis) = RedisServer::start() else {
-        return;
-    };
-    let history = ["--backplane-history", "2"];
-    let (a, b) = (Node::start(&redis, &history), Node::start(&redis, &history));
-    let (mut alice, mut bob) = (a.client(), b.client());
-    alice.join("rust");
-    bob.join("rust");
-    alice.say("m1");
-    let last = bob
-        .until(|v| v["type"] == "chat" && v["text"] == "m1")
-        .pop()
-        .expect("m1");
-    drop(bob);
-    for text in ["m2", "m3", "m4"] {
-        alice.say(text);
-    }
-    let mut back = a.client();
-    let reason = rejoin_unrecoverable(&mut back, "rust", &last);
-    assert!(reason.contains("trimmed"), "{reason}");
-    back.expect("position");
-
-    // Redis restarted empty: the room's history starts over in a new epoch.
-    let before = alice.say("m6");
-    redis.start_again();
-    let mut later = b.connect();
-    // Its lobby join ends either way (the node may not have noticed yet).
-    later.until(|v| v["type"] == "position" || v["type"] == "unrecoverable");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let reason = rejoin_unrecoverable(&mut later, "rust", &before);
-        if reason.contains("started over") {
-            break;
+    on_each_runtime(|mut redis, runtime| {
+        let history = ["--backplane-history", "2"];
+        let (a, b) = (
+            Node::start(&redis, runtime, &history),
+            Node::start(&redis, runtime, &history),
+        );
+        let mut alice = a.client();
+        let last = last_seen_before_leaving(&mut alice, b.client(), "m1");
+        for text in ["m2", "m3", "m4"] {
+            alice.say(text);
         }
-        // The node had not noticed the restart yet: it said so; again.
-        assert!(reason.contains("unreachable"), "{reason}");
-        assert!(Instant::now() < deadline, "still {reason}");
-        later.send(&json!({"type": "leave"}));
-        later.own("left");
-    }
-}
+        let mut back = a.client();
+        let reason = rejoin_unrecoverable(&mut back, "rust", &last);
+        assert!(reason.contains("trimmed"), "{reason}");
+        back.expect("position");
 
-#[test]
-fn the_backplane_is_refused_off_tokio() {
-    for runtime in ["smol", "std"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_storm"))
-            .args(["chat", "--addr", "127.0.0.1:0", "--no-http"])
-            .args(["--backplane", "redis://127.0.0.1:1", "--runtime", runtime])
-            .stdin(Stdio::null())
-            .output()
-            .expect("storm runs");
-        assert!(!out.status.success(), "{runtime}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("tokio"), "{runtime}: {stderr}");
-    }
+        // Redis restarted empty: the room's history starts over in a new epoch.
+        let before = alice.say("m6");
+        redis.start_again();
+        let mut later = b.connect();
+        // Its lobby join ends either way (the node may not have noticed yet).
+        later.until(|v| v["type"] == "position" || v["type"] == "unrecoverable");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let reason = rejoin_unrecoverable(&mut later, "rust", &before);
+            if reason.contains("started over") {
+                break;
+            }
+            // The node had not noticed the restart yet: it said so; again.
+            assert!(reason.contains("unreachable"), "{reason}");
+            assert!(Instant::now() < deadline, "still {reason}");
+            later.send(&json!({"type": "leave"}));
+            later.own("left");
+        }
+    });
 }
 
 #[test]
 fn session_ids_are_unique_across_nodes() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let (a, b) = (Node::start(&redis, &[]), Node::start(&redis, &[]));
-    let (mut alice, mut bob) = (a.connect(), b.connect());
-    // Both are their node's first session: `NODE-1`, the nodes differ.
-    let (ida, idb) = (alice.id.clone(), bob.id.clone());
-    let parts = |id: &Value| -> (String, String) {
-        let id = id.as_str().unwrap_or_else(|| panic!("a string id: {id}"));
-        let (node, n) = id.split_once('-').expect("NODE-N");
-        assert_eq!(node.len(), 8, "{id}");
-        (node.to_owned(), n.to_owned())
-    };
-    let ((node_a, na), (node_b, nb)) = (parts(&ida), parts(&idb));
-    assert_eq!((na.as_str(), nb.as_str()), ("1", "1"));
-    assert_ne!(node_a, node_b, "{ida} {idb}");
-    // The same ids in room events and lists, on both nodes.
-    alice.own("joined");
-    bob.own("joined");
-    alice.say("hi");
-    let seen = bob.until(|v| v["type"] == "chat" && v["text"] == "hi");
-    assert_eq!(seen.last().expect("chat")["id"], ida);
-    let users = bob.users_until(|users| users.len() == 2);
-    let ids: Vec<&Value> = users.iter().map(|u| &u["id"]).collect();
-    assert!(ids.contains(&&ida) && ids.contains(&&idb), "{users:?}");
-    // Guest names carry the id too: no two nodes give out the same one.
-    assert_eq!(
-        users.iter().find(|u| u["id"] == ida).expect("alice")["name"],
-        format!("guest-{}", ida.as_str().unwrap())
-    );
+    on_each_runtime(|redis, runtime| {
+        let (a, b) = (
+            Node::start(&redis, runtime, &[]),
+            Node::start(&redis, runtime, &[]),
+        );
+        let (mut alice, mut bob) = (a.connect(), b.connect());
+        // Both are their node's first session: `NODE-1`, the nodes differ.
+        let (ida, idb) = (alice.id.clone(), bob.id.clone());
+        let parts = |id: &Value| -> (String, String) {
+            let id = id.as_str().unwrap_or_else(|| panic!("a string id: {id}"));
+            let (node, n) = id.split_once('-').expect("NODE-N");
+            assert_eq!(node.len(), 8, "{id}");
+            (node.to_owned(), n.to_owned())
+        };
+        let ((node_a, na), (node_b, nb)) = (parts(&ida), parts(&idb));
+        assert_eq!((na.as_str(), nb.as_str()), ("1", "1"));
+        assert_ne!(node_a, node_b, "{ida} {idb}");
+        // The same ids in room events and lists, on both nodes.
+        alice.own("joined");
+        bob.own("joined");
+        alice.say("hi");
+        let seen = bob.until(|v| v["type"] == "chat" && v["text"] == "hi");
+        assert_eq!(seen.last().expect("chat")["id"], ida);
+        let users = bob.users_until(|users| users.len() == 2);
+        let ids: Vec<&Value> = users.iter().map(|u| &u["id"]).collect();
+        assert!(ids.contains(&&ida) && ids.contains(&&idb), "{users:?}");
+        // Guest names carry the id too: no two nodes give out the same one.
+        assert_eq!(
+            users.iter().find(|u| u["id"] == ida).expect("alice")["name"],
+            format!("guest-{}", ida.as_str().unwrap())
+        );
+    });
 }
 
 #[test]
 fn user_lists_span_nodes_and_a_killed_node_s_users_leave_within_the_ttl() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let ttl = Duration::from_millis(1500);
-    let presence = ["--backplane-presence-ttl-ms", "1500"];
-    let (mut a, b) = (
-        Node::start(&redis, &presence),
-        Node::start(&redis, &presence),
-    );
-    let (mut alice, mut bob) = (a.client(), b.client());
-    alice.name("alice");
-    bob.name("bob");
-    bob.join("rust");
-    let users = bob
-        .users_until(|users| names(users) == ["alice", "bob"] || names(users) == ["bob", "alice"]);
-    let room_of = |name: &str| {
-        users
-            .iter()
-            .find(|u| u["name"] == name)
-            .map(|u| u["room"].clone())
-    };
-    assert_eq!(room_of("alice"), Some(json!("lobby")));
-    assert_eq!(room_of("bob"), Some(json!("rust")));
-    alice.send(&json!({"type": "rooms"}));
-    let rooms = alice.expect("rooms");
-    assert_eq!(
-        rooms["rooms"],
-        json!([{"name": "lobby", "members": 1}, {"name": "rust", "members": 1}]),
-        "{rooms}"
-    );
-    // The console sees every node's sessions and rooms.
-    let bob_id = bob.id.as_str().expect("id").to_owned();
-    let listed = a.console("/sessions", |line| line.contains(" bob "));
-    assert!(listed.iter().any(|l| l == "2 sessions"), "{listed:?}");
-    assert!(
-        listed
-            .last()
-            .expect("bob")
-            .starts_with(&format!("  #{bob_id} bob room=rust")),
-        "{listed:?}"
-    );
-    let rooms = a.console("/rooms", |line| line.starts_with("  rust"));
-    assert_eq!(rooms.last().expect("rust"), "  rust: 1 (bob)", "{rooms:?}");
+    on_each_runtime(|redis, runtime| {
+        let ttl = Duration::from_millis(1500);
+        let presence = ["--backplane-presence-ttl-ms", "1500"];
+        let (mut a, b) = (
+            Node::start(&redis, runtime, &presence),
+            Node::start(&redis, runtime, &presence),
+        );
+        let (mut alice, mut bob) = (a.client(), b.client());
+        alice.name("alice");
+        bob.name("bob");
+        bob.join("rust");
+        let users = bob.users_until(|users| {
+            names(users) == ["alice", "bob"] || names(users) == ["bob", "alice"]
+        });
+        let room_of = |name: &str| {
+            users
+                .iter()
+                .find(|u| u["name"] == name)
+                .map(|u| u["room"].clone())
+        };
+        assert_eq!(room_of("alice"), Some(json!("lobby")));
+        assert_eq!(room_of("bob"), Some(json!("rust")));
+        alice.send(&json!({"type": "rooms"}));
+        let rooms = alice.expect("rooms");
+        assert_eq!(
+            rooms["rooms"],
+            json!([{"name": "lobby", "members": 1}, {"name": "rust", "members": 1}]),
+            "{rooms}"
+        );
+        // The console sees every node's sessions and rooms.
+        let bob_id = bob.id.as_str().expect("id").to_owned();
+        let listed = a.console("/sessions", |line| line.contains(" bob "));
+        assert!(listed.iter().any(|l| l == "2 sessions"), "{listed:?}");
+        assert!(
+            listed
+                .last()
+                .expect("bob")
+                .starts_with(&format!("  #{bob_id} bob room=rust")),
+            "{listed:?}"
+        );
+        let rooms = a.console("/rooms", |line| line.starts_with("  rust"));
+        assert_eq!(rooms.last().expect("rust"), "  rust: 1 (bob)", "{rooms:?}");
 
-    // Refreshed while its node runs: still listed after twice the TTL.
-    let until = Instant::now() + 2 * ttl;
-    while Instant::now() < until {
-        assert!(names(&bob.users()).contains(&"alice"));
-    }
-    // Node A dies without a word: alice leaves B's list within the TTL
-    // (bounded here by WAIT, for a loaded machine).
-    a.kill();
-    let killed = Instant::now();
-    let users = bob.users_until(|users| !names(users).contains(&"alice"));
-    assert_eq!(names(&users), ["bob"]);
-    println!(
-        "alice gone {:?} after the kill (TTL {ttl:?})",
-        killed.elapsed()
-    );
+        // Refreshed while its node runs: still listed after twice the TTL.
+        let until = Instant::now() + 2 * ttl;
+        while Instant::now() < until {
+            assert!(names(&bob.users()).contains(&"alice"));
+        }
+        // Node A dies without a word: alice leaves B's list within the TTL
+        // (bounded here by WAIT, for a loaded machine).
+        a.kill();
+        let killed = Instant::now();
+        let users = bob.users_until(|users| !names(users).contains(&"alice"));
+        assert_eq!(names(&users), ["bob"]);
+        println!(
+            "alice gone {:?} after the kill (TTL {ttl:?})",
+            killed.elapsed()
+        );
+    });
 }
 
 #[test]
 fn three_nodes_are_one_chat() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let mut nodes = [
-        Node::start(&redis, &[]),
-        Node::start(&redis, &[]),
-        Node::start(&redis, &[]),
-    ];
+    on_each_runtime(|redis, runtime| three_nodes(&redis, [runtime; 3]));
+}
+
+#[test]
+fn three_nodes_on_three_runtimes_are_one_chat() {
+    if let Some(redis) = RedisServer::start() {
+        three_nodes(&redis, RUNTIMES);
+    }
+}
+
+/// Three nodes, on `runtimes`, are one chat: one user list, room messages
+/// at one position everywhere, whispers, kicks and the console across them.
+fn three_nodes(redis: &RedisServer, runtimes: [&str; 3]) {
+    let mut nodes = runtimes.map(|runtime| Node::start(redis, runtime, &[]));
     let mut clients: Vec<Client> = nodes.iter().map(Node::client).collect();
     for (client, name) in clients.iter_mut().zip(["alice", "bob", "carol"]) {
         client.name(name);
@@ -563,64 +579,55 @@ fn three_nodes_are_one_chat() {
 
 #[test]
 fn an_event_redis_cannot_take_still_reaches_its_node_s_members_with_a_notice() {
-    let Some(mut redis) = RedisServer::start() else {
-        return;
-    };
-    let a = Node::start(&redis, &[]);
-    let (mut alice, mut carol) = (a.client(), a.client());
-    alice.join("rust");
-    carol.join("rust");
-    alice.say("before");
-    redis.kill();
-    for text in ["lost?", "still here?"] {
-        alice.send(&json!({"type": "chat", "text": text}));
-        for client in [&mut alice, &mut carol] {
-            let seen = client.until(|v| v["type"] == "local_only");
-            let said = seen.iter().find(|v| v["text"] == text);
-            let said = said.unwrap_or_else(|| panic!("{text}: {seen:?}"));
-            assert!(said.get("offset").is_none(), "not in the history: {said}");
-            let notice = seen.last().expect("notice");
-            assert_eq!(notice["room"], "rust", "{notice}");
+    on_each_runtime(|mut redis, runtime| {
+        let a = Node::start(&redis, runtime, &[]);
+        let (mut alice, mut carol) = (a.client(), a.client());
+        alice.join("rust");
+        carol.join("rust");
+        alice.say("before");
+        redis.kill();
+        for text in ["lost?", "still here?"] {
+            alice.send(&json!({"type": "chat", "text": text}));
+            for client in [&mut alice, &mut carol] {
+                let seen = client.until(|v| v["type"] == "local_only");
+                let said = seen.iter().find(|v| v["text"] == text);
+                let said = said.unwrap_or_else(|| panic!("{text}: {seen:?}"));
+                assert!(said.get("offset").is_none(), "not in the history: {said}");
+                let notice = seen.last().expect("notice");
+                assert_eq!(notice["room"], "rust", "{notice}");
+            }
         }
-    }
+    });
 }
 
 #[test]
 fn a_slow_session_gets_its_whole_recovery() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    // A 600-byte outbox under --slow-consumer wait (the default): a
-    // recovery of 30 events of 200-odd bytes does not fit at once.
-    let a = Node::start(&redis, &["--max-pending-bytes", "600"]);
-    let b = Node::start(&redis, &[]);
-    let (mut alice, mut bob) = (b.client(), a.client());
-    alice.join("rust");
-    bob.join("rust");
-    alice.say("m0");
-    let last = bob
-        .until(|v| v["type"] == "chat" && v["text"] == "m0")
-        .pop()
-        .expect("m0");
-    drop(bob);
-    let said: Vec<String> = (1..=30)
-        .map(|i| format!("{i:03} {}", "x".repeat(200)))
-        .collect();
-    for text in &said {
-        alice.say(text);
-    }
-    let mut back = a.client();
-    back.send(&json!({
-        "type": "join", "room": "rust", "epoch": last["epoch"], "offset": last["offset"],
-    }));
-    let recovered = back.until(|v| v["type"] == "position" || v["type"] == "unrecoverable");
-    assert_eq!(
-        recovered.last().expect("end")["type"],
-        "position",
-        "{recovered:?}"
-    );
-    assert_eq!(texts(&recovered), said, "every missed event, in order");
-    back.own("joined");
-    alice.say("live");
-    back.until(|v| v["type"] == "chat" && v["text"] == "live");
+    on_each_runtime(|redis, runtime| {
+        // A 600-byte outbox under --slow-consumer wait (the default): a
+        // recovery of 30 events of 200-odd bytes does not fit at once.
+        let a = Node::start(&redis, runtime, &["--max-pending-bytes", "600"]);
+        let b = Node::start(&redis, runtime, &[]);
+        let mut alice = b.client();
+        let last = last_seen_before_leaving(&mut alice, a.client(), "m0");
+        let said: Vec<String> = (1..=30)
+            .map(|i| format!("{i:03} {}", "x".repeat(200)))
+            .collect();
+        for text in &said {
+            alice.say(text);
+        }
+        let mut back = a.client();
+        back.send(&json!({
+            "type": "join", "room": "rust", "epoch": last["epoch"], "offset": last["offset"],
+        }));
+        let recovered = back.until(|v| v["type"] == "position" || v["type"] == "unrecoverable");
+        assert_eq!(
+            recovered.last().expect("end")["type"],
+            "position",
+            "{recovered:?}"
+        );
+        assert_eq!(texts(&recovered), said, "every missed event, in order");
+        back.own("joined");
+        alice.say("live");
+        back.until(|v| v["type"] == "chat" && v["text"] == "live");
+    });
 }

@@ -89,8 +89,9 @@
 //!
 //! # Across nodes
 //!
-//! With [`ChatConfig::backplane`] (`--backplane redis://HOST:PORT`, tokio
-//! only) every chat node sharing the Redis server is one server for room
+//! With [`ChatConfig::backplane`] (`--backplane redis://HOST:PORT`, on
+//! every runtime; on std the backplane runs on smol's executor) every chat
+//! node sharing the Redis server is one server for room
 //! events: `chat`, `joined`, `left` and `renamed` go through the backplane's
 //! ordered publish, reach the room's members on every node once, in one
 //! order, and carry their position, `"epoch"` (16 hex digits) and
@@ -207,7 +208,7 @@ pub struct ChatConfig {
     /// `None`: no token.
     pub token: Option<String>,
     /// The Redis backplane that makes chat nodes sharing it one server for
-    /// room events (`--backplane redis://HOST:PORT`; tokio only for now):
+    /// room events (`--backplane redis://HOST:PORT`; on every runtime):
     /// see "Across nodes". Default `None`: this node alone.
     pub backplane: Option<storm_backplane::redis::RedisConfig>,
 }
@@ -266,12 +267,6 @@ pub fn serve_with(config: ChatConfig, stop: &Stop, bound: impl FnOnce(&Bound)) -
                 "--token takes letters, digits, `-`, `.`, `_` and `~` only",
             ));
         }
-    }
-    if config.backplane.is_some() && config.runtime != Runtime::Tokio {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "--backplane runs on the tokio runtime only (for now): drop --runtime",
-        ));
     }
     // The page is served over TLS with the same certificate.
     let page_tls = config
@@ -583,9 +578,11 @@ impl Chat {
     /// [`all_users`](Self::all_users), for the console's thread: waits for
     /// the directory there.
     fn all_users_blocking(&self) -> Vec<UserInfo> {
-        let (users, error) = match &self.nodes {
-            Some(nodes) => nodes.block_on(self.all_users()),
-            None => (self.local_users(), None),
+        let (users, error) = match (&self.nodes, self.me.upgrade()) {
+            (Some(nodes), Some(me)) => nodes
+                .block_on(async move { me.all_users().await })
+                .unwrap_or_else(|| (self.local_users(), Some("the node is stopping".to_owned()))),
+            _ => (self.local_users(), None),
         };
         if let Some(error) = error {
             println!("the users of other nodes are unknown: {error}");

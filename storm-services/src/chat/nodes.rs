@@ -1,5 +1,5 @@
-//! The chat across nodes (`--backplane redis://…`, tokio only): room events
-//! go through the Redis backplane's [`publish_ordered`], so every node
+//! The chat across nodes (`--backplane redis://…`): room events go
+//! through the Redis backplane's [`publish_ordered`], so every node
 //! delivers a room's events in Redis's one order, each with its position
 //! (`epoch`, `offset`) added to its JSON once per node; a `join` runs
 //! [`recover`] (or reads the room's position) before the session enters
@@ -17,15 +17,24 @@
 //! neither; an event buffered at or before `top` came in the recovery and
 //! is skipped.
 //!
+//! The backplane and the tasks here run on the node's runtime: tokio's or
+//! smol's for a chat on tokio or smol, smol's global executor (threads of
+//! its own, started by smol) for a chat on std's threads, so that one needs
+//! no tokio and the same async code serves all three. [`Nodes`] holds the
+//! runtime as what it uses of it (spawning, the timer, starting the
+//! backplane), so [`Chat`] is one type on every runtime.
+//!
 //! [`publish_ordered`]: RedisBackplane::publish_ordered
 //! [`recover`]: RedisBackplane::recover
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use storm_backplane::redis::{Deliver, Recovery, RedisBackplane, RedisConfig, Running};
+use storm_async::Runtime;
+use storm_backplane::redis::{Deliver, Error, Recovery, RedisBackplane, RedisConfig, Running};
 use storm_host::hub::Hub;
 use storm_host::session::Session;
 use storm_proto::Message;
@@ -58,10 +67,26 @@ const DIRECTORY_WAIT: Duration = Duration::from_secs(5);
 /// runs; beyond it, it is told recovery is impossible.
 pub(super) const MAX_PENDING: usize = 4096;
 
-/// The backplane of a chat node and the runtime its recovery tasks run on.
+/// A task of the node's runtime.
+type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Starting a backplane on the node's runtime.
+type Start = fn(
+    Arc<RedisBackplane>,
+    Hub,
+    Deliver,
+) -> Pin<Box<dyn Future<Output = Result<Running, Error>> + Send>>;
+
+/// The backplane of a chat node and the runtime it and the chat's tasks
+/// across nodes (recoveries, listings, whispers) run on.
 pub(super) struct Nodes {
     backplane: Arc<RedisBackplane>,
-    runtime: tokio::runtime::Handle,
+    /// The runtime's `spawn`, from any thread (the console's too).
+    spawn: Arc<dyn Fn(Task) + Send + Sync>,
+    /// The runtime's timer.
+    sleep_until: fn(Instant) -> Task,
+    /// The backplane's `start_with` on the runtime.
+    start: Start,
 }
 
 /// A session between its `join` and the end of its recovery.
@@ -93,14 +118,26 @@ impl Pending {
 }
 
 impl Nodes {
-    /// The backplane of `config`, on the current tokio runtime.
-    pub(super) fn new(config: &RedisConfig) -> io::Result<Self> {
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| io::Error::other("--backplane runs on tokio only"))?;
+    /// The backplane of `config`, on runtime `R` (tokio's or smol's; a
+    /// chat on std's threads takes smol's). Called inside the tokio
+    /// runtime for tokio, outside any tokio runtime for smol (as the chat's
+    /// `run`s do); its [`start`](Self::start) is awaited on `R`.
+    pub(super) fn new<R: Runtime>(config: &RedisConfig) -> io::Result<Self> {
         let backplane = RedisBackplane::new(config.clone()).map_err(io::Error::other)?;
+        // tokio spawns only on its own threads, through its handle from
+        // others: made inside tokio (`R` is tokio), the handle; smol
+        // spawns from anywhere.
+        let spawn: Arc<dyn Fn(Task) + Send + Sync> = match tokio::runtime::Handle::try_current() {
+            Ok(tokio) => Arc::new(move |task| drop(tokio.spawn(task))),
+            Err(_) => Arc::new(|task| R::spawn(task)),
+        };
         Ok(Self {
             backplane: Arc::new(backplane),
-            runtime,
+            spawn,
+            sleep_until: |deadline| Box::pin(R::sleep_until(deadline)),
+            start: |backplane, hub, deliver| {
+                Box::pin(async move { backplane.start_with::<R>(hub, deliver).await })
+            },
         })
     }
 
@@ -134,8 +171,7 @@ impl Nodes {
                 }
             },
         );
-        self.backplane
-            .start_with(hub, deliver)
+        (self.start)(Arc::clone(&self.backplane), hub, deliver)
             .await
             .map_err(io::Error::other)
     }
@@ -147,13 +183,21 @@ impl Nodes {
 
     /// Runs `task` on the backplane's runtime.
     pub(super) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        self.runtime.spawn(task);
+        (self.spawn)(Box::pin(task));
     }
 
-    /// Waits for `task` on the calling thread (not one of the runtime's:
-    /// the console's).
-    pub(super) fn block_on<T>(&self, task: impl Future<Output = T>) -> T {
-        self.runtime.block_on(task)
+    /// Runs `task` on the backplane's runtime and waits for it on the
+    /// calling thread (not one of the runtime's: the console's); `None`
+    /// when the runtime dropped it (the node is stopping).
+    pub(super) fn block_on<T: Send + 'static>(
+        &self,
+        task: impl Future<Output = T> + Send + 'static,
+    ) -> Option<T> {
+        let (done, outcome) = std::sync::mpsc::sync_channel(1);
+        self.spawn(async move {
+            let _ = done.send(task.await);
+        });
+        outcome.recv().ok()
     }
 
     /// Tells the directory that a user of this node was `before` and is
@@ -173,10 +217,17 @@ impl Nodes {
     /// The users of the other nodes, as the directory holds them (waiting
     /// at most [`DIRECTORY_WAIT`]).
     pub(super) async fn others(&self) -> Result<Vec<UserInfo>, String> {
-        let members = tokio::time::timeout(DIRECTORY_WAIT, self.backplane.members(DIRECTORY))
-            .await
-            .map_err(|_| format!("no answer within {DIRECTORY_WAIT:?}"))?
-            .map_err(|e| e.to_string())?;
+        let timer = (self.sleep_until)(Instant::now() + DIRECTORY_WAIT);
+        let members = smol::future::or(
+            async { Some(self.backplane.members(DIRECTORY).await) },
+            async {
+                timer.await;
+                None
+            },
+        )
+        .await
+        .ok_or_else(|| format!("no answer within {DIRECTORY_WAIT:?}"))?
+        .map_err(|e| e.to_string())?;
         let mine = self.tag();
         Ok(members
             .iter()
@@ -214,7 +265,7 @@ impl Nodes {
         joined: Message,
     ) {
         let backplane = Arc::clone(&self.backplane);
-        self.runtime.spawn(async move {
+        self.spawn(async move {
             let outcome = match since {
                 Some(since) => backplane.recover(&room, since).await,
                 None => backplane

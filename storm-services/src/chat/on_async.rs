@@ -37,7 +37,7 @@ pub(super) fn run<R: AsyncRuntime>(
         });
         let gate = Gate::new(config, http.as_ref())?;
         let server = server.on_upgrade(move |info| std::future::ready(gate.decide(&info)));
-        let nodes = config.backplane.as_ref().map(Nodes::new).transpose()?;
+        let nodes = config.backplane.as_ref().map(Nodes::new::<R>).transpose()?;
         let chat = Chat::new(server.handle(), nodes);
         // Subscribed before the first session: no room event is missed.
         let running = match &chat.nodes {

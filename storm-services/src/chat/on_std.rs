@@ -1,6 +1,8 @@
 //! `storm chat` on blocking threads (storm-std). The handler only sends
 //! what [`Chat`] decides; the tick is a thread, the page server a fixed
-//! set of threads (over a blocking rustls stream with `--tls`).
+//! set of threads (over a blocking rustls stream with `--tls`). Across
+//! nodes the backplane runs on smol's global executor (see `nodes`): the
+//! same async code as on tokio and smol, no tokio here.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -13,6 +15,7 @@ use storm_host::link::CloseReason;
 use storm_proto::Message;
 use storm_std::{Deadlined, Session};
 
+use super::nodes::Nodes;
 use super::{
     Chat, ChatConfig, Gate, HTTP_TIMEOUT, Page, PageRequest, PageServer, PageTls, STOP_TIMEOUT,
     announce, read_console, stopping,
@@ -36,7 +39,20 @@ pub(super) fn run(
     let gate = Gate::new(config, http.as_ref())?;
     let server = server.on_upgrade(move |info| gate.decide(info));
     let handle = server.handle();
-    let chat = Chat::new(server.handle(), None);
+    let nodes = config
+        .backplane
+        .as_ref()
+        .map(Nodes::new::<storm_smol::Smol>)
+        .transpose()?;
+    let chat = Chat::new(server.handle(), nodes);
+    // Subscribed before the first session: no room event is missed.
+    let running = match &chat.nodes {
+        Some(nodes) => {
+            let hub = server.handle().hub().clone();
+            Some(smol::block_on(nodes.start(hub, Arc::downgrade(&chat)))?)
+        }
+        None => None,
+    };
     if let Some(period) = config.tick {
         let chat = Arc::clone(&chat);
         on_std::every(period, move || chat.tick());
@@ -47,6 +63,7 @@ pub(super) fn run(
     read_console(&stopping, Arc::clone(&chat));
     let serving = server.spawn(StdChat(chat))?;
     on_std::serve_until(&stopping, STOP_TIMEOUT, &handle, serving)?;
+    drop(running); // the backplane's tasks end with it
     println!("storm chat stopped");
     Ok(())
 }

@@ -21,6 +21,18 @@ fn interactive_json_client(addr: &str, extra: &[&str]) -> Storm {
     Storm::spawn(&[&args[..], extra].concat())
 }
 
+/// Waits for the interactive client's next reply, and checks it is the
+/// server's echo of `content`. (The client prints its own request first,
+/// `-> {..."content":"..."}`, before sending it: a wait for the content
+/// alone would end before the request has even left.)
+fn echoed(client: &Storm, content: &str) {
+    let reply = client.stdout_line("<- ");
+    assert!(
+        reply.contains("\"echo_response\"") && reply.contains(&format!("\"{content}\"")),
+        "not the echo of {content:?}: {reply}"
+    );
+}
+
 /// Every runtime the clients run on; each test runs its client and its
 /// server on each.
 const RUNTIMES: [&str; 3] = ["tokio", "smol", "std"];
@@ -35,7 +47,9 @@ fn json_client_reconnects_across_a_server_restart() {
         let (server, addr) = Storm::serve("json", "127.0.0.1:0", &on);
         let mut client = interactive_json_client(&addr, &on);
         client.send("/echo before");
-        client.stdout_line("\"before\"");
+        // Answered: nothing is in flight when the server dies, so the
+        // client learns of it from the closed connection (not from a send).
+        echoed(&client, "before");
 
         server.kill();
         client.stderr_line("disconnected: the server closed the connection; reconnecting in");
@@ -43,7 +57,7 @@ fn json_client_reconnects_across_a_server_restart() {
         assert_eq!(again, addr, "{runtime}");
         client.stderr_line("storm client json: reconnected");
         client.send("/echo after");
-        client.stdout_line("\"after\"");
+        echoed(&client, "after");
         client.send("/exit");
         let (status, stderr) = client.exit();
         assert_eq!(status.code(), Some(0), "{runtime}: {stderr}");

@@ -399,9 +399,8 @@ storm_settings=(
     "storm echo (tokio)|--runtime tokio"
     "storm echo (smol)|--runtime smol"
     "storm echo (std)|--runtime std"
-    # --threads: when storm-cli gains a --threads flag (issue #16), add its
-    # settings here, e.g.
-    #   "storm echo (tokio, 1 thread)|--runtime tokio --threads 1"
+    # The server is pinned to one CPU: a current-thread runtime there.
+    "storm echo (tokio, 1 thread)|--runtime tokio --threads 1"
 )
 
 load_before=$(cut -d ' ' -f 1-3 /proc/loadavg)

@@ -29,6 +29,13 @@ mod rpc;
 #[derive(Debug, Parser)]
 #[command(name = "storm", version, about)]
 struct Cli {
+    /// Worker threads of the tokio runtime (`--runtime tokio`, the
+    /// default): 1 runs every connection on the main thread (a
+    /// current-thread runtime: no wake-ups across threads); default: one
+    /// per core. smol takes SMOL_THREADS; std gives each connection
+    /// threads of its own.
+    #[arg(long, global = true, env = "STORM_THREADS", value_name = "N")]
+    threads: Option<std::num::NonZeroUsize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -106,6 +113,9 @@ fn main() -> ExitCode {
             std::env::var_os("NO_COLOR").as_deref(),
         ))
         .init();
+    if let Some(threads) = cli.threads {
+        storm_services::host::set_tokio_threads(threads.get());
+    }
     let result = match cli.command {
         Command::Gateway(args) => return gateway::run(&args),
         Command::Rpc(args) => return rpc::serve(&args),

@@ -377,3 +377,34 @@ fn churn_round_size() -> usize {
         .unwrap_or(1024);
     ((soft.saturating_sub(64)) / 3).min(500)
 }
+
+/// The threads of process `pid` (Linux: its `/proc/PID/task` entries).
+fn threads_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(Iterator::count)
+        .expect("/proc/PID/task")
+}
+
+/// `--threads N` (or `STORM_THREADS`) sets the tokio runtime's workers:
+/// with 1 every connection runs on the main thread, with 3 three workers
+/// serve; both echo.
+#[test]
+fn threads_sets_the_tokio_workers() {
+    let mut counts = Vec::new();
+    for threads in ["1", "3"] {
+        let server = start_with("raw", "tokio", &["--threads", threads]);
+        let mut stream = connect(&server.addr);
+        stream.write_all(b"ping").unwrap();
+        let mut reply = [0u8; 4];
+        stream.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"ping", "--threads {threads}");
+        counts.push(threads_of(server.child.id()));
+    }
+    assert_eq!(counts[1] - counts[0], 3, "threads: {counts:?}");
+    // The environment says the same.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_storm"));
+    command.env("STORM_THREADS", "1");
+    let server = launch(command, "raw", "tokio", &[]);
+    let _ = connect(&server.addr);
+    assert_eq!(threads_of(server.child.id()), counts[0]);
+}

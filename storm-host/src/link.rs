@@ -72,7 +72,7 @@ use std::time::{Duration, Instant};
 use bytes::buf::Limit;
 use bytes::{Bytes, BytesMut};
 
-use crate::hub::{CloseKind, MiddlewareChain, Outbox};
+use crate::hub::{CloseKind, MiddlewareChain, Outbox, Output};
 use storm_proto::Message;
 use storm_proto::heartbeat::HeartbeatConfig;
 use storm_proto::link::Link;
@@ -209,6 +209,11 @@ impl LinkDriver {
         now: Instant,
     ) -> Result<Self, LinkConfigError> {
         let link = Link::new(protocol, &config.machine(), now)?;
+        // Senders frame under the outbox's lock where the protocol allows:
+        // the writer then takes one buffer, not a message at a time.
+        if let Some(encoder) = link.encoder() {
+            outbox.encode_with(encoder);
+        }
         if let Some(chain) = &config.middleware {
             chain.connect(outbox.id());
         }
@@ -440,7 +445,10 @@ impl LinkDriver {
         // Framed under the outbox's lock, straight from its queue (an
         // abort hands out nothing).
         let link = &mut self.link;
-        let frame = |message: Message| link.send(&message);
+        let frame = |output: Output| match output {
+            Output::Message(message) => link.send(&message),
+            Output::Encoded(bytes) => link.send_encoded(bytes),
+        };
         let drained = if for_writer {
             self.outbox.drain_written(max_bytes, frame)
         } else {
@@ -659,10 +667,11 @@ mod tests {
         (out.concat(), t.close)
     }
 
-    /// 100 requests arrive; the application answers each with 100 bytes;
-    /// the writer is stuck (poll_transmit is never called): the send limit
-    /// (1000 bytes, policy Drop) must hold.
-    fn peer_that_sends_but_never_reads(protocol: Protocol, request: &[u8]) {
+    /// 100 requests arrive; the application answers each with 100 bytes,
+    /// `header` more once framed; the writer is stuck (poll_transmit is
+    /// never called): the send limit (1000 bytes, policy Drop), which
+    /// counts the frames, must hold.
+    fn peer_that_sends_but_never_reads(protocol: Protocol, request: &[u8], header: usize) {
         let (_hub, mut link, now) = limited(protocol, 1000);
         link.handle_input(now, &request.repeat(100));
         let (mut queued, mut dropped) = (0, 0);
@@ -674,11 +683,13 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        assert_eq!((queued, dropped), (10, 90));
+        let fit = 1000 / (100 + header);
+        assert_eq!((queued, dropped), (fit, 100 - fit));
         // Once the writer has written what was framed (it comes back for
         // more), the limit is released.
         let (bytes, _) = transmit(&mut link, now);
-        assert!(bytes.len() >= 1000);
+        // Exactly the admitted frames: a refused message leaves none.
+        assert_eq!(bytes.len(), fit * (100 + header));
         let (more, _) = transmit(&mut link, now);
         assert!(more.is_empty());
         assert!(matches!(
@@ -791,14 +802,55 @@ mod tests {
     #[test]
     fn a_framed_peer_that_sends_but_never_reads_meets_the_send_limit() {
         let protocol = Protocol::Framed(Box::new(LengthPrefixFramer::default()));
-        peer_that_sends_but_never_reads(protocol, b"\0\0\0\x01q");
+        peer_that_sends_but_never_reads(protocol, b"\0\0\0\x01q", 4);
     }
 
     #[test]
     fn a_websocket_peer_that_sends_but_never_reads_meets_the_send_limit() {
         let conn = Connection::new(Side::Server, Config::default());
         let protocol = Protocol::WebSocket(Box::new(conn));
-        peer_that_sends_but_never_reads(protocol, &masked(OpCode::Binary, b"q"));
+        peer_that_sends_but_never_reads(protocol, &masked(OpCode::Binary, b"q"), 2);
+    }
+
+    #[test]
+    fn a_server_link_frames_messages_as_they_are_sent_broadcasts_included() {
+        let (hub, mut link, now) = setup(
+            Protocol::WebSocket(Box::new(Connection::new(Side::Server, Config::default()))),
+            LinkConfig::default(),
+        );
+        let id = link.outbox().id();
+        hub.join(id, "room").unwrap();
+        assert_eq!(link.send(Message::from(vec![1u8; 32])), SendOutcome::Queued);
+        let report = hub.broadcast_group("room", &Message::from("hi"), None);
+        assert_eq!(report.delivered, 1);
+        // Framed already: the limit counts the frames (2-byte headers).
+        assert_eq!(link.outbox().queued_messages(), 2);
+        assert_eq!(link.outbox().pending_send_bytes(), 34 + 4);
+        let (wire, close) = transmit(&mut link, now);
+        assert!(!close);
+        assert_eq!(
+            decoded(&wire),
+            [
+                ws::Event::Binary(Bytes::from(vec![1u8; 32])),
+                ws::Event::Text("hi".into())
+            ]
+        );
+        assert_eq!(link.outbox().queued_messages(), 0);
+        assert_eq!(link.outbox().metrics().messages_sent, 2);
+    }
+
+    #[test]
+    fn a_message_the_framer_refuses_is_dropped_and_counted_not_lost_silently() {
+        let (_hub, mut link, now) = setup(
+            Protocol::Framed(Box::new(DelimiterFramer::lines())),
+            LinkConfig::default(),
+        );
+        let refused = Message::from("two\nlines");
+        assert_eq!(link.send(refused.clone()), SendOutcome::Dropped(refused));
+        assert_eq!(link.outbox().metrics().messages_dropped, 1);
+        assert_eq!(link.outbox().pending_send_bytes(), 0);
+        assert_eq!(link.send(Message::from("ok")), SendOutcome::Queued);
+        assert_eq!(transmit(&mut link, now), (b"ok\n".to_vec(), false));
     }
 
     #[test]

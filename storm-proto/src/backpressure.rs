@@ -357,8 +357,15 @@ impl SendBudget {
         self.policy = policy;
     }
 
-    /// Messages dropped by the [`Drop`](SlowConsumerPolicy::Drop) policy or
-    /// by [`offer_overflow`](Self::offer_overflow) past its cap.
+    /// Counts a message of `len` bytes dropped before it was offered (its
+    /// framing refused it).
+    pub fn count_dropped(&mut self, len: usize) {
+        self.count_drop(len);
+    }
+
+    /// Messages dropped by the [`Drop`](SlowConsumerPolicy::Drop) policy,
+    /// by [`offer_overflow`](Self::offer_overflow) past its cap, or
+    /// [counted](Self::count_dropped) by the caller.
     pub const fn dropped_messages(&self) -> u64 {
         self.dropped_messages
     }

@@ -16,7 +16,8 @@
 //!   parses. A WebSocket ping leaves its auto-pong waiting
 //!   ([`Link::waiting_pong`]) until the caller admits it
 //!   ([`Link::queue_pong`]) under its send limit.
-//! - **output**: messages → [`Link::send`], which frames them at once; a
+//! - **output**: messages → [`Link::send`], which frames them at once
+//!   (or, framed ahead by the link's [`Encoder`], → [`Link::send_encoded`]); a
 //!   close → [`Link::close`] or [`Link::abort`]; [`Link::poll_transmit`]
 //!   hands over the framed bytes (with the protocol's own pongs, pings and
 //!   close frames) for one vectored write and says when to close the
@@ -105,6 +106,9 @@ struct Framed {
     input_growth: InputGrowth,
     /// Frames ready for the writer.
     output: BytesMut,
+    /// Bytes framed ahead ([`Link::send_encoded`]), with what `output`
+    /// held before each, in order: they go before `output`.
+    queued: VecDeque<Bytes>,
 }
 
 impl Framed {
@@ -146,8 +150,70 @@ impl From<Protocol> for Wire {
                 input: BytesMut::new(),
                 input_growth: InputGrowth::default(),
                 output: BytesMut::new(),
+                queued: VecDeque::new(),
             })),
             Protocol::WebSocket(conn) => Self::WebSocket(conn),
+        }
+    }
+}
+
+/// Frames application messages for one link exactly as [`Link::send`]
+/// does, without the link: for a sender that frames under its own lock,
+/// ahead of the link ([`Link::encoder`]), and hands the bytes over later
+/// with [`Link::send_encoded`]. Only a link whose frames for a message
+/// depend on nothing but the message has one: a framed link whose framer
+/// gives an [encoder](Framer::encoder), a WebSocket server without
+/// permessage-deflate.
+pub struct Encoder(EncoderKind);
+
+enum EncoderKind {
+    Framed(Box<dyn Framer + Send>),
+    /// The connection's fragment size.
+    WebSocket(usize),
+}
+
+impl fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            EncoderKind::Framed(_) => f.write_str("Encoder::Framed"),
+            EncoderKind::WebSocket(fragment) => {
+                f.debug_tuple("Encoder::WebSocket").field(fragment).finish()
+            }
+        }
+    }
+}
+
+impl Encoder {
+    /// The bytes [`encode`](Self::encode) appends for `message`.
+    #[must_use]
+    pub fn encoded_len(&self, message: &Message) -> usize {
+        match &self.0 {
+            EncoderKind::Framed(framer) => framer.encoded_len(message.len()),
+            EncoderKind::WebSocket(fragment) => {
+                ws::frame::encoded_message_len(message.len(), *fragment)
+            }
+        }
+    }
+
+    /// Appends `message`, framed, to `dst`.
+    ///
+    /// # Errors
+    ///
+    /// The framer's refusal (a message too large for its limit, a line
+    /// that holds the delimiter); `dst` is left untouched. [`Link::send`]
+    /// drops such a message.
+    pub fn encode(&mut self, message: &Message, dst: &mut BytesMut) -> Result<(), FramingError> {
+        match &mut self.0 {
+            EncoderKind::Framed(framer) => framer.encode(message.as_bytes(), dst),
+            EncoderKind::WebSocket(fragment) => {
+                let opcode = match message {
+                    Message::Text(_) => ws::frame::OpCode::Text,
+                    Message::Binary(_) => ws::frame::OpCode::Binary,
+                };
+                let first = ws::frame::FrameHeader::new(opcode, 0);
+                ws::frame::encode_message(first, message.as_bytes(), *fragment, || None, dst);
+                Ok(())
+            }
         }
     }
 }
@@ -583,6 +649,40 @@ impl Link {
         }
     }
 
+    /// The link's [`Encoder`], for a sender that frames messages ahead of
+    /// it; `None` when framing a message depends on the link's state (a
+    /// WebSocket client's masking, permessage-deflate, a framer without an
+    /// [encoder](Framer::encoder)): send those with [`send`](Self::send).
+    #[must_use]
+    pub fn encoder(&self) -> Option<Encoder> {
+        let kind = match &self.wire {
+            Wire::Framed(framed) => EncoderKind::Framed(framed.framer.encoder()?),
+            Wire::WebSocket(conn) => EncoderKind::WebSocket(conn.stateless_fragment_size()?),
+        };
+        Some(Encoder(kind))
+    }
+
+    /// Queues bytes the link's [`Encoder`] framed (any number of whole
+    /// messages) after everything framed so far; the writer gets them as
+    /// they are. Like [`send`](Self::send), nothing once the link aborted
+    /// or its close frame went out: the bytes are dropped.
+    pub fn send_encoded(&mut self, bytes: Bytes) {
+        if self.aborted || self.shutdown != HalfClose::Open || bytes.is_empty() {
+            return;
+        }
+        match &mut self.wire {
+            Wire::Framed(framed) => {
+                if !framed.output.is_empty() {
+                    framed.queued.push_back(framed.output.split().freeze());
+                }
+                framed.queued.push_back(bytes);
+            }
+            Wire::WebSocket(conn) => {
+                let _ = conn.send_encoded(bytes);
+            }
+        }
+    }
+
     /// A graceful close, after everything framed so far: a WebSocket close
     /// frame with `code` and `reason` (1000 and none when they cannot be
     /// sent), then the socket is closed once the peer answers or
@@ -647,7 +747,7 @@ impl Link {
     #[must_use]
     pub fn has_transmit(&self) -> bool {
         match &self.wire {
-            Wire::Framed(framed) => !framed.output.is_empty(),
+            Wire::Framed(framed) => !framed.output.is_empty() || !framed.queued.is_empty(),
             Wire::WebSocket(conn) => conn.has_transmit(),
         }
     }
@@ -737,6 +837,9 @@ impl Link {
             Wire::Framed(framed) => {
                 framed.input_growth.release(&mut framed.input);
                 release_bytes(&mut framed.output);
+                if framed.queued.is_empty() && framed.queued.capacity() != 0 {
+                    framed.queued = VecDeque::new();
+                }
             }
             Wire::WebSocket(conn) => conn.release_buffers(),
         }
@@ -751,10 +854,12 @@ impl Link {
         let deadline = self.poll_timeout();
         match &mut self.wire {
             Wire::Framed(framed) => {
-                if !framed.output.is_empty() && !self.aborted {
-                    let bytes = framed.output.split().freeze();
-                    transmit.bytes += bytes.len();
-                    out.push(bytes);
+                let output = (!framed.output.is_empty()).then(|| framed.output.split().freeze());
+                for bytes in framed.queued.drain(..).chain(output) {
+                    if !self.aborted {
+                        transmit.bytes += bytes.len();
+                        out.push(bytes);
+                    }
                 }
                 if self.shutdown == HalfClose::Due && !self.finish {
                     self.shutdown = HalfClose::Said;
@@ -793,7 +898,11 @@ impl Link {
     pub fn buffer_capacity(&self) -> usize {
         let protocol = match &self.wire {
             Wire::WebSocket(conn) => conn.buffer_capacity(),
-            Wire::Framed(framed) => framed.input.capacity() + framed.output.capacity(),
+            Wire::Framed(framed) => {
+                framed.input.capacity()
+                    + framed.output.capacity()
+                    + framed.queued.capacity() * std::mem::size_of::<Bytes>()
+            }
         };
         protocol + self.events.capacity() * std::mem::size_of::<LinkEvent>()
     }
@@ -804,7 +913,9 @@ impl Link {
     pub fn transmit_len(&self) -> usize {
         match &self.wire {
             Wire::WebSocket(conn) => conn.transmit_len(),
-            Wire::Framed(framed) => framed.output.len(),
+            Wire::Framed(framed) => {
+                framed.output.len() + framed.queued.iter().map(Bytes::len).sum::<usize>()
+            }
         }
     }
 
@@ -1120,6 +1231,126 @@ mod tests {
         ));
     }
 
+    fn ws(side: ws::Side, config: ws::Config, now: Instant) -> Link {
+        let conn = ws::Connection::new(side, config);
+        Link::new(
+            Protocol::WebSocket(Box::new(conn)),
+            &LinkConfig::default(),
+            now,
+        )
+        .unwrap()
+    }
+
+    fn transmitted(link: &mut Link, now: Instant) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = link.poll_transmit(now, &mut out);
+        out.concat()
+    }
+
+    #[test]
+    fn only_a_link_whose_frames_depend_on_the_message_alone_has_an_encoder() {
+        let now = Instant::now();
+        assert!(framed(now).encoder().is_some());
+        assert!(
+            ws(ws::Side::Server, ws::Config::default(), now)
+                .encoder()
+                .is_some()
+        );
+        // A client masks each frame with a fresh key.
+        assert!(
+            ws(ws::Side::Client, ws::Config::default(), now)
+                .encoder()
+                .is_none()
+        );
+        // A framer without an encoder of its own.
+        struct Opaque(LengthPrefixFramer);
+        impl Framer for Opaque {
+            fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FramingError> {
+                self.0.decode(src)
+            }
+            fn encode(&mut self, msg: &[u8], dst: &mut BytesMut) -> Result<(), FramingError> {
+                self.0.encode(msg, dst)
+            }
+            fn encoded_len(&self, msg_len: usize) -> usize {
+                self.0.encoded_len(msg_len)
+            }
+            fn max_message_len(&self) -> usize {
+                self.0.max_message_len()
+            }
+        }
+        let opaque = Protocol::Framed(Box::new(Opaque(LengthPrefixFramer::default())));
+        let link = Link::new(opaque, &LinkConfig::default(), now).unwrap();
+        assert!(link.encoder().is_none());
+    }
+
+    #[test]
+    fn encoded_bytes_keep_their_place_among_the_links_own_output() {
+        let now = Instant::now();
+        let mut link = ws(ws::Side::Server, ws::Config::default(), now);
+        let mut encoder = link.encoder().unwrap();
+        // A reply framed by the link, then one framed ahead, then a ping's
+        // pong, then a reply framed by the link again.
+        link.send(&Message::from("a"));
+        let mut ahead = BytesMut::new();
+        encoder.encode(&Message::from("b"), &mut ahead).unwrap();
+        link.send_encoded(ahead.freeze());
+        let mut client = ws::Connection::new(ws::Side::Client, ws::Config::default());
+        client.send_ping(b"p").unwrap();
+        link.handle_input(now, &client.poll_transmit().unwrap());
+        assert_eq!(
+            link.poll_event(now),
+            Some(LinkEvent::Ping(Bytes::from_static(b"p")))
+        );
+        link.queue_pong();
+        link.send(&Message::from("c"));
+        link.close(now, CloseCode::NORMAL, "");
+        // Nothing goes after the close frame.
+        let mut late = BytesMut::new();
+        encoder.encode(&Message::from("late"), &mut late).unwrap();
+        link.send_encoded(late.freeze());
+        client.handle_input(&transmitted(&mut link, now));
+        let events: Vec<ws::Event> = std::iter::from_fn(|| client.poll_event().unwrap()).collect();
+        assert_eq!(
+            events,
+            [
+                ws::Event::Text("a".into()),
+                ws::Event::Text("b".into()),
+                ws::Event::Pong(Bytes::from_static(b"p")),
+                ws::Event::Text("c".into()),
+                ws::Event::Close(ws::CloseFrame {
+                    code: CloseCode::NORMAL,
+                    reason: String::new(),
+                }),
+            ]
+        );
+    }
+
+    #[test]
+    fn encoded_bytes_keep_their_place_on_a_framed_link_and_an_abort_discards_them() {
+        let now = Instant::now();
+        let mut link = framed(now);
+        let mut encoder = link.encoder().unwrap();
+        link.send(&Message::from(b"a".to_vec()));
+        let mut ahead = BytesMut::new();
+        encoder
+            .encode(&Message::from(b"b".to_vec()), &mut ahead)
+            .unwrap();
+        link.send_encoded(ahead.freeze());
+        link.send(&Message::from(b"c".to_vec()));
+        assert_eq!(link.transmit_len(), 15);
+        assert_eq!(
+            transmitted(&mut link, now),
+            [lp(b"a"), lp(b"b"), lp(b"c")].concat()
+        );
+        let mut more = BytesMut::new();
+        encoder
+            .encode(&Message::from(b"d".to_vec()), &mut more)
+            .unwrap();
+        link.send_encoded(more.freeze());
+        link.abort();
+        assert!(transmitted(&mut link, now).is_empty());
+    }
+
     proptest::proptest! {
         /// Reading in place or through a copy, in any piece sizes, gives
         /// the same messages.
@@ -1137,6 +1368,36 @@ mod tests {
             let wire: Vec<u8> = payloads.iter().flat_map(|p| lp(p)).collect();
             let (messages, _) = feed(&mut framed(now), now, &wire, chunk);
             proptest::prop_assert_eq!(messages, payloads);
+        }
+
+        /// A message framed ahead by the link's encoder is, byte for
+        /// byte, what the link frames itself, and `encoded_len` says how
+        /// long: WebSocket text and binary, fragmented or not, and
+        /// length-prefixed.
+        #[test]
+        fn the_encoder_frames_as_the_link_does(
+            len in proptest::prop_oneof![0usize..300, 60_000usize..70_000],
+            text in proptest::bool::ANY,
+            fragment in proptest::prop_oneof![proptest::strategy::Just(0usize), 1usize..200, 60_000usize..70_000],
+        ) {
+            let now = Instant::now();
+            let message = if text {
+                Message::from("é".repeat(len / 2))
+            } else {
+                Message::from(vec![7u8; len])
+            };
+            let config = ws::Config::default().with_send_fragment_size(fragment);
+            let websocket = || ws(ws::Side::Server, config.clone(), now);
+            for mut link in [websocket(), framed(now)] {
+                let mut twin = if link.is_websocket() { websocket() } else { framed(now) };
+                let mut encoder = link.encoder().unwrap();
+                let mut ahead = BytesMut::new();
+                encoder.encode(&message, &mut ahead).unwrap();
+                proptest::prop_assert_eq!(ahead.len(), encoder.encoded_len(&message));
+                link.send_encoded(ahead.freeze());
+                twin.send(&message);
+                proptest::prop_assert_eq!(transmitted(&mut link, now), transmitted(&mut twin, now));
+            }
         }
     }
 }

@@ -174,6 +174,10 @@ impl Framer for PlainFramer {
         self.inner.max_message_len()
     }
 
+    fn encoder(&self) -> Option<Box<dyn Framer + Send>> {
+        self.inner.encoder()
+    }
+
     fn remaining(&self, src: &BytesMut) -> Option<usize> {
         // Only once the bytes are known to be plain.
         self.tls

@@ -23,6 +23,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -128,8 +129,8 @@ fn serve_on<R: AsyncRuntime, S: storm_async::Handler>(
 /// smol.
 pub trait AsyncRuntime: storm_async::Runtime {
     /// Runs `future` to completion on this runtime, from a thread outside
-    /// any runtime (tokio: a new multi-threaded runtime; smol: its global
-    /// executor).
+    /// any runtime (tokio: a new runtime, multi-threaded unless
+    /// [`set_tokio_threads`] says 1; smol: its global executor).
     ///
     /// # Errors
     ///
@@ -137,12 +138,34 @@ pub trait AsyncRuntime: storm_async::Runtime {
     fn block_on<T>(future: impl Future<Output = io::Result<T>>) -> io::Result<T>;
 }
 
+/// Worker threads of the tokio runtimes this process starts; 0: one per
+/// core (tokio's default).
+static TOKIO_THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets how many worker threads the tokio runtimes that
+/// [`AsyncRuntime::block_on`] starts from now on get: `1` runs every task
+/// on the calling thread (a current-thread runtime: no wake-ups across
+/// threads, no work stealing), `n > 1` a multi-threaded runtime of `n`,
+/// `0` (the default) one worker per core. For a process's entry point,
+/// before it starts a service. smol's global executor takes its count
+/// from `SMOL_THREADS`; std serves each connection on threads of its own.
+pub fn set_tokio_threads(threads: usize) {
+    TOKIO_THREADS.store(threads, Ordering::Relaxed);
+}
+
 impl AsyncRuntime for storm_tokio::Tokio {
     fn block_on<T>(future: impl Future<Output = io::Result<T>>) -> io::Result<T> {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-            .block_on(future)
+        let mut builder = match TOKIO_THREADS.load(Ordering::Relaxed) {
+            1 => tokio::runtime::Builder::new_current_thread(),
+            threads => {
+                let mut builder = tokio::runtime::Builder::new_multi_thread();
+                if threads > 1 {
+                    builder.worker_threads(threads);
+                }
+                builder
+            }
+        };
+        builder.enable_all().build()?.block_on(future)
     }
 }
 

@@ -96,7 +96,8 @@ pub use metrics::metric_names;
 pub use metrics::{HandshakeFailure, HandshakeFailures, HubMetrics};
 pub use middleware::{Middleware, MiddlewareChain};
 pub use outbox::{
-    CloseKind, Drained, Outbox, SendOutcome, SessionClosed, SessionId, SessionMetrics, SessionState,
+    CloseKind, Drained, Outbox, Output, SendOutcome, SessionClosed, SessionId, SessionMetrics,
+    SessionState,
 };
 pub use waker::thread_waker;
 
@@ -731,8 +732,10 @@ impl Hub {
 
     // ---- broadcast ------------------------------------------------------
 
-    /// Queues one `message` (shared, not copied) for every registered session but
-    /// `exclude`, sharing its buffer; never waits (see the
+    /// Queues one `message` for every registered session but `exclude`:
+    /// shared, not copied, by a session that queues messages; framed at
+    /// once by one that frames as it sends (a server connection, see
+    /// [`Outbox`]'s encoder). Never waits (see the
     /// [module docs](self) for what each policy does).
     pub fn broadcast(&self, message: &Message, exclude: Option<SessionId>) -> BroadcastReport {
         let overflow = self.shared.config.broadcast_overflow_bytes;
@@ -751,7 +754,8 @@ impl Hub {
         report
     }
 
-    /// Queues one `message` (shared, not copied) for the local members of `group` but
+    /// Queues one `message` (shared or framed, as for
+    /// [`broadcast`](Self::broadcast)) for the local members of `group` but
     /// `exclude`, like [`broadcast`](Self::broadcast), then
     /// [publishes](Backplane::publish) it once to the backplane, if any, for
     /// other nodes.

@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use storm_proto::Message;
+use storm_proto::framing::FramingError;
+use storm_proto::link::Encoder;
 use storm_proto::ws::CloseCode;
 
 use super::lock;
@@ -161,10 +164,99 @@ impl SessionMetrics {
     }
 }
 
+/// What the writer takes from an outbox ([`Outbox::drain_with`]).
+#[derive(Debug)]
+pub enum Output {
+    /// A message, for the writer to frame.
+    Message(Message),
+    /// Whole messages the connection's [`Encoder`] framed as they were
+    /// sent (or, when the writer's batch ended inside it, the front of
+    /// them; the rest follows on the next drain).
+    Encoded(Bytes),
+}
+
+/// What the outbox holds for the writer.
+#[derive(Debug)]
+enum Queue {
+    /// Messages, framed by the writer.
+    Messages(VecDeque<Message>),
+    /// Messages framed as they are sent, by the encoder of the
+    /// connection's link ([`Outbox::encode_with`]): one buffer, no
+    /// per-message entry; and how many messages it holds.
+    Encoded(Encoder, BytesMut, usize),
+}
+
+impl Queue {
+    /// Prepares `message` for the queue and says how many bytes the send
+    /// limit counts for it: its length, or, when the queue encodes, the
+    /// length of its frames, framed already at the end of the buffer (then
+    /// [`commit`](Self::commit) or [`unstage`](Self::unstage) them).
+    /// Framing first spares the limit's arithmetic a second pass over the
+    /// message; a refused send takes its frames back.
+    ///
+    /// # Errors
+    ///
+    /// The encoder's refusal (a message too large for the framing, a line
+    /// holding its delimiter): nothing was staged.
+    fn stage(&mut self, message: &Message) -> Result<Staged, FramingError> {
+        match self {
+            Self::Messages(_) => Ok(Staged {
+                len: message.len(),
+                from: 0,
+            }),
+            Self::Encoded(encoder, bytes, _) => {
+                let from = bytes.len();
+                encoder.encode(message, bytes)?;
+                Ok(Staged {
+                    len: bytes.len() - from,
+                    from,
+                })
+            }
+        }
+    }
+
+    /// Keeps a staged message: queues it, or counts its frames in.
+    fn commit(&mut self, message: MessageIn<'_>) -> usize {
+        match self {
+            Self::Messages(queue) => {
+                queue.push_back(message.into_owned());
+                queue.len()
+            }
+            Self::Encoded(_, _, count) => {
+                *count += 1;
+                *count
+            }
+        }
+    }
+
+    /// Takes a staged message back (the limit refused it).
+    fn unstage(&mut self, staged: Staged) {
+        if let Self::Encoded(_, bytes, _) = self {
+            bytes.truncate(staged.from);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Self::Messages(queue) => queue.is_empty(),
+            Self::Encoded(_, bytes, _) => bytes.is_empty(),
+        }
+    }
+}
+
+/// A message [staged](Queue::stage) for the queue.
+#[derive(Clone, Copy)]
+struct Staged {
+    /// The bytes the send limit counts for it.
+    len: usize,
+    /// Where its frames begin in an encoding queue's buffer.
+    from: usize,
+}
+
 /// The outbox and everything that changes with it, under one lock.
 #[derive(Debug)]
 struct State {
-    queue: VecDeque<Message>,
+    queue: Queue,
     /// Bytes in `queue` (pending bytes minus the ones in flight).
     queued_bytes: usize,
     budget: SendBudget,
@@ -200,7 +292,12 @@ pub(crate) enum Delivery {
 /// # The outbox
 ///
 /// Senders call [`send`](Self::send) with a [`Message`]; the adapter's writer
-/// frames it for the connection's protocol when it drains the outbox.
+/// frames it for the connection's protocol when it drains the outbox. A
+/// connection driven by a [`LinkDriver`](crate::link::LinkDriver) whose
+/// link has an [`Encoder`] (a server) frames each message as it is sent
+/// instead, under the outbox's lock, into one buffer that driver takes
+/// whole ([`Output::Encoded`]); the send limit then counts the frames'
+/// bytes, headers included.
 /// The adapter's writer loops:
 ///
 /// 1. [`poll_drain`](Self::poll_drain) (or [`register_waker`](Self::register_waker)
@@ -248,6 +345,32 @@ fn trace_slow_consumer(id: SessionId, action: &'static str, len: usize) {
     tracing::debug!(id = id.get(), action, len, "slow consumer");
 }
 
+/// A drain that pushes messages to `out` (an outbox without an encoder
+/// hands out nothing else).
+fn messages_into(out: &mut Vec<Message>) -> impl FnMut(Output) + '_ {
+    |output| {
+        if let Output::Message(message) = output {
+            out.push(message);
+        }
+    }
+}
+
+/// A message to queue: a sender's own, or a broadcast's shared one (cloned
+/// only if the queue keeps messages).
+enum MessageIn<'a> {
+    Owned(Message),
+    Borrowed(&'a Message),
+}
+
+impl MessageIn<'_> {
+    fn into_owned(self) -> Message {
+        match self {
+            Self::Owned(message) => message,
+            Self::Borrowed(message) => message.clone(),
+        }
+    }
+}
+
 fn wake_all(wakers: impl IntoIterator<Item = Waker>) {
     for waker in wakers {
         waker.wake();
@@ -269,7 +392,7 @@ impl Outbox {
             id,
             connected_at,
             outbox: Mutex::new(State {
-                queue: VecDeque::new(),
+                queue: Queue::Messages(VecDeque::new()),
                 queued_bytes: 0,
                 budget: SendBudget::from_config(config),
                 writer: None,
@@ -341,14 +464,18 @@ impl Outbox {
         }
         #[cfg(feature = "tracing")]
         let was = outbox.budget.is_backpressured();
-        let verdict = outbox.budget.offer(message.len());
+        let Some(staged) = self.stage(&mut outbox, &message) else {
+            return SendOutcome::Dropped(message);
+        };
+        let verdict = outbox.budget.offer(staged.len);
         #[cfg(feature = "tracing")]
         trace_pause(self.id, was, &outbox);
+        if verdict != Verdict::Admit {
+            outbox.queue.unstage(staged);
+        }
         match verdict {
             Verdict::Admit => {
-                outbox.queued_bytes += message.len();
-                outbox.queue.push_back(message);
-                self.queued.store(outbox.queue.len(), Ordering::Release);
+                self.commit(&mut outbox, MessageIn::Owned(message), staged.len);
                 // The writer is woken after the lock is released.
                 let writer = outbox.writer.take();
                 drop(outbox);
@@ -393,14 +520,18 @@ impl Outbox {
         }
         #[cfg(feature = "tracing")]
         let was = outbox.budget.is_backpressured();
-        let verdict = outbox.budget.offer_overflow(message.len(), overflow);
+        let Some(staged) = self.stage(&mut outbox, message) else {
+            return Delivery::Dropped;
+        };
+        let verdict = outbox.budget.offer_overflow(staged.len, overflow);
         #[cfg(feature = "tracing")]
         trace_pause(self.id, was, &outbox);
+        if verdict != Verdict::Admit {
+            outbox.queue.unstage(staged);
+        }
         match verdict {
             Verdict::Admit => {
-                outbox.queued_bytes += message.len();
-                outbox.queue.push_back(message.clone());
-                self.queued.store(outbox.queue.len(), Ordering::Release);
+                self.commit(&mut outbox, MessageIn::Borrowed(message), staged.len);
                 wake.extend(outbox.writer.take());
                 Delivery::Queued
             }
@@ -421,6 +552,61 @@ impl Outbox {
                 trace_slow_consumer(self.id, "disconnect", message.len());
                 self.close_locked(&mut outbox, CloseKind::Abort, wake);
                 Delivery::Disconnected
+            }
+        }
+    }
+
+    /// [`Queue::stage`]s `message`; `None` when the encoder refused it,
+    /// which counts it as dropped (it never reaches the send limit).
+    fn stage(&self, outbox: &mut State, message: &Message) -> Option<Staged> {
+        match outbox.queue.stage(message) {
+            Ok(staged) => Some(staged),
+            Err(error) => {
+                outbox.budget.count_dropped(message.len());
+                self.traffic()
+                    .messages_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                #[cfg(feature = "tracing")]
+                tracing::warn!(id = self.id.get(), %error, "message not sent");
+                #[cfg(not(feature = "tracing"))]
+                let _ = error;
+                None
+            }
+        }
+    }
+
+    /// Keeps a staged message the limit admitted (`len` bytes).
+    fn commit(&self, outbox: &mut State, message: MessageIn<'_>, len: usize) {
+        let count = outbox.queue.commit(message);
+        self.queued.store(count, Ordering::Release);
+        outbox.queued_bytes += len;
+    }
+
+    /// From now on, frames every message as it is sent, with `encoder`
+    /// (its link's, see [`Link::encoder`](storm_proto::link::Link::encoder)),
+    /// into one buffer the writer takes whole ([`Output::Encoded`]): no
+    /// per-message queue entry and no framing in the writer. Messages
+    /// already queued are framed now, in order. For the connection's own
+    /// driver ([`LinkDriver`](crate::link::LinkDriver)), which then drains
+    /// with [`drain_with`](Self::drain_with) or
+    /// [`drain_written`](Self::drain_written); the `Vec<Message>` drains
+    /// ([`drain_into`](Self::drain_into), [`poll_drain`](Self::poll_drain))
+    /// are for an outbox without one.
+    pub(crate) fn encode_with(&self, encoder: Encoder) {
+        let mut guard = lock(&self.outbox);
+        let outbox = &mut *guard;
+        let Queue::Messages(queue) = &mut outbox.queue else {
+            return;
+        };
+        let messages = std::mem::take(queue);
+        outbox.queue = Queue::Encoded(encoder, BytesMut::new(), 0);
+        // The limit counted the messages' lengths; it now counts frames.
+        let counted = std::mem::take(&mut outbox.queued_bytes);
+        let _ = outbox.budget.discard(counted);
+        for message in messages {
+            if let Some(staged) = self.stage(outbox, &message) {
+                let _ = outbox.budget.admit(staged.len);
+                self.commit(outbox, MessageIn::Owned(message), staged.len);
             }
         }
     }
@@ -480,16 +666,25 @@ impl Outbox {
     /// session holds none; it grows again with traffic.
     pub fn release_buffers(&self) {
         let mut outbox = lock(&self.outbox);
-        if outbox.queue.is_empty() && outbox.queue.capacity() != 0 {
-            outbox.queue = VecDeque::new();
+        match &mut outbox.queue {
+            Queue::Messages(queue) if queue.is_empty() && queue.capacity() != 0 => {
+                *queue = VecDeque::new();
+            }
+            Queue::Encoded(_, bytes, _) if bytes.is_empty() && bytes.capacity() != 0 => {
+                *bytes = BytesMut::new();
+            }
+            _ => {}
         }
     }
 
-    /// Messages the outbox queue has room for (tests of
+    /// Bytes of capacity the outbox queue holds (tests of
     /// [`release_buffers`](Self::release_buffers)).
     #[cfg(test)]
     pub(crate) fn outbox_capacity(&self) -> usize {
-        lock(&self.outbox).queue.capacity()
+        match &lock(&self.outbox).queue {
+            Queue::Messages(queue) => queue.capacity() * std::mem::size_of::<Message>(),
+            Queue::Encoded(_, bytes, _) => bytes.capacity(),
+        }
     }
 
     /// Forgets the writer's waker, so sends do not wake it: for a driver
@@ -517,14 +712,19 @@ impl Outbox {
     ///
     /// After an [abort](CloseKind::Abort) request the queue is discarded and
     /// nothing is moved; [`Drained::close`] says when to close.
+    ///
+    /// For an outbox without an encoder (one a
+    /// [`LinkDriver`](crate::link::LinkDriver) drives frames messages as
+    /// they are sent and is drained by that driver alone).
     pub fn drain_into(&self, out: &mut Vec<Message>, max_bytes: usize) -> Drained {
-        self.drain_with(max_bytes, |message| out.push(message))
+        self.drain_with(max_bytes, messages_into(out))
     }
 
-    /// [`drain_into`](Self::drain_into), handing each message to `each`
+    /// [`drain_into`](Self::drain_into), handing each [`Output`] to `each`
     /// instead of a `Vec`, under the outbox's lock: `each` must not call
-    /// back into this outbox.
-    pub fn drain_with(&self, max_bytes: usize, each: impl FnMut(Message)) -> Drained {
+    /// back into this outbox. An encoding outbox hands out its frames,
+    /// at most `max_bytes` of them (at least one byte) at a time.
+    pub fn drain_with(&self, max_bytes: usize, each: impl FnMut(Output)) -> Drained {
         let mut wake = Vec::new();
         let drained = {
             let mut outbox = lock(&self.outbox);
@@ -545,12 +745,7 @@ impl Outbox {
         let mut wake = Vec::new();
         let drained = {
             let mut outbox = lock(&self.outbox);
-            let drained = self.drain_locked(
-                &mut outbox,
-                |message| out.push(message),
-                max_bytes,
-                &mut wake,
-            );
+            let drained = self.drain_locked(&mut outbox, messages_into(out), max_bytes, &mut wake);
             if drained.is_idle() {
                 match &mut outbox.writer {
                     Some(old) if old.will_wake(cx.waker()) => {}
@@ -570,14 +765,20 @@ impl Outbox {
     fn drain_locked(
         &self,
         outbox: &mut State,
-        mut each: impl FnMut(Message),
+        mut each: impl FnMut(Output),
         max_bytes: usize,
         wake: &mut Vec<Waker>,
     ) -> Drained {
         let close = self.close_request();
         if close == Some(CloseKind::Abort) {
             let discarded = std::mem::take(&mut outbox.queued_bytes);
-            outbox.queue.clear();
+            match &mut outbox.queue {
+                Queue::Messages(queue) => queue.clear(),
+                Queue::Encoded(_, bytes, count) => {
+                    bytes.clear();
+                    *count = 0;
+                }
+            }
             self.queued.store(0, Ordering::Release);
             if outbox.budget.discard(discarded) == FlowChange::Resumed {
                 wake.append(&mut outbox.writable);
@@ -588,19 +789,34 @@ impl Outbox {
             };
         }
         let mut drained = Drained::default();
-        while let Some(front) = outbox.queue.front() {
-            let len = front.len();
-            if drained.messages > 0 && len > max_bytes.saturating_sub(drained.bytes) {
-                break;
+        match &mut outbox.queue {
+            Queue::Messages(queue) => {
+                while let Some(front) = queue.front() {
+                    let len = front.len();
+                    if drained.messages > 0 && len > max_bytes.saturating_sub(drained.bytes) {
+                        break;
+                    }
+                    if let Some(message) = queue.pop_front() {
+                        each(Output::Message(message));
+                        drained.messages += 1;
+                        drained.bytes += len;
+                    }
+                }
+                self.queued.store(queue.len(), Ordering::Release);
             }
-            if let Some(message) = outbox.queue.pop_front() {
-                each(message);
-                drained.messages += 1;
-                drained.bytes += len;
+            Queue::Encoded(_, bytes, count) if !bytes.is_empty() => {
+                let take = bytes.len().min(max_bytes.max(1));
+                drained.bytes = take;
+                if take == bytes.len() {
+                    // The messages are counted once their last bytes go.
+                    drained.messages = std::mem::take(count);
+                    self.queued.store(0, Ordering::Release);
+                }
+                each(Output::Encoded(bytes.split_to(take).freeze()));
             }
+            Queue::Encoded(..) => {}
         }
         outbox.queued_bytes = outbox.queued_bytes.saturating_sub(drained.bytes);
-        self.queued.store(outbox.queue.len(), Ordering::Release);
         if outbox.queue.is_empty() && close == Some(CloseKind::Graceful) {
             drained.close = close;
         }
@@ -628,7 +844,7 @@ impl Outbox {
     /// for what it drained, under one lock: for a writer that counts a
     /// message as written once it is framed into its protocol's own
     /// bounded output (as [`LinkDriver`](crate::link::LinkDriver) does).
-    pub fn drain_written(&self, max_bytes: usize, each: impl FnMut(Message)) -> Drained {
+    pub fn drain_written(&self, max_bytes: usize, each: impl FnMut(Output)) -> Drained {
         let mut wake = Vec::new();
         let drained = {
             let mut outbox = lock(&self.outbox);
@@ -736,7 +952,10 @@ impl Outbox {
 
     /// Messages waiting in the outbox (not yet drained by the writer).
     pub fn queued_messages(&self) -> usize {
-        lock(&self.outbox).queue.len()
+        match &lock(&self.outbox).queue {
+            Queue::Messages(queue) => queue.len(),
+            Queue::Encoded(_, _, count) => *count,
+        }
     }
 
     /// Bytes queued or in flight, not yet reported written.

@@ -189,6 +189,10 @@ impl Framer for BrokerFramer {
     fn max_message_len(&self) -> usize {
         HEADER_LEN.saturating_add(self.codec.max_payload())
     }
+
+    fn encoder(&self) -> Option<Box<dyn Framer + Send>> {
+        Some(Box::new(self.clone()))
+    }
 }
 
 #[cfg(test)]

@@ -272,6 +272,10 @@ impl Framer for DelimiterFramer {
     fn max_message_len(&self) -> usize {
         self.max_message_len
     }
+
+    fn encoder(&self) -> Option<Box<dyn Framer + Send>> {
+        Some(Box::new(self.clone()))
+    }
 }
 
 #[cfg(test)]

@@ -145,6 +145,10 @@ impl Framer for LengthPrefixFramer {
     fn max_message_len(&self) -> usize {
         self.max_frame_len
     }
+
+    fn encoder(&self) -> Option<Box<dyn Framer + Send>> {
+        Some(Box::new(self.clone()))
+    }
 }
 
 #[cfg(test)]

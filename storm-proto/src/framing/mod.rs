@@ -178,6 +178,16 @@ pub trait Framer {
     /// the longest message [`encode`](Self::encode) accepts (except for
     /// [`RawFramer`], which encodes any length).
     fn max_message_len(&self) -> usize;
+
+    /// A framer of the same configuration, for a sender that frames
+    /// messages itself, ahead of the link that decodes with this one
+    /// ([`link::Encoder`](crate::link::Encoder)): only its
+    /// [`encode`](Self::encode) and [`encoded_len`](Self::encoded_len) are
+    /// used. `None` (the default) when encoding depends on this framer's
+    /// state; the link then frames every message itself.
+    fn encoder(&self) -> Option<Box<dyn Framer + Send>> {
+        None
+    }
 }
 
 impl<F: Framer + ?Sized> Framer for Box<F> {
@@ -199,6 +209,10 @@ impl<F: Framer + ?Sized> Framer for Box<F> {
 
     fn max_message_len(&self) -> usize {
         (**self).max_message_len()
+    }
+
+    fn encoder(&self) -> Option<Box<dyn Framer + Send>> {
+        (**self).encoder()
     }
 
     fn remaining(&self, src: &BytesMut) -> Option<usize> {

@@ -101,6 +101,10 @@ impl Framer for RawFramer {
     fn max_message_len(&self) -> usize {
         self.max_chunk_len
     }
+
+    fn encoder(&self) -> Option<Box<dyn Framer + Send>> {
+        Some(Box::new(self.clone()))
+    }
 }
 
 #[cfg(test)]

@@ -258,6 +258,64 @@ pub fn encode_frame(mut header: FrameHeader, payload: &[u8], dst: &mut BytesMut)
     }
 }
 
+/// Appends `payload` as one data message: one frame with `first`'s header,
+/// or, when `fragment` is non-zero and the payload longer, fragments of at
+/// most `fragment` bytes, the first with `first`'s header, the rest
+/// continuations, the last with `fin`. Each frame is masked with the key
+/// `mask` gives, if it gives one (a client's fresh key per frame).
+pub fn encode_message(
+    first: FrameHeader,
+    payload: &[u8],
+    fragment: usize,
+    mut mask: impl FnMut() -> Option<[u8; 4]>,
+    dst: &mut BytesMut,
+) {
+    if fragment == 0 || payload.len() <= fragment {
+        encode_frame(
+            FrameHeader {
+                mask: mask(),
+                ..first
+            },
+            payload,
+            dst,
+        );
+        return;
+    }
+    let count = payload.len().div_ceil(fragment);
+    for (i, chunk) in payload.chunks(fragment).enumerate() {
+        let mut header = if i == 0 {
+            first
+        } else {
+            FrameHeader::new(OpCode::Continuation, 0)
+        };
+        header.fin = i + 1 == count;
+        header.mask = mask();
+        encode_frame(header, chunk, dst);
+    }
+}
+
+/// The bytes [`encode_message`] appends for `len` payload bytes with this
+/// `fragment` size, unmasked: each frame's header (2, 4 or 10 bytes) plus
+/// the payload.
+pub fn encoded_message_len(len: usize, fragment: usize) -> usize {
+    let header = |n: usize| -> usize {
+        match n {
+            0..=125 => 2,
+            126..=0xFFFF => 4,
+            _ => 10,
+        }
+    };
+    if fragment == 0 || len <= fragment {
+        return header(len).saturating_add(len);
+    }
+    let full = len / fragment;
+    let rest = len % fragment;
+    let last = if rest == 0 { 0 } else { header(rest) };
+    (full.saturating_mul(header(fragment)))
+        .saturating_add(last)
+        .saturating_add(len)
+}
+
 /// XORs `buf` with the masking key, as if `buf` began `offset` bytes into the
 /// payload (so a payload can be unmasked piece by piece as it arrives).
 /// Masking and unmasking are the same operation.

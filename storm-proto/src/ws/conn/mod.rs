@@ -821,6 +821,37 @@ impl Connection {
         self.send_data(OpCode::Binary, data)
     }
 
+    /// The fragment size ([`Config::send_fragment_size`]) a sender that
+    /// frames data messages ahead of the connection uses, when their
+    /// frames depend on nothing but their bytes: a server without
+    /// permessage-deflate ([`frame::encode_message`] with no mask, then
+    /// [`send_encoded`](Self::send_encoded)). `None` for a client (a fresh
+    /// masking key per frame) or with compression (the compressor's state).
+    #[must_use]
+    pub fn stateless_fragment_size(&self) -> Option<usize> {
+        (self.rng.is_none() && self.deflate.is_none()).then_some(self.config.send_fragment_size)
+    }
+
+    /// Queues bytes already framed as data messages, as
+    /// [`stateless_fragment_size`](Self::stateless_fragment_size) says,
+    /// after everything queued so far; they are handed out as they are.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Closed`] once the closing handshake started (as for
+    /// [`send_binary`](Self::send_binary)); nothing is queued.
+    pub fn send_encoded(&mut self, bytes: Bytes) -> Result<(), SendError> {
+        if !self.can_send() {
+            return Err(SendError::Closed);
+        }
+        if !self.output.is_empty() {
+            // What was framed before these bytes goes out before them.
+            self.queued.push_back(self.output.split().freeze());
+        }
+        self.queued.push_back(bytes);
+        Ok(())
+    }
+
     /// Queues a ping.
     ///
     /// # Errors
@@ -910,21 +941,21 @@ impl Connection {
     /// fragments of at most [`Config::send_fragment_size`] bytes, the first
     /// with `first`'s header, the rest continuations.
     fn queue_fragments(&mut self, first: FrameHeader, payload: &[u8]) {
-        let size = self.config.send_fragment_size;
-        if size == 0 || payload.len() <= size {
-            self.queue_frame(first, payload);
-            return;
-        }
-        let count = payload.len().div_ceil(size);
-        for (i, chunk) in payload.chunks(size).enumerate() {
-            let mut header = if i == 0 {
-                first
-            } else {
-                FrameHeader::new(OpCode::Continuation, 0)
-            };
-            header.fin = i + 1 == count;
-            self.queue_frame(header, chunk);
-        }
+        let rng = &mut self.rng;
+        let mask = || {
+            rng.as_mut().map(|rng| {
+                let mut key = [0u8; 4];
+                rng.fill_bytes(&mut key);
+                key
+            })
+        };
+        frame::encode_message(
+            first,
+            payload,
+            self.config.send_fragment_size,
+            mask,
+            &mut self.output,
+        );
     }
 
     fn queue_frame(&mut self, mut header: FrameHeader, payload: &[u8]) {

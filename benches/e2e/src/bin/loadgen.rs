@@ -43,6 +43,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Buf, BytesMut};
 use clap::{Parser, ValueEnum};
 use storm_e2e::handshake::{MAX_HEAD, check_response, client_key, client_request};
+use storm_e2e::stats::percentile_us;
 use storm_e2e::sys::{ProcessState, USER_HZ, loopback_addr, self_cpu_ticks};
 use storm_e2e::wire::{self, Decoder, Encoder, MAX_SIZE, Proto, Rng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
@@ -642,14 +643,6 @@ fn report_churn(config: &Config, result: &Result<Churn, String>) {
     }
 }
 
-fn percentile(sorted: &[u64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1] as f64 / 1000.0
-}
-
 fn json_str(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
     out.push('"');
@@ -673,10 +666,10 @@ fn report_load(config: &Config, outcome: &mut Outcome) {
     outcome.samples.sort_unstable();
     let s = &outcome.samples;
     let (p50, p90, p99, max) = (
-        percentile(s, 0.50),
-        percentile(s, 0.90),
-        percentile(s, 0.99),
-        percentile(s, 1.0),
+        percentile_us(s, 0.50),
+        percentile_us(s, 0.90),
+        percentile_us(s, 0.99),
+        percentile_us(s, 1.0),
     );
     let error = outcome.error.as_deref().map_or("null".to_owned(), json_str);
     println!(

@@ -648,7 +648,7 @@ impl Chat {
         self.deliver(hub, room, None, message);
         let notice = Out::LocalOnly {
             room,
-            reason: "the backplane could not take the event before:                      members on other nodes did not get it",
+            reason: "the backplane could not take the event: members on other nodes did not get it",
         };
         self.deliver(hub, room, None, &encode(&notice));
     }

@@ -111,6 +111,8 @@ impl broker::Clients for Threads {
             .name("storm-bench-slot".to_owned())
             .stack_size(SLOT_STACK)
             .spawn(move || {
+                // The slot's loop is the async path's; here each request
+                // blocks inside it, so the future never waits.
                 smol::block_on(slot.run_on(|payload| {
                     std::future::ready(consumer.request(payload, broker::REQUEST_TIMEOUT))
                 }));

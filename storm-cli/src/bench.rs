@@ -76,8 +76,8 @@
 //! `loadgen`, whose clients are hand-written on raw tokio sockets for
 //! exactly that reason. The broker target uses the broker library's
 //! `Consumer` (request/response with ids and flow control) instead, for
-//! the same reason: it is what its users call (on tokio and smol; there is
-//! no blocking `Consumer` yet, so `--runtime std` refuses it).
+//! the same reason: it is what its users call (on std the blocking
+//! `Consumer`, a thread per open request: see the `broker` module).
 //!
 //! [`TcpClient`]: storm_async::TcpClient
 //! [`WsClient`]: storm_async::WsClient
@@ -192,7 +192,8 @@ pub(crate) struct BenchArgs {
     pub tls_ca: Option<std::path::PathBuf>,
     /// Runtime the load generator's clients run on: tokio or smol (async
     /// tasks), or std (storm-std's blocking threads: a reader and a writer
-    /// per connection; not for broker yet). With --spawn the service (and
+    /// per connection; for broker also a thread per open request, at most
+    /// 2048 = --connections × --in-flight). With --spawn the service (and
     /// the gateway's backend) runs on it too, with the same --runtime, so
     /// the whole run is on one runtime.
     #[arg(long, value_enum, env = "STORM_RUNTIME", default_value_t = Runtime::Tokio)]
@@ -336,8 +337,15 @@ impl Config {
                 broker::MAX_IN_FLIGHT
             ));
         }
-        if args.target == TargetName::Broker && args.runtime == Runtime::Std {
-            return Err(format!("--runtime std: {}", broker::NOT_ON_STD));
+        if args.target == TargetName::Broker
+            && args.runtime == Runtime::Std
+            && connections * in_flight > broker::MAX_STD_SLOTS
+        {
+            return Err(format!(
+                "--runtime std: broker runs a thread per open request, so --connections × \
+                 --in-flight must be at most {} ({connections} × {in_flight} here)",
+                broker::MAX_STD_SLOTS
+            ));
         }
         storm_proto::route::validate_route_name(
             &args.route,
@@ -1116,6 +1124,26 @@ mod tests {
         let e = loopback_addr("10.1.2.3:9001").unwrap_err();
         assert!(e.contains("not a loopback address"), "{e}");
         assert!(loopback_addr("8.8.8.8:53").is_err());
+    }
+
+    /// `--help` states the std broker limit as the code applies it, and
+    /// the default throughput run fits under it.
+    #[test]
+    fn the_std_broker_limit_is_in_the_help_and_fits_the_defaults() {
+        use clap::{Args, FromArgMatches};
+        let mut command = BenchArgs::augment_args(clap::Command::new("bench"));
+        let help = command.render_long_help().to_string();
+        let said = format!(
+            "at most {} = --connections × --in-flight",
+            broker::MAX_STD_SLOTS
+        );
+        assert!(help.contains(&said), "{help}");
+        let matches = command
+            .try_get_matches_from(["bench", "broker", "--spawn", "--runtime", "std"])
+            .expect("valid flags");
+        let args = BenchArgs::from_arg_matches(&matches).expect("bench arguments");
+        let config = Config::from_args(&args).expect("the defaults run on std");
+        assert_eq!((config.connections, config.in_flight), (100, 16));
     }
 
     #[test]

@@ -238,7 +238,7 @@ macro_rules! on_runtime {
 
             #[test]
             fn broker() {
-                broker_on($runtime);
+                spawned_both_modes("broker", $runtime);
             }
 
             #[test]
@@ -278,18 +278,27 @@ fn the_runtime_can_come_from_storm_runtime() {
     assert_eq!(done.status.code(), Some(2), "{}", done.stderr);
 }
 
-/// The broker target on `runtime`: both modes on tokio and smol; refused
-/// on std, which has no blocking broker client yet, saying so.
-fn broker_on(runtime: &str) {
-    if runtime != "std" {
-        spawned_both_modes("broker", runtime);
-        return;
-    }
-    let done = bench(&["broker", "--spawn", "--runtime", "std"]);
+/// On std the broker target runs a thread per open request: more than
+/// 2048 (`--connections` × `--in-flight`) is refused, saying why; the
+/// same numbers run on tokio.
+#[test]
+fn broker_on_std_refuses_more_than_2048_open_requests() {
+    let done = bench(&[
+        "broker",
+        "--spawn",
+        "--runtime",
+        "std",
+        "--connections",
+        "100",
+        "--in-flight",
+        "21",
+    ]);
     assert_eq!(done.status.code(), Some(2), "{}", done.stderr);
     assert!(
-        done.stderr
-            .contains("--runtime std: the broker target runs on tokio and smol only"),
+        done.stderr.contains(
+            "--runtime std: broker runs a thread per open request, so --connections × \
+             --in-flight must be at most 2048 (100 × 21 here)"
+        ),
         "{}",
         done.stderr
     );
@@ -350,22 +359,26 @@ fn echo_ws_with_deflate_counts_exactly_the_cap() {
 
 #[test]
 fn broker_channel_without_provider_fails_the_run() {
-    let done = bench(&[
-        "broker",
-        "--spawn",
-        "--channel",
-        "5",
-        "--duration",
-        "30",
-        "--max-messages",
-        "10",
-    ]);
-    assert_eq!(done.status.code(), Some(1), "{}", done.stdout);
-    assert!(
-        done.stdout.contains("ERROR: consumer ") && done.stdout.contains("0 msgs"),
-        "{}",
-        done.stdout
-    );
+    for runtime in ["tokio", "smol", "std"] {
+        let done = bench(&[
+            "broker",
+            "--spawn",
+            "--runtime",
+            runtime,
+            "--channel",
+            "5",
+            "--duration",
+            "30",
+            "--max-messages",
+            "10",
+        ]);
+        assert_eq!(done.status.code(), Some(1), "{runtime}: {}", done.stdout);
+        assert!(
+            done.stdout.contains("ERROR: consumer ") && done.stdout.contains("0 msgs"),
+            "{runtime}: {}",
+            done.stdout
+        );
+    }
 }
 
 /// Echoes every message back.

@@ -14,6 +14,9 @@ use storm_async::{Client, Handler, Session, TcpClient, WsClient};
 use storm_host::link::CloseReason;
 use storm_proto::Message;
 use storm_proto::broker::ChannelId;
+use storm_services::broker::{
+    BrokerError, Consumer, ConsumerOptions, Provider, ProviderHandle, ProviderOptions,
+};
 use storm_services::host::AsyncRuntime;
 
 use super::target::{self, Conn, Target, Wire};
@@ -62,7 +65,51 @@ impl<R: AsyncRuntime> Engine for Tasks<R> {
     }
 
     async fn broker(config: &Config, at: Where<'_>, channel: Option<ChannelId>) -> Outcome {
-        broker::drive::<R>(config, at, channel).await
+        broker::drive::<Self>(config, at, channel).await
+    }
+}
+
+/// The async broker clients: a task per request slot.
+impl<R: AsyncRuntime> broker::Clients for Tasks<R> {
+    type Consumer = Consumer;
+
+    async fn sleep_until(deadline: Instant) {
+        R::sleep_until(deadline).await;
+    }
+
+    async fn provider(
+        addr: &str,
+        channel: ChannelId,
+        options: ProviderOptions,
+    ) -> Result<ProviderHandle, BrokerError> {
+        let provider = Provider::connect_on::<R>(addr, channel, options).await?;
+        let handle = provider.handle();
+        R::spawn(async move {
+            let _ = provider
+                .serve(|request| async move { Ok(request.payload) })
+                .await;
+        });
+        Ok(handle)
+    }
+
+    async fn consumer(
+        addr: &str,
+        channel: ChannelId,
+        options: ConsumerOptions,
+    ) -> Result<Consumer, BrokerError> {
+        Consumer::connect_on::<R>(addr, channel, options).await
+    }
+
+    fn start(consumer: &Consumer, slot: broker::Slot) {
+        let consumer = consumer.clone();
+        R::spawn(async move {
+            slot.run_on(|payload| consumer.request(payload, broker::REQUEST_TIMEOUT))
+                .await;
+        });
+    }
+
+    fn close(consumer: &Consumer) {
+        consumer.close();
     }
 }
 

@@ -10,6 +10,11 @@
 //! `block_on` and timer, no executor), one thread that sends every
 //! connection's first requests, and this one, which waits for the end of
 //! the run the same way.
+//!
+//! The broker target's blocking clients (`impl broker::Clients`): each
+//! consumer's and the provider's own threads, the provider's handler
+//! threads, and a thread per open request ([`broker::MAX_STD_SLOTS`] at
+//! most).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +24,9 @@ use std::time::Instant;
 use storm_host::link::CloseReason;
 use storm_proto::Message;
 use storm_proto::broker::ChannelId;
+use storm_services::broker::{
+    BrokerError, ConsumerOptions, ProviderHandle, ProviderOptions, blocking,
+};
 use storm_std::{Client, Handler, Session, TcpClient, WsClient};
 
 use super::target::{self, Conn, Target, Wire};
@@ -48,10 +56,74 @@ impl Engine for Threads {
         outcome
     }
 
-    async fn broker(config: &Config, _at: Where<'_>, _channel: Option<ChannelId>) -> Outcome {
-        // `Config` refuses it first.
-        let run = Arc::new(Run::new(config.max_messages));
-        Outcome::failed(&run, broker::NOT_ON_STD.to_owned())
+    async fn broker(config: &Config, at: Where<'_>, channel: Option<ChannelId>) -> Outcome {
+        broker::drive::<Self>(config, at, channel).await
+    }
+}
+
+/// Stack of a request slot's thread: it only waits on the consumer.
+const SLOT_STACK: usize = 256 << 10;
+
+/// The blocking broker clients: a thread per request slot, since the
+/// blocking consumer's `request` holds its thread until the answer (the
+/// slots of one connection share its consumer, which keeps their requests
+/// open together, as the async consumer does). [`broker::MAX_STD_SLOTS`]
+/// bounds them.
+impl broker::Clients for Threads {
+    type Consumer = blocking::Consumer;
+
+    async fn sleep_until(deadline: Instant) {
+        sleep_until(deadline).await;
+    }
+
+    /// Blocks while connecting; serves on a thread of its own (the
+    /// provider runs each handler on a thread of its own too).
+    async fn provider(
+        addr: &str,
+        channel: ChannelId,
+        options: ProviderOptions,
+    ) -> Result<ProviderHandle, BrokerError> {
+        let provider = blocking::Provider::connect(addr, channel, options)?;
+        let handle = provider.handle();
+        let serving = thread::Builder::new()
+            .name("storm-bench-provider".to_owned())
+            .spawn(move || provider.serve(|request| Ok(request.payload)));
+        if let Err(e) = serving {
+            handle.close();
+            return Err(BrokerError::Io(e));
+        }
+        Ok(handle)
+    }
+
+    /// Blocks while connecting.
+    async fn consumer(
+        addr: &str,
+        channel: ChannelId,
+        options: ConsumerOptions,
+    ) -> Result<blocking::Consumer, BrokerError> {
+        blocking::Consumer::connect(addr, channel, options)
+    }
+
+    fn start(consumer: &blocking::Consumer, slot: broker::Slot) {
+        let consumer = consumer.clone();
+        let run = Arc::clone(&slot.run);
+        let spawned = thread::Builder::new()
+            .name("storm-bench-slot".to_owned())
+            .stack_size(SLOT_STACK)
+            .spawn(move || {
+                // The slot's loop is the async path's; here each request
+                // blocks inside it, so the future never waits.
+                smol::block_on(slot.run_on(|payload| {
+                    std::future::ready(consumer.request(payload, broker::REQUEST_TIMEOUT))
+                }));
+            });
+        if let Err(e) = spawned {
+            run.fail(format!("starting a thread: {e}"));
+        }
+    }
+
+    fn close(consumer: &blocking::Consumer) {
+        consumer.close();
     }
 }
 

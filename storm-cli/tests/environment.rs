@@ -5,8 +5,9 @@
 //! gets only the `STORM_…` variables its test gives it. Every wait is
 //! bounded; nothing sleeps.
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
+mod common;
+use common::{connect, ended, lp_round_trip};
+
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
@@ -81,10 +82,13 @@ impl Server {
         let mut child = command(args, env).spawn().expect("storm starts");
         let stdout = lines(child.stdout.take().expect("stdout"));
         let stderr = lines(child.stderr.take().expect("stderr"));
-        let banner = stdout.recv_timeout(WAIT).unwrap_or_else(|_| {
-            let said: Vec<String> = stderr.try_iter().collect();
+        let Ok(banner) = stdout.recv_timeout(WAIT) else {
+            // Killed, its stderr ends: what it said comes at once.
+            let _ = child.kill();
+            let _ = child.wait();
+            let said: Vec<String> = stderr.iter().collect();
             panic!("no banner from storm {args:?} with {env:?}: {said:#?}")
-        });
+        };
         Self {
             child,
             banner,
@@ -128,41 +132,17 @@ impl Server {
     }
 }
 
-/// A TCP connection with reads and writes bounded by [`WAIT`].
-fn connect(addr: &str) -> TcpStream {
-    let stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(WAIT)).expect("read timeout");
-    stream.set_write_timeout(Some(WAIT)).expect("write timeout");
-    stream
-}
-
-/// Sends one length-prefixed message and reads one back: its payload.
-fn lp_round_trip(stream: &mut TcpStream, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(payload.len()).expect("short").to_be_bytes();
-    stream
-        .write_all(&[&len[..], payload].concat())
-        .expect("write");
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len).expect("a reply's length");
-    let mut reply = vec![0u8; u32::from_be_bytes(len) as usize];
-    stream.read_exact(&mut reply).expect("a reply");
-    reply
-}
-
-/// Whether the server ended the connection (EOF or a reset) within
-/// [`WAIT`], rather than keeping it open.
-fn ended(stream: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 1024];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return false;
-            }
-            Err(_) => return true,
-        }
-    }
+/// That `echo` says it serves length-prefixed messages on smol on a
+/// loopback port, and echoes one.
+fn assert_serves_lp_on_smol(echo: &Server) {
+    assert!(
+        echo.banner
+            .contains("(Lp, Smol runtime) listening on tcp://127.0.0.1:"),
+        "{}",
+        echo.banner
+    );
+    let mut client = connect(echo.addr());
+    assert_eq!(lp_round_trip(&mut client, b"echoed"), b"echoed");
 }
 
 #[test]
@@ -175,14 +155,7 @@ fn echo_takes_its_options_from_the_environment() {
             ("STORM_RUNTIME", "smol"),
         ],
     );
-    assert!(
-        echo.banner
-            .contains("(Lp, Smol runtime) listening on tcp://127.0.0.1:"),
-        "{}",
-        echo.banner
-    );
-    let mut client = connect(&echo.addr());
-    assert_eq!(lp_round_trip(&mut client, b"from env"), b"from env");
+    assert_serves_lp_on_smol(&echo);
 }
 
 #[test]
@@ -197,14 +170,7 @@ fn the_command_line_wins_over_the_environment() {
     );
     // --addr and --proto from the command line, --runtime from the
     // environment.
-    assert!(
-        echo.banner
-            .contains("(Lp, Smol runtime) listening on tcp://127.0.0.1:"),
-        "{}",
-        echo.banner
-    );
-    let mut client = connect(&echo.addr());
-    assert_eq!(lp_round_trip(&mut client, b"cli"), b"cli");
+    assert_serves_lp_on_smol(&echo);
 }
 
 #[test]
@@ -239,10 +205,10 @@ fn max_connections_from_the_environment_refuses_the_second_client() {
         &["echo", "--proto", "lp", "--addr", "127.0.0.1:0"],
         &[("STORM_MAX_CONNECTIONS", "1")],
     );
-    let mut first = connect(&echo.addr());
+    let mut first = connect(echo.addr());
     // A reply: the first client has been admitted.
     assert_eq!(lp_round_trip(&mut first, b"one"), b"one");
-    let mut second = connect(&echo.addr());
+    let mut second = connect(echo.addr());
     assert!(ended(&mut second), "a second client was let in");
     assert_eq!(lp_round_trip(&mut first, b"still"), b"still");
 }

@@ -1,15 +1,17 @@
 //! The `storm` command line: services built on Storm's public API.
 //!
 //! `storm --help` lists the services; each one's options are documented
-//! with `storm <service> --help`. Logs go to stderr, filtered by the
-//! `STORM_LOG` environment variable (default `warn`), in colour only on a
-//! terminal and without `NO_COLOR`.
+//! with `storm <service> --help`. Every option that takes one value can
+//! also come from a `STORM_…` environment variable ([`environment`]). Logs
+//! go to stderr, filtered by the `STORM_LOG` environment variable (default
+//! `warn`), as text (in colour only on a terminal and without `NO_COLOR`)
+//! or JSON lines (`--log-format json`).
 
 use std::ffi::OsStr;
 use std::io::{self, IsTerminal};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// How long services give their sessions to close on Ctrl-C.
 const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -20,6 +22,7 @@ mod cert;
 mod chat;
 mod client;
 mod echo;
+mod environment;
 mod gateway;
 mod json;
 mod reconnect;
@@ -38,6 +41,20 @@ struct Cli {
     threads: Option<std::num::NonZeroUsize>,
     #[command(subcommand)]
     command: Command,
+    /// Log lines on stderr (filtered by STORM_LOG, default warn): text, in
+    /// colour on a terminal without NO_COLOR; or json, one object per line
+    /// (timestamp, level, fields, target, spans), never in colour.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// `--log-format`: how log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// One line of text per event.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,28 +108,36 @@ enum ClientCommand {
     Tcp(client::TcpArgs),
 }
 
-/// Whether log lines carry ANSI colours: only when stderr is a terminal
-/// (a file or a pipe gets plain text), and not when `NO_COLOR` is set to
-/// anything non-empty (<https://no-color.org>).
-fn log_colour(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
-    stderr_is_terminal && no_color.is_none_or(OsStr::is_empty)
+/// Whether log lines carry ANSI colours: only text (never JSON), only
+/// when stderr is a terminal (a file or a pipe gets plain text), and not
+/// when `NO_COLOR` is set to anything non-empty (<https://no-color.org>).
+fn log_colour(format: LogFormat, stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    format == LogFormat::Text && stderr_is_terminal && no_color.is_none_or(OsStr::is_empty)
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    // Logs go to stderr (stdout carries the services' own output);
-    // STORM_LOG=debug, or any tracing filter, changes what is shown.
-    tracing_subscriber::fmt()
+/// Sends logs to stderr (stdout carries the services' own output) in
+/// `format`; STORM_LOG=debug, or any tracing filter, changes what is shown.
+fn init_logs(format: LogFormat) {
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("STORM_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(log_colour(
+            format,
             std::io::stderr().is_terminal(),
             std::env::var_os("NO_COLOR").as_deref(),
-        ))
-        .init();
+        ));
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli: Cli = environment::parse();
+    init_logs(cli.log_format);
     if let Some(threads) = cli.threads {
         storm_services::host::set_tokio_threads(threads.get());
     }
@@ -144,14 +169,23 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+
     use super::*;
 
     #[test]
-    fn logs_are_coloured_only_on_a_terminal_without_no_color() {
-        assert!(log_colour(true, None));
-        assert!(log_colour(true, Some(OsStr::new(""))));
-        assert!(!log_colour(true, Some(OsStr::new("1"))));
-        assert!(!log_colour(false, None));
-        assert!(!log_colour(false, Some(OsStr::new("1"))));
+    fn logs_are_coloured_only_as_text_on_a_terminal_without_no_color() {
+        use LogFormat::{Json, Text};
+        assert!(log_colour(Text, true, None));
+        assert!(log_colour(Text, true, Some(OsStr::new(""))));
+        assert!(!log_colour(Text, true, Some(OsStr::new("1"))));
+        assert!(!log_colour(Text, false, None));
+        assert!(!log_colour(Text, false, Some(OsStr::new("1"))));
+        assert!(!log_colour(Json, true, None));
+    }
+
+    #[test]
+    fn every_option_of_every_command_is_checked_by_clap_with_its_variable() {
+        environment::with_env(Cli::command(), &[]).debug_assert();
     }
 }

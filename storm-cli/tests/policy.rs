@@ -4,7 +4,10 @@
 //! client meet it. Every wait is bounded (reads and writes time out after
 //! [`WAIT`]); nothing sleeps.
 
-use std::io::{ErrorKind, Read, Write};
+mod common;
+use common::{connect, ended, lp, lp_round_trip};
+
+use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
@@ -58,50 +61,6 @@ fn start(args: &[&str]) -> Server {
         _stdout: stdout,
         stderr,
     }
-}
-
-/// A TCP connection with reads and writes bounded by [`WAIT`].
-fn connect(addr: SocketAddr) -> TcpStream {
-    let stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(WAIT)).expect("read timeout");
-    stream.set_write_timeout(Some(WAIT)).expect("write timeout");
-    stream
-}
-
-/// Whether the server ended the connection (EOF or a reset) within
-/// [`WAIT`], rather than keeping it open.
-fn ended(stream: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 1024];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return false;
-            }
-            Err(_) => return true,
-        }
-    }
-}
-
-/// One length-prefixed message (4-byte big-endian length, then the bytes).
-fn lp(payload: &[u8]) -> Vec<u8> {
-    let mut out = u32::try_from(payload.len())
-        .expect("short")
-        .to_be_bytes()
-        .to_vec();
-    out.extend_from_slice(payload);
-    out
-}
-
-/// Sends one length-prefixed message and reads one back: its payload.
-fn lp_round_trip(stream: &mut TcpStream, payload: &[u8]) -> Vec<u8> {
-    stream.write_all(&lp(payload)).expect("write");
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len).expect("a reply's length");
-    let mut reply = vec![0u8; u32::from_be_bytes(len) as usize];
-    stream.read_exact(&mut reply).expect("a reply");
-    reply
 }
 
 #[test]

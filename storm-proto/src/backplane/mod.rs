@@ -15,6 +15,7 @@
 //! | [`Subscriber`], [`Order`] | per room, what an arriving envelope is: the next one, a duplicate, after a gap (the offsets it skipped), or from a new epoch; and whether it is this node's own |
 //! | [`recover`], [`Unrecoverable`] | the recovery rule: given a client's last position, the room's top and the history window, exactly the messages it missed, or why that is impossible |
 //! | [`Presence`] | who is in which room, each entry alive until a TTL deadline passed in as time |
+//! | [`Subscriptions`] | which rooms' channels a node subscribes to (those with a local member), and joins held back until their room's subscription is confirmed, so recovery and live delivery meet without a gap |
 //!
 //! # Ordering and offsets
 //!
@@ -29,6 +30,7 @@ mod envelope;
 mod presence;
 mod recovery;
 mod sequence;
+mod subscriptions;
 
 use std::fmt;
 use std::num::NonZeroU64;
@@ -42,6 +44,7 @@ pub use envelope::{
 pub use presence::{Presence, PresenceFull};
 pub use recovery::{Unrecoverable, recover, recovery_range};
 pub use sequence::{Inbound, Order, Subscriber};
+pub use subscriptions::{Ready, SubscribeId, SubscriptionCommand, Subscriptions};
 
 /// One node (process) of a service: 128 bits, random per process start.
 ///

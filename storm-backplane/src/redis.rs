@@ -6,12 +6,17 @@
 //! node A: hub.broadcast_group(room, m) ─ local members get m
 //!           └ RedisBackplane::publish ─ encode once ─ bounded queue ─ publisher task
 //!                 └ EVALSHA publish script: offset += 1, XADD history, PUBLISH room channel
-//! node B: subscriber task (PSUBSCRIBE PREFIX.room.*) ─ decode ─ Subscriber::handle
+//! node B: subscriber task (SUBSCRIBE PREFIX.room.R while R is held) ─ decode ─ Subscriber::handle
 //!                 └ not a duplicate, not its own (unless an echo): deliver (hub.deliver_group)
 //! ```
 //!
 //! One publish per room message, whatever the number of sessions or nodes;
-//! one decode per node. The script makes the offset, the append and the
+//! one decode per node that holds the room. A node subscribes to a room's
+//! channel while the room is *held* there (a local member of its hub group,
+//! or a [`RoomHold`]: a session joining it), and to no other room's: Redis
+//! sends a room's messages only to the nodes that have members in it
+//! ([`storm_proto::backplane::Subscriptions`] decides when to subscribe and
+//! unsubscribe; the subscriber task runs its commands). The script makes the offset, the append and the
 //! publish one step, so every node sees a room's offsets in order and a
 //! missing offset is a real gap. When Redis is unreachable, local traffic
 //! goes on; the publisher and the subscriber reconnect with the core's
@@ -34,21 +39,22 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use redis::aio::MultiplexedConnection;
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use storm_host::hub::{Backplane, Hub};
 use storm_proto::Message;
 use storm_proto::backplane::{
-    Channel, Channels, Envelope, Epoch, Kind, NodeId, NodeTag, Order, Position, PrefixError,
-    Subscriber, Unrecoverable, recover, recovery_range,
+    Channel, Channels, Envelope, Epoch, Kind, NodeId, NodeTag, Order, Position, PrefixError, Ready,
+    Subscriber, SubscriptionCommand, Subscriptions, Unrecoverable, recover, recovery_range,
 };
 use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffConfigError, BackoffStep};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// Appends a room message and publishes it, in one step.
@@ -324,6 +330,9 @@ pub struct RedisStats {
     pub node_messages: u64,
     /// Times the subscriber (re)subscribed.
     pub subscriptions: u64,
+    /// Room messages received for a room no longer held here (on their way
+    /// as the node unsubscribed): delivered nowhere.
+    pub not_held: u64,
 }
 
 #[derive(Debug, Default)]
@@ -340,6 +349,7 @@ struct Counters {
     invalid: AtomicU64,
     node_messages: AtomicU64,
     subscriptions: AtomicU64,
+    not_held: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -379,9 +389,9 @@ pub type OnUnpublished = Arc<dyn Fn(&str, &Message) + Send + Sync>;
 /// ([`RedisBackplane::start`]) `hub.deliver_group(room, message, None)`.
 /// Called once per message and node (not per session), on the subscriber
 /// task, so it must not block; `position` is the message's place in its
-/// room's history (`None` without history). Messages of
-/// [`publish_ordered`](RedisBackplane::publish_ordered) come to it even when
-/// the room has no member on this node.
+/// room's history (`None` without history). Only messages of rooms held
+/// on this node come to it (a hub group with a local member, or a
+/// [`RoomHold`]).
 pub type Deliver = Arc<dyn Fn(&Hub, &str, Option<Position>, &Message) + Send + Sync>;
 
 /// One stream entry as `XRANGE` returns it: its id and its fields.
@@ -438,6 +448,11 @@ pub struct RedisBackplane {
     /// The command connection of `recover`, `position` and presence; `None`
     /// until first used or after it failed.
     commands: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    /// The rooms held here, whose channels the subscriber task subscribes
+    /// to, and the joins waiting for a confirmation.
+    subscriptions: Mutex<Subscriptions<oneshot::Sender<Ready>>>,
+    /// Wakes the subscriber task when `subscriptions` has commands.
+    subscriptions_changed: Notify,
     /// This node's presence entries, and what Redis has yet to hear of.
     presence: Mutex<PresenceState>,
     /// Wakes the presence task when `presence` changed.
@@ -569,6 +584,8 @@ impl RedisBackplane {
             queue,
             pending: Mutex::new(Some(pending)),
             commands: tokio::sync::Mutex::new(None),
+            subscriptions: Mutex::new(Subscriptions::new()),
+            subscriptions_changed: Notify::new(),
             presence: Mutex::new(PresenceState::default()),
             presence_changed: Notify::new(),
             on_node: std::sync::OnceLock::new(),
@@ -606,13 +623,15 @@ impl RedisBackplane {
             invalid: load(&c.invalid),
             node_messages: load(&c.node_messages),
             subscriptions: load(&c.subscriptions),
+            not_held: load(&c.not_held),
         }
     }
 
-    /// Connects and subscribes to every room of the prefix, then runs, on
-    /// the current tokio runtime, the publisher, the subscriber (which
-    /// delivers other nodes' room messages into `hub`'s groups) and the
-    /// presence task. Returns once subscribed.
+    /// Connects and subscribes to this node's channels and those of the
+    /// rooms held already, then runs, on the current tokio runtime, the
+    /// publisher, the subscriber (which delivers other nodes' room messages
+    /// into `hub`'s groups, subscribing to each room while `hub`'s group
+    /// has a local member) and the presence task. Returns once subscribed.
     ///
     /// # Errors
     ///
@@ -639,7 +658,13 @@ impl RedisBackplane {
         deliver: Deliver,
     ) -> Result<Running, Error> {
         let pending = lock(&self.pending).take().ok_or(Error::AlreadyStarted)?;
-        let pubsub = self.subscribe().await?;
+        let pubsub = match self.subscribe().await {
+            Ok(pubsub) => pubsub,
+            Err(error) => {
+                self.change_subscriptions(Subscriptions::disconnected);
+                return Err(error.into());
+            }
+        };
         let publisher = self.publisher_connection().await?;
         let (stop, stopped) = watch::channel(false);
         let tasks = vec![
@@ -650,15 +675,92 @@ impl RedisBackplane {
         Ok(Running { stop, tasks })
     }
 
-    async fn subscribe(&self) -> Result<redis::aio::PubSub, Error> {
-        let mut pubsub = self.client.get_async_pubsub().await?;
-        pubsub.psubscribe(self.channels.all_rooms()).await?;
-        pubsub
-            .subscribe(self.channels.node(self.node.tag()))
-            .await?;
-        pubsub.subscribe(self.channels.all_nodes()).await?;
+    /// A new subscription connection: this node's channels, and every
+    /// room held (the rooms' subscriptions confirmed when it returns).
+    async fn subscribe(&self) -> Result<(PubSubSink, PubSubStream), redis::RedisError> {
+        let pubsub = self.client.get_async_pubsub().await?;
+        let (mut sink, stream) = pubsub.split();
+        sink.subscribe(self.channels.node(self.node.tag())).await?;
+        sink.subscribe(self.channels.all_nodes()).await?;
+        self.change_subscriptions(Subscriptions::connected);
+        self.run_subscription_commands(&mut sink).await?;
         bump(&self.counters.subscriptions, 1);
-        Ok(pubsub)
+        Ok((sink, stream))
+    }
+
+    /// Runs `change` on the room subscriptions, then wakes the joins it
+    /// released and the subscriber task (for the commands it made).
+    fn change_subscriptions<T>(
+        &self,
+        change: impl FnOnce(&mut Subscriptions<oneshot::Sender<Ready>>) -> T,
+    ) -> T {
+        let mut subscriptions = lock(&self.subscriptions);
+        let out = change(&mut subscriptions);
+        while let Some((waiter, ready)) = subscriptions.poll_released() {
+            let _ = waiter.send(ready);
+        }
+        drop(subscriptions);
+        self.subscriptions_changed.notify_one();
+        out
+    }
+
+    /// Runs the room subscriptions' commands on `sink`, one at a time and
+    /// in order, reporting each confirmed subscribe. Every channel goes in
+    /// a command of its own: the `redis` crate matches one reply to one
+    /// command.
+    async fn run_subscription_commands(
+        &self,
+        sink: &mut PubSubSink,
+    ) -> Result<(), redis::RedisError> {
+        loop {
+            let next = lock(&self.subscriptions).poll_command();
+            let Some(command) = next else {
+                return Ok(());
+            };
+            match command {
+                SubscriptionCommand::Subscribe { room, id } => {
+                    sink.subscribe(self.channels.room(&room)).await?;
+                    // Redis confirmed: what it publishes on the channel
+                    // from now on comes after this on the connection.
+                    self.change_subscriptions(|subscriptions| subscriptions.confirmed(&room, id));
+                }
+                SubscriptionCommand::Unsubscribe { room } => {
+                    sink.unsubscribe(self.channels.room(&room)).await?;
+                }
+            }
+        }
+    }
+
+    /// One more holder of `room` on this node (see [`RoomHold`]).
+    fn hold_room(&self, room: &str) {
+        self.change_subscriptions(|subscriptions| subscriptions.hold(room));
+    }
+
+    /// One holder of `room` fewer.
+    fn release_room(&self, room: &str) {
+        self.change_subscriptions(|subscriptions| subscriptions.release(room));
+    }
+
+    /// Holds `room` on this node until the returned [`RoomHold`] is
+    /// dropped: the node subscribes to the room's channel (if nothing held
+    /// it yet) and receives its messages while it is held. What a service
+    /// takes for a session about to enter a room, before it reads the
+    /// room's history: see [`RoomHold::subscribed`].
+    pub fn hold(self: &Arc<Self>, room: &str) -> RoomHold {
+        self.hold_room(room);
+        RoomHold {
+            backplane: Arc::clone(self),
+            room: room.to_owned(),
+        }
+    }
+
+    /// Waits until `room`'s subscription on this node is confirmed (see
+    /// [`RoomHold::subscribed`]); [`Ready::Unheld`] at once if nothing
+    /// holds it, [`Ready::Down`] if the subscription connection is down.
+    pub fn subscribed(&self, room: &str) -> impl Future<Output = Ready> + Send + 'static {
+        let (waiter, ready) = oneshot::channel();
+        self.change_subscriptions(|subscriptions| subscriptions.wait(room, waiter));
+        async move { ready.await.unwrap_or(Ready::Down) }
     }
 
     fn backoff(&self) -> Backoff {
@@ -685,20 +787,34 @@ impl RedisBackplane {
         self: Arc<Self>,
         hub: Hub,
         deliver: Deliver,
-        pubsub: redis::aio::PubSub,
+        pubsub: (PubSubSink, PubSubStream),
         mut stopped: watch::Receiver<bool>,
+    ) {
+        self.subscriber_loop(&hub, &deliver, pubsub, &mut stopped)
+            .await;
+        // Stopped: joins waiting for a subscription wait no more.
+        self.change_subscriptions(Subscriptions::disconnected);
+    }
+
+    async fn subscriber_loop(
+        &self,
+        hub: &Hub,
+        deliver: &Deliver,
+        pubsub: (PubSubSink, PubSubStream),
+        stopped: &mut watch::Receiver<bool>,
     ) {
         let mut rooms = Subscriber::new(self.node);
         let mut backoff = self.backoff();
         let mut pubsub = Some(pubsub);
         loop {
-            let current = match pubsub.take() {
+            let (mut sink, mut messages) = match pubsub.take() {
                 Some(current) => current,
                 None => match self.subscribe().await {
                     Ok(current) => current,
                     Err(error) => {
+                        self.change_subscriptions(Subscriptions::disconnected);
                         tracing::warn!(%error, "backplane: redis subscription failed");
-                        if Self::wait_retry(&mut backoff, &mut stopped).await {
+                        if Self::wait_retry(&mut backoff, stopped).await {
                             continue;
                         }
                         return;
@@ -706,18 +822,29 @@ impl RedisBackplane {
                 },
             };
             backoff.connected(Instant::now());
-            let mut messages = current.into_on_message();
             loop {
-                tokio::select! {
+                // `None`: the room subscriptions changed.
+                let message = tokio::select! {
                     message = messages.next() => match message {
-                        Some(message) => self.receive(&hub, &deliver, &mut rooms, &message),
+                        Some(message) => Some(message),
                         None => break,
                     },
+                    () = self.subscriptions_changed.notified() => None,
                     _ = stopped.wait_for(|stop| *stop) => return,
+                };
+                match message {
+                    Some(message) => self.receive(hub, deliver, &mut rooms, &message),
+                    None => {
+                        if let Err(error) = self.run_subscription_commands(&mut sink).await {
+                            tracing::warn!(%error, "backplane: redis subscribe failed");
+                            break;
+                        }
+                    }
                 }
             }
+            self.change_subscriptions(Subscriptions::disconnected);
             tracing::warn!("backplane: redis subscription lost; resubscribing");
-            if !Self::wait_retry(&mut backoff, &mut stopped).await {
+            if !Self::wait_retry(&mut backoff, stopped).await {
                 return;
             }
         }
@@ -758,12 +885,11 @@ impl RedisBackplane {
                 return;
             }
         };
-        // An ordered publication goes to `Deliver` even with no member
-        // here: the service may have sessions about to enter the room (a
-        // chat's joining sessions wait for it), and decides itself.
-        if hub.member_count(room) == 0 && !envelope.echo {
-            // Nobody here to deliver to, and nothing to track: the next
-            // message after a member joins starts the room's sequence anew.
+        if !lock(&self.subscriptions).is_held(room) {
+            // On its way as the node unsubscribed: nobody here to deliver
+            // to, and nothing to track (the next message after the room
+            // is held again starts its sequence anew).
+            bump(&c.not_held, 1);
             rooms.forget(room);
             return;
         }
@@ -1269,6 +1395,50 @@ impl Backplane for RedisBackplane {
     /// waits. A full queue drops it for other nodes (counted, logged).
     fn publish(&self, group: &str, message: &Message) {
         self.enqueue(group, message, false);
+    }
+
+    /// The group's room is held while it has a local member.
+    fn group_opened(&self, group: &str) {
+        self.hold_room(group);
+    }
+
+    fn group_closed(&self, group: &str) {
+        self.release_room(group);
+    }
+}
+
+/// A room held on this node ([`RedisBackplane::hold`]): its channel stays
+/// subscribed until every hold of it is dropped and its hub group has no
+/// local member.
+#[derive(Debug)]
+pub struct RoomHold {
+    backplane: Arc<RedisBackplane>,
+    room: String,
+}
+
+impl RoomHold {
+    /// The room.
+    pub fn room(&self) -> &str {
+        &self.room
+    }
+
+    /// Waits until the room's subscription is confirmed: the gap-free
+    /// contract of a join. Every message published in the room after it
+    /// resolves with [`Ready::Subscribed`] reaches this node, so a history
+    /// read started after that (a [`recover`](RedisBackplane::recover), a
+    /// [`position`](RedisBackplane::position)) meets the live stream without
+    /// a gap: what both carry has the same position, and the overlap is
+    /// told apart by it. [`Ready::Down`] when the subscription connection is
+    /// down (or breaks first): messages may then be missed, and the join
+    /// should say so.
+    pub fn subscribed(&self) -> impl Future<Output = Ready> + Send + 'static {
+        self.backplane.subscribed(&self.room)
+    }
+}
+
+impl Drop for RoomHold {
+    fn drop(&mut self) {
+        self.backplane.release_room(&self.room);
     }
 }
 

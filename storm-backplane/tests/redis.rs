@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::RedisServer;
-use storm_backplane::proto::{Position, Unrecoverable};
+use storm_backplane::proto::{Position, Ready, Unrecoverable};
 use storm_backplane::redis::{Deliver, Recovery, RedisBackplane, RedisConfig, Running};
 use storm_host::hub::{Hub, HubConfig, Outbox};
 use storm_proto::Message;
@@ -52,14 +52,21 @@ impl Node {
         }
     }
 
-    /// A session of this node in `room`.
-    fn join(&self, room: &str) -> Arc<Outbox> {
-        let session = self
-            .hub
-            .register(self.hub.try_admit().unwrap(), Instant::now())
-            .unwrap();
+    /// A session of this node in `room`, once the node's subscription to
+    /// the room is confirmed (from then on, what any node publishes there
+    /// reaches it).
+    async fn join(&self, room: &str) -> Arc<Outbox> {
+        let session = self.session();
         self.hub.join(session.id(), room).unwrap();
+        assert_eq!(self.backplane.subscribed(room).await, Ready::Subscribed);
         session
+    }
+
+    /// A session of this node, in no room.
+    fn session(&self) -> Arc<Outbox> {
+        self.hub
+            .register(self.hub.try_admit().unwrap(), Instant::now())
+            .unwrap()
     }
 
     async fn stop(mut self) {
@@ -113,10 +120,10 @@ async fn a_room_message_reaches_another_node_exactly_once() {
     let Some((_server, a, b)) = two_nodes(|_| {}, None).await else {
         return;
     };
-    let on_a = a.join("room");
-    let on_b = b.join("room");
-    let also_on_b = b.join("room");
-    let elsewhere = b.join("other");
+    let on_a = a.join("room").await;
+    let on_b = b.join("room").await;
+    let also_on_b = b.join("room").await;
+    let elsewhere = b.join("other").await;
 
     let report = a.hub.broadcast_group("room", &Message::from("one"), None);
     assert_eq!(report.delivered, 1); // the local member
@@ -159,7 +166,7 @@ async fn a_client_recovers_exactly_the_range_it_missed() {
     let Some((_server, a, b)) = two_nodes(|c| c.history_len = 4, None).await else {
         return;
     };
-    let on_b = b.join("room");
+    let on_b = b.join("room").await;
     let start = b.backplane.position("room").await.unwrap();
     assert_eq!(start.offset, 0);
 
@@ -217,8 +224,8 @@ async fn redis_down_then_restarted_empty_changes_the_epoch() {
     let Some((mut server, a, b)) = two_nodes(|_| {}, None).await else {
         return;
     };
-    let on_a = a.join("room");
-    let on_b = b.join("room");
+    let on_a = a.join("room").await;
+    let on_b = b.join("room").await;
     a.hub
         .broadcast_group("room", &Message::from("before"), None);
     assert_eq!(text(&next(&on_b).await), "before");
@@ -301,7 +308,7 @@ async fn without_history_messages_cross_unpositioned() {
     let Some((_server, a, b)) = two_nodes(|c| c.history_len = 0, None).await else {
         return;
     };
-    let on_b = b.join("room");
+    let on_b = b.join("room").await;
     for message in ["x", "y"] {
         a.hub.broadcast_group("room", &Message::from(message), None);
         assert_eq!(text(&next(&on_b).await), message);
@@ -321,7 +328,7 @@ async fn an_idle_rooms_history_expires_and_its_epoch_with_it() {
     let Some((_server, a, b)) = two_nodes(|c| c.history_ttl = Some(ttl), None).await else {
         return;
     };
-    let on_b = b.join("room");
+    let on_b = b.join("room").await;
     a.hub.broadcast_group("room", &Message::from("m"), None);
     assert_eq!(text(&next(&on_b).await), "m"); // so it is appended
     let before = a.backplane.position("room").await.unwrap();
@@ -359,8 +366,8 @@ async fn ordered_messages_reach_every_node_in_one_order_with_their_offsets() {
     let Some((_server, a, b)) = two_nodes(|_| {}, Some(render)).await else {
         return;
     };
-    let on_a = a.join("room");
-    let on_b = b.join("room");
+    let on_a = a.join("room").await;
+    let on_b = b.join("room").await;
 
     // Published from both nodes at once: whatever order Redis picks, both
     // nodes' members (the publishers' own included) see that one order,
@@ -393,7 +400,7 @@ async fn a_burst_crosses_in_order() {
     let Some((_server, a, b)) = two_nodes(|_| {}, None).await else {
         return;
     };
-    let on_b = b.join("room");
+    let on_b = b.join("room").await;
     const BURST: usize = 500;
     // Queued faster than one round trip each: the publisher pipelines them.
     for i in 0..BURST {
@@ -425,7 +432,7 @@ async fn node_messages_reach_the_named_node_or_every_other_one() {
         };
         assert!(node.backplane.on_node_message(Arc::new(to_everyone)));
     }
-    let (at_a, at_b) = (a.join("x"), b.join("x"));
+    let (at_a, at_b) = (a.join("x").await, b.join("x").await);
     assert!(
         a.backplane
             .to_node(b.backplane.node().tag(), &Message::from("to b"))

@@ -460,6 +460,9 @@ struct User {
     name: String,
     room: Option<String>,
     session: Session,
+    /// Across nodes: keeps this node subscribed to `room` while the user
+    /// is in it (the hub's groups do not tell the backplane).
+    held: Option<storm_backplane::redis::RoomHold>,
 }
 
 /// Users by session id, and ids by name.
@@ -714,7 +717,12 @@ impl Chat {
             };
             let more = nodes::buffered(&room, pending);
             if more.is_empty() {
-                registry.pending.remove(&id);
+                // The pending entry's hold of the room goes to the user:
+                // the room stays subscribed while the user is in it.
+                let held = registry.pending.remove(&id).and_then(|p| p.hold);
+                if let Some(user) = registry.users.get_mut(&id) {
+                    user.held = held;
+                }
                 if let Err(error) = session.join(&room) {
                     let _ = session.try_send(encode(&Out::Error {
                         error: &error.to_string(),
@@ -741,6 +749,7 @@ impl Chat {
                 name: name.clone(),
                 room: None,
                 session: session.clone(),
+                held: None,
             };
             self.relist(None, Some(&self.info(id, &user)));
             registry.names.insert(name.clone(), id);
@@ -1112,6 +1121,7 @@ fn handle(chat: &Chat, session: &Session, command: Command) -> Result<Option<Mes
                 let user = registry.users.get_mut(&id).ok_or("not registered")?;
                 let before = chat.info(id, user);
                 let left = (user.name.clone(), user.room.take());
+                user.held = None;
                 chat.relist(Some(&before), Some(&chat.info(id, user)));
                 registry.pending.remove(&id);
                 left
@@ -1221,6 +1231,7 @@ fn listing(users: Vec<UserInfo>, rooms: bool) -> Message {
 fn join(chat: &Chat, session: &Session, room: &str, since: Option<Position>) -> Result<(), String> {
     let id = session.id();
     let ticket = chat.tickets.fetch_add(1, Ordering::Relaxed);
+    let mut subscribed = None;
     let (name, old) = {
         let mut registry = chat.registry();
         let user = registry.users.get_mut(&id).ok_or("not registered")?;
@@ -1232,9 +1243,11 @@ fn join(chat: &Chat, session: &Session, room: &str, since: Option<Position>) -> 
         }
         let before = chat.info(id, user);
         let moved = (user.name.clone(), user.room.replace(room.to_owned()));
+        user.held = None;
         chat.relist(Some(&before), Some(&chat.info(id, user)));
-        if chat.nodes.is_some() {
-            let pending = nodes::Pending::new(room, ticket);
+        if let Some(nodes) = &chat.nodes {
+            let pending = nodes.pending(room, ticket);
+            subscribed = pending.hold.as_ref().map(|hold| hold.subscribed());
             registry.pending.insert(id, pending);
         }
         moved
@@ -1253,10 +1266,11 @@ fn join(chat: &Chat, session: &Session, room: &str, since: Option<Position>) -> 
         id: chat.id_of(id),
         name: &name,
     };
-    match (&chat.nodes, chat.me.upgrade()) {
-        (Some(nodes), Some(me)) => {
+    match (&chat.nodes, chat.me.upgrade(), subscribed) {
+        (Some(nodes), Some(me), Some(subscribed)) => {
             let joined = encode(&joined);
-            nodes.sync(me, session.clone(), room.to_owned(), since, ticket, joined);
+            let room = room.to_owned();
+            nodes.sync(me, session.clone(), room, since, ticket, joined, subscribed);
         }
         _ => chat.to_room(room, &joined),
     }

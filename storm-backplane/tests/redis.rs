@@ -470,3 +470,151 @@ async fn presence_changes_reach_redis_in_their_order_without_waiting() {
     a.stop().await;
     b.stop().await;
 }
+
+/// How many connections subscribe to each of `channels`, as Redis counts
+/// them (`PUBSUB NUMSUB`), through a connection of the test's own.
+async fn subscribers(server: &RedisServer, channels: &[&str]) -> Vec<u64> {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut connection = client.get_multiplexed_tokio_connection().await.unwrap();
+    let mut command = redis::cmd("PUBSUB");
+    command.arg("NUMSUB").arg(channels);
+    let counts: Vec<(String, u64)> = command.query_async(&mut connection).await.unwrap();
+    counts.into_iter().map(|(_, count)| count).collect()
+}
+
+/// Asks Redis until `channels` have `expected` subscribers, within
+/// [`EVENT_TIMEOUT`] (an unsubscribe is not waited for by anyone).
+async fn wait_for_subscribers(server: &RedisServer, channels: &[&str], expected: &[u64]) {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let counts = subscribers(server, channels).await;
+        if counts == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{channels:?}: {counts:?}");
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn a_node_receives_only_the_rooms_it_has_members_in() {
+    let Some((server, a, b)) = two_nodes(|_| {}, None).await else {
+        return;
+    };
+    let on_a = a.join("busy").await;
+    let on_b = b.join("marker").await;
+    // Each room's channel has one subscriber: the node with a member.
+    let channels = ["test.room.busy", "test.room.marker", "test.room.empty"];
+    assert_eq!(subscribers(&server, &channels).await, [1, 1, 0]);
+
+    // A publishes in rooms B has no member in, then in B's: Redis sends
+    // them to B in that order, so once the last is at B, the others would
+    // have been too.
+    for i in 0..50 {
+        a.hub
+            .broadcast_group("busy", &Message::from(format!("b{i}")), None);
+        a.hub
+            .broadcast_group("empty", &Message::from(format!("e{i}")), None);
+    }
+    a.hub
+        .broadcast_group("marker", &Message::from("last"), None);
+    assert_eq!(text(&next(&on_b).await), "last");
+    let stats = b.backplane.stats();
+    assert_eq!((stats.received, stats.delivered), (1, 1), "{stats:?}");
+    assert_eq!(queued(&on_a).len(), 50); // A's own member, locally
+
+    // B's last member leaves: B unsubscribes; a member joins again: B
+    // subscribes again and receives the room once more.
+    b.hub.disconnect(on_b.id());
+    wait_for_subscribers(&server, &channels, &[1, 0, 0]).await;
+    let again = b.join("marker").await;
+    assert_eq!(subscribers(&server, &channels).await, [1, 1, 0]);
+    a.hub
+        .broadcast_group("marker", &Message::from("again"), None);
+    assert_eq!(text(&next(&again).await), "again");
+    assert_eq!(b.backplane.stats().received, 2);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_join_meets_the_live_stream_without_a_gap_or_a_duplicate() {
+    // B's deliveries of "room", with their offsets, as they come.
+    let (live, mut arrived) = tokio::sync::mpsc::unbounded_channel::<(u64, String)>();
+    let record: Deliver = Arc::new(
+        move |_: &Hub, room: &str, at: Option<Position>, message: &Message| {
+            assert_eq!(room, "room");
+            let offset = at.expect("history is on").offset;
+            let _ = live.send((offset, text(message).to_owned()));
+        },
+    );
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let a = Node::start(&server, |_| {}, None).await;
+    let b = Node::start(&server, |_| {}, Some(record)).await;
+
+    // A publishes without pause while a client of B comes back with the
+    // position it last saw: the join meets the stream somewhere inside it.
+    const MESSAGES: u64 = 3000;
+    let publishing = {
+        let hub = a.hub.clone();
+        tokio::spawn(async move {
+            for i in 1..=MESSAGES {
+                hub.broadcast_group("room", &Message::from(format!("m{i}")), None);
+                if i % 8 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+    };
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    let since = loop {
+        let at = b.backplane.position("room").await.unwrap();
+        if at.offset >= 10 {
+            break at;
+        }
+        assert!(Instant::now() < deadline, "A publishes");
+        tokio::task::yield_now().await;
+    };
+    // The join: hold the room, wait for its subscription, then read what
+    // was missed; live messages past the recovery's top follow.
+    let hold = b.backplane.hold("room");
+    assert_eq!(hold.subscribed().await, Ready::Subscribed);
+    let Recovery::Recovered { messages, top } = b.backplane.recover("room", since).await.unwrap()
+    else {
+        panic!("recoverable");
+    };
+    let mut got: Vec<(u64, String)> = messages
+        .iter()
+        .map(|(at, m)| (at.offset, text(m).to_owned()))
+        .collect();
+    let boundary = top.offset;
+    while got.last().map_or(since.offset, |(offset, _)| *offset) < MESSAGES {
+        let (offset, message) = tokio::time::timeout(EVENT_TIMEOUT, arrived.recv())
+            .await
+            .expect("the live stream goes on")
+            .expect("B runs");
+        if offset > boundary {
+            got.push((offset, message));
+        }
+    }
+    publishing.await.unwrap();
+    assert!(
+        boundary < MESSAGES,
+        "the join met the stream before its end (top {boundary})"
+    );
+    // Every message once, in order, from the client's position on: the
+    // first that is not where it should be, if any (a gap or a duplicate).
+    let wrong = got
+        .iter()
+        .zip(since.offset + 1..)
+        .find(|((offset, message), i)| *offset != *i || *message != format!("m{i}"));
+    assert_eq!(wrong, None, "from {since}, recovered up to {boundary}");
+    assert_eq!(got.len(), usize::try_from(MESSAGES - since.offset).unwrap());
+    let stats = b.backplane.stats();
+    assert_eq!(stats.missed, 0, "{stats:?}");
+    drop(hold);
+    a.stop().await;
+    b.stop().await;
+}

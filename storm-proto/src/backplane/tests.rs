@@ -80,6 +80,39 @@ proptest! {
     }
 }
 
+proptest! {
+    /// Node stats read back as written; any other text is an error, never
+    /// a panic.
+    #[test]
+    fn node_stats_round_trip(sessions in any::<u64>(), rooms in any::<u64>(), text in ".{0,30}") {
+        let stats = NodeStats { sessions, rooms };
+        prop_assert_eq!(stats.to_string().parse(), Ok(stats));
+        if let Ok(parsed) = text.parse::<NodeStats>() {
+            // Only digits around one space (leading zeros aside).
+            prop_assert_eq!(parsed.to_string().parse(), Ok(parsed));
+            prop_assert!(text.bytes().all(|b| b.is_ascii_digit() || b == b' '));
+        }
+    }
+}
+
+#[test]
+fn node_stats_refuse_what_is_not_two_numbers() {
+    for bad in [
+        "",
+        "1",
+        "1 ",
+        " 1",
+        "1  2",
+        "1 2 ",
+        "+1 2",
+        "1 -2",
+        "a b",
+        "1 99999999999999999999",
+    ] {
+        assert_eq!(bad.parse::<NodeStats>(), Err(NodeStatsError), "{bad:?}");
+    }
+}
+
 #[test]
 fn random_ids_and_epochs_differ() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
@@ -114,6 +147,7 @@ fn channel_names_parse_back_to_what_they_name() {
         channels.history("a"),
         channels.meta("a"),
         channels.presence("a"),
+        channels.node_stats(),
         "svc-10.room.a".to_owned(),
         "svc.room.a".to_owned(),
         "svc-1.node.xyz".to_owned(),

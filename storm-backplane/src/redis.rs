@@ -31,7 +31,9 @@
 //! `PREFIX.history.ROOM` (a stream of at most
 //! [`history_len`](RedisConfig::history_len) entries, id `0-OFFSET`, field
 //! `d` the positioned envelope), `PREFIX.presence.ROOM` (a sorted set:
-//! member → expiry in Redis milliseconds).
+//! member → expiry in Redis milliseconds), `PREFIX.stats.nodes` (a hash:
+//! node id → `EXPIRY SESSIONS ROOMS`, each node's [`NodeStats`] as its
+//! presence task last wrote them).
 //!
 //! A room whose meta hash is gone (Redis restarted empty, the keys expired)
 //! gets a new random epoch at its next append or read: positions of the old
@@ -50,8 +52,9 @@ use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use storm_host::hub::{Backplane, Hub};
 use storm_proto::Message;
 use storm_proto::backplane::{
-    Channel, Channels, Envelope, Epoch, Kind, NodeId, NodeTag, Order, Position, PrefixError, Ready,
-    Subscriber, SubscriptionCommand, Subscriptions, Unrecoverable, recover, recovery_range,
+    Channel, Channels, Envelope, Epoch, Kind, NodeId, NodeStats, NodeTag, Order, Position,
+    PrefixError, Ready, Subscriber, SubscriptionCommand, Subscriptions, Unrecoverable, recover,
+    recovery_range,
 };
 use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffConfigError, BackoffStep};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -132,6 +135,37 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return redis.call('ZRANGE', KEYS[1], 0, -1)
 ";
 
+/// Writes a node's stats, alive until Redis's now + TTL.
+///
+/// KEYS: node stats. ARGV: TTL in ms, node, stats (`SESSIONS ROOMS`).
+const REPORT_SCRIPT: &str = r"
+local time = redis.call('TIME')
+local expires = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) + tonumber(ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[2], expires .. ' ' .. ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+";
+
+/// Every live node's stats, dropping the expired ones.
+///
+/// KEYS: node stats. Returns `{node, stats, node, stats, …}`.
+const NODES_SCRIPT: &str = r"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local all = redis.call('HGETALL', KEYS[1])
+local live = {}
+for i = 1, #all, 2 do
+  local expires, stats = string.match(all[i + 1], '^(%d+) (.*)$')
+  if expires and tonumber(expires) > now then
+    live[#live + 1] = all[i]
+    live[#live + 1] = stats
+  else
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+return live
+";
+
 /// Room messages one pipeline to Redis carries at most.
 const MAX_BATCH: usize = 256;
 
@@ -147,6 +181,8 @@ static PUBLISH: LazyLock<Script> = LazyLock::new(|| Script::new(PUBLISH_SCRIPT))
 static POSITION: LazyLock<Script> = LazyLock::new(|| Script::new(POSITION_SCRIPT));
 static ANNOUNCE: LazyLock<Script> = LazyLock::new(|| Script::new(ANNOUNCE_SCRIPT));
 static MEMBERS: LazyLock<Script> = LazyLock::new(|| Script::new(MEMBERS_SCRIPT));
+static REPORT: LazyLock<Script> = LazyLock::new(|| Script::new(REPORT_SCRIPT));
+static NODES: LazyLock<Script> = LazyLock::new(|| Script::new(NODES_SCRIPT));
 
 impl Script {
     fn new(body: &'static str) -> Self {
@@ -668,9 +704,14 @@ impl RedisBackplane {
         let publisher = self.publisher_connection().await?;
         let (stop, stopped) = watch::channel(false);
         let tasks = vec![
-            tokio::spawn(Arc::clone(self).run_subscriber(hub, deliver, pubsub, stopped.clone())),
+            tokio::spawn(Arc::clone(self).run_subscriber(
+                hub.clone(),
+                deliver,
+                pubsub,
+                stopped.clone(),
+            )),
             tokio::spawn(Arc::clone(self).run_publisher(pending, publisher, stopped.clone())),
-            tokio::spawn(Arc::clone(self).run_presence(stopped)),
+            tokio::spawn(Arc::clone(self).run_presence(hub, stopped)),
         ];
         Ok(Running { stop, tasks })
     }
@@ -1063,17 +1104,31 @@ impl RedisBackplane {
 
     /// Keeps Redis told of this node's presence: what changed as soon as
     /// it changed ([`present`](Self::present), [`absent`](Self::absent)),
-    /// every entry again every third of the TTL. A write that fails is
-    /// logged and made good by the next refresh; a removal that fails, by
-    /// the entry's expiry.
-    async fn run_presence(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
+    /// every entry again every third of the TTL; and of this node's
+    /// [`NodeStats`] (`hub`'s sessions and groups) at each of those turns,
+    /// so [`nodes`](Self::nodes) sees them within a third of the TTL. A
+    /// write that fails is logged and made good by the next refresh; a
+    /// removal that fails, by the entry's expiry. Stopped, it removes this
+    /// node's stats.
+    async fn run_presence(self: Arc<Self>, hub: Hub, mut stopped: watch::Receiver<bool>) {
         let period = self.config.presence_ttl / 3;
-        let mut next_refresh = tokio::time::Instant::now() + period;
+        let mut next_refresh = tokio::time::Instant::now();
         loop {
-            let refresh = tokio::select! {
-                () = tokio::time::sleep_until(next_refresh) => true,
-                () = self.presence_changed.notified() => false,
-                _ = stopped.wait_for(|stop| *stop) => return,
+            // `None`: stopped.
+            let turn = tokio::select! {
+                () = tokio::time::sleep_until(next_refresh) => Some(true),
+                () = self.presence_changed.notified() => Some(false),
+                _ = stopped.wait_for(|stop| *stop) => None,
+            };
+            let Some(refresh) = turn else {
+                let mut command = redis::cmd("HDEL");
+                command
+                    .arg(self.channels.node_stats())
+                    .arg(self.node.to_string());
+                if let Err(error) = self.query::<u64>(&command).await {
+                    tracing::warn!(%error, "backplane: node stats removal failed");
+                }
+                return;
             };
             let (removed, written) = {
                 let mut state = lock(&self.presence);
@@ -1098,7 +1153,51 @@ impl RedisBackplane {
                     tracing::warn!(room, %error, "backplane: presence write failed");
                 }
             }
+            let stats = NodeStats {
+                sessions: u64::try_from(hub.session_count()).unwrap_or(u64::MAX),
+                rooms: u64::try_from(hub.group_count()).unwrap_or(u64::MAX),
+            };
+            if let Err(error) = self.report(stats).await {
+                tracing::warn!(%error, "backplane: node stats write failed");
+            }
         }
+    }
+
+    /// Writes this node's `stats`, alive for the presence TTL.
+    async fn report(&self, stats: NodeStats) -> Result<(), Error> {
+        let mut tail = redis::Cmd::new();
+        tail.arg(1)
+            .arg(self.channels.node_stats())
+            .arg(millis(Some(self.config.presence_ttl)))
+            .arg(self.node.to_string())
+            .arg(stats.to_string());
+        self.query_script::<u64>(&REPORT, &tail).await.map(drop)
+    }
+
+    /// Every live node's [`NodeStats`] (this one's included), as each last
+    /// wrote them: at each change of its presence and every third of
+    /// [`RedisConfig::presence_ttl`]; a node that stopped or died drops
+    /// out within the TTL. Sorted by node id. What a service sums for
+    /// figures across nodes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Redis`] if Redis is unreachable or refuses;
+    /// [`Error::Reply`] for an entry no node writes.
+    pub async fn nodes(&self) -> Result<Vec<(NodeId, NodeStats)>, Error> {
+        let mut tail = redis::Cmd::new();
+        tail.arg(1).arg(self.channels.node_stats());
+        let flat: Vec<String> = self.query_script(&NODES, &tail).await?;
+        let mut nodes = flat
+            .chunks(2)
+            .map(|pair| match pair {
+                [node, stats] => node.parse().ok().zip(stats.parse().ok()),
+                _ => None,
+            })
+            .collect::<Option<Vec<(NodeId, NodeStats)>>>()
+            .ok_or_else(|| Error::Reply("a malformed node stats entry".to_owned()))?;
+        nodes.sort_unstable_by_key(|(node, _)| *node);
+        Ok(nodes)
     }
 
     /// Runs `command` on the command connection, connecting first if

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::RedisServer;
-use storm_backplane::proto::{Position, Ready, Unrecoverable};
+use storm_backplane::proto::{NodeStats, Position, Ready, Unrecoverable};
 use storm_backplane::redis::{Deliver, Recovery, RedisBackplane, RedisConfig, Running};
 use storm_host::hub::{Hub, HubConfig, Outbox};
 use storm_proto::Message;
@@ -617,4 +617,52 @@ async fn a_join_meets_the_live_stream_without_a_gap_or_a_duplicate() {
     drop(hold);
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test]
+async fn every_node_s_stats_are_seen_from_every_node() {
+    // Stats are written with each presence refresh (every 300 ms here);
+    // long enough that a loaded machine does not miss two in a row.
+    let ttl = Duration::from_millis(900);
+    let Some((_server, a, b)) = two_nodes(|c| c.presence_ttl = ttl, None).await else {
+        return;
+    };
+    let _on_a = a.join("x").await;
+    let _on_b = (b.join("x").await, b.join("y").await, b.session());
+    let expected = {
+        let mut both = vec![
+            (
+                a.backplane.node(),
+                NodeStats {
+                    sessions: 1,
+                    rooms: 1,
+                },
+            ),
+            (
+                b.backplane.node(),
+                NodeStats {
+                    sessions: 3,
+                    rooms: 2,
+                },
+            ),
+        ];
+        both.sort_unstable_by_key(|(node, _)| *node);
+        both
+    };
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let seen = a.backplane.nodes().await.unwrap();
+        if seen == expected {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{seen:?}");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(b.backplane.nodes().await.unwrap(), expected);
+    // A node that stops takes its stats with it.
+    let gone = b.backplane.node();
+    b.stop().await;
+    let left = a.backplane.nodes().await.unwrap();
+    assert!(left.iter().all(|(node, _)| *node != gone), "{left:?}");
+    a.stop().await;
 }

@@ -724,7 +724,7 @@ impl RedisBackplane {
         sink.subscribe(self.channels.node(self.node.tag())).await?;
         sink.subscribe(self.channels.all_nodes()).await?;
         self.change_subscriptions(Subscriptions::connected);
-        self.run_subscription_commands(&mut sink).await?;
+        self.run_subscription_commands(&mut sink, None).await?;
         bump(&self.counters.subscriptions, 1);
         Ok((sink, stream))
     }
@@ -748,10 +748,14 @@ impl RedisBackplane {
     /// Runs the room subscriptions' commands on `sink`, one at a time and
     /// in order, reporting each confirmed subscribe. Every channel goes in
     /// a command of its own: the `redis` crate matches one reply to one
-    /// command.
+    /// command. A room unsubscribed is forgotten by `rooms` (the running
+    /// subscriber's sequences), so that its next subscription starts a
+    /// fresh sequence instead of reporting what it did not receive as
+    /// missed.
     async fn run_subscription_commands(
         &self,
         sink: &mut PubSubSink,
+        mut rooms: Option<&mut Subscriber>,
     ) -> Result<(), redis::RedisError> {
         loop {
             let next = lock(&self.subscriptions).poll_command();
@@ -767,6 +771,9 @@ impl RedisBackplane {
                 }
                 SubscriptionCommand::Unsubscribe { room } => {
                     sink.unsubscribe(self.channels.room(&room)).await?;
+                    if let Some(rooms) = rooms.as_deref_mut() {
+                        rooms.forget(&room);
+                    }
                 }
             }
         }
@@ -876,7 +883,8 @@ impl RedisBackplane {
                 match message {
                     Some(message) => self.receive(hub, deliver, &mut rooms, &message),
                     None => {
-                        if let Err(error) = self.run_subscription_commands(&mut sink).await {
+                        let commands = self.run_subscription_commands(&mut sink, Some(&mut rooms));
+                        if let Err(error) = commands.await {
                             tracing::warn!(%error, "backplane: redis subscribe failed");
                             break;
                         }

@@ -421,7 +421,7 @@ fn announce(
         let scheme = if tls.is_some() { "https" } else { "http" };
         println!("storm chat page on {scheme}://{}/", listener.local_addr()?);
     }
-    println!("console: /sessions  /kick <id>  /broadcast <msg>  /rooms  /info <id>  /stop");
+    println!("console: /sessions  /kick <id>  /broadcast <msg>  /rooms  /info <id>  /stats  /stop");
     Ok(http.map(|listener| {
         let html = PAGE
             .replace("__STORM_WS_PORT__", &ws_addr.port().to_string())
@@ -832,12 +832,31 @@ impl Chat {
         }
     }
 
-    /// Sends the tick to everyone.
+    /// Sends the tick to everyone: across nodes, with every node's users
+    /// (the other nodes' as they last reported them: see
+    /// [`nodes::Nodes::other_sessions`]; this node's alone when they cannot
+    /// be read).
     fn tick(&self) {
+        match (&self.nodes, self.me.upgrade()) {
+            (Some(nodes), Some(me)) => nodes.spawn(async move {
+                let Some(nodes) = &me.nodes else { return };
+                let others = nodes.other_sessions().await.unwrap_or_else(|error| {
+                    tracing::debug!(%error, "chat: the other nodes' users are unknown");
+                    0
+                });
+                me.send_tick(others);
+            }),
+            _ => self.send_tick(0),
+        }
+    }
+
+    /// Sends the tick with this node's users and `others`.
+    fn send_tick(&self, others: u64) {
         let time_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let users = self.registry().users.len();
+        let here = u64::try_from(self.registry().users.len()).unwrap_or(u64::MAX);
+        let users = here.saturating_add(others);
         self.server
             .hub()
             .broadcast(&encode(&Out::Tick { time_ms, users }), None);
@@ -916,7 +935,7 @@ enum Out<'a> {
     },
     Tick {
         time_ms: u64,
-        users: usize,
+        users: u64,
     },
     Broadcast {
         from: &'a str,
@@ -1406,6 +1425,7 @@ fn console(chat: &Chat, line: &str) -> Console {
             },
             Err(e) => println!("{e}"),
         },
+        "/stats" => print_stats(chat),
         "/stop" => {
             println!(
                 "stopping: closing {} sessions",
@@ -1414,10 +1434,38 @@ fn console(chat: &Chat, line: &str) -> Console {
             return Console::Stop;
         }
         _ => {
-            println!("commands: /sessions  /kick <id>  /broadcast <msg>  /rooms  /info <id>  /stop")
+            println!(
+                "commands: /sessions  /kick <id>  /broadcast <msg>  /rooms  /info <id>  /stats  /stop"
+            )
         }
     }
     Console::Continue
+}
+
+/// `/stats`: each node's sessions and rooms (this one's as they are now,
+/// the others' as they last reported them), and the sum.
+fn print_stats(chat: &Chat) {
+    let hub = chat.server.hub();
+    let here = storm_proto::backplane::NodeStats {
+        sessions: u64::try_from(hub.session_count()).unwrap_or(u64::MAX),
+        rooms: u64::try_from(hub.group_count()).unwrap_or(u64::MAX),
+    };
+    let mut nodes = vec![(String::from("this node"), here)];
+    if let Some(backplane) = &chat.nodes {
+        match backplane.block_on(backplane.other_nodes()) {
+            Ok(others) => nodes.extend(
+                others
+                    .into_iter()
+                    .map(|(tag, stats)| (format!("node {tag}"), stats)),
+            ),
+            Err(error) => println!("the other nodes' stats are unknown: {error}"),
+        }
+    }
+    for (node, stats) in &nodes {
+        println!("{node}: {} sessions, {} rooms", stats.sessions, stats.rooms);
+    }
+    let sessions: u64 = nodes.iter().map(|(_, stats)| stats.sessions).sum();
+    println!("{sessions} sessions on {} nodes", nodes.len());
 }
 
 /// A session the console names.

@@ -37,7 +37,7 @@ use storm_backplane::redis::{Deliver, Recovery, RedisBackplane, RedisConfig, Roo
 use storm_host::hub::Hub;
 use storm_host::session::Session;
 use storm_proto::Message;
-use storm_proto::backplane::{Epoch, NodeTag, Position, Ready, SessionAddr};
+use storm_proto::backplane::{Epoch, NodeStats, NodeTag, Position, Ready, SessionAddr};
 
 use super::{Chat, ChatId, Out, UserInfo, encode};
 
@@ -196,6 +196,29 @@ impl Nodes {
             .filter_map(|member| listed(member))
             .filter(|user| !matches!(user.id, ChatId::Node(addr) if addr.node == mine))
             .collect())
+    }
+
+    /// The other live nodes' stats, as each last reported them (with its
+    /// presence: see [`RedisBackplane::nodes`]), waiting at most
+    /// [`DIRECTORY_WAIT`].
+    pub(super) async fn other_nodes(&self) -> Result<Vec<(NodeTag, NodeStats)>, String> {
+        let nodes = tokio::time::timeout(DIRECTORY_WAIT, self.backplane.nodes())
+            .await
+            .map_err(|_| format!("no answer within {DIRECTORY_WAIT:?}"))?
+            .map_err(|e| e.to_string())?;
+        let mine = self.backplane.node();
+        Ok(nodes
+            .into_iter()
+            .filter(|(node, _)| *node != mine)
+            .map(|(node, stats)| (node.tag(), stats))
+            .collect())
+    }
+
+    /// The sessions of the other live nodes, summed (see
+    /// [`other_nodes`](Self::other_nodes)).
+    pub(super) async fn other_sessions(&self) -> Result<u64, String> {
+        let others = self.other_nodes().await?;
+        Ok(others.iter().map(|(_, stats)| stats.sessions).sum())
     }
 
     /// Asks the node tagged `node` for `ask`; `false` if it cannot go

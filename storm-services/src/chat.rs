@@ -115,17 +115,21 @@
 //! name another node lists, through that node (a node message). A room
 //! event the backplane cannot publish still reaches this node's members,
 //! without a position, followed by
-//! `{"type":"local_only","room":"rust","reason":"…"}`. The tick's user
-//! count stays per node.
+//! `{"type":"local_only","room":"rust","reason":"…"}`. The tick's `users`
+//! counts every node's users: this node's as they are, the others' as each
+//! last reported them with its directory entries (at each change, and
+//! every third of the presence TTL); this node's alone when Redis cannot
+//! be read.
 //!
 //! # Admin console
 //!
 //! Lines on stdin: `/sessions`, `/kick <id>` (closes with 1008 "kicked"),
-//! `/broadcast <text>`, `/rooms`, `/info <id>`, `/stop` (closes every session
+//! `/broadcast <text>`, `/rooms`, `/info <id>`, `/stats` (each node's sessions
+//! and rooms, and the sum), `/stop` (closes every session
 //! gracefully, aborts what is left after 5 s, exits 0), `/help`. Ids may be
 //! written `3` or `#3`, across nodes `0a1b2c3d-3` or `#0a1b2c3d-3` too.
-//! Across nodes `/sessions`, `/rooms`, `/info`, `/kick` and `/broadcast`
-//! see and act on every node. End of input leaves the server running.
+//! Across nodes `/sessions`, `/rooms`, `/info`, `/kick`, `/broadcast` and
+//! `/stats` see and act on every node. End of input leaves the server running.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, BufRead};

@@ -548,15 +548,16 @@ async fn a_node_receives_only_the_rooms_it_has_members_in() {
     b.stop().await;
 }
 
-#[tokio::test]
+// Two threads: the join, the publisher and the subscriber run at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_meets_the_live_stream_without_a_gap_or_a_duplicate() {
-    // B's deliveries of "room", with their offsets, as they come.
-    let (live, mut arrived) = tokio::sync::mpsc::unbounded_channel::<(u64, String)>();
+    // B's deliveries, with their rooms and offsets, as they come.
+    type Delivered = (String, u64, String);
+    let (live, mut arrived) = tokio::sync::mpsc::unbounded_channel::<Delivered>();
     let record: Deliver = Arc::new(
         move |_: &Hub, room: &str, at: Option<Position>, message: &Message| {
-            assert_eq!(room, "room");
             let offset = at.expect("history is on").offset;
-            let _ = live.send((offset, text(message).to_owned()));
+            let _ = live.send((room.to_owned(), offset, text(message).to_owned()));
         },
     );
     let Some(server) = RedisServer::start() else {
@@ -565,67 +566,85 @@ async fn a_join_meets_the_live_stream_without_a_gap_or_a_duplicate() {
     let a = Node::start(&server, |_| {}, None).await;
     let b = Node::start(&server, |_| {}, Some(record)).await;
 
-    // A publishes without pause while a client of B comes back with the
-    // position it last saw: the join meets the stream somewhere inside it.
-    const MESSAGES: u64 = 3000;
+    // A publishes in every room without pause (bounded) while clients of B
+    // come back to one room after another with the position they last
+    // saw: each join meets its room's stream somewhere inside it.
+    const ROOMS: [&str; 5] = ["r0", "r1", "r2", "r3", "r4"];
+    const MOST: u64 = 20_000;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let publishing = {
-        let hub = a.hub.clone();
+        let (hub, done) = (a.hub.clone(), done.clone());
         tokio::spawn(async move {
-            for i in 1..=MESSAGES {
-                hub.broadcast_group("room", &Message::from(format!("m{i}")), None);
+            for i in 1..=MOST {
+                for room in ROOMS {
+                    hub.broadcast_group(room, &Message::from(format!("m{i}")), None);
+                }
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
                 if i % 8 == 0 {
                     tokio::task::yield_now().await;
                 }
             }
         })
     };
-    let deadline = Instant::now() + EVENT_TIMEOUT;
-    let since = loop {
-        let at = b.backplane.position("room").await.unwrap();
-        if at.offset >= 10 {
-            break at;
+    let mut holds = Vec::new();
+    for room in ROOMS {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        let since = loop {
+            let at = b.backplane.position(room).await.unwrap();
+            if at.offset >= 10 {
+                break at;
+            }
+            assert!(Instant::now() < deadline, "A publishes");
+            tokio::task::yield_now().await;
+        };
+        // The join: hold the room, wait for its subscription, then read
+        // what was missed; live messages past the recovery's top follow.
+        let hold = b.backplane.hold(room);
+        assert_eq!(hold.subscribed().await, Ready::Subscribed);
+        let Recovery::Recovered { messages, top } = b.backplane.recover(room, since).await.unwrap()
+        else {
+            panic!("recoverable");
+        };
+        holds.push(hold);
+        let mut got: Vec<(u64, String)> = messages
+            .iter()
+            .map(|(at, m)| (at.offset, text(m).to_owned()))
+            .collect();
+        let boundary = top.offset;
+        // Up to 100 past the boundary, live.
+        while got.last().map_or(since.offset, |(offset, _)| *offset) < boundary + 100 {
+            let (from, offset, message) = tokio::time::timeout(EVENT_TIMEOUT, arrived.recv())
+                .await
+                .expect("the live stream goes on")
+                .expect("B runs");
+            if from == room && offset > boundary {
+                got.push((offset, message));
+            }
         }
-        assert!(Instant::now() < deadline, "A publishes");
-        tokio::task::yield_now().await;
-    };
-    // The join: hold the room, wait for its subscription, then read what
-    // was missed; live messages past the recovery's top follow.
-    let hold = b.backplane.hold("room");
-    assert_eq!(hold.subscribed().await, Ready::Subscribed);
-    let Recovery::Recovered { messages, top } = b.backplane.recover("room", since).await.unwrap()
-    else {
-        panic!("recoverable");
-    };
-    let mut got: Vec<(u64, String)> = messages
-        .iter()
-        .map(|(at, m)| (at.offset, text(m).to_owned()))
-        .collect();
-    let boundary = top.offset;
-    while got.last().map_or(since.offset, |(offset, _)| *offset) < MESSAGES {
-        let (offset, message) = tokio::time::timeout(EVENT_TIMEOUT, arrived.recv())
-            .await
-            .expect("the live stream goes on")
-            .expect("B runs");
-        if offset > boundary {
-            got.push((offset, message));
-        }
+        // Every offset once, in order, from the client's position on (A's
+        // publications beyond its queue are dropped before they get one),
+        // each with a later message than the one before: the first that is
+        // not where it should be, if any (a gap or a duplicate).
+        let number = |message: &str| message[1..].parse::<u64>().unwrap();
+        let wrong = got
+            .iter()
+            .zip(since.offset + 1..)
+            .zip(got.iter().skip(1))
+            .find(|(((offset, message), i), (_, next))| {
+                *offset != *i || number(message) >= number(next)
+            });
+        assert_eq!(
+            wrong, None,
+            "{room} from {since}, recovered up to {boundary}"
+        );
     }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
     publishing.await.unwrap();
-    assert!(
-        boundary < MESSAGES,
-        "the join met the stream before its end (top {boundary})"
-    );
-    // Every message once, in order, from the client's position on: the
-    // first that is not where it should be, if any (a gap or a duplicate).
-    let wrong = got
-        .iter()
-        .zip(since.offset + 1..)
-        .find(|((offset, message), i)| *offset != *i || *message != format!("m{i}"));
-    assert_eq!(wrong, None, "from {since}, recovered up to {boundary}");
-    assert_eq!(got.len(), usize::try_from(MESSAGES - since.offset).unwrap());
     let stats = b.backplane.stats();
     assert_eq!(stats.missed, 0, "{stats:?}");
-    drop(hold);
+    drop(holds);
     a.stop().await;
     b.stop().await;
 }

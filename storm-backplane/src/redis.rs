@@ -987,8 +987,10 @@ impl RedisBackplane {
             _ => {}
         }
         if inbound.deliver() {
-            deliver(hub, room, envelope.position, &envelope.message);
+            // Counted first: whoever sees the message sees it counted (a
+            // member on another thread than this task's).
             bump(&c.delivered, 1);
+            deliver(hub, room, envelope.position, &envelope.message);
         } else if inbound.own {
             bump(&c.own, 1);
         } else {

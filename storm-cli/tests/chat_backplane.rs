@@ -451,6 +451,13 @@ fn user_lists_span_nodes_and_a_killed_node_s_users_leave_within_the_ttl() {
         };
         assert_eq!(room_of("alice"), Some(json!("lobby")));
         assert_eq!(room_of("bob"), Some(json!("rust")));
+        // B's directory entry for bob reaches Redis on its own time, not
+        // before bob's `joined`: A lists bob in his room once it has.
+        alice.users_until(|users| {
+            users
+                .iter()
+                .any(|u| u["name"] == "bob" && u["room"] == "rust")
+        });
         alice.send(&json!({"type": "rooms"}));
         let rooms = alice.expect("rooms");
         assert_eq!(

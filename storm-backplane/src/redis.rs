@@ -17,18 +17,23 @@
 //! node A: hub.broadcast_group(room, m) ─ local members get m
 //!           └ RedisBackplane::publish ─ encode once ─ bounded queue ─ publisher task
 //!                 └ EVALSHA publish script: offset += 1, XADD history, PUBLISH room channel
-//! node B: subscriber task (PSUBSCRIBE PREFIX.room.*) ─ decode ─ Subscriber::handle
+//! node B: subscriber task (SUBSCRIBE PREFIX.room.R while R is held) ─ decode ─ Subscriber::handle
 //!                 └ not a duplicate, not its own (unless an echo): deliver (hub.deliver_group)
 //! ```
 //!
 //! One publish per room message, whatever the number of sessions or nodes;
-//! one decode per node. The script makes the offset, the append and the
-//! publish one step, so every node sees a room's offsets in order and a
-//! missing offset is a real gap. When Redis is unreachable, local traffic
-//! goes on; the publisher and the subscriber reconnect with the core's
-//! [`Backoff`]; what could not be published is counted
-//! ([`RedisStats::publish_failed`]) and logged, and subscribers see the gap
-//! in the offsets when messages flow again.
+//! one decode per node that holds the room. A node subscribes to a room's
+//! channel while the room is *held* there (a local member of its hub group,
+//! or a [`RoomHold`]: a session joining it), and to no other room's: Redis
+//! sends a room's messages only to the nodes that have members in it
+//! ([`storm_proto::backplane::Subscriptions`] decides when to subscribe and
+//! unsubscribe; the subscriber task runs its commands). The script makes
+//! the offset, the append and the publish one step, so every node sees a
+//! room's offsets in order and a missing offset is a real gap. When Redis
+//! is unreachable, local traffic goes on; the publisher and the subscriber
+//! reconnect with the core's [`Backoff`]; what could not be published is
+//! counted ([`RedisStats::publish_failed`]) and logged, and subscribers see
+//! the gap in the offsets when messages flow again.
 //!
 //! # Keys
 //!
@@ -37,7 +42,9 @@
 //! `PREFIX.history.ROOM` (a stream of at most
 //! [`history_len`](RedisConfig::history_len) entries, id `0-OFFSET`, field
 //! `d` the positioned envelope), `PREFIX.presence.ROOM` (a sorted set:
-//! member → expiry in Redis milliseconds).
+//! member → expiry in Redis milliseconds), `PREFIX.stats.nodes` (a hash:
+//! node id → `EXPIRY SESSIONS ROOMS`, each node's [`NodeStats`] as its
+//! presence task last wrote them).
 //!
 //! A room whose meta hash is gone (Redis restarted empty, the keys expired)
 //! gets a new random epoch at its next append or read: positions of the old
@@ -45,22 +52,24 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use redis::aio::MultiplexedConnection;
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use storm_async::Runtime;
 use storm_host::hub::{Backplane, Hub};
 use storm_proto::Message;
 use storm_proto::backplane::{
-    Channel, Channels, Envelope, Epoch, Kind, NodeId, NodeTag, Order, Position, PrefixError,
-    Subscriber, Unrecoverable, recover, recovery_range,
+    Channel, Channels, Envelope, Epoch, Kind, NodeId, NodeStats, NodeTag, Order, Position,
+    PrefixError, Ready, Subscriber, SubscriptionCommand, Subscriptions, Unrecoverable, recover,
+    recovery_range,
 };
 use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffConfigError, BackoffStep};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 /// Appends a room message and publishes it, in one step.
 ///
@@ -137,6 +146,37 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return redis.call('ZRANGE', KEYS[1], 0, -1)
 ";
 
+/// Writes a node's stats, alive until Redis's now + TTL.
+///
+/// KEYS: node stats. ARGV: TTL in ms, node, stats (`SESSIONS ROOMS`).
+const REPORT_SCRIPT: &str = r"
+local time = redis.call('TIME')
+local expires = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) + tonumber(ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[2], expires .. ' ' .. ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+";
+
+/// Every live node's stats, dropping the expired ones.
+///
+/// KEYS: node stats. Returns `{node, stats, node, stats, …}`.
+const NODES_SCRIPT: &str = r"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local all = redis.call('HGETALL', KEYS[1])
+local live = {}
+for i = 1, #all, 2 do
+  local expires, stats = string.match(all[i + 1], '^(%d+) (.*)$')
+  if expires and tonumber(expires) > now then
+    live[#live + 1] = all[i]
+    live[#live + 1] = stats
+  else
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+return live
+";
+
 /// Room messages one pipeline to Redis carries at most.
 const MAX_BATCH: usize = 256;
 
@@ -152,6 +192,8 @@ static PUBLISH: LazyLock<Script> = LazyLock::new(|| Script::new(PUBLISH_SCRIPT))
 static POSITION: LazyLock<Script> = LazyLock::new(|| Script::new(POSITION_SCRIPT));
 static ANNOUNCE: LazyLock<Script> = LazyLock::new(|| Script::new(ANNOUNCE_SCRIPT));
 static MEMBERS: LazyLock<Script> = LazyLock::new(|| Script::new(MEMBERS_SCRIPT));
+static REPORT: LazyLock<Script> = LazyLock::new(|| Script::new(REPORT_SCRIPT));
+static NODES: LazyLock<Script> = LazyLock::new(|| Script::new(NODES_SCRIPT));
 
 impl Script {
     fn new(body: &'static str) -> Self {
@@ -335,6 +377,9 @@ pub struct RedisStats {
     pub node_messages: u64,
     /// Times the subscriber (re)subscribed.
     pub subscriptions: u64,
+    /// Room messages received for a room no longer held here (on their way
+    /// as the node unsubscribed): delivered nowhere.
+    pub not_held: u64,
 }
 
 #[derive(Debug, Default)]
@@ -351,6 +396,7 @@ struct Counters {
     invalid: AtomicU64,
     node_messages: AtomicU64,
     subscriptions: AtomicU64,
+    not_held: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -390,9 +436,9 @@ pub type OnUnpublished = Arc<dyn Fn(&str, &Message) + Send + Sync>;
 /// ([`RedisBackplane::start`]) `hub.deliver_group(room, message, None)`.
 /// Called once per message and node (not per session), on the subscriber
 /// task, so it must not block; `position` is the message's place in its
-/// room's history (`None` without history). Messages of
-/// [`publish_ordered`](RedisBackplane::publish_ordered) come to it even when
-/// the room has no member on this node.
+/// room's history (`None` without history). Only messages of rooms held
+/// on this node come to it (a hub group with a local member, or a
+/// [`RoomHold`]).
 pub type Deliver = Arc<dyn Fn(&Hub, &str, Option<Position>, &Message) + Send + Sync>;
 
 /// One stream entry as `XRANGE` returns it: its id and its fields.
@@ -450,6 +496,11 @@ pub struct RedisBackplane {
     /// The command connection of `recover`, `position` and presence; `None`
     /// until first used or after it failed.
     commands: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    /// The rooms held here, whose channels the subscriber task subscribes
+    /// to, and the joins waiting for a confirmation.
+    subscriptions: Mutex<Subscriptions<oneshot::Sender<Ready>>>,
+    /// Wakes the subscriber task when `subscriptions` has commands.
+    subscriptions_changed: Notify,
     /// This node's presence entries, and what Redis has yet to hear of.
     presence: Mutex<PresenceState>,
     /// Wakes the presence task when `presence` changed.
@@ -591,6 +642,8 @@ impl RedisBackplane {
             queue,
             pending: Mutex::new(Some(pending)),
             commands: tokio::sync::Mutex::new(None),
+            subscriptions: Mutex::new(Subscriptions::new()),
+            subscriptions_changed: Notify::new(),
             presence: Mutex::new(PresenceState::default()),
             presence_changed: Notify::new(),
             on_node: std::sync::OnceLock::new(),
@@ -628,15 +681,18 @@ impl RedisBackplane {
             invalid: load(&c.invalid),
             node_messages: load(&c.node_messages),
             subscriptions: load(&c.subscriptions),
+            not_held: load(&c.not_held),
         }
     }
 
-    /// Connects and subscribes to every room of the prefix, then runs, on
-    /// runtime `R` (awaited inside it: its connections are `R`'s), the
-    /// publisher, the subscriber (which delivers other nodes' room messages
-    /// into `hub`'s groups) and the presence task. Returns once subscribed.
-    /// Its other async methods ([`recover`](Self::recover),
-    /// [`members`](Self::members), …) are awaited on `R` too.
+    /// Connects and subscribes to this node's channels and those of the
+    /// rooms held already, then runs, on runtime `R` (awaited inside it:
+    /// its connections are `R`'s), the publisher, the subscriber (which
+    /// delivers other nodes' room messages into `hub`'s groups, subscribing
+    /// to each room while `hub`'s group has a local member) and the
+    /// presence task. Returns once subscribed. Its other async methods
+    /// ([`recover`](Self::recover), [`members`](Self::members),
+    /// [`nodes`](Self::nodes), …) are awaited on `R` too.
     ///
     /// # Errors
     ///
@@ -663,35 +719,125 @@ impl RedisBackplane {
         deliver: Deliver,
     ) -> Result<Running, Error> {
         let pending = lock(&self.pending).take().ok_or(Error::AlreadyStarted)?;
-        let pubsub = self.subscribe().await?;
+        let pubsub = match self.subscribe().await {
+            Ok(pubsub) => pubsub,
+            Err(error) => {
+                self.change_subscriptions(Subscriptions::disconnected);
+                return Err(error.into());
+            }
+        };
         let publisher = self.publisher_connection().await?;
         let (stop, stopped) = watch::channel(false);
         let (done, tasks_done) = mpsc::channel(1);
         let this = || Arc::clone(self);
         spawn::<R>(
             &done,
-            this().run_subscriber::<R>(hub, deliver, pubsub, stopped.clone()),
+            this().run_subscriber::<R>(hub.clone(), deliver, pubsub, stopped.clone()),
         );
         spawn::<R>(
             &done,
             this().run_publisher::<R>(pending, publisher, stopped.clone()),
         );
-        spawn::<R>(&done, this().run_presence::<R>(stopped));
+        spawn::<R>(&done, this().run_presence::<R>(hub, stopped));
         Ok(Running {
             stop,
             done: tasks_done,
         })
     }
 
-    async fn subscribe(&self) -> Result<redis::aio::PubSub, Error> {
-        let mut pubsub = self.client.get_async_pubsub().await?;
-        pubsub.psubscribe(self.channels.all_rooms()).await?;
-        pubsub
-            .subscribe(self.channels.node(self.node.tag()))
-            .await?;
-        pubsub.subscribe(self.channels.all_nodes()).await?;
+    /// A new subscription connection: this node's channels, and every
+    /// room held (the rooms' subscriptions confirmed when it returns).
+    async fn subscribe(&self) -> Result<(PubSubSink, PubSubStream), redis::RedisError> {
+        let pubsub = self.client.get_async_pubsub().await?;
+        let (mut sink, stream) = pubsub.split();
+        sink.subscribe(self.channels.node(self.node.tag())).await?;
+        sink.subscribe(self.channels.all_nodes()).await?;
+        self.change_subscriptions(Subscriptions::connected);
+        self.run_subscription_commands(&mut sink, None).await?;
         bump(&self.counters.subscriptions, 1);
-        Ok(pubsub)
+        Ok((sink, stream))
+    }
+
+    /// Runs `change` on the room subscriptions, then wakes the joins it
+    /// released and the subscriber task (for the commands it made).
+    fn change_subscriptions<T>(
+        &self,
+        change: impl FnOnce(&mut Subscriptions<oneshot::Sender<Ready>>) -> T,
+    ) -> T {
+        let mut subscriptions = lock(&self.subscriptions);
+        let out = change(&mut subscriptions);
+        while let Some((waiter, ready)) = subscriptions.poll_released() {
+            let _ = waiter.send(ready);
+        }
+        drop(subscriptions);
+        self.subscriptions_changed.notify_one();
+        out
+    }
+
+    /// Runs the room subscriptions' commands on `sink`, one at a time and
+    /// in order, reporting each confirmed subscribe. Every channel goes in
+    /// a command of its own: the `redis` crate matches one reply to one
+    /// command. A room unsubscribed is forgotten by `rooms` (the running
+    /// subscriber's sequences), so that its next subscription starts a
+    /// fresh sequence instead of reporting what it did not receive as
+    /// missed.
+    async fn run_subscription_commands(
+        &self,
+        sink: &mut PubSubSink,
+        mut rooms: Option<&mut Subscriber>,
+    ) -> Result<(), redis::RedisError> {
+        loop {
+            let next = lock(&self.subscriptions).poll_command();
+            let Some(command) = next else {
+                return Ok(());
+            };
+            match command {
+                SubscriptionCommand::Subscribe { room, id } => {
+                    sink.subscribe(self.channels.room(&room)).await?;
+                    // Redis confirmed: what it publishes on the channel
+                    // from now on comes after this on the connection.
+                    self.change_subscriptions(|subscriptions| subscriptions.confirmed(&room, id));
+                }
+                SubscriptionCommand::Unsubscribe { room } => {
+                    sink.unsubscribe(self.channels.room(&room)).await?;
+                    if let Some(rooms) = rooms.as_deref_mut() {
+                        rooms.forget(&room);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One more holder of `room` on this node (see [`RoomHold`]).
+    fn hold_room(&self, room: &str) {
+        self.change_subscriptions(|subscriptions| subscriptions.hold(room));
+    }
+
+    /// One holder of `room` fewer.
+    fn release_room(&self, room: &str) {
+        self.change_subscriptions(|subscriptions| subscriptions.release(room));
+    }
+
+    /// Holds `room` on this node until the returned [`RoomHold`] is
+    /// dropped: the node subscribes to the room's channel (if nothing held
+    /// it yet) and receives its messages while it is held. What a service
+    /// takes for a session about to enter a room, before it reads the
+    /// room's history: see [`RoomHold::subscribed`].
+    pub fn hold(self: &Arc<Self>, room: &str) -> RoomHold {
+        self.hold_room(room);
+        RoomHold {
+            backplane: Arc::clone(self),
+            room: room.to_owned(),
+        }
+    }
+
+    /// Waits until `room`'s subscription on this node is confirmed (see
+    /// [`RoomHold::subscribed`]); [`Ready::Unheld`] at once if nothing
+    /// holds it, [`Ready::Down`] if the subscription connection is down.
+    pub fn subscribed(&self, room: &str) -> impl Future<Output = Ready> + Send + 'static {
+        let (waiter, ready) = oneshot::channel();
+        self.change_subscriptions(|subscriptions| subscriptions.wait(room, waiter));
+        async move { ready.await.unwrap_or(Ready::Down) }
     }
 
     fn backoff(&self) -> Backoff {
@@ -721,20 +867,34 @@ impl RedisBackplane {
         self: Arc<Self>,
         hub: Hub,
         deliver: Deliver,
-        pubsub: redis::aio::PubSub,
+        pubsub: (PubSubSink, PubSubStream),
         mut stopped: watch::Receiver<bool>,
+    ) {
+        self.subscriber_loop::<R>(&hub, &deliver, pubsub, &mut stopped)
+            .await;
+        // Stopped: joins waiting for a subscription wait no more.
+        self.change_subscriptions(Subscriptions::disconnected);
+    }
+
+    async fn subscriber_loop<R: Runtime>(
+        &self,
+        hub: &Hub,
+        deliver: &Deliver,
+        pubsub: (PubSubSink, PubSubStream),
+        stopped: &mut watch::Receiver<bool>,
     ) {
         let mut rooms = Subscriber::new(self.node);
         let mut backoff = self.backoff();
         let mut pubsub = Some(pubsub);
         loop {
-            let current = match pubsub.take() {
+            let (mut sink, mut messages) = match pubsub.take() {
                 Some(current) => current,
                 None => match self.subscribe().await {
                     Ok(current) => current,
                     Err(error) => {
+                        self.change_subscriptions(Subscriptions::disconnected);
                         tracing::warn!(%error, "backplane: redis subscription failed");
-                        if Self::wait_retry::<R>(&mut backoff, &mut stopped).await {
+                        if Self::wait_retry::<R>(&mut backoff, stopped).await {
                             continue;
                         }
                         return;
@@ -742,18 +902,30 @@ impl RedisBackplane {
                 },
             };
             backoff.connected(Instant::now());
-            let mut messages = current.into_on_message();
             loop {
-                tokio::select! {
+                // `None`: the room subscriptions changed.
+                let message = tokio::select! {
                     message = messages.next() => match message {
-                        Some(message) => self.receive(&hub, &deliver, &mut rooms, &message),
+                        Some(message) => Some(message),
                         None => break,
                     },
+                    () = self.subscriptions_changed.notified() => None,
                     _ = stopped.wait_for(|stop| *stop) => return,
+                };
+                match message {
+                    Some(message) => self.receive(hub, deliver, &mut rooms, &message),
+                    None => {
+                        let commands = self.run_subscription_commands(&mut sink, Some(&mut rooms));
+                        if let Err(error) = commands.await {
+                            tracing::warn!(%error, "backplane: redis subscribe failed");
+                            break;
+                        }
+                    }
                 }
             }
+            self.change_subscriptions(Subscriptions::disconnected);
             tracing::warn!("backplane: redis subscription lost; resubscribing");
-            if !Self::wait_retry::<R>(&mut backoff, &mut stopped).await {
+            if !Self::wait_retry::<R>(&mut backoff, stopped).await {
                 return;
             }
         }
@@ -794,12 +966,11 @@ impl RedisBackplane {
                 return;
             }
         };
-        // An ordered publication goes to `Deliver` even with no member
-        // here: the service may have sessions about to enter the room (a
-        // chat's joining sessions wait for it), and decides itself.
-        if hub.member_count(room) == 0 && !envelope.echo {
-            // Nobody here to deliver to, and nothing to track: the next
-            // message after a member joins starts the room's sequence anew.
+        if !lock(&self.subscriptions).is_held(room) {
+            // On its way as the node unsubscribed: nobody here to deliver
+            // to, and nothing to track (the next message after the room
+            // is held again starts its sequence anew).
+            bump(&c.not_held, 1);
             rooms.forget(room);
             return;
         }
@@ -816,8 +987,10 @@ impl RedisBackplane {
             _ => {}
         }
         if inbound.deliver() {
-            deliver(hub, room, envelope.position, &envelope.message);
+            // Counted first: whoever sees the message sees it counted (a
+            // member on another thread than this task's).
             bump(&c.delivered, 1);
+            deliver(hub, room, envelope.position, &envelope.message);
         } else if inbound.own {
             bump(&c.own, 1);
         } else {
@@ -973,17 +1146,35 @@ impl RedisBackplane {
 
     /// Keeps Redis told of this node's presence: what changed as soon as
     /// it changed ([`present`](Self::present), [`absent`](Self::absent)),
-    /// every entry again every third of the TTL. A write that fails is
-    /// logged and made good by the next refresh; a removal that fails, by
-    /// the entry's expiry.
-    async fn run_presence<R: Runtime>(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
+    /// every entry again every third of the TTL; and of this node's
+    /// [`NodeStats`] (`hub`'s sessions and groups) at each of those turns,
+    /// so [`nodes`](Self::nodes) sees them within a third of the TTL. A
+    /// write that fails is logged and made good by the next refresh; a
+    /// removal that fails, by the entry's expiry. Stopped, it removes this
+    /// node's stats.
+    async fn run_presence<R: Runtime>(
+        self: Arc<Self>,
+        hub: Hub,
+        mut stopped: watch::Receiver<bool>,
+    ) {
         let period = self.config.presence_ttl / 3;
-        let mut next_refresh = Instant::now() + period;
+        let mut next_refresh = Instant::now();
         loop {
-            let refresh = tokio::select! {
-                () = R::sleep_until(next_refresh) => true,
-                () = self.presence_changed.notified() => false,
-                _ = stopped.wait_for(|stop| *stop) => return,
+            // `None`: stopped.
+            let turn = tokio::select! {
+                () = R::sleep_until(next_refresh) => Some(true),
+                () = self.presence_changed.notified() => Some(false),
+                _ = stopped.wait_for(|stop| *stop) => None,
+            };
+            let Some(refresh) = turn else {
+                let mut command = redis::cmd("HDEL");
+                command
+                    .arg(self.channels.node_stats())
+                    .arg(self.node.to_string());
+                if let Err(error) = self.query::<u64>(&command).await {
+                    tracing::warn!(%error, "backplane: node stats removal failed");
+                }
+                return;
             };
             let (removed, written) = {
                 let mut state = lock(&self.presence);
@@ -1008,7 +1199,51 @@ impl RedisBackplane {
                     tracing::warn!(room, %error, "backplane: presence write failed");
                 }
             }
+            let stats = NodeStats {
+                sessions: u64::try_from(hub.session_count()).unwrap_or(u64::MAX),
+                rooms: u64::try_from(hub.group_count()).unwrap_or(u64::MAX),
+            };
+            if let Err(error) = self.report(stats).await {
+                tracing::warn!(%error, "backplane: node stats write failed");
+            }
         }
+    }
+
+    /// Writes this node's `stats`, alive for the presence TTL.
+    async fn report(&self, stats: NodeStats) -> Result<(), Error> {
+        let mut tail = redis::Cmd::new();
+        tail.arg(1)
+            .arg(self.channels.node_stats())
+            .arg(millis(Some(self.config.presence_ttl)))
+            .arg(self.node.to_string())
+            .arg(stats.to_string());
+        self.query_script::<u64>(&REPORT, &tail).await.map(drop)
+    }
+
+    /// Every live node's [`NodeStats`] (this one's included), as each last
+    /// wrote them: at each change of its presence and every third of
+    /// [`RedisConfig::presence_ttl`]; a node that stopped or died drops
+    /// out within the TTL. Sorted by node id. What a service sums for
+    /// figures across nodes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Redis`] if Redis is unreachable or refuses;
+    /// [`Error::Reply`] for an entry no node writes.
+    pub async fn nodes(&self) -> Result<Vec<(NodeId, NodeStats)>, Error> {
+        let mut tail = redis::Cmd::new();
+        tail.arg(1).arg(self.channels.node_stats());
+        let flat: Vec<String> = self.query_script(&NODES, &tail).await?;
+        let mut nodes = flat
+            .chunks(2)
+            .map(|pair| match pair {
+                [node, stats] => node.parse().ok().zip(stats.parse().ok()),
+                _ => None,
+            })
+            .collect::<Option<Vec<(NodeId, NodeStats)>>>()
+            .ok_or_else(|| Error::Reply("a malformed node stats entry".to_owned()))?;
+        nodes.sort_unstable_by_key(|(node, _)| *node);
+        Ok(nodes)
     }
 
     /// Runs `command` on the command connection, connecting first if
@@ -1305,6 +1540,50 @@ impl Backplane for RedisBackplane {
     /// waits. A full queue drops it for other nodes (counted, logged).
     fn publish(&self, group: &str, message: &Message) {
         self.enqueue(group, message, false);
+    }
+
+    /// The group's room is held while it has a local member.
+    fn group_opened(&self, group: &str) {
+        self.hold_room(group);
+    }
+
+    fn group_closed(&self, group: &str) {
+        self.release_room(group);
+    }
+}
+
+/// A room held on this node ([`RedisBackplane::hold`]): its channel stays
+/// subscribed until every hold of it is dropped and its hub group has no
+/// local member.
+#[derive(Debug)]
+pub struct RoomHold {
+    backplane: Arc<RedisBackplane>,
+    room: String,
+}
+
+impl RoomHold {
+    /// The room.
+    pub fn room(&self) -> &str {
+        &self.room
+    }
+
+    /// Waits until the room's subscription is confirmed: the gap-free
+    /// contract of a join. Every message published in the room after it
+    /// resolves with [`Ready::Subscribed`] reaches this node, so a history
+    /// read started after that (a [`recover`](RedisBackplane::recover), a
+    /// [`position`](RedisBackplane::position)) meets the live stream without
+    /// a gap: what both carry has the same position, and the overlap is
+    /// told apart by it. [`Ready::Down`] when the subscription connection is
+    /// down (or breaks first): messages may then be missed, and the join
+    /// should say so.
+    pub fn subscribed(&self) -> impl Future<Output = Ready> + Send + 'static {
+        self.backplane.subscribed(&self.room)
+    }
+}
+
+impl Drop for RoomHold {
+    fn drop(&mut self) {
+        self.backplane.release_room(&self.room);
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::RedisServer;
 use storm_async::Runtime;
-use storm_backplane::proto::{Position, Unrecoverable};
+use storm_backplane::proto::{NodeStats, Position, Ready, Unrecoverable};
 use storm_backplane::redis::{Deliver, Recovery, RedisBackplane, RedisConfig, Running};
 use storm_host::hub::{Hub, HubConfig, Outbox};
 use storm_proto::Message;
@@ -56,14 +56,21 @@ impl Node {
         }
     }
 
-    /// A session of this node in `room`.
-    fn join(&self, room: &str) -> Arc<Outbox> {
-        let session = self
-            .hub
-            .register(self.hub.try_admit().unwrap(), Instant::now())
-            .unwrap();
+    /// A session of this node in `room`, once the node's subscription to
+    /// the room is confirmed (from then on, what any node publishes there
+    /// reaches it).
+    async fn join(&self, room: &str) -> Arc<Outbox> {
+        let session = self.session();
         self.hub.join(session.id(), room).unwrap();
+        assert_eq!(self.backplane.subscribed(room).await, Ready::Subscribed);
         session
+    }
+
+    /// A session of this node, in no room.
+    fn session(&self) -> Arc<Outbox> {
+        self.hub
+            .register(self.hub.try_admit().unwrap(), Instant::now())
+            .unwrap()
     }
 
     async fn stop(mut self) {
@@ -126,10 +133,10 @@ async fn a_room_message_reaches_another_node_exactly_once<R: Runtime>() {
     let Some((_server, a, b)) = two_nodes::<R>(|_| {}, None).await else {
         return;
     };
-    let on_a = a.join("room");
-    let on_b = b.join("room");
-    let also_on_b = b.join("room");
-    let elsewhere = b.join("other");
+    let on_a = a.join("room").await;
+    let on_b = b.join("room").await;
+    let also_on_b = b.join("room").await;
+    let elsewhere = b.join("other").await;
 
     let report = a.hub.broadcast_group("room", &Message::from("one"), None);
     assert_eq!(report.delivered, 1); // the local member
@@ -171,7 +178,7 @@ async fn a_client_recovers_exactly_the_range_it_missed<R: Runtime>() {
     let Some((_server, a, b)) = two_nodes::<R>(|c| c.history_len = 4, None).await else {
         return;
     };
-    let on_b = b.join("room");
+    let on_b = b.join("room").await;
     let start = b.backplane.position("room").await.unwrap();
     assert_eq!(start.offset, 0);
 
@@ -228,8 +235,8 @@ async fn redis_down_then_restarted_empty_changes_the_epoch<R: Runtime>() {
     let Some((mut server, a, b)) = two_nodes::<R>(|_| {}, None).await else {
         return;
     };
-    let on_a = a.join("room");
-    let on_b = b.join("room");
+    let on_a = a.join("room").await;
+    let on_b = b.join("room").await;
     a.hub
         .broadcast_group("room", &Message::from("before"), None);
     assert_eq!(text(&next::<R>(&on_b).await), "before");
@@ -310,7 +317,7 @@ async fn without_history_messages_cross_unpositioned<R: Runtime>() {
     let Some((_server, a, b)) = two_nodes::<R>(|c| c.history_len = 0, None).await else {
         return;
     };
-    let on_b = b.join("room");
+    let on_b = b.join("room").await;
     for message in ["x", "y"] {
         a.hub.broadcast_group("room", &Message::from(message), None);
         assert_eq!(text(&next::<R>(&on_b).await), message);
@@ -329,7 +336,7 @@ async fn an_idle_rooms_history_expires_and_its_epoch_with_it<R: Runtime>() {
     let Some((_server, a, b)) = two_nodes::<R>(|c| c.history_ttl = Some(ttl), None).await else {
         return;
     };
-    let on_b = b.join("room");
+    let on_b = b.join("room").await;
     a.hub.broadcast_group("room", &Message::from("m"), None);
     assert_eq!(text(&next::<R>(&on_b).await), "m"); // so it is appended
     let before = a.backplane.position("room").await.unwrap();
@@ -366,8 +373,8 @@ async fn ordered_messages_reach_every_node_in_one_order_with_their_offsets<R: Ru
     let Some((_server, a, b)) = two_nodes::<R>(|_| {}, Some(render)).await else {
         return;
     };
-    let on_a = a.join("room");
-    let on_b = b.join("room");
+    let on_a = a.join("room").await;
+    let on_b = b.join("room").await;
 
     // Published from both nodes at once: whatever order Redis picks, both
     // nodes' members (the publishers' own included) see that one order,
@@ -399,7 +406,7 @@ async fn a_burst_crosses_in_order<R: Runtime>() {
     let Some((_server, a, b)) = two_nodes::<R>(|_| {}, None).await else {
         return;
     };
-    let on_b = b.join("room");
+    let on_b = b.join("room").await;
     const BURST: usize = 500;
     // Queued faster than one round trip each: the publisher pipelines them.
     for i in 0..BURST {
@@ -430,7 +437,7 @@ async fn node_messages_reach_the_named_node_or_every_other_one<R: Runtime>() {
         };
         assert!(node.backplane.on_node_message(Arc::new(to_everyone)));
     }
-    let (at_a, at_b) = (a.join("x"), b.join("x"));
+    let (at_a, at_b) = (a.join("x").await, b.join("x").await);
     assert!(
         a.backplane
             .to_node(b.backplane.node().tag(), &Message::from("to b"))
@@ -498,14 +505,255 @@ fn a_tokio_node_drives_its_connections_on_tokio() {
     });
 }
 
+/// How many connections subscribe to each of `channels`, as Redis counts
+/// them (`PUBSUB NUMSUB`), through a connection of the test's own.
+async fn subscribers(server: &RedisServer, channels: &[&str]) -> Vec<u64> {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let mut command = redis::cmd("PUBSUB");
+    command.arg("NUMSUB").arg(channels);
+    let counts: Vec<(String, u64)> = command.query_async(&mut connection).await.unwrap();
+    counts.into_iter().map(|(_, count)| count).collect()
+}
+
+/// Asks Redis until `channels` have `expected` subscribers, within
+/// [`EVENT_TIMEOUT`] (an unsubscribe is not waited for by anyone).
+async fn wait_for_subscribers(server: &RedisServer, channels: &[&str], expected: &[u64]) {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let counts = subscribers(server, channels).await;
+        if counts == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{channels:?}: {counts:?}");
+        ::smol::future::yield_now().await;
+    }
+}
+
+async fn a_node_receives_only_the_rooms_it_has_members_in<R: Runtime>() {
+    let Some((server, a, b)) = two_nodes::<R>(|_| {}, None).await else {
+        return;
+    };
+    let on_a = a.join("busy").await;
+    let on_b = b.join("marker").await;
+    // Each room's channel has one subscriber: the node with a member.
+    let channels = ["test.room.busy", "test.room.marker", "test.room.empty"];
+    assert_eq!(subscribers(&server, &channels).await, [1, 1, 0]);
+
+    // A publishes in rooms B has no member in, then in B's: Redis sends
+    // them to B in that order, so once the last is at B, the others would
+    // have been too.
+    for i in 0..50 {
+        a.hub
+            .broadcast_group("busy", &Message::from(format!("b{i}")), None);
+        a.hub
+            .broadcast_group("empty", &Message::from(format!("e{i}")), None);
+    }
+    a.hub
+        .broadcast_group("marker", &Message::from("last"), None);
+    assert_eq!(text(&next::<R>(&on_b).await), "last");
+    let stats = b.backplane.stats();
+    assert_eq!((stats.received, stats.delivered), (1, 1), "{stats:?}");
+    assert_eq!(queued(&on_a).len(), 50); // A's own member, locally
+
+    // B's last member leaves: B unsubscribes; a member joins again: B
+    // subscribes again and receives the room once more.
+    b.hub.disconnect(on_b.id());
+    wait_for_subscribers(&server, &channels, &[1, 0, 0]).await;
+    // Published while B is away (appended before B is back).
+    a.hub
+        .broadcast_group("marker", &Message::from("away"), None);
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while a.backplane.position("marker").await.unwrap().offset < 2 {
+        assert!(Instant::now() < deadline, "A publishes");
+        ::smol::future::yield_now().await;
+    }
+    let again = b.join("marker").await;
+    assert_eq!(subscribers(&server, &channels).await, [1, 1, 0]);
+    a.hub
+        .broadcast_group("marker", &Message::from("again"), None);
+    assert_eq!(text(&next::<R>(&again).await), "again");
+    let stats = b.backplane.stats();
+    // Not received while away, and not taken for missed once back: the
+    // new subscription starts the room's sequence anew.
+    assert_eq!((stats.received, stats.missed), (2, 0), "{stats:?}");
+    a.stop().await;
+    b.stop().await;
+}
+
+// On two threads (tokio's; smol's tasks run on its executor's thread, the
+// joins on the test's): the join, the publisher and the subscriber run at
+// once.
+async fn a_join_meets_the_live_stream_without_a_gap_or_a_duplicate<R: Runtime>() {
+    // B's deliveries, with their rooms and offsets, as they come.
+    type Delivered = (String, u64, String);
+    let (live, mut arrived) = ::tokio::sync::mpsc::unbounded_channel::<Delivered>();
+    let record: Deliver = Arc::new(
+        move |_: &Hub, room: &str, at: Option<Position>, message: &Message| {
+            let offset = at.expect("history is on").offset;
+            let _ = live.send((room.to_owned(), offset, text(message).to_owned()));
+        },
+    );
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let a = Node::start::<R>(&server, |_| {}, None).await;
+    let b = Node::start::<R>(&server, |_| {}, Some(record)).await;
+
+    // A publishes in every room without pause (bounded) while clients of B
+    // come back to one room after another with the position they last
+    // saw: each join meets its room's stream somewhere inside it.
+    const ROOMS: [&str; 5] = ["r0", "r1", "r2", "r3", "r4"];
+    const MOST: u64 = 20_000;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (published, publishing) = ::tokio::sync::oneshot::channel();
+    {
+        let (hub, done) = (a.hub.clone(), done.clone());
+        R::spawn(async move {
+            for i in 1..=MOST {
+                for room in ROOMS {
+                    hub.broadcast_group(room, &Message::from(format!("m{i}")), None);
+                }
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                if i % 8 == 0 {
+                    ::smol::future::yield_now().await;
+                }
+            }
+            let _ = published.send(());
+        });
+    }
+    let mut holds = Vec::new();
+    for room in ROOMS {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        let since = loop {
+            let at = b.backplane.position(room).await.unwrap();
+            if at.offset >= 10 {
+                break at;
+            }
+            assert!(Instant::now() < deadline, "A publishes");
+            ::smol::future::yield_now().await;
+        };
+        // The join: hold the room, wait for its subscription, then read
+        // what was missed; live messages past the recovery's top follow.
+        let hold = b.backplane.hold(room);
+        assert_eq!(hold.subscribed().await, Ready::Subscribed);
+        let Recovery::Recovered { messages, top } = b.backplane.recover(room, since).await.unwrap()
+        else {
+            panic!("recoverable");
+        };
+        holds.push(hold);
+        let mut got: Vec<(u64, String)> = messages
+            .iter()
+            .map(|(at, m)| (at.offset, text(m).to_owned()))
+            .collect();
+        let boundary = top.offset;
+        // Up to 100 past the boundary, live.
+        while got.last().map_or(since.offset, |(offset, _)| *offset) < boundary + 100 {
+            let (from, offset, message) = within::<R, _>(EVENT_TIMEOUT, arrived.recv())
+                .await
+                .expect("the live stream goes on")
+                .expect("B runs");
+            if from == room && offset > boundary {
+                got.push((offset, message));
+            }
+        }
+        // Every offset once, in order, from the client's position on (A's
+        // publications beyond its queue are dropped before they get one),
+        // each with a later message than the one before: the first that is
+        // not where it should be, if any (a gap or a duplicate).
+        let number = |message: &str| message[1..].parse::<u64>().unwrap();
+        let wrong = got
+            .iter()
+            .zip(since.offset + 1..)
+            .zip(got.iter().skip(1))
+            .find(|(((offset, message), i), (_, next))| {
+                *offset != *i || number(message) >= number(next)
+            });
+        assert_eq!(
+            wrong, None,
+            "{room} from {since}, recovered up to {boundary}"
+        );
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    within::<R, _>(EVENT_TIMEOUT, publishing)
+        .await
+        .expect("A stops publishing")
+        .expect("A's publishing ran to its end");
+    let stats = b.backplane.stats();
+    assert_eq!(stats.missed, 0, "{stats:?}");
+    drop(holds);
+    a.stop().await;
+    b.stop().await;
+}
+
+async fn every_node_s_stats_are_seen_from_every_node<R: Runtime>() {
+    // Stats are written with each presence refresh (every 300 ms here);
+    // long enough that a loaded machine does not miss two in a row.
+    let ttl = Duration::from_millis(900);
+    let Some((_server, a, b)) = two_nodes::<R>(|c| c.presence_ttl = ttl, None).await else {
+        return;
+    };
+    let _on_a = a.join("x").await;
+    let _on_b = (b.join("x").await, b.join("y").await, b.session());
+    let expected = {
+        let mut both = vec![
+            (
+                a.backplane.node(),
+                NodeStats {
+                    sessions: 1,
+                    rooms: 1,
+                },
+            ),
+            (
+                b.backplane.node(),
+                NodeStats {
+                    sessions: 3,
+                    rooms: 2,
+                },
+            ),
+        ];
+        both.sort_unstable_by_key(|(node, _)| *node);
+        both
+    };
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let seen = a.backplane.nodes().await.unwrap();
+        if seen == expected {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{seen:?}");
+        ::smol::future::yield_now().await;
+    }
+    assert_eq!(b.backplane.nodes().await.unwrap(), expected);
+    // A node that stops takes its stats with it.
+    let gone = b.backplane.node();
+    b.stop().await;
+    let left = a.backplane.nodes().await.unwrap();
+    assert!(left.iter().all(|(node, _)| *node != gone), "{left:?}");
+    a.stop().await;
+}
+
 /// A way to run a scenario to its end from the test's thread.
 trait BlockOn: Runtime {
-    fn block_on(scenario: impl Future<Output = ()>);
+    /// Runs `scenario` with its tasks on `threads` threads, where the
+    /// runtime lets the test choose (tokio: one is the test's own);
+    /// smol's spawned tasks run on its global executor's thread.
+    fn block_on(threads: usize, scenario: impl Future<Output = ()>);
 }
 
 impl BlockOn for storm_tokio::Tokio {
-    fn block_on(scenario: impl Future<Output = ()>) {
-        ::tokio::runtime::Builder::new_current_thread()
+    fn block_on(threads: usize, scenario: impl Future<Output = ()>) {
+        let mut builder = match threads {
+            1 => ::tokio::runtime::Builder::new_current_thread(),
+            _ => {
+                let mut builder = ::tokio::runtime::Builder::new_multi_thread();
+                builder.worker_threads(threads);
+                builder
+            }
+        };
+        builder
             .enable_all()
             .build()
             .expect("a tokio runtime")
@@ -514,21 +762,28 @@ impl BlockOn for storm_tokio::Tokio {
 }
 
 impl BlockOn for storm_smol::Smol {
-    fn block_on(scenario: impl Future<Output = ()>) {
+    fn block_on(_threads: usize, scenario: impl Future<Output = ()>) {
         ::smol::block_on(scenario);
     }
 }
 
 /// Each scenario `fn NAME<R: Runtime>()` as tests `tokio::NAME` and
-/// `smol::NAME`.
+/// `smol::NAME`: those before the `;` on one thread, those after it on two.
 macro_rules! on_runtimes {
-    ($($scenario:ident),* $(,)?) => {
+    ($($scenario:ident),* $(,)? ; $($threaded:ident),* $(,)?) => {
         mod tokio {
             $(
                 #[test]
                 fn $scenario() {
                     use super::BlockOn;
-                    storm_tokio::Tokio::block_on(super::$scenario::<storm_tokio::Tokio>());
+                    storm_tokio::Tokio::block_on(1, super::$scenario::<storm_tokio::Tokio>());
+                }
+            )*
+            $(
+                #[test]
+                fn $threaded() {
+                    use super::BlockOn;
+                    storm_tokio::Tokio::block_on(2, super::$threaded::<storm_tokio::Tokio>());
                 }
             )*
         }
@@ -537,7 +792,14 @@ macro_rules! on_runtimes {
                 #[test]
                 fn $scenario() {
                     use super::BlockOn;
-                    storm_smol::Smol::block_on(super::$scenario::<storm_smol::Smol>());
+                    storm_smol::Smol::block_on(1, super::$scenario::<storm_smol::Smol>());
+                }
+            )*
+            $(
+                #[test]
+                fn $threaded() {
+                    use super::BlockOn;
+                    storm_smol::Smol::block_on(2, super::$threaded::<storm_smol::Smol>());
                 }
             )*
         }
@@ -555,4 +817,7 @@ on_runtimes!(
     a_burst_crosses_in_order,
     node_messages_reach_the_named_node_or_every_other_one,
     presence_changes_reach_redis_in_their_order_without_waiting,
+    a_node_receives_only_the_rooms_it_has_members_in,
+    every_node_s_stats_are_seen_from_every_node;
+    a_join_meets_the_live_stream_without_a_gap_or_a_duplicate,
 );

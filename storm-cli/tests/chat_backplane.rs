@@ -58,8 +58,13 @@ impl Node {
     fn start(redis: &RedisServer, runtime: &str, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_storm"))
             .args(["chat", "--addr", "127.0.0.1:0", "--no-http"])
-            .args(["--tick-ms", "0", "--backplane", &redis.url()])
+            .args(["--backplane", &redis.url()])
             .args(["--runtime", runtime])
+            .args(if extra.contains(&"--tick-ms") {
+                &[][..]
+            } else {
+                &["--tick-ms", "0"][..]
+            })
             .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -446,6 +451,13 @@ fn user_lists_span_nodes_and_a_killed_node_s_users_leave_within_the_ttl() {
         };
         assert_eq!(room_of("alice"), Some(json!("lobby")));
         assert_eq!(room_of("bob"), Some(json!("rust")));
+        // B's directory entry for bob reaches Redis on its own time, not
+        // before bob's `joined`: A lists bob in his room once it has.
+        alice.users_until(|users| {
+            users
+                .iter()
+                .any(|u| u["name"] == "bob" && u["room"] == "rust")
+        });
         alice.send(&json!({"type": "rooms"}));
         let rooms = alice.expect("rooms");
         assert_eq!(
@@ -629,5 +641,38 @@ fn a_slow_session_gets_its_whole_recovery() {
         back.own("joined");
         alice.say("live");
         back.until(|v| v["type"] == "chat" && v["text"] == "live");
+    });
+}
+
+#[test]
+fn the_tick_and_the_console_count_every_node_s_users() {
+    on_each_runtime(|redis, runtime| {
+        // Each node reports its sessions with its presence: at each change,
+        // and every 300 ms here.
+        let extra = ["--tick-ms", "100", "--backplane-presence-ttl-ms", "900"];
+        let mut a = Node::start(&redis, runtime, &extra);
+        let b = Node::start(&redis, runtime, &extra);
+        let mut on_a = a.client();
+        let _on_b = (b.client(), b.client());
+        // One user here, two on B: the tick says three.
+        let ticks = on_a.until(|v| v["type"] == "tick" && v["users"] == 3);
+        assert!(
+            ticks
+                .iter()
+                .all(|v| v["type"] != "tick" || v["users"].as_u64() <= Some(3)),
+            "{ticks:?}"
+        );
+        let stats = a.console("/stats", |line| line.contains(" sessions on "));
+        assert_eq!(
+            stats.last().map(String::as_str),
+            Some("3 sessions on 2 nodes"),
+            "{stats:?}"
+        );
+        assert!(
+            stats
+                .iter()
+                .any(|line| line.starts_with("this node: 1 sessions")),
+            "{stats:?}"
+        );
     });
 }

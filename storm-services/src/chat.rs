@@ -116,17 +116,21 @@
 //! name another node lists, through that node (a node message). A room
 //! event the backplane cannot publish still reaches this node's members,
 //! without a position, followed by
-//! `{"type":"local_only","room":"rust","reason":"…"}`. The tick's user
-//! count stays per node.
+//! `{"type":"local_only","room":"rust","reason":"…"}`. The tick's `users`
+//! counts every node's users: this node's as they are, the others' as each
+//! last reported them with its directory entries (at each change, and
+//! every third of the presence TTL); this node's alone when Redis cannot
+//! be read.
 //!
 //! # Admin console
 //!
 //! Lines on stdin: `/sessions`, `/kick <id>` (closes with 1008 "kicked"),
-//! `/broadcast <text>`, `/rooms`, `/info <id>`, `/stop` (closes every session
+//! `/broadcast <text>`, `/rooms`, `/info <id>`, `/stats` (each node's sessions
+//! and rooms, and the sum), `/stop` (closes every session
 //! gracefully, aborts what is left after 5 s, exits 0), `/help`. Ids may be
 //! written `3` or `#3`, across nodes `0a1b2c3d-3` or `#0a1b2c3d-3` too.
-//! Across nodes `/sessions`, `/rooms`, `/info`, `/kick` and `/broadcast`
-//! see and act on every node. End of input leaves the server running.
+//! Across nodes `/sessions`, `/rooms`, `/info`, `/kick`, `/broadcast` and
+//! `/stats` see and act on every node. End of input leaves the server running.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, BufRead};
@@ -416,7 +420,7 @@ fn announce(
         let scheme = if tls.is_some() { "https" } else { "http" };
         println!("storm chat page on {scheme}://{}/", listener.local_addr()?);
     }
-    println!("console: /sessions  /kick <id>  /broadcast <msg>  /rooms  /info <id>  /stop");
+    println!("console: /sessions  /kick <id>  /broadcast <msg>  /rooms  /info <id>  /stats  /stop");
     Ok(http.map(|listener| {
         let html = PAGE
             .replace("__STORM_WS_PORT__", &ws_addr.port().to_string())
@@ -455,6 +459,9 @@ struct User {
     name: String,
     room: Option<String>,
     session: Session,
+    /// Across nodes: keeps this node subscribed to `room` while the user
+    /// is in it (the hub's groups do not tell the backplane).
+    held: Option<storm_backplane::redis::RoomHold>,
 }
 
 /// Users by session id, and ids by name.
@@ -711,7 +718,12 @@ impl Chat {
             };
             let more = nodes::buffered(&room, pending);
             if more.is_empty() {
-                registry.pending.remove(&id);
+                // The pending entry's hold of the room goes to the user:
+                // the room stays subscribed while the user is in it.
+                let held = registry.pending.remove(&id).and_then(|p| p.hold);
+                if let Some(user) = registry.users.get_mut(&id) {
+                    user.held = held;
+                }
                 if let Err(error) = session.join(&room) {
                     let _ = session.try_send(encode(&Out::Error {
                         error: &error.to_string(),
@@ -738,6 +750,7 @@ impl Chat {
                 name: name.clone(),
                 room: None,
                 session: session.clone(),
+                held: None,
             };
             self.relist(None, Some(&self.info(id, &user)));
             registry.names.insert(name.clone(), id);
@@ -820,12 +833,31 @@ impl Chat {
         }
     }
 
-    /// Sends the tick to everyone.
+    /// Sends the tick to everyone: across nodes, with every node's users
+    /// (the other nodes' as they last reported them: see
+    /// [`nodes::Nodes::other_sessions`]; this node's alone when they cannot
+    /// be read).
     fn tick(&self) {
+        match (&self.nodes, self.me.upgrade()) {
+            (Some(nodes), Some(me)) => nodes.spawn(async move {
+                let Some(nodes) = &me.nodes else { return };
+                let others = nodes.other_sessions().await.unwrap_or_else(|error| {
+                    tracing::debug!(%error, "chat: the other nodes' users are unknown");
+                    0
+                });
+                me.send_tick(others);
+            }),
+            _ => self.send_tick(0),
+        }
+    }
+
+    /// Sends the tick with this node's users and `others`.
+    fn send_tick(&self, others: u64) {
         let time_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let users = self.registry().users.len();
+        let here = u64::try_from(self.registry().users.len()).unwrap_or(u64::MAX);
+        let users = here.saturating_add(others);
         self.server
             .hub()
             .broadcast(&encode(&Out::Tick { time_ms, users }), None);
@@ -904,7 +936,7 @@ enum Out<'a> {
     },
     Tick {
         time_ms: u64,
-        users: usize,
+        users: u64,
     },
     Broadcast {
         from: &'a str,
@@ -1109,6 +1141,7 @@ fn handle(chat: &Chat, session: &Session, command: Command) -> Result<Option<Mes
                 let user = registry.users.get_mut(&id).ok_or("not registered")?;
                 let before = chat.info(id, user);
                 let left = (user.name.clone(), user.room.take());
+                user.held = None;
                 chat.relist(Some(&before), Some(&chat.info(id, user)));
                 registry.pending.remove(&id);
                 left
@@ -1218,6 +1251,7 @@ fn listing(users: Vec<UserInfo>, rooms: bool) -> Message {
 fn join(chat: &Chat, session: &Session, room: &str, since: Option<Position>) -> Result<(), String> {
     let id = session.id();
     let ticket = chat.tickets.fetch_add(1, Ordering::Relaxed);
+    let mut subscribed = None;
     let (name, old) = {
         let mut registry = chat.registry();
         let user = registry.users.get_mut(&id).ok_or("not registered")?;
@@ -1229,9 +1263,11 @@ fn join(chat: &Chat, session: &Session, room: &str, since: Option<Position>) -> 
         }
         let before = chat.info(id, user);
         let moved = (user.name.clone(), user.room.replace(room.to_owned()));
+        user.held = None;
         chat.relist(Some(&before), Some(&chat.info(id, user)));
-        if chat.nodes.is_some() {
-            let pending = nodes::Pending::new(room, ticket);
+        if let Some(nodes) = &chat.nodes {
+            let pending = nodes.pending(room, ticket);
+            subscribed = pending.hold.as_ref().map(|hold| hold.subscribed());
             registry.pending.insert(id, pending);
         }
         moved
@@ -1250,10 +1286,11 @@ fn join(chat: &Chat, session: &Session, room: &str, since: Option<Position>) -> 
         id: chat.id_of(id),
         name: &name,
     };
-    match (&chat.nodes, chat.me.upgrade()) {
-        (Some(nodes), Some(me)) => {
+    match (&chat.nodes, chat.me.upgrade(), subscribed) {
+        (Some(nodes), Some(me), Some(subscribed)) => {
             let joined = encode(&joined);
-            nodes.sync(me, session.clone(), room.to_owned(), since, ticket, joined);
+            let room = room.to_owned();
+            nodes.sync(me, session.clone(), room, since, ticket, joined, subscribed);
         }
         _ => chat.to_room(room, &joined),
     }
@@ -1389,6 +1426,7 @@ fn console(chat: &Chat, line: &str) -> Console {
             },
             Err(e) => println!("{e}"),
         },
+        "/stats" => print_stats(chat),
         "/stop" => {
             println!(
                 "stopping: closing {} sessions",
@@ -1397,10 +1435,44 @@ fn console(chat: &Chat, line: &str) -> Console {
             return Console::Stop;
         }
         _ => {
-            println!("commands: /sessions  /kick <id>  /broadcast <msg>  /rooms  /info <id>  /stop")
+            println!(
+                "commands: /sessions  /kick <id>  /broadcast <msg>  /rooms  /info <id>  /stats  /stop"
+            )
         }
     }
     Console::Continue
+}
+
+/// `/stats`: each node's sessions and rooms (this one's as they are now,
+/// the others' as they last reported them), and the sum.
+fn print_stats(chat: &Chat) {
+    let hub = chat.server.hub();
+    let here = storm_proto::backplane::NodeStats {
+        sessions: u64::try_from(hub.session_count()).unwrap_or(u64::MAX),
+        rooms: u64::try_from(hub.group_count()).unwrap_or(u64::MAX),
+    };
+    let mut nodes = vec![(String::from("this node"), here)];
+    if let (Some(backplane), Some(me)) = (&chat.nodes, chat.me.upgrade()) {
+        let others = backplane.block_on(async move {
+            match &me.nodes {
+                Some(nodes) => nodes.other_nodes().await,
+                None => Ok(Vec::new()),
+            }
+        });
+        match others.unwrap_or_else(|| Err("the node is stopping".to_owned())) {
+            Ok(others) => nodes.extend(
+                others
+                    .into_iter()
+                    .map(|(tag, stats)| (format!("node {tag}"), stats)),
+            ),
+            Err(error) => println!("the other nodes' stats are unknown: {error}"),
+        }
+    }
+    for (node, stats) in &nodes {
+        println!("{node}: {} sessions, {} rooms", stats.sessions, stats.rooms);
+    }
+    let sessions: u64 = nodes.iter().map(|(_, stats)| stats.sessions).sum();
+    println!("{sessions} sessions on {} nodes", nodes.len());
 }
 
 /// A session the console names.

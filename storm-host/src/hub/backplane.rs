@@ -22,4 +22,22 @@ use storm_proto::Message;
 pub trait Backplane: Send + Sync {
     /// Publishes `message` for the members of `group` on other nodes.
     fn publish(&self, group: &str, message: &Message);
+
+    /// `group` got its first local member: a backplane that receives per
+    /// group (one subscription per room) starts receiving it.
+    ///
+    /// Called under the hub's groups lock, so that a group's `opened` and
+    /// [`closed`](Self::group_closed) alternate in the order its
+    /// membership changed: it must only record the change (never block,
+    /// never call back into the hub). Default: nothing.
+    fn group_opened(&self, group: &str) {
+        let _ = group;
+    }
+
+    /// `group` lost its last local member (it left or disconnected): the
+    /// backplane may stop receiving it. Called like
+    /// [`group_opened`](Self::group_opened). Default: nothing.
+    fn group_closed(&self, group: &str) {
+        let _ = group;
+    }
 }

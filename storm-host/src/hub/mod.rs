@@ -629,12 +629,17 @@ impl Hub {
                 max: config.max_groups_per_session,
             });
         }
-        let name: Arc<str> = match by_name.get_key_value(group) {
-            Some((name, _)) => Arc::clone(name),
-            None => Arc::from(group),
+        let (name, opened) = match by_name.get_key_value(group) {
+            Some((name, _)) => (Arc::clone(name), false),
+            None => (Arc::from(group), true),
         };
         mine.insert(Arc::clone(&name));
         by_name.entry(name).or_default().insert(id, session);
+        if opened {
+            if let Some(backplane) = &self.shared.backplane {
+                backplane.group_opened(group);
+            }
+        }
         Ok(true)
     }
 
@@ -659,6 +664,7 @@ impl Hub {
             members.remove(&id);
             if members.is_empty() {
                 by_name.remove(group);
+                self.group_closed(group);
             }
         }
         true
@@ -680,10 +686,19 @@ impl Hub {
                 members.remove(&id);
                 if members.is_empty() {
                     by_name.remove(name);
+                    self.group_closed(name);
                 }
             }
         }
         mine.len()
+    }
+
+    /// Tells the backplane, if any, that `group` lost its last member
+    /// (under the groups lock: see [`Backplane::group_opened`]).
+    fn group_closed(&self, group: &str) {
+        if let Some(backplane) = &self.shared.backplane {
+            backplane.group_closed(group);
+        }
     }
 
     /// Members of a group (0 for a group that does not exist).

@@ -515,6 +515,41 @@ fn group_broadcast_goes_through_the_backplane() {
     assert_eq!(drain_all(&s).len(), 2);
 }
 
+/// Records which groups the hub says have local members.
+#[derive(Default)]
+struct OpenGroups(Mutex<Vec<String>>);
+
+impl Backplane for OpenGroups {
+    fn publish(&self, _: &str, _: &Message) {}
+
+    fn group_opened(&self, group: &str) {
+        self.0.lock().unwrap().push(format!("+{group}"));
+    }
+
+    fn group_closed(&self, group: &str) {
+        self.0.lock().unwrap().push(format!("-{group}"));
+    }
+}
+
+#[test]
+fn the_backplane_hears_of_a_group_s_first_member_and_its_last() {
+    let backplane = Arc::new(OpenGroups::default());
+    let hub = Hub::with_backplane(HubConfig::default(), Instant::now(), backplane.clone()).unwrap();
+    let (a, b) = (connect(&hub), connect(&hub));
+    hub.join(a.id(), "room").unwrap();
+    hub.join(b.id(), "room").unwrap();
+    hub.join(a.id(), "room").unwrap(); // already in: nothing
+    hub.join(b.id(), "other").unwrap();
+    assert!(hub.leave(a.id(), "room"));
+    assert!(!hub.leave(a.id(), "room"));
+    hub.disconnect(b.id()); // leaves "room" and "other", each its last
+    hub.join(a.id(), "room").unwrap();
+    let mut heard = backplane.0.lock().unwrap().clone();
+    // `leave_all` goes through a session's groups in no set order.
+    heard[2..4].sort();
+    assert_eq!(heard, ["+room", "+other", "-other", "-room", "+room"]);
+}
+
 #[test]
 fn a_hub_has_a_backplane_only_when_given_one() {
     assert!(

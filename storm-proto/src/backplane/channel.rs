@@ -19,6 +19,7 @@ pub const MAX_PREFIX_LEN: usize = 64;
 /// | `PREFIX.history.ROOM` | storage: a room's last messages (a Redis stream) |
 /// | `PREFIX.meta.ROOM` | storage: a room's epoch and last offset |
 /// | `PREFIX.presence.ROOM` | storage: who is in a room, each entry with its expiry |
+/// | `PREFIX.stats.nodes` | storage: every live node's [`NodeStats`](super::NodeStats), each with its expiry |
 ///
 /// A room or user name may hold any character (a `.` too): the prefix and
 /// the kind are fixed, so [`parse`](Self::parse) reads the name back whole.
@@ -93,6 +94,7 @@ const ALL: &str = "all";
 const HISTORY: &str = "history";
 const META: &str = "meta";
 const PRESENCE: &str = "presence";
+const STATS: &str = "stats";
 
 impl Channels {
     /// The names under `prefix`.
@@ -182,6 +184,12 @@ impl Channels {
     #[must_use]
     pub fn presence(&self, room: &str) -> String {
         self.name(PRESENCE, room)
+    }
+
+    /// The key of every live node's counts ([`NodeStats`](super::NodeStats)).
+    #[must_use]
+    pub fn node_stats(&self) -> String {
+        self.name(STATS, "nodes")
     }
 
     /// What `channel` is for, `None` if it is not one of this prefix's

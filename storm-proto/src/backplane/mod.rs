@@ -15,6 +15,8 @@
 //! | [`Subscriber`], [`Order`] | per room, what an arriving envelope is: the next one, a duplicate, after a gap (the offsets it skipped), or from a new epoch; and whether it is this node's own |
 //! | [`recover`], [`Unrecoverable`] | the recovery rule: given a client's last position, the room's top and the history window, exactly the messages it missed, or why that is impossible |
 //! | [`Presence`] | who is in which room, each entry alive until a TTL deadline passed in as time |
+//! | [`NodeStats`] | what a node reports of itself (sessions, rooms), so figures span every node |
+//! | [`Subscriptions`] | which rooms' channels a node subscribes to (those with a local member), and joins held back until their room's subscription is confirmed, so recovery and live delivery meet without a gap |
 //!
 //! # Ordering and offsets
 //!
@@ -29,6 +31,7 @@ mod envelope;
 mod presence;
 mod recovery;
 mod sequence;
+mod subscriptions;
 
 use std::fmt;
 use std::num::NonZeroU64;
@@ -42,6 +45,64 @@ pub use envelope::{
 pub use presence::{Presence, PresenceFull};
 pub use recovery::{Unrecoverable, recover, recovery_range};
 pub use sequence::{Inbound, Order, Subscriber};
+pub use subscriptions::{Ready, SubscribeId, SubscriptionCommand, Subscriptions};
+
+/// What one node reports of itself to the others, so that a service's
+/// figures span every node: its sessions and its rooms (those with a local
+/// member). Written as two decimal numbers, `"SESSIONS ROOMS"`.
+///
+/// ```
+/// use storm_proto::backplane::NodeStats;
+///
+/// let stats = NodeStats { sessions: 3, rooms: 2 };
+/// assert_eq!(stats.to_string(), "3 2");
+/// assert_eq!("3 2".parse(), Ok(stats));
+/// assert!("3".parse::<NodeStats>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct NodeStats {
+    /// Sessions connected to the node.
+    pub sessions: u64,
+    /// Rooms with at least one member on the node.
+    pub rooms: u64,
+}
+
+impl fmt::Display for NodeStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.sessions, self.rooms)
+    }
+}
+
+/// A string that is not two decimal numbers separated by a space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeStatsError;
+
+impl fmt::Display for NodeStatsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("node stats are two decimal numbers: sessions and rooms")
+    }
+}
+
+impl std::error::Error for NodeStatsError {}
+
+impl FromStr for NodeStats {
+    type Err = NodeStatsError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (sessions, rooms) = text.split_once(' ').ok_or(NodeStatsError)?;
+        let number = |digits: &str| {
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(NodeStatsError);
+            }
+            digits.parse::<u64>().map_err(|_| NodeStatsError)
+        };
+        Ok(Self {
+            sessions: number(sessions)?,
+            rooms: number(rooms)?,
+        })
+    }
+}
 
 /// One node (process) of a service: 128 bits, random per process start.
 ///

@@ -2,7 +2,7 @@
 //! property tests of the envelope codec, the subscriber's order, the
 //! recovery rule and presence against simple models.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -80,6 +80,39 @@ proptest! {
     }
 }
 
+proptest! {
+    /// Node stats read back as written; any other text is an error, never
+    /// a panic.
+    #[test]
+    fn node_stats_round_trip(sessions in any::<u64>(), rooms in any::<u64>(), text in ".{0,30}") {
+        let stats = NodeStats { sessions, rooms };
+        prop_assert_eq!(stats.to_string().parse(), Ok(stats));
+        if let Ok(parsed) = text.parse::<NodeStats>() {
+            // Only digits around one space (leading zeros aside).
+            prop_assert_eq!(parsed.to_string().parse(), Ok(parsed));
+            prop_assert!(text.bytes().all(|b| b.is_ascii_digit() || b == b' '));
+        }
+    }
+}
+
+#[test]
+fn node_stats_refuse_what_is_not_two_numbers() {
+    for bad in [
+        "",
+        "1",
+        "1 ",
+        " 1",
+        "1  2",
+        "1 2 ",
+        "+1 2",
+        "1 -2",
+        "a b",
+        "1 99999999999999999999",
+    ] {
+        assert_eq!(bad.parse::<NodeStats>(), Err(NodeStatsError), "{bad:?}");
+    }
+}
+
 #[test]
 fn random_ids_and_epochs_differ() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
@@ -114,6 +147,7 @@ fn channel_names_parse_back_to_what_they_name() {
         channels.history("a"),
         channels.meta("a"),
         channels.presence("a"),
+        channels.node_stats(),
         "svc-10.room.a".to_owned(),
         "svc.room.a".to_owned(),
         "svc-1.node.xyz".to_owned(),
@@ -619,5 +653,296 @@ proptest! {
                 prop_assert_eq!(members, expected);
             }
         }
+    }
+}
+
+// ---- room subscriptions ---------------------------------------------------
+
+/// Takes every command and runs it at once, the way a transport would;
+/// the channels subscribed afterwards.
+fn run_all<W>(subs: &mut Subscriptions<W>, server: &mut BTreeSet<String>) {
+    while let Some(command) = subs.poll_command() {
+        match command {
+            SubscriptionCommand::Subscribe { room, id } => {
+                server.insert(room.clone());
+                subs.confirmed(&room, id);
+            }
+            SubscriptionCommand::Unsubscribe { room } => {
+                server.remove(&room);
+            }
+        }
+    }
+}
+
+fn released<W>(subs: &mut Subscriptions<W>) -> Vec<(W, Ready)> {
+    std::iter::from_fn(|| subs.poll_released()).collect()
+}
+
+#[test]
+fn the_first_holder_subscribes_and_the_last_unsubscribes() {
+    let mut subs: Subscriptions<()> = Subscriptions::new();
+    subs.connected();
+    assert!(subs.hold("r"));
+    assert!(!subs.hold("r"));
+    let Some(SubscriptionCommand::Subscribe { room, id }) = subs.poll_command() else {
+        panic!("one subscribe");
+    };
+    assert_eq!(subs.poll_command(), None, "one per room, not per holder");
+    assert!(subs.is_held("r") && !subs.is_subscribed("r"));
+    subs.confirmed(&room, id);
+    assert!(subs.is_subscribed("r"));
+    assert!(!subs.release("r"));
+    assert_eq!(subs.poll_command(), None);
+    assert!(subs.release("r"));
+    assert_eq!(
+        subs.poll_command(),
+        Some(SubscriptionCommand::Unsubscribe { room: "r".into() })
+    );
+    assert!(!subs.is_held("r"));
+    assert!(!subs.release("r"), "releasing a room not held does nothing");
+    assert_eq!(subs.poll_command(), None);
+}
+
+#[test]
+fn a_join_waits_for_the_confirmation_of_its_own_subscription() {
+    let mut subs = Subscriptions::new();
+    subs.connected();
+    subs.hold("r");
+    let Some(SubscriptionCommand::Subscribe { id: first, .. }) = subs.poll_command() else {
+        panic!("subscribe");
+    };
+    // Released and held again before the first subscribe was confirmed:
+    // the room is unsubscribed, then subscribed anew.
+    subs.release("r");
+    subs.hold("r");
+    subs.wait("r", "join");
+    assert_eq!(
+        subs.poll_command(),
+        Some(SubscriptionCommand::Unsubscribe { room: "r".into() })
+    );
+    let Some(SubscriptionCommand::Subscribe { id: second, .. }) = subs.poll_command() else {
+        panic!("subscribe again");
+    };
+    assert_ne!(first, second);
+    // The first confirmation says nothing of the subscription that counts
+    // now: the unsubscribe that follows it ends it.
+    subs.confirmed("r", first);
+    assert!(released(&mut subs).is_empty());
+    subs.confirmed("r", second);
+    assert_eq!(released(&mut subs), [("join", Ready::Subscribed)]);
+    // Subscribed: a later join goes at once.
+    subs.wait("r", "later");
+    assert_eq!(released(&mut subs), [("later", Ready::Subscribed)]);
+}
+
+#[test]
+fn a_subscribe_not_taken_yet_is_withdrawn_rather_than_undone() {
+    let mut subs: Subscriptions<()> = Subscriptions::new();
+    subs.connected();
+    subs.hold("r");
+    subs.release("r");
+    assert_eq!(subs.poll_command(), None);
+}
+
+#[test]
+fn waits_end_when_the_connection_breaks_or_the_room_is_left() {
+    let mut subs = Subscriptions::new();
+    subs.hold("r");
+    subs.wait("r", 1);
+    assert_eq!(released(&mut subs), [(1, Ready::Down)], "not connected");
+    assert_eq!(subs.poll_command(), None, "nothing asked while down");
+    subs.connected();
+    subs.wait("r", 2);
+    subs.disconnected();
+    assert_eq!(released(&mut subs), [(2, Ready::Down)]);
+    assert_eq!(
+        subs.poll_command(),
+        None,
+        "commands of the old connection dropped"
+    );
+    subs.connected();
+    let mut server = BTreeSet::new();
+    subs.wait("r", 3);
+    subs.release("r");
+    assert_eq!(released(&mut subs), [(3, Ready::Unheld)]);
+    subs.wait("r", 4);
+    assert_eq!(released(&mut subs), [(4, Ready::Unheld)]);
+    run_all(&mut subs, &mut server);
+    assert!(server.is_empty());
+    // Every held room is subscribed again on a new connection.
+    subs.hold("a");
+    subs.hold("b");
+    run_all(&mut subs, &mut server);
+    subs.disconnected();
+    server.clear();
+    subs.wait("a", 5);
+    subs.connected();
+    subs.wait("b", 6);
+    run_all(&mut subs, &mut server);
+    assert_eq!(server, BTreeSet::from(["a".to_owned(), "b".to_owned()]));
+    assert_eq!(
+        released(&mut subs),
+        [(5, Ready::Down), (6, Ready::Subscribed)]
+    );
+}
+
+#[derive(Debug, Clone)]
+enum SubsOp {
+    Hold(u8),
+    Release(u8),
+    Wait(u8),
+    /// The transport takes the next command (runs it later).
+    Take,
+    /// The transport runs the oldest command it took.
+    Run,
+    Disconnect,
+    Connect,
+}
+
+fn arb_subs_op() -> impl Strategy<Value = SubsOp> {
+    prop_oneof![
+        3 => (0u8..3).prop_map(SubsOp::Hold),
+        3 => (0u8..3).prop_map(SubsOp::Release),
+        2 => (0u8..3).prop_map(SubsOp::Wait),
+        3 => Just(SubsOp::Take),
+        3 => Just(SubsOp::Run),
+        1 => Just(SubsOp::Disconnect),
+        1 => Just(SubsOp::Connect),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    /// Against a transport that takes commands and runs them later, in
+    /// order, on one connection: a waiter is released as subscribed only
+    /// when the room is held and the server has its channel subscribed;
+    /// every waiter is released once; and once the transport caught up,
+    /// the server's subscriptions are exactly the rooms with a holder.
+    #[test]
+    fn subscriptions_follow_the_rooms_held(ops in proptest::collection::vec(arb_subs_op(), 0..80)) {
+        let mut subs = Subscriptions::new();
+        let mut holders: BTreeMap<String, usize> = BTreeMap::new();
+        let mut server: BTreeSet<String> = BTreeSet::new();
+        let mut taken: VecDeque<SubscriptionCommand> = VecDeque::new();
+        let mut up = false;
+        let mut next_waiter = 0u32;
+        let mut issued = BTreeSet::new();
+        let mut ended: BTreeMap<u32, Ready> = BTreeMap::new();
+        // Rooms a waiter was released from as subscribed: their channel
+        // must stay subscribed until they are released or the connection
+        // breaks.
+        let mut promised: BTreeSet<String> = BTreeSet::new();
+        let check = |subs: &mut Subscriptions<u32>,
+                         holders: &BTreeMap<String, usize>,
+                         server: &BTreeSet<String>,
+                         ended: &mut BTreeMap<u32, Ready>,
+                         promised: &mut BTreeSet<String>|
+         -> Result<(), TestCaseError> {
+            while let Some((waiter, ready)) = subs.poll_released() {
+                prop_assert!(ended.insert(waiter, ready).is_none(), "released twice");
+                if ready == Ready::Subscribed {
+                    // Released from a room the server delivers: no gap.
+                    let room = format!("r{}", waiter % 3);
+                    prop_assert!(holders.contains_key(&room));
+                    prop_assert!(server.contains(&room), "{} released before its subscription", room);
+                    promised.insert(room);
+                }
+            }
+            Ok(())
+        };
+        for op in ops {
+            match op {
+                SubsOp::Hold(r) => {
+                    let room = format!("r{r}");
+                    let count = holders.entry(room.clone()).or_default();
+                    *count += 1;
+                    prop_assert_eq!(subs.hold(&room), *count == 1);
+                }
+                SubsOp::Release(r) => {
+                    let room = format!("r{r}");
+                    let last = match holders.get_mut(&room) {
+                        Some(count) if *count == 1 => {
+                            holders.remove(&room);
+                            promised.remove(&room);
+                            true
+                        }
+                        Some(count) => {
+                            *count -= 1;
+                            false
+                        }
+                        None => false,
+                    };
+                    prop_assert_eq!(subs.release(&room), last);
+                }
+                SubsOp::Wait(r) => {
+                    // Waiter n waits on room n % 3.
+                    let waiter = next_waiter * 3 + u32::from(r);
+                    next_waiter += 1;
+                    issued.insert(waiter);
+                    subs.wait(&format!("r{r}"), waiter);
+                }
+                SubsOp::Take => {
+                    if let Some(command) = subs.poll_command() {
+                        prop_assert!(up, "no command while down");
+                        taken.push_back(command);
+                    }
+                }
+                SubsOp::Run => match taken.pop_front() {
+                    Some(SubscriptionCommand::Subscribe { room, id }) => {
+                        server.insert(room.clone());
+                        subs.confirmed(&room, id);
+                    }
+                    Some(SubscriptionCommand::Unsubscribe { room }) => {
+                        prop_assert!(!promised.contains(&room), "{} unsubscribed under a released join", room);
+                        server.remove(&room);
+                    }
+                    None => {}
+                },
+                SubsOp::Disconnect => {
+                    up = false;
+                    server.clear();
+                    promised.clear();
+                    taken.clear();
+                    subs.disconnected();
+                }
+                SubsOp::Connect => {
+                    if !up {
+                        up = true;
+                        subs.connected();
+                    }
+                }
+            }
+            check(&mut subs, &holders, &server, &mut ended, &mut promised)?;
+            for room in ["r0", "r1", "r2"] {
+                prop_assert_eq!(subs.is_held(room), holders.contains_key(room));
+            }
+        }
+        // The transport catches up.
+        if !up {
+            subs.connected();
+        }
+        while let Some(command) = taken.pop_front() {
+            match command {
+                SubscriptionCommand::Subscribe { room, id } => {
+                    server.insert(room.clone());
+                    subs.confirmed(&room, id);
+                }
+                SubscriptionCommand::Unsubscribe { room } => {
+                    prop_assert!(!promised.contains(&room), "{} unsubscribed under a released join", room);
+                    server.remove(&room);
+                }
+            }
+            check(&mut subs, &holders, &server, &mut ended, &mut promised)?;
+        }
+        run_all(&mut subs, &mut server);
+        check(&mut subs, &holders, &server, &mut ended, &mut promised)?;
+        let held: BTreeSet<String> = holders.keys().cloned().collect();
+        prop_assert_eq!(&server, &held);
+        prop_assert_eq!(subs.rooms().map(str::to_owned).collect::<BTreeSet<_>>(), held);
+        for room in subs.rooms().map(str::to_owned).collect::<Vec<_>>() {
+            prop_assert!(subs.is_subscribed(&room));
+        }
+        prop_assert_eq!(ended.keys().copied().collect::<BTreeSet<_>>(), issued);
     }
 }

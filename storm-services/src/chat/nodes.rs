@@ -6,16 +6,24 @@
 //! the room's group.
 //!
 //! ```text
-//! join R (since?) ─ pending[R] ─ task: recover(R, since) → top ─ publish `joined`
-//!                       │                  └ finish: missed events, `position`, buffered past top, enter group
+//! join R (since?) ─ pending[R] holds R ─ task: subscribed(R) ─ recover(R, since) → top ─ publish `joined`
+//!                       │                                └ finish: missed events, `position`, buffered past top, enter group
 //! Deliver(R, pos, m) ── add pos to m ─ buffer for pending sessions of R ─ deliver to R's group
 //! ```
 //!
-//! The pending buffer and the group delivery run under the chat's registry
-//! lock, as does `finish`: an event is either buffered before the session
-//! enters the group or delivered through it after, never both, never
-//! neither; an event buffered at or before `top` came in the recovery and
-//! is skipped.
+//! A node receives a room's events only while it holds the room (a
+//! [`RoomHold`] of a user in it, or of a pending join). The recovery starts
+//! once the room's subscription is confirmed ([`RoomHold::subscribed`]),
+//! so every event past the position it reads arrives live and is
+//! buffered: none falls between the two. The pending buffer and the group
+//! delivery run under the chat's registry lock, as does `finish`: an event
+//! is either buffered before the session enters the group or delivered
+//! through it after, never both, never neither; an event buffered at or
+//! before `top` came in the recovery and is skipped. The chat's hub has no
+//! backplane (its groups do not tell it who is in a room): the pending
+//! entry's hold passes to the user when the session enters the group, and
+//! goes when the user leaves the room, so the room stays subscribed while
+//! this node has a member in it.
 //!
 //! The backplane and the tasks here run on the node's runtime: tokio's or
 //! smol's for a chat on tokio or smol, smol's global executor (threads of
@@ -34,11 +42,13 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use storm_async::Runtime;
-use storm_backplane::redis::{Deliver, Error, Recovery, RedisBackplane, RedisConfig, Running};
+use storm_backplane::redis::{
+    Deliver, Error, Recovery, RedisBackplane, RedisConfig, RoomHold, Running,
+};
 use storm_host::hub::Hub;
 use storm_host::session::Session;
 use storm_proto::Message;
-use storm_proto::backplane::{Epoch, NodeTag, Position, SessionAddr};
+use storm_proto::backplane::{Epoch, NodeStats, NodeTag, Position, Ready, SessionAddr};
 
 use super::{Chat, ChatId, Out, UserInfo, encode};
 
@@ -60,7 +70,8 @@ pub(super) enum Ask {
     Broadcast { event: String },
 }
 
-/// How long a listing waits for the directory.
+/// How long a listing waits for the directory, and a join for its room's
+/// subscription.
 const DIRECTORY_WAIT: Duration = Duration::from_secs(5);
 
 /// Events a session that is joining buffers at most while its recovery
@@ -102,6 +113,9 @@ pub(super) struct Pending {
     /// it could not be read); buffered events at or before it came in the
     /// recovery.
     pub(super) top: Option<Option<Position>>,
+    /// Keeps this node subscribed to `room`; passes to the user once the
+    /// session is in the room's group (`None` in unit tests).
+    pub(super) hold: Option<RoomHold>,
 }
 
 impl Pending {
@@ -113,6 +127,7 @@ impl Pending {
             buffer: Vec::new(),
             overflow: false,
             top: None,
+            hold: None,
         }
     }
 }
@@ -217,13 +232,10 @@ impl Nodes {
     /// The users of the other nodes, as the directory holds them (waiting
     /// at most [`DIRECTORY_WAIT`]).
     pub(super) async fn others(&self) -> Result<Vec<UserInfo>, String> {
-        let timer = (self.sleep_until)(Instant::now() + DIRECTORY_WAIT);
-        let members = smol::future::or(
-            async { Some(self.backplane.members(DIRECTORY).await) },
-            async {
-                timer.await;
-                None
-            },
+        let members = within(
+            self.sleep_until,
+            DIRECTORY_WAIT,
+            self.backplane.members(DIRECTORY),
         )
         .await
         .ok_or_else(|| format!("no answer within {DIRECTORY_WAIT:?}"))?
@@ -234,6 +246,29 @@ impl Nodes {
             .filter_map(|member| listed(member))
             .filter(|user| !matches!(user.id, ChatId::Node(addr) if addr.node == mine))
             .collect())
+    }
+
+    /// The other live nodes' stats, as each last reported them (with its
+    /// presence: see [`RedisBackplane::nodes`]), waiting at most
+    /// [`DIRECTORY_WAIT`].
+    pub(super) async fn other_nodes(&self) -> Result<Vec<(NodeTag, NodeStats)>, String> {
+        let nodes = within(self.sleep_until, DIRECTORY_WAIT, self.backplane.nodes())
+            .await
+            .ok_or_else(|| format!("no answer within {DIRECTORY_WAIT:?}"))?
+            .map_err(|e| e.to_string())?;
+        let mine = self.backplane.node();
+        Ok(nodes
+            .into_iter()
+            .filter(|(node, _)| *node != mine)
+            .map(|(node, stats)| (node.tag(), stats))
+            .collect())
+    }
+
+    /// The sessions of the other live nodes, summed (see
+    /// [`other_nodes`](Self::other_nodes)).
+    pub(super) async fn other_sessions(&self) -> Result<u64, String> {
+        let others = self.other_nodes().await?;
+        Ok(others.iter().map(|(_, stats)| stats.sessions).sum())
     }
 
     /// Asks the node tagged `node` for `ask`; `false` if it cannot go
@@ -252,9 +287,20 @@ impl Nodes {
         self.backplane.publish_ordered(room, message);
     }
 
+    /// A session starting to join `room`: holds the room on this node
+    /// (subscribed to it).
+    pub(super) fn pending(&self, room: &str, ticket: u64) -> Pending {
+        Pending {
+            hold: Some(self.backplane.hold(room)),
+            ..Pending::new(room, ticket)
+        }
+    }
+
     /// Runs the recovery of a join (`since` the client's last position, if
-    /// it gave one), then publishes `joined` and hands the outcome to
-    /// [`Chat::finish_join`].
+    /// it gave one) once `room`'s subscription is confirmed (`subscribed`,
+    /// from [`RoomHold::subscribed`]), then publishes `joined` and hands the
+    /// outcome to [`Chat::finish_join`].
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn sync(
         &self,
         chat: Arc<Chat>,
@@ -263,24 +309,50 @@ impl Nodes {
         since: Option<Position>,
         ticket: u64,
         joined: Message,
+        subscribed: impl Future<Output = Ready> + Send + 'static,
     ) {
         let backplane = Arc::clone(&self.backplane);
+        let sleep_until = self.sleep_until;
         self.spawn(async move {
-            let outcome = match since {
-                Some(since) => backplane.recover(&room, since).await,
-                None => backplane
-                    .position(&room)
-                    .await
-                    .map(|top| Recovery::Recovered {
-                        messages: Vec::new(),
-                        top,
-                    }),
+            // The gap-free contract: the position is read only once every
+            // later event is sure to arrive live (and be buffered).
+            let outcome = match within(sleep_until, DIRECTORY_WAIT, subscribed).await {
+                Some(Ready::Subscribed) => match since {
+                    Some(since) => backplane.recover(&room, since).await,
+                    None => backplane
+                        .position(&room)
+                        .await
+                        .map(|top| Recovery::Recovered {
+                            messages: Vec::new(),
+                            top,
+                        }),
+                }
+                .map_err(|e| e.to_string()),
+                Some(Ready::Down) => Err("not subscribed to the room".to_owned()),
+                // Left or gone meanwhile: `finish_join` finds no entry.
+                Some(Ready::Unheld) => Err("left".to_owned()),
+                None => Err(format!("not subscribed within {DIRECTORY_WAIT:?}")),
             };
             // After the room's position was read: `joined` lands past it.
             backplane.publish_ordered(&room, &joined);
-            chat.finish_join(&session, &room, ticket, outcome.map_err(|e| e.to_string()));
+            chat.finish_join(&session, &room, ticket, outcome);
         });
     }
+}
+
+/// `future`'s output, or `None` once `limit` has passed on the runtime's
+/// timer `sleep_until` (a [`Nodes`]'s).
+async fn within<T>(
+    sleep_until: fn(Instant) -> Task,
+    limit: Duration,
+    future: impl Future<Output = T>,
+) -> Option<T> {
+    let timer = sleep_until(Instant::now() + limit);
+    smol::future::or(async { Some(future.await) }, async {
+        timer.await;
+        None
+    })
+    .await
 }
 
 fn ask_message(ask: &Ask) -> Message {

@@ -20,6 +20,11 @@ use storm_proto::heartbeat::HeartbeatConfig;
 /// otherwise.
 pub const DEFAULT_MISSED_PONGS: u32 = 3;
 
+/// The `--help` section that lists [`PolicyArgs`]. Set on each flag, not
+/// as the struct's `next_help_heading`: that would also file every option
+/// the service declares after the flattened flags (`--runtime`, …) under it.
+const HELP_HEADING: &str = "Policies and limits";
+
 /// `--max-connections`, `--slow-consumer`, `--max-pending-bytes`,
 /// `--heartbeat`, `--missed-pongs`, `--idle-timeout`, `--max-message`,
 /// `--metrics-addr` (the one flag not checked against the service: every
@@ -27,11 +32,10 @@ pub const DEFAULT_MISSED_PONGS: u32 = 3;
 /// same flags, with the same meaning, on every server service. The help
 /// text is `storm <service> --help` (clap shows it verbatim).
 #[derive(Debug, Clone, clap::Args)]
-#[command(next_help_heading = "Policies and limits")]
 pub struct PolicyArgs {
     /// Most connections at once; more are closed at accept, before any
     /// handshake. 0 = unlimited.
-    #[arg(long, default_value_t = 0, value_name = "N")]
+    #[arg(long, help_heading = HELP_HEADING, default_value_t = 0, value_name = "N")]
     pub max_connections: usize,
     /// What a send to a client whose queue holds --max-pending-bytes does:
     /// wait for it, drop the message, or disconnect the client. The broker
@@ -39,39 +43,39 @@ pub struct PolicyArgs {
     /// waits on one client, so there wait closes the client (1008) as
     /// disconnect does; chat's broadcasts never wait either, so there wait
     /// drops what does not fit.
-    #[arg(long, value_enum, default_value_t = SlowConsumer::Wait)]
+    #[arg(long, help_heading = HELP_HEADING, value_enum, default_value_t = SlowConsumer::Wait)]
     pub slow_consumer: SlowConsumer,
     /// Bytes queued for one client before --slow-consumer applies. 0 =
     /// unlimited.
-    #[arg(long, default_value_t = DEFAULT_MAX_PENDING_BYTES, value_name = "BYTES")]
+    #[arg(long, help_heading = HELP_HEADING, default_value_t = DEFAULT_MAX_PENDING_BYTES, value_name = "BYTES")]
     pub max_pending_bytes: usize,
     /// Seconds between WebSocket pings; a client that misses --missed-pongs
     /// pongs in a row is disconnected. 0 = off. [default: 30; chat: 15]
     /// Plain TCP (json, broker, echo and rpc over TCP) has no ping: there
     /// only 0 is taken (use --idle-timeout).
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, help_heading = HELP_HEADING, value_name = "SECS")]
     pub heartbeat: Option<u64>,
     /// Unanswered pings in a row after which a client is dead (at least 1;
     /// needs --heartbeat above 0, so never on plain TCP). [default: 3]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, help_heading = HELP_HEADING, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub missed_pongs: Option<u32>,
     /// Seconds without anything from a client (messages, pongs) after which
     /// it is disconnected; works on every protocol. 0 = off.
-    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    #[arg(long, help_heading = HELP_HEADING, default_value_t = 0, value_name = "SECS")]
     pub idle_timeout: u64,
     /// Largest message accepted from a client, in bytes; a larger one
     /// closes the connection (WebSocket close code 1009). Raw TCP has no
     /// messages and refuses it. For rpc the
     /// largest request payload, for the broker the largest frame payload.
     /// [default: 16 MiB; json, broker: 1 MiB; chat: 64 KiB]
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, help_heading = HELP_HEADING, value_name = "BYTES")]
     pub max_message: Option<usize>,
     /// Serve this server's metrics (connections, messages and bytes each
     /// way, drops, backpressure, refused handshakes; the gateway's also its
     /// backends' state) as Prometheus text at http://HOST:PORT/metrics,
     /// labelled service="echo", "json", "chat", "broker", "gateway" or
     /// "rpc". Every server takes it. Off unless given.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, help_heading = HELP_HEADING, value_name = "HOST:PORT")]
     pub metrics_addr: Option<String>,
 }
 

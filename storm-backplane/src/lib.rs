@@ -13,9 +13,69 @@
 //!
 //! | feature | adapter |
 //! |---|---|
-//! | `redis` (default) | [`redis::RedisBackplane`]: pub/sub between nodes, history in Redis Streams with epochs, presence with TTLs; on tokio |
+//! | `redis` (default) | `redis::RedisBackplane`: pub/sub between nodes, history in Redis Streams with epochs, presence with TTLs; on tokio |
+//! | `nats` | `nats::NatsBackplane`: pub/sub between nodes through NATS core (`async-nats`), presence by heartbeats with the same TTL bound; **no history**: a client coming back with a position is told its missed messages cannot be recovered; on tokio |
+//!
+//! What an adapter hands the application is the same whichever it is: the
+//! handler types below and [`Recovery`].
 
+use std::sync::Arc;
+
+use storm_host::hub::Hub;
+use storm_proto::Message;
+use storm_proto::backplane::{Position, Unrecoverable};
+
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "redis")]
 pub mod redis;
 
 pub use storm_proto::backplane as proto;
+
+/// What a node does with a message sent to it (an adapter's `to_node`) or
+/// to every node (`to_all_nodes`): called once per message on the
+/// adapter's subscriber task, so it must not block.
+pub type OnNodeMessage = Arc<dyn Fn(&Hub, &Message) + Send + Sync>;
+
+/// What a node does with a message of an adapter's `publish_ordered` that
+/// did not reach the other nodes (so not even this node delivers it through
+/// the backplane): its room and the message. Called at once when the
+/// publisher is known to be disconnected or the queue is full, else on the
+/// publisher task when the write that carried it failed; it must not block.
+pub type OnUnpublished = Arc<dyn Fn(&str, &Message) + Send + Sync>;
+
+/// What a node does with a room message from the backplane: by default (an
+/// adapter's `start`) `hub.deliver_group(room, message, None)`. Called once
+/// per message and node (not per session), on the adapter's subscriber
+/// task, so it must not block; `position` is the message's place in its
+/// room's history (`None` without history). Messages of `publish_ordered`
+/// come to it even when the room has no member on this node.
+pub type Deliver = Arc<dyn Fn(&Hub, &str, Option<Position>, &Message) + Send + Sync>;
+
+/// What a client coming back with its last position gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// Exactly the messages it missed, in order, with their positions; then
+    /// it is at `top`.
+    Recovered {
+        /// The missed messages.
+        messages: Vec<(Position, Message)>,
+        /// The room's position as of the recovery.
+        top: Position,
+    },
+    /// It cannot know what it missed: it starts over at `top`.
+    Impossible {
+        /// Why.
+        reason: Unrecoverable,
+        /// The room's position as of the recovery.
+        top: Position,
+    },
+    /// The backplane keeps no history (NATS core pub/sub): room messages
+    /// carry no position, and there is no position to start from.
+    NoHistory {
+        /// Why a client that came back with a position cannot have what
+        /// it missed (it may have missed messages); `None` for a fresh
+        /// join, which has nothing to recover.
+        unrecoverable: Option<&'static str>,
+    },
+}

@@ -23,6 +23,17 @@ use storm_tests::process::lines;
 /// How long any single expected thing may take.
 const WAIT: Duration = Duration::from_secs(10);
 
+/// A server nodes meet through: its `--backplane` URL.
+trait BackplaneServer {
+    fn url(&self) -> String;
+}
+
+impl BackplaneServer for RedisServer {
+    fn url(&self) -> String {
+        RedisServer::url(self)
+    }
+}
+
 /// A running `storm chat --backplane`, killed on drop.
 struct Node {
     child: Child,
@@ -39,10 +50,10 @@ impl Drop for Node {
 }
 
 impl Node {
-    fn start(redis: &RedisServer, extra: &[&str]) -> Self {
+    fn start(server: &impl BackplaneServer, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_storm"))
             .args(["chat", "--addr", "127.0.0.1:0", "--no-http"])
-            .args(["--tick-ms", "0", "--backplane", &redis.url()])
+            .args(["--tick-ms", "0", "--backplane", &server.url()])
             .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -624,3 +635,7 @@ fn a_slow_session_gets_its_whole_recovery() {
     alice.say("live");
     back.until(|v| v["type"] == "chat" && v["text"] == "live");
 }
+
+/// The same chat through NATS (`--backplane nats://`).
+#[path = "chat_backplane/nats.rs"]
+mod nats;

@@ -118,6 +118,16 @@
 //! `{"type":"local_only","room":"rust","reason":"…"}`. The tick's user
 //! count stays per node.
 //!
+//! With NATS ([`BackplaneConfig::Nats`], `--backplane nats://HOST:PORT`)
+//! all of the above holds but history: NATS core pub/sub keeps none, so
+//! room events carry no `epoch` and `offset`, a fresh `join` gets no
+//! `position`, and a `join` that carries a position is answered
+//! `{"type":"unrecoverable","room":"rust","reason":"the NATS backplane keeps no history: …"}`
+//! ([`NO_HISTORY`](storm_backplane::nats::NO_HISTORY)): the client may have
+//! missed messages and starts over. The user directory is kept by
+//! heartbeats (every third of
+//! [`NatsConfig::presence_ttl`](storm_backplane::nats::NatsConfig::presence_ttl)).
+//!
 //! # Admin console
 //!
 //! Lines on stdin: `/sessions`, `/kick <id>` (closes with 1008 "kicked"),
@@ -148,6 +158,8 @@ use storm_proto::ws::CloseCode;
 use crate::host::{Bound, Runtime, Stop};
 
 mod nodes;
+
+pub use nodes::BackplaneConfig;
 mod on_async;
 mod on_std;
 
@@ -206,10 +218,10 @@ pub struct ChatConfig {
     /// `.`, `_` and `~` only (it travels in URLs unescaped). Default
     /// `None`: no token.
     pub token: Option<String>,
-    /// The Redis backplane that makes chat nodes sharing it one server for
-    /// room events (`--backplane redis://HOST:PORT`; tokio only for now):
-    /// see "Across nodes". Default `None`: this node alone.
-    pub backplane: Option<storm_backplane::redis::RedisConfig>,
+    /// The backplane that makes chat nodes sharing it one server for room
+    /// events (`--backplane redis://HOST:PORT` or `nats://HOST:PORT`; tokio
+    /// only for now): see "Across nodes". Default `None`: this node alone.
+    pub backplane: Option<BackplaneConfig>,
 }
 
 impl Default for ChatConfig {

@@ -1,9 +1,11 @@
-//! The chat across nodes (`--backplane redis://…`, tokio only): room events
-//! go through the Redis backplane's [`publish_ordered`], so every node
-//! delivers a room's events in Redis's one order, each with its position
-//! (`epoch`, `offset`) added to its JSON once per node; a `join` runs
-//! [`recover`] (or reads the room's position) before the session enters
-//! the room's group.
+//! The chat across nodes (`--backplane redis://…` or `nats://…`, tokio
+//! only): room events go through the backplane's [`publish_ordered`], so
+//! every node delivers a room's events in the backplane's one order, each
+//! with its position (`epoch`, `offset`; Redis only) added to its JSON once
+//! per node; a `join` runs [`recover`] (or reads the room's position)
+//! before the session enters the room's group. NATS keeps no history: a
+//! join there has nothing to recover, and one that brings a position is
+//! told `unrecoverable` ([`NO_HISTORY`]).
 //!
 //! ```text
 //! join R (since?) ─ pending[R] ─ task: recover(R, since) → top ─ publish `joined`
@@ -19,13 +21,16 @@
 //!
 //! [`publish_ordered`]: RedisBackplane::publish_ordered
 //! [`recover`]: RedisBackplane::recover
+//! [`NO_HISTORY`]: storm_backplane::nats::NO_HISTORY
 
 use std::future::Future;
 use std::io;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use storm_backplane::redis::{Deliver, Recovery, RedisBackplane, RedisConfig, Running};
+use storm_backplane::nats::{self, NatsBackplane, NatsConfig};
+use storm_backplane::redis::{self, RedisBackplane, RedisConfig};
+use storm_backplane::{Deliver, OnNodeMessage, OnUnpublished, Recovery};
 use storm_host::hub::Hub;
 use storm_host::session::Session;
 use storm_proto::Message;
@@ -58,9 +63,36 @@ const DIRECTORY_WAIT: Duration = Duration::from_secs(5);
 /// runs; beyond it, it is told recovery is impossible.
 pub(super) const MAX_PENDING: usize = 4096;
 
+/// The backplane a chat runs across nodes on
+/// ([`ChatConfig::backplane`](super::ChatConfig::backplane); `--backplane`
+/// picks it by the URL's scheme).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum BackplaneConfig {
+    /// Redis: room events with positions, history and recovery.
+    Redis(RedisConfig),
+    /// NATS core pub/sub: room events without positions, no history (a
+    /// join with a position is told `unrecoverable`).
+    Nats(NatsConfig),
+}
+
+/// The backplane of a chat node: one arm per adapter, each method of
+/// [`Nodes`] picks the arm's call.
+enum Plane {
+    Redis(Arc<RedisBackplane>),
+    Nats(Arc<NatsBackplane>),
+}
+
+/// The tasks of a started backplane; they end when it is dropped.
+#[derive(Debug)]
+pub(super) enum Running {
+    Redis(#[allow(dead_code)] redis::Running),
+    Nats(#[allow(dead_code)] nats::Running),
+}
+
 /// The backplane of a chat node and the runtime its recovery tasks run on.
 pub(super) struct Nodes {
-    backplane: Arc<RedisBackplane>,
+    backplane: Plane,
     runtime: tokio::runtime::Handle,
 }
 
@@ -94,39 +126,41 @@ impl Pending {
 
 impl Nodes {
     /// The backplane of `config`, on the current tokio runtime.
-    pub(super) fn new(config: &RedisConfig) -> io::Result<Self> {
+    pub(super) fn new(config: &BackplaneConfig) -> io::Result<Self> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| io::Error::other("--backplane runs on tokio only"))?;
-        let backplane = RedisBackplane::new(config.clone()).map_err(io::Error::other)?;
-        Ok(Self {
-            backplane: Arc::new(backplane),
-            runtime,
-        })
+        let backplane = match config {
+            BackplaneConfig::Redis(config) => Plane::Redis(Arc::new(
+                RedisBackplane::new(config.clone()).map_err(io::Error::other)?,
+            )),
+            BackplaneConfig::Nats(config) => Plane::Nats(Arc::new(
+                NatsBackplane::new(config.clone()).map_err(io::Error::other)?,
+            )),
+        };
+        Ok(Self { backplane, runtime })
     }
 
     /// Subscribes and starts delivering room events into `hub` through
     /// `chat`; returns once subscribed.
     pub(super) async fn start(&self, hub: Hub, chat: Weak<Chat>) -> io::Result<Running> {
         let unpublished = chat.clone();
-        self.backplane
-            .on_unpublished(Arc::new(move |room: &str, message: &Message| {
-                if let Some(chat) = unpublished.upgrade() {
-                    chat.unpublished(room, message);
-                }
-            }));
+        let on_unpublished: OnUnpublished = Arc::new(move |room: &str, message: &Message| {
+            if let Some(chat) = unpublished.upgrade() {
+                chat.unpublished(room, message);
+            }
+        });
         let asked = chat.clone();
-        self.backplane
-            .on_node_message(Arc::new(move |hub: &Hub, message: &Message| {
-                let ask = match message {
-                    Message::Text(text) => serde_json::from_str::<Ask>(text.as_str()).ok(),
-                    _ => None,
-                };
-                match (ask, asked.upgrade()) {
-                    (Some(ask), Some(chat)) => chat.on_ask(hub, ask),
-                    (None, _) => tracing::warn!("chat: another node asked something unknown"),
-                    (_, None) => {}
-                }
-            }));
+        let on_node_message: OnNodeMessage = Arc::new(move |hub: &Hub, message: &Message| {
+            let ask = match message {
+                Message::Text(text) => serde_json::from_str::<Ask>(text.as_str()).ok(),
+                _ => None,
+            };
+            match (ask, asked.upgrade()) {
+                (Some(ask), Some(chat)) => chat.on_ask(hub, ask),
+                (None, _) => tracing::warn!("chat: another node asked something unknown"),
+                (_, None) => {}
+            }
+        });
         let deliver: Deliver = Arc::new(
             move |hub: &Hub, room: &str, position: Option<Position>, message: &Message| {
                 if let Some(chat) = chat.upgrade() {
@@ -134,15 +168,28 @@ impl Nodes {
                 }
             },
         );
-        self.backplane
-            .start_with(hub, deliver)
-            .await
-            .map_err(io::Error::other)
+        match &self.backplane {
+            Plane::Redis(backplane) => {
+                backplane.on_unpublished(on_unpublished);
+                backplane.on_node_message(on_node_message);
+                let running = backplane.start_with(hub, deliver).await;
+                running.map(Running::Redis).map_err(io::Error::other)
+            }
+            Plane::Nats(backplane) => {
+                backplane.on_unpublished(on_unpublished);
+                backplane.on_node_message(on_node_message);
+                let running = backplane.start_with(hub, deliver).await;
+                running.map(Running::Nats).map_err(io::Error::other)
+            }
+        }
     }
 
     /// This node's tag, in every session id it shows.
     pub(super) fn tag(&self) -> NodeTag {
-        self.backplane.node().tag()
+        match &self.backplane {
+            Plane::Redis(backplane) => backplane.node().tag(),
+            Plane::Nats(backplane) => backplane.node().tag(),
+        }
     }
 
     /// Runs `task` on the backplane's runtime.
@@ -160,23 +207,36 @@ impl Nodes {
     /// now `after` (`None`: not there). Never waits: the backplane's
     /// presence task writes it, in call order, and refreshes this node's
     /// entries while it runs; a killed node's entries expire within
-    /// [`RedisConfig::presence_ttl`].
+    /// the presence TTL ([`RedisConfig::presence_ttl`],
+    /// [`NatsConfig::presence_ttl`]).
     pub(super) fn relist(&self, before: Option<&UserInfo>, after: Option<&UserInfo>) {
         if let Some(entry) = before.and_then(entry) {
-            self.backplane.absent(DIRECTORY, &entry);
+            match &self.backplane {
+                Plane::Redis(backplane) => backplane.absent(DIRECTORY, &entry),
+                Plane::Nats(backplane) => backplane.absent(DIRECTORY, &entry),
+            }
         }
         if let Some(entry) = after.and_then(entry) {
-            self.backplane.present(DIRECTORY, &entry);
+            match &self.backplane {
+                Plane::Redis(backplane) => backplane.present(DIRECTORY, &entry),
+                Plane::Nats(backplane) => backplane.present(DIRECTORY, &entry),
+            }
         }
     }
 
     /// The users of the other nodes, as the directory holds them (waiting
     /// at most [`DIRECTORY_WAIT`]).
     pub(super) async fn others(&self) -> Result<Vec<UserInfo>, String> {
-        let members = tokio::time::timeout(DIRECTORY_WAIT, self.backplane.members(DIRECTORY))
-            .await
-            .map_err(|_| format!("no answer within {DIRECTORY_WAIT:?}"))?
-            .map_err(|e| e.to_string())?;
+        let members = match &self.backplane {
+            Plane::Redis(backplane) => {
+                tokio::time::timeout(DIRECTORY_WAIT, backplane.members(DIRECTORY))
+                    .await
+                    .map_err(|_| format!("no answer within {DIRECTORY_WAIT:?}"))?
+                    .map_err(|e| e.to_string())?
+            }
+            // Kept on this node as the others announce them: no waiting.
+            Plane::Nats(backplane) => backplane.members(DIRECTORY),
+        };
         let mine = self.tag();
         Ok(members
             .iter()
@@ -188,17 +248,26 @@ impl Nodes {
     /// Asks the node tagged `node` for `ask`; `false` if it cannot go
     /// (the backplane's queue is full).
     pub(super) fn ask(&self, node: NodeTag, ask: &Ask) -> bool {
-        self.backplane.to_node(node, &ask_message(ask))
+        match &self.backplane {
+            Plane::Redis(backplane) => backplane.to_node(node, &ask_message(ask)),
+            Plane::Nats(backplane) => backplane.to_node(node, &ask_message(ask)),
+        }
     }
 
     /// Asks every other node for `ask`, like [`ask`](Self::ask).
     pub(super) fn ask_all(&self, ask: &Ask) -> bool {
-        self.backplane.to_all_nodes(&ask_message(ask))
+        match &self.backplane {
+            Plane::Redis(backplane) => backplane.to_all_nodes(&ask_message(ask)),
+            Plane::Nats(backplane) => backplane.to_all_nodes(&ask_message(ask)),
+        }
     }
 
     /// Sends `message` to `room` on every node, this one included.
     pub(super) fn publish(&self, room: &str, message: &Message) {
-        self.backplane.publish_ordered(room, message);
+        match &self.backplane {
+            Plane::Redis(backplane) => backplane.publish_ordered(room, message),
+            Plane::Nats(backplane) => backplane.publish_ordered(room, message),
+        }
     }
 
     /// Runs the recovery of a join (`since` the client's last position, if
@@ -213,7 +282,24 @@ impl Nodes {
         ticket: u64,
         joined: Message,
     ) {
-        let backplane = Arc::clone(&self.backplane);
+        let backplane = match &self.backplane {
+            Plane::Redis(backplane) => Arc::clone(backplane),
+            Plane::Nats(backplane) => {
+                // Nothing to read: no history, no position.
+                let outcome = match since {
+                    Some(since) => backplane.recover(&room, since),
+                    None => Recovery::NoHistory {
+                        unrecoverable: None,
+                    },
+                };
+                let backplane = Arc::clone(backplane);
+                self.runtime.spawn(async move {
+                    backplane.publish_ordered(&room, &joined);
+                    chat.finish_join(&session, &room, ticket, Ok(outcome));
+                });
+                return;
+            }
+        };
         self.runtime.spawn(async move {
             let outcome = match since {
                 Some(since) => backplane.recover(&room, since).await,
@@ -313,6 +399,12 @@ pub(super) fn finish_messages(
                 reason: &reason.to_string(),
             }));
             Some(top)
+        }
+        Ok(Recovery::NoHistory { unrecoverable }) => {
+            if let Some(reason) = unrecoverable {
+                out.push(encode(&Out::Unrecoverable { room, reason }));
+            }
+            None
         }
         Err(error) => {
             out.push(encode(&Out::Unrecoverable {

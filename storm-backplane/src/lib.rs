@@ -1,11 +1,11 @@
 //! Storm's backplane adapters: the I/O side of rooms across nodes.
 //!
-//! A [`Hub`](storm_host::hub::Hub) made
-//! [`with_backplane`](storm_host::hub::Hub::with_backplane) hands every group
+//! A [`Hub`] made
+//! [`with_backplane`](Hub::with_backplane) hands every group
 //! broadcast to a [`Backplane`](storm_host::hub::Backplane) after delivering
 //! it locally; an adapter here carries it to the other nodes of the service
 //! and delivers what they publish into the local groups
-//! ([`Hub::deliver_group`](storm_host::hub::Hub::deliver_group)). What the
+//! ([`Hub::deliver_group`]). What the
 //! nodes say to each other, and every decision about it (channel names, the
 //! envelope, node ids, offsets and epochs, de-duplication, gaps, the
 //! recovery rule), is the sans-IO protocol in

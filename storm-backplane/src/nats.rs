@@ -4,7 +4,7 @@
 //! ```text
 //! node A: hub.broadcast_group(room, m) ─ local members get m
 //!           └ NatsBackplane::publish ─ encode once ─ bounded queue ─ publisher task
-//!                 └ PUB PREFIX.room.TOKEN envelope (a batch, then one PING/PONG flush)
+//!                 └ PUB PREFIX.room.TOKEN envelope (a batch, then one confirming request)
 //! node B: subscriber task (SUB PREFIX.room.*) ─ decode ─ Subscriber::handle
 //!                 └ not its own (unless an echo): deliver (hub.deliver_group)
 //! ```
@@ -52,8 +52,8 @@
 //! jitter) and subscribes again. While it is disconnected, an ordered
 //! publication goes at once to the [`on_unpublished`](NatsBackplane::on_unpublished)
 //! handler (a chat tells its members that the others did not get it), as
-//! does one whose batch was not confirmed by the server (the flush after
-//! it failed or timed out).
+//! does one whose batch was not confirmed by the server (the request after
+//! it, which the server answers "no responders", failed or timed out).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -80,12 +80,13 @@ pub use crate::{Deliver, OnNodeMessage, OnUnpublished, Recovery};
 /// this backplane: the reason of every [`NatsBackplane::recover`].
 pub const NO_HISTORY: &str = "the NATS backplane keeps no history: messages published while you were away cannot be recovered";
 
-/// Room messages one batch carries at most (then one flush).
+/// Room messages one batch carries at most (then one confirmation).
 const MAX_BATCH: usize = 256;
 
-/// How long the server may take to confirm a batch (the flush's PONG);
-/// past it the batch's ordered messages go to the unpublished handler.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the server may take to confirm a batch or the subscriptions
+/// (its answer to the request after them); past it a batch's ordered
+/// messages go to the unpublished handler.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Bytes of presence entries one heartbeat message carries at most (NATS
 /// refuses payloads over the server's `max_payload`, 1 MiB by default).
@@ -168,6 +169,8 @@ pub enum Error {
     Connect(async_nats::ConnectError),
     /// A subscription failed.
     Subscribe(async_nats::SubscribeError),
+    /// The server did not confirm the subscriptions.
+    Unconfirmed(String),
     /// [`NatsBackplane::start`] was called twice.
     AlreadyStarted,
 }
@@ -181,6 +184,7 @@ impl fmt::Display for Error {
             Self::Url(e) => write!(f, "not a NATS URL (nats://HOST:PORT): {e}"),
             Self::Connect(e) => write!(f, "nats: {e}"),
             Self::Subscribe(e) => write!(f, "nats subscription: {e}"),
+            Self::Unconfirmed(e) => write!(f, "nats subscriptions not confirmed: {e}"),
             Self::AlreadyStarted => f.write_str("the backplane was started already"),
         }
     }
@@ -393,7 +397,7 @@ pub struct NatsBackplane {
     counters: Counters,
     /// The reconnect schedule, shared by the reconnect attempts.
     backoff: Arc<Mutex<Backoff>>,
-    /// Whether the connection is up, as its events last said: a flush
+    /// Whether the connection is up, as its events last said: a confirmation
     /// waiting for a server that went away gives up at once.
     up: watch::Sender<bool>,
 }
@@ -521,8 +525,8 @@ impl NatsBackplane {
     ///
     /// # Errors
     ///
-    /// [`Error::Connect`] or [`Error::Subscribe`] if the first connection
-    /// or subscription fails; [`Error::AlreadyStarted`] on a second call.
+    /// [`Error::Connect`], [`Error::Subscribe`] or [`Error::Unconfirmed`] if the
+    /// first connection or subscription fails; [`Error::AlreadyStarted`] on a second call.
     pub async fn start(self: &Arc<Self>, hub: Hub) -> Result<Running, Error> {
         let deliver: Deliver = Arc::new(|hub: &Hub, room: &str, _, message: &Message| {
             hub.deliver_group(room, message, None);
@@ -554,6 +558,9 @@ impl NatsBackplane {
         for subject in subjects {
             subscriptions.push(client.subscribe(subject).await.map_err(Error::Subscribe)?);
         }
+        // Only once the server answered a request sent after them is this
+        // node subscribed.
+        self.confirm(&client).await.map_err(Error::Unconfirmed)?;
         let _ = self.client.set(client);
         let (stop, stopped) = watch::channel(false);
         let inbox = futures_util::stream::select_all(subscriptions);
@@ -600,15 +607,15 @@ impl NatsBackplane {
             .connect(self.config.url.as_str())
             .await
             .map_err(Error::Connect)?;
-        bump(&self.counters.subscriptions, 1);
         Ok(client)
     }
 
     fn on_event(&self, event: &async_nats::Event) {
         match event {
             async_nats::Event::Connected => {
-                // async-nats subscribed again already: say hello, so the
-                // others publish their entries, and publish ours.
+                // The first connection too. On a reconnection async-nats
+                // subscribed again already: say hello, so the others
+                // publish their entries, and publish ours.
                 bump(&self.counters.subscriptions, 1);
                 self.up.send_replace(true);
                 tracing::info!("backplane: reconnected to nats");
@@ -834,7 +841,7 @@ impl NatsBackplane {
             match sent {
                 Ok(()) => bump(&self.counters.published, count),
                 Err(error) => {
-                    // Not retried: the server may have had them (the flush's
+                    // Not retried: the server may have had them (the confirmation's
                     // answer lost), and a second send would deliver twice.
                     bump(&self.counters.publish_failed, count);
                     tracing::warn!(messages = count, %error, "backplane: publish failed");
@@ -850,8 +857,8 @@ impl NatsBackplane {
     }
 
     /// Publishes `batch` in order, then waits (bounded, and no longer than
-    /// the connection is up) for the server to confirm it has them all (a
-    /// PING answered after them).
+    /// the connection is up) for the server to confirm it has them all
+    /// ([`confirm`](Self::confirm)).
     async fn send_batch(
         &self,
         client: &async_nats::Client,
@@ -865,12 +872,24 @@ impl NatsBackplane {
                 .map_err(|e| e.to_string())?;
         }
         tokio::select! {
-            flushed = tokio::time::timeout(FLUSH_TIMEOUT, client.flush()) => match flushed {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(error)) => Err(error.to_string()),
-                Err(_) => Err(format!("not confirmed within {FLUSH_TIMEOUT:?}")),
-            },
+            confirmed = self.confirm(client) => confirmed,
             _ = up.wait_for(|up| !*up) => Err("disconnected from nats before the server confirmed".to_owned()),
+        }
+    }
+
+    /// Waits (at most [`CONFIRM_TIMEOUT`]) until the server has everything
+    /// this node sent before: a request on a subject no one subscribes to
+    /// (`PREFIX.sync.TAG`), which the server answers "no responders" after
+    /// it handled what came before it on the connection. (async-nats's own
+    /// `flush` only writes to the socket.)
+    async fn confirm(&self, client: &async_nats::Client) -> Result<(), String> {
+        let subject = format!("{}.sync.{}", self.channels.prefix(), self.node.tag());
+        let request = client.request(subject, Bytes::new());
+        match tokio::time::timeout(CONFIRM_TIMEOUT, request).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) if error.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!("not confirmed within {CONFIRM_TIMEOUT:?}")),
         }
     }
 
@@ -1142,7 +1161,7 @@ mod tests {
 
     #[test]
     fn presence_messages_read_back_and_stay_bounded() {
-        let entries: Vec<(String, String)> = (0..2000)
+        let entries: Vec<(String, String)> = (0..5000)
             .map(|i| {
                 (
                     format!("room{}", i % 7),

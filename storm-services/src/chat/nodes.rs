@@ -538,6 +538,31 @@ mod tests {
     }
 
     #[test]
+    fn without_history_a_position_is_told_unrecoverable_and_nothing_is_skipped() {
+        let mut pending = Pending::new("r", 0);
+        pending.buffer = vec![(None, Message::from("b1"))];
+        let outcome = Ok(Recovery::NoHistory {
+            unrecoverable: Some(storm_backplane::nats::NO_HISTORY),
+        });
+        let out = finish_messages("r", &mut pending, outcome);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(
+            matches!(&out[0], Message::Text(t) if t.as_str().contains("unrecoverable") && t.as_str().contains("keeps no history"))
+        );
+        assert_eq!(out[1], Message::from("b1"), "no position: nothing skipped");
+        // A fresh join: no notice, no position, the buffered events.
+        let mut fresh = Pending::new("r", 1);
+        fresh.buffer = vec![(None, Message::from("b2"))];
+        let outcome = Ok(Recovery::NoHistory {
+            unrecoverable: None,
+        });
+        assert_eq!(
+            finish_messages("r", &mut fresh, outcome),
+            [Message::from("b2")]
+        );
+    }
+
+    #[test]
     fn finishing_skips_what_the_recovery_had() {
         let mut pending = Pending::new("r", 0);
         pending.buffer = vec![

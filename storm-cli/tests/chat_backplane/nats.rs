@@ -256,7 +256,7 @@ fn nats_off_tokio_is_refused_with_why() {
     // async-nats needs tokio: a chat on smol or std says so and exits,
     // before it connects to anything (no nats-server needed).
     for runtime in ["smol", "std"] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_storm"))
+        let child = Command::new(env!("CARGO_BIN_EXE_storm"))
             .args(["chat", "--addr", "127.0.0.1:0", "--no-http"])
             .args(["--backplane", "nats://127.0.0.1:1", "--runtime", runtime])
             .stdin(Stdio::piped())
@@ -264,21 +264,8 @@ fn nats_off_tokio_is_refused_with_why() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("storm chat");
-        let deadline = Instant::now() + WAIT;
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("on {runtime}: still running after {WAIT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
-            .expect("stderr");
+        let out = storm_tests::process::output_within(child, WAIT, "storm chat");
+        let (status, stderr) = (out.status, String::from_utf8_lossy(&out.stderr));
         assert!(!status.success(), "on {runtime}: {status:?}");
         assert!(
             stderr.contains("runs on --runtime tokio only"),

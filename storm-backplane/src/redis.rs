@@ -48,7 +48,7 @@
 //!
 //! A room whose meta hash is gone (Redis restarted empty, the keys expired)
 //! gets a new random epoch at its next append or read: positions of the old
-//! epoch are then [`Unrecoverable::EpochChanged`].
+//! epoch are then [`Unrecoverable::EpochChanged`](storm_proto::backplane::Unrecoverable::EpochChanged).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -65,8 +65,7 @@ use storm_host::hub::{Backplane, Hub};
 use storm_proto::Message;
 use storm_proto::backplane::{
     Channel, Channels, Envelope, Epoch, Kind, NodeId, NodeStats, NodeTag, Order, Position,
-    PrefixError, Ready, Subscriber, SubscriptionCommand, Subscriptions, Unrecoverable, recover,
-    recovery_range,
+    PrefixError, Ready, Subscriber, SubscriptionCommand, Subscriptions, recover, recovery_range,
 };
 use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffConfigError, BackoffStep};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -419,50 +418,10 @@ enum Publication {
     Node { channel: String, wire: Bytes },
 }
 
-/// What a node does with a message sent to it ([`RedisBackplane::to_node`])
-/// or to every node ([`RedisBackplane::to_all_nodes`]): called once per
-/// message on the subscriber task, so it must not block.
-pub type OnNodeMessage = Arc<dyn Fn(&Hub, &Message) + Send + Sync>;
-
-/// What a node does with a message of
-/// [`publish_ordered`](RedisBackplane::publish_ordered) that did not reach
-/// Redis (so not even this node delivers it through the backplane): its room
-/// and the message. Called at once when the publisher is known to be
-/// disconnected or the queue is full, else on the publisher task when the
-/// pipeline that carried it failed; it must not block.
-pub type OnUnpublished = Arc<dyn Fn(&str, &Message) + Send + Sync>;
-
-/// What a node does with a room message from the backplane: by default
-/// ([`RedisBackplane::start`]) `hub.deliver_group(room, message, None)`.
-/// Called once per message and node (not per session), on the subscriber
-/// task, so it must not block; `position` is the message's place in its
-/// room's history (`None` without history). Only messages of rooms held
-/// on this node come to it (a hub group with a local member, or a
-/// [`RoomHold`]).
-pub type Deliver = Arc<dyn Fn(&Hub, &str, Option<Position>, &Message) + Send + Sync>;
+pub use crate::{Deliver, OnNodeMessage, OnUnpublished, Recovery};
 
 /// One stream entry as `XRANGE` returns it: its id and its fields.
 type StreamEntry = (String, Vec<(String, Vec<u8>)>);
-
-/// What a client coming back with its last position gets.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Recovery {
-    /// Exactly the messages it missed, in order, with their positions; then
-    /// it is at `top`.
-    Recovered {
-        /// The missed messages.
-        messages: Vec<(Position, Message)>,
-        /// The room's position as of the recovery.
-        top: Position,
-    },
-    /// It cannot know what it missed: it starts over at `top`.
-    Impossible {
-        /// Why.
-        reason: Unrecoverable,
-        /// The room's position as of the recovery.
-        top: Position,
-    },
-}
 
 /// The Redis backplane of one node. See the [module docs](self).
 ///

@@ -5,10 +5,11 @@
 use std::io;
 use std::time::Duration;
 
+use storm_backplane::nats::NatsConfig;
 use storm_backplane::redis::RedisConfig;
 use storm_host::options::{ServerOptions, WsOptions};
 use storm_proto::ws::deflate::DeflateConfig;
-use storm_services::chat::{ChatConfig, PageAddr};
+use storm_services::chat::{BackplaneConfig, ChatConfig, PageAddr};
 
 use storm_cli::policy::{PolicyArgs, Service};
 use storm_cli::runtime::{Runtime, TlsArgs};
@@ -62,12 +63,16 @@ pub(crate) struct ChatArgs {
     /// messages (chat, joined, left, renamed) to the members of the room on
     /// every node, in one order, each with its "epoch" and "offset"; a
     /// join with the last epoch and offset seen gets what it missed (see
-    /// the README). On every --runtime (on std the backplane runs on a
-    /// smol executor thread). Default: none, this node alone.
+    /// the README). Redis runs on every --runtime (on std the backplane
+    /// runs on a smol executor thread). With a NATS server
+    /// (nats://HOST:PORT) the same, but NATS keeps no history: no epoch or
+    /// offset, and a join with one is told the missed messages cannot be
+    /// recovered; NATS needs --runtime tokio (refused on smol and std).
+    /// Default: none, this node alone.
     #[arg(long, value_name = "URL")]
     backplane: Option<String>,
-    /// With --backplane: messages each room's history keeps for
-    /// recovery; 0 = none (messages then carry no offset).
+    /// With --backplane redis://: messages each room's history keeps for
+    /// recovery; 0 = none (messages then carry no offset). NATS keeps none.
     #[arg(long, value_name = "N", default_value_t = 1000, requires = "backplane")]
     backplane_history: usize,
     /// With --backplane: milliseconds a user stays in the other nodes'
@@ -113,12 +118,20 @@ pub(crate) fn run(args: &ChatArgs) -> io::Result<()> {
     config.runtime = args.runtime.into();
     config.allowed_origins.clone_from(&args.allow_origin);
     config.token.clone_from(&args.token);
-    config.backplane = args.backplane.as_ref().map(|url| {
+    config.backplane = args.backplane.as_deref().map(|url| {
+        let presence_ttl = Duration::from_millis(args.backplane_presence_ttl_ms);
+        // By the URL's scheme; anything but nats:// is Redis's to judge.
+        if url.starts_with("nats://") {
+            let mut nats = NatsConfig::default();
+            nats.url = url.to_owned();
+            nats.presence_ttl = presence_ttl;
+            return BackplaneConfig::Nats(nats);
+        }
         let mut redis = RedisConfig::default();
-        redis.url.clone_from(url);
+        redis.url = url.to_owned();
         redis.history_len = args.backplane_history;
-        redis.presence_ttl = Duration::from_millis(args.backplane_presence_ttl_ms);
-        redis
+        redis.presence_ttl = presence_ttl;
+        BackplaneConfig::Redis(redis)
     });
     let metrics = storm_cli::metrics::bind(args.policy.metrics_addr.as_deref())?;
     storm_cli::interrupt::install()?;

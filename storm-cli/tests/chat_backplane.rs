@@ -24,6 +24,17 @@ use storm_tests::process::lines;
 /// How long any single expected thing may take.
 const WAIT: Duration = Duration::from_secs(10);
 
+/// A server nodes meet through: its `--backplane` URL.
+trait BackplaneServer {
+    fn url(&self) -> String;
+}
+
+impl BackplaneServer for RedisServer {
+    fn url(&self) -> String {
+        RedisServer::url(self)
+    }
+}
+
 /// The runtimes every scenario runs on.
 const RUNTIMES: [&str; 3] = ["tokio", "smol", "std"];
 
@@ -55,10 +66,10 @@ impl Drop for Node {
 }
 
 impl Node {
-    fn start(redis: &RedisServer, runtime: &str, extra: &[&str]) -> Self {
+    fn start(server: &impl BackplaneServer, runtime: &str, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_storm"))
             .args(["chat", "--addr", "127.0.0.1:0", "--no-http"])
-            .args(["--backplane", &redis.url()])
+            .args(["--backplane", &server.url()])
             .args(["--runtime", runtime])
             .args(if extra.contains(&"--tick-ms") {
                 &[][..]
@@ -676,3 +687,7 @@ fn the_tick_and_the_console_count_every_node_s_users() {
         );
     });
 }
+
+/// The same chat through NATS (`--backplane nats://`).
+#[path = "chat_backplane/nats.rs"]
+mod nats;

@@ -122,6 +122,23 @@
 //! every third of the presence TTL); this node's alone when Redis cannot
 //! be read.
 //!
+//! With NATS ([`BackplaneConfig::Nats`], `--backplane nats://HOST:PORT`)
+//! all of the above holds but history and node stats, on tokio only
+//! (`async-nats` needs it: a chat on smol or std refuses
+//! `nats://` with an error that says so). NATS core pub/sub keeps no
+//! history, so
+//! room events carry no `epoch` and `offset`, a fresh `join` gets no
+//! `position`, and a `join` that carries a position is answered
+//! `{"type":"unrecoverable","room":"rust","reason":"the NATS backplane keeps no history: …"}`
+//! ([`NO_HISTORY`](storm_backplane::nats::NO_HISTORY)): the client may have
+//! missed messages and starts over. The user directory is kept by
+//! heartbeats (every third of
+//! [`NatsConfig::presence_ttl`](storm_backplane::nats::NatsConfig::presence_ttl)).
+//! Every node subscribes to every room (one wildcard subscription,
+//! confirmed before the node serves), so a join needs no per-room
+//! subscription. Nodes do not report their stats over NATS: the tick's
+//! `users` counts this node's, and `/stats` says the others' are unknown.
+//!
 //! # Admin console
 //!
 //! Lines on stdin: `/sessions`, `/kick <id>` (closes with 1008 "kicked"),
@@ -153,6 +170,8 @@ use storm_proto::ws::CloseCode;
 use crate::host::{Bound, Runtime, Stop};
 
 mod nodes;
+
+pub use nodes::BackplaneConfig;
 mod on_async;
 mod on_std;
 
@@ -211,10 +230,11 @@ pub struct ChatConfig {
     /// `.`, `_` and `~` only (it travels in URLs unescaped). Default
     /// `None`: no token.
     pub token: Option<String>,
-    /// The Redis backplane that makes chat nodes sharing it one server for
-    /// room events (`--backplane redis://HOST:PORT`; on every runtime):
-    /// see "Across nodes". Default `None`: this node alone.
-    pub backplane: Option<storm_backplane::redis::RedisConfig>,
+    /// The backplane that makes chat nodes sharing it one server for room
+    /// events (`--backplane redis://HOST:PORT`, on every runtime, or
+    /// `nats://HOST:PORT`, on tokio only): see "Across nodes". Default
+    /// `None`: this node alone.
+    pub backplane: Option<BackplaneConfig>,
 }
 
 impl Default for ChatConfig {
@@ -1267,7 +1287,7 @@ fn join(chat: &Chat, session: &Session, room: &str, since: Option<Position>) -> 
         chat.relist(Some(&before), Some(&chat.info(id, user)));
         if let Some(nodes) = &chat.nodes {
             let pending = nodes.pending(room, ticket);
-            subscribed = pending.hold.as_ref().map(|hold| hold.subscribed());
+            subscribed = Some(nodes.subscribed(&pending));
             registry.pending.insert(id, pending);
         }
         moved

@@ -1,9 +1,11 @@
-//! The chat across nodes (`--backplane redis://…`): room events go
-//! through the Redis backplane's [`publish_ordered`], so every node
-//! delivers a room's events in Redis's one order, each with its position
-//! (`epoch`, `offset`) added to its JSON once per node; a `join` runs
-//! [`recover`] (or reads the room's position) before the session enters
-//! the room's group.
+//! The chat across nodes (`--backplane redis://…` or `nats://…`): room
+//! events go through the backplane's [`publish_ordered`], so every node
+//! delivers a room's events in the backplane's one order, each with its
+//! position (`epoch`, `offset`; Redis only) added to its JSON once per
+//! node; a `join` runs [`recover`] (or reads the room's position) before
+//! the session enters the room's group. NATS keeps no history: a join
+//! there has nothing to recover, and one that brings a position is told
+//! `unrecoverable` ([`NO_HISTORY`]).
 //!
 //! ```text
 //! join R (since?) ─ pending[R] holds R ─ task: subscribed(R) ─ recover(R, since) → top ─ publish `joined`
@@ -34,6 +36,7 @@
 //!
 //! [`publish_ordered`]: RedisBackplane::publish_ordered
 //! [`recover`]: RedisBackplane::recover
+//! [`NO_HISTORY`]: storm_backplane::nats::NO_HISTORY
 
 use std::future::Future;
 use std::io;
@@ -42,9 +45,9 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use storm_async::Runtime;
-use storm_backplane::redis::{
-    Deliver, Error, Recovery, RedisBackplane, RedisConfig, RoomHold, Running,
-};
+use storm_backplane::nats::{self, NatsBackplane, NatsConfig};
+use storm_backplane::redis::{self, RedisBackplane, RedisConfig, RoomHold};
+use storm_backplane::{Deliver, OnNodeMessage, OnUnpublished, Recovery};
 use storm_host::hub::Hub;
 use storm_host::session::Session;
 use storm_proto::Message;
@@ -81,23 +84,67 @@ pub(super) const MAX_PENDING: usize = 4096;
 /// A task of the node's runtime.
 type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Starting a backplane on the node's runtime.
+/// Starting the Redis backplane on the node's runtime.
 type Start = fn(
     Arc<RedisBackplane>,
     Hub,
     Deliver,
-) -> Pin<Box<dyn Future<Output = Result<Running, Error>> + Send>>;
+) -> Pin<Box<dyn Future<Output = Result<redis::Running, redis::Error>> + Send>>;
+
+/// Why a chat off tokio refuses `--backplane nats://`.
+pub(super) const NATS_NEEDS_TOKIO: &str =
+    "the NATS backplane (--backplane nats://) runs on --runtime tokio only: async-nats needs tokio";
+
+/// What `/stats` says of the other nodes with NATS.
+const NATS_NO_STATS: &str = "the NATS backplane does not report node stats";
+
+/// The backplane a chat runs across nodes on
+/// ([`ChatConfig::backplane`](super::ChatConfig::backplane); `--backplane`
+/// picks it by the URL's scheme).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum BackplaneConfig {
+    /// Redis: room events with positions, history and recovery, node
+    /// stats; on every runtime.
+    Redis(RedisConfig),
+    /// NATS core pub/sub: room events without positions, no history (a
+    /// join with a position is told `unrecoverable`), no node stats; on
+    /// tokio only (a chat on smol or std refuses it, saying so).
+    Nats(NatsConfig),
+}
+
+/// The backplane of a chat node: one arm per adapter, each method of
+/// [`Nodes`] picks the arm's call.
+enum Plane {
+    /// Holds each room it delivers ([`RoomHold`]); started on the node's
+    /// runtime by `start` (its `start_with`).
+    Redis {
+        backplane: Arc<RedisBackplane>,
+        start: Start,
+    },
+    /// Subscribed to every room; started on `tokio` (the node's runtime,
+    /// whose handle it is).
+    Nats {
+        backplane: Arc<NatsBackplane>,
+        tokio: tokio::runtime::Handle,
+    },
+}
+
+/// The tasks of a started backplane; they end when it is dropped.
+#[derive(Debug)]
+pub(super) enum Running {
+    Redis(#[allow(dead_code)] redis::Running),
+    Nats(#[allow(dead_code)] nats::Running),
+}
 
 /// The backplane of a chat node and the runtime it and the chat's tasks
 /// across nodes (recoveries, listings, whispers) run on.
 pub(super) struct Nodes {
-    backplane: Arc<RedisBackplane>,
+    backplane: Plane,
     /// The runtime's `spawn`, from any thread (the console's too).
     spawn: Arc<dyn Fn(Task) + Send + Sync>,
     /// The runtime's timer.
     sleep_until: fn(Instant) -> Task,
-    /// The backplane's `start_with` on the runtime.
-    start: Start,
 }
 
 /// A session between its `join` and the end of its recovery.
@@ -136,23 +183,35 @@ impl Nodes {
     /// The backplane of `config`, on runtime `R` (tokio's or smol's; a
     /// chat on std's threads takes smol's). Called inside the tokio
     /// runtime for tokio, outside any tokio runtime for smol (as the chat's
-    /// `run`s do); its [`start`](Self::start) is awaited on `R`.
-    pub(super) fn new<R: Runtime>(config: &RedisConfig) -> io::Result<Self> {
-        let backplane = RedisBackplane::new(config.clone()).map_err(io::Error::other)?;
+    /// `run`s do); its [`start`](Self::start) is awaited on `R`. NATS
+    /// only inside tokio: else [`NATS_NEEDS_TOKIO`].
+    pub(super) fn new<R: Runtime>(config: &BackplaneConfig) -> io::Result<Self> {
         // tokio spawns only on its own threads, through its handle from
         // others: made inside tokio (`R` is tokio), the handle; smol
         // spawns from anywhere.
-        let spawn: Arc<dyn Fn(Task) + Send + Sync> = match tokio::runtime::Handle::try_current() {
-            Ok(tokio) => Arc::new(move |task| drop(tokio.spawn(task))),
-            Err(_) => Arc::new(|task| R::spawn(task)),
+        let tokio = tokio::runtime::Handle::try_current().ok();
+        let backplane = match config {
+            BackplaneConfig::Redis(config) => Plane::Redis {
+                backplane: Arc::new(RedisBackplane::new(config.clone()).map_err(io::Error::other)?),
+                start: |backplane, hub, deliver| {
+                    Box::pin(async move { backplane.start_with::<R>(hub, deliver).await })
+                },
+            },
+            BackplaneConfig::Nats(config) => Plane::Nats {
+                tokio: tokio
+                    .clone()
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, NATS_NEEDS_TOKIO))?,
+                backplane: Arc::new(NatsBackplane::new(config.clone()).map_err(io::Error::other)?),
+            },
+        };
+        let spawn: Arc<dyn Fn(Task) + Send + Sync> = match tokio {
+            Some(tokio) => Arc::new(move |task| drop(tokio.spawn(task))),
+            None => Arc::new(|task| R::spawn(task)),
         };
         Ok(Self {
-            backplane: Arc::new(backplane),
+            backplane,
             spawn,
             sleep_until: |deadline| Box::pin(R::sleep_until(deadline)),
-            start: |backplane, hub, deliver| {
-                Box::pin(async move { backplane.start_with::<R>(hub, deliver).await })
-            },
         })
     }
 
@@ -160,25 +219,23 @@ impl Nodes {
     /// `chat`; returns once subscribed.
     pub(super) async fn start(&self, hub: Hub, chat: Weak<Chat>) -> io::Result<Running> {
         let unpublished = chat.clone();
-        self.backplane
-            .on_unpublished(Arc::new(move |room: &str, message: &Message| {
-                if let Some(chat) = unpublished.upgrade() {
-                    chat.unpublished(room, message);
-                }
-            }));
+        let on_unpublished: OnUnpublished = Arc::new(move |room: &str, message: &Message| {
+            if let Some(chat) = unpublished.upgrade() {
+                chat.unpublished(room, message);
+            }
+        });
         let asked = chat.clone();
-        self.backplane
-            .on_node_message(Arc::new(move |hub: &Hub, message: &Message| {
-                let ask = match message {
-                    Message::Text(text) => serde_json::from_str::<Ask>(text.as_str()).ok(),
-                    _ => None,
-                };
-                match (ask, asked.upgrade()) {
-                    (Some(ask), Some(chat)) => chat.on_ask(hub, ask),
-                    (None, _) => tracing::warn!("chat: another node asked something unknown"),
-                    (_, None) => {}
-                }
-            }));
+        let on_node_message: OnNodeMessage = Arc::new(move |hub: &Hub, message: &Message| {
+            let ask = match message {
+                Message::Text(text) => serde_json::from_str::<Ask>(text.as_str()).ok(),
+                _ => None,
+            };
+            match (ask, asked.upgrade()) {
+                (Some(ask), Some(chat)) => chat.on_ask(hub, ask),
+                (None, _) => tracing::warn!("chat: another node asked something unknown"),
+                (_, None) => {}
+            }
+        });
         let deliver: Deliver = Arc::new(
             move |hub: &Hub, room: &str, position: Option<Position>, message: &Message| {
                 if let Some(chat) = chat.upgrade() {
@@ -186,14 +243,33 @@ impl Nodes {
                 }
             },
         );
-        (self.start)(Arc::clone(&self.backplane), hub, deliver)
-            .await
-            .map_err(io::Error::other)
+        match &self.backplane {
+            Plane::Redis { backplane, start } => {
+                backplane.on_unpublished(on_unpublished);
+                backplane.on_node_message(on_node_message);
+                let running = start(Arc::clone(backplane), hub, deliver).await;
+                running.map(Running::Redis).map_err(io::Error::other)
+            }
+            Plane::Nats { backplane, tokio } => {
+                backplane.on_unpublished(on_unpublished);
+                backplane.on_node_message(on_node_message);
+                // Started on tokio whatever awaits it (it spawns there).
+                let backplane = Arc::clone(backplane);
+                let running = tokio
+                    .spawn(async move { backplane.start_with(hub, deliver).await })
+                    .await
+                    .map_err(io::Error::other)?;
+                running.map(Running::Nats).map_err(io::Error::other)
+            }
+        }
     }
 
     /// This node's tag, in every session id it shows.
     pub(super) fn tag(&self) -> NodeTag {
-        self.backplane.node().tag()
+        match &self.backplane {
+            Plane::Redis { backplane, .. } => backplane.node().tag(),
+            Plane::Nats { backplane, .. } => backplane.node().tag(),
+        }
     }
 
     /// Runs `task` on the backplane's runtime.
@@ -219,27 +295,38 @@ impl Nodes {
     /// now `after` (`None`: not there). Never waits: the backplane's
     /// presence task writes it, in call order, and refreshes this node's
     /// entries while it runs; a killed node's entries expire within
-    /// [`RedisConfig::presence_ttl`].
+    /// the presence TTL ([`RedisConfig::presence_ttl`],
+    /// [`NatsConfig::presence_ttl`]).
     pub(super) fn relist(&self, before: Option<&UserInfo>, after: Option<&UserInfo>) {
         if let Some(entry) = before.and_then(entry) {
-            self.backplane.absent(DIRECTORY, &entry);
+            match &self.backplane {
+                Plane::Redis { backplane, .. } => backplane.absent(DIRECTORY, &entry),
+                Plane::Nats { backplane, .. } => backplane.absent(DIRECTORY, &entry),
+            }
         }
         if let Some(entry) = after.and_then(entry) {
-            self.backplane.present(DIRECTORY, &entry);
+            match &self.backplane {
+                Plane::Redis { backplane, .. } => backplane.present(DIRECTORY, &entry),
+                Plane::Nats { backplane, .. } => backplane.present(DIRECTORY, &entry),
+            }
         }
     }
 
     /// The users of the other nodes, as the directory holds them (waiting
     /// at most [`DIRECTORY_WAIT`]).
     pub(super) async fn others(&self) -> Result<Vec<UserInfo>, String> {
-        let members = within(
-            self.sleep_until,
-            DIRECTORY_WAIT,
-            self.backplane.members(DIRECTORY),
-        )
-        .await
-        .ok_or_else(|| format!("no answer within {DIRECTORY_WAIT:?}"))?
-        .map_err(|e| e.to_string())?;
+        let members = match &self.backplane {
+            Plane::Redis { backplane, .. } => within(
+                self.sleep_until,
+                DIRECTORY_WAIT,
+                backplane.members(DIRECTORY),
+            )
+            .await
+            .ok_or_else(|| format!("no answer within {DIRECTORY_WAIT:?}"))?
+            .map_err(|e| e.to_string())?,
+            // Kept on this node as the others announce them: no waiting.
+            Plane::Nats { backplane, .. } => backplane.members(DIRECTORY),
+        };
         let mine = self.tag();
         Ok(members
             .iter()
@@ -252,11 +339,15 @@ impl Nodes {
     /// presence: see [`RedisBackplane::nodes`]), waiting at most
     /// [`DIRECTORY_WAIT`].
     pub(super) async fn other_nodes(&self) -> Result<Vec<(NodeTag, NodeStats)>, String> {
-        let nodes = within(self.sleep_until, DIRECTORY_WAIT, self.backplane.nodes())
+        let backplane = match &self.backplane {
+            Plane::Redis { backplane, .. } => backplane,
+            Plane::Nats { .. } => return Err(NATS_NO_STATS.to_owned()),
+        };
+        let nodes = within(self.sleep_until, DIRECTORY_WAIT, backplane.nodes())
             .await
             .ok_or_else(|| format!("no answer within {DIRECTORY_WAIT:?}"))?
             .map_err(|e| e.to_string())?;
-        let mine = self.backplane.node();
+        let mine = backplane.node();
         Ok(nodes
             .into_iter()
             .filter(|(node, _)| *node != mine)
@@ -274,25 +365,50 @@ impl Nodes {
     /// Asks the node tagged `node` for `ask`; `false` if it cannot go
     /// (the backplane's queue is full).
     pub(super) fn ask(&self, node: NodeTag, ask: &Ask) -> bool {
-        self.backplane.to_node(node, &ask_message(ask))
+        match &self.backplane {
+            Plane::Redis { backplane, .. } => backplane.to_node(node, &ask_message(ask)),
+            Plane::Nats { backplane, .. } => backplane.to_node(node, &ask_message(ask)),
+        }
     }
 
     /// Asks every other node for `ask`, like [`ask`](Self::ask).
     pub(super) fn ask_all(&self, ask: &Ask) -> bool {
-        self.backplane.to_all_nodes(&ask_message(ask))
+        match &self.backplane {
+            Plane::Redis { backplane, .. } => backplane.to_all_nodes(&ask_message(ask)),
+            Plane::Nats { backplane, .. } => backplane.to_all_nodes(&ask_message(ask)),
+        }
     }
 
     /// Sends `message` to `room` on every node, this one included.
     pub(super) fn publish(&self, room: &str, message: &Message) {
-        self.backplane.publish_ordered(room, message);
+        match &self.backplane {
+            Plane::Redis { backplane, .. } => backplane.publish_ordered(room, message),
+            Plane::Nats { backplane, .. } => backplane.publish_ordered(room, message),
+        }
     }
 
     /// A session starting to join `room`: holds the room on this node
-    /// (subscribed to it).
+    /// (subscribed to it; with NATS every room is, and nothing is held).
     pub(super) fn pending(&self, room: &str, ticket: u64) -> Pending {
         Pending {
-            hold: Some(self.backplane.hold(room)),
+            hold: match &self.backplane {
+                Plane::Redis { backplane, .. } => Some(backplane.hold(room)),
+                Plane::Nats { .. } => None,
+            },
             ..Pending::new(room, ticket)
+        }
+    }
+
+    /// Waits until the room `pending` joins is subscribed on this node
+    /// ([`RoomHold::subscribed`]); with NATS at once (every room is,
+    /// confirmed before the node started serving).
+    pub(super) fn subscribed(
+        &self,
+        pending: &Pending,
+    ) -> Pin<Box<dyn Future<Output = Ready> + Send + 'static>> {
+        match &pending.hold {
+            Some(hold) => Box::pin(hold.subscribed()),
+            None => Box::pin(std::future::ready(Ready::Subscribed)),
         }
     }
 
@@ -311,7 +427,25 @@ impl Nodes {
         joined: Message,
         subscribed: impl Future<Output = Ready> + Send + 'static,
     ) {
-        let backplane = Arc::clone(&self.backplane);
+        let backplane = match &self.backplane {
+            Plane::Redis { backplane, .. } => Arc::clone(backplane),
+            Plane::Nats { backplane, .. } => {
+                // Every room is subscribed from the start, and there is
+                // nothing to read: no history, no position.
+                let outcome = match since {
+                    Some(since) => backplane.recover(&room, since),
+                    None => Recovery::NoHistory {
+                        unrecoverable: None,
+                    },
+                };
+                let backplane = Arc::clone(backplane);
+                self.spawn(async move {
+                    backplane.publish_ordered(&room, &joined);
+                    chat.finish_join(&session, &room, ticket, Ok(outcome));
+                });
+                return;
+            }
+        };
         let sleep_until = self.sleep_until;
         self.spawn(async move {
             // The gap-free contract: the position is read only once every
@@ -436,6 +570,12 @@ pub(super) fn finish_messages(
                 reason: &reason.to_string(),
             }));
             Some(top)
+        }
+        Ok(Recovery::NoHistory { unrecoverable }) => {
+            if let Some(reason) = unrecoverable {
+                out.push(encode(&Out::Unrecoverable { room, reason }));
+            }
+            None
         }
         Err(error) => {
             out.push(encode(&Out::Unrecoverable {
@@ -565,6 +705,31 @@ mod tests {
         assert_eq!(
             ask_message(&Ask::Kick { to: 4 }),
             Message::from(r#"{"op":"kick","to":4}"#)
+        );
+    }
+
+    #[test]
+    fn without_history_a_position_is_told_unrecoverable_and_nothing_is_skipped() {
+        let mut pending = Pending::new("r", 0);
+        pending.buffer = vec![(None, Message::from("b1"))];
+        let outcome = Ok(Recovery::NoHistory {
+            unrecoverable: Some(storm_backplane::nats::NO_HISTORY),
+        });
+        let out = finish_messages("r", &mut pending, outcome);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(
+            matches!(&out[0], Message::Text(t) if t.as_str().contains("unrecoverable") && t.as_str().contains("keeps no history"))
+        );
+        assert_eq!(out[1], Message::from("b1"), "no position: nothing skipped");
+        // A fresh join: no notice, no position, the buffered events.
+        let mut fresh = Pending::new("r", 1);
+        fresh.buffer = vec![(None, Message::from("b2"))];
+        let outcome = Ok(Recovery::NoHistory {
+            unrecoverable: None,
+        });
+        assert_eq!(
+            finish_messages("r", &mut fresh, outcome),
+            [Message::from("b2")]
         );
     }
 

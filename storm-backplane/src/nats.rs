@@ -1,0 +1,1239 @@
+//! The NATS backplane, on tokio: room broadcasts and node-to-node messages
+//! through NATS core pub/sub (`async-nats`), presence through heartbeats.
+//!
+//! ```text
+//! node A: hub.broadcast_group(room, m) ─ local members get m
+//!           └ NatsBackplane::publish ─ encode once ─ bounded queue ─ publisher task
+//!                 └ PUB PREFIX.room.TOKEN envelope (a batch, then one confirming request)
+//! node B: subscriber task (SUB PREFIX.room.*) ─ decode ─ Subscriber::handle
+//!                 └ not its own (unless an echo): deliver (hub.deliver_group)
+//! ```
+//!
+//! One publish per room message, whatever the number of sessions or nodes;
+//! one decode per node; the envelope is [`storm_proto::backplane`]'s, as on
+//! Redis.
+//!
+//! # No history
+//!
+//! NATS core pub/sub keeps nothing: a message reaches the nodes subscribed
+//! as it is published, and no one else, ever. So room messages carry no
+//! position ([`Order::Unpositioned`]), there is no gap detection, and
+//! [`NatsBackplane::recover`] always answers [`Recovery::NoHistory`] with
+//! the reason [`NO_HISTORY`]: a client that comes back with a position is
+//! told, explicitly, that what it missed cannot be recovered, never handed
+//! a silent gap. JetStream (NATS's persistence layer: a stream per room
+//! prefix, each message's stream sequence as its offset, `DeliverByStartSequence`
+//! consumers to replay) would give what the Redis backplane has: offsets,
+//! gap detection and recovery. It is not used here.
+//!
+//! # Subjects
+//!
+//! Under the [`Channels`] of [`NatsConfig::prefix`]: `PREFIX.room.TOKEN`
+//! (a room's messages; [`room_token`]: the room's name when it is ASCII
+//! letters, digits, `-` and `_`, else `=` and its UTF-8 in hex, so any room
+//! name is one subject token), `PREFIX.node.TAG` and `PREFIX.node.all`
+//! (messages to one node or every node), `PREFIX.presence.heartbeat`
+//! (presence).
+//!
+//! # Presence
+//!
+//! Each node publishes its entries ([`present`](NatsBackplane::present),
+//! [`absent`](NatsBackplane::absent)) as they change and all of them again
+//! every third of [`NatsConfig::presence_ttl`]; every node keeps the others'
+//! in a [`Presence`] table whose entries expire a TTL after they were last
+//! heard of. A killed node's entries are gone from every other node within
+//! the TTL. A node that starts, or reconnects, says `hello`, and the others
+//! publish their entries at once.
+//!
+//! # Faults
+//!
+//! When nats-server goes away, local traffic goes on; `async-nats`
+//! reconnects with the delays of the core's [`Backoff`] (exponential, with
+//! jitter) and subscribes again. While it is disconnected, an ordered
+//! publication goes at once to the [`on_unpublished`](NatsBackplane::on_unpublished)
+//! handler (a chat tells its members that the others did not get it), as
+//! does one whose batch was not confirmed by the server (the request after
+//! it, which the server answers "no responders", failed or timed out).
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use async_nats::connection::State;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use storm_host::hub::{Backplane, Hub};
+use storm_proto::Message;
+use storm_proto::backplane::{
+    Channel, Channels, Envelope, Kind, NodeId, NodeTag, Order, Position, PrefixError, Presence,
+    Subscriber,
+};
+use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffConfigError, BackoffStep};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+
+pub use crate::{Deliver, OnNodeMessage, OnUnpublished, Recovery};
+
+/// Why a client coming back with a position cannot have what it missed on
+/// this backplane: the reason of every [`NatsBackplane::recover`].
+pub const NO_HISTORY: &str = "the NATS backplane keeps no history: messages published while you were away cannot be recovered";
+
+/// Room messages one batch carries at most (then one confirmation).
+const MAX_BATCH: usize = 256;
+
+/// How long the server may take to confirm a batch or the subscriptions
+/// (its answer to the request after them); past it a batch's ordered
+/// messages go to the unpublished handler.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Bytes of presence entries one heartbeat message carries at most (NATS
+/// refuses payloads over the server's `max_payload`, 1 MiB by default).
+const MAX_HEARTBEAT: usize = 64 * 1024;
+
+/// The envelope name of presence messages (a node envelope).
+const HEARTBEAT: &str = "heartbeat";
+
+/// Settings of a [`NatsBackplane`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct NatsConfig {
+    /// The server, as a `nats://HOST:PORT` URL.
+    ///
+    /// Default: `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// The subject prefix ([`Channels`]): nodes of one service share it,
+    /// other services sharing the server use another.
+    ///
+    /// Default: `storm`.
+    pub prefix: String,
+    /// How long a presence entry lives unless its node announces it again
+    /// (every third of this): a dead node's members disappear within it.
+    ///
+    /// Default: 30 s.
+    pub presence_ttl: Duration,
+    /// Most presence entries of other nodes this node keeps; beyond it new
+    /// ones are dropped (counted in
+    /// [`presence_dropped`](NatsStats::presence_dropped), logged).
+    ///
+    /// Default: 100,000.
+    pub max_presence: usize,
+    /// Largest payload accepted from another node; larger envelopes are
+    /// counted as [`invalid`](NatsStats::invalid) and dropped.
+    ///
+    /// Default: 16 MiB (the server's own `max_payload`, 1 MiB by default,
+    /// bounds what is published).
+    pub max_payload: usize,
+    /// Messages waiting for the publisher; beyond it a broadcast is not
+    /// published to other nodes, and counted in
+    /// [`publish_dropped`](NatsStats::publish_dropped).
+    ///
+    /// Default: 4096.
+    pub publish_queue: usize,
+    /// Delays between reconnect attempts.
+    ///
+    /// Default: [`BackoffConfig::default`] (exponential from 100 ms, capped
+    /// at 30 s, full jitter, unlimited).
+    pub reconnect: BackoffConfig,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".to_owned(),
+            prefix: "storm".to_owned(),
+            presence_ttl: Duration::from_secs(30),
+            max_presence: 100_000,
+            max_payload: 16 * 1024 * 1024,
+            publish_queue: 4096,
+            reconnect: BackoffConfig::default(),
+        }
+    }
+}
+
+/// What went wrong talking to NATS, or setting up.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// [`NatsConfig::prefix`] is not a valid prefix.
+    Prefix(PrefixError),
+    /// [`NatsConfig::reconnect`] is not a valid backoff.
+    Backoff(BackoffConfigError),
+    /// [`NatsConfig::publish_queue`], [`NatsConfig::presence_ttl`] or
+    /// [`NatsConfig::max_presence`] is zero.
+    Zero(&'static str),
+    /// [`NatsConfig::url`] is not a NATS URL.
+    Url(String),
+    /// The first connection failed.
+    Connect(async_nats::ConnectError),
+    /// A subscription failed.
+    Subscribe(async_nats::SubscribeError),
+    /// The server did not confirm the subscriptions.
+    Unconfirmed(String),
+    /// [`NatsBackplane::start`] was called twice.
+    AlreadyStarted,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Prefix(e) => e.fmt(f),
+            Self::Backoff(e) => write!(f, "backplane reconnect: {e}"),
+            Self::Zero(what) => write!(f, "backplane {what} must be at least 1"),
+            Self::Url(e) => write!(f, "not a NATS URL (nats://HOST:PORT): {e}"),
+            Self::Connect(e) => write!(f, "nats: {e}"),
+            Self::Subscribe(e) => write!(f, "nats subscription: {e}"),
+            Self::Unconfirmed(e) => write!(f, "nats subscriptions not confirmed: {e}"),
+            Self::AlreadyStarted => f.write_str("the backplane was started already"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Connect(e) => Some(e),
+            Self::Subscribe(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Counters of one node's NATS backplane, since it was made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NatsStats {
+    /// Messages published (room, node and presence messages).
+    pub published: u64,
+    /// Messages whose publish failed or was not confirmed (NATS down):
+    /// other nodes may not have them.
+    pub publish_failed: u64,
+    /// Messages not published because the queue was full.
+    pub publish_dropped: u64,
+    /// Room messages received from NATS (this node's own included).
+    pub received: u64,
+    /// Received messages delivered to local members.
+    pub delivered: u64,
+    /// Received messages this node published itself and delivered locally
+    /// as it did (skipped; not echoes of `publish_ordered`).
+    pub own: u64,
+    /// Received messages that did not decode, or whose subject and envelope
+    /// disagree (dropped).
+    pub invalid: u64,
+    /// Messages to this node or to every node, from other nodes, handed to
+    /// its [`on_node_message`](NatsBackplane::on_node_message).
+    pub node_messages: u64,
+    /// Presence entries of other nodes not kept: the table was full.
+    pub presence_dropped: u64,
+    /// Times the node (re)connected, and so (re)subscribed.
+    pub subscriptions: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    published: AtomicU64,
+    publish_failed: AtomicU64,
+    publish_dropped: AtomicU64,
+    received: AtomicU64,
+    delivered: AtomicU64,
+    own: AtomicU64,
+    invalid: AtomicU64,
+    node_messages: AtomicU64,
+    presence_dropped: AtomicU64,
+    subscriptions: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A message waiting for the publisher, its envelope encoded.
+struct Publication {
+    subject: String,
+    wire: Bytes,
+    /// The room and message of a [`publish_ordered`](NatsBackplane::publish_ordered),
+    /// for the [`on_unpublished`](NatsBackplane::on_unpublished) handler.
+    ordered: Option<(String, Message)>,
+}
+
+/// The subject token of a room: its name when that is ASCII letters,
+/// digits, `-` and `_` (readable in `nats sub`), else `=` and the name's
+/// UTF-8 in lowercase hex. One token whatever the name (NATS subjects
+/// cannot hold `.`, `*`, `>` or whitespace in a token), and no two rooms
+/// share one (`=` is never in a plain name).
+#[must_use]
+pub fn room_token(room: &str) -> String {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+    if !room.is_empty() && room.bytes().all(plain) {
+        return room.to_owned();
+    }
+    let mut token = String::with_capacity(1 + 2 * room.len());
+    token.push('=');
+    for byte in room.bytes() {
+        token.push_str(&format!("{byte:02x}"));
+    }
+    token
+}
+
+/// What a presence message says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PresenceOp {
+    /// These entries are present (for a TTL from now).
+    Present = 0,
+    /// These entries left.
+    Absent = 1,
+    /// A node (re)joined: every node publishes its entries now.
+    Hello = 2,
+}
+
+/// Why a presence message did not decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeartbeatError {
+    Empty,
+    Op(u8),
+    Truncated,
+    Utf8,
+}
+
+/// Presence messages saying `op` of `entries`: each at most
+/// [`MAX_HEARTBEAT`] bytes of entries (one entry larger than that goes
+/// alone). Layout: the op byte, then per entry the room and the member,
+/// each as a 4-byte big-endian length and UTF-8.
+fn encode_presence(op: PresenceOp, entries: &[(String, String)]) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut chunk = BytesMut::new();
+    chunk.put_u8(op as u8);
+    for (room, member) in entries {
+        if chunk.len() > 1 && chunk.len() + 8 + room.len() + member.len() > MAX_HEARTBEAT {
+            out.push(std::mem::take(&mut chunk).freeze());
+            chunk.put_u8(op as u8);
+        }
+        for part in [room, member] {
+            chunk.put_u32(u32::try_from(part.len()).unwrap_or(u32::MAX));
+            chunk.put_slice(part.as_bytes());
+        }
+    }
+    if chunk.len() > 1 || out.is_empty() {
+        out.push(chunk.freeze());
+    }
+    out
+}
+
+/// What [`encode_presence`] wrote; total: any bytes give entries or an
+/// error, never more memory than the bytes hold.
+fn decode_presence(mut wire: &[u8]) -> Result<(PresenceOp, Vec<(String, String)>), HeartbeatError> {
+    let op = match wire.first() {
+        None => return Err(HeartbeatError::Empty),
+        Some(0) => PresenceOp::Present,
+        Some(1) => PresenceOp::Absent,
+        Some(2) => PresenceOp::Hello,
+        Some(&other) => return Err(HeartbeatError::Op(other)),
+    };
+    wire.advance(1);
+    let part = |wire: &mut &[u8]| -> Result<String, HeartbeatError> {
+        if wire.len() < 4 {
+            return Err(HeartbeatError::Truncated);
+        }
+        let len = usize::try_from(wire.get_u32()).map_err(|_| HeartbeatError::Truncated)?;
+        if wire.len() < len {
+            return Err(HeartbeatError::Truncated);
+        }
+        let text = std::str::from_utf8(&wire[..len]).map_err(|_| HeartbeatError::Utf8)?;
+        let text = text.to_owned();
+        wire.advance(len);
+        Ok(text)
+    };
+    let mut entries = Vec::new();
+    while !wire.is_empty() {
+        let room = part(&mut wire)?;
+        let member = part(&mut wire)?;
+        entries.push((room, member));
+    }
+    Ok((op, entries))
+}
+
+/// The NATS backplane of one node. See the [module docs](self).
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use std::time::Instant;
+///
+/// use storm_backplane::nats::{NatsBackplane, NatsConfig};
+/// use storm_host::hub::{Hub, HubConfig};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut config = NatsConfig::default();
+/// config.url = "nats://127.0.0.1:4222".into();
+/// let backplane = Arc::new(NatsBackplane::new(config)?);
+/// let hub = Hub::with_backplane(HubConfig::default(), Instant::now(), backplane.clone())?;
+/// let running = backplane.start(hub.clone()).await?; // subscribed when it returns
+/// // … serve sessions on `hub`; group broadcasts now reach every node …
+/// running.stop().await;
+/// # Ok(())
+/// # }
+/// ```
+pub struct NatsBackplane {
+    node: NodeId,
+    channels: Channels,
+    config: NatsConfig,
+    queue: mpsc::Sender<Publication>,
+    /// Taken by [`start`](Self::start).
+    pending: Mutex<Option<mpsc::Receiver<Publication>>>,
+    /// The connection, once started.
+    client: OnceLock<async_nats::Client>,
+    /// This node's presence entries, published again every third of the TTL.
+    mine: Mutex<BTreeSet<(String, String)>>,
+    /// The other nodes' presence entries, as last heard of.
+    others: Mutex<Presence>,
+    /// Wakes the presence task to publish every entry now.
+    refresh: Notify,
+    on_node: OnceLock<OnNodeMessage>,
+    on_unpublished: OnceLock<OnUnpublished>,
+    counters: Counters,
+    /// The reconnect schedule, shared by the reconnect attempts.
+    backoff: Arc<Mutex<Backoff>>,
+    /// Whether the connection is up, as its events last said: a confirmation
+    /// waiting for a server that went away gives up at once.
+    up: watch::Sender<bool>,
+}
+
+impl fmt::Debug for NatsBackplane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsBackplane")
+            .field("node", &self.node)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The tasks of a started [`NatsBackplane`]; [`stop`](Self::stop) ends them.
+/// Dropping it stops them too (without waiting).
+#[derive(Debug)]
+pub struct Running {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops the publisher (what is still queued is not published), the
+    /// subscriber and the presence task, and waits for them.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl NatsBackplane {
+    /// A backplane for a new node (a random [`NodeId`]); no I/O yet. Hand it
+    /// to [`Hub::with_backplane`], then [`start`](Self::start) it with that
+    /// hub. Broadcasts made before `start` wait in the queue.
+    ///
+    /// # Errors
+    ///
+    /// [`Error`] for an invalid prefix, URL, backoff, or a zero queue, TTL
+    /// or presence bound.
+    pub fn new(config: NatsConfig) -> Result<Self, Error> {
+        let channels = Channels::new(&config.prefix).map_err(Error::Prefix)?;
+        let backoff =
+            Backoff::new(config.reconnect.clone(), rand::random()).map_err(Error::Backoff)?;
+        if config.publish_queue == 0 {
+            return Err(Error::Zero("publish queue"));
+        }
+        if config.presence_ttl.is_zero() {
+            return Err(Error::Zero("presence TTL"));
+        }
+        if config.max_presence == 0 {
+            return Err(Error::Zero("presence bound"));
+        }
+        if !config.url.starts_with("nats://") {
+            return Err(Error::Url(config.url.clone()));
+        }
+        config
+            .url
+            .parse::<async_nats::ServerAddr>()
+            .map_err(|e| Error::Url(e.to_string()))?;
+        let (queue, pending) = mpsc::channel(config.publish_queue);
+        Ok(Self {
+            node: NodeId::random(&mut rand::rng()),
+            channels,
+            others: Mutex::new(Presence::new(config.presence_ttl, config.max_presence)),
+            config,
+            queue,
+            pending: Mutex::new(Some(pending)),
+            client: OnceLock::new(),
+            mine: Mutex::new(BTreeSet::new()),
+            refresh: Notify::new(),
+            on_node: OnceLock::new(),
+            on_unpublished: OnceLock::new(),
+            counters: Counters::default(),
+            backoff: Arc::new(Mutex::new(backoff)),
+            up: watch::Sender::new(true),
+        })
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &NatsConfig {
+        &self.config
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> NatsStats {
+        let c = &self.counters;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        NatsStats {
+            published: load(&c.published),
+            publish_failed: load(&c.publish_failed),
+            publish_dropped: load(&c.publish_dropped),
+            received: load(&c.received),
+            delivered: load(&c.delivered),
+            own: load(&c.own),
+            invalid: load(&c.invalid),
+            node_messages: load(&c.node_messages),
+            presence_dropped: load(&c.presence_dropped),
+            subscriptions: load(&c.subscriptions),
+        }
+    }
+
+    /// The subject presence messages go on.
+    fn heartbeat_subject(&self) -> String {
+        self.channels.presence(HEARTBEAT)
+    }
+
+    /// Connects and subscribes to every room of the prefix, to this node's
+    /// and every node's messages and to presence, then runs, on the current
+    /// tokio runtime, the publisher, the subscriber (which delivers other
+    /// nodes' room messages into `hub`'s groups) and the presence task.
+    /// Returns once subscribed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`], [`Error::Subscribe`] or [`Error::Unconfirmed`] if the
+    /// first connection or subscription fails; [`Error::AlreadyStarted`] on a second call.
+    pub async fn start(self: &Arc<Self>, hub: Hub) -> Result<Running, Error> {
+        let deliver: Deliver = Arc::new(|hub: &Hub, room: &str, _, message: &Message| {
+            hub.deliver_group(room, message, None);
+        });
+        self.start_with(hub, deliver).await
+    }
+
+    /// [`start`](Self::start), handing each room message to deliver to
+    /// `deliver` instead of straight to `hub`'s group (see
+    /// [`Deliver`]; positions are always `None` here).
+    ///
+    /// # Errors
+    ///
+    /// As for [`start`](Self::start).
+    pub async fn start_with(
+        self: &Arc<Self>,
+        hub: Hub,
+        deliver: Deliver,
+    ) -> Result<Running, Error> {
+        let pending = lock(&self.pending).take().ok_or(Error::AlreadyStarted)?;
+        let client = self.connect().await?;
+        let subjects = [
+            self.channels.room("*"),
+            self.channels.node(self.node.tag()),
+            self.channels.all_nodes(),
+            self.heartbeat_subject(),
+        ];
+        let mut subscriptions = Vec::with_capacity(subjects.len());
+        for subject in subjects {
+            subscriptions.push(client.subscribe(subject).await.map_err(Error::Subscribe)?);
+        }
+        // Only once the server answered a request sent after them is this
+        // node subscribed.
+        self.confirm(&client).await.map_err(Error::Unconfirmed)?;
+        let _ = self.client.set(client);
+        let (stop, stopped) = watch::channel(false);
+        let inbox = futures_util::stream::select_all(subscriptions);
+        let tasks = vec![
+            tokio::spawn(Arc::clone(self).run_subscriber(hub, deliver, inbox, stopped.clone())),
+            tokio::spawn(Arc::clone(self).run_publisher(pending, stopped.clone())),
+            tokio::spawn(Arc::clone(self).run_presence(stopped)),
+        ];
+        self.hello();
+        Ok(Running { stop, tasks })
+    }
+
+    /// The connection: reconnecting on the core's backoff, forever (or as
+    /// [`NatsConfig::reconnect`] says), each reconnection counted and
+    /// followed by a `hello` and this node's entries.
+    async fn connect(self: &Arc<Self>) -> Result<async_nats::Client, Error> {
+        let backoff = Arc::clone(&self.backoff);
+        let delay = move |attempts: usize| {
+            let mut backoff = lock(&backoff);
+            let now = Instant::now();
+            if attempts <= 1 {
+                backoff.connected(now);
+            }
+            match backoff.disconnected(now) {
+                BackoffStep::Retry { delay, .. } => delay,
+                BackoffStep::GiveUp { attempts } => {
+                    tracing::error!(attempts, "backplane: past the reconnect limit to nats");
+                    Duration::from_secs(3600)
+                }
+            }
+        };
+        let node: Weak<Self> = Arc::downgrade(self);
+        let events = move |event: async_nats::Event| {
+            if let Some(node) = node.upgrade() {
+                node.on_event(&event);
+            }
+            std::future::ready(())
+        };
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("storm node {}", self.node.tag()))
+            .max_reconnects(None)
+            .reconnect_delay_callback(delay)
+            .event_callback(events)
+            .connect(self.config.url.as_str())
+            .await
+            .map_err(Error::Connect)?;
+        Ok(client)
+    }
+
+    fn on_event(&self, event: &async_nats::Event) {
+        match event {
+            async_nats::Event::Connected => {
+                // The first connection too. On a reconnection async-nats
+                // subscribed again already: say hello, so the others
+                // publish their entries, and publish ours.
+                bump(&self.counters.subscriptions, 1);
+                self.up.send_replace(true);
+                tracing::info!("backplane: reconnected to nats");
+                self.hello();
+            }
+            async_nats::Event::Disconnected => {
+                self.up.send_replace(false);
+                tracing::warn!("backplane: disconnected from nats; reconnecting");
+            }
+            async_nats::Event::SlowConsumer(_) => {
+                tracing::warn!("backplane: nats dropped messages for this slow node");
+            }
+            other => tracing::debug!(%other, "backplane: nats event"),
+        }
+    }
+
+    /// Asks every node for its entries, and publishes this node's.
+    fn hello(&self) {
+        let subject = self.heartbeat_subject();
+        for payload in encode_presence(PresenceOp::Hello, &[]) {
+            self.enqueue_plain(subject.clone(), HEARTBEAT, payload);
+        }
+        self.refresh.notify_one();
+    }
+
+    /// Whether the connection is known to be down (not before `start`:
+    /// until then messages wait in the queue).
+    fn disconnected(&self) -> bool {
+        self.client
+            .get()
+            .is_some_and(|client| client.connection_state() != State::Connected)
+    }
+
+    async fn run_subscriber(
+        self: Arc<Self>,
+        hub: Hub,
+        deliver: Deliver,
+        mut inbox: futures_util::stream::SelectAll<async_nats::Subscriber>,
+        mut stopped: watch::Receiver<bool>,
+    ) {
+        let mut rooms = Subscriber::new(self.node);
+        let heartbeat = self.heartbeat_subject();
+        loop {
+            tokio::select! {
+                message = inbox.next() => match message {
+                    Some(message) if message.subject.as_str() == heartbeat => {
+                        self.receive_presence(message.payload);
+                    }
+                    Some(message) => self.receive(&hub, &deliver, &mut rooms, &message),
+                    // The client was closed: nothing more will come.
+                    None => return,
+                },
+                _ = stopped.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+
+    /// Decodes a node envelope (room messages are not); `None` (counted,
+    /// logged) when it does not decode or is not one.
+    fn node_envelope(&self, wire: Bytes) -> Option<Envelope> {
+        match Envelope::decode(wire, self.config.max_payload) {
+            Ok(envelope) if envelope.kind == Kind::Node => Some(envelope),
+            Ok(_) => {
+                bump(&self.counters.invalid, 1);
+                tracing::warn!("backplane: a room or user message on a node subject");
+                None
+            }
+            Err(error) => {
+                bump(&self.counters.invalid, 1);
+                tracing::warn!(%error, "backplane: undecodable node message");
+                None
+            }
+        }
+    }
+
+    /// One message on a room, node or every-node subject.
+    fn receive(
+        &self,
+        hub: &Hub,
+        deliver: &Deliver,
+        rooms: &mut Subscriber,
+        message: &async_nats::Message,
+    ) {
+        let c = &self.counters;
+        let token = match self.channels.parse(message.subject.as_str()) {
+            Some(Channel::Room(token)) => token,
+            Some(Channel::Node(_) | Channel::AllNodes) => {
+                self.receive_node_message(hub, message.payload.clone());
+                return;
+            }
+            _ => {
+                bump(&c.received, 1);
+                bump(&c.invalid, 1);
+                return;
+            }
+        };
+        bump(&c.received, 1);
+        let envelope = match Envelope::decode(message.payload.clone(), self.config.max_payload) {
+            Ok(envelope)
+                if envelope.kind == Kind::Room && room_token(envelope.name.as_str()) == token =>
+            {
+                envelope
+            }
+            Ok(_) => {
+                bump(&c.invalid, 1);
+                tracing::warn!(
+                    token,
+                    "backplane: envelope names another room than its subject"
+                );
+                return;
+            }
+            Err(error) => {
+                bump(&c.invalid, 1);
+                tracing::warn!(token, %error, "backplane: undecodable message");
+                return;
+            }
+        };
+        let room = envelope.name.as_str();
+        // As on Redis: an ordered publication goes to `Deliver` even with no
+        // member here (the service may have sessions about to enter).
+        if hub.member_count(room) == 0 && !envelope.echo {
+            return;
+        }
+        let inbound = rooms.handle(&envelope);
+        debug_assert_eq!(inbound.order, Order::Unpositioned);
+        if inbound.deliver() {
+            deliver(hub, room, None, &envelope.message);
+            bump(&c.delivered, 1);
+        } else {
+            bump(&c.own, 1);
+        }
+    }
+
+    /// A message to this node or every node: handed to the
+    /// [`on_node_message`](Self::on_node_message) handler unless this node
+    /// sent it.
+    fn receive_node_message(&self, hub: &Hub, wire: Bytes) {
+        let Some(envelope) = self.node_envelope(wire) else {
+            return;
+        };
+        if envelope.origin == self.node {
+            return; // its own, to every node: it acted on it already
+        }
+        match self.on_node.get() {
+            Some(handler) => {
+                bump(&self.counters.node_messages, 1);
+                handler(hub, &envelope.message);
+            }
+            None => {
+                bump(&self.counters.invalid, 1);
+                tracing::warn!("backplane: a node message, and no handler for it");
+            }
+        }
+    }
+
+    /// A presence message of another node: its entries noted (for a TTL)
+    /// or removed; a `hello` wakes the presence task.
+    fn receive_presence(&self, wire: Bytes) {
+        let Some(envelope) = self.node_envelope(wire) else {
+            return;
+        };
+        if envelope.origin == self.node {
+            return; // this node's own entries are in `mine`
+        }
+        let Message::Binary(payload) = &envelope.message else {
+            bump(&self.counters.invalid, 1);
+            return;
+        };
+        let (op, entries) = match decode_presence(payload) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                bump(&self.counters.invalid, 1);
+                tracing::warn!(?error, "backplane: undecodable presence message");
+                return;
+            }
+        };
+        let now = Instant::now();
+        let mut others = lock(&self.others);
+        while others.pop_expired(now).is_some() {}
+        match op {
+            PresenceOp::Hello => {
+                drop(others);
+                self.refresh.notify_one();
+            }
+            PresenceOp::Absent => {
+                for (room, member) in &entries {
+                    others.leave(room, member);
+                }
+            }
+            PresenceOp::Present => {
+                for (room, member) in &entries {
+                    if others.touch(room, member, now).is_err() {
+                        bump(&self.counters.presence_dropped, 1);
+                        tracing::warn!(room, "backplane: presence table full");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn run_publisher(
+        self: Arc<Self>,
+        mut pending: mpsc::Receiver<Publication>,
+        mut stopped: watch::Receiver<bool>,
+    ) {
+        let Some(client) = self.client.get().cloned() else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            tokio::select! {
+                taken = pending.recv_many(&mut batch, MAX_BATCH) => if taken == 0 {
+                    return;
+                },
+                _ = stopped.wait_for(|stop| *stop) => return,
+            }
+            let count = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+            let sent = if client.connection_state() == State::Connected {
+                self.send_batch(&client, &batch).await
+            } else {
+                Err("disconnected from nats".to_owned())
+            };
+            match sent {
+                Ok(()) => bump(&self.counters.published, count),
+                Err(error) => {
+                    // Not retried: the server may have had them (the confirmation's
+                    // answer lost), and a second send would deliver twice.
+                    bump(&self.counters.publish_failed, count);
+                    tracing::warn!(messages = count, %error, "backplane: publish failed");
+                    for publication in &batch {
+                        if let Some((room, message)) = &publication.ordered {
+                            self.unpublished(room, message);
+                        }
+                    }
+                }
+            }
+            batch.clear();
+        }
+    }
+
+    /// Publishes `batch` in order, then waits (bounded, and no longer than
+    /// the connection is up) for the server to confirm it has them all
+    /// ([`confirm`](Self::confirm)).
+    async fn send_batch(
+        &self,
+        client: &async_nats::Client,
+        batch: &[Publication],
+    ) -> Result<(), String> {
+        let mut up = self.up.subscribe();
+        for publication in batch {
+            client
+                .publish(publication.subject.clone(), publication.wire.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        tokio::select! {
+            confirmed = self.confirm(client) => confirmed,
+            _ = up.wait_for(|up| !*up) => Err("disconnected from nats before the server confirmed".to_owned()),
+        }
+    }
+
+    /// Waits (at most [`CONFIRM_TIMEOUT`]) until the server has everything
+    /// this node sent before: a request on a subject no one subscribes to
+    /// (`PREFIX.sync.TAG`), which the server answers "no responders" after
+    /// it handled what came before it on the connection. (async-nats's own
+    /// `flush` only writes to the socket.)
+    async fn confirm(&self, client: &async_nats::Client) -> Result<(), String> {
+        let subject = format!("{}.sync.{}", self.channels.prefix(), self.node.tag());
+        let request = client.request(subject, Bytes::new());
+        match tokio::time::timeout(CONFIRM_TIMEOUT, request).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) if error.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!("not confirmed within {CONFIRM_TIMEOUT:?}")),
+        }
+    }
+
+    /// Publishes this node's entries every third of the TTL, and at once
+    /// when woken ([`hello`](Self::hello), another node's hello).
+    async fn run_presence(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
+        let period = self.config.presence_ttl / 3;
+        let subject = self.heartbeat_subject();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(period) => {}
+                () = self.refresh.notified() => {}
+                _ = stopped.wait_for(|stop| *stop) => return,
+            }
+            let entries: Vec<(String, String)> = lock(&self.mine).iter().cloned().collect();
+            if entries.is_empty() {
+                continue;
+            }
+            for payload in encode_presence(PresenceOp::Present, &entries) {
+                self.enqueue_plain(subject.clone(), HEARTBEAT, payload);
+            }
+        }
+    }
+
+    /// Queues a presence or node message; a full queue drops it (counted,
+    /// logged) and returns `false`.
+    fn enqueue_plain(&self, subject: String, to: &str, payload: Bytes) -> bool {
+        let message = Message::Binary(payload);
+        self.enqueue_node(subject, to, &message)
+    }
+
+    fn enqueue_node(&self, subject: String, to: &str, message: &Message) -> bool {
+        let wire = match Envelope::node(self.node, to, message.clone()).to_bytes() {
+            Ok(wire) => wire,
+            Err(error) => {
+                bump(&self.counters.publish_failed, 1);
+                tracing::warn!(to, %error, "backplane: cannot send to a node");
+                return false;
+            }
+        };
+        let publication = Publication {
+            subject,
+            wire,
+            ordered: None,
+        };
+        if self.queue.try_send(publication).is_err() {
+            bump(&self.counters.publish_dropped, 1);
+            tracing::warn!(to, "backplane: publish queue full; not sent");
+            return false;
+        }
+        true
+    }
+
+    /// Marks `member` present in `room`, across nodes, until this node
+    /// says it is [absent](Self::absent) or stops announcing it (it stopped
+    /// or died): then it disappears within [`NatsConfig::presence_ttl`].
+    /// Never waits: the entry is this node's at once and published right
+    /// after, in call order with `absent`.
+    pub fn present(&self, room: &str, member: &str) {
+        let entry = (room.to_owned(), member.to_owned());
+        lock(&self.mine).insert(entry.clone());
+        let payload = encode_presence(PresenceOp::Present, &[entry]);
+        for payload in payload {
+            self.enqueue_plain(self.heartbeat_subject(), HEARTBEAT, payload);
+        }
+    }
+
+    /// Removes `member` from `room`'s presence, like [`present`](Self::present)
+    /// (if the removal is lost, the entry expires within the TTL).
+    pub fn absent(&self, room: &str, member: &str) {
+        let entry = (room.to_owned(), member.to_owned());
+        lock(&self.mine).remove(&entry);
+        for payload in encode_presence(PresenceOp::Absent, &[entry]) {
+            self.enqueue_plain(self.heartbeat_subject(), HEARTBEAT, payload);
+        }
+    }
+
+    /// Who is present in `room`, on every node as last heard of, sorted.
+    /// No I/O: the other nodes' entries are kept here as they announce them.
+    pub fn members(&self, room: &str) -> Vec<String> {
+        let mut members: BTreeSet<String> = lock(&self.mine)
+            .iter()
+            .filter(|(r, _)| r == room)
+            .map(|(_, member)| member.clone())
+            .collect();
+        let mut others = lock(&self.others);
+        let now = Instant::now();
+        while others.pop_expired(now).is_some() {}
+        members.extend(others.members(room).map(str::to_owned));
+        members.into_iter().collect()
+    }
+
+    /// What a client of `room` that last saw `since` missed: on NATS core
+    /// nothing is kept, so always [`Recovery::NoHistory`] with the reason
+    /// [`NO_HISTORY`] (see the [module docs](self)).
+    pub fn recover(&self, room: &str, since: Position) -> Recovery {
+        tracing::debug!(room, %since, "backplane: recovery asked of nats, which keeps no history");
+        Recovery::NoHistory {
+            unrecoverable: Some(NO_HISTORY),
+        }
+    }
+
+    /// Publishes `message` to `room` on every node, this one included:
+    /// every node, this one too, delivers it as it comes back from NATS,
+    /// through the [`Deliver`] of [`start_with`](Self::start_with), so all
+    /// nodes see one order per publisher. Never waits. What cannot reach
+    /// NATS (a full queue, a connection known to be down, a batch the
+    /// server did not confirm) is counted, logged, and handed to the
+    /// [`on_unpublished`](Self::on_unpublished) handler; in the rare case
+    /// of a batch the server had but could not confirm, a message may then
+    /// come back too.
+    pub fn publish_ordered(&self, room: &str, message: &Message) {
+        self.enqueue(room, message, true);
+    }
+
+    /// Sends `message` to the node tagged `node` (see [`NodeTag`]), to its
+    /// [`on_node_message`](Self::on_node_message) handler. Never waits; a
+    /// full queue drops it (counted, logged) and returns `false`.
+    pub fn to_node(&self, node: NodeTag, message: &Message) -> bool {
+        self.enqueue_node(self.channels.node(node), &node.to_string(), message)
+    }
+
+    /// Sends `message` to every other node's
+    /// [`on_node_message`](Self::on_node_message) handler, as
+    /// [`to_node`](Self::to_node) does.
+    pub fn to_all_nodes(&self, message: &Message) -> bool {
+        self.enqueue_node(self.channels.all_nodes(), "all", message)
+    }
+
+    /// Where messages to this node go. Set it before [`start`](Self::start);
+    /// only the first call counts (`false` for the others). Without it they
+    /// are counted as [`invalid`](NatsStats::invalid) and dropped.
+    pub fn on_node_message(&self, handler: OnNodeMessage) -> bool {
+        self.on_node.set(handler).is_ok()
+    }
+
+    /// Where ordered messages that cannot be published go (see
+    /// [`OnUnpublished`]). Set it before [`start`](Self::start); only the
+    /// first call counts (`false` for the others).
+    pub fn on_unpublished(&self, handler: OnUnpublished) -> bool {
+        self.on_unpublished.set(handler).is_ok()
+    }
+
+    fn unpublished(&self, room: &str, message: &Message) {
+        if let Some(handler) = self.on_unpublished.get() {
+            handler(room, message);
+        }
+    }
+
+    /// Encodes once, queues for the publisher; counts and logs what cannot
+    /// go, and hands the ordered ones that cannot to the unpublished
+    /// handler.
+    fn enqueue(&self, room: &str, message: &Message, echo: bool) {
+        let mut envelope = Envelope::room(self.node, room, message.clone());
+        envelope.echo = echo;
+        let failed = |counter: &AtomicU64| {
+            bump(counter, 1);
+            if echo {
+                self.unpublished(room, message);
+            }
+        };
+        let wire = match envelope.to_bytes() {
+            Ok(wire) => wire,
+            Err(error) => {
+                tracing::warn!(room, %error, "backplane: cannot publish");
+                return failed(&self.counters.publish_failed);
+            }
+        };
+        if echo && self.disconnected() {
+            return failed(&self.counters.publish_failed);
+        }
+        let publication = Publication {
+            subject: self.channels.room(&room_token(room)),
+            wire,
+            ordered: echo.then(|| (room.to_owned(), message.clone())),
+        };
+        if self.queue.try_send(publication).is_err() {
+            tracing::warn!(
+                room,
+                "backplane: publish queue full; not sent to other nodes"
+            );
+            failed(&self.counters.publish_dropped);
+        }
+    }
+}
+
+impl Backplane for NatsBackplane {
+    /// Encodes the message once and queues it for the publisher; never
+    /// waits. A full queue drops it for other nodes (counted, logged).
+    fn publish(&self, group: &str, message: &Message) {
+        self.enqueue(group, message, false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_checked_before_any_io() {
+        let config = |edit: fn(&mut NatsConfig)| {
+            let mut config = NatsConfig::default();
+            edit(&mut config);
+            NatsBackplane::new(config)
+        };
+        assert!(matches!(
+            config(|c| c.prefix = "a.b".into()),
+            Err(Error::Prefix(_))
+        ));
+        assert!(matches!(
+            config(|c| c.url = "redis://x".into()),
+            Err(Error::Url(_))
+        ));
+        assert!(matches!(
+            config(|c| c.publish_queue = 0),
+            Err(Error::Zero(_))
+        ));
+        assert!(matches!(
+            config(|c| c.presence_ttl = Duration::ZERO),
+            Err(Error::Zero(_))
+        ));
+        assert!(matches!(
+            config(|c| c.max_presence = 0),
+            Err(Error::Zero(_))
+        ));
+        let a = config(|_| {}).unwrap();
+        let b = config(|_| {}).unwrap();
+        assert_ne!(a.node(), b.node());
+    }
+
+    #[test]
+    fn a_full_queue_drops_counts_and_hands_ordered_messages_back() {
+        let config = NatsConfig {
+            publish_queue: 1,
+            ..NatsConfig::default()
+        };
+        let backplane = NatsBackplane::new(config).unwrap();
+        let unpublished = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&unpublished);
+        backplane.on_unpublished(Arc::new(move |room: &str, m: &Message| {
+            lock(&seen).push((room.to_owned(), m.clone()));
+        }));
+        backplane.publish("room", &Message::from("a"));
+        backplane.publish("room", &Message::from("b"));
+        backplane.publish_ordered("room", &Message::from("c"));
+        assert_eq!(backplane.stats().publish_dropped, 2);
+        assert_eq!(
+            *lock(&unpublished),
+            [("room".to_owned(), Message::from("c"))]
+        );
+    }
+
+    #[test]
+    fn every_room_name_is_one_subject_token_of_its_own() {
+        assert_eq!(room_token("rust-lang_2"), "rust-lang_2");
+        assert_eq!(room_token("a.b"), "=612e62");
+        assert_eq!(room_token("two words"), "=74776f20776f726473");
+        assert_eq!(room_token("*"), "=2a");
+        assert_eq!(room_token(""), "=");
+        assert_eq!(room_token("é"), "=c3a9");
+        let names = ["=61", "a", "A", "=", "", " ", "a b", "a.b"];
+        let tokens: BTreeSet<String> = names.iter().map(|n| room_token(n)).collect();
+        assert_eq!(tokens.len(), names.len(), "{tokens:?}");
+        for token in &tokens {
+            assert!(!token.is_empty());
+            assert!(!token.contains(['.', '*', '>', ' ', '\t']), "{token}");
+        }
+    }
+
+    #[test]
+    fn presence_messages_read_back_and_stay_bounded() {
+        let entries: Vec<(String, String)> = (0..5000)
+            .map(|i| {
+                (
+                    format!("room{}", i % 7),
+                    format!("{{\"id\":\"member-{i}\"}}"),
+                )
+            })
+            .collect();
+        let chunks = encode_presence(PresenceOp::Present, &entries);
+        assert!(chunks.len() > 1, "split: {}", chunks.len());
+        let mut back = Vec::new();
+        for chunk in &chunks {
+            assert!(chunk.len() <= MAX_HEARTBEAT, "{}", chunk.len());
+            let (op, entries) = decode_presence(chunk).unwrap();
+            assert_eq!(op, PresenceOp::Present);
+            back.extend(entries);
+        }
+        assert_eq!(back, entries);
+        let hello = encode_presence(PresenceOp::Hello, &[]);
+        assert_eq!(hello.len(), 1);
+        assert_eq!(decode_presence(&hello[0]), Ok((PresenceOp::Hello, vec![])));
+    }
+
+    #[test]
+    fn presence_decoding_is_total() {
+        assert_eq!(decode_presence(b""), Err(HeartbeatError::Empty));
+        assert_eq!(decode_presence(b"\x07"), Err(HeartbeatError::Op(7)));
+        assert_eq!(decode_presence(b"\x00\x00"), Err(HeartbeatError::Truncated));
+        assert_eq!(
+            decode_presence(b"\x00\xff\xff\xff\xffab"),
+            Err(HeartbeatError::Truncated)
+        );
+        assert_eq!(
+            decode_presence(b"\x00\x00\x00\x00\x01a"),
+            Err(HeartbeatError::Truncated),
+            "a room without its member"
+        );
+        assert_eq!(
+            decode_presence(b"\x01\x00\x00\x00\x01\xff\x00\x00\x00\x00"),
+            Err(HeartbeatError::Utf8)
+        );
+        // Every prefix of a valid message decodes or fails, never panics.
+        let wire = &encode_presence(PresenceOp::Absent, &[("r".into(), "m".into())])[0];
+        for end in 0..=wire.len() {
+            let _ = decode_presence(&wire[..end]);
+        }
+        assert_eq!(
+            decode_presence(wire),
+            Ok((PresenceOp::Absent, vec![("r".into(), "m".into())]))
+        );
+    }
+
+    #[test]
+    fn recovery_is_never_silent() {
+        let backplane = NatsBackplane::new(NatsConfig::default()).unwrap();
+        let since = Position::new(storm_proto::backplane::Epoch::new(1).unwrap(), 3);
+        assert_eq!(
+            backplane.recover("room", since),
+            Recovery::NoHistory {
+                unrecoverable: Some(NO_HISTORY)
+            }
+        );
+        assert!(NO_HISTORY.contains("NATS backplane keeps no history"));
+    }
+
+    #[test]
+    fn own_entries_are_listed_at_once() {
+        let backplane = NatsBackplane::new(NatsConfig::default()).unwrap();
+        backplane.present("", "b");
+        backplane.present("", "a");
+        backplane.present("x", "c");
+        assert_eq!(backplane.members(""), ["a", "b"]);
+        backplane.absent("", "a");
+        assert_eq!(backplane.members(""), ["b"]);
+    }
+}

@@ -242,6 +242,17 @@ impl Queue {
             Self::Encoded(_, bytes, _) => bytes.is_empty(),
         }
     }
+
+    /// Discards everything queued (an abort).
+    fn clear(&mut self) {
+        match self {
+            Self::Messages(queue) => queue.clear(),
+            Self::Encoded(_, bytes, count) => {
+                bytes.clear();
+                *count = 0;
+            }
+        }
+    }
 }
 
 /// A message [staged](Queue::stage) for the queue.
@@ -670,9 +681,9 @@ impl Outbox {
             Queue::Messages(queue) if queue.is_empty() && queue.capacity() != 0 => {
                 *queue = VecDeque::new();
             }
-            Queue::Encoded(_, bytes, _) if bytes.is_empty() && bytes.capacity() != 0 => {
-                *bytes = BytesMut::new();
-            }
+            // Emptiness alone decides: an empty buffer with no capacity
+            // left still shares the allocation of what it split off.
+            Queue::Encoded(_, bytes, _) if bytes.is_empty() => *bytes = BytesMut::new(),
             _ => {}
         }
     }
@@ -772,13 +783,7 @@ impl Outbox {
         let close = self.close_request();
         if close == Some(CloseKind::Abort) {
             let discarded = std::mem::take(&mut outbox.queued_bytes);
-            match &mut outbox.queue {
-                Queue::Messages(queue) => queue.clear(),
-                Queue::Encoded(_, bytes, count) => {
-                    bytes.clear();
-                    *count = 0;
-                }
-            }
+            outbox.queue.clear();
             self.queued.store(0, Ordering::Release);
             if outbox.budget.discard(discarded) == FlowChange::Resumed {
                 wake.append(&mut outbox.writable);

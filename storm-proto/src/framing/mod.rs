@@ -182,8 +182,8 @@ pub trait Framer {
     /// A framer of the same configuration, for a sender that frames
     /// messages itself, ahead of the link that decodes with this one
     /// ([`link::Encoder`](crate::link::Encoder)): only its
-    /// [`encode`](Self::encode) and [`encoded_len`](Self::encoded_len) are
-    /// used. `None` (the default) when encoding depends on this framer's
+    /// [`encode`](Self::encode) is used. `None` (the default) when
+    /// encoding depends on this framer's
     /// state; the link then frames every message itself.
     fn encoder(&self) -> Option<Box<dyn Framer + Send>> {
         None

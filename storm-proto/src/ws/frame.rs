@@ -294,28 +294,6 @@ pub fn encode_message(
     }
 }
 
-/// The bytes [`encode_message`] appends for `len` payload bytes with this
-/// `fragment` size, unmasked: each frame's header (2, 4 or 10 bytes) plus
-/// the payload.
-pub fn encoded_message_len(len: usize, fragment: usize) -> usize {
-    let header = |n: usize| -> usize {
-        match n {
-            0..=125 => 2,
-            126..=0xFFFF => 4,
-            _ => 10,
-        }
-    };
-    if fragment == 0 || len <= fragment {
-        return header(len).saturating_add(len);
-    }
-    let full = len / fragment;
-    let rest = len % fragment;
-    let last = if rest == 0 { 0 } else { header(rest) };
-    (full.saturating_mul(header(fragment)))
-        .saturating_add(last)
-        .saturating_add(len)
-}
-
 /// XORs `buf` with the masking key, as if `buf` began `offset` bytes into the
 /// payload (so a payload can be unmasked piece by piece as it arrives).
 /// Masking and unmasking are the same operation.

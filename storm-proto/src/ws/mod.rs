@@ -18,7 +18,9 @@ mod utf8;
 pub use crate::message::Utf8Bytes;
 pub use close::{CloseCode, CloseFrame};
 pub use conn::{Config, Connection, DIRECT_READ_MIN, Event, ProtocolError, SendError};
-pub(crate) use conn::{InputGrowth, RESERVE_AHEAD, direct_read_room, release_bytes};
+pub(crate) use conn::{
+    InputGrowth, RESERVE_AHEAD, direct_read_room, queue_behind_output, release_bytes,
+};
 pub use url::{UrlError, WsUrl};
 
 /// Which end of a connection a machine plays.

@@ -456,6 +456,21 @@ pub(crate) fn release_bytes(buf: &mut BytesMut) {
     }
 }
 
+/// Queues `bytes`, framed ahead of a connection, for transmit behind what
+/// it framed itself: `output`'s bytes, framed before them, move into
+/// `queued` first, so the transmit queue (handed out before `output`)
+/// keeps the order output was framed in.
+pub(crate) fn queue_behind_output(
+    output: &mut BytesMut,
+    queued: &mut VecDeque<Bytes>,
+    bytes: Bytes,
+) {
+    if !output.is_empty() {
+        queued.push_back(output.split().freeze());
+    }
+    queued.push_back(bytes);
+}
+
 /// The most an input buffer allocates ahead of the read that needed a new
 /// allocation: the adapters' read size.
 const INPUT_AHEAD_MAX: usize = 16 * 1024;
@@ -844,11 +859,7 @@ impl Connection {
         if !self.can_send() {
             return Err(SendError::Closed);
         }
-        if !self.output.is_empty() {
-            // What was framed before these bytes goes out before them.
-            self.queued.push_back(self.output.split().freeze());
-        }
-        self.queued.push_back(bytes);
+        queue_behind_output(&mut self.output, &mut self.queued, bytes);
         Ok(())
     }
 

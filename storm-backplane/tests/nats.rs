@@ -3,14 +3,13 @@
 
 #![cfg(feature = "nats")]
 
-#[path = "common/nats_server.rs"]
-mod nats_server;
+mod common;
 
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nats_server::NatsServer;
+use common::NatsServer;
 use storm_backplane::nats::{NO_HISTORY, NatsBackplane, NatsConfig, Running};
 use storm_backplane::proto::{Epoch, Position};
 use storm_backplane::{OnNodeMessage, Recovery};

@@ -7,7 +7,7 @@
 //! `redis-server` each. Every wait is bounded.
 
 #[path = "../../storm-backplane/tests/common/mod.rs"]
-mod redis_server;
+mod servers;
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -15,8 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use redis_server::RedisServer;
 use serde_json::{Value, json};
+use servers::RedisServer;
 use storm_proto::ws::{CloseCode, Event};
 use storm_std::ws::{self, WebSocket};
 use storm_tests::process::lines;

@@ -5,10 +5,7 @@
 //! history, a join with a position is told, explicitly, that what it
 //! missed cannot be recovered. Every wait is bounded.
 
-#[path = "../../../storm-backplane/tests/common/nats_server.rs"]
-mod nats_server;
-
-use nats_server::NatsServer;
+use super::servers::NatsServer;
 
 use super::*;
 

@@ -36,9 +36,8 @@
 //! started is stopped by its pid when the run ends, however it ends.
 //! Loopback only.
 
-#[allow(dead_code, reason = "the tests' helper, used in part here")]
 #[path = "../../../../storm-backplane/tests/common/mod.rs"]
-mod redis_server;
+mod servers;
 
 use std::borrow::Cow;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -51,8 +50,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use redis_server::RedisServer;
 use serde::Deserialize;
+use servers::RedisServer;
 use storm_e2e::stats::percentile_us;
 use storm_e2e::sys::{USER_HZ, self_cpu_ticks, stat_cpu_ticks};
 use storm_host::link::CloseReason;

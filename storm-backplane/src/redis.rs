@@ -54,8 +54,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -181,6 +183,64 @@ return live
 
 /// Room messages one pipeline to Redis carries at most.
 const MAX_BATCH: usize = 256;
+
+/// Subscription commands one round trip carries at most.
+const MAX_SUBSCRIPTION_BATCH: usize = 256;
+
+/// What a pipelined subscription request does to its channel.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Subscribe,
+    Unsubscribe,
+}
+
+/// Sends `requests` on `sink`, each a command of its own, all of them in
+/// order before any reply is awaited, then waits for every reply: one round
+/// trip. The replies in the order of the requests.
+///
+/// The `redis` crate's sink writes a request when its future is first
+/// polled and resolves it with the next reply of its kind; so the futures
+/// are polled in order, each once, before any is awaited again.
+async fn pipelined(
+    sink: &PubSubSink,
+    requests: Vec<(Change, String)>,
+) -> Vec<redis::RedisResult<()>> {
+    type Reply = Pin<Box<dyn Future<Output = redis::RedisResult<()>> + Send>>;
+    let mut replies: Vec<Reply> = requests
+        .into_iter()
+        .map(|(change, channel)| {
+            let mut sink = sink.clone();
+            Box::pin(async move {
+                match change {
+                    Change::Subscribe => sink.subscribe(channel).await,
+                    Change::Unsubscribe => sink.unsubscribe(channel).await,
+                }
+            }) as Reply
+        })
+        .collect();
+    let mut done: Vec<Option<redis::RedisResult<()>>> = replies.iter().map(|_| None).collect();
+    // Every reply before `first` is in.
+    let mut first = 0;
+    std::future::poll_fn(|cx| {
+        for (reply, slot) in replies.iter_mut().zip(done.iter_mut()).skip(first) {
+            if slot.is_none() {
+                if let Poll::Ready(outcome) = reply.as_mut().poll(cx) {
+                    *slot = Some(outcome);
+                }
+            }
+        }
+        while done.get(first).is_some_and(Option::is_some) {
+            first += 1;
+        }
+        if first == done.len() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    done.into_iter().flatten().collect()
+}
 
 /// A Lua script, run by its SHA1 (`EVALSHA`) and sent whole (`EVAL`) only
 /// when Redis does not have it yet (first use, or after a restart), so a
@@ -577,12 +637,13 @@ impl RedisBackplane {
     /// room held (the rooms' subscriptions confirmed when it returns).
     async fn subscribe(&self) -> Result<(PubSubSink, PubSubStream), redis::RedisError> {
         let pubsub = self.client.get_async_pubsub().await?;
-        let (mut sink, stream) = pubsub.split();
-        sink.subscribe(self.node.channels.node(self.node.id.tag()))
-            .await?;
-        sink.subscribe(self.node.channels.all_nodes()).await?;
+        let (sink, stream) = pubsub.split();
         self.change_subscriptions(Subscriptions::connected);
-        self.run_subscription_commands(&mut sink, None).await?;
+        let own = [
+            self.node.channels.node(self.node.id.tag()),
+            self.node.channels.all_nodes(),
+        ];
+        self.run_subscription_commands(&sink, &own, None).await?;
         bump(&self.node.counters.subscriptions, 1);
         Ok((sink, stream))
     }
@@ -603,37 +664,76 @@ impl RedisBackplane {
         out
     }
 
-    /// Runs the room subscriptions' commands on `sink`, one at a time and
-    /// in order, reporting each confirmed subscribe. Every channel goes in
-    /// a command of its own: the `redis` crate matches one reply to one
-    /// command. A room unsubscribed is forgotten by `rooms` (the running
-    /// subscriber's sequences), so that its next subscription starts a
-    /// fresh sequence instead of reporting what it did not receive as
-    /// missed.
+    /// Subscribes `sink` to `own` (this node's channels, on a new
+    /// connection), then runs the room subscriptions' commands on it, in
+    /// order, reporting each confirmed subscribe. Pipelined: up to
+    /// [`MAX_SUBSCRIPTION_BATCH`] commands are written before any reply is
+    /// awaited, so a resubscription to every held room takes one round trip
+    /// (one per that many rooms), not one per room. Every channel still goes
+    /// in a command of its own: the `redis` crate matches one reply to one
+    /// command. A room's subscription is confirmed once Redis answered its
+    /// own command (what it publishes on the channel from then on comes
+    /// after that answer on the connection). A room unsubscribed is
+    /// forgotten by `rooms` (the running subscriber's sequences), so that
+    /// its next subscription starts a fresh sequence instead of reporting
+    /// what it did not receive as missed.
     async fn run_subscription_commands(
         &self,
-        sink: &mut PubSubSink,
+        sink: &PubSubSink,
+        own: &[String],
         mut rooms: Option<&mut Subscriber>,
     ) -> Result<(), redis::RedisError> {
+        let mut own = own;
         loop {
-            let next = lock(&self.subscriptions).poll_command();
-            let Some(command) = next else {
-                return Ok(());
+            let commands: Vec<SubscriptionCommand> = {
+                let mut subscriptions = lock(&self.subscriptions);
+                std::iter::from_fn(|| subscriptions.poll_command())
+                    .take(MAX_SUBSCRIPTION_BATCH)
+                    .collect()
             };
-            match command {
-                SubscriptionCommand::Subscribe { room, id } => {
-                    sink.subscribe(self.node.channels.room(&room)).await?;
-                    // Redis confirmed: what it publishes on the channel
-                    // from now on comes after this on the connection.
-                    self.change_subscriptions(|subscriptions| subscriptions.confirmed(&room, id));
+            if commands.is_empty() && own.is_empty() {
+                return Ok(());
+            }
+            let room = |room: &String| self.node.channels.room(room);
+            let requests = own
+                .iter()
+                .map(|channel| (Change::Subscribe, channel.clone()))
+                .chain(commands.iter().map(|command| match command {
+                    SubscriptionCommand::Subscribe { room: r, .. } => (Change::Subscribe, room(r)),
+                    SubscriptionCommand::Unsubscribe { room: r } => (Change::Unsubscribe, room(r)),
+                }))
+                .collect();
+            let mut replies = pipelined(sink, requests).await.into_iter();
+            for reply in replies.by_ref().take(own.len()) {
+                reply?;
+            }
+            own = &[];
+            // In order, up to the first failure (the connection broke:
+            // nothing after it ran).
+            let mut confirmed = Vec::new();
+            let mut failed = Ok(());
+            for (command, reply) in commands.into_iter().zip(replies) {
+                if let Err(error) = reply {
+                    failed = Err(error);
+                    break;
                 }
-                SubscriptionCommand::Unsubscribe { room } => {
-                    sink.unsubscribe(self.node.channels.room(&room)).await?;
-                    if let Some(rooms) = rooms.as_deref_mut() {
-                        rooms.forget(&room);
+                match command {
+                    SubscriptionCommand::Subscribe { room, id } => confirmed.push((room, id)),
+                    SubscriptionCommand::Unsubscribe { room } => {
+                        if let Some(rooms) = rooms.as_deref_mut() {
+                            rooms.forget(&room);
+                        }
                     }
                 }
             }
+            if !confirmed.is_empty() {
+                self.change_subscriptions(|subscriptions| {
+                    for (room, id) in &confirmed {
+                        subscriptions.confirmed(room, *id);
+                    }
+                });
+            }
+            failed?;
         }
     }
 
@@ -716,7 +816,7 @@ impl RedisBackplane {
         let mut backoff = self.backoff();
         let mut pubsub = Some(pubsub);
         loop {
-            let (mut sink, mut messages) = match pubsub.take() {
+            let (sink, mut messages) = match pubsub.take() {
                 Some(current) => current,
                 None => match self.subscribe().await {
                     Ok(current) => current,
@@ -744,7 +844,7 @@ impl RedisBackplane {
                 match message {
                     Some(message) => self.receive(hub, deliver, &mut rooms, &message),
                     None => {
-                        let commands = self.run_subscription_commands(&mut sink, Some(&mut rooms));
+                        let commands = self.run_subscription_commands(&sink, &[], Some(&mut rooms));
                         if let Err(error) = commands.await {
                             tracing::warn!(%error, "backplane: redis subscribe failed");
                             break;

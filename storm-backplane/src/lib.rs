@@ -17,7 +17,12 @@
 //! | `nats` | [`nats::NatsBackplane`]: pub/sub between nodes through NATS core (`async-nats`), every room on one wildcard subscription, presence by heartbeats with the same TTL bound; **no history**: a client coming back with a position is told its missed messages cannot be recovered; no node stats; on tokio only (`async-nats` needs it) |
 //!
 //! What an adapter hands the application is the same whichever it is: the
-//! handler types below and [`Recovery`].
+//! handler types below, [`Recovery`], its counters ([`Stats`]), the handle
+//! of its tasks ([`Running`]) and why its settings were refused
+//! ([`ConfigError`]). What the adapters do alike (the
+//! publisher's queue, checking what arrives against its channel, handing
+//! node messages to their handler, counting) is written once, in a private
+//! `node` module; each adapter's module holds only what its server needs.
 
 use std::sync::Arc;
 
@@ -27,8 +32,13 @@ use storm_proto::backplane::{Position, Unrecoverable};
 
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(any(feature = "redis", feature = "nats"))]
+mod node;
 #[cfg(feature = "redis")]
 pub mod redis;
+
+#[cfg(any(feature = "redis", feature = "nats"))]
+pub use node::{ConfigError, Running, Stats};
 
 pub use storm_proto::backplane as proto;
 

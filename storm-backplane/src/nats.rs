@@ -17,7 +17,8 @@
 //!
 //! NATS core pub/sub keeps nothing: a message reaches the nodes subscribed
 //! as it is published, and no one else, ever. So room messages carry no
-//! position ([`Order::Unpositioned`]), there is no gap detection, and
+//! position ([`Order::Unpositioned`](storm_proto::backplane::Order::Unpositioned)),
+//! there is no gap detection, and
 //! [`NatsBackplane::recover`] always answers [`Recovery::NoHistory`] with
 //! the reason [`NO_HISTORY`]: a client that comes back with a position is
 //! told, explicitly, that what it missed cannot be recovered, never handed
@@ -28,7 +29,8 @@
 //!
 //! # Subjects
 //!
-//! Under the [`Channels`] of [`NatsConfig::prefix`]: `PREFIX.room.TOKEN`
+//! Under the [`Channels`](storm_proto::backplane::Channels) of
+//! [`NatsConfig::prefix`]: `PREFIX.room.TOKEN`
 //! (a room's messages; [`room_token`]: the room's name when it is ASCII
 //! letters, digits, `-` and `_`, else `=` and its UTF-8 in hex, so any room
 //! name is one subject token), `PREFIX.node.TAG` and `PREFIX.node.all`
@@ -57,8 +59,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
@@ -66,15 +67,12 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
 use storm_host::hub::{Backplane, Hub};
 use storm_proto::Message;
-use storm_proto::backplane::{
-    Channel, Channels, Envelope, Kind, NodeId, NodeTag, Order, Position, PrefixError, Presence,
-    Subscriber,
-};
-use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffConfigError, BackoffStep};
+use storm_proto::backplane::{NodeId, NodeTag, Position, Presence, Subscriber};
+use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffStep};
 use tokio::sync::{Notify, mpsc, watch};
-use tokio::task::JoinHandle;
 
-pub use crate::{Deliver, OnNodeMessage, OnUnpublished, Recovery};
+use crate::node::{Node, Queued, bump, defaults, deliver_to_hub, lock, settings_of};
+pub use crate::{ConfigError, Deliver, OnNodeMessage, OnUnpublished, Recovery, Running, Stats};
 
 /// Why a client coming back with a position cannot have what it missed on
 /// this backplane: the reason of every [`NatsBackplane::recover`].
@@ -103,7 +101,8 @@ pub struct NatsConfig {
     ///
     /// Default: `nats://127.0.0.1:4222`.
     pub url: String,
-    /// The subject prefix ([`Channels`]): nodes of one service share it,
+    /// The subject prefix ([`Channels`](storm_proto::backplane::Channels)):
+    /// nodes of one service share it,
     /// other services sharing the server use another.
     ///
     /// Default: `storm`.
@@ -115,19 +114,19 @@ pub struct NatsConfig {
     pub presence_ttl: Duration,
     /// Most presence entries of other nodes this node keeps; beyond it new
     /// ones are dropped (counted in
-    /// [`presence_dropped`](NatsStats::presence_dropped), logged).
+    /// [`presence_dropped`](Stats::presence_dropped), logged).
     ///
     /// Default: 100,000.
     pub max_presence: usize,
     /// Largest payload accepted from another node; larger envelopes are
-    /// counted as [`invalid`](NatsStats::invalid) and dropped.
+    /// counted as [`invalid`](Stats::invalid) and dropped.
     ///
     /// Default: 16 MiB (the server's own `max_payload`, 1 MiB by default,
     /// bounds what is published).
     pub max_payload: usize,
     /// Messages waiting for the publisher; beyond it a broadcast is not
     /// published to other nodes, and counted in
-    /// [`publish_dropped`](NatsStats::publish_dropped).
+    /// [`publish_dropped`](Stats::publish_dropped).
     ///
     /// Default: 4096.
     pub publish_queue: usize,
@@ -142,11 +141,11 @@ impl Default for NatsConfig {
     fn default() -> Self {
         Self {
             url: "nats://127.0.0.1:4222".to_owned(),
-            prefix: "storm".to_owned(),
-            presence_ttl: Duration::from_secs(30),
+            prefix: defaults::PREFIX.to_owned(),
+            presence_ttl: defaults::PRESENCE_TTL,
             max_presence: 100_000,
-            max_payload: 16 * 1024 * 1024,
-            publish_queue: 4096,
+            max_payload: defaults::MAX_PAYLOAD,
+            publish_queue: defaults::PUBLISH_QUEUE,
             reconnect: BackoffConfig::default(),
         }
     }
@@ -156,13 +155,11 @@ impl Default for NatsConfig {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
-    /// [`NatsConfig::prefix`] is not a valid prefix.
-    Prefix(PrefixError),
-    /// [`NatsConfig::reconnect`] is not a valid backoff.
-    Backoff(BackoffConfigError),
+    /// [`NatsConfig::prefix`] is not a valid prefix, or
+    /// [`NatsConfig::reconnect`] not a valid backoff, or
     /// [`NatsConfig::publish_queue`], [`NatsConfig::presence_ttl`] or
     /// [`NatsConfig::max_presence`] is zero.
-    Zero(&'static str),
+    Config(ConfigError),
     /// [`NatsConfig::url`] is not a NATS URL.
     Url(String),
     /// The first connection failed.
@@ -178,9 +175,7 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Prefix(e) => e.fmt(f),
-            Self::Backoff(e) => write!(f, "backplane reconnect: {e}"),
-            Self::Zero(what) => write!(f, "backplane {what} must be at least 1"),
+            Self::Config(e) => e.fmt(f),
             Self::Url(e) => write!(f, "not a NATS URL (nats://HOST:PORT): {e}"),
             Self::Connect(e) => write!(f, "nats: {e}"),
             Self::Subscribe(e) => write!(f, "nats subscription: {e}"),
@@ -193,63 +188,12 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
+            Self::Config(e) => Some(e),
             Self::Connect(e) => Some(e),
             Self::Subscribe(e) => Some(e),
             _ => None,
         }
     }
-}
-
-/// Counters of one node's NATS backplane, since it was made.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct NatsStats {
-    /// Messages published (room, node and presence messages).
-    pub published: u64,
-    /// Messages whose publish failed or was not confirmed (NATS down):
-    /// other nodes may not have them.
-    pub publish_failed: u64,
-    /// Messages not published because the queue was full.
-    pub publish_dropped: u64,
-    /// Room messages received from NATS (this node's own included).
-    pub received: u64,
-    /// Received messages delivered to local members.
-    pub delivered: u64,
-    /// Received messages this node published itself and delivered locally
-    /// as it did (skipped; not echoes of `publish_ordered`).
-    pub own: u64,
-    /// Received messages that did not decode, or whose subject and envelope
-    /// disagree (dropped).
-    pub invalid: u64,
-    /// Messages to this node or to every node, from other nodes, handed to
-    /// its [`on_node_message`](NatsBackplane::on_node_message).
-    pub node_messages: u64,
-    /// Presence entries of other nodes not kept: the table was full.
-    pub presence_dropped: u64,
-    /// Times the node (re)connected, and so (re)subscribed.
-    pub subscriptions: u64,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    published: AtomicU64,
-    publish_failed: AtomicU64,
-    publish_dropped: AtomicU64,
-    received: AtomicU64,
-    delivered: AtomicU64,
-    own: AtomicU64,
-    invalid: AtomicU64,
-    node_messages: AtomicU64,
-    presence_dropped: AtomicU64,
-    subscriptions: AtomicU64,
-}
-
-fn bump(counter: &AtomicU64, by: u64) {
-    counter.fetch_add(by, Ordering::Relaxed);
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A message waiting for the publisher, its envelope encoded.
@@ -259,6 +203,14 @@ struct Publication {
     /// The room and message of a [`publish_ordered`](NatsBackplane::publish_ordered),
     /// for the [`on_unpublished`](NatsBackplane::on_unpublished) handler.
     ordered: Option<(String, Message)>,
+}
+
+impl Queued for Publication {
+    fn ordered(&self) -> Option<(&str, &Message)> {
+        self.ordered
+            .as_ref()
+            .map(|(room, message)| (room.as_str(), message))
+    }
 }
 
 /// The subject token of a room: its name when that is ASCII letters,
@@ -378,12 +330,10 @@ fn decode_presence(mut wire: &[u8]) -> Result<(PresenceOp, Vec<(String, String)>
 /// # }
 /// ```
 pub struct NatsBackplane {
-    node: NodeId,
-    channels: Channels,
+    /// What every backplane of a node has (its id, channels, queue,
+    /// handlers, counters).
+    node: Node<Publication>,
     config: NatsConfig,
-    queue: mpsc::Sender<Publication>,
-    /// Taken by [`start`](Self::start).
-    pending: Mutex<Option<mpsc::Receiver<Publication>>>,
     /// The connection, once started.
     client: OnceLock<async_nats::Client>,
     /// This node's presence entries, published again every third of the TTL.
@@ -392,9 +342,6 @@ pub struct NatsBackplane {
     others: Mutex<Presence>,
     /// Wakes the presence task to publish every entry now.
     refresh: Notify,
-    on_node: OnceLock<OnNodeMessage>,
-    on_unpublished: OnceLock<OnUnpublished>,
-    counters: Counters,
     /// The reconnect schedule, shared by the reconnect attempts.
     backoff: Arc<Mutex<Backoff>>,
     /// Whether the connection is up, as its events last said: a confirmation
@@ -405,34 +352,9 @@ pub struct NatsBackplane {
 impl fmt::Debug for NatsBackplane {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NatsBackplane")
-            .field("node", &self.node)
+            .field("node", &self.node.id)
             .field("config", &self.config)
             .finish_non_exhaustive()
-    }
-}
-
-/// The tasks of a started [`NatsBackplane`]; [`stop`](Self::stop) ends them.
-/// Dropping it stops them too (without waiting).
-#[derive(Debug)]
-pub struct Running {
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Running {
-    /// Stops the publisher (what is still queued is not published), the
-    /// subscriber and the presence task, and waits for them.
-    pub async fn stop(mut self) {
-        let _ = self.stop.send(true);
-        for task in self.tasks.drain(..) {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
     }
 }
 
@@ -446,17 +368,9 @@ impl NatsBackplane {
     /// [`Error`] for an invalid prefix, URL, backoff, or a zero queue, TTL
     /// or presence bound.
     pub fn new(config: NatsConfig) -> Result<Self, Error> {
-        let channels = Channels::new(&config.prefix).map_err(Error::Prefix)?;
-        let backoff =
-            Backoff::new(config.reconnect.clone(), rand::random()).map_err(Error::Backoff)?;
-        if config.publish_queue == 0 {
-            return Err(Error::Zero("publish queue"));
-        }
-        if config.presence_ttl.is_zero() {
-            return Err(Error::Zero("presence TTL"));
-        }
+        let (node, backoff) = Node::new(&settings_of!(config)).map_err(Error::Config)?;
         if config.max_presence == 0 {
-            return Err(Error::Zero("presence bound"));
+            return Err(Error::Config(ConfigError::Zero("presence bound")));
         }
         if !config.url.starts_with("nats://") {
             return Err(Error::Url(config.url.clone()));
@@ -465,20 +379,13 @@ impl NatsBackplane {
             .url
             .parse::<async_nats::ServerAddr>()
             .map_err(|e| Error::Url(e.to_string()))?;
-        let (queue, pending) = mpsc::channel(config.publish_queue);
         Ok(Self {
-            node: NodeId::random(&mut rand::rng()),
-            channels,
+            node,
             others: Mutex::new(Presence::new(config.presence_ttl, config.max_presence)),
             config,
-            queue,
-            pending: Mutex::new(Some(pending)),
             client: OnceLock::new(),
             mine: Mutex::new(BTreeSet::new()),
             refresh: Notify::new(),
-            on_node: OnceLock::new(),
-            on_unpublished: OnceLock::new(),
-            counters: Counters::default(),
             backoff: Arc::new(Mutex::new(backoff)),
             up: watch::Sender::new(true),
         })
@@ -486,7 +393,7 @@ impl NatsBackplane {
 
     /// This node's id.
     pub fn node(&self) -> NodeId {
-        self.node
+        self.node.id
     }
 
     /// The settings.
@@ -495,26 +402,13 @@ impl NatsBackplane {
     }
 
     /// The counters so far.
-    pub fn stats(&self) -> NatsStats {
-        let c = &self.counters;
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        NatsStats {
-            published: load(&c.published),
-            publish_failed: load(&c.publish_failed),
-            publish_dropped: load(&c.publish_dropped),
-            received: load(&c.received),
-            delivered: load(&c.delivered),
-            own: load(&c.own),
-            invalid: load(&c.invalid),
-            node_messages: load(&c.node_messages),
-            presence_dropped: load(&c.presence_dropped),
-            subscriptions: load(&c.subscriptions),
-        }
+    pub fn stats(&self) -> Stats {
+        self.node.stats()
     }
 
     /// The subject presence messages go on.
     fn heartbeat_subject(&self) -> String {
-        self.channels.presence(HEARTBEAT)
+        self.node.channels.presence(HEARTBEAT)
     }
 
     /// Connects and subscribes to every room of the prefix, to this node's
@@ -528,10 +422,7 @@ impl NatsBackplane {
     /// [`Error::Connect`], [`Error::Subscribe`] or [`Error::Unconfirmed`] if the
     /// first connection or subscription fails; [`Error::AlreadyStarted`] on a second call.
     pub async fn start(self: &Arc<Self>, hub: Hub) -> Result<Running, Error> {
-        let deliver: Deliver = Arc::new(|hub: &Hub, room: &str, _, message: &Message| {
-            hub.deliver_group(room, message, None);
-        });
-        self.start_with(hub, deliver).await
+        self.start_with(hub, deliver_to_hub()).await
     }
 
     /// [`start`](Self::start), handing each room message to deliver to
@@ -546,12 +437,12 @@ impl NatsBackplane {
         hub: Hub,
         deliver: Deliver,
     ) -> Result<Running, Error> {
-        let pending = lock(&self.pending).take().ok_or(Error::AlreadyStarted)?;
+        let pending = self.node.take_pending().ok_or(Error::AlreadyStarted)?;
         let client = self.connect().await?;
         let subjects = [
-            self.channels.room("*"),
-            self.channels.node(self.node.tag()),
-            self.channels.all_nodes(),
+            self.node.channels.room("*"),
+            self.node.channels.node(self.node.id.tag()),
+            self.node.channels.all_nodes(),
             self.heartbeat_subject(),
         ];
         let mut subscriptions = Vec::with_capacity(subjects.len());
@@ -562,15 +453,14 @@ impl NatsBackplane {
         // node subscribed.
         self.confirm(&client).await.map_err(Error::Unconfirmed)?;
         let _ = self.client.set(client);
-        let (stop, stopped) = watch::channel(false);
+        let (running, tasks) = Running::new();
         let inbox = futures_util::stream::select_all(subscriptions);
-        let tasks = vec![
-            tokio::spawn(Arc::clone(self).run_subscriber(hub, deliver, inbox, stopped.clone())),
-            tokio::spawn(Arc::clone(self).run_publisher(pending, stopped.clone())),
-            tokio::spawn(Arc::clone(self).run_presence(stopped)),
-        ];
+        let this = || Arc::clone(self);
+        tokio::spawn(tasks.task(this().run_subscriber(hub, deliver, inbox, tasks.stopped())));
+        tokio::spawn(tasks.task(this().run_publisher(pending, tasks.stopped())));
+        tokio::spawn(tasks.task(this().run_presence(tasks.stopped())));
         self.hello();
-        Ok(Running { stop, tasks })
+        Ok(running)
     }
 
     /// The connection: reconnecting on the core's backoff, forever (or as
@@ -600,7 +490,7 @@ impl NatsBackplane {
             std::future::ready(())
         };
         let client = async_nats::ConnectOptions::new()
-            .name(format!("storm node {}", self.node.tag()))
+            .name(format!("storm node {}", self.node.id.tag()))
             .max_reconnects(None)
             .reconnect_delay_callback(delay)
             .event_callback(events)
@@ -616,7 +506,7 @@ impl NatsBackplane {
                 // The first connection too. On a reconnection async-nats
                 // subscribed again already: say hello, so the others
                 // publish their entries, and publish ours.
-                bump(&self.counters.subscriptions, 1);
+                bump(&self.node.counters.subscriptions, 1);
                 self.up.send_replace(true);
                 tracing::info!("backplane: reconnected to nats");
                 self.hello();
@@ -656,7 +546,7 @@ impl NatsBackplane {
         mut inbox: futures_util::stream::SelectAll<async_nats::Subscriber>,
         mut stopped: watch::Receiver<bool>,
     ) {
-        let mut rooms = Subscriber::new(self.node);
+        let mut rooms = Subscriber::new(self.node.id);
         let heartbeat = self.heartbeat_subject();
         loop {
             tokio::select! {
@@ -673,25 +563,8 @@ impl NatsBackplane {
         }
     }
 
-    /// Decodes a node envelope (room messages are not); `None` (counted,
-    /// logged) when it does not decode or is not one.
-    fn node_envelope(&self, wire: Bytes) -> Option<Envelope> {
-        match Envelope::decode(wire, self.config.max_payload) {
-            Ok(envelope) if envelope.kind == Kind::Node => Some(envelope),
-            Ok(_) => {
-                bump(&self.counters.invalid, 1);
-                tracing::warn!("backplane: a room or user message on a node subject");
-                None
-            }
-            Err(error) => {
-                bump(&self.counters.invalid, 1);
-                tracing::warn!(%error, "backplane: undecodable node message");
-                None
-            }
-        }
-    }
-
-    /// One message on a room, node or every-node subject.
+    /// One message on a room subject (decode, classify, deliver) or on a
+    /// node subject ([`on_node_message`](Self::on_node_message)'s).
     fn receive(
         &self,
         hub: &Hub,
@@ -699,95 +572,39 @@ impl NatsBackplane {
         rooms: &mut Subscriber,
         message: &async_nats::Message,
     ) {
-        let c = &self.counters;
-        let token = match self.channels.parse(message.subject.as_str()) {
-            Some(Channel::Room(token)) => token,
-            Some(Channel::Node(_) | Channel::AllNodes) => {
-                self.receive_node_message(hub, message.payload.clone());
-                return;
-            }
-            _ => {
-                bump(&c.received, 1);
-                bump(&c.invalid, 1);
-                return;
-            }
+        let subject = message.subject.as_str();
+        let same = |name: &str, token: &str| room_token(name) == token;
+        let Some(envelope) = self
+            .node
+            .receive(hub, subject, message.payload.clone(), same)
+        else {
+            return;
         };
-        bump(&c.received, 1);
-        let envelope = match Envelope::decode(message.payload.clone(), self.config.max_payload) {
-            Ok(envelope)
-                if envelope.kind == Kind::Room && room_token(envelope.name.as_str()) == token =>
-            {
-                envelope
-            }
-            Ok(_) => {
-                bump(&c.invalid, 1);
-                tracing::warn!(
-                    token,
-                    "backplane: envelope names another room than its subject"
-                );
-                return;
-            }
-            Err(error) => {
-                bump(&c.invalid, 1);
-                tracing::warn!(token, %error, "backplane: undecodable message");
-                return;
-            }
-        };
-        let room = envelope.name.as_str();
         // As on Redis: an ordered publication goes to `Deliver` even with no
         // member here (the service may have sessions about to enter).
-        if hub.member_count(room) == 0 && !envelope.echo {
+        if hub.member_count(envelope.name.as_str()) == 0 && !envelope.echo {
             return;
         }
-        let inbound = rooms.handle(&envelope);
-        debug_assert_eq!(inbound.order, Order::Unpositioned);
-        if inbound.deliver() {
-            deliver(hub, room, None, &envelope.message);
-            bump(&c.delivered, 1);
-        } else {
-            bump(&c.own, 1);
-        }
-    }
-
-    /// A message to this node or every node: handed to the
-    /// [`on_node_message`](Self::on_node_message) handler unless this node
-    /// sent it.
-    fn receive_node_message(&self, hub: &Hub, wire: Bytes) {
-        let Some(envelope) = self.node_envelope(wire) else {
-            return;
-        };
-        if envelope.origin == self.node {
-            return; // its own, to every node: it acted on it already
-        }
-        match self.on_node.get() {
-            Some(handler) => {
-                bump(&self.counters.node_messages, 1);
-                handler(hub, &envelope.message);
-            }
-            None => {
-                bump(&self.counters.invalid, 1);
-                tracing::warn!("backplane: a node message, and no handler for it");
-            }
-        }
+        self.node.deliver(hub, deliver, rooms, &envelope);
     }
 
     /// A presence message of another node: its entries noted (for a TTL)
     /// or removed; a `hello` wakes the presence task.
     fn receive_presence(&self, wire: Bytes) {
-        let Some(envelope) = self.node_envelope(wire) else {
+        let Some(envelope) = self.node.node_envelope(wire) else {
             return;
         };
-        if envelope.origin == self.node {
+        if envelope.origin == self.node.id {
             return; // this node's own entries are in `mine`
         }
         let Message::Binary(payload) = &envelope.message else {
-            bump(&self.counters.invalid, 1);
+            bump(&self.node.counters.invalid, 1);
             return;
         };
         let (op, entries) = match decode_presence(payload) {
             Ok(decoded) => decoded,
             Err(error) => {
-                bump(&self.counters.invalid, 1);
+                bump(&self.node.counters.invalid, 1);
                 tracing::warn!(?error, "backplane: undecodable presence message");
                 return;
             }
@@ -808,7 +625,7 @@ impl NatsBackplane {
             PresenceOp::Present => {
                 for (room, member) in &entries {
                     if others.touch(room, member, now).is_err() {
-                        bump(&self.counters.presence_dropped, 1);
+                        bump(&self.node.counters.presence_dropped, 1);
                         tracing::warn!(room, "backplane: presence table full");
                     }
                 }
@@ -832,26 +649,15 @@ impl NatsBackplane {
                 },
                 _ = stopped.wait_for(|stop| *stop) => return,
             }
-            let count = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+            // Not retried when it fails: the server may have had them (the
+            // confirmation's answer lost), and a second send would deliver
+            // twice.
             let sent = if client.connection_state() == State::Connected {
                 self.send_batch(&client, &batch).await
             } else {
                 Err("disconnected from nats".to_owned())
             };
-            match sent {
-                Ok(()) => bump(&self.counters.published, count),
-                Err(error) => {
-                    // Not retried: the server may have had them (the confirmation's
-                    // answer lost), and a second send would deliver twice.
-                    bump(&self.counters.publish_failed, count);
-                    tracing::warn!(messages = count, %error, "backplane: publish failed");
-                    for publication in &batch {
-                        if let Some((room, message)) = &publication.ordered {
-                            self.unpublished(room, message);
-                        }
-                    }
-                }
-            }
+            self.node.sent(&batch, sent);
             batch.clear();
         }
     }
@@ -883,7 +689,11 @@ impl NatsBackplane {
     /// it handled what came before it on the connection. (async-nats's own
     /// `flush` only writes to the socket.)
     async fn confirm(&self, client: &async_nats::Client) -> Result<(), String> {
-        let subject = format!("{}.sync.{}", self.channels.prefix(), self.node.tag());
+        let subject = format!(
+            "{}.sync.{}",
+            self.node.channels.prefix(),
+            self.node.id.tag()
+        );
         let request = client.request(subject, Bytes::new());
         match tokio::time::timeout(CONFIRM_TIMEOUT, request).await {
             Ok(Ok(_)) => Ok(()),
@@ -917,30 +727,15 @@ impl NatsBackplane {
     /// Queues a presence or node message; a full queue drops it (counted,
     /// logged) and returns `false`.
     fn enqueue_plain(&self, subject: String, to: &str, payload: Bytes) -> bool {
-        let message = Message::Binary(payload);
-        self.enqueue_node(subject, to, &message)
+        self.enqueue_node(subject, to, &Message::Binary(payload))
     }
 
     fn enqueue_node(&self, subject: String, to: &str, message: &Message) -> bool {
-        let wire = match Envelope::node(self.node, to, message.clone()).to_bytes() {
-            Ok(wire) => wire,
-            Err(error) => {
-                bump(&self.counters.publish_failed, 1);
-                tracing::warn!(to, %error, "backplane: cannot send to a node");
-                return false;
-            }
-        };
-        let publication = Publication {
+        self.node.send_to_node(to, message, |wire| Publication {
             subject,
             wire,
             ordered: None,
-        };
-        if self.queue.try_send(publication).is_err() {
-            bump(&self.counters.publish_dropped, 1);
-            tracing::warn!(to, "backplane: publish queue full; not sent");
-            return false;
-        }
-        true
+        })
     }
 
     /// Marks `member` present in `room`, across nodes, until this node
@@ -1009,70 +804,41 @@ impl NatsBackplane {
     /// [`on_node_message`](Self::on_node_message) handler. Never waits; a
     /// full queue drops it (counted, logged) and returns `false`.
     pub fn to_node(&self, node: NodeTag, message: &Message) -> bool {
-        self.enqueue_node(self.channels.node(node), &node.to_string(), message)
+        self.enqueue_node(self.node.channels.node(node), &node.to_string(), message)
     }
 
     /// Sends `message` to every other node's
     /// [`on_node_message`](Self::on_node_message) handler, as
     /// [`to_node`](Self::to_node) does.
     pub fn to_all_nodes(&self, message: &Message) -> bool {
-        self.enqueue_node(self.channels.all_nodes(), "all", message)
+        self.enqueue_node(self.node.channels.all_nodes(), "all", message)
     }
 
     /// Where messages to this node go. Set it before [`start`](Self::start);
     /// only the first call counts (`false` for the others). Without it they
-    /// are counted as [`invalid`](NatsStats::invalid) and dropped.
+    /// are counted as [`invalid`](Stats::invalid) and dropped.
     pub fn on_node_message(&self, handler: OnNodeMessage) -> bool {
-        self.on_node.set(handler).is_ok()
+        self.node.on_node_message(handler)
     }
 
     /// Where ordered messages that cannot be published go (see
     /// [`OnUnpublished`]). Set it before [`start`](Self::start); only the
     /// first call counts (`false` for the others).
     pub fn on_unpublished(&self, handler: OnUnpublished) -> bool {
-        self.on_unpublished.set(handler).is_ok()
-    }
-
-    fn unpublished(&self, room: &str, message: &Message) {
-        if let Some(handler) = self.on_unpublished.get() {
-            handler(room, message);
-        }
+        self.node.on_unpublished(handler)
     }
 
     /// Encodes once, queues for the publisher; counts and logs what cannot
     /// go, and hands the ordered ones that cannot to the unpublished
     /// handler.
     fn enqueue(&self, room: &str, message: &Message, echo: bool) {
-        let mut envelope = Envelope::room(self.node, room, message.clone());
-        envelope.echo = echo;
-        let failed = |counter: &AtomicU64| {
-            bump(counter, 1);
-            if echo {
-                self.unpublished(room, message);
-            }
-        };
-        let wire = match envelope.to_bytes() {
-            Ok(wire) => wire,
-            Err(error) => {
-                tracing::warn!(room, %error, "backplane: cannot publish");
-                return failed(&self.counters.publish_failed);
-            }
-        };
-        if echo && self.disconnected() {
-            return failed(&self.counters.publish_failed);
-        }
-        let publication = Publication {
-            subject: self.channels.room(&room_token(room)),
-            wire,
-            ordered: echo.then(|| (room.to_owned(), message.clone())),
-        };
-        if self.queue.try_send(publication).is_err() {
-            tracing::warn!(
-                room,
-                "backplane: publish queue full; not sent to other nodes"
-            );
-            failed(&self.counters.publish_dropped);
-        }
+        let connected = !self.disconnected();
+        self.node
+            .publish_room(room, message, echo, connected, |wire| Publication {
+                subject: self.node.channels.room(&room_token(room)),
+                wire,
+                ordered: echo.then(|| (room.to_owned(), message.clone())),
+            });
     }
 }
 
@@ -1090,56 +856,33 @@ mod tests {
 
     #[test]
     fn settings_are_checked_before_any_io() {
-        let config = |edit: fn(&mut NatsConfig)| {
-            let mut config = NatsConfig::default();
-            edit(&mut config);
-            NatsBackplane::new(config)
-        };
-        assert!(matches!(
-            config(|c| c.prefix = "a.b".into()),
-            Err(Error::Prefix(_))
-        ));
-        assert!(matches!(
-            config(|c| c.url = "redis://x".into()),
-            Err(Error::Url(_))
-        ));
-        assert!(matches!(
-            config(|c| c.publish_queue = 0),
-            Err(Error::Zero(_))
-        ));
-        assert!(matches!(
-            config(|c| c.presence_ttl = Duration::ZERO),
-            Err(Error::Zero(_))
-        ));
-        assert!(matches!(
-            config(|c| c.max_presence = 0),
-            Err(Error::Zero(_))
-        ));
-        let a = config(|_| {}).unwrap();
-        let b = config(|_| {}).unwrap();
-        assert_ne!(a.node(), b.node());
-    }
-
-    #[test]
-    fn a_full_queue_drops_counts_and_hands_ordered_messages_back() {
-        let config = NatsConfig {
-            publish_queue: 1,
+        // What both adapters check is tested in `node`; here NATS's own
+        // (the URL, the presence bound), and that a shared check comes out
+        // as a NATS `Error`.
+        for url in ["redis://x", "nats://[::1"] {
+            let config = NatsConfig {
+                url: url.into(),
+                ..NatsConfig::default()
+            };
+            assert!(matches!(NatsBackplane::new(config), Err(Error::Url(_))));
+        }
+        let presence = NatsConfig {
+            max_presence: 0,
             ..NatsConfig::default()
         };
-        let backplane = NatsBackplane::new(config).unwrap();
-        let unpublished = Arc::new(Mutex::new(Vec::new()));
-        let seen = Arc::clone(&unpublished);
-        backplane.on_unpublished(Arc::new(move |room: &str, m: &Message| {
-            lock(&seen).push((room.to_owned(), m.clone()));
-        }));
-        backplane.publish("room", &Message::from("a"));
-        backplane.publish("room", &Message::from("b"));
-        backplane.publish_ordered("room", &Message::from("c"));
-        assert_eq!(backplane.stats().publish_dropped, 2);
-        assert_eq!(
-            *lock(&unpublished),
-            [("room".to_owned(), Message::from("c"))]
-        );
+        assert!(matches!(
+            NatsBackplane::new(presence),
+            Err(Error::Config(ConfigError::Zero("presence bound")))
+        ));
+        let prefix = NatsConfig {
+            prefix: "a.b".into(),
+            ..NatsConfig::default()
+        };
+        assert!(matches!(
+            NatsBackplane::new(prefix),
+            Err(Error::Config(ConfigError::Prefix(_)))
+        ));
+        assert!(NatsBackplane::new(NatsConfig::default()).is_ok());
     }
 
     #[test]

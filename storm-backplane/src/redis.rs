@@ -32,12 +32,13 @@
 //! room's offsets in order and a missing offset is a real gap. When Redis
 //! is unreachable, local traffic goes on; the publisher and the subscriber
 //! reconnect with the core's [`Backoff`]; what could not be published is
-//! counted ([`RedisStats::publish_failed`]) and logged, and subscribers see
+//! counted ([`Stats::publish_failed`]) and logged, and subscribers see
 //! the gap in the offsets when messages flow again.
 //!
 //! # Keys
 //!
-//! Under the [`Channels`] of [`RedisConfig::prefix`]: `PREFIX.meta.ROOM` (a
+//! Under the [`Channels`](storm_proto::backplane::Channels) of
+//! [`RedisConfig::prefix`]: `PREFIX.meta.ROOM` (a
 //! hash: `e` the epoch as 8 bytes, `o` the last offset),
 //! `PREFIX.history.ROOM` (a stream of at most
 //! [`history_len`](RedisConfig::history_len) entries, id `0-OFFSET`, field
@@ -53,8 +54,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -64,11 +67,13 @@ use storm_async::Runtime;
 use storm_host::hub::{Backplane, Hub};
 use storm_proto::Message;
 use storm_proto::backplane::{
-    Channel, Channels, Envelope, Epoch, Kind, NodeId, NodeStats, NodeTag, Order, Position,
-    PrefixError, Ready, Subscriber, SubscriptionCommand, Subscriptions, recover, recovery_range,
+    Envelope, Epoch, NodeId, NodeStats, NodeTag, Position, Ready, Subscriber, SubscriptionCommand,
+    Subscriptions, recover, recovery_range,
 };
-use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffConfigError, BackoffStep};
+use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffStep};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
+
+use crate::node::{Node, Queued, bump, defaults, deliver_to_hub, lock, settings_of};
 
 /// Appends a room message and publishes it, in one step.
 ///
@@ -179,6 +184,64 @@ return live
 /// Room messages one pipeline to Redis carries at most.
 const MAX_BATCH: usize = 256;
 
+/// Subscription commands one round trip carries at most.
+const MAX_SUBSCRIPTION_BATCH: usize = 256;
+
+/// What a pipelined subscription request does to its channel.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Subscribe,
+    Unsubscribe,
+}
+
+/// Sends `requests` on `sink`, each a command of its own, all of them in
+/// order before any reply is awaited, then waits for every reply: one round
+/// trip. The replies in the order of the requests.
+///
+/// The `redis` crate's sink writes a request when its future is first
+/// polled and resolves it with the next reply of its kind; so the futures
+/// are polled in order, each once, before any is awaited again.
+async fn pipelined(
+    sink: &PubSubSink,
+    requests: Vec<(Change, String)>,
+) -> Vec<redis::RedisResult<()>> {
+    type Reply = Pin<Box<dyn Future<Output = redis::RedisResult<()>> + Send>>;
+    let mut replies: Vec<Reply> = requests
+        .into_iter()
+        .map(|(change, channel)| {
+            let mut sink = sink.clone();
+            Box::pin(async move {
+                match change {
+                    Change::Subscribe => sink.subscribe(channel).await,
+                    Change::Unsubscribe => sink.unsubscribe(channel).await,
+                }
+            }) as Reply
+        })
+        .collect();
+    let mut done: Vec<Option<redis::RedisResult<()>>> = replies.iter().map(|_| None).collect();
+    // Every reply before `first` is in.
+    let mut first = 0;
+    std::future::poll_fn(|cx| {
+        for (reply, slot) in replies.iter_mut().zip(done.iter_mut()).skip(first) {
+            if slot.is_none() {
+                if let Poll::Ready(outcome) = reply.as_mut().poll(cx) {
+                    *slot = Some(outcome);
+                }
+            }
+        }
+        while done.get(first).is_some_and(Option::is_some) {
+            first += 1;
+        }
+        if first == done.len() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    done.into_iter().flatten().collect()
+}
+
 /// A Lua script, run by its SHA1 (`EVALSHA`) and sent whole (`EVAL`) only
 /// when Redis does not have it yet (first use, or after a restart), so a
 /// room message does not carry the script's text.
@@ -235,7 +298,8 @@ pub struct RedisConfig {
     ///
     /// Default: `redis://127.0.0.1:6379`.
     pub url: String,
-    /// The channel and key prefix ([`Channels`]): nodes of one service share
+    /// The channel and key prefix
+    /// ([`Channels`](storm_proto::backplane::Channels)): nodes of one service share
     /// it, other services sharing the server use another.
     ///
     /// Default: `storm`.
@@ -261,13 +325,13 @@ pub struct RedisConfig {
     /// Default: 30 s.
     pub presence_ttl: Duration,
     /// Largest payload accepted from another node; larger envelopes are
-    /// counted as [`invalid`](RedisStats::invalid) and dropped.
+    /// counted as [`invalid`](Stats::invalid) and dropped.
     ///
     /// Default: 16 MiB.
     pub max_payload: usize,
     /// Room messages waiting for the publisher; beyond it (Redis slow or
     /// down) a broadcast is not published to other nodes, and counted in
-    /// [`publish_dropped`](RedisStats::publish_dropped).
+    /// [`publish_dropped`](Stats::publish_dropped).
     ///
     /// Default: 4096.
     pub publish_queue: usize,
@@ -283,13 +347,13 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379".to_owned(),
-            prefix: "storm".to_owned(),
+            prefix: defaults::PREFIX.to_owned(),
             history_len: 1000,
             history_ttl: None,
             max_recover: 1000,
-            presence_ttl: Duration::from_secs(30),
-            max_payload: 16 * 1024 * 1024,
-            publish_queue: 4096,
+            presence_ttl: defaults::PRESENCE_TTL,
+            max_payload: defaults::MAX_PAYLOAD,
+            publish_queue: defaults::PUBLISH_QUEUE,
             reconnect: BackoffConfig::default(),
         }
     }
@@ -299,12 +363,10 @@ impl Default for RedisConfig {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
-    /// [`RedisConfig::prefix`] is not a valid prefix.
-    Prefix(PrefixError),
-    /// [`RedisConfig::reconnect`] is not a valid backoff.
-    Backoff(BackoffConfigError),
+    /// [`RedisConfig::prefix`] is not a valid prefix, or
+    /// [`RedisConfig::reconnect`] not a valid backoff, or
     /// [`RedisConfig::publish_queue`] or [`RedisConfig::presence_ttl`] is zero.
-    Zero(&'static str),
+    Config(ConfigError),
     /// The URL is not a Redis URL, or Redis failed a command.
     Redis(redis::RedisError),
     /// [`RedisBackplane::start`] was called twice.
@@ -317,9 +379,7 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Prefix(e) => e.fmt(f),
-            Self::Backoff(e) => write!(f, "backplane reconnect: {e}"),
-            Self::Zero(what) => write!(f, "backplane {what} must be at least 1"),
+            Self::Config(e) => e.fmt(f),
             Self::Redis(e) => write!(f, "redis: {e}"),
             Self::AlreadyStarted => f.write_str("the backplane was started already"),
             Self::Reply(what) => write!(f, "unexpected reply from redis: {what}"),
@@ -330,6 +390,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
+            Self::Config(e) => Some(e),
             Self::Redis(e) => Some(e),
             _ => None,
         }
@@ -340,66 +401,6 @@ impl From<redis::RedisError> for Error {
     fn from(error: redis::RedisError) -> Self {
         Self::Redis(error)
     }
-}
-
-/// Counters of one node's backplane, since it was made.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RedisStats {
-    /// Room messages published.
-    pub published: u64,
-    /// Room messages whose publish failed (Redis down or refusing): other
-    /// nodes did not get them, and see the gap if history is on. (Counted
-    /// per pipeline: when one breaks midway, the messages before the break
-    /// may have gone out too.)
-    pub publish_failed: u64,
-    /// Room messages not published because the queue was full.
-    pub publish_dropped: u64,
-    /// Room messages received from Redis (this node's own included).
-    pub received: u64,
-    /// Received messages delivered to local members.
-    pub delivered: u64,
-    /// Received messages this node published itself and delivered
-    /// locally as it did (skipped; not [echoes](RedisBackplane::publish_ordered)).
-    pub own: u64,
-    /// Received messages already delivered (skipped).
-    pub duplicates: u64,
-    /// Offsets skipped between received messages: messages this node missed.
-    pub missed: u64,
-    /// Rooms whose epoch changed under a running subscription.
-    pub epoch_changes: u64,
-    /// Received messages that did not decode, or whose channel and room
-    /// disagree (dropped).
-    pub invalid: u64,
-    /// Messages to this node or to every node, from other nodes, handed
-    /// to its [`on_node_message`](RedisBackplane::on_node_message).
-    pub node_messages: u64,
-    /// Times the subscriber (re)subscribed.
-    pub subscriptions: u64,
-    /// Room messages received for a room no longer held here (on their way
-    /// as the node unsubscribed): delivered nowhere.
-    pub not_held: u64,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    published: AtomicU64,
-    publish_failed: AtomicU64,
-    publish_dropped: AtomicU64,
-    received: AtomicU64,
-    delivered: AtomicU64,
-    own: AtomicU64,
-    duplicates: AtomicU64,
-    missed: AtomicU64,
-    epoch_changes: AtomicU64,
-    invalid: AtomicU64,
-    node_messages: AtomicU64,
-    subscriptions: AtomicU64,
-    not_held: AtomicU64,
-}
-
-fn bump(counter: &AtomicU64, by: u64) {
-    counter.fetch_add(by, Ordering::Relaxed);
 }
 
 /// A message waiting for the publisher, its envelope encoded.
@@ -418,7 +419,20 @@ enum Publication {
     Node { channel: String, wire: Bytes },
 }
 
-pub use crate::{Deliver, OnNodeMessage, OnUnpublished, Recovery};
+impl Queued for Publication {
+    fn ordered(&self) -> Option<(&str, &Message)> {
+        match self {
+            Self::Room {
+                room,
+                ordered: Some(message),
+                ..
+            } => Some((room, message)),
+            _ => None,
+        }
+    }
+}
+
+pub use crate::{ConfigError, Deliver, OnNodeMessage, OnUnpublished, Recovery, Running, Stats};
 
 /// One stream entry as `XRANGE` returns it: its id and its fields.
 type StreamEntry = (String, Vec<(String, Vec<u8>)>);
@@ -445,13 +459,11 @@ type StreamEntry = (String, Vec<(String, Vec<u8>)>);
 /// # }
 /// ```
 pub struct RedisBackplane {
-    node: NodeId,
-    channels: Channels,
+    /// What every backplane of a node has (its id, channels, queue,
+    /// handlers, counters).
+    node: Node<Publication>,
     config: RedisConfig,
     client: redis::Client,
-    queue: mpsc::Sender<Publication>,
-    /// Taken by [`start`](Self::start).
-    pending: Mutex<Option<mpsc::Receiver<Publication>>>,
     /// The command connection of `recover`, `position` and presence; `None`
     /// until first used or after it failed.
     commands: tokio::sync::Mutex<Option<MultiplexedConnection>>,
@@ -464,14 +476,9 @@ pub struct RedisBackplane {
     presence: Mutex<PresenceState>,
     /// Wakes the presence task when `presence` changed.
     presence_changed: Notify,
-    /// What messages to this node go to; set before `start`.
-    on_node: std::sync::OnceLock<OnNodeMessage>,
-    /// What ordered messages that cannot be published go to.
-    on_unpublished: std::sync::OnceLock<OnUnpublished>,
     /// The publisher has a working connection (as far as it knows): while
     /// it has not, ordered messages fail at once instead of waiting.
     publisher_up: std::sync::atomic::AtomicBool,
-    counters: Counters,
     /// The reconnect schedule each task starts from (a copy each).
     backoff: Backoff,
 }
@@ -479,49 +486,10 @@ pub struct RedisBackplane {
 impl fmt::Debug for RedisBackplane {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisBackplane")
-            .field("node", &self.node)
+            .field("node", &self.node.id)
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
-}
-
-/// The tasks of a started [`RedisBackplane`]; [`stop`](Self::stop) ends them.
-/// Dropping it stops them too (without waiting).
-#[derive(Debug)]
-pub struct Running {
-    stop: watch::Sender<bool>,
-    /// Each task holds a sender until it ends: `recv` answers `None` once
-    /// every task has ended (on any runtime; no join handle needed).
-    done: mpsc::Receiver<()>,
-}
-
-impl Running {
-    /// Stops the publisher (what is still queued is not published), the
-    /// subscriber and the presence task, and waits for them.
-    pub async fn stop(mut self) {
-        let _ = self.stop.send(true);
-        while self.done.recv().await.is_some() {}
-    }
-}
-
-/// Runs `task` on runtime `R`, holding `done` (a sender of
-/// [`Running::done`]) until it ends.
-fn spawn<R: Runtime>(done: &mpsc::Sender<()>, task: impl Future<Output = ()> + Send + 'static) {
-    let done = done.clone();
-    R::spawn(async move {
-        task.await;
-        drop(done);
-    });
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// One presence entry: a room and a member.
@@ -582,40 +550,25 @@ impl RedisBackplane {
     ///
     /// [`Error`] for an invalid prefix, URL, backoff or a zero queue or TTL.
     pub fn new(config: RedisConfig) -> Result<Self, Error> {
-        let channels = Channels::new(&config.prefix).map_err(Error::Prefix)?;
-        let backoff =
-            Backoff::new(config.reconnect.clone(), rand::random()).map_err(Error::Backoff)?;
-        if config.publish_queue == 0 {
-            return Err(Error::Zero("publish queue"));
-        }
-        if config.presence_ttl.is_zero() {
-            return Err(Error::Zero("presence TTL"));
-        }
+        let (node, backoff) = Node::new(&settings_of!(config)).map_err(Error::Config)?;
         let client = redis::Client::open(config.url.as_str())?;
-        let (queue, pending) = mpsc::channel(config.publish_queue);
         Ok(Self {
-            node: NodeId::random(&mut rand::rng()),
-            channels,
+            node,
             config,
             client,
-            queue,
-            pending: Mutex::new(Some(pending)),
             commands: tokio::sync::Mutex::new(None),
             subscriptions: Mutex::new(Subscriptions::new()),
             subscriptions_changed: Notify::new(),
             presence: Mutex::new(PresenceState::default()),
             presence_changed: Notify::new(),
-            on_node: std::sync::OnceLock::new(),
-            on_unpublished: std::sync::OnceLock::new(),
             publisher_up: std::sync::atomic::AtomicBool::new(true),
-            counters: Counters::default(),
             backoff,
         })
     }
 
     /// This node's id.
     pub fn node(&self) -> NodeId {
-        self.node
+        self.node.id
     }
 
     /// The settings.
@@ -624,24 +577,8 @@ impl RedisBackplane {
     }
 
     /// The counters so far.
-    pub fn stats(&self) -> RedisStats {
-        let c = &self.counters;
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        RedisStats {
-            published: load(&c.published),
-            publish_failed: load(&c.publish_failed),
-            publish_dropped: load(&c.publish_dropped),
-            received: load(&c.received),
-            delivered: load(&c.delivered),
-            own: load(&c.own),
-            duplicates: load(&c.duplicates),
-            missed: load(&c.missed),
-            epoch_changes: load(&c.epoch_changes),
-            invalid: load(&c.invalid),
-            node_messages: load(&c.node_messages),
-            subscriptions: load(&c.subscriptions),
-            not_held: load(&c.not_held),
-        }
+    pub fn stats(&self) -> Stats {
+        self.node.stats()
     }
 
     /// Connects and subscribes to this node's channels and those of the
@@ -658,10 +595,7 @@ impl RedisBackplane {
     /// [`Error::Redis`] if the first connection or subscription fails;
     /// [`Error::AlreadyStarted`] on a second call.
     pub async fn start<R: Runtime>(self: &Arc<Self>, hub: Hub) -> Result<Running, Error> {
-        let deliver: Deliver = Arc::new(|hub: &Hub, room: &str, _, message: &Message| {
-            hub.deliver_group(room, message, None);
-        });
-        self.start_with::<R>(hub, deliver).await
+        self.start_with::<R>(hub, deliver_to_hub()).await
     }
 
     /// [`start`](Self::start), handing each room message to deliver to
@@ -677,7 +611,7 @@ impl RedisBackplane {
         hub: Hub,
         deliver: Deliver,
     ) -> Result<Running, Error> {
-        let pending = lock(&self.pending).take().ok_or(Error::AlreadyStarted)?;
+        let pending = self.node.take_pending().ok_or(Error::AlreadyStarted)?;
         let pubsub = match self.subscribe().await {
             Ok(pubsub) => pubsub,
             Err(error) => {
@@ -686,34 +620,31 @@ impl RedisBackplane {
             }
         };
         let publisher = self.publisher_connection().await?;
-        let (stop, stopped) = watch::channel(false);
-        let (done, tasks_done) = mpsc::channel(1);
+        let (running, tasks) = Running::new();
         let this = || Arc::clone(self);
-        spawn::<R>(
-            &done,
-            this().run_subscriber::<R>(hub.clone(), deliver, pubsub, stopped.clone()),
-        );
-        spawn::<R>(
-            &done,
-            this().run_publisher::<R>(pending, publisher, stopped.clone()),
-        );
-        spawn::<R>(&done, this().run_presence::<R>(hub, stopped));
-        Ok(Running {
-            stop,
-            done: tasks_done,
-        })
+        R::spawn(tasks.task(this().run_subscriber::<R>(
+            hub.clone(),
+            deliver,
+            pubsub,
+            tasks.stopped(),
+        )));
+        R::spawn(tasks.task(this().run_publisher::<R>(pending, publisher, tasks.stopped())));
+        R::spawn(tasks.task(this().run_presence::<R>(hub, tasks.stopped())));
+        Ok(running)
     }
 
     /// A new subscription connection: this node's channels, and every
     /// room held (the rooms' subscriptions confirmed when it returns).
     async fn subscribe(&self) -> Result<(PubSubSink, PubSubStream), redis::RedisError> {
         let pubsub = self.client.get_async_pubsub().await?;
-        let (mut sink, stream) = pubsub.split();
-        sink.subscribe(self.channels.node(self.node.tag())).await?;
-        sink.subscribe(self.channels.all_nodes()).await?;
+        let (sink, stream) = pubsub.split();
         self.change_subscriptions(Subscriptions::connected);
-        self.run_subscription_commands(&mut sink, None).await?;
-        bump(&self.counters.subscriptions, 1);
+        let own = [
+            self.node.channels.node(self.node.id.tag()),
+            self.node.channels.all_nodes(),
+        ];
+        self.run_subscription_commands(&sink, &own, None).await?;
+        bump(&self.node.counters.subscriptions, 1);
         Ok((sink, stream))
     }
 
@@ -733,37 +664,76 @@ impl RedisBackplane {
         out
     }
 
-    /// Runs the room subscriptions' commands on `sink`, one at a time and
-    /// in order, reporting each confirmed subscribe. Every channel goes in
-    /// a command of its own: the `redis` crate matches one reply to one
-    /// command. A room unsubscribed is forgotten by `rooms` (the running
-    /// subscriber's sequences), so that its next subscription starts a
-    /// fresh sequence instead of reporting what it did not receive as
-    /// missed.
+    /// Subscribes `sink` to `own` (this node's channels, on a new
+    /// connection), then runs the room subscriptions' commands on it, in
+    /// order, reporting each confirmed subscribe. Pipelined: up to
+    /// [`MAX_SUBSCRIPTION_BATCH`] commands are written before any reply is
+    /// awaited, so a resubscription to every held room takes one round trip
+    /// (one per that many rooms), not one per room. Every channel still goes
+    /// in a command of its own: the `redis` crate matches one reply to one
+    /// command. A room's subscription is confirmed once Redis answered its
+    /// own command (what it publishes on the channel from then on comes
+    /// after that answer on the connection). A room unsubscribed is
+    /// forgotten by `rooms` (the running subscriber's sequences), so that
+    /// its next subscription starts a fresh sequence instead of reporting
+    /// what it did not receive as missed.
     async fn run_subscription_commands(
         &self,
-        sink: &mut PubSubSink,
+        sink: &PubSubSink,
+        own: &[String],
         mut rooms: Option<&mut Subscriber>,
     ) -> Result<(), redis::RedisError> {
+        let mut own = own;
         loop {
-            let next = lock(&self.subscriptions).poll_command();
-            let Some(command) = next else {
-                return Ok(());
+            let commands: Vec<SubscriptionCommand> = {
+                let mut subscriptions = lock(&self.subscriptions);
+                std::iter::from_fn(|| subscriptions.poll_command())
+                    .take(MAX_SUBSCRIPTION_BATCH)
+                    .collect()
             };
-            match command {
-                SubscriptionCommand::Subscribe { room, id } => {
-                    sink.subscribe(self.channels.room(&room)).await?;
-                    // Redis confirmed: what it publishes on the channel
-                    // from now on comes after this on the connection.
-                    self.change_subscriptions(|subscriptions| subscriptions.confirmed(&room, id));
+            if commands.is_empty() && own.is_empty() {
+                return Ok(());
+            }
+            let room = |room: &String| self.node.channels.room(room);
+            let requests = own
+                .iter()
+                .map(|channel| (Change::Subscribe, channel.clone()))
+                .chain(commands.iter().map(|command| match command {
+                    SubscriptionCommand::Subscribe { room: r, .. } => (Change::Subscribe, room(r)),
+                    SubscriptionCommand::Unsubscribe { room: r } => (Change::Unsubscribe, room(r)),
+                }))
+                .collect();
+            let mut replies = pipelined(sink, requests).await.into_iter();
+            for reply in replies.by_ref().take(own.len()) {
+                reply?;
+            }
+            own = &[];
+            // In order, up to the first failure (the connection broke:
+            // nothing after it ran).
+            let mut confirmed = Vec::new();
+            let mut failed = Ok(());
+            for (command, reply) in commands.into_iter().zip(replies) {
+                if let Err(error) = reply {
+                    failed = Err(error);
+                    break;
                 }
-                SubscriptionCommand::Unsubscribe { room } => {
-                    sink.unsubscribe(self.channels.room(&room)).await?;
-                    if let Some(rooms) = rooms.as_deref_mut() {
-                        rooms.forget(&room);
+                match command {
+                    SubscriptionCommand::Subscribe { room, id } => confirmed.push((room, id)),
+                    SubscriptionCommand::Unsubscribe { room } => {
+                        if let Some(rooms) = rooms.as_deref_mut() {
+                            rooms.forget(&room);
+                        }
                     }
                 }
             }
+            if !confirmed.is_empty() {
+                self.change_subscriptions(|subscriptions| {
+                    for (room, id) in &confirmed {
+                        subscriptions.confirmed(room, *id);
+                    }
+                });
+            }
+            failed?;
         }
     }
 
@@ -842,11 +812,11 @@ impl RedisBackplane {
         pubsub: (PubSubSink, PubSubStream),
         stopped: &mut watch::Receiver<bool>,
     ) {
-        let mut rooms = Subscriber::new(self.node);
+        let mut rooms = Subscriber::new(self.node.id);
         let mut backoff = self.backoff();
         let mut pubsub = Some(pubsub);
         loop {
-            let (mut sink, mut messages) = match pubsub.take() {
+            let (sink, mut messages) = match pubsub.take() {
                 Some(current) => current,
                 None => match self.subscribe().await {
                     Ok(current) => current,
@@ -874,7 +844,7 @@ impl RedisBackplane {
                 match message {
                     Some(message) => self.receive(hub, deliver, &mut rooms, &message),
                     None => {
-                        let commands = self.run_subscription_commands(&mut sink, Some(&mut rooms));
+                        let commands = self.run_subscription_commands(&sink, &[], Some(&mut rooms));
                         if let Err(error) = commands.await {
                             tracing::warn!(%error, "backplane: redis subscribe failed");
                             break;
@@ -890,105 +860,25 @@ impl RedisBackplane {
         }
     }
 
-    /// One message from the room pattern: decode, classify, deliver.
+    /// One message on a room channel (decode, classify, deliver) or on a
+    /// node channel ([`on_node_message`](Self::on_node_message)'s).
     fn receive(&self, hub: &Hub, deliver: &Deliver, rooms: &mut Subscriber, message: &redis::Msg) {
-        let c = &self.counters;
-        let room = match self.channels.parse(message.get_channel_name()) {
-            Some(Channel::Room(room)) => room,
-            Some(Channel::Node(_) | Channel::AllNodes) => {
-                self.receive_node_message(hub, message);
-                return;
-            }
-            _ => {
-                bump(&c.received, 1);
-                bump(&c.invalid, 1);
-                return;
-            }
-        };
-        bump(&c.received, 1);
         let wire = Bytes::copy_from_slice(message.get_payload_bytes());
-        let envelope = match Envelope::decode(wire, self.config.max_payload) {
-            Ok(envelope) if envelope.kind == Kind::Room && envelope.name.as_str() == room => {
-                envelope
-            }
-            Ok(_) => {
-                bump(&c.invalid, 1);
-                tracing::warn!(
-                    room,
-                    "backplane: envelope names another room than its channel"
-                );
-                return;
-            }
-            Err(error) => {
-                bump(&c.invalid, 1);
-                tracing::warn!(room, %error, "backplane: undecodable message");
-                return;
-            }
+        let channel = message.get_channel_name();
+        let same = |name: &str, room: &str| name == room;
+        let Some(envelope) = self.node.receive(hub, channel, wire, same) else {
+            return;
         };
+        let room = envelope.name.as_str();
         if !lock(&self.subscriptions).is_held(room) {
             // On its way as the node unsubscribed: nobody here to deliver
             // to, and nothing to track (the next message after the room
             // is held again starts its sequence anew).
-            bump(&c.not_held, 1);
+            bump(&self.node.counters.not_held, 1);
             rooms.forget(room);
             return;
         }
-        let inbound = rooms.handle(&envelope);
-        match inbound.order {
-            Order::Gap { first, last } => {
-                bump(&c.missed, last - first + 1);
-                tracing::warn!(room, first, last, "backplane: missed room messages");
-            }
-            Order::EpochChanged { was } => {
-                bump(&c.epoch_changes, 1);
-                tracing::warn!(room, %was, "backplane: room history started over");
-            }
-            _ => {}
-        }
-        if inbound.deliver() {
-            // Counted first: whoever sees the message sees it counted (a
-            // member on another thread than this task's).
-            bump(&c.delivered, 1);
-            deliver(hub, room, envelope.position, &envelope.message);
-        } else if inbound.own {
-            bump(&c.own, 1);
-        } else {
-            bump(&c.duplicates, 1);
-        }
-    }
-
-    /// One message on this node's channel or the every-node one: decoded
-    /// and handed to [`on_node_message`](Self::on_node_message)'s handler,
-    /// unless this node sent it.
-    fn receive_node_message(&self, hub: &Hub, message: &redis::Msg) {
-        let c = &self.counters;
-        let wire = Bytes::copy_from_slice(message.get_payload_bytes());
-        let envelope = match Envelope::decode(wire, self.config.max_payload) {
-            Ok(envelope) if envelope.kind == Kind::Node => envelope,
-            Ok(_) => {
-                bump(&c.invalid, 1);
-                tracing::warn!("backplane: a room or user message on a node channel");
-                return;
-            }
-            Err(error) => {
-                bump(&c.invalid, 1);
-                tracing::warn!(%error, "backplane: undecodable node message");
-                return;
-            }
-        };
-        if envelope.origin == self.node {
-            return; // its own, to every node: it acted on it already
-        }
-        match self.on_node.get() {
-            Some(handler) => {
-                bump(&c.node_messages, 1);
-                handler(hub, &envelope.message);
-            }
-            None => {
-                bump(&c.invalid, 1);
-                tracing::warn!("backplane: a node message, and no handler for it");
-            }
-        }
+        self.node.deliver(hub, deliver, rooms, &envelope);
     }
 
     async fn run_publisher<R: Runtime>(
@@ -1028,28 +918,17 @@ impl RedisBackplane {
                     }
                 }
             };
-            let count = u64::try_from(batch.len()).unwrap_or(u64::MAX);
-            match self.append(conn, &batch).await {
-                Ok(()) => bump(&self.counters.published, count),
-                Err(error) => {
-                    // Not retried: the scripts may have run (a reply lost),
-                    // and a second run would publish the messages twice.
-                    bump(&self.counters.publish_failed, count);
-                    tracing::warn!(messages = count, %error, "backplane: publish failed");
-                    connection = None;
-                    self.publisher_up.store(false, Ordering::Relaxed);
-                    for publication in &batch {
-                        if let Publication::Room {
-                            room,
-                            ordered: Some(message),
-                            ..
-                        } = publication
-                        {
-                            self.unpublished(room, message);
-                        }
-                    }
-                }
+            // Not retried when it fails: the scripts may have run (a reply
+            // lost), and a second run would publish the messages twice.
+            let appended = self.append(conn, &batch).await;
+            if appended.is_err() {
+                // Known down before the unpublished handler hears of the
+                // batch: what its caller publishes next fails at once
+                // instead of waiting here for Redis.
+                connection = None;
+                self.publisher_up.store(false, Ordering::Relaxed);
             }
+            self.node.sent(&batch, appended);
             batch.clear();
         }
     }
@@ -1091,11 +970,11 @@ impl RedisBackplane {
             };
             let mut tail = redis::Cmd::new();
             tail.arg(2)
-                .arg(self.channels.meta(room))
-                .arg(self.channels.history(room))
+                .arg(self.node.channels.meta(room))
+                .arg(self.node.channels.history(room))
                 .arg(&epoch_candidate()[..])
                 .arg(self.config.history_len)
-                .arg(self.channels.room(room))
+                .arg(self.node.channels.room(room))
                 .arg(&wire[..])
                 .arg(millis(self.config.history_ttl));
             pipeline.add_command(PUBLISH.command(false, &tail));
@@ -1128,8 +1007,8 @@ impl RedisBackplane {
             let Some(refresh) = turn else {
                 let mut command = redis::cmd("HDEL");
                 command
-                    .arg(self.channels.node_stats())
-                    .arg(self.node.to_string());
+                    .arg(self.node.channels.node_stats())
+                    .arg(self.node.id.to_string());
                 if let Err(error) = self.query::<u64>(&command).await {
                     tracing::warn!(%error, "backplane: node stats removal failed");
                 }
@@ -1148,7 +1027,9 @@ impl RedisBackplane {
             };
             for (room, members) in by_room(removed) {
                 let mut command = redis::cmd("ZREM");
-                command.arg(self.channels.presence(&room)).arg(&members);
+                command
+                    .arg(self.node.channels.presence(&room))
+                    .arg(&members);
                 if let Err(error) = self.query::<u64>(&command).await {
                     tracing::warn!(room, %error, "backplane: presence removal failed");
                 }
@@ -1172,9 +1053,9 @@ impl RedisBackplane {
     async fn report(&self, stats: NodeStats) -> Result<(), Error> {
         let mut tail = redis::Cmd::new();
         tail.arg(1)
-            .arg(self.channels.node_stats())
+            .arg(self.node.channels.node_stats())
             .arg(millis(Some(self.config.presence_ttl)))
-            .arg(self.node.to_string())
+            .arg(self.node.id.to_string())
             .arg(stats.to_string());
         self.query_script::<u64>(&REPORT, &tail).await.map(drop)
     }
@@ -1191,7 +1072,7 @@ impl RedisBackplane {
     /// [`Error::Reply`] for an entry no node writes.
     pub async fn nodes(&self) -> Result<Vec<(NodeId, NodeStats)>, Error> {
         let mut tail = redis::Cmd::new();
-        tail.arg(1).arg(self.channels.node_stats());
+        tail.arg(1).arg(self.node.channels.node_stats());
         let flat: Vec<String> = self.query_script(&NODES, &tail).await?;
         let mut nodes = flat
             .chunks(2)
@@ -1257,8 +1138,8 @@ impl RedisBackplane {
     pub async fn position(&self, room: &str) -> Result<Position, Error> {
         let mut tail = redis::Cmd::new();
         tail.arg(2)
-            .arg(self.channels.meta(room))
-            .arg(self.channels.history(room))
+            .arg(self.node.channels.meta(room))
+            .arg(self.node.channels.history(room))
             .arg(&epoch_candidate()[..])
             .arg(millis(self.config.history_ttl));
         let (epoch, offset): (Vec<u8>, u64) = self.query_script(&POSITION, &tail).await?;
@@ -1290,7 +1171,7 @@ impl RedisBackplane {
         };
         let mut command = redis::cmd("XRANGE");
         command
-            .arg(self.channels.history(room))
+            .arg(self.node.channels.history(room))
             .arg(format!("0-{}", range.start()))
             .arg(format!("0-{}", range.end()));
         let entries: Vec<StreamEntry> = self.query(&command).await?;
@@ -1314,7 +1195,7 @@ impl RedisBackplane {
     async fn touch(&self, room: &str, members: &[String]) -> Result<(), Error> {
         let mut tail = redis::Cmd::new();
         tail.arg(1)
-            .arg(self.channels.presence(room))
+            .arg(self.node.channels.presence(room))
             .arg(millis(Some(self.config.presence_ttl)))
             .arg(members);
         self.query_script::<u64>(&ANNOUNCE, &tail).await.map(drop)
@@ -1358,7 +1239,7 @@ impl RedisBackplane {
     pub async fn withdraw(&self, room: &str, member: &str) -> Result<(), Error> {
         lock(&self.presence).absent((room.to_owned(), member.to_owned()));
         let mut command = redis::cmd("ZREM");
-        command.arg(self.channels.presence(room)).arg(member);
+        command.arg(self.node.channels.presence(room)).arg(member);
         self.query::<u64>(&command).await.map(drop)
     }
 
@@ -1369,7 +1250,7 @@ impl RedisBackplane {
     /// [`Error::Redis`] if Redis is unreachable or refuses.
     pub async fn members(&self, room: &str) -> Result<Vec<String>, Error> {
         let mut tail = redis::Cmd::new();
-        tail.arg(1).arg(self.channels.presence(room));
+        tail.arg(1).arg(self.node.channels.presence(room));
         let mut members: Vec<String> = self.query_script(&MEMBERS, &tail).await?;
         members.sort_unstable();
         Ok(members)
@@ -1397,45 +1278,30 @@ impl RedisBackplane {
     /// [`on_node_message`](Self::on_node_message) handler. Never waits; a
     /// full queue drops it (counted, logged) and returns `false`.
     pub fn to_node(&self, node: NodeTag, message: &Message) -> bool {
-        let channel = self.channels.node(node);
-        self.enqueue_node(channel, &node.to_string(), message)
+        let channel = self.node.channels.node(node);
+        self.node
+            .send_to_node(&node.to_string(), message, |wire| Publication::Node {
+                channel,
+                wire,
+            })
     }
 
     /// Sends `message` to every other node's
     /// [`on_node_message`](Self::on_node_message) handler, as
     /// [`to_node`](Self::to_node) does.
     pub fn to_all_nodes(&self, message: &Message) -> bool {
-        self.enqueue_node(self.channels.all_nodes(), "all", message)
+        let channel = self.node.channels.all_nodes();
+        self.node
+            .send_to_node("all", message, |wire| Publication::Node { channel, wire })
     }
 
     /// Where messages to this node ([`to_node`](Self::to_node),
     /// [`to_all_nodes`](Self::to_all_nodes)) go. Set it before
     /// [`start`](Self::start); only the first call counts (`false` for
     /// the others). Without it they are counted as
-    /// [`invalid`](RedisStats::invalid) and dropped.
+    /// [`invalid`](Stats::invalid) and dropped.
     pub fn on_node_message(&self, handler: OnNodeMessage) -> bool {
-        self.on_node.set(handler).is_ok()
-    }
-
-    fn enqueue_node(&self, channel: String, to: &str, message: &Message) -> bool {
-        let wire = match Envelope::node(self.node, to, message.clone()).to_bytes() {
-            Ok(wire) => wire,
-            Err(error) => {
-                bump(&self.counters.publish_failed, 1);
-                tracing::warn!(to, %error, "backplane: cannot send to a node");
-                return false;
-            }
-        };
-        if self
-            .queue
-            .try_send(Publication::Node { channel, wire })
-            .is_err()
-        {
-            bump(&self.counters.publish_dropped, 1);
-            tracing::warn!(to, "backplane: publish queue full; not sent to the node");
-            return false;
-        }
-        true
+        self.node.on_node_message(handler)
     }
 
     /// Where ordered messages that cannot be published go (see
@@ -1443,54 +1309,20 @@ impl RedisBackplane {
     /// first call counts (`false` for the others). Without it they are
     /// counted and logged only.
     pub fn on_unpublished(&self, handler: OnUnpublished) -> bool {
-        self.on_unpublished.set(handler).is_ok()
-    }
-
-    /// Hands an ordered message that did not go to the
-    /// [`on_unpublished`](Self::on_unpublished) handler.
-    fn unpublished(&self, room: &str, message: &Message) {
-        if let Some(handler) = self.on_unpublished.get() {
-            handler(room, message);
-        }
+        self.node.on_unpublished(handler)
     }
 
     /// Encodes once, queues for the publisher; counts and logs what cannot
     /// go, and hands the ordered ones that cannot to
     /// [`on_unpublished`](Self::on_unpublished)'s handler.
     fn enqueue(&self, room: &str, message: &Message, echo: bool) {
-        let mut envelope = Envelope::room(self.node, room, message.clone());
-        envelope.echo = echo;
-        let wire = match envelope.to_bytes() {
-            Ok(wire) => wire,
-            Err(error) => {
-                bump(&self.counters.publish_failed, 1);
-                tracing::warn!(room, %error, "backplane: cannot publish");
-                if echo {
-                    self.unpublished(room, message);
-                }
-                return;
-            }
-        };
-        if echo && !self.publisher_up.load(Ordering::Relaxed) {
-            bump(&self.counters.publish_failed, 1);
-            self.unpublished(room, message);
-            return;
-        }
-        let publication = Publication::Room {
-            room: room.to_owned(),
-            wire,
-            ordered: echo.then(|| message.clone()),
-        };
-        if self.queue.try_send(publication).is_err() {
-            if echo {
-                self.unpublished(room, message);
-            }
-            bump(&self.counters.publish_dropped, 1);
-            tracing::warn!(
-                room,
-                "backplane: publish queue full; not sent to other nodes"
-            );
-        }
+        let connected = self.publisher_up.load(Ordering::Relaxed);
+        self.node
+            .publish_room(room, message, echo, connected, |wire| Publication::Room {
+                room: room.to_owned(),
+                wire,
+                ordered: echo.then(|| message.clone()),
+            });
     }
 }
 
@@ -1552,45 +1384,22 @@ mod tests {
 
     #[test]
     fn settings_are_checked_before_any_io() {
-        let config = |edit: fn(&mut RedisConfig)| {
-            let mut config = RedisConfig::default();
-            edit(&mut config);
-            RedisBackplane::new(config)
-        };
-        assert!(matches!(
-            config(|c| c.prefix = "a.b".into()),
-            Err(Error::Prefix(_))
-        ));
-        assert!(matches!(
-            config(|c| c.url = "http://x".into()),
-            Err(Error::Redis(_))
-        ));
-        assert!(matches!(
-            config(|c| c.publish_queue = 0),
-            Err(Error::Zero(_))
-        ));
-        assert!(matches!(
-            config(|c| c.presence_ttl = Duration::ZERO),
-            Err(Error::Zero(_))
-        ));
-        let a = config(|_| {}).unwrap();
-        let b = config(|_| {}).unwrap();
-        assert_ne!(a.node(), b.node());
-    }
-
-    #[test]
-    fn a_full_queue_drops_and_counts() {
-        let config = RedisConfig {
-            publish_queue: 1,
+        // What both adapters check is tested in `node`; here the URL, and
+        // that a shared check comes out as a Redis `Error`.
+        let url = RedisConfig {
+            url: "http://x".into(),
             ..RedisConfig::default()
         };
-        let backplane = RedisBackplane::new(config).unwrap();
-        backplane.publish("room", &Message::from("a"));
-        backplane.publish("room", &Message::from("b"));
-        backplane.publish("", &Message::from("c"));
-        let stats = backplane.stats();
-        assert_eq!(stats.publish_dropped, 1);
-        assert_eq!(stats.publish_failed, 1);
+        assert!(matches!(RedisBackplane::new(url), Err(Error::Redis(_))));
+        let zero = RedisConfig {
+            presence_ttl: Duration::ZERO,
+            ..RedisConfig::default()
+        };
+        assert!(matches!(
+            RedisBackplane::new(zero),
+            Err(Error::Config(ConfigError::Zero("presence TTL")))
+        ));
+        assert!(RedisBackplane::new(RedisConfig::default()).is_ok());
     }
 
     #[test]

@@ -290,6 +290,74 @@ async fn redis_down_then_restarted_empty_changes_the_epoch<R: Runtime>() {
     b.stop().await;
 }
 
+/// `INFO stats`' `total_reads_processed` of `server`: how many times it
+/// read from its clients' connections since it started. A client that waits
+/// for each reply before its next command costs one read per command; one
+/// that pipelines them, about one per round trip.
+async fn reads_processed(server: &RedisServer) -> u64 {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("total_reads_processed:"))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no total_reads_processed in {info}"))
+}
+
+async fn after_a_restart_the_held_rooms_are_subscribed_again_in_a_round_trip_or_two<R: Runtime>() {
+    // More than one round trip carries (256 subscriptions): two of them.
+    const ROOMS: usize = 300;
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let node = Node::start::<R>(&server, |_| {}, None).await;
+    let rooms: Vec<String> = (0..ROOMS).map(|i| format!("r{i}")).collect();
+    let holds: Vec<_> = rooms.iter().map(|room| node.backplane.hold(room)).collect();
+    for hold in &holds {
+        assert_eq!(hold.subscribed().await, Ready::Subscribed);
+    }
+
+    // Redis comes back empty: the node subscribes again to its own channels
+    // and every held room (counted once it has, all of them confirmed).
+    server.start_again();
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while node.backplane.stats().subscriptions < 2 {
+        assert!(Instant::now() < deadline, "not subscribed again");
+        ::smol::future::yield_now().await;
+    }
+    // Read before anything else talks to the new server: besides this
+    // question, what it read is the subscriber's reconnection (its
+    // connection's setup and its subscriptions), and whatever else of the
+    // node's connections came back meanwhile (nothing here publishes, and
+    // presence is written every 10 s).
+    let reads = reads_processed(&server).await;
+    println!("{ROOMS} held rooms subscribed again in {reads} reads by redis-server");
+    // One read per room and a few more when each subscription waits for
+    // the one before; pipelined, a few reads for them all (the requests
+    // may reach Redis in more than one piece, none waiting for a reply).
+    assert!(
+        reads < ROOMS as u64 / 4,
+        "{reads} reads for {ROOMS} rooms: one round trip per room"
+    );
+
+    // Each hold's join may go on: its room is subscribed, as Redis says.
+    for hold in &holds {
+        assert_eq!(hold.subscribed().await, Ready::Subscribed);
+    }
+    let channels: Vec<String> = rooms
+        .iter()
+        .map(|room| format!("test.room.{room}"))
+        .collect();
+    let channels: Vec<&str> = channels.iter().map(String::as_str).collect();
+    assert_eq!(subscribers(&server, &channels).await, vec![1; ROOMS]);
+    drop(holds);
+    node.stop().await;
+}
+
 async fn presence_spans_nodes_and_expires_with_its_node<R: Runtime>() {
     // Long enough that a loaded machine does not miss two refreshes in a
     // row (one every third of it); the waits below are the TTL passing.
@@ -818,6 +886,7 @@ on_runtimes!(
     node_messages_reach_the_named_node_or_every_other_one,
     presence_changes_reach_redis_in_their_order_without_waiting,
     a_node_receives_only_the_rooms_it_has_members_in,
-    every_node_s_stats_are_seen_from_every_node;
+    every_node_s_stats_are_seen_from_every_node,
+    after_a_restart_the_held_rooms_are_subscribed_again_in_a_round_trip_or_two;
     a_join_meets_the_live_stream_without_a_gap_or_a_duplicate,
 );

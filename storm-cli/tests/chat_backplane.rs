@@ -24,14 +24,22 @@ use storm_tests::process::lines;
 /// How long any single expected thing may take.
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A server nodes meet through: its `--backplane` URL.
+/// A server nodes meet through.
 trait BackplaneServer {
+    /// Its `--backplane` URL.
     fn url(&self) -> String;
+    /// Whether the backplane keeps each room's history through it (room
+    /// messages then carry a position).
+    fn keeps_history(&self) -> bool;
 }
 
 impl BackplaneServer for RedisServer {
     fn url(&self) -> String {
         RedisServer::url(self)
+    }
+
+    fn keeps_history(&self) -> bool {
+        true
     }
 }
 
@@ -93,6 +101,27 @@ impl Node {
             }
         };
         Self { child, ws, out }
+    }
+
+    /// Two nodes, started alike.
+    fn two(server: &impl BackplaneServer, runtime: &str, extra: &[&str]) -> (Self, Self) {
+        (
+            Self::start(server, runtime, extra),
+            Self::start(server, runtime, extra),
+        )
+    }
+
+    /// The console's `/stats` on this node, which has one session: up to
+    /// its last line, `N sessions on M nodes`.
+    fn stats_of_one(&mut self) -> Vec<String> {
+        let stats = self.console("/stats", |line| line.contains(" sessions on "));
+        assert!(
+            stats
+                .iter()
+                .any(|line| line.starts_with("this node: 1 sessions")),
+            "{stats:?}"
+        );
+        stats
     }
 
     /// Runs `line` on the admin console; the lines it prints up to the
@@ -166,10 +195,16 @@ impl Client {
 
     /// The next event before `deadline` (read timeouts skipped).
     fn next_event(&mut self, deadline: Instant, seen: &[Value]) -> Event {
-        loop {
-            assert!(Instant::now() < deadline, "not within {WAIT:?}: {seen:?}");
+        self.event_before(deadline)
+            .unwrap_or_else(|| panic!("not within {WAIT:?}: {seen:?}"))
+    }
+
+    /// The next event, or `None` once `deadline` passed (read timeouts
+    /// skipped).
+    fn event_before(&mut self, deadline: Instant) -> Option<Event> {
+        while Instant::now() < deadline {
             match self.socket.read() {
-                Ok(event) => return event,
+                Ok(event) => return Some(event),
                 Err(ws::Error::Io(e))
                     if matches!(
                         e.kind(),
@@ -178,6 +213,7 @@ impl Client {
                 Err(e) => panic!("read: {e}"),
             }
         }
+        None
     }
 
     /// Messages up to and including the first for which `last` holds.
@@ -278,10 +314,7 @@ fn texts(seen: &[Value]) -> Vec<&str> {
 #[test]
 fn a_room_message_crosses_nodes_once_with_its_position() {
     on_each_runtime(|redis, runtime| {
-        let (a, b) = (
-            Node::start(&redis, runtime, &[]),
-            Node::start(&redis, runtime, &[]),
-        );
+        let (a, b) = Node::two(&redis, runtime, &[]);
         let (mut alice, mut bob) = (a.client(), b.client());
         alice.join("rust");
         bob.join("rust");
@@ -305,10 +338,7 @@ fn a_room_message_crosses_nodes_once_with_its_position() {
 #[test]
 fn a_client_back_on_the_other_node_gets_exactly_what_it_missed() {
     on_each_runtime(|redis, runtime| {
-        let (a, b) = (
-            Node::start(&redis, runtime, &[]),
-            Node::start(&redis, runtime, &[]),
-        );
+        let (a, b) = Node::two(&redis, runtime, &[]);
         let mut alice = a.client();
         let last = last_seen_before_leaving(&mut alice, b.client(), "m1");
         alice.until(|v| v["type"] == "left");
@@ -367,10 +397,7 @@ fn rejoin_unrecoverable(client: &mut Client, room: &str, last: &Value) -> String
 fn recovery_is_impossible_after_trimming_and_after_a_redis_restart() {
     on_each_runtime(|mut redis, runtime| {
         let history = ["--backplane-history", "2"];
-        let (a, b) = (
-            Node::start(&redis, runtime, &history),
-            Node::start(&redis, runtime, &history),
-        );
+        let (a, b) = Node::two(&redis, runtime, &history);
         let mut alice = a.client();
         let last = last_seen_before_leaving(&mut alice, b.client(), "m1");
         for text in ["m2", "m3", "m4"] {
@@ -405,10 +432,7 @@ fn recovery_is_impossible_after_trimming_and_after_a_redis_restart() {
 #[test]
 fn session_ids_are_unique_across_nodes() {
     on_each_runtime(|redis, runtime| {
-        let (a, b) = (
-            Node::start(&redis, runtime, &[]),
-            Node::start(&redis, runtime, &[]),
-        );
+        let (a, b) = Node::two(&redis, runtime, &[]);
         let (mut alice, mut bob) = (a.connect(), b.connect());
         // Both are their node's first session: `NODE-1`, the nodes differ.
         let (ida, idb) = (alice.id.clone(), bob.id.clone());
@@ -440,72 +464,73 @@ fn session_ids_are_unique_across_nodes() {
 
 #[test]
 fn user_lists_span_nodes_and_a_killed_node_s_users_leave_within_the_ttl() {
-    on_each_runtime(|redis, runtime| {
-        let ttl = Duration::from_millis(1500);
-        let presence = ["--backplane-presence-ttl-ms", "1500"];
-        let (mut a, b) = (
-            Node::start(&redis, runtime, &presence),
-            Node::start(&redis, runtime, &presence),
-        );
-        let (mut alice, mut bob) = (a.client(), b.client());
-        alice.name("alice");
-        bob.name("bob");
-        bob.join("rust");
-        let users = bob.users_until(|users| {
-            names(users) == ["alice", "bob"] || names(users) == ["bob", "alice"]
-        });
-        let room_of = |name: &str| {
-            users
-                .iter()
-                .find(|u| u["name"] == name)
-                .map(|u| u["room"].clone())
-        };
-        assert_eq!(room_of("alice"), Some(json!("lobby")));
-        assert_eq!(room_of("bob"), Some(json!("rust")));
-        // B's directory entry for bob reaches Redis on its own time, not
-        // before bob's `joined`: A lists bob in his room once it has.
-        alice.users_until(|users| {
-            users
-                .iter()
-                .any(|u| u["name"] == "bob" && u["room"] == "rust")
-        });
-        alice.send(&json!({"type": "rooms"}));
-        let rooms = alice.expect("rooms");
-        assert_eq!(
-            rooms["rooms"],
-            json!([{"name": "lobby", "members": 1}, {"name": "rust", "members": 1}]),
-            "{rooms}"
-        );
-        // The console sees every node's sessions and rooms.
-        let bob_id = bob.id.as_str().expect("id").to_owned();
-        let listed = a.console("/sessions", |line| line.contains(" bob "));
-        assert!(listed.iter().any(|l| l == "2 sessions"), "{listed:?}");
-        assert!(
-            listed
-                .last()
-                .expect("bob")
-                .starts_with(&format!("  #{bob_id} bob room=rust")),
-            "{listed:?}"
-        );
-        let rooms = a.console("/rooms", |line| line.starts_with("  rust"));
-        assert_eq!(rooms.last().expect("rust"), "  rust: 1 (bob)", "{rooms:?}");
+    on_each_runtime(|redis, runtime| a_killed_node_s_users_leave(&redis, runtime));
+}
 
-        // Refreshed while its node runs: still listed after twice the TTL.
-        let until = Instant::now() + 2 * ttl;
-        while Instant::now() < until {
-            assert!(names(&bob.users()).contains(&"alice"));
-        }
-        // Node A dies without a word: alice leaves B's list within the TTL
-        // (bounded here by WAIT, for a loaded machine).
-        a.kill();
-        let killed = Instant::now();
-        let users = bob.users_until(|users| !names(users).contains(&"alice"));
-        assert_eq!(names(&users), ["bob"]);
-        println!(
-            "alice gone {:?} after the kill (TTL {ttl:?})",
-            killed.elapsed()
-        );
+/// Two nodes on `runtime` list each other's users and rooms (the console
+/// too); once one is killed, its users leave the other's list within the
+/// presence TTL.
+fn a_killed_node_s_users_leave(server: &impl BackplaneServer, runtime: &str) {
+    let ttl = Duration::from_millis(1500);
+    let presence = ["--backplane-presence-ttl-ms", "1500"];
+    let (mut a, b) = Node::two(server, runtime, &presence);
+    let (mut alice, mut bob) = (a.client(), b.client());
+    alice.name("alice");
+    bob.name("bob");
+    bob.join("rust");
+    let users = bob
+        .users_until(|users| names(users) == ["alice", "bob"] || names(users) == ["bob", "alice"]);
+    let room_of = |name: &str| {
+        users
+            .iter()
+            .find(|u| u["name"] == name)
+            .map(|u| u["room"].clone())
+    };
+    assert_eq!(room_of("alice"), Some(json!("lobby")));
+    assert_eq!(room_of("bob"), Some(json!("rust")));
+    // B's directory entry for bob reaches the other node on its own time,
+    // not before bob's `joined`: A lists bob in his room once it has.
+    alice.users_until(|users| {
+        users
+            .iter()
+            .any(|u| u["name"] == "bob" && u["room"] == "rust")
     });
+    alice.send(&json!({"type": "rooms"}));
+    let rooms = alice.expect("rooms");
+    assert_eq!(
+        rooms["rooms"],
+        json!([{"name": "lobby", "members": 1}, {"name": "rust", "members": 1}]),
+        "{rooms}"
+    );
+    // The console sees every node's sessions and rooms.
+    let bob_id = bob.id.as_str().expect("id").to_owned();
+    let listed = a.console("/sessions", |line| line.contains(" bob "));
+    assert!(listed.iter().any(|l| l == "2 sessions"), "{listed:?}");
+    assert!(
+        listed
+            .last()
+            .expect("bob")
+            .starts_with(&format!("  #{bob_id} bob room=rust")),
+        "{listed:?}"
+    );
+    let rooms = a.console("/rooms", |line| line.starts_with("  rust"));
+    assert_eq!(rooms.last().expect("rust"), "  rust: 1 (bob)", "{rooms:?}");
+
+    // Kept alive while its node runs: still listed after twice the TTL.
+    let until = Instant::now() + 2 * ttl;
+    while Instant::now() < until {
+        assert!(names(&bob.users()).contains(&"alice"));
+    }
+    // Node A dies without a word: alice leaves B's list within the TTL
+    // (bounded here by WAIT, for a loaded machine).
+    a.kill();
+    let killed = Instant::now();
+    let users = bob.users_until(|users| !names(users).contains(&"alice"));
+    assert_eq!(names(&users), ["bob"]);
+    println!(
+        "alice gone {:?} after the kill (TTL {ttl:?})",
+        killed.elapsed()
+    );
 }
 
 #[test]
@@ -521,25 +546,28 @@ fn three_nodes_on_three_runtimes_are_one_chat() {
 }
 
 /// Three nodes, on `runtimes`, are one chat: one user list, room messages
-/// at one position everywhere, whispers, kicks and the console across them.
-fn three_nodes(redis: &RedisServer, runtimes: [&str; 3]) {
-    let mut nodes = runtimes.map(|runtime| Node::start(redis, runtime, &[]));
+/// in one order everywhere (at one position, where the server keeps
+/// history; without one where it does not), whispers, kicks and the
+/// console across them.
+fn three_nodes(server: &impl BackplaneServer, runtimes: [&str; 3]) {
+    let mut nodes = runtimes.map(|runtime| Node::start(server, runtime, &[]));
     let mut clients: Vec<Client> = nodes.iter().map(Node::client).collect();
     for (client, name) in clients.iter_mut().zip(["alice", "bob", "carol"]) {
         client.name(name);
         client.join("rust");
     }
-    // One user list, whichever node is asked.
+    // One user list, whichever node is asked (once every node's latest
+    // presence reached it: the others' renames and joins).
     for client in &mut clients {
-        let users = client.users_until(|users| users.len() == 3);
-        let mut listed = names(&users);
-        listed.sort_unstable();
-        assert_eq!(listed, ["alice", "bob", "carol"], "{users:?}");
-        assert!(users.iter().all(|u| u["room"] == "rust"), "{users:?}");
+        client.users_until(|users| {
+            let mut listed = names(users);
+            listed.sort_unstable();
+            listed == ["alice", "bob", "carol"] && users.iter().all(|u| u["room"] == "rust")
+        });
     }
 
-    // A room message reaches every node's member exactly once, at one
-    // position.
+    // A room message reaches every node's member exactly once, in the
+    // publisher's order, at one position (or none, without history).
     clients[0].send(&json!({"type": "chat", "text": "hello"}));
     clients[0].send(&json!({"type": "chat", "text": "after"}));
     let mut positions = Vec::new();
@@ -553,7 +581,11 @@ fn three_nodes(redis: &RedisServer, runtimes: [&str; 3]) {
         positions.iter().all(|p| *p == positions[0]),
         "{positions:?}"
     );
-    assert!(positions[0].1.as_u64().is_some(), "{positions:?}");
+    assert_eq!(
+        positions[0].1.as_u64().is_some(),
+        server.keeps_history(),
+        "{positions:?}"
+    );
 
     // A whisper to a user on another node; an unknown name is an error.
     let (alice_id, carol_id) = (clients[0].id.clone(), clients[2].id.clone());
@@ -576,8 +608,10 @@ fn three_nodes(redis: &RedisServer, runtimes: [&str; 3]) {
         "{error}"
     );
 
-    // The admin console of one node acts on every node.
+    // The admin console of one node sees and acts on every node.
     let bob_id = clients[1].id.as_str().expect("id").to_owned();
+    let listed = nodes[0].console("/sessions", |line| line.contains(" carol "));
+    assert!(listed.iter().any(|l| l == "3 sessions"), "{listed:?}");
     nodes[0].console(&format!("/kick #{bob_id}"), |line| {
         line.starts_with("kicking")
     });
@@ -589,8 +623,7 @@ fn three_nodes(redis: &RedisServer, runtimes: [&str; 3]) {
     assert_eq!(left.last().expect("left")["id"], json!(bob_id));
     nodes[2].console("/broadcast to all", |line| line.starts_with("broadcast to"));
     for i in [0, 2] {
-        let client = &mut clients[i];
-        let told = client.expect("broadcast");
+        let told = clients[i].expect("broadcast");
         assert_eq!(
             (&told["from"], &told["text"]),
             (&json!("admin"), &json!("to all"))
@@ -661,8 +694,7 @@ fn the_tick_and_the_console_count_every_node_s_users() {
         // Each node reports its sessions with its presence: at each change,
         // and every 300 ms here.
         let extra = ["--tick-ms", "100", "--backplane-presence-ttl-ms", "900"];
-        let mut a = Node::start(&redis, runtime, &extra);
-        let b = Node::start(&redis, runtime, &extra);
+        let (mut a, b) = Node::two(&redis, runtime, &extra);
         let mut on_a = a.client();
         let _on_b = (b.client(), b.client());
         // One user here, two on B: the tick says three.
@@ -673,16 +705,10 @@ fn the_tick_and_the_console_count_every_node_s_users() {
                 .all(|v| v["type"] != "tick" || v["users"].as_u64() <= Some(3)),
             "{ticks:?}"
         );
-        let stats = a.console("/stats", |line| line.contains(" sessions on "));
+        let stats = a.stats_of_one();
         assert_eq!(
             stats.last().map(String::as_str),
             Some("3 sessions on 2 nodes"),
-            "{stats:?}"
-        );
-        assert!(
-            stats
-                .iter()
-                .any(|line| line.starts_with("this node: 1 sessions")),
             "{stats:?}"
         );
     });

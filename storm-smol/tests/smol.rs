@@ -104,6 +104,32 @@ async fn ws_echo_server(options: ServerOptions) -> (ServerHandle, smol::Task<std
     (handle, smol::spawn(server.serve(handler)))
 }
 
+/// A TCP echo server with `framing` on its own smol task, and a client
+/// connected to it that records what it sees.
+async fn tcp_echo(
+    server_options: ServerOptions,
+    client_options: ClientOptions,
+    framing: Framing,
+) -> (
+    ServerHandle,
+    smol::Task<std::io::Result<()>>,
+    Client,
+    Receiver<Seen>,
+) {
+    let server = TcpServer::bind(server_options, framing.clone())
+        .await
+        .expect("bind");
+    let addr = server.local_addr().to_string();
+    let handle = server.handle();
+    let (handler, _server_rx) = recorder(true);
+    let serving = smol::spawn(server.serve(handler));
+    let (handler, rx) = recorder(false);
+    let client = within(TcpClient::connect(&addr, client_options, framing, handler))
+        .await
+        .expect("connect");
+    (handle, serving, client, rx)
+}
+
 /// Sends each message to an echo server and expects it back, then closes
 /// and expects the server's close reply.
 async fn echo_and_close(client: &Client, rx: &Receiver<Seen>, messages: &[Message]) {
@@ -160,22 +186,8 @@ fn length_prefixed_and_line_echo_over_tcp() {
             Framing::LengthPrefix,
             Framing::Delimiter(Default::default()),
         ] {
-            let server = TcpServer::bind(ServerOptions::default(), framing.clone())
-                .await
-                .expect("bind");
-            let addr = server.local_addr().to_string();
-            let handle = server.handle();
-            let (handler, _server_rx) = recorder(true);
-            let serving = smol::spawn(server.serve(handler));
-            let (handler, rx) = recorder(false);
-            let client = within(TcpClient::connect(
-                &addr,
-                ClientOptions::default(),
-                framing,
-                handler,
-            ))
-            .await
-            .expect("connect");
+            let (handle, serving, client, rx) =
+                tcp_echo(ServerOptions::default(), ClientOptions::default(), framing).await;
             // Pipelined: all sent before any is read back.
             for i in 0..200u32 {
                 client
@@ -397,22 +409,8 @@ fn a_pipelined_batch_arrives_whole_and_in_order_over_tcp_and_tls() {
                 options = options.with_tls(TlsServerOptions::new(cert.clone(), key.clone()));
                 client_options = client_options.with_tls(TlsClientOptions::with_ca(cert.clone()));
             }
-            let server = TcpServer::bind(options, Framing::LengthPrefix)
-                .await
-                .expect("bind");
-            let addr = server.local_addr().to_string();
-            let handle = server.handle();
-            let (handler, _server_rx) = recorder(true);
-            let serving = smol::spawn(server.serve(handler));
-            let (handler, rx) = recorder(false);
-            let client = within(TcpClient::connect(
-                &addr,
-                client_options,
-                Framing::LengthPrefix,
-                handler,
-            ))
-            .await
-            .expect("connect");
+            let (handle, serving, client, rx) =
+                tcp_echo(options, client_options, Framing::LengthPrefix).await;
             assert_eq!(next(&rx).await, Seen::Connect);
             for i in 0..COUNT {
                 within(client.send(numbered(i))).await.expect("send");

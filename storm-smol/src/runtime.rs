@@ -107,8 +107,10 @@ impl<T: AsyncWrite + Send + Unpin + 'static> PollWrite for Io<T> {
     }
 }
 
-/// A registered TCP socket, shared by its two halves (readiness I/O needs
-/// only `&`, so no lock). Closing it shuts the write direction down.
+/// A handle on a registered TCP socket. The two halves of a split are two
+/// handles on one registration (readiness I/O needs only `&`, so no lock),
+/// each with read state of its own. Closing it shuts the write direction
+/// down.
 #[derive(Debug)]
 pub struct TcpStream {
     socket: Arc<Async<std::net::TcpStream>>,

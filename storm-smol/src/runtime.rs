@@ -75,7 +75,8 @@ impl PollRead for Io<TcpStream> {
         if !buf.has_remaining_mut() {
             return Poll::Ready(Ok(0));
         }
-        self.0.poll_read_op(cx, |socket| {
+        let room = buf.chunk_mut().len();
+        self.0.poll_read_op(cx, room, |socket| {
             // SAFETY: `UninitSlice` is a `[MaybeUninit<u8>]`, and `recv` only
             // writes into it (it never reads the bytes or de-initializes any).
             let room = unsafe { buf.chunk_mut().as_uninit_slice_mut() };
@@ -106,25 +107,68 @@ impl<T: AsyncWrite + Send + Unpin + 'static> PollWrite for Io<T> {
     }
 }
 
-/// A registered TCP socket, shared by its two halves (readiness I/O needs
-/// only `&`, so no lock). Closing it shuts the write direction down.
-#[derive(Debug, Clone)]
-pub struct TcpStream(Arc<Async<std::net::TcpStream>>);
+/// A handle on a registered TCP socket. The two halves of a split are two
+/// handles on one registration (readiness I/O needs only `&`, so no lock),
+/// each with read state of its own. Closing it shuts the write direction
+/// down.
+#[derive(Debug)]
+pub struct TcpStream {
+    socket: Arc<Async<std::net::TcpStream>>,
+    /// This handle's last read came back short (or would have blocked):
+    /// the socket had nothing more, so the next read waits for readiness
+    /// first instead of asking the socket again.
+    drained: bool,
+}
 
 impl TcpStream {
+    fn new(socket: Async<std::net::TcpStream>) -> Self {
+        Self {
+            socket: Arc::new(socket),
+            drained: false,
+        }
+    }
+
     /// Runs the read `op` on the socket, waiting for readiness while it
-    /// would block.
-    fn poll_read_op<T>(
-        &self,
+    /// would block. `op` reads into `room` bytes and returns how many it
+    /// read.
+    ///
+    /// A read that fills less than `room` emptied the socket's receive
+    /// queue (as tokio assumes too): the next call waits for readiness
+    /// before it reads. Without that, every batch cost two reads that
+    /// would block and a re-registration: async-io's readiness check,
+    /// asked after the first, still reports the event the batch itself
+    /// was read on, so only the second registers interest (oneshot
+    /// epoll, re-armed by `epoll_ctl`, which also reports data that came
+    /// in meanwhile: nothing is missed by waiting).
+    fn poll_read_op(
+        &mut self,
         cx: &mut Context<'_>,
-        mut op: impl FnMut(&std::net::TcpStream) -> io::Result<T>,
-    ) -> Poll<io::Result<T>> {
+        room: usize,
+        mut op: impl FnMut(&std::net::TcpStream) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
         loop {
-            match op(self.0.get_ref()) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                result => return Poll::Ready(result),
+            if self.drained {
+                ready!(self.socket.poll_readable(cx))?;
+                self.drained = false;
             }
-            ready!(self.0.poll_readable(cx))?;
+            match op(self.socket.get_ref()) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.drained = true,
+                result => {
+                    self.drained = matches!(result, Ok(n) if n > 0 && n < room);
+                    return Poll::Ready(result);
+                }
+            }
+        }
+    }
+}
+
+/// Another handle on the same socket (the other half of a split), with
+/// read state of its own.
+impl Clone for TcpStream {
+    fn clone(&self) -> Self {
+        Self {
+            socket: Arc::clone(&self.socket),
+            drained: false,
         }
     }
 }
@@ -135,7 +179,9 @@ impl AsyncRead for TcpStream {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        self.poll_read_op(cx, |mut socket| socket.read(buf))
+        let room = buf.len();
+        self.get_mut()
+            .poll_read_op(cx, room, |mut socket| socket.read(buf))
     }
 }
 
@@ -154,11 +200,11 @@ impl AsyncWrite for TcpStream {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         loop {
-            match self.0.get_ref().write_vectored(bufs) {
+            match self.socket.get_ref().write_vectored(bufs) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 result => return Poll::Ready(result),
             }
-            ready!(self.0.poll_writable(cx))?;
+            ready!(self.socket.poll_writable(cx))?;
         }
     }
 
@@ -168,7 +214,7 @@ impl AsyncWrite for TcpStream {
     }
 
     fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(match self.0.get_ref().shutdown(Shutdown::Write) {
+        Poll::Ready(match self.socket.get_ref().shutdown(Shutdown::Write) {
             // The peer already went away: nothing left to shut down.
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
             result => result,
@@ -233,7 +279,7 @@ impl Runtime for Smol {
 
     async fn connect(addr: SocketAddr) -> io::Result<Self::Tcp> {
         let stream = Async::<std::net::TcpStream>::connect(addr).await?;
-        Ok(Io(TcpStream(Arc::new(stream))))
+        Ok(Io(TcpStream::new(stream)))
     }
 
     fn listen(listener: TcpListener) -> io::Result<Async<TcpListener>> {
@@ -248,7 +294,7 @@ impl Runtime for Smol {
             match listener.get_ref().accept() {
                 Ok((stream, remote)) => {
                     let stream = Async::new(stream)?;
-                    return Poll::Ready(Ok((Io(TcpStream(Arc::new(stream))), remote)));
+                    return Poll::Ready(Ok((Io(TcpStream::new(stream)), remote)));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Poll::Ready(Err(e)),
@@ -258,7 +304,7 @@ impl Runtime for Smol {
     }
 
     fn socket(stream: &Self::Tcp) -> socket2::SockRef<'_> {
-        socket2::SockRef::from(&*(stream.0).0)
+        socket2::SockRef::from(&*stream.0.socket)
     }
 
     #[cfg(feature = "tls")]

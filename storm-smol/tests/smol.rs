@@ -104,6 +104,32 @@ async fn ws_echo_server(options: ServerOptions) -> (ServerHandle, smol::Task<std
     (handle, smol::spawn(server.serve(handler)))
 }
 
+/// A TCP echo server with `framing` on its own smol task, and a client
+/// connected to it that records what it sees.
+async fn tcp_echo(
+    server_options: ServerOptions,
+    client_options: ClientOptions,
+    framing: Framing,
+) -> (
+    ServerHandle,
+    smol::Task<std::io::Result<()>>,
+    Client,
+    Receiver<Seen>,
+) {
+    let server = TcpServer::bind(server_options, framing.clone())
+        .await
+        .expect("bind");
+    let addr = server.local_addr().to_string();
+    let handle = server.handle();
+    let (handler, _server_rx) = recorder(true);
+    let serving = smol::spawn(server.serve(handler));
+    let (handler, rx) = recorder(false);
+    let client = within(TcpClient::connect(&addr, client_options, framing, handler))
+        .await
+        .expect("connect");
+    (handle, serving, client, rx)
+}
+
 /// Sends each message to an echo server and expects it back, then closes
 /// and expects the server's close reply.
 async fn echo_and_close(client: &Client, rx: &Receiver<Seen>, messages: &[Message]) {
@@ -160,22 +186,8 @@ fn length_prefixed_and_line_echo_over_tcp() {
             Framing::LengthPrefix,
             Framing::Delimiter(Default::default()),
         ] {
-            let server = TcpServer::bind(ServerOptions::default(), framing.clone())
-                .await
-                .expect("bind");
-            let addr = server.local_addr().to_string();
-            let handle = server.handle();
-            let (handler, _server_rx) = recorder(true);
-            let serving = smol::spawn(server.serve(handler));
-            let (handler, rx) = recorder(false);
-            let client = within(TcpClient::connect(
-                &addr,
-                ClientOptions::default(),
-                framing,
-                handler,
-            ))
-            .await
-            .expect("connect");
+            let (handle, serving, client, rx) =
+                tcp_echo(ServerOptions::default(), ClientOptions::default(), framing).await;
             // Pipelined: all sent before any is read back.
             for i in 0..200u32 {
                 client
@@ -327,5 +339,92 @@ fn shutdown_closes_every_session_and_serve_returns() {
             within(client.closed()).await;
         }
         assert_eq!(handle.session_count(), 0);
+    });
+}
+
+/// A read that comes back short has emptied the socket: the next one waits
+/// for readiness instead of asking the socket again (a read that would
+/// block, and async-io's stale readiness, once cost two), and readiness
+/// then comes: what the peer sent meanwhile is read, whole.
+#[test]
+fn a_read_after_a_short_one_waits_for_readiness_and_gets_what_came_meanwhile() {
+    use std::io::Write;
+    use std::task::{Context, Waker};
+    use storm_async::runtime::{PollRead, Runtime};
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    smol::block_on(async {
+        let mut stream = within(storm_smol::Smol::connect(addr))
+            .await
+            .expect("connect");
+        // The connection is established: accept returns at once.
+        let (mut peer, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 4096];
+        peer.write_all(&[1; 100]).expect("write");
+        let mut got = Vec::new();
+        while got.len() < 100 {
+            let n = within(std::future::poll_fn(|cx| stream.poll_read(cx, &mut buf)))
+                .await
+                .expect("read");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, [1; 100]);
+        // The last read was short; more comes in before the next.
+        peer.write_all(&[2; 50]).expect("write");
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(
+            stream.poll_read(&mut cx, &mut buf).is_pending(),
+            "read the socket again at once instead of waiting for readiness"
+        );
+        let n = within(std::future::poll_fn(|cx| stream.poll_read(cx, &mut buf)))
+            .await
+            .expect("read");
+        assert_eq!(buf[..n], [2; 50]);
+    });
+}
+
+/// Message `i` of [`a_pipelined_batch_arrives_whole_and_in_order_over_tcp_and_tls`]:
+/// its number, then a filler of a length that varies, so that reads end
+/// anywhere in a message.
+fn numbered(i: u32) -> Message {
+    let mut bytes = i.to_be_bytes().to_vec();
+    bytes.resize(4 + (i as usize * 37) % 1500, i as u8);
+    Message::from(bytes)
+}
+
+/// Thousands of messages sent without waiting for their echoes cross
+/// the server's and the client's sockets in many reads of every size, some
+/// short, some full: every echo comes back, whole and in order, over plain
+/// TCP and over TLS (which reads the socket through futures-io).
+#[test]
+fn a_pipelined_batch_arrives_whole_and_in_order_over_tcp_and_tls() {
+    const COUNT: u32 = 4000;
+    smol::block_on(async {
+        let (cert, key) = self_signed();
+        for tls in [false, true] {
+            let mut options = ServerOptions::default();
+            let mut client_options = ClientOptions::default();
+            if tls {
+                options = options.with_tls(TlsServerOptions::new(cert.clone(), key.clone()));
+                client_options = client_options.with_tls(TlsClientOptions::with_ca(cert.clone()));
+            }
+            let (handle, serving, client, rx) =
+                tcp_echo(options, client_options, Framing::LengthPrefix).await;
+            assert_eq!(next(&rx).await, Seen::Connect);
+            for i in 0..COUNT {
+                within(client.send(numbered(i))).await.expect("send");
+            }
+            for i in 0..COUNT {
+                assert_eq!(
+                    next_message(&rx).await,
+                    numbered(i),
+                    "echo {i} (tls: {tls})"
+                );
+            }
+            within(handle.shutdown(WAIT)).await;
+            assert!(next_disconnect(&rx).await.is_normal());
+            within(serving).await.expect("serve returns Ok");
+        }
     });
 }

@@ -371,7 +371,8 @@ pub struct RedisConfig {
     /// Default: 1000.
     pub max_recover: u64,
     /// How long a presence entry lives unless its node refreshes it (every
-    /// third of this): a dead node's members disappear within it.
+    /// third of this): a dead node's members disappear within it, and its
+    /// [claims](RedisBackplane::claim) with them.
     ///
     /// Default: 30 s.
     pub presence_ttl: Duration,

@@ -47,6 +47,16 @@
 //! the TTL. A node that starts, or reconnects, says `hello`, and the others
 //! publish their entries at once.
 //!
+//! # No claims
+//!
+//! Unlike the Redis backplane (its `RedisBackplane::claim`), there is no
+//! claim of a name across nodes here: NATS core keeps no state that could decide
+//! between two nodes claiming one name at once (a request/reply round
+//! among the nodes cannot either: a node that has not heard of the other's
+//! claim yet answers "free"). A service on this backplane keeps names
+//! unique per node only (`storm chat` does, and says so); a JetStream KV
+//! bucket's create-if-absent would give what Redis gives.
+//!
 //! # Faults
 //!
 //! When nats-server goes away, local traffic goes on; `async-nats`

@@ -45,7 +45,9 @@
 //! `d` the positioned envelope), `PREFIX.presence.ROOM` (a sorted set:
 //! member → expiry in Redis milliseconds), `PREFIX.stats.nodes` (a hash:
 //! node id → `EXPIRY SESSIONS ROOMS`, each node's [`NodeStats`] as its
-//! presence task last wrote them).
+//! presence task last wrote them), `PREFIX.claim.NAME` (a string: the
+//! holder of a name unique across nodes, with the presence TTL as its
+//! expiry: [`RedisBackplane::claim`]).
 //!
 //! A room whose meta hash is gone (Redis restarted empty, the keys expired)
 //! gets a new random epoch at its next append or read: positions of the old
@@ -181,6 +183,52 @@ end
 return live
 ";
 
+/// Claims `KEYS[1]` for the holder `ARGV[1]` unless another holder has
+/// it, alive for `ARGV[2]` ms; once it is the holder's, releases `KEYS[2]`
+/// (if given) when the holder has it: a rename, in one step.
+///
+/// KEYS: claim, [claim replaced]. ARGV: holder, TTL in ms. Returns who
+/// holds `KEYS[1]` now.
+const CLAIM_SCRIPT: &str = r"
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then
+  return held
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if KEYS[2] and redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('DEL', KEYS[2])
+end
+return ARGV[1]
+";
+
+/// Releases a claim if its holder has it.
+///
+/// KEYS: claim. ARGV: holder. Returns 1 if it was released.
+const RELEASE_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// Keeps claims alive for `ARGV[1]` ms, taking back those Redis lost (it
+/// restarted empty); a claim another holder took meanwhile stays theirs.
+///
+/// KEYS: claims. ARGV: TTL in ms, the holder of each claim in order.
+/// Returns the (1-based) indexes of the claims another holder has.
+const RENEW_SCRIPT: &str = r"
+local lost = {}
+for i = 1, #KEYS do
+  local held = redis.call('GET', KEYS[i])
+  if held == false or held == ARGV[i + 1] then
+    redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[1])
+  else
+    lost[#lost + 1] = i
+  end
+end
+return lost
+";
+
 /// Room messages one pipeline to Redis carries at most.
 const MAX_BATCH: usize = 256;
 
@@ -256,6 +304,9 @@ static ANNOUNCE: LazyLock<Script> = LazyLock::new(|| Script::new(ANNOUNCE_SCRIPT
 static MEMBERS: LazyLock<Script> = LazyLock::new(|| Script::new(MEMBERS_SCRIPT));
 static REPORT: LazyLock<Script> = LazyLock::new(|| Script::new(REPORT_SCRIPT));
 static NODES: LazyLock<Script> = LazyLock::new(|| Script::new(NODES_SCRIPT));
+static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_SCRIPT));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_SCRIPT));
+static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW_SCRIPT));
 
 impl Script {
     fn new(body: &'static str) -> Self {
@@ -320,7 +371,8 @@ pub struct RedisConfig {
     /// Default: 1000.
     pub max_recover: u64,
     /// How long a presence entry lives unless its node refreshes it (every
-    /// third of this): a dead node's members disappear within it.
+    /// third of this): a dead node's members disappear within it, and its
+    /// [claims](RedisBackplane::claim) with them.
     ///
     /// Default: 30 s.
     pub presence_ttl: Duration,
@@ -434,6 +486,19 @@ impl Queued for Publication {
 
 pub use crate::{ConfigError, Deliver, OnNodeMessage, OnUnpublished, Recovery, Running, Stats};
 
+/// What [`RedisBackplane::claim`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Claim {
+    /// The name is the holder's (now, or it was already).
+    Claimed,
+    /// Another holder has the name.
+    Taken {
+        /// Who.
+        holder: String,
+    },
+}
+
 /// One stream entry as `XRANGE` returns it: its id and its fields.
 type StreamEntry = (String, Vec<(String, Vec<u8>)>);
 
@@ -495,11 +560,18 @@ impl fmt::Debug for RedisBackplane {
 /// One presence entry: a room and a member.
 type Entry = (String, String);
 
-/// This node's presence as the presence task keeps Redis told of it.
+/// One claim: a name and its holder.
+type Claimed = (String, String);
+
+/// This node's presence (and claims) as the presence task keeps Redis
+/// told of it.
 #[derive(Debug, Default)]
 struct PresenceState {
     /// Every entry of this node: written again every third of the TTL.
     entries: BTreeSet<Entry>,
+    /// Every claim of this node's holders: kept alive every third of the
+    /// TTL.
+    claims: BTreeSet<Claimed>,
     /// Entries to write at the task's next turn (disjoint from `removed`).
     added: BTreeSet<Entry>,
     /// Entries to remove at the task's next turn.
@@ -986,7 +1058,8 @@ impl RedisBackplane {
     /// it changed ([`present`](Self::present), [`absent`](Self::absent)),
     /// every entry again every third of the TTL; and of this node's
     /// [`NodeStats`] (`hub`'s sessions and groups) at each of those turns,
-    /// so [`nodes`](Self::nodes) sees them within a third of the TTL. A
+    /// so [`nodes`](Self::nodes) sees them within a third of the TTL; and
+    /// of this node's [claims](Self::claim), every third of the TTL. A
     /// write that fails is logged and made good by the next refresh; a
     /// removal that fails, by the entry's expiry. Stopped, it removes this
     /// node's stats.
@@ -1014,15 +1087,16 @@ impl RedisBackplane {
                 }
                 return;
             };
-            let (removed, written) = {
+            let (removed, written, claims) = {
                 let mut state = lock(&self.presence);
                 let removed = std::mem::take(&mut state.removed);
                 let added = std::mem::take(&mut state.added);
                 if refresh {
                     next_refresh = Instant::now() + period;
-                    (removed, state.entries.clone())
+                    let claims: Vec<Claimed> = state.claims.iter().cloned().collect();
+                    (removed, state.entries.clone(), claims)
                 } else {
-                    (removed, added)
+                    (removed, added, Vec::new())
                 }
             };
             for (room, members) in by_room(removed) {
@@ -1038,6 +1112,9 @@ impl RedisBackplane {
                 if let Err(error) = self.touch(&room, &members).await {
                     tracing::warn!(room, %error, "backplane: presence write failed");
                 }
+            }
+            if let Err(error) = self.renew(&claims).await {
+                tracing::warn!(%error, "backplane: claims refresh failed");
             }
             let stats = NodeStats {
                 sessions: u64::try_from(hub.session_count()).unwrap_or(u64::MAX),
@@ -1241,6 +1318,93 @@ impl RedisBackplane {
         let mut command = redis::cmd("ZREM");
         command.arg(self.node.channels.presence(room)).arg(member);
         self.query::<u64>(&command).await.map(drop)
+    }
+
+    /// Claims `name` for `holder` across nodes: it becomes the holder's
+    /// unless another holder (of any node) has it, in one step in Redis,
+    /// so of two holders claiming one name at once exactly one has it.
+    /// With `replacing` (the name the holder had), that one is released in
+    /// the same step once `name` is the holder's: a rename. Claiming a
+    /// name the holder has already is [`Claim::Claimed`].
+    ///
+    /// A claim lives until it is [released](Self::release), or, once this
+    /// node stops refreshing it (it stopped or died), for at most
+    /// [`RedisConfig::presence_ttl`]: the presence task keeps every claim
+    /// of this node alive with its presence, every third of the TTL (and
+    /// claims again those Redis lost, restarted empty). Holders must be
+    /// unique across nodes (a session's [`SessionAddr`](storm_proto::backplane::SessionAddr)
+    /// string, say).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Redis`] if Redis is unreachable or refuses: then nothing is
+    /// known of the name, and the claim may or may not have been made (if
+    /// it was, it expires within the TTL: this node does not refresh it).
+    pub async fn claim(
+        &self,
+        name: &str,
+        holder: &str,
+        replacing: Option<&str>,
+    ) -> Result<Claim, Error> {
+        let mut tail = redis::Cmd::new();
+        tail.arg(1 + usize::from(replacing.is_some()))
+            .arg(self.node.channels.claim(name));
+        if let Some(old) = replacing {
+            tail.arg(self.node.channels.claim(old));
+        }
+        tail.arg(holder).arg(millis(Some(self.config.presence_ttl)));
+        let now: String = self.query_script(&CLAIM, &tail).await?;
+        if now != holder {
+            return Ok(Claim::Taken { holder: now });
+        }
+        let mut state = lock(&self.presence);
+        if let Some(old) = replacing {
+            state.claims.remove(&(old.to_owned(), holder.to_owned()));
+        }
+        state.claims.insert((name.to_owned(), holder.to_owned()));
+        Ok(Claim::Claimed)
+    }
+
+    /// Releases `holder`'s claim of `name` (nothing if another holder has
+    /// it): from now on any holder may claim it. This node stops
+    /// refreshing it at once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Redis`] if Redis is unreachable or refuses (the claim then
+    /// expires within [`RedisConfig::presence_ttl`]).
+    pub async fn release(&self, name: &str, holder: &str) -> Result<(), Error> {
+        lock(&self.presence)
+            .claims
+            .remove(&(name.to_owned(), holder.to_owned()));
+        let mut tail = redis::Cmd::new();
+        tail.arg(1).arg(self.node.channels.claim(name)).arg(holder);
+        self.query_script::<u64>(&RELEASE, &tail).await.map(drop)
+    }
+
+    /// Keeps `claims` alive for the TTL (taking back those Redis lost);
+    /// logs those another holder has.
+    async fn renew(&self, claims: &[Claimed]) -> Result<(), Error> {
+        for batch in claims.chunks(MAX_BATCH) {
+            let mut tail = redis::Cmd::new();
+            tail.arg(batch.len());
+            for (name, _) in batch {
+                tail.arg(self.node.channels.claim(name));
+            }
+            tail.arg(millis(Some(self.config.presence_ttl)));
+            for (_, holder) in batch {
+                tail.arg(holder);
+            }
+            let lost: Vec<usize> = self.query_script(&RENEW, &tail).await?;
+            for (name, holder) in lost.iter().filter_map(|i| batch.get(i.checked_sub(1)?)) {
+                tracing::warn!(
+                    name,
+                    holder,
+                    "backplane: a claim of this node is another's (redis lost it meanwhile)"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Who is present in `room`, on every node, sorted.

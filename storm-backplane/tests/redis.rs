@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::RedisServer;
 use storm_async::Runtime;
 use storm_backplane::proto::{NodeStats, Position, Ready, Unrecoverable};
-use storm_backplane::redis::{Deliver, Recovery, RedisBackplane, RedisConfig, Running};
+use storm_backplane::redis::{Claim, Deliver, Recovery, RedisBackplane, RedisConfig, Running};
 use storm_host::hub::{Hub, HubConfig, Outbox};
 use storm_proto::Message;
 use storm_proto::reconnect::BackoffConfig;
@@ -378,6 +378,106 @@ async fn presence_spans_nodes_and_expires_with_its_node<R: Runtime>() {
     a.stop().await;
     R::sleep_until(Instant::now() + ttl + Duration::from_millis(50)).await;
     assert!(b.backplane.members("room").await.unwrap().is_empty());
+    b.stop().await;
+}
+
+async fn a_name_is_one_holder_s_across_nodes_until_released_or_its_node_dies<R: Runtime>() {
+    let ttl = Duration::from_millis(900);
+    let Some((_server, a, b)) = two_nodes::<R>(|c| c.presence_ttl = ttl, None).await else {
+        return;
+    };
+    let taken = |holder: &str| {
+        Ok::<_, String>(Claim::Taken {
+            holder: holder.to_owned(),
+        })
+    };
+    let claim =
+        |node: &Node, name: &'static str, holder: &'static str, old: Option<&'static str>| {
+            let backplane = Arc::clone(&node.backplane);
+            async move {
+                let claimed = backplane.claim(name, holder, old).await;
+                claimed.map_err(|e| e.to_string())
+            }
+        };
+    assert_eq!(claim(&a, "alice", "a-1", None).await, Ok(Claim::Claimed));
+    assert_eq!(
+        claim(&a, "alice", "a-1", None).await,
+        Ok(Claim::Claimed),
+        "its already"
+    );
+    assert_eq!(claim(&b, "alice", "b-1", None).await, taken("a-1"));
+    // A rename: the new name the holder's and the old one free, in one step.
+    assert_eq!(
+        claim(&a, "alicia", "a-1", Some("alice")).await,
+        Ok(Claim::Claimed)
+    );
+    assert_eq!(claim(&b, "alice", "b-1", None).await, Ok(Claim::Claimed));
+    // A refused rename keeps the old name.
+    assert_eq!(
+        claim(&a, "alice", "a-1", Some("alicia")).await,
+        taken("b-1")
+    );
+    assert_eq!(claim(&b, "alicia", "b-2", None).await, taken("a-1"));
+    // Only its holder releases a claim.
+    a.backplane.release("alice", "a-1").await.unwrap();
+    assert_eq!(claim(&a, "alice", "a-2", None).await, taken("b-1"));
+    b.backplane.release("alice", "b-1").await.unwrap();
+    assert_eq!(claim(&a, "alice", "a-2", None).await, Ok(Claim::Claimed));
+
+    // Kept alive while A runs: still its after several TTLs.
+    R::sleep_until(Instant::now() + ttl * 2).await;
+    assert_eq!(claim(&b, "alicia", "b-2", None).await, taken("a-1"));
+    // A stops (as a killed node would): its names are free within the TTL.
+    a.stop().await;
+    let stopped = Instant::now();
+    let deadline = stopped + EVENT_TIMEOUT;
+    while claim(&b, "alicia", "b-2", None).await != Ok(Claim::Claimed) {
+        assert!(Instant::now() < deadline, "still held");
+        R::sleep_until(Instant::now() + Duration::from_millis(20)).await;
+    }
+    // Redis expires the claim a TTL after the last refresh, at the latest;
+    // the margin is for a loaded machine.
+    let free = stopped.elapsed();
+    assert!(free <= ttl + Duration::from_secs(1), "{free:?}");
+    b.stop().await;
+}
+
+async fn claims_redis_lost_are_claimed_again<R: Runtime>() {
+    let ttl = Duration::from_millis(900);
+    let Some((mut server, a, b)) = two_nodes::<R>(|c| c.presence_ttl = ttl, None).await else {
+        return;
+    };
+    let claimed = a.backplane.claim("alice", "a-1", None).await.unwrap();
+    assert_eq!(claimed, Claim::Claimed);
+    // Restarted empty: A's presence task claims its names again at its next
+    // refresh (within a third of the TTL).
+    server.start_again();
+    let client = redis::Client::open(server.url()).unwrap();
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        // Connecting may fail while the server comes up: asked again.
+        let holder: Option<String> = match client.get_multiplexed_async_connection().await {
+            Ok(mut connection) => redis::cmd("GET")
+                .arg("test.claim.alice")
+                .query_async(&mut connection)
+                .await
+                .unwrap_or(None),
+            Err(_) => None,
+        };
+        if holder.as_deref() == Some("a-1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not claimed again: {holder:?}");
+        R::sleep_until(Instant::now() + Duration::from_millis(20)).await;
+    }
+    let again = b.backplane.claim("alice", "b-1", None).await.unwrap();
+    assert_eq!(
+        again,
+        Claim::Taken {
+            holder: "a-1".to_owned()
+        }
+    );
+    a.stop().await;
     b.stop().await;
 }
 
@@ -879,6 +979,8 @@ on_runtimes!(
     a_client_recovers_exactly_the_range_it_missed,
     redis_down_then_restarted_empty_changes_the_epoch,
     presence_spans_nodes_and_expires_with_its_node,
+    a_name_is_one_holder_s_across_nodes_until_released_or_its_node_dies,
+    claims_redis_lost_are_claimed_again,
     without_history_messages_cross_unpositioned,
     an_idle_rooms_history_expires_and_its_epoch_with_it,
     ordered_messages_reach_every_node_in_one_order_with_their_offsets,

@@ -77,7 +77,8 @@ pub(crate) struct ChatArgs {
     backplane_history: usize,
     /// With --backplane: milliseconds a user stays in the other nodes'
     /// user lists after its node stops refreshing it (every third of this):
-    /// the users of a node that dies disappear within it.
+    /// the users of a node that dies disappear within it (and, with
+    /// redis://, their names are free again).
     #[arg(
         long,
         value_name = "MS",

@@ -31,6 +31,9 @@ trait BackplaneServer {
     /// Whether the backplane keeps each room's history through it (room
     /// messages then carry a position).
     fn keeps_history(&self) -> bool;
+    /// Whether user names are unique across the nodes through it (else
+    /// per node).
+    fn unique_names(&self) -> bool;
 }
 
 impl BackplaneServer for RedisServer {
@@ -39,6 +42,10 @@ impl BackplaneServer for RedisServer {
     }
 
     fn keeps_history(&self) -> bool {
+        true
+    }
+
+    fn unique_names(&self) -> bool {
         true
     }
 }
@@ -258,8 +265,36 @@ impl Client {
 
     /// Renames itself; up to its own `renamed`.
     fn name(&mut self, name: &str) {
+        if let Err(error) = self.try_name(name) {
+            panic!("{name}: {error}");
+        }
+    }
+
+    /// Asks to be renamed `name`: `Ok` once its own `renamed` came, the
+    /// error if one came first.
+    fn try_name(&mut self, name: &str) -> Result<(), String> {
         self.send(&json!({"type": "name", "name": name}));
-        self.own("renamed");
+        let id = self.id.clone();
+        let seen =
+            self.until(|v| (v["type"] == "renamed" && v["id"] == id) || v["type"] == "error");
+        let answer = seen.last().expect("an answer");
+        match answer["error"].as_str() {
+            Some(error) => Err(error.to_owned()),
+            None => Ok(()),
+        }
+    }
+
+    /// Renames itself `name` once no user has it any more (asking again
+    /// while it is taken, within [`WAIT`]).
+    fn name_when_free(&mut self, name: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.try_name(name) {
+                Ok(()) => return,
+                Err(error) if error == taken(name) && Instant::now() < deadline => {}
+                Err(error) => panic!("{name}: {error}"),
+            }
+        }
     }
 
     /// The `users` list (across nodes).
@@ -296,6 +331,11 @@ impl Client {
             .pop()
             .expect("chat")
     }
+}
+
+/// The error of a rename to a name another user has.
+fn taken(name: &str) -> String {
+    format!("the name {name} is taken")
 }
 
 /// The names in a `users` list.
@@ -480,6 +520,10 @@ fn a_killed_node_s_users_leave(server: &impl BackplaneServer, runtime: &str) {
     bob.join("rust");
     let users = bob
         .users_until(|users| names(users) == ["alice", "bob"] || names(users) == ["bob", "alice"]);
+    // One user of each name, whichever node they are on.
+    if server.unique_names() {
+        assert_eq!(bob.try_name("alice"), Err(taken("alice")));
+    }
     let room_of = |name: &str| {
         users
             .iter()
@@ -531,6 +575,32 @@ fn a_killed_node_s_users_leave(server: &impl BackplaneServer, runtime: &str) {
         "alice gone {:?} after the kill (TTL {ttl:?})",
         killed.elapsed()
     );
+    // And her name is free again, within the same bound.
+    bob.name_when_free("alice");
+    println!(
+        "her name free {:?} after the kill (TTL {ttl:?})",
+        killed.elapsed()
+    );
+}
+
+#[test]
+fn names_are_unique_across_nodes() {
+    on_each_runtime(|redis, runtime| {
+        let (a, b) = Node::two(&redis, runtime, &[]);
+        let (mut alice, mut bob) = (a.client(), b.client());
+        alice.name("alice");
+        // Held on another node: the answer a single node gives.
+        assert_eq!(bob.try_name("alice"), Err(taken("alice")));
+        // Renamed: the old name is free as the rename is answered.
+        alice.name("alicia");
+        bob.name("alice");
+        assert_eq!(alice.try_name("alice"), Err(taken("alice")));
+        // Gone: free once its node released it.
+        drop(bob);
+        alice.name_when_free("alice");
+        let users = alice.users_until(|users| users.len() == 1);
+        assert_eq!(names(&users), ["alice"]);
+    });
 }
 
 #[test]
@@ -653,6 +723,12 @@ fn an_event_redis_cannot_take_still_reaches_its_node_s_members_with_a_notice() {
                 assert_eq!(notice["room"], "rust", "{notice}");
             }
         }
+        // Names cannot be checked across nodes: a rename is refused.
+        let error = alice.try_name("alicia").expect_err("refused");
+        assert!(
+            error.starts_with("names cannot be checked across nodes while Redis is down"),
+            "{error}"
+        );
     });
 }
 

@@ -53,7 +53,8 @@
 //! Every message either way is one WebSocket text message holding one JSON
 //! object with a `"type"` field. Names and room names are 1 to 32 characters
 //! (leading and trailing spaces are trimmed), without control characters;
-//! user names are unique, and `guest-<number>` (the name a new user gets) is
+//! user names are unique (across nodes too, with Redis: see "Across
+//! nodes"), and `guest-<number>` (the name a new user gets) is
 //! reserved. Each user is in at most one room at a time, and
 //! starts in `lobby`.
 //!
@@ -112,7 +113,17 @@
 //! each node keeps its users in a directory in Redis (the backplane's
 //! presence, refreshed every third of its TTL), so a dead node's users leave
 //! the lists within [`RedisConfig::presence_ttl`](storm_backplane::redis::RedisConfig::presence_ttl).
-//! A `whisper` to a name of no local user goes to the first user of that
+//! User names are unique across the nodes: a rename claims its name in
+//! Redis ([`RedisBackplane::claim`](storm_backplane::redis::RedisBackplane::claim):
+//! set if free, releasing the old name in the same step) before it is
+//! answered; a name a user of another node has gets the one-node answer
+//! `the name alice is taken`. A name is free again when its user renames
+//! or leaves, or within the presence TTL once its node died (each node
+//! refreshes its users' claims with its directory entries). While Redis is
+//! down a rename is refused (`names cannot be checked across nodes while
+//! Redis is down`), never let through unchecked; one rename of a session
+//! is checked at a time.
+//! A `whisper` to a name of no local user goes to the user of that
 //! name another node lists, through that node (a node message). A room
 //! event the backplane cannot publish still reaches this node's members,
 //! without a position, followed by
@@ -138,6 +149,9 @@
 //! confirmed before the node serves), so a join needs no per-room
 //! subscription. Nodes do not report their stats over NATS: the tick's
 //! `users` counts this node's, and `/stats` says the others' are unknown.
+//! Names are unique per node only with NATS (core pub/sub holds nothing
+//! that could arbitrate a name between nodes): two nodes may each have an
+//! `alice`, and a whisper from a third goes to the first one listed.
 //!
 //! # Admin console
 //!
@@ -482,6 +496,9 @@ struct User {
     /// Across nodes: keeps this node subscribed to `room` while the user
     /// is in it (the hub's groups do not tell the backplane).
     held: Option<storm_backplane::redis::RoomHold>,
+    /// Across nodes: a rename waits for its claim of the name (one at a
+    /// time: see [`claim_name`]).
+    renaming: bool,
 }
 
 /// Users by session id, and ids by name.
@@ -491,6 +508,19 @@ struct Registry {
     names: HashMap<String, SessionId>,
     /// Sessions joining a room across nodes, until their recovery ends.
     pending: HashMap<SessionId, nodes::Pending>,
+}
+
+impl Registry {
+    /// Whether user `id` may take `name` as far as this node knows:
+    /// `false` when it has it already; an error when another user here
+    /// has it.
+    fn free_for(&self, id: SessionId, name: &str) -> Result<bool, String> {
+        match self.names.get(name) {
+            Some(&owner) if owner == id => Ok(false),
+            Some(_) => Err(taken(name)),
+            None => Ok(true),
+        }
+    }
 }
 
 /// A server's sessions as the chat needs them, whatever the runtime:
@@ -771,6 +801,7 @@ impl Chat {
                 room: None,
                 session: session.clone(),
                 held: None,
+                renaming: false,
             };
             self.relist(None, Some(&self.info(id, &user)));
             registry.names.insert(name.clone(), id);
@@ -815,6 +846,7 @@ impl Chat {
             registry.pending.remove(&id);
             if let Some(user) = &user {
                 registry.names.remove(&user.name);
+                self.release_name(id, &user.name);
                 self.relist(Some(&self.info(id, user)), None);
             }
             user
@@ -830,6 +862,16 @@ impl Chat {
             self.to_room(room, &left);
         }
         println!("disconnect #{} {} ({reason})", self.id_of(id), user.name);
+    }
+
+    /// Across nodes, releases the claim of this node's session `id` to
+    /// `name` (guest names are never claimed: unique by their shape).
+    fn release_name(&self, id: SessionId, name: &str) {
+        if let (Some(nodes), ChatId::Node(addr)) = (&self.nodes, self.id_of(id)) {
+            if !is_guest_name(name) {
+                nodes.release(name, addr);
+            }
+        }
     }
 
     /// What another node asks of this one (across nodes).
@@ -1065,35 +1107,9 @@ fn handle(chat: &Chat, session: &Session, command: Command) -> Result<Option<Mes
             if is_guest_name(&name) {
                 return Err("names guest-<number> are given out by the server".to_owned());
             }
-            let (old, room) = {
-                let mut registry = chat.registry();
-                if let Some(&owner) = registry.names.get(&name) {
-                    if owner == id {
-                        return Ok(None);
-                    }
-                    return Err(format!("the name {name} is taken"));
-                }
-                let user = registry.users.get_mut(&id).ok_or("not registered")?;
-                let before = chat.info(id, user);
-                let old = std::mem::replace(&mut user.name, name.clone());
-                let room = user.room.clone();
-                chat.relist(Some(&before), Some(&chat.info(id, user)));
-                registry.names.remove(&old);
-                registry.names.insert(name.clone(), id);
-                (old, room)
-            };
-            println!("rename #{} {old} -> {name}", chat.id_of(id));
-            let renamed = encode(&Out::Renamed {
-                id: chat.id_of(id),
-                old: &old,
-                name: &name,
-            });
-            match room {
-                Some(room) => {
-                    chat.to_group(&room, &renamed);
-                    Ok(None)
-                }
-                None => Ok(Some(renamed)),
+            match (&chat.nodes, chat.me.upgrade()) {
+                (Some(nodes), Some(me)) if nodes.unique_names() => claim_name(me, session, name),
+                _ => rename(chat, session, &name),
             }
         }
         Command::Chat { text } => {
@@ -1197,9 +1213,99 @@ fn handle(chat: &Chat, session: &Session, command: Command) -> Result<Option<Mes
     }
 }
 
+/// Renames `session`'s user to `name` unless a user of this node has it;
+/// the reply for the sender alone, if any (`renamed` goes to its room).
+fn rename(chat: &Chat, session: &Session, name: &str) -> Result<Option<Message>, String> {
+    let id = session.id();
+    let (old, room) = {
+        let mut registry = chat.registry();
+        if !registry.free_for(id, name)? {
+            return Ok(None);
+        }
+        let user = registry.users.get_mut(&id).ok_or("not registered")?;
+        let before = chat.info(id, user);
+        let old = std::mem::replace(&mut user.name, name.to_owned());
+        let room = user.room.clone();
+        chat.relist(Some(&before), Some(&chat.info(id, user)));
+        registry.names.remove(&old);
+        registry.names.insert(name.to_owned(), id);
+        (old, room)
+    };
+    println!("rename #{} {old} -> {name}", chat.id_of(id));
+    let renamed = encode(&Out::Renamed {
+        id: chat.id_of(id),
+        old: &old,
+        name,
+    });
+    match room {
+        Some(room) => {
+            chat.to_group(&room, &renamed);
+            Ok(None)
+        }
+        None => Ok(Some(renamed)),
+    }
+}
+
+/// A rename across nodes (Redis): refused at once if a user of this node
+/// has `name`; else a task claims it across nodes, in place of the user's
+/// claimed name ([`nodes::Nodes::claim`]), then [`rename`]s, or answers
+/// `the name … is taken` (a user of another node has it) or why names
+/// cannot be checked (Redis down: refused rather than risk two users of
+/// one name). One rename of a session at a time: its claim replaces the
+/// name it had when it started.
+fn claim_name(me: Arc<Chat>, session: &Session, name: String) -> Result<Option<Message>, String> {
+    let id = session.id();
+    let (Some(nodes), ChatId::Node(holder)) = (&me.nodes, me.id_of(id)) else {
+        return rename(&me, session, &name);
+    };
+    let old = {
+        let mut registry = me.registry();
+        if !registry.free_for(id, &name)? {
+            return Ok(None);
+        }
+        let user = registry.users.get_mut(&id).ok_or("not registered")?;
+        if user.renaming {
+            return Err("your last rename is still being checked: wait for its answer".to_owned());
+        }
+        user.renaming = true;
+        user.name.clone()
+    };
+    let session = session.clone();
+    nodes.spawn({
+        let me = Arc::clone(&me);
+        async move {
+            let Some(nodes) = &me.nodes else { return };
+            let replacing = (!is_guest_name(&old)).then_some(old.as_str());
+            let claimed = nodes.claim(&name, holder, replacing).await;
+            if let Some(user) = me.registry().users.get_mut(&id) {
+                user.renaming = false;
+            }
+            let reply = match claimed {
+                Ok(true) => rename(&me, &session, &name).inspect_err(|_| {
+                    // Not renamed (the user left meanwhile): the claim goes.
+                    nodes.release(&name, holder);
+                }),
+                Ok(false) => Err(taken(&name)),
+                Err(error) => Err(error),
+            };
+            let reply = reply.unwrap_or_else(|error| Some(encode(&Out::Error { error: &error })));
+            if let Some(reply) = reply {
+                let _ = session.try_send(reply);
+            }
+        }
+    });
+    Ok(None)
+}
+
+/// The answer to a rename to a name another user has.
+fn taken(name: &str) -> String {
+    format!("the name {name} is taken")
+}
+
 /// A whisper to `to`, a user of no session of this node: across nodes,
-/// to the first user of that name the directory lists on another node
-/// (the copy to the sender once it is on its way); else `no user named`.
+/// to the user of that name the directory lists on another node (the
+/// first one listed, with NATS, where names are unique per node only),
+/// the copy to the sender once it is on its way; else `no user named`.
 fn whisper_elsewhere(
     chat: &Chat,
     session: &Session,

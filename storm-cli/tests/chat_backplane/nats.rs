@@ -17,6 +17,10 @@ impl BackplaneServer for NatsServer {
     fn keeps_history(&self) -> bool {
         false
     }
+
+    fn unique_names(&self) -> bool {
+        false
+    }
 }
 
 /// The event for which `found` holds if it comes within `wait`, `None`

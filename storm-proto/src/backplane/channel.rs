@@ -20,6 +20,7 @@ pub const MAX_PREFIX_LEN: usize = 64;
 /// | `PREFIX.meta.ROOM` | storage: a room's epoch and last offset |
 /// | `PREFIX.presence.ROOM` | storage: who is in a room, each entry with its expiry |
 /// | `PREFIX.stats.nodes` | storage: every live node's [`NodeStats`](super::NodeStats), each with its expiry |
+/// | `PREFIX.claim.NAME` | storage: who holds a name that is unique across nodes (a user name), with its expiry |
 ///
 /// A room or user name may hold any character (a `.` too): the prefix and
 /// the kind are fixed, so [`parse`](Self::parse) reads the name back whole.
@@ -95,6 +96,7 @@ const HISTORY: &str = "history";
 const META: &str = "meta";
 const PRESENCE: &str = "presence";
 const STATS: &str = "stats";
+const CLAIM: &str = "claim";
 
 impl Channels {
     /// The names under `prefix`.
@@ -190,6 +192,12 @@ impl Channels {
     #[must_use]
     pub fn node_stats(&self) -> String {
         self.name(STATS, "nodes")
+    }
+
+    /// The key of a name one holder has across nodes (a claim).
+    #[must_use]
+    pub fn claim(&self, name: &str) -> String {
+        self.name(CLAIM, name)
     }
 
     /// What `channel` is for, `None` if it is not one of this prefix's

@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use storm_async::Runtime;
 use storm_backplane::nats::{self, NatsBackplane, NatsConfig};
-use storm_backplane::redis::{self, RedisBackplane, RedisConfig, RoomHold};
+use storm_backplane::redis::{self, Claim, RedisBackplane, RedisConfig, RoomHold};
 use storm_backplane::{Deliver, OnNodeMessage, OnUnpublished, Recovery};
 use storm_host::hub::Hub;
 use storm_host::session::Session;
@@ -94,6 +94,10 @@ type Start = fn(
 /// Why a chat off tokio refuses `--backplane nats://`.
 pub(super) const NATS_NEEDS_TOKIO: &str =
     "the NATS backplane (--backplane nats://) runs on --runtime tokio only: async-nats needs tokio";
+
+/// Why a rename is refused when Redis cannot say whether the name is
+/// free on the other nodes (rather than risk two users of one name).
+pub(super) const NAMES_UNCHECKED: &str = "names cannot be checked across nodes while Redis is down";
 
 /// What `/stats` says of the other nodes with NATS.
 const NATS_NO_STATS: &str = "the NATS backplane does not report node stats";
@@ -360,6 +364,56 @@ impl Nodes {
     pub(super) async fn other_sessions(&self) -> Result<u64, String> {
         let others = self.other_nodes().await?;
         Ok(others.iter().map(|(_, stats)| stats.sessions).sum())
+    }
+
+    /// Whether user names are unique across nodes: with Redis, each one a
+    /// [claim](RedisBackplane::claim); with NATS (core pub/sub, nothing
+    /// that can arbitrate between nodes) unique per node only.
+    pub(super) fn unique_names(&self) -> bool {
+        matches!(self.backplane, Plane::Redis { .. })
+    }
+
+    /// Claims `name` for this node's session `holder` across nodes, in
+    /// place of `replacing` (its claimed name, released in the same step
+    /// once `name` is its), waiting at most [`DIRECTORY_WAIT`]: `true`
+    /// when it has it, `false` when a session of any node has it; why it
+    /// cannot be known ([`NAMES_UNCHECKED`]: Redis down or slow). Nothing
+    /// to claim with NATS: `true`.
+    pub(super) async fn claim(
+        &self,
+        name: &str,
+        holder: SessionAddr,
+        replacing: Option<&str>,
+    ) -> Result<bool, String> {
+        let Plane::Redis { backplane, .. } = &self.backplane else {
+            return Ok(true);
+        };
+        let holder = holder.to_string();
+        let claim = backplane.claim(name, &holder, replacing);
+        match within(self.sleep_until, DIRECTORY_WAIT, claim).await {
+            Some(Ok(Claim::Claimed)) => Ok(true),
+            Some(Ok(_)) => Ok(false),
+            Some(Err(error)) => Err(format!("{NAMES_UNCHECKED} ({error})")),
+            None => Err(format!(
+                "{NAMES_UNCHECKED} (no answer within {DIRECTORY_WAIT:?})"
+            )),
+        }
+    }
+
+    /// Releases the claim of `holder` (a session that left, or whose
+    /// rename ended elsewhere) to `name`, without waiting: a task does it;
+    /// if Redis cannot be told, the claim expires within the presence TTL
+    /// (this node no longer refreshes it).
+    pub(super) fn release(&self, name: &str, holder: SessionAddr) {
+        let Plane::Redis { backplane, .. } = &self.backplane else {
+            return;
+        };
+        let (backplane, name) = (Arc::clone(backplane), name.to_owned());
+        self.spawn(async move {
+            if let Err(error) = backplane.release(&name, &holder.to_string()).await {
+                tracing::warn!(name, %error, "chat: a name was not released; it expires with the presence TTL");
+            }
+        });
     }
 
     /// Asks the node tagged `node` for `ask`; `false` if it cannot go

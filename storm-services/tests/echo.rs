@@ -4,20 +4,18 @@
 //! the `Wait` policy the echo waits there (and reads nothing more) until
 //! the client reads: every message comes back, once, in order.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+mod common;
 
-use storm_host::hub::Hub;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Instant;
+
 use storm_host::options::ServerOptions;
 use storm_proto::backpressure::SlowConsumerPolicy;
 use storm_proto::framing::Framing;
-use storm_services::echo::Echo;
-use storm_services::host::{self, Listen, Runtime, Stop};
+use storm_services::host::{Listen, Runtime};
 
-/// How long any one step may take on a loaded machine.
-const WAIT: Duration = Duration::from_secs(10);
+use common::{EchoServer, WAIT};
 
 /// Messages the client sends, each `LEN` bytes: far more than the send
 /// limit, the server's socket buffer and the client's receive buffer hold.
@@ -42,32 +40,14 @@ fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 fn echo_waits_for_a_full_send_limit(runtime: Runtime) {
-    let stop = Stop::new();
-    let (bound, started) = mpsc::channel::<(SocketAddr, Hub)>();
-    let (done, ended) = mpsc::channel();
-    {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut options = ServerOptions::default(); // 127.0.0.1, a free port
-            options.backpressure.slow_consumer_policy = SlowConsumerPolicy::Wait;
-            options.backpressure.max_pending_send_bytes = 1024;
-            options.send_buffer_size = Some(4096);
-            let result = host::serve(
-                runtime,
-                options,
-                Listen::Tcp(Framing::LengthPrefix),
-                &stop,
-                WAIT,
-                |server| {
-                    let _ = bound.send((server.local_addr, server.hub.clone()));
-                    Echo
-                },
-            );
-            let _ = done.send(result.map_err(|e| e.to_string()));
-        });
-    }
-    let (addr, hub) = started.recv_timeout(WAIT).expect("bound");
-    let mut client = TcpStream::connect(addr).expect("connect");
+    // 127.0.0.1, a free port; a send limit far below what is sent.
+    let mut options = ServerOptions::default();
+    options.backpressure.slow_consumer_policy = SlowConsumerPolicy::Wait;
+    options.backpressure.max_pending_send_bytes = 1024;
+    options.send_buffer_size = Some(4096);
+    let server = EchoServer::start(runtime, options, Listen::Tcp(Framing::LengthPrefix));
+    let hub = server.hub.clone();
+    let mut client = TcpStream::connect(server.addr).expect("connect");
     client.set_read_timeout(Some(WAIT)).expect("timeout");
     let mut sender = client.try_clone().expect("clone");
     // The sender blocks once the server stops reading: on a thread.
@@ -92,11 +72,7 @@ fn echo_waits_for_a_full_send_limit(runtime: Runtime) {
         .sum();
     assert_eq!(dropped, 0, "{runtime:?}: nothing dropped");
 
-    assert!(stop.raise());
-    let result = ended
-        .recv_timeout(WAIT)
-        .unwrap_or_else(|_| panic!("{runtime:?}: serve did not return after the stop"));
-    assert_eq!(result, Ok(()), "{runtime:?}");
+    server.stop();
 }
 
 #[test]

@@ -120,6 +120,11 @@ where
                     }
                     _ => continue,
                 };
+                // The synchronous fast path first: no future for a message
+                // the handler deals with at once.
+                let Some(message) = handler.on_message_now(session, message) else {
+                    continue;
+                };
                 let mut handled = pin!(handler.on_message(session, message));
                 finished = poll_fn(|cx| {
                     if handled.as_mut().poll(cx).is_ready() {
@@ -191,7 +196,11 @@ where
             let now = Instant::now();
             while let Some(event) = link.poll_event(now) {
                 match event {
-                    LinkEvent::Message(message) => handler.on_message(session, message).await,
+                    LinkEvent::Message(message) => {
+                        if let Some(message) = handler.on_message_now(session, message) {
+                            handler.on_message(session, message).await;
+                        }
+                    }
                     LinkEvent::Closed(reason) => {
                         disconnected = true;
                         handler.on_disconnect(session, &reason).await;

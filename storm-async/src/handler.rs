@@ -27,6 +27,25 @@ pub trait Handler: Send + Sync + 'static {
         async {}
     }
 
+    /// A whole message arrived, for a handler that can deal with it at
+    /// once, without waiting: return `None` once it is handled, or hand it
+    /// back (`Some`) for [`on_message`](Self::on_message), which the
+    /// connection then awaits before it reads on. Called first for every
+    /// message, on the connection's task, in order; the default hands
+    /// every message to `on_message`.
+    ///
+    /// The synchronous fast path: no future per message. A handler whose
+    /// work per message is synchronous (an echo, a lookup, a counter)
+    /// implements it, replying with [`Session::try_send`]; when the send
+    /// says [`SendOutcome::Wait`](storm_host::hub::SendOutcome::Wait), it
+    /// returns the message the send handed back for `on_message` to send
+    /// with `send(m).await`, so a handler that must wait still waits (and
+    /// the connection reads nothing more meanwhile). It must never block.
+    fn on_message_now(&self, session: &Session, message: Message) -> Option<Message> {
+        let _ = session;
+        Some(message)
+    }
+
     /// The connection ended; the last call for this session.
     fn on_disconnect(
         &self,

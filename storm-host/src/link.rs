@@ -326,7 +326,10 @@ impl LinkDriver {
     /// module docs](self)); the writer is woken when output is ready.
     pub fn poll_event(&mut self, now: Instant) -> Option<LinkEvent> {
         loop {
-            let event = if self.link.has_queued_events() {
+            // The event stays in this one place from the link to the
+            // caller: `deliver` works on it where it is (an event is 40
+            // bytes, and this runs once per message).
+            let mut event = if self.link.has_queued_events() {
                 self.link.poll_event(now)
             } else if self.link.is_closed() {
                 if self.link.close_due() {
@@ -347,12 +350,12 @@ impl LinkDriver {
                 }
                 event
             };
-            let Some(event) = event else {
+            let Some(parsed) = &mut event else {
                 self.count_received();
                 return None;
             };
-            if let Some(event) = self.deliver(event) {
-                return Some(event);
+            if self.deliver(parsed) {
+                return event;
             }
         }
     }
@@ -387,15 +390,18 @@ impl LinkDriver {
     }
 
     /// Bookkeeping, middleware and session state for one event leaving the
-    /// driver; `None` when middleware suppressed it.
-    fn deliver(&mut self, mut event: LinkEvent) -> Option<LinkEvent> {
+    /// driver; `false` when middleware suppressed it.
+    fn deliver(&mut self, event: &mut LinkEvent) -> bool {
         let id = self.outbox.id();
-        match &mut event {
+        match event {
             LinkEvent::Message(message) => {
                 self.received += 1;
                 if let Some(chain) = &self.middleware {
                     let taken = std::mem::replace(message, Message::Binary(Bytes::new()));
-                    *message = chain.received(id, taken)?;
+                    let Some(kept) = chain.received(id, taken) else {
+                        return false;
+                    };
+                    *message = kept;
                 }
             }
             LinkEvent::Closed(reason) => {
@@ -415,7 +421,7 @@ impl LinkDriver {
             }
             _ => {}
         }
-        Some(event)
+        true
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due.

@@ -3,6 +3,7 @@
 //! framers), with or without TLS. [`Echo`] is the handler for every
 //! runtime: storm-async's (tokio and smol) and storm-std's.
 
+use storm_host::hub::SendOutcome;
 use storm_host::link::CloseReason;
 use storm_proto::Message;
 
@@ -13,6 +14,17 @@ use crate::host::{connection_closed, connection_error};
 pub struct Echo;
 
 impl storm_async::Handler for Echo {
+    /// The fast path: the reply is queued at once; only a send that must
+    /// wait (the `Wait` policy, a full send limit) goes to `on_message`.
+    fn on_message_now(&self, session: &storm_async::Session, message: Message) -> Option<Message> {
+        match session.try_send(message) {
+            SendOutcome::Wait(message) => Some(message),
+            // Queued, or refused as `send` would refuse it: closing,
+            // dropped or disconnected by the slow-consumer policy.
+            _ => None,
+        }
+    }
+
     async fn on_message(&self, session: &storm_async::Session, message: Message) {
         // A send fails only when the session is already closing.
         let _ = session.send(message).await;

@@ -2,54 +2,31 @@
 //! service once bound, serves it, and on `Stop` shuts it down gracefully
 //! and returns.
 
+mod common;
+
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::net::TcpStream;
 
 use storm_host::options::ServerOptions;
 use storm_proto::framing::Framing;
-use storm_services::echo::Echo;
-use storm_services::host::{self, Listen, Runtime, Stop};
+use storm_services::host::{Listen, Runtime};
 
-/// How long any one step may take on a loaded machine.
-const WAIT: Duration = Duration::from_secs(10);
+use common::{EchoServer, WAIT};
 
 fn serves_until_stopped(runtime: Runtime) {
-    let stop = Stop::new();
-    let (bound, addr) = mpsc::channel::<SocketAddr>();
-    let (done, ended) = mpsc::channel();
-    {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let options = ServerOptions::default(); // 127.0.0.1, a free port
-            let result = host::serve(
-                runtime,
-                options,
-                Listen::Tcp(Framing::LengthPrefix),
-                &stop,
-                WAIT,
-                |started| {
-                    bound.send(started.local_addr).expect("the test waits");
-                    Echo
-                },
-            );
-            let _ = done.send(result.map_err(|e| e.to_string()));
-        });
-    }
-    let addr = addr.recv_timeout(WAIT).expect("bound");
-    let mut client = TcpStream::connect(addr).expect("connect");
+    // 127.0.0.1, a free port.
+    let options = ServerOptions::default();
+    let server = EchoServer::start(runtime, options, Listen::Tcp(Framing::LengthPrefix));
+    let mut client = TcpStream::connect(server.addr).expect("connect");
     client.set_read_timeout(Some(WAIT)).expect("timeout");
     client.write_all(b"\0\0\0\x05hello").expect("send");
     let mut echoed = [0u8; 9];
     client.read_exact(&mut echoed).expect("the echo");
     assert_eq!(&echoed, b"\0\0\0\x05hello", "{runtime:?}");
+    // The hub `start` was shown is the server's.
+    assert_eq!(server.hub.sessions().len(), 1, "{runtime:?}");
 
-    assert!(stop.raise());
-    let result = ended
-        .recv_timeout(WAIT)
-        .unwrap_or_else(|_| panic!("{runtime:?}: serve did not return after the stop"));
-    assert_eq!(result, Ok(()), "{runtime:?}");
+    server.stop();
     // The session was closed, not left open: the client reads the end.
     let mut rest = Vec::new();
     client.read_to_end(&mut rest).expect("a clean end");

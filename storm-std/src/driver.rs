@@ -406,9 +406,12 @@ fn read_loop<R: ReadHalf, H: Handler>(
 /// Hands the link's events to the handler, in order. `true` once the
 /// connection closed (and the handler heard it).
 fn dispatch<H: Handler>(session: &Session, link: &Mutex<Box<LinkDriver>>, handler: &H) -> bool {
+    // One clock read per batch, as on tokio and smol: the events were read
+    // at about this time.
+    let now = Instant::now();
     loop {
         // Unlocked before the handler runs.
-        let event = lock(link).poll_event(Instant::now());
+        let event = lock(link).poll_event(now);
         let Some(event) = event else {
             return false;
         };

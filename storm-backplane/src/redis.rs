@@ -1166,19 +1166,29 @@ impl RedisBackplane {
     /// Runs `command` on the command connection, connecting first if
     /// needed. When the connection turns out to be broken (Redis restarted
     /// since its last use), it reconnects and runs `command` once more:
-    /// every command sent this way may safely run twice.
+    /// every command sent this way may safely run twice. The lock is held
+    /// only to take (or make) the connection, not over the round trip: the
+    /// connection pipelines the commands of every caller, so one caller
+    /// never waits for another's reply (the joins of a big room read its
+    /// position at once, not one round trip after another).
     async fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, Error> {
-        let mut slot = self.commands.lock().await;
         let mut retried = false;
         loop {
-            let connection = match slot.as_mut() {
-                Some(connection) => connection,
-                None => slot.insert(self.client.get_multiplexed_async_connection().await?),
+            let mut connection = {
+                let mut slot = self.commands.lock().await;
+                match slot.as_ref() {
+                    Some(connection) => connection.clone(),
+                    None => slot
+                        .insert(self.client.get_multiplexed_async_connection().await?)
+                        .clone(),
+                }
             };
-            match command.query_async(connection).await {
+            match command.query_async(&mut connection).await {
                 Ok(reply) => return Ok(reply),
                 Err(error) => {
-                    *slot = None;
+                    // The next command connects anew (a caller that failed
+                    // on a connection replaced meanwhile costs one more).
+                    *self.commands.lock().await = None;
                     let broken = error.is_io_error()
                         || error.is_connection_dropped()
                         || error.is_unrecoverable_error();

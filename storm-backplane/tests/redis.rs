@@ -856,6 +856,150 @@ async fn a_join_meets_the_live_stream_without_a_gap_or_a_duplicate<R: Runtime>()
     b.stop().await;
 }
 
+/// A loopback TCP proxy to a Redis server whose replies can be held: what
+/// a Redis that runs commands at once but answers late looks like to its
+/// clients. Requests always pass at once.
+struct Gate {
+    addr: std::net::SocketAddr,
+    /// Whether replies pass; the condvar wakes the held ones.
+    open: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    stopped: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Gate {
+    /// A proxy to `server`, open.
+    fn to(server: &RedisServer) -> Self {
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        let upstream = server.url().replace("redis://", "");
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = Arc::new((std::sync::Mutex::new(true), std::sync::Condvar::new()));
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (gate, stop) = (open.clone(), stopped.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let (mut up_from, mut up_to) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut up_from, &mut up_to);
+                    let _ = up_to.shutdown(Shutdown::Write);
+                });
+                let (mut down_from, mut down_to, gate) = (server, client, gate.clone());
+                std::thread::spawn(move || {
+                    let mut buffer = [0; 16 * 1024];
+                    while let Ok(n @ 1..) = down_from.read(&mut buffer) {
+                        let (open, changed) = &*gate;
+                        let open = open.lock().unwrap();
+                        drop(changed.wait_while(open, |open| !*open).unwrap());
+                        if down_to.write_all(&buffer[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = down_to.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        Self {
+            addr,
+            open,
+            stopped,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// Holds Redis's replies (`false`), or lets them and the held ones
+    /// pass (`true`).
+    fn set_open(&self, open: bool) {
+        let (state, changed) = &*self.open;
+        *state.lock().unwrap() = open;
+        changed.notify_all();
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.set_open(true);
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        // Wakes the accepting thread, which then sees it is stopped.
+        let _ = std::net::TcpStream::connect(self.addr);
+    }
+}
+
+/// `EVALSHA`s Redis has run so far (`INFO commandstats`), through a
+/// connection of the test's own.
+async fn evalsha_calls(server: &RedisServer) -> u64 {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
+}
+
+/// A node's reads of Redis (the position a join starts from, presence,
+/// listings) do not wait for each other's replies: the many joins of a big
+/// room are one round trip each at once, not one after another. Here
+/// Redis answers nothing until every read reached it.
+async fn reads_do_not_wait_for_each_other_s_replies<R: Runtime>() {
+    const READS: u64 = 16;
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let gate = Gate::to(&server);
+    let mut config = RedisConfig::default();
+    config.url = gate.url();
+    config.prefix = "test".to_owned();
+    let backplane = Arc::new(RedisBackplane::new(config).unwrap());
+    // Connected, and the script loaded, with the replies passing.
+    let at = backplane.position("big").await.unwrap();
+    let before = evalsha_calls(&server).await;
+    gate.set_open(false);
+    let (read, mut reads) = ::tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..READS {
+        let (backplane, read) = (backplane.clone(), read.clone());
+        R::spawn(async move {
+            let _ = read.send(backplane.position("big").await);
+        });
+    }
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let reached = evalsha_calls(&server).await - before;
+        if reached == READS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{reached} of {READS} reads reached Redis while none was answered"
+        );
+        ::smol::future::yield_now().await;
+    }
+    gate.set_open(true);
+    for _ in 0..READS {
+        let position = within::<R, _>(EVENT_TIMEOUT, reads.recv())
+            .await
+            .expect("every read answered")
+            .expect("the readers run");
+        assert_eq!(position.unwrap(), at);
+    }
+}
+
 async fn every_node_s_stats_are_seen_from_every_node<R: Runtime>() {
     // Stats are written with each presence refresh (every 300 ms here);
     // long enough that a loaded machine does not miss two in a row.
@@ -989,6 +1133,7 @@ on_runtimes!(
     presence_changes_reach_redis_in_their_order_without_waiting,
     a_node_receives_only_the_rooms_it_has_members_in,
     every_node_s_stats_are_seen_from_every_node,
-    after_a_restart_the_held_rooms_are_subscribed_again_in_a_round_trip_or_two;
+    after_a_restart_the_held_rooms_are_subscribed_again_in_a_round_trip_or_two,
+    reads_do_not_wait_for_each_other_s_replies;
     a_join_meets_the_live_stream_without_a_gap_or_a_duplicate,
 );

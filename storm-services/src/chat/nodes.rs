@@ -574,19 +574,33 @@ fn listed(entry: &str) -> Option<UserInfo> {
 }
 
 /// `message` (a JSON object) with `"epoch"` and `"offset"` of `position`
-/// added; as it is without a position or if it is not a JSON object.
+/// added at its end, its own fields as they were and in their order (the
+/// chat writes `type` first, across nodes as on one); as it is without a
+/// position or if it is not a JSON object.
 pub(super) fn positioned(message: &Message, position: Option<Position>) -> Message {
     let (Some(position), Message::Text(text)) = (position, message) else {
         return message.clone();
     };
-    match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text.as_str()) {
-        Ok(mut object) => {
-            object.insert("epoch".to_owned(), position.epoch.to_string().into());
-            object.insert("offset".to_owned(), position.offset.into());
-            Message::from(serde_json::Value::Object(object).to_string())
-        }
-        Err(_) => message.clone(),
+    let text = text.as_str();
+    let Ok(mut object) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text)
+    else {
+        return message.clone();
+    };
+    // A valid object ends with its closing brace (and maybe whitespace).
+    let end = text.rfind('}').unwrap_or(text.len());
+    if object.contains_key("epoch") || object.contains_key("offset") || end == text.len() {
+        // Not one the chat writes: the fields replaced, the order lost.
+        object.insert("epoch".to_owned(), position.epoch.to_string().into());
+        object.insert("offset".to_owned(), position.offset.into());
+        return Message::from(serde_json::Value::Object(object).to_string());
     }
+    let comma = if object.is_empty() { "" } else { "," };
+    Message::from(format!(
+        r#"{}{comma}"epoch":"{}","offset":{}}}"#,
+        &text[..end],
+        position.epoch,
+        position.offset
+    ))
 }
 
 /// The position a `join` carries: both `epoch` (16 hex digits, as
@@ -698,6 +712,39 @@ mod tests {
         assert_eq!(positioned(&m, None), m);
         let odd = Message::from("not json");
         assert_eq!(positioned(&odd, Some(at(1))), odd);
+        for odd in ["[1]", "\"x\"", "{", r#"{"a":1}}"#] {
+            let odd = Message::from(odd);
+            assert_eq!(positioned(&odd, Some(at(1))), odd);
+        }
+    }
+
+    #[test]
+    fn positions_keep_the_event_s_fields_in_order_type_first() {
+        // What one node sends, plus the position: clients (and `xnode`)
+        // that read `type` first read it first across nodes too.
+        let joined =
+            Message::from(r#"{"type":"joined","room":"lobby","id":"000000ab-7","name":"n"}"#);
+        assert_eq!(
+            positioned(&joined, Some(at(7))),
+            Message::from(
+                r#"{"type":"joined","room":"lobby","id":"000000ab-7","name":"n","epoch":"00000000000000ab","offset":7}"#
+            )
+        );
+        let spaced = Message::from("{ } \n");
+        assert_eq!(
+            positioned(&spaced, Some(at(2))),
+            Message::from(r#"{ "epoch":"00000000000000ab","offset":2}"#)
+        );
+        // One that has the fields already (no chat event does): replaced.
+        let taken = Message::from(r#"{"offset":1,"type":"x"}"#);
+        let Message::Text(text) = positioned(&taken, Some(at(3))) else {
+            panic!("text")
+        };
+        let v: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+        assert_eq!(
+            (v["offset"].as_u64(), v["type"].as_str()),
+            (Some(3), Some("x"))
+        );
     }
 
     #[test]

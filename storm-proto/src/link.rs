@@ -116,15 +116,20 @@ impl Framed {
     /// length the framer knows ([`Framer::remaining`]); `None` below
     /// [`DIRECT_READ_MIN`] still to come. The room reserved ahead is at
     /// most what the peer has sent so far (at least `DIRECT_READ_MIN`, at
-    /// most [`RESERVE_AHEAD`]): a peer that announces a large message and
-    /// sends little does not make the link hold memory it never sent.
+    /// most [`RESERVE_AHEAD`]) and `DIRECT_READ_MIN` more: a peer that
+    /// announces a large message and sends little does not make the link
+    /// hold memory it never sent. The `DIRECT_READ_MIN` more lets the
+    /// read that ends the message take the start of the next one in
+    /// place too: otherwise a short tail of the message is left for a
+    /// copying read, which finds the buffer full and moves the whole
+    /// message to a new one.
     fn input_room(&mut self) -> Option<Limit<&mut BytesMut>> {
         let to_come = self
             .framer
             .remaining(&self.input)
             .filter(|&n| n >= DIRECT_READ_MIN)?;
         let ahead = self.input.len().clamp(DIRECT_READ_MIN, RESERVE_AHEAD);
-        self.input.reserve(to_come.min(ahead));
+        self.input.reserve(to_come.min(ahead) + DIRECT_READ_MIN);
         ws::direct_read_room(&mut self.input, to_come)
     }
 }
@@ -1193,6 +1198,48 @@ mod tests {
         // Most of it went in place: all but the first read's and the
         // last DIRECT_READ_MIN bytes, when the room allows whole reads.
         assert!(in_place >= big.len() / 2, "{in_place}");
+    }
+
+    /// A reader as the adapters run one over a socket that has all of
+    /// `wire` ready: a copying read takes at most `READ` bytes (the
+    /// adapters' read buffer), a read in place all the room offered.
+    /// Returns the messages and how many bytes went in place.
+    fn read_all_ready(link: &mut Link, now: Instant, wire: &[u8]) -> (Vec<Bytes>, usize) {
+        const READ: usize = 16 * 1024;
+        let (mut messages, mut in_place, mut at) = (Vec::new(), 0, 0);
+        while at < wire.len() {
+            if let Some(mut room) = link.input_buffer() {
+                let end = (at + room.remaining_mut()).min(wire.len());
+                room.put_slice(&wire[at..end]);
+                link.input_filled(now, end - at);
+                in_place += end - at;
+                at = end;
+            } else {
+                let end = (at + READ).min(wire.len());
+                link.handle_input(now, &wire[at..end]);
+                at = end;
+            }
+            while let Some(LinkEvent::Message(message)) = link.poll_event(now) {
+                messages.push(message.into_bytes());
+            }
+        }
+        (messages, in_place)
+    }
+
+    #[test]
+    fn the_read_that_ends_a_large_message_is_in_place_too() {
+        let now = Instant::now();
+        let mut link = framed(now);
+        let big = vec![7u8; 64 * 1024];
+        let mut wire = lp(&big);
+        wire.extend(lp(b"after"));
+        let (messages, in_place) = read_all_ready(&mut link, now, &wire);
+        assert_eq!(messages, [&big[..], b"after"]);
+        // Only the first read, before the length is known, is a copy: the
+        // room offered for the rest reaches past the message's end, so no
+        // short tail of it is left for a copying read, which would find
+        // the buffer full and move the whole message to a new one.
+        assert_eq!(in_place, wire.len() - 16 * 1024);
     }
 
     #[test]

@@ -55,7 +55,7 @@ impl Default for LengthPrefixConfig {
 /// length: the read buffer grows only as the peer actually sends bytes, so a
 /// peer that sends headers and stalls costs almost nothing (a reader that
 /// reads a large message in place, through [`Framer::remaining`], reserves
-/// ahead at most as much as has arrived).
+/// ahead at most as much as has arrived, and 8 KiB more).
 ///
 /// [`encode`](Framer::encode) refuses messages longer than the maximum
 /// ([`FramingError::MessageTooLarge`]); a length is never truncated to fit

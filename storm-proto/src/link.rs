@@ -1158,11 +1158,26 @@ mod tests {
     /// when the link offers it and through `handle_input` otherwise;
     /// returns the messages and how many bytes went in place.
     fn feed(link: &mut Link, now: Instant, wire: &[u8], chunk: usize) -> (Vec<Bytes>, usize) {
+        feed_reads(link, now, wire, chunk, chunk)
+    }
+
+    /// [`feed`] with reads of at most `copied` bytes through
+    /// `handle_input` and at most `in_place` bytes (and the room offered)
+    /// through the input buffer.
+    fn feed_reads(
+        link: &mut Link,
+        now: Instant,
+        wire: &[u8],
+        copied: usize,
+        in_place_max: usize,
+    ) -> (Vec<Bytes>, usize) {
         let (mut messages, mut in_place, mut at) = (Vec::new(), 0, 0);
         while at < wire.len() {
-            let end = (at + chunk).min(wire.len());
+            let end = at.saturating_add(copied).min(wire.len());
             if let Some(mut room) = link.input_buffer() {
-                let end = (at + room.remaining_mut()).min(end);
+                let end = at
+                    .saturating_add(room.remaining_mut().min(in_place_max))
+                    .min(wire.len());
                 room.put_slice(&wire[at..end]);
                 link.input_filled(now, end - at);
                 in_place += end - at;
@@ -1200,32 +1215,6 @@ mod tests {
         assert!(in_place >= big.len() / 2, "{in_place}");
     }
 
-    /// A reader as the adapters run one over a socket that has all of
-    /// `wire` ready: a copying read takes at most `READ` bytes (the
-    /// adapters' read buffer), a read in place all the room offered.
-    /// Returns the messages and how many bytes went in place.
-    fn read_all_ready(link: &mut Link, now: Instant, wire: &[u8]) -> (Vec<Bytes>, usize) {
-        const READ: usize = 16 * 1024;
-        let (mut messages, mut in_place, mut at) = (Vec::new(), 0, 0);
-        while at < wire.len() {
-            if let Some(mut room) = link.input_buffer() {
-                let end = (at + room.remaining_mut()).min(wire.len());
-                room.put_slice(&wire[at..end]);
-                link.input_filled(now, end - at);
-                in_place += end - at;
-                at = end;
-            } else {
-                let end = (at + READ).min(wire.len());
-                link.handle_input(now, &wire[at..end]);
-                at = end;
-            }
-            while let Some(LinkEvent::Message(message)) = link.poll_event(now) {
-                messages.push(message.into_bytes());
-            }
-        }
-        (messages, in_place)
-    }
-
     #[test]
     fn the_read_that_ends_a_large_message_is_in_place_too() {
         let now = Instant::now();
@@ -1233,7 +1222,9 @@ mod tests {
         let big = vec![7u8; 64 * 1024];
         let mut wire = lp(&big);
         wire.extend(lp(b"after"));
-        let (messages, in_place) = read_all_ready(&mut link, now, &wire);
+        // A socket with all of `wire` ready: a copying read takes the
+        // adapters' 16 KiB, a read in place all the room offered.
+        let (messages, in_place) = feed_reads(&mut link, now, &wire, 16 * 1024, usize::MAX);
         assert_eq!(messages, [&big[..], b"after"]);
         // Only the first read, before the length is known, is a copy: the
         // room offered for the rest reaches past the message's end, so no

@@ -116,15 +116,20 @@ impl Framed {
     /// length the framer knows ([`Framer::remaining`]); `None` below
     /// [`DIRECT_READ_MIN`] still to come. The room reserved ahead is at
     /// most what the peer has sent so far (at least `DIRECT_READ_MIN`, at
-    /// most [`RESERVE_AHEAD`]): a peer that announces a large message and
-    /// sends little does not make the link hold memory it never sent.
+    /// most [`RESERVE_AHEAD`]) and `DIRECT_READ_MIN` more: a peer that
+    /// announces a large message and sends little does not make the link
+    /// hold memory it never sent. The `DIRECT_READ_MIN` more lets the
+    /// read that ends the message take the start of the next one in
+    /// place too: otherwise a short tail of the message is left for a
+    /// copying read, which finds the buffer full and moves the whole
+    /// message to a new one.
     fn input_room(&mut self) -> Option<Limit<&mut BytesMut>> {
         let to_come = self
             .framer
             .remaining(&self.input)
             .filter(|&n| n >= DIRECT_READ_MIN)?;
         let ahead = self.input.len().clamp(DIRECT_READ_MIN, RESERVE_AHEAD);
-        self.input.reserve(to_come.min(ahead));
+        self.input.reserve(to_come.min(ahead) + DIRECT_READ_MIN);
         ws::direct_read_room(&mut self.input, to_come)
     }
 }
@@ -1153,11 +1158,26 @@ mod tests {
     /// when the link offers it and through `handle_input` otherwise;
     /// returns the messages and how many bytes went in place.
     fn feed(link: &mut Link, now: Instant, wire: &[u8], chunk: usize) -> (Vec<Bytes>, usize) {
+        feed_reads(link, now, wire, chunk, chunk)
+    }
+
+    /// [`feed`] with reads of at most `copied` bytes through
+    /// `handle_input` and at most `in_place` bytes (and the room offered)
+    /// through the input buffer.
+    fn feed_reads(
+        link: &mut Link,
+        now: Instant,
+        wire: &[u8],
+        copied: usize,
+        in_place_max: usize,
+    ) -> (Vec<Bytes>, usize) {
         let (mut messages, mut in_place, mut at) = (Vec::new(), 0, 0);
         while at < wire.len() {
-            let end = (at + chunk).min(wire.len());
+            let end = at.saturating_add(copied).min(wire.len());
             if let Some(mut room) = link.input_buffer() {
-                let end = (at + room.remaining_mut()).min(end);
+                let end = at
+                    .saturating_add(room.remaining_mut().min(in_place_max))
+                    .min(wire.len());
                 room.put_slice(&wire[at..end]);
                 link.input_filled(now, end - at);
                 in_place += end - at;
@@ -1193,6 +1213,24 @@ mod tests {
         // Most of it went in place: all but the first read's and the
         // last DIRECT_READ_MIN bytes, when the room allows whole reads.
         assert!(in_place >= big.len() / 2, "{in_place}");
+    }
+
+    #[test]
+    fn the_read_that_ends_a_large_message_is_in_place_too() {
+        let now = Instant::now();
+        let mut link = framed(now);
+        let big = vec![7u8; 64 * 1024];
+        let mut wire = lp(&big);
+        wire.extend(lp(b"after"));
+        // A socket with all of `wire` ready: a copying read takes the
+        // adapters' 16 KiB, a read in place all the room offered.
+        let (messages, in_place) = feed_reads(&mut link, now, &wire, 16 * 1024, usize::MAX);
+        assert_eq!(messages, [&big[..], b"after"]);
+        // Only the first read, before the length is known, is a copy: the
+        // room offered for the rest reaches past the message's end, so no
+        // short tail of it is left for a copying read, which would find
+        // the buffer full and move the whole message to a new one.
+        assert_eq!(in_place, wire.len() - 16 * 1024);
     }
 
     #[test]

@@ -2,13 +2,16 @@
 //! a long run of messages at once (many per read) and reads nothing for a
 //! while, so the server's send limit fills in the middle of a batch. Under
 //! the `Wait` policy the echo waits there (and reads nothing more) until
-//! the client reads: every message comes back, once, in order.
+//! the client reads: every message comes back, once, in order. Under
+//! `Drop` it drops what does not fit and counts it: the rest comes back,
+//! once, in order.
 
 mod common;
 
+use std::io::ErrorKind;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use storm_host::options::ServerOptions;
 use storm_proto::backpressure::SlowConsumerPolicy;
@@ -73,6 +76,71 @@ fn echo_waits_for_a_full_send_limit(runtime: Runtime) {
     assert_eq!(dropped, 0, "{runtime:?}: nothing dropped");
 
     server.stop();
+}
+
+fn echo_drops_past_a_full_send_limit(runtime: Runtime) {
+    let mut options = ServerOptions::default();
+    options.backpressure.slow_consumer_policy = SlowConsumerPolicy::Drop;
+    options.backpressure.max_pending_send_bytes = 1024;
+    options.send_buffer_size = Some(4096);
+    let server = EchoServer::start(runtime, options, Listen::Tcp(Framing::LengthPrefix));
+    let hub = server.hub.clone();
+    let dropped = || -> u64 {
+        hub.sessions()
+            .iter()
+            .map(|s| s.metrics().messages_dropped)
+            .sum()
+    };
+    let mut client = TcpStream::connect(server.addr).expect("connect");
+    let mut sender = client.try_clone().expect("clone");
+    // The server never stops reading under `Drop`; the client reads
+    // nothing until all is sent, so the send limit fills.
+    let wire: Vec<u8> = (0..COUNT).flat_map(message).collect();
+    sender.write_all(&wire).expect("send all");
+    // Read until every message came back or was counted as dropped; a
+    // short read timeout lets the count be looked at again.
+    client
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .expect("timeout");
+    let (start, mut echoed, mut buffer) = (Instant::now(), Vec::new(), vec![0u8; 64 * 1024]);
+    while echoed.len() / (4 + LEN) + usize::try_from(dropped()).unwrap() < COUNT as usize {
+        assert!(
+            start.elapsed() < WAIT,
+            "{runtime:?}: every message echoed or dropped"
+        );
+        match client.read(&mut buffer) {
+            Ok(0) => panic!("{runtime:?}: the server closed"),
+            Ok(n) => echoed.extend_from_slice(&buffer[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => panic!("{runtime:?}: {e}"),
+        }
+    }
+    assert!(dropped() > 0, "{runtime:?}: the send limit filled");
+    assert_eq!(echoed.len() % (4 + LEN), 0, "{runtime:?}: whole frames");
+    let mut last = None;
+    for frame in echoed.chunks(4 + LEN) {
+        let i = u32::from_be_bytes(frame[4..8].try_into().unwrap());
+        assert_eq!(frame, message(i), "{runtime:?}: echo {i} intact");
+        assert!(last < Some(i), "{runtime:?}: echo {i} in order, once");
+        last = Some(i);
+    }
+
+    server.stop();
+}
+
+#[test]
+fn echo_drops_past_a_full_send_limit_on_tokio() {
+    echo_drops_past_a_full_send_limit(Runtime::Tokio);
+}
+
+#[test]
+fn echo_drops_past_a_full_send_limit_on_smol() {
+    echo_drops_past_a_full_send_limit(Runtime::Smol);
+}
+
+#[test]
+fn echo_drops_past_a_full_send_limit_on_std() {
+    echo_drops_past_a_full_send_limit(Runtime::Std);
 }
 
 #[test]

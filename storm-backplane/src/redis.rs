@@ -64,6 +64,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use storm_async::Runtime;
 use storm_host::hub::{Backplane, Hub};
@@ -232,8 +233,18 @@ return lost
 /// Room messages one pipeline to Redis carries at most.
 const MAX_BATCH: usize = 256;
 
+/// Pipelines the publisher has sent and not yet seen answered, at most:
+/// the next goes out while earlier ones wait for their replies, so a
+/// message that comes during a round trip does not wait for it.
+const MAX_IN_FLIGHT: usize = 4;
+
 /// Subscription commands one round trip carries at most.
 const MAX_SUBSCRIPTION_BATCH: usize = 256;
+
+/// A pipeline of the publisher's on its way: its batch, and whether Redis
+/// ran it.
+type InFlight =
+    Pin<Box<dyn Future<Output = (Vec<Publication>, Result<(), redis::RedisError>)> + Send>>;
 
 /// What a pipelined subscription request does to its channel.
 #[derive(Debug, Clone, Copy)]
@@ -961,15 +972,28 @@ impl RedisBackplane {
     ) {
         let mut backoff = self.backoff();
         let mut connection = Some(connection);
-        let mut batch = Vec::with_capacity(MAX_BATCH);
+        // Pipelines sent and not yet answered, oldest first: Redis answers
+        // a connection's commands in order, so they end in this order too.
+        let mut in_flight: FuturesOrdered<InFlight> = FuturesOrdered::new();
         loop {
+            let mut batch = Vec::with_capacity(MAX_BATCH);
             // The first message waited for, then whatever else is queued:
-            // one round trip for all of them.
-            tokio::select! {
-                taken = pending.recv_many(&mut batch, MAX_BATCH) => if taken == 0 {
-                    return;
-                },
+            // one pipeline for all of them, sent while earlier ones still
+            // wait for their replies (at most MAX_IN_FLIGHT of them).
+            let closed = tokio::select! {
+                taken = pending.recv_many(&mut batch, MAX_BATCH), if in_flight.len() < MAX_IN_FLIGHT => taken == 0,
+                Some((done, appended)) = in_flight.next(), if !in_flight.is_empty() => {
+                    self.appended(&mut connection, &done, appended);
+                    continue;
+                }
                 _ = stopped.wait_for(|stop| *stop) => return,
+            };
+            if closed {
+                // Every sender gone: what was sent is still heard of.
+                while let Some((done, appended)) = in_flight.next().await {
+                    self.appended(&mut connection, &done, appended);
+                }
+                return;
             }
             let conn = loop {
                 if let Some(conn) = connection.as_mut() {
@@ -990,19 +1014,32 @@ impl RedisBackplane {
                     }
                 }
             };
-            // Not retried when it fails: the scripts may have run (a reply
-            // lost), and a second run would publish the messages twice.
-            let appended = self.append(conn, &batch).await;
-            if appended.is_err() {
-                // Known down before the unpublished handler hears of the
-                // batch: what its caller publishes next fails at once
-                // instead of waiting here for Redis.
-                connection = None;
-                self.publisher_up.store(false, Ordering::Relaxed);
-            }
-            self.node.sent(&batch, appended);
-            batch.clear();
+            let pipeline = self.pipeline(&batch);
+            let mut conn = conn.clone();
+            in_flight.push_back(Box::pin(async move {
+                let appended = pipeline.query_async::<Vec<u64>>(&mut conn).await.map(drop);
+                (batch, appended)
+            }));
         }
+    }
+
+    /// A pipeline's answer: counted, and its ordered messages handed to the
+    /// unpublished handler if it failed. Not retried: the scripts may have
+    /// run (a reply lost), and a second run would publish the messages
+    /// twice. A failure drops the connection first, so that what its
+    /// caller publishes next fails at once instead of waiting here for
+    /// Redis (the pipelines still in flight on it fail too, in order).
+    fn appended(
+        &self,
+        connection: &mut Option<MultiplexedConnection>,
+        batch: &[Publication],
+        appended: Result<(), redis::RedisError>,
+    ) {
+        if appended.is_err() {
+            *connection = None;
+            self.publisher_up.store(false, Ordering::Relaxed);
+        }
+        self.node.sent(batch, appended);
     }
 
     /// A connection for the publisher, with the publish script loaded (so
@@ -1025,12 +1062,8 @@ impl RedisBackplane {
         Ok(connection)
     }
 
-    /// Appends and publishes `batch` in order, in one pipeline.
-    async fn append(
-        &self,
-        connection: &mut MultiplexedConnection,
-        batch: &[Publication],
-    ) -> Result<(), redis::RedisError> {
+    /// The pipeline that appends and publishes `batch` in order.
+    fn pipeline(&self, batch: &[Publication]) -> redis::Pipeline {
         let mut pipeline = redis::pipe();
         for publication in batch {
             let (room, wire) = match publication {
@@ -1051,7 +1084,7 @@ impl RedisBackplane {
                 .arg(millis(self.config.history_ttl));
             pipeline.add_command(PUBLISH.command(false, &tail));
         }
-        pipeline.query_async::<Vec<u64>>(connection).await.map(drop)
+        pipeline
     }
 
     /// Keeps Redis told of this node's presence: what changed as soon as

@@ -1000,6 +1000,41 @@ async fn reads_do_not_wait_for_each_other_s_replies<R: Runtime>() {
     }
 }
 
+/// The publisher sends the next messages while earlier ones still wait
+/// for their replies: a room message that comes during a round trip does
+/// not wait for it. Here Redis answers node A nothing (its replies are
+/// held); node B, not behind the gate, sees what A's pipelines publish.
+async fn publishes_do_not_wait_for_each_other_s_replies<R: Runtime>() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let gate = Gate::to(&server);
+    let url = gate.url();
+    let a = Node::start::<R>(&server, move |config| config.url = url, None).await;
+    let b = Node::start::<R>(&server, |_| {}, None).await;
+    let on_b = b.join("room").await;
+    // Connected, and the script loaded, with the replies passing.
+    a.hub.broadcast_group("room", &Message::from("0"), None);
+    assert_eq!(text(&next::<R>(&on_b).await), "0");
+    gate.set_open(false);
+    // "1" reached Redis (B has it); its reply is held. "2" goes after it.
+    a.hub.broadcast_group("room", &Message::from("1"), None);
+    assert_eq!(text(&next::<R>(&on_b).await), "1");
+    a.hub.broadcast_group("room", &Message::from("2"), None);
+    let mut second = Vec::new();
+    let drained = within::<R, _>(
+        EVENT_TIMEOUT,
+        poll_fn(|cx| on_b.poll_drain(cx, &mut second, 1)),
+    )
+    .await
+    .expect("the second message waited for the first one's reply");
+    on_b.on_written(drained.bytes);
+    assert_eq!(second.iter().map(text).collect::<Vec<_>>(), ["2"]);
+    gate.set_open(true);
+    a.stop().await;
+    b.stop().await;
+}
+
 async fn every_node_s_stats_are_seen_from_every_node<R: Runtime>() {
     // Stats are written with each presence refresh (every 300 ms here);
     // long enough that a loaded machine does not miss two in a row.
@@ -1134,6 +1169,7 @@ on_runtimes!(
     a_node_receives_only_the_rooms_it_has_members_in,
     every_node_s_stats_are_seen_from_every_node,
     after_a_restart_the_held_rooms_are_subscribed_again_in_a_round_trip_or_two,
-    reads_do_not_wait_for_each_other_s_replies;
+    reads_do_not_wait_for_each_other_s_replies,
+    publishes_do_not_wait_for_each_other_s_replies;
     a_join_meets_the_live_stream_without_a_gap_or_a_duplicate,
 );

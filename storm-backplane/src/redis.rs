@@ -975,8 +975,8 @@ impl RedisBackplane {
         // Pipelines sent and not yet answered, oldest first: Redis answers
         // a connection's commands in order, so they end in this order too.
         let mut in_flight: FuturesOrdered<InFlight> = FuturesOrdered::new();
+        let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
-            let mut batch = Vec::with_capacity(MAX_BATCH);
             // The first message waited for, then whatever else is queued:
             // one pipeline for all of them, sent while earlier ones still
             // wait for their replies (at most MAX_IN_FLIGHT of them).
@@ -1016,6 +1016,8 @@ impl RedisBackplane {
             };
             let pipeline = self.pipeline(&batch);
             let mut conn = conn.clone();
+            // The batch goes with its pipeline; the next is gathered anew.
+            let batch = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
             in_flight.push_back(Box::pin(async move {
                 let appended = pipeline.query_async::<Vec<u64>>(&mut conn).await.map(drop);
                 (batch, appended)

@@ -36,6 +36,8 @@ pub mod nats;
 mod node;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "redis")]
+pub mod stages;
 
 #[cfg(any(feature = "redis", feature = "nats"))]
 pub use node::{ConfigError, Running, Stats};

@@ -56,6 +56,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -77,6 +78,7 @@ use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffStep};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::node::{Node, Queued, bump, defaults, deliver_to_hub, lock, settings_of};
+use crate::stages::{self, Stages, Stamp, now_ns};
 
 /// Appends a room message and publishes it, in one step.
 ///
@@ -246,6 +248,28 @@ const MAX_SUBSCRIPTION_BATCH: usize = 256;
 type InFlight =
     Pin<Box<dyn Future<Output = (Vec<Publication>, Result<(), redis::RedisError>)> + Send>>;
 
+/// Now, for [`Stages`], when they are kept (0 when not).
+fn stamp(stages: Option<&Arc<Stages>>) -> u64 {
+    stages.map_or(0, |_| now_ns())
+}
+
+/// The stages of a pipeline's room messages, `offsets` its reply (one per
+/// publication, in order), `taken` when the publisher took them.
+fn published(stages: &Stages, batch: &[Publication], offsets: &[u64], taken: u64) {
+    let replied = now_ns();
+    for (publication, &offset) in batch.iter().zip(offsets) {
+        if let Publication::Room { room, queued, .. } = publication {
+            stages.push(Stamp::Published {
+                room: room.clone(),
+                offset,
+                queued: *queued,
+                taken,
+                replied,
+            });
+        }
+    }
+}
+
 /// What a pipelined subscription request does to its channel.
 #[derive(Debug, Clone, Copy)]
 enum Change {
@@ -404,6 +428,12 @@ pub struct RedisConfig {
     /// Default: [`BackoffConfig::default`] (exponential from 100 ms, capped
     /// at 30 s, full jitter, unlimited).
     pub reconnect: BackoffConfig,
+    /// A file to append each room message's stage times to, for measuring
+    /// where its latency goes ([`crate::stages`]); `None`: none kept.
+    ///
+    /// Default: the file the environment variable
+    /// [`STORM_BACKPLANE_STAGES`](crate::stages::STAGES_VAR) names, if set.
+    pub stages: Option<PathBuf>,
 }
 
 impl Default for RedisConfig {
@@ -418,6 +448,7 @@ impl Default for RedisConfig {
             max_payload: defaults::MAX_PAYLOAD,
             publish_queue: defaults::PUBLISH_QUEUE,
             reconnect: BackoffConfig::default(),
+            stages: stages::file_from_env(),
         }
     }
 }
@@ -476,6 +507,8 @@ enum Publication {
         room: String,
         wire: Bytes,
         ordered: Option<Message>,
+        /// When it was queued ([`Stages`]; 0 when they are not kept).
+        queued: u64,
     },
     /// A message to one node or every node: published on `channel` as it
     /// is.
@@ -557,6 +590,9 @@ pub struct RedisBackplane {
     publisher_up: std::sync::atomic::AtomicBool,
     /// The reconnect schedule each task starts from (a copy each).
     backoff: Backoff,
+    /// Where each room message's stage times go, when measured
+    /// ([`crate::stages`]).
+    stages: Option<Arc<Stages>>,
 }
 
 impl fmt::Debug for RedisBackplane {
@@ -635,6 +671,7 @@ impl RedisBackplane {
     pub fn new(config: RedisConfig) -> Result<Self, Error> {
         let (node, backoff) = Node::new(&settings_of!(config)).map_err(Error::Config)?;
         let client = redis::Client::open(config.url.as_str())?;
+        let stages = config.stages.as_deref().and_then(Stages::start);
         Ok(Self {
             node,
             config,
@@ -646,6 +683,7 @@ impl RedisBackplane {
             presence_changed: Notify::new(),
             publisher_up: std::sync::atomic::AtomicBool::new(true),
             backoff,
+            stages,
         })
     }
 
@@ -946,6 +984,7 @@ impl RedisBackplane {
     /// One message on a room channel (decode, classify, deliver) or on a
     /// node channel ([`on_node_message`](Self::on_node_message)'s).
     fn receive(&self, hub: &Hub, deliver: &Deliver, rooms: &mut Subscriber, message: &redis::Msg) {
+        let received = stamp(self.stages.as_ref());
         let wire = Bytes::copy_from_slice(message.get_payload_bytes());
         let channel = message.get_channel_name();
         let same = |name: &str, room: &str| name == room;
@@ -962,6 +1001,14 @@ impl RedisBackplane {
             return;
         }
         self.node.deliver(hub, deliver, rooms, &envelope);
+        if let (Some(stages), Some(at)) = (&self.stages, envelope.position) {
+            stages.push(Stamp::Received {
+                room: room.to_owned(),
+                offset: at.offset,
+                received,
+                delivered: now_ns(),
+            });
+        }
     }
 
     async fn run_publisher<R: Runtime>(
@@ -1014,13 +1061,18 @@ impl RedisBackplane {
                     }
                 }
             };
+            let taken = stamp(self.stages.as_ref());
             let pipeline = self.pipeline(&batch);
             let mut conn = conn.clone();
             // The batch goes with its pipeline; the next is gathered anew.
             let batch = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+            let stages = self.stages.clone();
             in_flight.push_back(Box::pin(async move {
-                let appended = pipeline.query_async::<Vec<u64>>(&mut conn).await.map(drop);
-                (batch, appended)
+                let appended = pipeline.query_async::<Vec<u64>>(&mut conn).await;
+                if let (Some(stages), Ok(offsets)) = (&stages, &appended) {
+                    published(stages, &batch, offsets, taken);
+                }
+                (batch, appended.map(drop))
             }));
         }
     }
@@ -1531,6 +1583,7 @@ impl RedisBackplane {
                 room: room.to_owned(),
                 wire,
                 ordered: echo.then(|| message.clone()),
+                queued: stamp(self.stages.as_ref()),
             });
     }
 }

@@ -14,6 +14,7 @@ use common::RedisServer;
 use storm_async::Runtime;
 use storm_backplane::proto::{NodeStats, Position, Ready, Unrecoverable};
 use storm_backplane::redis::{Claim, Deliver, Recovery, RedisBackplane, RedisConfig, Running};
+use storm_backplane::stages::{FLUSH_EVERY, Stamp, now_ns};
 use storm_host::hub::{Hub, HubConfig, Outbox};
 use storm_proto::Message;
 use storm_proto::reconnect::BackoffConfig;
@@ -227,6 +228,154 @@ async fn a_client_recovers_exactly_the_range_it_missed<R: Runtime>() {
             top
         }
     );
+    a.stop().await;
+    b.stop().await;
+}
+
+async fn recovery_stays_exact_as_the_history_is_trimmed<R: Runtime>() {
+    const LEN: u64 = 4;
+    // Redis's stream nodes hold at most 100 entries (its default): past
+    // this many messages at least the first node is trimmed.
+    const MESSAGES: u64 = 250;
+    let Some((_server, a, b)) = two_nodes::<R>(|c| c.history_len = LEN as usize, None).await else {
+        return;
+    };
+    let on_b = b.join("room").await;
+    for i in 1..=MESSAGES {
+        a.hub
+            .broadcast_group("room", &Message::from(format!("m{i}")), None);
+    }
+    for i in 1..=MESSAGES {
+        assert_eq!(text(&next::<R>(&on_b).await), format!("m{i}"));
+    }
+    let top = b.backplane.position("room").await.unwrap();
+    assert_eq!(top.offset, MESSAGES);
+    // From every position: exactly what was missed, in order, or told it
+    // was trimmed; the trimmed ones all before the recoverable ones; the
+    // last LEN always recoverable, the first message trimmed.
+    let mut oldest_recoverable = None;
+    for since in 0..=MESSAGES {
+        match b
+            .backplane
+            .recover("room", Position::new(top.epoch, since))
+            .await
+            .unwrap()
+        {
+            Recovery::Recovered { messages, top: at } => {
+                assert_eq!(at, top);
+                let got: Vec<_> = messages
+                    .iter()
+                    .map(|(p, m)| (p.offset, text(m).to_owned()))
+                    .collect();
+                let missed: Vec<_> = (since + 1..=MESSAGES)
+                    .map(|i| (i, format!("m{i}")))
+                    .collect();
+                assert_eq!(got, missed, "since {since}");
+                oldest_recoverable.get_or_insert(since);
+            }
+            Recovery::Impossible { reason, top: at } => {
+                assert_eq!(at, top);
+                assert!(oldest_recoverable.is_none(), "since {since}: {reason:?}");
+                let Unrecoverable::Trimmed { wanted, oldest } = reason else {
+                    panic!("since {since}: {reason:?}");
+                };
+                assert_eq!(wanted, since + 1);
+                assert!(oldest.is_none_or(|oldest| oldest > wanted), "{oldest:?}");
+            }
+            other @ Recovery::NoHistory { .. } => panic!("{other:?}"),
+        }
+    }
+    let oldest = oldest_recoverable.expect("the last messages are recoverable");
+    assert!((1..=MESSAGES - LEN).contains(&oldest), "{oldest}");
+    a.stop().await;
+    b.stop().await;
+}
+
+async fn each_stage_of_a_room_message_is_stamped_when_asked_for<R: Runtime>() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let file = |node: &str| server.dir().join(format!("{node}.stages"));
+    let a = Node::start::<R>(&server, |c| c.stages = Some(file("a")), None).await;
+    let b = Node::start::<R>(&server, |c| c.stages = Some(file("b")), None).await;
+    let on_b = b.join("room").await;
+    let before = now_ns();
+    for text in ["one", "two", "three"] {
+        a.hub.broadcast_group("room", &Message::from(text), None);
+        next::<R>(&on_b).await;
+    }
+    // The stamps reach the files within a few of the writer's turns.
+    let stamps = |node: &str| {
+        std::fs::read_to_string(file(node))
+            .unwrap_or_default()
+            .lines()
+            .map(|line| Stamp::parse(line).unwrap_or_else(|| panic!("{line:?}")))
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while stamps("a").len() < 3 || stamps("b").len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "{:?} {:?}",
+            stamps("a"),
+            stamps("b")
+        );
+        R::sleep_until(Instant::now() + FLUSH_EVERY).await;
+    }
+    let after = now_ns();
+    // A's own messages as it published them, in order; B's as it received
+    // them; each stage after the one before, all within the test.
+    let published: Vec<_> = stamps("a")
+        .into_iter()
+        .map(|stamp| match stamp {
+            Stamp::Published {
+                room,
+                offset,
+                queued,
+                taken,
+                replied,
+            } => {
+                assert_eq!(room, "room");
+                assert!(before <= queued && queued <= taken && taken <= replied);
+                assert!(replied <= after);
+                (offset, taken)
+            }
+            other => panic!("A received nothing it holds: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        published
+            .iter()
+            .map(|(offset, _)| *offset)
+            .collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    let received: Vec<_> = stamps("b")
+        .into_iter()
+        .map(|stamp| match stamp {
+            Stamp::Received {
+                room,
+                offset,
+                received,
+                delivered,
+            } => {
+                assert_eq!(room, "room");
+                assert!(received <= delivered && delivered <= after);
+                (offset, received)
+            }
+            other => panic!("B published nothing: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        received
+            .iter()
+            .map(|(offset, _)| *offset)
+            .collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    for ((_, taken), (_, received)) in published.iter().zip(&received) {
+        assert!(taken <= received, "received before it was sent");
+    }
     a.stop().await;
     b.stop().await;
 }
@@ -1156,6 +1305,8 @@ macro_rules! on_runtimes {
 on_runtimes!(
     a_room_message_reaches_another_node_exactly_once,
     a_client_recovers_exactly_the_range_it_missed,
+    recovery_stays_exact_as_the_history_is_trimmed,
+    each_stage_of_a_room_message_is_stamped_when_asked_for,
     redis_down_then_restarted_empty_changes_the_epoch,
     presence_spans_nodes_and_expires_with_its_node,
     a_name_is_one_holder_s_across_nodes_until_released_or_its_node_dies,

@@ -176,6 +176,11 @@ impl<K: Kind> TestServer<K> {
         })
     }
 
+    /// Its temporary directory (removed with it).
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Its URL.
     pub(crate) fn url(&self) -> String {
         format!("{}://127.0.0.1:{}", K::SCHEME, self.port)

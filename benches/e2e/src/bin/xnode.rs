@@ -23,6 +23,13 @@
 //! Redis publishes per room message, and `/proc` gives the CPU each process
 //! spent.
 //!
+//! With `--stages`, the two nodes also stamp each room message at each
+//! stage of the backplane (`storm_backplane::stages`: queued for the
+//! publisher, taken into a pipeline, its reply in, received by each node's
+//! subscriber, delivered there), and a second table gives the p50 and p99
+//! of each stage from the client's send to its receipt, same-node and
+//! cross-node, set against each other by the messages' offsets.
+//!
 //! Output: one table of both runs, the cross-node cost at p99 against the
 //! one-node p99, the Redis figures, and a last line
 //! `result: lost=N duplicates=N notices=N errors=N` (notices: the
@@ -52,6 +59,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use serde::Deserialize;
 use servers::RedisServer;
+use storm_backplane::stages::{self, STAGES_VAR, Stamp};
 use storm_e2e::stats::percentile_us;
 use storm_e2e::sys::{USER_HZ, self_cpu_ticks, stat_cpu_ticks};
 use storm_host::link::CloseReason;
@@ -117,6 +125,11 @@ struct Args {
     /// 1 MiB; sessions × this must stay under 4 GiB).
     #[arg(long, default_value_t = 256 * 1024)]
     max_pending_bytes: u64,
+    /// Also time each stage of a room message's way through the backplane
+    /// (the nodes' stamps, through the STORM_BACKPLANE_STAGES variable) and
+    /// report their p50 and p99.
+    #[arg(long)]
+    stages: bool,
 }
 
 /// A checked configuration.
@@ -130,6 +143,7 @@ struct Config {
     /// Room messages per run.
     messages: u64,
     max_pending_bytes: u64,
+    stages: bool,
 }
 
 impl Config {
@@ -193,6 +207,7 @@ impl Config {
             duration: args.duration,
             messages,
             max_pending_bytes: args.max_pending_bytes,
+            stages: args.stages,
         })
     }
 }
@@ -216,8 +231,13 @@ struct Node {
 
 impl Node {
     /// Starts `storm chat` on a free loopback port, with the backplane at
-    /// `backplane` if given, and waits for its banner.
-    fn start(config: &Config, backplane: Option<&str>) -> Result<Self, String> {
+    /// `backplane` if given (stamping its stages into `stages` if given),
+    /// and waits for its banner.
+    fn start(
+        config: &Config,
+        backplane: Option<&str>,
+        stages: Option<&std::path::Path>,
+    ) -> Result<Self, String> {
         let mut command = Command::new(&config.storm);
         command
             .args([
@@ -231,6 +251,9 @@ impl Node {
             .args(["--max-pending-bytes", &config.max_pending_bytes.to_string()]);
         if let Some(url) = backplane {
             command.args(["--backplane", url]);
+        }
+        if let Some(path) = stages {
+            command.env(STAGES_VAR, path);
         }
         // stdin stays open: the chat reads its console there.
         let mut child = command
@@ -378,6 +401,11 @@ impl RedisCalls {
 struct Shared {
     /// The clock of every send and receive time.
     t0: Instant,
+    /// `t0` on the system clock (ns since the Unix epoch): the clock of the
+    /// nodes' stage stamps.
+    t0_system_ns: u64,
+    /// Whether sessions keep their [`Arrival`]s.
+    stages: bool,
     messages: u64,
     publishers: usize,
     nodes: usize,
@@ -447,6 +475,21 @@ struct Tally {
     same: Vec<u64>,
     cross: Vec<u64>,
     duplicates: u64,
+    /// Every first delivery, with `--stages`.
+    arrivals: Vec<Arrival>,
+}
+
+/// One first delivery of a load message to a session, for the stages.
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    id: u64,
+    /// Its room offset, as the chat event says.
+    offset: u64,
+    /// The receiving session's node.
+    node: usize,
+    /// Sent and received, on the system clock (ns since the Unix epoch).
+    sent: u64,
+    received: u64,
 }
 
 /// The fields of a chat event this tool reads on every message.
@@ -456,6 +499,8 @@ struct Event<'a> {
     kind: Cow<'a, str>,
     #[serde(default, borrow)]
     text: Option<Cow<'a, str>>,
+    #[serde(default)]
+    offset: Option<u64>,
 }
 
 /// The text of a load message: `xn ID SENT_NS`; of the barrier: `xn barrier`.
@@ -501,7 +546,7 @@ impl Member {
         };
         match event.kind.as_ref() {
             "chat" => match event.text.as_deref().and_then(parse_load) {
-                Some(Load::Message { id, sent_ns }) => self.record(id, sent_ns),
+                Some(Load::Message { id, sent_ns }) => self.record(id, sent_ns, event.offset),
                 Some(Load::Barrier) => {
                     let mut tally = lock(&self.tally);
                     if !std::mem::replace(&mut tally.barrier, true) {
@@ -524,7 +569,7 @@ impl Member {
         }
     }
 
-    fn record(&self, id: u64, sent_ns: u64) {
+    fn record(&self, id: u64, sent_ns: u64, offset: Option<u64>) {
         let shared = &self.shared;
         if !self.records {
             return;
@@ -532,7 +577,8 @@ impl Member {
         if id >= shared.messages {
             return shared.error(format!("message {id} was never sent"));
         }
-        let latency = shared.now_ns().saturating_sub(sent_ns);
+        let received_ns = shared.now_ns();
+        let latency = received_ns.saturating_sub(sent_ns);
         let mut tally = lock(&self.tally);
         let (word, bit) = ((id / 64) as usize, 1u64 << (id % 64));
         if tally.seen[word] & bit != 0 {
@@ -540,6 +586,15 @@ impl Member {
             return;
         }
         tally.seen[word] |= bit;
+        if let (true, Some(offset)) = (shared.stages, offset) {
+            tally.arrivals.push(Arrival {
+                id,
+                offset,
+                node: self.node,
+                sent: shared.t0_system_ns + sent_ns,
+                received: shared.t0_system_ns + received_ns,
+            });
+        }
         if shared.publisher_node(id) == self.node {
             tally.same.push(latency);
         } else {
@@ -634,6 +689,8 @@ struct Outcome {
     /// CPU seconds in the load window: each node, Redis, this tool.
     cpu: Vec<(String, f64)>,
     redis: Option<RedisCalls>,
+    /// Every first delivery, with `--stages`.
+    arrivals: Vec<Arrival>,
 }
 
 /// Runs the load on `nodes` (started already) and stops them.
@@ -645,6 +702,8 @@ async fn run(
 ) -> Result<Outcome, String> {
     let shared = Arc::new(Shared {
         t0: Instant::now(),
+        t0_system_ns: stages::now_ns(),
+        stages: config.stages,
         messages: config.messages,
         publishers: config.publishers,
         nodes: nodes.len(),
@@ -716,6 +775,10 @@ async fn run(
             errors.kept
         ))
     };
+    if config.stages {
+        // The nodes' last stamps reach their files.
+        tokio::time::sleep(stages::FLUSH_EVERY * 3).await;
+    }
     shared.closing.store(true, Ordering::Relaxed);
     for client in &clients {
         client.close();
@@ -863,10 +926,12 @@ async fn load(
     ));
 
     let (mut same, mut cross, mut duplicates) = (Vec::new(), Vec::new(), 0);
+    let mut arrivals = Vec::new();
     for member in members {
         let mut tally = lock(&member.tally);
         same.append(&mut tally.same);
         cross.append(&mut tally.cross);
+        arrivals.append(&mut tally.arrivals);
         duplicates += tally.duplicates;
     }
     same.sort_unstable();
@@ -884,7 +949,126 @@ async fn load(
         setup_secs,
         cpu,
         redis: redis_calls,
+        arrivals,
     })
+}
+
+// ----------------------------------------------------------------- stages
+
+/// One node's stamps of the room's messages, by offset.
+#[derive(Default)]
+struct NodeStamps {
+    /// Published here: queued, taken, replied.
+    published: std::collections::HashMap<u64, [u64; 3]>,
+    /// Received here: received, delivered.
+    received: std::collections::HashMap<u64, [u64; 2]>,
+}
+
+/// The stamps node `i` wrote under `dir` (the room's only).
+fn node_stamps(dir: &std::path::Path, i: usize) -> Result<NodeStamps, String> {
+    let path = dir.join(format!("node-{i}.stages"));
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut stamps = NodeStamps::default();
+    for line in text.lines() {
+        if line.starts_with("dropped ") {
+            return Err(format!("{}: {line} stamps", path.display()));
+        }
+        match Stamp::parse(line) {
+            Some(Stamp::Published {
+                room,
+                offset,
+                queued,
+                taken,
+                replied,
+            }) if room == ROOM => {
+                stamps.published.insert(offset, [queued, taken, replied]);
+            }
+            Some(Stamp::Received {
+                room,
+                offset,
+                received,
+                delivered,
+            }) if room == ROOM => {
+                stamps.received.insert(offset, [received, delivered]);
+            }
+            Some(_) => {}
+            None => return Err(format!("{}: not a stages line: {line:?}", path.display())),
+        }
+    }
+    Ok(stamps)
+}
+
+/// The stages of the way from a publisher's send to a session's receipt.
+const STAGES: [&str; 7] = [
+    "client send → queued at the publisher's node (WebSocket, chat)",
+    "queued → taken into a pipeline (publisher queue)",
+    "taken → the pipeline's reply parsed (round trip, for reference)",
+    "taken → received by the node's subscriber (Redis, pub/sub)",
+    "received → delivered to the room's sessions (subscriber task)",
+    "delivered → client receipt (session queues, WebSocket)",
+    "all: client send → client receipt",
+];
+
+/// The p50/p99 of each of [`STAGES`] in the two-node run, same-node and
+/// cross-node, from the nodes' stamps under `dir` and the run's arrivals;
+/// a message's stages 1–3 count once per receiving node, 4–5 once per
+/// message and node, 6 and the whole once per delivery.
+fn stage_table(dir: &std::path::Path, two: &Outcome) -> Result<String, String> {
+    let nodes = [node_stamps(dir, 0)?, node_stamps(dir, 1)?];
+    // [same, cross] × stage: samples in ns.
+    let mut samples: [[Vec<u64>; STAGES.len()]; 2] = Default::default();
+    let mut per_node_seen = std::collections::HashSet::new();
+    let mut unmatched = 0u64;
+    for arrival in &two.arrivals {
+        let Some((publisher, [queued, taken, replied])) = nodes
+            .iter()
+            .enumerate()
+            .find_map(|(i, n)| Some((i, *n.published.get(&arrival.offset)?)))
+        else {
+            unmatched += 1;
+            continue;
+        };
+        let Some(&[received, delivered]) = nodes[arrival.node].received.get(&arrival.offset) else {
+            unmatched += 1;
+            continue;
+        };
+        let kind = usize::from(publisher != arrival.node);
+        let s = &mut samples[kind];
+        if per_node_seen.insert((arrival.id, arrival.node)) {
+            s[0].push(queued.saturating_sub(arrival.sent));
+            s[1].push(taken.saturating_sub(queued));
+            s[2].push(replied.saturating_sub(taken));
+            s[3].push(received.saturating_sub(taken));
+            s[4].push(delivered.saturating_sub(received));
+        }
+        s[5].push(arrival.received.saturating_sub(delivered));
+        s[6].push(arrival.received.saturating_sub(arrival.sent));
+    }
+    let mut out = String::from(
+        "| stage (two nodes) | same node p50 / p99 µs | cross node p50 / p99 µs |\n|---|---:|---:|\n",
+    );
+    for (i, stage) in STAGES.iter().enumerate() {
+        let cell = |kind: usize| {
+            let mut v = samples[kind][i].clone();
+            v.sort_unstable();
+            if v.is_empty() {
+                "-".to_owned()
+            } else {
+                format!(
+                    "{:.0} / {:.0}",
+                    percentile_us(&v, 0.50),
+                    percentile_us(&v, 0.99)
+                )
+            }
+        };
+        out.push_str(&format!("| {stage} | {} | {} |\n", cell(0), cell(1)));
+    }
+    if unmatched > 0 {
+        out.push_str(&format!(
+            "({unmatched} deliveries without the nodes' stamps left out)\n"
+        ));
+    }
+    Ok(out)
 }
 
 // ----------------------------------------------------------------- report
@@ -1015,12 +1199,17 @@ fn main() -> ExitCode {
     let mut outcomes = Vec::new();
     let failure = runtime
         .block_on(async {
-            let one = Node::start(&config, None)?;
+            let one = Node::start(&config, None, None)?;
             eprintln!("xnode: one node: {}", one.url);
             outcomes.push(run(&config, "one node", vec![one], None).await?);
             let url = redis.url();
-            let a = Node::start(&config, Some(&url))?;
-            let b = Node::start(&config, Some(&url))?;
+            let stamps = |i: usize| {
+                config
+                    .stages
+                    .then(|| redis.dir().join(format!("node-{i}.stages")))
+            };
+            let a = Node::start(&config, Some(&url), stamps(0).as_deref())?;
+            let b = Node::start(&config, Some(&url), stamps(1).as_deref())?;
             eprintln!("xnode: two nodes: {} {}, backplane {url}", a.url, b.url);
             let addr = url.trim_start_matches("redis://");
             outcomes.push(run(&config, "two nodes", vec![a, b], Some(addr)).await?);
@@ -1029,9 +1218,21 @@ fn main() -> ExitCode {
         .err();
     // Every session's task ends with the runtime.
     runtime.shutdown_timeout(Duration::from_secs(5));
+    // The stamps are in the server's directory, which goes with it.
+    let stages = match (config.stages, outcomes.get(1)) {
+        (true, Some(two)) => Some(stage_table(redis.dir(), two)),
+        _ => None,
+    };
     drop(redis);
     // What was measured is reported, also when a later run failed.
     let clean = report(&config, &outcomes);
+    if let Some(stages) = stages {
+        println!();
+        match stages {
+            Ok(table) => print!("{table}"),
+            Err(e) => println!("stages: {e}"),
+        }
+    }
     match failure {
         None => {
             let sum = |f: fn(&Outcome) -> u64| outcomes.iter().map(f).sum::<u64>();

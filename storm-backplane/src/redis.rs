@@ -1703,6 +1703,14 @@ mod tests {
     }
 
     #[test]
+    fn connections_to_redis_turn_nagle_off() {
+        // `redis`'s `tcp_nodelay` feature (Cargo.toml says why): every
+        // connection it makes, publisher and subscriber, gets TCP_NODELAY.
+        let settings = format!("{:?}", redis::io::tcp::TcpSettings::default());
+        assert!(settings.contains("nodelay: true"), "{settings}");
+    }
+
+    #[test]
     fn ttls_are_whole_milliseconds() {
         assert_eq!(millis(None), 0);
         assert_eq!(millis(Some(Duration::from_micros(10))), 1);

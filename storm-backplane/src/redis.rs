@@ -40,8 +40,9 @@
 //! Under the [`Channels`](storm_proto::backplane::Channels) of
 //! [`RedisConfig::prefix`]: `PREFIX.meta.ROOM` (a
 //! hash: `e` the epoch as 8 bytes, `o` the last offset),
-//! `PREFIX.history.ROOM` (a stream of at most
-//! [`history_len`](RedisConfig::history_len) entries, id `0-OFFSET`, field
+//! `PREFIX.history.ROOM` (a stream of at least the last
+//! [`history_len`](RedisConfig::history_len) entries, trimmed by whole
+//! stream nodes: up to `stream-node-max-entries` more; id `0-OFFSET`, field
 //! `d` the positioned envelope), `PREFIX.presence.ROOM` (a sorted set:
 //! member → expiry in Redis milliseconds), `PREFIX.stats.nodes` (a hash:
 //! node id → `EXPIRY SESSIONS ROOMS`, each node's [`NodeStats`] as its
@@ -394,8 +395,10 @@ pub struct RedisConfig {
     ///
     /// Default: `storm`.
     pub prefix: String,
-    /// Messages each room's history keeps (`XADD … MAXLEN`); 0 = no
-    /// history: messages carry no position and nothing can be recovered.
+    /// Messages each room's history keeps at least (`XADD … MAXLEN ~`:
+    /// Redis trims whole stream nodes, so up to `stream-node-max-entries`,
+    /// 100 by default, more); 0 = no history: messages carry no position
+    /// and nothing can be recovered.
     ///
     /// Default: 1000.
     pub history_len: usize,

@@ -322,9 +322,15 @@ async fn each_stage_of_a_room_message_is_stamped_when_asked_for<R: Runtime>() {
         R::sleep_until(Instant::now() + FLUSH_EVERY).await;
     }
     let after = now_ns();
-    // A's own messages as it published them, in order; B's as it received
-    // them; each stage after the one before, all within the test.
-    let published: Vec<_> = stamps("a")
+    // A's own messages as it published them; B's as it received them, in
+    // order; each stage after the one before, all within the test.
+    let offsets = |stamped: &[(u64, u64)]| {
+        stamped
+            .iter()
+            .map(|(offset, _)| *offset)
+            .collect::<Vec<_>>()
+    };
+    let mut published: Vec<_> = stamps("a")
         .into_iter()
         .map(|stamp| match stamp {
             Stamp::Published {
@@ -342,13 +348,9 @@ async fn each_stage_of_a_room_message_is_stamped_when_asked_for<R: Runtime>() {
             other => panic!("A received nothing it holds: {other:?}"),
         })
         .collect();
-    assert_eq!(
-        published
-            .iter()
-            .map(|(offset, _)| *offset)
-            .collect::<Vec<_>>(),
-        [1, 2, 3]
-    );
+    // Written as each pipeline's reply came in: by offset.
+    published.sort_unstable();
+    assert_eq!(offsets(&published), [1, 2, 3]);
     let received: Vec<_> = stamps("b")
         .into_iter()
         .map(|stamp| match stamp {
@@ -365,13 +367,7 @@ async fn each_stage_of_a_room_message_is_stamped_when_asked_for<R: Runtime>() {
             other => panic!("B published nothing: {other:?}"),
         })
         .collect();
-    assert_eq!(
-        received
-            .iter()
-            .map(|(offset, _)| *offset)
-            .collect::<Vec<_>>(),
-        [1, 2, 3]
-    );
+    assert_eq!(offsets(&received), [1, 2, 3]);
     for ((_, taken), (_, received)) in published.iter().zip(&received) {
         assert!(taken <= received, "received before it was sent");
     }

@@ -71,8 +71,8 @@ pub(crate) struct ChatArgs {
     /// Default: none, this node alone.
     #[arg(long, value_name = "URL")]
     backplane: Option<String>,
-    /// With --backplane redis://: messages each room's history keeps for
-    /// recovery; 0 = none (messages then carry no offset). NATS keeps none.
+    /// With --backplane redis://: messages each room's history keeps (at
+    /// least) for recovery; 0 = none (messages then carry no offset). NATS keeps none.
     #[arg(long, value_name = "N", default_value_t = 1000, requires = "backplane")]
     backplane_history: usize,
     /// With --backplane: milliseconds a user stays in the other nodes'

@@ -90,7 +90,7 @@ use crate::stages::{self, Stages, Stamp, now_ns};
 /// Every room message runs it, so it is kept to what Redis must do: one
 /// `HGET` of the epoch (a `HSET` only when the room starts one), the
 /// offset's 8 bytes by `struct.pack` (a loop of string concatenations cost
-/// a third of the script), and `XADD … MAXLEN ~`: the history keeps at
+/// a quarter of the script), and `XADD … MAXLEN ~`: the history keeps at
 /// least `maxlen` messages and is trimmed by whole stream nodes (up to
 /// `stream-node-max-entries`, 100 by default, more), which Redis does at a
 /// fraction of an exact trim's cost. Recovery judges by what the stream

@@ -1000,3 +1000,178 @@ fn input_growth_doubles_while_messages_are_held_and_reuses_otherwise() {
     growth.append(&mut buf, &[2; 32]);
     assert_eq!(buf.capacity(), 32);
 }
+
+/// What a connection made of its input, step by step: after each piece,
+/// every `poll_event` result up to `Ok(None)` or the error (asked twice:
+/// errors are final), then after the end of input the same, and the bytes
+/// it would transmit. `general` parses with the frame-by-frame path
+/// alone, never the whole-message fast path.
+fn transcript(
+    side: Side,
+    config: &Config,
+    input: &[u8],
+    pieces: &[usize],
+    general: bool,
+) -> (Vec<Result<Option<Event>, ProtocolError>>, Vec<u8>) {
+    let mut conn = Connection::with_rng(side, config.clone(), StdRng::seed_from_u64(5));
+    let mut seen = Vec::new();
+    let drain = |conn: &mut Connection, seen: &mut Vec<_>| {
+        for _ in 0..input.len() + 2 {
+            let result = if general {
+                conn.poll_frames()
+            } else {
+                conn.poll_event()
+            };
+            let done = matches!(result, Ok(None) | Err(_));
+            seen.push(result);
+            if done {
+                break;
+            }
+        }
+    };
+    let mut rest = input;
+    for &size in pieces.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (now, later) = rest.split_at(size.min(rest.len()));
+        conn.handle_input(now);
+        drain(&mut conn, &mut seen);
+        rest = later;
+    }
+    conn.handle_eof();
+    drain(&mut conn, &mut seen);
+    drain(&mut conn, &mut seen);
+    (seen, wire(&mut conn))
+}
+
+/// One frame as a peer might send it, valid or not: any first byte
+/// (mostly final text or binary), masked or not, the payload length in
+/// any of the three encodings (not always the shortest), and a payload
+/// that is ASCII, any UTF-8, or any bytes.
+fn any_frame() -> impl Strategy<Value = Vec<u8>> {
+    let first = prop_oneof![
+        4 => Just(0x81u8),
+        3 => Just(0x82u8),
+        1 => prop::sample::select(vec![0x01u8, 0x00, 0x80, 0x89, 0x8A, 0x88, 0xC1, 0x91, 0x83]),
+        1 => any::<u8>(),
+    ];
+    let payload = prop_oneof![
+        "[ -~]{0,140}".prop_map(String::into_bytes),
+        "\\PC{0,60}".prop_map(String::into_bytes),
+        prop::collection::vec(any::<u8>(), 0..140),
+        // ASCII with one byte anywhere replaced.
+        ("[ -~]{1,70}", any::<prop::sample::Index>(), 0x80u8..=0xFF).prop_map(|(s, at, b)| {
+            let mut bytes = s.into_bytes();
+            let at = at.index(bytes.len());
+            bytes[at] = b;
+            bytes
+        }),
+    ];
+    let masked = prop_oneof![4 => Just(true), 1 => Just(false)];
+    (first, payload, masked, any::<[u8; 4]>(), 0u8..3).prop_map(
+        |(first, payload, masked, key, width)| {
+            let mask_bit = if masked { 0x80 } else { 0 };
+            let len = payload.len();
+            let mut out = vec![first];
+            match (width, len) {
+                (0, 0..=125) => out.push(mask_bit | len as u8),
+                (0 | 1, _) => {
+                    out.push(mask_bit | 126);
+                    out.extend_from_slice(&(len as u16).to_be_bytes());
+                }
+                _ => {
+                    out.push(mask_bit | 127);
+                    out.extend_from_slice(&(len as u64).to_be_bytes());
+                }
+            }
+            if masked {
+                out.extend_from_slice(&key);
+                out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+            } else {
+                out.extend_from_slice(&payload);
+            }
+            out
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The whole-message fast path changes nothing anyone can see: on any
+    /// input, in any pieces, on either side, under tight or default
+    /// limits, `poll_event` gives the very events and errors, in the same
+    /// order, and leaves the same bytes to transmit, as parsing frame by
+    /// frame alone.
+    #[test]
+    fn the_fast_path_and_the_general_path_agree(
+        frames in prop::collection::vec(any_frame(), 0..8),
+        cut in any::<prop::sample::Index>(),
+        pieces in prop::collection::vec(1usize..200, 1..6),
+        server in any::<bool>(),
+        max_frame_size in prop_oneof![Just(16usize << 20), 0usize..150],
+        max_message_size in prop_oneof![Just(16usize << 20), 0usize..150],
+    ) {
+        let side = if server { Side::Server } else { Side::Client };
+        let config = Config::default()
+            .with_max_frame_size(max_frame_size)
+            .with_max_message_size(max_message_size);
+        let mut input = frames.concat();
+        // Sometimes end the input mid-frame.
+        if cut.index(4) == 0 {
+            input.truncate(cut.index(input.len() + 1));
+        }
+        let fast = transcript(side, &config, &input, &pieces, false);
+        let general = transcript(side, &config, &input, &pieces, true);
+        prop_assert_eq!(fast, general);
+    }
+}
+
+#[test]
+fn whole_frames_of_every_length_and_alignment_match_the_general_path() {
+    // Every payload length up to 64 (and either side of the 16-bit
+    // length), behind 0..8 bytes of an earlier frame, so the payload
+    // starts at every alignment; ASCII, non-ASCII and invalid text.
+    let mut lengths: Vec<usize> = (0..=64).collect();
+    lengths.extend([125, 126, 127, 65535]);
+    for len in lengths {
+        for lead in 0..8usize {
+            let ascii: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let mut non_ascii = ascii.clone();
+            let mut invalid = ascii.clone();
+            if len >= 2 {
+                non_ascii[len - 2..].copy_from_slice("é".as_bytes());
+                invalid[len - 1] = 0xC3; // a truncated sequence at the end
+            }
+            for payload in [&ascii, &non_ascii, &invalid] {
+                let mut input = masked(0x82, &vec![7; lead]);
+                input.extend(masked(0x81, payload));
+                input.extend(masked(0x82, payload));
+                let fast = transcript(
+                    Side::Server,
+                    &Config::default(),
+                    &input,
+                    &[input.len()],
+                    false,
+                );
+                let general = transcript(
+                    Side::Server,
+                    &Config::default(),
+                    &input,
+                    &[input.len()],
+                    true,
+                );
+                assert_eq!(fast, general, "len {len} lead {lead}");
+                let valid = std::str::from_utf8(payload).is_ok();
+                let text_event = &fast.0[1];
+                if valid {
+                    let text = std::str::from_utf8(payload).unwrap();
+                    assert_eq!(text_event, &Ok(Some(Event::Text(Utf8Bytes::from(text)))));
+                } else {
+                    assert_eq!(text_event, &Err(ProtocolError::InvalidUtf8));
+                }
+            }
+        }
+    }
+}

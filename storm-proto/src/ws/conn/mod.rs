@@ -15,7 +15,7 @@ use super::deflate::{
 };
 use super::frame::{self, FrameError, FrameHeader, MAX_CONTROL_PAYLOAD, OpCode};
 use super::utf8::Utf8Validator;
-use crate::message::Utf8Bytes;
+use crate::message::{Message, Utf8Bytes};
 
 /// Limits and behaviour of a [`Connection`].
 ///
@@ -735,25 +735,29 @@ impl Connection {
     /// returns the same error.
     pub fn poll_event(&mut self) -> Result<Option<Event>, ProtocolError> {
         match self.whole_message() {
-            Some(Ok(event)) => Ok(Some(event)),
-            Some(Err(e)) => Err(self.fail(e)),
+            Some(Message::Text(text)) => Ok(Some(Event::Text(text))),
+            Some(Message::Binary(bytes)) => Ok(Some(Event::Binary(bytes))),
             None => self.poll_frames(),
         }
     }
 
-    /// The fast path of [`poll_event`](Self::poll_event): the message of
-    /// the frame at the front of the input when it is a whole message
+    /// The fast path of [`poll_event`](Self::poll_event), which
+    /// [`Link`](crate::link::Link) also takes directly: the message of the
+    /// frame at the front of the input when that frame is a whole message
     /// already whole in the buffer (a final text or binary frame, no RSV
     /// bit, masked as this side expects, a length under 64 KiB and within
-    /// the limits, no message or frame in progress), cut out in one go:
-    /// the header read at once, the payload unmasked and checked for ASCII
-    /// in one pass, the full UTF-8 check only for text that is not ASCII.
-    /// `None` for any other input, which [`poll_frames`](Self::poll_frames)
-    /// then parses frame by frame. Whatever this path takes, the general
-    /// one would turn into the same event or error (the tests check the two
-    /// agree on any input in any pieces).
+    /// the limits, no message or frame in progress), cut out in one go: the
+    /// header read at once, the payload unmasked and checked for ASCII in
+    /// one pass, the full UTF-8 check only for text that is not ASCII.
+    ///
+    /// `None` for any other input, which `poll_event` then parses frame by
+    /// frame ([`poll_frames`](Self::poll_frames)), and for text that is not
+    /// UTF-8: the connection has failed then (as `poll_frames` fails it),
+    /// and `poll_event` reports the error. Whatever this path takes, the
+    /// general one turns into the same event or error (the tests check the
+    /// two agree on any input in any pieces).
     #[inline]
-    fn whole_message(&mut self) -> Option<Result<Event, ProtocolError>> {
+    pub(crate) fn whole_message(&mut self) -> Option<Message> {
         if self.frame.is_some()
             || self.message.is_some()
             || !matches!(self.state, State::Open | State::CloseSent)
@@ -798,15 +802,16 @@ impl Connection {
             _ => text && payload.is_ascii(),
         };
         if text && !ascii && std::str::from_utf8(payload).is_err() {
-            return Some(Err(ProtocolError::InvalidUtf8));
+            self.fail_cold(ProtocolError::InvalidUtf8);
+            return None;
         }
         let mut payload = self.input.split_to(end).freeze();
         payload.advance(header_len);
-        Some(Ok(if text {
-            Event::Text(Utf8Bytes::from_validated(payload))
+        Some(if text {
+            Message::Text(Utf8Bytes::from_validated(payload))
         } else {
-            Event::Binary(payload)
-        }))
+            Message::Binary(payload)
+        })
     }
 
     /// [`poll_event`](Self::poll_event) frame by frame: every frame, whole
@@ -1090,6 +1095,13 @@ impl Connection {
         self.state = State::Failed(error.clone());
         self.release_input();
         error
+    }
+
+    /// [`fail`](Self::fail) out of the fast path's line.
+    #[cold]
+    #[inline(never)]
+    fn fail_cold(&mut self, error: ProtocolError) {
+        self.fail(error);
     }
 
     /// Parses and handles the next complete frame.

@@ -39,21 +39,34 @@ fn feed(conn: &mut Connection, input: &[u8]) -> Result<Vec<Event>, ProtocolError
 /// A client-to-server frame with a fixed mask, built independently of
 /// `Connection`'s own encoder.
 fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [1, 2, 3, 4];
+    frame_bytes(first, payload, Some([1, 2, 3, 4]), 0)
+}
+
+/// A frame's bytes, built independently of `Connection`'s own encoder:
+/// `first`, the payload length in the shortest encoding at least `width`
+/// wide (0: 7 bits, 1: 16 bits, 2: 64 bits; wider than needed is legal),
+/// the masking key if any, the payload (masked with it).
+fn frame_bytes(first: u8, payload: &[u8], key: Option<[u8; 4]>, width: u8) -> Vec<u8> {
+    let mask_bit = if key.is_some() { 0x80 } else { 0 };
     let mut out = vec![first];
-    match payload.len() {
-        n @ 0..=125 => out.push(0x80 | n as u8),
-        n @ 126..=0xFFFF => {
-            out.push(0x80 | 126);
+    match (width, payload.len()) {
+        (0, n @ 0..=125) => out.push(mask_bit | n as u8),
+        (0 | 1, n @ 0..=0xFFFF) => {
+            out.push(mask_bit | 126);
             out.extend_from_slice(&(n as u16).to_be_bytes());
         }
-        n => {
-            out.push(0x80 | 127);
+        (_, n) => {
+            out.push(mask_bit | 127);
             out.extend_from_slice(&(n as u64).to_be_bytes());
         }
     }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    match key {
+        Some(key) => {
+            out.extend_from_slice(&key);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
     out
 }
 
@@ -1071,27 +1084,7 @@ fn any_frame() -> impl Strategy<Value = Vec<u8>> {
     let masked = prop_oneof![4 => Just(true), 1 => Just(false)];
     (first, payload, masked, any::<[u8; 4]>(), 0u8..3).prop_map(
         |(first, payload, masked, key, width)| {
-            let mask_bit = if masked { 0x80 } else { 0 };
-            let len = payload.len();
-            let mut out = vec![first];
-            match (width, len) {
-                (0, 0..=125) => out.push(mask_bit | len as u8),
-                (0 | 1, _) => {
-                    out.push(mask_bit | 126);
-                    out.extend_from_slice(&(len as u16).to_be_bytes());
-                }
-                _ => {
-                    out.push(mask_bit | 127);
-                    out.extend_from_slice(&(len as u64).to_be_bytes());
-                }
-            }
-            if masked {
-                out.extend_from_slice(&key);
-                out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-            } else {
-                out.extend_from_slice(&payload);
-            }
-            out
+            frame_bytes(first, &payload, masked.then_some(key), width)
         },
     )
 }
@@ -1148,20 +1141,15 @@ fn whole_frames_of_every_length_and_alignment_match_the_general_path() {
                 let mut input = masked(0x82, &vec![7; lead]);
                 input.extend(masked(0x81, payload));
                 input.extend(masked(0x82, payload));
-                let fast = transcript(
-                    Side::Server,
-                    &Config::default(),
-                    &input,
-                    &[input.len()],
-                    false,
-                );
-                let general = transcript(
-                    Side::Server,
-                    &Config::default(),
-                    &input,
-                    &[input.len()],
-                    true,
-                );
+                let [fast, general] = [false, true].map(|general| {
+                    transcript(
+                        Side::Server,
+                        &Config::default(),
+                        &input,
+                        &[input.len()],
+                        general,
+                    )
+                });
                 assert_eq!(fast, general, "len {len} lead {lead}");
                 let valid = std::str::from_utf8(payload).is_ok();
                 let text_event = &fast.0[1];

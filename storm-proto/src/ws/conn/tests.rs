@@ -1163,3 +1163,33 @@ fn whole_frames_of_every_length_and_alignment_match_the_general_path() {
         }
     }
 }
+
+#[test]
+fn a_code_point_split_across_fragments_then_whole_frames() {
+    // "é€" in fragments cut inside each code point, then a whole frame
+    // (the fast path's), then a fragmented message whose last fragment
+    // ends mid code point (1007), in any pieces: both paths agree, and
+    // the validator's state of a fragmented message never leaks into the
+    // whole frame after it.
+    let utf8 = "é€".as_bytes(); // C3 A9 E2 82 AC
+    let mut input = frame_bytes(0x01, &utf8[..1], Some([9, 8, 7, 6]), 0);
+    input.extend(frame_bytes(0x00, &utf8[1..3], Some([1, 1, 1, 1]), 0));
+    input.extend(frame_bytes(0x80, &utf8[3..], Some([5, 0, 5, 0]), 0));
+    input.extend(masked(0x81, "ok".as_bytes()));
+    input.extend(masked(0x01, b"a"));
+    input.extend(masked(0x80, &utf8[..4]));
+    for piece in 1..=input.len() {
+        let [fast, general] = [false, true]
+            .map(|general| transcript(Side::Server, &Config::default(), &input, &[piece], general));
+        assert_eq!(fast, general, "pieces of {piece}");
+        let events: Vec<_> = fast.0.iter().filter(|r| !matches!(r, Ok(None))).collect();
+        assert_eq!(events[0], &Ok(Some(text("é€"))), "pieces of {piece}");
+        assert_eq!(events[1], &Ok(Some(text("ok"))), "pieces of {piece}");
+        assert_eq!(
+            events[2],
+            &Err(ProtocolError::InvalidUtf8),
+            "pieces of {piece}"
+        );
+        assert_eq!(close_code_sent(&fast.1), 1007);
+    }
+}

@@ -9,6 +9,11 @@
 //! written after the batch, without a wake-up. While a handler waits (a
 //! full send limit under the `Wait` policy), the writer keeps writing in
 //! the same poll, so the wait ends.
+//!
+//! Per message it does as little as the loop allows: the clock is read
+//! once per poll of the task; a wake-up reads first, so the writer runs
+//! once per batch; the timer is re-armed only when the link's deadline
+//! comes earlier, and not polled again right after a batch unless due.
 
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
@@ -31,30 +36,59 @@ use crate::{Handler, Session};
 /// gathers a 64 KiB batch of small messages in one call.
 const MAX_SLICES: usize = 64;
 
-/// Reads what the stream has and feeds it to `link`; `Ok(0)` at end of
-/// stream. The rest of a large message (a WebSocket frame, a
-/// length-prefixed or broker message) is read straight into the link's
-/// input buffer; everything else through the thread's buffer.
+/// Reads what the stream has and feeds it to `link`, as read at `now`;
+/// `Ok(0)` at end of stream. The rest of a large message (a WebSocket
+/// frame, a length-prefixed or broker message) is read straight into the
+/// link's input buffer; everything else through the thread's buffer.
 fn poll_read_into<S: PollRead>(
     reader: &mut S,
     cx: &mut Context<'_>,
     link: &mut LinkDriver,
+    now: Instant,
 ) -> Poll<io::Result<usize>> {
     if let Some(mut room) = link.input_buffer() {
         let read = reader.poll_read_buf(cx, &mut room);
         if let Poll::Ready(Ok(n)) = read {
             if n > 0 {
-                link.input_filled(Instant::now(), n);
+                link.input_filled(now, n);
             }
         }
         return read;
     }
     poll_read_with(reader, cx, usize::MAX, |bytes| {
         if !bytes.is_empty() {
-            link.handle_input(Instant::now(), bytes);
+            link.handle_input(now, bytes);
         }
         bytes.len()
     })
+}
+
+/// Reads input, unless the link holds the reader back (a held auto-pong:
+/// the writer's progress wakes the task); `Ready` once a read brought
+/// bytes or ended (the link then knows of the end).
+fn poll_input<S: PollRead>(
+    reader: &mut S,
+    cx: &mut Context<'_>,
+    link: &mut LinkDriver,
+    now: Instant,
+) -> Poll<()> {
+    ready!(link.poll_input_ready(cx));
+    if matches!(
+        ready!(poll_read_into(reader, cx, link, now)),
+        Ok(0) | Err(_)
+    ) {
+        link.handle_eof();
+    }
+    Poll::Ready(())
+}
+
+/// Whether `deadline` comes before `armed` (no deadline never does).
+fn earlier(deadline: Option<Instant>, armed: Option<Instant>) -> bool {
+    match (deadline, armed) {
+        (Some(deadline), Some(armed)) => deadline < armed,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
 }
 
 /// Runs one connection until it closes: the handler sees `on_connect`, its
@@ -93,22 +127,28 @@ where
         let session = &session;
         handler.on_connect(session).await;
         let mut writer = Writer::new(writer, write_batch);
-        // One timer, replaced only when the link's deadline moves (or it
-        // fired): most reads leave the deadline alone, and re-registering
-        // a timer costs the runtime's timer lock twice.
+        // One timer, replaced only when the link's deadline comes earlier
+        // than the one it is armed for (or it fired): an idle timeout that
+        // every read pushes later is not re-registered for each (that
+        // costs the runtime's timer lock twice); a timer that fires before
+        // the link's deadline finds nothing due and is armed again.
         let mut armed = link.poll_timeout();
         let mut timer = pin!(sleep_until::<R>(armed));
+        // Whether the timer was polled since it was armed (so holds the
+        // task's waker: any waker of a spawned task wakes that task).
+        let mut timer_polled = false;
         let mut fired = false;
         let mut disconnected = false;
+        // The time of this poll of the task: the clock is read once as a
+        // poll begins (and after a handler waited), and the reads, events,
+        // replies and timer work of that poll all happen at about then.
+        let mut now = Instant::now();
         // `Some` once the writer finished: it closed the socket (an abort,
         // a finished close), or the socket failed.
         let written: Option<io::Result<()>> = loop {
             // Hand over every event the input made. Replies the handler
             // sends meanwhile do not wake the task: the writer comes next.
             session.outbox().unregister_waker();
-            // One clock read per batch: the events were read at about
-            // this time.
-            let now = Instant::now();
             let mut finished = None;
             while let Some(event) = link.poll_event(now) {
                 let message = match event {
@@ -132,9 +172,11 @@ where
                     }
                     // The handler waits (for the send limit to drain):
                     // keep writing meanwhile.
-                    writer.poll(cx, &mut link).map(Some)
+                    writer.poll(cx, &mut link, Instant::now()).map(Some)
                 })
                 .await;
+                // The handler may have waited through other polls.
+                now = Instant::now();
                 if finished.is_some() {
                     break;
                 }
@@ -145,41 +187,61 @@ where
             if disconnected {
                 // The link is closed: let the writer flush the close reply
                 // (or the graceful close), bounded in time.
-                let mut flush = pin!(poll_fn(|cx| writer.poll(cx, &mut link)));
+                let mut flush = pin!(poll_fn(|cx| writer.poll(cx, &mut link, Instant::now())));
                 let _ = timeout::<R, _>(close_timeout, flush.as_mut()).await;
                 break None;
             }
             // Write what the batch made, then wait for more input, more
             // output, or the timer.
             let deadline = link.poll_timeout();
-            if fired || deadline != armed {
+            if fired || earlier(deadline, armed) {
                 armed = deadline;
                 fired = false;
                 timer.set(sleep_until::<R>(armed));
+                timer_polled = false;
             }
+            // The first call goes on with this poll of the task (and its
+            // time), after the batch; every later one is a poll of its
+            // own, after a wake-up.
+            let mut first = true;
             let wait = poll_fn(|cx| {
-                if let Poll::Ready(result) = writer.poll(cx, &mut link) {
-                    return Poll::Ready(Some(result));
-                }
-                // A graceful close began: the deadline moved.
-                if std::mem::take(&mut writer.timer_changed) && link.poll_timeout() != armed {
-                    armed = link.poll_timeout();
-                    timer.set(sleep_until::<R>(armed));
-                }
-                // Not while the peer's pongs wait for the writer: its
-                // progress wakes the task.
-                if link.poll_input_ready(cx).is_ready() {
-                    if let Poll::Ready(read) = poll_read_into(&mut reader, cx, &mut link) {
-                        if matches!(read, Ok(0) | Err(_)) {
-                            link.handle_eof();
-                        }
+                let woken = !std::mem::take(&mut first);
+                if woken {
+                    now = Instant::now();
+                    // Input first: when there is some, the writer runs
+                    // after its batch, once for both.
+                    if poll_input(&mut reader, cx, &mut link, now).is_ready() {
                         return Poll::Ready(None);
                     }
                 }
-                if timer.as_mut().poll(cx).is_ready() {
-                    fired = true;
-                    link.handle_timeout(Instant::now());
+                if let Poll::Ready(result) = writer.poll(cx, &mut link, now) {
+                    return Poll::Ready(Some(result));
+                }
+                // A graceful close began: the deadline moved.
+                if std::mem::take(&mut writer.timer_changed) && earlier(link.poll_timeout(), armed)
+                {
+                    armed = link.poll_timeout();
+                    timer.set(sleep_until::<R>(armed));
+                    timer_polled = false;
+                }
+                // After a batch, the writer went first: replies leave
+                // before more input is taken.
+                if !woken && poll_input(&mut reader, cx, &mut link, now).is_ready() {
                     return Poll::Ready(None);
+                }
+                // Polled at every wake-up; right after a batch, in the same
+                // poll, only when new or due. A wake-up it gave during the
+                // batch makes another poll; one before this poll began
+                // left `now` past the deadline (the runtime's timer
+                // completes at or after it).
+                if woken || !timer_polled || armed.is_some_and(|at| now >= at) {
+                    timer_polled = true;
+                    if timer.as_mut().poll(cx).is_ready() {
+                        fired = true;
+                        now = Instant::now();
+                        link.handle_timeout(now);
+                        return Poll::Ready(None);
+                    }
                 }
                 Poll::Pending
             });
@@ -278,14 +340,25 @@ impl<W: PollWrite> Writer<W> {
 
     /// Writes what the link has, until it has nothing more (`Pending`, the
     /// outbox's waker registered) or says to close (`Ready(Ok)` once the
-    /// socket is closed); `Ready(Err)` when the socket failed.
-    fn poll(&mut self, cx: &mut Context<'_>, link: &mut LinkDriver) -> Poll<io::Result<()>> {
+    /// socket is closed); `Ready(Err)` when the socket failed. `now` is
+    /// the time of this poll.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        link: &mut LinkDriver,
+        now: Instant,
+    ) -> Poll<io::Result<()>> {
+        // Registered once per call, before the first look at the outbox: a
+        // send that takes it later in the call wakes the task, which is
+        // then polled again.
+        let mut registered = false;
         loop {
             match self.step {
                 Step::Transmit => {
-                    link.outbox().register_waker(cx.waker());
-                    let transmit =
-                        link.poll_transmit(Instant::now(), &mut self.bufs, self.write_batch);
+                    if !std::mem::replace(&mut registered, true) {
+                        link.outbox().register_waker(cx.waker());
+                    }
+                    let transmit = link.poll_transmit(now, &mut self.bufs, self.write_batch);
                     if transmit.timer_changed {
                         self.timer_changed = true;
                     }

@@ -120,10 +120,15 @@ pub trait Runtime: Send + Sync + 'static {
     /// A client-side TLS stream over [`Tcp`](Self::Tcp).
     type TlsClient: Stream;
 
-    /// Runs `future` in the background; it is not awaited by anyone.
+    /// Runs `future` in the background; it is not awaited by anyone. Any
+    /// waker its polls are given wakes it (a connection's loop leaves its
+    /// timer with the waker of an earlier poll).
     fn spawn(future: impl Future<Output = ()> + Send + 'static);
 
-    /// Completes at `deadline` (at once when it has passed).
+    /// Completes at `deadline` (at once when it has passed), never before
+    /// it as [`Instant::now`] tells: a connection's loop that sees its
+    /// clock still short of the deadline does not poll the timer again
+    /// until it is polled anew.
     fn sleep_until(deadline: Instant) -> impl Future<Output = ()> + Send;
 
     /// Resolves `host:port` to socket addresses, without blocking the

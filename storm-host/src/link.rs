@@ -446,8 +446,16 @@ impl LinkDriver {
     /// Moves queued messages from the outbox into the link (framing them),
     /// and starts a requested close. `for_writer`: the writer takes the
     /// result now, so the bytes leave the send limit; otherwise (the read
-    /// path) they stay counted until it does.
-    fn pump(&mut self, now: Instant, max_bytes: usize, for_writer: bool) {
+    /// path) they stay counted until it does. Returns whether
+    /// [`poll_timeout`](Self::poll_timeout) moved (a close began).
+    ///
+    /// An empty outbox with no close requested is not locked: its
+    /// `has_queued` hint is exact for a caller that registered the
+    /// writer's waker first (a message queued after the look wakes it).
+    fn pump(&mut self, now: Instant, max_bytes: usize, for_writer: bool) -> bool {
+        if !self.outbox.has_queued() && self.outbox.close_request().is_none() {
+            return false;
+        }
         // Framed under the outbox's lock, straight from its queue (an
         // abort hands out nothing).
         let link = &mut self.link;
@@ -462,18 +470,21 @@ impl LinkDriver {
             self.unreleased += drained.bytes;
             drained
         };
-        match drained.close {
-            Some(CloseKind::Abort) => self.link.abort(),
-            close => {
-                if close == Some(CloseKind::Graceful) {
-                    let (code, reason) = self
-                        .outbox
-                        .take_close_frame()
-                        .map_or((CloseCode::NORMAL, String::new()), |frame| *frame);
-                    self.link.close(now, code, &reason);
-                }
+        let Some(close) = drained.close else {
+            return false;
+        };
+        let deadline = self.link.poll_timeout();
+        match close {
+            CloseKind::Abort => self.link.abort(),
+            CloseKind::Graceful => {
+                let (code, reason) = self
+                    .outbox
+                    .take_close_frame()
+                    .map_or((CloseCode::NORMAL, String::new()), |frame| *frame);
+                self.link.close(now, code, &reason);
             }
         }
+        self.link.poll_timeout() != deadline
     }
 
     /// The write path: appends buffers to write (in order) to `out`, at most
@@ -495,9 +506,9 @@ impl LinkDriver {
         let abort = self.outbox.close_request() == Some(CloseKind::Abort);
         // A close the pump starts (asked for by another task) moves the
         // deadline too.
-        let deadline = self.link.poll_timeout();
+        let mut timer_changed = false;
         if !self.link.close_due() || (abort && !self.link.is_aborted()) {
-            self.pump(now, max_bytes, true);
+            timer_changed = self.pump(now, max_bytes, true);
         }
         // The writer is back: it wrote what it took last time. What the
         // read path framed since goes to it now, and counts until its next
@@ -507,7 +518,7 @@ impl LinkDriver {
             self.outbox.on_written(written);
         }
         let mut transmit = self.link.poll_transmit(now, out);
-        transmit.timer_changed |= self.link.poll_timeout() != deadline;
+        transmit.timer_changed |= timer_changed;
         if transmit.release {
             self.outbox.release_buffers();
         }

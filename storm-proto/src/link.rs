@@ -766,17 +766,19 @@ impl Link {
     /// When [`handle_timeout`](Self::handle_timeout) is next due.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
+        self.poll_timeout_with(self.idle.deadline())
+    }
+
+    /// [`poll_timeout`](Self::poll_timeout), were the idle buffers' return
+    /// due at `idle`.
+    fn poll_timeout_with(&self, idle: Option<Instant>) -> Option<Instant> {
         if self.closed && self.close_deadline.is_none() {
             return None;
         }
-        [
-            self.heartbeat.poll_timeout(),
-            self.close_deadline,
-            self.idle.deadline(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        [self.heartbeat.poll_timeout(), self.close_deadline, idle]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Handles what is due at `now`: pings, dead peers (aborted), idle
@@ -842,15 +844,23 @@ impl Link {
     /// went idle and returned its buffers, and whether the deadline moved.
     pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<Bytes>) -> Transmit {
         let mut transmit = Transmit::default();
-        let deadline = self.poll_timeout();
+        let mut push = |bytes: Bytes| {
+            if !self.aborted {
+                transmit.bytes += bytes.len();
+                out.push(bytes);
+            }
+        };
+        let mut ws_closed = false;
         match &mut self.wire {
             Wire::Framed(framed) => {
-                let output = (!framed.output.is_empty()).then(|| framed.output.split().freeze());
-                for bytes in framed.queued.drain(..).chain(output) {
-                    if !self.aborted {
-                        transmit.bytes += bytes.len();
-                        out.push(bytes);
-                    }
+                // One buffer at a time: a `VecDeque` drain costs more to
+                // set up and drop than the one or two buffers most calls
+                // find.
+                while let Some(bytes) = framed.queued.pop_front() {
+                    push(bytes);
+                }
+                if !framed.output.is_empty() {
+                    push(framed.output.split().freeze());
                 }
                 if self.shutdown == HalfClose::Due && !self.finish {
                     self.shutdown = HalfClose::Said;
@@ -859,27 +869,36 @@ impl Link {
             }
             Wire::WebSocket(conn) => {
                 while let Some(bytes) = conn.poll_transmit() {
-                    if !self.aborted {
-                        transmit.bytes += bytes.len();
-                        out.push(bytes);
-                    }
+                    push(bytes);
                 }
-                if conn.is_closed() {
-                    self.finish = true;
-                    self.close_deadline = None;
-                }
+                ws_closed = conn.is_closed();
             }
+        }
+        // Only a finished close and an idle moment after traffic move the
+        // deadline: the busy path does not look at it.
+        if ws_closed {
+            if self.close_deadline.is_some() {
+                let before = self.poll_timeout();
+                self.close_deadline = None;
+                transmit.timer_changed = self.poll_timeout() != before;
+            }
+            self.finish = true;
         }
         transmit.close = self.finish;
         if transmit.bytes > 0 {
             self.idle.traffic();
-        } else if !transmit.close && self.idle.idle(now) {
-            // Nothing to write after traffic: an idle connection holds no
-            // buffer memory.
-            self.release_buffers(now);
+        } else if !transmit.close && self.idle.busy {
+            let before = self.idle.deadline();
+            if self.idle.idle(now) {
+                // Nothing to write after traffic: an idle connection holds
+                // no buffer memory.
+                self.release_buffers(now);
+            }
+            let after = self.idle.deadline();
+            transmit.timer_changed =
+                after != before && self.poll_timeout_with(before) != self.poll_timeout_with(after);
         }
         transmit.release = self.idle.take_unheard();
-        transmit.timer_changed = self.poll_timeout() != deadline;
         transmit
     }
 

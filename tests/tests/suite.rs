@@ -99,6 +99,7 @@ suite! {
     ],
     server_only: [
         server_heartbeat_timeout,
+        server_idle_timeout_after_traffic,
         server_answers_ping,
         server_ping_flood,
         server_malformed_frames,

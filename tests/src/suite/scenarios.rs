@@ -1011,6 +1011,48 @@ pub fn server_heartbeat_timeout<S: Adapter>() {
     server.shutdown(WAIT);
 }
 
+/// Traffic keeps an idle timeout from firing, however long it goes on
+/// (past the deadline the connection had when it opened, and past many
+/// more); once the peer falls silent, the timeout closes the connection.
+/// The timeout is generous and the messages frequent, for a loaded
+/// machine; the messages go on for twice the timeout.
+pub fn server_idle_timeout_after_traffic<S: Adapter>() {
+    const IDLE: Duration = Duration::from_millis(600);
+    let mut spec = ServerSpec::tcp(Framing::LengthPrefix, OnMessage::Echo);
+    spec.options.link.heartbeat = HeartbeatConfig::default().with_idle_timeout(IDLE);
+    let mut server = Server::start::<S>(spec);
+    let mut stream = TcpStream::connect(server.local_addr()).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).expect("read timeout");
+    let _ = server.events.connect();
+    let started = Instant::now();
+    let mut sent = 0u32;
+    while started.elapsed() < IDLE * 2 {
+        let payload = sent.to_be_bytes();
+        stream.write_all(&[0, 0, 0, 4]).expect("write prefix");
+        stream.write_all(&payload).expect("write message");
+        let mut echo = [0u8; 8];
+        stream
+            .read_exact(&mut echo)
+            .unwrap_or_else(|e| panic!("echo {sent} after {:?}: {e}", started.elapsed()));
+        assert_eq!(echo[4..], payload, "echo {sent}");
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    while let Some(event) = server.events.try_next() {
+        assert!(
+            !matches!(event, Event::Disconnect(..)),
+            "closed during its traffic, after {sent} messages: {event:?}"
+        );
+    }
+    assert_eq!(server.events.disconnect().1, CloseReason::IdleTimeout);
+    assert_eq!(
+        raw::read_to_close(&mut stream),
+        0,
+        "nothing more, then the end"
+    );
+    server.shutdown(WAIT);
+}
+
 /// A raw ping is answered by a pong with the same payload.
 pub fn server_answers_ping<S: Adapter>() {
     let mut server = ws_server_for_raw::<S>(|_| {});

@@ -45,8 +45,9 @@ pub use node::{ConfigError, Running, Stats};
 pub use storm_proto::backplane as proto;
 
 /// What a node does with a message sent to it (an adapter's `to_node`) or
-/// to every node (`to_all_nodes`): called once per message on the
-/// adapter's subscriber task, so it must not block.
+/// to every node (`to_all_nodes`): called once per message on the task
+/// that receives it (Redis: the one reading the subscription connection;
+/// NATS: the subscriber task), so it must not block.
 pub type OnNodeMessage = Arc<dyn Fn(&Hub, &Message) + Send + Sync>;
 
 /// What a node does with a message of an adapter's `publish_ordered` that
@@ -58,8 +59,8 @@ pub type OnUnpublished = Arc<dyn Fn(&str, &Message) + Send + Sync>;
 
 /// What a node does with a room message from the backplane: by default (an
 /// adapter's `start`) `hub.deliver_group(room, message, None)`. Called once
-/// per message and node (not per session), on the adapter's subscriber
-/// task, so it must not block; `position` is the message's place in its
+/// per message and node (not per session), on the task that receives it
+/// (as [`OnNodeMessage`]), so it must not block; `position` is the message's place in its
 /// room's history (`None` without history). Which rooms' messages come to
 /// it is the adapter's to say: with Redis only those of rooms held on this
 /// node (a hub group with a local member, or a `RoomHold`); with NATS every

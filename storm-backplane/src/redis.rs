@@ -17,7 +17,8 @@
 //! node A: hub.broadcast_group(room, m) ─ local members get m
 //!           └ RedisBackplane::publish ─ encode once ─ bounded queue ─ publisher task
 //!                 └ EVALSHA publish script: offset += 1, XADD history, PUBLISH room channel
-//! node B: subscriber task (SUBSCRIBE PREFIX.room.R while R is held) ─ decode ─ Subscriber::handle
+//! node B: subscription connection (RESP3; SUBSCRIBE PREFIX.room.R while R is held)
+//!           └ its reading task hands each push over ─ decode ─ Subscriber::handle
 //!                 └ not a duplicate, not its own (unless an echo): deliver (hub.deliver_group)
 //! ```
 //!
@@ -27,7 +28,8 @@
 //! or a [`RoomHold`]: a session joining it), and to no other room's: Redis
 //! sends a room's messages only to the nodes that have members in it
 //! ([`storm_proto::backplane::Subscriptions`] decides when to subscribe and
-//! unsubscribe; the subscriber task runs its commands). The script makes
+//! unsubscribe; the subscriber task runs its commands, and the connection's
+//! own task delivers what it reads: `Subscription`). The script makes
 //! the offset, the append and the publish one step, so every node sees a
 //! room's offsets in order and a missing offset is a real gap. When Redis
 //! is unreachable, local traffic goes on; the publisher and the subscriber
@@ -67,7 +69,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
-use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind};
 use storm_async::Runtime;
 use storm_host::hub::{Backplane, Hub};
 use storm_proto::Message;
@@ -275,6 +278,22 @@ fn published(stages: &Stages, batch: &[Publication], offsets: &[u64], taken: u64
     }
 }
 
+/// The subscription connection: this node's channels and the rooms held
+/// here, on RESP3, so that Redis's messages on them come as pushes among
+/// the connection's replies. The `redis` crate's task that reads the
+/// connection hands each push to a callback as it decodes it, and the
+/// callback delivers a room message (or a node message) there and then:
+/// no channel and no second task between the socket and the hub. (A
+/// RESP2 pub/sub connection of the `redis` crate queues each message for
+/// the task reading its stream: one more wake-up and turn in the
+/// executor's queue per batch read; BENCHMARKS.md, session 12: the
+/// subscriber's hop.) Needs Redis 6 or later.
+struct Subscription {
+    connection: MultiplexedConnection,
+    /// Notified once the connection is lost (its task ends).
+    lost: Arc<Notify>,
+}
+
 /// What a pipelined subscription request does to its channel.
 #[derive(Debug, Clone, Copy)]
 enum Change {
@@ -286,22 +305,23 @@ enum Change {
 /// order before any reply is awaited, then waits for every reply: one round
 /// trip. The replies in the order of the requests.
 ///
-/// The `redis` crate's sink writes a request when its future is first
-/// polled and resolves it with the next reply of its kind; so the futures
-/// are polled in order, each once, before any is awaited again.
+/// The `redis` crate's connection queues a request for its connection
+/// task when its future is first polled and resolves it with its reply;
+/// so the futures are polled in order, each once, before any is awaited
+/// again.
 async fn pipelined(
-    sink: &PubSubSink,
+    connection: &MultiplexedConnection,
     requests: Vec<(Change, String)>,
 ) -> Vec<redis::RedisResult<()>> {
     type Reply = Pin<Box<dyn Future<Output = redis::RedisResult<()>> + Send>>;
     let mut replies: Vec<Reply> = requests
         .into_iter()
         .map(|(change, channel)| {
-            let mut sink = sink.clone();
+            let mut connection = connection.clone();
             Box::pin(async move {
                 match change {
-                    Change::Subscribe => sink.subscribe(channel).await,
-                    Change::Unsubscribe => sink.unsubscribe(channel).await,
+                    Change::Subscribe => connection.subscribe(channel).await,
+                    Change::Unsubscribe => connection.unsubscribe(channel).await,
                 }
             }) as Reply
         })
@@ -580,6 +600,9 @@ pub struct RedisBackplane {
     node: Node<Publication>,
     config: RedisConfig,
     client: redis::Client,
+    /// `client` on RESP3, for the subscription connection (see
+    /// [`Subscription`]).
+    subscriber_client: redis::Client,
     /// The command connection of `recover`, `position` and presence; `None`
     /// until first used or after it failed.
     commands: tokio::sync::Mutex<Option<MultiplexedConnection>>,
@@ -678,11 +701,15 @@ impl RedisBackplane {
     pub fn new(config: RedisConfig) -> Result<Self, Error> {
         let (node, backoff) = Node::new(&settings_of!(config)).map_err(Error::Config)?;
         let client = redis::Client::open(config.url.as_str())?;
+        let mut resp3 = client.get_connection_info().clone();
+        resp3.redis.protocol = ProtocolVersion::RESP3;
+        let subscriber_client = redis::Client::open(resp3)?;
         let stages = config.stages.as_deref().and_then(Stages::start);
         Ok(Self {
             node,
             config,
             client,
+            subscriber_client,
             commands: tokio::sync::Mutex::new(None),
             subscriptions: Mutex::new(Subscriptions::new()),
             subscriptions_changed: Notify::new(),
@@ -740,8 +767,9 @@ impl RedisBackplane {
         deliver: Deliver,
     ) -> Result<Running, Error> {
         let pending = self.node.take_pending().ok_or(Error::AlreadyStarted)?;
-        let pubsub = match self.subscribe().await {
-            Ok(pubsub) => pubsub,
+        let rooms = Arc::new(Mutex::new(Subscriber::new(self.node.id)));
+        let subscription = match self.subscribe(&hub, &deliver, &rooms).await {
+            Ok(subscription) => subscription,
             Err(error) => {
                 self.change_subscriptions(Subscriptions::disconnected);
                 return Err(error.into());
@@ -753,7 +781,8 @@ impl RedisBackplane {
         R::spawn(tasks.task(this().run_subscriber::<R>(
             hub.clone(),
             deliver,
-            pubsub,
+            rooms,
+            subscription,
             tasks.stopped(),
         )));
         R::spawn(tasks.task(this().run_publisher::<R>(pending, publisher, tasks.stopped())));
@@ -762,18 +791,48 @@ impl RedisBackplane {
     }
 
     /// A new subscription connection: this node's channels, and every
-    /// room held (the rooms' subscriptions confirmed when it returns).
-    async fn subscribe(&self) -> Result<(PubSubSink, PubSubStream), redis::RedisError> {
-        let pubsub = self.client.get_async_pubsub().await?;
-        let (sink, stream) = pubsub.split();
+    /// room held (the rooms' subscriptions confirmed when it returns). What
+    /// it receives is handed on as it is read, with `rooms` tracking the
+    /// rooms' sequences (see [`Subscription`]).
+    async fn subscribe(
+        self: &Arc<Self>,
+        hub: &Hub,
+        deliver: &Deliver,
+        rooms: &Arc<Mutex<Subscriber>>,
+    ) -> Result<Subscription, redis::RedisError> {
+        let lost = Arc::new(Notify::new());
+        let on_push = {
+            let (this, hub, deliver) = (Arc::clone(self), hub.clone(), Arc::clone(deliver));
+            let (rooms, lost) = (Arc::clone(rooms), Arc::clone(&lost));
+            move |push: PushInfo| -> Result<(), std::convert::Infallible> {
+                match push.kind {
+                    PushKind::Disconnection => lost.notify_one(),
+                    PushKind::Message => {
+                        if let Some(message) = redis::Msg::from_push_info(push) {
+                            this.receive(&hub, &deliver, &mut lock(&rooms), &message);
+                        }
+                    }
+                    // Confirmations of (un)subscribe commands: their
+                    // replies, which the commands' futures get.
+                    _ => {}
+                }
+                Ok(())
+            }
+        };
+        let config = AsyncConnectionConfig::new().set_push_sender(on_push);
+        let connection = self
+            .subscriber_client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
         self.change_subscriptions(Subscriptions::connected);
         let own = [
             self.node.channels.node(self.node.id.tag()),
             self.node.channels.all_nodes(),
         ];
-        self.run_subscription_commands(&sink, &own, None).await?;
+        self.run_subscription_commands(&connection, &own, None)
+            .await?;
         bump(&self.node.counters.subscriptions, 1);
-        Ok((sink, stream))
+        Ok(Subscription { connection, lost })
     }
 
     /// Runs `change` on the room subscriptions, then wakes the joins it
@@ -807,9 +866,9 @@ impl RedisBackplane {
     /// what it did not receive as missed.
     async fn run_subscription_commands(
         &self,
-        sink: &PubSubSink,
+        connection: &MultiplexedConnection,
         own: &[String],
-        mut rooms: Option<&mut Subscriber>,
+        rooms: Option<&Mutex<Subscriber>>,
     ) -> Result<(), redis::RedisError> {
         let mut own = own;
         loop {
@@ -831,7 +890,7 @@ impl RedisBackplane {
                     SubscriptionCommand::Unsubscribe { room: r } => (Change::Unsubscribe, room(r)),
                 }))
                 .collect();
-            let mut replies = pipelined(sink, requests).await.into_iter();
+            let mut replies = pipelined(connection, requests).await.into_iter();
             for reply in replies.by_ref().take(own.len()) {
                 reply?;
             }
@@ -848,8 +907,8 @@ impl RedisBackplane {
                 match command {
                     SubscriptionCommand::Subscribe { room, id } => confirmed.push((room, id)),
                     SubscriptionCommand::Unsubscribe { room } => {
-                        if let Some(rooms) = rooms.as_deref_mut() {
-                            rooms.forget(&room);
+                        if let Some(rooms) = rooms {
+                            lock(rooms).forget(&room);
                         }
                     }
                 }
@@ -924,29 +983,34 @@ impl RedisBackplane {
         self: Arc<Self>,
         hub: Hub,
         deliver: Deliver,
-        pubsub: (PubSubSink, PubSubStream),
+        rooms: Arc<Mutex<Subscriber>>,
+        subscription: Subscription,
         mut stopped: watch::Receiver<bool>,
     ) {
-        self.subscriber_loop::<R>(&hub, &deliver, pubsub, &mut stopped)
+        self.subscriber_loop::<R>(&hub, &deliver, &rooms, subscription, &mut stopped)
             .await;
         // Stopped: joins waiting for a subscription wait no more.
         self.change_subscriptions(Subscriptions::disconnected);
     }
 
+    /// Keeps a subscription connection up (resubscribing with the backoff
+    /// when it is lost) and runs the room subscriptions' commands on it.
+    /// What the connection receives does not come through here: its own
+    /// task hands it on (see [`Subscription`]).
     async fn subscriber_loop<R: Runtime>(
-        &self,
+        self: &Arc<Self>,
         hub: &Hub,
         deliver: &Deliver,
-        pubsub: (PubSubSink, PubSubStream),
+        rooms: &Arc<Mutex<Subscriber>>,
+        subscription: Subscription,
         stopped: &mut watch::Receiver<bool>,
     ) {
-        let mut rooms = Subscriber::new(self.node.id);
         let mut backoff = self.backoff();
-        let mut pubsub = Some(pubsub);
+        let mut subscription = Some(subscription);
         loop {
-            let (sink, mut messages) = match pubsub.take() {
+            let current = match subscription.take() {
                 Some(current) => current,
-                None => match self.subscribe().await {
+                None => match self.subscribe(hub, deliver, rooms).await {
                     Ok(current) => current,
                     Err(error) => {
                         self.change_subscriptions(Subscriptions::disconnected);
@@ -960,24 +1024,20 @@ impl RedisBackplane {
             };
             backoff.connected(Instant::now());
             loop {
-                // `None`: the room subscriptions changed.
-                let message = tokio::select! {
-                    message = messages.next() => match message {
-                        Some(message) => Some(message),
-                        None => break,
-                    },
-                    () = self.subscriptions_changed.notified() => None,
+                // `false`: the connection is lost.
+                let changed = tokio::select! {
+                    () = current.lost.notified() => false,
+                    () = self.subscriptions_changed.notified() => true,
                     _ = stopped.wait_for(|stop| *stop) => return,
                 };
-                match message {
-                    Some(message) => self.receive(hub, deliver, &mut rooms, &message),
-                    None => {
-                        let commands = self.run_subscription_commands(&sink, &[], Some(&mut rooms));
-                        if let Err(error) = commands.await {
-                            tracing::warn!(%error, "backplane: redis subscribe failed");
-                            break;
-                        }
-                    }
+                if !changed {
+                    break;
+                }
+                let commands =
+                    self.run_subscription_commands(&current.connection, &[], Some(rooms));
+                if let Err(error) = commands.await {
+                    tracing::warn!(%error, "backplane: redis subscribe failed");
+                    break;
                 }
             }
             self.change_subscriptions(Subscriptions::disconnected);

@@ -7,8 +7,8 @@
 //! so that a `storm chat` can be measured without an option of its own), a
 //! [`RedisBackplane`](crate::redis::RedisBackplane) stamps each room message it publishes when it is queued, when the
 //! publisher takes it into a pipeline and when that pipeline's reply is in
-//! (then its offset is known), and each room message it receives when its
-//! subscriber task has it and when it has been handed to its
+//! (then its offset is known), and each room message it receives when the
+//! task reading its subscription connection has it and when it has been handed to its
 //! [`Deliver`](crate::Deliver); a thread appends them to the file as text
 //! lines every [`FLUSH_EVERY`]:
 //!
@@ -114,7 +114,7 @@ pub enum Stamp {
         room: String,
         /// Its offset.
         offset: u64,
-        /// Its subscriber task has it.
+        /// The task reading the subscription connection has it.
         received: u64,
         /// Handed to the node's `Deliver` (or skipped as its own).
         delivered: u64,

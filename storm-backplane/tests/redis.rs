@@ -817,6 +817,42 @@ fn a_tokio_node_drives_its_connections_on_tokio() {
     });
 }
 
+/// `CLIENT LIST` of `server`: one line per connection, `name=value` pairs.
+async fn client_list(server: &RedisServer) -> String {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut connection)
+        .await
+        .unwrap()
+}
+
+async fn the_subscription_connection_gets_messages_as_resp3_pushes<R: Runtime>() {
+    let Some((server, a, b)) = two_nodes::<R>(|_| {}, None).await else {
+        return;
+    };
+    let on_b = b.join("lobby").await;
+    // Each node subscribes on one connection, on RESP3: what Redis sends
+    // there comes as pushes, which the `redis` crate's task reading the
+    // connection hands to the backplane as it reads them (no pub/sub
+    // stream, no second task on the way to the hub).
+    let list = client_list(&server).await;
+    let subscribed: Vec<&str> = list
+        .lines()
+        .filter(|line| !line.contains(" sub=0 ") || !line.contains(" psub=0 "))
+        .collect();
+    assert_eq!(subscribed.len(), 2, "{list}");
+    for line in &subscribed {
+        assert!(line.contains(" resp=3"), "{line}");
+    }
+    // And what they receive gets through.
+    a.hub.broadcast_group("lobby", &Message::from("over"), None);
+    assert_eq!(text(&next::<R>(&on_b).await), "over");
+    a.stop().await;
+    b.stop().await;
+}
+
 /// How many connections subscribe to each of `channels`, as Redis counts
 /// them (`PUBSUB NUMSUB`), through a connection of the test's own.
 async fn subscribers(server: &RedisServer, channels: &[&str]) -> Vec<u64> {
@@ -1316,6 +1352,7 @@ on_runtimes!(
     every_node_s_stats_are_seen_from_every_node,
     after_a_restart_the_held_rooms_are_subscribed_again_in_a_round_trip_or_two,
     reads_do_not_wait_for_each_other_s_replies,
-    publishes_do_not_wait_for_each_other_s_replies;
+    publishes_do_not_wait_for_each_other_s_replies,
+    the_subscription_connection_gets_messages_as_resp3_pushes;
     a_join_meets_the_live_stream_without_a_gap_or_a_duplicate,
 );

@@ -845,6 +845,57 @@ mod tests {
         assert_eq!(link.outbox().metrics().messages_sent, 2);
     }
 
+    /// A large message goes to the writer as the sender's own bytes,
+    /// behind its header, in order among small ones; the limit counts
+    /// its frame; a graceful close comes after it.
+    #[test]
+    fn a_large_message_is_written_from_its_own_bytes_in_order_and_before_the_close() {
+        let big = Bytes::from(vec![5u8; 64 * 1024]);
+        let websocket =
+            || Protocol::WebSocket(Box::new(Connection::new(Side::Server, Config::default())));
+        let framed = || Protocol::Framed(Box::new(LengthPrefixFramer::default()));
+        // The protocols and their headers, of a small frame and a large.
+        for (protocol, small, large) in [(websocket(), 2, 10), (framed(), 4, 4)] {
+            let (_hub, mut link, now) = setup(protocol, LinkConfig::default());
+            for message in [
+                Bytes::from_static(b"a"),
+                big.clone(),
+                Bytes::from_static(b"b"),
+            ] {
+                assert_eq!(link.send(Message::Binary(message)), SendOutcome::Queued);
+            }
+            assert_eq!(
+                link.outbox().pending_send_bytes(),
+                2 * (1 + small) + large + big.len()
+            );
+            link.session.close();
+            let mut out = Vec::new();
+            let transmit = link.poll_transmit(now, &mut out, 1 << 20);
+            // A framed link closes after the write; a WebSocket waits for the
+            // peer's answer to its close frame.
+            assert_eq!(transmit.close, !link.link().is_websocket());
+            // The payload is the sender's allocation, not a copy.
+            assert!(
+                out.iter()
+                    .any(|b| b.as_ptr() == big.as_ptr() && b.len() == big.len())
+            );
+            let wire = out.concat();
+            if link.link().is_websocket() {
+                let events = decoded(&wire);
+                assert_eq!(events.len(), 4, "{events:?}");
+                assert_eq!(events[0], ws::Event::Binary(Bytes::from_static(b"a")));
+                assert_eq!(events[1], ws::Event::Binary(big.clone()));
+                assert_eq!(events[2], ws::Event::Binary(Bytes::from_static(b"b")));
+                assert!(matches!(events[3], ws::Event::Close(_)));
+            } else {
+                let mut expected = b"\0\0\0\x01a\0\x01\0\0".to_vec();
+                expected.extend_from_slice(&big);
+                expected.extend_from_slice(b"\0\0\0\x01b");
+                assert_eq!(wire, expected);
+            }
+        }
+    }
+
     #[test]
     fn a_message_the_framer_refuses_is_dropped_and_counted_not_lost_silently() {
         let (_hub, mut link, now) = setup(

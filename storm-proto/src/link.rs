@@ -63,7 +63,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use bytes::buf::Limit;
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::Message;
 use crate::framing::{Framer, FramingError};
@@ -104,6 +104,10 @@ struct Framed {
     /// Bytes not yet cut into messages.
     input: BytesMut,
     input_growth: InputGrowth,
+    /// The room a [stream](Framer::is_stream) framer's link reads into in
+    /// place while data flows; 0 while it does not (reads then go
+    /// through the adapter's buffer). See [`Framed::stream_read`].
+    stream_room: usize,
     /// Frames ready for the writer.
     output: BytesMut,
     /// Bytes framed ahead ([`Link::send_encoded`]), with what `output`
@@ -123,7 +127,15 @@ impl Framed {
     /// place too: otherwise a short tail of the message is left for a
     /// copying read, which finds the buffer full and moves the whole
     /// message to a new one.
+    ///
+    /// A [stream](Framer::is_stream) framer's link has no message to read
+    /// the rest of: it offers [`stream_room`](Self::stream_room) while
+    /// data flows instead.
     fn input_room(&mut self) -> Option<Limit<&mut BytesMut>> {
+        if self.stream_room > 0 {
+            self.input.reserve(self.stream_room);
+            return Some((&mut self.input).limit(self.stream_room));
+        }
         let to_come = self
             .framer
             .remaining(&self.input)
@@ -132,7 +144,45 @@ impl Framed {
         self.input.reserve(to_come.min(ahead) + DIRECT_READ_MIN);
         ws::direct_read_room(&mut self.input, to_come)
     }
+
+    /// Sizes the in-place read room of a [stream](Framer::is_stream)
+    /// framer's link after a read of `len` bytes (`in_place`: into that
+    /// room; otherwise through the adapter's buffer), as a growing read
+    /// buffer does: a copying read of at least [`DIRECT_READ_MIN`] bytes
+    /// means data flows, and the next reads go in place, into twice as
+    /// much room; a read that fills the room doubles it, up to
+    /// [`STREAM_ROOM_MAX`]; one that fills less than a quarter halves it,
+    /// and below `DIRECT_READ_MIN` reads go through the adapter's buffer
+    /// again. So a link holds at most `STREAM_ROOM_MAX` of room, and only
+    /// while large reads keep coming; an idle one holds none (its input
+    /// buffer is returned, [`Link::release_buffers`]).
+    fn stream_read(&mut self, len: usize, in_place: bool) {
+        if !self.framer.is_stream() {
+            return;
+        }
+        let room = self.stream_room;
+        self.stream_room = if !in_place {
+            if len >= DIRECT_READ_MIN {
+                len.saturating_mul(2).min(STREAM_ROOM_MAX)
+            } else {
+                room
+            }
+        } else if len >= room {
+            room.saturating_mul(2).min(STREAM_ROOM_MAX)
+        } else if len < room / 4 {
+            Some(room / 2)
+                .filter(|&half| half >= DIRECT_READ_MIN)
+                .unwrap_or(0)
+        } else {
+            room
+        };
+    }
 }
+
+/// The most room a [stream](Framer::is_stream) framer's link reads into
+/// at once ([`Framed::stream_read`]): 64 KiB, what a plain echo's read
+/// buffer holds, and the raw framer's default message size.
+pub const STREAM_ROOM_MAX: usize = 64 * 1024;
 
 impl fmt::Debug for Wire {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -154,6 +204,7 @@ impl From<Protocol> for Wire {
                 framer,
                 input: BytesMut::new(),
                 input_growth: InputGrowth::default(),
+                stream_room: 0,
                 output: BytesMut::new(),
                 queued: VecDeque::new(),
             })),
@@ -210,7 +261,68 @@ impl Encoder {
             }
         }
     }
+
+    /// Like [`encode`](Self::encode), but a message of at least
+    /// [`LARGE_MESSAGE`] bytes whose frames are headers and the payload
+    /// as it is (raw, length-prefixed, a WebSocket server's frames)
+    /// is not copied: only the headers are appended to `dst`, and each
+    /// piece of the payload (the message's own [`Bytes`], or slices of it
+    /// when the WebSocket fragments it) goes to `chunk` with `dst`'s
+    /// length at that moment: on the wire it follows `dst`'s bytes up to
+    /// there. Frames of any other message are appended whole.
+    ///
+    /// # Errors
+    ///
+    /// As [`encode`](Self::encode): nothing was appended, and `chunk` was
+    /// not called.
+    pub fn encode_chunked(
+        &mut self,
+        message: &Message,
+        dst: &mut BytesMut,
+        mut chunk: impl FnMut(usize, Bytes),
+    ) -> Result<(), FramingError> {
+        if message.len() < LARGE_MESSAGE {
+            return self.encode(message, dst);
+        }
+        match &mut self.0 {
+            EncoderKind::Framed(framer) => {
+                if !framer.encode_header(message.as_bytes(), dst)? {
+                    return framer.encode(message.as_bytes(), dst);
+                }
+                chunk(dst.len(), message.clone().into_bytes());
+            }
+            EncoderKind::WebSocket(fragment) if *fragment == 0 || *fragment >= LARGE_MESSAGE => {
+                let opcode = match message {
+                    Message::Text(_) => ws::frame::OpCode::Text,
+                    Message::Binary(_) => ws::frame::OpCode::Binary,
+                };
+                let first = ws::frame::FrameHeader::new(opcode, 0);
+                let payload = message.clone().into_bytes();
+                for (mut header, range) in
+                    ws::frame::message_frames(first, payload.len(), *fragment)
+                {
+                    header.payload_len = u64::try_from(range.len()).unwrap_or(u64::MAX);
+                    header.encode(dst);
+                    chunk(dst.len(), payload.slice(range));
+                }
+            }
+            // Small fragments: one buffer beats a chunk per fragment.
+            EncoderKind::WebSocket(_) => return self.encode(message, dst),
+        }
+        Ok(())
+    }
 }
+
+/// The smallest message [`Encoder::encode_chunked`] does not copy: 16 KiB,
+/// the adapters' read size. Below it, copying is cheap (well under a
+/// microsecond) and small messages batch into one buffer for the writer;
+/// a message's [`Bytes`] may also be a slice of a larger read buffer,
+/// which a chunk would keep alive while it waits (the send limit counts
+/// the message only). From it on, the copy costs more than the chunk (a
+/// queue entry and one more buffer in the vectored write), and a message
+/// that large filled at least one read of its own, so the memory it keeps
+/// alive is of its own size.
+pub const LARGE_MESSAGE: usize = 16 * 1024;
 
 /// How a [`Link`] behaves.
 #[derive(Debug, Clone)]
@@ -531,7 +643,10 @@ impl Link {
         }
         self.note_input(now);
         match &mut self.wire {
-            Wire::Framed(framed) => framed.input_growth.append(&mut framed.input, data),
+            Wire::Framed(framed) => {
+                framed.input_growth.append(&mut framed.input, data);
+                framed.stream_read(data.len(), false);
+            }
             Wire::WebSocket(conn) => conn.handle_input(data),
         }
     }
@@ -541,7 +656,10 @@ impl Link {
     /// [`handle_input`](Self::handle_input)'s copy: a WebSocket frame (see
     /// [`ws::Connection::input_room`]) or a framed message whose length
     /// the framer knows ([`Framer::remaining`]: length-prefixed), with at
-    /// least [`DIRECT_READ_MIN`] bytes to come; then call
+    /// least [`DIRECT_READ_MIN`] bytes to come, or, while large reads keep
+    /// coming, whatever a [stream](Framer::is_stream) framer's link
+    /// (raw) reads next, into room that grows with the reads up to
+    /// [`STREAM_ROOM_MAX`]; then call
     /// [`input_filled`](Self::input_filled). `None` when there is no such
     /// message: read into any buffer and call `handle_input`. Append only.
     pub fn input_buffer(&mut self) -> Option<Limit<&mut BytesMut>> {
@@ -559,6 +677,9 @@ impl Link {
     pub fn input_filled(&mut self, now: Instant, len: usize) {
         if len > 0 {
             self.note_input(now);
+        }
+        if let Wire::Framed(framed) = &mut self.wire {
+            framed.stream_read(len, true);
         }
     }
 
@@ -827,6 +948,7 @@ impl Link {
         match &mut self.wire {
             Wire::Framed(framed) => {
                 framed.input_growth.release(&mut framed.input);
+                framed.stream_room = 0;
                 release_bytes(&mut framed.output);
                 if framed.queued.is_empty() && framed.queued.capacity() != 0 {
                     framed.queued = VecDeque::new();
@@ -1158,21 +1280,23 @@ mod tests {
     /// when the link offers it and through `handle_input` otherwise;
     /// returns the messages and how many bytes went in place.
     fn feed(link: &mut Link, now: Instant, wire: &[u8], chunk: usize) -> (Vec<Bytes>, usize) {
-        feed_reads(link, now, wire, chunk, chunk)
+        let (messages, in_place, _) = feed_reads(link, now, wire, chunk, chunk);
+        (messages, in_place)
     }
 
     /// [`feed`] with reads of at most `copied` bytes through
     /// `handle_input` and at most `in_place` bytes (and the room offered)
-    /// through the input buffer.
+    /// through the input buffer; also says how many reads it took.
     fn feed_reads(
         link: &mut Link,
         now: Instant,
         wire: &[u8],
         copied: usize,
         in_place_max: usize,
-    ) -> (Vec<Bytes>, usize) {
-        let (mut messages, mut in_place, mut at) = (Vec::new(), 0, 0);
+    ) -> (Vec<Bytes>, usize, usize) {
+        let (mut messages, mut in_place, mut at, mut reads) = (Vec::new(), 0, 0, 0);
         while at < wire.len() {
+            reads += 1;
             let end = at.saturating_add(copied).min(wire.len());
             if let Some(mut room) = link.input_buffer() {
                 let end = at
@@ -1193,7 +1317,7 @@ mod tests {
                 }
             }
         }
-        (messages, in_place)
+        (messages, in_place, reads)
     }
 
     #[test]
@@ -1215,6 +1339,57 @@ mod tests {
         assert!(in_place >= big.len() / 2, "{in_place}");
     }
 
+    fn raw(now: Instant) -> Link {
+        let framer = Box::new(crate::framing::RawFramer::default());
+        Link::new(Protocol::Framed(framer), &LinkConfig::default(), now).unwrap()
+    }
+
+    #[test]
+    fn a_raw_link_reads_a_flowing_stream_in_large_reads() {
+        let now = Instant::now();
+        let mut link = raw(now);
+        let wire: Vec<u8> = (0..4 * 64 * 1024).map(|i| (i % 251) as u8).collect();
+        // Reads of 16 KiB through the adapter's buffer, as many as the
+        // room offered in place: the room grows to 64 KiB as reads fill
+        // it (16 KiB copied, then 32 KiB, then 64 KiB each).
+        let (messages, in_place, reads) = feed_reads(&mut link, now, &wire, 16 * 1024, usize::MAX);
+        assert_eq!(messages.concat(), wire);
+        assert_eq!(in_place, wire.len() - 16 * 1024);
+        assert!(reads <= 6, "{reads} reads for 256 KiB");
+        assert!(messages.iter().all(|m| m.len() <= STREAM_ROOM_MAX));
+        // Bounded: never more room than STREAM_ROOM_MAX (and what the
+        // reserve rounds to).
+        assert!(link.buffer_capacity() <= 2 * STREAM_ROOM_MAX);
+    }
+
+    #[test]
+    fn a_raw_link_reads_through_the_adapters_buffer_again_once_reads_are_small() {
+        let now = Instant::now();
+        let mut link = raw(now);
+        // Small reads never start reading in place.
+        let (_, in_place, _) = feed_reads(&mut link, now, &[1; 4096], 100, usize::MAX);
+        assert_eq!(in_place, 0);
+        assert!(link.input_buffer().is_none());
+        // One large read does; then small ones shrink the room away.
+        link.handle_input(now, &[2; 16 * 1024]);
+        while link.poll_event(now).is_some() {}
+        let mut reads = 0;
+        while let Some(mut room) = link.input_buffer() {
+            room.put_slice(b"x");
+            link.input_filled(now, 1);
+            while link.poll_event(now).is_some() {}
+            reads += 1;
+            assert!(reads <= 3, "the room never shrinks");
+        }
+        // An idle link returns its room with its buffers.
+        link.handle_input(now, &[3; 16 * 1024]);
+        while link.poll_event(now).is_some() {}
+        assert!(link.input_buffer().is_some());
+        link.release_buffers(now);
+        assert!(link.input_buffer().is_none());
+        assert_eq!(link.buffer_capacity(), 0);
+    }
+
     #[test]
     fn the_read_that_ends_a_large_message_is_in_place_too() {
         let now = Instant::now();
@@ -1224,7 +1399,7 @@ mod tests {
         wire.extend(lp(b"after"));
         // A socket with all of `wire` ready: a copying read takes the
         // adapters' 16 KiB, a read in place all the room offered.
-        let (messages, in_place) = feed_reads(&mut link, now, &wire, 16 * 1024, usize::MAX);
+        let (messages, in_place, _) = feed_reads(&mut link, now, &wire, 16 * 1024, usize::MAX);
         assert_eq!(messages, [&big[..], b"after"]);
         // Only the first read, before the length is known, is a copy: the
         // room offered for the rest reaches past the message's end, so no
@@ -1399,9 +1574,9 @@ mod tests {
         /// fragmented or not, and length-prefixed.
         #[test]
         fn the_encoder_frames_as_the_link_does(
-            len in proptest::prop_oneof![0usize..300, 60_000usize..70_000],
+            len in proptest::prop_oneof![0usize..300, 16_000usize..17_000, 60_000usize..70_000],
             text in proptest::bool::ANY,
-            fragment in proptest::prop_oneof![proptest::strategy::Just(0usize), 1usize..200, 60_000usize..70_000],
+            fragment in proptest::prop_oneof![proptest::strategy::Just(0usize), 1usize..200, 16_000usize..40_000, 60_000usize..70_000],
         ) {
             let now = Instant::now();
             let message = if text {
@@ -1411,14 +1586,33 @@ mod tests {
             };
             let config = ws::Config::default().with_send_fragment_size(fragment);
             let websocket = || ws(ws::Side::Server, config.clone(), now);
-            for mut link in [websocket(), framed(now)] {
-                let mut twin = if link.is_websocket() { websocket() } else { framed(now) };
+            let makers: [&dyn Fn() -> Link; 3] = [&websocket, &|| framed(now), &|| raw(now)];
+            for make in makers {
+                let (mut link, mut twin, mut chunked_twin) = (make(), make(), make());
+                twin.send(&message);
+                let expected = transmitted(&mut twin, now);
                 let mut encoder = link.encoder().unwrap();
                 let mut ahead = BytesMut::new();
                 encoder.encode(&message, &mut ahead).unwrap();
                 link.send_encoded(ahead.freeze());
-                twin.send(&message);
-                proptest::prop_assert_eq!(transmitted(&mut link, now), transmitted(&mut twin, now));
+                proptest::prop_assert_eq!(&transmitted(&mut link, now), &expected);
+                // Chunked: the headers in one buffer, the payload's pieces
+                // at their places, never copied.
+                let mut dst = BytesMut::new();
+                let mut pieces = Vec::new();
+                encoder.encode_chunked(&message, &mut dst, |at, bytes| pieces.push((at, bytes))).unwrap();
+                let payload = message.as_bytes().as_ptr_range();
+                proptest::prop_assert_eq!(pieces.is_empty(), len < LARGE_MESSAGE || (1..LARGE_MESSAGE).contains(&fragment) && chunked_twin.is_websocket());
+                let dst = dst.freeze();
+                let mut from = 0;
+                for (at, bytes) in pieces {
+                    proptest::prop_assert!(payload.contains(&bytes.as_ptr()));
+                    chunked_twin.send_encoded(dst.slice(from..at));
+                    chunked_twin.send_encoded(bytes);
+                    from = at;
+                }
+                chunked_twin.send_encoded(dst.slice(from..));
+                proptest::prop_assert_eq!(transmitted(&mut chunked_twin, now), expected);
             }
         }
     }

@@ -805,6 +805,22 @@ mod tests {
         idle_link_holds_no_buffers(protocol, b"\0\0\0\x05hello");
     }
 
+    /// Large messages, queued as chunks of their own and read in place
+    /// (raw): nothing of them stays on an idle link either.
+    #[test]
+    fn an_idle_link_holds_no_buffers_after_large_messages() {
+        use storm_proto::framing::RawFramer;
+        let payload = vec![9u8; 20 * 1024];
+        let protocol = Protocol::Framed(Box::new(LengthPrefixFramer::default()));
+        let mut request = u32::try_from(payload.len()).unwrap().to_be_bytes().to_vec();
+        request.extend_from_slice(&payload);
+        idle_link_holds_no_buffers(protocol, &request);
+        idle_link_holds_no_buffers(Protocol::Framed(Box::new(RawFramer::default())), &payload);
+        let conn = Connection::new(Side::Server, Config::default());
+        let protocol = Protocol::WebSocket(Box::new(conn));
+        idle_link_holds_no_buffers(protocol, &masked(OpCode::Binary, &payload));
+    }
+
     #[test]
     fn a_framed_peer_that_sends_but_never_reads_meets_the_send_limit() {
         let protocol = Protocol::Framed(Box::new(LengthPrefixFramer::default()));

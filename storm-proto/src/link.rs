@@ -104,10 +104,14 @@ struct Framed {
     /// Bytes not yet cut into messages.
     input: BytesMut,
     input_growth: InputGrowth,
-    /// The room a [stream](Framer::is_stream) framer's link reads into in
-    /// place while data flows; 0 while it does not (reads then go
-    /// through the adapter's buffer). See [`Framed::stream_read`].
-    stream_room: usize,
+    /// How much the peer's recent reads show it sends at once, as a
+    /// growing read buffer sizes itself ([`Framed::note_read`]); 0 while
+    /// reads are small. A [stream](Framer::is_stream) framer's link reads
+    /// that much in place; one that knows a message's length reserves up
+    /// to that much ahead of what the peer sent of it.
+    read_room: usize,
+    /// The room [`input_room`](Self::input_room) offered last.
+    offered: usize,
     /// Frames ready for the writer.
     output: BytesMut,
     /// Bytes framed ahead ([`Link::send_encoded`]), with what `output`
@@ -119,56 +123,64 @@ impl Framed {
     /// The input buffer's room for the rest of a large message whose
     /// length the framer knows ([`Framer::remaining`]); `None` below
     /// [`DIRECT_READ_MIN`] still to come. The room reserved ahead is at
-    /// most what the peer has sent so far (at least `DIRECT_READ_MIN`, at
-    /// most [`RESERVE_AHEAD`]) and `DIRECT_READ_MIN` more: a peer that
+    /// most what the peer has sent so far or, when more, what its recent
+    /// reads showed it sends at once ([`read_room`](Self::read_room), at
+    /// most [`READ_ROOM_MAX`]), at least `DIRECT_READ_MIN`, at most
+    /// [`RESERVE_AHEAD`], and `DIRECT_READ_MIN` more: a peer that
     /// announces a large message and sends little does not make the link
-    /// hold memory it never sent. The `DIRECT_READ_MIN` more lets the
-    /// read that ends the message take the start of the next one in
-    /// place too: otherwise a short tail of the message is left for a
-    /// copying read, which finds the buffer full and moves the whole
-    /// message to a new one.
+    /// hold memory it never sent, while one that sends fast has the rest
+    /// of a message read in one read, into one allocation. The
+    /// `DIRECT_READ_MIN` more lets the read that ends the message take
+    /// the start of the next one in place too: otherwise a short tail of
+    /// the message is left for a copying read, which finds the buffer
+    /// full and moves the whole message to a new one.
     ///
     /// A [stream](Framer::is_stream) framer's link has no message to read
-    /// the rest of: it offers [`stream_room`](Self::stream_room) while
-    /// data flows instead.
+    /// the rest of: it offers `read_room` while data flows instead.
     fn input_room(&mut self) -> Option<Limit<&mut BytesMut>> {
-        if self.stream_room > 0 {
-            self.input.reserve(self.stream_room);
-            return Some((&mut self.input).limit(self.stream_room));
+        if self.framer.is_stream() {
+            if self.read_room == 0 {
+                return None;
+            }
+            self.offered = self.read_room;
+            self.input.reserve(self.read_room);
+            return Some((&mut self.input).limit(self.read_room));
         }
         let to_come = self
             .framer
             .remaining(&self.input)
             .filter(|&n| n >= DIRECT_READ_MIN)?;
-        let ahead = self.input.len().clamp(DIRECT_READ_MIN, RESERVE_AHEAD);
+        let ahead = self
+            .input
+            .len()
+            .max(self.read_room)
+            .clamp(DIRECT_READ_MIN, RESERVE_AHEAD);
         self.input.reserve(to_come.min(ahead) + DIRECT_READ_MIN);
+        self.offered = self.input.capacity() - self.input.len();
         ws::direct_read_room(&mut self.input, to_come)
     }
 
-    /// Sizes the in-place read room of a [stream](Framer::is_stream)
-    /// framer's link after a read of `len` bytes (`in_place`: into that
-    /// room; otherwise through the adapter's buffer), as a growing read
+    /// Sizes [`read_room`](Self::read_room) after a read of `len` bytes
+    /// (`in_place`: into the room [`input_room`](Self::input_room)
+    /// offered; otherwise through the adapter's buffer), as a growing read
     /// buffer does: a copying read of at least [`DIRECT_READ_MIN`] bytes
-    /// means data flows, and the next reads go in place, into twice as
-    /// much room; a read that fills the room doubles it, up to
-    /// [`STREAM_ROOM_MAX`]; one that fills less than a quarter halves it,
-    /// and below `DIRECT_READ_MIN` reads go through the adapter's buffer
-    /// again. So a link holds at most `STREAM_ROOM_MAX` of room, and only
-    /// while large reads keep coming; an idle one holds none (its input
-    /// buffer is returned, [`Link::release_buffers`]).
-    fn stream_read(&mut self, len: usize, in_place: bool) {
-        if !self.framer.is_stream() {
-            return;
-        }
-        let room = self.stream_room;
-        self.stream_room = if !in_place {
+    /// means data flows, and the room is twice as much; a read that fills
+    /// the room offered doubles it, up to [`READ_ROOM_MAX`]; one that
+    /// fills less than a quarter halves it, and below `DIRECT_READ_MIN`
+    /// it is 0 (a stream framer's link reads through the adapter's buffer
+    /// again). So a link holds at most `READ_ROOM_MAX` of room beyond
+    /// what was sent, and only while large reads keep coming; an idle one
+    /// holds none (its input buffer is returned, [`Link::release_buffers`]).
+    fn note_read(&mut self, len: usize, in_place: bool) {
+        let room = self.read_room;
+        self.read_room = if !in_place {
             if len >= DIRECT_READ_MIN {
-                len.saturating_mul(2).min(STREAM_ROOM_MAX)
+                room.max(len.saturating_mul(2)).min(READ_ROOM_MAX)
             } else {
                 room
             }
-        } else if len >= room {
-            room.saturating_mul(2).min(STREAM_ROOM_MAX)
+        } else if len >= self.offered {
+            room.max(self.offered).saturating_mul(2).min(READ_ROOM_MAX)
         } else if len < room / 4 {
             Some(room / 2)
                 .filter(|&half| half >= DIRECT_READ_MIN)
@@ -179,10 +191,10 @@ impl Framed {
     }
 }
 
-/// The most room a [stream](Framer::is_stream) framer's link reads into
-/// at once ([`Framed::stream_read`]): 64 KiB, what a plain echo's read
-/// buffer holds, and the raw framer's default message size.
-pub const STREAM_ROOM_MAX: usize = 64 * 1024;
+/// The most room a framed link reads into at once beyond what the peer
+/// sent ([`Framed::note_read`]): 64 KiB, what a plain echo's read buffer
+/// holds, and the raw framer's default message size.
+pub const READ_ROOM_MAX: usize = 64 * 1024;
 
 impl fmt::Debug for Wire {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -204,7 +216,8 @@ impl From<Protocol> for Wire {
                 framer,
                 input: BytesMut::new(),
                 input_growth: InputGrowth::default(),
-                stream_room: 0,
+                read_room: 0,
+                offered: 0,
                 output: BytesMut::new(),
                 queued: VecDeque::new(),
             })),
@@ -645,7 +658,7 @@ impl Link {
         match &mut self.wire {
             Wire::Framed(framed) => {
                 framed.input_growth.append(&mut framed.input, data);
-                framed.stream_read(data.len(), false);
+                framed.note_read(data.len(), false);
             }
             Wire::WebSocket(conn) => conn.handle_input(data),
         }
@@ -659,7 +672,7 @@ impl Link {
     /// least [`DIRECT_READ_MIN`] bytes to come, or, while large reads keep
     /// coming, whatever a [stream](Framer::is_stream) framer's link
     /// (raw) reads next, into room that grows with the reads up to
-    /// [`STREAM_ROOM_MAX`]; then call
+    /// [`READ_ROOM_MAX`]; then call
     /// [`input_filled`](Self::input_filled). `None` when there is no such
     /// message: read into any buffer and call `handle_input`. Append only.
     pub fn input_buffer(&mut self) -> Option<Limit<&mut BytesMut>> {
@@ -679,7 +692,7 @@ impl Link {
             self.note_input(now);
         }
         if let Wire::Framed(framed) = &mut self.wire {
-            framed.stream_read(len, true);
+            framed.note_read(len, true);
         }
     }
 
@@ -948,7 +961,7 @@ impl Link {
         match &mut self.wire {
             Wire::Framed(framed) => {
                 framed.input_growth.release(&mut framed.input);
-                framed.stream_room = 0;
+                framed.read_room = 0;
                 release_bytes(&mut framed.output);
                 if framed.queued.is_empty() && framed.queued.capacity() != 0 {
                     framed.queued = VecDeque::new();
@@ -1356,10 +1369,10 @@ mod tests {
         assert_eq!(messages.concat(), wire);
         assert_eq!(in_place, wire.len() - 16 * 1024);
         assert!(reads <= 6, "{reads} reads for 256 KiB");
-        assert!(messages.iter().all(|m| m.len() <= STREAM_ROOM_MAX));
-        // Bounded: never more room than STREAM_ROOM_MAX (and what the
+        assert!(messages.iter().all(|m| m.len() <= READ_ROOM_MAX));
+        // Bounded: never more room than READ_ROOM_MAX (and what the
         // reserve rounds to).
-        assert!(link.buffer_capacity() <= 2 * STREAM_ROOM_MAX);
+        assert!(link.buffer_capacity() <= 2 * READ_ROOM_MAX);
     }
 
     #[test]
@@ -1406,6 +1419,24 @@ mod tests {
         // short tail of it is left for a copying read, which would find
         // the buffer full and move the whole message to a new one.
         assert_eq!(in_place, wire.len() - 16 * 1024);
+    }
+
+    /// Large messages back to back, as an echo's peer with several in
+    /// flight sends them: after the first, each is read in place in few
+    /// reads, never through the adapter's buffer.
+    #[test]
+    fn a_stream_of_large_length_prefixed_messages_is_read_in_few_reads() {
+        let now = Instant::now();
+        let mut link = framed(now);
+        let big: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        let wire: Vec<u8> = (0..8).flat_map(|_| lp(&big)).collect();
+        let (messages, in_place, reads) = feed_reads(&mut link, now, &wire, 16 * 1024, usize::MAX);
+        assert_eq!(messages.len(), 8);
+        assert!(messages.iter().all(|m| m[..] == big[..]));
+        assert_eq!(in_place, wire.len() - 16 * 1024);
+        // About one read per message: the room reserved ahead grows with
+        // the reads to a whole message.
+        assert!(reads <= 8 + 3, "{reads} reads for 8 messages");
     }
 
     #[test]

@@ -320,38 +320,34 @@ impl Encoded {
         self.buf.is_empty() && self.chunks.is_empty()
     }
 
-    /// Hands out the queue's front, in order, at most `max` bytes (at
-    /// least one, when it holds any); returns how many.
+    /// Hands out the queue's front, in order: `buf`'s bytes up to `max`
+    /// bytes in all (at least one, when it holds any), and each chunk
+    /// reached within them whole, as a queue of messages moves a message
+    /// larger than its batch whole: one write takes a large message with
+    /// its header, and a batch of writes exceeds `max` by at most one
+    /// payload the send limit already counted. Returns how many bytes.
     fn drain(&mut self, max: usize, each: &mut impl FnMut(Output)) -> usize {
-        let mut left = max.max(1);
-        while left > 0 {
+        let max = max.max(1);
+        let mut taken = 0;
+        while taken < max {
             // `buf`'s bytes before the next chunk, or all of them.
             let ahead = self.chunks.front().map_or(self.buf.len(), |c| c.before);
             if ahead > 0 {
-                let take = ahead.min(left);
+                let take = ahead.min(max - taken);
                 each(Output::Encoded(self.buf.split_to(take).freeze()));
                 if let Some(chunk) = self.chunks.front_mut() {
                     chunk.before -= take;
                 }
-                left -= take;
+                taken += take;
                 continue;
             }
-            let Some(chunk) = self.chunks.front_mut() else {
+            let Some(chunk) = self.chunks.pop_front() else {
                 break;
             };
-            let take = chunk.bytes.len().min(left);
-            let bytes = if take == chunk.bytes.len() {
-                let bytes = std::mem::take(&mut chunk.bytes);
-                self.chunks.pop_front();
-                bytes
-            } else {
-                // A partial chunk: the rest keeps its place.
-                chunk.bytes.split_to(take)
-            };
-            each(Output::Encoded(bytes));
-            left -= take;
+            taken += chunk.bytes.len();
+            each(Output::Encoded(chunk.bytes));
         }
-        max.max(1) - left
+        taken
     }
 
     /// Discards everything queued (an abort).
@@ -924,7 +920,8 @@ impl Outbox {
     /// [`drain_into`](Self::drain_into), handing each [`Output`] to `each`
     /// instead of a `Vec`, under the outbox's lock: `each` must not call
     /// back into this outbox. An encoding outbox hands out its frames,
-    /// at most `max_bytes` of them (at least one byte) at a time.
+    /// at most `max_bytes` of them (at least one byte) at a time, except
+    /// that a large message's payload, once reached, goes whole.
     pub fn drain_with(&self, max_bytes: usize, each: impl FnMut(Output)) -> Drained {
         let mut wake = Vec::new();
         let drained = {

@@ -107,8 +107,8 @@ struct Framed {
     /// How much the peer's recent reads show it sends at once, as a
     /// growing read buffer sizes itself ([`Framed::note_read`]); 0 while
     /// reads are small. A [stream](Framer::is_stream) framer's link reads
-    /// that much in place; one that knows a message's length reserves up
-    /// to that much ahead of what the peer sent of it.
+    /// that much in place; one that knows a message's length reserves its
+    /// whole rest while it is not 0.
     read_room: usize,
     /// The room [`input_room`](Self::input_room) offered last.
     offered: usize,
@@ -123,13 +123,14 @@ impl Framed {
     /// The input buffer's room for the rest of a large message whose
     /// length the framer knows ([`Framer::remaining`]); `None` below
     /// [`DIRECT_READ_MIN`] still to come. The room reserved ahead is at
-    /// most what the peer has sent so far or, when more, what its recent
-    /// reads showed it sends at once ([`read_room`](Self::read_room), at
-    /// most [`READ_ROOM_MAX`]), at least `DIRECT_READ_MIN`, at most
-    /// [`RESERVE_AHEAD`], and `DIRECT_READ_MIN` more: a peer that
-    /// announces a large message and sends little does not make the link
-    /// hold memory it never sent, while one that sends fast has the rest
-    /// of a message read in one read, into one allocation. The
+    /// most what the peer has sent so far (at least `DIRECT_READ_MIN`),
+    /// or, once its reads showed data flowing
+    /// ([`read_room`](Self::read_room) not 0), the whole rest, as a
+    /// WebSocket connection reserves a frame's; at most [`RESERVE_AHEAD`]
+    /// either way, and `DIRECT_READ_MIN` more: a peer that announces a
+    /// large message and sends little does not make the link hold memory
+    /// it never sent, while one that sends fast has the rest of a message
+    /// read into one allocation, never moved as it grows. The
     /// `DIRECT_READ_MIN` more lets the read that ends the message take
     /// the start of the next one in place too: otherwise a short tail of
     /// the message is left for a copying read, which finds the buffer
@@ -150,11 +151,11 @@ impl Framed {
             .framer
             .remaining(&self.input)
             .filter(|&n| n >= DIRECT_READ_MIN)?;
-        let ahead = self
-            .input
-            .len()
-            .max(self.read_room)
-            .clamp(DIRECT_READ_MIN, RESERVE_AHEAD);
+        let ahead = if self.read_room > 0 {
+            RESERVE_AHEAD
+        } else {
+            self.input.len().clamp(DIRECT_READ_MIN, RESERVE_AHEAD)
+        };
         self.input.reserve(to_come.min(ahead) + DIRECT_READ_MIN);
         self.offered = self.input.capacity() - self.input.len();
         ws::direct_read_room(&mut self.input, to_come)

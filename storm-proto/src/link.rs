@@ -134,7 +134,10 @@ impl Framed {
     /// `DIRECT_READ_MIN` more lets the read that ends the message take
     /// the start of the next one in place too: otherwise a short tail of
     /// the message is left for a copying read, which finds the buffer
-    /// full and moves the whole message to a new one.
+    /// full and moves the whole message to a new one. While data flows it
+    /// is [`NEXT_HEADER_ROOM`] instead: enough for the next message's
+    /// length, whose rest then gets room of its own; what the read took of
+    /// that message moves to it, so the less the better.
     ///
     /// A [stream](Framer::is_stream) framer's link has no message to read
     /// the rest of: it offers `read_room` while data flows instead.
@@ -151,12 +154,13 @@ impl Framed {
             .framer
             .remaining(&self.input)
             .filter(|&n| n >= DIRECT_READ_MIN)?;
-        let ahead = if self.read_room > 0 {
-            RESERVE_AHEAD
+        let (ahead, next) = if self.read_room > 0 {
+            (RESERVE_AHEAD, NEXT_HEADER_ROOM)
         } else {
-            self.input.len().clamp(DIRECT_READ_MIN, RESERVE_AHEAD)
+            let sent = self.input.len().clamp(DIRECT_READ_MIN, RESERVE_AHEAD);
+            (sent, DIRECT_READ_MIN)
         };
-        self.input.reserve(to_come.min(ahead) + DIRECT_READ_MIN);
+        self.input.reserve(to_come.min(ahead) + next);
         self.offered = self.input.capacity() - self.input.len();
         ws::direct_read_room(&mut self.input, to_come)
     }
@@ -192,9 +196,19 @@ impl Framed {
     }
 }
 
-/// The most room a framed link reads into at once beyond what the peer
-/// sent ([`Framed::note_read`]): 64 KiB, what a plain echo's read buffer
-/// holds, and the raw framer's default message size.
+/// What a length-prefixed link reads past the end of a large message while
+/// data flows ([`Link::input_buffer`]): the next message's length and a
+/// little of it. The bytes read past the end move to the next message's
+/// own buffer (the one read into stays with the message, which the
+/// application may still hold), so the room is kept small: 1 KiB.
+const NEXT_HEADER_ROOM: usize = 1024;
+
+/// The most room a raw link reads into at once while data flows (see
+/// [`Link::input_buffer`]): 64 KiB, what a plain echo's read buffer holds,
+/// and the raw framer's default message size. The room doubles from twice
+/// a copying read of at least [`DIRECT_READ_MIN`] bytes as reads fill it,
+/// halves when they fill less than a quarter, and is gone below
+/// `DIRECT_READ_MIN`.
 pub const READ_ROOM_MAX: usize = 64 * 1024;
 
 impl fmt::Debug for Wire {

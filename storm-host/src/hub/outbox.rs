@@ -495,8 +495,9 @@ pub(crate) enum Delivery {
 /// connection driven by a [`LinkDriver`](crate::link::LinkDriver) whose
 /// link has an [`Encoder`] (a server) frames each message as it is sent
 /// instead, under the outbox's lock, into one buffer that driver takes
-/// whole ([`Output::Encoded`]); the send limit then counts the frames'
-/// bytes, headers included.
+/// whole ([`Output::Encoded`]), a large message's payload queued behind
+/// its header as it is, not copied; the send limit then counts the
+/// frames' bytes, headers included.
 /// The adapter's writer loops:
 ///
 /// 1. [`poll_drain`](Self::poll_drain) (or [`register_waker`](Self::register_waker)
@@ -784,7 +785,9 @@ impl Outbox {
     /// From now on, frames every message as it is sent, with `encoder`
     /// (its link's, see [`Link::encoder`](storm_proto::link::Link::encoder)),
     /// into one buffer the writer takes whole ([`Output::Encoded`]): no
-    /// per-message queue entry and no framing in the writer. Messages
+    /// per-message queue entry (but a chunk for each large message's
+    /// payload, [`Encoder::encode_chunked`]) and no framing in the
+    /// writer. Messages
     /// already queued are framed now, in order. For the connection's own
     /// driver ([`LinkDriver`](crate::link::LinkDriver)), which then drains
     /// with [`drain_with`](Self::drain_with) or

@@ -170,10 +170,10 @@ impl Framed {
     /// offered; otherwise through the adapter's buffer), as a growing read
     /// buffer does: a copying read of at least [`DIRECT_READ_MIN`] bytes
     /// means data flows, and the room is twice as much; a read that fills
-    /// the room offered doubles it, up to [`READ_ROOM_MAX`]; one that
-    /// fills less than a quarter halves it, and below `DIRECT_READ_MIN`
-    /// it is 0 (a stream framer's link reads through the adapter's buffer
-    /// again). So a link holds at most `READ_ROOM_MAX` of room beyond
+    /// the room offered doubles it, up to [`READ_ROOM_MAX`]; one of less
+    /// than `DIRECT_READ_MIN` bytes halves it, and below
+    /// `DIRECT_READ_MIN` it is 0 (a stream framer's link reads through the
+    /// adapter's buffer again). So a link holds at most `READ_ROOM_MAX` of room beyond
     /// what was sent, and only while large reads keep coming; an idle one
     /// holds none (its input buffer is returned, [`Link::release_buffers`]).
     fn note_read(&mut self, len: usize, in_place: bool) {
@@ -186,7 +186,7 @@ impl Framed {
             }
         } else if len >= self.offered {
             room.max(self.offered).saturating_mul(2).min(READ_ROOM_MAX)
-        } else if len < room / 4 {
+        } else if len < DIRECT_READ_MIN {
             Some(room / 2)
                 .filter(|&half| half >= DIRECT_READ_MIN)
                 .unwrap_or(0)
@@ -207,7 +207,7 @@ const NEXT_HEADER_ROOM: usize = 1024;
 /// [`Link::input_buffer`]): 64 KiB, what a plain echo's read buffer holds,
 /// and the raw framer's default message size. The room doubles from twice
 /// a copying read of at least [`DIRECT_READ_MIN`] bytes as reads fill it,
-/// halves when they fill less than a quarter, and is gone below
+/// halves after a read of less than `DIRECT_READ_MIN`, and is gone below
 /// `DIRECT_READ_MIN`.
 pub const READ_ROOM_MAX: usize = 64 * 1024;
 

@@ -816,6 +816,22 @@ mod tests {
         idle_link_holds_no_buffers(protocol, b"\0\0\0\x05hello");
     }
 
+    /// Large messages, queued as chunks of their own and read in place
+    /// (raw): nothing of them stays on an idle link either.
+    #[test]
+    fn an_idle_link_holds_no_buffers_after_large_messages() {
+        use storm_proto::framing::RawFramer;
+        let payload = vec![9u8; 20 * 1024];
+        let protocol = Protocol::Framed(Box::new(LengthPrefixFramer::default()));
+        let mut request = u32::try_from(payload.len()).unwrap().to_be_bytes().to_vec();
+        request.extend_from_slice(&payload);
+        idle_link_holds_no_buffers(protocol, &request);
+        idle_link_holds_no_buffers(Protocol::Framed(Box::new(RawFramer::default())), &payload);
+        let conn = Connection::new(Side::Server, Config::default());
+        let protocol = Protocol::WebSocket(Box::new(conn));
+        idle_link_holds_no_buffers(protocol, &masked(OpCode::Binary, &payload));
+    }
+
     #[test]
     fn a_framed_peer_that_sends_but_never_reads_meets_the_send_limit() {
         let protocol = Protocol::Framed(Box::new(LengthPrefixFramer::default()));
@@ -854,6 +870,60 @@ mod tests {
         );
         assert_eq!(link.outbox().queued_messages(), 0);
         assert_eq!(link.outbox().metrics().messages_sent, 2);
+    }
+
+    /// A large message goes to the writer as the sender's own bytes,
+    /// behind its header, in order among small ones; the limit counts
+    /// its frame; a graceful close comes after it.
+    #[test]
+    fn a_large_message_is_written_from_its_own_bytes_in_order_and_before_the_close() {
+        let big = Bytes::from(vec![5u8; 64 * 1024]);
+        let websocket =
+            || Protocol::WebSocket(Box::new(Connection::new(Side::Server, Config::default())));
+        let framed = || Protocol::Framed(Box::new(LengthPrefixFramer::default()));
+        // The protocols and their headers, of a small frame and a large.
+        for (protocol, small, large) in [(websocket(), 2, 10), (framed(), 4, 4)] {
+            let (_hub, mut link, now) = setup(protocol, LinkConfig::default());
+            for message in [
+                Bytes::from_static(b"a"),
+                big.clone(),
+                Bytes::from_static(b"b"),
+            ] {
+                assert_eq!(link.send(Message::Binary(message)), SendOutcome::Queued);
+            }
+            assert_eq!(
+                link.outbox().pending_send_bytes(),
+                2 * (1 + small) + large + big.len()
+            );
+            link.session.close();
+            let mut out = Vec::new();
+            // A write batch of the default 64 KiB: the large payload, begun
+            // within it, goes whole, with its header, in the first; the
+            // rest follows when the writer comes back.
+            let first = link.poll_transmit(now, &mut out, 64 * 1024);
+            assert!(!first.close);
+            let last = out.last().unwrap();
+            // The payload is the sender's allocation, not a copy.
+            assert_eq!((last.as_ptr(), last.len()), (big.as_ptr(), big.len()));
+            let rest = link.poll_transmit(now, &mut out, 64 * 1024);
+            // A framed link closes after the write; a WebSocket waits for
+            // the peer's answer to its close frame.
+            assert_eq!(rest.close, !link.link().is_websocket());
+            let wire = out.concat();
+            if link.link().is_websocket() {
+                let events = decoded(&wire);
+                assert_eq!(events.len(), 4);
+                assert_eq!(events[0], ws::Event::Binary(Bytes::from_static(b"a")));
+                assert!(events[1] == ws::Event::Binary(big.clone()));
+                assert_eq!(events[2], ws::Event::Binary(Bytes::from_static(b"b")));
+                assert!(matches!(events[3], ws::Event::Close(_)));
+            } else {
+                let mut expected = b"\0\0\0\x01a\0\x01\0\0".to_vec();
+                expected.extend_from_slice(&big);
+                expected.extend_from_slice(b"\0\0\0\x01b");
+                assert!(wire == expected);
+            }
+        }
     }
 
     #[test]

@@ -63,7 +63,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use bytes::buf::Limit;
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::Message;
 use crate::framing::{Framer, FramingError};
@@ -104,6 +104,14 @@ struct Framed {
     /// Bytes not yet cut into messages.
     input: BytesMut,
     input_growth: InputGrowth,
+    /// How much the peer's recent reads show it sends at once, as a
+    /// growing read buffer sizes itself ([`Framed::note_read`]); 0 while
+    /// reads are small. A [stream](Framer::is_stream) framer's link reads
+    /// that much in place; one that knows a message's length reserves its
+    /// whole rest while it is not 0.
+    read_room: usize,
+    /// The room [`input_room`](Self::input_room) offered last.
+    offered: usize,
     /// Frames ready for the writer.
     output: BytesMut,
     /// Bytes framed ahead ([`Link::send_encoded`]), with what `output`
@@ -115,24 +123,93 @@ impl Framed {
     /// The input buffer's room for the rest of a large message whose
     /// length the framer knows ([`Framer::remaining`]); `None` below
     /// [`DIRECT_READ_MIN`] still to come. The room reserved ahead is at
-    /// most what the peer has sent so far (at least `DIRECT_READ_MIN`, at
-    /// most [`RESERVE_AHEAD`]) and `DIRECT_READ_MIN` more: a peer that
-    /// announces a large message and sends little does not make the link
-    /// hold memory it never sent. The `DIRECT_READ_MIN` more lets the
-    /// read that ends the message take the start of the next one in
-    /// place too: otherwise a short tail of the message is left for a
-    /// copying read, which finds the buffer full and moves the whole
-    /// message to a new one.
+    /// most what the peer has sent so far (at least `DIRECT_READ_MIN`),
+    /// or, once its reads showed data flowing
+    /// ([`read_room`](Self::read_room) not 0), the whole rest, as a
+    /// WebSocket connection reserves a frame's; at most [`RESERVE_AHEAD`]
+    /// either way, and `DIRECT_READ_MIN` more: a peer that announces a
+    /// large message and sends little does not make the link hold memory
+    /// it never sent, while one that sends fast has the rest of a message
+    /// read into one allocation, never moved as it grows. The
+    /// `DIRECT_READ_MIN` more lets the read that ends the message take
+    /// the start of the next one in place too: otherwise a short tail of
+    /// the message is left for a copying read, which finds the buffer
+    /// full and moves the whole message to a new one. While data flows it
+    /// is [`NEXT_HEADER_ROOM`] instead: enough for the next message's
+    /// length, whose rest then gets room of its own; what the read took of
+    /// that message moves to it, so the less the better.
+    ///
+    /// A [stream](Framer::is_stream) framer's link has no message to read
+    /// the rest of: it offers `read_room` while data flows instead.
     fn input_room(&mut self) -> Option<Limit<&mut BytesMut>> {
+        if self.framer.is_stream() {
+            if self.read_room == 0 {
+                return None;
+            }
+            self.offered = self.read_room;
+            self.input.reserve(self.read_room);
+            return Some((&mut self.input).limit(self.read_room));
+        }
         let to_come = self
             .framer
             .remaining(&self.input)
             .filter(|&n| n >= DIRECT_READ_MIN)?;
-        let ahead = self.input.len().clamp(DIRECT_READ_MIN, RESERVE_AHEAD);
-        self.input.reserve(to_come.min(ahead) + DIRECT_READ_MIN);
+        let (ahead, next) = if self.read_room > 0 {
+            (RESERVE_AHEAD, NEXT_HEADER_ROOM)
+        } else {
+            let sent = self.input.len().clamp(DIRECT_READ_MIN, RESERVE_AHEAD);
+            (sent, DIRECT_READ_MIN)
+        };
+        self.input.reserve(to_come.min(ahead) + next);
+        self.offered = self.input.capacity() - self.input.len();
         ws::direct_read_room(&mut self.input, to_come)
     }
+
+    /// Sizes [`read_room`](Self::read_room) after a read of `len` bytes
+    /// (`in_place`: into the room [`input_room`](Self::input_room)
+    /// offered; otherwise through the adapter's buffer), as a growing read
+    /// buffer does: a copying read of at least [`DIRECT_READ_MIN`] bytes
+    /// means data flows, and the room is twice as much; a read that fills
+    /// the room offered doubles it, up to [`READ_ROOM_MAX`]; one of less
+    /// than `DIRECT_READ_MIN` bytes halves it, and below
+    /// `DIRECT_READ_MIN` it is 0 (a stream framer's link reads through the
+    /// adapter's buffer again). So a link holds at most `READ_ROOM_MAX` of room beyond
+    /// what was sent, and only while large reads keep coming; an idle one
+    /// holds none (its input buffer is returned, [`Link::release_buffers`]).
+    fn note_read(&mut self, len: usize, in_place: bool) {
+        let room = self.read_room;
+        self.read_room = if !in_place {
+            if len >= DIRECT_READ_MIN {
+                room.max(len.saturating_mul(2)).min(READ_ROOM_MAX)
+            } else {
+                room
+            }
+        } else if len >= self.offered {
+            room.max(self.offered).saturating_mul(2).min(READ_ROOM_MAX)
+        } else if len < DIRECT_READ_MIN {
+            Some(room / 2)
+                .filter(|&half| half >= DIRECT_READ_MIN)
+                .unwrap_or(0)
+        } else {
+            room
+        };
+    }
 }
+
+/// What a length-prefixed link reads past the end of a large message while
+/// data flows ([`Link::input_buffer`]): the next message's length and a
+/// little of it. The bytes read past the end move to the next message's
+/// own buffer (the one read into stays with the message, which the
+/// application may still hold), so the room is kept small: 1 KiB.
+const NEXT_HEADER_ROOM: usize = 1024;
+
+/// The most room a raw link reads into at once while data flows (see
+/// [`Link::input_buffer`]): 64 KiB, what a plain echo's read buffer holds,
+/// and the raw framer's default message size. The room doubles from twice
+/// a copying read of at least [`DIRECT_READ_MIN`] bytes as reads fill it,
+/// halves after a read of less than `DIRECT_READ_MIN`, and is gone below
+/// `DIRECT_READ_MIN`.
+pub const READ_ROOM_MAX: usize = 64 * 1024;
 
 impl fmt::Debug for Wire {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -154,6 +231,8 @@ impl From<Protocol> for Wire {
                 framer,
                 input: BytesMut::new(),
                 input_growth: InputGrowth::default(),
+                read_room: 0,
+                offered: 0,
                 output: BytesMut::new(),
                 queued: VecDeque::new(),
             })),
@@ -210,7 +289,68 @@ impl Encoder {
             }
         }
     }
+
+    /// Like [`encode`](Self::encode), but a message of at least
+    /// [`LARGE_MESSAGE`] bytes whose frames are headers and the payload
+    /// as it is (raw, length-prefixed, a WebSocket server's frames)
+    /// is not copied: only the headers are appended to `dst`, and each
+    /// piece of the payload (the message's own [`Bytes`], or slices of it
+    /// when the WebSocket fragments it) goes to `chunk` with `dst`'s
+    /// length at that moment: on the wire it follows `dst`'s bytes up to
+    /// there. Frames of any other message are appended whole.
+    ///
+    /// # Errors
+    ///
+    /// As [`encode`](Self::encode): nothing was appended, and `chunk` was
+    /// not called.
+    pub fn encode_chunked(
+        &mut self,
+        message: &Message,
+        dst: &mut BytesMut,
+        mut chunk: impl FnMut(usize, Bytes),
+    ) -> Result<(), FramingError> {
+        if message.len() < LARGE_MESSAGE {
+            return self.encode(message, dst);
+        }
+        match &mut self.0 {
+            EncoderKind::Framed(framer) => {
+                if !framer.encode_header(message.as_bytes(), dst)? {
+                    return framer.encode(message.as_bytes(), dst);
+                }
+                chunk(dst.len(), message.clone().into_bytes());
+            }
+            EncoderKind::WebSocket(fragment) if *fragment == 0 || *fragment >= LARGE_MESSAGE => {
+                let opcode = match message {
+                    Message::Text(_) => ws::frame::OpCode::Text,
+                    Message::Binary(_) => ws::frame::OpCode::Binary,
+                };
+                let first = ws::frame::FrameHeader::new(opcode, 0);
+                let payload = message.clone().into_bytes();
+                for (mut header, range) in
+                    ws::frame::message_frames(first, payload.len(), *fragment)
+                {
+                    header.payload_len = u64::try_from(range.len()).unwrap_or(u64::MAX);
+                    header.encode(dst);
+                    chunk(dst.len(), payload.slice(range));
+                }
+            }
+            // Small fragments: one buffer beats a chunk per fragment.
+            EncoderKind::WebSocket(_) => return self.encode(message, dst),
+        }
+        Ok(())
+    }
 }
+
+/// The smallest message [`Encoder::encode_chunked`] does not copy: 16 KiB,
+/// the adapters' read size. Below it, copying is cheap (well under a
+/// microsecond) and small messages batch into one buffer for the writer;
+/// a message's [`Bytes`] may also be a slice of a larger read buffer,
+/// which a chunk would keep alive while it waits (the send limit counts
+/// the message only). From it on, the copy costs more than the chunk (a
+/// queue entry and one more buffer in the vectored write), and a message
+/// that large filled at least one read of its own, so the memory it keeps
+/// alive is of its own size.
+pub const LARGE_MESSAGE: usize = 16 * 1024;
 
 /// How a [`Link`] behaves.
 #[derive(Debug, Clone)]
@@ -531,7 +671,10 @@ impl Link {
         }
         self.note_input(now);
         match &mut self.wire {
-            Wire::Framed(framed) => framed.input_growth.append(&mut framed.input, data),
+            Wire::Framed(framed) => {
+                framed.input_growth.append(&mut framed.input, data);
+                framed.note_read(data.len(), false);
+            }
             Wire::WebSocket(conn) => conn.handle_input(data),
         }
     }
@@ -541,7 +684,10 @@ impl Link {
     /// [`handle_input`](Self::handle_input)'s copy: a WebSocket frame (see
     /// [`ws::Connection::input_room`]) or a framed message whose length
     /// the framer knows ([`Framer::remaining`]: length-prefixed), with at
-    /// least [`DIRECT_READ_MIN`] bytes to come; then call
+    /// least [`DIRECT_READ_MIN`] bytes to come, or, while large reads keep
+    /// coming, whatever a [stream](Framer::is_stream) framer's link
+    /// (raw) reads next, into room that grows with the reads up to
+    /// [`READ_ROOM_MAX`]; then call
     /// [`input_filled`](Self::input_filled). `None` when there is no such
     /// message: read into any buffer and call `handle_input`. Append only.
     pub fn input_buffer(&mut self) -> Option<Limit<&mut BytesMut>> {
@@ -559,6 +705,9 @@ impl Link {
     pub fn input_filled(&mut self, now: Instant, len: usize) {
         if len > 0 {
             self.note_input(now);
+        }
+        if let Wire::Framed(framed) = &mut self.wire {
+            framed.note_read(len, true);
         }
     }
 
@@ -829,6 +978,7 @@ impl Link {
         match &mut self.wire {
             Wire::Framed(framed) => {
                 framed.input_growth.release(&mut framed.input);
+                framed.read_room = 0;
                 release_bytes(&mut framed.output);
                 if framed.queued.is_empty() && framed.queued.capacity() != 0 {
                     framed.queued = VecDeque::new();
@@ -1177,21 +1327,23 @@ mod tests {
     /// when the link offers it and through `handle_input` otherwise;
     /// returns the messages and how many bytes went in place.
     fn feed(link: &mut Link, now: Instant, wire: &[u8], chunk: usize) -> (Vec<Bytes>, usize) {
-        feed_reads(link, now, wire, chunk, chunk)
+        let (messages, in_place, _) = feed_reads(link, now, wire, chunk, chunk);
+        (messages, in_place)
     }
 
     /// [`feed`] with reads of at most `copied` bytes through
     /// `handle_input` and at most `in_place` bytes (and the room offered)
-    /// through the input buffer.
+    /// through the input buffer; also says how many reads it took.
     fn feed_reads(
         link: &mut Link,
         now: Instant,
         wire: &[u8],
         copied: usize,
         in_place_max: usize,
-    ) -> (Vec<Bytes>, usize) {
-        let (mut messages, mut in_place, mut at) = (Vec::new(), 0, 0);
+    ) -> (Vec<Bytes>, usize, usize) {
+        let (mut messages, mut in_place, mut at, mut reads) = (Vec::new(), 0, 0, 0);
         while at < wire.len() {
+            reads += 1;
             let end = at.saturating_add(copied).min(wire.len());
             if let Some(mut room) = link.input_buffer() {
                 let end = at
@@ -1212,7 +1364,7 @@ mod tests {
                 }
             }
         }
-        (messages, in_place)
+        (messages, in_place, reads)
     }
 
     #[test]
@@ -1234,6 +1386,57 @@ mod tests {
         assert!(in_place >= big.len() / 2, "{in_place}");
     }
 
+    fn raw(now: Instant) -> Link {
+        let framer = Box::new(crate::framing::RawFramer::default());
+        Link::new(Protocol::Framed(framer), &LinkConfig::default(), now).unwrap()
+    }
+
+    #[test]
+    fn a_raw_link_reads_a_flowing_stream_in_large_reads() {
+        let now = Instant::now();
+        let mut link = raw(now);
+        let wire: Vec<u8> = (0..4 * 64 * 1024).map(|i| (i % 251) as u8).collect();
+        // Reads of 16 KiB through the adapter's buffer, as many as the
+        // room offered in place: the room grows to 64 KiB as reads fill
+        // it (16 KiB copied, then 32 KiB, then 64 KiB each).
+        let (messages, in_place, reads) = feed_reads(&mut link, now, &wire, 16 * 1024, usize::MAX);
+        assert_eq!(messages.concat(), wire);
+        assert_eq!(in_place, wire.len() - 16 * 1024);
+        assert!(reads <= 6, "{reads} reads for 256 KiB");
+        assert!(messages.iter().all(|m| m.len() <= READ_ROOM_MAX));
+        // Bounded: never more room than READ_ROOM_MAX (and what the
+        // reserve rounds to).
+        assert!(link.buffer_capacity() <= 2 * READ_ROOM_MAX);
+    }
+
+    #[test]
+    fn a_raw_link_reads_through_the_adapters_buffer_again_once_reads_are_small() {
+        let now = Instant::now();
+        let mut link = raw(now);
+        // Small reads never start reading in place.
+        let (_, in_place, _) = feed_reads(&mut link, now, &[1; 4096], 100, usize::MAX);
+        assert_eq!(in_place, 0);
+        assert!(link.input_buffer().is_none());
+        // One large read does; then small ones shrink the room away.
+        link.handle_input(now, &[2; 16 * 1024]);
+        while link.poll_event(now).is_some() {}
+        let mut reads = 0;
+        while let Some(mut room) = link.input_buffer() {
+            room.put_slice(b"x");
+            link.input_filled(now, 1);
+            while link.poll_event(now).is_some() {}
+            reads += 1;
+            assert!(reads <= 3, "the room never shrinks");
+        }
+        // An idle link returns its room with its buffers.
+        link.handle_input(now, &[3; 16 * 1024]);
+        while link.poll_event(now).is_some() {}
+        assert!(link.input_buffer().is_some());
+        link.release_buffers(now);
+        assert!(link.input_buffer().is_none());
+        assert_eq!(link.buffer_capacity(), 0);
+    }
+
     #[test]
     fn the_read_that_ends_a_large_message_is_in_place_too() {
         let now = Instant::now();
@@ -1243,13 +1446,31 @@ mod tests {
         wire.extend(lp(b"after"));
         // A socket with all of `wire` ready: a copying read takes the
         // adapters' 16 KiB, a read in place all the room offered.
-        let (messages, in_place) = feed_reads(&mut link, now, &wire, 16 * 1024, usize::MAX);
+        let (messages, in_place, _) = feed_reads(&mut link, now, &wire, 16 * 1024, usize::MAX);
         assert_eq!(messages, [&big[..], b"after"]);
         // Only the first read, before the length is known, is a copy: the
         // room offered for the rest reaches past the message's end, so no
         // short tail of it is left for a copying read, which would find
         // the buffer full and move the whole message to a new one.
         assert_eq!(in_place, wire.len() - 16 * 1024);
+    }
+
+    /// Large messages back to back, as an echo's peer with several in
+    /// flight sends them: after the first, each is read in place in few
+    /// reads, never through the adapter's buffer.
+    #[test]
+    fn a_stream_of_large_length_prefixed_messages_is_read_in_few_reads() {
+        let now = Instant::now();
+        let mut link = framed(now);
+        let big: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        let wire: Vec<u8> = (0..8).flat_map(|_| lp(&big)).collect();
+        let (messages, in_place, reads) = feed_reads(&mut link, now, &wire, 16 * 1024, usize::MAX);
+        assert_eq!(messages.len(), 8);
+        assert!(messages.iter().all(|m| m[..] == big[..]));
+        assert_eq!(in_place, wire.len() - 16 * 1024);
+        // About one read per message: the room reserved ahead grows with
+        // the reads to a whole message.
+        assert!(reads <= 8 + 3, "{reads} reads for 8 messages");
     }
 
     #[test]
@@ -1418,9 +1639,9 @@ mod tests {
         /// fragmented or not, and length-prefixed.
         #[test]
         fn the_encoder_frames_as_the_link_does(
-            len in proptest::prop_oneof![0usize..300, 60_000usize..70_000],
+            len in proptest::prop_oneof![0usize..300, 16_000usize..17_000, 60_000usize..70_000],
             text in proptest::bool::ANY,
-            fragment in proptest::prop_oneof![proptest::strategy::Just(0usize), 1usize..200, 60_000usize..70_000],
+            fragment in proptest::prop_oneof![proptest::strategy::Just(0usize), 1usize..200, 16_000usize..40_000, 60_000usize..70_000],
         ) {
             let now = Instant::now();
             let message = if text {
@@ -1430,14 +1651,33 @@ mod tests {
             };
             let config = ws::Config::default().with_send_fragment_size(fragment);
             let websocket = || ws(ws::Side::Server, config.clone(), now);
-            for mut link in [websocket(), framed(now)] {
-                let mut twin = if link.is_websocket() { websocket() } else { framed(now) };
+            let makers: [&dyn Fn() -> Link; 3] = [&websocket, &|| framed(now), &|| raw(now)];
+            for make in makers {
+                let (mut link, mut twin, mut chunked_twin) = (make(), make(), make());
+                twin.send(&message);
+                let expected = transmitted(&mut twin, now);
                 let mut encoder = link.encoder().unwrap();
                 let mut ahead = BytesMut::new();
                 encoder.encode(&message, &mut ahead).unwrap();
                 link.send_encoded(ahead.freeze());
-                twin.send(&message);
-                proptest::prop_assert_eq!(transmitted(&mut link, now), transmitted(&mut twin, now));
+                proptest::prop_assert_eq!(&transmitted(&mut link, now), &expected);
+                // Chunked: the headers in one buffer, the payload's pieces
+                // at their places, never copied.
+                let mut dst = BytesMut::new();
+                let mut pieces = Vec::new();
+                encoder.encode_chunked(&message, &mut dst, |at, bytes| pieces.push((at, bytes))).unwrap();
+                let payload = message.as_bytes().as_ptr_range();
+                proptest::prop_assert_eq!(pieces.is_empty(), len < LARGE_MESSAGE || (1..LARGE_MESSAGE).contains(&fragment) && chunked_twin.is_websocket());
+                let dst = dst.freeze();
+                let mut from = 0;
+                for (at, bytes) in pieces {
+                    proptest::prop_assert!(payload.contains(&bytes.as_ptr()));
+                    chunked_twin.send_encoded(dst.slice(from..at));
+                    chunked_twin.send_encoded(bytes);
+                    from = at;
+                }
+                chunked_twin.send_encoded(dst.slice(from..));
+                proptest::prop_assert_eq!(transmitted(&mut chunked_twin, now), expected);
             }
         }
     }

@@ -75,6 +75,7 @@ suite! {
     pairs: [
         echo_raw,
         echo_length_prefix,
+        echo_large_and_small_pipelined,
         echo_delimiter,
         ws_echo_text_and_binary,
         ws_echo_deflate,

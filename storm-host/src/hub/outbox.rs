@@ -169,9 +169,12 @@ impl SessionMetrics {
 pub enum Output {
     /// A message, for the writer to frame.
     Message(Message),
-    /// Whole messages the connection's [`Encoder`] framed as they were
-    /// sent (or, when the writer's batch ended inside it, the front of
-    /// them; the rest follows on the next drain).
+    /// Frames the connection's [`Encoder`] made as messages were sent, in
+    /// order: the frames of whole small messages and the headers of large
+    /// ones, from one buffer, or a large message's payload itself (see
+    /// [`Encoder::encode_chunked`]), never copied. One drain may hand out
+    /// several, to be written in the order given; when the writer's batch
+    /// ended inside a message, the rest follows on the next drain.
     Encoded(Bytes),
 }
 
@@ -181,15 +184,199 @@ enum Queue {
     /// Messages, framed by the writer.
     Messages(VecDeque<Message>),
     /// Messages framed as they are sent, by the encoder of the
-    /// connection's link ([`Outbox::encode_with`]): one buffer, no
-    /// per-message entry; and how many messages it holds.
-    Encoded(Encoder, BytesMut, usize),
+    /// connection's link ([`Outbox::encode_with`]).
+    Encoded(Encoded),
+}
+
+/// An encoding queue: one buffer of frames, no per-message entry, except
+/// a chunk for each large message's payload ([`Encoder::encode_chunked`]),
+/// which goes to the writer as it is. On the wire, the queue is `buf`'s
+/// bytes with each chunk placed between them where its `before` says.
+#[derive(Debug)]
+struct Encoded {
+    encoder: Encoder,
+    buf: BytesMut,
+    /// Large payloads, in order (as many as the send limit admits: a
+    /// few).
+    chunks: Chunks,
+    /// Messages queued.
+    count: usize,
+}
+
+/// An encoding queue's chunks: boxed when there are any, so that a
+/// connection that never sends a large message, and an idle one, holds one
+/// pointer for them.
+#[derive(Debug, Default)]
+// Boxed on purpose: 8 bytes in every session's outbox, not 32.
+#[allow(clippy::box_collection)]
+struct Chunks(Option<Box<VecDeque<Chunk>>>);
+
+impl Chunks {
+    fn front(&self) -> Option<&Chunk> {
+        self.0.as_deref().and_then(VecDeque::front)
+    }
+
+    fn front_mut(&mut self) -> Option<&mut Chunk> {
+        self.0.as_deref_mut().and_then(VecDeque::front_mut)
+    }
+
+    fn pop_front(&mut self) -> Option<Chunk> {
+        self.0.as_deref_mut().and_then(VecDeque::pop_front)
+    }
+
+    fn push_back(&mut self, chunk: Chunk) {
+        self.0.get_or_insert_default().push_back(chunk);
+    }
+
+    fn len(&self) -> usize {
+        self.0.as_deref().map_or(0, VecDeque::len)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Where in the buffer the last chunk goes: the sum of their `before`.
+    fn placed(&self) -> usize {
+        self.0
+            .iter()
+            .flat_map(|chunks| chunks.iter())
+            .map(|c| c.before)
+            .sum()
+    }
+
+    fn truncate(&mut self, len: usize) {
+        if let Some(chunks) = &mut self.0 {
+            chunks.truncate(len);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.truncate(0);
+    }
+
+    /// Drops the queue's memory when it holds nothing.
+    fn release(&mut self) {
+        if self.is_empty() {
+            self.0 = None;
+        }
+    }
+
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.0.as_deref().map_or(0, |chunks| {
+            std::mem::size_of::<VecDeque<Chunk>>()
+                + chunks.capacity() * std::mem::size_of::<Chunk>()
+        })
+    }
+}
+
+/// A large message's payload in an encoding queue.
+#[derive(Debug)]
+struct Chunk {
+    /// `buf`'s bytes that go before it, after the chunk ahead of it.
+    before: usize,
+    bytes: Bytes,
+}
+
+impl Encoded {
+    fn new(encoder: Encoder) -> Self {
+        Self {
+            encoder,
+            buf: BytesMut::new(),
+            chunks: Chunks::default(),
+            count: 0,
+        }
+    }
+
+    /// Frames `message` at the end; returns how many bytes its frames take.
+    fn stage(&mut self, message: &Message) -> Result<usize, FramingError> {
+        let from = self.buf.len();
+        let mut chunked = 0;
+        let chunks = &mut self.chunks;
+        // Where in `buf` the last chunk goes (looked up for a large
+        // message only).
+        let mut placed = None;
+        self.encoder
+            .encode_chunked(message, &mut self.buf, |at, bytes| {
+                let last = *placed.get_or_insert_with(|| chunks.placed());
+                chunked += bytes.len();
+                chunks.push_back(Chunk {
+                    before: at - last,
+                    bytes,
+                });
+                placed = Some(at);
+            })?;
+        Ok(self.buf.len() - from + chunked)
+    }
+
+    /// Takes back what was staged since `staged`.
+    fn unstage(&mut self, staged: Staged) {
+        self.buf.truncate(staged.from);
+        self.chunks.truncate(staged.chunks);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty() && self.chunks.is_empty()
+    }
+
+    /// Hands out the queue's front, in order: `buf`'s bytes up to `max`
+    /// bytes in all (at least one, when it holds any), and each chunk
+    /// reached within them whole, as a queue of messages moves a message
+    /// larger than its batch whole: one write takes a large message with
+    /// its header, and a batch of writes exceeds `max` by at most one
+    /// payload the send limit already counted. Returns how many bytes.
+    fn drain(&mut self, max: usize, each: &mut impl FnMut(Output)) -> usize {
+        let max = max.max(1);
+        let mut taken = 0;
+        while taken < max {
+            // `buf`'s bytes before the next chunk, or all of them.
+            let ahead = self.chunks.front().map_or(self.buf.len(), |c| c.before);
+            if ahead > 0 {
+                let take = ahead.min(max - taken);
+                each(Output::Encoded(self.buf.split_to(take).freeze()));
+                if let Some(chunk) = self.chunks.front_mut() {
+                    chunk.before -= take;
+                }
+                taken += take;
+                continue;
+            }
+            let Some(chunk) = self.chunks.pop_front() else {
+                break;
+            };
+            taken += chunk.bytes.len();
+            each(Output::Encoded(chunk.bytes));
+        }
+        taken
+    }
+
+    /// Discards everything queued (an abort).
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.chunks.clear();
+        self.count = 0;
+    }
+
+    /// Returns the memory of an empty queue.
+    fn release(&mut self) {
+        // Emptiness alone decides: an empty buffer with no capacity left
+        // still shares the allocation of what it split off.
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+        self.chunks.release();
+    }
+
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.buf.capacity() + self.chunks.capacity()
+    }
 }
 
 impl Queue {
     /// Prepares `message` for the queue and says how many bytes the send
     /// limit counts for it: its length, or, when the queue encodes, the
-    /// length of its frames, framed already at the end of the buffer (then
+    /// length of its frames, framed already at the end of the queue (then
     /// [`commit`](Self::commit) or [`unstage`](Self::unstage) them).
     /// Framing first spares the limit's arithmetic a second pass over the
     /// message; a refused send takes its frames back.
@@ -203,13 +390,15 @@ impl Queue {
             Self::Messages(_) => Ok(Staged {
                 len: message.len(),
                 from: 0,
+                chunks: 0,
             }),
-            Self::Encoded(encoder, bytes, _) => {
-                let from = bytes.len();
-                encoder.encode(message, bytes)?;
+            Self::Encoded(encoded) => {
+                let from = encoded.buf.len();
+                let chunks = encoded.chunks.len();
                 Ok(Staged {
-                    len: bytes.len() - from,
+                    len: encoded.stage(message)?,
                     from,
+                    chunks,
                 })
             }
         }
@@ -222,24 +411,24 @@ impl Queue {
                 queue.push_back(message.into_owned());
                 queue.len()
             }
-            Self::Encoded(_, _, count) => {
-                *count += 1;
-                *count
+            Self::Encoded(encoded) => {
+                encoded.count += 1;
+                encoded.count
             }
         }
     }
 
     /// Takes a staged message back (the limit refused it).
     fn unstage(&mut self, staged: Staged) {
-        if let Self::Encoded(_, bytes, _) = self {
-            bytes.truncate(staged.from);
+        if let Self::Encoded(encoded) = self {
+            encoded.unstage(staged);
         }
     }
 
     fn is_empty(&self) -> bool {
         match self {
             Self::Messages(queue) => queue.is_empty(),
-            Self::Encoded(_, bytes, _) => bytes.is_empty(),
+            Self::Encoded(encoded) => encoded.is_empty(),
         }
     }
 
@@ -247,10 +436,7 @@ impl Queue {
     fn clear(&mut self) {
         match self {
             Self::Messages(queue) => queue.clear(),
-            Self::Encoded(_, bytes, count) => {
-                bytes.clear();
-                *count = 0;
-            }
+            Self::Encoded(encoded) => encoded.clear(),
         }
     }
 }
@@ -262,6 +448,8 @@ struct Staged {
     len: usize,
     /// Where its frames begin in an encoding queue's buffer.
     from: usize,
+    /// How many chunks the encoding queue held before it.
+    chunks: usize,
 }
 
 /// The outbox and everything that changes with it, under one lock.
@@ -307,8 +495,9 @@ pub(crate) enum Delivery {
 /// connection driven by a [`LinkDriver`](crate::link::LinkDriver) whose
 /// link has an [`Encoder`] (a server) frames each message as it is sent
 /// instead, under the outbox's lock, into one buffer that driver takes
-/// whole ([`Output::Encoded`]); the send limit then counts the frames'
-/// bytes, headers included.
+/// whole ([`Output::Encoded`]), a large message's payload queued behind
+/// its header as it is, not copied; the send limit then counts the
+/// frames' bytes, headers included.
 /// The adapter's writer loops:
 ///
 /// 1. [`poll_drain`](Self::poll_drain) (or [`register_waker`](Self::register_waker)
@@ -596,7 +785,9 @@ impl Outbox {
     /// From now on, frames every message as it is sent, with `encoder`
     /// (its link's, see [`Link::encoder`](storm_proto::link::Link::encoder)),
     /// into one buffer the writer takes whole ([`Output::Encoded`]): no
-    /// per-message queue entry and no framing in the writer. Messages
+    /// per-message queue entry (but a chunk for each large message's
+    /// payload, [`Encoder::encode_chunked`]) and no framing in the
+    /// writer. Messages
     /// already queued are framed now, in order. For the connection's own
     /// driver ([`LinkDriver`](crate::link::LinkDriver)), which then drains
     /// with [`drain_with`](Self::drain_with) or
@@ -610,7 +801,7 @@ impl Outbox {
             return;
         };
         let messages = std::mem::take(queue);
-        outbox.queue = Queue::Encoded(encoder, BytesMut::new(), 0);
+        outbox.queue = Queue::Encoded(Encoded::new(encoder));
         // The limit counted the messages' lengths; it now counts frames.
         let counted = std::mem::take(&mut outbox.queued_bytes);
         let _ = outbox.budget.discard(counted);
@@ -681,10 +872,8 @@ impl Outbox {
             Queue::Messages(queue) if queue.is_empty() && queue.capacity() != 0 => {
                 *queue = VecDeque::new();
             }
-            // Emptiness alone decides: an empty buffer with no capacity
-            // left still shares the allocation of what it split off.
-            Queue::Encoded(_, bytes, _) if bytes.is_empty() => *bytes = BytesMut::new(),
-            _ => {}
+            Queue::Encoded(encoded) => encoded.release(),
+            Queue::Messages(_) => {}
         }
     }
 
@@ -694,7 +883,7 @@ impl Outbox {
     pub(crate) fn outbox_capacity(&self) -> usize {
         match &lock(&self.outbox).queue {
             Queue::Messages(queue) => queue.capacity() * std::mem::size_of::<Message>(),
-            Queue::Encoded(_, bytes, _) => bytes.capacity(),
+            Queue::Encoded(encoded) => encoded.capacity(),
         }
     }
 
@@ -734,7 +923,8 @@ impl Outbox {
     /// [`drain_into`](Self::drain_into), handing each [`Output`] to `each`
     /// instead of a `Vec`, under the outbox's lock: `each` must not call
     /// back into this outbox. An encoding outbox hands out its frames,
-    /// at most `max_bytes` of them (at least one byte) at a time.
+    /// at most `max_bytes` of them (at least one byte) at a time, except
+    /// that a large message's payload, once reached, goes whole.
     pub fn drain_with(&self, max_bytes: usize, each: impl FnMut(Output)) -> Drained {
         let mut wake = Vec::new();
         let drained = {
@@ -809,17 +999,15 @@ impl Outbox {
                 }
                 self.queued.store(queue.len(), Ordering::Release);
             }
-            Queue::Encoded(_, bytes, count) if !bytes.is_empty() => {
-                let take = bytes.len().min(max_bytes.max(1));
-                drained.bytes = take;
-                if take == bytes.len() {
+            Queue::Encoded(encoded) if !encoded.is_empty() => {
+                drained.bytes = encoded.drain(max_bytes, &mut each);
+                if encoded.is_empty() {
                     // The messages are counted once their last bytes go.
-                    drained.messages = std::mem::take(count);
+                    drained.messages = std::mem::take(&mut encoded.count);
                     self.queued.store(0, Ordering::Release);
                 }
-                each(Output::Encoded(bytes.split_to(take).freeze()));
             }
-            Queue::Encoded(..) => {}
+            Queue::Encoded(_) => {}
         }
         outbox.queued_bytes = outbox.queued_bytes.saturating_sub(drained.bytes);
         if outbox.queue.is_empty() && close == Some(CloseKind::Graceful) {
@@ -959,7 +1147,7 @@ impl Outbox {
     pub fn queued_messages(&self) -> usize {
         match &lock(&self.outbox).queue {
             Queue::Messages(queue) => queue.len(),
-            Queue::Encoded(_, _, count) => *count,
+            Queue::Encoded(encoded) => encoded.count,
         }
     }
 

@@ -101,6 +101,17 @@ impl LengthPrefixFramer {
             max: self.max_frame_len,
         }
     }
+
+    /// The length prefix of a message of `len` bytes to send.
+    fn header(&self, len: usize) -> Result<[u8; HEADER_LEN], FramingError> {
+        // `max_frame_len <= u32::MAX` (checked by `new`), so within the
+        // limit the length always fits the field; `try_from` says so
+        // without a cast.
+        match u32::try_from(len) {
+            Ok(declared) if len <= self.max_frame_len => Ok(declared.to_be_bytes()),
+            _ => Err(self.message_too_large(len)),
+        }
+    }
 }
 
 impl Default for LengthPrefixFramer {
@@ -144,19 +155,18 @@ impl Framer for LengthPrefixFramer {
     }
 
     fn encode(&mut self, msg: &[u8], dst: &mut BytesMut) -> Result<(), FramingError> {
-        // `max_frame_len <= u32::MAX` (checked by `new`), so within the
-        // limit the length always fits the field; `try_from` says so
-        // without a cast.
-        let declared = match u32::try_from(msg.len()) {
-            Ok(declared) if msg.len() <= self.max_frame_len => declared,
-            _ => return Err(self.message_too_large(msg.len())),
-        };
+        let header = self.header(msg.len())?;
         // Room for the whole frame at once: a full buffer grows once per
         // frame, and both appends then find it.
         dst.reserve(HEADER_LEN + msg.len());
-        dst.extend_from_slice(&declared.to_be_bytes());
+        dst.extend_from_slice(&header);
         dst.extend_from_slice(msg);
         Ok(())
+    }
+
+    fn encode_header(&mut self, msg: &[u8], dst: &mut BytesMut) -> Result<bool, FramingError> {
+        dst.extend_from_slice(&self.header(msg.len())?);
+        Ok(true)
     }
 
     fn encoded_len(&self, msg_len: usize) -> usize {

@@ -169,6 +169,32 @@ pub trait Framer {
     /// `dst` is then left untouched.
     fn encode(&mut self, msg: &[u8], dst: &mut BytesMut) -> Result<(), FramingError>;
 
+    /// When `msg`'s frame is a header followed by `msg` itself, unchanged
+    /// (a length prefix; the raw framer's empty header): appends the
+    /// header alone to `dst` and returns `Ok(true)`; the caller then sends
+    /// `msg`'s own bytes right behind it, without copying them into `dst`
+    /// (see [`link::Encoder::encode_chunked`](crate::link::Encoder::encode_chunked)).
+    /// `Ok(false)`, with nothing appended, when the frame is not that
+    /// shape (the default): use [`encode`](Self::encode).
+    ///
+    /// # Errors
+    ///
+    /// As [`encode`](Self::encode); `dst` is then left untouched.
+    fn encode_header(&mut self, msg: &[u8], dst: &mut BytesMut) -> Result<bool, FramingError> {
+        let _ = (msg, dst);
+        Ok(false)
+    }
+
+    /// Whether [`decode`](Self::decode) hands out whatever is buffered as
+    /// it arrives, with no boundaries of its own to wait for (the raw
+    /// framer): a reader may then read large amounts straight into the
+    /// link's input buffer while data flows (see
+    /// [`Link::input_buffer`](crate::link::Link::input_buffer)). The
+    /// default says `false`.
+    fn is_stream(&self) -> bool {
+        false
+    }
+
     /// How many bytes [`encode`](Self::encode) appends for a message of
     /// `msg_len` bytes (saturating at `usize::MAX`). Lets an adapter reserve
     /// its output buffer once for a batch.
@@ -217,6 +243,14 @@ impl<F: Framer + ?Sized> Framer for Box<F> {
 
     fn remaining(&self, src: &BytesMut) -> Option<usize> {
         (**self).remaining(src)
+    }
+
+    fn encode_header(&mut self, msg: &[u8], dst: &mut BytesMut) -> Result<bool, FramingError> {
+        (**self).encode_header(msg, dst)
+    }
+
+    fn is_stream(&self) -> bool {
+        (**self).is_stream()
     }
 }
 

@@ -94,6 +94,15 @@ impl Framer for RawFramer {
         Ok(())
     }
 
+    fn encode_header(&mut self, _: &[u8], _: &mut BytesMut) -> Result<bool, FramingError> {
+        // No header: the message is its own frame.
+        Ok(true)
+    }
+
+    fn is_stream(&self) -> bool {
+        true
+    }
+
     fn encoded_len(&self, msg_len: usize) -> usize {
         msg_len
     }

@@ -20,6 +20,7 @@
 //! ```
 
 use std::fmt;
+use std::ops::Range;
 
 use bytes::{BufMut, BytesMut};
 
@@ -281,17 +282,38 @@ pub fn encode_message(
         );
         return;
     }
-    let count = payload.len().div_ceil(fragment);
-    for (i, chunk) in payload.chunks(fragment).enumerate() {
+    for (mut header, range) in message_frames(first, payload.len(), fragment) {
+        header.mask = mask();
+        encode_frame(header, payload.get(range).unwrap_or_default(), dst);
+    }
+}
+
+/// The frames [`encode_message`] cuts a data message of `len` payload
+/// bytes into: each frame's header (as `first` says, unmasked, its
+/// `payload_len` not yet set) and the range of the payload it carries.
+pub(crate) fn message_frames(
+    first: FrameHeader,
+    len: usize,
+    fragment: usize,
+) -> impl Iterator<Item = (FrameHeader, Range<usize>)> {
+    let step = if fragment == 0 || len <= fragment {
+        len.max(1)
+    } else {
+        fragment
+    };
+    let count = len.div_ceil(step).max(1);
+    (0..count).map(move |i| {
         let mut header = if i == 0 {
             first
         } else {
             FrameHeader::new(OpCode::Continuation, 0)
         };
-        header.fin = i + 1 == count;
-        header.mask = mask();
-        encode_frame(header, chunk, dst);
-    }
+        if count > 1 {
+            header.fin = i + 1 == count;
+        }
+        let start = i * step;
+        (header, start..len.min(start + step))
+    })
 }
 
 /// XORs `buf` with the masking key, as if `buf` began `offset` bytes into the

@@ -117,6 +117,33 @@ pub fn echo_length_prefix<S: Adapter, C: Adapter>() {
     echo_round_trip::<S, C>(spec, &messages);
 }
 
+/// Large and small messages pipelined (all sent before any echo is
+/// read), length-prefixed and WebSocket: large payloads leave the server
+/// as chunks of their own between small frames, and every message comes
+/// back whole and in order.
+pub fn echo_large_and_small_pipelined<S: Adapter, C: Adapter>() {
+    let sizes = [10, 70_000, 3, 20_000, 0, 64 * 1024, 5, 16 * 1024, 1];
+    let messages: Vec<Message> = sizes
+        .iter()
+        .map(|&len| Message::from(pattern(len)))
+        .collect();
+    for spec in [
+        ServerSpec::tcp(Framing::LengthPrefix, OnMessage::Echo),
+        ServerSpec::ws(OnMessage::Echo),
+    ] {
+        let mut server = Server::start::<S>(spec);
+        let client = Client::connect::<C>(&ClientSpec::to(&server));
+        for message in &messages {
+            client.send(message.clone());
+        }
+        for message in &messages {
+            assert!(&client.recv() == message, "echoed whole, in order");
+        }
+        server.shutdown(WAIT);
+        assert!(client.disconnect().is_normal());
+    }
+}
+
 /// Newline-delimited lines.
 pub fn echo_delimiter<S: Adapter, C: Adapter>() {
     let messages: Vec<Message> = (0..100u32)

@@ -45,11 +45,6 @@ impl Utf8Validator {
                 Err(_) => return Ok(()),
             }
         }
-        // ASCII, the usual text, in words (`from_utf8` goes byte by byte
-        // over short or unaligned input).
-        if data.is_ascii() {
-            return Ok(());
-        }
         match std::str::from_utf8(data) {
             Ok(_) => Ok(()),
             Err(e) if e.error_len().is_some() => Err(InvalidUtf8),
@@ -116,90 +111,6 @@ mod tests {
         ] {
             assert_eq!(check_in_pieces(bad, &[]), Err(InvalidUtf8), "{bad:x?}");
             assert_eq!(check_in_pieces(bad, &[1, 2]), Err(InvalidUtf8), "{bad:x?}");
-        }
-    }
-
-    /// Sequences no valid text contains: overlong encodings, surrogates,
-    /// code points past U+10FFFF, stray continuation bytes, bytes that
-    /// never occur, a lead byte followed by ASCII.
-    const INVALID: &[&[u8]] = &[
-        &[0xC0, 0x80],
-        &[0xC1, 0xBF],
-        &[0xE0, 0x80, 0x80],
-        &[0xE0, 0x9F, 0xBF],
-        &[0xF0, 0x80, 0x80, 0x80],
-        &[0xF0, 0x8F, 0xBF, 0xBF],
-        &[0xED, 0xA0, 0x80],
-        &[0xED, 0xBF, 0xBF],
-        &[0xF4, 0x90, 0x80, 0x80],
-        &[0xF5, 0x80, 0x80, 0x80],
-        &[0x80],
-        &[0xBF],
-        &[0xFE],
-        &[0xFF],
-        &[0xC3, b'a'],
-        &[0xE2, 0x82, b'a'],
-    ];
-
-    /// Valid multi-byte code points, each at the edge of its width or of a
-    /// forbidden range.
-    const VALID: &[&[u8]] = &[
-        &[0xC2, 0x80],
-        &[0xDF, 0xBF],
-        &[0xE0, 0xA0, 0x80],
-        &[0xED, 0x9F, 0xBF],
-        &[0xEE, 0x80, 0x80],
-        &[0xF0, 0x90, 0x80, 0x80],
-        &[0xF4, 0x8F, 0xBF, 0xBF],
-    ];
-
-    #[test]
-    fn sequences_at_every_position_and_cut_agree_with_std() {
-        // Each sequence behind 0..17 ASCII bytes (so it straddles every
-        // 8-byte boundary) with ASCII after it, fed whole, in two pieces
-        // cut anywhere, and byte by byte.
-        for &sequence in INVALID.iter().chain(VALID) {
-            for lead in 0..17 {
-                let mut data = vec![b'x'; lead];
-                data.extend_from_slice(sequence);
-                data.extend_from_slice(b"tail");
-                let expected = std::str::from_utf8(&data).is_ok();
-                assert_eq!(expected, VALID.contains(&sequence));
-                assert_eq!(check_in_pieces(&data, &[]).is_ok(), expected, "{data:x?}");
-                for cut in 0..=data.len() {
-                    assert_eq!(
-                        check_in_pieces(&data, &[cut]).is_ok(),
-                        expected,
-                        "{data:x?} cut {cut}"
-                    );
-                }
-                let every: Vec<usize> = (0..data.len()).collect();
-                assert_eq!(
-                    check_in_pieces(&data, &every).is_ok(),
-                    expected,
-                    "{data:x?}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn a_code_point_cut_off_at_the_end_fails_only_at_finish() {
-        for &sequence in VALID {
-            for keep in 1..sequence.len() {
-                for lead in 0..9 {
-                    let mut data = vec![b'x'; lead];
-                    data.extend_from_slice(&sequence[..keep]);
-                    let mut v = Utf8Validator::default();
-                    // Any piece boundary: valid so far, wrong at the end.
-                    for cut in 0..=data.len() {
-                        v.reset();
-                        assert_eq!(v.feed(&data[..cut]), Ok(()));
-                        assert_eq!(v.feed(&data[cut..]), Ok(()));
-                        assert_eq!(v.finish(), Err(InvalidUtf8), "{data:x?} cut {cut}");
-                    }
-                }
-            }
         }
     }
 

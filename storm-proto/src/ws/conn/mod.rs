@@ -15,7 +15,7 @@ use super::deflate::{
 };
 use super::frame::{self, FrameError, FrameHeader, MAX_CONTROL_PAYLOAD, OpCode};
 use super::utf8::Utf8Validator;
-use crate::message::{Message, Utf8Bytes};
+use crate::message::Utf8Bytes;
 
 /// Limits and behaviour of a [`Connection`].
 ///
@@ -734,89 +734,6 @@ impl Connection {
     /// it (answers to the messages before the error), and every later call
     /// returns the same error.
     pub fn poll_event(&mut self) -> Result<Option<Event>, ProtocolError> {
-        match self.whole_message() {
-            Some(Message::Text(text)) => Ok(Some(Event::Text(text))),
-            Some(Message::Binary(bytes)) => Ok(Some(Event::Binary(bytes))),
-            None => self.poll_frames(),
-        }
-    }
-
-    /// The fast path of [`poll_event`](Self::poll_event), which
-    /// [`Link`](crate::link::Link) also takes directly: the message of the
-    /// frame at the front of the input when that frame is a whole message
-    /// already whole in the buffer (a final text or binary frame, no RSV
-    /// bit, masked as this side expects, a length under 64 KiB and within
-    /// the limits, no message or frame in progress), cut out in one go: the
-    /// header read at once, the payload unmasked and checked for ASCII in
-    /// one pass, the full UTF-8 check only for text that is not ASCII.
-    ///
-    /// `None` for any other input, which `poll_event` then parses frame by
-    /// frame ([`poll_frames`](Self::poll_frames)), and for text that is not
-    /// UTF-8: the connection has failed then (as `poll_frames` fails it),
-    /// and `poll_event` reports the error. Whatever this path takes, the
-    /// general one turns into the same event or error (the tests check the
-    /// two agree on any input in any pieces).
-    #[inline]
-    pub(crate) fn whole_message(&mut self) -> Option<Message> {
-        if self.frame.is_some()
-            || self.message.is_some()
-            || !matches!(self.state, State::Open | State::CloseSent)
-        {
-            return None;
-        }
-        let &[b0, b1, ..] = &self.input[..] else {
-            return None;
-        };
-        let text = match b0 {
-            0x81 => true,
-            0x82 => false,
-            _ => return None,
-        };
-        let masked = b1 & 0x80 != 0;
-        if masked != (self.side == Side::Server) {
-            return None;
-        }
-        let (len, key_at) = match b1 & 0x7F {
-            127 => return None,
-            126 => {
-                let &[_, _, hi, lo, ..] = &self.input[..] else {
-                    return None;
-                };
-                (usize::from(u16::from_be_bytes([hi, lo])), 4)
-            }
-            len => (usize::from(len), 2),
-        };
-        let header_len = if masked { key_at + 4 } else { key_at };
-        let end = header_len + len;
-        if self.input.len() < end
-            || len > self.config.max_frame_size
-            || len > self.config.max_message_size
-        {
-            return None;
-        }
-        // No message in progress: the validator holds no partial code
-        // point, so this frame's text is checked on its own.
-        let (head, payload) = self.input[..end].split_at_mut(header_len);
-        let ascii = match head.last_chunk::<4>() {
-            Some(&key) if masked => frame::unmask_ascii(payload, key),
-            _ => text && payload.is_ascii(),
-        };
-        if text && !ascii && std::str::from_utf8(payload).is_err() {
-            self.fail_cold(ProtocolError::InvalidUtf8);
-            return None;
-        }
-        let mut payload = self.input.split_to(end).freeze();
-        payload.advance(header_len);
-        Some(if text {
-            Message::Text(Utf8Bytes::from_validated(payload))
-        } else {
-            Message::Binary(payload)
-        })
-    }
-
-    /// [`poll_event`](Self::poll_event) frame by frame: every frame, whole
-    /// or in pieces, control or data, fragment or message.
-    fn poll_frames(&mut self) -> Result<Option<Event>, ProtocolError> {
         // A frame makes one event at most and is parsed only when asked
         // for, so nothing (a flood of pings included) is ever queued.
         loop {
@@ -1095,13 +1012,6 @@ impl Connection {
         self.state = State::Failed(error.clone());
         self.release_input();
         error
-    }
-
-    /// [`fail`](Self::fail) out of the fast path's line.
-    #[cold]
-    #[inline(never)]
-    fn fail_cold(&mut self, error: ProtocolError) {
-        self.fail(error);
     }
 
     /// Parses and handles the next complete frame.

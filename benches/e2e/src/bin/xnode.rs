@@ -1004,7 +1004,7 @@ const STAGES: [&str; 7] = [
     "queued → taken into a pipeline (publisher queue)",
     "taken → the pipeline's reply parsed (round trip, for reference)",
     "taken → received by the node's subscriber (Redis, pub/sub)",
-    "received → delivered to the room's sessions (subscriber task)",
+    "received → delivered to the room's sessions (the subscription connection's reading task)",
     "delivered → client receipt (session queues, WebSocket)",
     "all: client send → client receipt",
 ];

@@ -267,6 +267,16 @@ impl fmt::Debug for Encoder {
     }
 }
 
+/// The header of a WebSocket message's first frame (its opcode says text
+/// or binary); its length is set as each frame is made.
+fn first_frame_header(message: &Message) -> ws::frame::FrameHeader {
+    let opcode = match message {
+        Message::Text(_) => ws::frame::OpCode::Text,
+        Message::Binary(_) => ws::frame::OpCode::Binary,
+    };
+    ws::frame::FrameHeader::new(opcode, 0)
+}
+
 impl Encoder {
     /// Appends `message`, framed, to `dst`.
     ///
@@ -279,11 +289,7 @@ impl Encoder {
         match &mut self.0 {
             EncoderKind::Framed(framer) => framer.encode(message.as_bytes(), dst),
             EncoderKind::WebSocket(fragment) => {
-                let opcode = match message {
-                    Message::Text(_) => ws::frame::OpCode::Text,
-                    Message::Binary(_) => ws::frame::OpCode::Binary,
-                };
-                let first = ws::frame::FrameHeader::new(opcode, 0);
+                let first = first_frame_header(message);
                 ws::frame::encode_message(first, message.as_bytes(), *fragment, || None, dst);
                 Ok(())
             }
@@ -320,11 +326,7 @@ impl Encoder {
                 chunk(dst.len(), message.clone().into_bytes());
             }
             EncoderKind::WebSocket(fragment) if *fragment == 0 || *fragment >= LARGE_MESSAGE => {
-                let opcode = match message {
-                    Message::Text(_) => ws::frame::OpCode::Text,
-                    Message::Binary(_) => ws::frame::OpCode::Binary,
-                };
-                let first = ws::frame::FrameHeader::new(opcode, 0);
+                let first = first_frame_header(message);
                 let payload = message.clone().into_bytes();
                 for (mut header, range) in
                     ws::frame::message_frames(first, payload.len(), *fragment)

@@ -38,8 +38,9 @@ const MAX_SLICES: usize = 64;
 
 /// Reads what the stream has and feeds it to `link`, as read at `now`;
 /// `Ok(0)` at end of stream. The rest of a large message (a WebSocket
-/// frame, a length-prefixed or broker message) is read straight into the
-/// link's input buffer; everything else through the thread's buffer.
+/// frame, a length-prefixed or broker message), and the next one while
+/// large ones flow, is read straight into the link's input buffer;
+/// everything else through the thread's buffer.
 fn poll_read_into<S: PollRead>(
     reader: &mut S,
     cx: &mut Context<'_>,
@@ -48,10 +49,11 @@ fn poll_read_into<S: PollRead>(
 ) -> Poll<io::Result<usize>> {
     if let Some(mut room) = link.input_buffer() {
         let read = reader.poll_read_buf(cx, &mut room);
-        if let Poll::Ready(Ok(n)) = read {
-            if n > 0 {
-                link.input_filled(now, n);
-            }
+        match read {
+            Poll::Ready(Ok(n)) if n > 0 => link.input_filled(now, n),
+            // Waiting for the peer holds no room.
+            Poll::Pending => link.input_pending(),
+            Poll::Ready(_) => {}
         }
         return read;
     }

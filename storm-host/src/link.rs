@@ -268,6 +268,28 @@ impl LinkDriver {
         self.link.input_filled(now, len);
     }
 
+    /// The read into [`input_buffer`](Self::input_buffer) would block: the
+    /// room goes back while the link holds no input (see
+    /// [`Link::input_pending`]).
+    pub fn input_pending(&mut self) {
+        self.link.input_pending();
+    }
+
+    /// [`input_buffer`](Self::input_buffer)'s room lent out with the input
+    /// buffer, for a blocking read without the driver's lock (see
+    /// [`Link::lend_input`]); give it back with
+    /// [`restore_input`](Self::restore_input).
+    pub fn lend_input(&mut self) -> Option<(BytesMut, usize)> {
+        self.link.lend_input()
+    }
+
+    /// Gives back what [`lend_input`](Self::lend_input) lent, `len` bytes
+    /// appended at `now` (0: none).
+    pub fn restore_input(&mut self, now: Instant, input: BytesMut, len: usize) {
+        self.outbox.on_read_consumed(len);
+        self.link.restore_input(now, input, len);
+    }
+
     /// The socket has no more bytes to read. [`poll_event`](Self::poll_event)
     /// reports what was still buffered, then [`LinkEvent::Closed`].
     pub fn handle_eof(&mut self) {

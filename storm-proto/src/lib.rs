@@ -107,6 +107,7 @@ pub mod framing;
 pub mod heartbeat;
 pub mod link;
 mod message;
+mod read_ahead;
 pub mod reconnect;
 pub mod route;
 pub mod rpc;

@@ -63,11 +63,12 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use bytes::buf::Limit;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 use crate::Message;
 use crate::framing::{Framer, FramingError};
 use crate::heartbeat::{Heartbeat, HeartbeatConfig, HeartbeatConfigError, HeartbeatEvent};
+use crate::read_ahead::ReadAhead;
 use crate::ws::{
     self, CloseCode, CloseFrame, DIRECT_READ_MIN, InputGrowth, ProtocolError, RESERVE_AHEAD,
     release_bytes,
@@ -110,8 +111,10 @@ struct Framed {
     /// that much in place; one that knows a message's length reserves its
     /// whole rest while it is not 0.
     read_room: usize,
-    /// The room [`input_room`](Self::input_room) offered last.
-    offered: usize,
+    /// The room for the next message at a message boundary while large
+    /// messages flow (framers that know a message's length), and the room
+    /// offered last.
+    ahead: ReadAhead,
     /// Frames ready for the writer.
     output: BytesMut,
     /// Bytes framed ahead ([`Link::send_encoded`]), with what `output`
@@ -127,17 +130,17 @@ impl Framed {
     /// or, once its reads showed data flowing
     /// ([`read_room`](Self::read_room) not 0), the whole rest, as a
     /// WebSocket connection reserves a frame's; at most [`RESERVE_AHEAD`]
-    /// either way, and `DIRECT_READ_MIN` more: a peer that announces a
-    /// large message and sends little does not make the link hold memory
-    /// it never sent, while one that sends fast has the rest of a message
-    /// read into one allocation, never moved as it grows. The
-    /// `DIRECT_READ_MIN` more lets the read that ends the message take
-    /// the start of the next one in place too: otherwise a short tail of
-    /// the message is left for a copying read, which finds the buffer
-    /// full and moves the whole message to a new one. While data flows it
-    /// is [`NEXT_HEADER_ROOM`] instead: enough for the next message's
-    /// length, whose rest then gets room of its own; what the read took of
-    /// that message moves to it, so the less the better.
+    /// either way: a peer that announces a large message and sends little
+    /// does not make the link hold memory it never sent, while one that
+    /// sends fast has the rest of a message read into one allocation,
+    /// never moved as it grows. Not flowing, `DIRECT_READ_MIN` more lets
+    /// the read that ends the message take the start of the next one in
+    /// place too: otherwise a short tail of the message is left for a
+    /// copying read, which finds the buffer full and moves the whole
+    /// message to a new one. Flowing, the room is the rest exactly
+    /// (whatever its size): the next message is read at the boundary into
+    /// room of its own ([`ReadAhead`]), sized as the last large message,
+    /// so each is read whole, into its own allocation, without a copy.
     ///
     /// A [stream](Framer::is_stream) framer's link has no message to read
     /// the rest of: it offers `read_room` while data flows instead.
@@ -146,23 +149,31 @@ impl Framed {
             if self.read_room == 0 {
                 return None;
             }
-            self.offered = self.read_room;
             self.input.reserve(self.read_room);
-            return Some((&mut self.input).limit(self.read_room));
+            return Some(self.ahead.offer(&mut self.input, self.read_room));
         }
-        let to_come = self
-            .framer
-            .remaining(&self.input)
-            .filter(|&n| n >= DIRECT_READ_MIN)?;
-        let (ahead, next) = if self.read_room > 0 {
-            (RESERVE_AHEAD, NEXT_HEADER_ROOM)
-        } else {
-            let sent = self.input.len().clamp(DIRECT_READ_MIN, RESERVE_AHEAD);
-            (sent, DIRECT_READ_MIN)
+        let Some(to_come) = self.framer.remaining(&self.input) else {
+            // At a boundary (or the start of a header).
+            return self.ahead.room(&mut self.input);
         };
-        self.input.reserve(to_come.min(ahead) + next);
-        self.offered = self.input.capacity() - self.input.len();
-        ws::direct_read_room(&mut self.input, to_come)
+        if to_come >= DIRECT_READ_MIN {
+            self.ahead.large_message(self.input.len() + to_come);
+        }
+        if self.read_room > 0 && self.ahead.is_flowing() {
+            self.input.reserve(to_come.min(RESERVE_AHEAD));
+            return Some(self.ahead.offer(&mut self.input, to_come));
+        }
+        if to_come < DIRECT_READ_MIN {
+            return None;
+        }
+        let ahead = if self.read_room > 0 {
+            RESERVE_AHEAD
+        } else {
+            self.input.len().clamp(DIRECT_READ_MIN, RESERVE_AHEAD)
+        };
+        self.input.reserve(to_come.min(ahead) + DIRECT_READ_MIN);
+        let room = Limit::limit(&ws::direct_read_room(&mut self.input, to_come)?);
+        Some(self.ahead.offer(&mut self.input, room))
     }
 
     /// Sizes [`read_room`](Self::read_room) after a read of `len` bytes
@@ -178,14 +189,15 @@ impl Framed {
     /// holds none (its input buffer is returned, [`Link::release_buffers`]).
     fn note_read(&mut self, len: usize, in_place: bool) {
         let room = self.read_room;
+        let offered = self.ahead.offered();
         self.read_room = if !in_place {
             if len >= DIRECT_READ_MIN {
                 room.max(len.saturating_mul(2)).min(READ_ROOM_MAX)
             } else {
                 room
             }
-        } else if len >= self.offered {
-            room.max(self.offered).saturating_mul(2).min(READ_ROOM_MAX)
+        } else if len >= offered {
+            room.max(offered).saturating_mul(2).min(READ_ROOM_MAX)
         } else if len < DIRECT_READ_MIN {
             Some(room / 2)
                 .filter(|&half| half >= DIRECT_READ_MIN)
@@ -193,15 +205,11 @@ impl Framed {
         } else {
             room
         };
+        if in_place {
+            self.ahead.note_read(len);
+        }
     }
 }
-
-/// What a length-prefixed link reads past the end of a large message while
-/// data flows ([`Link::input_buffer`]): the next message's length and a
-/// little of it. The bytes read past the end move to the next message's
-/// own buffer (the one read into stays with the message, which the
-/// application may still hold), so the room is kept small: 1 KiB.
-const NEXT_HEADER_ROOM: usize = 1024;
 
 /// The most room a raw link reads into at once while data flows (see
 /// [`Link::input_buffer`]): 64 KiB, what a plain echo's read buffer holds,
@@ -232,7 +240,7 @@ impl From<Protocol> for Wire {
                 input: BytesMut::new(),
                 input_growth: InputGrowth::default(),
                 read_room: 0,
-                offered: 0,
+                ahead: ReadAhead::default(),
                 output: BytesMut::new(),
                 queued: VecDeque::new(),
             })),
@@ -708,8 +716,54 @@ impl Link {
         if len > 0 {
             self.note_input(now);
         }
-        if let Wire::Framed(framed) = &mut self.wire {
-            framed.note_read(len, true);
+        match &mut self.wire {
+            Wire::Framed(framed) => framed.note_read(len, true),
+            Wire::WebSocket(conn) => conn.input_filled(len),
+        }
+    }
+
+    /// The read into [`input_buffer`](Self::input_buffer)'s room found
+    /// nothing yet (it would block): the room goes back with the input
+    /// buffer when that holds nothing (no message in progress), so a link
+    /// that waits for its peer holds no room for a read.
+    pub fn input_pending(&mut self) {
+        match &mut self.wire {
+            Wire::Framed(framed) => release_bytes(&mut framed.input),
+            Wire::WebSocket(conn) => conn.release_idle_input(),
+        }
+    }
+
+    /// [`input_buffer`](Self::input_buffer)'s room lent out with the input
+    /// buffer itself, for a reader that cannot hold the link while it
+    /// reads (a blocking read on a thread of its own, with the link behind
+    /// a lock): the buffer (what it holds is the link's input so far:
+    /// append only) and how many bytes at most to append. Give it back
+    /// with [`restore_input`](Self::restore_input) whatever the read did,
+    /// before the link is fed or parsed again. `None` when there is no
+    /// such room: read into any buffer and call
+    /// [`handle_input`](Self::handle_input).
+    pub fn lend_input(&mut self) -> Option<(BytesMut, usize)> {
+        let room = self.input_buffer()?;
+        let len = Limit::limit(&room);
+        Some((std::mem::take(room.into_inner()), len))
+    }
+
+    /// Gives back the input buffer [`lend_input`](Self::lend_input) lent,
+    /// with `len` bytes appended at `now`; 0 when the read brought nothing
+    /// (then, as [`input_pending`](Self::input_pending), an empty buffer's
+    /// room is returned). A link closed meanwhile drops it.
+    pub fn restore_input(&mut self, now: Instant, input: BytesMut, len: usize) {
+        if self.closed {
+            return;
+        }
+        match &mut self.wire {
+            Wire::Framed(framed) => framed.input = input,
+            Wire::WebSocket(conn) => conn.restore_input(input),
+        }
+        if len == 0 {
+            self.input_pending();
+        } else {
+            self.input_filled(now, len);
         }
     }
 
@@ -981,6 +1035,7 @@ impl Link {
             Wire::Framed(framed) => {
                 framed.input_growth.release(&mut framed.input);
                 framed.read_room = 0;
+                framed.ahead.forget();
                 release_bytes(&mut framed.output);
                 if framed.queued.is_empty() && framed.queued.capacity() != 0 {
                     framed.queued = VecDeque::new();
@@ -1475,6 +1530,178 @@ mod tests {
         assert!(reads <= 8 + 3, "{reads} reads for 8 messages");
     }
 
+    /// The peer's large messages arrive one at a time: every read that
+    /// starts at a message boundary finds only that message (at most
+    /// `copied` bytes through the adapter's buffer, any room in place).
+    /// Returns the messages, the bytes read in place and the reads.
+    fn feed_one_at_a_time(
+        link: &mut Link,
+        now: Instant,
+        messages: &[Vec<u8>],
+        copied: usize,
+    ) -> (Vec<Bytes>, usize, usize) {
+        let (mut got, mut in_place, mut reads) = (Vec::new(), 0, 0);
+        for message in messages {
+            let (m, i, r) = feed_reads(link, now, message, copied, usize::MAX);
+            got.extend(m);
+            in_place += i;
+            reads += r;
+        }
+        (got, in_place, reads)
+    }
+
+    /// Issue #16: a read at a message boundary (the next message's length
+    /// not known yet) goes in place too while large messages flow, into
+    /// room for a whole message: one read per message, no copy. BASE read
+    /// it through the adapter's 16 KiB buffer and copied it.
+    #[test]
+    fn large_length_prefixed_messages_are_read_one_read_each_from_the_boundary() {
+        let now = Instant::now();
+        let mut link = framed(now);
+        let big: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        let wires: Vec<Vec<u8>> = (0..8).map(|_| lp(&big)).collect();
+        let (messages, in_place, reads) = feed_one_at_a_time(&mut link, now, &wires, 16 * 1024);
+        assert_eq!(messages.len(), 8);
+        assert!(messages.iter().all(|m| m[..] == big[..]));
+        let total: usize = wires.iter().map(Vec::len).sum();
+        // Only the first read of the first message is a copy.
+        assert_eq!(in_place, total - 16 * 1024);
+        assert_eq!(reads, 8 + 1, "one read per message after the first");
+        // All sent at once, too.
+        let mut link = framed(now);
+        let (messages, in_place, reads) =
+            feed_reads(&mut link, now, &wires.concat(), 16 * 1024, usize::MAX);
+        assert_eq!(messages.len(), 8);
+        assert_eq!(in_place, total - 16 * 1024);
+        assert_eq!(reads, 8 + 1);
+    }
+
+    /// WebSocket frames as length-prefixed messages: BASE read every
+    /// 64 KiB frame in two reads, its first 16 KiB through the adapter's
+    /// buffer.
+    #[test]
+    fn large_websocket_frames_are_read_one_read_each() {
+        let now = Instant::now();
+        let big: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        let frame = {
+            let mut header = ws::frame::FrameHeader::new(ws::frame::OpCode::Binary, 0);
+            header.mask = Some([1, 2, 3, 4]);
+            let mut out = BytesMut::new();
+            ws::frame::encode_frame(header, &big, &mut out);
+            out.to_vec()
+        };
+        let wires = vec![frame; 8];
+        let total: usize = wires.iter().map(Vec::len).sum();
+        for all_at_once in [false, true] {
+            let mut link = ws(ws::Side::Server, ws::Config::default(), now);
+            let (messages, in_place, reads) = if all_at_once {
+                feed_reads(&mut link, now, &wires.concat(), 16 * 1024, usize::MAX)
+            } else {
+                feed_one_at_a_time(&mut link, now, &wires, 16 * 1024)
+            };
+            assert_eq!(messages.len(), 8);
+            assert!(messages.iter().all(|m| m[..] == big[..]));
+            assert_eq!(in_place, total - 16 * 1024);
+            assert_eq!(reads, 8 + 1, "one read per frame after the first");
+        }
+    }
+
+    /// The room offered at a boundary goes back when the read finds
+    /// nothing, and with the idle release: a link waiting for its peer
+    /// holds no room.
+    #[test]
+    fn a_link_that_waits_at_a_boundary_holds_no_room() {
+        let now = Instant::now();
+        let big = vec![5u8; 64 * 1024];
+        let frame = {
+            let mut header = ws::frame::FrameHeader::new(ws::frame::OpCode::Binary, 0);
+            header.mask = Some([1, 2, 3, 4]);
+            let mut out = BytesMut::new();
+            ws::frame::encode_frame(header, &big, &mut out);
+            out.to_vec()
+        };
+        let links = [
+            (framed(now), lp(&big)),
+            (ws(ws::Side::Server, ws::Config::default(), now), frame),
+        ];
+        for (mut link, wire) in links {
+            let (messages, _, _) = feed_reads(&mut link, now, &wire, 16 * 1024, usize::MAX);
+            assert_eq!(messages.len(), 1);
+            drop(messages);
+            let room = Limit::limit(&link.input_buffer().expect("large messages flow"));
+            assert!((64 * 1024..=64 * 1024 + 14).contains(&room), "{room}");
+            assert!(link.buffer_capacity() >= room);
+            // The read would block.
+            link.input_pending();
+            assert_eq!(link.buffer_capacity(), 0);
+            // Lent and given back empty, the same.
+            let (input, lent) = link.lend_input().expect("still flowing");
+            assert_eq!(lent, room);
+            link.restore_input(now, input, 0);
+            assert_eq!(link.buffer_capacity(), 0);
+            // Idle: boundary reads go through the adapter's buffer again.
+            link.release_buffers(now);
+            assert!(link.input_buffer().is_none());
+        }
+    }
+
+    /// However a peer splits its messages and however much a read
+    /// brings, a length-prefixed link never holds more than its largest
+    /// message allows: a declaration beyond the limit gets no room (and
+    /// fails), and while messages at the limit flow the input buffer stays
+    /// within one message and a read's worth.
+    #[test]
+    fn a_flowing_link_reserves_no_more_than_the_largest_message() {
+        let now = Instant::now();
+        let max = 40_000;
+        let mut link = Link::new(
+            Protocol::Framed(Box::new(
+                LengthPrefixFramer::new(crate::framing::LengthPrefixConfig { max_frame_len: max })
+                    .unwrap(),
+            )),
+            &LinkConfig::default(),
+            now,
+        )
+        .unwrap();
+        let wire: Vec<u8> = (0..6).flat_map(|_| lp(&vec![1u8; max])).collect();
+        let mut at = 0;
+        let mut largest = 0;
+        for read in [16 * 1024, 100, 40_004, 7, 50_000, usize::MAX]
+            .iter()
+            .cycle()
+        {
+            if at == wire.len() {
+                break;
+            }
+            let end = at.saturating_add(*read).min(wire.len());
+            match link.input_buffer() {
+                Some(mut room) => {
+                    let end = at.saturating_add(room.remaining_mut()).min(end);
+                    room.put_slice(&wire[at..end]);
+                    link.input_filled(now, end - at);
+                    at = end;
+                }
+                None => {
+                    link.handle_input(now, &wire[at..end]);
+                    at = end;
+                }
+            }
+            largest = largest.max(link.buffer_capacity());
+            while let Some(event) = link.poll_event(now) {
+                assert!(matches!(event, LinkEvent::Message(m) if m.len() == max));
+            }
+        }
+        assert!(largest <= 2 * (max + 4) + 16 * 1024, "{largest}");
+        // Flowing; then a declaration beyond the limit: no room, and the
+        // link fails.
+        link.handle_input(now, &(max as u32 + 1).to_be_bytes());
+        assert!(matches!(
+            link.poll_event(now),
+            Some(LinkEvent::Closed(CloseReason::Framing(_)))
+        ));
+        assert!(link.input_buffer().is_none());
+    }
+
     #[test]
     fn an_oversized_declaration_is_not_offered_room() {
         let now = Instant::now();
@@ -1622,8 +1849,9 @@ mod tests {
         /// the same messages.
         #[test]
         fn in_place_reads_give_the_messages_a_copy_gives(
-            sizes in proptest::collection::vec(0usize..40_000, 1..6),
+            sizes in proptest::collection::vec(0usize..70_000, 1..6),
             chunk in 1usize..20_000,
+            in_place in 1usize..80_000,
         ) {
             let now = Instant::now();
             let payloads: Vec<Vec<u8>> = sizes
@@ -1633,7 +1861,38 @@ mod tests {
                 .collect();
             let wire: Vec<u8> = payloads.iter().flat_map(|p| lp(p)).collect();
             let (messages, _) = feed(&mut framed(now), now, &wire, chunk);
-            proptest::prop_assert_eq!(messages, payloads);
+            proptest::prop_assert_eq!(&messages, &payloads);
+            // Reads in place of any other size (a boundary's included).
+            let (messages, _, _) = feed_reads(&mut framed(now), now, &wire, chunk, in_place);
+            proptest::prop_assert_eq!(&messages, &payloads);
+        }
+
+        /// The same for WebSocket frames through a server link.
+        #[test]
+        fn in_place_websocket_reads_give_the_messages_a_copy_gives(
+            sizes in proptest::collection::vec(0usize..70_000, 1..6),
+            chunk in 1usize..20_000,
+            in_place in 1usize..80_000,
+        ) {
+            let now = Instant::now();
+            let payloads: Vec<Vec<u8>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| (0..n).map(|j| (i + j) as u8).collect())
+                .collect();
+            let wire: Vec<u8> = payloads
+                .iter()
+                .flat_map(|p| {
+                    let mut header = ws::frame::FrameHeader::new(ws::frame::OpCode::Binary, 0);
+                    header.mask = Some([9, 8, 7, 6]);
+                    let mut out = BytesMut::new();
+                    ws::frame::encode_frame(header, p, &mut out);
+                    out.to_vec()
+                })
+                .collect();
+            let mut link = ws(ws::Side::Server, ws::Config::default(), now);
+            let (messages, _, _) = feed_reads(&mut link, now, &wire, chunk, in_place);
+            proptest::prop_assert_eq!(&messages, &payloads);
         }
 
         /// A message framed ahead by the link's encoder is, byte for

@@ -30,7 +30,7 @@ use std::task::Context;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 
 use storm_host::hub::{CloseKind, Outbox, thread_waker};
 use storm_host::link::{CloseReason, LinkDriver, LinkEvent};
@@ -153,14 +153,46 @@ impl ReadHalf for PlainReader {
     }
 
     fn read(&mut self, link: &Mutex<Box<LinkDriver>>, buf: &mut [u8]) -> io::Result<Received> {
-        match (&self.stream).read(buf)? {
-            0 => Ok(Received::Eof),
-            n => {
-                lock(link).handle_input(Instant::now(), buf.get(..n).unwrap_or_default());
-                Ok(Received::Input)
+        // A large message (or the next while large ones flow) is read
+        // straight into the link's input buffer, lent out so the lock is
+        // not held while the read blocks.
+        let lent = lock(link).lend_input();
+        let n = match lent {
+            Some((input, room)) => read_into(&self.stream, link, input, room)?,
+            None => {
+                let n = (&self.stream).read(buf)?;
+                if n > 0 {
+                    lock(link).handle_input(Instant::now(), buf.get(..n).unwrap_or_default());
+                }
+                n
             }
-        }
+        };
+        Ok(if n == 0 {
+            Received::Eof
+        } else {
+            Received::Input
+        })
     }
+}
+
+/// Reads at most `room` bytes from `stream` onto the end of `input`, the
+/// link's input buffer lent by [`LinkDriver::lend_input`], and gives it
+/// back whatever the read did; how many bytes it read.
+fn read_into(
+    mut stream: &TcpStream,
+    link: &Mutex<Box<LinkDriver>>,
+    mut input: BytesMut,
+    room: usize,
+) -> io::Result<usize> {
+    let start = input.len();
+    // Safe code cannot read into uninitialised memory: zeroed first (a
+    // fraction of the copy it saves).
+    input.resize(start + room, 0);
+    let read = stream.read(input.get_mut(start..).unwrap_or_default());
+    let n = *read.as_ref().unwrap_or(&0);
+    input.truncate(start + n);
+    lock(link).restore_input(Instant::now(), input, n);
+    read
 }
 
 impl WriteHalf for TcpStream {
@@ -487,5 +519,78 @@ fn write_loop<W: WriteHalf>(
             let _ = writer.socket().shutdown(Shutdown::Write);
             shut = true;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::disallowed_methods)] // the test reads the clock
+
+    use std::net::TcpListener;
+    use std::sync::Arc;
+
+    use storm_host::hub::{Hub, HubConfig};
+    use storm_host::link::{LinkConfig, Protocol};
+    use storm_proto::framing::LengthPrefixFramer;
+
+    use super::*;
+
+    /// Issue #16: the reader thread reads a large length-prefixed message
+    /// (and the next, while large ones flow) straight into the link, in
+    /// reads as large as the message. BASE read every message through its
+    /// 16 KiB buffer: at least four reads per 64 KiB message.
+    #[test]
+    fn large_messages_are_read_in_reads_larger_than_the_buffer() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let payload = vec![9u8; 64 * 1024];
+        let mut wire = Vec::new();
+        for _ in 0..2 {
+            wire.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
+            wire.extend_from_slice(&payload);
+        }
+        let (written_tx, written_rx) = mpsc::channel();
+        let writer = thread::spawn(move || {
+            let mut peer = TcpStream::connect(addr).unwrap();
+            peer.write_all(&wire).unwrap();
+            let _ = written_tx.send(());
+            // Held open until the reader is done.
+            let _ = written_tx;
+            peer
+        });
+        let (stream, _) = listener.accept().unwrap();
+        // All of it in the kernel before the first read (bounded: the
+        // reads below only count, they do not need it).
+        let _ = written_rx.recv_timeout(Duration::from_secs(5));
+        let now = Instant::now();
+        let hub = Hub::new(HubConfig::default(), now).unwrap();
+        let outbox = hub.register(hub.try_admit().unwrap(), now).unwrap();
+        let protocol = Protocol::Framed(Box::new(LengthPrefixFramer::default()));
+        let driver = LinkDriver::new(Arc::clone(&outbox), protocol, &LinkConfig::default(), now);
+        let link = Mutex::new(Box::new(driver.unwrap()));
+        let (mut reader, _writer) = stream.split().unwrap();
+        reader
+            .socket()
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; READ_CHUNK];
+        let (mut reads, mut messages) = (0, 0);
+        while messages < 2 {
+            assert_eq!(reader.read(&link, &mut buf).unwrap(), Received::Input);
+            reads += 1;
+            while let Some(event) = lock(&link).poll_event(Instant::now()) {
+                match event {
+                    LinkEvent::Message(message) => {
+                        assert_eq!(message.as_bytes(), &payload[..]);
+                        messages += 1;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        // The first 16 KiB through the buffer, then about a read per
+        // message (BASE: 9).
+        assert!(reads <= 5, "{reads} reads for two 64 KiB messages");
+        drop(writer.join());
     }
 }

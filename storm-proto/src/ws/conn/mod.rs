@@ -16,6 +16,7 @@ use super::deflate::{
 use super::frame::{self, FrameError, FrameHeader, MAX_CONTROL_PAYLOAD, OpCode};
 use super::utf8::Utf8Validator;
 use crate::message::Utf8Bytes;
+use crate::read_ahead::ReadAhead;
 
 /// Limits and behaviour of a [`Connection`].
 ///
@@ -351,6 +352,8 @@ pub struct Connection {
     state: State,
     input: BytesMut,
     input_growth: InputGrowth,
+    /// The room a read at a frame boundary gets while large frames flow.
+    read_ahead: ReadAhead,
     frame: Option<InFrame>,
     message: Option<InMessage>,
     utf8: Utf8Validator,
@@ -559,6 +562,7 @@ impl Connection {
             state: State::Open,
             input: BytesMut::new(),
             input_growth: InputGrowth::default(),
+            read_ahead: ReadAhead::default(),
             frame: None,
             message: None,
             utf8: Utf8Validator::default(),
@@ -623,6 +627,7 @@ impl Connection {
     /// Cheap when there is nothing to free.
     pub fn release_buffers(&mut self) {
         self.input_growth.release(&mut self.input);
+        self.read_ahead.forget();
         release_bytes(&mut self.output);
         if let Some(deflate) = &mut self.deflate {
             release_bytes(&mut deflate.scratch);
@@ -694,18 +699,62 @@ impl Connection {
         let mut room = self.input_room()?;
         let before = room.get_ref().len();
         let result = read(&mut room);
-        Some((result, room.get_ref().len().saturating_sub(before)))
+        let appended = room.get_ref().len().saturating_sub(before);
+        self.input_filled(appended);
+        Some((result, appended))
     }
 
     /// [`fill_input`](Self::fill_input) without the closure: the input
     /// buffer's room for the rest of a large frame, or `None` when no such
-    /// frame is in progress. Append only, through [`BufMut`].
+    /// frame is in progress. Append only, through [`BufMut`]; then call
+    /// [`input_filled`](Self::input_filled).
+    ///
+    /// While large frames flow (the rest of one was read in place, and
+    /// reads since brought at least [`DIRECT_READ_MIN`] or all they were
+    /// offered), a read at a frame boundary gets room too: the last large
+    /// frame's length on the wire, so a stream of equal frames is read one
+    /// frame per read, each into an allocation of its own; and the rest
+    /// of a frame is offered whatever its size (a copying read would move
+    /// the whole frame). At most [`RESERVE_AHEAD`] either way.
     pub fn input_room(&mut self) -> Option<Limit<&mut BytesMut>> {
         if !matches!(self.state, State::Open | State::CloseSent) {
             return None;
         }
-        let to_come = self.frame.as_ref()?.len.checked_sub(self.input.len())?;
-        direct_read_room(&mut self.input, to_come)
+        let Some(frame) = &self.frame else {
+            return self.read_ahead.room(&mut self.input);
+        };
+        let to_come = frame.len.checked_sub(self.input.len())?;
+        if to_come >= DIRECT_READ_MIN {
+            self.read_ahead
+                .large_message(frame.header.encoded_len() + frame.len);
+        }
+        if self.read_ahead.is_flowing() && to_come > 0 {
+            self.input.reserve(to_come.min(RESERVE_AHEAD));
+            return Some(self.read_ahead.offer(&mut self.input, to_come));
+        }
+        let room = Limit::limit(&direct_read_room(&mut self.input, to_come)?);
+        Some(self.read_ahead.offer(&mut self.input, room))
+    }
+
+    /// `len` bytes were appended to [`input_room`](Self::input_room)'s
+    /// room: sizes the room of later reads.
+    pub fn input_filled(&mut self, len: usize) {
+        self.read_ahead.note_read(len);
+    }
+
+    /// Drops the input buffer's allocation while it holds nothing and no
+    /// frame is in progress (a read found nothing: the room reserved for
+    /// it goes back).
+    pub(crate) fn release_idle_input(&mut self) {
+        if self.frame.is_none() {
+            release_bytes(&mut self.input);
+        }
+    }
+
+    /// Puts back the input buffer [`input_room`](Self::input_room)'s
+    /// owner took out to read into elsewhere (`Link::lend_input`).
+    pub(crate) fn restore_input(&mut self, input: BytesMut) {
+        self.input = input;
     }
 
     /// Tells the connection the transport has no more bytes to give.

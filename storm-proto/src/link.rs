@@ -1530,6 +1530,15 @@ mod tests {
         assert!(reads <= 8 + 3, "{reads} reads for 8 messages");
     }
 
+    /// A client's masked binary frame of `payload`.
+    fn masked_binary(payload: &[u8]) -> Vec<u8> {
+        let mut header = ws::frame::FrameHeader::new(ws::frame::OpCode::Binary, 0);
+        header.mask = Some([1, 2, 3, 4]);
+        let mut out = BytesMut::new();
+        ws::frame::encode_frame(header, payload, &mut out);
+        out.to_vec()
+    }
+
     /// The peer's large messages arrive one at a time: every read that
     /// starts at a message boundary finds only that message (at most
     /// `copied` bytes through the adapter's buffer, any room in place).
@@ -1583,13 +1592,7 @@ mod tests {
     fn large_websocket_frames_are_read_one_read_each() {
         let now = Instant::now();
         let big: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
-        let frame = {
-            let mut header = ws::frame::FrameHeader::new(ws::frame::OpCode::Binary, 0);
-            header.mask = Some([1, 2, 3, 4]);
-            let mut out = BytesMut::new();
-            ws::frame::encode_frame(header, &big, &mut out);
-            out.to_vec()
-        };
+        let frame = masked_binary(&big);
         let wires = vec![frame; 8];
         let total: usize = wires.iter().map(Vec::len).sum();
         for all_at_once in [false, true] {
@@ -1613,13 +1616,7 @@ mod tests {
     fn a_link_that_waits_at_a_boundary_holds_no_room() {
         let now = Instant::now();
         let big = vec![5u8; 64 * 1024];
-        let frame = {
-            let mut header = ws::frame::FrameHeader::new(ws::frame::OpCode::Binary, 0);
-            header.mask = Some([1, 2, 3, 4]);
-            let mut out = BytesMut::new();
-            ws::frame::encode_frame(header, &big, &mut out);
-            out.to_vec()
-        };
+        let frame = masked_binary(&big);
         let links = [
             (framed(now), lp(&big)),
             (ws(ws::Side::Server, ws::Config::default(), now), frame),
@@ -1882,13 +1879,7 @@ mod tests {
                 .collect();
             let wire: Vec<u8> = payloads
                 .iter()
-                .flat_map(|p| {
-                    let mut header = ws::frame::FrameHeader::new(ws::frame::OpCode::Binary, 0);
-                    header.mask = Some([9, 8, 7, 6]);
-                    let mut out = BytesMut::new();
-                    ws::frame::encode_frame(header, p, &mut out);
-                    out.to_vec()
-                })
+                .flat_map(|p| masked_binary(p))
                 .collect();
             let mut link = ws(ws::Side::Server, ws::Config::default(), now);
             let (messages, _, _) = feed_reads(&mut link, now, &wire, chunk, in_place);

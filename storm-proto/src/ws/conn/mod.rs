@@ -715,7 +715,7 @@ impl Connection {
     /// frame's length on the wire, so a stream of equal frames is read one
     /// frame per read, each into an allocation of its own; and the rest
     /// of a frame is offered whatever its size (a copying read would move
-    /// the whole frame). At most [`RESERVE_AHEAD`] either way.
+    /// the whole frame). At most 256 KiB either way.
     pub fn input_room(&mut self) -> Option<Limit<&mut BytesMut>> {
         if !matches!(self.state, State::Open | State::CloseSent) {
             return None;

@@ -450,3 +450,125 @@ impl<W: PollWrite> Writer<W> {
         Poll::Ready(Ok(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::disallowed_methods)] // the tests read the clock
+
+    use std::sync::Arc;
+    use std::task::Waker;
+
+    use bytes::{BufMut, BytesMut};
+    use storm_host::hub::{Hub, HubConfig};
+    use storm_host::link::{LinkConfig, Protocol};
+    use storm_proto::framing::RawFramer;
+    use storm_proto::ws::frame::{FrameHeader, OpCode, encode_frame};
+    use storm_proto::ws::{Config, Connection, Side};
+
+    use super::*;
+
+    /// A socket whose peer has sent `data`: each read takes what fits,
+    /// straight into the caller's buffer as tokio's and smol's do;
+    /// `Pending` once it is all read. Counts the reads that brought bytes.
+    struct Peer {
+        data: Vec<u8>,
+        at: usize,
+        reads: usize,
+    }
+
+    impl PollRead for Peer {
+        fn poll_read(&mut self, _: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+            let rest = self.data.get(self.at..).unwrap_or_default();
+            if rest.is_empty() {
+                return Poll::Pending;
+            }
+            let n = rest.len().min(buf.len());
+            buf[..n].copy_from_slice(&rest[..n]);
+            self.at += n;
+            self.reads += 1;
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_read_buf<B: BufMut>(
+            &mut self,
+            _: &mut Context<'_>,
+            buf: &mut B,
+        ) -> Poll<io::Result<usize>> {
+            let rest = self.data.get(self.at..).unwrap_or_default();
+            if rest.is_empty() {
+                return Poll::Pending;
+            }
+            let n = rest.len().min(buf.remaining_mut());
+            buf.put_slice(&rest[..n]);
+            self.at += n;
+            self.reads += 1;
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    fn driver(protocol: Protocol) -> (Hub, LinkDriver) {
+        let now = Instant::now();
+        let hub = Hub::new(HubConfig::default(), now).unwrap();
+        let outbox = hub.register(hub.try_admit().unwrap(), now).unwrap();
+        let link = LinkDriver::new(Arc::clone(&outbox), protocol, &LinkConfig::default(), now);
+        (hub, link.unwrap())
+    }
+
+    /// Reads `peer` dry through `poll_read_into`, as the connection loop
+    /// does; the messages it made.
+    fn read_all(peer: &mut Peer, link: &mut LinkDriver) -> Vec<Bytes> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let now = Instant::now();
+        let mut messages = Vec::new();
+        while poll_read_into(peer, &mut cx, link, now).is_ready() {
+            while let Some(event) = link.poll_event(now) {
+                if let LinkEvent::Message(message) = event {
+                    messages.push(message.into_bytes());
+                }
+            }
+        }
+        messages
+    }
+
+    /// Issue #16, on tokio and smol alike (both read through here):
+    /// 64 KiB WebSocket frames are read one read each once they flow.
+    /// BASE read every frame twice, its first 16 KiB through the thread's
+    /// buffer.
+    #[test]
+    fn large_websocket_frames_are_read_one_read_each() {
+        let payload = vec![7u8; 64 * 1024];
+        let mut header = FrameHeader::new(OpCode::Binary, 0);
+        header.mask = Some([1, 2, 3, 4]);
+        let mut frame = BytesMut::new();
+        encode_frame(header, &payload, &mut frame);
+        let mut peer = Peer {
+            data: frame.repeat(8),
+            at: 0,
+            reads: 0,
+        };
+        let conn = Connection::new(Side::Server, Config::default());
+        let (_hub, mut link) = driver(Protocol::WebSocket(Box::new(conn)));
+        let messages = read_all(&mut peer, &mut link);
+        assert_eq!(messages.len(), 8);
+        assert!(messages.iter().all(|m| m[..] == payload[..]));
+        assert_eq!(peer.reads, 8 + 1, "one read per frame after the first");
+    }
+
+    /// A read that would block gives back the room reserved for it: a
+    /// connection waiting for its peer holds no read room. BASE kept a raw
+    /// link's 64 KiB.
+    #[test]
+    fn a_link_waiting_for_its_peer_holds_no_read_room() {
+        let mut peer = Peer {
+            data: vec![1u8; 256 * 1024],
+            at: 0,
+            reads: 0,
+        };
+        let (_hub, mut link) = driver(Protocol::Framed(Box::new(RawFramer::default())));
+        let messages = read_all(&mut peer, &mut link);
+        assert_eq!(messages.iter().map(Bytes::len).sum::<usize>(), 256 * 1024);
+        assert!(peer.reads < 256 / 16, "{} reads: read in place", peer.reads);
+        drop(messages);
+        assert_eq!(link.link().buffer_capacity(), 0);
+    }
+}

@@ -346,6 +346,12 @@ impl LinkDriver {
     /// more can be parsed (read more, or wait for the timer). Before a ping
     /// or a WebSocket's `Closed` it frames what the outbox holds (see [the
     /// module docs](self)); the writer is woken when output is ready.
+    //
+    // Inlined, with the link's parse (`Link::poll_event`), into the
+    // connection task: returned through a call, each message's 40-byte
+    // event was copied between stack frames, and the copy waited on the
+    // stores that had just written it (BENCHMARKS.md, session 13).
+    #[inline(always)]
     pub fn poll_event(&mut self, now: Instant) -> Option<LinkEvent> {
         loop {
             // The event stays in this one place from the link to the

@@ -298,7 +298,15 @@ impl Encoder {
             EncoderKind::Framed(framer) => framer.encode(message.as_bytes(), dst),
             EncoderKind::WebSocket(fragment) => {
                 let first = first_frame_header(message);
-                ws::frame::encode_message(first, message.as_bytes(), *fragment, || None, dst);
+                let payload = message.as_bytes();
+                // The usual message, one short frame, is framed here in
+                // line; `encode_message` frames it the same way.
+                if (*fragment == 0 || payload.len() <= *fragment)
+                    && ws::frame::encode_short_unmasked(first.first_byte(), payload, dst)
+                {
+                    return Ok(());
+                }
+                ws::frame::encode_message(first, payload, *fragment, || None, dst);
                 Ok(())
             }
         }
@@ -793,6 +801,11 @@ impl Link {
 
     /// The next event, in order; `None` when nothing more can be parsed
     /// (read more, or wait for the timer).
+    //
+    // Inlined with `next_event` and the WebSocket's fast path into the
+    // caller (see `LinkDriver::poll_event` in storm-host): no event is
+    // returned through memory on a small message's way.
+    #[inline(always)]
     pub fn poll_event(&mut self, now: Instant) -> Option<LinkEvent> {
         if let Some(event) = self.events.pop_front() {
             return Some(event);
@@ -1137,6 +1150,7 @@ impl Link {
     }
 
     /// Parses one event from the protocol's buffered input.
+    #[inline(always)]
     fn next_event(&mut self, now: Instant) -> Option<LinkEvent> {
         match &mut self.wire {
             Wire::Framed(framed) => {

@@ -195,7 +195,7 @@ impl FrameHeader {
     }
 
     /// The header's first byte: FIN, the RSV bits and the opcode.
-    const fn first_byte(&self) -> u8 {
+    pub(crate) const fn first_byte(&self) -> u8 {
         self.opcode as u8
             | ((self.fin as u8) << 7)
             | ((self.rsv1 as u8) << 6)
@@ -238,15 +238,8 @@ impl FrameHeader {
 /// Appends one whole frame to `dst`: the header, then `payload`, masked with
 /// `header.mask` if it has one. `header.payload_len` is set from `payload`.
 pub fn encode_frame(mut header: FrameHeader, payload: &[u8], dst: &mut BytesMut) {
-    if header.mask.is_none() {
-        if let Ok(len @ 0..=125) = u8::try_from(payload.len()) {
-            // The usual server frame: two header bytes, then the payload,
-            // with one capacity check.
-            dst.reserve(2 + payload.len());
-            dst.put_u16(u16::from_be_bytes([header.first_byte(), len]));
-            dst.extend_from_slice(payload);
-            return;
-        }
+    if header.mask.is_none() && encode_short_unmasked(header.first_byte(), payload, dst) {
+        return;
     }
     header.payload_len = payload.len() as u64;
     let (bytes, len) = header.to_bytes();
@@ -257,6 +250,22 @@ pub fn encode_frame(mut header: FrameHeader, payload: &[u8], dst: &mut BytesMut)
     if let Some(mask) = header.mask {
         apply_mask(&mut dst[start..], mask, 0);
     }
+}
+
+/// Appends an unmasked frame whose header's first byte is `first_byte`
+/// (FIN, RSV bits, opcode) carrying `payload`, when the payload fits the
+/// 7-bit length (at most 125 bytes), and says whether it did; nothing is
+/// appended otherwise. The usual server frame: two header bytes, then the
+/// payload, with one capacity check.
+#[inline]
+pub(crate) fn encode_short_unmasked(first_byte: u8, payload: &[u8], dst: &mut BytesMut) -> bool {
+    let Ok(len @ 0..=125) = u8::try_from(payload.len()) else {
+        return false;
+    };
+    dst.reserve(2 + payload.len());
+    dst.put_u16(u16::from_be_bytes([first_byte, len]));
+    dst.extend_from_slice(payload);
+    true
 }
 
 /// Appends `payload` as one data message: one frame with `first`'s header,
@@ -349,6 +358,57 @@ pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
     {
         *byte ^= key;
     }
+}
+
+/// [`apply_mask`] from the payload's start, and whether every byte it
+/// wrote is ASCII (a text payload that is needs no other UTF-8 check).
+///
+/// A small payload is unmasked and checked in one pass, a word at a time:
+/// each unmasked word passes through a register anyway, so the check
+/// costs an OR. A larger one takes `apply_mask`'s vectorised loop, then
+/// `is_ascii`: the one pass's OR keeps the compiler from vectorising it.
+pub(crate) fn unmask_ascii(buf: &mut [u8], mask: [u8; 4]) -> bool {
+    if buf.len() > ONE_PASS_MAX {
+        apply_mask(buf, mask, 0);
+        return buf.is_ascii();
+    }
+    let word = u64::from(u32::from_le_bytes(mask)) * 0x1_0000_0001;
+    // Every byte written, ORed together: its high bits say whether any of
+    // them was not ASCII.
+    let mut seen = 0u64;
+    let mut rest = buf;
+    while rest.len() >= 32 {
+        let (block, tail) = std::mem::take(&mut rest).split_at_mut(32);
+        for lane in block.chunks_exact_mut(8) {
+            seen |= xor_lane(lane, word);
+        }
+        rest = tail;
+    }
+    while rest.len() >= 8 {
+        let (lane, tail) = std::mem::take(&mut rest).split_at_mut(8);
+        seen |= xor_lane(lane, word);
+        rest = tail;
+    }
+    // Fewer than 8 bytes left, a whole number of words in: the key's
+    // phase is `word`'s first byte again.
+    for (byte, key) in rest.iter_mut().zip(word.to_le_bytes()) {
+        *byte ^= key;
+        seen |= u64::from(*byte);
+    }
+    seen & 0x8080_8080_8080_8080 == 0
+}
+
+/// The largest payload [`unmask_ascii`] unmasks and checks in one pass.
+const ONE_PASS_MAX: usize = 256;
+
+/// XORs an 8-byte lane with `word` in place; the lane's new value.
+#[inline(always)]
+fn xor_lane(lane: &mut [u8], word: u64) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(lane);
+    let value = u64::from_le_bytes(bytes) ^ word;
+    lane.copy_from_slice(&value.to_le_bytes());
+    value
 }
 
 /// A frame header no valid frame can have. Every variant is the peer's
@@ -499,6 +559,36 @@ mod tests {
                     .map(|(i, b)| b ^ mask[(i + offset) % 4])
                     .collect();
                 assert_eq!(fast, slow, "len {len} offset {offset}");
+            }
+        }
+    }
+
+    #[test]
+    fn unmask_ascii_unmasks_and_tells_ascii_at_every_alignment_and_length() {
+        let mask = [0x11, 0x22, 0x44, 0x08];
+        for len in (0..=64).chain([255, 256, 257, 300]) {
+            // The payload at every alignment in memory: `start` bytes into
+            // a buffer.
+            for start in 0..8 {
+                // ASCII, then with one non-ASCII byte at each position.
+                let mut plains = vec![vec![b'a'; len]];
+                plains.extend((0..len).map(|at| {
+                    let mut plain = vec![b'a'; len];
+                    plain[at] = 0x80 | (at as u8);
+                    plain
+                }));
+                for plain in plains {
+                    let mut buf = vec![0u8; start];
+                    buf.extend_from_slice(&plain);
+                    apply_mask(&mut buf[start..], mask, 0);
+                    let ascii = unmask_ascii(&mut buf[start..], mask);
+                    assert_eq!(&buf[start..], &plain[..], "len {len} start {start}");
+                    assert_eq!(
+                        ascii,
+                        plain.is_ascii(),
+                        "len {len} start {start} {plain:x?}"
+                    );
+                }
             }
         }
     }

@@ -782,7 +782,101 @@ impl Connection {
     /// [`poll_transmit`](Self::poll_transmit), after the data queued before
     /// it (answers to the messages before the error), and every later call
     /// returns the same error.
+    //
+    // Inlined with its fast path into the caller, the general path kept
+    // out of line: see `Link::poll_event`.
+    #[inline(always)]
     pub fn poll_event(&mut self) -> Result<Option<Event>, ProtocolError> {
+        if let Some(event) = self.whole_message() {
+            return Ok(Some(event));
+        }
+        self.poll_frames()
+    }
+
+    /// The fast path of [`poll_event`](Self::poll_event): the message of
+    /// the frame at the front of the input when that frame is a whole
+    /// message already whole in the buffer (a final text or binary frame,
+    /// no RSV bit, masked as this side expects, a 7- or 16-bit length
+    /// within the limits, no message or frame in progress), cut out in one
+    /// go: the header read at once and cut off the input buffer, the
+    /// payload unmasked in place and split off as it is (no state stored
+    /// between the two, and the payload's `Bytes` made by `split_to` on
+    /// the buffer, like the general path's).
+    ///
+    /// `None` for any other input, which `poll_event` then parses frame by
+    /// frame ([`poll_frames`](Self::poll_frames)), and for text that is
+    /// not UTF-8: the connection has failed then (as `poll_frames` fails
+    /// it), and `poll_frames` reports the error. Whatever this path takes,
+    /// the general one turns into the same event or error (the tests check
+    /// the two agree on any input in any pieces).
+    #[inline(always)]
+    fn whole_message(&mut self) -> Option<Event> {
+        if self.frame.is_some()
+            || self.message.is_some()
+            || !matches!(self.state, State::Open | State::CloseSent)
+        {
+            return None;
+        }
+        let &[b0, b1, ..] = &self.input[..] else {
+            return None;
+        };
+        let text = match b0 {
+            0x81 => true,
+            0x82 => false,
+            _ => return None,
+        };
+        let masked = b1 & 0x80 != 0;
+        if masked != (self.side == Side::Server) {
+            return None;
+        }
+        let (len, key_at) = match b1 & 0x7F {
+            127 => return None,
+            126 => {
+                let &[_, _, hi, lo, ..] = &self.input[..] else {
+                    return None;
+                };
+                (usize::from(u16::from_be_bytes([hi, lo])), 4)
+            }
+            len => (usize::from(len), 2),
+        };
+        let header_len = if masked { key_at + 4 } else { key_at };
+        if self.input.len() < header_len + len
+            || len > self.config.max_frame_size
+            || len > self.config.max_message_size
+        {
+            return None;
+        }
+        let key = match self.input.get(key_at..header_len) {
+            Some(&[a, b, c, d]) => Some([a, b, c, d]),
+            _ => None,
+        };
+        // The header goes first, so the payload is split off the buffer
+        // as it is: no `Bytes` made of the whole frame and advanced after
+        // (that cost more time than it saved instructions).
+        self.input.advance(header_len);
+        let payload = self.input.get_mut(..len).unwrap_or_default();
+        // No message in progress: the validator holds no partial code
+        // point, so this frame's text is checked on its own.
+        let ascii = match key {
+            Some(key) => frame::unmask_ascii(payload, key),
+            None => text && payload.is_ascii(),
+        };
+        if text && !ascii && std::str::from_utf8(payload).is_err() {
+            self.fail_cold(ProtocolError::InvalidUtf8);
+            return None;
+        }
+        let payload = self.input.split_to(len).freeze();
+        Some(if text {
+            Event::Text(Utf8Bytes::from_validated(payload))
+        } else {
+            Event::Binary(payload)
+        })
+    }
+
+    /// [`poll_event`](Self::poll_event) frame by frame: every frame, whole
+    /// or in pieces, control or data, fragment or message.
+    #[inline(never)]
+    fn poll_frames(&mut self) -> Result<Option<Event>, ProtocolError> {
         // A frame makes one event at most and is parsed only when asked
         // for, so nothing (a flood of pings included) is ever queued.
         loop {
@@ -1061,6 +1155,13 @@ impl Connection {
         self.state = State::Failed(error.clone());
         self.release_input();
         error
+    }
+
+    /// [`fail`](Self::fail) out of the fast path's line.
+    #[cold]
+    #[inline(never)]
+    fn fail_cold(&mut self, error: ProtocolError) {
+        self.fail(error);
     }
 
     /// Parses and handles the next complete frame.

@@ -39,21 +39,34 @@ fn feed(conn: &mut Connection, input: &[u8]) -> Result<Vec<Event>, ProtocolError
 /// A client-to-server frame with a fixed mask, built independently of
 /// `Connection`'s own encoder.
 fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [1, 2, 3, 4];
+    frame_bytes(first, payload, Some([1, 2, 3, 4]), 0)
+}
+
+/// A frame's bytes, built independently of `Connection`'s own encoder:
+/// `first`, the payload length in the shortest encoding at least `width`
+/// wide (0: 7 bits, 1: 16 bits, 2: 64 bits; wider than needed is legal),
+/// the masking key if any, the payload (masked with it).
+fn frame_bytes(first: u8, payload: &[u8], key: Option<[u8; 4]>, width: u8) -> Vec<u8> {
+    let mask_bit = if key.is_some() { 0x80 } else { 0 };
     let mut out = vec![first];
-    match payload.len() {
-        n @ 0..=125 => out.push(0x80 | n as u8),
-        n @ 126..=0xFFFF => {
-            out.push(0x80 | 126);
+    match (width, payload.len()) {
+        (0, n @ 0..=125) => out.push(mask_bit | n as u8),
+        (0 | 1, n @ 0..=0xFFFF) => {
+            out.push(mask_bit | 126);
             out.extend_from_slice(&(n as u16).to_be_bytes());
         }
-        n => {
-            out.push(0x80 | 127);
+        (_, n) => {
+            out.push(mask_bit | 127);
             out.extend_from_slice(&(n as u64).to_be_bytes());
         }
     }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    match key {
+        Some(key) => {
+            out.extend_from_slice(&key);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
     out
 }
 
@@ -998,4 +1011,184 @@ fn input_growth_doubles_while_messages_are_held_and_reuses_otherwise() {
     assert_eq!(buf.capacity(), 0);
     growth.append(&mut buf, &[2; 32]);
     assert_eq!(buf.capacity(), 32);
+}
+
+/// What a connection made of its input, step by step: after each piece,
+/// every `poll_event` result up to `Ok(None)` or the error (asked twice:
+/// errors are final), then after the end of input the same, and the bytes
+/// it would transmit. `general` parses with the frame-by-frame path
+/// alone, never the whole-message fast path.
+fn transcript(
+    side: Side,
+    config: &Config,
+    input: &[u8],
+    pieces: &[usize],
+    general: bool,
+) -> (Vec<Result<Option<Event>, ProtocolError>>, Vec<u8>) {
+    let mut conn = Connection::with_rng(side, config.clone(), StdRng::seed_from_u64(5));
+    let mut seen = Vec::new();
+    let drain = |conn: &mut Connection, seen: &mut Vec<_>| {
+        for _ in 0..input.len() + 2 {
+            let result = if general {
+                conn.poll_frames()
+            } else {
+                conn.poll_event()
+            };
+            let done = matches!(result, Ok(None) | Err(_));
+            seen.push(result);
+            if done {
+                break;
+            }
+        }
+    };
+    let mut rest = input;
+    for &size in pieces.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (now, later) = rest.split_at(size.min(rest.len()));
+        conn.handle_input(now);
+        drain(&mut conn, &mut seen);
+        rest = later;
+    }
+    conn.handle_eof();
+    drain(&mut conn, &mut seen);
+    drain(&mut conn, &mut seen);
+    (seen, wire(&mut conn))
+}
+
+/// One frame as a peer might send it, valid or not: any first byte
+/// (mostly final text or binary), masked or not, the payload length in
+/// any of the three encodings (not always the shortest), and a payload
+/// that is ASCII, any UTF-8, or any bytes.
+fn any_frame() -> impl Strategy<Value = Vec<u8>> {
+    let first = prop_oneof![
+        4 => Just(0x81u8),
+        3 => Just(0x82u8),
+        1 => prop::sample::select(vec![0x01u8, 0x00, 0x80, 0x89, 0x8A, 0x88, 0xC1, 0x91, 0x83]),
+        1 => any::<u8>(),
+    ];
+    let payload = prop_oneof![
+        "[ -~]{0,140}".prop_map(String::into_bytes),
+        "\\PC{0,60}".prop_map(String::into_bytes),
+        prop::collection::vec(any::<u8>(), 0..140),
+        // ASCII with one byte anywhere replaced.
+        ("[ -~]{1,70}", any::<prop::sample::Index>(), 0x80u8..=0xFF).prop_map(|(s, at, b)| {
+            let mut bytes = s.into_bytes();
+            let at = at.index(bytes.len());
+            bytes[at] = b;
+            bytes
+        }),
+    ];
+    let masked = prop_oneof![4 => Just(true), 1 => Just(false)];
+    (first, payload, masked, any::<[u8; 4]>(), 0u8..3).prop_map(
+        |(first, payload, masked, key, width)| {
+            frame_bytes(first, &payload, masked.then_some(key), width)
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The whole-message fast path changes nothing anyone can see: on any
+    /// input, in any pieces, on either side, under tight or default
+    /// limits, `poll_event` gives the very events and errors, in the same
+    /// order, and leaves the same bytes to transmit, as parsing frame by
+    /// frame alone.
+    #[test]
+    fn the_fast_path_and_the_general_path_agree(
+        frames in prop::collection::vec(any_frame(), 0..8),
+        cut in any::<prop::sample::Index>(),
+        pieces in prop::collection::vec(1usize..200, 1..6),
+        server in any::<bool>(),
+        max_frame_size in prop_oneof![Just(16usize << 20), 0usize..150],
+        max_message_size in prop_oneof![Just(16usize << 20), 0usize..150],
+    ) {
+        let side = if server { Side::Server } else { Side::Client };
+        let config = Config::default()
+            .with_max_frame_size(max_frame_size)
+            .with_max_message_size(max_message_size);
+        let mut input = frames.concat();
+        // Sometimes end the input mid-frame.
+        if cut.index(4) == 0 {
+            input.truncate(cut.index(input.len() + 1));
+        }
+        let fast = transcript(side, &config, &input, &pieces, false);
+        let general = transcript(side, &config, &input, &pieces, true);
+        prop_assert_eq!(fast, general);
+    }
+}
+
+#[test]
+fn whole_frames_of_every_length_and_alignment_match_the_general_path() {
+    // Every payload length up to 64 (and either side of the 16-bit
+    // length), behind 0..8 bytes of an earlier frame, so the payload
+    // starts at every alignment; ASCII, non-ASCII and invalid text.
+    let mut lengths: Vec<usize> = (0..=64).collect();
+    lengths.extend([125, 126, 127, 65535]);
+    for len in lengths {
+        for lead in 0..8usize {
+            let ascii: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let mut non_ascii = ascii.clone();
+            let mut invalid = ascii.clone();
+            if len >= 2 {
+                non_ascii[len - 2..].copy_from_slice("é".as_bytes());
+                invalid[len - 1] = 0xC3; // a truncated sequence at the end
+            }
+            for payload in [&ascii, &non_ascii, &invalid] {
+                let mut input = masked(0x82, &vec![7; lead]);
+                input.extend(masked(0x81, payload));
+                input.extend(masked(0x82, payload));
+                let [fast, general] = [false, true].map(|general| {
+                    transcript(
+                        Side::Server,
+                        &Config::default(),
+                        &input,
+                        &[input.len()],
+                        general,
+                    )
+                });
+                assert_eq!(fast, general, "len {len} lead {lead}");
+                let valid = std::str::from_utf8(payload).is_ok();
+                let text_event = &fast.0[1];
+                if valid {
+                    let text = std::str::from_utf8(payload).unwrap();
+                    assert_eq!(text_event, &Ok(Some(Event::Text(Utf8Bytes::from(text)))));
+                } else {
+                    assert_eq!(text_event, &Err(ProtocolError::InvalidUtf8));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_code_point_split_across_fragments_then_whole_frames() {
+    // "é€" in fragments cut inside each code point, then a whole frame
+    // (the fast path's), then a fragmented message whose last fragment
+    // ends mid code point (1007), in any pieces: both paths agree, and
+    // the validator's state of a fragmented message never leaks into the
+    // whole frame after it.
+    let utf8 = "é€".as_bytes(); // C3 A9 E2 82 AC
+    let mut input = frame_bytes(0x01, &utf8[..1], Some([9, 8, 7, 6]), 0);
+    input.extend(frame_bytes(0x00, &utf8[1..3], Some([1, 1, 1, 1]), 0));
+    input.extend(frame_bytes(0x80, &utf8[3..], Some([5, 0, 5, 0]), 0));
+    input.extend(masked(0x81, "ok".as_bytes()));
+    input.extend(masked(0x01, b"a"));
+    input.extend(masked(0x80, &utf8[..4]));
+    for piece in 1..=input.len() {
+        let [fast, general] = [false, true]
+            .map(|general| transcript(Side::Server, &Config::default(), &input, &[piece], general));
+        assert_eq!(fast, general, "pieces of {piece}");
+        let events: Vec<_> = fast.0.iter().filter(|r| !matches!(r, Ok(None))).collect();
+        assert_eq!(events[0], &Ok(Some(text("é€"))), "pieces of {piece}");
+        assert_eq!(events[1], &Ok(Some(text("ok"))), "pieces of {piece}");
+        assert_eq!(
+            events[2],
+            &Err(ProtocolError::InvalidUtf8),
+            "pieces of {piece}"
+        );
+        assert_eq!(close_code_sent(&fast.1), 1007);
+    }
 }

@@ -48,6 +48,7 @@
 //! `autobahn_client` (`--help` gives each one's arguments).
 
 pub mod runtime;
+mod timer;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod websocket;

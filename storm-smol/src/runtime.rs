@@ -1,5 +1,6 @@
 //! smol as a storm-async [`Runtime`]: `smol::spawn`, async-io's
-//! `Async<TcpStream>` readiness and `Timer`, futures-rustls.
+//! `Async<TcpStream>` readiness, storm-smol's timer wheel under one
+//! async-io `Timer`, futures-rustls.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener};
@@ -269,8 +270,10 @@ impl Runtime for Smol {
         smol::spawn(future).detach();
     }
 
-    async fn sleep_until(deadline: Instant) {
-        smol::Timer::at(deadline).await;
+    /// On storm-smol's [`Wheel`](crate::timer::Wheel): one async-io timer
+    /// under every sleep of the process.
+    fn sleep_until(deadline: Instant) -> impl Future<Output = ()> + Send {
+        crate::timer::Wheel::global().sleep_until(deadline)
     }
 
     async fn resolve(addr: &str) -> io::Result<Vec<SocketAddr>> {

@@ -47,6 +47,8 @@
 //! one of `ws_echo`, `tcp_echo`, `chat`, `reconnecting_client` and
 //! `autobahn_client` (`--help` gives each one's arguments).
 
+#[cfg(unix)]
+mod readiness;
 pub mod runtime;
 mod timer;
 #[cfg(feature = "tls")]

@@ -1,5 +1,5 @@
 //! storm-smol's timer: every [`Runtime::sleep_until`](storm_async::runtime::Runtime::sleep_until)
-//! of the process under ONE async-io `Timer`.
+//! of the process under one async-io `Timer`.
 //!
 //! async-io keeps its timers in a `BTreeMap` that every turn of its reactor
 //! splits at the current time (allocating nodes), so each turn costs more
@@ -161,7 +161,10 @@ impl<W> Timers<W> {
             self.sift_down(position);
         }
         let record = &mut self.slots[slot as usize];
-        let entry = record.entry.take().expect("a heap entry's slot is occupied");
+        let entry = record
+            .entry
+            .take()
+            .expect("a heap entry's slot is occupied");
         record.generation = record.generation.wrapping_add(1);
         record.next = self.free;
         self.free = slot;
@@ -217,9 +220,9 @@ impl<W> Timers<W> {
 /// The deadlines of a process (or of a test) and the one async-io timer
 /// under them.
 #[derive(Debug)]
-pub(crate) struct Wheel {
+pub(crate) struct Deadlines {
     state: Mutex<State>,
-    /// The async-io timer's waker: expires this wheel's due deadlines.
+    /// The async-io timer's waker: takes the due deadlines out.
     fire: OnceLock<Waker>,
     /// Ticks count from here.
     origin: Instant,
@@ -234,13 +237,13 @@ struct State {
     armed: Option<Instant>,
 }
 
-/// The process's wheel, under every [`Sleep`] that [`Wheel::global`]
+/// The process's deadlines, under every [`Sleep`] that [`Deadlines::global`]
 /// gives.
-static GLOBAL: LazyLock<Wheel> = LazyLock::new(Wheel::new);
+static GLOBAL: LazyLock<Deadlines> = LazyLock::new(Deadlines::new);
 
 /// The async-io timer's waker.
 #[derive(Debug)]
-struct Fire(&'static Wheel);
+struct Fire(&'static Deadlines);
 
 impl Wake for Fire {
     fn wake(self: Arc<Self>) {
@@ -252,9 +255,9 @@ impl Wake for Fire {
     }
 }
 
-impl Wheel {
-    /// An empty wheel. Sleeps need it `'static`: the process's is
-    /// [`Wheel::global`]; a test leaks one of its own.
+impl Deadlines {
+    /// An empty deadlines. Sleeps need it `'static`: the process's is
+    /// [`Deadlines::global`]; a test leaks one of its own.
     pub(crate) fn new() -> Self {
         Self {
             state: Mutex::new(State {
@@ -267,7 +270,7 @@ impl Wheel {
         }
     }
 
-    /// The process's wheel.
+    /// The process's deadlines.
     pub(crate) fn global() -> &'static Self {
         &GLOBAL
     }
@@ -276,13 +279,13 @@ impl Wheel {
     /// never before it as [`Instant::now`] tells.
     pub(crate) fn sleep_until(&'static self, deadline: Instant) -> Sleep {
         Sleep {
-            wheel: self,
+            deadlines: self,
             deadline,
             armed: None,
         }
     }
 
-    /// How many sleeps wait on this wheel.
+    /// How many sleeps wait on this deadlines.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.lock().timers.len()
@@ -308,8 +311,7 @@ impl Wheel {
     }
 
     fn fire_waker(&'static self) -> &'static Waker {
-        self.fire
-            .get_or_init(|| Waker::from(Arc::new(Fire(self))))
+        self.fire.get_or_init(|| Waker::from(Arc::new(Fire(self))))
     }
 
     /// Holds `waker` until `deadline`, arming the async-io timer when this
@@ -392,23 +394,23 @@ impl Wheel {
     }
 }
 
-impl Default for Wheel {
+impl Default for Deadlines {
     fn default() -> Self {
         Self::new()
     }
 }
 
-/// A sleep on a [`Wheel`] until a deadline.
+/// A sleep on a [`Deadlines`] until a deadline.
 ///
-/// It holds a place in the wheel from its first pending poll until it
+/// It holds a place in the deadlines from its first pending poll until it
 /// completes or is dropped, so a sleep that is dropped leaves nothing
 /// behind.
 #[derive(Debug)]
 #[must_use = "a sleep does nothing unless awaited"]
 pub(crate) struct Sleep {
-    wheel: &'static Wheel,
+    deadlines: &'static Deadlines,
     deadline: Instant,
-    /// Its place in the wheel, and the waker it was given there.
+    /// Its place in the deadlines, and the waker it was given there.
     armed: Option<(Key, Waker)>,
 }
 
@@ -420,17 +422,17 @@ impl Future for Sleep {
         if Instant::now() >= this.deadline {
             if let Some((key, _)) = this.armed.take() {
                 // Still there unless it fired.
-                this.wheel.remove(key);
+                this.deadlines.remove(key);
             }
             return Poll::Ready(());
         }
         match &mut this.armed {
             None => {
-                let key = this.wheel.insert(this.deadline, cx.waker().clone());
+                let key = this.deadlines.insert(this.deadline, cx.waker().clone());
                 this.armed = Some((key, cx.waker().clone()));
             }
             Some((key, waker)) if !waker.will_wake(cx.waker()) => {
-                if !this.wheel.set_waker(*key, cx.waker().clone()) {
+                if !this.deadlines.set_waker(*key, cx.waker().clone()) {
                     // It fired: its deadline passed after the clock was read.
                     this.armed = None;
                     return Poll::Ready(());
@@ -446,7 +448,7 @@ impl Future for Sleep {
 impl Drop for Sleep {
     fn drop(&mut self) {
         if let Some((key, _)) = self.armed.take() {
-            self.wheel.remove(key);
+            self.deadlines.remove(key);
         }
     }
 }
@@ -570,8 +572,8 @@ mod tests {
         }
     }
 
-    fn wheel() -> &'static Wheel {
-        Box::leak(Box::new(Wheel::new()))
+    fn deadlines() -> &'static Deadlines {
+        Box::leak(Box::new(Deadlines::new()))
     }
 
     /// A waker that sends `name` each time it is woken.
@@ -589,12 +591,12 @@ mod tests {
 
     #[test]
     fn sleeps_never_complete_before_their_deadlines() {
-        let wheel = wheel();
+        let deadlines = deadlines();
         let t0 = Instant::now();
         let sleeps = (0..200u64).map(|i| {
             let deadline = t0 + Duration::from_micros(i * 137 % 40_000);
             async move {
-                wheel.sleep_until(deadline).await;
+                deadlines.sleep_until(deadline).await;
                 (deadline, Instant::now())
             }
         });
@@ -611,49 +613,51 @@ mod tests {
                 panic!("the sleeps did not complete within {WAIT:?}");
             },
         ));
-        assert_eq!(wheel.len(), 0);
+        assert_eq!(deadlines.len(), 0);
     }
 
     #[test]
     fn dropped_sleeps_leave_nothing_behind() {
-        let wheel = wheel();
+        let deadlines = deadlines();
         let deadline = Instant::now() + Duration::from_secs(60);
-        let mut sleeps: Vec<_> = (0..1000).map(|_| wheel.sleep_until(deadline)).collect();
+        let mut sleeps: Vec<_> = (0..1000).map(|_| deadlines.sleep_until(deadline)).collect();
         for sleep in &mut sleeps {
             assert!(poll_once(sleep, Waker::noop()).is_pending());
         }
-        assert_eq!(wheel.len(), 1000);
+        assert_eq!(deadlines.len(), 1000);
         drop(sleeps);
-        assert_eq!(wheel.len(), 0);
+        assert_eq!(deadlines.len(), 0);
         // A sleep whose deadline has passed completes without a place.
-        let mut past = wheel.sleep_until(Instant::now());
+        let mut past = deadlines.sleep_until(Instant::now());
         assert!(poll_once(&mut past, Waker::noop()).is_ready());
-        assert_eq!(wheel.len(), 0);
+        assert_eq!(deadlines.len(), 0);
     }
 
     #[test]
     fn an_earlier_sleep_fires_though_a_later_one_armed_the_timer() {
-        let wheel = wheel();
+        let deadlines = deadlines();
         let (tx, rx) = mpsc::channel();
-        let mut late = wheel.sleep_until(Instant::now() + Duration::from_secs(60));
-        let mut early = wheel.sleep_until(Instant::now() + ms(20));
-        assert!(poll_once(&mut late, &Waker::from(Arc::new(Tell(tx.clone(), "late")))).is_pending());
+        let mut late = deadlines.sleep_until(Instant::now() + Duration::from_secs(60));
+        let mut early = deadlines.sleep_until(Instant::now() + ms(20));
+        assert!(
+            poll_once(&mut late, &Waker::from(Arc::new(Tell(tx.clone(), "late")))).is_pending()
+        );
         let woken = Waker::from(Arc::new(Tell(tx, "early")));
         assert!(poll_once(&mut early, &woken).is_pending());
         // No executor: async-io's own thread runs the reactor.
         assert_eq!(rx.recv_timeout(WAIT), Ok("early"));
         assert!(poll_once(&mut early, &woken).is_ready());
-        assert_eq!(wheel.len(), 1);
+        assert_eq!(deadlines.len(), 1);
         drop(late);
-        assert_eq!(wheel.len(), 0);
+        assert_eq!(deadlines.len(), 0);
     }
 
     #[test]
     fn a_sleep_polled_by_another_task_wakes_that_one() {
-        let wheel = wheel();
+        let deadlines = deadlines();
         let (tx, rx) = mpsc::channel();
         let deadline = Instant::now() + ms(30);
-        let mut sleep = wheel.sleep_until(deadline);
+        let mut sleep = deadlines.sleep_until(deadline);
         let first = Waker::from(Arc::new(Tell(tx.clone(), "first")));
         let second = Waker::from(Arc::new(Tell(tx, "second")));
         assert!(poll_once(&mut sleep, &first).is_pending());
@@ -663,17 +667,20 @@ mod tests {
         assert!(poll_once(&mut sleep, &second).is_ready());
         // The first waker was let go and never woken.
         assert!(rx.try_recv().is_err());
-        assert_eq!(wheel.len(), 0);
+        assert_eq!(deadlines.len(), 0);
     }
 
     #[test]
     fn ticks_round_up_to_the_millisecond_and_never_down() {
-        let wheel = wheel();
-        let on_tick = wheel.origin + ms(5);
-        assert_eq!(wheel.tick(on_tick), on_tick);
-        assert_eq!(wheel.tick(on_tick + Duration::from_nanos(1)), on_tick + ms(1));
-        assert_eq!(wheel.tick(on_tick - Duration::from_nanos(1)), on_tick);
-        let far = wheel.origin + Duration::from_secs(86_400 * 365 * 100);
-        assert!(wheel.tick(far) >= far);
+        let deadlines = deadlines();
+        let on_tick = deadlines.origin + ms(5);
+        assert_eq!(deadlines.tick(on_tick), on_tick);
+        assert_eq!(
+            deadlines.tick(on_tick + Duration::from_nanos(1)),
+            on_tick + ms(1)
+        );
+        assert_eq!(deadlines.tick(on_tick - Duration::from_nanos(1)), on_tick);
+        let far = deadlines.origin + Duration::from_secs(86_400 * 365 * 100);
+        assert!(deadlines.tick(far) >= far);
     }
 }

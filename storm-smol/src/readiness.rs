@@ -19,12 +19,14 @@ use std::io;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use async_io::Async;
 use polling::{Event, Events, PollMode, Poller};
+
+use crate::lock;
 
 /// One socket's edges: how many the poller reported, and the task waiting
 /// for the next.
@@ -140,12 +142,6 @@ impl Wake for Pump {
     fn wake_by_ref(self: &Arc<Self>) {
         self.0.pump();
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // No user code runs under these locks: a panic elsewhere leaves
-    // nothing half done.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A poller key: the slot index in the low half, its generation in the
@@ -318,6 +314,7 @@ mod tests {
     use std::sync::mpsc;
 
     use super::*;
+    use crate::testing::Tell;
 
     /// The most a test waits for one event.
     const WAIT: Duration = Duration::from_secs(10);
@@ -335,15 +332,6 @@ mod tests {
         let (server, _) = listener.accept().unwrap();
         server.set_nonblocking(true).unwrap();
         (server, client)
-    }
-
-    /// A waker that sends `name` each time it is woken.
-    struct Tell(mpsc::Sender<&'static str>, &'static str);
-
-    impl Wake for Tell {
-        fn wake(self: Arc<Self>) {
-            let _ = self.0.send(self.1);
-        }
     }
 
     fn would_block(socket: &mut TcpStream) -> bool {

@@ -292,9 +292,7 @@ impl Deadlines {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // The state is consistent between calls (no user code runs under
-        // the lock), so a panic elsewhere leaves nothing half done.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.state)
     }
 
     /// The first tick at or after `at`.
@@ -461,6 +459,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::testing::Tell;
 
     /// The most a test waits for one event.
     const WAIT: Duration = Duration::from_secs(10);
@@ -574,15 +573,6 @@ mod tests {
 
     fn deadlines() -> &'static Deadlines {
         Box::leak(Box::new(Deadlines::new()))
-    }
-
-    /// A waker that sends `name` each time it is woken.
-    struct Tell(mpsc::Sender<&'static str>, &'static str);
-
-    impl Wake for Tell {
-        fn wake(self: Arc<Self>) {
-            let _ = self.0.send(self.1);
-        }
     }
 
     fn poll_once(sleep: &mut Sleep, waker: &Waker) -> Poll<()> {

@@ -47,12 +47,16 @@
 //! one of `ws_echo`, `tcp_echo`, `chat`, `reconnecting_client` and
 //! `autobahn_client` (`--help` gives each one's arguments).
 
+#[cfg(unix)]
+mod readiness;
 pub mod runtime;
+mod timer;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod websocket;
 
 pub use runtime::Smol;
+
 pub use storm_async::{Client, ClientError, Handler, SendError, Session};
 pub use storm_host as host;
 pub use storm_host::setup::{Decision, UpgradeInfo};
@@ -69,3 +73,27 @@ pub type ServerHandle = storm_async::ServerHandle<Smol>;
 pub type WsClient = storm_async::WsClient<Smol>;
 /// Connects plain TCP clients with a framer on smol.
 pub type TcpClient = storm_async::TcpClient<Smol>;
+
+/// Locks `mutex` of the timer or the poller. No user code runs under
+/// those locks (wakers are woken and dropped outside them), so a panic
+/// elsewhere leaves nothing half done: a poisoned lock is taken as it is.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the timer's and the poller's tests share.
+#[cfg(test)]
+mod testing {
+    use std::sync::Arc;
+    use std::sync::mpsc::Sender;
+    use std::task::Wake;
+
+    /// A waker that sends its name each time it is woken.
+    pub(crate) struct Tell(pub(crate) Sender<&'static str>, pub(crate) &'static str);
+
+    impl Wake for Tell {
+        fn wake(self: Arc<Self>) {
+            let _ = self.0.send(self.1);
+        }
+    }
+}

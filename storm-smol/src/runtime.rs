@@ -1,5 +1,7 @@
 //! smol as a storm-async [`Runtime`]: `smol::spawn`, async-io's
-//! `Async<TcpStream>` readiness and `Timer`, futures-rustls.
+//! `Async<TcpStream>` (with read edges from storm-smol's own poller under
+//! it), storm-smol's own timer heap under one async-io `Timer`,
+//! futures-rustls.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener};
@@ -21,6 +23,9 @@ use storm_async::runtime::no_tls;
 use storm_async::runtime::{PollRead, PollWrite, Runtime, Stream};
 use storm_host::options::TlsServerConfig;
 use storm_host::setup::ClientTls;
+
+#[cfg(unix)]
+use crate::readiness::{Edges, Registration};
 
 /// The smol runtime, for storm-async's generic servers and clients (this
 /// crate's [`WsServer`](crate::WsServer) is `storm_async::WsServer<Smol>`).
@@ -113,18 +118,59 @@ impl<T: AsyncWrite + Send + Unpin + 'static> PollWrite for Io<T> {
 /// down.
 #[derive(Debug)]
 pub struct TcpStream {
-    socket: Arc<Async<std::net::TcpStream>>,
+    socket: Arc<Socket>,
     /// This handle's last read came back short (or would have blocked):
     /// the socket had nothing more, so the next read waits for readiness
     /// first instead of asking the socket again.
     drained: bool,
+    /// The socket's read edges counted when that read began (with
+    /// [`Edges`]): the wait returns once another came.
+    seen: u64,
+}
+
+/// A socket, registered at async-io (writes, and reads where
+/// edge-triggered polling is not available) and in [`Edges`] for reads.
+#[derive(Debug)]
+struct Socket {
+    // Fields drop in order: the registration goes before the socket it
+    // names.
+    #[cfg(unix)]
+    edges: Option<Registration>,
+    io: Async<std::net::TcpStream>,
+}
+
+impl Socket {
+    /// The read edges counted so far (0 without [`Edges`]).
+    fn edges(&self) -> u64 {
+        #[cfg(unix)]
+        if let Some(registration) = &self.edges {
+            return registration.readiness().edges();
+        }
+        0
+    }
+
+    /// Ready once the socket may have input after a read that began with
+    /// `seen` edges counted.
+    fn poll_readable(&self, cx: &mut Context<'_>, seen: u64) -> Poll<io::Result<()>> {
+        #[cfg(unix)]
+        if let Some(registration) = &self.edges {
+            return registration.readiness().poll_edge(cx, seen).map(Ok);
+        }
+        let _ = seen;
+        self.io.poll_readable(cx)
+    }
 }
 
 impl TcpStream {
-    fn new(socket: Async<std::net::TcpStream>) -> Self {
+    fn new(io: Async<std::net::TcpStream>) -> Self {
         Self {
-            socket: Arc::new(socket),
+            socket: Arc::new(Socket {
+                #[cfg(unix)]
+                edges: Edges::global().and_then(|edges| edges.register(io.get_ref())),
+                io,
+            }),
             drained: false,
+            seen: 0,
         }
     }
 
@@ -134,12 +180,13 @@ impl TcpStream {
     ///
     /// A read that fills less than `room` emptied the socket's receive
     /// queue (as tokio assumes too): the next call waits for readiness
-    /// before it reads. Without that, every batch cost two reads that
-    /// would block and a re-registration: async-io's readiness check,
-    /// asked after the first, still reports the event the batch itself
-    /// was read on, so only the second registers interest (oneshot
-    /// epoll, re-armed by `epoll_ctl`, which also reports data that came
-    /// in meanwhile: nothing is missed by waiting).
+    /// before it reads. With [`Edges`] that is the next read edge counted
+    /// after the read began (data that came meanwhile made one). Through
+    /// async-io, waiting also keeps a read from asking the socket twice:
+    /// async-io's readiness check, asked after the first, still reports the
+    /// event the batch itself was read on; and its interest is oneshot,
+    /// re-armed by `epoll_ctl`, which also reports data that came in
+    /// meanwhile: nothing is missed by waiting either way.
     fn poll_read_op(
         &mut self,
         cx: &mut Context<'_>,
@@ -148,10 +195,11 @@ impl TcpStream {
     ) -> Poll<io::Result<usize>> {
         loop {
             if self.drained {
-                ready!(self.socket.poll_readable(cx))?;
+                ready!(self.socket.poll_readable(cx, self.seen))?;
                 self.drained = false;
             }
-            match op(self.socket.get_ref()) {
+            self.seen = self.socket.edges();
+            match op(self.socket.io.get_ref()) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.drained = true,
                 result => {
                     self.drained = matches!(result, Ok(n) if n > 0 && n < room);
@@ -169,6 +217,7 @@ impl Clone for TcpStream {
         Self {
             socket: Arc::clone(&self.socket),
             drained: false,
+            seen: 0,
         }
     }
 }
@@ -200,11 +249,11 @@ impl AsyncWrite for TcpStream {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         loop {
-            match self.socket.get_ref().write_vectored(bufs) {
+            match self.socket.io.get_ref().write_vectored(bufs) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 result => return Poll::Ready(result),
             }
-            ready!(self.socket.poll_writable(cx))?;
+            ready!(self.socket.io.poll_writable(cx))?;
         }
     }
 
@@ -214,7 +263,7 @@ impl AsyncWrite for TcpStream {
     }
 
     fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(match self.socket.get_ref().shutdown(Shutdown::Write) {
+        Poll::Ready(match self.socket.io.get_ref().shutdown(Shutdown::Write) {
             // The peer already went away: nothing left to shut down.
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
             result => result,
@@ -269,8 +318,11 @@ impl Runtime for Smol {
         smol::spawn(future).detach();
     }
 
-    async fn sleep_until(deadline: Instant) {
-        smol::Timer::at(deadline).await;
+    /// On storm-smol's own deadlines (`timer.rs`): one async-io timer under
+    /// every sleep of the process, which fires up to 1 ms late (never
+    /// early).
+    fn sleep_until(deadline: Instant) -> impl Future<Output = ()> + Send {
+        crate::timer::Deadlines::global().sleep_until(deadline)
     }
 
     async fn resolve(addr: &str) -> io::Result<Vec<SocketAddr>> {
@@ -304,7 +356,7 @@ impl Runtime for Smol {
     }
 
     fn socket(stream: &Self::Tcp) -> socket2::SockRef<'_> {
-        socket2::SockRef::from(&*stream.0.socket)
+        socket2::SockRef::from(&stream.0.socket.io)
     }
 
     #[cfg(feature = "tls")]

@@ -82,7 +82,7 @@ use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffStep};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::node::{Node, Queued, bump, defaults, deliver_to_hub, lock, settings_of};
-use crate::stages::{self, Stages, Stamp, now_ns};
+use crate::stages::{Stages, Stamp, now_ns};
 
 /// Appends a room message and publishes it, in one step.
 ///
@@ -495,8 +495,8 @@ pub struct RedisConfig {
     /// A file to append each room message's stage times to, for measuring
     /// where its latency goes ([`crate::stages`]); `None`: none kept.
     ///
-    /// Default: the file the environment variable
-    /// [`STORM_BACKPLANE_STAGES`](crate::stages::STAGES_VAR) names, if set.
+    /// Default: `None` (`storm chat` sets it from `--backplane-stages` or
+    /// `STORM_BACKPLANE_STAGES`; the library reads no environment).
     pub stages: Option<PathBuf>,
 }
 
@@ -512,7 +512,7 @@ impl Default for RedisConfig {
             max_payload: defaults::MAX_PAYLOAD,
             publish_queue: defaults::PUBLISH_QUEUE,
             reconnect: BackoffConfig::default(),
-            stages: stages::file_from_env(),
+            stages: None,
         }
     }
 }

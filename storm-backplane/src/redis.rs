@@ -61,7 +61,7 @@ use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -82,7 +82,7 @@ use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffStep};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::node::{Node, Queued, bump, defaults, deliver_to_hub, lock, settings_of};
-use crate::stages::{self, Stages, Stamp, now_ns};
+use crate::stages::{Stages, Stamp, now_ns};
 
 /// Appends a room message and publishes it, in one step.
 ///
@@ -288,10 +288,28 @@ fn published(stages: &Stages, batch: &[Publication], offsets: &[u64], taken: u64
 /// the task reading its stream: one more wake-up and turn in the
 /// executor's queue per batch read; BENCHMARKS.md, session 12: the
 /// subscriber's hop.) Needs Redis 6 or later.
+///
+/// The publisher sends its pipelines on this connection too (RESP3 lets a
+/// subscribed connection run any command): a node has one Redis socket for
+/// its room traffic, so its own messages come back in the read that brings
+/// the script's reply, and other nodes' messages on the socket and the
+/// connection task it already watches (BENCHMARKS.md, session 13: the
+/// cross-node tail). Once dropped (the subscriber gave it up), what still
+/// comes on it is not delivered, even while the publisher's clone of the
+/// connection keeps it open: the next subscription connection is the one
+/// that delivers.
 struct Subscription {
     connection: MultiplexedConnection,
     /// Notified once the connection is lost (its task ends).
     lost: Arc<Notify>,
+    /// Set when this is dropped: its pushes are no longer delivered.
+    retired: Arc<AtomicBool>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.retired.store(true, Ordering::Release);
+    }
 }
 
 /// What a pipelined subscription request does to its channel.
@@ -401,6 +419,25 @@ fn is_no_script(error: &redis::RedisError) -> bool {
     error.kind() == redis::ErrorKind::NoScriptError
 }
 
+/// Loads the publish script on `connection`'s server, so that the
+/// publisher calls it by SHA alone, pipelined (a restarted Redis breaks the
+/// connection, and the publisher loads it again on the next).
+async fn load_publish_script(connection: &MultiplexedConnection) -> redis::RedisResult<()> {
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(PUBLISH.body)
+        .query_async(&mut connection.clone())
+        .await?;
+    if sha != PUBLISH.sha {
+        tracing::warn!(
+            sha,
+            expected = PUBLISH.sha,
+            "backplane: redis hashes scripts differently"
+        );
+    }
+    Ok(())
+}
+
 /// Settings of a [`RedisBackplane`].
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -458,8 +495,8 @@ pub struct RedisConfig {
     /// A file to append each room message's stage times to, for measuring
     /// where its latency goes ([`crate::stages`]); `None`: none kept.
     ///
-    /// Default: the file the environment variable
-    /// [`STORM_BACKPLANE_STAGES`](crate::stages::STAGES_VAR) names, if set.
+    /// Default: `None` (`storm chat` sets it from `--backplane-stages` or
+    /// `STORM_BACKPLANE_STAGES`; the library reads no environment).
     pub stages: Option<PathBuf>,
 }
 
@@ -475,7 +512,7 @@ impl Default for RedisConfig {
             max_payload: defaults::MAX_PAYLOAD,
             publish_queue: defaults::PUBLISH_QUEUE,
             reconnect: BackoffConfig::default(),
-            stages: stages::file_from_env(),
+            stages: None,
         }
     }
 }
@@ -615,9 +652,13 @@ pub struct RedisBackplane {
     presence: Mutex<PresenceState>,
     /// Wakes the presence task when `presence` changed.
     presence_changed: Notify,
+    /// The subscription connection while it is up (`None` while the
+    /// subscriber task reconnects): the publisher sends its pipelines on
+    /// it too (see [`Subscription`]).
+    connection: watch::Sender<Option<MultiplexedConnection>>,
     /// The publisher has a working connection (as far as it knows): while
     /// it has not, ordered messages fail at once instead of waiting.
-    publisher_up: std::sync::atomic::AtomicBool,
+    publisher_up: AtomicBool,
     /// The reconnect schedule each task starts from (a copy each).
     backoff: Backoff,
     /// Where each room message's stage times go, when measured
@@ -715,7 +756,8 @@ impl RedisBackplane {
             subscriptions_changed: Notify::new(),
             presence: Mutex::new(PresenceState::default()),
             presence_changed: Notify::new(),
-            publisher_up: std::sync::atomic::AtomicBool::new(true),
+            connection: watch::Sender::new(None),
+            publisher_up: AtomicBool::new(true),
             backoff,
             stages,
         })
@@ -775,7 +817,9 @@ impl RedisBackplane {
                 return Err(error.into());
             }
         };
-        let publisher = self.publisher_connection().await?;
+        let publisher = subscription.connection.clone();
+        load_publish_script(&publisher).await?;
+        self.connection.send_replace(Some(publisher.clone()));
         let (running, tasks) = Running::new();
         let this = || Arc::clone(self);
         R::spawn(tasks.task(this().run_subscriber::<R>(
@@ -785,7 +829,7 @@ impl RedisBackplane {
             subscription,
             tasks.stopped(),
         )));
-        R::spawn(tasks.task(this().run_publisher::<R>(pending, publisher, tasks.stopped())));
+        R::spawn(tasks.task(this().run_publisher(pending, publisher, tasks.stopped())));
         R::spawn(tasks.task(this().run_presence::<R>(hub, tasks.stopped())));
         Ok(running)
     }
@@ -801,13 +845,15 @@ impl RedisBackplane {
         rooms: &Arc<Mutex<Subscriber>>,
     ) -> Result<Subscription, redis::RedisError> {
         let lost = Arc::new(Notify::new());
+        let retired = Arc::new(AtomicBool::new(false));
         let on_push = {
             let (this, hub, deliver) = (Arc::clone(self), hub.clone(), Arc::clone(deliver));
             let (rooms, lost) = (Arc::clone(rooms), Arc::clone(&lost));
+            let retired = Arc::clone(&retired);
             move |push: PushInfo| -> Result<(), std::convert::Infallible> {
                 match push.kind {
                     PushKind::Disconnection => lost.notify_one(),
-                    PushKind::Message => {
+                    PushKind::Message if !retired.load(Ordering::Acquire) => {
                         if let Some(message) = redis::Msg::from_push_info(push) {
                             this.receive(&hub, &deliver, &mut lock(&rooms), &message);
                         }
@@ -832,7 +878,11 @@ impl RedisBackplane {
         self.run_subscription_commands(&connection, &own, None)
             .await?;
         bump(&self.node.counters.subscriptions, 1);
-        Ok(Subscription { connection, lost })
+        Ok(Subscription {
+            connection,
+            lost,
+            retired,
+        })
     }
 
     /// Runs `change` on the room subscriptions, then wakes the joins it
@@ -989,14 +1039,17 @@ impl RedisBackplane {
     ) {
         self.subscriber_loop::<R>(&hub, &deliver, &rooms, subscription, &mut stopped)
             .await;
-        // Stopped: joins waiting for a subscription wait no more.
+        // Stopped: joins waiting for a subscription wait no more, and the
+        // connection goes once the publisher is done with it.
+        self.connection.send_replace(None);
         self.change_subscriptions(Subscriptions::disconnected);
     }
 
     /// Keeps a subscription connection up (resubscribing with the backoff
-    /// when it is lost) and runs the room subscriptions' commands on it.
-    /// What the connection receives does not come through here: its own
-    /// task hands it on (see [`Subscription`]).
+    /// when it is lost), lends it to the publisher (`self.connection`), and
+    /// runs the room subscriptions' commands on it. What the connection
+    /// receives does not come through here: its own task hands it on (see
+    /// [`Subscription`]).
     async fn subscriber_loop<R: Runtime>(
         self: &Arc<Self>,
         hub: &Hub,
@@ -1011,7 +1064,11 @@ impl RedisBackplane {
             let current = match subscription.take() {
                 Some(current) => current,
                 None => match self.subscribe(hub, deliver, rooms).await {
-                    Ok(current) => current,
+                    Ok(current) => {
+                        self.connection
+                            .send_replace(Some(current.connection.clone()));
+                        current
+                    }
                     Err(error) => {
                         self.change_subscriptions(Subscriptions::disconnected);
                         tracing::warn!(%error, "backplane: redis subscription failed");
@@ -1040,6 +1097,7 @@ impl RedisBackplane {
                     break;
                 }
             }
+            self.connection.send_replace(None);
             self.change_subscriptions(Subscriptions::disconnected);
             tracing::warn!("backplane: redis subscription lost; resubscribing");
             if !Self::wait_retry::<R>(&mut backoff, stopped).await {
@@ -1078,13 +1136,17 @@ impl RedisBackplane {
         }
     }
 
-    async fn run_publisher<R: Runtime>(
+    /// Sends what is queued, in pipelines, on the subscription connection
+    /// the subscriber task lends it (`self.connection`), starting with
+    /// `connection` (the publish script loaded on it).
+    async fn run_publisher(
         self: Arc<Self>,
         mut pending: mpsc::Receiver<Publication>,
         connection: MultiplexedConnection,
         mut stopped: watch::Receiver<bool>,
     ) {
-        let mut backoff = self.backoff();
+        let mut lent = self.connection.subscribe();
+        lent.mark_unchanged();
         let mut connection = Some(connection);
         // Pipelines sent and not yet answered, oldest first: Redis answers
         // a connection's commands in order, so they end in this order too.
@@ -1109,23 +1171,24 @@ impl RedisBackplane {
                 }
                 return;
             }
+            if lent.has_changed().unwrap_or(false) && lent.borrow().is_some() {
+                // The subscriber has a new connection (it gave this one up):
+                // the next pipeline goes there. While it has none, this one
+                // is kept: if it is broken, the next pipeline fails at once
+                // (counted, handed to the unpublished handler) instead of
+                // waiting for Redis to come back.
+                connection = None;
+            }
             let conn = loop {
                 if let Some(conn) = connection.as_mut() {
                     break conn;
                 }
-                match self.publisher_connection().await {
-                    Ok(fresh) => {
-                        backoff.connected(Instant::now());
+                match self.publisher_connection(&mut lent, &mut stopped).await {
+                    Some(fresh) => {
                         connection = Some(fresh);
                         self.publisher_up.store(true, Ordering::Relaxed);
                     }
-                    Err(error) => {
-                        self.publisher_up.store(false, Ordering::Relaxed);
-                        tracing::warn!(%error, "backplane: redis connection failed");
-                        if !Self::wait_retry::<R>(&mut backoff, &mut stopped).await {
-                            return;
-                        }
-                    }
+                    None => return,
                 }
             };
             let taken = stamp(self.stages.as_ref());
@@ -1163,24 +1226,33 @@ impl RedisBackplane {
         self.node.sent(batch, appended);
     }
 
-    /// A connection for the publisher, with the publish script loaded (so
-    /// it is called by SHA alone, pipelined; a restarted Redis breaks the
-    /// connection, and the next one loads it again).
-    async fn publisher_connection(&self) -> Result<MultiplexedConnection, redis::RedisError> {
-        let mut connection = self.client.get_multiplexed_async_connection().await?;
-        let sha: String = redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(PUBLISH.body)
-            .query_async(&mut connection)
-            .await?;
-        if sha != PUBLISH.sha {
-            tracing::warn!(
-                sha,
-                expected = PUBLISH.sha,
-                "backplane: redis hashes scripts differently"
-            );
+    /// The connection `lent` holds, once the subscriber has one, with the
+    /// publish script loaded on it again (a pipeline failed on it, or it is
+    /// new: Redis may have lost the script). When that fails too, the
+    /// connection is broken: waits for the subscriber's next (which
+    /// reconnects with the backoff). `None` once stopped.
+    async fn publisher_connection(
+        &self,
+        lent: &mut watch::Receiver<Option<MultiplexedConnection>>,
+        stopped: &mut watch::Receiver<bool>,
+    ) -> Option<MultiplexedConnection> {
+        loop {
+            let current = tokio::select! {
+                current = lent.wait_for(Option::is_some) => current.ok()?.clone()?,
+                _ = stopped.wait_for(|stop| *stop) => return None,
+            };
+            match load_publish_script(&current).await {
+                Ok(()) => return Some(current),
+                Err(error) => {
+                    self.publisher_up.store(false, Ordering::Relaxed);
+                    tracing::warn!(%error, "backplane: redis connection failed");
+                }
+            }
+            tokio::select! {
+                changed = lent.changed() => changed.ok()?,
+                _ = stopped.wait_for(|stop| *stop) => return None,
+            }
         }
-        Ok(connection)
     }
 
     /// The pipeline that appends and publishes `batch` in order.

@@ -3,8 +3,9 @@
 //! for.
 //!
 //! With [`RedisConfig::stages`](crate::redis::RedisConfig::stages) naming a
-//! file (by default the one the environment variable [`STAGES_VAR`] names,
-//! so that a `storm chat` can be measured without an option of its own), a
+//! file (`storm chat --backplane-stages FILE`, or its environment variable
+//! `STORM_BACKPLANE_STAGES`, so that a node can be measured as it is
+//! started), a
 //! [`RedisBackplane`](crate::redis::RedisBackplane) stamps each room message it publishes when it is queued, when the
 //! publisher takes it into a pipeline and when that pipeline's reply is in
 //! (then its offset is known), and each room message it receives when the
@@ -28,26 +29,17 @@
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::node::lock;
-
-/// The environment variable naming the file the stages go to.
-pub const STAGES_VAR: &str = "STORM_BACKPLANE_STAGES";
 
 /// How often the thread appends what was stamped.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 /// Lines waiting for the thread, at most.
 pub const MAX_PENDING: usize = 1 << 20;
-
-/// The file [`STAGES_VAR`] names, if set: the default of
-/// [`RedisConfig::stages`](crate::redis::RedisConfig::stages).
-pub fn file_from_env() -> Option<PathBuf> {
-    std::env::var_os(STAGES_VAR).map(PathBuf::from)
-}
 
 /// Now on the system clock, in nanoseconds since the Unix epoch (0 before
 /// it).

@@ -810,9 +810,9 @@ fn a_tokio_node_drives_its_connections_on_tokio() {
         assert_eq!(tasks(), 0);
         let node = Node::start::<storm_tokio::Tokio>(&server, |_| {}, None).await;
         // The backplane's three tasks (subscriber, publisher, presence),
-        // and the drivers of its subscription and its publisher's
-        // connection.
-        assert_eq!(tasks(), 5);
+        // and the driver of its one connection for room traffic (the
+        // subscription, which the publisher's pipelines share).
+        assert_eq!(tasks(), 4);
         node.stop().await;
     });
 }
@@ -849,6 +849,35 @@ async fn the_subscription_connection_gets_messages_as_resp3_pushes<R: Runtime>()
     // And what they receive gets through.
     a.hub.broadcast_group("lobby", &Message::from("over"), None);
     assert_eq!(text(&next::<R>(&on_b).await), "over");
+    a.stop().await;
+    b.stop().await;
+}
+
+async fn a_node_publishes_on_its_subscription_connection<R: Runtime>() {
+    let Some((server, a, b)) = two_nodes::<R>(|_| {}, None).await else {
+        return;
+    };
+    let on_a = a.join("lobby").await;
+    let on_b = b.join("lobby").await;
+    // The publisher's pipelines go on the node's subscription connection:
+    // the script's reply and the node's own copy of the message come on one
+    // socket, read by one task, and the node has one Redis connection for
+    // its room traffic instead of two.
+    a.backplane
+        .publish_ordered("lobby", &Message::from("one socket"));
+    assert_eq!(text(&next::<R>(&on_a).await), "one socket");
+    assert_eq!(text(&next::<R>(&on_b).await), "one socket");
+    let list = client_list(&server).await;
+    let published: Vec<&str> = list
+        .lines()
+        .filter(|line| line.contains(" cmd=evalsha "))
+        .collect();
+    assert!(
+        published
+            .iter()
+            .any(|line| line.contains(" resp=3") && !line.contains(" sub=0 ")),
+        "{list}"
+    );
     a.stop().await;
     b.stop().await;
 }
@@ -1346,6 +1375,7 @@ on_runtimes!(
     after_a_restart_the_held_rooms_are_subscribed_again_in_a_round_trip_or_two,
     reads_do_not_wait_for_each_other_s_replies,
     publishes_do_not_wait_for_each_other_s_replies,
-    the_subscription_connection_gets_messages_as_resp3_pushes;
+    the_subscription_connection_gets_messages_as_resp3_pushes,
+    a_node_publishes_on_its_subscription_connection;
     a_join_meets_the_live_stream_without_a_gap_or_a_duplicate,
 );

@@ -87,6 +87,12 @@ pub(crate) struct ChatArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     backplane_presence_ttl_ms: u64,
+    /// With --backplane redis://: append each room message's stage times
+    /// (queued, taken into a pipeline, replied; received, delivered) to
+    /// FILE, for measuring where its latency goes across nodes (xnode
+    /// --stages in benches/e2e reads them). Default: none kept.
+    #[arg(long, value_name = "FILE", env = "STORM_BACKPLANE_STAGES")]
+    backplane_stages: Option<std::path::PathBuf>,
 }
 
 /// `storm chat`: WebSocket, pings every 15 s, messages up to 64 KiB.
@@ -132,6 +138,7 @@ pub(crate) fn run(args: &ChatArgs) -> io::Result<()> {
         redis.url = url.to_owned();
         redis.history_len = args.backplane_history;
         redis.presence_ttl = presence_ttl;
+        redis.stages.clone_from(&args.backplane_stages);
         BackplaneConfig::Redis(redis)
     });
     let metrics = storm_cli::metrics::bind(args.policy.metrics_addr.as_deref())?;

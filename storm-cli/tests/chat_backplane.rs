@@ -82,7 +82,18 @@ impl Drop for Node {
 
 impl Node {
     fn start(server: &impl BackplaneServer, runtime: &str, extra: &[&str]) -> Self {
+        Self::start_in(server, runtime, extra, &[])
+    }
+
+    /// [`start`](Self::start), with `env` added to its environment.
+    fn start_in(
+        server: &impl BackplaneServer,
+        runtime: &str,
+        extra: &[&str],
+        env: &[(&str, &std::path::Path)],
+    ) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_storm"))
+            .envs(env.iter().copied())
             .args(["chat", "--addr", "127.0.0.1:0", "--no-http"])
             .args(["--backplane", &server.url()])
             .args(["--runtime", runtime])
@@ -373,6 +384,42 @@ fn a_room_message_crosses_nodes_once_with_its_position() {
         );
         assert_eq!(one["from"], sent["from"]);
     });
+}
+
+#[test]
+fn stage_stamps_go_to_the_file_the_option_or_its_variable_names() {
+    // The CLI's wiring of `--backplane-stages` (the backplane library reads
+    // no environment): the same on every runtime, so on tokio alone.
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (by_option, by_variable) = (redis.dir().join("a.stages"), redis.dir().join("b.stages"));
+    let option = by_option.to_str().expect("a UTF-8 path");
+    let a = Node::start(&redis, "tokio", &["--backplane-stages", option]);
+    let b = Node::start_in(
+        &redis,
+        "tokio",
+        &[],
+        &[("STORM_BACKPLANE_STAGES", by_variable.as_path())],
+    );
+    let (mut alice, mut bob) = (a.client(), b.client());
+    alice.join("rust");
+    bob.join("rust");
+    alice.say("stamped");
+    bob.until(|v| v["type"] == "chat" && v["text"] == "stamped");
+    // A stamps the message it published, B the one it received; each
+    // node's writer appends them every 100 ms.
+    let stamped = |file: &std::path::Path, kind: &str| {
+        std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .any(|line| line.starts_with(&format!("{kind} rust ")))
+    };
+    let deadline = Instant::now() + WAIT;
+    while !(stamped(&by_option, "p") && stamped(&by_variable, "r")) {
+        assert!(Instant::now() < deadline, "no stamps within {WAIT:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]

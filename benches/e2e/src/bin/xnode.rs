@@ -59,7 +59,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use serde::Deserialize;
 use servers::RedisServer;
-use storm_backplane::stages::{self, STAGES_VAR, Stamp};
+use storm_backplane::stages::{self, Stamp};
 use storm_e2e::stats::percentile_us;
 use storm_e2e::sys::{USER_HZ, self_cpu_ticks, stat_cpu_ticks};
 use storm_host::link::CloseReason;
@@ -72,6 +72,12 @@ use tokio::sync::Semaphore;
 const ROOM: &str = "lobby";
 /// Most sessions.
 const MAX_SESSIONS: usize = 20_000;
+/// The environment variable of `storm chat --backplane-stages`: how the
+/// two nodes are told where their stamps go with `--stages` (through the
+/// environment rather than the option, so that a `storm` from before the
+/// option, which read it in the backplane library, is measured the same
+/// way).
+const STAGES_VAR: &str = "STORM_BACKPLANE_STAGES";
 /// Most publishers.
 const MAX_PUBLISHERS: usize = 64;
 /// Most room messages per second.

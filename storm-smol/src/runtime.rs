@@ -335,6 +335,11 @@ impl Runtime for Smol {
     }
 
     fn listen(listener: TcpListener) -> io::Result<Async<TcpListener>> {
+        // The read poller's descriptors open with the first listener, not
+        // with the first connection: a server holds the same descriptors
+        // once its connections are gone as before they came.
+        #[cfg(unix)]
+        let _ = Edges::global();
         Async::new(listener)
     }
 

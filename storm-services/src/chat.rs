@@ -561,6 +561,17 @@ where
 struct Chat {
     server: Box<dyn Server>,
     registry: Mutex<Registry>,
+    /// Held while a room event from the backplane is buffered for the
+    /// sessions joining its room and queued for the room's group
+    /// ([`deliver`](Self::deliver)), and while a joining session enters its
+    /// group ([`send_joining`](Self::send_joining)): so an event reaches a
+    /// joining session exactly once (buffered, or through the group), and
+    /// events reach each member in the order they were delivered. The
+    /// registry lock is taken inside it, never the other way round, and
+    /// only for the buffering: a group's fan-out runs without it, so
+    /// connects, commands and joins never wait for another room's (or
+    /// this room's) fan-out to end, only a join's last step does.
+    fanout: Mutex<()>,
     /// The backplane, when the chat runs across nodes.
     nodes: Option<nodes::Nodes>,
     /// This chat, for the tasks it spawns.
@@ -574,6 +585,7 @@ impl Chat {
         Arc::new_cyclic(|me| Self {
             server: Box::new(server),
             registry: Mutex::default(),
+            fanout: Mutex::default(),
             nodes,
             me: me.clone(),
             tickets: AtomicU64::new(0),
@@ -675,24 +687,36 @@ impl Chat {
         }
     }
 
+    /// The order of room events (see [`fanout`](Self::fanout)).
+    fn fanout(&self) -> MutexGuard<'_, ()> {
+        self.fanout.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// A room event from the backplane (any node's, this one's too): with
     /// its position added, to the sessions joining `room` and to its group.
+    /// The registry lock is held only to buffer it for the joining
+    /// sessions; the group's fan-out runs under [`fanout`](Self::fanout)
+    /// alone.
     fn deliver(&self, hub: &Hub, room: &str, position: Option<Position>, message: &Message) {
-        let mut registry = self.registry();
-        let joining = registry.pending.values().any(|p| p.room == room);
-        if !joining && hub.member_count(room) == 0 {
-            return;
-        }
-        let message = nodes::positioned(message, position);
-        for pending in registry.pending.values_mut() {
-            if pending.room == room {
-                if pending.buffer.len() < nodes::MAX_PENDING {
-                    pending.buffer.push((position, message.clone()));
-                } else {
-                    pending.overflow = true;
+        let _order = self.fanout();
+        let message = {
+            let mut registry = self.registry();
+            let joining = registry.pending.values().any(|p| p.room == room);
+            if !joining && hub.member_count(room) == 0 {
+                return;
+            }
+            let message = nodes::positioned(message, position);
+            for pending in registry.pending.values_mut() {
+                if pending.room == room {
+                    if pending.buffer.len() < nodes::MAX_PENDING {
+                        pending.buffer.push((position, message.clone()));
+                    } else {
+                        pending.overflow = true;
+                    }
                 }
             }
-        }
+            message
+        };
         hub.deliver_group(room, &message, None);
     }
 
@@ -761,6 +785,9 @@ impl Chat {
                     return;
                 }
             }
+            // Entering the group and the deliveries exclude each other
+            // (see `fanout`).
+            let _order = self.fanout();
             let mut registry = self.registry();
             let pending = registry.pending.get_mut(&id);
             let Some(pending) = pending.filter(|p| p.ticket == ticket) else {
@@ -1916,5 +1943,122 @@ mod tests {
         assert_eq!(default_http_addr("127.0.0.1:0", ws).unwrap().port(), 0);
         let ws: SocketAddr = "127.0.0.1:65535".parse().unwrap();
         assert!(default_http_addr("127.0.0.1:65535", ws).is_err());
+    }
+
+    /// A chat over a bare hub, as `deliver` sees it: no server sessions.
+    struct BareHub(Hub);
+
+    impl Server for BareHub {
+        fn hub(&self) -> &Hub {
+            &self.0
+        }
+        fn sessions(&self) -> Vec<Session> {
+            Vec::new()
+        }
+        fn session(&self, _: SessionId) -> Option<Session> {
+            None
+        }
+    }
+
+    /// A chat on a fresh hub with `members` sessions in `room` (their
+    /// outboxes, which queue messages as they are).
+    fn chat_with_room(
+        room: &str,
+        members: usize,
+    ) -> (Arc<Chat>, Vec<Arc<storm_host::hub::Outbox>>) {
+        let now = std::time::Instant::now();
+        let hub = Hub::new(storm_host::hub::HubConfig::default(), now).unwrap();
+        let outboxes: Vec<_> = (0..members)
+            .map(|_| {
+                let outbox = hub.register(hub.try_admit().unwrap(), now).unwrap();
+                hub.join(outbox.id(), room).unwrap();
+                outbox
+            })
+            .collect();
+        (Chat::new(BareHub(hub), None), outboxes)
+    }
+
+    /// A writer's waker that, when a room event wakes it (inside the
+    /// fan-out), notes whether the chat's registry could be taken then.
+    struct Probe {
+        chat: Weak<Chat>,
+        registry_free: Mutex<Vec<bool>>,
+    }
+
+    impl std::task::Wake for Probe {
+        fn wake(self: Arc<Self>) {
+            let chat = self.chat.upgrade().unwrap();
+            let free = chat.registry.try_lock().is_ok();
+            self.registry_free.lock().unwrap().push(free);
+        }
+    }
+
+    /// What a room's fan-out across nodes blocks: while a room event is
+    /// queued for the room's members (and their writers woken), the chat's
+    /// registry is free, so connects, commands and joins of this room or
+    /// any other go on. (It held the registry for the whole fan-out.)
+    #[test]
+    fn a_room_s_fan_out_does_not_hold_the_registry() {
+        let (chat, outboxes) = chat_with_room("big", 200);
+        let probe = Arc::new(Probe {
+            chat: Arc::downgrade(&chat),
+            registry_free: Mutex::default(),
+        });
+        let waker = std::task::Waker::from(Arc::clone(&probe));
+        for outbox in &outboxes {
+            outbox.register_waker(&waker);
+        }
+        let event = encode(&Out::Broadcast {
+            from: "admin",
+            text: "x",
+        });
+        chat.deliver(chat.server.hub(), "big", None, &event);
+        let free = probe.registry_free.lock().unwrap().clone();
+        assert_eq!(free.len(), 200, "every member's writer was woken");
+        assert!(
+            free.iter().all(|&free| free),
+            "the registry was held during the fan-out for {} of 200 wake-ups",
+            free.iter().filter(|&&free| !free).count()
+        );
+        for outbox in &outboxes {
+            let mut queued = Vec::new();
+            outbox.drain_into(&mut queued, usize::MAX);
+            assert_eq!(queued, [event.clone()]);
+        }
+    }
+
+    /// A room's events delivered from two threads at once reach every
+    /// member in one and the same order, each once: the fan-out outside
+    /// the registry lock keeps the order of deliveries.
+    #[test]
+    fn concurrent_room_events_reach_every_member_in_one_order() {
+        const EACH: usize = 300;
+        let (chat, outboxes) = chat_with_room("room", 40);
+        let deliverers: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|from| {
+                let chat = Arc::clone(&chat);
+                std::thread::spawn(move || {
+                    for n in 0..EACH {
+                        let text = n.to_string();
+                        let event = encode(&Out::Broadcast { from, text: &text });
+                        chat.deliver(chat.server.hub(), "room", None, &event);
+                    }
+                })
+            })
+            .collect();
+        for deliverer in deliverers {
+            deliverer.join().unwrap();
+        }
+        let mut first: Option<Vec<Message>> = None;
+        for outbox in &outboxes {
+            let mut queued = Vec::new();
+            outbox.drain_into(&mut queued, usize::MAX);
+            assert_eq!(queued.len(), 2 * EACH);
+            match &first {
+                None => first = Some(queued),
+                Some(first) => assert!(first == &queued, "two members saw different orders"),
+            }
+        }
     }
 }

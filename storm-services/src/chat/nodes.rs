@@ -18,10 +18,14 @@
 //! once the room's subscription is confirmed ([`RoomHold::subscribed`]),
 //! so every event past the position it reads arrives live and is
 //! buffered: none falls between the two. The pending buffer and the group
-//! delivery run under the chat's registry lock, as does `finish`: an event
-//! is either buffered before the session enters the group or delivered
-//! through it after, never both, never neither; an event buffered at or
-//! before `top` came in the recovery and is skipped. The chat's hub has no
+//! delivery run under the chat's fan-out lock (`Chat::fanout`), as does
+//! `finish`'s entering the group: an event is either buffered before the
+//! session enters the group or delivered through it after, never both,
+//! never neither, and a room's events reach each member in the order they
+//! were delivered; the registry lock is held only for the buffering, not
+//! for the group's fan-out, so other sessions' connects, commands and
+//! joins never wait for it. An event buffered at or before `top` came in
+//! the recovery and is skipped. The chat's hub has no
 //! backplane (its groups do not tell it who is in a room): the pending
 //! entry's hold passes to the user when the session enters the group, and
 //! goes when the user leaves the room, so the room stays subscribed while

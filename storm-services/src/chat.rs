@@ -508,6 +508,9 @@ struct Registry {
     names: HashMap<String, SessionId>,
     /// Sessions joining a room across nodes, until their recovery ends.
     pending: HashMap<SessionId, nodes::Pending>,
+    /// Sessions whose pending entry may be [`ready`](nodes::Pending::ready)
+    /// to enter its group (checked against the entry).
+    ready: Vec<SessionId>,
 }
 
 impl Registry {
@@ -563,14 +566,15 @@ struct Chat {
     registry: Mutex<Registry>,
     /// Held while a room event from the backplane is buffered for the
     /// sessions joining its room and queued for the room's group
-    /// ([`deliver`](Self::deliver)), and while a joining session enters its
-    /// group ([`send_joining`](Self::send_joining)): so an event reaches a
-    /// joining session exactly once (buffered, or through the group), and
-    /// events reach each member in the order they were delivered. The
-    /// registry lock is taken inside it, never the other way round, and
-    /// only for the buffering: a group's fan-out runs without it, so
-    /// connects, commands and joins never wait for another room's (or
-    /// this room's) fan-out to end, only a join's last step does.
+    /// ([`deliver`](Self::deliver)), and while joining sessions that are
+    /// ready enter their groups ([`enter_ready`](Self::enter_ready)): so an
+    /// event reaches a joining session exactly once (buffered, or through
+    /// the group), and events reach each member in the order they were
+    /// delivered. The registry lock is taken inside it, never the other
+    /// way round, and only for the buffering: a group's fan-out runs
+    /// without it, so connects, commands and joins never wait for a
+    /// fan-out. Only deliveries wait for it: a joining session that finds
+    /// it taken leaves its entering to the delivery under way.
     fanout: Mutex<()>,
     /// The backplane, when the chat runs across nodes.
     nodes: Option<nodes::Nodes>,
@@ -698,9 +702,26 @@ impl Chat {
     /// sessions; the group's fan-out runs under [`fanout`](Self::fanout)
     /// alone.
     fn deliver(&self, hub: &Hub, room: &str, position: Option<Position>, message: &Message) {
-        let _order = self.fanout();
+        {
+            let _order = self.fanout();
+            self.deliver_in_order(hub, room, position, message);
+        }
+        // Sessions that got ready during the fan-out enter now.
+        self.enter_ready();
+    }
+
+    /// [`deliver`](Self::deliver), under [`fanout`](Self::fanout).
+    fn deliver_in_order(
+        &self,
+        hub: &Hub,
+        room: &str,
+        position: Option<Position>,
+        message: &Message,
+    ) {
         let message = {
             let mut registry = self.registry();
+            // Ready sessions get this event through their group.
+            self.enter_ready_locked(&mut registry);
             let joining = registry.pending.values().any(|p| p.room == room);
             if !joining && hub.member_count(room) == 0 {
                 return;
@@ -718,6 +739,52 @@ impl Chat {
             message
         };
         hub.deliver_group(room, &message, None);
+    }
+
+    /// Has the joining sessions that are ready enter their rooms' groups,
+    /// unless a delivery holds [`fanout`](Self::fanout): that one has them
+    /// enter before its next event, or after its fan-out. Never waits.
+    fn enter_ready(&self) {
+        loop {
+            let order = match self.fanout.try_lock() {
+                Ok(order) => order,
+                Err(std::sync::TryLockError::Poisoned(order)) => order.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            };
+            let mut registry = self.registry();
+            self.enter_ready_locked(&mut registry);
+            drop(registry);
+            drop(order);
+            // One that got ready after the check above, while the lock was
+            // held, found it taken: it is this call's to do.
+            if self.registry().ready.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// [`enter_ready`](Self::enter_ready), under [`fanout`](Self::fanout)
+    /// and the registry lock: each ready session enters its group, and its
+    /// pending entry's hold of the room goes to the user (the room stays
+    /// subscribed while the user is in it).
+    fn enter_ready_locked(&self, registry: &mut Registry) {
+        for id in std::mem::take(&mut registry.ready) {
+            if !registry.pending.get(&id).is_some_and(|p| p.ready) {
+                continue; // left, or joining elsewhere now
+            }
+            let Some(pending) = registry.pending.remove(&id) else {
+                continue;
+            };
+            let Some(user) = registry.users.get_mut(&id) else {
+                continue;
+            };
+            user.held = pending.hold;
+            if let Err(error) = user.session.join(&pending.room) {
+                let _ = user.session.try_send(encode(&Out::Error {
+                    error: &error.to_string(),
+                }));
+            }
+        }
     }
 
     /// A room event the backplane could not publish (Redis down, its queue
@@ -785,9 +852,6 @@ impl Chat {
                     return;
                 }
             }
-            // Entering the group and the deliveries exclude each other
-            // (see `fanout`).
-            let _order = self.fanout();
             let mut registry = self.registry();
             let pending = registry.pending.get_mut(&id);
             let Some(pending) = pending.filter(|p| p.ticket == ticket) else {
@@ -795,19 +859,13 @@ impl Chat {
             };
             let more = nodes::buffered(&room, pending);
             if more.is_empty() {
-                // The pending entry's hold of the room goes to the user:
-                // the room stays subscribed while the user is in it.
-                let held = registry.pending.remove(&id).and_then(|p| p.hold);
-                if let Some(user) = registry.users.get_mut(&id) {
-                    user.held = held;
-                }
-                if let Err(error) = session.join(&room) {
-                    let _ = session.try_send(encode(&Out::Error {
-                        error: &error.to_string(),
-                    }));
-                }
+                pending.ready = true;
+                registry.ready.push(id);
+                drop(registry);
+                self.enter_ready();
                 return;
             }
+            drop(registry);
             queue.extend(more);
         }
     }
@@ -2022,8 +2080,8 @@ mod tests {
         );
         for outbox in &outboxes {
             let mut queued = Vec::new();
-            outbox.drain_into(&mut queued, usize::MAX);
-            assert_eq!(queued, [event.clone()]);
+            let _ = outbox.drain_into(&mut queued, usize::MAX);
+            assert_eq!(queued, std::slice::from_ref(&event));
         }
     }
 
@@ -2053,7 +2111,7 @@ mod tests {
         let mut first: Option<Vec<Message>> = None;
         for outbox in &outboxes {
             let mut queued = Vec::new();
-            outbox.drain_into(&mut queued, usize::MAX);
+            let _ = outbox.drain_into(&mut queued, usize::MAX);
             assert_eq!(queued.len(), 2 * EACH);
             match &first {
                 None => first = Some(queued),

@@ -508,6 +508,9 @@ struct Registry {
     names: HashMap<String, SessionId>,
     /// Sessions joining a room across nodes, until their recovery ends.
     pending: HashMap<SessionId, nodes::Pending>,
+    /// Sessions whose pending entry may be [`ready`](nodes::Pending::ready)
+    /// to enter its group (checked against the entry).
+    ready: Vec<SessionId>,
 }
 
 impl Registry {
@@ -561,6 +564,18 @@ where
 struct Chat {
     server: Box<dyn Server>,
     registry: Mutex<Registry>,
+    /// Held while a room event from the backplane is buffered for the
+    /// sessions joining its room and queued for the room's group
+    /// ([`deliver`](Self::deliver)), and while joining sessions that are
+    /// ready enter their groups ([`enter_ready`](Self::enter_ready)): so an
+    /// event reaches a joining session exactly once (buffered, or through
+    /// the group), and events reach each member in the order they were
+    /// delivered. The registry lock is taken inside it, never the other
+    /// way round, and only for the buffering: a group's fan-out runs
+    /// without it, so connects, commands and joins never wait for a
+    /// fan-out. Only deliveries wait for it: a joining session that finds
+    /// it taken leaves its entering to the delivery under way.
+    fanout: Mutex<()>,
     /// The backplane, when the chat runs across nodes.
     nodes: Option<nodes::Nodes>,
     /// This chat, for the tasks it spawns.
@@ -574,6 +589,7 @@ impl Chat {
         Arc::new_cyclic(|me| Self {
             server: Box::new(server),
             registry: Mutex::default(),
+            fanout: Mutex::default(),
             nodes,
             me: me.clone(),
             tickets: AtomicU64::new(0),
@@ -675,25 +691,100 @@ impl Chat {
         }
     }
 
+    /// The order of room events (see [`fanout`](Self::fanout)).
+    fn fanout(&self) -> MutexGuard<'_, ()> {
+        self.fanout.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// A room event from the backplane (any node's, this one's too): with
     /// its position added, to the sessions joining `room` and to its group.
+    /// The registry lock is held only to buffer it for the joining
+    /// sessions; the group's fan-out runs under [`fanout`](Self::fanout)
+    /// alone.
     fn deliver(&self, hub: &Hub, room: &str, position: Option<Position>, message: &Message) {
-        let mut registry = self.registry();
-        let joining = registry.pending.values().any(|p| p.room == room);
-        if !joining && hub.member_count(room) == 0 {
-            return;
+        {
+            let _order = self.fanout();
+            self.deliver_in_order(hub, room, position, message);
         }
-        let message = nodes::positioned(message, position);
-        for pending in registry.pending.values_mut() {
-            if pending.room == room {
-                if pending.buffer.len() < nodes::MAX_PENDING {
-                    pending.buffer.push((position, message.clone()));
-                } else {
-                    pending.overflow = true;
+        // Sessions that got ready during the fan-out enter now.
+        self.enter_ready();
+    }
+
+    /// [`deliver`](Self::deliver), under [`fanout`](Self::fanout).
+    fn deliver_in_order(
+        &self,
+        hub: &Hub,
+        room: &str,
+        position: Option<Position>,
+        message: &Message,
+    ) {
+        let message = {
+            let mut registry = self.registry();
+            // Ready sessions get this event through their group.
+            self.enter_ready_locked(&mut registry);
+            let joining = registry.pending.values().any(|p| p.room == room);
+            if !joining && hub.member_count(room) == 0 {
+                return;
+            }
+            let message = nodes::positioned(message, position);
+            for pending in registry.pending.values_mut() {
+                if pending.room == room {
+                    if pending.buffer.len() < nodes::MAX_PENDING {
+                        pending.buffer.push((position, message.clone()));
+                    } else {
+                        pending.overflow = true;
+                    }
                 }
             }
-        }
+            message
+        };
         hub.deliver_group(room, &message, None);
+    }
+
+    /// Has the joining sessions that are ready enter their rooms' groups,
+    /// unless a delivery holds [`fanout`](Self::fanout): that one has them
+    /// enter before its next event, or after its fan-out. Never waits.
+    fn enter_ready(&self) {
+        loop {
+            let order = match self.fanout.try_lock() {
+                Ok(order) => order,
+                Err(std::sync::TryLockError::Poisoned(order)) => order.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            };
+            let mut registry = self.registry();
+            self.enter_ready_locked(&mut registry);
+            drop(registry);
+            drop(order);
+            // One that got ready after the check above, while the lock was
+            // held, found it taken: it is this call's to do.
+            if self.registry().ready.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// [`enter_ready`](Self::enter_ready), under [`fanout`](Self::fanout)
+    /// and the registry lock: each ready session enters its group, and its
+    /// pending entry's hold of the room goes to the user (the room stays
+    /// subscribed while the user is in it).
+    fn enter_ready_locked(&self, registry: &mut Registry) {
+        for id in std::mem::take(&mut registry.ready) {
+            if !registry.pending.get(&id).is_some_and(|p| p.ready) {
+                continue; // left, or joining elsewhere now
+            }
+            let Some(pending) = registry.pending.remove(&id) else {
+                continue;
+            };
+            let Some(user) = registry.users.get_mut(&id) else {
+                continue;
+            };
+            user.held = pending.hold;
+            if let Err(error) = user.session.join(&pending.room) {
+                let _ = user.session.try_send(encode(&Out::Error {
+                    error: &error.to_string(),
+                }));
+            }
+        }
     }
 
     /// A room event the backplane could not publish (Redis down, its queue
@@ -768,19 +859,13 @@ impl Chat {
             };
             let more = nodes::buffered(&room, pending);
             if more.is_empty() {
-                // The pending entry's hold of the room goes to the user:
-                // the room stays subscribed while the user is in it.
-                let held = registry.pending.remove(&id).and_then(|p| p.hold);
-                if let Some(user) = registry.users.get_mut(&id) {
-                    user.held = held;
-                }
-                if let Err(error) = session.join(&room) {
-                    let _ = session.try_send(encode(&Out::Error {
-                        error: &error.to_string(),
-                    }));
-                }
+                pending.ready = true;
+                registry.ready.push(id);
+                drop(registry);
+                self.enter_ready();
                 return;
             }
+            drop(registry);
             queue.extend(more);
         }
     }
@@ -1916,5 +2001,122 @@ mod tests {
         assert_eq!(default_http_addr("127.0.0.1:0", ws).unwrap().port(), 0);
         let ws: SocketAddr = "127.0.0.1:65535".parse().unwrap();
         assert!(default_http_addr("127.0.0.1:65535", ws).is_err());
+    }
+
+    /// A chat over a bare hub, as `deliver` sees it: no server sessions.
+    struct BareHub(Hub);
+
+    impl Server for BareHub {
+        fn hub(&self) -> &Hub {
+            &self.0
+        }
+        fn sessions(&self) -> Vec<Session> {
+            Vec::new()
+        }
+        fn session(&self, _: SessionId) -> Option<Session> {
+            None
+        }
+    }
+
+    /// A chat on a fresh hub with `members` sessions in `room` (their
+    /// outboxes, which queue messages as they are).
+    fn chat_with_room(
+        room: &str,
+        members: usize,
+    ) -> (Arc<Chat>, Vec<Arc<storm_host::hub::Outbox>>) {
+        let now = std::time::Instant::now();
+        let hub = Hub::new(storm_host::hub::HubConfig::default(), now).unwrap();
+        let outboxes: Vec<_> = (0..members)
+            .map(|_| {
+                let outbox = hub.register(hub.try_admit().unwrap(), now).unwrap();
+                hub.join(outbox.id(), room).unwrap();
+                outbox
+            })
+            .collect();
+        (Chat::new(BareHub(hub), None), outboxes)
+    }
+
+    /// A writer's waker that, when a room event wakes it (inside the
+    /// fan-out), notes whether the chat's registry could be taken then.
+    struct Probe {
+        chat: Weak<Chat>,
+        registry_free: Mutex<Vec<bool>>,
+    }
+
+    impl std::task::Wake for Probe {
+        fn wake(self: Arc<Self>) {
+            let chat = self.chat.upgrade().unwrap();
+            let free = chat.registry.try_lock().is_ok();
+            self.registry_free.lock().unwrap().push(free);
+        }
+    }
+
+    /// What a room's fan-out across nodes blocks: while a room event is
+    /// queued for the room's members (and their writers woken), the chat's
+    /// registry is free, so connects, commands and joins of this room or
+    /// any other go on. (It held the registry for the whole fan-out.)
+    #[test]
+    fn a_room_s_fan_out_does_not_hold_the_registry() {
+        let (chat, outboxes) = chat_with_room("big", 200);
+        let probe = Arc::new(Probe {
+            chat: Arc::downgrade(&chat),
+            registry_free: Mutex::default(),
+        });
+        let waker = std::task::Waker::from(Arc::clone(&probe));
+        for outbox in &outboxes {
+            outbox.register_waker(&waker);
+        }
+        let event = encode(&Out::Broadcast {
+            from: "admin",
+            text: "x",
+        });
+        chat.deliver(chat.server.hub(), "big", None, &event);
+        let free = probe.registry_free.lock().unwrap().clone();
+        assert_eq!(free.len(), 200, "every member's writer was woken");
+        assert!(
+            free.iter().all(|&free| free),
+            "the registry was held during the fan-out for {} of 200 wake-ups",
+            free.iter().filter(|&&free| !free).count()
+        );
+        for outbox in &outboxes {
+            let mut queued = Vec::new();
+            let _ = outbox.drain_into(&mut queued, usize::MAX);
+            assert_eq!(queued, std::slice::from_ref(&event));
+        }
+    }
+
+    /// A room's events delivered from two threads at once reach every
+    /// member in one and the same order, each once: the fan-out outside
+    /// the registry lock keeps the order of deliveries.
+    #[test]
+    fn concurrent_room_events_reach_every_member_in_one_order() {
+        const EACH: usize = 300;
+        let (chat, outboxes) = chat_with_room("room", 40);
+        let deliverers: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|from| {
+                let chat = Arc::clone(&chat);
+                std::thread::spawn(move || {
+                    for n in 0..EACH {
+                        let text = n.to_string();
+                        let event = encode(&Out::Broadcast { from, text: &text });
+                        chat.deliver(chat.server.hub(), "room", None, &event);
+                    }
+                })
+            })
+            .collect();
+        for deliverer in deliverers {
+            deliverer.join().unwrap();
+        }
+        let mut first: Option<Vec<Message>> = None;
+        for outbox in &outboxes {
+            let mut queued = Vec::new();
+            let _ = outbox.drain_into(&mut queued, usize::MAX);
+            assert_eq!(queued.len(), 2 * EACH);
+            match &first {
+                None => first = Some(queued),
+                Some(first) => assert!(first == &queued, "two members saw different orders"),
+            }
+        }
     }
 }

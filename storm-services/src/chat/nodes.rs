@@ -18,10 +18,17 @@
 //! once the room's subscription is confirmed ([`RoomHold::subscribed`]),
 //! so every event past the position it reads arrives live and is
 //! buffered: none falls between the two. The pending buffer and the group
-//! delivery run under the chat's registry lock, as does `finish`: an event
-//! is either buffered before the session enters the group or delivered
-//! through it after, never both, never neither; an event buffered at or
-//! before `top` came in the recovery and is skipped. The chat's hub has no
+//! delivery run under the chat's fan-out lock (`Chat::fanout`), as does
+//! entering the group once `finish` has sent everything buffered (the
+//! entry is then `ready`; if a delivery holds the lock, that delivery has
+//! it enter, before its next event or after its fan-out, so the joining
+//! session never waits for it): an event is either buffered before the
+//! session enters the group or delivered through it after, never both,
+//! never neither, and a room's events reach each member in the order they
+//! were delivered. The registry lock is held only for the buffering, not
+//! for the group's fan-out, so connects, commands and joins never wait
+//! for a fan-out. An event buffered at or before `top` came in the
+//! recovery and is skipped. The chat's hub has no
 //! backplane (its groups do not tell it who is in a room): the pending
 //! entry's hold passes to the user when the session enters the group, and
 //! goes when the user leaves the room, so the room stays subscribed while
@@ -167,6 +174,10 @@ pub(super) struct Pending {
     /// Keeps this node subscribed to `room`; passes to the user once the
     /// session is in the room's group (`None` in unit tests).
     pub(super) hold: Option<RoomHold>,
+    /// The session has every event of `room` delivered so far and enters
+    /// the room's group at the next chance: before the next delivery
+    /// (`Chat::enter_ready`).
+    pub(super) ready: bool,
 }
 
 impl Pending {
@@ -179,6 +190,7 @@ impl Pending {
             overflow: false,
             top: None,
             hold: None,
+            ready: false,
         }
     }
 }

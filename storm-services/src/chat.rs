@@ -134,7 +134,7 @@
 //! be read.
 //!
 //! With NATS ([`BackplaneConfig::Nats`], `--backplane nats://HOST:PORT`)
-//! all of the above holds but history and node stats, on tokio only
+//! all of the above holds but history and name claims, on tokio only
 //! (`async-nats` needs it: a chat on smol or std refuses
 //! `nats://` with an error that says so). NATS core pub/sub keeps no
 //! history, so
@@ -147,9 +147,8 @@
 //! [`NatsConfig::presence_ttl`](storm_backplane::nats::NatsConfig::presence_ttl)).
 //! Every node subscribes to every room (one wildcard subscription,
 //! confirmed before the node serves), so a join needs no per-room
-//! subscription. Nodes do not report their stats over NATS: the tick's
-//! `users` counts this node's, and `/stats` says the others' are unknown.
-//! Names are unique per node only with NATS (core pub/sub holds nothing
+//! subscription. Each node reports its stats with its heartbeats, so the
+//! tick's `users` and `/stats` count every node, as with Redis. Names are unique per node only with NATS (core pub/sub holds nothing
 //! that could arbitrate a name between nodes): two nodes may each have an
 //! `alice`, and a whisper from a third goes to the first one listed.
 //!

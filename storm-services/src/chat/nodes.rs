@@ -106,9 +106,6 @@ pub(super) const NATS_NEEDS_TOKIO: &str =
 /// free on the other nodes (rather than risk two users of one name).
 pub(super) const NAMES_UNCHECKED: &str = "names cannot be checked across nodes while Redis is down";
 
-/// What `/stats` says of the other nodes with NATS.
-const NATS_NO_STATS: &str = "the NATS backplane does not report node stats";
-
 /// The backplane a chat runs across nodes on
 /// ([`ChatConfig::backplane`](super::ChatConfig::backplane); `--backplane`
 /// picks it by the URL's scheme).
@@ -119,8 +116,8 @@ pub enum BackplaneConfig {
     /// stats; on every runtime.
     Redis(RedisConfig),
     /// NATS core pub/sub: room events without positions, no history (a
-    /// join with a position is told `unrecoverable`), no node stats; on
-    /// tokio only (a chat on smol or std refuses it, saying so).
+    /// join with a position is told `unrecoverable`), node stats with
+    /// presence, names unique per node only; on tokio only (a chat on smol or std refuses it, saying so).
     Nats(NatsConfig),
 }
 
@@ -352,18 +349,20 @@ impl Nodes {
     }
 
     /// The other live nodes' stats, as each last reported them (with its
-    /// presence: see [`RedisBackplane::nodes`]), waiting at most
-    /// [`DIRECTORY_WAIT`].
+    /// presence: see [`RedisBackplane::nodes`] and [`NatsBackplane::nodes`]),
+    /// waiting at most [`DIRECTORY_WAIT`] for Redis.
     pub(super) async fn other_nodes(&self) -> Result<Vec<(NodeTag, NodeStats)>, String> {
-        let backplane = match &self.backplane {
-            Plane::Redis { backplane, .. } => backplane,
-            Plane::Nats { .. } => return Err(NATS_NO_STATS.to_owned()),
+        let (nodes, mine) = match &self.backplane {
+            Plane::Redis { backplane, .. } => (
+                within(self.sleep_until, DIRECTORY_WAIT, backplane.nodes())
+                    .await
+                    .ok_or_else(|| format!("no answer within {DIRECTORY_WAIT:?}"))?
+                    .map_err(|e| e.to_string())?,
+                backplane.node(),
+            ),
+            // Kept on this node as the others announce them: no waiting.
+            Plane::Nats { backplane, .. } => (backplane.nodes(), backplane.node()),
         };
-        let nodes = within(self.sleep_until, DIRECTORY_WAIT, backplane.nodes())
-            .await
-            .ok_or_else(|| format!("no answer within {DIRECTORY_WAIT:?}"))?
-            .map_err(|e| e.to_string())?;
-        let mine = backplane.node();
         Ok(nodes
             .into_iter()
             .filter(|(node, _)| *node != mine)

@@ -134,9 +134,9 @@
 //! be read.
 //!
 //! With NATS ([`BackplaneConfig::Nats`], `--backplane nats://HOST:PORT`)
-//! all of the above holds but history and name claims, on tokio only
-//! (`async-nats` needs it: a chat on smol or std refuses
-//! `nats://` with an error that says so). NATS core pub/sub keeps no
+//! all of the above holds but history and name claims, on every runtime
+//! (`async-nats` needs tokio: a chat on smol or std runs it on one tokio
+//! thread of its own). NATS core pub/sub keeps no
 //! history, so
 //! room events carry no `epoch` and `offset`, a fresh `join` gets no
 //! `position`, and a `join` that carries a position is answered
@@ -245,7 +245,7 @@ pub struct ChatConfig {
     pub token: Option<String>,
     /// The backplane that makes chat nodes sharing it one server for room
     /// events (`--backplane redis://HOST:PORT`, on every runtime, or
-    /// `nats://HOST:PORT`, on tokio only): see "Across nodes". Default
+    /// `nats://HOST:PORT`, on every runtime): see "Across nodes". Default
     /// `None`: this node alone.
     pub backplane: Option<BackplaneConfig>,
 }

@@ -14,7 +14,7 @@
 //! | feature | adapter |
 //! |---|---|
 //! | `redis` (default) | `redis::RedisBackplane` (with the feature on): pub/sub between nodes, history in Redis Streams with epochs, presence with TTLs, names claimed across nodes (`claim`); on tokio, smol, and std (hosted on smol) |
-//! | `nats` | `nats::NatsBackplane` (with the feature on): pub/sub between nodes through NATS core (`async-nats`), every room on one wildcard subscription, presence by heartbeats with the same TTL bound; **no history**: a client coming back with a position is told its missed messages cannot be recovered; no node stats, no claims (names unique per node only); on tokio only (`async-nats` needs it) |
+//! | `nats` | `nats::NatsBackplane` (with the feature on): pub/sub between nodes through NATS core (`async-nats`), every room on one wildcard subscription, presence and node stats by heartbeats with the same TTL bound; **no history**: a client coming back with a position is told its missed messages cannot be recovered; no claims (names unique per node only); on tokio (`async-nats` needs it: a program on another runtime starts it on a tokio thread of its own, as `storm chat` does) |
 //!
 //! What an adapter hands the application is the same whichever it is: the
 //! handler types below, [`Recovery`], its counters ([`Stats`]), the handle

@@ -77,7 +77,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
 use storm_host::hub::{Backplane, Hub};
 use storm_proto::Message;
-use storm_proto::backplane::{NodeId, NodeTag, Position, Presence, Subscriber};
+use storm_proto::backplane::{NodeId, NodeStats, NodeTag, Position, Presence, Subscriber};
 use storm_proto::reconnect::{Backoff, BackoffConfig, BackoffStep};
 use tokio::sync::{Notify, mpsc, watch};
 
@@ -102,6 +102,10 @@ const MAX_HEARTBEAT: usize = 64 * 1024;
 
 /// The envelope name of presence messages (a node envelope).
 const HEARTBEAT: &str = "heartbeat";
+
+/// Other nodes whose stats a node keeps at most; a node past it is not
+/// listed (counted in [`presence_dropped`](Stats::presence_dropped)).
+const MAX_NODES: usize = 4096;
 
 /// Settings of a [`NatsBackplane`].
 #[derive(Debug, Clone, PartialEq)]
@@ -251,6 +255,21 @@ enum PresenceOp {
     Absent = 1,
     /// A node (re)joined: every node publishes its entries now.
     Hello = 2,
+    /// The sending node's [`NodeStats`] (for a TTL from now).
+    Stats = 3,
+}
+
+/// A decoded presence message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Heartbeat {
+    /// These entries are present (for a TTL from now).
+    Present(Vec<(String, String)>),
+    /// These entries left.
+    Absent(Vec<(String, String)>),
+    /// A node (re)joined: every node publishes its entries now.
+    Hello,
+    /// The sending node's stats (for a TTL from now).
+    Stats(NodeStats),
 }
 
 /// Why a presence message did not decode.
@@ -260,6 +279,8 @@ enum HeartbeatError {
     Op(u8),
     Truncated,
     Utf8,
+    /// A stats message whose text is not [`NodeStats`]'s.
+    Stats,
 }
 
 /// Presence messages saying `op` of `entries`: each at most
@@ -286,17 +307,37 @@ fn encode_presence(op: PresenceOp, entries: &[(String, String)]) -> Vec<Bytes> {
     out
 }
 
-/// What [`encode_presence`] wrote; total: any bytes give entries or an
-/// error, never more memory than the bytes hold.
-fn decode_presence(mut wire: &[u8]) -> Result<(PresenceOp, Vec<(String, String)>), HeartbeatError> {
-    let op = match wire.first() {
-        None => return Err(HeartbeatError::Empty),
-        Some(0) => PresenceOp::Present,
-        Some(1) => PresenceOp::Absent,
-        Some(2) => PresenceOp::Hello,
-        Some(&other) => return Err(HeartbeatError::Op(other)),
-    };
-    wire.advance(1);
+/// The presence message carrying `stats`: the op byte, then the stats as
+/// [`NodeStats`]'s text.
+fn encode_stats(stats: NodeStats) -> Bytes {
+    let text = stats.to_string();
+    let mut wire = BytesMut::with_capacity(1 + text.len());
+    wire.put_u8(PresenceOp::Stats as u8);
+    wire.put_slice(text.as_bytes());
+    wire.freeze()
+}
+
+/// What [`encode_presence`] or [`encode_stats`] wrote; total: any bytes
+/// give a message or an error, never more memory than the bytes hold.
+fn decode_presence(wire: &[u8]) -> Result<Heartbeat, HeartbeatError> {
+    let (&op, rest) = wire.split_first().ok_or(HeartbeatError::Empty)?;
+    match op {
+        0 => decode_entries(rest).map(Heartbeat::Present),
+        1 => decode_entries(rest).map(Heartbeat::Absent),
+        2 => decode_entries(rest).map(|_| Heartbeat::Hello),
+        3 => {
+            let text = std::str::from_utf8(rest).map_err(|_| HeartbeatError::Utf8)?;
+            text.parse()
+                .map(Heartbeat::Stats)
+                .map_err(|_| HeartbeatError::Stats)
+        }
+        other => Err(HeartbeatError::Op(other)),
+    }
+}
+
+/// The entries of a presence message, after its op byte: per entry the
+/// room and the member, each a 4-byte big-endian length and UTF-8.
+fn decode_entries(mut wire: &[u8]) -> Result<Vec<(String, String)>, HeartbeatError> {
     let part = |wire: &mut &[u8]| -> Result<String, HeartbeatError> {
         if wire.len() < 4 {
             return Err(HeartbeatError::Truncated);
@@ -316,7 +357,41 @@ fn decode_presence(mut wire: &[u8]) -> Result<(PresenceOp, Vec<(String, String)>
         let member = part(&mut wire)?;
         entries.push((room, member));
     }
-    Ok((op, entries))
+    Ok(entries)
+}
+
+/// Every node's stats as last heard of, each until its expiry; at most
+/// [`MAX_NODES`].
+#[derive(Debug, Default)]
+struct NodeTable {
+    nodes: std::collections::HashMap<NodeId, (NodeStats, Instant)>,
+}
+
+impl NodeTable {
+    /// Notes `node`'s `stats`, alive until `expires`; `false` when the
+    /// table is full and `node` is not in it (nothing noted).
+    fn note(&mut self, node: NodeId, stats: NodeStats, expires: Instant, now: Instant) -> bool {
+        if self.nodes.len() >= MAX_NODES && !self.nodes.contains_key(&node) {
+            self.nodes.retain(|_, (_, until)| *until > now);
+            if self.nodes.len() >= MAX_NODES {
+                return false;
+            }
+        }
+        self.nodes.insert(node, (stats, expires));
+        true
+    }
+
+    /// The live nodes' stats at `now`, sorted by node id.
+    fn live(&mut self, now: Instant) -> Vec<(NodeId, NodeStats)> {
+        self.nodes.retain(|_, (_, until)| *until > now);
+        let mut live: Vec<(NodeId, NodeStats)> = self
+            .nodes
+            .iter()
+            .map(|(node, (stats, _))| (*node, *stats))
+            .collect();
+        live.sort_unstable_by_key(|(node, _)| *node);
+        live
+    }
 }
 
 /// The NATS backplane of one node. See the [module docs](self).
@@ -352,6 +427,11 @@ pub struct NatsBackplane {
     others: Mutex<Presence>,
     /// Wakes the presence task to publish every entry now.
     refresh: Notify,
+    /// Wakes the presence task to publish this node's stats now (its
+    /// presence changed).
+    changed: Notify,
+    /// Every node's stats as last heard of (this one's as last published).
+    nodes: Mutex<NodeTable>,
     /// The reconnect schedule, shared by the reconnect attempts.
     backoff: Arc<Mutex<Backoff>>,
     /// Whether the connection is up, as its events last said: a confirmation
@@ -396,6 +476,8 @@ impl NatsBackplane {
             client: OnceLock::new(),
             mine: Mutex::new(BTreeSet::new()),
             refresh: Notify::new(),
+            changed: Notify::new(),
+            nodes: Mutex::new(NodeTable::default()),
             backoff: Arc::new(Mutex::new(backoff)),
             up: watch::Sender::new(true),
         })
@@ -465,10 +547,11 @@ impl NatsBackplane {
         let _ = self.client.set(client);
         let (running, tasks) = Running::new();
         let inbox = futures_util::stream::select_all(subscriptions);
+        let hub_for_presence = hub.clone();
         let this = || Arc::clone(self);
         tokio::spawn(tasks.task(this().run_subscriber(hub, deliver, inbox, tasks.stopped())));
         tokio::spawn(tasks.task(this().run_publisher(pending, tasks.stopped())));
-        tokio::spawn(tasks.task(this().run_presence(tasks.stopped())));
+        tokio::spawn(tasks.task(this().run_presence(hub_for_presence, tasks.stopped())));
         self.hello();
         Ok(running)
     }
@@ -611,7 +694,7 @@ impl NatsBackplane {
             bump(&self.node.counters.invalid, 1);
             return;
         };
-        let (op, entries) = match decode_presence(payload) {
+        let heartbeat = match decode_presence(payload) {
             Ok(decoded) => decoded,
             Err(error) => {
                 bump(&self.node.counters.invalid, 1);
@@ -620,19 +703,25 @@ impl NatsBackplane {
             }
         };
         let now = Instant::now();
-        let mut others = lock(&self.others);
-        while others.pop_expired(now).is_some() {}
-        match op {
-            PresenceOp::Hello => {
-                drop(others);
-                self.refresh.notify_one();
+        match heartbeat {
+            Heartbeat::Hello => self.refresh.notify_one(),
+            Heartbeat::Stats(stats) => {
+                let expires = now + self.config.presence_ttl;
+                if !lock(&self.nodes).note(envelope.origin, stats, expires, now) {
+                    bump(&self.node.counters.presence_dropped, 1);
+                    tracing::warn!("backplane: node stats table full");
+                }
             }
-            PresenceOp::Absent => {
+            Heartbeat::Absent(entries) => {
+                let mut others = lock(&self.others);
+                while others.pop_expired(now).is_some() {}
                 for (room, member) in &entries {
                     others.leave(room, member);
                 }
             }
-            PresenceOp::Present => {
+            Heartbeat::Present(entries) => {
+                let mut others = lock(&self.others);
+                while others.pop_expired(now).is_some() {}
                 for (room, member) in &entries {
                     if others.touch(room, member, now).is_err() {
                         bump(&self.node.counters.presence_dropped, 1);
@@ -714,23 +803,38 @@ impl NatsBackplane {
     }
 
     /// Publishes this node's entries every third of the TTL, and at once
-    /// when woken ([`hello`](Self::hello), another node's hello).
-    async fn run_presence(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
+    /// when woken ([`hello`](Self::hello), another node's hello); and this
+    /// node's [`NodeStats`] (`hub`'s sessions and groups) at each of those
+    /// turns and whenever its presence changed
+    /// ([`present`](Self::present), [`absent`](Self::absent)). The
+    /// periodic turn keeps its schedule however often changes wake it.
+    async fn run_presence(self: Arc<Self>, hub: Hub, mut stopped: watch::Receiver<bool>) {
         let period = self.config.presence_ttl / 3;
         let subject = self.heartbeat_subject();
+        let mut next_refresh = tokio::time::Instant::now();
         loop {
-            tokio::select! {
-                () = tokio::time::sleep(period) => {}
-                () = self.refresh.notified() => {}
+            let refresh = tokio::select! {
+                () = tokio::time::sleep_until(next_refresh) => true,
+                () = self.refresh.notified() => true,
+                () = self.changed.notified() => false,
                 _ = stopped.wait_for(|stop| *stop) => return,
+            };
+            if refresh {
+                next_refresh = tokio::time::Instant::now() + period;
+                let entries: Vec<(String, String)> = lock(&self.mine).iter().cloned().collect();
+                if !entries.is_empty() {
+                    for payload in encode_presence(PresenceOp::Present, &entries) {
+                        self.enqueue_plain(subject.clone(), HEARTBEAT, payload);
+                    }
+                }
             }
-            let entries: Vec<(String, String)> = lock(&self.mine).iter().cloned().collect();
-            if entries.is_empty() {
-                continue;
-            }
-            for payload in encode_presence(PresenceOp::Present, &entries) {
-                self.enqueue_plain(subject.clone(), HEARTBEAT, payload);
-            }
+            let stats = NodeStats {
+                sessions: u64::try_from(hub.session_count()).unwrap_or(u64::MAX),
+                rooms: u64::try_from(hub.group_count()).unwrap_or(u64::MAX),
+            };
+            let now = Instant::now();
+            lock(&self.nodes).note(self.node.id, stats, now + self.config.presence_ttl, now);
+            self.enqueue_plain(subject.clone(), HEARTBEAT, encode_stats(stats));
         }
     }
 
@@ -760,6 +864,7 @@ impl NatsBackplane {
         for payload in payload {
             self.enqueue_plain(self.heartbeat_subject(), HEARTBEAT, payload);
         }
+        self.changed.notify_one();
     }
 
     /// Removes `member` from `room`'s presence, like [`present`](Self::present)
@@ -770,6 +875,17 @@ impl NatsBackplane {
         for payload in encode_presence(PresenceOp::Absent, &[entry]) {
             self.enqueue_plain(self.heartbeat_subject(), HEARTBEAT, payload);
         }
+        self.changed.notify_one();
+    }
+
+    /// Every live node's [`NodeStats`] (this one's included), as each last
+    /// published them: at each change of its presence and every third of
+    /// [`NatsConfig::presence_ttl`]; a node that stopped or died drops out
+    /// within the TTL. Sorted by node id. No I/O: the stats are kept here
+    /// as the nodes announce them. What a service sums for figures across
+    /// nodes.
+    pub fn nodes(&self) -> Vec<(NodeId, NodeStats)> {
+        lock(&self.nodes).live(Instant::now())
     }
 
     /// Who is present in `room`, on every node as last heard of, sorted.
@@ -927,14 +1043,23 @@ mod tests {
         let mut back = Vec::new();
         for chunk in &chunks {
             assert!(chunk.len() <= MAX_HEARTBEAT, "{}", chunk.len());
-            let (op, entries) = decode_presence(chunk).unwrap();
-            assert_eq!(op, PresenceOp::Present);
+            let Ok(Heartbeat::Present(entries)) = decode_presence(chunk) else {
+                panic!("not a present message");
+            };
             back.extend(entries);
         }
         assert_eq!(back, entries);
         let hello = encode_presence(PresenceOp::Hello, &[]);
         assert_eq!(hello.len(), 1);
-        assert_eq!(decode_presence(&hello[0]), Ok((PresenceOp::Hello, vec![])));
+        assert_eq!(decode_presence(&hello[0]), Ok(Heartbeat::Hello));
+        let stats = NodeStats {
+            sessions: 12,
+            rooms: 3,
+        };
+        assert_eq!(
+            decode_presence(&encode_stats(stats)),
+            Ok(Heartbeat::Stats(stats))
+        );
     }
 
     #[test]
@@ -962,8 +1087,48 @@ mod tests {
         }
         assert_eq!(
             decode_presence(wire),
-            Ok((PresenceOp::Absent, vec![("r".into(), "m".into())]))
+            Ok(Heartbeat::Absent(vec![("r".into(), "m".into())]))
         );
+        assert_eq!(decode_presence(b"\x03"), Err(HeartbeatError::Stats));
+        assert_eq!(decode_presence(b"\x031 x"), Err(HeartbeatError::Stats));
+        assert_eq!(decode_presence(b"\x03\xff"), Err(HeartbeatError::Utf8));
+        let stats = encode_stats(NodeStats {
+            sessions: u64::MAX,
+            rooms: 0,
+        });
+        for end in 0..=stats.len() {
+            let _ = decode_presence(&stats[..end]);
+        }
+    }
+
+    #[test]
+    fn node_stats_expire_and_stay_bounded() {
+        let start = Instant::now();
+        let ttl = Duration::from_secs(30);
+        let mut table = NodeTable::default();
+        let stats = |sessions| NodeStats { sessions, rooms: 1 };
+        let (a, b) = (NodeId::from_u128(1), NodeId::from_u128(2));
+        assert!(table.note(a, stats(1), start + ttl, start));
+        assert!(table.note(b, stats(2), start + 2 * ttl, start));
+        // Heard of again: the newer stats replace the older.
+        assert!(table.note(a, stats(5), start + ttl, start));
+        let mut both = vec![(a, stats(5)), (b, stats(2))];
+        both.sort_unstable_by_key(|(node, _)| *node);
+        assert_eq!(table.live(start), both);
+        // A node not heard of within its TTL is gone.
+        assert_eq!(table.live(start + ttl), [(b, stats(2))]);
+        // Full: a new node is not listed, a known one still updates, and
+        // once entries expire there is room again.
+        let mut table = NodeTable::default();
+        for bits in 10..10 + MAX_NODES {
+            let node = NodeId::from_u128(u128::try_from(bits).unwrap());
+            assert!(table.note(node, stats(1), start + ttl, start));
+        }
+        assert!(!table.note(a, stats(1), start + ttl, start));
+        let known = *table.nodes.keys().next().unwrap();
+        assert!(table.note(known, stats(9), start + 2 * ttl, start));
+        assert!(table.note(a, stats(1), start + 3 * ttl, start + ttl));
+        assert_eq!(table.live(start + ttl).len(), 2);
     }
 
     #[test]

@@ -817,28 +817,30 @@ fn a_slow_session_gets_its_whole_recovery() {
 
 #[test]
 fn the_tick_and_the_console_count_every_node_s_users() {
-    on_each_runtime(|redis, runtime| {
-        // Each node reports its sessions with its presence: at each change,
-        // and every 300 ms here.
-        let extra = ["--tick-ms", "100", "--backplane-presence-ttl-ms", "900"];
-        let (mut a, b) = Node::two(&redis, runtime, &extra);
-        let mut on_a = a.client();
-        let _on_b = (b.client(), b.client());
-        // One user here, two on B: the tick says three.
-        let ticks = on_a.until(|v| v["type"] == "tick" && v["users"] == 3);
-        assert!(
-            ticks
-                .iter()
-                .all(|v| v["type"] != "tick" || v["users"].as_u64() <= Some(3)),
-            "{ticks:?}"
-        );
-        let stats = a.stats_of_one();
-        assert_eq!(
-            stats.last().map(String::as_str),
-            Some("3 sessions on 2 nodes"),
-            "{stats:?}"
-        );
-    });
+    on_each_runtime(|redis, runtime| count_every_node_s_users(&redis, runtime));
+}
+
+/// One user on node A, two on B: A's tick says three once B has reported
+/// (with its presence: at each change, and every 300 ms here), never more,
+/// and A's `/stats` sums both nodes.
+fn count_every_node_s_users(server: &impl BackplaneServer, runtime: &str) {
+    let extra = ["--tick-ms", "100", "--backplane-presence-ttl-ms", "900"];
+    let (mut a, b) = Node::two(server, runtime, &extra);
+    let mut on_a = a.client();
+    let _on_b = (b.client(), b.client());
+    let ticks = on_a.until(|v| v["type"] == "tick" && v["users"] == 3);
+    assert!(
+        ticks
+            .iter()
+            .all(|v| v["type"] != "tick" || v["users"].as_u64() <= Some(3)),
+        "{ticks:?}"
+    );
+    let stats = a.stats_of_one();
+    assert_eq!(
+        stats.last().map(String::as_str),
+        Some("3 sessions on 2 nodes"),
+        "{stats:?}"
+    );
 }
 
 /// The same chat through NATS (`--backplane nats://`).

@@ -134,9 +134,9 @@
 //! be read.
 //!
 //! With NATS ([`BackplaneConfig::Nats`], `--backplane nats://HOST:PORT`)
-//! all of the above holds but history and node stats, on tokio only
-//! (`async-nats` needs it: a chat on smol or std refuses
-//! `nats://` with an error that says so). NATS core pub/sub keeps no
+//! all of the above holds but history and name claims, on every runtime
+//! (`async-nats` needs tokio: a chat on smol or std runs it on one tokio
+//! thread of its own). NATS core pub/sub keeps no
 //! history, so
 //! room events carry no `epoch` and `offset`, a fresh `join` gets no
 //! `position`, and a `join` that carries a position is answered
@@ -147,9 +147,8 @@
 //! [`NatsConfig::presence_ttl`](storm_backplane::nats::NatsConfig::presence_ttl)).
 //! Every node subscribes to every room (one wildcard subscription,
 //! confirmed before the node serves), so a join needs no per-room
-//! subscription. Nodes do not report their stats over NATS: the tick's
-//! `users` counts this node's, and `/stats` says the others' are unknown.
-//! Names are unique per node only with NATS (core pub/sub holds nothing
+//! subscription. Each node reports its stats with its heartbeats, so the
+//! tick's `users` and `/stats` count every node, as with Redis. Names are unique per node only with NATS (core pub/sub holds nothing
 //! that could arbitrate a name between nodes): two nodes may each have an
 //! `alice`, and a whisper from a third goes to the first one listed.
 //!
@@ -246,7 +245,7 @@ pub struct ChatConfig {
     pub token: Option<String>,
     /// The backplane that makes chat nodes sharing it one server for room
     /// events (`--backplane redis://HOST:PORT`, on every runtime, or
-    /// `nats://HOST:PORT`, on tokio only): see "Across nodes". Default
+    /// `nats://HOST:PORT`, on every runtime): see "Across nodes". Default
     /// `None`: this node alone.
     pub backplane: Option<BackplaneConfig>,
 }

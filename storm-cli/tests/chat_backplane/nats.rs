@@ -145,46 +145,16 @@ fn nats_a_join_with_a_position_is_told_recovery_is_impossible() {
 }
 
 #[test]
-fn nats_off_tokio_is_refused_with_why() {
-    // async-nats needs tokio: a chat on smol or std says so and exits,
-    // before it connects to anything (no nats-server needed).
-    for runtime in ["smol", "std"] {
-        let child = Command::new(env!("CARGO_BIN_EXE_storm"))
-            .args(["chat", "--addr", "127.0.0.1:0", "--no-http"])
-            .args(["--backplane", "nats://127.0.0.1:1", "--runtime", runtime])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("storm chat");
-        let out = storm_tests::process::output_within(child, WAIT, "storm chat");
-        let (status, stderr) = (out.status, String::from_utf8_lossy(&out.stderr));
-        assert!(!status.success(), "on {runtime}: {status:?}");
-        assert!(
-            stderr.contains("runs on --runtime tokio only"),
-            "on {runtime}: {stderr}"
-        );
+fn nats_three_nodes_on_three_runtimes_are_one_chat() {
+    // Off tokio, async-nats runs on a tokio thread of the node's own.
+    if let Some(nats) = NatsServer::start() {
+        three_nodes(&nats, ["tokio", "smol", "std"]);
     }
 }
 
 #[test]
-fn nats_stats_say_the_other_nodes_are_not_reported() {
-    let Some(nats) = NatsServer::start() else {
-        return;
-    };
-    let (mut a, b) = Node::two(&nats, "tokio", &[]);
-    let _here = a.client();
-    let _there = (b.client(), b.client());
-    // NATS nodes report no stats: this node's alone, and why.
-    let stats = a.stats_of_one();
-    assert!(
-        stats.iter().any(|line| line
-            == "the other nodes' stats are unknown: the NATS backplane does not report node stats"),
-        "{stats:?}"
-    );
-    assert_eq!(
-        stats.last().map(String::as_str),
-        Some("1 sessions on 1 nodes"),
-        "{stats:?}"
-    );
+fn nats_the_tick_and_the_console_count_every_node_s_users() {
+    if let Some(nats) = NatsServer::start() {
+        count_every_node_s_users(&nats, "tokio");
+    }
 }

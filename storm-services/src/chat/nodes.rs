@@ -98,16 +98,9 @@ type Start = fn(
     Deliver,
 ) -> Pin<Box<dyn Future<Output = Result<redis::Running, redis::Error>> + Send>>;
 
-/// Why a chat off tokio refuses `--backplane nats://`.
-pub(super) const NATS_NEEDS_TOKIO: &str =
-    "the NATS backplane (--backplane nats://) runs on --runtime tokio only: async-nats needs tokio";
-
 /// Why a rename is refused when Redis cannot say whether the name is
 /// free on the other nodes (rather than risk two users of one name).
 pub(super) const NAMES_UNCHECKED: &str = "names cannot be checked across nodes while Redis is down";
-
-/// What `/stats` says of the other nodes with NATS.
-const NATS_NO_STATS: &str = "the NATS backplane does not report node stats";
 
 /// The backplane a chat runs across nodes on
 /// ([`ChatConfig::backplane`](super::ChatConfig::backplane); `--backplane`
@@ -119,8 +112,9 @@ pub enum BackplaneConfig {
     /// stats; on every runtime.
     Redis(RedisConfig),
     /// NATS core pub/sub: room events without positions, no history (a
-    /// join with a position is told `unrecoverable`), no node stats; on
-    /// tokio only (a chat on smol or std refuses it, saying so).
+    /// join with a position is told `unrecoverable`), node stats with
+    /// presence, names unique per node only; on every runtime (off tokio,
+    /// `async-nats` runs on a one-thread tokio runtime of its own).
     Nats(NatsConfig),
 }
 
@@ -133,11 +127,14 @@ enum Plane {
         backplane: Arc<RedisBackplane>,
         start: Start,
     },
-    /// Subscribed to every room; started on `tokio` (the node's runtime,
-    /// whose handle it is).
+    /// Subscribed to every room; started on `tokio`: the node's runtime
+    /// when that is tokio, else a one-thread tokio runtime of its own
+    /// (`async-nats` needs tokio), whose thread ends when `_own_thread`
+    /// is dropped.
     Nats {
         backplane: Arc<NatsBackplane>,
         tokio: tokio::runtime::Handle,
+        _own_thread: Option<tokio::sync::oneshot::Sender<()>>,
     },
 }
 
@@ -195,12 +192,32 @@ impl Pending {
     }
 }
 
+/// A one-thread tokio runtime for the NATS backplane of a node that does
+/// not run on tokio (`async-nats` needs tokio): its handle, and what stops
+/// it. The thread ends, and the runtime with its tasks is dropped there,
+/// when the sender is dropped.
+fn tokio_thread() -> io::Result<(tokio::runtime::Handle, tokio::sync::oneshot::Sender<()>)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let handle = runtime.handle().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("storm-nats".to_owned())
+        .spawn(move || {
+            runtime.block_on(async {
+                let _ = stopped.await;
+            });
+        })?;
+    Ok((handle, stop))
+}
+
 impl Nodes {
     /// The backplane of `config`, on runtime `R` (tokio's or smol's; a
     /// chat on std's threads takes smol's). Called inside the tokio
     /// runtime for tokio, outside any tokio runtime for smol (as the chat's
     /// `run`s do); its [`start`](Self::start) is awaited on `R`. NATS
-    /// only inside tokio: else [`NATS_NEEDS_TOKIO`].
+    /// outside tokio gets a tokio thread of its own ([`tokio_thread`]).
     pub(super) fn new<R: Runtime>(config: &BackplaneConfig) -> io::Result<Self> {
         // tokio spawns only on its own threads, through its handle from
         // others: made inside tokio (`R` is tokio), the handle; smol
@@ -213,12 +230,25 @@ impl Nodes {
                     Box::pin(async move { backplane.start_with::<R>(hub, deliver).await })
                 },
             },
-            BackplaneConfig::Nats(config) => Plane::Nats {
-                tokio: tokio
-                    .clone()
-                    .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, NATS_NEEDS_TOKIO))?,
-                backplane: Arc::new(NatsBackplane::new(config.clone()).map_err(io::Error::other)?),
-            },
+            BackplaneConfig::Nats(config) => {
+                let backplane =
+                    Arc::new(NatsBackplane::new(config.clone()).map_err(io::Error::other)?);
+                match &tokio {
+                    Some(tokio) => Plane::Nats {
+                        backplane,
+                        tokio: tokio.clone(),
+                        _own_thread: None,
+                    },
+                    None => {
+                        let (tokio, stop) = tokio_thread()?;
+                        Plane::Nats {
+                            backplane,
+                            tokio,
+                            _own_thread: Some(stop),
+                        }
+                    }
+                }
+            }
         };
         let spawn: Arc<dyn Fn(Task) + Send + Sync> = match tokio {
             Some(tokio) => Arc::new(move |task| drop(tokio.spawn(task))),
@@ -266,7 +296,9 @@ impl Nodes {
                 let running = start(Arc::clone(backplane), hub, deliver).await;
                 running.map(Running::Redis).map_err(io::Error::other)
             }
-            Plane::Nats { backplane, tokio } => {
+            Plane::Nats {
+                backplane, tokio, ..
+            } => {
                 backplane.on_unpublished(on_unpublished);
                 backplane.on_node_message(on_node_message);
                 // Started on tokio whatever awaits it (it spawns there).
@@ -352,18 +384,20 @@ impl Nodes {
     }
 
     /// The other live nodes' stats, as each last reported them (with its
-    /// presence: see [`RedisBackplane::nodes`]), waiting at most
-    /// [`DIRECTORY_WAIT`].
+    /// presence: see [`RedisBackplane::nodes`] and [`NatsBackplane::nodes`]),
+    /// waiting at most [`DIRECTORY_WAIT`] for Redis.
     pub(super) async fn other_nodes(&self) -> Result<Vec<(NodeTag, NodeStats)>, String> {
-        let backplane = match &self.backplane {
-            Plane::Redis { backplane, .. } => backplane,
-            Plane::Nats { .. } => return Err(NATS_NO_STATS.to_owned()),
+        let (nodes, mine) = match &self.backplane {
+            Plane::Redis { backplane, .. } => (
+                within(self.sleep_until, DIRECTORY_WAIT, backplane.nodes())
+                    .await
+                    .ok_or_else(|| format!("no answer within {DIRECTORY_WAIT:?}"))?
+                    .map_err(|e| e.to_string())?,
+                backplane.node(),
+            ),
+            // Kept on this node as the others announce them: no waiting.
+            Plane::Nats { backplane, .. } => (backplane.nodes(), backplane.node()),
         };
-        let nodes = within(self.sleep_until, DIRECTORY_WAIT, backplane.nodes())
-            .await
-            .ok_or_else(|| format!("no answer within {DIRECTORY_WAIT:?}"))?
-            .map_err(|e| e.to_string())?;
-        let mine = backplane.node();
         Ok(nodes
             .into_iter()
             .filter(|(node, _)| *node != mine)

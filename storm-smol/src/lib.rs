@@ -50,6 +50,7 @@
 #[cfg(unix)]
 mod readiness;
 pub mod runtime;
+mod slab;
 mod timer;
 #[cfg(feature = "tls")]
 pub mod tls;

@@ -27,6 +27,7 @@ use async_io::Async;
 use polling::{Event, Events, PollMode, Poller};
 
 use crate::lock;
+use crate::slab::{Key, Slab};
 
 /// One socket's edges: how many the poller reported, and the task waiting
 /// for the next.
@@ -83,7 +84,7 @@ impl Readiness {
 pub(crate) struct Registration {
     edges: &'static Edges,
     readiness: Arc<Readiness>,
-    key: usize,
+    key: Key,
     fd: RawFd,
 }
 
@@ -111,19 +112,18 @@ pub(crate) struct Edges {
     pump: OnceLock<Waker>,
 }
 
-/// Sockets by key (slot index and generation), and the events buffer.
+/// Sockets by key (the poller's event key is [`Key::to_bits`]), and the
+/// events buffer.
 #[derive(Debug)]
 struct State {
-    slots: Vec<Slot>,
-    free: Vec<u32>,
+    sockets: Slab<Arc<Readiness>>,
     events: Events,
-    registered: usize,
 }
 
-#[derive(Debug, Default)]
-struct Slot {
-    generation: u32,
-    readiness: Option<Arc<Readiness>>,
+/// The poller's event key for a socket's slab key (lossless: [`Edges::new`]
+/// refuses targets whose `usize` is under 64 bits).
+fn event_key(key: Key) -> usize {
+    key.to_bits() as usize
 }
 
 /// The process's poller, or `None` where edge-triggered polling is not
@@ -144,23 +144,11 @@ impl Wake for Pump {
     }
 }
 
-/// A poller key: the slot index in the low half, its generation in the
-/// high half (keys are 64 bits: [`Edges::new`] refuses smaller targets).
-fn key(slot: u32, generation: u32) -> usize {
-    (u64::from(generation) << 32 | u64::from(slot)) as usize
-}
-
-/// The slot index and generation of a poller key.
-fn unkey(key: usize) -> (usize, u32) {
-    let key = key as u64;
-    ((key & 0xffff_ffff) as usize, (key >> 32) as u32)
-}
-
 impl Edges {
     /// A poller of its own (the process's is [`Edges::global`]; a test
     /// leaks one and [`arm`](Self::arm)s it).
     pub(crate) fn new() -> io::Result<Self> {
-        // Keys hold a slot and a generation: 64-bit targets only.
+        // Event keys hold a slab key's 64 bits: 64-bit targets only.
         if usize::BITS < 64 {
             return Err(io::ErrorKind::Unsupported.into());
         }
@@ -171,10 +159,8 @@ impl Edges {
         Ok(Self {
             poller: Async::new(poller)?,
             state: Mutex::new(State {
-                slots: Vec::new(),
-                free: Vec::new(),
+                sockets: Slab::default(),
                 events: Events::new(),
-                registered: 0,
             }),
             pump: OnceLock::new(),
         })
@@ -207,29 +193,21 @@ impl Edges {
     pub(crate) fn register(&'static self, socket: &TcpStream) -> Option<Registration> {
         let readiness = Arc::new(Readiness::default());
         let mut state = lock(&self.state);
-        let slot = match state.free.pop() {
-            Some(slot) => slot,
-            None => {
-                let slot = u32::try_from(state.slots.len()).ok()?;
-                state.slots.push(Slot::default());
-                slot
-            }
-        };
-        let key = key(slot, state.slots[slot as usize].generation);
+        let key = state.sockets.insert(Arc::clone(&readiness)).ok()?;
         // SAFETY: the registration deletes the socket from the poller when
         // it is dropped, and its owner (`runtime::Socket`) drops it before
         // the socket.
         let added = unsafe {
-            self.poller
-                .get_ref()
-                .add_with_mode(socket, Event::readable(key), PollMode::Edge)
+            self.poller.get_ref().add_with_mode(
+                socket,
+                Event::readable(event_key(key)),
+                PollMode::Edge,
+            )
         };
         if added.is_err() {
-            state.free.push(slot);
+            state.sockets.remove(key);
             return None;
         }
-        state.slots[slot as usize].readiness = Some(Arc::clone(&readiness));
-        state.registered += 1;
         Some(Registration {
             edges: self,
             readiness,
@@ -245,22 +223,14 @@ impl Edges {
         // Failing leaves the socket in the poller until it is closed,
         // which removes it: nothing to do about it.
         let _ = self.poller.get_ref().delete(fd);
-        let mut state = lock(&self.state);
-        let (slot, _) = unkey(registration.key);
-        if let Some(record) = state.slots.get_mut(slot) {
-            if record.readiness.take().is_some() {
-                record.generation = record.generation.wrapping_add(1);
-                // Slots number fewer than 2^32: `register` checked.
-                state.free.push(slot as u32);
-                state.registered -= 1;
-            }
-        }
+        let removed = lock(&self.state).sockets.remove(registration.key);
+        drop(removed);
     }
 
     /// How many sockets are registered.
     #[cfg(test)]
     pub(crate) fn registered(&self) -> usize {
-        lock(&self.state).registered
+        lock(&self.state).sockets.len()
     }
 
     /// Takes the poller's events while async-io says its descriptor is
@@ -279,7 +249,7 @@ impl Edges {
                 Poll::Ready(Err(_)) => break,
                 Poll::Ready(Ok(())) => {}
             }
-            let State { slots, events, .. } = &mut *state;
+            let State { sockets, events } = &mut *state;
             events.clear();
             if self
                 .poller
@@ -290,15 +260,10 @@ impl Edges {
                 continue;
             }
             for event in events.iter() {
-                let (slot, generation) = unkey(event.key);
-                if let Some(Slot {
-                    generation: current,
-                    readiness: Some(readiness),
-                }) = slots.get(slot)
-                {
-                    if *current == generation {
-                        woken.extend(readiness.edge());
-                    }
+                // A socket deregistered since its event came has a key of
+                // an older generation: nothing.
+                if let Some(readiness) = sockets.get(Key::from_bits(event.key as u64)) {
+                    woken.extend(readiness.edge());
                 }
             }
         }
@@ -426,7 +391,7 @@ mod tests {
             .map(|(server, _)| edges.register(server).expect("registered"))
             .collect();
         assert_eq!(edges.registered(), 50);
-        assert_eq!(lock(&edges.state).slots.len(), 50);
+        assert_eq!(lock(&edges.state).sockets.slots(), 50);
         drop(again);
     }
 }

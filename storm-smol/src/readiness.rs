@@ -11,6 +11,12 @@
 //! socket's [`Readiness`], wakes the tasks waiting for one, and re-arms the
 //! poller's descriptor: one `epoll_ctl` per reactor turn, not per socket.
 //!
+//! That is how the poller runs under smol's global executor (`SMOL_THREADS`
+//! above 1). With one executor thread, storm-smol's own executor
+//! (`exec.rs`) runs the tasks instead and waits in this poller itself
+//! ([`Edges::drive`]): async-io's reactor, its thread and its wait are then
+//! out of the way of every read.
+//!
 //! Writes and accepts still wait through async-io (a socket whose send
 //! buffer is full is rare, and each waits once). Where edge-triggered
 //! polling is not available, sockets read through async-io as before.
@@ -110,6 +116,11 @@ pub(crate) struct Edges {
     state: Mutex<State>,
     /// This poller's waker at async-io: takes and hands out the events.
     pump: OnceLock<Waker>,
+    /// Waits made by [`Edges::drive`] and by the pump.
+    #[cfg(test)]
+    drives: AtomicU64,
+    #[cfg(test)]
+    pumps: AtomicU64,
 }
 
 /// Sockets by key (the poller's event key is [`Key::to_bits`]), and the
@@ -145,7 +156,7 @@ impl Wake for Pump {
 }
 
 impl Edges {
-    /// A poller of its own (the process's is [`Edges::global`]; a test
+    /// A poller of its own (the process's is [`Edges::process`]; a test
     /// leaks one and [`arm`](Self::arm)s it).
     pub(crate) fn new() -> io::Result<Self> {
         // Event keys hold a slab key's 64 bits: 64-bit targets only.
@@ -163,14 +174,18 @@ impl Edges {
                 events: Events::new(),
             }),
             pump: OnceLock::new(),
+            #[cfg(test)]
+            drives: AtomicU64::new(0),
+            #[cfg(test)]
+            pumps: AtomicU64::new(0),
         })
     }
 
-    /// The process's poller, armed at async-io on first use.
-    pub(crate) fn global() -> Option<&'static Self> {
-        let edges = GLOBAL.as_ref()?;
-        edges.arm();
-        Some(edges)
+    /// The process's poller, not yet driven: storm-smol's executor drives it
+    /// ([`drive`](Self::drive)), or async-io does once it is
+    /// [`arm`](Self::arm)ed.
+    pub(crate) fn process() -> Option<&'static Self> {
+        GLOBAL.as_ref()
     }
 
     /// Has async-io watch this poller (once; later calls do nothing).
@@ -227,6 +242,53 @@ impl Edges {
         drop(removed);
     }
 
+    /// Waits up to `timeout` (`None`: until one comes; zero: not at all)
+    /// for read edges, counts each on its socket's [`Readiness`], and moves
+    /// the wakers of the tasks waiting for them to `woken` (woken by the
+    /// caller, outside every lock). For a poller no one
+    /// [`arm`](Self::arm)ed; [`notify`](Self::notify) ends the wait early.
+    ///
+    /// The sockets' lock is not held while it waits: registering and
+    /// deregistering go on meanwhile.
+    pub(crate) fn drive(
+        &self,
+        events: &mut Events,
+        timeout: Option<Duration>,
+        woken: &mut Vec<Waker>,
+    ) {
+        events.clear();
+        // An error (a signal: `polling` retries those itself) is a wait
+        // that found nothing: the caller waits again.
+        if self.poller.get_ref().wait(events, timeout).is_err() {
+            return;
+        }
+        #[cfg(test)]
+        self.drives.fetch_add(1, Ordering::Relaxed);
+        let state = lock(&self.state);
+        for event in events.iter() {
+            // A socket deregistered since its event came has a key of an
+            // older generation: nothing.
+            if let Some(readiness) = state.sockets.get(Key::from_bits(event.key as u64)) {
+                woken.extend(readiness.edge());
+            }
+        }
+    }
+
+    /// Ends a [`drive`](Self::drive) that is waiting, or the next one.
+    pub(crate) fn notify(&self) {
+        // Failing leaves the eventfd as it was: already notified.
+        let _ = self.poller.get_ref().notify();
+    }
+
+    /// How many waits [`drive`](Self::drive) and the async-io pump made.
+    #[cfg(test)]
+    pub(crate) fn waits(&self) -> (u64, u64) {
+        (
+            self.drives.load(Ordering::Relaxed),
+            self.pumps.load(Ordering::Relaxed),
+        )
+    }
+
     /// How many sockets are registered.
     #[cfg(test)]
     pub(crate) fn registered(&self) -> usize {
@@ -259,6 +321,8 @@ impl Edges {
             {
                 continue;
             }
+            #[cfg(test)]
+            self.pumps.fetch_add(1, Ordering::Relaxed);
             for event in events.iter() {
                 // A socket deregistered since its event came has a key of
                 // an older generation: nothing.

@@ -85,8 +85,8 @@ impl Executor {
     }
 
     /// An executor on `edges`, with its thread running (the process's is
-    /// [`Executor::global`]; a test leaks one of its own).
-    pub(crate) fn start(edges: &'static Edges) -> std::io::Result<&'static Self> {
+    /// [`Executor::global`]). It lives as long as the process.
+    fn start(edges: &'static Edges) -> std::io::Result<&'static Self> {
         let executor: &'static Self = Box::leak(Box::new(Self {
             tasks: smol::Executor::new(),
             edges,

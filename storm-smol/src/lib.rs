@@ -5,7 +5,9 @@
 //! protocol decision comes from [`storm_proto`]; the servers, clients and
 //! the per-connection loop are storm-async's; this crate is the [`Smol`]
 //! runtime under them: async-io's `Async<TcpStream>` readiness and `Timer`,
-//! `smol::spawn`, and futures-rustls for TLS. No tokio anywhere.
+//! smol's executor (one thread of storm-smol's own that waits for its
+//! sockets itself, or smol's global executor with `SMOL_THREADS` above 1),
+//! and futures-rustls for TLS. No tokio anywhere.
 //!
 //! TLS (rustls) is an option, not another server or client: set
 //! [`ServerOptions::tls`](storm_host::options::ServerOptions::tls) or
@@ -48,8 +50,11 @@
 //! `autobahn_client` (`--help` gives each one's arguments).
 
 #[cfg(unix)]
+mod exec;
+#[cfg(unix)]
 mod readiness;
 pub mod runtime;
+mod slab;
 mod timer;
 #[cfg(feature = "tls")]
 pub mod tls;

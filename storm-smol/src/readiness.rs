@@ -11,6 +11,12 @@
 //! socket's [`Readiness`], wakes the tasks waiting for one, and re-arms the
 //! poller's descriptor: one `epoll_ctl` per reactor turn, not per socket.
 //!
+//! That is how the poller runs under smol's global executor (`SMOL_THREADS`
+//! above 1). With one executor thread, storm-smol's own executor
+//! (`exec.rs`) runs the tasks instead and waits in this poller itself
+//! ([`Edges::drive`]): async-io's reactor, its thread and its wait are then
+//! out of the way of every read.
+//!
 //! Writes and accepts still wait through async-io (a socket whose send
 //! buffer is full is rare, and each waits once). Where edge-triggered
 //! polling is not available, sockets read through async-io as before.
@@ -27,6 +33,7 @@ use async_io::Async;
 use polling::{Event, Events, PollMode, Poller};
 
 use crate::lock;
+use crate::slab::{Key, Slab};
 
 /// One socket's edges: how many the poller reported, and the task waiting
 /// for the next.
@@ -83,7 +90,7 @@ impl Readiness {
 pub(crate) struct Registration {
     edges: &'static Edges,
     readiness: Arc<Readiness>,
-    key: usize,
+    key: Key,
     fd: RawFd,
 }
 
@@ -109,21 +116,25 @@ pub(crate) struct Edges {
     state: Mutex<State>,
     /// This poller's waker at async-io: takes and hands out the events.
     pump: OnceLock<Waker>,
+    /// Waits made by [`Edges::drive`] and by the pump.
+    #[cfg(test)]
+    drives: AtomicU64,
+    #[cfg(test)]
+    pumps: AtomicU64,
 }
 
-/// Sockets by key (slot index and generation), and the events buffer.
+/// Sockets by key (the poller's event key is [`Key::to_bits`]), and the
+/// events buffer.
 #[derive(Debug)]
 struct State {
-    slots: Vec<Slot>,
-    free: Vec<u32>,
+    sockets: Slab<Arc<Readiness>>,
     events: Events,
-    registered: usize,
 }
 
-#[derive(Debug, Default)]
-struct Slot {
-    generation: u32,
-    readiness: Option<Arc<Readiness>>,
+/// The poller's event key for a socket's slab key (lossless: [`Edges::new`]
+/// refuses targets whose `usize` is under 64 bits).
+fn event_key(key: Key) -> usize {
+    key.to_bits() as usize
 }
 
 /// The process's poller, or `None` where edge-triggered polling is not
@@ -144,23 +155,11 @@ impl Wake for Pump {
     }
 }
 
-/// A poller key: the slot index in the low half, its generation in the
-/// high half (keys are 64 bits: [`Edges::new`] refuses smaller targets).
-fn key(slot: u32, generation: u32) -> usize {
-    (u64::from(generation) << 32 | u64::from(slot)) as usize
-}
-
-/// The slot index and generation of a poller key.
-fn unkey(key: usize) -> (usize, u32) {
-    let key = key as u64;
-    ((key & 0xffff_ffff) as usize, (key >> 32) as u32)
-}
-
 impl Edges {
-    /// A poller of its own (the process's is [`Edges::global`]; a test
+    /// A poller of its own (the process's is [`Edges::process`]; a test
     /// leaks one and [`arm`](Self::arm)s it).
     pub(crate) fn new() -> io::Result<Self> {
-        // Keys hold a slot and a generation: 64-bit targets only.
+        // Event keys hold a slab key's 64 bits: 64-bit targets only.
         if usize::BITS < 64 {
             return Err(io::ErrorKind::Unsupported.into());
         }
@@ -171,20 +170,22 @@ impl Edges {
         Ok(Self {
             poller: Async::new(poller)?,
             state: Mutex::new(State {
-                slots: Vec::new(),
-                free: Vec::new(),
+                sockets: Slab::default(),
                 events: Events::new(),
-                registered: 0,
             }),
             pump: OnceLock::new(),
+            #[cfg(test)]
+            drives: AtomicU64::new(0),
+            #[cfg(test)]
+            pumps: AtomicU64::new(0),
         })
     }
 
-    /// The process's poller, armed at async-io on first use.
-    pub(crate) fn global() -> Option<&'static Self> {
-        let edges = GLOBAL.as_ref()?;
-        edges.arm();
-        Some(edges)
+    /// The process's poller, not yet driven: storm-smol's executor drives it
+    /// ([`drive`](Self::drive)), or async-io does once it is
+    /// [`arm`](Self::arm)ed.
+    pub(crate) fn process() -> Option<&'static Self> {
+        GLOBAL.as_ref()
     }
 
     /// Has async-io watch this poller (once; later calls do nothing).
@@ -207,29 +208,21 @@ impl Edges {
     pub(crate) fn register(&'static self, socket: &TcpStream) -> Option<Registration> {
         let readiness = Arc::new(Readiness::default());
         let mut state = lock(&self.state);
-        let slot = match state.free.pop() {
-            Some(slot) => slot,
-            None => {
-                let slot = u32::try_from(state.slots.len()).ok()?;
-                state.slots.push(Slot::default());
-                slot
-            }
-        };
-        let key = key(slot, state.slots[slot as usize].generation);
+        let key = state.sockets.insert(Arc::clone(&readiness)).ok()?;
         // SAFETY: the registration deletes the socket from the poller when
         // it is dropped, and its owner (`runtime::Socket`) drops it before
         // the socket.
         let added = unsafe {
-            self.poller
-                .get_ref()
-                .add_with_mode(socket, Event::readable(key), PollMode::Edge)
+            self.poller.get_ref().add_with_mode(
+                socket,
+                Event::readable(event_key(key)),
+                PollMode::Edge,
+            )
         };
         if added.is_err() {
-            state.free.push(slot);
+            state.sockets.remove(key);
             return None;
         }
-        state.slots[slot as usize].readiness = Some(Arc::clone(&readiness));
-        state.registered += 1;
         Some(Registration {
             edges: self,
             readiness,
@@ -245,22 +238,61 @@ impl Edges {
         // Failing leaves the socket in the poller until it is closed,
         // which removes it: nothing to do about it.
         let _ = self.poller.get_ref().delete(fd);
-        let mut state = lock(&self.state);
-        let (slot, _) = unkey(registration.key);
-        if let Some(record) = state.slots.get_mut(slot) {
-            if record.readiness.take().is_some() {
-                record.generation = record.generation.wrapping_add(1);
-                // Slots number fewer than 2^32: `register` checked.
-                state.free.push(slot as u32);
-                state.registered -= 1;
+        let removed = lock(&self.state).sockets.remove(registration.key);
+        drop(removed);
+    }
+
+    /// Waits up to `timeout` (`None`: until one comes; zero: not at all)
+    /// for read edges, counts each on its socket's [`Readiness`], and moves
+    /// the wakers of the tasks waiting for them to `woken` (woken by the
+    /// caller, outside every lock). For a poller no one
+    /// [`arm`](Self::arm)ed; [`notify`](Self::notify) ends the wait early.
+    ///
+    /// The sockets' lock is not held while it waits: registering and
+    /// deregistering go on meanwhile.
+    pub(crate) fn drive(
+        &self,
+        events: &mut Events,
+        timeout: Option<Duration>,
+        woken: &mut Vec<Waker>,
+    ) {
+        events.clear();
+        // An error (a signal: `polling` retries those itself) is a wait
+        // that found nothing: the caller waits again.
+        if self.poller.get_ref().wait(events, timeout).is_err() {
+            return;
+        }
+        #[cfg(test)]
+        self.drives.fetch_add(1, Ordering::Relaxed);
+        let state = lock(&self.state);
+        for event in events.iter() {
+            // A socket deregistered since its event came has a key of an
+            // older generation: nothing.
+            if let Some(readiness) = state.sockets.get(Key::from_bits(event.key as u64)) {
+                woken.extend(readiness.edge());
             }
         }
+    }
+
+    /// Ends a [`drive`](Self::drive) that is waiting, or the next one.
+    pub(crate) fn notify(&self) {
+        // Failing leaves the eventfd as it was: already notified.
+        let _ = self.poller.get_ref().notify();
+    }
+
+    /// How many waits [`drive`](Self::drive) and the async-io pump made.
+    #[cfg(test)]
+    pub(crate) fn waits(&self) -> (u64, u64) {
+        (
+            self.drives.load(Ordering::Relaxed),
+            self.pumps.load(Ordering::Relaxed),
+        )
     }
 
     /// How many sockets are registered.
     #[cfg(test)]
     pub(crate) fn registered(&self) -> usize {
-        lock(&self.state).registered
+        lock(&self.state).sockets.len()
     }
 
     /// Takes the poller's events while async-io says its descriptor is
@@ -279,7 +311,7 @@ impl Edges {
                 Poll::Ready(Err(_)) => break,
                 Poll::Ready(Ok(())) => {}
             }
-            let State { slots, events, .. } = &mut *state;
+            let State { sockets, events } = &mut *state;
             events.clear();
             if self
                 .poller
@@ -289,16 +321,13 @@ impl Edges {
             {
                 continue;
             }
+            #[cfg(test)]
+            self.pumps.fetch_add(1, Ordering::Relaxed);
             for event in events.iter() {
-                let (slot, generation) = unkey(event.key);
-                if let Some(Slot {
-                    generation: current,
-                    readiness: Some(readiness),
-                }) = slots.get(slot)
-                {
-                    if *current == generation {
-                        woken.extend(readiness.edge());
-                    }
+                // A socket deregistered since its event came has a key of
+                // an older generation: nothing.
+                if let Some(readiness) = sockets.get(Key::from_bits(event.key as u64)) {
+                    woken.extend(readiness.edge());
                 }
             }
         }
@@ -426,7 +455,7 @@ mod tests {
             .map(|(server, _)| edges.register(server).expect("registered"))
             .collect();
         assert_eq!(edges.registered(), 50);
-        assert_eq!(lock(&edges.state).slots.len(), 50);
+        assert_eq!(lock(&edges.state).sockets.slots(), 50);
         drop(again);
     }
 }

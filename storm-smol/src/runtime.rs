@@ -1,7 +1,7 @@
-//! smol as a storm-async [`Runtime`]: `smol::spawn`, async-io's
-//! `Async<TcpStream>` (with read edges from storm-smol's own poller under
-//! it), storm-smol's own timer heap under one async-io `Timer`,
-//! futures-rustls.
+//! smol as a storm-async [`Runtime`]: storm-smol's executor thread (or
+//! `smol::spawn`), async-io's `Async<TcpStream>` (with read edges from
+//! storm-smol's own poller under it), storm-smol's own timer heap under one
+//! async-io `Timer`, futures-rustls.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener};
@@ -25,13 +25,33 @@ use storm_host::options::TlsServerConfig;
 use storm_host::setup::ClientTls;
 
 #[cfg(unix)]
+use crate::exec::Executor;
+#[cfg(unix)]
 use crate::readiness::{Edges, Registration};
+
+/// The poller storm-smol's sockets read through: storm-smol's executor's
+/// (its thread waits in it), or, where smol's global executor runs the
+/// tasks, the process's poller under async-io. `None` where edge-triggered
+/// polling is not available.
+#[cfg(unix)]
+fn edges() -> Option<&'static Edges> {
+    match Executor::global() {
+        Some(executor) => Some(executor.edges()),
+        None => {
+            let edges = Edges::process()?;
+            edges.arm();
+            Some(edges)
+        }
+    }
+}
 
 /// The smol runtime, for storm-async's generic servers and clients (this
 /// crate's [`WsServer`](crate::WsServer) is `storm_async::WsServer<Smol>`).
-/// Tasks go to smol's global executor (`smol::spawn`; `SMOL_THREADS` sets
-/// its thread count); run servers and clients inside `smol::block_on` or on
-/// that executor.
+/// With one executor thread (`SMOL_THREADS` unset or 1, smol's default),
+/// tasks run on storm-smol's own executor thread, which waits for its
+/// sockets' input itself (`exec.rs`); with more, they go to smol's global
+/// executor (`smol::spawn`, `SMOL_THREADS` threads). Run servers and
+/// clients inside `smol::block_on` or on any smol executor.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Smol;
 
@@ -166,7 +186,7 @@ impl TcpStream {
         Self {
             socket: Arc::new(Socket {
                 #[cfg(unix)]
-                edges: Edges::global().and_then(|edges| edges.register(io.get_ref())),
+                edges: edges().and_then(|edges| edges.register(io.get_ref())),
                 io,
             }),
             drained: false,
@@ -314,7 +334,14 @@ impl Runtime for Smol {
     #[cfg(not(feature = "tls"))]
     type TlsClient = Io<TcpStream>;
 
+    /// On storm-smol's executor thread (`exec.rs`) with one executor thread
+    /// (`SMOL_THREADS` unset or 1); on smol's global executor with more.
     fn spawn(future: impl Future<Output = ()> + Send + 'static) {
+        #[cfg(unix)]
+        if let Some(executor) = Executor::global() {
+            executor.spawn(future);
+            return;
+        }
         smol::spawn(future).detach();
     }
 
@@ -339,7 +366,7 @@ impl Runtime for Smol {
         // with the first connection: a server holds the same descriptors
         // once its connections are gone as before they came.
         #[cfg(unix)]
-        let _ = Edges::global();
+        let _ = edges();
         Async::new(listener)
     }
 

@@ -22,27 +22,11 @@ use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
+use crate::slab::{Key, Slab};
+
 /// The granularity of the async-io timer under every sleep: a deadline
 /// fires at most this much after it (plus the reactor's own delay).
 pub(crate) const TICK: Duration = Duration::from_millis(1);
-
-/// A deadline's place in [`Timers`]: the slot and the generation it was
-/// armed in, so a key whose deadline fired or was removed never touches a
-/// later deadline that reuses the slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Key {
-    slot: u32,
-    generation: u32,
-}
-
-/// One slot of the slab: a deadline with its waker and its place in the
-/// heap, or free (then `next` is the next free slot).
-#[derive(Debug)]
-struct Slot<W> {
-    generation: u32,
-    entry: Option<Entry<W>>,
-    next: u32,
-}
 
 #[derive(Debug)]
 struct Entry<W> {
@@ -51,27 +35,23 @@ struct Entry<W> {
     position: u32,
 }
 
-/// No next free slot.
-const NONE: u32 = u32::MAX;
-
 /// Deadlines, each with a waker (`W`; any value in tests): a binary
-/// min-heap of `(deadline, slot)` over a slab of slots, each slot knowing
-/// its place in the heap. Insert, remove and take-the-earliest are
+/// min-heap of `(deadline, key)` over a [`Slab`] of entries, each entry
+/// knowing its place in the heap. Insert, remove and take-the-earliest are
 /// O(log n); the earliest is O(1). Memory is the most deadlines ever held
-/// at once: a removed or fired deadline's slot is reused.
+/// at once: a removed or fired deadline's slot is reused, and its key (the
+/// slab's, with a generation) never reaches a later deadline there.
 #[derive(Debug)]
 pub(crate) struct Timers<W> {
-    heap: Vec<(Instant, u32)>,
-    slots: Vec<Slot<W>>,
-    free: u32,
+    heap: Vec<(Instant, Key)>,
+    entries: Slab<Entry<W>>,
 }
 
 impl<W> Default for Timers<W> {
     fn default() -> Self {
         Self {
             heap: Vec::new(),
-            slots: Vec::new(),
-            free: NONE,
+            entries: Slab::default(),
         }
     }
 }
@@ -95,25 +75,10 @@ impl<W> Timers<W> {
     /// With `u32::MAX` deadlines held at once.
     pub(crate) fn insert(&mut self, at: Instant, waker: W) -> Key {
         let position = u32::try_from(self.heap.len()).expect("fewer than 2^32 timers");
-        let slot = if self.free == NONE {
-            self.slots.push(Slot {
-                generation: 0,
-                entry: None,
-                next: NONE,
-            });
-            u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 timers")
-        } else {
-            let slot = self.free;
-            self.free = self.slots[slot as usize].next;
-            slot
+        let Ok(key) = self.entries.insert(Entry { waker, position }) else {
+            panic!("fewer than 2^32 timers");
         };
-        let record = &mut self.slots[slot as usize];
-        record.entry = Some(Entry { waker, position });
-        let key = Key {
-            slot,
-            generation: record.generation,
-        };
-        self.heap.push((at, slot));
+        self.heap.push((at, key));
         self.sift_up(position as usize);
         key
     }
@@ -122,7 +87,7 @@ impl<W> Timers<W> {
     /// gives `waker` back as the error when the deadline is no longer held
     /// (it fired or was removed).
     pub(crate) fn set_waker(&mut self, key: Key, waker: W) -> Result<W, W> {
-        match self.entry_mut(key) {
+        match self.entries.get_mut(key) {
             Some(entry) => Ok(std::mem::replace(&mut entry.waker, waker)),
             None => Err(waker),
         }
@@ -131,7 +96,7 @@ impl<W> Timers<W> {
     /// Removes `key`'s deadline and gives its waker back (`None` when it
     /// is no longer held: nothing else is touched).
     pub(crate) fn remove(&mut self, key: Key) -> Option<W> {
-        let position = self.entry_mut(key)?.position as usize;
+        let position = self.entries.get(key)?.position as usize;
         Some(self.remove_at(position).1)
     }
 
@@ -143,38 +108,25 @@ impl<W> Timers<W> {
         }
     }
 
-    fn entry_mut(&mut self, key: Key) -> Option<&mut Entry<W>> {
-        let slot = self.slots.get_mut(key.slot as usize)?;
-        if slot.generation != key.generation {
-            return None;
-        }
-        slot.entry.as_mut()
-    }
-
     /// Removes the heap's entry at `position` and frees its slot.
     fn remove_at(&mut self, position: usize) -> (Instant, W) {
-        let (at, slot) = self.heap.swap_remove(position);
+        let (at, key) = self.heap.swap_remove(position);
         if position < self.heap.len() {
             self.place(position);
             // The entry moved here from the end may belong above or below.
             let position = self.sift_up(position);
             self.sift_down(position);
         }
-        let record = &mut self.slots[slot as usize];
-        let entry = record
-            .entry
-            .take()
-            .expect("a heap entry's slot is occupied");
-        record.generation = record.generation.wrapping_add(1);
-        record.next = self.free;
-        self.free = slot;
+        let entry = self
+            .entries
+            .remove(key)
+            .expect("a heap entry's key is held");
         (at, entry.waker)
     }
 
     /// Tells the slot of the heap's entry at `position` where it is.
     fn place(&mut self, position: usize) {
-        let slot = self.heap[position].1 as usize;
-        if let Some(entry) = self.slots[slot].entry.as_mut() {
+        if let Some(entry) = self.entries.get_mut(self.heap[position].1) {
             // Heap positions fit in u32: `insert` checked the length.
             entry.position = position as u32;
         }
@@ -566,7 +518,7 @@ mod tests {
                 prop_assert_eq!(timers.len(), model.len());
                 prop_assert_eq!(timers.earliest(), model.values().map(|&(at, _)| at).min());
                 // Memory: no more slots than deadlines ever held at once.
-                prop_assert!(timers.slots.len() <= most);
+                prop_assert!(timers.entries.slots() <= most);
             }
         }
     }

@@ -2,11 +2,13 @@
 //!
 //! `wait`: one thread fans a message out to a group of 10,000 sessions
 //! over and over (`Hub::deliver_group`, the outboxes drained between
-//! rounds); the main thread meanwhile has one session join and leave
-//! another group, and prints how long each join + leave took (percentiles
-//! over all of them). Bounded: 2,000 join + leave pairs, and the fan-out
-//! thread stops when they are done. Wall clock, so run it alternately with
-//! another build on a loaded machine.
+//! rounds); the main thread meanwhile, once during each fan-out (it starts
+//! when the fan-out thread says one is under way), has one session join
+//! and leave another group, and prints how long each join + leave took
+//! (percentiles over all of them). Bounded: 300 pairs or 60 s, and the
+//! fan-out thread stops when they are done. Wall clock, on two threads
+//! that must both run: use a machine with two free cores, and alternate
+//! with another build.
 //!
 //! `deliver ROUNDS MEMBERS`: `ROUNDS` fan-outs of one small message to a
 //! group of `MEMBERS` sessions, each outbox drained after each round. For
@@ -29,8 +31,8 @@ use storm_proto::Message;
 
 /// Members of the fanned-out group in `wait`.
 const BIG: usize = 10_000;
-/// Join + leave pairs timed in `wait`.
-const PAIRS: usize = 2_000;
+/// Join + leave pairs timed in `wait`, each begun during another fan-out.
+const PAIRS: usize = 300;
 
 fn hub_with_group(members: usize) -> (Hub, Vec<Arc<Outbox>>) {
     let now = Instant::now();
@@ -61,16 +63,21 @@ fn wait() {
         .register(hub.try_admit().expect("no limit"), Instant::now())
         .expect("own permit");
     let done = Arc::new(AtomicBool::new(false));
+    // Set while a fan-out is under way: each timed pair starts then.
+    let fanning_out = Arc::new(AtomicBool::new(false));
     let fan_outs = Arc::new(AtomicU64::new(0));
     let fan_out = {
-        let (hub, done, fan_outs) = (hub.clone(), Arc::clone(&done), Arc::clone(&fan_outs));
+        let (hub, done) = (hub.clone(), Arc::clone(&done));
+        let (fanning_out, fan_outs) = (Arc::clone(&fanning_out), Arc::clone(&fan_outs));
         std::thread::spawn(move || {
             let message = Message::from(vec![0x5a; 32]);
             let mut batch = Vec::new();
             let mut busy = Duration::ZERO;
-            while !done.load(Ordering::Relaxed) {
+            while !done.load(Ordering::SeqCst) {
                 let start = Instant::now();
+                fanning_out.store(true, Ordering::SeqCst);
                 let report = hub.deliver_group("big", &message, None);
+                fanning_out.store(false, Ordering::SeqCst);
                 busy += start.elapsed();
                 assert_eq!(report.delivered, BIG);
                 fan_outs.fetch_add(1, Ordering::Relaxed);
@@ -79,26 +86,32 @@ fn wait() {
             busy
         })
     };
-    // Wait for the fan-outs to run before timing.
-    while fan_outs.load(Ordering::Relaxed) == 0 {
-        std::thread::yield_now();
-    }
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut waits = Vec::with_capacity(PAIRS);
-    for _ in 0..PAIRS {
+    while waits.len() < PAIRS && Instant::now() < deadline {
+        // Start the pair while a fan-out is under way.
+        while !fanning_out.load(Ordering::SeqCst) && Instant::now() < deadline {
+            std::hint::spin_loop();
+        }
         let start = Instant::now();
         assert!(hub.join(other.id(), "other").expect("join"));
         assert!(hub.leave(other.id(), "other"));
         waits.push(start.elapsed());
-        std::thread::yield_now();
+        // The next pair in another fan-out.
+        let now = fan_outs.load(Ordering::Relaxed);
+        while fan_outs.load(Ordering::Relaxed) == now && Instant::now() < deadline {
+            std::hint::spin_loop();
+        }
     }
-    done.store(true, Ordering::Relaxed);
+    done.store(true, Ordering::SeqCst);
     let busy = fan_out.join().expect("fan-out thread");
     let rounds = fan_outs.load(Ordering::Relaxed);
     waits.sort_unstable();
     let at = |q: f64| waits[((waits.len() - 1) as f64 * q) as usize];
     println!(
-        "join+leave of another group during fan-outs to {BIG}: {PAIRS} pairs, \
+        "join+leave of another group begun during a fan-out to {BIG}: {} pairs, \
          p50 {:?} p90 {:?} p99 {:?} max {:?}; {rounds} fan-outs, {:?} each",
+        waits.len(),
         at(0.5),
         at(0.9),
         at(0.99),

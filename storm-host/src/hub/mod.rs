@@ -559,7 +559,7 @@ impl Hub {
         let entry = write(&self.shared.registry).remove(&id)?;
         // Marked before leaving the groups, so a concurrent `join` that
         // looked the session up earlier sees it gone (checked under the
-        // groups lock) and cannot re-add it.
+        // lock of the map of groups) and cannot re-add it.
         entry.session.mark_disconnected();
         self.leave_all(id);
         Some(entry.session)
@@ -627,7 +627,8 @@ impl Hub {
     // ---- groups ---------------------------------------------------------
 
     /// Adds a session to a group, creating the group. Returns `true` if it
-    /// joined, `false` if it was already a member.
+    /// joined, `false` if it was already a member. Waits for a broadcast
+    /// to this group under way, never for one to another group.
     ///
     /// # Errors
     ///
@@ -689,7 +690,8 @@ impl Hub {
     }
 
     /// Removes a session from a group (the group disappears when empty).
-    /// Returns `true` if it was a member.
+    /// Returns `true` if it was a member. Once it returns, no broadcast to
+    /// the group reaches the session (it waits for one under way).
     pub fn leave(&self, id: SessionId, group: &str) -> bool {
         loop {
             let entry = {

@@ -1379,3 +1379,183 @@ on_runtimes!(
     a_node_publishes_on_its_subscription_connection;
     a_join_meets_the_live_stream_without_a_gap_or_a_duplicate,
 );
+
+/// Applies ACL `rules` to `server`'s user `name` (`ACL SETUSER`).
+async fn acl_setuser(server: &RedisServer, name: &str, rules: &[&str]) {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let mut command = redis::cmd("ACL");
+    command.arg("SETUSER").arg(name).arg(rules);
+    let () = command.query_async(&mut connection).await.unwrap();
+}
+
+/// Whether `server`'s `ACL LOG` has an entry for `reason` (`auth`: a
+/// refused login, `channel`: a refused channel).
+async fn acl_logged(server: &RedisServer, reason: &str) -> bool {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let log: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("ACL")
+        .arg("LOG")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    log.iter().any(|entry| {
+        entry.get("reason").is_some_and(|logged| {
+            redis::from_redis_value::<String>(logged).is_ok_and(|logged| logged == reason)
+        })
+    })
+}
+
+/// The ids of the connections of ACL user `user` subscribed to a channel.
+async fn subscribed_connections(server: &RedisServer, user: &str) -> Vec<String> {
+    let list = client_list(server).await;
+    list.lines()
+        .filter(|line| line.contains(&format!(" user={user} ")) && !line.contains(" sub=0 "))
+        .filter_map(|line| line.split(' ').find_map(|pair| pair.strip_prefix("id=")))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The subscriber gives up a connection that is still open: Redis refuses
+/// a room's `SUBSCRIBE` on it (an ACL user without that channel), so the
+/// subscriber drops it (after the backoff's first delay) and subscribes
+/// anew, with the backoff, until Redis lets it. The connection stays open
+/// meanwhile (the publisher keeps its clone until it next publishes) and
+/// still subscribed: what it receives once dropped is not delivered
+/// (`retired`). So the node resubscribes
+/// once it may; the room messages published while it could not are
+/// counted missed when the next one comes (the recovery rules: a gap),
+/// not delivered late through the old connection; none comes twice; and
+/// a client recovers exactly what came after what it saw.
+async fn a_subscription_given_up_on_an_open_connection_is_made_again_and_its_gap_counted<
+    R: Runtime,
+>() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    // Node B's user may use its node channels and the room "lobby" only.
+    let lobby_only = [
+        "on",
+        ">b",
+        "~*",
+        "+@all",
+        "&test.node.*",
+        "&test.room.lobby",
+    ];
+    acl_setuser(&server, "b", &lobby_only).await;
+    let as_b = server.url().replacen("redis://", "redis://b:b@", 1);
+    let a = Node::start::<R>(&server, |_| {}, None).await;
+    let b = Node::start::<R>(&server, |config| config.url = as_b.clone(), None).await;
+    let on_b = b.join("lobby").await;
+    a.hub.broadcast_group("lobby", &Message::from("1"), None);
+    assert_eq!(text(&next::<R>(&on_b).await), "1");
+    let seen = b.backplane.position("lobby").await.unwrap();
+    assert_eq!(seen.offset, 1);
+    let first = subscribed_connections(&server, "b").await;
+    assert_eq!(first.len(), 1, "B subscribes on one connection");
+
+    // B's user can no longer log in (its open connections go on), so no
+    // attempt of B's to subscribe anew gets as far as "lobby" for now.
+    acl_setuser(&server, "b", &["off"]).await;
+    // A session of B enters a room B's user may not subscribe to: Redis
+    // refuses, on the open connection, and B gives the connection up.
+    let refused = b.session();
+    b.hub.join(refused.id(), "closed").unwrap();
+    let ready = within::<R, _>(EVENT_TIMEOUT, b.backplane.subscribed("closed")).await;
+    assert_eq!(ready, Some(Ready::Down));
+    assert!(acl_logged(&server, "channel").await);
+    // It is dropped before B's next attempt to subscribe (refused: B's
+    // user is off), but still open, still subscribed to "lobby": it
+    // receives what follows.
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while !acl_logged(&server, "auth").await {
+        assert!(Instant::now() < deadline, "B tried to log in again");
+        ::smol::future::yield_now().await;
+    }
+    assert!(
+        subscribed_connections(&server, "b")
+            .await
+            .contains(&first[0])
+    );
+    a.hub.broadcast_group("lobby", &Message::from("2"), None);
+    a.hub.broadcast_group("lobby", &Message::from("3"), None);
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while a.backplane.position("lobby").await.unwrap().offset < 3 {
+        assert!(Instant::now() < deadline, "A published 2 and 3");
+        ::smol::future::yield_now().await;
+    }
+
+    // B's user may log in and have "closed": B's next attempt subscribes.
+    acl_setuser(&server, "b", &["on", "&test.room.closed"]).await;
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let ready = within::<R, _>(EVENT_TIMEOUT, b.backplane.subscribed("closed")).await;
+        if ready == Some(Ready::Subscribed) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B subscribed again: {ready:?}");
+        within::<R, _>(Duration::from_millis(20), std::future::pending::<()>()).await;
+    }
+    assert!(
+        subscribed_connections(&server, "b")
+            .await
+            .contains(&first[0]),
+        "the connection given up is still open"
+    );
+    a.hub.broadcast_group("lobby", &Message::from("4"), None);
+    let mut during = Vec::new();
+    loop {
+        let message = next::<R>(&on_b).await;
+        if text(&message) == "4" {
+            break;
+        }
+        during.push(text(&message).to_owned());
+    }
+    let stats = b.backplane.stats();
+    // 2 and 3 reached B only on the connection it gave up: not delivered,
+    // and counted missed as 4 came (the gap 2..=3).
+    assert!(during.is_empty(), "delivered {during:?}");
+    assert_eq!(stats.missed, 2, "{stats:?}");
+    // Nothing twice: the connection given up (subscribed to "lobby"
+    // still) delivered neither 2, 3 nor 4.
+    assert_eq!((stats.duplicates, stats.subscriptions), (0, 2), "{stats:?}");
+    assert!(queued(&on_b).is_empty());
+    let Recovery::Recovered { messages, .. } = b.backplane.recover("lobby", seen).await.unwrap()
+    else {
+        panic!("2, 3 and 4 are in the history");
+    };
+    let recovered: Vec<_> = messages
+        .iter()
+        .map(|(at, m)| (at.offset, text(m)))
+        .collect();
+    assert_eq!(recovered, [(2, "2"), (3, "3"), (4, "4")]);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// [`a_subscription_given_up_on_an_open_connection_is_made_again_and_its_gap_counted`]
+/// on each runtime (outside `on_runtimes!`, whose list other scenarios
+/// grow).
+mod given_up {
+    use super::BlockOn;
+
+    #[test]
+    fn on_tokio() {
+        storm_tokio::Tokio::block_on(
+            1,
+            super::a_subscription_given_up_on_an_open_connection_is_made_again_and_its_gap_counted::<
+                storm_tokio::Tokio,
+            >(),
+        );
+    }
+
+    #[test]
+    fn on_smol() {
+        storm_smol::Smol::block_on(
+            1,
+            super::a_subscription_given_up_on_an_open_connection_is_made_again_and_its_gap_counted::<
+                storm_smol::Smol,
+            >(),
+        );
+    }
+}

@@ -26,10 +26,10 @@ pub trait Backplane: Send + Sync {
     /// `group` got its first local member: a backplane that receives per
     /// group (one subscription per room) starts receiving it.
     ///
-    /// Called under the hub's groups lock, so that a group's `opened` and
-    /// [`closed`](Self::group_closed) alternate in the order its
-    /// membership changed: it must only record the change (never block,
-    /// never call back into the hub). Default: nothing.
+    /// Called under the lock of the hub's map of groups, so that a
+    /// group's `opened` and [`closed`](Self::group_closed) alternate in the
+    /// order its membership changed: it must only record the change (never
+    /// block, never call back into the hub). Default: nothing.
     fn group_opened(&self, group: &str) {
         let _ = group;
     }

@@ -41,7 +41,10 @@
 //!
 //! Internal locks guard only the hub's own data and are never held while
 //! user code runs: wakers are woken, and the [`Backplane`] is called, after
-//! every lock is released; middleware is never called by the hub.
+//! every lock is released (but for its `group_opened`/`group_closed`
+//! records); middleware is never called by the hub. Each group has its own
+//! lock: a group broadcast holds its group's alone, so joins, leaves and
+//! broadcasts of other groups never wait for it.
 //!
 //! ```
 //! use std::time::Instant;
@@ -359,10 +362,43 @@ struct Entry {
     _permit: ConnectionPermit,
 }
 
+/// The groups, by name and by session.
+///
+/// Each group has its own lock ([`Group::members`]), so a fan-out holds
+/// its group alone: the map's lock is held only to find a group (clone its
+/// `Arc`) or to change the map, never while a group's lock is awaited.
+/// Lock order: a group's lock, then the map's. A member is added or removed
+/// with both held, so `by_session[id]` names a group exactly when that
+/// group's members hold `id`; `by_name` holds exactly the groups with a
+/// member.
 #[derive(Debug, Default)]
 struct Groups {
-    by_name: HashMap<Arc<str>, HashMap<SessionId, Arc<Outbox>>>,
+    by_name: HashMap<Arc<str>, Arc<Group>>,
     by_session: HashMap<SessionId, BTreeSet<Arc<str>>>,
+}
+
+/// One group: its name and its members behind its own lock.
+#[derive(Debug)]
+struct Group {
+    name: Arc<str>,
+    members: RwLock<Members>,
+}
+
+#[derive(Debug, Default)]
+struct Members {
+    sessions: HashMap<SessionId, Arc<Outbox>>,
+    /// The last member left and the group left the map: it is never used
+    /// again (a join that finds it looks the name up anew).
+    closed: bool,
+}
+
+impl Group {
+    fn new(name: &str) -> Self {
+        Self {
+            name: Arc::from(name),
+            members: RwLock::new(Members::default()),
+        }
+    }
 }
 
 struct Shared {
@@ -523,7 +559,7 @@ impl Hub {
         let entry = write(&self.shared.registry).remove(&id)?;
         // Marked before leaving the groups, so a concurrent `join` that
         // looked the session up earlier sees it gone (checked under the
-        // groups lock) and cannot re-add it.
+        // lock of the map of groups) and cannot re-add it.
         entry.session.mark_disconnected();
         self.leave_all(id);
         Some(entry.session)
@@ -591,7 +627,8 @@ impl Hub {
     // ---- groups ---------------------------------------------------------
 
     /// Adds a session to a group, creating the group. Returns `true` if it
-    /// joined, `false` if it was already a member.
+    /// joined, `false` if it was already a member. Waits for a broadcast
+    /// to this group under way, never for one to another group.
     ///
     /// # Errors
     ///
@@ -609,112 +646,147 @@ impl Hub {
             });
         }
         let session = self.session(id).ok_or(GroupError::UnknownSession(id))?;
-        let mut groups = write(&self.shared.groups);
-        if session.is_disconnected() {
-            return Err(GroupError::UnknownSession(id));
-        }
-        let Groups {
-            by_name,
-            by_session,
-        } = &mut *groups;
-        let mine = by_session.entry(id).or_default();
-        if mine.contains(group) {
-            return Ok(false);
-        }
-        if mine.len() >= config.max_groups_per_session {
-            if mine.is_empty() {
-                by_session.remove(&id);
+        loop {
+            let found = self.group(group);
+            let fresh = found.is_none();
+            let entry = found.unwrap_or_else(|| Arc::new(Group::new(group)));
+            let mut members = write(&entry.members);
+            if members.closed {
+                continue; // emptied and gone from the map since: look again
             }
-            return Err(GroupError::TooManyGroups {
-                max: config.max_groups_per_session,
-            });
-        }
-        let (name, opened) = match by_name.get_key_value(group) {
-            Some((name, _)) => (Arc::clone(name), false),
-            None => (Arc::from(group), true),
-        };
-        mine.insert(Arc::clone(&name));
-        by_name.entry(name).or_default().insert(id, session);
-        if opened {
-            if let Some(backplane) = &self.shared.backplane {
-                backplane.group_opened(group);
+            let mut groups = write(&self.shared.groups);
+            if fresh && groups.by_name.contains_key(group) {
+                continue; // another join opened it first: join that one
             }
+            if session.is_disconnected() {
+                return Err(GroupError::UnknownSession(id));
+            }
+            let Groups {
+                by_name,
+                by_session,
+            } = &mut *groups;
+            let mine = by_session.entry(id).or_default();
+            if mine.contains(group) {
+                return Ok(false);
+            }
+            if mine.len() >= config.max_groups_per_session {
+                if mine.is_empty() {
+                    by_session.remove(&id);
+                }
+                return Err(GroupError::TooManyGroups {
+                    max: config.max_groups_per_session,
+                });
+            }
+            mine.insert(Arc::clone(&entry.name));
+            members.sessions.insert(id, Arc::clone(&session));
+            if fresh {
+                by_name.insert(Arc::clone(&entry.name), Arc::clone(&entry));
+                if let Some(backplane) = &self.shared.backplane {
+                    backplane.group_opened(group);
+                }
+            }
+            return Ok(true);
         }
-        Ok(true)
     }
 
     /// Removes a session from a group (the group disappears when empty).
-    /// Returns `true` if it was a member.
+    /// Returns `true` if it was a member. Once it returns, no broadcast to
+    /// the group reaches the session (it waits for one under way).
     pub fn leave(&self, id: SessionId, group: &str) -> bool {
-        let mut groups = write(&self.shared.groups);
-        let Groups {
-            by_name,
-            by_session,
-        } = &mut *groups;
-        let Some(mine) = by_session.get_mut(&id) else {
-            return false;
-        };
-        if !mine.remove(group) {
-            return false;
-        }
-        if mine.is_empty() {
-            by_session.remove(&id);
-        }
-        if let Some(members) = by_name.get_mut(group) {
-            members.remove(&id);
-            if members.is_empty() {
-                by_name.remove(group);
-                self.group_closed(group);
+        loop {
+            let entry = {
+                let groups = read(&self.shared.groups);
+                if !groups
+                    .by_session
+                    .get(&id)
+                    .is_some_and(|mine| mine.contains(group))
+                {
+                    return false;
+                }
+                groups.by_name.get(group).map(Arc::clone)
+            };
+            let Some(entry) = entry else { return false };
+            let mut members = write(&entry.members);
+            if members.closed {
+                continue; // it left since, and may have joined again
             }
+            if !members.sessions.contains_key(&id) {
+                return false; // it left since
+            }
+            self.remove_member(&entry, &mut members, id);
+            return true;
         }
-        true
     }
 
     /// Removes a session from every group it is in (done by
-    /// [`disconnect`](Self::disconnect)). Returns how many it left.
+    /// [`disconnect`](Self::disconnect)). Returns how many it left. A
+    /// group it joins while this runs may be left out (never after
+    /// [`disconnect`](Self::disconnect), which refuses such joins).
     pub fn leave_all(&self, id: SessionId) -> usize {
+        let mine: Vec<Arc<Group>> = {
+            let groups = read(&self.shared.groups);
+            let Some(names) = groups.by_session.get(&id) else {
+                return 0;
+            };
+            names
+                .iter()
+                .filter_map(|name| groups.by_name.get(name).map(Arc::clone))
+                .collect()
+        };
+        let mut left = 0;
+        for entry in mine {
+            let mut members = write(&entry.members);
+            if !members.closed && members.sessions.contains_key(&id) {
+                self.remove_member(&entry, &mut members, id);
+                left += 1;
+            }
+        }
+        left
+    }
+
+    /// The group named `name`, if it has a member (the map's lock held
+    /// only to clone it).
+    fn group(&self, name: &str) -> Option<Arc<Group>> {
+        read(&self.shared.groups).by_name.get(name).map(Arc::clone)
+    }
+
+    /// Removes member `id` from `group`, whose lock is held as `members`,
+    /// closing the group if it was the last one: takes the map's lock.
+    fn remove_member(&self, group: &Group, members: &mut Members, id: SessionId) {
         let mut groups = write(&self.shared.groups);
         let Groups {
             by_name,
             by_session,
         } = &mut *groups;
-        let Some(mine) = by_session.remove(&id) else {
-            return 0;
-        };
-        for name in &mine {
-            if let Some(members) = by_name.get_mut(name) {
-                members.remove(&id);
-                if members.is_empty() {
-                    by_name.remove(name);
-                    self.group_closed(name);
-                }
+        members.sessions.remove(&id);
+        if let Some(mine) = by_session.get_mut(&id) {
+            mine.remove(&*group.name);
+            if mine.is_empty() {
+                by_session.remove(&id);
             }
         }
-        mine.len()
-    }
-
-    /// Tells the backplane, if any, that `group` lost its last member
-    /// (under the groups lock: see [`Backplane::group_opened`]).
-    fn group_closed(&self, group: &str) {
-        if let Some(backplane) = &self.shared.backplane {
-            backplane.group_closed(group);
+        if members.sessions.is_empty() {
+            members.closed = true;
+            by_name.remove(&*group.name);
+            // Under the map's lock, as `group_opened` in `join`: a name's
+            // next group opens only after this one has closed.
+            if let Some(backplane) = &self.shared.backplane {
+                backplane.group_closed(&group.name);
+            }
         }
     }
 
     /// Members of a group (0 for a group that does not exist).
     pub fn member_count(&self, group: &str) -> usize {
-        read(&self.shared.groups)
-            .by_name
-            .get(group)
-            .map_or(0, HashMap::len)
+        self.group(group)
+            .map_or(0, |group| read(&group.members).sessions.len())
     }
 
     /// The ids of a group's members, sorted.
     pub fn members(&self, group: &str) -> Vec<SessionId> {
-        let mut ids: Vec<_> = read(&self.shared.groups)
-            .by_name
-            .get(group)
-            .map(|members| members.keys().copied().collect())
+        let mut ids: Vec<_> = self
+            .group(group)
+            .map(|group| read(&group.members).sessions.keys().copied().collect())
             .unwrap_or_default();
         ids.sort_unstable();
         ids
@@ -799,14 +871,14 @@ impl Hub {
         let overflow = self.shared.config.broadcast_overflow_bytes;
         let mut report = BroadcastReport::default();
         let mut wake = Vec::new();
-        {
-            let groups = read(&self.shared.groups);
-            if let Some(members) = groups.by_name.get(group) {
-                wake.reserve(members.len());
-                for (&id, session) in members {
-                    if Some(id) != exclude {
-                        report.record(id, session.push_nowait(message, overflow, &mut wake));
-                    }
+        if let Some(group) = self.group(group) {
+            // This group's lock alone: joins, leaves and fan-outs of other
+            // groups go on meanwhile.
+            let members = read(&group.members);
+            wake.reserve(members.sessions.len());
+            for (&id, session) in &members.sessions {
+                if Some(id) != exclude {
+                    report.record(id, session.push_nowait(message, overflow, &mut wake));
                 }
             }
         }

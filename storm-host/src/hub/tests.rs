@@ -803,3 +803,354 @@ proptest::proptest! {
         proptest::prop_assert_eq!(outbox.queued_messages(), 0);
     }
 }
+
+/// How long a test waits for another thread before it fails (a bound on
+/// an event, never a measure: each waits for something that, right, takes
+/// microseconds).
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A writer's waker that notes, when woken, whose it is: a fan-out wakes
+/// its members' writers in the order it queued the message for them.
+struct VisitWaker {
+    id: SessionId,
+    visits: Arc<Mutex<Vec<SessionId>>>,
+}
+
+impl Wake for VisitWaker {
+    fn wake(self: Arc<Self>) {
+        self.visits.lock().unwrap().push(self.id);
+    }
+}
+
+/// Issue #18: a fan-out holds its own group only. While a fan-out to a
+/// group is stuck inside (its last member's outbox is locked by a writer
+/// draining it), another session joins another group, gets a message
+/// there and leaves it. (It waited: the fan-out held the hub-wide groups
+/// lock, which a join or leave of any group needs.)
+#[test]
+fn a_group_s_fan_out_does_not_hold_up_joins_and_leaves_of_other_groups() {
+    const MEMBERS: usize = 64;
+    let hub = hub_with(1 << 20, SlowConsumerPolicy::Wait);
+    let members: Vec<_> = (0..MEMBERS).map(|_| connect(&hub)).collect();
+    let visits = Arc::new(Mutex::new(Vec::new()));
+    for member in &members {
+        hub.join(member.id(), "big").unwrap();
+        member.register_waker(&Waker::from(Arc::new(VisitWaker {
+            id: member.id(),
+            visits: Arc::clone(&visits),
+        })));
+    }
+    // A first fan-out shows the order the group's members are visited in.
+    assert_eq!(hub.deliver_group("big", &msg(1), None).delivered, MEMBERS);
+    let last = *visits.lock().unwrap().last().unwrap();
+    let last = Arc::clone(members.iter().find(|m| m.id() == last).unwrap());
+    for member in &members {
+        assert_eq!(drain_all(member), [msg(1)]);
+    }
+
+    // The last member's writer drains it and holds its outbox meanwhile.
+    assert_eq!(last.send(msg(2)), SendOutcome::Queued);
+    let (held, is_held) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let writer = {
+        let last = Arc::clone(&last);
+        std::thread::spawn(move || {
+            last.drain_with(usize::MAX, |_| {
+                held.send(()).unwrap();
+                // Longer than the test waits for the joiner below.
+                let _ = released.recv_timeout(3 * PATIENCE);
+            })
+        })
+    };
+    is_held.recv_timeout(PATIENCE).unwrap();
+    let fan_out = {
+        let hub = hub.clone();
+        std::thread::spawn(move || hub.deliver_group("big", &msg(3), None))
+    };
+    // Every other member has the message: the fan-out waits for the last
+    // one's outbox, inside.
+    let deadline = Instant::now() + PATIENCE;
+    while members
+        .iter()
+        .any(|m| m.id() != last.id() && m.queued_messages() == 0)
+    {
+        assert!(Instant::now() < deadline, "the fan-out did not start");
+        std::thread::yield_now();
+    }
+
+    let (other, bystander) = (connect(&hub), connect(&hub));
+    let (done, is_done) = std::sync::mpsc::channel();
+    let joiner = {
+        let (hub, other, bystander) = (hub.clone(), other.id(), bystander.id());
+        std::thread::spawn(move || {
+            hub.join(bystander, "small").unwrap();
+            let joined = hub.join(other, "small").unwrap();
+            let delivered = hub.deliver_group("small", &msg(4), None).delivered;
+            let left = hub.leave(other, "small");
+            done.send((joined, delivered, left)).unwrap();
+        })
+    };
+    let during = is_done.recv_timeout(PATIENCE);
+    release.send(()).unwrap();
+    assert_eq!(writer.join().unwrap().messages, 1);
+    assert_eq!(fan_out.join().unwrap().delivered, MEMBERS);
+    assert_eq!(
+        during.expect("a join of another group waited for a fan-out"),
+        (true, 2, true)
+    );
+    joiner.join().unwrap();
+    for member in &members {
+        assert_eq!(drain_all(member), [msg(3)]);
+    }
+    assert_eq!(drain_all(&other), [msg(4)]);
+    assert_eq!(drain_all(&bystander), [msg(4)]);
+    assert_eq!(hub.groups_of(other.id()), Vec::<String>::new());
+    assert_eq!(hub.members("small"), [bystander.id()]);
+}
+
+/// Groups in the concurrent model test.
+const MODEL_GROUPS: usize = 3;
+/// Messages delivered to each of them, one delivering thread per group.
+const MODEL_DELIVERIES: u32 = 150;
+/// Threads changing memberships, and the sessions each owns.
+const MODEL_OWNERS: usize = 2;
+const MODEL_SESSIONS: usize = 2;
+
+/// What an owning thread has one of its sessions do.
+#[derive(Debug, Clone, Copy)]
+enum Membership {
+    Join(usize),
+    Leave(usize),
+    LeaveAll,
+}
+
+fn membership() -> impl proptest::strategy::Strategy<Value = (usize, Membership)> {
+    use proptest::prelude::*;
+    let change = prop_oneof![
+        4 => (0..MODEL_GROUPS).prop_map(Membership::Join),
+        3 => (0..MODEL_GROUPS).prop_map(Membership::Leave),
+        1 => Just(Membership::LeaveAll),
+    ];
+    (0..MODEL_SESSIONS, change)
+}
+
+/// Where each group's delivering thread is: the last message whose
+/// `deliver_group` began, and the last that returned.
+#[derive(Default)]
+struct Progress {
+    started: [AtomicU64; MODEL_GROUPS],
+    done: [AtomicU64; MODEL_GROUPS],
+}
+
+impl Progress {
+    fn started(&self, group: usize) -> u64 {
+        self.started[group].load(Ordering::SeqCst)
+    }
+    fn done(&self, group: usize) -> u64 {
+        self.done[group].load(Ordering::SeqCst)
+    }
+}
+
+/// One stretch of a session's membership of a group, in the delivering
+/// thread's numbers: the messages done before the join began, and begun
+/// by the time it returned; the same around the leave (`None`: still in).
+#[derive(Debug, Clone, Copy)]
+struct Stretch {
+    group: usize,
+    joined: (u64, u64),
+    left: Option<(u64, u64)>,
+}
+
+impl Stretch {
+    /// The member may have got message `seq`: it began after the join
+    /// began ... and before the leave returned.
+    fn allows(&self, seq: u64) -> bool {
+        seq > self.joined.0 && self.left.is_none_or(|(_, after)| seq <= after)
+    }
+
+    /// The member must have got message `seq`: it began after the join
+    /// returned and was done before the leave began.
+    fn requires(&self, seq: u64, last: u64) -> bool {
+        seq > self.joined.1 && seq <= self.left.map_or(last, |(before, _)| before)
+    }
+}
+
+/// Runs one owner's changes on its sessions, checking each answer against
+/// what the session is in, and returns each session's stretches.
+fn change_memberships(
+    hub: &Hub,
+    sessions: &[Arc<Outbox>],
+    changes: &[(usize, Membership)],
+    progress: &Progress,
+) -> Vec<Vec<Stretch>> {
+    let mut stretches: Vec<Vec<Stretch>> = vec![Vec::new(); sessions.len()];
+    let open = |stretches: &[Stretch], group: usize| {
+        stretches
+            .iter()
+            .position(|s| s.group == group && s.left.is_none())
+    };
+    for &(which, change) in changes {
+        let (id, mine) = (sessions[which].id(), &mut stretches[which]);
+        match change {
+            Membership::Join(group) => {
+                let before = progress.done(group);
+                let joined = hub.join(id, &format!("g{group}")).unwrap();
+                let after = progress.started(group);
+                assert_eq!(joined, open(mine, group).is_none(), "join of g{group}");
+                if joined {
+                    mine.push(Stretch {
+                        group,
+                        joined: (before, after),
+                        left: None,
+                    });
+                }
+            }
+            Membership::Leave(group) => {
+                let before = progress.done(group);
+                let left = hub.leave(id, &format!("g{group}"));
+                let after = progress.started(group);
+                let stretch = open(mine, group);
+                assert_eq!(left, stretch.is_some(), "leave of g{group}");
+                if let Some(stretch) = stretch {
+                    mine[stretch].left = Some((before, after));
+                }
+            }
+            Membership::LeaveAll => {
+                let before: Vec<_> = (0..MODEL_GROUPS).map(|g| progress.done(g)).collect();
+                let left = hub.leave_all(id);
+                let after: Vec<_> = (0..MODEL_GROUPS).map(|g| progress.started(g)).collect();
+                let mut open_ones = 0;
+                for stretch in mine.iter_mut().filter(|s| s.left.is_none()) {
+                    stretch.left = Some((before[stretch.group], after[stretch.group]));
+                    open_ones += 1;
+                }
+                assert_eq!(left, open_ones, "leave_all");
+            }
+        }
+    }
+    stretches
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+    /// Sessions join and leave a few groups from two threads while a
+    /// thread per group delivers numbered messages to it. Each member
+    /// gets exactly the messages delivered while it was in, each once and
+    /// in delivery order: none after its `leave` returned, none lost by a
+    /// join racing with the removal of the emptied group; afterwards
+    /// `members`, `groups_of` and the group count agree with what each
+    /// session is in, empty groups are gone, and the backplane heard each
+    /// group open and close in turn.
+    #[test]
+    fn concurrent_joins_leaves_and_fan_outs_keep_every_member_s_messages(
+        changes in proptest::collection::vec(
+            proptest::collection::vec(membership(), 1..60),
+            MODEL_OWNERS,
+        ),
+    ) {
+        let backplane = Arc::new(OpenGroups::default());
+        let mut config = HubConfig::default();
+        config.backpressure.max_pending_send_bytes = 1 << 20;
+        let hub = Hub::with_backplane(config, Instant::now(), backplane.clone()).unwrap();
+        let sessions: Vec<Vec<Arc<Outbox>>> = (0..MODEL_OWNERS)
+            .map(|_| (0..MODEL_SESSIONS).map(|_| connect(&hub)).collect())
+            .collect();
+        let progress = Progress::default();
+        let start = std::sync::Barrier::new(MODEL_OWNERS + MODEL_GROUPS);
+        let stretches: Vec<Vec<Vec<Stretch>>> = std::thread::scope(|scope| {
+            for group in 0..MODEL_GROUPS {
+                let (hub, progress, start) = (&hub, &progress, &start);
+                scope.spawn(move || {
+                    start.wait();
+                    for seq in 1..=MODEL_DELIVERIES {
+                        let mut message = vec![u8::try_from(group).unwrap()];
+                        message.extend_from_slice(&seq.to_le_bytes());
+                        progress.started[group].store(seq.into(), Ordering::SeqCst);
+                        hub.deliver_group(&format!("g{group}"), &Message::from(message), None);
+                        progress.done[group].store(seq.into(), Ordering::SeqCst);
+                    }
+                });
+            }
+            let owners: Vec<_> = sessions
+                .iter()
+                .zip(&changes)
+                .map(|(mine, changes)| {
+                    let (hub, progress, start) = (&hub, &progress, &start);
+                    scope.spawn(move || {
+                        start.wait();
+                        change_memberships(hub, mine, changes, progress)
+                    })
+                })
+                .collect();
+            owners.into_iter().map(|owner| owner.join().unwrap()).collect()
+        });
+
+        let last = u64::from(MODEL_DELIVERIES);
+        let mut in_group = vec![Vec::new(); MODEL_GROUPS];
+        for (session, stretches) in sessions.iter().flatten().zip(stretches.iter().flatten()) {
+            let mut got: Vec<Vec<u64>> = vec![Vec::new(); MODEL_GROUPS];
+            for message in drain_all(session) {
+                let message = message.as_bytes();
+                let group = usize::from(message[0]);
+                let seq = u32::from_le_bytes(message[1..5].try_into().unwrap());
+                got[group].push(seq.into());
+            }
+            for (group, got) in got.iter().enumerate() {
+                let mine: Vec<_> = stretches.iter().filter(|s| s.group == group).collect();
+                proptest::prop_assert!(
+                    got.windows(2).all(|w| w[0] < w[1]),
+                    "{} got g{group}'s messages out of order or twice: {got:?}", session.id()
+                );
+                for &seq in got {
+                    proptest::prop_assert!(
+                        mine.iter().any(|s| s.allows(seq)),
+                        "{} got g{group}'s #{seq} outside its membership {mine:?}", session.id()
+                    );
+                }
+                for seq in 1..=last {
+                    if mine.iter().any(|s| s.requires(seq, last)) {
+                        proptest::prop_assert!(
+                            got.binary_search(&seq).is_ok(),
+                            "{} lost g{group}'s #{seq} in {mine:?}", session.id()
+                        );
+                    }
+                }
+                if mine.iter().any(|s| s.left.is_none()) {
+                    in_group[group].push(session.id());
+                }
+            }
+            let expected: Vec<String> = (0..MODEL_GROUPS)
+                .filter(|&g| stretches.iter().any(|s| s.group == g && s.left.is_none()))
+                .map(|g| format!("g{g}"))
+                .collect();
+            proptest::prop_assert_eq!(hub.groups_of(session.id()), expected);
+        }
+        let mut open = Vec::new();
+        for (group, mut ids) in in_group.into_iter().enumerate() {
+            ids.sort_unstable();
+            let name = format!("g{group}");
+            proptest::prop_assert_eq!(hub.members(&name), ids.clone());
+            proptest::prop_assert_eq!(hub.member_count(&name), ids.len());
+            if !ids.is_empty() {
+                open.push(name);
+            }
+        }
+        proptest::prop_assert_eq!(hub.group_names(), open.clone());
+        proptest::prop_assert_eq!(hub.group_count(), open.len());
+        let heard = backplane.0.lock().unwrap().clone();
+        for group in 0..MODEL_GROUPS {
+            let name = format!("g{group}");
+            let turns: Vec<bool> = heard
+                .iter()
+                .filter(|change| change[1..] == name)
+                .map(|change| change.starts_with('+'))
+                .collect();
+            proptest::prop_assert!(
+                turns.iter().enumerate().all(|(i, &opened)| opened == (i % 2 == 0)),
+                "{name} opened and closed out of turn: {turns:?}"
+            );
+            proptest::prop_assert_eq!(turns.len() % 2 == 1, open.contains(&name));
+        }
+    }
+}

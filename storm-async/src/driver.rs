@@ -152,7 +152,12 @@ where
             // sends meanwhile do not wake the task: the writer comes next.
             session.outbox().unregister_waker();
             let mut finished = None;
-            while let Some(event) = link.poll_event(now) {
+            // The synchronous fast path first: each message goes straight
+            // from the parse to `on_message_now`, with no future, and
+            // comes out here only when the handler hands it back.
+            while let Some(event) =
+                link.poll_event_with(now, |message| handler.on_message_now(session, message))
+            {
                 let message = match event {
                     LinkEvent::Message(message) => message,
                     LinkEvent::Closed(reason) => {
@@ -161,11 +166,6 @@ where
                         break;
                     }
                     _ => continue,
-                };
-                // The synchronous fast path first: no future for a message
-                // the handler deals with at once.
-                let Some(message) = handler.on_message_now(session, message) else {
-                    continue;
                 };
                 let mut handled = pin!(handler.on_message(session, message));
                 finished = poll_fn(|cx| {
@@ -258,13 +258,11 @@ where
             }
             // Hand over what the link still has, its Closed event last.
             let now = Instant::now();
-            while let Some(event) = link.poll_event(now) {
+            while let Some(event) =
+                link.poll_event_with(now, |message| handler.on_message_now(session, message))
+            {
                 match event {
-                    LinkEvent::Message(message) => {
-                        if let Some(message) = handler.on_message_now(session, message) {
-                            handler.on_message(session, message).await;
-                        }
-                    }
+                    LinkEvent::Message(message) => handler.on_message(session, message).await,
                     LinkEvent::Closed(reason) => {
                         disconnected = true;
                         handler.on_disconnect(session, &reason).await;

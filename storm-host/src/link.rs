@@ -346,18 +346,43 @@ impl LinkDriver {
     /// more can be parsed (read more, or wait for the timer). Before a ping
     /// or a WebSocket's `Closed` it frames what the outbox holds (see [the
     /// module docs](self)); the writer is woken when output is ready.
+    ///
+    /// [`poll_event_with`](Self::poll_event_with) hands messages to a
+    /// closure instead, which is cheaper for a loop that handles most of
+    /// them at once.
     //
-    // Inlined, with the link's parse (`Link::poll_event`), into the
-    // connection task: returned through a call, each message's 40-byte
-    // event was copied between stack frames, and the copy waited on the
-    // stores that had just written it (BENCHMARKS.md, session 13).
+    // Inlined as it was before `poll_event_with` (the other adapters'
+    // loops call it per message).
     #[inline(always)]
     pub fn poll_event(&mut self, now: Instant) -> Option<LinkEvent> {
+        self.poll_event_with(now, Some)
+    }
+
+    /// [`poll_event`](Self::poll_event), handing each message (after
+    /// middleware) to `on_message` as it is parsed, in order: `None` once
+    /// it is handled, and the driver parses on; `Some` hands it back, and
+    /// it is returned as [`LinkEvent::Message`]. Returns the first event
+    /// `on_message` did not take (any other event, or a message handed
+    /// back); `None` when nothing more can be parsed. Events, their order,
+    /// the driver's work between them and the bytes framed are those of
+    /// `poll_event` (which is this with `on_message` handing every message
+    /// back): `on_message` runs where `poll_event` would have returned.
+    ///
+    /// For the connection loop: a message goes from the parse to
+    /// `on_message` without being stored as a [`LinkEvent`] and returned
+    /// through memory, a 40-byte copy per message that waited on the
+    /// stores that had just written it (BENCHMARKS.md, session 13).
+    //
+    // Inlined, with the link's parse (`Link::poll_event`), into the
+    // connection task, so `on_message` is called in line too.
+    #[inline(always)]
+    pub fn poll_event_with(
+        &mut self,
+        now: Instant,
+        mut on_message: impl FnMut(Message) -> Option<Message>,
+    ) -> Option<LinkEvent> {
         loop {
-            // The event stays in this one place from the link to the
-            // caller: `deliver` works on it where it is (an event is 40
-            // bytes, and this runs once per message).
-            let mut event = if self.link.has_queued_events() {
+            let event = if self.link.has_queued_events() {
                 self.link.poll_event(now)
             } else if self.link.is_closed() {
                 if self.link.close_due() {
@@ -372,31 +397,47 @@ impl LinkDriver {
                 }
                 let event = self.link.poll_event(now);
                 // A message makes no output of the link's own: nothing more
-                // to do for it unless a close was just started.
+                // to do for it unless a close was just started. (Looked at
+                // by discriminant only: the event's address is never
+                // taken, so a message's stays out of memory.)
+                let ping = matches!(event, Some(LinkEvent::Ping(_)));
+                let closed = matches!(event, Some(LinkEvent::Closed(_)));
                 if closing || !matches!(event, Some(LinkEvent::Message(_))) {
-                    self.answer(now, event.as_ref(), before);
+                    self.answer(now, ping, closed, before);
                 }
                 event
             };
-            let Some(parsed) = &mut event else {
-                self.count_received();
-                return None;
-            };
-            if self.deliver(parsed) {
-                return event;
+            match event {
+                // Taken apart at once: the message itself goes on, not the
+                // event around it.
+                Some(LinkEvent::Message(message)) => {
+                    let Some(message) = self.deliver_message(message) else {
+                        continue;
+                    };
+                    if let Some(back) = on_message(message) {
+                        return Some(LinkEvent::Message(back));
+                    }
+                }
+                Some(event) => {
+                    self.deliver(&event);
+                    return Some(event);
+                }
+                None => {
+                    self.count_received();
+                    return None;
+                }
             }
         }
     }
 
-    /// What an event other than a message asks of the driver, `before` it
-    /// was parsed the link had output or not: a ping's auto-pong and a
-    /// WebSocket close reply answer this input, so the replies to what came
-    /// before go ahead of them; the writer is woken when output just
-    /// appeared (it was woken for what was there before) or it must close.
-    fn answer(&mut self, now: Instant, event: Option<&LinkEvent>, before: bool) {
-        let ping = matches!(event, Some(LinkEvent::Ping(_)));
-        let answers =
-            ping || (matches!(event, Some(LinkEvent::Closed(_))) && self.link.is_websocket());
+    /// What a parsed event (or none) asks of the driver, `before` it was
+    /// parsed the link had output or not: a `ping`'s auto-pong and a
+    /// WebSocket close reply (the event `closed` the link) answer this
+    /// input, so the replies to what came before go ahead of them; the
+    /// writer is woken when output just appeared (it was woken for what
+    /// was there before) or it must close.
+    fn answer(&mut self, now: Instant, ping: bool, closed: bool, before: bool) {
+        let answers = ping || (closed && self.link.is_websocket());
         if answers && self.outbox.has_queued() {
             self.pump(now, usize::MAX, false);
         }
@@ -417,39 +458,36 @@ impl LinkDriver {
         }
     }
 
-    /// Bookkeeping, middleware and session state for one event leaving the
-    /// driver; `false` when middleware suppressed it.
-    fn deliver(&mut self, event: &mut LinkEvent) -> bool {
-        let id = self.outbox.id();
-        match event {
-            LinkEvent::Message(message) => {
-                self.received += 1;
-                if let Some(chain) = &self.middleware {
-                    let taken = std::mem::replace(message, Message::Binary(Bytes::new()));
-                    let Some(kept) = chain.received(id, taken) else {
-                        return false;
-                    };
-                    *message = kept;
-                }
-            }
-            LinkEvent::Closed(reason) => {
-                #[cfg(feature = "tracing")]
-                trace_close(id, reason);
-                self.count_received();
-                // Refuse further sends; the writer flushes what must go out.
-                self.outbox.request_close(CloseKind::Graceful);
-                if let Some(chain) = &self.middleware {
-                    match reason {
-                        CloseReason::Protocol(e) => chain.error(id, e),
-                        CloseReason::Framing(e) => chain.error(id, e),
-                        _ => {}
-                    }
-                    chain.disconnect(id);
-                }
-            }
-            _ => {}
+    /// Bookkeeping and middleware for a message leaving the driver; `None`
+    /// when middleware suppressed it.
+    #[inline(always)]
+    fn deliver_message(&mut self, message: Message) -> Option<Message> {
+        self.received += 1;
+        match &self.middleware {
+            Some(chain) => chain.received(self.outbox.id(), message),
+            None => Some(message),
         }
-        true
+    }
+
+    /// Bookkeeping, middleware and session state for an event other than a
+    /// message leaving the driver.
+    fn deliver(&mut self, event: &LinkEvent) {
+        if let LinkEvent::Closed(reason) = event {
+            let id = self.outbox.id();
+            #[cfg(feature = "tracing")]
+            trace_close(id, reason);
+            self.count_received();
+            // Refuse further sends; the writer flushes what must go out.
+            self.outbox.request_close(CloseKind::Graceful);
+            if let Some(chain) = &self.middleware {
+                match reason {
+                    CloseReason::Protocol(e) => chain.error(id, e),
+                    CloseReason::Framing(e) => chain.error(id, e),
+                    _ => {}
+                }
+                chain.disconnect(id);
+            }
+        }
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due.
@@ -1252,6 +1290,209 @@ mod tests {
             proptest::prop_assert_eq!(answered.len(), got.len() - data, "a pong for no ping");
             proptest::prop_assert!(answered.windows(2).all(|w| w[0] < w[1]), "pongs out of order");
             proptest::prop_assert_eq!(answered.last().copied(), pings.len().checked_sub(1));
+        }
+    }
+
+    /// A frame a WebSocket client may send, or a broken one.
+    #[derive(Debug, Clone)]
+    enum Frame {
+        Text(String),
+        Binary(Vec<u8>),
+        /// A binary message in two fragments, cut at `.1` (modulo its
+        /// length).
+        Fragmented(Vec<u8>, usize),
+        Ping(Vec<u8>),
+        Pong(Vec<u8>),
+        /// Text that is not UTF-8 (1007).
+        BadUtf8,
+        /// A frame without the mask a client must set (1002).
+        Unmasked(Vec<u8>),
+        Close,
+    }
+
+    fn frame_strategy() -> impl proptest::strategy::Strategy<Value = Frame> {
+        use proptest::prelude::*;
+        let bytes = || proptest::collection::vec(any::<u8>(), 0..300);
+        let control = || proptest::collection::vec(any::<u8>(), 0..=125);
+        prop_oneof![
+            6 => "[a-zé€]{0,40}".prop_map(Frame::Text),
+            6 => bytes().prop_map(Frame::Binary),
+            2 => (bytes(), any::<usize>()).prop_map(|(b, at)| Frame::Fragmented(b, at)),
+            2 => control().prop_map(Frame::Ping),
+            1 => control().prop_map(Frame::Pong),
+            1 => Just(Frame::BadUtf8),
+            1 => control().prop_map(Frame::Unmasked),
+            1 => Just(Frame::Close),
+        ]
+    }
+
+    fn client_frame(fin: bool, opcode: OpCode, payload: &[u8], mask: bool) -> Vec<u8> {
+        let mut header = FrameHeader::new(opcode, 0);
+        header.fin = fin;
+        header.mask = mask.then_some([9, 8, 7, 6]);
+        let mut out = BytesMut::new();
+        encode_frame(header, payload, &mut out);
+        out.to_vec()
+    }
+
+    fn frame_wire(frame: &Frame) -> Vec<u8> {
+        match frame {
+            Frame::Text(text) => client_frame(true, OpCode::Text, text.as_bytes(), true),
+            Frame::Binary(bytes) => client_frame(true, OpCode::Binary, bytes, true),
+            Frame::Fragmented(bytes, at) => {
+                let (first, rest) = bytes.split_at(at % (bytes.len() + 1));
+                let mut wire = client_frame(false, OpCode::Binary, first, true);
+                wire.extend(client_frame(true, OpCode::Continuation, rest, true));
+                wire
+            }
+            Frame::Ping(payload) => client_frame(true, OpCode::Ping, payload, true),
+            Frame::Pong(payload) => client_frame(true, OpCode::Pong, payload, true),
+            Frame::BadUtf8 => client_frame(true, OpCode::Text, &[b'a', 0xff], true),
+            Frame::Unmasked(payload) => client_frame(true, OpCode::Binary, payload, false),
+            Frame::Close => client_frame(true, OpCode::Close, &[0x03, 0xe8], true),
+        }
+    }
+
+    /// The application of the property below: echoes every message, and
+    /// hands back (to be sent later, as `on_message` would) those whose
+    /// length is a multiple of 3. `true`: handled.
+    fn echo_now(session: &Session, message: &Message) -> bool {
+        if message.len() % 3 == 0 {
+            return false;
+        }
+        let _ = session.try_send(message.clone());
+        true
+    }
+
+    /// The events of `wire`, as a lone WebSocket connection parses it and
+    /// a link reports them, `middleware` applied: the reference the link's
+    /// two ways of handing out events are held to.
+    fn reference_events(wire: &[u8], eof: bool, middleware: bool) -> Vec<LinkEvent> {
+        let mut conn = Connection::new(Side::Server, Config::default());
+        conn.handle_input(wire);
+        if eof {
+            conn.handle_eof();
+        }
+        let mut events = Vec::new();
+        loop {
+            let event = match conn.poll_event() {
+                Ok(Some(ws::Event::Text(text))) => LinkEvent::Message(Message::Text(text)),
+                Ok(Some(ws::Event::Binary(bytes))) => LinkEvent::Message(Message::Binary(bytes)),
+                Ok(Some(ws::Event::Ping(payload))) => LinkEvent::Ping(payload),
+                Ok(Some(ws::Event::Pong(payload))) => LinkEvent::Pong(payload),
+                Ok(Some(ws::Event::Close(frame))) if frame.code == CloseCode::ABNORMAL => {
+                    LinkEvent::Closed(CloseReason::Eof)
+                }
+                Ok(Some(ws::Event::Close(frame))) => LinkEvent::Closed(CloseReason::Remote(frame)),
+                Ok(None) => break,
+                Err(e) => LinkEvent::Closed(CloseReason::Protocol(e)),
+                Ok(Some(other)) => panic!("no such client frame was sent: {other:?}"),
+            };
+            let closed = matches!(event, LinkEvent::Closed(_));
+            match event {
+                LinkEvent::Message(message) if middleware => {
+                    events.extend(
+                        Upper
+                            .on_received(SessionId::new(1), message)
+                            .map(LinkEvent::Message),
+                    );
+                }
+                event => events.push(event),
+            }
+            if closed {
+                break;
+            }
+        }
+        events
+    }
+
+    /// Feeds `wire` in `chunks` to a WebSocket server link and drains it
+    /// after each chunk (and after the end, if `eof`), the writer coming
+    /// after each drain. `with`: through `poll_event_with` and
+    /// [`echo_now`], else through `poll_event`, each message then given to
+    /// `echo_now`. Every message it did not handle is sent after it is
+    /// handed back. Returns the events, those `echo_now` took included,
+    /// in order, and the bytes written after each drain.
+    fn drain_link(
+        wire: &[u8],
+        chunks: &[usize],
+        eof: bool,
+        middleware: bool,
+        with: bool,
+    ) -> (Vec<LinkEvent>, Vec<Vec<u8>>) {
+        let config = LinkConfig {
+            middleware: middleware.then(|| Arc::new(MiddlewareChain::new().with(Upper))),
+            ..LinkConfig::default()
+        };
+        let (_hub, mut link, now) = ws_server(config);
+        let session = link.session.clone();
+        let mut seen = Vec::new();
+        let mut written = Vec::new();
+        let mut rest = wire;
+        let mut sizes = chunks.iter().cycle();
+        let mut fed_eof = false;
+        loop {
+            if !rest.is_empty() {
+                let (chunk, tail) = rest.split_at((*sizes.next().unwrap()).min(rest.len()));
+                link.handle_input(now, chunk);
+                rest = tail;
+            } else if eof && !fed_eof {
+                link.handle_eof();
+                fed_eof = true;
+            } else {
+                break;
+            }
+            loop {
+                let event = if with {
+                    let handled = &mut seen;
+                    link.driver.poll_event_with(now, |message| {
+                        if echo_now(&session, &message) {
+                            handled.push(LinkEvent::Message(message));
+                            return None;
+                        }
+                        Some(message)
+                    })
+                } else {
+                    match link.poll_event(now) {
+                        Some(LinkEvent::Message(message)) if echo_now(&session, &message) => {
+                            seen.push(LinkEvent::Message(message));
+                            continue;
+                        }
+                        event => event,
+                    }
+                };
+                let Some(event) = event else { break };
+                if let LinkEvent::Message(message) = &event {
+                    let _ = session.try_send(message.clone());
+                }
+                seen.push(event);
+            }
+            written.push(transmit(&mut link, now).0);
+        }
+        (seen, written)
+    }
+
+    proptest::proptest! {
+        /// `poll_event_with` hands out the events `poll_event` does, those
+        /// a lone WebSocket connection parses from the same input, in
+        /// order, for any input in any pieces, with and without
+        /// middleware, whether the closure takes a message or hands it
+        /// back; and the link frames the same bytes either way (replies
+        /// before the pongs and close replies of later input).
+        #[test]
+        fn poll_event_with_hands_out_what_poll_event_does(
+            frames in proptest::collection::vec(frame_strategy(), 0..24),
+            chunks in proptest::collection::vec(1usize..80, 1..8),
+            eof: bool,
+            middleware: bool,
+        ) {
+            let wire: Vec<u8> = frames.iter().flat_map(frame_wire).collect();
+            let (by_poll, written_by_poll) = drain_link(&wire, &chunks, eof, middleware, false);
+            let (by_with, written_by_with) = drain_link(&wire, &chunks, eof, middleware, true);
+            proptest::prop_assert_eq!(&by_with, &by_poll);
+            proptest::prop_assert_eq!(written_by_with, written_by_poll);
+            let expected = reference_events(&wire, eof, middleware);
+            proptest::prop_assert_eq!(by_with, expected);
         }
     }
 

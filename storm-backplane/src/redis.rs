@@ -278,13 +278,39 @@ fn stamp(stages: Option<&Arc<Stages>>) -> u64 {
     stages.map_or(0, |_| now_ns())
 }
 
+/// Envelope bytes one call of the publish script carries at most (a
+/// single larger message goes alone): Redis reads a command whole before
+/// it runs it, into a bounded query buffer (`client-query-buffer-limit`,
+/// 1 GiB by default), so a run of large messages is split over calls.
+const MAX_RUN_BYTES: usize = 1 << 20;
+
 /// `batch` in the commands the publisher sends it as, in order: each run
-/// of consecutive room messages of one room is one call of the publish
-/// script, each node message a `PUBLISH` of its own.
+/// of consecutive room messages of one room (up to [`MAX_RUN_BYTES`]) is
+/// one call of the publish script, each node message a `PUBLISH` of its
+/// own.
 fn runs(batch: &[Publication]) -> impl Iterator<Item = &[Publication]> {
-    batch.chunk_by(|a, b| match (a, b) {
-        (Publication::Room { room: a, .. }, Publication::Room { room: b, .. }) => a == b,
-        _ => false,
+    let mut rest = batch;
+    std::iter::from_fn(move || {
+        let mut len = 1;
+        if let Publication::Room { room, wire, .. } = rest.first()? {
+            let mut bytes = wire.len();
+            for next in &rest[1..] {
+                match next {
+                    Publication::Room {
+                        room: next_room,
+                        wire,
+                        ..
+                    } if next_room == room && bytes + wire.len() <= MAX_RUN_BYTES => {
+                        bytes += wire.len();
+                        len += 1;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        let (run, tail) = rest.split_at(len);
+        rest = tail;
+        Some(run)
     })
 }
 
@@ -1862,6 +1888,36 @@ mod tests {
         assert_eq!(args(&by_sha)[0], b"EVALSHA");
         assert_eq!(args(&by_sha)[1..], [script.sha.as_bytes(), b"0", b"x"]);
         assert_eq!(args(&whole)[..2], [&b"EVAL"[..], b"return 1"]);
+    }
+
+    #[test]
+    fn a_run_is_one_room_s_consecutive_messages_up_to_the_byte_bound() {
+        let room = |name: &str, len: usize| Publication::Room {
+            room: name.to_owned(),
+            wire: Bytes::from(vec![0; len]),
+            ordered: None,
+            queued: 0,
+        };
+        let node = || Publication::Node {
+            channel: "n".to_owned(),
+            wire: Bytes::new(),
+        };
+        let half = MAX_RUN_BYTES / 2;
+        let batch = [
+            room("a", 1),
+            room("a", 1),
+            room("b", 1),
+            node(),
+            node(),
+            room("b", 1),
+            room("c", half),
+            room("c", half),
+            room("c", 1),
+            room("d", MAX_RUN_BYTES + 1),
+        ];
+        let lens: Vec<usize> = runs(&batch).map(<[Publication]>::len).collect();
+        assert_eq!(lens, [2, 1, 1, 1, 1, 2, 1, 1]);
+        assert!(runs(&[]).next().is_none());
     }
 
     #[test]

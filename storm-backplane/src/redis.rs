@@ -16,7 +16,8 @@
 //! ```text
 //! node A: hub.broadcast_group(room, m) ─ local members get m
 //!           └ RedisBackplane::publish ─ encode once ─ bounded queue ─ publisher task
-//!                 └ EVALSHA publish script: offset += 1, XADD history, PUBLISH room channel
+//!                 └ EVALSHA publish script, once per run of a room's messages taken together:
+//!                   offset += n, then per message XADD history, PUBLISH room channel
 //! node B: subscription connection (RESP3; SUBSCRIBE PREFIX.room.R while R is held)
 //!           └ its reading task hands each push over ─ decode ─ Subscriber::handle
 //!                 └ not a duplicate, not its own (unless an echo): deliver (hub.deliver_group)
@@ -84,24 +85,36 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use crate::node::{Node, Queued, bump, defaults, deliver_to_hub, lock, settings_of};
 use crate::stages::{Stages, Stamp, now_ns};
 
-/// Appends a room message and publishes it, in one step.
+/// Appends a run of one room's messages and publishes each, in one step.
 ///
 /// KEYS: meta, history. ARGV: epoch candidate (8 bytes), history length
-/// (0: no history, no position), channel, envelope, TTL in ms (0: none).
-/// Returns the offset (0 without history).
+/// (0: no history, no position), channel, TTL in ms (0: none), then the
+/// envelopes in order (at least one). Returns the last one's offset (0
+/// without history); the run's offsets are the ones before it, in order.
 ///
-/// Every room message runs it, so it is kept to what Redis must do: one
-/// `HGET` of the epoch (a `HSET` only when the room starts one), the
-/// offset's 8 bytes by `struct.pack` (a loop of string concatenations cost
-/// a quarter of the script), and `XADD … MAXLEN ~`: the history keeps at
-/// least `maxlen` messages and is trimmed by whole stream nodes (up to
-/// `stream-node-max-entries`, 100 by default, more), which Redis does at a
-/// fraction of an exact trim's cost. Recovery judges by what the stream
-/// holds, so a few more kept messages only widen what can be recovered.
-const PUBLISH_SCRIPT: &str = r"
+/// Every room message runs through it, so it is kept to what Redis must
+/// do: one `HGET` of the epoch and one `HINCRBY` per run (a `HSET` only
+/// when the room starts an epoch), and per message its offset's 8 bytes
+/// by `struct.pack` (a loop of string concatenations cost a quarter of the
+/// script), `XADD … MAXLEN ~` (the history keeps at least `maxlen`
+/// messages and is trimmed by whole stream nodes, up to
+/// `stream-node-max-entries`, 100 by default, more, which Redis does at a
+/// fraction of an exact trim's cost; recovery judges by what the stream
+/// holds, so a few more kept messages only widen what can be recovered)
+/// and one `PUBLISH`. A run of a room's messages that the publisher took
+/// together is one call, not one per message: `EVALSHA`'s own cost and
+/// the offset's read and increment are paid once per run (BENCHMARKS.md,
+/// session 14: Redis's time per message of a burst of ten, 12.7–16 µs
+/// one call each, 4–7 µs in one call).
+///
+/// Public for measuring: `redis_hop` (benches/e2e) runs it with no storm
+/// around it, the floor of a room message's hop through Redis.
+pub const PUBLISH_SCRIPT: &str = r"
 local maxlen = tonumber(ARGV[2])
 if maxlen == 0 then
-  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  for i = 5, #ARGV do
+    redis.call('PUBLISH', ARGV[3], ARGV[i])
+  end
   return 0
 end
 local epoch = redis.call('HGET', KEYS[1], 'e')
@@ -110,15 +123,19 @@ if not epoch then
   redis.call('HSET', KEYS[1], 'e', epoch)
   redis.call('DEL', KEYS[2])
 end
-local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
-local envelope = string.sub(ARGV[4], 1, 21) .. epoch .. struct.pack('>I8', offset) .. string.sub(ARGV[4], 38)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, string.format('0-%d', offset), 'd', envelope)
-if ARGV[5] ~= '0' then
-  redis.call('PEXPIRE', KEYS[1], ARGV[5])
-  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+local last = redis.call('HINCRBY', KEYS[1], 'o', #ARGV - 4)
+local offset = last - (#ARGV - 4)
+for i = 5, #ARGV do
+  offset = offset + 1
+  local envelope = string.sub(ARGV[i], 1, 21) .. epoch .. struct.pack('>I8', offset) .. string.sub(ARGV[i], 38)
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, string.format('0-%d', offset), 'd', envelope)
+  redis.call('PUBLISH', ARGV[3], envelope)
 end
-redis.call('PUBLISH', ARGV[3], envelope)
-return offset
+if ARGV[4] ~= '0' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+return last
 ";
 
 /// A room's current position, starting an epoch if it has none.
@@ -261,19 +278,60 @@ fn stamp(stages: Option<&Arc<Stages>>) -> u64 {
     stages.map_or(0, |_| now_ns())
 }
 
-/// The stages of a pipeline's room messages, `offsets` its reply (one per
-/// publication, in order), `taken` when the publisher took them.
-fn published(stages: &Stages, batch: &[Publication], offsets: &[u64], taken: u64) {
+/// Envelope bytes one call of the publish script carries at most (a
+/// single larger message goes alone): Redis reads a command whole before
+/// it runs it, into a bounded query buffer (`client-query-buffer-limit`,
+/// 1 GiB by default), so a run of large messages is split over calls.
+const MAX_RUN_BYTES: usize = 1 << 20;
+
+/// `batch` in the commands the publisher sends it as, in order: each run
+/// of consecutive room messages of one room (up to [`MAX_RUN_BYTES`]) is
+/// one call of the publish script, each node message a `PUBLISH` of its
+/// own.
+fn runs(batch: &[Publication]) -> impl Iterator<Item = &[Publication]> {
+    let mut rest = batch;
+    std::iter::from_fn(move || {
+        let mut len = 1;
+        if let Publication::Room { room, wire, .. } = rest.first()? {
+            let mut bytes = wire.len();
+            for next in &rest[1..] {
+                match next {
+                    Publication::Room {
+                        room: next_room,
+                        wire,
+                        ..
+                    } if next_room == room && bytes + wire.len() <= MAX_RUN_BYTES => {
+                        bytes += wire.len();
+                        len += 1;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        let (run, tail) = rest.split_at(len);
+        rest = tail;
+        Some(run)
+    })
+}
+
+/// The stages of a pipeline's room messages, `replies` its reply (one per
+/// command of [`runs`], in order: a run's last offset), `taken` when the
+/// publisher took them.
+fn published(stages: &Stages, batch: &[Publication], replies: &[u64], taken: u64) {
     let replied = now_ns();
-    for (publication, &offset) in batch.iter().zip(offsets) {
-        if let Publication::Room { room, queued, .. } = publication {
-            stages.push(Stamp::Published {
-                room: room.clone(),
-                offset,
-                queued: *queued,
-                taken,
-                replied,
-            });
+    for (run, &last) in runs(batch).zip(replies) {
+        let first = (last + 1).saturating_sub(run.len() as u64);
+        for (i, publication) in (0..).zip(run) {
+            if let Publication::Room { room, queued, .. } = publication {
+                stages.push(Stamp::Published {
+                    room: room.clone(),
+                    // 0 for all without history.
+                    offset: if last == 0 { 0 } else { first + i },
+                    queued: *queued,
+                    taken,
+                    replied,
+                });
+            }
         }
     }
 }
@@ -818,8 +876,10 @@ impl RedisBackplane {
             }
         };
         let publisher = subscription.connection.clone();
-        load_publish_script(&publisher).await?;
-        self.connection.send_replace(Some(publisher.clone()));
+        if let Err(error) = load_publish_script(&publisher).await {
+            self.connection.send_replace(None);
+            return Err(error.into());
+        }
         let (running, tasks) = Running::new();
         let this = || Arc::clone(self);
         R::spawn(tasks.task(this().run_subscriber::<R>(
@@ -835,9 +895,10 @@ impl RedisBackplane {
     }
 
     /// A new subscription connection: this node's channels, and every
-    /// room held (the rooms' subscriptions confirmed when it returns). What
-    /// it receives is handed on as it is read, with `rooms` tracking the
-    /// rooms' sequences (see [`Subscription`]).
+    /// room held (the rooms' subscriptions confirmed when it returns),
+    /// lent to the publisher (`self.connection`). What it receives is
+    /// handed on as it is read, with `rooms` tracking the rooms' sequences
+    /// (see [`Subscription`]).
     async fn subscribe(
         self: &Arc<Self>,
         hub: &Hub,
@@ -878,6 +939,8 @@ impl RedisBackplane {
         self.run_subscription_commands(&connection, &own, None)
             .await?;
         bump(&self.node.counters.subscriptions, 1);
+        // Lent to the publisher from now on (it loads its script there).
+        self.connection.send_replace(Some(connection.clone()));
         Ok(Subscription {
             connection,
             lost,
@@ -1064,11 +1127,7 @@ impl RedisBackplane {
             let current = match subscription.take() {
                 Some(current) => current,
                 None => match self.subscribe(hub, deliver, rooms).await {
-                    Ok(current) => {
-                        self.connection
-                            .send_replace(Some(current.connection.clone()));
-                        current
-                    }
+                    Ok(current) => current,
                     Err(error) => {
                         self.change_subscriptions(Subscriptions::disconnected);
                         tracing::warn!(%error, "backplane: redis subscription failed");
@@ -1255,12 +1314,13 @@ impl RedisBackplane {
         }
     }
 
-    /// The pipeline that appends and publishes `batch` in order.
+    /// The pipeline that appends and publishes `batch` in order: one
+    /// command per run of [`runs`].
     fn pipeline(&self, batch: &[Publication]) -> redis::Pipeline {
         let mut pipeline = redis::pipe();
-        for publication in batch {
-            let (room, wire) = match publication {
-                Publication::Room { room, wire, .. } => (room, wire),
+        for run in runs(batch) {
+            let room = match &run[0] {
+                Publication::Room { room, .. } => room,
                 Publication::Node { channel, wire } => {
                     pipeline.cmd("PUBLISH").arg(channel).arg(&wire[..]);
                     continue;
@@ -1273,8 +1333,12 @@ impl RedisBackplane {
                 .arg(&epoch_candidate()[..])
                 .arg(self.config.history_len)
                 .arg(self.node.channels.room(room))
-                .arg(&wire[..])
                 .arg(millis(self.config.history_ttl));
+            for publication in run {
+                if let Publication::Room { wire, .. } = publication {
+                    tail.arg(&wire[..]);
+                }
+            }
             pipeline.add_command(PUBLISH.command(false, &tail));
         }
         pipeline
@@ -1827,13 +1891,43 @@ mod tests {
     }
 
     #[test]
+    fn a_run_is_one_room_s_consecutive_messages_up_to_the_byte_bound() {
+        let room = |name: &str, len: usize| Publication::Room {
+            room: name.to_owned(),
+            wire: Bytes::from(vec![0; len]),
+            ordered: None,
+            queued: 0,
+        };
+        let node = || Publication::Node {
+            channel: "n".to_owned(),
+            wire: Bytes::new(),
+        };
+        let half = MAX_RUN_BYTES / 2;
+        let batch = [
+            room("a", 1),
+            room("a", 1),
+            room("b", 1),
+            node(),
+            node(),
+            room("b", 1),
+            room("c", half),
+            room("c", half),
+            room("c", 1),
+            room("d", MAX_RUN_BYTES + 1),
+        ];
+        let lens: Vec<usize> = runs(&batch).map(<[Publication]>::len).collect();
+        assert_eq!(lens, [2, 1, 1, 1, 1, 2, 1, 1]);
+        assert!(runs(&[]).next().is_none());
+    }
+
+    #[test]
     fn the_publish_script_splices_the_position_where_the_envelope_has_it() {
         // The script keeps bytes 1..=21 (Lua counts from 1), writes 16, and
         // goes on from byte 38.
         assert_eq!(storm_proto::backplane::POSITION_RANGE, 21..37);
         assert!(
             PUBLISH_SCRIPT
-                .contains("string.sub(ARGV[4], 1, 21) .. epoch .. struct.pack('>I8', offset) .. string.sub(ARGV[4], 38)")
+                .contains("string.sub(ARGV[i], 1, 21) .. epoch .. struct.pack('>I8', offset) .. string.sub(ARGV[i], 38)")
         );
     }
 

@@ -1149,17 +1149,7 @@ impl Drop for Gate {
 /// `EVALSHA`s Redis has run so far (`INFO commandstats`), through a
 /// connection of the test's own.
 async fn evalsha_calls(server: &RedisServer) -> u64 {
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut connection)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |calls| calls.parse().unwrap())
+    command_calls(server, "evalsha").await
 }
 
 /// A node's reads of Redis (the position a join starts from, presence,
@@ -1376,9 +1366,76 @@ on_runtimes!(
     reads_do_not_wait_for_each_other_s_replies,
     publishes_do_not_wait_for_each_other_s_replies,
     the_subscription_connection_gets_messages_as_resp3_pushes,
-    a_node_publishes_on_its_subscription_connection;
+    a_node_publishes_on_its_subscription_connection,
+    a_room_s_messages_taken_together_are_one_script_call;
     a_join_meets_the_live_stream_without_a_gap_or_a_duplicate,
 );
+
+/// Calls of `command` (lower case) Redis has run so far, scripts' own
+/// calls included (`INFO commandstats`), through a connection of the
+/// test's own.
+async fn command_calls(server: &RedisServer, command: &str) -> u64 {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
+}
+
+/// A run of one room's messages that the publisher takes together is
+/// appended by one call of the publish script (one `HINCRBY` of the
+/// room's offset), each message still published once, in order, with
+/// offsets one after another. Here a node's broadcasts wait in its queue
+/// until it starts, so its publisher takes them in one batch.
+async fn a_room_s_messages_taken_together_are_one_script_call<R: Runtime>() {
+    const RUN: u64 = 20;
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let b = Node::start::<R>(&server, |_| {}, None).await;
+    let on_b = b.join("room").await;
+    let mut config = RedisConfig::default();
+    config.url = server.url();
+    config.prefix = "test".to_owned();
+    let backplane = Arc::new(RedisBackplane::new(config).unwrap());
+    let hub = Hub::with_backplane(HubConfig::default(), Instant::now(), backplane.clone()).unwrap();
+    for i in 0..RUN {
+        hub.broadcast_group("room", &Message::from(i.to_string()), None);
+    }
+    // Another room's message ends the run; then the room's again.
+    hub.broadcast_group("other", &Message::from("x"), None);
+    hub.broadcast_group("room", &Message::from(RUN.to_string()), None);
+    let (increments, publishes) = (
+        command_calls(&server, "hincrby").await,
+        command_calls(&server, "publish").await,
+    );
+    let a = Node {
+        backplane: backplane.clone(),
+        running: Some(backplane.start::<R>(hub.clone()).await.unwrap()),
+        hub,
+    };
+    for i in 0..=RUN {
+        assert_eq!(text(&next::<R>(&on_b).await), i.to_string());
+    }
+    assert_eq!(b.backplane.position("room").await.unwrap().offset, RUN + 1);
+    let stats = b.backplane.stats();
+    assert_eq!(
+        (stats.delivered, stats.missed, stats.duplicates),
+        (RUN + 1, 0, 0)
+    );
+    // Three runs: "room" × RUN, "other", "room"; every message published.
+    assert_eq!(command_calls(&server, "hincrby").await - increments, 3);
+    assert_eq!(command_calls(&server, "publish").await - publishes, RUN + 2);
+    a.stop().await;
+    b.stop().await;
+}
 
 /// Applies ACL `rules` to `server`'s user `name` (`ACL SETUSER`).
 async fn acl_setuser(server: &RedisServer, name: &str, rules: &[&str]) {

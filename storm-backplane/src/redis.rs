@@ -1156,6 +1156,10 @@ impl RedisBackplane {
                     break;
                 }
             }
+            // Given up: from here on nothing it receives is delivered, even
+            // while the publisher's clone keeps it open (the moment joins
+            // learn the subscription is down).
+            drop(current);
             self.connection.send_replace(None);
             self.change_subscriptions(Subscriptions::disconnected);
             tracing::warn!("backplane: redis subscription lost; resubscribing");

@@ -416,16 +416,20 @@ impl<W: PollWrite> Writer<W> {
     /// allows.
     fn poll_write_all(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.first < self.bufs.len() {
-            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
             let pending = self.bufs.get(self.first..).unwrap_or_default();
-            let count = pending.len().min(MAX_SLICES);
-            for (slice, buf) in slices.iter_mut().zip(pending) {
-                *slice = IoSlice::new(buf);
-            }
-            let written = ready!(
+            let written = ready!(if let [only] = pending {
+                // One buffer (a ping-pong's reply): no array of
+                // `MAX_SLICES` to fill first (128 stores per write).
+                self.io.poll_write_vectored(cx, &[IoSlice::new(only)])
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                let count = pending.len().min(MAX_SLICES);
+                for (slice, buf) in slices.iter_mut().zip(pending) {
+                    *slice = IoSlice::new(buf);
+                }
                 self.io
                     .poll_write_vectored(cx, slices.get(..count).unwrap_or_default())
-            )?;
+            })?;
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }

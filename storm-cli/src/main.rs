@@ -35,7 +35,8 @@ struct Cli {
     /// Worker threads of the tokio runtime (`--runtime tokio`, the
     /// default): 1 runs every connection on the main thread (a
     /// current-thread runtime: no wake-ups across threads); default: one
-    /// per core. smol takes SMOL_THREADS; std gives each connection
+    /// per CPU the process may run on (its affinity), so a current-thread
+    /// runtime on one. smol takes SMOL_THREADS; std gives each connection
     /// threads of its own.
     #[arg(long, global = true, env = "STORM_THREADS", value_name = "N")]
     threads: Option<std::num::NonZeroUsize>,
@@ -138,7 +139,14 @@ fn init_logs(format: LogFormat) {
 fn main() -> ExitCode {
     let cli: Cli = environment::parse();
     init_logs(cli.log_format);
-    if let Some(threads) = cli.threads {
+    // Unset: one worker per CPU this process may run on, and so a
+    // current-thread runtime when that is one (pinned with `taskset -c 0`,
+    // a one-CPU container): a multi-threaded runtime of one worker costs
+    // more per wake-up and gains nothing.
+    if let Some(threads) = cli
+        .threads
+        .or_else(|| std::thread::available_parallelism().ok())
+    {
         storm_services::host::set_tokio_threads(threads.get());
     }
     let result = match cli.command {

@@ -118,6 +118,40 @@ fn raw_echo() {
     }
 }
 
+/// Issue #16: a `storm echo` that may run on one CPU only (`taskset -c 0`)
+/// serves on a current-thread runtime by default, as `--threads 1` asks:
+/// as many threads as that one. BASE ran a multi-threaded runtime of one
+/// worker there, a thread more (and a costlier wake-up per message).
+#[cfg(target_os = "linux")]
+#[test]
+fn pinned_to_one_cpu_serves_on_a_current_thread_runtime() {
+    let pinned = |extra: &[&str]| {
+        let mut taskset = Command::new("taskset");
+        taskset.args(["-c", "0", env!("CARGO_BIN_EXE_storm")]);
+        launch(taskset, "raw", "tokio", extra)
+    };
+    let threads = |server: &Server| {
+        let mut stream = connect(&server.addr);
+        stream.write_all(b"ping").unwrap();
+        let mut reply = [0u8; 4];
+        stream.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"ping");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id()))
+            .expect("the server's status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("Threads:"))
+            .and_then(|count| count.trim().parse::<usize>().ok())
+            .expect("a thread count")
+    };
+    let by_default = threads(&pinned(&[]));
+    let current_thread = threads(&pinned(&["--threads", "1"]));
+    assert_eq!(
+        by_default, current_thread,
+        "threads of a one-CPU storm echo"
+    );
+}
+
 #[test]
 fn length_prefixed_echo() {
     for runtime in RUNTIMES {

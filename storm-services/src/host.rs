@@ -43,7 +43,8 @@ pub enum Runtime {
     /// tokio, multi-threaded.
     #[default]
     Tokio,
-    /// smol's global executor.
+    /// smol: storm-smol's own executor thread, or smol's global executor
+    /// with `SMOL_THREADS` above 1.
     Smol,
     /// Blocking std::net (storm-std), two threads per connection.
     Std,
@@ -130,7 +131,7 @@ fn serve_on<R: AsyncRuntime, S: storm_async::Handler>(
 pub trait AsyncRuntime: storm_async::Runtime {
     /// Runs `future` to completion on this runtime, from a thread outside
     /// any runtime (tokio: a new runtime, multi-threaded unless
-    /// [`set_tokio_threads`] says 1; smol: its global executor).
+    /// [`set_tokio_threads`] says 1; smol: storm-smol's executor).
     ///
     /// # Errors
     ///
@@ -147,8 +148,9 @@ static TOKIO_THREADS: AtomicUsize = AtomicUsize::new(0);
 /// on the calling thread (a current-thread runtime: no wake-ups across
 /// threads, no work stealing), `n > 1` a multi-threaded runtime of `n`,
 /// `0` (the default) one worker per core. For a process's entry point,
-/// before it starts a service. smol's global executor takes its count
-/// from `SMOL_THREADS`; std serves each connection on threads of its own.
+/// before it starts a service. smol takes its count from `SMOL_THREADS`
+/// (unset or 1: storm-smol's own executor thread); std serves each
+/// connection on threads of its own.
 pub fn set_tokio_threads(threads: usize) {
     TOKIO_THREADS.store(threads, Ordering::Relaxed);
 }

@@ -434,18 +434,20 @@ async fn redis_down_then_restarted_empty_changes_the_epoch<R: Runtime>() {
     b.stop().await;
 }
 
+/// `command`'s reply from `server`, through a connection of the test's
+/// own (not a node's); panics on any error.
+async fn ask<T: redis::FromRedisValue>(server: &RedisServer, command: &redis::Cmd) -> T {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    command.query_async(&mut connection).await.unwrap()
+}
+
 /// `INFO stats`' `total_reads_processed` of `server`: how many times it
 /// read from its clients' connections since it started. A client that waits
 /// for each reply before its next command costs one read per command; one
 /// that pipelines them, about one per round trip.
 async fn reads_processed(server: &RedisServer) -> u64 {
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("stats")
-        .query_async(&mut connection)
-        .await
-        .unwrap();
+    let info: String = ask(server, redis::cmd("INFO").arg("stats")).await;
     info.lines()
         .find_map(|line| line.strip_prefix("total_reads_processed:"))
         .and_then(|count| count.trim().parse().ok())
@@ -819,13 +821,7 @@ fn a_tokio_node_drives_its_connections_on_tokio() {
 
 /// `CLIENT LIST` of `server`: one line per connection, `name=value` pairs.
 async fn client_list(server: &RedisServer) -> String {
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("CLIENT")
-        .arg("LIST")
-        .query_async(&mut connection)
-        .await
-        .unwrap()
+    ask(server, redis::cmd("CLIENT").arg("LIST")).await
 }
 
 async fn the_subscription_connection_gets_messages_as_resp3_pushes<R: Runtime>() {
@@ -885,11 +881,8 @@ async fn a_node_publishes_on_its_subscription_connection<R: Runtime>() {
 /// How many connections subscribe to each of `channels`, as Redis counts
 /// them (`PUBSUB NUMSUB`), through a connection of the test's own.
 async fn subscribers(server: &RedisServer, channels: &[&str]) -> Vec<u64> {
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let mut command = redis::cmd("PUBSUB");
-    command.arg("NUMSUB").arg(channels);
-    let counts: Vec<(String, u64)> = command.query_async(&mut connection).await.unwrap();
+    let counts: Vec<(String, u64)> =
+        ask(server, redis::cmd("PUBSUB").arg("NUMSUB").arg(channels)).await;
     counts.into_iter().map(|(_, count)| count).collect()
 }
 
@@ -1375,13 +1368,7 @@ on_runtimes!(
 /// calls included (`INFO commandstats`), through a connection of the
 /// test's own.
 async fn command_calls(server: &RedisServer, command: &str) -> u64 {
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut connection)
-        .await
-        .unwrap();
+    let info: String = ask(server, redis::cmd("INFO").arg("commandstats")).await;
     let prefix = format!("cmdstat_{command}:calls=");
     info.lines()
         .find_map(|line| line.strip_prefix(prefix.as_str()))
@@ -1439,23 +1426,18 @@ async fn a_room_s_messages_taken_together_are_one_script_call<R: Runtime>() {
 
 /// Applies ACL `rules` to `server`'s user `name` (`ACL SETUSER`).
 async fn acl_setuser(server: &RedisServer, name: &str, rules: &[&str]) {
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let mut command = redis::cmd("ACL");
-    command.arg("SETUSER").arg(name).arg(rules);
-    let () = command.query_async(&mut connection).await.unwrap();
+    let () = ask(
+        server,
+        redis::cmd("ACL").arg("SETUSER").arg(name).arg(rules),
+    )
+    .await;
 }
 
 /// Whether `server`'s `ACL LOG` has an entry for `reason` (`auth`: a
 /// refused login, `channel`: a refused channel).
 async fn acl_logged(server: &RedisServer, reason: &str) -> bool {
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let log: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("ACL")
-        .arg("LOG")
-        .query_async(&mut connection)
-        .await
-        .unwrap();
+    let log: Vec<std::collections::HashMap<String, redis::Value>> =
+        ask(server, redis::cmd("ACL").arg("LOG")).await;
     log.iter().any(|entry| {
         entry.get("reason").is_some_and(|logged| {
             redis::from_redis_value::<String>(logged).is_ok_and(|logged| logged == reason)

@@ -366,33 +366,32 @@ fn a_read_after_a_short_one_is_pending_and_readiness_brings_what_comes_later() {
             .expect("connect");
         // The connection is established: accept returns at once.
         let (mut peer, _) = listener.accept().expect("accept");
-        let mut buf = [0u8; 4096];
         peer.write_all(&[1; 100]).expect("write");
-        let mut got = Vec::new();
-        while got.len() < 100 {
-            let n = within(std::future::poll_fn(|cx| stream.poll_read(cx, &mut buf)))
-                .await
-                .expect("read");
-            got.extend_from_slice(&buf[..n]);
-        }
-        assert_eq!(got, [1; 100]);
+        assert_eq!(read_exactly(&mut stream, 100).await, [1; 100]);
         // The last read was short, and nothing more has been sent.
         let mut cx = Context::from_waker(Waker::noop());
         assert!(
-            stream.poll_read(&mut cx, &mut buf).is_pending(),
+            stream.poll_read(&mut cx, &mut [0; 4096]).is_pending(),
             "a read of an emptied socket is pending"
         );
         // Sent now: readiness comes, and the read gets it whole.
         peer.write_all(&[2; 50]).expect("write");
-        let mut got = Vec::new();
-        while got.len() < 50 {
-            let n = within(std::future::poll_fn(|cx| stream.poll_read(cx, &mut buf)))
-                .await
-                .expect("read");
-            got.extend_from_slice(&buf[..n]);
-        }
-        assert_eq!(got, [2; 50]);
+        assert_eq!(read_exactly(&mut stream, 50).await, [2; 50]);
     });
+}
+
+/// Reads `stream` until `len` bytes came, each read waited for within
+/// [`WAIT`].
+async fn read_exactly(stream: &mut impl storm_async::runtime::PollRead, len: usize) -> Vec<u8> {
+    let mut buf = [0; 4096];
+    let mut got = Vec::new();
+    while got.len() < len {
+        let n = within(std::future::poll_fn(|cx| stream.poll_read(cx, &mut buf)))
+            .await
+            .expect("read");
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
 }
 
 /// Message `i` of [`a_pipelined_batch_arrives_whole_and_in_order_over_tcp_and_tls`]:

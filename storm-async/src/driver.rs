@@ -291,6 +291,9 @@ struct Writer<W> {
     /// Set when a `poll_transmit` moved the link's deadline; the loop
     /// re-arms its timer and clears it.
     timer_changed: bool,
+    /// The link returned its buffers ([`Transmit::release`](storm_host::link::Transmit)):
+    /// the writer returns its own once it has nothing in flight.
+    release: bool,
     /// Half-close ([`Transmit::shutdown`](storm_host::link::Transmit)).
     half: HalfClose,
 }
@@ -312,10 +315,12 @@ enum HalfClose {
 enum Step {
     /// Ask the link for output.
     Transmit,
-    /// Write `bufs[first..]`; then flush (and close when `close`).
-    Write { close: bool },
-    /// Flush; then close when `close`.
-    Flush { close: bool },
+    /// Write `bufs[first..]`; then flush (and close when `close`). `done`:
+    /// the link has nothing more ([`Transmit::done`](storm_host::link::Transmit)).
+    Write { close: bool, done: bool },
+    /// Flush; then close when `close`, or wait for a wake-up when `done`
+    /// (if the waker was registered in this call; if not, ask the link).
+    Flush { close: bool, done: bool },
     /// Shut the write direction down, then ask the link again (a
     /// half-close).
     Shutdown,
@@ -334,6 +339,7 @@ impl<W: PollWrite> Writer<W> {
             step: Step::Transmit,
             write_batch,
             timer_changed: false,
+            release: false,
             half: HalfClose::Open,
         }
     }
@@ -356,7 +362,7 @@ impl<W: PollWrite> Writer<W> {
             match self.step {
                 Step::Transmit => {
                     if !std::mem::replace(&mut registered, true) {
-                        link.outbox().register_waker(cx.waker());
+                        link.register_waker(cx.waker());
                     }
                     let transmit = link.poll_transmit(now, &mut self.bufs, self.write_batch);
                     if transmit.timer_changed {
@@ -365,24 +371,21 @@ impl<W: PollWrite> Writer<W> {
                     if transmit.shutdown {
                         self.half = HalfClose::Due;
                     }
+                    self.release |= transmit.release;
                     if transmit.bytes == 0 && !transmit.close && !transmit.shutdown {
-                        if transmit.release {
-                            // Idle a while: the link returned its buffers;
-                            // so does the writer.
-                            self.bufs = Vec::new();
-                        }
-                        return Poll::Pending;
+                        return self.idle();
                     }
                     self.first = 0;
                     self.step = Step::Write {
                         close: transmit.close,
+                        done: transmit.done,
                     };
                 }
-                Step::Write { close } => {
+                Step::Write { close, done } => {
                     ready!(self.poll_write_all(cx))?;
-                    self.step = Step::Flush { close };
+                    self.step = Step::Flush { close, done };
                 }
-                Step::Flush { close } => {
+                Step::Flush { close, done } => {
                     // A TLS stream can accept a write and keep the records
                     // it made until the next write or flush: flush before
                     // waiting for more (a no-op on a plain socket).
@@ -394,6 +397,14 @@ impl<W: PollWrite> Writer<W> {
                     } else {
                         Step::Transmit
                     };
+                    // The link had nothing more when this call registered
+                    // the waker and took it all: whatever comes later
+                    // wakes the task, so no second `poll_transmit` to
+                    // learn that. (A write that waited ends in a later
+                    // call, which has registered nothing: it asks.)
+                    if done && registered && matches!(self.step, Step::Transmit) {
+                        return self.idle();
+                    }
                 }
                 Step::Shutdown => {
                     // A failure shows when reading, or at the close.
@@ -410,6 +421,17 @@ impl<W: PollWrite> Writer<W> {
                 Step::Done => return Poll::Ready(Ok(())),
             }
         }
+    }
+
+    /// Nothing to write until woken: `Pending`, with the buffers returned
+    /// if the link returned its own.
+    fn idle(&mut self) -> Poll<io::Result<()>> {
+        if std::mem::take(&mut self.release) {
+            // Idle a while: the link returned its buffers; so does the
+            // writer.
+            self.bufs = Vec::new();
+        }
+        Poll::Pending
     }
 
     /// Writes every buffer, in order, with as few syscalls as the socket

@@ -515,6 +515,13 @@ pub struct Transmit {
     /// sends its close_notify first) and keep reading. Said once; a later
     /// [`close`](Self::close) closes the socket.
     pub shutdown: bool,
+    /// Everything was handed out, and the call after writing it would
+    /// append nothing and change nothing: the writer need not make it, but
+    /// waits for a wake-up (or reads) instead. Set by a driver that knows
+    /// no more output is queued for the link (storm-host's `LinkDriver`,
+    /// which then has this call's idle moment itself); never by
+    /// [`Link::poll_transmit`], whose caller calls again once it wrote.
+    pub done: bool,
 }
 
 /// A [`Link`] could not be built.

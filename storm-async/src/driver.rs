@@ -538,6 +538,118 @@ mod tests {
         (hub, link.unwrap())
     }
 
+    /// A socket that takes every write whole, or none while `blocked`.
+    #[derive(Default)]
+    struct Sink {
+        written: Vec<u8>,
+        blocked: bool,
+        writes: usize,
+    }
+
+    impl PollWrite for Sink {
+        fn poll_write_vectored(
+            &mut self,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            if self.blocked {
+                return Poll::Pending;
+            }
+            self.writes += 1;
+            let before = self.written.len();
+            for buf in bufs {
+                self.written.extend_from_slice(buf);
+            }
+            Poll::Ready(Ok(self.written.len() - before))
+        }
+
+        fn poll_flush(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl Wakes {
+        fn count(&self) -> usize {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    /// `payload` as a length-prefixed frame.
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        let mut out = u32::try_from(payload.len()).unwrap().to_be_bytes().to_vec();
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// Issue #16: a reply is written and the writer waits, registered,
+    /// without asking the link again; a send from elsewhere wakes it, and
+    /// its next poll writes that. A write that waited for the socket ends
+    /// in a later poll, which registered nothing: a message queued
+    /// meanwhile (its wake-up spent on the poll that ends the write) is
+    /// taken in that poll, not left waiting for a wake-up that never
+    /// comes.
+    #[test]
+    fn the_writer_waits_after_taking_everything_and_loses_no_send() {
+        use storm_proto::framing::LengthPrefixFramer;
+        let (_hub, mut link) = driver(Protocol::Framed(Box::new(LengthPrefixFramer::default())));
+        let outbox = Arc::clone(link.outbox());
+        let wakes = Arc::new(Wakes::default());
+        let waker = Waker::from(Arc::clone(&wakes));
+        let mut cx = Context::from_waker(&waker);
+        let now = Instant::now();
+        let mut writer = Writer::new(Sink::default(), 1 << 16);
+        let send = |payload: &[u8]| {
+            let outcome = outbox.send(storm_proto::Message::from(payload.to_vec()));
+            assert!(matches!(outcome, storm_host::hub::SendOutcome::Queued));
+        };
+
+        send(b"a");
+        assert!(writer.poll(&mut cx, &mut link, now).is_pending());
+        assert_eq!(
+            (writer.io.written.clone(), writer.io.writes),
+            (frame(b"a"), 1)
+        );
+        assert_eq!(wakes.count(), 0);
+        send(b"b");
+        assert_eq!(wakes.count(), 1, "registered while it waits");
+        assert!(writer.poll(&mut cx, &mut link, now).is_pending());
+        assert_eq!(writer.io.written, [frame(b"a"), frame(b"b")].concat());
+
+        writer.io.blocked = true;
+        send(b"c");
+        assert_eq!(wakes.count(), 2);
+        assert!(writer.poll(&mut cx, &mut link, now).is_pending());
+        send(b"d");
+        assert_eq!(
+            wakes.count(),
+            3,
+            "the socket's wake-up comes first, or this one"
+        );
+        writer.io.blocked = false;
+        assert!(writer.poll(&mut cx, &mut link, now).is_pending());
+        let all = [frame(b"a"), frame(b"b"), frame(b"c"), frame(b"d")].concat();
+        assert_eq!(
+            writer.io.written, all,
+            "d taken in the poll that ended c's write"
+        );
+        send(b"e");
+        assert_eq!(wakes.count(), 4);
+    }
+
     /// Reads `peer` dry through `poll_read_into`, as the connection loop
     /// does; the messages it made.
     fn read_all(peer: &mut Peer, link: &mut LinkDriver) -> Vec<Bytes> {

@@ -939,6 +939,76 @@ mod tests {
         idle_link_holds_no_buffers(protocol, &masked(OpCode::Binary, &payload));
     }
 
+    /// Issue #16: the writer's call that takes a reply says it took
+    /// everything ([`Transmit::done`]), so the writer does not call again
+    /// only to learn that. Not while anything is left: more queued than
+    /// `max_bytes`, or bytes the read path framed (an auto-pong: they
+    /// count against the send limit until the writer comes back).
+    #[test]
+    fn the_call_that_takes_everything_says_done_and_nothing_less() {
+        let protocol = Protocol::Framed(Box::new(LengthPrefixFramer::default()));
+        let (_hub, mut link, now) = setup(protocol, LinkConfig::default());
+        let mut out = Vec::new();
+        assert_eq!(link.send(Message::from(vec![1u8; 10])), SendOutcome::Queued);
+        let t = link.poll_transmit(now, &mut out, 1 << 20);
+        assert_eq!((t.bytes, t.done), (14, true));
+        for _ in 0..3 {
+            assert_eq!(link.send(Message::from(vec![2u8; 10])), SendOutcome::Queued);
+        }
+        let t = link.poll_transmit(now, &mut out, 14);
+        assert_eq!((t.bytes, t.done), (14, false), "two more queued");
+        let t = link.poll_transmit(now, &mut out, 1 << 20);
+        assert_eq!((t.bytes, t.done), (28, true));
+
+        let (_hub, mut link, now) = ws_server(LinkConfig::default());
+        link.handle_input(now, &masked(OpCode::Ping, b"x"));
+        assert!(matches!(events(&mut link, now)[..], [LinkEvent::Ping(_)]));
+        let t = link.poll_transmit(now, &mut out, 1 << 20);
+        assert_eq!(
+            (t.bytes, t.done),
+            (3, false),
+            "the pong counts until written"
+        );
+        assert!(link.outbox().pending_send_bytes() > 0);
+        let t = link.poll_transmit(now, &mut out, 1 << 20);
+        assert_eq!(t.bytes, 0);
+        assert_eq!(link.outbox().pending_send_bytes(), 0);
+    }
+
+    /// The connection task's turn (issue #16): unregistered while its read
+    /// path replies, registered again before it takes the replies. The
+    /// same waker stays in the outbox throughout (no clone per turn, no
+    /// lock); replies from the read path wake no one; after a call that
+    /// took everything (`done`), a send from elsewhere wakes the writer.
+    #[test]
+    fn the_writer_keeps_its_waker_across_turns_and_a_later_send_wakes_it() {
+        let protocol = Protocol::Framed(Box::new(LengthPrefixFramer::default()));
+        let (_hub, mut link, now) = setup(protocol, LinkConfig::default());
+        let flag = Arc::new(Flag::default());
+        let waker = Waker::from(Arc::clone(&flag));
+        let mut out = Vec::new();
+        link.register_waker(&waker);
+        // `flag`, `waker`, the driver's and the outbox's.
+        assert_eq!(Arc::strong_count(&flag), 4);
+        for _ in 0..3 {
+            link.outbox().unregister_waker();
+            assert_eq!(link.send(Message::from(vec![1u8; 10])), SendOutcome::Queued);
+            assert!(!flag.woken(), "a reply from the read path wakes no one");
+            link.register_waker(&waker);
+            assert_eq!(Arc::strong_count(&flag), 4, "not cloned");
+            let t = link.poll_transmit(now, &mut out, 1 << 20);
+            assert!(t.done);
+        }
+        assert_eq!(link.send(Message::from(vec![1u8; 10])), SendOutcome::Queued);
+        assert!(flag.woken());
+        // Taken to wake: the next registration puts it back.
+        link.register_waker(&waker);
+        assert_eq!(Arc::strong_count(&flag), 4);
+        assert_eq!(link.poll_transmit(now, &mut out, 1 << 20).bytes, 14);
+        link.session.close();
+        assert!(flag.woken(), "a close wakes it too");
+    }
+
     #[test]
     fn a_framed_peer_that_sends_but_never_reads_meets_the_send_limit() {
         let protocol = Protocol::Framed(Box::new(LengthPrefixFramer::default()));

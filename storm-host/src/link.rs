@@ -610,23 +610,18 @@ impl LinkDriver {
         if written > 0 {
             self.outbox.on_written(written);
         }
-        let mut transmit = self.link.poll_transmit(now, out);
-        transmit.timer_changed |= timer_changed;
-        if transmit.bytes > 0
-            && !transmit.close
-            && !transmit.shutdown
-            && self.in_writer == 0
+        // Nothing left for the writer to come back for (nothing queued, no
+        // close asked for, nothing it takes counted until it returns): the
+        // link's call is the last before a wake-up.
+        let last = self.in_writer == 0
             && !self.outbox.has_queued()
-            && self.outbox.close_request().is_none()
-        {
-            // The next call would find nothing: have its idle moment now
-            // (the link took no input since, so it appends nothing).
-            let idle = self.link.poll_transmit(now, out);
-            debug_assert_eq!(idle.bytes, 0);
-            transmit.release |= idle.release;
-            transmit.timer_changed |= idle.timer_changed;
-            transmit.done = true;
-        }
+            && self.outbox.close_request().is_none();
+        let mut transmit = if last {
+            self.link.poll_transmit_last(now, out)
+        } else {
+            self.link.poll_transmit(now, out)
+        };
+        transmit.timer_changed |= timer_changed;
         if transmit.release {
             self.outbox.release_buffers();
         }

@@ -291,6 +291,9 @@ struct Writer<W> {
     /// Set when a `poll_transmit` moved the link's deadline; the loop
     /// re-arms its timer and clears it.
     timer_changed: bool,
+    /// The link returned its buffers ([`Transmit::release`](storm_host::link::Transmit)):
+    /// the writer returns its own once it has nothing in flight.
+    release: bool,
     /// Half-close ([`Transmit::shutdown`](storm_host::link::Transmit)).
     half: HalfClose,
 }
@@ -312,10 +315,12 @@ enum HalfClose {
 enum Step {
     /// Ask the link for output.
     Transmit,
-    /// Write `bufs[first..]`; then flush (and close when `close`).
-    Write { close: bool },
-    /// Flush; then close when `close`.
-    Flush { close: bool },
+    /// Write `bufs[first..]`; then flush (and close when `close`). `done`:
+    /// the link has nothing more ([`Transmit::done`](storm_host::link::Transmit)).
+    Write { close: bool, done: bool },
+    /// Flush; then close when `close`, or wait for a wake-up when `done`
+    /// (if the waker was registered in this call; if not, ask the link).
+    Flush { close: bool, done: bool },
     /// Shut the write direction down, then ask the link again (a
     /// half-close).
     Shutdown,
@@ -334,6 +339,7 @@ impl<W: PollWrite> Writer<W> {
             step: Step::Transmit,
             write_batch,
             timer_changed: false,
+            release: false,
             half: HalfClose::Open,
         }
     }
@@ -356,7 +362,7 @@ impl<W: PollWrite> Writer<W> {
             match self.step {
                 Step::Transmit => {
                     if !std::mem::replace(&mut registered, true) {
-                        link.outbox().register_waker(cx.waker());
+                        link.register_waker(cx.waker());
                     }
                     let transmit = link.poll_transmit(now, &mut self.bufs, self.write_batch);
                     if transmit.timer_changed {
@@ -365,24 +371,21 @@ impl<W: PollWrite> Writer<W> {
                     if transmit.shutdown {
                         self.half = HalfClose::Due;
                     }
+                    self.release |= transmit.release;
                     if transmit.bytes == 0 && !transmit.close && !transmit.shutdown {
-                        if transmit.release {
-                            // Idle a while: the link returned its buffers;
-                            // so does the writer.
-                            self.bufs = Vec::new();
-                        }
-                        return Poll::Pending;
+                        return self.idle();
                     }
                     self.first = 0;
                     self.step = Step::Write {
                         close: transmit.close,
+                        done: transmit.done,
                     };
                 }
-                Step::Write { close } => {
+                Step::Write { close, done } => {
                     ready!(self.poll_write_all(cx))?;
-                    self.step = Step::Flush { close };
+                    self.step = Step::Flush { close, done };
                 }
-                Step::Flush { close } => {
+                Step::Flush { close, done } => {
                     // A TLS stream can accept a write and keep the records
                     // it made until the next write or flush: flush before
                     // waiting for more (a no-op on a plain socket).
@@ -394,6 +397,14 @@ impl<W: PollWrite> Writer<W> {
                     } else {
                         Step::Transmit
                     };
+                    // The link had nothing more when this call registered
+                    // the waker and took it all: whatever comes later
+                    // wakes the task, so no second `poll_transmit` to
+                    // learn that. (A write that waited ends in a later
+                    // call, which has registered nothing: it asks.)
+                    if done && registered && matches!(self.step, Step::Transmit) {
+                        return self.idle();
+                    }
                 }
                 Step::Shutdown => {
                     // A failure shows when reading, or at the close.
@@ -410,6 +421,17 @@ impl<W: PollWrite> Writer<W> {
                 Step::Done => return Poll::Ready(Ok(())),
             }
         }
+    }
+
+    /// Nothing to write until woken: `Pending`, with the buffers returned
+    /// if the link returned its own.
+    fn idle(&mut self) -> Poll<io::Result<()>> {
+        if std::mem::take(&mut self.release) {
+            // Idle a while: the link returned its buffers; so does the
+            // writer.
+            self.bufs = Vec::new();
+        }
+        Poll::Pending
     }
 
     /// Writes every buffer, in order, with as few syscalls as the socket
@@ -514,6 +536,118 @@ mod tests {
         let outbox = hub.register(hub.try_admit().unwrap(), now).unwrap();
         let link = LinkDriver::new(Arc::clone(&outbox), protocol, &LinkConfig::default(), now);
         (hub, link.unwrap())
+    }
+
+    /// A socket that takes every write whole, or none while `blocked`.
+    #[derive(Default)]
+    struct Sink {
+        written: Vec<u8>,
+        blocked: bool,
+        writes: usize,
+    }
+
+    impl PollWrite for Sink {
+        fn poll_write_vectored(
+            &mut self,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            if self.blocked {
+                return Poll::Pending;
+            }
+            self.writes += 1;
+            let before = self.written.len();
+            for buf in bufs {
+                self.written.extend_from_slice(buf);
+            }
+            Poll::Ready(Ok(self.written.len() - before))
+        }
+
+        fn poll_flush(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl Wakes {
+        fn count(&self) -> usize {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    /// `payload` as a length-prefixed frame.
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        let mut out = u32::try_from(payload.len()).unwrap().to_be_bytes().to_vec();
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// Issue #16: a reply is written and the writer waits, registered,
+    /// without asking the link again; a send from elsewhere wakes it, and
+    /// its next poll writes that. A write that waited for the socket ends
+    /// in a later poll, which registered nothing: a message queued
+    /// meanwhile (its wake-up spent on the poll that ends the write) is
+    /// taken in that poll, not left waiting for a wake-up that never
+    /// comes.
+    #[test]
+    fn the_writer_waits_after_taking_everything_and_loses_no_send() {
+        use storm_proto::framing::LengthPrefixFramer;
+        let (_hub, mut link) = driver(Protocol::Framed(Box::new(LengthPrefixFramer::default())));
+        let outbox = Arc::clone(link.outbox());
+        let wakes = Arc::new(Wakes::default());
+        let waker = Waker::from(Arc::clone(&wakes));
+        let mut cx = Context::from_waker(&waker);
+        let now = Instant::now();
+        let mut writer = Writer::new(Sink::default(), 1 << 16);
+        let send = |payload: &[u8]| {
+            let outcome = outbox.send(storm_proto::Message::from(payload.to_vec()));
+            assert!(matches!(outcome, storm_host::hub::SendOutcome::Queued));
+        };
+
+        send(b"a");
+        assert!(writer.poll(&mut cx, &mut link, now).is_pending());
+        assert_eq!(
+            (writer.io.written.clone(), writer.io.writes),
+            (frame(b"a"), 1)
+        );
+        assert_eq!(wakes.count(), 0);
+        send(b"b");
+        assert_eq!(wakes.count(), 1, "registered while it waits");
+        assert!(writer.poll(&mut cx, &mut link, now).is_pending());
+        assert_eq!(writer.io.written, [frame(b"a"), frame(b"b")].concat());
+
+        writer.io.blocked = true;
+        send(b"c");
+        assert_eq!(wakes.count(), 2);
+        assert!(writer.poll(&mut cx, &mut link, now).is_pending());
+        send(b"d");
+        assert_eq!(
+            wakes.count(),
+            3,
+            "the socket's wake-up comes first, or this one"
+        );
+        writer.io.blocked = false;
+        assert!(writer.poll(&mut cx, &mut link, now).is_pending());
+        let all = [frame(b"a"), frame(b"b"), frame(b"c"), frame(b"d")].concat();
+        assert_eq!(
+            writer.io.written, all,
+            "d taken in the poll that ended c's write"
+        );
+        send(b"e");
+        assert_eq!(wakes.count(), 4);
     }
 
     /// Reads `peer` dry through `poll_read_into`, as the connection loop

@@ -66,7 +66,7 @@
 //! ```
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::buf::Limit;
@@ -187,6 +187,9 @@ pub struct LinkDriver {
     /// counted once per batch (when `poll_event` runs dry or closes), not
     /// with two atomic adds per message.
     received: u64,
+    /// The waker [`register_waker`](Self::register_waker) last put in the
+    /// outbox: registered again while it is there, without the lock.
+    writer: Option<Waker>,
 }
 
 impl Drop for LinkDriver {
@@ -225,6 +228,7 @@ impl LinkDriver {
             in_writer: 0,
             pong_held: false,
             received: 0,
+            writer: None,
         })
     }
 
@@ -232,6 +236,23 @@ impl LinkDriver {
     #[must_use]
     pub fn outbox(&self) -> &Arc<Outbox> {
         &self.outbox
+    }
+
+    /// [`Outbox::register_waker`] for this connection's writer, which
+    /// registers before every look at the outbox: the waker it registered
+    /// last, still in place (not taken by a wake-up since), is kept
+    /// without taking the outbox's lock. Ends an
+    /// [`Outbox::unregister_waker`].
+    pub fn register_waker(&mut self, waker: &Waker) {
+        let same = self.writer.as_ref().is_some_and(|w| w.will_wake(waker));
+        if same && self.outbox.writer_registered() {
+            self.outbox.unmute();
+            return;
+        }
+        self.outbox.register_waker(waker);
+        if !same {
+            self.writer = Some(waker.clone());
+        }
     }
 
     /// The protocol machine (to look at; the driver feeds it).
@@ -556,11 +577,17 @@ impl LinkDriver {
     /// The write path: appends buffers to write (in order) to `out`, at most
     /// about `max_bytes` of messages from the outbox, and says whether to
     /// close the socket after writing them. Call when the outbox's writer
-    /// waker fires (register it with [`Outbox::register_waker`]) and after
-    /// every read, once what the last call appended is written: the bytes
-    /// the read path framed (replies, auto-pongs) count against the send
-    /// limit until the writer comes back. When [`Transmit::release`] says
-    /// so, the outbox's queue was returned too.
+    /// waker fires (register it with [`register_waker`](Self::register_waker)
+    /// first) and after every read, once what the last call appended is
+    /// written: the bytes the read path framed (replies, auto-pongs) count
+    /// against the send limit until the writer comes back. When
+    /// [`Transmit::release`] says so, the outbox's queue was returned too.
+    ///
+    /// [`Transmit::done`]: this call took everything (the outbox is empty,
+    /// no close is asked for, nothing the writer takes stays counted
+    /// against the send limit) and had the idle moment the call after the
+    /// write would have had; a writer that registered its waker before
+    /// this call need not come back until woken or until it reads.
     pub fn poll_transmit(
         &mut self,
         now: Instant,
@@ -583,7 +610,17 @@ impl LinkDriver {
         if written > 0 {
             self.outbox.on_written(written);
         }
-        let mut transmit = self.link.poll_transmit(now, out);
+        // Nothing left for the writer to come back for (nothing queued, no
+        // close asked for, nothing it takes counted until it returns): the
+        // link's call is the last before a wake-up.
+        let last = self.in_writer == 0
+            && !self.outbox.has_queued()
+            && self.outbox.close_request().is_none();
+        let mut transmit = if last {
+            self.link.poll_transmit_last(now, out)
+        } else {
+            self.link.poll_transmit(now, out)
+        };
         transmit.timer_changed |= timer_changed;
         if transmit.release {
             self.outbox.release_buffers();
@@ -786,8 +823,10 @@ mod tests {
         link.driver.link().buffer_capacity() + link.outbox().outbox_capacity()
     }
 
-    /// `request` × 20 in, each echoed back, all written at `now`.
-    fn echo_burst(link: &mut Conn, request: &[u8], now: Instant) {
+    /// `request` × 20 in, each echoed back, all taken by the writer at
+    /// `now` in one call, which says it took everything (`done`: that call
+    /// has the idle moment).
+    fn echo_burst(link: &mut Conn, request: &[u8], now: Instant) -> Transmit {
         link.handle_input(now, &request.repeat(20));
         for event in events(link, now) {
             let LinkEvent::Message(message) = event else {
@@ -797,35 +836,33 @@ mod tests {
         }
         assert!(buffer_capacity(link) > 0, "traffic allocated buffers");
         let sent = link.poll_transmit(now, &mut Vec::new(), 1 << 20);
-        assert!(sent.bytes > 0 && !sent.release);
+        assert!(sent.bytes > 0 && sent.done && !sent.close);
+        sent
     }
 
     /// A link that goes idle returns every buffer and queue of its own,
     /// its protocol's and its outbox's at once, and tells the writer. One
     /// that goes idle again within `release_after` keeps them until then
     /// (the timer), so that a connection sending burst after burst does
-    /// not allocate them again for each.
+    /// not allocate them again for each. The idle moment is the writer's
+    /// call that takes everything ([`Transmit::done`]).
     fn idle_link_holds_no_buffers(protocol: Protocol, request: &[u8]) {
         let (_hub, mut link, now) = setup(protocol, LinkConfig::default());
         let mut out = Vec::new();
-        echo_burst(&mut link, request, now);
-        let idle = link.poll_transmit(now, &mut out, 1 << 20);
-        assert_eq!((idle.bytes, idle.release), (0, true), "the writer is told");
+        let sent = echo_burst(&mut link, request, now);
+        assert!(sent.release, "the writer is told");
         assert_eq!(
             buffer_capacity(&mut link),
             0,
             "buffers left on an idle link"
         );
-        assert!(
-            !link.poll_transmit(now, &mut out, 1 << 20).release,
-            "told once"
-        );
+        let idle = link.poll_transmit(now, &mut out, 1 << 20);
+        assert_eq!((idle.bytes, idle.release), (0, false), "told once");
 
         // The next burst, soon after: idle again, the buffers stay.
         let soon = now + Duration::from_millis(10);
-        echo_burst(&mut link, request, soon);
-        let idle = link.poll_transmit(soon, &mut out, 1 << 20);
-        assert_eq!((idle.bytes, idle.release), (0, false));
+        let idle = echo_burst(&mut link, request, soon);
+        assert!(!idle.release);
         assert!(
             buffer_capacity(&mut link) > 0,
             "a busy link keeps its buffers"
@@ -862,9 +899,8 @@ mod tests {
         let protocol = Protocol::Framed(Box::new(LengthPrefixFramer::default()));
         let (_hub, mut link, now) = setup(protocol, config);
         for _ in 0..2 {
-            echo_burst(&mut link, b"\0\0\0\x05hello", now);
-            let idle = link.poll_transmit(now, &mut Vec::new(), 1 << 20);
-            assert_eq!((idle.bytes, idle.release), (0, true));
+            let idle = echo_burst(&mut link, b"\0\0\0\x05hello", now);
+            assert!(idle.release);
             assert_eq!(buffer_capacity(&mut link), 0);
         }
     }
@@ -896,6 +932,76 @@ mod tests {
         let conn = Connection::new(Side::Server, Config::default());
         let protocol = Protocol::WebSocket(Box::new(conn));
         idle_link_holds_no_buffers(protocol, &masked(OpCode::Binary, &payload));
+    }
+
+    /// Issue #16: the writer's call that takes a reply says it took
+    /// everything ([`Transmit::done`]), so the writer does not call again
+    /// only to learn that. Not while anything is left: more queued than
+    /// `max_bytes`, or bytes the read path framed (an auto-pong: they
+    /// count against the send limit until the writer comes back).
+    #[test]
+    fn the_call_that_takes_everything_says_done_and_nothing_less() {
+        let protocol = Protocol::Framed(Box::new(LengthPrefixFramer::default()));
+        let (_hub, mut link, now) = setup(protocol, LinkConfig::default());
+        let mut out = Vec::new();
+        assert_eq!(link.send(Message::from(vec![1u8; 10])), SendOutcome::Queued);
+        let t = link.poll_transmit(now, &mut out, 1 << 20);
+        assert_eq!((t.bytes, t.done), (14, true));
+        for _ in 0..3 {
+            assert_eq!(link.send(Message::from(vec![2u8; 10])), SendOutcome::Queued);
+        }
+        let t = link.poll_transmit(now, &mut out, 14);
+        assert_eq!((t.bytes, t.done), (14, false), "two more queued");
+        let t = link.poll_transmit(now, &mut out, 1 << 20);
+        assert_eq!((t.bytes, t.done), (28, true));
+
+        let (_hub, mut link, now) = ws_server(LinkConfig::default());
+        link.handle_input(now, &masked(OpCode::Ping, b"x"));
+        assert!(matches!(events(&mut link, now)[..], [LinkEvent::Ping(_)]));
+        let t = link.poll_transmit(now, &mut out, 1 << 20);
+        assert_eq!(
+            (t.bytes, t.done),
+            (3, false),
+            "the pong counts until written"
+        );
+        assert!(link.outbox().pending_send_bytes() > 0);
+        let t = link.poll_transmit(now, &mut out, 1 << 20);
+        assert_eq!(t.bytes, 0);
+        assert_eq!(link.outbox().pending_send_bytes(), 0);
+    }
+
+    /// The connection task's turn (issue #16): unregistered while its read
+    /// path replies, registered again before it takes the replies. The
+    /// same waker stays in the outbox throughout (no clone per turn, no
+    /// lock); replies from the read path wake no one; after a call that
+    /// took everything (`done`), a send from elsewhere wakes the writer.
+    #[test]
+    fn the_writer_keeps_its_waker_across_turns_and_a_later_send_wakes_it() {
+        let protocol = Protocol::Framed(Box::new(LengthPrefixFramer::default()));
+        let (_hub, mut link, now) = setup(protocol, LinkConfig::default());
+        let flag = Arc::new(Flag::default());
+        let waker = Waker::from(Arc::clone(&flag));
+        let mut out = Vec::new();
+        link.register_waker(&waker);
+        // `flag`, `waker`, the driver's and the outbox's.
+        assert_eq!(Arc::strong_count(&flag), 4);
+        for _ in 0..3 {
+            link.outbox().unregister_waker();
+            assert_eq!(link.send(Message::from(vec![1u8; 10])), SendOutcome::Queued);
+            assert!(!flag.woken(), "a reply from the read path wakes no one");
+            link.register_waker(&waker);
+            assert_eq!(Arc::strong_count(&flag), 4, "not cloned");
+            let t = link.poll_transmit(now, &mut out, 1 << 20);
+            assert!(t.done);
+        }
+        assert_eq!(link.send(Message::from(vec![1u8; 10])), SendOutcome::Queued);
+        assert!(flag.woken());
+        // Taken to wake: the next registration puts it back.
+        link.register_waker(&waker);
+        assert_eq!(Arc::strong_count(&flag), 4);
+        assert_eq!(link.poll_transmit(now, &mut out, 1 << 20).bytes, 14);
+        link.session.close();
+        assert!(flag.woken(), "a close wakes it too");
     }
 
     #[test]

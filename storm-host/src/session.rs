@@ -313,15 +313,20 @@ impl Session {
 
     /// Sends a message through the middleware and the slow-consumer
     /// policy. Suppressed by middleware: reported as queued.
+    //
+    // Inlined, and without middleware the message goes to the outbox as
+    // it came: a `match` that made the message to send anew copied its 40
+    // bytes from the slot the caller had just written (BENCHMARKS.md,
+    // session 14's deep pipeline).
+    #[inline]
     fn queue(&self, message: Message) -> SendOutcome {
-        let message = match &self.middleware {
-            Some(chain) => match chain.sending(self.outbox.id(), message) {
-                Some(message) => message,
-                None => return SendOutcome::Queued,
-            },
-            None => message,
+        let Some(chain) = &self.middleware else {
+            return self.outbox.send(message);
         };
-        self.outbox.send(message)
+        match chain.sending(self.outbox.id(), message) {
+            Some(message) => self.outbox.send(message),
+            None => SendOutcome::Queued,
+        }
     }
 
     /// One step of a send under the slow-consumer policy: `Ok(None)` when

@@ -515,6 +515,12 @@ pub struct Transmit {
     /// sends its close_notify first) and keep reading. Said once; a later
     /// [`close`](Self::close) closes the socket.
     pub shutdown: bool,
+    /// Everything was handed out, and the call after writing it would
+    /// append nothing and change nothing (this call had its idle moment):
+    /// the writer need not make it, but waits for a wake-up (or reads)
+    /// instead. Said by [`Link::poll_transmit_last`], never by
+    /// [`Link::poll_transmit`], whose caller calls again once it wrote.
+    pub done: bool,
 }
 
 /// A [`Link`] could not be built.
@@ -1063,6 +1069,21 @@ impl Link {
     /// says whether to close the socket after writing it, whether the link
     /// went idle and returned its buffers, and whether the deadline moved.
     pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<Bytes>) -> Transmit {
+        self.transmit(now, out, false)
+    }
+
+    /// [`poll_transmit`](Self::poll_transmit) for a caller that knows
+    /// nothing will be framed before it has written what this appends (its
+    /// outbox is empty, and the link takes no input meanwhile): the call
+    /// after that write would append nothing, so this one has that call's
+    /// idle moment and says [`Transmit::done`] (unless it says to close or
+    /// shut down). A caller that frames more anyway calls again.
+    pub fn poll_transmit_last(&mut self, now: Instant, out: &mut Vec<Bytes>) -> Transmit {
+        self.transmit(now, out, true)
+    }
+
+    #[inline(always)]
+    fn transmit(&mut self, now: Instant, out: &mut Vec<Bytes>, last: bool) -> Transmit {
         let mut transmit = Transmit::default();
         let mut push = |bytes: Bytes| {
             if !self.aborted {
@@ -1105,9 +1126,11 @@ impl Link {
             self.finish = true;
         }
         transmit.close = self.finish;
+        transmit.done = last && !transmit.close && !transmit.shutdown;
         if transmit.bytes > 0 {
             self.idle.traffic();
-        } else if !transmit.close && self.idle.busy {
+        }
+        if (transmit.bytes == 0 || transmit.done) && !transmit.close && self.idle.busy {
             let before = self.idle.deadline();
             if self.idle.idle(now) {
                 // Nothing to write after traffic: an idle connection holds
@@ -1266,6 +1289,33 @@ mod tests {
     fn framed(now: Instant) -> Link {
         let protocol = Protocol::Framed(Box::new(LengthPrefixFramer::default()));
         Link::new(protocol, &LinkConfig::default(), now).unwrap()
+    }
+
+    /// The last call before a wait takes everything and has the idle
+    /// moment of the empty call after it: same buffers returned, same
+    /// deadline, so the writer can skip that call (`done`). Not when it
+    /// says to close.
+    #[test]
+    fn the_last_transmit_has_the_idle_moment_of_the_call_after_it() {
+        let now = Instant::now();
+        let (mut last, mut twice) = (framed(now), framed(now));
+        for at in [now, now + Duration::from_millis(10), now + AFTER] {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            last.send(&Message::from(b"hi".to_vec()));
+            twice.send(&Message::from(b"hi".to_vec()));
+            let one = last.poll_transmit_last(at, &mut a);
+            let first = twice.poll_transmit(at, &mut b);
+            let then = twice.poll_transmit(at, &mut b);
+            assert_eq!(a, b);
+            assert_eq!((one.bytes, one.done, first.done), (6, true, false));
+            assert_eq!(then.bytes, 0);
+            assert_eq!(one.release, first.release || then.release);
+            assert_eq!(last.poll_timeout(), twice.poll_timeout());
+            assert_eq!(last.buffer_capacity(), twice.buffer_capacity());
+        }
+        last.close(now, CloseCode::NORMAL, "");
+        let closing = last.poll_transmit_last(now, &mut Vec::new());
+        assert!(closing.close && !closing.done);
     }
 
     #[test]

@@ -526,6 +526,17 @@ pub struct Outbox {
     /// Messages in the outbox, mirrored outside the lock so the read path
     /// can skip draining an empty outbox without locking it.
     queued: AtomicUsize,
+    /// `State::writer` holds a waker, mirrored outside the lock: a writer
+    /// that registers the waker it registered last finds it still there
+    /// without locking ([`LinkDriver`](crate::link::LinkDriver)).
+    writer_set: AtomicBool,
+    /// The writer is [unregistered](Self::unregister_waker): sends, closes
+    /// and [`wake_writer`](Self::wake_writer) leave its waker in place and
+    /// wake no one, until it [registers](Self::register_waker) again and
+    /// looks at the outbox. Set and cleared by the writer alone, outside
+    /// the lock; a waker-taking site reads it after its own change
+    /// (both `SeqCst`, with the writer's look: see [`Self::take_writer`]).
+    muted: AtomicBool,
     totals: Arc<Totals>,
 }
 
@@ -608,6 +619,8 @@ impl Outbox {
             messages_sent: AtomicU64::new(0),
             messages_received: AtomicU64::new(0),
             queued: AtomicUsize::new(0),
+            writer_set: AtomicBool::new(false),
+            muted: AtomicBool::new(false),
             totals,
         }
     }
@@ -677,7 +690,7 @@ impl Outbox {
             Verdict::Admit => {
                 self.commit(&mut outbox, MessageIn::Owned(message), staged.len);
                 // The writer is woken after the lock is released.
-                let writer = outbox.writer.take();
+                let writer = self.take_writer(&mut outbox);
                 drop(outbox);
                 if let Some(writer) = writer {
                     writer.wake();
@@ -732,7 +745,7 @@ impl Outbox {
         match verdict {
             Verdict::Admit => {
                 self.commit(&mut outbox, MessageIn::Borrowed(message), staged.len);
-                wake.extend(outbox.writer.take());
+                wake.extend(self.take_writer(&mut outbox));
                 Delivery::Queued
             }
             Verdict::Drop | Verdict::Wait => {
@@ -778,7 +791,8 @@ impl Outbox {
     /// Keeps a staged message the limit admitted (`len` bytes).
     fn commit(&self, outbox: &mut State, message: MessageIn<'_>, len: usize) {
         let count = outbox.queue.commit(message);
-        self.queued.store(count, Ordering::Release);
+        // `SeqCst`: before `take_writer`'s look at `muted` (see there).
+        self.queued.store(count, Ordering::SeqCst);
         outbox.queued_bytes += len;
     }
 
@@ -858,10 +872,52 @@ impl Outbox {
     /// does both under one lock.
     pub fn register_waker(&self, waker: &Waker) {
         let mut outbox = lock(&self.outbox);
+        self.set_writer(&mut outbox, waker);
+        self.unmute();
+    }
+
+    /// Puts `waker` in the writer's slot, unless the one there wakes the
+    /// same task.
+    fn set_writer(&self, outbox: &mut State, waker: &Waker) {
         match &mut outbox.writer {
             Some(old) if old.will_wake(waker) => {}
             slot => *slot = Some(waker.clone()),
         }
+        self.writer_set.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the writer's slot holds a waker (the last one registered:
+    /// only the writer registers). Exact for the writer itself, as of its
+    /// own last registration and the wake-ups it was given since: a waker
+    /// taken before this poll of its task began reads `false`; one taken
+    /// later wakes the task again.
+    pub(crate) fn writer_registered(&self) -> bool {
+        self.writer_set.load(Ordering::Relaxed)
+    }
+
+    /// Ends an [`unregister_waker`](Self::unregister_waker): from here on
+    /// a send wakes the writer, and the writer's next look at the outbox
+    /// (`has_queued`, `close_request`) sees every send and close a muted
+    /// taker left unwoken (see [`Self::take_writer`]).
+    pub(crate) fn unmute(&self) {
+        if self.muted.load(Ordering::Relaxed) {
+            self.muted.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Takes the writer's waker to wake (after the lock is released),
+    /// unless the writer is [muted](Self::unregister_waker): then the
+    /// waker stays and no one is woken. Called after the change the writer
+    /// must see (a message committed, a close requested), which is `SeqCst`
+    /// as the load here is: either this load sees the writer's
+    /// [`unmute`](Self::unmute) (and wakes it) or the writer's later look
+    /// sees the change. Both are in one total order.
+    fn take_writer(&self, outbox: &mut State) -> Option<Waker> {
+        if self.muted.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.writer_set.store(false, Ordering::Relaxed);
+        outbox.writer.take()
     }
 
     /// Frees the outbox queue's memory when it is empty, so that an idle
@@ -887,19 +943,28 @@ impl Outbox {
         }
     }
 
-    /// Forgets the writer's waker, so sends do not wake it: for a driver
-    /// that is about to run code that sends (its own read path) and polls
-    /// its writer right after, which registers the waker again. Saves the
-    /// connection task a wake-up, and a trip through the scheduler, for
-    /// every reply sent from the read path.
+    /// Sends (and closes, and [`wake_writer`](Self::wake_writer)) do not
+    /// wake the writer until it [registers](Self::register_waker) again:
+    /// for a driver that is about to run code that sends (its own read
+    /// path) and polls its writer right after, which registers the waker
+    /// again and looks at the outbox. Saves the connection task a wake-up,
+    /// and a trip through the scheduler, for every reply sent from the
+    /// read path.
+    ///
+    /// Takes no lock, and the waker stays in place: registering the same
+    /// one again takes no lock either
+    /// ([`LinkDriver::register_waker`](crate::link::LinkDriver::register_waker)).
     pub fn unregister_waker(&self) {
-        lock(&self.outbox).writer = None;
+        self.muted.store(true, Ordering::Relaxed);
     }
 
     /// Wakes the writer without queueing a message: the connection's own
     /// state produced output (an auto-pong, a close reply) or must close.
     pub fn wake_writer(&self) {
-        let waker = lock(&self.outbox).writer.take();
+        let waker = {
+            let mut outbox = lock(&self.outbox);
+            self.take_writer(&mut outbox)
+        };
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -948,10 +1013,8 @@ impl Outbox {
             let mut outbox = lock(&self.outbox);
             let drained = self.drain_locked(&mut outbox, messages_into(out), max_bytes, &mut wake);
             if drained.is_idle() {
-                match &mut outbox.writer {
-                    Some(old) if old.will_wake(cx.waker()) => {}
-                    slot => *slot = Some(cx.waker().clone()),
-                }
+                self.set_writer(&mut outbox, cx.waker());
+                self.unmute();
             }
             drained
         };
@@ -1108,15 +1171,16 @@ impl Outbox {
     }
 
     fn close_locked(&self, outbox: &mut State, kind: CloseKind, wake: &mut Vec<Waker>) {
-        self.close.fetch_max(close_to_u8(kind), Ordering::AcqRel);
+        // `SeqCst`: before `take_writer`'s look at `muted` (see there).
+        self.close.fetch_max(close_to_u8(kind), Ordering::SeqCst);
         outbox.closed = true;
-        wake.extend(outbox.writer.take());
+        wake.extend(self.take_writer(outbox));
         wake.append(&mut outbox.writable);
     }
 
     /// The close requested so far, if any (the strongest one).
     pub fn close_request(&self) -> Option<CloseKind> {
-        close_from_u8(self.close.load(Ordering::Acquire))
+        close_from_u8(self.close.load(Ordering::SeqCst))
     }
 
     /// Marks the session removed from its hub: sends are refused, waiters
@@ -1126,7 +1190,7 @@ impl Outbox {
         let wake = {
             let mut outbox = lock(&self.outbox);
             outbox.closed = true;
-            let mut wake: Vec<Waker> = outbox.writer.take().into_iter().collect();
+            let mut wake: Vec<Waker> = self.take_writer(&mut outbox).into_iter().collect();
             wake.append(&mut outbox.writable);
             wake
         };
@@ -1185,7 +1249,8 @@ impl Outbox {
     /// the senders' and drainer's stores are visible), for a reader that
     /// wants to skip an empty outbox.
     pub fn has_queued(&self) -> bool {
-        self.queued.load(Ordering::Acquire) > 0
+        // `SeqCst`: the writer's look after `unmute` (see `take_writer`).
+        self.queued.load(Ordering::SeqCst) > 0
     }
 
     /// Counts bytes read and consumed in one step, for a reader that

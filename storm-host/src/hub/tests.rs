@@ -266,6 +266,45 @@ fn writer_waker_is_woken_when_data_arrives() {
     assert_eq!(wakes(&count), 3);
 }
 
+/// Issue #16: a writer that unregisters for its read path and registers
+/// the same waker again (once per loop turn of a connection's task) keeps
+/// the one waker in place: no drop and clone per turn (BASE dropped it at
+/// `unregister_waker` and cloned it anew at `register_waker`, each under
+/// the outbox's lock). Sends and closes while unregistered still wake no
+/// one, and after the registration they wake it once.
+#[test]
+fn a_writer_unregistered_and_registered_again_keeps_its_waker() {
+    let hub = hub_with(1000, SlowConsumerPolicy::Drop);
+    let s = connect(&hub);
+    let (count, waker) = counting_waker();
+    s.register_waker(&waker);
+    // `count` here, `waker`, and the one in the outbox.
+    assert_eq!(Arc::strong_count(&count), 3);
+    for turn in 0..3 {
+        s.unregister_waker();
+        assert_eq!(Arc::strong_count(&count), 3, "turn {turn}: kept");
+        assert_eq!(s.send(msg(5)), SendOutcome::Queued);
+        s.wake_writer();
+        assert_eq!(wakes(&count), 0, "turn {turn}: unregistered");
+        s.register_waker(&waker);
+        assert_eq!(Arc::strong_count(&count), 3, "turn {turn}: not cloned");
+        let _ = s.drain_into(&mut Vec::new(), usize::MAX);
+    }
+    assert_eq!(s.send(msg(5)), SendOutcome::Queued);
+    assert_eq!(wakes(&count), 1);
+    assert_eq!(Arc::strong_count(&count), 2, "taken to wake");
+    // Unregistered, a close wakes no one; registered again, the writer
+    // finds it when it looks (and a later wake-up reaches it).
+    s.register_waker(&waker);
+    s.unregister_waker();
+    s.request_close(CloseKind::Graceful);
+    assert_eq!(wakes(&count), 1);
+    s.register_waker(&waker);
+    assert_eq!(s.close_request(), Some(CloseKind::Graceful));
+    s.wake_writer();
+    assert_eq!(wakes(&count), 2);
+}
+
 #[test]
 fn wait_policy_hands_back_and_wakes_when_writable() {
     let hub = hub_with(100, SlowConsumerPolicy::Wait);

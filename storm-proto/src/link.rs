@@ -285,6 +285,22 @@ fn first_frame_header(message: &Message) -> ws::frame::FrameHeader {
     ws::frame::FrameHeader::new(opcode, 0)
 }
 
+/// [`Encoder::encode`] of a WebSocket server's message, fragmented at
+/// `fragment` bytes (0: never).
+#[inline(never)]
+fn encode_websocket(fragment: usize, message: &Message, dst: &mut BytesMut) {
+    let first = first_frame_header(message);
+    let payload = message.as_bytes();
+    // The usual message, one short frame, is framed here in line;
+    // `encode_message` frames it the same way.
+    if (fragment == 0 || payload.len() <= fragment)
+        && ws::frame::encode_short_unmasked(first.first_byte(), payload, dst)
+    {
+        return;
+    }
+    ws::frame::encode_message(first, payload, fragment, || None, dst);
+}
+
 impl Encoder {
     /// Appends `message`, framed, to `dst`.
     ///
@@ -293,20 +309,17 @@ impl Encoder {
     /// The framer's refusal (a message too large for its limit, a line
     /// that holds the delimiter); `dst` is left untouched. [`Link::send`]
     /// drops such a message.
+    //
+    // Inlined into the caller: a framed link's message then costs one call
+    // (the framer's) instead of two. A WebSocket message is framed out of
+    // line: inlined, its framing made the caller's `BytesMut` writes calls
+    // (BENCHMARKS.md, session 15).
+    #[inline(always)]
     pub fn encode(&mut self, message: &Message, dst: &mut BytesMut) -> Result<(), FramingError> {
         match &mut self.0 {
             EncoderKind::Framed(framer) => framer.encode(message.as_bytes(), dst),
             EncoderKind::WebSocket(fragment) => {
-                let first = first_frame_header(message);
-                let payload = message.as_bytes();
-                // The usual message, one short frame, is framed here in
-                // line; `encode_message` frames it the same way.
-                if (*fragment == 0 || payload.len() <= *fragment)
-                    && ws::frame::encode_short_unmasked(first.first_byte(), payload, dst)
-                {
-                    return Ok(());
-                }
-                ws::frame::encode_message(first, payload, *fragment, || None, dst);
+                encode_websocket(*fragment, message, dst);
                 Ok(())
             }
         }

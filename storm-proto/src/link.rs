@@ -285,6 +285,22 @@ fn first_frame_header(message: &Message) -> ws::frame::FrameHeader {
     ws::frame::FrameHeader::new(opcode, 0)
 }
 
+/// [`Encoder::encode`] of a WebSocket server's message, fragmented at
+/// `fragment` bytes (0: never).
+#[inline(never)]
+fn encode_websocket(fragment: usize, message: &Message, dst: &mut BytesMut) {
+    let first = first_frame_header(message);
+    let payload = message.as_bytes();
+    // The usual message, one short frame, is framed here in line;
+    // `encode_message` frames it the same way.
+    if (fragment == 0 || payload.len() <= fragment)
+        && ws::frame::encode_short_unmasked(first.first_byte(), payload, dst)
+    {
+        return;
+    }
+    ws::frame::encode_message(first, payload, fragment, || None, dst);
+}
+
 impl Encoder {
     /// Appends `message`, framed, to `dst`.
     ///
@@ -293,20 +309,17 @@ impl Encoder {
     /// The framer's refusal (a message too large for its limit, a line
     /// that holds the delimiter); `dst` is left untouched. [`Link::send`]
     /// drops such a message.
+    //
+    // Inlined into the caller: a framed link's message then costs one call
+    // (the framer's) instead of two. A WebSocket message is framed out of
+    // line: inlined, its framing made the caller's `BytesMut` writes calls
+    // (BENCHMARKS.md, session 15).
+    #[inline(always)]
     pub fn encode(&mut self, message: &Message, dst: &mut BytesMut) -> Result<(), FramingError> {
         match &mut self.0 {
             EncoderKind::Framed(framer) => framer.encode(message.as_bytes(), dst),
             EncoderKind::WebSocket(fragment) => {
-                let first = first_frame_header(message);
-                let payload = message.as_bytes();
-                // The usual message, one short frame, is framed here in
-                // line; `encode_message` frames it the same way.
-                if (*fragment == 0 || payload.len() <= *fragment)
-                    && ws::frame::encode_short_unmasked(first.first_byte(), payload, dst)
-                {
-                    return Ok(());
-                }
-                ws::frame::encode_message(first, payload, *fragment, || None, dst);
+                encode_websocket(*fragment, message, dst);
                 Ok(())
             }
         }
@@ -1200,38 +1213,48 @@ impl Link {
                     }
                 }
             }
-            Wire::WebSocket(conn) => match conn.poll_event() {
-                Ok(Some(ws::Event::Text(text))) => Some(LinkEvent::Message(Message::Text(text))),
-                Ok(Some(ws::Event::Binary(bytes))) => {
-                    Some(LinkEvent::Message(Message::Binary(bytes)))
+            // `Connection::poll_event` in its two steps: a whole message
+            // comes out of the fast path as the `Message` it is handed on
+            // as, written in place (see `ws::Connection::whole_message`).
+            Wire::WebSocket(conn) => {
+                if let Some(message) = conn.whole_message() {
+                    return Some(LinkEvent::Message(message));
                 }
-                Ok(Some(ws::Event::Ping(payload))) => Some(LinkEvent::Ping(payload)),
-                Ok(Some(ws::Event::Pong(payload))) => {
-                    self.heartbeat.handle_pong(now, &payload);
-                    while let Some(event) = self.heartbeat.poll_event() {
-                        if let HeartbeatEvent::Rtt(rtt) = event {
-                            self.events.push_back(LinkEvent::Rtt(rtt));
+                match conn.poll_frames() {
+                    Ok(Some(ws::Event::Text(text))) => {
+                        Some(LinkEvent::Message(Message::Text(text)))
+                    }
+                    Ok(Some(ws::Event::Binary(bytes))) => {
+                        Some(LinkEvent::Message(Message::Binary(bytes)))
+                    }
+                    Ok(Some(ws::Event::Ping(payload))) => Some(LinkEvent::Ping(payload)),
+                    Ok(Some(ws::Event::Pong(payload))) => {
+                        self.heartbeat.handle_pong(now, &payload);
+                        while let Some(event) = self.heartbeat.poll_event() {
+                            if let HeartbeatEvent::Rtt(rtt) = event {
+                                self.events.push_back(LinkEvent::Rtt(rtt));
+                            }
                         }
+                        Some(LinkEvent::Pong(payload))
                     }
-                    Some(LinkEvent::Pong(payload))
-                }
-                Ok(Some(ws::Event::Close(frame))) => {
-                    self.closed = true;
-                    if self.eof {
-                        self.finish = true;
+                    Ok(Some(ws::Event::Close(frame))) => {
+                        self.closed = true;
+                        if self.eof {
+                            self.finish = true;
+                        }
+                        Some(LinkEvent::Closed(if frame.code == CloseCode::ABNORMAL {
+                            CloseReason::Eof
+                        } else {
+                            CloseReason::Remote(frame)
+                        }))
                     }
-                    Some(LinkEvent::Closed(if frame.code == CloseCode::ABNORMAL {
-                        CloseReason::Eof
-                    } else {
-                        CloseReason::Remote(frame)
-                    }))
+                    Ok(None) => None,
+                    Err(e) => {
+                        self.closed = true;
+                        Some(LinkEvent::Closed(CloseReason::Protocol(e)))
+                    }
                 }
-                Ok(None) => None,
-                Err(e) => {
-                    self.closed = true;
-                    Some(LinkEvent::Closed(CloseReason::Protocol(e)))
-                }
-            },
+            }
         }
     }
 }
@@ -1903,6 +1926,76 @@ mod tests {
         link.send_encoded(more.freeze());
         link.abort();
         assert!(transmitted(&mut link, now).is_empty());
+    }
+
+    /// What `Link::poll_event` is to hand out for what a lone
+    /// `ws::Connection` made of the same input: its events, in order, as
+    /// link events; its error or its close as the link's `Closed`, the
+    /// last event.
+    fn link_events_of(conn: &mut ws::Connection) -> Vec<LinkEvent> {
+        let mut events = Vec::new();
+        loop {
+            let event = match conn.poll_event() {
+                Ok(None) => return events,
+                Ok(Some(ws::Event::Text(text))) => LinkEvent::Message(Message::Text(text)),
+                Ok(Some(ws::Event::Binary(bytes))) => LinkEvent::Message(Message::Binary(bytes)),
+                Ok(Some(ws::Event::Ping(payload))) => LinkEvent::Ping(payload),
+                Ok(Some(ws::Event::Pong(payload))) => LinkEvent::Pong(payload),
+                Ok(Some(ws::Event::Close(frame))) if frame.code == CloseCode::ABNORMAL => {
+                    LinkEvent::Closed(CloseReason::Eof)
+                }
+                Ok(Some(ws::Event::Close(frame))) => LinkEvent::Closed(CloseReason::Remote(frame)),
+                Err(e) => LinkEvent::Closed(CloseReason::Protocol(e)),
+            };
+            let last = matches!(event, LinkEvent::Closed(_));
+            events.push(event);
+            if last {
+                return events;
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// A WebSocket link parses as its connection does: on any input
+        /// (whole messages, fragments, control frames, invalid frames and
+        /// text), in any pieces, with or without the end of input, a
+        /// server link hands out the events, in order, that
+        /// `ws::Connection::poll_event` gives for the whole input, though
+        /// the link takes a whole message from the connection's fast path
+        /// as a `Message` and everything else frame by frame.
+        #[test]
+        fn a_websocket_link_hands_out_what_its_connection_parses(
+            frames in proptest::collection::vec(crate::test_util::any_frame(), 0..8),
+            pieces in proptest::collection::vec(1usize..200, 1..6),
+            eof in proptest::bool::ANY,
+            max_message_size in proptest::prop_oneof![proptest::strategy::Just(16usize << 20), 0usize..150],
+        ) {
+            let now = Instant::now();
+            let config = ws::Config::default().with_max_message_size(max_message_size);
+            let input = frames.concat();
+            let mut link = ws(ws::Side::Server, config.clone(), now);
+            let mut events = Vec::new();
+            let mut rest = &input[..];
+            for &size in pieces.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (piece, later) = rest.split_at(size.min(rest.len()));
+                link.handle_input(now, piece);
+                events.extend(std::iter::from_fn(|| link.poll_event(now)));
+                rest = later;
+            }
+            let mut conn = ws::Connection::new(ws::Side::Server, config);
+            conn.handle_input(&input);
+            if eof {
+                link.handle_eof();
+                events.extend(std::iter::from_fn(|| link.poll_event(now)));
+                conn.handle_eof();
+            }
+            proptest::prop_assert_eq!(events, link_events_of(&mut conn));
+        }
     }
 
     proptest::proptest! {

@@ -15,7 +15,7 @@ use super::deflate::{
 };
 use super::frame::{self, FrameError, FrameHeader, MAX_CONTROL_PAYLOAD, OpCode};
 use super::utf8::Utf8Validator;
-use crate::message::Utf8Bytes;
+use crate::message::{Message, Utf8Bytes};
 use crate::read_ahead::ReadAhead;
 
 /// Limits and behaviour of a [`Connection`].
@@ -787,8 +787,11 @@ impl Connection {
     // out of line: see `Link::poll_event`.
     #[inline(always)]
     pub fn poll_event(&mut self) -> Result<Option<Event>, ProtocolError> {
-        if let Some(event) = self.whole_message() {
-            return Ok(Some(event));
+        if let Some(message) = self.whole_message() {
+            return Ok(Some(match message {
+                Message::Text(text) => Event::Text(text),
+                Message::Binary(bytes) => Event::Binary(bytes),
+            }));
         }
         self.poll_frames()
     }
@@ -809,8 +812,16 @@ impl Connection {
     /// it), and `poll_frames` reports the error. Whatever this path takes,
     /// the general one turns into the same event or error (the tests check
     /// the two agree on any input in any pieces).
+    ///
+    /// The message comes out as the [`Message`] the application gets, not
+    /// as an [`Event`]: `Link` hands it on as `LinkEvent::Message`, which
+    /// lays a `Message` out as it is, so the payload's `Bytes` is written
+    /// once, where it stays, instead of being reshaped from `Event`'s
+    /// layout (a copy that stalled on the stores that had just written it:
+    /// BENCHMARKS.md, session 15). `whole_message`, then `poll_frames`, is
+    /// `poll_event`.
     #[inline(always)]
-    fn whole_message(&mut self) -> Option<Event> {
+    pub(crate) fn whole_message(&mut self) -> Option<Message> {
         if self.frame.is_some()
             || self.message.is_some()
             || !matches!(self.state, State::Open | State::CloseSent)
@@ -867,16 +878,16 @@ impl Connection {
         }
         let payload = self.input.split_to(len).freeze();
         Some(if text {
-            Event::Text(Utf8Bytes::from_validated(payload))
+            Message::Text(Utf8Bytes::from_validated(payload))
         } else {
-            Event::Binary(payload)
+            Message::Binary(payload)
         })
     }
 
     /// [`poll_event`](Self::poll_event) frame by frame: every frame, whole
     /// or in pieces, control or data, fragment or message.
     #[inline(never)]
-    fn poll_frames(&mut self) -> Result<Option<Event>, ProtocolError> {
+    pub(crate) fn poll_frames(&mut self) -> Result<Option<Event>, ProtocolError> {
         // A frame makes one event at most and is parsed only when asked
         // for, so nothing (a flood of pings included) is ever queued.
         loop {

@@ -217,7 +217,14 @@ mod tests {
             (now_drives - drives, now_pumps - pumps)
         };
         assert_eq!(pumps, 0, "async-io's reactor took edges");
-        assert!(drives >= ROUNDS, "{drives} waits for {ROUNDS} round trips");
+        // Most round trips wait in the poller for the client's next
+        // frame, but not every one has to: a frame that arrives while the
+        // executor thread is still busy with the last reply is read
+        // without a wait. So: waits happened, and all of them here.
+        assert!(
+            drives > 0,
+            "no wait of the executor thread's own for {ROUNDS} round trips"
+        );
         assert!(
             threads
                 .iter()

@@ -563,8 +563,13 @@ struct IdleRelease {
     after: Duration,
     /// Traffic since the last idle moment.
     busy: bool,
-    /// When the buffers were last returned.
-    released: Option<Instant>,
+    /// The buffers were returned at least once.
+    released: bool,
+    /// `after` past the last return: until then it is recent (`None` when
+    /// that overflows the clock: recent for good, no timer). Kept as an
+    /// instant so that each idle moment compares two instants, not
+    /// subtracts them (a `Duration` made per reply).
+    recent_until: Option<Instant>,
     /// Idle since a return that was too recent: the timer returns them.
     pending: bool,
     /// A return the writer has not heard of yet.
@@ -576,7 +581,8 @@ impl IdleRelease {
         Self {
             after,
             busy: false,
-            released: None,
+            released: false,
+            recent_until: None,
             pending: false,
             unheard: false,
         }
@@ -593,9 +599,8 @@ impl IdleRelease {
         if !std::mem::take(&mut self.busy) {
             return false;
         }
-        let recent = self
-            .released
-            .is_some_and(|at| now.saturating_duration_since(at) < self.after);
+        // `now - released < after`: an `Instant` never goes back.
+        let recent = self.released && self.recent_until.is_none_or(|until| now < until);
         self.pending = recent;
         !recent
     }
@@ -605,7 +610,7 @@ impl IdleRelease {
         if !self.pending {
             return None;
         }
-        self.released?.checked_add(self.after)
+        self.recent_until
     }
 
     /// Whether the timer is due at `now`.
@@ -615,7 +620,8 @@ impl IdleRelease {
 
     /// The buffers were returned at `now`.
     fn released(&mut self, now: Instant) {
-        self.released = Some(now);
+        self.released = true;
+        self.recent_until = now.checked_add(self.after);
         self.pending = false;
         self.unheard = true;
     }
@@ -1296,6 +1302,29 @@ mod tests {
         // Traffic after the interval: at once again.
         idle.traffic();
         assert!(idle.idle(start + 3 * AFTER));
+    }
+
+    /// A return is recent for exactly `after` (half-open), and one whose
+    /// end the clock cannot hold stays recent, with no timer.
+    #[test]
+    fn idle_release_is_recent_for_exactly_its_interval() {
+        let start = Instant::now();
+        let mut idle = IdleRelease::new(AFTER);
+        idle.traffic();
+        assert!(idle.idle(start));
+        idle.released(start);
+        idle.traffic();
+        assert!(!idle.idle(start + AFTER - Duration::from_nanos(1)));
+        assert_eq!(idle.deadline(), Some(start + AFTER));
+        idle.traffic();
+        assert!(idle.idle(start + AFTER));
+        let mut forever = IdleRelease::new(Duration::MAX);
+        forever.traffic();
+        assert!(forever.idle(start));
+        forever.released(start);
+        forever.traffic();
+        assert!(!forever.idle(start + AFTER));
+        assert_eq!(forever.deadline(), None);
     }
 
     #[test]

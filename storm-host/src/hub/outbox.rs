@@ -271,6 +271,14 @@ impl Chunks {
     }
 }
 
+/// The room an encoding queue reserves at once when it has less than
+/// [`ROOM_LOW`] left: about 25 small replies (a 36-byte frame) between two
+/// reservations. An idle queue returns it ([`Outbox::release_buffers`]).
+const ROOM: usize = 1024;
+
+/// Spare room below which the next frame reserves [`ROOM`] first.
+const ROOM_LOW: usize = 128;
+
 /// A large message's payload in an encoding queue.
 #[derive(Debug)]
 struct Chunk {
@@ -291,6 +299,13 @@ impl Encoded {
 
     /// Frames `message` at the end; returns how many bytes its frames take.
     fn stage(&mut self, message: &Message) -> Result<usize, FramingError> {
+        // Room for the next few small frames in one reservation: a drain
+        // splits off everything framed, which leaves the buffer no room,
+        // and each frame's own reservation would otherwise reclaim (or
+        // allocate) the buffer again, once per reply of a ping-pong.
+        if self.buf.capacity() - self.buf.len() < ROOM_LOW {
+            self.buf.reserve(ROOM);
+        }
         let from = self.buf.len();
         let mut chunked = 0;
         let chunks = &mut self.chunks;
@@ -582,7 +597,16 @@ impl MessageIn<'_> {
     }
 }
 
-fn wake_all(wakers: impl IntoIterator<Item = Waker>) {
+/// Wakes the wakers taken under the outbox's lock, once it is released.
+/// Inline for the usual case, nothing to wake (no allocation to free).
+#[inline]
+fn wake_all(wakers: Vec<Waker>) {
+    if !wakers.is_empty() {
+        wake_each(wakers);
+    }
+}
+
+fn wake_each(wakers: Vec<Waker>) {
     for waker in wakers {
         waker.wake();
     }
@@ -1106,7 +1130,10 @@ impl Outbox {
             let mut outbox = lock(&self.outbox);
             let drained = self.drain_locked(&mut outbox, each, max_bytes, &mut wake);
             if drained.bytes > 0 {
-                wake.append(&mut self.written_locked(&mut outbox, drained.bytes));
+                let resumed = self.written_locked(&mut outbox, drained.bytes);
+                if !resumed.is_empty() {
+                    wake.extend(resumed);
+                }
             }
             drained
         };

@@ -47,10 +47,14 @@ fn run() {
     let tally = Arc::new(Tally::default());
     let done = Arc::new(AtomicBool::new(false));
 
-    // The writer: drains every outbox and reports the bytes written.
+    // The writer: drains every outbox and reports the bytes written. It
+    // starts once a sender has waited (or all are done), so a waiting
+    // sender is certain whatever the scheduling: with nothing drained, a
+    // `Wait` session fills after ten sends.
     let writer = {
         let sessions = sessions.clone();
         let done = Arc::clone(&done);
+        let tally = Arc::clone(&tally);
         thread::Builder::new()
             .name("writer".into())
             .spawn(move || {
@@ -58,6 +62,10 @@ fn run() {
                 let mut written = 0u64;
                 loop {
                     let finished = done.load(Ordering::Acquire);
+                    if !finished && tally.waits.load(Ordering::Relaxed) == 0 {
+                        thread::yield_now();
+                        continue;
+                    }
                     let mut idle = true;
                     for s in &sessions {
                         batch.clear();

@@ -81,6 +81,7 @@ impl Default for RawFramer {
 }
 
 impl Framer for RawFramer {
+    #[inline]
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FramingError> {
         if src.is_empty() {
             return Ok(None);
@@ -89,6 +90,7 @@ impl Framer for RawFramer {
         Ok(Some(src.split_to(len).freeze()))
     }
 
+    #[inline]
     fn encode(&mut self, msg: &[u8], dst: &mut BytesMut) -> Result<(), FramingError> {
         dst.extend_from_slice(msg);
         Ok(())

@@ -124,7 +124,7 @@ impl PlainFramer {
     }
 
     /// The check and the framer, as a link holds them.
-    pub(crate) fn into_link_framer(self: Box<Self>) -> LinkFramer {
+    pub(crate) fn into_link_framer(self) -> LinkFramer {
         self.0
     }
 }

@@ -49,7 +49,7 @@ impl LinkFramer {
     /// check and framer), or `framer` itself.
     pub(crate) fn new(framer: Box<dyn Framer + Send>) -> Self {
         match downcast::<PlainFramer>(framer) {
-            Ok(plain) => plain.into_link_framer(),
+            Ok(plain) => (*plain).into_link_framer(),
             Err(framer) => Self::checked(framer, None),
         }
     }

@@ -484,8 +484,8 @@ mod tests {
     #[test]
     fn a_link_framer_holds_the_builtin_framers_by_value() {
         let builtin = |framer: Box<dyn Framer + Send>| LinkFramer::new(framer).is_builtin();
-        assert!(builtin(Box::new(LengthPrefixFramer::default())));
-        assert!(builtin(Box::new(RawFramer::default())));
+        assert!(builtin(Box::<LengthPrefixFramer>::default()));
+        assert!(builtin(Box::<RawFramer>::default()));
         assert!(builtin(Box::new(DelimiterFramer::lines())));
         assert!(builtin(plain(Box::new(LengthPrefixFramer::default()))));
         assert!(!builtin(as_custom(Box::new(RawFramer::default()))));

@@ -157,6 +157,9 @@ pub(crate) fn any_wire() -> impl Strategy<Value = Vec<u8>> {
     )
 }
 
+/// One decode call's result, and the bytes left buffered after it.
+pub(crate) type Decoded = (Result<Option<Bytes>, FramingError>, usize);
+
 /// What a reader sees of `framer`, call by call, when it feeds `chunks`
 /// one after another and decodes after each until `Ok(None)` or an error,
 /// then (with `eof`) decodes at EOF the same way: for each chunk what
@@ -166,10 +169,7 @@ pub(crate) fn every_call<F: Framer + ?Sized>(
     framer: &mut F,
     chunks: &[Vec<u8>],
     eof: bool,
-) -> Vec<(
-    Option<usize>,
-    Vec<(Result<Option<Bytes>, FramingError>, usize)>,
-)> {
+) -> Vec<(Option<usize>, Vec<Decoded>)> {
     let mut src = BytesMut::new();
     let mut calls = Vec::new();
     let decode = |framer: &mut F, src: &mut BytesMut, eof: bool| {

@@ -124,7 +124,10 @@ impl Default for LengthPrefixFramer {
 }
 
 impl Framer for LengthPrefixFramer {
-    #[inline]
+    // Taken in line by a link's `LinkFramer`: the message is then written
+    // where the link hands it on, not into a return slot it copies
+    // (`#[inline]` alone left it a call under fat LTO).
+    #[inline(always)]
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FramingError> {
         let Some(header) = src.first_chunk::<HEADER_LEN>() else {
             return Ok(None);

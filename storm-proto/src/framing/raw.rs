@@ -81,7 +81,10 @@ impl Default for RawFramer {
 }
 
 impl Framer for RawFramer {
-    #[inline]
+    // Taken in line by a link's `LinkFramer`: the message is then written
+    // where the link hands it on, not into a return slot it copies
+    // (`#[inline]` alone left it a call under fat LTO).
+    #[inline(always)]
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FramingError> {
         if src.is_empty() {
             return Ok(None);

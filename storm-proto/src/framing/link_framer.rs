@@ -11,8 +11,8 @@ use crate::tls_sniff::{self, PlainFramer, Sniff};
 /// [`Protocol::Framed`](crate::link::Protocol::Framed) carries
 /// ([`LinkFramer::new`]): a built-in framer by value, so that its `decode`
 /// (and an [`Encoder`](crate::link::Encoder)'s `encode`) is a direct call
-/// its caller takes in line, and the message it cuts is written where the
-/// link hands it on; any other framer behind its box. A [`PlainFramer`]'s
+/// its caller can take in line (the length-prefix and raw framers'
+/// `decode` always is); any other framer behind its box. A [`PlainFramer`]'s
 /// check of the peer's opening bytes is held here too, in front of the
 /// framer it checks for (a `PlainFramer` is a `LinkFramer` with the
 /// check). It decodes, encodes and answers exactly as the framer in the

@@ -66,7 +66,7 @@ use bytes::buf::Limit;
 use bytes::{Bytes, BytesMut};
 
 use crate::Message;
-use crate::framing::{Framer, FramingError};
+use crate::framing::{Framer, FramingError, LinkFramer};
 use crate::heartbeat::{Heartbeat, HeartbeatConfig, HeartbeatConfigError, HeartbeatEvent};
 use crate::read_ahead::ReadAhead;
 use crate::ws::{
@@ -101,7 +101,8 @@ enum Wire {
 
 /// A framed link's framer and its buffers.
 struct Framed {
-    framer: Box<dyn Framer + Send>,
+    /// The built-in framers held by value: their decode is taken in line.
+    framer: LinkFramer,
     /// Bytes not yet cut into messages.
     input: BytesMut,
     input_growth: InputGrowth,
@@ -236,7 +237,7 @@ impl From<Protocol> for Wire {
     fn from(protocol: Protocol) -> Self {
         match protocol {
             Protocol::Framed(framer) => Self::Framed(Box::new(Framed {
-                framer,
+                framer: LinkFramer::new(framer),
                 input: BytesMut::new(),
                 input_growth: InputGrowth::default(),
                 read_room: 0,
@@ -259,7 +260,7 @@ impl From<Protocol> for Wire {
 pub struct Encoder(EncoderKind);
 
 enum EncoderKind {
-    Framed(Box<dyn Framer + Send>),
+    Framed(LinkFramer),
     /// The connection's fragment size.
     WebSocket(usize),
 }
@@ -893,7 +894,7 @@ impl Link {
     #[must_use]
     pub fn encoder(&self) -> Option<Encoder> {
         let kind = match &self.wire {
-            Wire::Framed(framed) => EncoderKind::Framed(framed.framer.encoder()?),
+            Wire::Framed(framed) => EncoderKind::Framed(LinkFramer::new(framed.framer.encoder()?)),
             Wire::WebSocket(conn) => EncoderKind::WebSocket(conn.stateless_fragment_size()?),
         };
         Some(Encoder(kind))
@@ -2024,6 +2025,117 @@ mod tests {
                 conn.handle_eof();
             }
             proptest::prop_assert_eq!(events, link_events_of(&mut conn));
+        }
+    }
+
+    /// A framer of the user's own (fixed two-byte messages) works through
+    /// a link as the built-in ones do: its messages, its frames, its
+    /// error at the end of the stream.
+    #[test]
+    fn a_users_framer_cuts_and_frames_a_links_messages() {
+        struct Pairs;
+        impl Framer for Pairs {
+            fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FramingError> {
+                Ok((src.len() >= 2).then(|| src.split_to(2).freeze()))
+            }
+            fn encode(&mut self, msg: &[u8], dst: &mut BytesMut) -> Result<(), FramingError> {
+                if msg.len() != 2 {
+                    return Err(FramingError::MessageTooLarge {
+                        len: msg.len(),
+                        max: 2,
+                    });
+                }
+                dst.extend_from_slice(msg);
+                Ok(())
+            }
+            fn encoded_len(&self, msg_len: usize) -> usize {
+                msg_len
+            }
+            fn max_message_len(&self) -> usize {
+                2
+            }
+        }
+        let now = Instant::now();
+        let mut link = Link::new(
+            Protocol::Framed(Box::new(Pairs)),
+            &LinkConfig::default(),
+            now,
+        )
+        .unwrap();
+        link.handle_input(now, b"abc");
+        assert_eq!(
+            link.poll_event(now),
+            Some(LinkEvent::Message(Message::Binary(Bytes::from_static(
+                b"ab"
+            ))))
+        );
+        assert_eq!(link.poll_event(now), None);
+        link.send(&Message::Binary(Bytes::from_static(b"xy")));
+        link.send(&Message::Binary(Bytes::from_static(b"too long")));
+        let mut out = Vec::new();
+        let _ = link.poll_transmit(now, &mut out);
+        assert_eq!(out.concat(), b"xy");
+        assert!(link.encoder().is_none());
+        link.handle_eof();
+        assert_eq!(
+            link.poll_event(now),
+            Some(LinkEvent::Closed(CloseReason::Framing(
+                FramingError::Truncated { buffered: 1 }
+            )))
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// A link holding a built-in framer by value (behind a plain
+        /// server's check or not) hands out, for any bytes in any pieces,
+        /// with or without EOF, the events a link gives that calls the
+        /// same framer through its vtable (a user's framer), and frames
+        /// what it sends the same.
+        #[test]
+        fn a_link_decodes_with_a_builtin_framer_as_through_its_vtable(
+            builtin in crate::framing::test_util::any_builtin(),
+            checked in proptest::bool::ANY,
+            wire in crate::framing::test_util::any_wire(),
+            pieces in proptest::collection::vec(1usize..60, 1..6),
+            eof in proptest::bool::ANY,
+            replies in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..8), 0..4),
+        ) {
+            use crate::framing::test_util::{as_custom, plain};
+            let now = Instant::now();
+            let (held, own) = (builtin.framer(), as_custom(builtin.framer()));
+            let (held, own) = if checked { (plain(held), plain(own)) } else { (held, own) };
+            let mut links = [held, own].map(|framer| {
+                Link::new(Protocol::Framed(framer), &LinkConfig::default(), now).unwrap()
+            });
+            let outcome = links.each_mut().map(|link| {
+                let mut events = Vec::new();
+                let mut rest = &wire[..];
+                for &size in pieces.iter().cycle() {
+                    if rest.is_empty() {
+                        break;
+                    }
+                    let (piece, later) = rest.split_at(size.min(rest.len()));
+                    link.handle_input(now, piece);
+                    events.extend(std::iter::from_fn(|| link.poll_event(now)));
+                    rest = later;
+                }
+                for reply in &replies {
+                    link.send(&Message::Binary(Bytes::copy_from_slice(reply)));
+                }
+                let mut out = Vec::new();
+                let _ = link.poll_transmit(now, &mut out);
+                if eof {
+                    link.handle_eof();
+                    events.extend(std::iter::from_fn(|| link.poll_event(now)));
+                }
+                (events, out.concat())
+            });
+            let builtin = matches!(&links[0].wire, Wire::Framed(framed) if framed.framer.is_builtin());
+            proptest::prop_assert!(builtin);
+            let [held, own] = outcome;
+            proptest::prop_assert_eq!(held, own);
         }
     }
 

@@ -39,7 +39,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::framing::{Framer, FramingError};
+use crate::framing::{Framer, FramingError, LinkFramer};
 
 /// Length of a TLS record header: content type, version, length.
 pub const RECORD_HEADER_LEN: usize = 5;
@@ -110,13 +110,9 @@ pub(crate) const CLIENT_SPEAKS_TLS: &str = "TLS ClientHello on a plain port: the
 /// not a TLS record before `inner` cuts any frame out of them, and returns
 /// `tls` (the error for this end) when they are. After the first
 /// [`RECORD_HEADER_LEN`] bytes it is `inner` exactly; before, it holds at
-/// most four bytes that fit a record header back.
-pub struct PlainFramer {
-    inner: Box<dyn Framer + Send>,
-    /// The error a TLS record is; `None` once the opening bytes were not
-    /// one.
-    tls: Option<FramingError>,
-}
+/// most four bytes that fit a record header back. A link given one holds
+/// its check and, by value, a built-in `inner`.
+pub struct PlainFramer(LinkFramer);
 
 impl PlainFramer {
     /// `inner` behind the check; `tls` is what a TLS record from the peer
@@ -124,66 +120,52 @@ impl PlainFramer {
     /// [`FramingError::ClientSpeaksTls`] on a server).
     #[must_use]
     pub fn new(inner: Box<dyn Framer + Send>, tls: FramingError) -> Self {
-        Self {
-            inner,
-            tls: Some(tls),
-        }
+        Self(LinkFramer::checked(inner, Some(tls)))
     }
 
-    /// `Err` for a TLS record, `Ok(true)` while undecided, `Ok(false)` for
-    /// plain bytes (and from then on).
-    fn check(&mut self, src: &[u8]) -> Result<bool, FramingError> {
-        let Some(tls) = &self.tls else {
-            return Ok(false);
-        };
-        match sniff(src) {
-            Sniff::Tls => Err(tls.clone()),
-            Sniff::NeedMore => Ok(true),
-            Sniff::Plain => {
-                self.tls = None;
-                Ok(false)
-            }
-        }
+    /// The check and the framer, as a link holds them.
+    pub(crate) fn into_link_framer(self) -> LinkFramer {
+        self.0
     }
 }
 
+/// The check is the [`LinkFramer`]'s: it comes first in `decode`,
+/// `decode_eof` and `remaining`.
 impl Framer for PlainFramer {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FramingError> {
-        if self.check(src)? {
-            return Ok(None);
-        }
-        self.inner.decode(src)
+        self.0.decode(src)
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FramingError> {
-        // Undecided at the end: too short for a record header, so whatever
-        // `inner` makes of it.
-        self.check(src)?;
-        self.inner.decode_eof(src)
+        self.0.decode_eof(src)
     }
 
     fn encode(&mut self, msg: &[u8], dst: &mut BytesMut) -> Result<(), FramingError> {
-        self.inner.encode(msg, dst)
+        self.0.encode(msg, dst)
+    }
+
+    fn encode_header(&mut self, msg: &[u8], dst: &mut BytesMut) -> Result<bool, FramingError> {
+        self.0.encode_header(msg, dst)
+    }
+
+    fn is_stream(&self) -> bool {
+        self.0.is_stream()
     }
 
     fn encoded_len(&self, msg_len: usize) -> usize {
-        self.inner.encoded_len(msg_len)
+        self.0.encoded_len(msg_len)
     }
 
     fn max_message_len(&self) -> usize {
-        self.inner.max_message_len()
+        self.0.max_message_len()
     }
 
     fn encoder(&self) -> Option<Box<dyn Framer + Send>> {
-        self.inner.encoder()
+        self.0.encoder()
     }
 
     fn remaining(&self, src: &BytesMut) -> Option<usize> {
-        // Only once the bytes are known to be plain.
-        self.tls
-            .is_none()
-            .then(|| self.inner.remaining(src))
-            .flatten()
+        self.0.remaining(src)
     }
 }
 

@@ -124,6 +124,10 @@ impl Default for LengthPrefixFramer {
 }
 
 impl Framer for LengthPrefixFramer {
+    // Taken in line by a link's `LinkFramer`: the message is then written
+    // where the link hands it on, not into a return slot it copies
+    // (`#[inline]` alone left it a call under fat LTO).
+    #[inline(always)]
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FramingError> {
         let Some(header) = src.first_chunk::<HEADER_LEN>() else {
             return Ok(None);
@@ -154,6 +158,7 @@ impl Framer for LengthPrefixFramer {
         (len + HEADER_LEN).checked_sub(src.len()).filter(|&n| n > 0)
     }
 
+    #[inline]
     fn encode(&mut self, msg: &[u8], dst: &mut BytesMut) -> Result<(), FramingError> {
         let header = self.header(msg.len())?;
         // Room for the whole frame at once: a full buffer grows once per

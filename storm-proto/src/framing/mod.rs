@@ -88,6 +88,7 @@
 //! assert_eq!(framer.max_message_len(), 64 * 1024);
 //! ```
 
+use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
@@ -95,10 +96,12 @@ use bytes::{Bytes, BytesMut};
 
 mod delimiter;
 mod length_prefix;
+mod link_framer;
 mod raw;
 
 pub use delimiter::{DelimiterConfig, DelimiterFramer};
 pub use length_prefix::{LengthPrefixConfig, LengthPrefixFramer};
+pub(crate) use link_framer::LinkFramer;
 pub use raw::{RawConfig, RawFramer};
 
 /// Cuts a byte stream into messages and frames outgoing messages.
@@ -109,7 +112,10 @@ pub use raw::{RawConfig, RawFramer};
 /// appended to by the caller between calls. Use one framer per connection.
 ///
 /// The trait is object-safe: `Box<dyn Framer + Send>` is itself a `Framer`.
-pub trait Framer {
+/// A framer is `'static` (it owns its state, as a boxed framer must): a
+/// link recognises the built-in framers behind the box it is given and
+/// calls them directly, without the virtual call.
+pub trait Framer: Any {
     /// Cuts the next complete message out of the front of `src`.
     ///
     /// Returns `Ok(Some(message))` and removes the frame from `src`, or
@@ -424,10 +430,13 @@ impl fmt::Debug for Framing {
 }
 
 #[cfg(test)]
-mod test_util;
+pub(crate) mod test_util;
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
+    use super::test_util::{any_builtin, as_custom, plain};
     use super::*;
 
     #[test]
@@ -470,6 +479,62 @@ mod tests {
             assert_eq!(roundtrip(framer)?.as_deref(), Some(&b"abc"[..]));
         }
         Ok(())
+    }
+
+    #[test]
+    fn a_link_framer_holds_the_builtin_framers_by_value() {
+        let builtin = |framer: Box<dyn Framer + Send>| LinkFramer::new(framer).is_builtin();
+        assert!(builtin(Box::<LengthPrefixFramer>::default()));
+        assert!(builtin(Box::<RawFramer>::default()));
+        assert!(builtin(Box::new(DelimiterFramer::lines())));
+        assert!(builtin(plain(Box::new(LengthPrefixFramer::default()))));
+        assert!(!builtin(as_custom(Box::new(RawFramer::default()))));
+        assert!(!builtin(plain(as_custom(Box::new(RawFramer::default())))));
+        assert!(!builtin(plain(plain(Box::new(RawFramer::default())))));
+        // Its configuration comes along: a limit of 3 bytes still refuses 4.
+        let mut framer = LinkFramer::new(Box::new(
+            LengthPrefixFramer::new(LengthPrefixConfig { max_frame_len: 3 }).expect("valid"),
+        ));
+        assert_eq!(framer.max_message_len(), 3);
+        let mut src = BytesMut::from(&b"\0\0\0\x04abcd"[..]);
+        assert_eq!(
+            framer.decode(&mut src),
+            Err(FramingError::FrameTooLarge { len: 4, max: 3 })
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        /// Any built-in framer held by a `LinkFramer` (behind a plain
+        /// server's check or not) cuts any bytes, in any pieces, into the
+        /// messages and errors (at EOF too) that the same framer gives
+        /// through its vtable, call by call, and says the same
+        /// `remaining` on the way.
+        #[test]
+        fn a_link_framer_decodes_as_the_framer_it_holds(
+            builtin in any_builtin(),
+            checked in any::<bool>(),
+            wire in test_util::any_wire(),
+            cuts in proptest::collection::vec(any::<usize>(), 0..8),
+            eof in any::<bool>(),
+        ) {
+            // The same framer, called through its vtable.
+            let (framer, own) = (builtin.framer(), as_custom(builtin.framer()));
+            let (mut own, mut held) = if checked {
+                (plain(own), LinkFramer::new(plain(framer)))
+            } else {
+                (own, LinkFramer::new(framer))
+            };
+            prop_assert!(held.is_builtin());
+            prop_assert_eq!(held.is_stream(), own.is_stream());
+            prop_assert_eq!(held.max_message_len(), own.max_message_len());
+            let chunks = test_util::chunked(&wire, &cuts);
+            prop_assert_eq!(
+                test_util::every_call(&mut held, &chunks, eof),
+                test_util::every_call(&mut own, &chunks, eof)
+            );
+        }
     }
 
     #[test]

@@ -129,8 +129,9 @@ impl PlainFramer {
     }
 }
 
-/// The check is the [`LinkFramer`]'s: it comes first in `decode`,
-/// `decode_eof` and `remaining`.
+/// The check of the opening bytes comes first in `decode`, `decode_eof`
+/// and `remaining` (it is written once, in the crate's `LinkFramer`, which
+/// a link holds the built-in framers in).
 impl Framer for PlainFramer {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FramingError> {
         self.0.decode(src)

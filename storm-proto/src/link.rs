@@ -1958,6 +1958,28 @@ mod tests {
         assert!(transmitted(&mut link, now).is_empty());
     }
 
+    /// The events `link` hands out for `input` fed in pieces of the sizes
+    /// in `pieces` (cycled; each at least 1 byte), drained after each.
+    fn events_of_pieces(
+        link: &mut Link,
+        now: Instant,
+        input: &[u8],
+        pieces: &[usize],
+    ) -> Vec<LinkEvent> {
+        let mut events = Vec::new();
+        let mut rest = input;
+        for &size in pieces.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (piece, later) = rest.split_at(size.min(rest.len()));
+            link.handle_input(now, piece);
+            events.extend(std::iter::from_fn(|| link.poll_event(now)));
+            rest = later;
+        }
+        events
+    }
+
     /// What `Link::poll_event` is to hand out for what a lone
     /// `ws::Connection` made of the same input: its events, in order, as
     /// link events; its error or its close as the link's `Closed`, the
@@ -2006,17 +2028,7 @@ mod tests {
             let config = ws::Config::default().with_max_message_size(max_message_size);
             let input = frames.concat();
             let mut link = ws(ws::Side::Server, config.clone(), now);
-            let mut events = Vec::new();
-            let mut rest = &input[..];
-            for &size in pieces.iter().cycle() {
-                if rest.is_empty() {
-                    break;
-                }
-                let (piece, later) = rest.split_at(size.min(rest.len()));
-                link.handle_input(now, piece);
-                events.extend(std::iter::from_fn(|| link.poll_event(now)));
-                rest = later;
-            }
+            let mut events = events_of_pieces(&mut link, now, &input, &pieces);
             let mut conn = ws::Connection::new(ws::Side::Server, config);
             conn.handle_input(&input);
             if eof {
@@ -2110,17 +2122,7 @@ mod tests {
                 Link::new(Protocol::Framed(framer), &LinkConfig::default(), now).unwrap()
             });
             let outcome = links.each_mut().map(|link| {
-                let mut events = Vec::new();
-                let mut rest = &wire[..];
-                for &size in pieces.iter().cycle() {
-                    if rest.is_empty() {
-                        break;
-                    }
-                    let (piece, later) = rest.split_at(size.min(rest.len()));
-                    link.handle_input(now, piece);
-                    events.extend(std::iter::from_fn(|| link.poll_event(now)));
-                    rest = later;
-                }
+                let mut events = events_of_pieces(link, now, &wire, &pieces);
                 for reply in &replies {
                     link.send(&Message::Binary(Bytes::copy_from_slice(reply)));
                 }

@@ -4,6 +4,7 @@
 #
 # Usage: benches/e2e/run.sh [--quick] [--duration SECS] [--only REGEX]
 #                           [--scenario REGEX] [--rounds N] [--no-build]
+#                           [--server-cpu N]
 #
 #   --quick           2 s per load run instead of 5
 #   --duration S      seconds per load run
@@ -16,12 +17,17 @@
 #                     medians (default 1); single runs on a shared VM vary
 #                     by ±15 % per cell
 #   --no-build        use the release binaries already built
+#   --server-cpu N    the CPU the servers run on (default 0); the load
+#                     generator runs on another one. A VM's vCPUs can differ
+#                     in steadiness: benches/e2e/vcpu.sh says which is
+#                     steadier, and the server belongs there
 #
 # STORM_BIN=PATH runs that `storm` binary instead of this checkout's (to
 # compare a change with the commit before it in one sitting).
 #
-# Each server runs pinned to CPU 0 and the load generator to CPU 1. Every
-# server is started once per protocol and all the scenarios run against it.
+# Each server runs pinned to CPU 0 (--server-cpu) and the load generator to
+# another CPU. Every server is started once per protocol and all the
+# scenarios run against it.
 # Per scenario, one table: storm's rows, the peers' rows, and each row's
 # figure divided by the best peer's of the same protocol. Raw results go to
 # target/e2e/ (results.jsonl, rows-roundN.tsv, report-roundN.md, report.md).
@@ -32,6 +38,7 @@ only=.
 scenario_re=.
 build=1
 rounds=1
+server_cpu=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) duration=2 ;;
@@ -40,13 +47,17 @@ while [ $# -gt 0 ]; do
         --scenario) scenario_re=${2:?}; shift ;;
         --rounds) rounds=${2:?}; shift ;;
         --no-build) build=0 ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        --server-cpu) server_cpu=${2:?}; shift ;;
+        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
 done
 case "$duration" in
     ''|*[!0-9.]*) echo "run.sh: --duration takes seconds" >&2; exit 2 ;;
+esac
+case "$server_cpu" in
+    ''|*[!0-9]*) echo "run.sh: --server-cpu takes a CPU number" >&2; exit 2 ;;
 esac
 case "$rounds" in
     ''|0|*[!0-9]*) echo "run.sh: --rounds takes a positive whole number" >&2; exit 2 ;;
@@ -93,10 +104,16 @@ idle_conns=1000
 hz=$(getconf CLK_TCK)
 ulimit -n 4096 2>/dev/null || true
 
-# Pinning: server on CPU 0, load generator on CPU 1, when there are two.
-if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
-    pin_server=(taskset -c 0)
-    pin_load=(taskset -c 1)
+# Pinning: the server on --server-cpu, the load generator on the first
+# other CPU this process may run on, when there are two.
+load_cpu=
+if command -v taskset >/dev/null; then
+    load_cpu=$(python3 -c 'import os,sys; print(next((c for c in sorted(os.sched_getaffinity(0)) if c != int(sys.argv[1])), ""))' "$server_cpu")
+fi
+if [ -n "$load_cpu" ]; then
+    pin_server=(taskset -c "$server_cpu")
+    pin_load=(taskset -c "$load_cpu")
+    echo "run.sh: servers on CPU $server_cpu, the load generator on CPU $load_cpu" >&2
 else
     echo "run.sh: no taskset or fewer than 2 CPUs; running unpinned" >&2
     pin_server=()
@@ -432,7 +449,11 @@ echo "Load average (1, 5, 15 min) before: $load_before; after: $(cut -d ' ' -f 1
     "on $(nproc) CPUs (anything above ~2 means other processes shared the CPUs)."
 default_banner=$(head -n 1 "$out/storm_echo_default_.out" 2>/dev/null || true)
 if [ -n "$default_banner" ]; then echo "storm echo (default) ran as: $default_banner"; fi
-echo "Every load run: ${duration} s. Server pinned to CPU 0, loadgen to CPU 1 (one tokio worker)."
+if [ -n "$load_cpu" ]; then
+    echo "Every load run: ${duration} s. Server pinned to CPU $server_cpu, loadgen to CPU $load_cpu (one tokio worker)."
+else
+    echo "Every load run: ${duration} s. Server and loadgen unpinned (one tokio worker)."
+fi
 if [ "$rounds" != 1 ]; then
     echo "Every cell is the median of $rounds rounds and every ratio a ratio of medians" \
         "(each round's tables: $out/report-roundN.md)."

@@ -1196,7 +1196,14 @@ impl Link {
     #[inline(always)]
     fn next_event(&mut self, now: Instant) -> Option<LinkEvent> {
         match &mut self.wire {
+            // As a WebSocket's: a whole message of a length-prefix or raw
+            // framer comes out as the `Message` it is handed on as, written
+            // in place (`LinkFramer::whole_message`); anything else goes
+            // through the framer's `decode`, which sees the same bytes.
             Wire::Framed(framed) => {
+                if let Some(message) = framed.framer.whole_message(&mut framed.input) {
+                    return Some(LinkEvent::Message(message));
+                }
                 let result = if self.eof {
                     framed.framer.decode_eof(&mut framed.input)
                 } else {

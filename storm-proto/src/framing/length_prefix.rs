@@ -3,6 +3,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::{Framer, FramingConfigError, FramingError};
+use crate::Message;
 
 /// Size of the length field in bytes.
 const HEADER_LEN: usize = 4;
@@ -102,6 +103,30 @@ impl LengthPrefixFramer {
         }
     }
 
+    /// The message at the front of `src` when it is whole there and within
+    /// the limit, cut off `src` (header and all) as the [`Message`] a link
+    /// hands on; `None`, consuming nothing, for anything else (less than a
+    /// whole frame, or a length over the limit), which
+    /// [`decode`](Framer::decode) then tells apart. Whatever this takes,
+    /// `decode` takes the same way.
+    ///
+    /// For a link's `LinkFramer`, which calls it before `decode`: the
+    /// message is built here, in the `Message` the link's event holds, so
+    /// its `Bytes` is written once, where it stays. Through `decode`'s
+    /// `Result<Option<Bytes>, FramingError>` (which lives in memory: its
+    /// error arm is written through a return slot) the `Bytes` was stored
+    /// and then loaded back into the event, a copy that stalled on the
+    /// stores that had just written it (BENCHMARKS.md, session 15). The
+    /// WebSocket's `ws::Connection::whole_message` is the same path.
+    #[inline(always)]
+    pub(crate) fn whole_message(&self, src: &mut BytesMut) -> Option<Message> {
+        let len = declared(src)?;
+        if len > self.max_frame_len || src.len() - HEADER_LEN < len {
+            return None;
+        }
+        Some(Message::Binary(cut(src, len)))
+    }
+
     /// The length prefix of a message of `len` bytes to send.
     fn header(&self, len: usize) -> Result<[u8; HEADER_LEN], FramingError> {
         // `max_frame_len <= u32::MAX` (checked by `new`), so within the
@@ -112,6 +137,28 @@ impl LengthPrefixFramer {
             _ => Err(self.message_too_large(len)),
         }
     }
+}
+
+/// The length the header at the front of `src` declares; `None` before
+/// the whole header. A length that does not fit `usize` is `usize::MAX`:
+/// certainly over the limit.
+#[inline(always)]
+fn declared(src: &[u8]) -> Option<usize> {
+    let header = src.first_chunk::<HEADER_LEN>()?;
+    Some(usize::try_from(u32::from_be_bytes(*header)).unwrap_or(usize::MAX))
+}
+
+/// Cuts the frame of a message of `len` bytes off the front of `src` and
+/// returns the message. `HEADER_LEN + len <= src.len()`.
+#[inline(always)]
+fn cut(src: &mut BytesMut, len: usize) -> Bytes {
+    // One cut for header and message, then the header dropped from the
+    // frozen frame: `Bytes::advance` is a pointer move, where
+    // `BytesMut::advance` is a second trip through the buffer's
+    // bookkeeping. `HEADER_LEN + len <= src.len()`: no overflow.
+    let mut message = src.split_to(HEADER_LEN + len).freeze();
+    message.advance(HEADER_LEN);
+    message
 }
 
 impl Default for LengthPrefixFramer {
@@ -129,29 +176,20 @@ impl Framer for LengthPrefixFramer {
     // (`#[inline]` alone left it a call under fat LTO).
     #[inline(always)]
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FramingError> {
-        let Some(header) = src.first_chunk::<HEADER_LEN>() else {
+        let Some(len) = declared(src) else {
             return Ok(None);
         };
-        // A u32 that does not fit `usize` is certainly over the limit.
-        let len = usize::try_from(u32::from_be_bytes(*header)).unwrap_or(usize::MAX);
         if len > self.max_frame_len {
             return Err(self.frame_too_large(len));
         }
         if src.len() - HEADER_LEN < len {
             return Ok(None);
         }
-        // One cut for header and message, then the header dropped from the
-        // frozen frame: `Bytes::advance` is a pointer move, where
-        // `BytesMut::advance` is a second trip through the buffer's
-        // bookkeeping. `HEADER_LEN + len <= src.len()`: no overflow.
-        let mut message = src.split_to(HEADER_LEN + len).freeze();
-        message.advance(HEADER_LEN);
-        Ok(Some(message))
+        Ok(Some(cut(src, len)))
     }
 
     fn remaining(&self, src: &BytesMut) -> Option<usize> {
-        let header = src.first_chunk::<HEADER_LEN>()?;
-        let len = usize::try_from(u32::from_be_bytes(*header)).ok()?;
+        let len = declared(src)?;
         if len > self.max_frame_len {
             return None;
         }

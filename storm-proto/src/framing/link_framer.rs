@@ -5,6 +5,7 @@ use std::any::TypeId;
 use bytes::{Bytes, BytesMut};
 
 use super::{DelimiterFramer, Framer, FramingError, LengthPrefixFramer, RawFramer};
+use crate::Message;
 use crate::tls_sniff::{self, PlainFramer, Sniff};
 
 /// A framer as a link holds it, built from the box a
@@ -92,6 +93,27 @@ impl LinkFramer {
                 self.tls = None;
                 Ok(false)
             }
+        }
+    }
+
+    /// The message at the front of `src` as the [`Message`] a link hands
+    /// on, when the held framer is the length-prefix or raw one, the
+    /// opening bytes are checked, and the message is whole and within the
+    /// limit (`LengthPrefixFramer::whole_message`,
+    /// `RawFramer::whole_message`); `None`, consuming nothing, for
+    /// anything else, which [`decode`](Framer::decode) (or
+    /// [`decode_eof`](Framer::decode_eof)) then tells apart. What this
+    /// takes, `decode` and `decode_eof` take the same way: a link calls
+    /// it first, then `decode`, and sees what `decode` alone gives.
+    #[inline(always)]
+    pub(crate) fn whole_message(&self, src: &mut BytesMut) -> Option<Message> {
+        if self.tls.is_some() {
+            return None;
+        }
+        match &self.framer {
+            Held::LengthPrefix(framer) => framer.whole_message(src),
+            Held::Raw(framer) => framer.whole_message(src),
+            Held::Delimiter(_) | Held::Custom(_) => None,
         }
     }
 

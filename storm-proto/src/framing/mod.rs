@@ -438,6 +438,7 @@ mod tests {
 
     use super::test_util::{any_builtin, as_custom, plain};
     use super::*;
+    use crate::Message;
 
     #[test]
     fn errors_say_whose_fault() {
@@ -503,8 +504,110 @@ mod tests {
         );
     }
 
+    /// A `LinkFramer` decoding as a link does: its
+    /// [`whole_message`](LinkFramer::whole_message) first, then its
+    /// `decode` (or `decode_eof`).
+    struct AsALink(LinkFramer);
+
+    impl AsALink {
+        fn whole_message(&self, src: &mut BytesMut) -> Option<Bytes> {
+            self.0.whole_message(src).map(|message| match message {
+                Message::Binary(bytes) => bytes,
+                Message::Text(_) => panic!("a framer's message is binary"),
+            })
+        }
+    }
+
+    impl Framer for AsALink {
+        fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FramingError> {
+            match self.whole_message(src) {
+                Some(message) => Ok(Some(message)),
+                None => self.0.decode(src),
+            }
+        }
+
+        fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FramingError> {
+            match self.whole_message(src) {
+                Some(message) => Ok(Some(message)),
+                None => self.0.decode_eof(src),
+            }
+        }
+
+        fn remaining(&self, src: &BytesMut) -> Option<usize> {
+            self.0.remaining(src)
+        }
+
+        fn encode(&mut self, msg: &[u8], dst: &mut BytesMut) -> Result<(), FramingError> {
+            self.0.encode(msg, dst)
+        }
+
+        fn encoded_len(&self, msg_len: usize) -> usize {
+            self.0.encoded_len(msg_len)
+        }
+
+        fn max_message_len(&self) -> usize {
+            self.0.max_message_len()
+        }
+    }
+
+    #[test]
+    fn a_link_framer_builds_the_length_prefix_and_raw_messages_itself() {
+        let whole = |framer: Box<dyn Framer + Send>, wire: &[u8]| {
+            let mut src = BytesMut::from(wire);
+            let message = LinkFramer::new(framer).whole_message(&mut src);
+            (message, src.len())
+        };
+        let binary = |bytes: &'static [u8]| Some(Message::Binary(Bytes::from_static(bytes)));
+        let lp = || Box::new(LengthPrefixFramer::default());
+        let raw = || Box::new(RawFramer::default());
+        assert_eq!(whole(lp(), b"\0\0\0\x02hi\0"), (binary(b"hi"), 1));
+        assert_eq!(whole(raw(), b"hi"), (binary(b"hi"), 0));
+        // Anything else is left to `decode`, untouched: a partial frame, an
+        // empty buffer, a length over the limit, another framer, opening
+        // bytes still to check.
+        assert_eq!(whole(lp(), b"\0\0\0\x02h"), (None, 5));
+        assert_eq!(whole(raw(), b""), (None, 0));
+        let small = LengthPrefixFramer::new(LengthPrefixConfig { max_frame_len: 1 });
+        assert_eq!(
+            whole(Box::new(small.expect("valid")), b"\0\0\0\x02hi"),
+            (None, 6)
+        );
+        assert_eq!(
+            whole(Box::new(DelimiterFramer::lines()), b"hi\n"),
+            (None, 3)
+        );
+        assert_eq!(whole(as_custom(raw()), b"hi"), (None, 2));
+        assert_eq!(whole(plain(raw()), b"hi"), (None, 2));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        /// A `LinkFramer` decoding as a link does, its `whole_message`
+        /// first, cuts any bytes, in any pieces, into the messages and
+        /// errors (at EOF, over the limits, before and after the check of
+        /// the opening bytes) that the framer it holds gives alone through
+        /// its vtable, call by call.
+        #[test]
+        fn a_link_framers_whole_message_is_what_it_decodes(
+            builtin in any_builtin(),
+            checked in any::<bool>(),
+            wire in test_util::any_wire(),
+            cuts in proptest::collection::vec(any::<usize>(), 0..8),
+            eof in any::<bool>(),
+        ) {
+            let (framer, own) = (builtin.framer(), as_custom(builtin.framer()));
+            let (mut own, mut held) = if checked {
+                (plain(own), AsALink(LinkFramer::new(plain(framer))))
+            } else {
+                (own, AsALink(LinkFramer::new(framer)))
+            };
+            let chunks = test_util::chunked(&wire, &cuts);
+            prop_assert_eq!(
+                test_util::every_call(&mut held, &chunks, eof),
+                test_util::every_call(&mut own, &chunks, eof)
+            );
+        }
 
         /// Any built-in framer held by a `LinkFramer` (behind a plain
         /// server's check or not) cuts any bytes, in any pieces, into the

@@ -3,6 +3,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::{Framer, FramingConfigError, FramingError};
+use crate::Message;
 
 /// Settings of a [`RawFramer`].
 ///
@@ -69,6 +70,24 @@ impl RawFramer {
             max_chunk_len: config.max_chunk_len,
         })
     }
+
+    /// What [`decode`](Framer::decode) cuts off `src`, as the [`Message`]
+    /// a link hands on (see `LengthPrefixFramer::whole_message`): `None`
+    /// for an empty buffer.
+    #[inline(always)]
+    pub(crate) fn whole_message(&self, src: &mut BytesMut) -> Option<Message> {
+        self.chunk(src).map(Message::Binary)
+    }
+
+    /// The next chunk of `src`, cut off it.
+    #[inline(always)]
+    fn chunk(&self, src: &mut BytesMut) -> Option<Bytes> {
+        if src.is_empty() {
+            return None;
+        }
+        let len = src.len().min(self.max_chunk_len);
+        Some(src.split_to(len).freeze())
+    }
 }
 
 impl Default for RawFramer {
@@ -86,11 +105,7 @@ impl Framer for RawFramer {
     // (`#[inline]` alone left it a call under fat LTO).
     #[inline(always)]
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FramingError> {
-        if src.is_empty() {
-            return Ok(None);
-        }
-        let len = src.len().min(self.max_chunk_len);
-        Ok(Some(src.split_to(len).freeze()))
+        Ok(self.chunk(src))
     }
 
     #[inline]

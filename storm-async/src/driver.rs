@@ -21,11 +21,11 @@ use std::pin::pin;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, BufMut, Bytes};
 
 use storm_host::link::{CloseReason, LinkDriver, LinkEvent};
 
-use crate::io::poll_read_with;
+use crate::io::{READ_CHUNK, poll_read_with};
 #[cfg(doc)]
 use crate::runtime::Stream;
 use crate::runtime::{PollRead, PollWrite, Runtime};
@@ -40,17 +40,24 @@ const MAX_SLICES: usize = 64;
 /// `Ok(0)` at end of stream. The rest of a large message (a WebSocket
 /// frame, a length-prefixed or broker message), and the next one while
 /// large ones flow, is read straight into the link's input buffer;
-/// everything else through the thread's buffer.
+/// everything else through the thread's buffer. `drained` is set when the
+/// read brought bytes but less than it had room for (see [`poll_input`]),
+/// cleared when it brought as much.
 fn poll_read_into<S: PollRead>(
     reader: &mut S,
     cx: &mut Context<'_>,
     link: &mut LinkDriver,
     now: Instant,
+    drained: &mut bool,
 ) -> Poll<io::Result<usize>> {
     if let Some(mut room) = link.input_buffer() {
+        let asked = room.remaining_mut();
         let read = reader.poll_read_buf(cx, &mut room);
         match read {
-            Poll::Ready(Ok(n)) if n > 0 => link.input_filled(now, n),
+            Poll::Ready(Ok(n)) if n > 0 => {
+                *drained = n < asked;
+                link.input_filled(now, n);
+            }
             // Waiting for the peer holds no room.
             Poll::Pending => link.input_pending(),
             Poll::Ready(_) => {}
@@ -59,6 +66,7 @@ fn poll_read_into<S: PollRead>(
     }
     poll_read_with(reader, cx, usize::MAX, |bytes| {
         if !bytes.is_empty() {
+            *drained = bytes.len() < READ_CHUNK;
             link.handle_input(now, bytes);
         }
         bytes.len()
@@ -68,17 +76,31 @@ fn poll_read_into<S: PollRead>(
 /// Reads input, unless the link holds the reader back (a held auto-pong:
 /// the writer's progress wakes the task); `Ready` once a read brought
 /// bytes or ended (the link then knows of the end).
+///
+/// `drained`: the last read brought less than it had room for, and the
+/// task was not woken since (the caller clears it at a wake-up). The
+/// stream is then asked whether a read could bring anything
+/// ([`PollRead::poll_read_ready`]) before it is read: on tokio that read
+/// would find the readiness the short read cleared and only register the
+/// waker, which the look registers the same way, without the read's path
+/// through the link and the thread's buffer. The reply's write comes
+/// between the two, so a ping-pong pays this once per message.
 fn poll_input<S: PollRead>(
     reader: &mut S,
     cx: &mut Context<'_>,
     link: &mut LinkDriver,
     now: Instant,
+    drained: &mut bool,
 ) -> Poll<()> {
     ready!(link.poll_input_ready(cx));
+    if *drained {
+        ready!(reader.poll_read_ready(cx));
+    }
     if matches!(
-        ready!(poll_read_into(reader, cx, link, now)),
+        ready!(poll_read_into(reader, cx, link, now, drained)),
         Ok(0) | Err(_)
     ) {
+        *drained = false;
         link.handle_eof();
     }
     Poll::Ready(())
@@ -141,6 +163,8 @@ where
         let mut timer_polled = false;
         let mut fired = false;
         let mut disconnected = false;
+        // The last read came back short of its room (see `poll_input`).
+        let mut drained = false;
         // The time of this poll of the task: the clock is read once as a
         // poll begins (and after a handler waited), and the reads, events,
         // replies and timer work of that poll all happen at about then.
@@ -210,9 +234,12 @@ where
                 let woken = !std::mem::take(&mut first);
                 if woken {
                     now = Instant::now();
+                    // A wake-up reads at once: it is most often the
+                    // socket's.
+                    drained = false;
                     // Input first: when there is some, the writer runs
                     // after its batch, once for both.
-                    if poll_input(&mut reader, cx, &mut link, now).is_ready() {
+                    if poll_input(&mut reader, cx, &mut link, now, &mut drained).is_ready() {
                         return Poll::Ready(None);
                     }
                 }
@@ -228,7 +255,7 @@ where
                 }
                 // After a batch, the writer went first: replies leave
                 // before more input is taken.
-                if !woken && poll_input(&mut reader, cx, &mut link, now).is_ready() {
+                if !woken && poll_input(&mut reader, cx, &mut link, now, &mut drained).is_ready() {
                     return Poll::Ready(None);
                 }
                 // Polled at every wake-up; right after a batch, in the same
@@ -493,40 +520,87 @@ mod tests {
 
     /// A socket whose peer has sent `data`: each read takes what fits,
     /// straight into the caller's buffer as tokio's and smol's do;
-    /// `Pending` once it is all read. Counts the reads that brought bytes.
+    /// `Pending` once it is all read. Counts the reads that brought bytes
+    /// (`reads`) and every read (`calls`). Its readiness is tokio's: a
+    /// read that brought less than its room or found nothing clears it,
+    /// bytes the peer [sends](Self::send) set it and wake the waker the
+    /// last `Pending` registered.
     struct Peer {
         data: Vec<u8>,
         at: usize,
         reads: usize,
+        calls: usize,
+        ready: bool,
+        waker: Option<Waker>,
+    }
+
+    impl Peer {
+        fn new(data: Vec<u8>) -> Self {
+            Self {
+                data,
+                at: 0,
+                reads: 0,
+                calls: 0,
+                ready: true,
+                waker: None,
+            }
+        }
+
+        /// The peer sends `bytes`: a readiness event.
+        fn send(&mut self, bytes: &[u8]) {
+            self.data.extend_from_slice(bytes);
+            self.ready = true;
+            if let Some(waker) = self.waker.take() {
+                waker.wake();
+            }
+        }
+
+        /// One read of at most `room` bytes, handed to `put`.
+        fn read(
+            &mut self,
+            cx: &mut Context<'_>,
+            room: usize,
+            put: impl FnOnce(&[u8]),
+        ) -> Poll<io::Result<usize>> {
+            self.calls += 1;
+            let rest = self.data.get(self.at..).unwrap_or_default();
+            if rest.is_empty() {
+                self.ready = false;
+                self.waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            let n = rest.len().min(room);
+            put(&rest[..n]);
+            self.at += n;
+            self.reads += 1;
+            if n < room {
+                self.ready = false;
+            }
+            Poll::Ready(Ok(n))
+        }
     }
 
     impl PollRead for Peer {
-        fn poll_read(&mut self, _: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-            let rest = self.data.get(self.at..).unwrap_or_default();
-            if rest.is_empty() {
-                return Poll::Pending;
-            }
-            let n = rest.len().min(buf.len());
-            buf[..n].copy_from_slice(&rest[..n]);
-            self.at += n;
-            self.reads += 1;
-            Poll::Ready(Ok(n))
+        fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+            let room = buf.len();
+            self.read(cx, room, |bytes| buf[..bytes.len()].copy_from_slice(bytes))
         }
 
         fn poll_read_buf<B: BufMut>(
             &mut self,
-            _: &mut Context<'_>,
+            cx: &mut Context<'_>,
             buf: &mut B,
         ) -> Poll<io::Result<usize>> {
-            let rest = self.data.get(self.at..).unwrap_or_default();
-            if rest.is_empty() {
-                return Poll::Pending;
+            let room = buf.remaining_mut();
+            self.read(cx, room, |bytes| buf.put_slice(bytes))
+        }
+
+        fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+            if self.ready {
+                return Poll::Ready(());
             }
-            let n = rest.len().min(buf.remaining_mut());
-            buf.put_slice(&rest[..n]);
-            self.at += n;
-            self.reads += 1;
-            Poll::Ready(Ok(n))
+            self.waker = Some(cx.waker().clone());
+            Poll::Pending
         }
     }
 
@@ -656,7 +730,7 @@ mod tests {
         let mut cx = Context::from_waker(Waker::noop());
         let now = Instant::now();
         let mut messages = Vec::new();
-        while poll_read_into(peer, &mut cx, link, now).is_ready() {
+        while poll_read_into(peer, &mut cx, link, now, &mut false).is_ready() {
             while let Some(event) = link.poll_event(now) {
                 if let LinkEvent::Message(message) = event {
                     messages.push(message.into_bytes());
@@ -677,11 +751,7 @@ mod tests {
         header.mask = Some([1, 2, 3, 4]);
         let mut frame = BytesMut::new();
         encode_frame(header, &payload, &mut frame);
-        let mut peer = Peer {
-            data: frame.repeat(8),
-            at: 0,
-            reads: 0,
-        };
+        let mut peer = Peer::new(frame.repeat(8));
         let conn = Connection::new(Side::Server, Config::default());
         let (_hub, mut link) = driver(Protocol::WebSocket(Box::new(conn)));
         let messages = read_all(&mut peer, &mut link);
@@ -695,16 +765,79 @@ mod tests {
     /// link's 64 KiB.
     #[test]
     fn a_link_waiting_for_its_peer_holds_no_read_room() {
-        let mut peer = Peer {
-            data: vec![1u8; 256 * 1024],
-            at: 0,
-            reads: 0,
-        };
+        let mut peer = Peer::new(vec![1u8; 256 * 1024]);
         let (_hub, mut link) = driver(Protocol::Framed(Box::new(RawFramer::default())));
         let messages = read_all(&mut peer, &mut link);
         assert_eq!(messages.iter().map(Bytes::len).sum::<usize>(), 256 * 1024);
         assert!(peer.reads < 256 / 16, "{} reads: read in place", peer.reads);
         drop(messages);
         assert_eq!(link.link().buffer_capacity(), 0);
+    }
+
+    /// Issue #16, ping-pong: the connection loop reads a message, writes
+    /// the reply, then polls its input again to register for the next.
+    /// After a read that brought less than its room (tokio: the socket's
+    /// readiness cleared), that poll looks at the readiness instead of
+    /// reading: one read per message. BASE read twice per message (the
+    /// second only to find `Pending` and register the waker), and with
+    /// the look removed this fails with 2 reads per message. No input is
+    /// lost: the look registered the waker the peer's next bytes wake,
+    /// and a look that finds the socket ready reads.
+    #[test]
+    fn a_short_read_is_followed_by_a_look_not_a_second_read() {
+        use storm_proto::framing::LengthPrefixFramer;
+        let (_hub, mut link) = driver(Protocol::Framed(Box::new(LengthPrefixFramer::default())));
+        let wakes = Arc::new(Wakes::default());
+        let waker = Waker::from(Arc::clone(&wakes));
+        let mut cx = Context::from_waker(&waker);
+        let now = Instant::now();
+        let mut peer = Peer::new(frame(b"ping"));
+        let mut drained;
+        let message = |link: &mut LinkDriver| match link.poll_event(now) {
+            Some(LinkEvent::Message(message)) => message.into_bytes(),
+            other => panic!("{other:?}"),
+        };
+        for turn in 1..=3 {
+            // The wake-up reads at once.
+            drained = false;
+            assert!(poll_input(&mut peer, &mut cx, &mut link, now, &mut drained).is_ready());
+            assert!(drained, "turn {turn}: a short read");
+            assert_eq!(&message(&mut link)[..], b"ping");
+            // After the batch (the reply written): the look.
+            assert!(poll_input(&mut peer, &mut cx, &mut link, now, &mut drained).is_pending());
+            assert_eq!(peer.calls, turn, "turn {turn}: reads per message");
+            assert_eq!(wakes.count(), turn - 1, "turn {turn}");
+            peer.send(&frame(b"ping"));
+            assert_eq!(
+                wakes.count(),
+                turn,
+                "turn {turn}: the look registered the waker"
+            );
+        }
+        // Bytes that came after the short read, before the look: it reads
+        // them.
+        drained = false;
+        assert!(poll_input(&mut peer, &mut cx, &mut link, now, &mut drained).is_ready());
+        assert_eq!(&message(&mut link)[..], b"ping");
+        peer.send(&frame(b"late"));
+        assert!(drained);
+        assert!(poll_input(&mut peer, &mut cx, &mut link, now, &mut drained).is_ready());
+        assert_eq!(&message(&mut link)[..], b"late");
+        // A read that filled its room leaves the socket ready: the next
+        // poll reads, and finds the rest.
+        let mut bulk = Vec::new();
+        while bulk.len() <= crate::io::READ_CHUNK {
+            bulk.extend_from_slice(&frame(&[9; 100]));
+        }
+        peer.send(&bulk);
+        assert!(poll_input(&mut peer, &mut cx, &mut link, now, &mut drained).is_ready());
+        assert!(!drained, "a full read");
+        assert!(poll_input(&mut peer, &mut cx, &mut link, now, &mut drained).is_ready());
+        let mut got = 0;
+        while let Some(LinkEvent::Message(message)) = link.poll_event(now) {
+            assert_eq!(message.len(), 100);
+            got += 1;
+        }
+        assert_eq!(got * 104, bulk.len());
     }
 }

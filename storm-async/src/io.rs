@@ -9,7 +9,7 @@ use std::task::{Context, Poll, ready};
 use crate::runtime::{PollRead, PollWrite, Stream};
 
 /// How much one read asks the socket for.
-const READ_CHUNK: usize = 16 * 1024;
+pub(crate) const READ_CHUNK: usize = 16 * 1024;
 
 thread_local! {
     /// One read buffer per worker thread, shared by every connection it
@@ -87,6 +87,13 @@ impl<A: PollRead, B: PollRead> PollRead for Either<A, B> {
         match self {
             Self::A(s) => s.poll_read(cx, buf),
             Self::B(s) => s.poll_read(cx, buf),
+        }
+    }
+
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match self {
+            Self::A(s) => s.poll_read_ready(cx),
+            Self::B(s) => s.poll_read_ready(cx),
         }
     }
 }

@@ -54,6 +54,22 @@ pub trait PollRead: Send + Unpin + 'static {
             bytes.len()
         })
     }
+
+    /// Whether a read could bring anything now, without reading: `Pending`
+    /// only when a [`poll_read`](Self::poll_read) now would return
+    /// `Pending` too, with `cx` registered for wake-up as that read would
+    /// register it; `Ready` when the read might not (then read).
+    ///
+    /// The driver asks after a read that brought less than it had room
+    /// for, before reading again in the same poll: on tokio such a read
+    /// cleared the socket's readiness, so the read that would only find
+    /// `Pending` (once per ping-pong message) is this look and the
+    /// waker's registration. The default is always `Ready`: the driver
+    /// reads (a TLS stream, whose plaintext may be buffered, keeps it).
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let _ = cx;
+        Poll::Ready(())
+    }
 }
 
 /// The write side of a byte stream.

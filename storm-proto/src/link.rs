@@ -145,7 +145,15 @@ impl Framed {
     ///
     /// A [stream](Framer::is_stream) framer's link has no message to read
     /// the rest of: it offers `read_room` while data flows instead.
+    ///
+    /// Nothing buffered, reads small and no large message flowing (a
+    /// ping-pong's read, once per message): `None` without asking the
+    /// framer, whose answers change nothing then (an empty buffer holds
+    /// no partial message, [`Framer::remaining`]).
     fn input_room(&mut self) -> Option<Limit<&mut BytesMut>> {
+        if self.input.is_empty() && self.read_room == 0 && !self.ahead.is_flowing() {
+            return None;
+        }
         if self.framer.is_stream() {
             if self.read_room == 0 {
                 return None;
@@ -1895,6 +1903,65 @@ mod tests {
         let opaque = Protocol::Framed(Box::new(Opaque(LengthPrefixFramer::default())));
         let link = Link::new(opaque, &LinkConfig::default(), now).unwrap();
         assert!(link.encoder().is_none());
+    }
+
+    /// Issue #16: a small message's read (nothing buffered, nothing
+    /// large flowing) is told there is no room without asking the framer;
+    /// BASE asked it twice per read (`is_stream`, `remaining`), and this
+    /// fails there with 6 questions for the 3 reads. A partial message
+    /// still asks, and its large rest is offered room.
+    #[test]
+    fn a_small_reads_room_is_refused_without_asking_the_framer() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        /// A length-prefix framer that counts the questions about room.
+        struct Asked(LengthPrefixFramer, Arc<AtomicUsize>);
+        impl Framer for Asked {
+            fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FramingError> {
+                self.0.decode(src)
+            }
+            fn encode(&mut self, msg: &[u8], dst: &mut BytesMut) -> Result<(), FramingError> {
+                self.0.encode(msg, dst)
+            }
+            fn encoded_len(&self, msg_len: usize) -> usize {
+                self.0.encoded_len(msg_len)
+            }
+            fn max_message_len(&self) -> usize {
+                self.0.max_message_len()
+            }
+            fn remaining(&self, src: &BytesMut) -> Option<usize> {
+                self.1.fetch_add(1, Ordering::Relaxed);
+                self.0.remaining(src)
+            }
+            fn is_stream(&self) -> bool {
+                self.1.fetch_add(1, Ordering::Relaxed);
+                self.0.is_stream()
+            }
+        }
+        let now = Instant::now();
+        let asked = Arc::new(AtomicUsize::new(0));
+        let framer = Asked(LengthPrefixFramer::default(), Arc::clone(&asked));
+        let mut link = Link::new(
+            Protocol::Framed(Box::new(framer)),
+            &LinkConfig::default(),
+            now,
+        )
+        .unwrap();
+        for _ in 0..3 {
+            assert!(link.input_buffer().is_none());
+            link.handle_input(now, &[0, 0, 0, 2, b'h', b'i']);
+            assert!(matches!(link.poll_event(now), Some(LinkEvent::Message(_))));
+        }
+        assert_eq!(
+            asked.load(Ordering::Relaxed),
+            0,
+            "questions for small reads"
+        );
+        // The start of a large message: the rest is read in place.
+        link.handle_input(now, &[0, 1, 0, 0, 1]);
+        let room = link.input_buffer().expect("room for the rest");
+        assert!(Limit::limit(&room) >= DIRECT_READ_MIN);
+        assert!(asked.load(Ordering::Relaxed) > 0);
     }
 
     #[test]

@@ -71,11 +71,40 @@ impl<T: AsyncWrite + Send + Unpin + 'static> PollWrite for Io<T> {
 
 /// A plain socket splits into owned halves, without a lock.
 impl Stream for Io<TcpStream> {
-    type Reader = Io<OwnedReadHalf>;
+    type Reader = TcpReader;
     type Writer = Io<OwnedWriteHalf>;
     fn split(self) -> (Self::Reader, Self::Writer) {
         let (reader, writer) = self.0.into_split();
-        (Io(reader), Io(writer))
+        (TcpReader(Io(reader)), Io(writer))
+    }
+}
+
+/// A plain socket's read half: [`Io`]'s reads, and the socket's read
+/// readiness for [`PollRead::poll_read_ready`].
+#[derive(Debug)]
+pub struct TcpReader(Io<OwnedReadHalf>);
+
+impl PollRead for TcpReader {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        self.0.poll_read(cx, buf)
+    }
+
+    fn poll_read_buf<B: BufMut>(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut B,
+    ) -> Poll<io::Result<usize>> {
+        self.0.poll_read_buf(cx, buf)
+    }
+
+    /// `Pending` while the socket's read readiness is clear: a read that
+    /// brought less than its buffer's room, or found nothing, clears it
+    /// until the next readiness event, and a read would then return
+    /// `Pending` after registering `cx` exactly as this does. An error
+    /// is `Ready`: the read reports it.
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let socket: &TcpStream = self.0.0.as_ref();
+        socket.poll_read_ready(cx).map(drop)
     }
 }
 
@@ -180,5 +209,63 @@ impl Runtime for Tokio {
     #[cfg(not(feature = "tls"))]
     async fn tls_connect(_: ClientTls, _: Self::Tcp) -> io::Result<Self::TlsClient> {
         Err(no_tls())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+    use std::time::Duration;
+
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    /// What the driver's look after a short read relies on
+    /// ([`PollRead::poll_read_ready`]), on a real loopback socket: a read
+    /// that brought less than its room leaves the reader not ready, in
+    /// the same poll, until the peer sends more; then the waker the look
+    /// registered wakes the task, the look is ready, and the read brings
+    /// the bytes.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_short_read_leaves_the_reader_not_ready_until_the_peer_sends() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (mut reader, _writer) = Io(server).split();
+        let mut buf = [0u8; 1024];
+        let bounded = Duration::from_secs(10);
+        for (turn, sent) in [&b"ping"[..], b"pong", b"again"].into_iter().enumerate() {
+            client.write_all(sent).await.unwrap();
+            // Read, then look in the same poll: not ready.
+            let read = tokio::time::timeout(
+                bounded,
+                poll_fn(|cx| {
+                    let n = ready!(reader.poll_read(cx, &mut buf))?;
+                    Poll::Ready(io::Result::Ok((n, reader.poll_read_ready(cx))))
+                }),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+            assert_eq!(read.0, sent.len(), "turn {turn}");
+            assert!(
+                read.1.is_pending(),
+                "turn {turn}: a short read clears readiness"
+            );
+            assert_eq!(&buf[..read.0], sent);
+        }
+        // The look's waker is woken by the peer's bytes.
+        let look = tokio::spawn(async move {
+            poll_fn(|cx| reader.poll_read_ready(cx)).await;
+            let n = poll_fn(|cx| reader.poll_read(cx, &mut buf)).await.unwrap();
+            buf[..n].to_vec()
+        });
+        tokio::task::yield_now().await;
+        client.write_all(b"late").await.unwrap();
+        let late = tokio::time::timeout(bounded, look).await.unwrap().unwrap();
+        assert_eq!(late, b"late");
     }
 }

@@ -830,6 +830,30 @@ mod tests {
         }
     }
 
+    /// An idle writer holds no buffer: the link's release (here at every
+    /// idle moment) returns the writer's own buffer, which a small reply
+    /// was copied into, with its list.
+    #[test]
+    fn an_idle_writer_returns_its_own_buffer() {
+        use storm_proto::framing::LengthPrefixFramer;
+        let now = Instant::now();
+        let hub = Hub::new(HubConfig::default(), now).unwrap();
+        let outbox = hub.register(hub.try_admit().unwrap(), now).unwrap();
+        let config = LinkConfig::default().with_release_after(std::time::Duration::ZERO);
+        let protocol = Protocol::Framed(Box::new(LengthPrefixFramer::default()));
+        let mut link = LinkDriver::new(Arc::clone(&outbox), protocol, &config, now).unwrap();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut writer = Writer::new(Sink::default(), 1 << 16);
+        let outcome = outbox.send(storm_proto::Message::from(b"reply".to_vec()));
+        assert!(matches!(outcome, storm_host::hub::SendOutcome::Queued));
+        assert!(writer.poll(&mut cx, &mut link, now).is_pending());
+        assert_eq!(
+            (writer.io.written.as_slice(), writer.io.writes),
+            (&frame(b"reply")[..], 1)
+        );
+        assert_eq!((writer.head.capacity(), writer.bufs.capacity()), (0, 0));
+    }
+
     /// Reads `peer` dry through `poll_read_into`, as the connection loop
     /// does; the messages it made.
     fn read_all(peer: &mut Peer, link: &mut LinkDriver) -> Vec<Bytes> {

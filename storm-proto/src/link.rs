@@ -512,7 +512,8 @@ impl fmt::Display for CloseReason {
 #[must_use = "close says when to close the socket"]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Transmit {
-    /// Bytes appended to the caller's buffer list.
+    /// Bytes appended to the caller's buffer list (with
+    /// [`Link::poll_transmit_behind`], and those the caller holds ahead).
     pub bytes: usize,
     /// Close the socket after writing what was appended (a graceful close
     /// that has flushed, or an abort: then nothing was appended).

@@ -243,6 +243,10 @@ impl LinkDriver {
     /// last, still in place (not taken by a wake-up since), is kept
     /// without taking the outbox's lock. Ends an
     /// [`Outbox::unregister_waker`].
+    //
+    // Inlined: the writer's every poll registers, and the kept waker's
+    // path is a few loads.
+    #[inline]
     pub fn register_waker(&mut self, waker: &Waker) {
         let same = self.writer.as_ref().is_some_and(|w| w.will_wake(waker));
         if same && self.outbox.writer_registered() {
@@ -414,7 +418,7 @@ impl LinkDriver {
                 let before = self.link.has_transmit();
                 let closing = self.outbox.close_request().is_some();
                 if closing {
-                    self.pump(now, usize::MAX, false);
+                    self.pump(now, usize::MAX, false, None);
                 }
                 let event = self.link.poll_event(now);
                 // A message makes no output of the link's own: nothing more
@@ -460,7 +464,7 @@ impl LinkDriver {
     fn answer(&mut self, now: Instant, ping: bool, closed: bool, before: bool) {
         let answers = ping || (closed && self.link.is_websocket());
         if answers && self.outbox.has_queued() {
-            self.pump(now, usize::MAX, false);
+            self.pump(now, usize::MAX, false, None);
         }
         if ping {
             self.admit_pong();
@@ -539,10 +543,23 @@ impl LinkDriver {
     /// An empty outbox with no close requested is not locked: its
     /// `has_queued` hint is exact for a caller that registered the
     /// writer's waker first (a message queued after the look wakes it).
-    fn pump(&mut self, now: Instant, max_bytes: usize, for_writer: bool) -> bool {
+    ///
+    /// `head`: the writer's own buffer, written before anything the link
+    /// holds (for the writer only, see
+    /// [`poll_transmit_into`](Self::poll_transmit_into)). While the link
+    /// holds nothing to transmit and takes encoded bytes, the outbox may
+    /// copy its frames there rather than hand them to the link.
+    fn pump(
+        &mut self,
+        now: Instant,
+        max_bytes: usize,
+        for_writer: bool,
+        head: Option<&mut Vec<u8>>,
+    ) -> bool {
         if !self.outbox.has_queued() && self.outbox.close_request().is_none() {
             return false;
         }
+        let head = head.filter(|_| !self.link.has_transmit() && self.link.takes_encoded());
         // Framed under the outbox's lock, straight from its queue (an
         // abort hands out nothing).
         let link = &mut self.link;
@@ -550,7 +567,9 @@ impl LinkDriver {
             Output::Message(message) => link.send(&message),
             Output::Encoded(bytes) => link.send_encoded(bytes),
         };
-        let drained = if for_writer {
+        let drained = if let Some(head) = head {
+            self.outbox.drain_written_into(max_bytes, head, frame)
+        } else if for_writer {
             self.outbox.drain_written(max_bytes, frame)
         } else {
             let drained = self.outbox.drain_with(max_bytes, frame);
@@ -594,6 +613,40 @@ impl LinkDriver {
         out: &mut Vec<Bytes>,
         max_bytes: usize,
     ) -> Transmit {
+        self.transmit(now, None, out, max_bytes)
+    }
+
+    /// [`poll_transmit`](Self::poll_transmit) for a writer that writes a
+    /// buffer of its own, `head`, before `out`'s buffers: a few KiB of
+    /// small frames from the outbox (a ping-pong's reply) may be appended
+    /// to `head`, a copy, instead of to `out` as a `Bytes` that shares the
+    /// outbox's buffer until written and is dropped after. Only while
+    /// `out` is empty and the link holds nothing to write ahead of them:
+    /// the bytes are written in the order framed, `head`'s first.
+    /// [`Transmit::bytes`] counts what either got. The writer empties
+    /// both once written (and returns `head`'s memory with
+    /// [`Transmit::release`], as `out`'s).
+    pub fn poll_transmit_into(
+        &mut self,
+        now: Instant,
+        head: &mut Vec<u8>,
+        out: &mut Vec<Bytes>,
+        max_bytes: usize,
+    ) -> Transmit {
+        self.transmit(now, Some(head), out, max_bytes)
+    }
+
+    /// `head`: see [`poll_transmit_into`](Self::poll_transmit_into).
+    #[inline(always)]
+    fn transmit(
+        &mut self,
+        now: Instant,
+        head: Option<&mut Vec<u8>>,
+        out: &mut Vec<Bytes>,
+        max_bytes: usize,
+    ) -> Transmit {
+        let mut head = head.filter(|_| out.is_empty());
+        let before = head.as_ref().map_or(0, |head| head.len());
         // An abort discards the outbox and what the link framed, also
         // after a graceful close has begun.
         let abort = self.outbox.close_request() == Some(CloseKind::Abort);
@@ -601,8 +654,9 @@ impl LinkDriver {
         // deadline too.
         let mut timer_changed = false;
         if !self.link.close_due() || (abort && !self.link.is_aborted()) {
-            timer_changed = self.pump(now, max_bytes, true);
+            timer_changed = self.pump(now, max_bytes, true, head.as_deref_mut());
         }
+        let ahead = head.map_or(0, |head| head.len() - before);
         // The writer is back: it wrote what it took last time. What the
         // read path framed since goes to it now, and counts until its next
         // call.
@@ -616,11 +670,7 @@ impl LinkDriver {
         let last = self.in_writer == 0
             && !self.outbox.has_queued()
             && self.outbox.close_request().is_none();
-        let mut transmit = if last {
-            self.link.poll_transmit_last(now, out)
-        } else {
-            self.link.poll_transmit(now, out)
-        };
+        let mut transmit = self.link.poll_transmit_behind(now, ahead, out, last);
         transmit.timer_changed |= timer_changed;
         if transmit.release {
             self.outbox.release_buffers();
@@ -1576,6 +1626,149 @@ mod tests {
             written.push(transmit(&mut link, now).0);
         }
         (seen, written)
+    }
+
+    /// Issue #16: a small reply goes to the writer's own buffer, a copy,
+    /// not a `Bytes` in its list; a large one, or one behind output the
+    /// link holds (the pong of a ping answered on the read path), still
+    /// goes as before.
+    #[test]
+    fn a_small_reply_is_copied_into_the_writers_buffer() {
+        let (_hub, mut link, now) = ws_server(LinkConfig::default());
+        let (mut head, mut out) = (Vec::new(), Vec::new());
+        let reply = |payload: &[u8]| {
+            let mut frame = BytesMut::new();
+            encode_frame(FrameHeader::new(OpCode::Binary, 0), payload, &mut frame);
+            frame.to_vec()
+        };
+        assert_eq!(
+            link.send(Message::from(b"hi".to_vec())),
+            SendOutcome::Queued
+        );
+        let t = link.poll_transmit_into(now, &mut head, &mut out, 1 << 16);
+        assert_eq!(
+            (head.as_slice(), out.len(), t.bytes),
+            (&reply(b"hi")[..], 0, 4)
+        );
+        assert_eq!(link.outbox().pending_send_bytes(), 0);
+        head.clear();
+
+        let large = vec![7u8; 5000];
+        assert_eq!(link.send(Message::from(large.clone())), SendOutcome::Queued);
+        let t = link.poll_transmit_into(now, &mut head, &mut out, 1 << 16);
+        assert_eq!(
+            (head.len(), out.concat(), t.bytes),
+            (0, reply(&large), 5004)
+        );
+        out.clear();
+
+        link.handle_input(now, &masked(OpCode::Ping, b"p"));
+        assert_eq!(
+            events(&mut link, now),
+            [LinkEvent::Ping(Bytes::from_static(b"p"))]
+        );
+        assert_eq!(
+            link.send(Message::from(b"after".to_vec())),
+            SendOutcome::Queued
+        );
+        let t = link.poll_transmit_into(now, &mut head, &mut out, 1 << 16);
+        let mut pong = BytesMut::new();
+        encode_frame(FrameHeader::new(OpCode::Pong, 0), b"p", &mut pong);
+        let wire = [pong.to_vec(), reply(b"after")].concat();
+        assert_eq!((head.len(), out.concat(), t.bytes), (0, wire, 10));
+    }
+
+    /// What happens to a connection in [`a_writers_own_buffer_writes_what_the_link_framed`].
+    #[derive(Debug, Clone)]
+    enum WriteOp {
+        /// The application sends a message of this many bytes (small,
+        /// larger than the copy, or large enough to go out as a chunk).
+        Send(usize),
+        /// The peer pings (a WebSocket): the read path frames the replies
+        /// ahead of the pong.
+        Ping,
+        /// The writer comes with this batch size, having written the last.
+        Transmit(usize),
+        /// A close is asked for (`true`: an abort).
+        Close(bool),
+    }
+
+    fn write_op() -> impl proptest::strategy::Strategy<Value = WriteOp> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => prop_oneof![0usize..200, 4000usize..5000, 16_384usize..20_000].prop_map(WriteOp::Send),
+            1 => Just(WriteOp::Ping),
+            4 => prop_oneof![Just(1usize), 1usize..100, Just(4096), Just(1 << 16)].prop_map(WriteOp::Transmit),
+            1 => proptest::bool::weighted(0.3).prop_map(WriteOp::Close),
+        ]
+    }
+
+    /// A connection of `kind`: 0 length-prefixed, 1 the same with
+    /// half-close, 2 a WebSocket server.
+    fn write_conn(kind: u8) -> (Hub, Conn, Instant) {
+        use storm_proto::framing::LengthPrefixFramer;
+        let lp = || Protocol::Framed(Box::new(LengthPrefixFramer::default()));
+        match kind {
+            0 => setup(lp(), LinkConfig::default()),
+            1 => setup(lp(), LinkConfig::default().with_half_close(true)),
+            _ => ws_server(LinkConfig::default()),
+        }
+    }
+
+    proptest::proptest! {
+        /// `poll_transmit_into` (the writer's own buffer, which small
+        /// frames are copied into) and `poll_transmit` (every frame a
+        /// `Bytes`) write the same bytes in the same order and say the
+        /// same, call by call, for any mix of small and large messages,
+        /// batch sizes, pings answered on the read path, closes and
+        /// aborts; and the send limit counts the same.
+        #[test]
+        fn a_writers_own_buffer_writes_what_the_link_framed(
+            kind in 0u8..3,
+            ops in proptest::collection::vec(write_op(), 1..60),
+        ) {
+            let (_hub_a, mut a, now) = write_conn(kind);
+            let (_hub_b, mut b, _) = write_conn(kind);
+            let waker = std::task::Waker::noop();
+            let (mut head, mut out_b) = (Vec::new(), Vec::new());
+            for (i, op) in ops.into_iter().enumerate() {
+                match op {
+                    WriteOp::Send(len) => {
+                        let message = Message::from(vec![u8::try_from(i % 251).unwrap(); len]);
+                        proptest::prop_assert_eq!(a.send(message.clone()), b.send(message));
+                    }
+                    WriteOp::Ping => {
+                        if kind == 2 {
+                            let ping = masked(OpCode::Ping, &[u8::try_from(i % 251).unwrap(); 5]);
+                            a.handle_input(now, &ping);
+                            b.handle_input(now, &ping);
+                            proptest::prop_assert_eq!(events(&mut a, now), events(&mut b, now));
+                        }
+                    }
+                    WriteOp::Transmit(max) => {
+                        a.register_waker(waker);
+                        b.register_waker(waker);
+                        let mut out_a = Vec::new();
+                        let by_a = a.poll_transmit(now, &mut out_a, max);
+                        let by_b = b.poll_transmit_into(now, &mut head, &mut out_b, max);
+                        let wire_b = [head.as_slice(), &out_b.concat()].concat();
+                        proptest::prop_assert_eq!(out_a.concat(), wire_b);
+                        proptest::prop_assert_eq!(by_a, by_b);
+                        head.clear();
+                        out_b.clear();
+                    }
+                    WriteOp::Close(abort) => {
+                        let close = if abort { CloseKind::Abort } else { CloseKind::Graceful };
+                        a.outbox().request_close(close);
+                        b.outbox().request_close(close);
+                    }
+                }
+                proptest::prop_assert_eq!(
+                    a.outbox().pending_send_bytes(),
+                    b.outbox().pending_send_bytes()
+                );
+            }
+        }
     }
 
     proptest::proptest! {

@@ -520,7 +520,8 @@ impl fmt::Display for CloseReason {
 #[must_use = "close says when to close the socket"]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Transmit {
-    /// Bytes appended to the caller's buffer list.
+    /// Bytes appended to the caller's buffer list (with
+    /// [`Link::poll_transmit_behind`], and those the caller holds ahead).
     pub bytes: usize,
     /// Close the socket after writing what was appended (a graceful close
     /// that has flushed, or an abort: then nothing was appended).
@@ -1097,7 +1098,7 @@ impl Link {
     /// says whether to close the socket after writing it, whether the link
     /// went idle and returned its buffers, and whether the deadline moved.
     pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<Bytes>) -> Transmit {
-        self.transmit(now, out, false)
+        self.transmit(now, 0, out, false)
     }
 
     /// [`poll_transmit`](Self::poll_transmit) for a caller that knows
@@ -1107,12 +1108,57 @@ impl Link {
     /// idle moment and says [`Transmit::done`] (unless it says to close or
     /// shut down). A caller that frames more anyway calls again.
     pub fn poll_transmit_last(&mut self, now: Instant, out: &mut Vec<Bytes>) -> Transmit {
-        self.transmit(now, out, true)
+        self.transmit(now, 0, out, true)
     }
 
+    /// [`poll_transmit`](Self::poll_transmit) (with `last`:
+    /// [`poll_transmit_last`](Self::poll_transmit_last)) for a caller that
+    /// holds `ahead` bytes the link's [`Encoder`] framed, to write before
+    /// what this appends: taken from its senders' queue itself rather than
+    /// through [`send_encoded`](Self::send_encoded), while the link
+    /// [took encoded bytes](Self::takes_encoded) and had nothing to
+    /// transmit ([`has_transmit`](Self::has_transmit)). They are this
+    /// call's output as if the link had appended them: counted in
+    /// [`Transmit::bytes`], traffic for the idle moment.
+    //
+    // Inlined as `poll_transmit` and `poll_transmit_last` are: the
+    // writer's one call per reply.
     #[inline(always)]
-    fn transmit(&mut self, now: Instant, out: &mut Vec<Bytes>, last: bool) -> Transmit {
-        let mut transmit = Transmit::default();
+    pub fn poll_transmit_behind(
+        &mut self,
+        now: Instant,
+        ahead: usize,
+        out: &mut Vec<Bytes>,
+        last: bool,
+    ) -> Transmit {
+        self.transmit(now, ahead, out, last)
+    }
+
+    /// Whether [`send_encoded`](Self::send_encoded) would queue bytes now
+    /// (not aborted, no close frame or half-close begun).
+    #[must_use]
+    pub fn takes_encoded(&self) -> bool {
+        !self.aborted
+            && self.shutdown == HalfClose::Open
+            && match &self.wire {
+                Wire::Framed(_) => true,
+                Wire::WebSocket(conn) => conn.can_send(),
+            }
+    }
+
+    /// `ahead`: see [`poll_transmit_behind`](Self::poll_transmit_behind).
+    #[inline(always)]
+    fn transmit(
+        &mut self,
+        now: Instant,
+        ahead: usize,
+        out: &mut Vec<Bytes>,
+        last: bool,
+    ) -> Transmit {
+        let mut transmit = Transmit {
+            bytes: ahead,
+            ..Transmit::default()
+        };
         let mut push = |bytes: Bytes| {
             if !self.aborted {
                 transmit.bytes += bytes.len();

@@ -279,6 +279,11 @@ const ROOM: usize = 1024;
 /// Spare room below which the next frame reserves [`ROOM`] first.
 const ROOM_LOW: usize = 128;
 
+/// The most an encoding queue copies into a writer's own buffer
+/// ([`Outbox::drain_written_into`]) rather than handing it out as a
+/// `Bytes`: a batch of small replies. More goes out without a copy.
+const COPY_MAX: usize = 4 * 1024;
+
 /// A large message's payload in an encoding queue.
 #[derive(Debug)]
 struct Chunk {
@@ -363,6 +368,21 @@ impl Encoded {
             each(Output::Encoded(chunk.bytes));
         }
         taken
+    }
+
+    /// Copies the whole queue to the end of `head` and empties it, when it
+    /// is frames alone (no chunk) of at most `max` (at least one byte) and
+    /// [`COPY_MAX`] bytes; `None` otherwise ([`drain`](Self::drain) it).
+    /// Returns how many bytes. The buffer keeps its room for the next
+    /// frames, and no `Bytes` shares it.
+    fn copy_all(&mut self, max: usize, head: &mut Vec<u8>) -> Option<usize> {
+        let len = self.buf.len();
+        if len > max.max(1) || len > COPY_MAX || !self.chunks.is_empty() {
+            return None;
+        }
+        head.extend_from_slice(&self.buf);
+        self.buf.clear();
+        Some(len)
     }
 
     /// Discards everything queued (an abort).
@@ -1018,7 +1038,7 @@ impl Outbox {
         let mut wake = Vec::new();
         let drained = {
             let mut outbox = lock(&self.outbox);
-            self.drain_locked(&mut outbox, each, max_bytes, &mut wake)
+            self.drain_locked(&mut outbox, each, None, max_bytes, &mut wake)
         };
         wake_all(wake);
         drained
@@ -1035,7 +1055,8 @@ impl Outbox {
         let mut wake = Vec::new();
         let drained = {
             let mut outbox = lock(&self.outbox);
-            let drained = self.drain_locked(&mut outbox, messages_into(out), max_bytes, &mut wake);
+            let drained =
+                self.drain_locked(&mut outbox, messages_into(out), None, max_bytes, &mut wake);
             if drained.is_idle() {
                 self.set_writer(&mut outbox, cx.waker());
                 self.unmute();
@@ -1050,10 +1071,12 @@ impl Outbox {
         }
     }
 
+    /// `head`: see [`drain_written_into`](Self::drain_written_into).
     fn drain_locked(
         &self,
         outbox: &mut State,
         mut each: impl FnMut(Output),
+        head: Option<&mut Vec<u8>>,
         max_bytes: usize,
         wake: &mut Vec<Waker>,
     ) -> Drained {
@@ -1087,7 +1110,11 @@ impl Outbox {
                 self.queued.store(queue.len(), Ordering::Release);
             }
             Queue::Encoded(encoded) if !encoded.is_empty() => {
-                drained.bytes = encoded.drain(max_bytes, &mut each);
+                let copied = head.and_then(|head| encoded.copy_all(max_bytes, head));
+                drained.bytes = match copied {
+                    Some(bytes) => bytes,
+                    None => encoded.drain(max_bytes, &mut each),
+                };
                 if encoded.is_empty() {
                     // The messages are counted once their last bytes go.
                     drained.messages = std::mem::take(&mut encoded.count);
@@ -1125,10 +1152,37 @@ impl Outbox {
     /// message as written once it is framed into its protocol's own
     /// bounded output (as [`LinkDriver`](crate::link::LinkDriver) does).
     pub fn drain_written(&self, max_bytes: usize, each: impl FnMut(Output)) -> Drained {
+        self.drain_written_to(max_bytes, None, each)
+    }
+
+    /// [`drain_written`](Self::drain_written) for a writer with a buffer of
+    /// its own, `head`: an encoding outbox that holds frames alone, at most
+    /// `max_bytes` and a few KiB of them, appends them all to `head` (a
+    /// copy) instead of handing them to `each` as a `Bytes`, which would
+    /// share the outbox's buffer until written. Otherwise as
+    /// `drain_written`: what one call drains goes to `head` whole or to
+    /// `each` whole, never part to each.
+    pub fn drain_written_into(
+        &self,
+        max_bytes: usize,
+        head: &mut Vec<u8>,
+        each: impl FnMut(Output),
+    ) -> Drained {
+        self.drain_written_to(max_bytes, Some(head), each)
+    }
+
+    // Inlined, as `drain_written` was into the driver's pump.
+    #[inline(always)]
+    fn drain_written_to(
+        &self,
+        max_bytes: usize,
+        head: Option<&mut Vec<u8>>,
+        each: impl FnMut(Output),
+    ) -> Drained {
         let mut wake = Vec::new();
         let drained = {
             let mut outbox = lock(&self.outbox);
-            let drained = self.drain_locked(&mut outbox, each, max_bytes, &mut wake);
+            let drained = self.drain_locked(&mut outbox, each, head, max_bytes, &mut wake);
             if drained.bytes > 0 {
                 let resumed = self.written_locked(&mut outbox, drained.bytes);
                 if !resumed.is_empty() {

@@ -1150,7 +1150,7 @@ impl Connection {
 
     /// Whether data may be queued: the connection is open, or its close
     /// reply waits for the next `poll_transmit`.
-    fn can_send(&self) -> bool {
+    pub(crate) fn can_send(&self) -> bool {
         self.state == State::Open || self.close_reply.is_some()
     }
 

@@ -1098,7 +1098,7 @@ impl Link {
     /// says whether to close the socket after writing it, whether the link
     /// went idle and returned its buffers, and whether the deadline moved.
     pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<Bytes>) -> Transmit {
-        self.transmit(now, 0, out, false)
+        self.poll_transmit_behind(now, 0, out, false)
     }
 
     /// [`poll_transmit`](Self::poll_transmit) for a caller that knows
@@ -1108,30 +1108,7 @@ impl Link {
     /// idle moment and says [`Transmit::done`] (unless it says to close or
     /// shut down). A caller that frames more anyway calls again.
     pub fn poll_transmit_last(&mut self, now: Instant, out: &mut Vec<Bytes>) -> Transmit {
-        self.transmit(now, 0, out, true)
-    }
-
-    /// [`poll_transmit`](Self::poll_transmit) (with `last`:
-    /// [`poll_transmit_last`](Self::poll_transmit_last)) for a caller that
-    /// holds `ahead` bytes the link's [`Encoder`] framed, to write before
-    /// what this appends: taken from its senders' queue itself rather than
-    /// through [`send_encoded`](Self::send_encoded), while the link
-    /// [took encoded bytes](Self::takes_encoded) and had nothing to
-    /// transmit ([`has_transmit`](Self::has_transmit)). They are this
-    /// call's output as if the link had appended them: counted in
-    /// [`Transmit::bytes`], traffic for the idle moment.
-    //
-    // Inlined as `poll_transmit` and `poll_transmit_last` are: the
-    // writer's one call per reply.
-    #[inline(always)]
-    pub fn poll_transmit_behind(
-        &mut self,
-        now: Instant,
-        ahead: usize,
-        out: &mut Vec<Bytes>,
-        last: bool,
-    ) -> Transmit {
-        self.transmit(now, ahead, out, last)
+        self.poll_transmit_behind(now, 0, out, true)
     }
 
     /// Whether [`send_encoded`](Self::send_encoded) would queue bytes now
@@ -1146,9 +1123,20 @@ impl Link {
             }
     }
 
-    /// `ahead`: see [`poll_transmit_behind`](Self::poll_transmit_behind).
+    /// [`poll_transmit`](Self::poll_transmit) (with `last`:
+    /// [`poll_transmit_last`](Self::poll_transmit_last)) for a caller that
+    /// holds `ahead` bytes the link's [`Encoder`] framed, to write before
+    /// what this appends: taken from its senders' queue itself rather than
+    /// through [`send_encoded`](Self::send_encoded), while the link
+    /// [took encoded bytes](Self::takes_encoded) and had nothing to
+    /// transmit ([`has_transmit`](Self::has_transmit)). They are this
+    /// call's output as if the link had appended them: counted in
+    /// [`Transmit::bytes`], traffic for the idle moment.
+    //
+    // The one body of the three transmit calls, inlined into each: the
+    // writer's one call per reply.
     #[inline(always)]
-    fn transmit(
+    pub fn poll_transmit_behind(
         &mut self,
         now: Instant,
         ahead: usize,

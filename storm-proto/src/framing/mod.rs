@@ -504,6 +504,21 @@ mod tests {
         );
     }
 
+    /// One built-in framer twice, behind a plain server's check of the
+    /// opening bytes when `checked`: called through its vtable (as a
+    /// user's framer is), and held by a `LinkFramer`.
+    fn builtin_through_both(
+        builtin: &test_util::Builtin,
+        checked: bool,
+    ) -> (Box<dyn Framer + Send>, LinkFramer) {
+        let (framer, own) = (builtin.framer(), as_custom(builtin.framer()));
+        if checked {
+            (plain(own), LinkFramer::new(plain(framer)))
+        } else {
+            (own, LinkFramer::new(framer))
+        }
+    }
+
     /// A `LinkFramer` decoding as a link does: its
     /// [`whole_message`](LinkFramer::whole_message) first, then its
     /// `decode` (or `decode_eof`).
@@ -596,12 +611,8 @@ mod tests {
             cuts in proptest::collection::vec(any::<usize>(), 0..8),
             eof in any::<bool>(),
         ) {
-            let (framer, own) = (builtin.framer(), as_custom(builtin.framer()));
-            let (mut own, mut held) = if checked {
-                (plain(own), AsALink(LinkFramer::new(plain(framer))))
-            } else {
-                (own, AsALink(LinkFramer::new(framer)))
-            };
+            let (mut own, held) = builtin_through_both(&builtin, checked);
+            let mut held = AsALink(held);
             let chunks = test_util::chunked(&wire, &cuts);
             prop_assert_eq!(
                 test_util::every_call(&mut held, &chunks, eof),
@@ -622,13 +633,7 @@ mod tests {
             cuts in proptest::collection::vec(any::<usize>(), 0..8),
             eof in any::<bool>(),
         ) {
-            // The same framer, called through its vtable.
-            let (framer, own) = (builtin.framer(), as_custom(builtin.framer()));
-            let (mut own, mut held) = if checked {
-                (plain(own), LinkFramer::new(plain(framer)))
-            } else {
-                (own, LinkFramer::new(framer))
-            };
+            let (mut own, mut held) = builtin_through_both(&builtin, checked);
             prop_assert!(held.is_builtin());
             prop_assert_eq!(held.is_stream(), own.is_stream());
             prop_assert_eq!(held.max_message_len(), own.max_message_len());
